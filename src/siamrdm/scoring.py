@@ -119,7 +119,12 @@ def score_submission(submission: dict[str, np.ndarray], targets: dict[str, np.nd
     result: dict = {}
     ceilings = []
     for key in keys:
-        score = score_rdm(submission[key], targets[key])
+        model, n = np.asarray(submission[key]), targets[key].shape[-1]
+        if model.shape != (n, n):
+            raise ValueError(f"{key}: model RDM has shape {model.shape}, expected one {n} x {n} RDM")
+        if np.ptp(upper_tri(model)) == 0:
+            raise ValueError(f"{key}: model RDM is constant, so its Spearman correlation is undefined")
+        score = score_rdm(model, targets[key])
         ceiling = reference_ceiling(key, targets[key])
         ceilings.append(ceiling)
         result[key] = {

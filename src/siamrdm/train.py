@@ -1,0 +1,470 @@
+"""Training the Siamese RDM network: pair-factorised steps, the paper's schedule, validation, checkpoints.
+
+One epoch makes one step per training image set, on all pairs within that set (pairs never cross sets).
+While the body is frozen its features are computed once per image and augmented view and cached; once
+it is unfrozen, each step runs the body once per image (in chunks, so memory stays bounded) and the
+head on all pairs. Validation uses the official metric on held-out images; the best epoch is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .backbones import create_body, images_to_tensor
+from .data import BrainDataset, DataError, ImageSet, group_average
+from .model import SiameseRDMNet, all_pairs
+from .rdm import rescale, upper_tri
+from .scoring import percent_of_ceiling, reference_ceiling, score_rdm
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved in every checkpoint."""
+
+    backbone: str = "efficientnet_lite0"
+    stage: str | None = None  # None: the backbone's default stage
+    weights: str | None = None  # None: pretrained default; "random"; or a state_dict file
+    targets: tuple[str, ...] = ("EVC",)
+    rescale: str = "minmax"  # the paper's [0, 1]; or "rank", "zscore"
+    image_size: int = 224
+    frozen_epochs: int = 15
+    unfrozen_epochs: int = 0
+    lr: float = 1e-3  # head; the LR range test suggests one
+    body_lr_factor: float = 0.1  # body rate = lr * this, once unfrozen
+    weight_decay: float = 0.01
+    augment: bool = True  # random resized crop and horizontal flip, drawn per image per epoch
+    augment_views: int = 4  # while frozen: views cached per image (view 0 is the plain image)
+    crop_scale: tuple[float, float] = (0.7, 1.0)
+    early_stopping: int | None = None  # patience in epochs without a better validation score
+    body_chunk: int = 32  # images per body pass
+    seed: int = 0
+    device: str = "auto"
+
+    @property
+    def epochs(self) -> int:
+        return self.frozen_epochs + self.unfrozen_epochs
+
+
+PRESETS: dict[str, dict] = {
+    # The whole challenge in under 20 minutes on 2 CPU cores: frozen body, cached augmented features.
+    "quick": dict(frozen_epochs=60, unfrozen_epochs=0, lr=1e-3, augment_views=4),
+    # The paper's schedule, for a GPU: frozen warm-up, then the body unfrozen with a one-cycle schedule.
+    "paper": dict(frozen_epochs=15, unfrozen_epochs=1000, lr=1e-3, body_lr_factor=0.1, early_stopping=100),
+}
+
+
+def config_from_preset(preset: str, **overrides) -> TrainConfig:
+    if preset not in PRESETS:
+        raise DataError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in values.items() if k in names})
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    values = dict(values)
+    values["targets"] = tuple(values["targets"])
+    values["crop_scale"] = tuple(values["crop_scale"])
+    return TrainConfig(**values)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DataError(f"device '{device}' asked for, but CUDA is not available")
+    return torch.device(device)
+
+
+# --------------------------------------------------------------------------- data for training
+
+
+@dataclass
+class PairTargets:
+    """One image set ready for training: pixels, and the rescaled group-mean target of each pair."""
+
+    name: str
+    images: torch.Tensor  # (N, 3, S, S) in [0, 1]
+    targets: torch.Tensor  # (P, T), P = N(N-1)/2 pairs in upper-triangle order
+    subject_rdms: dict[str, np.ndarray]  # for validation with the official metric
+    normalisation: dict[str, dict[str, float]]
+
+
+def prepare_set(dataset: BrainDataset, targets: tuple[str, ...], config: TrainConfig) -> PairTargets:
+    missing = [t for t in targets if t not in dataset.targets]
+    if missing:
+        raise DataError(f"image set {dataset.name}: no RDMs for target(s) {', '.join(missing)}")
+    columns, normalisation = [], {}
+    for target in targets:
+        values, params = rescale(upper_tri(group_average(dataset.targets[target])), config.rescale)
+        columns.append(values)
+        normalisation[target] = params
+    return PairTargets(
+        name=dataset.name,
+        images=images_to_tensor(dataset.images.images, config.image_size),
+        targets=torch.tensor(np.stack(columns, axis=1), dtype=torch.float32),
+        subject_rdms={t: dataset.targets[t] for t in targets},
+        normalisation=normalisation,
+    )
+
+
+def subset(dataset: BrainDataset, index: np.ndarray, name: str) -> BrainDataset:
+    """The images `index` of a dataset with their RDMs (rows and columns)."""
+    images = ImageSet([dataset.images.names[k] for k in index], [dataset.images.images[k] for k in index],
+                      dataset.images.source)
+    targets = {t: r[..., index[:, None], index[None, :]] for t, r in dataset.targets.items()}
+    return BrainDataset(name, images, targets)
+
+
+def split_holdout(dataset: BrainDataset, fraction: float, seed: int) -> tuple[BrainDataset, BrainDataset]:
+    """Hold out a random `fraction` of a set's images for validation (pairs among them only)."""
+    n = len(dataset)
+    n_val = max(3, round(n * fraction))
+    order = np.random.default_rng(seed).permutation(n)
+    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+    return subset(dataset, train, f"{dataset.name}-train"), subset(dataset, val, f"{dataset.name}-val")
+
+
+def augment_batch(images: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """A random resized crop (square-ish, scale in crop_scale) and a coin-flip mirror for every image."""
+    n, _, size, _ = images.shape
+    out = torch.empty_like(images)
+    draws = torch.rand(n, 5, generator=generator)
+    low, high = config.crop_scale
+    for k in range(n):
+        scale, aspect_draw, x_draw, y_draw, flip = draws[k].tolist()
+        area = (low + (high - low) * scale) * size * size
+        aspect = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * aspect_draw)
+        w = min(size, max(8, round(math.sqrt(area * aspect))))
+        h = min(size, max(8, round(math.sqrt(area / aspect))))
+        x0, y0 = round(x_draw * (size - w)), round(y_draw * (size - h))
+        crop = images[k : k + 1, :, y0 : y0 + h, x0 : x0 + w]
+        crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[k] = crop[0].flip(-1) if flip < 0.5 else crop[0]
+    return out
+
+
+@torch.no_grad()
+def body_features(model: SiameseRDMNet, images: torch.Tensor, chunk: int, device: torch.device) -> torch.Tensor:
+    """Raw body features of images, computed in chunks; kept on `device`."""
+    outs = [model.body(images[k : k + chunk].to(device)) for k in range(0, len(images), chunk)]
+    return torch.cat(outs)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def predict_pairs(model: SiameseRDMNet, features: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """Symmetric predictions for all pairs of images with standardised features: (P, T)."""
+    i, j = all_pairs(len(features), features.device)
+    with torch.no_grad():
+        return torch.cat([model.pair_predictions(features, i[k : k + chunk], j[k : k + chunk])
+                          for k in range(0, len(i), chunk)])
+
+
+def pairs_to_rdms(pairs: torch.Tensor, n: int) -> np.ndarray:
+    """(P, T) pair predictions -> (T, N, N) symmetric RDMs with zero diagonal."""
+    values = pairs.detach().double().cpu().numpy()
+    rows, cols = np.triu_indices(n, k=1)
+    rdms = np.zeros((values.shape[1], n, n))
+    rdms[:, rows, cols] = values.T
+    rdms[:, cols, rows] = values.T
+    return rdms
+
+
+def validation_scores(predicted: np.ndarray, subject_rdms: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Official metric of predicted (T, N, N) RDMs: per target r2, p, ceiling and percent of ceiling."""
+    scores = {}
+    for rdm, (target, subjects) in zip(predicted, subject_rdms.items(), strict=True):
+        score = score_rdm(rdm, subjects)
+        ceiling = reference_ceiling(target, subjects)
+        scores[target] = {"r2": score.r2, "p": score.p, "noise_ceiling": ceiling,
+                          "pct_nc": percent_of_ceiling(score.r2, ceiling)}
+    return scores
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Write atomically: a temporary file in the same folder, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise DataError(f"{path}: unreadable checkpoint ({' '.join(str(exc).split())[:200]})") from None
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+@dataclass
+class FitResult:
+    model: SiameseRDMNet
+    config: TrainConfig
+    normalisation: dict  # per training set, per target: the rescaling parameters
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float | None = None  # mean percent of the noise ceiling on validation
+
+
+def build_model(config: TrainConfig, device: torch.device | None = None) -> SiameseRDMNet:
+    torch.manual_seed(config.seed)
+    body = create_body(config.backbone, config.weights, config.stage)
+    model = SiameseRDMNet(body, len(config.targets), config.image_size)
+    return model.to(device or pick_device(config.device))
+
+
+def _mean_pct(scores: dict[str, dict]) -> float | None:
+    values = [s["pct_nc"] for s in scores.values() if s["pct_nc"] is not None]
+    return float(np.mean(values)) if values else None
+
+
+class Trainer:
+    """Holds the state of one run so that a step, an epoch, a checkpoint and a resume each stay small."""
+
+    def __init__(self, config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] = (),
+                 out_dir: str | os.PathLike | None = None, progress: bool = True):
+        if not train:
+            raise DataError("no training sets given")
+        self.config = config
+        self.device = pick_device(config.device)
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.progress = progress
+        self.model = build_model(config, self.device)
+        self.model.body.eval()  # BatchNorm statistics stay those of ImageNet, frozen or not
+        self.train_sets = [prepare_set(d, config.targets, config) for d in train]
+        self.val_sets = [prepare_set(d, config.targets, config) for d in val]
+        self.generator = torch.Generator().manual_seed(config.seed)
+        chunk = config.body_chunk
+        clean = [body_features(self.model, s.images, chunk, self.device) for s in self.train_sets]
+        self.model.set_feature_stats(torch.cat(clean))
+        # Cached body features per set for the frozen phase: view 0 plain, then augmented views.
+        self._views = []
+        n_views = config.augment_views if config.augment and config.frozen_epochs else 1
+        for index, (s, plain) in enumerate(zip(self.train_sets, clean, strict=True)):
+            aug_gen = torch.Generator().manual_seed(config.seed * 1000 + index)
+            views = [plain] + [body_features(self.model, augment_batch(s.images, config, aug_gen), chunk, self.device)
+                               for _ in range(n_views - 1)]
+            self._views.append(torch.stack(views))
+        self.optimizer = torch.optim.AdamW(
+            [{"params": self.model.head_parameters(), "lr": config.lr},
+             {"params": self.model.body_parameters(), "lr": config.lr * config.body_lr_factor}],
+            weight_decay=config.weight_decay,
+        )
+        self.scheduler = None
+        if config.unfrozen_epochs:
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer, max_lr=[config.lr, config.lr * config.body_lr_factor],
+                total_steps=config.unfrozen_epochs * len(self.train_sets))
+        self.epoch = 0
+        self.history: list[dict] = []
+        self.best_state = copy.deepcopy(self.model.state_dict())
+        self.best_epoch, self.best_score = 0, None
+
+    # ---- steps
+
+    def _frozen_features(self, index: int) -> torch.Tensor:
+        """Body features of one set for this epoch: each image's view drawn from the cached pool."""
+        stacked = self._views[index]  # (V, N, C, H, W)
+        pick = torch.randint(len(stacked), (stacked.shape[1],), generator=self.generator).to(self.device)
+        return stacked[pick, torch.arange(stacked.shape[1], device=self.device)]
+
+    def _pair_loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """MSE of both pair orders against the rescaled target."""
+        i, j = all_pairs(len(features), self.device)
+        predictions = self.model.pair_predictions(self.model.standardise(features), i, j, both_orders=True)
+        return F.mse_loss(predictions, targets.to(self.device).expand_as(predictions))
+
+    def step(self, index: int, frozen: bool) -> float:
+        """One optimiser step on all pairs of training set `index`."""
+        data = self.train_sets[index]
+        self.optimizer.zero_grad(set_to_none=True)
+        if frozen:
+            loss = self._pair_loss(self._frozen_features(index), data.targets)
+            loss.backward()
+        else:
+            images = augment_batch(data.images, self.config, self.generator) if self.config.augment else data.images
+            # Two passes keep memory bounded: the head's gradient w.r.t. the features first, then the body
+            # in chunks, back-propagating that gradient. Same gradient as one big graph.
+            features = body_features(self.model, images, self.config.body_chunk, self.device).requires_grad_()
+            loss = self._pair_loss(features, data.targets)
+            loss.backward()
+            chunk = self.config.body_chunk
+            for k in range(0, len(images), chunk):
+                out = self.model.body(images[k : k + chunk].to(self.device))
+                out.backward(features.grad[k : k + chunk])
+        self.optimizer.step()
+        if not frozen and self.scheduler is not None:
+            self.scheduler.step()
+        return float(loss)
+
+    def validate(self, frozen: bool) -> dict[str, dict]:
+        """Official metric on every validation set; keys 'set/target'."""
+        scores = {}
+        for s in self.val_sets:
+            features = self.model.standardise(body_features(self.model, s.images, self.config.body_chunk, self.device))
+            rdms = pairs_to_rdms(predict_pairs(self.model, features), len(s.images))
+            for target, row in validation_scores(rdms, s.subject_rdms).items():
+                scores[f"{s.name}/{target}"] = row
+        return scores
+
+    # ---- epochs
+
+    def run_epoch(self) -> dict:
+        self.epoch += 1
+        frozen = self.epoch <= self.config.frozen_epochs
+        self.model.freeze_body(frozen)
+        start = time.perf_counter()
+        order = torch.randperm(len(self.train_sets), generator=self.generator).tolist()
+        losses = [self.step(k, frozen) for k in order]
+        row = {"epoch": self.epoch, "phase": "frozen" if frozen else "unfrozen", "loss": float(np.mean(losses)),
+               "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.val_sets:
+            scores = self.validate(frozen)
+            row["val_pct_nc"] = _mean_pct(scores)
+            row.update({f"val/{k}": v["pct_nc"] for k, v in scores.items()})
+            if row["val_pct_nc"] is not None and (self.best_score is None or row["val_pct_nc"] > self.best_score):
+                self.best_score, self.best_epoch = row["val_pct_nc"], self.epoch
+                self.best_state = copy.deepcopy(self.model.state_dict())
+        else:
+            self.best_epoch, self.best_state = self.epoch, self.model.state_dict()
+        row["seconds"] = time.perf_counter() - start
+        self.history.append(row)
+        return row
+
+    def should_stop(self) -> bool:
+        patience = self.config.early_stopping
+        return bool(self.val_sets and patience and self.epoch - self.best_epoch >= patience)
+
+    def state(self) -> dict:
+        return {
+            "config": asdict(self.config), "epoch": self.epoch, "history": self.history,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "generator": self.generator.get_state(), "best_state": self.best_state,
+            "best_epoch": self.best_epoch, "best_score": self.best_score,
+            "normalisation": {s.name: s.normalisation for s in self.train_sets},
+        }
+
+    def load_state(self, state: dict) -> None:
+        saved = config_from_dict(state["config"])
+        if replace(saved, device=self.config.device) != replace(self.config, device=self.config.device):
+            raise DataError("--resume: the checkpoint was written with other settings; use the same ones or a new --out")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.epoch, self.history = state["epoch"], state["history"]
+        self.best_state, self.best_epoch, self.best_score = state["best_state"], state["best_epoch"], state["best_score"]
+
+    def _write_log(self) -> None:
+        if not self.out_dir or not self.history:
+            return
+        columns = list(dict.fromkeys(k for row in self.history for k in row))
+        tmp = self.out_dir / ".log.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.history)
+        os.replace(tmp, self.out_dir / "log.csv")
+
+    def fit(self, checkpoint_every_s: float = 30.0) -> FitResult:
+        """Run the remaining epochs; with an out_dir, checkpoint `last.pt` as it goes and `model.pt` at the end."""
+        last_save = time.perf_counter()
+        bar = tqdm(total=self.config.epochs, initial=self.epoch, disable=not self.progress, unit="epoch",
+                   desc=f"fit {'+'.join(self.config.targets)}", leave=False)
+        while self.epoch < self.config.epochs and not self.should_stop():
+            row = self.run_epoch()
+            bar.update(1)
+            val = row.get("val_pct_nc")
+            bar.set_postfix(phase=row["phase"], loss=f"{row['loss']:.4f}",
+                            val=("-" if val is None else f"{val:.1f}%"), best=self.best_epoch)
+            phase_end = self.epoch in (self.config.frozen_epochs, self.config.epochs)
+            if self.out_dir and (phase_end or time.perf_counter() - last_save > checkpoint_every_s):
+                save_checkpoint(self.out_dir / "last.pt", self.state())
+                self._write_log()
+                last_save = time.perf_counter()
+        bar.close()
+        self.model.load_state_dict(self.best_state)
+        result = FitResult(self.model, self.config, {s.name: s.normalisation for s in self.train_sets},
+                           self.history, self.best_epoch, self.best_score)
+        if self.out_dir:
+            save_checkpoint(self.out_dir / "last.pt", self.state())
+            self._write_log()
+        return result
+
+
+def fit(config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] = (),
+        out_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True) -> FitResult:
+    """Train one model; with `resume`, continue from out_dir/last.pt when it exists."""
+    trainer = Trainer(config, train, val, out_dir, progress)
+    if resume:
+        if out_dir is None:
+            raise DataError("--resume needs --out, the folder of the run to continue")
+        last = Path(out_dir) / "last.pt"
+        if last.is_file():
+            trainer.load_state(load_checkpoint(last))
+    return trainer.fit()
+
+
+# --------------------------------------------------------------------------- LR range test
+
+
+def lr_range_test(config: TrainConfig, train: list[BrainDataset], start_lr: float = 1e-6, end_lr: float = 1.0,
+                  steps: int = 80, progress: bool = True) -> dict:
+    """Smith's LR range test on the head (body frozen): the rate grows exponentially each step.
+
+    Returns the rates, the smoothed losses and a suggested rate: the steepest descent of the smoothed loss,
+    found before the loss diverges (4x its minimum).
+    """
+    trainer = Trainer(replace(config, augment=False), train, progress=False)
+    trainer.model.freeze_body(True)
+    optimizer = torch.optim.AdamW(trainer.model.head_parameters(), lr=start_lr, weight_decay=config.weight_decay)
+    factor = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
+    lrs, losses, smoothed, avg = [], [], [], 0.0
+    for step in tqdm(range(steps), disable=not progress, desc="lr-find", leave=False):
+        lr = start_lr * factor**step
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        index = step % len(trainer.train_sets)
+        optimizer.zero_grad(set_to_none=True)
+        loss = trainer._pair_loss(trainer._views[index][0], trainer.train_sets[index].targets)
+        loss.backward()
+        optimizer.step()
+        value = float(loss)
+        avg = 0.9 * avg + 0.1 * value
+        lrs.append(lr)
+        losses.append(value)
+        smoothed.append(avg / (1 - 0.9 ** (step + 1)))
+        if not math.isfinite(value) or smoothed[-1] > 4 * min(smoothed):
+            break
+    log_lr = np.log10(lrs)
+    slopes = np.gradient(np.asarray(smoothed), log_lr) if len(lrs) > 2 else np.zeros(len(lrs))
+    lowest = int(np.argmin(smoothed))
+    steepest = int(np.argmin(slopes[: lowest + 1])) if lowest > 0 else 0
+    return {"lr": lrs, "loss": losses, "smoothed_loss": smoothed, "suggested_lr": float(lrs[steepest])}

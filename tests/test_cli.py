@@ -1,0 +1,287 @@
+"""The `siamrdm` command: in-process via `main([...])`, and as a real process for exit codes and stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+from scipy import stats
+
+from siamrdm import cli, data, scoring
+from siamrdm.rdm import upper_tri
+
+ROW_FIELDS = {"r2", "p", "pct_nc", "noise_ceiling"}
+
+
+def run_process(*args: str, env_data: str | None = None) -> subprocess.CompletedProcess:
+    """`python -m siamrdm ARGS` with $SIAMRDM_DATA set to `env_data` (removed when None)."""
+    env = {k: v for k, v in os.environ.items() if k not in (data.DATA_ENV_VAR, "SIAMRDM_DEBUG")}
+    if env_data is not None:
+        env[data.DATA_ENV_VAR] = env_data
+    return subprocess.run(
+        [sys.executable, "-m", "siamrdm", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def assert_one_line_error(stderr: str, *parts: str) -> None:
+    """Bad input: exactly one line on stderr, no traceback, naming each of `parts`."""
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("siamrdm: error: "), stderr
+    for part in parts:
+        assert part in lines[0], f"{part!r} not in {lines[0]!r}"
+
+
+def run_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
+    monkeypatch.delenv("SIAMRDM_DEBUG", raising=False)
+
+
+@pytest.fixture
+def group_mean_submission(tmp_path: Path, fmri92: dict[str, np.ndarray]) -> Path:
+    """A submission whose RDMs are the 92-set group means of EVC and IT, as a v5 .mat file."""
+    return data.save_rdms(tmp_path / "group_mean.mat", {k: data.group_average(v) for k, v in fmri92.items()})
+
+
+# --------------------------------------------------------------------------- data-info
+
+
+def _check_info(info: dict, root: Path) -> None:
+    assert Path(info["root"]).resolve() == root
+    assert {name: entry["images"] for name, entry in info["sets"].items()} == {"92": 92, "118": 118, "78": 78}
+    assert info["sets"]["92"]["rdm_files"]["target_fmri.mat"] == {
+        "EVC_RDMs": [15, 92, 92],
+        "IT_RDMs": [15, 92, 92],
+    }
+    assert info["sets"]["118"]["rdm_files"]["target_meg_windowavg.mat"] == {
+        "MEG_RDMs_early": [15, 118, 118],
+        "MEG_RDMs_late": [15, 118, 118],
+    }
+    assert info["sets"]["78"]["rdm_files"]["example_submit_meg.mat"] == {
+        "MEG_RDMs_early": [78, 78],
+        "MEG_RDMs_late": [78, 78],
+    }
+    assert "92images.mat" not in info["sets"]["92"]["rdm_files"]  # the stimulus file is not an RDM file
+
+
+def test_data_info_with_data_option(capsys, data_root: Path, no_env) -> None:
+    code, out, err = run_main(capsys, "data-info", "--data", str(data_root), "--json")
+    assert code == 0 and err == ""
+    _check_info(json.loads(out), data_root)
+    code, out, err = run_main(capsys, "data-info", "--data", str(data_root))
+    assert code == 0 and err == ""
+    assert f"data root: {data_root}" in out
+    assert "92-image set: 92 images" in out and "118-image set: 118 images" in out
+    assert "target_fmri.mat: EVC_RDMs (15, 92, 92), IT_RDMs (15, 92, 92)" in out
+
+
+def test_data_info_from_env(capsys, data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(data.DATA_ENV_VAR, str(data_root))
+    code, out, err = run_main(capsys, "data-info", "--json")
+    assert code == 0 and err == ""
+    _check_info(json.loads(out), data_root)
+
+
+def test_data_info_process_missing_root() -> None:
+    done = run_process("data-info")  # neither --data nor $SIAMRDM_DATA
+    assert done.returncode == 2 and done.stdout == ""
+    assert_one_line_error(done.stderr, "--data", data.DATA_ENV_VAR)
+
+
+def test_data_info_missing_root_in_process(capsys, tmp_path: Path, no_env) -> None:
+    code, out, err = run_main(capsys, "data-info")
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "no data root", "--data ROOT", data.DATA_ENV_VAR)
+    code, _, err = run_main(capsys, "data-info", "--data", str(tmp_path / "nowhere"))
+    assert code == 2
+    assert_one_line_error(err, "nowhere", "not a directory")
+    code, _, err = run_main(capsys, "data-info", "--data", str(tmp_path))
+    assert code == 2
+    assert_one_line_error(err, str(tmp_path), "no Algonauts image sets")
+
+
+# --------------------------------------------------------------------------- score
+
+
+def _check_group_mean_result(result: dict, fmri92: dict[str, np.ndarray]) -> None:
+    assert list(result) == ["EVC_RDMs", "IT_RDMs", "score"]
+    for key, official in (("EVC_RDMs", 0.1589), ("IT_RDMs", 0.3075)):
+        row = result[key]
+        assert set(row) == ROW_FIELDS
+        upper = scoring.noise_ceiling(fmri92[key])[0]
+        assert row["r2"] == pytest.approx(upper, abs=1e-12)  # the group mean is the upper ceiling
+        assert row["noise_ceiling"] == official
+        assert row["pct_nc"] == pytest.approx(100, abs=0.05)
+        assert row["pct_nc"] == pytest.approx(100 * row["r2"] / official)
+        group_mean = data.group_average(fmri92[key])
+        r2 = [stats.spearmanr(upper_tri(group_mean), upper_tri(s)).statistic ** 2 for s in fmri92[key]]
+        assert row["p"] == pytest.approx(stats.ttest_1samp(r2, 0).pvalue, rel=1e-6)
+        assert 0 < row["p"] < 1e-4
+    assert set(result["score"]) == {"r2", "pct_nc"}
+    mean_r2 = (result["EVC_RDMs"]["r2"] + result["IT_RDMs"]["r2"]) / 2
+    assert result["score"]["r2"] == pytest.approx(mean_r2)
+    assert result["score"]["pct_nc"] == pytest.approx(100 * mean_r2 / ((0.1589 + 0.3075) / 2))
+
+
+def test_score_json_in_process(capsys, group_mean_submission: Path, set92: Path, fmri92) -> None:
+    code, out, err = run_main(
+        capsys, "score", str(group_mean_submission), "--target", str(set92 / "target_fmri.mat"), "--json"
+    )
+    assert code == 0 and err == ""
+    _check_group_mean_result(json.loads(out), fmri92)  # the whole of stdout is one JSON object
+
+
+def test_score_json_process(group_mean_submission: Path, set92: Path, fmri92) -> None:
+    done = run_process(
+        "score", str(group_mean_submission), "--target", str(set92 / "target_fmri.mat"), "--json"
+    )
+    assert done.returncode == 0 and done.stderr == ""
+    _check_group_mean_result(json.loads(done.stdout), fmri92)
+
+
+def test_score_table(capsys, group_mean_submission: Path, set92: Path, fmri92) -> None:
+    code, out, err = run_main(
+        capsys, "score", str(group_mean_submission), "--target", str(set92 / "target_fmri.mat")
+    )
+    assert code == 0 and err == ""
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["key", "r2", "p", "ceiling", "%", "NC"]
+    evc = lines[1].split()
+    assert evc[0] == "EVC_RDMs" and evc[3] == "0.1589"
+    assert float(evc[1]) == pytest.approx(scoring.noise_ceiling(fmri92["EVC_RDMs"])[0], abs=1e-4)
+    assert lines[2].split()[0] == "IT_RDMs"
+    assert lines[3].split()[0] == "score" and float(lines[3].split()[-1]) == pytest.approx(100, abs=0.05)
+
+
+def test_score_npz_submission_and_partial_keys(capsys, tmp_path: Path, make_rdms) -> None:
+    targets = {"EVC_RDMs": make_rdms(12, subjects=4, seed=50), "IT_RDMs": make_rdms(12, subjects=4, seed=51)}
+    data.save_rdms(tmp_path / "target.npz", targets)
+    data.save_rdms(tmp_path / "sub.npz", {"IT_RDMs": make_rdms(12, seed=52)})
+    code, out, err = run_main(
+        capsys, "score", str(tmp_path / "sub.npz"), "--target", str(tmp_path / "target.npz"), "--json"
+    )
+    assert code == 0 and err == ""
+    result = json.loads(out)
+    assert list(result) == ["IT_RDMs", "score"]
+    expected = scoring.score_rdm(make_rdms(12, seed=52), targets["IT_RDMs"])
+    assert result["IT_RDMs"]["r2"] == pytest.approx(expected.r2)
+    assert result["IT_RDMs"]["noise_ceiling"] == pytest.approx(scoring.noise_ceiling(targets["IT_RDMs"])[0])
+    assert result["score"]["r2"] == pytest.approx(expected.r2)
+
+
+# --------------------------------------------------------------------------- noise-ceiling
+
+
+def test_noise_ceiling_json(capsys, set92: Path, set118: Path, fmri92, fmri118) -> None:
+    for set_dir, targets, official in (
+        (set92, fmri92, {"EVC_RDMs": 0.1589, "IT_RDMs": 0.3075}),
+        (set118, fmri118, {"EVC_RDMs": 0.1048, "IT_RDMs": 0.0728}),
+    ):
+        code, out, err = run_main(capsys, "noise-ceiling", str(set_dir / "target_fmri.mat"), "--json")
+        assert code == 0 and err == ""
+        result = json.loads(out)
+        assert list(result) == ["EVC_RDMs", "IT_RDMs"]
+        for key, row in result.items():
+            assert set(row) == {"upper", "lower"}
+            assert round(row["upper"], 4) == official[key]
+            upper, lower = scoring.noise_ceiling(targets[key])
+            assert row["upper"] == pytest.approx(upper) and row["lower"] == pytest.approx(lower)
+            assert 0 < row["lower"] < row["upper"]
+
+
+def test_noise_ceiling_table_and_k(capsys, tmp_path: Path, make_rdms) -> None:
+    meg = make_rdms(9, subjects=3, k=2, seed=53)
+    data.save_rdms(tmp_path / "meg.mat", {"MEG_RDMs_early": meg})
+    code, out, err = run_main(capsys, "noise-ceiling", str(tmp_path / "meg.mat"))
+    assert code == 0 and err == ""
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["key", "upper", "lower"]
+    name, upper, lower = lines[1].split()
+    expected_upper, expected_lower = scoring.noise_ceiling(meg)
+    assert name == "MEG_RDMs_early"
+    assert float(upper) == pytest.approx(expected_upper, abs=1e-4)
+    assert float(lower) == pytest.approx(expected_lower, abs=1e-4)
+
+
+# --------------------------------------------------------------------------- bad input and usage
+
+
+def _bad_cases(tmp_path: Path, data_root: Path, make_rdms) -> list[tuple[list[str], tuple[str, ...]]]:
+    target92 = str(data_root / "Training_Data" / "92_Image_Set" / "target_fmri.mat")
+    example = str(data_root / "Test_Data" / "example_submit_fmri.mat")
+    meg92 = str(data_root / "Training_Data" / "92_Image_Set" / "target_meg_windowavg.mat")
+    asymmetric = make_rdms(92)
+    asymmetric[0, 1] += 1
+    scipy.io.savemat(tmp_path / "asymmetric.mat", {"EVC_RDMs": asymmetric})
+    scipy.io.savemat(tmp_path / "constant.mat", {"EVC_RDMs": 1 - np.eye(92)})
+    scipy.io.savemat(tmp_path / "nan.mat", {"IT_RDMs": np.full((92, 92), np.nan)})
+    (tmp_path / "garbage.mat").write_bytes(b"not a mat file" * 50)
+    missing = str(tmp_path / "missing.mat")
+    return [
+        (["score", missing, "--target", target92], ("missing.mat", "no such file")),
+        (["score", str(tmp_path / "garbage.mat"), "--target", target92], ("garbage.mat", "unreadable")),
+        (["score", example, "--target", target92], ("example_submit_fmri.mat:", "78 x 78", "92 images")),
+        (["score", meg92, "--target", target92], ("target_meg_windowavg.mat", "no key in common")),
+        (
+            ["score", str(tmp_path / "asymmetric.mat"), "--target", target92],
+            ("asymmetric.mat:EVC_RDMs", "symmetric"),
+        ),
+        (["score", str(tmp_path / "nan.mat"), "--target", target92], ("nan.mat:IT_RDMs", "NaN")),
+        (
+            ["score", str(tmp_path / "constant.mat"), "--target", target92],
+            ("constant.mat", "EVC_RDMs", "constant"),
+        ),
+        (["score", target92, "--target", target92], ("EVC_RDMs", "shape (15, 92, 92)", "one 92 x 92 RDM")),
+        (["score", example, "--target", missing], ("missing.mat", "no such file")),
+        (["noise-ceiling", example], ("example_submit_fmri.mat:EVC_RDMs", "at least 2 subjects")),
+        (["noise-ceiling", str(tmp_path / "garbage.mat")], ("garbage.mat", "unreadable")),
+    ]
+
+
+def test_bad_input_exits_2(capsys, tmp_path: Path, data_root: Path, make_rdms, no_env) -> None:
+    for args, parts in _bad_cases(tmp_path, data_root, make_rdms):
+        code, out, err = run_main(capsys, *args)
+        assert code == 2, (args, err)
+        assert out == "", args
+        assert_one_line_error(err, *parts)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["bogus"], ["score"], ["score", "sub.mat"], ["noise-ceiling"], ["data-info", "--bogus"]],
+)
+def test_usage_errors_exit_2(capsys, args: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc_info:
+        cli.main(args)
+    assert exc_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "usage: siamrdm" in err and "Traceback" not in err
+
+
+def test_unknown_command_process() -> None:
+    done = run_process("bogus")
+    assert done.returncode == 2 and done.stdout == ""
+    assert "invalid choice: 'bogus'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_help_exits_0(capsys) -> None:
+    with pytest.raises(SystemExit) as exc_info:
+        cli.main(["--help"])
+    assert exc_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("score", "noise-ceiling", "data-info"):
+        assert command in out

@@ -1,0 +1,114 @@
+"""RDM arithmetic: upper triangles, ranks, correlation-distance RDMs, rescaling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from siamrdm import rdm
+
+
+def test_upper_tri_order_and_shape() -> None:
+    square = np.array([[0, 1, 2, 3], [1, 0, 4, 5], [2, 4, 0, 6], [3, 5, 6, 0]], dtype=float)
+    np.testing.assert_array_equal(rdm.upper_tri(square), [1, 2, 3, 4, 5, 6])  # row-major, no diagonal
+    stack = np.stack([square, 10 * square])
+    assert rdm.upper_tri(stack).shape == (2, 6)
+    np.testing.assert_array_equal(rdm.upper_tri(stack)[1], [10, 20, 30, 40, 50, 60])
+    assert rdm.upper_tri(np.zeros((3, 2, 5, 5))).shape == (3, 2, 10)
+    rows, cols = rdm.upper_tri_indices(4)
+    assert np.all(rows < cols) and len(rows) == 6
+
+
+def test_square_rdm_round_trip(make_rdms) -> None:
+    vector = np.arange(1.0, 11.0)
+    square = rdm.square_rdm(vector, 5)
+    np.testing.assert_array_equal(square, square.T)
+    np.testing.assert_array_equal(np.diag(square), np.zeros(5))
+    np.testing.assert_array_equal(rdm.upper_tri(square), vector)
+    assert square[0, 1] == 1 and square[1, 0] == 1 and square[3, 4] == 10
+    full = make_rdms(9, seed=11)
+    np.testing.assert_array_equal(rdm.square_rdm(rdm.upper_tri(full), 9), full)
+
+
+def test_square_rdm_rejects_wrong_length() -> None:
+    with pytest.raises(ValueError, match="does not fit a 5 x 5"):
+        rdm.square_rdm(np.arange(9.0), 5)
+    with pytest.raises(ValueError):
+        rdm.square_rdm(np.zeros((2, 5)), 5)
+
+
+def test_rank_transform_ties() -> None:
+    np.testing.assert_array_equal(rdm.rank_transform(np.array([0.3, 0.1, 0.3, 0.2])), [3.5, 1, 3.5, 2])
+    np.testing.assert_array_equal(rdm.rank_transform(np.array([5.0, 5.0, 5.0])), [2, 2, 2])
+    np.testing.assert_array_equal(rdm.rank_transform(np.array([2.0, -1.0, 7.0])), [2, 1, 3])
+    # Along the last axis, row by row.
+    ranks = rdm.rank_transform(np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]]))
+    np.testing.assert_array_equal(ranks, [[2.5, 2.5, 1], [1, 3, 2]])
+
+
+def test_rdm_from_features_is_one_minus_corrcoef() -> None:
+    rng = np.random.default_rng(12)
+    features = rng.normal(size=(10, 25))
+    result = rdm.rdm_from_features(features)
+    np.testing.assert_allclose(result, 1 - np.corrcoef(features), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(result, result.T)
+    np.testing.assert_array_equal(np.diag(result), np.zeros(10))
+    # Feature maps of any shape are flattened per image.
+    maps = rng.normal(size=(6, 3, 4, 4))
+    np.testing.assert_allclose(
+        rdm.rdm_from_features(maps), 1 - np.corrcoef(maps.reshape(6, -1)), rtol=0, atol=1e-12
+    )
+    # Correlation distance ignores each pattern's offset and scale.
+    np.testing.assert_allclose(rdm.rdm_from_features(3 * features + 7), result, rtol=0, atol=1e-12)
+
+
+@pytest.fixture
+def dissimilarities() -> np.ndarray:
+    return np.array([0.5, 0.2, 0.9, 0.2, 0.7, 0.4])
+
+
+def test_rescale_minmax(dissimilarities: np.ndarray) -> None:
+    values, params = rdm.rescale(dissimilarities, "minmax")
+    np.testing.assert_allclose(values, [3 / 7, 0, 1, 0, 5 / 7, 2 / 7])
+    assert params == {"low": 0.2, "high": 0.9}
+    assert rdm.rescale(dissimilarities)[0].tolist() == values.tolist()  # the default
+    flat, _ = rdm.rescale(np.full(4, 0.3), "minmax")  # constant input does not divide by zero
+    np.testing.assert_array_equal(flat, np.zeros(4))
+
+
+def test_rescale_rank(dissimilarities: np.ndarray) -> None:
+    values, params = rdm.rescale(dissimilarities, "rank")
+    # ranks 4, 1.5, 6, 1.5, 5, 3 -> (rank - 1) / 5
+    np.testing.assert_allclose(values, [0.6, 0.1, 1.0, 0.1, 0.8, 0.4])
+    assert params == {}
+    distinct, _ = rdm.rescale(np.array([3.0, 1.0, 2.0, 4.0, 0.0]), "rank")
+    np.testing.assert_allclose(distinct, [0.75, 0.25, 0.5, 1.0, 0.0])
+
+
+def test_rescale_zscore(dissimilarities: np.ndarray) -> None:
+    values, params = rdm.rescale(dissimilarities, "zscore")
+    assert values.mean() == pytest.approx(0, abs=1e-12)
+    assert values.std() == pytest.approx(1)
+    assert params["mean"] == pytest.approx(dissimilarities.mean())
+    assert params["sd"] == pytest.approx(dissimilarities.std())
+    np.testing.assert_allclose(values * params["sd"] + params["mean"], dissimilarities)
+
+
+def test_rescale_none_copies(dissimilarities: np.ndarray) -> None:
+    values, params = rdm.rescale(dissimilarities, "none")
+    np.testing.assert_array_equal(values, dissimilarities)
+    assert params == {}
+    values[0] = 99
+    assert dissimilarities[0] == 0.5
+
+
+def test_rescale_keeps_spearman_order(dissimilarities: np.ndarray) -> None:
+    for method in rdm.RESCALE_METHODS:
+        values, _ = rdm.rescale(dissimilarities, method)
+        assert spearmanr(values, dissimilarities).statistic == pytest.approx(1.0)
+
+
+def test_rescale_unknown_method(dissimilarities: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="unknown rescale method 'log'"):
+        rdm.rescale(dissimilarities, "log")

@@ -1,0 +1,247 @@
+"""The Algonauts 2019 metric: Spearman rho^2 per subject, K-averaging, noise ceilings, submission scores."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from siamrdm import scoring
+from siamrdm.data import group_average
+from siamrdm.rdm import square_rdm, upper_tri
+
+# Upper triangles (6 entries each) of 4 x 4 RDMs whose ranks are chosen so that Spearman's rho is easy by
+# hand: rho = 1 - 6 * sum(d^2) / (n (n^2 - 1)) with n = 6, so the denominator is 210.
+MODEL = [0.10, 0.20, 0.35, 0.40, 0.80, 0.90]  # ranks 1 2 3 4 5 6
+SAME = [0.05, 0.30, 0.31, 0.50, 0.60, 0.95]  # ranks 1 2 3 4 5 6: sum d^2 = 0  -> rho = 1
+SWAP = [0.30, 0.25, 0.50, 0.60, 0.61, 0.70]  # ranks 2 1 3 4 5 6: sum d^2 = 2  -> rho = 1 - 12/210 = 33/35
+SHUFFLED = [0.3, 0.1, 0.2, 0.6, 0.4, 0.5]  # ranks 3 1 2 6 4 5: sum d^2 = 12 -> rho = 1 - 72/210 = 23/35
+REVERSED = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]  # ranks 6 5 4 3 2 1: rho = -1
+
+
+def _rdm(upper: list[float]) -> np.ndarray:
+    return square_rdm(np.array(upper), 4)
+
+
+def _stack(*uppers: list[float]) -> np.ndarray:
+    return np.stack([_rdm(u) for u in uppers])
+
+
+def _scipy_rho(a: np.ndarray, b: np.ndarray) -> float:
+    return float(stats.spearmanr(upper_tri(a), upper_tri(b)).statistic)
+
+
+def test_score_worked_by_hand() -> None:
+    score = scoring.score_rdm(_rdm(MODEL), _stack(SAME, SWAP, SHUFFLED))
+    np.testing.assert_allclose(score.rho, [1, 33 / 35, 23 / 35], rtol=0, atol=1e-12)
+    r2 = np.array([1, (33 / 35) ** 2, (23 / 35) ** 2])
+    assert score.r2 == pytest.approx((1225 + 1089 + 529) / (3 * 1225), abs=1e-12)  # = 2843 / 3675
+    # p: one-sample t-test of the rho^2 against 0; with 2 degrees of freedom p = 1 - t / sqrt(t^2 + 2).
+    t = r2.mean() / (r2.std(ddof=1) / math.sqrt(3))
+    assert score.p == pytest.approx(1 - t / math.sqrt(t**2 + 2), rel=1e-9)
+    assert score.p == pytest.approx(stats.ttest_1samp(r2, 0).pvalue, rel=1e-9)
+
+
+def test_negative_correlation_counts_squared() -> None:
+    score = scoring.score_rdm(_rdm(MODEL), _stack(REVERSED, SWAP))
+    np.testing.assert_allclose(score.rho, [-1, 33 / 35], rtol=0, atol=1e-12)
+    assert score.r2 == pytest.approx((1 + (33 / 35) ** 2) / 2, abs=1e-12)
+
+
+def test_single_subject_has_no_p() -> None:
+    for target in (_rdm(SWAP), _stack(SWAP)):
+        score = scoring.score_rdm(_rdm(MODEL), target)
+        assert score.r2 == pytest.approx((33 / 35) ** 2, abs=1e-12)
+        assert math.isnan(score.p)
+
+
+def test_score_matches_scipy_with_ties(make_rdms) -> None:
+    model = np.round(make_rdms(12, seed=20), 1)  # coarse values: many ties
+    targets = np.round(make_rdms(12, subjects=5, seed=21), 2)
+    rhos = np.array([_scipy_rho(model, t) for t in targets])
+    score = scoring.score_rdm(model, targets)
+    np.testing.assert_allclose(score.rho, rhos, rtol=0, atol=1e-12)
+    assert score.r2 == pytest.approx(np.mean(rhos**2), abs=1e-12)
+    assert score.p == pytest.approx(stats.ttest_1samp(rhos**2, 0).pvalue, rel=1e-9)
+
+
+def test_meg_k_rhos_averaged_before_squaring() -> None:
+    # Subject 1's two RDMs correlate +1 and -1 with the model, subject 2's +1 and 33/35.
+    targets = np.stack([_stack(SAME, REVERSED), _stack(SAME, SWAP)])
+    assert targets.shape == (2, 2, 4, 4)
+    score = scoring.score_rdm(_rdm(MODEL), targets)
+    np.testing.assert_allclose(score.rho, [0, 34 / 35], rtol=0, atol=1e-12)
+    averaged_first = (0**2 + (34 / 35) ** 2) / 2
+    squared_first = ((1 + 1) / 2 + (1 + (33 / 35) ** 2) / 2) / 2
+    assert abs(averaged_first - squared_first) > 0.4
+    assert score.r2 == pytest.approx(averaged_first, abs=1e-12)
+    assert score.p == pytest.approx(stats.ttest_1samp(score.rho**2, 0).pvalue, rel=1e-9)
+
+
+def test_meg_k_against_scipy(make_rdms) -> None:
+    model = make_rdms(9, seed=22)
+    targets = make_rdms(9, subjects=4, k=2, seed=23)
+    rhos = np.array([[_scipy_rho(model, t) for t in subject] for subject in targets])
+    score = scoring.score_rdm(model, targets)
+    np.testing.assert_allclose(score.rho, rhos.mean(axis=1), rtol=0, atol=1e-12)
+    assert score.r2 == pytest.approx(np.mean(rhos.mean(axis=1) ** 2), abs=1e-12)
+
+
+# --------------------------------------------------------------------------- noise ceilings
+
+
+def test_real_fmri_upper_ceilings_reproduce_official(fmri92, fmri118) -> None:
+    expected = {
+        (92, "EVC_RDMs"): 0.1589,
+        (92, "IT_RDMs"): 0.3075,
+        (118, "EVC_RDMs"): 0.1048,
+        (118, "IT_RDMs"): 0.0728,
+    }
+    for (n, key), official in expected.items():
+        target = (fmri92 if n == 92 else fmri118)[key]
+        upper, lower = scoring.noise_ceiling(target)
+        assert round(upper, 4) == official, (n, key, upper)
+        assert 0 < lower < upper
+        assert scoring.official_noise_ceiling(key, n) == official
+
+
+def test_noise_ceiling_definition(make_rdms) -> None:
+    rdms = make_rdms(10, subjects=5, seed=24)
+    grand = rdms.mean(axis=0)
+    upper = np.mean([_scipy_rho(grand, r) ** 2 for r in rdms])
+    lower = np.mean([_scipy_rho(np.delete(rdms, s, axis=0).mean(axis=0), r) ** 2 for s, r in enumerate(rdms)])
+    got_upper, got_lower = scoring.noise_ceiling(rdms)
+    assert got_upper == pytest.approx(upper, abs=1e-12)
+    assert got_lower == pytest.approx(lower, abs=1e-12)
+    assert got_lower < got_upper
+
+
+def test_noise_ceiling_with_k(make_rdms) -> None:
+    rdms = make_rdms(8, subjects=4, k=2, seed=25)
+    grand = group_average(rdms)
+    upper = np.mean([np.mean([_scipy_rho(grand, r) for r in subject]) ** 2 for subject in rdms])
+    lower = np.mean(
+        [
+            np.mean([_scipy_rho(group_average(np.delete(rdms, s, axis=0)), r) for r in subject]) ** 2
+            for s, subject in enumerate(rdms)
+        ]
+    )
+    got_upper, got_lower = scoring.noise_ceiling(rdms)
+    assert got_upper == pytest.approx(upper, abs=1e-12)
+    assert got_lower == pytest.approx(lower, abs=1e-12)
+    assert got_lower < got_upper
+
+
+def test_noise_ceiling_needs_two_subjects(make_rdms) -> None:
+    with pytest.raises(ValueError, match="at least 2 subjects"):
+        scoring.noise_ceiling(make_rdms(6, subjects=1))
+    with pytest.raises(ValueError, match="at least 2 subjects"):
+        scoring.noise_ceiling(make_rdms(6))
+
+
+def test_reference_ceiling_official_or_computed(make_rdms) -> None:
+    for n, official in (
+        (92, scoring.OFFICIAL_NOISE_CEILINGS[92]),
+        (118, scoring.OFFICIAL_NOISE_CEILINGS[118]),
+    ):
+        target = make_rdms(n, subjects=2, seed=n)
+        assert scoring.reference_ceiling("EVC_RDMs", target) == official["EVC"]
+        assert scoring.reference_ceiling("IT", target) == official["IT"]
+        assert scoring.reference_ceiling("MEG_RDMs_late", target) == official["MEG_late"]
+        # A key that is not an official target gets the computed upper ceiling.
+        assert scoring.reference_ceiling("V4_RDMs", target) == pytest.approx(scoring.noise_ceiling(target)[0])
+    assert scoring.reference_ceiling("EVC_RDMs", make_rdms(78, seed=1)) == 0.0640  # even for one RDM
+    assert scoring.reference_ceiling("MEG_RDMs_early", make_rdms(78, seed=1)) == 0.3562
+    small = make_rdms(10, subjects=3, seed=26)
+    assert scoring.reference_ceiling("EVC_RDMs", small) == pytest.approx(scoring.noise_ceiling(small)[0])
+    assert scoring.reference_ceiling("EVC_RDMs", make_rdms(10, seed=27)) is None
+    assert scoring.official_noise_ceiling("EVC_RDMs", 10) is None
+    assert scoring.target_name("MEG_RDMs_early") == "MEG_early" and scoring.target_name("foo") == "foo"
+
+
+def test_percent_of_ceiling() -> None:
+    assert scoring.percent_of_ceiling(0.05, 0.2) == pytest.approx(25.0)
+    assert scoring.percent_of_ceiling(0.05, None) is None
+    assert scoring.percent_of_ceiling(0.05, 0.0) is None
+
+
+# --------------------------------------------------------------------------- submissions
+
+
+def test_score_submission_structure_and_overall(make_rdms) -> None:
+    targets = {"EVC_RDMs": make_rdms(10, subjects=4, seed=30), "IT_RDMs": make_rdms(10, subjects=4, seed=31)}
+    submission = {
+        "EVC_RDMs": make_rdms(10, seed=32),
+        "IT_RDMs": group_average(targets["IT_RDMs"]),
+        "extra_RDMs": make_rdms(10, seed=33),  # not in the targets: ignored
+    }
+    result = scoring.score_submission(submission, targets)
+    assert list(result) == ["EVC_RDMs", "IT_RDMs", "score"]
+    for key in ("EVC_RDMs", "IT_RDMs"):
+        row = result[key]
+        assert set(row) == {"r2", "p", "pct_nc", "noise_ceiling"}
+        score = scoring.score_rdm(submission[key], targets[key])
+        ceiling = scoring.noise_ceiling(targets[key])[0]
+        assert row["r2"] == pytest.approx(score.r2) and row["p"] == pytest.approx(score.p)
+        assert row["noise_ceiling"] == pytest.approx(ceiling)
+        assert row["pct_nc"] == pytest.approx(100 * score.r2 / ceiling)
+    assert result["IT_RDMs"]["pct_nc"] == pytest.approx(100)  # the group mean reaches the upper ceiling
+    mean_r2 = (result["EVC_RDMs"]["r2"] + result["IT_RDMs"]["r2"]) / 2
+    mean_ceiling = (result["EVC_RDMs"]["noise_ceiling"] + result["IT_RDMs"]["noise_ceiling"]) / 2
+    assert result["score"] == {
+        "r2": pytest.approx(mean_r2),
+        "pct_nc": pytest.approx(100 * mean_r2 / mean_ceiling),
+    }
+    # Not the mean of the per-key percentages.
+    mean_pct = (result["EVC_RDMs"]["pct_nc"] + result["IT_RDMs"]["pct_nc"]) / 2
+    assert result["score"]["pct_nc"] != pytest.approx(mean_pct)
+    json.dumps(result, allow_nan=False)  # plain JSON: no NaN or numpy types
+
+
+def test_score_submission_official_sizes_and_missing_ceiling(make_rdms) -> None:
+    targets = {"EVC_RDMs": make_rdms(92, subjects=3, seed=34), "IT_RDMs": make_rdms(92, seed=35)}
+    submission = {"EVC_RDMs": make_rdms(92, seed=36), "IT_RDMs": make_rdms(92, seed=37)}
+    result = scoring.score_submission(submission, targets)
+    assert result["EVC_RDMs"]["noise_ceiling"] == 0.1589 and result["IT_RDMs"]["noise_ceiling"] == 0.3075
+    assert result["IT_RDMs"]["p"] is None  # one subject: no t-test
+    assert result["score"]["pct_nc"] == pytest.approx(100 * result["score"]["r2"] / ((0.1589 + 0.3075) / 2))
+    # A single-subject target of a non-official size has no ceiling: percentages are None.
+    small = scoring.score_submission(
+        {"EVC_RDMs": make_rdms(10, seed=38)}, {"EVC_RDMs": make_rdms(10, seed=39)}
+    )
+    assert small["EVC_RDMs"]["noise_ceiling"] is None and small["EVC_RDMs"]["pct_nc"] is None
+    assert small["score"]["pct_nc"] is None
+    json.dumps(result, allow_nan=False)
+    json.dumps(small, allow_nan=False)
+
+
+def test_score_submission_bad_inputs(make_rdms) -> None:
+    targets = {"EVC_RDMs": make_rdms(8, subjects=3, seed=40)}
+    with pytest.raises(ValueError, match="no key in common"):
+        scoring.score_submission({"IT_RDMs": make_rdms(8)}, targets)
+    with pytest.raises(ValueError, match=r"EVC_RDMs: model RDM has shape \(3, 8, 8\), expected one 8 x 8"):
+        scoring.score_submission({"EVC_RDMs": targets["EVC_RDMs"]}, targets)
+    with pytest.raises(ValueError, match=r"EVC_RDMs: model RDM has shape \(6, 6\)"):
+        scoring.score_submission({"EVC_RDMs": make_rdms(6)}, targets)
+    with pytest.raises(ValueError, match="EVC_RDMs: model RDM is constant"):
+        scoring.score_submission({"EVC_RDMs": 1 - np.eye(8)}, targets)
+
+
+def test_large_rdm_matches_scipy_loop() -> None:
+    n, subjects = 1000, 15
+    rng = np.random.default_rng(41)
+    length = n * (n - 1) // 2
+    signal = rng.random(length)
+    model = square_rdm(np.round(signal, 3), n)  # rounded: many ties
+    noise = [0.1 * (s + 1) for s in range(subjects)]  # subjects from close to the model to far from it
+    targets = np.stack([square_rdm(signal + rng.normal(scale=sd, size=length), n) for sd in noise])
+    model_upper = upper_tri(model)
+    rhos = np.array([stats.spearmanr(model_upper, upper_tri(t)).statistic for t in targets])
+    assert rhos.max() > 0.9 and rhos.min() < 0.3
+    score = scoring.score_rdm(model, targets)
+    np.testing.assert_allclose(score.rho, rhos, rtol=0, atol=1e-10)
+    assert score.r2 == pytest.approx(np.mean(rhos**2), rel=1e-8)
+    assert score.p == pytest.approx(stats.ttest_1samp(rhos**2, 0).pvalue, rel=1e-6)

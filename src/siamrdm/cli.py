@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from . import data, scoring
 
@@ -82,16 +83,165 @@ def cmd_data_info(args) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- parser
+# --------------------------------------------------------------------------- model commands
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="siamrdm",
-        description="Predict brain RDMs from images with Siamese networks; score them as Algonauts 2019 did.",
+def _csv(value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that trains the Siamese network."""
+    from .backbones import BACKBONES
+    from .train import PRESETS
+
+    p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="training schedule (default: quick)")
+    p.add_argument("--backbone", default="efficientnet_lite0", choices=sorted(BACKBONES), help="Siamese body")
+    p.add_argument("--stage", help="backbone stage that feeds the head (default: the backbone's)")
+    p.add_argument("--weights", help="body weights: a state_dict file, or 'random' (default: pretrained)")
+    p.add_argument("--epochs", type=int, help="epochs with the body frozen (overrides the preset)")
+    p.add_argument("--unfrozen-epochs", type=int, help="epochs with the body trained (overrides the preset)")
+    p.add_argument("--lr", type=float, help="head learning rate (overrides the preset)")
+    p.add_argument("--rescale", choices=["minmax", "rank", "zscore"], help="target rescaling (default: minmax)")
+    p.add_argument("--image-size", type=int, help="input size in pixels (default: 224)")
+    p.add_argument("--no-augment", action="store_true", help="no random crops or flips")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds; predictions average over them")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+
+
+def _config_from_args(args, targets: tuple[str, ...]):
+    from .train import config_from_preset
+
+    config = config_from_preset(
+        args.preset, backbone=args.backbone, stage=args.stage, weights=args.weights, targets=targets,
+        frozen_epochs=args.epochs, unfrozen_epochs=args.unfrozen_epochs, lr=args.lr, rescale=args.rescale,
+        image_size=args.image_size, device=args.device, augment=False if args.no_augment else None,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in ("frozen_epochs", "unfrozen_epochs", "image_size"):
+        if getattr(config, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must not be negative")
+    if config.epochs < 1:
+        raise UsageError("nothing to train: --epochs and --unfrozen-epochs are both 0")
+    return config
 
+
+def _seeds(args) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in _csv(args.seeds))
+    except ValueError:
+        raise UsageError(f"--seeds: expected comma-separated integers, got '{args.seeds}'") from None
+    if not seeds:
+        raise UsageError("--seeds: give at least one seed")
+    return seeds
+
+
+def _training_datasets(args) -> tuple[list, list, tuple[str, ...]]:
+    """(train sets, validation sets, targets) from --data/--sets or from --images/--rdms/--key."""
+    from .train import split_holdout
+
+    if args.images or args.rdms:
+        if not (args.images and args.rdms and args.key):
+            raise UsageError("your own data needs all of --images DIR, --rdms FILE and --key KEY")
+        images = data.load_image_set(args.images)
+        rdms = data.load_rdms(args.rdms, args.key, n_images=len(images))
+        train = [data.BrainDataset(Path(args.images).name, images, {args.key: rdms})]
+        targets: tuple[str, ...] = (args.key,)
+    else:
+        targets = _csv(args.targets) or ("EVC",)
+        unknown = [t for t in targets if t not in data.TARGETS]
+        if unknown:
+            raise UsageError(f"--targets: unknown {', '.join(unknown)} (choose from {', '.join(data.TARGET_NAMES)})")
+        names = _csv(args.sets) or data.TRAINING_SETS
+        train = [data.load_algonauts_set(args.data, name, targets) for name in names]
+    val = []
+    if args.val_set:
+        if args.images:
+            raise UsageError("--val-set works with the Algonauts sets; use --val-fraction with your own data")
+        val = [data.load_algonauts_set(args.data, args.val_set, targets)]
+        train = [d for d in train if d.name != args.val_set]
+    elif args.val_fraction:
+        if not 0 < args.val_fraction < 1:
+            raise UsageError("--val-fraction must be between 0 and 1")
+        split = [split_holdout(d, args.val_fraction, 0) for d in train]
+        train, val = [t for t, _ in split], [v for _, v in split]
+    if not train:
+        raise UsageError("no training images left after taking out the validation set")
+    return train, val, targets
+
+
+def _out_dir(path: str) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise data.DataError(f"{out}: exists and is not a directory")
+    return out
+
+
+def cmd_fit(args) -> int:
+    from .predict import fit_predictor
+
+    train, val, targets = _training_datasets(args)
+    config = _config_from_args(args, targets)
+    out = _out_dir(args.out)
+    predictor = fit_predictor(config, train, val, _seeds(args), out, resume=args.resume, progress=not args.quiet)
+    summary = {"model": str(out / "model.pt"), "targets": list(targets), "seeds": predictor.metrics}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import RDMPredictor
+
+    predictor = RDMPredictor.load(args.model, args.device)
+    images = data.load_image_set(args.images)
+    rdms = predictor.predict(images)
+    keyed = {data.TARGETS[t][1] if t in data.TARGETS else t: rdm for t, rdm in rdms.items()}
+    path = data.save_rdms(args.out, keyed)
+    print(f"wrote {path}: {', '.join(keyed)} ({len(images)} x {len(images)})")
+    return 0
+
+
+def cmd_lr_find(args) -> int:
+    from .train import lr_range_test
+
+    train, _, targets = _training_datasets(args)
+    config = _config_from_args(args, targets)
+    result = lr_range_test(config, train, progress=not args.quiet)
+    out = _out_dir(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lr_find.json").write_text(json.dumps(result, indent=2))
+    from .plots import plot_lr_range
+
+    plot = plot_lr_range(result, out / "lr_find.png")
+    print(f"suggested learning rate: {result['suggested_lr']:.3g} (curve: {plot})")
+    return 0
+
+
+def cmd_challenge(args) -> int:
+    from .challenge import run_challenge
+
+    targets = _csv(args.targets) or data.TARGET_NAMES
+    unknown = [t for t in targets if t not in data.TARGETS]
+    if unknown:
+        raise UsageError(f"--targets: unknown {', '.join(unknown)} (choose from {', '.join(data.TARGET_NAMES)})")
+    config = _config_from_args(args, targets)
+    out = _out_dir(args.out)
+    result = run_challenge(config, args.data, out, targets, _seeds(args), validate=not args.no_validate,
+                           progress=not args.quiet)
+    from .report import write_report
+
+    md, _ = write_report(out)
+    for row in result["validation"]:
+        pct = "-" if row["pct_nc"] is None else f"{row['pct_nc']:.1f}%"
+        print(f"validation {row['target']:<10} {row['direction']:<8} r2={row['r2']:.4f}  {pct} of noise ceiling")
+    print(f"wrote {', '.join(result['settings']['submission_files'])} and {md.name} in {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+# Each group of commands registers itself in its own function, next to its handlers' module.
+
+
+def _add_foundation_commands(sub) -> None:
     p = sub.add_parser("score", help="score a submission's RDMs against target subject RDMs")
     p.add_argument("submission", help=".mat/.npz/.npy file of model RDMs (keys such as EVC_RDMs)")
     p.add_argument("--target", required=True, help="file of subject RDMs with the same keys")
@@ -108,6 +258,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_data_info)
 
+
+def _add_dataset_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
+    p.add_argument("--targets", help="comma-separated: EVC, IT, MEG_early, MEG_late (default: EVC)")
+    p.add_argument("--sets", help="training image sets (default: 92,118)")
+    p.add_argument("--val-set", help="an Algonauts set held out for validation (e.g. 118)")
+    p.add_argument("--val-fraction", type=float, default=0.0, help="fraction of each set's images held out")
+    p.add_argument("--images", help="your own data: a folder of images (with --rdms and --key)")
+    p.add_argument("--rdms", help="your own data: .mat/.npz/.npy of RDMs, (N, N), (S, N, N) or (S, K, N, N)")
+    p.add_argument("--key", help="your own data: the array's key in --rdms (its name becomes the target)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_model_commands(sub) -> None:
+    p = sub.add_parser("fit", help="train the Siamese network on brain RDMs")
+    _add_dataset_options(p)
+    _add_training_options(p)
+    p.add_argument("--out", required=True, help="run folder: model.pt, checkpoints, log.csv")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("predict", help="predict the RDM of a folder of images with a trained model")
+    p.add_argument("model", help="model.pt written by 'siamrdm fit'")
+    p.add_argument("--images", required=True, help="folder of images (sorted by name) or stimulus .mat")
+    p.add_argument("--out", required=True, help="output .mat, .npz or .npy (one target)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("lr-find", help="LR range test (Smith 2015): loss against learning rate")
+    _add_dataset_options(p)
+    _add_training_options(p)
+    p.add_argument("--out", default="runs/lr-find", help="folder for lr_find.json and lr_find.png")
+    p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser("challenge", help="train on 92 + 118, predict the 78 test images, write submissions")
+    p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
+    p.add_argument("--targets", help="comma-separated (default: all four)")
+    _add_training_options(p)
+    p.add_argument("--out", default="runs/challenge", help="folder for the submission files and report")
+    p.add_argument("--no-validate", action="store_true", help="skip the cross-set validation fits")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_challenge)
+
+
+def _add_analysis_commands(sub) -> None:
+    """baseline, evaluate, report."""
+
+
+def _add_bench_commands(sub) -> None:
+    """bench."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="siamrdm",
+        description="Predict brain RDMs from images with Siamese networks; score them as Algonauts 2019 did.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_foundation_commands(sub)
+    _add_model_commands(sub)
+    _add_analysis_commands(sub)
+    _add_bench_commands(sub)
     return parser
 
 

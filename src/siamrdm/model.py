@@ -47,6 +47,16 @@ class SiameseHead(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(config.pool)
         self.linear = nn.Linear(config.channels * config.pool**2, n_outputs)
 
+    @torch.no_grad()
+    def init_as_distance(self) -> None:
+        """Start near a distance: image b's weights are minus image a's, so a pair's pooled activations are
+        ReLU(u_a - u_b) and, averaged over both orders with equal positive linear weights, |u_a - u_b| / 2:
+        a random-projection distance between the two images, which training then reshapes."""
+        self.conv.weight[:, 1::2] = -self.conv.weight[:, 0::2]
+        self.conv.bias.zero_()
+        self.linear.weight.fill_(1.0 / self.linear.in_features)
+        self.linear.bias.zero_()
+
     def forward(self, features_a: torch.Tensor, features_b: torch.Tensor) -> torch.Tensor:
         """The literal head on per-pair feature maps: (P, C, H, W) twice -> (P, n_outputs)."""
         x = F.relu(self.conv(interleave(features_a, features_b)))
@@ -69,7 +79,8 @@ class SiameseHead(nn.Module):
 class SiameseRDMNet(nn.Module):
     """Predicts the dissimilarity of two images; symmetric by averaging both orders."""
 
-    def __init__(self, body: Body, n_outputs: int = 1, image_size: int = 224, head: HeadConfig | None = None):
+    def __init__(self, body: Body, n_outputs: int = 1, image_size: int = 224, head: HeadConfig | None = None,
+                 distance_init: bool = True):
         super().__init__()
         self.body = body
         self.image_size = image_size
@@ -82,6 +93,8 @@ class SiameseRDMNet(nn.Module):
             )
         self.feature_shape = (channels, height, width)
         self.head = SiameseHead(channels, n_outputs, head)
+        if distance_init:
+            self.head.init_as_distance()
         # Per-channel standardisation of body features, set from training images by `set_feature_stats`.
         self.register_buffer("feature_mean", torch.zeros(1, channels, 1, 1))
         self.register_buffer("feature_std", torch.ones(1, channels, 1, 1))

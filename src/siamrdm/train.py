@@ -46,6 +46,7 @@ class TrainConfig:
     augment: bool = True  # random resized crop and horizontal flip, drawn per image per epoch
     augment_views: int = 4  # while frozen: views cached per image (view 0 is the plain image)
     crop_scale: tuple[float, float] = (0.7, 1.0)
+    distance_init: bool = True  # head starts as a distance between the two images (see model.py)
     early_stopping: int | None = None  # patience in epochs without a better validation score
     body_chunk: int = 32  # images per body pass
     seed: int = 0
@@ -234,7 +235,7 @@ class FitResult:
 def build_model(config: TrainConfig, device: torch.device | None = None) -> SiameseRDMNet:
     torch.manual_seed(config.seed)
     body = create_body(config.backbone, config.weights, config.stage)
-    model = SiameseRDMNet(body, len(config.targets), config.image_size)
+    model = SiameseRDMNet(body, len(config.targets), config.image_size, distance_init=config.distance_init)
     return model.to(device or pick_device(config.device))
 
 
@@ -280,6 +281,7 @@ class Trainer:
             self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
                 self.optimizer, max_lr=[config.lr, config.lr * config.body_lr_factor],
                 total_steps=config.unfrozen_epochs * len(self.train_sets))
+        self._val_features: dict[int, torch.Tensor] = {}
         self.epoch = 0
         self.history: list[dict] = []
         self.best_state = copy.deepcopy(self.model.state_dict())
@@ -320,13 +322,15 @@ class Trainer:
         self.optimizer.step()
         if not frozen and self.scheduler is not None:
             self.scheduler.step()
-        return float(loss)
+        return loss.item()
 
     def validate(self, frozen: bool) -> dict[str, dict]:
         """Official metric on every validation set; keys 'set/target'."""
         scores = {}
-        for s in self.val_sets:
-            features = self.model.standardise(body_features(self.model, s.images, self.config.body_chunk, self.device))
+        for k, s in enumerate(self.val_sets):
+            if not frozen or k not in self._val_features:  # a frozen body gives the same features every epoch
+                self._val_features[k] = body_features(self.model, s.images, self.config.body_chunk, self.device)
+            features = self.model.standardise(self._val_features[k])
             rdms = pairs_to_rdms(predict_pairs(self.model, features), len(s.images))
             for target, row in validation_scores(rdms, s.subject_rdms).items():
                 scores[f"{s.name}/{target}"] = row
@@ -373,14 +377,15 @@ class Trainer:
     def load_state(self, state: dict) -> None:
         saved = config_from_dict(state["config"])
         if replace(saved, device=self.config.device) != replace(self.config, device=self.config.device):
-            raise DataError("--resume: the checkpoint was written with other settings; use the same ones or a new --out")
+            raise DataError("--resume: the checkpoint has other settings; use the same ones or a new --out")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"]:
             self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         self.epoch, self.history = state["epoch"], state["history"]
-        self.best_state, self.best_epoch, self.best_score = state["best_state"], state["best_epoch"], state["best_score"]
+        self.best_state, self.best_epoch = state["best_state"], state["best_epoch"]
+        self.best_score = state["best_score"]
 
     def _write_log(self) -> None:
         if not self.out_dir or not self.history:

@@ -1,0 +1,122 @@
+"""Trained models as RDM predictors: ensembles of seeds, saving and loading, and predicting any images.
+
+A predictor file (`model.pt`) holds the training config, one state_dict per seed, the target
+rescaling and the run's metrics. Predictions are the mean over seeds of the symmetric pair outputs, in
+the rescaled target units (the challenge metric is rank-based, so the units do not matter).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .backbones import images_to_tensor
+from .data import BrainDataset, DataError, ImageSet
+from .model import SiameseRDMNet
+from .train import (
+    TrainConfig,
+    body_features,
+    build_model,
+    config_from_dict,
+    fit,
+    load_checkpoint,
+    pairs_to_rdms,
+    pick_device,
+    predict_pairs,
+    save_checkpoint,
+    split_holdout,
+)
+
+MODEL_FORMAT = "siamrdm-predictor-1"
+
+
+class RDMPredictor:
+    """One or more trained Siamese networks (seeds) that predict the RDM of any set of images."""
+
+    def __init__(self, models: list[SiameseRDMNet], config: TrainConfig, normalisation: dict | None = None,
+                 metrics: dict | None = None):
+        if not models:
+            raise ValueError("a predictor needs at least one model")
+        self.models = models
+        self.config = config
+        self.normalisation = normalisation or {}
+        self.metrics = metrics or {}
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self.config.targets
+
+    @torch.no_grad()
+    def predict(self, images: ImageSet | list[np.ndarray], chunk: int = 8192) -> dict[str, np.ndarray]:
+        """The predicted (N, N) RDM of the images for each target: symmetric, zero diagonal, seed-averaged."""
+        pixels = images_to_tensor(images.images if isinstance(images, ImageSet) else images, self.config.image_size)
+        total = None
+        for model in self.models:
+            model.eval()
+            device = next(model.parameters()).device
+            features = model.standardise(body_features(model, pixels, self.config.body_chunk, device))
+            rdms = pairs_to_rdms(predict_pairs(model, features, chunk), len(pixels))
+            total = rdms if total is None else total + rdms
+        mean = total / len(self.models)
+        return {target: mean[k] for k, target in enumerate(self.targets)}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        save_checkpoint(path, {
+            "format": MODEL_FORMAT, "config": asdict(self.config),
+            "members": [{k: v.cpu() for k, v in m.state_dict().items()} for m in self.models],
+            "normalisation": self.normalisation, "metrics": self.metrics,
+        })
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "auto") -> RDMPredictor:
+        """Load a predictor; the body's weights come from the file, so no pretrained download is needed."""
+        payload = load_checkpoint(path)
+        if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+            raise DataError(f"{path}: not a siamrdm model file (expected the model.pt that 'siamrdm fit' writes)")
+        config = config_from_dict(payload["config"])
+        dev = pick_device(device)
+        models = []
+        for state in payload["members"]:
+            model = build_model(replace(config, weights="random"), dev)
+            model.load_state_dict(state)
+            models.append(model.eval())
+        return cls(models, replace(config, device=device), payload["normalisation"], payload["metrics"])
+
+
+def fit_predictor(config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] = (),
+                  seeds: tuple[int, ...] = (0,), out_dir: str | os.PathLike | None = None, resume: bool = False,
+                  progress: bool = True) -> RDMPredictor:
+    """Train one model per seed (each in out_dir/seed<k> with its checkpoints and log) and bundle them."""
+    models, normalisation, metrics = [], {}, {}
+    for seed in seeds:
+        seed_dir = Path(out_dir) / f"seed{seed}" if out_dir else None
+        result = fit(replace(config, seed=seed), train, val, seed_dir, resume=resume, progress=progress)
+        models.append(result.model.eval())
+        normalisation = result.normalisation
+        metrics[f"seed{seed}"] = {"best_epoch": result.best_epoch, "best_val_pct_nc": result.best_score,
+                                  "epochs_run": len(result.history)}
+    predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics)
+    if out_dir:
+        predictor.save(Path(out_dir) / "model.pt")
+    return predictor
+
+
+def fit_predict(config: TrainConfig, train: list[BrainDataset], images: ImageSet | list[np.ndarray],
+                seeds: tuple[int, ...] = (0,), val_fraction: float = 0.0, progress: bool = True,
+                out_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """Train on `train` only and predict the RDMs of `images` (cross-set evaluation's Siamese rows).
+
+    With `val_fraction`, the best epoch is chosen on images held out of the training sets; otherwise the
+    config's epochs run in full. Either way nothing about `images` is seen before prediction.
+    """
+    val: list[BrainDataset] = []
+    if val_fraction > 0:
+        split = [split_holdout(d, val_fraction, config.seed) for d in train]
+        train, val = [t for t, _ in split], [v for _, v in split]
+    return fit_predictor(config, train, val, seeds, out_dir, progress=progress).predict(images)

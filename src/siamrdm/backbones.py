@@ -157,11 +157,12 @@ register_backbone(
         name="efficientnet_lite0",
         build_stages=_efficientnet_lite0_stages,
         load_pretrained=_efficientnet_lite0_load,
-        default_stage="blocks5",
+        # blocks4 (112 x 14 x 14) beat blocks5 and blocks6 in cross-set validation (BENCHMARKS.md, sweep)
+        default_stage="blocks4",
         image_size=224,
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
-        description="timm tf_efficientnet_lite0 (blocks5: 192 x 7 x 7 at 224 px), ImageNet weights offline",
+        description="timm tf_efficientnet_lite0 (blocks4: 112 x 14 x 14 at 224 px), ImageNet weights offline",
     )
 )
 

@@ -1,8 +1,11 @@
 """The Algonauts 2019 pipeline: validate across sets, train on 92 + 118, predict the 78 test images, submit.
 
-For each target: fit on 92 and score on 118, fit on 118 and score on 92 (the validation the challenge's
-held-back test RDMs do not allow), then fit on both sets and predict the 78 test images. Writes the
-challenge's submission files, the validation table, the settings and a report.
+For each target: fit on 92 scoring 118 after every epoch, and fit on 118 scoring 92 (cross-set validation,
+since the test RDMs are held back). The models overfit a set within tens of epochs, so the number of epochs
+is chosen on these curves: each direction is reported at the epoch that the *other* direction's curve
+picked (so no reported score saw its own test set), and the final fit on both sets runs for the epoch count
+that is best on the mean of the two curves. Writes the submission files, the validation table, the
+curves, the settings and a report.
 """
 
 from __future__ import annotations
@@ -18,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import TARGETS, TRAINING_SETS, load_algonauts_set, resolve_data_root, save_rdms, validate_rdms
-from .predict import fit_predict, fit_predictor
+from .data import TARGETS, TRAINING_SETS, BrainDataset, load_algonauts_set, resolve_data_root, save_rdms, validate_rdms
+from .predict import fit_predictor
 from .scoring import percent_of_ceiling, reference_ceiling, score_rdm
-from .train import TrainConfig, pick_device
+from .train import TrainConfig, Trainer, pick_device
 
 SUBMISSION_FILES = {"submit_fmri.mat": ("EVC", "IT"), "submit_meg.mat": ("MEG_early", "MEG_late")}
-VALIDATION_COLUMNS = ["method", "target", "direction", "r2", "pct_nc", "p", "noise_ceiling"]
+VALIDATION_COLUMNS = ["method", "target", "direction", "r2", "pct_nc", "p", "noise_ceiling", "epochs"]
 
 
 def write_submissions(out_dir: str | os.PathLike, rdms: dict[str, np.ndarray]) -> list[Path]:
@@ -53,37 +56,81 @@ def write_table(rows: list[dict], out_dir: Path, stem: str) -> None:
         writer = csv.DictWriter(f, fieldnames=VALIDATION_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| method | target | direction | r2 | % of noise ceiling | p |", "|---|---|---|---|---|---|"]
+    lines = ["| method | target | direction | epochs | r2 | % of noise ceiling | p |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         pct = "-" if r["pct_nc"] is None else f"{r['pct_nc']:.1f}"
-        lines.append(f"| {r['method']} | {r['target']} | {r['direction']} | {r['r2']:.4f} | {pct} | {r['p']:.2g} |")
+        lines.append(f"| {r['method']} | {r['target']} | {r['direction']} | {r.get('epochs', '-')} | {r['r2']:.4f} "
+                     f"| {pct} | {r['p']:.2g} |")
     (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
+
+
+def validation_curves(config: TrainConfig, sets: dict[str, BrainDataset], seeds: tuple[int, ...],
+                      progress: bool = True) -> dict[str, list[dict]]:
+    """Per direction ('92->118', '118->92'), per epoch: the validation score of the one target, seed-averaged."""
+    (target,) = config.targets
+    curves = {}
+    for train_name, test_name in (("92", "118"), ("118", "92")):
+        per_seed = []
+        for seed in seeds:
+            trainer = Trainer(replace(config, seed=seed), [sets[train_name]], [sets[test_name]], progress=False)
+            epochs = []
+            for _ in range(config.epochs):
+                trainer.run_epoch()
+                epochs.append(trainer.last_scores[f"{test_name}/{target}"])
+            per_seed.append(epochs)
+        curves[f"{train_name}->{test_name}"] = [
+            {key: float(np.mean([run[e][key] for run in per_seed])) for key in ("r2", "pct_nc", "p")}
+            | {"noise_ceiling": per_seed[0][e]["noise_ceiling"]}
+            for e in range(config.epochs)
+        ]
+    return curves
+
+
+def choose_epochs(curves: dict[str, list[dict]]) -> tuple[int, dict[str, int]]:
+    """Best epoch count on the mean curve, and, per direction, the epoch the other direction picked."""
+    pct = {d: np.array([row["pct_nc"] for row in c]) for d, c in curves.items()}
+    final = int(np.argmax(np.mean(list(pct.values()), axis=0))) + 1
+    directions = list(pct)
+    crossed = {d: int(np.argmax(pct[other])) + 1 for d, other in zip(directions, directions[::-1], strict=True)}
+    return final, crossed
+
+
+def with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
+    """The config cut to `epochs` in all, frozen epochs first."""
+    frozen = min(epochs, config.frozen_epochs)
+    return replace(config, frozen_epochs=frozen, unfrozen_epochs=epochs - frozen)
 
 
 def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: str | os.PathLike,
                   targets: tuple[str, ...] = tuple(TARGETS), seeds: tuple[int, ...] = (0,),
                   validate: bool = True, progress: bool = True) -> dict:
-    """Validate, train and predict for every target; returns the settings and validation rows written."""
+    """Validate, train and predict for every target; returns the settings and validation rows written.
+
+    Without `validate`, the final fits run the config's epochs in full.
+    """
     root = resolve_data_root(root)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sets = {name: load_algonauts_set(root, name, targets) for name in TRAINING_SETS}
     test = load_algonauts_set(root, "78", ())
     started = time.perf_counter()
-    rows, predictions, fit_info = [], {}, {}
+    rows, predictions, fit_info, all_curves = [], {}, {}, {}
     for target in targets:
         target_config = replace(config, targets=(target,))
+        epochs = target_config.epochs
         if validate:
-            for train_name, test_name in (("92", "118"), ("118", "92")):
-                predicted = fit_predict(target_config, [sets[train_name]], sets[test_name].images, seeds,
-                                        progress=progress)[target]
-                rows.append(score_row("siamese", target, f"{train_name}->{test_name}", predicted,
-                                      sets[test_name].targets[target]))
+            curves = all_curves[target] = validation_curves(target_config, sets, seeds, progress)
+            epochs, crossed = choose_epochs(curves)
+            for direction, epoch in crossed.items():
+                row = curves[direction][epoch - 1]
+                rows.append({"method": "siamese", "target": target, "direction": direction, **row,
+                             "epochs": epoch})
             write_table(rows, out_dir, "validation")
-        predictor = fit_predictor(target_config, [sets[n] for n in TRAINING_SETS], seeds=seeds,
+            (out_dir / "validation_curves.json").write_text(json.dumps(all_curves, indent=1))
+        predictor = fit_predictor(with_epochs(target_config, epochs), [sets[n] for n in TRAINING_SETS], seeds=seeds,
                                   out_dir=out_dir / target, progress=progress)
         predictions[target] = predictor.predict(test.images)[target]
-        fit_info[target] = predictor.metrics
+        fit_info[target] = {"epochs": epochs, **predictor.metrics}
     files = write_submissions(out_dir, predictions)
     settings = {
         "config": asdict(config), "targets": list(targets), "seeds": list(seeds), "data": str(root),

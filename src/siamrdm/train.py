@@ -281,7 +281,12 @@ class Trainer:
             self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
                 self.optimizer, max_lr=[config.lr, config.lr * config.body_lr_factor],
                 total_steps=config.unfrozen_epochs * len(self.train_sets))
+            # OneCycleLR sets its first step's rates at once; the frozen epochs before the cycle run at the base rates.
+            base_lrs = (config.lr, config.lr * config.body_lr_factor)
+            for group, lr in zip(self.optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = lr
         self._val_features: dict[int, torch.Tensor] = {}
+        self.last_scores: dict[str, dict] = {}  # the latest epoch's validation scores, 'set/target' -> row
         self.epoch = 0
         self.history: list[dict] = []
         self.best_state = copy.deepcopy(self.model.state_dict())
@@ -341,6 +346,9 @@ class Trainer:
     def run_epoch(self) -> dict:
         self.epoch += 1
         frozen = self.epoch <= self.config.frozen_epochs
+        if not frozen and self.scheduler is not None and self.scheduler.last_epoch == 0:  # the cycle starts here
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
+                group["lr"] = lr
         self.model.freeze_body(frozen)
         start = time.perf_counter()
         order = torch.randperm(len(self.train_sets), generator=self.generator).tolist()
@@ -348,7 +356,7 @@ class Trainer:
         row = {"epoch": self.epoch, "phase": "frozen" if frozen else "unfrozen", "loss": float(np.mean(losses)),
                "lr": self.optimizer.param_groups[0]["lr"]}
         if self.val_sets:
-            scores = self.validate(frozen)
+            scores = self.last_scores = self.validate(frozen)
             row["val_pct_nc"] = _mean_pct(scores)
             row.update({f"val/{k}": v["pct_nc"] for k, v in scores.items()})
             if row["val_pct_nc"] is not None and (self.best_score is None or row["val_pct_nc"] > self.best_score):

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import plots
 from .data import TARGETS, TRAINING_SETS, BrainDataset, load_algonauts_set, resolve_data_root, save_rdms, validate_rdms
 from .predict import fit_predictor
 from .scoring import percent_of_ceiling, reference_ceiling, score_rdm
@@ -75,11 +76,11 @@ def validation_curves(config: TrainConfig, sets: dict[str, BrainDataset], seeds:
             trainer = Trainer(replace(config, seed=seed), [sets[train_name]], [sets[test_name]], progress=False)
             epochs = []
             for _ in range(config.epochs):
-                trainer.run_epoch()
-                epochs.append(trainer.last_scores[f"{test_name}/{target}"])
+                loss = trainer.run_epoch()["loss"]
+                epochs.append({**trainer.last_scores[f"{test_name}/{target}"], "loss": loss})
             per_seed.append(epochs)
         curves[f"{train_name}->{test_name}"] = [
-            {key: float(np.mean([run[e][key] for run in per_seed])) for key in ("r2", "pct_nc", "p")}
+            {key: float(np.mean([run[e][key] for run in per_seed])) for key in ("r2", "pct_nc", "p", "loss")}
             | {"noise_ceiling": per_seed[0][e]["noise_ceiling"]}
             for e in range(config.epochs)
         ]
@@ -93,6 +94,18 @@ def choose_epochs(curves: dict[str, list[dict]]) -> tuple[int, dict[str, int]]:
     directions = list(pct)
     crossed = {d: int(np.argmax(pct[other])) + 1 for d, other in zip(directions, directions[::-1], strict=True)}
     return final, crossed
+
+
+def plot_validation_curves(target: str, curves: dict[str, list[dict]], path: Path) -> Path:
+    """Training loss and cross-set % of the noise ceiling per epoch, both directions and their mean."""
+    directions = list(curves)
+    rows = []
+    for e in range(len(curves[directions[0]])):
+        row = {"epoch": e + 1, "loss": float(np.mean([curves[d][e]["loss"] for d in directions]))}
+        row.update({f"val/{d}": curves[d][e]["pct_nc"] for d in directions})
+        row["val_pct_nc"] = float(np.mean([curves[d][e]["pct_nc"] for d in directions]))
+        rows.append(row)
+    return plots.plot_training_curves(rows, path, title=f"{target}: cross-set validation")
 
 
 def with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
@@ -126,10 +139,13 @@ def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: 
                 rows.append({"method": "siamese", "target": target, "direction": direction, **row,
                              "epochs": epoch})
             write_table(rows, out_dir, "validation")
+            plot_validation_curves(target, curves, out_dir / f"{target}_validation_curves.png")
             (out_dir / "validation_curves.json").write_text(json.dumps(all_curves, indent=1))
         predictor = fit_predictor(with_epochs(target_config, epochs), [sets[n] for n in TRAINING_SETS], seeds=seeds,
                                   out_dir=out_dir / target, progress=progress)
         predictions[target] = predictor.predict(test.images)[target]
+        plots.plot_mds(predictions[target], test.images, out_dir / f"{target}_mds_78.png",
+                       title=f"{target}: predicted RDM of the 78 test images (MDS)")
         fit_info[target] = {"epochs": epochs, **predictor.metrics}
     files = write_submissions(out_dir, predictions)
     settings = {

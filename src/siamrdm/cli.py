@@ -302,12 +302,201 @@ def _add_model_commands(sub) -> None:
     p.set_defaults(func=cmd_challenge)
 
 
+def _analysis_targets(args) -> tuple[str, ...]:
+    from .evaluate import parse_list
+
+    return parse_list(args.targets, data.TARGET_NAMES, "target")
+
+
+def _print_evaluation(evaluation, args, paths: dict | None, seconds: float) -> None:
+    from .evaluate import json_safe, markdown_table, summary_table
+
+    if getattr(args, "json", False):
+        _print_json(json_safe({"rows": evaluation.rows, "layers": evaluation.layers,
+                               "regression": evaluation.regression, "seconds": evaluation.seconds,
+                               "wall_s": seconds}))
+        return
+    print(summary_table(evaluation.rows))
+    print()
+    print(markdown_table(evaluation.rows))
+    if paths:
+        print(f"\nwrote {', '.join(sorted(p.name for p in paths.values()))} in {paths['md'].parent}")
+    print(f"wall time {seconds:.0f} s")
+
+
+def _cmd_baseline(args, method: str) -> int:
+    import time
+
+    from .evaluate import evaluate_sets, write_evaluation
+    from .train import config_from_preset
+
+    if args.image_size is not None and args.image_size < 16:
+        raise UsageError("--image-size must be at least 16")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    targets = _analysis_targets(args)
+    start = time.perf_counter()
+    config = config_from_preset("quick", backbone=args.backbone, weights=args.weights, image_size=args.image_size)
+    sets = [data.load_algonauts_set(args.data, name, targets) for name in data.TRAINING_SETS]
+    evaluation = evaluate_sets(sets, (method,), targets, config, batch_size=args.batch_size,
+                               progress=not args.quiet)
+    paths = write_evaluation(evaluation, sets, _out_dir(args.out)) if args.out else None
+    _print_evaluation(evaluation, args, paths, time.perf_counter() - start)
+    return 0
+
+
+def cmd_baseline_layers(args) -> int:
+    return _cmd_baseline(args, "layers")
+
+
+def cmd_baseline_regression(args) -> int:
+    return _cmd_baseline(args, "regression")
+
+
+def cmd_evaluate(args) -> int:
+    import time
+
+    from .evaluate import METHODS, parse_list, run_evaluation
+    from .report import write_report
+
+    methods = parse_list(args.methods, METHODS, "method")
+    targets = _analysis_targets(args)
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    config = _config_from_args(args, targets)
+    seeds = _seeds(args)
+    out = _out_dir(args.out)
+    start = time.perf_counter()
+    evaluation, paths = run_evaluation(args.data, out, methods, targets, config, seeds, args.batch_size,
+                                       progress=not args.quiet, make_plots=not args.no_plots)
+    md, _ = write_report(out, title="siamrdm evaluate: cross-set scores")
+    paths["report"] = md
+    _print_evaluation(evaluation, args, paths, time.perf_counter() - start)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    md, page = write_report(args.run_dir, title=args.title)
+    print(f"wrote {md} and {page}")
+    return 0
+
+
 def _add_analysis_commands(sub) -> None:
     """baseline, evaluate, report."""
+    from .backbones import BACKBONES
+
+    p = sub.add_parser("baseline", help="pretrained-network baselines, scored across sets (fit 92 -> 118 and back)")
+    kinds = p.add_subparsers(dest="baseline", required=True, metavar="KIND")
+    for kind, func, text in (
+        ("layers", cmd_baseline_layers, "RDM of every backbone stage; the best stage on the training set is scored"),
+        ("regression", cmd_baseline_regression, "target as a non-negative weighted sum of the stage RDMs"),
+    ):
+        q = kinds.add_parser(kind, help=text)
+        q.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
+        q.add_argument("--targets", help="comma-separated (default: EVC,IT,MEG_early,MEG_late)")
+        q.add_argument("--backbone", default="efficientnet_lite0", choices=sorted(BACKBONES), help="network")
+        q.add_argument("--weights", help="backbone weights: a state_dict file, or 'random' (default: pretrained)")
+        q.add_argument("--image-size", type=int, help="input size in pixels (default: 224)")
+        q.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
+        q.add_argument("--out", help="also write the table, predictions and plots into this folder")
+        q.add_argument("--json", action="store_true", help="print one JSON object")
+        q.add_argument("--quiet", action="store_true", help="no progress bars")
+        q.set_defaults(func=func)
+
+    p = sub.add_parser("evaluate", help="cross-set validation of every method and target: table and plots")
+    p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
+    p.add_argument("--out", default="runs/evaluate", help="folder for the table, plots and report")
+    p.add_argument("--methods", help="comma-separated: siamese, layers, regression (default: all)")
+    p.add_argument("--targets", help="comma-separated (default: EVC,IT,MEG_early,MEG_late)")
+    _add_training_options(p)
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass for layer RDMs")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="gather a run folder's settings, tables and plots into report.md/.html")
+    p.add_argument("run_dir", help="folder written by evaluate, challenge, fit or lr-find")
+    p.add_argument("--title", help="page title (default: from the folder name)")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_bench(args) -> int:
+    """Naive against factorised training epochs on real images, then the head's epoch at 100 to 10,000 images."""
+    import torch
+
+    from . import bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        sizes = tuple(int(s) for s in _csv(args.head_sizes) or () if s not in ("0", "none"))
+    except ValueError:
+        raise UsageError(f"--head-sizes: expected comma-separated integers, got '{args.head_sizes}'") from None
+    if any(n < 2 for n in sizes):
+        raise UsageError("--head-sizes: every size needs at least 2 images")
+    if args.rounds < 1 or args.pair_batch < 1 or args.body_chunk < 1:
+        raise UsageError("--rounds, --pair-batch and --body-chunk must be at least 1")
+
+    def log(message: str) -> None:
+        if not args.quiet:
+            print(f"bench: {message}", file=sys.stderr, flush=True)
+
+    device = str(bench.pick_device(args.device))
+    result: dict = {}
+    if not args.no_training:
+        sets = bench.bench_sets(args.data, args.images)
+        result.update(bench.bench_training(
+            sets, args.backbone, args.weights, args.stage, device, args.rounds, args.naive_batches or None,
+            args.pair_batch, args.body_chunk, args.image_size, log))
+    if sizes:
+        shape = bench.feature_shape(args.head_backbone)
+        result["head_scaling"] = bench.bench_head_scaling(sizes, shape, device, args.threads, log)
+    if args.paper:
+        result["paper_schedule"] = bench.bench_paper_schedule(args.data, args.backbone, args.weights, device,
+                                                              args.paper_time_limit, log=log)
+    result.setdefault("device", device)
+    result.setdefault("peak_rss_mb", bench.peak_rss_mb())
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2) if args.json else bench.format_report(result))
+    return 0
 
 
 def _add_bench_commands(sub) -> None:
     """bench."""
+    from .backbones import BACKBONES
+
+    p = sub.add_parser("bench", help="time naive against pair-factorised training, and the head at scale")
+    p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
+    p.add_argument("--images", type=int, help="use this many of the 92 + 118 training images (default: all 210)")
+    p.add_argument("--backbone", default="efficientnet_lite0", choices=sorted(BACKBONES), help="Siamese body")
+    p.add_argument("--stage", help="backbone stage that feeds the head (default: the backbone's)")
+    p.add_argument("--weights", help="body weights: a state_dict file, or 'random' (timing does not depend on them)")
+    p.add_argument("--image-size", type=int, default=224, help="input size in pixels (default: 224)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds of each, alternating (default: 3)")
+    p.add_argument("--naive-batches", type=int, default=8,
+                   help="pair batches per set timed for a naive epoch, then scaled; 0 times all (default: 8)")
+    p.add_argument("--pair-batch", type=int, default=32, help="pairs per naive batch (default: 32)")
+    p.add_argument("--body-chunk", type=int, default=32, help="images per body pass, factorised (default: 32)")
+    p.add_argument("--head-sizes", default="100,1000,3000,10000",
+                   help="image counts for the head-scaling epochs, or 'none' (default: 100,1000,3000,10000)")
+    p.add_argument("--head-backbone", default="alexnet", choices=sorted(BACKBONES),
+                   help="whose features (default stage, 224 px) the head-scaling epochs use (default: alexnet)")
+    p.add_argument("--no-training", action="store_true", help="skip naive against factorised (head scaling only)")
+    p.add_argument("--paper", action="store_true", help="also time the 'paper' preset's schedule end to end")
+    p.add_argument("--paper-time-limit", type=float, help="stop the paper schedule after this many seconds and "
+                   "extrapolate (default: no limit)")
+    p.add_argument("--out", help="also write the JSON result to this file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=cmd_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,292 @@
+"""Cross-set evaluation: fit on one training set, score on the other, for every method and target.
+
+The paper's claim is that end-to-end training beats a pretrained network's stage RDMs and regressions on them.
+`evaluate_sets` checks it: for each ordered pair of image sets (92 -> 118 and 118 -> 92) and each target,
+
+- siamese: `predict.fit_predict` trains on the first set only (the model code's own training loop) and
+  predicts the second set's RDM;
+- layers: the stage whose RDM scores best on the first set is scored on the second;
+- regression: non-negative weights of the stage RDMs fitted on the first set are applied to the second.
+
+The stage RDMs are computed once per image set and shared by both baselines. Every score is the official
+metric against the held-out set's subjects. `write_evaluation` writes the table (markdown, CSV, JSON), the
+predictions and the plots.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import baselines, plots
+from .backbones import backbone_stages, create_body
+from .data import TARGET_NAMES, TRAINING_SETS, BrainDataset, DataError, group_average, load_algonauts_set
+from .scoring import noise_ceiling, percent_of_ceiling, reference_ceiling, score_rdm
+from .train import TrainConfig, config_from_preset
+
+METHODS = ("siamese", "layers", "regression")
+COLUMNS = ["method", "target", "direction", "r2", "pct_nc", "p", "noise_ceiling", "nc_lower_pct", "detail"]
+
+
+@dataclass
+class Evaluation:
+    """Rows of the table, the held-out predictions behind them, and what the baselines chose."""
+
+    rows: list[dict]
+    predictions: dict[tuple[str, str, str], np.ndarray]  # (method, target, direction) -> RDM of the test images
+    layers: dict = field(default_factory=dict)  # direction -> target -> chosen stage and every stage's scores
+    regression: dict = field(default_factory=dict)  # direction -> target -> weights, intercept, residual
+    seconds: dict[str, float] = field(default_factory=dict)  # per method, and "layer_rdms"
+
+
+def parse_list(text: str | None, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """'a,b' -> ('a', 'b'), each checked against `allowed`; None -> all of them."""
+    if text is None:
+        return allowed
+    items = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    bad = [s for s in items if s not in allowed]
+    if bad or not items:
+        raise DataError(f"unknown {what} '{','.join(bad) or text}' (choose from {', '.join(allowed)})")
+    return items
+
+
+def direction_label(train: str, test: str) -> str:
+    return f"{train}->{test}"
+
+
+def _slug(text: str) -> str:
+    return text.replace("->", "to").replace("/", "_").replace(" ", "_")
+
+
+def _row(method: str, target: str, direction: str, predicted: np.ndarray, subjects: np.ndarray,
+         lower_pct: float | None, detail: str = "") -> dict:
+    score = score_rdm(predicted, subjects)
+    ceiling = reference_ceiling(target, subjects)
+    return {"method": method, "target": target, "direction": direction, "r2": score.r2,
+            "pct_nc": percent_of_ceiling(score.r2, ceiling), "p": score.p, "noise_ceiling": ceiling,
+            "nc_lower_pct": lower_pct, "detail": detail}
+
+
+def _lower_ceiling_pct(target: str, subjects: np.ndarray) -> float | None:
+    """The lower noise ceiling (each subject against the others' mean) as a percent of the reference ceiling."""
+    if subjects.ndim < 3 or subjects.shape[0] < 2:
+        return None
+    return percent_of_ceiling(noise_ceiling(subjects)[1], reference_ceiling(target, subjects))
+
+
+def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
+                  targets: tuple[str, ...] = TARGET_NAMES, config: TrainConfig | None = None,
+                  seeds: tuple[int, ...] = (0,), batch_size: int = 16, progress: bool = True) -> Evaluation:
+    """Every method fitted on each set and scored on each other set, for every target.
+
+    `config` gives the Siamese training settings and, for the baselines too, the backbone, its weights and the
+    image size, so all methods see the same body. Rows are ordered by method, target, direction.
+    """
+    from .predict import fit_predict  # the model issue's training code; imported late to keep this module light
+
+    config = config or config_from_preset("quick")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise DataError(f"unknown method(s) {', '.join(unknown)} (choose from {', '.join(METHODS)})")
+    if len(sets) < 2:
+        raise DataError("cross-set evaluation needs at least two image sets")
+    for dataset in sets:
+        missing = [t for t in targets if t not in dataset.targets]
+        if missing:
+            raise DataError(f"image set {dataset.name}: no RDMs for target(s) {', '.join(missing)}")
+    pairs = [(a, b) for a in sets for b in sets if a is not b]
+    lower = {(t, d.name): _lower_ceiling_pct(t, d.targets[t]) for t in targets for d in sets}
+    result = Evaluation([], {})
+
+    stage_rdms: dict[str, dict[str, np.ndarray]] = {}
+    if "layers" in methods or "regression" in methods:
+        start = time.perf_counter()
+        body = create_body(config.backbone, config.weights, stage=backbone_stages(config.backbone)[-1])
+        for dataset in sets:
+            stage_rdms[dataset.name] = baselines.layer_rdms(dataset.images, image_size=config.image_size,
+                                                            batch_size=batch_size, progress=progress, body=body)
+        del body
+        result.seconds["layer_rdms"] = time.perf_counter() - start
+
+    for method in methods:
+        start = time.perf_counter()
+        for target in targets:
+            for train, test in pairs:
+                direction = direction_label(train.name, test.name)
+                subjects = test.targets[target]
+                detail = ""
+                if method == "siamese":
+                    target_config = replace(config, targets=(target,))
+                    predicted = fit_predict(target_config, [train], test.images, seeds, progress=progress)[target]
+                    detail = f"seeds={','.join(map(str, seeds))}"
+                elif method == "layers":
+                    train_scores = baselines.layer_scores(stage_rdms[train.name], train.targets[target])
+                    stage = baselines.select_best_layer(stage_rdms[train.name], train.targets[target])
+                    predicted = stage_rdms[test.name][stage]
+                    test_scores = baselines.layer_scores(stage_rdms[test.name], subjects)
+                    result.layers.setdefault(direction, {})[target] = {
+                        "chosen": stage,
+                        "train_r2": {s: v.r2 for s, v in train_scores.items()},
+                        "test_r2": {s: v.r2 for s, v in test_scores.items()},
+                    }
+                    detail = f"stage={stage}"
+                else:
+                    fit = baselines.fit_nnls(stage_rdms[train.name], train.targets[target])
+                    predicted = baselines.apply_nnls(fit, stage_rdms[test.name])
+                    result.regression.setdefault(direction, {})[target] = asdict(fit)
+                    detail = " ".join(f"{s}:{w:.3g}" for s, w in fit.weights.items() if w > 0)
+                result.predictions[(method, target, direction)] = predicted
+                result.rows.append(_row(method, target, direction, predicted, subjects,
+                                        lower[(target, test.name)], detail))
+        result.seconds[method] = time.perf_counter() - start
+    return result
+
+
+def cross_set_evaluate(root: str | os.PathLike | None, methods: tuple[str, ...] = METHODS,
+                       targets: tuple[str, ...] = TARGET_NAMES, config: TrainConfig | None = None,
+                       seeds: tuple[int, ...] = (0,), progress: bool = True) -> list[dict]:
+    """The table's rows for the official training sets: fit on 92, score on 118, and back."""
+    sets = [load_algonauts_set(root, name, targets) for name in TRAINING_SETS]
+    return evaluate_sets(sets, methods, targets, config, seeds, progress=progress).rows
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _fmt(value, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return format(value, spec)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The full table: one line per method, target and direction."""
+    lines = ["| method | target | direction | r2 | % of noise ceiling | p | detail |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['target']} | {r['direction']} | {_fmt(r['r2'], '.4f')} | "
+                     f"{_fmt(r['pct_nc'], '.1f')} | {_fmt(r['p'], '.2g')} | {r.get('detail', '')} |")
+    return "\n".join(lines)
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Percent of the noise ceiling, methods down, target and direction across: the claim at a glance."""
+    columns = list(dict.fromkeys((r["target"], r["direction"]) for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lookup = {(r["method"], r["target"], r["direction"]): r["pct_nc"] for r in rows}
+    header = "| method | " + " | ".join(f"{t} {d}" for t, d in columns) + " | mean |"
+    lines = [header, "|---" * (len(columns) + 2) + "|"]
+    for method in methods:
+        values = [lookup.get((method, t, d)) for t, d in columns]
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        mean = float(np.mean(finite)) if finite else None
+        lines.append(f"| {method} | " + " | ".join(_fmt(v, ".1f") for v in values) + f" | {_fmt(mean, '.1f')} |")
+    return "\n".join(lines)
+
+
+def write_rows_csv(rows: list[dict], path: str | os.PathLike) -> Path:
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def json_safe(value):
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    return value
+
+
+def _display_method(rows: list[dict], target: str, direction: str) -> str | None:
+    """Which prediction the heatmap and MDS show: the Siamese one if there is one, else the best scoring."""
+    candidates = [r for r in rows if r["target"] == target and r["direction"] == direction]
+    if not candidates:
+        return None
+    if any(r["method"] == "siamese" for r in candidates):
+        return "siamese"
+    scored = [r for r in candidates if r["pct_nc"] is not None]
+    return max(scored or candidates, key=lambda r: r["pct_nc"] or r["r2"])["method"]
+
+
+def write_evaluation(evaluation: Evaluation, sets: list[BrainDataset], out_dir: str | os.PathLike,
+                     settings: dict | None = None, make_plots: bool = True) -> dict[str, Path]:
+    """evaluation.md, evaluation.csv, evaluation.json, predictions.npz and the plots into out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = evaluation.rows
+    paths: dict[str, Path] = {}
+    paths["csv"] = write_rows_csv(rows, out / "evaluation.csv")
+    md = ["# Cross-set evaluation", "",
+          "Fit on one image set, score on the other (official metric: mean over subjects of Spearman rho^2; "
+          "percent of the noise ceiling).", "", "## Percent of the noise ceiling", "", summary_table(rows), "",
+          "## All scores", "", markdown_table(rows), ""]
+    paths["md"] = out / "evaluation.md"
+    paths["md"].write_text("\n".join(md))
+    payload = {"rows": rows, "layers": evaluation.layers, "regression": evaluation.regression,
+               "seconds": evaluation.seconds, "settings": settings or {}}
+    paths["json"] = out / "evaluation.json"
+    paths["json"].write_text(json.dumps(json_safe(payload), indent=2, default=str))
+    if settings is not None:
+        (out / "settings.json").write_text(json.dumps(json_safe(settings), indent=2, default=str))
+    paths["predictions"] = out / "predictions.npz"
+    np.savez(paths["predictions"], **{f"{m}/{t}/{d}": rdm for (m, t, d), rdm in evaluation.predictions.items()})
+    if not make_plots or not rows:
+        return paths
+    paths["scores_png"] = plots.plot_scores(rows, out / "scores.png")
+    by_name = {d.name: d for d in sets}
+    for target in dict.fromkeys(r["target"] for r in rows):
+        for direction in dict.fromkeys(r["direction"] for r in rows):
+            method = _display_method(rows, target, direction)
+            if method is None:
+                continue
+            test = by_name[direction.split("->")[-1]]
+            predicted = evaluation.predictions[(method, target, direction)]
+            row = next(r for r in rows if (r["method"], r["target"], r["direction"]) == (method, target, direction))
+            label = f"{target}, {method} {direction} ({_fmt(row['pct_nc'], '.1f')}% NC)"
+            stem = f"{target}_{_slug(direction)}"
+            paths[f"rdm_{stem}"] = plots.plot_rdm_comparison(
+                group_average(test.targets[target]), predicted, out / f"rdm_{stem}.png", label,
+                labels=(f"{target}, {test.name} images (group mean)", f"{method}, fitted on {direction}"))
+            paths[f"mds_{stem}"] = plots.plot_mds(predicted, test.images, out / f"mds_{stem}.png",
+                                                  title=f"MDS of the {label} RDM")
+    return paths
+
+
+def run_evaluation(root: str | os.PathLike | None, out_dir: str | os.PathLike,
+                   methods: tuple[str, ...] = METHODS, targets: tuple[str, ...] = TARGET_NAMES,
+                   config: TrainConfig | None = None, seeds: tuple[int, ...] = (0,), batch_size: int = 16,
+                   progress: bool = True, make_plots: bool = True,
+                   sets: list[BrainDataset] | None = None) -> tuple[Evaluation, dict[str, Path]]:
+    """`siamrdm evaluate`: load the training sets (or use `sets`), evaluate, write everything to out_dir."""
+    config = config or config_from_preset("quick")
+    started = time.perf_counter()
+    if sets is None:
+        sets = [load_algonauts_set(root, name, targets) for name in TRAINING_SETS]
+    evaluation = evaluate_sets(sets, methods, targets, config, seeds, batch_size, progress)
+    settings = {
+        "command": "evaluate", "methods": list(methods), "targets": list(targets), "seeds": list(seeds),
+        "sets": {d.name: len(d) for d in sets}, "data": None if root is None else str(root),
+        "config": asdict(config), "batch_size": batch_size, "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "seconds": {k: round(v, 1) for k, v in evaluation.seconds.items()},
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    paths = write_evaluation(evaluation, sets, out_dir, settings, make_plots)
+    return evaluation, paths

@@ -1,0 +1,271 @@
+"""Figures a neuroscientist reads at a glance: RDM heatmaps, MDS with thumbnails, learning curves, scores.
+
+Headless by construction: every figure is a `matplotlib.figure.Figure` drawn on an Agg canvas, never pyplot,
+so no display or global backend is touched. Every figure has a fixed size and dpi (`FIGURE_SIZES`, `DPI`) and is
+saved without tight bounding boxes, so each PNG has a known pixel size. Each function returns the path written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+from matplotlib.patches import Patch
+from PIL import Image
+
+from .data import ImageSet, group_average
+from .rdm import rank_transform, upper_tri
+
+DPI = 100
+FIGURE_SIZES: dict[str, tuple[float, float]] = {  # inches; pixels = inches * DPI
+    "rdm": (10.0, 5.0),
+    "mds": (7.0, 7.0),
+    "lr_range": (6.0, 4.0),
+    "training": (11.0, 4.0),
+    "scores": (10.0, 5.0),
+}
+RDM_CMAP = "viridis"
+
+
+def pixel_size(kind: str) -> tuple[int, int]:
+    """(width, height) in pixels of the PNG a plot of this kind writes."""
+    w, h = FIGURE_SIZES[kind]
+    return round(w * DPI), round(h * DPI)
+
+
+def _figure(kind: str) -> Figure:
+    fig = Figure(figsize=FIGURE_SIZES[kind], dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png")
+    return path
+
+
+def _as_rdm(rdm: np.ndarray) -> np.ndarray:
+    """One (N, N) RDM; a subject stack is averaged over subjects."""
+    rdm = np.asarray(rdm, dtype=np.float64)
+    return group_average(rdm) if rdm.ndim > 2 else rdm
+
+
+def rank_rdm(rdm: np.ndarray) -> np.ndarray:
+    """The RDM with its upper triangle rank-transformed and scaled to [0, 1] (the usual display), zero diagonal."""
+    rdm = _as_rdm(rdm)
+    n = rdm.shape[-1]
+    values = rank_transform(upper_tri(rdm))
+    values = (values - 1) / max(len(values) - 1, 1)
+    out = np.zeros((n, n))
+    rows, cols = np.triu_indices(n, k=1)
+    out[rows, cols] = values
+    out[cols, rows] = values
+    return out
+
+
+# --------------------------------------------------------------------------- RDMs
+
+
+def plot_rdm_comparison(target_rdm: np.ndarray, predicted_rdm: np.ndarray, path: str | os.PathLike,
+                        title: str | None = None, labels: tuple[str, str] = ("target (group mean)", "predicted"),
+                        ) -> Path:
+    """Target and predicted RDMs side by side, rank-transformed, one shared colour bar.
+
+    The subtitle gives Spearman's rho between the two upper triangles, the quantity the metric squares.
+    """
+    target, predicted = rank_rdm(target_rdm), rank_rdm(predicted_rdm)
+    if target.shape != predicted.shape:
+        raise ValueError(f"target RDM {target.shape} and predicted RDM {predicted.shape} differ in size")
+    rho = float(np.corrcoef(upper_tri(target), upper_tri(predicted))[0, 1])
+    fig = _figure("rdm")
+    axes = fig.subplots(1, 2)
+    image = None
+    for ax, rdm, label in zip(axes, (target, predicted), labels, strict=True):
+        image = ax.imshow(rdm, cmap=RDM_CMAP, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(label)
+        ax.set_xlabel("image")
+        ax.set_ylabel("image")
+    cbar = fig.colorbar(image, ax=list(axes), shrink=0.9)
+    cbar.set_label("dissimilarity (rank, scaled to [0, 1])")
+    fig.suptitle(f"{title + ': ' if title else ''}Spearman rho = {rho:.3f} (N = {len(target)})")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- MDS
+
+
+def classical_mds(rdm: np.ndarray, dims: int = 2) -> np.ndarray:
+    """Torgerson's classical MDS: (N, dims) coordinates whose distances best match the RDM (least squares on
+    the double-centred squared dissimilarities). Deterministic up to the sign of each axis, fixed here so that
+    the largest coordinate of each axis is positive."""
+    d = _as_rdm(rdm)
+    n = len(d)
+    centring = np.eye(n) - 1.0 / n
+    b = -0.5 * centring @ (d**2) @ centring
+    values, vectors = np.linalg.eigh((b + b.T) / 2)
+    order = np.argsort(values)[::-1][:dims]
+    coords = vectors[:, order] * np.sqrt(np.clip(values[order], 0, None))
+    for k in range(coords.shape[1]):
+        if coords[np.argmax(np.abs(coords[:, k])), k] < 0:
+            coords[:, k] = -coords[:, k]
+    return coords
+
+
+def _thumbnail(image: np.ndarray, size: int) -> np.ndarray:
+    pil = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    pil.thumbnail((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(pil)
+
+
+def plot_mds(rdm: np.ndarray, images: ImageSet | Sequence[np.ndarray], path: str | os.PathLike,
+             title: str | None = None, thumb_px: int = 28) -> Path:
+    """A 2-D classical MDS of an RDM with each image's thumbnail at its point."""
+    pictures = list(images.images) if isinstance(images, ImageSet) else list(images)
+    d = _as_rdm(rdm)
+    if len(pictures) != len(d):
+        raise ValueError(f"{len(pictures)} images for a {len(d)} x {len(d)} RDM")
+    coords = classical_mds(d)
+    fig = _figure("mds")
+    ax = fig.subplots()
+    ax.scatter(coords[:, 0], coords[:, 1], s=4, c="k")
+    for (x, y), picture in zip(coords, pictures, strict=True):
+        box = OffsetImage(_thumbnail(picture, thumb_px), zoom=1.0)
+        ax.add_artist(AnnotationBbox(box, (x, y), frameon=False, pad=0.0))
+    span = np.ptp(coords, axis=0).max() if len(coords) else 1.0
+    margin = 0.08 * (span if span > 0 else 1.0)
+    ax.set_xlim(coords[:, 0].min() - margin, coords[:, 0].max() + margin)
+    ax.set_ylim(coords[:, 1].min() - margin, coords[:, 1].max() + margin)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel("MDS 1")
+    ax.set_ylabel("MDS 2")
+    ax.set_title(title or f"Classical MDS of the RDM ({len(d)} images)")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- learning
+
+
+def plot_lr_range(result: dict, path: str | os.PathLike, title: str | None = None) -> Path:
+    """The LR range test: loss against rate (log scale), smoothed loss, and the suggested rate marked."""
+    lrs = np.asarray(result["lr"], dtype=float)
+    fig = _figure("lr_range")
+    ax = fig.subplots()
+    if "loss" in result:
+        ax.plot(lrs, np.asarray(result["loss"], dtype=float), color="0.7", lw=1, label="loss")
+    if "smoothed_loss" in result:
+        ax.plot(lrs, np.asarray(result["smoothed_loss"], dtype=float), color="C0", lw=2, label="smoothed loss")
+    suggested = result.get("suggested_lr")
+    if suggested:
+        ax.axvline(float(suggested), color="C3", ls="--", label=f"suggested lr = {float(suggested):.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title(title or "LR range test")
+    ax.legend(loc="best", fontsize="small")
+    return _save(fig, path)
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def plot_training_curves(history: Iterable[dict], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Training loss and validation % of the noise ceiling per epoch (rows as in FitResult.history or log.csv).
+
+    The best validation epoch and the switch from frozen to unfrozen body are marked.
+    """
+    rows = list(history)
+    if not rows:
+        raise ValueError("no history rows to plot")
+    epochs = np.array([_number(r.get("epoch", k + 1)) for k, r in enumerate(rows)])
+    loss = np.array([_number(r.get("loss")) for r in rows])
+    val_keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("val/")]
+    fig = _figure("training")
+    ax_loss, ax_val = fig.subplots(1, 2)
+    ax_loss.plot(epochs, loss, color="C0", marker="." if len(rows) < 40 else None)
+    if np.all(loss[np.isfinite(loss)] > 0) and np.isfinite(loss).any():
+        ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.set_title("training")
+    phases = [r.get("phase") for r in rows]
+    switch = next((epochs[k] for k in range(1, len(rows)) if phases[k] != phases[k - 1]), None)
+    for key in val_keys:
+        ax_val.plot(epochs, [_number(r.get(key)) for r in rows], lw=1, alpha=0.8, label=key[4:])
+    mean = np.array([_number(r.get("val_pct_nc")) for r in rows])
+    if np.isfinite(mean).any():
+        ax_val.plot(epochs, mean, color="k", lw=2, label="mean")
+        best = int(np.nanargmax(mean))
+        ax_val.axvline(epochs[best], color="C3", ls=":", label=f"best epoch {epochs[best]:g}")
+        ax_val.legend(loc="best", fontsize="small")
+    else:
+        ax_val.text(0.5, 0.5, "no validation data", ha="center", va="center", transform=ax_val.transAxes)
+    if switch is not None:
+        for ax in (ax_loss, ax_val):
+            ax.axvline(switch - 0.5, color="0.5", ls="--", lw=1)
+    ax_val.set_xlabel("epoch")
+    ax_val.set_ylabel("% of noise ceiling")
+    ax_val.set_title("validation")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def plot_scores(rows: Iterable[dict], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Percent of the noise ceiling per target, one bar per method and direction, with the ceiling band.
+
+    Rows need method, target, direction and pct_nc; with `nc_lower_pct` (the lower noise ceiling as a percent
+    of the upper) each target's band spans its lowest lower ceiling (over the test sets) to the upper ceiling;
+    the upper ceiling (100 %) is always drawn as a line.
+    """
+    rows = [r for r in rows if _number(r.get("pct_nc")) == _number(r.get("pct_nc"))]
+    if not rows:
+        raise ValueError("no scored rows to plot")
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    directions = list(dict.fromkeys(r.get("direction", "") for r in rows))
+    series = [(m, d) for m in methods for d in directions]
+    lookup = {(r["method"], r.get("direction", ""), r["target"]): _number(r["pct_nc"]) for r in rows}
+    width = 0.8 / len(series)
+    hatches = ["", "//", "..", "xx", "\\\\", "++"]
+    fig = _figure("scores")
+    ax = fig.subplots()
+    for t, target in enumerate(targets):
+        lowers = [_number(r.get("nc_lower_pct")) for r in rows if r["target"] == target]
+        lowers = [v for v in lowers if math.isfinite(v)]
+        left, right = t - 0.45, t + 0.45
+        if lowers:
+            ax.fill_between([left, right], min(lowers), 100.0, color="0.85", zorder=0)
+        ax.hlines(100.0, left, right, color="0.4", lw=1.5, zorder=1)
+    for s, (method, direction) in enumerate(series):
+        x = np.arange(len(targets)) - 0.4 + width * (s + 0.5)
+        values = [lookup.get((method, direction, t), math.nan) for t in targets]
+        ax.bar(x, np.nan_to_num(values), width * 0.95, color=f"C{methods.index(method)}",
+               hatch=hatches[directions.index(direction) % len(hatches)], edgecolor="white", zorder=2)
+    handles = [Patch(color=f"C{k}", label=m) for k, m in enumerate(methods)]
+    if len(directions) > 1 or directions[0]:
+        handles += [Patch(facecolor="0.6", hatch=hatches[k % len(hatches)], edgecolor="white", label=d)
+                    for k, d in enumerate(directions)]
+    handles.append(Patch(color="0.85", label="noise ceiling (lower to upper)"))
+    ax.legend(handles=handles, loc="upper left", fontsize="small", ncol=2)
+    ax.set_xticks(np.arange(len(targets)), targets)
+    values = [v for v in lookup.values() if math.isfinite(v)]
+    ax.set_ylim(min(0.0, min(values) * 1.1), max(110.0, max(values) * 1.1) * 1.25)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_ylabel("% of noise ceiling")
+    ax.set_title(title or "Cross-set scores (percent of the noise ceiling)")
+    return _save(fig, path)

@@ -1,0 +1,220 @@
+"""A run folder as one page: report.md (images linked) and report.html (images embedded, one self-contained file).
+
+The report is generic: it has a section for each kind of thing it finds, so it serves `siamrdm evaluate`,
+`siamrdm challenge` and `siamrdm fit` folders alike:
+
+- settings.json / config.json: the run's settings, verbatim;
+- score tables: every top-level CSV with method, target and pct_nc columns (evaluation.csv, validation.csv),
+  shown in full and as a percent-of-ceiling summary, with a bar chart drawn if the folder has none;
+- lr_find.json anywhere below: the LR range test curve (drawn next to it);
+- log.csv anywhere below: training and validation curves per epoch (drawn next to it);
+- every other PNG below the folder: shown with its path as caption.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+import os
+from pathlib import Path
+
+from . import plots
+from .data import DataError
+
+SETTINGS_FILES = ("settings.json", "config.json")
+SCORE_COLUMNS = {"method", "target", "pct_nc"}
+NUMBER_FORMATS = {"r2": ".4f", "pct_nc": ".1f", "p": ".2g", "noise_ceiling": ".4f", "nc_lower_pct": ".1f"}
+COLUMN_TITLES = {"r2": "r2", "pct_nc": "% of noise ceiling", "p": "p", "noise_ceiling": "noise ceiling",
+                 "nc_lower_pct": "lower ceiling (%)"}
+
+Block = tuple  # ("h2" | "h3" | "p" | "code", text), ("table", header, rows), ("img", path, caption)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _number(text) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _cell(column: str, value) -> str:
+    if column in NUMBER_FORMATS:
+        number = _number(value)
+        return "-" if number is None else format(number, NUMBER_FORMATS[column])
+    return "" if value is None else str(value)
+
+
+def _visible(path: Path, root: Path) -> bool:
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _score_table(rows: list[dict]) -> Block:
+    columns = [c for c in rows[0] if c in ("method", "target", "direction") or c in NUMBER_FORMATS or c == "detail"]
+    return ("table", [COLUMN_TITLES.get(c, c) for c in columns], [[_cell(c, r.get(c)) for c in columns] for r in rows])
+
+
+def _summary_table(rows: list[dict]) -> Block:
+    """Percent of the noise ceiling: methods down, target (and direction) across, with the mean."""
+    columns = list(dict.fromkeys((r["target"], r.get("direction", "")) for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lookup = {(r["method"], r["target"], r.get("direction", "")): _number(r.get("pct_nc")) for r in rows}
+    body = []
+    for method in methods:
+        values = [lookup.get((method, t, d)) for t, d in columns]
+        finite = [v for v in values if v is not None]
+        mean = sum(finite) / len(finite) if finite else None
+        body.append([method] + [_cell("pct_nc", v) for v in values] + [_cell("pct_nc", mean)])
+    return ("table", ["method"] + [f"{t} {d}".strip() for t, d in columns] + ["mean"], body)
+
+
+def _collect(run_dir: Path) -> list[Block]:
+    blocks: list[Block] = []
+    placed: set[Path] = set()
+
+    for name in SETTINGS_FILES:
+        path = run_dir / name
+        if path.is_file():
+            blocks += [("h2", f"Settings ({name})")]
+            try:
+                text = json.dumps(json.loads(path.read_text()), indent=2)
+            except (OSError, ValueError):
+                text = path.read_text(errors="replace")
+            blocks.append(("code", text))
+
+    for path in sorted(run_dir.glob("*.csv")):
+        try:
+            rows = _read_csv(path)
+        except (OSError, csv.Error, UnicodeDecodeError):
+            continue
+        if not rows or not SCORE_COLUMNS <= set(rows[0]):
+            continue
+        blocks += [("h2", f"Scores ({path.name})"), ("p", "Percent of the noise ceiling:"), _summary_table(rows),
+                   ("p", "All scores:"), _score_table(rows)]
+        chart = path.with_name("scores.png") if path.stem == "evaluation" else path.with_name(f"{path.stem}_scores.png")
+        scored = [r for r in rows if _number(r.get("pct_nc")) is not None]
+        if not chart.is_file() and scored:
+            plots.plot_scores(scored, chart, title=f"{path.stem}: percent of the noise ceiling")
+        if chart.is_file():
+            blocks.append(("img", chart, chart.name))
+            placed.add(chart)
+
+    lr_files = sorted(p for p in run_dir.rglob("lr_find.json") if _visible(p, run_dir))
+    logs = sorted(p for p in run_dir.rglob("log.csv") if _visible(p, run_dir))
+    if lr_files or logs:
+        blocks.append(("h2", "Training"))
+    for path in lr_files:
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(result, dict) or "lr" not in result:
+            continue
+        chart = plots.plot_lr_range(result, path.with_name("lr_find.png"))
+        rel = chart.relative_to(run_dir)
+        suggested = result.get("suggested_lr")
+        blocks.append(("h3", f"LR range test ({path.relative_to(run_dir)})"))
+        if suggested is not None:
+            blocks.append(("p", f"Suggested learning rate: {float(suggested):.3g}"))
+        blocks.append(("img", chart, str(rel)))
+        placed.add(chart)
+    for path in logs:
+        try:
+            rows = _read_csv(path)
+        except (OSError, csv.Error, UnicodeDecodeError):
+            continue
+        if not rows or "loss" not in rows[0]:
+            continue
+        where = path.parent.relative_to(run_dir)
+        label = "run" if str(where) == "." else str(where)
+        chart = plots.plot_training_curves(rows, path.with_name("training_curves.png"), title=f"training: {label}")
+        val = [(_number(r.get("val_pct_nc")), r.get("epoch")) for r in rows]
+        val = [(v, e) for v, e in val if v is not None]
+        blocks.append(("h3", f"Training curves ({path.relative_to(run_dir)})"))
+        loss = _number(rows[-1].get("loss"))
+        text = f"{len(rows)} epochs; final training loss {'-' if loss is None else format(loss, '.4g')}"
+        if val:
+            best, epoch = max(val)
+            text += f"; best validation {best:.1f}% of the noise ceiling at epoch {epoch}"
+        blocks += [("p", text + "."), ("img", chart, str(chart.relative_to(run_dir)))]
+        placed.add(chart)
+
+    figures = sorted(p for p in run_dir.rglob("*.png") if _visible(p, run_dir) and p not in placed)
+    if figures:
+        blocks.append(("h2", "Figures"))
+        blocks += [("img", p, str(p.relative_to(run_dir))) for p in figures]
+    return blocks
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _markdown(title: str, blocks: list[Block], run_dir: Path) -> str:
+    out = [f"# {title}", ""]
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h2", "h3"):
+            out += [f"{'#' * int(kind[1])} {block[1]}", ""]
+        elif kind == "p":
+            out += [block[1], ""]
+        elif kind == "code":
+            out += ["```json", block[1], "```", ""]
+        elif kind == "table":
+            header, rows = block[1], block[2]
+            out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            out += ["| " + " | ".join(row) + " |" for row in rows]
+            out.append("")
+        elif kind == "img":
+            out += [f"![{block[2]}]({block[1].relative_to(run_dir).as_posix()})", ""]
+    return "\n".join(out)
+
+
+def _html(title: str, blocks: list[Block]) -> str:
+    e = html.escape
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
+           "<style>body{font-family:sans-serif;max-width:1150px;margin:2em auto;padding:0 1em}"
+           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+           "td:first-child,th:first-child{text-align:left}pre{background:#f5f5f5;padding:1em;overflow:auto}"
+           "figure{margin:1em 0}img{max-width:100%}figcaption{color:#555;font-size:90%}</style>",
+           "</head><body>", f"<h1>{e(title)}</h1>"]
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h2", "h3"):
+            out.append(f"<{kind}>{e(block[1])}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{e(block[1])}</p>")
+        elif kind == "code":
+            out.append(f"<pre>{e(block[1])}</pre>")
+        elif kind == "table":
+            out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in block[1]) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in block[2]]
+            out.append("</table>")
+        elif kind == "img":
+            data = base64.b64encode(block[1].read_bytes()).decode("ascii")
+            out.append(f'<figure><img src="data:image/png;base64,{data}" alt="{e(block[2])}">'
+                       f"<figcaption>{e(block[2])}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(run_dir: str | os.PathLike, title: str | None = None) -> tuple[Path, Path]:
+    """Gather a run folder's settings, tables and plots into run_dir/report.md and run_dir/report.html."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: no such run folder")
+    blocks = _collect(run_dir)
+    if not blocks:
+        raise DataError(f"{run_dir}: nothing to report (no settings.json, score CSV, log.csv, lr_find.json or PNG)")
+    title = title or f"siamrdm report: {run_dir.resolve().name}"
+    md_path, html_path = run_dir / "report.md", run_dir / "report.html"
+    md_path.write_text(_markdown(title, blocks, run_dir))
+    html_path.write_text(_html(title, blocks))
+    return md_path, html_path

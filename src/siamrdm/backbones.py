@@ -93,8 +93,8 @@ def _alexnet_load(stages: nn.ModuleDict, weights_file: str | None) -> None:
     if weights_file is None:
         from torchvision.models import AlexNet_Weights
 
-        try:  # torch announces the download on stderr; keep our error the only line there
-            with contextlib.redirect_stderr(io.StringIO()):
+        try:  # torch announces the download (on stdout in torch 2.14, stderr before); keep our error the only line
+            with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
                 state = AlexNet_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
         except Exception as exc:
             raise WeightsError(

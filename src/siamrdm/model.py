@@ -12,6 +12,7 @@ remain. `forward_naive` keeps the literal per-pair form for tests and benchmarks
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -126,10 +127,11 @@ class SiameseRDMNet(nn.Module):
         """Symmetric predictions for pairs (i[p], j[p]) of a batch of images: body once per image."""
         return self.pair_predictions(self.features(images), i, j)
 
-    def forward_naive(self, images_a: torch.Tensor, images_b: torch.Tensor) -> torch.Tensor:
+    def forward_naive(self, images_a: torch.Tensor, images_b: torch.Tensor, both_orders: bool = False) -> torch.Tensor:
         """The per-pair form of published Siamese RDM models: body on both images of every pair."""
         fa, fb = self.features(images_a), self.features(images_b)
-        return (self.head(fa, fb) + self.head(fb, fa)) / 2
+        both = torch.stack((self.head(fa, fb), self.head(fb, fa)))
+        return both if both_orders else both.mean(dim=0)
 
     def body_parameters(self) -> list[nn.Parameter]:
         return list(self.body.parameters())
@@ -146,3 +148,149 @@ def all_pairs(n: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor,
     """Indices (i, j) of every unordered pair i < j of n images, in upper-triangle order."""
     i, j = torch.triu_indices(n, n, offset=1, device=device)
     return i, j
+
+
+# --------------------------------------------------------------------------- all pairs, tiled
+# The training loss over every ordered pair (i != j) of N images without building per-pair tensors: the
+# image terms of the split convolution are added tile by tile (blocks of images x images, broadcast, no
+# gathers), and pooling + linear fold into one weight on the conv map. One pass over the tiles computes the
+# loss and every gradient, so memory is O(N) plus a tile, and the result is exactly F.mse_loss over both
+# orders of all pairs (as `pair_predictions(..., both_orders=True)` gives), not an approximation.
+
+
+def pooled_linear_weight(head: SiameseHead, height: int, width: int) -> torch.Tensor:
+    """AdaptiveAvgPool2d then the linear layer, as one (T, channels * height * width) weight on the conv map."""
+    weight = head.linear.weight
+    cells = head.config.pool**2
+    eye = torch.eye(height * width, device=weight.device, dtype=weight.dtype).view(-1, 1, height, width)
+    share = head.pool(eye).reshape(height * width, cells)  # each map position's weight in each pooled cell
+    per_cell = weight.view(weight.shape[0], head.config.channels, cells)
+    return torch.einsum("tck,sk->tcs", per_cell, share).reshape(weight.shape[0], -1)
+
+
+def default_tile(dim: int, device: torch.device) -> int:
+    """Images per tile side: about 8 MB of pair activations on CPU (measured best on a 32 MB L3), 128 MB on GPU."""
+    budget = 2**25 if device.type == "cuda" else 2**21
+    return max(8, int((budget / dim) ** 0.5))
+
+
+class _Sums:
+    """One worker's running sums over pairs: the squared error and the gradients' accumulators."""
+
+    def __init__(self, a: torch.Tensor, weight: torch.Tensor, tile: int):
+        dim, outputs = a.shape[1], weight.shape[0]
+        self.loss = torch.zeros((), dtype=torch.float64, device=a.device)
+        self.grad_a = torch.zeros_like(a)  # for one output: sum_j g_ij [z_ijd > 0]; the weight is applied last
+        self.grad_b = torch.zeros_like(a)
+        self.grad_weight = torch.zeros_like(weight)
+        self.grad_bias = torch.zeros(outputs, dtype=torch.float64, device=a.device)
+        self.z = torch.empty(tile * tile * dim, dtype=a.dtype, device=a.device)
+        self.grad_z = None if outputs == 1 else torch.empty_like(self.z)
+        self.ones = torch.ones(tile, dtype=a.dtype, device=a.device)
+
+    def add(self, other: _Sums) -> None:
+        for name in ("loss", "grad_a", "grad_b", "grad_weight", "grad_bias"):
+            getattr(self, name).add_(getattr(other, name))
+
+
+def _pair_tile(s: _Sums, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+               scale: float, rows: slice, cols: slice, targets: torch.Tensor, diagonal: bool) -> None:
+    """Loss and gradient sums of the ordered pairs (i in rows, j in cols): image i as a, image j as b."""
+    dim, outputs = a.shape[1], weight.shape[0]
+    ni, nj = rows.stop - rows.start, cols.stop - cols.start
+    z = s.z[: ni * nj * dim].view(ni, nj, dim)
+    torch.add(a[rows, None, :], b[None, cols, :], out=z)
+    z.relu_()
+    diff = torch.mm(z.view(-1, dim), weight.t()).view(ni, nj, outputs).add_(bias).sub_(targets)
+    if diagonal:
+        diff.diagonal(0, 0, 1).zero_()  # a pair of an image with itself is not a pair
+    s.loss += torch.sum(diff * diff, dtype=torch.float64)
+    g = diff.mul_(scale)
+    s.grad_bias += g.sum((0, 1), dtype=torch.float64)
+    if outputs == 1:
+        grad_z = g.expand(ni, nj, dim)  # the weight is factored out: grad_a = weight * sum_j g_ij [z_ijd > 0]
+    else:
+        s.grad_weight.addmm_(g.view(-1, outputs).t(), z.view(-1, dim))
+        grad_z = s.grad_z[: ni * nj * dim].view(ni, nj, dim)
+        torch.mm(g.view(-1, outputs), weight, out=grad_z.view(-1, dim))
+    torch.ops.aten.threshold_backward.grad_input(grad_z, z, 0, grad_input=z)  # ReLU's backward, in place
+    s.grad_a[rows] += z.sum(1)
+    s.grad_b[cols] += torch.mv(z.view(ni, nj * dim).t(), s.ones[:ni]).view(nj, dim)
+
+
+class _AllPairsMSE(torch.autograd.Function):
+    """Mean squared error of the head over all ordered pairs, from the per-image terms (see `all_pairs_loss`)."""
+
+    @staticmethod
+    def forward(ctx, a, b, weight, bias, targets, tile: int, workers: int):
+        n = a.shape[0]
+        outputs = weight.shape[0]
+        count = n * (n - 1) * outputs
+        index = torch.arange(n, device=a.device)
+        base = index * (2 * n - index - 1) // 2 - index - 1  # pair (i < j) sits at base[i] + j in upper-triangle order
+        jobs = [(i0, j0) for i0 in range(0, n, tile) for j0 in range(i0, n, tile)]
+
+        def work(share: list[tuple[int, int]]) -> _Sums:
+            s = _Sums(a, weight, tile)
+            with torch.no_grad():  # grad mode is per thread; worker threads start with it on
+                for job in share:
+                    rows, cols = slice(job[0], min(n, job[0] + tile)), slice(job[1], min(n, job[1] + tile))
+                    args = (s, a, b, weight, bias, 2.0 / count)
+                    if rows == cols:
+                        i, j = index[rows, None], index[None, cols]
+                        y = targets[(base[torch.minimum(i, j)] + torch.maximum(i, j)).clamp_min_(0)]
+                        _pair_tile(*args, rows, cols, y, diagonal=True)
+                    else:  # the tile above the diagonal and its mirror share one block of targets
+                        y = targets[base[rows, None] + index[None, cols]]
+                        _pair_tile(*args, rows, cols, y, diagonal=False)
+                        _pair_tile(*args, cols, rows, y.transpose(0, 1), diagonal=False)
+            return s
+
+        if workers <= 1:
+            total = work(jobs)
+        else:  # threads of one-thread ops: no OpenMP barrier per op, which stalls badly on busy cores.
+            # A fixed share of tiles per worker, summed in a fixed order: the same result every run.
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(workers) as pool:
+                    parts = [f.result() for f in [pool.submit(work, jobs[k::workers]) for k in range(workers)]]
+            finally:
+                torch.set_num_threads(threads)
+            total = parts[0]
+            for part in parts[1:]:
+                total.add(part)
+        grad_a, grad_b, grad_weight = total.grad_a, total.grad_b, total.grad_weight
+        if outputs == 1:  # sum_ij g_ij relu(z_ij) = sum_i a_i * grad_a_i + sum_j b_j * grad_b_j, so no pass for it
+            grad_weight = ((a * grad_a).sum(0) + (b * grad_b).sum(0)).unsqueeze(0)
+            grad_a.mul_(weight[0])
+            grad_b.mul_(weight[0])
+        ctx.save_for_backward(grad_a, grad_b, grad_weight, total.grad_bias.to(bias.dtype))
+        return (total.loss / count).to(a.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_a, grad_b, grad_weight, grad_bias = ctx.saved_tensors
+        return grad_a * grad_loss, grad_b * grad_loss, grad_weight * grad_loss, grad_bias * grad_loss, None, None, None
+
+
+def all_pairs_loss(head: SiameseHead, features: torch.Tensor, targets: torch.Tensor, tile: int | None = None,
+                   workers: int | None = None) -> torch.Tensor:
+    """F.mse_loss of both orders of every pair i < j of N images against `targets` (P, T), in O(N) memory.
+
+    `features` are standardised body features (N, C, H, W); the gradient reaches them, and through them the
+    body, via one backward pass of the split convolution. `workers` (default: torch's thread count on CPU,
+    1 on GPU) run tiles in parallel threads.
+    """
+    as_a, as_b = head.image_terms(features)
+    n, _, height, width = as_a.shape
+    if n < 2 or targets.shape[0] != n * (n - 1) // 2:
+        raise ValueError(f"{targets.shape[0]} targets for {n * (n - 1) // 2} pairs of {n} images")
+    a = (as_a + head.conv.bias.view(1, -1, 1, 1)).reshape(n, -1)
+    b = as_b.reshape(n, -1)
+    weight = pooled_linear_weight(head, height, width)
+    tile = tile or default_tile(a.shape[1], a.device)
+    if workers is None:
+        workers = 1 if a.device.type == "cuda" else torch.get_num_threads()
+    targets = targets.to(device=a.device, dtype=a.dtype).reshape(len(targets), -1)
+    return _AllPairsMSE.apply(a, b, weight, head.linear.bias, targets, tile, workers)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .backbones import create_body, images_to_tensor
 from .data import BrainDataset, DataError, ImageSet, group_average
-from .model import SiameseRDMNet, all_pairs
+from .model import SiameseRDMNet, all_pairs, all_pairs_loss
 from .rdm import rescale, upper_tri
 from .scoring import percent_of_ceiling, reference_ceiling, score_rdm
 
@@ -49,6 +49,8 @@ class TrainConfig:
     distance_init: bool = True  # head starts as a distance between the two images (see model.py)
     early_stopping: int | None = None  # patience in epochs without a better validation score
     body_chunk: int = 32  # images per body pass
+    pair_mode: str = "factorised"  # or "naive": body on both images of every pair, a step per pair_batch (slow)
+    pair_batch: int = 32  # pairs per optimiser step in the naive mode
     seed: int = 0
     device: str = "auto"
 
@@ -301,10 +303,9 @@ class Trainer:
         return stacked[pick, torch.arange(stacked.shape[1], device=self.device)]
 
     def _pair_loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """MSE of both pair orders against the rescaled target."""
-        i, j = all_pairs(len(features), self.device)
-        predictions = self.model.pair_predictions(self.model.standardise(features), i, j, both_orders=True)
-        return F.mse_loss(predictions, targets.to(self.device).expand_as(predictions))
+        """MSE of both pair orders against the rescaled target: tiled over images x images, so memory stays
+        O(N) however many pairs (model.all_pairs_loss; exactly the loss of pair_predictions(both_orders=True))."""
+        return all_pairs_loss(self.model.head, self.model.standardise(features), targets.to(self.device))
 
     def step(self, index: int, frozen: bool) -> float:
         """One optimiser step on all pairs of training set `index`."""
@@ -329,6 +330,33 @@ class Trainer:
             self.scheduler.step()
         return loss.item()
 
+    def naive_step(self, index: int, frozen: bool = False, max_batches: int | None = None) -> float:
+        """The per-pair training of published Siamese RDM models, for comparison and benchmarks: the body runs
+        on both images of every pair (each image augmented on its own), one optimiser step per `pair_batch`
+        pairs, pairs shuffled. `max_batches` stops early (a timing sample). Returns the mean loss per pair."""
+        data = self.train_sets[index]
+        i, j = all_pairs(len(data.images))
+        order = torch.randperm(len(i), generator=self.generator)
+        batch = self.config.pair_batch
+        total, seen = 0.0, 0
+        for start in range(0, len(order), batch):
+            if max_batches is not None and start // batch >= max_batches:
+                break
+            pairs = order[start : start + batch]
+            images_a, images_b = data.images[i[pairs]], data.images[j[pairs]]
+            if self.config.augment:
+                images_a = augment_batch(images_a, self.config, self.generator)
+                images_b = augment_batch(images_b, self.config, self.generator)
+            self.optimizer.zero_grad(set_to_none=True)
+            predictions = self.model.forward_naive(images_a.to(self.device), images_b.to(self.device), both_orders=True)
+            loss = F.mse_loss(predictions, data.targets[pairs].to(self.device).expand_as(predictions))
+            loss.backward()
+            self.optimizer.step()
+            total, seen = total + loss.item() * len(pairs), seen + len(pairs)
+        if not frozen and self.scheduler is not None:
+            self.scheduler.step()
+        return total / seen
+
     def validate(self, frozen: bool) -> dict[str, dict]:
         """Official metric on every validation set; keys 'set/target'."""
         scores = {}
@@ -352,7 +380,10 @@ class Trainer:
         self.model.freeze_body(frozen)
         start = time.perf_counter()
         order = torch.randperm(len(self.train_sets), generator=self.generator).tolist()
-        losses = [self.step(k, frozen) for k in order]
+        step = {"factorised": self.step, "naive": self.naive_step}.get(self.config.pair_mode)
+        if step is None:
+            raise DataError(f"unknown pair_mode '{self.config.pair_mode}' (choose from factorised, naive)")
+        losses = [step(k, frozen) for k in order]
         row = {"epoch": self.epoch, "phase": "frozen" if frozen else "unfrozen", "loss": float(np.mean(losses)),
                "lr": self.optimizer.param_groups[0]["lr"]}
         if self.val_sets:

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Issue 5 on CPU (the figures in BENCHMARKS.md; about 10 minutes on 2 quiet cores): naive against factorised
+# training epochs for AlexNet (random weights: the pretrained ones cannot be downloaded offline, and timing does not
+# depend on them) and EfficientNet-Lite0, then the head epoch at 100 to 10,000 images (AlexNet-shaped features).
+# JSON results go to $OUT if set, else runs/bench/cpu.
+set -eu
+cd "$(dirname "$0")/.."
+RESULTS=${OUT:-runs/bench/cpu}
+mkdir -p "$RESULTS"
+export SIAMRDM_DATA=${SIAMRDM_DATA:-../shared/algonauts2019}
+{ lscpu | grep -E 'Model name|^CPU\(s\)|L2|L3'; uptime; } | tee "$RESULTS/machine.txt"
+siamrdm bench --backbone alexnet --weights random --head-sizes none --out "$RESULTS/alexnet.json"
+siamrdm bench --backbone efficientnet_lite0 --head-sizes none --out "$RESULTS/efficientnet.json"
+siamrdm bench --no-training --head-sizes 100,1000,3000,10000 --out "$RESULTS/head.json"

@@ -1,0 +1,118 @@
+"""The challenge pipeline: submission files in the official format, scored by `siamrdm score`, and a tiny real run."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+
+from siamrdm import challenge, cli, data, scoring
+from siamrdm.data import DataError
+
+SUBMISSION_KEYS = {"submit_fmri.mat": ["EVC_RDMs", "IT_RDMs"], "submit_meg.mat": ["MEG_RDMs_early", "MEG_RDMs_late"]}
+
+
+def run_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def check_submission(path: Path, keys: list[str]) -> dict[str, np.ndarray]:
+    """A challenge submission file: MATLAB v5 (scipy.io.loadmat reads it), 78 x 78 float64 RDMs."""
+    mat = scipy.io.loadmat(path)
+    assert sorted(k for k in mat if not k.startswith("__")) == sorted(keys)
+    for key in keys:
+        rdm = mat[key]
+        assert rdm.shape == (78, 78) and rdm.dtype == np.float64, key
+        np.testing.assert_array_equal(rdm, rdm.T)
+        np.testing.assert_array_equal(np.diag(rdm), 0)
+        assert np.all(np.isfinite(rdm)) and np.ptp(rdm[np.triu_indices(78, 1)]) > 0
+    return {k: mat[k] for k in keys}
+
+
+def test_write_submissions_and_score_them(capsys, tmp_path: Path, make_rdms) -> None:
+    predictions = {target: make_rdms(78, seed=k) for k, target in enumerate(data.TARGET_NAMES)}
+    written = challenge.write_submissions(tmp_path / "sub", predictions)
+    assert [p.name for p in written] == ["submit_fmri.mat", "submit_meg.mat"]
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["submit_fmri.mat", "submit_meg.mat"]
+    for name, keys in SUBMISSION_KEYS.items():
+        saved = check_submission(tmp_path / "sub" / name, keys)
+        for key, rdm in saved.items():
+            np.testing.assert_array_equal(rdm, predictions[scoring.target_name(key)])
+
+    # Targets shaped like the 78-image test data: fMRI (subjects, 78, 78), official MEG (subjects, 2, 78, 78).
+    targets = {"EVC_RDMs": make_rdms(78, subjects=4, seed=10), "IT_RDMs": make_rdms(78, subjects=4, seed=11)}
+    data.save_rdms(tmp_path / "fmri_targets.mat", targets)
+    meg = {"MEG_RDMs_early": make_rdms(78, subjects=3, k=2, seed=12), "MEG_RDMs_late": make_rdms(78, subjects=3, k=2,
+                                                                                                  seed=13)}
+    data.save_rdms(tmp_path / "meg_targets.mat", meg)
+    for name, target_file, truth in (("submit_fmri.mat", "fmri_targets.mat", targets),
+                                     ("submit_meg.mat", "meg_targets.mat", meg)):
+        code, out, err = run_main(capsys, "score", str(tmp_path / "sub" / name), "--target",
+                                  str(tmp_path / target_file), "--json")
+        assert code == 0 and err == ""
+        result = json.loads(out)
+        assert sorted(result) == sorted([*truth, "score"])
+        for key, subjects in truth.items():
+            expected = scoring.score_rdm(predictions[scoring.target_name(key)], subjects).r2
+            assert result[key]["r2"] == pytest.approx(expected, rel=1e-9)
+            assert result[key]["noise_ceiling"] == scoring.OFFICIAL_NOISE_CEILINGS[78][scoring.target_name(key)]
+
+
+def test_write_submissions_partial_and_invalid(tmp_path: Path, make_rdms) -> None:
+    written = challenge.write_submissions(tmp_path / "a", {"EVC": make_rdms(78), "MEG_late": make_rdms(78, seed=1)})
+    assert [p.name for p in written] == ["submit_fmri.mat", "submit_meg.mat"]
+    check_submission(tmp_path / "a" / "submit_fmri.mat", ["EVC_RDMs"])
+    check_submission(tmp_path / "a" / "submit_meg.mat", ["MEG_RDMs_late"])
+    only_it = challenge.write_submissions(tmp_path / "b", {"IT": make_rdms(78)})
+    assert [p.name for p in only_it] == ["submit_fmri.mat"]
+    asymmetric = make_rdms(78)
+    asymmetric[0, 1] += 0.5
+    with pytest.raises(DataError, match="submit_fmri.mat:EVC_RDMs.*not symmetric"):
+        challenge.write_submissions(tmp_path / "c", {"EVC": asymmetric})
+    assert not (tmp_path / "c" / "submit_fmri.mat").exists()
+
+
+def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -> None:
+    """`siamrdm challenge` with tiny settings on the real data: validation across sets, the final fits on
+    92 + 118, predictions of the 78 test images, submission files, validation table, settings and report.
+    The AlexNet body with random weights at 128 px is the quickest body here (this is a pipeline test)."""
+    out = tmp_path / "challenge"
+    code, stdout, err = run_main(capsys, "challenge", "--data", str(data_root), "--targets", "EVC,MEG_late",
+                                 "--epochs", "2", "--backbone", "alexnet", "--weights", "random", "--image-size", "128",
+                                 "--no-augment", "--quiet", "--device", "cpu", "--out", str(out))
+    assert code == 0, err
+    check_submission(out / "submit_fmri.mat", ["EVC_RDMs"])
+    check_submission(out / "submit_meg.mat", ["MEG_RDMs_late"])
+
+    with open(out / "validation.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["target"], r["direction"]) for r in rows] == [
+        ("EVC", "92->118"), ("EVC", "118->92"), ("MEG_late", "92->118"), ("MEG_late", "118->92")]
+    for row in rows:
+        assert row["method"] == "siamese"
+        assert 0 <= float(row["r2"]) <= 1 and 0 <= float(row["p"]) <= 1
+        test_set = row["direction"].split("->")[1]
+        ceiling = scoring.OFFICIAL_NOISE_CEILINGS[int(test_set)][row["target"]]
+        assert float(row["noise_ceiling"]) == ceiling
+        assert float(row["pct_nc"]) == pytest.approx(100 * float(row["r2"]) / ceiling)
+        assert int(row["epochs"]) in (1, 2)
+    assert (out / "validation.md").read_text().count("| siamese |") == 4
+
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["targets"] == ["EVC", "MEG_late"] and settings["seeds"] == [0]
+    assert settings["submission_files"] == ["submit_fmri.mat", "submit_meg.mat"]
+    assert settings["config"]["backbone"] == "alexnet" and settings["config"]["image_size"] == 128
+    assert settings["config"]["weights"] == "random" and settings["config"]["frozen_epochs"] == 2
+    assert set(settings["fits"]) == {"EVC", "MEG_late"}
+    assert all(fit["epochs"] in (1, 2) for fit in settings["fits"].values())
+    for target in ("EVC", "MEG_late"):
+        assert (out / target / "model.pt").is_file()
+    assert (out / "report.md").is_file()
+    assert "wrote submit_fmri.mat, submit_meg.mat" in stdout
+    assert stdout.count("validation ") == 4

@@ -191,7 +191,12 @@ def cmd_fit(args) -> int:
 def cmd_predict(args) -> int:
     from .predict import RDMPredictor
 
+    suffix = Path(args.out).suffix.lower()
+    if suffix not in (".mat", ".npz", ".npy"):
+        raise UsageError(f"{args.out}: unsupported output type '{suffix}' (use .mat, .npy or .npz)")
     predictor = RDMPredictor.load(args.model, args.device)
+    if suffix == ".npy" and len(predictor.targets) != 1:
+        raise UsageError(f"{args.out}: .npy holds one RDM but the model predicts {len(predictor.targets)}; use .mat")
     images = data.load_image_set(args.images)
     rdms = predictor.predict(images)
     keyed = {data.TARGETS[t][1] if t in data.TARGETS else t: rdm for t, rdm in rdms.items()}
@@ -481,8 +486,8 @@ def _add_bench_commands(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds of each, alternating (default: 3)")
-    p.add_argument("--naive-batches", type=int, default=8,
-                   help="pair batches per set timed for a naive epoch, then scaled; 0 times all (default: 8)")
+    p.add_argument("--naive-batches", type=int, default=4,
+                   help="pair batches per set timed for a naive epoch, then scaled; 0 times all (default: 4)")
     p.add_argument("--pair-batch", type=int, default=32, help="pairs per naive batch (default: 32)")
     p.add_argument("--body-chunk", type=int, default=32, help="images per body pass, factorised (default: 32)")
     p.add_argument("--head-sizes", default="100,1000,3000,10000",

@@ -500,7 +500,7 @@ def lr_range_test(config: TrainConfig, train: list[BrainDataset], start_lr: floa
         loss = trainer._pair_loss(trainer._views[index][0], trainer.train_sets[index].targets)
         loss.backward()
         optimizer.step()
-        value = float(loss)
+        value = loss.item()
         avg = 0.9 * avg + 0.1 * value
         lrs.append(lr)
         losses.append(value)

@@ -197,7 +197,7 @@ def test_predict_command_errors(capsys, tmp_path: Path, cli_model, data_root: Pa
         shutil.copy(data_root / "Test_Data" / "78images" / name, few / name)
     code, _, err = run_main(capsys, "predict", str(model), "--images", str(few), "--out", str(tmp_path / "x.npy"))
     assert code == 2
-    assert_one_line_error(err, "x.npy", ".npy holds one array")
+    assert_one_line_error(err, "x.npy", ".npy holds one RDM")
     bad = tmp_path / "model.pt"
     bad.write_text("this is not a model\n")
     code, out, err = run_main(capsys, "predict", str(bad), "--images", str(few), "--out", str(tmp_path / "y.mat"))

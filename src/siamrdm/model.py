@@ -294,3 +294,24 @@ def all_pairs_loss(head: SiameseHead, features: torch.Tensor, targets: torch.Ten
         workers = 1 if a.device.type == "cuda" else torch.get_num_threads()
     targets = targets.to(device=a.device, dtype=a.dtype).reshape(len(targets), -1)
     return _AllPairsMSE.apply(a, b, weight, head.linear.bias, targets, tile, workers)
+
+
+@torch.no_grad()
+def all_pairs_outputs(head: SiameseHead, features: torch.Tensor, tile: int | None = None) -> torch.Tensor:
+    """Head outputs for every ordered pair of N images, (N, N, T): entry [i, j] has image i as a and j as b.
+
+    Tiled like `all_pairs_loss`: no per-pair gathers and no pair tensor larger than a tile, which makes
+    predicting and validating several times faster than gathering chunks of pairs on CPU.
+    """
+    as_a, as_b = head.image_terms(features)
+    n, _, height, width = as_a.shape
+    a = (as_a + head.conv.bias.view(1, -1, 1, 1)).reshape(n, -1)
+    b = as_b.reshape(n, -1)
+    weight = pooled_linear_weight(head, height, width)
+    tile = tile or default_tile(a.shape[1], a.device)
+    out = torch.empty(n, n, weight.shape[0], dtype=a.dtype, device=a.device)
+    for i0 in range(0, n, tile):
+        for j0 in range(0, n, tile):
+            z = (a[i0 : i0 + tile, None, :] + b[None, j0 : j0 + tile, :]).relu_()
+            out[i0 : i0 + tile, j0 : j0 + tile] = (z @ weight.t()).add_(head.linear.bias)
+    return out

@@ -51,7 +51,7 @@ class RDMPredictor:
         return self.config.targets
 
     @torch.no_grad()
-    def predict(self, images: ImageSet | list[np.ndarray], chunk: int = 8192) -> dict[str, np.ndarray]:
+    def predict(self, images: ImageSet | list[np.ndarray]) -> dict[str, np.ndarray]:
         """The predicted (N, N) RDM of the images for each target: symmetric, zero diagonal, seed-averaged."""
         pixels = images_to_tensor(images.images if isinstance(images, ImageSet) else images, self.config.image_size)
         total = None
@@ -59,7 +59,7 @@ class RDMPredictor:
             model.eval()
             device = next(model.parameters()).device
             features = model.standardise(body_features(model, pixels, self.config.body_chunk, device))
-            rdms = pairs_to_rdms(predict_pairs(model, features, chunk), len(pixels))
+            rdms = pairs_to_rdms(predict_pairs(model, features), len(pixels))
             total = rdms if total is None else total + rdms
         mean = total / len(self.models)
         return {target: mean[k] for k, target in enumerate(self.targets)}

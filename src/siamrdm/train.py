@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .backbones import create_body, images_to_tensor
 from .data import BrainDataset, DataError, ImageSet, group_average
-from .model import SiameseRDMNet, all_pairs, all_pairs_loss
+from .model import SiameseRDMNet, all_pairs, all_pairs_loss, all_pairs_outputs
 from .rdm import rescale, upper_tri
 from .scoring import percent_of_ceiling, reference_ceiling, score_rdm
 
@@ -168,12 +168,11 @@ def body_features(model: SiameseRDMNet, images: torch.Tensor, chunk: int, device
 # --------------------------------------------------------------------------- validation
 
 
-def predict_pairs(model: SiameseRDMNet, features: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    """Symmetric predictions for all pairs of images with standardised features: (P, T)."""
+def predict_pairs(model: SiameseRDMNet, features: torch.Tensor) -> torch.Tensor:
+    """Symmetric predictions for all pairs i < j of images with standardised features: (P, T)."""
+    ordered = all_pairs_outputs(model.head, features)
     i, j = all_pairs(len(features), features.device)
-    with torch.no_grad():
-        return torch.cat([model.pair_predictions(features, i[k : k + chunk], j[k : k + chunk])
-                          for k in range(0, len(i), chunk)])
+    return (ordered[i, j] + ordered[j, i]) / 2
 
 
 def pairs_to_rdms(pairs: torch.Tensor, n: int) -> np.ndarray:

@@ -8,7 +8,12 @@ cd "$(dirname "$0")/.."
 RESULTS=${OUT:-runs/bench/cpu}
 mkdir -p "$RESULTS"
 export SIAMRDM_DATA=${SIAMRDM_DATA:-../shared/algonauts2019}
+# Idle OpenMP threads sleep instead of spinning: on cores shared with other work, spinning made 2-thread torch
+# ops 1.3-15x slower (BENCHMARKS.md). Set OMP_WAIT_POLICY=ACTIVE to time torch's default.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 { lscpu | grep -E 'Model name|^CPU\(s\)|L2|L3'; uptime; } | tee "$RESULTS/machine.txt"
 siamrdm bench --backbone alexnet --weights random --head-sizes none --out "$RESULTS/alexnet.json"
 siamrdm bench --backbone efficientnet_lite0 --head-sizes none --out "$RESULTS/efficientnet.json"
+# EfficientNet on CPU is memory-bound: smaller body chunks stay in cache (BENCHMARKS.md, body chunk).
+siamrdm bench --backbone efficientnet_lite0 --body-chunk 16 --head-sizes none --out "$RESULTS/efficientnet-chunk16.json"
 siamrdm bench --no-training --head-sizes 100,1000,3000,10000 --out "$RESULTS/head.json"

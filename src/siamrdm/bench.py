@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,15 @@ def peak_rss_mb() -> float:
     except (OSError, ValueError, IndexError):
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Start VmHWM afresh (Linux: writing 5 to clear_refs), so that one phase's peak can be read on its own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def _sync(device: torch.device) -> None:
@@ -95,6 +105,9 @@ def machine(device: torch.device) -> dict:
         pass
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+    for name in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS"):  # spinning OpenMP threads stall badly on busy cores
+        if name in os.environ:
+            info[name] = os.environ[name]
     try:
         info["load_average_1min"] = os.getloadavg()[0]  # other work on the machine makes timings noisy
     except OSError:
@@ -155,8 +168,8 @@ def bench_sets(root: str | None, images: int | None) -> list[BrainDataset]:
 
 
 def bench_training(sets: list[BrainDataset], backbone: str = "efficientnet_lite0", weights: str | None = None,
-                   stage: str | None = None, device: str = "auto", rounds: int = 3, naive_batches: int | None = 8,
-                   pair_batch: int = 32, body_chunk: int = 32, image_size: int = 224,
+                   stage: str | None = None, device: str = "auto", rounds: int = 3, naive_batches: int | None = 4,
+                   pair_batch: int = 32, body_chunk: int | None = None, image_size: int = 224,
                    log: Callable[[str], None] = lambda _: None) -> dict:
     """One training epoch over all within-set pairs, naive against factorised, body unfrozen (end to end).
 
@@ -164,8 +177,10 @@ def bench_training(sets: list[BrainDataset], backbone: str = "efficientnet_lite0
     With `naive_batches`, each naive epoch runs that many pair batches per set and is scaled to all pairs.
     """
     config = TrainConfig(backbone=backbone, stage=stage, weights=weights, targets=("EVC",), image_size=image_size,
-                         frozen_epochs=0, unfrozen_epochs=1000, augment=True, body_chunk=body_chunk,
-                         pair_batch=pair_batch, device=device)
+                         frozen_epochs=0, unfrozen_epochs=1000, augment=True, pair_batch=pair_batch, device=device)
+    if body_chunk:
+        config = replace(config, body_chunk=body_chunk)
+    load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     wall = time.perf_counter()
     trainer = Trainer(config, sets, progress=False)
     setup_s = time.perf_counter() - wall
@@ -195,12 +210,17 @@ def bench_training(sets: list[BrainDataset], backbone: str = "efficientnet_lite0
     for k in range(len(sets)):
         trainer.naive_step(k, max_batches=1)
     naive, factorised = [], []
+    peaks = {"naive": 0.0, "factorised": 0.0}  # each phase's own peak memory, where it can be reset
+    setup_peak = peak_rss_mb()
+    separate_peaks = reset_peak_rss()
     for r in range(rounds):
         for which in ("naive", "factorised") if r % 2 == 0 else ("factorised", "naive"):
+            reset_peak_rss()
             if which == "naive":
                 naive.append(naive_epoch())
             else:
                 factorised.append(timed(factorised_epoch, dev))
+            peaks[which] = max(peaks[which], peak_rss_mb())
             last = (naive if which == "naive" else factorised)[-1][0]
             log(f"round {r + 1}/{rounds}: {which} {last:.2f} s per epoch")
 
@@ -221,7 +241,7 @@ def bench_training(sets: list[BrainDataset], backbone: str = "efficientnet_lite0
     result = {
         "backbone": backbone, "stage": model.body.stage, "weights": model.body.weights, "image_size": image_size,
         "feature_shape": list(model.feature_shape), "images": n_images, "sets": [len(s.images) for s in sets],
-        "pairs": n_pairs, "pair_batch": pair_batch, "body_chunk": body_chunk,
+        "pairs": n_pairs, "pair_batch": pair_batch, "body_chunk": config.body_chunk,
         "naive_s_per_epoch": naive_s, "factorised_s_per_epoch": factorised_s, "speedup": naive_s / factorised_s,
         "naive_cpu_s_per_epoch": statistics.median(c for _, c in naive),
         "factorised_cpu_s_per_epoch": statistics.median(c for _, c in factorised),
@@ -243,7 +263,10 @@ def bench_training(sets: list[BrainDataset], backbone: str = "efficientnet_lite0
         "floor_factorised_two_pass_s": n_images * (flops["train"] + flops["forward"]) / rate,
         "floor_naive_s": 2 * n_pairs * flops["train"] / rate,
         "ideal_speedup": 2 * n_pairs * flops["train"] / (n_images * (flops["train"] + flops["forward"])),
-        "setup_s": setup_s, "device": str(dev), "peak_rss_mb": peak_rss_mb(), "machine": machine(dev),
+        "setup_s": setup_s, "device": str(dev), "peak_rss_mb": max(setup_peak, peak_rss_mb(), *peaks.values()),
+        "naive_peak_rss_mb": peaks["naive"] if separate_peaks else None,
+        "factorised_peak_rss_mb": peaks["factorised"] if separate_peaks else None,
+        "machine": {**machine(dev), "load_average_1min_at_start": load_at_start},
     }
     if dev.type == "cuda":
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
@@ -277,12 +300,15 @@ def factorised_breakdown(trainer: Trainer, repeats: int = 2) -> dict[str, float]
 
 
 def naive_body_seconds(trainer: Trainer, repeats: int = 3) -> float:
-    """The body's share of one naive pair batch: forward and backward on its 2 x pair_batch images."""
+    """The body's share of one naive pair batch: forward and backward on its two sides of pair_batch images each,
+    as `forward_naive` runs them."""
     pool = trainer.train_sets[0].images
-    images = pool[torch.arange(2 * trainer.config.pair_batch) % len(pool)].to(trainer.device)
+    batch = trainer.config.pair_batch
+    side_a = pool[torch.arange(batch) % len(pool)].to(trainer.device)
+    side_b = pool[(torch.arange(batch) + 1) % len(pool)].to(trainer.device)
 
     def run() -> None:
-        trainer.model.features(images).sum().backward()
+        (trainer.model.features(side_a).sum() + trainer.model.features(side_b).sum()).backward()
 
     run()
     seconds = statistics.median(timed(run, trainer.device)[0] for _ in range(repeats))

@@ -442,7 +442,7 @@ def cmd_bench(args) -> int:
         raise UsageError(f"--head-sizes: expected comma-separated integers, got '{args.head_sizes}'") from None
     if any(n < 2 for n in sizes):
         raise UsageError("--head-sizes: every size needs at least 2 images")
-    if args.rounds < 1 or args.pair_batch < 1 or args.body_chunk < 1:
+    if args.rounds < 1 or args.pair_batch < 1 or (args.body_chunk is not None and args.body_chunk < 1):
         raise UsageError("--rounds, --pair-batch and --body-chunk must be at least 1")
 
     def log(message: str) -> None:
@@ -464,6 +464,7 @@ def cmd_bench(args) -> int:
                                                               args.paper_time_limit, log=log)
     result.setdefault("device", device)
     result.setdefault("peak_rss_mb", bench.peak_rss_mb())
+    result.setdefault("machine", bench.machine(torch.device(device)))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -489,7 +490,7 @@ def _add_bench_commands(sub) -> None:
     p.add_argument("--naive-batches", type=int, default=4,
                    help="pair batches per set timed for a naive epoch, then scaled; 0 times all (default: 4)")
     p.add_argument("--pair-batch", type=int, default=32, help="pairs per naive batch (default: 32)")
-    p.add_argument("--body-chunk", type=int, default=32, help="images per body pass, factorised (default: 32)")
+    p.add_argument("--body-chunk", type=int, help="images per body pass, factorised (default: the trainer's)")
     p.add_argument("--head-sizes", default="100,1000,3000,10000",
                    help="image counts for the head-scaling epochs, or 'none' (default: 100,1000,3000,10000)")
     p.add_argument("--head-backbone", default="alexnet", choices=sorted(BACKBONES),

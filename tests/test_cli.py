@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from helpers import assert_one_line_error
 from scipy import stats
 
 from siamrdm import cli, data, scoring
@@ -28,15 +29,6 @@ def run_process(*args: str, env_data: str | None = None) -> subprocess.Completed
         [sys.executable, "-m", "siamrdm", *args], capture_output=True, text=True, env=env, timeout=120
     )
 
-
-def assert_one_line_error(stderr: str, *parts: str) -> None:
-    """Bad input: exactly one line on stderr, no traceback, naming each of `parts`."""
-    assert "Traceback" not in stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("siamrdm: error: "), stderr
-    for part in parts:
-        assert part in lines[0], f"{part!r} not in {lines[0]!r}"
 
 
 def run_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:

@@ -14,6 +14,7 @@ import pytest
 import scipy.io
 import torch
 import torchvision
+from helpers import assert_one_line_error
 
 from siamrdm import cli, data, train
 from siamrdm.backbones import images_to_tensor
@@ -34,14 +35,6 @@ def run_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     out, err = capsys.readouterr()
     return code, out, err
 
-
-def assert_one_line_error(stderr: str, *parts: str) -> None:
-    assert "Traceback" not in stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("siamrdm: error: "), stderr
-    for part in parts:
-        assert part in lines[0], f"{part!r} not in {lines[0]!r}"
 
 
 def assert_rdm(rdm: np.ndarray, n: int) -> None:

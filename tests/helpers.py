@@ -1,0 +1,13 @@
+"""Assertions shared by the test modules (pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+
+def assert_one_line_error(stderr: str, *parts: str) -> None:
+    """Bad input: exactly one line on stderr, no traceback, naming each of `parts`."""
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("siamrdm: error: "), stderr
+    for part in parts:
+        assert part in lines[0], f"{part!r} not in {lines[0]!r}"

@@ -9,7 +9,7 @@ RESULTS=${OUT:-runs/bench/cpu}
 mkdir -p "$RESULTS"
 export SIAMRDM_DATA=${SIAMRDM_DATA:-../shared/algonauts2019}
 # Idle OpenMP threads sleep instead of spinning: on cores shared with other work, spinning made 2-thread torch
-# ops 1.3-15x slower (BENCHMARKS.md). Set OMP_WAIT_POLICY=ACTIVE to time torch's default.
+# ops 1.5-15x slower (BENCHMARKS.md). Set OMP_WAIT_POLICY=ACTIVE to time torch's default.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 { lscpu | grep -E 'Model name|^CPU\(s\)|L2|L3'; uptime; } | tee "$RESULTS/machine.txt"
 siamrdm bench --backbone alexnet --weights random --head-sizes none --out "$RESULTS/alexnet.json"

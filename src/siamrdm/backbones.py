@@ -157,7 +157,7 @@ register_backbone(
         name="efficientnet_lite0",
         build_stages=_efficientnet_lite0_stages,
         load_pretrained=_efficientnet_lite0_load,
-        # blocks4 (112 x 14 x 14) beat blocks5 and blocks6 in cross-set validation (BENCHMARKS.md, sweep)
+        # blocks4 (112 x 14 x 14) beat blocks5, blocks6 in cross-set validation (README: How the defaults were chosen)
         default_stage="blocks4",
         image_size=224,
         mean=(0.5, 0.5, 0.5),

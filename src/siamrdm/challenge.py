@@ -24,7 +24,6 @@ import torch
 from . import plots
 from .data import TARGETS, TRAINING_SETS, BrainDataset, load_algonauts_set, resolve_data_root, save_rdms, validate_rdms
 from .predict import fit_predictor
-from .scoring import percent_of_ceiling, reference_ceiling, score_rdm
 from .train import TrainConfig, Trainer, pick_device
 
 SUBMISSION_FILES = {"submit_fmri.mat": ("EVC", "IT"), "submit_meg.mat": ("MEG_early", "MEG_late")}
@@ -42,13 +41,6 @@ def write_submissions(out_dir: str | os.PathLike, rdms: dict[str, np.ndarray]) -
                 validate_rdms(rdm, f"{name}:{key}")
             written.append(save_rdms(Path(out_dir) / name, present))
     return written
-
-
-def score_row(method: str, target: str, direction: str, predicted: np.ndarray, subjects: np.ndarray) -> dict:
-    score = score_rdm(predicted, subjects)
-    ceiling = reference_ceiling(target, subjects)
-    return {"method": method, "target": target, "direction": direction, "r2": score.r2,
-            "pct_nc": percent_of_ceiling(score.r2, ceiling), "p": score.p, "noise_ceiling": ceiling}
 
 
 def write_table(rows: list[dict], out_dir: Path, stem: str) -> None:

@@ -30,7 +30,7 @@ import torch
 from . import baselines, plots
 from .backbones import backbone_stages, create_body
 from .data import TARGET_NAMES, TRAINING_SETS, BrainDataset, DataError, group_average, load_algonauts_set
-from .scoring import noise_ceiling, percent_of_ceiling, reference_ceiling, score_rdm
+from .scoring import noise_ceiling, percent_of_ceiling, reference_ceiling, score_with_ceiling
 from .train import TrainConfig, config_from_preset
 
 METHODS = ("siamese", "layers", "regression")
@@ -69,11 +69,8 @@ def _slug(text: str) -> str:
 
 def _row(method: str, target: str, direction: str, predicted: np.ndarray, subjects: np.ndarray,
          lower_pct: float | None, detail: str = "") -> dict:
-    score = score_rdm(predicted, subjects)
-    ceiling = reference_ceiling(target, subjects)
-    return {"method": method, "target": target, "direction": direction, "r2": score.r2,
-            "pct_nc": percent_of_ceiling(score.r2, ceiling), "p": score.p, "noise_ceiling": ceiling,
-            "nc_lower_pct": lower_pct, "detail": detail}
+    return {"method": method, "target": target, "direction": direction,
+            **score_with_ceiling(predicted, target, subjects), "nc_lower_pct": lower_pct, "detail": detail}
 
 
 def _lower_ceiling_pct(target: str, subjects: np.ndarray) -> float | None:

@@ -102,6 +102,13 @@ def percent_of_ceiling(r2: float, ceiling: float | None) -> float | None:
     return None if ceiling is None or ceiling <= 0 else 100.0 * r2 / ceiling
 
 
+def score_with_ceiling(model_rdm: np.ndarray, key: str, target_rdms: np.ndarray) -> dict:
+    """One scored row: r2, p, the reference ceiling for `key` and the percent of it."""
+    score = score_rdm(model_rdm, target_rdms)
+    ceiling = reference_ceiling(key, target_rdms)
+    return {"r2": score.r2, "p": score.p, "noise_ceiling": ceiling, "pct_nc": percent_of_ceiling(score.r2, ceiling)}
+
+
 def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
@@ -124,15 +131,10 @@ def score_submission(submission: dict[str, np.ndarray], targets: dict[str, np.nd
             raise ValueError(f"{key}: model RDM has shape {model.shape}, expected one {n} x {n} RDM")
         if np.ptp(upper_tri(model)) == 0:
             raise ValueError(f"{key}: model RDM is constant, so its Spearman correlation is undefined")
-        score = score_rdm(model, targets[key])
-        ceiling = reference_ceiling(key, targets[key])
-        ceilings.append(ceiling)
-        result[key] = {
-            "r2": score.r2,
-            "p": _finite_or_none(score.p),
-            "pct_nc": percent_of_ceiling(score.r2, ceiling),
-            "noise_ceiling": ceiling,
-        }
+        row = score_with_ceiling(model, key, targets[key])
+        ceilings.append(row["noise_ceiling"])
+        result[key] = {"r2": row["r2"], "p": _finite_or_none(row["p"]), "pct_nc": row["pct_nc"],
+                       "noise_ceiling": row["noise_ceiling"]}
     mean_r2 = float(np.mean([result[k]["r2"] for k in keys]))
     mean_ceiling = None if any(c is None for c in ceilings) else float(np.mean(ceilings))
     result["score"] = {"r2": mean_r2, "pct_nc": percent_of_ceiling(mean_r2, mean_ceiling)}

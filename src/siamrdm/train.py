@@ -25,7 +25,7 @@ from .backbones import create_body, images_to_tensor
 from .data import BrainDataset, DataError, ImageSet, group_average
 from .model import SiameseRDMNet, all_pairs, all_pairs_loss, all_pairs_outputs
 from .rdm import rescale, upper_tri
-from .scoring import percent_of_ceiling, reference_ceiling, score_rdm
+from .scoring import score_with_ceiling
 
 
 @dataclass
@@ -189,10 +189,7 @@ def validation_scores(predicted: np.ndarray, subject_rdms: dict[str, np.ndarray]
     """Official metric of predicted (T, N, N) RDMs: per target r2, p, ceiling and percent of ceiling."""
     scores = {}
     for rdm, (target, subjects) in zip(predicted, subject_rdms.items(), strict=True):
-        score = score_rdm(rdm, subjects)
-        ceiling = reference_ceiling(target, subjects)
-        scores[target] = {"r2": score.r2, "p": score.p, "noise_ceiling": ceiling,
-                          "pct_nc": percent_of_ceiling(score.r2, ceiling)}
+        scores[target] = score_with_ceiling(rdm, target, subjects)
     return scores
 
 

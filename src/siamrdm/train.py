@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .backbones import create_body, images_to_tensor
 from .data import BrainDataset, DataError, ImageSet, group_average
 from .model import SiameseRDMNet, all_pairs, all_pairs_loss, all_pairs_outputs
-from .rdm import rescale, upper_tri
+from .rdm import rescale, square_rdm, upper_tri
 from .scoring import score_with_ceiling
 
 
@@ -178,11 +178,7 @@ def predict_pairs(model: SiameseRDMNet, features: torch.Tensor) -> torch.Tensor:
 def pairs_to_rdms(pairs: torch.Tensor, n: int) -> np.ndarray:
     """(P, T) pair predictions -> (T, N, N) symmetric RDMs with zero diagonal."""
     values = pairs.detach().double().cpu().numpy()
-    rows, cols = np.triu_indices(n, k=1)
-    rdms = np.zeros((values.shape[1], n, n))
-    rdms[:, rows, cols] = values.T
-    rdms[:, cols, rows] = values.T
-    return rdms
+    return np.stack([square_rdm(column, n) for column in values.T])
 
 
 def validation_scores(predicted: np.ndarray, subject_rdms: dict[str, np.ndarray]) -> dict[str, dict]:

@@ -426,7 +426,7 @@ def bench_paper_schedule(root: str | None, backbone: str = "efficientnet_lite0",
         "unfrozen_timed_after_skipping_frozen": skipped,
         "total_s": total_s, "setup_s": setup_s, "s_per_frozen_epoch": per_frozen, "s_per_unfrozen_epoch": per_unfrozen,
         "full_schedule_s_without_early_stopping": full, "best_epoch": trainer.best_epoch,
-        "best_val_pct_nc": trainer.best_score, "peak_rss_mb": peak_rss_mb(), "machine": machine(dev),
+        "best_val_score": trainer.best_score, "peak_rss_mb": peak_rss_mb(), "machine": machine(dev),
     }
     if dev.type == "cuda":
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20

@@ -23,8 +23,10 @@ import torch
 
 from . import plots
 from .data import TARGETS, TRAINING_SETS, BrainDataset, load_algonauts_set, resolve_data_root, save_rdms, validate_rdms
+from .files import atomic_path, check_run_folder, clear_run_folder, run_folder_lock, write_text
 from .predict import fit_predictor
-from .train import TrainConfig, Trainer, pick_device
+from .report import write_report
+from .train import TrainConfig, Trainer, check_config, pick_device
 
 SUBMISSION_FILES = {"submit_fmri.mat": ("EVC", "IT"), "submit_meg.mat": ("MEG_early", "MEG_late")}
 VALIDATION_COLUMNS = ["method", "target", "direction", "r2", "pct_nc", "p", "noise_ceiling", "epochs"]
@@ -45,7 +47,7 @@ def write_submissions(out_dir: str | os.PathLike, rdms: dict[str, np.ndarray]) -
 
 def write_table(rows: list[dict], out_dir: Path, stem: str) -> None:
     """rows as CSV and as a markdown table (r2 to 4 decimals, percent to 1, p in scientific notation)."""
-    with open(out_dir / f"{stem}.csv", "w", newline="") as f:
+    with atomic_path(out_dir / f"{stem}.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=VALIDATION_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -54,7 +56,7 @@ def write_table(rows: list[dict], out_dir: Path, stem: str) -> None:
         pct = "-" if r["pct_nc"] is None else f"{r['pct_nc']:.1f}"
         lines.append(f"| {r['method']} | {r['target']} | {r['direction']} | {r.get('epochs', '-')} | {r['r2']:.4f} "
                      f"| {pct} | {r['p']:.2g} |")
-    (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    write_text(out_dir / f"{stem}.md", "\n".join(lines) + "\n")
 
 
 def validation_curves(config: TrainConfig, sets: dict[str, BrainDataset], seeds: tuple[int, ...],
@@ -108,16 +110,27 @@ def with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
 
 def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: str | os.PathLike,
                   targets: tuple[str, ...] = tuple(TARGETS), seeds: tuple[int, ...] = (0,),
-                  validate: bool = True, progress: bool = True) -> dict:
+                  validate: bool = True, progress: bool = True, overwrite: bool = False) -> dict:
     """Validate, train and predict for every target; returns the settings and validation rows written.
 
-    Without `validate`, the final fits run the config's epochs in full.
+    Without `validate`, the final fits run the config's epochs in full. Everything is checked before the
+    first file is written; an earlier run in `out_dir` is refused unless `overwrite` (then cleared first);
+    the submission files are written last, so a killed run never leaves a submission beside other tables.
     """
     root = resolve_data_root(root)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     sets = {name: load_algonauts_set(root, name, targets) for name in TRAINING_SETS}
     test = load_algonauts_set(root, "78", ())
+    check_config(config)
+    out_dir = check_run_folder(out_dir, allow_existing=overwrite)
+    with run_folder_lock(out_dir):
+        if overwrite:
+            clear_run_folder(out_dir)
+        return _run_challenge(config, root, sets, test, out_dir, targets, seeds, validate, progress)
+
+
+def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset], test: BrainDataset,
+                   out_dir: Path, targets: tuple[str, ...], seeds: tuple[int, ...], validate: bool,
+                   progress: bool) -> dict:
     started = time.perf_counter()
     rows, predictions, fit_info, all_curves = [], {}, {}, {}
     for target in targets:
@@ -132,19 +145,21 @@ def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: 
                              "epochs": epoch})
             write_table(rows, out_dir, "validation")
             plot_validation_curves(target, curves, out_dir / f"{target}_validation_curves.png")
-            (out_dir / "validation_curves.json").write_text(json.dumps(all_curves, indent=1))
+            write_text(out_dir / "validation_curves.json", json.dumps(all_curves, indent=1))
         predictor = fit_predictor(with_epochs(target_config, epochs), [sets[n] for n in TRAINING_SETS], seeds=seeds,
                                   out_dir=out_dir / target, progress=progress)
         predictions[target] = predictor.predict(test.images)[target]
         plots.plot_mds(predictions[target], test.images, out_dir / f"{target}_mds_78.png",
                        title=f"{target}: predicted RDM of the 78 test images (MDS)")
         fit_info[target] = {"epochs": epochs, **predictor.metrics}
-    files = write_submissions(out_dir, predictions)
+    submission_files = [name for name, members in SUBMISSION_FILES.items() if any(t in targets for t in members)]
     settings = {
         "config": asdict(config), "targets": list(targets), "seeds": list(seeds), "data": str(root),
         "device": str(pick_device(config.device)), "torch": torch.__version__, "machine": platform.machine(),
         "threads": torch.get_num_threads(), "wall_s": round(time.perf_counter() - started, 1),
-        "submission_files": [p.name for p in files], "fits": fit_info,
+        "submission_files": submission_files, "fits": fit_info,
     }
-    (out_dir / "settings.json").write_text(json.dumps(settings, indent=2, default=str))
+    write_text(out_dir / "settings.json", json.dumps(settings, indent=2, default=str))
+    write_report(out_dir)
+    write_submissions(out_dir, predictions)
     return {"settings": settings, "validation": rows}

@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 bad input or usage (one line on stderr, no traceback), 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -109,20 +110,35 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
 
 
-def _config_from_args(args, targets: tuple[str, ...]):
-    from .train import config_from_preset
+# TrainConfig fields whose flag is not simply --field-name.
+_FLAG_OF_OPTION = {"frozen_epochs": "--epochs"}
 
-    config = config_from_preset(
-        args.preset, backbone=args.backbone, stage=args.stage, weights=args.weights, targets=targets,
-        frozen_epochs=args.epochs, unfrozen_epochs=args.unfrozen_epochs, lr=args.lr, rescale=args.rescale,
-        image_size=args.image_size, device=args.device, augment=False if args.no_augment else None,
+
+def _flag(option: str) -> str:
+    return _FLAG_OF_OPTION.get(option, "--" + option.replace("_", "-"))
+
+
+def _config_errors_as_flags(function, *args, **kwargs):
+    """Run a library call; a ConfigError comes out naming the command-line flag instead of the field."""
+    from .train import ConfigError
+
+    try:
+        return function(*args, **kwargs)
+    except ConfigError as exc:
+        raise UsageError(f"{_flag(exc.option)}: {exc.problem}") from None
+
+
+def _config_from_args(args, targets: tuple[str, ...]):
+    """The run's TrainConfig from the preset and flags, checked (values, device, stage size) before any work."""
+    from .train import check_config, config_from_preset
+
+    config = _config_errors_as_flags(
+        config_from_preset, args.preset, backbone=args.backbone, stage=args.stage, weights=args.weights,
+        targets=targets, frozen_epochs=args.epochs, unfrozen_epochs=args.unfrozen_epochs, lr=args.lr,
+        rescale=args.rescale, image_size=args.image_size, device=args.device,
+        augment=False if args.no_augment else None,
     )
-    for name in ("frozen_epochs", "unfrozen_epochs", "image_size"):
-        if getattr(config, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must not be negative")
-    if config.epochs < 1:
-        raise UsageError("nothing to train: --epochs and --unfrozen-epochs are both 0")
-    return config
+    return _config_errors_as_flags(check_config, config)
 
 
 def _seeds(args) -> tuple[int, ...]:
@@ -160,20 +176,24 @@ def _training_datasets(args) -> tuple[list, list, tuple[str, ...]]:
         val = [data.load_algonauts_set(args.data, args.val_set, targets)]
         train = [d for d in train if d.name != args.val_set]
     elif args.val_fraction:
-        if not 0 < args.val_fraction < 1:
-            raise UsageError("--val-fraction must be between 0 and 1")
-        split = [split_holdout(d, args.val_fraction, 0) for d in train]
+        split = [_config_errors_as_flags(split_holdout, d, args.val_fraction, 0) for d in train]
         train, val = [t for t, _ in split], [v for _, v in split]
     if not train:
         raise UsageError("no training images left after taking out the validation set")
     return train, val, targets
 
 
-def _out_dir(path: str) -> Path:
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise data.DataError(f"{out}: exists and is not a directory")
-    return out
+def _out_dir(path: str, allow_existing: bool = True) -> Path:
+    """A run folder checked before any work: creatable and writable; with `allow_existing` False, empty."""
+    from .files import check_run_folder
+
+    try:
+        return check_run_folder(path, allow_existing)
+    except data.DataError as exc:
+        if allow_existing or "not empty" not in str(exc):
+            raise
+        raise UsageError(f"{path}: folder holds an earlier run; pass --overwrite to replace it, or choose a new "
+                         "--out") from None
 
 
 def cmd_fit(args) -> int:
@@ -181,20 +201,26 @@ def cmd_fit(args) -> int:
 
     train, val, targets = _training_datasets(args)
     config = _config_from_args(args, targets)
-    out = _out_dir(args.out)
-    predictor = fit_predictor(config, train, val, _seeds(args), out, resume=args.resume, progress=not args.quiet)
+    seeds = _seeds(args)
+    out = _out_dir(args.out, allow_existing=args.resume or args.overwrite)
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+    predictor = fit_predictor(config, train, val, seeds, out, resume=args.resume, progress=not args.quiet,
+                              overwrite=args.overwrite)
     summary = {"model": str(out / "model.pt"), "targets": list(targets), "seeds": predictor.metrics}
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def cmd_predict(args) -> int:
+    from .files import check_output_file
     from .predict import RDMPredictor
 
+    check_output_file(args.out)
     suffix = Path(args.out).suffix.lower()
     if suffix not in (".mat", ".npz", ".npy"):
         raise UsageError(f"{args.out}: unsupported output type '{suffix}' (use .mat, .npy or .npz)")
-    predictor = RDMPredictor.load(args.model, args.device)
+    predictor = _config_errors_as_flags(RDMPredictor.load, args.model, args.device)
     if suffix == ".npy" and len(predictor.targets) != 1:
         raise UsageError(f"{args.out}: .npy holds one RDM but the model predicts {len(predictor.targets)}; use .mat")
     images = data.load_image_set(args.images)
@@ -206,17 +232,17 @@ def cmd_predict(args) -> int:
 
 
 def cmd_lr_find(args) -> int:
+    from .files import run_folder_lock, write_text
+    from .plots import plot_lr_range
     from .train import lr_range_test
 
     train, _, targets = _training_datasets(args)
     config = _config_from_args(args, targets)
-    result = lr_range_test(config, train, progress=not args.quiet)
     out = _out_dir(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "lr_find.json").write_text(json.dumps(result, indent=2))
-    from .plots import plot_lr_range
-
-    plot = plot_lr_range(result, out / "lr_find.png")
+    with run_folder_lock(out):
+        result = lr_range_test(config, train, progress=not args.quiet)
+        write_text(out / "lr_find.json", json.dumps(result, indent=2))
+        plot = plot_lr_range(result, out / "lr_find.png")
     print(f"suggested learning rate: {result['suggested_lr']:.3g} (curve: {plot})")
     return 0
 
@@ -229,16 +255,14 @@ def cmd_challenge(args) -> int:
     if unknown:
         raise UsageError(f"--targets: unknown {', '.join(unknown)} (choose from {', '.join(data.TARGET_NAMES)})")
     config = _config_from_args(args, targets)
-    out = _out_dir(args.out)
-    result = run_challenge(config, args.data, out, targets, _seeds(args), validate=not args.no_validate,
-                           progress=not args.quiet)
-    from .report import write_report
-
-    md, _ = write_report(out)
+    seeds = _seeds(args)
+    out = _out_dir(args.out, allow_existing=args.overwrite)
+    result = run_challenge(config, args.data, out, targets, seeds, validate=not args.no_validate,
+                           progress=not args.quiet, overwrite=args.overwrite)
     for row in result["validation"]:
         pct = "-" if row["pct_nc"] is None else f"{row['pct_nc']:.1f}%"
         print(f"validation {row['target']:<10} {row['direction']:<8} r2={row['r2']:.4f}  {pct} of noise ceiling")
-    print(f"wrote {', '.join(result['settings']['submission_files'])} and {md.name} in {out}")
+    print(f"wrote {', '.join(result['settings']['submission_files'])} and report.md in {out}")
     return 0
 
 
@@ -282,6 +306,7 @@ def _add_model_commands(sub) -> None:
     _add_training_options(p)
     p.add_argument("--out", required=True, help="run folder: model.pt, checkpoints, log.csv")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("predict", help="predict the RDM of a folder of images with a trained model")
@@ -303,6 +328,7 @@ def _add_model_commands(sub) -> None:
     _add_training_options(p)
     p.add_argument("--out", default="runs/challenge", help="folder for the submission files and report")
     p.add_argument("--no-validate", action="store_true", help="skip the cross-set validation fits")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_challenge)
 
@@ -333,6 +359,7 @@ def _cmd_baseline(args, method: str) -> int:
     import time
 
     from .evaluate import evaluate_sets, write_evaluation
+    from .files import run_folder_lock
     from .train import config_from_preset
 
     if args.image_size is not None and args.image_size < 16:
@@ -343,9 +370,11 @@ def _cmd_baseline(args, method: str) -> int:
     start = time.perf_counter()
     config = config_from_preset("quick", backbone=args.backbone, weights=args.weights, image_size=args.image_size)
     sets = [data.load_algonauts_set(args.data, name, targets) for name in data.TRAINING_SETS]
-    evaluation = evaluate_sets(sets, (method,), targets, config, batch_size=args.batch_size,
-                               progress=not args.quiet)
-    paths = write_evaluation(evaluation, sets, _out_dir(args.out)) if args.out else None
+    out = _out_dir(args.out) if args.out else None
+    with run_folder_lock(out) if out else contextlib.nullcontext():
+        evaluation = evaluate_sets(sets, (method,), targets, config, batch_size=args.batch_size,
+                                   progress=not args.quiet)
+        paths = write_evaluation(evaluation, sets, out) if out else None
     _print_evaluation(evaluation, args, paths, time.perf_counter() - start)
     return 0
 
@@ -362,6 +391,7 @@ def cmd_evaluate(args) -> int:
     import time
 
     from .evaluate import METHODS, parse_list, run_evaluation
+    from .files import clear_run_folder, run_folder_lock
     from .report import write_report
 
     methods = parse_list(args.methods, METHODS, "method")
@@ -370,11 +400,14 @@ def cmd_evaluate(args) -> int:
         raise UsageError("--batch-size must be at least 1")
     config = _config_from_args(args, targets)
     seeds = _seeds(args)
-    out = _out_dir(args.out)
+    out = _out_dir(args.out, allow_existing=args.overwrite)
     start = time.perf_counter()
-    evaluation, paths = run_evaluation(args.data, out, methods, targets, config, seeds, args.batch_size,
-                                       progress=not args.quiet, make_plots=not args.no_plots)
-    md, _ = write_report(out, title="siamrdm evaluate: cross-set scores")
+    with run_folder_lock(out):
+        if args.overwrite:
+            clear_run_folder(out)
+        evaluation, paths = run_evaluation(args.data, out, methods, targets, config, seeds, args.batch_size,
+                                           progress=not args.quiet, make_plots=not args.no_plots)
+        md, _ = write_report(out, title="siamrdm evaluate: cross-set scores")
     paths["report"] = md
     _print_evaluation(evaluation, args, paths, time.perf_counter() - start)
     return 0
@@ -418,6 +451,7 @@ def _add_analysis_commands(sub) -> None:
     _add_training_options(p)
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass for layer RDMs")
     p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)

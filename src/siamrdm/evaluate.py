@@ -30,6 +30,7 @@ import torch
 from . import baselines, plots
 from .backbones import backbone_stages, create_body
 from .data import TARGET_NAMES, TRAINING_SETS, BrainDataset, DataError, group_average, load_algonauts_set
+from .files import atomic_path, write_text
 from .scoring import noise_ceiling, percent_of_ceiling, reference_ceiling, score_with_ceiling
 from .train import TrainConfig, config_from_preset
 
@@ -192,7 +193,7 @@ def summary_table(rows: list[dict]) -> str:
 
 def write_rows_csv(rows: list[dict], path: str | os.PathLike) -> Path:
     path = Path(path)
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -235,15 +236,16 @@ def write_evaluation(evaluation: Evaluation, sets: list[BrainDataset], out_dir: 
           "percent of the noise ceiling).", "", "## Percent of the noise ceiling", "", summary_table(rows), "",
           "## All scores", "", markdown_table(rows), ""]
     paths["md"] = out / "evaluation.md"
-    paths["md"].write_text("\n".join(md))
+    write_text(paths["md"], "\n".join(md))
     payload = {"rows": rows, "layers": evaluation.layers, "regression": evaluation.regression,
                "seconds": evaluation.seconds, "settings": settings or {}}
     paths["json"] = out / "evaluation.json"
-    paths["json"].write_text(json.dumps(json_safe(payload), indent=2, default=str))
+    write_text(paths["json"], json.dumps(json_safe(payload), indent=2, default=str))
     if settings is not None:
-        (out / "settings.json").write_text(json.dumps(json_safe(settings), indent=2, default=str))
+        write_text(out / "settings.json", json.dumps(json_safe(settings), indent=2, default=str))
     paths["predictions"] = out / "predictions.npz"
-    np.savez(paths["predictions"], **{f"{m}/{t}/{d}": rdm for (m, t, d), rdm in evaluation.predictions.items()})
+    with atomic_path(paths["predictions"]) as tmp:
+        np.savez(tmp, **{f"{m}/{t}/{d}": rdm for (m, t, d), rdm in evaluation.predictions.items()})
     if not make_plots or not rows:
         return paths
     paths["scores_png"] = plots.plot_scores(rows, out / "scores.png")

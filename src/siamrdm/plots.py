@@ -20,6 +20,7 @@ from matplotlib.patches import Patch
 from PIL import Image
 
 from .data import ImageSet, group_average
+from .files import atomic_path
 from .rdm import rank_transform, upper_tri
 
 DPI = 100
@@ -47,8 +48,8 @@ def _figure(kind: str) -> Figure:
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
     return path
 
 

@@ -7,6 +7,8 @@ the rescaled target units (the challenge metric is rank-based, so the units do n
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -16,6 +18,7 @@ import torch
 
 from .backbones import images_to_tensor
 from .data import BrainDataset, DataError, ImageSet
+from .files import clear_run_folder, run_folder_lock
 from .model import SiameseRDMNet
 from .train import (
     TrainConfig,
@@ -91,20 +94,30 @@ class RDMPredictor:
 
 def fit_predictor(config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] = (),
                   seeds: tuple[int, ...] = (0,), out_dir: str | os.PathLike | None = None, resume: bool = False,
-                  progress: bool = True) -> RDMPredictor:
-    """Train one model per seed (each in out_dir/seed<k> with its checkpoints and log) and bundle them."""
-    models, normalisation, metrics = [], {}, {}
-    for seed in seeds:
-        seed_dir = Path(out_dir) / f"seed{seed}" if out_dir else None
-        result = fit(replace(config, seed=seed), train, val, seed_dir, resume=resume, progress=progress)
-        models.append(result.model.eval())
-        normalisation = result.normalisation
-        metrics[f"seed{seed}"] = {"best_epoch": result.best_epoch, "best_val_pct_nc": result.best_score,
-                                  "epochs_run": len(result.history)}
-    predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics)
-    if out_dir:
-        predictor.save(Path(out_dir) / "model.pt")
-    return predictor
+                  progress: bool = True, overwrite: bool = False) -> RDMPredictor:
+    """Train one model per seed (each in out_dir/seed<k> with its checkpoints and log) and bundle them.
+
+    `out_dir` is locked for the whole run; with `overwrite`, an earlier run in it is cleared first.
+    """
+    with contextlib.ExitStack() as stack:
+        if out_dir is not None:
+            stack.enter_context(run_folder_lock(out_dir))
+            if overwrite:
+                clear_run_folder(Path(out_dir))
+        models, normalisation, metrics = [], {}, {}
+        for seed in seeds:
+            seed_dir = Path(out_dir) / f"seed{seed}" if out_dir else None
+            result = fit(replace(config, seed=seed), train, val, seed_dir, resume=resume, progress=progress)
+            models.append(result.model.eval())
+            normalisation = result.normalisation
+            best = result.best_score
+            metrics[f"seed{seed}"] = {"best_epoch": result.best_epoch,
+                                      "best_val_score": best if best is not None and math.isfinite(best) else None,
+                                      "epochs_run": len(result.history)}
+        predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics)
+        if out_dir:
+            predictor.save(Path(out_dir) / "model.pt")
+        return predictor
 
 
 def fit_predict(config: TrainConfig, train: list[BrainDataset], images: ImageSet | list[np.ndarray],

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import plots
 from .data import DataError
+from .files import write_text
 
 SETTINGS_FILES = ("settings.json", "config.json")
 SCORE_COLUMNS = {"method", "target", "pct_nc"}
@@ -215,6 +216,6 @@ def write_report(run_dir: str | os.PathLike, title: str | None = None) -> tuple[
         raise DataError(f"{run_dir}: nothing to report (no settings.json, score CSV, log.csv, lr_find.json or PNG)")
     title = title or f"siamrdm report: {run_dir.resolve().name}"
     md_path, html_path = run_dir / "report.md", run_dir / "report.html"
-    md_path.write_text(_markdown(title, blocks, run_dir))
-    html_path.write_text(_html(title, blocks))
+    write_text(md_path, _markdown(title, blocks, run_dir))
+    write_text(html_path, _html(title, blocks))
     return md_path, html_path

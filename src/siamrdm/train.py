@@ -8,10 +8,12 @@ head on all pairs. Validation uses the official metric on held-out images; the b
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -23,7 +25,8 @@ from tqdm.auto import tqdm
 
 from .backbones import create_body, images_to_tensor
 from .data import BrainDataset, DataError, ImageSet, group_average
-from .model import SiameseRDMNet, all_pairs, all_pairs_loss, all_pairs_outputs
+from .files import atomic_path, run_folder_lock
+from .model import HeadConfig, SiameseRDMNet, all_pairs, all_pairs_loss, all_pairs_outputs
 from .rdm import rescale, square_rdm, upper_tri
 from .scoring import score_with_ceiling
 
@@ -69,7 +72,7 @@ PRESETS: dict[str, dict] = {
 
 def config_from_preset(preset: str, **overrides) -> TrainConfig:
     if preset not in PRESETS:
-        raise DataError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
+        raise ConfigError("preset", f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
     values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
     names = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in values.items() if k in names})
@@ -82,11 +85,80 @@ def config_from_dict(values: dict) -> TrainConfig:
     return TrainConfig(**values)
 
 
+class ConfigError(DataError):
+    """A training setting that cannot work; `option` names the TrainConfig field."""
+
+    def __init__(self, option: str, problem: str):
+        super().__init__(f"{option}: {problem}")
+        self.option, self.problem = option, problem
+
+
+RESCALINGS = ("minmax", "rank", "zscore")
+MIN_IMAGE_SIZE = 16
+
+
+def _check_number(name: str, value: float, allow_zero: bool = False) -> None:
+    ok = isinstance(value, int | float) and math.isfinite(value) and (value > 0 or (allow_zero and value == 0))
+    if not ok:
+        raise ConfigError(name, f"must be a {'non-negative' if allow_zero else 'positive'} finite number, got {value}")
+
+
+def check_config(config: TrainConfig) -> TrainConfig:
+    """Refuse settings that would crash later or train silently wrong, before any work or any file.
+
+    Builds the body with random weights once (under a second) to check that the stage exists and that its
+    maps at `image_size` are large enough for the head.
+    """
+    _check_number("lr", config.lr)
+    _check_number("body_lr_factor", config.body_lr_factor, allow_zero=True)
+    _check_number("weight_decay", config.weight_decay, allow_zero=True)
+    for name in ("frozen_epochs", "unfrozen_epochs"):
+        if getattr(config, name) < 0:
+            raise ConfigError(name, "must not be negative")
+    if config.epochs < 1:
+        raise ConfigError("frozen_epochs", "nothing to train: frozen and unfrozen epochs are both 0")
+    for name in ("augment_views", "body_chunk", "pair_batch"):
+        if getattr(config, name) < 1:
+            raise ConfigError(name, "must be at least 1")
+    if config.early_stopping is not None and config.early_stopping < 1:
+        raise ConfigError("early_stopping", "patience must be at least 1 epoch")
+    if config.rescale not in RESCALINGS:
+        raise ConfigError("rescale", f"unknown rescaling '{config.rescale}' (choose from {', '.join(RESCALINGS)})")
+    low, high = config.crop_scale
+    if not 0 < low <= high <= 1:
+        raise ConfigError("crop_scale", f"needs 0 < low <= high <= 1, got {config.crop_scale}")
+    if config.image_size < MIN_IMAGE_SIZE:
+        raise ConfigError("image_size", f"must be at least {MIN_IMAGE_SIZE} pixels, got {config.image_size}")
+    pick_device(config.device)
+    body = create_body(config.backbone, "random", config.stage)
+    _, height, width = body.output_shape(config.image_size)
+    kernel = HeadConfig().kernel_size
+    if min(height, width) < kernel:
+        raise ConfigError("image_size", f"{config.image_size} px gives {height} x {width} maps at stage {body.stage} "
+                                        f"of {config.backbone}; the head needs at least {kernel} x {kernel}: use "
+                                        "larger images or an earlier stage")
+    return config
+
+
+_DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 def pick_device(device: str = "auto") -> torch.device:
+    """'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N' or 'mps'; anything else, or a device this
+    machine lacks, is refused."""
+    if not isinstance(device, str) or not _DEVICE_PATTERN.fullmatch(device):
+        raise ConfigError("device", f"unknown device '{device}' (use auto, cpu, cuda, cuda:N or mps)")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DataError(f"device '{device}' asked for, but CUDA is not available")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("device", f"'{device}' asked for, but CUDA is not available on this machine")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError("device", f"'{device}' asked for, but this machine has {torch.cuda.device_count()} "
+                                        "CUDA device(s)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device", "'mps' asked for, but it is not available on this machine")
     return torch.device(device)
 
 
@@ -133,7 +205,12 @@ def subset(dataset: BrainDataset, index: np.ndarray, name: str) -> BrainDataset:
 def split_holdout(dataset: BrainDataset, fraction: float, seed: int) -> tuple[BrainDataset, BrainDataset]:
     """Hold out a random `fraction` of a set's images for validation (pairs among them only)."""
     n = len(dataset)
+    if not 0 < fraction < 1:
+        raise ConfigError("val_fraction", f"must be between 0 and 1, got {fraction}")
     n_val = max(3, round(n * fraction))
+    if n - n_val < 3:
+        raise ConfigError("val_fraction", f"{fraction} of the {n} images of set {dataset.name} leaves "
+                                          f"{n - n_val} for training; both sides need at least 3")
     order = np.random.default_rng(seed).permutation(n)
     val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
     return subset(dataset, train, f"{dataset.name}-train"), subset(dataset, val, f"{dataset.name}-val")
@@ -193,24 +270,25 @@ def validation_scores(predicted: np.ndarray, subject_rdms: dict[str, np.ndarray]
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write atomically: a temporary file in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    """Write atomically (a uniquely named temporary file beside it, then a rename). The payload holds only
+    tensors and plain data, so `load_checkpoint` can read it without unpickling code."""
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint or model file with `weights_only=True`: a crafted file cannot run code on load."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DataError(f"{path}: unreadable checkpoint ({' '.join(str(exc).split())[:200]})") from None
+        raise DataError(f"{path}: unreadable checkpoint, or one holding more than tensors and plain data "
+                        f"({' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(payload, dict):
+        raise DataError(f"{path}: not a siamrdm checkpoint")
+    return payload
 
 
 # --------------------------------------------------------------------------- fitting
@@ -223,7 +301,7 @@ class FitResult:
     normalisation: dict  # per training set, per target: the rescaling parameters
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
-    best_score: float | None = None  # mean percent of the noise ceiling on validation
+    best_score: float | None = None  # validation score of the best epoch (see `selection_score`)
 
 
 def build_model(config: TrainConfig, device: torch.device | None = None) -> SiameseRDMNet:
@@ -233,9 +311,22 @@ def build_model(config: TrainConfig, device: torch.device | None = None) -> Siam
     return model.to(device or pick_device(config.device))
 
 
+class TrainingDiverged(DataError):
+    """The loss became NaN or infinite; the run stops and its last good checkpoint stays as it was."""
+
+
 def _mean_pct(scores: dict[str, dict]) -> float | None:
-    values = [s["pct_nc"] for s in scores.values() if s["pct_nc"] is not None]
-    return float(np.mean(values)) if values else None
+    values = [s["pct_nc"] for s in scores.values()]
+    return None if not values or any(v is None for v in values) else float(np.mean(values))
+
+
+def selection_score(scores: dict[str, dict]) -> float:
+    """The number the best epoch is chosen on: the mean percent of the noise ceiling when every validation
+    target has a ceiling, else the mean r2 (one-subject or ceiling-less data); NaN counts as the worst."""
+    value = _mean_pct(scores)
+    if value is None:
+        value = float(np.mean([s["r2"] for s in scores.values()]))
+    return value if math.isfinite(value) else -math.inf
 
 
 class Trainer:
@@ -376,14 +467,19 @@ class Trainer:
         if step is None:
             raise DataError(f"unknown pair_mode '{self.config.pair_mode}' (choose from factorised, naive)")
         losses = [step(k, frozen) for k in order]
+        if not all(math.isfinite(loss) for loss in losses):
+            raise TrainingDiverged(f"training diverged at epoch {self.epoch} (loss {losses}); the last good "
+                                   "checkpoint is kept; try a lower learning rate")
         row = {"epoch": self.epoch, "phase": "frozen" if frozen else "unfrozen", "loss": float(np.mean(losses)),
                "lr": self.optimizer.param_groups[0]["lr"]}
         if self.val_sets:
             scores = self.last_scores = self.validate(frozen)
             row["val_pct_nc"] = _mean_pct(scores)
+            row["val_r2"] = float(np.mean([v["r2"] for v in scores.values()]))
             row.update({f"val/{k}": v["pct_nc"] for k, v in scores.items()})
-            if row["val_pct_nc"] is not None and (self.best_score is None or row["val_pct_nc"] > self.best_score):
-                self.best_score, self.best_epoch = row["val_pct_nc"], self.epoch
+            chosen_on = selection_score(scores)
+            if self.best_epoch == 0 or chosen_on > self.best_score:
+                self.best_score, self.best_epoch = chosen_on, self.epoch
                 self.best_state = copy.deepcopy(self.model.state_dict())
         else:
             self.best_epoch, self.best_state = self.epoch, self.model.state_dict()
@@ -422,12 +518,10 @@ class Trainer:
         if not self.out_dir or not self.history:
             return
         columns = list(dict.fromkeys(k for row in self.history for k in row))
-        tmp = self.out_dir / ".log.csv.tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(self.out_dir / "log.csv") as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(self.history)
-        os.replace(tmp, self.out_dir / "log.csv")
 
     def fit(self, checkpoint_every_s: float = 30.0) -> FitResult:
         """Run the remaining epochs; with an out_dir, checkpoint `last.pt` as it goes and `model.pt` at the end."""
@@ -458,14 +552,16 @@ class Trainer:
 def fit(config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] = (),
         out_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True) -> FitResult:
     """Train one model; with `resume`, continue from out_dir/last.pt when it exists."""
-    trainer = Trainer(config, train, val, out_dir, progress)
-    if resume:
-        if out_dir is None:
-            raise DataError("--resume needs --out, the folder of the run to continue")
-        last = Path(out_dir) / "last.pt"
-        if last.is_file():
+    if resume and out_dir is None:
+        raise DataError("--resume needs --out, the folder of the run to continue")
+    with contextlib.ExitStack() as stack:
+        if out_dir is not None:
+            stack.enter_context(run_folder_lock(out_dir))
+        trainer = Trainer(config, train, val, out_dir, progress)
+        last = Path(out_dir) / "last.pt" if out_dir is not None else None
+        if resume and last.is_file():
             trainer.load_state(load_checkpoint(last))
-    return trainer.fit()
+        return trainer.fit()
 
 
 # --------------------------------------------------------------------------- LR range test

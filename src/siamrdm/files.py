@@ -1,0 +1,121 @@
+"""Run folders and safe writes: one run per folder (a lock), atomic files with unique temporary names.
+
+A run folder is where `fit`, `challenge`, `evaluate` and `lr-find` write. Two runs given the same folder
+would interleave their checkpoints, so each run holds an exclusive lock on `<folder>/.siamrdm.lock` for its
+whole life and a second run is refused at once. Every file is written to a uniquely named temporary file
+beside its target and renamed into place, so a reader (or a killed run) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from .data import DataError
+
+LOCK_NAME = ".siamrdm.lock"
+RUN_MARKER = "settings.json"  # every finished run folder holds one; `--overwrite` clears only such folders
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a unique temporary path beside `path`; on success rename it onto `path`, else remove it.
+
+    The temporary name keeps the suffix, so writers that choose a format by suffix (scipy, numpy) still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """An output file path that can be written: not a folder, and its nearest existing ancestor a writable
+    folder. Checked before any work, so a bad path fails fast and nothing is created."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a file name")
+    _check_creatable(path.parent, path)
+    return path
+
+
+def check_run_folder(path: str | os.PathLike, allow_existing: bool = True) -> Path:
+    """A run folder that can be created or written, checked before any work.
+
+    With `allow_existing` False, an existing non-empty folder is refused (a re-run would mix old and new
+    outputs); `prepare_run_folder(..., overwrite=True)` clears an old run instead.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{path}: exists and is not a folder")
+    _check_creatable(path, path)
+    if not allow_existing and _has_outputs(path):
+        raise DataError(f"{path}: folder is not empty (it holds an earlier run); choose a new folder or overwrite it")
+    return path
+
+
+def _check_creatable(folder: Path, named: Path) -> None:
+    """The nearest existing ancestor of `folder` (itself included) is a writable folder."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DataError(f"{named}: cannot be created, {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"{named}: cannot be written ({existing} is not writable)")
+
+
+def _has_outputs(folder: Path) -> bool:
+    return folder.is_dir() and any(p.name != LOCK_NAME for p in folder.iterdir())
+
+
+def clear_run_folder(path: Path) -> None:
+    """Remove an earlier run's outputs. Only a folder that a siamrdm run finished in (it holds settings.json)
+    is cleared, so a mistyped path never empties someone's folder."""
+    if not _has_outputs(path):
+        return
+    if not (path / RUN_MARKER).is_file():
+        raise DataError(f"{path}: not empty and not a siamrdm run folder (no {RUN_MARKER}); refusing to clear it")
+    for entry in path.iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+@contextlib.contextmanager
+def run_folder_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold the run folder's lock for the duration (created if needed); a second holder is refused at once."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path / LOCK_NAME, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        message = f"{path}: another siamrdm run is using this folder (locked); wait for it or choose another"
+        raise DataError(message) from None
+    try:
+        yield path
+    finally:
+        lock.release()

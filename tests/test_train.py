@@ -143,7 +143,7 @@ def test_unfrozen_step_gradient_equals_one_graph(small92: data.BrainDataset) -> 
     trainer = train.Trainer(config, [train.subset(small92, np.arange(6), "92-six")], progress=False)
     reference = copy.deepcopy(trainer.model)
     trainer.model.freeze_body(False)
-    loss = trainer.step(0, frozen=False)
+    loss = trainer.step(frozen=False)
     two_pass = {name: p.grad.clone() for name, p in trainer.model.named_parameters()}
 
     reference.freeze_body(False)
@@ -304,3 +304,55 @@ def test_lr_range_test(small92: data.BrainDataset) -> None:
     assert all(math.isfinite(x) for x in losses)
     assert lrs[0] <= result["suggested_lr"] <= lrs[-1]
     assert result["suggested_lr"] in lrs
+
+
+# --------------------------------------------------------------------------- the protocol: epochs mean the same
+
+
+def _step_rates(trainer: train.Trainer) -> list[list[float]]:
+    """Record the learning rates of every optimiser step the trainer takes from now on."""
+    used: list[list[float]] = []
+    trainer.optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append([g["lr"] for g in opt.param_groups]))
+    return used
+
+
+def test_final_fit_follows_the_curves_schedule(set92: data.BrainDataset, data_root: Path) -> None:
+    """Epoch e chosen on a one-set validation curve means, in the final fit on two sets, the same number of
+    optimiser steps at the same learning rates (one step per epoch over both sets' pairs; the one-cycle
+    schedule keeps its full length and the run stops at e)."""
+    from siamrdm.challenge import with_epochs
+
+    config = fast_config(frozen_epochs=2, unfrozen_epochs=4, lr=2e-3)
+    set_a = train.subset(set92, np.arange(6), "a")
+    set_b = train.subset(data.load_algonauts_set(data_root, "118", ("EVC",)), np.arange(7), "b")
+    set_a = data.BrainDataset("a", set_a.images, {"EVC": set_a.targets["EVC"]})
+    curve = train.Trainer(config, [set_a], progress=False)
+    curve_rates = _step_rates(curve)
+    for _ in range(config.epochs):
+        curve.run_epoch()
+    chosen = 4
+    final = train.Trainer(with_epochs(config, chosen), [set_a, set_b], progress=False)
+    final_rates = _step_rates(final)
+    result = final.fit()
+    assert len(result.history) == chosen
+    assert len(final_rates) == chosen  # one optimiser step per epoch, however many sets
+    assert np.allclose(final_rates, curve_rates[:chosen], rtol=1e-12, atol=0)
+    assert final.scheduler.total_steps == curve.scheduler.total_steps == config.unfrozen_epochs
+
+
+def test_step_loss_is_the_mean_over_all_pairs_of_all_sets(set92: data.BrainDataset, data_root: Path) -> None:
+    """One step over two sets: the loss is the pair-weighted mean of each set's loss (lr 0 keeps the weights)."""
+    config = fast_config(frozen_epochs=1, lr=0.0, weight_decay=0.0)
+    set_a = train.subset(set92, np.arange(6), "a")
+    set_a = data.BrainDataset("a", set_a.images, {"EVC": set_a.targets["EVC"]})
+    set_b = train.subset(data.load_algonauts_set(data_root, "118", ("EVC",)), np.arange(9), "b")
+    both = train.Trainer(config, [set_a, set_b], progress=False)
+    both.model.freeze_body(False)
+    loss_both = both.step(frozen=False)
+    singles = []
+    for one in (set_a, set_b):
+        trainer = train.Trainer(config, [one], progress=False)
+        trainer.model.load_state_dict(both.model.state_dict())
+        trainer.model.freeze_body(False)
+        singles.append(trainer.step(frozen=False))
+    assert loss_both == pytest.approx((15 * singles[0] + 36 * singles[1]) / 51, rel=1e-5)

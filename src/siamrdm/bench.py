@@ -192,8 +192,7 @@ def bench_training(sets: list[BrainDataset], backbone: str = "efficientnet_lite0
     timed_pairs = [min(p, b * pair_batch) for p, b in zip(pairs, timed_batches, strict=True)]
 
     def factorised_epoch() -> None:
-        for k in range(len(sets)):
-            trainer.step(k, frozen=False)
+        trainer.step(frozen=False)
 
     def naive_epoch() -> tuple[float, float]:
         """Seconds for all pairs (scaled from the timed sample), wall and CPU."""
@@ -228,7 +227,7 @@ def bench_training(sets: list[BrainDataset], backbone: str = "efficientnet_lite0
     breakdown = factorised_breakdown(trainer)
     naive_body = naive_body_seconds(trainer)
     model.freeze_body(True)
-    frozen = [timed(lambda: [trainer.step(k, frozen=True) for k in range(len(sets))], dev)[0] for _ in range(3)]
+    frozen = [timed(lambda: trainer.step(frozen=True), dev)[0] for _ in range(3)]
     model.freeze_body(False)
     flops = body_gflop(model, image_size)
     rate = matmul_gflops(dev)

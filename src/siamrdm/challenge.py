@@ -103,9 +103,9 @@ def plot_validation_curves(target: str, curves: dict[str, list[dict]], path: Pat
 
 
 def with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
-    """The config cut to `epochs` in all, frozen epochs first."""
-    frozen = min(epochs, config.frozen_epochs)
-    return replace(config, frozen_epochs=frozen, unfrozen_epochs=epochs - frozen)
+    """The config stopped after `epochs`, its schedule unchanged: epoch e of the final fit takes the same step,
+    at the same learning rate, as epoch e of the validation curves it was chosen on."""
+    return replace(config, stop_epoch=epochs)
 
 
 def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: str | os.PathLike,

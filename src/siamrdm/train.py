@@ -51,6 +51,7 @@ class TrainConfig:
     crop_scale: tuple[float, float] = (0.7, 1.0)
     distance_init: bool = True  # head starts as a distance between the two images (see model.py)
     early_stopping: int | None = None  # patience in epochs without a better validation score
+    stop_epoch: int | None = None  # stop after this epoch; the schedule keeps the length of all `epochs`
     body_chunk: int = 32  # images per body pass
     pair_mode: str = "factorised"  # or "naive": body on both images of every pair, a step per pair_batch (slow)
     pair_batch: int = 32  # pairs per optimiser step in the naive mode
@@ -120,6 +121,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
     for name in ("augment_views", "body_chunk", "pair_batch"):
         if getattr(config, name) < 1:
             raise ConfigError(name, "must be at least 1")
+    if config.stop_epoch is not None and config.stop_epoch < 0:
+        raise ConfigError("stop_epoch", "must not be negative")
     if config.early_stopping is not None and config.early_stopping < 1:
         raise ConfigError("early_stopping", "patience must be at least 1 epoch")
     if config.rescale not in RESCALINGS:
@@ -365,7 +368,7 @@ class Trainer:
         if config.unfrozen_epochs:
             self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
                 self.optimizer, max_lr=[config.lr, config.lr * config.body_lr_factor],
-                total_steps=config.unfrozen_epochs * len(self.train_sets))
+                total_steps=config.unfrozen_epochs)
             # OneCycleLR sets its first step's rates at once; the frozen epochs before the cycle run at the base rates.
             base_lrs = (config.lr, config.lr * config.body_lr_factor)
             for group, lr in zip(self.optimizer.param_groups, base_lrs, strict=True):
@@ -390,28 +393,35 @@ class Trainer:
         O(N) however many pairs (model.all_pairs_loss; exactly the loss of pair_predictions(both_orders=True))."""
         return all_pairs_loss(self.model.head, self.model.standardise(features), targets.to(self.device))
 
-    def step(self, index: int, frozen: bool) -> float:
-        """One optimiser step on all pairs of training set `index`."""
-        data = self.train_sets[index]
+    def step(self, frozen: bool) -> float:
+        """One optimiser step on all pairs within every training set (pairs never cross sets).
+
+        The loss is the mean over all those pairs (each set's mean weighted by its pair count), so an epoch
+        is one step whether there is one set or two: epoch counts chosen on a one-set validation curve mean
+        the same number of steps, on the same schedule, in a final fit on both sets.
+        """
         self.optimizer.zero_grad(set_to_none=True)
-        if frozen:
-            loss = self._pair_loss(self._frozen_features(index), data.targets)
-            loss.backward()
-        else:
-            images = augment_batch(data.images, self.config, self.generator) if self.config.augment else data.images
-            # Two passes keep memory bounded: the head's gradient w.r.t. the features first, then the body
-            # in chunks, back-propagating that gradient. Same gradient as one big graph.
-            features = body_features(self.model, images, self.config.body_chunk, self.device).requires_grad_()
-            loss = self._pair_loss(features, data.targets)
-            loss.backward()
-            chunk = self.config.body_chunk
-            for k in range(0, len(images), chunk):
-                out = self.model.body(images[k : k + chunk].to(self.device))
-                out.backward(features.grad[k : k + chunk])
+        total_pairs = sum(len(s.targets) for s in self.train_sets)
+        mean_loss = 0.0
+        for index, data in enumerate(self.train_sets):
+            share = len(data.targets) / total_pairs
+            if frozen:
+                loss = self._pair_loss(self._frozen_features(index), data.targets)
+                (loss * share).backward()
+            else:
+                images = augment_batch(data.images, self.config, self.generator) if self.config.augment else data.images
+                # Two passes keep memory bounded: the head's gradient w.r.t. the features first, then the body
+                # in chunks, back-propagating that gradient. Same gradient as one big graph.
+                features = body_features(self.model, images, self.config.body_chunk, self.device).requires_grad_()
+                loss = self._pair_loss(features, data.targets)
+                (loss * share).backward()
+                chunk = self.config.body_chunk
+                for k in range(0, len(images), chunk):
+                    out = self.model.body(images[k : k + chunk].to(self.device))
+                    out.backward(features.grad[k : k + chunk])
+            mean_loss += loss.item() * share
         self.optimizer.step()
-        if not frozen and self.scheduler is not None:
-            self.scheduler.step()
-        return loss.item()
+        return mean_loss
 
     def naive_step(self, index: int, frozen: bool = False, max_batches: int | None = None) -> float:
         """The per-pair training of published Siamese RDM models, for comparison and benchmarks: the body runs
@@ -436,8 +446,6 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             total, seen = total + loss.item() * len(pairs), seen + len(pairs)
-        if not frozen and self.scheduler is not None:
-            self.scheduler.step()
         return total / seen
 
     def validate(self, frozen: bool) -> dict[str, dict]:
@@ -462,11 +470,15 @@ class Trainer:
                 group["lr"] = lr
         self.model.freeze_body(frozen)
         start = time.perf_counter()
-        order = torch.randperm(len(self.train_sets), generator=self.generator).tolist()
-        step = {"factorised": self.step, "naive": self.naive_step}.get(self.config.pair_mode)
-        if step is None:
-            raise DataError(f"unknown pair_mode '{self.config.pair_mode}' (choose from factorised, naive)")
-        losses = [step(k, frozen) for k in order]
+        if self.config.pair_mode == "factorised":
+            losses = [self.step(frozen)]
+        elif self.config.pair_mode != "naive":
+            raise ConfigError("pair_mode", f"unknown mode '{self.config.pair_mode}' (choose from factorised, naive)")
+        else:
+            order = torch.randperm(len(self.train_sets), generator=self.generator).tolist()
+            losses = [self.naive_step(k, frozen) for k in order]
+        if not frozen and self.scheduler is not None:
+            self.scheduler.step()
         if not all(math.isfinite(loss) for loss in losses):
             raise TrainingDiverged(f"training diverged at epoch {self.epoch} (loss {losses}); the last good "
                                    "checkpoint is kept; try a lower learning rate")
@@ -486,6 +498,12 @@ class Trainer:
         row["seconds"] = time.perf_counter() - start
         self.history.append(row)
         return row
+
+    @property
+    def last_epoch(self) -> int:
+        """Where `fit` stops: the schedule's end, or `stop_epoch` when the config cuts the run short."""
+        stop = self.config.stop_epoch
+        return self.config.epochs if stop is None else min(stop, self.config.epochs)
 
     def should_stop(self) -> bool:
         patience = self.config.early_stopping
@@ -528,13 +546,13 @@ class Trainer:
         last_save = time.perf_counter()
         bar = tqdm(total=self.config.epochs, initial=self.epoch, disable=not self.progress, unit="epoch",
                    desc=f"fit {'+'.join(self.config.targets)}", leave=False)
-        while self.epoch < self.config.epochs and not self.should_stop():
+        while self.epoch < self.last_epoch and not self.should_stop():
             row = self.run_epoch()
             bar.update(1)
             val = row.get("val_pct_nc")
             bar.set_postfix(phase=row["phase"], loss=f"{row['loss']:.4f}",
                             val=("-" if val is None else f"{val:.1f}%"), best=self.best_epoch)
-            phase_end = self.epoch in (self.config.frozen_epochs, self.config.epochs)
+            phase_end = self.epoch in (self.config.frozen_epochs, self.last_epoch)
             if self.out_dir and (phase_end or time.perf_counter() - last_save > checkpoint_every_s):
                 save_checkpoint(self.out_dir / "last.pt", self.state())
                 self._write_log()

@@ -33,7 +33,7 @@ from .backbones import Body
 class HeadConfig:
     """One head variant: interleave, Conv2d(2C -> channels, kernel, padding, groups), ReLU, pool, Linear, [ReLU]."""
 
-    name: str = "paper"
+    name: str = "paper"  # as in `HEADS` and in messages
     channels: int | None = 32  # convolution outputs; None: one per feature channel (C)
     groups: int | None = 16  # None: one group per feature channel, each seeing one channel of each image
     kernel_size: int = 3
@@ -98,8 +98,10 @@ class SiameseHead(nn.Module):
         config = head_config(config)
         groups = config.groups or in_channels
         channels = config.channels or in_channels
-        if in_channels % groups or channels % groups:
+        if in_channels % groups:
             raise ValueError(f"feature channels ({in_channels}) must divide into {groups} groups")
+        if channels % groups:
+            raise ValueError(f"convolution channels ({channels}) must divide into {groups} groups")
         self.config = config
         self.conv = nn.Conv2d(2 * in_channels, channels, config.kernel_size, stride=1, padding=config.padding,
                               groups=groups)

@@ -1,13 +1,20 @@
 """The Siamese RDM network: a shared pretrained body and an interleaved group-convolution head.
 
-The head follows Jacob & Katti: the channels of the two images' feature maps are interleaved
-(a0, b0, a1, b1, ...), then Conv2d(2C -> 32, 3x3, groups=16), ReLU, AdaptiveAvgPool2d(2), Linear(128 -> 1).
-Interleaving lets every group see both images, so the network is not a sum of two per-image scores.
+Both head variants (`HEADS`) interleave the channels of the two images' feature maps (a0, b0, a1, b1, ...)
+and then apply a grouped convolution, so every group sees both images and the network is not a sum of two
+per-image scores. They exist side by side because Jacob & Katti's paper and their released code differ:
+
+- "paper" (the default), as the paper's text describes it: Conv2d(2C -> 32, 3x3, groups 16), ReLU,
+  AdaptiveAvgPool2d(2), Linear(128 -> T).
+- "pairwise", as the authors' released notebook builds it: Conv2d(2C -> C, 3x3, padding 1, groups C), so
+  each group sees exactly one channel of each image, ReLU, AvgPool2d(3, stride 2),
+  Linear(C * H' * W' -> T), and a ReLU on the output. Its linear layer depends on the feature map size.
 
 Pair factorisation: the first convolution is linear, and on interleaved input it equals a grouped
-convolution of image a with the even weight slices plus one of image b with the odd slices. So the body
-and both half-convolutions run once per image; per pair only an add, ReLU, pooling and the linear layer
-remain. `forward_naive` keeps the literal per-pair form for tests and benchmarks.
+convolution of image a with the even weight slices plus one of image b with the odd slices (zero padding
+splits the same way). So the body and both half-convolutions run once per image; per pair only an add,
+ReLU, pooling, the linear layer (and the pairwise variant's output ReLU) remain. `forward_naive` keeps the
+literal per-pair form for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -22,12 +29,56 @@ from torch import nn
 from .backbones import Body
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeadConfig:
-    channels: int = 32
-    groups: int = 16
+    """One head variant: interleave, Conv2d(2C -> channels, kernel, padding, groups), ReLU, pool, Linear, [ReLU]."""
+
+    name: str = "paper"  # as in `HEADS` and in messages
+    channels: int | None = 32  # convolution outputs; None: one per feature channel (C)
+    groups: int | None = 16  # None: one group per feature channel, each seeing one channel of each image
     kernel_size: int = 3
-    pool: int = 2
+    padding: int = 0
+    pool: int = 2  # AdaptiveAvgPool2d(pool): a pool x pool grid whatever the map size ...
+    pool_stride: int | None = None  # ... unless set: AvgPool2d(pool, pool_stride), whose grid follows the map
+    output_relu: bool = False  # a ReLU on the head's outputs
+
+    def conv_size(self, size: int) -> int:
+        """Side of the convolution's map for feature maps of this side."""
+        return size + 2 * self.padding - self.kernel_size + 1
+
+    def pooled_size(self, size: int) -> int:
+        """Side of the pooled map for feature maps of this side (< 1: too small for this head)."""
+        conv = self.conv_size(size)
+        if self.pool_stride is None:
+            return self.pool if conv >= 1 else 0
+        return (conv - self.pool) // self.pool_stride + 1 if conv >= self.pool else 0
+
+    def min_size(self) -> int:
+        """The smallest feature map side this head accepts."""
+        conv = 1 if self.pool_stride is None else self.pool
+        return max(1, conv + self.kernel_size - 1 - 2 * self.padding)
+
+
+# The head variants by name; a new variant is one entry.
+HEADS: dict[str, HeadConfig] = {
+    # The paper's text: Conv2d(2C -> 32, 3x3, groups 16), ReLU, AdaptiveAvgPool2d(2), Linear(128 -> T).
+    "paper": HeadConfig(),
+    # The authors' released notebook: Conv2d(2C -> C, 3x3, padding 1, groups C), ReLU, AvgPool2d(3, stride 2),
+    # Linear(C * H' * W' -> T), ReLU.
+    "pairwise": HeadConfig(name="pairwise", channels=None, groups=None, padding=1, pool=3, pool_stride=2,
+                           output_relu=True),
+}
+
+
+def head_config(head: str | HeadConfig | None) -> HeadConfig:
+    """A head variant by name (see `HEADS`), or the given config; None: "paper"."""
+    if head is None:
+        return HEADS["paper"]
+    if isinstance(head, HeadConfig):
+        return head
+    if head not in HEADS:
+        raise ValueError(f"unknown head '{head}' (choose from {', '.join(HEADS)})")
+    return HEADS[head]
 
 
 def interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -36,23 +87,44 @@ def interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class SiameseHead(nn.Module):
-    """Interleaved group convolution, ReLU, average pooling, linear: one output per target."""
+    """Interleaved group convolution, ReLU, average pooling, linear (and for "pairwise" a ReLU): one output per
+    target. `config` is a variant's name in `HEADS` ("paper", the default, or "pairwise") or a `HeadConfig`.
+    A fixed-window pool (the pairwise variant's) makes the linear layer's size depend on the feature maps, so
+    that variant needs `feature_size` (height, width)."""
 
-    def __init__(self, in_channels: int, n_outputs: int = 1, config: HeadConfig | None = None):
+    def __init__(self, in_channels: int, n_outputs: int = 1, config: str | HeadConfig | None = None,
+                 feature_size: tuple[int, int] | None = None):
         super().__init__()
-        config = config or HeadConfig()
-        if in_channels % config.groups:
-            raise ValueError(f"feature channels ({in_channels}) must divide into {config.groups} groups")
+        config = head_config(config)
+        groups = config.groups or in_channels
+        channels = config.channels or in_channels
+        if in_channels % groups:
+            raise ValueError(f"feature channels ({in_channels}) must divide into {groups} groups")
+        if channels % groups:
+            raise ValueError(f"convolution channels ({channels}) must divide into {groups} groups")
         self.config = config
-        self.conv = nn.Conv2d(2 * in_channels, config.channels, config.kernel_size, stride=1, groups=config.groups)
-        self.pool = nn.AdaptiveAvgPool2d(config.pool)
-        self.linear = nn.Linear(config.channels * config.pool**2, n_outputs)
+        self.conv = nn.Conv2d(2 * in_channels, channels, config.kernel_size, stride=1, padding=config.padding,
+                              groups=groups)
+        if config.pool_stride is None:
+            self.pool = nn.AdaptiveAvgPool2d(config.pool)
+            cells = config.pool**2
+        else:
+            if feature_size is None:
+                raise ValueError(f"the {config.name} head's linear layer needs the feature map size")
+            height, width = (config.pooled_size(side) for side in feature_size)
+            if min(height, width) < 1:
+                raise ValueError(f"{feature_size[0]} x {feature_size[1]} feature maps are too small for the "
+                                 f"{config.name} head (it needs at least {config.min_size()} x {config.min_size()})")
+            self.pool = nn.AvgPool2d(config.pool, config.pool_stride)
+            cells = height * width
+        self.linear = nn.Linear(channels * cells, n_outputs)
 
     @torch.no_grad()
     def init_as_distance(self) -> None:
         """Start near a distance: image b's weights are minus image a's, so a pair's pooled activations are
         ReLU(u_a - u_b) and, averaged over both orders with equal positive linear weights, |u_a - u_b| / 2:
-        a random-projection distance between the two images, which training then reshapes."""
+        a random-projection distance between the two images, which training then reshapes. The same for both
+        variants (the pairwise one's output ReLU passes these non-negative outputs unchanged)."""
         self.conv.weight[:, 1::2] = -self.conv.weight[:, 0::2]
         self.conv.bias.zero_()
         self.linear.weight.fill_(1.0 / self.linear.in_features)
@@ -61,39 +133,45 @@ class SiameseHead(nn.Module):
     def forward(self, features_a: torch.Tensor, features_b: torch.Tensor) -> torch.Tensor:
         """The literal head on per-pair feature maps: (P, C, H, W) twice -> (P, n_outputs)."""
         x = F.relu(self.conv(interleave(features_a, features_b)))
-        return self.linear(self.pool(x).flatten(1))
+        return self.output(self.linear(self.pool(x).flatten(1)))
+
+    def output(self, pre: torch.Tensor) -> torch.Tensor:
+        """The head's outputs from its linear layer's: the pairwise variant's output ReLU."""
+        return F.relu(pre) if self.config.output_relu else pre
 
     def image_terms(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each image's share of the first convolution when it is image a, and when it is image b."""
-        w = self.conv.weight
-        groups = self.config.groups
-        as_a = F.conv2d(features, w[:, 0::2], groups=groups)
-        as_b = F.conv2d(features, w[:, 1::2], groups=groups)
+        """Each image's share of the first convolution when it is image a, and when it is image b: within every
+        group the interleaved input channels alternate a, b, so the even weight slices see a and the odd b."""
+        w, conv = self.conv.weight, self.conv
+        as_a = F.conv2d(features, w[:, 0::2], padding=conv.padding, groups=conv.groups)
+        as_b = F.conv2d(features, w[:, 1::2], padding=conv.padding, groups=conv.groups)
         return as_a, as_b
 
     def pair_outputs(self, as_a: torch.Tensor, as_b: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         """Outputs for ordered pairs (i[p], j[p]) from image terms: (P, n_outputs)."""
         x = F.relu(as_a[i] + as_b[j] + self.conv.bias.view(1, -1, 1, 1))
-        return self.linear(self.pool(x).flatten(1))
+        return self.output(self.linear(self.pool(x).flatten(1)))
 
 
 class SiameseRDMNet(nn.Module):
     """Predicts the dissimilarity of two images; symmetric by averaging both orders."""
 
-    def __init__(self, body: Body, n_outputs: int = 1, image_size: int = 224, head: HeadConfig | None = None,
+    def __init__(self, body: Body, n_outputs: int = 1, image_size: int = 224, head: str | HeadConfig = "paper",
                  distance_init: bool = True):
+        """`head`: the variant, "paper" (the paper's text) or "pairwise" (the authors' released code), see `HEADS`;
+        or a `HeadConfig`."""
         super().__init__()
         self.body = body
         self.image_size = image_size
         channels, height, width = body.output_shape(image_size)
-        head = head or HeadConfig()
-        if min(height, width) < head.kernel_size:
+        config = head_config(head)
+        if min(height, width) < config.min_size():
             raise ValueError(
-                f"stage {body.stage} gives {height} x {width} maps at {image_size} px; the head needs at least "
-                f"{head.kernel_size} x {head.kernel_size}: use larger images or an earlier stage"
+                f"stage {body.stage} gives {height} x {width} maps at {image_size} px; the {config.name} head needs "
+                f"at least {config.min_size()} x {config.min_size()}: use larger images or an earlier stage"
             )
         self.feature_shape = (channels, height, width)
-        self.head = SiameseHead(channels, n_outputs, head)
+        self.head = SiameseHead(channels, n_outputs, config, (height, width))
         if distance_init:
             self.head.init_as_distance()
         # Per-channel standardisation of body features, set from training images by `set_feature_stats`.
@@ -159,12 +237,19 @@ def all_pairs(n: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor,
 
 
 def pooled_linear_weight(head: SiameseHead, height: int, width: int) -> torch.Tensor:
-    """AdaptiveAvgPool2d then the linear layer, as one (T, channels * height * width) weight on the conv map."""
+    """The head's pooling then its linear layer, as one (T, channels * height * width) weight on the conv map.
+
+    Both variants' pools (adaptive or fixed-window average) are linear, so running the head's own pool on a
+    one-hot map per position gives that position's share in every pooled cell."""
     weight = head.linear.weight
-    cells = head.config.pool**2
+    channels = head.conv.out_channels
     eye = torch.eye(height * width, device=weight.device, dtype=weight.dtype).view(-1, 1, height, width)
-    share = head.pool(eye).reshape(height * width, cells)  # each map position's weight in each pooled cell
-    per_cell = weight.view(weight.shape[0], head.config.channels, cells)
+    share = head.pool(eye).reshape(height * width, -1)  # each map position's weight in each pooled cell
+    cells = share.shape[1]
+    if channels * cells != weight.shape[1]:
+        raise ValueError(f"a {height} x {width} conv map pools to {cells} cells per channel; the {head.config.name} "
+                         f"head's linear layer takes {weight.shape[1] // channels}")
+    per_cell = weight.view(weight.shape[0], channels, cells)
     return torch.einsum("tck,sk->tcs", per_cell, share).reshape(weight.shape[0], -1)
 
 
@@ -194,18 +279,26 @@ class _Sums:
 
 
 def _pair_tile(s: _Sums, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-               scale: float, rows: slice, cols: slice, targets: torch.Tensor, diagonal: bool) -> None:
+               scale: float, output_relu: bool, rows: slice, cols: slice, targets: torch.Tensor,
+               diagonal: bool) -> None:
     """Loss and gradient sums of the ordered pairs (i in rows, j in cols): image i as a, image j as b."""
     dim, outputs = a.shape[1], weight.shape[0]
     ni, nj = rows.stop - rows.start, cols.stop - cols.start
     z = s.z[: ni * nj * dim].view(ni, nj, dim)
     torch.add(a[rows, None, :], b[None, cols, :], out=z)
     z.relu_()
-    diff = torch.mm(z.view(-1, dim), weight.t()).view(ni, nj, outputs).add_(bias).sub_(targets)
+    out = torch.mm(z.view(-1, dim), weight.t()).view(ni, nj, outputs).add_(bias)
+    if output_relu:  # prediction = relu(pre); its gradient is masked where pre <= 0, below
+        out.relu_()
+        diff = out - targets
+    else:
+        diff = out.sub_(targets)
     if diagonal:
         diff.diagonal(0, 0, 1).zero_()  # a pair of an image with itself is not a pair
     s.loss += torch.sum(diff * diff, dtype=torch.float64)
     g = diff.mul_(scale)
+    if output_relu:  # the output ReLU's backward (out = relu(pre) > 0 exactly where pre > 0), in place
+        torch.ops.aten.threshold_backward.grad_input(g, out, 0, grad_input=g)
     s.grad_bias += g.sum((0, 1), dtype=torch.float64)
     if outputs == 1:
         grad_z = g.expand(ni, nj, dim)  # the weight is factored out: grad_a = weight * sum_j g_ij [z_ijd > 0]
@@ -222,7 +315,7 @@ class _AllPairsMSE(torch.autograd.Function):
     """Mean squared error of the head over all ordered pairs, from the per-image terms (see `all_pairs_loss`)."""
 
     @staticmethod
-    def forward(ctx, a, b, weight, bias, targets, tile: int, workers: int):
+    def forward(ctx, a, b, weight, bias, targets, tile: int, workers: int, output_relu: bool):
         n = a.shape[0]
         outputs = weight.shape[0]
         count = n * (n - 1) * outputs
@@ -235,7 +328,7 @@ class _AllPairsMSE(torch.autograd.Function):
             with torch.no_grad():  # grad mode is per thread; worker threads start with it on
                 for job in share:
                     rows, cols = slice(job[0], min(n, job[0] + tile)), slice(job[1], min(n, job[1] + tile))
-                    args = (s, a, b, weight, bias, 2.0 / count)
+                    args = (s, a, b, weight, bias, 2.0 / count, output_relu)
                     if rows == cols:
                         i, j = index[rows, None], index[None, cols]
                         y = targets[(base[torch.minimum(i, j)] + torch.maximum(i, j)).clamp_min_(0)]
@@ -271,12 +364,14 @@ class _AllPairsMSE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad_a, grad_b, grad_weight, grad_bias = ctx.saved_tensors
-        return grad_a * grad_loss, grad_b * grad_loss, grad_weight * grad_loss, grad_bias * grad_loss, None, None, None
+        return (grad_a * grad_loss, grad_b * grad_loss, grad_weight * grad_loss, grad_bias * grad_loss,
+                None, None, None, None)
 
 
 def all_pairs_loss(head: SiameseHead, features: torch.Tensor, targets: torch.Tensor, tile: int | None = None,
                    workers: int | None = None) -> torch.Tensor:
     """F.mse_loss of both orders of every pair i < j of N images against `targets` (P, T), in O(N) memory.
+    Either head variant; the pairwise one's output ReLU is applied (and differentiated) tile by tile.
 
     `features` are standardised body features (N, C, H, W); the gradient reaches them, and through them the
     body, via one backward pass of the split convolution. `workers` (default: torch's thread count on CPU,
@@ -293,7 +388,7 @@ def all_pairs_loss(head: SiameseHead, features: torch.Tensor, targets: torch.Ten
     if workers is None:
         workers = 1 if a.device.type == "cuda" else torch.get_num_threads()
     targets = targets.to(device=a.device, dtype=a.dtype).reshape(len(targets), -1)
-    return _AllPairsMSE.apply(a, b, weight, head.linear.bias, targets, tile, workers)
+    return _AllPairsMSE.apply(a, b, weight, head.linear.bias, targets, tile, workers, head.config.output_relu)
 
 
 @torch.no_grad()
@@ -313,5 +408,6 @@ def all_pairs_outputs(head: SiameseHead, features: torch.Tensor, tile: int | Non
     for i0 in range(0, n, tile):
         for j0 in range(0, n, tile):
             z = (a[i0 : i0 + tile, None, :] + b[None, j0 : j0 + tile, :]).relu_()
-            out[i0 : i0 + tile, j0 : j0 + tile] = (z @ weight.t()).add_(head.linear.bias)
+            block = (z @ weight.t()).add_(head.linear.bias)
+            out[i0 : i0 + tile, j0 : j0 + tile] = block.relu_() if head.config.output_relu else block
     return out

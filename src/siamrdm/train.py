@@ -50,6 +50,7 @@ class TrainConfig:
     augment_views: int = 4  # while frozen: views cached per image (view 0 is the plain image)
     crop_scale: tuple[float, float] = (0.7, 1.0)
     distance_init: bool = True  # head starts as a distance between the two images (see model.py)
+    head: str = "paper"  # the head variant: "paper" (the paper's text) or "pairwise" (the authors' code); model.HEADS
     early_stopping: int | None = None  # patience in epochs without a better validation score
     stop_epoch: int | None = None  # stop after this epoch; the schedule keeps the length of all `epochs`
     body_chunk: int = 32  # images per body pass
@@ -310,7 +311,7 @@ class FitResult:
 def build_model(config: TrainConfig, device: torch.device | None = None) -> SiameseRDMNet:
     torch.manual_seed(config.seed)
     body = create_body(config.backbone, config.weights, config.stage)
-    model = SiameseRDMNet(body, len(config.targets), config.image_size, distance_init=config.distance_init)
+    model = SiameseRDMNet(body, len(config.targets), config.image_size, config.head, distance_init=config.distance_init)
     return model.to(device or pick_device(config.device))
 
 

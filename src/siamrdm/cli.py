@@ -94,11 +94,14 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     """Options shared by every command that trains the Siamese network."""
     from .backbones import BACKBONES
+    from .model import HEADS
     from .train import PRESETS
 
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="training schedule (default: quick)")
     p.add_argument("--backbone", default="efficientnet_lite0", choices=sorted(BACKBONES), help="Siamese body")
     p.add_argument("--stage", help="backbone stage that feeds the head (default: the backbone's)")
+    p.add_argument("--head", choices=sorted(HEADS), help="head variant: paper (the paper's text, default) or "
+                   "pairwise (the authors' released code)")
     p.add_argument("--weights", help="body weights: a state_dict file, or 'random' (default: pretrained)")
     p.add_argument("--epochs", type=int, help="epochs with the body frozen (overrides the preset)")
     p.add_argument("--unfrozen-epochs", type=int, help="epochs with the body trained (overrides the preset)")
@@ -134,7 +137,7 @@ def _config_from_args(args, targets: tuple[str, ...]):
 
     config = _config_errors_as_flags(
         config_from_preset, args.preset, backbone=args.backbone, stage=args.stage, weights=args.weights,
-        targets=targets, frozen_epochs=args.epochs, unfrozen_epochs=args.unfrozen_epochs, lr=args.lr,
+        targets=targets, head=args.head, frozen_epochs=args.epochs, unfrozen_epochs=args.unfrozen_epochs, lr=args.lr,
         rescale=args.rescale, image_size=args.image_size, device=args.device,
         augment=False if args.no_augment else None,
     )

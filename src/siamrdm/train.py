@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .backbones import create_body, images_to_tensor
 from .data import BrainDataset, DataError, ImageSet, group_average
 from .files import atomic_path, run_folder_lock
-from .model import HeadConfig, SiameseRDMNet, all_pairs, all_pairs_loss, all_pairs_outputs
+from .model import SiameseRDMNet, all_pairs, all_pairs_loss, all_pairs_outputs, head_config
 from .rdm import rescale, square_rdm, upper_tri
 from .scoring import score_with_ceiling
 
@@ -136,11 +136,14 @@ def check_config(config: TrainConfig) -> TrainConfig:
     pick_device(config.device)
     body = create_body(config.backbone, "random", config.stage)
     _, height, width = body.output_shape(config.image_size)
-    kernel = HeadConfig().kernel_size
-    if min(height, width) < kernel:
+    try:
+        need = head_config(config.head).min_size()
+    except ValueError as exc:
+        raise ConfigError("head", str(exc)) from None
+    if min(height, width) < need:
         raise ConfigError("image_size", f"{config.image_size} px gives {height} x {width} maps at stage {body.stage} "
-                                        f"of {config.backbone}; the head needs at least {kernel} x {kernel}: use "
-                                        "larger images or an earlier stage")
+                                        f"of {config.backbone}; the {config.head} head needs at least {need} x {need}:"
+                                        " use larger images or an earlier stage")
     return config
 
 

@@ -161,26 +161,37 @@ def _design(vectors: list[np.ndarray], rank: bool) -> np.ndarray:
     return np.stack(vectors, axis=1)
 
 
-def fit_nnls(train_rdms: dict[str, np.ndarray], target_rdm: np.ndarray, rank: bool = True) -> NNLSFit:
+def fit_nnls(train_rdms: dict[str, np.ndarray] | list[dict[str, np.ndarray]],
+             target_rdm: np.ndarray | list[np.ndarray], rank: bool = True) -> NNLSFit:
     """Non-negative least squares of the target's upper triangle on the layer RDMs' upper triangles.
 
-    `target_rdm` is one (N, N) RDM or a subject stack, which is averaged over subjects first. The intercept is
-    free (not constrained to be >= 0): the columns and the target are centred and NNLS runs on the centred
-    problem, which is the least-squares solution with a free intercept. `rank` (default) fits ranks, as the
-    Spearman-based metric sees them; rank=False fits the raw dissimilarities.
+    `target_rdm` is one (N, N) RDM or a subject stack, which is averaged over subjects first. Several image
+    sets may be given as lists (one dict of layer RDMs and one target per set): their pairs are fitted
+    together, each set ranked on its own; pairs never cross sets. The intercept is free (not constrained to
+    be >= 0): the columns and the target are centred and NNLS runs on the centred problem, which is the
+    least-squares solution with a free intercept. `rank` (default) fits ranks, as the Spearman-based metric
+    sees them; rank=False fits the raw dissimilarities.
     """
-    if not train_rdms:
+    sets_rdms = [train_rdms] if isinstance(train_rdms, dict) else list(train_rdms)
+    targets = [target_rdm] if isinstance(target_rdm, np.ndarray) else list(target_rdm)
+    if not sets_rdms or not sets_rdms[0]:
         raise DataError("no layer RDMs to fit")
-    stages = list(train_rdms)
-    target = np.asarray(target_rdm, dtype=np.float64)
-    if target.ndim > 2:
-        target = group_average(target)
-    n = target.shape[-1]
-    for stage in stages:
-        if train_rdms[stage].shape != (n, n):
-            raise DataError(f"layer {stage}: RDM has shape {train_rdms[stage].shape}, the target is {n} x {n}")
-    x = _design([upper_tri(train_rdms[s]) for s in stages], rank)
-    y = _design([upper_tri(target)], rank)[:, 0]
+    if len(sets_rdms) != len(targets):
+        raise DataError(f"{len(sets_rdms)} sets of layer RDMs but {len(targets)} targets")
+    stages = list(sets_rdms[0])
+    xs, ys = [], []
+    for rdms, target in zip(sets_rdms, targets, strict=True):
+        target = np.asarray(target, dtype=np.float64)
+        if target.ndim > 2:
+            target = group_average(target)
+        n = target.shape[-1]
+        for stage in stages:
+            if stage not in rdms or rdms[stage].shape != (n, n):
+                shape = rdms[stage].shape if stage in rdms else "none"
+                raise DataError(f"layer {stage}: RDM has shape {shape}, the target is {n} x {n}")
+        xs.append(_design([upper_tri(rdms[s]) for s in stages], rank))
+        ys.append(_design([upper_tri(target)], rank)[:, 0])
+    x, y = np.vstack(xs), np.concatenate(ys)
     x_mean, y_mean = x.mean(axis=0), y.mean()
     coef, _ = nnls(x - x_mean, y - y_mean)
     notes = []

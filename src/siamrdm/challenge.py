@@ -61,32 +61,45 @@ def write_table(rows: list[dict], out_dir: Path, stem: str) -> None:
 
 def validation_curves(config: TrainConfig, sets: dict[str, BrainDataset], seeds: tuple[int, ...],
                       progress: bool = True) -> dict[str, list[dict]]:
-    """Per direction ('92->118', '118->92'), per epoch: the validation score of the one target, seed-averaged."""
+    """Per direction ('92->118', '118->92'), per epoch: the validation score of the one target, seed-averaged.
+
+    With a prior the curve starts at epoch 0 (the prior alone, before any step), so the chosen epoch count can
+    be 0 when training does not improve on the baseline.
+    """
     (target,) = config.targets
     curves = {}
     for train_name, test_name in (("92", "118"), ("118", "92")):
         per_seed = []
         for seed in seeds:
             trainer = Trainer(replace(config, seed=seed), [sets[train_name]], [sets[test_name]], progress=False)
-            epochs = []
+            key, rows = f"{test_name}/{target}", []
+            if trainer.priors:
+                rows.append({"epoch": 0, "loss": trainer.validate_start()["loss"], **trainer.last_scores[key]})
             for _ in range(config.epochs):
-                loss = trainer.run_epoch()["loss"]
-                epochs.append({**trainer.last_scores[f"{test_name}/{target}"], "loss": loss})
-            per_seed.append(epochs)
-        curves[f"{train_name}->{test_name}"] = [
-            {key: float(np.mean([run[e][key] for run in per_seed])) for key in ("r2", "pct_nc", "p", "loss")}
-            | {"noise_ceiling": per_seed[0][e]["noise_ceiling"]}
-            for e in range(config.epochs)
-        ]
+                row = trainer.run_epoch()
+                rows.append({"epoch": row["epoch"], "loss": row["loss"], **trainer.last_scores[key]})
+            per_seed.append(rows)
+        curves[f"{train_name}->{test_name}"] = [_mean_row([run[e] for run in per_seed])
+                                                for e in range(len(per_seed[0]))]
     return curves
+
+
+def _mean_row(rows: list[dict]) -> dict:
+    """One epoch of a curve averaged over seeds: r2, percent of the ceiling, p and the training loss."""
+    mean = {"epoch": rows[0]["epoch"], "noise_ceiling": rows[0]["noise_ceiling"]}
+    for key in ("r2", "pct_nc", "p", "loss"):
+        values = [r[key] for r in rows]
+        mean[key] = None if any(v is None for v in values) else float(np.mean(values))
+    return mean
 
 
 def choose_epochs(curves: dict[str, list[dict]]) -> tuple[int, dict[str, int]]:
     """Best epoch count on the mean curve, and, per direction, the epoch the other direction picked."""
     pct = {d: np.array([row["pct_nc"] for row in c]) for d, c in curves.items()}
-    final = int(np.argmax(np.mean(list(pct.values()), axis=0))) + 1
+    epochs = [row["epoch"] for row in next(iter(curves.values()))]
+    final = epochs[int(np.argmax(np.mean(list(pct.values()), axis=0)))]
     directions = list(pct)
-    crossed = {d: int(np.argmax(pct[other])) + 1 for d, other in zip(directions, directions[::-1], strict=True)}
+    crossed = {d: epochs[int(np.argmax(pct[other]))] for d, other in zip(directions, directions[::-1], strict=True)}
     return final, crossed
 
 
@@ -95,7 +108,9 @@ def plot_validation_curves(target: str, curves: dict[str, list[dict]], path: Pat
     directions = list(curves)
     rows = []
     for e in range(len(curves[directions[0]])):
-        row = {"epoch": e + 1, "loss": float(np.mean([curves[d][e]["loss"] for d in directions]))}
+        losses = [curves[d][e]["loss"] for d in directions]
+        row = {"epoch": curves[directions[0]][e]["epoch"],
+               "loss": None if None in losses else float(np.mean(losses))}
         row.update({f"val/{d}": curves[d][e]["pct_nc"] for d in directions})
         row["val_pct_nc"] = float(np.mean([curves[d][e]["pct_nc"] for d in directions]))
         rows.append(row)
@@ -140,7 +155,7 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
             curves = all_curves[target] = validation_curves(target_config, sets, seeds, progress)
             epochs, crossed = choose_epochs(curves)
             for direction, epoch in crossed.items():
-                row = curves[direction][epoch - 1]
+                row = next(r for r in curves[direction] if r["epoch"] == epoch)
                 rows.append({"method": "siamese", "target": target, "direction": direction, **row,
                              "epochs": epoch})
             write_table(rows, out_dir, "validation")

@@ -20,16 +20,17 @@ from .backbones import images_to_tensor
 from .data import BrainDataset, DataError, ImageSet
 from .files import clear_run_folder, run_folder_lock
 from .model import SiameseRDMNet
+from .prior import PriorFit
 from .train import (
     TrainConfig,
-    body_features,
     build_model,
     config_from_dict,
+    feature_views,
     fit,
     load_checkpoint,
-    pairs_to_rdms,
     pick_device,
-    predict_pairs,
+    predict_rdms,
+    prior_rdms,
     save_checkpoint,
     split_holdout,
 )
@@ -41,13 +42,14 @@ class RDMPredictor:
     """One or more trained Siamese networks (seeds) that predict the RDM of any set of images."""
 
     def __init__(self, models: list[SiameseRDMNet], config: TrainConfig, normalisation: dict | None = None,
-                 metrics: dict | None = None):
+                 metrics: dict | None = None, priors: dict[str, PriorFit] | None = None):
         if not models:
             raise ValueError("a predictor needs at least one model")
         self.models = models
         self.config = config
         self.normalisation = normalisation or {}
         self.metrics = metrics or {}
+        self.priors = priors or {}  # the same for every seed: fitted on the training images only
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -55,16 +57,20 @@ class RDMPredictor:
 
     @torch.no_grad()
     def predict(self, images: ImageSet | list[np.ndarray]) -> dict[str, np.ndarray]:
-        """The predicted (N, N) RDM of the images for each target: symmetric, zero diagonal, seed-averaged."""
+        """The predicted (N, N) RDM of the images for each target: symmetric, zero diagonal, seed-averaged
+        (and averaged over each image and its mirror with `tta`), plus the prior when the model has one."""
         pixels = images_to_tensor(images.images if isinstance(images, ImageSet) else images, self.config.image_size)
         total = None
         for model in self.models:
             model.eval()
             device = next(model.parameters()).device
-            features = model.standardise(body_features(model, pixels, self.config.body_chunk, device))
-            rdms = pairs_to_rdms(predict_pairs(model, features), len(pixels))
+            views = feature_views(model, pixels, self.config.body_chunk, device, self.config.tta)
+            rdms = predict_rdms(model, views)
             total = rdms if total is None else total + rdms
         mean = total / len(self.models)
+        prior = prior_rdms(self.priors, images, self.config)
+        if prior is not None:
+            mean = mean + prior
         return {target: mean[k] for k, target in enumerate(self.targets)}
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -73,6 +79,7 @@ class RDMPredictor:
             "format": MODEL_FORMAT, "config": asdict(self.config),
             "members": [{k: v.cpu() for k, v in m.state_dict().items()} for m in self.models],
             "normalisation": self.normalisation, "metrics": self.metrics,
+            "priors": {t: p.to_dict() for t, p in self.priors.items()},
         })
         return path
 
@@ -89,7 +96,8 @@ class RDMPredictor:
             model = build_model(replace(config, weights="random"), dev)
             model.load_state_dict(state)
             models.append(model.eval())
-        return cls(models, replace(config, device=device), payload["normalisation"], payload["metrics"])
+        priors = {t: PriorFit.from_dict(p) for t, p in payload.get("priors", {}).items()}
+        return cls(models, replace(config, device=device), payload["normalisation"], payload["metrics"], priors)
 
 
 def fit_predictor(config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] = (),
@@ -109,12 +117,12 @@ def fit_predictor(config: TrainConfig, train: list[BrainDataset], val: list[Brai
             seed_dir = Path(out_dir) / f"seed{seed}" if out_dir else None
             result = fit(replace(config, seed=seed), train, val, seed_dir, resume=resume, progress=progress)
             models.append(result.model.eval())
-            normalisation = result.normalisation
+            normalisation, priors = result.normalisation, result.priors
             best = result.best_score
             metrics[f"seed{seed}"] = {"best_epoch": result.best_epoch,
                                       "best_val_score": best if best is not None and math.isfinite(best) else None,
                                       "epochs_run": len(result.history)}
-        predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics)
+        predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics, priors)
         if out_dir:
             predictor.save(Path(out_dir) / "model.pt")
         return predictor

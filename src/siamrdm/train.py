@@ -27,6 +27,7 @@ from .backbones import create_body, images_to_tensor
 from .data import BrainDataset, DataError, ImageSet, group_average
 from .files import atomic_path, run_folder_lock
 from .model import SiameseRDMNet, all_pairs, all_pairs_loss, all_pairs_outputs, head_config
+from .prior import PRIORS, PriorFit, fit_prior, prior_vector, stage_rdms
 from .rdm import rescale, square_rdm, upper_tri
 from .scoring import score_with_ceiling
 
@@ -53,6 +54,8 @@ class TrainConfig:
     head: str = "paper"  # the head variant: "paper" (the paper's text) or "pairwise" (the authors' code); model.HEADS
     early_stopping: int | None = None  # patience in epochs without a better validation score
     stop_epoch: int | None = None  # stop after this epoch; the schedule keeps the length of all `epochs`
+    prior: str = "none"  # "layer" or "nnls": the head corrects a pretrained-layer RDM (see prior.py)
+    tta: bool = False  # test-time augmentation: predictions averaged over each image and its mirror image
     body_chunk: int = 32  # images per body pass
     pair_mode: str = "factorised"  # or "naive": body on both images of every pair, a step per pair_batch (slow)
     pair_batch: int = 32  # pairs per optimiser step in the naive mode
@@ -126,6 +129,11 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise ConfigError("stop_epoch", "must not be negative")
     if config.early_stopping is not None and config.early_stopping < 1:
         raise ConfigError("early_stopping", "patience must be at least 1 epoch")
+    if config.prior not in PRIORS:
+        raise ConfigError("prior", f"unknown prior '{config.prior}' (choose from {', '.join(PRIORS)})")
+    if config.prior != "none" and head_config(config.head).output_relu:
+        raise ConfigError("prior", f"the {config.head} head ends in a ReLU, so it cannot correct a prior downwards; "
+                                   "use the paper head")
     if config.rescale not in RESCALINGS:
         raise ConfigError("rescale", f"unknown rescaling '{config.rescale}' (choose from {', '.join(RESCALINGS)})")
     low, high = config.crop_scale
@@ -259,6 +267,31 @@ def predict_pairs(model: SiameseRDMNet, features: torch.Tensor) -> torch.Tensor:
     return (ordered[i, j] + ordered[j, i]) / 2
 
 
+@torch.no_grad()
+def feature_views(model: SiameseRDMNet, pixels: torch.Tensor, chunk: int, device: torch.device,
+                  tta: bool) -> list[torch.Tensor]:
+    """Standardised body features of the images, and with `tta` of their mirror images too."""
+    views = [pixels, pixels.flip(-1)] if tta else [pixels]
+    return [model.standardise(body_features(model, v, chunk, device)) for v in views]
+
+
+@torch.no_grad()
+def predict_rdms(model: SiameseRDMNet, views: list[torch.Tensor], prior: np.ndarray | None = None) -> np.ndarray:
+    """(T, N, N) RDMs predicted from feature views (averaged over them), plus the prior's RDMs if any."""
+    pairs = sum(predict_pairs(model, v) for v in views) / len(views)
+    rdms = pairs_to_rdms(pairs, len(views[0]))
+    return rdms if prior is None else rdms + prior
+
+
+def prior_rdms(priors: dict[str, PriorFit], images: ImageSet | list[np.ndarray],
+               config: TrainConfig) -> np.ndarray | None:
+    """(T, N, N) prior RDMs of the config's targets for these images (None without a prior)."""
+    if not priors:
+        return None
+    rdms = stage_rdms(images, config.backbone, config.weights, config.image_size)
+    return np.stack([square_rdm(prior_vector(priors[t], rdms), len(images)) for t in config.targets])
+
+
 def pairs_to_rdms(pairs: torch.Tensor, n: int) -> np.ndarray:
     """(P, T) pair predictions -> (T, N, N) symmetric RDMs with zero diagonal."""
     values = pairs.detach().double().cpu().numpy()
@@ -309,6 +342,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     best_score: float | None = None  # validation score of the best epoch (see `selection_score`)
+    priors: dict[str, PriorFit] = field(default_factory=dict)  # per target, when config.prior is not "none"
 
 
 def build_model(config: TrainConfig, device: torch.device | None = None) -> SiameseRDMNet:
@@ -351,6 +385,8 @@ class Trainer:
         self.model.body.eval()  # BatchNorm statistics stay those of ImageNet, frozen or not
         self.train_sets = [prepare_set(d, config.targets, config) for d in train]
         self.val_sets = [prepare_set(d, config.targets, config) for d in val]
+        self.priors = self._fit_priors(train) if config.prior != "none" else {}
+        self._val_priors = [prior_rdms(self.priors, d.images, config) for d in val]
         self.generator = torch.Generator().manual_seed(config.seed)
         chunk = config.body_chunk
         clean = [body_features(self.model, s.images, chunk, self.device) for s in self.train_sets]
@@ -383,6 +419,22 @@ class Trainer:
         self.history: list[dict] = []
         self.best_state = copy.deepcopy(self.model.state_dict())
         self.best_epoch, self.best_score = 0, None
+
+    def _fit_priors(self, train: list[BrainDataset]) -> dict[str, PriorFit]:
+        """Fit each target's prior on the training images, make the training targets the prior's residuals and
+        start the head at zero, so that before any step the model predicts exactly the prior."""
+        config = self.config
+        rdms = [stage_rdms(d.images, config.backbone, config.weights, config.image_size) for d in train]
+        priors = {}
+        for k, target in enumerate(config.targets):
+            columns = [s.targets[:, k].double().numpy() for s in self.train_sets]
+            priors[target] = fit_prior(config.prior, rdms, [d.targets[target] for d in train], columns)
+            for s, stage in zip(self.train_sets, rdms, strict=True):
+                s.targets[:, k] -= torch.from_numpy(prior_vector(priors[target], stage)).float()
+        with torch.no_grad():
+            self.model.head.linear.weight.zero_()
+            self.model.head.linear.bias.zero_()
+        return priors
 
     # ---- steps
 
@@ -457,12 +509,32 @@ class Trainer:
         scores = {}
         for k, s in enumerate(self.val_sets):
             if not frozen or k not in self._val_features:  # a frozen body gives the same features every epoch
-                self._val_features[k] = body_features(self.model, s.images, self.config.body_chunk, self.device)
-            features = self.model.standardise(self._val_features[k])
-            rdms = pairs_to_rdms(predict_pairs(self.model, features), len(s.images))
+                self._val_features[k] = feature_views(self.model, s.images, self.config.body_chunk, self.device,
+                                                      self.config.tta)
+            rdms = predict_rdms(self.model, self._val_features[k], self._val_priors[k])
             for target, row in validation_scores(rdms, s.subject_rdms).items():
                 scores[f"{s.name}/{target}"] = row
         return scores
+
+    def _record_validation(self, row: dict, frozen: bool) -> None:
+        """Validate, add the scores to the epoch's row and keep the weights if this epoch is the best so far."""
+        scores = self.last_scores = self.validate(frozen)
+        row["val_pct_nc"] = _mean_pct(scores)
+        row["val_r2"] = float(np.mean([v["r2"] for v in scores.values()]))
+        row.update({f"val/{k}": v["pct_nc"] for k, v in scores.items()})
+        chosen_on = selection_score(scores)
+        if self.best_score is None or chosen_on > self.best_score:
+            self.best_score, self.best_epoch = chosen_on, self.epoch
+            self.best_state = copy.deepcopy(self.model.state_dict())
+
+    def validate_start(self) -> dict:
+        """Epoch 0: the untrained model scored before any step. With a prior it is the prior alone, so the
+        best epoch can be 0 when training does not improve on the baseline."""
+        row = {"epoch": 0, "phase": "start", "loss": None, "lr": self.optimizer.param_groups[0]["lr"]}
+        self._record_validation(row, frozen=True)
+        row["seconds"] = 0.0
+        self.history.append(row)
+        return row
 
     # ---- epochs
 
@@ -489,14 +561,7 @@ class Trainer:
         row = {"epoch": self.epoch, "phase": "frozen" if frozen else "unfrozen", "loss": float(np.mean(losses)),
                "lr": self.optimizer.param_groups[0]["lr"]}
         if self.val_sets:
-            scores = self.last_scores = self.validate(frozen)
-            row["val_pct_nc"] = _mean_pct(scores)
-            row["val_r2"] = float(np.mean([v["r2"] for v in scores.values()]))
-            row.update({f"val/{k}": v["pct_nc"] for k, v in scores.items()})
-            chosen_on = selection_score(scores)
-            if self.best_epoch == 0 or chosen_on > self.best_score:
-                self.best_score, self.best_epoch = chosen_on, self.epoch
-                self.best_state = copy.deepcopy(self.model.state_dict())
+            self._record_validation(row, frozen)
         else:
             self.best_epoch, self.best_state = self.epoch, self.model.state_dict()
         row["seconds"] = time.perf_counter() - start
@@ -521,6 +586,7 @@ class Trainer:
             "generator": self.generator.get_state(), "best_state": self.best_state,
             "best_epoch": self.best_epoch, "best_score": self.best_score,
             "normalisation": {s.name: s.normalisation for s in self.train_sets},
+            "priors": {t: p.to_dict() for t, p in self.priors.items()},
         }
 
     def load_state(self, state: dict) -> None:
@@ -548,6 +614,8 @@ class Trainer:
     def fit(self, checkpoint_every_s: float = 30.0) -> FitResult:
         """Run the remaining epochs; with an out_dir, checkpoint `last.pt` as it goes and `model.pt` at the end."""
         last_save = time.perf_counter()
+        if self.epoch == 0 and self.priors and self.val_sets and not self.history:
+            self.validate_start()
         bar = tqdm(total=self.config.epochs, initial=self.epoch, disable=not self.progress, unit="epoch",
                    desc=f"fit {'+'.join(self.config.targets)}", leave=False)
         while self.epoch < self.last_epoch and not self.should_stop():
@@ -564,7 +632,7 @@ class Trainer:
         bar.close()
         self.model.load_state_dict(self.best_state)
         result = FitResult(self.model, self.config, {s.name: s.normalisation for s in self.train_sets},
-                           self.history, self.best_epoch, self.best_score)
+                           self.history, self.best_epoch, self.best_score, self.priors)
         if self.out_dir:
             save_checkpoint(self.out_dir / "last.pt", self.state())
             self._write_log()

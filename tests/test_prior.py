@@ -1,0 +1,141 @@
+"""The baseline prior the head corrects, test-time augmentation, and epoch 0 in the challenge's curves."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from siamrdm import baselines, challenge, data, train
+from siamrdm.predict import RDMPredictor, fit_predictor
+from siamrdm.prior import PriorFit, fit_prior, prior_vector, stage_rdms
+from siamrdm.rdm import upper_tri
+from siamrdm.scoring import score_rdm, spearman_rhos
+
+
+def prior_config(**overrides) -> train.TrainConfig:
+    values = dict(backbone="alexnet", weights="random", image_size=128, augment=False, frozen_epochs=2,
+                  unfrozen_epochs=0, device="cpu", targets=("IT",), prior="layer", lr=1e-2)
+    values.update(overrides)
+    return train.TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def sets(data_root: Path) -> tuple[data.BrainDataset, data.BrainDataset]:
+    """12 images of the 92 set for training, 10 of the 118 set for validation, with IT RDMs."""
+    set92 = data.load_algonauts_set(data_root, "92", ("IT",))
+    set118 = data.load_algonauts_set(data_root, "118", ("IT",))
+    return train.subset(set92, np.arange(12), "92-part"), train.subset(set118, np.arange(10), "118-part")
+
+
+def test_fit_prior_layer_picks_the_stage_that_matches_the_subjects(make_rdms) -> None:
+    subjects = make_rdms(15, subjects=4, seed=1)
+    good = subjects.mean(axis=0)
+    noise = make_rdms(15, seed=9)
+    rdms = {"a": noise, "b": good}
+    target = upper_tri(good) / good.max()
+    fit = fit_prior("layer", [rdms], [subjects], [target])
+    assert fit.weights == {"b": 1.0}
+    assert fit.scale > 0
+    # The prior's vector is a monotone map of the chosen stage: the same ranks, so the same Spearman scores.
+    vector = prior_vector(fit, rdms)
+    assert np.corrcoef(np.argsort(np.argsort(vector)), np.argsort(np.argsort(upper_tri(good))))[0, 1] > 0.999
+    # And the linear map is least squares on the training target.
+    slope, intercept = np.polyfit(prior_vector(PriorFit("layer", fit.weights, 1.0, 0.0), rdms), target, 1)
+    assert (fit.scale, fit.intercept) == pytest.approx((slope, intercept))
+
+
+def test_fit_prior_nnls_over_two_sets_and_unknown_kind(make_rdms) -> None:
+    sets_rdms, subjects, targets = [], [], []
+    for n, seed in ((12, 1), (14, 2)):
+        subj = make_rdms(n, subjects=3, seed=seed)
+        sets_rdms.append({"a": make_rdms(n, seed=seed + 10), "b": subj.mean(axis=0)})
+        subjects.append(subj)
+        targets.append(upper_tri(subj.mean(axis=0)))
+    fit = fit_prior("nnls", sets_rdms, subjects, targets)
+    assert fit.weights.get("b", 0) > fit.weights.get("a", 0)
+    # baselines.fit_nnls with one set given as a list equals the single-set call.
+    single = baselines.fit_nnls(sets_rdms[0], subjects[0])
+    listed = baselines.fit_nnls([sets_rdms[0]], [subjects[0]])
+    assert single.weights == pytest.approx(listed.weights) and single.intercept == pytest.approx(listed.intercept)
+    with pytest.raises(data.DataError, match="unknown prior"):
+        fit_prior("median", sets_rdms, subjects, targets)
+
+
+def test_prior_alone_at_epoch_zero_is_the_layer_baseline(sets) -> None:
+    """Before any step the model predicts exactly the prior: its validation score is the score of the stage RDM
+    chosen on the training images (the `layers` baseline), and the head outputs are zero."""
+    train_set, val_set = sets
+    trainer = train.Trainer(prior_config(), [train_set], [val_set], progress=False)
+    (stage,) = trainer.priors["IT"].weights
+    assert stage == baselines.select_best_layer(stage_rdms(train_set.images, "alexnet", "random", 128),
+                                                train_set.targets["IT"])
+    row = trainer.validate_start()
+    assert row["epoch"] == 0 and trainer.best_epoch == 0
+    baseline = score_rdm(stage_rdms(val_set.images, "alexnet", "random", 128)[stage], val_set.targets["IT"])
+    assert trainer.last_scores["118-part/IT"]["r2"] == pytest.approx(baseline.r2, rel=1e-9)
+    # The training targets are the residuals of the prior.
+    rescaled = train.prepare_set(train_set, ("IT",), trainer.config).targets[:, 0].double().numpy()
+    residual = trainer.train_sets[0].targets[:, 0].double().numpy()
+    prior = prior_vector(trainer.priors["IT"], stage_rdms(train_set.images, "alexnet", "random", 128))
+    np.testing.assert_allclose(residual, rescaled - prior, atol=1e-6)
+
+
+def test_fit_with_prior_keeps_epoch_zero_or_better_and_predicts_prior_plus_head(sets, tmp_path: Path) -> None:
+    train_set, val_set = sets
+    config = prior_config(frozen_epochs=3)
+    predictor = fit_predictor(config, [train_set], [val_set], out_dir=tmp_path / "run", progress=False)
+    history = train.load_checkpoint(tmp_path / "run" / "seed0" / "last.pt")["history"]
+    assert [row["epoch"] for row in history] == [0, 1, 2, 3]
+    best = max(history, key=lambda row: row["val_pct_nc"])
+    assert predictor.metrics["seed0"]["best_epoch"] == best["epoch"]
+    # Saved and loaded: the same predictions, the prior kept.
+    loaded = RDMPredictor.load(tmp_path / "run" / "model.pt", "cpu")
+    assert loaded.priors["IT"] == predictor.priors["IT"]
+    before = predictor.predict(val_set.images)["IT"]
+    np.testing.assert_allclose(loaded.predict(val_set.images)["IT"], before, atol=1e-6)
+    # With the head's output zeroed, the prediction is the prior alone: the stage RDM's ranks.
+    with torch.no_grad():
+        loaded.models[0].head.linear.weight.zero_()
+        loaded.models[0].head.linear.bias.zero_()
+    (stage,) = loaded.priors["IT"].weights
+    stage_rdm = stage_rdms(val_set.images, "alexnet", "random", 128)[stage]
+    rho = spearman_rhos(loaded.predict(val_set.images)["IT"], stage_rdm[None])
+    assert rho[0] == pytest.approx(1.0)
+
+
+def test_tta_averages_the_image_and_its_mirror(sets) -> None:
+    train_set, _ = sets
+    config = prior_config(prior="none", tta=True, frozen_epochs=1)
+    result = train.fit(config, [train_set], progress=False)
+    pixels = train.prepare_set(train_set, ("IT",), config).images
+    plain, mirror = train.feature_views(result.model, pixels, 4, torch.device("cpu"), tta=True)
+    both = train.predict_rdms(result.model, [plain, mirror])
+    alone = [train.predict_rdms(result.model, [v]) for v in (plain, mirror)]
+    np.testing.assert_allclose(both, (alone[0] + alone[1]) / 2, atol=1e-6)
+    assert not np.allclose(alone[0], alone[1])  # the mirror is a different view
+    predictor = RDMPredictor([result.model], config)
+    np.testing.assert_allclose(predictor.predict(train_set.images)["IT"], both[0], atol=1e-6)
+
+
+def test_prior_options_are_checked() -> None:
+    with pytest.raises(train.ConfigError, match="prior: unknown prior 'median'"):
+        train.check_config(prior_config(prior="median"))
+    with pytest.raises(train.ConfigError, match="prior: the pairwise head ends in a ReLU"):
+        train.check_config(prior_config(head="pairwise"))
+    train.check_config(prior_config())
+
+
+def test_choose_epochs_can_pick_epoch_zero() -> None:
+    """With a prior the curves start at epoch 0; when training never beats the prior, 0 epochs are chosen and the
+    final fit takes no step."""
+    def curve(values):
+        return [{"epoch": e, "pct_nc": v} for e, v in enumerate(values)]
+
+    curves = {"92->118": curve([10.0, 8.0, 7.0]), "118->92": curve([20.0, 21.0, 5.0])}
+    final, crossed = challenge.choose_epochs(curves)
+    assert final == 0 and crossed == {"92->118": 1, "118->92": 0}
+    assert replace(prior_config(), stop_epoch=0).stop_epoch == 0

@@ -324,21 +324,43 @@ def test_bad_input_exits_2(capsys, tmp_path: Path, data_root: Path, make_rdms, n
 
 
 @pytest.mark.parametrize(
-    "args",
-    [[], ["bogus"], ["score"], ["score", "sub.mat"], ["noise-ceiling"], ["data-info", "--bogus"]],
+    ("args", "parts"),
+    [
+        ([], ("required: COMMAND",)),
+        (["bogus"], ("invalid choice: 'bogus'",)),
+        (["score"], ("score: ", "required: submission, --target")),
+        (["score", "sub.mat"], ("score: ", "required: --target")),
+        (["noise-ceiling"], ("noise-ceiling: ", "required: target")),
+        (["predict", "model.pt", "--out", "x.mat"], ("predict: ", "required: --images")),
+        (["baseline"], ("baseline: ", "required: KIND")),
+        (["data-info", "--bogus"], ("unrecognized arguments: --bogus",)),
+        (["score", "a.mat", "--target", "b.mat", "--no-such-option"], ("unrecognized arguments: --no-such-option",)),
+        (["fit", "--out", "run", "--lr", "abc"], ("fit: ", "argument --lr", "invalid float value: 'abc'")),
+        (["lr-find", "--epochs", "1.5"], ("lr-find: ", "argument --epochs", "invalid int value: '1.5'")),
+        (["score", "a.mat", "--target", "b.mat", "--permutations", "many"], ("score: ", "--permutations", "'many'")),
+        (["baseline", "layers", "--batch-size", "x"], ("baseline layers: ", "--batch-size", "invalid int")),
+        (["fit", "--out", "run", "--preset", "huge"], ("fit: ", "--preset", "invalid choice: 'huge'")),
+    ],
 )
-def test_usage_errors_exit_2(capsys, args: list[str]) -> None:
+def test_usage_errors_exit_2(capsys, args: list[str], parts: tuple[str, ...]) -> None:
+    """argparse errors are one line, like bad input: no usage block (that is what --help is for)."""
     with pytest.raises(SystemExit) as exc_info:
         cli.main(args)
     assert exc_info.value.code == 2
     out, err = capsys.readouterr()
-    assert out == "" and "usage: siamrdm" in err and "Traceback" not in err
+    assert out == "" and "usage:" not in err
+    assert_one_line_error(err, *parts, "--help")
 
 
-def test_unknown_command_process() -> None:
-    done = run_process("bogus")
-    assert done.returncode == 2 and done.stdout == ""
-    assert "invalid choice: 'bogus'" in done.stderr and "Traceback" not in done.stderr
+def test_usage_errors_process() -> None:
+    for args, parts in (
+        (["bogus"], ("invalid choice: 'bogus'",)),
+        (["fit", "--out", "run", "--lr", "abc"], ("argument --lr", "invalid float value: 'abc'")),
+        (["score", "a.mat", "--target", "b.mat", "--bogus"], ("unrecognized arguments: --bogus",)),
+    ):
+        done = run_process(*args)
+        assert done.returncode == 2 and done.stdout == ""
+        assert_one_line_error(done.stderr, *parts)
 
 
 def test_help_exits_0(capsys) -> None:
@@ -348,3 +370,8 @@ def test_help_exits_0(capsys) -> None:
     out = capsys.readouterr().out
     for command in ("score", "noise-ceiling", "data-info"):
         assert command in out
+    with pytest.raises(SystemExit) as exc_info:
+        cli.main(["score", "--help"])
+    assert exc_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: siamrdm score") and "--permutations" in out and "--seed" in out

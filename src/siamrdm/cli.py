@@ -11,6 +11,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from . import data, scoring
 
@@ -533,12 +534,23 @@ def _add_bench_commands(sub) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line on stderr and exit 2, like bad input; `--help` still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("siamrdm").strip()  # 'fit', 'baseline layers', or '' at the top
+        where = f"{command}: " if command else ""
+        help_hint = f"siamrdm {command} --help" if command else "siamrdm --help"
+        self.exit(2, f"siamrdm: error: {where}{' '.join(message.split())} (see '{help_hint}')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="siamrdm",
         description="Predict brain RDMs from images with Siamese networks; score them as Algonauts 2019 did.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Every subparser (and theirs, e.g. 'baseline layers') is a _Parser too.
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _add_foundation_commands(sub)
     _add_model_commands(sub)
     _add_analysis_commands(sub)

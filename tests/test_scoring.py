@@ -201,8 +201,7 @@ def test_score_submission_structure_and_overall(make_rdms) -> None:
         "extra_RDMs": make_rdms(10, seed=33),  # not in the targets: ignored
     }
     result = scoring.score_submission(submission, targets)
-    assert list(result) == ["EVC_RDMs", "IT_RDMs", "score", "missing"]
-    assert result["missing"] == []
+    assert list(result) == ["EVC_RDMs", "IT_RDMs", "score"]  # complete: no "missing"
     for key in ("EVC_RDMs", "IT_RDMs"):
         row = result[key]
         assert set(row) == {"r2", "p", "p_signed", "p_perm", "pct_nc", "noise_ceiling"}

@@ -55,7 +55,7 @@ def cmd_score(args) -> int:
         result = scoring.score_submission(submission, targets, args.permutations, args.seed)
     except ValueError as exc:
         raise data.DataError(f"{args.submission}: {exc}") from None
-    missing = ", ".join(result["missing"])
+    missing = ", ".join(result.get("missing", []))
     if missing:  # a valid partial result (exit 0), but never mistaken for a complete one
         print(f"siamrdm: warning: {args.submission} lacks {missing} of {args.target}; "
               "the overall score is withheld", file=sys.stderr)

@@ -94,8 +94,8 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     """(H, W, 3) uint8 from any PIL mode, scaled by the image's real range.
 
     PIL's convert("RGB") clips 16-bit and 32-bit greyscale to 0..255, so a 16-bit PNG comes out almost all
-    white. Those modes are scaled here: I;16* (uint16) by 65535 / 255 = 257; I (int32, what PIL gives for
-    16-bit PNGs and TIFFs) by 257 when its values fit 16 bits, else by the non-negative int32 range; F
+    white. Those modes are scaled here: I;16* (uint16) by 65535 / 255 = 257; I (int32: 32-bit TIFFs, and
+    16-bit PNGs in older PIL) by 257 when its values fit 16 bits, else by the non-negative int32 range; F
     (float32) from [0, 1], the usual range of float images. Every other mode (L, P, RGBA, LA, CMYK, 1, ...)
     is 8 bits per channel and goes through convert("RGB"): alpha is dropped, palettes are looked up.
     """
@@ -247,8 +247,9 @@ def validate_rdms(rdms: np.ndarray, where: str, n_images: int | None = None) -> 
 
 
 def _check_not_constant(rdms: np.ndarray, where: str) -> None:
-    """The first RDM of the stack whose upper triangle is constant, named by subject (and K index)."""
-    constant = np.ptp(upper_tri(rdms), axis=-1) == 0
+    """A DataError naming the first RDM of the stack whose upper triangle is constant, by subject (and K)."""
+    uppers = upper_tri(rdms)
+    constant = np.ptp(uppers, axis=-1) == 0
     if not constant.any():
         return
     if rdms.ndim == 2:
@@ -259,7 +260,7 @@ def _check_not_constant(rdms: np.ndarray, where: str) -> None:
         if rdms.ndim == 4:
             which += f" (RDM {index[1] + 1} of its {rdms.shape[1]})"
     raise DataError(
-        f"{where}: {which} has a constant upper triangle (all dissimilarities {upper_tri(rdms)[constant][0][0]:.3g}), "
+        f"{where}: {which} has a constant upper triangle (all dissimilarities {uppers[constant][0][0]:.3g}), "
         "so its Spearman correlation and the noise ceiling are undefined"
     )
 

@@ -5,7 +5,7 @@ subject's RDM. Targets with K RDMs per subject (the official MEG files: two per 
 the K rhos of a subject first. The score is the mean over subjects of rho^2; percent of the noise ceiling
 is 100 * score / ceiling.
 
-Three p-values, because the official one answers a question nobody asks:
+Three p-values, because the official one cannot tell a model from a random RDM:
 - `p` (official): one-sample t-test of the subjects' rho^2 against 0. rho^2 is never negative, so any RDM,
   even a random one, looks "significant" with enough subjects.
 - `p_signed`: two-sided one-sample t-test of the signed rhos against 0 (is the model's correlation with the
@@ -86,8 +86,9 @@ def official_p(rho: np.ndarray) -> float:
 def signed_p(rho: np.ndarray) -> float:
     """Two-sided one-sample t-test of the signed per-subject rhos against 0 (NaN with one subject).
 
-    A random RDM's rhos scatter around 0, so its p_signed is not small; a model that predicts the subjects
-    has rhos consistently above 0.
+    A model that predicts the subjects has rhos consistently above 0; a random RDM's rhos are small and, over
+    random RDMs, centred on 0. But subjects share structure, so a given random RDM can correlate with it
+    weakly and consistently: `permutation_p` is the test of the image labels.
     """
     return _t_test_p(np.asarray(rho, dtype=np.float64))
 
@@ -206,8 +207,8 @@ def score_with_ceiling(model_rdm: np.ndarray, key: str, target_rdms: np.ndarray)
             "pct_nc": percent_of_ceiling(score.r2, ceiling)}
 
 
-def _finite_or_none(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def score_submission(
@@ -219,7 +220,7 @@ def score_submission(
     a key's p_perm does not depend on the other keys), pct_nc and noise_ceiling. The overall score is the
     mean r^2 of the keys, and its percent is that mean over the mean of their ceilings. A submission that
     lacks some of the target's keys is scored key by key, but its overall score is None: a mean over fewer
-    keys is not comparable with a complete submission's. `missing` lists those keys (empty when complete).
+    keys is not comparable with a complete submission's; `missing` (present only then) lists those keys.
     """
     keys = [k for k in submission if k in targets]
     if not keys:
@@ -244,9 +245,9 @@ def score_submission(
                        "p_perm": p_perm, "pct_nc": row["pct_nc"], "noise_ceiling": row["noise_ceiling"]}
     if missing:
         result["score"] = None
-    else:
-        mean_r2 = float(np.mean([result[k]["r2"] for k in keys]))
-        mean_ceiling = None if any(c is None for c in ceilings) else float(np.mean(ceilings))
-        result["score"] = {"r2": mean_r2, "pct_nc": percent_of_ceiling(mean_r2, mean_ceiling)}
-    result["missing"] = missing
+        result["missing"] = missing
+        return result
+    mean_r2 = float(np.mean([result[k]["r2"] for k in keys]))
+    mean_ceiling = None if any(c is None for c in ceilings) else float(np.mean(ceilings))
+    result["score"] = {"r2": mean_r2, "pct_nc": percent_of_ceiling(mean_r2, mean_ceiling)}
     return result

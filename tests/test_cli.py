@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from scipy import stats
 from siamrdm import cli, data, scoring
 from siamrdm.rdm import upper_tri
 
-ROW_FIELDS = {"r2", "p", "pct_nc", "noise_ceiling"}
+ROW_FIELDS = {"r2", "p", "p_signed", "p_perm", "pct_nc", "noise_ceiling"}
 
 
 def run_process(*args: str, env_data: str | None = None) -> subprocess.CompletedProcess:
@@ -29,6 +30,14 @@ def run_process(*args: str, env_data: str | None = None) -> subprocess.Completed
         [sys.executable, "-m", "siamrdm", *args], capture_output=True, text=True, env=env, timeout=120
     )
 
+
+
+def strict_loads(text: str):
+    """json.loads that refuses NaN and Infinity, which strict JSON parsers (and other languages) reject."""
+    def refuse(name: str):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 def run_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -110,7 +119,7 @@ def test_data_info_missing_root_in_process(capsys, tmp_path: Path, no_env) -> No
 
 
 def _check_group_mean_result(result: dict, fmri92: dict[str, np.ndarray]) -> None:
-    assert list(result) == ["EVC_RDMs", "IT_RDMs", "score"]
+    assert list(result) == ["EVC_RDMs", "IT_RDMs", "score"]  # complete: no "missing"
     for key, official in (("EVC_RDMs", 0.1589), ("IT_RDMs", 0.3075)):
         row = result[key]
         assert set(row) == ROW_FIELDS
@@ -123,6 +132,9 @@ def _check_group_mean_result(result: dict, fmri92: dict[str, np.ndarray]) -> Non
         r2 = [stats.spearmanr(upper_tri(group_mean), upper_tri(s)).statistic ** 2 for s in fmri92[key]]
         assert row["p"] == pytest.approx(stats.ttest_1samp(r2, 0).pvalue, rel=1e-6)
         assert 0 < row["p"] < 1e-4
+        rho = [stats.spearmanr(upper_tri(group_mean), upper_tri(s)).statistic for s in fmri92[key]]
+        assert row["p_signed"] == pytest.approx(stats.ttest_1samp(rho, 0).pvalue, rel=1e-6)
+        assert row["p_perm"] is None  # not asked for
     assert set(result["score"]) == {"r2", "pct_nc"}
     mean_r2 = (result["EVC_RDMs"]["r2"] + result["IT_RDMs"]["r2"]) / 2
     assert result["score"]["r2"] == pytest.approx(mean_r2)
@@ -134,7 +146,7 @@ def test_score_json_in_process(capsys, group_mean_submission: Path, set92: Path,
         capsys, "score", str(group_mean_submission), "--target", str(set92 / "target_fmri.mat"), "--json"
     )
     assert code == 0 and err == ""
-    _check_group_mean_result(json.loads(out), fmri92)  # the whole of stdout is one JSON object
+    _check_group_mean_result(strict_loads(out), fmri92)  # the whole of stdout is one JSON object
 
 
 def test_score_json_process(group_mean_submission: Path, set92: Path, fmri92) -> None:
@@ -151,9 +163,9 @@ def test_score_table(capsys, group_mean_submission: Path, set92: Path, fmri92) -
     )
     assert code == 0 and err == ""
     lines = out.strip().splitlines()
-    assert lines[0].split() == ["key", "r2", "p", "ceiling", "%", "NC"]
+    assert lines[0].split() == ["key", "r2", "p", "p_signed", "p_perm", "ceiling", "%", "NC"]
     evc = lines[1].split()
-    assert evc[0] == "EVC_RDMs" and evc[3] == "0.1589"
+    assert evc[0] == "EVC_RDMs" and evc[4] == "-" and evc[5] == "0.1589"
     assert float(evc[1]) == pytest.approx(scoring.noise_ceiling(fmri92["EVC_RDMs"])[0], abs=1e-4)
     assert lines[2].split()[0] == "IT_RDMs"
     assert lines[3].split()[0] == "score" and float(lines[3].split()[-1]) == pytest.approx(100, abs=0.05)
@@ -163,16 +175,57 @@ def test_score_npz_submission_and_partial_keys(capsys, tmp_path: Path, make_rdms
     targets = {"EVC_RDMs": make_rdms(12, subjects=4, seed=50), "IT_RDMs": make_rdms(12, subjects=4, seed=51)}
     data.save_rdms(tmp_path / "target.npz", targets)
     data.save_rdms(tmp_path / "sub.npz", {"IT_RDMs": make_rdms(12, seed=52)})
-    code, out, err = run_main(
-        capsys, "score", str(tmp_path / "sub.npz"), "--target", str(tmp_path / "target.npz"), "--json"
-    )
-    assert code == 0 and err == ""
-    result = json.loads(out)
-    assert list(result) == ["IT_RDMs", "score"]
+    args = ("score", str(tmp_path / "sub.npz"), "--target", str(tmp_path / "target.npz"))
+    code, out, err = run_main(capsys, *args, "--json")
+    assert code == 0  # a valid partial result
+    warning = err.strip().splitlines()
+    assert len(warning) == 1 and warning[0].startswith("siamrdm: warning: ")
+    assert "sub.npz" in warning[0] and "EVC_RDMs" in warning[0] and "withheld" in warning[0]
+    result = strict_loads(out)
+    assert list(result) == ["IT_RDMs", "score", "missing"]
     expected = scoring.score_rdm(make_rdms(12, seed=52), targets["IT_RDMs"])
     assert result["IT_RDMs"]["r2"] == pytest.approx(expected.r2)
     assert result["IT_RDMs"]["noise_ceiling"] == pytest.approx(scoring.noise_ceiling(targets["IT_RDMs"])[0])
-    assert result["score"]["r2"] == pytest.approx(expected.r2)
+    assert result["score"] is None and result["missing"] == ["EVC_RDMs"]
+    code, out, err = run_main(capsys, *args)
+    assert code == 0 and len(err.strip().splitlines()) == 1
+    lines = out.strip().splitlines()
+    assert [line.split()[0] for line in lines[1:]] == ["IT_RDMs", "score"]
+    assert "withheld" in lines[2] and "EVC_RDMs" in lines[2]
+
+
+def test_score_permutations(capsys, tmp_path: Path, set118: Path, fmri118) -> None:
+    submission = data.save_rdms(tmp_path / "sub.npz", {k: data.group_average(v) for k, v in fmri118.items()})
+    target = str(set118 / "target_fmri.mat")
+    code, out, err = run_main(capsys, "score", str(submission), "--target", target, "--permutations", "200",
+                              "--seed", "5", "--json")
+    assert code == 0 and err == ""
+    result = strict_loads(out)
+    for key, rdms in fmri118.items():
+        assert result[key]["p_perm"] == scoring.permutation_p(data.group_average(rdms), rdms, 200, seed=5)
+        assert result[key]["p_perm"] == pytest.approx(1 / 201)  # no relabelling beats the subjects' mean
+    code, out, err = run_main(capsys, "score", str(submission), "--target", target, "--permutations", "200")
+    assert code == 0 and err == ""
+    assert out.strip().splitlines()[1].split()[4] == f"{1 / 201:.2e}"
+
+
+def test_print_json_is_strict(capsys) -> None:
+    cli._print_json({"nan": float("nan"), "inf": np.float64(np.inf), "ninf": -math.inf, "n": np.int64(3),
+                     "rows": [np.array([1.5, np.nan]), (np.float32(0.25),)], 5: None})
+    result = strict_loads(capsys.readouterr().out)
+    assert result == {"nan": None, "inf": None, "ninf": None, "n": 3, "rows": [[1.5, None], [0.25]], "5": None}
+
+
+def test_score_single_subject_target_json(capsys, tmp_path: Path, make_rdms) -> None:
+    """One subject: no t-test, so p and p_signed are NaN inside, null in the JSON."""
+    data.save_rdms(tmp_path / "target.npz", {"EVC_RDMs": make_rdms(10, seed=54)})
+    data.save_rdms(tmp_path / "sub.npz", {"EVC_RDMs": make_rdms(10, seed=55)})
+    code, out, err = run_main(capsys, "score", str(tmp_path / "sub.npz"), "--target", str(tmp_path / "target.npz"),
+                              "--permutations", "20", "--json")
+    assert code == 0 and err == ""
+    row = strict_loads(out)["EVC_RDMs"]
+    assert row["p"] is None and row["p_signed"] is None and row["noise_ceiling"] is None
+    assert 1 / 21 <= row["p_perm"] <= 1  # a permutation test needs only one subject
 
 
 # --------------------------------------------------------------------------- noise-ceiling
@@ -193,6 +246,22 @@ def test_noise_ceiling_json(capsys, set92: Path, set118: Path, fmri92, fmri118) 
             upper, lower = scoring.noise_ceiling(targets[key])
             assert row["upper"] == pytest.approx(upper) and row["lower"] == pytest.approx(lower)
             assert 0 < row["lower"] < row["upper"]
+
+
+def test_noise_ceiling_never_prints_nan(capsys, tmp_path: Path, make_rdms) -> None:
+    """These targets printed NaN ceilings before: a constant subject RDM, and subjects with a constant mean."""
+    constant_subject = make_rdms(8, subjects=3, seed=56)
+    constant_subject[2] = 1 - np.eye(8)
+    data.save_rdms(tmp_path / "constant_subject.mat", {"EVC_RDMs": constant_subject})
+    first = np.round(make_rdms(8, seed=57) * 8) / 8
+    data.save_rdms(tmp_path / "constant_mean.npz", {"IT_RDMs": np.stack([first, (2 - first) * (1 - np.eye(8))])})
+    for name, parts in (
+        ("constant_subject.mat", ("constant_subject.mat:EVC_RDMs", "subject 3 of 3", "constant upper triangle")),
+        ("constant_mean.npz", ("constant_mean.npz:IT_RDMs", "mean RDM", "constant upper triangle")),
+    ):
+        code, out, err = run_main(capsys, "noise-ceiling", str(tmp_path / name), "--json")
+        assert code == 2 and out == ""
+        assert_one_line_error(err, *parts)
 
 
 def test_noise_ceiling_table_and_k(capsys, tmp_path: Path, make_rdms) -> None:
@@ -239,6 +308,7 @@ def _bad_cases(tmp_path: Path, data_root: Path, make_rdms) -> list[tuple[list[st
         ),
         (["score", target92, "--target", target92], ("EVC_RDMs", "shape (15, 92, 92)", "one 92 x 92 RDM")),
         (["score", example, "--target", missing], ("missing.mat", "no such file")),
+        (["score", target92, "--target", target92, "--permutations", "-1"], ("--permutations", "-1")),
         (["noise-ceiling", example], ("example_submit_fmri.mat:EVC_RDMs", "at least 2 subjects")),
         (["noise-ceiling", str(tmp_path / "garbage.mat")], ("garbage.mat", "unreadable")),
     ]
@@ -253,21 +323,43 @@ def test_bad_input_exits_2(capsys, tmp_path: Path, data_root: Path, make_rdms, n
 
 
 @pytest.mark.parametrize(
-    "args",
-    [[], ["bogus"], ["score"], ["score", "sub.mat"], ["noise-ceiling"], ["data-info", "--bogus"]],
+    ("args", "parts"),
+    [
+        ([], ("required: COMMAND",)),
+        (["bogus"], ("invalid choice: 'bogus'",)),
+        (["score"], ("score: ", "required: submission, --target")),
+        (["score", "sub.mat"], ("score: ", "required: --target")),
+        (["noise-ceiling"], ("noise-ceiling: ", "required: target")),
+        (["predict", "model.pt", "--out", "x.mat"], ("predict: ", "required: --images")),
+        (["baseline"], ("baseline: ", "required: KIND")),
+        (["data-info", "--bogus"], ("unrecognized arguments: --bogus",)),
+        (["score", "a.mat", "--target", "b.mat", "--no-such-option"], ("unrecognized arguments: --no-such-option",)),
+        (["fit", "--out", "run", "--lr", "abc"], ("fit: ", "argument --lr", "invalid float value: 'abc'")),
+        (["lr-find", "--epochs", "1.5"], ("lr-find: ", "argument --epochs", "invalid int value: '1.5'")),
+        (["score", "a.mat", "--target", "b.mat", "--permutations", "many"], ("score: ", "--permutations", "'many'")),
+        (["baseline", "layers", "--batch-size", "x"], ("baseline layers: ", "--batch-size", "invalid int")),
+        (["fit", "--out", "run", "--preset", "huge"], ("fit: ", "--preset", "invalid choice: 'huge'")),
+    ],
 )
-def test_usage_errors_exit_2(capsys, args: list[str]) -> None:
+def test_usage_errors_exit_2(capsys, args: list[str], parts: tuple[str, ...]) -> None:
+    """argparse errors are one line, like bad input: no usage block (that is what --help is for)."""
     with pytest.raises(SystemExit) as exc_info:
         cli.main(args)
     assert exc_info.value.code == 2
     out, err = capsys.readouterr()
-    assert out == "" and "usage: siamrdm" in err and "Traceback" not in err
+    assert out == "" and "usage:" not in err
+    assert_one_line_error(err, *parts, "--help")
 
 
-def test_unknown_command_process() -> None:
-    done = run_process("bogus")
-    assert done.returncode == 2 and done.stdout == ""
-    assert "invalid choice: 'bogus'" in done.stderr and "Traceback" not in done.stderr
+def test_usage_errors_process() -> None:
+    for args, parts in (
+        (["bogus"], ("invalid choice: 'bogus'",)),
+        (["fit", "--out", "run", "--lr", "abc"], ("argument --lr", "invalid float value: 'abc'")),
+        (["score", "a.mat", "--target", "b.mat", "--bogus"], ("unrecognized arguments: --bogus",)),
+    ):
+        done = run_process(*args)
+        assert done.returncode == 2 and done.stdout == ""
+        assert_one_line_error(done.stderr, *parts)
 
 
 def test_help_exits_0(capsys) -> None:
@@ -277,3 +369,8 @@ def test_help_exits_0(capsys) -> None:
     out = capsys.readouterr().out
     for command in ("score", "noise-ceiling", "data-info"):
         assert command in out
+    with pytest.raises(SystemExit) as exc_info:
+        cli.main(["score", "--help"])
+    assert exc_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: siamrdm score") and "--permutations" in out and "--seed" in out

@@ -106,6 +106,71 @@ def test_image_folder_order_and_formats(tmp_path: Path) -> None:
     assert abs(int(images.images[0][0, 0, 0]) - 10) <= 2  # jpeg
 
 
+def _gradient16() -> np.ndarray:
+    """A 16-bit greyscale image whose pixels span the whole range, 0 and 65535 included."""
+    return np.linspace(0, 65535, 24 * 32).round().astype(np.uint16).reshape(24, 32)
+
+
+def test_16_bit_png_scaled_by_its_range(tmp_path: Path) -> None:
+    grey16 = _gradient16()
+    Image.fromarray(grey16).save(tmp_path / "a_16bit.png")
+    with Image.open(tmp_path / "a_16bit.png") as img:
+        assert img.mode == "I;16"  # what PIL reads a 16-bit greyscale PNG as
+    grey8 = (grey16 >> 8).astype(np.uint8)  # the same picture at 8 bits
+    Image.fromarray(grey8).save(tmp_path / "b_8bit.png")
+    Image.fromarray(np.stack([grey8] * 3, axis=2)).save(tmp_path / "c_rgb.png")
+    images = data.load_image_set(tmp_path).images
+    assert all(img.shape == (24, 32, 3) and img.dtype == np.uint8 for img in images)
+    loaded16, loaded8, rgb = (img.astype(int) for img in images)
+    np.testing.assert_array_equal(loaded8, rgb)
+    assert np.max(np.abs(loaded16 - loaded8)) <= 1  # not clipped to white by convert("RGB")
+    assert loaded16.min() == 0 and loaded16.max() == 255
+
+
+def test_other_image_modes_become_rgb(tmp_path: Path) -> None:
+    grey16 = _gradient16()
+    expected = np.rint(grey16 / 257).astype(int)
+    Image.fromarray(grey16.astype(np.int32)).save(tmp_path / "a_int32.tif")  # PIL mode I
+    Image.fromarray((grey16 / 65535).astype(np.float32)).save(tmp_path / "b_float.tif")  # mode F, [0, 1]
+    wide = (grey16.astype(np.int64) * 32768).astype(np.int32)  # mode I beyond 16 bits: the int32 range
+    Image.fromarray(wide).save(tmp_path / "c_int32_wide.tif")
+    grey8 = expected.astype(np.uint8)
+    Image.fromarray(np.stack([grey8, 255 - grey8], axis=2), "LA").save(tmp_path / "d_la.png")
+    rgba = np.stack([grey8, 255 - grey8, np.full_like(grey8, 7), np.full_like(grey8, 0)], axis=2)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "e_rgba.png")
+    Image.fromarray(rgba[:, :, :3], "RGB").quantize(colors=256).save(tmp_path / "f_palette.png")
+    names = ["a_int32.tif", "b_float.tif", "c_int32_wide.tif", "d_la.png", "e_rgba.png", "f_palette.png"]
+    with Image.open(tmp_path / names[0]) as a, Image.open(tmp_path / names[1]) as b:
+        assert (a.mode, b.mode) == ("I", "F")
+    images = data.load_image_set(tmp_path)
+    assert images.names == names
+    assert all(img.shape == (24, 32, 3) and img.dtype == np.uint8 for img in images.images)
+    as_int = [img.astype(int) for img in images.images]
+    for grey in as_int[:4]:  # greyscale modes: three equal channels
+        assert np.max(np.abs(grey - expected[:, :, None])) <= 1
+    np.testing.assert_array_equal(as_int[4], rgba[:, :, :3])  # alpha dropped
+    assert np.max(np.abs(as_int[5] - rgba[:, :, :3])) <= 8  # palette looked up (quantised colours)
+
+
+def test_fewer_than_3_images(tmp_path: Path) -> None:
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (5, 5), (10, 20, 30)).save(folder / name)
+    with pytest.raises(DataError) as exc_info:
+        data.load_image_set(folder)
+    _assert_error(exc_info, str(folder), "2 images", "at least 3")
+    Image.new("RGB", (5, 5)).save(folder / "c.png")
+    assert len(data.load_image_set(folder)) == 3
+    stimuli = np.empty((1, 2), dtype=[("names", object), ("pixels", object)])
+    for i in range(2):
+        stimuli[0, i] = (f"image_{i + 1}.jpg", np.full((4, 4, 3), 10 * i, np.uint8))
+    scipy.io.savemat(tmp_path / "stimuli.mat", {"visual_stimuli": stimuli})
+    with pytest.raises(DataError) as exc_info:
+        data.load_image_set(tmp_path / "stimuli.mat")
+    _assert_error(exc_info, "stimuli.mat", "2 images", "at least 3")
+
+
 def test_load_algonauts_set(data_root: Path) -> None:
     dataset = data.load_algonauts_set(data_root, "92", targets=["EVC", "MEG_late"])
     assert len(dataset) == 92
@@ -153,6 +218,31 @@ def test_subject_by_k_arrays_accepted(tmp_path: Path, make_rdms) -> None:
     np.testing.assert_array_equal(data.load_rdms(tmp_path / "meg_v73.mat", "MEG_RDMs_early"), rdms)
     assert data.subject_rdms(rdms) is rdms
     assert data.subject_rdms(rdms[0, 0]).shape == (1, 6, 6)
+
+
+@pytest.mark.parametrize("suffix", [".mat", ".npz"])
+def test_constant_subject_rdm_rejected(tmp_path: Path, make_rdms, suffix: str) -> None:
+    """A subject RDM with a constant upper triangle would make Spearman's rho and the noise ceiling NaN."""
+    stack = make_rdms(6, subjects=3, seed=5)
+    stack[1] = 0.5 * (1 - np.eye(6))
+    meg = make_rdms(6, subjects=4, k=2, seed=6)
+    meg[2, 1] = 1 - np.eye(6)
+    for key, rdms, which in (
+        ("IT_RDMs", stack, "subject 2 of 3"),
+        ("MEG_RDMs_late", meg, "subject 3 of 4 (RDM 2 of its 2)"),
+        ("EVC_RDMs", 1 - np.eye(6), "the RDM"),
+    ):
+        path = tmp_path / f"{key}{suffix}"
+        data.save_rdms(path, {key: rdms})
+        with pytest.raises(DataError) as exc_info:
+            data.load_rdms(path, key)
+        _assert_error(exc_info, f"{path}:{key}", which, "constant upper triangle", "undefined")
+        with pytest.raises(DataError) as exc_info:
+            data.load_rdm_dict(path)
+        _assert_error(exc_info, f"{path}:{key}", which, "constant upper triangle", "undefined")
+    # Nearly constant is fine: the ranks are defined.
+    stack[1, 0, 1] = stack[1, 1, 0] = 0.5 + 1e-9
+    assert data.validate_rdms(stack, "x").shape == (3, 6, 6)
 
 
 def test_group_average(make_rdms) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -43,19 +45,28 @@ def test_score_worked_by_hand() -> None:
     t = r2.mean() / (r2.std(ddof=1) / math.sqrt(3))
     assert score.p == pytest.approx(1 - t / math.sqrt(t**2 + 2), rel=1e-9)
     assert score.p == pytest.approx(stats.ttest_1samp(r2, 0).pvalue, rel=1e-9)
+    # p_signed: the same t-test on the signed rhos, two-sided.
+    rho = np.array([1, 33 / 35, 23 / 35])
+    t_signed = rho.mean() / (rho.std(ddof=1) / math.sqrt(3))
+    assert score.p_signed == pytest.approx(1 - t_signed / math.sqrt(t_signed**2 + 2), rel=1e-9)
+    assert scoring.signed_p(rho) == pytest.approx(score.p_signed, rel=1e-12)
+    assert scoring.official_p(rho) == pytest.approx(score.p, rel=1e-12)
 
 
 def test_negative_correlation_counts_squared() -> None:
     score = scoring.score_rdm(_rdm(MODEL), _stack(REVERSED, SWAP))
     np.testing.assert_allclose(score.rho, [-1, 33 / 35], rtol=0, atol=1e-12)
     assert score.r2 == pytest.approx((1 + (33 / 35) ** 2) / 2, abs=1e-12)
+    # Opposite signs: the signed test sees no consistent correlation, the official one cannot tell.
+    assert score.p_signed == pytest.approx(stats.ttest_1samp([-1, 33 / 35], 0).pvalue, rel=1e-9)
+    assert score.p_signed > 0.9 and score.p < 0.1
 
 
 def test_single_subject_has_no_p() -> None:
     for target in (_rdm(SWAP), _stack(SWAP)):
         score = scoring.score_rdm(_rdm(MODEL), target)
         assert score.r2 == pytest.approx((33 / 35) ** 2, abs=1e-12)
-        assert math.isnan(score.p)
+        assert math.isnan(score.p) and math.isnan(score.p_signed)
 
 
 def test_score_matches_scipy_with_ties(make_rdms) -> None:
@@ -142,6 +153,17 @@ def test_noise_ceiling_needs_two_subjects(make_rdms) -> None:
         scoring.noise_ceiling(make_rdms(6))
 
 
+def test_noise_ceiling_of_constant_mean_rdm_is_an_error_not_nan(make_rdms) -> None:
+    # Two valid subjects whose RDMs add up to a constant: the mean RDM has no ranks to correlate.
+    first = np.round(make_rdms(7, seed=28) * 8) / 8  # multiples of 1/8: the means are exact
+    second = (2 - first) * (1 - np.eye(7))
+    with pytest.raises(ValueError, match="mean RDM of all subjects has a constant upper triangle"):
+        scoring.noise_ceiling(np.stack([first, second]))
+    # Three subjects: the mean without subject 3 is constant.
+    with pytest.raises(ValueError, match="other than subject 3 has a constant upper triangle"):
+        scoring.noise_ceiling(np.stack([first, second, np.round(make_rdms(7, seed=29) * 8) / 8]))
+
+
 def test_reference_ceiling_official_or_computed(make_rdms) -> None:
     for n, official in (
         (92, scoring.OFFICIAL_NOISE_CEILINGS[92]),
@@ -179,13 +201,15 @@ def test_score_submission_structure_and_overall(make_rdms) -> None:
         "extra_RDMs": make_rdms(10, seed=33),  # not in the targets: ignored
     }
     result = scoring.score_submission(submission, targets)
-    assert list(result) == ["EVC_RDMs", "IT_RDMs", "score"]
+    assert list(result) == ["EVC_RDMs", "IT_RDMs", "score"]  # complete: no "missing"
     for key in ("EVC_RDMs", "IT_RDMs"):
         row = result[key]
-        assert set(row) == {"r2", "p", "pct_nc", "noise_ceiling"}
+        assert set(row) == {"r2", "p", "p_signed", "p_perm", "pct_nc", "noise_ceiling"}
         score = scoring.score_rdm(submission[key], targets[key])
         ceiling = scoring.noise_ceiling(targets[key])[0]
         assert row["r2"] == pytest.approx(score.r2) and row["p"] == pytest.approx(score.p)
+        assert row["p_signed"] == pytest.approx(score.p_signed)
+        assert row["p_perm"] is None  # no permutations asked for
         assert row["noise_ceiling"] == pytest.approx(ceiling)
         assert row["pct_nc"] == pytest.approx(100 * score.r2 / ceiling)
     assert result["IT_RDMs"]["pct_nc"] == pytest.approx(100)  # the group mean reaches the upper ceiling
@@ -206,7 +230,7 @@ def test_score_submission_official_sizes_and_missing_ceiling(make_rdms) -> None:
     submission = {"EVC_RDMs": make_rdms(92, seed=36), "IT_RDMs": make_rdms(92, seed=37)}
     result = scoring.score_submission(submission, targets)
     assert result["EVC_RDMs"]["noise_ceiling"] == 0.1589 and result["IT_RDMs"]["noise_ceiling"] == 0.3075
-    assert result["IT_RDMs"]["p"] is None  # one subject: no t-test
+    assert result["IT_RDMs"]["p"] is None and result["IT_RDMs"]["p_signed"] is None  # one subject: no t-test
     assert result["score"]["pct_nc"] == pytest.approx(100 * result["score"]["r2"] / ((0.1589 + 0.3075) / 2))
     # A single-subject target of a non-official size has no ceiling: percentages are None.
     small = scoring.score_submission(
@@ -228,6 +252,22 @@ def test_score_submission_bad_inputs(make_rdms) -> None:
         scoring.score_submission({"EVC_RDMs": make_rdms(6)}, targets)
     with pytest.raises(ValueError, match="EVC_RDMs: model RDM is constant"):
         scoring.score_submission({"EVC_RDMs": 1 - np.eye(8)}, targets)
+    with pytest.raises(ValueError, match="permutations must be 0"):
+        scoring.score_submission({"EVC_RDMs": make_rdms(8)}, targets, permutations=-1)
+
+
+def test_partial_submission_scores_keys_but_withholds_the_overall_score(make_rdms) -> None:
+    targets = {"EVC_RDMs": make_rdms(10, subjects=4, seed=42), "IT_RDMs": make_rdms(10, subjects=4, seed=43)}
+    complete = {"EVC_RDMs": make_rdms(10, seed=44), "IT_RDMs": group_average(targets["IT_RDMs"])}
+    full = scoring.score_submission(complete, targets)
+    partial = scoring.score_submission({"IT_RDMs": complete["IT_RDMs"]}, targets)
+    # The mean over the keys present would beat the complete submission: it must not be reported as a score.
+    assert partial["IT_RDMs"]["r2"] > full["score"]["r2"]
+    assert partial["score"] is None
+    assert partial["missing"] == ["EVC_RDMs"]
+    assert list(partial) == ["IT_RDMs", "score", "missing"]
+    assert partial["IT_RDMs"] == full["IT_RDMs"]  # the keys present are scored as in a complete submission
+    json.dumps(partial, allow_nan=False)
 
 
 def test_large_rdm_matches_scipy_loop() -> None:
@@ -245,3 +285,88 @@ def test_large_rdm_matches_scipy_loop() -> None:
     np.testing.assert_allclose(score.rho, rhos, rtol=0, atol=1e-10)
     assert score.r2 == pytest.approx(np.mean(rhos**2), rel=1e-8)
     assert score.p == pytest.approx(stats.ttest_1samp(rhos**2, 0).pvalue, rel=1e-6)
+
+
+# --------------------------------------------------------------------------- p-values that mean something
+
+
+def test_permutation_scores_are_scores_of_relabelled_rdms(make_rdms) -> None:
+    """Every permuted score is the score of the model RDM with its images relabelled (rows and columns)."""
+    n = 5
+    model = np.round(make_rdms(n, seed=60), 1)  # ties, to check the ranks are reused correctly
+    for targets in (make_rdms(n, subjects=3, seed=61), make_rdms(n, subjects=3, k=2, seed=62)):
+        every = np.array([  # all 120 relabellings, scored the slow way
+            scoring.score_rdm(model[np.ix_(perm, perm)], targets).r2 for perm in itertools.permutations(range(n))
+        ])
+        null = scoring.permutation_scores(model, targets, 3000, seed=1)
+        assert null.shape == (3000,)
+        assert set(np.round(null, 10)) <= set(np.round(every, 10))
+        assert len(set(np.round(null, 10))) > len(set(np.round(every, 10))) // 2  # spread over the relabellings
+        # p tends to the exact fraction of relabellings that score at least as well.
+        exact = np.mean(every >= scoring.score_rdm(model, targets).r2 - 1e-10)
+        assert scoring.permutation_p(model, targets, 3000, seed=1) == pytest.approx(exact, abs=0.03)
+
+
+def test_permutation_p_definition_and_seed(make_rdms) -> None:
+    model, targets = make_rdms(12, seed=63), make_rdms(12, subjects=4, seed=64)
+    observed = scoring.score_rdm(model, targets).r2
+    null = scoring.permutation_scores(model, targets, 500, seed=7)
+    expected = (1 + np.sum(null >= observed - 1e-12)) / 501
+    assert scoring.permutation_p(model, targets, 500, seed=7) == pytest.approx(expected)
+    np.testing.assert_array_equal(scoring.permutation_scores(model, targets, 500, seed=7), null)
+    assert not np.array_equal(scoring.permutation_scores(model, targets, 500, seed=8), null)
+    # The smallest p N permutations can give, for a model that is the subjects' mean.
+    assert scoring.permutation_p(group_average(targets), targets, 99) == pytest.approx(1 / 100)
+    with pytest.raises(ValueError, match="at least 1 permutation"):
+        scoring.permutation_p(model, targets, 0)
+
+
+def test_random_rdms_look_significant_only_to_the_official_p(fmri118) -> None:
+    """The official p tests rho^2 > 0, which every RDM passes; p_signed and p_perm do not fall for it."""
+    target = fmri118["IT_RDMs"]
+    n, length = target.shape[-1], target.shape[-1] * (target.shape[-1] - 1) // 2
+    rng = np.random.default_rng(0)
+    official, signed, perm = [], [], []
+    for seed in range(20):
+        model = square_rdm(rng.random(length), n)
+        score = scoring.score_rdm(model, target)
+        official.append(score.p)
+        signed.append(score.p_signed)
+        perm.append(scoring.permutation_p(model, target, 199, seed=seed))
+    official, signed, perm = np.array(official), np.array(signed), np.array(perm)
+    assert np.sum(official < 0.05) >= 15  # random RDMs: "significant" by the official p
+    assert np.sum(perm < 0.05) <= 3  # about 1 in 20 under the null, as a p-value should
+    assert np.sum(signed < 0.05) <= 5  # subjects share structure, so a few random RDMs correlate consistently
+    assert np.median(perm) > 0.2 and np.median(signed) > 0.2
+
+
+def test_model_near_the_subjects_mean_has_small_p_perm(fmri118) -> None:
+    target = fmri118["IT_RDMs"]
+    mean = group_average(target)
+    rng = np.random.default_rng(1)
+    noise = square_rdm(rng.normal(scale=upper_tri(mean).std(), size=upper_tri(mean).shape), mean.shape[0])
+    model = mean + noise  # as far from the mean as the mean's own spread
+    score = scoring.score_rdm(model, target)
+    assert score.r2 < 0.5 * scoring.score_rdm(mean, target).r2
+    assert scoring.permutation_p(model, target, 999) == pytest.approx(1 / 1000)
+    assert score.p_signed < 1e-6
+
+
+def test_1000_permutations_of_118_images_take_seconds(fmri118) -> None:
+    target = fmri118["EVC_RDMs"]
+    model = group_average(fmri118["IT_RDMs"])
+    start = time.perf_counter()
+    p = scoring.permutation_p(model, target, 1000, seed=0)
+    assert time.perf_counter() - start < 10  # about 0.3 s on one core
+    assert 1 / 1001 <= p <= 1
+
+
+def test_score_submission_with_permutations(make_rdms) -> None:
+    targets = {"EVC_RDMs": make_rdms(9, subjects=4, seed=65), "IT_RDMs": make_rdms(9, subjects=4, k=2, seed=66)}
+    submission = {"EVC_RDMs": make_rdms(9, seed=67), "IT_RDMs": make_rdms(9, seed=68)}
+    result = scoring.score_submission(submission, targets, permutations=200, seed=3)
+    for key in targets:
+        assert result[key]["p_perm"] == scoring.permutation_p(submission[key], targets[key], 200, seed=3)
+    # A key's p_perm does not depend on which other keys are scored.
+    alone = scoring.score_submission({"IT_RDMs": submission["IT_RDMs"]}, targets, permutations=200, seed=3)
+    assert alone["IT_RDMs"]["p_perm"] == result["IT_RDMs"]["p_perm"]

@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from . import data, scoring
 
@@ -19,8 +21,22 @@ class UsageError(data.DataError):
     """A usage problem found after parsing (conflicting options); exits 2 like bad input."""
 
 
+def _strict_json(obj):
+    """`obj` with NaN and inf as None and numpy values as Python ones: what strict JSON can hold."""
+    if isinstance(obj, dict):
+        return {str(k): _strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_strict_json(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return _strict_json(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=2))
+    """Strict JSON on stdout: NaN/inf become null, and allow_nan=False makes sure none slips through."""
+    print(json.dumps(_strict_json(obj), indent=2, allow_nan=False))
 
 
 def _fmt(x: float | None, spec: str = ".4f") -> str:
@@ -31,25 +47,34 @@ def _fmt(x: float | None, spec: str = ".4f") -> str:
 
 
 def cmd_score(args) -> int:
+    if args.permutations < 0:
+        raise UsageError(f"--permutations must be 0 (no permutation test) or more, got {args.permutations}")
     targets = data.load_rdm_dict(args.target)
     n_images = next(iter(targets.values())).shape[-1]
     submission = data.load_rdm_dict(args.submission, n_images=n_images)
     try:
-        result = scoring.score_submission(submission, targets)
+        result = scoring.score_submission(submission, targets, args.permutations, args.seed)
     except ValueError as exc:
         raise data.DataError(f"{args.submission}: {exc}") from None
+    missing = ", ".join(result.get("missing", []))
+    if missing:  # a valid partial result (exit 0), but never mistaken for a complete one
+        print(f"siamrdm: warning: {args.submission} lacks {missing} of {args.target}; "
+              "the overall score is withheld", file=sys.stderr)
     if args.json:
         _print_json(result)
         return 0
-    print(f"{'key':<18} {'r2':>8} {'p':>10} {'ceiling':>8} {'% NC':>7}")
+    print(f"{'key':<18} {'r2':>8} {'p':>10} {'p_signed':>10} {'p_perm':>10} {'ceiling':>8} {'% NC':>7}")
     for key, row in result.items():
-        if key != "score":
+        if key not in ("score", "missing"):
             print(
-                f"{key:<18} {row['r2']:>8.4f} {_fmt(row['p'], '.2e'):>10} "
-                f"{_fmt(row['noise_ceiling']):>8} {_fmt(row['pct_nc'], '.2f'):>7}"
+                f"{key:<18} {row['r2']:>8.4f} {_fmt(row['p'], '.2e'):>10} {_fmt(row['p_signed'], '.2e'):>10} "
+                f"{_fmt(row['p_perm'], '.2e'):>10} {_fmt(row['noise_ceiling']):>8} {_fmt(row['pct_nc'], '.2f'):>7}"
             )
     total = result["score"]
-    print(f"{'score':<18} {total['r2']:>8.4f} {'':>10} {'':>8} {_fmt(total['pct_nc'], '.2f'):>7}")
+    if total is None:
+        print(f"{'score':<18} withheld: the submission lacks {missing}")
+    else:
+        print(f"{'score':<18} {total['r2']:>8.4f} {'':>41} {_fmt(total['pct_nc'], '.2f'):>7}")
     return 0
 
 
@@ -57,9 +82,10 @@ def cmd_noise_ceiling(args) -> int:
     targets = data.load_rdm_dict(args.target)
     result = {}
     for key, rdms in targets.items():
-        if data.subject_rdms(rdms).shape[0] < 2:
-            raise data.DataError(f"{args.target}:{key}: a noise ceiling needs RDMs of at least 2 subjects")
-        upper, lower = scoring.noise_ceiling(rdms)
+        try:
+            upper, lower = scoring.noise_ceiling(rdms)
+        except ValueError as exc:  # fewer than 2 subjects, or a constant mean RDM
+            raise data.DataError(f"{args.target}:{key}: {exc}") from None
         result[key] = {"upper": upper, "lower": lower}
     if args.json:
         _print_json(result)
@@ -277,6 +303,9 @@ def _add_foundation_commands(sub) -> None:
     p = sub.add_parser("score", help="score a submission's RDMs against target subject RDMs")
     p.add_argument("submission", help=".mat/.npz/.npy file of model RDMs (keys such as EVC_RDMs)")
     p.add_argument("--target", required=True, help="file of subject RDMs with the same keys")
+    p.add_argument("--permutations", type=int, default=0,
+                   help="also compute p_perm from this many image-label permutations (default: 0, not computed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the permutations (default: 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_score)
 
@@ -542,12 +571,23 @@ def _add_bench_commands(sub) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line on stderr and exit 2, like bad input; `--help` still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("siamrdm").strip()  # 'fit', 'baseline layers', or '' at the top
+        where = f"{command}: " if command else ""
+        help_hint = f"siamrdm {command} --help" if command else "siamrdm --help"
+        self.exit(2, f"siamrdm: error: {where}{' '.join(message.split())} (see '{help_hint}')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="siamrdm",
         description="Predict brain RDMs from images with Siamese networks; score them as Algonauts 2019 did.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Every subparser (and theirs, e.g. 'baseline layers') is a _Parser too.
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _add_foundation_commands(sub)
     _add_model_commands(sub)
     _add_analysis_commands(sub)

@@ -18,9 +18,12 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from .rdm import upper_tri
+
 DATA_ENV_VAR = "SIAMRDM_DATA"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SYMMETRY_TOLERANCE = 1e-5
+MIN_IMAGES = 3  # an RDM of 2 images has one dissimilarity: nothing to rank
 
 # Target name -> (candidate files, newest first, and the key inside them). The official MEG file
 # (subjects x 2 x N x N) is preferred when present; the data README explains the window-averaged one.
@@ -81,13 +84,50 @@ class ImageSet:
         return len(self.images)
 
 
+def _scale_to_uint8(values: np.ndarray, top: float) -> np.ndarray:
+    """Map [0, top] linearly onto 0..255 (clipping outside it), rounding to the nearest level."""
+    scaled = np.clip(values.astype(np.float64), 0.0, top) * (255.0 / top)
+    return np.rint(scaled).astype(np.uint8)
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 from any PIL mode, scaled by the image's real range.
+
+    PIL's convert("RGB") clips 16-bit and 32-bit greyscale to 0..255, so a 16-bit PNG comes out almost all
+    white. Those modes are scaled here: I;16* (uint16) by 65535 / 255 = 257; I (int32: 32-bit TIFFs, and
+    16-bit PNGs in older PIL) by 257 when its values fit 16 bits, else by the non-negative int32 range; F
+    (float32) from [0, 1], the usual range of float images. Every other mode (L, P, RGBA, LA, CMYK, 1, ...)
+    is 8 bits per channel and goes through convert("RGB"): alpha is dropped, palettes are looked up.
+    """
+    if img.mode.startswith("I;16"):
+        grey = _scale_to_uint8(np.asarray(img), 65535.0)
+    elif img.mode == "I":
+        values = np.asarray(img)
+        fits_16_bits = values.size == 0 or (values.min() >= 0 and values.max() <= 65535)
+        grey = _scale_to_uint8(values, 65535.0 if fits_16_bits else float(np.iinfo(np.int32).max))
+    elif img.mode == "F":
+        grey = _scale_to_uint8(np.nan_to_num(np.asarray(img), nan=0.0), 1.0)
+    else:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
 def _read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+            return _to_rgb(img)
     except Exception as exc:  # PIL raises many types for corrupt or truncated files
         raise DataError(f"{path}: unreadable image ({_one_line(exc)})") from None
+
+
+def _check_image_count(images: ImageSet) -> ImageSet:
+    if len(images) < MIN_IMAGES:
+        raise DataError(
+            f"{images.source}: {len(images)} image{'s' if len(images) != 1 else ''}, "
+            f"an RDM needs at least {MIN_IMAGES}"
+        )
+    return images
 
 
 def _image_set_from_stimulus_mat(path: Path) -> ImageSet:
@@ -105,11 +145,15 @@ def _image_set_from_stimulus_mat(path: Path) -> ImageSet:
         images.append(pixels.astype(np.uint8))
         name = entry["names"] if "names" in stimuli.dtype.names else f"image_{i + 1}"
         names.append(str(np.asarray(name).ravel()[0]) if np.asarray(name).size else f"image_{i + 1}")
-    return ImageSet(names, images, path)
+    return _check_image_count(ImageSet(names, images, path))
 
 
 def load_image_set(path: str | os.PathLike) -> ImageSet:
-    """Images from a folder (sorted by file name) or from an official stimulus .mat (`visual_stimuli`)."""
+    """Images from a folder (sorted by file name) or from an official stimulus .mat (`visual_stimuli`).
+
+    At least 3 images (an RDM of fewer has nothing to rank); 16-bit and float images are scaled by their
+    real range, every mode becomes (H, W, 3) uint8.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such image folder or file")
@@ -120,7 +164,7 @@ def load_image_set(path: str | os.PathLike) -> ImageSet:
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in folder")
-    return ImageSet([p.name for p in files], [_read_image(p) for p in files], path)
+    return _check_image_count(ImageSet([p.name for p in files], [_read_image(p) for p in files], path))
 
 
 # --------------------------------------------------------------------------- RDM files
@@ -173,7 +217,9 @@ def list_rdm_keys(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
 def validate_rdms(rdms: np.ndarray, where: str, n_images: int | None = None) -> np.ndarray:
     """Check an (N, N), (S, N, N) or (S, K, N, N) stack of RDMs; return it as float64.
 
-    `where` names the file and key in the error message.
+    `where` names the file and key in the error message. Besides shape, finiteness, symmetry and a zero
+    diagonal, no RDM in the stack may have a constant upper triangle: its Spearman correlation (and so the
+    score and the noise ceiling) would be NaN.
     """
     try:
         rdms = np.asarray(rdms, dtype=np.float64)
@@ -196,7 +242,27 @@ def validate_rdms(rdms: np.ndarray, where: str, n_images: int | None = None) -> 
     diagonal = np.diagonal(rdms, axis1=-2, axis2=-1)
     if np.max(np.abs(diagonal)) > SYMMETRY_TOLERANCE:
         raise DataError(f"{where}: RDMs have a non-zero diagonal (largest |d_ii| = {np.max(np.abs(diagonal)):.3g})")
+    _check_not_constant(rdms, where)
     return rdms
+
+
+def _check_not_constant(rdms: np.ndarray, where: str) -> None:
+    """A DataError naming the first RDM of the stack whose upper triangle is constant, by subject (and K)."""
+    uppers = upper_tri(rdms)
+    constant = np.ptp(uppers, axis=-1) == 0
+    if not constant.any():
+        return
+    if rdms.ndim == 2:
+        which = "the RDM"
+    else:
+        index = tuple(int(i) for i in np.argwhere(constant)[0])
+        which = f"the RDM of subject {index[0] + 1} of {rdms.shape[0]}"
+        if rdms.ndim == 4:
+            which += f" (RDM {index[1] + 1} of its {rdms.shape[1]})"
+    raise DataError(
+        f"{where}: {which} has a constant upper triangle (all dissimilarities {uppers[constant][0][0]:.3g}), "
+        "so its Spearman correlation and the noise ceiling are undefined"
+    )
 
 
 def load_rdms(path: str | os.PathLike, key: str | None = None, n_images: int | None = None) -> np.ndarray:

@@ -2,20 +2,29 @@
 
 Per subject, Spearman's rho between the upper triangles (diagonal excluded) of the model RDM and the
 subject's RDM. Targets with K RDMs per subject (the official MEG files: two per time window) average
-the K rhos of a subject first. The score is the mean over subjects of rho^2; p is a one-sample t-test of
-those rho^2 against 0; percent of the noise ceiling is 100 * score / ceiling.
+the K rhos of a subject first. The score is the mean over subjects of rho^2; percent of the noise ceiling
+is 100 * score / ceiling.
+
+Three p-values, because the official one cannot tell a model from a random RDM:
+- `p` (official): one-sample t-test of the subjects' rho^2 against 0. rho^2 is never negative, so any RDM,
+  even a random one, looks "significant" with enough subjects.
+- `p_signed`: two-sided one-sample t-test of the signed rhos against 0 (is the model's correlation with the
+  subjects consistently positive or negative?).
+- `p_perm`: permutation test of the image labels: how often relabelling the model RDM's images (rows and
+  columns together) scores at least as well as the real labels.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
 from .data import TARGETS, subject_rdms
-from .rdm import rank_transform, upper_tri
+from .rdm import rank_transform, square_rdm, upper_tri
 
 # Official noise ceilings (upper bound, mean over subjects of r^2) from the challenge's scoring scripts.
 OFFICIAL_NOISE_CEILINGS: dict[int, dict[str, float]] = {
@@ -29,13 +38,19 @@ _KEY_TO_TARGET = {key: name for name, (_, key) in TARGETS.items()}
 @dataclass
 class Score:
     r2: float  # mean over subjects of rho^2
-    p: float  # one-sample t-test of the subjects' rho^2 against 0 (NaN with one subject)
+    p: float  # official: one-sample t-test of the subjects' rho^2 against 0 (NaN with one subject)
     rho: np.ndarray  # per subject, K-averaged
+    p_signed: float  # two-sided one-sample t-test of the signed rhos against 0 (NaN with one subject)
 
 
 def _standardise(x: np.ndarray) -> np.ndarray:
     x = x - x.mean(axis=-1, keepdims=True)
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _standardised_ranks(rdms: np.ndarray) -> np.ndarray:
+    """Upper triangles ranked, centred and scaled to unit norm: Spearman's rho is then a dot product."""
+    return _standardise(rank_transform(upper_tri(np.asarray(rdms, dtype=np.float64))))
 
 
 def spearman_rhos(model_rdm: np.ndarray, target_rdms: np.ndarray) -> np.ndarray:
@@ -44,36 +59,118 @@ def spearman_rhos(model_rdm: np.ndarray, target_rdms: np.ndarray) -> np.ndarray:
     Each vector is ranked once and the correlations are one matrix product, so a 1000 x 1000 model RDM
     against 15 subjects takes a fraction of a second.
     """
-    model = _standardise(rank_transform(upper_tri(np.asarray(model_rdm, dtype=np.float64))))
-    targets = _standardise(rank_transform(upper_tri(subject_rdms(np.asarray(target_rdms, dtype=np.float64)))))
+    model = _standardised_ranks(model_rdm)
+    targets = _standardised_ranks(subject_rdms(np.asarray(target_rdms, dtype=np.float64)))
     rhos = targets @ model
     return rhos.mean(axis=1) if rhos.ndim == 2 else rhos
 
 
+def _t_test_p(values: np.ndarray) -> float:
+    """Two-sided one-sample t-test of `values` against 0; NaN with fewer than 2 values (no spread to test)."""
+    if len(values) < 2:
+        return math.nan
+    with warnings.catch_warnings():  # identical values: scipy warns about precision, its p is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_1samp(values, 0.0).pvalue)
+
+
+def official_p(rho: np.ndarray) -> float:
+    """The challenge's p: t-test of the per-subject rho^2 against 0.
+
+    rho^2 >= 0, so the mean is above 0 for any RDM: a random RDM gets a small p with 15 subjects. Reported
+    because the challenge did; `signed_p` and `permutation_p` test whether the model predicts anything.
+    """
+    return _t_test_p(np.asarray(rho, dtype=np.float64) ** 2)
+
+
+def signed_p(rho: np.ndarray) -> float:
+    """Two-sided one-sample t-test of the signed per-subject rhos against 0 (NaN with one subject).
+
+    A model that predicts the subjects has rhos consistently above 0; a random RDM's rhos are small and, over
+    random RDMs, centred on 0. But subjects share structure, so a given random RDM can correlate with it
+    weakly and consistently: `permutation_p` is the test of the image labels.
+    """
+    return _t_test_p(np.asarray(rho, dtype=np.float64))
+
+
 def score_rdm(model_rdm: np.ndarray, target_rdms: np.ndarray) -> Score:
-    """The challenge score of one model RDM against a target's subject RDMs."""
+    """The challenge score of one model RDM against a target's subject RDMs, with both t-test p-values."""
     rho = spearman_rhos(model_rdm, target_rdms)
-    r2 = rho**2
-    p = float(stats.ttest_1samp(r2, 0.0).pvalue) if len(r2) > 1 else math.nan
-    return Score(float(r2.mean()), p, rho)
+    return Score(float(np.mean(rho**2)), official_p(rho), rho, signed_p(rho))
+
+
+PERMUTATION_CHUNK = 2**22  # upper-triangle entries gathered per batch of permutations (32 MiB of float64)
+
+
+def permutation_scores(
+    model_rdm: np.ndarray, target_rdms: np.ndarray, n_permutations: int, seed: int = 0
+) -> np.ndarray:
+    """The score (mean over subjects of rho^2) of the model RDM under `n_permutations` random relabellings.
+
+    Each permutation reorders the model RDM's rows and columns together (the images change labels, the
+    geometry stays). Relabelling only moves entries of the upper triangle around, so the model's
+    standardised ranks are computed once and each permutation is a gather; the rhos of a batch of
+    permutations are one matrix product. Seeded: the same seed gives the same permutations.
+    """
+    model = np.asarray(model_rdm, dtype=np.float64)
+    n = model.shape[-1]
+    ranks = square_rdm(_standardised_ranks(model), n)
+    targets = _standardised_ranks(subject_rdms(np.asarray(target_rdms, dtype=np.float64)))
+    n_subjects = targets.shape[0]
+    targets = targets.reshape(-1, targets.shape[-1])  # (S * K, L)
+    rows, cols = np.triu_indices(n, k=1)
+    rng = np.random.default_rng(seed)
+    batch = max(1, PERMUTATION_CHUNK // len(rows))
+    scores = np.empty(n_permutations)
+    for start in range(0, n_permutations, batch):
+        size = min(batch, n_permutations - start)
+        perms = rng.permuted(np.tile(np.arange(n), (size, 1)), axis=1)
+        permuted = ranks[perms[:, rows], perms[:, cols]]  # (size, L): upper triangles of the relabelled RDMs
+        rhos = (permuted @ targets.T).reshape(size, n_subjects, -1).mean(axis=2)
+        scores[start : start + size] = np.mean(rhos**2, axis=1)
+    return scores
+
+
+def permutation_p(model_rdm: np.ndarray, target_rdms: np.ndarray, n_permutations: int, seed: int = 0) -> float:
+    """p of the score under random image labels: (1 + #{permuted score >= observed}) / (1 + n_permutations).
+
+    The null hypothesis is that the model RDM's image labels carry no information about the subjects'
+    RDMs. The smallest p it can give is 1 / (1 + n_permutations).
+    """
+    if n_permutations < 1:
+        raise ValueError(f"a permutation test needs at least 1 permutation, got {n_permutations}")
+    observed = float(np.mean(spearman_rhos(model_rdm, target_rdms) ** 2))
+    null = permutation_scores(model_rdm, target_rdms, n_permutations, seed)
+    at_least = int(np.sum(null >= observed - 1e-12))  # tolerance: the identity relabelling ties with rounding
+    return (1 + at_least) / (1 + n_permutations)
+
+
+def _check_mean_rdm(rdm: np.ndarray, what: str) -> np.ndarray:
+    """A mean RDM whose upper triangle is constant has no Spearman correlation: say so instead of NaN."""
+    if np.ptp(upper_tri(rdm)) == 0:
+        raise ValueError(f"{what} has a constant upper triangle, so the noise ceiling is undefined")
+    return rdm
 
 
 def noise_ceiling(target_rdms: np.ndarray) -> tuple[float, float]:
     """(upper, lower) noise ceiling in the metric's units (mean r^2).
 
     Upper: each subject against the mean of all subjects. Lower: each subject against the mean of the others.
+    Raises ValueError, never returns NaN, when a mean RDM is constant (e.g. two subjects whose RDMs add up
+    to a constant); `data.validate_rdms` already rejects constant individual RDMs.
     """
     rdms = subject_rdms(np.asarray(target_rdms, dtype=np.float64))
     n_subjects = len(rdms)
     if n_subjects < 2:
         raise ValueError("a noise ceiling needs at least 2 subjects")
-    grand = rdms.reshape(-1, *rdms.shape[-2:]).mean(axis=0)
+    grand = _check_mean_rdm(rdms.reshape(-1, *rdms.shape[-2:]).mean(axis=0), "the mean RDM of all subjects")
     upper = np.mean([spearman_rhos(grand, rdms[s : s + 1])[0] ** 2 for s in range(n_subjects)])
     total = rdms.sum(axis=0)
     lower = []
     for s in range(n_subjects):
         others = (total - rdms[s]) / (n_subjects - 1)
         others = others.reshape(-1, *rdms.shape[-2:]).mean(axis=0)
+        _check_mean_rdm(others, f"the mean RDM of the subjects other than subject {s + 1}")
         lower.append(spearman_rhos(others, rdms[s : s + 1])[0] ** 2)
     return float(upper), float(np.mean(lower))
 
@@ -103,26 +200,36 @@ def percent_of_ceiling(r2: float, ceiling: float | None) -> float | None:
 
 
 def score_with_ceiling(model_rdm: np.ndarray, key: str, target_rdms: np.ndarray) -> dict:
-    """One scored row: r2, p, the reference ceiling for `key` and the percent of it."""
+    """One scored row: r2, the official p and p_signed, the reference ceiling for `key` and the percent of it."""
     score = score_rdm(model_rdm, target_rdms)
     ceiling = reference_ceiling(key, target_rdms)
-    return {"r2": score.r2, "p": score.p, "noise_ceiling": ceiling, "pct_nc": percent_of_ceiling(score.r2, ceiling)}
+    return {"r2": score.r2, "p": score.p, "p_signed": score.p_signed, "noise_ceiling": ceiling,
+            "pct_nc": percent_of_ceiling(score.r2, ceiling)}
 
 
 def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def score_submission(submission: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict:
+def score_submission(
+    submission: dict[str, np.ndarray], targets: dict[str, np.ndarray], permutations: int = 0, seed: int = 0
+) -> dict:
     """Score every key present in both dicts; the JSON object `siamrdm score --json` prints.
 
-    The overall score is the mean r^2 of the keys, and its percent is that mean over the mean of their ceilings.
+    Per key: r2, p (official), p_signed, p_perm (None unless `permutations` >= 1; every key uses `seed`, so
+    a key's p_perm does not depend on the other keys), pct_nc and noise_ceiling. The overall score is the
+    mean r^2 of the keys, and its percent is that mean over the mean of their ceilings. A submission that
+    lacks some of the target's keys is scored key by key, but its overall score is None: a mean over fewer
+    keys is not comparable with a complete submission's; `missing` (present only then) lists those keys.
     """
     keys = [k for k in submission if k in targets]
     if not keys:
         raise ValueError(
             f"no key in common between submission ({', '.join(submission)}) and target ({', '.join(targets)})"
         )
+    if permutations < 0:
+        raise ValueError(f"permutations must be 0 (no permutation test) or more, got {permutations}")
+    missing = [k for k in targets if k not in submission]
     result: dict = {}
     ceilings = []
     for key in keys:
@@ -132,9 +239,14 @@ def score_submission(submission: dict[str, np.ndarray], targets: dict[str, np.nd
         if np.ptp(upper_tri(model)) == 0:
             raise ValueError(f"{key}: model RDM is constant, so its Spearman correlation is undefined")
         row = score_with_ceiling(model, key, targets[key])
+        p_perm = permutation_p(model, targets[key], permutations, seed) if permutations else None
         ceilings.append(row["noise_ceiling"])
-        result[key] = {"r2": row["r2"], "p": _finite_or_none(row["p"]), "pct_nc": row["pct_nc"],
-                       "noise_ceiling": row["noise_ceiling"]}
+        result[key] = {"r2": row["r2"], "p": _finite_or_none(row["p"]), "p_signed": _finite_or_none(row["p_signed"]),
+                       "p_perm": p_perm, "pct_nc": row["pct_nc"], "noise_ceiling": row["noise_ceiling"]}
+    if missing:
+        result["score"] = None
+        result["missing"] = missing
+        return result
     mean_r2 = float(np.mean([result[k]["r2"] for k in keys]))
     mean_ceiling = None if any(c is None for c in ceilings) else float(np.mean(ceilings))
     result["score"] = {"r2": mean_r2, "pct_nc": percent_of_ceiling(mean_r2, mean_ceiling)}

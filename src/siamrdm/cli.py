@@ -237,7 +237,7 @@ def cmd_fit(args) -> int:
     predictor = fit_predictor(config, train, val, seeds, out, resume=args.resume, progress=not args.quiet,
                               overwrite=args.overwrite)
     summary = {"model": str(out / "model.pt"), "targets": list(targets), "seeds": predictor.metrics}
-    print(json.dumps(summary, indent=2))
+    _print_json(summary)
     return 0
 
 
@@ -270,7 +270,7 @@ def cmd_lr_find(args) -> int:
     out = _out_dir(args.out)
     with run_folder_lock(out):
         result = lr_range_test(config, train, progress=not args.quiet)
-        write_text(out / "lr_find.json", json.dumps(result, indent=2))
+        write_text(out / "lr_find.json", json.dumps(_strict_json(result), indent=2, allow_nan=False))
         plot = plot_lr_range(result, out / "lr_find.png")
     print(f"suggested learning rate: {result['suggested_lr']:.3g} (curve: {plot})")
     return 0
@@ -532,10 +532,13 @@ def cmd_bench(args) -> int:
     result.setdefault("peak_rss_mb", bench.peak_rss_mb())
     result.setdefault("machine", bench.machine(torch.device(device)))
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2) if args.json else bench.format_report(result))
+        from .files import write_text
+
+        write_text(args.out, json.dumps(_strict_json(result), indent=2, allow_nan=False))
+    if args.json:
+        _print_json(result)
+    else:
+        print(bench.format_report(result))
     return 0
 
 

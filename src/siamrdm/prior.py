@@ -63,6 +63,9 @@ def stage_rdms(images: ImageSet | list[np.ndarray], backbone: str, weights: str 
         key = (str(images.source), tuple(images.names), backbone, weights, image_size)
         if key in _CACHE:
             return _CACHE[key]
+        part = _from_cached_superset(images, key)
+        if part is not None:
+            return part
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         body = create_body(backbone, weights, stage=backbone_stages(backbone)[-1])
@@ -72,6 +75,20 @@ def stage_rdms(images: ImageSet | list[np.ndarray], backbone: str, weights: str 
             _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = rdms
     return rdms
+
+
+def _from_cached_superset(images: ImageSet, key: tuple) -> dict[str, np.ndarray] | None:
+    """A subset's stage RDMs cut from a cached set that holds all its images (1 - Pearson r of a pair does not
+    depend on the other images), so folds and held-out splits of a set cost nothing more."""
+    source, names, *rest = key
+    for (cached_source, cached_names, *cached_rest), rdms in _CACHE.items():
+        if cached_source != source or cached_rest != rest:
+            continue
+        position = {name: k for k, name in enumerate(cached_names)}
+        if all(name in position for name in names):
+            index = np.array([position[name] for name in names])
+            return {stage: rdm[np.ix_(index, index)] for stage, rdm in rdms.items()}
+    return None
 
 
 def _rank01(vector: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import time
+import zlib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -189,6 +190,7 @@ class PairTargets:
     targets: torch.Tensor  # (P, T), P = N(N-1)/2 pairs in upper-triangle order
     subject_rdms: dict[str, np.ndarray]  # for validation with the official metric
     normalisation: dict[str, dict[str, float]]
+    keys: list[str]  # each image's identity (its folder and name): for the feature cache
 
 
 def prepare_set(dataset: BrainDataset, targets: tuple[str, ...], config: TrainConfig) -> PairTargets:
@@ -206,6 +208,7 @@ def prepare_set(dataset: BrainDataset, targets: tuple[str, ...], config: TrainCo
         targets=torch.tensor(np.stack(columns, axis=1), dtype=torch.float32),
         subject_rdms={t: dataset.targets[t] for t in targets},
         normalisation=normalisation,
+        keys=[f"{dataset.images.source}/{name}" for name in dataset.images.names],
     )
 
 
@@ -248,6 +251,49 @@ def augment_batch(images: torch.Tensor, config: TrainConfig, generator: torch.Ge
         crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         out[k] = crop[0].flip(-1) if flip < 0.5 else crop[0]
     return out
+
+
+# Frozen-body features of single images, shared by every Trainer of a process: a challenge fits many models on
+# the same images (targets, directions, held-out splits), and a pretrained body gives each image and augmented
+# view the same features every time. Keyed by everything the features depend on; bounded in entries.
+_VIEW_CACHE: dict[tuple, torch.Tensor] = {}
+_VIEW_CACHE_ENTRIES = 20_000
+
+
+@torch.no_grad()
+def frozen_views(model: SiameseRDMNet, data: PairTargets, config: TrainConfig, n_views: int,
+                 device: torch.device) -> torch.Tensor:
+    """(V, N, C, H, W) raw body features of every image: view 0 plain, then augmented views.
+
+    Each image's augmentation is drawn from a generator seeded by the run's seed, the image's identity and
+    the view, so an image has the same views whichever subset of its set it is trained in (folds, held-out
+    splits), and cached features can be reused. The body must be the untrained pretrained one.
+    """
+    body_key = (config.backbone, config.weights, config.stage, config.image_size, config.crop_scale, config.seed,
+                str(device))
+    out = None
+    for view in range(n_views):
+        keys = [(*body_key, key, view) for key in data.keys]
+        missing = [k for k, key in enumerate(keys) if key not in _VIEW_CACHE]
+        if missing:
+            pixels = data.images[missing]
+            if view:
+                pixels = torch.cat([augment_batch(pixels[m : m + 1], config, _image_generator(keys[k]))
+                                    for m, k in enumerate(missing)])
+            computed = body_features(model, pixels, config.body_chunk, device)
+            if len(_VIEW_CACHE) + len(missing) > _VIEW_CACHE_ENTRIES:
+                _VIEW_CACHE.clear()
+            for m, k in enumerate(missing):
+                _VIEW_CACHE[keys[k]] = computed[m]
+        stacked = torch.stack([_VIEW_CACHE[key] for key in keys])
+        if out is None:
+            out = stacked.new_empty((n_views, *stacked.shape))
+        out[view] = stacked
+    return out
+
+
+def _image_generator(key: tuple) -> torch.Generator:
+    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
 
 
 @torch.no_grad()
@@ -388,17 +434,10 @@ class Trainer:
         self.priors = self._fit_priors(train) if config.prior != "none" else {}
         self._val_priors = [prior_rdms(self.priors, d.images, config) for d in val]
         self.generator = torch.Generator().manual_seed(config.seed)
-        chunk = config.body_chunk
-        clean = [body_features(self.model, s.images, chunk, self.device) for s in self.train_sets]
-        self.model.set_feature_stats(torch.cat(clean))
-        # Cached body features per set for the frozen phase: view 0 plain, then augmented views.
-        self._views = []
+        # Body features per set for the frozen phase: view 0 plain, then augmented views.
         n_views = config.augment_views if config.augment and config.frozen_epochs else 1
-        for index, (s, plain) in enumerate(zip(self.train_sets, clean, strict=True)):
-            aug_gen = torch.Generator().manual_seed(config.seed * 1000 + index)
-            views = [plain] + [body_features(self.model, augment_batch(s.images, config, aug_gen), chunk, self.device)
-                               for _ in range(n_views - 1)]
-            self._views.append(torch.stack(views))
+        self._views = [frozen_views(self.model, s, config, n_views, self.device) for s in self.train_sets]
+        self.model.set_feature_stats(torch.cat([views[0] for views in self._views]))
         self.optimizer = torch.optim.AdamW(
             [{"params": self.model.head_parameters(), "lr": config.lr},
              {"params": self.model.body_parameters(), "lr": config.lr * config.body_lr_factor}],

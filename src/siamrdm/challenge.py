@@ -22,11 +22,21 @@ import numpy as np
 import torch
 
 from . import plots
-from .data import TARGETS, TRAINING_SETS, BrainDataset, load_algonauts_set, resolve_data_root, save_rdms, validate_rdms
+from .data import (
+    TARGETS,
+    TRAINING_SETS,
+    BrainDataset,
+    DataError,
+    load_algonauts_set,
+    resolve_data_root,
+    save_rdms,
+    validate_rdms,
+)
 from .files import atomic_path, check_run_folder, clear_run_folder, run_folder_lock, write_text
 from .predict import fit_predictor
 from .report import write_report
-from .train import TrainConfig, Trainer, check_config, pick_device
+from .scoring import score_with_ceiling
+from .train import TrainConfig, Trainer, check_config, pick_device, subset
 
 SUBMISSION_FILES = {"submit_fmri.mat": ("EVC", "IT"), "submit_meg.mat": ("MEG_early", "MEG_late")}
 VALIDATION_COLUMNS = ["method", "target", "direction", "r2", "pct_nc", "p", "noise_ceiling", "epochs"]
@@ -59,38 +69,53 @@ def write_table(rows: list[dict], out_dir: Path, stem: str) -> None:
     write_text(out_dir / f"{stem}.md", "\n".join(lines) + "\n")
 
 
-def validation_curves(config: TrainConfig, sets: dict[str, BrainDataset], seeds: tuple[int, ...],
-                      progress: bool = True) -> dict[str, list[dict]]:
-    """Per direction ('92->118', '118->92'), per epoch: the validation score of the one target, seed-averaged.
+def cross_set_splits(sets: dict[str, BrainDataset]) -> dict[str, tuple[BrainDataset, BrainDataset]]:
+    """Fit on one training set, score on the other: '92->118' and '118->92'."""
+    return {f"{a}->{b}": (sets[a], sets[b]) for a, b in (("92", "118"), ("118", "92"))}
 
-    With a prior the curve starts at epoch 0 (the prior alone, before any step), so the chosen epoch count can
-    be 0 when training does not improve on the baseline.
+
+def fold_splits(dataset: BrainDataset, folds: int, seed: int = 0) -> dict[str, tuple[BrainDataset, BrainDataset]]:
+    """Image-level folds within one set: train on pairs among the other folds' images, score pairs among the
+    held-out fold's images. No pair crosses the split, so held-out scores measure generalisation to new images."""
+    n = len(dataset)
+    if not 2 <= folds <= n // 3:
+        raise DataError(f"folds: {folds} folds of {n} images (each fold needs at least 3 images)")
+    order = np.random.default_rng(seed).permutation(n)
+    parts = np.array_split(order, folds)
+    splits = {}
+    for k, held_out in enumerate(parts):
+        kept = np.sort(np.setdiff1d(order, held_out))
+        splits[f"{dataset.name} fold {k + 1}"] = (subset(dataset, kept, f"{dataset.name}-f{k + 1}-train"),
+                                                   subset(dataset, np.sort(held_out), f"{dataset.name}-f{k + 1}-val"))
+    return splits
+
+
+def validation_curves(config: TrainConfig, splits: dict[str, tuple[BrainDataset, BrainDataset]],
+                      seeds: tuple[int, ...], progress: bool = True) -> dict[str, list[dict]]:
+    """Per split (e.g. '92->118'), per epoch: the validation score of the one target's seed ensemble.
+
+    The seeds train side by side and their predicted RDMs are averaged before scoring, as the final
+    predictor averages them. With a prior the curve starts at epoch 0 (the prior alone, before any step),
+    so the chosen epoch count can be 0 when training does not improve on the baseline.
     """
     (target,) = config.targets
     curves = {}
-    for train_name, test_name in (("92", "118"), ("118", "92")):
-        per_seed = []
-        for seed in seeds:
-            trainer = Trainer(replace(config, seed=seed), [sets[train_name]], [sets[test_name]], progress=False)
-            key, rows = f"{test_name}/{target}", []
-            if trainer.priors:
-                rows.append({"epoch": 0, "loss": trainer.validate_start()["loss"], **trainer.last_scores[key]})
-            for _ in range(config.epochs):
-                row = trainer.run_epoch()
-                rows.append({"epoch": row["epoch"], "loss": row["loss"], **trainer.last_scores[key]})
-            per_seed.append(rows)
-        curves[f"{train_name}->{test_name}"] = [_mean_row([run[e] for run in per_seed])
-                                                for e in range(len(per_seed[0]))]
+    for label, (train_set, val_set) in splits.items():
+        trainers = [Trainer(replace(config, seed=seed), [train_set], [val_set], progress=False) for seed in seeds]
+        rows = [_ensemble_row(trainers, val_set, target, 0, [t.validate_start()["loss"] for t in trainers])
+                ] if trainers[0].priors else []
+        for epoch in range(1, config.epochs + 1):
+            losses = [t.run_epoch()["loss"] for t in trainers]
+            rows.append(_ensemble_row(trainers, val_set, target, epoch, losses))
+        curves[label] = rows
     return curves
 
 
-def _mean_row(rows: list[dict]) -> dict:
-    """One epoch of a curve averaged over seeds: r2, percent of the ceiling, p and the training loss."""
-    mean = {"epoch": rows[0]["epoch"], "noise_ceiling": rows[0]["noise_ceiling"]}
-    for key in ("r2", "pct_nc", "p", "loss"):
-        values = [r[key] for r in rows]
-        mean[key] = None if any(v is None for v in values) else float(np.mean(values))
-    return mean
+def _ensemble_row(trainers: list[Trainer], val_set: BrainDataset, target: str, epoch: int, losses: list) -> dict:
+    """One epoch of a curve: the seeds' predicted RDMs averaged, then scored; the mean training loss."""
+    mean_rdm = np.mean([t.last_rdms[val_set.name][0] for t in trainers], axis=0)
+    loss = None if None in losses else float(np.mean(losses))
+    return {"epoch": epoch, "loss": loss, **score_with_ceiling(mean_rdm, target, val_set.targets[target])}
 
 
 def choose_epochs(curves: dict[str, list[dict]]) -> tuple[int, dict[str, int]]:
@@ -152,7 +177,7 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
         target_config = replace(config, targets=(target,))
         epochs = target_config.epochs
         if validate:
-            curves = all_curves[target] = validation_curves(target_config, sets, seeds, progress)
+            curves = all_curves[target] = validation_curves(target_config, cross_set_splits(sets), seeds, progress)
             epochs, crossed = choose_epochs(curves)
             for direction, epoch in crossed.items():
                 row = next(r for r in curves[direction] if r["epoch"] == epoch)

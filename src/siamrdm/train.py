@@ -454,6 +454,7 @@ class Trainer:
                 group["lr"] = lr
         self._val_features: dict[int, torch.Tensor] = {}
         self.last_scores: dict[str, dict] = {}  # the latest epoch's validation scores, 'set/target' -> row
+        self.last_rdms: dict[str, np.ndarray] = {}  # the latest epoch's predicted (T, N, N) RDMs per validation set
         self.epoch = 0
         self.history: list[dict] = []
         self.best_state = copy.deepcopy(self.model.state_dict())
@@ -550,7 +551,7 @@ class Trainer:
             if not frozen or k not in self._val_features:  # a frozen body gives the same features every epoch
                 self._val_features[k] = feature_views(self.model, s.images, self.config.body_chunk, self.device,
                                                       self.config.tta)
-            rdms = predict_rdms(self.model, self._val_features[k], self._val_priors[k])
+            rdms = self.last_rdms[s.name] = predict_rdms(self.model, self._val_features[k], self._val_priors[k])
             for target, row in validation_scores(rdms, s.subject_rdms).items():
                 scores[f"{s.name}/{target}"] = row
         return scores

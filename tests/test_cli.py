@@ -18,7 +18,7 @@ from scipy import stats
 from siamrdm import cli, data, scoring
 from siamrdm.rdm import upper_tri
 
-ROW_FIELDS = {"r2", "p", "p_signed", "p_perm", "pct_nc", "noise_ceiling"}
+ROW_FIELDS = {"r2", "p", "p_signed", "p_perm", "pct_nc", "noise_ceiling", "ceiling_source"}
 
 
 def run_process(*args: str, env_data: str | None = None) -> subprocess.CompletedProcess:

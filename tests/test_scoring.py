@@ -172,7 +172,14 @@ def test_reference_ceiling_official_or_computed(make_rdms) -> None:
         target = make_rdms(n, subjects=2, seed=n)
         assert scoring.reference_ceiling("EVC_RDMs", target) == official["EVC"]
         assert scoring.reference_ceiling("IT", target) == official["IT"]
-        assert scoring.reference_ceiling("MEG_RDMs_late", target) == official["MEG_late"]
+        # MEG: the official ceiling belongs to the official (subjects, 2, N, N) files; window-averaged
+        # (subjects, N, N) files are other data and get their own computed ceiling.
+        two_per_subject = np.stack([target, target[::-1]], axis=1)
+        assert scoring.reference_ceiling("MEG_RDMs_late", two_per_subject) == official["MEG_late"]
+        assert scoring.ceiling_source("MEG_RDMs_late", two_per_subject) == "official"
+        assert scoring.reference_ceiling("MEG_RDMs_late", target) == pytest.approx(scoring.noise_ceiling(target)[0])
+        assert scoring.ceiling_source("MEG_RDMs_late", target) == "computed"
+        assert scoring.ceiling_source("IT_RDMs", target) == "official"
         # A key that is not an official target gets the computed upper ceiling.
         assert scoring.reference_ceiling("V4_RDMs", target) == pytest.approx(scoring.noise_ceiling(target)[0])
     assert scoring.reference_ceiling("EVC_RDMs", make_rdms(78, seed=1)) == 0.0640  # even for one RDM
@@ -204,7 +211,8 @@ def test_score_submission_structure_and_overall(make_rdms) -> None:
     assert list(result) == ["EVC_RDMs", "IT_RDMs", "score"]  # complete: no "missing"
     for key in ("EVC_RDMs", "IT_RDMs"):
         row = result[key]
-        assert set(row) == {"r2", "p", "p_signed", "p_perm", "pct_nc", "noise_ceiling"}
+        assert set(row) == {"r2", "p", "p_signed", "p_perm", "pct_nc", "noise_ceiling", "ceiling_source"}
+        assert row["ceiling_source"] == "computed"  # 10 images: no official ceiling
         score = scoring.score_rdm(submission[key], targets[key])
         ceiling = scoring.noise_ceiling(targets[key])[0]
         assert row["r2"] == pytest.approx(score.r2) and row["p"] == pytest.approx(score.p)

@@ -39,7 +39,7 @@ from .scoring import score_with_ceiling
 from .train import TrainConfig, Trainer, check_config, pick_device, subset
 
 SUBMISSION_FILES = {"submit_fmri.mat": ("EVC", "IT"), "submit_meg.mat": ("MEG_early", "MEG_late")}
-VALIDATION_COLUMNS = ["method", "target", "direction", "r2", "pct_nc", "p", "noise_ceiling", "epochs"]
+VALIDATION_COLUMNS = ["method", "target", "direction", "r2", "pct_nc", "p", "noise_ceiling", "ceiling_source", "epochs"]
 
 
 def write_submissions(out_dir: str | os.PathLike, rdms: dict[str, np.ndarray]) -> list[Path]:

@@ -185,14 +185,38 @@ def official_noise_ceiling(key: str, n_images: int) -> float | None:
     return OFFICIAL_NOISE_CEILINGS.get(n_images, {}).get(target_name(key))
 
 
-def reference_ceiling(key: str, target_rdms: np.ndarray) -> float | None:
-    """The ceiling a score is divided by: official for the Algonauts sets, else the computed upper bound."""
+_MEG_TARGETS = ("MEG_early", "MEG_late")
+_COMPUTED_CEILINGS: dict[tuple, float] = {}
+
+
+def ceiling_source(key: str, target_rdms: np.ndarray) -> str | None:
+    """Which ceiling belongs to these data: 'official' for the Algonauts sets in the official layout,
+    'computed' (upper bound from the subjects) otherwise, None for a single subject.
+
+    The official MEG ceilings were computed on the (subjects, 2, N, N) files; the window-averaged
+    (subjects, N, N) MEG files are other data, so their ceiling is computed from them. A single RDM keeps
+    the official ceiling, having none of its own.
+    """
     official = official_noise_ceiling(key, target_rdms.shape[-1])
-    if official is not None:
-        return official
-    if subject_rdms(target_rdms).shape[0] < 2:
+    meg_averaged = target_name(key) in _MEG_TARGETS and target_rdms.ndim == 3
+    if official is not None and not meg_averaged:
+        return "official"
+    return "computed" if subject_rdms(target_rdms).shape[0] >= 2 else None
+
+
+def reference_ceiling(key: str, target_rdms: np.ndarray) -> float | None:
+    """The ceiling a score is divided by (see `ceiling_source`). Computed ceilings are kept per data, since
+    training validates against the same subjects every epoch."""
+    source = ceiling_source(key, target_rdms)
+    if source == "official":
+        return official_noise_ceiling(key, target_rdms.shape[-1])
+    if source is None:
         return None
-    return noise_ceiling(target_rdms)[0]
+    data = np.asarray(target_rdms, dtype=np.float64)
+    fingerprint = (data.shape, float(data.sum()), float(np.square(data).sum()), float(data.ravel()[::7].sum()))
+    if fingerprint not in _COMPUTED_CEILINGS:
+        _COMPUTED_CEILINGS[fingerprint] = noise_ceiling(data)[0]
+    return _COMPUTED_CEILINGS[fingerprint]
 
 
 def percent_of_ceiling(r2: float, ceiling: float | None) -> float | None:
@@ -204,7 +228,7 @@ def score_with_ceiling(model_rdm: np.ndarray, key: str, target_rdms: np.ndarray)
     score = score_rdm(model_rdm, target_rdms)
     ceiling = reference_ceiling(key, target_rdms)
     return {"r2": score.r2, "p": score.p, "p_signed": score.p_signed, "noise_ceiling": ceiling,
-            "pct_nc": percent_of_ceiling(score.r2, ceiling)}
+            "ceiling_source": ceiling_source(key, target_rdms), "pct_nc": percent_of_ceiling(score.r2, ceiling)}
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -242,7 +266,8 @@ def score_submission(
         p_perm = permutation_p(model, targets[key], permutations, seed) if permutations else None
         ceilings.append(row["noise_ceiling"])
         result[key] = {"r2": row["r2"], "p": _finite_or_none(row["p"]), "p_signed": _finite_or_none(row["p_signed"]),
-                       "p_perm": p_perm, "pct_nc": row["pct_nc"], "noise_ceiling": row["noise_ceiling"]}
+                       "p_perm": p_perm, "pct_nc": row["pct_nc"], "noise_ceiling": row["noise_ceiling"],
+                       "ceiling_source": row["ceiling_source"]}
     if missing:
         result["score"] = None
         result["missing"] = missing

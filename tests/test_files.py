@@ -103,7 +103,10 @@ def test_clear_run_folder(tmp_path: Path) -> None:
     (mine / "thesis.tex").write_text("years of work")
     with pytest.raises(DataError, match="not a siamrdm run folder"):
         files.clear_run_folder(mine)
-    assert (mine / "thesis.tex").read_text() == "years of work"
+    with pytest.raises(DataError, match="not a siamrdm run folder"):  # found before any work, lock file included
+        files.check_run_folder(mine, overwrite=True)
+    assert names(mine) == ["thesis.tex"] and (mine / "thesis.tex").read_text() == "years of work"
+    assert files.check_run_folder(tmp_path / "new", overwrite=True) == tmp_path / "new"
 
     run = tmp_path / "run"
     (run / "EVC" / "seed0").mkdir(parents=True)
@@ -115,6 +118,14 @@ def test_clear_run_folder(tmp_path: Path) -> None:
     files.clear_run_folder(run)
     assert names(run) == [files.LOCK_NAME]  # the lock stays: the clearing run holds it
     assert (mine / "thesis.tex").read_text() == "years of work"  # a link is removed, not followed
+
+    fitted = tmp_path / "fitted"  # what `siamrdm fit` leaves: model.pt, no settings.json
+    (fitted / "seed0").mkdir(parents=True)
+    (fitted / "seed0" / "last.pt").write_bytes(b"x")
+    (fitted / "model.pt").write_bytes(b"x")
+    files.check_run_folder(fitted, overwrite=True)
+    files.clear_run_folder(fitted)
+    assert names(fitted) == []
 
 
 # --------------------------------------------------------------------------- the run-folder lock

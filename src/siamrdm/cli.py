@@ -212,12 +212,13 @@ def _training_datasets(args) -> tuple[list, list, tuple[str, ...]]:
     return train, val, targets
 
 
-def _out_dir(path: str, allow_existing: bool = True) -> Path:
-    """A run folder checked before any work: creatable and writable; with `allow_existing` False, empty."""
+def _out_dir(path: str, allow_existing: bool = True, overwrite: bool = False) -> Path:
+    """A run folder checked before any work: creatable and writable; with `allow_existing` False, empty; with
+    `overwrite`, empty or an earlier run's."""
     from .files import check_run_folder
 
     try:
-        return check_run_folder(path, allow_existing)
+        return check_run_folder(path, allow_existing, overwrite)
     except data.DataError as exc:
         if allow_existing or "not empty" not in str(exc):
             raise
@@ -231,7 +232,7 @@ def cmd_fit(args) -> int:
     train, val, targets = _training_datasets(args)
     config = _config_from_args(args, targets)
     seeds = _seeds(args)
-    out = _out_dir(args.out, allow_existing=args.resume or args.overwrite)
+    out = _out_dir(args.out, allow_existing=args.resume or args.overwrite, overwrite=args.overwrite)
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
     predictor = fit_predictor(config, train, val, seeds, out, resume=args.resume, progress=not args.quiet,
@@ -285,7 +286,7 @@ def cmd_challenge(args) -> int:
         raise UsageError(f"--targets: unknown {', '.join(unknown)} (choose from {', '.join(data.TARGET_NAMES)})")
     config = _config_from_args(args, targets)
     seeds = _seeds(args)
-    out = _out_dir(args.out, allow_existing=args.overwrite)
+    out = _out_dir(args.out, allow_existing=args.overwrite, overwrite=args.overwrite)
     result = run_challenge(config, args.data, out, targets, seeds, validate=not args.no_validate,
                            progress=not args.quiet, overwrite=args.overwrite)
     for row in result["validation"]:
@@ -432,7 +433,7 @@ def cmd_evaluate(args) -> int:
         raise UsageError("--batch-size must be at least 1")
     config = _config_from_args(args, targets)
     seeds = _seeds(args)
-    out = _out_dir(args.out, allow_existing=args.overwrite)
+    out = _out_dir(args.out, allow_existing=args.overwrite, overwrite=args.overwrite)
     start = time.perf_counter()
     with run_folder_lock(out):
         if args.overwrite:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +20,9 @@ from filelock import FileLock, Timeout
 from .data import DataError
 
 LOCK_NAME = ".siamrdm.lock"
-RUN_MARKER = "settings.json"  # every finished run folder holds one; `--overwrite` clears only such folders
+# Every finished run folder holds one of these: settings.json (challenge, evaluate) or model.pt (fit).
+# `--overwrite` clears only such folders.
+RUN_MARKERS = ("settings.json", "model.pt")
 
 
 @contextlib.contextmanager
@@ -31,14 +33,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = _create_unique(path)
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _create_unique(path: Path) -> Path:
+    """Create an empty, uniquely named file beside `path`. Unlike tempfile.mkstemp (mode 0600) its mode is
+    what open() would give (0666 less the umask), so the renamed file is as readable as any other output."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.stem}.{secrets.token_hex(6)}.tmp{path.suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{path}: no free temporary name beside it")
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -58,11 +71,12 @@ def check_output_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def check_run_folder(path: str | os.PathLike, allow_existing: bool = True) -> Path:
+def check_run_folder(path: str | os.PathLike, allow_existing: bool = True, overwrite: bool = False) -> Path:
     """A run folder that can be created or written, checked before any work.
 
     With `allow_existing` False, an existing non-empty folder is refused (a re-run would mix old and new
-    outputs); `prepare_run_folder(..., overwrite=True)` clears an old run instead.
+    outputs); `clear_run_folder` clears an old run instead. With `overwrite`, a non-empty folder must be one
+    that `clear_run_folder` will clear, so a refusal comes before the lock file is made in it.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -70,6 +84,8 @@ def check_run_folder(path: str | os.PathLike, allow_existing: bool = True) -> Pa
     _check_creatable(path, path)
     if not allow_existing and _has_outputs(path):
         raise DataError(f"{path}: folder is not empty (it holds an earlier run); choose a new folder or overwrite it")
+    if overwrite:
+        _check_clearable(path)
     return path
 
 
@@ -88,13 +104,18 @@ def _has_outputs(folder: Path) -> bool:
     return folder.is_dir() and any(p.name != LOCK_NAME for p in folder.iterdir())
 
 
+def _check_clearable(path: Path) -> None:
+    if _has_outputs(path) and not any((path / marker).is_file() for marker in RUN_MARKERS):
+        raise DataError(f"{path}: not empty and not a siamrdm run folder (no {' or '.join(RUN_MARKERS)}); "
+                        "refusing to clear it")
+
+
 def clear_run_folder(path: Path) -> None:
-    """Remove an earlier run's outputs. Only a folder that a siamrdm run finished in (it holds settings.json)
-    is cleared, so a mistyped path never empties someone's folder."""
+    """Remove an earlier run's outputs. Only a folder that a siamrdm run finished in (it holds settings.json
+    or model.pt) is cleared, so a mistyped path never empties someone's folder."""
+    _check_clearable(path)
     if not _has_outputs(path):
         return
-    if not (path / RUN_MARKER).is_file():
-        raise DataError(f"{path}: not empty and not a siamrdm run folder (no {RUN_MARKER}); refusing to clear it")
     for entry in path.iterdir():
         if entry.name == LOCK_NAME:
             continue

@@ -1,0 +1,335 @@
+"""Reliability and security (issue #8): no code runs from a user's file, one run per folder, options checked
+before any work with nothing written on refusal, a NaN loss stops the run, and the best epoch is never the
+untrained model.
+
+The runs are tiny: 12 real images of the 92-image set as "your own data" (15 subjects' IT RDMs under the key
+V4, so no official ceiling), the default efficientnet_lite0 body with random weights at 64 px, one epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_one_line_error
+
+from siamrdm import cli, data, files, scoring, train
+from siamrdm.data import DataError
+from siamrdm.predict import MODEL_FORMAT
+
+FAST = ("--epochs", "1", "--image-size", "64", "--weights", "random", "--no-augment", "--quiet", "--device", "cpu")
+
+
+def run_main(capsys: pytest.CaptureFixture, *args: str | Path) -> tuple[int, str, str]:
+    """`siamrdm ARGS` in this process; an argparse refusal (SystemExit) counts as its exit code."""
+    try:
+        code = cli.main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative path -> bytes); a changed, added or removed file changes it."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class RunsCode:
+    """Unpickling this calls open(marker, 'w'): a loader that runs code from the file leaves the marker behind."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def craft(path: Path, marker: Path, payload: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({**payload, "hook": RunsCode(marker)}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def own_data(tmp_path_factory: pytest.TempPathFactory, set92: Path, fmri92: dict[str, np.ndarray]) -> tuple[str, ...]:
+    """The options of `fit` for 12 real images with 15 subjects' RDMs under the key V4."""
+    folder = tmp_path_factory.mktemp("own")
+    images = folder / "images"
+    images.mkdir()
+    index = np.arange(0, 92, 8)
+    names = data.load_image_set(set92 / "92images").names
+    for rank, k in enumerate(index):
+        shutil.copy(set92 / "92images" / names[k], images / f"stim_{rank:02d}.jpg")
+    rdms = folder / "rdms.npy"
+    np.save(rdms, fmri92["IT_RDMs"][:, index[:, None], index[None, :]])
+    return "--images", str(images), "--rdms", str(rdms), "--key", "V4"
+
+
+@pytest.fixture(scope="module")
+def fitted_run(tmp_path_factory: pytest.TempPathFactory, own_data: tuple[str, ...]) -> Path:
+    """A genuine run folder written by `siamrdm fit` (model.pt, seed0/last.pt, seed0/log.csv). Do not modify."""
+    out = tmp_path_factory.mktemp("fitted") / "run"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["fit", *own_data, *FAST, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def evc92(data_root: Path) -> data.BrainDataset:
+    return data.load_algonauts_set(data_root, "92", ("EVC",))
+
+
+def fast_config(**overrides) -> train.TrainConfig:
+    values = dict(image_size=64, weights="random", augment=False, frozen_epochs=1, unfrozen_epochs=0, lr=3e-3,
+                  device="cpu", targets=("EVC",))
+    values.update(overrides)
+    return train.TrainConfig(**values)
+
+
+# --------------------------------------------------------------------------- 1. no code from a user's file
+
+
+def test_crafted_model_file_runs_no_code(capsys, tmp_path: Path, own_data: tuple[str, ...]) -> None:
+    marker = tmp_path / "pwned"
+    crafted = craft(tmp_path / "crafted.pt", marker, {"format": MODEL_FORMAT, "config": {}, "members": []})
+    prediction = tmp_path / "pred.mat"
+    code, out, err = run_main(capsys, "predict", crafted, "--images", own_data[1], "--out", prediction,
+                              "--device", "cpu")
+    assert not marker.exists()
+    assert code == 2 and out == ""
+    assert_one_line_error(err, str(crafted))
+    assert not prediction.exists()
+    with pytest.raises(DataError, match="crafted.pt") as info:
+        train.load_checkpoint(crafted)
+    assert "\n" not in str(info.value)
+    assert not marker.exists()
+    # The bait is real: a loader that unpickles code runs it.
+    torch.load(crafted, weights_only=False)
+    assert marker.exists()
+
+
+def test_crafted_checkpoint_is_not_run_on_resume(capsys, tmp_path: Path, own_data: tuple[str, ...]) -> None:
+    """`fit --resume` reads <out>/seed0/last.pt: a crafted one is refused in one line and runs nothing."""
+    marker = tmp_path / "pwned"
+    out = tmp_path / "run"
+    last = craft(out / "seed0" / "last.pt", marker, {"epoch": 1, "config": {}})
+    code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out, "--resume")
+    assert not marker.exists()
+    assert code == 2 and stdout == ""
+    assert_one_line_error(err, str(last), "unreadable checkpoint")
+    assert not (out / "model.pt").exists()
+
+
+def test_genuine_files_still_load_and_predict(capsys, tmp_path: Path, fitted_run: Path,
+                                              own_data: tuple[str, ...]) -> None:
+    last = train.load_checkpoint(fitted_run / "seed0" / "last.pt")
+    assert last["epoch"] == 1 and last["config"]["image_size"] == 64
+    prediction = tmp_path / "pred.npy"
+    code, out, err = run_main(capsys, "predict", fitted_run / "model.pt", "--images", own_data[1], "--out",
+                              prediction, "--device", "cpu")
+    assert code == 0 and err == "", err
+    rdm = np.load(prediction)
+    assert rdm.shape == (12, 12) and np.all(np.isfinite(rdm))
+    np.testing.assert_array_equal(rdm, rdm.T)
+
+
+# --------------------------------------------------------------------------- 2. one run per folder
+
+
+def test_locked_folder_is_refused_then_free(capsys, tmp_path: Path, own_data: tuple[str, ...]) -> None:
+    out = tmp_path / "run"
+    with files.run_folder_lock(out):  # another run holds the folder
+        code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out)
+        assert code == 2 and stdout == ""
+        assert_one_line_error(err, str(out), "locked")
+        assert sorted(p.name for p in out.iterdir()) == [files.LOCK_NAME]  # nothing written
+    code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out)
+    assert code == 0, err
+    assert (out / "model.pt").is_file() and json.loads(stdout)["seeds"]["seed0"]["epochs_run"] == 1
+
+
+# --------------------------------------------------------------------------- 3. re-runs into an existing folder
+
+
+def test_challenge_rerun_needs_overwrite(capsys, tmp_path: Path, data_root: Path, make_rdms) -> None:
+    out = tmp_path / "challenge"
+    args = ("challenge", "--data", data_root, "--targets", "EVC", *FAST, "--no-validate", "--out", out)
+    code, _, err = run_main(capsys, *args)
+    assert code == 0, err
+    # What an earlier run with MEG targets left (this run did EVC only): stale beside the new outputs.
+    data.save_rdms(out / "submit_meg.mat", {"MEG_RDMs_late": make_rdms(78)})
+    (out / "MEG_late" / "seed0").mkdir(parents=True)
+    (out / "MEG_late" / "seed0" / "log.csv").write_text("epoch,loss\n1,0.1\n")
+    before = snapshot(out)
+
+    code, stdout, err = run_main(capsys, *args)
+    assert code == 2 and stdout == ""
+    assert_one_line_error(err, str(out), "--overwrite")
+    assert snapshot(out) == before
+
+    code, _, err = run_main(capsys, *args, "--overwrite")
+    assert code == 0, err
+    assert not (out / "submit_meg.mat").exists() and not (out / "MEG_late").exists()
+    assert (out / "submit_fmri.mat").is_file() and (out / "EVC" / "model.pt").is_file()
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["targets"] == ["EVC"] and settings["submission_files"] == ["submit_fmri.mat"]
+
+
+def test_challenge_refusals_write_nothing(capsys, tmp_path: Path, data_root: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("not a siamrdm run")
+    before = snapshot(mine)
+    code, stdout, err = run_main(capsys, "challenge", "--data", data_root, "--targets", "EVC", *FAST, "--out", mine,
+                                 "--overwrite")
+    assert code == 2 and stdout == ""
+    assert_one_line_error(err, str(mine), "not a siamrdm run folder")
+    assert snapshot(mine) == before and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+    new = tmp_path / "new"
+    code, stdout, err = run_main(capsys, "challenge", "--data", data_root, "--targets", "EVC", *FAST, "--lr", "nan",
+                                 "--out", new)
+    assert code == 2 and stdout == ""
+    assert_one_line_error(err, "--lr")
+    assert not new.exists()
+
+
+def test_fit_rerun_needs_overwrite_or_resume(capsys, tmp_path: Path, fitted_run: Path,
+                                            own_data: tuple[str, ...]) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(fitted_run, out)
+    before = snapshot(out)
+    code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out)
+    assert code == 2 and stdout == ""
+    assert_one_line_error(err, str(out), "--overwrite")
+    assert snapshot(out) == before
+    code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out, "--resume", "--overwrite")
+    assert code == 2 and stdout == ""
+    assert_one_line_error(err, "--resume", "--overwrite")
+    assert snapshot(out) == before
+
+    # --overwrite replaces the earlier fit: an old seed's files go, the new run's come.
+    (out / "seed5").mkdir()
+    shutil.copy(out / "seed0" / "last.pt", out / "seed5" / "last.pt")
+    code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out, "--overwrite")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [files.LOCK_NAME, "model.pt", "seed0"]
+
+
+# --------------------------------------------------------------------------- 4. options checked before any work
+
+
+@pytest.mark.parametrize(("options", "flag"), [
+    (("--lr", "nan"), "--lr"),
+    (("--lr", "-1"), "--lr"),
+    (("--lr", "inf"), "--lr"),
+    (("--lr", "0"), "--lr"),
+    (("--image-size", "16"), "--image-size"),  # 1 x 1 maps at efficientnet_lite0's blocks4; the head needs 3 x 3
+    (("--image-size", "8"), "--image-size"),
+    (("--val-fraction", "0.99"), "--val-fraction"),  # all 12 images held out
+    (("--val-fraction", "0.8"), "--val-fraction"),  # 2 left to train on
+    (("--val-fraction", "1.5"), "--val-fraction"),
+    (("--device", "tpu"), "--device"),
+    (("--device", "cuda:7"), "--device"),
+])
+def test_bad_fit_options_exit_2_and_write_nothing(capsys, tmp_path: Path, own_data: tuple[str, ...],
+                                                  options: tuple[str, ...], flag: str) -> None:
+    if options == ("--device", "cuda:7") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    out = tmp_path / "new"
+    code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, *options, "--out", out)
+    assert code == 2 and stdout == ""
+    assert_one_line_error(err, flag)
+    assert not out.exists()
+
+
+def test_bad_predict_outputs_exit_2_and_write_nothing(capsys, tmp_path: Path, fitted_run: Path,
+                                                      own_data: tuple[str, ...]) -> None:
+    folder = tmp_path / "existing.mat"
+    folder.mkdir()
+    code, stdout, err = run_main(capsys, "predict", fitted_run / "model.pt", "--images", own_data[1], "--out", folder,
+                                 "--device", "cpu")
+    assert code == 2 and stdout == ""
+    assert_one_line_error(err, str(folder), "folder")
+    assert list(folder.iterdir()) == []
+    a_file = tmp_path / "somefile.txt"
+    a_file.write_text("keep me")
+    code, stdout, err = run_main(capsys, "predict", fitted_run / "model.pt", "--images", own_data[1], "--out",
+                                 a_file / "x.mat", "--device", "cpu")
+    assert code == 2 and stdout == ""
+    assert_one_line_error(err, "somefile.txt", "is a file")
+    assert a_file.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.mat", "somefile.txt"]
+
+
+# --------------------------------------------------------------------------- 5. a NaN loss stops the run
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, evc92: data.BrainDataset) -> None:
+    out = tmp_path / "run"
+    trainer = train.Trainer(fast_config(), [train.subset(evc92, np.arange(10), "92-ten")], out_dir=out,
+                            progress=False)
+    trainer.fit(checkpoint_every_s=0)
+    good_checkpoint, good_log = (out / "last.pt").read_bytes(), (out / "log.csv").read_bytes()
+    # One more epoch with the head's weights poisoned: its loss is NaN.
+    trainer.config = replace(trainer.config, frozen_epochs=2)
+    with torch.no_grad():
+        for p in trainer.model.head_parameters():
+            p.fill_(math.nan)
+    with pytest.raises(DataError, match="diverged at epoch 2") as info:  # the command line: one line, exit 2
+        trainer.fit(checkpoint_every_s=0)
+    assert isinstance(info.value, train.TrainingDiverged)
+    assert (out / "last.pt").read_bytes() == good_checkpoint
+    assert (out / "log.csv").read_bytes() == good_log
+    assert sorted(p.name for p in out.iterdir()) == ["last.pt", "log.csv"]  # no temporary file left
+    saved = train.load_checkpoint(out / "last.pt")
+    assert saved["epoch"] == 1 and [row["epoch"] for row in saved["history"]] == [1]
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
+# --------------------------------------------------------------------------- 6. choosing the best epoch
+
+
+def test_best_epoch_without_a_ceiling_is_chosen_on_r2(evc92: data.BrainDataset) -> None:
+    """Validation RDMs of one subject have no noise ceiling (pct_nc None): the best epoch is the one of the
+    highest r2, never epoch 0, the untrained model."""
+    val = train.subset(evc92, np.arange(50, 58), "92-val")
+    one_subject = data.BrainDataset("one-subject", val.images, {"EVC": val.targets["EVC"][:1]})
+    result = train.fit(fast_config(frozen_epochs=3), [train.subset(evc92, np.arange(10), "92-ten")], [one_subject],
+                       progress=False)
+    assert [row["val_pct_nc"] for row in result.history] == [None, None, None]
+    assert result.best_epoch >= 1
+    r2 = [row["val_r2"] for row in result.history]
+    assert all(math.isfinite(x) for x in r2)
+    assert result.best_epoch == 1 + int(np.argmax(r2)) >= 1
+    assert result.best_score == pytest.approx(max(r2))
+
+
+def test_selection_score() -> None:
+    with_ceiling = {"a": {"r2": 0.2, "pct_nc": 40.0}, "b": {"r2": 0.1, "pct_nc": 20.0}}
+    assert train.selection_score(with_ceiling) == pytest.approx(30.0)  # mean percent of the ceiling
+    one_without = {"a": {"r2": 0.2, "pct_nc": 40.0}, "b": {"r2": 0.1, "pct_nc": None}}
+    assert train.selection_score(one_without) == pytest.approx(0.15)  # mean r2 when any target lacks a ceiling
+    assert train.selection_score({"a": {"r2": math.nan, "pct_nc": None}}) == -math.inf  # NaN is the worst
+    assert train.selection_score({"a": {"r2": 0.3, "pct_nc": math.nan}}) == -math.inf
+    assert train.selection_score({"a": {"r2": -0.99, "pct_nc": None}}) > -math.inf
+
+
+def test_computed_ceiling_without_an_official_one(evc92: data.BrainDataset) -> None:
+    """15 subjects of 8 images: no official ceiling for 8 images, so the computed one gives pct_nc."""
+    val = train.subset(evc92, np.arange(50, 58), "92-val")
+    assert scoring.official_noise_ceiling("EVC", 8) is None
+    trainer = train.Trainer(fast_config(), [train.subset(evc92, np.arange(10), "92-ten")], [val], progress=False)
+    row = trainer.validate(frozen=True)["92-val/EVC"]
+    ceiling = scoring.reference_ceiling("EVC", val.targets["EVC"])
+    assert ceiling is not None and row["noise_ceiling"] == pytest.approx(ceiling)
+    assert row["pct_nc"] == pytest.approx(100 * row["r2"] / ceiling)

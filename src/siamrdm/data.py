@@ -309,18 +309,15 @@ def save_rdms(path: str | os.PathLike, rdms: dict[str, np.ndarray]) -> Path:
         raise DataError(f"{path}: unsupported output type '{suffix}' (use .mat, .npy or .npz)")
     if suffix == ".npy" and len(rdms) != 1:
         raise DataError(f"{path}: .npy holds one array, got {len(rdms)}; use .mat or .npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{suffix}")
-    try:
+    from .files import atomic_path  # files.py builds on this module's DataError
+
+    with atomic_path(path) as tmp:
         if suffix == ".mat":
             scipy.io.savemat(tmp, {k: np.asarray(v, dtype=np.float64) for k, v in rdms.items()})
         elif suffix == ".npz":
             np.savez(tmp, **{k: np.asarray(v, dtype=np.float64) for k, v in rdms.items()})
         else:
             np.save(tmp, np.asarray(next(iter(rdms.values())), dtype=np.float64))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

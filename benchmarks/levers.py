@@ -1,0 +1,136 @@
+"""Which levers make the Siamese network generalise to new images: chosen on image folds, reported across sets.
+
+For every lever (a set of TrainConfig overrides, or a seed ensemble) and target, two protocols:
+
+- selection (the numbers used to choose the defaults): image-level folds within each training set. Each of
+  the 92 and 118 sets is split into `--folds` folds of images; the model trains on pairs among the other
+  folds' images and is scored, after every epoch, on pairs among the held-out fold's images (percent of the
+  ceiling computed from those subjects). The fold curves are averaged over folds and both sets; the lever's
+  selection score is that mean curve's best value. No pair between the two training sets is ever scored.
+- report (held out from the choice): cross-set validation as `siamrdm challenge` runs it: fit on 92 and score
+  118 after every epoch, and back; each direction is reported at the epoch the other direction's curve picked.
+
+Every lever runs with the `quick` preset unless overridden. Results go to OUT/levers.jsonl, one line per lever
+and target as it finishes; `--summarize` turns that file into the README's markdown table.
+
+    python benchmarks/levers.py --targets IT --levers base,prior_layer --out runs/levers
+    python benchmarks/levers.py --summarize runs/levers/levers.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from siamrdm.challenge import choose_epochs, cross_set_splits, fold_splits, validation_curves
+from siamrdm.data import TARGET_NAMES, load_algonauts_set
+from siamrdm.train import config_from_preset
+
+# name -> (TrainConfig overrides, seeds). "base" is the quick preset as it was before these levers.
+LEVERS: dict[str, tuple[dict, tuple[int, ...]]] = {
+    "base": ({}, (0,)),
+    "seeds3": ({}, (0, 1, 2)),
+    "tta": ({"tta": True}, (0,)),
+    "head_pairwise": ({"head": "pairwise"}, (0,)),
+    "rescale_rank": ({"rescale": "rank"}, (0,)),
+    "weight_decay_0.3": ({"weight_decay": 0.3}, (0,)),
+    "prior_layer": ({"prior": "layer"}, (0,)),
+    "prior_nnls": ({"prior": "nnls"}, (0,)),
+    "prior_layer_lr3e-4": ({"prior": "layer", "lr": 3e-4}, (0,)),
+    "prior_layer_seeds3": ({"prior": "layer"}, (0, 1, 2)),
+    "prior_layer_tta_seeds3": ({"prior": "layer", "tta": True}, (0, 1, 2)),
+}
+
+
+def mean_curve(curves: dict[str, list[dict]]) -> tuple[list[int], np.ndarray]:
+    epochs = [row["epoch"] for row in next(iter(curves.values()))]
+    return epochs, np.mean([[row["pct_nc"] for row in c] for c in curves.values()], axis=0)
+
+
+def run_lever(name: str, target: str, sets: dict, folds: int, epochs: int | None, device: str) -> dict:
+    overrides, seeds = LEVERS[name]
+    config = config_from_preset("quick", targets=(target,), device=device, **overrides)
+    if epochs:
+        config = replace(config, frozen_epochs=epochs)
+    start = time.perf_counter()
+    splits = {}
+    for dataset in sets.values():
+        splits.update(fold_splits(dataset, folds, seed=0))
+    fold = validation_curves(config, splits, seeds, progress=False)
+    fold_epochs, fold_mean = mean_curve(fold)
+    cross = validation_curves(config, cross_set_splits(sets), seeds, progress=False)
+    _, crossed = choose_epochs(cross)
+    honest = {d: next(r for r in cross[d] if r["epoch"] == e)["pct_nc"] for d, e in crossed.items()}
+    cross_epochs, cross_mean = mean_curve(cross)
+    return {
+        "lever": name, "target": target, "overrides": overrides, "seeds": list(seeds), "folds": folds,
+        "epochs": config.epochs,
+        "fold_best_pct": float(fold_mean.max()), "fold_best_epoch": fold_epochs[int(fold_mean.argmax())],
+        "fold_curve": [round(float(v), 2) for v in fold_mean],
+        "cross_honest_pct": honest, "cross_honest_epochs": crossed,
+        "cross_honest_mean": float(np.mean(list(honest.values()))),
+        "cross_mean_curve_best": float(cross_mean.max()),
+        "cross_curves": {d: [round(r["pct_nc"], 2) for r in c] for d, c in cross.items()},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def summarize(path: Path) -> str:
+    """The markdown table: per lever and target, the fold score (tuned on) and the honest cross-set scores."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    targets = [t for t in TARGET_NAMES if any(r["target"] == t for r in rows)]
+    levers = list(dict.fromkeys(r["lever"] for r in rows))
+    by = {(r["lever"], r["target"]): r for r in rows}
+    head = ["lever"] + [f"{t} {col}" for t in targets for col in ("folds", "92->118", "118->92", "mean")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for lever in levers:
+        cells = [lever]
+        for t in targets:
+            r = by.get((lever, t))
+            if r is None:
+                cells += ["-"] * 4
+                continue
+            h = r["cross_honest_pct"]
+            cells += [f"{r['fold_best_pct']:.1f}", f"{h['92->118']:.1f}", f"{h['118->92']:.1f}",
+                      f"{r['cross_honest_mean']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=os.environ.get("SIAMRDM_DATA", "../shared/algonauts2019"))
+    parser.add_argument("--targets", default=",".join(TARGET_NAMES))
+    parser.add_argument("--levers", default=",".join(LEVERS))
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, help="frozen epochs (default: the quick preset's)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=os.environ.get("OUT", "runs/levers"))
+    parser.add_argument("--summarize", help="print the markdown table of a levers.jsonl and exit")
+    args = parser.parse_args()
+    if args.summarize:
+        print(summarize(Path(args.summarize)))
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    targets = args.targets.split(",")
+    sets = {name: load_algonauts_set(args.data, name, targets) for name in ("92", "118")}
+    for target in targets:
+        for lever in args.levers.split(","):
+            record = run_lever(lever, target, sets, args.folds, args.epochs, args.device)
+            with open(out / "levers.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            h = record["cross_honest_pct"]
+            print(f"{target:<10} {lever:<24} folds {record['fold_best_pct']:5.1f} @ {record['fold_best_epoch']:>3}  "
+                  f"cross {h['92->118']:5.1f} / {h['118->92']:5.1f} (mean {record['cross_honest_mean']:5.1f})  "
+                  f"{record['seconds']:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -45,6 +45,13 @@ LEVERS: dict[str, tuple[dict, tuple[int, ...]]] = {
     "prior_layer_lr3e-4": ({"prior": "layer", "lr": 3e-4}, (0,)),
     "prior_layer_seeds3": ({"prior": "layer"}, (0, 1, 2)),
     "prior_layer_tta_seeds3": ({"prior": "layer", "tta": True}, (0, 1, 2)),
+    "prior_nnls_seeds3": ({"prior": "nnls"}, (0, 1, 2)),
+    "prior_nnls_bound0.02": ({"prior": "nnls", "correction_bound": 0.02}, (0,)),
+    "prior_nnls_bound0.05": ({"prior": "nnls", "correction_bound": 0.05}, (0,)),
+    "prior_nnls_bound0.1": ({"prior": "nnls", "correction_bound": 0.1}, (0,)),
+    "prior_layer_bound0.05": ({"prior": "layer", "correction_bound": 0.05}, (0,)),
+    "prior_nnls_bound0.05_seeds3": ({"prior": "nnls", "correction_bound": 0.05}, (0, 1, 2)),
+    "prior_nnls_blocks5": ({"prior": "nnls", "stage": "blocks5"}, (0,)),
 }
 
 

@@ -21,6 +21,7 @@ from siamrdm.model import (
     all_pairs,
     all_pairs_loss,
     all_pairs_outputs,
+    head_config,
     interleave,
     pooled_linear_weight,
 )
@@ -386,3 +387,32 @@ def test_trainer_runs_pairwise_head(data_root: Path) -> None:
     assert all(np.isfinite(row["loss"]) and row["val_pct_nc"] is not None for row in rows), rows
     assert not torch.equal(head.conv.weight, before)
     assert train.config_from_dict(dataclasses.asdict(config)).head == "pairwise"
+
+
+@pytest.mark.parametrize(("outputs", "workers"), [(1, 1), (2, 2)])
+def test_all_pairs_loss_with_a_bounded_output_equals_autograd(outputs: int, workers: int) -> None:
+    """output_bound: outputs bound * tanh(pre / bound); the tiled loss and gradients equal autograd, the outputs
+    never leave +-bound, and all_pairs_outputs applies the same bound."""
+    from dataclasses import replace
+
+    n, channels, size, bound = 9, 32, 5, 0.05
+    features = torch.randn(n, channels, size, size, dtype=torch.float64, requires_grad=True)
+    config = replace(head_config("paper"), output_bound=bound)
+    torch.manual_seed(3)
+    head = SiameseHead(channels, outputs, config).double()
+    with torch.no_grad():
+        head.conv.bias.normal_()
+        head.linear.weight.mul_(2.0)  # outputs near and beyond the bound before the tanh
+    targets = torch.rand(n * (n - 1) // 2, outputs, dtype=torch.float64) * 0.2 - 0.1
+    params = [features, *head.parameters()]
+    expected = reference_loss(head, features, targets)
+    expected_grads = torch.autograd.grad(expected, params)
+    loss = all_pairs_loss(head, features, targets, tile=4, workers=workers)
+    grads = torch.autograd.grad(loss, params)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    out = all_pairs_outputs(head, features.detach())
+    assert float(out.abs().max()) <= bound
+    i, j = ordered_pairs(n)
+    torch.testing.assert_close(out[i, j], head(features.detach()[i], features.detach()[j]), rtol=1e-10, atol=1e-12)

@@ -378,3 +378,10 @@ def test_score_submission_with_permutations(make_rdms) -> None:
     # A key's p_perm does not depend on which other keys are scored.
     alone = scoring.score_submission({"IT_RDMs": submission["IT_RDMs"]}, targets, permutations=200, seed=3)
     assert alone["IT_RDMs"]["p_perm"] == result["IT_RDMs"]["p_perm"]
+
+
+def test_constant_model_rdm_scores_zero_not_nan(make_rdms) -> None:
+    """A model that collapsed to a constant RDM orders no pair: rho 0 for every subject, never NaN."""
+    subjects = make_rdms(8, subjects=3, seed=4)
+    score = scoring.score_rdm(np.zeros((8, 8)), subjects)
+    assert score.r2 == 0.0 and np.array_equal(score.rho, np.zeros(3))

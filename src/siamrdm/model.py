@@ -41,6 +41,7 @@ class HeadConfig:
     pool: int = 2  # AdaptiveAvgPool2d(pool): a pool x pool grid whatever the map size ...
     pool_stride: int | None = None  # ... unless set: AvgPool2d(pool, pool_stride), whose grid follows the map
     output_relu: bool = False  # a ReLU on the head's outputs
+    output_bound: float | None = None  # outputs bound * tanh(pre / bound): a correction of at most +-bound
 
     def conv_size(self, size: int) -> int:
         """Side of the convolution's map for feature maps of this side."""
@@ -136,8 +137,8 @@ class SiameseHead(nn.Module):
         return self.output(self.linear(self.pool(x).flatten(1)))
 
     def output(self, pre: torch.Tensor) -> torch.Tensor:
-        """The head's outputs from its linear layer's: the pairwise variant's output ReLU."""
-        return F.relu(pre) if self.config.output_relu else pre
+        """The head's outputs from its linear layer's: the pairwise variant's output ReLU, or a bound."""
+        return _output(pre, self.config.output_relu, self.config.output_bound)
 
     def image_terms(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each image's share of the first convolution when it is image a, and when it is image b: within every
@@ -278,9 +279,18 @@ class _Sums:
             getattr(self, name).add_(getattr(other, name))
 
 
+def _output(pre: torch.Tensor, relu: bool, bound: float | None) -> torch.Tensor:
+    """The head's output nonlinearity, in place where it can be: none, a ReLU, or bound * tanh(pre / bound)."""
+    if relu:
+        return pre.relu_() if not pre.requires_grad else F.relu(pre)
+    if bound is not None:
+        return torch.tanh(pre / bound) * bound
+    return pre
+
+
 def _pair_tile(s: _Sums, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-               scale: float, output_relu: bool, rows: slice, cols: slice, targets: torch.Tensor,
-               diagonal: bool) -> None:
+               scale: float, output_relu: bool, output_bound: float | None, rows: slice, cols: slice,
+               targets: torch.Tensor, diagonal: bool) -> None:
     """Loss and gradient sums of the ordered pairs (i in rows, j in cols): image i as a, image j as b."""
     dim, outputs = a.shape[1], weight.shape[0]
     ni, nj = rows.stop - rows.start, cols.stop - cols.start
@@ -291,6 +301,9 @@ def _pair_tile(s: _Sums, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor,
     if output_relu:  # prediction = relu(pre); its gradient is masked where pre <= 0, below
         out.relu_()
         diff = out - targets
+    elif output_bound is not None:  # prediction = bound * tanh(pre / bound); its derivative 1 - (out / bound)^2
+        out = torch.tanh(out.div_(output_bound)).mul_(output_bound)
+        diff = out - targets
     else:
         diff = out.sub_(targets)
     if diagonal:
@@ -299,6 +312,8 @@ def _pair_tile(s: _Sums, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor,
     g = diff.mul_(scale)
     if output_relu:  # the output ReLU's backward (out = relu(pre) > 0 exactly where pre > 0), in place
         torch.ops.aten.threshold_backward.grad_input(g, out, 0, grad_input=g)
+    elif output_bound is not None:
+        g.mul_(1 - (out / output_bound) ** 2)
     s.grad_bias += g.sum((0, 1), dtype=torch.float64)
     if outputs == 1:
         grad_z = g.expand(ni, nj, dim)  # the weight is factored out: grad_a = weight * sum_j g_ij [z_ijd > 0]
@@ -315,7 +330,8 @@ class _AllPairsMSE(torch.autograd.Function):
     """Mean squared error of the head over all ordered pairs, from the per-image terms (see `all_pairs_loss`)."""
 
     @staticmethod
-    def forward(ctx, a, b, weight, bias, targets, tile: int, workers: int, output_relu: bool):
+    def forward(ctx, a, b, weight, bias, targets, tile: int, workers: int, output_relu: bool,
+                output_bound: float | None):
         n = a.shape[0]
         outputs = weight.shape[0]
         count = n * (n - 1) * outputs
@@ -328,7 +344,7 @@ class _AllPairsMSE(torch.autograd.Function):
             with torch.no_grad():  # grad mode is per thread; worker threads start with it on
                 for job in share:
                     rows, cols = slice(job[0], min(n, job[0] + tile)), slice(job[1], min(n, job[1] + tile))
-                    args = (s, a, b, weight, bias, 2.0 / count, output_relu)
+                    args = (s, a, b, weight, bias, 2.0 / count, output_relu, output_bound)
                     if rows == cols:
                         i, j = index[rows, None], index[None, cols]
                         y = targets[(base[torch.minimum(i, j)] + torch.maximum(i, j)).clamp_min_(0)]
@@ -365,7 +381,7 @@ class _AllPairsMSE(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad_a, grad_b, grad_weight, grad_bias = ctx.saved_tensors
         return (grad_a * grad_loss, grad_b * grad_loss, grad_weight * grad_loss, grad_bias * grad_loss,
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 def all_pairs_loss(head: SiameseHead, features: torch.Tensor, targets: torch.Tensor, tile: int | None = None,
@@ -388,7 +404,8 @@ def all_pairs_loss(head: SiameseHead, features: torch.Tensor, targets: torch.Ten
     if workers is None:
         workers = 1 if a.device.type == "cuda" else torch.get_num_threads()
     targets = targets.to(device=a.device, dtype=a.dtype).reshape(len(targets), -1)
-    return _AllPairsMSE.apply(a, b, weight, head.linear.bias, targets, tile, workers, head.config.output_relu)
+    return _AllPairsMSE.apply(a, b, weight, head.linear.bias, targets, tile, workers, head.config.output_relu,
+                              head.config.output_bound)
 
 
 @torch.no_grad()
@@ -409,5 +426,5 @@ def all_pairs_outputs(head: SiameseHead, features: torch.Tensor, tile: int | Non
         for j0 in range(0, n, tile):
             z = (a[i0 : i0 + tile, None, :] + b[None, j0 : j0 + tile, :]).relu_()
             block = (z @ weight.t()).add_(head.linear.bias)
-            out[i0 : i0 + tile, j0 : j0 + tile] = block.relu_() if head.config.output_relu else block
+            out[i0 : i0 + tile, j0 : j0 + tile] = _output(block, head.config.output_relu, head.config.output_bound)
     return out

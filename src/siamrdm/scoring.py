@@ -57,8 +57,12 @@ def spearman_rhos(model_rdm: np.ndarray, target_rdms: np.ndarray) -> np.ndarray:
     """Spearman rho of one model RDM with every subject RDM, K-averaged: shape (S,).
 
     Each vector is ranked once and the correlations are one matrix product, so a 1000 x 1000 model RDM
-    against 15 subjects takes a fraction of a second.
+    against 15 subjects takes a fraction of a second. A constant model RDM orders no pair: its rho is 0 (a
+    model that collapsed during training then scores as the worst, never as NaN).
     """
+    vector = upper_tri(np.asarray(model_rdm, dtype=np.float64))
+    if np.ptp(vector) == 0:
+        return np.zeros(subject_rdms(np.asarray(target_rdms)).shape[0])
     model = _standardised_ranks(model_rdm)
     targets = _standardised_ranks(subject_rdms(np.asarray(target_rdms, dtype=np.float64)))
     rhos = targets @ model

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import dataclasses
 import math
 import os
 import re
@@ -56,6 +57,7 @@ class TrainConfig:
     early_stopping: int | None = None  # patience in epochs without a better validation score
     stop_epoch: int | None = None  # stop after this epoch; the schedule keeps the length of all `epochs`
     prior: str = "none"  # "layer" or "nnls": the head corrects a pretrained-layer RDM (see prior.py)
+    correction_bound: float | None = None  # with a prior: the head's output bounded to +-this (tanh), in target units
     tta: bool = False  # test-time augmentation: predictions averaged over each image and its mirror image
     body_chunk: int = 32  # images per body pass
     pair_mode: str = "factorised"  # or "naive": body on both images of every pair, a step per pair_batch (slow)
@@ -135,6 +137,10 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.prior != "none" and head_config(config.head).output_relu:
         raise ConfigError("prior", f"the {config.head} head ends in a ReLU, so it cannot correct a prior downwards; "
                                    "use the paper head")
+    if config.correction_bound is not None:
+        _check_number("correction_bound", config.correction_bound)
+        if config.prior == "none":
+            raise ConfigError("correction_bound", "bounds the head's correction of a prior: set a prior too")
     if config.rescale not in RESCALINGS:
         raise ConfigError("rescale", f"unknown rescaling '{config.rescale}' (choose from {', '.join(RESCALINGS)})")
     low, high = config.crop_scale
@@ -394,7 +400,10 @@ class FitResult:
 def build_model(config: TrainConfig, device: torch.device | None = None) -> SiameseRDMNet:
     torch.manual_seed(config.seed)
     body = create_body(config.backbone, config.weights, config.stage)
-    model = SiameseRDMNet(body, len(config.targets), config.image_size, config.head, distance_init=config.distance_init)
+    head = head_config(config.head)
+    if config.correction_bound is not None:
+        head = dataclasses.replace(head, output_bound=config.correction_bound)
+    model = SiameseRDMNet(body, len(config.targets), config.image_size, head, distance_init=config.distance_init)
     return model.to(device or pick_device(config.device))
 
 

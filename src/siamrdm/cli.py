@@ -121,6 +121,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     """Options shared by every command that trains the Siamese network."""
     from .backbones import BACKBONES
     from .model import HEADS
+    from .prior import PRIORS
     from .train import PRESETS
 
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="training schedule (default: quick)")
@@ -129,6 +130,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head", choices=sorted(HEADS), help="head variant: paper (the paper's text, default) or "
                    "pairwise (the authors' released code)")
     p.add_argument("--weights", help="body weights: a state_dict file, or 'random' (default: pretrained)")
+    p.add_argument("--prior", choices=PRIORS, help="pretrained-layer RDM prior the head corrects: nnls (the presets'), "
+                   "layer, or none")
+    p.add_argument("--tta", action="store_true", help="average predictions over each image and its mirror image")
     p.add_argument("--epochs", type=int, help="epochs with the body frozen (overrides the preset)")
     p.add_argument("--unfrozen-epochs", type=int, help="epochs with the body trained (overrides the preset)")
     p.add_argument("--lr", type=float, help="head learning rate (overrides the preset)")
@@ -163,9 +167,9 @@ def _config_from_args(args, targets: tuple[str, ...]):
 
     config = _config_errors_as_flags(
         config_from_preset, args.preset, backbone=args.backbone, stage=args.stage, weights=args.weights,
-        targets=targets, head=args.head, frozen_epochs=args.epochs, unfrozen_epochs=args.unfrozen_epochs, lr=args.lr,
-        rescale=args.rescale, image_size=args.image_size, device=args.device,
-        augment=False if args.no_augment else None,
+        targets=targets, head=args.head, prior=args.prior, tta=True if args.tta else None,
+        frozen_epochs=args.epochs, unfrozen_epochs=args.unfrozen_epochs, lr=args.lr, rescale=args.rescale,
+        image_size=args.image_size, device=args.device, augment=False if args.no_augment else None,
     )
     return _config_errors_as_flags(check_config, config)
 

@@ -88,6 +88,11 @@ def run_lever(name: str, target: str, sets: dict, folds: int, epochs: int | None
     }
 
 
+def _pct(value: float | None) -> str:
+    """A percent to one decimal; 'collapsed' where a model's RDM went constant (NaN before scoring gave it 0)."""
+    return "collapsed" if value is None or not np.isfinite(value) else f"{value:.1f}"
+
+
 def summarize(path: Path) -> str:
     """The markdown table: per lever and target, the fold score (tuned on) and the honest cross-set scores."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -104,8 +109,7 @@ def summarize(path: Path) -> str:
                 cells += ["-"] * 4
                 continue
             h = r["cross_honest_pct"]
-            cells += [f"{r['fold_best_pct']:.1f}", f"{h['92->118']:.1f}", f"{h['118->92']:.1f}",
-                      f"{r['cross_honest_mean']:.1f}"]
+            cells += [_pct(r["fold_best_pct"]), _pct(h["92->118"]), _pct(h["118->92"]), _pct(r["cross_honest_mean"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -121,3 +121,43 @@ def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -
     assert (out / "report.md").is_file()
     assert "wrote submit_fmri.mat, submit_meg.mat" in stdout
     assert stdout.count("validation ") == 4
+
+
+# --------------------------------------------------------------------------- curves, folds and ensembles
+
+
+def test_validation_curves_score_the_seed_ensembles_mean_rdm(data_root: Path) -> None:
+    """Several seeds: each epoch scores the mean of the seeds' predicted RDMs (what the final predictor
+    predicts), not the mean of their scores."""
+    from dataclasses import replace
+
+    from siamrdm.train import TrainConfig, Trainer, subset
+
+    set_a = subset(data.load_algonauts_set(data_root, "92", ("EVC",)), np.arange(8), "a")
+    set_b = subset(data.load_algonauts_set(data_root, "118", ("EVC",)), np.arange(7), "b")
+    config = TrainConfig(backbone="alexnet", weights="random", image_size=128, augment=False, frozen_epochs=2,
+                         targets=("EVC",), device="cpu")
+    curves = challenge.validation_curves(config, {"a->b": (set_a, set_b)}, seeds=(0, 1), progress=False)
+    assert [row["epoch"] for row in curves["a->b"]] == [1, 2]
+    rdms, single = [], []
+    for seed in (0, 1):
+        trainer = Trainer(replace(config, seed=seed), [set_a], [set_b], progress=False)
+        for _ in range(2):
+            trainer.run_epoch()
+        rdms.append(trainer.last_rdms["b"][0])
+        single.append(trainer.last_scores["b/EVC"]["r2"])
+    expected = scoring.score_rdm(np.mean(rdms, axis=0), set_b.targets["EVC"])
+    assert curves["a->b"][-1]["r2"] == pytest.approx(expected.r2, rel=1e-9)
+    assert not np.allclose(rdms[0], rdms[1])  # two different members
+
+
+def test_fold_splits_partition_the_images(data_root: Path) -> None:
+    dataset = data.load_algonauts_set(data_root, "92", ("EVC",))
+    splits = challenge.fold_splits(dataset, 4, seed=0)
+    held_out = [set(val.images.names) for _, val in splits.values()]
+    assert sum(len(h) for h in held_out) == 92 and set().union(*held_out) == set(dataset.images.names)
+    for fit_part, val in splits.values():
+        assert not set(fit_part.images.names) & set(val.images.names)  # no image on both sides
+        assert len(fit_part) + len(val) == 92 and val.targets["EVC"].shape[-1] == len(val)
+    with pytest.raises(DataError, match="folds"):
+        challenge.fold_splits(dataset, 40)

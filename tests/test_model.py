@@ -416,3 +416,15 @@ def test_all_pairs_loss_with_a_bounded_output_equals_autograd(outputs: int, work
     assert float(out.abs().max()) <= bound
     i, j = ordered_pairs(n)
     torch.testing.assert_close(out[i, j], head(features.detach()[i], features.detach()[j]), rtol=1e-10, atol=1e-12)
+
+
+def test_body_stays_in_eval_mode_when_the_model_trains() -> None:
+    """model.train() trains the head but leaves the body's BatchNorm on ImageNet's statistics."""
+    body = create_body("efficientnet_lite0", "random", "blocks2")  # 40 channels: BatchNorm inside, small maps
+    model = SiameseRDMNet(body, 1, 64, head="pairwise")
+    model.train()
+    assert model.training and model.head.training
+    assert not model.body.training and not any(m.training for m in model.body.modules())
+    before = [b.clone() for b in model.body.buffers()]
+    model(torch.rand(4, 3, 64, 64), torch.tensor([0, 1]), torch.tensor([2, 3]))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.body.buffers(), strict=True))

@@ -179,6 +179,13 @@ class SiameseRDMNet(nn.Module):
         self.register_buffer("feature_mean", torch.zeros(1, channels, 1, 1))
         self.register_buffer("feature_std", torch.ones(1, channels, 1, 1))
 
+    def train(self, mode: bool = True) -> SiameseRDMNet:
+        """The head follows `mode`; the body always stays in eval mode, so its BatchNorm keeps ImageNet's
+        statistics whether it is frozen or trained (a caller's `model.train()` must not change them)."""
+        super().train(mode)
+        self.body.eval()
+        return self
+
     @torch.no_grad()
     def set_feature_stats(self, features: torch.Tensor) -> None:
         """Standardise each channel with the statistics of these (raw) training-image features."""

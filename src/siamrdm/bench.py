@@ -25,18 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .augment import augment_batch
+from .config import TrainConfig, config_from_preset, pick_device
 from .data import TRAINING_SETS, BrainDataset, DataError, load_algonauts_set
 from .model import SiameseHead, SiameseRDMNet, all_pairs_loss
-from .train import (
-    TrainConfig,
-    Trainer,
-    augment_batch,
-    body_features,
-    config_from_preset,
-    pick_device,
-    split_holdout,
-    subset,
-)
+from .train import Trainer, body_features, split_holdout, subset
 
 HEAD_SIZES = (100, 1000, 3000, 10000)
 ALL_IMAGES = 92 + 118

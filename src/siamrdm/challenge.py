@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import plots
+from .config import TrainConfig, check_config, pick_device
 from .data import (
     TARGETS,
     TRAINING_SETS,
@@ -36,7 +37,7 @@ from .files import atomic_path, check_run_folder, clear_run_folder, run_folder_l
 from .predict import fit_predictor
 from .report import write_report
 from .scoring import score_with_ceiling
-from .train import TrainConfig, Trainer, check_config, pick_device, subset
+from .train import Trainer, subset
 
 SUBMISSION_FILES = {"submit_fmri.mat": ("EVC", "IT"), "submit_meg.mat": ("MEG_early", "MEG_late")}
 VALIDATION_COLUMNS = ["method", "target", "direction", "r2", "pct_nc", "p", "noise_ceiling", "ceiling_source", "epochs"]

@@ -17,23 +17,13 @@ import numpy as np
 import torch
 
 from .backbones import images_to_tensor
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig, config_from_dict, pick_device
 from .data import BrainDataset, DataError, ImageSet
 from .files import clear_run_folder, run_folder_lock
 from .model import SiameseRDMNet
 from .prior import PriorFit
-from .train import (
-    TrainConfig,
-    build_model,
-    config_from_dict,
-    feature_views,
-    fit,
-    load_checkpoint,
-    pick_device,
-    predict_rdms,
-    prior_rdms,
-    save_checkpoint,
-    split_holdout,
-)
+from .train import build_model, feature_views, fit, predict_rdms, prior_rdms, split_holdout
 
 MODEL_FORMAT = "siamrdm-predictor-1"
 

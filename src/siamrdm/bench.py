@@ -3,7 +3,7 @@
 Everything timed here is the training code itself: `Trainer.naive_step` (body on both images of every pair,
 as published Siamese RDM models train) against `Trainer.step` (body once per image, head split), on the same
 model, the same pairs and the same real images, alternating round by round after a warm-up. The head-scaling
-part times `model.all_pairs_loss` (what `Trainer._pair_loss` calls) on synthetic features for thousands of
+part times `model.all_pairs_loss` (what `Trainer.pair_loss` calls) on synthetic features for thousands of
 images, each size in a fresh process so that its peak memory is its own.
 """
 
@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .augment import augment_batch
 from .config import TrainConfig, config_from_preset, pick_device
 from .data import TRAINING_SETS, BrainDataset, DataError, load_algonauts_set
 from .model import SiameseHead, SiameseRDMNet, all_pairs_loss
-from .train import Trainer, body_features, split_holdout, subset
+from .train import Trainer, split_holdout, subset
 
 HEAD_SIZES = (100, 1000, 3000, 10000)
 ALL_IMAGES = 92 + 118
@@ -266,28 +265,14 @@ def bench_training(sets: list[BrainDataset], backbone: str = "efficientnet_lite0
 
 
 def factorised_breakdown(trainer: Trainer, repeats: int = 2) -> dict[str, float]:
-    """Where a factorised unfrozen epoch goes: the parts of `Trainer.step`, one after another, each clocked."""
-    config, model, dev = trainer.config, trainer.model, trainer.device
+    """Where a factorised unfrozen epoch goes: `Trainer.step` itself, timed by its named sections."""
     names = ("augment", "body_forward_no_grad", "head_forward_backward", "body_forward_backward", "optimizer")
     runs: list[dict[str, float]] = []
     for _ in range(repeats):
-        totals = dict.fromkeys(names, 0.0)
-        for data in trainer.train_sets:
-            trainer.optimizer.zero_grad(set_to_none=True)
-            clock = Clock(dev)
-            images = augment_batch(data.images, config, trainer.generator)
-            totals["augment"] += clock()
-            features = body_features(model, images, config.body_chunk, dev).requires_grad_()
-            totals["body_forward_no_grad"] += clock()
-            trainer._pair_loss(features, data.targets).backward()
-            totals["head_forward_backward"] += clock()
-            for k in range(0, len(images), config.body_chunk):
-                out = model.body(images[k : k + config.body_chunk].to(dev))
-                out.backward(features.grad[k : k + config.body_chunk])
-            totals["body_forward_backward"] += clock()
-            trainer.optimizer.step()
-            totals["optimizer"] += clock()
-        runs.append(totals)
+        trainer.timings = dict.fromkeys(names, 0.0)
+        trainer.step(frozen=False)
+        runs.append(trainer.timings)
+    trainer.timings = None
     return {name: statistics.median(run[name] for run in runs) for name in names}
 
 

@@ -282,6 +282,7 @@ class Trainer:
         self._val_features: dict[int, torch.Tensor] = {}
         self.last_scores: dict[str, dict] = {}  # the latest epoch's validation scores, 'set/target' -> row
         self.last_rdms: dict[str, np.ndarray] = {}  # the latest epoch's predicted (T, N, N) RDMs per validation set
+        self.timings: dict[str, float] | None = None  # seconds per named section of `step`, when a benchmark asks
         self.epoch = 0
         self.history: list[dict] = []
         self.best_state = copy.deepcopy(self.model.state_dict())
@@ -305,13 +306,30 @@ class Trainer:
 
     # ---- steps
 
+    def plain_features(self, index: int) -> torch.Tensor:
+        """Raw body features of training set `index`'s images, not augmented (the frozen body's view 0)."""
+        return self._views[index][0]
+
     def _frozen_features(self, index: int) -> torch.Tensor:
         """Body features of one set for this epoch: each image's view drawn from the cached pool."""
         stacked = self._views[index]  # (V, N, C, H, W)
         pick = torch.randint(len(stacked), (stacked.shape[1],), generator=self.generator).to(self.device)
         return stacked[pick, torch.arange(stacked.shape[1], device=self.device)]
 
-    def _pair_loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    @contextlib.contextmanager
+    def section(self, name: str):
+        """Time a named part of a step into `self.timings` when a benchmark set it to a dict (else free)."""
+        if self.timings is None:
+            yield
+            return
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        yield
+        sync()
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    def pair_loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """MSE of both pair orders against the rescaled target: tiled over images x images, so memory stays
         O(N) however many pairs (model.all_pairs_loss; exactly the loss of pair_predictions(both_orders=True))."""
         return all_pairs_loss(self.model.head, self.model.standardise(features), targets.to(self.device))
@@ -329,21 +347,30 @@ class Trainer:
         for index, data in enumerate(self.train_sets):
             share = len(data.targets) / total_pairs
             if frozen:
-                loss = self._pair_loss(self._frozen_features(index), data.targets)
-                (loss * share).backward()
+                with self.section("head_forward_backward"):
+                    loss = self.pair_loss(self._frozen_features(index), data.targets)
+                    (loss * share).backward()
             else:
-                images = augment_batch(data.images, self.config, self.generator) if self.config.augment else data.images
+                with self.section("augment"):
+                    images = data.images
+                    if self.config.augment:
+                        images = augment_batch(data.images, self.config, self.generator)
                 # Two passes keep memory bounded: the head's gradient w.r.t. the features first, then the body
                 # in chunks, back-propagating that gradient. Same gradient as one big graph.
-                features = body_features(self.model, images, self.config.body_chunk, self.device).requires_grad_()
-                loss = self._pair_loss(features, data.targets)
-                (loss * share).backward()
-                chunk = self.config.body_chunk
-                for k in range(0, len(images), chunk):
-                    out = self.model.body(images[k : k + chunk].to(self.device))
-                    out.backward(features.grad[k : k + chunk])
+                with self.section("body_forward_no_grad"):
+                    features = body_features(self.model, images, self.config.body_chunk, self.device)
+                    features.requires_grad_()
+                with self.section("head_forward_backward"):
+                    loss = self.pair_loss(features, data.targets)
+                    (loss * share).backward()
+                with self.section("body_forward_backward"):
+                    chunk = self.config.body_chunk
+                    for k in range(0, len(images), chunk):
+                        out = self.model.body(images[k : k + chunk].to(self.device))
+                        out.backward(features.grad[k : k + chunk])
             mean_loss += loss.item() * share
-        self.optimizer.step()
+        with self.section("optimizer"):
+            self.optimizer.step()
         return mean_loss
 
     def naive_step(self, index: int, frozen: bool = False, max_batches: int | None = None) -> float:
@@ -542,7 +569,7 @@ def lr_range_test(config: TrainConfig, train: list[BrainDataset], start_lr: floa
             group["lr"] = lr
         index = step % len(trainer.train_sets)
         optimizer.zero_grad(set_to_none=True)
-        loss = trainer._pair_loss(trainer._views[index][0], trainer.train_sets[index].targets)
+        loss = trainer.pair_loss(trainer.plain_features(index), trainer.train_sets[index].targets)
         loss.backward()
         optimizer.step()
         value = loss.item()

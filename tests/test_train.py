@@ -356,3 +356,14 @@ def test_step_loss_is_the_mean_over_all_pairs_of_all_sets(set92: data.BrainDatas
         trainer.model.freeze_body(False)
         singles.append(trainer.step(frozen=False))
     assert loss_both == pytest.approx((15 * singles[0] + 36 * singles[1]) / 51, rel=1e-5)
+
+
+def test_preset_overrides_unknown_keys_and_switching_off() -> None:
+    from siamrdm.config import OFF
+
+    paper = train.config_from_preset("paper")
+    assert paper.early_stopping == 100
+    assert train.config_from_preset("paper", early_stopping=None).early_stopping == 100  # None: not given
+    assert train.config_from_preset("paper", early_stopping=OFF).early_stopping is None  # OFF: switched off
+    with pytest.raises(train.ConfigError, match="lrate: not a training setting"):
+        train.config_from_preset("quick", lrate=1e-3)

@@ -64,12 +64,20 @@ PRESETS: dict[str, dict] = {
 }
 
 
+OFF = "off"  # an override that switches a preset's optional setting off (sets it to None)
+
+
 def config_from_preset(preset: str, **overrides) -> TrainConfig:
+    """A preset with overrides: None leaves the preset's value (an option not given), OFF sets the field to
+    None (e.g. `early_stopping=OFF` turns off the paper preset's early stopping); unknown names are refused."""
     if preset not in PRESETS:
         raise ConfigError("preset", f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
-    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
     names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in values.items() if k in names})
+    unknown = sorted(k for k in overrides if k not in names)
+    if unknown:
+        raise ConfigError(unknown[0], f"not a training setting (settings: {', '.join(sorted(names))})")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(**{k: None if v == OFF else v for k, v in values.items()})
 
 
 def config_from_dict(values: dict) -> TrainConfig:

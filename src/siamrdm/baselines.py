@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .backbones import backbone_stages, create_body, images_to_tensor
 from .data import DataError, ImageSet, group_average
-from .rdm import rank_transform, square_rdm, upper_tri
+from .rdm import correlation_rdm, rank_unit, square_rdm, upper_tri
 from .scoring import Score, score_rdm
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -54,12 +54,6 @@ def _gram(buffer: np.ndarray) -> np.ndarray:
             gram[a : a + rows, b : b + rows] = block
             gram[b : b + rows, a : a + rows] = block.T
     return gram.numpy()
-
-
-def _correlation_rdm(gram: np.ndarray) -> np.ndarray:
-    rdm = 1.0 - gram
-    np.fill_diagonal(rdm, 0.0)
-    return (rdm + rdm.T) / 2
 
 
 @torch.no_grad()
@@ -113,7 +107,7 @@ def layer_rdms(
             bar.update(len(batch))
         bar.close()
         stages = list(outputs)  # the body's stage order
-        rdms = {name: _correlation_rdm(_gram(buffers[name])) for name in stages}
+        rdms = {name: correlation_rdm(_gram(buffers[name])) for name in stages}
         buffers.clear()  # release the memory maps before the folder goes
     return rdms
 
@@ -157,7 +151,7 @@ class NNLSFit:
 
 def _design(vectors: list[np.ndarray], rank: bool) -> np.ndarray:
     if rank:
-        vectors = [(rank_transform(v) - 1) / max(len(v) - 1, 1) for v in vectors]
+        vectors = [rank_unit(v) for v in vectors]
     return np.stack(vectors, axis=1)
 
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from .data import ImageSet, group_average
 from .files import atomic_path
-from .rdm import rank_transform, upper_tri
+from .rdm import rank_unit, square_rdm, upper_tri
 
 DPI = 100
 FIGURE_SIZES: dict[str, tuple[float, float]] = {  # inches; pixels = inches * DPI
@@ -62,14 +62,7 @@ def _as_rdm(rdm: np.ndarray) -> np.ndarray:
 def rank_rdm(rdm: np.ndarray) -> np.ndarray:
     """The RDM with its upper triangle rank-transformed and scaled to [0, 1] (the usual display), zero diagonal."""
     rdm = _as_rdm(rdm)
-    n = rdm.shape[-1]
-    values = rank_transform(upper_tri(rdm))
-    values = (values - 1) / max(len(values) - 1, 1)
-    out = np.zeros((n, n))
-    rows, cols = np.triu_indices(n, k=1)
-    out[rows, cols] = values
-    out[cols, rows] = values
-    return out
+    return square_rdm(rank_unit(upper_tri(rdm)), rdm.shape[-1])
 
 
 # --------------------------------------------------------------------------- RDMs

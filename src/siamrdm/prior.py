@@ -27,7 +27,7 @@ import torch
 from . import baselines
 from .backbones import backbone_stages, create_body
 from .data import DataError, ImageSet
-from .rdm import rank_transform, upper_tri
+from .rdm import rank_unit, upper_tri
 from .scoring import score_rdm
 
 PRIORS = ("none", "layer", "nnls")
@@ -91,17 +91,12 @@ def _from_cached_superset(images: ImageSet, key: tuple) -> dict[str, np.ndarray]
     return None
 
 
-def _rank01(vector: np.ndarray) -> np.ndarray:
-    """Ranks scaled to [0, 1]: the prior's units, the same for sets of any size."""
-    return (rank_transform(vector) - 1) / max(len(vector) - 1, 1)
-
-
 def prior_vector(fit: PriorFit, rdms: dict[str, np.ndarray]) -> np.ndarray:
     """The prior's upper triangle (in the training target's units) for one image set's stage RDMs."""
     missing = [s for s in fit.weights if s not in rdms]
     if missing:
         raise DataError(f"stage RDMs lack the prior's stage(s) {', '.join(missing)}")
-    combined = sum(w * _rank01(upper_tri(rdms[s])) for s, w in fit.weights.items())
+    combined = sum(w * rank_unit(upper_tri(rdms[s])) for s, w in fit.weights.items())
     return fit.scale * combined + fit.intercept
 
 

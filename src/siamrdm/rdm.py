@@ -36,15 +36,25 @@ def rank_transform(x: np.ndarray) -> np.ndarray:
     return rankdata(x, axis=-1)
 
 
+def rank_unit(vector: np.ndarray) -> np.ndarray:
+    """Ranks (ties averaged) scaled to [0, 1]: the same units for vectors of any length."""
+    return (rank_transform(vector) - 1) / max(len(vector) - 1, 1)
+
+
+def correlation_rdm(correlations: np.ndarray) -> np.ndarray:
+    """1 - r of an (N, N) matrix of Pearson correlations, with an exact zero diagonal and exact symmetry."""
+    rdm = 1.0 - np.asarray(correlations, dtype=np.float64)
+    np.fill_diagonal(rdm, 0.0)
+    return (rdm + rdm.T) / 2
+
+
 def rdm_from_features(features: np.ndarray) -> np.ndarray:
     """Correlation-distance RDM (1 - Pearson r) of (N, D) response patterns."""
     features = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
     centred = features - features.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(centred, axis=1, keepdims=True)
     normed = centred / np.where(norms > 0, norms, 1.0)
-    rdm = 1.0 - normed @ normed.T
-    np.fill_diagonal(rdm, 0.0)
-    return (rdm + rdm.T) / 2
+    return correlation_rdm(normed @ normed.T)
 
 
 def rescale(vector: np.ndarray, method: str = "minmax") -> tuple[np.ndarray, dict[str, float]]:
@@ -58,8 +68,7 @@ def rescale(vector: np.ndarray, method: str = "minmax") -> tuple[np.ndarray, dic
         low, high = float(vector.min()), float(vector.max())
         return (vector - low) / max(high - low, 1e-12), {"low": low, "high": high}
     if method == "rank":
-        ranks = rank_transform(vector)
-        return (ranks - 1) / max(len(vector) - 1, 1), {}
+        return rank_unit(vector), {}
     if method == "zscore":
         mean, sd = float(vector.mean()), float(vector.std())
         return (vector - mean) / max(sd, 1e-12), {"mean": mean, "sd": sd}

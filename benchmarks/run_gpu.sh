@@ -9,14 +9,7 @@ set -u
 cd "$(dirname "$0")/.."
 RESULTS=${OUT:-runs/bench/gpu}
 mkdir -p "$RESULTS"
-export PYTHONUNBUFFERED=1
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-[ -d runs/device/site ] && export PYTHONPATH="$PYTHONPATH:$PWD/runs/device/site"
-if [ -z "${SIAMRDM_DATA:-}" ]; then
-  for d in runs/device/algonauts2019 ../shared/algonauts2019; do
-    [ -d "$d/Training_Data" ] && export SIAMRDM_DATA="$d" && break
-  done
-fi
+. benchmarks/device_env.sh
 PAPER_SECONDS=${PAPER_SECONDS:-120}
 
 {

@@ -9,14 +9,8 @@ RESULTS=${OUT:-runs/levers/gpu}
 LIMIT=${LIMIT:-420}
 LEVERS=${LEVERS:-base,prior_layer,prior_layer_seeds3,prior_layer_tta_seeds3,seeds3,tta,prior_nnls,head_pairwise,prior_layer_lr3e-4,rescale_rank,weight_decay_0.3}
 mkdir -p "$RESULTS"
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-[ -d runs/device/site ] && export PYTHONPATH="$PYTHONPATH:$PWD/runs/device/site"
-if [ -z "${SIAMRDM_DATA:-}" ]; then
-  for d in runs/device/algonauts2019 ../shared/algonauts2019; do
-    [ -d "$d/Training_Data" ] && export SIAMRDM_DATA="$d" && break
-  done
-fi
+export OMP_NUM_THREADS=4
+. benchmarks/device_env.sh
 { date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } | tee "$RESULTS/machine.txt"
 for target in EVC IT MEG_early MEG_late; do

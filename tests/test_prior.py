@@ -139,3 +139,16 @@ def test_choose_epochs_can_pick_epoch_zero() -> None:
     final, crossed = challenge.choose_epochs(curves)
     assert final == 0 and crossed == {"92->118": 1, "118->92": 0}
     assert replace(prior_config(), stop_epoch=0).stop_epoch == 0
+
+
+def test_prior_with_the_body_unfrozen(sets) -> None:
+    """The paper preset's path: frozen then unfrozen epochs correct the prior; the prior stays that of the
+    pretrained body (it is not retrained), so predictions are the fixed prior plus the trained head."""
+    train_set, val_set = sets
+    config = prior_config(frozen_epochs=1, unfrozen_epochs=2, body_chunk=6)
+    result = train.fit(config, [train_set], [val_set], progress=False)
+    assert [row["phase"] for row in result.history] == ["start", "frozen", "unfrozen", "unfrozen"]
+    assert all(np.isfinite(row["loss"]) for row in result.history[1:])
+    predictor = RDMPredictor([result.model], config, priors=result.priors)
+    rdm = predictor.predict(val_set.images)["IT"]
+    assert rdm.shape == (10, 10) and np.allclose(rdm, rdm.T) and np.all(np.isfinite(rdm))

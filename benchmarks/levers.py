@@ -52,6 +52,9 @@ LEVERS: dict[str, tuple[dict, tuple[int, ...]]] = {
     "prior_layer_bound0.05": ({"prior": "layer", "correction_bound": 0.05}, (0,)),
     "prior_nnls_bound0.05_seeds3": ({"prior": "nnls", "correction_bound": 0.05}, (0, 1, 2)),
     "prior_nnls_blocks5": ({"prior": "nnls", "stage": "blocks5"}, (0,)),
+    # Multi-target: the scored target trained beside an auxiliary one (one body and head, two outputs).
+    "prior_nnls_aux_meg_late": ({"prior": "nnls", "aux_targets": ("MEG_late",)}, (0,)),
+    "prior_nnls_aux_it": ({"prior": "nnls", "aux_targets": ("IT",)}, (0,)),
 }
 
 
@@ -62,7 +65,9 @@ def mean_curve(curves: dict[str, list[dict]]) -> tuple[list[int], np.ndarray]:
 
 def run_lever(name: str, target: str, sets: dict, folds: int, epochs: int | None, device: str) -> dict:
     overrides, seeds = LEVERS[name]
-    config = config_from_preset("quick", targets=(target,), device=device, **overrides)
+    overrides = dict(overrides)
+    aux = tuple(t for t in overrides.pop("aux_targets", ()) if t != target)
+    config = config_from_preset("quick", targets=(target, *aux), device=device, **overrides)
     if epochs:
         config = replace(config, frozen_epochs=epochs)
     start = time.perf_counter()
@@ -131,7 +136,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     targets = args.targets.split(",")
-    sets = {name: load_algonauts_set(args.data, name, targets) for name in ("92", "118")}
+    sets = {name: load_algonauts_set(args.data, name, TARGET_NAMES) for name in ("92", "118")}
     for target in targets:
         for lever in args.levers.split(","):
             record = run_lever(lever, target, sets, args.folds, args.epochs, args.device)

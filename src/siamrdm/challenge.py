@@ -93,13 +93,14 @@ def fold_splits(dataset: BrainDataset, folds: int, seed: int = 0) -> dict[str, t
 
 def validation_curves(config: TrainConfig, splits: dict[str, tuple[BrainDataset, BrainDataset]],
                       seeds: tuple[int, ...], progress: bool = True) -> dict[str, list[dict]]:
-    """Per split (e.g. '92->118'), per epoch: the validation score of the one target's seed ensemble.
+    """Per split (e.g. '92->118'), per epoch: the validation score of the first target's seed ensemble (any
+    further targets are auxiliary outputs trained beside it).
 
     The seeds train side by side and their predicted RDMs are averaged before scoring, as the final
     predictor averages them. With a prior the curve starts at epoch 0 (the prior alone, before any step),
     so the chosen epoch count can be 0 when training does not improve on the baseline.
     """
-    (target,) = config.targets
+    target = config.targets[0]
     curves = {}
     for label, (train_set, val_set) in splits.items():
         trainers = [Trainer(replace(config, seed=seed), [train_set], [val_set], progress=False) for seed in seeds]

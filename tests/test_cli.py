@@ -18,7 +18,8 @@ from scipy import stats
 from siamrdm import cli, data, scoring
 from siamrdm.rdm import upper_tri
 
-ROW_FIELDS = {"r2", "p", "p_signed", "p_perm", "pct_nc", "noise_ceiling", "ceiling_source"}
+ROW_FIELDS = {"r2", "p", "p_signed", "p_perm", "pct_nc", "noise_ceiling", "ceiling_source", "noise_ceiling_lower",
+              "method"}
 
 
 def run_process(*args: str, env_data: str | None = None) -> subprocess.CompletedProcess:

@@ -11,3 +11,12 @@ def assert_one_line_error(stderr: str, *parts: str) -> None:
     assert lines[0].startswith("siamrdm: error: "), stderr
     for part in parts:
         assert part in lines[0], f"{part!r} not in {lines[0]!r}"
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """`siamrdm ARGS` in-process: (exit code, stdout, stderr)."""
+    from siamrdm import cli
+
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_one_line_error, run_cli
 from PIL import Image
 
 from siamrdm import data
@@ -90,3 +91,121 @@ def test_load_dataset_checks_names_and_names_the_target(tmp_path: Path, make_rdm
     (folder / "img12.png").unlink()
     with pytest.raises(data.DataError, match=r"it\.npy: RDMs are 12 x 12 but there are 11 images"):
         data.load_dataset(folder, tmp_path / "it.npy")
+
+
+# --------------------------------------------------------------------------- a synthetic own-data set
+
+BACKBONE_ARGS = ("efficientnet_lite0", "random", 64)  # the body that made the data, as stage_rdms takes it
+TRAINING_FLAGS = ("--weights", "random", "--image-size", "64", "--epochs", "20", "--quiet")
+
+
+def make_own_data(root: Path, subjects: int = 4, noise: float = 0.3) -> tuple[Path, Path]:
+    """img1..img12 and their subjects' RDMs from a known model: the 'blocks2' stage RDM of a fixed (seeded)
+    random EfficientNet-Lite0 at 64 px, plus independent noise per subject; saved as an rsatoolbox RDMs file
+    that names the images. Returns (image folder, RDM file)."""
+    from siamrdm.prior import stage_rdms
+    from siamrdm.rdm import rdm_from_features
+
+    folder = write_images(root / "images")
+    images = data.load_image_set(folder)
+    truth = stage_rdms(images, *BACKBONE_ARGS)["blocks2"]
+    rng = np.random.default_rng(1)
+    stack = np.stack([truth + noise * truth.std() * rdm_from_features(rng.normal(size=(N_IMAGES, 6)))
+                      for _ in range(subjects)])
+    return folder, data.save_rdms(root / "rdms.hdf5", {"V4": stack if subjects > 1 else stack[0]}, names=NATURAL)
+
+
+def untrained_fold_r2(dataset: data.BrainDataset, folds: int, config) -> list[float]:
+    """Held-out r2 of the untrained network, fold by fold: no training step and no prior, only the training
+    images' feature statistics, so it is the network `fit` starts from."""
+    from dataclasses import replace
+
+    from siamrdm.challenge import fold_splits
+    from siamrdm.predict import RDMPredictor
+    from siamrdm.scoring import score_rdm
+    from siamrdm.train import Trainer
+
+    untrained = replace(config, prior="none")
+    scores = []
+    for train, test in fold_splits(dataset, folds, 0).values():
+        model = Trainer(untrained, [train], progress=False).model
+        predicted = RDMPredictor([model], untrained).predict(test.images)["V4"]
+        scores.append(score_rdm(predicted, test.targets["V4"]).r2)
+    return scores
+
+
+def test_done_when_own_data_through_the_cli(tmp_path: Path, capsys) -> None:
+    """fit, evaluate --folds and predict on a synthetic set whose names sort differently as strings: the order
+    used is natural and recorded, ceilings are computed from the images scored, the fitted network beats the
+    untrained one on held-out images, and predictions carry the image names for rsatoolbox."""
+    import csv
+    import json
+
+    from siamrdm.challenge import fold_splits
+    from siamrdm.scoring import noise_ceiling
+    from siamrdm.train import config_from_preset
+
+    folder, rdms = make_own_data(tmp_path)
+    own = ("--images", folder, "--rdms", rdms, "--key", "V4")
+
+    # fit: stdout is the JSON summary alone; the order is recorded beside model.pt; the ceilings are reported
+    code, out, err = run_cli(capsys, "fit", *own, *TRAINING_FLAGS, "--val-fraction", "0.5", "--out", tmp_path / "fit")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert (tmp_path / "fit" / "images.txt").read_text().splitlines() == NATURAL
+    (validation,) = summary["validation"].values()
+    assert validation["ceiling_source"] == "computed" and validation["score"] == "pct_nc"
+    assert validation["noise_ceiling"] >= validation["noise_ceiling_lower"] > 0 and validation["images"] == 6
+
+    # evaluate --folds: every method on held-out images, scored over the held-out subjects' own ceiling
+    code, out, err = run_cli(capsys, "evaluate", *own, *TRAINING_FLAGS, "--folds", "2", "--out", tmp_path / "ev")
+    assert code == 0, err
+    ev = tmp_path / "ev"
+    with open(ev / "evaluation.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], r["direction"]) for r in rows] == [
+        (m, f"fold {k}") for m in ("siamese", "layers", "regression") for k in (1, 2)]
+    dataset = data.load_dataset(folder, rdms, "V4")
+    splits = list(fold_splits(dataset, 2, 0).values())
+    for row in rows:
+        held_out = splits[int(row["direction"][-1]) - 1][1]
+        upper, lower = noise_ceiling(held_out.targets["V4"])
+        assert row["ceiling_source"] == "computed"
+        assert float(row["noise_ceiling"]) == pytest.approx(upper) and float(row["noise_ceiling_lower"]) == (
+            pytest.approx(lower))
+        assert float(row["pct_nc"]) == pytest.approx(100 * float(row["r2"]) / upper)
+    assert "| siamese | V4 | % of noise ceiling |" in out and "computed upper" in out
+    assert "| layers | V4 | % of noise ceiling |" in (ev / "evaluation.md").read_text()
+    assert all((ev / name).is_file() for name in ("scores.png", "rdm_V4_fold_1.png", "mds_V4_fold_2.png",
+                                                  "report.md", "report.html", "settings.json"))
+    assert (ev / "images.txt").read_text().splitlines() == NATURAL
+    folds = json.loads((ev / "evaluation.json").read_text())["folds"]
+    assert folds == {f"fold {k + 1}": test.images.names for k, (_, test) in enumerate(splits)}
+    fold_file = data.load_rdm_dict(ev / "predictions_fold_1.hdf5", names=folds["fold 1"])
+    assert set(fold_file) == {"siamese/V4", "layers/V4", "regression/V4"}
+
+    # the fitted network beats the untrained one on the held-out images
+    config = config_from_preset("quick", targets=("V4",), weights="random", image_size=64, frozen_epochs=20)
+    fitted = [float(r["r2"]) for r in rows if r["method"] == "siamese"]
+    untrained = untrained_fold_r2(dataset, 2, config)
+    assert np.mean(fitted) > np.mean(untrained) + 0.1, (fitted, untrained)
+    assert {r["detail"] for r in rows if r["method"] == "layers"} == {"stage=blocks2"}  # the stage that made the data
+
+    # predict: rsatoolbox RDMs with the image names, in the order asked for
+    model = tmp_path / "fit" / "model.pt"
+    code, out, err = run_cli(capsys, "predict", model, "--images", folder, "--out", tmp_path / "pred.hdf5")
+    assert code == 0 and out.startswith(f"wrote {tmp_path / 'pred.hdf5'}: V4 (12 x 12)"), err
+    assert data.read_rdm_names(tmp_path / "pred.hdf5") == ("images", NATURAL)
+    order = tmp_path / "order.txt"
+    order.write_text("\n".join(NATURAL[::-1]))
+    code, _, err = run_cli(capsys, "predict", model, "--images", folder, "--order", order, "--out", tmp_path / "r.h5")
+    assert code == 0, err
+    forward, backward = data.load_rdms(tmp_path / "pred.hdf5"), data.load_rdms(tmp_path / "r.h5")
+    np.testing.assert_allclose(backward, forward[::-1, ::-1], atol=1e-6)
+
+    # score: the names agree, so it scores; the reversed prediction is refused, naming the file
+    code, out, err = run_cli(capsys, "score", tmp_path / "pred.hdf5", "--target", rdms, "--json")
+    assert code == 0 and json.loads(out)["V4"]["ceiling_source"] == "computed", err
+    code, out, err = run_cli(capsys, "score", tmp_path / "r.h5", "--target", rdms)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "r.h5: pattern descriptor 'images' orders the images differently", str(rdms))

@@ -33,6 +33,7 @@ DATA_ENV_VAR = "SIAMRDM_DATA"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SYMMETRY_TOLERANCE = 1e-5
 MIN_IMAGES = 3  # an RDM of 2 images has one dissimilarity: nothing to rank
+IMAGE_ORDER_FILE = "images.txt"  # the image order a run used, one name per line: an order file itself
 RDM_SUFFIXES = (".mat", ".npy", ".npz", ".hdf5", ".h5")
 RSATOOLBOX_SUFFIXES = (".hdf5", ".h5")
 PICKLE_SUFFIXES = (".pkl", ".pickle")

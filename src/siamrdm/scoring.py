@@ -308,6 +308,13 @@ def lower_ceiling(target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> flo
     return _computed_ceilings(target_rdms, method)[1]
 
 
+def ceiling_info(key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> dict:
+    """The ceiling that scores of these data are divided by, where it comes from, and the lower bound."""
+    return {"ceiling_source": ceiling_source(key, target_rdms, method),
+            "noise_ceiling": reference_ceiling(key, target_rdms, method),
+            "noise_ceiling_lower": lower_ceiling(target_rdms, method)}
+
+
 def percent_of_ceiling(r2: float, ceiling: float | None) -> float | None:
     return None if ceiling is None or ceiling <= 0 else 100.0 * r2 / ceiling
 
@@ -362,9 +369,8 @@ def score_submission(
         p_perm = permutation_p(model, targets[key], permutations, seed, method) if permutations else None
         ceilings.append(row["noise_ceiling"])
         result[key] = {"r2": row["r2"], "p": _finite_or_none(row["p"]), "p_signed": _finite_or_none(row["p_signed"]),
-                       "p_perm": p_perm, "pct_nc": row["pct_nc"], "noise_ceiling": row["noise_ceiling"],
-                       "ceiling_source": row["ceiling_source"],
-                       "noise_ceiling_lower": lower_ceiling(targets[key], method), "method": method}
+                       "p_perm": p_perm, "pct_nc": row["pct_nc"], **ceiling_info(key, targets[key], method),
+                       "method": method}
     if missing:
         result["score"] = None
         result["missing"] = missing

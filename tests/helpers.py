@@ -14,9 +14,12 @@ def assert_one_line_error(stderr: str, *parts: str) -> None:
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    """`siamrdm ARGS` in-process: (exit code, stdout, stderr)."""
+    """`siamrdm ARGS` in-process: (exit code, stdout, stderr); usage errors exit through SystemExit."""
     from siamrdm import cli
 
-    code = cli.main([str(a) for a in args])
+    try:
+        code = cli.main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code
     out, err = capsys.readouterr()
     return code, out, err

@@ -209,3 +209,122 @@ def test_done_when_own_data_through_the_cli(tmp_path: Path, capsys) -> None:
     code, out, err = run_cli(capsys, "score", tmp_path / "r.h5", "--target", rdms)
     assert code == 2 and out == ""
     assert_one_line_error(err, "r.h5: pattern descriptor 'images' orders the images differently", str(rdms))
+
+
+# --------------------------------------------------------------------------- no ceiling, other methods
+
+
+def test_single_group_rdm_has_no_ceiling_and_says_so(tmp_path: Path, capsys) -> None:
+    folder, rdms = make_own_data(tmp_path, subjects=1)
+    model = data.save_rdms(tmp_path / "model.hdf5", {"V4": data.load_rdms(rdms)[::-1, ::-1]})  # no names
+    code, out, err = run_cli(capsys, "score", model, "--target", rdms)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[1].split()[0] == "V4" and lines[1].split()[-1] == "none"
+    assert lines[-1] == "note: one RDM, no subjects to estimate a noise ceiling from: scores are r2 only"
+
+    out_dir = tmp_path / "folds"
+    code, out, err = run_cli(capsys, "evaluate", "--images", folder, "--rdms", rdms, "--key", "V4", "--folds", "3",
+                             "--methods", "layers,regression", *TRAINING_FLAGS, "--out", out_dir)
+    assert code == 0, err
+    table = (out_dir / "evaluation.md").read_text()
+    assert "| layers | V4 | r2 |" in table and "none: one RDM, no subjects" in table
+    assert (out_dir / "scores.png").is_file()  # r2 bars, no ceiling band
+    assert "r2 (these data have no noise ceiling)" in (out_dir / "report.md").read_text()
+
+
+def test_score_with_another_method(tmp_path: Path, capsys) -> None:
+    import json
+
+    from siamrdm import scoring
+
+    _, rdms = make_own_data(tmp_path)
+    subjects = data.load_rdms(rdms)
+    model = data.save_rdms(tmp_path / "model.hdf5", {"V4": subjects[0]}, names=NATURAL)
+    code, out, err = run_cli(capsys, "score", model, "--target", rdms, "--method", "tau-a", "--json")
+    assert code == 0, err
+    row = json.loads(out)["V4"]
+    upper, lower = scoring.noise_ceiling(subjects, "tau-a")
+    assert row["method"] == "tau-a" and row["ceiling_source"] == "computed"
+    assert row["r2"] == pytest.approx(np.mean(scoring.compare_rdms(subjects[0], subjects, "tau-a") ** 2))
+    assert row["noise_ceiling"] == pytest.approx(upper) and row["noise_ceiling_lower"] == pytest.approx(lower)
+    code, out, err = run_cli(capsys, "score", model, "--target", rdms, "--method", "corr")
+    assert code == 0 and "compared with 'corr'" in out.strip().splitlines()[-1]
+
+
+# --------------------------------------------------------------------------- bad input: one line, exit 2, no file
+
+
+def test_bad_own_data_input(tmp_path: Path, capsys) -> None:
+    folder, rdms = make_own_data(tmp_path)
+    own = ("--images", folder, "--rdms", rdms, "--key", "V4")
+    out = tmp_path / "out"
+    missing_name = tmp_path / "short.txt"
+    missing_name.write_text("\n".join(NATURAL[:-1]))
+    pickle = tmp_path / "rdms.pkl"
+    pickle.write_bytes(b"\x80\x04.")
+    cases = [
+        (["fit", *own, "--order", tmp_path / "nowhere.txt", "--out", out], ("nowhere.txt: no such order file",)),
+        (["fit", *own, "--order", missing_name, "--out", out], ("short.txt: does not list 'img12.png'",)),
+        (["fit", "--images", folder, "--rdms", pickle, "--key", "V4", "--out", out], ("rdms.pkl", "pickle")),
+        (["fit", "--order", missing_name, "--out", out], ("--order", "--images")),
+        (["evaluate", *own, "--folds", "5", "--out", out], ("--folds: 5 folds of 12 images",)),
+        (["evaluate", "--folds", "3", "--out", out], ("--folds", "--images")),
+        (["evaluate", *own, "--targets", "EVC", "--out", out], ("--targets", "--key")),
+        (["score", rdms, "--target", rdms, "--method", "tau-a", "--permutations", "10"], ("--permutations",
+                                                                                         "tau-a")),
+        (["score", rdms, "--target", rdms, "--method", "pearson"], ("score: ", "--method", "pearson")),
+        (["noise-ceiling", rdms, "--method", "r2"], ("noise-ceiling: ", "--method")),
+        (["predict", tmp_path / "model.pt", "--images", folder, "--out", tmp_path / "x.pkl"],
+         ("x.pkl", "unsupported output type")),
+    ]
+    for args, parts in cases:
+        code, stdout, err = run_cli(capsys, *args)
+        assert code == 2 and stdout == "", args
+        assert_one_line_error(err, *parts)
+        assert not out.exists() and not (tmp_path / "x.pkl").exists(), args
+
+
+# --------------------------------------------------------------------------- the Python API and the README
+
+
+def test_api_is_importable_from_the_package() -> None:
+    import subprocess
+    import sys
+
+    import siamrdm
+
+    undocumented = {"__version__", "COMPARISON_METHODS", "config_from_preset"}  # the last lives in train.py
+    for name in siamrdm.__all__:
+        value = getattr(siamrdm, name)
+        assert name in undocumented or value.__doc__, name
+    assert siamrdm.load_dataset is data.load_dataset and "evaluate_folds" in dir(siamrdm)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        siamrdm.nothing  # noqa: B018
+    light = subprocess.run([sys.executable, "-c", "import sys, siamrdm; print('torch' in sys.modules)"],
+                           capture_output=True, text=True, check=True)
+    assert light.stdout.strip() == "False"  # the API loads on first use
+
+
+def readme_example() -> str:
+    """The python block of README.md's "Your own data" section."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Your own data"):]
+    section = section[:section.index("\n## ", 1)]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start:section.index("```", start)]
+
+
+def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The README's notebook example, as written, on img1..img12 and an rsatoolbox file of 4 subjects."""
+    folder, rdms = make_own_data(tmp_path)
+    folder.rename(tmp_path / "my_images")
+    stack = data.load_rdms(rdms)
+    data.save_rdms(tmp_path / "my_rdms.hdf5", {"IT": stack}, names=NATURAL)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(readme_example(), "README.md", "exec"), {"__name__": "readme"})
+    out = capsys.readouterr().out
+    assert "12 images: ['img1.png', 'img2.png', 'img3.png'] RDMs: (4, 12, 12)" in out
+    assert out.count("computed") >= 9  # 3 methods x 3 folds, each over its held-out subjects' ceiling
+    assert data.read_rdm_names(tmp_path / "runs" / "mine" / "predicted.hdf5") == ("images", NATURAL)
+    assert (tmp_path / "runs" / "mine" / "model.pt").is_file()

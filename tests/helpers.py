@@ -11,3 +11,15 @@ def assert_one_line_error(stderr: str, *parts: str) -> None:
     assert lines[0].startswith("siamrdm: error: "), stderr
     for part in parts:
         assert part in lines[0], f"{part!r} not in {lines[0]!r}"
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """`siamrdm ARGS` in-process: (exit code, stdout, stderr); usage errors exit through SystemExit."""
+    from siamrdm import cli
+
+    try:
+        code = cli.main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -18,7 +18,8 @@ from scipy import stats
 from siamrdm import cli, data, scoring
 from siamrdm.rdm import upper_tri
 
-ROW_FIELDS = {"r2", "p", "p_signed", "p_perm", "pct_nc", "noise_ceiling", "ceiling_source"}
+ROW_FIELDS = {"r2", "p", "p_signed", "p_perm", "pct_nc", "noise_ceiling", "ceiling_source", "noise_ceiling_lower",
+              "method"}
 
 
 def run_process(*args: str, env_data: str | None = None) -> subprocess.CompletedProcess:
@@ -163,9 +164,10 @@ def test_score_table(capsys, group_mean_submission: Path, set92: Path, fmri92) -
     )
     assert code == 0 and err == ""
     lines = out.strip().splitlines()
-    assert lines[0].split() == ["key", "r2", "p", "p_signed", "p_perm", "ceiling", "%", "NC"]
+    assert lines[0].split() == ["key", "r2", "p", "p_signed", "p_perm", "ceiling", "%", "NC", "lower", "source"]
     evc = lines[1].split()
-    assert evc[0] == "EVC_RDMs" and evc[4] == "-" and evc[5] == "0.1589"
+    assert evc[0] == "EVC_RDMs" and evc[4] == "-" and evc[5] == "0.1589" and evc[-1] == "official"
+    assert float(evc[-2]) == pytest.approx(scoring.noise_ceiling(fmri92["EVC_RDMs"])[1], abs=1e-4)
     assert float(evc[1]) == pytest.approx(scoring.noise_ceiling(fmri92["EVC_RDMs"])[0], abs=1e-4)
     assert lines[2].split()[0] == "IT_RDMs"
     assert lines[3].split()[0] == "score" and float(lines[3].split()[-1]) == pytest.approx(100, abs=0.05)

@@ -211,8 +211,10 @@ def test_score_submission_structure_and_overall(make_rdms) -> None:
     assert list(result) == ["EVC_RDMs", "IT_RDMs", "score"]  # complete: no "missing"
     for key in ("EVC_RDMs", "IT_RDMs"):
         row = result[key]
-        assert set(row) == {"r2", "p", "p_signed", "p_perm", "pct_nc", "noise_ceiling", "ceiling_source"}
-        assert row["ceiling_source"] == "computed"  # 10 images: no official ceiling
+        assert set(row) == {"r2", "p", "p_signed", "p_perm", "pct_nc", "noise_ceiling", "ceiling_source",
+                            "noise_ceiling_lower", "method"}
+        assert row["ceiling_source"] == "computed" and row["method"] == "spearman"  # 10 images: no official ceiling
+        assert row["noise_ceiling_lower"] == pytest.approx(scoring.noise_ceiling(targets[key])[1])
         score = scoring.score_rdm(submission[key], targets[key])
         ceiling = scoring.noise_ceiling(targets[key])[0]
         assert row["r2"] == pytest.approx(score.r2) and row["p"] == pytest.approx(score.p)

@@ -46,14 +46,25 @@ def _fmt(x: float | None, spec: str = ".4f") -> str:
 # --------------------------------------------------------------------------- foundation commands
 
 
-def cmd_score(args) -> int:
+def _check_method(args) -> str:
+    """--method, checked before any work: permutation p-values need a dot-product method."""
     if args.permutations < 0:
         raise UsageError(f"--permutations must be 0 (no permutation test) or more, got {args.permutations}")
+    if args.permutations and args.method not in scoring.DOT_METHODS:
+        raise UsageError(f"--permutations works with --method {', '.join(scoring.DOT_METHODS)}, not {args.method}")
+    return args.method
+
+
+def cmd_score(args) -> int:
+    method = _check_method(args)
     targets = data.load_rdm_dict(args.target)
     n_images = next(iter(targets.values())).shape[-1]
     submission = data.load_rdm_dict(args.submission, n_images=n_images)
+    named = data.read_rdm_names(args.target)
+    if named is not None:  # both files name their images (rsatoolbox files): the same images, in the same order
+        data.check_rdm_names(args.submission, named[1], among=str(args.target))
     try:
-        result = scoring.score_submission(submission, targets, args.permutations, args.seed)
+        result = scoring.score_submission(submission, targets, args.permutations, args.seed, method)
     except ValueError as exc:
         raise data.DataError(f"{args.submission}: {exc}") from None
     missing = ", ".join(result.get("missing", []))
@@ -63,18 +74,25 @@ def cmd_score(args) -> int:
     if args.json:
         _print_json(result)
         return 0
-    print(f"{'key':<18} {'r2':>8} {'p':>10} {'p_signed':>10} {'p_perm':>10} {'ceiling':>8} {'% NC':>7}")
-    for key, row in result.items():
-        if key not in ("score", "missing"):
-            print(
-                f"{key:<18} {row['r2']:>8.4f} {_fmt(row['p'], '.2e'):>10} {_fmt(row['p_signed'], '.2e'):>10} "
-                f"{_fmt(row['p_perm'], '.2e'):>10} {_fmt(row['noise_ceiling']):>8} {_fmt(row['pct_nc'], '.2f'):>7}"
-            )
+    print(f"{'key':<18} {'r2':>8} {'p':>10} {'p_signed':>10} {'p_perm':>10} {'ceiling':>8} {'% NC':>7} "
+          f"{'lower':>8}  source")
+    rows = {key: row for key, row in result.items() if key not in ("score", "missing")}
+    for key, row in rows.items():
+        print(
+            f"{key:<18} {row['r2']:>8.4f} {_fmt(row['p'], '.2e'):>10} {_fmt(row['p_signed'], '.2e'):>10} "
+            f"{_fmt(row['p_perm'], '.2e'):>10} {_fmt(row['noise_ceiling']):>8} {_fmt(row['pct_nc'], '.2f'):>7} "
+            f"{_fmt(row['noise_ceiling_lower']):>8}  {row['ceiling_source'] or 'none'}"
+        )
     total = result["score"]
     if total is None:
         print(f"{'score':<18} withheld: the submission lacks {missing}")
     else:
         print(f"{'score':<18} {total['r2']:>8.4f} {'':>41} {_fmt(total['pct_nc'], '.2f'):>7}")
+    if any(row["ceiling_source"] is None for row in rows.values()):
+        print(f"note: {scoring.NO_CEILING_NOTE}")
+    if method != scoring.OFFICIAL_METHOD:
+        print(f"note: compared with '{method}' (rsatoolbox's name); r2 is the mean over subjects of its square, "
+              "and the ceilings are computed with it")
     return 0
 
 
@@ -83,7 +101,7 @@ def cmd_noise_ceiling(args) -> int:
     result = {}
     for key, rdms in targets.items():
         try:
-            upper, lower = scoring.noise_ceiling(rdms)
+            upper, lower = scoring.noise_ceiling(rdms, args.method)
         except ValueError as exc:  # fewer than 2 subjects, or a constant mean RDM
             raise data.DataError(f"{args.target}:{key}: {exc}") from None
         result[key] = {"upper": upper, "lower": lower}
@@ -184,16 +202,25 @@ def _seeds(args) -> tuple[int, ...]:
     return seeds
 
 
-def _training_datasets(args) -> tuple[list, list, tuple[str, ...]]:
-    """(train sets, validation sets, targets) from --data/--sets or from --images/--rdms/--key."""
+def _own_dataset(args) -> data.BrainDataset | None:
+    """Your own data from --images, --rdms, --key (and --order), or None when none of them is given."""
+    if not (args.images or args.rdms):
+        if getattr(args, "order", None):
+            raise UsageError("--order orders your own images: use it with --images, --rdms and --key")
+        return None
+    if not (args.images and args.rdms and args.key):
+        raise UsageError("your own data needs all of --images DIR, --rdms FILE and --key KEY")
+    return data.load_dataset(args.images, args.rdms, args.key, order=args.order)
+
+
+def _training_datasets(args) -> tuple[list, list, tuple[str, ...], list[str] | None]:
+    """(train sets, validation sets, targets, image order) from --data/--sets or from --images/--rdms/--key;
+    the image order (the RDM's rows) only for your own data."""
     from .train import split_holdout
 
-    if args.images or args.rdms:
-        if not (args.images and args.rdms and args.key):
-            raise UsageError("your own data needs all of --images DIR, --rdms FILE and --key KEY")
-        images = data.load_image_set(args.images)
-        rdms = data.load_rdms(args.rdms, args.key, n_images=len(images))
-        train = [data.BrainDataset(Path(args.images).name, images, {args.key: rdms})]
+    own = _own_dataset(args)
+    if own is not None:
+        train = [own]
         targets: tuple[str, ...] = (args.key,)
     else:
         targets = _csv(args.targets) or ("EVC",)
@@ -213,7 +240,7 @@ def _training_datasets(args) -> tuple[list, list, tuple[str, ...]]:
         train, val = [t for t, _ in split], [v for _, v in split]
     if not train:
         raise UsageError("no training images left after taking out the validation set")
-    return train, val, targets
+    return train, val, targets, None if own is None else own.images.names
 
 
 def _out_dir(path: str, allow_existing: bool = True, overwrite: bool = False) -> Path:
@@ -230,10 +257,25 @@ def _out_dir(path: str, allow_existing: bool = True, overwrite: bool = False) ->
                          "--out") from None
 
 
+def _validation_ceilings(val: list, targets: tuple[str, ...]) -> dict:
+    """Per validation set and target ('set/target', as in log.csv): what best_val_score is (percent of the noise
+    ceiling, or r2 where the data have none) and the ceiling it was divided by."""
+    out = {}
+    for dataset in val:
+        for target in targets:
+            info = scoring.ceiling_info(target, dataset.targets[target])
+            info = {"images": len(dataset), "score": "pct_nc" if info["noise_ceiling"] else "r2", **info}
+            if info["ceiling_source"] is None:
+                info["note"] = scoring.NO_CEILING_NOTE
+            out[f"{dataset.name}/{target}"] = info
+    return out
+
+
 def cmd_fit(args) -> int:
+    from .files import write_text
     from .predict import fit_predictor
 
-    train, val, targets = _training_datasets(args)
+    train, val, targets, order = _training_datasets(args)
     config = _config_from_args(args, targets)
     seeds = _seeds(args)
     out = _out_dir(args.out, allow_existing=args.resume or args.overwrite, overwrite=args.overwrite)
@@ -241,9 +283,16 @@ def cmd_fit(args) -> int:
         raise UsageError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
     predictor = fit_predictor(config, train, val, seeds, out, resume=args.resume, progress=not args.quiet,
                               overwrite=args.overwrite)
+    if order is not None:  # the RDM rows' images, in order: an --order file for the next run on these data
+        write_text(out / data.IMAGE_ORDER_FILE, "\n".join(order) + "\n")
     summary = {"model": str(out / "model.pt"), "targets": list(targets), "seeds": predictor.metrics}
+    if val:
+        summary["validation"] = _validation_ceilings(val, targets)
     _print_json(summary)
     return 0
+
+
+PREDICTION_SUFFIXES = (".mat", ".npz", ".npy", ".hdf5", ".h5")
 
 
 def cmd_predict(args) -> int:
@@ -252,15 +301,15 @@ def cmd_predict(args) -> int:
 
     check_output_file(args.out)
     suffix = Path(args.out).suffix.lower()
-    if suffix not in (".mat", ".npz", ".npy"):
-        raise UsageError(f"{args.out}: unsupported output type '{suffix}' (use .mat, .npy or .npz)")
+    if suffix not in PREDICTION_SUFFIXES:
+        raise UsageError(f"{args.out}: unsupported output type '{suffix}' (use {', '.join(PREDICTION_SUFFIXES)})")
     predictor = _config_errors_as_flags(RDMPredictor.load, args.model, args.device)
     if suffix == ".npy" and len(predictor.targets) != 1:
         raise UsageError(f"{args.out}: .npy holds one RDM but the model predicts {len(predictor.targets)}; use .mat")
-    images = data.load_image_set(args.images)
+    images = data.load_image_set(args.images, args.order)
     rdms = predictor.predict(images)
     keyed = {data.TARGETS[t][1] if t in data.TARGETS else t: rdm for t, rdm in rdms.items()}
-    path = data.save_rdms(args.out, keyed)
+    path = data.save_rdms(args.out, keyed, names=images.names)
     print(f"wrote {path}: {', '.join(keyed)} ({len(images)} x {len(images)})")
     return 0
 
@@ -270,7 +319,7 @@ def cmd_lr_find(args) -> int:
     from .plots import plot_lr_range
     from .train import lr_range_test
 
-    train, _, targets = _training_datasets(args)
+    train, _, targets, _ = _training_datasets(args)
     config = _config_from_args(args, targets)
     out = _out_dir(args.out)
     with run_folder_lock(out):
@@ -304,18 +353,25 @@ def cmd_challenge(args) -> int:
 # Each group of commands registers itself in its own function, next to its handlers' module.
 
 
+def _add_method_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", default=scoring.OFFICIAL_METHOD, choices=scoring.COMPARISON_METHODS,
+                   help="RDM comparison, named as rsatoolbox names them (default: spearman, the official metric)")
+
+
 def _add_foundation_commands(sub) -> None:
     p = sub.add_parser("score", help="score a submission's RDMs against target subject RDMs")
-    p.add_argument("submission", help=".mat/.npz/.npy file of model RDMs (keys such as EVC_RDMs)")
+    p.add_argument("submission", help=".mat/.npz/.npy/.hdf5 file of model RDMs (keys such as EVC_RDMs)")
     p.add_argument("--target", required=True, help="file of subject RDMs with the same keys")
     p.add_argument("--permutations", type=int, default=0,
                    help="also compute p_perm from this many image-label permutations (default: 0, not computed)")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations (default: 0)")
+    _add_method_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("noise-ceiling", help="upper and lower noise ceilings of subject RDMs")
     p.add_argument("target", help="file of subject RDMs, (S, N, N) or (S, K, N, N) per key")
+    _add_method_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_noise_ceiling)
 
@@ -331,10 +387,17 @@ def _add_dataset_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sets", help="training image sets (default: 92,118)")
     p.add_argument("--val-set", help="an Algonauts set held out for validation (e.g. 118)")
     p.add_argument("--val-fraction", type=float, default=0.0, help="fraction of each set's images held out")
-    p.add_argument("--images", help="your own data: a folder of images (with --rdms and --key)")
-    p.add_argument("--rdms", help="your own data: .mat/.npz/.npy of RDMs, (N, N), (S, N, N) or (S, K, N, N)")
-    p.add_argument("--key", help="your own data: the array's key in --rdms (its name becomes the target)")
+    _add_own_data_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_own_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", help="your own data: a folder of images, sorted naturally (img2 before img10), "
+                   "with --rdms and --key")
+    p.add_argument("--rdms", help="your own data: .mat/.npz/.npy of RDMs, (N, N), (S, N, N) or (S, K, N, N), or an "
+                   "rsatoolbox RDMs .hdf5 file")
+    p.add_argument("--key", help="your own data: the array's key in --rdms (its name becomes the target)")
+    p.add_argument("--order", help="your own data: a text file of image names, one per line, in the RDM's row order")
 
 
 def _add_model_commands(sub) -> None:
@@ -348,8 +411,10 @@ def _add_model_commands(sub) -> None:
 
     p = sub.add_parser("predict", help="predict the RDM of a folder of images with a trained model")
     p.add_argument("model", help="model.pt written by 'siamrdm fit'")
-    p.add_argument("--images", required=True, help="folder of images (sorted by name) or stimulus .mat")
-    p.add_argument("--out", required=True, help="output .mat, .npz or .npy (one target)")
+    p.add_argument("--images", required=True, help="folder of images (sorted naturally) or stimulus .mat")
+    p.add_argument("--order", help="a text file of image names, one per line: the predicted RDM's row order")
+    p.add_argument("--out", required=True, help="output .mat, .npz, .npy (one target), or .hdf5/.h5 (rsatoolbox "
+                   "RDMs with the image names)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.set_defaults(func=cmd_predict)
 
@@ -377,14 +442,15 @@ def _analysis_targets(args) -> tuple[str, ...]:
 
 
 def _print_evaluation(evaluation, args, paths: dict | None, seconds: float) -> None:
-    from .evaluate import json_safe, markdown_table, summary_table
+    from .evaluate import json_safe, markdown_table, summary
 
     if getattr(args, "json", False):
+        folds = {"folds": {k: d.images.names for k, d in evaluation.held_out.items()}} if evaluation.held_out else {}
         _print_json(json_safe({"rows": evaluation.rows, "layers": evaluation.layers,
                                "regression": evaluation.regression, "seconds": evaluation.seconds,
-                               "wall_s": seconds}))
+                               **folds, "wall_s": seconds}))
         return
-    print(summary_table(evaluation.rows))
+    print(summary(evaluation))
     print()
     print(markdown_table(evaluation.rows))
     if paths:
@@ -424,27 +490,53 @@ def cmd_baseline_regression(args) -> int:
     return _cmd_baseline(args, "regression")
 
 
+def _check_folds(dataset: data.BrainDataset, folds: int, seed: int) -> None:
+    """--folds checked before any work or file: each fold needs at least 3 images."""
+    from .challenge import fold_splits
+
+    try:
+        fold_splits(dataset, folds, seed)
+    except data.DataError as exc:
+        raise UsageError(f"--{exc}") from None
+
+
 def cmd_evaluate(args) -> int:
     import time
 
-    from .evaluate import METHODS, parse_list, run_evaluation
+    from .evaluate import METHODS, parse_list, run_evaluation, run_fold_evaluation
     from .files import clear_run_folder, run_folder_lock
     from .report import write_report
 
     methods = parse_list(args.methods, METHODS, "method")
-    targets = _analysis_targets(args)
+    own = _own_dataset(args)
+    if own is None and args.folds is not None:
+        raise UsageError("--folds cross-validates your own data: use it with --images, --rdms and --key (the "
+                         "Algonauts sets are evaluated across sets)")
+    if own is not None and args.targets:
+        raise UsageError("--targets names Algonauts targets; with your own data the target is --key")
+    targets = tuple(own.targets) if own is not None else _analysis_targets(args)
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     config = _config_from_args(args, targets)
     seeds = _seeds(args)
+    folds = 5 if args.folds is None else args.folds
+    if own is not None:
+        _check_folds(own, folds, args.fold_seed)
     out = _out_dir(args.out, allow_existing=args.overwrite, overwrite=args.overwrite)
     start = time.perf_counter()
     with run_folder_lock(out):
         if args.overwrite:
             clear_run_folder(out)
-        evaluation, paths = run_evaluation(args.data, out, methods, targets, config, seeds, args.batch_size,
-                                           progress=not args.quiet, make_plots=not args.no_plots)
-        md, _ = write_report(out, title="siamrdm evaluate: cross-set scores")
+        if own is None:
+            evaluation, paths = run_evaluation(args.data, out, methods, targets, config, seeds, args.batch_size,
+                                               progress=not args.quiet, make_plots=not args.no_plots)
+            md, _ = write_report(out, title="siamrdm evaluate: cross-set scores")
+        else:
+            inputs = {"image_folder": str(args.images), "rdms": str(args.rdms), "key": args.key, "order": args.order}
+            evaluation, paths = run_fold_evaluation(own, out, folds, methods, config, seeds, args.fold_seed,
+                                                    progress=not args.quiet, make_plots=not args.no_plots,
+                                                    inputs=inputs)
+            md, _ = write_report(out, title=f"siamrdm evaluate: {folds} image folds of {own.name}")
     paths["report"] = md
     _print_evaluation(evaluation, args, paths, time.perf_counter() - start)
     return 0
@@ -480,8 +572,12 @@ def _add_analysis_commands(sub) -> None:
         q.add_argument("--quiet", action="store_true", help="no progress bars")
         q.set_defaults(func=func)
 
-    p = sub.add_parser("evaluate", help="cross-set validation of every method and target: table and plots")
+    p = sub.add_parser("evaluate", help="cross-set validation of every method and target (or image folds of your "
+                       "own data): table and plots")
     p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
+    _add_own_data_options(p)
+    p.add_argument("--folds", type=int, help="your own data: image folds to cross-validate over (default: 5)")
+    p.add_argument("--fold-seed", type=int, default=0, help="seed of the split into folds (default: 0)")
     p.add_argument("--out", default="runs/evaluate", help="folder for the table, plots and report")
     p.add_argument("--methods", help="comma-separated: siamese, layers, regression (default: all)")
     p.add_argument("--targets", help="comma-separated (default: EVC,IT,MEG_early,MEG_late)")

@@ -1,15 +1,24 @@
 """Reading images and brain RDMs.
 
 Two entry points matter: `load_image_set` (a folder of images or an official stimulus .mat) and
-`load_rdms` (.mat v5, .mat v7.3, .npy, .npz). Both validate what they read and raise `DataError`
-with a one-line message that names the file and the problem; the CLI turns that into exit code 2.
+`load_rdms` (.mat v5, .mat v7.3, .npy, .npz, and rsatoolbox's RDMs HDF5 files). Both validate what they
+read and raise `DataError` with a one-line message that names the file and the problem; the CLI turns that
+into exit code 2. `load_dataset` joins the two for your own data and checks that they agree.
+
+Image order is RDM order. A folder is sorted naturally (img2 before img10), unless an explicit order
+(a text file of image names, one per line) says otherwise; a stimulus .mat keeps its own order. An
+rsatoolbox file that names its patterns (an `images`, `stimulus` or `names` descriptor) must list them in
+the order of the images it is used with.
 
 On top of them, `load_algonauts_set` knows the official Algonauts 2019 layout (see the data README).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,12 +27,20 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from .rdm import upper_tri
+from .rdm import square_rdm, upper_tri
 
 DATA_ENV_VAR = "SIAMRDM_DATA"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SYMMETRY_TOLERANCE = 1e-5
 MIN_IMAGES = 3  # an RDM of 2 images has one dissimilarity: nothing to rank
+IMAGE_ORDER_FILE = "images.txt"  # the image order a run used, one name per line: an order file itself
+RDM_SUFFIXES = (".mat", ".npy", ".npz", ".hdf5", ".h5")
+RSATOOLBOX_SUFFIXES = (".hdf5", ".h5")
+PICKLE_SUFFIXES = (".pkl", ".pickle")
+# rsatoolbox pattern descriptors that name the images, in the order they are looked for.
+IMAGE_DESCRIPTORS = ("images", "image", "stimulus", "stimuli", "names", "name", "filenames", "filename")
+# rsatoolbox RDM descriptors that split a file's RDMs into keys (targets); without one, the file is one stack.
+KEY_DESCRIPTORS = ("target", "roi")
 
 # Target name -> (candidate files, newest first, and the key inside them). The official MEG file
 # (subjects x 2 x N x N) is preferred when present; the data README explains the window-averaged one.
@@ -148,8 +165,80 @@ def _image_set_from_stimulus_mat(path: Path) -> ImageSet:
     return _check_image_count(ImageSet(names, images, path))
 
 
-def load_image_set(path: str | os.PathLike) -> ImageSet:
-    """Images from a folder (sorted by file name) or from an official stimulus .mat (`visual_stimuli`).
+def natural_key(name: str) -> tuple:
+    """Sort key that orders the numbers in names by value (img2 < img10), letters case-insensitively; ties
+    (img01, img1) fall back to the plain string, so the order is total and the same on every system."""
+    parts = re.split(r"(\d+)", name)
+    return tuple(int(p) if k % 2 else p.casefold() for k, p in enumerate(parts)), name
+
+
+def read_image_order(path: str | os.PathLike) -> list[str]:
+    """Image names from a text file, one per line (blank lines and lines starting with # are skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such order file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: unreadable order file ({_one_line(exc)})") from None
+    names = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not names:
+        raise DataError(f"{path}: order file lists no image names")
+    return names
+
+
+def _shown(names: Sequence[str], limit: int = 3) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(repr(n) for n in names[:limit]) + more
+
+
+def match_names(listed: Sequence[str], names: Sequence[str], where: str, among: str) -> list[int]:
+    """Where each listed name is among `names` (a listed name is an image's file name, or its stem when that is
+    unique), checking that the list is a complete order: every name known, none twice, no image left out.
+
+    `where` starts the error message (the order file, or an RDM file's descriptor); `among` says where the
+    images are (their folder).
+    """
+    exact = {name: k for k, name in enumerate(names)}
+    stems: dict[str, list[int]] = {}
+    for k, name in enumerate(names):
+        stems.setdefault(Path(name).stem, []).append(k)
+    index, unknown, seen = [], [], set()
+    for name in listed:
+        if name in exact:
+            k = exact[name]
+        elif len(stems.get(name, ())) == 1:
+            k = stems[name][0]
+        elif name in stems:
+            raise DataError(f"{where}: '{name}' matches several images in {among} "
+                            f"({', '.join(names[k] for k in stems[name])}); give the file name")
+        else:
+            unknown.append(name)
+            continue
+        if k in seen:
+            raise DataError(f"{where}: lists '{names[k]}' twice")
+        seen.add(k)
+        index.append(k)
+    if unknown:
+        raise DataError(f"{where}: lists {_shown(unknown)}, not among the {len(names)} images in {among}")
+    left_out = [names[k] for k in range(len(names)) if k not in seen]
+    if left_out:
+        raise DataError(f"{where}: does not list {_shown(left_out)} of the {len(names)} images in {among}")
+    return index
+
+
+def _resolve_order(order: str | os.PathLike | Sequence[str]) -> tuple[list[str], str]:
+    """(names, how to name the order in a message): a file path, or a list of names given in code."""
+    if isinstance(order, str | os.PathLike):
+        return read_image_order(order), str(order)
+    names = [str(n) for n in order]
+    return names, f"order ({len(names)} names)"
+
+
+def load_image_set(path: str | os.PathLike, order: str | os.PathLike | Sequence[str] | None = None) -> ImageSet:
+    """Images in RDM order: a folder (sorted naturally, img2 before img10) or an official stimulus .mat
+    (`visual_stimuli`, in its own order). `order`, an order file or a list of names, overrides either: it
+    must name every image once.
 
     At least 3 images (an RDM of fewer has nothing to rank); 16-bit and float images are scaled by their
     real range, every mode becomes (H, W, 3) uint8.
@@ -157,13 +246,21 @@ def load_image_set(path: str | os.PathLike) -> ImageSet:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such image folder or file")
+    listed, where = _resolve_order(order) if order is not None else (None, "")
     if path.is_file():
-        if path.suffix.lower() == ".mat":
-            return _image_set_from_stimulus_mat(path)
-        raise DataError(f"{path}: expected a folder of images or a stimulus .mat file")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if path.suffix.lower() != ".mat":
+            raise DataError(f"{path}: expected a folder of images or a stimulus .mat file")
+        images = _image_set_from_stimulus_mat(path)
+        if listed is not None:
+            index = match_names(listed, images.names, where, str(path))
+            images = ImageSet([images.names[k] for k in index], [images.images[k] for k in index], path)
+        return images
+    files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                   key=lambda p: natural_key(p.name))
     if not files:
         raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in folder")
+    if listed is not None:
+        files = [files[k] for k in match_names(listed, [p.name for p in files], where, str(path))]
     return _check_image_count(ImageSet([p.name for p in files], [_read_image(p) for p in files], path))
 
 
@@ -186,27 +283,166 @@ def _read_rdm_file(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise DataError(f"{path}: pickle files are refused (loading one can run code); save rsatoolbox RDMs as "
+                        "HDF5 instead: rdms.save(path, file_type='hdf5')")
+    if suffix not in RDM_SUFFIXES:
+        raise DataError(f"{path}: unsupported RDM file type '{suffix}' (use {', '.join(RDM_SUFFIXES)})")
     try:
         if suffix == ".npy":
             return {"": np.load(path, allow_pickle=False)}
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as npz:
                 return {k: npz[k] for k in npz.files}
-        if suffix != ".mat":
-            raise DataError(f"{path}: unsupported RDM file type '{suffix}' (use .mat, .npy or .npz)")
-        if h5py.is_hdf5(path):  # MATLAB v7.3: h5py returns the axes reversed
+        if h5py.is_hdf5(path):
             with h5py.File(path, "r") as f:
-                return {
+                if _is_rsatoolbox(f):
+                    return _read_rsatoolbox(f, path)
+                if suffix in RSATOOLBOX_SUFFIXES:
+                    raise DataError(f"{path}: an HDF5 file, but not rsatoolbox RDMs (no 'dissimilarities' dataset "
+                                    "beside a 'pattern_descriptors' group)")
+                return {  # MATLAB v7.3: h5py returns the axes reversed
                     k: np.asarray(f[k]).transpose()
                     for k in f.keys()
                     if isinstance(f[k], h5py.Dataset) and not k.startswith("#")
                 }
+        if suffix in RSATOOLBOX_SUFFIXES:
+            raise DataError(f"{path}: not an HDF5 file (rsatoolbox RDMs are saved with file_type='hdf5')")
     except DataError:
         raise
     except Exception as exc:
         raise DataError(f"{path}: unreadable file ({_one_line(exc)})") from None
     mat = _read_mat_v5(path)
     return {k: v for k, v in mat.items() if not k.startswith("__") and isinstance(v, np.ndarray)}
+
+
+# --------------------------------------------------------------------------- rsatoolbox RDMs files
+# rsatoolbox's RDMs.save(path, file_type='hdf5') writes: a dataset 'dissimilarities' (n_rdm, N(N-1)/2), the
+# upper triangles in row-major order (scipy's squareform, as `rdm.upper_tri`); groups 'descriptors',
+# 'rdm_descriptors' (one value per RDM) and 'pattern_descriptors' (one value per image), whose values are
+# datasets (strings as bytes) or attributes; and 'dissimilarity_measure' (an attribute, or an empty dataset).
+# They are read with h5py alone, so rsatoolbox is not needed to read them.
+
+
+def _is_rsatoolbox(f: h5py.File) -> bool:
+    return isinstance(f.get("dissimilarities"), h5py.Dataset) and isinstance(f.get("pattern_descriptors"), h5py.Group)
+
+
+def _decoded(values) -> list:
+    values = np.atleast_1d(np.asarray(values))
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v.item() if isinstance(v, np.generic) else v
+            for v in values.tolist()]
+
+
+def _descriptors(group: h5py.Group | None) -> dict[str, list]:
+    """A descriptor group's values as lists (datasets and list-valued attributes)."""
+    if group is None:
+        return {}
+    out = {}
+    for name, item in group.items():
+        if isinstance(item, h5py.Dataset) and item.shape is not None:
+            out[name] = _decoded(item[()])
+    for name, value in group.attrs.items():
+        out.setdefault(name, _decoded(value))
+    return out
+
+
+def _read_rsatoolbox(f: h5py.File, path: Path) -> dict[str, np.ndarray]:
+    """The file's RDMs as (N, N) or (RDMs, N, N) arrays, split into keys by a 'target' or 'roi' RDM descriptor
+    when it has one (else one array under the key '', as a .npy file)."""
+    vectors = np.asarray(f["dissimilarities"][()], dtype=np.float64)
+    vectors = vectors[None] if vectors.ndim == 1 else vectors
+    if vectors.ndim != 2:
+        raise DataError(f"{path}: 'dissimilarities' has shape {vectors.shape}, expected (RDMs, pairs)")
+    n = (1 + math.isqrt(1 + 8 * vectors.shape[1])) // 2
+    if n * (n - 1) // 2 != vectors.shape[1] or n < 2:
+        raise DataError(f"{path}: 'dissimilarities' rows of length {vectors.shape[1]} are not the upper "
+                        "triangle of a square RDM")
+    matrices = np.stack([square_rdm(v, n) for v in vectors])
+    rdm_descriptors = _descriptors(f.get("rdm_descriptors"))
+    by = next((d for d in KEY_DESCRIPTORS if len(rdm_descriptors.get(d, ())) == len(matrices)), None)
+    groups = {"": list(range(len(matrices)))}
+    if by is not None:
+        groups = {}
+        for k, value in enumerate(rdm_descriptors[by]):
+            groups.setdefault(str(value), []).append(k)
+    return {key: matrices[rows[0]] if len(rows) == 1 else matrices[rows] for key, rows in groups.items()}
+
+
+def read_rdm_names(path: str | os.PathLike) -> tuple[str, list[str]] | None:
+    """(descriptor, image names) of an rsatoolbox RDMs file that names its patterns, else None (other files
+    carry no names)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".mat", *RSATOOLBOX_SUFFIXES) or not path.is_file() or not h5py.is_hdf5(path):
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            if not _is_rsatoolbox(f):
+                return None
+            patterns = _descriptors(f["pattern_descriptors"])
+    except Exception as exc:
+        raise DataError(f"{path}: unreadable file ({_one_line(exc)})") from None
+    for name in IMAGE_DESCRIPTORS:
+        if name in patterns:
+            return name, [str(v) for v in patterns[name]]
+    return None
+
+
+def check_rdm_names(path: str | os.PathLike, names: Sequence[str], among: str = "the images") -> None:
+    """When an RDM file names its images, they must be `names`, in the same order (an RDM's rows are only
+    meaningful with the right images): a DataError naming the file and the first difference otherwise."""
+    found = read_rdm_names(path)
+    if found is None:
+        return
+    descriptor, listed = found
+    where = f"{path}: pattern descriptor '{descriptor}'"
+    if len(listed) != len(names):
+        raise DataError(f"{where} names {len(listed)} images, {among} are {len(names)}")
+    index = match_names(listed, names, where, among)
+    wrong = next((k for k, i in enumerate(index) if i != k), None)
+    if wrong is not None:
+        raise DataError(f"{where} orders the images differently from {among} (row {wrong + 1}: '{listed[wrong]}' "
+                        f"in the file, '{names[wrong]}' among the images); give the file's order with --order")
+
+
+def _rsatoolbox_rows(path: Path, rdms: dict[str, np.ndarray], names: Sequence[str] | None) -> dict[str, np.ndarray]:
+    """Checked before anything is written: the upper triangles of every key's RDMs (one row per RDM), with
+    their 'target' (the key) and 'subject' (1.. within a stack) descriptors."""
+    shapes = {k: np.shape(v) for k, v in rdms.items()}
+    bad = next((k for k, shape in shapes.items() if len(shape) not in (2, 3)), None)
+    if bad is not None:
+        raise DataError(f"{path}:{bad}: rsatoolbox files hold (N, N) or (RDMs, N, N) arrays, got {shapes[bad]}")
+    n = next(iter(shapes.values()))[-1]
+    if any(shape[-1] != n for shape in shapes.values()):
+        raise DataError(f"{path}: every RDM in an rsatoolbox file covers the same images")
+    if names is not None and len(names) != n:
+        raise DataError(f"{path}: {len(names)} image names for {n} x {n} RDMs")
+    stacks = {k: np.asarray(v, dtype=np.float64).reshape(-1, n, n) for k, v in rdms.items()}
+    return {"dissimilarities": np.concatenate([upper_tri(v) for v in stacks.values()]),
+            "target": np.array([k.encode("utf-8") for k, v in stacks.items() for _ in v], dtype=bytes),
+            "subject": np.concatenate([np.arange(1, len(v) + 1) for v in stacks.values()]),
+            "images": None if names is None else np.array([str(m).encode("utf-8") for m in names], dtype=bytes)}
+
+
+def _write_rsatoolbox(path: Path, rows: dict[str, np.ndarray], measure: str) -> None:
+    """rsatoolbox's RDMs HDF5 layout (see above), the image names as the 'images' pattern descriptor."""
+    from . import __version__
+
+    with h5py.File(path, "w") as f:
+        f.attrs["dissimilarity_measure"] = measure
+        f.attrs["siamrdm_version"] = __version__
+        f["dissimilarities"] = rows["dissimilarities"]
+        f.create_group("descriptors").attrs["source"] = "siamrdm"
+        rdm_descriptors = f.create_group("rdm_descriptors")
+        rdm_descriptors["target"] = rows["target"]
+        if rows["subject"].max() > 1:
+            rdm_descriptors["subject"] = rows["subject"]
+        rdm_descriptors["index"] = np.arange(len(rows["target"]))
+        patterns = f.create_group("pattern_descriptors")
+        n = (1 + math.isqrt(1 + 8 * rows["dissimilarities"].shape[1])) // 2
+        if rows["images"] is not None:
+            patterns["images"] = rows["images"]
+        patterns["index"] = np.arange(n)
 
 
 def list_rdm_keys(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
@@ -265,11 +501,14 @@ def _check_not_constant(rdms: np.ndarray, where: str) -> None:
     )
 
 
-def load_rdms(path: str | os.PathLike, key: str | None = None, n_images: int | None = None) -> np.ndarray:
-    """One validated RDM array from a file. `key` may be omitted when the file holds a single array."""
+def load_rdms(path: str | os.PathLike, key: str | None = None, n_images: int | None = None,
+              names: Sequence[str] | None = None) -> np.ndarray:
+    """One validated RDM array from a file. `key` may be omitted when the file holds a single array (it is
+    ignored for .npy files and for rsatoolbox files without a 'target'/'roi' RDM descriptor). With `names`
+    (the images, in order), an rsatoolbox file that names its images must name these, in this order."""
     path = Path(path)
     arrays = _read_rdm_file(path)
-    if key is None or path.suffix.lower() == ".npy":
+    if key is None or list(arrays) == [""]:
         if len(arrays) != 1:
             raise DataError(f"{path}: holds several arrays ({', '.join(arrays)}); name one with a key")
         key, value = next(iter(arrays.items()))
@@ -278,16 +517,38 @@ def load_rdms(path: str | os.PathLike, key: str | None = None, n_images: int | N
     else:
         value = arrays[key]
     where = f"{path}:{key}" if key else str(path)
-    return validate_rdms(value, where, n_images)
+    rdms = validate_rdms(value, where, n_images)
+    if names is not None:
+        check_rdm_names(path, names)
+    return rdms
 
 
-def load_rdm_dict(path: str | os.PathLike, n_images: int | None = None) -> dict[str, np.ndarray]:
-    """Every array of a file that is a valid RDM stack, keyed by name (a submission or a target file)."""
+def load_rdm_dict(path: str | os.PathLike, n_images: int | None = None,
+                  names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Every array of a file that is a valid RDM stack, keyed by name (a submission or a target file); with
+    `names`, checked against the file's own image names as in `load_rdms`."""
     path = Path(path)
     arrays = _read_rdm_file(path)
     if not arrays:
         raise DataError(f"{path}: holds no arrays")
-    return {k: validate_rdms(v, f"{path}:{k}" if k else str(path), n_images) for k, v in arrays.items()}
+    rdms = {k: validate_rdms(v, f"{path}:{k}" if k else str(path), n_images) for k, v in arrays.items()}
+    if names is not None:
+        check_rdm_names(path, names)
+    return rdms
+
+
+def load_dataset(images: str | os.PathLike, rdms: str | os.PathLike, key: str | None = None,
+                 order: str | os.PathLike | Sequence[str] | None = None, name: str | None = None) -> BrainDataset:
+    """Your own data as one image set with its brain RDMs: `images` (a folder or stimulus .mat, in `order`
+    when given), the RDM array `key` of the file `rdms` (which must cover those images; an rsatoolbox file
+    that names its images must list them in the same order). The target is called `key`, or, for a
+    single-array file, by the file's own key or name."""
+    image_set = load_image_set(images, order)
+    array = load_rdms(rdms, key, n_images=len(image_set))
+    check_rdm_names(rdms, image_set.names, among=str(images))
+    if key is None:
+        key = next(iter(list_rdm_keys(rdms))) or Path(rdms).stem
+    return BrainDataset(name or Path(images).stem, image_set, {key: array})
 
 
 def subject_rdms(rdms: np.ndarray) -> np.ndarray:
@@ -301,14 +562,20 @@ def group_average(rdms: np.ndarray) -> np.ndarray:
     return rdms.reshape(-1, *rdms.shape[-2:]).mean(axis=0)
 
 
-def save_rdms(path: str | os.PathLike, rdms: dict[str, np.ndarray]) -> Path:
-    """Write RDMs to .mat (v5, readable by scipy.io.loadmat and MATLAB), .npz or .npy, atomically."""
+def save_rdms(path: str | os.PathLike, rdms: dict[str, np.ndarray], names: Sequence[str] | None = None,
+              measure: str = "siamrdm prediction") -> Path:
+    """Write RDMs atomically: .mat (v5, readable by scipy.io.loadmat and MATLAB), .npz, .npy (one array), or
+    .hdf5/.h5 in rsatoolbox's RDMs layout (`rsatoolbox.rdm.load_rdm(path, file_type='hdf5')` reads it), with
+    the image `names` as its 'images' pattern descriptor and each key as a 'target' RDM descriptor."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".mat", ".npz", ".npy"):
-        raise DataError(f"{path}: unsupported output type '{suffix}' (use .mat, .npy or .npz)")
+    if suffix not in (".mat", ".npz", ".npy", *RSATOOLBOX_SUFFIXES):
+        raise DataError(f"{path}: unsupported output type '{suffix}' (use .mat, .npy, .npz, .hdf5 or .h5)")
     if suffix == ".npy" and len(rdms) != 1:
-        raise DataError(f"{path}: .npy holds one array, got {len(rdms)}; use .mat or .npz")
+        raise DataError(f"{path}: .npy holds one array, got {len(rdms)}; use .mat, .npz or .hdf5")
+    if not rdms:
+        raise DataError(f"{path}: no RDMs to write")
+    rows = _rsatoolbox_rows(path, rdms, names) if suffix in RSATOOLBOX_SUFFIXES else {}
     from .files import atomic_path  # files.py builds on this module's DataError
 
     with atomic_path(path) as tmp:
@@ -316,8 +583,10 @@ def save_rdms(path: str | os.PathLike, rdms: dict[str, np.ndarray]) -> Path:
             scipy.io.savemat(tmp, {k: np.asarray(v, dtype=np.float64) for k, v in rdms.items()})
         elif suffix == ".npz":
             np.savez(tmp, **{k: np.asarray(v, dtype=np.float64) for k, v in rdms.items()})
-        else:
+        elif suffix == ".npy":
             np.save(tmp, np.asarray(next(iter(rdms.values())), dtype=np.float64))
+        else:
+            _write_rsatoolbox(tmp, rows, measure)
     return path
 
 

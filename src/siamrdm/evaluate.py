@@ -11,6 +11,11 @@ The paper's claim is that end-to-end training beats a pretrained network's stage
 The stage RDMs are computed once per image set and shared by both baselines. Every score is the official
 metric against the held-out set's subjects. `write_evaluation` writes the table (markdown, CSV, JSON), the
 predictions and the plots.
+
+Your own data is usually one image set, so `evaluate_folds` cross-validates over images instead: the images
+are split into k folds (`challenge.fold_splits`), every method is fitted on the pairs among the other folds'
+images and scored on the pairs among the held-out fold's images, against the held-out images' subjects, over
+the ceiling that belongs to them (computed from those subjects; none for a single group RDM, then r2 alone).
 """
 
 from __future__ import annotations
@@ -29,13 +34,23 @@ import torch
 
 from . import baselines, plots
 from .backbones import backbone_stages, create_body
-from .data import TARGET_NAMES, TRAINING_SETS, BrainDataset, DataError, group_average, load_algonauts_set
+from .data import (
+    IMAGE_ORDER_FILE,
+    TARGET_NAMES,
+    TRAINING_SETS,
+    BrainDataset,
+    DataError,
+    group_average,
+    load_algonauts_set,
+    save_rdms,
+)
 from .files import atomic_path, write_text
-from .scoring import noise_ceiling, percent_of_ceiling, reference_ceiling, score_with_ceiling
+from .scoring import NO_CEILING_NOTE, lower_ceiling, percent_of_ceiling, reference_ceiling, score_with_ceiling
 from .train import TrainConfig, config_from_preset
 
 METHODS = ("siamese", "layers", "regression")
-COLUMNS = ["method", "target", "direction", "r2", "pct_nc", "p", "noise_ceiling", "nc_lower_pct", "detail"]
+COLUMNS = ["method", "target", "direction", "r2", "pct_nc", "p", "noise_ceiling", "ceiling_source",
+           "noise_ceiling_lower", "nc_lower_pct", "detail"]
 
 
 @dataclass
@@ -47,6 +62,7 @@ class Evaluation:
     layers: dict = field(default_factory=dict)  # direction -> target -> chosen stage and every stage's scores
     regression: dict = field(default_factory=dict)  # direction -> target -> weights, intercept, residual
     seconds: dict[str, float] = field(default_factory=dict)  # per method, and "layer_rdms"
+    held_out: dict[str, BrainDataset] = field(default_factory=dict)  # image folds: direction -> held-out images
 
 
 def parse_list(text: str | None, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -71,14 +87,55 @@ def _slug(text: str) -> str:
 def _row(method: str, target: str, direction: str, predicted: np.ndarray, subjects: np.ndarray,
          lower_pct: float | None, detail: str = "") -> dict:
     return {"method": method, "target": target, "direction": direction,
-            **score_with_ceiling(predicted, target, subjects), "nc_lower_pct": lower_pct, "detail": detail}
+            **score_with_ceiling(predicted, target, subjects), "noise_ceiling_lower": lower_ceiling(subjects),
+            "nc_lower_pct": lower_pct, "detail": detail}
 
 
 def _lower_ceiling_pct(target: str, subjects: np.ndarray) -> float | None:
     """The lower noise ceiling (each subject against the others' mean) as a percent of the reference ceiling."""
     if subjects.ndim < 3 or subjects.shape[0] < 2:
         return None
-    return percent_of_ceiling(noise_ceiling(subjects)[1], reference_ceiling(target, subjects))
+    return percent_of_ceiling(lower_ceiling(subjects), reference_ceiling(target, subjects))
+
+
+def _check_methods(methods: tuple[str, ...]) -> None:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise DataError(f"unknown method(s) {', '.join(unknown)} (choose from {', '.join(METHODS)})")
+
+
+def _predict(result: Evaluation, method: str, target: str, direction: str, train: BrainDataset,
+             test: BrainDataset, stages: dict[str, dict[str, np.ndarray]], config: TrainConfig,
+             seeds: tuple[int, ...], progress: bool) -> None:
+    """One method fitted on `train` only, its RDM of `test`'s images scored against `test`'s subjects: a row,
+    the prediction, and what a baseline chose. `stages` holds both sets' stage RDMs (by set name)."""
+    from .predict import fit_predict  # the model issue's training code; imported late to keep this module light
+
+    subjects = test.targets[target]
+    detail = ""
+    if method == "siamese":
+        target_config = replace(config, targets=(target,))
+        predicted = fit_predict(target_config, [train], test.images, seeds, progress=progress)[target]
+        detail = f"seeds={','.join(map(str, seeds))}"
+    elif method == "layers":
+        train_scores = baselines.layer_scores(stages[train.name], train.targets[target])
+        stage = baselines.select_best_layer(stages[train.name], train.targets[target])
+        predicted = stages[test.name][stage]
+        test_scores = baselines.layer_scores(stages[test.name], subjects)
+        result.layers.setdefault(direction, {})[target] = {
+            "chosen": stage,
+            "train_r2": {s: v.r2 for s, v in train_scores.items()},
+            "test_r2": {s: v.r2 for s, v in test_scores.items()},
+        }
+        detail = f"stage={stage}"
+    else:
+        fit = baselines.fit_nnls(stages[train.name], train.targets[target])
+        predicted = baselines.apply_nnls(fit, stages[test.name])
+        result.regression.setdefault(direction, {})[target] = asdict(fit)
+        detail = " ".join(f"{s}:{w:.3g}" for s, w in fit.weights.items() if w > 0)
+    result.predictions[(method, target, direction)] = predicted
+    result.rows.append(_row(method, target, direction, predicted, subjects, _lower_ceiling_pct(target, subjects),
+                            detail))
 
 
 def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
@@ -89,12 +146,8 @@ def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
     `config` gives the Siamese training settings and, for the baselines too, the backbone, its weights and the
     image size, so all methods see the same body. Rows are ordered by method, target, direction.
     """
-    from .predict import fit_predict  # the model issue's training code; imported late to keep this module light
-
     config = config or config_from_preset("quick")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise DataError(f"unknown method(s) {', '.join(unknown)} (choose from {', '.join(METHODS)})")
+    _check_methods(methods)
     if len(sets) < 2:
         raise DataError("cross-set evaluation needs at least two image sets")
     for dataset in sets:
@@ -102,7 +155,6 @@ def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
         if missing:
             raise DataError(f"image set {dataset.name}: no RDMs for target(s) {', '.join(missing)}")
     pairs = [(a, b) for a in sets for b in sets if a is not b]
-    lower = {(t, d.name): _lower_ceiling_pct(t, d.targets[t]) for t in targets for d in sets}
     result = Evaluation([], {})
 
     stage_rdms: dict[str, dict[str, np.ndarray]] = {}
@@ -119,32 +171,45 @@ def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
         start = time.perf_counter()
         for target in targets:
             for train, test in pairs:
-                direction = direction_label(train.name, test.name)
-                subjects = test.targets[target]
-                detail = ""
-                if method == "siamese":
-                    target_config = replace(config, targets=(target,))
-                    predicted = fit_predict(target_config, [train], test.images, seeds, progress=progress)[target]
-                    detail = f"seeds={','.join(map(str, seeds))}"
-                elif method == "layers":
-                    train_scores = baselines.layer_scores(stage_rdms[train.name], train.targets[target])
-                    stage = baselines.select_best_layer(stage_rdms[train.name], train.targets[target])
-                    predicted = stage_rdms[test.name][stage]
-                    test_scores = baselines.layer_scores(stage_rdms[test.name], subjects)
-                    result.layers.setdefault(direction, {})[target] = {
-                        "chosen": stage,
-                        "train_r2": {s: v.r2 for s, v in train_scores.items()},
-                        "test_r2": {s: v.r2 for s, v in test_scores.items()},
-                    }
-                    detail = f"stage={stage}"
-                else:
-                    fit = baselines.fit_nnls(stage_rdms[train.name], train.targets[target])
-                    predicted = baselines.apply_nnls(fit, stage_rdms[test.name])
-                    result.regression.setdefault(direction, {})[target] = asdict(fit)
-                    detail = " ".join(f"{s}:{w:.3g}" for s, w in fit.weights.items() if w > 0)
-                result.predictions[(method, target, direction)] = predicted
-                result.rows.append(_row(method, target, direction, predicted, subjects,
-                                        lower[(target, test.name)], detail))
+                _predict(result, method, target, direction_label(train.name, test.name), train, test, stage_rdms,
+                         config, seeds, progress)
+        result.seconds[method] = time.perf_counter() - start
+    return result
+
+
+def evaluate_folds(dataset: BrainDataset, folds: int = 5, methods: tuple[str, ...] = METHODS,
+                   config: TrainConfig | None = None, seeds: tuple[int, ...] = (0,), fold_seed: int = 0,
+                   progress: bool = True) -> Evaluation:
+    """Cross-validation over the images of one set (your own data), for every method and target.
+
+    The images are split into `folds` folds (`challenge.fold_splits`, seeded by `fold_seed`); for each fold,
+    every method is fitted on the pairs among the other folds' images and scored on the pairs among the held-out
+    images: the Siamese network trained with `config` (its prior fitted on the training images too), the
+    stage whose RDM scores best on the training images, and NNLS weights of the stage RDMs fitted on them.
+    Rows are ordered by method, target, fold ('fold 1', ...); `held_out` maps each fold to its images.
+    """
+    from .challenge import fold_splits
+    from .prior import stage_rdms
+
+    config = config or config_from_preset("quick")
+    _check_methods(methods)
+    if len(set(dataset.images.names)) != len(dataset):
+        raise DataError(f"{dataset.images.source}: image names repeat; folds need one name per image")
+    splits = {f"fold {k + 1}": pair for k, pair in enumerate(fold_splits(dataset, folds, fold_seed).values())}
+    result = Evaluation([], {}, held_out={label: test for label, (_, test) in splits.items()})
+    stages: dict[str, dict[str, np.ndarray]] = {}
+    if "layers" in methods or "regression" in methods:
+        start = time.perf_counter()
+        args = (config.backbone, config.weights, config.image_size)
+        stage_rdms(dataset.images, *args, progress=progress)  # once for all images: the folds are cut from it
+        for train, test in splits.values():
+            stages[train.name], stages[test.name] = stage_rdms(train.images, *args), stage_rdms(test.images, *args)
+        result.seconds["layer_rdms"] = time.perf_counter() - start
+    for method in methods:
+        start = time.perf_counter()
+        for target in dataset.targets:
+            for label, (train, test) in splits.items():
+                _predict(result, method, target, label, train, test, stages, config, seeds, progress)
         result.seconds[method] = time.perf_counter() - start
     return result
 
@@ -191,6 +256,42 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _ceiling_used(rows: list[dict]) -> str:
+    """How the rows' scores were scaled: the ceiling's source, its mean upper (and lower) value, or none."""
+    sources = sorted({str(r.get("ceiling_source")) for r in rows})
+    if sources == ["None"]:
+        return "none: " + NO_CEILING_NOTE
+    uppers = [r["noise_ceiling"] for r in rows if r.get("noise_ceiling") is not None]
+    lowers = [r["noise_ceiling_lower"] for r in rows if r.get("noise_ceiling_lower") is not None]
+    text = f"{'/'.join(sources)} upper {_fmt(float(np.mean(uppers)), '.4f')}"
+    return text + (f", lower {_fmt(float(np.mean(lowers)), '.4f')}" if lowers else "") + " (mean over folds)"
+
+
+def fold_table(rows: list[dict]) -> str:
+    """Per method and target: the mean over folds and every fold's score, as percent of the noise ceiling when
+    every fold has one (else r2), and the ceiling used."""
+    folds = list(dict.fromkeys(r["direction"] for r in rows))
+    header = "| method | target | score | mean | " + " | ".join(folds) + " | ceiling used |"
+    lines = [header, "|---" * (len(folds) + 5) + "|"]
+    for method, target in dict.fromkeys((r["method"], r["target"]) for r in rows):
+        group = [r for r in rows if r["method"] == method and r["target"] == target]
+        measure = "pct_nc" if all(r["pct_nc"] is not None for r in group) else "r2"
+        by_fold = {r["direction"]: r[measure] for r in group}
+        values = [by_fold.get(f) for f in folds]
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        spec = ".1f" if measure == "pct_nc" else ".4f"
+        mean = float(np.mean(finite)) if finite else None
+        lines.append(f"| {method} | {target} | {'% of noise ceiling' if measure == 'pct_nc' else 'r2'} | "
+                     f"{_fmt(mean, spec)} | " + " | ".join(_fmt(v, spec) for v in values)
+                     + f" | {_ceiling_used(group)} |")
+    return "\n".join(lines)
+
+
+def summary(evaluation: Evaluation) -> str:
+    """The claim at a glance: the fold table for image folds, the percent-of-ceiling table across sets."""
+    return fold_table(evaluation.rows) if evaluation.held_out else summary_table(evaluation.rows)
+
+
 def write_rows_csv(rows: list[dict], path: str | os.PathLike) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
@@ -225,20 +326,30 @@ def _display_method(rows: list[dict], target: str, direction: str) -> str | None
 
 def write_evaluation(evaluation: Evaluation, sets: list[BrainDataset], out_dir: str | os.PathLike,
                      settings: dict | None = None, make_plots: bool = True) -> dict[str, Path]:
-    """evaluation.md, evaluation.csv, evaluation.json, predictions.npz and the plots into out_dir."""
+    """evaluation.md, evaluation.csv, evaluation.json, predictions.npz and the plots into out_dir; for image
+    folds, also each fold's predictions as an rsatoolbox RDMs file with the held-out images' names."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = evaluation.rows
     paths: dict[str, Path] = {}
     paths["csv"] = write_rows_csv(rows, out / "evaluation.csv")
-    md = ["# Cross-set evaluation", "",
-          "Fit on one image set, score on the other (official metric: mean over subjects of Spearman rho^2; "
-          "percent of the noise ceiling).", "", "## Percent of the noise ceiling", "", summary_table(rows), "",
-          "## All scores", "", markdown_table(rows), ""]
+    if evaluation.held_out:
+        md = ["# Image-fold cross-validation", "",
+              "Each method is fitted on the pairs among the other folds' images and scored on the pairs among the "
+              "held-out fold's images, against their subjects (mean over subjects of Spearman rho^2; percent of "
+              "the noise ceiling computed from the held-out images' subjects, or r2 where there is none).", "",
+              "## Per method: mean and per-fold score", "", fold_table(rows), ""]
+    else:
+        md = ["# Cross-set evaluation", "",
+              "Fit on one image set, score on the other (official metric: mean over subjects of Spearman rho^2; "
+              "percent of the noise ceiling).", "", "## Percent of the noise ceiling", "", summary_table(rows), ""]
+    md += ["## All scores", "", markdown_table(rows), ""]
     paths["md"] = out / "evaluation.md"
     write_text(paths["md"], "\n".join(md))
     payload = {"rows": rows, "layers": evaluation.layers, "regression": evaluation.regression,
                "seconds": evaluation.seconds, "settings": settings or {}}
+    if evaluation.held_out:
+        payload["folds"] = {label: d.images.names for label, d in evaluation.held_out.items()}
     paths["json"] = out / "evaluation.json"
     write_text(paths["json"], json.dumps(json_safe(payload), indent=2, default=str))
     if settings is not None:
@@ -246,23 +357,34 @@ def write_evaluation(evaluation: Evaluation, sets: list[BrainDataset], out_dir: 
     paths["predictions"] = out / "predictions.npz"
     with atomic_path(paths["predictions"]) as tmp:
         np.savez(tmp, **{f"{m}/{t}/{d}": rdm for (m, t, d), rdm in evaluation.predictions.items()})
+    for label, test in evaluation.held_out.items():
+        fold_rdms = {f"{m}/{t}": rdm for (m, t, d), rdm in evaluation.predictions.items() if d == label}
+        if fold_rdms:
+            paths[f"predictions_{_slug(label)}"] = save_rdms(out / f"predictions_{_slug(label)}.hdf5", fold_rdms,
+                                                             names=test.images.names)
     if not make_plots or not rows:
         return paths
-    paths["scores_png"] = plots.plot_scores(rows, out / "scores.png")
+    with_ceiling = [r for r in rows if r["pct_nc"] is not None]
+    title = "Image folds: held-out scores" if evaluation.held_out else None
+    paths["scores_png"] = plots.plot_scores(with_ceiling or rows, out / "scores.png", title=title,
+                                            measure="pct_nc" if with_ceiling else "r2")
     by_name = {d.name: d for d in sets}
     for target in dict.fromkeys(r["target"] for r in rows):
         for direction in dict.fromkeys(r["direction"] for r in rows):
             method = _display_method(rows, target, direction)
             if method is None:
                 continue
-            test = by_name[direction.split("->")[-1]]
+            test = evaluation.held_out.get(direction) or by_name[direction.split("->")[-1]]
             predicted = evaluation.predictions[(method, target, direction)]
             row = next(r for r in rows if (r["method"], r["target"], r["direction"]) == (method, target, direction))
-            label = f"{target}, {method} {direction} ({_fmt(row['pct_nc'], '.1f')}% NC)"
+            score = f"{_fmt(row['pct_nc'], '.1f')}% NC" if row["pct_nc"] is not None else f"r2 {row['r2']:.3f}"
+            label = f"{target}, {method} {direction} ({score})"
             stem = f"{target}_{_slug(direction)}"
+            fitted = "held out, fitted on the other folds" if evaluation.held_out else f"fitted on {direction}"
+            images = f"{direction} images" if evaluation.held_out else f"{test.name} images"
             paths[f"rdm_{stem}"] = plots.plot_rdm_comparison(
                 group_average(test.targets[target]), predicted, out / f"rdm_{stem}.png", label,
-                labels=(f"{target}, {test.name} images (group mean)", f"{method}, fitted on {direction}"))
+                labels=(f"{target}, {images} (group mean)", f"{method}, {fitted}"))
             paths[f"mds_{stem}"] = plots.plot_mds(predicted, test.images, out / f"mds_{stem}.png",
                                                   title=f"MDS of the {label} RDM")
     return paths
@@ -288,4 +410,27 @@ def run_evaluation(root: str | os.PathLike | None, out_dir: str | os.PathLike,
         "wall_s": round(time.perf_counter() - started, 1),
     }
     paths = write_evaluation(evaluation, sets, out_dir, settings, make_plots)
+    return evaluation, paths
+
+
+def run_fold_evaluation(dataset: BrainDataset, out_dir: str | os.PathLike, folds: int = 5,
+                        methods: tuple[str, ...] = METHODS, config: TrainConfig | None = None,
+                        seeds: tuple[int, ...] = (0,), fold_seed: int = 0, progress: bool = True,
+                        make_plots: bool = True, inputs: dict | None = None) -> tuple[Evaluation, dict[str, Path]]:
+    """`siamrdm evaluate --images ... --folds K`: cross-validate over the images, write everything to out_dir
+    (with images.txt, the image order used). `inputs` (the image folder, RDM file, key, order file) go into
+    settings.json."""
+    config = config or config_from_preset("quick")
+    started = time.perf_counter()
+    evaluation = evaluate_folds(dataset, folds, methods, config, seeds, fold_seed, progress)
+    settings = {
+        "command": "evaluate", "design": "image folds", "folds": folds, "fold_seed": fold_seed,
+        "methods": list(methods), "targets": list(dataset.targets), "seeds": list(seeds),
+        "images": len(dataset), **(inputs or {}), "config": asdict(config), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "seconds": {k: round(v, 1) for k, v in evaluation.seconds.items()},
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    paths = write_evaluation(evaluation, [], out_dir, settings, make_plots)
+    paths["images"] = write_text(Path(out_dir) / IMAGE_ORDER_FILE, "\n".join(dataset.images.names) + "\n")
     return evaluation, paths

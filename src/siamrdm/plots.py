@@ -219,26 +219,31 @@ def plot_training_curves(history: Iterable[dict], path: str | os.PathLike, title
 # --------------------------------------------------------------------------- scores
 
 
-def plot_scores(rows: Iterable[dict], path: str | os.PathLike, title: str | None = None) -> Path:
+def plot_scores(rows: Iterable[dict], path: str | os.PathLike, title: str | None = None,
+                measure: str = "pct_nc") -> Path:
     """Percent of the noise ceiling per target, one bar per method and direction, with the ceiling band.
 
     Rows need method, target, direction and pct_nc; with `nc_lower_pct` (the lower noise ceiling as a percent
     of the upper) each target's band spans its lowest lower ceiling (over the test sets) to the upper ceiling;
-    the upper ceiling (100 %) is always drawn as a line.
+    the upper ceiling (100 %) is always drawn as a line. With `measure="r2"` the bars are r2 and there is no
+    band: for data without a noise ceiling (a single group RDM).
     """
-    rows = [r for r in rows if _number(r.get("pct_nc")) == _number(r.get("pct_nc"))]
+    with_ceiling = measure == "pct_nc"
+    rows = [r for r in rows if _number(r.get(measure)) == _number(r.get(measure))]
     if not rows:
         raise ValueError("no scored rows to plot")
     targets = list(dict.fromkeys(r["target"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     directions = list(dict.fromkeys(r.get("direction", "") for r in rows))
     series = [(m, d) for m in methods for d in directions]
-    lookup = {(r["method"], r.get("direction", ""), r["target"]): _number(r["pct_nc"]) for r in rows}
+    lookup = {(r["method"], r.get("direction", ""), r["target"]): _number(r[measure]) for r in rows}
     width = 0.8 / len(series)
     hatches = ["", "//", "..", "xx", "\\\\", "++"]
     fig = _figure("scores")
     ax = fig.subplots()
     for t, target in enumerate(targets):
+        if not with_ceiling:
+            break
         lowers = [_number(r.get("nc_lower_pct")) for r in rows if r["target"] == target]
         lowers = [v for v in lowers if math.isfinite(v)]
         left, right = t - 0.45, t + 0.45
@@ -254,12 +259,15 @@ def plot_scores(rows: Iterable[dict], path: str | os.PathLike, title: str | None
     if len(directions) > 1 or directions[0]:
         handles += [Patch(facecolor="0.6", hatch=hatches[k % len(hatches)], edgecolor="white", label=d)
                     for k, d in enumerate(directions)]
-    handles.append(Patch(color="0.85", label="noise ceiling (lower to upper)"))
+    if with_ceiling:
+        handles.append(Patch(color="0.85", label="noise ceiling (lower to upper)"))
     ax.legend(handles=handles, loc="upper left", fontsize="small", ncol=2)
     ax.set_xticks(np.arange(len(targets)), targets)
     values = [v for v in lookup.values() if math.isfinite(v)]
-    ax.set_ylim(min(0.0, min(values) * 1.1), max(110.0, max(values) * 1.1) * 1.25)
+    top = max(110.0, max(values) * 1.1) if with_ceiling else max(max(values) * 1.1, 1e-3)
+    ax.set_ylim(min(0.0, min(values) * 1.1), top * 1.25)
     ax.axhline(0, color="k", lw=0.8)
-    ax.set_ylabel("% of noise ceiling")
-    ax.set_title(title or "Cross-set scores (percent of the noise ceiling)")
+    ax.set_ylabel("% of noise ceiling" if with_ceiling else "r2 (mean over subjects of rho^2)")
+    ax.set_title(title or ("Cross-set scores (percent of the noise ceiling)" if with_ceiling
+                           else "Scores (r2; no noise ceiling)"))
     return _save(fig, path)

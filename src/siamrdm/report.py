@@ -27,9 +27,12 @@ from .files import write_text
 
 SETTINGS_FILES = ("settings.json", "config.json")
 SCORE_COLUMNS = {"method", "target", "pct_nc"}
-NUMBER_FORMATS = {"r2": ".4f", "pct_nc": ".1f", "p": ".2g", "noise_ceiling": ".4f", "nc_lower_pct": ".1f"}
+NUMBER_FORMATS = {"r2": ".4f", "pct_nc": ".1f", "p": ".2g", "noise_ceiling": ".4f", "noise_ceiling_lower": ".4f",
+                  "nc_lower_pct": ".1f"}
 COLUMN_TITLES = {"r2": "r2", "pct_nc": "% of noise ceiling", "p": "p", "noise_ceiling": "noise ceiling",
-                 "nc_lower_pct": "lower ceiling (%)"}
+                 "noise_ceiling_lower": "lower ceiling", "nc_lower_pct": "lower ceiling (%)",
+                 "ceiling_source": "ceiling"}
+TEXT_COLUMNS = ("method", "target", "direction", "ceiling_source", "detail")
 
 Block = tuple  # ("h2" | "h3" | "p" | "code", text), ("table", header, rows), ("img", path, caption)
 
@@ -59,21 +62,22 @@ def _visible(path: Path, root: Path) -> bool:
 
 
 def _score_table(rows: list[dict]) -> Block:
-    columns = [c for c in rows[0] if c in ("method", "target", "direction") or c in NUMBER_FORMATS or c == "detail"]
+    columns = [c for c in rows[0] if c in TEXT_COLUMNS or c in NUMBER_FORMATS]
     return ("table", [COLUMN_TITLES.get(c, c) for c in columns], [[_cell(c, r.get(c)) for c in columns] for r in rows])
 
 
-def _summary_table(rows: list[dict]) -> Block:
-    """Percent of the noise ceiling: methods down, target (and direction) across, with the mean."""
+def _summary_table(rows: list[dict], measure: str = "pct_nc") -> Block:
+    """Percent of the noise ceiling (or r2, for data without one): methods down, target (and direction)
+    across, with the mean."""
     columns = list(dict.fromkeys((r["target"], r.get("direction", "")) for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    lookup = {(r["method"], r["target"], r.get("direction", "")): _number(r.get("pct_nc")) for r in rows}
+    lookup = {(r["method"], r["target"], r.get("direction", "")): _number(r.get(measure)) for r in rows}
     body = []
     for method in methods:
         values = [lookup.get((method, t, d)) for t, d in columns]
         finite = [v for v in values if v is not None]
         mean = sum(finite) / len(finite) if finite else None
-        body.append([method] + [_cell("pct_nc", v) for v in values] + [_cell("pct_nc", mean)])
+        body.append([method] + [_cell(measure, v) for v in values] + [_cell(measure, mean)])
     return ("table", ["method"] + [f"{t} {d}".strip() for t, d in columns] + ["mean"], body)
 
 
@@ -98,10 +102,14 @@ def _collect(run_dir: Path) -> list[Block]:
             continue
         if not rows or not SCORE_COLUMNS <= set(rows[0]):
             continue
-        blocks += [("h2", f"Scores ({path.name})"), ("p", "Percent of the noise ceiling:"), _summary_table(rows),
-                   ("p", "All scores:"), _score_table(rows)]
-        chart = path.with_name("scores.png") if path.stem == "evaluation" else path.with_name(f"{path.stem}_scores.png")
         scored = [r for r in rows if _number(r.get("pct_nc")) is not None]
+        if scored:
+            blocks += [("h2", f"Scores ({path.name})"), ("p", "Percent of the noise ceiling:"), _summary_table(rows)]
+        else:
+            blocks += [("h2", f"Scores ({path.name})"), ("p", "r2 (these data have no noise ceiling):"),
+                       _summary_table(rows, "r2")]
+        blocks += [("p", "All scores:"), _score_table(rows)]
+        chart = path.with_name("scores.png") if path.stem == "evaluation" else path.with_name(f"{path.stem}_scores.png")
         if not chart.is_file() and scored:
             plots.plot_scores(scored, chart, title=f"{path.stem}: percent of the noise ceiling")
         if chart.is_file():

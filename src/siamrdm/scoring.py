@@ -12,6 +12,12 @@ Three p-values, because the official one cannot tell a model from a random RDM:
   subjects consistently positive or negative?).
 - `p_perm`: permutation test of the image labels: how often relabelling the model RDM's images (rows and
   columns together) scores at least as well as the real labels.
+
+Other comparison methods, named as rsatoolbox names them (`rsatoolbox.rdm.compare(..., method=NAME)`), can
+replace Spearman's rho: 'corr' (Pearson r), 'cosine', 'tau-a' and 'kendall' (Kendall's tau a and b), 'rho-a'
+(Spearman without tie correction). The score keeps the challenge's form (mean over subjects of the squared
+comparison value, over a noise ceiling computed with the same method); the official ceilings belong to
+Spearman only. They are implemented here with numpy and scipy, so rsatoolbox is not needed at run time.
 """
 
 from __future__ import annotations
@@ -43,30 +49,88 @@ class Score:
     p_signed: float  # two-sided one-sample t-test of the signed rhos against 0 (NaN with one subject)
 
 
+OFFICIAL_METHOD = "spearman"
+DOT_METHODS = ("spearman", "rho-a", "corr", "cosine")  # a comparison that is a dot product of transformed vectors
+COMPARISON_METHODS = (*DOT_METHODS, "tau-a", "kendall")
+
+
+def check_method(method: str) -> str:
+    if method not in COMPARISON_METHODS:
+        raise ValueError(f"unknown comparison method '{method}' (choose from {', '.join(COMPARISON_METHODS)})")
+    return method
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm; a zero row stays zero (its similarity with anything is 0, as in rsatoolbox)."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
 def _standardise(x: np.ndarray) -> np.ndarray:
-    x = x - x.mean(axis=-1, keepdims=True)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+    return _unit(x - x.mean(axis=-1, keepdims=True))
+
+
+def _dot_vectors(vectors: np.ndarray, method: str) -> np.ndarray:
+    """Upper-triangle vectors transformed so that the method's similarity of two RDMs is a dot product."""
+    if method == "cosine":
+        return _unit(vectors)
+    if method == "corr":
+        return _standardise(vectors)
+    ranks = rank_transform(vectors)
+    if method == "spearman":
+        return _standardise(ranks)
+    n = vectors.shape[-1]  # rho-a: 12 x (centred ranks . centred ranks) / (n^3 - n)
+    return (ranks - ranks.mean(axis=-1, keepdims=True)) * math.sqrt(12.0 / (n**3 - n))
 
 
 def _standardised_ranks(rdms: np.ndarray) -> np.ndarray:
     """Upper triangles ranked, centred and scaled to unit norm: Spearman's rho is then a dot product."""
-    return _standardise(rank_transform(upper_tri(np.asarray(rdms, dtype=np.float64))))
+    return _dot_vectors(upper_tri(np.asarray(rdms, dtype=np.float64)), "spearman")
+
+
+def _tie_pairs(x: np.ndarray) -> int:
+    _, counts = np.unique(x, return_counts=True)
+    return int(np.sum(counts * (counts - 1) // 2))
+
+
+def _kendall(a: np.ndarray, b: np.ndarray, variant: str) -> float:
+    """Kendall's tau b (scipy), or tau a = (concordant - discordant) / all pairs, derived from tau b:
+    concordant - discordant = tau_b * sqrt((pairs - ties in a)(pairs - ties in b)). Constant vectors order no
+    pair: 0."""
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    tau_b = float(stats.kendalltau(a, b).statistic)
+    if variant == "kendall":
+        return tau_b
+    pairs = len(a) * (len(a) - 1) // 2
+    return tau_b * math.sqrt((pairs - _tie_pairs(a)) * (pairs - _tie_pairs(b))) / pairs
+
+
+def compare_rdms(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> np.ndarray:
+    """The comparison of one model RDM with every subject RDM, K-averaged: shape (S,). `method` is one of
+    `COMPARISON_METHODS`, as `rsatoolbox.rdm.compare` computes it on the upper triangles.
+
+    The dot-product methods transform each vector once and compare with one matrix product, so a 1000 x 1000
+    model RDM against 15 subjects takes a fraction of a second; Kendall's taus take O(L log L) per subject. A
+    constant model RDM orders no pair: it scores 0 (a model that collapsed during training then scores as the
+    worst, never as NaN).
+    """
+    check_method(method)
+    vector = upper_tri(np.asarray(model_rdm, dtype=np.float64))
+    targets = upper_tri(subject_rdms(np.asarray(target_rdms, dtype=np.float64)))
+    if np.ptp(vector) == 0 and method != "cosine":
+        return np.zeros(targets.shape[0])
+    if method in DOT_METHODS:
+        values = _dot_vectors(targets, method) @ _dot_vectors(vector, method)
+    else:
+        values = np.array([_kendall(vector, t, method) for t in targets.reshape(-1, targets.shape[-1])])
+        values = values.reshape(targets.shape[:-1])
+    return values.mean(axis=1) if values.ndim == 2 else values
 
 
 def spearman_rhos(model_rdm: np.ndarray, target_rdms: np.ndarray) -> np.ndarray:
-    """Spearman rho of one model RDM with every subject RDM, K-averaged: shape (S,).
-
-    Each vector is ranked once and the correlations are one matrix product, so a 1000 x 1000 model RDM
-    against 15 subjects takes a fraction of a second. A constant model RDM orders no pair: its rho is 0 (a
-    model that collapsed during training then scores as the worst, never as NaN).
-    """
-    vector = upper_tri(np.asarray(model_rdm, dtype=np.float64))
-    if np.ptp(vector) == 0:
-        return np.zeros(subject_rdms(np.asarray(target_rdms)).shape[0])
-    model = _standardised_ranks(model_rdm)
-    targets = _standardised_ranks(subject_rdms(np.asarray(target_rdms, dtype=np.float64)))
-    rhos = targets @ model
-    return rhos.mean(axis=1) if rhos.ndim == 2 else rhos
+    """Spearman rho of one model RDM with every subject RDM, K-averaged: shape (S,) (the official metric)."""
+    return compare_rdms(model_rdm, target_rdms, OFFICIAL_METHOD)
 
 
 def _t_test_p(values: np.ndarray) -> float:
@@ -97,9 +161,10 @@ def signed_p(rho: np.ndarray) -> float:
     return _t_test_p(np.asarray(rho, dtype=np.float64))
 
 
-def score_rdm(model_rdm: np.ndarray, target_rdms: np.ndarray) -> Score:
-    """The challenge score of one model RDM against a target's subject RDMs, with both t-test p-values."""
-    rho = spearman_rhos(model_rdm, target_rdms)
+def score_rdm(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> Score:
+    """The challenge score of one model RDM against a target's subject RDMs (mean over subjects of rho^2,
+    or of the squared `method` value), with both t-test p-values."""
+    rho = compare_rdms(model_rdm, target_rdms, method)
     return Score(float(np.mean(rho**2)), official_p(rho), rho, signed_p(rho))
 
 
@@ -107,19 +172,23 @@ PERMUTATION_CHUNK = 2**22  # upper-triangle entries gathered per batch of permut
 
 
 def permutation_scores(
-    model_rdm: np.ndarray, target_rdms: np.ndarray, n_permutations: int, seed: int = 0
+    model_rdm: np.ndarray, target_rdms: np.ndarray, n_permutations: int, seed: int = 0,
+    method: str = OFFICIAL_METHOD,
 ) -> np.ndarray:
     """The score (mean over subjects of rho^2) of the model RDM under `n_permutations` random relabellings.
 
     Each permutation reorders the model RDM's rows and columns together (the images change labels, the
-    geometry stays). Relabelling only moves entries of the upper triangle around, so the model's
-    standardised ranks are computed once and each permutation is a gather; the rhos of a batch of
-    permutations are one matrix product. Seeded: the same seed gives the same permutations.
+    geometry stays). Relabelling only moves entries of the upper triangle around, so the model's transformed
+    vector (standardised ranks for Spearman) is computed once and each permutation is a gather; the rhos of a
+    batch of permutations are one matrix product. Seeded: the same seed gives the same permutations. Only for
+    the dot-product methods (`DOT_METHODS`).
     """
+    if check_method(method) not in DOT_METHODS:
+        raise ValueError(f"permutation p-values need one of {', '.join(DOT_METHODS)}, not '{method}'")
     model = np.asarray(model_rdm, dtype=np.float64)
     n = model.shape[-1]
-    ranks = square_rdm(_standardised_ranks(model), n)
-    targets = _standardised_ranks(subject_rdms(np.asarray(target_rdms, dtype=np.float64)))
+    ranks = square_rdm(_dot_vectors(upper_tri(model), method), n)
+    targets = _dot_vectors(upper_tri(subject_rdms(np.asarray(target_rdms, dtype=np.float64))), method)
     n_subjects = targets.shape[0]
     targets = targets.reshape(-1, targets.shape[-1])  # (S * K, L)
     rows, cols = np.triu_indices(n, k=1)
@@ -135,7 +204,8 @@ def permutation_scores(
     return scores
 
 
-def permutation_p(model_rdm: np.ndarray, target_rdms: np.ndarray, n_permutations: int, seed: int = 0) -> float:
+def permutation_p(model_rdm: np.ndarray, target_rdms: np.ndarray, n_permutations: int, seed: int = 0,
+                  method: str = OFFICIAL_METHOD) -> float:
     """p of the score under random image labels: (1 + #{permuted score >= observed}) / (1 + n_permutations).
 
     The null hypothesis is that the model RDM's image labels carry no information about the subjects'
@@ -143,8 +213,8 @@ def permutation_p(model_rdm: np.ndarray, target_rdms: np.ndarray, n_permutations
     """
     if n_permutations < 1:
         raise ValueError(f"a permutation test needs at least 1 permutation, got {n_permutations}")
-    observed = float(np.mean(spearman_rhos(model_rdm, target_rdms) ** 2))
-    null = permutation_scores(model_rdm, target_rdms, n_permutations, seed)
+    observed = float(np.mean(compare_rdms(model_rdm, target_rdms, method) ** 2))
+    null = permutation_scores(model_rdm, target_rdms, n_permutations, seed, method)
     at_least = int(np.sum(null >= observed - 1e-12))  # tolerance: the identity relabelling ties with rounding
     return (1 + at_least) / (1 + n_permutations)
 
@@ -156,8 +226,8 @@ def _check_mean_rdm(rdm: np.ndarray, what: str) -> np.ndarray:
     return rdm
 
 
-def noise_ceiling(target_rdms: np.ndarray) -> tuple[float, float]:
-    """(upper, lower) noise ceiling in the metric's units (mean r^2).
+def noise_ceiling(target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> tuple[float, float]:
+    """(upper, lower) noise ceiling in the metric's units (mean r^2), compared with `method`.
 
     Upper: each subject against the mean of all subjects. Lower: each subject against the mean of the others.
     Raises ValueError, never returns NaN, when a mean RDM is constant (e.g. two subjects whose RDMs add up
@@ -168,14 +238,14 @@ def noise_ceiling(target_rdms: np.ndarray) -> tuple[float, float]:
     if n_subjects < 2:
         raise ValueError("a noise ceiling needs at least 2 subjects")
     grand = _check_mean_rdm(rdms.reshape(-1, *rdms.shape[-2:]).mean(axis=0), "the mean RDM of all subjects")
-    upper = np.mean([spearman_rhos(grand, rdms[s : s + 1])[0] ** 2 for s in range(n_subjects)])
+    upper = np.mean([compare_rdms(grand, rdms[s : s + 1], method)[0] ** 2 for s in range(n_subjects)])
     total = rdms.sum(axis=0)
     lower = []
     for s in range(n_subjects):
         others = (total - rdms[s]) / (n_subjects - 1)
         others = others.reshape(-1, *rdms.shape[-2:]).mean(axis=0)
         _check_mean_rdm(others, f"the mean RDM of the subjects other than subject {s + 1}")
-        lower.append(spearman_rhos(others, rdms[s : s + 1])[0] ** 2)
+        lower.append(compare_rdms(others, rdms[s : s + 1], method)[0] ** 2)
     return float(upper), float(np.mean(lower))
 
 
@@ -190,49 +260,72 @@ def official_noise_ceiling(key: str, n_images: int) -> float | None:
 
 
 _MEG_TARGETS = ("MEG_early", "MEG_late")
-_COMPUTED_CEILINGS: dict[tuple, float] = {}
+_COMPUTED_CEILINGS: dict[tuple, tuple[float, float]] = {}
 
 
-def ceiling_source(key: str, target_rdms: np.ndarray) -> str | None:
-    """Which ceiling belongs to these data: 'official' for the Algonauts sets in the official layout,
-    'computed' (upper bound from the subjects) otherwise, None for a single subject.
+NO_CEILING_NOTE = "one RDM, no subjects to estimate a noise ceiling from: scores are r2 only"
+
+
+def ceiling_source(key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> str | None:
+    """Which ceiling belongs to these data: 'official' for the Algonauts sets in the official layout scored
+    with the official metric, 'computed' (upper bound from the subjects) otherwise, None for a single subject.
 
     The official MEG ceilings were computed on the (subjects, 2, N, N) files; the window-averaged
     (subjects, N, N) MEG files are other data, so their ceiling is computed from them. A single RDM keeps
     the official ceiling, having none of its own.
     """
-    official = official_noise_ceiling(key, target_rdms.shape[-1])
+    official = official_noise_ceiling(key, target_rdms.shape[-1]) if method == OFFICIAL_METHOD else None
     meg_averaged = target_name(key) in _MEG_TARGETS and target_rdms.ndim == 3
     if official is not None and not meg_averaged:
         return "official"
     return "computed" if subject_rdms(target_rdms).shape[0] >= 2 else None
 
 
-def reference_ceiling(key: str, target_rdms: np.ndarray) -> float | None:
-    """The ceiling a score is divided by (see `ceiling_source`). Computed ceilings are kept per data, since
-    training validates against the same subjects every epoch."""
-    source = ceiling_source(key, target_rdms)
+def _computed_ceilings(target_rdms: np.ndarray, method: str) -> tuple[float, float]:
+    """(upper, lower) from the subjects, kept per data and method, since training validates against the same
+    subjects every epoch."""
+    data = np.asarray(target_rdms, dtype=np.float64)
+    fingerprint = (method, data.shape, float(data.sum()), float(np.square(data).sum()), float(data.ravel()[::7].sum()))
+    if fingerprint not in _COMPUTED_CEILINGS:
+        _COMPUTED_CEILINGS[fingerprint] = noise_ceiling(data, method)
+    return _COMPUTED_CEILINGS[fingerprint]
+
+
+def reference_ceiling(key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> float | None:
+    """The ceiling a score is divided by (see `ceiling_source`)."""
+    source = ceiling_source(key, target_rdms, method)
     if source == "official":
         return official_noise_ceiling(key, target_rdms.shape[-1])
     if source is None:
         return None
-    data = np.asarray(target_rdms, dtype=np.float64)
-    fingerprint = (data.shape, float(data.sum()), float(np.square(data).sum()), float(data.ravel()[::7].sum()))
-    if fingerprint not in _COMPUTED_CEILINGS:
-        _COMPUTED_CEILINGS[fingerprint] = noise_ceiling(data)[0]
-    return _COMPUTED_CEILINGS[fingerprint]
+    return _computed_ceilings(target_rdms, method)[0]
+
+
+def lower_ceiling(target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> float | None:
+    """The lower noise ceiling computed from the subjects (each against the mean of the others); None with one."""
+    if subject_rdms(np.asarray(target_rdms)).shape[0] < 2:
+        return None
+    return _computed_ceilings(target_rdms, method)[1]
+
+
+def ceiling_info(key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> dict:
+    """The ceiling that scores of these data are divided by, where it comes from, and the lower bound."""
+    return {"ceiling_source": ceiling_source(key, target_rdms, method),
+            "noise_ceiling": reference_ceiling(key, target_rdms, method),
+            "noise_ceiling_lower": lower_ceiling(target_rdms, method)}
 
 
 def percent_of_ceiling(r2: float, ceiling: float | None) -> float | None:
     return None if ceiling is None or ceiling <= 0 else 100.0 * r2 / ceiling
 
 
-def score_with_ceiling(model_rdm: np.ndarray, key: str, target_rdms: np.ndarray) -> dict:
+def score_with_ceiling(model_rdm: np.ndarray, key: str, target_rdms: np.ndarray,
+                       method: str = OFFICIAL_METHOD) -> dict:
     """One scored row: r2, the official p and p_signed, the reference ceiling for `key` and the percent of it."""
-    score = score_rdm(model_rdm, target_rdms)
-    ceiling = reference_ceiling(key, target_rdms)
+    score = score_rdm(model_rdm, target_rdms, method)
+    ceiling = reference_ceiling(key, target_rdms, method)
     return {"r2": score.r2, "p": score.p, "p_signed": score.p_signed, "noise_ceiling": ceiling,
-            "ceiling_source": ceiling_source(key, target_rdms), "pct_nc": percent_of_ceiling(score.r2, ceiling)}
+            "ceiling_source": ceiling_source(key, target_rdms, method), "pct_nc": percent_of_ceiling(score.r2, ceiling)}
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -240,16 +333,20 @@ def _finite_or_none(x: float) -> float | None:
 
 
 def score_submission(
-    submission: dict[str, np.ndarray], targets: dict[str, np.ndarray], permutations: int = 0, seed: int = 0
+    submission: dict[str, np.ndarray], targets: dict[str, np.ndarray], permutations: int = 0, seed: int = 0,
+    method: str = OFFICIAL_METHOD,
 ) -> dict:
     """Score every key present in both dicts; the JSON object `siamrdm score --json` prints.
 
     Per key: r2, p (official), p_signed, p_perm (None unless `permutations` >= 1; every key uses `seed`, so
-    a key's p_perm does not depend on the other keys), pct_nc and noise_ceiling. The overall score is the
-    mean r^2 of the keys, and its percent is that mean over the mean of their ceilings. A submission that
-    lacks some of the target's keys is scored key by key, but its overall score is None: a mean over fewer
-    keys is not comparable with a complete submission's; `missing` (present only then) lists those keys.
+    a key's p_perm does not depend on the other keys), pct_nc, noise_ceiling (the reference, upper),
+    ceiling_source, noise_ceiling_lower (computed from the subjects; None with one) and the comparison method.
+    The overall score is the mean r^2 of the keys, and its percent is that mean over the mean of their
+    ceilings. A submission that lacks some of the target's keys is scored key by key, but its overall score is
+    None: a mean over fewer keys is not comparable with a complete submission's; `missing` (present only then)
+    lists those keys.
     """
+    check_method(method)
     keys = [k for k in submission if k in targets]
     if not keys:
         raise ValueError(
@@ -257,6 +354,8 @@ def score_submission(
         )
     if permutations < 0:
         raise ValueError(f"permutations must be 0 (no permutation test) or more, got {permutations}")
+    if permutations and method not in DOT_METHODS:
+        raise ValueError(f"permutation p-values need one of {', '.join(DOT_METHODS)}, not '{method}'")
     missing = [k for k in targets if k not in submission]
     result: dict = {}
     ceilings = []
@@ -266,12 +365,12 @@ def score_submission(
             raise ValueError(f"{key}: model RDM has shape {model.shape}, expected one {n} x {n} RDM")
         if np.ptp(upper_tri(model)) == 0:
             raise ValueError(f"{key}: model RDM is constant, so its Spearman correlation is undefined")
-        row = score_with_ceiling(model, key, targets[key])
-        p_perm = permutation_p(model, targets[key], permutations, seed) if permutations else None
+        row = score_with_ceiling(model, key, targets[key], method)
+        p_perm = permutation_p(model, targets[key], permutations, seed, method) if permutations else None
         ceilings.append(row["noise_ceiling"])
         result[key] = {"r2": row["r2"], "p": _finite_or_none(row["p"]), "p_signed": _finite_or_none(row["p_signed"]),
-                       "p_perm": p_perm, "pct_nc": row["pct_nc"], "noise_ceiling": row["noise_ceiling"],
-                       "ceiling_source": row["ceiling_source"]}
+                       "p_perm": p_perm, "pct_nc": row["pct_nc"], **ceiling_info(key, targets[key], method),
+                       "method": method}
     if missing:
         result["score"] = None
         result["missing"] = missing

@@ -286,7 +286,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path: Path, data_root: Path, s
 
 
 def test_resume_needs_an_out_dir(small92: data.BrainDataset) -> None:
-    with pytest.raises(DataError, match="--resume needs --out"):
+    with pytest.raises(train.ConfigError, match="resume: needs out_dir"):
         train.fit(fast_config(frozen_epochs=1), [small92], resume=True, progress=False)
     with pytest.raises(DataError, match="no training sets"):
         train.Trainer(fast_config(), [], progress=False)

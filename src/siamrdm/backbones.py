@@ -19,14 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DataError
+from .errors import DataError
+from .errors import WeightsError as WeightsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class WeightsError(DataError):
-    """Pretrained weights could not be had; the message says which ways there are."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from .config import TrainConfig, config_from_preset, pick_device
-from .data import TRAINING_SETS, BrainDataset, DataError, load_algonauts_set
+from .data import TRAINING_SETS, BrainDataset, load_algonauts_set
+from .errors import ConfigError
 from .model import SiameseHead, SiameseRDMNet, all_pairs_loss
 from .train import Trainer, split_holdout, subset
 
@@ -150,7 +151,7 @@ def bench_sets(root: str | None, images: int | None) -> list[BrainDataset]:
     if images is None or images == total:
         return sets
     if not 6 <= images <= total:
-        raise DataError(f"--images must be between 6 and {total} (the 92 + 118 training images), got {images}")
+        raise ConfigError("images", f"must be between 6 and {total} (the 92 + 118 training images), got {images}")
     first = min(len(sets[0]) - 3, max(3, round(images * len(sets[0]) / total)))
     counts = (first, images - first)
     return [subset(s, np.arange(k), f"{s.name}[:{k}]") for s, k in zip(sets, counts, strict=True)]

@@ -162,7 +162,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 
 
 # TrainConfig fields whose flag is not simply --field-name.
-_FLAG_OF_OPTION = {"frozen_epochs": "--epochs"}
+_FLAG_OF_OPTION = {"frozen_epochs": "--epochs", "out_dir": "--out"}
 
 
 def _flag(option: str) -> str:
@@ -281,8 +281,8 @@ def cmd_fit(args) -> int:
     out = _out_dir(args.out, allow_existing=args.resume or args.overwrite, overwrite=args.overwrite)
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
-    predictor = fit_predictor(config, train, val, seeds, out, resume=args.resume, progress=not args.quiet,
-                              overwrite=args.overwrite)
+    predictor = _config_errors_as_flags(fit_predictor, config, train, val, seeds, out, resume=args.resume,
+                                        progress=not args.quiet, overwrite=args.overwrite)
     if order is not None:  # the RDM rows' images, in order: an --order file for the next run on these data
         write_text(out / data.IMAGE_ORDER_FILE, "\n".join(order) + "\n")
     summary = {"model": str(out / "model.pt"), "targets": list(targets), "seeds": predictor.metrics}
@@ -619,7 +619,7 @@ def cmd_bench(args) -> int:
     device = str(bench.pick_device(args.device))
     result: dict = {}
     if not args.no_training:
-        sets = bench.bench_sets(args.data, args.images)
+        sets = _config_errors_as_flags(bench.bench_sets, args.data, args.images)
         result.update(bench.bench_training(
             sets, args.backbone, args.weights, args.stage, device, args.rounds, args.naive_batches or None,
             args.pair_batch, args.body_chunk, args.image_size, log))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from .backbones import create_body
-from .data import DataError
+from .errors import ConfigError as ConfigError
 from .model import head_config
 from .prior import PRIORS
 
@@ -85,14 +85,6 @@ def config_from_dict(values: dict) -> TrainConfig:
     values["targets"] = tuple(values["targets"])
     values["crop_scale"] = tuple(values["crop_scale"])
     return TrainConfig(**values)
-
-
-class ConfigError(DataError):
-    """A training setting that cannot work; `option` names the TrainConfig field."""
-
-    def __init__(self, option: str, problem: str):
-        super().__init__(f"{option}: {problem}")
-        self.option, self.problem = option, problem
 
 
 RESCALINGS = ("minmax", "rank", "zscore")

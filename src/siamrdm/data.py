@@ -27,6 +27,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from .errors import DataError as DataError  # re-exported: most callers know it from here
 from .rdm import square_rdm, upper_tri
 
 DATA_ENV_VAR = "SIAMRDM_DATA"
@@ -58,10 +59,6 @@ IMAGE_SETS: dict[str, tuple[str, str]] = {
     "78": ("Test_Data", "78images"),
 }
 TRAINING_SETS = ("92", "118")
-
-
-class DataError(ValueError):
-    """Bad input. The message is one line naming the file and the problem."""
 
 
 def _one_line(exc: BaseException) -> str:

@@ -38,6 +38,7 @@ from .config import config_from_dict as config_from_dict
 from .config import config_from_preset as config_from_preset
 from .config import pick_device as pick_device
 from .data import BrainDataset, DataError, ImageSet, group_average
+from .errors import TrainingDiverged as TrainingDiverged
 from .files import atomic_path, run_folder_lock
 from .model import SiameseRDMNet, all_pairs, all_pairs_loss, all_pairs_outputs, head_config
 from .prior import PriorFit, fit_prior, prior_vector, stage_rdms
@@ -223,10 +224,6 @@ def build_model(config: TrainConfig, device: torch.device | None = None) -> Siam
         head = dataclasses.replace(head, output_bound=config.correction_bound)
     model = SiameseRDMNet(body, len(config.targets), config.image_size, head, distance_init=config.distance_init)
     return model.to(device or pick_device(config.device))
-
-
-class TrainingDiverged(DataError):
-    """The loss became NaN or infinite; the run stops and its last good checkpoint stays as it was."""
 
 
 def _mean_pct(scores: dict[str, dict]) -> float | None:
@@ -486,7 +483,8 @@ class Trainer:
     def load_state(self, state: dict) -> None:
         saved = config_from_dict(state["config"])
         if replace(saved, device=self.config.device) != replace(self.config, device=self.config.device):
-            raise DataError("--resume: the checkpoint has other settings; use the same ones or a new --out")
+            raise ConfigError("resume", "the checkpoint in the run folder has other settings; use the same ones "
+                                        "or a new folder")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"]:
@@ -537,7 +535,7 @@ def fit(config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] 
         out_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True) -> FitResult:
     """Train one model; with `resume`, continue from out_dir/last.pt when it exists."""
     if resume and out_dir is None:
-        raise DataError("--resume needs --out, the folder of the run to continue")
+        raise ConfigError("resume", "needs out_dir, the folder of the run to continue")
     with contextlib.ExitStack() as stack:
         if out_dir is not None:
             stack.enter_context(run_folder_lock(out_dir))

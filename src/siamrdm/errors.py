@@ -1,0 +1,25 @@
+"""The few exception types siamrdm raises. All are bad input in a broad sense: the CLI turns each into one line
+on stderr and exit code 2. Library messages name files and settings, never command-line flags; cli.py maps a
+ConfigError's setting to its flag."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """Bad input. The message is one line naming the file and the problem."""
+
+
+class ConfigError(DataError):
+    """A training setting that cannot work; `option` names the TrainConfig field (or the function argument)."""
+
+    def __init__(self, option: str, problem: str):
+        super().__init__(f"{option}: {problem}")
+        self.option, self.problem = option, problem
+
+
+class WeightsError(DataError):
+    """Pretrained weights could not be had; the message says which ways there are."""
+
+
+class TrainingDiverged(DataError):
+    """The loss became NaN or infinite; the run stops and its last good checkpoint stays as it was."""

@@ -337,7 +337,7 @@ def test_bad_input_exits_2(capsys, tmp_path: Path, data_root: Path, make_rdms, n
         (["data-info", "--bogus"], ("unrecognized arguments: --bogus",)),
         (["score", "a.mat", "--target", "b.mat", "--no-such-option"], ("unrecognized arguments: --no-such-option",)),
         (["fit", "--out", "run", "--lr", "abc"], ("fit: ", "argument --lr", "invalid float value: 'abc'")),
-        (["lr-find", "--epochs", "1.5"], ("lr-find: ", "argument --epochs", "invalid int value: '1.5'")),
+        (["lr-find", "--epochs", "1.5"], ("lr-find: ", "--epochs", "invalid int value: '1.5'")),
         (["score", "a.mat", "--target", "b.mat", "--permutations", "many"], ("score: ", "--permutations", "'many'")),
         (["baseline", "layers", "--batch-size", "x"], ("baseline layers: ", "--batch-size", "invalid int")),
         (["fit", "--out", "run", "--preset", "huge"], ("fit: ", "--preset", "invalid choice: 'huge'")),
@@ -376,3 +376,17 @@ def test_help_exits_0(capsys) -> None:
     assert exc_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: siamrdm score") and "--permutations" in out and "--seed" in out
+
+
+def test_preset_flags_name_what_they_set_and_switch_options_off() -> None:
+    """--frozen-epochs (old name --epochs) sets the frozen epochs; --early-stopping off switches the paper
+    preset's early stopping off; a bad value is refused by the parser."""
+    parser = cli.build_parser()
+    args = parser.parse_args(["fit", "--out", "x", "--preset", "paper", "--frozen-epochs", "3", "--early-stopping",
+                              "off", "--weights", "random", "--device", "cpu"])
+    config = cli._config_from_args(args, ("EVC",))
+    assert config.frozen_epochs == 3 and config.early_stopping is None and config.unfrozen_epochs == 1000
+    old = parser.parse_args(["fit", "--out", "x", "--epochs", "4", "--early-stopping", "7"])
+    assert old.epochs == 4 and old.early_stopping == 7
+    with pytest.raises(SystemExit):
+        parser.parse_args(["fit", "--out", "x", "--early-stopping", "0"])

@@ -151,8 +151,11 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior", choices=PRIORS, help="pretrained-layer RDM prior the head corrects: nnls (the presets'), "
                    "layer, or none")
     p.add_argument("--tta", action="store_true", help="average predictions over each image and its mirror image")
-    p.add_argument("--epochs", type=int, help="epochs with the body frozen (overrides the preset)")
+    p.add_argument("--frozen-epochs", "--epochs", dest="epochs", type=int,
+                   help="epochs with the body frozen (overrides the preset; --epochs is the old name)")
     p.add_argument("--unfrozen-epochs", type=int, help="epochs with the body trained (overrides the preset)")
+    p.add_argument("--early-stopping", type=_patience, metavar="N|off",
+                   help="stop after N epochs without a better validation score, or 'off' (overrides the preset)")
     p.add_argument("--lr", type=float, help="head learning rate (overrides the preset)")
     p.add_argument("--rescale", choices=["minmax", "rank", "zscore"], help="target rescaling (default: minmax)")
     p.add_argument("--image-size", type=int, help="input size in pixels (default: 224)")
@@ -162,7 +165,22 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 
 
 # TrainConfig fields whose flag is not simply --field-name.
-_FLAG_OF_OPTION = {"frozen_epochs": "--epochs", "out_dir": "--out"}
+_FLAG_OF_OPTION = {"out_dir": "--out"}
+
+
+def _patience(text: str):
+    """--early-stopping: a positive number of epochs, or 'off' to switch a preset's early stopping off."""
+    from .config import OFF
+
+    if text.strip().lower() == OFF:
+        return OFF
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of epochs or 'off', got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (or 'off'), got {value}")
+    return value
 
 
 def _flag(option: str) -> str:
@@ -181,13 +199,14 @@ def _config_errors_as_flags(function, *args, **kwargs):
 
 def _config_from_args(args, targets: tuple[str, ...]):
     """The run's TrainConfig from the preset and flags, checked (values, device, stage size) before any work."""
-    from .train import check_config, config_from_preset
+    from .config import check_config, config_from_preset
 
     config = _config_errors_as_flags(
         config_from_preset, args.preset, backbone=args.backbone, stage=args.stage, weights=args.weights,
         targets=targets, head=args.head, prior=args.prior, tta=True if args.tta else None,
-        frozen_epochs=args.epochs, unfrozen_epochs=args.unfrozen_epochs, lr=args.lr, rescale=args.rescale,
-        image_size=args.image_size, device=args.device, augment=False if args.no_augment else None,
+        frozen_epochs=args.epochs, unfrozen_epochs=args.unfrozen_epochs, early_stopping=args.early_stopping,
+        lr=args.lr, rescale=args.rescale, image_size=args.image_size, device=args.device,
+        augment=False if args.no_augment else None,
     )
     return _config_errors_as_flags(check_config, config)
 

@@ -10,7 +10,6 @@ curves, the settings and a report.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import platform
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import plots
+from . import plots, tables
 from .config import TrainConfig, check_config, pick_device
 from .data import (
     TARGETS,
@@ -33,10 +32,11 @@ from .data import (
     save_rdms,
     validate_rdms,
 )
-from .files import atomic_path, check_run_folder, clear_run_folder, run_folder_lock, write_text
+from .files import check_run_folder, clear_run_folder, run_folder_lock, write_text
 from .predict import fit_predictor
 from .report import write_report
 from .scoring import score_with_ceiling
+from .tables import fmt
 from .train import Trainer, subset
 
 SUBMISSION_FILES = {"submit_fmri.mat": ("EVC", "IT"), "submit_meg.mat": ("MEG_early", "MEG_late")}
@@ -58,16 +58,11 @@ def write_submissions(out_dir: str | os.PathLike, rdms: dict[str, np.ndarray]) -
 
 def write_table(rows: list[dict], out_dir: Path, stem: str) -> None:
     """rows as CSV and as a markdown table (r2 to 4 decimals, percent to 1, p in scientific notation)."""
-    with atomic_path(out_dir / f"{stem}.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=VALIDATION_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = ["| method | target | direction | epochs | r2 | % of noise ceiling | p |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        pct = "-" if r["pct_nc"] is None else f"{r['pct_nc']:.1f}"
-        lines.append(f"| {r['method']} | {r['target']} | {r['direction']} | {r.get('epochs', '-')} | {r['r2']:.4f} "
-                     f"| {pct} | {r['p']:.2g} |")
-    write_text(out_dir / f"{stem}.md", "\n".join(lines) + "\n")
+    tables.write_csv(rows, out_dir / f"{stem}.csv", VALIDATION_COLUMNS)
+    body = [[r["method"], r["target"], r["direction"], r.get("epochs", "-"), fmt(r["r2"], ".4f"),
+             fmt(r["pct_nc"], ".1f"), fmt(r["p"], ".2g")] for r in rows]
+    header = ["method", "target", "direction", "epochs", "r2", "% of noise ceiling", "p"]
+    write_text(out_dir / f"{stem}.md", tables.markdown(header, body) + "\n")
 
 
 def cross_set_splits(sets: dict[str, BrainDataset]) -> dict[str, tuple[BrainDataset, BrainDataset]]:

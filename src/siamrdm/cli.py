@@ -8,39 +8,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 from pathlib import Path
 from typing import NoReturn
 
 from . import data, scoring
+from .tables import fmt, json_safe
 
 
 class UsageError(data.DataError):
     """A usage problem found after parsing (conflicting options); exits 2 like bad input."""
 
 
-def _strict_json(obj):
-    """`obj` with NaN and inf as None and numpy values as Python ones: what strict JSON can hold."""
-    if isinstance(obj, dict):
-        return {str(k): _strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_strict_json(v) for v in obj]
-    if hasattr(obj, "tolist"):  # numpy scalars and arrays
-        return _strict_json(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def _print_json(obj) -> None:
     """Strict JSON on stdout: NaN/inf become null, and allow_nan=False makes sure none slips through."""
-    print(json.dumps(_strict_json(obj), indent=2, allow_nan=False))
-
-
-def _fmt(x: float | None, spec: str = ".4f") -> str:
-    return "-" if x is None else format(x, spec)
+    print(json.dumps(json_safe(obj), indent=2, allow_nan=False))
 
 
 # --------------------------------------------------------------------------- foundation commands
@@ -79,15 +62,15 @@ def cmd_score(args) -> int:
     rows = {key: row for key, row in result.items() if key not in ("score", "missing")}
     for key, row in rows.items():
         print(
-            f"{key:<18} {row['r2']:>8.4f} {_fmt(row['p'], '.2e'):>10} {_fmt(row['p_signed'], '.2e'):>10} "
-            f"{_fmt(row['p_perm'], '.2e'):>10} {_fmt(row['noise_ceiling']):>8} {_fmt(row['pct_nc'], '.2f'):>7} "
-            f"{_fmt(row['noise_ceiling_lower']):>8}  {row['ceiling_source'] or 'none'}"
+            f"{key:<18} {row['r2']:>8.4f} {fmt(row['p'], '.2e'):>10} {fmt(row['p_signed'], '.2e'):>10} "
+            f"{fmt(row['p_perm'], '.2e'):>10} {fmt(row['noise_ceiling']):>8} {fmt(row['pct_nc'], '.2f'):>7} "
+            f"{fmt(row['noise_ceiling_lower']):>8}  {row['ceiling_source'] or 'none'}"
         )
     total = result["score"]
     if total is None:
         print(f"{'score':<18} withheld: the submission lacks {missing}")
     else:
-        print(f"{'score':<18} {total['r2']:>8.4f} {'':>41} {_fmt(total['pct_nc'], '.2f'):>7}")
+        print(f"{'score':<18} {total['r2']:>8.4f} {'':>41} {fmt(total['pct_nc'], '.2f'):>7}")
     if any(row["ceiling_source"] is None for row in rows.values()):
         print(f"note: {scoring.NO_CEILING_NOTE}")
     if method != scoring.OFFICIAL_METHOD:
@@ -343,7 +326,7 @@ def cmd_lr_find(args) -> int:
     out = _out_dir(args.out)
     with run_folder_lock(out):
         result = lr_range_test(config, train, progress=not args.quiet)
-        write_text(out / "lr_find.json", json.dumps(_strict_json(result), indent=2, allow_nan=False))
+        write_text(out / "lr_find.json", json.dumps(json_safe(result), indent=2, allow_nan=False))
         plot = plot_lr_range(result, out / "lr_find.png")
     print(f"suggested learning rate: {result['suggested_lr']:.3g} (curve: {plot})")
     return 0
@@ -461,7 +444,7 @@ def _analysis_targets(args) -> tuple[str, ...]:
 
 
 def _print_evaluation(evaluation, args, paths: dict | None, seconds: float) -> None:
-    from .evaluate import json_safe, markdown_table, summary
+    from .evaluate import markdown_table, summary
 
     if getattr(args, "json", False):
         folds = {"folds": {k: d.images.names for k, d in evaluation.held_out.items()}} if evaluation.held_out else {}
@@ -654,7 +637,7 @@ def cmd_bench(args) -> int:
     if args.out:
         from .files import write_text
 
-        write_text(args.out, json.dumps(_strict_json(result), indent=2, allow_nan=False))
+        write_text(args.out, json.dumps(json_safe(result), indent=2, allow_nan=False))
     if args.json:
         _print_json(result)
     else:

@@ -20,7 +20,6 @@ the ceiling that belongs to them (computed from those subjects; none for a singl
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import baselines, plots
+from . import baselines, plots, tables
 from .backbones import backbone_stages, create_body
 from .data import (
     IMAGE_ORDER_FILE,
@@ -46,6 +45,7 @@ from .data import (
 )
 from .files import atomic_path, write_text
 from .scoring import NO_CEILING_NOTE, lower_ceiling, percent_of_ceiling, reference_ceiling, score_with_ceiling
+from .tables import fmt, json_safe
 from .train import TrainConfig, config_from_preset
 
 METHODS = ("siamese", "layers", "regression")
@@ -225,35 +225,19 @@ def cross_set_evaluate(root: str | os.PathLike | None, methods: tuple[str, ...] 
 # --------------------------------------------------------------------------- output
 
 
-def _fmt(value, spec: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return format(value, spec)
-
-
 def markdown_table(rows: list[dict]) -> str:
     """The full table: one line per method, target and direction."""
     lines = ["| method | target | direction | r2 | % of noise ceiling | p | detail |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['target']} | {r['direction']} | {_fmt(r['r2'], '.4f')} | "
-                     f"{_fmt(r['pct_nc'], '.1f')} | {_fmt(r['p'], '.2g')} | {r.get('detail', '')} |")
+        lines.append(f"| {r['method']} | {r['target']} | {r['direction']} | {fmt(r['r2'], '.4f')} | "
+                     f"{fmt(r['pct_nc'], '.1f')} | {fmt(r['p'], '.2g')} | {r.get('detail', '')} |")
     return "\n".join(lines)
 
 
 def summary_table(rows: list[dict]) -> str:
     """Percent of the noise ceiling, methods down, target and direction across: the claim at a glance."""
-    columns = list(dict.fromkeys((r["target"], r["direction"]) for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    lookup = {(r["method"], r["target"], r["direction"]): r["pct_nc"] for r in rows}
-    header = "| method | " + " | ".join(f"{t} {d}" for t, d in columns) + " | mean |"
-    lines = [header, "|---" * (len(columns) + 2) + "|"]
-    for method in methods:
-        values = [lookup.get((method, t, d)) for t, d in columns]
-        finite = [v for v in values if v is not None and math.isfinite(v)]
-        mean = float(np.mean(finite)) if finite else None
-        lines.append(f"| {method} | " + " | ".join(_fmt(v, ".1f") for v in values) + f" | {_fmt(mean, '.1f')} |")
-    return "\n".join(lines)
+    return tables.markdown(*tables.summary(rows))
 
 
 def _ceiling_used(rows: list[dict]) -> str:
@@ -263,8 +247,8 @@ def _ceiling_used(rows: list[dict]) -> str:
         return "none: " + NO_CEILING_NOTE
     uppers = [r["noise_ceiling"] for r in rows if r.get("noise_ceiling") is not None]
     lowers = [r["noise_ceiling_lower"] for r in rows if r.get("noise_ceiling_lower") is not None]
-    text = f"{'/'.join(sources)} upper {_fmt(float(np.mean(uppers)), '.4f')}"
-    return text + (f", lower {_fmt(float(np.mean(lowers)), '.4f')}" if lowers else "") + " (mean over folds)"
+    text = f"{'/'.join(sources)} upper {fmt(float(np.mean(uppers)), '.4f')}"
+    return text + (f", lower {fmt(float(np.mean(lowers)), '.4f')}" if lowers else "") + " (mean over folds)"
 
 
 def fold_table(rows: list[dict]) -> str:
@@ -282,7 +266,7 @@ def fold_table(rows: list[dict]) -> str:
         spec = ".1f" if measure == "pct_nc" else ".4f"
         mean = float(np.mean(finite)) if finite else None
         lines.append(f"| {method} | {target} | {'% of noise ceiling' if measure == 'pct_nc' else 'r2'} | "
-                     f"{_fmt(mean, spec)} | " + " | ".join(_fmt(v, spec) for v in values)
+                     f"{fmt(mean, spec)} | " + " | ".join(fmt(v, spec) for v in values)
                      + f" | {_ceiling_used(group)} |")
     return "\n".join(lines)
 
@@ -293,24 +277,7 @@ def summary(evaluation: Evaluation) -> str:
 
 
 def write_rows_csv(rows: list[dict], path: str | os.PathLike) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def json_safe(value):
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, np.generic):
-        return json_safe(value.item())
-    return value
+    return tables.write_csv(rows, path, COLUMNS)
 
 
 def _display_method(rows: list[dict], target: str, direction: str) -> str | None:
@@ -377,7 +344,7 @@ def write_evaluation(evaluation: Evaluation, sets: list[BrainDataset], out_dir: 
             test = evaluation.held_out.get(direction) or by_name[direction.split("->")[-1]]
             predicted = evaluation.predictions[(method, target, direction)]
             row = next(r for r in rows if (r["method"], r["target"], r["direction"]) == (method, target, direction))
-            score = f"{_fmt(row['pct_nc'], '.1f')}% NC" if row["pct_nc"] is not None else f"r2 {row['r2']:.3f}"
+            score = f"{fmt(row['pct_nc'], '.1f')}% NC" if row["pct_nc"] is not None else f"r2 {row['r2']:.3f}"
             label = f"{target}, {method} {direction} ({score})"
             stem = f"{target}_{_slug(direction)}"
             fitted = "held out, fitted on the other folds" if evaluation.held_out else f"fitted on {direction}"

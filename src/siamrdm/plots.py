@@ -22,6 +22,7 @@ from PIL import Image
 from .data import ImageSet, group_average
 from .files import atomic_path
 from .rdm import rank_unit, square_rdm, upper_tri
+from .tables import number
 
 DPI = 100
 FIGURE_SIZES: dict[str, tuple[float, float]] = {  # inches; pixels = inches * DPI
@@ -168,10 +169,9 @@ def plot_lr_range(result: dict, path: str | os.PathLike, title: str | None = Non
 
 
 def _number(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
+    """A number to plot: NaN (a gap in the line) where it is missing."""
+    value = number(value)
+    return math.nan if value is None else value
 
 
 def plot_training_curves(history: Iterable[dict], path: str | os.PathLike, title: str | None = None) -> Path:

@@ -17,13 +17,13 @@ import base64
 import csv
 import html
 import json
-import math
 import os
 from pathlib import Path
 
 from . import plots
 from .data import DataError
 from .files import write_text
+from .tables import fmt, number, summary
 
 SETTINGS_FILES = ("settings.json", "config.json")
 SCORE_COLUMNS = {"method", "target", "pct_nc"}
@@ -42,18 +42,9 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _number(text) -> float | None:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 def _cell(column: str, value) -> str:
     if column in NUMBER_FORMATS:
-        number = _number(value)
-        return "-" if number is None else format(number, NUMBER_FORMATS[column])
+        return fmt(value, NUMBER_FORMATS[column])
     return "" if value is None else str(value)
 
 
@@ -69,16 +60,7 @@ def _score_table(rows: list[dict]) -> Block:
 def _summary_table(rows: list[dict], measure: str = "pct_nc") -> Block:
     """Percent of the noise ceiling (or r2, for data without one): methods down, target (and direction)
     across, with the mean."""
-    columns = list(dict.fromkeys((r["target"], r.get("direction", "")) for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    lookup = {(r["method"], r["target"], r.get("direction", "")): _number(r.get(measure)) for r in rows}
-    body = []
-    for method in methods:
-        values = [lookup.get((method, t, d)) for t, d in columns]
-        finite = [v for v in values if v is not None]
-        mean = sum(finite) / len(finite) if finite else None
-        body.append([method] + [_cell(measure, v) for v in values] + [_cell(measure, mean)])
-    return ("table", ["method"] + [f"{t} {d}".strip() for t, d in columns] + ["mean"], body)
+    return ("table", *summary(rows, measure, NUMBER_FORMATS[measure]))
 
 
 def _collect(run_dir: Path) -> list[Block]:
@@ -102,7 +84,7 @@ def _collect(run_dir: Path) -> list[Block]:
             continue
         if not rows or not SCORE_COLUMNS <= set(rows[0]):
             continue
-        scored = [r for r in rows if _number(r.get("pct_nc")) is not None]
+        scored = [r for r in rows if number(r.get("pct_nc")) is not None]
         if scored:
             blocks += [("h2", f"Scores ({path.name})"), ("p", "Percent of the noise ceiling:"), _summary_table(rows)]
         else:
@@ -145,10 +127,10 @@ def _collect(run_dir: Path) -> list[Block]:
         where = path.parent.relative_to(run_dir)
         label = "run" if str(where) == "." else str(where)
         chart = plots.plot_training_curves(rows, path.with_name("training_curves.png"), title=f"training: {label}")
-        val = [(_number(r.get("val_pct_nc")), r.get("epoch")) for r in rows]
+        val = [(number(r.get("val_pct_nc")), r.get("epoch")) for r in rows]
         val = [(v, e) for v, e in val if v is not None]
         blocks.append(("h3", f"Training curves ({path.relative_to(run_dir)})"))
-        loss = _number(rows[-1].get("loss"))
+        loss = number(rows[-1].get("loss"))
         text = f"{len(rows)} epochs; final training loss {'-' if loss is None else format(loss, '.4g')}"
         if val:
             best, epoch = max(val)

@@ -80,9 +80,9 @@ def test_evaluation_chooses_the_layer_on_the_training_set(monkeypatch: pytest.Mo
             for name, n in (("A", 15), ("B", 18))}
     sets = [_fake_set("A", fake["A"], "early", 1), _fake_set("B", fake["B"], "late", 2)]
     by_size = {15: fake["A"], 18: fake["B"]}
-    monkeypatch.setattr(evaluate, "create_body", lambda *a, **k: None)
-    monkeypatch.setattr(evaluate, "backbone_stages", lambda name: ["early", "late"])
-    monkeypatch.setattr(evaluate.baselines, "layer_rdms", lambda images, **k: by_size[len(images)])
+    import siamrdm.prior
+
+    monkeypatch.setattr(siamrdm.prior, "stage_rdms", lambda images, *a, **k: by_size[len(images)])
     result = evaluate.evaluate_sets(sets, ("layers",), ("EVC",), config_from_preset("quick"), progress=False)
     choice = result.layers["A->B"]["EVC"]
     assert choice["chosen"] == "early"

@@ -40,7 +40,8 @@ from .tables import fmt
 from .train import Trainer, subset
 
 SUBMISSION_FILES = {"submit_fmri.mat": ("EVC", "IT"), "submit_meg.mat": ("MEG_early", "MEG_late")}
-VALIDATION_COLUMNS = ["method", "target", "direction", "r2", "pct_nc", "p", "noise_ceiling", "ceiling_source", "epochs"]
+VALIDATION_COLUMNS = ["method", "target", "direction", "r2", "pct_nc", "p", "noise_ceiling", "ceiling_source", "epochs",
+                      "detail"]
 
 
 def write_submissions(out_dir: str | os.PathLike, rdms: dict[str, np.ndarray]) -> list[Path]:
@@ -189,6 +190,11 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
         plots.plot_mds(predictions[target], test.images, out_dir / f"{target}_mds_78.png",
                        title=f"{target}: predicted RDM of the 78 test images (MDS)")
         fit_info[target] = {"epochs": epochs, **predictor.metrics}
+    if validate:  # the paper's point: the pretrained network's own RDMs, fitted on the same sets, beside it
+        from .evaluate import evaluate_sets
+
+        rows += evaluate_sets(list(sets.values()), ("layers", "regression"), targets, config, progress=False).rows
+        write_table(rows, out_dir, "validation")
     submission_files = [name for name, members in SUBMISSION_FILES.items() if any(t in targets for t in members)]
     settings = {
         "config": asdict(config), "targets": list(targets), "seeds": list(seeds), "data": str(root),

@@ -346,7 +346,8 @@ def cmd_challenge(args) -> int:
                            progress=not args.quiet, overwrite=args.overwrite)
     for row in result["validation"]:
         pct = "-" if row["pct_nc"] is None else f"{row['pct_nc']:.1f}%"
-        print(f"validation {row['target']:<10} {row['direction']:<8} r2={row['r2']:.4f}  {pct} of noise ceiling")
+        print(f"validation {row['method']:<10} {row['target']:<10} {row['direction']:<8} r2={row['r2']:.4f}  {pct} "
+              "of noise ceiling")
     print(f"wrote {', '.join(result['settings']['submission_files'])} and report.md in {out}")
     return 0
 

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from . import baselines, plots, tables
-from .backbones import backbone_stages, create_body
 from .data import (
     IMAGE_ORDER_FILE,
     TARGET_NAMES,
@@ -159,12 +158,12 @@ def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
 
     stage_rdms: dict[str, dict[str, np.ndarray]] = {}
     if "layers" in methods or "regression" in methods:
+        from .prior import stage_rdms as cached_stage_rdms  # the prior's per-process cache of stage RDMs
+
         start = time.perf_counter()
-        body = create_body(config.backbone, config.weights, stage=backbone_stages(config.backbone)[-1])
         for dataset in sets:
-            stage_rdms[dataset.name] = baselines.layer_rdms(dataset.images, image_size=config.image_size,
-                                                            batch_size=batch_size, progress=progress, body=body)
-        del body
+            stage_rdms[dataset.name] = cached_stage_rdms(dataset.images, config.backbone, config.weights,
+                                                         config.image_size, progress, batch_size)
         result.seconds["layer_rdms"] = time.perf_counter() - start
 
     for method in methods:

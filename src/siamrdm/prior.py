@@ -54,7 +54,7 @@ class PriorFit:
 
 
 def stage_rdms(images: ImageSet | list[np.ndarray], backbone: str, weights: str | None, image_size: int,
-               progress: bool = False) -> dict[str, np.ndarray]:
+               progress: bool = False, batch_size: int = 16) -> dict[str, np.ndarray]:
     """Every stage's RDM of the pretrained backbone for these images. Kept per image set (a challenge run fits
     many models on the same sets). Random weights ('random', for tests) are drawn from a fixed seed, so the
     prior of a model is the same at training and at prediction."""
@@ -69,7 +69,7 @@ def stage_rdms(images: ImageSet | list[np.ndarray], backbone: str, weights: str 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         body = create_body(backbone, weights, stage=backbone_stages(backbone)[-1])
-    rdms = baselines.layer_rdms(images, image_size=image_size, progress=progress, body=body)
+    rdms = baselines.layer_rdms(images, image_size=image_size, batch_size=batch_size, progress=progress, body=body)
     if key is not None:
         if len(_CACHE) >= _CACHE_SIZE:
             _CACHE.pop(next(iter(_CACHE)))

@@ -67,16 +67,6 @@ def _collect(run_dir: Path) -> list[Block]:
     blocks: list[Block] = []
     placed: set[Path] = set()
 
-    for name in SETTINGS_FILES:
-        path = run_dir / name
-        if path.is_file():
-            blocks += [("h2", f"Settings ({name})")]
-            try:
-                text = json.dumps(json.loads(path.read_text()), indent=2)
-            except (OSError, ValueError):
-                text = path.read_text(errors="replace")
-            blocks.append(("code", text))
-
     for path in sorted(run_dir.glob("*.csv")):
         try:
             rows = _read_csv(path)
@@ -142,6 +132,16 @@ def _collect(run_dir: Path) -> list[Block]:
     if figures:
         blocks.append(("h2", "Figures"))
         blocks += [("img", p, str(p.relative_to(run_dir))) for p in figures]
+    # What a reader wants first: the scores and the figures; the run's settings close the page.
+    for name in SETTINGS_FILES:
+        path = run_dir / name
+        if path.is_file():
+            blocks += [("h2", f"Settings ({name})")]
+            try:
+                text = json.dumps(json.loads(path.read_text()), indent=2)
+            except (OSError, ValueError):
+                text = path.read_text(errors="replace")
+            blocks.append(("code", text))
     return blocks
 
 

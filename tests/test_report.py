@@ -72,6 +72,11 @@ def test_html_embeds_every_image(challenge_dir: Path):
     assert len(sources) == 5
     assert all(s.startswith("data:image/png;base64,iVBORw0KGgo") for s in sources)  # base64 of the PNG signature
     assert "<table>" in page and "12.5" in page
+    # Self-contained: nothing is fetched from elsewhere (no external links, scripts, styles or fonts).
+    assert not re.search(r'(src|href)="(?!data:|#)', page)
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    # Results first, settings last.
+    assert page.index("Scores") < page.index("Settings")
 
 
 def test_report_is_repeatable(challenge_dir: Path):

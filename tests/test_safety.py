@@ -333,3 +333,77 @@ def test_computed_ceiling_without_an_official_one(evc92: data.BrainDataset) -> N
     ceiling = scoring.reference_ceiling("EVC", val.targets["EVC"])
     assert ceiling is not None and row["noise_ceiling"] == pytest.approx(ceiling)
     assert row["pct_nc"] == pytest.approx(100 * row["r2"] / ceiling)
+
+
+# --------------------------------------------------------------------------- found in review
+
+
+def test_missing_weights_file_is_refused_before_any_folder(capsys, tmp_path: Path, own_data) -> None:
+    out = tmp_path / "run"
+    fast = [a for a in FAST if a not in ("--weights", "random")]
+    code, _, err = run_main(capsys, "fit", *own_data, *fast, "--weights", tmp_path / "nope.pth", "--out", out)
+    assert code == 2 and not out.exists()
+    assert_one_line_error(err, "nope.pth")
+
+
+def test_a_folder_with_only_locks_is_empty_and_a_failed_fit_can_be_overwritten(capsys, tmp_path: Path,
+                                                                                 own_data) -> None:
+    out = tmp_path / "run"
+    with files.run_folder_lock(out), files.run_folder_lock(out / "seed0"):
+        pass  # what a run that failed before writing anything leaves
+    code, _, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out)
+    assert code == 0, err
+    (out / "model.pt").unlink()  # now only a checkpoint, as a diverged fit leaves
+    code, _, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out, "--overwrite")
+    assert code == 0, err
+
+
+def test_repeated_image_names_are_refused(tmp_path: Path) -> None:
+    """Names identify images (order files, feature caches, rsatoolbox descriptors): they must be unique."""
+    import scipy.io
+
+    pixels = [np.full((8, 8, 3), v, dtype=np.uint8) for v in (0, 100, 200)]
+    stimuli = np.zeros((1, 3), dtype=[("names", object), ("pixels", object)])
+    for k, (name, p) in enumerate(zip(["face", "house", "face"], pixels, strict=True)):
+        stimuli[0, k] = (name, p)
+    path = tmp_path / "stimuli.mat"
+    scipy.io.savemat(path, {"visual_stimuli": stimuli})
+    with pytest.raises(DataError, match="'face' appears more than once"):
+        data.load_image_set(path)
+
+
+def test_malformed_model_file_is_one_line(capsys, tmp_path: Path, set92: Path) -> None:
+    bad = tmp_path / "model.pt"
+    torch.save({"format": MODEL_FORMAT, "config": {}}, bad)
+    code, _, err = run_main(capsys, "predict", bad, "--images", set92 / "92images", "--out", tmp_path / "x.mat")
+    assert code == 2 and not (tmp_path / "x.mat").exists()
+    assert_one_line_error(err, "malformed siamrdm model file")
+
+
+def test_computed_ceilings_are_cached_by_content(make_rdms) -> None:
+    """Two stacks with the same sums but entries swapped between subjects get their own ceilings."""
+    a = np.round(make_rdms(9, subjects=3, seed=5) * 4)
+    b = a.copy()
+    b[0, 0, 1], b[1, 0, 1] = a[1, 0, 1], a[0, 0, 1]
+    b[0, 1, 0], b[1, 1, 0] = b[0, 0, 1], b[1, 0, 1]
+    assert float(a.sum()) == float(b.sum()) and float((a * a).sum()) == float((b * b).sum())
+    assert scoring.reference_ceiling("V4", b) == pytest.approx(scoring.noise_ceiling(b)[0])
+    assert scoring.reference_ceiling("V4", a) == pytest.approx(scoring.noise_ceiling(a)[0])
+
+
+def test_a_prior_whose_weights_file_changed_is_refused(tmp_path: Path, evc92: data.BrainDataset) -> None:
+    from siamrdm.backbones import create_body
+    from siamrdm.predict import RDMPredictor, fit_predictor
+
+    weights = tmp_path / "w.pth"
+    torch.manual_seed(0)
+    torch.save(create_body("alexnet", "random", "conv5").stages.state_dict(), weights)
+    small = train.subset(evc92, np.arange(8), "s")
+    config = train.TrainConfig(backbone="alexnet", weights=str(weights), image_size=128, augment=False,
+                               frozen_epochs=1, targets=("EVC",), prior="layer", device="cpu")
+    fit_predictor(config, [small], out_dir=tmp_path / "run", progress=False)
+    RDMPredictor.load(tmp_path / "run" / "model.pt", "cpu")  # unchanged: loads
+    torch.manual_seed(1)
+    torch.save(create_body("alexnet", "random", "conv5").stages.state_dict(), weights)
+    with pytest.raises(DataError, match="changed since this model was trained"):
+        RDMPredictor.load(tmp_path / "run" / "model.pt", "cpu")

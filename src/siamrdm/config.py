@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .backbones import create_body
+from .backbones import create_body, read_state_dict
 from .errors import ConfigError as ConfigError
 from .model import head_config
 from .prior import PRIORS
@@ -135,6 +135,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.image_size < MIN_IMAGE_SIZE:
         raise ConfigError("image_size", f"must be at least {MIN_IMAGE_SIZE} pixels, got {config.image_size}")
     pick_device(config.device)
+    if config.weights not in (None, "random"):  # a weights file: readable as tensors now, not after folders exist
+        read_state_dict(config.weights)
     body = create_body(config.backbone, "random", config.stage)
     _, height, width = body.output_shape(config.image_size)
     try:

@@ -141,6 +141,10 @@ def _check_image_count(images: ImageSet) -> ImageSet:
             f"{images.source}: {len(images)} image{'s' if len(images) != 1 else ''}, "
             f"an RDM needs at least {MIN_IMAGES}"
         )
+    seen: set[str] = set()
+    repeated = next((name for name in images.names if name in seen or seen.add(name)), None)
+    if repeated is not None:  # names identify images (order files, caches, rsatoolbox descriptors)
+        raise DataError(f"{images.source}: image name '{repeated}' appears more than once; names must be unique")
     return images
 
 

@@ -101,11 +101,18 @@ def _check_creatable(folder: Path, named: Path) -> None:
 
 
 def _has_outputs(folder: Path) -> bool:
-    return folder.is_dir() and any(p.name != LOCK_NAME for p in folder.iterdir())
+    """Any file but lock files, at any depth: a run that failed before writing anything left only locks."""
+    return folder.is_dir() and any(p.is_file() and p.name != LOCK_NAME for p in folder.rglob("*"))
+
+
+def _is_run_folder(path: Path) -> bool:
+    """A siamrdm run wrote here: a finished run's settings or model, or a fit's checkpoint (also a failed one)."""
+    return any((path / marker).is_file() for marker in RUN_MARKERS) or any(path.glob("*/last.pt")) or (
+        path / "last.pt").is_file()
 
 
 def _check_clearable(path: Path) -> None:
-    if _has_outputs(path) and not any((path / marker).is_file() for marker in RUN_MARKERS):
+    if _has_outputs(path) and not _is_run_folder(path):
         raise DataError(f"{path}: not empty and not a siamrdm run folder (no {' or '.join(RUN_MARKERS)}); "
                         "refusing to clear it")
 

@@ -8,6 +8,7 @@ the rescaled target units (the challenge metric is rank-based, so the units do n
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 from dataclasses import asdict, replace
@@ -26,6 +27,25 @@ from .prior import PriorFit
 from .train import build_model, feature_views, fit, predict_rdms, prior_rdms, split_holdout
 
 MODEL_FORMAT = "siamrdm-predictor-1"
+
+
+def _prior_weights_hash(config: TrainConfig) -> str | None:
+    """The prior is rebuilt from the pretrained weights at prediction time; with a weights file, its hash is
+    kept in the model file so that a changed file is refused instead of silently changing predictions."""
+    if config.weights in (None, "random"):
+        return None
+    path = Path(config.weights)
+    if not path.is_file():
+        raise DataError(f"{path}: the weights file of this model's prior is missing")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_prior_weights(payload: dict, config: TrainConfig, path: str | os.PathLike) -> None:
+    """Refuse a model whose prior's weights file changed since training (see `_prior_weights_hash`)."""
+    saved = payload.get("prior_weights_sha256")
+    if saved and _prior_weights_hash(config) != saved:
+        raise DataError(f"{path}: the weights file {config.weights} changed since this model was trained, so its "
+                        "prior would differ; use the original file")
 
 
 class RDMPredictor:
@@ -70,6 +90,7 @@ class RDMPredictor:
             "members": [{k: v.cpu() for k, v in m.state_dict().items()} for m in self.models],
             "normalisation": self.normalisation, "metrics": self.metrics,
             "priors": {t: p.to_dict() for t, p in self.priors.items()},
+            "prior_weights_sha256": _prior_weights_hash(self.config) if self.priors else None,
         })
         return path
 
@@ -79,15 +100,21 @@ class RDMPredictor:
         payload = load_checkpoint(path)
         if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
             raise DataError(f"{path}: not a siamrdm model file (expected the model.pt that 'siamrdm fit' writes)")
-        config = config_from_dict(payload["config"])
         dev = pick_device(device)
-        models = []
-        for state in payload["members"]:
-            model = build_model(replace(config, weights="random"), dev)
-            model.load_state_dict(state)
-            models.append(model.eval())
-        priors = {t: PriorFit.from_dict(p) for t, p in payload.get("priors", {}).items()}
-        return cls(models, replace(config, device=device), payload["normalisation"], payload["metrics"], priors)
+        try:
+            config = config_from_dict(payload["config"])
+            models = []
+            for state in payload["members"]:
+                model = build_model(replace(config, weights="random"), dev)
+                model.load_state_dict(state)
+                models.append(model.eval())
+            priors = {t: PriorFit.from_dict(p) for t, p in payload.get("priors", {}).items()}
+            normalisation, metrics = payload["normalisation"], payload["metrics"]
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # plain data, but not what fit writes
+            raise DataError(f"{path}: malformed siamrdm model file ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:160]})") from None
+        check_prior_weights(payload, config, path)
+        return cls(models, replace(config, device=device), normalisation, metrics, priors)
 
 
 def fit_predictor(config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] = (),
@@ -111,7 +138,7 @@ def fit_predictor(config: TrainConfig, train: list[BrainDataset], val: list[Brai
             best = result.best_score
             metrics[f"seed{seed}"] = {"best_epoch": result.best_epoch,
                                       "best_val_score": best if best is not None and math.isfinite(best) else None,
-                                      "epochs_run": len(result.history)}
+                                      "epochs_run": sum(row["epoch"] > 0 for row in result.history)}
         predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics, priors)
         if out_dir:
             predictor.save(Path(out_dir) / "model.pt")

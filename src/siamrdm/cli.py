@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import data, scoring
+from .errors import ConfigError
 from .tables import fmt, json_safe
 
 
@@ -707,6 +708,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except ConfigError as exc:  # a setting: named by its command-line flag
+        print(f"siamrdm: error: {_flag(exc.option)}: {exc.problem}", file=sys.stderr)
+        return 2
     except data.DataError as exc:
         print(f"siamrdm: error: {exc}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from .errors import ConfigError
 from .errors import DataError as DataError  # re-exported: most callers know it from here
 from .rdm import square_rdm, upper_tri
 
@@ -73,10 +74,8 @@ def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
     if root is None:
         root = os.environ.get(DATA_ENV_VAR)
     if not root:
-        raise DataError(
-            f"no data root: pass --data ROOT or set {DATA_ENV_VAR} to the Algonauts 2019 folder "
-            "(the one holding Training_Data/ and Test_Data/)"
-        )
+        raise ConfigError("data", f"no data root: give the Algonauts 2019 folder (the one holding Training_Data/ "
+                                  f"and Test_Data/), or set {DATA_ENV_VAR} to it")
     path = Path(root).expanduser()
     if not path.is_dir():
         raise DataError(f"{path}: data root is not a directory")
@@ -402,8 +401,9 @@ def check_rdm_names(path: str | os.PathLike, names: Sequence[str], among: str = 
     index = match_names(listed, names, where, among)
     wrong = next((k for k, i in enumerate(index) if i != k), None)
     if wrong is not None:
-        raise DataError(f"{where} orders the images differently from {among} (row {wrong + 1}: '{listed[wrong]}' "
-                        f"in the file, '{names[wrong]}' among the images); give the file's order with --order")
+        raise ConfigError("order", f"{where} orders the images differently from {among} (row {wrong + 1}: "
+                                   f"'{listed[wrong]}' in the file, '{names[wrong]}' among the images); set the "
+                                   "image order to the file's")
 
 
 def _rsatoolbox_rows(path: Path, rdms: dict[str, np.ndarray], names: Sequence[str] | None) -> dict[str, np.ndarray]:

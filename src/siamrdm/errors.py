@@ -17,8 +17,11 @@ class ConfigError(DataError):
         self.option, self.problem = option, problem
 
 
-class WeightsError(DataError):
-    """Pretrained weights could not be had; the message says which ways there are."""
+class WeightsError(ConfigError):
+    """Pretrained weights could not be had (the `weights` setting); the message says which ways there are."""
+
+    def __init__(self, problem: str):
+        super().__init__("weights", problem)
 
 
 class TrainingDiverged(DataError):

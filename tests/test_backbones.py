@@ -210,7 +210,7 @@ def test_fit_process_without_alexnet_weights(tmp_path: Path, data_root: Path) ->
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""  # not even torch's 'Downloading: ...' line
     assert_one_line_error(done.stderr, *parts)
-    assert not (tmp_path / "run" / "model.pt").exists()
+    assert not (tmp_path / "run").exists()  # refused before any folder is made
 
 
 @pytest.mark.parametrize("kind", ["missing", "corrupt", "wrong-shapes"])

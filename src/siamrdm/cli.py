@@ -275,7 +275,6 @@ def _validation_ceilings(val: list, targets: tuple[str, ...]) -> dict:
 
 
 def cmd_fit(args) -> int:
-    from .files import write_text
     from .predict import fit_predictor
 
     train, val, targets, order = _training_datasets(args)
@@ -285,9 +284,7 @@ def cmd_fit(args) -> int:
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
     predictor = _config_errors_as_flags(fit_predictor, config, train, val, seeds, out, resume=args.resume,
-                                        progress=not args.quiet, overwrite=args.overwrite)
-    if order is not None:  # the RDM rows' images, in order: an --order file for the next run on these data
-        write_text(out / data.IMAGE_ORDER_FILE, "\n".join(order) + "\n")
+                                        progress=not args.quiet, overwrite=args.overwrite, image_order=order)
     summary = {"model": str(out / "model.pt"), "targets": list(targets), "seeds": predictor.metrics}
     if val:
         summary["validation"] = _validation_ceilings(val, targets)
@@ -526,6 +523,8 @@ def cmd_evaluate(args) -> int:
     folds = 5 if args.folds is None else args.folds
     if own is not None:
         _check_folds(own, folds, args.fold_seed)
+    else:  # the sets are read (and refused) before the run folder exists
+        sets = [data.load_algonauts_set(args.data, name, targets) for name in data.TRAINING_SETS]
     out = _out_dir(args.out, allow_existing=args.overwrite, overwrite=args.overwrite)
     start = time.perf_counter()
     with run_folder_lock(out):
@@ -533,7 +532,7 @@ def cmd_evaluate(args) -> int:
             clear_run_folder(out)
         if own is None:
             evaluation, paths = run_evaluation(args.data, out, methods, targets, config, seeds, args.batch_size,
-                                               progress=not args.quiet, make_plots=not args.no_plots)
+                                               progress=not args.quiet, make_plots=not args.no_plots, sets=sets)
             md, _ = write_report(out, title="siamrdm evaluate: cross-set scores")
         else:
             inputs = {"image_folder": str(args.images), "rdms": str(args.rdms), "key": args.key, "order": args.order}

@@ -20,8 +20,8 @@ import torch
 from .backbones import images_to_tensor
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_from_dict, pick_device
-from .data import BrainDataset, DataError, ImageSet
-from .files import clear_run_folder, run_folder_lock
+from .data import IMAGE_ORDER_FILE, BrainDataset, DataError, ImageSet
+from .files import clear_run_folder, run_folder_lock, write_text
 from .model import SiameseRDMNet
 from .prior import PriorFit
 from .train import build_model, feature_views, fit, predict_rdms, prior_rdms, split_holdout
@@ -119,7 +119,8 @@ class RDMPredictor:
 
 def fit_predictor(config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] = (),
                   seeds: tuple[int, ...] = (0,), out_dir: str | os.PathLike | None = None, resume: bool = False,
-                  progress: bool = True, overwrite: bool = False) -> RDMPredictor:
+                  progress: bool = True, overwrite: bool = False,
+                  image_order: list[str] | None = None) -> RDMPredictor:
     """Train one model per seed (each in out_dir/seed<k> with its checkpoints and log) and bundle them.
 
     `out_dir` is locked for the whole run; with `overwrite`, an earlier run in it is cleared first.
@@ -129,6 +130,8 @@ def fit_predictor(config: TrainConfig, train: list[BrainDataset], val: list[Brai
             stack.enter_context(run_folder_lock(out_dir))
             if overwrite:
                 clear_run_folder(Path(out_dir))
+            if image_order is not None:  # the RDM rows' images, in order: an --order file for the next run
+                write_text(Path(out_dir) / IMAGE_ORDER_FILE, "\n".join(image_order) + "\n")
         models, normalisation, metrics = [], {}, {}
         for seed in seeds:
             seed_dir = Path(out_dir) / f"seed{seed}" if out_dir else None

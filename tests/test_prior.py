@@ -152,3 +152,10 @@ def test_prior_with_the_body_unfrozen(sets) -> None:
     predictor = RDMPredictor([result.model], config, priors=result.priors)
     rdm = predictor.predict(val_set.images)["IT"]
     assert rdm.shape == (10, 10) and np.allclose(rdm, rdm.T) and np.all(np.isfinite(rdm))
+
+
+def test_choose_epochs_without_a_ceiling_uses_r2() -> None:
+    curves = {"a": [{"epoch": e, "pct_nc": None, "r2": r} for e, r in enumerate([0.1, 0.3, float("nan")])],
+              "b": [{"epoch": e, "pct_nc": None, "r2": r} for e, r in enumerate([0.2, 0.1, 0.0])]}
+    final, crossed = challenge.choose_epochs(curves)
+    assert final == 1 and crossed == {"a": 0, "b": 1}

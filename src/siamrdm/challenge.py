@@ -36,7 +36,7 @@ from .files import check_run_folder, clear_run_folder, run_folder_lock, write_te
 from .predict import fit_predictor
 from .report import write_report
 from .scoring import score_with_ceiling
-from .tables import fmt, json_safe
+from .tables import fmt, json_safe, number
 from .train import Trainer, subset
 
 SUBMISSION_FILES = {"submit_fmri.mat": ("EVC", "IT"), "submit_meg.mat": ("MEG_early", "MEG_late")}
@@ -117,8 +117,12 @@ def _ensemble_row(trainers: list[Trainer], val_set: BrainDataset, target: str, e
 
 
 def choose_epochs(curves: dict[str, list[dict]]) -> tuple[int, dict[str, int]]:
-    """Best epoch count on the mean curve, and, per direction, the epoch the other direction picked."""
-    pct = {d: np.array([row["pct_nc"] for row in c]) for d, c in curves.items()}
+    """Best epoch count on the mean curve, and, per direction, the epoch the other direction picked. Chosen on
+    the percent of the ceiling when every row has one, else on r2; a missing or NaN score counts as the worst."""
+    rows = [row for c in curves.values() for row in c]
+    measure = "pct_nc" if all(row["pct_nc"] is not None for row in rows) else "r2"
+    pct = {d: np.array([number(row[measure]) if number(row[measure]) is not None else -np.inf for row in c])
+           for d, c in curves.items()}
     epochs = [row["epoch"] for row in next(iter(curves.values()))]
     final = epochs[int(np.argmax(np.mean(list(pct.values()), axis=0)))]
     directions = list(pct)

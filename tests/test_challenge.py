@@ -9,17 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from helpers import run_cli as run_main
 
-from siamrdm import challenge, cli, data, scoring
+from siamrdm import challenge, data, scoring
 from siamrdm.data import DataError
 
 SUBMISSION_KEYS = {"submit_fmri.mat": ["EVC_RDMs", "IT_RDMs"], "submit_meg.mat": ["MEG_RDMs_early", "MEG_RDMs_late"]}
 
-
-def run_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    code = cli.main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def check_submission(path: Path, keys: list[str]) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import scipy.io
 from helpers import assert_one_line_error
+from helpers import run_cli as run_main
 from scipy import stats
 
 from siamrdm import cli, data, scoring
@@ -40,11 +41,6 @@ def strict_loads(text: str):
 
     return json.loads(text, parse_constant=refuse)
 
-
-def run_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    code = cli.main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import scipy.io
 import torch
 import torchvision
 from helpers import assert_one_line_error
+from helpers import run_cli as run_main
 
 from siamrdm import cli, data, train
 from siamrdm.backbones import images_to_tensor
@@ -28,12 +29,6 @@ def fast_config(**overrides) -> train.TrainConfig:
                   unfrozen_epochs=0, device="cpu", targets=("EVC", "IT"))
     values.update(overrides)
     return train.TrainConfig(**values)
-
-
-def run_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    code = cli.main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 

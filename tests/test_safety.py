@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import assert_one_line_error
+from helpers import run_cli as run_main
 
 from siamrdm import cli, data, files, scoring, train
 from siamrdm.data import DataError
@@ -27,15 +28,6 @@ from siamrdm.predict import MODEL_FORMAT
 
 FAST = ("--epochs", "1", "--image-size", "64", "--weights", "random", "--no-augment", "--quiet", "--device", "cpu")
 
-
-def run_main(capsys: pytest.CaptureFixture, *args: str | Path) -> tuple[int, str, str]:
-    """`siamrdm ARGS` in this process; an argparse refusal (SystemExit) counts as its exit code."""
-    try:
-        code = cli.main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -26,12 +26,12 @@ from .data import (
     TARGETS,
     TRAINING_SETS,
     BrainDataset,
-    DataError,
     load_algonauts_set,
     resolve_data_root,
     save_rdms,
     validate_rdms,
 )
+from .errors import ConfigError
 from .files import check_run_folder, clear_run_folder, run_folder_lock, write_text
 from .predict import fit_predictor
 from .report import write_report
@@ -76,7 +76,7 @@ def fold_splits(dataset: BrainDataset, folds: int, seed: int = 0) -> dict[str, t
     held-out fold's images. No pair crosses the split, so held-out scores measure generalisation to new images."""
     n = len(dataset)
     if not 2 <= folds <= n // 3:
-        raise DataError(f"folds: {folds} folds of {n} images (each fold needs at least 3 images)")
+        raise ConfigError("folds", f"{folds} folds of {n} images (each fold needs at least 3 images)")
     order = np.random.default_rng(seed).permutation(n)
     parts = np.array_split(order, folds)
     splits = {}

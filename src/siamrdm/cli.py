@@ -171,28 +171,18 @@ def _flag(option: str) -> str:
     return _FLAG_OF_OPTION.get(option, "--" + option.replace("_", "-"))
 
 
-def _config_errors_as_flags(function, *args, **kwargs):
-    """Run a library call; a ConfigError comes out naming the command-line flag instead of the field."""
-    from .train import ConfigError
-
-    try:
-        return function(*args, **kwargs)
-    except ConfigError as exc:
-        raise UsageError(f"{_flag(exc.option)}: {exc.problem}") from None
-
-
 def _config_from_args(args, targets: tuple[str, ...]):
     """The run's TrainConfig from the preset and flags, checked (values, device, stage size) before any work."""
     from .config import check_config, config_from_preset
 
-    config = _config_errors_as_flags(
-        config_from_preset, args.preset, backbone=args.backbone, stage=args.stage, weights=args.weights,
+    config = config_from_preset(
+        args.preset, backbone=args.backbone, stage=args.stage, weights=args.weights,
         targets=targets, head=args.head, prior=args.prior, tta=True if args.tta else None,
         frozen_epochs=args.epochs, unfrozen_epochs=args.unfrozen_epochs, early_stopping=args.early_stopping,
         lr=args.lr, rescale=args.rescale, image_size=args.image_size, device=args.device,
         augment=False if args.no_augment else None,
     )
-    return _config_errors_as_flags(check_config, config)
+    return check_config(config)
 
 
 def _seeds(args) -> tuple[int, ...]:
@@ -239,7 +229,7 @@ def _training_datasets(args) -> tuple[list, list, tuple[str, ...], list[str] | N
         val = [data.load_algonauts_set(args.data, args.val_set, targets)]
         train = [d for d in train if d.name != args.val_set]
     elif args.val_fraction:
-        split = [_config_errors_as_flags(split_holdout, d, args.val_fraction, 0) for d in train]
+        split = [split_holdout(d, args.val_fraction, 0) for d in train]
         train, val = [t for t, _ in split], [v for _, v in split]
     if not train:
         raise UsageError("no training images left after taking out the validation set")
@@ -283,8 +273,8 @@ def cmd_fit(args) -> int:
     out = _out_dir(args.out, allow_existing=args.resume or args.overwrite, overwrite=args.overwrite)
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
-    predictor = _config_errors_as_flags(fit_predictor, config, train, val, seeds, out, resume=args.resume,
-                                        progress=not args.quiet, overwrite=args.overwrite, image_order=order)
+    predictor = fit_predictor(config, train, val, seeds, out, resume=args.resume, progress=not args.quiet,
+                              overwrite=args.overwrite, image_order=order)
     summary = {"model": str(out / "model.pt"), "targets": list(targets), "seeds": predictor.metrics}
     if val:
         summary["validation"] = _validation_ceilings(val, targets)
@@ -303,7 +293,7 @@ def cmd_predict(args) -> int:
     suffix = Path(args.out).suffix.lower()
     if suffix not in PREDICTION_SUFFIXES:
         raise UsageError(f"{args.out}: unsupported output type '{suffix}' (use {', '.join(PREDICTION_SUFFIXES)})")
-    predictor = _config_errors_as_flags(RDMPredictor.load, args.model, args.device)
+    predictor = RDMPredictor.load(args.model, args.device)
     if suffix == ".npy" and len(predictor.targets) != 1:
         raise UsageError(f"{args.out}: .npy holds one RDM but the model predicts {len(predictor.targets)}; use .mat")
     images = data.load_image_set(args.images, args.order)
@@ -495,10 +485,7 @@ def _check_folds(dataset: data.BrainDataset, folds: int, seed: int) -> None:
     """--folds checked before any work or file: each fold needs at least 3 images."""
     from .challenge import fold_splits
 
-    try:
-        fold_splits(dataset, folds, seed)
-    except data.DataError as exc:
-        raise UsageError(f"--{exc}") from None
+    fold_splits(dataset, folds, seed)  # a ConfigError names --folds
 
 
 def cmd_evaluate(args) -> int:
@@ -622,7 +609,7 @@ def cmd_bench(args) -> int:
     device = str(bench.pick_device(args.device))
     result: dict = {}
     if not args.no_training:
-        sets = _config_errors_as_flags(bench.bench_sets, args.data, args.images)
+        sets = bench.bench_sets(args.data, args.images)
         result.update(bench.bench_training(
             sets, args.backbone, args.weights, args.stage, device, args.rounds, args.naive_batches or None,
             args.pair_batch, args.body_chunk, args.image_size, log))

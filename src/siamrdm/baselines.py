@@ -120,15 +120,19 @@ def layer_scores(rdms: dict[str, np.ndarray], target_rdms: np.ndarray) -> dict[s
     return {stage: score_rdm(rdm, target_rdms) for stage, rdm in rdms.items()}
 
 
-def select_best_layer(train_rdms: dict[str, np.ndarray], train_target_rdms: np.ndarray) -> str:
-    """The stage whose RDM scores best (mean r^2) against the training set's subjects.
+def select_best_layer(train_rdms: dict[str, np.ndarray] | list[dict[str, np.ndarray]],
+                      train_target_rdms: np.ndarray | list[np.ndarray]) -> str:
+    """The stage whose RDM scores best (mean r^2) against the training set's subjects; with several sets
+    (lists, as for `fit_nnls`), best on the mean over the sets.
 
     Both arguments belong to the training images: the held-out images play no part in the choice.
     """
-    if not train_rdms:
+    sets_rdms = [train_rdms] if isinstance(train_rdms, dict) else list(train_rdms)
+    targets = [train_target_rdms] if isinstance(train_target_rdms, np.ndarray) else list(train_target_rdms)
+    if not sets_rdms or not sets_rdms[0]:
         raise DataError("no layer RDMs to choose from")
-    scores = layer_scores(train_rdms, train_target_rdms)
-    return max(scores, key=lambda stage: scores[stage].r2)
+    scores = [layer_scores(rdms, target) for rdms, target in zip(sets_rdms, targets, strict=True)]
+    return max(sets_rdms[0], key=lambda stage: float(np.mean([s[stage].r2 for s in scores])))
 
 
 # --------------------------------------------------------------------------- non-negative regression

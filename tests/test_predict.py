@@ -231,3 +231,28 @@ def test_fit_and_predict_on_custom_data(capsys, tmp_path: Path, set92: data.Brai
                             "--epochs", "1", "--backbone", "alexnet", "--weights", "random", "--out", str(out))
     assert code == 2
     assert_one_line_error(err, "bad.npy", "5 x 5", "12 images")
+
+
+def test_own_data_keeps_its_key_even_when_named_like_a_challenge_target(capsys, tmp_path: Path,
+                                                                         data_root: Path) -> None:
+    """A user's own RDMs keyed 'EVC' come back as 'EVC', not as the challenge's 'EVC_RDMs'; a model trained on the
+    Algonauts sets still writes the challenge's keys (the submission format)."""
+    images = data.load_image_set(data_root / "Test_Data" / "78images")
+    names = images.names[:6]
+    rng = np.random.default_rng(0)
+    subjects = np.stack([np.abs(rng.normal(size=(6, 6))) for _ in range(3)])
+    subjects = (subjects + subjects.transpose(0, 2, 1)) / 2
+    subjects[:, np.arange(6), np.arange(6)] = 0
+    six = data.ImageSet(names=list(names), images=images.images[:6], source=images.source)
+    own = data.BrainDataset("own", six, {"EVC": subjects})
+    config = fast_config(targets=("EVC",))
+    own_model = fit_predictor(config, [own], progress=False, out_dir=tmp_path / "own", image_order=list(names))
+    assert own_model.output_keys == {"EVC": "EVC"}
+    assert RDMPredictor.load(tmp_path / "own" / "model.pt").output_keys == {"EVC": "EVC"}
+    out = tmp_path / "own.mat"
+    code, _, err = run_main(capsys, "predict", str(tmp_path / "own" / "model.pt"), "--images",
+                            str(data_root / "Test_Data" / "78images"), "--out", str(out), "--device", "cpu")
+    assert code == 0 and err == ""
+    assert [k for k in scipy.io.loadmat(out) if not k.startswith("__")] == ["EVC"]
+    official = fit_predictor(config, [own], progress=False)  # no image order: the Algonauts sets
+    assert official.output_keys == {"EVC": "EVC_RDMs"}

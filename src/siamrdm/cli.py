@@ -298,7 +298,7 @@ def cmd_predict(args) -> int:
         raise UsageError(f"{args.out}: .npy holds one RDM but the model predicts {len(predictor.targets)}; use .mat")
     images = data.load_image_set(args.images, args.order)
     rdms = predictor.predict(images)
-    keyed = {data.TARGETS[t][1] if t in data.TARGETS else t: rdm for t, rdm in rdms.items()}
+    keyed = {predictor.output_keys.get(t, t): rdm for t, rdm in rdms.items()}
     path = data.save_rdms(args.out, keyed, names=images.names)
     print(f"wrote {path}: {', '.join(keyed)} ({len(images)} x {len(images)})")
     return 0

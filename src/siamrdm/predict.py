@@ -20,7 +20,7 @@ import torch
 from .backbones import images_to_tensor
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_from_dict, pick_device
-from .data import IMAGE_ORDER_FILE, BrainDataset, DataError, ImageSet
+from .data import IMAGE_ORDER_FILE, TARGETS, BrainDataset, DataError, ImageSet
 from .files import clear_run_folder, run_folder_lock, write_text
 from .model import SiameseRDMNet
 from .prior import PriorFit
@@ -52,7 +52,8 @@ class RDMPredictor:
     """One or more trained Siamese networks (seeds) that predict the RDM of any set of images."""
 
     def __init__(self, models: list[SiameseRDMNet], config: TrainConfig, normalisation: dict | None = None,
-                 metrics: dict | None = None, priors: dict[str, PriorFit] | None = None):
+                 metrics: dict | None = None, priors: dict[str, PriorFit] | None = None,
+                 output_keys: dict[str, str] | None = None):
         if not models:
             raise ValueError("a predictor needs at least one model")
         self.models = models
@@ -60,6 +61,9 @@ class RDMPredictor:
         self.normalisation = normalisation or {}
         self.metrics = metrics or {}
         self.priors = priors or {}  # the same for every seed: fitted on the training images only
+        # The key each target's RDM is written under: the challenge's key ('EVC' -> 'EVC_RDMs') for models
+        # trained on the Algonauts sets, the user's own key unchanged for their own data.
+        self.output_keys = output_keys or {t: TARGETS[t][1] if t in TARGETS else t for t in config.targets}
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -91,6 +95,7 @@ class RDMPredictor:
             "normalisation": self.normalisation, "metrics": self.metrics,
             "priors": {t: p.to_dict() for t, p in self.priors.items()},
             "prior_weights_sha256": _prior_weights_hash(self.config) if self.priors else None,
+            "output_keys": self.output_keys,
         })
         return path
 
@@ -110,11 +115,12 @@ class RDMPredictor:
                 models.append(model.eval())
             priors = {t: PriorFit.from_dict(p) for t, p in payload.get("priors", {}).items()}
             normalisation, metrics = payload["normalisation"], payload["metrics"]
+            output_keys = {str(k): str(v) for k, v in payload.get("output_keys", {}).items()} or None
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # plain data, but not what fit writes
             raise DataError(f"{path}: malformed siamrdm model file ({type(exc).__name__}: "
                             f"{' '.join(str(exc).split())[:160]})") from None
         check_prior_weights(payload, config, path)
-        return cls(models, replace(config, device=device), normalisation, metrics, priors)
+        return cls(models, replace(config, device=device), normalisation, metrics, priors, output_keys)
 
 
 def fit_predictor(config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] = (),
@@ -142,7 +148,8 @@ def fit_predictor(config: TrainConfig, train: list[BrainDataset], val: list[Brai
             metrics[f"seed{seed}"] = {"best_epoch": result.best_epoch,
                                       "best_val_score": best if best is not None and math.isfinite(best) else None,
                                       "epochs_run": sum(row["epoch"] > 0 for row in result.history)}
-        predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics, priors)
+        own_keys = {t: t for t in config.targets} if image_order is not None else None
+        predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics, priors, own_keys)
         if out_dir:
             predictor.save(Path(out_dir) / "model.pt")
         return predictor

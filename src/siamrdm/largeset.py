@@ -196,11 +196,12 @@ class CondensedRDMs:
             elif suffix in HDF5_SUFFIXES and h5py.is_hdf5(path):
                 self._file = h5py.File(path, "r")
                 names = [k for k, v in self._file.items() if isinstance(v, h5py.Dataset) and v.ndim in (1, 2)]
-                if key is None or key not in self._file:
-                    if key is not None or len(names) != 1:
-                        raise DataError(f"{path}: no dataset '{key}' of condensed RDMs (datasets: "
-                                        f"{', '.join(names) or 'none'})")
-                    key = names[0]
+                if key is None and len(names) != 1:
+                    raise DataError(f"{path}: expected one dataset of condensed RDMs, (S, P) or (P,), found "
+                                    f"{', '.join(names) or 'none'}; name it with the key")
+                key = key or names[0]
+                if key not in self._file:
+                    raise DataError(f"{path}: no dataset '{key}' (datasets: {', '.join(names) or 'none'})")
                 array = self._file[key]
                 self.where = f"{path}:{key}"
             else:

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from .bench import peak_rss_mb
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, config_from_dict, pick_device
 from .errors import TrainingDiverged
@@ -335,7 +336,7 @@ class MiniBatchTrainer:
             total, pairs = total + value * len(targets), pairs + len(targets)
         row = {"epoch": self.epoch, "phase": "frozen" if frozen else "unfrozen", "loss": total / pairs,
                "lr": self.optimizer.param_groups[0]["lr"], "steps": len(batches),
-               "seconds": time.perf_counter() - start}
+               "seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
         if self.held_out and ranks.main:
             self._record_validation(row, frozen)
         elif not self.held_out:

@@ -335,10 +335,10 @@ class HeldOutTarget:
 # --------------------------------------------------------------------------- a large test set, built offline
 
 
-def make_large_set(source: str | os.PathLike, out_dir: str | os.PathLike, n_images: int, image_size: int = 64,
-                   subjects: int = 3, noise: float = 1.0, stage: str = "blocks3", seed: int = 0,
+def make_large_set(source: str | os.PathLike | list, out_dir: str | os.PathLike, n_images: int,
+                   image_size: int = 64, subjects: int = 3, noise: float = 1.0, stage: str = "blocks3", seed: int = 0,
                    batch: int = 64) -> dict:
-    """`n_images` crops and flips of the images in folder `source`, as `out_dir/images.h5` ((N, S, S, 3) uint8,
+    """`n_images` crops and flips of the images in folder(s) `source`, as `out_dir/images.h5` ((N, S, S, 3) uint8,
     dataset 'images'), and subject RDMs `out_dir/rdms.npy` ((subjects, P) float32, condensed): the
     correlation distance (1 - Pearson r) of efficientnet_lite0's `stage` features plus Gaussian noise of
     `noise` times the RDM's standard deviation per subject. `out_dir/answer.json` says how it was made and
@@ -347,7 +347,9 @@ def make_large_set(source: str | os.PathLike, out_dir: str | os.PathLike, n_imag
     from .files import atomic_path, write_text
 
     out = Path(out_dir)
-    source_images = [_read_image(p) for p in sorted(Path(source).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    folders = [Path(f) for f in (source if isinstance(source, list | tuple) else [source])]
+    source_images = [_read_image(p) for folder in folders for p in sorted(folder.iterdir())
+                     if p.suffix.lower() in IMAGE_SUFFIXES]
     if not source_images:
         raise DataError(f"{source}: no images")
     rng = np.random.default_rng(seed)
@@ -374,8 +376,10 @@ def make_large_set(source: str | os.PathLike, out_dir: str | os.PathLike, n_imag
     feats /= feats.norm(dim=1, keepdim=True).clamp_min(1e-12)
     pairs = n_images * (n_images - 1) // 2
     truth = np.empty(pairs, np.float32)
-    for i in range(n_images - 1):  # 1 - r, one row of the upper triangle at a time
-        truth[row_start(i, n_images) : row_start(i + 1, n_images)] = (1 - feats[i + 1 :] @ feats[i]).numpy()
+    for i0 in range(0, n_images - 1, 256):  # 1 - r, a block of rows of the upper triangle at a time
+        block = (1 - feats[i0 : i0 + 256] @ feats.T).float().numpy()
+        for i in range(i0, min(i0 + 256, n_images - 1)):
+            truth[row_start(i, n_images) : row_start(i + 1, n_images)] = block[i - i0, i + 1 :]
     sd = float(truth.std(dtype=np.float64))
     with atomic_path(out / "rdms.npy") as tmp:
         rdms = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(subjects, pairs))
@@ -390,7 +394,7 @@ def make_large_set(source: str | os.PathLike, out_dir: str | os.PathLike, n_imag
     subject_values = np.load(out / "rdms.npy", mmap_mode="r")[:, sample]
     target = HeldOutTarget.from_values(np.asarray(subject_values, np.float64))
     answer = {"images": n_images, "image_size": image_size, "subjects": subjects, "noise_sd_ratio": noise,
-              "stage": stage, "backbone": "efficientnet_lite0", "seed": seed, "source": str(source),
+              "stage": stage, "backbone": "efficientnet_lite0", "seed": seed, "source": [str(f) for f in folders],
               "truth_score_on_sampled_pairs": target.score(truth[sample].astype(np.float64))}
     write_text(out / "answer.json", json.dumps(answer, indent=2))
     return answer

@@ -132,6 +132,10 @@ def test_large_inputs_need_batch_images(small_set: Path, tmp_path: Path, capsys)
                            str(small_set / "rdms.npy"), "--key", "X", "--out", str(tmp_path / "run"))
     assert code == 2
     assert_one_line_error(err, "images.h5", "--batch-images N")
+    code, _, err = run_cli(capsys, "fit", "--images", str(tmp_path), "--rdms", str(small_set / "rdms.npy"), "--key",
+                           "X", "--out", str(tmp_path / "run"))  # condensed RDMs, with a folder of images
+    assert code == 2
+    assert_one_line_error(err, "rdms.npy", "--batch-images N")
     code, _, err = run_cli(capsys, *fit_args(small_set, tmp_path / "run")[:-2], "--out", str(tmp_path / "run"),
                            "--rdms", str(small_set / "answer.json"))
     assert code == 2

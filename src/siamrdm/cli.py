@@ -267,10 +267,11 @@ def _validation_ceilings(val: list, targets: tuple[str, ...]) -> dict:
 def cmd_fit(args) -> int:
     from dataclasses import asdict
 
-    from .largeset import is_large_image_input
+    from .largeset import is_large_set_input
     from .predict import fit_predictor
 
-    if args.batch_images is not None or args.loader_workers is not None or is_large_image_input(args.images):
+    if args.batch_images is not None or args.loader_workers is not None or is_large_set_input(args.images,
+                                                                                               args.rdms):
         return _cmd_fit_large(args)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("several processes (torchrun) train in mini-batches: give --batch-images N")
@@ -298,10 +299,11 @@ def _cmd_fit_large(args) -> int:
     import torch.distributed as dist
 
     from .distributed import BatchSettings, check_batch_settings, fit_large, init_from_env, split_images
-    from .largeset import HDF5_SUFFIXES, CondensedRDMs, open_image_store
+    from .largeset import HDF5_SUFFIXES, CondensedRDMs, is_large_set_input, open_image_store
 
     if args.batch_images is None:
-        raise UsageError(f"{args.images or '--loader-workers'}: large image sets train in mini-batches: give "
+        given = args.images if is_large_set_input(args.images, None) else args.rdms if args.rdms else None
+        raise UsageError(f"{given or '--loader-workers'}: large image sets train in mini-batches: give "
                          "--batch-images N (images per step, e.g. 256)")
     if not (args.images and args.rdms and args.key):
         raise UsageError("--batch-images trains on your own data: give --images (a folder or an HDF5 file of "

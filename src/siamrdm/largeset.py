@@ -148,9 +148,18 @@ def open_image_store(path: str | os.PathLike, order: str | os.PathLike | None = 
     return store
 
 
-def is_large_image_input(path: str | os.PathLike | None) -> bool:
-    """An HDF5 file of images: only the mini-batch path reads those."""
-    return path is not None and Path(path).is_file() and Path(path).suffix.lower() in HDF5_SUFFIXES
+def is_large_set_input(images: str | os.PathLike | None, rdms: str | os.PathLike | None) -> bool:
+    """Inputs only the mini-batch path reads: an HDF5 file of images, or a .npy of condensed RDMs (1-D, or 2-D
+    and not square)."""
+    if images is not None and Path(images).is_file() and Path(images).suffix.lower() in HDF5_SUFFIXES:
+        return True
+    if rdms is None or Path(rdms).suffix.lower() != ".npy" or not Path(rdms).is_file():
+        return False
+    try:
+        shape = np.load(rdms, mmap_mode="r", allow_pickle=False).shape
+    except Exception:  # the plain path reads it and says what is wrong
+        return False
+    return len(shape) == 1 or (len(shape) == 2 and shape[0] != shape[1])
 
 
 class AugmentedImages(torch.utils.data.Dataset):

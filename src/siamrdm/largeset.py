@@ -229,9 +229,14 @@ class CondensedRDMs:
             raise DataError(f"{self.where}: no subjects")
 
     def block(self, start: int, stop: int) -> np.ndarray:
-        """Every subject's values of condensed pairs start..stop-1: (S, stop - start) float64."""
-        values = self.array[start:stop] if self.array.ndim == 1 else self.array[:, start:stop]
-        return np.asarray(values, dtype=np.float64).reshape(self.subjects, -1)
+        """Every subject's values of condensed pairs start..stop-1: (S, stop - start) float64.
+
+        A .npy file is mapped afresh for each block and unmapped after it, so the pages read do not stay in this
+        process's resident memory (the OS keeps them in its page cache while it has room)."""
+        array = np.load(self.path, mmap_mode="r", allow_pickle=False) if isinstance(self.array, np.memmap) \
+            else self.array
+        values = array[start:stop] if array.ndim == 1 else array[:, start:stop]
+        return np.array(values, dtype=np.float64).reshape(self.subjects, -1)
 
     def split(self, train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One pass over the file: (the subjects' mean over the pairs among `train`, (P_train,) float32; every

@@ -235,6 +235,9 @@ class MiniBatchTrainer:
             raise ConfigError("targets", f"{config.targets} are not the targets of the RDMs given, {tuple(targets)}")
         self.config, self.batch = config, check_batch_settings(batch)
         self.ranks = ranks or current_ranks()
+        if batch.batch_images < 2 * self.ranks.world:
+            raise ConfigError("batch_images", f"{batch.batch_images} images per step cannot be shared by "
+                                              f"{self.ranks.world} ranks: give at least 2 per rank")
         self.device = pick_device(config.device)
         self.out_dir = Path(out_dir) if out_dir else None
         self.progress = progress and self.ranks.main

@@ -18,6 +18,7 @@ from siamrdm import largeset
 from siamrdm.checkpoint import load_checkpoint, save_checkpoint
 from siamrdm.config import config_from_dict
 from siamrdm.distributed import BatchSettings, MiniBatchTrainer
+from siamrdm.train import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 # A small body and head at 32 px: efficientnet_lite0's blocks2 (40 x 4 x 4 maps), the pairwise head.
@@ -34,7 +35,8 @@ def small_set(tmp_path_factory, data_root: Path) -> Path:
 
 def fit_args(data: Path, out: Path, *extra: str) -> list[str]:
     return ["fit", "--images", str(data / "images.h5"), "--rdms", str(data / "rdms.npy"), "--key", "X",
-            "--batch-images", "12", "--val-fraction", "0.2", "--frozen-epochs", "2", "--loader-workers", "0",
+            "--batch-images", "12", "--val-fraction", "0.2", "--frozen-epochs", "2", "--unfrozen-epochs", "1",
+            "--loader-workers", "0",
             "--lr", "0.003", *SMALL, "--out", str(out), *extra]
 
 
@@ -66,13 +68,17 @@ def test_two_torchrun_ranks_train_the_model_one_process_trains(small_set: Path, 
     one, two = (json.loads((tmp_path / run / "settings.json").read_text()) for run in ("one", "two"))
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert one["config"] == two["config"] and one["batch"]["batch_images"] == 12
+    # 2 frozen epochs and 1 with the body trained (3 steps each): the same weights, body and head, and losses
     assert_same_model(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"))
-    start = load_checkpoint(tmp_path / "one" / "seed0" / "last.pt")
-    assert not torch.equal(start["model"]["head.conv.weight"], start["best_state"]["head.conv.weight"]) \
-        or start["best_epoch"] == 2  # the model trained
-    losses = [[float(r["loss"]) for r in load_checkpoint(tmp_path / run / "seed0" / "last.pt")["history"][1:]]
-              for run in ("one", "two")]
+    histories = [load_checkpoint(tmp_path / run / "seed0" / "last.pt")["history"] for run in ("one", "two")]
+    assert [r["phase"] for r in histories[0]] == ["start", "frozen", "frozen", "unfrozen"]
+    losses = [[r["loss"] for r in history[1:]] for history in histories]
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    assert losses[0][-1] < losses[0][0]  # it trained
+    pretrained = build_model(config_from_dict(one["config"]), torch.device("cpu")).state_dict()
+    moved = [name for name, value in final_weights(tmp_path / "two").items()
+             if name.startswith("body.") and not torch.equal(value, pretrained[name])]
+    assert moved  # the unfrozen epoch trained the body on both ranks
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [".siamrdm.lock", "model.pt", "seed0",
                                                                    "settings.json"]
 
@@ -97,6 +103,7 @@ def test_a_streamed_2000_image_set_trains_end_to_end(tmp_path: Path, data_root: 
     args[args.index("--batch-images") + 1] = "250"
     args[args.index("--val-fraction") + 1] = "0.1"
     args[args.index("--loader-workers") + 1] = "1"
+    args[args.index("--unfrozen-epochs") + 1] = "0"
     code, out, err = run_cli(capsys, *args)
     assert code == 0, err
     history = load_checkpoint(tmp_path / "run" / "seed0" / "last.pt")["history"]

@@ -147,3 +147,24 @@ def test_large_inputs_need_batch_images(small_set: Path, tmp_path: Path, capsys)
                            "--rdms", str(small_set / "answer.json"))
     assert code == 2
     assert_one_line_error(err, "answer.json", ".npy file or an HDF5")
+
+
+def test_a_folder_of_images_with_condensed_rdms_trains(small_set: Path, tmp_path: Path, capsys) -> None:
+    """The mini-batch path reads a folder too (natural order): the same images as the HDF5 file train the same."""
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    store = largeset.open_image_store(small_set / "images.h5")
+    for k in range(len(store)):
+        Image.fromarray(store.read(k)).save(folder / f"img{k}.png")
+    args = fit_args(small_set, tmp_path / "folder")
+    args[args.index("--images") + 1] = str(folder)
+    args[args.index("--unfrozen-epochs") + 1] = "0"
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    args = fit_args(small_set, tmp_path / "hdf5")
+    args[args.index("--unfrozen-epochs") + 1] = "0"
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert_same_model(final_weights(tmp_path / "folder"), final_weights(tmp_path / "hdf5"))

@@ -320,7 +320,7 @@ def _cmd_fit_large(args) -> int:
     args.prior = "none"
     config = _config_from_args(args, (args.key,))
     seeds = _seeds(args)
-    ranks, device = init_from_env()
+    ranks, device = init_from_env(config.device)
     try:
         if device is not None:  # torchrun on GPUs: one per local rank
             config = replace(config, device=device)
@@ -460,11 +460,12 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--out", required=True, help="run folder: model.pt, checkpoints, log.csv")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
-    p.add_argument("--batch-images", type=int, metavar="N", help="train in mini-batches of N images (all pairs among them per "
-                   "step; over all ranks under torchrun): large image sets, --images a folder or an HDF5 file of "
-                   "uint8 images, --rdms condensed RDMs (.npy or HDF5)")
-    p.add_argument("--loader-workers", type=int, metavar="N", help="with --batch-images: DataLoader worker processes per rank "
-                   "(default: 2)")
+    p.add_argument("--batch-images", type=int, metavar="N",
+                   help="train in mini-batches of N images (all pairs among them per step; over all ranks under "
+                   "torchrun): large image sets, --images a folder or an HDF5 file of uint8 images, --rdms condensed "
+                   "RDMs (.npy or HDF5)")
+    p.add_argument("--loader-workers", type=int, metavar="N",
+                   help="with --batch-images: DataLoader worker processes per rank (default: 2)")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("predict", help="predict the RDM of a folder of images with a trained model")

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.nn.functional import all_gather as all_gather_with_grad
 from tqdm.auto import tqdm
 
 from .bench import peak_rss_mb
@@ -68,13 +69,14 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"))
 
 
-def init_from_env() -> tuple[Ranks, str | None]:
-    """Join the process group torchrun describes: gloo without CUDA, nccl with it (one GPU per local rank).
+def init_from_env(device: str = "auto") -> tuple[Ranks, str | None]:
+    """Join the process group torchrun describes: nccl on CUDA (one GPU per local rank: 'cuda' and 'cuda:N' mean
+    the rank's own), gloo otherwise (`device` 'cpu', or 'auto' without CUDA).
 
-    Returns the ranks and the device this rank must use ('cuda:LOCAL_RANK'; None on CPU)."""
+    Returns the ranks and the device this rank must use ('cuda:LOCAL_RANK'; None for the device asked for)."""
     if not launched_by_torchrun():
         return Ranks(), None
-    use_cuda = torch.cuda.is_available()
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     device = None
     if use_cuda:
         local = int(os.environ["LOCAL_RANK"])
@@ -99,7 +101,7 @@ def gather_features(local: torch.Tensor, bounds: list[tuple[int, int]], ranks: R
         return local
     size = max(stop - start for start, stop in bounds)
     padded = torch.cat([local, local.new_zeros(size - len(local), *local.shape[1:])]) if len(local) < size else local
-    parts = torch.distributed.nn.all_gather(padded.contiguous())
+    parts = all_gather_with_grad(padded.contiguous())
     return torch.cat([part[: stop - start] for part, (start, stop) in zip(parts, bounds, strict=True)])
 
 

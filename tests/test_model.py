@@ -327,6 +327,41 @@ def test_all_pairs_loss_equals_autograd_both_variants(variant, channels, size, o
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize(("variant", "outputs", "n", "tile", "blocks"), [
+    ("paper", 1, 11, 4, [(0, 11)]),  # the full block is the existing loss
+    ("paper", 2, 11, 4, [(0, 5), (5, 11)]),  # two blocks that do not align with the tiles
+    ("pairwise", 1, 13, 3, [(0, 4), (4, 4), (4, 9), (9, 13)]),  # an empty block among them
+])
+def test_row_blocks_of_the_all_pairs_loss_add_up_to_it(variant, outputs, n, tile, blocks) -> None:
+    """Row blocks (image a in the block, image b any other): what each rank of a distributed step computes."""
+    features = torch.randn(n, 16, 5, 5, dtype=torch.float64, requires_grad=True)
+    head = random_pair_head(variant, 16, 5, outputs, torch.float64, seed=n)
+    if variant == "pairwise":
+        centre_outputs(head, features)
+    targets = torch.rand(n * (n - 1) // 2, outputs, dtype=torch.float64)
+    params = [features, *head.parameters()]
+    full = all_pairs_loss(head, features, targets, tile=tile, workers=1)
+    full_grads = torch.autograd.grad(full, params)
+    expected = reference_loss(head, features, targets)
+    assert full.item() == pytest.approx(expected.item(), rel=1e-12)
+    total, total_grads = 0.0, [torch.zeros_like(p) for p in params]
+    for block in blocks:
+        loss = all_pairs_loss(head, features, targets, tile=tile, workers=2, rows=block)
+        if block[0] == block[1]:
+            assert loss.item() == 0.0
+        total += loss.item()
+        for acc, g in zip(total_grads, torch.autograd.grad(loss, params), strict=True):
+            acc += g
+    assert total == pytest.approx(full.item(), rel=1e-12)
+    for got, want in zip(total_grads, full_grads, strict=True):
+        assert float(want.abs().max()) > 0
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    if len(blocks) > 1:  # a block alone is only part of the loss
+        assert all_pairs_loss(head, features, targets, tile=tile, rows=blocks[0]).item() < full.item()
+    with pytest.raises(ValueError, match="row block"):
+        all_pairs_loss(head, features, targets, rows=(0, n + 1))
+
+
 @pytest.mark.parametrize("bias", [0.0, -1.0])
 def test_all_pairs_loss_pairwise_float32(bias: float) -> None:
     """AlexNet-shaped features (256 x 6 x 6) in float32; the linear bias at 0 (some outputs cut) or far below

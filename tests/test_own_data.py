@@ -153,6 +153,8 @@ def test_done_when_own_data_through_the_cli(tmp_path: Path, capsys) -> None:
     assert code == 0, err
     summary = json.loads(out)
     assert (tmp_path / "fit" / "images.txt").read_text().splitlines() == NATURAL
+    settings = json.loads((tmp_path / "fit" / "settings.json").read_text())  # the run's settings, one process
+    assert settings["world_size"] == 1 and settings["config"]["targets"] == ["V4"]
     (validation,) = summary["validation"].values()
     assert validation["ceiling_source"] == "computed" and validation["score"] == "pct_nc"
     assert validation["noise_ceiling"] >= validation["noise_ceiling_lower"] > 0 and validation["images"] == 6

@@ -265,20 +265,82 @@ def _validation_ceilings(val: list, targets: tuple[str, ...]) -> dict:
 
 
 def cmd_fit(args) -> int:
+    from dataclasses import asdict
+
+    from .largeset import is_large_set_input
     from .predict import fit_predictor
 
+    if args.batch_images is not None or args.loader_workers is not None or is_large_set_input(args.images,
+                                                                                               args.rdms):
+        return _cmd_fit_large(args)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("several processes (torchrun) train in mini-batches: give --batch-images N")
     train, val, targets, order = _training_datasets(args)
     config = _config_from_args(args, targets)
     seeds = _seeds(args)
     out = _out_dir(args.out, allow_existing=args.resume or args.overwrite, overwrite=args.overwrite)
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+    settings = {"command": "fit", "world_size": 1, "config": asdict(config), "seeds": list(seeds)}
     predictor = fit_predictor(config, train, val, seeds, out, resume=args.resume, progress=not args.quiet,
-                              overwrite=args.overwrite, image_order=order)
+                              overwrite=args.overwrite, image_order=order, settings=settings)
     summary = {"model": str(out / "model.pt"), "targets": list(targets), "seeds": predictor.metrics}
     if val:
         summary["validation"] = _validation_ceilings(val, targets)
     _print_json(summary)
+    return 0
+
+
+def _cmd_fit_large(args) -> int:
+    """fit in mini-batches (--batch-images): a large image set (a folder or an HDF5 file of uint8 images) with
+    condensed target RDMs, on one process or on every rank torchrun starts."""
+    from dataclasses import replace
+
+    import torch.distributed as dist
+
+    from .distributed import BatchSettings, check_batch_settings, fit_large, init_from_env, split_images
+    from .largeset import HDF5_SUFFIXES, CondensedRDMs, is_large_set_input, open_image_store
+
+    if args.batch_images is None:
+        given = args.images if is_large_set_input(args.images, None) else args.rdms if args.rdms else None
+        raise UsageError(f"{given or '--loader-workers'}: large image sets train in mini-batches: give "
+                         "--batch-images N (images per step, e.g. 256)")
+    if not (args.images and args.rdms and args.key):
+        raise UsageError("--batch-images trains on your own data: give --images (a folder or an HDF5 file of "
+                         "uint8 images), --rdms (condensed RDMs, .npy or HDF5) and --key")
+    if args.val_set or args.sets or args.targets:
+        raise UsageError("--val-set, --sets and --targets choose Algonauts sets; with --batch-images hold out "
+                         "images with --val-fraction")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+    if args.prior not in (None, "none"):
+        raise UsageError("--prior: the mini-batch path (--batch-images) trains without a prior; use --prior none")
+    batch = check_batch_settings(BatchSettings(args.batch_images, args.val_fraction,
+                                               2 if args.loader_workers is None else args.loader_workers))
+    args.prior = "none"
+    config = _config_from_args(args, (args.key,))
+    seeds = _seeds(args)
+    ranks, device = init_from_env(config.device)
+    try:
+        if device is not None:  # torchrun on GPUs: one per local rank
+            config = replace(config, device=device)
+        images = open_image_store(args.images, args.order)
+        hdf5 = Path(args.rdms).suffix.lower() in HDF5_SUFFIXES
+        targets = {args.key: CondensedRDMs(args.rdms, len(images), args.key if hdf5 else None)}
+        split_images(len(images), batch.val_fraction, batch.split_seed)  # refused before any folder is made
+        out = _out_dir(args.out, allow_existing=args.resume or args.overwrite, overwrite=args.overwrite)
+        settings = {"command": "fit", "seeds": list(seeds),
+                    "inputs": {"images": str(args.images), "rdms": str(args.rdms), "key": args.key}}
+        predictor = fit_large(config, batch, images, targets, seeds, out, resume=args.resume,
+                              progress=not args.quiet and ranks.main, overwrite=args.overwrite, settings=settings,
+                              ranks=ranks)
+    finally:
+        if ranks.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    if ranks.main:
+        _print_json({"model": str(out / "model.pt"), "targets": [args.key], "seeds": predictor.metrics,
+                     "world_size": ranks.world, "batch": {"batch_images": batch.batch_images,
+                                                          "val_fraction": batch.val_fraction}})
     return 0
 
 
@@ -398,6 +460,12 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--out", required=True, help="run folder: model.pt, checkpoints, log.csv")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    p.add_argument("--batch-images", type=int, metavar="N",
+                   help="train in mini-batches of N images (all pairs among them per step; over all ranks under "
+                   "torchrun): large image sets, --images a folder or an HDF5 file of uint8 images, --rdms condensed "
+                   "RDMs (.npy or HDF5)")
+    p.add_argument("--loader-workers", type=int, metavar="N",
+                   help="with --batch-images: DataLoader worker processes per rank (default: 2)")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("predict", help="predict the RDM of a folder of images with a trained model")

@@ -297,8 +297,10 @@ def _output(pre: torch.Tensor, relu: bool, bound: float | None) -> torch.Tensor:
 
 def _pair_tile(s: _Sums, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                scale: float, output_relu: bool, output_bound: float | None, rows: slice, cols: slice,
-               targets: torch.Tensor, diagonal: bool) -> None:
-    """Loss and gradient sums of the ordered pairs (i in rows, j in cols): image i as a, image j as b."""
+               targets: torch.Tensor, diagonal: int | None) -> None:
+    """Loss and gradient sums of the ordered pairs (i in rows, j in cols): image i as a, image j as b.
+    `diagonal` is where the pairs of an image with itself lie in the tile (the offset rows.start - cols.start of
+    torch.diagonal), None when the tile holds none."""
     dim, outputs = a.shape[1], weight.shape[0]
     ni, nj = rows.stop - rows.start, cols.stop - cols.start
     z = s.z[: ni * nj * dim].view(ni, nj, dim)
@@ -313,8 +315,8 @@ def _pair_tile(s: _Sums, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor,
         diff = out - targets
     else:
         diff = out.sub_(targets)
-    if diagonal:
-        diff.diagonal(0, 0, 1).zero_()  # a pair of an image with itself is not a pair
+    if diagonal is not None:
+        diff.diagonal(diagonal, 0, 1).zero_()  # a pair of an image with itself is not a pair
     s.loss += torch.sum(diff * diff, dtype=torch.float64)
     g = diff.mul_(scale)
     if output_relu:  # the output ReLU's backward (out = relu(pre) > 0 exactly where pre > 0), in place
@@ -338,28 +340,32 @@ class _AllPairsMSE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, b, weight, bias, targets, tile: int, workers: int, output_relu: bool,
-                output_bound: float | None):
+                output_bound: float | None, row_block: tuple[int, int] | None = None):
         n = a.shape[0]
         outputs = weight.shape[0]
         count = n * (n - 1) * outputs
         index = torch.arange(n, device=a.device)
         base = index * (2 * n - index - 1) // 2 - index - 1  # pair (i < j) sits at base[i] + j in upper-triangle order
-        jobs = [(i0, j0) for i0 in range(0, n, tile) for j0 in range(i0, n, tile)]
+        if row_block is None:  # every ordered pair: tiles on and above the diagonal, each with its mirror
+            jobs = [(i0, j0, min(n, i0 + tile)) for i0 in range(0, n, tile) for j0 in range(i0, n, tile)]
+        else:  # the ordered pairs whose image a is in the block, against every image b: each tile once
+            start, stop = row_block
+            jobs = [(i0, j0, min(stop, i0 + tile)) for i0 in range(start, stop, tile) for j0 in range(0, n, tile)]
 
-        def work(share: list[tuple[int, int]]) -> _Sums:
+        def work(share: list[tuple[int, int, int]]) -> _Sums:
             s = _Sums(a, weight, tile)
             with torch.no_grad():  # grad mode is per thread; worker threads start with it on
-                for job in share:
-                    rows, cols = slice(job[0], min(n, job[0] + tile)), slice(job[1], min(n, job[1] + tile))
+                for i0, j0, i1 in share:
+                    rows, cols = slice(i0, i1), slice(j0, min(n, j0 + tile))
                     args = (s, a, b, weight, bias, 2.0 / count, output_relu, output_bound)
-                    if rows == cols:
+                    if row_block is not None or rows == cols:  # any tile: targets looked up by (min, max)
                         i, j = index[rows, None], index[None, cols]
                         y = targets[(base[torch.minimum(i, j)] + torch.maximum(i, j)).clamp_min_(0)]
-                        _pair_tile(*args, rows, cols, y, diagonal=True)
+                        _pair_tile(*args, rows, cols, y, diagonal=i0 - j0 if i0 < cols.stop and j0 < i1 else None)
                     else:  # the tile above the diagonal and its mirror share one block of targets
                         y = targets[base[rows, None] + index[None, cols]]
-                        _pair_tile(*args, rows, cols, y, diagonal=False)
-                        _pair_tile(*args, cols, rows, y.transpose(0, 1), diagonal=False)
+                        _pair_tile(*args, rows, cols, y, diagonal=None)
+                        _pair_tile(*args, cols, rows, y.transpose(0, 1), diagonal=None)
             return s
 
         if workers <= 1:
@@ -388,17 +394,22 @@ class _AllPairsMSE(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad_a, grad_b, grad_weight, grad_bias = ctx.saved_tensors
         return (grad_a * grad_loss, grad_b * grad_loss, grad_weight * grad_loss, grad_bias * grad_loss,
-                None, None, None, None, None)
+                None, None, None, None, None, None)
 
 
 def all_pairs_loss(head: SiameseHead, features: torch.Tensor, targets: torch.Tensor, tile: int | None = None,
-                   workers: int | None = None) -> torch.Tensor:
+                   workers: int | None = None, rows: tuple[int, int] | None = None) -> torch.Tensor:
     """F.mse_loss of both orders of every pair i < j of N images against `targets` (P, T), in O(N) memory.
     Either head variant; the pairwise one's output ReLU is applied (and differentiated) tile by tile.
 
     `features` are standardised body features (N, C, H, W); the gradient reaches them, and through them the
     body, via one backward pass of the split convolution. `workers` (default: torch's thread count on CPU,
     1 on GPU) run tiles in parallel threads.
+
+    `rows=(start, stop)` keeps only the ordered pairs (i, j) whose image i (the head's image a) is in
+    start..stop-1, against every j != i, still divided by the count of all ordered pairs: the losses (and
+    gradients) of row blocks that split the N images add up to the full loss. Each rank of a distributed step
+    computes its block against the features of all ranks (siamrdm.distributed).
     """
     as_a, as_b = head.image_terms(features)
     n, _, height, width = as_a.shape
@@ -411,8 +422,12 @@ def all_pairs_loss(head: SiameseHead, features: torch.Tensor, targets: torch.Ten
     if workers is None:
         workers = 1 if a.device.type == "cuda" else torch.get_num_threads()
     targets = targets.to(device=a.device, dtype=a.dtype).reshape(len(targets), -1)
+    if rows is not None:
+        rows = (int(rows[0]), int(rows[1]))
+        if not 0 <= rows[0] <= rows[1] <= n:
+            raise ValueError(f"row block {rows} is not within the {n} images")
     return _AllPairsMSE.apply(a, b, weight, head.linear.bias, targets, tile, workers, head.config.output_relu,
-                              head.config.output_bound)
+                              head.config.output_bound, rows)
 
 
 @torch.no_grad()

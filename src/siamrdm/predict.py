@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import os
 from dataclasses import asdict, replace
@@ -24,6 +25,7 @@ from .data import IMAGE_ORDER_FILE, TARGETS, BrainDataset, DataError, ImageSet
 from .files import clear_run_folder, run_folder_lock, write_text
 from .model import SiameseRDMNet
 from .prior import PriorFit
+from .tables import json_safe
 from .train import build_model, feature_views, fit, predict_rdms, prior_rdms, split_holdout
 
 MODEL_FORMAT = "siamrdm-predictor-1"
@@ -126,16 +128,19 @@ class RDMPredictor:
 def fit_predictor(config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] = (),
                   seeds: tuple[int, ...] = (0,), out_dir: str | os.PathLike | None = None, resume: bool = False,
                   progress: bool = True, overwrite: bool = False,
-                  image_order: list[str] | None = None) -> RDMPredictor:
+                  image_order: list[str] | None = None, settings: dict | None = None) -> RDMPredictor:
     """Train one model per seed (each in out_dir/seed<k> with its checkpoints and log) and bundle them.
 
-    `out_dir` is locked for the whole run; with `overwrite`, an earlier run in it is cleared first.
+    `out_dir` is locked for the whole run; with `overwrite`, an earlier run in it is cleared first. `settings`
+    (what `siamrdm fit` ran with) is written to out_dir/settings.json.
     """
     with contextlib.ExitStack() as stack:
         if out_dir is not None:
             stack.enter_context(run_folder_lock(out_dir))
             if overwrite:
                 clear_run_folder(Path(out_dir))
+            if settings is not None:
+                write_text(Path(out_dir) / "settings.json", json.dumps(json_safe(settings), indent=2, allow_nan=False))
             if image_order is not None:  # the RDM rows' images, in order: an --order file for the next run
                 write_text(Path(out_dir) / IMAGE_ORDER_FILE, "\n".join(image_order) + "\n")
         models, normalisation, metrics = [], {}, {}

@@ -1,0 +1,509 @@
+"""Several processes (ranks) training one model: the all-pairs loss of a mini-batch split by rows.
+
+Each rank embeds its shard of the mini-batch's images; the standardised features of all shards are gathered
+with their gradient (torch.distributed.nn.all_gather), and each rank computes the loss of its rows of pair
+tiles (its own images as image a) against every image of the mini-batch (model.all_pairs_loss with `rows`).
+The row blocks add up to the full mini-batch loss, and the gather's backward sums every rank's gradient
+w.r.t. a shard's features back onto that shard, so the body's backward on each rank sees the whole loss.
+
+Gradients are then averaged over ranks, as DistributedDataParallel does (one all_reduce of the flattened
+gradients). Each rank's loss is scaled by the number of ranks, so that this average is exactly the gradient of
+the single-process mean loss. The step is written out rather than wrapped in DDP because the body's backward
+runs in chunks after the head's (two passes keep memory bounded, as in train.Trainer.step), which DDP's
+one-forward-one-backward hooks do not follow.
+
+With one process every collective is skipped, so the same code is the single-process mini-batch step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed.nn.functional import all_gather as all_gather_with_grad
+from tqdm.auto import tqdm
+
+from .bench import peak_rss_mb
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ConfigError, TrainConfig, config_from_dict, pick_device
+from .errors import TrainingDiverged
+from .files import atomic_path, clear_run_folder, run_folder_lock, write_text
+from .largeset import AugmentedImages, CondensedRDMs, HeldOutTarget, ImageStore, pair_index, rescale_in_place
+from .model import SiameseRDMNet, all_pairs_loss
+from .predict import RDMPredictor
+from .tables import json_safe
+from .train import FitResult, build_model, predict_pairs, selection_score
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the ranks of a run: rank 0 of 1 without torch.distributed."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def current_ranks() -> Ranks:
+    """The ranks of the initialised default process group, else a single process."""
+    if dist.is_available() and dist.is_initialized():
+        return Ranks(dist.get_rank(), dist.get_world_size())
+    return Ranks()
+
+
+def launched_by_torchrun() -> bool:
+    """torchrun (torch.distributed.run) sets these for every process it starts."""
+    return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"))
+
+
+def init_from_env(device: str = "auto") -> tuple[Ranks, str | None]:
+    """Join the process group torchrun describes: nccl on CUDA (one GPU per local rank: 'cuda' and 'cuda:N' mean
+    the rank's own), gloo otherwise (`device` 'cpu', or 'auto' without CUDA).
+
+    Returns the ranks and the device this rank must use ('cuda:LOCAL_RANK'; None for the device asked for)."""
+    if not launched_by_torchrun():
+        return Ranks(), None
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    device = None
+    if use_cuda:
+        local = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return current_ranks(), device
+
+
+def shard_bounds(n: int, world: int) -> list[tuple[int, int]]:
+    """Contiguous shards of n images over `world` ranks, sizes differing by at most one (np.array_split's)."""
+    edges = np.cumsum([0] + [len(part) for part in np.array_split(np.arange(n), world)])
+    return [(int(edges[r]), int(edges[r + 1])) for r in range(world)]
+
+
+def gather_features(local: torch.Tensor, bounds: list[tuple[int, int]], ranks: Ranks) -> torch.Tensor:
+    """Every rank's features in rank order, (N, ...), with their gradient: the backward sums the gradients that
+    all ranks' losses send to a shard and returns them to the rank that owns it. Shards may differ in size
+    (padded to the largest for the collective)."""
+    if ranks.world == 1:
+        return local
+    size = max(stop - start for start, stop in bounds)
+    padded = torch.cat([local, local.new_zeros(size - len(local), *local.shape[1:])]) if len(local) < size else local
+    parts = all_gather_with_grad(padded.contiguous())
+    return torch.cat([part[: stop - start] for part, (start, stop) in zip(parts, bounds, strict=True)])
+
+
+def rows_loss(model: SiameseRDMNet, local_features: torch.Tensor, targets: torch.Tensor, ranks: Ranks,
+              bounds: list[tuple[int, int]], tile: int | None = None) -> tuple[torch.Tensor, float]:
+    """(loss to back-propagate on this rank, the mini-batch's mean loss) for standardised local features.
+
+    The first is this rank's row block of the all-pairs loss times the number of ranks, so that averaging the
+    ranks' gradients (`average_gradients`) gives the gradient of the mean loss over all pairs of the batch."""
+    features = gather_features(local_features, bounds, ranks)
+    loss = all_pairs_loss(model.head, features, targets, tile=tile, rows=bounds[ranks.rank])
+    value = loss.detach().double()
+    if ranks.world > 1:
+        dist.all_reduce(value)
+    return loss * ranks.world, float(value)
+
+
+def average_gradients(parameters: list[torch.nn.Parameter], ranks: Ranks) -> None:
+    """Average the gradients over ranks, as DistributedDataParallel does: one all_reduce of them all, flattened.
+    Parameters without a gradient (a frozen body) are left out on every rank alike."""
+    if ranks.world == 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= ranks.world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_parameters(model: torch.nn.Module, ranks: Ranks) -> None:
+    """Start every rank from rank 0's weights and buffers (as DDP does when it wraps a model)."""
+    if ranks.world == 1:
+        return
+    for tensor in [*model.parameters(), *model.buffers()]:
+        dist.broadcast(tensor.data, src=0)
+
+
+def minibatch_backward(model: SiameseRDMNet, pixels: torch.Tensor, targets: torch.Tensor, ranks: Ranks,
+                       bounds: list[tuple[int, int]], train_body: bool, chunk: int,
+                       tile: int | None = None) -> float:
+    """Gradients (averaged over ranks) of the mean loss over all pairs of one mini-batch; returns that loss.
+
+    `pixels` are this rank's shard of the batch's images (already on the model's device), `targets` the (P, T)
+    rescaled targets of all pairs i < j of the whole batch in upper-triangle order. With `train_body`, two
+    passes keep memory bounded: the body without a graph first, then, once the head's loss has given the
+    features' gradient, the body again in chunks of `chunk` images, back-propagating it (the same gradient as
+    one big graph).
+    """
+    with torch.no_grad():
+        raw = torch.cat([model.body(pixels[k : k + chunk]) for k in range(0, len(pixels), chunk)]) if len(pixels) \
+            else pixels.new_zeros(0, *model.feature_shape)
+    if train_body:
+        raw.requires_grad_()
+    loss, value = rows_loss(model, model.standardise(raw), targets, ranks, bounds, tile)
+    loss.backward()
+    if train_body:
+        for k in range(0, len(pixels), chunk):
+            model.body(pixels[k : k + chunk]).backward(raw.grad[k : k + chunk])
+    average_gradients([p for p in model.parameters() if p.requires_grad], ranks)
+    return value
+
+
+# --------------------------------------------------------------------------- the mini-batch fit
+# An epoch is one pass over the training images in mini-batches of `batch_images` (over all ranks); a step
+# trains on all pairs among the batch's images. Images are drawn in an order seeded by the run's seed and the
+# epoch, each image augmented by a generator seeded by the seed, the epoch and the image: a run on one rank
+# and on K ranks sees the same batches and views, so it trains the same model (up to float rounding).
+
+
+@dataclass
+class BatchSettings:
+    """The mini-batch path's settings beside TrainConfig; saved in its checkpoints and settings.json."""
+
+    batch_images: int = 256  # images per step, over all ranks
+    val_fraction: float = 0.0  # images held out for validation (pairs among them only); 0: none
+    loader_workers: int = 2  # DataLoader worker processes per rank; 0 loads in the training process
+    split_seed: int = 0  # the held-out split, as split_holdout's
+
+    def same_run(self, other: BatchSettings) -> bool:
+        """Whether a checkpoint with `other` continues this run (the loader's workers change nothing)."""
+        return replace(self, loader_workers=0) == replace(other, loader_workers=0)
+
+
+def check_batch_settings(batch: BatchSettings) -> BatchSettings:
+    if not isinstance(batch.batch_images, int) or batch.batch_images < 2:
+        raise ConfigError("batch_images", f"a step needs at least 2 images (one pair), got {batch.batch_images}")
+    if not isinstance(batch.loader_workers, int) or batch.loader_workers < 0:
+        raise ConfigError("loader_workers", f"must be 0 or more, got {batch.loader_workers}")
+    if not (isinstance(batch.val_fraction, int | float) and math.isfinite(batch.val_fraction)
+            and 0 <= batch.val_fraction < 1):
+        raise ConfigError("val_fraction", f"must be at least 0 and below 1, got {batch.val_fraction}")
+    return batch
+
+
+def split_images(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held-out) image indices, each sorted: a random `fraction` held out (at least 3 when any)."""
+    if fraction == 0:
+        return np.arange(n), np.arange(0)
+    n_val = max(3, round(n * fraction))
+    if n - n_val < 2:
+        raise ConfigError("val_fraction", f"{fraction} of {n} images leaves {n - n_val} for training; a step needs 2")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _collate(items: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """A shard's pixels, (B, 3, S, S) uint8; an empty shard (a batch smaller than the ranks) is (0, ...)."""
+    if not items:
+        return torch.zeros(0, 3, 0, 0, dtype=torch.uint8)
+    return torch.stack([pixels for _, pixels in items])
+
+
+class MiniBatchTrainer:
+    """One run of the mini-batch path on this rank: data, model, optimiser, schedule, validation, checkpoints.
+
+    Every rank holds the same model and optimiser (the same start, the same averaged gradients); only rank 0
+    validates, logs and writes files, and tells the others whether to stop early."""
+
+    def __init__(self, config: TrainConfig, batch: BatchSettings, images: ImageStore,
+                 targets: dict[str, CondensedRDMs], out_dir: str | os.PathLike | None = None, progress: bool = True,
+                 ranks: Ranks | None = None):
+        if config.prior != "none":
+            raise ConfigError("prior", "the mini-batch path trains without a prior (its stage RDMs would be N x N); "
+                                       "use none")
+        if config.pair_mode != "factorised":
+            raise ConfigError("pair_mode", "the mini-batch path trains pair-factorised")
+        if tuple(targets) != tuple(config.targets):
+            raise ConfigError("targets", f"{config.targets} are not the targets of the RDMs given, {tuple(targets)}")
+        self.config, self.batch = config, check_batch_settings(batch)
+        self.ranks = ranks or current_ranks()
+        if batch.batch_images < 2 * self.ranks.world:
+            raise ConfigError("batch_images", f"{batch.batch_images} images per step cannot be shared by "
+                                              f"{self.ranks.world} ranks: give at least 2 per rank")
+        self.device = pick_device(config.device)
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.progress = progress and self.ranks.main
+        self.name = Path(images.source).stem
+        self.train_index, self.val_index = split_images(len(images), batch.val_fraction, batch.split_seed)
+        columns, self.normalisation, self.held_out = [], {}, {}
+        for target, rdms in targets.items():
+            train_values, val_values = rdms.split(self.train_index, self.val_index)
+            self.normalisation[target] = rescale_in_place(train_values, config.rescale)
+            columns.append(train_values)
+            if len(self.val_index):
+                self.held_out[target] = HeldOutTarget.from_values(val_values)
+        # (P_train, T) float32 in the upper-triangle order of the training images: 4 bytes per pair and target
+        self.targets = columns[0][:, None] if len(columns) == 1 else np.stack(columns, axis=1)
+        self.dataset = AugmentedImages(images, config)
+        self.model = build_model(config, self.device).train()  # the body stays in eval mode (ImageNet BatchNorm)
+        broadcast_parameters(self.model, self.ranks)
+        self._set_feature_stats()
+        self.optimizer = torch.optim.AdamW(
+            [{"params": self.model.head_parameters(), "lr": config.lr},
+             {"params": self.model.body_parameters(), "lr": config.lr * config.body_lr_factor}],
+            weight_decay=config.weight_decay)
+        self.scheduler = None
+        if config.unfrozen_epochs:
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer, max_lr=[config.lr, config.lr * config.body_lr_factor],
+                total_steps=config.unfrozen_epochs * self.steps_per_epoch)
+            for group, lr in zip(self.optimizer.param_groups, (config.lr, config.lr * config.body_lr_factor),
+                                 strict=True):
+                group["lr"] = lr  # the frozen epochs before the cycle run at the base rates (as train.Trainer)
+        self._val_features: list[torch.Tensor] | None = None
+        self.last_scores: dict[str, dict] = {}
+        self.epoch, self.history = 0, []
+        self.best_state = copy.deepcopy(self.model.state_dict())
+        self.best_epoch, self.best_score = 0, None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train_index) / self.batch.batch_images)
+
+    # ---- data
+
+    def _loader(self, shards: list[list[tuple[int, int]]]) -> torch.utils.data.DataLoader:
+        """This rank's shard of each batch, loaded by worker processes: (image index, epoch) items."""
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=shards, num_workers=self.batch.loader_workers,
+                                           collate_fn=_collate, pin_memory=self.device.type == "cuda")
+
+    def _pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.to(self.device, non_blocking=True).float().div_(255)
+
+    @torch.no_grad()
+    def _plain_features(self, index: np.ndarray) -> torch.Tensor:
+        """Raw body features of these images, not augmented, in chunks; on the device."""
+        chunk = self.config.body_chunk
+        loader = self._loader([[(int(i), 0) for i in index[k : k + chunk]] for k in range(0, len(index), chunk)])
+        return torch.cat([self.model.body(self._pixels(pixels)) for pixels in loader])
+
+    def _set_feature_stats(self, sample: int = 512) -> None:
+        """Standardise the features with the statistics of up to `sample` training images, evenly spaced (every
+        rank computes the same)."""
+        picks = np.unique(np.linspace(0, len(self.train_index) - 1, min(sample, len(self.train_index))).astype(int))
+        self.model.set_feature_stats(self._plain_features(self.train_index[picks]))
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        """The epoch's mini-batches as positions among the training images: a seeded shuffle cut into
+        `steps_per_epoch` batches whose sizes differ by at most one (never a batch of one image)."""
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_index))
+        return np.array_split(order, self.steps_per_epoch)
+
+    # ---- steps and epochs
+
+    def run_epoch(self) -> dict:
+        config, ranks = self.config, self.ranks
+        self.epoch += 1
+        frozen = self.epoch <= config.frozen_epochs
+        if not frozen and self.scheduler is not None and self.scheduler.last_epoch == 0:  # the cycle starts here
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
+                group["lr"] = lr
+        self.model.freeze_body(frozen)
+        start = time.perf_counter()
+        batches = self.batches(self.epoch)
+        shards = []
+        for positions in batches:
+            first, stop = shard_bounds(len(positions), ranks.world)[ranks.rank]
+            shards.append([(int(self.train_index[p]), self.epoch) for p in positions[first:stop]])
+        total, pairs = 0.0, 0
+        n_train = len(self.train_index)
+        for positions, pixels in zip(batches, self._loader(shards), strict=True):
+            targets = torch.from_numpy(self.targets[pair_index(positions, n_train)]).to(self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            value = minibatch_backward(self.model, self._pixels(pixels), targets, ranks,
+                                       shard_bounds(len(positions), ranks.world), not frozen, config.body_chunk)
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"training diverged at epoch {self.epoch} (loss {value}); the last good "
+                                       "checkpoint is kept; try a lower learning rate")
+            self.optimizer.step()
+            if not frozen and self.scheduler is not None:
+                self.scheduler.step()
+            total, pairs = total + value * len(targets), pairs + len(targets)
+        row = {"epoch": self.epoch, "phase": "frozen" if frozen else "unfrozen", "loss": total / pairs,
+               "lr": self.optimizer.param_groups[0]["lr"], "steps": len(batches),
+               "seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
+        if self.held_out and ranks.main:
+            self._record_validation(row, frozen)
+        elif not self.held_out:
+            self.best_epoch, self.best_state = self.epoch, self.model.state_dict()
+        self.history.append(row)
+        return row
+
+    @torch.no_grad()
+    def validate(self, frozen: bool) -> dict[str, dict]:
+        """The official metric on the pairs among the held-out images, per target (keys 'set-val/target')."""
+        if self._val_features is None or not frozen:  # a frozen body gives the same features every epoch
+            raw = self._plain_features(self.val_index)
+            views = [raw]
+            if self.config.tta:
+                views.append(self._plain_features_flipped(self.val_index))
+            self._val_features = [self.model.standardise(v) for v in views]
+        pairs = sum(predict_pairs(self.model, v) for v in self._val_features) / len(self._val_features)
+        values = pairs.double().cpu().numpy()
+        return {f"{self.name}-val/{target}": held.score(values[:, k])
+                for k, (target, held) in enumerate(self.held_out.items())}
+
+    @torch.no_grad()
+    def _plain_features_flipped(self, index: np.ndarray) -> torch.Tensor:
+        chunk = self.config.body_chunk
+        loader = self._loader([[(int(i), 0) for i in index[k : k + chunk]] for k in range(0, len(index), chunk)])
+        return torch.cat([self.model.body(self._pixels(pixels).flip(-1)) for pixels in loader])
+
+    def _record_validation(self, row: dict, frozen: bool) -> None:
+        start = time.perf_counter()
+        scores = self.last_scores = self.validate(frozen)
+        pcts = [s["pct_nc"] for s in scores.values()]
+        row["val_pct_nc"] = None if any(p is None for p in pcts) else float(np.mean(pcts))
+        row["val_r2"] = float(np.mean([s["r2"] for s in scores.values()]))
+        row.update({f"val/{k}": v["pct_nc"] for k, v in scores.items()})
+        row["val_seconds"] = time.perf_counter() - start
+        chosen_on = selection_score(scores)
+        if self.best_score is None or chosen_on > self.best_score:
+            self.best_score, self.best_epoch = chosen_on, self.epoch
+            self.best_state = copy.deepcopy(self.model.state_dict())
+
+    def validate_start(self) -> None:
+        """Epoch 0: the untrained model, scored before any step."""
+        row = {"epoch": 0, "phase": "start", "loss": None, "lr": self.optimizer.param_groups[0]["lr"],
+               "steps": 0, "seconds": 0.0}
+        self._record_validation(row, frozen=True)
+        self.history.append(row)
+
+    @property
+    def last_epoch(self) -> int:
+        stop = self.config.stop_epoch
+        return self.config.epochs if stop is None else min(stop, self.config.epochs)
+
+    def should_stop(self) -> bool:
+        """Early stopping, decided on rank 0 (the one that validates) and followed by every rank."""
+        patience = self.config.early_stopping
+        stop = bool(self.ranks.main and self.held_out and patience and self.epoch - self.best_epoch >= patience)
+        if self.ranks.world > 1:
+            flag = torch.tensor([int(stop)], device=self.device)
+            dist.broadcast(flag, src=0)
+            stop = bool(flag.item())
+        return stop
+
+    # ---- checkpoints
+
+    def state(self) -> dict:
+        return {
+            "config": asdict(self.config), "batch": asdict(self.batch), "world_size": self.ranks.world,
+            "epoch": self.epoch, "history": self.history, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "best_state": self.best_state, "best_epoch": self.best_epoch, "best_score": self.best_score,
+            "normalisation": {self.name: self.normalisation},
+        }
+
+    def load_state(self, state: dict) -> None:
+        """Continue a run from its checkpoint, with any number of ranks (nothing in it belongs to a rank)."""
+        saved = config_from_dict(state["config"])
+        saved_batch = BatchSettings(**state.get("batch", {}))
+        if replace(saved, device=self.config.device) != self.config or not saved_batch.same_run(self.batch):
+            raise ConfigError("resume", "the checkpoint in the run folder has other settings; use the same ones "
+                                        "or a new folder")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.history = state["epoch"], state["history"]
+        self.best_state, self.best_epoch = state["best_state"], state["best_epoch"]
+        self.best_score = state["best_score"]
+
+    def _write_log(self) -> None:
+        columns = list(dict.fromkeys(k for row in self.history for k in row))
+        with atomic_path(self.out_dir / "log.csv") as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.history)
+
+    def _save(self) -> None:
+        if self.out_dir and self.ranks.main:
+            save_checkpoint(self.out_dir / "last.pt", self.state())
+            self._write_log()
+
+    def fit(self) -> FitResult:
+        """Run the remaining epochs, checkpointing `last.pt` (rank 0) after each."""
+        if self.epoch == 0 and self.held_out and not self.history and self.ranks.main:
+            self.validate_start()
+        bar = tqdm(total=self.config.epochs, initial=self.epoch, disable=not self.progress, unit="epoch",
+                   desc=f"fit {'+'.join(self.config.targets)} ({self.ranks.world} rank(s))", leave=False)
+        while self.epoch < self.last_epoch and not self.should_stop():
+            row = self.run_epoch()
+            bar.update(1)
+            val = row.get("val_pct_nc")
+            bar.set_postfix(loss=f"{row['loss']:.4f}", val="-" if val is None else f"{val:.1f}%",
+                            best=self.best_epoch)
+            self._save()
+        bar.close()
+        self._save()
+        self.model.load_state_dict(self.best_state)
+        return FitResult(self.model, self.config, {self.name: self.normalisation}, self.history, self.best_epoch,
+                         self.best_score)
+
+
+def barrier(ranks: Ranks) -> None:
+    if ranks.world > 1:
+        dist.barrier()
+
+
+def fit_large(config: TrainConfig, batch: BatchSettings, images: ImageStore, targets: dict[str, CondensedRDMs],
+              seeds: tuple[int, ...] = (0,), out_dir: str | os.PathLike | None = None, resume: bool = False,
+              progress: bool = True, overwrite: bool = False, settings: dict | None = None,
+              ranks: Ranks | None = None) -> RDMPredictor:
+    """Train one model per seed on a large image set with mini-batches, on every rank of the process group.
+
+    Rank 0 holds the run folder's lock, clears it with `overwrite`, writes settings.json (with "world_size"),
+    checkpoints in out_dir/seed<k>/ and model.pt; with `resume`, every rank continues from seed<k>/last.pt.
+    """
+    ranks = ranks or current_ranks()
+    with contextlib.ExitStack() as stack:
+        barrier(ranks)  # every rank has checked its inputs and the folder before rank 0 writes to it
+        if out_dir is not None and ranks.main:
+            stack.enter_context(run_folder_lock(out_dir))
+            if overwrite:
+                clear_run_folder(Path(out_dir))
+            if settings is not None:
+                record = {**settings, "world_size": ranks.world, "config": asdict(config), "batch": asdict(batch)}
+                write_text(Path(out_dir) / "settings.json", json.dumps(json_safe(record), indent=2, allow_nan=False))
+        barrier(ranks)
+        models, metrics = [], {}
+        for seed in seeds:
+            seed_dir = Path(out_dir) / f"seed{seed}" if out_dir is not None else None
+            trainer = MiniBatchTrainer(replace(config, seed=seed), batch, images, targets, seed_dir, progress, ranks)
+            last = seed_dir / "last.pt" if seed_dir is not None else None
+            if resume and last is not None and last.is_file():
+                trainer.load_state(load_checkpoint(last))
+            result = trainer.fit()
+            models.append(result.model.eval())
+            best = result.best_score
+            metrics[f"seed{seed}"] = {"best_epoch": result.best_epoch,
+                                      "best_val_score": best if best is not None and math.isfinite(best) else None,
+                                      "epochs_run": sum(row["epoch"] > 0 for row in result.history)}
+            normalisation = result.normalisation
+        predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics)
+        if out_dir is not None and ranks.main:
+            predictor.save(Path(out_dir) / "model.pt")
+        barrier(ranks)
+        return predictor

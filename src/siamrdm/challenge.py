@@ -35,7 +35,6 @@ from .errors import ConfigError
 from .files import check_run_folder, clear_run_folder, run_folder_lock, write_text
 from .predict import fit_predictor
 from .report import write_report
-from .scoring import score_with_ceiling
 from .tables import fmt, json_safe, number
 from .train import Trainer, subset
 
@@ -104,16 +103,17 @@ def validation_curves(config: TrainConfig, splits: dict[str, tuple[BrainDataset,
                 ] if trainers[0].priors else []
         for epoch in range(1, config.epochs + 1):
             losses = [t.run_epoch()["loss"] for t in trainers]
-            rows.append(_ensemble_row(trainers, val_set, target, epoch, losses))
+            if trainers[0].validates(epoch):  # every `validate_every`-th epoch and the last
+                rows.append(_ensemble_row(trainers, val_set, target, epoch, losses))
         curves[label] = rows
     return curves
 
 
 def _ensemble_row(trainers: list[Trainer], val_set: BrainDataset, target: str, epoch: int, losses: list) -> dict:
-    """One epoch of a curve: the seeds' predicted RDMs averaged, then scored; the mean training loss."""
-    mean_rdm = np.mean([t.last_rdms[val_set.name][0] for t in trainers], axis=0)
+    """One epoch of a curve: the seeds' predicted RDMs averaged, then scored (on the device); the mean loss."""
+    mean_pairs = torch.stack([t.last_pairs[val_set.name] for t in trainers]).mean(dim=0)
     loss = None if None in losses else float(np.mean(losses))
-    return {"epoch": epoch, "loss": loss, **score_with_ceiling(mean_rdm, target, val_set.targets[target])}
+    return {"epoch": epoch, "loss": loss, **trainers[0].score_pairs({0: mean_pairs})[f"{val_set.name}/{target}"]}
 
 
 def choose_epochs(curves: dict[str, list[dict]]) -> tuple[int, dict[str, int]]:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .augment import augment_batch
+from .augment import augment_batch, crop_flip, draw_boxes
 from .backbones import create_body, images_to_tensor
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import PRESETS as PRESETS  # re-exported: callers of siamrdm.train find the run's settings here too
@@ -37,13 +37,13 @@ from .config import check_config as check_config
 from .config import config_from_dict as config_from_dict
 from .config import config_from_preset as config_from_preset
 from .config import pick_device as pick_device
-from .data import BrainDataset, DataError, ImageSet, group_average
+from .data import BrainDataset, DataError, ImageSet, group_average, subject_rdms
 from .errors import TrainingDiverged as TrainingDiverged
 from .files import atomic_path, run_folder_lock
 from .model import SiameseRDMNet, all_pairs, all_pairs_loss, all_pairs_outputs, head_config
 from .prior import PriorFit, fit_prior, prior_vector, stage_rdms
 from .rdm import rescale, square_rdm, upper_tri
-from .scoring import score_with_ceiling
+from .scoring import score_row, spearman_torch, standardised_ranks_torch
 
 # --------------------------------------------------------------------------- data for training
 
@@ -120,7 +120,7 @@ def frozen_views(model: SiameseRDMNet, data: PairTargets, config: TrainConfig, n
     splits), and cached features can be reused. The body must be the untrained pretrained one.
     """
     body_key = (config.backbone, config.weights, config.stage, config.image_size, config.crop_scale, config.seed,
-                str(device))
+                config.precision, config.channels_last, str(device))
     out = None
     for view in range(n_views):
         keys = [(*body_key, key, view) for key in data.keys]
@@ -128,9 +128,10 @@ def frozen_views(model: SiameseRDMNet, data: PairTargets, config: TrainConfig, n
         if missing:
             pixels = data.images[missing]
             if view:
-                pixels = torch.cat([augment_batch(pixels[m : m + 1], config, _image_generator(keys[k]))
-                                    for m, k in enumerate(missing)])
-            computed = body_features(model, pixels, config.body_chunk, device)
+                size = pixels.shape[-1]
+                boxes = torch.cat([draw_boxes(1, size, config.crop_scale, _image_generator(keys[k])) for k in missing])
+                pixels = crop_flip(pixels, boxes)
+            computed = body_features(model, pixels, config, device)
             if len(_VIEW_CACHE) + len(missing) > _VIEW_CACHE_ENTRIES:
                 _VIEW_CACHE.clear()
             for m, k in enumerate(missing):
@@ -146,11 +147,23 @@ def _image_generator(key: tuple) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
 
 
+def body_pass(model: SiameseRDMNet, pixels: torch.Tensor, config: TrainConfig, device: torch.device) -> torch.Tensor:
+    """The body on one chunk of pixels, in the config's precision (bf16: under autocast, so the output is bf16)
+    and memory layout (channels_last, as `build_model` laid out the body's weights)."""
+    pixels = pixels.to(device, non_blocking=True)
+    if config.channels_last:
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+        return model.body(pixels)
+
+
 @torch.no_grad()
-def body_features(model: SiameseRDMNet, images: torch.Tensor, chunk: int, device: torch.device) -> torch.Tensor:
-    """Raw body features of images, computed in chunks; kept on `device`."""
-    outs = [model.body(images[k : k + chunk].to(device)) for k in range(0, len(images), chunk)]
-    return torch.cat(outs)
+def body_features(model: SiameseRDMNet, images: torch.Tensor, config: TrainConfig,
+                  device: torch.device) -> torch.Tensor:
+    """Raw body features of images (float32, whatever the body's precision), in chunks; kept on `device`."""
+    chunk = config.body_chunk
+    return torch.cat([body_pass(model, images[k : k + chunk], config, device).float()
+                      for k in range(0, len(images), chunk)])
 
 
 # --------------------------------------------------------------------------- validation
@@ -164,18 +177,23 @@ def predict_pairs(model: SiameseRDMNet, features: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def feature_views(model: SiameseRDMNet, pixels: torch.Tensor, chunk: int, device: torch.device,
-                  tta: bool) -> list[torch.Tensor]:
-    """Standardised body features of the images, and with `tta` of their mirror images too."""
-    views = [pixels, pixels.flip(-1)] if tta else [pixels]
-    return [model.standardise(body_features(model, v, chunk, device)) for v in views]
+def feature_views(model: SiameseRDMNet, pixels: torch.Tensor, config: TrainConfig,
+                  device: torch.device) -> list[torch.Tensor]:
+    """Standardised body features of the images, and with the config's `tta` of their mirror images too."""
+    views = [pixels, pixels.flip(-1)] if config.tta else [pixels]
+    return [model.standardise(body_features(model, v, config, device)) for v in views]
+
+
+@torch.no_grad()
+def predict_upper(model: SiameseRDMNet, views: list[torch.Tensor]) -> torch.Tensor:
+    """(P, T) predictions for the pairs in upper-triangle order, averaged over the feature views."""
+    return sum(predict_pairs(model, v) for v in views) / len(views)
 
 
 @torch.no_grad()
 def predict_rdms(model: SiameseRDMNet, views: list[torch.Tensor], prior: np.ndarray | None = None) -> np.ndarray:
     """(T, N, N) RDMs predicted from feature views (averaged over them), plus the prior's RDMs if any."""
-    pairs = sum(predict_pairs(model, v) for v in views) / len(views)
-    rdms = pairs_to_rdms(pairs, len(views[0]))
+    rdms = pairs_to_rdms(predict_upper(model, views), len(views[0]))
     return rdms if prior is None else rdms + prior
 
 
@@ -192,14 +210,6 @@ def pairs_to_rdms(pairs: torch.Tensor, n: int) -> np.ndarray:
     """(P, T) pair predictions -> (T, N, N) symmetric RDMs with zero diagonal."""
     values = pairs.detach().double().cpu().numpy()
     return np.stack([square_rdm(column, n) for column in values.T])
-
-
-def validation_scores(predicted: np.ndarray, subject_rdms: dict[str, np.ndarray]) -> dict[str, dict]:
-    """Official metric of predicted (T, N, N) RDMs: per target r2, p, ceiling and percent of ceiling."""
-    scores = {}
-    for rdm, (target, subjects) in zip(predicted, subject_rdms.items(), strict=True):
-        scores[target] = score_with_ceiling(rdm, target, subjects)
-    return scores
 
 
 # --------------------------------------------------------------------------- fitting
@@ -223,6 +233,8 @@ def build_model(config: TrainConfig, device: torch.device | None = None) -> Siam
     if config.correction_bound is not None:
         head = dataclasses.replace(head, output_bound=config.correction_bound)
     model = SiameseRDMNet(body, len(config.targets), config.image_size, head, distance_init=config.distance_init)
+    if config.channels_last:
+        model.body.to(memory_format=torch.channels_last)
     return model.to(device or pick_device(config.device))
 
 
@@ -256,7 +268,16 @@ class Trainer:
         self.train_sets = [prepare_set(d, config.targets, config) for d in train]
         self.val_sets = [prepare_set(d, config.targets, config) for d in val]
         self.priors = self._fit_priors(train) if config.prior != "none" else {}
-        self._val_priors = [prior_rdms(self.priors, d.images, config) for d in val]
+        for s in self.train_sets + self.val_sets:  # pixels stay on the device: augmentation runs there
+            s.images = s.images.to(self.device)
+        # Validation on the device: the subjects' standardised ranks once, the prior's pairs once (float64 where
+        # the device has it, as the numpy metric computes).
+        score_dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        self._val_ranks = [{t: standardised_ranks_torch(torch.from_numpy(upper_tri(subject_rdms(r))).to(
+                            self.device, score_dtype)) for t, r in s.subject_rdms.items()} for s in self.val_sets]
+        self._val_priors = [None if p is None else torch.from_numpy(upper_tri(p).T.copy()).to(self.device, score_dtype)
+                            for p in (prior_rdms(self.priors, d.images, config) for d in val)]
+        self._score_dtype = score_dtype
         self.generator = torch.Generator().manual_seed(config.seed)
         # Body features per set for the frozen phase: view 0 plain, then augmented views.
         n_views = config.augment_views if config.augment and config.frozen_epochs else 1
@@ -277,8 +298,8 @@ class Trainer:
             for group, lr in zip(self.optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = lr
         self._val_features: dict[int, torch.Tensor] = {}
-        self.last_scores: dict[str, dict] = {}  # the latest epoch's validation scores, 'set/target' -> row
-        self.last_rdms: dict[str, np.ndarray] = {}  # the latest epoch's predicted (T, N, N) RDMs per validation set
+        self.last_scores: dict[str, dict] = {}  # the latest validation's scores, 'set/target' -> row
+        self.last_pairs: dict[str, torch.Tensor] = {}  # the latest validation's (P, T) pair predictions per set
         self.timings: dict[str, float] | None = None  # seconds per named section of `step`, when a benchmark asks
         self.epoch = 0
         self.history: list[dict] = []
@@ -355,7 +376,7 @@ class Trainer:
                 # Two passes keep memory bounded: the head's gradient w.r.t. the features first, then the body
                 # in chunks, back-propagating that gradient. Same gradient as one big graph.
                 with self.section("body_forward_no_grad"):
-                    features = body_features(self.model, images, self.config.body_chunk, self.device)
+                    features = body_features(self.model, images, self.config, self.device)
                     features.requires_grad_()
                 with self.section("head_forward_backward"):
                     loss = self.pair_loss(features, data.targets)
@@ -363,8 +384,8 @@ class Trainer:
                 with self.section("body_forward_backward"):
                     chunk = self.config.body_chunk
                     for k in range(0, len(images), chunk):
-                        out = self.model.body(images[k : k + chunk].to(self.device))
-                        out.backward(features.grad[k : k + chunk])
+                        out = body_pass(self.model, images[k : k + chunk], self.config, self.device)
+                        out.backward(features.grad[k : k + chunk].to(out.dtype))
             mean_loss += loss.item() * share
         with self.section("optimizer"):
             self.optimizer.step()
@@ -397,15 +418,34 @@ class Trainer:
 
     def validate(self, frozen: bool) -> dict[str, dict]:
         """Official metric on every validation set; keys 'set/target'."""
-        scores = {}
+        pairs = {}
         for k, s in enumerate(self.val_sets):
             if not frozen or k not in self._val_features:  # a frozen body gives the same features every epoch
-                self._val_features[k] = feature_views(self.model, s.images, self.config.body_chunk, self.device,
-                                                      self.config.tta)
-            rdms = self.last_rdms[s.name] = predict_rdms(self.model, self._val_features[k], self._val_priors[k])
-            for target, row in validation_scores(rdms, s.subject_rdms).items():
-                scores[f"{s.name}/{target}"] = row
-        return scores
+                self._val_features[k] = feature_views(self.model, s.images, self.config, self.device)
+            predicted = predict_upper(self.model, self._val_features[k]).to(self._score_dtype)
+            if self._val_priors[k] is not None:
+                predicted = predicted + self._val_priors[k]
+            pairs[k] = self.last_pairs[s.name] = predicted
+        return self.score_pairs(pairs)
+
+    def score_pairs(self, pairs: dict[int, torch.Tensor]) -> dict[str, dict]:
+        """The official metric of (P, T) pair predictions of validation sets (by index), keys 'set/target':
+        Spearman on the device, then one copy of all the rhos to the host for the p-values and ceilings."""
+        keys, rhos = [], []
+        for k, predicted in pairs.items():
+            for j, (target, ranks) in enumerate(self._val_ranks[k].items()):
+                rho = spearman_torch(predicted[:, j], ranks, ranked=True)
+                keys.append((k, target))
+                rhos.append(rho.mean(dim=1) if rho.ndim == 2 else rho)  # K RDMs per subject: averaged
+        host = torch.stack(rhos).cpu().numpy() if rhos else []
+        return {f"{self.val_sets[k].name}/{target}": score_row(rho, target, self.val_sets[k].subject_rdms[target])
+                for (k, target), rho in zip(keys, host, strict=True)}
+
+    @property
+    def last_rdms(self) -> dict[str, np.ndarray]:
+        """The latest validation's predicted (T, N, N) RDMs per validation set (with the prior, if any)."""
+        return {name: pairs_to_rdms(p, len(s.images))
+                for (name, p), s in zip(self.last_pairs.items(), self.val_sets, strict=True)}
 
     def _record_validation(self, row: dict, frozen: bool) -> None:
         """Validate, add the scores to the epoch's row and keep the weights if this epoch is the best so far."""
@@ -451,13 +491,17 @@ class Trainer:
                                    "checkpoint is kept; try a lower learning rate")
         row = {"epoch": self.epoch, "phase": "frozen" if frozen else "unfrozen", "loss": float(np.mean(losses)),
                "lr": self.optimizer.param_groups[0]["lr"]}
-        if self.val_sets:
+        if self.validates(self.epoch):
             self._record_validation(row, frozen)
-        else:
+        elif not self.val_sets:
             self.best_epoch, self.best_state = self.epoch, self.model.state_dict()
         row["seconds"] = time.perf_counter() - start
         self.history.append(row)
         return row
+
+    def validates(self, epoch: int) -> bool:
+        """Whether `epoch` is scored: with validation sets, every `validate_every`-th epoch and the last one."""
+        return bool(self.val_sets) and (epoch % self.config.validate_every == 0 or epoch == self.last_epoch)
 
     @property
     def last_epoch(self) -> int:

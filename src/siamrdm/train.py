@@ -120,16 +120,17 @@ def frozen_views(model: SiameseRDMNet, data: PairTargets, config: TrainConfig, n
     splits), and cached features can be reused. The body must be the untrained pretrained one.
     """
     body_key = (config.backbone, config.weights, config.stage, config.image_size, config.crop_scale, config.seed,
-                config.precision, config.channels_last, str(device))
+                str(device))
     out = None
     for view in range(n_views):
-        keys = [(*body_key, key, view) for key in data.keys]
+        views = [(*body_key, key, view) for key in data.keys]  # what an image's crop is seeded by
+        keys = [(*v, config.precision, config.channels_last) for v in views]  # the body's numerics too
         missing = [k for k, key in enumerate(keys) if key not in _VIEW_CACHE]
         if missing:
             pixels = data.images[missing]
             if view:
                 size = pixels.shape[-1]
-                boxes = torch.cat([draw_boxes(1, size, config.crop_scale, _image_generator(keys[k])) for k in missing])
+                boxes = torch.cat([draw_boxes(1, size, config.crop_scale, _image_generator(views[k])) for k in missing])
                 pixels = crop_flip(pixels, boxes)
             computed = body_features(model, pixels, config, device)
             if len(_VIEW_CACHE) + len(missing) > _VIEW_CACHE_ENTRIES:
@@ -160,10 +161,11 @@ def body_pass(model: SiameseRDMNet, pixels: torch.Tensor, config: TrainConfig, d
 @torch.no_grad()
 def body_features(model: SiameseRDMNet, images: torch.Tensor, config: TrainConfig,
                   device: torch.device) -> torch.Tensor:
-    """Raw body features of images (float32, whatever the body's precision), in chunks; kept on `device`."""
+    """Raw body features of images in chunks, kept on `device`: float32 and contiguous (N, C, H, W) whatever the
+    body's precision and layout (the head's tiled loss reads its features in that layout)."""
     chunk = config.body_chunk
     return torch.cat([body_pass(model, images[k : k + chunk], config, device).float()
-                      for k in range(0, len(images), chunk)])
+                      for k in range(0, len(images), chunk)]).contiguous()
 
 
 # --------------------------------------------------------------------------- validation

@@ -282,3 +282,21 @@ def test_challenge_jobs_give_the_sequential_results(capsys, tmp_path: Path, set9
     assert code == 2
     assert_one_line_error(err, "--jobs")
     assert not (tmp_path / "zero").exists()
+
+
+def test_losses_reach_the_host_every_k_epochs(set92: data.BrainDataset) -> None:
+    """With validate_every = 3 the losses stay on the device until epochs 3, 6 and the last; a NaN loss stops the
+    run there, naming the epoch it appeared in."""
+    trainer = train.Trainer(fast_config(frozen_epochs=7, validate_every=3), [train.subset(set92, np.arange(8), "a")],
+                            progress=False)
+    kinds = [type(trainer.run_epoch()["loss"]) for _ in range(7)]
+    assert kinds == [torch.Tensor, torch.Tensor, float, torch.Tensor, torch.Tensor, float, float]
+    assert all(isinstance(row["loss"], float) and math.isfinite(row["loss"]) for row in trainer.history)
+    trainer = train.Trainer(fast_config(frozen_epochs=7, validate_every=3), [train.subset(set92, np.arange(8), "a")],
+                            progress=False)
+    trainer.run_epoch()
+    with torch.no_grad():
+        trainer.model.head.linear.bias.fill_(float("nan"))
+    trainer.run_epoch()
+    with pytest.raises(train.TrainingDiverged, match="diverged at epoch 2"):
+        trainer.run_epoch()

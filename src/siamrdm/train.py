@@ -305,6 +305,7 @@ class Trainer:
         self.timings: dict[str, float] | None = None  # seconds per named section of `step`, when a benchmark asks
         self.epoch = 0
         self.history: list[dict] = []
+        self._unsettled: list[dict] = []  # rows of this run's epochs whose loss is still a tensor on the device
         self.best_state = copy.deepcopy(self.model.state_dict())
         self.best_epoch, self.best_score = 0, None
 
@@ -355,7 +356,12 @@ class Trainer:
         return all_pairs_loss(self.model.head, self.model.standardise(features), targets.to(self.device))
 
     def step(self, frozen: bool) -> float:
-        """One optimiser step on all pairs within every training set (pairs never cross sets).
+        """One optimiser step (`device_step`); its loss copied to the host."""
+        return self.device_step(frozen).item()
+
+    def device_step(self, frozen: bool) -> torch.Tensor:
+        """One optimiser step on all pairs within every training set (pairs never cross sets); the loss stays
+        on the device (0-d tensor), so that a step does not wait for the device to finish.
 
         The loss is the mean over all those pairs (each set's mean weighted by its pair count), so an epoch
         is one step whether there is one set or two: epoch counts chosen on a one-set validation curve mean
@@ -363,7 +369,7 @@ class Trainer:
         """
         self.optimizer.zero_grad(set_to_none=True)
         total_pairs = sum(len(s.targets) for s in self.train_sets)
-        mean_loss = 0.0
+        mean_loss = torch.zeros((), device=self.device)
         for index, data in enumerate(self.train_sets):
             share = len(data.targets) / total_pairs
             if frozen:
@@ -388,7 +394,7 @@ class Trainer:
                     for k in range(0, len(images), chunk):
                         out = body_pass(self.model, images[k : k + chunk], self.config, self.device)
                         out.backward(features.grad[k : k + chunk].to(out.dtype))
-            mean_loss += loss.item() * share
+            mean_loss += loss.detach() * share
         with self.section("optimizer"):
             self.optimizer.step()
         return mean_loss
@@ -480,19 +486,19 @@ class Trainer:
         self.model.freeze_body(frozen)
         start = time.perf_counter()
         if self.config.pair_mode == "factorised":
-            losses = [self.step(frozen)]
+            loss = self.device_step(frozen)
         elif self.config.pair_mode != "naive":
             raise ConfigError("pair_mode", f"unknown mode '{self.config.pair_mode}' (choose from factorised, naive)")
         else:
             order = torch.randperm(len(self.train_sets), generator=self.generator).tolist()
-            losses = [self.naive_step(k, frozen) for k in order]
+            loss = torch.tensor(float(np.mean([self.naive_step(k, frozen) for k in order])))
         if not frozen and self.scheduler is not None:
             self.scheduler.step()
-        if not all(math.isfinite(loss) for loss in losses):
-            raise TrainingDiverged(f"training diverged at epoch {self.epoch} (loss {losses}); the last good "
-                                   "checkpoint is kept; try a lower learning rate")
-        row = {"epoch": self.epoch, "phase": "frozen" if frozen else "unfrozen", "loss": float(np.mean(losses)),
+        row = {"epoch": self.epoch, "phase": "frozen" if frozen else "unfrozen", "loss": loss,
                "lr": self.optimizer.param_groups[0]["lr"]}
+        self._unsettled.append(row)
+        if self.epoch % self.config.validate_every == 0 or self.epoch >= self.last_epoch:
+            self.settle_losses()
         if self.validates(self.epoch):
             self._record_validation(row, frozen)
         elif not self.val_sets:
@@ -500,6 +506,20 @@ class Trainer:
         row["seconds"] = time.perf_counter() - start
         self.history.append(row)
         return row
+
+    def settle_losses(self) -> None:
+        """The losses of the epochs since the last call copied to the host in one go (one synchronisation with
+        the device every `validate_every` epochs, not every epoch); a NaN or infinite loss stops the run."""
+        rows, self._unsettled = self._unsettled, []
+        if not rows:
+            return
+        values = torch.stack([row["loss"].float() for row in rows]).cpu().tolist()
+        for row, value in zip(rows, values, strict=True):
+            row["loss"] = value
+        bad = next((row for row in rows if not math.isfinite(row["loss"])), None)
+        if bad is not None:
+            raise TrainingDiverged(f"training diverged at epoch {bad['epoch']} (loss {bad['loss']}); the last good "
+                                   "checkpoint is kept; try a lower learning rate")
 
     def validates(self, epoch: int) -> bool:
         """Whether `epoch` is scored: with validation sets, every `validate_every`-th epoch and the last one."""
@@ -559,15 +579,17 @@ class Trainer:
         while self.epoch < self.last_epoch and not self.should_stop():
             row = self.run_epoch()
             bar.update(1)
-            val = row.get("val_pct_nc")
-            bar.set_postfix(phase=row["phase"], loss=f"{row['loss']:.4f}",
+            val, loss = row.get("val_pct_nc"), row["loss"]
+            bar.set_postfix(phase=row["phase"], loss=f"{loss:.4f}" if isinstance(loss, float) else "-",
                             val=("-" if val is None else f"{val:.1f}%"), best=self.best_epoch)
             phase_end = self.epoch in (self.config.frozen_epochs, self.last_epoch)
             if self.out_dir and (phase_end or time.perf_counter() - last_save > checkpoint_every_s):
+                self.settle_losses()
                 save_checkpoint(self.out_dir / "last.pt", self.state())
                 self._write_log()
                 last_save = time.perf_counter()
         bar.close()
+        self.settle_losses()
         self.model.load_state_dict(self.best_state)
         result = FitResult(self.model, self.config, {s.name: s.normalisation for s in self.train_sets},
                            self.history, self.best_epoch, self.best_score, self.priors)

@@ -179,6 +179,78 @@ def part_accuracy(args, sets: dict, device: torch.device) -> dict:
             "fast_settings": FAST, "wall_s": walls, "crossed": rows}
 
 
+def per_image_augment(images: torch.Tensor, crop_scale: tuple[float, float],
+                      generator: torch.Generator) -> torch.Tensor:
+    """The augmentation before issue 13 (the baseline of the `ops` part): per image, a crop resized with
+    F.interpolate and mirrored on a coin flip, in a Python loop on the CPU."""
+    import math
+
+    import torch.nn.functional as F
+
+    n, _, size, _ = images.shape
+    out = torch.empty_like(images)
+    draws = torch.rand(n, 5, generator=generator)
+    low, high = crop_scale
+    for k in range(n):
+        scale, aspect_draw, x_draw, y_draw, flip = draws[k].tolist()
+        area = (low + (high - low) * scale) * size * size
+        aspect = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * aspect_draw)
+        w = min(size, max(8, round(math.sqrt(area * aspect))))
+        h = min(size, max(8, round(math.sqrt(area / aspect))))
+        x0, y0 = round(x_draw * (size - w)), round(y_draw * (size - h))
+        crop = F.interpolate(images[k : k + 1, :, y0 : y0 + h, x0 : x0 + w], size=(size, size), mode="bilinear",
+                             antialias=True, align_corners=False)
+        out[k] = crop[0].flip(-1) if flip < 0.5 else crop[0]
+    return out
+
+
+def part_ops(args, sets: dict, device: torch.device) -> dict:
+    """The two CPU-side levers on their own, old and new alternating in one process (robust to a busy
+    machine): one epoch's augmentation of the 92 + 118 images, and one validation's scoring of a 118-image
+    RDM (4 targets) with the numpy metric against the torch one."""
+    from siamrdm.augment import augment_batch
+    from siamrdm.rdm import upper_tri
+    from siamrdm.scoring import score_row, score_with_ceiling, spearman_torch, standardised_ranks_torch
+
+    config = base_config(args, targets=tuple(TARGET_NAMES))
+    trainer = Trainer(config, list(sets.values()), [sets["118"]], progress=False)
+    pixels = torch.cat([s.images for s in trainer.train_sets])
+    host = pixels.cpu()
+    subjects = trainer.val_sets[0].subject_rdms
+    n = len(trainer.val_sets[0].images)
+    predicted = torch.rand(n * (n - 1) // 2, len(subjects), dtype=torch.float64, device=device)
+    ranks = {t: standardised_ranks_torch(torch.from_numpy(upper_tri(r)).to(device)) for t, r in subjects.items()}
+
+    def numpy_scores() -> None:
+        from siamrdm.rdm import square_rdm
+
+        values = predicted.cpu().numpy()
+        for j, (t, r) in enumerate(subjects.items()):
+            score_with_ceiling(square_rdm(values[:, j], n), t, r)
+
+    def torch_scores() -> None:
+        rhos = torch.stack([spearman_torch(predicted[:, j], ranks[t], ranked=True) for j, t in enumerate(subjects)])
+        for rho, (t, r) in zip(rhos.cpu().numpy(), subjects.items(), strict=True):
+            score_row(rho, t, r)
+
+    generator = torch.Generator().manual_seed(0)
+    runs = {"augment_per_image_cpu": lambda: per_image_augment(host, config.crop_scale, generator),
+            "augment_batched_on_device": lambda: augment_batch(pixels, config, generator),
+            "validation_numpy": numpy_scores, "validation_torch": torch_scores}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(args.repeats + 1):
+        for name, fn in runs.items() if r % 2 == 0 else reversed(runs.items()):
+            clock = Clock(device)
+            fn()
+            if r:  # the first round warms up
+                times[name].append(clock())
+    rows = {name: {"s": statistics.median(t), "rounds_s": t} for name, t in times.items()}
+    for name, row in rows.items():
+        print(f"[{card(device)}] {name}: {row['s'] * 1e3:.1f} ms", flush=True)
+    return {"card": card(device), "images": len(pixels), "image_size": config.image_size,
+            "validation_images": n, "ops": rows, "machine": machine(device)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
@@ -215,8 +287,10 @@ def main() -> None:
             result = part_epochs(args, sets, device, args.levers.split(","))
         elif part == "accuracy":
             result = part_accuracy(args, sets, device)
+        elif part == "ops":
+            result = part_ops(args, sets, device)
         else:
-            raise SystemExit(f"unknown part '{part}' (floor, epochs, accuracy)")
+            raise SystemExit(f"unknown part '{part}' (floor, epochs, accuracy, ops)")
         result["part_wall_s"] = time.perf_counter() - start
         name = part if part != "epochs" else f"epochs-{args.label}"
         (out / f"{name}.json").write_text(json.dumps(result, indent=1))

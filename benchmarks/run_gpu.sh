@@ -60,8 +60,8 @@ fastpath() {
   fi
   # 2. after: floor, levers, accuracy.
   local start=$SECONDS
-  timeout 270 python benchmarks/fast_path.py $BENCH_FLAGS --device "$DEVICE" --out "$RESULTS" \
-    --parts floor,epochs,accuracy --epochs 20 --warmup 3 --accuracy-epochs 60 \
+  timeout 250 python benchmarks/fast_path.py $BENCH_FLAGS --device "$DEVICE" --out "$RESULTS" \
+    --parts ops,floor,epochs,accuracy --epochs 15 --warmup 3 --accuracy-epochs 50 \
     2>&1 | tee "$RESULTS/after.log" | grep '^\['
   say "after: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
   # 3. the challenge end to end with the fast settings.

@@ -80,32 +80,34 @@ def load_sets(args) -> dict[str, object]:
 
 
 def part_floor(args, sets: dict, device: torch.device) -> dict:
+    """The body alone, float32 against bf16 + channels-last, alternating round by round after a warm-up."""
     from siamrdm.train import body_pass  # new code only
 
-    rows = {}
+    epochs = {}
     for name, overrides in (("fp32", {}), ("bf16_channels_last", {"precision": "bf16", "channels_last": True})):
         config = base_config(args, **overrides)
         trainer = Trainer(config, list(sets.values()), progress=False)
-        model = trainer.model
-        model.freeze_body(False)
+        trainer.model.freeze_body(False)
         pixels = torch.cat([s.images for s in trainer.train_sets])
-        chunk = config.body_chunk
 
-        def body_epoch(model=model, pixels=pixels, config=config, chunk=chunk) -> None:
+        def body_epoch(model=trainer.model, pixels=pixels, config=config) -> None:
+            chunk = config.body_chunk
             with torch.no_grad():
                 for k in range(0, len(pixels), chunk):
                     body_pass(model, pixels[k : k + chunk], config, device)
             for k in range(0, len(pixels), chunk):
                 body_pass(model, pixels[k : k + chunk], config, device).float().sum().backward()
+            model.zero_grad(set_to_none=True)
 
-        body_epoch()
-        times = []
-        for _ in range(args.repeats):
+        epochs[name] = body_epoch
+    times: dict[str, list[float]] = {name: [] for name in epochs}
+    for r in range(args.repeats + 1):
+        for name, body_epoch in epochs.items() if r % 2 == 0 else reversed(epochs.items()):
             clock = Clock(device)
             body_epoch()
-            times.append(clock())
-        model.zero_grad(set_to_none=True)
-        rows[name] = {"body_s_per_epoch": statistics.median(times), "rounds_s": times}
+            if r:  # the first round warms up
+                times[name].append(clock())
+    rows = {name: {"body_s_per_epoch": statistics.median(t), "rounds_s": t} for name, t in times.items()}
     config = base_config(args)
     model = Trainer(config, [sets["92"]], progress=False).model
     flops = body_gflop(model, config.image_size)

@@ -53,7 +53,7 @@ fastpath() {
     local start=$SECONDS
     PYTHONPATH="$PWD/runs/device/before/src:$PYTHONPATH" timeout 150 python benchmarks/fast_path.py $BENCH_FLAGS \
       --device "$DEVICE" --out "$RESULTS" --parts epochs --levers fp32 --label before --epochs 20 --warmup 3 \
-      2>&1 | tee "$RESULTS/before.log" | grep '^\['
+      2>&1 | tee "$RESULTS/before.log" | grep --line-buffered '^\['
     say "before: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
   else
     say "before: no runs/device/before/src and no git history here: the before figures are skipped"
@@ -62,7 +62,7 @@ fastpath() {
   local start=$SECONDS
   timeout 250 python benchmarks/fast_path.py $BENCH_FLAGS --device "$DEVICE" --out "$RESULTS" \
     --parts ops,floor,epochs,accuracy --epochs 15 --warmup 3 --accuracy-epochs 50 \
-    2>&1 | tee "$RESULTS/after.log" | grep '^\['
+    2>&1 | tee "$RESULTS/after.log" | grep --line-buffered '^\['
   say "after: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
   # 3. the challenge end to end with the fast settings.
   start=$SECONDS

@@ -445,7 +445,7 @@ class Trainer:
                 rho = spearman_torch(predicted[:, j], ranks, ranked=True)
                 keys.append((k, target))
                 rhos.append(rho.mean(dim=1) if rho.ndim == 2 else rho)  # K RDMs per subject: averaged
-        host = torch.stack(rhos).cpu().numpy() if rhos else []
+        host = np.split(torch.cat(rhos).cpu().numpy(), np.cumsum([len(r) for r in rhos])[:-1]) if rhos else []
         return {f"{self.val_sets[k].name}/{target}": score_row(rho, target, self.val_sets[k].subject_rdms[target])
                 for (k, target), rho in zip(keys, host, strict=True)}
 

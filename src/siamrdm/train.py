@@ -161,8 +161,8 @@ def body_pass(model: SiameseRDMNet, pixels: torch.Tensor, config: TrainConfig, d
 @torch.no_grad()
 def body_features(model: SiameseRDMNet, images: torch.Tensor, config: TrainConfig,
                   device: torch.device) -> torch.Tensor:
-    """Raw body features of images in chunks, kept on `device`: float32 and contiguous (N, C, H, W) whatever the
-    body's precision and layout (the head's tiled loss reads its features in that layout)."""
+    """Raw body features of images in chunks, kept on `device`: float32, contiguous (N, C, H, W), whatever the
+    body's precision and layout, so cached features and the head see one dtype and layout."""
     chunk = config.body_chunk
     return torch.cat([body_pass(model, images[k : k + chunk], config, device).float()
                       for k in range(0, len(images), chunk)]).contiguous()

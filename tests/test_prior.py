@@ -112,7 +112,8 @@ def test_tta_averages_the_image_and_its_mirror(sets) -> None:
     config = prior_config(prior="none", tta=True, frozen_epochs=1)
     result = train.fit(config, [train_set], progress=False)
     pixels = train.prepare_set(train_set, ("IT",), config).images
-    plain, mirror = train.feature_views(result.model, pixels, 4, torch.device("cpu"), tta=True)
+    plain, mirror = train.feature_views(result.model, pixels, replace(result.config, body_chunk=4, tta=True),
+                                        torch.device("cpu"))
     both = train.predict_rdms(result.model, [plain, mirror])
     alone = [train.predict_rdms(result.model, [v]) for v in (plain, mirror)]
     np.testing.assert_allclose(both, (alone[0] + alone[1]) / 2, atol=1e-6)

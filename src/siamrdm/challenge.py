@@ -11,9 +11,12 @@ curves, the settings and a report.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import platform
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -35,7 +38,6 @@ from .errors import ConfigError
 from .files import check_run_folder, clear_run_folder, run_folder_lock, write_text
 from .predict import fit_predictor
 from .report import write_report
-from .scoring import score_with_ceiling
 from .tables import fmt, json_safe, number
 from .train import Trainer, subset
 
@@ -104,16 +106,17 @@ def validation_curves(config: TrainConfig, splits: dict[str, tuple[BrainDataset,
                 ] if trainers[0].priors else []
         for epoch in range(1, config.epochs + 1):
             losses = [t.run_epoch()["loss"] for t in trainers]
-            rows.append(_ensemble_row(trainers, val_set, target, epoch, losses))
+            if trainers[0].validates(epoch):  # every `validate_every`-th epoch and the last
+                rows.append(_ensemble_row(trainers, val_set, target, epoch, losses))
         curves[label] = rows
     return curves
 
 
 def _ensemble_row(trainers: list[Trainer], val_set: BrainDataset, target: str, epoch: int, losses: list) -> dict:
-    """One epoch of a curve: the seeds' predicted RDMs averaged, then scored; the mean training loss."""
-    mean_rdm = np.mean([t.last_rdms[val_set.name][0] for t in trainers], axis=0)
+    """One epoch of a curve: the seeds' predicted RDMs averaged, then scored (on the device); the mean loss."""
+    mean_pairs = torch.stack([t.last_pairs[val_set.name] for t in trainers]).mean(dim=0)
     loss = None if None in losses else float(np.mean(losses))
-    return {"epoch": epoch, "loss": loss, **score_with_ceiling(mean_rdm, target, val_set.targets[target])}
+    return {"epoch": epoch, "loss": loss, **trainers[0].score_pairs({0: mean_pairs})[f"{val_set.name}/{target}"]}
 
 
 def choose_epochs(curves: dict[str, list[dict]]) -> tuple[int, dict[str, int]]:
@@ -150,15 +153,41 @@ def with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
     return replace(config, stop_epoch=epochs)
 
 
+def run_jobs(fn: Callable, tasks: list[tuple], jobs: int = 1) -> list:
+    """`fn(*task)` for every task, results in task order: in this process with one job, else in `jobs` spawned
+    worker processes (each with its share of this process's torch threads). The fits of a challenge are
+    independent and seeded, so both ways give the same results; `fn` must be a module-level function."""
+    if jobs < 1:
+        raise ConfigError("jobs", f"must be at least 1, got {jobs}")
+    if jobs == 1 or len(tasks) < 2:
+        return [fn(*task) for task in tasks]
+    workers = min(jobs, len(tasks))
+    threads = max(1, torch.get_num_threads() // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        return list(pool.map(fn, *zip(*tasks, strict=True)))
+
+
+def final_fit(config: TrainConfig, train: list[BrainDataset], seeds: tuple[int, ...], out_dir: Path,
+              test: BrainDataset, progress: bool) -> tuple[np.ndarray, dict]:
+    """One target's final fit (model.pt in out_dir) and its predicted RDM of the test images, with the metrics."""
+    predictor = fit_predictor(config, train, seeds=seeds, out_dir=out_dir, progress=progress)
+    return predictor.predict(test.images)[config.targets[0]], predictor.metrics
+
+
 def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: str | os.PathLike,
                   targets: tuple[str, ...] = tuple(TARGETS), seeds: tuple[int, ...] = (0,),
-                  validate: bool = True, progress: bool = True, overwrite: bool = False) -> dict:
+                  validate: bool = True, progress: bool = True, overwrite: bool = False, jobs: int = 1) -> dict:
     """Validate, train and predict for every target; returns the settings and validation rows written.
 
     Without `validate`, the final fits run the config's epochs in full. Everything is checked before the
     first file is written; an earlier run in `out_dir` is refused unless `overwrite` (then cleared first);
     the submission files are written last, so a killed run never leaves a submission beside other tables.
+    With `jobs` > 1 the independent fits (every target and direction of the curves, then every target's final
+    fit) run in that many worker processes, with the same results.
     """
+    if jobs < 1:
+        raise ConfigError("jobs", f"must be at least 1, got {jobs}")
     root = resolve_data_root(root)
     sets = {name: load_algonauts_set(root, name, targets) for name in TRAINING_SETS}
     test = load_algonauts_set(root, "78", ())
@@ -167,33 +196,39 @@ def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: 
     with run_folder_lock(out_dir):
         if overwrite:
             clear_run_folder(out_dir)
-        return _run_challenge(config, root, sets, test, out_dir, targets, seeds, validate, progress)
+        return _run_challenge(config, root, sets, test, out_dir, targets, seeds, validate, progress, jobs)
 
 
 def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset], test: BrainDataset,
                    out_dir: Path, targets: tuple[str, ...], seeds: tuple[int, ...], validate: bool,
-                   progress: bool) -> dict:
+                   progress: bool, jobs: int) -> dict:
     started = time.perf_counter()
     rows, predictions, fit_info, all_curves = [], {}, {}, {}
-    for target in targets:
-        target_config = replace(config, targets=(target,))
-        epochs = target_config.epochs
-        if validate:
-            curves = all_curves[target] = validation_curves(target_config, cross_set_splits(sets), seeds, progress)
-            epochs, crossed = choose_epochs(curves)
+    configs = {target: replace(config, targets=(target,)) for target in targets}
+    epochs = {target: c.epochs for target, c in configs.items()}
+    if validate:
+        splits = cross_set_splits(sets)
+        cells = [(target, label) for target in targets for label in splits]
+        curves = run_jobs(validation_curves, [(configs[t], {label: splits[label]}, seeds, False) for t, label in cells],
+                          jobs)
+        for (target, _), curve in zip(cells, curves, strict=True):
+            all_curves.setdefault(target, {}).update(curve)
+        for target in targets:
+            epochs[target], crossed = choose_epochs(all_curves[target])
             for direction, epoch in crossed.items():
-                row = next(r for r in curves[direction] if r["epoch"] == epoch)
-                rows.append({"method": "siamese", "target": target, "direction": direction, **row,
-                             "epochs": epoch})
-            write_table(rows, out_dir, "validation")
-            plot_validation_curves(target, curves, out_dir / f"{target}_validation_curves.png")
-            write_text(out_dir / "validation_curves.json", json.dumps(json_safe(all_curves), indent=1, allow_nan=False))
-        predictor = fit_predictor(with_epochs(target_config, epochs), [sets[n] for n in TRAINING_SETS], seeds=seeds,
-                                  out_dir=out_dir / target, progress=progress)
-        predictions[target] = predictor.predict(test.images)[target]
-        plots.plot_mds(predictions[target], test.images, out_dir / f"{target}_mds_78.png",
+                row = next(r for r in all_curves[target][direction] if r["epoch"] == epoch)
+                rows.append({"method": "siamese", "target": target, "direction": direction, **row, "epochs": epoch})
+            plot_validation_curves(target, all_curves[target], out_dir / f"{target}_validation_curves.png")
+        write_table(rows, out_dir, "validation")
+        write_text(out_dir / "validation_curves.json", json.dumps(json_safe(all_curves), indent=1, allow_nan=False))
+    train = [sets[n] for n in TRAINING_SETS]
+    fits = run_jobs(final_fit, [(with_epochs(configs[t], epochs[t]), train, seeds, out_dir / t, test,
+                                 progress and jobs == 1) for t in targets], jobs)
+    for target, (prediction, metrics) in zip(targets, fits, strict=True):
+        predictions[target] = prediction
+        plots.plot_mds(prediction, test.images, out_dir / f"{target}_mds_78.png",
                        title=f"{target}: predicted RDM of the 78 test images (MDS)")
-        fit_info[target] = {"epochs": epochs, **predictor.metrics}
+        fit_info[target] = {"epochs": epochs[target], **metrics}
     if validate:  # the paper's point: the pretrained network's own RDMs, fitted on the same sets, beside it
         from .evaluate import evaluate_sets
 
@@ -203,7 +238,7 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
     settings = {
         "config": asdict(config), "targets": list(targets), "seeds": list(seeds), "data": str(root),
         "device": str(pick_device(config.device)), "torch": torch.__version__, "machine": platform.machine(),
-        "threads": torch.get_num_threads(), "wall_s": round(time.perf_counter() - started, 1),
+        "threads": torch.get_num_threads(), "jobs": jobs, "wall_s": round(time.perf_counter() - started, 1),
         "submission_files": submission_files, "fits": fit_info,
     }
     write_text(out_dir / "settings.json", json.dumps(json_safe(settings), indent=2, default=str, allow_nan=False))

@@ -122,6 +122,7 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     """Options shared by every command that trains the Siamese network."""
     from .backbones import BACKBONES
+    from .config import PRECISIONS
     from .model import HEADS
     from .prior import PRIORS
     from .train import PRESETS
@@ -146,6 +147,10 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-augment", action="store_true", help="no random crops or flips")
     p.add_argument("--seeds", default="0", help="comma-separated seeds; predictions average over them")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    p.add_argument("--precision", choices=PRECISIONS, help="the body's precision: fp32 (default) or bf16 autocast")
+    p.add_argument("--channels-last", action="store_true", help="the body in channels-last memory layout")
+    p.add_argument("--validate-every", type=int, metavar="K",
+                   help="validate every K-th epoch and the last (default: 1, every epoch)")
 
 
 # TrainConfig fields whose flag is not simply --field-name.
@@ -180,7 +185,8 @@ def _config_from_args(args, targets: tuple[str, ...]):
         targets=targets, head=args.head, prior=args.prior, tta=True if args.tta else None,
         frozen_epochs=args.epochs, unfrozen_epochs=args.unfrozen_epochs, early_stopping=args.early_stopping,
         lr=args.lr, rescale=args.rescale, image_size=args.image_size, device=args.device,
-        augment=False if args.no_augment else None,
+        augment=False if args.no_augment else None, precision=args.precision,
+        channels_last=True if args.channels_last else None, validate_every=args.validate_every,
     )
     return check_config(config)
 
@@ -389,11 +395,13 @@ def cmd_challenge(args) -> int:
     unknown = [t for t in targets if t not in data.TARGETS]
     if unknown:
         raise UsageError(f"--targets: unknown {', '.join(unknown)} (choose from {', '.join(data.TARGET_NAMES)})")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs: must be at least 1, got {args.jobs}")
     config = _config_from_args(args, targets)
     seeds = _seeds(args)
     out = _out_dir(args.out, allow_existing=args.overwrite, overwrite=args.overwrite)
     result = run_challenge(config, args.data, out, targets, seeds, validate=not args.no_validate,
-                           progress=not args.quiet, overwrite=args.overwrite)
+                           progress=not args.quiet, overwrite=args.overwrite, jobs=args.jobs)
     for row in result["validation"]:
         pct = "-" if row["pct_nc"] is None else f"{row['pct_nc']:.1f}%"
         print(f"validation {row['method']:<10} {row['target']:<10} {row['direction']:<8} r2={row['r2']:.4f}  {pct} "
@@ -489,6 +497,8 @@ def _add_model_commands(sub) -> None:
     _add_training_options(p)
     p.add_argument("--out", default="runs/challenge", help="folder for the submission files and report")
     p.add_argument("--no-validate", action="store_true", help="skip the cross-set validation fits")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="run the independent fits (targets x directions, final fits) in N processes (default: 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_challenge)

@@ -46,6 +46,9 @@ class TrainConfig:
     body_chunk: int = 32  # images per body pass
     pair_mode: str = "factorised"  # or "naive": body on both images of every pair, a step per pair_batch (slow)
     pair_batch: int = 32  # pairs per optimiser step in the naive mode
+    validate_every: int = 1  # validate (and so can keep) only every k-th epoch, and the last; 1: every epoch
+    precision: str = "fp32"  # or "bf16": the body runs under bfloat16 autocast (the head stays float32)
+    channels_last: bool = False  # the body's weights and inputs in channels-last memory layout
     seed: int = 0
     device: str = "auto"
 
@@ -88,6 +91,7 @@ def config_from_dict(values: dict) -> TrainConfig:
 
 
 RESCALINGS = ("minmax", "rank", "zscore")
+PRECISIONS = ("fp32", "bf16")
 MIN_IMAGE_SIZE = 16
 
 
@@ -111,7 +115,11 @@ def check_config(config: TrainConfig) -> TrainConfig:
             raise ConfigError(name, "must not be negative")
     if config.epochs < 1:
         raise ConfigError("frozen_epochs", "nothing to train: frozen and unfrozen epochs are both 0")
-    for name in ("augment_views", "body_chunk", "pair_batch"):
+    if config.precision not in PRECISIONS:
+        raise ConfigError("precision", f"unknown precision '{config.precision}' (choose from {', '.join(PRECISIONS)})")
+    if not isinstance(config.channels_last, bool):
+        raise ConfigError("channels_last", f"must be true or false, got {config.channels_last!r}")
+    for name in ("augment_views", "body_chunk", "pair_batch", "validate_every"):
         if getattr(config, name) < 1:
             raise ConfigError(name, "must be at least 1")
     if config.stop_epoch is not None and config.stop_epoch < 0:

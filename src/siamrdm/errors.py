@@ -16,12 +16,18 @@ class ConfigError(DataError):
         super().__init__(f"{option}: {problem}")
         self.option, self.problem = option, problem
 
+    def __reduce__(self):  # pickled by its fields, so that it crosses from a worker process (challenge --jobs)
+        return ConfigError, (self.option, self.problem)
+
 
 class WeightsError(ConfigError):
     """Pretrained weights could not be had (the `weights` setting); the message says which ways there are."""
 
     def __init__(self, problem: str):
         super().__init__("weights", problem)
+
+    def __reduce__(self):
+        return WeightsError, (self.problem,)
 
 
 class TrainingDiverged(DataError):

@@ -80,7 +80,7 @@ class RDMPredictor:
         for model in self.models:
             model.eval()
             device = next(model.parameters()).device
-            views = feature_views(model, pixels, self.config.body_chunk, device, self.config.tta)
+            views = feature_views(model, pixels, self.config, device)
             rdms = predict_rdms(model, views)
             total = rdms if total is None else total + rdms
         mean = total / len(self.models)

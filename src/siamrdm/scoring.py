@@ -28,6 +28,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy import stats
 
 from .data import TARGETS, subject_rdms
@@ -323,10 +324,7 @@ def percent_of_ceiling(r2: float, ceiling: float | None) -> float | None:
 def score_with_ceiling(model_rdm: np.ndarray, key: str, target_rdms: np.ndarray,
                        method: str = OFFICIAL_METHOD) -> dict:
     """One scored row: r2, the official p and p_signed, the reference ceiling for `key` and the percent of it."""
-    score = score_rdm(model_rdm, target_rdms, method)
-    ceiling = reference_ceiling(key, target_rdms, method)
-    return {"r2": score.r2, "p": score.p, "p_signed": score.p_signed, "noise_ceiling": ceiling,
-            "ceiling_source": ceiling_source(key, target_rdms, method), "pct_nc": percent_of_ceiling(score.r2, ceiling)}
+    return score_row(compare_rdms(model_rdm, target_rdms, method), key, target_rdms, method)
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -380,3 +378,52 @@ def score_submission(
     mean_ceiling = None if any(c is None for c in ceilings) else float(np.mean(ceilings))
     result["score"] = {"r2": mean_r2, "pct_nc": percent_of_ceiling(mean_r2, mean_ceiling)}
     return result
+
+
+# --------------------------------------------------------------------------- on the device (torch)
+# Per-epoch validation scores the predicted pairs where they are (the GPU), so that an epoch's score costs one
+# host synchronisation; the same Spearman as `compare_rdms` to float rounding (tests check it against scipy).
+
+
+def score_row(rho: np.ndarray, key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> dict:
+    """One scored row from the per-subject (K-averaged) comparison values: r2, the official p and p_signed, the
+    reference ceiling for `key` and the percent of it (what `score_with_ceiling` returns)."""
+    rho = np.asarray(rho, dtype=np.float64)
+    r2 = float(np.mean(rho**2))
+    ceiling = reference_ceiling(key, target_rdms, method)
+    return {"r2": r2, "p": official_p(rho), "p_signed": signed_p(rho), "noise_ceiling": ceiling,
+            "ceiling_source": ceiling_source(key, target_rdms, method), "pct_nc": percent_of_ceiling(r2, ceiling)}
+
+
+def rank_average_torch(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..L along the last dimension, ties given their average rank (scipy.stats.rankdata's default), for
+    a batch of vectors at once on their device: sort, then each tie group's first and last sorted position."""
+    values, order = x.sort(dim=-1)
+    length = x.shape[-1]
+    position = torch.arange(length, device=x.device).expand_as(values)
+    starts = torch.ones_like(values, dtype=torch.bool)  # a tie group starts here
+    starts[..., 1:] = values[..., 1:] != values[..., :-1]
+    ends = torch.ones_like(starts)  # a tie group ends here
+    ends[..., :-1] = starts[..., 1:]
+    first = torch.where(starts, position, 0).cummax(dim=-1).values
+    last = torch.where(ends, position, length - 1).flip(-1).cummin(dim=-1).values.flip(-1)
+    dtype = x.dtype if x.is_floating_point() else torch.float64
+    sorted_ranks = (first + last).to(dtype) / 2 + 1
+    return torch.empty_like(sorted_ranks).scatter_(-1, order, sorted_ranks)
+
+
+def standardised_ranks_torch(x: torch.Tensor) -> torch.Tensor:
+    """Average ranks along the last dimension, centred and scaled to unit norm (a constant vector stays zero):
+    Spearman's rho of two such vectors is their dot product."""
+    ranks = rank_average_torch(x)
+    ranks = ranks - ranks.mean(dim=-1, keepdim=True)
+    norms = ranks.norm(dim=-1, keepdim=True)
+    return ranks / torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
+def spearman_torch(predicted: torch.Tensor, targets: torch.Tensor, ranked: bool = False) -> torch.Tensor:
+    """Spearman's rho of one predicted vector (L,) with each target vector (..., L): shape (...). With `ranked`,
+    `targets` are already `standardised_ranks_torch` of the targets (fixed subjects, ranked once per run).
+    A constant prediction orders no pair and scores 0, as in `compare_rdms`."""
+    ranks = targets if ranked else standardised_ranks_torch(targets)
+    return ranks @ standardised_ranks_torch(predicted)

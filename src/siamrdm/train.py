@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .augment import augment_batch
+from .augment import augment_batch, crop_flip, draw_boxes
 from .backbones import create_body, images_to_tensor
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import PRESETS as PRESETS  # re-exported: callers of siamrdm.train find the run's settings here too
@@ -37,13 +37,13 @@ from .config import check_config as check_config
 from .config import config_from_dict as config_from_dict
 from .config import config_from_preset as config_from_preset
 from .config import pick_device as pick_device
-from .data import BrainDataset, DataError, ImageSet, group_average
+from .data import BrainDataset, DataError, ImageSet, group_average, subject_rdms
 from .errors import TrainingDiverged as TrainingDiverged
 from .files import atomic_path, run_folder_lock
 from .model import SiameseRDMNet, all_pairs, all_pairs_loss, all_pairs_outputs, head_config
 from .prior import PriorFit, fit_prior, prior_vector, stage_rdms
 from .rdm import rescale, square_rdm, upper_tri
-from .scoring import score_with_ceiling
+from .scoring import score_row, spearman_torch, standardised_ranks_torch
 
 # --------------------------------------------------------------------------- data for training
 
@@ -123,14 +123,16 @@ def frozen_views(model: SiameseRDMNet, data: PairTargets, config: TrainConfig, n
                 str(device))
     out = None
     for view in range(n_views):
-        keys = [(*body_key, key, view) for key in data.keys]
+        views = [(*body_key, key, view) for key in data.keys]  # what an image's crop is seeded by
+        keys = [(*v, config.precision, config.channels_last) for v in views]  # the body's numerics too
         missing = [k for k, key in enumerate(keys) if key not in _VIEW_CACHE]
         if missing:
             pixels = data.images[missing]
             if view:
-                pixels = torch.cat([augment_batch(pixels[m : m + 1], config, _image_generator(keys[k]))
-                                    for m, k in enumerate(missing)])
-            computed = body_features(model, pixels, config.body_chunk, device)
+                size = pixels.shape[-1]
+                boxes = torch.cat([draw_boxes(1, size, config.crop_scale, _image_generator(views[k])) for k in missing])
+                pixels = crop_flip(pixels, boxes)
+            computed = body_features(model, pixels, config, device)
             if len(_VIEW_CACHE) + len(missing) > _VIEW_CACHE_ENTRIES:
                 _VIEW_CACHE.clear()
             for m, k in enumerate(missing):
@@ -146,11 +148,24 @@ def _image_generator(key: tuple) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
 
 
+def body_pass(model: SiameseRDMNet, pixels: torch.Tensor, config: TrainConfig, device: torch.device) -> torch.Tensor:
+    """The body on one chunk of pixels, in the config's precision (bf16: under autocast, so the output is bf16)
+    and memory layout (channels_last, as `build_model` laid out the body's weights)."""
+    pixels = pixels.to(device, non_blocking=True)
+    if config.channels_last:
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+        return model.body(pixels)
+
+
 @torch.no_grad()
-def body_features(model: SiameseRDMNet, images: torch.Tensor, chunk: int, device: torch.device) -> torch.Tensor:
-    """Raw body features of images, computed in chunks; kept on `device`."""
-    outs = [model.body(images[k : k + chunk].to(device)) for k in range(0, len(images), chunk)]
-    return torch.cat(outs)
+def body_features(model: SiameseRDMNet, images: torch.Tensor, config: TrainConfig,
+                  device: torch.device) -> torch.Tensor:
+    """Raw body features of images in chunks, kept on `device`: float32, contiguous (N, C, H, W), whatever the
+    body's precision and layout, so cached features and the head see one dtype and layout."""
+    chunk = config.body_chunk
+    return torch.cat([body_pass(model, images[k : k + chunk], config, device).float()
+                      for k in range(0, len(images), chunk)]).contiguous()
 
 
 # --------------------------------------------------------------------------- validation
@@ -164,18 +179,23 @@ def predict_pairs(model: SiameseRDMNet, features: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def feature_views(model: SiameseRDMNet, pixels: torch.Tensor, chunk: int, device: torch.device,
-                  tta: bool) -> list[torch.Tensor]:
-    """Standardised body features of the images, and with `tta` of their mirror images too."""
-    views = [pixels, pixels.flip(-1)] if tta else [pixels]
-    return [model.standardise(body_features(model, v, chunk, device)) for v in views]
+def feature_views(model: SiameseRDMNet, pixels: torch.Tensor, config: TrainConfig,
+                  device: torch.device) -> list[torch.Tensor]:
+    """Standardised body features of the images, and with the config's `tta` of their mirror images too."""
+    views = [pixels, pixels.flip(-1)] if config.tta else [pixels]
+    return [model.standardise(body_features(model, v, config, device)) for v in views]
+
+
+@torch.no_grad()
+def predict_upper(model: SiameseRDMNet, views: list[torch.Tensor]) -> torch.Tensor:
+    """(P, T) predictions for the pairs in upper-triangle order, averaged over the feature views."""
+    return sum(predict_pairs(model, v) for v in views) / len(views)
 
 
 @torch.no_grad()
 def predict_rdms(model: SiameseRDMNet, views: list[torch.Tensor], prior: np.ndarray | None = None) -> np.ndarray:
     """(T, N, N) RDMs predicted from feature views (averaged over them), plus the prior's RDMs if any."""
-    pairs = sum(predict_pairs(model, v) for v in views) / len(views)
-    rdms = pairs_to_rdms(pairs, len(views[0]))
+    rdms = pairs_to_rdms(predict_upper(model, views), len(views[0]))
     return rdms if prior is None else rdms + prior
 
 
@@ -192,14 +212,6 @@ def pairs_to_rdms(pairs: torch.Tensor, n: int) -> np.ndarray:
     """(P, T) pair predictions -> (T, N, N) symmetric RDMs with zero diagonal."""
     values = pairs.detach().double().cpu().numpy()
     return np.stack([square_rdm(column, n) for column in values.T])
-
-
-def validation_scores(predicted: np.ndarray, subject_rdms: dict[str, np.ndarray]) -> dict[str, dict]:
-    """Official metric of predicted (T, N, N) RDMs: per target r2, p, ceiling and percent of ceiling."""
-    scores = {}
-    for rdm, (target, subjects) in zip(predicted, subject_rdms.items(), strict=True):
-        scores[target] = score_with_ceiling(rdm, target, subjects)
-    return scores
 
 
 # --------------------------------------------------------------------------- fitting
@@ -223,6 +235,8 @@ def build_model(config: TrainConfig, device: torch.device | None = None) -> Siam
     if config.correction_bound is not None:
         head = dataclasses.replace(head, output_bound=config.correction_bound)
     model = SiameseRDMNet(body, len(config.targets), config.image_size, head, distance_init=config.distance_init)
+    if config.channels_last:
+        model.body.to(memory_format=torch.channels_last)
     return model.to(device or pick_device(config.device))
 
 
@@ -256,7 +270,16 @@ class Trainer:
         self.train_sets = [prepare_set(d, config.targets, config) for d in train]
         self.val_sets = [prepare_set(d, config.targets, config) for d in val]
         self.priors = self._fit_priors(train) if config.prior != "none" else {}
-        self._val_priors = [prior_rdms(self.priors, d.images, config) for d in val]
+        for s in self.train_sets + self.val_sets:  # pixels stay on the device: augmentation runs there
+            s.images = s.images.to(self.device)
+        # Validation on the device: the subjects' standardised ranks once, the prior's pairs once (float64 where
+        # the device has it, as the numpy metric computes).
+        score_dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        self._val_ranks = [{t: standardised_ranks_torch(torch.from_numpy(upper_tri(subject_rdms(r))).to(
+                            self.device, score_dtype)) for t, r in s.subject_rdms.items()} for s in self.val_sets]
+        self._val_priors = [None if p is None else torch.from_numpy(upper_tri(p).T.copy()).to(self.device, score_dtype)
+                            for p in (prior_rdms(self.priors, d.images, config) for d in val)]
+        self._score_dtype = score_dtype
         self.generator = torch.Generator().manual_seed(config.seed)
         # Body features per set for the frozen phase: view 0 plain, then augmented views.
         n_views = config.augment_views if config.augment and config.frozen_epochs else 1
@@ -277,11 +300,12 @@ class Trainer:
             for group, lr in zip(self.optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = lr
         self._val_features: dict[int, torch.Tensor] = {}
-        self.last_scores: dict[str, dict] = {}  # the latest epoch's validation scores, 'set/target' -> row
-        self.last_rdms: dict[str, np.ndarray] = {}  # the latest epoch's predicted (T, N, N) RDMs per validation set
+        self.last_scores: dict[str, dict] = {}  # the latest validation's scores, 'set/target' -> row
+        self.last_pairs: dict[str, torch.Tensor] = {}  # the latest validation's (P, T) pair predictions per set
         self.timings: dict[str, float] | None = None  # seconds per named section of `step`, when a benchmark asks
         self.epoch = 0
         self.history: list[dict] = []
+        self._unsettled: list[dict] = []  # rows of this run's epochs whose loss is still a tensor on the device
         self.best_state = copy.deepcopy(self.model.state_dict())
         self.best_epoch, self.best_score = 0, None
 
@@ -332,7 +356,12 @@ class Trainer:
         return all_pairs_loss(self.model.head, self.model.standardise(features), targets.to(self.device))
 
     def step(self, frozen: bool) -> float:
-        """One optimiser step on all pairs within every training set (pairs never cross sets).
+        """One optimiser step (`device_step`); its loss copied to the host."""
+        return self.device_step(frozen).item()
+
+    def device_step(self, frozen: bool) -> torch.Tensor:
+        """One optimiser step on all pairs within every training set (pairs never cross sets); the loss stays
+        on the device (0-d tensor), so that a step does not wait for the device to finish.
 
         The loss is the mean over all those pairs (each set's mean weighted by its pair count), so an epoch
         is one step whether there is one set or two: epoch counts chosen on a one-set validation curve mean
@@ -340,7 +369,7 @@ class Trainer:
         """
         self.optimizer.zero_grad(set_to_none=True)
         total_pairs = sum(len(s.targets) for s in self.train_sets)
-        mean_loss = 0.0
+        mean_loss = torch.zeros((), device=self.device)
         for index, data in enumerate(self.train_sets):
             share = len(data.targets) / total_pairs
             if frozen:
@@ -355,7 +384,7 @@ class Trainer:
                 # Two passes keep memory bounded: the head's gradient w.r.t. the features first, then the body
                 # in chunks, back-propagating that gradient. Same gradient as one big graph.
                 with self.section("body_forward_no_grad"):
-                    features = body_features(self.model, images, self.config.body_chunk, self.device)
+                    features = body_features(self.model, images, self.config, self.device)
                     features.requires_grad_()
                 with self.section("head_forward_backward"):
                     loss = self.pair_loss(features, data.targets)
@@ -363,9 +392,9 @@ class Trainer:
                 with self.section("body_forward_backward"):
                     chunk = self.config.body_chunk
                     for k in range(0, len(images), chunk):
-                        out = self.model.body(images[k : k + chunk].to(self.device))
-                        out.backward(features.grad[k : k + chunk])
-            mean_loss += loss.item() * share
+                        out = body_pass(self.model, images[k : k + chunk], self.config, self.device)
+                        out.backward(features.grad[k : k + chunk].to(out.dtype))
+            mean_loss += loss.detach() * share
         with self.section("optimizer"):
             self.optimizer.step()
         return mean_loss
@@ -397,15 +426,34 @@ class Trainer:
 
     def validate(self, frozen: bool) -> dict[str, dict]:
         """Official metric on every validation set; keys 'set/target'."""
-        scores = {}
+        pairs = {}
         for k, s in enumerate(self.val_sets):
             if not frozen or k not in self._val_features:  # a frozen body gives the same features every epoch
-                self._val_features[k] = feature_views(self.model, s.images, self.config.body_chunk, self.device,
-                                                      self.config.tta)
-            rdms = self.last_rdms[s.name] = predict_rdms(self.model, self._val_features[k], self._val_priors[k])
-            for target, row in validation_scores(rdms, s.subject_rdms).items():
-                scores[f"{s.name}/{target}"] = row
-        return scores
+                self._val_features[k] = feature_views(self.model, s.images, self.config, self.device)
+            predicted = predict_upper(self.model, self._val_features[k]).to(self._score_dtype)
+            if self._val_priors[k] is not None:
+                predicted = predicted + self._val_priors[k]
+            pairs[k] = self.last_pairs[s.name] = predicted
+        return self.score_pairs(pairs)
+
+    def score_pairs(self, pairs: dict[int, torch.Tensor]) -> dict[str, dict]:
+        """The official metric of (P, T) pair predictions of validation sets (by index), keys 'set/target':
+        Spearman on the device, then one copy of all the rhos to the host for the p-values and ceilings."""
+        keys, rhos = [], []
+        for k, predicted in pairs.items():
+            for j, (target, ranks) in enumerate(self._val_ranks[k].items()):
+                rho = spearman_torch(predicted[:, j], ranks, ranked=True)
+                keys.append((k, target))
+                rhos.append(rho.mean(dim=1) if rho.ndim == 2 else rho)  # K RDMs per subject: averaged
+        host = np.split(torch.cat(rhos).cpu().numpy(), np.cumsum([len(r) for r in rhos])[:-1]) if rhos else []
+        return {f"{self.val_sets[k].name}/{target}": score_row(rho, target, self.val_sets[k].subject_rdms[target])
+                for (k, target), rho in zip(keys, host, strict=True)}
+
+    @property
+    def last_rdms(self) -> dict[str, np.ndarray]:
+        """The latest validation's predicted (T, N, N) RDMs per validation set (with the prior, if any)."""
+        return {name: pairs_to_rdms(p, len(s.images))
+                for (name, p), s in zip(self.last_pairs.items(), self.val_sets, strict=True)}
 
     def _record_validation(self, row: dict, frozen: bool) -> None:
         """Validate, add the scores to the epoch's row and keep the weights if this epoch is the best so far."""
@@ -438,26 +486,44 @@ class Trainer:
         self.model.freeze_body(frozen)
         start = time.perf_counter()
         if self.config.pair_mode == "factorised":
-            losses = [self.step(frozen)]
+            loss = self.device_step(frozen)
         elif self.config.pair_mode != "naive":
             raise ConfigError("pair_mode", f"unknown mode '{self.config.pair_mode}' (choose from factorised, naive)")
         else:
             order = torch.randperm(len(self.train_sets), generator=self.generator).tolist()
-            losses = [self.naive_step(k, frozen) for k in order]
+            loss = torch.tensor(float(np.mean([self.naive_step(k, frozen) for k in order])))
         if not frozen and self.scheduler is not None:
             self.scheduler.step()
-        if not all(math.isfinite(loss) for loss in losses):
-            raise TrainingDiverged(f"training diverged at epoch {self.epoch} (loss {losses}); the last good "
-                                   "checkpoint is kept; try a lower learning rate")
-        row = {"epoch": self.epoch, "phase": "frozen" if frozen else "unfrozen", "loss": float(np.mean(losses)),
+        row = {"epoch": self.epoch, "phase": "frozen" if frozen else "unfrozen", "loss": loss,
                "lr": self.optimizer.param_groups[0]["lr"]}
-        if self.val_sets:
+        self._unsettled.append(row)
+        if self.epoch % self.config.validate_every == 0 or self.epoch >= self.last_epoch:
+            self.settle_losses()
+        if self.validates(self.epoch):
             self._record_validation(row, frozen)
-        else:
+        elif not self.val_sets:
             self.best_epoch, self.best_state = self.epoch, self.model.state_dict()
         row["seconds"] = time.perf_counter() - start
         self.history.append(row)
         return row
+
+    def settle_losses(self) -> None:
+        """The losses of the epochs since the last call copied to the host in one go (one synchronisation with
+        the device every `validate_every` epochs, not every epoch); a NaN or infinite loss stops the run."""
+        rows, self._unsettled = self._unsettled, []
+        if not rows:
+            return
+        values = torch.stack([row["loss"].float() for row in rows]).cpu().tolist()
+        for row, value in zip(rows, values, strict=True):
+            row["loss"] = value
+        bad = next((row for row in rows if not math.isfinite(row["loss"])), None)
+        if bad is not None:
+            raise TrainingDiverged(f"training diverged at epoch {bad['epoch']} (loss {bad['loss']}); the last good "
+                                   "checkpoint is kept; try a lower learning rate")
+
+    def validates(self, epoch: int) -> bool:
+        """Whether `epoch` is scored: with validation sets, every `validate_every`-th epoch and the last one."""
+        return bool(self.val_sets) and (epoch % self.config.validate_every == 0 or epoch == self.last_epoch)
 
     @property
     def last_epoch(self) -> int:
@@ -513,15 +579,17 @@ class Trainer:
         while self.epoch < self.last_epoch and not self.should_stop():
             row = self.run_epoch()
             bar.update(1)
-            val = row.get("val_pct_nc")
-            bar.set_postfix(phase=row["phase"], loss=f"{row['loss']:.4f}",
+            val, loss = row.get("val_pct_nc"), row["loss"]
+            bar.set_postfix(phase=row["phase"], loss=f"{loss:.4f}" if isinstance(loss, float) else "-",
                             val=("-" if val is None else f"{val:.1f}%"), best=self.best_epoch)
             phase_end = self.epoch in (self.config.frozen_epochs, self.last_epoch)
             if self.out_dir and (phase_end or time.perf_counter() - last_save > checkpoint_every_s):
+                self.settle_losses()
                 save_checkpoint(self.out_dir / "last.pt", self.state())
                 self._write_log()
                 last_save = time.perf_counter()
         bar.close()
+        self.settle_losses()
         self.model.load_state_dict(self.best_state)
         result = FitResult(self.model, self.config, {s.name: s.normalisation for s in self.train_sets},
                            self.history, self.best_epoch, self.best_score, self.priors)

@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from siamrdm.config import TrainConfig
-from siamrdm.distributed import Ranks, minibatch_backward, shard_bounds
+from siamrdm.config import ConfigError, TrainConfig
+from siamrdm.distributed import BatchSettings, Ranks, check_batch_settings, minibatch_backward, shard_bounds
 from siamrdm.model import all_pairs_loss
 from siamrdm.train import build_model
 
@@ -94,3 +94,9 @@ def test_two_gloo_ranks_give_the_single_process_loss_and_gradients(tmp_path: Pat
             for name, grad in want.items():
                 assert float(grad.abs().max()) > 0, name
                 torch.testing.assert_close(result["grads"][name], grad, rtol=1e-6, atol=1e-6)
+
+
+def test_a_batch_must_give_every_rank_two_images() -> None:
+    assert check_batch_settings(BatchSettings(batch_images=4), world=2).batch_images == 4
+    with pytest.raises(ConfigError, match="3 images per step cannot be shared by 2 ranks"):
+        check_batch_settings(BatchSettings(batch_images=3), world=2)

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,13 +177,39 @@ class AugmentedImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.store)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[int, torch.Tensor]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[int, torch.Tensor | DataError]:
+        """A DataError (an unreadable image) comes back as the item rather than raised: raised in a worker, the
+        DataLoader would re-raise it with the worker's traceback inside its message."""
         index, epoch = item
-        pixels = images_to_tensor([self.store.read(index)], self.config.image_size)
+        try:
+            image = self.store.read(index)
+        except DataError as exc:
+            return index, exc
+        pixels = images_to_tensor([image], self.config.image_size)
         if epoch > 0 and self.config.augment:
             generator = torch.Generator().manual_seed(zlib.crc32(repr((self.config.seed, epoch, index)).encode()))
             pixels = augment_batch(pixels, self.config, generator)
         return index, (pixels[0] * 255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def collate_pixels(items: list[tuple[int, torch.Tensor | DataError]]) -> torch.Tensor | DataError:
+    """A shard's pixels, (B, 3, S, S) uint8, or the first DataError of its images (raised by `load_pixels`, in
+    the training process). An empty shard (a batch smaller than the ranks) is (0, 3, 0, 0)."""
+    for _, pixels in items:
+        if isinstance(pixels, DataError):
+            return pixels
+    if not items:
+        return torch.zeros(0, 3, 0, 0, dtype=torch.uint8)
+    return torch.stack([pixels for _, pixels in items])
+
+
+def load_pixels(loader: torch.utils.data.DataLoader) -> Iterator[torch.Tensor]:
+    """The batches of a DataLoader over `AugmentedImages` (with `collate_pixels`), raising an image's
+    DataError as its one line."""
+    for pixels in loader:
+        if isinstance(pixels, DataError):
+            raise pixels
+        yield pixels
 
 
 # --------------------------------------------------------------------------- condensed target RDMs
@@ -205,12 +232,12 @@ class CondensedRDMs:
             elif suffix in HDF5_SUFFIXES and h5py.is_hdf5(path):
                 self._file = h5py.File(path, "r")
                 names = [k for k, v in self._file.items() if isinstance(v, h5py.Dataset) and v.ndim in (1, 2)]
-                if key is None and len(names) != 1:
-                    raise DataError(f"{path}: expected one dataset of condensed RDMs, (S, P) or (P,), found "
-                                    f"{', '.join(names) or 'none'}; name it with the key")
-                key = key or names[0]
-                if key not in self._file:
-                    raise DataError(f"{path}: no dataset '{key}' (datasets: {', '.join(names) or 'none'})")
+                if key is None or key not in self._file:  # the dataset named by the key, else the only one
+                    if len(names) != 1:
+                        wanted = f"no dataset '{key}' and not" if key else "expected"
+                        raise DataError(f"{path}: {wanted} one dataset of condensed RDMs, (S, P) or (P,), found "
+                                        f"{', '.join(names) or 'none'}")
+                    key = names[0]
                 array = self._file[key]
                 self.where = f"{path}:{key}"
             else:
@@ -297,9 +324,10 @@ def rescale_in_place(values: np.ndarray, method: str) -> dict[str, float]:
         values -= low
         values /= max(high - low, 1e-12)
         return {"low": low, "high": high}
-    if method == "zscore":
-        mean = float(values.mean(dtype=np.float64))
-        sd = float(math.sqrt(np.mean(np.square(values, dtype=np.float64)) - mean**2))
+    if method == "zscore":  # float64 sums a block at a time (mean, then squared deviations): no float64 copy
+        blocks = [slice(k, k + BLOCK_VALUES) for k in range(0, len(values), BLOCK_VALUES)]
+        mean = sum(float(values[b].sum(dtype=np.float64)) for b in blocks) / len(values)
+        sd = math.sqrt(sum(float(np.square(values[b] - np.float64(mean)).sum()) for b in blocks) / len(values))
         values -= mean
         values /= max(sd, 1e-12)
         return {"mean": mean, "sd": sd}

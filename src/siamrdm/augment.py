@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import math
+import zlib
 
 import torch
 import torch.nn.functional as F
 
 from .config import TrainConfig
+
+
+def image_generator(key: tuple) -> torch.Generator:
+    """A generator seeded by `key` (the run's seed, the image, the view or epoch): an image's augmentation
+    depends on nothing else, so it is the same whichever batch, subset or rank the image is drawn in."""
+    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
 
 
 def augment_batch(images: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:

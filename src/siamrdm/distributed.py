@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import json
 import math
 import os
@@ -38,7 +37,7 @@ from .bench import peak_rss_mb
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, config_from_dict, pick_device
 from .errors import TrainingDiverged
-from .files import atomic_path, clear_run_folder, run_folder_lock, write_text
+from .files import clear_run_folder, run_folder_lock, write_text
 from .largeset import (
     AugmentedImages,
     CondensedRDMs,
@@ -52,7 +51,7 @@ from .largeset import (
 from .model import SiameseRDMNet, all_pairs_loss
 from .predict import RDMPredictor
 from .tables import json_safe
-from .train import FitResult, build_model, predict_pairs, selection_score
+from .train import FitResult, build_model, predict_pairs, selection_score, write_log
 
 
 @dataclass(frozen=True)
@@ -452,17 +451,10 @@ class MiniBatchTrainer:
         self.best_state, self.best_epoch = state["best_state"], state["best_epoch"]
         self.best_score = state["best_score"]
 
-    def _write_log(self) -> None:
-        columns = list(dict.fromkeys(k for row in self.history for k in row))
-        with atomic_path(self.out_dir / "log.csv") as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.history)
-
     def _save(self) -> None:
         if self.out_dir and self.ranks.main:
             save_checkpoint(self.out_dir / "last.pt", self.state())
-            self._write_log()
+            write_log(self.out_dir / "log.csv", self.history)
 
     def fit(self) -> FitResult:
         """Run the remaining epochs, checkpointing `last.pt` (rank 0) after each."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import h5py
 import numpy as np
 import torch
 
-from .augment import augment_batch
+from .augment import augment_batch, image_generator
 from .backbones import images_to_tensor
 from .config import TrainConfig
 from .data import IMAGE_SUFFIXES, MIN_IMAGES, DataError, _read_image, _resolve_order, match_names, natural_key
@@ -187,8 +186,7 @@ class AugmentedImages(torch.utils.data.Dataset):
             return index, exc
         pixels = images_to_tensor([image], self.config.image_size)
         if epoch > 0 and self.config.augment:
-            generator = torch.Generator().manual_seed(zlib.crc32(repr((self.config.seed, epoch, index)).encode()))
-            pixels = augment_batch(pixels, self.config, generator)
+            pixels = augment_batch(pixels, self.config, image_generator((self.config.seed, epoch, index)))
         return index, (pixels[0] * 255).round_().clamp_(0, 255).to(torch.uint8)
 
 

@@ -29,7 +29,8 @@ from .augment import augment_batch, image_generator
 from .backbones import images_to_tensor
 from .config import TrainConfig
 from .data import IMAGE_SUFFIXES, MIN_IMAGES, DataError, _read_image, _resolve_order, match_names, natural_key
-from .rdm import rank_transform, rank_unit
+from .rdm import rank_unit
+from .scoring import dot_vectors, percent_of_ceiling
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 BLOCK_VALUES = 2**22  # values per subject read at a time: 16 MB of float32
@@ -338,37 +339,28 @@ def rescale_in_place(values: np.ndarray, method: str) -> dict[str, float]:
 # --------------------------------------------------------------------------- the official metric on pair vectors
 
 
-def unit_ranks(vectors: np.ndarray) -> np.ndarray:
-    """Ranks along the last axis, centred and scaled to unit norm: Spearman's rho is then a dot product
-    (a constant vector stays zero and so correlates 0 with anything, as `scoring.compare_rdms` scores it)."""
-    ranks = rank_transform(np.asarray(vectors, dtype=np.float64))
-    ranks -= ranks.mean(axis=-1, keepdims=True)
-    norms = np.linalg.norm(ranks, axis=-1, keepdims=True)
-    return ranks / np.where(norms > 0, norms, 1.0)
-
-
 @dataclass
 class HeldOutTarget:
     """One target's subjects on the held-out pairs, ready for the official metric: rank-standardised once."""
 
-    subjects: np.ndarray  # (S, P_val) unit ranks
+    subjects: np.ndarray  # (S, P_val) ranks, centred, unit norm (scoring.dot_vectors): rho is a dot product
     ceiling: float | None  # upper noise ceiling (each subject against the mean of all); None with one subject
 
     @classmethod
     def from_values(cls, values: np.ndarray) -> HeldOutTarget:
-        subjects = unit_ranks(values)
+        subjects = dot_vectors(np.asarray(values, dtype=np.float64), "spearman")
         ceiling = None
         if len(values) > 1:
-            ceiling = float(np.mean((subjects @ unit_ranks(values.mean(axis=0, dtype=np.float64))) ** 2))
+            ceiling = float(np.mean((subjects @ dot_vectors(values.mean(axis=0, dtype=np.float64), "spearman")) ** 2))
         return cls(subjects, ceiling)
 
     def score(self, predicted: np.ndarray) -> dict:
         """The official metric of predicted pair values: Spearman per subject, squared, averaged; percent of
         the computed ceiling when there is one."""
-        rho = self.subjects @ unit_ranks(predicted)
+        rho = self.subjects @ dot_vectors(np.asarray(predicted, dtype=np.float64), "spearman")
         r2 = float(np.mean(rho**2))
-        pct = 100.0 * r2 / self.ceiling if self.ceiling else None
-        return {"r2": r2, "rho_mean": float(np.mean(rho)), "noise_ceiling": self.ceiling, "pct_nc": pct,
+        return {"r2": r2, "rho_mean": float(np.mean(rho)), "noise_ceiling": self.ceiling,
+                "pct_nc": percent_of_ceiling(r2, self.ceiling),
                 "ceiling_source": "computed" if self.ceiling else None}
 
 

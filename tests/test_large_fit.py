@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import assert_one_line_error, run_cli
+from scipy.io import loadmat
 
 from siamrdm import largeset
 from siamrdm.checkpoint import load_checkpoint, save_checkpoint
@@ -162,8 +163,14 @@ def test_a_folder_of_images_with_condensed_rdms_trains(small_set: Path, tmp_path
     args = fit_args(small_set, tmp_path / "folder")
     args[args.index("--images") + 1] = str(folder)
     args[args.index("--unfrozen-epochs") + 1] = "0"
+    args[args.index("--key") + 1] = "IT"
     code, out, err = run_cli(capsys, *args)
     assert code == 0, err
+    # predict writes your key as given, though it is named like a challenge target (not 'IT_RDMs')
+    code, out, err = run_cli(capsys, "predict", str(tmp_path / "folder" / "model.pt"), "--images", str(folder),
+                             "--out", str(tmp_path / "predicted.mat"), "--device", "cpu")
+    assert code == 0, err
+    assert sorted(k for k in loadmat(tmp_path / "predicted.mat") if not k.startswith("__")) == ["IT"]
     args = fit_args(small_set, tmp_path / "hdf5")
     args[args.index("--unfrozen-epochs") + 1] = "0"
     code, out, err = run_cli(capsys, *args)

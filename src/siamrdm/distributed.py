@@ -522,7 +522,9 @@ def fit_large(config: TrainConfig, batch: BatchSettings, images: ImageStore, tar
                                       "best_val_score": best if best is not None and math.isfinite(best) else None,
                                       "epochs_run": sum(row["epoch"] > 0 for row in result.history)}
             normalisation = result.normalisation
-        predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics)
+        own_keys = {t: t for t in config.targets}  # your key, even one named like a challenge target
+        predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics,
+                                 output_keys=own_keys)
         if out_dir is not None and ranks.main:
             predictor.save(Path(out_dir) / "model.pt")
         barrier(ranks)

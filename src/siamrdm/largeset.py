@@ -315,6 +315,14 @@ def _pair_of(k: int, n: int) -> tuple[int, int]:
     return i, int(k - row_start(i, n) + i + 1)
 
 
+def mean_sd(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of a float32 vector too large to copy in float64: float64 sums a block at a
+    time (the mean, then the squared deviations)."""
+    blocks = [slice(k, k + BLOCK_VALUES) for k in range(0, len(values), BLOCK_VALUES)]
+    mean = sum(float(values[b].sum(dtype=np.float64)) for b in blocks) / len(values)
+    return mean, math.sqrt(sum(float(np.square(values[b] - np.float64(mean)).sum()) for b in blocks) / len(values))
+
+
 def rescale_in_place(values: np.ndarray, method: str) -> dict[str, float]:
     """`rdm.rescale` for a float32 vector too large to copy in float64: minmax and zscore in place (sums in
     float64), rank through `rdm.rank_unit`."""
@@ -323,10 +331,8 @@ def rescale_in_place(values: np.ndarray, method: str) -> dict[str, float]:
         values -= low
         values /= max(high - low, 1e-12)
         return {"low": low, "high": high}
-    if method == "zscore":  # float64 sums a block at a time (mean, then squared deviations): no float64 copy
-        blocks = [slice(k, k + BLOCK_VALUES) for k in range(0, len(values), BLOCK_VALUES)]
-        mean = sum(float(values[b].sum(dtype=np.float64)) for b in blocks) / len(values)
-        sd = math.sqrt(sum(float(np.square(values[b] - np.float64(mean)).sum()) for b in blocks) / len(values))
+    if method == "zscore":
+        mean, sd = mean_sd(values)
         values -= mean
         values /= max(sd, 1e-12)
         return {"mean": mean, "sd": sd}
@@ -412,7 +418,7 @@ def make_large_set(source: str | os.PathLike | list, out_dir: str | os.PathLike,
         block = (1 - feats[i0 : i0 + 256] @ feats.T).float().numpy()
         for i in range(i0, min(i0 + 256, n_images - 1)):
             truth[row_start(i, n_images) : row_start(i + 1, n_images)] = block[i - i0, i + 1 :]
-    sd = float(truth.std(dtype=np.float64))
+    sd = mean_sd(truth)[1]
     with atomic_path(out / "rdms.npy") as tmp:
         rdms = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(subjects, pairs))
         for s in range(subjects):

@@ -493,7 +493,8 @@ def fit_large(config: TrainConfig, batch: BatchSettings, images: ImageStore, tar
     """Train one model per seed on a large image set with mini-batches, on every rank of the process group.
 
     Rank 0 holds the run folder's lock, clears it with `overwrite`, writes settings.json (with "world_size"),
-    checkpoints in out_dir/seed<k>/ and model.pt; with `resume`, every rank continues from seed<k>/last.pt.
+    checkpoints in out_dir/seed<k>/ and model.pt; with `resume`, it reads seed<k>/last.pt and sends it to
+    every rank, so all continue from the same state even where they do not share the run folder's disk.
     """
     ranks = ranks or current_ranks()
     check_batch_settings(batch, ranks.world)
@@ -513,8 +514,11 @@ def fit_large(config: TrainConfig, batch: BatchSettings, images: ImageStore, tar
             seed_dir = Path(out_dir) / f"seed{seed}" if out_dir is not None else None
             trainer = MiniBatchTrainer(replace(config, seed=seed), batch, images, data, seed_dir, progress, ranks)
             last = seed_dir / "last.pt" if seed_dir is not None else None
-            if resume and last is not None and last.is_file():
-                trainer.load_state(load_checkpoint(last))
+            state = [load_checkpoint(last) if resume and ranks.main and last is not None and last.is_file() else None]
+            if ranks.world > 1:  # rank 0's checkpoint for every rank: the others need not see the run folder
+                dist.broadcast_object_list(state, src=0)
+            if state[0] is not None:
+                trainer.load_state(state[0])
             result = trainer.fit()
             models.append(result.model.eval())
             best = result.best_score

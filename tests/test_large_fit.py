@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 from helpers import assert_one_line_error, run_cli
+from scipy.io import loadmat
 
 from siamrdm import largeset
 from siamrdm.checkpoint import load_checkpoint, save_checkpoint
 from siamrdm.config import config_from_dict
-from siamrdm.distributed import BatchSettings, MiniBatchTrainer
+from siamrdm.distributed import BatchSettings, MiniBatchTrainer, read_targets
 from siamrdm.train import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,9 +84,10 @@ def test_two_torchrun_ranks_train_the_model_one_process_trains(small_set: Path, 
                                                                    "settings.json"]
 
     # a run checkpointed by one process after epoch 1 resumes on two ranks and ends where one process ended
-    config = config_from_dict(one["config"])
-    trainer = MiniBatchTrainer(config, BatchSettings(**one["batch"]), largeset.open_image_store(
-        small_set / "images.h5"), {"X": largeset.CondensedRDMs(small_set / "rdms.npy", 40)}, progress=False)
+    config, batch = config_from_dict(one["config"]), BatchSettings(**one["batch"])
+    data = read_targets({"X": largeset.CondensedRDMs(small_set / "rdms.npy", 40)}, 40, batch, config.rescale)
+    trainer = MiniBatchTrainer(config, batch, largeset.open_image_store(small_set / "images.h5"), data,
+                               progress=False)
     trainer.validate_start()
     trainer.run_epoch()
     save_checkpoint(tmp_path / "resumed" / "seed0" / "last.pt", trainer.state())
@@ -161,10 +163,29 @@ def test_a_folder_of_images_with_condensed_rdms_trains(small_set: Path, tmp_path
     args = fit_args(small_set, tmp_path / "folder")
     args[args.index("--images") + 1] = str(folder)
     args[args.index("--unfrozen-epochs") + 1] = "0"
+    args[args.index("--key") + 1] = "IT"
     code, out, err = run_cli(capsys, *args)
     assert code == 0, err
+    # predict writes your key as given, though it is named like a challenge target (not 'IT_RDMs')
+    code, out, err = run_cli(capsys, "predict", str(tmp_path / "folder" / "model.pt"), "--images", str(folder),
+                             "--out", str(tmp_path / "predicted.mat"), "--device", "cpu")
+    assert code == 0, err
+    assert sorted(k for k in loadmat(tmp_path / "predicted.mat") if not k.startswith("__")) == ["IT"]
     args = fit_args(small_set, tmp_path / "hdf5")
     args[args.index("--unfrozen-epochs") + 1] = "0"
     code, out, err = run_cli(capsys, *args)
     assert code == 0, err
     assert_same_model(final_weights(tmp_path / "folder"), final_weights(tmp_path / "hdf5"))
+
+
+def test_bad_target_values_are_refused_before_the_run_folder_is_made(small_set: Path, tmp_path: Path,
+                                                                     capsys) -> None:
+    rdms = np.load(small_set / "rdms.npy")
+    rdms[1, 100] = np.nan
+    np.save(tmp_path / "nan.npy", rdms)
+    args = fit_args(small_set, tmp_path / "run")
+    args[args.index("--rdms") + 1] = str(tmp_path / "nan.npy")
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2
+    assert_one_line_error(err, "nan.npy: subject 2 has a non-finite value")
+    assert not (tmp_path / "run").exists()  # no lock, no settings.json: the same command runs once the file is fixed

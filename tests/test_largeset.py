@@ -112,7 +112,7 @@ def test_bad_condensed_rdms_are_refused_with_one_line(tmp_path) -> None:
         f["a"], f["b"] = np.zeros(3), np.zeros(3)
     with pytest.raises(DataError, match="two.h5: expected one dataset of condensed RDMs, .* found a, b"):
         CondensedRDMs(tmp_path / "two.h5", 3)
-    with pytest.raises(DataError, match="two.h5: no dataset 'IT' "):
+    with pytest.raises(DataError, match="two.h5: no dataset .IT. and not one dataset"):
         CondensedRDMs(tmp_path / "two.h5", 3, "IT")
 
 
@@ -152,3 +152,44 @@ def test_make_large_set_knows_its_answer(tmp_path, data_root: Path) -> None:
     assert rdms.subjects == 2 and rdms.array.dtype == np.float32
     truth = answer["truth_score_on_sampled_pairs"]
     assert 0.3 < truth["r2"] <= truth["noise_ceiling"] * 1.05  # the stage explains the subjects, up to noise
+
+
+def test_an_hdf5_file_of_rdms_with_one_dataset_is_read_whatever_its_name(tmp_path, rdm_stack) -> None:
+    """--key names the target; the file's only dataset is read even when named otherwise (as the README says)."""
+    with h5py.File(tmp_path / "rdms.h5", "w") as f:
+        f["rdms"] = upper_tri(rdm_stack).astype(np.float32)
+    assert CondensedRDMs(tmp_path / "rdms.h5", 40, "IT").where.endswith("rdms.h5:rdms")
+    with h5py.File(tmp_path / "rdms.h5", "a") as f:
+        f["other"] = np.zeros(780, np.float32)
+    with pytest.raises(DataError, match="rdms.h5: no dataset 'IT' and not one dataset .* found other, rdms"):
+        CondensedRDMs(tmp_path / "rdms.h5", 40, "IT")
+
+
+def test_zscore_in_place_makes_no_float64_copy(monkeypatch) -> None:
+    """The training pairs' targets are 4 bytes a pair: rescaling them must not allocate 8 bytes a pair."""
+    import tracemalloc
+
+    monkeypatch.setattr(largeset, "BLOCK_VALUES", 2**14)
+    values = np.random.default_rng(0).normal(3, 2, 2**20).astype(np.float32)  # 4 MB
+    expected, _ = rescale(values.astype(np.float64), "zscore")
+    tracemalloc.start()
+    rescale_in_place(values, "zscore")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2**20  # under a quarter of the vector
+    np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_unreadable_image_in_a_loader_worker_is_one_line(tmp_path: Path) -> None:
+    """Raised in a DataLoader worker, the DataError would come back with the worker's traceback in its message."""
+    for k in range(4):
+        Image.fromarray(np.full((8, 8, 3), k, np.uint8)).save(tmp_path / f"img{k}.png")
+    (tmp_path / "img2.png").write_bytes(b"not a png")
+    dataset = AugmentedImages(open_image_store(tmp_path), TrainConfig(image_size=8))
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=[[(0, 0), (1, 0)], [(2, 0), (3, 0)]],
+                                         num_workers=1, collate_fn=largeset.collate_pixels)
+    batches = largeset.load_pixels(loader)
+    assert next(batches).shape == (2, 3, 8, 8)
+    with pytest.raises(DataError) as caught:
+        next(batches)
+    assert str(caught.value).startswith(f"{tmp_path / 'img2.png'}: unreadable image") and "\n" not in str(caught.value)

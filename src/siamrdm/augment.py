@@ -10,6 +10,7 @@ is plain bilinear: the batched op gives the same pixels to float rounding.
 from __future__ import annotations
 
 import math
+import zlib
 
 import torch
 
@@ -61,6 +62,12 @@ def crop_flip(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     cols = lambda x, index: x.gather(3, index[:, None, None, :].expand(n, c, size, size))  # noqa: E731
     resized_rows = rows(top) * (1 - wy) + rows(bottom) * wy
     return cols(resized_rows, left) * (1 - wx) + cols(resized_rows, right) * wx
+
+
+def image_generator(key: tuple) -> torch.Generator:
+    """A generator seeded by `key` (the run's seed, the image, the view or epoch): an image's augmentation
+    depends on nothing else, so it is the same whichever batch, subset or rank the image is drawn in."""
+    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
 
 
 def augment_batch(images: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:

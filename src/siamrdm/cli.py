@@ -304,7 +304,7 @@ def _cmd_fit_large(args) -> int:
 
     import torch.distributed as dist
 
-    from .distributed import BatchSettings, check_batch_settings, fit_large, init_from_env, split_images
+    from .distributed import BatchSettings, check_batch_settings, fit_large, init_from_env
     from .largeset import HDF5_SUFFIXES, CondensedRDMs, is_large_set_input, open_image_store
 
     if args.batch_images is None:
@@ -333,7 +333,6 @@ def _cmd_fit_large(args) -> int:
         images = open_image_store(args.images, args.order)
         hdf5 = Path(args.rdms).suffix.lower() in HDF5_SUFFIXES
         targets = {args.key: CondensedRDMs(args.rdms, len(images), args.key if hdf5 else None)}
-        split_images(len(images), batch.val_fraction, batch.split_seed)  # refused before any folder is made
         out = _out_dir(args.out, allow_existing=args.resume or args.overwrite, overwrite=args.overwrite)
         settings = {"command": "fit", "seeds": list(seeds),
                     "inputs": {"images": str(args.images), "rdms": str(args.rdms), "key": args.key}}

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -37,12 +37,21 @@ from .bench import peak_rss_mb
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, config_from_dict, pick_device
 from .errors import TrainingDiverged
-from .files import atomic_path, clear_run_folder, run_folder_lock, write_text
-from .largeset import AugmentedImages, CondensedRDMs, HeldOutTarget, ImageStore, pair_index, rescale_in_place
+from .files import clear_run_folder, run_folder_lock, write_text
+from .largeset import (
+    AugmentedImages,
+    CondensedRDMs,
+    HeldOutTarget,
+    ImageStore,
+    collate_pixels,
+    load_pixels,
+    pair_index,
+    rescale_in_place,
+)
 from .model import SiameseRDMNet, all_pairs_loss
 from .predict import RDMPredictor
 from .tables import json_safe
-from .train import FitResult, build_model, predict_pairs, selection_score
+from .train import FitResult, build_model, predict_pairs, selection_score, write_log
 
 
 @dataclass(frozen=True)
@@ -190,9 +199,13 @@ class BatchSettings:
         return replace(self, loader_workers=0) == replace(other, loader_workers=0)
 
 
-def check_batch_settings(batch: BatchSettings) -> BatchSettings:
+def check_batch_settings(batch: BatchSettings, world: int = 1) -> BatchSettings:
+    """Refuse bad values before any work; `world` ranks share each batch, at least 2 images each."""
     if not isinstance(batch.batch_images, int) or batch.batch_images < 2:
         raise ConfigError("batch_images", f"a step needs at least 2 images (one pair), got {batch.batch_images}")
+    if batch.batch_images < 2 * world:
+        raise ConfigError("batch_images", f"{batch.batch_images} images per step cannot be shared by {world} "
+                                          "ranks: give at least 2 per rank")
     if not isinstance(batch.loader_workers, int) or batch.loader_workers < 0:
         raise ConfigError("loader_workers", f"must be 0 or more, got {batch.loader_workers}")
     if not (isinstance(batch.val_fraction, int | float) and math.isfinite(batch.val_fraction)
@@ -212,11 +225,32 @@ def split_images(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nda
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def _collate(items: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
-    """A shard's pixels, (B, 3, S, S) uint8; an empty shard (a batch smaller than the ranks) is (0, ...)."""
-    if not items:
-        return torch.zeros(0, 3, 0, 0, dtype=torch.uint8)
-    return torch.stack([pixels for _, pixels in items])
+@dataclass
+class LargeTargets:
+    """A large set's targets, read in one pass over the RDM files before a run starts, so that a bad value is
+    refused before the run folder is made and several seeds read the files once."""
+
+    train_index: np.ndarray  # sorted image indices
+    val_index: np.ndarray
+    values: np.ndarray  # (P_train, T) float32, rescaled, in the upper-triangle order of the training images
+    normalisation: dict[str, dict[str, float]]  # per target: the rescaling fitted on the training pairs
+    held_out: dict[str, HeldOutTarget]  # per target; empty without held-out images
+
+
+def read_targets(rdms: dict[str, CondensedRDMs], n_images: int, batch: BatchSettings,
+                 rescale: str) -> LargeTargets:
+    """Split the images (`batch.val_fraction`, `batch.split_seed`) and read every target's pairs: the training
+    pairs' group mean, rescaled (4 bytes a pair), and the held-out pairs' subjects."""
+    train_index, val_index = split_images(n_images, batch.val_fraction, batch.split_seed)
+    columns, normalisation, held_out = [], {}, {}
+    for target, condensed in rdms.items():
+        train_values, val_values = condensed.split(train_index, val_index)
+        normalisation[target] = rescale_in_place(train_values, rescale)
+        columns.append(train_values)
+        if len(val_index):
+            held_out[target] = HeldOutTarget.from_values(val_values)
+    values = columns[0][:, None] if len(columns) == 1 else np.stack(columns, axis=1)
+    return LargeTargets(train_index, val_index, values, normalisation, held_out)
 
 
 class MiniBatchTrainer:
@@ -225,39 +259,28 @@ class MiniBatchTrainer:
     Every rank holds the same model and optimiser (the same start, the same averaged gradients); only rank 0
     validates, logs and writes files, and tells the others whether to stop early."""
 
-    def __init__(self, config: TrainConfig, batch: BatchSettings, images: ImageStore,
-                 targets: dict[str, CondensedRDMs], out_dir: str | os.PathLike | None = None, progress: bool = True,
-                 ranks: Ranks | None = None):
+    def __init__(self, config: TrainConfig, batch: BatchSettings, images: ImageStore, data: LargeTargets,
+                 out_dir: str | os.PathLike | None = None, progress: bool = True, ranks: Ranks | None = None):
         if config.prior != "none":
             raise ConfigError("prior", "the mini-batch path trains without a prior (its stage RDMs would be N x N); "
                                        "use none")
         if config.pair_mode != "factorised":
             raise ConfigError("pair_mode", "the mini-batch path trains pair-factorised")
-        if tuple(targets) != tuple(config.targets):
-            raise ConfigError("targets", f"{config.targets} are not the targets of the RDMs given, {tuple(targets)}")
-        self.config, self.batch = config, check_batch_settings(batch)
+        if tuple(data.normalisation) != tuple(config.targets):
+            raise ConfigError("targets", f"{config.targets} are not the targets of the RDMs given, "
+                                         f"{tuple(data.normalisation)}")
         self.ranks = ranks or current_ranks()
-        if batch.batch_images < 2 * self.ranks.world:
-            raise ConfigError("batch_images", f"{batch.batch_images} images per step cannot be shared by "
-                                              f"{self.ranks.world} ranks: give at least 2 per rank")
+        self.config, self.batch = config, check_batch_settings(batch, self.ranks.world)
         self.device = pick_device(config.device)
         self.out_dir = Path(out_dir) if out_dir else None
         self.progress = progress and self.ranks.main
         self.name = Path(images.source).stem
-        self.train_index, self.val_index = split_images(len(images), batch.val_fraction, batch.split_seed)
-        columns, self.normalisation, self.held_out = [], {}, {}
-        for target, rdms in targets.items():
-            train_values, val_values = rdms.split(self.train_index, self.val_index)
-            self.normalisation[target] = rescale_in_place(train_values, config.rescale)
-            columns.append(train_values)
-            if len(self.val_index):
-                self.held_out[target] = HeldOutTarget.from_values(val_values)
-        # (P_train, T) float32 in the upper-triangle order of the training images: 4 bytes per pair and target
-        self.targets = columns[0][:, None] if len(columns) == 1 else np.stack(columns, axis=1)
+        self.train_index, self.val_index, self.targets = data.train_index, data.val_index, data.values
+        self.normalisation, self.held_out = data.normalisation, data.held_out
         self.dataset = AugmentedImages(images, config)
         self.model = build_model(config, self.device).train()  # the body stays in eval mode (ImageNet BatchNorm)
-        broadcast_parameters(self.model, self.ranks)
         self._set_feature_stats()
+        broadcast_parameters(self.model, self.ranks)  # rank 0's head and feature statistics, bit for bit
         self.optimizer = torch.optim.AdamW(
             [{"params": self.model.head_parameters(), "lr": config.lr},
              {"params": self.model.body_parameters(), "lr": config.lr * config.body_lr_factor}],
@@ -282,26 +305,32 @@ class MiniBatchTrainer:
 
     # ---- data
 
-    def _loader(self, shards: list[list[tuple[int, int]]]) -> torch.utils.data.DataLoader:
-        """This rank's shard of each batch, loaded by worker processes: (image index, epoch) items."""
-        return torch.utils.data.DataLoader(self.dataset, batch_sampler=shards, num_workers=self.batch.loader_workers,
-                                           collate_fn=_collate, pin_memory=self.device.type == "cuda")
-
-    def _pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        return pixels.to(self.device, non_blocking=True).float().div_(255)
+    def _load(self, shards: list[list[tuple[int, int]]]) -> Iterator[torch.Tensor]:
+        """This rank's shard of each batch, (image index, epoch) items loaded by worker processes, as float
+        pixels on the device."""
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=shards, collate_fn=collate_pixels,
+                                             num_workers=self.batch.loader_workers,
+                                             pin_memory=self.device.type == "cuda")
+        for pixels in load_pixels(loader):
+            yield pixels.to(self.device, non_blocking=True).float().div_(255)
 
     @torch.no_grad()
-    def _plain_features(self, index: np.ndarray) -> torch.Tensor:
-        """Raw body features of these images, not augmented, in chunks; on the device."""
-        chunk = self.config.body_chunk
-        loader = self._loader([[(int(i), 0) for i in index[k : k + chunk]] for k in range(0, len(index), chunk)])
-        return torch.cat([self.model.body(self._pixels(pixels)) for pixels in loader])
+    def _plain_features(self, index: np.ndarray, flipped: bool = False) -> list[torch.Tensor]:
+        """Raw body features of these images, not augmented, in chunks, on the device; with `flipped`, those of
+        the mirror images too (test-time augmentation), from the same read of the images."""
+        chunk, body = self.config.body_chunk, self.model.body
+        views: list[list[torch.Tensor]] = [[], []] if flipped else [[]]
+        for pixels in self._load([[(int(i), 0) for i in index[k : k + chunk]] for k in range(0, len(index), chunk)]):
+            views[0].append(body(pixels))
+            if flipped:
+                views[1].append(body(pixels.flip(-1)))
+        return [torch.cat(view) for view in views]
 
     def _set_feature_stats(self, sample: int = 512) -> None:
         """Standardise the features with the statistics of up to `sample` training images, evenly spaced (every
         rank computes the same)."""
         picks = np.unique(np.linspace(0, len(self.train_index) - 1, min(sample, len(self.train_index))).astype(int))
-        self.model.set_feature_stats(self._plain_features(self.train_index[picks]))
+        self.model.set_feature_stats(self._plain_features(self.train_index[picks])[0])
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         """The epoch's mini-batches as positions among the training images: a seeded shuffle cut into
@@ -327,10 +356,10 @@ class MiniBatchTrainer:
             shards.append([(int(self.train_index[p]), self.epoch) for p in positions[first:stop]])
         total, pairs = 0.0, 0
         n_train = len(self.train_index)
-        for positions, pixels in zip(batches, self._loader(shards), strict=True):
+        for positions, pixels in zip(batches, self._load(shards), strict=True):
             targets = torch.from_numpy(self.targets[pair_index(positions, n_train)]).to(self.device)
             self.optimizer.zero_grad(set_to_none=True)
-            value = minibatch_backward(self.model, self._pixels(pixels), targets, ranks,
+            value = minibatch_backward(self.model, pixels, targets, ranks,
                                        shard_bounds(len(positions), ranks.world), not frozen, config.body_chunk)
             if not math.isfinite(value):
                 raise TrainingDiverged(f"training diverged at epoch {self.epoch} (loss {value}); the last good "
@@ -353,21 +382,12 @@ class MiniBatchTrainer:
     def validate(self, frozen: bool) -> dict[str, dict]:
         """The official metric on the pairs among the held-out images, per target (keys 'set-val/target')."""
         if self._val_features is None or not frozen:  # a frozen body gives the same features every epoch
-            raw = self._plain_features(self.val_index)
-            views = [raw]
-            if self.config.tta:
-                views.append(self._plain_features_flipped(self.val_index))
+            views = self._plain_features(self.val_index, flipped=self.config.tta)
             self._val_features = [self.model.standardise(v) for v in views]
         pairs = sum(predict_pairs(self.model, v) for v in self._val_features) / len(self._val_features)
         values = pairs.double().cpu().numpy()
         return {f"{self.name}-val/{target}": held.score(values[:, k])
                 for k, (target, held) in enumerate(self.held_out.items())}
-
-    @torch.no_grad()
-    def _plain_features_flipped(self, index: np.ndarray) -> torch.Tensor:
-        chunk = self.config.body_chunk
-        loader = self._loader([[(int(i), 0) for i in index[k : k + chunk]] for k in range(0, len(index), chunk)])
-        return torch.cat([self.model.body(self._pixels(pixels).flip(-1)) for pixels in loader])
 
     def _record_validation(self, row: dict, frozen: bool) -> None:
         start = time.perf_counter()
@@ -431,17 +451,10 @@ class MiniBatchTrainer:
         self.best_state, self.best_epoch = state["best_state"], state["best_epoch"]
         self.best_score = state["best_score"]
 
-    def _write_log(self) -> None:
-        columns = list(dict.fromkeys(k for row in self.history for k in row))
-        with atomic_path(self.out_dir / "log.csv") as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.history)
-
     def _save(self) -> None:
         if self.out_dir and self.ranks.main:
             save_checkpoint(self.out_dir / "last.pt", self.state())
-            self._write_log()
+            write_log(self.out_dir / "log.csv", self.history)
 
     def fit(self) -> FitResult:
         """Run the remaining epochs, checkpointing `last.pt` (rank 0) after each."""
@@ -459,6 +472,11 @@ class MiniBatchTrainer:
         bar.close()
         self._save()
         self.model.load_state_dict(self.best_state)
+        if self.ranks.world > 1:  # only rank 0 validated: every rank returns its chosen model and history
+            broadcast_parameters(self.model, self.ranks)
+            chosen = [(self.best_epoch, self.best_score, self.history)]
+            dist.broadcast_object_list(chosen, src=0)
+            self.best_epoch, self.best_score, self.history = chosen[0]
         return FitResult(self.model, self.config, {self.name: self.normalisation}, self.history, self.best_epoch,
                          self.best_score)
 
@@ -475,9 +493,12 @@ def fit_large(config: TrainConfig, batch: BatchSettings, images: ImageStore, tar
     """Train one model per seed on a large image set with mini-batches, on every rank of the process group.
 
     Rank 0 holds the run folder's lock, clears it with `overwrite`, writes settings.json (with "world_size"),
-    checkpoints in out_dir/seed<k>/ and model.pt; with `resume`, every rank continues from seed<k>/last.pt.
+    checkpoints in out_dir/seed<k>/ and model.pt; with `resume`, it reads seed<k>/last.pt and sends it to
+    every rank, so all continue from the same state even where they do not share the run folder's disk.
     """
     ranks = ranks or current_ranks()
+    check_batch_settings(batch, ranks.world)
+    data = read_targets(targets, len(images), batch, config.rescale)  # bad values refused before the folder
     with contextlib.ExitStack() as stack:
         barrier(ranks)  # every rank has checked its inputs and the folder before rank 0 writes to it
         if out_dir is not None and ranks.main:
@@ -491,10 +512,13 @@ def fit_large(config: TrainConfig, batch: BatchSettings, images: ImageStore, tar
         models, metrics = [], {}
         for seed in seeds:
             seed_dir = Path(out_dir) / f"seed{seed}" if out_dir is not None else None
-            trainer = MiniBatchTrainer(replace(config, seed=seed), batch, images, targets, seed_dir, progress, ranks)
+            trainer = MiniBatchTrainer(replace(config, seed=seed), batch, images, data, seed_dir, progress, ranks)
             last = seed_dir / "last.pt" if seed_dir is not None else None
-            if resume and last is not None and last.is_file():
-                trainer.load_state(load_checkpoint(last))
+            state = [load_checkpoint(last) if resume and ranks.main and last is not None and last.is_file() else None]
+            if ranks.world > 1:  # rank 0's checkpoint for every rank: the others need not see the run folder
+                dist.broadcast_object_list(state, src=0)
+            if state[0] is not None:
+                trainer.load_state(state[0])
             result = trainer.fit()
             models.append(result.model.eval())
             best = result.best_score
@@ -502,7 +526,9 @@ def fit_large(config: TrainConfig, batch: BatchSettings, images: ImageStore, tar
                                       "best_val_score": best if best is not None and math.isfinite(best) else None,
                                       "epochs_run": sum(row["epoch"] > 0 for row in result.history)}
             normalisation = result.normalisation
-        predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics)
+        own_keys = {t: t for t in config.targets}  # your key, even one named like a challenge target
+        predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics,
+                                 output_keys=own_keys)
         if out_dir is not None and ranks.main:
             predictor.save(Path(out_dir) / "model.pt")
         barrier(ranks)

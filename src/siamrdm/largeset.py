@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +25,12 @@ import h5py
 import numpy as np
 import torch
 
-from .augment import augment_batch
+from .augment import augment_batch, image_generator
 from .backbones import images_to_tensor
 from .config import TrainConfig
 from .data import IMAGE_SUFFIXES, MIN_IMAGES, DataError, _read_image, _resolve_order, match_names, natural_key
-from .rdm import rank_transform, rank_unit
+from .rdm import rank_unit
+from .scoring import dot_vectors, percent_of_ceiling
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 BLOCK_VALUES = 2**22  # values per subject read at a time: 16 MB of float32
@@ -176,13 +177,38 @@ class AugmentedImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.store)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[int, torch.Tensor]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[int, torch.Tensor | DataError]:
+        """A DataError (an unreadable image) comes back as the item rather than raised: raised in a worker, the
+        DataLoader would re-raise it with the worker's traceback inside its message."""
         index, epoch = item
-        pixels = images_to_tensor([self.store.read(index)], self.config.image_size)
+        try:
+            image = self.store.read(index)
+        except DataError as exc:
+            return index, exc
+        pixels = images_to_tensor([image], self.config.image_size)
         if epoch > 0 and self.config.augment:
-            generator = torch.Generator().manual_seed(zlib.crc32(repr((self.config.seed, epoch, index)).encode()))
-            pixels = augment_batch(pixels, self.config, generator)
+            pixels = augment_batch(pixels, self.config, image_generator((self.config.seed, epoch, index)))
         return index, (pixels[0] * 255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def collate_pixels(items: list[tuple[int, torch.Tensor | DataError]]) -> torch.Tensor | DataError:
+    """A shard's pixels, (B, 3, S, S) uint8, or the first DataError of its images (raised by `load_pixels`, in
+    the training process). An empty shard (a batch smaller than the ranks) is (0, 3, 0, 0)."""
+    for _, pixels in items:
+        if isinstance(pixels, DataError):
+            return pixels
+    if not items:
+        return torch.zeros(0, 3, 0, 0, dtype=torch.uint8)
+    return torch.stack([pixels for _, pixels in items])
+
+
+def load_pixels(loader: torch.utils.data.DataLoader) -> Iterator[torch.Tensor]:
+    """The batches of a DataLoader over `AugmentedImages` (with `collate_pixels`), raising an image's
+    DataError as its one line."""
+    for pixels in loader:
+        if isinstance(pixels, DataError):
+            raise pixels
+        yield pixels
 
 
 # --------------------------------------------------------------------------- condensed target RDMs
@@ -205,12 +231,12 @@ class CondensedRDMs:
             elif suffix in HDF5_SUFFIXES and h5py.is_hdf5(path):
                 self._file = h5py.File(path, "r")
                 names = [k for k, v in self._file.items() if isinstance(v, h5py.Dataset) and v.ndim in (1, 2)]
-                if key is None and len(names) != 1:
-                    raise DataError(f"{path}: expected one dataset of condensed RDMs, (S, P) or (P,), found "
-                                    f"{', '.join(names) or 'none'}; name it with the key")
-                key = key or names[0]
-                if key not in self._file:
-                    raise DataError(f"{path}: no dataset '{key}' (datasets: {', '.join(names) or 'none'})")
+                if key is None or key not in self._file:  # the dataset named by the key, else the only one
+                    if len(names) != 1:
+                        wanted = f"no dataset '{key}' and not" if key else "expected"
+                        raise DataError(f"{path}: {wanted} one dataset of condensed RDMs, (S, P) or (P,), found "
+                                        f"{', '.join(names) or 'none'}")
+                    key = names[0]
                 array = self._file[key]
                 self.where = f"{path}:{key}"
             else:
@@ -289,6 +315,14 @@ def _pair_of(k: int, n: int) -> tuple[int, int]:
     return i, int(k - row_start(i, n) + i + 1)
 
 
+def mean_sd(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of a float32 vector too large to copy in float64: float64 sums a block at a
+    time (the mean, then the squared deviations)."""
+    blocks = [slice(k, k + BLOCK_VALUES) for k in range(0, len(values), BLOCK_VALUES)]
+    mean = sum(float(values[b].sum(dtype=np.float64)) for b in blocks) / len(values)
+    return mean, math.sqrt(sum(float(np.square(values[b] - np.float64(mean)).sum()) for b in blocks) / len(values))
+
+
 def rescale_in_place(values: np.ndarray, method: str) -> dict[str, float]:
     """`rdm.rescale` for a float32 vector too large to copy in float64: minmax and zscore in place (sums in
     float64), rank through `rdm.rank_unit`."""
@@ -298,8 +332,7 @@ def rescale_in_place(values: np.ndarray, method: str) -> dict[str, float]:
         values /= max(high - low, 1e-12)
         return {"low": low, "high": high}
     if method == "zscore":
-        mean = float(values.mean(dtype=np.float64))
-        sd = float(math.sqrt(np.mean(np.square(values, dtype=np.float64)) - mean**2))
+        mean, sd = mean_sd(values)
         values -= mean
         values /= max(sd, 1e-12)
         return {"mean": mean, "sd": sd}
@@ -312,37 +345,28 @@ def rescale_in_place(values: np.ndarray, method: str) -> dict[str, float]:
 # --------------------------------------------------------------------------- the official metric on pair vectors
 
 
-def unit_ranks(vectors: np.ndarray) -> np.ndarray:
-    """Ranks along the last axis, centred and scaled to unit norm: Spearman's rho is then a dot product
-    (a constant vector stays zero and so correlates 0 with anything, as `scoring.compare_rdms` scores it)."""
-    ranks = rank_transform(np.asarray(vectors, dtype=np.float64))
-    ranks -= ranks.mean(axis=-1, keepdims=True)
-    norms = np.linalg.norm(ranks, axis=-1, keepdims=True)
-    return ranks / np.where(norms > 0, norms, 1.0)
-
-
 @dataclass
 class HeldOutTarget:
     """One target's subjects on the held-out pairs, ready for the official metric: rank-standardised once."""
 
-    subjects: np.ndarray  # (S, P_val) unit ranks
+    subjects: np.ndarray  # (S, P_val) ranks, centred, unit norm (scoring.dot_vectors): rho is a dot product
     ceiling: float | None  # upper noise ceiling (each subject against the mean of all); None with one subject
 
     @classmethod
     def from_values(cls, values: np.ndarray) -> HeldOutTarget:
-        subjects = unit_ranks(values)
+        subjects = dot_vectors(np.asarray(values, dtype=np.float64), "spearman")
         ceiling = None
         if len(values) > 1:
-            ceiling = float(np.mean((subjects @ unit_ranks(values.mean(axis=0, dtype=np.float64))) ** 2))
+            ceiling = float(np.mean((subjects @ dot_vectors(values.mean(axis=0, dtype=np.float64), "spearman")) ** 2))
         return cls(subjects, ceiling)
 
     def score(self, predicted: np.ndarray) -> dict:
         """The official metric of predicted pair values: Spearman per subject, squared, averaged; percent of
         the computed ceiling when there is one."""
-        rho = self.subjects @ unit_ranks(predicted)
+        rho = self.subjects @ dot_vectors(np.asarray(predicted, dtype=np.float64), "spearman")
         r2 = float(np.mean(rho**2))
-        pct = 100.0 * r2 / self.ceiling if self.ceiling else None
-        return {"r2": r2, "rho_mean": float(np.mean(rho)), "noise_ceiling": self.ceiling, "pct_nc": pct,
+        return {"r2": r2, "rho_mean": float(np.mean(rho)), "noise_ceiling": self.ceiling,
+                "pct_nc": percent_of_ceiling(r2, self.ceiling),
                 "ceiling_source": "computed" if self.ceiling else None}
 
 
@@ -394,7 +418,7 @@ def make_large_set(source: str | os.PathLike | list, out_dir: str | os.PathLike,
         block = (1 - feats[i0 : i0 + 256] @ feats.T).float().numpy()
         for i in range(i0, min(i0 + 256, n_images - 1)):
             truth[row_start(i, n_images) : row_start(i + 1, n_images)] = block[i - i0, i + 1 :]
-    sd = float(truth.std(dtype=np.float64))
+    sd = mean_sd(truth)[1]
     with atomic_path(out / "rdms.npy") as tmp:
         rdms = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(subjects, pairs))
         for s in range(subjects):

@@ -72,7 +72,7 @@ def _standardise(x: np.ndarray) -> np.ndarray:
     return _unit(x - x.mean(axis=-1, keepdims=True))
 
 
-def _dot_vectors(vectors: np.ndarray, method: str) -> np.ndarray:
+def dot_vectors(vectors: np.ndarray, method: str) -> np.ndarray:
     """Upper-triangle vectors transformed so that the method's similarity of two RDMs is a dot product."""
     if method == "cosine":
         return _unit(vectors)
@@ -87,7 +87,7 @@ def _dot_vectors(vectors: np.ndarray, method: str) -> np.ndarray:
 
 def _standardised_ranks(rdms: np.ndarray) -> np.ndarray:
     """Upper triangles ranked, centred and scaled to unit norm: Spearman's rho is then a dot product."""
-    return _dot_vectors(upper_tri(np.asarray(rdms, dtype=np.float64)), "spearman")
+    return dot_vectors(upper_tri(np.asarray(rdms, dtype=np.float64)), "spearman")
 
 
 def _tie_pairs(x: np.ndarray) -> int:
@@ -123,7 +123,7 @@ def compare_rdms(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = O
     if np.ptp(vector) == 0 and method != "cosine":
         return np.zeros(targets.shape[0])
     if method in DOT_METHODS:
-        values = _dot_vectors(targets, method) @ _dot_vectors(vector, method)
+        values = dot_vectors(targets, method) @ dot_vectors(vector, method)
     else:
         values = np.array([_kendall(vector, t, method) for t in targets.reshape(-1, targets.shape[-1])])
         values = values.reshape(targets.shape[:-1])
@@ -189,8 +189,8 @@ def permutation_scores(
         raise ValueError(f"permutation p-values need one of {', '.join(DOT_METHODS)}, not '{method}'")
     model = np.asarray(model_rdm, dtype=np.float64)
     n = model.shape[-1]
-    ranks = square_rdm(_dot_vectors(upper_tri(model), method), n)
-    targets = _dot_vectors(upper_tri(subject_rdms(np.asarray(target_rdms, dtype=np.float64))), method)
+    ranks = square_rdm(dot_vectors(upper_tri(model), method), n)
+    targets = dot_vectors(upper_tri(subject_rdms(np.asarray(target_rdms, dtype=np.float64))), method)
     n_subjects = targets.shape[0]
     targets = targets.reshape(-1, targets.shape[-1])  # (S * K, L)
     rows, cols = np.triu_indices(n, k=1)

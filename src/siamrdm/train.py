@@ -18,7 +18,6 @@ import dataclasses
 import math
 import os
 import time
-import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .augment import augment_batch, crop_flip, draw_boxes
+from .augment import augment_batch, crop_flip, draw_boxes, image_generator
 from .backbones import create_body, images_to_tensor
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import PRESETS as PRESETS  # re-exported: callers of siamrdm.train find the run's settings here too
@@ -130,7 +129,7 @@ def frozen_views(model: SiameseRDMNet, data: PairTargets, config: TrainConfig, n
             pixels = data.images[missing]
             if view:
                 size = pixels.shape[-1]
-                boxes = torch.cat([draw_boxes(1, size, config.crop_scale, _image_generator(views[k])) for k in missing])
+                boxes = torch.cat([draw_boxes(1, size, config.crop_scale, image_generator(views[k])) for k in missing])
                 pixels = crop_flip(pixels, boxes)
             computed = body_features(model, pixels, config, device)
             if len(_VIEW_CACHE) + len(missing) > _VIEW_CACHE_ENTRIES:
@@ -142,10 +141,6 @@ def frozen_views(model: SiameseRDMNet, data: PairTargets, config: TrainConfig, n
             out = stacked.new_empty((n_views, *stacked.shape))
         out[view] = stacked
     return out
-
-
-def _image_generator(key: tuple) -> torch.Generator:
-    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
 
 
 def body_pass(model: SiameseRDMNet, pixels: torch.Tensor, config: TrainConfig, device: torch.device) -> torch.Tensor:
@@ -215,6 +210,15 @@ def pairs_to_rdms(pairs: torch.Tensor, n: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- fitting
+
+
+def write_log(path: Path, history: list[dict]) -> None:
+    """log.csv of a run: one row per epoch, the columns of every row (validation columns appear with validation)."""
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
 
 
 @dataclass
@@ -561,13 +565,8 @@ class Trainer:
         self.best_score = state["best_score"]
 
     def _write_log(self) -> None:
-        if not self.out_dir or not self.history:
-            return
-        columns = list(dict.fromkeys(k for row in self.history for k in row))
-        with atomic_path(self.out_dir / "log.csv") as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.history)
+        if self.out_dir and self.history:
+            write_log(self.out_dir / "log.csv", self.history)
 
     def fit(self, checkpoint_every_s: float = 30.0) -> FitResult:
         """Run the remaining epochs; with an out_dir, checkpoint `last.pt` as it goes and `model.pt` at the end."""

@@ -15,7 +15,7 @@ from helpers import assert_one_line_error, run_cli
 from scipy import stats
 
 from siamrdm import challenge, data, train
-from siamrdm.augment import augment_batch, crop_flip, draw_boxes
+from siamrdm.augment import augment_batch, crop_flip, draw_boxes, image_generator
 from siamrdm.config import ConfigError, check_config
 from siamrdm.rdm import upper_tri
 from siamrdm.scoring import rank_average_torch, score_with_ceiling, spearman_rhos, spearman_torch
@@ -121,7 +121,7 @@ def test_frozen_views_keep_their_crops(set92: data.BrainDataset) -> None:
         for k, key in enumerate(trainer.train_sets[0].keys):
             seed_key = (config.backbone, config.weights, config.stage, config.image_size, config.crop_scale,
                         config.seed, "cpu", key, view)
-            crop = per_image_augment(pixels[k : k + 1], config.crop_scale, train._image_generator(seed_key))
+            crop = per_image_augment(pixels[k : k + 1], config.crop_scale, image_generator(seed_key))
             torch.testing.assert_close(trainer._views[0][view, k], trainer.model.body(crop)[0], atol=1e-5, rtol=1e-5)
 
 

@@ -214,7 +214,8 @@ def test_fit_rerun_needs_overwrite_or_resume(capsys, tmp_path: Path, fitted_run:
     shutil.copy(out / "seed0" / "last.pt", out / "seed5" / "last.pt")
     code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out, "--overwrite")
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == [files.LOCK_NAME, "images.txt", "model.pt", "seed0"]
+    expected = [files.LOCK_NAME, "images.txt", "model.pt", "seed0", "settings.json"]
+    assert sorted(p.name for p in out.iterdir()) == expected
 
 
 # --------------------------------------------------------------------------- 4. options checked before any work

@@ -31,9 +31,143 @@ def square_rdm(vector: np.ndarray, n: int) -> np.ndarray:
     return rdm
 
 
+class Ranker:
+    """Average ranks (ties averaged, as scipy.stats.rankdata) of float vectors of one length, fast and exact.
+
+    A vector is ranked by one in-place sort of 64-bit words that hold an order-preserving integer key of each
+    value in their high bits and its position in their low bits: no argsort, whose random memory access makes
+    it several times slower on the 50-million-entry upper triangles of 10,000-image RDMs. A float32 key (32
+    bits) fits beside any position below 2^32, so float32 vectors take that one sort. A float64 key loses its
+    low bits to the position; the values that share their high bits with a neighbour are then put in order by
+    a second sort of just them (run, low bits, offset in the run). The working arrays are kept between calls:
+    on large vectors, touching freshly allocated memory costs as much as the sort.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self.index_bits = max(1, (n - 1).bit_length())
+        self._index = np.arange(n, dtype=np.int64)
+        self._packed = np.empty(n, dtype=np.uint64)  # also the ranks in sorted order (as float64)
+        self._keys = np.empty(n, dtype=np.uint64)  # also the first position of each value's run of ties
+        self._order = np.empty(n, dtype=np.intp)
+        self._new_value = np.empty(n, dtype=bool)  # along the sorted order: a value differs from the previous
+        self._last = np.empty(n, dtype=np.int64)  # the last position of each value's run of ties
+
+    def _fits(self, dtype: np.dtype) -> bool:
+        if dtype == np.float32:
+            return self.index_bits <= 32
+        return dtype == np.float64 and 2 * self.index_bits + 8 <= 64
+
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The ranks of `x` (length n, finite) as float64, written to `out` when given."""
+        x = np.asarray(x)
+        if x.shape != (self.n,):
+            raise ValueError(f"Ranker of length {self.n} given an array of shape {x.shape}")
+        out = np.empty(self.n) if out is None else out
+        if not self._fits(x.dtype):  # integers, float16, or a float64 vector of more than 2^28 entries
+            out[:] = rankdata(x)
+            return out
+        if x.dtype == np.float32:
+            self._sort_float32(x)
+        elif not self._sort_float64(x):
+            out[:] = rankdata(x)
+            return out
+        return self._ranks(out)
+
+    def _sort_float32(self, x: np.ndarray) -> None:
+        packed, new_value = self._packed, self._new_value
+        half = self._keys.view(np.uint32)[: self.n]  # scratch: the keys, then their sign masks
+        bits, sign = half.view(np.float32), self._keys.view(np.int32)[self.n :]
+        np.add(x, np.float32(0), out=bits)  # -0.0 becomes 0.0
+        np.right_shift(half.view(np.int32), 31, out=sign)  # all ones where negative
+        sign |= np.int32(np.iinfo(np.int32).min)
+        half ^= sign.view(np.uint32)  # negative: every bit flipped; positive: the sign bit set
+        np.copyto(packed, half)
+        packed <<= np.uint64(32)
+        packed |= self._index.view(np.uint64)
+        packed.sort()
+        np.bitwise_and(packed, np.uint64(0xFFFFFFFF), out=self._order.view(np.uint64))
+        packed >>= np.uint64(32)
+        new_value[0] = True
+        np.not_equal(packed[1:], packed[:-1], out=new_value[1:])
+
+    def _sort_float64(self, x: np.ndarray) -> bool:
+        """False when the values that share their high bits are too many to order in one word each."""
+        n, bits = self.n, self.index_bits
+        packed, keys, order, new_value = self._packed, self._keys, self._order, self._new_value
+        np.add(x, 0.0, out=keys.view(np.float64))  # -0.0 becomes 0.0
+        sign = self._last
+        np.right_shift(keys.view(np.int64), 63, out=sign)
+        sign |= np.int64(np.iinfo(np.int64).min)
+        keys ^= sign.view(np.uint64)
+        low_mask = np.uint64((1 << bits) - 1)
+        np.bitwise_and(keys, ~low_mask, out=packed)
+        packed |= self._index.view(np.uint64)
+        packed.sort()
+        np.bitwise_and(packed, low_mask, out=order.view(np.uint64))
+        packed >>= np.uint64(bits)  # the high bits of the keys, in sorted order
+        new_value[0] = True
+        np.not_equal(packed[1:], packed[:-1], out=new_value[1:])
+        shared = np.flatnonzero(~new_value)  # positions whose high bits equal the previous position's
+        if len(shared) == 0:
+            return True
+        in_run = np.zeros(n, dtype=bool)  # runs of positions that share the high bits: ordered by the low bits
+        in_run[shared] = True
+        in_run[shared - 1] = True
+        positions = np.flatnonzero(in_run)
+        del in_run, shared
+        first = new_value[positions]  # the first position of each run
+        run = np.cumsum(first) - 1
+        run_start = positions[first][run]
+        offset = positions - run_start
+        offset_bits = max(1, int(offset.max()).bit_length())
+        run_bits = max(1, int(run[-1]).bit_length())
+        if run_bits + bits + offset_bits > 64:  # runs too long for the bits left (many exact ties): rankdata
+            return False
+        secondary = run.astype(np.uint64) << np.uint64(bits + offset_bits)
+        secondary |= (keys[order[positions]] & low_mask) << np.uint64(offset_bits)
+        secondary |= offset.astype(np.uint64)
+        secondary.sort()
+        moved = (secondary & np.uint64((1 << offset_bits) - 1)).astype(np.intp)
+        secondary >>= np.uint64(offset_bits)  # run and low bits, in the new order
+        order[positions] = order[run_start + moved]
+        new_value[positions[1:]] = secondary[1:] != secondary[:-1]
+        return True
+
+    def _ranks(self, out: np.ndarray) -> np.ndarray:
+        """Average ranks from the sorted order and where along it a new value starts."""
+        n, order, new_value = self.n, self._order, self._new_value
+        in_order = self._packed.view(np.float64)
+        if new_value.all():  # no ties
+            np.add(self._index, 1, out=in_order)
+        else:
+            first, last = self._keys.view(np.int64), self._last
+            np.multiply(self._index, new_value, out=first)
+            np.maximum.accumulate(first, out=first)  # first position of the run of equal values
+            np.logical_not(new_value[1:], out=new_value[:-1])  # now: the next position holds the same value
+            new_value[-1] = False
+            np.copyto(last, self._index)
+            last[new_value] = n  # not the last of its run
+            np.minimum.accumulate(last[::-1], out=last[::-1])  # last position of the run
+            np.add(first, last, out=in_order)
+            in_order *= 0.5
+            in_order += 1
+        out[order] = in_order
+        return out
+
+
 def rank_transform(x: np.ndarray) -> np.ndarray:
-    """Ranks along the last axis, ties averaged (the transform behind Spearman's rho)."""
-    return rankdata(x, axis=-1)
+    """Ranks along the last axis, ties averaged (the transform behind Spearman's rho); equal to
+    scipy.stats.rankdata's. Finite float rows go through one `Ranker`, much faster on long vectors."""
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64) or x.ndim == 0 or x.shape[-1] < 2 or not np.all(np.isfinite(x)):
+        return rankdata(x, axis=-1)
+    rows = x.reshape(-1, x.shape[-1])
+    out = np.empty(rows.shape)
+    ranker = Ranker(rows.shape[1])
+    for k, row in enumerate(rows):
+        ranker(np.ascontiguousarray(row), out[k])
+    return out.reshape(x.shape)
 
 
 def rank_unit(vector: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 from scipy import stats
 
 from .data import TARGETS, subject_rdms
-from .rdm import Ranker, rank_transform, square_rdm, upper_tri
+from .rdm import Ranker, rank_transform, square_rdm, upper_tri, upper_tri_indices
 
 # Official noise ceilings (upper bound, mean over subjects of r^2) from the challenge's scoring scripts.
 OFFICIAL_NOISE_CEILINGS: dict[int, dict[str, float]] = {
@@ -129,6 +129,8 @@ class _Subjects:
                 raise ValueError(f"subject RDMs have shape {shape}, expected (N, N), (S, N, N) or (S, K, N, N)")
             n = shape[-1]
             self.length = n * (n - 1) // 2
+            rows, cols = upper_tri_indices(n)
+            self.flat = rows * n + cols  # where the upper triangle lies in a flattened RDM
             self.n_subjects = 1 if len(shape) == 2 else shape[0]
             self.k = shape[1] if len(shape) == 4 else 1
         self.rows = np.empty((self.k, self.length))  # the current subject, reused (fresh pages cost time)
@@ -143,7 +145,7 @@ class _Subjects:
             rows = np.asarray(self.rdms[s]).reshape(self.k, self.length)
         else:
             rdm = np.asarray(self.rdms if self.n_subjects == 1 and np.ndim(self.rdms) == 2 else self.rdms[s])
-            rows = upper_tri(rdm.reshape(self.k, *rdm.shape[-2:]))
+            rows = rdm.reshape(self.k, -1).take(self.flat, axis=1)  # = upper_tri, faster than two index arrays
         if not np.all(np.isfinite(rows)):
             raise ValueError(f"subject {s + 1} of {self.n_subjects}: its RDM contains NaN or inf")
         if self.condensed and np.any(np.ptp(rows, axis=-1) == 0):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
 from siamrdm import rdm
 
@@ -112,3 +112,41 @@ def test_rescale_keeps_spearman_order(dissimilarities: np.ndarray) -> None:
 def test_rescale_unknown_method(dissimilarities: np.ndarray) -> None:
     with pytest.raises(ValueError, match="unknown rescale method 'log'"):
         rdm.rescale(dissimilarities, "log")
+
+
+def _tricky_vectors(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """Vectors that test a ranker: ties, -0.0 beside 0.0, negatives, values that differ only in their lowest
+    bits (they share the high bits of the sort key), float32."""
+    return [
+        rng.random(n),
+        np.round(rng.normal(size=n), 1),  # many ties
+        rng.integers(-2, 3, n) * np.where(rng.random(n) < 0.5, -1.0, 1.0) * 0.0 + rng.integers(-1, 2, n),  # -0.0, 0.0
+        1 + rng.integers(0, 40, n) * 2.0**-45,  # equal high bits, distinct low bits, and ties
+        -(1 + rng.integers(0, 40, n) * 2.0**-45),
+        rng.normal(size=n).astype(np.float32),
+        np.round(rng.normal(size=n), 1).astype(np.float32),
+        np.concatenate([np.full(n // 2, 5e-310), rng.random(n - n // 2)]),  # subnormals
+    ]
+
+
+@pytest.mark.parametrize("n", [2, 3, 10, 1000, 4097])
+def test_ranker_equals_rankdata(n: int) -> None:
+    rng = np.random.default_rng(n)
+    ranker = rdm.Ranker(n)
+    out = np.empty(n)
+    for x in _tricky_vectors(rng, n):
+        expected = rankdata(x)
+        assert ranker(x, out) is out  # reused across vectors: its working arrays are kept
+        np.testing.assert_array_equal(out, expected)
+        np.testing.assert_array_equal(rdm.rank_transform(x), expected)
+        np.testing.assert_array_equal(ranker(x[::-1].copy()), expected[::-1])
+    with pytest.raises(ValueError, match="length"):
+        ranker(np.zeros(n + 1))
+
+
+def test_ranker_falls_back_to_rankdata_when_runs_do_not_fit(monkeypatch) -> None:
+    x = 1 + np.random.default_rng(3).integers(0, 300, 5000) * 2.0**-45  # one long run of shared high bits
+    monkeypatch.setattr(rdm.Ranker, "secondary_bits", 20)
+    np.testing.assert_array_equal(rdm.Ranker(len(x))(x), rankdata(x))
+    # Integers take rankdata's own path.
+    np.testing.assert_array_equal(rdm.Ranker(6)(np.array([3, 1, 3, 2, 2, 9])), rankdata([3, 1, 3, 2, 2, 9]))

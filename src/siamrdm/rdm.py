@@ -43,6 +43,8 @@ class Ranker:
     on large vectors, touching freshly allocated memory costs as much as the sort.
     """
 
+    secondary_bits = 64  # the word of the second sort (a test narrows it to reach the rankdata fallback)
+
     def __init__(self, n: int):
         self.n = n
         self.index_bits = max(1, (n - 1).bit_length())
@@ -122,7 +124,7 @@ class Ranker:
         offset = positions - run_start
         offset_bits = max(1, int(offset.max()).bit_length())
         run_bits = max(1, int(run[-1]).bit_length())
-        if run_bits + bits + offset_bits > 64:  # runs too long for the bits left (many exact ties): rankdata
+        if run_bits + bits + offset_bits > self.secondary_bits:  # too many or too long runs: rankdata
             return False
         secondary = run.astype(np.uint64) << np.uint64(bits + offset_bits)
         secondary |= (keys[order[positions]] & low_mask) << np.uint64(offset_bits)

@@ -126,6 +126,8 @@ def _tricky_vectors(rng: np.random.Generator, n: int) -> list[np.ndarray]:
         rng.normal(size=n).astype(np.float32),
         np.round(rng.normal(size=n), 1).astype(np.float32),
         np.concatenate([np.full(n // 2, 5e-310), rng.random(n - n // 2)]),  # subnormals
+        # A cluster of values closer than the coarse key resolves (range / 2^51): ordered by their exact values.
+        rng.permutation(np.concatenate([rng.random(n - n // 16) * 1e6, rng.integers(0, 5, n // 16) * 1e-10])),
     ]
 
 
@@ -144,9 +146,15 @@ def test_ranker_equals_rankdata(n: int) -> None:
         ranker(np.zeros(n + 1))
 
 
-def test_ranker_falls_back_to_rankdata_when_runs_do_not_fit(monkeypatch) -> None:
-    x = 1 + np.random.default_rng(3).integers(0, 300, 5000) * 2.0**-45  # one long run of shared high bits
-    monkeypatch.setattr(rdm.Ranker, "secondary_bits", 20)
-    np.testing.assert_array_equal(rdm.Ranker(len(x))(x), rankdata(x))
-    # Integers take rankdata's own path.
-    np.testing.assert_array_equal(rdm.Ranker(6)(np.array([3, 1, 3, 2, 2, 9])), rankdata([3, 1, 3, 2, 2, 9]))
+def test_ranker_falls_back_to_rankdata_where_its_keys_cannot_help(monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(rdm, "rankdata", lambda x, **kw: calls.append(len(x)) or rankdata(x, **kw))
+    rng = np.random.default_rng(3)
+    cases = [
+        np.append(rng.random(5000), 1e300),  # one outlier: the other values share one coarse key
+        np.append(rng.random(50), [-1e308, 1e308]),  # max - min overflows
+        np.array([3, 1, 3, 2, 2, 9]),  # integers
+    ]
+    for x in cases:
+        np.testing.assert_array_equal(rdm.Ranker(len(x))(x), rankdata(x))
+    assert calls == [len(x) for x in cases]

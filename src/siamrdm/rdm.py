@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.stats import rankdata
 
@@ -43,22 +45,19 @@ class Ranker:
     on large vectors, touching freshly allocated memory costs as much as the sort.
     """
 
-    secondary_bits = 64  # the word of the second sort (a test narrows it to reach the rankdata fallback)
-
     def __init__(self, n: int):
         self.n = n
         self.index_bits = max(1, (n - 1).bit_length())
         self._index = np.arange(n, dtype=np.int64)
-        self._packed = np.empty(n, dtype=np.uint64)  # also the ranks in sorted order (as float64)
-        self._keys = np.empty(n, dtype=np.uint64)  # also the first position of each value's run of ties
+        self._packed = np.empty(n, dtype=np.uint64)  # then the ranks in sorted order (as float64)
+        self._keys = np.empty(n, dtype=np.uint64)  # scratch: keys, then the first position of each run of ties
         self._order = np.empty(n, dtype=np.intp)
         self._new_value = np.empty(n, dtype=bool)  # along the sorted order: a value differs from the previous
-        self._last = np.empty(n, dtype=np.int64)  # the last position of each value's run of ties
 
     def _fits(self, dtype: np.dtype) -> bool:
         if dtype == np.float32:
             return self.index_bits <= 32
-        return dtype == np.float64 and 2 * self.index_bits + 8 <= 64
+        return dtype == np.float64 and self.index_bits <= 40
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The ranks of `x` (length n, finite) as float64, written to `out` when given."""
@@ -94,46 +93,52 @@ class Ranker:
         np.not_equal(packed[1:], packed[:-1], out=new_value[1:])
 
     def _sort_float64(self, x: np.ndarray) -> bool:
-        """False when the values that share their high bits are too many to order in one word each."""
+        """Sort by a coarse key (the value's place in [min, max] on 64 - index_bits bits, which keeps the order
+        but may merge close values), then put the runs of merged, unequal values in exact order with a lexsort
+        of just them. False when the range overflows or too many unequal values merge (rankdata then)."""
         n, bits = self.n, self.index_bits
-        packed, keys, order, new_value = self._packed, self._keys, self._order, self._new_value
-        np.add(x, 0.0, out=keys.view(np.float64))  # -0.0 becomes 0.0
-        sign = self._last
-        np.right_shift(keys.view(np.int64), 63, out=sign)
-        sign |= np.int64(np.iinfo(np.int64).min)
-        keys ^= sign.view(np.uint64)
-        low_mask = np.uint64((1 << bits) - 1)
-        np.bitwise_and(keys, ~low_mask, out=packed)
+        packed, order, new_value = self._packed, self._order, self._new_value
+        low, high = float(x.min()), float(x.max())
+        span, top = high - low, float(2 ** min(64 - bits, 52) - 1)  # exact in float64, fits beside the position
+        if not math.isfinite(span):
+            return False
+        scaled = self._keys.view(np.float64)
+        if span > 0:  # monotone: x <= y gives scaled(x) <= scaled(y), rounding included
+            np.subtract(x, low, out=scaled)
+            scaled /= span
+            scaled *= top
+            np.minimum(scaled, top, out=scaled)
+        else:
+            scaled[:] = 0.0
+        np.copyto(packed, scaled, casting="unsafe")  # truncation: the integer part
+        packed <<= np.uint64(bits)
         packed |= self._index.view(np.uint64)
         packed.sort()
-        np.bitwise_and(packed, low_mask, out=order.view(np.uint64))
-        packed >>= np.uint64(bits)  # the high bits of the keys, in sorted order
+        np.bitwise_and(packed, np.uint64((1 << bits) - 1), out=order.view(np.uint64))
+        packed >>= np.uint64(bits)
         new_value[0] = True
         np.not_equal(packed[1:], packed[:-1], out=new_value[1:])
-        shared = np.flatnonzero(~new_value)  # positions whose high bits equal the previous position's
+        shared = np.flatnonzero(~new_value)  # positions whose coarse key equals the previous position's
         if len(shared) == 0:
             return True
-        in_run = np.zeros(n, dtype=bool)  # runs of positions that share the high bits: ordered by the low bits
-        in_run[shared] = True
-        in_run[shared - 1] = True
-        positions = np.flatnonzero(in_run)
-        del in_run, shared
-        first = new_value[positions]  # the first position of each run
-        run = np.cumsum(first) - 1
-        run_start = positions[first][run]
-        offset = positions - run_start
-        offset_bits = max(1, int(offset.max()).bit_length())
-        run_bits = max(1, int(run[-1]).bit_length())
-        if run_bits + bits + offset_bits > self.secondary_bits:  # too many or too long runs: rankdata
+        values = x[order[shared]]
+        unequal = values != x[order[shared - 1]]  # merged but not tied: their order is not known yet
+        if not unequal.any():
+            return True
+        if unequal.sum() > n // 8:
             return False
-        secondary = run.astype(np.uint64) << np.uint64(bits + offset_bits)
-        secondary |= (keys[order[positions]] & low_mask) << np.uint64(offset_bits)
-        secondary |= offset.astype(np.uint64)
-        secondary.sort()
-        moved = (secondary & np.uint64((1 << offset_bits) - 1)).astype(np.intp)
-        secondary >>= np.uint64(offset_bits)  # run and low bits, in the new order
-        order[positions] = order[run_start + moved]
-        new_value[positions[1:]] = secondary[1:] != secondary[:-1]
+        in_run = np.zeros(n, dtype=bool)  # whole runs of merged values that hold an unequal pair
+        run_of = np.cumsum(new_value) - 1  # each sorted position's run
+        in_run[np.isin(run_of, run_of[shared[unequal]])] = True
+        positions = np.flatnonzero(in_run)
+        del in_run
+        run, members = run_of[positions], order[positions]
+        del run_of
+        values = x[members]
+        exact = np.lexsort((values, run))
+        order[positions] = members[exact]
+        values, run = values[exact], run[exact]
+        new_value[positions[1:]] = (values[1:] != values[:-1]) | (run[1:] != run[:-1])
         return True
 
     def _ranks(self, out: np.ndarray) -> np.ndarray:
@@ -142,16 +147,16 @@ class Ranker:
         in_order = self._packed.view(np.float64)
         if new_value.all():  # no ties
             np.add(self._index, 1, out=in_order)
-        else:
-            first, last = self._keys.view(np.int64), self._last
+        else:  # positions are below 2^53: exact in float64
+            first = self._keys.view(np.float64)
             np.multiply(self._index, new_value, out=first)
             np.maximum.accumulate(first, out=first)  # first position of the run of equal values
             np.logical_not(new_value[1:], out=new_value[:-1])  # now: the next position holds the same value
             new_value[-1] = False
-            np.copyto(last, self._index)
-            last[new_value] = n  # not the last of its run
-            np.minimum.accumulate(last[::-1], out=last[::-1])  # last position of the run
-            np.add(first, last, out=in_order)
+            np.copyto(in_order, self._index)
+            in_order[new_value] = n  # not the last of its run
+            np.minimum.accumulate(in_order[::-1], out=in_order[::-1])  # last position of the run
+            in_order += first
             in_order *= 0.5
             in_order += 1
         out[order] = in_order

@@ -108,7 +108,7 @@ def _kendall(a: np.ndarray, b: np.ndarray, variant: str) -> float:
 
 
 class _Subjects:
-    """The subjects' upper triangles, one subject at a time, as float64 (K, P) rows: from square RDMs ((N, N),
+    """The subjects' upper triangles, one subject at a time, as (K, P) rows: from square RDMs ((N, N),
     (S, N, N) or (S, K, N, N)) or from condensed ones ((S, P) or (S, K, P), any array-like, a memory-mapped
     .npy included). Only one subject is ever converted, so memory stays a few upper triangles however many
     subjects there are.
@@ -133,31 +133,28 @@ class _Subjects:
             self.flat = rows * n + cols  # where the upper triangle lies in a flattened RDM
             self.n_subjects = 1 if len(shape) == 2 else shape[0]
             self.k = shape[1] if len(shape) == 4 else 1
-        self.rows = np.empty((self.k, self.length))  # the current subject, reused (fresh pages cost time)
+        self.checked: set[int] = set()
 
     def __len__(self) -> int:
         return self.n_subjects
 
-    def raw(self, s: int) -> np.ndarray:
-        """Subject s's upper triangles in their stored dtype, (K, P); ranks are the same in any float dtype,
-        and float32 ones rank fastest."""
+    def __getitem__(self, s: int) -> np.ndarray:
+        """Subject s's upper triangles, (K, P), in their stored dtype (ranks are the same in any float dtype,
+        and float32 ones rank fastest; sums and differences cast them to float64 exactly). Checked once."""
         if self.condensed:
             rows = np.asarray(self.rdms[s]).reshape(self.k, self.length)
         else:
             rdm = np.asarray(self.rdms if self.n_subjects == 1 and np.ndim(self.rdms) == 2 else self.rdms[s])
             rows = rdm.reshape(self.k, -1).take(self.flat, axis=1)  # = upper_tri, faster than two index arrays
+        if s in self.checked:
+            return rows
         if not np.all(np.isfinite(rows)):
             raise ValueError(f"subject {s + 1} of {self.n_subjects}: its RDM contains NaN or inf")
         if self.condensed and np.any(np.ptp(rows, axis=-1) == 0):
             raise ValueError(f"subject {s + 1} of {self.n_subjects}: its RDM has a constant upper triangle, so its "
                              "Spearman correlation and the noise ceiling are undefined")
+        self.checked.add(s)
         return rows
-
-    def __getitem__(self, s: int) -> tuple[np.ndarray, np.ndarray]:
-        """(stored rows, float64 rows) of subject s; the float64 rows are overwritten by the next call."""
-        raw = self.raw(s)
-        np.copyto(self.rows, raw)
-        return raw, self.rows
 
 
 def _check_pairs(length: int, what: str) -> int:
@@ -177,13 +174,14 @@ class _Transform:
         self.method, self.length = method, length
         self.ranker = Ranker(length) if method in ("spearman", "rho-a") else None
 
-    def __call__(self, raw: np.ndarray, exact: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
-        """`raw` in any float dtype, `exact` the same values as float64 (made from `raw` when None)."""
+    def __call__(self, raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The transform of `raw` (any float dtype) as float64, into `out` when given; `out` may be `raw`
+        itself (the ranker reads all of it before writing)."""
         out = np.empty(self.length) if out is None else out
         if self.ranker is not None:
             self.ranker(raw, out)
         else:
-            np.copyto(out, raw if exact is None else exact)
+            np.copyto(out, raw)
         if self.method in ("tau-a", "kendall"):
             return out
         if self.method == "rho-a":  # 12 x (centred ranks . centred ranks) / (n^3 - n)
@@ -234,38 +232,40 @@ def _stream(model, subjects: _Subjects, method: str, ceiling: bool) -> tuple[np.
         grand = np.zeros(subjects.length)
         total = np.zeros((k, subjects.length)) if k > 1 else grand[None]  # per K, over subjects
         for s in range(n_subjects):
-            _, rows = subjects[s]
+            rows = subjects[s]
             for j in range(k):
                 grand += rows[j]
                 if k > 1:
                     total[j] += rows[j]
-        mean = grand / (n_subjects * k)
-        _check_mean(mean, "the mean RDM of all subjects")
-        grand_t = transform(mean, mean)
-        del mean
+        grand_t = grand / (n_subjects * k)  # the mean RDM, transformed in place below
+        _check_mean(grand_t, "the mean RDM of all subjects")
+        transform(grand_t, grand_t)
     values = np.zeros((n_subjects, k)) if model is not None else None
     upper, lower = np.empty((n_subjects, k)), np.empty((n_subjects, k))
     subject_t = np.empty((k, subjects.length))
-    others, others_t = (np.empty(subjects.length), np.empty(subjects.length)) if ceiling else (None, None)
+    others = np.empty(subjects.length) if ceiling else None
+    scratch = np.empty(subjects.length) if ceiling and k > 1 else None
     for s in range(n_subjects):
-        raw, rows = subjects[s]
+        rows = subjects[s]
         for j in range(k):
-            transform(raw[j], rows[j], subject_t[j])
+            transform(rows[j], subject_t[j])
         if model_t is not None:
             values[s] = [transform.compare(model_t, subject_t[j]) for j in range(k)]
         if not ceiling:
             continue
         upper[s] = [transform.compare(grand_t, subject_t[j]) for j in range(k)]
-        # The mean of the others as the old formula had it: ((total - subject) / (S - 1)), then the mean over K.
-        others[:] = 0.0
-        for j in range(k):
-            np.subtract(total[j], rows[j], out=others_t)  # others_t as scratch: no fresh pages per subject
-            others_t /= n_subjects - 1
-            others += others_t
-        others /= k
+        # The mean of the others as the old formula had it: (total - subject) / (S - 1), then the mean over K.
+        np.subtract(total[0], rows[0], out=others)
+        others /= n_subjects - 1
+        for j in range(1, k):
+            np.subtract(total[j], rows[j], out=scratch)
+            scratch /= n_subjects - 1
+            others += scratch
+        if k > 1:
+            others /= k
         _check_mean(others, f"the mean RDM of the subjects other than subject {s + 1}")
-        transform(others, others, others_t)
-        lower[s] = [transform.compare(others_t, subject_t[j]) for j in range(k)]
+        transform(others, others)
+        lower[s] = [transform.compare(others, subject_t[j]) for j in range(k)]
     ceilings = None
     if ceiling:
         ceilings = (float(np.mean(upper.mean(axis=1) ** 2)), float(np.mean(lower.mean(axis=1) ** 2)))

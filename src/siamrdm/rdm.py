@@ -127,17 +127,21 @@ class Ranker:
             return True
         if unequal.sum() > n // 8:
             return False
-        in_run = np.zeros(n, dtype=bool)  # whole runs of merged values that hold an unequal pair
-        run_of = np.cumsum(new_value) - 1  # each sorted position's run
-        in_run[np.isin(run_of, run_of[shared[unequal]])] = True
-        positions = np.flatnonzero(in_run)
-        del in_run
-        run, members = run_of[positions], order[positions]
-        del run_of
+        # Runs of merged values are consecutive shared positions plus the one before them: found from `shared`
+        # alone (small), never from a pass over all n positions.
+        starts = np.flatnonzero(np.diff(shared, prepend=-2) != 1)  # where in `shared` each run begins
+        run_of = np.cumsum(np.diff(shared, prepend=-2) != 1) - 1
+        needed = np.unique(run_of[unequal])  # the runs holding an unequal pair
+        first = shared[starts[needed]] - 1
+        ends = np.append(starts[1:], len(shared))[needed] - 1
+        lengths = shared[ends] - first + 1
+        run = np.repeat(np.arange(len(needed)), lengths)
+        positions = np.arange(len(run)) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(first, lengths)
+        members = order[positions]
         values = x[members]
         exact = np.lexsort((values, run))
         order[positions] = members[exact]
-        values, run = values[exact], run[exact]
+        values = values[exact]
         new_value[positions[1:]] = (values[1:] != values[:-1]) | (run[1:] != run[:-1])
         return True
 
@@ -154,7 +158,7 @@ class Ranker:
             np.logical_not(new_value[1:], out=new_value[:-1])  # now: the next position holds the same value
             new_value[-1] = False
             np.copyto(in_order, self._index)
-            in_order[new_value] = n  # not the last of its run
+            np.copyto(in_order, float(n), where=new_value)  # not the last of its run
             np.minimum.accumulate(in_order[::-1], out=in_order[::-1])  # last position of the run
             in_order += first
             in_order *= 0.5

@@ -20,6 +20,7 @@ pages once touched) and the peak of anonymous memory (RssAnon sampled every 10 m
 The printed r2 and ceilings let two checkouts be compared: run it with PYTHONPATH pointing at each.
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/bench_scoring.py [--large]
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/bench_scoring.py --ranker 49995000
 """
 
 from __future__ import annotations
@@ -147,13 +148,41 @@ def run_case(workdir: Path, case: str) -> dict:
     return out
 
 
+def bench_ranker(n: int) -> None:
+    """CPU seconds of one reused `rdm.Ranker` on n uniform values, float64 and float32 (second call of each:
+    the first one touches the working arrays), against a plain np.sort of the same number of 64-bit words and
+    scipy's rankdata."""
+    from siamrdm.rdm import Ranker
+
+    x = np.random.default_rng(0).random(n)
+    ranker, out = Ranker(n), np.empty(n)
+    for values in (x, x.astype(np.float32)):
+        for call in (1, 2):
+            cpu = time.process_time()
+            ranker(values, out)
+            print(f"Ranker {values.dtype} n={n:,} call {call}: {time.process_time() - cpu:.2f} s CPU")
+    words = x.view(np.uint64).copy()
+    cpu = time.process_time()
+    words.sort()
+    print(f"np.sort of {n:,} uint64: {time.process_time() - cpu:.2f} s CPU")
+    from scipy.stats import rankdata
+
+    cpu = time.process_time()
+    rankdata(x)
+    print(f"scipy.stats.rankdata float64 (what scoring used before): {time.process_time() - cpu:.2f} s CPU")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--large", action="store_true", help="also the 10000x8 case (condensed, memory-mapped)")
     parser.add_argument("--cases", help="comma-separated cases (default: 1000x15,3000x8; 10000x8 too with --large)")
     parser.add_argument("--workdir", default="/tmp/siamrdm_bench_scoring", help="where the synthetic data go")
+    parser.add_argument("--ranker", type=int, metavar="N", help="only time rdm.Ranker on N values")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: time one case in this process
     args = parser.parse_args()
+    if args.ranker:
+        bench_ranker(args.ranker)
+        return
     workdir = Path(args.workdir)
     if args.case:
         print(json.dumps(run_case(workdir, args.case)))

@@ -18,6 +18,12 @@ replace Spearman's rho: 'corr' (Pearson r), 'cosine', 'tau-a' and 'kendall' (Ken
 (Spearman without tie correction). The score keeps the challenge's form (mean over subjects of the squared
 comparison value, over a noise ceiling computed with the same method); the official ceilings belong to
 Spearman only. They are implemented here with numpy and scipy, so rsatoolbox is not needed at run time.
+
+At scale: scores and ceilings stream the subjects one at a time (`_stream`), ranking each upper triangle once
+(`rdm.Ranker`): the model and the mean of all subjects once, each subject once for its score and both
+ceilings, the mean of the others once per subject. `score_condensed` and `noise_ceiling_condensed` take
+upper triangles directly, (subjects, pairs) arrays such as a memory-mapped float32 .npy, for sets whose
+square RDMs would not fit in memory (BENCHMARKS.md, "Scoring at scale").
 """
 
 from __future__ import annotations

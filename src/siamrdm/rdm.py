@@ -34,15 +34,16 @@ def square_rdm(vector: np.ndarray, n: int) -> np.ndarray:
 
 
 class Ranker:
-    """Average ranks (ties averaged, as scipy.stats.rankdata) of float vectors of one length, fast and exact.
+    """Average ranks (ties averaged, equal to scipy.stats.rankdata's) of float vectors of one length, fast.
 
     A vector is ranked by one in-place sort of 64-bit words that hold an order-preserving integer key of each
     value in their high bits and its position in their low bits: no argsort, whose random memory access makes
-    it several times slower on the 50-million-entry upper triangles of 10,000-image RDMs. A float32 key (32
-    bits) fits beside any position below 2^32, so float32 vectors take that one sort. A float64 key loses its
-    low bits to the position; the values that share their high bits with a neighbour are then put in order by
-    a second sort of just them (run, low bits, offset in the run). The working arrays are kept between calls:
-    on large vectors, touching freshly allocated memory costs as much as the sort.
+    it several times slower on the 50-million-entry upper triangles of 10,000-image RDMs. A float32 value's
+    bits make an exact 32-bit key, which fits beside any position below 2^32. A float64 value gets a coarse
+    key, its place between the vector's min and max on the bits the position leaves (at least 24); values
+    closer than that resolves share a key and are put in exact order by a lexsort of just them. Vectors with
+    NaN, a range that overflows, or too many such close values go to rankdata itself. The working arrays are
+    kept between calls: on large vectors, touching freshly allocated memory costs about as much as the sort.
     """
 
     def __init__(self, n: int):
@@ -60,17 +61,19 @@ class Ranker:
         return dtype == np.float64 and self.index_bits <= 40
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """The ranks of `x` (length n, finite) as float64, written to `out` when given."""
+        """The ranks of `x` (length n) as float64, written to `out` when given."""
         x = np.asarray(x)
         if x.shape != (self.n,):
             raise ValueError(f"Ranker of length {self.n} given an array of shape {x.shape}")
         out = np.empty(self.n) if out is None else out
-        if not self._fits(x.dtype):  # integers, float16, or a float64 vector of more than 2^28 entries
+        # Integers, float16, a float64 vector of more than 2^40 entries, or NaN (rankdata's ranks are then NaN).
+        low, high = (float(x.min()), float(x.max())) if x.dtype.kind == "f" else (0.0, 0.0)
+        if not self._fits(x.dtype) or math.isnan(low) or math.isnan(high):
             out[:] = rankdata(x)
             return out
         if x.dtype == np.float32:
             self._sort_float32(x)
-        elif not self._sort_float64(x):
+        elif not self._sort_float64(x, low, high):
             out[:] = rankdata(x)
             return out
         return self._ranks(out)
@@ -92,13 +95,12 @@ class Ranker:
         new_value[0] = True
         np.not_equal(packed[1:], packed[:-1], out=new_value[1:])
 
-    def _sort_float64(self, x: np.ndarray) -> bool:
+    def _sort_float64(self, x: np.ndarray, low: float, high: float) -> bool:
         """Sort by a coarse key (the value's place in [min, max] on 64 - index_bits bits, which keeps the order
         but may merge close values), then put the runs of merged, unequal values in exact order with a lexsort
         of just them. False when the range overflows or too many unequal values merge (rankdata then)."""
         n, bits = self.n, self.index_bits
         packed, order, new_value = self._packed, self._order, self._new_value
-        low, high = float(x.min()), float(x.max())
         span, top = high - low, float(2 ** min(64 - bits, 52) - 1)  # exact in float64, fits beside the position
         if not math.isfinite(span):
             return False

@@ -120,6 +120,8 @@ def _tricky_vectors(rng: np.random.Generator, n: int) -> list[np.ndarray]:
     return [
         rng.random(n),
         np.round(rng.normal(size=n), 1),  # many ties
+        np.where(rng.random(n) < 0.05, 0.5, rng.random(n)),  # few ties: one run
+        np.round(rng.random(n) * 8 * n),  # few ties: short runs here and there
         rng.integers(-2, 3, n) * np.where(rng.random(n) < 0.5, -1.0, 1.0) * 0.0 + rng.integers(-1, 2, n),  # -0.0, 0.0
         1 + rng.integers(0, 40, n) * 2.0**-45,  # equal high bits, distinct low bits, and ties
         -(1 + rng.integers(0, 40, n) * 2.0**-45),

@@ -151,8 +151,16 @@ class Ranker:
         """Average ranks from the sorted order and where along it a new value starts."""
         n, order, new_value = self.n, self._order, self._new_value
         in_order = self._packed.view(np.float64)
-        if new_value.all():  # no ties
+        tied = np.flatnonzero(~new_value)  # positions holding the same value as the previous one
+        if len(tied) <= n // 8:  # few ties: ranks 1..n, then each run of ties gets its mean
             np.add(self._index, 1, out=in_order)
+            if len(tied):
+                starts = np.diff(tied, prepend=-2) != 1
+                first = tied[starts] - 1
+                last = tied[np.append(starts[1:], True)]
+                mean = (first + last) / 2 + 1
+                in_order[first] = mean
+                in_order[tied] = mean[np.cumsum(starts) - 1]
         else:  # positions are below 2^53: exact in float64
             first = self._keys.view(np.float64)
             np.multiply(self._index, new_value, out=first)

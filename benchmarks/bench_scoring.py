@@ -20,6 +20,7 @@ pages once touched) and the peak of anonymous memory (RssAnon sampled every 10 m
 The printed r2 and ceilings let two checkouts be compared: run it with PYTHONPATH pointing at each.
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/bench_scoring.py [--large]
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/bench_scoring.py --cases 10000x8 --threads 2
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/bench_scoring.py --ranker 49995000
 """
 
@@ -105,7 +106,7 @@ class AnonPeak:
         self.peak = max(self.peak, self.now())
 
 
-def run_case(workdir: Path, case: str) -> dict:
+def run_case(workdir: Path, case: str, threads: int = 1) -> dict:
     """Time one case in this process (see the module docstring)."""
     from siamrdm import data, scoring
 
@@ -120,14 +121,14 @@ def run_case(workdir: Path, case: str) -> dict:
             subjects = np.load(paths["subjects"], mmap_mode="r", allow_pickle=False)
             out["load_s"] = time.perf_counter() - start
             start, cpu = time.perf_counter(), time.process_time()
-            scoring.score_condensed(model, subjects, ceiling=False)
+            scoring.score_condensed(model, subjects, ceiling=False, threads=threads)
             out["score_only_s"], out["score_only_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
             start, cpu = time.perf_counter(), time.process_time()
-            score, (upper, lower) = scoring.score_condensed(model, subjects)
+            score, (upper, lower) = scoring.score_condensed(model, subjects, threads=threads)
             out["score_s"], out["score_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
             out["r2"], out["upper"], out["lower"] = score.r2, upper, lower
             start, cpu = time.perf_counter(), time.process_time()
-            out["noise_ceiling"] = list(scoring.noise_ceiling_condensed(subjects))
+            out["noise_ceiling"] = list(scoring.noise_ceiling_condensed(subjects, threads=threads))
             out["noise_ceiling_s"], out["noise_ceiling_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
         else:
             targets = data.load_rdm_dict(paths["subjects"])
@@ -177,6 +178,7 @@ def main() -> None:
     parser.add_argument("--large", action="store_true", help="also the 10000x8 case (condensed, memory-mapped)")
     parser.add_argument("--cases", help="comma-separated cases (default: 1000x15,3000x8; 10000x8 too with --large)")
     parser.add_argument("--workdir", default="/tmp/siamrdm_bench_scoring", help="where the synthetic data go")
+    parser.add_argument("--threads", type=int, default=1, help="threads for the condensed case (default: 1)")
     parser.add_argument("--ranker", type=int, metavar="N", help="only time rdm.Ranker on N values")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: time one case in this process
     args = parser.parse_args()
@@ -185,18 +187,20 @@ def main() -> None:
         return
     workdir = Path(args.workdir)
     if args.case:
-        print(json.dumps(run_case(workdir, args.case)))
+        print(json.dumps(run_case(workdir, args.case, args.threads)))
         return
     cases = args.cases.split(",") if args.cases else ["1000x15", "3000x8", *(LARGE if args.large else ())]
     import siamrdm
 
-    print(f"# siamrdm from {Path(siamrdm.__file__).parent}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    print(f"# siamrdm from {Path(siamrdm.__file__).parent}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
+          f"threads={args.threads} (condensed case)")
     print("| case | pairs per subject | load s | score only s (CPU s) | score + ceilings s (CPU s) "
           "| noise ceiling s (CPU s) | peak RSS MB | peak anon MB | r2 | upper | lower |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for case in cases:
         make_data(workdir, case)
-        done = subprocess.run([sys.executable, __file__, "--workdir", str(workdir), "--case", case],
+        done = subprocess.run([sys.executable, __file__, "--workdir", str(workdir), "--case", case,
+                               "--threads", str(args.threads)],
                               capture_output=True, text=True, env=os.environ)
         if done.returncode != 0:
             print(f"| {case} | failed: {done.stderr.strip().splitlines()[-1]} |")

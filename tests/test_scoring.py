@@ -488,3 +488,26 @@ def test_condensed_bad_input_is_a_one_line_error(make_rdms) -> None:
     square[2, 0, 1] = square[2, 1, 0] = np.nan
     with pytest.raises(ValueError, match=r"^subject 3 of 3: its RDM contains NaN or inf$"):
         scoring.score_rdm(make_rdms(10, seed=80), square)
+
+
+@pytest.mark.parametrize("k", [None, 2])
+def test_condensed_threads_give_the_same_numbers(make_rdms, k) -> None:
+    model = upper_tri(make_rdms(20, seed=81))
+    subjects = upper_tri(_tied(make_rdms(20, subjects=5, k=k, seed=82), 2))
+    one = scoring.score_condensed(model, subjects)
+    for threads in (2, 3):
+        for ceiling in (True, False):
+            score, ceilings = scoring.score_condensed(model, subjects, ceiling=ceiling, threads=threads)
+            np.testing.assert_array_equal(score.rho, one[0].rho)
+            assert ceilings == (one[1] if ceiling else None)
+        assert scoring.noise_ceiling_condensed(subjects, threads=threads) == one[1]
+    # An error in a thread reaches the caller as it would without threads.
+    first = np.round(make_rdms(7, seed=28) * 8) / 8
+    pair = upper_tri(np.stack([first, (2 - first) * (1 - np.eye(7))]))
+    with pytest.raises(ValueError, match="mean RDM of all subjects has a constant upper triangle"):
+        scoring.noise_ceiling_condensed(pair, threads=2)
+    three = upper_tri(np.stack([first, (2 - first) * (1 - np.eye(7)), np.round(make_rdms(7, seed=29) * 8) / 8]))
+    with pytest.raises(ValueError, match="other than subject 3 has a constant upper triangle"):
+        scoring.noise_ceiling_condensed(three, threads=2)
+    with pytest.raises(ValueError, match="threads must be a whole number of 1 or more, got 0"):
+        scoring.score_condensed(model, subjects, threads=0)

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -201,14 +203,17 @@ class _Transform:
             out /= norm
         return out
 
-    def compare(self, a: np.ndarray, b: np.ndarray) -> float:
-        """The comparison value of two transformed vectors."""
-        if self.method in DOT_METHODS:
-            return float(np.dot(a, b))
-        return _kendall(a, b, self.method)
 
 
-def _stream(model, subjects: _Subjects, method: str, ceiling: bool) -> tuple[np.ndarray | None, tuple | None]:
+def _compare(a: np.ndarray, b: np.ndarray, method: str) -> float:
+    """The comparison value of two vectors transformed by `_Transform`."""
+    if method in DOT_METHODS:
+        return float(np.dot(a, b))
+    return _kendall(a, b, method)
+
+
+def _stream(model, subjects: _Subjects, method: str, ceiling: bool,
+            threads: int = 1) -> tuple[np.ndarray | None, tuple | None]:
     """(K-averaged comparisons of the model with each subject, or None without a model; (upper, lower) noise
     ceiling, or None), in two passes over the subjects, one at a time.
 
@@ -216,62 +221,91 @@ def _stream(model, subjects: _Subjects, method: str, ceiling: bool) -> tuple[np.
     RDMs does, so the mean RDMs and their ranks are the same to the last bit). Pass 2 transforms each subject
     once (its ranks, for Spearman) and compares it with the model, the mean of all subjects (upper ceiling)
     and the mean of the others (lower ceiling, one more transform per subject). The model's and the grand
-    mean's transforms are computed once.
+    mean's transforms are computed once. With `threads` > 1, independent transforms (a subject's and its
+    others' mean; or, without ceilings, several subjects') run at once, each thread with its own ranker's
+    working arrays: numpy's sort releases the GIL.
     """
     check_method(method)
-    transform = _Transform(method, subjects.length)
-    n_subjects, k = len(subjects), subjects.k
-    model_t = None
-    if model is not None:
-        raw = np.asarray(model).reshape(-1)
-        if raw.shape != (subjects.length,):
-            raise ValueError(f"model upper triangle of length {raw.size} does not match the subjects' "
-                             f"{subjects.length}")
-        if not np.all(np.isfinite(raw)):
-            raise ValueError("model RDM contains NaN or inf")
-        if np.ptp(raw) != 0 or method == "cosine":  # a constant model orders no pair: it scores 0
-            model_t = transform(raw)
-    grand_t = total = None
-    if ceiling:
-        if n_subjects < 2:
-            raise ValueError("a noise ceiling needs at least 2 subjects")
-        grand = np.zeros(subjects.length)
-        total = np.zeros((k, subjects.length)) if k > 1 else grand[None]  # per K, over subjects
-        for s in range(n_subjects):
-            rows = subjects[s]
-            for j in range(k):
-                grand += rows[j]
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a whole number of 1 or more, got {threads!r}")
+    n_subjects, k, length = len(subjects), subjects.k, subjects.length
+    local = threading.local()
+
+    def transform(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if not hasattr(local, "transform"):  # one per thread: a ranker's working arrays are not shared
+            local.transform = _Transform(method, length)
+        return local.transform(raw, out)
+
+    def run(*jobs):
+        if pool is None:
+            return [job() for job in jobs]
+        return [future.result() for future in [pool.submit(job) for job in jobs]]
+
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    try:
+        model_t = None
+        if model is not None:
+            raw = np.asarray(model).reshape(-1)
+            if raw.shape != (length,):
+                raise ValueError(f"model upper triangle of length {raw.size} does not match the subjects' {length}")
+            if not np.all(np.isfinite(raw)):
+                raise ValueError("model RDM contains NaN or inf")
+            if np.ptp(raw) != 0 or method == "cosine":  # a constant model orders no pair: it scores 0
+                model_t = run(lambda: transform(raw))[0]
+        grand_t = total = None
+        if ceiling:
+            if n_subjects < 2:
+                raise ValueError("a noise ceiling needs at least 2 subjects")
+            grand = np.zeros(length)
+            total = np.zeros((k, length)) if k > 1 else grand[None]  # per K, over subjects
+            for s in range(n_subjects):
+                rows = subjects[s]
+                for j in range(k):
+                    grand += rows[j]
+                    if k > 1:
+                        total[j] += rows[j]
+            grand_t = grand / (n_subjects * k)  # the mean RDM, transformed in place below
+            _check_mean(grand_t, "the mean RDM of all subjects")
+            run(lambda: transform(grand_t, grand_t))
+        values = np.zeros((n_subjects, k)) if model is not None else None
+        upper, lower = np.empty((n_subjects, k)), np.empty((n_subjects, k))
+        group = 1 if ceiling else threads  # subjects transformed at once
+        subject_t = np.empty((group, k, length))
+        others = np.empty(length) if ceiling else None
+        scratch = np.empty(length) if ceiling and k > 1 else None
+
+        def subject_job(g: int, rows: np.ndarray):
+            return lambda: [transform(rows[j], subject_t[g, j]) for j in range(k)]
+
+        def others_job(s: int, rows: np.ndarray):
+            def job() -> None:
+                # The mean of the others as the old formula had it: (total - subject) / (S - 1), then over K.
+                np.subtract(total[0], rows[0], out=others)
+                np.divide(others, n_subjects - 1, out=others)
+                for j in range(1, k):
+                    np.subtract(total[j], rows[j], out=scratch)
+                    np.divide(scratch, n_subjects - 1, out=scratch)
+                    np.add(others, scratch, out=others)
                 if k > 1:
-                    total[j] += rows[j]
-        grand_t = grand / (n_subjects * k)  # the mean RDM, transformed in place below
-        _check_mean(grand_t, "the mean RDM of all subjects")
-        transform(grand_t, grand_t)
-    values = np.zeros((n_subjects, k)) if model is not None else None
-    upper, lower = np.empty((n_subjects, k)), np.empty((n_subjects, k))
-    subject_t = np.empty((k, subjects.length))
-    others = np.empty(subjects.length) if ceiling else None
-    scratch = np.empty(subjects.length) if ceiling and k > 1 else None
-    for s in range(n_subjects):
-        rows = subjects[s]
-        for j in range(k):
-            transform(rows[j], subject_t[j])
-        if model_t is not None:
-            values[s] = [transform.compare(model_t, subject_t[j]) for j in range(k)]
-        if not ceiling:
-            continue
-        upper[s] = [transform.compare(grand_t, subject_t[j]) for j in range(k)]
-        # The mean of the others as the old formula had it: (total - subject) / (S - 1), then the mean over K.
-        np.subtract(total[0], rows[0], out=others)
-        others /= n_subjects - 1
-        for j in range(1, k):
-            np.subtract(total[j], rows[j], out=scratch)
-            scratch /= n_subjects - 1
-            others += scratch
-        if k > 1:
-            others /= k
-        _check_mean(others, f"the mean RDM of the subjects other than subject {s + 1}")
-        transform(others, others)
-        lower[s] = [transform.compare(others, subject_t[j]) for j in range(k)]
+                    np.divide(others, k, out=others)
+                _check_mean(others, f"the mean RDM of the subjects other than subject {s + 1}")
+                transform(others, others)
+            return job
+
+        for first in range(0, n_subjects, group):
+            batch = range(first, min(first + group, n_subjects))
+            rows = {s: subjects[s] for s in batch}
+            jobs = [subject_job(g, rows[s]) for g, s in enumerate(batch)]
+            run(*jobs, *([others_job(first, rows[first])] if ceiling else []))
+            for g, s in enumerate(batch):
+                if model_t is not None:
+                    values[s] = [_compare(model_t, subject_t[g, j], method) for j in range(k)]
+                if ceiling:
+                    upper[s] = [_compare(grand_t, subject_t[g, j], method) for j in range(k)]
+                    lower[s] = [_compare(others, subject_t[g, j], method) for j in range(k)]
+    finally:
+        if pool is not None:
+            pool.shutdown()
     ceilings = None
     if ceiling:
         ceilings = (float(np.mean(upper.mean(axis=1) ** 2)), float(np.mean(lower.mean(axis=1) ** 2)))
@@ -401,8 +435,8 @@ def noise_ceiling(target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> tup
     return ceilings
 
 
-def score_condensed(model_vector, subject_vectors, method: str = OFFICIAL_METHOD,
-                    ceiling: bool = True) -> tuple[Score, tuple[float, float] | None]:
+def score_condensed(model_vector, subject_vectors, method: str = OFFICIAL_METHOD, ceiling: bool = True,
+                    threads: int = 1) -> tuple[Score, tuple[float, float] | None]:
     """The challenge score of a model's upper triangle (P,) against subjects' upper triangles, (S, P) or
     (S, K, P) (any array-like: a memory-mapped .npy of float32 works and is the fastest to rank), with the
     (upper, lower) noise ceiling when `ceiling` (None otherwise, and with one subject).
@@ -410,16 +444,17 @@ def score_condensed(model_vector, subject_vectors, method: str = OFFICIAL_METHOD
     For sets too large for square RDMs (10,000 images: 50 million pairs per subject). Subjects are read one
     at a time, so memory holds a few upper triangles (and a ranker's working arrays) whatever the number of
     subjects. Same values as `score_rdm` and `noise_ceiling` on the square RDMs. A subject with NaN, inf or a
-    constant upper triangle is a ValueError naming it.
+    constant upper triangle is a ValueError naming it. `threads` > 1 ranks that many vectors at once (each
+    thread keeps its own working arrays: memory grows with it); the default 1 leaves the other cores alone.
     """
     subjects = _Subjects(subject_vectors, condensed=True)
-    rho, ceilings = _stream(model_vector, subjects, method, ceiling=ceiling and len(subjects) >= 2)
+    rho, ceilings = _stream(model_vector, subjects, method, ceiling=ceiling and len(subjects) >= 2, threads=threads)
     return Score(float(np.mean(rho**2)), official_p(rho), rho, signed_p(rho)), ceilings
 
 
-def noise_ceiling_condensed(subject_vectors, method: str = OFFICIAL_METHOD) -> tuple[float, float]:
+def noise_ceiling_condensed(subject_vectors, method: str = OFFICIAL_METHOD, threads: int = 1) -> tuple[float, float]:
     """(upper, lower) noise ceiling of subjects' upper triangles, (S, P) or (S, K, P) (see `score_condensed`)."""
-    _, ceilings = _stream(None, _Subjects(subject_vectors, condensed=True), method, ceiling=True)
+    _, ceilings = _stream(None, _Subjects(subject_vectors, condensed=True), method, ceiling=True, threads=threads)
     return ceilings
 
 

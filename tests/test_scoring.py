@@ -488,6 +488,10 @@ def test_condensed_bad_input_is_a_one_line_error(make_rdms) -> None:
     square[2, 0, 1] = square[2, 1, 0] = np.nan
     with pytest.raises(ValueError, match=r"^subject 3 of 3: its RDM contains NaN or inf$"):
         scoring.score_rdm(make_rdms(10, seed=80), square)
+    # A diverged prediction (NaN in the model) scores NaN, as before: training counts it as the worst score.
+    diverged = make_rdms(10, seed=80)
+    diverged[0, 1] = diverged[1, 0] = np.nan
+    assert np.all(np.isnan(scoring.score_rdm(diverged, make_rdms(10, subjects=3, seed=79)).rho))
 
 
 @pytest.mark.parametrize("k", [None, 2])

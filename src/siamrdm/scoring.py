@@ -248,8 +248,8 @@ def _stream(model, subjects: _Subjects, method: str, ceiling: bool,
             raw = np.asarray(model).reshape(-1)
             if raw.shape != (length,):
                 raise ValueError(f"model upper triangle of length {raw.size} does not match the subjects' {length}")
-            if not np.all(np.isfinite(raw)):
-                raise ValueError("model RDM contains NaN or inf")
+            # NaN in the model (a diverged prediction) gives NaN values, which training counts as the worst
+            # score; score_condensed and files (data.validate_rdms) refuse it before.
             if np.ptp(raw) != 0 or method == "cosine":  # a constant model orders no pair: it scores 0
                 model_t = run(lambda: transform(raw))[0]
         grand_t = total = None
@@ -318,8 +318,8 @@ def compare_rdms(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = O
 
     Each subject is transformed once (ranked, for Spearman) and compared with the model's transform, computed
     once; Kendall's taus take O(L log L) per subject. A constant model RDM orders no pair: it scores 0 (a
-    model that collapsed during training then scores as the worst, never as NaN). NaN or inf anywhere is a
-    ValueError.
+    model that collapsed during training then scores as the worst, never as NaN). A model RDM with NaN gets
+    NaN values (training counts them as the worst score); NaN or inf in a subject's RDM is a ValueError.
     """
     model = np.asarray(model_rdm)
     values, _ = _stream(upper_tri(model), _Subjects(target_rdms, condensed=False), method, ceiling=False)
@@ -448,6 +448,8 @@ def score_condensed(model_vector, subject_vectors, method: str = OFFICIAL_METHOD
     thread keeps its own working arrays: memory grows with it); the default 1 leaves the other cores alone.
     """
     subjects = _Subjects(subject_vectors, condensed=True)
+    if not np.all(np.isfinite(model_vector)):
+        raise ValueError("model RDM contains NaN or inf")
     rho, ceilings = _stream(model_vector, subjects, method, ceiling=ceiling and len(subjects) >= 2, threads=threads)
     return Score(float(np.mean(rho**2)), official_p(rho), rho, signed_p(rho)), ceilings
 

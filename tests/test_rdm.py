@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
 from siamrdm import rdm
 
@@ -112,3 +112,52 @@ def test_rescale_keeps_spearman_order(dissimilarities: np.ndarray) -> None:
 def test_rescale_unknown_method(dissimilarities: np.ndarray) -> None:
     with pytest.raises(ValueError, match="unknown rescale method 'log'"):
         rdm.rescale(dissimilarities, "log")
+
+
+def _tricky_vectors(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """Vectors that test a ranker: ties, -0.0 beside 0.0, negatives, values that differ only in their lowest
+    bits (they share the high bits of the sort key), float32."""
+    return [
+        rng.random(n),
+        np.round(rng.normal(size=n), 1),  # many ties
+        np.where(rng.random(n) < 0.05, 0.5, rng.random(n)),  # few ties: one run
+        np.round(rng.random(n) * 8 * n),  # few ties: short runs here and there
+        rng.integers(-2, 3, n) * np.where(rng.random(n) < 0.5, -1.0, 1.0) * 0.0 + rng.integers(-1, 2, n),  # -0.0, 0.0
+        1 + rng.integers(0, 40, n) * 2.0**-45,  # equal high bits, distinct low bits, and ties
+        -(1 + rng.integers(0, 40, n) * 2.0**-45),
+        rng.normal(size=n).astype(np.float32),
+        np.round(rng.normal(size=n), 1).astype(np.float32),
+        np.concatenate([np.full(n // 2, 5e-310), rng.random(n - n // 2)]),  # subnormals
+        # A cluster of values closer than the coarse key resolves (range / 2^51): ordered by their exact values.
+        rng.permutation(np.concatenate([rng.random(n - n // 16) * 1e6, rng.integers(0, 5, n // 16) * 1e-10])),
+    ]
+
+
+@pytest.mark.parametrize("n", [2, 3, 10, 1000, 4097])
+def test_ranker_equals_rankdata(n: int) -> None:
+    rng = np.random.default_rng(n)
+    ranker = rdm.Ranker(n)
+    out = np.empty(n)
+    for x in _tricky_vectors(rng, n):
+        expected = rankdata(x)
+        assert ranker(x, out) is out  # reused across vectors: its working arrays are kept
+        np.testing.assert_array_equal(out, expected)
+        np.testing.assert_array_equal(rdm.rank_transform(x), expected)
+        np.testing.assert_array_equal(ranker(x[::-1].copy()), expected[::-1])
+    with pytest.raises(ValueError, match="length"):
+        ranker(np.zeros(n + 1))
+
+
+def test_ranker_falls_back_to_rankdata_where_its_keys_cannot_help(monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(rdm, "rankdata", lambda x, **kw: calls.append(len(x)) or rankdata(x, **kw))
+    rng = np.random.default_rng(3)
+    cases = [
+        np.append(rng.random(5000), 1e300),  # one outlier: the other values share one coarse key
+        np.append(rng.random(50), [-1e308, 1e308]),  # max - min overflows
+        np.array([3, 1, 3, 2, 2, 9]),  # integers
+        np.array([0.3, np.nan, 0.1], dtype=np.float32),  # NaN: rankdata's answer, all NaN
+    ]
+    for x in cases:
+        np.testing.assert_array_equal(rdm.Ranker(len(x))(x), rankdata(x))  # NaN equals NaN here
+    assert calls == [len(x) for x in cases]

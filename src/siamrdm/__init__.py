@@ -27,7 +27,7 @@ _API = {
     "TrainConfig": "train", "config_from_preset": "train", "fit_predictor": "predict", "RDMPredictor": "predict",
     # scoring
     "score_rdm": "scoring", "score_with_ceiling": "scoring", "noise_ceiling": "scoring", "compare_rdms": "scoring",
-    "COMPARISON_METHODS": "scoring",
+    "COMPARISON_METHODS": "scoring", "score_condensed": "scoring", "noise_ceiling_condensed": "scoring",
     # baselines and evaluation
     "layer_rdms": "baselines", "evaluate_folds": "evaluate", "run_fold_evaluation": "evaluate",
 }

@@ -18,13 +18,21 @@ replace Spearman's rho: 'corr' (Pearson r), 'cosine', 'tau-a' and 'kendall' (Ken
 (Spearman without tie correction). The score keeps the challenge's form (mean over subjects of the squared
 comparison value, over a noise ceiling computed with the same method); the official ceilings belong to
 Spearman only. They are implemented here with numpy and scipy, so rsatoolbox is not needed at run time.
+
+At scale: scores and ceilings stream the subjects one at a time (`_stream`), ranking each upper triangle once
+(`rdm.Ranker`): the model and the mean of all subjects once, each subject once for its score and both
+ceilings, the mean of the others once per subject. `score_condensed` and `noise_ceiling_condensed` take
+upper triangles directly, (subjects, pairs) arrays such as a memory-mapped float32 .npy, for sets whose
+square RDMs would not fit in memory (BENCHMARKS.md, "Scoring at scale").
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +40,7 @@ import torch
 from scipy import stats
 
 from .data import TARGETS, subject_rdms
-from .rdm import rank_transform, square_rdm, upper_tri
+from .rdm import Ranker, rank_transform, square_rdm, upper_tri, upper_tri_indices
 
 # Official noise ceilings (upper bound, mean over subjects of r^2) from the challenge's scoring scripts.
 OFFICIAL_NOISE_CEILINGS: dict[int, dict[str, float]] = {
@@ -108,26 +116,215 @@ def _kendall(a: np.ndarray, b: np.ndarray, variant: str) -> float:
     return tau_b * math.sqrt((pairs - _tie_pairs(a)) * (pairs - _tie_pairs(b))) / pairs
 
 
+class _Subjects:
+    """The subjects' upper triangles, one subject at a time, as (K, P) rows: from square RDMs ((N, N),
+    (S, N, N) or (S, K, N, N)) or from condensed ones ((S, P) or (S, K, P), any array-like, a memory-mapped
+    .npy included). Only one subject is ever converted, so memory stays a few upper triangles however many
+    subjects there are.
+    """
+
+    def __init__(self, rdms, condensed: bool):
+        self.rdms, self.condensed = rdms, condensed
+        shape = tuple(np.shape(rdms))
+        if condensed:
+            if len(shape) not in (2, 3):
+                raise ValueError(f"subjects' upper triangles have shape {shape}, expected (subjects, pairs) or "
+                                 "(subjects, K, pairs)")
+            self.length = shape[-1]
+            _check_pairs(self.length, "subjects' upper triangles")
+            self.n_subjects, self.k = shape[0], shape[1] if len(shape) == 3 else 1
+        else:
+            if len(shape) not in (2, 3, 4) or shape[-1] != shape[-2]:
+                raise ValueError(f"subject RDMs have shape {shape}, expected (N, N), (S, N, N) or (S, K, N, N)")
+            n = shape[-1]
+            self.length = n * (n - 1) // 2
+            rows, cols = upper_tri_indices(n)
+            self.flat = rows * n + cols  # where the upper triangle lies in a flattened RDM
+            self.n_subjects = 1 if len(shape) == 2 else shape[0]
+            self.k = shape[1] if len(shape) == 4 else 1
+        self.checked: set[int] = set()
+
+    def __len__(self) -> int:
+        return self.n_subjects
+
+    def __getitem__(self, s: int) -> np.ndarray:
+        """Subject s's upper triangles, (K, P), in their stored dtype (ranks are the same in any float dtype,
+        and float32 ones rank fastest; sums and differences cast them to float64 exactly). Checked once."""
+        if self.condensed:
+            rows = np.asarray(self.rdms[s]).reshape(self.k, self.length)
+        else:
+            rdm = np.asarray(self.rdms if self.n_subjects == 1 and np.ndim(self.rdms) == 2 else self.rdms[s])
+            rows = rdm.reshape(self.k, -1).take(self.flat, axis=1)  # = upper_tri, faster than two index arrays
+        if s in self.checked:
+            return rows
+        if not np.all(np.isfinite(rows)):
+            raise ValueError(f"subject {s + 1} of {self.n_subjects}: its RDM contains NaN or inf")
+        if self.condensed and np.any(np.ptp(rows, axis=-1) == 0):
+            raise ValueError(f"subject {s + 1} of {self.n_subjects}: its RDM has a constant upper triangle, so its "
+                             "Spearman correlation and the noise ceiling are undefined")
+        self.checked.add(s)
+        return rows
+
+
+def _check_pairs(length: int, what: str) -> int:
+    """The number of images N of an upper triangle of N(N-1)/2 entries (at least 3 images)."""
+    n = (1 + math.isqrt(1 + 8 * length)) // 2
+    if n * (n - 1) // 2 != length or n < 3:
+        raise ValueError(f"{what} of length {length} are not the upper triangle of a square RDM of 3 or more images")
+    return n
+
+
+class _Transform:
+    """One method's transform of upper-triangle vectors of one length, into preallocated arrays: for the
+    dot-product methods the vector whose dot product with another's is the comparison value (unit-norm
+    standardised ranks for Spearman); for Kendall's taus the float64 vector itself."""
+
+    def __init__(self, method: str, length: int):
+        self.method, self.length = method, length
+        self.ranker = Ranker(length) if method in ("spearman", "rho-a") else None
+
+    def __call__(self, raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The transform of `raw` (any float dtype) as float64, into `out` when given; `out` may be `raw`
+        itself (the ranker reads all of it before writing)."""
+        out = np.empty(self.length) if out is None else out
+        if self.ranker is not None:
+            self.ranker(raw, out)
+        else:
+            np.copyto(out, raw)
+        if self.method in ("tau-a", "kendall"):
+            return out
+        if self.method == "rho-a":  # 12 x (centred ranks . centred ranks) / (n^3 - n)
+            out -= out.mean()
+            out *= math.sqrt(12.0 / (self.length**3 - self.length))
+            return out
+        if self.method != "cosine":
+            out -= out.mean()
+        norm = np.linalg.norm(out)
+        if norm > 0:  # a zero vector stays zero: its similarity with anything is 0, as in rsatoolbox
+            out /= norm
+        return out
+
+
+
+def _compare(a: np.ndarray, b: np.ndarray, method: str) -> float:
+    """The comparison value of two vectors transformed by `_Transform`."""
+    if method in DOT_METHODS:
+        return float(np.dot(a, b))
+    return _kendall(a, b, method)
+
+
+def _stream(model, subjects: _Subjects, method: str, ceiling: bool,
+            threads: int = 1) -> tuple[np.ndarray | None, tuple | None]:
+    """(K-averaged comparisons of the model with each subject, or None without a model; (upper, lower) noise
+    ceiling, or None), in two passes over the subjects, one at a time.
+
+    Pass 1 sums the subjects' float64 upper triangles (in subject order, as numpy's mean over the stacked
+    RDMs does, so the mean RDMs and their ranks are the same to the last bit). Pass 2 transforms each subject
+    once (its ranks, for Spearman) and compares it with the model, the mean of all subjects (upper ceiling)
+    and the mean of the others (lower ceiling, one more transform per subject). The model's and the grand
+    mean's transforms are computed once. With `threads` > 1, independent transforms (a subject's and its
+    others' mean; or, without ceilings, several subjects') run at once, each thread with its own ranker's
+    working arrays: numpy's sort releases the GIL.
+    """
+    check_method(method)
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a whole number of 1 or more, got {threads!r}")
+    n_subjects, k, length = len(subjects), subjects.k, subjects.length
+    local = threading.local()
+
+    def transform(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if not hasattr(local, "transform"):  # one per thread: a ranker's working arrays are not shared
+            local.transform = _Transform(method, length)
+        return local.transform(raw, out)
+
+    def run(*jobs):
+        if pool is None:
+            return [job() for job in jobs]
+        return [future.result() for future in [pool.submit(job) for job in jobs]]
+
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    try:
+        model_t = None
+        if model is not None:
+            raw = np.asarray(model).reshape(-1)
+            if raw.shape != (length,):
+                raise ValueError(f"model upper triangle of length {raw.size} does not match the subjects' {length}")
+            # NaN in the model (a diverged prediction) gives NaN values, which training counts as the worst
+            # score; score_condensed and files (data.validate_rdms) refuse it before.
+            if np.ptp(raw) != 0 or method == "cosine":  # a constant model orders no pair: it scores 0
+                model_t = run(lambda: transform(raw))[0]
+        grand_t = total = None
+        if ceiling:
+            if n_subjects < 2:
+                raise ValueError("a noise ceiling needs at least 2 subjects")
+            grand = np.zeros(length)
+            total = np.zeros((k, length)) if k > 1 else grand[None]  # per K, over subjects
+            for s in range(n_subjects):
+                rows = subjects[s]
+                for j in range(k):
+                    grand += rows[j]
+                    if k > 1:
+                        total[j] += rows[j]
+            grand_t = grand / (n_subjects * k)  # the mean RDM, transformed in place below
+            _check_mean(grand_t, "the mean RDM of all subjects")
+            run(lambda: transform(grand_t, grand_t))
+        values = np.zeros((n_subjects, k)) if model is not None else None
+        upper, lower = np.empty((n_subjects, k)), np.empty((n_subjects, k))
+        group = 1 if ceiling else threads  # subjects transformed at once
+        subject_t = np.empty((group, k, length))
+        others = np.empty(length) if ceiling else None
+        scratch = np.empty(length) if ceiling and k > 1 else None
+
+        def subject_job(g: int, rows: np.ndarray):
+            return lambda: [transform(rows[j], subject_t[g, j]) for j in range(k)]
+
+        def others_job(s: int, rows: np.ndarray):
+            def job() -> None:
+                # The mean of the others as the old formula had it: (total - subject) / (S - 1), then over K.
+                np.subtract(total[0], rows[0], out=others)
+                np.divide(others, n_subjects - 1, out=others)
+                for j in range(1, k):
+                    np.subtract(total[j], rows[j], out=scratch)
+                    np.divide(scratch, n_subjects - 1, out=scratch)
+                    np.add(others, scratch, out=others)
+                if k > 1:
+                    np.divide(others, k, out=others)
+                _check_mean(others, f"the mean RDM of the subjects other than subject {s + 1}")
+                transform(others, others)
+            return job
+
+        for first in range(0, n_subjects, group):
+            batch = range(first, min(first + group, n_subjects))
+            rows = {s: subjects[s] for s in batch}
+            jobs = [subject_job(g, rows[s]) for g, s in enumerate(batch)]
+            run(*jobs, *([others_job(first, rows[first])] if ceiling else []))
+            for g, s in enumerate(batch):
+                if model_t is not None:
+                    values[s] = [_compare(model_t, subject_t[g, j], method) for j in range(k)]
+                if ceiling:
+                    upper[s] = [_compare(grand_t, subject_t[g, j], method) for j in range(k)]
+                    lower[s] = [_compare(others, subject_t[g, j], method) for j in range(k)]
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    ceilings = None
+    if ceiling:
+        ceilings = (float(np.mean(upper.mean(axis=1) ** 2)), float(np.mean(lower.mean(axis=1) ** 2)))
+    return (None if values is None else values.mean(axis=1)), ceilings
+
+
 def compare_rdms(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> np.ndarray:
     """The comparison of one model RDM with every subject RDM, K-averaged: shape (S,). `method` is one of
     `COMPARISON_METHODS`, as `rsatoolbox.rdm.compare` computes it on the upper triangles.
 
-    The dot-product methods transform each vector once and compare with one matrix product, so a 1000 x 1000
-    model RDM against 15 subjects takes a fraction of a second; Kendall's taus take O(L log L) per subject. A
-    constant model RDM orders no pair: it scores 0 (a model that collapsed during training then scores as the
-    worst, never as NaN).
+    Each subject is transformed once (ranked, for Spearman) and compared with the model's transform, computed
+    once; Kendall's taus take O(L log L) per subject. A constant model RDM orders no pair: it scores 0 (a
+    model that collapsed during training then scores as the worst, never as NaN). A model RDM with NaN gets
+    NaN values (training counts them as the worst score); NaN or inf in a subject's RDM is a ValueError.
     """
-    check_method(method)
-    vector = upper_tri(np.asarray(model_rdm, dtype=np.float64))
-    targets = upper_tri(subject_rdms(np.asarray(target_rdms, dtype=np.float64)))
-    if np.ptp(vector) == 0 and method != "cosine":
-        return np.zeros(targets.shape[0])
-    if method in DOT_METHODS:
-        values = dot_vectors(targets, method) @ dot_vectors(vector, method)
-    else:
-        values = np.array([_kendall(vector, t, method) for t in targets.reshape(-1, targets.shape[-1])])
-        values = values.reshape(targets.shape[:-1])
-    return values.mean(axis=1) if values.ndim == 2 else values
+    model = np.asarray(model_rdm)
+    values, _ = _stream(upper_tri(model), _Subjects(target_rdms, condensed=False), method, ceiling=False)
+    return values
 
 
 def spearman_rhos(model_rdm: np.ndarray, target_rdms: np.ndarray) -> np.ndarray:
@@ -221,11 +418,10 @@ def permutation_p(model_rdm: np.ndarray, target_rdms: np.ndarray, n_permutations
     return (1 + at_least) / (1 + n_permutations)
 
 
-def _check_mean_rdm(rdm: np.ndarray, what: str) -> np.ndarray:
+def _check_mean(vector: np.ndarray, what: str) -> None:
     """A mean RDM whose upper triangle is constant has no Spearman correlation: say so instead of NaN."""
-    if np.ptp(upper_tri(rdm)) == 0:
+    if np.ptp(vector) == 0:
         raise ValueError(f"{what} has a constant upper triangle, so the noise ceiling is undefined")
-    return rdm
 
 
 def noise_ceiling(target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> tuple[float, float]:
@@ -233,22 +429,36 @@ def noise_ceiling(target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> tup
 
     Upper: each subject against the mean of all subjects. Lower: each subject against the mean of the others.
     Raises ValueError, never returns NaN, when a mean RDM is constant (e.g. two subjects whose RDMs add up
-    to a constant); `data.validate_rdms` already rejects constant individual RDMs.
+    to a constant); `data.validate_rdms` already rejects constant individual RDMs. Each subject is ranked once
+    and each mean once (see `_stream`).
     """
-    rdms = subject_rdms(np.asarray(target_rdms, dtype=np.float64))
-    n_subjects = len(rdms)
-    if n_subjects < 2:
-        raise ValueError("a noise ceiling needs at least 2 subjects")
-    grand = _check_mean_rdm(rdms.reshape(-1, *rdms.shape[-2:]).mean(axis=0), "the mean RDM of all subjects")
-    upper = np.mean([compare_rdms(grand, rdms[s : s + 1], method)[0] ** 2 for s in range(n_subjects)])
-    total = rdms.sum(axis=0)
-    lower = []
-    for s in range(n_subjects):
-        others = (total - rdms[s]) / (n_subjects - 1)
-        others = others.reshape(-1, *rdms.shape[-2:]).mean(axis=0)
-        _check_mean_rdm(others, f"the mean RDM of the subjects other than subject {s + 1}")
-        lower.append(compare_rdms(others, rdms[s : s + 1], method)[0] ** 2)
-    return float(upper), float(np.mean(lower))
+    _, ceilings = _stream(None, _Subjects(np.asarray(target_rdms), condensed=False), method, ceiling=True)
+    return ceilings
+
+
+def score_condensed(model_vector, subject_vectors, method: str = OFFICIAL_METHOD, ceiling: bool = True,
+                    threads: int = 1) -> tuple[Score, tuple[float, float] | None]:
+    """The challenge score of a model's upper triangle (P,) against subjects' upper triangles, (S, P) or
+    (S, K, P) (any array-like: a memory-mapped .npy of float32 works and is the fastest to rank), with the
+    (upper, lower) noise ceiling when `ceiling` (None otherwise, and with one subject).
+
+    For sets too large for square RDMs (10,000 images: 50 million pairs per subject). Subjects are read one
+    at a time, so memory holds a few upper triangles (and a ranker's working arrays) whatever the number of
+    subjects. Same values as `score_rdm` and `noise_ceiling` on the square RDMs. A subject with NaN, inf or a
+    constant upper triangle is a ValueError naming it. `threads` > 1 ranks that many vectors at once (each
+    thread keeps its own working arrays: memory grows with it); the default 1 leaves the other cores alone.
+    """
+    subjects = _Subjects(subject_vectors, condensed=True)
+    if not np.all(np.isfinite(model_vector)):
+        raise ValueError("model RDM contains NaN or inf")
+    rho, ceilings = _stream(model_vector, subjects, method, ceiling=ceiling and len(subjects) >= 2, threads=threads)
+    return Score(float(np.mean(rho**2)), official_p(rho), rho, signed_p(rho)), ceilings
+
+
+def noise_ceiling_condensed(subject_vectors, method: str = OFFICIAL_METHOD, threads: int = 1) -> tuple[float, float]:
+    """(upper, lower) noise ceiling of subjects' upper triangles, (S, P) or (S, K, P) (see `score_condensed`)."""
+    _, ceilings = _stream(None, _Subjects(subject_vectors, condensed=True), method, ceiling=True, threads=threads)
+    return ceilings
 
 
 def target_name(key: str) -> str:
@@ -364,11 +574,18 @@ def score_submission(
             raise ValueError(f"{key}: model RDM has shape {model.shape}, expected one {n} x {n} RDM")
         if np.ptp(upper_tri(model)) == 0:
             raise ValueError(f"{key}: model RDM is constant, so its Spearman correlation is undefined")
-        row = score_with_ceiling(model, key, targets[key], method)
-        p_perm = permutation_p(model, targets[key], permutations, seed, method) if permutations else None
-        ceilings.append(row["noise_ceiling"])
-        result[key] = {"r2": row["r2"], "p": _finite_or_none(row["p"]), "p_signed": _finite_or_none(row["p_signed"]),
-                       "p_perm": p_perm, "pct_nc": row["pct_nc"], **ceiling_info(key, targets[key], method),
+        target = targets[key]
+        several = subject_rdms(target).shape[0] >= 2  # one pass: scores and computed ceilings share the ranks
+        rho, computed = _stream(upper_tri(model), _Subjects(target, condensed=False), method, ceiling=several)
+        score = Score(float(np.mean(rho**2)), official_p(rho), rho, signed_p(rho))
+        source = ceiling_source(key, target, method)
+        ceiling = {"official": official_noise_ceiling(key, target.shape[-1]),
+                   "computed": computed[0] if computed else None}.get(source)
+        p_perm = permutation_p(model, target, permutations, seed, method) if permutations else None
+        ceilings.append(ceiling)
+        result[key] = {"r2": score.r2, "p": _finite_or_none(score.p), "p_signed": _finite_or_none(score.p_signed),
+                       "p_perm": p_perm, "pct_nc": percent_of_ceiling(score.r2, ceiling), "ceiling_source": source,
+                       "noise_ceiling": ceiling, "noise_ceiling_lower": computed[1] if computed else None,
                        "method": method}
     if missing:
         result["score"] = None

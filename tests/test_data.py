@@ -514,3 +514,21 @@ def test_unknown_set_and_target(data_root: Path, set92: Path) -> None:
         data.target_file(set92, "V4")
     _assert_error(exc_info, "'V4'", "EVC, IT, MEG_early, MEG_late")
     assert data.target_file(set92, "MEG_early") == set92 / "target_meg_windowavg.mat"
+
+
+def test_own_data_named_like_a_challenge_target_gets_its_own_ceiling(data_root: Path) -> None:
+    """The 92 official images with their EVC RDMs count as official; the same arrays as your own data keyed 'EVC'
+    are scored against the ceiling computed from their subjects, not the published one."""
+    from siamrdm import scoring
+    from siamrdm.train import subset
+
+    official = data.load_algonauts_set(data_root, "92", ("EVC",))
+    own = data.BrainDataset("mine", official.images, {"EVC": official.targets["EVC"]})
+    assert official.official and not own.official
+    assert subset(official, np.arange(92), "all").official  # folds and held-out splits keep the mark
+    subjects = official.targets["EVC"]
+    assert scoring.ceiling_source(data.ceiling_key("EVC", official.official), subjects) == "official"
+    assert scoring.reference_ceiling(data.ceiling_key("EVC", True), subjects) == 0.1589
+    assert scoring.ceiling_source(data.ceiling_key("EVC", own.official), subjects) == "computed"
+    assert scoring.reference_ceiling(data.ceiling_key("EVC", False), subjects) == pytest.approx(
+        scoring.noise_ceiling(subjects)[0])

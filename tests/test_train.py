@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from siamrdm import data, train
+from siamrdm import data, scoring, train
 from siamrdm.data import DataError
 from siamrdm.model import all_pairs
 from siamrdm.rdm import upper_tri
@@ -367,3 +367,19 @@ def test_preset_overrides_unknown_keys_and_switching_off() -> None:
     assert train.config_from_preset("paper", early_stopping=OFF).early_stopping is None  # OFF: switched off
     with pytest.raises(train.ConfigError, match="lrate: not a training setting"):
         train.config_from_preset("quick", lrate=1e-3)
+
+
+def test_validation_ceiling_is_official_only_for_the_official_sets(set92: data.BrainDataset,
+                                                                   small92: data.BrainDataset) -> None:
+    """Validating on all 92 official images divides by the published EVC ceiling; the same images and RDMs
+    handed in as your own data (keyed 'EVC') are divided by the ceiling computed from their subjects."""
+    config = fast_config(frozen_epochs=1, targets=("EVC",))
+    own = data.BrainDataset("mine", set92.images, {"EVC": set92.targets["EVC"]})
+    rows = {}
+    for name, val in (("official", set92), ("own", own)):
+        trainer = train.Trainer(config, [small92], [val], progress=False)
+        rows[name] = trainer.validate(frozen=True)[f"{val.name}/EVC"]
+    assert rows["official"]["ceiling_source"] == "official" and rows["official"]["noise_ceiling"] == 0.1589
+    assert rows["own"]["ceiling_source"] == "computed"
+    assert rows["own"]["noise_ceiling"] == pytest.approx(scoring.noise_ceiling(set92.targets["EVC"])[0])
+    assert rows["own"]["r2"] == pytest.approx(rows["official"]["r2"])

@@ -601,9 +601,17 @@ class BrainDataset:
     name: str
     images: ImageSet
     targets: dict[str, np.ndarray] = field(default_factory=dict)
+    official: bool = False  # read from the Algonauts layout (load_algonauts_set): the official ceilings apply
 
     def __len__(self) -> int:
         return len(self.images)
+
+
+def ceiling_key(target: str, official: bool) -> str:
+    """The key a target's scores are divided by a ceiling for: the challenge's own key ('EVC' -> 'EVC_RDMs')
+    for the official sets, whose ceilings are published, and your key unchanged for your own data, even one
+    named like a challenge target (its ceiling is then computed from its subjects)."""
+    return TARGETS[target][1] if official and target in TARGETS else target
 
 
 def target_file(set_dir: Path, target: str) -> Path:
@@ -630,7 +638,7 @@ def load_algonauts_set(
     """An official set ('92', '118' or '78') with the requested targets ('78' has none)."""
     root = resolve_data_root(root)
     images = load_image_set(image_set_dir(root, set_name))
-    dataset = BrainDataset(set_name, images)
+    dataset = BrainDataset(set_name, images, official=True)
     if set_name in TRAINING_SETS:
         set_dir = root / IMAGE_SETS[set_name][0]
         for target in targets:

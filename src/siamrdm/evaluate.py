@@ -38,6 +38,7 @@ from .data import (
     TRAINING_SETS,
     BrainDataset,
     DataError,
+    ceiling_key,
     group_average,
     load_algonauts_set,
     save_rdms,
@@ -84,9 +85,10 @@ def _slug(text: str) -> str:
 
 
 def _row(method: str, target: str, direction: str, predicted: np.ndarray, subjects: np.ndarray,
-         lower_pct: float | None, detail: str = "") -> dict:
+         lower_pct: float | None, detail: str = "", key: str | None = None) -> dict:
+    """`key` names the target for its ceiling (data.ceiling_key), `target` as the tables show it."""
     return {"method": method, "target": target, "direction": direction,
-            **score_with_ceiling(predicted, target, subjects), "noise_ceiling_lower": lower_ceiling(subjects),
+            **score_with_ceiling(predicted, key or target, subjects), "noise_ceiling_lower": lower_ceiling(subjects),
             "nc_lower_pct": lower_pct, "detail": detail}
 
 
@@ -133,8 +135,9 @@ def _predict(result: Evaluation, method: str, target: str, direction: str, train
         result.regression.setdefault(direction, {})[target] = asdict(fit)
         detail = " ".join(f"{s}:{w:.3g}" for s, w in fit.weights.items() if w > 0)
     result.predictions[(method, target, direction)] = predicted
-    result.rows.append(_row(method, target, direction, predicted, subjects, _lower_ceiling_pct(target, subjects),
-                            detail))
+    key = ceiling_key(target, test.official)
+    result.rows.append(_row(method, target, direction, predicted, subjects, _lower_ceiling_pct(key, subjects),
+                            detail, key))
 
 
 def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,

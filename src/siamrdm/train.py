@@ -36,7 +36,7 @@ from .config import check_config as check_config
 from .config import config_from_dict as config_from_dict
 from .config import config_from_preset as config_from_preset
 from .config import pick_device as pick_device
-from .data import BrainDataset, DataError, ImageSet, group_average, subject_rdms
+from .data import BrainDataset, DataError, ImageSet, ceiling_key, group_average, subject_rdms
 from .errors import TrainingDiverged as TrainingDiverged
 from .files import atomic_path, run_folder_lock
 from .model import SiameseRDMNet, all_pairs, all_pairs_loss, all_pairs_outputs, head_config
@@ -57,6 +57,7 @@ class PairTargets:
     subject_rdms: dict[str, np.ndarray]  # for validation with the official metric
     normalisation: dict[str, dict[str, float]]
     keys: list[str]  # each image's identity (its folder and name): for the feature cache
+    official: bool = False  # an Algonauts set: its targets' published ceilings apply
 
 
 def prepare_set(dataset: BrainDataset, targets: tuple[str, ...], config: TrainConfig) -> PairTargets:
@@ -75,6 +76,7 @@ def prepare_set(dataset: BrainDataset, targets: tuple[str, ...], config: TrainCo
         subject_rdms={t: dataset.targets[t] for t in targets},
         normalisation=normalisation,
         keys=[f"{dataset.images.source}/{name}" for name in dataset.images.names],
+        official=dataset.official,
     )
 
 
@@ -83,7 +85,7 @@ def subset(dataset: BrainDataset, index: np.ndarray, name: str) -> BrainDataset:
     images = ImageSet([dataset.images.names[k] for k in index], [dataset.images.images[k] for k in index],
                       dataset.images.source)
     targets = {t: r[..., index[:, None], index[None, :]] for t, r in dataset.targets.items()}
-    return BrainDataset(name, images, targets)
+    return BrainDataset(name, images, targets, dataset.official)
 
 
 def split_holdout(dataset: BrainDataset, fraction: float, seed: int) -> tuple[BrainDataset, BrainDataset]:
@@ -450,7 +452,8 @@ class Trainer:
                 keys.append((k, target))
                 rhos.append(rho.mean(dim=1) if rho.ndim == 2 else rho)  # K RDMs per subject: averaged
         host = np.split(torch.cat(rhos).cpu().numpy(), np.cumsum([len(r) for r in rhos])[:-1]) if rhos else []
-        return {f"{self.val_sets[k].name}/{target}": score_row(rho, target, self.val_sets[k].subject_rdms[target])
+        return {f"{self.val_sets[k].name}/{target}": score_row(rho, ceiling_key(target, self.val_sets[k].official),
+                                                               self.val_sets[k].subject_rdms[target])
                 for (k, target), rho in zip(keys, host, strict=True)}
 
     @property

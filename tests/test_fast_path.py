@@ -198,6 +198,17 @@ def test_validate_every_k_epochs(set92: data.BrainDataset) -> None:
     assert [row["epoch"] for row in stopped.history if "val_pct_nc" in row] == [3, 5]
 
 
+def test_early_stopping_waits_for_a_validation(set92: data.BrainDataset) -> None:
+    """Patience 2 with validation every 4th epoch: the run is scored at epoch 4 (kept: the first score), is not
+    better at epoch 8 (a zero learning rate), and stops there; it never stops before its first validation."""
+    fit_set, val_set = train.subset(set92, np.arange(10), "a"), train.subset(set92, np.arange(50, 58), "b")
+    config = fast_config(frozen_epochs=10, lr=0.0, weight_decay=0.0, early_stopping=2, validate_every=4)
+    result = train.fit(config, [fit_set], [val_set], progress=False)
+    assert [row["epoch"] for row in result.history] == list(range(1, 9))
+    assert [row["epoch"] for row in result.history if "val_pct_nc" in row] == [4, 8]
+    assert result.best_epoch == 4 and result.best_score is not None
+
+
 def test_curves_and_epoch_choice_with_validate_every(set92: data.BrainDataset, set118: data.BrainDataset) -> None:
     sets = {"92": train.subset(set92, np.arange(9), "92"), "118": train.subset(set118, np.arange(10), "118")}
     config = fast_config(frozen_epochs=5, prior="nnls", lr=3e-3)

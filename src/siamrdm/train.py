@@ -539,8 +539,12 @@ class Trainer:
         return self.config.epochs if stop is None else min(stop, self.config.epochs)
 
     def should_stop(self) -> bool:
+        """Early stopping, decided only just after a validation: `early_stopping` epochs or more since the best
+        one. Between validations nothing new is known, so a patience shorter than `validate_every` waits for the
+        next validation instead of stopping before the run was ever scored (and keeping the untrained model)."""
         patience = self.config.early_stopping
-        return bool(self.val_sets and patience and self.epoch - self.best_epoch >= patience)
+        return bool(self.val_sets and patience and self.validates(self.epoch)
+                    and self.epoch - self.best_epoch >= patience)
 
     def state(self) -> dict:
         return {

@@ -17,8 +17,8 @@ from scipy import stats
 from siamrdm import challenge, data, train
 from siamrdm.augment import augment_batch, crop_flip, draw_boxes, image_generator
 from siamrdm.config import ConfigError, check_config
-from siamrdm.rdm import upper_tri
-from siamrdm.scoring import rank_average_torch, score_with_ceiling, spearman_rhos, spearman_torch
+from siamrdm.rdm import square_rdm, upper_tri
+from siamrdm.scoring import compare_rdms, rank_average_torch, score_with_ceiling, spearman_rhos, spearman_torch
 
 
 def fast_config(**overrides) -> train.TrainConfig:
@@ -155,6 +155,27 @@ def test_torch_spearman_equals_the_official_metric(make_rdms) -> None:
     model = make_rdms(20, seed=2)
     rho = spearman_torch(torch.from_numpy(upper_tri(model)), torch.from_numpy(upper_tri(targets))).mean(dim=1)
     np.testing.assert_allclose(rho.numpy(), spearman_rhos(model, targets), atol=1e-12)
+
+
+def test_nan_and_constant_predictions_score_as_the_numpy_metric(make_rdms, set92: data.BrainDataset) -> None:
+    """A prediction with NaN scores NaN on the device as in numpy (so training counts it as the worst epoch), a
+    constant one scores 0 (never NaN)."""
+    targets = make_rdms(12, subjects=3, seed=1)
+    upper = upper_tri(make_rdms(12, seed=2))
+    broken = upper.copy()
+    broken[5] = np.nan
+    for predicted in (broken, np.full_like(upper, 0.3)):
+        rho = spearman_torch(torch.from_numpy(predicted), torch.from_numpy(upper_tri(targets))).numpy()
+        np.testing.assert_array_equal(rho, compare_rdms(square_rdm(predicted, 12), targets))
+    val = train.subset(set92, np.arange(50, 58), "b")
+    trainer = train.Trainer(fast_config(frozen_epochs=1), [train.subset(set92, np.arange(8), "a")], [val],
+                            progress=False)
+    pairs = torch.rand(28, 1, dtype=torch.float64)
+    pairs[3] = torch.nan
+    scores = trainer.score_pairs({0: pairs})
+    assert math.isnan(scores["b/EVC"]["r2"]) and train.selection_score(scores) == -math.inf
+    scores = trainer.score_pairs({0: torch.full((28, 1), 0.5, dtype=torch.float64)})
+    assert scores["b/EVC"]["r2"] == 0.0 and scores["b/EVC"]["pct_nc"] == 0.0
 
 
 @pytest.mark.parametrize("prior", ["none", "nnls"])

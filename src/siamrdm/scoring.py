@@ -645,6 +645,9 @@ def standardised_ranks_torch(x: torch.Tensor) -> torch.Tensor:
 def spearman_torch(predicted: torch.Tensor, targets: torch.Tensor, ranked: bool = False) -> torch.Tensor:
     """Spearman's rho of one predicted vector (L,) with each target vector (..., L): shape (...). With `ranked`,
     `targets` are already `standardised_ranks_torch` of the targets (fixed subjects, ranked once per run).
-    A constant prediction orders no pair and scores 0, as in `compare_rdms`."""
+    A constant prediction orders no pair and scores 0, and a prediction with NaN (a diverged model) scores NaN,
+    both as in `compare_rdms`: a sort would rank NaN as the largest value and give a finite rho, so a broken
+    model could be kept as the best epoch. The NaN check stays on the device (no host synchronisation)."""
     ranks = targets if ranked else standardised_ranks_torch(targets)
-    return ranks @ standardised_ranks_torch(predicted)
+    rho = ranks @ standardised_ranks_torch(predicted)
+    return torch.where(predicted.isnan().any(), torch.nan, rho)

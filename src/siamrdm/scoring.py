@@ -93,11 +93,6 @@ def dot_vectors(vectors: np.ndarray, method: str) -> np.ndarray:
     return (ranks - ranks.mean(axis=-1, keepdims=True)) * math.sqrt(12.0 / (n**3 - n))
 
 
-def _standardised_ranks(rdms: np.ndarray) -> np.ndarray:
-    """Upper triangles ranked, centred and scaled to unit norm: Spearman's rho is then a dot product."""
-    return dot_vectors(upper_tri(np.asarray(rdms, dtype=np.float64)), "spearman")
-
-
 def _tie_pairs(x: np.ndarray) -> int:
     _, counts = np.unique(x, return_counts=True)
     return int(np.sum(counts * (counts - 1) // 2))
@@ -203,7 +198,6 @@ class _Transform:
         if norm > 0:  # a zero vector stays zero: its similarity with anything is 0, as in rsatoolbox
             out /= norm
         return out
-
 
 
 def _compare(a: np.ndarray, b: np.ndarray, method: str) -> float:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, fast_config, run_cli
 from scipy import stats
 
 from siamrdm import challenge, data, train
@@ -19,14 +19,6 @@ from siamrdm.augment import augment_batch, crop_flip, draw_boxes, image_generato
 from siamrdm.config import ConfigError, check_config
 from siamrdm.rdm import square_rdm, upper_tri
 from siamrdm.scoring import compare_rdms, rank_average_torch, score_with_ceiling, spearman_rhos, spearman_torch
-
-
-def fast_config(**overrides) -> train.TrainConfig:
-    """AlexNet with random weights at the smallest size conv5 allows: the quickest real body."""
-    values = dict(backbone="alexnet", weights="random", image_size=128, augment=False, body_chunk=5, lr=1e-3,
-                  frozen_epochs=2, unfrozen_epochs=0, device="cpu")
-    values.update(overrides)
-    return train.TrainConfig(**values)
 
 
 @pytest.fixture(scope="module")

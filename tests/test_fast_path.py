@@ -206,6 +206,12 @@ def test_validate_every_k_epochs(set92: data.BrainDataset) -> None:
         if "val_pct_nc" in row:
             assert row["val_pct_nc"] == pytest.approx(every.history[row["epoch"] - 1]["val_pct_nc"], rel=1e-12)
     assert third.best_epoch in validated
+    trainer = train.Trainer(fast_config(frozen_epochs=7, validate_every=3), [fit_set], [val_set], progress=False)
+    trainer.run_epoch()
+    assert trainer.last_rdms == {}  # nothing validated yet
+    for _ in range(2):
+        trainer.run_epoch()
+    assert trainer.last_rdms["b"].shape == (1, 8, 8)
     stopped = train.fit(fast_config(frozen_epochs=7, lr=3e-3, validate_every=3, stop_epoch=5), [fit_set], [val_set],
                         progress=False)
     assert [row["epoch"] for row in stopped.history if "val_pct_nc" in row] == [3, 5]

@@ -458,9 +458,10 @@ class Trainer:
 
     @property
     def last_rdms(self) -> dict[str, np.ndarray]:
-        """The latest validation's predicted (T, N, N) RDMs per validation set (with the prior, if any)."""
-        return {name: pairs_to_rdms(p, len(s.images))
-                for (name, p), s in zip(self.last_pairs.items(), self.val_sets, strict=True)}
+        """The latest validation's predicted (T, N, N) RDMs per validation set (with the prior, if any); empty
+        before the first validation (with `validate_every` > 1, after the first epochs too)."""
+        return {s.name: pairs_to_rdms(self.last_pairs[s.name], len(s.images))
+                for s in self.val_sets if s.name in self.last_pairs}
 
     def _record_validation(self, row: dict, frozen: bool) -> None:
         """Validate, add the scores to the epoch's row and keep the weights if this epoch is the best so far."""

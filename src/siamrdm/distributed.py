@@ -51,7 +51,7 @@ from .largeset import (
 from .model import SiameseRDMNet, all_pairs_loss
 from .predict import RDMPredictor
 from .tables import json_safe
-from .train import FitResult, build_model, predict_pairs, selection_score, write_log
+from .train import FitResult, build_model, predict_pairs, record_validation, write_log
 
 
 @dataclass(frozen=True)
@@ -406,16 +406,10 @@ class MiniBatchTrainer:
 
     def _record_validation(self, row: dict, frozen: bool) -> None:
         start = time.perf_counter()
-        scores = self.last_scores = self.validate(frozen)
-        pcts = [s["pct_nc"] for s in scores.values()]
-        row["val_pct_nc"] = None if any(p is None for p in pcts) else float(np.mean(pcts))
-        row["val_r2"] = float(np.mean([s["r2"] for s in scores.values()]))
-        row.update({f"val/{k}": v["pct_nc"] for k, v in scores.items()})
-        row["val_seconds"] = time.perf_counter() - start
-        chosen_on = selection_score(scores)
-        if self.best_score is None or chosen_on > self.best_score:
-            self.best_score, self.best_epoch = chosen_on, self.epoch
-            self.best_state = copy.deepcopy(self.model.state_dict())
+        self.last_scores = self.validate(frozen)
+        seconds = time.perf_counter() - start
+        record_validation(self, row, self.last_scores)
+        row["val_seconds"] = seconds
 
     def validate_start(self) -> None:
         """Epoch 0: the untrained model, scored before any step."""

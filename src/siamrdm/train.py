@@ -260,6 +260,19 @@ def selection_score(scores: dict[str, dict]) -> float:
     return value if math.isfinite(value) else -math.inf
 
 
+def record_validation(trainer, row: dict, scores: dict[str, dict]) -> None:
+    """Add an epoch's validation scores to its log row and keep the trainer's weights if the epoch is the best so
+    far: one rule for the full-batch `Trainer` and the mini-batch trainer (distributed.py), so both log the same
+    columns and keep the same epoch."""
+    row["val_pct_nc"] = _mean_pct(scores)
+    row["val_r2"] = float(np.mean([v["r2"] for v in scores.values()]))
+    row.update({f"val/{k}": v["pct_nc"] for k, v in scores.items()})
+    chosen_on = selection_score(scores)
+    if trainer.best_score is None or chosen_on > trainer.best_score:
+        trainer.best_score, trainer.best_epoch = chosen_on, trainer.epoch
+        trainer.best_state = copy.deepcopy(trainer.model.state_dict())
+
+
 class Trainer:
     """Holds the state of one run so that a step, an epoch, a checkpoint and a resume each stay small."""
 
@@ -465,14 +478,8 @@ class Trainer:
 
     def _record_validation(self, row: dict, frozen: bool) -> None:
         """Validate, add the scores to the epoch's row and keep the weights if this epoch is the best so far."""
-        scores = self.last_scores = self.validate(frozen)
-        row["val_pct_nc"] = _mean_pct(scores)
-        row["val_r2"] = float(np.mean([v["r2"] for v in scores.values()]))
-        row.update({f"val/{k}": v["pct_nc"] for k, v in scores.items()})
-        chosen_on = selection_score(scores)
-        if self.best_score is None or chosen_on > self.best_score:
-            self.best_score, self.best_epoch = chosen_on, self.epoch
-            self.best_state = copy.deepcopy(self.model.state_dict())
+        self.last_scores = self.validate(frozen)
+        record_validation(self, row, self.last_scores)
 
     def validate_start(self) -> dict:
         """Epoch 0: the untrained model scored before any step. With a prior it is the prior alone, so the

@@ -243,6 +243,22 @@ def test_curves_and_epoch_choice_with_validate_every(set92: data.BrainDataset, s
         check_config(fast_config(validate_every=0))
 
 
+def test_curves_stop_at_stop_epoch_and_name_a_diverged_fit(set92: data.BrainDataset, set118: data.BrainDataset,
+                                                           tmp_path: Path) -> None:
+    """The curves end at the config's stop_epoch, as a fit does; a fit that diverges says which one it was (a
+    challenge runs eight curves and four final fits, several at once with --jobs)."""
+    sets = {"92": train.subset(set92, np.arange(9), "92"), "118": train.subset(set118, np.arange(10), "118")}
+    splits = challenge.cross_set_splits(sets)
+    curves = challenge.validation_curves(fast_config(frozen_epochs=4, stop_epoch=2), splits, (0,))
+    assert {label: [row["epoch"] for row in rows] for label, rows in curves.items()} == {
+        "92->118": [1, 2], "118->92": [1, 2]}
+    with pytest.raises(train.TrainingDiverged, match=r"^EVC 92->118: training diverged at epoch 2"):
+        challenge.validation_curves(fast_config(lr=1e30, frozen_epochs=3), splits, (0,))
+    with pytest.raises(train.TrainingDiverged, match=r"^EVC final fit: training diverged at epoch 2"):
+        challenge.final_fit(fast_config(lr=1e30, frozen_epochs=3), list(sets.values()), (0,), tmp_path / "EVC",
+                            sets["92"], False)
+
+
 # --------------------------------------------------------------------------- precision and layout
 
 

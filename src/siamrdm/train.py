@@ -102,8 +102,6 @@ def split_holdout(dataset: BrainDataset, fraction: float, seed: int) -> tuple[Br
     return subset(dataset, train, f"{dataset.name}-train"), subset(dataset, val, f"{dataset.name}-val")
 
 
-
-
 # Frozen-body features of single images, shared by every Trainer of a process: a challenge fits many models on
 # the same images (targets, directions, held-out splits), and a pretrained body gives each image and augmented
 # view the same features every time. Keyed by everything the features depend on; bounded in entries.

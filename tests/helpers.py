@@ -1,4 +1,4 @@
-"""Assertions shared by the test modules (pytest puts tests/ on sys.path)."""
+"""Assertions and settings shared by the test modules (pytest puts tests/ on sys.path)."""
 
 from __future__ import annotations
 
@@ -23,3 +23,14 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
         code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def fast_config(**overrides):
+    """A small, fast training configuration: the paper's AlexNet body with random weights, at the smallest size
+    conv5 allows, 2 frozen epochs on the CPU."""
+    from siamrdm.config import TrainConfig
+
+    values = dict(backbone="alexnet", weights="random", image_size=128, augment=False, body_chunk=5, lr=1e-3,
+                  frozen_epochs=2, unfrozen_epochs=0, device="cpu")
+    values.update(overrides)
+    return TrainConfig(**values)

@@ -11,22 +11,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, fast_config, run_cli
 from scipy import stats
 
 from siamrdm import challenge, data, train
 from siamrdm.augment import augment_batch, crop_flip, draw_boxes, image_generator
 from siamrdm.config import ConfigError, check_config
-from siamrdm.rdm import upper_tri
-from siamrdm.scoring import rank_average_torch, score_with_ceiling, spearman_rhos, spearman_torch
-
-
-def fast_config(**overrides) -> train.TrainConfig:
-    """AlexNet with random weights at the smallest size conv5 allows: the quickest real body."""
-    values = dict(backbone="alexnet", weights="random", image_size=128, augment=False, body_chunk=5, lr=1e-3,
-                  frozen_epochs=2, unfrozen_epochs=0, device="cpu")
-    values.update(overrides)
-    return train.TrainConfig(**values)
+from siamrdm.rdm import square_rdm, upper_tri
+from siamrdm.scoring import compare_rdms, rank_average_torch, score_with_ceiling, spearman_rhos, spearman_torch
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +149,27 @@ def test_torch_spearman_equals_the_official_metric(make_rdms) -> None:
     np.testing.assert_allclose(rho.numpy(), spearman_rhos(model, targets), atol=1e-12)
 
 
+def test_nan_and_constant_predictions_score_as_the_numpy_metric(make_rdms, set92: data.BrainDataset) -> None:
+    """A prediction with NaN scores NaN on the device as in numpy (so training counts it as the worst epoch), a
+    constant one scores 0 (never NaN)."""
+    targets = make_rdms(12, subjects=3, seed=1)
+    upper = upper_tri(make_rdms(12, seed=2))
+    broken = upper.copy()
+    broken[5] = np.nan
+    for predicted in (broken, np.full_like(upper, 0.3)):
+        rho = spearman_torch(torch.from_numpy(predicted), torch.from_numpy(upper_tri(targets))).numpy()
+        np.testing.assert_array_equal(rho, compare_rdms(square_rdm(predicted, 12), targets))
+    val = train.subset(set92, np.arange(50, 58), "b")
+    trainer = train.Trainer(fast_config(frozen_epochs=1), [train.subset(set92, np.arange(8), "a")], [val],
+                            progress=False)
+    pairs = torch.rand(28, 1, dtype=torch.float64)
+    pairs[3] = torch.nan
+    scores = trainer.score_pairs({0: pairs})
+    assert math.isnan(scores["b/EVC"]["r2"]) and train.selection_score(scores) == -math.inf
+    scores = trainer.score_pairs({0: torch.full((28, 1), 0.5, dtype=torch.float64)})
+    assert scores["b/EVC"]["r2"] == 0.0 and scores["b/EVC"]["pct_nc"] == 0.0
+
+
 @pytest.mark.parametrize("prior", ["none", "nnls"])
 def test_validation_on_the_device_equals_the_numpy_metric(set92: data.BrainDataset, set118: data.BrainDataset,
                                                          prior: str) -> None:
@@ -193,9 +206,26 @@ def test_validate_every_k_epochs(set92: data.BrainDataset) -> None:
         if "val_pct_nc" in row:
             assert row["val_pct_nc"] == pytest.approx(every.history[row["epoch"] - 1]["val_pct_nc"], rel=1e-12)
     assert third.best_epoch in validated
+    trainer = train.Trainer(fast_config(frozen_epochs=7, validate_every=3), [fit_set], [val_set], progress=False)
+    trainer.run_epoch()
+    assert trainer.last_rdms == {}  # nothing validated yet
+    for _ in range(2):
+        trainer.run_epoch()
+    assert trainer.last_rdms["b"].shape == (1, 8, 8)
     stopped = train.fit(fast_config(frozen_epochs=7, lr=3e-3, validate_every=3, stop_epoch=5), [fit_set], [val_set],
                         progress=False)
     assert [row["epoch"] for row in stopped.history if "val_pct_nc" in row] == [3, 5]
+
+
+def test_early_stopping_waits_for_a_validation(set92: data.BrainDataset) -> None:
+    """Patience 2 with validation every 4th epoch: the run is scored at epoch 4 (kept: the first score), is not
+    better at epoch 8 (a zero learning rate), and stops there; it never stops before its first validation."""
+    fit_set, val_set = train.subset(set92, np.arange(10), "a"), train.subset(set92, np.arange(50, 58), "b")
+    config = fast_config(frozen_epochs=10, lr=0.0, weight_decay=0.0, early_stopping=2, validate_every=4)
+    result = train.fit(config, [fit_set], [val_set], progress=False)
+    assert [row["epoch"] for row in result.history] == list(range(1, 9))
+    assert [row["epoch"] for row in result.history if "val_pct_nc" in row] == [4, 8]
+    assert result.best_epoch == 4 and result.best_score is not None
 
 
 def test_curves_and_epoch_choice_with_validate_every(set92: data.BrainDataset, set118: data.BrainDataset) -> None:
@@ -211,6 +241,22 @@ def test_curves_and_epoch_choice_with_validate_every(set92: data.BrainDataset, s
     assert final in (0, 2, 4, 5) and set(crossed.values()) <= {0, 2, 4, 5}
     with pytest.raises(ConfigError, match="validate_every"):
         check_config(fast_config(validate_every=0))
+
+
+def test_curves_stop_at_stop_epoch_and_name_a_diverged_fit(set92: data.BrainDataset, set118: data.BrainDataset,
+                                                           tmp_path: Path) -> None:
+    """The curves end at the config's stop_epoch, as a fit does; a fit that diverges says which one it was (a
+    challenge runs eight curves and four final fits, several at once with --jobs)."""
+    sets = {"92": train.subset(set92, np.arange(9), "92"), "118": train.subset(set118, np.arange(10), "118")}
+    splits = challenge.cross_set_splits(sets)
+    curves = challenge.validation_curves(fast_config(frozen_epochs=4, stop_epoch=2), splits, (0,))
+    assert {label: [row["epoch"] for row in rows] for label, rows in curves.items()} == {
+        "92->118": [1, 2], "118->92": [1, 2]}
+    with pytest.raises(train.TrainingDiverged, match=r"^EVC 92->118: training diverged at epoch 2"):
+        challenge.validation_curves(fast_config(lr=1e30, frozen_epochs=3), splits, (0,))
+    with pytest.raises(train.TrainingDiverged, match=r"^EVC final fit: training diverged at epoch 2"):
+        challenge.final_fit(fast_config(lr=1e30, frozen_epochs=3), list(sets.values()), (0,), tmp_path / "EVC",
+                            sets["92"], False)
 
 
 # --------------------------------------------------------------------------- precision and layout

@@ -122,9 +122,14 @@ def test_a_streamed_2000_image_set_trains_end_to_end(tmp_path: Path, data_root: 
     (["--val-fraction", "0.99"], ["--val-fraction", "leaves 0 for training"]),
     (["--prior", "nnls"], ["--prior", "without a prior"]),
     (["--val-set", "118"], ["--val-set", "--val-fraction"]),
+    (["--precision", "bf16"], ["--precision", "fp32 only", "bf16"]),  # full-batch settings: refused, not ignored
+    (["--validate-every", "3"], ["--validate-every", "1 only"]),
+    (["--channels-last"], ["--channels-last", "False only"]),
 ])
 def test_bad_mini_batch_options_are_one_line_errors(small_set: Path, tmp_path: Path, capsys, extra, parts) -> None:
     args = fit_args(small_set, tmp_path / "run")
+    if len(extra) == 1:  # a switch
+        args, extra = args + extra, []
     for flag, value in zip(extra[::2], extra[1::2], strict=True):
         if flag in args:
             args[args.index(flag) + 1] = value

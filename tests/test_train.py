@@ -19,19 +19,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import fast_config
 
 from siamrdm import data, scoring, train
 from siamrdm.data import DataError
 from siamrdm.model import all_pairs
 from siamrdm.rdm import upper_tri
-
-
-def fast_config(**overrides) -> train.TrainConfig:
-    """A small, fast configuration: the paper's AlexNet body with random weights, at the smallest size conv5 allows."""
-    values = dict(backbone="alexnet", weights="random", image_size=128, augment=False, body_chunk=5, lr=1e-3,
-                  frozen_epochs=2, unfrozen_epochs=0, device="cpu")
-    values.update(overrides)
-    return train.TrainConfig(**values)
 
 
 @pytest.fixture(scope="module")

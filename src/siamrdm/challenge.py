@@ -10,6 +10,7 @@ curves, the settings and a report.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -34,7 +35,7 @@ from .data import (
     save_rdms,
     validate_rdms,
 )
-from .errors import ConfigError
+from .errors import ConfigError, TrainingDiverged
 from .files import check_run_folder, clear_run_folder, run_folder_lock, write_text
 from .predict import fit_predictor
 from .report import write_report
@@ -101,15 +102,26 @@ def validation_curves(config: TrainConfig, splits: dict[str, tuple[BrainDataset,
     target = config.targets[0]
     curves = {}
     for label, (train_set, val_set) in splits.items():
-        trainers = [Trainer(replace(config, seed=seed), [train_set], [val_set], progress=False) for seed in seeds]
-        rows = [_ensemble_row(trainers, val_set, target, 0, [t.validate_start()["loss"] for t in trainers])
-                ] if trainers[0].priors else []
-        for epoch in range(1, config.epochs + 1):
-            losses = [t.run_epoch()["loss"] for t in trainers]
-            if trainers[0].validates(epoch):  # every `validate_every`-th epoch and the last
-                rows.append(_ensemble_row(trainers, val_set, target, epoch, losses))
+        with naming_the_fit(f"{target} {label}"):
+            trainers = [Trainer(replace(config, seed=seed), [train_set], [val_set], progress=False) for seed in seeds]
+            rows = [_ensemble_row(trainers, val_set, target, 0, [t.validate_start()["loss"] for t in trainers])
+                    ] if trainers[0].priors else []
+            for epoch in range(1, trainers[0].last_epoch + 1):  # the schedule's end, or the config's stop_epoch
+                losses = [t.run_epoch()["loss"] for t in trainers]
+                if trainers[0].validates(epoch):  # every `validate_every`-th epoch and the last
+                    rows.append(_ensemble_row(trainers, val_set, target, epoch, losses))
         curves[label] = rows
     return curves
+
+
+@contextlib.contextmanager
+def naming_the_fit(fit: str):
+    """A diverged fit's error names the fit (target and direction, or final fit): a challenge runs many, several
+    at once with `jobs`, and 'diverged at epoch 37' alone does not say which."""
+    try:
+        yield
+    except TrainingDiverged as exc:
+        raise TrainingDiverged(f"{fit}: {exc}") from None
 
 
 def _ensemble_row(trainers: list[Trainer], val_set: BrainDataset, target: str, epoch: int, losses: list) -> dict:
@@ -171,7 +183,8 @@ def run_jobs(fn: Callable, tasks: list[tuple], jobs: int = 1) -> list:
 def final_fit(config: TrainConfig, train: list[BrainDataset], seeds: tuple[int, ...], out_dir: Path,
               test: BrainDataset, progress: bool) -> tuple[np.ndarray, dict]:
     """One target's final fit (model.pt in out_dir) and its predicted RDM of the test images, with the metrics."""
-    predictor = fit_predictor(config, train, seeds=seeds, out_dir=out_dir, progress=progress)
+    with naming_the_fit(f"{config.targets[0]} final fit"):
+        predictor = fit_predictor(config, train, seeds=seeds, out_dir=out_dir, progress=progress)
     return predictor.predict(test.images)[config.targets[0]], predictor.metrics
 
 

@@ -394,8 +394,6 @@ def cmd_challenge(args) -> int:
     unknown = [t for t in targets if t not in data.TARGETS]
     if unknown:
         raise UsageError(f"--targets: unknown {', '.join(unknown)} (choose from {', '.join(data.TARGET_NAMES)})")
-    if args.jobs < 1:
-        raise UsageError(f"--jobs: must be at least 1, got {args.jobs}")
     config = _config_from_args(args, targets)
     seeds = _seeds(args)
     out = _out_dir(args.out, allow_existing=args.overwrite, overwrite=args.overwrite)

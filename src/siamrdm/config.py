@@ -38,7 +38,7 @@ class TrainConfig:
     crop_scale: tuple[float, float] = (0.7, 1.0)
     distance_init: bool = True  # head starts as a distance between the two images (see model.py)
     head: str = "paper"  # the head variant: "paper" (the paper's text) or "pairwise" (the authors' code); model.HEADS
-    early_stopping: int | None = None  # patience in epochs without a better validation score
+    early_stopping: int | None = None  # patience in epochs without a better validation score (checked at validations)
     stop_epoch: int | None = None  # stop after this epoch; the schedule keeps the length of all `epochs`
     prior: str = "none"  # "layer" or "nnls": the head corrects a pretrained-layer RDM (see prior.py)
     correction_bound: float | None = None  # with a prior: the head's output bounded to +-this (tanh), in target units

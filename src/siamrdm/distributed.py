@@ -51,7 +51,7 @@ from .largeset import (
 from .model import SiameseRDMNet, all_pairs_loss
 from .predict import RDMPredictor
 from .tables import json_safe
-from .train import FitResult, build_model, predict_pairs, selection_score, write_log
+from .train import FitResult, build_model, predict_pairs, record_validation, write_log
 
 
 @dataclass(frozen=True)
@@ -214,6 +214,25 @@ def check_batch_settings(batch: BatchSettings, world: int = 1) -> BatchSettings:
     return batch
 
 
+# The full-batch fit's settings that this path does not have, and the value it runs with: refused when set
+# otherwise, never silently ignored.
+FULL_BATCH_ONLY = {"precision": "fp32", "channels_last": False, "validate_every": 1}
+
+
+def check_minibatch_config(config: TrainConfig) -> TrainConfig:
+    """Refuse, before any folder is made, the settings the mini-batch path cannot honour."""
+    if config.prior != "none":
+        raise ConfigError("prior", "the mini-batch path trains without a prior (its stage RDMs would be N x N); "
+                                   "use none")
+    if config.pair_mode != "factorised":
+        raise ConfigError("pair_mode", "the mini-batch path trains pair-factorised")
+    for name, value in FULL_BATCH_ONLY.items():
+        if getattr(config, name) != value:
+            raise ConfigError(name, f"the mini-batch path (batch_images) runs with {value} only, not "
+                                    f"{getattr(config, name)!r}")
+    return config
+
+
 def split_images(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(training, held-out) image indices, each sorted: a random `fraction` held out (at least 3 when any)."""
     if fraction == 0:
@@ -261,11 +280,7 @@ class MiniBatchTrainer:
 
     def __init__(self, config: TrainConfig, batch: BatchSettings, images: ImageStore, data: LargeTargets,
                  out_dir: str | os.PathLike | None = None, progress: bool = True, ranks: Ranks | None = None):
-        if config.prior != "none":
-            raise ConfigError("prior", "the mini-batch path trains without a prior (its stage RDMs would be N x N); "
-                                       "use none")
-        if config.pair_mode != "factorised":
-            raise ConfigError("pair_mode", "the mini-batch path trains pair-factorised")
+        check_minibatch_config(config)
         if tuple(data.normalisation) != tuple(config.targets):
             raise ConfigError("targets", f"{config.targets} are not the targets of the RDMs given, "
                                          f"{tuple(data.normalisation)}")
@@ -391,16 +406,10 @@ class MiniBatchTrainer:
 
     def _record_validation(self, row: dict, frozen: bool) -> None:
         start = time.perf_counter()
-        scores = self.last_scores = self.validate(frozen)
-        pcts = [s["pct_nc"] for s in scores.values()]
-        row["val_pct_nc"] = None if any(p is None for p in pcts) else float(np.mean(pcts))
-        row["val_r2"] = float(np.mean([s["r2"] for s in scores.values()]))
-        row.update({f"val/{k}": v["pct_nc"] for k, v in scores.items()})
-        row["val_seconds"] = time.perf_counter() - start
-        chosen_on = selection_score(scores)
-        if self.best_score is None or chosen_on > self.best_score:
-            self.best_score, self.best_epoch = chosen_on, self.epoch
-            self.best_state = copy.deepcopy(self.model.state_dict())
+        self.last_scores = self.validate(frozen)
+        seconds = time.perf_counter() - start
+        record_validation(self, row, self.last_scores)
+        row["val_seconds"] = seconds
 
     def validate_start(self) -> None:
         """Epoch 0: the untrained model, scored before any step."""
@@ -498,6 +507,7 @@ def fit_large(config: TrainConfig, batch: BatchSettings, images: ImageStore, tar
     """
     ranks = ranks or current_ranks()
     check_batch_settings(batch, ranks.world)
+    check_minibatch_config(config)
     data = read_targets(targets, len(images), batch, config.rescale)  # bad values refused before the folder
     with contextlib.ExitStack() as stack:
         barrier(ranks)  # every rank has checked its inputs and the folder before rank 0 writes to it

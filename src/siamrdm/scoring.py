@@ -93,11 +93,6 @@ def dot_vectors(vectors: np.ndarray, method: str) -> np.ndarray:
     return (ranks - ranks.mean(axis=-1, keepdims=True)) * math.sqrt(12.0 / (n**3 - n))
 
 
-def _standardised_ranks(rdms: np.ndarray) -> np.ndarray:
-    """Upper triangles ranked, centred and scaled to unit norm: Spearman's rho is then a dot product."""
-    return dot_vectors(upper_tri(np.asarray(rdms, dtype=np.float64)), "spearman")
-
-
 def _tie_pairs(x: np.ndarray) -> int:
     _, counts = np.unique(x, return_counts=True)
     return int(np.sum(counts * (counts - 1) // 2))
@@ -203,7 +198,6 @@ class _Transform:
         if norm > 0:  # a zero vector stays zero: its similarity with anything is 0, as in rsatoolbox
             out /= norm
         return out
-
 
 
 def _compare(a: np.ndarray, b: np.ndarray, method: str) -> float:
@@ -645,6 +639,9 @@ def standardised_ranks_torch(x: torch.Tensor) -> torch.Tensor:
 def spearman_torch(predicted: torch.Tensor, targets: torch.Tensor, ranked: bool = False) -> torch.Tensor:
     """Spearman's rho of one predicted vector (L,) with each target vector (..., L): shape (...). With `ranked`,
     `targets` are already `standardised_ranks_torch` of the targets (fixed subjects, ranked once per run).
-    A constant prediction orders no pair and scores 0, as in `compare_rdms`."""
+    A constant prediction orders no pair and scores 0, and a prediction with NaN (a diverged model) scores NaN,
+    both as in `compare_rdms`: a sort would rank NaN as the largest value and give a finite rho, so a broken
+    model could be kept as the best epoch. The NaN check stays on the device (no host synchronisation)."""
     ranks = targets if ranked else standardised_ranks_torch(targets)
-    return ranks @ standardised_ranks_torch(predicted)
+    rho = ranks @ standardised_ranks_torch(predicted)
+    return torch.where(predicted.isnan().any(), torch.nan, rho)

@@ -102,8 +102,6 @@ def split_holdout(dataset: BrainDataset, fraction: float, seed: int) -> tuple[Br
     return subset(dataset, train, f"{dataset.name}-train"), subset(dataset, val, f"{dataset.name}-val")
 
 
-
-
 # Frozen-body features of single images, shared by every Trainer of a process: a challenge fits many models on
 # the same images (targets, directions, held-out splits), and a pretrained body gives each image and augmented
 # view the same features every time. Keyed by everything the features depend on; bounded in entries.
@@ -258,6 +256,19 @@ def selection_score(scores: dict[str, dict]) -> float:
     if value is None:
         value = float(np.mean([s["r2"] for s in scores.values()]))
     return value if math.isfinite(value) else -math.inf
+
+
+def record_validation(trainer, row: dict, scores: dict[str, dict]) -> None:
+    """Add an epoch's validation scores to its log row and keep the trainer's weights if the epoch is the best so
+    far: one rule for the full-batch `Trainer` and the mini-batch trainer (distributed.py), so both log the same
+    columns and keep the same epoch."""
+    row["val_pct_nc"] = _mean_pct(scores)
+    row["val_r2"] = float(np.mean([v["r2"] for v in scores.values()]))
+    row.update({f"val/{k}": v["pct_nc"] for k, v in scores.items()})
+    chosen_on = selection_score(scores)
+    if trainer.best_score is None or chosen_on > trainer.best_score:
+        trainer.best_score, trainer.best_epoch = chosen_on, trainer.epoch
+        trainer.best_state = copy.deepcopy(trainer.model.state_dict())
 
 
 class Trainer:
@@ -458,20 +469,15 @@ class Trainer:
 
     @property
     def last_rdms(self) -> dict[str, np.ndarray]:
-        """The latest validation's predicted (T, N, N) RDMs per validation set (with the prior, if any)."""
-        return {name: pairs_to_rdms(p, len(s.images))
-                for (name, p), s in zip(self.last_pairs.items(), self.val_sets, strict=True)}
+        """The latest validation's predicted (T, N, N) RDMs per validation set (with the prior, if any); empty
+        before the first validation (with `validate_every` > 1, after the first epochs too)."""
+        return {s.name: pairs_to_rdms(self.last_pairs[s.name], len(s.images))
+                for s in self.val_sets if s.name in self.last_pairs}
 
     def _record_validation(self, row: dict, frozen: bool) -> None:
         """Validate, add the scores to the epoch's row and keep the weights if this epoch is the best so far."""
-        scores = self.last_scores = self.validate(frozen)
-        row["val_pct_nc"] = _mean_pct(scores)
-        row["val_r2"] = float(np.mean([v["r2"] for v in scores.values()]))
-        row.update({f"val/{k}": v["pct_nc"] for k, v in scores.items()})
-        chosen_on = selection_score(scores)
-        if self.best_score is None or chosen_on > self.best_score:
-            self.best_score, self.best_epoch = chosen_on, self.epoch
-            self.best_state = copy.deepcopy(self.model.state_dict())
+        self.last_scores = self.validate(frozen)
+        record_validation(self, row, self.last_scores)
 
     def validate_start(self) -> dict:
         """Epoch 0: the untrained model scored before any step. With a prior it is the prior alone, so the
@@ -539,8 +545,12 @@ class Trainer:
         return self.config.epochs if stop is None else min(stop, self.config.epochs)
 
     def should_stop(self) -> bool:
+        """Early stopping, decided only just after a validation: `early_stopping` epochs or more since the best
+        one. Between validations nothing new is known, so a patience shorter than `validate_every` waits for the
+        next validation instead of stopping before the run was ever scored (and keeping the untrained model)."""
         patience = self.config.early_stopping
-        return bool(self.val_sets and patience and self.epoch - self.best_epoch >= patience)
+        return bool(self.val_sets and patience and self.validates(self.epoch)
+                    and self.epoch - self.best_epoch >= patience)
 
     def state(self) -> dict:
         return {

@@ -386,3 +386,39 @@ def test_preset_flags_name_what_they_set_and_switch_options_off() -> None:
     assert old.epochs == 4 and old.early_stopping == 7
     with pytest.raises(SystemExit):
         parser.parse_args(["fit", "--out", "x", "--early-stopping", "0"])
+
+
+def test_score_and_noise_ceiling_of_upper_triangles(capsys, tmp_path: Path, make_rdms) -> None:
+    """Large sets come as .npy files of upper triangles, (subjects, N(N-1)/2), read memory-mapped: `score` and
+    `noise-ceiling` give what they give for the same subjects as square RDMs; bad shapes are one line, exit 2."""
+    subjects, model = make_rdms(12, subjects=4, seed=60), make_rdms(12, seed=61)
+    np.save(tmp_path / "IT.npy", upper_tri(subjects).astype(np.float32))
+    np.save(tmp_path / "model_vector.npy", upper_tri(model))
+    np.save(tmp_path / "model_square.npy", model)
+    square = subjects.astype(np.float32).astype(np.float64)  # the same values the float32 file holds
+    expected = scoring.score_rdm(model, square)
+    upper, lower = scoring.noise_ceiling(square)
+    for model_file in ("model_vector.npy", "model_square.npy"):
+        code, out, err = run_main(capsys, "score", str(tmp_path / model_file), "--target", str(tmp_path / "IT.npy"),
+                                  "--json")
+        assert code == 0 and err == ""
+        row = strict_loads(out)["IT"]
+        assert row["r2"] == pytest.approx(expected.r2, abs=1e-12)
+        assert row["noise_ceiling"] == pytest.approx(upper, abs=1e-12) and row["ceiling_source"] == "computed"
+        assert row["noise_ceiling_lower"] == pytest.approx(lower, abs=1e-12)
+        assert row["pct_nc"] == pytest.approx(100 * expected.r2 / upper)
+    code, out, err = run_main(capsys, "noise-ceiling", str(tmp_path / "IT.npy"), "--json")
+    assert code == 0 and strict_loads(out)["IT"] == pytest.approx({"upper": upper, "lower": lower}, abs=1e-12)
+
+    np.save(tmp_path / "bad.npy", np.ones((4, 65), dtype=np.float32))  # 65 is no N(N-1)/2
+    code, out, err = run_main(capsys, "noise-ceiling", str(tmp_path / "bad.npy"))
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "bad.npy", "upper triangles")
+    np.save(tmp_path / "short.npy", upper_tri(model)[:-1])
+    code, out, err = run_main(capsys, "score", str(tmp_path / "short.npy"), "--target", str(tmp_path / "IT.npy"))
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "short.npy", "66 pairs")
+    code, out, err = run_main(capsys, "score", str(tmp_path / "model_vector.npy"), "--target",
+                              str(tmp_path / "IT.npy"), "--permutations", "10")
+    assert code == 2
+    assert_one_line_error(err, "--permutations")

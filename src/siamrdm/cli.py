@@ -8,13 +8,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import NoReturn
 
+import numpy as np
+
 from . import data, scoring
 from .errors import ConfigError
+from .rdm import upper_tri
 from .tables import fmt, json_safe
 
 
@@ -39,8 +43,51 @@ def _check_method(args) -> str:
     return args.method
 
 
-def cmd_score(args) -> int:
-    method = _check_method(args)
+def _condensed_subjects(path: str) -> np.ndarray | None:
+    """Subjects' upper triangles in a .npy file, (S, P) with P = N(N-1)/2 (not square), memory-mapped: the form
+    of sets too large for square RDMs (10,000 images: 50 million pairs). None for any other file."""
+    if Path(path).suffix.lower() != ".npy" or not Path(path).is_file():
+        return None
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise data.DataError(f"{path}: unreadable .npy file ({' '.join(str(exc).split())[:160]})") from None
+    if array.ndim != 2 or array.shape[0] == array.shape[1]:
+        return None
+    n = (1 + math.isqrt(1 + 8 * array.shape[1])) // 2
+    if n * (n - 1) // 2 != array.shape[1] or n < 3 or not np.issubdtype(array.dtype, np.floating):
+        raise data.DataError(f"{path}: {array.shape} {array.dtype} is neither square RDMs nor upper triangles "
+                             "(subjects, N(N-1)/2) of floats")
+    return array
+
+
+def _condensed_model(path: str, pairs: int) -> np.ndarray:
+    """A model RDM for condensed subjects: its upper triangle (P,) or its square (N, N), in a .npy file."""
+    if Path(path).suffix.lower() != ".npy" or not Path(path).is_file():
+        raise data.DataError(f"{path}: the subjects are upper triangles in a .npy file, so the model must be a .npy "
+                             "file too (its upper triangle, or its square RDM)")
+    try:
+        model = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise data.DataError(f"{path}: unreadable .npy file ({' '.join(str(exc).split())[:160]})") from None
+    if model.ndim == 2 and model.shape[0] == model.shape[1]:
+        model = upper_tri(np.asarray(model))
+    if model.shape != (pairs,) or not np.issubdtype(model.dtype, np.floating):
+        raise data.DataError(f"{path}: model RDM has shape {model.shape} {model.dtype}; the subjects have {pairs} "
+                             "pairs (give its upper triangle, or its square RDM)")
+    return np.asarray(model)
+
+
+def _score_result(args, method: str) -> dict:
+    subjects = _condensed_subjects(args.target)
+    if subjects is not None:
+        if args.permutations:
+            raise UsageError("--permutations: not available for upper-triangle (.npy) subjects")
+        model = _condensed_model(args.submission, subjects.shape[1])
+        try:
+            return scoring.score_condensed_submission(model, subjects, Path(args.target).stem, method)
+        except ValueError as exc:
+            raise data.DataError(f"{args.target}: {exc}") from None
     targets = data.load_rdm_dict(args.target)
     n_images = next(iter(targets.values())).shape[-1]
     submission = data.load_rdm_dict(args.submission, n_images=n_images)
@@ -48,9 +95,14 @@ def cmd_score(args) -> int:
     if named is not None:  # both files name their images (rsatoolbox files): the same images, in the same order
         data.check_rdm_names(args.submission, named[1], among=str(args.target))
     try:
-        result = scoring.score_submission(submission, targets, args.permutations, args.seed, method)
+        return scoring.score_submission(submission, targets, args.permutations, args.seed, method)
     except ValueError as exc:
         raise data.DataError(f"{args.submission}: {exc}") from None
+
+
+def cmd_score(args) -> int:
+    method = _check_method(args)
+    result = _score_result(args, method)
     missing = ", ".join(result.get("missing", []))
     if missing:  # a valid partial result (exit 0), but never mistaken for a complete one
         print(f"siamrdm: warning: {args.submission} lacks {missing} of {args.target}; "
@@ -81,11 +133,13 @@ def cmd_score(args) -> int:
 
 
 def cmd_noise_ceiling(args) -> int:
-    targets = data.load_rdm_dict(args.target)
+    subjects = _condensed_subjects(args.target)
+    targets = {Path(args.target).stem: subjects} if subjects is not None else data.load_rdm_dict(args.target)
+    ceiling = scoring.noise_ceiling if subjects is None else scoring.noise_ceiling_condensed
     result = {}
     for key, rdms in targets.items():
         try:
-            upper, lower = scoring.noise_ceiling(rdms, args.method)
+            upper, lower = ceiling(rdms, args.method)
         except ValueError as exc:  # fewer than 2 subjects, or a constant mean RDM
             raise data.DataError(f"{args.target}:{key}: {exc}") from None
         result[key] = {"upper": upper, "lower": lower}
@@ -419,7 +473,8 @@ def _add_method_option(p: argparse.ArgumentParser) -> None:
 def _add_foundation_commands(sub) -> None:
     p = sub.add_parser("score", help="score a submission's RDMs against target subject RDMs")
     p.add_argument("submission", help=".mat/.npz/.npy/.hdf5 file of model RDMs (keys such as EVC_RDMs)")
-    p.add_argument("--target", required=True, help="file of subject RDMs with the same keys")
+    p.add_argument("--target", required=True, help="file of subject RDMs with the same keys, or a .npy of their "
+                   "upper triangles, (subjects, N(N-1)/2), for large sets (the submission then a .npy too)")
     p.add_argument("--permutations", type=int, default=0,
                    help="also compute p_perm from this many image-label permutations (default: 0, not computed)")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations (default: 0)")
@@ -428,7 +483,8 @@ def _add_foundation_commands(sub) -> None:
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("noise-ceiling", help="upper and lower noise ceilings of subject RDMs")
-    p.add_argument("target", help="file of subject RDMs, (S, N, N) or (S, K, N, N) per key")
+    p.add_argument("target", help="file of subject RDMs, (S, N, N) or (S, K, N, N) per key, or a .npy of their "
+                   "upper triangles, (S, N(N-1)/2)")
     _add_method_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_noise_ceiling)

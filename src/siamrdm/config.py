@@ -56,6 +56,11 @@ class TrainConfig:
     def epochs(self) -> int:
         return self.frozen_epochs + self.unfrozen_epochs
 
+    @property
+    def last_epoch(self) -> int:
+        """Where a fit stops: the schedule's end, or `stop_epoch` when it cuts the run short."""
+        return self.epochs if self.stop_epoch is None else min(self.stop_epoch, self.epochs)
+
 
 PRESETS: dict[str, dict] = {
     # The whole challenge in minutes on 2 CPU cores: frozen body, cached augmented features. The head corrects an

@@ -51,7 +51,7 @@ from .largeset import (
 from .model import SiameseRDMNet, all_pairs_loss
 from .predict import RDMPredictor
 from .tables import json_safe
-from .train import FitResult, build_model, predict_pairs, record_validation, write_log
+from .train import FitResult, build_model, predict_pairs, record_validation, restore_run, write_log
 
 
 @dataclass(frozen=True)
@@ -420,8 +420,7 @@ class MiniBatchTrainer:
 
     @property
     def last_epoch(self) -> int:
-        stop = self.config.stop_epoch
-        return self.config.epochs if stop is None else min(stop, self.config.epochs)
+        return self.config.last_epoch
 
     def should_stop(self) -> bool:
         """Early stopping, decided on rank 0 (the one that validates) and followed by every rank."""
@@ -452,13 +451,7 @@ class MiniBatchTrainer:
         if replace(saved, device=self.config.device) != self.config or not saved_batch.same_run(self.batch):
             raise ConfigError("resume", "the checkpoint in the run folder has other settings; use the same ones "
                                         "or a new folder")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state["scheduler"]:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.history = state["epoch"], state["history"]
-        self.best_state, self.best_epoch = state["best_state"], state["best_epoch"]
-        self.best_score = state["best_score"]
+        restore_run(self, state)
 
     def _save(self) -> None:
         if self.out_dir and self.ranks.main:

@@ -212,6 +212,18 @@ def pairs_to_rdms(pairs: torch.Tensor, n: int) -> np.ndarray:
 # --------------------------------------------------------------------------- fitting
 
 
+def restore_run(trainer, state: dict) -> None:
+    """What both trainers (this one and distributed.MiniBatchTrainer) keep alike in a checkpoint: the weights,
+    the optimiser and schedule, the epoch, the history and the best epoch so far."""
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    if trainer.scheduler is not None and state["scheduler"]:
+        trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.epoch, trainer.history = state["epoch"], state["history"]
+    trainer.best_state, trainer.best_epoch = state["best_state"], state["best_epoch"]
+    trainer.best_score = state["best_score"]
+
+
 def write_log(path: Path, history: list[dict]) -> None:
     """log.csv of a run: one row per epoch, the columns of every row (validation columns appear with validation)."""
     columns = list(dict.fromkeys(k for row in history for k in row))
@@ -540,9 +552,7 @@ class Trainer:
 
     @property
     def last_epoch(self) -> int:
-        """Where `fit` stops: the schedule's end, or `stop_epoch` when the config cuts the run short."""
-        stop = self.config.stop_epoch
-        return self.config.epochs if stop is None else min(stop, self.config.epochs)
+        return self.config.last_epoch
 
     def should_stop(self) -> bool:
         """Early stopping, decided only just after a validation: `early_stopping` epochs or more since the best
@@ -565,17 +575,11 @@ class Trainer:
 
     def load_state(self, state: dict) -> None:
         saved = config_from_dict(state["config"])
-        if replace(saved, device=self.config.device) != replace(self.config, device=self.config.device):
+        if replace(saved, device=self.config.device) != self.config:
             raise ConfigError("resume", "the checkpoint in the run folder has other settings; use the same ones "
                                         "or a new folder")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state["scheduler"]:
-            self.scheduler.load_state_dict(state["scheduler"])
+        restore_run(self, state)
         self.generator.set_state(state["generator"])
-        self.epoch, self.history = state["epoch"], state["history"]
-        self.best_state, self.best_epoch = state["best_state"], state["best_epoch"]
-        self.best_score = state["best_score"]
 
     def _write_log(self) -> None:
         if self.out_dir and self.history:

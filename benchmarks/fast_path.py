@@ -25,6 +25,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -55,6 +56,19 @@ def card(device: torch.device) -> str:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def time_alternating(runs: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, list]:
+    """Seconds of each run over `repeats` rounds after a warm-up round, the order reversed every other round, so
+    that old and new code timed in one process meet the same machine state (shared cores drift)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(repeats + 1):
+        for name, fn in runs.items() if r % 2 == 0 else reversed(runs.items()):
+            clock = Clock(device)
+            fn()
+            if r:  # the first round warms up
+                times[name].append(clock())
+    return times
 
 
 def base_config(args, targets: tuple[str, ...] = ("EVC",), **overrides) -> TrainConfig:
@@ -100,13 +114,7 @@ def part_floor(args, sets: dict, device: torch.device) -> dict:
             model.zero_grad(set_to_none=True)
 
         epochs[name] = body_epoch
-    times: dict[str, list[float]] = {name: [] for name in epochs}
-    for r in range(args.repeats + 1):
-        for name, body_epoch in epochs.items() if r % 2 == 0 else reversed(epochs.items()):
-            clock = Clock(device)
-            body_epoch()
-            if r:  # the first round warms up
-                times[name].append(clock())
+    times = time_alternating(epochs, args.repeats, device)
     rows = {name: {"body_s_per_epoch": statistics.median(t), "rounds_s": t} for name, t in times.items()}
     config = base_config(args)
     model = Trainer(config, [sets["92"]], progress=False).model
@@ -239,13 +247,7 @@ def part_ops(args, sets: dict, device: torch.device) -> dict:
     runs = {"augment_per_image_cpu": lambda: per_image_augment(host, config.crop_scale, generator),
             "augment_batched_on_device": lambda: augment_batch(pixels, config, generator),
             "validation_numpy": numpy_scores, "validation_torch": torch_scores}
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(args.repeats + 1):
-        for name, fn in runs.items() if r % 2 == 0 else reversed(runs.items()):
-            clock = Clock(device)
-            fn()
-            if r:  # the first round warms up
-                times[name].append(clock())
+    times = time_alternating(runs, args.repeats, device)
     rows = {name: {"s": statistics.median(t), "rounds_s": t} for name, t in times.items()}
     for name, row in rows.items():
         print(f"[{card(device)}] {name}: {row['s'] * 1e3:.1f} ms", flush=True)

@@ -418,6 +418,9 @@ def test_score_and_noise_ceiling_of_upper_triangles(capsys, tmp_path: Path, make
     code, out, err = run_main(capsys, "score", str(tmp_path / "short.npy"), "--target", str(tmp_path / "IT.npy"))
     assert code == 2 and out == ""
     assert_one_line_error(err, "short.npy", "66 pairs")
+    code, out, err = run_main(capsys, "score", str(tmp_path / "absent.npy"), "--target", str(tmp_path / "IT.npy"))
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "absent.npy", "no such file")
     code, out, err = run_main(capsys, "score", str(tmp_path / "model_vector.npy"), "--target",
                               str(tmp_path / "IT.npy"), "--permutations", "10")
     assert code == 2

@@ -43,16 +43,21 @@ def _check_method(args) -> str:
     return args.method
 
 
-def _condensed_subjects(path: str) -> np.ndarray | None:
-    """Subjects' upper triangles in a .npy file, (S, P) with P = N(N-1)/2 (not square), memory-mapped: the form
-    of sets too large for square RDMs (10,000 images: 50 million pairs). None for any other file."""
+def _mapped_npy(path: str) -> np.ndarray | None:
+    """A .npy file, memory-mapped and never unpickled; None for a path that is not an existing .npy file."""
     if Path(path).suffix.lower() != ".npy" or not Path(path).is_file():
         return None
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise data.DataError(f"{path}: unreadable .npy file ({' '.join(str(exc).split())[:160]})") from None
-    if array.ndim != 2 or array.shape[0] == array.shape[1]:
+
+
+def _condensed_subjects(path: str) -> np.ndarray | None:
+    """Subjects' upper triangles in a .npy file, (S, P) with P = N(N-1)/2 (not square), memory-mapped: the form
+    of sets too large for square RDMs (10,000 images: 50 million pairs). None for any other file."""
+    array = _mapped_npy(path)
+    if array is None or array.ndim != 2 or array.shape[0] == array.shape[1]:
         return None
     n = (1 + math.isqrt(1 + 8 * array.shape[1])) // 2
     if n * (n - 1) // 2 != array.shape[1] or n < 3 or not np.issubdtype(array.dtype, np.floating):
@@ -63,13 +68,12 @@ def _condensed_subjects(path: str) -> np.ndarray | None:
 
 def _condensed_model(path: str, pairs: int) -> np.ndarray:
     """A model RDM for condensed subjects: its upper triangle (P,) or its square (N, N), in a .npy file."""
-    if Path(path).suffix.lower() != ".npy" or not Path(path).is_file():
+    if not Path(path).is_file():
+        raise data.DataError(f"{path}: no such file")
+    model = _mapped_npy(path)
+    if model is None:
         raise data.DataError(f"{path}: the subjects are upper triangles in a .npy file, so the model must be a .npy "
                              "file too (its upper triangle, or its square RDM)")
-    try:
-        model = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise data.DataError(f"{path}: unreadable .npy file ({' '.join(str(exc).split())[:160]})") from None
     if model.ndim == 2 and model.shape[0] == model.shape[1]:
         model = upper_tri(np.asarray(model))
     if model.shape != (pairs,) or not np.issubdtype(model.dtype, np.floating):

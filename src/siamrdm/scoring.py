@@ -539,6 +539,14 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _submission_row(score: Score, p_perm: float | None, ceiling: float | None, source: str | None,
+                    lower: float | None, method: str) -> dict:
+    """One key's row of `siamrdm score`'s result: strict JSON (undefined p-values are None, never NaN)."""
+    return {"r2": score.r2, "p": _finite_or_none(score.p), "p_signed": _finite_or_none(score.p_signed),
+            "p_perm": p_perm, "pct_nc": percent_of_ceiling(score.r2, ceiling), "ceiling_source": source,
+            "noise_ceiling": ceiling, "noise_ceiling_lower": lower, "method": method}
+
+
 def score_submission(
     submission: dict[str, np.ndarray], targets: dict[str, np.ndarray], permutations: int = 0, seed: int = 0,
     method: str = OFFICIAL_METHOD,
@@ -581,10 +589,7 @@ def score_submission(
                    "computed": computed[0] if computed else None}.get(source)
         p_perm = permutation_p(model, target, permutations, seed, method) if permutations else None
         ceilings.append(ceiling)
-        result[key] = {"r2": score.r2, "p": _finite_or_none(score.p), "p_signed": _finite_or_none(score.p_signed),
-                       "p_perm": p_perm, "pct_nc": percent_of_ceiling(score.r2, ceiling), "ceiling_source": source,
-                       "noise_ceiling": ceiling, "noise_ceiling_lower": computed[1] if computed else None,
-                       "method": method}
+        result[key] = _submission_row(score, p_perm, ceiling, source, computed[1] if computed else None, method)
     if missing:
         result["score"] = None
         result["missing"] = missing
@@ -603,10 +608,7 @@ def score_condensed_submission(model_vector, subject_vectors, key: str, method: 
     subject's 50 million pairs)."""
     score, ceilings = score_condensed(model_vector, subject_vectors, method, ceiling=True, threads=threads)
     upper, lower = ceilings if ceilings else (None, None)
-    row = {"r2": score.r2, "p": _finite_or_none(score.p), "p_signed": _finite_or_none(score.p_signed),
-           "p_perm": None, "pct_nc": percent_of_ceiling(score.r2, upper),
-           "ceiling_source": "computed" if upper is not None else None, "noise_ceiling": upper,
-           "noise_ceiling_lower": lower, "method": method}
+    row = _submission_row(score, None, upper, "computed" if upper is not None else None, lower, method)
     return {key: row, "score": {"r2": score.r2, "pct_nc": row["pct_nc"]}}
 
 

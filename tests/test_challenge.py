@@ -98,7 +98,7 @@ def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -
         test_set = row["direction"].split("->")[1]
         # fMRI: the official ceiling; the window-averaged MEG files: the ceiling computed from them.
         subjects = data.load_algonauts_set(data_root, test_set, (row["target"],)).targets[row["target"]]
-        ceiling = scoring.reference_ceiling(data.ceiling_key(row["target"], official=True), subjects)
+        ceiling = scoring.reference_ceiling(data.target_key(row["target"], official=True), subjects)
         official = scoring.OFFICIAL_NOISE_CEILINGS[int(test_set)][row["target"]]
         assert (ceiling == official) == (row["target"] == "EVC")
         assert row["ceiling_source"] == ("official" if row["target"] == "EVC" else "computed")

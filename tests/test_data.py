@@ -527,8 +527,8 @@ def test_own_data_named_like_a_challenge_target_gets_its_own_ceiling(data_root: 
     assert official.official and not own.official
     assert subset(official, np.arange(92), "all").official  # folds and held-out splits keep the mark
     subjects = official.targets["EVC"]
-    assert scoring.ceiling_source(data.ceiling_key("EVC", official.official), subjects) == "official"
-    assert scoring.reference_ceiling(data.ceiling_key("EVC", True), subjects) == 0.1589
-    assert scoring.ceiling_source(data.ceiling_key("EVC", own.official), subjects) == "computed"
-    assert scoring.reference_ceiling(data.ceiling_key("EVC", False), subjects) == pytest.approx(
+    assert scoring.ceiling_source(data.target_key("EVC", official.official), subjects) == "official"
+    assert scoring.reference_ceiling(data.target_key("EVC", True), subjects) == 0.1589
+    assert scoring.ceiling_source(data.target_key("EVC", own.official), subjects) == "computed"
+    assert scoring.reference_ceiling(data.target_key("EVC", False), subjects) == pytest.approx(
         scoring.noise_ceiling(subjects)[0])

@@ -172,7 +172,7 @@ def test_reference_ceiling_official_or_computed(make_rdms) -> None:
         target = make_rdms(n, subjects=2, seed=n)
         assert scoring.reference_ceiling("EVC_RDMs", target) == official["EVC"]
         assert scoring.reference_ceiling("IT_RDMs", target) == official["IT"]
-        # A plain target name is your own data's key (data.ceiling_key maps the official sets to the challenge's
+        # A plain target name is your own data's key (data.target_key maps the official sets to the challenge's
         # keys): its ceiling comes from its subjects even with 92 or 118 images.
         assert scoring.reference_ceiling("IT", target) == pytest.approx(scoring.noise_ceiling(target)[0])
         assert scoring.ceiling_source("EVC", target) == "computed"

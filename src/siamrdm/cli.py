@@ -320,7 +320,7 @@ def _validation_ceilings(val: list, targets: tuple[str, ...]) -> dict:
     out = {}
     for dataset in val:
         for target in targets:
-            info = scoring.ceiling_info(data.ceiling_key(target, dataset.official), dataset.targets[target])
+            info = scoring.ceiling_info(data.target_key(target, dataset.official), dataset.targets[target])
             info = {"images": len(dataset), "score": "pct_nc" if info["noise_ceiling"] else "r2", **info}
             if info["ceiling_source"] is None:
                 info["note"] = scoring.NO_CEILING_NOTE

@@ -607,10 +607,10 @@ class BrainDataset:
         return len(self.images)
 
 
-def ceiling_key(target: str, official: bool) -> str:
-    """The key a target's scores are divided by a ceiling for: the challenge's own key ('EVC' -> 'EVC_RDMs')
-    for the official sets, whose ceilings are published, and your key unchanged for your own data, even one
-    named like a challenge target (its ceiling is then computed from its subjects)."""
+def target_key(target: str, official: bool) -> str:
+    """A target's key in files and ceilings: the challenge's own key ('EVC' -> 'EVC_RDMs') for the official
+    sets (the submission format; their ceilings are published), and your key unchanged for your own data, even
+    one named like a challenge target (written as you named it; its ceiling computed from its subjects)."""
     return TARGETS[target][1] if official and target in TARGETS else target
 
 

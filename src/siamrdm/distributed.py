@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from .bench import peak_rss_mb
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, config_from_dict, pick_device
+from .data import target_key
 from .errors import TrainingDiverged
 from .files import clear_run_folder, run_folder_lock, write_text
 from .largeset import (
@@ -529,9 +530,8 @@ def fit_large(config: TrainConfig, batch: BatchSettings, images: ImageStore, tar
                                       "best_val_score": best if best is not None and math.isfinite(best) else None,
                                       "epochs_run": sum(row["epoch"] > 0 for row in result.history)}
             normalisation = result.normalisation
-        own_keys = {t: t for t in config.targets}  # your key, even one named like a challenge target
-        predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics,
-                                 output_keys=own_keys)
+        keys = {t: target_key(t, official=False) for t in config.targets}  # large sets are always your own data
+        predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics, output_keys=keys)
         if out_dir is not None and ranks.main:
             predictor.save(Path(out_dir) / "model.pt")
         barrier(ranks)

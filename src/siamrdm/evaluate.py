@@ -38,10 +38,10 @@ from .data import (
     TRAINING_SETS,
     BrainDataset,
     DataError,
-    ceiling_key,
     group_average,
     load_algonauts_set,
     save_rdms,
+    target_key,
 )
 from .files import atomic_path, write_text
 from .scoring import NO_CEILING_NOTE, lower_ceiling, percent_of_ceiling, reference_ceiling, score_with_ceiling
@@ -86,7 +86,7 @@ def _slug(text: str) -> str:
 
 def _row(method: str, target: str, direction: str, predicted: np.ndarray, subjects: np.ndarray,
          lower_pct: float | None, detail: str = "", key: str | None = None) -> dict:
-    """`key` names the target for its ceiling (data.ceiling_key), `target` as the tables show it."""
+    """`key` names the target for its ceiling (data.target_key), `target` as the tables show it."""
     return {"method": method, "target": target, "direction": direction,
             **score_with_ceiling(predicted, key or target, subjects), "noise_ceiling_lower": lower_ceiling(subjects),
             "nc_lower_pct": lower_pct, "detail": detail}
@@ -135,7 +135,7 @@ def _predict(result: Evaluation, method: str, target: str, direction: str, train
         result.regression.setdefault(direction, {})[target] = asdict(fit)
         detail = " ".join(f"{s}:{w:.3g}" for s, w in fit.weights.items() if w > 0)
     result.predictions[(method, target, direction)] = predicted
-    key = ceiling_key(target, test.official)
+    key = target_key(target, test.official)
     result.rows.append(_row(method, target, direction, predicted, subjects, _lower_ceiling_pct(key, subjects),
                             detail, key))
 

@@ -21,7 +21,7 @@ import torch
 from .backbones import images_to_tensor
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_from_dict, pick_device
-from .data import IMAGE_ORDER_FILE, TARGETS, BrainDataset, DataError, ImageSet
+from .data import IMAGE_ORDER_FILE, BrainDataset, DataError, ImageSet, target_key
 from .files import clear_run_folder, run_folder_lock, write_text
 from .model import SiameseRDMNet
 from .prior import PriorFit
@@ -65,7 +65,7 @@ class RDMPredictor:
         self.priors = priors or {}  # the same for every seed: fitted on the training images only
         # The key each target's RDM is written under: the challenge's key ('EVC' -> 'EVC_RDMs') for models
         # trained on the Algonauts sets, the user's own key unchanged for their own data.
-        self.output_keys = output_keys or {t: TARGETS[t][1] if t in TARGETS else t for t in config.targets}
+        self.output_keys = output_keys or {t: target_key(t, official=True) for t in config.targets}
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -153,8 +153,8 @@ def fit_predictor(config: TrainConfig, train: list[BrainDataset], val: list[Brai
             metrics[f"seed{seed}"] = {"best_epoch": result.best_epoch,
                                       "best_val_score": best if best is not None and math.isfinite(best) else None,
                                       "epochs_run": sum(row["epoch"] > 0 for row in result.history)}
-        own_keys = {t: t for t in config.targets} if image_order is not None else None
-        predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics, priors, own_keys)
+        keys = {t: target_key(t, official=image_order is None) for t in config.targets}  # image_order: own data
+        predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics, priors, keys)
         if out_dir:
             predictor.save(Path(out_dir) / "model.pt")
         return predictor

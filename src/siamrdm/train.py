@@ -36,7 +36,7 @@ from .config import check_config as check_config
 from .config import config_from_dict as config_from_dict
 from .config import config_from_preset as config_from_preset
 from .config import pick_device as pick_device
-from .data import BrainDataset, DataError, ImageSet, ceiling_key, group_average, subject_rdms
+from .data import BrainDataset, DataError, ImageSet, group_average, subject_rdms, target_key
 from .errors import TrainingDiverged as TrainingDiverged
 from .files import atomic_path, run_folder_lock
 from .model import SiameseRDMNet, all_pairs, all_pairs_loss, all_pairs_outputs, head_config
@@ -475,7 +475,7 @@ class Trainer:
                 keys.append((k, target))
                 rhos.append(rho.mean(dim=1) if rho.ndim == 2 else rho)  # K RDMs per subject: averaged
         host = np.split(torch.cat(rhos).cpu().numpy(), np.cumsum([len(r) for r in rhos])[:-1]) if rhos else []
-        return {f"{self.val_sets[k].name}/{target}": score_row(rho, ceiling_key(target, self.val_sets[k].official),
+        return {f"{self.val_sets[k].name}/{target}": score_row(rho, target_key(target, self.val_sets[k].official),
                                                                self.val_sets[k].subject_rdms[target])
                 for (k, target), rho in zip(keys, host, strict=True)}
 

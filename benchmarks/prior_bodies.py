@@ -25,14 +25,16 @@ import numpy as np
 from siamrdm import baselines, prior
 from siamrdm.backbones import BACKBONES
 from siamrdm.data import TARGET_NAMES, load_algonauts_set
-from siamrdm.scoring import noise_ceiling, score_rdm
+from siamrdm.scoring import score_with_ceiling
 
 BODIES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 KINDS = ("layer", "nnls")
 
 
 def percent(model_rdm: np.ndarray, subjects: np.ndarray) -> float:
-    return 100.0 * score_rdm(model_rdm, subjects).r2 / noise_ceiling(subjects)[0]
+    """Percent of the ceiling computed from these subjects (a plain target name is not an official key, so
+    `score_with_ceiling` computes it, and keeps it for the other bodies and baselines scored on them)."""
+    return score_with_ceiling(model_rdm, "subjects", subjects)["pct_nc"]
 
 
 def baseline_rdm(kind: str, train_rdms: dict, train_subjects: np.ndarray, test_rdms: dict) -> np.ndarray:

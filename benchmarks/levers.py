@@ -55,6 +55,10 @@ LEVERS: dict[str, tuple[dict, tuple[int, ...]]] = {
     # Multi-target: the scored target trained beside an auxiliary one (one body and head, two outputs).
     "prior_nnls_aux_meg_late": ({"prior": "nnls", "aux_targets": ("MEG_late",)}, (0,)),
     "prior_nnls_aux_it": ({"prior": "nnls", "aux_targets": ("IT",)}, (0,)),
+    # A loss that, like the metric, ignores scale and offset: 1 - Pearson r of the pair vector.
+    "corr": ({"loss": "correlation"}, (0,)),
+    "prior_nnls_corr": ({"prior": "nnls", "loss": "correlation"}, (0,)),
+    "prior_layer_corr": ({"prior": "layer", "loss": "correlation"}, (0,)),
     # Larger bodies (the `bodies` extra): Lite2 at its native 260 px, for the head's features and the prior.
     "prior_nnls_lite2": ({"prior": "nnls", "backbone": "efficientnet_lite2", "image_size": 260}, (0,)),
     "prior_layer_lite2": ({"prior": "layer", "backbone": "efficientnet_lite2", "image_size": 260}, (0,)),

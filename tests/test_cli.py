@@ -337,6 +337,7 @@ def test_bad_input_exits_2(capsys, tmp_path: Path, data_root: Path, make_rdms, n
         (["score", "a.mat", "--target", "b.mat", "--permutations", "many"], ("score: ", "--permutations", "'many'")),
         (["baseline", "layers", "--batch-size", "x"], ("baseline layers: ", "--batch-size", "invalid int")),
         (["fit", "--out", "run", "--preset", "huge"], ("fit: ", "--preset", "invalid choice: 'huge'")),
+        (["fit", "--out", "run", "--loss", "huber"], ("fit: ", "--loss", "invalid choice: 'huber'")),
     ],
 )
 def test_usage_errors_exit_2(capsys, args: list[str], parts: tuple[str, ...]) -> None:
@@ -382,6 +383,9 @@ def test_preset_flags_name_what_they_set_and_switch_options_off() -> None:
                               "off", "--weights", "random", "--device", "cpu"])
     config = cli._config_from_args(args, ("EVC",))
     assert config.frozen_epochs == 3 and config.early_stopping is None and config.unfrozen_epochs == 1000
+    assert config.loss == "mse"
+    chosen = parser.parse_args(["fit", "--out", "x", "--loss", "correlation", "--weights", "random", "--device", "cpu"])
+    assert cli._config_from_args(chosen, ("EVC",)).loss == "correlation"
     old = parser.parse_args(["fit", "--out", "x", "--epochs", "4", "--early-stopping", "7"])
     assert old.epochs == 4 and old.early_stopping == 7
     with pytest.raises(SystemExit):

@@ -19,6 +19,7 @@ from siamrdm.model import (
     SiameseHead,
     SiameseRDMNet,
     all_pairs,
+    all_pairs_correlation_loss,
     all_pairs_loss,
     all_pairs_outputs,
     head_config,
@@ -382,6 +383,59 @@ def test_all_pairs_loss_pairwise_float32(bias: float) -> None:
     for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * max(float(want.abs().max()), 1e-6))
         assert (float(want.abs().max()) == 0) == (bias < 0)
+
+
+def reference_correlation_loss(head: SiameseHead, features: torch.Tensor, targets: torch.Tensor,
+                               offsets: torch.Tensor) -> torch.Tensor:
+    """1 - Pearson r per output over both orders of all pairs, prediction = head + offsets, target = targets +
+    offsets, averaged over outputs: written out and differentiated by autograd."""
+    i, j = all_pairs(len(features))
+    as_a, as_b = head.image_terms(features)
+    both = torch.cat((head.pair_outputs(as_a, as_b, i, j), head.pair_outputs(as_a, as_b, j, i))) + offsets.repeat(2, 1)
+    full = (targets + offsets).repeat(2, 1)
+    q, y = both - both.mean(0), full - full.mean(0)
+    r = (q * y).sum(0) / torch.sqrt((q * q).sum(0) * (y * y).sum(0))
+    return (1 - r).mean()
+
+
+@pytest.mark.parametrize(("variant", "outputs", "n", "tile", "with_offsets"), [
+    ("paper", 1, 13, 4, False),
+    ("paper", 2, 11, 4, True),  # two outputs, a prior's pair values under the head's correction
+    ("pairwise", 1, 12, 5, True),  # the output ReLU cuts some of the outputs
+])
+def test_correlation_loss_equals_autograd(variant, outputs, n, tile, with_offsets) -> None:
+    """all_pairs_correlation_loss: the value 1 - r and every gradient of the written-out loss."""
+    features = torch.randn(n, 16, 5, 5, dtype=torch.float64, requires_grad=True)
+    head = random_pair_head(variant, 16, 5, outputs, torch.float64, seed=n)
+    if variant == "pairwise":
+        centre_outputs(head, features)
+    pairs = n * (n - 1) // 2
+    generator = torch.Generator().manual_seed(n)
+    targets = torch.rand(pairs, outputs, dtype=torch.float64, generator=generator)
+    offsets = (torch.rand(pairs, outputs, dtype=torch.float64, generator=generator) if with_offsets
+               else torch.zeros(pairs, outputs, dtype=torch.float64))
+    params = [features, *head.parameters()]
+    expected = reference_correlation_loss(head, features, targets, offsets)
+    expected_grads = torch.autograd.grad(expected, params)
+    loss = all_pairs_correlation_loss(head, features, targets, offsets if with_offsets else None, tile=tile, workers=2)
+    grads = torch.autograd.grad(loss, params)
+    assert 0 < loss.item() < 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-10)
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert float(want.abs().max()) > 0
+        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-10)
+
+
+def test_correlation_loss_ignores_scale_and_offset_of_the_target() -> None:
+    """The challenge's metric ignores the RDM's scale and offset; so does this loss, unlike MSE."""
+    features = torch.randn(10, 16, 5, 5, dtype=torch.float64)
+    head = random_pair_head("paper", 16, 5, 1, torch.float64, seed=3)
+    targets = torch.rand(45, 1, dtype=torch.float64)
+    plain = all_pairs_correlation_loss(head, features, targets)
+    moved = all_pairs_correlation_loss(head, features, 5.0 * targets + 3.0)
+    assert moved.item() == pytest.approx(plain.item(), rel=1e-12)
+    mse_plain, mse_moved = (all_pairs_loss(head, features, y).item() for y in (targets, 5.0 * targets + 3.0))
+    assert mse_moved > 10 * mse_plain
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -120,6 +120,39 @@ def test_loss_falls_on_real_evc(set92: data.BrainDataset) -> None:
     assert result.normalisation["92-fit"]["EVC"].keys() == {"low", "high"}
 
 
+def test_correlation_loss_starts_at_the_prior_and_falls(set92: data.BrainDataset) -> None:
+    """--loss correlation with a prior: before any step the head is zero, so the loss is 1 - Pearson r of the
+    prior's and the target's pair values; a few epochs lower it. Without a prior it falls too."""
+    fit_set = train.subset(set92, np.arange(0, 92, 4)[:20], "92-corr")
+    config = fast_config(frozen_epochs=4, loss="correlation", prior="layer", lr=3e-3, weight_decay=0.0)
+    trainer = train.Trainer(config, [fit_set], progress=False)
+    pairs = trainer.train_sets[0]
+    prior = pairs.prior_pairs[:, 0].double().numpy()
+    target = upper_tri(data.group_average(fit_set.targets["EVC"]))  # rescaling does not change r
+    with torch.no_grad():
+        start = trainer.pair_loss(trainer.plain_features(0), pairs).item()
+    assert start == pytest.approx(1 - np.corrcoef(prior, target)[0, 1], rel=1e-4, abs=1e-6)
+    losses = [trainer.step(frozen=True) for _ in range(4)]
+    assert losses[0] == pytest.approx(start, rel=1e-4, abs=1e-6)
+    assert losses[-1] < losses[0], losses
+    plain = train.Trainer(replace(config, prior="none"), [fit_set], progress=False)
+    assert plain.train_sets[0].prior_pairs is None
+    losses = [plain.step(frozen=True) for _ in range(4)]
+    assert all(0 <= x <= 2 for x in losses) and losses[-1] < losses[0], losses
+
+
+def test_loss_option_is_checked() -> None:
+    from siamrdm.config import ConfigError, check_config
+    from siamrdm.distributed import check_minibatch_config
+
+    with pytest.raises(ConfigError, match="loss: unknown loss 'huber'"):
+        check_config(fast_config(loss="huber"))
+    with pytest.raises(ConfigError, match="loss: .*pair_mode factorised"):
+        check_config(fast_config(loss="correlation", pair_mode="naive"))
+    with pytest.raises(ConfigError, match="loss: the mini-batch path trains with the mse loss only"):
+        check_minibatch_config(fast_config(loss="correlation"))
+
+
 def test_frozen_epochs_leave_the_body_alone(small92: data.BrainDataset) -> None:
     trainer = train.Trainer(fast_config(frozen_epochs=1), [small92], progress=False)
     body = copy.deepcopy(trainer.model.body.state_dict())

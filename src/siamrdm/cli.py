@@ -180,7 +180,7 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     """Options shared by every command that trains the Siamese network."""
     from .backbones import BACKBONES
-    from .config import PRECISIONS
+    from .config import LOSSES, PRECISIONS
     from .model import HEADS
     from .prior import PRIORS
     from .train import PRESETS
@@ -201,6 +201,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                    help="stop after N epochs without a better validation score, or 'off' (overrides the preset)")
     p.add_argument("--lr", type=float, help="head learning rate (overrides the preset)")
     p.add_argument("--rescale", choices=["minmax", "rank", "zscore"], help="target rescaling (default: minmax)")
+    p.add_argument("--loss", choices=LOSSES, help="mse (the paper's, default) or correlation (1 - Pearson r of "
+                   "the predicted and target dissimilarities: ignores their scale, as the metric does)")
     p.add_argument("--image-size", type=int, help="input size in pixels (default: 224)")
     p.add_argument("--no-augment", action="store_true", help="no random crops or flips")
     p.add_argument("--seeds", default="0", help="comma-separated seeds; predictions average over them")
@@ -242,7 +244,7 @@ def _config_from_args(args, targets: tuple[str, ...]):
         args.preset, backbone=args.backbone, stage=args.stage, weights=args.weights,
         targets=targets, head=args.head, prior=args.prior, tta=True if args.tta else None,
         frozen_epochs=args.epochs, unfrozen_epochs=args.unfrozen_epochs, early_stopping=args.early_stopping,
-        lr=args.lr, rescale=args.rescale, image_size=args.image_size, device=args.device,
+        lr=args.lr, rescale=args.rescale, loss=args.loss, image_size=args.image_size, device=args.device,
         augment=False if args.no_augment else None, precision=args.precision,
         channels_last=True if args.channels_last else None, validate_every=args.validate_every,
     )

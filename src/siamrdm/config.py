@@ -27,6 +27,7 @@ class TrainConfig:
     weights: str | None = None  # None: pretrained default; "random"; or a state_dict file
     targets: tuple[str, ...] = ("EVC",)
     rescale: str = "minmax"  # the paper's [0, 1]; or "rank", "zscore"
+    loss: str = "mse"  # the paper's Euclidean loss; or "correlation": 1 - Pearson r of the pair vector, scale-free
     image_size: int = 224
     frozen_epochs: int = 15
     unfrozen_epochs: int = 0
@@ -96,6 +97,7 @@ def config_from_dict(values: dict) -> TrainConfig:
 
 
 RESCALINGS = ("minmax", "rank", "zscore")
+LOSSES = ("mse", "correlation")
 PRECISIONS = ("fp32", "bf16")
 MIN_IMAGE_SIZE = 16
 
@@ -140,6 +142,10 @@ def check_config(config: TrainConfig) -> TrainConfig:
         _check_number("correction_bound", config.correction_bound)
         if config.prior == "none":
             raise ConfigError("correction_bound", "bounds the head's correction of a prior: set a prior too")
+    if config.loss not in LOSSES:
+        raise ConfigError("loss", f"unknown loss '{config.loss}' (choose from {', '.join(LOSSES)})")
+    if config.loss != "mse" and config.pair_mode != "factorised":
+        raise ConfigError("loss", f"the {config.loss} loss needs all pairs at once: pair_mode factorised")
     if config.rescale not in RESCALINGS:
         raise ConfigError("rescale", f"unknown rescaling '{config.rescale}' (choose from {', '.join(RESCALINGS)})")
     low, high = config.crop_scale

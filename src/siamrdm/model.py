@@ -272,7 +272,7 @@ class _Sums:
 
     def __init__(self, a: torch.Tensor, weight: torch.Tensor, tile: int):
         dim, outputs = a.shape[1], weight.shape[0]
-        self.loss = torch.zeros((), dtype=torch.float64, device=a.device)
+        self.loss = torch.zeros(outputs, dtype=torch.float64, device=a.device)  # squared errors per output
         self.grad_a = torch.zeros_like(a)  # for one output: sum_j g_ij [z_ijd > 0]; the weight is applied last
         self.grad_b = torch.zeros_like(a)
         self.grad_weight = torch.zeros_like(weight)
@@ -296,7 +296,7 @@ def _output(pre: torch.Tensor, relu: bool, bound: float | None) -> torch.Tensor:
 
 
 def _pair_tile(s: _Sums, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-               scale: float, output_relu: bool, output_bound: float | None, rows: slice, cols: slice,
+               scale: float | torch.Tensor, output_relu: bool, output_bound: float | None, rows: slice, cols: slice,
                targets: torch.Tensor, diagonal: int | None) -> None:
     """Loss and gradient sums of the ordered pairs (i in rows, j in cols): image i as a, image j as b.
     `diagonal` is where the pairs of an image with itself lie in the tile (the offset rows.start - cols.start of
@@ -317,8 +317,8 @@ def _pair_tile(s: _Sums, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor,
         diff = out.sub_(targets)
     if diagonal is not None:
         diff.diagonal(diagonal, 0, 1).zero_()  # a pair of an image with itself is not a pair
-    s.loss += torch.sum(diff * diff, dtype=torch.float64)
-    g = diff.mul_(scale)
+    s.loss += torch.sum(diff * diff, dim=(0, 1), dtype=torch.float64)
+    g = diff.mul_(scale)  # a number, or one per output (weighted outputs)
     if output_relu:  # the output ReLU's backward (out = relu(pre) > 0 exactly where pre > 0), in place
         torch.ops.aten.threshold_backward.grad_input(g, out, 0, grad_input=g)
     elif output_bound is not None:
@@ -340,10 +340,12 @@ class _AllPairsMSE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, b, weight, bias, targets, tile: int, workers: int, output_relu: bool,
-                output_bound: float | None, row_block: tuple[int, int] | None = None):
+                output_bound: float | None, row_block: tuple[int, int] | None = None,
+                output_weights: torch.Tensor | None = None):
         n = a.shape[0]
         outputs = weight.shape[0]
         count = n * (n - 1) * outputs
+        scale = 2.0 / count if output_weights is None else output_weights.to(a.dtype) * (2.0 / count)
         index = torch.arange(n, device=a.device)
         base = index * (2 * n - index - 1) // 2 - index - 1  # pair (i < j) sits at base[i] + j in upper-triangle order
         if row_block is None:  # every ordered pair: tiles on and above the diagonal, each with its mirror
@@ -357,7 +359,7 @@ class _AllPairsMSE(torch.autograd.Function):
             with torch.no_grad():  # grad mode is per thread; worker threads start with it on
                 for i0, j0, i1 in share:
                     rows, cols = slice(i0, i1), slice(j0, min(n, j0 + tile))
-                    args = (s, a, b, weight, bias, 2.0 / count, output_relu, output_bound)
+                    args = (s, a, b, weight, bias, scale, output_relu, output_bound)
                     if row_block is not None or rows == cols:  # any tile: targets looked up by (min, max)
                         i, j = index[rows, None], index[None, cols]
                         y = targets[(base[torch.minimum(i, j)] + torch.maximum(i, j)).clamp_min_(0)]
@@ -388,17 +390,19 @@ class _AllPairsMSE(torch.autograd.Function):
             grad_a.mul_(weight[0])
             grad_b.mul_(weight[0])
         ctx.save_for_backward(grad_a, grad_b, grad_weight, total.grad_bias.to(bias.dtype))
-        return (total.loss / count).to(a.dtype)
+        squared = total.loss if output_weights is None else total.loss * output_weights.to(torch.float64)
+        return (squared.sum() / count).to(a.dtype)
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_a, grad_b, grad_weight, grad_bias = ctx.saved_tensors
         return (grad_a * grad_loss, grad_b * grad_loss, grad_weight * grad_loss, grad_bias * grad_loss,
-                None, None, None, None, None, None)
+                None, None, None, None, None, None, None)
 
 
 def all_pairs_loss(head: SiameseHead, features: torch.Tensor, targets: torch.Tensor, tile: int | None = None,
-                   workers: int | None = None, rows: tuple[int, int] | None = None) -> torch.Tensor:
+                   workers: int | None = None, rows: tuple[int, int] | None = None,
+                   output_weights: torch.Tensor | None = None) -> torch.Tensor:
     """F.mse_loss of both orders of every pair i < j of N images against `targets` (P, T), in O(N) memory.
     Either head variant; the pairwise one's output ReLU is applied (and differentiated) tile by tile.
 
@@ -410,6 +414,8 @@ def all_pairs_loss(head: SiameseHead, features: torch.Tensor, targets: torch.Ten
     start..stop-1, against every j != i, still divided by the count of all ordered pairs: the losses (and
     gradients) of row blocks that split the N images add up to the full loss. Each rank of a distributed step
     computes its block against the features of all ranks (siamrdm.distributed).
+
+    `output_weights` (T,) weigh each output's squared errors (default: all 1, the plain mean).
     """
     as_a, as_b = head.image_terms(features)
     n, _, height, width = as_a.shape
@@ -427,7 +433,43 @@ def all_pairs_loss(head: SiameseHead, features: torch.Tensor, targets: torch.Ten
         if not 0 <= rows[0] <= rows[1] <= n:
             raise ValueError(f"row block {rows} is not within the {n} images")
     return _AllPairsMSE.apply(a, b, weight, head.linear.bias, targets, tile, workers, head.config.output_relu,
-                              head.config.output_bound, rows)
+                              head.config.output_bound, rows, output_weights)
+
+
+def all_pairs_correlation_loss(head: SiameseHead, features: torch.Tensor, targets: torch.Tensor,
+                               offsets: torch.Tensor | None = None, tile: int | None = None,
+                               workers: int | None = None) -> torch.Tensor:
+    """1 - Pearson r between predicted and target dissimilarities over both orders of every pair, averaged over
+    the outputs: a loss that, like the challenge's Spearman metric, ignores the predictions' scale and offset.
+
+    The prediction of a pair is the head's output plus `offsets` (P, T) (a prior's pair values; the head then
+    learns its correction), and the target is `targets + offsets`, so `targets` are the residuals that the MSE
+    loss would fit. Memory stays O(N) plus a tile, as for `all_pairs_loss`: one pass without a graph gives
+    the statistics of r, then the tiled squared-error pass runs with per-output weights and shifted targets
+    chosen so that its gradient is exactly that of 1 - r (the statistics held fixed, as the derivative of r
+    takes them into account). The returned value is 1 - r; its gradient is the tiled pass's.
+    """
+    n = features.shape[0]
+    out = all_pairs_outputs(head, features, tile).double()  # (N, N, T), [i, j]: image i as a
+    i, j = torch.triu_indices(n, n, 1, device=out.device)
+    heads = torch.cat([out[i, j], out[j, i]])  # both orders of every pair i < j, as the MSE loss sees them
+    y = targets.to(device=out.device, dtype=torch.float64).reshape(len(targets), -1)
+    shift = torch.zeros_like(y) if offsets is None else offsets.to(y).reshape(y.shape)
+    q = heads + torch.cat([shift, shift])
+    full = y + shift
+    q_centred, y_centred = q - q.mean(0), torch.cat([full, full]) - full.mean(0)
+    s_qq = (q_centred**2).sum(0).clamp_min(1e-30)
+    s_yy = (y_centred**2).sum(0).clamp_min(1e-30)
+    r = (q_centred * y_centred).sum(0) / torch.sqrt(s_qq * s_yy)
+    r_safe = torch.where(r >= 0, r.clamp_min(1e-3), r.clamp_max(-1e-3))  # the shift below divides by r
+    # d(1 - r)/dq = (r / s_qq)(q - mean q) - (y - mean y) / sqrt(s_qq s_yy); the tiled pass's gradient is
+    # (2 w / count)(head - shifted) with count = 2P * T: so w = r * 2P / (2 s_qq) and the shifted target below.
+    weights = r_safe * len(q) / (2 * s_qq)
+    shifted = q.mean(0) - shift + (full - full.mean(0)) * torch.sqrt(s_qq / s_yy) / r_safe
+    surrogate = all_pairs_loss(head, features, shifted.to(features.dtype), tile, workers,
+                               output_weights=weights.to(features.dtype))
+    value = (1 - r).mean().to(surrogate.dtype)
+    return surrogate - surrogate.detach() + value
 
 
 @torch.no_grad()

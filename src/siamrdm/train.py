@@ -39,7 +39,14 @@ from .config import pick_device as pick_device
 from .data import BrainDataset, DataError, ImageSet, group_average, subject_rdms, target_key
 from .errors import TrainingDiverged as TrainingDiverged
 from .files import atomic_path, run_folder_lock
-from .model import SiameseRDMNet, all_pairs, all_pairs_loss, all_pairs_outputs, head_config
+from .model import (
+    SiameseRDMNet,
+    all_pairs,
+    all_pairs_correlation_loss,
+    all_pairs_loss,
+    all_pairs_outputs,
+    head_config,
+)
 from .prior import PriorFit, fit_prior, prior_vector, stage_rdms
 from .rdm import rescale, square_rdm, upper_tri
 from .scoring import score_row, spearman_torch, standardised_ranks_torch
@@ -58,6 +65,7 @@ class PairTargets:
     normalisation: dict[str, dict[str, float]]
     keys: list[str]  # each image's identity (its folder and name): for the feature cache
     official: bool = False  # an Algonauts set: its targets' published ceilings apply
+    prior_pairs: torch.Tensor | None = None  # (P, T) the prior's values, already subtracted from `targets`
 
 
 def prepare_set(dataset: BrainDataset, targets: tuple[str, ...], config: TrainConfig) -> PairTargets:
@@ -348,7 +356,11 @@ class Trainer:
             columns = [s.targets[:, k].double().numpy() for s in self.train_sets]
             priors[target] = fit_prior(config.prior, rdms, [d.targets[target] for d in train], columns)
             for s, stage in zip(self.train_sets, rdms, strict=True):
-                s.targets[:, k] -= torch.from_numpy(prior_vector(priors[target], stage)).float()
+                values = torch.from_numpy(prior_vector(priors[target], stage)).float()
+                s.targets[:, k] -= values
+                if s.prior_pairs is None:
+                    s.prior_pairs = torch.zeros_like(s.targets)
+                s.prior_pairs[:, k] = values
         with torch.no_grad():
             self.model.head.linear.weight.zero_()
             self.model.head.linear.bias.zero_()
@@ -379,10 +391,15 @@ class Trainer:
         sync()
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
-    def pair_loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """MSE of both pair orders against the rescaled target: tiled over images x images, so memory stays
-        O(N) however many pairs (model.all_pairs_loss; exactly the loss of pair_predictions(both_orders=True))."""
-        return all_pairs_loss(self.model.head, self.model.standardise(features), targets.to(self.device))
+    def pair_loss(self, features: torch.Tensor, data: PairTargets) -> torch.Tensor:
+        """The loss of both pair orders against the rescaled target: MSE (model.all_pairs_loss, exactly the loss
+        of pair_predictions(both_orders=True)) or 1 - Pearson r of prior + head against the target
+        (model.all_pairs_correlation_loss). Tiled over images x images, so memory stays O(N) however many pairs."""
+        features = self.model.standardise(features)
+        if self.config.loss == "correlation":
+            return all_pairs_correlation_loss(self.model.head, features, data.targets.to(self.device),
+                                              None if data.prior_pairs is None else data.prior_pairs.to(self.device))
+        return all_pairs_loss(self.model.head, features, data.targets.to(self.device))
 
     def step(self, frozen: bool) -> float:
         """One optimiser step (`device_step`); its loss copied to the host."""
@@ -403,7 +420,7 @@ class Trainer:
             share = len(data.targets) / total_pairs
             if frozen:
                 with self.section("head_forward_backward"):
-                    loss = self.pair_loss(self._frozen_features(index), data.targets)
+                    loss = self.pair_loss(self._frozen_features(index), data)
                     (loss * share).backward()
             else:
                 with self.section("augment"):
@@ -416,7 +433,7 @@ class Trainer:
                     features = body_features(self.model, images, self.config, self.device)
                     features.requires_grad_()
                 with self.section("head_forward_backward"):
-                    loss = self.pair_loss(features, data.targets)
+                    loss = self.pair_loss(features, data)
                     (loss * share).backward()
                 with self.section("body_forward_backward"):
                     chunk = self.config.body_chunk
@@ -651,7 +668,7 @@ def lr_range_test(config: TrainConfig, train: list[BrainDataset], start_lr: floa
             group["lr"] = lr
         index = step % len(trainer.train_sets)
         optimizer.zero_grad(set_to_none=True)
-        loss = trainer.pair_loss(trainer.plain_features(index), trainer.train_sets[index].targets)
+        loss = trainer.pair_loss(trainer.plain_features(index), trainer.train_sets[index])
         loss.backward()
         optimizer.step()
         value = loss.item()

@@ -83,6 +83,7 @@ def run_lever(name: str, target: str, sets: dict, folds: int, epochs: int | None
         splits.update(fold_splits(dataset, folds, seed=0))
     fold = validation_curves(config, splits, seeds, progress=False)
     fold_epochs, fold_mean = mean_curve(fold)
+    by_set = {name: mean_curve({k: c for k, c in fold.items() if k.startswith(f"{name} fold")})[1] for name in sets}
     cross = validation_curves(config, cross_set_splits(sets), seeds, progress=False)
     _, crossed = choose_epochs(cross)
     honest = {d: next(r for r in cross[d] if r["epoch"] == e)["pct_nc"] for d, e in crossed.items()}
@@ -92,6 +93,7 @@ def run_lever(name: str, target: str, sets: dict, folds: int, epochs: int | None
         "epochs": config.epochs,
         "fold_best_pct": float(fold_mean.max()), "fold_best_epoch": fold_epochs[int(fold_mean.argmax())],
         "fold_curve": [round(float(v), 2) for v in fold_mean],
+        "fold_curve_by_set": {name: [round(float(v), 2) for v in curve] for name, curve in by_set.items()},
         "cross_honest_pct": honest, "cross_honest_epochs": crossed,
         "cross_honest_mean": float(np.mean(list(honest.values()))),
         "cross_mean_curve_best": float(cross_mean.max()),

@@ -444,14 +444,15 @@ def all_pairs_correlation_loss(head: SiameseHead, features: torch.Tensor, target
 
     The prediction of a pair is the head's output plus `offsets` (P, T) (a prior's pair values; the head then
     learns its correction), and the target is `targets + offsets`, so `targets` are the residuals that the MSE
-    loss would fit. Memory stays O(N) plus a tile, as for `all_pairs_loss`: one pass without a graph gives
-    the statistics of r, then the tiled squared-error pass runs with per-output weights and shifted targets
-    chosen so that its gradient is exactly that of 1 - r (the statistics held fixed, as the derivative of r
-    takes them into account). The returned value is 1 - r; its gradient is the tiled pass's.
+    loss would fit. A first pass without a graph gives r's statistics (it holds the N x N outputs, so this loss
+    is for sets that fit whole, not for the mini-batch path). The tiled squared-error pass then runs with
+    per-output weights and shifted targets, built from those statistics so that its gradient is exactly the
+    gradient of 1 - r (whose formula already includes how the means and variances move with the outputs).
+    The returned value is 1 - r; its gradient is the tiled pass's.
     """
     n = features.shape[0]
     out = all_pairs_outputs(head, features, tile).double()  # (N, N, T), [i, j]: image i as a
-    i, j = torch.triu_indices(n, n, 1, device=out.device)
+    i, j = all_pairs(n, out.device)
     heads = torch.cat([out[i, j], out[j, i]])  # both orders of every pair i < j, as the MSE loss sees them
     y = targets.to(device=out.device, dtype=torch.float64).reshape(len(targets), -1)
     shift = torch.zeros_like(y) if offsets is None else offsets.to(y).reshape(y.shape)

@@ -20,7 +20,7 @@ from siamrdm import cli, data, scoring
 from siamrdm.rdm import upper_tri
 
 ROW_FIELDS = {"r2", "p", "p_signed", "p_perm", "pct_nc", "noise_ceiling", "ceiling_source", "noise_ceiling_lower",
-              "method"}
+              "method", "rho_mean", "rho_se"}
 
 
 def run_process(*args: str, env_data: str | None = None) -> subprocess.CompletedProcess:

@@ -13,6 +13,12 @@ Three p-values, because the official one cannot tell a model from a random RDM:
 - `p_perm`: permutation test of the image labels: how often relabelling the model RDM's images (rows and
   columns together) scores at least as well as the real labels.
 
+For the same reason every row also carries `rho_mean`, the mean over subjects of the signed rho, and its
+standard error `rho_se` (rsatoolbox's usual summary). Its chance level is 0 for any model RDM, while the
+official score's is not: an RDM with strong per-image structure (rows that are dissimilar to everything)
+squares chance correlations into a positive score, which on a noisy target (the 118 set's IT: about 5% of
+the ceiling for a random such RDM) exceeds what any real model explains. Model selection uses `rho_mean`.
+
 Other comparison methods, named as rsatoolbox names them (`rsatoolbox.rdm.compare(..., method=NAME)`), can
 replace Spearman's rho: 'corr' (Pearson r), 'cosine', 'tau-a' and 'kendall' (Kendall's tau a and b), 'rho-a'
 (Spearman without tie correction). The score keeps the challenge's form (mean over subjects of the squared
@@ -539,12 +545,20 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def signed_summary(rho: np.ndarray) -> dict:
+    """The mean over subjects of the signed rho and its standard error (None with one subject): a statistic
+    whose chance level is 0 whatever the model RDM's structure, unlike the official mean of rho^2."""
+    rho = np.asarray(rho, dtype=np.float64)
+    se = float(rho.std(ddof=1) / math.sqrt(len(rho))) if len(rho) >= 2 else None
+    return {"rho_mean": float(rho.mean()), "rho_se": se}
+
+
 def _submission_row(score: Score, p_perm: float | None, ceiling: float | None, source: str | None,
                     lower: float | None, method: str) -> dict:
     """One key's row of `siamrdm score`'s result: strict JSON (undefined p-values are None, never NaN)."""
     return {"r2": score.r2, "p": _finite_or_none(score.p), "p_signed": _finite_or_none(score.p_signed),
             "p_perm": p_perm, "pct_nc": percent_of_ceiling(score.r2, ceiling), "ceiling_source": source,
-            "noise_ceiling": ceiling, "noise_ceiling_lower": lower, "method": method}
+            "noise_ceiling": ceiling, "noise_ceiling_lower": lower, "method": method, **signed_summary(score.rho)}
 
 
 def score_submission(
@@ -619,12 +633,14 @@ def score_condensed_submission(model_vector, subject_vectors, key: str, method: 
 
 def score_row(rho: np.ndarray, key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> dict:
     """One scored row from the per-subject (K-averaged) comparison values: r2, the official p and p_signed, the
-    reference ceiling for `key` and the percent of it (what `score_with_ceiling` returns)."""
+    reference ceiling for `key` and the percent of it, the signed mean rho and its standard error (what
+    `score_with_ceiling` returns)."""
     rho = np.asarray(rho, dtype=np.float64)
     r2 = float(np.mean(rho**2))
     ceiling = reference_ceiling(key, target_rdms, method)
     return {"r2": r2, "p": official_p(rho), "p_signed": signed_p(rho), "noise_ceiling": ceiling,
-            "ceiling_source": ceiling_source(key, target_rdms, method), "pct_nc": percent_of_ceiling(r2, ceiling)}
+            "ceiling_source": ceiling_source(key, target_rdms, method), "pct_nc": percent_of_ceiling(r2, ceiling),
+            **signed_summary(rho)}
 
 
 def rank_average_torch(x: torch.Tensor) -> torch.Tensor:

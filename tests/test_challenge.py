@@ -106,7 +106,19 @@ def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -
         assert float(row["pct_nc"]) == pytest.approx(100 * float(row["r2"]) / ceiling)
         if row["method"] == "siamese":
             assert int(row["epochs"]) in (0, 1, 2)  # with the prior, epoch 0 (the prior alone) is a candidate
+            assert -1 <= float(row["rho_mean"]) <= 1 and float(row["rho_se"]) > 0
     assert (out / "validation.md").read_text().count("| siamese |") == 4
+
+    # The epochs were chosen on image folds within the training sets: each direction at its training set's choice.
+    curves = json.loads((out / "validation_curves.json").read_text())
+    folds = [f"{name} fold {k}" for name in ("92", "118") for k in (1, 2, 3)]
+    for target in ("EVC", "MEG_late"):
+        assert sorted(curves[target]) == sorted(["92->118", "118->92", *folds])
+        final, per_set = challenge.choose_epochs({name: [curves[target][f"{name} fold {k}"] for k in (1, 2, 3)]
+                                                  for name in ("92", "118")})
+        for row in rows[:4]:
+            if row["target"] == target:
+                assert int(row["epochs"]) == per_set[row["direction"].split("->")[0]]
 
     settings = json.loads((out / "settings.json").read_text())
     assert settings["targets"] == ["EVC", "MEG_late"] and settings["seeds"] == [0]
@@ -115,6 +127,7 @@ def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -
     assert settings["config"]["weights"] == "random" and settings["config"]["frozen_epochs"] == 2
     assert set(settings["fits"]) == {"EVC", "MEG_late"}
     assert all(fit["epochs"] in (0, 1, 2) for fit in settings["fits"].values())
+    assert settings["fits"]["MEG_late"]["epochs"] == final  # the last target's folds, all together
     for target in ("EVC", "MEG_late"):
         assert (out / target / "model.pt").is_file()
     assert (out / "report.md").is_file()

@@ -130,16 +130,34 @@ def test_prior_options_are_checked() -> None:
     train.check_config(prior_config())
 
 
-def test_choose_epochs_can_pick_epoch_zero() -> None:
-    """With a prior the curves start at epoch 0; when training never beats the prior, 0 epochs are chosen and the
-    final fit takes no step."""
-    def curve(values):
-        return [{"epoch": e, "pct_nc": v} for e, v in enumerate(values)]
+def fold(values, ses=None):
+    """A fold's curve: rho_mean per epoch from 0, with its standard errors (0.01 unless given)."""
+    ses = ses or [0.01] * len(values)
+    return [{"epoch": e, "rho_mean": v, "rho_se": s} for e, (v, s) in enumerate(zip(values, ses, strict=True))]
 
-    curves = {"92->118": curve([10.0, 8.0, 7.0]), "118->92": curve([20.0, 21.0, 5.0])}
-    final, crossed = challenge.choose_epochs(curves)
-    assert final == 0 and crossed == {"92->118": 1, "118->92": 0}
+
+def test_choose_epochs_can_pick_epoch_zero() -> None:
+    """With a prior the curves start at epoch 0; when training never beats the prior beyond one standard error,
+    0 epochs are chosen and the fit takes no step. Each set's folds choose for the model fitted on that set."""
+    folds = {"92": [fold([0.25, 0.26, 0.30]), fold([0.25, 0.27, 0.31])],
+             "118": [fold([0.0, 0.005, -0.01]), fold([-0.01, -0.002, -0.02])]}
+    final, per_set = challenge.choose_epochs(folds)
+    assert per_set == {"92": 2, "118": 0}
+    assert final == 2  # all four folds: epoch 2 is best, and epochs 0 and 1 are more than one error below it
     assert replace(prior_config(), stop_epoch=0).stop_epoch == 0
+
+
+def test_one_standard_error_rule_prefers_fewer_epochs() -> None:
+    """A gain within the best epoch's standard error does not buy more epochs; a NaN or missing score is the
+    worst; folds' errors add in quadrature."""
+    assert challenge.one_se_epoch(fold([0.10, 0.20, 0.21, 0.215], ses=[0.01, 0.01, 0.01, 0.02])) == 1
+    assert challenge.one_se_epoch(fold([0.10, 0.20, 0.21, 0.215], ses=[0.01, 0.01, 0.01, 0.001])) == 3
+    merged = challenge.fold_curve([fold([0.1, float("nan")], ses=[0.03, 0.03]), fold([0.3, 0.5], ses=[0.04, 0.04])])
+    assert merged[0]["rho_mean"] == pytest.approx(0.2) and merged[0]["rho_se"] == pytest.approx(0.025)
+    assert merged[1]["rho_mean"] == -np.inf
+    assert challenge.one_se_epoch(merged) == 0
+    one_subject = [{"epoch": 0, "rho_mean": 0.1, "rho_se": None}, {"epoch": 1, "rho_mean": 0.2, "rho_se": None}]
+    assert challenge.one_se_epoch(challenge.fold_curve([one_subject])) == 1  # no error known: the best epoch
 
 
 def test_prior_with_the_body_unfrozen(sets) -> None:
@@ -155,8 +173,3 @@ def test_prior_with_the_body_unfrozen(sets) -> None:
     assert rdm.shape == (10, 10) and np.allclose(rdm, rdm.T) and np.all(np.isfinite(rdm))
 
 
-def test_choose_epochs_without_a_ceiling_uses_r2() -> None:
-    curves = {"a": [{"epoch": e, "pct_nc": None, "r2": r} for e, r in enumerate([0.1, 0.3, float("nan")])],
-              "b": [{"epoch": e, "pct_nc": None, "r2": r} for e, r in enumerate([0.2, 0.1, 0.0])]}
-    final, crossed = challenge.choose_epochs(curves)
-    assert final == 1 and crossed == {"a": 0, "b": 1}

@@ -1,11 +1,16 @@
-"""The Algonauts 2019 pipeline: validate across sets, train on 92 + 118, predict the 78 test images, submit.
+"""The Algonauts 2019 pipeline: choose on image folds, report across sets, train on 92 + 118, predict the 78.
 
-For each target: fit on 92 scoring 118 after every epoch, and fit on 118 scoring 92 (cross-set validation,
-since the test RDMs are held back). The models overfit a set within tens of epochs, so the number of epochs
-is chosen on these curves: each direction is reported at the epoch that the *other* direction's curve
-picked (so no reported score saw its own test set), and the final fit on both sets runs for the epoch count
-that is best on the mean of the two curves. Writes the submission files, the validation table, the
-curves, the settings and a report.
+For each target, how long to train is chosen within the training sets, never on the pairs reported: each set
+is split into image folds; the model is fitted on pairs among the other folds' images and scored, after every
+epoch, on pairs among the held-out fold's images. The choice is the fewest epochs whose mean signed rho over
+subjects (`rho_mean`, chance level 0) is within one standard error of the best epoch's (the one-standard-error
+rule: with a prior, the prior alone is epoch 0, kept unless training helps beyond noise). Each set's own folds
+choose the epochs of the model fitted on it; the folds of both sets together choose the final fit's.
+
+Reported (held out from every choice): cross-set validation, fit on 92 and score 118 after every epoch, and the
+other way round, each direction at the epoch count its training set's folds chose. The final fit on both sets
+predicts the 78 test images. Writes the submission files, the validation table, the curves, the settings and a
+report.
 """
 
 from __future__ import annotations
@@ -43,8 +48,8 @@ from .tables import fmt, json_safe, number
 from .train import Trainer, subset
 
 SUBMISSION_FILES = {"submit_fmri.mat": ("EVC", "IT"), "submit_meg.mat": ("MEG_early", "MEG_late")}
-VALIDATION_COLUMNS = ["method", "target", "direction", "r2", "pct_nc", "p", "noise_ceiling", "ceiling_source",
-                      "noise_ceiling_lower", "nc_lower_pct", "epochs", "detail"]
+VALIDATION_COLUMNS = ["method", "target", "direction", "r2", "pct_nc", "rho_mean", "rho_se", "p", "noise_ceiling",
+                      "ceiling_source", "noise_ceiling_lower", "nc_lower_pct", "epochs", "detail"]
 
 
 def write_submissions(out_dir: str | os.PathLike, rdms: dict[str, np.ndarray]) -> list[Path]:
@@ -64,8 +69,8 @@ def write_table(rows: list[dict], out_dir: Path, stem: str) -> None:
     """rows as CSV and as a markdown table (r2 to 4 decimals, percent to 1, p in scientific notation)."""
     tables.write_csv(rows, out_dir / f"{stem}.csv", VALIDATION_COLUMNS)
     body = [[r["method"], r["target"], r["direction"], r.get("epochs", "-"), fmt(r["r2"], ".4f"),
-             fmt(r["pct_nc"], ".1f"), fmt(r["p"], ".2g")] for r in rows]
-    header = ["method", "target", "direction", "epochs", "r2", "% of noise ceiling", "p"]
+             fmt(r["pct_nc"], ".1f"), fmt(r.get("rho_mean"), ".3f"), fmt(r["p"], ".2g")] for r in rows]
+    header = ["method", "target", "direction", "epochs", "r2", "% of noise ceiling", "mean rho", "p"]
     write_text(out_dir / f"{stem}.md", tables.markdown(header, body) + "\n")
 
 
@@ -131,18 +136,35 @@ def _ensemble_row(trainers: list[Trainer], val_set: BrainDataset, target: str, e
     return {"epoch": epoch, "loss": loss, **trainers[0].score_pairs({0: mean_pairs})[f"{val_set.name}/{target}"]}
 
 
-def choose_epochs(curves: dict[str, list[dict]]) -> tuple[int, dict[str, int]]:
-    """Best epoch count on the mean curve, and, per direction, the epoch the other direction picked. Chosen on
-    the percent of the ceiling when every row has one, else on r2; a missing or NaN score counts as the worst."""
-    rows = [row for c in curves.values() for row in c]
-    measure = "pct_nc" if all(row["pct_nc"] is not None for row in rows) else "r2"
-    pct = {d: np.array([number(row[measure]) if number(row[measure]) is not None else -np.inf for row in c])
-           for d, c in curves.items()}
-    epochs = [row["epoch"] for row in next(iter(curves.values()))]
-    final = epochs[int(np.argmax(np.mean(list(pct.values()), axis=0)))]
-    directions = list(pct)
-    crossed = {d: epochs[int(np.argmax(pct[other]))] for d, other in zip(directions, directions[::-1], strict=True)}
-    return final, crossed
+SELECTION_FOLDS = 3  # image folds per training set that choose the epoch counts
+
+
+def fold_curve(curves: list[list[dict]]) -> list[dict]:
+    """Several folds' curves as one: per epoch the mean of their `rho_mean` and the standard error of that mean
+    (the folds hold different images, so their errors add in quadrature). A missing or NaN value is the worst."""
+    merged = []
+    for rows in zip(*curves, strict=True):
+        means = [number(r.get("rho_mean")) for r in rows]
+        ses = [number(r.get("rho_se")) or 0.0 for r in rows]
+        mean = -np.inf if None in means else float(np.mean(means))
+        merged.append({"epoch": rows[0]["epoch"], "rho_mean": mean,
+                       "rho_se": float(np.sqrt(np.sum(np.square(ses)))) / len(rows)})
+    return merged
+
+
+def one_se_epoch(curve: list[dict]) -> int:
+    """The fewest epochs whose `rho_mean` is within one standard error of the best epoch's: a gain smaller than
+    the noise does not buy more training (Breiman's one-standard-error rule)."""
+    best = max(curve, key=lambda row: row["rho_mean"])
+    return next(row["epoch"] for row in curve if row["rho_mean"] >= best["rho_mean"] - best["rho_se"])
+
+
+def choose_epochs(fold_curves: dict[str, list[list[dict]]]) -> tuple[int, dict[str, int]]:
+    """From each training set's fold curves (set name -> one curve per fold): the epoch count its own folds
+    choose, for the model fitted on that set; and the count all folds together choose, for the final fit."""
+    per_set = {name: one_se_epoch(fold_curve(curves)) for name, curves in fold_curves.items()}
+    final = one_se_epoch(fold_curve([c for curves in fold_curves.values() for c in curves]))
+    return final, per_set
 
 
 def plot_validation_curves(target: str, curves: dict[str, list[dict]], path: Path) -> Path:
@@ -221,17 +243,23 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
     epochs = {target: c.epochs for target, c in configs.items()}
     if validate:
         splits = cross_set_splits(sets)
+        for name in TRAINING_SETS:
+            splits.update(fold_splits(sets[name], SELECTION_FOLDS, seed=0))
         cells = [(target, label) for target in targets for label in splits]
         curves = run_jobs(validation_curves, [(configs[t], {label: splits[label]}, seeds, False) for t, label in cells],
                           jobs)
         for (target, _), curve in zip(cells, curves, strict=True):
             all_curves.setdefault(target, {}).update(curve)
         for target in targets:
-            epochs[target], crossed = choose_epochs(all_curves[target])
-            for direction, epoch in crossed.items():
+            folds = {name: [c for label, c in all_curves[target].items() if label.startswith(f"{name} fold")]
+                     for name in TRAINING_SETS}
+            epochs[target], per_set = choose_epochs(folds)
+            for direction in cross_set_splits(sets):
+                epoch = per_set[direction.split("->")[0]]
                 row = next(r for r in all_curves[target][direction] if r["epoch"] == epoch)
                 rows.append({"method": "siamese", "target": target, "direction": direction, **row, "epochs": epoch})
-            plot_validation_curves(target, all_curves[target], out_dir / f"{target}_validation_curves.png")
+            plot_validation_curves(target, {d: all_curves[target][d] for d in cross_set_splits(sets)},
+                                   out_dir / f"{target}_validation_curves.png")
         write_table(rows, out_dir, "validation")
         write_text(out_dir / "validation_curves.json", json.dumps(json_safe(all_curves), indent=1, allow_nan=False))
     train = [sets[n] for n in TRAINING_SETS]

@@ -1,14 +1,15 @@
 """Which levers make the Siamese network generalise to new images: chosen on image folds, reported across sets.
 
-For every lever (a set of TrainConfig overrides, or a seed ensemble) and target, two protocols:
+For every lever (a set of TrainConfig overrides, or a seed ensemble) and target, as `siamrdm challenge` runs it:
 
 - selection (the numbers used to choose the defaults): image-level folds within each training set. Each of
   the 92 and 118 sets is split into `--folds` folds of images; the model trains on pairs among the other
-  folds' images and is scored, after every epoch, on pairs among the held-out fold's images (percent of the
-  ceiling computed from those subjects). The fold curves are averaged over folds and both sets; the lever's
-  selection score is that mean curve's best value. No pair between the two training sets is ever scored.
-- report (held out from the choice): cross-set validation as `siamrdm challenge` runs it: fit on 92 and score
-  118 after every epoch, and back; each direction is reported at the epoch the other direction's curve picked.
+  folds' images and is scored, after every epoch, on pairs among the held-out fold's images. The lever's
+  selection score is the signed mean rho over subjects (`rho_mean`, chance level 0) of all folds of both sets
+  at the epoch count the one-standard-error rule picks on them (`challenge.choose_epochs`). No pair between
+  the two training sets is ever scored.
+- report (held out from the choice): cross-set validation, fit on 92 and score 118 after every epoch, and
+  back; each direction is reported at the epoch count its own training set's folds chose.
 
 Every lever runs with the `quick` preset unless overridden. Results go to OUT/levers.jsonl, one line per lever
 and target as it finishes; `--summarize` turns that file into the README's markdown table.
@@ -28,18 +29,18 @@ from pathlib import Path
 
 import numpy as np
 
-from siamrdm.challenge import choose_epochs, cross_set_splits, fold_splits, validation_curves
+from siamrdm.challenge import choose_epochs, cross_set_splits, fold_curve, fold_splits, validation_curves
 from siamrdm.data import TARGET_NAMES, load_algonauts_set
 from siamrdm.train import config_from_preset
 
-# name -> (TrainConfig overrides, seeds). "base" is the quick preset as it was before these levers.
+# name -> (TrainConfig overrides, seeds). "base" is the quick preset as it was before these levers (no prior).
 LEVERS: dict[str, tuple[dict, tuple[int, ...]]] = {
-    "base": ({}, (0,)),
-    "seeds3": ({}, (0, 1, 2)),
-    "tta": ({"tta": True}, (0,)),
-    "head_pairwise": ({"head": "pairwise"}, (0,)),
-    "rescale_rank": ({"rescale": "rank"}, (0,)),
-    "weight_decay_0.3": ({"weight_decay": 0.3}, (0,)),
+    "base": ({"prior": "none"}, (0,)),
+    "seeds3": ({"prior": "none"}, (0, 1, 2)),
+    "tta": ({"prior": "none", "tta": True}, (0,)),
+    "head_pairwise": ({"prior": "none", "head": "pairwise"}, (0,)),
+    "rescale_rank": ({"prior": "none", "rescale": "rank"}, (0,)),
+    "weight_decay_0.3": ({"prior": "none", "weight_decay": 0.3}, (0,)),
     "prior_layer": ({"prior": "layer"}, (0,)),
     "prior_nnls": ({"prior": "nnls"}, (0,)),
     "prior_layer_lr3e-4": ({"prior": "layer", "lr": 3e-4}, (0,)),
@@ -65,11 +66,6 @@ LEVERS: dict[str, tuple[dict, tuple[int, ...]]] = {
 }
 
 
-def mean_curve(curves: dict[str, list[dict]]) -> tuple[list[int], np.ndarray]:
-    epochs = [row["epoch"] for row in next(iter(curves.values()))]
-    return epochs, np.mean([[row["pct_nc"] for row in c] for c in curves.values()], axis=0)
-
-
 def run_lever(name: str, target: str, sets: dict, folds: int, epochs: int | None, device: str) -> dict:
     overrides, seeds = LEVERS[name]
     overrides = dict(overrides)
@@ -82,22 +78,22 @@ def run_lever(name: str, target: str, sets: dict, folds: int, epochs: int | None
     for dataset in sets.values():
         splits.update(fold_splits(dataset, folds, seed=0))
     fold = validation_curves(config, splits, seeds, progress=False)
-    fold_epochs, fold_mean = mean_curve(fold)
-    by_set = {name: mean_curve({k: c for k, c in fold.items() if k.startswith(f"{name} fold")})[1] for name in sets}
+    by_set = {s: [c for label, c in fold.items() if label.startswith(f"{s} fold")] for s in sets}
+    final, per_set = choose_epochs(by_set)
+    pooled = fold_curve(list(fold.values()))
+    chosen = next(row for row in pooled if row["epoch"] == final)
     cross = validation_curves(config, cross_set_splits(sets), seeds, progress=False)
-    _, crossed = choose_epochs(cross)
-    honest = {d: next(r for r in cross[d] if r["epoch"] == e)["pct_nc"] for d, e in crossed.items()}
-    cross_epochs, cross_mean = mean_curve(cross)
+    reported = {d: next(r for r in c if r["epoch"] == per_set[d.split("->")[0]]) for d, c in cross.items()}
     return {
         "lever": name, "target": target, "overrides": overrides, "seeds": list(seeds), "folds": folds,
-        "epochs": config.epochs,
-        "fold_best_pct": float(fold_mean.max()), "fold_best_epoch": fold_epochs[int(fold_mean.argmax())],
-        "fold_curve": [round(float(v), 2) for v in fold_mean],
-        "fold_curve_by_set": {name: [round(float(v), 2) for v in curve] for name, curve in by_set.items()},
-        "cross_honest_pct": honest, "cross_honest_epochs": crossed,
-        "cross_honest_mean": float(np.mean(list(honest.values()))),
-        "cross_mean_curve_best": float(cross_mean.max()),
+        "epochs": config.epochs, "fold_epochs": {"final": final, **per_set},
+        "fold_rho": chosen["rho_mean"], "fold_rho_se": chosen["rho_se"],
+        "fold_rho_by_set": {s: [round(r["rho_mean"], 4) for r in fold_curve(c)] for s, c in by_set.items()},
+        "cross_pct": {d: r["pct_nc"] for d, r in reported.items()},
+        "cross_rho": {d: r["rho_mean"] for d, r in reported.items()},
+        "cross_mean": float(np.mean([r["pct_nc"] for r in reported.values()])),
         "cross_curves": {d: [round(r["pct_nc"], 2) for r in c] for d, c in cross.items()},
+        "cross_rho_curves": {d: [round(r["rho_mean"], 4) for r in c] for d, c in cross.items()},
         "seconds": round(time.perf_counter() - start, 1),
     }
 
@@ -108,12 +104,13 @@ def _pct(value: float | None) -> str:
 
 
 def summarize(path: Path) -> str:
-    """The markdown table: per lever and target, the fold score (tuned on) and the honest cross-set scores."""
+    """The markdown table: per lever and target, the fold score it was chosen on (mean rho, at the fold-chosen
+    epochs) and the held-out cross-set scores (percent of the ceiling), each direction at its set's choice."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     targets = [t for t in TARGET_NAMES if any(r["target"] == t for r in rows)]
     levers = list(dict.fromkeys(r["lever"] for r in rows))
     by = {(r["lever"], r["target"]): r for r in rows}
-    head = ["lever"] + [f"{t} {col}" for t in targets for col in ("folds", "92->118", "118->92", "mean")]
+    head = ["lever"] + [f"{t} {col}" for t in targets for col in ("folds rho", "92->118", "118->92", "mean")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for lever in levers:
         cells = [lever]
@@ -122,8 +119,8 @@ def summarize(path: Path) -> str:
             if r is None:
                 cells += ["-"] * 4
                 continue
-            h = r["cross_honest_pct"]
-            cells += [_pct(r["fold_best_pct"]), _pct(h["92->118"]), _pct(h["118->92"]), _pct(r["cross_honest_mean"])]
+            h = r["cross_pct"]
+            cells += [f"{r['fold_rho']:.3f}", _pct(h["92->118"]), _pct(h["118->92"]), _pct(r["cross_mean"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -151,9 +148,10 @@ def main() -> None:
             record = run_lever(lever, target, sets, args.folds, args.epochs, args.device)
             with open(out / "levers.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-            h = record["cross_honest_pct"]
-            print(f"{target:<10} {lever:<24} folds {record['fold_best_pct']:5.1f} @ {record['fold_best_epoch']:>3}  "
-                  f"cross {h['92->118']:5.1f} / {h['118->92']:5.1f} (mean {record['cross_honest_mean']:5.1f})  "
+            h, e = record["cross_pct"], record["fold_epochs"]
+            print(f"{target:<10} {lever:<24} folds rho {record['fold_rho']:.3f} "
+                  f"(epochs 92: {e['92']}, 118: {e['118']}, both: {e['final']})  "
+                  f"cross {h['92->118']:5.1f} / {h['118->92']:5.1f} (mean {record['cross_mean']:5.1f})  "
                   f"{record['seconds']:.0f} s", flush=True)
 
 

@@ -293,29 +293,30 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, evc92
 # --------------------------------------------------------------------------- 6. choosing the best epoch
 
 
-def test_best_epoch_without_a_ceiling_is_chosen_on_r2(evc92: data.BrainDataset) -> None:
+def test_best_epoch_without_a_ceiling_is_chosen_on_rho_mean(evc92: data.BrainDataset) -> None:
     """Validation RDMs of one subject have no noise ceiling (pct_nc None): the best epoch is the one of the
-    highest r2, never epoch 0, the untrained model."""
+    highest signed mean rho, which needs no ceiling, never epoch 0, the untrained model."""
     val = train.subset(evc92, np.arange(50, 58), "92-val")
     one_subject = data.BrainDataset("one-subject", val.images, {"EVC": val.targets["EVC"][:1]})
     result = train.fit(fast_config(frozen_epochs=3), [train.subset(evc92, np.arange(10), "92-ten")], [one_subject],
                        progress=False)
     assert [row["val_pct_nc"] for row in result.history] == [None, None, None]
     assert result.best_epoch >= 1
-    r2 = [row["val_r2"] for row in result.history]
-    assert all(math.isfinite(x) for x in r2)
-    assert result.best_epoch == 1 + int(np.argmax(r2)) >= 1
-    assert result.best_score == pytest.approx(max(r2))
+    rho = [row["val_rho"] for row in result.history]
+    assert all(math.isfinite(x) for x in rho)
+    assert result.best_epoch == 1 + int(np.argmax(rho)) >= 1
+    assert result.best_score == pytest.approx(max(rho))
 
 
 def test_selection_score() -> None:
-    with_ceiling = {"a": {"r2": 0.2, "pct_nc": 40.0}, "b": {"r2": 0.1, "pct_nc": 20.0}}
-    assert train.selection_score(with_ceiling) == pytest.approx(30.0)  # mean percent of the ceiling
-    one_without = {"a": {"r2": 0.2, "pct_nc": 40.0}, "b": {"r2": 0.1, "pct_nc": None}}
-    assert train.selection_score(one_without) == pytest.approx(0.15)  # mean r2 when any target lacks a ceiling
-    assert train.selection_score({"a": {"r2": math.nan, "pct_nc": None}}) == -math.inf  # NaN is the worst
-    assert train.selection_score({"a": {"r2": 0.3, "pct_nc": math.nan}}) == -math.inf
-    assert train.selection_score({"a": {"r2": -0.99, "pct_nc": None}}) > -math.inf
+    """The mean over targets of the signed mean rho: an anti-correlated model does not count as a good one (its
+    r2 would), a missing ceiling does not matter, NaN is the worst."""
+    scores = {"a": {"r2": 0.2, "pct_nc": 40.0, "rho_mean": 0.4}, "b": {"r2": 0.1, "pct_nc": None, "rho_mean": 0.2}}
+    assert train.selection_score(scores) == pytest.approx(0.3)
+    anti = {"a": {"r2": 0.25, "pct_nc": 50.0, "rho_mean": -0.5}}
+    assert train.selection_score(anti) < train.selection_score(scores)
+    assert train.selection_score({"a": {"r2": math.nan, "pct_nc": None, "rho_mean": math.nan}}) == -math.inf
+    assert train.selection_score({"a": {"r2": 0.3, "pct_nc": 9.0, "rho_mean": -0.99}}) > -math.inf
 
 
 def test_computed_ceiling_without_an_official_one(evc92: data.BrainDataset) -> None:

@@ -30,7 +30,7 @@ from .backbones import images_to_tensor
 from .config import TrainConfig
 from .data import IMAGE_SUFFIXES, MIN_IMAGES, DataError, _read_image, _resolve_order, match_names, natural_key
 from .rdm import rank_unit
-from .scoring import dot_vectors, percent_of_ceiling
+from .scoring import dot_vectors, percent_of_ceiling, signed_summary
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 BLOCK_VALUES = 2**22  # values per subject read at a time: 16 MB of float32
@@ -365,7 +365,7 @@ class HeldOutTarget:
         the computed ceiling when there is one."""
         rho = self.subjects @ dot_vectors(np.asarray(predicted, dtype=np.float64), "spearman")
         r2 = float(np.mean(rho**2))
-        return {"r2": r2, "rho_mean": float(np.mean(rho)), "noise_ceiling": self.ceiling,
+        return {"r2": r2, **signed_summary(rho), "noise_ceiling": self.ceiling,
                 "pct_nc": percent_of_ceiling(r2, self.ceiling),
                 "ceiling_source": "computed" if self.ceiling else None}
 

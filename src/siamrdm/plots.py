@@ -177,7 +177,8 @@ def _number(value) -> float:
 def plot_training_curves(history: Iterable[dict], path: str | os.PathLike, title: str | None = None) -> Path:
     """Training loss and validation % of the noise ceiling per epoch (rows as in FitResult.history or log.csv).
 
-    The best validation epoch and the switch from frozen to unfrozen body are marked.
+    The best validation epoch (highest mean rho where logged, as the trainer chose it) and the switch from
+    frozen to unfrozen body are marked.
     """
     rows = list(history)
     if not rows:
@@ -198,9 +199,10 @@ def plot_training_curves(history: Iterable[dict], path: str | os.PathLike, title
     for key in val_keys:
         ax_val.plot(epochs, [_number(r.get(key)) for r in rows], lw=1, alpha=0.8, label=key[4:])
     mean = np.array([_number(r.get("val_pct_nc")) for r in rows])
+    chosen_on = np.array([_number(r.get("val_rho")) for r in rows])  # the epoch kept: highest mean rho
     if np.isfinite(mean).any():
         ax_val.plot(epochs, mean, color="k", lw=2, label="mean")
-        best = int(np.nanargmax(mean))
+        best = int(np.nanargmax(chosen_on if np.isfinite(chosen_on).any() else mean))
         ax_val.axvline(epochs[best], color="C3", ls=":", label=f"best epoch {epochs[best]:g}")
         ax_val.legend(loc="best", fontsize="small")
     else:

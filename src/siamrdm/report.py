@@ -117,14 +117,16 @@ def _collect(run_dir: Path) -> list[Block]:
         where = path.parent.relative_to(run_dir)
         label = "run" if str(where) == "." else str(where)
         chart = plots.plot_training_curves(rows, path.with_name("training_curves.png"), title=f"training: {label}")
-        val = [(number(r.get("val_pct_nc")), r.get("epoch")) for r in rows]
-        val = [(v, e) for v, e in val if v is not None]
+        # the epoch kept is the one of the highest mean rho (train.selection_score); older logs have only pct_nc
+        val = [(number(r.get("val_rho", r.get("val_pct_nc"))), number(r.get("val_pct_nc")), r.get("epoch"))
+               for r in rows]
+        val = [row for row in val if row[0] is not None]
         blocks.append(("h3", f"Training curves ({path.relative_to(run_dir)})"))
         loss = number(rows[-1].get("loss"))
         text = f"{len(rows)} epochs; final training loss {'-' if loss is None else format(loss, '.4g')}"
         if val:
-            best, epoch = max(val)
-            text += f"; best validation {best:.1f}% of the noise ceiling at epoch {epoch}"
+            _, pct, epoch = max(val, key=lambda row: row[0])
+            text += f"; best validation epoch {epoch}" + ("" if pct is None else f" ({pct:.1f}% of the noise ceiling)")
         blocks += [("p", text + "."), ("img", chart, str(chart.relative_to(run_dir)))]
         placed.add(chart)
 

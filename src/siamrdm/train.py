@@ -270,11 +270,10 @@ def _mean_pct(scores: dict[str, dict]) -> float | None:
 
 
 def selection_score(scores: dict[str, dict]) -> float:
-    """The number the best epoch is chosen on: the mean percent of the noise ceiling when every validation
-    target has a ceiling, else the mean r2 (one-subject or ceiling-less data); NaN counts as the worst."""
-    value = _mean_pct(scores)
-    if value is None:
-        value = float(np.mean([s["r2"] for s in scores.values()]))
+    """The number the best epoch is chosen on: the mean over validation targets of the signed mean rho. Unlike
+    the official mean of rho^2 its chance level is 0 whatever the predicted RDM's structure (scoring.py), and it
+    needs no noise ceiling (one-subject or ceiling-less data); NaN counts as the worst."""
+    value = float(np.mean([s["rho_mean"] for s in scores.values()]))
     return value if math.isfinite(value) else -math.inf
 
 
@@ -284,6 +283,7 @@ def record_validation(trainer, row: dict, scores: dict[str, dict]) -> None:
     columns and keep the same epoch."""
     row["val_pct_nc"] = _mean_pct(scores)
     row["val_r2"] = float(np.mean([v["r2"] for v in scores.values()]))
+    row["val_rho"] = float(np.mean([v["rho_mean"] for v in scores.values()]))
     row.update({f"val/{k}": v["pct_nc"] for k, v in scores.items()})
     chosen_on = selection_score(scores)
     if trainer.best_score is None or chosen_on > trainer.best_score:

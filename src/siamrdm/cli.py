@@ -191,8 +191,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head", choices=sorted(HEADS), help="head variant: paper (the paper's text, default) or "
                    "pairwise (the authors' released code)")
     p.add_argument("--weights", help="body weights: a state_dict file, or 'random' (default: pretrained)")
-    p.add_argument("--prior", choices=PRIORS, help="pretrained-layer RDM prior the head corrects: nnls (the presets'), "
-                   "layer, or none")
+    p.add_argument("--prior", choices=PRIORS, help="pretrained-layer RDM prior the head corrects: layer (the presets': "
+                   "the best stage), nnls (a weighted sum of all stages), or none")
     p.add_argument("--tta", action="store_true", help="average predictions over each image and its mirror image")
     p.add_argument("--frozen-epochs", "--epochs", dest="epochs", type=int,
                    help="epochs with the body frozen (overrides the preset; --epochs is the old name)")

@@ -45,6 +45,7 @@ LEVERS: dict[str, tuple[dict, tuple[int, ...]]] = {
     "prior_nnls": ({"prior": "nnls"}, (0,)),
     "prior_layer_lr3e-4": ({"prior": "layer", "lr": 3e-4}, (0,)),
     "prior_layer_seeds3": ({"prior": "layer"}, (0, 1, 2)),
+    "prior_layer_tta": ({"prior": "layer", "tta": True}, (0,)),
     "prior_layer_tta_seeds3": ({"prior": "layer", "tta": True}, (0, 1, 2)),
     "prior_nnls_seeds3": ({"prior": "nnls"}, (0, 1, 2)),
     "prior_nnls_bound0.02": ({"prior": "nnls", "correction_bound": 0.02}, (0,)),
@@ -104,8 +105,9 @@ def _pct(value: float | None) -> str:
 
 
 def summarize(path: Path) -> str:
-    """The markdown table: per lever and target, the fold score it was chosen on (mean rho, at the fold-chosen
-    epochs) and the held-out cross-set scores (percent of the ceiling), each direction at its set's choice."""
+    """The markdown table: per lever and target, the fold score it was chosen on (mean rho +- its standard error,
+    at the fold-chosen epochs) and the held-out cross-set scores (percent of the ceiling), each direction at its
+    set's choice."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     targets = [t for t in TARGET_NAMES if any(r["target"] == t for r in rows)]
     levers = list(dict.fromkeys(r["lever"] for r in rows))
@@ -120,7 +122,8 @@ def summarize(path: Path) -> str:
                 cells += ["-"] * 4
                 continue
             h = r["cross_pct"]
-            cells += [f"{r['fold_rho']:.3f}", _pct(h["92->118"]), _pct(h["118->92"]), _pct(r["cross_mean"])]
+            cells += [f"{r['fold_rho']:.3f} ± {r['fold_rho_se']:.3f}", _pct(h["92->118"]), _pct(h["118->92"]),
+                      _pct(r["cross_mean"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

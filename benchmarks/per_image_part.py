@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 import torch
+from chance import per_image_design  # benchmarks/, beside this script
 
 from siamrdm.data import TARGET_NAMES, load_algonauts_set
 from siamrdm.rdm import upper_tri
@@ -23,11 +24,7 @@ from siamrdm.train import Trainer, config_from_preset, prior_rdms
 
 def per_image_projection(n: int) -> torch.Tensor:
     """(P, P) projection of a pair vector onto the pair vectors of the form a_i + a_j + const."""
-    rows, cols = np.triu_indices(n, 1)
-    design = np.zeros((len(rows), n + 1))
-    design[np.arange(len(rows)), rows] = 1
-    design[np.arange(len(rows)), cols] = 1
-    design[:, n] = 1
+    design = per_image_design(n)
     return torch.from_numpy(design @ np.linalg.pinv(design))
 
 

@@ -243,6 +243,7 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
     epochs = {target: c.epochs for target, c in configs.items()}
     if validate:
         splits = cross_set_splits(sets)
+        directions = list(splits)  # the reported ones; the folds below only choose
         for name in TRAINING_SETS:
             splits.update(fold_splits(sets[name], SELECTION_FOLDS, seed=0))
         cells = [(target, label) for target in targets for label in splits]
@@ -254,11 +255,11 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
             folds = {name: [c for label, c in all_curves[target].items() if label.startswith(f"{name} fold")]
                      for name in TRAINING_SETS}
             epochs[target], per_set = choose_epochs(folds)
-            for direction in cross_set_splits(sets):
+            for direction in directions:
                 epoch = per_set[direction.split("->")[0]]
                 row = next(r for r in all_curves[target][direction] if r["epoch"] == epoch)
                 rows.append({"method": "siamese", "target": target, "direction": direction, **row, "epochs": epoch})
-            plot_validation_curves(target, {d: all_curves[target][d] for d in cross_set_splits(sets)},
+            plot_validation_curves(target, {d: all_curves[target][d] for d in directions},
                                    out_dir / f"{target}_validation_curves.png")
         write_table(rows, out_dir, "validation")
         write_text(out_dir / "validation_curves.json", json.dumps(json_safe(all_curves), indent=1, allow_nan=False))

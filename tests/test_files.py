@@ -82,50 +82,113 @@ def test_check_output_file(tmp_path: Path) -> None:
 
 def test_check_run_folder(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    assert files.check_run_folder(run, allow_existing=False) == run and not run.exists()
+    assert files.check_run_folder(run) == run and not run.exists()
     run.mkdir()
-    (run / files.LOCK_NAME).touch()  # only the lock of an earlier, finished run: empty
-    files.check_run_folder(run, allow_existing=False)
-    (run / "model.pt").write_bytes(b"x")
-    with pytest.raises(DataError, match="not empty"):
-        files.check_run_folder(run, allow_existing=False)
-    assert files.check_run_folder(run) == run
+    (run / files.LOCK_NAME).touch()  # only the lock of an earlier run: empty
+    files.check_run_folder(run)
+    (run / "model.pt").write_bytes(b"x")  # a model.pt alone does not make a folder siamrdm's
+    for mode in files.RUN_MODES:
+        with pytest.raises(DataError, match="not a siamrdm run folder"):
+            files.check_run_folder(run, mode)
     (tmp_path / "file").write_text("")
     with pytest.raises(DataError, match="not a folder"):
         files.check_run_folder(tmp_path / "file")
     with pytest.raises(DataError, match="is a file"):
         files.check_run_folder(tmp_path / "file" / "run")
+    with pytest.raises(DataError, match="empty"):
+        files.check_run_folder("")
+    assert names(tmp_path) == ["file", "run"]  # the checks' probe file is gone
 
 
-def test_clear_run_folder(tmp_path: Path) -> None:
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "thesis.tex").write_text("years of work")
-    with pytest.raises(DataError, match="not a siamrdm run folder"):
-        files.clear_run_folder(mine)
-    with pytest.raises(DataError, match="not a siamrdm run folder"):  # found before any work, lock file included
-        files.check_run_folder(mine, overwrite=True)
-    assert names(mine) == ["thesis.tex"] and (mine / "thesis.tex").read_text() == "years of work"
-    assert files.check_run_folder(tmp_path / "new", overwrite=True) == tmp_path / "new"
+def test_check_run_folder_refuses_a_folder_nothing_can_be_made_in(tmp_path: Path) -> None:
+    """os.access says yes to root on /proc; the check really tries."""
+    with pytest.raises(DataError, match="cannot be written"):
+        files.check_run_folder("/proc/siamrdm-run")
 
+
+def test_marked_run_needs_overwrite_and_clears_only_its_files(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    (run / "EVC" / "seed0").mkdir(parents=True)
-    (run / "EVC" / "seed0" / "last.pt").write_bytes(b"x")
-    (run / "settings.json").write_text("{}")
-    (run / "submit_meg.mat").write_bytes(b"x")
-    (run / files.LOCK_NAME).touch()
-    (run / "linked").symlink_to(mine, target_is_directory=True)
+    with files.run_folder(run, "challenge"):
+        files.write_text(run / "settings.json", "{}")
+        files.write_text(run / "EVC" / "seed0" / "log.csv", "epoch\n")
+        with files.run_folder_lock(run / "EVC"):
+            pass
+    assert files.read_marker(run)["status"] == "finished"
+    with pytest.raises(DataError, match="--overwrite"):
+        files.check_run_folder(run)
+    (run / "notes.txt").write_text("mine")  # the user's files beside the run's
+    (run / "EVC" / "mine.csv").write_text("mine too")
+    files.check_run_folder(run, "overwrite")
     files.clear_run_folder(run)
-    assert names(run) == [files.LOCK_NAME]  # the lock stays: the clearing run holds it
-    assert (mine / "thesis.tex").read_text() == "years of work"  # a link is removed, not followed
+    assert names(run) == sorted([files.LOCK_NAME, "EVC", "notes.txt"])
+    assert names(run / "EVC") == ["mine.csv"]  # seed0/ emptied and removed; the user's file stays
+    assert (run / "notes.txt").read_text() == "mine"
 
-    fitted = tmp_path / "fitted"  # what `siamrdm fit` leaves: model.pt, no settings.json
-    (fitted / "seed0").mkdir(parents=True)
-    (fitted / "seed0" / "last.pt").write_bytes(b"x")
-    (fitted / "model.pt").write_bytes(b"x")
-    files.check_run_folder(fitted, overwrite=True)
-    files.clear_run_folder(fitted)
-    assert names(fitted) == []
+
+def test_a_user_file_in_a_run_folder_is_not_replaced(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with files.run_folder(run, "fit"):
+        files.write_text(run / "model.pt", "mine")
+    (run / "report.md").write_text("the user's own report")
+    with pytest.raises(DataError, match="not written by siamrdm"):
+        files.write_text(run / "report.md", "siamrdm's report")
+    assert (run / "report.md").read_text() == "the user's own report"
+    files.write_text(run / "model.pt", "again")  # its own file, listed in the manifest, is replaced
+
+
+def test_a_crafted_manifest_cannot_remove_files_outside_the_run(tmp_path: Path) -> None:
+    outside = tmp_path / "thesis.tex"
+    outside.write_text("years of work")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "data.csv").write_text("data")
+    run = tmp_path / "run"
+    with files.run_folder(run, "fit"):
+        pass
+    (run / "linked").symlink_to(elsewhere, target_is_directory=True)
+    lines = ["../thesis.tex", str(outside), "linked/data.csv", "linked"]
+    with open(run / files.MANIFEST_NAME, "a") as manifest:
+        manifest.write("".join(f'"{line}"\n' for line in lines))
+    files.clear_run_folder(run)
+    assert outside.read_text() == "years of work" and (elsewhere / "data.csv").read_text() == "data"
+    assert not (run / "linked").exists()  # the link itself was listed: removed, not followed
+
+
+def test_a_failed_new_run_leaves_the_folder_as_it_found_it(tmp_path: Path) -> None:
+    created = tmp_path / "created"
+    with pytest.raises(KeyError), files.run_folder(created, "fit"):
+        files.write_text(created / "settings.json", "{}")
+        raise KeyError("a run that fails")
+    assert not created.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(KeyError), files.run_folder(empty, "fit"):
+        files.write_text(empty / "seed0" / "last.pt", "x")
+        raise KeyError("a run that fails")
+    assert names(empty) == []
+    run = tmp_path / "run"  # a failed resume keeps the run it continued
+    with files.run_folder(run, "fit"):
+        files.write_text(run / "seed0" / "last.pt", "x")
+    with pytest.raises(KeyError), files.run_folder(run, "fit", "resume"):
+        raise KeyError("a resume that fails")
+    assert (run / "seed0" / "last.pt").read_text() == "x" and files.read_marker(run) is not None
+
+
+def test_resume_refuses_another_command_and_other_settings(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with files.run_folder(run, "challenge"):
+        files.write_text(run / "settings.json", '{"config": {"lr": 0.001, "device": "cpu"}, "seeds": [0]}')
+    with pytest.raises(files.ConfigError, match="challenge run"), files.run_folder(run, "fit", "resume"):
+        pass
+    files.check_same_settings(run, {"config": {"lr": 0.001, "device": "cuda"}, "seeds": [0]})  # device may change
+    with pytest.raises(files.ConfigError, match="lr"):
+        files.check_same_settings(run, {"config": {"lr": 0.005, "device": "cpu"}, "seeds": [0]})
+
+
+def test_long_output_names_get_a_temporary_name_that_fits(tmp_path: Path) -> None:
+    target = tmp_path / ("r" * 246 + ".json")  # 251 characters: valid, but not with the temporary tag added
+    files.write_text(target, "{}")
+    assert target.read_text() == "{}" and names(tmp_path) == [target.name]
 
 
 # --------------------------------------------------------------------------- the run-folder lock

@@ -15,7 +15,7 @@ import torch
 from helpers import assert_one_line_error, run_cli
 from scipy.io import loadmat
 
-from siamrdm import largeset
+from siamrdm import files, largeset
 from siamrdm.checkpoint import load_checkpoint, save_checkpoint
 from siamrdm.config import config_from_dict
 from siamrdm.distributed import BatchSettings, MiniBatchTrainer, read_targets
@@ -80,8 +80,8 @@ def test_two_torchrun_ranks_train_the_model_one_process_trains(small_set: Path, 
     moved = [name for name, value in final_weights(tmp_path / "two").items()
              if name.startswith("body.") and not torch.equal(value, pretrained[name])]
     assert moved  # the unfrozen epoch trained the body on both ranks
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [".siamrdm.lock", "model.pt", "seed0",
-                                                                   "settings.json"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted([*files.OWN_NAMES, "model.pt", "seed0",
+                                                                          "settings.json"])
 
     # a run checkpointed by one process after epoch 1 resumes on two ranks and ends where one process ended
     config, batch = config_from_dict(one["config"]), BatchSettings(**one["batch"])
@@ -90,7 +90,8 @@ def test_two_torchrun_ranks_train_the_model_one_process_trains(small_set: Path, 
                                progress=False)
     trainer.validate_start()
     trainer.run_epoch()
-    save_checkpoint(tmp_path / "resumed" / "seed0" / "last.pt", trainer.state())
+    with files.run_folder(tmp_path / "resumed", "fit"):  # as a killed one-process `fit` would have left it
+        save_checkpoint(tmp_path / "resumed" / "seed0" / "last.pt", trainer.state())
     ran = torchrun(*fit_args(small_set, tmp_path / "resumed", "--resume"))
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert_same_model(final_weights(tmp_path / "one"), final_weights(tmp_path / "resumed"))

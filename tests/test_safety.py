@@ -113,7 +113,8 @@ def test_crafted_checkpoint_is_not_run_on_resume(capsys, tmp_path: Path, own_dat
     """`fit --resume` reads <out>/seed0/last.pt: a crafted one is refused in one line and runs nothing."""
     marker = tmp_path / "pwned"
     out = tmp_path / "run"
-    last = craft(out / "seed0" / "last.pt", marker, {"epoch": 1, "config": {}})
+    with files.run_folder(out, "fit"):  # planted in a folder siamrdm marked as its run
+        last = craft(out / "seed0" / "last.pt", marker, {"epoch": 1, "config": {}})
     code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out, "--resume")
     assert not marker.exists()
     assert code == 2 and stdout == ""
@@ -159,8 +160,7 @@ def test_challenge_rerun_needs_overwrite(capsys, tmp_path: Path, data_root: Path
     assert code == 0, err
     # What an earlier run with MEG targets left (this run did EVC only): stale beside the new outputs.
     data.save_rdms(out / "submit_meg.mat", {"MEG_RDMs_late": make_rdms(78)})
-    (out / "MEG_late" / "seed0").mkdir(parents=True)
-    (out / "MEG_late" / "seed0" / "log.csv").write_text("epoch,loss\n1,0.1\n")
+    files.write_text(out / "MEG_late" / "seed0" / "log.csv", "epoch,loss\n1,0.1\n")
     before = snapshot(out)
 
     code, stdout, err = run_main(capsys, *args)
@@ -210,11 +210,11 @@ def test_fit_rerun_needs_overwrite_or_resume(capsys, tmp_path: Path, fitted_run:
     assert snapshot(out) == before
 
     # --overwrite replaces the earlier fit: an old seed's files go, the new run's come.
-    (out / "seed5").mkdir()
-    shutil.copy(out / "seed0" / "last.pt", out / "seed5" / "last.pt")
+    with files.atomic_path(out / "seed5" / "last.pt") as tmp:  # as a run with --seeds 5 would have written it
+        shutil.copy(out / "seed0" / "last.pt", tmp)
     code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out, "--overwrite")
     assert code == 0, err
-    expected = [files.LOCK_NAME, "images.txt", "model.pt", "seed0", "settings.json"]
+    expected = sorted([*files.OWN_NAMES, "images.txt", "model.pt", "seed0", "settings.json"])
     assert sorted(p.name for p in out.iterdir()) == expected
 
 
@@ -402,3 +402,93 @@ def test_a_prior_whose_weights_file_changed_is_refused(tmp_path: Path, evc92: da
     torch.save(create_body("alexnet", "random", "conv5").stages.state_dict(), weights)
     with pytest.raises(DataError, match="changed since this model was trained"):
         RDMPredictor.load(tmp_path / "run" / "model.pt", "cpu")
+
+
+# --------------------------------------------------------------------------- 5. a folder is siamrdm's only if marked
+
+
+def user_folder(root: Path, layout: str) -> Path:
+    """The three layouts of users' folders that an older siamrdm took for its runs and emptied."""
+    folder = root / layout
+    files_of = {
+        "project": {"settings.json": "{}", "thesis.tex": "years of work", "data/raw.csv": "1,2,3\n"},
+        "yolo": {"weights/last.pt": "weights", "data.yaml": "nc: 3\n", "results.csv": "epoch,map\n"},
+        "own_model": {"model.pt": "my model", "train.py": "print('train')\n"},
+    }[layout]
+    for name, text in files_of.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize("layout", ["project", "yolo", "own_model"])
+def test_a_users_folder_survives_overwrite_and_resume(capsys, tmp_path: Path, data_root: Path, layout: str,
+                                                      own_data: tuple[str, ...]) -> None:
+    folder = user_folder(tmp_path, layout)
+    before = snapshot(folder)
+    runs = [("fit", *own_data, *FAST, "--out", folder, "--overwrite"),
+            ("fit", *own_data, *FAST, "--out", folder, "--resume"),
+            ("fit", *own_data, *FAST, "--out", folder),
+            ("challenge", "--data", data_root, "--targets", "EVC", *FAST, "--no-validate", "--out", folder,
+             "--overwrite"),
+            ("evaluate", *own_data, *FAST, "--folds", "3", "--methods", "layers", "--out", folder, "--overwrite")]
+    for args in runs:
+        code, stdout, err = run_main(capsys, *args)
+        assert code == 2 and stdout == "", (args, err)
+        assert_one_line_error(err, str(folder), "not a siamrdm run folder")
+        assert snapshot(folder) == before and sorted(p.name for p in folder.rglob("*")) == sorted(
+            p.name for p in folder.rglob("*"))
+    assert not any(name in files.OWN_NAMES for name in (p.name for p in folder.rglob("*")))  # not even a lock
+
+
+def test_overwrite_removes_only_what_siamrdm_wrote(capsys, tmp_path: Path, fitted_run: Path,
+                                                   own_data: tuple[str, ...]) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(fitted_run, out)
+    (out / "notes.md").write_text("what I learnt from this run")
+    (out / "seed0" / "plot.py").write_text("import matplotlib\n")
+    code, _, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out, "--overwrite")
+    assert code == 0, err
+    assert (out / "notes.md").read_text() == "what I learnt from this run"
+    assert (out / "seed0" / "plot.py").read_text() == "import matplotlib\n"
+    assert (out / "model.pt").is_file() and files.read_marker(out)["status"] == "finished"
+
+
+def test_resume_with_other_settings_is_refused_before_anything_is_written(capsys, tmp_path: Path, fitted_run: Path,
+                                                                         own_data: tuple[str, ...]) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(fitted_run, out)
+    before = snapshot(out)
+    code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out, "--resume", "--lr", "0.5")
+    assert code == 2 and stdout == ""
+    assert_one_line_error(err, "--resume", "lr")
+    assert snapshot(out) == before
+    code, _, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out, "--resume")  # the same settings: fine
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(("options", "flag"), [
+    (("--seeds", "99999999999999999999999"), "seed"),
+    (("--lr", "1e30", "--epochs", "2"), "diverged"),
+])
+def test_a_failed_run_leaves_nothing_behind(capsys, tmp_path: Path, own_data: tuple[str, ...], options, flag) -> None:
+    """A run that fails after it started leaves no settings.json or images.txt, so the next run needs no
+    --overwrite; nor does it claim a checkpoint that was never written."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (tmp_path / "new", empty):
+        code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, *options, "--out", out)  # options win
+        assert code == 2 and stdout == "", err
+        assert_one_line_error(err, flag)
+        assert "checkpoint is kept" not in err
+        assert (not out.exists()) if out.name == "new" else list(out.iterdir()) == []
+    code, _, err = run_main(capsys, "fit", *own_data, *FAST, "--out", empty)
+    assert code == 0, err
+
+
+def test_an_empty_out_is_refused(capsys, tmp_path: Path, own_data: tuple[str, ...], monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", "")
+    assert code == 2 and stdout == ""
+    assert_one_line_error(err, "--out", "empty")
+    assert list(tmp_path.iterdir()) == []

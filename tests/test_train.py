@@ -247,10 +247,11 @@ def test_load_checkpoint_errors(tmp_path: Path) -> None:
 KILL_SCRIPT = """
 import json, sys
 import numpy as np
-from siamrdm import data, train
+from siamrdm import data, files, train
 root, out, config = sys.argv[1], sys.argv[2], train.config_from_dict(json.loads(sys.argv[3]))
 dataset = train.subset(data.load_algonauts_set(root, "92", ("EVC",)), np.arange(8), "92-eight")
-train.Trainer(config, [dataset], out_dir=out, progress=False).fit(checkpoint_every_s=0)
+with files.run_folder(out, "fit"):
+    train.Trainer(config, [dataset], out_dir=out, progress=False).fit(checkpoint_every_s=0)
 """
 
 

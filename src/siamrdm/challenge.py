@@ -41,7 +41,7 @@ from .data import (
     validate_rdms,
 )
 from .errors import ConfigError, TrainingDiverged
-from .files import check_run_folder, clear_run_folder, run_folder_lock, write_text
+from .files import check_run_folder, run_folder, run_mode, write_text
 from .predict import fit_predictor
 from .report import write_report
 from .tables import fmt, json_safe, number
@@ -216,8 +216,9 @@ def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: 
     """Validate, train and predict for every target; returns the settings and validation rows written.
 
     Without `validate`, the final fits run the config's epochs in full. Everything is checked before the
-    first file is written; an earlier run in `out_dir` is refused unless `overwrite` (then cleared first);
-    the submission files are written last, so a killed run never leaves a submission beside other tables.
+    first file is written; an earlier run in `out_dir` is refused unless `overwrite` (then cleared first by
+    files.run_folder); the submission files are written last, so a killed run never leaves a submission beside
+    other tables.
     With `jobs` > 1 the independent fits (every target and direction of the curves, then every target's final
     fit) run in that many worker processes, with the same results.
     """
@@ -227,10 +228,8 @@ def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: 
     sets = {name: load_algonauts_set(root, name, targets) for name in TRAINING_SETS}
     test = load_algonauts_set(root, "78", ())
     check_config(config)
-    out_dir = check_run_folder(out_dir, allow_existing=overwrite)
-    with run_folder_lock(out_dir):
-        if overwrite:
-            clear_run_folder(out_dir)
+    out_dir = check_run_folder(out_dir, run_mode(overwrite))
+    with run_folder(out_dir, "challenge", run_mode(overwrite)):
         return _run_challenge(config, root, sets, test, out_dir, targets, seeds, validate, progress, jobs)
 
 

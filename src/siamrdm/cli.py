@@ -302,18 +302,14 @@ def _training_datasets(args) -> tuple[list, list, tuple[str, ...], list[str] | N
     return train, val, targets, None if own is None else own.images.names
 
 
-def _out_dir(path: str, allow_existing: bool = True, overwrite: bool = False) -> Path:
-    """A run folder checked before any work: creatable and writable; with `allow_existing` False, empty; with
-    `overwrite`, empty or an earlier run's."""
-    from .files import check_run_folder
+def _out_dir(path: str | None, overwrite: bool = False, resume: bool = False) -> Path:
+    """--out checked before any work (files.check_run_folder): new or empty, or with --overwrite or --resume a
+    folder siamrdm marked as its run."""
+    from .files import check_run_folder, run_mode
 
-    try:
-        return check_run_folder(path, allow_existing, overwrite)
-    except data.DataError as exc:
-        if allow_existing or "not empty" not in str(exc):
-            raise
-        raise UsageError(f"{path}: folder holds an earlier run; pass --overwrite to replace it, or choose a new "
-                         "--out") from None
+    if path is not None and not path.strip():
+        raise UsageError("--out: empty folder name; give a folder (e.g. runs/NAME)")
+    return check_run_folder(path, run_mode(overwrite, resume))
 
 
 def _validation_ceilings(val: list, targets: tuple[str, ...]) -> dict:
@@ -344,9 +340,7 @@ def cmd_fit(args) -> int:
     train, val, targets, order = _training_datasets(args)
     config = _config_from_args(args, targets)
     seeds = _seeds(args)
-    out = _out_dir(args.out, allow_existing=args.resume or args.overwrite, overwrite=args.overwrite)
-    if args.resume and args.overwrite:
-        raise UsageError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+    out = _out_dir(args.out, args.overwrite, args.resume)
     settings = {"command": "fit", "world_size": 1, "config": asdict(config), "seeds": list(seeds)}
     predictor = fit_predictor(config, train, val, seeds, out, resume=args.resume, progress=not args.quiet,
                               overwrite=args.overwrite, image_order=order, settings=settings)
@@ -393,7 +387,7 @@ def _cmd_fit_large(args) -> int:
         images = open_image_store(args.images, args.order)
         hdf5 = Path(args.rdms).suffix.lower() in HDF5_SUFFIXES
         targets = {args.key: CondensedRDMs(args.rdms, len(images), args.key if hdf5 else None)}
-        out = _out_dir(args.out, allow_existing=args.resume or args.overwrite, overwrite=args.overwrite)
+        out = _out_dir(args.out, args.overwrite, args.resume)
         settings = {"command": "fit", "seeds": list(seeds),
                     "inputs": {"images": str(args.images), "rdms": str(args.rdms), "key": args.key}}
         predictor = fit_large(config, batch, images, targets, seeds, out, resume=args.resume,
@@ -432,14 +426,14 @@ def cmd_predict(args) -> int:
 
 
 def cmd_lr_find(args) -> int:
-    from .files import run_folder_lock, write_text
+    from .files import run_folder, run_mode, write_text
     from .plots import plot_lr_range
     from .train import lr_range_test
 
     train, _, targets, _ = _training_datasets(args)
     config = _config_from_args(args, targets)
-    out = _out_dir(args.out)
-    with run_folder_lock(out):
+    out = _out_dir(args.out, args.overwrite)
+    with run_folder(out, "lr-find", run_mode(args.overwrite)):
         result = lr_range_test(config, train, progress=not args.quiet)
         write_text(out / "lr_find.json", json.dumps(json_safe(result), indent=2, allow_nan=False))
         plot = plot_lr_range(result, out / "lr_find.png")
@@ -456,7 +450,7 @@ def cmd_challenge(args) -> int:
         raise UsageError(f"--targets: unknown {', '.join(unknown)} (choose from {', '.join(data.TARGET_NAMES)})")
     config = _config_from_args(args, targets)
     seeds = _seeds(args)
-    out = _out_dir(args.out, allow_existing=args.overwrite, overwrite=args.overwrite)
+    out = _out_dir(args.out, args.overwrite)
     result = run_challenge(config, args.data, out, targets, seeds, validate=not args.no_validate,
                            progress=not args.quiet, overwrite=args.overwrite, jobs=args.jobs)
     for row in result["validation"]:
@@ -548,6 +542,7 @@ def _add_model_commands(sub) -> None:
     _add_dataset_options(p)
     _add_training_options(p)
     p.add_argument("--out", default="runs/lr-find", help="folder for lr_find.json and lr_find.png")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier lr-find run in --out")
     p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("challenge", help="train on 92 + 118, predict the 78 test images, write submissions")
@@ -590,7 +585,7 @@ def _cmd_baseline(args, method: str) -> int:
     import time
 
     from .evaluate import evaluate_sets, write_evaluation
-    from .files import run_folder_lock
+    from .files import run_folder, run_mode
     from .train import config_from_preset
 
     if args.image_size is not None and args.image_size < 16:
@@ -601,8 +596,8 @@ def _cmd_baseline(args, method: str) -> int:
     start = time.perf_counter()
     config = config_from_preset("quick", backbone=args.backbone, weights=args.weights, image_size=args.image_size)
     sets = [data.load_algonauts_set(args.data, name, targets) for name in data.TRAINING_SETS]
-    out = _out_dir(args.out) if args.out else None
-    with run_folder_lock(out) if out else contextlib.nullcontext():
+    out = _out_dir(args.out, args.overwrite) if args.out is not None else None
+    with run_folder(out, "baseline", run_mode(args.overwrite)) if out else contextlib.nullcontext():
         evaluation = evaluate_sets(sets, (method,), targets, config, batch_size=args.batch_size,
                                    progress=not args.quiet)
         paths = write_evaluation(evaluation, sets, out) if out else None
@@ -629,7 +624,7 @@ def cmd_evaluate(args) -> int:
     import time
 
     from .evaluate import METHODS, parse_list, run_evaluation, run_fold_evaluation
-    from .files import clear_run_folder, run_folder_lock
+    from .files import run_folder, run_mode
     from .report import write_report
 
     methods = parse_list(args.methods, METHODS, "method")
@@ -649,11 +644,9 @@ def cmd_evaluate(args) -> int:
         _check_folds(own, folds, args.fold_seed)
     else:  # the sets are read (and refused) before the run folder exists
         sets = [data.load_algonauts_set(args.data, name, targets) for name in data.TRAINING_SETS]
-    out = _out_dir(args.out, allow_existing=args.overwrite, overwrite=args.overwrite)
+    out = _out_dir(args.out, args.overwrite)
     start = time.perf_counter()
-    with run_folder_lock(out):
-        if args.overwrite:
-            clear_run_folder(out)
+    with run_folder(out, "evaluate", run_mode(args.overwrite)):
         if own is None:
             evaluation, paths = run_evaluation(args.data, out, methods, targets, config, seeds, args.batch_size,
                                                progress=not args.quiet, make_plots=not args.no_plots, sets=sets)
@@ -695,6 +688,7 @@ def _add_analysis_commands(sub) -> None:
         q.add_argument("--image-size", type=int, help="input size in pixels (default: 224)")
         q.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
         q.add_argument("--out", help="also write the table, predictions and plots into this folder")
+        q.add_argument("--overwrite", action="store_true", help="replace an earlier baseline run in --out")
         q.add_argument("--json", action="store_true", help="print one JSON object")
         q.add_argument("--quiet", action="store_true", help="no progress bars")
         q.set_defaults(func=func)

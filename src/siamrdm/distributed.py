@@ -38,7 +38,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, config_from_dict, pick_device
 from .data import target_key
 from .errors import TrainingDiverged
-from .files import clear_run_folder, run_folder_lock, write_text
+from .files import check_same_settings, run_folder, run_mode, write_text
 from .largeset import (
     AugmentedImages,
     CondensedRDMs,
@@ -380,8 +380,8 @@ class MiniBatchTrainer:
             value = minibatch_backward(self.model, pixels, targets, ranks,
                                        shard_bounds(len(positions), ranks.world), not frozen, config.body_chunk)
             if not math.isfinite(value):
-                raise TrainingDiverged(f"training diverged at epoch {self.epoch} (loss {value}); the last good "
-                                       "checkpoint is kept; try a lower learning rate")
+                raise TrainingDiverged(f"training diverged at epoch {self.epoch} (loss {value}); try a lower "
+                                       "learning rate")
             self.optimizer.step()
             if not frozen and self.scheduler is not None:
                 self.scheduler.step()
@@ -497,7 +497,7 @@ def fit_large(config: TrainConfig, batch: BatchSettings, images: ImageStore, tar
               ranks: Ranks | None = None) -> RDMPredictor:
     """Train one model per seed on a large image set with mini-batches, on every rank of the process group.
 
-    Rank 0 holds the run folder's lock, clears it with `overwrite`, writes settings.json (with "world_size"),
+    Rank 0 owns the run folder (files.run_folder), clears it with `overwrite`, writes settings.json (with "world_size"),
     checkpoints in out_dir/seed<k>/ and model.pt; with `resume`, it reads seed<k>/last.pt and sends it to
     every rank, so all continue from the same state even where they do not share the run folder's disk.
     """
@@ -508,11 +508,11 @@ def fit_large(config: TrainConfig, batch: BatchSettings, images: ImageStore, tar
     with contextlib.ExitStack() as stack:
         barrier(ranks)  # every rank has checked its inputs and the folder before rank 0 writes to it
         if out_dir is not None and ranks.main:
-            stack.enter_context(run_folder_lock(out_dir))
-            if overwrite:
-                clear_run_folder(Path(out_dir))
+            stack.enter_context(run_folder(out_dir, "fit", run_mode(overwrite, resume)))
             if settings is not None:
                 record = {**settings, "world_size": ranks.world, "config": asdict(config), "batch": asdict(batch)}
+                if resume:
+                    check_same_settings(Path(out_dir), record)
                 write_text(Path(out_dir) / "settings.json", json.dumps(json_safe(record), indent=2, allow_nan=False))
         barrier(ranks)
         models, metrics = [], {}

@@ -31,4 +31,5 @@ class WeightsError(ConfigError):
 
 
 class TrainingDiverged(DataError):
-    """The loss became NaN or infinite; the run stops and its last good checkpoint stays as it was."""
+    """The loss became NaN or infinite; the run stops (a new run's folder is left as it was found, a resumed
+    run's last checkpoint stays as it was)."""

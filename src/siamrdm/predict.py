@@ -22,7 +22,7 @@ from .backbones import images_to_tensor
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_from_dict, pick_device
 from .data import IMAGE_ORDER_FILE, BrainDataset, DataError, ImageSet, target_key
-from .files import clear_run_folder, run_folder_lock, write_text
+from .files import check_same_settings, run_folder, run_mode, write_text
 from .model import SiameseRDMNet
 from .prior import PriorFit
 from .tables import json_safe
@@ -131,14 +131,15 @@ def fit_predictor(config: TrainConfig, train: list[BrainDataset], val: list[Brai
                   image_order: list[str] | None = None, settings: dict | None = None) -> RDMPredictor:
     """Train one model per seed (each in out_dir/seed<k> with its checkpoints and log) and bundle them.
 
-    `out_dir` is locked for the whole run; with `overwrite`, an earlier run in it is cleared first. `settings`
-    (what `siamrdm fit` ran with) is written to out_dir/settings.json.
+    `out_dir` is owned for the whole run (files.run_folder): new or empty, or with `overwrite` an earlier
+    siamrdm run, cleared first, or with `resume` the run to continue, started with the same `settings`
+    (what `siamrdm fit` ran with, written to out_dir/settings.json).
     """
     with contextlib.ExitStack() as stack:
         if out_dir is not None:
-            stack.enter_context(run_folder_lock(out_dir))
-            if overwrite:
-                clear_run_folder(Path(out_dir))
+            stack.enter_context(run_folder(out_dir, "fit", run_mode(overwrite, resume)))
+            if resume and settings is not None:
+                check_same_settings(Path(out_dir), settings)
             if settings is not None:
                 write_text(Path(out_dir) / "settings.json", json.dumps(json_safe(settings), indent=2, allow_nan=False))
             if image_order is not None:  # the RDM rows' images, in order: an --order file for the next run

@@ -38,7 +38,7 @@ from .config import config_from_preset as config_from_preset
 from .config import pick_device as pick_device
 from .data import BrainDataset, DataError, ImageSet, group_average, subject_rdms, target_key
 from .errors import TrainingDiverged as TrainingDiverged
-from .files import atomic_path, run_folder_lock
+from .files import atomic_path, run_folder, run_mode
 from .model import (
     SiameseRDMNet,
     all_pairs,
@@ -560,8 +560,8 @@ class Trainer:
             row["loss"] = value
         bad = next((row for row in rows if not math.isfinite(row["loss"])), None)
         if bad is not None:
-            raise TrainingDiverged(f"training diverged at epoch {bad['epoch']} (loss {bad['loss']}); the last good "
-                                   "checkpoint is kept; try a lower learning rate")
+            raise TrainingDiverged(f"training diverged at epoch {bad['epoch']} (loss {bad['loss']}); try a lower "
+                                   "learning rate")
 
     def validates(self, epoch: int) -> bool:
         """Whether `epoch` is scored: with validation sets, every `validate_every`-th epoch and the last one."""
@@ -639,7 +639,7 @@ def fit(config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] 
         raise ConfigError("resume", "needs out_dir, the folder of the run to continue")
     with contextlib.ExitStack() as stack:
         if out_dir is not None:
-            stack.enter_context(run_folder_lock(out_dir))
+            stack.enter_context(run_folder(out_dir, "fit", run_mode(resume=resume)))
         trainer = Trainer(config, train, val, out_dir, progress)
         last = Path(out_dir) / "last.pt" if out_dir is not None else None
         if resume and last.is_file():

@@ -40,6 +40,8 @@ def _check_method(args) -> str:
         raise UsageError(f"--permutations must be 0 (no permutation test) or more, got {args.permutations}")
     if args.permutations and args.method not in scoring.DOT_METHODS:
         raise UsageError(f"--permutations works with --method {', '.join(scoring.DOT_METHODS)}, not {args.method}")
+    if args.seed < 0:  # numpy's generators take no negative seed
+        raise UsageError(f"--seed must be 0 or more, got {args.seed}")
     return args.method
 
 
@@ -60,9 +62,10 @@ def _condensed_subjects(path: str) -> np.ndarray | None:
     if array is None or array.ndim != 2 or array.shape[0] == array.shape[1]:
         return None
     n = (1 + math.isqrt(1 + 8 * array.shape[1])) // 2
-    if n * (n - 1) // 2 != array.shape[1] or n < 3 or not np.issubdtype(array.dtype, np.floating):
+    if n * (n - 1) // 2 != array.shape[1] or n < 3:
         raise data.DataError(f"{path}: {array.shape} {array.dtype} is neither square RDMs nor upper triangles "
-                             "(subjects, N(N-1)/2) of floats")
+                             "(subjects, N(N-1)/2)")
+    data.check_real_dtype(array.dtype, path)  # integers and booleans are read as float64 a subject at a time
     return array
 
 
@@ -74,12 +77,27 @@ def _condensed_model(path: str, pairs: int) -> np.ndarray:
     if model is None:
         raise data.DataError(f"{path}: the subjects are upper triangles in a .npy file, so the model must be a .npy "
                              "file too (its upper triangle, or its square RDM)")
-    if model.ndim == 2 and model.shape[0] == model.shape[1]:
-        model = upper_tri(np.asarray(model))
-    if model.shape != (pairs,) or not np.issubdtype(model.dtype, np.floating):
+    data.check_real_dtype(model.dtype, path)
+    if model.ndim == 2 and model.shape[0] == model.shape[1]:  # checked as any square RDM file is
+        model = upper_tri(data.validate_rdms(model, path, n_images=(1 + math.isqrt(1 + 8 * pairs)) // 2))
+    if model.shape != (pairs,):
         raise data.DataError(f"{path}: model RDM has shape {model.shape} {model.dtype}; the subjects have {pairs} "
                              "pairs (give its upper triangle, or its square RDM)")
-    return np.asarray(model)
+    return np.asarray(model, dtype=np.float64)
+
+
+@contextlib.contextmanager
+def _blamed(submission: str, target: str):
+    """A scoring error as a DataError naming the file it comes from: the target's (scoring.TargetError: a subject
+    or the subjects' mean) or else the submission's. Settings (ConfigError) keep their own name."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except scoring.TargetError as exc:
+        raise data.DataError(f"{target}: {exc}") from None
+    except ValueError as exc:
+        raise data.DataError(f"{submission}: {exc}") from None
 
 
 def _score_result(args, method: str) -> dict:
@@ -88,20 +106,16 @@ def _score_result(args, method: str) -> dict:
         if args.permutations:
             raise UsageError("--permutations: not available for upper-triangle (.npy) subjects")
         model = _condensed_model(args.submission, subjects.shape[1])
-        try:
+        with _blamed(args.submission, args.target):
             return scoring.score_condensed_submission(model, subjects, Path(args.target).stem, method)
-        except ValueError as exc:
-            raise data.DataError(f"{args.target}: {exc}") from None
     targets = data.load_rdm_dict(args.target)
     n_images = next(iter(targets.values())).shape[-1]
     submission = data.load_rdm_dict(args.submission, n_images=n_images)
     named = data.read_rdm_names(args.target)
     if named is not None:  # both files name their images (rsatoolbox files): the same images, in the same order
         data.check_rdm_names(args.submission, named[1], among=str(args.target))
-    try:
+    with _blamed(args.submission, args.target):
         return scoring.score_submission(submission, targets, args.permutations, args.seed, method)
-    except ValueError as exc:
-        raise data.DataError(f"{args.submission}: {exc}") from None
 
 
 def cmd_score(args) -> int:
@@ -417,6 +431,8 @@ def cmd_predict(args) -> int:
     predictor = RDMPredictor.load(args.model, args.device)
     if suffix == ".npy" and len(predictor.targets) != 1:
         raise UsageError(f"{args.out}: .npy holds one RDM but the model predicts {len(predictor.targets)}; use .mat")
+    if suffix != ".npy":  # before the images are read and predicted: every key must be one the file can hold
+        data.check_rdm_keys(args.out, [predictor.output_keys.get(t, t) for t in predictor.targets])
     images = data.load_image_set(args.images, args.order)
     rdms = predictor.predict(images)
     keyed = {predictor.output_keys.get(t, t): rdm for t, rdm in rdms.items()}

@@ -33,7 +33,9 @@ from .rdm import square_rdm, upper_tri
 
 DATA_ENV_VAR = "SIAMRDM_DATA"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-SYMMETRY_TOLERANCE = 1e-5
+# |d_ij - d_ji| and |d_ii| allowed, relative to an RDM's largest |d| (at least 8 ulps of its stored float type):
+# rounding scales with the values, so an absolute tolerance refuses large RDMs and passes tiny asymmetric ones.
+SYMMETRY_RTOL = 1e-5
 MIN_IMAGES = 3  # an RDM of 2 images has one dissimilarity: nothing to rank
 IMAGE_ORDER_FILE = "images.txt"  # the image order a run used, one name per line: an order file itself
 RDM_SUFFIXES = (".mat", ".npy", ".npz", ".hdf5", ".h5")
@@ -350,7 +352,9 @@ def _descriptors(group: h5py.Group | None) -> dict[str, list]:
 def _read_rsatoolbox(f: h5py.File, path: Path) -> dict[str, np.ndarray]:
     """The file's RDMs as (N, N) or (RDMs, N, N) arrays, split into keys by a 'target' or 'roi' RDM descriptor
     when it has one (else one array under the key '', as a .npy file)."""
-    vectors = np.asarray(f["dissimilarities"][()], dtype=np.float64)
+    vectors = f["dissimilarities"][()]
+    check_real_dtype(vectors.dtype, f"{path}: 'dissimilarities'")
+    vectors = np.asarray(vectors, dtype=np.float64)
     vectors = vectors[None] if vectors.ndim == 1 else vectors
     if vectors.ndim != 2:
         raise DataError(f"{path}: 'dissimilarities' has shape {vectors.shape}, expected (RDMs, pairs)")
@@ -451,17 +455,42 @@ def list_rdm_keys(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in _read_rdm_file(Path(path)).items()}
 
 
+def check_real_dtype(dtype, where: str) -> None:
+    """RDMs are real numbers: floats, or integers and booleans (converted to float64). Complex values, text and
+    objects are refused, never cast: a cast drops the imaginary part with only a warning, and text that looks
+    like numbers would be parsed. `where` names the file (and key) in the one-line DataError."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "fiub":
+        return
+    if dtype.kind == "c" or (dtype.names is not None and set(dtype.names) == {"real", "imag"}):  # v7.3 complex
+        raise DataError(f"{where}: complex values (dtype {dtype}); RDMs must be real numbers")
+    kind = {"U": "text", "S": "text", "O": "objects, e.g. a MATLAB cell array", "V": "records, e.g. a MATLAB struct",
+            "M": "dates", "m": "time spans"}.get(dtype.kind, "not numbers")
+    raise DataError(f"{where}: not a numeric array ({kind}, dtype {dtype}); RDMs must be real numbers")
+
+
+def symmetry_tolerance(scale: float, dtype) -> float:
+    """The largest |d_ij - d_ji| (and |d_ii|) accepted in an RDM whose largest |d| is `scale`, stored as
+    `dtype`: `SYMMETRY_RTOL` of the scale, or 8 ulps of the stored float type where that is more."""
+    dtype = np.dtype(dtype)
+    rtol = max(SYMMETRY_RTOL, 8 * float(np.finfo(dtype).eps)) if dtype.kind == "f" else SYMMETRY_RTOL
+    return scale * rtol
+
+
 def validate_rdms(rdms: np.ndarray, where: str, n_images: int | None = None) -> np.ndarray:
     """Check an (N, N), (S, N, N) or (S, K, N, N) stack of RDMs; return it as float64.
 
-    `where` names the file and key in the error message. Besides shape, finiteness, symmetry and a zero
-    diagonal, no RDM in the stack may have a constant upper triangle: its Spearman correlation (and so the
-    score and the noise ceiling) would be NaN.
+    `where` names the file and key in the error message. Besides real values (`check_real_dtype`), shape,
+    finiteness, symmetry and a zero diagonal (to `symmetry_tolerance`, relative to each RDM's magnitude), no
+    RDM in the stack may have a constant upper triangle: its Spearman correlation (and so the score and the
+    noise ceiling) would be NaN.
     """
     try:
-        rdms = np.asarray(rdms, dtype=np.float64)
+        raw = np.asarray(rdms)
     except (TypeError, ValueError):
         raise DataError(f"{where}: not a numeric array") from None
+    check_real_dtype(raw.dtype, where)
+    rdms = np.asarray(raw, dtype=np.float64)
     if rdms.ndim not in (2, 3, 4):
         raise DataError(f"{where}: shape {rdms.shape} is not (N, N), (subjects, N, N) or (subjects, K, N, N)")
     n = rdms.shape[-1]
@@ -473,12 +502,17 @@ def validate_rdms(rdms: np.ndarray, where: str, n_images: int | None = None) -> 
         raise DataError(f"{where}: RDMs are {n} x {n} but there are {n_images} images")
     if not np.all(np.isfinite(rdms)):
         raise DataError(f"{where}: contains NaN or inf")
-    worst = max(float(np.max(np.abs(rdm - rdm.T))) for rdm in rdms.reshape(-1, n, n))  # one RDM at a time
-    if worst > SYMMETRY_TOLERANCE:
-        raise DataError(f"{where}: RDMs are not symmetric (largest |d_ij - d_ji| = {worst:.3g})")
-    diagonal = np.diagonal(rdms, axis1=-2, axis2=-1)
-    if np.max(np.abs(diagonal)) > SYMMETRY_TOLERANCE:
-        raise DataError(f"{where}: RDMs have a non-zero diagonal (largest |d_ii| = {np.max(np.abs(diagonal)):.3g})")
+    for rdm in rdms.reshape(-1, n, n):  # one RDM at a time, each to its own scale
+        tolerance = symmetry_tolerance(max(float(rdm.max()), -float(rdm.min())), raw.dtype)
+        block = max(1, 2**22 // n)  # rows compared with their columns at a time: no N x N temporaries
+        worst = max(float(np.max(np.abs(rdm[i : i + block] - rdm[:, i : i + block].T))) for i in range(0, n, block))
+        if worst > tolerance:
+            raise DataError(f"{where}: RDMs are not symmetric (largest |d_ij - d_ji| = {worst:.3g}, tolerance "
+                            f"{tolerance:.3g})")
+        diagonal = float(np.max(np.abs(np.diagonal(rdm))))
+        if diagonal > tolerance:
+            raise DataError(f"{where}: RDMs have a non-zero diagonal (largest |d_ii| = {diagonal:.3g}, tolerance "
+                            f"{tolerance:.3g})")
     _check_not_constant(rdms, where)
     return rdms
 
@@ -563,6 +597,26 @@ def group_average(rdms: np.ndarray) -> np.ndarray:
     return rdms.reshape(-1, *rdms.shape[-2:]).mean(axis=0)
 
 
+MATLAB_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")  # a MATLAB variable name (namelengthmax is 63)
+NPZ_RESERVED_KEYS = ("file", "allow_pickle")  # np.savez's own arguments: such a key would not be written as one
+
+
+def check_rdm_keys(path: str | os.PathLike, keys: Sequence[str]) -> None:
+    """Refuse, before anything is written, an output key the file at `path` would not hold under that name: a
+    .mat needs MATLAB variable names (scipy's savemat silently drops a key that starts with '_'), and np.savez
+    takes a key named like one of its own arguments as that argument. .npy (one unnamed array) and HDF5 (keys
+    are text) hold any key."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    for key in keys:
+        if suffix == ".mat" and not MATLAB_NAME.fullmatch(key):
+            raise DataError(f"{path}: cannot write the key '{key}': a .mat key must be a MATLAB variable name "
+                            "(a letter, then letters, digits or underscores, 63 characters at most)")
+        if suffix == ".npz" and key in NPZ_RESERVED_KEYS:
+            raise DataError(f"{path}: cannot write the key '{key}' to a .npz file (np.savez takes "
+                            f"{', '.join(NPZ_RESERVED_KEYS)} as its own arguments)")
+
+
 def save_rdms(path: str | os.PathLike, rdms: dict[str, np.ndarray], names: Sequence[str] | None = None,
               measure: str = "siamrdm prediction") -> Path:
     """Write RDMs atomically: .mat (v5, readable by scipy.io.loadmat and MATLAB), .npz, .npy (one array), or
@@ -576,6 +630,8 @@ def save_rdms(path: str | os.PathLike, rdms: dict[str, np.ndarray], names: Seque
         raise DataError(f"{path}: .npy holds one array, got {len(rdms)}; use .mat, .npz or .hdf5")
     if not rdms:
         raise DataError(f"{path}: no RDMs to write")
+    if suffix != ".npy":
+        check_rdm_keys(path, list(rdms))
     rows = _rsatoolbox_rows(path, rdms, names) if suffix in RSATOOLBOX_SUFFIXES else {}
     from .files import atomic_path  # files.py builds on this module's DataError
 

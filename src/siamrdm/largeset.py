@@ -28,7 +28,16 @@ import torch
 from .augment import augment_batch, image_generator
 from .backbones import images_to_tensor
 from .config import TrainConfig
-from .data import IMAGE_SUFFIXES, MIN_IMAGES, DataError, _read_image, _resolve_order, match_names, natural_key
+from .data import (
+    IMAGE_SUFFIXES,
+    MIN_IMAGES,
+    DataError,
+    _read_image,
+    _resolve_order,
+    check_real_dtype,
+    match_names,
+    natural_key,
+)
 from .rdm import rank_unit
 from .scoring import dot_vectors, percent_of_ceiling, signed_summary
 
@@ -246,9 +255,10 @@ class CondensedRDMs:
         except Exception as exc:
             raise DataError(f"{path}: unreadable file ({' '.join(str(exc).split())[:200]})") from None
         pairs = n_images * (n_images - 1) // 2
-        if array.ndim not in (1, 2) or array.shape[-1] != pairs or not np.issubdtype(array.dtype, np.floating):
+        if array.ndim not in (1, 2) or array.shape[-1] != pairs:
             raise DataError(f"{self.where}: expected condensed RDMs of {n_images} images, (subjects, {pairs}) or "
-                            f"({pairs},) floats, got {array.shape} {array.dtype}")
+                            f"({pairs},), got {array.shape} {array.dtype}")
+        check_real_dtype(array.dtype, self.where)  # integers and booleans are read as float64 a block at a time
         self.array, self.n = array, n_images
         self.subjects = 1 if array.ndim == 1 else array.shape[0]
         if self.subjects < 1:

@@ -45,7 +45,8 @@ import numpy as np
 import torch
 from scipy import stats
 
-from .data import TARGETS, subject_rdms
+from .data import TARGETS, check_real_dtype, subject_rdms
+from .errors import ConfigError
 from .rdm import Ranker, rank_transform, square_rdm, upper_tri, upper_tri_indices
 
 # Official noise ceilings (upper bound, mean over subjects of r^2) from the challenge's scoring scripts.
@@ -76,6 +77,39 @@ def check_method(method: str) -> str:
     return method
 
 
+# Values within 2**±400: sums of up to 2**64 of them, and of their squares, neither overflow nor underflow.
+_SAFE_EXPONENT = 400
+# Sums over the subjects are kept below 2**1020 (float64 overflows at 2**1024).
+_SUM_EXPONENT = 1020
+
+
+class TargetError(ValueError):
+    """A problem of the target (subject) RDMs rather than of the model: callers that read both from files name
+    the target's file in the message."""
+
+
+def _rescale_safely(x: np.ndarray) -> np.ndarray:
+    """x (float64, vectors along the last axis), each vector whose largest |value| lies outside 2**±400 divided in
+    place by a power of two that brings it near 1; others are left as they are. A correlation or a cosine is
+    scale-invariant and the scaling is exact, so their values are those of the same data at an ordinary scale,
+    while the sums and sums of squares behind them (means, norms) can no longer overflow or underflow."""
+    peak = np.maximum(x.max(axis=-1, keepdims=True), -x.min(axis=-1, keepdims=True))
+    exponent = np.frexp(peak)[1]
+    exponent[np.abs(exponent) <= _SAFE_EXPONENT] = 0  # ordinary scales: untouched, bit for bit
+    if exponent.any():
+        np.ldexp(x, -exponent, out=x)
+    return x
+
+
+def _sum_shift(rows: np.ndarray, count: int) -> int:
+    """The power of two to divide `rows` by so that a sum of `count` values no larger than theirs stays finite:
+    0 for all but float64 values within a factor `count` of overflowing (float32 and integers never come near)."""
+    if rows.dtype != np.float64:
+        return 0
+    peak = max(float(rows.max()), -float(rows.min()))
+    return max(0, int(np.frexp(peak)[1]) + int(count).bit_length() - _SUM_EXPONENT)
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit norm; a zero row stays zero (its similarity with anything is 0, as in rsatoolbox)."""
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
@@ -89,9 +123,9 @@ def _standardise(x: np.ndarray) -> np.ndarray:
 def dot_vectors(vectors: np.ndarray, method: str) -> np.ndarray:
     """Upper-triangle vectors transformed so that the method's similarity of two RDMs is a dot product."""
     if method == "cosine":
-        return _unit(vectors)
+        return _unit(_rescale_safely(np.array(vectors, dtype=np.float64)))
     if method == "corr":
-        return _standardise(vectors)
+        return _standardise(_rescale_safely(np.array(vectors, dtype=np.float64)))
     ranks = rank_transform(vectors)
     if method == "spearman":
         return _standardise(ranks)
@@ -126,6 +160,7 @@ class _Subjects:
 
     def __init__(self, rdms, condensed: bool):
         self.rdms, self.condensed = rdms, condensed
+        check_real_dtype(rdms.dtype if hasattr(rdms, "dtype") else np.asarray(rdms).dtype, "subject RDMs")
         shape = tuple(np.shape(rdms))
         if condensed:
             if len(shape) not in (2, 3):
@@ -156,6 +191,8 @@ class _Subjects:
         else:
             rdm = np.asarray(self.rdms if self.n_subjects == 1 and np.ndim(self.rdms) == 2 else self.rdms[s])
             rows = rdm.reshape(self.k, -1).take(self.flat, axis=1)  # = upper_tri, faster than two index arrays
+        if rows.dtype.kind != "f":  # integers and booleans (checked real in __init__) as float64
+            rows = rows.astype(np.float64)
         if s in self.checked:
             return rows
         if not np.all(np.isfinite(rows)):
@@ -192,6 +229,8 @@ class _Transform:
             self.ranker(raw, out)
         else:
             np.copyto(out, raw)
+            if self.method in ("corr", "cosine"):  # ranks are bounded; values may be near overflow or underflow
+                _rescale_safely(out)
         if self.method in ("tau-a", "kendall"):
             return out
         if self.method == "rho-a":  # 12 x (centred ranks . centred ranks) / (n^3 - n)
@@ -247,6 +286,8 @@ def _stream(model, subjects: _Subjects, method: str, ceiling: bool,
         model_t = None
         if model is not None:
             raw = np.asarray(model).reshape(-1)
+            check_real_dtype(raw.dtype, "model RDM")
+            raw = raw if raw.dtype.kind == "f" else raw.astype(np.float64)
             if raw.shape != (length,):
                 raise ValueError(f"model upper triangle of length {raw.size} does not match the subjects' {length}")
             # NaN in the model (a diverged prediction) gives NaN values, which training counts as the worst
@@ -254,6 +295,11 @@ def _stream(model, subjects: _Subjects, method: str, ceiling: bool,
             if np.ptp(raw) != 0 or method == "cosine":  # a constant model orders no pair: it scores 0
                 model_t = run(lambda: transform(raw))[0]
         grand_t = total = None
+        shift = 0  # the sums over the subjects hold them divided by 2**shift: 0 unless they would overflow
+
+        def scaled(row: np.ndarray) -> np.ndarray:
+            return row if shift == 0 else np.ldexp(row, -shift)
+
         if ceiling:
             if n_subjects < 2:
                 raise ValueError("a noise ceiling needs at least 2 subjects")
@@ -261,10 +307,17 @@ def _stream(model, subjects: _Subjects, method: str, ceiling: bool,
             total = np.zeros((k, length)) if k > 1 else grand[None]  # per K, over subjects
             for s in range(n_subjects):
                 rows = subjects[s]
-                for j in range(k):
-                    grand += rows[j]
+                needed = _sum_shift(rows, n_subjects * k)
+                if needed > shift:  # the sums so far to the new power of two (exact: every method is scale-free)
+                    np.ldexp(grand, shift - needed, out=grand)
                     if k > 1:
-                        total[j] += rows[j]
+                        np.ldexp(total, shift - needed, out=total)
+                    shift = needed
+                for j in range(k):
+                    row = scaled(rows[j])
+                    grand += row
+                    if k > 1:
+                        total[j] += row
             grand_t = grand / (n_subjects * k)  # the mean RDM, transformed in place below
             _check_mean(grand_t, "the mean RDM of all subjects")
             run(lambda: transform(grand_t, grand_t))
@@ -281,10 +334,10 @@ def _stream(model, subjects: _Subjects, method: str, ceiling: bool,
         def others_job(s: int, rows: np.ndarray):
             def job() -> None:
                 # The mean of the others as the old formula had it: (total - subject) / (S - 1), then over K.
-                np.subtract(total[0], rows[0], out=others)
+                np.subtract(total[0], scaled(rows[0]), out=others)
                 np.divide(others, n_subjects - 1, out=others)
                 for j in range(1, k):
-                    np.subtract(total[j], rows[j], out=scratch)
+                    np.subtract(total[j], scaled(rows[j]), out=scratch)
                     np.divide(scratch, n_subjects - 1, out=scratch)
                     np.add(others, scratch, out=others)
                 if k > 1:
@@ -310,6 +363,8 @@ def _stream(model, subjects: _Subjects, method: str, ceiling: bool,
     ceilings = None
     if ceiling:
         ceilings = (float(np.mean(upper.mean(axis=1) ** 2)), float(np.mean(lower.mean(axis=1) ** 2)))
+        if not all(math.isfinite(c) for c in ceilings):  # finite subjects give finite ceilings: never pass NaN on
+            raise FloatingPointError(f"the noise ceiling came out as {ceilings} from finite subject RDMs")
     return (None if values is None else values.mean(axis=1)), ceilings
 
 
@@ -391,7 +446,7 @@ def permutation_scores(
     n_subjects = targets.shape[0]
     targets = targets.reshape(-1, targets.shape[-1])  # (S * K, L)
     rows, cols = np.triu_indices(n, k=1)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     batch = max(1, PERMUTATION_CHUNK // len(rows))
     scores = np.empty(n_permutations)
     for start in range(0, n_permutations, batch):
@@ -401,6 +456,14 @@ def permutation_scores(
         rhos = (permuted @ targets.T).reshape(size, n_subjects, -1).mean(axis=2)
         scores[start : start + size] = np.mean(rhos**2, axis=1)
     return scores
+
+
+def check_seed(seed) -> int:
+    """The permutations' seed: a whole number of 0 or more (numpy's generators take no negative seed); a
+    ConfigError naming the `seed` setting, so that the command line names --seed, not an input file."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ConfigError("seed", f"must be a whole number of 0 or more, got {seed!r}")
+    return int(seed)
 
 
 def permutation_p(model_rdm: np.ndarray, target_rdms: np.ndarray, n_permutations: int, seed: int = 0,
@@ -445,13 +508,25 @@ def score_condensed(model_vector, subject_vectors, method: str = OFFICIAL_METHOD
     For sets too large for square RDMs (10,000 images: 50 million pairs per subject). Subjects are read one
     at a time, so memory holds a few upper triangles (and a ranker's working arrays) whatever the number of
     subjects. Same values as `score_rdm` and `noise_ceiling` on the square RDMs. A subject with NaN, inf or a
-    constant upper triangle is a ValueError naming it. `threads` > 1 ranks that many vectors at once (each
-    thread keeps its own working arrays: memory grows with it); the default 1 leaves the other cores alone.
+    constant upper triangle is a `TargetError` naming it; a bad model vector, a plain ValueError. `threads` > 1
+    ranks that many vectors at once (each thread keeps its own working arrays: memory grows with it); the default
+    1 leaves the other cores alone.
     """
-    subjects = _Subjects(subject_vectors, condensed=True)
+    check_real_dtype(np.asarray(model_vector).dtype, "model RDM")
     if not np.all(np.isfinite(model_vector)):
         raise ValueError("model RDM contains NaN or inf")
-    rho, ceilings = _stream(model_vector, subjects, method, ceiling=ceiling and len(subjects) >= 2, threads=threads)
+    pairs = np.shape(subject_vectors)[-1:]
+    if pairs and np.size(model_vector) != pairs[0]:
+        raise ValueError(f"model upper triangle of length {np.size(model_vector)} does not match the subjects' "
+                         f"{pairs[0]}")
+    try:  # the model is checked above: what goes wrong now is the subjects' (one of them, or their mean)
+        subjects = _Subjects(subject_vectors, condensed=True)
+        rho, ceilings = _stream(model_vector, subjects, method, ceiling=ceiling and len(subjects) >= 2,
+                                threads=threads)
+    except TargetError:
+        raise
+    except ValueError as exc:
+        raise TargetError(str(exc)) from None
     return Score(float(np.mean(rho**2)), official_p(rho), rho, signed_p(rho)), ceilings
 
 
@@ -585,18 +660,28 @@ def score_submission(
         raise ValueError(f"permutations must be 0 (no permutation test) or more, got {permutations}")
     if permutations and method not in DOT_METHODS:
         raise ValueError(f"permutation p-values need one of {', '.join(DOT_METHODS)}, not '{method}'")
+    check_seed(seed)
     missing = [k for k in targets if k not in submission]
     result: dict = {}
     ceilings = []
     for key in keys:
         model, n = np.asarray(submission[key]), targets[key].shape[-1]
+        check_real_dtype(model.dtype, f"{key}: model RDM")
+        model = np.asarray(model, dtype=np.float64)
         if model.shape != (n, n):
             raise ValueError(f"{key}: model RDM has shape {model.shape}, expected one {n} x {n} RDM")
+        if not np.all(np.isfinite(model)):
+            raise ValueError(f"{key}: model RDM contains NaN or inf")
         if np.ptp(upper_tri(model)) == 0:
             raise ValueError(f"{key}: model RDM is constant, so its Spearman correlation is undefined")
         target = targets[key]
         several = subject_rdms(target).shape[0] >= 2  # one pass: scores and computed ceilings share the ranks
-        rho, computed = _stream(upper_tri(model), _Subjects(target, condensed=False), method, ceiling=several)
+        try:  # the model is checked above: what goes wrong now is the target's (a subject, or their mean)
+            rho, computed = _stream(upper_tri(model), _Subjects(target, condensed=False), method, ceiling=several)
+        except ValueError as exc:
+            raise TargetError(f"{key}: {exc}") from None
+        if not np.all(np.isfinite(rho)):  # finite RDMs give finite values: never pass NaN on as a score
+            raise FloatingPointError(f"{key}: the comparison values came out as {rho} from finite RDMs")
         score = Score(float(np.mean(rho**2)), official_p(rho), rho, signed_p(rho))
         source = ceiling_source(key, target, method)
         ceiling = {"official": official_noise_ceiling(key, target.shape[-1]),

@@ -178,6 +178,8 @@ def cmd_data_info(args) -> int:
     print(f"data root: {info['root']}")
     for name, entry in info["sets"].items():
         print(f"  {name}-image set: {entry['images']} images in {entry['folder']}")
+        if entry.get("not_images"):
+            print(f"    not images (PIL cannot read them): {', '.join(entry['not_images'])}")
         for file, keys in entry["rdm_files"].items():
             shapes = ", ".join(f"{k} {tuple(v)}" for k, v in keys.items())
             print(f"    {file}: {shapes}")

@@ -11,6 +11,12 @@ rsatoolbox file that names its patterns (an `images`, `stimulus` or `names` desc
 the order of the images it is used with.
 
 On top of them, `load_algonauts_set` knows the official Algonauts 2019 layout (see the data README).
+
+Every reader is bounded: it reads only regular files (a FIFO or a device would block or never end), reads nothing
+an HDF5 file keeps in other files (external links, external storage, virtual datasets), refuses images of more
+than MAX_IMAGE_PIXELS pixels before decoding them, and checks from a file's headers, before reading its arrays,
+that they fit in memory (`check_read_size`: MAX_READ_BYTES, the memory available, MAX_SQUARE_IMAGES). So a small
+crafted file can neither hang a command nor make it allocate blindly.
 """
 
 from __future__ import annotations
@@ -18,6 +24,11 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
+import struct
+import warnings
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +77,121 @@ TRAINING_SETS = ("92", "118")
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# --------------------------------------------------------------------------- bounded reading
+
+MAX_READ_BYTES = 16 * 2**30  # the most the arrays read from one file may take as float64, whatever the machine has
+MAX_SQUARE_IMAGES = 16_384  # square RDMs of more images (2 GiB each): give upper triangles (S, N(N-1)/2) instead
+MAX_IMAGE_PIXELS = 64_000_000  # an image of more pixels is refused before it is decoded
+MAX_LINK_DEPTH = 16  # HDF5 soft links followed in a row (a cycle of them would never end)
+
+
+def check_regular_file(path: Path, what: str = "file") -> Path:
+    """`path`, when it is a regular file (or a link to one): a FIFO would block the read forever, a device such as
+    /dev/zero never ends, so they are refused before anything opens them."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such {what}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable {what} ({_one_line(exc)})") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{path}: no such {what} (it is a folder)")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: not a regular file (a FIFO, device or socket); expected a {what}")
+    return path
+
+
+def available_memory() -> int | None:
+    """Bytes the machine can still give without swapping: MemAvailable in /proc/meminfo (Linux), else the free
+    physical pages; None when neither is known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def read_limit() -> tuple[int, str]:
+    """(the most bytes one file's arrays may take, the words that say why): MAX_READ_BYTES, or less when the
+    machine has less memory available."""
+    available = available_memory()
+    if available is not None and available < MAX_READ_BYTES:
+        return available, f"the {available / 2**30:.1f} GiB of memory available"
+    return MAX_READ_BYTES, f"the limit of {MAX_READ_BYTES / 2**30:.0f} GiB per file"
+
+
+def check_read_size(where: str | os.PathLike, shapes: dict[str, tuple[int, ...]], extra_bytes: int = 0) -> None:
+    """Before reading: refuse arrays of these shapes (key -> shape, as read) when they would not fit as float64
+    (with `extra_bytes` more the reader needs on the way), or when they are square RDMs of more than
+    MAX_SQUARE_IMAGES images. The message names the file, the shape and the bytes."""
+    for key, shape in shapes.items():
+        if len(shape) >= 2 and shape[-1] == shape[-2] and shape[-1] > MAX_SQUARE_IMAGES:
+            size = 8 * math.prod(shape)
+            raise DataError(f"{where}{':' + key if key else ''}: square RDMs of shape {shape}, {size:,} bytes as "
+                            f"float64: {shape[-1]} images, more than the {MAX_SQUARE_IMAGES:,} square RDMs "
+                            "may have; give large sets as upper triangles, (subjects, N(N-1)/2), in a .npy file")
+    needed = 8 * sum(math.prod(shape) for shape in shapes.values()) + extra_bytes
+    limit, why = read_limit()
+    if needed > limit:
+        key, shape = max(shapes.items(), key=lambda item: math.prod(item[1]), default=(None, ()))
+        named = "its contents" if key is None else f"'{key}' {shape}" if key else f"shape {shape}"
+        raise DataError(f"{where}: reading {named} needs {needed:,} bytes ({needed / 2**30:.1f} GiB) as float64, "
+                        f"more than {why}")
+
+
+def hdf5_get(group: h5py.Group, name: str, where: str | os.PathLike, depth: int = 0):
+    """`group[name]` (a path inside the file), or None when nothing is there, without ever reading another file:
+    an external link, a dataset whose values are stored in external files and a virtual dataset (its values
+    come from other files) are refused, naming the file and the dataset. Soft links are followed here, one part
+    of their path at a time, so that none of them leads out of the file either."""
+    node = group.file if name.startswith("/") else group
+    for part in (p for p in name.split("/") if p and p != "."):
+        if not isinstance(node, h5py.Group):
+            return None
+        try:
+            link = node.get(part, getlink=True)
+        except (KeyError, TypeError, OSError, ValueError) as exc:
+            raise DataError(f"{where}: '{part}' in '{node.name}' is a link siamrdm cannot follow "
+                            f"({_one_line(exc)})") from None
+        if link is None:
+            return None
+        full = f"{node.name.rstrip('/')}/{part}"
+        if isinstance(link, h5py.ExternalLink):
+            raise DataError(f"{where}: '{full}' is an external link (to {link.path} in {link.filename}); only data "
+                            "inside the file is read")
+        if isinstance(link, h5py.SoftLink):
+            if depth >= MAX_LINK_DEPTH:
+                raise DataError(f"{where}: '{full}': more than {MAX_LINK_DEPTH} soft links in a row")
+            node = hdf5_get(node, link.path, where, depth + 1)
+        elif isinstance(link, h5py.HardLink):
+            node = node.get(part)
+        else:
+            raise DataError(f"{where}: '{full}' is a link of a kind siamrdm does not follow")
+        if node is None:
+            return None
+    if isinstance(node, h5py.Dataset):
+        if node.is_virtual:
+            raise DataError(f"{where}: dataset '{node.name}' is a virtual dataset (its values come from other "
+                            "files); only data inside the file is read")
+        if node.external:
+            files = ", ".join(str(entry[0]) for entry in node.external)
+            raise DataError(f"{where}: dataset '{node.name}' keeps its values in external files ({files}); only "
+                            "data inside the file is read")
+    return node
+
+
+def hdf5_members(group: h5py.Group, where: str | os.PathLike) -> dict:
+    """A group's members by name (datasets and groups), each checked as by `hdf5_get`; dangling links left out."""
+    members = {name: hdf5_get(group, name, where) for name in group.keys()}
+    return {name: item for name, item in members.items() if item is not None}
 
 
 # --------------------------------------------------------------------------- data root
@@ -127,13 +253,45 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 
+def _check_pixels(path: Path, width: int, height: int) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(f"{path}: image of {width} x {height} pixels, more than the limit of {MAX_IMAGE_PIXELS:,} "
+                        "pixels; make it smaller")
+
+
 def _read_image(path: Path) -> np.ndarray:
+    """An image as (H, W, 3) uint8; its size is checked (MAX_IMAGE_PIXELS) from its header, before decoding.
+    PIL's own decompression-bomb check sits above that limit, so its warning is not shown."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            return _to_rgb(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:  # lazy: only the header is read
+                _check_pixels(path, *img.size)
+                img.load()
+                return _to_rgb(img)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: image larger than the limit of {MAX_IMAGE_PIXELS:,} pixels "
+                        f"({_one_line(exc)})") from None
     except Exception as exc:  # PIL raises many types for corrupt or truncated files
         raise DataError(f"{path}: unreadable image ({_one_line(exc)})") from None
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files of a folder (regular files with an image suffix), sorted naturally (img2 before img10).
+    A name that is not valid UTF-8 is refused here: it could not be written to an order file or a report."""
+    files = []
+    for p in folder.iterdir():
+        if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
+            continue
+        try:
+            p.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(f"{folder}: image file name {os.fsencode(p.name)!r} is not valid UTF-8; rename it") \
+                from None
+        files.append(p)
+    return sorted(files, key=lambda p: natural_key(p.name))
 
 
 def _check_image_count(images: ImageSet) -> ImageSet:
@@ -150,6 +308,7 @@ def _check_image_count(images: ImageSet) -> ImageSet:
 
 
 def _image_set_from_stimulus_mat(path: Path) -> ImageSet:
+    check_read_size(path, {}, extra_bytes=sum(v.stored_bytes for v in _mat_variables(path).values()))
     mat = _read_mat_v5(path)
     if "visual_stimuli" not in mat:
         raise DataError(f"{path}: missing key 'visual_stimuli' (keys: {', '.join(_public_keys(mat)) or 'none'})")
@@ -176,9 +335,7 @@ def natural_key(name: str) -> tuple:
 
 def read_image_order(path: str | os.PathLike) -> list[str]:
     """Image names from a text file, one per line (blank lines and lines starting with # are skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such order file")
+    path = check_regular_file(Path(path), "order file")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -249,7 +406,8 @@ def load_image_set(path: str | os.PathLike, order: str | os.PathLike | Sequence[
     if not path.exists():
         raise DataError(f"{path}: no such image folder or file")
     listed, where = _resolve_order(order) if order is not None else (None, "")
-    if path.is_file():
+    if not path.is_dir():
+        check_regular_file(path, "image folder or file")
         if path.suffix.lower() != ".mat":
             raise DataError(f"{path}: expected a folder of images or a stimulus .mat file")
         images = _image_set_from_stimulus_mat(path)
@@ -257,8 +415,7 @@ def load_image_set(path: str | os.PathLike, order: str | os.PathLike | Sequence[
             index = match_names(listed, images.names, where, str(path))
             images = ImageSet([images.names[k] for k in index], [images.images[k] for k in index], path)
         return images
-    files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-                   key=lambda p: natural_key(p.name))
+    files = image_files(path)
     if not files:
         raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in folder")
     if listed is not None:
@@ -273,17 +430,124 @@ def _public_keys(mat: dict) -> list[str]:
     return [k for k in mat if not k.startswith("__")]
 
 
-def _read_mat_v5(path: Path) -> dict:
+# MATLAB v5 files. scipy.io.whosmat and loadmat decompress every compressed variable whole just to read its header,
+# even one not asked for, so a file of 1 kB can make them allocate gigabytes; the headers are read here instead.
+MAT_CLASSES = {1: "cell", 2: "struct", 3: "object", 4: "char", 5: "sparse", 6: "double", 7: "single", 8: "int8",
+               9: "uint8", 10: "int16", 11: "uint16", 12: "int32", 13: "uint32", 14: "int64", 15: "uint64",
+               16: "function", 17: "opaque"}
+MAT_ARRAY_KINDS = ("char", "logical", "double", "single", "int8", "uint8", "int16", "uint16", "int32", "uint32",
+                   "int64", "uint64")  # read as plain arrays, their size known from their header
+_MI_MATRIX, _MI_COMPRESSED = 14, 15
+_MAT_HEADER_BYTES = 4096  # more than a variable's header ever takes (flags, up to hundreds of dimensions, name)
+
+
+@dataclass
+class _MatVariable:
+    shape: tuple[int, ...]
+    kind: str  # the MATLAB class; 'logical' for a logical array
+    stored_bytes: int  # the variable as stored, decompressed: what a reader holds to get past it
+    compressed: bool
+
+
+def _mat_element(head: bytes, offset: int, order: str) -> tuple[int, bytes, int]:
+    """(type, data, offset of the next element) of a v5 data element, in its full or small (4 bytes) format."""
+    first, count = struct.unpack_from(order + "II", head, offset)
+    if first >> 16:
+        return first & 0xFFFF, head[offset + 4 : offset + 4 + (first >> 16)], offset + 8
+    if offset + 8 + count > len(head):
+        raise struct.error("variable header cut short")
+    return first, head[offset + 8 : offset + 8 + count], offset + 8 + (count + 7) // 8 * 8
+
+
+def _mat_matrix_header(head: bytes, order: str, compressed: bool) -> tuple[str, _MatVariable]:
+    """The name and header of a miMATRIX element: array flags, dimensions, name (the data that follow unread)."""
+    kind, nbytes = struct.unpack_from(order + "II", head, 0)
+    if kind != _MI_MATRIX:
+        raise struct.error(f"expected a matrix, got data type {kind}")
+    _, flags, offset = _mat_element(head, 8, order)
+    _, dims, offset = _mat_element(head, offset, order)
+    _, name, _ = _mat_element(head, offset, order)
+    flags_class = struct.unpack_from(order + "I", flags)[0]
+    shape = tuple(int(d) for d in struct.unpack(order + f"{len(dims) // 4}i", dims[: len(dims) // 4 * 4]))
+    if any(d < 0 for d in shape):
+        raise struct.error(f"negative dimension in {shape}")
+    kind_name = "logical" if flags_class >> 9 & 1 else MAT_CLASSES.get(flags_class & 0xFF, "unknown")
+    if kind_name == "char":  # scipy reads a char array as strings: one axis fewer
+        shape = shape[:-1]
+    return name.decode("latin1"), _MatVariable(shape, kind_name, 8 + nbytes, compressed)
+
+
+def _mat_variables(path: Path) -> dict[str, _MatVariable]:
+    """The variables of a .mat file (v4 or v5) from their headers alone, without reading or decompressing data."""
     try:
-        return scipy.io.loadmat(path)
+        major, _ = scipy.io.matlab.matfile_version(path)
+        if major == 0:  # v4: never compressed, so scipy reads headers only
+            return {name: _MatVariable(tuple(shape), kind, 8 * math.prod(shape), False)
+                    for name, shape, kind in scipy.io.whosmat(path)}
+        if major != 1:
+            raise ValueError(f"MATLAB file version {major}, expected 5 (or 7.3, an HDF5 file)")
+        variables: dict[str, _MatVariable] = {}
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            header = f.read(128)
+            order = "<" if header[126:128] == b"IM" else ">"
+            position = 128
+            while position + 8 <= size:
+                f.seek(position)
+                kind, nbytes = struct.unpack(order + "II", f.read(8))
+                position += 8 + nbytes
+                if kind == _MI_COMPRESSED:
+                    head = zlib.decompressobj().decompress(f.read(min(nbytes, 16 * _MAT_HEADER_BYTES)),
+                                                           _MAT_HEADER_BYTES)
+                elif kind == _MI_MATRIX:
+                    head = struct.pack(order + "II", kind, nbytes) + f.read(min(nbytes, _MAT_HEADER_BYTES))
+                else:
+                    continue
+                name, variable = _mat_matrix_header(head, order, kind == _MI_COMPRESSED)
+                variables[name or "__function_workspace__"] = variable
+        return variables
+    except Exception as exc:  # scipy's MatReadError, struct.error, zlib.error, OSError, ...
+        raise DataError(f"{path}: unreadable .mat file ({_one_line(exc)})") from None
+
+
+def _read_mat_v5(path: Path, names: Sequence[str] | None = None) -> dict:
+    """A .mat file's variables (all, or `names`); the caller has checked their size (`_mat_variables`)."""
+    try:
+        return scipy.io.loadmat(path, variable_names=None if names is None else list(names))
     except Exception as exc:
         raise DataError(f"{path}: unreadable .mat file ({_one_line(exc)})") from None
 
 
-def _read_rdm_file(path: Path) -> dict[str, np.ndarray]:
-    """All numeric arrays in a file, keyed by name, axes in the order MATLAB/numpy users expect."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+def _npy_shape(f) -> tuple[int, ...]:
+    """The shape in a .npy header (the stream is left after it)."""
+    version = np.lib.format.read_magic(f)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f".npy format version {version[0]}.{version[1]} is not read (1.0 and 2.0 are)")
+    return tuple(int(d) for d in readers[version](f)[0])
+
+
+def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The members of a .npz file (keys as numpy names them) and their shapes, from their .npy headers."""
+    shapes = {}
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            with z.open(info) as member:
+                shapes[key] = _npy_shape(member)
+    return shapes
+
+
+def _chosen(shapes: dict[str, tuple[int, ...]], keys: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
+    return dict(shapes) if keys is None else {k: shapes[k] for k in keys if k in shapes}
+
+
+def _read_rdm_file(path: Path, keys: Sequence[str] | None = None, read: bool = True) -> dict:
+    """The numeric arrays in a file (every one, or those of `keys`), keyed by name, axes in the order MATLAB/numpy
+    users expect. With `read` False, only their shapes, from the file's headers. Before anything is read the path
+    must be a regular file, an HDF5 file must keep everything inside it, and the arrays must fit
+    (`check_read_size`)."""
+    check_regular_file(path)
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
         raise DataError(f"{path}: pickle files are refused (loading one can run code); save rsatoolbox RDMs as "
@@ -292,30 +556,53 @@ def _read_rdm_file(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: unsupported RDM file type '{suffix}' (use {', '.join(RDM_SUFFIXES)})")
     try:
         if suffix == ".npy":
-            return {"": np.load(path, allow_pickle=False)}
+            with open(path, "rb") as f:
+                shapes = _chosen({"": _npy_shape(f)}, keys)
+            if not read:
+                return shapes
+            check_read_size(path, shapes)
+            return {"": np.load(path, allow_pickle=False)} if shapes else {}
         if suffix == ".npz":
+            shapes = _chosen(_npz_shapes(path), keys)
+            if not read:
+                return shapes
+            check_read_size(path, shapes)
             with np.load(path, allow_pickle=False) as npz:
-                return {k: npz[k] for k in npz.files}
+                return {k: npz[k] for k in shapes}
         if h5py.is_hdf5(path):
             with h5py.File(path, "r") as f:
-                if _is_rsatoolbox(f):
-                    return _read_rsatoolbox(f, path)
+                if _is_rsatoolbox(f, path):
+                    return _read_rsatoolbox(f, path, keys, read)
                 if suffix in RSATOOLBOX_SUFFIXES:
                     raise DataError(f"{path}: an HDF5 file, but not rsatoolbox RDMs (no 'dissimilarities' dataset "
                                     "beside a 'pattern_descriptors' group)")
-                return {  # MATLAB v7.3: h5py returns the axes reversed
-                    k: np.asarray(f[k]).transpose()
-                    for k in f.keys()
-                    if isinstance(f[k], h5py.Dataset) and not k.startswith("#")
-                }
+                datasets = {k: v for k, v in hdf5_members(f, path).items()
+                            if isinstance(v, h5py.Dataset) and not k.startswith("#")}
+                # MATLAB v7.3: h5py gives the axes reversed
+                shapes = _chosen({k: tuple(reversed(v.shape or ())) for k, v in datasets.items()}, keys)
+                if not read:
+                    return shapes
+                check_read_size(path, shapes)
+                return {k: np.asarray(datasets[k]).transpose() for k in shapes}
         if suffix in RSATOOLBOX_SUFFIXES:
             raise DataError(f"{path}: not an HDF5 file (rsatoolbox RDMs are saved with file_type='hdf5')")
     except DataError:
         raise
     except Exception as exc:
         raise DataError(f"{path}: unreadable file ({_one_line(exc)})") from None
-    mat = _read_mat_v5(path)
-    return {k: v for k, v in mat.items() if not k.startswith("__") and isinstance(v, np.ndarray)}
+    variables = {k: v for k, v in _mat_variables(path).items() if not k.startswith("__") and v.kind != "sparse"}
+    shapes = _chosen({k: v.shape for k, v in variables.items()}, keys)
+    if not read:
+        return shapes
+    other = next((k for k in shapes if variables[k].kind not in MAT_ARRAY_KINDS), None)
+    if other is not None:
+        raise DataError(f"{path}:{other}: a MATLAB {variables[other].kind} array, not a numeric array")
+    if not shapes:
+        return {}
+    # scipy decompresses every compressed variable it passes, even one not asked for
+    check_read_size(path, shapes, extra_bytes=sum(v.stored_bytes for v in variables.values() if v.compressed))
+    mat = _read_mat_v5(path, list(shapes))
+    return {k: v for k, v in mat.items() if k in shapes and isinstance(v, np.ndarray)}
 
 
 # --------------------------------------------------------------------------- rsatoolbox RDMs files
@@ -326,8 +613,9 @@ def _read_rdm_file(path: Path) -> dict[str, np.ndarray]:
 # They are read with h5py alone, so rsatoolbox is not needed to read them.
 
 
-def _is_rsatoolbox(f: h5py.File) -> bool:
-    return isinstance(f.get("dissimilarities"), h5py.Dataset) and isinstance(f.get("pattern_descriptors"), h5py.Group)
+def _is_rsatoolbox(f: h5py.File, path: Path) -> bool:
+    return isinstance(hdf5_get(f, "dissimilarities", path), h5py.Dataset) and isinstance(
+        hdf5_get(f, "pattern_descriptors", path), h5py.Group)
 
 
 def _decoded(values) -> list:
@@ -336,41 +624,65 @@ def _decoded(values) -> list:
             for v in values.tolist()]
 
 
-def _descriptors(group: h5py.Group | None) -> dict[str, list]:
-    """A descriptor group's values as lists (datasets and list-valued attributes)."""
-    if group is None:
+def _descriptors(group, count: int, what: str, path: Path) -> dict[str, list]:
+    """A descriptor group's values as lists (datasets and list-valued attributes). A descriptor holds one value per
+    RDM or pattern (`count` of `what`): a dataset of more is refused unread (stored lazily, a small file can
+    declare a descriptor of gigabytes)."""
+    if not isinstance(group, h5py.Group):
         return {}
     out = {}
-    for name, item in group.items():
+    for name, item in hdf5_members(group, path).items():
         if isinstance(item, h5py.Dataset) and item.shape is not None:
+            if item.size > count:
+                raise DataError(f"{path}: descriptor '{item.name}' has shape {item.shape}, more values than the "
+                                f"{count} {what}")
+            check_read_size(path, {}, extra_bytes=item.size * item.dtype.itemsize)
             out[name] = _decoded(item[()])
     for name, value in group.attrs.items():
         out.setdefault(name, _decoded(value))
     return out
 
 
-def _read_rsatoolbox(f: h5py.File, path: Path) -> dict[str, np.ndarray]:
-    """The file's RDMs as (N, N) or (RDMs, N, N) arrays, split into keys by a 'target' or 'roi' RDM descriptor
-    when it has one (else one array under the key '', as a .npy file)."""
-    vectors = f["dissimilarities"][()]
+def _rsatoolbox_layout(f: h5py.File, path: Path) -> tuple[h5py.Dataset, int, dict[str, list[int]]]:
+    """(the 'dissimilarities' dataset, N, the RDM rows of each key), from its shape and the key descriptor: the
+    file's RDMs split into keys by a 'target' or 'roi' RDM descriptor when it has one (else one key '', as for
+    a .npy file)."""
+    vectors = hdf5_get(f, "dissimilarities", path)
     check_real_dtype(vectors.dtype, f"{path}: 'dissimilarities'")
-    vectors = np.asarray(vectors, dtype=np.float64)
-    vectors = vectors[None] if vectors.ndim == 1 else vectors
-    if vectors.ndim != 2:
-        raise DataError(f"{path}: 'dissimilarities' has shape {vectors.shape}, expected (RDMs, pairs)")
-    n = (1 + math.isqrt(1 + 8 * vectors.shape[1])) // 2
-    if n * (n - 1) // 2 != vectors.shape[1] or n < 2:
-        raise DataError(f"{path}: 'dissimilarities' rows of length {vectors.shape[1]} are not the upper "
+    shape = tuple(vectors.shape or ())
+    shape = (1, *shape) if len(shape) == 1 else shape
+    if len(shape) != 2:
+        raise DataError(f"{path}: 'dissimilarities' has shape {shape}, expected (RDMs, pairs)")
+    count, pairs = shape
+    n = (1 + math.isqrt(1 + 8 * pairs)) // 2
+    if n * (n - 1) // 2 != pairs or n < 2:
+        raise DataError(f"{path}: 'dissimilarities' rows of length {pairs} are not the upper "
                         "triangle of a square RDM")
-    matrices = np.stack([square_rdm(v, n) for v in vectors])
-    rdm_descriptors = _descriptors(f.get("rdm_descriptors"))
-    by = next((d for d in KEY_DESCRIPTORS if len(rdm_descriptors.get(d, ())) == len(matrices)), None)
-    groups = {"": list(range(len(matrices)))}
+    rdm_descriptors = _descriptors(hdf5_get(f, "rdm_descriptors", path), count, "RDMs", path)
+    by = next((d for d in KEY_DESCRIPTORS if len(rdm_descriptors.get(d, ())) == count), None)
+    groups = {"": list(range(count))}
     if by is not None:
         groups = {}
         for k, value in enumerate(rdm_descriptors[by]):
             groups.setdefault(str(value), []).append(k)
-    return {key: matrices[rows[0]] if len(rows) == 1 else matrices[rows] for key, rows in groups.items()}
+    return vectors, n, groups
+
+
+def _read_rsatoolbox(f: h5py.File, path: Path, keys: Sequence[str] | None = None, read: bool = True) -> dict:
+    """The file's RDMs as (N, N) (a key of one RDM) or (RDMs, N, N) arrays, every key or those of `keys`; with
+    `read` False only their shapes. Only the rows of the keys asked for are read."""
+    vectors, n, groups = _rsatoolbox_layout(f, path)
+    shapes = _chosen({key: (n, n) if len(rows) == 1 else (len(rows), n, n) for key, rows in groups.items()}, keys)
+    if not read:
+        return shapes
+    rows = sorted({row for key in shapes for row in groups[key]})
+    pairs = n * (n - 1) // 2
+    check_read_size(path, shapes, extra_bytes=8 * len(rows) * pairs)
+    every = vectors.ndim == 1 or len(rows) == vectors.shape[0]
+    values = np.asarray(vectors[()] if every else vectors[rows], dtype=np.float64).reshape(-1, pairs)
+    at = {row: k for k, row in enumerate(range(len(values)) if every else rows)}
+    matrices = {key: np.stack([square_rdm(values[at[row]], n) for row in groups[key]]) for key in shapes}
+    return {key: value[0] if len(groups[key]) == 1 else value for key, value in matrices.items()}
 
 
 def read_rdm_names(path: str | os.PathLike) -> tuple[str, list[str]] | None:
@@ -381,9 +693,12 @@ def read_rdm_names(path: str | os.PathLike) -> tuple[str, list[str]] | None:
         return None
     try:
         with h5py.File(path, "r") as f:
-            if not _is_rsatoolbox(f):
+            if not _is_rsatoolbox(f, path):
                 return None
-            patterns = _descriptors(f["pattern_descriptors"])
+            _, n, _ = _rsatoolbox_layout(f, path)
+            patterns = _descriptors(hdf5_get(f, "pattern_descriptors", path), n, "patterns (images)", path)
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(f"{path}: unreadable file ({_one_line(exc)})") from None
     for name in IMAGE_DESCRIPTORS:
@@ -451,8 +766,9 @@ def _write_rsatoolbox(path: Path, rows: dict[str, np.ndarray], measure: str) -> 
 
 
 def list_rdm_keys(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
-    """Keys of a .mat/.npz/.npy file with their array shapes (the key of a .npy is '')."""
-    return {k: tuple(v.shape) for k, v in _read_rdm_file(Path(path)).items()}
+    """Keys of an RDM file with their array shapes (the key of a .npy is ''), from the file's headers: no array
+    is read."""
+    return _read_rdm_file(Path(path), read=False)
 
 
 def check_real_dtype(dtype, where: str) -> None:
@@ -542,15 +858,14 @@ def load_rdms(path: str | os.PathLike, key: str | None = None, n_images: int | N
     ignored for .npy files and for rsatoolbox files without a 'target'/'roi' RDM descriptor). With `names`
     (the images, in order), an rsatoolbox file that names its images must name these, in this order."""
     path = Path(path)
-    arrays = _read_rdm_file(path)
-    if key is None or list(arrays) == [""]:
-        if len(arrays) != 1:
-            raise DataError(f"{path}: holds several arrays ({', '.join(arrays)}); name one with a key")
-        key, value = next(iter(arrays.items()))
-    elif key not in arrays:
-        raise DataError(f"{path}: missing key '{key}' (keys: {', '.join(arrays) or 'none'})")
-    else:
-        value = arrays[key]
+    keys = list_rdm_keys(path)
+    if key is None or list(keys) == [""]:
+        if len(keys) != 1:
+            raise DataError(f"{path}: holds several arrays ({', '.join(keys)}); name one with a key")
+        key = next(iter(keys))
+    elif key not in keys:
+        raise DataError(f"{path}: missing key '{key}' (keys: {', '.join(keys) or 'none'})")
+    value = _read_rdm_file(path, [key])[key]  # only the array asked for
     where = f"{path}:{key}" if key else str(path)
     rdms = validate_rdms(value, where, n_images)
     if names is not None:
@@ -703,17 +1018,36 @@ def load_algonauts_set(
     return dataset
 
 
+def _is_image(path: Path) -> bool:
+    """Whether PIL recognises the file as an image, from its header (nothing is decoded)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path):
+                return True
+    except Image.DecompressionBombError:  # an image, if one too large to train on
+        return True
+    except Exception:
+        return False
+
+
 def describe_data_root(root: str | os.PathLike | None) -> dict:
-    """What `siamrdm data-info` prints: the image sets found, their image counts, RDM files, keys, shapes."""
+    """What `siamrdm data-info` prints: the image sets found, their image counts (files PIL recognises; others with
+    an image suffix are listed as 'not_images'), RDM files, keys and shapes, all from headers: no array is
+    read."""
     root = resolve_data_root(root)
     info: dict = {"root": str(root), "sets": {}}
     for set_name, (folder, images) in IMAGE_SETS.items():
         set_dir = root / folder
         if not (set_dir / images).is_dir():
             continue
-        n_images = len([p for p in (set_dir / images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES])
+        listed = image_files(set_dir / images)
+        not_images = [p.name for p in listed if not _is_image(p)]
         files = {p.name: list_rdm_keys(p) for p in sorted(set_dir.glob("*.mat")) if p.name != f"{images}.mat"}
-        info["sets"][set_name] = {"images": n_images, "folder": str(set_dir / images), "rdm_files": files}
+        info["sets"][set_name] = {"images": len(listed) - len(not_images), "folder": str(set_dir / images),
+                                  "rdm_files": files}
+        if not_images:
+            info["sets"][set_name]["not_images"] = not_images
     if not info["sets"]:
         raise DataError(f"{root}: no Algonauts image sets found (expected Training_Data/ and Test_Data/)")
     return info

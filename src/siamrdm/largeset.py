@@ -32,11 +32,15 @@ from .data import (
     IMAGE_SUFFIXES,
     MIN_IMAGES,
     DataError,
+    _check_pixels,
     _read_image,
     _resolve_order,
     check_real_dtype,
+    check_regular_file,
+    hdf5_get,
+    hdf5_members,
+    image_files,
     match_names,
-    natural_key,
 )
 from .rdm import rank_unit
 from .scoring import dot_vectors, percent_of_ceiling, signed_summary
@@ -88,8 +92,7 @@ class FolderImages(ImageStore):
     """A folder of image files, sorted naturally (img2 before img10) or in the order of an order file."""
 
     def __init__(self, path: Path, order: str | os.PathLike | None = None):
-        files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-                       key=lambda p: natural_key(p.name))
+        files = image_files(path)
         if order is not None:
             listed, where = _resolve_order(order)
             files = [files[k] for k in match_names(listed, [p.name for p in files], where, str(path))]
@@ -100,23 +103,26 @@ class FolderImages(ImageStore):
 
 
 class HDF5Images(ImageStore):
-    """An HDF5 dataset of shape (N, H, W, 3), uint8 (NSD's stimuli file). Each process opens its own handle, so
-    DataLoader workers never share the parent's."""
+    """An HDF5 dataset of shape (N, H, W, 3), uint8 (NSD's stimuli file), stored inside the file (no external or
+    virtual dataset: its missing sources would read as black images) with images of at most MAX_IMAGE_PIXELS.
+    Each process opens its own handle, so DataLoader workers never share the parent's."""
 
     def __init__(self, path: Path, key: str | None = None):
-        self.source, self._handle, self._pid = path, None, None
+        self.source, self._handle, self._pid, self._images = path, None, None, None
         try:
             with h5py.File(path, "r") as f:
-                candidates = [k for k, v in f.items() if isinstance(v, h5py.Dataset) and v.ndim == 4]
+                members = hdf5_members(f, path)
+                candidates = {k: v for k, v in members.items() if isinstance(v, h5py.Dataset) and v.ndim == 4}
                 if key is None and len(candidates) != 1:
-                    found = ", ".join(f"{k} {f[k].shape}" for k in candidates) or "none"
+                    found = ", ".join(f"{k} {v.shape}" for k, v in candidates.items()) or "none"
                     raise DataError(f"{path}: expected one dataset of images (N, H, W, 3) uint8, found {found}")
-                self.key = key or candidates[0]
-                if self.key not in f:
+                self.key = key or next(iter(candidates))
+                ds = hdf5_get(f, self.key, path)
+                if not isinstance(ds, h5py.Dataset):
                     raise DataError(f"{path}: no dataset '{self.key}'")
-                ds = f[self.key]
                 if ds.ndim != 4 or ds.shape[3] != 3 or ds.dtype != np.uint8:
                     raise DataError(f"{path}:{self.key}: images must be (N, H, W, 3) uint8, got {ds.shape} {ds.dtype}")
+                _check_pixels(Path(f"{path}:{self.key}"), ds.shape[2], ds.shape[1])
                 n = ds.shape[0]
         except (OSError, KeyError) as exc:
             raise DataError(f"{path}: unreadable HDF5 file ({' '.join(str(exc).split())})") from None
@@ -125,7 +131,8 @@ class HDF5Images(ImageStore):
     def _dataset(self) -> h5py.Dataset:
         if self._handle is None or self._pid != os.getpid():
             self._handle, self._pid = h5py.File(self.source, "r"), os.getpid()
-        return self._handle[self.key]
+            self._images = hdf5_get(self._handle, self.key, self.source)
+        return self._images
 
     def read(self, index: int) -> np.ndarray:
         try:
@@ -135,7 +142,7 @@ class HDF5Images(ImageStore):
                 from None
 
     def __getstate__(self) -> dict:  # a worker started by spawn opens its own handle
-        return {**self.__dict__, "_handle": None, "_pid": None}
+        return {**self.__dict__, "_handle": None, "_pid": None, "_images": None}
 
 
 def open_image_store(path: str | os.PathLike, order: str | os.PathLike | None = None) -> ImageStore:
@@ -145,7 +152,8 @@ def open_image_store(path: str | os.PathLike, order: str | os.PathLike | None = 
         store: ImageStore = FolderImages(path, order)
         if not store.names:
             raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in folder")
-    elif path.is_file() and (path.suffix.lower() in HDF5_SUFFIXES or h5py.is_hdf5(path)):
+    elif path.exists() and check_regular_file(path, "image file") and (
+            path.suffix.lower() in HDF5_SUFFIXES or h5py.is_hdf5(path)):
         if order is not None:
             raise DataError(f"{path}: an HDF5 file of images keeps its own order; an order file is for a folder")
         store = HDF5Images(path)
@@ -228,9 +236,7 @@ class CondensedRDMs:
     HDF5 dataset; read a block of rows of the RDM at a time."""
 
     def __init__(self, path: str | os.PathLike, n_images: int, key: str | None = None):
-        path = self.path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: no such file")
+        path = self.path = check_regular_file(Path(path))
         suffix = path.suffix.lower()
         self._file = None
         try:
@@ -239,14 +245,16 @@ class CondensedRDMs:
                 self.where = str(path)
             elif suffix in HDF5_SUFFIXES and h5py.is_hdf5(path):
                 self._file = h5py.File(path, "r")
-                names = [k for k, v in self._file.items() if isinstance(v, h5py.Dataset) and v.ndim in (1, 2)]
-                if key is None or key not in self._file:  # the dataset named by the key, else the only one
+                names = [k for k, v in hdf5_members(self._file, path).items()
+                         if isinstance(v, h5py.Dataset) and v.ndim in (1, 2)]
+                array = hdf5_get(self._file, key, path) if key else None
+                if not isinstance(array, h5py.Dataset):  # the dataset named by the key, else the only one
                     if len(names) != 1:
                         wanted = f"no dataset '{key}' and not" if key else "expected"
                         raise DataError(f"{path}: {wanted} one dataset of condensed RDMs, (S, P) or (P,), found "
                                         f"{', '.join(names) or 'none'}")
                     key = names[0]
-                array = self._file[key]
+                    array = hdf5_get(self._file, key, path)
                 self.where = f"{path}:{key}"
             else:
                 raise DataError(f"{path}: condensed RDMs must be a .npy file or an HDF5 (.h5, .hdf5) dataset")

@@ -9,6 +9,10 @@ The report is generic: it has a section for each kind of thing it finds, so it s
 - lr_find.json anywhere below: the LR range test curve (drawn next to it);
 - log.csv anywhere below: training and validation curves per epoch (drawn next to it);
 - every other PNG below the folder: shown with its path as caption.
+
+Only regular files of at most MAX_REPORT_FILE_BYTES are read (a symbolic link, a FIFO or a device is refused with
+one line: it could point anywhere, block or never end), and nothing is drawn before the folder is known to be
+writable.
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import io
 import json
+import math
 import os
+import stat
 from pathlib import Path
 
 from . import plots
 from .data import DataError
-from .files import write_text
+from .files import check_output_file, write_text
 from .tables import fmt, number, summary
 
 SETTINGS_FILES = ("settings.json", "config.json")
@@ -34,12 +41,72 @@ COLUMN_TITLES = {"r2": "r2", "pct_nc": "% of noise ceiling", "p": "p", "noise_ce
                  "ceiling_source": "ceiling"}
 TEXT_COLUMNS = ("method", "target", "direction", "ceiling_source", "detail")
 
+MAX_REPORT_FILE_BYTES = 64 * 2**20  # the largest file (a PNG, CSV or JSON) a report reads
+
 Block = tuple  # ("h2" | "h3" | "p" | "code", text), ("table", header, rows), ("img", path, caption)
 
 
+def _checked_input(path: Path) -> Path:
+    """`path`, when it is a regular file (not a symbolic link, FIFO or device) of at most MAX_REPORT_FILE_BYTES."""
+    try:
+        info = path.lstat()
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable ({' '.join(str(exc).split())})") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise DataError(f"{path}: a symbolic link; a report reads only regular files (replace it with the file)")
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"{path}: not a regular file (a FIFO, device or socket); a report reads only regular files")
+    if info.st_size > MAX_REPORT_FILE_BYTES:
+        raise DataError(f"{path}: {info.st_size:,} bytes, more than the {MAX_REPORT_FILE_BYTES:,} a report reads")
+    return path
+
+
+def _read_bytes(path: Path) -> bytes:
+    """A checked input's bytes, never more than the limit (even should it grow meanwhile)."""
+    with open(_checked_input(path), "rb") as f:
+        content = f.read(MAX_REPORT_FILE_BYTES + 1)
+    if len(content) > MAX_REPORT_FILE_BYTES:
+        raise DataError(f"{path}: more than the {MAX_REPORT_FILE_BYTES:,} bytes a report reads")
+    return content
+
+
+def _read_text(path: Path, errors: str = "strict") -> str:
+    return _read_bytes(path).decode("utf-8", errors)
+
+
 def _read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return list(csv.DictReader(io.StringIO(_read_text(path), newline="")))
+
+
+def _lr_result(path: Path) -> dict:
+    """An LR range test (lr_find.json): learning rates (positive numbers), losses of the same length (numbers, null
+    where none was had), an optional suggested rate; a DataError naming the file otherwise."""
+    try:
+        result = json.loads(_read_text(path))
+    except ValueError as exc:
+        raise DataError(f"{path}: malformed LR range test, not JSON ({' '.join(str(exc).split())})") from None
+
+    def is_number(value) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    if not isinstance(result, dict) or not isinstance(result.get("lr"), list) or not result["lr"] or not all(
+            is_number(v) and v > 0 for v in result["lr"]):
+        raise DataError(f"{path}: malformed LR range test (expected an object whose 'lr' is a list of positive "
+                        "learning rates)")
+    for name in ("loss", "smoothed_loss"):
+        values = result.get(name)
+        if values is not None and not (isinstance(values, list) and len(values) == len(result["lr"])
+                                       and all(v is None or is_number(v) for v in values)):
+            raise DataError(f"{path}: malformed LR range test ('{name}' is not a list of {len(result['lr'])} numbers)")
+    suggested = result.get("suggested_lr")
+    if suggested is not None and not (is_number(suggested) and suggested > 0):
+        raise DataError(f"{path}: malformed LR range test ('suggested_lr' is not a positive number)")
+    return result
+
+
+def _image(path: Path, caption: str) -> Block:
+    """A PNG to embed, checked now, so that a bad one stops the report before anything is written."""
+    return ("img", _checked_input(path), caption)
 
 
 def _cell(column: str, value) -> str:
@@ -85,7 +152,7 @@ def _collect(run_dir: Path) -> list[Block]:
         if not chart.is_file() and scored:
             plots.plot_scores(scored, chart, title=f"{path.stem}: percent of the noise ceiling")
         if chart.is_file():
-            blocks.append(("img", chart, chart.name))
+            blocks.append(_image(chart, chart.name))
             placed.add(chart)
 
     lr_files = sorted(p for p in run_dir.rglob("lr_find.json") if _visible(p, run_dir))
@@ -93,19 +160,14 @@ def _collect(run_dir: Path) -> list[Block]:
     if lr_files or logs:
         blocks.append(("h2", "Training"))
     for path in lr_files:
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(result, dict) or "lr" not in result:
-            continue
+        result = _lr_result(path)
         chart = plots.plot_lr_range(result, path.with_name("lr_find.png"))
         rel = chart.relative_to(run_dir)
         suggested = result.get("suggested_lr")
         blocks.append(("h3", f"LR range test ({path.relative_to(run_dir)})"))
         if suggested is not None:
             blocks.append(("p", f"Suggested learning rate: {float(suggested):.3g}"))
-        blocks.append(("img", chart, str(rel)))
+        blocks.append(_image(chart, str(rel)))
         placed.add(chart)
     for path in logs:
         try:
@@ -127,22 +189,22 @@ def _collect(run_dir: Path) -> list[Block]:
         if val:
             _, pct, epoch = max(val, key=lambda row: row[0])
             text += f"; best validation epoch {epoch}" + ("" if pct is None else f" ({pct:.1f}% of the noise ceiling)")
-        blocks += [("p", text + "."), ("img", chart, str(chart.relative_to(run_dir)))]
+        blocks += [("p", text + "."), _image(chart, str(chart.relative_to(run_dir)))]
         placed.add(chart)
 
     figures = sorted(p for p in run_dir.rglob("*.png") if _visible(p, run_dir) and p not in placed)
     if figures:
         blocks.append(("h2", "Figures"))
-        blocks += [("img", p, str(p.relative_to(run_dir))) for p in figures]
+        blocks += [_image(p, str(p.relative_to(run_dir))) for p in figures]
     # What a reader wants first: the scores and the figures; the run's settings close the page.
     for name in SETTINGS_FILES:
         path = run_dir / name
-        if path.is_file():
+        if os.path.lexists(path) and not path.is_dir():  # a link or a FIFO is refused, not skipped
             blocks += [("h2", f"Settings ({name})")]
             try:
-                text = json.dumps(json.loads(path.read_text()), indent=2)
-            except (OSError, ValueError):
-                text = path.read_text(errors="replace")
+                text = json.dumps(json.loads(_read_text(path)), indent=2)
+            except ValueError:
+                text = _read_text(path, errors="replace")
             blocks.append(("code", text))
     return blocks
 
@@ -191,7 +253,7 @@ def _html(title: str, blocks: list[Block]) -> str:
             out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in block[2]]
             out.append("</table>")
         elif kind == "img":
-            data = base64.b64encode(block[1].read_bytes()).decode("ascii")
+            data = base64.b64encode(_read_bytes(block[1])).decode("ascii")
             out.append(f'<figure><img src="data:image/png;base64,{data}" alt="{e(block[2])}">'
                        f"<figcaption>{e(block[2])}</figcaption></figure>")
     out.append("</body></html>")
@@ -203,11 +265,15 @@ def write_report(run_dir: str | os.PathLike, title: str | None = None) -> tuple[
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: no such run folder")
-    blocks = _collect(run_dir)
-    if not blocks:
-        raise DataError(f"{run_dir}: nothing to report (no settings.json, score CSV, log.csv, lr_find.json or PNG)")
-    title = title or f"siamrdm report: {run_dir.resolve().name}"
-    md_path, html_path = run_dir / "report.md", run_dir / "report.html"
-    write_text(md_path, _markdown(title, blocks, run_dir))
-    write_text(html_path, _html(title, blocks))
+    md_path, html_path = check_output_file(run_dir / "report.md"), check_output_file(run_dir / "report.html")
+    try:  # the plots drawn next to their data, and the pages
+        blocks = _collect(run_dir)
+        if not blocks:
+            raise DataError(f"{run_dir}: nothing to report (no settings.json, score CSV, log.csv, lr_find.json or "
+                            "PNG)")
+        title = title or f"siamrdm report: {run_dir.resolve().name}"
+        write_text(md_path, _markdown(title, blocks, run_dir))
+        write_text(html_path, _html(title, blocks))
+    except OSError as exc:
+        raise DataError(f"{run_dir}: cannot write the report ({' '.join(str(exc).split())})") from None
     return md_path, html_path

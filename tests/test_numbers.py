@@ -88,7 +88,7 @@ def test_complex_rdms_are_refused_in_every_file_type(tmp_path: Path, make_rdms) 
             data.load_rdms(tmp_path / name, key)
         assert name in str(info.value)
     scipy.io.savemat(tmp_path / "cells.mat", {"IT_RDMs": np.array([[1.0, "a"], [2.0, "b"]], dtype=object)})
-    with pytest.raises(DataError, match=r"cells.mat:IT_RDMs: not a numeric array \(objects"):
+    with pytest.raises(DataError, match=r"cells.mat:IT_RDMs: a MATLAB cell array, not a numeric array"):
         data.load_rdms(tmp_path / "cells.mat", "IT_RDMs")
 
 

@@ -45,7 +45,7 @@ from .files import check_run_folder, run_folder, run_mode, write_text
 from .predict import fit_predictor
 from .report import write_report
 from .tables import fmt, json_safe, number
-from .train import Trainer, subset
+from .train import Trainer, subset, validated_gain
 
 SUBMISSION_FILES = {"submit_fmri.mat": ("EVC", "IT"), "submit_meg.mat": ("MEG_early", "MEG_late")}
 VALIDATION_COLUMNS = ["method", "target", "direction", "r2", "pct_nc", "rho_mean", "rho_se", "p", "noise_ceiling",
@@ -154,9 +154,14 @@ def fold_curve(curves: list[list[dict]]) -> list[dict]:
 
 def one_se_epoch(curve: list[dict]) -> int:
     """The fewest epochs whose `rho_mean` is within one standard error of the best epoch's: a gain smaller than
-    the noise does not buy more training (Breiman's one-standard-error rule)."""
-    best = max(curve, key=lambda row: row["rho_mean"])
-    return next(row["epoch"] for row in curve if row["rho_mean"] >= best["rho_mean"] - best["rho_se"])
+    the noise does not buy more training (Breiman's one-standard-error rule). With a prior (the curve starts at
+    epoch 0, the prior alone) a trained epoch must also show a validated gain (train.validated_gain), as `fit`
+    requires: otherwise the prior is kept."""
+    start = curve[0] if curve and curve[0]["epoch"] == 0 else None
+    eligible = [row for row in curve if row is start or start is None
+                or validated_gain(row["rho_mean"], row["rho_se"])]
+    best = max(eligible, key=lambda row: row["rho_mean"])
+    return next(row["epoch"] for row in eligible if row["rho_mean"] >= best["rho_mean"] - best["rho_se"])
 
 
 def choose_epochs(fold_curves: dict[str, list[list[dict]]]) -> tuple[int, dict[str, int]]:

@@ -50,6 +50,7 @@ from .model import (
 from .prior import PriorFit, fit_prior, prior_vector, stage_rdms
 from .rdm import rescale, square_rdm, upper_tri
 from .scoring import score_row, spearman_torch, standardised_ranks_torch
+from .tables import number
 
 # --------------------------------------------------------------------------- data for training
 
@@ -277,15 +278,35 @@ def selection_score(scores: dict[str, dict]) -> float:
     return value if math.isfinite(value) else -math.inf
 
 
+# A trained epoch replaces the starting network (the prior) only if its signed mean rho on the validation images
+# is above zero by this many standard errors (over subjects): held-out data must show that training predicts
+# them, or the model keeps what the pretrained network predicted instead of learning a study's noise.
+TRAINING_MUST_BEAT_ZERO_BY_SE = 2.0
+
+
+def validated_gain(rho_mean: float | None, rho_se: float | None) -> bool:
+    """Whether a validated signed mean rho is above zero by TRAINING_MUST_BEAT_ZERO_BY_SE standard errors (with
+    no error known, e.g. one subject, above zero)."""
+    if rho_mean is None or not math.isfinite(rho_mean):
+        return False
+    se = rho_se if rho_se is not None and math.isfinite(rho_se) else 0.0
+    return rho_mean - TRAINING_MUST_BEAT_ZERO_BY_SE * se > 0
+
+
 def record_validation(trainer, row: dict, scores: dict[str, dict]) -> None:
     """Add an epoch's validation scores to its log row and keep the trainer's weights if the epoch is the best so
     far: one rule for the full-batch `Trainer` and the mini-batch trainer (distributed.py), so both log the same
-    columns and keep the same epoch."""
+    columns and keep the same epoch. With a prior (epoch 0 is the prior alone), a trained epoch is kept only if
+    it shows a validated gain (`validated_gain`, on every validation target)."""
     row["val_pct_nc"] = _mean_pct(scores)
     row["val_r2"] = float(np.mean([v["r2"] for v in scores.values()]))
     row["val_rho"] = float(np.mean([v["rho_mean"] for v in scores.values()]))
+    row["val_rho_se"] = float(np.mean([number(v.get("rho_se")) or 0.0 for v in scores.values()]))
     row.update({f"val/{k}": v["pct_nc"] for k, v in scores.items()})
     chosen_on = selection_score(scores)
+    if trainer.epoch > 0 and getattr(trainer, "priors", None) and not all(
+            validated_gain(v["rho_mean"], v.get("rho_se")) for v in scores.values()):
+        return
     if trainer.best_score is None or chosen_on > trainer.best_score:
         trainer.best_score, trainer.best_epoch = chosen_on, trainer.epoch
         trainer.best_state = copy.deepcopy(trainer.model.state_dict())

@@ -25,13 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import TrainConfig, config_from_preset, pick_device
+from .config import TrainConfig, check_config, config_from_preset, pick_device
 from .data import TRAINING_SETS, BrainDataset, load_algonauts_set
 from .errors import ConfigError
 from .model import SiameseHead, SiameseRDMNet, all_pairs_loss
 from .train import Trainer, split_holdout, subset
 
 HEAD_SIZES = (100, 1000, 3000, 10000)
+# The head-scaling epoch holds every pair's target and every image's features: 20,000 images take about 2.5 GB.
+MAX_HEAD_IMAGES = 20_000
 ALL_IMAGES = 92 + 118
 
 
@@ -144,20 +146,37 @@ def body_gflop(model: SiameseRDMNet, image_size: int) -> dict[str, float]:
 # --------------------------------------------------------------------------- data
 
 
+def check_images(images: int | None) -> None:
+    """`images`, checked before any set is read: 3 or more from each of the two sets, at most all of them."""
+    if images is not None and not 6 <= images <= ALL_IMAGES:
+        raise ConfigError("images", f"must be between 6 and {ALL_IMAGES} (the 92 + 118 training images), got {images}")
+
+
 def bench_sets(root: str | None, images: int | None) -> list[BrainDataset]:
     """The 92 and 118 training sets (EVC targets), or their first images when `images` < 210 (split in proportion)."""
+    check_images(images)
     sets = [load_algonauts_set(root, name, ("EVC",)) for name in TRAINING_SETS]
     total = sum(len(s) for s in sets)
     if images is None or images == total:
         return sets
-    if not 6 <= images <= total:
-        raise ConfigError("images", f"must be between 6 and {total} (the 92 + 118 training images), got {images}")
     first = min(len(sets[0]) - 3, max(3, round(images * len(sets[0]) / total)))
     counts = (first, images - first)
     return [subset(s, np.arange(k), f"{s.name}[:{k}]") for s, k in zip(sets, counts, strict=True)]
 
 
 # --------------------------------------------------------------------------- naive against factorised
+
+
+def training_config(backbone: str = "efficientnet_lite0", weights: str | None = None, stage: str | None = None,
+                    device: str = "auto", pair_batch: int = 32, body_chunk: int | None = None,
+                    image_size: int = 224) -> TrainConfig:
+    """The run `bench_training` times, checked as a fit's settings are (`check_config`: the image size within
+    its bounds and large enough for the stage, the weights to be had) before anything is timed."""
+    config = TrainConfig(backbone=backbone, stage=stage, weights=weights, targets=("EVC",), image_size=image_size,
+                         frozen_epochs=0, unfrozen_epochs=1000, augment=True, pair_batch=pair_batch, device=device)
+    if body_chunk:
+        config = replace(config, body_chunk=body_chunk)
+    return check_config(config)
 
 
 def bench_training(sets: list[BrainDataset], backbone: str = "efficientnet_lite0", weights: str | None = None,
@@ -169,10 +188,7 @@ def bench_training(sets: list[BrainDataset], backbone: str = "efficientnet_lite0
     Rounds alternate which of the two goes first, after one warm-up of each; figures are medians over rounds.
     With `naive_batches`, each naive epoch runs that many pair batches per set and is scaled to all pairs.
     """
-    config = TrainConfig(backbone=backbone, stage=stage, weights=weights, targets=("EVC",), image_size=image_size,
-                         frozen_epochs=0, unfrozen_epochs=1000, augment=True, pair_batch=pair_batch, device=device)
-    if body_chunk:
-        config = replace(config, body_chunk=body_chunk)
+    config = training_config(backbone, weights, stage, device, pair_batch, body_chunk, image_size)
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     wall = time.perf_counter()
     trainer = Trainer(config, sets, progress=False)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -34,10 +35,39 @@ def _print_json(obj) -> None:
 # --------------------------------------------------------------------------- foundation commands
 
 
+# Permutations held at once by the test: 10**13 would ask for 72.8 TiB; 100,000 resolve p down to 1e-5.
+MAX_PERMUTATIONS = 100_000
+
+
+def _check_seed(flag: str, seed: int) -> int:
+    """A seed option in the range numpy's and torch's generators take (0 <= seed < 2**32)."""
+    from .config import SEED_LIMIT
+
+    if not 0 <= seed < SEED_LIMIT:
+        raise UsageError(f"{flag}: a seed must be 0 <= seed < 2**32 ({SEED_LIMIT}), got {seed}")
+    return seed
+
+
+def _check_range(flag: str, value: float | None, low: float, high: float | None = None) -> None:
+    """A number option within [low, high] (high None: no upper bound), the bounds in the message."""
+    if value is None:
+        return
+    if not (value >= low and (high is None or value <= high)):  # NaN fails both
+        bound = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise UsageError(f"{flag}: must be {bound}, got {value}")
+
+
+def _max_parallel() -> int:
+    """The most threads or worker processes an option may ask for: 4 per core of this machine."""
+    return 4 * (os.cpu_count() or 1)
+
+
 def _check_method(args) -> str:
     """--method, checked before any work: permutation p-values need a dot-product method."""
-    if args.permutations < 0:
-        raise UsageError(f"--permutations must be 0 (no permutation test) or more, got {args.permutations}")
+    if not 0 <= args.permutations <= MAX_PERMUTATIONS:
+        raise UsageError(f"--permutations must be between 0 (no permutation test) and {MAX_PERMUTATIONS}, got "
+                         f"{args.permutations}")
+    _check_seed("--seed", args.seed)
     if args.permutations and args.method not in scoring.DOT_METHODS:
         raise UsageError(f"--permutations works with --method {', '.join(scoring.DOT_METHODS)}, not {args.method}")
     if args.seed < 0:  # numpy's generators take no negative seed
@@ -189,8 +219,42 @@ def cmd_data_info(args) -> int:
 # --------------------------------------------------------------------------- model commands
 
 
-def _csv(value: str | None) -> tuple[str, ...] | None:
-    return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
+def _list_option(value: str | None, flag: str, allowed: Sequence[str] | None = None, default: tuple = (),
+                 convert: Callable | None = None, what: str = "values") -> tuple:
+    """Every comma-separated option: `default` when not given; an empty entry, an entry given twice (after
+    `convert`, so '0,00' are one seed twice) or one not in `allowed` is refused, naming the option."""
+    if value is None:
+        return default
+    items = tuple(v.strip() for v in value.split(","))
+    if not all(items):
+        raise UsageError(f"{flag}: empty entry in '{value}' (give comma-separated {what})")
+    if allowed is not None:
+        unknown = [v for v in items if v not in allowed]
+        if unknown:
+            raise UsageError(f"{flag}: unknown {', '.join(unknown)} (choose from {', '.join(allowed)})")
+    if convert is not None:
+        try:
+            items = tuple(convert(v) for v in items)
+        except ValueError:
+            raise UsageError(f"{flag}: expected comma-separated {what}, got '{value}'") from None
+    repeated = list(dict.fromkeys(v for v in items if items.count(v) > 1))
+    if repeated:
+        raise UsageError(f"{flag}: {', '.join(map(str, repeated))} given more than once")
+    return items
+
+
+def _check_sets(flag: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Algonauts sets to train or validate on: the training sets; the 78 test images have no RDMs."""
+    for name in names:
+        if name not in data.TRAINING_SETS:
+            test = " is the test set, which has no RDMs" if name in data.IMAGE_SETS else ": no such training set"
+            raise UsageError(f"{flag}: {name}{test} (training sets: {', '.join(data.TRAINING_SETS)})")
+    return names
+
+
+def _targets(args, default: tuple[str, ...]) -> tuple[str, ...]:
+    """--targets: Algonauts targets, each once."""
+    return _list_option(args.targets, "--targets", data.TARGET_NAMES, default, what="targets")
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -268,13 +332,10 @@ def _config_from_args(args, targets: tuple[str, ...]):
 
 
 def _seeds(args) -> tuple[int, ...]:
-    try:
-        seeds = tuple(int(s) for s in _csv(args.seeds))
-    except ValueError:
-        raise UsageError(f"--seeds: expected comma-separated integers, got '{args.seeds}'") from None
+    seeds = _list_option(args.seeds, "--seeds", convert=int, what="integers")
     if not seeds:
         raise UsageError("--seeds: give at least one seed")
-    return seeds
+    return tuple(_check_seed("--seeds", seed) for seed in seeds)
 
 
 def _own_dataset(args) -> data.BrainDataset | None:
@@ -298,11 +359,10 @@ def _training_datasets(args) -> tuple[list, list, tuple[str, ...], list[str] | N
         train = [own]
         targets: tuple[str, ...] = (args.key,)
     else:
-        targets = _csv(args.targets) or ("EVC",)
-        unknown = [t for t in targets if t not in data.TARGETS]
-        if unknown:
-            raise UsageError(f"--targets: unknown {', '.join(unknown)} (choose from {', '.join(data.TARGET_NAMES)})")
-        names = _csv(args.sets) or data.TRAINING_SETS
+        targets = _targets(args, ("EVC",))
+        names = _check_sets("--sets", _list_option(args.sets, "--sets", default=data.TRAINING_SETS, what="sets"))
+        if args.val_set:  # checked before any set is read
+            _check_sets("--val-set", (args.val_set,))
         train = [data.load_algonauts_set(args.data, name, targets) for name in names]
     val = []
     if args.val_set:
@@ -353,9 +413,9 @@ def cmd_fit(args) -> int:
         return _cmd_fit_large(args)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("several processes (torchrun) train in mini-batches: give --batch-images N")
+    seeds = _seeds(args)
     train, val, targets, order = _training_datasets(args)
     config = _config_from_args(args, targets)
-    seeds = _seeds(args)
     out = _out_dir(args.out, args.overwrite, args.resume)
     settings = {"command": "fit", "world_size": 1, "config": asdict(config), "seeds": list(seeds)}
     predictor = fit_predictor(config, train, val, seeds, out, resume=args.resume, progress=not args.quiet,
@@ -372,9 +432,7 @@ def _cmd_fit_large(args) -> int:
     condensed target RDMs, on one process or on every rank torchrun starts."""
     from dataclasses import replace
 
-    import torch.distributed as dist
-
-    from .distributed import BatchSettings, check_batch_settings, fit_large, init_from_env
+    from .distributed import BatchSettings, check_batch_settings, fit_large, init_from_env, rank_session
     from .largeset import HDF5_SUFFIXES, CondensedRDMs, is_large_set_input, open_image_store
 
     if args.batch_images is None:
@@ -391,13 +449,15 @@ def _cmd_fit_large(args) -> int:
         raise UsageError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
     if args.prior not in (None, "none"):
         raise UsageError("--prior: the mini-batch path (--batch-images) trains without a prior; use --prior none")
+    if args.loader_workers is not None and args.loader_workers > _max_parallel():  # below 0: check_batch_settings
+        raise UsageError(f"--loader-workers: at most {_max_parallel()} (4 per core), got {args.loader_workers}")
     batch = check_batch_settings(BatchSettings(args.batch_images, args.val_fraction,
                                                2 if args.loader_workers is None else args.loader_workers))
     args.prior = "none"
-    config = _config_from_args(args, (args.key,))
     seeds = _seeds(args)
+    config = _config_from_args(args, (args.key,))
     ranks, device = init_from_env(config.device)
-    try:
+    with rank_session(ranks):  # a rank's bad input: its one line, exit 2 (torchrun: see distributed.rank_session)
         if device is not None:  # torchrun on GPUs: one per local rank
             config = replace(config, device=device)
         images = open_image_store(args.images, args.order)
@@ -409,9 +469,6 @@ def _cmd_fit_large(args) -> int:
         predictor = fit_large(config, batch, images, targets, seeds, out, resume=args.resume,
                               progress=not args.quiet and ranks.main, overwrite=args.overwrite, settings=settings,
                               ranks=ranks)
-    finally:
-        if ranks.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
     if ranks.main:
         _print_json({"model": str(out / "model.pt"), "targets": [args.key], "seeds": predictor.metrics,
                      "world_size": ranks.world, "batch": {"batch_images": batch.batch_images,
@@ -462,12 +519,10 @@ def cmd_lr_find(args) -> int:
 def cmd_challenge(args) -> int:
     from .challenge import run_challenge
 
-    targets = _csv(args.targets) or data.TARGET_NAMES
-    unknown = [t for t in targets if t not in data.TARGETS]
-    if unknown:
-        raise UsageError(f"--targets: unknown {', '.join(unknown)} (choose from {', '.join(data.TARGET_NAMES)})")
-    config = _config_from_args(args, targets)
+    targets = _targets(args, data.TARGET_NAMES)
+    _check_range("--jobs", args.jobs, 1, _max_parallel())
     seeds = _seeds(args)
+    config = _config_from_args(args, targets)
     out = _out_dir(args.out, args.overwrite)
     result = run_challenge(config, args.data, out, targets, seeds, validate=not args.no_validate,
                            progress=not args.quiet, overwrite=args.overwrite, jobs=args.jobs)
@@ -577,9 +632,7 @@ def _add_model_commands(sub) -> None:
 
 
 def _analysis_targets(args) -> tuple[str, ...]:
-    from .evaluate import parse_list
-
-    return parse_list(args.targets, data.TARGET_NAMES, "target")
+    return _targets(args, data.TARGET_NAMES)
 
 
 def _print_evaluation(evaluation, args, paths: dict | None, seconds: float) -> None:
@@ -602,12 +655,12 @@ def _print_evaluation(evaluation, args, paths: dict | None, seconds: float) -> N
 def _cmd_baseline(args, method: str) -> int:
     import time
 
+    from .config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
     from .evaluate import evaluate_sets, write_evaluation
     from .files import run_folder, run_mode
     from .train import config_from_preset
 
-    if args.image_size is not None and args.image_size < 16:
-        raise UsageError("--image-size must be at least 16")
+    _check_range("--image-size", args.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     targets = _analysis_targets(args)
@@ -641,11 +694,13 @@ def _check_folds(dataset: data.BrainDataset, folds: int, seed: int) -> None:
 def cmd_evaluate(args) -> int:
     import time
 
-    from .evaluate import METHODS, parse_list, run_evaluation, run_fold_evaluation
+    from .evaluate import METHODS, run_evaluation, run_fold_evaluation
     from .files import run_folder, run_mode
     from .report import write_report
 
-    methods = parse_list(args.methods, METHODS, "method")
+    methods = _list_option(args.methods, "--methods", METHODS, METHODS, what="methods")
+    _check_seed("--fold-seed", args.fold_seed)
+    seeds = _seeds(args)
     own = _own_dataset(args)
     if own is None and args.folds is not None:
         raise UsageError("--folds cross-validates your own data: use it with --images, --rdms and --key (the "
@@ -656,7 +711,6 @@ def cmd_evaluate(args) -> int:
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     config = _config_from_args(args, targets)
-    seeds = _seeds(args)
     folds = 5 if args.folds is None else args.folds
     if own is not None:
         _check_folds(own, folds, args.fold_seed)
@@ -740,22 +794,29 @@ def cmd_bench(args) -> int:
 
     from . import bench
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        sizes = tuple(int(s) for s in _csv(args.head_sizes) or () if s not in ("0", "none"))
-    except ValueError:
-        raise UsageError(f"--head-sizes: expected comma-separated integers, got '{args.head_sizes}'") from None
-    if any(n < 2 for n in sizes):
-        raise UsageError("--head-sizes: every size needs at least 2 images")
+    sizes = ()
+    if args.head_sizes.strip().lower() not in ("0", "none"):
+        sizes = _list_option(args.head_sizes, "--head-sizes", convert=int, what="integers")
+        for n in sizes:
+            _check_range("--head-sizes", n, 2, bench.MAX_HEAD_IMAGES)
+    _check_range("--threads", args.threads, 1, _max_parallel())
     if args.rounds < 1 or args.pair_batch < 1 or (args.body_chunk is not None and args.body_chunk < 1):
         raise UsageError("--rounds, --pair-batch and --body-chunk must be at least 1")
+    _check_range("--naive-batches", args.naive_batches, 0)
+    if args.paper_time_limit is not None and not (math.isfinite(args.paper_time_limit) and args.paper_time_limit > 0):
+        raise UsageError(f"--paper-time-limit: must be a positive number of seconds, got {args.paper_time_limit}")
+    device = str(bench.pick_device(args.device))
+    if not args.no_training:  # the image size against the stage's minimum, before any image is read
+        bench.check_images(args.images)
+        bench.training_config(args.backbone, args.weights, args.stage, device, args.pair_batch, args.body_chunk,
+                              args.image_size)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     def log(message: str) -> None:
         if not args.quiet:
             print(f"bench: {message}", file=sys.stderr, flush=True)
 
-    device = str(bench.pick_device(args.device))
     result: dict = {}
     if not args.no_training:
         sets = bench.bench_sets(args.data, args.images)

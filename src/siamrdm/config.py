@@ -7,9 +7,13 @@ unpickling code. `check_config` is called by every entry point before a folder i
 from __future__ import annotations
 
 import math
+import numbers
 import re
+import types
+import typing
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 
 from .backbones import create_body
@@ -91,16 +95,69 @@ def config_from_preset(preset: str, **overrides) -> TrainConfig:
 
 
 def config_from_dict(values: dict) -> TrainConfig:
+    """A config saved as plain data (a checkpoint's or model file's); a value of the wrong kind, or a name that is
+    not a setting, is refused (`check_config` checks the values)."""
+    if not isinstance(values, dict):
+        raise ConfigError("config", f"expected a dict of settings, got {type(values).__name__}")
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(str(k) for k in values if k not in names)
+    if unknown:
+        raise ConfigError(unknown[0], "not a training setting")
     values = dict(values)
-    values["targets"] = tuple(values["targets"])
-    values["crop_scale"] = tuple(values["crop_scale"])
-    return TrainConfig(**values)
+    for name in ("targets", "crop_scale"):
+        if name in values:
+            if not isinstance(values[name], list | tuple):
+                raise ConfigError(name, f"expected a list, got {values[name]!r:.80}")
+            values[name] = tuple(values[name])
+    return check_types(TrainConfig(**values))
 
 
 RESCALINGS = ("minmax", "rank", "zscore")
 LOSSES = ("mse", "correlation")
 PRECISIONS = ("fp32", "bf16")
 MIN_IMAGE_SIZE = 16
+# Above this a body's activations take gigabytes per image (100,000 px would ask for 120 GB to 1.9 TB).
+MAX_IMAGE_SIZE = 1024
+SEED_LIMIT = 2**32  # seeds are 0 <= seed < 2**32, what numpy's and torch's generators all take
+
+
+def check_seed(option: str, seed: int) -> int:
+    """A seed in the range every generator takes, refused as `option` otherwise."""
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(option, f"a seed must be 0 <= seed < 2**32 ({SEED_LIMIT}), got {seed}")
+    return int(seed)
+
+
+def _kind_ok(value, kind) -> bool:
+    """Whether `value` is of the annotated `kind` (int, float, bool, str, X | None, tuple[X, ...], tuple[X, Y])."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        return any(_kind_ok(value, k) for k in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if typing.get_origin(kind) is tuple:
+        parts = typing.get_args(kind)
+        if not isinstance(value, list | tuple):
+            return False
+        if len(parts) == 2 and parts[1] is Ellipsis:
+            return all(_kind_ok(v, parts[0]) for v in value)
+        return len(value) == len(parts) and all(_kind_ok(v, k) for v, k in zip(value, parts, strict=True))
+    if kind is bool:
+        return isinstance(value, bool | np.bool_)
+    if kind in (int, float):
+        number = numbers.Integral if kind is int else numbers.Real
+        return isinstance(value, number) and not isinstance(value, bool | np.bool_)
+    return isinstance(value, kind)
+
+
+def check_types(config: TrainConfig) -> TrainConfig:
+    """Every setting of the kind its field declares (a crafted model file could hold a string for a number)."""
+    kinds = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        value = getattr(config, f.name)
+        if not _kind_ok(value, kinds[f.name]):
+            kind = getattr(kinds[f.name], "__name__", str(kinds[f.name]))
+            raise ConfigError(f.name, f"must be of type {kind}, got {value!r:.80}")
+    return config
 
 
 def _check_number(name: str, value: float, allow_zero: bool = False) -> None:
@@ -115,6 +172,10 @@ def check_config(config: TrainConfig) -> TrainConfig:
     Builds the body once, with its weights, to check that they can be had, that the stage exists and that its
     maps at `image_size` are large enough for the head.
     """
+    check_types(config)
+    if not config.targets or len(set(config.targets)) != len(config.targets):
+        raise ConfigError("targets", f"need one or more targets, each once, got {', '.join(config.targets) or 'none'}")
+    check_seed("seed", config.seed)
     _check_number("lr", config.lr)
     _check_number("body_lr_factor", config.body_lr_factor, allow_zero=True)
     _check_number("weight_decay", config.weight_decay, allow_zero=True)
@@ -152,8 +213,9 @@ def check_config(config: TrainConfig) -> TrainConfig:
     low, high = config.crop_scale
     if not 0 < low <= high <= 1:
         raise ConfigError("crop_scale", f"needs 0 < low <= high <= 1, got {config.crop_scale}")
-    if config.image_size < MIN_IMAGE_SIZE:
-        raise ConfigError("image_size", f"must be at least {MIN_IMAGE_SIZE} pixels, got {config.image_size}")
+    if not MIN_IMAGE_SIZE <= config.image_size <= MAX_IMAGE_SIZE:  # before any body runs at that size
+        raise ConfigError("image_size", f"must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, got "
+                                        f"{config.image_size}")
     pick_device(config.device)
     # The body with its real weights: a missing weights file or unavailable pretrained weights is refused now,
     # before any folder exists (EfficientNet-Lite0 builds in well under a second).

@@ -34,10 +34,10 @@ from torch.distributed.nn.functional import all_gather as all_gather_with_grad
 from tqdm.auto import tqdm
 
 from .bench import peak_rss_mb
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_run_state, reading, save_checkpoint
 from .config import ConfigError, TrainConfig, config_from_dict, pick_device
 from .data import target_key
-from .errors import TrainingDiverged
+from .errors import DataError, TrainingDiverged
 from .files import check_same_settings, run_folder, run_mode, write_text
 from .largeset import (
     AugmentedImages,
@@ -81,7 +81,8 @@ def launched_by_torchrun() -> bool:
 
 def init_from_env(device: str = "auto") -> tuple[Ranks, str | None]:
     """Join the process group torchrun describes: nccl on CUDA (one GPU per local rank: 'cuda' and 'cuda:N' mean
-    the rank's own), gloo otherwise (`device` 'cpu', or 'auto' without CUDA).
+    the rank's own), gloo otherwise (`device` 'cpu', or 'auto' without CUDA). More processes on a node than it has
+    GPUs is refused (a ConfigError naming the device) before joining.
 
     Returns the ranks and the device this rank must use ('cuda:LOCAL_RANK'; None for the device asked for)."""
     if not launched_by_torchrun():
@@ -90,11 +91,46 @@ def init_from_env(device: str = "auto") -> tuple[Ranks, str | None]:
     device = None
     if use_cuda:
         local = int(os.environ["LOCAL_RANK"])
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if local >= count:
+            raise ConfigError("device", f"rank {os.environ['RANK']} runs on its node's GPU {local} (its local rank), "
+                                        f"but this machine has {count} CUDA device(s): start at most {count} "
+                                        "processes per node (torchrun --nproc-per-node), or use --device cpu")
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return current_ranks(), device
+
+
+# How long a rank that failed for another reason than its own bad input waits before it exits (see `rank_session`).
+PEER_FAILURE_GRACE_S = 10.0
+
+
+@contextlib.contextmanager
+def rank_session(ranks: Ranks) -> Iterator[None]:
+    """The part of a run that uses the process group, and how it ends when a rank fails.
+
+    A rank's own bad input (a DataError) propagates at once: `cli.main` prints its one line and that rank's
+    process exits 2. The other ranks then see the collective they were in fail ('Connection closed by peer' from
+    gloo). Such a failure, and any other one, waits `PEER_FAILURE_GRACE_S` seconds before it propagates (and
+    exits 1), so that torchrun first sees the rank that failed, reports it as the root cause with its exit code
+    2, and stops the others (SIGTERM) before they print a second error. torchrun itself then exits 1, whatever
+    its workers' codes. Either way the process group is destroyed on the way out, and a failure to destroy it
+    never hides the error that ended the run.
+    """
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception:
+        if ranks.world > 1:
+            time.sleep(PEER_FAILURE_GRACE_S)
+        raise
+    finally:
+        if ranks.world > 1 and dist.is_initialized():
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
 
 
 def shard_bounds(n: int, world: int) -> list[tuple[int, int]]:
@@ -520,11 +556,12 @@ def fit_large(config: TrainConfig, batch: BatchSettings, images: ImageStore, tar
             seed_dir = Path(out_dir) / f"seed{seed}" if out_dir is not None else None
             trainer = MiniBatchTrainer(replace(config, seed=seed), batch, images, data, seed_dir, progress, ranks)
             last = seed_dir / "last.pt" if seed_dir is not None else None
-            state = [load_checkpoint(last) if resume and ranks.main and last is not None and last.is_file() else None]
+            state = [load_run_state(last) if resume and ranks.main and last is not None and last.is_file() else None]
             if ranks.world > 1:  # rank 0's checkpoint for every rank: the others need not see the run folder
                 dist.broadcast_object_list(state, src=0)
             if state[0] is not None:
-                trainer.load_state(state[0])
+                with reading(last):
+                    trainer.load_state(state[0])
             result = trainer.fit()
             models.append(result.model.eval())
             best = result.best_score

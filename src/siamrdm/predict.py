@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from .backbones import images_to_tensor
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig, config_from_dict, pick_device
+from .checkpoint import check_tensors, finite, load_checkpoint, reading, save_checkpoint
+from .config import TrainConfig, check_config, config_from_dict, pick_device
 from .data import IMAGE_ORDER_FILE, BrainDataset, DataError, ImageSet, target_key
 from .files import check_same_settings, run_folder, run_mode, write_text
 from .model import SiameseRDMNet
@@ -103,26 +103,63 @@ class RDMPredictor:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto") -> RDMPredictor:
-        """Load a predictor; the body's weights come from the file, so no pretrained download is needed."""
+        """Load a predictor; the body's weights come from the file, so no pretrained download is needed.
+
+        The file is plain data but may not be what fit wrote: its config is checked as a fit's would be (image
+        size bounds included, before any body runs at that size), every weight must be finite, and anything
+        else amiss is one line naming the file."""
         payload = load_checkpoint(path)
         if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
             raise DataError(f"{path}: not a siamrdm model file (expected the model.pt that 'siamrdm fit' writes)")
         dev = pick_device(device)
-        try:
+        with reading(path, "model file"):
             config = config_from_dict(payload["config"])
+            check_config(replace(config, weights="random", device=device))  # weights: the file's own, below
+            members = payload["members"]
+            if not isinstance(members, list) or not members:
+                raise DataError(f"{path}: malformed siamrdm model file: no trained networks in it ('members')")
             models = []
-            for state in payload["members"]:
+            for k, state in enumerate(members):
+                try:
+                    check_tensors(state, f"network {k + 1} of {len(members)}")
+                except DataError as exc:
+                    raise DataError(f"{path}: {exc}") from None
                 model = build_model(replace(config, weights="random"), dev)
                 model.load_state_dict(state)
                 models.append(model.eval())
-            priors = {t: PriorFit.from_dict(p) for t, p in payload.get("priors", {}).items()}
+            priors = _read_priors(payload.get("priors") or {}, config, path)
             normalisation, metrics = payload["normalisation"], payload["metrics"]
-            output_keys = {str(k): str(v) for k, v in payload.get("output_keys", {}).items()} or None
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # plain data, but not what fit writes
-            raise DataError(f"{path}: malformed siamrdm model file ({type(exc).__name__}: "
-                            f"{' '.join(str(exc).split())[:160]})") from None
+            if not isinstance(normalisation, dict) or not isinstance(metrics, dict):
+                raise TypeError("normalisation and metrics must be dicts")
+            output_keys = {str(k): str(v) for k, v in (payload.get("output_keys") or {}).items()} or None
+            if output_keys and len(set(output_keys.values())) != len(output_keys):
+                raise ValueError(f"output_keys write two targets under one key: {output_keys}")
         check_prior_weights(payload, config, path)
         return cls(models, replace(config, device=device), normalisation, metrics, priors, output_keys)
+
+
+def _read_priors(saved: dict, config: TrainConfig, path: str | os.PathLike) -> dict[str, PriorFit]:
+    """A model file's priors: one per target, on stages the backbone has, with finite numbers (a NaN scale would
+    make every prediction NaN)."""
+    from .backbones import backbone_stages
+
+    if not isinstance(saved, dict):
+        raise TypeError(f"priors must be a dict, got {type(saved).__name__}")
+    priors = {str(t): PriorFit.from_dict(p) for t, p in saved.items()}
+    if priors and set(priors) != set(config.targets):
+        raise DataError(f"{path}: its priors are for {', '.join(priors)}, its targets {', '.join(config.targets)}")
+    stages = backbone_stages(config.backbone)
+    for target, prior in priors.items():
+        where = f"{path}: the prior of {target}"
+        unknown = [s for s in prior.weights if s not in stages]
+        if not prior.weights or unknown:
+            raise DataError(f"{where} has no stage weights, or stages {config.backbone} lacks: {', '.join(unknown)}")
+        try:
+            for name, value in {"scale": prior.scale, "intercept": prior.intercept, **prior.weights}.items():
+                finite(value, name)
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from None
+    return priors
 
 
 def fit_predictor(config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] = (),

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from .augment import augment_batch, crop_flip, draw_boxes, image_generator
 from .backbones import create_body, images_to_tensor
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint as load_checkpoint  # re-exported: tests and callers read checkpoints here
+from .checkpoint import load_run_state, reading, save_checkpoint
 from .config import PRESETS as PRESETS  # re-exported: callers of siamrdm.train find the run's settings here too
 from .config import ConfigError as ConfigError
 from .config import TrainConfig as TrainConfig
@@ -664,7 +665,8 @@ def fit(config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] 
         trainer = Trainer(config, train, val, out_dir, progress)
         last = Path(out_dir) / "last.pt" if out_dir is not None else None
         if resume and last.is_file():
-            trainer.load_state(load_checkpoint(last))
+            with reading(last):  # a malformed last.pt: one line naming it
+                trainer.load_state(load_run_state(last))
         return trainer.fit()
 
 

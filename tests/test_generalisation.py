@@ -33,7 +33,8 @@ def test_reliability_of_a_reliable_and_a_scrambled_target(fmri92: dict[str, np.n
     noise = target_reliability(scrambled(fmri92["IT_RDMs"]))
     assert not noise["reliable"] and noise["reliability"] < UNRELIABLE_BELOW
     assert abs(noise["lower_ceiling_rho"]) < 3 * noise["lower_ceiling_rho_se"] + 0.02
-    assert "warning" in reliability_line("92/IT", noise) and "warning" not in reliability_line("92/IT", reliable)
+    assert "too unreliable" in reliability_line("92/IT", noise)
+    assert "too unreliable" not in reliability_line("92/IT", reliable)
 
 
 def test_the_118_sets_it_is_flagged_and_its_evc_is_not(fmri118: dict[str, np.ndarray]) -> None:
@@ -87,3 +88,20 @@ def test_fit_on_an_unreliable_target_keeps_the_prior(noisy_split) -> None:
     assert result.best_epoch == 0
     assert not any(train.validated_gain(row["val_rho"], row["val_rho_se"]) for row in result.history[1:])
     assert all(float((p == 0).all()) for p in (result.model.head.linear.weight, result.model.head.linear.bias))
+
+
+def test_a_stage_that_runs_against_the_brain_is_not_the_prior(make_rdms) -> None:
+    """The official r^2 cannot tell a stage that ranks pairs like the subjects from one that ranks them in
+    reverse; the prior's stage must agree in sign, and its scale stays positive."""
+    from siamrdm import baselines
+    from siamrdm.prior import fit_prior
+
+    subjects = make_rdms(12, subjects=6, seed=3)
+    group = subjects.mean(axis=0)
+    reverse = group.max() - group
+    np.fill_diagonal(reverse, 0)
+    noise = make_rdms(12, subjects=1, seed=4)[0]
+    stages = {"reverse": reverse, "weak": 0.9 * noise + 0.1 * group}
+    assert baselines.select_best_layer(stages, subjects) == "weak"
+    fit = fit_prior("layer", [stages], [subjects], [-(group[np.triu_indices(12, 1)])])  # targets fall as d rises
+    assert fit.weights == {"weak": 1.0} and fit.scale > 0

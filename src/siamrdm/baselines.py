@@ -122,8 +122,10 @@ def layer_scores(rdms: dict[str, np.ndarray], target_rdms: np.ndarray) -> dict[s
 
 def select_best_layer(train_rdms: dict[str, np.ndarray] | list[dict[str, np.ndarray]],
                       train_target_rdms: np.ndarray | list[np.ndarray]) -> str:
-    """The stage whose RDM scores best (mean r^2) against the training set's subjects; with several sets
-    (lists, as for `fit_nnls`), best on the mean over the sets.
+    """The stage whose RDM scores best (the official mean r^2 over subjects) against the training set's
+    subjects among the stages whose signed mean rho is positive: r^2 is blind to sign and can choose a stage
+    whose RDM runs against the brain's (where no stage agrees in sign, the best signed one); with several sets
+    (lists, as for `fit_nnls`), on the means over the sets.
 
     Both arguments belong to the training images: the held-out images play no part in the choice.
     """
@@ -132,7 +134,11 @@ def select_best_layer(train_rdms: dict[str, np.ndarray] | list[dict[str, np.ndar
     if not sets_rdms or not sets_rdms[0]:
         raise DataError("no layer RDMs to choose from")
     scores = [layer_scores(rdms, target) for rdms, target in zip(sets_rdms, targets, strict=True)]
-    return max(sets_rdms[0], key=lambda stage: float(np.mean([s[stage].r2 for s in scores])))
+    signed = {stage: float(np.mean([np.mean(s[stage].rho) for s in scores])) for stage in sets_rdms[0]}
+    agreeing = [stage for stage, rho in signed.items() if rho > 0]
+    if not agreeing:
+        return max(signed, key=signed.get)
+    return max(agreeing, key=lambda stage: float(np.mean([s[stage].r2 for s in scores])))
 
 
 # --------------------------------------------------------------------------- non-negative regression

@@ -43,6 +43,7 @@ from .data import (
 from .errors import ConfigError, TrainingDiverged
 from .files import check_run_folder, run_folder, run_mode, write_text
 from .predict import fit_predictor
+from .reliability import report_reliability
 from .report import write_report
 from .tables import fmt, json_safe, number
 from .train import Trainer, subset, validated_gain
@@ -234,13 +235,16 @@ def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: 
     test = load_algonauts_set(root, "78", ())
     check_config(config)
     out_dir = check_run_folder(out_dir, run_mode(overwrite))
+    reliability = report_reliability(list(sets.values()), targets, verbose=progress)
     with run_folder(out_dir, "challenge", run_mode(overwrite)):
-        return _run_challenge(config, root, sets, test, out_dir, targets, seeds, validate, progress, jobs)
+        result = _run_challenge(config, root, sets, test, out_dir, targets, seeds, validate, progress, jobs,
+                                reliability)
+    return result
 
 
 def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset], test: BrainDataset,
                    out_dir: Path, targets: tuple[str, ...], seeds: tuple[int, ...], validate: bool,
-                   progress: bool, jobs: int) -> dict:
+                   progress: bool, jobs: int, reliability: dict) -> dict:
     started = time.perf_counter()
     rows, predictions, fit_info, all_curves = [], {}, {}, {}
     configs = {target: replace(config, targets=(target,)) for target in targets}
@@ -285,7 +289,7 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
         "config": asdict(config), "targets": list(targets), "seeds": list(seeds), "data": str(root),
         "device": str(pick_device(config.device)), "torch": torch.__version__, "machine": platform.machine(),
         "threads": torch.get_num_threads(), "jobs": jobs, "wall_s": round(time.perf_counter() - started, 1),
-        "submission_files": submission_files, "fits": fit_info,
+        "submission_files": submission_files, "fits": fit_info, "reliability": reliability,
     }
     write_text(out_dir / "settings.json", json.dumps(json_safe(settings), indent=2, default=str, allow_nan=False))
     write_report(out_dir)

@@ -20,6 +20,7 @@ import numpy as np
 from . import data, scoring
 from .errors import ConfigError
 from .rdm import upper_tri
+from .reliability import reliability_line, report_reliability
 from .tables import fmt, json_safe
 
 
@@ -202,6 +203,16 @@ def cmd_noise_ceiling(args) -> int:
 
 def cmd_data_info(args) -> int:
     info = data.describe_data_root(args.data)
+    from .reliability import target_reliability
+
+    info["reliability"] = {}
+    root = data.resolve_data_root(args.data)
+    for name in data.TRAINING_SETS:
+        if name in info["sets"]:
+            for target in data.TARGET_NAMES:
+                path = data.target_file(root / data.IMAGE_SETS[name][0], target)
+                rdms = data.load_rdms(path, data.TARGETS[target][1])
+                info["reliability"][f"{name}/{target}"] = target_reliability(rdms)
     if args.json:
         _print_json(info)
         return 0
@@ -213,6 +224,8 @@ def cmd_data_info(args) -> int:
         for file, keys in entry["rdm_files"].items():
             shapes = ", ".join(f"{k} {tuple(v)}" for k, v in keys.items())
             print(f"    {file}: {shapes}")
+    for name, summary in info["reliability"].items():
+        print(f"  {reliability_line(name, summary)}")
     return 0
 
 
@@ -417,10 +430,12 @@ def cmd_fit(args) -> int:
     train, val, targets, order = _training_datasets(args)
     config = _config_from_args(args, targets)
     out = _out_dir(args.out, args.overwrite, args.resume)
+    reliability = report_reliability(train, targets, verbose=not args.quiet)
     settings = {"command": "fit", "world_size": 1, "config": asdict(config), "seeds": list(seeds)}
     predictor = fit_predictor(config, train, val, seeds, out, resume=args.resume, progress=not args.quiet,
                               overwrite=args.overwrite, image_order=order, settings=settings)
-    summary = {"model": str(out / "model.pt"), "targets": list(targets), "seeds": predictor.metrics}
+    summary = {"model": str(out / "model.pt"), "targets": list(targets), "seeds": predictor.metrics,
+               "reliability": reliability}
     if val:
         summary["validation"] = _validation_ceilings(val, targets)
     _print_json(summary)
@@ -717,6 +732,7 @@ def cmd_evaluate(args) -> int:
     else:  # the sets are read (and refused) before the run folder exists
         sets = [data.load_algonauts_set(args.data, name, targets) for name in data.TRAINING_SETS]
     out = _out_dir(args.out, args.overwrite)
+    report_reliability([own] if own is not None else sets, targets, verbose=not args.quiet)
     start = time.perf_counter()
     with run_folder(out, "evaluate", run_mode(args.overwrite)):
         if own is None:

@@ -190,7 +190,8 @@ def fit_predictor(config: TrainConfig, train: list[BrainDataset], val: list[Brai
             best = result.best_score
             metrics[f"seed{seed}"] = {"best_epoch": result.best_epoch,
                                       "best_val_score": best if best is not None and math.isfinite(best) else None,
-                                      "epochs_run": sum(row["epoch"] > 0 for row in result.history)}
+                                      "epochs_run": sum(row["epoch"] > 0 for row in result.history),
+                                      "prior_alone": bool(priors) and result.best_epoch == 0}
         keys = {t: target_key(t, official=image_order is None) for t in config.targets}  # image_order: own data
         predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics, priors, keys)
         if out_dir:

@@ -8,12 +8,14 @@ with a prior the predicted dissimilarity of a pair is
 
 where prior(i, j) is a fixed combination of the pretrained network's stage RDMs (1 - Pearson r of the
 stage's activations, rank-transformed within the image set and scaled to [0, 1], so it transfers between
-sets of different sizes), `scale` and `intercept` are least squares on the training pairs, and the head
+sets of different sizes), `scale` and `intercept` are least squares on the training pairs (the scale kept
+positive: where the fit's slope is not, the prior's spread is matched to the target's), and the head
 starts at zero and learns the residual. At epoch 0 the prediction ranks the pairs exactly as the prior
 does, so the validation curve starts at the baseline's score and training only keeps what improves on it.
 
 Two priors, both fitted on training images only:
-- "layer": the single stage whose RDM scores best (mean r^2 over subjects, averaged over training sets);
+- "layer": the single stage whose RDM scores best (mean r^2 over subjects, averaged over training sets) of
+  those that agree with the subjects in sign (baselines.select_best_layer);
 - "nnls": a non-negative weighted sum of all stage RDMs (baselines.fit_nnls over all training sets' pairs).
 """
 
@@ -114,4 +116,7 @@ def fit_prior(kind: str, sets_rdms: list[dict[str, np.ndarray]], sets_subjects: 
     x = np.concatenate([prior_vector(unit, r) for r in sets_rdms])
     y = np.concatenate(sets_targets)
     slope, intercept = np.polyfit(x, y, 1) if np.ptp(x) > 0 else (0.0, float(y.mean()))
+    if slope <= 0 and np.ptp(x) > 0:  # the network's dissimilarity predicts the brain's with a positive sign
+        slope = float(np.std(y) / np.std(x))
+        intercept = float(np.mean(y) - slope * np.mean(x))
     return PriorFit(kind, weights, float(slope), float(intercept))

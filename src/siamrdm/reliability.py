@@ -21,6 +21,8 @@ the 118 set's IT, 0.38 or more for every other target of both sets.
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -105,6 +107,25 @@ def reliability_line(name: str, summary: dict) -> str:
             f"+- {summary['lower_ceiling_rho_se'] or 0:.3f}, per-image share {summary['per_image_share']:.2f} "
             f"(split-half {summary['per_image_split_half']:.2f})")
     if not summary["reliable"]:
-        text += (f"; warning: below {UNRELIABLE_BELOW}, too unreliable to learn from: training is unlikely to "
-                 "transfer, and the starting network is kept unless validation shows a gain")
+        text += (f"; too unreliable to learn from (reliability below {UNRELIABLE_BELOW}): training on it is "
+                 "unlikely to transfer, and the prior is kept unless validation shows a gain")
     return text
+
+
+def report_reliability(datasets: Sequence, targets: Sequence[str], verbose: bool = True) -> dict[str, dict]:
+    """The reliability of every training set's targets ('set/target' -> summary), measured before a run trains
+    on them. Each is printed as one line to stderr when `verbose`; a target too unreliable to learn from is
+    always printed, as a warning."""
+    summaries = {}
+    for dataset in datasets:
+        for target in targets:
+            if target not in dataset.targets:
+                continue
+            name = f"{dataset.name}/{target}"
+            summaries[name] = summary = target_reliability(dataset.targets[target])
+            line = reliability_line(name, summary)
+            if summary["reliable"] is False:
+                print(f"siamrdm: warning: {line}", file=sys.stderr, flush=True)
+            elif verbose:
+                print(f"siamrdm: {line}", file=sys.stderr, flush=True)
+    return summaries

@@ -487,3 +487,15 @@ def test_report_in_a_read_only_folder(capsys, tmp_path: Path) -> None:
         run.chmod(0o755)
     assert code == 2
     assert_one_line_error(err, str(run), "cannot be written")
+
+
+def test_a_huge_square_model_beside_upper_triangles_is_refused_from_its_header(tmp_path: Path, capsys) -> None:
+    """score's upper-triangle path maps the model .npy; a square one declaring 20000 x 20000 is refused from its
+    header before anything is read."""
+    subjects = np.random.default_rng(0).random((3, 10))  # (subjects, pairs) of 5 images
+    np.save(tmp_path / "subjects.npy", subjects)
+    model = np.lib.format.open_memmap(tmp_path / "model.npy", mode="w+", dtype=np.float64, shape=(20000, 20000))
+    del model  # a sparse file: nothing but its header is written
+    code, _, err = run_cli(capsys, "score", tmp_path / "model.npy", "--target", tmp_path / "subjects.npy")
+    assert code == 2
+    assert_one_line_error(err, "model.npy", "20000")

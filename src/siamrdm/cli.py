@@ -109,6 +109,7 @@ def _condensed_model(path: str, pairs: int) -> np.ndarray:
         raise data.DataError(f"{path}: the subjects are upper triangles in a .npy file, so the model must be a .npy "
                              "file too (its upper triangle, or its square RDM)")
     data.check_real_dtype(model.dtype, path)
+    data.check_read_size(path, {"": model.shape})
     if model.ndim == 2 and model.shape[0] == model.shape[1]:  # checked as any square RDM file is
         model = upper_tri(data.validate_rdms(model, path, n_images=(1 + math.isqrt(1 + 8 * pairs)) // 2))
     if model.shape != (pairs,):

@@ -173,7 +173,7 @@ for _variant, _size, _stage, _note in ((0, 224, "blocks4", "blocks4: 112 x 14 x 
             name=f"efficientnet_lite{_variant}",
             build_stages=_efficientnet_lite_stages(_variant),
             load_pretrained=_efficientnet_lite_load(_variant),
-            # Lite0: blocks4 beat blocks5, blocks6 in cross-set validation (README: How the defaults were chosen)
+            # Lite0: blocks4 beat blocks5, blocks6 in cross-set validation (RESULTS.md: How the defaults were chosen)
             default_stage=_stage,
             image_size=_size,
             mean=(0.5, 0.5, 0.5),

@@ -14,7 +14,7 @@ from the subjects alone, with no model:
   share that is not reproducible is structure a model can fit and that transfers nowhere.
 
 `UNRELIABLE_BELOW` is the rule for the warning: a target whose group-mean reliability is below it is too
-noisy to learn from. It was set with the Algonauts sets' figures in view (RESULTS.md lists them): 0.18 for
+noisy to learn from. It was set with the Algonauts sets' figures in view (RESULTS.md lists them): 0.17 for
 the 118 set's IT, 0.38 or more for every other target of both sets.
 """
 

@@ -1,0 +1,40 @@
+"""Every siamrdm command line in README.md parses with today's options (the quickstart's two commands are run
+by CI itself; each command form is run end to end, on small data, by the test of its module)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from siamrdm import cli
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_commands() -> list[str]:
+    """The `siamrdm ...` command lines of the README's shell blocks (continuation lines joined, comments and
+    `pip install ... &&` prefixes dropped; torchrun's launcher options removed)."""
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", README.read_text(), flags=re.S)
+    commands = []
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #")[0].strip()
+            line = line.split("&&")[-1].strip()
+            line = re.sub(r"^torchrun( --[\w-]+ \S+)* -m siamrdm", "siamrdm", line)
+            line = re.sub(r"^\S+=\S+ ", "", line)  # an environment assignment before the command
+            if line.startswith("siamrdm "):
+                commands.append(line)
+    return commands
+
+
+def test_the_readme_has_commands() -> None:
+    assert len(readme_commands()) >= 8
+
+
+@pytest.mark.parametrize("command", readme_commands())
+def test_readme_command_parses(command: str) -> None:
+    args = cli.build_parser().parse_args(shlex.split(command)[1:])
+    assert callable(args.func)

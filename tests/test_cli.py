@@ -16,11 +16,10 @@ from helpers import assert_one_line_error
 from helpers import run_cli as run_main
 from scipy import stats
 
-from siamrdm import cli, data, scoring
+from siamrdm import cli, data, scoring, tables
 from siamrdm.rdm import upper_tri
 
-ROW_FIELDS = {"r2", "p", "p_signed", "p_perm", "pct_nc", "noise_ceiling", "ceiling_source", "noise_ceiling_lower",
-              "method", "rho_mean", "rho_se"}
+ROW_FIELDS = {*tables.SCORE_FIELDS, "method"}  # the score record and the comparison method
 
 
 def run_process(*args: str, env_data: str | None = None) -> subprocess.CompletedProcess:
@@ -131,7 +130,8 @@ def _check_group_mean_result(result: dict, fmri92: dict[str, np.ndarray]) -> Non
         assert 0 < row["p"] < 1e-4
         rho = [stats.spearmanr(upper_tri(group_mean), upper_tri(s)).statistic for s in fmri92[key]]
         assert row["p_signed"] == pytest.approx(stats.ttest_1samp(rho, 0).pvalue, rel=1e-6)
-        assert row["p_perm"] is None  # not asked for
+        assert row["p_perm"] == pytest.approx(1 / 1001)  # on by default at 92 images: no relabelling beats the mean
+        assert row["beats_chance"] is True and row["chance_pct_95"] < 10
     assert set(result["score"]) == {"r2", "pct_nc"}
     mean_r2 = (result["EVC_RDMs"]["r2"] + result["IT_RDMs"]["r2"]) / 2
     assert result["score"]["r2"] == pytest.approx(mean_r2)
@@ -160,9 +160,10 @@ def test_score_table(capsys, group_mean_submission: Path, set92: Path, fmri92) -
     )
     assert code == 0 and err == ""
     lines = out.strip().splitlines()
-    assert lines[0].split() == ["key", "r2", "p", "p_signed", "p_perm", "ceiling", "%", "NC", "lower", "source"]
+    assert lines[0].split() == ["key", "r2", "p", "p_signed", "p_perm", "ceiling", "%", "NC", "chance%", "chance95",
+                                "rho_mean+-se", "lower_rho", "lower", "source"]
     evc = lines[1].split()
-    assert evc[0] == "EVC_RDMs" and evc[4] == "-" and evc[5] == "0.1589" and evc[-1] == "official"
+    assert evc[0] == "EVC_RDMs" and evc[4] == f"{1 / 1001:.2e}" and evc[5] == "0.1589" and evc[-1] == "official"
     assert float(evc[-2]) == pytest.approx(scoring.noise_ceiling(fmri92["EVC_RDMs"])[1], abs=1e-4)
     assert float(evc[1]) == pytest.approx(scoring.noise_ceiling(fmri92["EVC_RDMs"])[0], abs=1e-4)
     assert lines[2].split()[0] == "IT_RDMs"
@@ -188,7 +189,7 @@ def test_score_npz_submission_and_partial_keys(capsys, tmp_path: Path, make_rdms
     code, out, err = run_main(capsys, *args)
     assert code == 0 and len(err.strip().splitlines()) == 1
     lines = out.strip().splitlines()
-    assert [line.split()[0] for line in lines[1:]] == ["IT_RDMs", "score"]
+    assert [line.split()[0] for line in lines[1:] if not line.startswith("note:")] == ["IT_RDMs", "score"]
     assert "withheld" in lines[2] and "EVC_RDMs" in lines[2]
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from siamrdm import scoring
+from siamrdm import scoring, tables
 from siamrdm.data import group_average
 from siamrdm.rdm import square_rdm, upper_tri
 
@@ -215,8 +215,7 @@ def test_score_submission_structure_and_overall(make_rdms) -> None:
     assert list(result) == ["EVC_RDMs", "IT_RDMs", "score"]  # complete: no "missing"
     for key in ("EVC_RDMs", "IT_RDMs"):
         row = result[key]
-        assert set(row) == {"r2", "p", "p_signed", "p_perm", "pct_nc", "noise_ceiling", "ceiling_source",
-                            "noise_ceiling_lower", "method", "rho_mean", "rho_se"}
+        assert set(row) == {*tables.SCORE_FIELDS, "method"}  # the score record and the comparison method
         assert row["ceiling_source"] == "computed" and row["method"] == "spearman"  # 10 images: no official ceiling
         assert row["noise_ceiling_lower"] == pytest.approx(scoring.noise_ceiling(targets[key])[1])
         score = scoring.score_rdm(submission[key], targets[key])
@@ -225,7 +224,8 @@ def test_score_submission_structure_and_overall(make_rdms) -> None:
         assert row["p_signed"] == pytest.approx(score.p_signed)
         assert row["rho_mean"] == pytest.approx(np.mean(score.rho))
         assert row["rho_se"] == pytest.approx(np.std(score.rho, ddof=1) / 2)  # 4 subjects
-        assert row["p_perm"] is None  # no permutations asked for
+        assert row["permutations"] == scoring.DEFAULT_PERMUTATIONS  # none asked for: on by default at 10 images
+        assert row["p_perm"] == scoring.permutation_p(submission[key], targets[key], row["permutations"])
         assert row["noise_ceiling"] == pytest.approx(ceiling)
         assert row["pct_nc"] == pytest.approx(100 * score.r2 / ceiling)
     assert result["IT_RDMs"]["pct_nc"] == pytest.approx(100)  # the group mean reaches the upper ceiling

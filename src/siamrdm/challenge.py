@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import plots, tables
+from . import plots, scoring, tables
 from .config import TrainConfig, check_config, pick_device
 from .data import (
     TARGETS,
@@ -43,14 +43,14 @@ from .data import (
 from .errors import ConfigError, TrainingDiverged
 from .files import check_run_folder, run_folder, run_mode, write_text
 from .predict import fit_predictor
+from .rdm import square_rdm
 from .reliability import report_reliability
 from .report import write_report
-from .tables import fmt, json_safe, number
+from .tables import json_safe, number
 from .train import Trainer, subset, validated_gain
 
 SUBMISSION_FILES = {"submit_fmri.mat": ("EVC", "IT"), "submit_meg.mat": ("MEG_early", "MEG_late")}
-VALIDATION_COLUMNS = ["method", "target", "direction", "r2", "pct_nc", "rho_mean", "rho_se", "p", "noise_ceiling",
-                      "ceiling_source", "noise_ceiling_lower", "nc_lower_pct", "epochs", "detail"]
+VALIDATION_COLUMNS = tables.SCORE_COLUMNS
 
 
 def write_submissions(out_dir: str | os.PathLike, rdms: dict[str, np.ndarray]) -> list[Path]:
@@ -67,12 +67,10 @@ def write_submissions(out_dir: str | os.PathLike, rdms: dict[str, np.ndarray]) -
 
 
 def write_table(rows: list[dict], out_dir: Path, stem: str) -> None:
-    """rows as CSV and as a markdown table (r2 to 4 decimals, percent to 1, p in scientific notation)."""
+    """rows as CSV (tables.SCORE_COLUMNS) and as a markdown table (tables.score_table: the score beside its
+    chance level, p_perm and the signed mean rho)."""
     tables.write_csv(rows, out_dir / f"{stem}.csv", VALIDATION_COLUMNS)
-    body = [[r["method"], r["target"], r["direction"], r.get("epochs", "-"), fmt(r["r2"], ".4f"),
-             fmt(r["pct_nc"], ".1f"), fmt(r.get("rho_mean"), ".3f"), fmt(r["p"], ".2g")] for r in rows]
-    header = ["method", "target", "direction", "epochs", "r2", "% of noise ceiling", "mean rho", "p"]
-    write_text(out_dir / f"{stem}.md", tables.markdown(header, body) + "\n")
+    write_text(out_dir / f"{stem}.md", tables.markdown(*tables.score_table(rows)) + "\n")
 
 
 def cross_set_splits(sets: dict[str, BrainDataset]) -> dict[str, tuple[BrainDataset, BrainDataset]]:
@@ -97,25 +95,29 @@ def fold_splits(dataset: BrainDataset, folds: int, seed: int = 0) -> dict[str, t
 
 
 def validation_curves(config: TrainConfig, splits: dict[str, tuple[BrainDataset, BrainDataset]],
-                      seeds: tuple[int, ...], progress: bool = True) -> dict[str, list[dict]]:
+                      seeds: tuple[int, ...], progress: bool = True, keep_predictions: bool = False,
+                      ) -> dict[str, list[dict]]:
     """Per split (e.g. '92->118'), per epoch: the validation score of the first target's seed ensemble (any
     further targets are auxiliary outputs trained beside it).
 
     The seeds train side by side and their predicted RDMs are averaged before scoring, as the final
     predictor averages them. With a prior the curve starts at epoch 0 (the prior alone, before any step),
-    so the chosen epoch count can be 0 when training does not improve on the baseline.
+    so the chosen epoch count can be 0 when training does not improve on the baseline. Epochs are scored
+    without chance fields (permutations every epoch would cost more than the training); with
+    `keep_predictions` each row also holds its predicted pairs ('predicted', the upper triangle), from which
+    `chosen_row` adds them to the epoch that is reported.
     """
     target = config.targets[0]
     curves = {}
     for label, (train_set, val_set) in splits.items():
         with naming_the_fit(f"{target} {label}"):
             trainers = [Trainer(replace(config, seed=seed), [train_set], [val_set], progress=False) for seed in seeds]
-            rows = [_ensemble_row(trainers, val_set, target, 0, [t.validate_start()["loss"] for t in trainers])
-                    ] if trainers[0].priors else []
+            rows = [_ensemble_row(trainers, val_set, target, 0, [t.validate_start()["loss"] for t in trainers],
+                                  keep_predictions)] if trainers[0].priors else []
             for epoch in range(1, trainers[0].last_epoch + 1):  # the schedule's end, or the config's stop_epoch
                 losses = [t.run_epoch()["loss"] for t in trainers]
                 if trainers[0].validates(epoch):  # every `validate_every`-th epoch and the last
-                    rows.append(_ensemble_row(trainers, val_set, target, epoch, losses))
+                    rows.append(_ensemble_row(trainers, val_set, target, epoch, losses, keep_predictions))
         curves[label] = rows
     return curves
 
@@ -130,11 +132,25 @@ def naming_the_fit(fit: str):
         raise TrainingDiverged(f"{fit}: {exc}") from None
 
 
-def _ensemble_row(trainers: list[Trainer], val_set: BrainDataset, target: str, epoch: int, losses: list) -> dict:
-    """One epoch of a curve: the seeds' predicted RDMs averaged, then scored (on the device); the mean loss."""
+def _ensemble_row(trainers: list[Trainer], val_set: BrainDataset, target: str, epoch: int, losses: list,
+                  keep_prediction: bool = False) -> dict:
+    """One epoch of a curve: the seeds' predicted RDMs averaged, then scored (on the device); the mean loss; with
+    `keep_prediction`, the averaged pairs of the target ('predicted')."""
     mean_pairs = torch.stack([t.last_pairs[val_set.name] for t in trainers]).mean(dim=0)
     loss = None if None in losses else float(np.mean(losses))
-    return {"epoch": epoch, "loss": loss, **trainers[0].score_pairs({0: mean_pairs})[f"{val_set.name}/{target}"]}
+    row = {"epoch": epoch, "loss": loss, **trainers[0].score_pairs({0: mean_pairs})[f"{val_set.name}/{target}"]}
+    if keep_prediction:
+        row["predicted"] = mean_pairs[:, 0].double().cpu().numpy()
+    return row
+
+
+def chosen_row(curve: list[dict], epoch: int, test: BrainDataset, target: str) -> dict:
+    """The reported epoch's row of a curve kept with its predictions, with its chance fields (this predicted
+    RDM's image labels permuted, scoring.with_chance); the predictions are dropped from every row of the curve."""
+    predictions = {row["epoch"]: row.pop("predicted") for row in curve}
+    row = next(r for r in curve if r["epoch"] == epoch)
+    model = square_rdm(predictions[epoch], len(test))
+    return scoring.with_chance(row, model, test.targets[target])
 
 
 SELECTION_FOLDS = 3  # image folds per training set that choose the epoch counts
@@ -255,8 +271,8 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
         for name in TRAINING_SETS:
             splits.update(fold_splits(sets[name], SELECTION_FOLDS, seed=0))
         cells = [(target, label) for target in targets for label in splits]
-        curves = run_jobs(validation_curves, [(configs[t], {label: splits[label]}, seeds, False) for t, label in cells],
-                          jobs)
+        curves = run_jobs(validation_curves, [(configs[t], {label: splits[label]}, seeds, False, label in directions)
+                                              for t, label in cells], jobs)
         for (target, _), curve in zip(cells, curves, strict=True):
             all_curves.setdefault(target, {}).update(curve)
         for target in targets:
@@ -265,7 +281,7 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
             epochs[target], per_set = choose_epochs(folds)
             for direction in directions:
                 epoch = per_set[direction.split("->")[0]]
-                row = next(r for r in all_curves[target][direction] if r["epoch"] == epoch)
+                row = chosen_row(all_curves[target][direction], epoch, splits[direction][1], target)
                 rows.append({"method": "siamese", "target": target, "direction": direction, **row, "epochs": epoch})
             plot_validation_curves(target, {d: all_curves[target][d] for d in directions},
                                    out_dir / f"{target}_validation_curves.png")

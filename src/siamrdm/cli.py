@@ -64,8 +64,9 @@ def _max_parallel() -> int:
 
 
 def _check_method(args) -> str:
-    """--method, checked before any work: permutation p-values need a dot-product method."""
-    if not 0 <= args.permutations <= MAX_PERMUTATIONS:
+    """--method, checked before any work: permutation p-values need a dot-product method (--permutations left
+    out: on by default where cheap, scoring.default_permutations)."""
+    if args.permutations is not None and not 0 <= args.permutations <= MAX_PERMUTATIONS:
         raise UsageError(f"--permutations must be between 0 (no permutation test) and {MAX_PERMUTATIONS}, got "
                          f"{args.permutations}")
     _check_seed("--seed", args.seed)
@@ -160,20 +161,30 @@ def cmd_score(args) -> int:
     if args.json:
         _print_json(result)
         return 0
-    print(f"{'key':<18} {'r2':>8} {'p':>10} {'p_signed':>10} {'p_perm':>10} {'ceiling':>8} {'% NC':>7} "
-          f"{'lower':>8}  source")
     rows = {key: row for key, row in result.items() if key not in ("score", "missing")}
+    unit = "%" if all(row["noise_ceiling"] is not None for row in rows.values()) else "r2"
+    print(f"{'key':<18} {'r2':>8} {'p':>10} {'p_signed':>10} {'p_perm':>10} {'ceiling':>8} {'% NC':>7} "
+          f"{'chance' + unit:>9} {'chance95':>9} {'rho_mean+-se':>15} {'lower_rho':>9} {'lower':>8}  source")
     for key, row in rows.items():
+        scale = ("pct", ".2f") if unit == "%" else ("r2", ".4f")
+        rho = f"{fmt(row['rho_mean'], '.3f')}+-{fmt(row['rho_se'], '.3f')}"
         print(
             f"{key:<18} {row['r2']:>8.4f} {fmt(row['p'], '.2e'):>10} {fmt(row['p_signed'], '.2e'):>10} "
             f"{fmt(row['p_perm'], '.2e'):>10} {fmt(row['noise_ceiling']):>8} {fmt(row['pct_nc'], '.2f'):>7} "
-            f"{fmt(row['noise_ceiling_lower']):>8}  {row['ceiling_source'] or 'none'}"
+            f"{fmt(row[f'chance_{scale[0]}_mean'], scale[1]):>9} {fmt(row[f'chance_{scale[0]}_95'], scale[1]):>9} "
+            f"{rho:>15} {fmt(row['rho_lower_ceiling'], '.3f'):>9} {fmt(row['noise_ceiling_lower']):>8}  "
+            f"{row['ceiling_source'] or 'none'}"
         )
     total = result["score"]
     if total is None:
         print(f"{'score':<18} withheld: the submission lacks {missing}")
     else:
         print(f"{'score':<18} {total['r2']:>8.4f} {'':>41} {fmt(total['pct_nc'], '.2f'):>7}")
+    permuted = [row for row in rows.values() if row["permutations"]]
+    if permuted:
+        print(f"note: chance{unit} and chance95 are this model's score with its image labels permuted "
+              f"({permuted[0]['permutations']} times): mean and 95th percentile; p_perm below {scoring.CHANCE_ALPHA} "
+              "beats chance. rho_mean's chance level is 0; lower_rho is the lower noise ceiling in its unit")
     if any(row["ceiling_source"] is None for row in rows.values()):
         print(f"note: {scoring.NO_CEILING_NOTE}")
     if method != scoring.OFFICIAL_METHOD:
@@ -564,8 +575,10 @@ def _add_foundation_commands(sub) -> None:
     p.add_argument("submission", help=".mat/.npz/.npy/.hdf5 file of model RDMs (keys such as EVC_RDMs)")
     p.add_argument("--target", required=True, help="file of subject RDMs with the same keys, or a .npy of their "
                    "upper triangles, (subjects, N(N-1)/2), for large sets (the submission then a .npy too)")
-    p.add_argument("--permutations", type=int, default=0,
-                   help="also compute p_perm from this many image-label permutations (default: 0, not computed)")
+    p.add_argument("--permutations", type=int, default=None,
+                   help="image-label permutations behind the chance level and p_perm (default: "
+                   f"{scoring.DEFAULT_PERMUTATIONS} up to {scoring.PERMUTE_UP_TO_IMAGES} images, where they take under "
+                   "a second, else 0; 0: off)")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations (default: 0)")
     _add_method_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")

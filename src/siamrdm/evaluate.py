@@ -44,13 +44,12 @@ from .data import (
     target_key,
 )
 from .files import atomic_path, write_text
-from .scoring import NO_CEILING_NOTE, lower_ceiling, percent_of_ceiling, reference_ceiling, score_with_ceiling
+from .scoring import NO_CEILING_NOTE, score_with_ceiling
 from .tables import fmt, json_safe
 from .train import TrainConfig, config_from_preset
 
 METHODS = ("siamese", "layers", "regression")
-COLUMNS = ["method", "target", "direction", "r2", "pct_nc", "p", "noise_ceiling", "ceiling_source",
-           "noise_ceiling_lower", "nc_lower_pct", "detail"]
+COLUMNS = tables.SCORE_COLUMNS
 
 
 @dataclass
@@ -84,19 +83,12 @@ def _slug(text: str) -> str:
     return text.replace("->", "to").replace("/", "_").replace(" ", "_")
 
 
-def _row(method: str, target: str, direction: str, predicted: np.ndarray, subjects: np.ndarray,
-         lower_pct: float | None, detail: str = "", key: str | None = None) -> dict:
-    """`key` names the target for its ceiling (data.target_key), `target` as the tables show it."""
+def _row(method: str, target: str, direction: str, predicted: np.ndarray, subjects: np.ndarray, detail: str = "",
+         key: str | None = None) -> dict:
+    """The score record of one prediction (scoring.score_with_ceiling, its chance fields on by default where cheap);
+    `key` names the target for its ceiling (data.target_key), `target` as the tables show it."""
     return {"method": method, "target": target, "direction": direction,
-            **score_with_ceiling(predicted, key or target, subjects), "noise_ceiling_lower": lower_ceiling(subjects),
-            "nc_lower_pct": lower_pct, "detail": detail}
-
-
-def _lower_ceiling_pct(target: str, subjects: np.ndarray) -> float | None:
-    """The lower noise ceiling (each subject against the others' mean) as a percent of the reference ceiling."""
-    if subjects.ndim < 3 or subjects.shape[0] < 2:
-        return None
-    return percent_of_ceiling(lower_ceiling(subjects), reference_ceiling(target, subjects))
+            **score_with_ceiling(predicted, key or target, subjects, permutations=None), "detail": detail}
 
 
 def _check_methods(methods: tuple[str, ...]) -> None:
@@ -136,8 +128,7 @@ def _predict(result: Evaluation, method: str, target: str, direction: str, train
         detail = " ".join(f"{s}:{w:.3g}" for s, w in fit.weights.items() if w > 0)
     result.predictions[(method, target, direction)] = predicted
     key = target_key(target, test.official)
-    result.rows.append(_row(method, target, direction, predicted, subjects, _lower_ceiling_pct(key, subjects),
-                            detail, key))
+    result.rows.append(_row(method, target, direction, predicted, subjects, detail, key))
 
 
 def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
@@ -228,13 +219,9 @@ def cross_set_evaluate(root: str | os.PathLike | None, methods: tuple[str, ...] 
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The full table: one line per method, target and direction."""
-    lines = ["| method | target | direction | r2 | % of noise ceiling | p | detail |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['method']} | {r['target']} | {r['direction']} | {fmt(r['r2'], '.4f')} | "
-                     f"{fmt(r['pct_nc'], '.1f')} | {fmt(r['p'], '.2g')} | {r.get('detail', '')} |")
-    return "\n".join(lines)
+    """The full table: one line per method, target and direction, each score beside this prediction's chance
+    level, p_perm and signed mean rho (tables.score_table)."""
+    return tables.markdown(*tables.score_table(rows))
 
 
 def summary_table(rows: list[dict]) -> str:
@@ -312,7 +299,10 @@ def write_evaluation(evaluation: Evaluation, sets: list[BrainDataset], out_dir: 
         md = ["# Cross-set evaluation", "",
               "Fit on one image set, score on the other (official metric: mean over subjects of Spearman rho^2; "
               "percent of the noise ceiling).", "", "## Percent of the noise ceiling", "", summary_table(rows), ""]
-    md += ["## All scores", "", markdown_table(rows), ""]
+    md += ["## Methods ranked by what beats chance", "",
+           "Chance: each prediction scored with its image labels permuted (mean and 95th percentile); a row beats "
+           "it when p_perm < 0.05. Ranked by the rows that beat chance, then by the mean signed rho.", "",
+           tables.markdown(*tables.ranking_table(rows)), "", "## All scores", "", markdown_table(rows), ""]
     paths["md"] = out / "evaluation.md"
     write_text(paths["md"], "\n".join(md))
     payload = {"rows": rows, "layers": evaluation.layers, "regression": evaluation.regression,

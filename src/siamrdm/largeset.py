@@ -43,7 +43,7 @@ from .data import (
     match_names,
 )
 from .rdm import rank_unit
-from .scoring import dot_vectors, percent_of_ceiling, signed_summary
+from .scoring import NO_CEILINGS, Ceilings, dot_vectors, score_record, vector_ceilings
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 BLOCK_VALUES = 2**22  # values per subject read at a time: 16 MB of float32
@@ -368,24 +368,23 @@ class HeldOutTarget:
     """One target's subjects on the held-out pairs, ready for the official metric: rank-standardised once."""
 
     subjects: np.ndarray  # (S, P_val) ranks, centred, unit norm (scoring.dot_vectors): rho is a dot product
-    ceiling: float | None  # upper noise ceiling (each subject against the mean of all); None with one subject
+    ceilings: Ceilings  # computed from the subjects' held-out pairs; none with one subject
 
     @classmethod
     def from_values(cls, values: np.ndarray) -> HeldOutTarget:
-        subjects = dot_vectors(np.asarray(values, dtype=np.float64), "spearman")
-        ceiling = None
-        if len(values) > 1:
-            ceiling = float(np.mean((subjects @ dot_vectors(values.mean(axis=0, dtype=np.float64), "spearman")) ** 2))
-        return cls(subjects, ceiling)
+        """From the subjects' values of the held-out pairs, (S, P_val). Where a subject's held-out pairs (or
+        their mean) are all equal there is no ceiling: the scores are r2 alone."""
+        values = np.asarray(values, dtype=np.float64)
+        try:
+            ceilings = vector_ceilings(values)
+        except ValueError:
+            ceilings = NO_CEILINGS
+        return cls(dot_vectors(values, "spearman"), ceilings)
 
     def score(self, predicted: np.ndarray) -> dict:
-        """The official metric of predicted pair values: Spearman per subject, squared, averaged; percent of
-        the computed ceiling when there is one."""
+        """The score record (scoring.ScoreRecord, without chance fields) of predicted pair values."""
         rho = self.subjects @ dot_vectors(np.asarray(predicted, dtype=np.float64), "spearman")
-        r2 = float(np.mean(rho**2))
-        return {"r2": r2, **signed_summary(rho), "noise_ceiling": self.ceiling,
-                "pct_nc": percent_of_ceiling(r2, self.ceiling),
-                "ceiling_source": "computed" if self.ceiling else None}
+        return score_record(rho, self.ceilings).to_dict()
 
 
 # --------------------------------------------------------------------------- a large test set, built offline

@@ -223,12 +223,15 @@ def plot_training_curves(history: Iterable[dict], path: str | os.PathLike, title
 
 def plot_scores(rows: Iterable[dict], path: str | os.PathLike, title: str | None = None,
                 measure: str = "pct_nc") -> Path:
-    """Percent of the noise ceiling per target, one bar per method and direction, with the ceiling band.
+    """Percent of the noise ceiling per target, one bar per method and direction, with the ceiling band and each
+    bar's chance band.
 
     Rows need method, target, direction and pct_nc; with `nc_lower_pct` (the lower noise ceiling as a percent
     of the upper) each target's band spans its lowest lower ceiling (over the test sets) to the upper ceiling;
-    the upper ceiling (100 %) is always drawn as a line. With `measure="r2"` the bars are r2 and there is no
-    band: for data without a noise ceiling (a single group RDM).
+    the upper ceiling (100 %) is always drawn as a line. With `chance_pct_mean` and `chance_pct_95` (this
+    prediction's score with its image labels permuted) a dark band over the bar spans the chance mean to its
+    95th percentile: a bar that does not rise above it has not beaten chance. With `measure="r2"` the bars are
+    r2 (chance in r2 too) and there is no ceiling band: for data without a noise ceiling (a single group RDM).
     """
     with_ceiling = measure == "pct_nc"
     rows = [r for r in rows if _number(r.get(measure)) == _number(r.get(measure))]
@@ -239,6 +242,9 @@ def plot_scores(rows: Iterable[dict], path: str | os.PathLike, title: str | None
     directions = list(dict.fromkeys(r.get("direction", "") for r in rows))
     series = [(m, d) for m in methods for d in directions]
     lookup = {(r["method"], r.get("direction", ""), r["target"]): _number(r[measure]) for r in rows}
+    unit = "pct" if with_ceiling else "r2"
+    chance = {(r["method"], r.get("direction", ""), r["target"]): (_number(r.get(f"chance_{unit}_mean")),
+                                                                  _number(r.get(f"chance_{unit}_95"))) for r in rows}
     width = 0.8 / len(series)
     hatches = ["", "//", "..", "xx", "\\\\", "++"]
     fig = _figure("scores")
@@ -257,15 +263,23 @@ def plot_scores(rows: Iterable[dict], path: str | os.PathLike, title: str | None
         values = [lookup.get((method, direction, t), math.nan) for t in targets]
         ax.bar(x, np.nan_to_num(values), width * 0.95, color=f"C{methods.index(method)}",
                hatch=hatches[directions.index(direction) % len(hatches)], edgecolor="white", zorder=2)
+        for position, target in zip(x, targets, strict=True):
+            low, high = chance.get((method, direction, target), (math.nan, math.nan))
+            if math.isfinite(high):
+                low = low if math.isfinite(low) else high
+                ax.bar(position, max(high - low, 0.0), width * 0.7, bottom=low, color="0.2", alpha=0.45, zorder=3)
+                ax.hlines(high, position - width * 0.4, position + width * 0.4, color="k", lw=1.2, zorder=4)
     handles = [Patch(color=f"C{k}", label=m) for k, m in enumerate(methods)]
     if len(directions) > 1 or directions[0]:
         handles += [Patch(facecolor="0.6", hatch=hatches[k % len(hatches)], edgecolor="white", label=d)
                     for k, d in enumerate(directions)]
     if with_ceiling:
         handles.append(Patch(color="0.85", label="noise ceiling (lower to upper)"))
+    if any(math.isfinite(high) for _, high in chance.values()):
+        handles.append(Patch(color="0.2", alpha=0.45, label="chance, labels permuted (mean to 95th pct)"))
     ax.legend(handles=handles, loc="upper left", fontsize="small", ncol=2)
     ax.set_xticks(np.arange(len(targets)), targets)
-    values = [v for v in lookup.values() if math.isfinite(v)]
+    values = [v for v in [*lookup.values(), *(high for _, high in chance.values())] if math.isfinite(v)]
     top = max(110.0, max(values) * 1.1) if with_ceiling else max(max(values) * 1.1, 1e-3)
     ax.set_ylim(min(0.0, min(values) * 1.1), top * 1.25)
     ax.axhline(0, color="k", lw=0.8)

@@ -30,16 +30,10 @@ from pathlib import Path
 from . import plots
 from .data import DataError
 from .files import check_output_file, write_text
-from .tables import fmt, number, summary
+from .tables import chance_ranking, flag, number, ranking_table, score_table, summary
 
 SETTINGS_FILES = ("settings.json", "config.json")
-SCORE_COLUMNS = {"method", "target", "pct_nc"}
-NUMBER_FORMATS = {"r2": ".4f", "pct_nc": ".1f", "p": ".2g", "noise_ceiling": ".4f", "noise_ceiling_lower": ".4f",
-                  "nc_lower_pct": ".1f"}
-COLUMN_TITLES = {"r2": "r2", "pct_nc": "% of noise ceiling", "p": "p", "noise_ceiling": "noise ceiling",
-                 "noise_ceiling_lower": "lower ceiling", "nc_lower_pct": "lower ceiling (%)",
-                 "ceiling_source": "ceiling"}
-TEXT_COLUMNS = ("method", "target", "direction", "ceiling_source", "detail")
+SCORE_COLUMNS = {"method", "target", "pct_nc"}  # what makes a CSV a score table
 
 MAX_REPORT_FILE_BYTES = 64 * 2**20  # the largest file (a PNG, CSV or JSON) a report reads
 
@@ -109,25 +103,22 @@ def _image(path: Path, caption: str) -> Block:
     return ("img", _checked_input(path), caption)
 
 
-def _cell(column: str, value) -> str:
-    if column in NUMBER_FORMATS:
-        return fmt(value, NUMBER_FORMATS[column])
-    return "" if value is None else str(value)
-
-
 def _visible(path: Path, root: Path) -> bool:
     return not any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def _score_table(rows: list[dict]) -> Block:
-    columns = [c for c in rows[0] if c in TEXT_COLUMNS or c in NUMBER_FORMATS]
-    return ("table", [COLUMN_TITLES.get(c, c) for c in columns], [[_cell(c, r.get(c)) for c in columns] for r in rows])
-
-
 def _summary_table(rows: list[dict], measure: str = "pct_nc") -> Block:
-    """Percent of the noise ceiling (or r2, for data without one): methods down, target (and direction)
-    across, with the mean."""
-    return ("table", *summary(rows, measure, NUMBER_FORMATS[measure]))
+    """Percent of the noise ceiling (or r2, for data without one): methods down, in the order of
+    `tables.chance_ranking`, target (and direction) across, with the mean."""
+    order = {method: k for k, method in enumerate(chance_ranking(rows))}
+    ranked = sorted(rows, key=lambda r: order[r["method"]])
+    return ("table", *summary(ranked, measure, ".1f" if measure == "pct_nc" else ".4f"))
+
+
+RANKING_NOTE = ("Methods ranked by what beats chance: first by how many of their rows beat this very prediction's "
+                "chance level (its image labels permuted; p_perm < 0.05), then by the mean signed rho over subjects "
+                "(chance level 0), never by the raw percent of the ceiling, which an RDM with strong per-image "
+                "structure reaches by chance.")
 
 
 def _collect(run_dir: Path) -> list[Block]:
@@ -142,12 +133,15 @@ def _collect(run_dir: Path) -> list[Block]:
         if not rows or not SCORE_COLUMNS <= set(rows[0]):
             continue
         scored = [r for r in rows if number(r.get("pct_nc")) is not None]
+        blocks.append(("h2", f"Scores ({path.name})"))
+        if any(number(r.get("rho_mean")) is not None or flag(r.get("beats_chance")) is not None for r in rows):
+            blocks += [("p", RANKING_NOTE), ("table", *ranking_table(rows))]
         if scored:
-            blocks += [("h2", f"Scores ({path.name})"), ("p", "Percent of the noise ceiling:"), _summary_table(rows)]
+            blocks += [("p", "Percent of the noise ceiling:"), _summary_table(rows)]
         else:
-            blocks += [("h2", f"Scores ({path.name})"), ("p", "r2 (these data have no noise ceiling):"),
-                       _summary_table(rows, "r2")]
-        blocks += [("p", "All scores:"), _score_table(rows)]
+            blocks += [("p", "r2 (these data have no noise ceiling):"), _summary_table(rows, "r2")]
+        blocks += [("p", "All scores (chance: mean and 95th percentile of this prediction's score with its image "
+                    "labels permuted):"), ("table", *score_table(rows))]
         chart = path.with_name("scores.png") if path.stem == "evaluation" else path.with_name(f"{path.stem}_scores.png")
         if not chart.is_file() and scored:
             plots.plot_scores(scored, chart, title=f"{path.stem}: percent of the noise ceiling")

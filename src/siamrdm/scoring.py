@@ -19,11 +19,19 @@ official score's is not: an RDM with strong per-image structure (rows that are d
 squares chance correlations into a positive score, which on a noisy target (the 118 set's IT: about 5% of
 the ceiling for a random such RDM) exceeds what any real model explains. Model selection uses `rho_mean`.
 
-Other comparison methods, named as rsatoolbox names them (`rsatoolbox.rdm.compare(..., method=NAME)`), can
-replace Spearman's rho: 'corr' (Pearson r), 'cosine', 'tau-a' and 'kendall' (Kendall's tau a and b), 'rho-a'
-(Spearman without tie correction). The score keeps the challenge's form (mean over subjects of the squared
-comparison value, over a noise ceiling computed with the same method); the official ceilings belong to
-Spearman only. They are implemented here with numpy and scipy, so rsatoolbox is not needed at run time.
+One record, `ScoreRecord`, built by one function, `score_record`, is the row of every score table (`score`,
+fit's validation, `evaluate`, `challenge`, the mini-batch validation, the report; `tables.SCORE_FIELDS`): the
+official score and its percent of the ceiling; beside it this very model RDM's chance level (its score with the
+image labels permuted: mean and 95th percentile, in r2 and in % of the ceiling), p_perm and beats_chance; and
+rho_mean +- rho_se with the lower ceiling in the same unit (`rho_lower_ceiling`). Permutations are on by default
+up to PERMUTE_UP_TO_IMAGES images (`default_permutations`: 1000 take about 0.3 s at 118 images).
+
+Other comparison methods (one table of them, `COMPARISONS`), named as rsatoolbox names them
+(`rsatoolbox.rdm.compare(..., method=NAME)`), can replace Spearman's rho: 'corr' (Pearson r), 'cosine',
+'tau-a' and 'kendall' (Kendall's tau a and b), 'rho-a' (Spearman without tie correction). The score keeps
+the challenge's form (mean over subjects of the squared comparison value, over a noise ceiling computed with
+the same method); the official ceilings belong to Spearman only. They are implemented here with numpy and
+scipy, so rsatoolbox is not needed at run time.
 
 At scale: scores and ceilings stream the subjects one at a time (`_stream`), ranking each upper triangle once
 (`rdm.Ranker`): the model and the mean of all subjects once, each subject once for its score and both
@@ -34,12 +42,12 @@ square RDMs would not fit in memory (BENCHMARKS.md, "Scoring at scale").
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -47,7 +55,7 @@ from scipy import stats
 
 from .data import TARGETS, check_real_dtype, subject_rdms
 from .errors import ConfigError
-from .rdm import Ranker, rank_transform, square_rdm, upper_tri, upper_tri_indices
+from .rdm import Ranker, square_rdm, upper_tri, upper_tri_indices
 
 # Official noise ceilings (upper bound, mean over subjects of r^2) from the challenge's scoring scripts.
 OFFICIAL_NOISE_CEILINGS: dict[int, dict[str, float]] = {
@@ -58,7 +66,7 @@ OFFICIAL_NOISE_CEILINGS: dict[int, dict[str, float]] = {
 _KEY_TO_TARGET = {key: name for name, (_, key) in TARGETS.items()}
 
 
-@dataclass
+@dataclasses.dataclass
 class Score:
     r2: float  # mean over subjects of rho^2
     p: float  # official: one-sample t-test of the subjects' rho^2 against 0 (NaN with one subject)
@@ -67,8 +75,29 @@ class Score:
 
 
 OFFICIAL_METHOD = "spearman"
-DOT_METHODS = ("spearman", "rho-a", "corr", "cosine")  # a comparison that is a dot product of transformed vectors
-COMPARISON_METHODS = (*DOT_METHODS, "tau-a", "kendall")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Comparison:
+    """How one comparison method turns an upper triangle into what it compares (`_Transform` applies it)."""
+
+    ranked: bool  # compared on average ranks (Spearman, rho-a) rather than on the values
+    centred: bool  # the mean subtracted first
+    scale: str  # 'unit' (unit norm), 'rho-a' (12 / (n^3 - n)), '' (Kendall: the values as they are, no dot product)
+
+
+# The one table of comparison methods, named as rsatoolbox names them. Those with a scale are dot products of
+# their transformed vectors (so one matrix product compares many RDMs at once); Kendall's taus count pairs.
+COMPARISONS = {
+    "spearman": _Comparison(ranked=True, centred=True, scale="unit"),
+    "rho-a": _Comparison(ranked=True, centred=True, scale="rho-a"),
+    "corr": _Comparison(ranked=False, centred=True, scale="unit"),
+    "cosine": _Comparison(ranked=False, centred=False, scale="unit"),
+    "tau-a": _Comparison(ranked=False, centred=False, scale=""),
+    "kendall": _Comparison(ranked=False, centred=False, scale=""),
+}
+DOT_METHODS = tuple(name for name, c in COMPARISONS.items() if c.scale)  # a dot product of transformed vectors
+COMPARISON_METHODS = tuple(COMPARISONS)
 
 
 def check_method(method: str) -> str:
@@ -110,27 +139,18 @@ def _sum_shift(rows: np.ndarray, count: int) -> int:
     return max(0, int(np.frexp(peak)[1]) + int(count).bit_length() - _SUM_EXPONENT)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit norm; a zero row stays zero (its similarity with anything is 0, as in rsatoolbox)."""
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
-
-
-def _standardise(x: np.ndarray) -> np.ndarray:
-    return _unit(x - x.mean(axis=-1, keepdims=True))
-
-
 def dot_vectors(vectors: np.ndarray, method: str) -> np.ndarray:
-    """Upper-triangle vectors transformed so that the method's similarity of two RDMs is a dot product."""
-    if method == "cosine":
-        return _unit(_rescale_safely(np.array(vectors, dtype=np.float64)))
-    if method == "corr":
-        return _standardise(_rescale_safely(np.array(vectors, dtype=np.float64)))
-    ranks = rank_transform(vectors)
-    if method == "spearman":
-        return _standardise(ranks)
-    n = vectors.shape[-1]  # rho-a: 12 x (centred ranks . centred ranks) / (n^3 - n)
-    return (ranks - ranks.mean(axis=-1, keepdims=True)) * math.sqrt(12.0 / (n**3 - n))
+    """Upper-triangle vectors (along the last axis) transformed so that the method's similarity of two RDMs is a
+    dot product: `_Transform` applied to each vector."""
+    if check_method(method) not in DOT_METHODS:
+        raise ValueError(f"'{method}' is not a dot product of transformed vectors (one of {', '.join(DOT_METHODS)})")
+    x = np.asarray(vectors)
+    rows = x.reshape(-1, x.shape[-1])
+    transform = _Transform(method, rows.shape[1])
+    out = np.empty(rows.shape)
+    for k, row in enumerate(rows):
+        transform(np.ascontiguousarray(row), out[k])
+    return out.reshape(x.shape)
 
 
 def _tie_pairs(x: np.ndarray) -> int:
@@ -158,7 +178,8 @@ class _Subjects:
     subjects there are.
     """
 
-    def __init__(self, rdms, condensed: bool):
+    def __init__(self, rdms, condensed: bool, sampled: bool = False):
+        """`sampled`: condensed vectors hold any set of pairs (a sample of an RDM's), not a whole upper triangle."""
         self.rdms, self.condensed = rdms, condensed
         check_real_dtype(rdms.dtype if hasattr(rdms, "dtype") else np.asarray(rdms).dtype, "subject RDMs")
         shape = tuple(np.shape(rdms))
@@ -167,7 +188,8 @@ class _Subjects:
                 raise ValueError(f"subjects' upper triangles have shape {shape}, expected (subjects, pairs) or "
                                  "(subjects, K, pairs)")
             self.length = shape[-1]
-            _check_pairs(self.length, "subjects' upper triangles")
+            if not sampled:
+                _check_pairs(self.length, "subjects' upper triangles")
             self.n_subjects, self.k = shape[0], shape[1] if len(shape) == 3 else 1
         else:
             if len(shape) not in (2, 3, 4) or shape[-1] != shape[-2]:
@@ -219,26 +241,26 @@ class _Transform:
 
     def __init__(self, method: str, length: int):
         self.method, self.length = method, length
-        self.ranker = Ranker(length) if method in ("spearman", "rho-a") else None
+        self.ranker = Ranker(length) if COMPARISONS[method].ranked else None
 
     def __call__(self, raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The transform of `raw` (any float dtype) as float64, into `out` when given; `out` may be `raw`
         itself (the ranker reads all of it before writing)."""
+        spec = COMPARISONS[self.method]
         out = np.empty(self.length) if out is None else out
         if self.ranker is not None:
             self.ranker(raw, out)
         else:
             np.copyto(out, raw)
-            if self.method in ("corr", "cosine"):  # ranks are bounded; values may be near overflow or underflow
+            if spec.scale:  # ranks are bounded; values may be near overflow or underflow
                 _rescale_safely(out)
-        if self.method in ("tau-a", "kendall"):
+        if not spec.scale:  # Kendall's taus compare the values themselves
             return out
-        if self.method == "rho-a":  # 12 x (centred ranks . centred ranks) / (n^3 - n)
+        if spec.centred:
             out -= out.mean()
+        if spec.scale == "rho-a":  # 12 x (centred ranks . centred ranks) / (n^3 - n)
             out *= math.sqrt(12.0 / (self.length**3 - self.length))
             return out
-        if self.method != "cosine":
-            out -= out.mean()
         norm = np.linalg.norm(out)
         if norm > 0:  # a zero vector stays zero: its similarity with anything is 0, as in rsatoolbox
             out /= norm
@@ -254,8 +276,10 @@ def _compare(a: np.ndarray, b: np.ndarray, method: str) -> float:
 
 def _stream(model, subjects: _Subjects, method: str, ceiling: bool,
             threads: int = 1) -> tuple[np.ndarray | None, tuple | None]:
-    """(K-averaged comparisons of the model with each subject, or None without a model; (upper, lower) noise
-    ceiling, or None), in two passes over the subjects, one at a time.
+    """(K-averaged comparisons of the model with each subject, or None without a model; (upper, lower, lower in
+    rho units) noise ceiling, or None), in two passes over the subjects, one at a time. The lower ceiling in rho
+    units is the mean over subjects of the (K-averaged) comparison with the mean of the others, the same unit as
+    a model's `rho_mean`.
 
     Pass 1 sums the subjects' float64 upper triangles (in subject order, as numpy's mean over the stacked
     RDMs does, so the mean RDMs and their ranks are the same to the last bit). Pass 2 transforms each subject
@@ -362,7 +386,8 @@ def _stream(model, subjects: _Subjects, method: str, ceiling: bool,
             pool.shutdown()
     ceilings = None
     if ceiling:
-        ceilings = (float(np.mean(upper.mean(axis=1) ** 2)), float(np.mean(lower.mean(axis=1) ** 2)))
+        ceilings = (float(np.mean(upper.mean(axis=1) ** 2)), float(np.mean(lower.mean(axis=1) ** 2)),
+                    float(np.mean(lower.mean(axis=1))))
         if not all(math.isfinite(c) for c in ceilings):  # finite subjects give finite ceilings: never pass NaN on
             raise FloatingPointError(f"the noise ceiling came out as {ceilings} from finite subject RDMs")
     return (None if values is None else values.mean(axis=1)), ceilings
@@ -476,9 +501,7 @@ def permutation_p(model_rdm: np.ndarray, target_rdms: np.ndarray, n_permutations
     if n_permutations < 1:
         raise ValueError(f"a permutation test needs at least 1 permutation, got {n_permutations}")
     observed = float(np.mean(compare_rdms(model_rdm, target_rdms, method) ** 2))
-    null = permutation_scores(model_rdm, target_rdms, n_permutations, seed, method)
-    at_least = int(np.sum(null >= observed - 1e-12))  # tolerance: the identity relabelling ties with rounding
-    return (1 + at_least) / (1 + n_permutations)
+    return _p_from_null(observed, permutation_scores(model_rdm, target_rdms, n_permutations, seed, method))
 
 
 def _check_mean(vector: np.ndarray, what: str) -> None:
@@ -496,7 +519,7 @@ def noise_ceiling(target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> tup
     and each mean once (see `_stream`).
     """
     _, ceilings = _stream(None, _Subjects(np.asarray(target_rdms), condensed=False), method, ceiling=True)
-    return ceilings
+    return ceilings[:2]
 
 
 def score_condensed(model_vector, subject_vectors, method: str = OFFICIAL_METHOD, ceiling: bool = True,
@@ -512,6 +535,13 @@ def score_condensed(model_vector, subject_vectors, method: str = OFFICIAL_METHOD
     ranks that many vectors at once (each thread keeps its own working arrays: memory grows with it); the default
     1 leaves the other cores alone.
     """
+    score, ceilings = _score_condensed(model_vector, subject_vectors, method, ceiling, threads)
+    return score, ceilings and ceilings[:2]
+
+
+def _score_condensed(model_vector, subject_vectors, method: str, ceiling: bool,
+                     threads: int) -> tuple[Score, tuple[float, float, float] | None]:
+    """`score_condensed` with the lower ceiling in rho units as the ceilings' third value."""
     check_real_dtype(np.asarray(model_vector).dtype, "model RDM")
     if not np.all(np.isfinite(model_vector)):
         raise ValueError("model RDM contains NaN or inf")
@@ -533,7 +563,7 @@ def score_condensed(model_vector, subject_vectors, method: str = OFFICIAL_METHOD
 def noise_ceiling_condensed(subject_vectors, method: str = OFFICIAL_METHOD, threads: int = 1) -> tuple[float, float]:
     """(upper, lower) noise ceiling of subjects' upper triangles, (S, P) or (S, K, P) (see `score_condensed`)."""
     _, ceilings = _stream(None, _Subjects(subject_vectors, condensed=True), method, ceiling=True, threads=threads)
-    return ceilings
+    return ceilings[:2]
 
 
 def target_name(key: str) -> str:
@@ -572,13 +602,13 @@ def ceiling_source(key: str, target_rdms: np.ndarray, method: str = OFFICIAL_MET
     return "computed" if subject_rdms(target_rdms).shape[0] >= 2 else None
 
 
-def _computed_ceilings(target_rdms: np.ndarray, method: str) -> tuple[float, float]:
-    """(upper, lower) from the subjects, kept per data and method, since training validates against the same
-    subjects every epoch."""
+def _computed_ceilings(target_rdms: np.ndarray, method: str) -> tuple[float, float, float]:
+    """(upper, lower, lower in rho units) from the subjects, kept per data and method, since training validates
+    against the same subjects every epoch."""
     data = np.asarray(target_rdms, dtype=np.float64)
     fingerprint = (method, data.shape, hashlib.blake2b(np.ascontiguousarray(data).tobytes(), digest_size=16).digest())
     if fingerprint not in _COMPUTED_CEILINGS:
-        _COMPUTED_CEILINGS[fingerprint] = noise_ceiling(data, method)
+        _, _COMPUTED_CEILINGS[fingerprint] = _stream(None, _Subjects(data, condensed=False), method, ceiling=True)
     return _COMPUTED_CEILINGS[fingerprint]
 
 
@@ -599,21 +629,49 @@ def lower_ceiling(target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> flo
     return _computed_ceilings(target_rdms, method)[1]
 
 
+@dataclasses.dataclass(frozen=True)
+class Ceilings:
+    """What one target's scores are divided by and read against."""
+
+    source: str | None  # 'official', 'computed' (from the subjects) or None (one subject and no official one)
+    upper: float | None  # the reference ceiling, r2 units: what pct_nc divides by
+    lower: float | None  # lower bound, r2 units: each subject against the mean of the others (None with one)
+    rho_lower: float | None  # the same lower bound in rho units: the mean over subjects of that rho
+
+
+NO_CEILINGS = Ceilings(None, None, None, None)
+
+
+def ceilings_for(key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> Ceilings:
+    """The ceilings of a target's subject RDMs for `key` (see `ceiling_source`); those computed from the
+    subjects are kept per data (`_computed_ceilings`)."""
+    source = ceiling_source(key, target_rdms, method)
+    several = subject_rdms(np.asarray(target_rdms)).shape[0] >= 2
+    upper, lower, rho_lower = _computed_ceilings(target_rdms, method) if several else (None, None, None)
+    if source == "official":
+        upper = official_noise_ceiling(key, target_rdms.shape[-1])
+    return Ceilings(source, upper, lower, rho_lower)
+
+
+def vector_ceilings(subject_vectors: np.ndarray, method: str = OFFICIAL_METHOD) -> Ceilings:
+    """The ceilings computed from subjects' vectors of the same pairs, (S, P): a whole upper triangle or any
+    sample of pairs (held-out pairs, a random sample of a large RDM's). None of them with one subject."""
+    if len(subject_vectors) < 2:
+        return NO_CEILINGS
+    _, (upper, lower, rho_lower) = _stream(None, _Subjects(subject_vectors, condensed=True, sampled=True), method,
+                                           ceiling=True)
+    return Ceilings("computed", upper, lower, rho_lower)
+
+
 def ceiling_info(key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> dict:
     """The ceiling that scores of these data are divided by, where it comes from, and the lower bound."""
-    return {"ceiling_source": ceiling_source(key, target_rdms, method),
-            "noise_ceiling": reference_ceiling(key, target_rdms, method),
-            "noise_ceiling_lower": lower_ceiling(target_rdms, method)}
+    ceilings = ceilings_for(key, target_rdms, method)
+    return {"ceiling_source": ceilings.source, "noise_ceiling": ceilings.upper,
+            "noise_ceiling_lower": ceilings.lower}
 
 
-def percent_of_ceiling(r2: float, ceiling: float | None) -> float | None:
-    return None if ceiling is None or ceiling <= 0 else 100.0 * r2 / ceiling
-
-
-def score_with_ceiling(model_rdm: np.ndarray, key: str, target_rdms: np.ndarray,
-                       method: str = OFFICIAL_METHOD) -> dict:
-    """One scored row: r2, the official p and p_signed, the reference ceiling for `key` and the percent of it."""
-    return score_row(compare_rdms(model_rdm, target_rdms, method), key, target_rdms, method)
+def percent_of_ceiling(r2: float | None, ceiling: float | None) -> float | None:
+    return None if r2 is None or ceiling is None or ceiling <= 0 else 100.0 * r2 / ceiling
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -628,23 +686,138 @@ def signed_summary(rho: np.ndarray) -> dict:
     return {"rho_mean": float(rho.mean()), "rho_se": se}
 
 
-def _submission_row(score: Score, p_perm: float | None, ceiling: float | None, source: str | None,
-                    lower: float | None, method: str) -> dict:
-    """One key's row of `siamrdm score`'s result: strict JSON (undefined p-values are None, never NaN)."""
-    return {"r2": score.r2, "p": _finite_or_none(score.p), "p_signed": _finite_or_none(score.p_signed),
-            "p_perm": p_perm, "pct_nc": percent_of_ceiling(score.r2, ceiling), "ceiling_source": source,
-            "noise_ceiling": ceiling, "noise_ceiling_lower": lower, "method": method, **signed_summary(score.rho)}
+# --------------------------------------------------------------------------- chance and the score record
+# The official score squares each subject's rho, so an RDM with strong per-image structure scores above 0 by
+# chance. Every score table therefore shows this very model RDM's chance level: its score with the image labels
+# permuted (rows and columns together), as mean and 95th percentile, and p_perm. They cost about 0.3 s per
+# 1000 permutations at 118 images and 15 subjects (0.2 s at 92), so they are on by default up to
+# PERMUTE_UP_TO_IMAGES images.
+
+DEFAULT_PERMUTATIONS = 1000
+PERMUTE_UP_TO_IMAGES = 150
+CHANCE_ALPHA = 0.05  # beats_chance: p_perm below this
+
+
+def default_permutations(n_images: int, method: str = OFFICIAL_METHOD) -> int:
+    """How many permutations a score gets when none are asked for: DEFAULT_PERMUTATIONS up to
+    PERMUTE_UP_TO_IMAGES images with a dot-product method (where they take under a second), else 0 (off)."""
+    return DEFAULT_PERMUTATIONS if n_images <= PERMUTE_UP_TO_IMAGES and method in DOT_METHODS else 0
+
+
+def check_permutations(permutations: int | None, n_images: int, method: str = OFFICIAL_METHOD) -> int:
+    """The number of permutations to run: `default_permutations` for None, else `permutations` (0: off)."""
+    if permutations is None:
+        return default_permutations(n_images, method)
+    if isinstance(permutations, bool) or not isinstance(permutations, int | np.integer) or permutations < 0:
+        raise ValueError(f"permutations must be 0 (no permutation test) or more, got {permutations}")
+    if permutations and method not in DOT_METHODS:
+        raise ValueError(f"permutation p-values need one of {', '.join(DOT_METHODS)}, not '{method}'")
+    return int(permutations)
+
+
+def chance_scores(model_rdm: np.ndarray, target_rdms: np.ndarray, permutations: int | None = None, seed: int = 0,
+                  method: str = OFFICIAL_METHOD) -> np.ndarray | None:
+    """This model RDM's official scores under random image labels (`permutation_scores`), the null its chance
+    level and p_perm are read from; None without permutations (0 asked for, or None above PERMUTE_UP_TO_IMAGES)."""
+    count = check_permutations(permutations, np.shape(model_rdm)[-1], method)
+    return permutation_scores(model_rdm, target_rdms, count, seed, method) if count else None
+
+
+def _p_from_null(observed: float, null: np.ndarray) -> float:
+    """(1 + #{null >= observed}) / (1 + n): one-sided, never 0."""
+    at_least = int(np.sum(null >= observed - 1e-12))  # tolerance: the identity relabelling ties with rounding
+    return (1 + at_least) / (1 + len(null))
+
+
+def _chance_fields(r2: float, ceiling: float | None, null: np.ndarray | None) -> dict:
+    """The chance fields of a record: None throughout without a null (or for a NaN score, never 'beating' it)."""
+    if null is None or not len(null) or not math.isfinite(r2):
+        return {}
+    mean, top = float(np.mean(null)), float(np.quantile(null, 0.95))
+    p_perm = _p_from_null(r2, null)
+    return {"chance_r2_mean": mean, "chance_r2_95": top, "chance_pct_mean": percent_of_ceiling(mean, ceiling),
+            "chance_pct_95": percent_of_ceiling(top, ceiling), "p_perm": p_perm, "beats_chance": p_perm < CHANCE_ALPHA,
+            "permutations": len(null)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreRecord:
+    """One model RDM scored against one target's subjects: the row of every score table (`tables.SCORE_FIELDS`
+    lists its fields in this order). Strict JSON once through `tables.json_safe`: undefined values are None,
+    and r2 and rho_mean are NaN only for a diverged prediction in training."""
+
+    r2: float  # official: mean over subjects of rho^2
+    pct_nc: float | None  # 100 * r2 / noise_ceiling
+    rho_mean: float  # mean over subjects of the signed rho: chance level 0 whatever the RDM's structure
+    rho_se: float | None  # its standard error over subjects (None with one)
+    p: float | None  # official: t-test of the subjects' rho^2 against 0 (passes for any RDM; None with one subject)
+    p_signed: float | None  # two-sided t-test of the signed rhos against 0 (None with one subject)
+    noise_ceiling: float | None  # upper, r2 units: what pct_nc divides by
+    ceiling_source: str | None  # 'official', 'computed' or None
+    noise_ceiling_lower: float | None  # lower, r2 units (each subject against the mean of the others)
+    nc_lower_pct: float | None  # the lower ceiling in % of the upper
+    rho_lower_ceiling: float | None  # the lower ceiling in rho units, to read rho_mean against
+    chance_r2_mean: float | None = None  # this model's r2 with the image labels permuted: mean
+    chance_r2_95: float | None = None  # ... and 95th percentile
+    chance_pct_mean: float | None = None  # the same in % of noise_ceiling
+    chance_pct_95: float | None = None
+    p_perm: float | None = None  # (1 + #{permuted r2 >= r2}) / (1 + permutations)
+    beats_chance: bool | None = None  # p_perm < CHANCE_ALPHA
+    permutations: int = 0  # how many the chance fields are measured on (0: none)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def score_record(rho: np.ndarray, ceilings: Ceilings, null: np.ndarray | None = None) -> ScoreRecord:
+    """The one builder of score records: from the per-subject (K-averaged) comparison values, their target's
+    ceilings, and this model RDM's scores under permuted image labels (`chance_scores`; None: no chance fields)."""
+    rho = np.asarray(rho, dtype=np.float64)
+    r2 = float(np.mean(rho**2))
+    return ScoreRecord(
+        r2=r2, pct_nc=percent_of_ceiling(r2, ceilings.upper), **signed_summary(rho),
+        p=_finite_or_none(official_p(rho)), p_signed=_finite_or_none(signed_p(rho)), noise_ceiling=ceilings.upper,
+        ceiling_source=ceilings.source, noise_ceiling_lower=ceilings.lower,
+        nc_lower_pct=percent_of_ceiling(ceilings.lower, ceilings.upper), rho_lower_ceiling=ceilings.rho_lower,
+        **_chance_fields(r2, ceilings.upper, null))
+
+
+def score_row(rho: np.ndarray, key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD,
+              model_rdm: np.ndarray | None = None, permutations: int | None = 0, seed: int = 0) -> dict:
+    """One scored row (`ScoreRecord.to_dict()`) from the per-subject (K-averaged) comparison values with the
+    ceilings for `key`; with `model_rdm`, the chance fields from `permutations` of its image labels (None: the
+    default for its size). Training validates every epoch with none (they would cost more than the epoch)."""
+    null = None if model_rdm is None else chance_scores(model_rdm, target_rdms, permutations, seed, method)
+    return score_record(rho, ceilings_for(key, target_rdms, method), null).to_dict()
+
+
+def with_chance(row: dict, model_rdm: np.ndarray, target_rdms: np.ndarray, permutations: int | None = None,
+                seed: int = 0, method: str = OFFICIAL_METHOD) -> dict:
+    """A row scored without chance fields (validation on the device) with those of `model_rdm`, the RDM it
+    scored; its other fields unchanged."""
+    fields = {f.name for f in dataclasses.fields(ScoreRecord)}
+    record = ScoreRecord(**{k: v for k, v in row.items() if k in fields})
+    null = chance_scores(model_rdm, target_rdms, permutations, seed, method)
+    return {**row, **dataclasses.replace(record, **_chance_fields(record.r2, record.noise_ceiling, null)).to_dict()}
+
+
+def score_with_ceiling(model_rdm: np.ndarray, key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD,
+                       permutations: int | None = 0, seed: int = 0) -> dict:
+    """One scored row of a model RDM (`score_row`): r2, pct_nc, the signed mean rho, the p-values, the ceilings;
+    the chance fields with `permutations` (None: on by default where cheap, see `default_permutations`)."""
+    return score_row(compare_rdms(model_rdm, target_rdms, method), key, target_rdms, method, model_rdm,
+                     permutations, seed)
 
 
 def score_submission(
-    submission: dict[str, np.ndarray], targets: dict[str, np.ndarray], permutations: int = 0, seed: int = 0,
+    submission: dict[str, np.ndarray], targets: dict[str, np.ndarray], permutations: int | None = None, seed: int = 0,
     method: str = OFFICIAL_METHOD,
 ) -> dict:
     """Score every key present in both dicts; the JSON object `siamrdm score --json` prints.
 
-    Per key: r2, p (official), p_signed, p_perm (None unless `permutations` >= 1; every key uses `seed`, so
-    a key's p_perm does not depend on the other keys), pct_nc, noise_ceiling (the reference, upper),
-    ceiling_source, noise_ceiling_lower (computed from the subjects; None with one) and the comparison method.
+    Per key: the score record (`ScoreRecord`: r2, pct_nc, rho_mean +- rho_se, p (official), p_signed, the
+    ceilings, and the chance fields with p_perm; `permutations` None: `default_permutations`, 0: none; every key
+    uses `seed`, so a key's p_perm does not depend on the other keys) and the comparison method.
     The overall score is the mean r^2 of the keys, and its percent is that mean over the mean of their
     ceilings. A submission that lacks some of the target's keys is scored key by key, but its overall score is
     None: a mean over fewer keys is not comparable with a complete submission's; `missing` (present only then)
@@ -656,10 +829,8 @@ def score_submission(
         raise ValueError(
             f"no key in common between submission ({', '.join(submission)}) and target ({', '.join(targets)})"
         )
-    if permutations < 0:
-        raise ValueError(f"permutations must be 0 (no permutation test) or more, got {permutations}")
-    if permutations and method not in DOT_METHODS:
-        raise ValueError(f"permutation p-values need one of {', '.join(DOT_METHODS)}, not '{method}'")
+    if permutations is not None:
+        check_permutations(permutations, 3, method)
     check_seed(seed)
     missing = [k for k in targets if k not in submission]
     result: dict = {}
@@ -682,13 +853,12 @@ def score_submission(
             raise TargetError(f"{key}: {exc}") from None
         if not np.all(np.isfinite(rho)):  # finite RDMs give finite values: never pass NaN on as a score
             raise FloatingPointError(f"{key}: the comparison values came out as {rho} from finite RDMs")
-        score = Score(float(np.mean(rho**2)), official_p(rho), rho, signed_p(rho))
         source = ceiling_source(key, target, method)
-        ceiling = {"official": official_noise_ceiling(key, target.shape[-1]),
-                   "computed": computed[0] if computed else None}.get(source)
-        p_perm = permutation_p(model, target, permutations, seed, method) if permutations else None
-        ceilings.append(ceiling)
-        result[key] = _submission_row(score, p_perm, ceiling, source, computed[1] if computed else None, method)
+        upper = {"official": official_noise_ceiling(key, n), "computed": computed[0] if computed else None}.get(source)
+        record = score_record(rho, Ceilings(source, upper, *(computed[1:] if computed else (None, None))),
+                              chance_scores(model, target, permutations, seed, method))
+        ceilings.append(upper)
+        result[key] = {**record.to_dict(), "method": method}
     if missing:
         result["score"] = None
         result["missing"] = missing
@@ -703,29 +873,17 @@ def score_condensed_submission(model_vector, subject_vectors, key: str, method: 
                                threads: int = 1) -> dict:
     """What `score_submission` returns, for one key given as upper triangles (`score_condensed`'s inputs): the
     form `siamrdm score` prints for sets too large for square RDMs. Their ceiling is computed from the subjects
-    (no official set is that large); there is no permutation p-value (each permutation would re-rank every
-    subject's 50 million pairs)."""
-    score, ceilings = score_condensed(model_vector, subject_vectors, method, ceiling=True, threads=threads)
-    upper, lower = ceilings if ceilings else (None, None)
-    row = _submission_row(score, None, upper, "computed" if upper is not None else None, lower, method)
-    return {key: row, "score": {"r2": score.r2, "pct_nc": row["pct_nc"]}}
+    (no official set is that large); there are no chance fields (each permutation would re-rank every subject's
+    50 million pairs)."""
+    score, computed = _score_condensed(model_vector, subject_vectors, method, ceiling=True, threads=threads)
+    ceilings = Ceilings("computed", *computed) if computed else NO_CEILINGS
+    record = score_record(score.rho, ceilings)
+    return {key: {**record.to_dict(), "method": method}, "score": {"r2": record.r2, "pct_nc": record.pct_nc}}
 
 
 # --------------------------------------------------------------------------- on the device (torch)
 # Per-epoch validation scores the predicted pairs where they are (the GPU), so that an epoch's score costs one
 # host synchronisation; the same Spearman as `compare_rdms` to float rounding (tests check it against scipy).
-
-
-def score_row(rho: np.ndarray, key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> dict:
-    """One scored row from the per-subject (K-averaged) comparison values: r2, the official p and p_signed, the
-    reference ceiling for `key` and the percent of it, the signed mean rho and its standard error (what
-    `score_with_ceiling` returns)."""
-    rho = np.asarray(rho, dtype=np.float64)
-    r2 = float(np.mean(rho**2))
-    ceiling = reference_ceiling(key, target_rdms, method)
-    return {"r2": r2, "p": official_p(rho), "p_signed": signed_p(rho), "noise_ceiling": ceiling,
-            "ceiling_source": ceiling_source(key, target_rdms, method), "pct_nc": percent_of_ceiling(r2, ceiling),
-            **signed_summary(rho)}
 
 
 def rank_average_torch(x: torch.Tensor) -> torch.Tensor:

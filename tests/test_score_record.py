@@ -254,3 +254,17 @@ def test_score_command_shows_chance(capsys, tmp_path: Path, fmri118) -> None:
     code, out, _ = run_cli(capsys, "score", str(submission), "--target", str(target), "--permutations", "0",
                            "--json")
     assert code == 0 and json.loads(out)["IT_RDMs"]["p_perm"] is None
+
+
+def test_an_rdm_that_runs_against_the_subjects_does_not_beat_chance(fmri92) -> None:
+    """The squared score is blind to sign: the reversed group mean passes the permutation test of r^2, yet it
+    predicts the subjects the wrong way round, so it does not beat chance."""
+    from siamrdm import scoring
+
+    subjects = fmri92["IT_RDMs"]
+    reverse = subjects.mean(axis=0).max() - subjects.mean(axis=0)
+    np.fill_diagonal(reverse, 0)
+    row = scoring.score_row(scoring.spearman_rhos(reverse, subjects), "IT_RDMs", subjects, model_rdm=reverse,
+                            permutations=200)
+    assert row["p_perm"] < 0.05 and row["rho_mean"] < 0
+    assert row["beats_chance"] is False

@@ -729,14 +729,17 @@ def _p_from_null(observed: float, null: np.ndarray) -> float:
     return (1 + at_least) / (1 + len(null))
 
 
-def _chance_fields(r2: float, ceiling: float | None, null: np.ndarray | None) -> dict:
-    """The chance fields of a record: None throughout without a null (or for a NaN score, never 'beating' it)."""
+def _chance_fields(r2: float, ceiling: float | None, null: np.ndarray | None, rho_mean: float) -> dict:
+    """The chance fields of a record: None throughout without a null (or for a NaN score, never 'beating' it).
+    Beating chance takes both: the official score above its permutation null, and a positive signed mean rho (the
+    squared score is blind to sign: an RDM that runs against the subjects' can pass the permutation test)."""
     if null is None or not len(null) or not math.isfinite(r2):
         return {}
     mean, top = float(np.mean(null)), float(np.quantile(null, 0.95))
     p_perm = _p_from_null(r2, null)
     return {"chance_r2_mean": mean, "chance_r2_95": top, "chance_pct_mean": percent_of_ceiling(mean, ceiling),
-            "chance_pct_95": percent_of_ceiling(top, ceiling), "p_perm": p_perm, "beats_chance": p_perm < CHANCE_ALPHA,
+            "chance_pct_95": percent_of_ceiling(top, ceiling), "p_perm": p_perm,
+            "beats_chance": bool(p_perm < CHANCE_ALPHA and rho_mean > 0),
             "permutations": len(null)}
 
 
@@ -762,7 +765,7 @@ class ScoreRecord:
     chance_pct_mean: float | None = None  # the same in % of noise_ceiling
     chance_pct_95: float | None = None
     p_perm: float | None = None  # (1 + #{permuted r2 >= r2}) / (1 + permutations)
-    beats_chance: bool | None = None  # p_perm < CHANCE_ALPHA
+    beats_chance: bool | None = None  # p_perm < CHANCE_ALPHA and rho_mean > 0
     permutations: int = 0  # how many the chance fields are measured on (0: none)
 
     def to_dict(self) -> dict:
@@ -779,7 +782,7 @@ def score_record(rho: np.ndarray, ceilings: Ceilings, null: np.ndarray | None = 
         p=_finite_or_none(official_p(rho)), p_signed=_finite_or_none(signed_p(rho)), noise_ceiling=ceilings.upper,
         ceiling_source=ceilings.source, noise_ceiling_lower=ceilings.lower,
         nc_lower_pct=percent_of_ceiling(ceilings.lower, ceilings.upper), rho_lower_ceiling=ceilings.rho_lower,
-        **_chance_fields(r2, ceilings.upper, null))
+        **_chance_fields(r2, ceilings.upper, null, float(np.mean(rho))))
 
 
 def score_row(rho: np.ndarray, key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD,
@@ -798,7 +801,8 @@ def with_chance(row: dict, model_rdm: np.ndarray, target_rdms: np.ndarray, permu
     fields = {f.name for f in dataclasses.fields(ScoreRecord)}
     record = ScoreRecord(**{k: v for k, v in row.items() if k in fields})
     null = chance_scores(model_rdm, target_rdms, permutations, seed, method)
-    return {**row, **dataclasses.replace(record, **_chance_fields(record.r2, record.noise_ceiling, null)).to_dict()}
+    chance = _chance_fields(record.r2, record.noise_ceiling, null, record.rho_mean)
+    return {**row, **dataclasses.replace(record, **chance).to_dict()}
 
 
 def score_with_ceiling(model_rdm: np.ndarray, key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD,

@@ -105,3 +105,32 @@ def test_a_stage_that_runs_against_the_brain_is_not_the_prior(make_rdms) -> None
     assert baselines.select_best_layer(stages, subjects) == "weak"
     fit = fit_prior("layer", [stages], [subjects], [-(group[np.triu_indices(12, 1)])])  # targets fall as d rises
     assert fit.weights == {"weak": 1.0} and fit.scale > 0
+
+
+def test_data_info_shows_each_training_keys_reliability(capsys, data_root: Path) -> None:
+    import json
+
+    from helpers import run_cli
+
+    code, out, _ = run_cli(capsys, "data-info", "--data", data_root, "--json")
+    assert code == 0
+    reliability = json.loads(out)["reliability"]
+    assert set(reliability) == {f"{s}/{t}" for s in ("92", "118") for t in data.TARGET_NAMES}
+    assert reliability["118/IT"]["reliable"] is False and reliability["92/IT"]["reliable"] is True
+    code, out, _ = run_cli(capsys, "data-info", "--data", data_root)
+    assert "118/IT: reliability 0.17" in out and "too unreliable" in out
+
+
+def test_fit_prints_and_records_the_reliability(capsys, tmp_path: Path, data_root: Path) -> None:
+    """fit warns in one line about the 118 set's IT before training, and its JSON records every target's."""
+    import json
+
+    from helpers import run_cli
+
+    code, out, err = run_cli(capsys, "fit", "--data", data_root, "--targets", "IT", "--sets", "118", "--epochs", "1",
+                             "--image-size", "64", "--weights", "random", "--no-augment", "--quiet", "--device",
+                             "cpu", "--prior", "none", "--out", tmp_path / "run")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("siamrdm: warning: 118/IT: reliability 0.17")
+    assert json.loads(out)["reliability"]["118/IT"]["reliable"] is False

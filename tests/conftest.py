@@ -8,12 +8,14 @@ root fails the tests that need it instead of skipping them.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from siamrdm import data
 from siamrdm.data import DATA_ENV_VAR, load_rdms
 from siamrdm.rdm import rdm_from_features
 
@@ -94,3 +96,19 @@ def make_rdm_stack(
 def make_rdms() -> Callable[..., np.ndarray]:
     """The factory `make_rdm_stack(n, subjects=None, k=None, seed=0)`."""
     return make_rdm_stack
+
+
+@pytest.fixture(scope="module")
+def own_data(tmp_path_factory: pytest.TempPathFactory, set92: Path, fmri92: dict[str, np.ndarray]) -> tuple[str, ...]:
+    """Your own data as `fit` takes it: --images, --rdms and --key for 12 real images of the 92 set with 15
+    subjects' IT RDMs under the key V4 (so no official ceiling applies)."""
+    folder = tmp_path_factory.mktemp("own")
+    images = folder / "images"
+    images.mkdir()
+    index = np.arange(0, 92, 8)
+    names = data.load_image_set(set92 / "92images").names
+    for rank, k in enumerate(index):
+        shutil.copy(set92 / "92images" / names[k], images / f"stim_{rank:02d}.jpg")
+    rdms = folder / "rdms.npy"
+    np.save(rdms, fmri92["IT_RDMs"][:, index[:, None], index[None, :]])
+    return "--images", str(images), "--rdms", str(rdms), "--key", "V4"

@@ -38,21 +38,6 @@ NO_DATA = ("--data", "/no/such/algonauts")
 
 
 @pytest.fixture(scope="module")
-def own_data(tmp_path_factory: pytest.TempPathFactory, set92: Path, fmri92: dict[str, np.ndarray]) -> tuple[str, ...]:
-    """The options of `fit` for 12 real images with 15 subjects' RDMs under the key V4."""
-    folder = tmp_path_factory.mktemp("own")
-    images = folder / "images"
-    images.mkdir()
-    index = np.arange(0, 92, 8)
-    names = data.load_image_set(set92 / "92images").names
-    for rank, k in enumerate(index):
-        shutil.copy(set92 / "92images" / names[k], images / f"stim_{rank:02d}.jpg")
-    rdms = folder / "rdms.npy"
-    np.save(rdms, fmri92["IT_RDMs"][:, index[:, None], index[None, :]])
-    return "--images", str(images), "--rdms", str(rdms), "--key", "V4"
-
-
-@pytest.fixture(scope="module")
 def fitted_run(tmp_path_factory: pytest.TempPathFactory, own_data: tuple[str, ...]) -> Path:
     """A genuine run folder written by `siamrdm fit` with a prior (model.pt, seed0/last.pt). Do not modify."""
     out = tmp_path_factory.mktemp("fitted") / "run"

@@ -156,7 +156,9 @@ def test_done_when_own_data_through_the_cli(tmp_path: Path, capsys) -> None:
     settings = json.loads((tmp_path / "fit" / "settings.json").read_text())  # the run's settings, one process
     assert settings["world_size"] == 1 and settings["config"]["targets"] == ["V4"]
     (validation,) = summary["validation"].values()
-    assert validation["ceiling_source"] == "computed" and validation["score"] == "pct_nc"
+    assert validation["ceiling_source"] == "computed" and validation["best_val_score"].startswith("rho_mean")
+    assert validation["permutations"] == 1000 and 0 < validation["p_perm"] <= 1  # the kept model's chance level
+    assert isinstance(validation["beats_chance"], bool) and validation["chance_pct_95"] is not None
     assert validation["noise_ceiling"] >= validation["noise_ceiling_lower"] > 0 and validation["images"] == 6
 
     # evaluate --folds: every method on held-out images, scored over the held-out subjects' own ceiling

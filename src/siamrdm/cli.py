@@ -420,15 +420,19 @@ def _out_dir(path: str | None, overwrite: bool = False, resume: bool = False) ->
     return check_run_folder(path, run_mode(overwrite, resume))
 
 
-def _validation_ceilings(val: list, targets: tuple[str, ...]) -> dict:
-    """Per validation set and target ('set/target', as in log.csv): what best_val_score is (percent of the noise
-    ceiling, or r2 where the data have none) and the ceiling it was divided by."""
+def _validation_scores(predictor, val: list, targets: tuple[str, ...]) -> dict:
+    """Per validation set and target ('set/target', as in log.csv): the kept model (each seed's chosen epoch,
+    averaged over seeds) scored on the validation images as every score table scores (scoring.score_row, with
+    this RDM's own chance level and p_perm), beside which statistic `best_val_score` is (the signed mean rho)."""
     out = {}
     for dataset in val:
+        predicted = predictor.predict(dataset.images)
         for target in targets:
-            info = scoring.ceiling_info(data.target_key(target, dataset.official), dataset.targets[target])
-            info = {"images": len(dataset), "score": "pct_nc" if info["noise_ceiling"] else "r2", **info}
-            if info["ceiling_source"] is None:
+            subjects, rdm = dataset.targets[target], predicted[target]
+            row = scoring.score_row(scoring.spearman_rhos(rdm, subjects), data.target_key(target, dataset.official),
+                                    subjects, model_rdm=rdm, permutations=None)
+            info = {"images": len(dataset), "best_val_score": "rho_mean: the signed mean rho over subjects", **row}
+            if row["ceiling_source"] is None:
                 info["note"] = scoring.NO_CEILING_NOTE
             out[f"{dataset.name}/{target}"] = info
     return out
@@ -456,7 +460,7 @@ def cmd_fit(args) -> int:
     summary = {"model": str(out / "model.pt"), "targets": list(targets), "seeds": predictor.metrics,
                "reliability": reliability}
     if val:
-        summary["validation"] = _validation_ceilings(val, targets)
+        summary["validation"] = _validation_scores(predictor, val, targets)
     _print_json(summary)
     return 0
 

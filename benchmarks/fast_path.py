@@ -224,7 +224,8 @@ def part_ops(args, sets: dict, device: torch.device) -> dict:
     RDM (4 targets) with the numpy metric against the torch one."""
     from siamrdm.augment import augment_batch
     from siamrdm.rdm import upper_tri
-    from siamrdm.scoring import score_row, score_with_ceiling, spearman_torch, standardised_ranks_torch
+    from siamrdm.scoring import score_row, score_with_ceiling
+    from siamrdm.scoring_torch import spearman_torch, standardised_ranks_torch
 
     config = base_config(args, targets=tuple(TARGET_NAMES))
     trainer = Trainer(config, list(sets.values()), [sets["118"]], progress=False)

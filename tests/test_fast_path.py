@@ -18,7 +18,8 @@ from siamrdm import challenge, data, train
 from siamrdm.augment import augment_batch, crop_flip, draw_boxes, image_generator
 from siamrdm.config import ConfigError, check_config
 from siamrdm.rdm import square_rdm, upper_tri
-from siamrdm.scoring import compare_rdms, rank_average_torch, score_with_ceiling, spearman_rhos, spearman_torch
+from siamrdm.scoring import compare_rdms, score_with_ceiling, spearman_rhos
+from siamrdm.scoring_torch import rank_average_torch, spearman_torch
 
 
 @pytest.fixture(scope="module")

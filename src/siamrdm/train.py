@@ -50,7 +50,8 @@ from .model import (
 )
 from .prior import PriorFit, fit_prior, prior_vector, stage_rdms
 from .rdm import rescale, square_rdm, upper_tri
-from .scoring import score_row, spearman_torch, standardised_ranks_torch
+from .scoring import score_row
+from .scoring_torch import spearman_torch, standardised_ranks_torch
 from .tables import number
 
 # --------------------------------------------------------------------------- data for training

@@ -348,7 +348,7 @@ def run_folder(path: str | os.PathLike, command: str, mode: str = "new") -> Iter
 
 def _undo(path: Path, created: bool) -> None:
     """A new run failed: remove what it wrote, its marker and lock, and the folder if the run created it."""
-    _remove_listed(path, read_manifest(path) | {MARKER_NAME, MANIFEST_NAME})
+    clear_run_folder(path)
     if created:
         (path / LOCK_NAME).unlink(missing_ok=True)
         with contextlib.suppress(OSError):

@@ -28,23 +28,14 @@ import numpy as np
 
 from .data import subject_rdms
 from .rdm import upper_tri
+from .scoring import dot_vectors
 
 UNRELIABLE_BELOW = 0.25  # Spearman-Brown split-half reliability of the group-mean RDM
 SPLITS = 20
 
 
-def _rank_rows(x: np.ndarray) -> np.ndarray:
-    """Average ranks along the last axis, centred and scaled to unit norm (Spearman rho becomes a dot product)."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(x, axis=-1)
-    ranks -= ranks.mean(axis=-1, keepdims=True)
-    norms = np.linalg.norm(ranks, axis=-1, keepdims=True)
-    return ranks / np.where(norms > 0, norms, 1.0)
-
-
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return float(_rank_rows(a) @ _rank_rows(b))
+    return float(dot_vectors(a, "spearman") @ dot_vectors(b, "spearman"))
 
 
 def _per_image_fit(vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -348,7 +348,8 @@ def read_image_order(path: str | os.PathLike) -> list[str]:
     return names
 
 
-def _shown(names: Sequence[str], limit: int = 3) -> str:
+def shown_names(names: Sequence[str], limit: int = 3) -> str:
+    """The first names of a list and how many more, for a one-line message."""
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(repr(n) for n in names[:limit]) + more
 
@@ -397,10 +398,10 @@ def match_names(listed: Sequence[str], names: Sequence[str], where: str, among: 
         seen.add(k)
         index.append(k)
     if unknown:
-        raise DataError(f"{where}: lists {_shown(unknown)}, not among the {len(names)} images in {among}")
+        raise DataError(f"{where}: lists {shown_names(unknown)}, not among the {len(names)} images in {among}")
     left_out = [names[k] for k in range(len(names)) if k not in seen]
     if left_out:
-        raise DataError(f"{where}: does not list {_shown(left_out)} of the {len(names)} images in {among}")
+        raise DataError(f"{where}: does not list {shown_names(left_out)} of the {len(names)} images in {among}")
     return index
 
 
@@ -1171,4 +1172,39 @@ def describe_data_root(root: str | os.PathLike | None) -> dict:
             info["sets"][set_name]["not_images"] = not_images
     if not info["sets"]:
         raise DataError(f"{root}: no Algonauts image sets found (expected Training_Data/ and Test_Data/)")
+    return info
+
+
+def describe_own_data(images: str | os.PathLike, rdms: str | os.PathLike, key: str | None = None,
+                      order: str | os.PathLike | Sequence[str] | None = None) -> dict:
+    """What `siamrdm data-info --images DIR --rdms FILE` prints: your own images and RDMs checked against each
+    other as `fit` will read them (the image count and names against the file's, the RDMs' shape, values and
+    grouping), with each key's noise ceilings and reliability. Any mismatch raises the DataError `fit` would
+    raise, before a run. Every key of the file is checked unless `key` names one."""
+    from .reliability import target_reliability
+    from .scoring import ceilings_for
+
+    image_set = load_image_set(images, order)
+    path = Path(rdms)
+    keys = list(list_rdm_keys(path))
+    chosen = keys if key is None else [key]  # load_rdms: a file of one unkeyed array takes any key as its name
+    found = read_rdm_names(path)
+    info: dict = {"images": {"source": str(image_set.source), "count": len(image_set), "names": image_set.names,
+                             "order": "natural" if order is None else str(order) if isinstance(order, str | os.PathLike)
+                             else "given"},
+                  "rdms": {"file": str(path), "names": None, "keys": {}}}
+    grouping = rdm_grouping(path)
+    _ANNOUNCED.update((str(path.resolve()), k) for k in grouping)  # said in the description itself
+    for k in chosen:
+        array = load_rdms(path, k, n_images=len(image_set))
+        name = key if key is not None else k or path.stem
+        ceilings = ceilings_for(name, array)
+        file_key = k if k in keys else ""
+        info["rdms"]["keys"][name] = {
+            "shape": list(array.shape), "grouping": grouping.get(file_key),
+            "ceiling_source": ceilings.source, "noise_ceiling": ceilings.upper, "noise_ceiling_lower": ceilings.lower,
+            "reliability": target_reliability(array)}
+    check_rdm_names(path, image_set.names, among=str(images))
+    if found is not None:
+        info["rdms"]["names"] = {"descriptor": found[0], "count": len(found[1]), "same_order": True}
     return info

@@ -253,13 +253,13 @@ def cmd_noise_ceiling(args) -> int:
             upper, lower = ceiling(rdms, args.method)
         except ValueError as exc:  # fewer than 2 subjects, or a constant mean RDM
             raise data.DataError(f"{args.target}:{key}: {exc}") from None
-        result[key] = {"upper": upper, "lower": lower}
+        result[key or Path(args.target).stem] = {"upper": upper, "lower": lower}  # a key-less file: its stem
     if args.json:
         _print_json(result)
     else:
         print(f"{'key':<18} {'upper':>8} {'lower':>8}")
         for key, row in result.items():
-            print(f"{key or Path(args.target).stem:<18} {row['upper']:>8.4f} {row['lower']:>8.4f}")
+            print(f"{key:<18} {row['upper']:>8.4f} {row['lower']:>8.4f}")
     return 0
 
 
@@ -535,6 +535,7 @@ def cmd_fit(args) -> int:
     train, val, targets, order = _training_datasets(args)
     config = _config_from_args(args, targets)
     out = _out_dir(args.out, args.overwrite, args.resume)
+    _print_notes()
     reliability = report_reliability(train, targets, verbose=not args.quiet)
     settings = {"command": "fit", "world_size": 1, "config": asdict(config), "seeds": list(seeds)}
     predictor = fit_predictor(config, train, val, seeds, out, resume=args.resume, progress=not args.quiet,
@@ -1032,11 +1033,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_notes() -> None:
+    """How the input files were read (data.take_notes), on stderr: once the input is read and checked."""
+    for note in data.take_notes():
+        print(f"siamrdm: {note}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    data.take_notes(reset=True)  # notes of an earlier command in this process are not this one's
     try:
-        return args.func(args)
+        code = args.func(args)
+        _print_notes()
+        return code
     except ConfigError as exc:  # a setting: named by its command-line flag
         print(f"siamrdm: error: {_flag(exc.option)}: {exc.problem}", file=sys.stderr)
         return 2

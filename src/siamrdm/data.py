@@ -782,13 +782,13 @@ def rdm_grouping(path: str | os.PathLike) -> dict[str, str]:
 
 
 _ANNOUNCED: set[tuple[str, str]] = set()
+_NOTES: list[str] = []
 
 
 def _announce_grouping(path: Path, keys: Sequence[str]) -> None:
-    """Say once per file and key, on stderr, that an rsatoolbox file's subjects hold K > 1 RDMs each: they are
-    read as (subjects, K, N, N), not as K times the subjects."""
-    import sys
-
+    """Note once per file and key that an rsatoolbox file's subjects hold K > 1 RDMs each: they are read as
+    (subjects, K, N, N), not as K times the subjects. The notes wait in `take_notes` (the CLI prints them on
+    stderr once a command's input is read, never beside an error's one line)."""
     layout = _file_layout(path)
     if layout is None:
         return
@@ -797,7 +797,17 @@ def _announce_grouping(path: Path, keys: Sequence[str]) -> None:
         token = (str(path.resolve()), key)
         if key in layout.groups and layout.groups[key][1] > 1 and token not in _ANNOUNCED:
             _ANNOUNCED.add(token)
-            print(f"siamrdm: {lines[key]}", file=sys.stderr, flush=True)
+            _NOTES.append(lines[key])
+
+
+def take_notes(reset: bool = False) -> list[str]:
+    """The notes on how files were read (rsatoolbox subjects grouped by their descriptor) since the last call;
+    `reset` also forgets which files were noted (a new command notes them again)."""
+    notes = list(_NOTES)
+    _NOTES.clear()
+    if reset:
+        _ANNOUNCED.clear()
+    return notes
 
 
 def read_rdm_names(path: str | os.PathLike) -> tuple[str, list[str]] | None:

@@ -8,7 +8,8 @@ into exit code 2. `load_dataset` joins the two for your own data and checks that
 Image order is RDM order. A folder is sorted naturally (img2 before img10), unless an explicit order
 (a text file of image names, one per line) says otherwise; a stimulus .mat keeps its own order. An
 rsatoolbox file that names its patterns (an `images`, `stimulus` or `names` descriptor) must list them in
-the order of the images it is used with.
+the order of the images it is used with (by file name or stem: 'obj1' names obj1.png). Its RDMs are grouped
+by a `subject` descriptor into (subjects, K, N, N) when every subject has K > 1 of them (sessions).
 
 On top of them, `load_algonauts_set` knows the official Algonauts 2019 layout (see the data README).
 

@@ -154,7 +154,7 @@ def test_large_inputs_need_batch_images(small_set: Path, tmp_path: Path, capsys)
     code, _, err = run_cli(capsys, *fit_args(small_set, tmp_path / "run")[:-2], "--out", str(tmp_path / "run"),
                            "--rdms", str(small_set / "answer.json"))
     assert code == 2
-    assert_one_line_error(err, "answer.json", ".npy file or an HDF5")
+    assert_one_line_error(err, "answer.json", ".npy file, an HDF5")
 
 
 def test_a_folder_of_images_with_condensed_rdms_trains(small_set: Path, tmp_path: Path, capsys) -> None:

@@ -105,8 +105,11 @@ def test_bad_condensed_rdms_are_refused_with_one_line(tmp_path) -> None:
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object))
     with pytest.raises(DataError, match="objects.npy: unreadable file"):  # never unpickled
         CondensedRDMs(tmp_path / "objects.npy", 3)
-    (tmp_path / "rdms.mat").write_bytes(b"x")
-    with pytest.raises(DataError, match="must be a .npy file or an HDF5"):
+    (tmp_path / "rdms.txt").write_bytes(b"x")
+    with pytest.raises(DataError, match="must be a .npy file, an HDF5"):
+        CondensedRDMs(tmp_path / "rdms.txt", 3)
+    (tmp_path / "rdms.mat").write_bytes(b"x")  # square RDMs in a .mat are read as the plain path reads them
+    with pytest.raises(DataError, match="rdms.mat: unreadable .mat file"):
         CondensedRDMs(tmp_path / "rdms.mat", 3)
     with h5py.File(tmp_path / "two.h5", "w") as f:
         f["a"], f["b"] = np.zeros(3), np.zeros(3)

@@ -199,7 +199,7 @@ def test_done_when_own_data_through_the_cli(tmp_path: Path, capsys) -> None:
     model = tmp_path / "fit" / "model.pt"
     code, out, err = run_cli(capsys, "predict", model, "--images", folder, "--out", tmp_path / "pred.hdf5")
     assert code == 0 and out.startswith(f"wrote {tmp_path / 'pred.hdf5'}: V4 (12 x 12)"), err
-    assert data.read_rdm_names(tmp_path / "pred.hdf5") == ("images", NATURAL)
+    assert data.read_rdm_names(tmp_path / "pred.hdf5") == ("images", [n.removesuffix(".png") for n in NATURAL])
     order = tmp_path / "order.txt"
     order.write_text("\n".join(NATURAL[::-1]))
     code, _, err = run_cli(capsys, "predict", model, "--images", folder, "--order", order, "--out", tmp_path / "r.h5")

@@ -133,6 +133,49 @@ def _blamed(submission: str, target: str):
         raise data.DataError(f"{submission}: {exc}") from None
 
 
+def _chosen_key(keys: Sequence[str], key: str | None, flag: str, path: str) -> str | None:
+    """The key `flag` names in a file: a key it holds, or, in a file of one array without a key (a .npy, an
+    rsatoolbox file without a 'target'/'roi' descriptor), that array, which the option then names."""
+    if key is None or key in keys or list(keys) == [""]:
+        return None if key is None else key if key in keys else ""
+    raise UsageError(f"{flag} {key}: {path} has no key '{key}' (keys: {scoring.shown_keys(keys)})")
+
+
+def _paired_keys(args, submission: Sequence[str], targets: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """What `score` compares: name -> (submission key, target key). --key and --target-key choose one pair;
+    without them, the keys the files share, or the one array of each when one file has no key. A pair is named
+    by its target key, else by the key an option gave, else by the target file's stem: never by an empty key."""
+    key = _chosen_key(submission, args.key, "--key", args.submission)
+    target_key = _chosen_key(targets, args.target_key, "--target-key", args.target)
+    if key is None and target_key is None:
+        common = [k for k in submission if k in targets]
+        if common:
+            pairs = [(k, k) for k in common]
+        elif len(submission) == len(targets) == 1 and "" in (*submission, *targets):
+            pairs = [(next(iter(submission)), next(iter(targets)))]
+        else:
+            raise UsageError(f"no key in common between {args.submission} ({scoring.shown_keys(submission)}) and "
+                             f"{args.target} ({scoring.shown_keys(targets)}): name the pair with --key and "
+                             "--target-key")
+    else:
+        if key is None:
+            key = target_key if target_key in submission else _only_key(submission, "--key", args.submission)
+        if target_key is None:
+            target_key = key if key in targets else _only_key(targets, "--target-key", args.target)
+        pairs = [(key, target_key)]
+    named = {}
+    for sub_key, tgt_key in pairs:
+        name = tgt_key or args.target_key or sub_key or args.key or Path(args.target).stem
+        named[name] = (sub_key, tgt_key)
+    return named
+
+
+def _only_key(keys: Sequence[str], flag: str, path: str) -> str:
+    if len(keys) != 1:
+        raise UsageError(f"{flag}: {path} holds {scoring.shown_keys(keys)}; name the one to score")
+    return next(iter(keys))
+
+
 def _score_result(args, method: str) -> dict:
     subjects = _condensed_subjects(args.target)
     if subjects is not None:
@@ -140,15 +183,22 @@ def _score_result(args, method: str) -> dict:
             raise UsageError("--permutations: not available for upper-triangle (.npy) subjects")
         model = _condensed_model(args.submission, subjects.shape[1])
         with _blamed(args.submission, args.target):
-            return scoring.score_condensed_submission(model, subjects, Path(args.target).stem, method)
+            return scoring.score_condensed_submission(
+                model, subjects, args.target_key or args.key or Path(args.target).stem, method)
     targets = data.load_rdm_dict(args.target)
     n_images = next(iter(targets.values())).shape[-1]
     submission = data.load_rdm_dict(args.submission, n_images=n_images)
     named = data.read_rdm_names(args.target)
     if named is not None:  # both files name their images (rsatoolbox files): the same images, in the same order
         data.check_rdm_names(args.submission, named[1], among=str(args.target))
+    pairs = _paired_keys(args, list(submission), list(targets))
+    chosen = {name: targets[t] for name, (_, t) in pairs.items()}
+    if args.key is None and args.target_key is None:  # every target key is scored: one the submission lacks counts
+        paired = {t for _, t in pairs.values()}
+        chosen.update({key: rdms for key, rdms in targets.items() if key not in paired})
     with _blamed(args.submission, args.target):
-        return scoring.score_submission(submission, targets, args.permutations, args.seed, method)
+        return scoring.score_submission({name: submission[s] for name, (s, _) in pairs.items()}, chosen,
+                                        args.permutations, args.seed, method)
 
 
 def cmd_score(args) -> int:
@@ -203,7 +253,7 @@ def cmd_noise_ceiling(args) -> int:
             upper, lower = ceiling(rdms, args.method)
         except ValueError as exc:  # fewer than 2 subjects, or a constant mean RDM
             raise data.DataError(f"{args.target}:{key}: {exc}") from None
-        result[key] = {"upper": upper, "lower": lower}
+        result[key or Path(args.target).stem] = {"upper": upper, "lower": lower}  # a key-less file: its stem
     if args.json:
         _print_json(result)
     else:
@@ -213,7 +263,39 @@ def cmd_noise_ceiling(args) -> int:
     return 0
 
 
+def _own_data_info(args) -> int:
+    """data-info --images DIR --rdms FILE: your own data checked as fit reads it, before any run."""
+    if not (args.images and args.rdms):
+        raise UsageError("data-info checks your own data with both --images DIR and --rdms FILE")
+    if args.data:
+        raise UsageError("--data describes the Algonauts layout; --images and --rdms check your own data: give one")
+    info = data.describe_own_data(args.images, args.rdms, args.key, args.order)
+    if args.json:
+        _print_json(info)
+        return 0
+    images, rdms = info["images"], info["rdms"]
+    print(f"images: {images['count']} in {images['source']} ({data.shown_names(images['names'])}; "
+          f"{'natural order' if images['order'] == 'natural' else 'order from ' + images['order']})")
+    names = rdms["names"]
+    print(f"rdms: {rdms['file']}: " + (f"pattern descriptor '{names['descriptor']}' names the {names['count']} images, "
+                                       "in the same order" if names else "names no images (its rows are taken in "
+                                       "the images' order)"))
+    for key, entry in rdms["keys"].items():
+        if entry["grouping"]:
+            print(f"  {entry['grouping']}")
+        ceiling = (f"noise ceiling {fmt(entry['noise_ceiling'])} upper, {fmt(entry['noise_ceiling_lower'])} lower "
+                   f"({entry['ceiling_source']})" if entry["ceiling_source"] else f"no noise ceiling: "
+                   f"{scoring.NO_CEILING_NOTE}")
+        print(f"  {key}: {tuple(entry['shape'])}, finite, symmetric, zero diagonal; {ceiling}")
+        print(f"  {reliability_line(key, entry['reliability'])}")
+    print(f"ok: fit reads these with --images {args.images} --rdms {args.rdms} --key {next(iter(rdms['keys']))}"
+          + (f" --order {args.order}" if args.order else ""))
+    return 0
+
+
 def cmd_data_info(args) -> int:
+    if args.images or args.rdms or args.key or args.order:
+        return _own_data_info(args)
     info = data.describe_data_root(args.data)
     from .reliability import target_reliability
 
@@ -453,6 +535,7 @@ def cmd_fit(args) -> int:
     train, val, targets, order = _training_datasets(args)
     config = _config_from_args(args, targets)
     out = _out_dir(args.out, args.overwrite, args.resume)
+    _print_notes()
     reliability = report_reliability(train, targets, verbose=not args.quiet)
     settings = {"command": "fit", "world_size": 1, "config": asdict(config), "seeds": list(seeds)}
     predictor = fit_predictor(config, train, val, seeds, out, resume=args.resume, progress=not args.quiet,
@@ -471,7 +554,7 @@ def _cmd_fit_large(args) -> int:
     from dataclasses import replace
 
     from .distributed import BatchSettings, check_batch_settings, fit_large, init_from_env, rank_session
-    from .largeset import HDF5_SUFFIXES, CondensedRDMs, is_large_set_input, open_image_store
+    from .largeset import CondensedRDMs, FolderImages, is_large_set_input, open_image_store
 
     if args.batch_images is None:
         given = args.images if is_large_set_input(args.images, None) else args.rdms if args.rdms else None
@@ -479,7 +562,7 @@ def _cmd_fit_large(args) -> int:
                          "--batch-images N (images per step, e.g. 256)")
     if not (args.images and args.rdms and args.key):
         raise UsageError("--batch-images trains on your own data: give --images (a folder or an HDF5 file of "
-                         "uint8 images), --rdms (condensed RDMs, .npy or HDF5) and --key")
+                         "uint8 images), --rdms (condensed or square RDMs: .npy, HDF5, rsatoolbox, .mat) and --key")
     if args.val_set or args.sets or args.targets:
         raise UsageError("--val-set, --sets and --targets choose Algonauts sets; with --batch-images hold out "
                          "images with --val-fraction")
@@ -499,8 +582,10 @@ def _cmd_fit_large(args) -> int:
         if device is not None:  # torchrun on GPUs: one per local rank
             config = replace(config, device=device)
         images = open_image_store(args.images, args.order)
-        hdf5 = Path(args.rdms).suffix.lower() in HDF5_SUFFIXES
-        targets = {args.key: CondensedRDMs(args.rdms, len(images), args.key if hdf5 else None)}
+        keyed = Path(args.rdms).suffix.lower() != ".npy"  # a .npy holds one array: --key names it
+        targets = {args.key: CondensedRDMs(args.rdms, len(images), args.key if keyed else None)}
+        if isinstance(images, FolderImages):  # an rsatoolbox file that names its images must name these
+            data.check_rdm_names(args.rdms, images.names, among=str(args.images))
         out = _out_dir(args.out, args.overwrite, args.resume)
         settings = {"command": "fit", "seeds": list(seeds),
                     "inputs": {"images": str(args.images), "rdms": str(args.rdms), "key": args.key}}
@@ -533,7 +618,7 @@ def cmd_predict(args) -> int:
     images = data.load_image_set(args.images, args.order)
     rdms = predictor.predict(images)
     keyed = {predictor.output_keys.get(t, t): rdm for t, rdm in rdms.items()}
-    path = data.save_rdms(args.out, keyed, names=images.names)
+    path = data.save_rdms(args.out, keyed, names=data.pattern_names(images.names))  # obj1.png as 'obj1'
     print(f"wrote {path}: {', '.join(keyed)} ({len(images)} x {len(images)})")
     return 0
 
@@ -591,6 +676,9 @@ def _add_foundation_commands(sub) -> None:
                    f"{scoring.DEFAULT_PERMUTATIONS} up to {scoring.PERMUTE_UP_TO_IMAGES} images, where they take under "
                    "a second, else 0; 0: off)")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations (default: 0)")
+    p.add_argument("--key", help="score only this key of the submission (a file of one unkeyed array: its name)")
+    p.add_argument("--target-key", help="the target key to score it against (default: --key, or the target's "
+                   "only key)")
     _add_method_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_score)
@@ -602,8 +690,13 @@ def _add_foundation_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_noise_ceiling)
 
-    p = sub.add_parser("data-info", help="the image sets, image counts and RDM keys under a data root")
+    p = sub.add_parser("data-info", help="the image sets, image counts and RDM keys under a data root, or your own "
+                       "images and RDM file checked against each other (--images, --rdms)")
     p.add_argument("--data", help=f"data root (default: ${data.DATA_ENV_VAR})")
+    p.add_argument("--images", help="your own data: a folder of images (with --rdms), checked as fit reads it")
+    p.add_argument("--rdms", help="your own data: the RDM file to check against --images")
+    p.add_argument("--key", help="your own data: the key in --rdms (default: every key)")
+    p.add_argument("--order", help="your own data: a text file of image names in the RDM's row order")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_data_info)
 
@@ -940,11 +1033,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_notes() -> None:
+    """How the input files were read (data.take_notes), on stderr: once the input is read and checked."""
+    for note in data.take_notes():
+        print(f"siamrdm: {note}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    data.take_notes(reset=True)  # notes of an earlier command in this process are not this one's
     try:
-        return args.func(args)
+        code = args.func(args)
+        _print_notes()
+        return code
     except ConfigError as exc:  # a setting: named by its command-line flag
         print(f"siamrdm: error: {_flag(exc.option)}: {exc.problem}", file=sys.stderr)
         return 2

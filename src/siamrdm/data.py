@@ -8,7 +8,8 @@ into exit code 2. `load_dataset` joins the two for your own data and checks that
 Image order is RDM order. A folder is sorted naturally (img2 before img10), unless an explicit order
 (a text file of image names, one per line) says otherwise; a stimulus .mat keeps its own order. An
 rsatoolbox file that names its patterns (an `images`, `stimulus` or `names` descriptor) must list them in
-the order of the images it is used with.
+the order of the images it is used with (by file name or stem: 'obj1' names obj1.png). Its RDMs are grouped
+by a `subject` descriptor into (subjects, K, N, N) when every subject has K > 1 of them (sessions).
 
 On top of them, `load_algonauts_set` knows the official Algonauts 2019 layout (see the data README).
 
@@ -56,6 +57,8 @@ PICKLE_SUFFIXES = (".pkl", ".pickle")
 IMAGE_DESCRIPTORS = ("images", "image", "stimulus", "stimuli", "names", "name", "filenames", "filename")
 # rsatoolbox RDM descriptors that split a file's RDMs into keys (targets); without one, the file is one stack.
 KEY_DESCRIPTORS = ("target", "roi")
+# rsatoolbox RDM descriptors that group a key's RDMs by subject: (subjects, K, N, N) when each has K > 1 of them.
+SUBJECT_DESCRIPTORS = ("subject", "subj")
 
 # Target name -> (candidate files, newest first, and the key inside them). The official MEG file
 # (subjects x 2 x N x N) is preferred when present; the data README explains the window-averaged one.
@@ -346,14 +349,29 @@ def read_image_order(path: str | os.PathLike) -> list[str]:
     return names
 
 
-def _shown(names: Sequence[str], limit: int = 3) -> str:
+def shown_names(names: Sequence[str], limit: int = 3) -> str:
+    """The first names of a list and how many more, for a one-line message."""
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(repr(n) for n in names[:limit]) + more
 
 
+def image_stem(name: str) -> str:
+    """An image's name without its image suffix ('obj1.png' -> 'obj1'); other names unchanged ('a.b' stays)."""
+    suffix = Path(name).suffix
+    return name[: -len(suffix)] if suffix and suffix.lower() in IMAGE_SUFFIXES else name
+
+
+def pattern_names(names: Sequence[str]) -> list[str]:
+    """The names an RDM file gives its patterns (images): their stems, as rsatoolbox users name conditions
+    ('obj1'), unless two images share a stem (obj1.png, obj1.jpg), when the file names are kept."""
+    stems = [image_stem(n) for n in names]
+    return stems if len(set(stems)) == len(stems) else list(names)
+
+
 def match_names(listed: Sequence[str], names: Sequence[str], where: str, among: str) -> list[int]:
     """Where each listed name is among `names` (a listed name is an image's file name, or its stem when that is
-    unique), checking that the list is a complete order: every name known, none twice, no image left out.
+    unique; a file name also names the image called by its stem: 'obj1.png' is 'obj1'), checking that the
+    list is a complete order: every name known, none twice, no image left out.
 
     `where` starts the error message (the order file, or an RDM file's descriptor); `among` says where the
     images are (their folder).
@@ -368,6 +386,8 @@ def match_names(listed: Sequence[str], names: Sequence[str], where: str, among: 
             k = exact[name]
         elif len(stems.get(name, ())) == 1:
             k = stems[name][0]
+        elif Path(name).stem in exact:  # a file name listed ('obj1.png') for an image named by its stem ('obj1')
+            k = exact[Path(name).stem]
         elif name in stems:
             raise DataError(f"{where}: '{name}' matches several images in {among} "
                             f"({', '.join(names[k] for k in stems[name])}); give the file name")
@@ -379,10 +399,10 @@ def match_names(listed: Sequence[str], names: Sequence[str], where: str, among: 
         seen.add(k)
         index.append(k)
     if unknown:
-        raise DataError(f"{where}: lists {_shown(unknown)}, not among the {len(names)} images in {among}")
+        raise DataError(f"{where}: lists {shown_names(unknown)}, not among the {len(names)} images in {among}")
     left_out = [names[k] for k in range(len(names)) if k not in seen]
     if left_out:
-        raise DataError(f"{where}: does not list {_shown(left_out)} of the {len(names)} images in {among}")
+        raise DataError(f"{where}: does not list {shown_names(left_out)} of the {len(names)} images in {among}")
     return index
 
 
@@ -643,10 +663,48 @@ def _descriptors(group, count: int, what: str, path: Path) -> dict[str, list]:
     return out
 
 
-def _rsatoolbox_layout(f: h5py.File, path: Path) -> tuple[h5py.Dataset, int, dict[str, list[int]]]:
-    """(the 'dissimilarities' dataset, N, the RDM rows of each key), from its shape and the key descriptor: the
-    file's RDMs split into keys by a 'target' or 'roi' RDM descriptor when it has one (else one key '', as for
-    a .npy file)."""
+@dataclass
+class _Layout:
+    """Where an rsatoolbox file's RDMs are: `rows[key]` the RDM rows of each key, subject by subject (each
+    subject's K rows in file order); `groups[key]` = (subjects, K); `by` the subject descriptor that grouped
+    them (None: one RDM per subject, in file order)."""
+
+    vectors: h5py.Dataset
+    n: int
+    rows: dict[str, list[int]]
+    groups: dict[str, tuple[int, int]]
+    by: str | None
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        subjects, k = self.groups[key]
+        n = self.n
+        return (subjects, k, n, n) if k > 1 else (n, n) if subjects == 1 else (subjects, n, n)
+
+
+def _key_name(path: Path, key: str) -> str:
+    """A file's key as messages name it: 'file:KEY', or the file alone for its one unkeyed array."""
+    return f"{path}:{key}" if key else str(path)
+
+
+def _by_subject(path: Path, key: str, rows: list[int], subjects: list, by: str) -> tuple[list[int], int, int]:
+    """A key's rows grouped subject by subject (subjects in order of first appearance), (rows, S, K); the
+    subjects must have the same number of RDMs each."""
+    grouped: dict[str, list[int]] = {}
+    for row in rows:
+        grouped.setdefault(str(subjects[row]), []).append(row)
+    counts = {subject: len(members) for subject, members in grouped.items()}
+    if len(set(counts.values())) > 1:
+        shown = ", ".join(f"'{subject}': {count}" for subject, count in list(counts.items())[:4])
+        more = f" and {len(counts) - 4} more" if len(counts) > 4 else ""
+        raise DataError(f"{_key_name(path, key)}: RDMs grouped by '{by}' are unequal ({shown}{more} RDMs); every "
+                        "subject needs the same number of RDMs (sessions)")
+    return [row for members in grouped.values() for row in members], len(grouped), len(rows) // len(grouped)
+
+
+def _rsatoolbox_layout(f: h5py.File, path: Path) -> _Layout:
+    """The file's RDMs by key and subject, from the dataset's shape and the descriptors: split into keys by a
+    'target' or 'roi' RDM descriptor when it has one (else one key '', as for a .npy file), and each key's RDMs
+    grouped by a 'subject' (or 'subj') descriptor into (subjects, K) when it has one."""
     vectors = hdf5_get(f, "dissimilarities", path)
     check_real_dtype(vectors.dtype, f"{path}: 'dissimilarities'")
     shape = tuple(vectors.shape or ())
@@ -659,30 +717,98 @@ def _rsatoolbox_layout(f: h5py.File, path: Path) -> tuple[h5py.Dataset, int, dic
         raise DataError(f"{path}: 'dissimilarities' rows of length {pairs} are not the upper "
                         "triangle of a square RDM")
     rdm_descriptors = _descriptors(hdf5_get(f, "rdm_descriptors", path), count, "RDMs", path)
-    by = next((d for d in KEY_DESCRIPTORS if len(rdm_descriptors.get(d, ())) == count), None)
-    groups = {"": list(range(count))}
-    if by is not None:
-        groups = {}
-        for k, value in enumerate(rdm_descriptors[by]):
-            groups.setdefault(str(value), []).append(k)
-    return vectors, n, groups
+    key_by = next((d for d in KEY_DESCRIPTORS if len(rdm_descriptors.get(d, ())) == count), None)
+    keyed = {"": list(range(count))}
+    if key_by is not None:
+        keyed = {}
+        for k, value in enumerate(rdm_descriptors[key_by]):
+            keyed.setdefault(str(value), []).append(k)
+    by = next((d for d in SUBJECT_DESCRIPTORS if len(rdm_descriptors.get(d, ())) == count), None)
+    rows, groups = {}, {}
+    for key, members in keyed.items():
+        if by is None:
+            rows[key], groups[key] = members, (len(members), 1)
+        else:
+            rows[key], subjects, k = _by_subject(path, key, members, rdm_descriptors[by], by)
+            groups[key] = (subjects, k)
+    return _Layout(vectors, n, rows, groups, by)
 
 
 def _read_rsatoolbox(f: h5py.File, path: Path, keys: Sequence[str] | None = None, read: bool = True) -> dict:
-    """The file's RDMs as (N, N) (a key of one RDM) or (RDMs, N, N) arrays, every key or those of `keys`; with
-    `read` False only their shapes. Only the rows of the keys asked for are read."""
-    vectors, n, groups = _rsatoolbox_layout(f, path)
-    shapes = _chosen({key: (n, n) if len(rows) == 1 else (len(rows), n, n) for key, rows in groups.items()}, keys)
+    """The file's RDMs as (N, N) (a key of one RDM), (subjects, N, N) or, grouped by subject with K > 1 RDMs
+    each, (subjects, K, N, N) arrays; every key or those of `keys`; with `read` False only their shapes. Only
+    the rows of the keys asked for are read."""
+    layout = _rsatoolbox_layout(f, path)
+    vectors, n = layout.vectors, layout.n
+    shapes = _chosen({key: layout.shape(key) for key in layout.rows}, keys)
     if not read:
         return shapes
-    rows = sorted({row for key in shapes for row in groups[key]})
+    rows = sorted({row for key in shapes for row in layout.rows[key]})
     pairs = n * (n - 1) // 2
     check_read_size(path, shapes, extra_bytes=8 * len(rows) * pairs)
     every = vectors.ndim == 1 or len(rows) == vectors.shape[0]
     values = np.asarray(vectors[()] if every else vectors[rows], dtype=np.float64).reshape(-1, pairs)
     at = {row: k for k, row in enumerate(range(len(values)) if every else rows)}
-    matrices = {key: np.stack([square_rdm(values[at[row]], n) for row in groups[key]]) for key in shapes}
-    return {key: value[0] if len(groups[key]) == 1 else value for key, value in matrices.items()}
+    return {key: np.stack([square_rdm(values[at[row]], n) for row in layout.rows[key]]).reshape(shapes[key])
+            for key in shapes}
+
+
+def _file_layout(path: Path) -> _Layout | None:
+    """The layout of an rsatoolbox RDMs file (descriptors and shapes only), None for any other file."""
+    if path.suffix.lower() not in RSATOOLBOX_SUFFIXES or not path.is_file() or not h5py.is_hdf5(path):
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            return _rsatoolbox_layout(f, path) if _is_rsatoolbox(f, path) else None
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: unreadable file ({_one_line(exc)})") from None
+
+
+def rdm_grouping(path: str | os.PathLike) -> dict[str, str]:
+    """How an rsatoolbox file's RDMs are grouped, per key, one line each ("own.hdf5: 4 subjects x 2 RDMs each
+    (grouped by 'subject')"); empty for other files. From the descriptors: no RDM is read."""
+    path = Path(path)
+    layout = _file_layout(path)
+    if layout is None:
+        return {}
+    lines = {}
+    for key, (subjects, k) in layout.groups.items():
+        what = f"{subjects} subject{'s' if subjects != 1 else ''}"
+        how = f" x {k} RDM{'s' if k != 1 else ''} each (grouped by '{layout.by}')" if layout.by else \
+            " (one RDM each: no 'subject' descriptor)"
+        lines[key] = f"{_key_name(Path(path.name), key)}: {what}{how}"
+    return lines
+
+
+_ANNOUNCED: set[tuple[str, str]] = set()
+_NOTES: list[str] = []
+
+
+def _announce_grouping(path: Path, keys: Sequence[str]) -> None:
+    """Note once per file and key that an rsatoolbox file's subjects hold K > 1 RDMs each: they are read as
+    (subjects, K, N, N), not as K times the subjects. The notes wait in `take_notes` (the CLI prints them on
+    stderr once a command's input is read, never beside an error's one line)."""
+    layout = _file_layout(path)
+    if layout is None:
+        return
+    lines = rdm_grouping(path)
+    for key in keys:
+        token = (str(path.resolve()), key)
+        if key in layout.groups and layout.groups[key][1] > 1 and token not in _ANNOUNCED:
+            _ANNOUNCED.add(token)
+            _NOTES.append(lines[key])
+
+
+def take_notes(reset: bool = False) -> list[str]:
+    """The notes on how files were read (rsatoolbox subjects grouped by their descriptor) since the last call;
+    `reset` also forgets which files were noted (a new command notes them again)."""
+    notes = list(_NOTES)
+    _NOTES.clear()
+    if reset:
+        _ANNOUNCED.clear()
+    return notes
 
 
 def read_rdm_names(path: str | os.PathLike) -> tuple[str, list[str]] | None:
@@ -695,7 +821,7 @@ def read_rdm_names(path: str | os.PathLike) -> tuple[str, list[str]] | None:
         with h5py.File(path, "r") as f:
             if not _is_rsatoolbox(f, path):
                 return None
-            _, n, _ = _rsatoolbox_layout(f, path)
+            n = _rsatoolbox_layout(f, path).n
             patterns = _descriptors(hdf5_get(f, "pattern_descriptors", path), n, "patterns (images)", path)
     except DataError:
         raise
@@ -727,20 +853,24 @@ def check_rdm_names(path: str | os.PathLike, names: Sequence[str], among: str = 
 
 def _rsatoolbox_rows(path: Path, rdms: dict[str, np.ndarray], names: Sequence[str] | None) -> dict[str, np.ndarray]:
     """Checked before anything is written: the upper triangles of every key's RDMs (one row per RDM), with
-    their 'target' (the key) and 'subject' (1.. within a stack) descriptors."""
+    their 'target' (the key), 'subject' (1.. within a stack) and, for (subjects, K, N, N), 'session' (1..K)
+    descriptors."""
     shapes = {k: np.shape(v) for k, v in rdms.items()}
-    bad = next((k for k, shape in shapes.items() if len(shape) not in (2, 3)), None)
+    bad = next((k for k, shape in shapes.items() if len(shape) not in (2, 3, 4)), None)
     if bad is not None:
-        raise DataError(f"{path}:{bad}: rsatoolbox files hold (N, N) or (RDMs, N, N) arrays, got {shapes[bad]}")
+        raise DataError(f"{path}:{bad}: rsatoolbox files hold (N, N), (subjects, N, N) or (subjects, K, N, N) "
+                        f"arrays, got {shapes[bad]}")
     n = next(iter(shapes.values()))[-1]
     if any(shape[-1] != n for shape in shapes.values()):
         raise DataError(f"{path}: every RDM in an rsatoolbox file covers the same images")
     if names is not None and len(names) != n:
         raise DataError(f"{path}: {len(names)} image names for {n} x {n} RDMs")
     stacks = {k: np.asarray(v, dtype=np.float64).reshape(-1, n, n) for k, v in rdms.items()}
+    per_subject = {k: shape[1] if len(shape) == 4 else 1 for k, shape in shapes.items()}  # K RDMs each
     return {"dissimilarities": np.concatenate([upper_tri(v) for v in stacks.values()]),
             "target": np.array([k.encode("utf-8") for k, v in stacks.items() for _ in v], dtype=bytes),
-            "subject": np.concatenate([np.arange(1, len(v) + 1) for v in stacks.values()]),
+            "subject": np.concatenate([np.arange(len(v)) // per_subject[k] + 1 for k, v in stacks.items()]),
+            "session": np.concatenate([np.arange(len(v)) % per_subject[k] + 1 for k, v in stacks.items()]),
             "images": None if names is None else np.array([str(m).encode("utf-8") for m in names], dtype=bytes)}
 
 
@@ -755,8 +885,10 @@ def _write_rsatoolbox(path: Path, rows: dict[str, np.ndarray], measure: str) -> 
         f.create_group("descriptors").attrs["source"] = "siamrdm"
         rdm_descriptors = f.create_group("rdm_descriptors")
         rdm_descriptors["target"] = rows["target"]
-        if rows["subject"].max() > 1:
+        if rows["subject"].max() > 1 or rows["session"].max() > 1:
             rdm_descriptors["subject"] = rows["subject"]
+        if rows["session"].max() > 1:
+            rdm_descriptors["session"] = rows["session"]
         rdm_descriptors["index"] = np.arange(len(rows["target"]))
         patterns = f.create_group("pattern_descriptors")
         n = (1 + math.isqrt(1 + 8 * rows["dissimilarities"].shape[1])) // 2
@@ -866,8 +998,8 @@ def load_rdms(path: str | os.PathLike, key: str | None = None, n_images: int | N
     elif key not in keys:
         raise DataError(f"{path}: missing key '{key}' (keys: {', '.join(keys) or 'none'})")
     value = _read_rdm_file(path, [key])[key]  # only the array asked for
-    where = f"{path}:{key}" if key else str(path)
-    rdms = validate_rdms(value, where, n_images)
+    rdms = validate_rdms(value, _key_name(path, key), n_images)
+    _announce_grouping(path, [key])
     if names is not None:
         check_rdm_names(path, names)
     return rdms
@@ -881,7 +1013,8 @@ def load_rdm_dict(path: str | os.PathLike, n_images: int | None = None,
     arrays = _read_rdm_file(path)
     if not arrays:
         raise DataError(f"{path}: holds no arrays")
-    rdms = {k: validate_rdms(v, f"{path}:{k}" if k else str(path), n_images) for k, v in arrays.items()}
+    rdms = {k: validate_rdms(v, _key_name(path, k), n_images) for k, v in arrays.items()}
+    _announce_grouping(path, list(rdms))
     if names is not None:
         check_rdm_names(path, names)
     return rdms
@@ -1050,4 +1183,39 @@ def describe_data_root(root: str | os.PathLike | None) -> dict:
             info["sets"][set_name]["not_images"] = not_images
     if not info["sets"]:
         raise DataError(f"{root}: no Algonauts image sets found (expected Training_Data/ and Test_Data/)")
+    return info
+
+
+def describe_own_data(images: str | os.PathLike, rdms: str | os.PathLike, key: str | None = None,
+                      order: str | os.PathLike | Sequence[str] | None = None) -> dict:
+    """What `siamrdm data-info --images DIR --rdms FILE` prints: your own images and RDMs checked against each
+    other as `fit` will read them (the image count and names against the file's, the RDMs' shape, values and
+    grouping), with each key's noise ceilings and reliability. Any mismatch raises the DataError `fit` would
+    raise, before a run. Every key of the file is checked unless `key` names one."""
+    from .reliability import target_reliability
+    from .scoring import ceilings_for
+
+    image_set = load_image_set(images, order)
+    path = Path(rdms)
+    keys = list(list_rdm_keys(path))
+    chosen = keys if key is None else [key]  # load_rdms: a file of one unkeyed array takes any key as its name
+    found = read_rdm_names(path)
+    info: dict = {"images": {"source": str(image_set.source), "count": len(image_set), "names": image_set.names,
+                             "order": "natural" if order is None else str(order) if isinstance(order, str | os.PathLike)
+                             else "given"},
+                  "rdms": {"file": str(path), "names": None, "keys": {}}}
+    grouping = rdm_grouping(path)
+    _ANNOUNCED.update((str(path.resolve()), k) for k in grouping)  # said in the description itself
+    for k in chosen:
+        array = load_rdms(path, k, n_images=len(image_set))
+        name = key if key is not None else k or path.stem
+        ceilings = ceilings_for(name, array)
+        file_key = k if k in keys else ""
+        info["rdms"]["keys"][name] = {
+            "shape": list(array.shape), "grouping": grouping.get(file_key),
+            "ceiling_source": ceilings.source, "noise_ceiling": ceilings.upper, "noise_ceiling_lower": ceilings.lower,
+            "reliability": target_reliability(array)}
+    check_rdm_names(path, image_set.names, among=str(images))
+    if found is not None:
+        info["rdms"]["names"] = {"descriptor": found[0], "count": len(found[1]), "same_order": True}
     return info

@@ -4,7 +4,9 @@ Images stay uint8 on disk, in an HDF5 file (a dataset of shape (N, H, W, 3) uint
 or a folder; a DataLoader's workers decode, resize and augment the images of each mini-batch. Target RDMs are
 condensed upper triangles (scipy's squareform order, as `rdm.upper_tri`), one row per subject: a
 memory-mapped .npy of shape (S, P) or (P,) (np.load(mmap_mode='r', allow_pickle=False)) or an HDF5 dataset of
-those shapes, P = N(N-1)/2. One pass over the file, a block of rows of the RDM at a time, gives the
+those shapes, P = N(N-1)/2. Square RDMs, (S, N, N) or (N, N), in any file the plain path reads (.npy, .mat,
+.npz, rsatoolbox RDMs, an HDF5 dataset), are taken too where they fit in memory: read whole, checked as every
+RDM file is, and condensed. One pass over the file, a block of rows of the RDM at a time, gives the
 group-mean target of the training pairs and the subjects' values of the held-out pairs, so no subject's
 N x N matrix is ever built.
 
@@ -31,18 +33,23 @@ from .config import TrainConfig
 from .data import (
     IMAGE_SUFFIXES,
     MIN_IMAGES,
+    RSATOOLBOX_SUFFIXES,
     DataError,
     _check_pixels,
     _read_image,
     _resolve_order,
+    check_read_size,
     check_real_dtype,
     check_regular_file,
     hdf5_get,
     hdf5_members,
     image_files,
+    load_rdms,
     match_names,
+    rdm_grouping,
+    validate_rdms,
 )
-from .rdm import rank_unit
+from .rdm import rank_unit, upper_tri
 from .scoring import NO_CEILINGS, Ceilings, dot_vectors, score_record, vector_ceilings
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -231,9 +238,26 @@ def load_pixels(loader: torch.utils.data.DataLoader) -> Iterator[torch.Tensor]:
 # --------------------------------------------------------------------------- condensed target RDMs
 
 
+def _readable_square(path: Path) -> bool:
+    """Files the plain path reads (data.load_rdms): .mat, .npz and rsatoolbox RDMs; a plain HDF5 file of
+    datasets (h5py's axis order, not MATLAB's) is read here."""
+    return path.suffix.lower() in (".mat", ".npz") or bool(rdm_grouping(path))
+
+
+def _condensed_in_memory(rdms: np.ndarray, where: str) -> np.ndarray:
+    """Square subject RDMs, (N, N) or (S, N, N), as the condensed rows the mini-batch path reads, (P,) or
+    (S, P) in `rdm.upper_tri`'s order: for sets whose square RDMs fit in memory."""
+    if rdms.ndim == 4:
+        raise DataError(f"{where}: (subjects, K, N, N) RDMs (shape {rdms.shape}): the mini-batch path takes one RDM "
+                        "per subject; average each subject's K RDMs first, or train without --batch-images")
+    return upper_tri(rdms)
+
+
+
 class CondensedRDMs:
     """Subject RDMs as condensed upper triangles, (S, P) or (P,) (one subject), from a memory-mapped .npy or an
-    HDF5 dataset; read a block of rows of the RDM at a time."""
+    HDF5 dataset; read a block of rows of the RDM at a time. Square RDMs that fit in memory (any file the plain
+    path reads) are condensed on opening."""
 
     def __init__(self, path: str | os.PathLike, n_images: int, key: str | None = None):
         path = self.path = check_regular_file(Path(path))
@@ -243,10 +267,17 @@ class CondensedRDMs:
             if suffix == ".npy":
                 array = np.load(path, mmap_mode="r", allow_pickle=False)
                 self.where = str(path)
+                if array.ndim in (3, 4) or array.shape == (n_images, n_images):  # square RDMs
+                    array = _condensed_in_memory(load_rdms(path, n_images=n_images), self.where)
+            elif suffix in RSATOOLBOX_SUFFIXES + (".mat", ".npz") and _readable_square(path):
+                # rsatoolbox files (condensed rows, but grouped by key and subject), .mat and .npz: read as the
+                # plain path reads them, then condensed
+                self.where = f"{path}:{key}" if key else str(path)
+                array = _condensed_in_memory(load_rdms(path, key, n_images=n_images), self.where)
             elif suffix in HDF5_SUFFIXES and h5py.is_hdf5(path):
                 self._file = h5py.File(path, "r")
                 names = [k for k, v in hdf5_members(self._file, path).items()
-                         if isinstance(v, h5py.Dataset) and v.ndim in (1, 2)]
+                         if isinstance(v, h5py.Dataset) and v.ndim in (1, 2, 3)]
                 array = hdf5_get(self._file, key, path) if key else None
                 if not isinstance(array, h5py.Dataset):  # the dataset named by the key, else the only one
                     if len(names) != 1:
@@ -256,8 +287,15 @@ class CondensedRDMs:
                     key = names[0]
                     array = hdf5_get(self._file, key, path)
                 self.where = f"{path}:{key}"
+                if array.ndim == 3 or array.shape == (n_images, n_images):  # square RDMs, as h5py wrote them
+                    check_read_size(path, {key: array.shape})
+                    square = validate_rdms(array[()], self.where, n_images)
+                    self._file.close()
+                    self._file = None
+                    array = _condensed_in_memory(square, self.where)
             else:
-                raise DataError(f"{path}: condensed RDMs must be a .npy file or an HDF5 (.h5, .hdf5) dataset")
+                raise DataError(f"{path}: target RDMs must be a .npy file, an HDF5 (.h5, .hdf5) dataset, an rsatoolbox "
+                                "RDMs file, a .mat or a .npz")
         except DataError:
             raise
         except Exception as exc:

@@ -812,6 +812,11 @@ def score_with_ceiling(model_rdm: np.ndarray, key: str, target_rdms: np.ndarray,
                      permutations, seed)
 
 
+def shown_keys(keys) -> str:
+    """A file's keys for a message: the one array of a file without keys (a .npy) shows as '(no key)'."""
+    return ", ".join(key or "(no key)" for key in keys) or "none"
+
+
 def score_submission(
     submission: dict[str, np.ndarray], targets: dict[str, np.ndarray], permutations: int | None = None, seed: int = 0,
     method: str = OFFICIAL_METHOD,
@@ -830,7 +835,7 @@ def score_submission(
     keys = [k for k in submission if k in targets]
     if not keys:
         raise ValueError(
-            f"no key in common between submission ({', '.join(submission)}) and target ({', '.join(targets)})"
+            f"no key in common between submission ({shown_keys(submission)}) and target ({shown_keys(targets)})"
         )
     if permutations is not None:
         check_permutations(permutations, 3, method)

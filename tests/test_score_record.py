@@ -205,7 +205,7 @@ def test_held_out_pairs_give_the_same_record(make_rdms) -> None:
     want = scoring.score_with_ceiling(model, "IT", subjects)
     assert got.keys() == want.keys()
     for key, value in want.items():
-        assert got[key] == (pytest.approx(value, rel=1e-9) if isinstance(value, float) else value), key
+        assert got[key] == (pytest.approx(value, rel=1e-9) if isinstance(value, float | list) else value), key
     sample = HeldOutTarget.from_values(upper_tri(subjects)[:, :40])
     assert sample.ceilings.source == "computed" and 0 < sample.ceilings.lower < sample.ceilings.upper
     assert HeldOutTarget.from_values(upper_tri(subjects)[:1]).score(upper_tri(model))["pct_nc"] is None

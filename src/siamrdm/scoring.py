@@ -1061,6 +1061,15 @@ def score_submission(
     return result
 
 
+def submission_frame(result: dict):
+    """`score_submission`'s result as a pandas DataFrame: one row per key, its columns 'key', 'method' and
+    `tables.SCORE_FIELDS` (the overall score is the mean of the r2 column)."""
+    from .tables import SCORE_FIELDS, to_frame
+
+    rows = [{"key": key, **row} for key, row in result.items() if key not in ("score", "missing")]
+    return to_frame(rows, ["key", "method", *SCORE_FIELDS])
+
+
 def score_condensed_submission(model_vector, subject_vectors, key: str, method: str = OFFICIAL_METHOD,
                                threads: int = 1) -> dict:
     """What `score_submission` returns, for one key given as upper triangles (`score_condensed`'s inputs): the

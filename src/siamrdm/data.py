@@ -778,7 +778,8 @@ def to_rsatoolbox(rdms: dict[str, np.ndarray] | np.ndarray, names: Sequence[str]
     if not stacks:
         raise DataError("to_rsatoolbox: no RDMs")
     rows = _rsatoolbox_rows(Path("to_rsatoolbox"), stacks, names)
-    rdm_descriptors = {"target": [t.decode("utf-8") for t in rows["target"]], "subject": [int(v) for v in rows["subject"]]}
+    rdm_descriptors = {"target": [t.decode("utf-8") for t in rows["target"]],
+                       "subject": [int(v) for v in rows["subject"]]}
     n = (1 + math.isqrt(1 + 8 * rows["dissimilarities"].shape[1])) // 2
     patterns = {"index": list(range(n))}
     if rows["images"] is not None:

@@ -639,8 +639,8 @@ def ceiling_source(key: str, target_rdms: np.ndarray, method: str = OFFICIAL_MET
 
 
 def _computed_ceilings(target_rdms: np.ndarray, method: str) -> tuple[float, float, float, float]:
-    """(upper, lower, lower in rho units, upper in rho units) from the subjects, kept per data and method, since training validates
-    against the same subjects every epoch."""
+    """(upper, lower, lower in rho units, upper in rho units) from the subjects, kept per data and method, since
+    training validates against the same subjects every epoch."""
     data = np.asarray(target_rdms, dtype=np.float64)
     fingerprint = (method, data.shape, hashlib.blake2b(np.ascontiguousarray(data).tobytes(), digest_size=16).digest())
     if fingerprint not in _COMPUTED_CEILINGS:

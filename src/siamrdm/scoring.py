@@ -723,8 +723,8 @@ def signed_summary(rho: np.ndarray) -> dict:
 
 
 # --------------------------------------------------------------------------- intervals and paired tests
-# What rsatoolbox users read beside a mean over subjects: its standard error (rsatoolbox's eval_fixed divides the
-# variance by n with ddof=0; here ddof=1, the usual sample SE, larger by sqrt(n / (n - 1))), a 95% bootstrap
+# What rsatoolbox users read beside a mean over subjects: its standard error (the sample SE, ddof=1: what
+# rsatoolbox's eval_fixed reports, its ddof=0 variance corrected by n / (n - 1)), a 95% bootstrap
 # interval over subjects (percentile interval of the mean over resampled subjects, as rsatoolbox's bootstrap
 # evaluations give), and paired tests of one method against another on the same subjects (rsatoolbox's
 # test_pairwise: 't-test' and 'ranksum', the Wilcoxon signed-rank test). Seeded: the same values give the same
@@ -787,7 +787,7 @@ class PairedTest:
 
 def paired_test(a, b) -> PairedTest:
     """Paired tests of a against b (same units in the same order): the paired t-test (the tables' p; what
-    rsatoolbox's test_pairwise('t-test') computes for eval_fixed, its variance with ddof=1) and the Wilcoxon
+    rsatoolbox's test_pairwise('t-test') computes for eval_fixed) and the Wilcoxon
     signed-rank test (rsatoolbox's 'ranksum'). None where undefined: fewer than 2 pairs, or no difference at all."""
     a, b = np.asarray(a, dtype=np.float64).reshape(-1), np.asarray(b, dtype=np.float64).reshape(-1)
     if a.shape != b.shape:

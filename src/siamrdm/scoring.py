@@ -25,6 +25,9 @@ official score and its percent of the ceiling; beside it this very model RDM's c
 image labels permuted: mean and 95th percentile, in r2 and in % of the ceiling), p_perm and beats_chance; and
 rho_mean +- rho_se with the lower ceiling in the same unit (`rho_lower_ceiling`). Permutations are on by default
 up to PERMUTE_UP_TO_IMAGES images (`default_permutations`: 1000 take about 0.3 s at 118 images).
+Each record also holds the 95% bootstrap interval over subjects of rho_mean and of r2 (seeded) and the
+per-subject rhos, which `paired_rows` pairs to test each method against each baseline (paired t-test, the
+tables' p, and Wilcoxon's signed-rank test; rsatoolbox's eval_fixed and test_pairwise give the same numbers).
 
 Other comparison methods (one table of them, `COMPARISONS`), named as rsatoolbox names them
 (`rsatoolbox.rdm.compare(..., method=NAME)`), can replace Spearman's rho: 'corr' (Pearson r), 'cosine',

@@ -107,7 +107,14 @@ def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -
         if row["method"] == "siamese":
             assert int(row["epochs"]) in (0, 1, 2)  # with the prior, epoch 0 (the prior alone) is a candidate
             assert -1 <= float(row["rho_mean"]) <= 1 and float(row["rho_se"]) > 0
-    assert (out / "validation.md").read_text().count("| siamese |") == 4
+    scores, paired = (out / "validation.md").read_text().split("## Paired tests against the baselines")
+    assert scores.count("| siamese |") == 4
+    # The Siamese network against each baseline on the same subjects, per target and direction (issue 21).
+    tests = scoring.paired_rows(rows)
+    assert [(r["target"], r["baseline"], r["direction"], r["method"], r["over"]) for r in tests] == [
+        (t, b, d, "siamese", "subjects") for t in ("EVC", "MEG_late") for b in ("layers", "regression")
+        for d in ("92->118", "118->92")]
+    assert paired.count("| siamese |") == 8 and all(f"{r['p_t']:.2g}" in paired for r in tests)
 
     # The epochs were chosen on image folds within the training sets: each direction at its training set's choice.
     curves = json.loads((out / "validation_curves.json").read_text())

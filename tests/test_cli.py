@@ -240,11 +240,12 @@ def test_noise_ceiling_json(capsys, set92: Path, set118: Path, fmri92, fmri118) 
         result = json.loads(out)
         assert list(result) == ["EVC_RDMs", "IT_RDMs"]
         for key, row in result.items():
-            assert set(row) == {"upper", "lower"}
+            assert set(row) == {"upper", "lower", "rho_lower", "rho_upper"}
             assert round(row["upper"], 4) == official[key]
             upper, lower = scoring.noise_ceiling(targets[key])
             assert row["upper"] == pytest.approx(upper) and row["lower"] == pytest.approx(lower)
             assert 0 < row["lower"] < row["upper"]
+            assert 0 < row["rho_lower"] < row["rho_upper"]  # rho units, rsatoolbox's (lower, upper)
 
 
 def test_noise_ceiling_never_prints_nan(capsys, tmp_path: Path, make_rdms) -> None:
@@ -269,12 +270,13 @@ def test_noise_ceiling_table_and_k(capsys, tmp_path: Path, make_rdms) -> None:
     code, out, err = run_main(capsys, "noise-ceiling", str(tmp_path / "meg.mat"))
     assert code == 0 and err == ""
     lines = out.strip().splitlines()
-    assert lines[0].split() == ["key", "upper", "lower"]
-    name, upper, lower = lines[1].split()
-    expected_upper, expected_lower = scoring.noise_ceiling(meg)
+    assert lines[0].split() == ["key", "upper", "lower", "rho_lower", "rho_upper"]
+    name, upper, lower, rho_lower, rho_upper = lines[1].split()
+    expected = scoring.noise_ceilings(meg)
     assert name == "MEG_RDMs_early"
-    assert float(upper) == pytest.approx(expected_upper, abs=1e-4)
-    assert float(lower) == pytest.approx(expected_lower, abs=1e-4)
+    assert float(upper) == pytest.approx(expected.upper, abs=1e-4)
+    assert float(lower) == pytest.approx(expected.lower, abs=1e-4)
+    assert (float(rho_lower), float(rho_upper)) == pytest.approx(expected.rho, abs=1e-4)
 
 
 # --------------------------------------------------------------------------- bad input and usage
@@ -413,7 +415,9 @@ def test_score_and_noise_ceiling_of_upper_triangles(capsys, tmp_path: Path, make
         assert row["noise_ceiling_lower"] == pytest.approx(lower, abs=1e-12)
         assert row["pct_nc"] == pytest.approx(100 * expected.r2 / upper)
     code, out, err = run_main(capsys, "noise-ceiling", str(tmp_path / "IT.npy"), "--json")
-    assert code == 0 and strict_loads(out)["IT"] == pytest.approx({"upper": upper, "lower": lower}, abs=1e-12)
+    ceiling = scoring.noise_ceilings(square)
+    assert code == 0 and strict_loads(out)["IT"] == pytest.approx(
+        {"upper": upper, "lower": lower, "rho_lower": ceiling.rho_lower, "rho_upper": ceiling.rho_upper}, abs=1e-12)
 
     np.save(tmp_path / "bad.npy", np.ones((4, 65), dtype=np.float32))  # 65 is no N(N-1)/2
     code, out, err = run_main(capsys, "noise-ceiling", str(tmp_path / "bad.npy"))

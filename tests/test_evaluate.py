@@ -143,3 +143,29 @@ def test_baseline_command_prints_json(data_root: Path, capsys: pytest.CaptureFix
     result = json.loads(capsys.readouterr().out)
     assert [r["direction"] for r in result["rows"]] == ["92->118", "118->92"]
     assert {r["method"] for r in result["rows"]} == {"layers"}
+
+
+def test_fold_evaluation_writes_the_paired_tests(tmp_path: Path):
+    """evaluation.md and evaluation.json carry each method against each baseline, paired over the folds (each
+    fold's rho_mean) and over the subjects; the fold table its standard error and interval over folds."""
+    from siamrdm import scoring, tables
+
+    rng = np.random.default_rng(7)
+    n = 12
+    truth = rdm_from_features(rng.normal(size=(n, 5)))
+    subjects = np.stack([truth + 0.5 * rdm_from_features(rng.normal(size=(n, 4))) for _ in range(6)])
+    rows = [evaluate._row(method, "V4", f"fold {k + 1}", truth + noise * rdm_from_features(rng.normal(size=(n, 4))),
+                          subjects) for method, noise in (("siamese", 0.3), ("layers", 1.0)) for k in range(5)]
+    held_out = {f"fold {k + 1}": _fake_set("f", {"s": truth}, "s", k) for k in range(5)}
+    evaluation = evaluate.Evaluation(rows, {}, held_out=held_out)
+    paths = evaluate.write_evaluation(evaluation, [], tmp_path, make_plots=False)
+    md, saved = paths["md"].read_text(), json.loads(paths["json"].read_text())
+    assert "## Paired tests against the baselines" in md and "| mean +- se | 95% CI (folds) |" in md
+    assert saved["paired"] == tables.json_safe(evaluation.paired())
+    folds, over_subjects = saved["paired"]
+    assert (folds["over"], folds["n"], over_subjects["over"], over_subjects["n"]) == ("folds", 5, "subjects", 6)
+    rho = {m: [r["rho_mean"] for r in rows if r["method"] == m] for m in ("siamese", "layers")}
+    expected = scoring.paired_test(rho["siamese"], rho["layers"])
+    assert folds["p_t"] == pytest.approx(expected.p_t) and folds["mean_diff"] == pytest.approx(expected.mean_diff)
+    assert folds["mean_diff"] > 0 and f"{folds['p_t']:.2g}" in md
+    assert len(saved["rows"][0]["rhos"]) == 6  # the per-subject rhos the tests pair

@@ -14,6 +14,7 @@ from helpers import run_cli
 from PIL import Image
 
 from siamrdm import challenge, evaluate, plots, reliability, scoring, tables
+from siamrdm import data as data_module
 from siamrdm.data import group_average, load_algonauts_set, save_rdms
 from siamrdm.largeset import HeldOutTarget
 from siamrdm.rdm import square_rdm, upper_tri
@@ -205,7 +206,7 @@ def test_held_out_pairs_give_the_same_record(make_rdms) -> None:
     want = scoring.score_with_ceiling(model, "IT", subjects)
     assert got.keys() == want.keys()
     for key, value in want.items():
-        assert got[key] == (pytest.approx(value, rel=1e-9) if isinstance(value, float) else value), key
+        assert got[key] == (pytest.approx(value, rel=1e-9) if isinstance(value, float | list) else value), key
     sample = HeldOutTarget.from_values(upper_tri(subjects)[:, :40])
     assert sample.ceilings.source == "computed" and 0 < sample.ceilings.lower < sample.ceilings.upper
     assert HeldOutTarget.from_values(upper_tri(subjects)[:1]).score(upper_tri(model))["pct_nc"] is None
@@ -268,3 +269,208 @@ def test_an_rdm_that_runs_against_the_subjects_does_not_beat_chance(fmri92) -> N
                             permutations=200)
     assert row["p_perm"] < 0.05 and row["rho_mean"] < 0
     assert row["beats_chance"] is False
+
+
+# --------------------------------------------------------------------------- intervals, paired tests, frames
+# (issue 21: what rsatoolbox users expect beside a mean over subjects, and tables a notebook can use)
+
+
+def test_the_record_carries_a_bootstrap_interval_and_the_subjects_rhos() -> None:
+    """The percentile interval of the mean over 1000 seeded resamples of the subjects: the same resamples for
+    rho_mean and r2, deterministic, containing the mean, narrower with more subjects."""
+    rng = np.random.default_rng(5)
+    few, many = rng.normal(0.3, 0.1, 6), rng.normal(0.3, 0.1, 60)
+    record = scoring.score_record(few, scoring.NO_CEILINGS)
+    idx = np.random.default_rng(scoring.BOOTSTRAP_SEED).integers(0, 6, (scoring.BOOTSTRAP_SAMPLES, 6))
+    assert (record.rho_ci_low, record.rho_ci_high) == pytest.approx(np.quantile(few[idx].mean(1), [0.025, 0.975]))
+    assert (record.r2_ci_low, record.r2_ci_high) == pytest.approx(np.quantile((few[idx] ** 2).mean(1),
+                                                                              [0.025, 0.975]))
+    assert record.rho_ci_low < record.rho_mean < record.rho_ci_high and record.r2_ci_low < record.r2 < record.r2_ci_high
+    assert record.rhos == pytest.approx(list(few))
+    assert scoring.score_record(few, scoring.NO_CEILINGS) == record  # seeded: the same interval every run
+    wide = record.rho_ci_high - record.rho_ci_low
+    more = scoring.score_record(many, scoring.NO_CEILINGS)
+    assert more.rho_ci_high - more.rho_ci_low < wide / 2  # ~ 1 / sqrt(subjects): 10 times the subjects
+    # About +- 1.96 standard errors, as an interval over subjects should be.
+    assert (more.rho_ci_high - more.rho_ci_low) / (2 * 1.96 * more.rho_se) == pytest.approx(1, abs=0.15)
+    one = scoring.score_record(np.array([0.4]), scoring.NO_CEILINGS)
+    assert one.rho_ci_low is None and one.r2_ci_high is None and one.rhos == [0.4]
+    assert scoring.mean_summary([2.0, 4.0, 6.0])["se"] == pytest.approx(np.std([2, 4, 6], ddof=1) / np.sqrt(3))
+
+
+def test_the_paired_test_is_scipys_paired_t_and_wilcoxon() -> None:
+    from scipy import stats
+
+    a = np.array([0.31, 0.25, 0.40, 0.18, 0.29, 0.35, 0.22, 0.27])
+    b = np.array([0.20, 0.27, 0.30, 0.15, 0.30, 0.21, 0.18, 0.19])
+    test = scoring.paired_test(a, b)
+    assert test.p_t == pytest.approx(stats.ttest_rel(a, b).pvalue) and test.t == pytest.approx(
+        stats.ttest_rel(a, b).statistic)
+    assert test.p_wilcoxon == pytest.approx(stats.wilcoxon(a, b).pvalue)
+    assert test.mean_diff == pytest.approx(np.mean(a - b)) and test.n == 8
+    assert test.diff_se == pytest.approx(np.std(a - b, ddof=1) / np.sqrt(8))
+    assert test.diff_ci_low < test.mean_diff < test.diff_ci_high
+    # Known values: 5 positive differences give Wilcoxon's smallest exact two-sided p, 2 / 2^5; the issue's
+    # hand computation (t = 1.63 over 5 folds) is p = 0.18.
+    ranks = scoring.paired_test([1.0, 2, 3, 4, 5], [0.0, 0, 0, 0, 0])
+    assert ranks.p_wilcoxon == pytest.approx(0.0625) and ranks.t == pytest.approx(3 / (np.std([1, 2, 3, 4, 5],
+                                                                                              ddof=1) / np.sqrt(5)))
+    diffs = np.array([1.0, -0.5, 2.0, 0.4, 1.5])
+    folds = scoring.paired_test(diffs, np.zeros(5))
+    assert folds.t == pytest.approx(diffs.mean() / (diffs.std(ddof=1) / np.sqrt(5)))
+    assert folds.p_t == pytest.approx(2 * stats.t.sf(folds.t, 4))
+    same = scoring.paired_test(a, a)
+    assert same.p_t is None and same.p_wilcoxon is None and same.mean_diff == 0  # no difference: no test, no NaN
+    with pytest.raises(ValueError, match="differ in number"):
+        scoring.paired_test(a, b[:-1])
+
+
+def _scored(method: str, direction: str, rho, target: str = "IT") -> dict:
+    return {"method": method, "target": target, "direction": direction, "detail": "",
+            **scoring.score_record(np.asarray(rho), scoring.Ceilings("computed", 0.2, 0.1, 0.3, 0.45)).to_dict()}
+
+
+def test_paired_rows_over_subjects_and_over_folds(tmp_path: Path) -> None:
+    """Across sets: per direction over the subjects; image folds: over the folds (their rho_mean) and over the
+    subjects (each one's rho averaged over the folds). The same from the rows' CSV text (the report's input)."""
+    rng = np.random.default_rng(3)
+    base = {m: rng.normal(0.2, 0.05, (5, 10)) for m in ("layers", "regression")}
+    siamese = base["layers"] + rng.normal(0.03, 0.05, (5, 10))
+    rows = [_scored(m, f"fold {k + 1}", values[k]) for m, values in
+            (("siamese", siamese), ("layers", base["layers"]), ("regression", base["regression"])) for k in range(5)]
+    paired = scoring.paired_rows(rows)
+    assert [(r["method"], r["baseline"], r["over"]) for r in paired] == [
+        ("siamese", "layers", "folds"), ("siamese", "layers", "subjects"),
+        ("siamese", "regression", "folds"), ("siamese", "regression", "subjects")]
+    folds, subjects = paired[0], paired[1]
+    expected = scoring.paired_test(siamese.mean(axis=1), base["layers"].mean(axis=1))
+    assert folds["n"] == 5 and folds["p_t"] == pytest.approx(expected.p_t)
+    assert folds["p_wilcoxon"] == pytest.approx(expected.p_wilcoxon)
+    expected = scoring.paired_test(siamese.mean(axis=0), base["layers"].mean(axis=0))
+    assert subjects["n"] == 10 and subjects["p_t"] == pytest.approx(expected.p_t)
+
+    challenge.write_table(rows, tmp_path, "validation")
+    with open(tmp_path / "validation.csv", newline="") as f:
+        saved = list(csv.DictReader(f))
+    assert tables.number_list(saved[0]["rhos"]) == pytest.approx(list(siamese[0]))
+    again = scoring.paired_rows(saved)
+    assert [r["p_t"] for r in again] == pytest.approx([r["p_t"] for r in paired])
+    md = (tmp_path / "validation.md").read_text()
+    header, body = tables.paired_table(paired)
+    assert "p (paired t)" in header and "p (Wilcoxon)" in header
+    assert tables.markdown(header, body) in md and f"{paired[0]['p_t']:.2g}" in md
+    report = write_report(tmp_path)[0].read_text()
+    assert tables.markdown(header, body) in report  # the report pairs the CSV's rows the same way
+
+    cross = [_scored("siamese", "92->118", siamese[0]), _scored("layers", "92->118", base["layers"][0])]
+    (row,) = scoring.paired_rows(cross)
+    assert row["direction"] == "92->118" and row["over"] == "subjects" and row["n"] == 10
+    assert row["p_t"] == pytest.approx(scoring.paired_test(siamese[0], base["layers"][0]).p_t)
+
+
+def test_fold_table_shows_the_standard_error_and_interval_over_folds() -> None:
+    rho = np.random.default_rng(4).normal(0.3, 0.1, (5, 10))
+    rows = [_scored("layers", f"fold {k + 1}", rho[k]) for k in range(5)]
+    pct = [r["pct_nc"] for r in rows]
+    stats = scoring.mean_summary(pct)
+    table = evaluate.fold_table(rows)
+    assert "| mean +- se | 95% CI (folds) |" in table
+    assert f"| {stats['mean']:.1f} +- {stats['se']:.1f} | [{stats['ci_low']:.1f}, {stats['ci_high']:.1f}] |" in table
+    assert stats["ci_low"] < stats["mean"] < stats["ci_high"]
+
+
+def test_tables_as_data_frames(make_rdms, monkeypatch) -> None:
+    pandas = pytest.importorskip("pandas")
+    rows = [_scored(m, "fold 1", np.array([0.2, 0.3, 0.25])) for m in ("siamese", "layers")]
+    evaluation = evaluate.Evaluation(rows, {})
+    frame = evaluation.to_frame()
+    assert isinstance(frame, pandas.DataFrame) and list(frame.columns) == tables.SCORE_COLUMNS
+    assert frame["rho_mean"].tolist() == pytest.approx([0.25, 0.25]) and frame["method"].tolist() == [
+        "siamese", "layers"]
+    assert list(evaluation.paired_frame().columns) == tables.PAIRED_COLUMNS
+    record = scoring.score_record(np.array([0.2, 0.4]), scoring.NO_CEILINGS)
+    assert list(record.to_frame().columns) == list(tables.SCORE_FIELDS)
+    assert record.to_frame()["rho_ci_low"][0] == record.rho_ci_low
+    subjects = make_rdms(10, subjects=4, seed=1)
+    ceiling = scoring.noise_ceilings(subjects)
+    assert ceiling.to_frame().loc[0, "rho_upper"] == ceiling.rho_upper
+    result = scoring.score_submission({"IT_RDMs": make_rdms(10, seed=2)}, {"IT_RDMs": subjects}, permutations=0)
+    scores = scoring.submission_frame(result)
+    assert scores["key"].tolist() == ["IT_RDMs"] and scores.loc[0, "r2"] == result["IT_RDMs"]["r2"]
+    monkeypatch.setitem(__import__("sys").modules, "pandas", None)  # pandas absent: one line saying so
+    with pytest.raises(ImportError, match=r"^to_frame\(\) needs pandas \(pip install pandas\)$"):
+        evaluation.to_frame()
+
+
+def test_noise_ceiling_in_rho_units(fmri92) -> None:
+    """rho (lower, upper) beside r2: the means over subjects of rho with the mean of the others and of all,
+    whose squares' means are the r2 ceilings; the r2 values are those of noise_ceiling."""
+    from scipy import stats
+
+    it = fmri92["IT_RDMs"]
+    ceiling = scoring.noise_ceilings(it)
+    assert (ceiling.upper, ceiling.lower) == scoring.noise_ceiling(it)
+    mean = group_average(it)
+    upper = [stats.spearmanr(upper_tri(s), upper_tri(mean)).statistic for s in it]
+    lower = [stats.spearmanr(upper_tri(s), upper_tri(group_average(np.delete(it, k, 0)))).statistic
+             for k, s in enumerate(it)]
+    assert ceiling.rho == pytest.approx((np.mean(lower), np.mean(upper)))
+    assert ceiling.upper == pytest.approx(np.mean(np.square(upper)))
+    assert 0 < ceiling.rho_lower < ceiling.rho_upper < 1
+    assert scoring.ceilings_for("IT", it).rho_upper == pytest.approx(ceiling.rho_upper)
+
+
+def test_the_bar_chart_draws_error_bars(tmp_path: Path) -> None:
+    rows = [{"method": m, "target": "IT", "direction": "", "pct_nc": pct, "nc_lower_pct": 40.0, "noise_ceiling": 0.2}
+            for m, pct in (("a", 30.0), ("b", 60.0))]
+    with_bars = [{**r, "r2_ci_low": 0.2 * (r["pct_nc"] - 15) / 100, "r2_ci_high": 0.2 * (r["pct_nc"] + 15) / 100}
+                 for r in rows]
+    plain = np.asarray(Image.open(plots.plot_scores(rows, tmp_path / "plain.png")).convert("L"), dtype=int)
+    bars = np.asarray(Image.open(plots.plot_scores(with_bars, tmp_path / "bars.png")).convert("L"), dtype=int)
+    assert plain.shape == bars.shape
+    assert (bars < plain - 100).sum() > 100  # the black error bars (and the legend's entry)
+
+
+# --------------------------------------------------------------------------- against rsatoolbox's inference
+
+
+def test_the_statistics_match_rsatoolbox(fmri92) -> None:
+    """rsatoolbox 0.3.2's eval_fixed on the same subjects: the per-subject rho (rdm.compare, spearman), the mean,
+    the SE (its ddof=0 variance corrected by n / (n - 1): the sample SE), the paired tests (test_pairwise: its
+    t-test, the paired t-test, and the Wilcoxon 'ranksum'), the noise ceiling in rho (for
+    'corr' on standardised subjects, where its pooled RDM is our mean RDM up to a constant), and a bootstrap
+    interval over subjects like its eval_bootstrap_rdm's (its own random numbers: close, not equal)."""
+    rsatoolbox = pytest.importorskip("rsatoolbox", reason="rsatoolbox is not installed (pip install siamrdm[rsa])")
+    from scipy import stats
+
+    it = fmri92["IT_RDMs"][:, :40, :40]  # 40 images: rsatoolbox's 1000 bootstrap evaluations take a few seconds
+    subjects, models = it[7:], {"group": group_average(it[:7]), "per-image": per_image_rdm(40, 2)}
+    records = {name: scoring.score_record(scoring.spearman_rhos(m, subjects), scoring.NO_CEILINGS)
+               for name, m in models.items()}
+    data = data_module.to_rsatoolbox({"IT": subjects})
+    fixed = [rsatoolbox.model.ModelFixed(name, data_module.to_rsatoolbox(m)) for name, m in models.items()]
+    result = rsatoolbox.inference.eval_fixed(fixed, data, method="spearman")
+    n = len(subjects)
+    for k, name in enumerate(models):
+        theirs = rsatoolbox.rdm.compare(data_module.to_rsatoolbox(models[name]), data, method="spearman")[0]
+        np.testing.assert_allclose(records[name].rhos, theirs, rtol=1e-10)
+        assert result.get_means()[k] == pytest.approx(records[name].rho_mean, rel=1e-10)
+        assert result.get_sem()[k] == pytest.approx(records[name].rho_se, rel=1e-8)
+    test = scoring.paired_test(records["group"].rhos, records["per-image"].rhos)
+    assert result.test_pairwise("ranksum")[0, 1] == pytest.approx(test.p_wilcoxon, rel=1e-10)
+    assert result.test_pairwise("t-test")[0, 1] == pytest.approx(test.p_t, rel=1e-6)
+    assert test.p_t == pytest.approx(2 * stats.t.sf(abs(test.t), n - 1))
+
+    rng = np.random.default_rng(0)
+    z = np.stack([square_rdm((v - v.mean()) / v.std(), 40) for v in upper_tri(it + rng.random(it.shape) * 1e-9)])
+    ours = scoring.noise_ceilings(z, "corr")
+    theirs = rsatoolbox.inference.boot_noise_ceiling(data_module.to_rsatoolbox(z), method="corr")
+    assert ours.rho == pytest.approx(theirs, rel=1e-8)
+
+    np.random.seed(0)  # rsatoolbox's bootstrap draws from numpy's global generator
+    boot = rsatoolbox.inference.eval_bootstrap_rdm(fixed[:1], data, method="spearman", N=1000,
+                                                   boot_noise_ceil=False)
+    low, high = (float(v[0]) for v in boot.get_ci(0.95, test_type="bootstrap"))
+    ours = records["group"]
+    width = ours.rho_ci_high - ours.rho_ci_low
+    assert abs(low - ours.rho_ci_low) < 0.2 * width and abs(high - ours.rho_ci_high) < 0.2 * width

@@ -28,6 +28,8 @@ _API = {
     # scoring
     "score_rdm": "scoring", "score_with_ceiling": "scoring", "noise_ceiling": "scoring", "compare_rdms": "scoring",
     "COMPARISON_METHODS": "scoring", "score_condensed": "scoring", "noise_ceiling_condensed": "scoring",
+    "score_submission": "scoring", "submission_frame": "scoring", "noise_ceilings": "scoring",
+    "paired_test": "scoring", "paired_rows": "scoring", "to_rsatoolbox": "data",
     # baselines and evaluation
     "layer_rdms": "baselines", "evaluate_folds": "evaluate", "run_fold_evaluation": "evaluate",
 }

@@ -68,9 +68,15 @@ def write_submissions(out_dir: str | os.PathLike, rdms: dict[str, np.ndarray]) -
 
 def write_table(rows: list[dict], out_dir: Path, stem: str) -> None:
     """rows as CSV (tables.SCORE_COLUMNS) and as a markdown table (tables.score_table: the score beside its
-    chance level, p_perm and the signed mean rho)."""
+    chance level, p_perm and the signed mean rho), with the paired tests of each method against the baselines
+    where there are some (scoring.paired_rows, over each direction's subjects)."""
     tables.write_csv(rows, out_dir / f"{stem}.csv", VALIDATION_COLUMNS)
-    write_text(out_dir / f"{stem}.md", tables.markdown(*tables.score_table(rows)) + "\n")
+    text = tables.markdown(*tables.score_table(rows)) + "\n"
+    paired = scoring.paired_rows(rows)
+    if paired:
+        text += f"\n## Paired tests against the baselines\n\n{tables.PAIRED_NOTE}\n\n"
+        text += tables.markdown(*tables.paired_table(paired)) + "\n"
+    write_text(out_dir / f"{stem}.md", text)
 
 
 def cross_set_splits(sets: dict[str, BrainDataset]) -> dict[str, tuple[BrainDataset, BrainDataset]]:

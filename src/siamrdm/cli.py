@@ -246,20 +246,24 @@ def cmd_score(args) -> int:
 def cmd_noise_ceiling(args) -> int:
     subjects = _condensed_subjects(args.target)
     targets = {Path(args.target).stem: subjects} if subjects is not None else data.load_rdm_dict(args.target)
-    ceiling = scoring.noise_ceiling if subjects is None else scoring.noise_ceiling_condensed
     result = {}
     for key, rdms in targets.items():
-        try:
-            upper, lower = ceiling(rdms, args.method)
+        try:  # r2 (the challenge's unit) and rho as (lower, upper), rsatoolbox's
+            ceiling = scoring.noise_ceilings(rdms, args.method, condensed=subjects is not None)
         except ValueError as exc:  # fewer than 2 subjects, or a constant mean RDM
             raise data.DataError(f"{args.target}:{key}: {exc}") from None
-        result[key or Path(args.target).stem] = {"upper": upper, "lower": lower}  # a key-less file: its stem
+        result[key or Path(args.target).stem] = {  # a key-less file: its stem
+            "upper": ceiling.upper, "lower": ceiling.lower, "rho_lower": ceiling.rho_lower,
+            "rho_upper": ceiling.rho_upper}
     if args.json:
         _print_json(result)
     else:
-        print(f"{'key':<18} {'upper':>8} {'lower':>8}")
+        print(f"{'key':<18} {'upper':>8} {'lower':>8} {'rho_lower':>9} {'rho_upper':>9}")
         for key, row in result.items():
-            print(f"{key:<18} {row['upper']:>8.4f} {row['lower']:>8.4f}")
+            print(f"{key:<18} {row['upper']:>8.4f} {row['lower']:>8.4f} {row['rho_lower']:>9.4f} "
+                  f"{row['rho_upper']:>9.4f}")
+        print("note: upper and lower in r2 (the challenge's unit); rho_lower, rho_upper: the same in rho, "
+              "rsatoolbox's (lower, upper)")
     return 0
 
 
@@ -683,7 +687,7 @@ def _add_foundation_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("noise-ceiling", help="upper and lower noise ceilings of subject RDMs")
+    p = sub.add_parser("noise-ceiling", help="upper and lower noise ceilings of subject RDMs (in r2 and in rho)")
     p.add_argument("target", help="file of subject RDMs, (S, N, N) or (S, K, N, N) per key, or a .npy of their "
                    "upper triangles, (S, N(N-1)/2)")
     _add_method_option(p)

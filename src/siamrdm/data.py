@@ -897,6 +897,29 @@ def _write_rsatoolbox(path: Path, rows: dict[str, np.ndarray], measure: str) -> 
         patterns["index"] = np.arange(n)
 
 
+def to_rsatoolbox(rdms: dict[str, np.ndarray] | np.ndarray, names: Sequence[str] | None = None,
+                 measure: str = "siamrdm prediction"):
+    """RDMs as an `rsatoolbox.rdm.RDMs` object (rsatoolbox needed; imported here only): one (N, N) or (S, N, N)
+    array, or a dict of them by key, with the layout `save_rdms` writes to .hdf5 (each key a 'target' RDM
+    descriptor, 'subject' 1.. within a stack, the image `names` as the 'images' pattern descriptor)."""
+    try:
+        from rsatoolbox.rdm import RDMs
+    except ImportError:
+        raise ImportError("to_rsatoolbox() needs rsatoolbox (pip install rsatoolbox)") from None
+    stacks = rdms if isinstance(rdms, dict) else {"rdm": rdms}
+    if not stacks:
+        raise DataError("to_rsatoolbox: no RDMs")
+    rows = _rsatoolbox_rows(Path("to_rsatoolbox"), stacks, names)
+    rdm_descriptors = {"target": [t.decode("utf-8") for t in rows["target"]],
+                       "subject": [int(v) for v in rows["subject"]]}
+    n = (1 + math.isqrt(1 + 8 * rows["dissimilarities"].shape[1])) // 2
+    patterns = {"index": list(range(n))}
+    if rows["images"] is not None:
+        patterns["images"] = [m.decode("utf-8") for m in rows["images"]]
+    return RDMs(rows["dissimilarities"], dissimilarity_measure=measure, rdm_descriptors=rdm_descriptors,
+                pattern_descriptors=patterns)
+
+
 def list_rdm_keys(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     """Keys of an RDM file with their array shapes (the key of a .npy is ''), from the file's headers: no array
     is read."""

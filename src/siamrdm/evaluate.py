@@ -44,7 +44,7 @@ from .data import (
     target_key,
 )
 from .files import atomic_path, write_text
-from .scoring import NO_CEILING_NOTE, score_with_ceiling
+from .scoring import NO_CEILING_NOTE, mean_summary, paired_rows, score_with_ceiling
 from .tables import fmt, json_safe
 from .train import TrainConfig, config_from_preset
 
@@ -62,6 +62,19 @@ class Evaluation:
     regression: dict = field(default_factory=dict)  # direction -> target -> weights, intercept, residual
     seconds: dict[str, float] = field(default_factory=dict)  # per method, and "layer_rdms"
     held_out: dict[str, BrainDataset] = field(default_factory=dict)  # image folds: direction -> held-out images
+
+    def to_frame(self):
+        """The rows as a pandas DataFrame with the columns of `tables.SCORE_COLUMNS`."""
+        return tables.to_frame(self.rows, COLUMNS)
+
+    def paired(self) -> list[dict]:
+        """Each method against each baseline (scoring.paired_rows: over subjects; for image folds also over
+        the folds), the rows of `tables.PAIRED_COLUMNS`."""
+        return paired_rows(self.rows)
+
+    def paired_frame(self):
+        """`paired` as a pandas DataFrame with the columns of `tables.PAIRED_COLUMNS`."""
+        return tables.to_frame(self.paired(), tables.PAIRED_COLUMNS)
 
 
 def parse_list(text: str | None, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -241,11 +254,12 @@ def _ceiling_used(rows: list[dict]) -> str:
 
 
 def fold_table(rows: list[dict]) -> str:
-    """Per method and target: the mean over folds and every fold's score, as percent of the noise ceiling when
-    every fold has one (else r2), and the ceiling used."""
+    """Per method and target: the mean over folds with its standard error and 95% bootstrap interval over the
+    folds (scoring.mean_summary), and every fold's score, as percent of the noise ceiling when every fold has one
+    (else r2), and the ceiling used."""
     folds = list(dict.fromkeys(r["direction"] for r in rows))
-    header = "| method | target | score | mean | " + " | ".join(folds) + " | ceiling used |"
-    lines = [header, "|---" * (len(folds) + 5) + "|"]
+    header = "| method | target | score | mean +- se | 95% CI (folds) | " + " | ".join(folds) + " | ceiling used |"
+    lines = [header, "|---" * (len(folds) + 6) + "|"]
     for method, target in dict.fromkeys((r["method"], r["target"]) for r in rows):
         group = [r for r in rows if r["method"] == method and r["target"] == target]
         measure = "pct_nc" if all(r["pct_nc"] is not None for r in group) else "r2"
@@ -253,10 +267,11 @@ def fold_table(rows: list[dict]) -> str:
         values = [by_fold.get(f) for f in folds]
         finite = [v for v in values if v is not None and math.isfinite(v)]
         spec = ".1f" if measure == "pct_nc" else ".4f"
-        mean = float(np.mean(finite)) if finite else None
+        stats = mean_summary(finite)
+        interval = "-" if stats["ci_low"] is None else f"[{fmt(stats['ci_low'], spec)}, {fmt(stats['ci_high'], spec)}]"
         lines.append(f"| {method} | {target} | {'% of noise ceiling' if measure == 'pct_nc' else 'r2'} | "
-                     f"{fmt(mean, spec)} | " + " | ".join(fmt(v, spec) for v in values)
-                     + f" | {_ceiling_used(group)} |")
+                     f"{fmt(stats['mean'], spec)} +- {fmt(stats['se'], spec)} | {interval} | "
+                     + " | ".join(fmt(v, spec) for v in values) + f" | {_ceiling_used(group)} |")
     return "\n".join(lines)
 
 
@@ -299,13 +314,17 @@ def write_evaluation(evaluation: Evaluation, sets: list[BrainDataset], out_dir: 
         md = ["# Cross-set evaluation", "",
               "Fit on one image set, score on the other (official metric: mean over subjects of Spearman rho^2; "
               "percent of the noise ceiling).", "", "## Percent of the noise ceiling", "", summary_table(rows), ""]
+    paired = evaluation.paired()
+    if paired:
+        md += ["## Paired tests against the baselines", "", tables.PAIRED_NOTE, "",
+               tables.markdown(*tables.paired_table(paired)), ""]
     md += ["## Methods ranked by what beats chance", "",
            "Chance: each prediction scored with its image labels permuted (mean and 95th percentile); a row beats "
            "it when p_perm < 0.05. Ranked by the rows that beat chance, then by the mean signed rho.", "",
            tables.markdown(*tables.ranking_table(rows)), "", "## All scores", "", markdown_table(rows), ""]
     paths["md"] = out / "evaluation.md"
     write_text(paths["md"], "\n".join(md))
-    payload = {"rows": rows, "layers": evaluation.layers, "regression": evaluation.regression,
+    payload = {"rows": rows, "paired": paired, "layers": evaluation.layers, "regression": evaluation.regression,
                "seconds": evaluation.seconds, "settings": settings or {}}
     if evaluation.held_out:
         payload["folds"] = {label: d.images.names for label, d in evaluation.held_out.items()}

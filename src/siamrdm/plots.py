@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 from matplotlib.patches import Patch
 from PIL import Image
@@ -221,6 +222,18 @@ def plot_training_curves(history: Iterable[dict], path: str | os.PathLike, title
 # --------------------------------------------------------------------------- scores
 
 
+def _interval(row: dict, in_percent: bool) -> tuple[float, float] | None:
+    """A row's 95% interval of r2 (`r2_ci_low`, `r2_ci_high`), in % of its noise ceiling when `in_percent`;
+    None when it has none."""
+    low, high = number(row.get("r2_ci_low")), number(row.get("r2_ci_high"))
+    if low is None or high is None:
+        return None
+    if not in_percent:
+        return low, high
+    ceiling = number(row.get("noise_ceiling"))
+    return None if ceiling is None or ceiling <= 0 else (100 * low / ceiling, 100 * high / ceiling)
+
+
 def plot_scores(rows: Iterable[dict], path: str | os.PathLike, title: str | None = None,
                 measure: str = "pct_nc") -> Path:
     """Percent of the noise ceiling per target, one bar per method and direction, with the ceiling band and each
@@ -230,8 +243,10 @@ def plot_scores(rows: Iterable[dict], path: str | os.PathLike, title: str | None
     of the upper) each target's band spans its lowest lower ceiling (over the test sets) to the upper ceiling;
     the upper ceiling (100 %) is always drawn as a line. With `chance_pct_mean` and `chance_pct_95` (this
     prediction's score with its image labels permuted) a dark band over the bar spans the chance mean to its
-    95th percentile: a bar that does not rise above it has not beaten chance. With `measure="r2"` the bars are
-    r2 (chance in r2 too) and there is no ceiling band: for data without a noise ceiling (a single group RDM).
+    95th percentile: a bar that does not rise above it has not beaten chance. With `r2_ci_low` and `r2_ci_high`
+    (the score record's 95% bootstrap interval over subjects) each bar has its error bar, in % of the row's
+    `noise_ceiling`. With `measure="r2"` the bars are r2 (chance and error bars in r2 too) and there is no
+    ceiling band: for data without a noise ceiling (a single group RDM).
     """
     with_ceiling = measure == "pct_nc"
     rows = [r for r in rows if _number(r.get(measure)) == _number(r.get(measure))]
@@ -245,6 +260,7 @@ def plot_scores(rows: Iterable[dict], path: str | os.PathLike, title: str | None
     unit = "pct" if with_ceiling else "r2"
     chance = {(r["method"], r.get("direction", ""), r["target"]): (_number(r.get(f"chance_{unit}_mean")),
                                                                   _number(r.get(f"chance_{unit}_95"))) for r in rows}
+    errors = {(r["method"], r.get("direction", ""), r["target"]): _interval(r, with_ceiling) for r in rows}
     width = 0.8 / len(series)
     hatches = ["", "//", "..", "xx", "\\\\", "++"]
     fig = _figure("scores")
@@ -263,7 +279,12 @@ def plot_scores(rows: Iterable[dict], path: str | os.PathLike, title: str | None
         values = [lookup.get((method, direction, t), math.nan) for t in targets]
         ax.bar(x, np.nan_to_num(values), width * 0.95, color=f"C{methods.index(method)}",
                hatch=hatches[directions.index(direction) % len(hatches)], edgecolor="white", zorder=2)
-        for position, target in zip(x, targets, strict=True):
+        for position, target, value in zip(x, targets, values, strict=True):
+            bounds = errors.get((method, direction, target))
+            if bounds is not None and math.isfinite(value):
+                below, above = max(value - bounds[0], 0.0), max(bounds[1] - value, 0.0)
+                ax.errorbar(position, value, yerr=[[below], [above]], fmt="none", ecolor="k", elinewidth=1.2,
+                            capsize=3, zorder=5)
             low, high = chance.get((method, direction, target), (math.nan, math.nan))
             if math.isfinite(high):
                 low = low if math.isfinite(low) else high
@@ -277,9 +298,13 @@ def plot_scores(rows: Iterable[dict], path: str | os.PathLike, title: str | None
         handles.append(Patch(color="0.85", label="noise ceiling (lower to upper)"))
     if any(math.isfinite(high) for _, high in chance.values()):
         handles.append(Patch(color="0.2", alpha=0.45, label="chance, labels permuted (mean to 95th pct)"))
+    if any(bounds is not None for bounds in errors.values()):
+        handles.append(Line2D([], [], color="k", marker="_", markersize=8, lw=1.2,
+                              label="95% bootstrap interval over subjects"))
     ax.legend(handles=handles, loc="upper left", fontsize="small", ncol=2)
     ax.set_xticks(np.arange(len(targets)), targets)
-    values = [v for v in [*lookup.values(), *(high for _, high in chance.values())] if math.isfinite(v)]
+    values = [v for v in [*lookup.values(), *(high for _, high in chance.values()),
+                          *(b[k] for b in errors.values() if b is not None for k in (0, 1))] if math.isfinite(v)]
     top = max(110.0, max(values) * 1.1) if with_ceiling else max(max(values) * 1.1, 1e-3)
     ax.set_ylim(min(0.0, min(values) * 1.1), top * 1.25)
     ax.axhline(0, color="k", lw=0.8)

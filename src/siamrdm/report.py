@@ -30,7 +30,8 @@ from pathlib import Path
 from . import plots
 from .data import DataError
 from .files import check_output_file, write_text
-from .tables import chance_ranking, flag, number, ranking_table, score_table, summary
+from .scoring import paired_rows
+from .tables import PAIRED_NOTE, chance_ranking, flag, number, paired_table, ranking_table, score_table, summary
 
 SETTINGS_FILES = ("settings.json", "config.json")
 SCORE_COLUMNS = {"method", "target", "pct_nc"}  # what makes a CSV a score table
@@ -142,6 +143,9 @@ def _collect(run_dir: Path) -> list[Block]:
             blocks += [("p", "r2 (these data have no noise ceiling):"), _summary_table(rows, "r2")]
         blocks += [("p", "All scores (chance: mean and 95th percentile of this prediction's score with its image "
                     "labels permuted):"), ("table", *score_table(rows))]
+        paired = paired_rows(rows)
+        if paired:
+            blocks += [("p", PAIRED_NOTE), ("table", *paired_table(paired))]
         chart = path.with_name("scores.png") if path.stem == "evaluation" else path.with_name(f"{path.stem}_scores.png")
         if not chart.is_file() and scored:
             plots.plot_scores(scored, chart, title=f"{path.stem}: percent of the noise ceiling")

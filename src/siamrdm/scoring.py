@@ -25,6 +25,9 @@ official score and its percent of the ceiling; beside it this very model RDM's c
 image labels permuted: mean and 95th percentile, in r2 and in % of the ceiling), p_perm and beats_chance; and
 rho_mean +- rho_se with the lower ceiling in the same unit (`rho_lower_ceiling`). Permutations are on by default
 up to PERMUTE_UP_TO_IMAGES images (`default_permutations`: 1000 take about 0.3 s at 118 images).
+Each record also holds the 95% bootstrap interval over subjects of rho_mean and of r2 (seeded) and the
+per-subject rhos, which `paired_rows` pairs to test each method against each baseline (paired t-test, the
+tables' p, and Wilcoxon's signed-rank test; rsatoolbox's eval_fixed and test_pairwise give the same numbers).
 
 Other comparison methods (one table of them, `COMPARISONS`), named as rsatoolbox names them
 (`rsatoolbox.rdm.compare(..., method=NAME)`), can replace Spearman's rho: 'corr' (Pearson r), 'cosine',
@@ -55,6 +58,7 @@ from scipy import stats
 from .data import TARGETS, check_real_dtype, subject_rdms
 from .errors import ConfigError
 from .rdm import Ranker, square_rdm, upper_tri, upper_tri_indices
+from .tables import number, number_list
 
 # Official noise ceilings (upper bound, mean over subjects of r^2) from the challenge's scoring scripts.
 OFFICIAL_NOISE_CEILINGS: dict[int, dict[str, float]] = {
@@ -276,9 +280,9 @@ def _compare(a: np.ndarray, b: np.ndarray, method: str) -> float:
 def _stream(model, subjects: _Subjects, method: str, ceiling: bool,
             threads: int = 1) -> tuple[np.ndarray | None, tuple | None]:
     """(K-averaged comparisons of the model with each subject, or None without a model; (upper, lower, lower in
-    rho units) noise ceiling, or None), in two passes over the subjects, one at a time. The lower ceiling in rho
-    units is the mean over subjects of the (K-averaged) comparison with the mean of the others, the same unit as
-    a model's `rho_mean`.
+    rho units, upper in rho units) noise ceiling, or None), in two passes over the subjects, one at a time. The
+    ceilings in rho units are the means over subjects of the (K-averaged) comparison with the mean of the others
+    (lower) and of all subjects (upper), the same unit as a model's `rho_mean`.
 
     Pass 1 sums the subjects' float64 upper triangles (in subject order, as numpy's mean over the stacked
     RDMs does, so the mean RDMs and their ranks are the same to the last bit). Pass 2 transforms each subject
@@ -386,7 +390,7 @@ def _stream(model, subjects: _Subjects, method: str, ceiling: bool,
     ceilings = None
     if ceiling:
         ceilings = (float(np.mean(upper.mean(axis=1) ** 2)), float(np.mean(lower.mean(axis=1) ** 2)),
-                    float(np.mean(lower.mean(axis=1))))
+                    float(np.mean(lower.mean(axis=1))), float(np.mean(upper.mean(axis=1))))
         if not all(math.isfinite(c) for c in ceilings):  # finite subjects give finite ceilings: never pass NaN on
             raise FloatingPointError(f"the noise ceiling came out as {ceilings} from finite subject RDMs")
     return (None if values is None else values.mean(axis=1)), ceilings
@@ -509,16 +513,52 @@ def _check_mean(vector: np.ndarray, what: str) -> None:
         raise ValueError(f"{what} has a constant upper triangle, so the noise ceiling is undefined")
 
 
-def noise_ceiling(target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> tuple[float, float]:
-    """(upper, lower) noise ceiling in the metric's units (mean r^2), compared with `method`.
+@dataclasses.dataclass(frozen=True)
+class NoiseCeiling:
+    """A target's noise ceiling in both units: r2 (the challenge's, what pct_nc divides by) and rho (rsatoolbox's
+    `boot_noise_ceiling`, read as (lower, upper) against a model's `rho_mean`). Upper: each subject against the
+    mean of all subjects; lower: each subject against the mean of the others."""
 
-    Upper: each subject against the mean of all subjects. Lower: each subject against the mean of the others.
+    upper: float  # r2 units: mean over subjects of rho^2 with the mean of all subjects
+    lower: float  # r2 units: ... with the mean of the others
+    rho_lower: float  # rho units: mean over subjects of rho with the mean of the others
+    rho_upper: float  # rho units: ... with the mean of all subjects
+    method: str = OFFICIAL_METHOD
+
+    @property
+    def rho(self) -> tuple[float, float]:
+        """(lower, upper) in rho units, in rsatoolbox's order."""
+        return self.rho_lower, self.rho_upper
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_frame(self):
+        """One row (pandas DataFrame), for a notebook."""
+        from .tables import to_frame
+
+        return to_frame([self.to_dict()], [f.name for f in dataclasses.fields(self)])
+
+
+def noise_ceilings(target_rdms, method: str = OFFICIAL_METHOD, condensed: bool = False,
+                   threads: int = 1) -> NoiseCeiling:
+    """The noise ceiling of subject RDMs in r2 and in rho units (`NoiseCeiling`), compared with `method`: from
+    square RDMs, or with `condensed` from upper triangles, (S, P) or (S, K, P) (see `score_condensed`).
+
     Raises ValueError, never returns NaN, when a mean RDM is constant (e.g. two subjects whose RDMs add up
     to a constant); `data.validate_rdms` already rejects constant individual RDMs. Each subject is ranked once
     and each mean once (see `_stream`).
     """
-    _, ceilings = _stream(None, _Subjects(np.asarray(target_rdms), condensed=False), method, ceiling=True)
-    return ceilings[:2]
+    subjects = _Subjects(target_rdms if condensed else np.asarray(target_rdms), condensed=condensed)
+    _, (upper, lower, rho_lower, rho_upper) = _stream(None, subjects, method, ceiling=True, threads=threads)
+    return NoiseCeiling(upper, lower, rho_lower, rho_upper, method)
+
+
+def noise_ceiling(target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> tuple[float, float]:
+    """(upper, lower) noise ceiling in the metric's units (mean r^2), compared with `method` (`noise_ceilings`
+    has the same in rho units too)."""
+    ceiling = noise_ceilings(target_rdms, method)
+    return ceiling.upper, ceiling.lower
 
 
 def score_condensed(model_vector, subject_vectors, method: str = OFFICIAL_METHOD, ceiling: bool = True,
@@ -561,8 +601,8 @@ def _score_condensed(model_vector, subject_vectors, method: str, ceiling: bool,
 
 def noise_ceiling_condensed(subject_vectors, method: str = OFFICIAL_METHOD, threads: int = 1) -> tuple[float, float]:
     """(upper, lower) noise ceiling of subjects' upper triangles, (S, P) or (S, K, P) (see `score_condensed`)."""
-    _, ceilings = _stream(None, _Subjects(subject_vectors, condensed=True), method, ceiling=True, threads=threads)
-    return ceilings[:2]
+    ceiling = noise_ceilings(subject_vectors, method, condensed=True, threads=threads)
+    return ceiling.upper, ceiling.lower
 
 
 def target_name(key: str) -> str:
@@ -580,7 +620,7 @@ def official_noise_ceiling(key: str, n_images: int) -> float | None:
 
 
 _MEG_TARGETS = ("MEG_early", "MEG_late")
-_COMPUTED_CEILINGS: dict[tuple, tuple[float, float]] = {}
+_COMPUTED_CEILINGS: dict[tuple, tuple[float, float, float, float]] = {}
 
 
 NO_CEILING_NOTE = "one RDM, no subjects to estimate a noise ceiling from: scores are r2 only"
@@ -601,9 +641,9 @@ def ceiling_source(key: str, target_rdms: np.ndarray, method: str = OFFICIAL_MET
     return "computed" if subject_rdms(target_rdms).shape[0] >= 2 else None
 
 
-def _computed_ceilings(target_rdms: np.ndarray, method: str) -> tuple[float, float, float]:
-    """(upper, lower, lower in rho units) from the subjects, kept per data and method, since training validates
-    against the same subjects every epoch."""
+def _computed_ceilings(target_rdms: np.ndarray, method: str) -> tuple[float, float, float, float]:
+    """(upper, lower, lower in rho units, upper in rho units) from the subjects, kept per data and method, since
+    training validates against the same subjects every epoch."""
     data = np.asarray(target_rdms, dtype=np.float64)
     fingerprint = (method, data.shape, hashlib.blake2b(np.ascontiguousarray(data).tobytes(), digest_size=16).digest())
     if fingerprint not in _COMPUTED_CEILINGS:
@@ -636,6 +676,7 @@ class Ceilings:
     upper: float | None  # the reference ceiling, r2 units: what pct_nc divides by
     lower: float | None  # lower bound, r2 units: each subject against the mean of the others (None with one)
     rho_lower: float | None  # the same lower bound in rho units: the mean over subjects of that rho
+    rho_upper: float | None = None  # the computed upper bound in rho units (None where none is computed)
 
 
 NO_CEILINGS = Ceilings(None, None, None, None)
@@ -646,10 +687,10 @@ def ceilings_for(key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHO
     subjects are kept per data (`_computed_ceilings`)."""
     source = ceiling_source(key, target_rdms, method)
     several = subject_rdms(np.asarray(target_rdms)).shape[0] >= 2
-    upper, lower, rho_lower = _computed_ceilings(target_rdms, method) if several else (None, None, None)
+    upper, lower, rho_lower, rho_upper = _computed_ceilings(target_rdms, method) if several else (None,) * 4
     if source == "official":
         upper = official_noise_ceiling(key, target_rdms.shape[-1])
-    return Ceilings(source, upper, lower, rho_lower)
+    return Ceilings(source, upper, lower, rho_lower, rho_upper)
 
 
 def vector_ceilings(subject_vectors: np.ndarray, method: str = OFFICIAL_METHOD) -> Ceilings:
@@ -657,9 +698,8 @@ def vector_ceilings(subject_vectors: np.ndarray, method: str = OFFICIAL_METHOD) 
     sample of pairs (held-out pairs, a random sample of a large RDM's). None of them with one subject."""
     if len(subject_vectors) < 2:
         return NO_CEILINGS
-    _, (upper, lower, rho_lower) = _stream(None, _Subjects(subject_vectors, condensed=True, sampled=True), method,
-                                           ceiling=True)
-    return Ceilings("computed", upper, lower, rho_lower)
+    _, computed = _stream(None, _Subjects(subject_vectors, condensed=True, sampled=True), method, ceiling=True)
+    return Ceilings("computed", *computed)
 
 
 def ceiling_info(key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> dict:
@@ -683,6 +723,135 @@ def signed_summary(rho: np.ndarray) -> dict:
     rho = np.asarray(rho, dtype=np.float64)
     se = float(rho.std(ddof=1) / math.sqrt(len(rho))) if len(rho) >= 2 else None
     return {"rho_mean": float(rho.mean()), "rho_se": se}
+
+
+# --------------------------------------------------------------------------- intervals and paired tests
+# What rsatoolbox users read beside a mean over subjects: its standard error (the sample SE, ddof=1: what
+# rsatoolbox's eval_fixed reports, its ddof=0 variance corrected by n / (n - 1)), a 95% bootstrap
+# interval over subjects (percentile interval of the mean over resampled subjects, as rsatoolbox's bootstrap
+# evaluations give), and paired tests of one method against another on the same subjects (rsatoolbox's
+# test_pairwise: 't-test' and 'ranksum', the Wilcoxon signed-rank test). Seeded: the same values give the same
+# interval on every run.
+
+BOOTSTRAP_SAMPLES = 1000
+BOOTSTRAP_SEED = 0
+CI_LEVEL = 0.95
+
+
+def bootstrap_indices(n: int, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """(samples, n) indices of `samples` resamples with replacement of n units (subjects, folds), seeded."""
+    return np.random.default_rng(check_seed(seed)).integers(0, n, size=(samples, n))
+
+
+def _percentile_interval(means: np.ndarray, level: float = CI_LEVEL) -> tuple[float | None, float | None]:
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return _finite_or_none(float(low)), _finite_or_none(float(high))
+
+
+def bootstrap_ci(values, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED,
+                 level: float = CI_LEVEL) -> tuple[float | None, float | None]:
+    """The `level` percentile interval of the mean of `values` over `samples` resamples of them (with
+    replacement, seeded); (None, None) with fewer than 2 values or any that is not finite."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(values) < 2 or not np.all(np.isfinite(values)):
+        return None, None
+    return _percentile_interval(values[bootstrap_indices(len(values), samples, seed)].mean(axis=1), level)
+
+
+def mean_summary(values) -> dict:
+    """n, mean, standard error (ddof=1) and the 95% bootstrap interval of the mean (`bootstrap_ci`) of values
+    over units such as subjects or folds; None where undefined (one value), never NaN."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not len(values):
+        return {"n": 0, "mean": None, "se": None, "ci_low": None, "ci_high": None}
+    se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) >= 2 else None
+    low, high = bootstrap_ci(values)
+    return {"n": len(values), "mean": _finite_or_none(float(values.mean())),
+            "se": None if se is None else _finite_or_none(se), "ci_low": low, "ci_high": high}
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedTest:
+    """One method against another on the same units (subjects, or folds), the differences a - b."""
+
+    n: int
+    mean_diff: float | None  # mean of a - b
+    diff_se: float | None  # its standard error (ddof=1)
+    diff_ci_low: float | None  # 95% bootstrap interval of the mean difference
+    diff_ci_high: float | None
+    t: float | None  # paired t statistic
+    p_t: float | None  # two-sided paired t-test (scipy.stats.ttest_rel): the tables' p
+    p_wilcoxon: float | None  # two-sided Wilcoxon signed-rank test (scipy.stats.wilcoxon; exact for small n)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def paired_test(a, b) -> PairedTest:
+    """Paired tests of a against b (same units in the same order): the paired t-test (the tables' p; what
+    rsatoolbox's test_pairwise('t-test') computes for eval_fixed) and the Wilcoxon
+    signed-rank test (rsatoolbox's 'ranksum'). None where undefined: fewer than 2 pairs, or no difference at all."""
+    a, b = np.asarray(a, dtype=np.float64).reshape(-1), np.asarray(b, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values differ in number: {len(a)} and {len(b)}")
+    diff = a - b
+    summary = mean_summary(diff)
+    t = p_t = p_w = None
+    if len(diff) >= 2 and np.all(np.isfinite(diff)) and np.any(diff != 0):
+        with warnings.catch_warnings():  # identical differences: scipy warns about precision
+            warnings.simplefilter("ignore", RuntimeWarning)
+            test = stats.ttest_rel(a, b)
+            t, p_t = _finite_or_none(float(test.statistic)), _finite_or_none(float(test.pvalue))
+            p_w = _finite_or_none(float(stats.wilcoxon(a, b).pvalue))
+    return PairedTest(len(diff), summary["mean"], summary["se"], summary["ci_low"], summary["ci_high"], t, p_t, p_w)
+
+
+BASELINES = ("layers", "regression")  # the pretrained network's own RDMs (evaluate.METHODS)
+
+
+def _is_fold(direction: str) -> bool:
+    return str(direction).startswith("fold ")
+
+
+def paired_rows(rows: list[dict], baselines: tuple[str, ...] = BASELINES) -> list[dict]:
+    """Each method against each baseline present (`paired_test` of the signed rho, `tables.PAIRED_COLUMNS`):
+    across sets or in a challenge, per target and direction, paired over the test set's subjects (each row's
+    `rhos`); for image folds (directions 'fold 1', ...) per target, paired over the folds (each fold's rho_mean)
+    and over the subjects (each subject's rho averaged over the folds: the same subjects are held out in every
+    fold). Rows as dicts of numbers or as CSV text; pairs whose rows lack rhos (older tables) are left out."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    pairs = [(m, b) for b in baselines if b in methods for m in methods if m not in baselines]
+    out = []
+
+    def add(target, direction, over, method, baseline, a, b):
+        if a is not None and b is not None and len(a) == len(b) and len(a):
+            out.append({"target": target, "direction": direction, "method": method, "baseline": baseline,
+                        "over": over, **paired_test(a, b).to_dict()})
+
+    for target in dict.fromkeys(r["target"] for r in rows):
+        group = [r for r in rows if r["target"] == target]
+        directions = list(dict.fromkeys(str(r.get("direction") or "") for r in group))
+        by = {(r["method"], str(r.get("direction") or "")): r for r in group}
+        folds = len(directions) > 1 and all(_is_fold(d) for d in directions)
+        for method, baseline in pairs:
+            if folds:
+                both = [d for d in directions if (method, d) in by and (baseline, d) in by]
+                a = [number(by[method, d].get("rho_mean")) for d in both]
+                b = [number(by[baseline, d].get("rho_mean")) for d in both]
+                if None not in a and None not in b:
+                    add(target, "all folds", "folds", method, baseline, a, b)
+                a_s = [number_list(by[method, d].get("rhos")) for d in both]
+                b_s = [number_list(by[baseline, d].get("rhos")) for d in both]
+                if both and all(v is not None for v in a_s + b_s) and len({len(v) for v in a_s + b_s}) == 1:
+                    add(target, "all folds", "subjects", method, baseline, np.mean(a_s, axis=0),
+                        np.mean(b_s, axis=0))
+            else:
+                for d in directions:
+                    if (method, d) in by and (baseline, d) in by:
+                        add(target, d, "subjects", method, baseline, number_list(by[method, d].get("rhos")),
+                            number_list(by[baseline, d].get("rhos")))
+    return out
 
 
 # --------------------------------------------------------------------------- chance and the score record
@@ -766,9 +935,32 @@ class ScoreRecord:
     p_perm: float | None = None  # (1 + #{permuted r2 >= r2}) / (1 + permutations)
     beats_chance: bool | None = None  # p_perm < CHANCE_ALPHA and rho_mean > 0
     permutations: int = 0  # how many the chance fields are measured on (0: none)
+    rho_ci_low: float | None = None  # 95% bootstrap interval of rho_mean over subjects (None with one subject)
+    rho_ci_high: float | None = None
+    r2_ci_low: float | None = None  # ... of r2, from the same resamples (what the charts' error bars show)
+    r2_ci_high: float | None = None
+    rhos: list[float] = dataclasses.field(default_factory=list)  # per subject (K-averaged): what paired tests pair
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def to_frame(self):
+        """One row (pandas DataFrame) with the columns of `tables.SCORE_FIELDS`."""
+        from .tables import SCORE_FIELDS, to_frame
+
+        return to_frame([self.to_dict()], SCORE_FIELDS)
+
+
+def _interval_fields(rho: np.ndarray) -> dict:
+    """The 95% bootstrap intervals over subjects of rho_mean and of r2 (the same resamples; `bootstrap_indices`)
+    and the per-subject values; no intervals with one subject or a value that is not finite."""
+    fields = {"rhos": [float(v) for v in rho]}
+    if len(rho) < 2 or not np.all(np.isfinite(rho)):
+        return fields
+    resampled = rho[bootstrap_indices(len(rho))]
+    low, high = _percentile_interval(resampled.mean(axis=1))
+    low2, high2 = _percentile_interval((resampled**2).mean(axis=1))
+    return {**fields, "rho_ci_low": low, "rho_ci_high": high, "r2_ci_low": low2, "r2_ci_high": high2}
 
 
 def score_record(rho: np.ndarray, ceilings: Ceilings, null: np.ndarray | None = None) -> ScoreRecord:
@@ -781,7 +973,7 @@ def score_record(rho: np.ndarray, ceilings: Ceilings, null: np.ndarray | None = 
         p=_finite_or_none(official_p(rho)), p_signed=_finite_or_none(signed_p(rho)), noise_ceiling=ceilings.upper,
         ceiling_source=ceilings.source, noise_ceiling_lower=ceilings.lower,
         nc_lower_pct=percent_of_ceiling(ceilings.lower, ceilings.upper), rho_lower_ceiling=ceilings.rho_lower,
-        **_chance_fields(r2, ceilings.upper, null, float(np.mean(rho))))
+        **_chance_fields(r2, ceilings.upper, null, float(np.mean(rho))), **_interval_fields(rho))
 
 
 def score_row(rho: np.ndarray, key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD,
@@ -875,6 +1067,15 @@ def score_submission(
     mean_ceiling = None if any(c is None for c in ceilings) else float(np.mean(ceilings))
     result["score"] = {"r2": mean_r2, "pct_nc": percent_of_ceiling(mean_r2, mean_ceiling)}
     return result
+
+
+def submission_frame(result: dict):
+    """`score_submission`'s result as a pandas DataFrame: one row per key, its columns 'key', 'method' and
+    `tables.SCORE_FIELDS` (the overall score is the mean of the r2 column)."""
+    from .tables import SCORE_FIELDS, to_frame
+
+    rows = [{"key": key, **row} for key, row in result.items() if key not in ("score", "missing")]
+    return to_frame(rows, ["key", "method", *SCORE_FIELDS])
 
 
 def score_condensed_submission(model_vector, subject_vectors, key: str, method: str = OFFICIAL_METHOD,

@@ -6,6 +6,7 @@ Light on purpose (no torch): `siamrdm score` and the report use it without loadi
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -16,9 +17,41 @@ from .files import atomic_path
 # The fields of one score record (scoring.ScoreRecord), in its order: what every score table holds.
 SCORE_FIELDS = ("r2", "pct_nc", "rho_mean", "rho_se", "p", "p_signed", "noise_ceiling", "ceiling_source",
                 "noise_ceiling_lower", "nc_lower_pct", "rho_lower_ceiling", "chance_r2_mean", "chance_r2_95",
-                "chance_pct_mean", "chance_pct_95", "p_perm", "beats_chance", "permutations")
+                "chance_pct_mean", "chance_pct_95", "p_perm", "beats_chance", "permutations", "rho_ci_low",
+                "rho_ci_high", "r2_ci_low", "r2_ci_high", "rhos")
 # The one column list of score tables (challenge's validation.csv, evaluate's evaluation.csv, the report's).
 SCORE_COLUMNS = ["method", "target", "direction", *SCORE_FIELDS, "epochs", "detail"]
+
+
+# One paired test of a method against a baseline (scoring.paired_rows, scoring.PairedTest's fields after these):
+# the differences of the signed rho, paired over the subjects (or over the folds, for image folds). p_t, the
+# two-sided paired t-test, is the tables' p; p_wilcoxon the Wilcoxon signed-rank test beside it.
+PAIRED_COLUMNS = ["target", "direction", "method", "baseline", "over", "n", "mean_diff", "diff_se", "diff_ci_low",
+                  "diff_ci_high", "t", "p_t", "p_wilcoxon"]
+
+
+def to_frame(rows: list[dict], columns: Sequence[str]):
+    """Rows as a pandas DataFrame with these columns (in this order; missing values as None): what a notebook
+    reads. pandas is imported here only, so the rest of siamrdm does not need it."""
+    try:
+        import pandas
+    except ImportError:
+        raise ImportError("to_frame() needs pandas (pip install pandas)") from None
+    return pandas.DataFrame([{c: row.get(c) for c in columns} for row in rows], columns=list(columns))
+
+
+def number_list(cell) -> list[float] | None:
+    """Per-subject values (a row's `rhos`) from a list or from its JSON text (a CSV cell); None when absent,
+    unreadable or not all finite."""
+    if isinstance(cell, str):
+        try:
+            cell = json.loads(cell) if cell.strip() else None
+        except ValueError:
+            return None
+    if cell is None or isinstance(cell, str | bytes) or not hasattr(cell, "__len__") or not len(cell):
+        return None
+    values = [number(v) for v in cell]
+    return None if None in values else values
 
 
 def number(value) -> float | None:
@@ -50,12 +83,15 @@ def json_safe(value):
 
 
 def write_csv(rows: list[dict], path: str | os.PathLike, columns: Sequence[str]) -> Path:
-    """Rows as a CSV file with these columns (others ignored), written atomically."""
+    """Rows as a CSV file with these columns (others ignored), written atomically; a list (a row's `rhos`) as
+    its JSON text, which `number_list` reads back."""
     path = Path(path)
+    cells = [{k: json.dumps(json_safe(v)) if isinstance(v, list | tuple) else v for k, v in row.items()}
+             for row in rows]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(cells)
     return path
 
 
@@ -102,6 +138,10 @@ def _rho_cell(row: dict) -> str:
     return f"{fmt(row.get('rho_mean'), '.3f')} +- {fmt(row.get('rho_se'), '.3f')}"
 
 
+def _interval(low, high, spec: str = ".3f") -> str:
+    return "-" if number(low) is None or number(high) is None else f"[{fmt(low, spec)}, {fmt(high, spec)}]"
+
+
 def _yes_no(value) -> str:
     return {True: "yes", False: "no"}.get(flag(value), "-")
 
@@ -119,6 +159,7 @@ SCORE_VIEW = [
     ("p_perm", lambda r: fmt(r.get("p_perm"), ".2g")),
     ("beats chance", lambda r: _yes_no(r.get("beats_chance"))),
     ("mean rho +- se", _rho_cell),
+    ("rho 95% CI", lambda r: _interval(r.get("rho_ci_low"), r.get("rho_ci_high"))),
     ("lower ceiling rho", lambda r: fmt(r.get("rho_lower_ceiling"), ".3f")),
     ("noise ceiling", lambda r: "-" if number(r.get("noise_ceiling")) is None
      else f"{fmt(r.get('noise_ceiling'))} {r.get('ceiling_source') or ''}".strip()),
@@ -167,3 +208,27 @@ def ranking_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
                      fmt(mean("chance_pct_95"), ".1f")])
     header = ["rank", "method", "rows beating chance", "mean rho", "mean % of noise ceiling", "mean chance % (95th)"]
     return header, body
+
+
+# The markdown view of the paired tests (scoring.paired_rows), rows as dicts of numbers or as CSV text.
+PAIRED_VIEW = [
+    ("target", lambda r: str(r.get("target", ""))),
+    ("direction", lambda r: str(r.get("direction") or "")),
+    ("method", lambda r: str(r.get("method", ""))),
+    ("baseline", lambda r: str(r.get("baseline", ""))),
+    ("paired over", lambda r: f"{r.get('over', '')} (n = {r.get('n', '-')})"),
+    ("rho difference", lambda r: f"{fmt(r.get('mean_diff'), '+.3f')} +- {fmt(r.get('diff_se'), '.3f')}"),
+    ("95% CI", lambda r: _interval(r.get("diff_ci_low"), r.get("diff_ci_high"))),
+    ("t", lambda r: fmt(r.get("t"), ".2f")),
+    ("p (paired t)", lambda r: fmt(r.get("p_t"), ".2g")),
+    ("p (Wilcoxon)", lambda r: fmt(r.get("p_wilcoxon"), ".2g")),
+]
+PAIRED_NOTE = ("Each method against each baseline: the difference of the signed mean rho (method minus baseline), "
+               "paired over the same subjects (for image folds also over the folds); p is the two-sided paired "
+               "t-test, the Wilcoxon signed-rank test beside it. A difference of means is no evidence until its p "
+               "is small: with 5 folds, even the Wilcoxon test cannot go below 0.0625.")
+
+
+def paired_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The paired tests (scoring.paired_rows) as a markdown table's header and body."""
+    return [title for title, _ in PAIRED_VIEW], [[cell(r) for _, cell in PAIRED_VIEW] for r in rows]

@@ -446,6 +446,9 @@ def score_rdm(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = OFFI
     return Score(float(np.mean(rho**2)), official_p(rho), rho, signed_p(rho))
 
 
+# Seeds are 0 <= seed < 2**32, what numpy's and torch's generators all take; here (torch-free) for the command
+# line's checks of `score`, config re-exports it for the training settings.
+SEED_LIMIT = 2**32
 PERMUTATION_CHUNK = 2**22  # upper-triangle entries gathered per batch of permutations (32 MiB of float64)
 
 

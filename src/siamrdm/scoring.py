@@ -50,7 +50,6 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from scipy import stats
 
 from .data import TARGETS, check_real_dtype, subject_rdms
 from .errors import ConfigError
@@ -163,6 +162,8 @@ def _kendall(a: np.ndarray, b: np.ndarray, variant: str) -> float:
     pair: 0."""
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0
+    from scipy import stats  # on first use: scipy.stats is slow to import, and `siamrdm --help` needs none
+
     tau_b = float(stats.kendalltau(a, b).statistic)
     if variant == "kendall":
         return tau_b
@@ -415,6 +416,8 @@ def _t_test_p(values: np.ndarray) -> float:
     """Two-sided one-sample t-test of `values` against 0; NaN with fewer than 2 values (no spread to test)."""
     if len(values) < 2:
         return math.nan
+    from scipy import stats  # on first use, as in _kendall
+
     with warnings.catch_warnings():  # identical values: scipy warns about precision, its p is still right
         warnings.simplefilter("ignore", RuntimeWarning)
         return float(stats.ttest_1samp(values, 0.0).pvalue)

@@ -4,7 +4,8 @@ against `siamrdm --help`, `score --help`, a real `score` (with its default permu
 imported torch (or torchvision, timm, matplotlib).
 
 Each case runs `--repeats` times, the cases interleaved (so load from other processes spreads over all of
-them); the figures are the median and the range (min-max). Peak memory is the child's own maximum resident
+them); the figures are the median and the range (min-max) of wall seconds and of CPU seconds (user + system,
+the steadier figure on shared cores). Peak memory is the child's own maximum resident
 set (`os.wait4`'s rusage, ru_maxrss; the benchmark itself imports nothing heavy, since a child's peak starts from
 its parent's at the fork); "beyond start-up" subtracts the median of `python -c pass`. The heavy
 imports are read in one extra run of each case, through a wrapper that runs `siamrdm` with runpy (as `-m`
@@ -41,8 +42,8 @@ finally:
 """
 
 
-def run_once(command: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one child process; a failed command stops the benchmark."""
+def run_once(command: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak RSS in MB) of one child process; a failed command stops the benchmark."""
     start = time.perf_counter()
     child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage, not the running maximum of all children
@@ -52,7 +53,7 @@ def run_once(command: list[str], env: dict[str, str]) -> tuple[float, float]:
     child.stderr.close()
     if child.returncode != 0:
         raise SystemExit(f"startup: {' '.join(command)} exited {child.returncode}: {err.strip()[-500:]}")
-    return seconds, usage.ru_maxrss / 1024  # Linux: kilobytes
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # Linux: kilobytes
 
 
 def heavy_imports(args: list[str], env: dict[str, str]) -> str:
@@ -74,6 +75,8 @@ def submission(data_root: Path, folder: Path, env: dict[str, str]) -> tuple[Path
     """The 92 set's fMRI subject RDMs and their mean as a submission (a real file `score` reads), written by a
     child: a child's peak RSS starts from its parent's at the fork, so this process imports no numpy."""
     target = data_root / "Training_Data" / "92_Image_Set" / "target_fmri.mat"
+    if not target.is_file():
+        raise SystemExit(f"startup: {target} not found: give the Algonauts 2019 root as --data or $SIAMRDM_DATA")
     path = folder / "mean.mat"
     subprocess.run([sys.executable, "-c", MAKE_SUBMISSION, str(target), str(path)], env=env, check=True)
     return path, target
@@ -108,10 +111,12 @@ def main() -> int:
         load_start = os.getloadavg()[0]
         times: dict[str, list[float]] = {name: [] for name in cases}
         rss: dict[str, list[float]] = {name: [] for name in cases}
+        cpu: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(args.repeats):
             for name, command in commands.items():
-                seconds, mb = run_once(command, env)
+                seconds, cpu_seconds, mb = run_once(command, env)
                 times[name].append(seconds)
+                cpu[name].append(cpu_seconds)
                 rss[name].append(mb)
         heavy = {name: "-" if argv is None else heavy_imports(argv, env) for name, argv in cases.items()}
         load_end = os.getloadavg()[0]
@@ -120,7 +125,9 @@ def main() -> int:
     rows = []
     for name in cases:
         rows.append({"case": name, "wall_s_median": statistics.median(times[name]), "wall_s_min": min(times[name]),
-                     "wall_s_max": max(times[name]), "peak_rss_mb_median": statistics.median(rss[name]),
+                     "wall_s_max": max(times[name]), "cpu_s_median": statistics.median(cpu[name]),
+                     "cpu_s_min": min(cpu[name]), "cpu_s_max": max(cpu[name]),
+                     "peak_rss_mb_median": statistics.median(rss[name]),
                      "peak_rss_mb_beyond_python": statistics.median(rss[name]) - base_rss,
                      "heavy_imports": heavy[name]})
     result = {"label": args.label, "src": str(Path(args.src).resolve()), "repeats": args.repeats,
@@ -129,10 +136,12 @@ def main() -> int:
 
     print(f"{args.label} ({result['src']}), {args.repeats} runs each, Python {result['python']}, "
           f"{result['cpus']} CPUs, load average {load_start:.1f} -> {load_end:.1f}")
-    print("| case | wall s, median (min-max) | peak RSS MB, median | beyond `python -c pass` | heavy imports |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| case | wall s, median (min-max) | CPU s, median (min-max) | peak RSS MB, median | beyond "
+          "`python -c pass` | heavy imports |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
         print(f"| {row['case']} | {row['wall_s_median']:.2f} ({row['wall_s_min']:.2f}-{row['wall_s_max']:.2f}) | "
+              f"{row['cpu_s_median']:.2f} ({row['cpu_s_min']:.2f}-{row['cpu_s_max']:.2f}) | "
               f"{row['peak_rss_mb_median']:.0f} | {row['peak_rss_mb_beyond_python']:.0f} | {row['heavy_imports']} |")
     if args.out:  # after the runs: the JSON is written with this tree's siamrdm
         sys.path.insert(0, str(REPO / "src"))

@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -60,6 +61,22 @@ def test_negative_correlation_counts_squared() -> None:
     # Opposite signs: the signed test sees no consistent correlation, the official one cannot tell.
     assert score.p_signed == pytest.approx(stats.ttest_1samp([-1, 33 / 35], 0).pvalue, rel=1e-9)
     assert score.p_signed > 0.9 and score.p < 0.1
+
+
+def test_t_test_p_is_scipys_ttest_1samp() -> None:
+    """The official p comes from scipy.special's t CDF (scipy.stats is slow to import): it equals
+    scipy.stats.ttest_1samp's p for 2 to 100 subjects, and for identical values (p 0, or NaN when all are 0)."""
+    rng = np.random.default_rng(7)
+    for n in (2, 3, 15, 100):
+        for _ in range(50):
+            values = rng.normal(rng.normal(), rng.uniform(0.01, 3), n)
+            assert scoring._t_test_p(values) == pytest.approx(stats.ttest_1samp(values, 0).pvalue, rel=1e-12)
+    with warnings.catch_warnings():  # scipy warns of precision loss on identical values
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for values in ([0.3] * 5, [-0.2] * 3, [0.1, -0.1]):
+            assert scoring._t_test_p(np.array(values)) == pytest.approx(stats.ttest_1samp(values, 0).pvalue,
+                                                                       rel=1e-12, abs=1e-300)
+    assert math.isnan(scoring._t_test_p(np.zeros(4)))
 
 
 def test_single_subject_has_no_p() -> None:

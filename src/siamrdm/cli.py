@@ -42,7 +42,7 @@ MAX_PERMUTATIONS = 100_000
 
 def _check_seed(flag: str, seed: int) -> int:
     """A seed option in the range numpy's and torch's generators take (0 <= seed < 2**32)."""
-    from .config import SEED_LIMIT
+    from .scoring import SEED_LIMIT
 
     if not 0 <= seed < SEED_LIMIT:
         raise UsageError(f"{flag}: a seed must be 0 <= seed < 2**32 ({SEED_LIMIT}), got {seed}")
@@ -375,8 +375,13 @@ def _targets(args, default: tuple[str, ...]) -> tuple[str, ...]:
     return _list_option(args.targets, "--targets", data.TARGET_NAMES, default, what="targets")
 
 
-def _add_training_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by every command that trains the Siamese network."""
+def _add_training_options(p: _Parser) -> None:
+    """Options shared by every command that trains the Siamese network, added when that command is parsed:
+    their choices come from torch-using modules, which `siamrdm --help` and `score` never import."""
+    p.defer(lambda: _training_options(p))
+
+
+def _training_options(p: argparse.ArgumentParser) -> None:
     from .backbones import BACKBONES
     from .config import LOSSES, PRECISIONS
     from .model import HEADS
@@ -880,10 +885,25 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _add_analysis_commands(sub) -> None:
-    """baseline, evaluate, report."""
+def _baseline_options(q: argparse.ArgumentParser, func: Callable) -> None:
+    """A baseline kind's options (added when it is parsed: --backbone's choices come from a torch-using module)."""
     from .backbones import BACKBONES
 
+    q.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
+    q.add_argument("--targets", help="comma-separated (default: EVC,IT,MEG_early,MEG_late)")
+    q.add_argument("--backbone", default="efficientnet_lite0", choices=sorted(BACKBONES), help="network")
+    q.add_argument("--weights", help="backbone weights: a state_dict file, or 'random' (default: pretrained)")
+    q.add_argument("--image-size", type=int, help="input size in pixels (default: 224)")
+    q.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
+    q.add_argument("--out", help="also write the table, predictions and plots into this folder")
+    q.add_argument("--overwrite", action="store_true", help="replace an earlier baseline run in --out")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.set_defaults(func=func)
+
+
+def _add_analysis_commands(sub) -> None:
+    """baseline, evaluate, report."""
     p = sub.add_parser("baseline", help="pretrained-network baselines, scored across sets (fit 92 -> 118 and back)")
     kinds = p.add_subparsers(dest="baseline", required=True, metavar="KIND")
     for kind, func, text in (
@@ -891,17 +911,7 @@ def _add_analysis_commands(sub) -> None:
         ("regression", cmd_baseline_regression, "target as a non-negative weighted sum of the stage RDMs"),
     ):
         q = kinds.add_parser(kind, help=text)
-        q.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
-        q.add_argument("--targets", help="comma-separated (default: EVC,IT,MEG_early,MEG_late)")
-        q.add_argument("--backbone", default="efficientnet_lite0", choices=sorted(BACKBONES), help="network")
-        q.add_argument("--weights", help="backbone weights: a state_dict file, or 'random' (default: pretrained)")
-        q.add_argument("--image-size", type=int, help="input size in pixels (default: 224)")
-        q.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
-        q.add_argument("--out", help="also write the table, predictions and plots into this folder")
-        q.add_argument("--overwrite", action="store_true", help="replace an earlier baseline run in --out")
-        q.add_argument("--json", action="store_true", help="print one JSON object")
-        q.add_argument("--quiet", action="store_true", help="no progress bars")
-        q.set_defaults(func=func)
+        q.defer(lambda q=q, func=func: _baseline_options(q, func))
 
     p = sub.add_parser("evaluate", help="cross-set validation of every method and target (or image folds of your "
                        "own data): table and plots")
@@ -982,10 +992,14 @@ def cmd_bench(args) -> int:
 
 
 def _add_bench_commands(sub) -> None:
-    """bench."""
+    """bench (its options added when it is parsed: --backbone's choices come from a torch-using module)."""
+    p = sub.add_parser("bench", help="time naive against pair-factorised training, and the head at scale")
+    p.defer(lambda: _bench_options(p))
+
+
+def _bench_options(p: argparse.ArgumentParser) -> None:
     from .backbones import BACKBONES
 
-    p = sub.add_parser("bench", help="time naive against pair-factorised training, and the head at scale")
     p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
     p.add_argument("--images", type=int, help="use this many of the 92 + 118 training images (default: all 210)")
     p.add_argument("--backbone", default="efficientnet_lite0", choices=sorted(BACKBONES), help="Siamese body")
@@ -1014,7 +1028,43 @@ def _add_bench_commands(sub) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    """A usage error is one line on stderr and exit 2, like bad input; `--help` still shows the usage."""
+    """A usage error is one line on stderr and exit 2, like bad input; `--help` still shows the usage.
+
+    Options whose choices live in torch-using modules are deferred (`defer`): added when this parser is first
+    parsed or its help shown, each in the place it was deferred at, so `siamrdm --help` and `score` start
+    without torch and every command's help reads as if they were added at once."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._deferred: list[tuple[Callable[[], None], int, list[int]]] = []
+
+    def defer(self, build: Callable[[], None]) -> None:
+        """Run build (it adds options to this parser) on first use, its options where they would be now."""
+        self._deferred.append((build, len(self._actions), [len(g._group_actions) for g in self._action_groups]))
+
+    def _complete(self) -> None:
+        """Run the deferred builds, last first (so each earlier place stays valid), and move what each added
+        from the end of the option lists back to its place."""
+        while self._deferred:
+            build, place, group_places = self._deferred.pop()
+            groups = list(zip(self._action_groups, group_places, strict=False))
+            ends = [len(self._actions)] + [len(g._group_actions) for g, _ in groups]
+            build()
+            for items, end, at in zip([self._actions] + [g._group_actions for g, _ in groups], ends,
+                                      [place] + [at for _, at in groups], strict=True):
+                items[at:at] = [items.pop(end) for _ in range(len(items) - end)]
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._complete()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
 
     def error(self, message: str) -> NoReturn:
         command = self.prog.removeprefix("siamrdm").strip()  # 'fit', 'baseline layers', or '' at the top

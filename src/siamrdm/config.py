@@ -20,6 +20,7 @@ from .backbones import create_body
 from .errors import ConfigError as ConfigError
 from .model import head_config
 from .prior import PRIORS
+from .scoring import SEED_LIMIT as SEED_LIMIT  # torch-free there, for the command line
 
 
 @dataclass
@@ -118,7 +119,6 @@ PRECISIONS = ("fp32", "bf16")
 MIN_IMAGE_SIZE = 16
 # Above this a body's activations take gigabytes per image (100,000 px would ask for 120 GB to 1.9 TB).
 MAX_IMAGE_SIZE = 1024
-SEED_LIMIT = 2**32  # seeds are 0 <= seed < 2**32, what numpy's and torch's generators all take
 
 
 def check_seed(option: str, seed: int) -> int:

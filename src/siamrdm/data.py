@@ -36,7 +36,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import scipy.io
 from PIL import Image
 
 from .errors import ConfigError
@@ -499,6 +498,8 @@ def _mat_matrix_header(head: bytes, order: str, compressed: bool) -> tuple[str, 
 
 def _mat_variables(path: Path) -> dict[str, _MatVariable]:
     """The variables of a .mat file (v4 or v5) from their headers alone, without reading or decompressing data."""
+    import scipy.io  # on first use (here and below): a third of `siamrdm --help`'s start-up otherwise
+
     try:
         major, _ = scipy.io.matlab.matfile_version(path)
         if major == 0:  # v4: never compressed, so scipy reads headers only
@@ -532,6 +533,8 @@ def _mat_variables(path: Path) -> dict[str, _MatVariable]:
 
 def _read_mat_v5(path: Path, names: Sequence[str] | None = None) -> dict:
     """A .mat file's variables (all, or `names`); the caller has checked their size (`_mat_variables`)."""
+    import scipy.io
+
     try:
         return scipy.io.loadmat(path, variable_names=None if names is None else list(names))
     except Exception as exc:
@@ -1104,6 +1107,8 @@ def save_rdms(path: str | os.PathLike, rdms: dict[str, np.ndarray], names: Seque
     if suffix != ".npy":
         check_rdm_keys(path, list(rdms))
     rows = _rsatoolbox_rows(path, rdms, names) if suffix in RSATOOLBOX_SUFFIXES else {}
+    import scipy.io
+
     from .files import atomic_path  # files.py builds on this module's DataError
 
     with atomic_path(path) as tmp:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import rankdata
+
+
+def rankdata(x: np.ndarray, **kwargs) -> np.ndarray:
+    """scipy.stats.rankdata, imported on first use: scipy.stats takes longer to import than `siamrdm --help`
+    should take to run, and finite float vectors never need it (`Ranker`)."""
+    from scipy.stats import rankdata as scipy_rankdata
+
+    return scipy_rankdata(x, **kwargs)
 
 RESCALE_METHODS = ("minmax", "rank", "zscore", "none")
 

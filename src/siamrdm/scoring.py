@@ -49,11 +49,9 @@ import dataclasses
 import hashlib
 import math
 import threading
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from scipy import stats
 
 from .data import TARGETS, check_real_dtype, subject_rdms
 from .errors import ConfigError
@@ -167,6 +165,8 @@ def _kendall(a: np.ndarray, b: np.ndarray, variant: str) -> float:
     pair: 0."""
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0
+    from scipy import stats  # on first use: scipy.stats is slow to import, and `siamrdm --help` needs none
+
     tau_b = float(stats.kendalltau(a, b).statistic)
     if variant == "kendall":
         return tau_b
@@ -416,12 +416,17 @@ def spearman_rhos(model_rdm: np.ndarray, target_rdms: np.ndarray) -> np.ndarray:
 
 
 def _t_test_p(values: np.ndarray) -> float:
-    """Two-sided one-sample t-test of `values` against 0; NaN with fewer than 2 values (no spread to test)."""
+    """Two-sided one-sample t-test of `values` against 0, scipy.stats.ttest_1samp's p; NaN with fewer than 2
+    values (no spread to test). From the t distribution's CDF in scipy.special: scipy.stats alone takes longer
+    to import than the rest of `siamrdm score` takes to run."""
     if len(values) < 2:
         return math.nan
-    with warnings.catch_warnings():  # identical values: scipy warns about precision, its p is still right
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(stats.ttest_1samp(values, 0.0).pvalue)
+    from scipy.special import stdtr
+
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):  # identical values: t is +-inf (p 0), or NaN for zeros
+        t = values.mean() / (values.std(ddof=1) / math.sqrt(len(values)))
+    return float(2 * stdtr(len(values) - 1, -abs(t)))
 
 
 def official_p(rho: np.ndarray) -> float:
@@ -450,6 +455,9 @@ def score_rdm(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = OFFI
     return Score(float(np.mean(rho**2)), official_p(rho), rho, signed_p(rho))
 
 
+# Seeds are 0 <= seed < 2**32, what numpy's and torch's generators all take; here (torch-free) for the command
+# line's checks of `score`, config re-exports it for the training settings.
+SEED_LIMIT = 2**32
 PERMUTATION_CHUNK = 2**22  # upper-triangle entries gathered per batch of permutations (32 MiB of float64)
 
 

@@ -807,6 +807,10 @@ def paired_test(a, b) -> PairedTest:
     summary = mean_summary(diff)
     t = p_t = p_w = None
     if len(diff) >= 2 and np.all(np.isfinite(diff)) and np.any(diff != 0):
+        import warnings
+
+        from scipy import stats  # on first use, as in `_rank`: slow to import
+
         with warnings.catch_warnings():  # identical differences: scipy warns about precision
             warnings.simplefilter("ignore", RuntimeWarning)
             test = stats.ttest_rel(a, b)

@@ -284,7 +284,7 @@ def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: 
         result = _run_challenge(config, root, sets, test, out_dir, targets, seeds, validate, progress, jobs,
                                 reliability)
     files = [*result["settings"]["submission_files"], *(["validation.md"] if validate else []), "report.md"]
-    progress.line(f"done: wrote {', '.join(files)} and {out_dir / 'report.html'}")
+    progress.done(f"wrote {', '.join(files)} and {out_dir / 'report.html'}")
     return result
 
 

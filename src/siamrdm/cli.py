@@ -886,7 +886,7 @@ def cmd_evaluate(args) -> int:
             md, page = write_report(out, title=f"siamrdm evaluate: {folds}-fold cross-validation over the "
                                     f"{len(own)} images of {Path(args.images).name} ({args.key})")
     paths["report"], paths["report_html"] = md, page
-    progress.line(f"done: wrote evaluation.md, evaluation.csv, report.md and {page}")
+    progress.done(f"wrote evaluation.md, evaluation.csv, report.md and {page}")
     _print_evaluation(evaluation, args, paths, time.perf_counter() - start)
     return 0
 

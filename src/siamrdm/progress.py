@@ -51,6 +51,11 @@ class Progress:
         if self.lines:
             print(f"{self.command}: {text} ({self.elapsed()})", file=sys.stderr, flush=True)
 
+    def done(self, text: str) -> None:
+        """'command: done in (elapsed): text' on stderr: the closing line, `text` (the files written) last."""
+        if self.lines:
+            print(f"{self.command}: done in {self.elapsed()}: {text}", file=sys.stderr, flush=True)
+
     def phase(self, k: int, n: int, text: str) -> None:
         """'command [k/n] text (elapsed)' on stderr, at once: the k-th of n phases starts."""
         if self.lines:

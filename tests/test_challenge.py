@@ -106,6 +106,10 @@ def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -
         assert row["ceiling_source"] == ("official" if row["target"] == "EVC" else "computed")
         assert float(row["noise_ceiling"]) == pytest.approx(ceiling)
         assert float(row["pct_nc"]) == pytest.approx(100 * float(row["r2"]) / ceiling)
+        # every row has its own test set's lower ceiling, the Siamese rows as the baselines (issue 21)
+        same = [r for r in rows if (r["target"], r["direction"]) == (row["target"], row["direction"])]
+        for name in ("noise_ceiling_lower", "nc_lower_pct", "rho_lower_ceiling"):
+            assert float(row[name]) > 0 and [float(r[name]) for r in same] == pytest.approx([float(row[name])] * 3)
         if row["method"] == "siamese":
             assert int(row["epochs"]) in (0, 1, 2)  # with the prior, epoch 0 (the prior alone) is a candidate
             assert -1 <= float(row["rho_mean"]) <= 1 and float(row["rho_se"]) > 0

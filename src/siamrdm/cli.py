@@ -775,7 +775,7 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--jobs", type=int, default=1,
                    help="run the independent fits (targets x directions, final fits) in N processes (default: 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
-    p.add_argument("--quiet", action="store_true", help="no phase lines or progress bars on stderr (bars only on a terminal)")
+    p.add_argument("--quiet", action="store_true", help="no phase lines or bars on stderr (bars: terminal only)")
     p.set_defaults(func=cmd_challenge)
 
 
@@ -936,7 +936,7 @@ def _add_analysis_commands(sub) -> None:
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no phase lines or progress bars on stderr (bars only on a terminal)")
+    p.add_argument("--quiet", action="store_true", help="no phase lines or bars on stderr (bars: terminal only)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="gather a run folder's settings, tables and plots into report.md/.html")

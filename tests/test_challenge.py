@@ -151,12 +151,12 @@ def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -
 
 
 def check_progress_lines(err: str, out: Path) -> None:
-    """The challenge's phase lines (issue 21): data loading, then each fit k of n as it starts (8 curves per
+    """The challenge's phase lines (issue 21): the data loaded, then each fit k of n as it starts (8 curves per
     target: both directions and 3 folds of each set, then the final fits, then the baselines), and a closing line
     naming report.html; no carriage return or bar when stderr is not a terminal."""
     assert "\r" not in err and "it/s" not in err and "epoch/s" not in err
     lines = [line for line in err.splitlines() if line.startswith("challenge")]
-    assert lines[0].startswith("challenge: loading the image sets") and lines[1].startswith("challenge: loaded 92")
+    assert lines[0].startswith("challenge: loaded 92 (92 images), 118 (118 images), 78 (78 images) from ")
     phases = [line for line in lines if line.startswith("challenge [")]
     labels = ["92->118", "118->92", *(f"{s} fold {k}" for s in ("92", "118") for k in (1, 2, 3))]
     expected = [f"curve {t} {label} (seed 0)" for t in ("EVC", "MEG_late") for label in labels]

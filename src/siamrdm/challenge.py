@@ -265,20 +265,21 @@ def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: 
     other tables.
     With `jobs` > 1 the independent fits (every target and direction of the curves, then every target's final
     fit) run in that many worker processes, with the same results.
-    With `progress` (progress.Progress.of), a line on stderr as data loading starts and ends and as each fit (k
-    of n) starts, tqdm bars on a terminal, and a closing line naming the files written.
+    With `progress` (progress.Progress.of), a line on stderr once the data are loaded and checked, one as each
+    fit (k of n) starts, tqdm bars on a terminal, and a closing line naming the files written.
     """
     if jobs < 1:
         raise ConfigError("jobs", f"must be at least 1, got {jobs}")
     progress = Progress.of(progress, "challenge")
     root = resolve_data_root(root)
-    progress.line(f"loading the image sets 92, 118 and 78 from {root}")
+    loading = time.perf_counter()
     sets = {name: load_algonauts_set(root, name, targets) for name in TRAINING_SETS}
     test = load_algonauts_set(root, "78", ())
-    progress.line(f"loaded {', '.join(f'{d.name} ({len(d)} images)' for d in (*sets.values(), test))}; "
-                  f"targets {', '.join(targets)}")
     check_config(config)
     out_dir = check_run_folder(out_dir, run_mode(overwrite))
+    # after every check: bad input stays one line on stderr
+    progress.line(f"loaded {', '.join(f'{d.name} ({len(d)} images)' for d in (*sets.values(), test))} from {root} "
+                  f"in {time.perf_counter() - loading:.1f} s; targets {', '.join(targets)}")
     reliability = report_reliability(list(sets.values()), targets, verbose=progress.lines)
     with run_folder(out_dir, "challenge", run_mode(overwrite)):
         result = _run_challenge(config, root, sets, test, out_dir, targets, seeds, validate, progress, jobs,

@@ -852,7 +852,7 @@ def cmd_evaluate(args) -> int:
     methods = _list_option(args.methods, "--methods", METHODS, METHODS, what="methods")
     _check_seed("--fold-seed", args.fold_seed)
     seeds = _seeds(args)
-    progress.line("loading the data")
+    loading = time.perf_counter()
     own = _own_dataset(args)
     if own is None and args.folds is not None:
         raise UsageError("--folds cross-validates your own data: use it with --images, --rdms and --key (the "
@@ -868,9 +868,10 @@ def cmd_evaluate(args) -> int:
         _check_folds(own, folds, args.fold_seed)
     else:  # the sets are read (and refused) before the run folder exists
         sets = [data.load_algonauts_set(args.data, name, targets) for name in data.TRAINING_SETS]
-    loaded = [own] if own is not None else sets
-    progress.line(f"loaded {', '.join(f'{d.name} ({len(d)} images)' for d in loaded)}; targets {', '.join(targets)}")
     out = _out_dir(args.out, args.overwrite)
+    loaded = [own] if own is not None else sets  # the line after every check: bad input stays one line on stderr
+    progress.line(f"loaded {', '.join(f'{d.name} ({len(d)} images)' for d in loaded)} in "
+                  f"{time.perf_counter() - loading:.1f} s; targets {', '.join(targets)}")
     report_reliability([own] if own is not None else sets, targets, verbose=not args.quiet)
     start = time.perf_counter()
     with run_folder(out, "evaluate", run_mode(args.overwrite)):

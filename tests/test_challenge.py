@@ -77,12 +77,14 @@ def test_write_submissions_partial_and_invalid(tmp_path: Path, make_rdms) -> Non
 def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -> None:
     """`siamrdm challenge` with tiny settings on the real data: validation across sets, the final fits on
     92 + 118, predictions of the 78 test images, submission files, validation table, settings and report.
-    The AlexNet body with random weights at 128 px is the quickest body here (this is a pipeline test)."""
+    The AlexNet body with random weights at 128 px is the quickest body here (this is a pipeline test).
+    Without --quiet, stderr (not a terminal here) has a line per phase as it starts, and no progress bars."""
     out = tmp_path / "challenge"
     code, stdout, err = run_main(capsys, "challenge", "--data", str(data_root), "--targets", "EVC,MEG_late",
                                  "--epochs", "2", "--backbone", "alexnet", "--weights", "random", "--image-size", "128",
-                                 "--no-augment", "--quiet", "--device", "cpu", "--out", str(out))
+                                 "--no-augment", "--device", "cpu", "--out", str(out))
     assert code == 0, err
+    check_progress_lines(err, out)
     check_submission(out / "submit_fmri.mat", ["EVC_RDMs"])
     check_submission(out / "submit_meg.mat", ["MEG_RDMs_late"])
 
@@ -104,6 +106,10 @@ def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -
         assert row["ceiling_source"] == ("official" if row["target"] == "EVC" else "computed")
         assert float(row["noise_ceiling"]) == pytest.approx(ceiling)
         assert float(row["pct_nc"]) == pytest.approx(100 * float(row["r2"]) / ceiling)
+        # every row has its own test set's lower ceiling, the Siamese rows as the baselines (issue 21)
+        same = [r for r in rows if (r["target"], r["direction"]) == (row["target"], row["direction"])]
+        for name in ("noise_ceiling_lower", "nc_lower_pct", "rho_lower_ceiling"):
+            assert float(row[name]) > 0 and [float(r[name]) for r in same] == pytest.approx([float(row[name])] * 3)
         if row["method"] == "siamese":
             assert int(row["epochs"]) in (0, 1, 2)  # with the prior, epoch 0 (the prior alone) is a candidate
             assert -1 <= float(row["rho_mean"]) <= 1 and float(row["rho_se"]) > 0
@@ -140,6 +146,38 @@ def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -
     assert (out / "report.md").is_file()
     assert "wrote submit_fmri.mat, submit_meg.mat" in stdout
     assert stdout.count("validation ") == 12
+    assert stdout.splitlines()[-1].endswith(f"report.md and report.html in {out}")
+    assert (out / "report.html").is_file()
+
+
+def check_progress_lines(err: str, out: Path) -> None:
+    """The challenge's phase lines (issue 21): the data loaded, then each fit k of n as it starts (8 curves per
+    target: both directions and 3 folds of each set, then the final fits, then the baselines), and a closing line
+    naming report.html; no carriage return or bar when stderr is not a terminal."""
+    assert "\r" not in err and "it/s" not in err and "epoch/s" not in err
+    lines = [line for line in err.splitlines() if line.startswith("challenge")]
+    assert lines[0].startswith("challenge: loaded 92 (92 images), 118 (118 images), 78 (78 images) from ")
+    phases = [line for line in lines if line.startswith("challenge [")]
+    labels = ["92->118", "118->92", *(f"{s} fold {k}" for s in ("92", "118") for k in (1, 2, 3))]
+    expected = [f"curve {t} {label} (seed 0)" for t in ("EVC", "MEG_late") for label in labels]
+    expected += ["final fit EVC on 92+118", "final fit MEG_late on 92+118", "baselines layers, regression"]
+    assert len(phases) == len(expected) == 19
+    for k, (line, text) in enumerate(zip(phases, expected, strict=True), 1):
+        assert line.startswith(f"challenge [{k}/19] {text}"), line
+    assert lines[-1].startswith("challenge: done in ")
+    assert ": wrote submit_fmri.mat, submit_meg.mat, validation.md, report.md and " in lines[-1]
+    assert lines[-1].endswith(f"{out / 'report.html'}")
+
+
+def test_challenge_quiet_prints_no_progress(capsys, tmp_path: Path, data_root: Path) -> None:
+    """--quiet silences the phase lines (the smallest run: one target, no validation, one epoch); without
+    validation the final fit's line says its epochs were not chosen."""
+    flags = ("challenge", "--data", str(data_root), "--targets", "EVC", "--epochs", "1", "--backbone", "alexnet",
+             "--weights", "random", "--image-size", "128", "--no-augment", "--no-validate", "--device", "cpu")
+    code, stdout, err = run_main(capsys, *flags, "--quiet", "--out", str(tmp_path / "quiet"))
+    assert code == 0, err
+    assert "challenge" not in err and "\r" not in err
+    assert stdout.splitlines()[-1] == f"wrote submit_fmri.mat, report.md and report.html in {tmp_path / 'quiet'}"
 
 
 # --------------------------------------------------------------------------- curves, folds and ensembles

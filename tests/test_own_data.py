@@ -156,13 +156,17 @@ def test_done_when_own_data_through_the_cli(tmp_path: Path, capsys) -> None:
     settings = json.loads((tmp_path / "fit" / "settings.json").read_text())  # the run's settings, one process
     assert settings["world_size"] == 1 and settings["config"]["targets"] == ["V4"]
     (validation,) = summary["validation"].values()
-    assert validation["ceiling_source"] == "computed" and validation["best_val_score"].startswith("rho_mean")
+    # best_val_score is the signed mean rho the epoch was chosen on, and the JSON says so (not pct_nc beside it)
+    assert validation["ceiling_source"] == "computed" and validation["best_val_score_is"] == "rho_mean"
+    assert summary["seeds"]["seed0"]["best_val_score_is"] == "rho_mean"
+    assert isinstance(summary["seeds"]["seed0"]["best_val_score"], float)
     assert validation["permutations"] == 1000 and 0 < validation["p_perm"] <= 1  # the kept model's chance level
     assert isinstance(validation["beats_chance"], bool) and validation["chance_pct_95"] is not None
     assert validation["noise_ceiling"] >= validation["noise_ceiling_lower"] > 0 and validation["images"] == 6
 
     # evaluate --folds: every method on held-out images, scored over the held-out subjects' own ceiling
-    code, out, err = run_cli(capsys, "evaluate", *own, *TRAINING_FLAGS, "--folds", "2", "--out", tmp_path / "ev")
+    loud = [flag for flag in TRAINING_FLAGS if flag != "--quiet"]
+    code, out, err = run_cli(capsys, "evaluate", *own, *loud, "--folds", "2", "--out", tmp_path / "ev")
     assert code == 0, err
     ev = tmp_path / "ev"
     with open(ev / "evaluation.csv", newline="") as f:
@@ -183,6 +187,16 @@ def test_done_when_own_data_through_the_cli(tmp_path: Path, capsys) -> None:
     assert all((ev / name).is_file() for name in ("scores.png", "rdm_V4_fold_1.png", "mds_V4_fold_2.png",
                                                   "report.md", "report.html", "settings.json"))
     assert (ev / "images.txt").read_text().splitlines() == NATURAL
+    title = (ev / "report.md").read_text().splitlines()[0]  # issue 21: it read "2 image folds of images"
+    assert title == f"# siamrdm evaluate: 2-fold cross-validation over the 12 images of {Path(folder).name} (V4)"
+    # without --quiet: a line per phase (stderr) as it starts, k of n: the stage RDMs, then each fold and method
+    phases = [line.split(" (")[0] for line in err.splitlines() if line.startswith("evaluate [")]
+    assert phases[0].startswith("evaluate [1/7] stage RDMs of") and phases[1:] == [
+        f"evaluate [{k}/7] fold {fold}: {method} V4" for k, (method, fold) in enumerate(
+            ((m, f) for m in ("siamese", "layers", "regression") for f in (1, 2)), 2)]
+    assert err.splitlines()[-1].startswith("evaluate: done in ") and err.splitlines()[-1].endswith(
+        f"{ev / 'report.html'}")
+    assert out.splitlines()[-1].endswith(f"the report: {ev / 'report.html'}")
     folds = json.loads((ev / "evaluation.json").read_text())["folds"]
     assert folds == {f"fold {k + 1}": test.images.names for k, (_, test) in enumerate(splits)}
     fold_file = data.load_rdm_dict(ev / "predictions_fold_1.hdf5", names=folds["fold 1"])

@@ -91,3 +91,52 @@ def test_scores_bar_chart(tmp_path: Path):
     assert_png(plots.plot_scores(without_band, tmp_path / "scores2.png"), "scores")
     with pytest.raises(ValueError, match="no scored rows"):
         plots.plot_scores([{"method": "m", "target": "t", "pct_nc": None}], tmp_path / "none.png")
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """The figures the plots save, to read what they draw (the PNG is still written)."""
+    figures = []
+    save = plots._save
+
+    def keep(fig, path):
+        figures.append(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def test_training_curves_mark_the_epochs_used_and_skip_an_empty_validation_panel(tmp_path: Path, drawn):
+    """A challenge's curves mark the epochs each direction and the final fit used, not the curve's own best
+    (issue 21: 'best epoch 32' while 23, 21 and 24 were used); a fit without validation has no empty panel."""
+    history = [{"epoch": e, "loss": 1 / (e + 1), "val/92->118": e, "val/118->92": 2 * e, "val_pct_nc": 1.5 * e}
+               for e in range(0, 33)]  # the curve's best: epoch 32
+    plots.plot_training_curves(history, tmp_path / "curves.png", marked={"92->118": 23, "118->92": 21,
+                                                                        "final fit": 23})
+    labels = drawn[-1].axes[1].get_legend_handles_labels()[1]
+    assert "epoch 23 used: 92->118, final fit" in labels and "epoch 21 used: 118->92" in labels
+    assert not any("32" in label for label in labels)
+    lines = {line.get_xdata()[0] for line in drawn[-1].axes[1].get_lines() if len(set(line.get_xdata())) == 1}
+    assert lines == {23, 21}
+    plots.plot_training_curves(history, tmp_path / "alone.png", marked={"118->92": 0})
+    assert "epoch 0 used: 118->92 (the prior alone)" in drawn[-1].axes[1].get_legend_handles_labels()[1]
+
+    plots.plot_training_curves([{"epoch": e, "loss": 1 / e} for e in range(1, 4)], tmp_path / "final.png")
+    assert len(drawn[-1].axes) == 1 and drawn[-1].axes[0].get_title() == "training"
+    assert_png(tmp_path / "final.png", "training")
+    blank = [{"epoch": e, "loss": 1 / e, "val/92": ""} for e in range(1, 4)]  # a CSV's empty validation column
+    plots.plot_training_curves(blank, tmp_path / "blank.png")
+    assert len(drawn[-1].axes) == 1
+
+
+def test_scores_ceiling_band_is_each_rows_own_lower_ceiling(tmp_path: Path, drawn):
+    """IT's band once spanned 5% (one direction's lower ceiling) to 100% for both directions, though the other's
+    is 73.6%: each bar's band starts at its own row's lower ceiling."""
+    lower = {"92->118": 5.0, "118->92": 73.6}
+    rows = [{"method": m, "target": "IT", "direction": d, "pct_nc": 10.0, "nc_lower_pct": lower[d]}
+            for m in ("siamese", "layers") for d in lower]
+    plots.plot_scores(rows, tmp_path / "scores.png")
+    bands = [c.get_paths()[0].vertices for c in drawn[-1].axes[0].collections if len(c.get_paths())]
+    bands = [v for v in bands if np.isclose(v[:, 1].max(), 100.0) and v[:, 1].min() < 100.0]  # not the line
+    assert sorted(round(float(v[:, 1].min()), 1) for v in bands) == [5.0, 5.0, 73.6, 73.6]

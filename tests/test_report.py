@@ -100,3 +100,25 @@ def test_report_command(challenge_dir: Path, tmp_path: Path, capsys: pytest.Capt
     assert cli.main(["report", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("siamrdm: error: ") and "missing" in err[0]
+
+
+def test_report_flags_a_fit_of_the_prior_alone(tmp_path: Path):
+    """A fit of 0 epochs keeps the prior alone (issue 21: it was not flagged): the score table's epochs column,
+    the final fits' table (from settings.json) and the log's line say so."""
+    run = tmp_path / "challenge"
+    (run / "IT" / "seed0").mkdir(parents=True)
+    fits = {"EVC": {"epochs": 24, "seed0": {"best_epoch": 24, "prior_alone": False}},
+            "IT": {"epochs": 0, "seed0": {"best_epoch": 0, "prior_alone": True}}}
+    (run / "settings.json").write_text(json.dumps({"seeds": [0], "fits": fits}))
+    rows = [{"method": "siamese", "target": t, "direction": "118->92", "epochs": e, "r2": 0.02, "pct_nc": 12.5}
+            for t, e in (("EVC", 21), ("IT", 0))]
+    with open(run / "validation.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (run / "IT" / "seed0" / "log.csv").write_text("epoch,phase,loss\n0,start,\n")
+    md = write_report(run)[0].read_text()
+    assert "| siamese | IT | 118->92 | 0 (prior alone) |" in md and "| siamese | EVC | 118->92 | 21 |" in md
+    assert "## Final fits" in md
+    assert "| IT | 0 | seed0 | the prior alone (no trained epoch) |" in md and "| EVC | 24 | seed0 |  |" in md
+    assert "0 epochs trained: the prior alone." in md

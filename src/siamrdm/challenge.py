@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import plots, scoring, tables
 from .config import TrainConfig, check_config, pick_device
@@ -43,6 +44,7 @@ from .data import (
 from .errors import ConfigError, TrainingDiverged
 from .files import check_run_folder, run_folder, run_mode, write_text
 from .predict import fit_predictor
+from .progress import Progress
 from .rdm import square_rdm
 from .reliability import report_reliability
 from .report import write_report
@@ -101,7 +103,7 @@ def fold_splits(dataset: BrainDataset, folds: int, seed: int = 0) -> dict[str, t
 
 
 def validation_curves(config: TrainConfig, splits: dict[str, tuple[BrainDataset, BrainDataset]],
-                      seeds: tuple[int, ...], progress: bool = True, keep_predictions: bool = False,
+                      seeds: tuple[int, ...], progress: bool | Progress = True, keep_predictions: bool = False,
                       ) -> dict[str, list[dict]]:
     """Per split (e.g. '92->118'), per epoch: the validation score of the first target's seed ensemble (any
     further targets are auxiliary outputs trained beside it).
@@ -111,8 +113,9 @@ def validation_curves(config: TrainConfig, splits: dict[str, tuple[BrainDataset,
     so the chosen epoch count can be 0 when training does not improve on the baseline. Epochs are scored
     without chance fields (permutations every epoch would cost more than the training); with
     `keep_predictions` each row also holds its predicted pairs ('predicted', the upper triangle), from which
-    `chosen_row` adds them to the epoch that is reported.
+    `chosen_row` adds them to the epoch that is reported. With `progress`, a bar per split on a terminal.
     """
+    bars = Progress.of(progress, "challenge").bars
     target = config.targets[0]
     curves = {}
     for label, (train_set, val_set) in splits.items():
@@ -120,10 +123,13 @@ def validation_curves(config: TrainConfig, splits: dict[str, tuple[BrainDataset,
             trainers = [Trainer(replace(config, seed=seed), [train_set], [val_set], progress=False) for seed in seeds]
             rows = [_ensemble_row(trainers, val_set, target, 0, [t.validate_start()["loss"] for t in trainers],
                                   keep_predictions)] if trainers[0].priors else []
-            for epoch in range(1, trainers[0].last_epoch + 1):  # the schedule's end, or the config's stop_epoch
-                losses = [t.run_epoch()["loss"] for t in trainers]
-                if trainers[0].validates(epoch):  # every `validate_every`-th epoch and the last
-                    rows.append(_ensemble_row(trainers, val_set, target, epoch, losses, keep_predictions))
+            last = trainers[0].last_epoch  # the schedule's end, or the config's stop_epoch
+            with tqdm(total=last, disable=not bars, unit="epoch", desc=f"{target} {label}", leave=False) as bar:
+                for epoch in range(1, last + 1):
+                    losses = [t.run_epoch()["loss"] for t in trainers]
+                    if trainers[0].validates(epoch):  # every `validate_every`-th epoch and the last
+                        rows.append(_ensemble_row(trainers, val_set, target, epoch, losses, keep_predictions))
+                    bar.update()
         curves[label] = rows
     return curves
 
@@ -195,8 +201,11 @@ def choose_epochs(fold_curves: dict[str, list[list[dict]]]) -> tuple[int, dict[s
     return final, per_set
 
 
-def plot_validation_curves(target: str, curves: dict[str, list[dict]], path: Path) -> Path:
-    """Training loss and cross-set % of the noise ceiling per epoch, both directions and their mean."""
+def plot_validation_curves(target: str, curves: dict[str, list[dict]], path: Path,
+                           used: dict[str, int] | None = None) -> Path:
+    """Training loss and cross-set % of the noise ceiling per epoch, both directions and their mean, with the
+    epochs `used` marked (label -> epoch: each direction's, chosen on its training set's folds, and the final
+    fit's), not the curve's own best: the curves are held out from every choice."""
     directions = list(curves)
     rows = []
     for e in range(len(curves[directions[0]])):
@@ -206,13 +215,19 @@ def plot_validation_curves(target: str, curves: dict[str, list[dict]], path: Pat
         row.update({f"val/{d}": curves[d][e]["pct_nc"] for d in directions})
         row["val_pct_nc"] = float(np.mean([curves[d][e]["pct_nc"] for d in directions]))
         rows.append(row)
-    return plots.plot_training_curves(rows, path, title=f"{target}: cross-set validation")
+    return plots.plot_training_curves(rows, path, title=f"{target}: cross-set validation", marked=used)
 
 
 def with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
     """The config stopped after `epochs`, its schedule unchanged: epoch e of the final fit takes the same step,
     at the same learning rate, as epoch e of the validation curves it was chosen on."""
     return replace(config, stop_epoch=epochs)
+
+
+def in_phase(progress: Progress, k: int, n: int, text: str, fn: Callable, *args):
+    """`fn(*args)`, its phase line printed as it starts (in the worker process that runs it, with `jobs`)."""
+    progress.phase(k, n, text)
+    return fn(*args)
 
 
 def run_jobs(fn: Callable, tasks: list[tuple], jobs: int = 1) -> list:
@@ -240,7 +255,8 @@ def final_fit(config: TrainConfig, train: list[BrainDataset], seeds: tuple[int, 
 
 def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: str | os.PathLike,
                   targets: tuple[str, ...] = tuple(TARGETS), seeds: tuple[int, ...] = (0,),
-                  validate: bool = True, progress: bool = True, overwrite: bool = False, jobs: int = 1) -> dict:
+                  validate: bool = True, progress: bool | Progress = True, overwrite: bool = False,
+                  jobs: int = 1) -> dict:
     """Validate, train and predict for every target; returns the settings and validation rows written.
 
     Without `validate`, the final fits run the config's epochs in full. Everything is checked before the
@@ -249,25 +265,45 @@ def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: 
     other tables.
     With `jobs` > 1 the independent fits (every target and direction of the curves, then every target's final
     fit) run in that many worker processes, with the same results.
+    With `progress` (progress.Progress.of), a line on stderr once the data are loaded and checked, one as each
+    fit (k of n) starts, tqdm bars on a terminal, and a closing line naming the files written.
     """
     if jobs < 1:
         raise ConfigError("jobs", f"must be at least 1, got {jobs}")
+    progress = Progress.of(progress, "challenge")
     root = resolve_data_root(root)
+    loading = time.perf_counter()
     sets = {name: load_algonauts_set(root, name, targets) for name in TRAINING_SETS}
     test = load_algonauts_set(root, "78", ())
     check_config(config)
     out_dir = check_run_folder(out_dir, run_mode(overwrite))
-    reliability = report_reliability(list(sets.values()), targets, verbose=progress)
+    # after every check: bad input stays one line on stderr
+    progress.line(f"loaded {', '.join(f'{d.name} ({len(d)} images)' for d in (*sets.values(), test))} from {root} "
+                  f"in {time.perf_counter() - loading:.1f} s; targets {', '.join(targets)}")
+    reliability = report_reliability(list(sets.values()), targets, verbose=progress.lines)
     with run_folder(out_dir, "challenge", run_mode(overwrite)):
         result = _run_challenge(config, root, sets, test, out_dir, targets, seeds, validate, progress, jobs,
                                 reliability)
+    files = [*result["settings"]["submission_files"], *(["validation.md"] if validate else []), "report.md"]
+    progress.done(f"wrote {', '.join(files)} and {out_dir / 'report.html'}")
     return result
+
+
+def _epochs_text(epochs: int, chosen: bool) -> str:
+    if epochs == 0:
+        return "0 epochs (the prior alone)"
+    return f"{epochs} epoch{'s' if epochs != 1 else ''}" + (" (chosen on the folds)" if chosen else "")
+
+
+def _seeds_text(seeds: tuple[int, ...]) -> str:
+    return f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
 
 
 def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset], test: BrainDataset,
                    out_dir: Path, targets: tuple[str, ...], seeds: tuple[int, ...], validate: bool,
-                   progress: bool, jobs: int, reliability: dict) -> dict:
+                   progress: Progress, jobs: int, reliability: dict) -> dict:
     started = time.perf_counter()
+    bars = progress.bars and jobs == 1  # bars of several processes at once would garble each other
     rows, predictions, fit_info, all_curves = [], {}, {}, {}
     configs = {target: replace(config, targets=(target,)) for target in targets}
     epochs = {target: c.epochs for target, c in configs.items()}
@@ -277,8 +313,13 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
         for name in TRAINING_SETS:
             splits.update(fold_splits(sets[name], SELECTION_FOLDS, seed=0))
         cells = [(target, label) for target in targets for label in splits]
-        curves = run_jobs(validation_curves, [(configs[t], {label: splits[label]}, seeds, False, label in directions)
-                                              for t, label in cells], jobs)
+    else:
+        directions, cells = [], []
+    total = len(cells) + len(targets) + bool(validate)  # the curves, the final fits, the baselines
+    if validate:
+        curves = run_jobs(in_phase, [(progress, k, total, f"curve {t} {label} ({_seeds_text(seeds)})",
+                                      validation_curves, configs[t], {label: splits[label]}, seeds, bars,
+                                      label in directions) for k, (t, label) in enumerate(cells, 1)], jobs)
         for (target, _), curve in zip(cells, curves, strict=True):
             all_curves.setdefault(target, {}).update(curve)
         for target in targets:
@@ -289,13 +330,16 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
                 epoch = per_set[direction.split("->")[0]]
                 row = chosen_row(all_curves[target][direction], epoch, splits[direction][1], target)
                 rows.append({"method": "siamese", "target": target, "direction": direction, **row, "epochs": epoch})
+            used = {**{d: per_set[d.split("->")[0]] for d in directions}, "final fit": epochs[target]}
             plot_validation_curves(target, {d: all_curves[target][d] for d in directions},
-                                   out_dir / f"{target}_validation_curves.png")
+                                   out_dir / f"{target}_validation_curves.png", used)
         write_table(rows, out_dir, "validation")
         write_text(out_dir / "validation_curves.json", json.dumps(json_safe(all_curves), indent=1, allow_nan=False))
     train = [sets[n] for n in TRAINING_SETS]
-    fits = run_jobs(final_fit, [(with_epochs(configs[t], epochs[t]), train, seeds, out_dir / t, test,
-                                 progress and jobs == 1) for t in targets], jobs)
+    fits = run_jobs(in_phase, [(progress, len(cells) + k, total, f"final fit {t} on {'+'.join(TRAINING_SETS)}, "
+                                f"{_epochs_text(epochs[t], validate)} ({_seeds_text(seeds)})", final_fit,
+                                with_epochs(configs[t], epochs[t]), train, seeds, out_dir / t, test, bars)
+                               for k, t in enumerate(targets, 1)], jobs)
     for target, (prediction, metrics) in zip(targets, fits, strict=True):
         predictions[target] = prediction
         plots.plot_mds(prediction, test.images, out_dir / f"{target}_mds_78.png",
@@ -304,7 +348,9 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
     if validate:  # the paper's point: the pretrained network's own RDMs, fitted on the same sets, beside it
         from .evaluate import evaluate_sets
 
-        rows += evaluate_sets(list(sets.values()), ("layers", "regression"), targets, config, progress=False).rows
+        progress.phase(total, total, f"baselines layers, regression on {', '.join(directions)}")
+        rows += evaluate_sets(list(sets.values()), ("layers", "regression"), targets, config,
+                              progress=replace(progress.quiet_lines(), bars=bars)).rows
         write_table(rows, out_dir, "validation")
     submission_files = [name for name, members in SUBMISSION_FILES.items() if any(t in targets for t in members)]
     settings = {

@@ -511,10 +511,20 @@ def _out_dir(path: str | None, overwrite: bool = False, resume: bool = False) ->
     return check_run_folder(path, run_mode(overwrite, resume))
 
 
+BEST_VAL_SCORE_IS = "rho_mean"  # what the epoch kept was chosen on (train.selection_score), not pct_nc or r2
+
+
+def _seed_records(metrics: dict) -> dict:
+    """Each seed's record (predictor.metrics) as fit's JSON shows it: its best_val_score named for what it is,
+    the signed mean rho over subjects (rho_mean), so it is not read as the % of the ceiling beside it."""
+    return {seed: {**record, "best_val_score_is": BEST_VAL_SCORE_IS} if "best_val_score" in record else record
+            for seed, record in metrics.items()}
+
+
 def _validation_scores(predictor, val: list, targets: tuple[str, ...]) -> dict:
     """Per validation set and target ('set/target', as in log.csv): the kept model (each seed's chosen epoch,
     averaged over seeds) scored on the validation images as every score table scores (scoring.score_row, with
-    this RDM's own chance level and p_perm), beside which statistic `best_val_score` is (the signed mean rho)."""
+    this RDM's own chance level and p_perm), saying which of its fields each seed's `best_val_score` is."""
     out = {}
     for dataset in val:
         predicted = predictor.predict(dataset.images)
@@ -522,7 +532,7 @@ def _validation_scores(predictor, val: list, targets: tuple[str, ...]) -> dict:
             subjects, rdm = dataset.targets[target], predicted[target]
             row = scoring.score_row(scoring.spearman_rhos(rdm, subjects), data.target_key(target, dataset.official),
                                     subjects, model_rdm=rdm, permutations=None)
-            info = {"images": len(dataset), "best_val_score": "rho_mean: the signed mean rho over subjects", **row}
+            info = {"images": len(dataset), "best_val_score_is": BEST_VAL_SCORE_IS, **row}
             if row["ceiling_source"] is None:
                 info["note"] = scoring.NO_CEILING_NOTE
             out[f"{dataset.name}/{target}"] = info
@@ -549,7 +559,7 @@ def cmd_fit(args) -> int:
     settings = {"command": "fit", "world_size": 1, "config": asdict(config), "seeds": list(seeds)}
     predictor = fit_predictor(config, train, val, seeds, out, resume=args.resume, progress=not args.quiet,
                               overwrite=args.overwrite, image_order=order, settings=settings)
-    summary = {"model": str(out / "model.pt"), "targets": list(targets), "seeds": predictor.metrics,
+    summary = {"model": str(out / "model.pt"), "targets": list(targets), "seeds": _seed_records(predictor.metrics),
                "reliability": reliability}
     if val:
         summary["validation"] = _validation_scores(predictor, val, targets)
@@ -602,7 +612,7 @@ def _cmd_fit_large(args) -> int:
                               progress=not args.quiet and ranks.main, overwrite=args.overwrite, settings=settings,
                               ranks=ranks)
     if ranks.main:
-        _print_json({"model": str(out / "model.pt"), "targets": [args.key], "seeds": predictor.metrics,
+        _print_json({"model": str(out / "model.pt"), "targets": [args.key], "seeds": _seed_records(predictor.metrics),
                      "world_size": ranks.world, "batch": {"batch_images": batch.batch_images,
                                                           "val_fraction": batch.val_fraction}})
     return 0
@@ -662,7 +672,8 @@ def cmd_challenge(args) -> int:
         pct = "-" if row["pct_nc"] is None else f"{row['pct_nc']:.1f}%"
         print(f"validation {row['method']:<10} {row['target']:<10} {row['direction']:<8} r2={row['r2']:.4f}  {pct} "
               "of noise ceiling")
-    print(f"wrote {', '.join(result['settings']['submission_files'])} and report.md in {out}")
+    written = [*result["settings"]["submission_files"], *(() if args.no_validate else ("validation.md",)), "report.md"]
+    print(f"wrote {', '.join(written)} and report.html in {out}")
     return 0
 
 
@@ -769,7 +780,7 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--jobs", type=int, default=1,
                    help="run the independent fits (targets x directions, final fits) in N processes (default: 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no phase lines or bars on stderr (bars: terminal only)")
     p.set_defaults(func=cmd_challenge)
 
 
@@ -791,7 +802,8 @@ def _print_evaluation(evaluation, args, paths: dict | None, seconds: float) -> N
     print(markdown_table(evaluation.rows))
     if paths:
         print(f"\nwrote {', '.join(sorted(p.name for p in paths.values()))} in {paths['md'].parent}")
-    print(f"wall time {seconds:.0f} s")
+    print(f"wall time {seconds:.0f} s" + (f"; the report: {paths['report_html']}" if paths and "report_html" in paths
+                                          else ""))
 
 
 def _cmd_baseline(args, method: str) -> int:
@@ -838,11 +850,14 @@ def cmd_evaluate(args) -> int:
 
     from .evaluate import METHODS, run_evaluation, run_fold_evaluation
     from .files import run_folder, run_mode
+    from .progress import Progress
     from .report import write_report
 
+    progress = Progress.of(not args.quiet, "evaluate")
     methods = _list_option(args.methods, "--methods", METHODS, METHODS, what="methods")
     _check_seed("--fold-seed", args.fold_seed)
     seeds = _seeds(args)
+    loading = time.perf_counter()
     own = _own_dataset(args)
     if own is None and args.folds is not None:
         raise UsageError("--folds cross-validates your own data: use it with --images, --rdms and --key (the "
@@ -859,20 +874,25 @@ def cmd_evaluate(args) -> int:
     else:  # the sets are read (and refused) before the run folder exists
         sets = [data.load_algonauts_set(args.data, name, targets) for name in data.TRAINING_SETS]
     out = _out_dir(args.out, args.overwrite)
+    loaded = [own] if own is not None else sets  # the line after every check: bad input stays one line on stderr
+    progress.line(f"loaded {', '.join(f'{d.name} ({len(d)} images)' for d in loaded)} in "
+                  f"{time.perf_counter() - loading:.1f} s; targets {', '.join(targets)}")
     report_reliability([own] if own is not None else sets, targets, verbose=not args.quiet)
     start = time.perf_counter()
     with run_folder(out, "evaluate", run_mode(args.overwrite)):
         if own is None:
             evaluation, paths = run_evaluation(args.data, out, methods, targets, config, seeds, args.batch_size,
-                                               progress=not args.quiet, make_plots=not args.no_plots, sets=sets)
-            md, _ = write_report(out, title="siamrdm evaluate: cross-set scores")
+                                               progress=progress, make_plots=not args.no_plots, sets=sets)
+            md, page = write_report(out, title="siamrdm evaluate: cross-set scores")
         else:
             inputs = {"image_folder": str(args.images), "rdms": str(args.rdms), "key": args.key, "order": args.order}
             evaluation, paths = run_fold_evaluation(own, out, folds, methods, config, seeds, args.fold_seed,
-                                                    progress=not args.quiet, make_plots=not args.no_plots,
+                                                    progress=progress, make_plots=not args.no_plots,
                                                     inputs=inputs)
-            md, _ = write_report(out, title=f"siamrdm evaluate: {folds} image folds of {own.name}")
-    paths["report"] = md
+            md, page = write_report(out, title=f"siamrdm evaluate: {folds}-fold cross-validation over the "
+                                    f"{len(own)} images of {Path(args.images).name} ({args.key})")
+    paths["report"], paths["report_html"] = md, page
+    progress.done(f"wrote evaluation.md, evaluation.csv, report.md and {page}")
     _print_evaluation(evaluation, args, paths, time.perf_counter() - start)
     return 0
 
@@ -927,7 +947,7 @@ def _add_analysis_commands(sub) -> None:
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no phase lines or bars on stderr (bars: terminal only)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="gather a run folder's settings, tables and plots into report.md/.html")

@@ -44,6 +44,7 @@ from .data import (
     target_key,
 )
 from .files import atomic_path, write_text
+from .progress import Phases, Progress
 from .scoring import NO_CEILING_NOTE, mean_summary, paired_rows, score_with_ceiling
 from .tables import fmt, json_safe
 from .train import TrainConfig, config_from_preset
@@ -146,12 +147,15 @@ def _predict(result: Evaluation, method: str, target: str, direction: str, train
 
 def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
                   targets: tuple[str, ...] = TARGET_NAMES, config: TrainConfig | None = None,
-                  seeds: tuple[int, ...] = (0,), batch_size: int = 16, progress: bool = True) -> Evaluation:
+                  seeds: tuple[int, ...] = (0,), batch_size: int = 16,
+                  progress: bool | Progress = True) -> Evaluation:
     """Every method fitted on each set and scored on each other set, for every target.
 
     `config` gives the Siamese training settings and, for the baselines too, the backbone, its weights and the
-    image size, so all methods see the same body. Rows are ordered by method, target, direction.
+    image size, so all methods see the same body. Rows are ordered by method, target, direction. With
+    `progress` (progress.Progress.of), a line on stderr as each phase (k of n) starts, and bars on a terminal.
     """
+    progress = Progress.of(progress, "evaluate")
     config = config or config_from_preset("quick")
     _check_methods(methods)
     if len(sets) < 2:
@@ -162,41 +166,48 @@ def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
             raise DataError(f"image set {dataset.name}: no RDMs for target(s) {', '.join(missing)}")
     pairs = [(a, b) for a in sets for b in sets if a is not b]
     result = Evaluation([], {})
+    baselines_too = "layers" in methods or "regression" in methods
+    phases = Phases(progress, baselines_too + len(methods) * len(targets) * len(pairs))
 
     stage_rdms: dict[str, dict[str, np.ndarray]] = {}
-    if "layers" in methods or "regression" in methods:
+    if baselines_too:
         from .prior import stage_rdms as cached_stage_rdms  # the prior's per-process cache of stage RDMs
 
+        phases.start(f"stage RDMs of {config.backbone} for {', '.join(d.name for d in sets)}")
         start = time.perf_counter()
         for dataset in sets:
             stage_rdms[dataset.name] = cached_stage_rdms(dataset.images, config.backbone, config.weights,
-                                                         config.image_size, progress, batch_size)
+                                                         config.image_size, progress.bars, batch_size)
         result.seconds["layer_rdms"] = time.perf_counter() - start
 
     for method in methods:
         start = time.perf_counter()
         for target in targets:
             for train, test in pairs:
-                _predict(result, method, target, direction_label(train.name, test.name), train, test, stage_rdms,
-                         config, seeds, progress)
+                direction = direction_label(train.name, test.name)
+                phases.start(f"{target} {direction}: {method}")
+                _predict(result, method, target, direction, train, test, stage_rdms, config, seeds, progress.bars)
         result.seconds[method] = time.perf_counter() - start
     return result
 
 
+
 def evaluate_folds(dataset: BrainDataset, folds: int = 5, methods: tuple[str, ...] = METHODS,
                    config: TrainConfig | None = None, seeds: tuple[int, ...] = (0,), fold_seed: int = 0,
-                   progress: bool = True) -> Evaluation:
+                   progress: bool | Progress = True) -> Evaluation:
     """Cross-validation over the images of one set (your own data), for every method and target.
 
     The images are split into `folds` folds (`challenge.fold_splits`, seeded by `fold_seed`); for each fold,
     every method is fitted on the pairs among the other folds' images and scored on the pairs among the held-out
     images: the Siamese network trained with `config` (its prior fitted on the training images too), the
     stage whose RDM scores best on the training images, and NNLS weights of the stage RDMs fitted on them.
-    Rows are ordered by method, target, fold ('fold 1', ...); `held_out` maps each fold to its images.
+    Rows are ordered by method, target, fold ('fold 1', ...); `held_out` maps each fold to its images. With
+    `progress`, phase lines on stderr ('evaluate [2/5] fold 2: siamese V4') and bars on a terminal.
     """
     from .challenge import fold_splits
     from .prior import stage_rdms
 
+    progress = Progress.of(progress, "evaluate")
     config = config or config_from_preset("quick")
     _check_methods(methods)
     if len(set(dataset.images.names)) != len(dataset):
@@ -204,10 +215,13 @@ def evaluate_folds(dataset: BrainDataset, folds: int = 5, methods: tuple[str, ..
     splits = {f"fold {k + 1}": pair for k, pair in enumerate(fold_splits(dataset, folds, fold_seed).values())}
     result = Evaluation([], {}, held_out={label: test for label, (_, test) in splits.items()})
     stages: dict[str, dict[str, np.ndarray]] = {}
-    if "layers" in methods or "regression" in methods:
+    baselines_too = "layers" in methods or "regression" in methods
+    phases = Phases(progress, baselines_too + len(methods) * len(dataset.targets) * len(splits))
+    if baselines_too:
+        phases.start(f"stage RDMs of {config.backbone} for the {len(dataset)} images")
         start = time.perf_counter()
         args = (config.backbone, config.weights, config.image_size)
-        stage_rdms(dataset.images, *args, progress=progress)  # once for all images: the folds are cut from it
+        stage_rdms(dataset.images, *args, progress=progress.bars)  # once for all images: the folds are cut from it
         for train, test in splits.values():
             stages[train.name], stages[test.name] = stage_rdms(train.images, *args), stage_rdms(test.images, *args)
         result.seconds["layer_rdms"] = time.perf_counter() - start
@@ -215,14 +229,15 @@ def evaluate_folds(dataset: BrainDataset, folds: int = 5, methods: tuple[str, ..
         start = time.perf_counter()
         for target in dataset.targets:
             for label, (train, test) in splits.items():
-                _predict(result, method, target, label, train, test, stages, config, seeds, progress)
+                phases.start(f"{label}: {method} {target}")
+                _predict(result, method, target, label, train, test, stages, config, seeds, progress.bars)
         result.seconds[method] = time.perf_counter() - start
     return result
 
 
 def cross_set_evaluate(root: str | os.PathLike | None, methods: tuple[str, ...] = METHODS,
                        targets: tuple[str, ...] = TARGET_NAMES, config: TrainConfig | None = None,
-                       seeds: tuple[int, ...] = (0,), progress: bool = True) -> list[dict]:
+                       seeds: tuple[int, ...] = (0,), progress: bool | Progress = True) -> list[dict]:
     """The table's rows for the official training sets: fit on 92, score on 118, and back."""
     sets = [load_algonauts_set(root, name, targets) for name in TRAINING_SETS]
     return evaluate_sets(sets, methods, targets, config, seeds, progress=progress).rows
@@ -371,7 +386,7 @@ def write_evaluation(evaluation: Evaluation, sets: list[BrainDataset], out_dir: 
 def run_evaluation(root: str | os.PathLike | None, out_dir: str | os.PathLike,
                    methods: tuple[str, ...] = METHODS, targets: tuple[str, ...] = TARGET_NAMES,
                    config: TrainConfig | None = None, seeds: tuple[int, ...] = (0,), batch_size: int = 16,
-                   progress: bool = True, make_plots: bool = True,
+                   progress: bool | Progress = True, make_plots: bool = True,
                    sets: list[BrainDataset] | None = None) -> tuple[Evaluation, dict[str, Path]]:
     """`siamrdm evaluate`: load the training sets (or use `sets`), evaluate, write everything to out_dir."""
     config = config or config_from_preset("quick")
@@ -393,7 +408,7 @@ def run_evaluation(root: str | os.PathLike | None, out_dir: str | os.PathLike,
 
 def run_fold_evaluation(dataset: BrainDataset, out_dir: str | os.PathLike, folds: int = 5,
                         methods: tuple[str, ...] = METHODS, config: TrainConfig | None = None,
-                        seeds: tuple[int, ...] = (0,), fold_seed: int = 0, progress: bool = True,
+                        seeds: tuple[int, ...] = (0,), fold_seed: int = 0, progress: bool | Progress = True,
                         make_plots: bool = True, inputs: dict | None = None) -> tuple[Evaluation, dict[str, Path]]:
     """`siamrdm evaluate --images ... --folds K`: cross-validate over the images, write everything to out_dir
     (with images.txt, the image order used). `inputs` (the image folder, RDM file, key, order file) go into

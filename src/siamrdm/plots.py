@@ -175,11 +175,13 @@ def _number(value) -> float:
     return math.nan if value is None else value
 
 
-def plot_training_curves(history: Iterable[dict], path: str | os.PathLike, title: str | None = None) -> Path:
+def plot_training_curves(history: Iterable[dict], path: str | os.PathLike, title: str | None = None,
+                         marked: dict[str, int] | None = None) -> Path:
     """Training loss and validation % of the noise ceiling per epoch (rows as in FitResult.history or log.csv).
 
-    The best validation epoch (highest mean rho where logged, as the trainer chose it) and the switch from
-    frozen to unfrozen body are marked.
+    The epochs `marked` (label -> epoch: those a rule chose and a run used, e.g. per direction and for the final
+    fit), else the best validation epoch (highest mean rho where logged, as the trainer chose it), and the switch
+    from frozen to unfrozen body are marked. A run without validation (a final fit) has the loss panel alone.
     """
     rows = list(history)
     if not rows:
@@ -187,8 +189,10 @@ def plot_training_curves(history: Iterable[dict], path: str | os.PathLike, title
     epochs = np.array([_number(r.get("epoch", k + 1)) for k, r in enumerate(rows)])
     loss = np.array([_number(r.get("loss")) for r in rows])
     val_keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("val/")]
+    mean = np.array([_number(r.get("val_pct_nc")) for r in rows])
+    validated = np.isfinite(mean).any() or any(np.isfinite(_number(r.get(k))) for r in rows for k in val_keys)
     fig = _figure("training")
-    ax_loss, ax_val = fig.subplots(1, 2)
+    ax_loss, ax_val = fig.subplots(1, 2) if validated else (fig.subplots(), None)
     ax_loss.plot(epochs, loss, color="C0", marker="." if len(rows) < 40 else None)
     if np.all(loss[np.isfinite(loss)] > 0) and np.isfinite(loss).any():
         ax_loss.set_yscale("log")
@@ -197,26 +201,39 @@ def plot_training_curves(history: Iterable[dict], path: str | os.PathLike, title
     ax_loss.set_title("training")
     phases = [r.get("phase") for r in rows]
     switch = next((epochs[k] for k in range(1, len(rows)) if phases[k] != phases[k - 1]), None)
-    for key in val_keys:
-        ax_val.plot(epochs, [_number(r.get(key)) for r in rows], lw=1, alpha=0.8, label=key[4:])
-    mean = np.array([_number(r.get("val_pct_nc")) for r in rows])
-    chosen_on = np.array([_number(r.get("val_rho")) for r in rows])  # the epoch kept: highest mean rho
-    if np.isfinite(mean).any():
-        ax_val.plot(epochs, mean, color="k", lw=2, label="mean")
-        best = int(np.nanargmax(chosen_on if np.isfinite(chosen_on).any() else mean))
-        ax_val.axvline(epochs[best], color="C3", ls=":", label=f"best epoch {epochs[best]:g}")
-        ax_val.legend(loc="best", fontsize="small")
-    else:
-        ax_val.text(0.5, 0.5, "no validation data", ha="center", va="center", transform=ax_val.transAxes)
     if switch is not None:
-        for ax in (ax_loss, ax_val):
+        for ax in (ax_loss, ax_val) if validated else (ax_loss,):
             ax.axvline(switch - 0.5, color="0.5", ls="--", lw=1)
-    ax_val.set_xlabel("epoch")
-    ax_val.set_ylabel("% of noise ceiling")
-    ax_val.set_title("validation")
+    if validated:
+        _validation_panel(ax_val, rows, epochs, val_keys, mean, marked)
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def _validation_panel(ax, rows: list[dict], epochs: np.ndarray, val_keys: list[str], mean: np.ndarray,
+                      marked: dict[str, int] | None) -> None:
+    """The validation curves with the epochs marked: `marked` (label -> epoch), else the trainer's best."""
+    for key in val_keys:
+        ax.plot(epochs, [_number(r.get(key)) for r in rows], lw=1, alpha=0.8, label=key[4:])
+    if np.isfinite(mean).any():
+        ax.plot(epochs, mean, color="k", lw=2, label="mean")
+    if marked:
+        styles = [":", "--", "-."]
+        by_epoch: dict[int, list[str]] = {}
+        for label, epoch in marked.items():  # one line per epoch, naming every use of it
+            by_epoch.setdefault(int(epoch), []).append(label)
+        for k, (epoch, labels) in enumerate(by_epoch.items()):
+            ax.axvline(epoch, color=f"C{3 + k}", ls=styles[k % len(styles)],
+                       label=f"epoch {epoch} used: {', '.join(labels)}" + (" (the prior alone)" if epoch == 0 else ""))
+    elif np.isfinite(mean).any():
+        chosen_on = np.array([_number(r.get("val_rho")) for r in rows])  # the epoch kept: highest mean rho
+        best = int(np.nanargmax(chosen_on if np.isfinite(chosen_on).any() else mean))
+        ax.axvline(epochs[best], color="C3", ls=":", label=f"best epoch {epochs[best]:g}")
+    ax.legend(loc="best", fontsize="small")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("% of noise ceiling")
+    ax.set_title("validation")
 
 
 # --------------------------------------------------------------------------- scores
@@ -240,7 +257,8 @@ def plot_scores(rows: Iterable[dict], path: str | os.PathLike, title: str | None
     bar's chance band.
 
     Rows need method, target, direction and pct_nc; with `nc_lower_pct` (the lower noise ceiling as a percent
-    of the upper) each target's band spans its lowest lower ceiling (over the test sets) to the upper ceiling;
+    of the upper) the band behind each bar spans its own row's lower ceiling (that direction's test set's) to
+    the upper ceiling;
     the upper ceiling (100 %) is always drawn as a line. With `chance_pct_mean` and `chance_pct_95` (this
     prediction's score with its image labels permuted) a dark band over the bar spans the chance mean to its
     95th percentile: a bar that does not rise above it has not beaten chance. With `r2_ci_low` and `r2_ci_high`
@@ -261,22 +279,20 @@ def plot_scores(rows: Iterable[dict], path: str | os.PathLike, title: str | None
     chance = {(r["method"], r.get("direction", ""), r["target"]): (_number(r.get(f"chance_{unit}_mean")),
                                                                   _number(r.get(f"chance_{unit}_95"))) for r in rows}
     errors = {(r["method"], r.get("direction", ""), r["target"]): _interval(r, with_ceiling) for r in rows}
+    lowers = {(r["method"], r.get("direction", ""), r["target"]): _number(r.get("nc_lower_pct")) for r in rows}
     width = 0.8 / len(series)
     hatches = ["", "//", "..", "xx", "\\\\", "++"]
     fig = _figure("scores")
     ax = fig.subplots()
-    for t, target in enumerate(targets):
-        if not with_ceiling:
-            break
-        lowers = [_number(r.get("nc_lower_pct")) for r in rows if r["target"] == target]
-        lowers = [v for v in lowers if math.isfinite(v)]
-        left, right = t - 0.45, t + 0.45
-        if lowers:
-            ax.fill_between([left, right], min(lowers), 100.0, color="0.85", zorder=0)
-        ax.hlines(100.0, left, right, color="0.4", lw=1.5, zorder=1)
+    for t in range(len(targets) if with_ceiling else 0):
+        ax.hlines(100.0, t - 0.45, t + 0.45, color="0.4", lw=1.5, zorder=1)
     for s, (method, direction) in enumerate(series):
         x = np.arange(len(targets)) - 0.4 + width * (s + 0.5)
         values = [lookup.get((method, direction, t), math.nan) for t in targets]
+        for position, target in zip(x, targets, strict=True):  # this row's own lower ceiling, not the target's
+            lower = lowers.get((method, direction, target), math.nan)
+            if with_ceiling and math.isfinite(lower):
+                ax.fill_between([position - width / 2, position + width / 2], lower, 100.0, color="0.85", zorder=0)
         ax.bar(x, np.nan_to_num(values), width * 0.95, color=f"C{methods.index(method)}",
                hatch=hatches[directions.index(direction) % len(hatches)], edgecolor="white", zorder=2)
         for position, target, value in zip(x, targets, values, strict=True):

@@ -122,6 +122,27 @@ RANKING_NOTE = ("Methods ranked by what beats chance: first by how many of their
                 "structure reaches by chance.")
 
 
+def _fits_blocks(run_dir: Path) -> list[Block]:
+    """A challenge's final fits (settings.json 'fits': target -> epochs and each seed's record), one row each,
+    a fit of 0 epochs flagged as the prior alone."""
+    try:
+        fits = json.loads(_read_text(run_dir / "settings.json")).get("fits")
+    except (DataError, ValueError, AttributeError):
+        return []  # no settings, or not a challenge's: the settings section shows what there is
+    if not isinstance(fits, dict) or not fits or not all(isinstance(f, dict) for f in fits.values()):
+        return []
+    body = []
+    for target, fit in fits.items():
+        epochs = number(fit.get("epochs"))
+        seeds = {k: v for k, v in fit.items() if k.startswith("seed") and isinstance(v, dict)}
+        alone = epochs == 0 or (seeds and all(v.get("prior_alone") is True for v in seeds.values()))
+        body.append([target, "-" if epochs is None else f"{epochs:g}", ", ".join(seeds) or "-",
+                     "the prior alone (no trained epoch)" if alone else ""])
+    return [("h2", "Final fits"), ("p", "Each target's final fit on both training sets, for the epochs its folds "
+             "chose (0: the prior alone, since no trained epoch showed a validated gain)."),
+            ("table", ["target", "epochs", "seeds", "note"], body)]
+
+
 def _collect(run_dir: Path) -> list[Block]:
     blocks: list[Block] = []
     placed: set[Path] = set()
@@ -153,6 +174,7 @@ def _collect(run_dir: Path) -> list[Block]:
             blocks.append(_image(chart, chart.name))
             placed.add(chart)
 
+    blocks += _fits_blocks(run_dir)
     lr_files = sorted(p for p in run_dir.rglob("lr_find.json") if _visible(p, run_dir))
     logs = sorted(p for p in run_dir.rglob("log.csv") if _visible(p, run_dir))
     if lr_files or logs:
@@ -183,7 +205,10 @@ def _collect(run_dir: Path) -> list[Block]:
         val = [row for row in val if row[0] is not None]
         blocks.append(("h3", f"Training curves ({path.relative_to(run_dir)})"))
         loss = number(rows[-1].get("loss"))
-        text = f"{len(rows)} epochs; final training loss {'-' if loss is None else format(loss, '.4g')}"
+        trained = sum((number(r.get("epoch")) or 0) > 0 for r in rows)
+        text = f"{trained} epochs; final training loss {'-' if loss is None else format(loss, '.4g')}"
+        if not trained:
+            text = "0 epochs trained: the prior alone"
         if val:
             _, pct, epoch = max(val, key=lambda row: row[0])
             text += f"; best validation epoch {epoch}" + ("" if pct is None else f" ({pct:.1f}% of the noise ceiling)")

@@ -142,6 +142,14 @@ def _interval(low, high, spec: str = ".3f") -> str:
     return "-" if number(low) is None or number(high) is None else f"[{fmt(low, spec)}, {fmt(high, spec)}]"
 
 
+def _epochs_cell(value) -> str:
+    """The epochs trained; 0 flagged: the model kept is the prior alone (with a prior the curves start at
+    epoch 0, the prior before any step, so no trained epoch showed a validated gain)."""
+    if value in (None, ""):
+        return "-"
+    return "0 (prior alone)" if number(value) == 0 else str(value)
+
+
 def _yes_no(value) -> str:
     return {True: "yes", False: "no"}.get(flag(value), "-")
 
@@ -152,7 +160,7 @@ SCORE_VIEW = [
     ("method", lambda r: str(r.get("method", ""))),
     ("target", lambda r: str(r.get("target", ""))),
     ("direction", lambda r: str(r.get("direction") or "")),
-    ("epochs", lambda r: "-" if r.get("epochs") in (None, "") else str(r["epochs"])),
+    ("epochs", lambda r: _epochs_cell(r.get("epochs"))),
     ("r2", lambda r: fmt(r.get("r2"), ".4f")),
     ("% of noise ceiling", lambda r: fmt(r.get("pct_nc"), ".1f")),
     ("chance % (95th)", _chance_cell),

@@ -115,7 +115,8 @@ def test_frozen_views_keep_their_crops(set92: data.BrainDataset) -> None:
             seed_key = (config.backbone, config.weights, config.stage, config.image_size, config.crop_scale,
                         config.seed, "cpu", key, view)
             crop = per_image_augment(pixels[k : k + 1], config.crop_scale, image_generator(seed_key))
-            torch.testing.assert_close(trainer._views[0][view, k], trainer.model.body(crop)[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(trainer.stepper._views[0][view, k], trainer.model.body(crop)[0], atol=1e-5,
+                                       rtol=1e-5)
 
 
 def test_trainer_keeps_the_pixels_on_its_device(set92: data.BrainDataset) -> None:
@@ -165,9 +166,9 @@ def test_nan_and_constant_predictions_score_as_the_numpy_metric(make_rdms, set92
                             progress=False)
     pairs = torch.rand(28, 1, dtype=torch.float64)
     pairs[3] = torch.nan
-    scores = trainer.score_pairs({0: pairs})
+    scores = trainer.stepper.score_pairs({0: pairs})
     assert math.isnan(scores["b/EVC"]["r2"]) and train.selection_score(scores) == -math.inf
-    scores = trainer.score_pairs({0: torch.full((28, 1), 0.5, dtype=torch.float64)})
+    scores = trainer.stepper.score_pairs({0: torch.full((28, 1), 0.5, dtype=torch.float64)})
     assert scores["b/EVC"]["r2"] == 0.0 and scores["b/EVC"]["pct_nc"] == 0.0
 
 

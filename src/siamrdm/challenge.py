@@ -136,9 +136,9 @@ def _ensemble_row(trainers: list[Trainer], val_set: BrainDataset, target: str, e
                   keep_prediction: bool = False) -> dict:
     """One epoch of a curve: the seeds' predicted RDMs averaged, then scored (on the device); the mean loss; with
     `keep_prediction`, the averaged pairs of the target ('predicted')."""
-    mean_pairs = torch.stack([t.last_pairs[val_set.name] for t in trainers]).mean(dim=0)
+    mean_pairs = torch.stack([t.stepper.last_pairs[val_set.name] for t in trainers]).mean(dim=0)
     loss = None if None in losses else float(np.mean(losses))
-    row = {"epoch": epoch, "loss": loss, **trainers[0].score_pairs({0: mean_pairs})[f"{val_set.name}/{target}"]}
+    row = {"epoch": epoch, "loss": loss, **trainers[0].stepper.score_pairs({0: mean_pairs})[f"{val_set.name}/{target}"]}
     if keep_prediction:
         row["predicted"] = mean_pairs[:, 0].double().cpu().numpy()
     return row

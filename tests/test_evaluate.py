@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from siamrdm import cli, evaluate, plots
-from siamrdm.data import BrainDataset, DataError, ImageSet, load_algonauts_set
+from siamrdm.data import BrainDataset, ImageSet, load_algonauts_set
 from siamrdm.rdm import rdm_from_features
 from siamrdm.train import config_from_preset, subset
 
@@ -111,15 +111,6 @@ def test_siamese_rows_come_from_fit_predict(small_sets: list[BrainDataset], monk
     assert [r["direction"] for r in result.rows] == ["92->118", "118->92"]
     assert all(np.isfinite(r["r2"]) for r in result.rows)
     assert result.predictions[("siamese", "EVC", "92->118")].shape == (12, 12)
-
-
-def test_parse_list():
-    assert evaluate.parse_list(None, ("a", "b"), "method") == ("a", "b")
-    assert evaluate.parse_list(" b, a,b ", ("a", "b"), "method") == ("b", "a")
-    with pytest.raises(DataError, match="unknown method 'c'"):
-        evaluate.parse_list("a,c", ("a", "b"), "method")
-    with pytest.raises(DataError):
-        evaluate.parse_list(",", ("a", "b"), "method")
 
 
 @pytest.mark.parametrize("args, part", [

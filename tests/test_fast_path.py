@@ -20,6 +20,7 @@ from siamrdm.config import ConfigError, check_config
 from siamrdm.rdm import square_rdm, upper_tri
 from siamrdm.scoring import compare_rdms, score_with_ceiling, spearman_rhos
 from siamrdm.scoring_torch import rank_average_torch, spearman_torch
+from siamrdm.splits import cross_set_splits
 
 
 @pytest.fixture(scope="module")
@@ -233,8 +234,8 @@ def test_early_stopping_waits_for_a_validation(set92: data.BrainDataset) -> None
 def test_curves_and_epoch_choice_with_validate_every(set92: data.BrainDataset, set118: data.BrainDataset) -> None:
     sets = {"92": train.subset(set92, np.arange(9), "92"), "118": train.subset(set118, np.arange(10), "118")}
     config = fast_config(frozen_epochs=5, prior="nnls", lr=3e-3)
-    every = challenge.validation_curves(config, challenge.cross_set_splits(sets), (0,))
-    second = challenge.validation_curves(replace(config, validate_every=2), challenge.cross_set_splits(sets), (0,))
+    every = challenge.validation_curves(config, cross_set_splits(sets), (0,))
+    second = challenge.validation_curves(replace(config, validate_every=2), cross_set_splits(sets), (0,))
     for label, rows in second.items():
         assert [row["epoch"] for row in rows] == [0, 2, 4, 5]  # the prior alone, every 2nd epoch and the last
         for row in rows:
@@ -250,7 +251,7 @@ def test_curves_stop_at_stop_epoch_and_name_a_diverged_fit(set92: data.BrainData
     """The curves end at the config's stop_epoch, as a fit does; a fit that diverges says which one it was (a
     challenge runs eight curves and four final fits, several at once with --jobs)."""
     sets = {"92": train.subset(set92, np.arange(9), "92"), "118": train.subset(set118, np.arange(10), "118")}
-    splits = challenge.cross_set_splits(sets)
+    splits = cross_set_splits(sets)
     curves = challenge.validation_curves(fast_config(frozen_epochs=4, stop_epoch=2), splits, (0,))
     assert {label: [row["epoch"] for row in rows] for label, rows in curves.items()} == {
         "92->118": [1, 2], "118->92": [1, 2]}
@@ -307,7 +308,7 @@ def test_challenge_jobs_give_the_sequential_results(capsys, tmp_path: Path, set9
     predictions) in two worker processes against this process: the same curves and predictions."""
     sets = {"92": train.subset(set92, np.arange(9), "92"), "118": train.subset(set118, np.arange(10), "118")}
     test = train.subset(set92, np.arange(60, 70), "test")
-    splits = challenge.cross_set_splits(sets)
+    splits = cross_set_splits(sets)
     config = fast_config(frozen_epochs=2, augment=True, prior="nnls", lr=3e-3)
     tasks = [(replace(config, targets=(t,)), {label: splits[label]}, (0,), False) for t in ("EVC", "IT") for label in
              splits]

@@ -41,13 +41,14 @@ from .data import (
     validate_rdms,
 )
 from .errors import ConfigError, TrainingDiverged
-from .files import check_run_folder, run_folder, run_mode, write_text
+from .files import check_run_folder, json_safe, run_folder, run_mode, write_text
 from .predict import fit_predictor
 from .rdm import square_rdm
 from .reliability import report_reliability
 from .report import write_report
-from .tables import json_safe, number
-from .train import Trainer, subset, validated_gain
+from .splits import cross_set_splits, fold_splits
+from .tables import number
+from .train import Trainer, validated_gain
 
 SUBMISSION_FILES = {"submit_fmri.mat": ("EVC", "IT"), "submit_meg.mat": ("MEG_early", "MEG_late")}
 VALIDATION_COLUMNS = tables.SCORE_COLUMNS
@@ -71,27 +72,6 @@ def write_table(rows: list[dict], out_dir: Path, stem: str) -> None:
     chance level, p_perm and the signed mean rho)."""
     tables.write_csv(rows, out_dir / f"{stem}.csv", VALIDATION_COLUMNS)
     write_text(out_dir / f"{stem}.md", tables.markdown(*tables.score_table(rows)) + "\n")
-
-
-def cross_set_splits(sets: dict[str, BrainDataset]) -> dict[str, tuple[BrainDataset, BrainDataset]]:
-    """Fit on one training set, score on the other: '92->118' and '118->92'."""
-    return {f"{a}->{b}": (sets[a], sets[b]) for a, b in (("92", "118"), ("118", "92"))}
-
-
-def fold_splits(dataset: BrainDataset, folds: int, seed: int = 0) -> dict[str, tuple[BrainDataset, BrainDataset]]:
-    """Image-level folds within one set: train on pairs among the other folds' images, score pairs among the
-    held-out fold's images. No pair crosses the split, so held-out scores measure generalisation to new images."""
-    n = len(dataset)
-    if not 2 <= folds <= n // 3:
-        raise ConfigError("folds", f"{folds} folds of {n} images (each fold needs at least 3 images)")
-    order = np.random.default_rng(seed).permutation(n)
-    parts = np.array_split(order, folds)
-    splits = {}
-    for k, held_out in enumerate(parts):
-        kept = np.sort(np.setdiff1d(order, held_out))
-        splits[f"{dataset.name} fold {k + 1}"] = (subset(dataset, kept, f"{dataset.name}-f{k + 1}-train"),
-                                                   subset(dataset, np.sort(held_out), f"{dataset.name}-f{k + 1}-val"))
-    return splits
 
 
 def validation_curves(config: TrainConfig, splits: dict[str, tuple[BrainDataset, BrainDataset]],

@@ -19,9 +19,10 @@ import numpy as np
 
 from . import data, scoring
 from .errors import ConfigError
+from .files import json_safe
 from .rdm import upper_tri
 from .reliability import reliability_line, report_reliability
-from .tables import fmt, json_safe
+from .tables import fmt
 
 
 class UsageError(data.DataError):
@@ -726,9 +727,9 @@ def cmd_baseline_regression(args) -> int:
 
 def _check_folds(dataset: data.BrainDataset, folds: int, seed: int) -> None:
     """--folds checked before any work or file: each fold needs at least 3 images."""
-    from .challenge import fold_splits
+    from .splits import fold_indices
 
-    fold_splits(dataset, folds, seed)  # a ConfigError names --folds
+    fold_indices(len(dataset), folds, seed)  # a ConfigError names --folds
 
 
 def cmd_evaluate(args) -> int:

@@ -35,7 +35,7 @@ from .checkpoint import load_run_state, reading
 from .config import ConfigError, TrainConfig, pick_device
 from .data import target_key
 from .errors import DataError
-from .files import check_same_settings, run_folder, run_mode, write_text
+from .files import check_same_settings, json_safe, run_folder, run_mode, write_text
 from .largeset import (
     AugmentedImages,
     CondensedRDMs,
@@ -49,7 +49,7 @@ from .largeset import (
 from .loop import TrainingLoop, seed_summary
 from .model import SiameseRDMNet, all_pairs_loss
 from .predict import RDMPredictor
-from .tables import json_safe
+from .splits import holdout_indices
 from .train import build_model, predict_pairs
 
 
@@ -227,7 +227,7 @@ class BatchSettings:
     batch_images: int = 256  # images per step, over all ranks
     val_fraction: float = 0.0  # images held out for validation (pairs among them only); 0: none
     loader_workers: int = 2  # DataLoader worker processes per rank; 0 loads in the training process
-    split_seed: int = 0  # the held-out split, as split_holdout's
+    split_seed: int = 0  # the held-out split (splits.holdout_indices)
 
     def same_run(self, other: BatchSettings) -> bool:
         """Whether a checkpoint with `other` continues this run (the loader's workers change nothing)."""
@@ -270,17 +270,6 @@ def check_minibatch_config(config: TrainConfig) -> TrainConfig:
     return config
 
 
-def split_images(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training, held-out) image indices, each sorted: a random `fraction` held out (at least 3 when any)."""
-    if fraction == 0:
-        return np.arange(n), np.arange(0)
-    n_val = max(3, round(n * fraction))
-    if n - n_val < 2:
-        raise ConfigError("val_fraction", f"{fraction} of {n} images leaves {n - n_val} for training; a step needs 2")
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
 @dataclass
 class LargeTargets:
     """A large set's targets, read in one pass over the RDM files before a run starts, so that a bad value is
@@ -297,7 +286,7 @@ def read_targets(rdms: dict[str, CondensedRDMs], n_images: int, batch: BatchSett
                  rescale: str) -> LargeTargets:
     """Split the images (`batch.val_fraction`, `batch.split_seed`) and read every target's pairs: the training
     pairs' group mean, rescaled (4 bytes a pair), and the held-out pairs' subjects."""
-    train_index, val_index = split_images(n_images, batch.val_fraction, batch.split_seed)
+    train_index, val_index = holdout_indices(n_images, batch.val_fraction, batch.split_seed)
     columns, normalisation, held_out = [], {}, {}
     for target, condensed in rdms.items():
         train_values, val_values = condensed.split(train_index, val_index)

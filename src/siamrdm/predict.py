@@ -21,11 +21,10 @@ from .backbones import images_to_tensor
 from .checkpoint import check_tensors, finite, load_checkpoint, reading, save_checkpoint
 from .config import TrainConfig, check_config, config_from_dict, pick_device
 from .data import IMAGE_ORDER_FILE, BrainDataset, DataError, ImageSet, target_key
-from .files import check_same_settings, run_folder, run_mode, write_text
+from .files import check_same_settings, json_safe, run_folder, run_mode, write_text
 from .loop import seed_summary
 from .model import SiameseRDMNet
 from .prior import PriorFit
-from .tables import json_safe
 from .train import build_model, feature_views, fit, predict_rdms, prior_rdms, split_holdout
 
 MODEL_FORMAT = "siamrdm-predictor-1"

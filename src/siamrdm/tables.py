@@ -36,19 +36,6 @@ def fmt(value, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def json_safe(value):
-    """`value` as strict JSON can hold it: NaN and inf become None, numpy scalars and arrays Python values."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "tolist"):  # numpy scalars and arrays
-        return json_safe(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_csv(rows: list[dict], path: str | os.PathLike, columns: Sequence[str]) -> Path:
     """Rows as a CSV file with these columns (others ignored), written atomically."""
     path = Path(path)

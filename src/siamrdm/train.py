@@ -46,6 +46,8 @@ from .prior import PriorFit, fit_prior, prior_vector, stage_rdms
 from .rdm import rescale, square_rdm, upper_tri
 from .scoring import score_row
 from .scoring_torch import spearman_torch, standardised_ranks_torch
+from .splits import split_holdout as split_holdout  # re-exported: callers of siamrdm.train split here too
+from .splits import subset as subset
 
 # --------------------------------------------------------------------------- data for training
 
@@ -82,28 +84,6 @@ def prepare_set(dataset: BrainDataset, targets: tuple[str, ...], config: TrainCo
         keys=[f"{dataset.images.source}/{name}" for name in dataset.images.names],
         official=dataset.official,
     )
-
-
-def subset(dataset: BrainDataset, index: np.ndarray, name: str) -> BrainDataset:
-    """The images `index` of a dataset with their RDMs (rows and columns)."""
-    images = ImageSet([dataset.images.names[k] for k in index], [dataset.images.images[k] for k in index],
-                      dataset.images.source)
-    targets = {t: r[..., index[:, None], index[None, :]] for t, r in dataset.targets.items()}
-    return BrainDataset(name, images, targets, dataset.official)
-
-
-def split_holdout(dataset: BrainDataset, fraction: float, seed: int) -> tuple[BrainDataset, BrainDataset]:
-    """Hold out a random `fraction` of a set's images for validation (pairs among them only)."""
-    n = len(dataset)
-    if not 0 < fraction < 1:
-        raise ConfigError("val_fraction", f"must be between 0 and 1, got {fraction}")
-    n_val = max(3, round(n * fraction))
-    if n - n_val < 3:
-        raise ConfigError("val_fraction", f"{fraction} of the {n} images of set {dataset.name} leaves "
-                                          f"{n - n_val} for training; both sides need at least 3")
-    order = np.random.default_rng(seed).permutation(n)
-    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
-    return subset(dataset, train, f"{dataset.name}-train"), subset(dataset, val, f"{dataset.name}-val")
 
 
 # Frozen-body features of single images, shared by every Trainer of a process: a challenge fits many models on

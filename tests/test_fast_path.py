@@ -4,6 +4,7 @@ validation every k epochs, bf16 autocast and channels-last, and a challenge's fi
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -106,18 +107,30 @@ def test_crop_and_flip_rates() -> None:
 
 def test_frozen_views_keep_their_crops(set92: data.BrainDataset) -> None:
     """The cached frozen views are the per-image crops they were before the batched op, seeded by the same
-    identity (the run's seed, the image and the view; not the body's precision or layout)."""
+    identity (the run's seed, the image's folder name and name, and the view; not the body's precision, layout or
+    device, nor the path the data was given by)."""
     config = fast_config(augment=True, augment_views=3)
     part = train.subset(set92, np.arange(4), "a")
     trainer = train.Trainer(replace(config, channels_last=True), [part], progress=False)
     pixels = trainer.train_sets[0].images
     for view in (1, 2):
-        for k, key in enumerate(trainer.train_sets[0].keys):
+        for k, key in enumerate(trainer.train_sets[0].seed_keys):
+            assert key == f"{Path(set92.images.source).name}/{set92.images.names[k]}"
             seed_key = (config.backbone, config.weights, config.stage, config.image_size, config.crop_scale,
-                        config.seed, "cpu", key, view)
+                        config.seed, key, view)
             crop = per_image_augment(pixels[k : k + 1], config.crop_scale, image_generator(seed_key))
             torch.testing.assert_close(trainer.stepper._views[0][view, k], trainer.model.body(crop)[0], atol=1e-5,
                                        rtol=1e-5)
+
+
+def test_the_path_spelling_of_the_data_does_not_change_the_model(data_root: Path, tmp_path: Path) -> None:
+    """The same images reached as ../x and as /abs/x draw the same augmentations and train the same weights."""
+    config = fast_config(augment=True, augment_views=3, frozen_epochs=2, lr=3e-3)
+    models = []
+    for root in (data_root.resolve(), Path(os.path.relpath(data_root.resolve(), Path.cwd()))):
+        dataset = train.subset(data.load_algonauts_set(root, "92", ("EVC",)), np.arange(8), "a")
+        models.append(train.fit(config, [dataset], progress=False).model.state_dict())
+    assert str(models) and all(torch.equal(models[0][k], models[1][k]) for k in models[0])
 
 
 def test_trainer_keeps_the_pixels_on_its_device(set92: data.BrainDataset) -> None:

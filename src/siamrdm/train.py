@@ -61,7 +61,8 @@ class PairTargets:
     targets: torch.Tensor  # (P, T), P = N(N-1)/2 pairs in upper-triangle order
     subject_rdms: dict[str, np.ndarray]  # for validation with the official metric
     normalisation: dict[str, dict[str, float]]
-    keys: list[str]  # each image's identity (its folder and name): for the feature cache
+    keys: list[str]  # each image's file (its folder, resolved, and name): the feature cache's key
+    seed_keys: list[str]  # each image's identity as its augmentation is seeded: its folder's name and its name
     official: bool = False  # an Algonauts set: its targets' published ceilings apply
     prior_pairs: torch.Tensor | None = None  # (P, T) the prior's values, already subtracted from `targets`
 
@@ -81,7 +82,8 @@ def prepare_set(dataset: BrainDataset, targets: tuple[str, ...], config: TrainCo
         targets=torch.tensor(np.stack(columns, axis=1), dtype=torch.float32),
         subject_rdms={t: dataset.targets[t] for t in targets},
         normalisation=normalisation,
-        keys=[f"{dataset.images.source}/{name}" for name in dataset.images.names],
+        keys=[f"{Path(dataset.images.source).resolve()}/{name}" for name in dataset.images.names],
+        seed_keys=[f"{Path(dataset.images.source).name}/{name}" for name in dataset.images.names],
         official=dataset.official,
     )
 
@@ -98,16 +100,17 @@ def frozen_views(model: SiameseRDMNet, data: PairTargets, config: TrainConfig, n
                  device: torch.device) -> torch.Tensor:
     """(V, N, C, H, W) raw body features of every image: view 0 plain, then augmented views.
 
-    Each image's augmentation is drawn from a generator seeded by the run's seed, the image's identity and
-    the view, so an image has the same views whichever subset of its set it is trained in (folds, held-out
-    splits), and cached features can be reused. The body must be the untrained pretrained one.
+    Each image's augmentation is drawn from a generator seeded by the run's seed, the image's identity (its
+    folder's name and its name: not the path it was given by, so `--data ../x` and `--data /abs/x` train the same
+    model) and the view, so an image has the same views whichever subset of its set it is trained in (folds,
+    held-out splits), and cached features can be reused. The body must be the untrained pretrained one.
     """
-    body_key = (config.backbone, config.weights, config.stage, config.image_size, config.crop_scale, config.seed,
-                str(device))
+    crop_key = (config.backbone, config.weights, config.stage, config.image_size, config.crop_scale, config.seed)
+    numerics = (str(device), config.precision, config.channels_last)
     out = None
     for view in range(n_views):
-        views = [(*body_key, key, view) for key in data.keys]  # what an image's crop is seeded by
-        keys = [(*v, config.precision, config.channels_last) for v in views]  # the body's numerics too
+        views = [(*crop_key, key, view) for key in data.seed_keys]  # what an image's crop is seeded by
+        keys = [(*crop_key, key, view, *numerics) for key in data.keys]  # the cache's: the file and the numerics
         missing = [k for k, key in enumerate(keys) if key not in _VIEW_CACHE]
         if missing:
             pixels = data.images[missing]

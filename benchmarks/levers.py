@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from siamrdm.challenge import choose_epochs, cross_set_splits, fold_curve, fold_splits, validation_curves
+from siamrdm.challenge import choose_epochs, fold_curve, validation_curves
 from siamrdm.data import TARGET_NAMES, load_algonauts_set
+from siamrdm.splits import cross_set_splits, fold_splits
 from siamrdm.train import config_from_preset
 
 # name -> (TrainConfig overrides, seeds). "base" is the quick preset as it was before these levers (no prior).

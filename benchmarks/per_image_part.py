@@ -49,9 +49,9 @@ def main() -> None:
                     trainer.run_epoch()
                 else:
                     trainer.validate_start()
-                correction = trainer.last_pairs[val.name].cpu().double() - prior
+                correction = trainer.stepper.last_pairs[val.name].cpu().double() - prior
                 per_image = project @ correction
-                scores = [trainer.score_pairs({0: prior + c})[f"{val.name}/{target}"]["pct_nc"]
+                scores = [trainer.stepper.score_pairs({0: prior + c})[f"{val.name}/{target}"]["pct_nc"]
                           for c in (correction, correction - per_image, per_image)]
                 if epoch % args.every == 0:
                     cells.append(f"{epoch}: " + " / ".join(f"{v:.1f}" for v in scores))

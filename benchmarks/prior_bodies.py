@@ -26,6 +26,7 @@ from siamrdm import baselines, prior
 from siamrdm.backbones import BACKBONES
 from siamrdm.data import TARGET_NAMES, load_algonauts_set
 from siamrdm.scoring import score_with_ceiling
+from siamrdm.splits import fold_indices
 
 BODIES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 KINDS = ("layer", "nnls")
@@ -49,10 +50,10 @@ def cut(stage_rdms: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.nd
 
 
 def fold_score(kind: str, stage_rdms: dict, subjects: np.ndarray, folds: int = 4) -> float:
-    order = np.random.default_rng(0).permutation(subjects.shape[-1])
+    n = subjects.shape[-1]
     scores = []
-    for held in np.array_split(order, folds):
-        kept, held = np.sort(np.setdiff1d(order, held)), np.sort(held)
+    for held in fold_indices(n, folds, seed=0):
+        kept = np.setdiff1d(np.arange(n), held)
         model = baseline_rdm(kind, cut(stage_rdms, kept), subjects[..., kept[:, None], kept],
                              cut(stage_rdms, held))
         scores.append(percent(model, subjects[..., held[:, None], held]))

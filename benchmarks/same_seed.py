@@ -46,17 +46,20 @@ def runs(data: Path, out: Path) -> None:
     """The runs whose outputs are fingerprinted: small, but every path of the training loop."""
     run("challenge", "--data", str(data), "--targets", "EVC,MEG_late", "--frozen-epochs", "3", "--unfrozen-epochs",
         "2", *SMALL, "--out", str(out / "challenge"))
-    run("fit", "--data", str(data), "--targets", "IT", "--sets", "118", "--val-fraction", "0.2", "--frozen-epochs",
-        "3", "--unfrozen-epochs", "2", *SMALL, "--out", str(out / "fit"))
+    run("challenge", "--data", str(data), "--targets", "EVC", "--prior", "none", "--frozen-epochs", "3",
+        "--unfrozen-epochs", "2", "--no-validate", *SMALL, "--out", str(out / "challenge-no-prior"))
+    run("fit", "--data", str(data), "--targets", "EVC", "--sets", "92", "--val-fraction", "0.2", "--prior", "none",
+        "--frozen-epochs", "3", "--unfrozen-epochs", "2", *SMALL, "--out", str(out / "fit"))
     run("predict", str(out / "fit" / "model.pt"), "--images", str(data / "Test_Data" / "78images"), "--out",
-        str(out / "predict" / "it78.npy"), "--device", "cpu")
+        str(out / "predict" / "evc78.npy"), "--device", "cpu")
     run("lr-find", "--data", str(data), "--targets", "EVC", "--sets", "92", *SMALL, "--out", str(out / "lr-find"))
     large = out / "large-set"
     largeset.make_large_set(data / "Training_Data" / "92_Image_Set" / "92images", large, 40, image_size=32,
                             subjects=2, noise=0.5)
     run("fit", "--images", str(large / "images.h5"), "--rdms", str(large / "rdms.npy"), "--key", "X",
         "--batch-images", "12", "--val-fraction", "0.2", "--frozen-epochs", "2", "--unfrozen-epochs", "2",
-        "--loader-workers", "0", "--lr", "0.003", "--stage", "blocks2", "--image-size", "32", "--device", "cpu",
+        "--loader-workers", "0", "--lr", "0.003", "--stage", "blocks2", "--head", "pairwise", "--image-size", "32",
+        "--device", "cpu",
         "--quiet", "--out", str(out / "minibatch"))
 
 
@@ -89,7 +92,7 @@ def content(path: Path) -> bytes | None:
         return json.dumps(_strip(json.loads(path.read_text())), sort_keys=True).encode()
     if path.suffix == ".csv":
         rows = list(csv.DictReader(io.StringIO(path.read_text())))
-        return json.dumps([_strip(row) for row in rows]).encode()
+        return json.dumps([_strip(row) for row in rows], sort_keys=True).encode()
     return path.read_bytes()
 
 
@@ -105,11 +108,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder for the runs and fingerprint.json (must not exist)")
     p.add_argument("--compare", help="an earlier --out folder: list the files whose fingerprint differs")
+    p.add_argument("--fingerprint-only", action="store_true", help="fingerprint an earlier --out folder again")
     p.add_argument("--data", default=os.environ.get("SIAMRDM_DATA", "../shared/algonauts2019"))
     args = p.parse_args()
     out = Path(args.out)
-    out.mkdir(parents=True)
-    runs(Path(args.data), out)
+    if not args.fingerprint_only:
+        out.mkdir(parents=True)
+        runs(Path(args.data), out)
     prints = fingerprint(out)
     (out / "fingerprint.json").write_text(json.dumps(prints, indent=1))
     print(f"{len(prints)} files fingerprinted in {out}")

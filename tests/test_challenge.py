@@ -206,15 +206,3 @@ def test_validation_curves_score_the_seed_ensembles_mean_rdm(data_root: Path) ->
     expected = scoring.score_rdm(np.mean(rdms, axis=0), set_b.targets["EVC"])
     assert curves["a->b"][-1]["r2"] == pytest.approx(expected.r2, rel=1e-9)
     assert not np.allclose(rdms[0], rdms[1])  # two different members
-
-
-def test_fold_splits_partition_the_images(data_root: Path) -> None:
-    dataset = data.load_algonauts_set(data_root, "92", ("EVC",))
-    splits = challenge.fold_splits(dataset, 4, seed=0)
-    held_out = [set(val.images.names) for _, val in splits.values()]
-    assert sum(len(h) for h in held_out) == 92 and set().union(*held_out) == set(dataset.images.names)
-    for fit_part, val in splits.values():
-        assert not set(fit_part.images.names) & set(val.images.names)  # no image on both sides
-        assert len(fit_part) + len(val) == 92 and val.targets["EVC"].shape[-1] == len(val)
-    with pytest.raises(DataError, match="folds"):
-        challenge.fold_splits(dataset, 40)

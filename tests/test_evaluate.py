@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamrdm import cli, evaluate, plots
-from siamrdm.data import BrainDataset, DataError, ImageSet, load_algonauts_set
+from siamrdm import cli, evaluate, files, plots
+from siamrdm.data import BrainDataset, ImageSet, load_algonauts_set
 from siamrdm.rdm import rdm_from_features
 from siamrdm.train import config_from_preset, subset
 
@@ -113,15 +113,6 @@ def test_siamese_rows_come_from_fit_predict(small_sets: list[BrainDataset], monk
     assert result.predictions[("siamese", "EVC", "92->118")].shape == (12, 12)
 
 
-def test_parse_list():
-    assert evaluate.parse_list(None, ("a", "b"), "method") == ("a", "b")
-    assert evaluate.parse_list(" b, a,b ", ("a", "b"), "method") == ("b", "a")
-    with pytest.raises(DataError, match="unknown method 'c'"):
-        evaluate.parse_list("a,c", ("a", "b"), "method")
-    with pytest.raises(DataError):
-        evaluate.parse_list(",", ("a", "b"), "method")
-
-
 @pytest.mark.parametrize("args, part", [
     (["evaluate", "--methods", "siamese,bogus"], "bogus"),
     (["evaluate", "--targets", "EVC,V4"], "V4"),
@@ -148,7 +139,7 @@ def test_baseline_command_prints_json(data_root: Path, capsys: pytest.CaptureFix
 def test_fold_evaluation_writes_the_paired_tests(tmp_path: Path):
     """evaluation.md and evaluation.json carry each method against each baseline, paired over the folds (each
     fold's rho_mean) and over the subjects; the fold table its standard error and interval over folds."""
-    from siamrdm import scoring, tables
+    from siamrdm import scoring
 
     rng = np.random.default_rng(7)
     n = 12
@@ -161,7 +152,7 @@ def test_fold_evaluation_writes_the_paired_tests(tmp_path: Path):
     paths = evaluate.write_evaluation(evaluation, [], tmp_path, make_plots=False)
     md, saved = paths["md"].read_text(), json.loads(paths["json"].read_text())
     assert "## Paired tests against the baselines" in md and "| mean +- se | 95% CI (folds) |" in md
-    assert saved["paired"] == tables.json_safe(evaluation.paired())
+    assert saved["paired"] == files.json_safe(evaluation.paired())
     folds, over_subjects = saved["paired"]
     assert (folds["over"], folds["n"], over_subjects["over"], over_subjects["n"]) == ("folds", 5, "subjects", 6)
     rho = {m: [r["rho_mean"] for r in rows if r["method"] == m] for m in ("siamese", "layers")}

@@ -4,6 +4,7 @@ validation every k epochs, bf16 autocast and channels-last, and a challenge's fi
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from siamrdm.config import ConfigError, check_config
 from siamrdm.rdm import square_rdm, upper_tri
 from siamrdm.scoring import compare_rdms, score_with_ceiling, spearman_rhos
 from siamrdm.scoring_torch import rank_average_torch, spearman_torch
+from siamrdm.splits import cross_set_splits
 
 
 @pytest.fixture(scope="module")
@@ -105,17 +107,30 @@ def test_crop_and_flip_rates() -> None:
 
 def test_frozen_views_keep_their_crops(set92: data.BrainDataset) -> None:
     """The cached frozen views are the per-image crops they were before the batched op, seeded by the same
-    identity (the run's seed, the image and the view; not the body's precision or layout)."""
+    identity (the run's seed, the image's folder name and name, and the view; not the body's precision, layout or
+    device, nor the path the data was given by)."""
     config = fast_config(augment=True, augment_views=3)
     part = train.subset(set92, np.arange(4), "a")
     trainer = train.Trainer(replace(config, channels_last=True), [part], progress=False)
     pixels = trainer.train_sets[0].images
     for view in (1, 2):
-        for k, key in enumerate(trainer.train_sets[0].keys):
+        for k, key in enumerate(trainer.train_sets[0].seed_keys):
+            assert key == f"{Path(set92.images.source).name}/{set92.images.names[k]}"
             seed_key = (config.backbone, config.weights, config.stage, config.image_size, config.crop_scale,
-                        config.seed, "cpu", key, view)
+                        config.seed, key, view)
             crop = per_image_augment(pixels[k : k + 1], config.crop_scale, image_generator(seed_key))
-            torch.testing.assert_close(trainer._views[0][view, k], trainer.model.body(crop)[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(trainer.stepper._views[0][view, k], trainer.model.body(crop)[0], atol=1e-5,
+                                       rtol=1e-5)
+
+
+def test_the_path_spelling_of_the_data_does_not_change_the_model(data_root: Path, tmp_path: Path) -> None:
+    """The same images reached as ../x and as /abs/x draw the same augmentations and train the same weights."""
+    config = fast_config(augment=True, augment_views=3, frozen_epochs=2, lr=3e-3)
+    models = []
+    for root in (data_root.resolve(), Path(os.path.relpath(data_root.resolve(), Path.cwd()))):
+        dataset = train.subset(data.load_algonauts_set(root, "92", ("EVC",)), np.arange(8), "a")
+        models.append(train.fit(config, [dataset], progress=False).model.state_dict())
+    assert str(models) and all(torch.equal(models[0][k], models[1][k]) for k in models[0])
 
 
 def test_trainer_keeps_the_pixels_on_its_device(set92: data.BrainDataset) -> None:
@@ -165,9 +180,9 @@ def test_nan_and_constant_predictions_score_as_the_numpy_metric(make_rdms, set92
                             progress=False)
     pairs = torch.rand(28, 1, dtype=torch.float64)
     pairs[3] = torch.nan
-    scores = trainer.score_pairs({0: pairs})
+    scores = trainer.stepper.score_pairs({0: pairs})
     assert math.isnan(scores["b/EVC"]["r2"]) and train.selection_score(scores) == -math.inf
-    scores = trainer.score_pairs({0: torch.full((28, 1), 0.5, dtype=torch.float64)})
+    scores = trainer.stepper.score_pairs({0: torch.full((28, 1), 0.5, dtype=torch.float64)})
     assert scores["b/EVC"]["r2"] == 0.0 and scores["b/EVC"]["pct_nc"] == 0.0
 
 
@@ -232,8 +247,8 @@ def test_early_stopping_waits_for_a_validation(set92: data.BrainDataset) -> None
 def test_curves_and_epoch_choice_with_validate_every(set92: data.BrainDataset, set118: data.BrainDataset) -> None:
     sets = {"92": train.subset(set92, np.arange(9), "92"), "118": train.subset(set118, np.arange(10), "118")}
     config = fast_config(frozen_epochs=5, prior="nnls", lr=3e-3)
-    every = challenge.validation_curves(config, challenge.cross_set_splits(sets), (0,))
-    second = challenge.validation_curves(replace(config, validate_every=2), challenge.cross_set_splits(sets), (0,))
+    every = challenge.validation_curves(config, cross_set_splits(sets), (0,))
+    second = challenge.validation_curves(replace(config, validate_every=2), cross_set_splits(sets), (0,))
     for label, rows in second.items():
         assert [row["epoch"] for row in rows] == [0, 2, 4, 5]  # the prior alone, every 2nd epoch and the last
         for row in rows:
@@ -249,7 +264,7 @@ def test_curves_stop_at_stop_epoch_and_name_a_diverged_fit(set92: data.BrainData
     """The curves end at the config's stop_epoch, as a fit does; a fit that diverges says which one it was (a
     challenge runs eight curves and four final fits, several at once with --jobs)."""
     sets = {"92": train.subset(set92, np.arange(9), "92"), "118": train.subset(set118, np.arange(10), "118")}
-    splits = challenge.cross_set_splits(sets)
+    splits = cross_set_splits(sets)
     curves = challenge.validation_curves(fast_config(frozen_epochs=4, stop_epoch=2), splits, (0,))
     assert {label: [row["epoch"] for row in rows] for label, rows in curves.items()} == {
         "92->118": [1, 2], "118->92": [1, 2]}
@@ -306,7 +321,7 @@ def test_challenge_jobs_give_the_sequential_results(capsys, tmp_path: Path, set9
     predictions) in two worker processes against this process: the same curves and predictions."""
     sets = {"92": train.subset(set92, np.arange(9), "92"), "118": train.subset(set118, np.arange(10), "118")}
     test = train.subset(set92, np.arange(60, 70), "test")
-    splits = challenge.cross_set_splits(sets)
+    splits = cross_set_splits(sets)
     config = fast_config(frozen_epochs=2, augment=True, prior="nnls", lr=3e-3)
     tasks = [(replace(config, targets=(t,)), {label: splits[label]}, (0,), False) for t in ("EVC", "IT") for label in
              splits]

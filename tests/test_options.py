@@ -28,8 +28,9 @@ from helpers import assert_one_line_error, run_cli
 
 from siamrdm import cli, data
 from siamrdm.config import ConfigError
-from siamrdm.distributed import init_from_env, split_images
+from siamrdm.distributed import init_from_env
 from siamrdm.rdm import upper_tri
+from siamrdm.splits import holdout_indices
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ("--epochs", "1", "--image-size", "64", "--weights", "random", "--no-augment", "--quiet", "--device", "cpu",
@@ -219,7 +220,7 @@ def test_a_ranks_bad_input_under_torchrun_is_its_one_line_and_exit_2(tmp_path: P
     n = 40
     for k, name in enumerate(data.load_image_set(set92 / "92images").names[:n]):
         shutil.copy(set92 / "92images" / name, images / f"img{k:02d}.jpg")
-    _, held_out = split_images(n, 0.2, 0)
+    _, held_out = holdout_indices(n, 0.2, 0)
     bad = images / f"img{held_out[0]:02d}.jpg"
     bad.write_bytes(b"not a jpeg")
     rdms = tmp_path / "rdms.npy"

@@ -11,6 +11,7 @@ from helpers import assert_one_line_error, run_cli
 from PIL import Image
 
 from siamrdm import data
+from siamrdm.splits import fold_splits
 
 N_IMAGES = 12
 NATURAL = [f"img{k}.png" for k in range(1, N_IMAGES + 1)]  # as plain strings img1, img10, img11, img12, img2, ...
@@ -120,7 +121,6 @@ def untrained_fold_r2(dataset: data.BrainDataset, folds: int, config) -> list[fl
     images' feature statistics, so it is the network `fit` starts from."""
     from dataclasses import replace
 
-    from siamrdm.challenge import fold_splits
     from siamrdm.predict import RDMPredictor
     from siamrdm.scoring import score_rdm
     from siamrdm.train import Trainer
@@ -141,7 +141,6 @@ def test_done_when_own_data_through_the_cli(tmp_path: Path, capsys) -> None:
     import csv
     import json
 
-    from siamrdm.challenge import fold_splits
     from siamrdm.scoring import noise_ceiling
     from siamrdm.train import config_from_preset
 

@@ -122,7 +122,7 @@ def test_load_rejects_other_files(tmp_path: Path) -> None:
     other = tmp_path / "state.pt"
     torch.save({"weights": torch.zeros(3)}, other)
     checkpoint = tmp_path / "last.pt"
-    train.save_checkpoint(checkpoint, {"epoch": 3, "model": {}})
+    checkpoint.save_checkpoint(checkpoint, {"epoch": 3, "model": {}})
     for path, phrase in ((text, "unreadable checkpoint"), (other, "not a siamrdm model file"),
                          (checkpoint, "not a siamrdm model file"), (tmp_path / "missing.pt", "no such checkpoint")):
         with pytest.raises(DataError) as info:

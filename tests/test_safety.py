@@ -309,7 +309,7 @@ def test_computed_ceiling_without_an_official_one(evc92: data.BrainDataset) -> N
     val = train.subset(evc92, np.arange(50, 58), "92-val")
     assert scoring.official_noise_ceiling("EVC", 8) is None
     trainer = train.Trainer(fast_config(), [train.subset(evc92, np.arange(10), "92-ten")], [val], progress=False)
-    row = trainer.validate(frozen=True)["92-val/EVC"]
+    row = trainer.stepper.validate(frozen=True)["92-val/EVC"]
     ceiling = scoring.reference_ceiling("EVC", val.targets["EVC"])
     assert ceiling is not None and row["noise_ceiling"] == pytest.approx(ceiling)
     assert row["pct_nc"] == pytest.approx(100 * row["r2"] / ceiling)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from helpers import fast_config
 
-from siamrdm import data, scoring, train
+from siamrdm import checkpoint, data, scoring, train
 from siamrdm.data import DataError
 from siamrdm.model import all_pairs
 from siamrdm.rdm import upper_tri
@@ -103,15 +103,17 @@ def test_presets_and_devices() -> None:
 
 def test_loss_falls_on_real_evc(set92: data.BrainDataset) -> None:
     """A few frozen epochs of the pretrained efficientnet_lite0 net on 16 real images: the MSE falls;
-    validation on 8 other images picks the best epoch."""
+    validation on 8 other images picks the best epoch, the untrained model (epoch 0) among the candidates."""
     config = train.TrainConfig(targets=("EVC",), image_size=96, frozen_epochs=3, augment_views=2, lr=3e-3,
                                device="cpu")
     fit_set = train.subset(set92, np.arange(0, 92, 5)[:16], "92-fit")
     val_set = train.subset(set92, np.arange(2, 92, 11)[:8], "92-val")
     result = train.fit(config, [fit_set], [val_set], progress=False)
-    losses = [row["loss"] for row in result.history]
-    assert [row["epoch"] for row in result.history] == [1, 2, 3]
-    assert all(row["phase"] == "frozen" for row in result.history)
+    start, *trained = result.history
+    losses = [row["loss"] for row in trained]
+    assert start["epoch"] == 0 and start["phase"] == "start" and start["loss"] is None
+    assert [row["epoch"] for row in trained] == [1, 2, 3]
+    assert all(row["phase"] == "frozen" for row in trained)
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < losses[0], losses
     assert all("val/92-val/EVC" in row and row["val_pct_nc"] is not None for row in result.history)
@@ -130,7 +132,7 @@ def test_correlation_loss_starts_at_the_prior_and_falls(set92: data.BrainDataset
     prior = pairs.prior_pairs[:, 0].double().numpy()
     target = upper_tri(data.group_average(fit_set.targets["EVC"]))  # rescaling does not change r
     with torch.no_grad():
-        start = trainer.pair_loss(trainer.plain_features(0), pairs).item()
+        start = trainer.stepper.pair_loss(trainer.stepper.plain_features(0), pairs).item()
     assert start == pytest.approx(1 - np.corrcoef(prior, target)[0, 1], rel=1e-4, abs=1e-6)
     losses = [trainer.step(frozen=True) for _ in range(4)]
     assert losses[0] == pytest.approx(start, rel=1e-4, abs=1e-6)
@@ -209,12 +211,13 @@ def test_learning_rates_frozen_then_one_cycle(small92: data.BrainDataset) -> Non
 
 
 def test_early_stopping(small92: data.BrainDataset, set92: data.BrainDataset) -> None:
-    """With a zero learning rate the validation score never improves: patience 2 stops after epoch 3."""
+    """With a zero learning rate the validation score never improves on the untrained model (epoch 0): patience 2
+    stops after epoch 2."""
     config = fast_config(frozen_epochs=10, lr=0.0, weight_decay=0.0, early_stopping=2)
     val = train.subset(set92, np.arange(50, 60), "92-val")
     result = train.fit(config, [small92], [val], progress=False)
-    assert [row["epoch"] for row in result.history] == [1, 2, 3]
-    assert result.best_epoch == 1
+    assert [row["epoch"] for row in result.history] == [0, 1, 2]
+    assert result.best_epoch == 0
     assert len({row["val_pct_nc"] for row in result.history}) == 1
 
 
@@ -223,12 +226,12 @@ def test_early_stopping(small92: data.BrainDataset, set92: data.BrainDataset) ->
 
 def test_save_checkpoint_is_atomic(tmp_path: Path) -> None:
     path = tmp_path / "run" / "last.pt"
-    train.save_checkpoint(path, {"epoch": 1, "weights": torch.arange(5.0)})
+    checkpoint.save_checkpoint(path, {"epoch": 1, "weights": torch.arange(5.0)})
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temporary file left
     assert train.load_checkpoint(path)["epoch"] == 1
     # A payload that fails half-way through writing (a lambda cannot be pickled) leaves the old file intact.
     with pytest.raises(Exception, match="(?i)pickl|lambda"):
-        train.save_checkpoint(path, {"epoch": 2, "weights": torch.zeros(1000), "bad": lambda: None})
+        checkpoint.save_checkpoint(path, {"epoch": 2, "weights": torch.zeros(1000), "bad": lambda: None})
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
     old = train.load_checkpoint(path)
     assert old["epoch"] == 1 and torch.equal(old["weights"], torch.arange(5.0))
@@ -405,7 +408,7 @@ def test_validation_ceiling_is_official_only_for_the_official_sets(set92: data.B
     rows = {}
     for name, val in (("official", set92), ("own", own)):
         trainer = train.Trainer(config, [small92], [val], progress=False)
-        rows[name] = trainer.validate(frozen=True)[f"{val.name}/EVC"]
+        rows[name] = trainer.stepper.validate(frozen=True)[f"{val.name}/EVC"]
     assert rows["official"]["ceiling_source"] == "official" and rows["official"]["noise_ceiling"] == 0.1589
     assert rows["own"]["ceiling_source"] == "computed"
     assert rows["own"]["noise_ceiling"] == pytest.approx(scoring.noise_ceiling(set92.targets["EVC"])[0])

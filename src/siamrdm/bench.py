@@ -1,52 +1,43 @@
 """Training speed: the naive per-pair Siamese step against the pair-factorised one, and the head at scale.
 
-Everything timed here is the training code itself: `Trainer.naive_step` (body on both images of every pair,
-as published Siamese RDM models train) against `Trainer.step` (body once per image, head split), on the same
-model, the same pairs and the same real images, alternating round by round after a warm-up. The head-scaling
-part times `model.all_pairs_loss` (what `Trainer.pair_loss` calls) on synthetic features for thousands of
-images, each size in a fresh process so that its peak memory is its own.
+Everything timed here is the training code itself: `naive_step` (body on both images of every pair, as
+published Siamese RDM models train; kept here, for comparison) against `Trainer.step` (train.FullBatchStep: body
+once per image, head split), on the same model, the same pairs and the same real images, alternating round by
+round after a warm-up. The head-scaling part times `model.all_pairs_loss` (what `FullBatchStep.pair_loss` calls)
+on synthetic features for thousands of images, each size in a fresh process so that its peak memory is its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from .augment import augment_batch
 from .config import TrainConfig, check_config, config_from_preset, pick_device
 from .data import TRAINING_SETS, BrainDataset, load_algonauts_set
 from .errors import ConfigError
-from .model import SiameseHead, SiameseRDMNet, all_pairs_loss
-from .train import Trainer, split_holdout, subset
+from .loop import peak_rss_mb as peak_rss_mb  # re-exported: the benchmarks read memory here
+from .model import SiameseHead, SiameseRDMNet, all_pairs, all_pairs_loss
+from .train import Trainer, body_features, split_holdout, subset
 
 HEAD_SIZES = (100, 1000, 3000, 10000)
 # The head-scaling epoch holds every pair's target and every image's features: 20,000 images take about 2.5 GB.
 MAX_HEAD_IMAGES = 20_000
 ALL_IMAGES = 92 + 118
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB. VmHWM where Linux has it: ru_maxrss of a child
-    process starts from its parent's peak, which would hide the child's own."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def reset_peak_rss() -> bool:
@@ -207,7 +198,7 @@ def bench_training(sets: list[BrainDataset], backbone: str = "efficientnet_lite0
         """Seconds for all pairs (scaled from the timed sample), wall and CPU."""
         wall_s = cpu_s = 0.0
         for k in range(len(sets)):
-            w, c = timed(lambda k=k: trainer.naive_step(k, max_batches=timed_batches[k]), dev)
+            w, c = timed(lambda k=k: naive_step(trainer, k, max_batches=timed_batches[k]), dev)
             wall_s += w * pairs[k] / timed_pairs[k]
             cpu_s += c * pairs[k] / timed_pairs[k]
         return wall_s, cpu_s
@@ -216,7 +207,7 @@ def bench_training(sets: list[BrainDataset], backbone: str = "efficientnet_lite0
     log("warm-up")
     factorised_epoch()
     for k in range(len(sets)):
-        trainer.naive_step(k, max_batches=1)
+        naive_step(trainer, k, max_batches=1)
     naive, factorised = [], []
     peaks = {"naive": 0.0, "factorised": 0.0}  # each phase's own peak memory, where it can be reset
     setup_peak = peak_rss_mb()
@@ -281,15 +272,65 @@ def bench_training(sets: list[BrainDataset], backbone: str = "efficientnet_lite0
     return result
 
 
+def naive_step(trainer: Trainer, index: int, max_batches: int | None = None) -> float:
+    """The per-pair training of published Siamese RDM models, for comparison: the body runs on both images of
+    every pair of training set `index` (each image augmented on its own), one optimiser step per `pair_batch`
+    pairs, pairs shuffled. `max_batches` stops early (a timing sample). Returns the mean loss per pair."""
+    step, config = trainer.stepper, trainer.config
+    data = step.train_sets[index]
+    i, j = all_pairs(len(data.images))
+    order = torch.randperm(len(i), generator=step.generator)
+    batch = config.pair_batch
+    total, seen = 0.0, 0
+    for start in range(0, len(order), batch):
+        if max_batches is not None and start // batch >= max_batches:
+            break
+        pairs = order[start : start + batch]
+        images_a, images_b = data.images[i[pairs]], data.images[j[pairs]]
+        if config.augment:
+            images_a = augment_batch(images_a, config, step.generator)
+            images_b = augment_batch(images_b, config, step.generator)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        predictions = trainer.model.forward_naive(images_a.to(step.device), images_b.to(step.device),
+                                                  both_orders=True)
+        loss = F.mse_loss(predictions, data.targets[pairs].to(step.device).expand_as(predictions))
+        loss.backward()
+        trainer.optimizer.step()
+        total, seen = total + loss.item() * len(pairs), seen + len(pairs)
+    return total / seen
+
+
 def factorised_breakdown(trainer: Trainer, repeats: int = 2) -> dict[str, float]:
-    """Where a factorised unfrozen epoch goes: `Trainer.step` itself, timed by its named sections."""
+    """Where a factorised unfrozen step goes: the parts of `FullBatchStep.gradients`, each timed on its own (the
+    same calls in the same order, with a device synchronisation around each part)."""
+    step = trainer.stepper
     names = ("augment", "body_forward_no_grad", "head_forward_backward", "body_forward_backward", "optimizer")
     runs: list[dict[str, float]] = []
     for _ in range(repeats):
-        trainer.timings = dict.fromkeys(names, 0.0)
-        trainer.step(frozen=False)
-        runs.append(trainer.timings)
-    trainer.timings = None
+        seconds = dict.fromkeys(names, 0.0)
+
+        @contextlib.contextmanager
+        def part(name: str, seconds: dict[str, float] = seconds) -> Iterator[None]:
+            _sync(step.device)
+            start = time.perf_counter()
+            yield
+            _sync(step.device)
+            seconds[name] += time.perf_counter() - start
+
+        trainer.optimizer.zero_grad(set_to_none=True)
+        total_pairs = sum(len(s.targets) for s in step.train_sets)
+        for index, data in enumerate(step.train_sets):
+            with part("augment"):
+                images = step.augmented_images(index)
+            with part("body_forward_no_grad"):
+                features = body_features(step.model, images, step.config, step.device).requires_grad_()
+            with part("head_forward_backward"):
+                (step.pair_loss(features, data) * (len(data.targets) / total_pairs)).backward()
+            with part("body_forward_backward"):
+                step.body_backward(images, features.grad)
+        with part("optimizer"):
+            trainer.optimizer.step()
+        runs.append(seconds)
     return {name: statistics.median(run[name] for run in runs) for name in names}
 
 

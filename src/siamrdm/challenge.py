@@ -42,14 +42,15 @@ from .data import (
     validate_rdms,
 )
 from .errors import ConfigError, TrainingDiverged
-from .files import check_run_folder, run_folder, run_mode, write_text
+from .files import check_run_folder, json_safe, run_folder, run_mode, write_text
 from .predict import fit_predictor
 from .progress import Progress
 from .rdm import square_rdm
 from .reliability import report_reliability
 from .report import write_report
-from .tables import json_safe, number
-from .train import Trainer, subset, validated_gain
+from .splits import cross_set_splits, fold_splits
+from .tables import number
+from .train import Trainer, validated_gain
 
 SUBMISSION_FILES = {"submit_fmri.mat": ("EVC", "IT"), "submit_meg.mat": ("MEG_early", "MEG_late")}
 VALIDATION_COLUMNS = tables.SCORE_COLUMNS
@@ -79,27 +80,6 @@ def write_table(rows: list[dict], out_dir: Path, stem: str) -> None:
         text += f"\n## Paired tests against the baselines\n\n{tables.PAIRED_NOTE}\n\n"
         text += tables.markdown(*tables.paired_table(paired)) + "\n"
     write_text(out_dir / f"{stem}.md", text)
-
-
-def cross_set_splits(sets: dict[str, BrainDataset]) -> dict[str, tuple[BrainDataset, BrainDataset]]:
-    """Fit on one training set, score on the other: '92->118' and '118->92'."""
-    return {f"{a}->{b}": (sets[a], sets[b]) for a, b in (("92", "118"), ("118", "92"))}
-
-
-def fold_splits(dataset: BrainDataset, folds: int, seed: int = 0) -> dict[str, tuple[BrainDataset, BrainDataset]]:
-    """Image-level folds within one set: train on pairs among the other folds' images, score pairs among the
-    held-out fold's images. No pair crosses the split, so held-out scores measure generalisation to new images."""
-    n = len(dataset)
-    if not 2 <= folds <= n // 3:
-        raise ConfigError("folds", f"{folds} folds of {n} images (each fold needs at least 3 images)")
-    order = np.random.default_rng(seed).permutation(n)
-    parts = np.array_split(order, folds)
-    splits = {}
-    for k, held_out in enumerate(parts):
-        kept = np.sort(np.setdiff1d(order, held_out))
-        splits[f"{dataset.name} fold {k + 1}"] = (subset(dataset, kept, f"{dataset.name}-f{k + 1}-train"),
-                                                   subset(dataset, np.sort(held_out), f"{dataset.name}-f{k + 1}-val"))
-    return splits
 
 
 def validation_curves(config: TrainConfig, splits: dict[str, tuple[BrainDataset, BrainDataset]],
@@ -148,9 +128,9 @@ def _ensemble_row(trainers: list[Trainer], val_set: BrainDataset, target: str, e
                   keep_prediction: bool = False) -> dict:
     """One epoch of a curve: the seeds' predicted RDMs averaged, then scored (on the device); the mean loss; with
     `keep_prediction`, the averaged pairs of the target ('predicted')."""
-    mean_pairs = torch.stack([t.last_pairs[val_set.name] for t in trainers]).mean(dim=0)
+    mean_pairs = torch.stack([t.stepper.last_pairs[val_set.name] for t in trainers]).mean(dim=0)
     loss = None if None in losses else float(np.mean(losses))
-    row = {"epoch": epoch, "loss": loss, **trainers[0].score_pairs({0: mean_pairs})[f"{val_set.name}/{target}"]}
+    row = {"epoch": epoch, "loss": loss, **trainers[0].stepper.score_pairs({0: mean_pairs})[f"{val_set.name}/{target}"]}
     if keep_prediction:
         row["predicted"] = mean_pairs[:, 0].double().cpu().numpy()
     return row

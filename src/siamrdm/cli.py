@@ -17,11 +17,12 @@ from typing import NoReturn
 
 import numpy as np
 
-from . import data, scoring
+from . import data, reliability, scoring
 from .errors import ConfigError
+from .files import json_safe
 from .rdm import upper_tri
 from .reliability import reliability_line, report_reliability
-from .tables import fmt, json_safe
+from .tables import fmt
 
 
 class UsageError(data.DataError):
@@ -273,7 +274,7 @@ def _own_data_info(args) -> int:
         raise UsageError("data-info checks your own data with both --images DIR and --rdms FILE")
     if args.data:
         raise UsageError("--data describes the Algonauts layout; --images and --rdms check your own data: give one")
-    info = data.describe_own_data(args.images, args.rdms, args.key, args.order)
+    info = reliability.describe_own_data(args.images, args.rdms, args.key, args.order)
     if args.json:
         _print_json(info)
         return 0
@@ -840,9 +841,9 @@ def cmd_baseline_regression(args) -> int:
 
 def _check_folds(dataset: data.BrainDataset, folds: int, seed: int) -> None:
     """--folds checked before any work or file: each fold needs at least 3 images."""
-    from .challenge import fold_splits
+    from .splits import fold_indices
 
-    fold_splits(dataset, folds, seed)  # a ConfigError names --folds
+    fold_indices(len(dataset), folds, seed)  # a ConfigError names --folds
 
 
 def cmd_evaluate(args) -> int:

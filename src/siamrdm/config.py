@@ -50,7 +50,7 @@ class TrainConfig:
     correction_bound: float | None = None  # with a prior: the head's output bounded to +-this (tanh), in target units
     tta: bool = False  # test-time augmentation: predictions averaged over each image and its mirror image
     body_chunk: int = 32  # images per body pass
-    pair_mode: str = "factorised"  # or "naive": body on both images of every pair, a step per pair_batch (slow)
+    pair_mode: str = "factorised"  # training runs factorised; "naive" (both images of every pair) is bench-only
     pair_batch: int = 32  # pairs per optimiser step in the naive mode
     validate_every: int = 1  # validate (and so can keep) only every k-th epoch, and the last; 1: every epoch
     precision: str = "fp32"  # or "bf16": the body runs under bfloat16 autocast (the head stays float32)

@@ -786,6 +786,11 @@ def rdm_grouping(path: str | os.PathLike) -> dict[str, str]:
 
 
 _ANNOUNCED: set[tuple[str, str]] = set()
+
+
+def mark_grouping_said(path: str | os.PathLike, keys) -> None:
+    """The grouping of these keys of `path` is said by the caller (data-info's description): no note for it."""
+    _ANNOUNCED.update((str(Path(path).resolve()), k) for k in keys)
 _NOTES: list[str] = []
 
 
@@ -1211,39 +1216,4 @@ def describe_data_root(root: str | os.PathLike | None) -> dict:
             info["sets"][set_name]["not_images"] = not_images
     if not info["sets"]:
         raise DataError(f"{root}: no Algonauts image sets found (expected Training_Data/ and Test_Data/)")
-    return info
-
-
-def describe_own_data(images: str | os.PathLike, rdms: str | os.PathLike, key: str | None = None,
-                      order: str | os.PathLike | Sequence[str] | None = None) -> dict:
-    """What `siamrdm data-info --images DIR --rdms FILE` prints: your own images and RDMs checked against each
-    other as `fit` will read them (the image count and names against the file's, the RDMs' shape, values and
-    grouping), with each key's noise ceilings and reliability. Any mismatch raises the DataError `fit` would
-    raise, before a run. Every key of the file is checked unless `key` names one."""
-    from .reliability import target_reliability
-    from .scoring import ceilings_for
-
-    image_set = load_image_set(images, order)
-    path = Path(rdms)
-    keys = list(list_rdm_keys(path))
-    chosen = keys if key is None else [key]  # load_rdms: a file of one unkeyed array takes any key as its name
-    found = read_rdm_names(path)
-    info: dict = {"images": {"source": str(image_set.source), "count": len(image_set), "names": image_set.names,
-                             "order": "natural" if order is None else str(order) if isinstance(order, str | os.PathLike)
-                             else "given"},
-                  "rdms": {"file": str(path), "names": None, "keys": {}}}
-    grouping = rdm_grouping(path)
-    _ANNOUNCED.update((str(path.resolve()), k) for k in grouping)  # said in the description itself
-    for k in chosen:
-        array = load_rdms(path, k, n_images=len(image_set))
-        name = key if key is not None else k or path.stem
-        ceilings = ceilings_for(name, array)
-        file_key = k if k in keys else ""
-        info["rdms"]["keys"][name] = {
-            "shape": list(array.shape), "grouping": grouping.get(file_key),
-            "ceiling_source": ceilings.source, "noise_ceiling": ceilings.upper, "noise_ceiling_lower": ceilings.lower,
-            "reliability": target_reliability(array)}
-    check_rdm_names(path, image_set.names, among=str(images))
-    if found is not None:
-        info["rdms"]["names"] = {"descriptor": found[0], "count": len(found[1]), "same_order": True}
     return info

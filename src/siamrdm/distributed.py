@@ -18,7 +18,6 @@ With one process every collective is skipped, so the same code is the single-pro
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import os
@@ -31,14 +30,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed.nn.functional import all_gather as all_gather_with_grad
-from tqdm.auto import tqdm
 
-from .bench import peak_rss_mb
-from .checkpoint import load_run_state, reading, save_checkpoint
-from .config import ConfigError, TrainConfig, config_from_dict, pick_device
+from .checkpoint import load_run_state, reading
+from .config import ConfigError, TrainConfig, pick_device
 from .data import target_key
-from .errors import DataError, TrainingDiverged
-from .files import check_same_settings, run_folder, run_mode, write_text
+from .errors import DataError
+from .files import check_same_settings, json_safe, run_folder, run_mode, write_text
 from .largeset import (
     AugmentedImages,
     CondensedRDMs,
@@ -49,10 +46,11 @@ from .largeset import (
     pair_index,
     rescale_in_place,
 )
+from .loop import TrainingLoop, seed_summary
 from .model import SiameseRDMNet, all_pairs_loss
 from .predict import RDMPredictor
-from .tables import json_safe
-from .train import FitResult, build_model, predict_pairs, record_validation, restore_run, write_log
+from .splits import holdout_indices
+from .train import build_model, predict_pairs
 
 
 @dataclass(frozen=True)
@@ -229,7 +227,7 @@ class BatchSettings:
     batch_images: int = 256  # images per step, over all ranks
     val_fraction: float = 0.0  # images held out for validation (pairs among them only); 0: none
     loader_workers: int = 2  # DataLoader worker processes per rank; 0 loads in the training process
-    split_seed: int = 0  # the held-out split, as split_holdout's
+    split_seed: int = 0  # the held-out split (splits.holdout_indices)
 
     def same_run(self, other: BatchSettings) -> bool:
         """Whether a checkpoint with `other` continues this run (the loader's workers change nothing)."""
@@ -272,17 +270,6 @@ def check_minibatch_config(config: TrainConfig) -> TrainConfig:
     return config
 
 
-def split_images(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training, held-out) image indices, each sorted: a random `fraction` held out (at least 3 when any)."""
-    if fraction == 0:
-        return np.arange(n), np.arange(0)
-    n_val = max(3, round(n * fraction))
-    if n - n_val < 2:
-        raise ConfigError("val_fraction", f"{fraction} of {n} images leaves {n - n_val} for training; a step needs 2")
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
 @dataclass
 class LargeTargets:
     """A large set's targets, read in one pass over the RDM files before a run starts, so that a bad value is
@@ -299,7 +286,7 @@ def read_targets(rdms: dict[str, CondensedRDMs], n_images: int, batch: BatchSett
                  rescale: str) -> LargeTargets:
     """Split the images (`batch.val_fraction`, `batch.split_seed`) and read every target's pairs: the training
     pairs' group mean, rescaled (4 bytes a pair), and the held-out pairs' subjects."""
-    train_index, val_index = split_images(n_images, batch.val_fraction, batch.split_seed)
+    train_index, val_index = holdout_indices(n_images, batch.val_fraction, batch.split_seed)
     columns, normalisation, held_out = [], {}, {}
     for target, condensed in rdms.items():
         train_values, val_values = condensed.split(train_index, val_index)
@@ -311,47 +298,34 @@ def read_targets(rdms: dict[str, CondensedRDMs], n_images: int, batch: BatchSett
     return LargeTargets(train_index, val_index, values, normalisation, held_out)
 
 
-class MiniBatchTrainer:
-    """One run of the mini-batch path on this rank: data, model, optimiser, schedule, validation, checkpoints.
+class MiniBatchStep:
+    """The mini-batch way of training (loop.Step) on this rank: data, model, the epoch's steps, validation.
 
     Every rank holds the same model and optimiser (the same start, the same averaged gradients); only rank 0
     validates, logs and writes files, and tells the others whether to stop early."""
 
+    priors: dict = {}  # no prior on this path (check_minibatch_config)
+
     def __init__(self, config: TrainConfig, batch: BatchSettings, images: ImageStore, data: LargeTargets,
-                 out_dir: str | os.PathLike | None = None, progress: bool = True, ranks: Ranks | None = None):
+                 ranks: Ranks | None = None):
         check_minibatch_config(config)
         if tuple(data.normalisation) != tuple(config.targets):
             raise ConfigError("targets", f"{config.targets} are not the targets of the RDMs given, "
                                          f"{tuple(data.normalisation)}")
         self.ranks = ranks or current_ranks()
+        self.main = self.ranks.main
         self.config, self.batch = config, check_batch_settings(batch, self.ranks.world)
         self.device = pick_device(config.device)
-        self.out_dir = Path(out_dir) if out_dir else None
-        self.progress = progress and self.ranks.main
         self.name = Path(images.source).stem
         self.train_index, self.val_index, self.targets = data.train_index, data.val_index, data.values
-        self.normalisation, self.held_out = data.normalisation, data.held_out
+        self.normalisation = {self.name: data.normalisation}
+        self.held_out = data.held_out
+        self.has_validation = bool(self.held_out)
         self.dataset = AugmentedImages(images, config)
         self.model = build_model(config, self.device).train()  # the body stays in eval mode (ImageNet BatchNorm)
         self._set_feature_stats()
         broadcast_parameters(self.model, self.ranks)  # rank 0's head and feature statistics, bit for bit
-        self.optimizer = torch.optim.AdamW(
-            [{"params": self.model.head_parameters(), "lr": config.lr},
-             {"params": self.model.body_parameters(), "lr": config.lr * config.body_lr_factor}],
-            weight_decay=config.weight_decay)
-        self.scheduler = None
-        if config.unfrozen_epochs:
-            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                self.optimizer, max_lr=[config.lr, config.lr * config.body_lr_factor],
-                total_steps=config.unfrozen_epochs * self.steps_per_epoch)
-            for group, lr in zip(self.optimizer.param_groups, (config.lr, config.lr * config.body_lr_factor),
-                                 strict=True):
-                group["lr"] = lr  # the frozen epochs before the cycle run at the base rates (as train.Trainer)
         self._val_features: list[torch.Tensor] | None = None
-        self.last_scores: dict[str, dict] = {}
-        self.epoch, self.history = 0, []
-        self.best_state = copy.deepcopy(self.model.state_dict())
-        self.best_epoch, self.best_score = 0, None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -392,45 +366,25 @@ class MiniBatchTrainer:
         order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_index))
         return np.array_split(order, self.steps_per_epoch)
 
-    # ---- steps and epochs
+    # ---- the epoch's steps
 
-    def run_epoch(self) -> dict:
-        config, ranks = self.config, self.ranks
-        self.epoch += 1
-        frozen = self.epoch <= config.frozen_epochs
-        if not frozen and self.scheduler is not None and self.scheduler.last_epoch == 0:  # the cycle starts here
-            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
-                group["lr"] = lr
-        self.model.freeze_body(frozen)
-        start = time.perf_counter()
-        batches = self.batches(self.epoch)
+    def train_epoch(self, epoch: int, frozen: bool, optimizer_step) -> tuple[float, dict]:
+        ranks = self.ranks
+        batches = self.batches(epoch)
         shards = []
         for positions in batches:
             first, stop = shard_bounds(len(positions), ranks.world)[ranks.rank]
-            shards.append([(int(self.train_index[p]), self.epoch) for p in positions[first:stop]])
+            shards.append([(int(self.train_index[p]), epoch) for p in positions[first:stop]])
         total, pairs = 0.0, 0
         n_train = len(self.train_index)
         for positions, pixels in zip(batches, self._load(shards), strict=True):
             targets = torch.from_numpy(self.targets[pair_index(positions, n_train)]).to(self.device)
-            self.optimizer.zero_grad(set_to_none=True)
+            self.model.zero_grad(set_to_none=True)
             value = minibatch_backward(self.model, pixels, targets, ranks,
-                                       shard_bounds(len(positions), ranks.world), not frozen, config.body_chunk)
-            if not math.isfinite(value):
-                raise TrainingDiverged(f"training diverged at epoch {self.epoch} (loss {value}); try a lower "
-                                       "learning rate")
-            self.optimizer.step()
-            if not frozen and self.scheduler is not None:
-                self.scheduler.step()
+                                       shard_bounds(len(positions), ranks.world), not frozen, self.config.body_chunk)
+            optimizer_step()
             total, pairs = total + value * len(targets), pairs + len(targets)
-        row = {"epoch": self.epoch, "phase": "frozen" if frozen else "unfrozen", "loss": total / pairs,
-               "lr": self.optimizer.param_groups[0]["lr"], "steps": len(batches),
-               "seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
-        if self.held_out and ranks.main:
-            self._record_validation(row, frozen)
-        elif not self.held_out:
-            self.best_epoch, self.best_state = self.epoch, self.model.state_dict()
-        self.history.append(row)
-        return row
+        return total / pairs, {"steps": len(batches)}
 
     @torch.no_grad()
     def validate(self, frozen: bool) -> dict[str, dict]:
@@ -443,83 +397,42 @@ class MiniBatchTrainer:
         return {f"{self.name}-val/{target}": held.score(values[:, k])
                 for k, (target, held) in enumerate(self.held_out.items())}
 
-    def _record_validation(self, row: dict, frozen: bool) -> None:
-        start = time.perf_counter()
-        self.last_scores = self.validate(frozen)
-        seconds = time.perf_counter() - start
-        record_validation(self, row, self.last_scores)
-        row["val_seconds"] = seconds
+    # ---- across ranks
 
-    def validate_start(self) -> None:
-        """Epoch 0: the untrained model, scored before any step."""
-        row = {"epoch": 0, "phase": "start", "loss": None, "lr": self.optimizer.param_groups[0]["lr"],
-               "steps": 0, "seconds": 0.0}
-        self._record_validation(row, frozen=True)
-        self.history.append(row)
-
-    @property
-    def last_epoch(self) -> int:
-        return self.config.last_epoch
-
-    def should_stop(self) -> bool:
-        """Early stopping, decided on rank 0 (the one that validates) and followed by every rank."""
-        patience = self.config.early_stopping
-        stop = bool(self.ranks.main and self.held_out and patience and self.epoch - self.best_epoch >= patience)
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's flag (early stopping is decided where the validation is) on every rank."""
         if self.ranks.world > 1:
-            flag = torch.tensor([int(stop)], device=self.device)
-            dist.broadcast(flag, src=0)
-            stop = bool(flag.item())
-        return stop
+            tensor = torch.tensor([int(flag)], device=self.device)
+            dist.broadcast(tensor, src=0)
+            flag = bool(tensor.item())
+        return flag
 
-    # ---- checkpoints
+    def share_choice(self, loop: TrainingLoop) -> None:
+        """Only rank 0 validated: every rank returns its chosen model and history."""
+        if self.ranks.world > 1:
+            broadcast_parameters(self.model, self.ranks)
+            chosen = [(loop.best_epoch, loop.best_score, loop.history)]
+            dist.broadcast_object_list(chosen, src=0)
+            loop.best_epoch, loop.best_score, loop.history = chosen[0]
 
-    def state(self) -> dict:
-        return {
-            "config": asdict(self.config), "batch": asdict(self.batch), "world_size": self.ranks.world,
-            "epoch": self.epoch, "history": self.history, "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "best_state": self.best_state, "best_epoch": self.best_epoch, "best_score": self.best_score,
-            "normalisation": {self.name: self.normalisation},
-        }
+    def extra_state(self) -> dict:
+        return {"batch": asdict(self.batch), "world_size": self.ranks.world, "normalisation": self.normalisation}
 
-    def load_state(self, state: dict) -> None:
-        """Continue a run from its checkpoint, with any number of ranks (nothing in it belongs to a rank)."""
-        saved = config_from_dict(state["config"])
-        saved_batch = BatchSettings(**state.get("batch", {}))
-        if replace(saved, device=self.config.device) != self.config or not saved_batch.same_run(self.batch):
+    def load_extra_state(self, state: dict) -> None:
+        """A checkpoint continues this run with any number of ranks (nothing in it belongs to a rank)."""
+        if not BatchSettings(**state.get("batch", {})).same_run(self.batch):
             raise ConfigError("resume", "the checkpoint in the run folder has other settings; use the same ones "
                                         "or a new folder")
-        restore_run(self, state)
 
-    def _save(self) -> None:
-        if self.out_dir and self.ranks.main:
-            save_checkpoint(self.out_dir / "last.pt", self.state())
-            write_log(self.out_dir / "log.csv", self.history)
 
-    def fit(self) -> FitResult:
-        """Run the remaining epochs, checkpointing `last.pt` (rank 0) after each."""
-        if self.epoch == 0 and self.held_out and not self.history and self.ranks.main:
-            self.validate_start()
-        bar = tqdm(total=self.config.epochs, initial=self.epoch, disable=not self.progress, unit="epoch",
-                   desc=f"fit {'+'.join(self.config.targets)} ({self.ranks.world} rank(s))", leave=False)
-        while self.epoch < self.last_epoch and not self.should_stop():
-            row = self.run_epoch()
-            bar.update(1)
-            val = row.get("val_pct_nc")
-            bar.set_postfix(loss=f"{row['loss']:.4f}", val="-" if val is None else f"{val:.1f}%",
-                            best=self.best_epoch)
-            self._save()
-        bar.close()
-        self._save()
-        self.model.load_state_dict(self.best_state)
-        if self.ranks.world > 1:  # only rank 0 validated: every rank returns its chosen model and history
-            broadcast_parameters(self.model, self.ranks)
-            chosen = [(self.best_epoch, self.best_score, self.history)]
-            dist.broadcast_object_list(chosen, src=0)
-            self.best_epoch, self.best_score, self.history = chosen[0]
-        return FitResult(self.model, self.config, {self.name: self.normalisation}, self.history, self.best_epoch,
-                         self.best_score)
+class MiniBatchTrainer(TrainingLoop):
+    """One run of the mini-batch path: `MiniBatchStep` driven by the training loop, checkpointing every epoch."""
+
+    def __init__(self, config: TrainConfig, batch: BatchSettings, images: ImageStore, data: LargeTargets,
+                 out_dir: str | os.PathLike | None = None, progress: bool = True, ranks: Ranks | None = None):
+        step = MiniBatchStep(config, batch, images, data, ranks)
+        label = f" ({step.ranks.world} ranks)" if step.ranks.world > 1 else ""
+        super().__init__(step, out_dir, progress, checkpoint_every_s=0.0, label=label)
 
 
 def barrier(ranks: Ranks) -> None:
@@ -564,10 +477,7 @@ def fit_large(config: TrainConfig, batch: BatchSettings, images: ImageStore, tar
                     trainer.load_state(state[0])
             result = trainer.fit()
             models.append(result.model.eval())
-            best = result.best_score
-            metrics[f"seed{seed}"] = {"best_epoch": result.best_epoch,
-                                      "best_val_score": best if best is not None and math.isfinite(best) else None,
-                                      "epochs_run": sum(row["epoch"] > 0 for row in result.history)}
+            metrics[f"seed{seed}"] = seed_summary(result)
             normalisation = result.normalisation
         keys = {t: target_key(t, official=False) for t in config.targets}  # large sets are always your own data
         predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics, output_keys=keys)

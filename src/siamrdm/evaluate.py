@@ -13,7 +13,7 @@ metric against the held-out set's subjects. `write_evaluation` writes the table 
 predictions and the plots.
 
 Your own data is usually one image set, so `evaluate_folds` cross-validates over images instead: the images
-are split into k folds (`challenge.fold_splits`), every method is fitted on the pairs among the other folds'
+are split into k folds (`splits.fold_splits`), every method is fitted on the pairs among the other folds'
 images and scored on the pairs among the held-out fold's images, against the held-out images' subjects, over
 the ceiling that belongs to them (computed from those subjects; none for a single group RDM, then r2 alone).
 """
@@ -43,10 +43,11 @@ from .data import (
     save_rdms,
     target_key,
 )
-from .files import atomic_path, write_text
+from .files import atomic_path, json_safe, write_text
 from .progress import Phases, Progress
 from .scoring import NO_CEILING_NOTE, mean_summary, paired_rows, score_with_ceiling
-from .tables import fmt, json_safe
+from .splits import direction_label, fold_splits
+from .tables import fmt
 from .train import TrainConfig, config_from_preset
 
 METHODS = ("siamese", "layers", "regression")
@@ -76,21 +77,6 @@ class Evaluation:
     def paired_frame(self):
         """`paired` as a pandas DataFrame with the columns of `tables.PAIRED_COLUMNS`."""
         return tables.to_frame(self.paired(), tables.PAIRED_COLUMNS)
-
-
-def parse_list(text: str | None, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
-    """'a,b' -> ('a', 'b'), each checked against `allowed`; None -> all of them."""
-    if text is None:
-        return allowed
-    items = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
-    bad = [s for s in items if s not in allowed]
-    if bad or not items:
-        raise DataError(f"unknown {what} '{','.join(bad) or text}' (choose from {', '.join(allowed)})")
-    return items
-
-
-def direction_label(train: str, test: str) -> str:
-    return f"{train}->{test}"
 
 
 def _slug(text: str) -> str:
@@ -191,20 +177,18 @@ def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
     return result
 
 
-
 def evaluate_folds(dataset: BrainDataset, folds: int = 5, methods: tuple[str, ...] = METHODS,
                    config: TrainConfig | None = None, seeds: tuple[int, ...] = (0,), fold_seed: int = 0,
                    progress: bool | Progress = True) -> Evaluation:
     """Cross-validation over the images of one set (your own data), for every method and target.
 
-    The images are split into `folds` folds (`challenge.fold_splits`, seeded by `fold_seed`); for each fold,
+    The images are split into `folds` folds (`splits.fold_splits`, seeded by `fold_seed`); for each fold,
     every method is fitted on the pairs among the other folds' images and scored on the pairs among the held-out
     images: the Siamese network trained with `config` (its prior fitted on the training images too), the
     stage whose RDM scores best on the training images, and NNLS weights of the stage RDMs fitted on them.
     Rows are ordered by method, target, fold ('fold 1', ...); `held_out` maps each fold to its images. With
     `progress`, phase lines on stderr ('evaluate [2/5] fold 2: siamese V4') and bars on a terminal.
     """
-    from .challenge import fold_splits
     from .prior import stage_rdms
 
     progress = Progress.of(progress, "evaluate")

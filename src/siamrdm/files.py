@@ -23,6 +23,7 @@ import datetime
 import errno
 import fcntl
 import json
+import math
 import os
 import re
 import secrets
@@ -357,11 +358,22 @@ def _undo(path: Path, created: bool) -> None:
         (path / LOCK_NAME).unlink(missing_ok=True)
 
 
+def json_safe(value):
+    """`value` as strict JSON can hold it: NaN and inf become None, numpy scalars and arrays Python values."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def check_same_settings(path: Path, settings: dict, ignore: tuple[str, ...] = ("world_size",)) -> None:
     """`--resume` continues a run only with the settings it was started with: compared with the run's
     settings.json before anything is written (the device and `ignore`d keys may change)."""
-    from .tables import json_safe
-
     file = Path(path) / "settings.json"
     if not file.is_file():
         return

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -22,10 +21,10 @@ from .backbones import images_to_tensor
 from .checkpoint import check_tensors, finite, load_checkpoint, reading, save_checkpoint
 from .config import TrainConfig, check_config, config_from_dict, pick_device
 from .data import IMAGE_ORDER_FILE, BrainDataset, DataError, ImageSet, target_key
-from .files import check_same_settings, run_folder, run_mode, write_text
+from .files import check_same_settings, json_safe, run_folder, run_mode, write_text
+from .loop import seed_summary
 from .model import SiameseRDMNet
 from .prior import PriorFit
-from .tables import json_safe
 from .train import build_model, feature_views, fit, predict_rdms, prior_rdms, split_holdout
 
 MODEL_FORMAT = "siamrdm-predictor-1"
@@ -187,11 +186,7 @@ def fit_predictor(config: TrainConfig, train: list[BrainDataset], val: list[Brai
             result = fit(replace(config, seed=seed), train, val, seed_dir, resume=resume, progress=progress)
             models.append(result.model.eval())
             normalisation, priors = result.normalisation, result.priors
-            best = result.best_score
-            metrics[f"seed{seed}"] = {"best_epoch": result.best_epoch,
-                                      "best_val_score": best if best is not None and math.isfinite(best) else None,
-                                      "epochs_run": sum(row["epoch"] > 0 for row in result.history),
-                                      "prior_alone": bool(priors) and result.best_epoch == 0}
+            metrics[f"seed{seed}"] = seed_summary(result)
         keys = {t: target_key(t, official=image_order is None) for t in config.targets}  # image_order: own data
         predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics, priors, keys)
         if out_dir:

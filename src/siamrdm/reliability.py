@@ -21,14 +21,17 @@ the 118 set's IT, 0.38 or more for every other target of both sets.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
+from . import data
 from .data import subject_rdms
 from .rdm import upper_tri
-from .scoring import dot_vectors
+from .scoring import ceilings_for, dot_vectors
 
 UNRELIABLE_BELOW = 0.25  # Spearman-Brown split-half reliability of the group-mean RDM
 SPLITS = 20
@@ -120,3 +123,35 @@ def report_reliability(datasets: Sequence, targets: Sequence[str], verbose: bool
             elif verbose:
                 print(f"siamrdm: {line}", file=sys.stderr, flush=True)
     return summaries
+
+
+def describe_own_data(images: str | os.PathLike, rdms: str | os.PathLike, key: str | None = None,
+                      order: str | os.PathLike | Sequence[str] | None = None) -> dict:
+    """What `siamrdm data-info --images DIR --rdms FILE` prints: your own images and RDMs checked against each
+    other as `fit` will read them (the image count and names against the file's, the RDMs' shape, values and
+    grouping), with each key's noise ceilings and reliability. Any mismatch raises the DataError `fit` would
+    raise, before a run. Every key of the file is checked unless `key` names one."""
+    image_set = data.load_image_set(images, order)
+    path = Path(rdms)
+    keys = list(data.list_rdm_keys(path))
+    chosen = keys if key is None else [key]  # load_rdms: a file of one unkeyed array takes any key as its name
+    found = data.read_rdm_names(path)
+    info: dict = {"images": {"source": str(image_set.source), "count": len(image_set), "names": image_set.names,
+                             "order": "natural" if order is None else str(order) if isinstance(order, str | os.PathLike)
+                             else "given"},
+                  "rdms": {"file": str(path), "names": None, "keys": {}}}
+    grouping = data.rdm_grouping(path)
+    data.mark_grouping_said(path, grouping)  # said in the description itself
+    for k in chosen:
+        array = data.load_rdms(path, k, n_images=len(image_set))
+        name = key if key is not None else k or path.stem
+        ceilings = ceilings_for(name, array)
+        file_key = k if k in keys else ""
+        info["rdms"]["keys"][name] = {
+            "shape": list(array.shape), "grouping": grouping.get(file_key),
+            "ceiling_source": ceilings.source, "noise_ceiling": ceilings.upper, "noise_ceiling_lower": ceilings.lower,
+            "reliability": target_reliability(array)}
+    data.check_rdm_names(path, image_set.names, among=str(images))
+    if found is not None:
+        info["rdms"]["names"] = {"descriptor": found[0], "count": len(found[1]), "same_order": True}
+    return info

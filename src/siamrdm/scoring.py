@@ -926,7 +926,7 @@ def _chance_fields(r2: float, ceiling: float | None, null: np.ndarray | None, rh
 @dataclasses.dataclass(frozen=True)
 class ScoreRecord:
     """One model RDM scored against one target's subjects: the row of every score table (`tables.SCORE_FIELDS`
-    lists its fields in this order). Strict JSON once through `tables.json_safe`: undefined values are None,
+    lists its fields in this order). Strict JSON once through `files.json_safe`: undefined values are None,
     and r2 and rho_mean are NaN only for a diverged prediction in training."""
 
     r2: float  # official: mean over subjects of rho^2

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .files import atomic_path
+from .files import atomic_path, json_safe
 
 # The fields of one score record (scoring.ScoreRecord), in its order: what every score table holds.
 SCORE_FIELDS = ("r2", "pct_nc", "rho_mean", "rho_se", "p", "p_signed", "noise_ceiling", "ceiling_source",
@@ -67,19 +67,6 @@ def fmt(value, spec: str = ".4f") -> str:
     """A number formatted with `spec`, or '-' when it is missing or not finite."""
     value = number(value)
     return "-" if value is None else format(value, spec)
-
-
-def json_safe(value):
-    """`value` as strict JSON can hold it: NaN and inf become None, numpy scalars and arrays Python values."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "tolist"):  # numpy scalars and arrays
-        return json_safe(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def write_csv(rows: list[dict], path: str | os.PathLike, columns: Sequence[str]) -> Path:

@@ -57,11 +57,15 @@ def _checked_input(path: Path) -> Path:
 
 
 def _read_bytes(path: Path) -> bytes:
-    """A checked input's bytes, never more than the limit (even should it grow meanwhile)."""
+    """A checked input's bytes, never more than the limit (even should it grow meanwhile). A read of n bytes
+    allocates n at once, so it asks for the file's size (plus one, to see growth), not for the limit."""
     with open(_checked_input(path), "rb") as f:
-        content = f.read(MAX_REPORT_FILE_BYTES + 1)
+        size = os.fstat(f.fileno()).st_size
+        content = f.read(min(size, MAX_REPORT_FILE_BYTES) + 1)
     if len(content) > MAX_REPORT_FILE_BYTES:
         raise DataError(f"{path}: more than the {MAX_REPORT_FILE_BYTES:,} bytes a report reads")
+    if len(content) > size:
+        raise DataError(f"{path}: grew while it was read; run the report again once the run has finished")
     return content
 
 

@@ -161,7 +161,9 @@ def part_epochs(args, sets: dict, device: torch.device, levers: list[str]) -> di
 
 
 def part_accuracy(args, sets: dict, device: torch.device) -> dict:
-    from siamrdm.challenge import cross_set_splits, run_jobs, validation_curves
+    from siamrdm.challenge import run_jobs
+    from siamrdm.selection import validation_curves
+    from siamrdm.splits import cross_set_splits
 
     splits = cross_set_splits(sets)
     rows, walls = {}, {}

@@ -6,7 +6,7 @@ For every lever (a set of TrainConfig overrides, or a seed ensemble) and target,
   the 92 and 118 sets is split into `--folds` folds of images; the model trains on pairs among the other
   folds' images and is scored, after every epoch, on pairs among the held-out fold's images. The lever's
   selection score is the signed mean rho over subjects (`rho_mean`, chance level 0) of all folds of both sets
-  at the epoch count the one-standard-error rule picks on them (`challenge.choose_epochs`). No pair between
+  at the epoch count the one-standard-error rule picks on them (`selection.choose_epochs`). No pair between
   the two training sets is ever scored.
 - report (held out from the choice): cross-set validation, fit on 92 and score 118 after every epoch, and
   back; each direction is reported at the epoch count its own training set's folds chose.
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from siamrdm.challenge import choose_epochs, fold_curve, validation_curves
 from siamrdm.data import TARGET_NAMES, load_algonauts_set
+from siamrdm.selection import choose_epochs, fold_curve, validation_curves
 from siamrdm.splits import cross_set_splits, fold_splits
 from siamrdm.train import config_from_preset
 

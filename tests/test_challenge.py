@@ -11,7 +11,7 @@ import pytest
 import scipy.io
 from helpers import run_cli as run_main
 
-from siamrdm import challenge, data, scoring
+from siamrdm import challenge, data, scoring, selection
 from siamrdm.data import DataError
 
 SUBMISSION_KEYS = {"submit_fmri.mat": ["EVC_RDMs", "IT_RDMs"], "submit_meg.mat": ["MEG_RDMs_early", "MEG_RDMs_late"]}
@@ -127,7 +127,7 @@ def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -
     folds = [f"{name} fold {k}" for name in ("92", "118") for k in (1, 2, 3)]
     for target in ("EVC", "MEG_late"):
         assert sorted(curves[target]) == sorted(["92->118", "118->92", *folds])
-        final, per_set = challenge.choose_epochs({name: [curves[target][f"{name} fold {k}"] for k in (1, 2, 3)]
+        final, per_set = selection.choose_epochs({name: [curves[target][f"{name} fold {k}"] for k in (1, 2, 3)]
                                                   for name in ("92", "118")})
         for row in rows[:4]:
             if row["target"] == target:
@@ -194,7 +194,7 @@ def test_validation_curves_score_the_seed_ensembles_mean_rdm(data_root: Path) ->
     set_b = subset(data.load_algonauts_set(data_root, "118", ("EVC",)), np.arange(7), "b")
     config = TrainConfig(backbone="alexnet", weights="random", image_size=128, augment=False, frozen_epochs=2,
                          targets=("EVC",), device="cpu")
-    curves = challenge.validation_curves(config, {"a->b": (set_a, set_b)}, seeds=(0, 1), progress=False)
+    curves = selection.validation_curves(config, {"a->b": (set_a, set_b)}, seeds=(0, 1), progress=False)
     assert [row["epoch"] for row in curves["a->b"]] == [1, 2]
     rdms, single = [], []
     for seed in (0, 1):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from helpers import assert_one_line_error, fast_config, run_cli
 from scipy import stats
 
-from siamrdm import challenge, data, train
+from siamrdm import challenge, data, selection, train
 from siamrdm.augment import augment_batch, crop_flip, draw_boxes, image_generator
 from siamrdm.config import ConfigError, check_config
 from siamrdm.rdm import square_rdm, upper_tri
@@ -247,13 +247,13 @@ def test_early_stopping_waits_for_a_validation(set92: data.BrainDataset) -> None
 def test_curves_and_epoch_choice_with_validate_every(set92: data.BrainDataset, set118: data.BrainDataset) -> None:
     sets = {"92": train.subset(set92, np.arange(9), "92"), "118": train.subset(set118, np.arange(10), "118")}
     config = fast_config(frozen_epochs=5, prior="nnls", lr=3e-3)
-    every = challenge.validation_curves(config, cross_set_splits(sets), (0,))
-    second = challenge.validation_curves(replace(config, validate_every=2), cross_set_splits(sets), (0,))
+    every = selection.validation_curves(config, cross_set_splits(sets), (0,))
+    second = selection.validation_curves(replace(config, validate_every=2), cross_set_splits(sets), (0,))
     for label, rows in second.items():
         assert [row["epoch"] for row in rows] == [0, 2, 4, 5]  # the prior alone, every 2nd epoch and the last
         for row in rows:
             assert row["r2"] == pytest.approx(every[label][row["epoch"]]["r2"], rel=1e-12)
-    final, per_set = challenge.choose_epochs({"92": [second["92->118"]], "118": [second["118->92"]]})
+    final, per_set = selection.choose_epochs({"92": [second["92->118"]], "118": [second["118->92"]]})
     assert final in (0, 2, 4, 5) and set(per_set.values()) <= {0, 2, 4, 5}
     with pytest.raises(ConfigError, match="validate_every"):
         check_config(fast_config(validate_every=0))
@@ -265,11 +265,11 @@ def test_curves_stop_at_stop_epoch_and_name_a_diverged_fit(set92: data.BrainData
     challenge runs eight curves and four final fits, several at once with --jobs)."""
     sets = {"92": train.subset(set92, np.arange(9), "92"), "118": train.subset(set118, np.arange(10), "118")}
     splits = cross_set_splits(sets)
-    curves = challenge.validation_curves(fast_config(frozen_epochs=4, stop_epoch=2), splits, (0,))
+    curves = selection.validation_curves(fast_config(frozen_epochs=4, stop_epoch=2), splits, (0,))
     assert {label: [row["epoch"] for row in rows] for label, rows in curves.items()} == {
         "92->118": [1, 2], "118->92": [1, 2]}
     with pytest.raises(train.TrainingDiverged, match=r"^EVC 92->118: training diverged at epoch 2"):
-        challenge.validation_curves(fast_config(lr=1e30, frozen_epochs=3), splits, (0,))
+        selection.validation_curves(fast_config(lr=1e30, frozen_epochs=3), splits, (0,))
     with pytest.raises(train.TrainingDiverged, match=r"^EVC final fit: training diverged at epoch 2"):
         challenge.final_fit(fast_config(lr=1e30, frozen_epochs=3), list(sets.values()), (0,), tmp_path / "EVC",
                             sets["92"], False)
@@ -325,7 +325,7 @@ def test_challenge_jobs_give_the_sequential_results(capsys, tmp_path: Path, set9
     config = fast_config(frozen_epochs=2, augment=True, prior="nnls", lr=3e-3)
     tasks = [(replace(config, targets=(t,)), {label: splits[label]}, (0,), False) for t in ("EVC", "IT") for label in
              splits]
-    one, two = (challenge.run_jobs(challenge.validation_curves, tasks, jobs) for jobs in (1, 2))
+    one, two = (challenge.run_jobs(selection.validation_curves, tasks, jobs) for jobs in (1, 2))
     assert [list(c) for c in one] == [list(c) for c in two] == [["92->118"], ["118->92"]] * 2
     for a, b in zip(one, two, strict=True):
         for label in a:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from siamrdm import challenge, data, train
+from siamrdm import data, selection, train
 from siamrdm.reliability import UNRELIABLE_BELOW, reliability_line, target_reliability
 
 
@@ -57,12 +57,12 @@ def curve(values, ses):
 def test_epoch_choice_keeps_the_prior_without_a_validated_gain() -> None:
     """The fold rule: trained epochs that rise but stay within two standard errors of zero (the 118 set's IT:
     from -0.047 to -0.018) keep the prior; a gain clear of zero is taken."""
-    assert challenge.one_se_epoch(curve([-0.047, -0.03, -0.018], [0.01, 0.01, 0.01])) == 0
-    assert challenge.one_se_epoch(curve([0.01, 0.015, 0.019], [0.01, 0.01, 0.01])) == 0  # within 2 SE of 0 ...
-    assert challenge.one_se_epoch(curve([0.01, 0.015, 0.021], [0.01, 0.01, 0.01])) == 2  # ... only just
-    assert challenge.one_se_epoch(curve([0.10, 0.20, 0.21], [0.01, 0.01, 0.01])) == 1
+    assert selection.one_se_epoch(curve([-0.047, -0.03, -0.018], [0.01, 0.01, 0.01])) == 0
+    assert selection.one_se_epoch(curve([0.01, 0.015, 0.019], [0.01, 0.01, 0.01])) == 0  # within 2 SE of 0 ...
+    assert selection.one_se_epoch(curve([0.01, 0.015, 0.021], [0.01, 0.01, 0.01])) == 2  # ... only just
+    assert selection.one_se_epoch(curve([0.10, 0.20, 0.21], [0.01, 0.01, 0.01])) == 1
     no_prior = [{"epoch": 1, "rho_mean": -0.01, "rho_se": 0.01}, {"epoch": 2, "rho_mean": 0.0, "rho_se": 0.01}]
-    assert challenge.one_se_epoch(no_prior) == 1  # nothing to keep: the rule picks among trained epochs
+    assert selection.one_se_epoch(no_prior) == 1  # nothing to keep: the rule picks among trained epochs
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ LAYERS = [
     {"config", "augment", "checkpoint", "plots"},  # a run's settings and files; charts
     {"loop"},  # the one training loop
     {"train", "largeset"},  # full-batch and large-set data for the loop
-    {"predict", "bench", "report"},
+    {"predict", "bench", "report", "selection"},
     {"distributed", "evaluate"},
     {"challenge"},
     {"cli", "__main__"},

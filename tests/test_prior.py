@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from siamrdm import baselines, challenge, data, train
+from siamrdm import baselines, data, selection, train
 from siamrdm.predict import RDMPredictor, fit_predictor
 from siamrdm.prior import PriorFit, fit_prior, prior_vector, stage_rdms
 from siamrdm.rdm import upper_tri
@@ -141,7 +141,7 @@ def test_choose_epochs_can_pick_epoch_zero() -> None:
     0 epochs are chosen and the fit takes no step. Each set's folds choose for the model fitted on that set."""
     folds = {"92": [fold([0.25, 0.26, 0.30]), fold([0.25, 0.27, 0.31])],
              "118": [fold([0.0, 0.005, -0.01]), fold([-0.01, -0.002, -0.02])]}
-    final, per_set = challenge.choose_epochs(folds)
+    final, per_set = selection.choose_epochs(folds)
     assert per_set == {"92": 2, "118": 0}
     assert final == 2  # all four folds: epoch 2 is best, and epochs 0 and 1 are more than one error below it
     assert replace(prior_config(), stop_epoch=0).stop_epoch == 0
@@ -150,14 +150,14 @@ def test_choose_epochs_can_pick_epoch_zero() -> None:
 def test_one_standard_error_rule_prefers_fewer_epochs() -> None:
     """A gain within the best epoch's standard error does not buy more epochs; a NaN or missing score is the
     worst; folds' errors add in quadrature."""
-    assert challenge.one_se_epoch(fold([0.10, 0.20, 0.21, 0.215], ses=[0.01, 0.01, 0.01, 0.02])) == 1
-    assert challenge.one_se_epoch(fold([0.10, 0.20, 0.21, 0.215], ses=[0.01, 0.01, 0.01, 0.001])) == 3
-    merged = challenge.fold_curve([fold([0.1, float("nan")], ses=[0.03, 0.03]), fold([0.3, 0.5], ses=[0.04, 0.04])])
+    assert selection.one_se_epoch(fold([0.10, 0.20, 0.21, 0.215], ses=[0.01, 0.01, 0.01, 0.02])) == 1
+    assert selection.one_se_epoch(fold([0.10, 0.20, 0.21, 0.215], ses=[0.01, 0.01, 0.01, 0.001])) == 3
+    merged = selection.fold_curve([fold([0.1, float("nan")], ses=[0.03, 0.03]), fold([0.3, 0.5], ses=[0.04, 0.04])])
     assert merged[0]["rho_mean"] == pytest.approx(0.2) and merged[0]["rho_se"] == pytest.approx(0.025)
     assert merged[1]["rho_mean"] == -np.inf
-    assert challenge.one_se_epoch(merged) == 0
+    assert selection.one_se_epoch(merged) == 0
     one_subject = [{"epoch": 0, "rho_mean": 0.1, "rho_se": None}, {"epoch": 1, "rho_mean": 0.2, "rho_se": None}]
-    assert challenge.one_se_epoch(challenge.fold_curve([one_subject])) == 1  # no error known: the best epoch
+    assert selection.one_se_epoch(selection.fold_curve([one_subject])) == 1  # no error known: the best epoch
 
 
 def test_prior_with_the_body_unfrozen(sets) -> None:

@@ -350,7 +350,7 @@ def test_final_fit_follows_the_curves_schedule(set92: data.BrainDataset, data_ro
     """Epoch e chosen on a one-set validation curve means, in the final fit on two sets, the same number of
     optimiser steps at the same learning rates (one step per epoch over both sets' pairs; the one-cycle
     schedule keeps its full length and the run stops at e)."""
-    from siamrdm.challenge import with_epochs
+    from siamrdm.selection import with_epochs
 
     config = fast_config(frozen_epochs=2, unfrozen_epochs=4, lr=2e-3)
     set_a = train.subset(set92, np.arange(6), "a")

@@ -552,16 +552,30 @@ def cmd_fit(args) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("several processes (torchrun) train in mini-batches: give --batch-images N")
     seeds = _seeds(args)
+    if args.select_epochs and (args.val_fraction or args.val_set):
+        raise UsageError("--select-epochs chooses the epochs on image folds of the training sets; --val-fraction "
+                         "and --val-set choose them on held-out images: pass one way")
     train, val, targets, order = _training_datasets(args)
     config = _config_from_args(args, targets)
     out = _out_dir(args.out, args.overwrite, args.resume)
     _print_notes()
     reliability = report_reliability(train, targets, verbose=not args.quiet)
+    chosen = None
+    if args.select_epochs:
+        from .selection import select_epochs, with_epochs
+
+        chosen, _ = select_epochs(config, train, seeds, progress=not args.quiet)
+        if chosen is None:
+            raise UsageError("--select-epochs: a training set has too few images for 2 folds of 3 images")
+        config = with_epochs(config, chosen)
     settings = {"command": "fit", "world_size": 1, "config": asdict(config), "seeds": list(seeds)}
     predictor = fit_predictor(config, train, val, seeds, out, resume=args.resume, progress=not args.quiet,
                               overwrite=args.overwrite, image_order=order, settings=settings)
     summary = {"model": str(out / "model.pt"), "targets": list(targets), "seeds": _seed_records(predictor.metrics),
                "reliability": reliability}
+    if chosen is not None:  # the epochs the image folds chose, as challenge and evaluate choose them
+        summary["selected_epochs"] = {"epochs": chosen, "rule": "image folds, one-SE (challenge, evaluate)",
+                                      "prior_alone": chosen == 0 and config.prior != "none"}
     if val:
         summary["validation"] = _validation_scores(predictor, val, targets)
     _print_json(summary)
@@ -586,6 +600,9 @@ def _cmd_fit_large(args) -> int:
     if args.val_set or args.sets or args.targets:
         raise UsageError("--val-set, --sets and --targets choose Algonauts sets; with --batch-images hold out "
                          "images with --val-fraction")
+    if args.select_epochs:
+        raise UsageError("--select-epochs trains a model per image fold: with --batch-images hold out images with "
+                         "--val-fraction")
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
     if args.prior not in (None, "none"):
@@ -748,6 +765,9 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--out", required=True, help="run folder: model.pt, checkpoints, log.csv")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    p.add_argument("--select-epochs", action="store_true",
+                   help="choose the epoch count on image folds of the training sets, as challenge and evaluate do "
+                   "(0 keeps the prior alone), then fit on all their images")
     p.add_argument("--batch-images", type=int, metavar="N",
                    help="train in mini-batches of N images (all pairs among them per step; over all ranks under "
                    "torchrun): large image sets, --images a folder or an HDF5 file of uint8 images, --rdms condensed "

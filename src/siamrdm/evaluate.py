@@ -101,15 +101,23 @@ def _predict(result: Evaluation, method: str, target: str, direction: str, train
              test: BrainDataset, stages: dict[str, dict[str, np.ndarray]], config: TrainConfig,
              seeds: tuple[int, ...], progress: bool) -> None:
     """One method fitted on `train` only, its RDM of `test`'s images scored against `test`'s subjects: a row,
-    the prediction, and what a baseline chose. `stages` holds both sets' stage RDMs (by set name)."""
+    the prediction, and what a baseline chose. `stages` holds both sets' stage RDMs (by set name). The Siamese
+    network's epoch count is chosen as the challenge chooses it (selection.select_epochs), on folds of `train`
+    alone: nested inside each of evaluate's own folds, so the held-out images choose nothing."""
     from .predict import fit_predict  # the model issue's training code; imported late to keep this module light
+    from .selection import select_epochs, with_epochs
 
     subjects = test.targets[target]
-    detail = ""
+    detail, epochs = "", None
     if method == "siamese":
         target_config = replace(config, targets=(target,))
-        predicted = fit_predict(target_config, [train], test.images, seeds, progress=progress)[target]
-        detail = f"seeds={','.join(map(str, seeds))}"
+        epochs, _ = select_epochs(target_config, [train], seeds)
+        fitted = target_config if epochs is None else with_epochs(target_config, epochs)
+        predicted = fit_predict(fitted, [train], test.images, seeds, progress=progress)[target]
+        chosen = (f"epochs chosen on {train.name}'s folds" if epochs is not None
+                  else f"all {config.epochs} epochs ({train.name} has too few images to choose on folds)")
+        detail = f"seeds={','.join(map(str, seeds))}; {chosen}"
+        epochs = config.last_epoch if epochs is None else epochs
     elif method == "layers":
         train_scores = baselines.layer_scores(stages[train.name], train.targets[target])
         stage = baselines.select_best_layer(stages[train.name], train.targets[target])
@@ -128,7 +136,7 @@ def _predict(result: Evaluation, method: str, target: str, direction: str, train
         detail = " ".join(f"{s}:{w:.3g}" for s, w in fit.weights.items() if w > 0)
     result.predictions[(method, target, direction)] = predicted
     key = target_key(target, test.official)
-    result.rows.append(_row(method, target, direction, predicted, subjects, detail, key))
+    result.rows.append({**_row(method, target, direction, predicted, subjects, detail, key), "epochs": epochs})
 
 
 def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,

@@ -17,7 +17,7 @@ import torchvision
 from helpers import assert_one_line_error
 from helpers import run_cli as run_main
 
-from siamrdm import cli, data, train
+from siamrdm import checkpoint, cli, data, train
 from siamrdm.backbones import images_to_tensor
 from siamrdm.data import DataError
 from siamrdm.model import all_pairs
@@ -121,10 +121,10 @@ def test_load_rejects_other_files(tmp_path: Path) -> None:
     text.write_text("not a model\n")
     other = tmp_path / "state.pt"
     torch.save({"weights": torch.zeros(3)}, other)
-    checkpoint = tmp_path / "last.pt"
-    checkpoint.save_checkpoint(checkpoint, {"epoch": 3, "model": {}})
+    last = tmp_path / "last.pt"
+    checkpoint.save_checkpoint(last, {"epoch": 3, "model": {}})
     for path, phrase in ((text, "unreadable checkpoint"), (other, "not a siamrdm model file"),
-                         (checkpoint, "not a siamrdm model file"), (tmp_path / "missing.pt", "no such checkpoint")):
+                         (last, "not a siamrdm model file"), (tmp_path / "missing.pt", "no such checkpoint")):
         with pytest.raises(DataError) as info:
             RDMPredictor.load(path)
         message = str(info.value)

@@ -49,14 +49,21 @@ def register_backbone(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+def load_plain(path: str | Path, what: str, error: Callable[[str], Exception], unreadable: str = "") -> object:
+    """A torch file read with `weights_only=True` (a crafted file cannot run code on load): tensors and plain
+    data only. A missing or unreadable file raises `error` with one line naming it as `what`."""
     file = Path(path)
     if not file.is_file():
-        raise WeightsError(f"{file}: no such weights file")
+        raise error(f"{file}: no such {what}")
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(f"{file}: unreadable weights file ({' '.join(str(exc).split())[:200]})") from None
+        raise error(f"{file}: unreadable {what}{unreadable} ({' '.join(str(exc).split())[:200]})") from None
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    file = Path(path)
+    state = load_plain(file, "weights file", WeightsError)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

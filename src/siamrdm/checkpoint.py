@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .backbones import load_plain
 from .config import ConfigError, config_from_dict
 from .data import DataError
 from .files import atomic_path
@@ -30,14 +31,7 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint or model file with `weights_only=True`: a crafted file cannot run code on load."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such checkpoint")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(f"{path}: unreadable checkpoint, or one holding more than tensors and plain data "
-                        f"({' '.join(str(exc).split())[:200]})") from None
+    payload = load_plain(path, "checkpoint", DataError, ", or one holding more than tensors and plain data")
     if not isinstance(payload, dict):
         raise DataError(f"{path}: not a siamrdm checkpoint")
     return payload

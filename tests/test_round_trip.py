@@ -171,6 +171,21 @@ def test_round_trip_through_the_cli(own: dict[str, Path], tmp_path: Path, capsys
     row = out.splitlines()[1]
     assert row.split()[0] == "own" and float(row.split()[1]) == pytest.approx(expected["r2"], abs=1e-4)
 
+    # evaluate over image folds of the rsatoolbox file: fold means with SE and interval, paired tests
+    folds = tmp_path / "folds"
+    code, out, err = run_cli(capsys, "evaluate", "--images", own["images"], "--rdms", own["hdf5"], "--key", "IT",
+                             "--folds", "2", *TINY, "--out", folds)
+    assert code == 0, err
+    saved = json.loads((folds / "evaluation.json").read_text())
+    siamese = [r for r in saved["rows"] if r["method"] == "siamese"]
+    assert [r["direction"] for r in siamese] == ["fold 1", "fold 2"]
+    assert all(r["rho_ci_low"] <= r["rho_mean"] <= r["rho_ci_high"] and len(r["rhos"]) == 3 for r in siamese)
+    assert all(r["epochs"] in (0, 1, 2) for r in siamese)  # chosen on each fold's training images
+    paired = {(p["baseline"], p["over"]) for p in saved["paired"] if p["method"] == "siamese"}
+    assert paired == {(b, over) for b in ("layers", "regression") for over in ("folds", "subjects")}
+    table = (folds / "evaluation.md").read_text()
+    assert "mean +- se" in table and "95% CI (folds)" in table and "Paired tests against the baselines" in table
+
 
 def test_batch_images_take_square_rdms(own: dict[str, Path], tmp_path: Path, capsys) -> None:
     """fit --batch-images trains on square (subjects, N, N) RDMs, in a .npy, a .mat or an rsatoolbox file, as on

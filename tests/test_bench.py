@@ -11,9 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from siamrdm import bench, cli
-from siamrdm.data import DataError
+from siamrdm import cli
+from siamrdm.io.data import DataError
 from siamrdm.model import HeadConfig, SiameseHead, all_pairs, all_pairs_loss, pooled_linear_weight
+from siamrdm.pipelines import bench
 from siamrdm.train import TrainConfig, Trainer
 
 # --------------------------------------------------------------------------- the tiled loss

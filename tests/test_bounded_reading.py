@@ -29,9 +29,11 @@ import scipy.io
 from helpers import assert_one_line_error, run_cli
 from PIL import Image
 
-from siamrdm import cli, data, report  # noqa: F401  (imported before tracing, so imports are not counted)
-from siamrdm.largeset import CondensedRDMs, open_image_store
+from siamrdm import cli  # noqa: F401  (imported before tracing, so imports are not counted)
+from siamrdm.io import data
+from siamrdm.pipelines import report  # noqa: F401
 from siamrdm.rdm import upper_tri
+from siamrdm.train.largeset import CondensedRDMs, open_image_store
 
 ALLOWED_PEAK = 64 * 2**20  # what a refusal may allocate: the files declare GiBs
 OUTSIDE = ("external link", "external storage", "virtual dataset")

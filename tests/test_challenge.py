@@ -11,8 +11,11 @@ import pytest
 import scipy.io
 from helpers import run_cli as run_main
 
-from siamrdm import challenge, data, scoring, selection
-from siamrdm.data import DataError
+from siamrdm.io import data
+from siamrdm.io.data import DataError
+from siamrdm.pipelines import challenge
+from siamrdm.rdm import scoring
+from siamrdm.train import selection
 
 SUBMISSION_KEYS = {"submit_fmri.mat": ["EVC_RDMs", "IT_RDMs"], "submit_meg.mat": ["MEG_RDMs_early", "MEG_RDMs_late"]}
 

@@ -10,8 +10,8 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from siamrdm import data
-from siamrdm.data import DataError
+from siamrdm.io import data
+from siamrdm.io.data import DataError
 
 
 def _assert_error(exc_info: pytest.ExceptionInfo, *parts: str) -> str:
@@ -519,7 +519,7 @@ def test_unknown_set_and_target(data_root: Path, set92: Path) -> None:
 def test_own_data_named_like_a_challenge_target_gets_its_own_ceiling(data_root: Path) -> None:
     """The 92 official images with their EVC RDMs count as official; the same arrays as your own data keyed 'EVC'
     are scored against the ceiling computed from their subjects, not the published one."""
-    from siamrdm import scoring
+    from siamrdm.rdm import scoring
     from siamrdm.train import subset
 
     official = data.load_algonauts_set(data_root, "92", ("EVC",))

@@ -15,8 +15,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from siamrdm.config import ConfigError, TrainConfig
-from siamrdm.distributed import (
+from siamrdm.model import all_pairs_loss
+from siamrdm.rdm import upper_tri
+from siamrdm.train import build_model
+from siamrdm.train.config import ConfigError, TrainConfig
+from siamrdm.train.distributed import (
     BatchSettings,
     MiniBatchTrainer,
     Ranks,
@@ -25,10 +28,7 @@ from siamrdm.distributed import (
     read_targets,
     shard_bounds,
 )
-from siamrdm.largeset import CondensedRDMs, open_image_store
-from siamrdm.model import all_pairs_loss
-from siamrdm.rdm import upper_tri
-from siamrdm.train import build_model
+from siamrdm.train.largeset import CondensedRDMs, open_image_store
 
 N_IMAGES = 7  # uneven shards over two ranks: 4 and 3 images
 

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamrdm import cli, evaluate, files, plots
-from siamrdm.data import BrainDataset, ImageSet, load_algonauts_set
+from siamrdm import cli
+from siamrdm.io import files
+from siamrdm.io.data import BrainDataset, ImageSet, load_algonauts_set
+from siamrdm.pipelines import evaluate, plots
 from siamrdm.rdm import rdm_from_features
 from siamrdm.train import config_from_preset, subset
 
@@ -80,9 +82,9 @@ def test_evaluation_chooses_the_layer_on_the_training_set(monkeypatch: pytest.Mo
             for name, n in (("A", 15), ("B", 18))}
     sets = [_fake_set("A", fake["A"], "early", 1), _fake_set("B", fake["B"], "late", 2)]
     by_size = {15: fake["A"], 18: fake["B"]}
-    import siamrdm.prior
+    import siamrdm.model.prior
 
-    monkeypatch.setattr(siamrdm.prior, "stage_rdms", lambda images, *a, **k: by_size[len(images)])
+    monkeypatch.setattr(siamrdm.model.prior, "stage_rdms", lambda images, *a, **k: by_size[len(images)])
     result = evaluate.evaluate_sets(sets, ("layers",), ("EVC",), config_from_preset("quick"), progress=False)
     choice = result.layers["A->B"]["EVC"]
     assert choice["chosen"] == "early"
@@ -94,7 +96,7 @@ def test_evaluation_chooses_the_layer_on_the_training_set(monkeypatch: pytest.Mo
 
 
 def test_siamese_rows_come_from_fit_predict(small_sets: list[BrainDataset], monkeypatch: pytest.MonkeyPatch):
-    import siamrdm.predict as predict
+    import siamrdm.train.predict as predict
 
     calls = []
     real = predict.fit_predict
@@ -139,7 +141,7 @@ def test_baseline_command_prints_json(data_root: Path, capsys: pytest.CaptureFix
 def test_fold_evaluation_writes_the_paired_tests(tmp_path: Path):
     """evaluation.md and evaluation.json carry each method against each baseline, paired over the folds (each
     fold's rho_mean) and over the subjects; the fold table its standard error and interval over folds."""
-    from siamrdm import scoring
+    from siamrdm.rdm import scoring
 
     rng = np.random.default_rng(7)
     n = 12

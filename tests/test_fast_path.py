@@ -15,13 +15,16 @@ import torch.nn.functional as F
 from helpers import assert_one_line_error, fast_config, run_cli
 from scipy import stats
 
-from siamrdm import challenge, data, selection, train
-from siamrdm.augment import augment_batch, crop_flip, draw_boxes, image_generator
-from siamrdm.config import ConfigError, check_config
+from siamrdm import train
+from siamrdm.io import data
+from siamrdm.pipelines import challenge
 from siamrdm.rdm import square_rdm, upper_tri
-from siamrdm.scoring import compare_rdms, score_with_ceiling, spearman_rhos
-from siamrdm.scoring_torch import rank_average_torch, spearman_torch
-from siamrdm.splits import cross_set_splits
+from siamrdm.rdm.scoring import compare_rdms, score_with_ceiling, spearman_rhos
+from siamrdm.rdm.scoring_torch import rank_average_torch, spearman_torch
+from siamrdm.rdm.splits import cross_set_splits
+from siamrdm.train import selection
+from siamrdm.train.augment import augment_batch, crop_flip, draw_boxes, image_generator
+from siamrdm.train.config import ConfigError, check_config
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Run folders and safe writes (siamrdm.files): unique atomic temporary files, the run-folder lock, clearing a run."""
+"""Run folders and safe writes (siamrdm.io.files): unique atomic temporary files, the run-folder lock, clearing runs."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from siamrdm import files
-from siamrdm.data import DataError
+from siamrdm.io import files
+from siamrdm.io.data import DataError
 
 
 def names(folder: Path) -> list[str]:
@@ -196,7 +196,7 @@ def test_long_output_names_get_a_temporary_name_that_fits(tmp_path: Path) -> Non
 
 HOLD_LOCK = """
 import sys
-from siamrdm.files import run_folder_lock
+from siamrdm.io.files import run_folder_lock
 with run_folder_lock(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()

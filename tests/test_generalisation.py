@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from siamrdm import data, selection, train
-from siamrdm.reliability import UNRELIABLE_BELOW, reliability_line, target_reliability
+from siamrdm import train
+from siamrdm.io import data
+from siamrdm.rdm.reliability import UNRELIABLE_BELOW, reliability_line, target_reliability
+from siamrdm.train import selection
 
 
 def scrambled(rdms: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -93,8 +95,8 @@ def test_fit_on_an_unreliable_target_keeps_the_prior(noisy_split) -> None:
 def test_a_stage_that_runs_against_the_brain_is_not_the_prior(make_rdms) -> None:
     """The official r^2 cannot tell a stage that ranks pairs like the subjects from one that ranks them in
     reverse; the prior's stage must agree in sign, and its scale stays positive."""
-    from siamrdm import baselines
-    from siamrdm.prior import fit_prior
+    from siamrdm.model import baselines
+    from siamrdm.model.prior import fit_prior
 
     subjects = make_rdms(12, subjects=6, seed=3)
     group = subjects.mean(axis=0)

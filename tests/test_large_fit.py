@@ -15,11 +15,11 @@ import torch
 from helpers import assert_one_line_error, run_cli
 from scipy.io import loadmat
 
-from siamrdm import files, largeset
-from siamrdm.checkpoint import load_checkpoint, save_checkpoint
-from siamrdm.config import config_from_dict
-from siamrdm.distributed import BatchSettings, MiniBatchTrainer, read_targets
-from siamrdm.train import build_model
+from siamrdm.io import files
+from siamrdm.train import build_model, largeset
+from siamrdm.train.checkpoint import load_checkpoint, save_checkpoint
+from siamrdm.train.config import config_from_dict
+from siamrdm.train.distributed import BatchSettings, MiniBatchTrainer, read_targets
 
 REPO = Path(__file__).resolve().parents[1]
 # A small body and head at 32 px: efficientnet_lite0's blocks2 (40 x 4 x 4 maps), the pairwise head.

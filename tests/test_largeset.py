@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from siamrdm import largeset, scoring
-from siamrdm.config import TrainConfig
-from siamrdm.data import DataError
-from siamrdm.largeset import (
+from siamrdm.io.data import DataError
+from siamrdm.rdm import rescale, scoring, square_rdm, upper_tri
+from siamrdm.train import largeset
+from siamrdm.train.config import TrainConfig
+from siamrdm.train.largeset import (
     AugmentedImages,
     CondensedRDMs,
     HeldOutTarget,
@@ -22,7 +23,6 @@ from siamrdm.largeset import (
     pair_index,
     rescale_in_place,
 )
-from siamrdm.rdm import rescale, square_rdm, upper_tri
 
 
 def test_pair_indices_follow_the_upper_triangle() -> None:

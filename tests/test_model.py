@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from siamrdm import data, train
-from siamrdm.backbones import create_body, images_to_tensor
+from siamrdm import train
+from siamrdm.io import data
 from siamrdm.model import (
     HEADS,
     HeadConfig,
@@ -26,6 +26,7 @@ from siamrdm.model import (
     interleave,
     pooled_linear_weight,
 )
+from siamrdm.model.backbones import create_body, images_to_tensor
 
 VARIANTS = list(HEADS)
 

@@ -18,11 +18,11 @@ import pytest
 import scipy.io
 from helpers import assert_one_line_error, fast_config, run_cli
 
-from siamrdm import data, scoring
-from siamrdm.data import DataError
 from siamrdm.errors import ConfigError
-from siamrdm.largeset import CondensedRDMs
-from siamrdm.rdm import upper_tri
+from siamrdm.io import data
+from siamrdm.io.data import DataError
+from siamrdm.rdm import scoring, upper_tri
+from siamrdm.train.largeset import CondensedRDMs
 
 
 @pytest.fixture(scope="module")
@@ -235,8 +235,8 @@ def tiny_images(tmp_path_factory: pytest.TempPathFactory, set92: Path) -> Path:
 
 def _model_with_key(folder: Path, key: str) -> Path:
     """An untrained one-target model whose RDM is written under `key`."""
-    from siamrdm.predict import RDMPredictor
     from siamrdm.train import build_model
+    from siamrdm.train.predict import RDMPredictor
 
     config = fast_config(targets=("EVC",))
     return RDMPredictor([build_model(config).eval()], config, output_keys={"EVC": key}).save(folder / "model.pt")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamrdm import plots
+from siamrdm.pipelines import plots
 from siamrdm.rdm import rdm_from_features
 
 

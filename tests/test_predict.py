@@ -17,11 +17,12 @@ import torchvision
 from helpers import assert_one_line_error
 from helpers import run_cli as run_main
 
-from siamrdm import cli, data, train
-from siamrdm.backbones import images_to_tensor
-from siamrdm.data import DataError
+from siamrdm import cli, train
+from siamrdm.io import data
+from siamrdm.io.data import DataError
 from siamrdm.model import all_pairs
-from siamrdm.predict import RDMPredictor, fit_predict, fit_predictor
+from siamrdm.model.backbones import images_to_tensor
+from siamrdm.train.predict import RDMPredictor, fit_predict, fit_predictor
 
 
 def fast_config(**overrides) -> train.TrainConfig:

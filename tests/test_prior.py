@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from siamrdm import baselines, data, selection, train
-from siamrdm.predict import RDMPredictor, fit_predictor
-from siamrdm.prior import PriorFit, fit_prior, prior_vector, stage_rdms
+from siamrdm import train
+from siamrdm.io import data
+from siamrdm.model import baselines
+from siamrdm.model.prior import PriorFit, fit_prior, prior_vector, stage_rdms
 from siamrdm.rdm import upper_tri
-from siamrdm.scoring import score_rdm, spearman_rhos
+from siamrdm.rdm.scoring import score_rdm, spearman_rhos
+from siamrdm.train import selection
+from siamrdm.train.predict import RDMPredictor, fit_predictor
 
 
 def prior_config(**overrides) -> train.TrainConfig:

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from siamrdm import cli, plots
-from siamrdm.data import DataError
-from siamrdm.report import write_report
+from siamrdm import cli
+from siamrdm.io.data import DataError
+from siamrdm.pipelines import plots
+from siamrdm.pipelines.report import write_report
 
 
 @pytest.fixture

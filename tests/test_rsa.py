@@ -10,8 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from siamrdm import data, scoring
-from siamrdm.rdm import upper_tri
+from siamrdm.io import data
+from siamrdm.rdm import scoring, upper_tri
 
 NAMES = [f"img{k}.png" for k in range(1, 13)]
 

@@ -13,13 +13,14 @@ import pytest
 from helpers import run_cli
 from PIL import Image
 
-from siamrdm import challenge, evaluate, files, plots, reliability, scoring, tables
-from siamrdm import data as data_module
-from siamrdm.data import group_average, load_algonauts_set, save_rdms
-from siamrdm.largeset import HeldOutTarget
-from siamrdm.rdm import square_rdm, upper_tri
-from siamrdm.report import write_report
+from siamrdm.io import data as data_module
+from siamrdm.io import files, tables
+from siamrdm.io.data import group_average, load_algonauts_set, save_rdms
+from siamrdm.pipelines import challenge, evaluate, plots
+from siamrdm.pipelines.report import write_report
+from siamrdm.rdm import reliability, scoring, square_rdm, upper_tri
 from siamrdm.train import subset
+from siamrdm.train.largeset import HeldOutTarget
 
 
 def per_image_rdm(n: int, seed: int) -> np.ndarray:
@@ -260,7 +261,7 @@ def test_score_command_shows_chance(capsys, tmp_path: Path, fmri118) -> None:
 def test_an_rdm_that_runs_against_the_subjects_does_not_beat_chance(fmri92) -> None:
     """The squared score is blind to sign: the reversed group mean passes the permutation test of r^2, yet it
     predicts the subjects the wrong way round, so it does not beat chance."""
-    from siamrdm import scoring
+    from siamrdm.rdm import scoring
 
     subjects = fmri92["IT_RDMs"]
     reverse = subjects.mean(axis=0).max() - subjects.mean(axis=0)

@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 from helpers import assert_one_line_error, fast_config, run_cli
 
-from siamrdm import data, evaluate, selection, splits
+from siamrdm.io import data
+from siamrdm.pipelines import evaluate
+from siamrdm.rdm import splits
+from siamrdm.train import selection
 
 SMALL = ["--backbone", "alexnet", "--weights", "random", "--image-size", "128", "--no-augment", "--device", "cpu",
          "--quiet"]

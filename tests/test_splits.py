@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from siamrdm import data, splits
 from siamrdm.errors import ConfigError
+from siamrdm.io import data
+from siamrdm.rdm import splits
 
 
 def test_holdout_indices_partition_and_the_minimum_size() -> None:

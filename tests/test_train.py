@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from helpers import fast_config
 
-from siamrdm import checkpoint, data, scoring, train
-from siamrdm.data import DataError
+from siamrdm import train
+from siamrdm.io import data
+from siamrdm.io.data import DataError
 from siamrdm.model import all_pairs
-from siamrdm.rdm import upper_tri
+from siamrdm.rdm import scoring, upper_tri
+from siamrdm.train import augment, checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +78,9 @@ def test_prepare_set_targets(small92: data.BrainDataset) -> None:
 def test_augment_batch_is_reproducible(small92: data.BrainDataset) -> None:
     config = fast_config(augment=True)
     images = train.prepare_set(small92, ("EVC",), config).images
-    first = train.augment_batch(images, config, torch.Generator().manual_seed(1))
-    second = train.augment_batch(images, config, torch.Generator().manual_seed(1))
-    other = train.augment_batch(images, config, torch.Generator().manual_seed(2))
+    first = augment.augment_batch(images, config, torch.Generator().manual_seed(1))
+    second = augment.augment_batch(images, config, torch.Generator().manual_seed(1))
+    other = augment.augment_batch(images, config, torch.Generator().manual_seed(2))
     assert first.shape == images.shape and torch.equal(first, second)
     assert not torch.equal(first, other) and not torch.equal(first, images)
     assert 0 <= float(first.min()) and float(first.max()) <= 1
@@ -144,8 +146,8 @@ def test_correlation_loss_starts_at_the_prior_and_falls(set92: data.BrainDataset
 
 
 def test_loss_option_is_checked() -> None:
-    from siamrdm.config import ConfigError, check_config
-    from siamrdm.distributed import check_minibatch_config
+    from siamrdm.train.config import ConfigError, check_config
+    from siamrdm.train.distributed import check_minibatch_config
 
     with pytest.raises(ConfigError, match="loss: unknown loss 'huber'"):
         check_config(fast_config(loss="huber"))
@@ -250,7 +252,8 @@ def test_load_checkpoint_errors(tmp_path: Path) -> None:
 KILL_SCRIPT = """
 import json, sys
 import numpy as np
-from siamrdm import data, files, train
+from siamrdm.io import data, files
+from siamrdm import train
 root, out, config = sys.argv[1], sys.argv[2], train.config_from_dict(json.loads(sys.argv[3]))
 dataset = train.subset(data.load_algonauts_set(root, "92", ("EVC",)), np.arange(8), "92-eight")
 with files.run_folder(out, "fit"):
@@ -350,7 +353,7 @@ def test_final_fit_follows_the_curves_schedule(set92: data.BrainDataset, data_ro
     """Epoch e chosen on a one-set validation curve means, in the final fit on two sets, the same number of
     optimiser steps at the same learning rates (one step per epoch over both sets' pairs; the one-cycle
     schedule keeps its full length and the run stops at e)."""
-    from siamrdm.selection import with_epochs
+    from siamrdm.train.selection import with_epochs
 
     config = fast_config(frozen_epochs=2, unfrozen_epochs=4, lr=2e-3)
     set_a = train.subset(set92, np.arange(6), "a")
@@ -389,7 +392,7 @@ def test_step_loss_is_the_mean_over_all_pairs_of_all_sets(set92: data.BrainDatas
 
 
 def test_preset_overrides_unknown_keys_and_switching_off() -> None:
-    from siamrdm.config import OFF
+    from siamrdm.train.config import OFF
 
     paper = train.config_from_preset("paper")
     assert paper.early_stopping == 100

@@ -53,10 +53,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .data import TARGETS, check_real_dtype, subject_rdms
-from .errors import ConfigError
-from .rdm import Ranker, square_rdm, upper_tri, upper_tri_indices
-from .tables import number, number_list
+from ..errors import ConfigError
+from ..io.data import TARGETS, check_real_dtype, subject_rdms
+from ..io.tables import number, number_list
+from .core import Ranker, square_rdm, upper_tri, upper_tri_indices
 
 # Official noise ceilings (upper bound, mean over subjects of r^2) from the challenge's scoring scripts.
 OFFICIAL_NOISE_CEILINGS: dict[int, dict[str, float]] = {
@@ -543,7 +543,7 @@ class NoiseCeiling:
 
     def to_frame(self):
         """One row (pandas DataFrame), for a notebook."""
-        from .tables import to_frame
+        from ..io.tables import to_frame
 
         return to_frame([self.to_dict()], [f.name for f in dataclasses.fields(self)])
 
@@ -958,7 +958,7 @@ class ScoreRecord:
 
     def to_frame(self):
         """One row (pandas DataFrame) with the columns of `tables.SCORE_FIELDS`."""
-        from .tables import SCORE_FIELDS, to_frame
+        from ..io.tables import SCORE_FIELDS, to_frame
 
         return to_frame([self.to_dict()], SCORE_FIELDS)
 
@@ -1084,7 +1084,7 @@ def score_submission(
 def submission_frame(result: dict):
     """`score_submission`'s result as a pandas DataFrame: one row per key, its columns 'key', 'method' and
     `tables.SCORE_FIELDS` (the overall score is the mean of the r2 column)."""
-    from .tables import SCORE_FIELDS, to_frame
+    from ..io.tables import SCORE_FIELDS, to_frame
 
     rows = [{"key": key, **row} for key, row in result.items() if key not in ("score", "missing")]
     return to_frame(rows, ["key", "method", *SCORE_FIELDS])

@@ -413,7 +413,7 @@ def all_pairs_loss(head: SiameseHead, features: torch.Tensor, targets: torch.Ten
     `rows=(start, stop)` keeps only the ordered pairs (i, j) whose image i (the head's image a) is in
     start..stop-1, against every j != i, still divided by the count of all ordered pairs: the losses (and
     gradients) of row blocks that split the N images add up to the full loss. Each rank of a distributed step
-    computes its block against the features of all ranks (siamrdm.distributed).
+    computes its block against the features of all ranks (siamrdm.train.distributed).
 
     `output_weights` (T,) weigh each output's squared errors (default: all 1, the plain mean).
     """

@@ -31,11 +31,14 @@ import torch
 import torch.distributed as dist
 from torch.distributed.nn.functional import all_gather as all_gather_with_grad
 
+from ..errors import DataError
+from ..io.data import target_key
+from ..io.files import check_same_settings, json_safe, run_folder, run_mode, write_text
+from ..model.network import SiameseRDMNet, all_pairs_loss
+from ..rdm.splits import holdout_indices
 from .checkpoint import load_run_state, reading
 from .config import ConfigError, TrainConfig, pick_device
-from .data import target_key
-from .errors import DataError
-from .files import check_same_settings, json_safe, run_folder, run_mode, write_text
+from .fullbatch import build_model, predict_pairs
 from .largeset import (
     AugmentedImages,
     CondensedRDMs,
@@ -47,10 +50,7 @@ from .largeset import (
     rescale_in_place,
 )
 from .loop import TrainingLoop, seed_summary
-from .model import SiameseRDMNet, all_pairs_loss
 from .predict import RDMPredictor
-from .splits import holdout_indices
-from .train import build_model, predict_pairs
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ import torch
 from scipy.optimize import nnls
 from tqdm.auto import tqdm
 
+from ..io.data import DataError, ImageSet, group_average
+from ..rdm.core import correlation_rdm, rank_unit, square_rdm, upper_tri
+from ..rdm.scoring import Score, score_rdm
 from .backbones import backbone_stages, create_body, images_to_tensor
-from .data import DataError, ImageSet, group_average
-from .rdm import correlation_rdm, rank_unit, square_rdm, upper_tri
-from .scoring import Score, score_rdm
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 BLOCK_BYTES = 64 * 2**20  # float64 bytes of one row block when computing a Gram matrix

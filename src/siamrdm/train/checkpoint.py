@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from ..io.data import DataError
+from ..io.files import atomic_path
 from .config import ConfigError, config_from_dict
-from .data import DataError
-from .files import atomic_path
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:

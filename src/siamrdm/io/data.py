@@ -38,9 +38,9 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from .errors import ConfigError
-from .errors import DataError as DataError  # re-exported: most callers know it from here
-from .rdm import square_rdm, upper_tri
+from ..errors import ConfigError
+from ..errors import DataError as DataError  # re-exported: most callers know it from here
+from ..rdm.core import square_rdm, upper_tri
 
 DATA_ENV_VAR = "SIAMRDM_DATA"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -884,7 +884,7 @@ def _rsatoolbox_rows(path: Path, rdms: dict[str, np.ndarray], names: Sequence[st
 
 def _write_rsatoolbox(path: Path, rows: dict[str, np.ndarray], measure: str) -> None:
     """rsatoolbox's RDMs HDF5 layout (see above), the image names as the 'images' pattern descriptor."""
-    from . import __version__
+    from .. import __version__
 
     with h5py.File(path, "w") as f:
         f.attrs["dissimilarity_measure"] = measure

@@ -27,10 +27,7 @@ import h5py
 import numpy as np
 import torch
 
-from .augment import augment_batch, image_generator
-from .backbones import images_to_tensor
-from .config import TrainConfig
-from .data import (
+from ..io.data import (
     IMAGE_SUFFIXES,
     MIN_IMAGES,
     RSATOOLBOX_SUFFIXES,
@@ -49,8 +46,11 @@ from .data import (
     rdm_grouping,
     validate_rdms,
 )
-from .rdm import rank_unit, upper_tri
-from .scoring import NO_CEILINGS, Ceilings, dot_vectors, score_record, vector_ceilings
+from ..model.backbones import images_to_tensor
+from ..rdm.core import rank_unit, upper_tri
+from ..rdm.scoring import NO_CEILINGS, Ceilings, dot_vectors, score_record, vector_ceilings
+from .augment import augment_batch, image_generator
+from .config import TrainConfig
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 BLOCK_VALUES = 2**22  # values per subject read at a time: 16 MB of float32
@@ -436,8 +436,8 @@ def make_large_set(source: str | os.PathLike | list, out_dir: str | os.PathLike,
     correlation distance (1 - Pearson r) of efficientnet_lite0's `stage` features plus Gaussian noise of
     `noise` times the RDM's standard deviation per subject. `out_dir/answer.json` says how it was made and
     what knowing the stage scores on all pairs. Deterministic in `seed`."""
-    from .backbones import create_body
-    from .files import atomic_path, write_text
+    from ..io.files import atomic_path, write_text
+    from ..model.backbones import create_body
 
     out = Path(out_dir)
     folders = [Path(f) for f in (source if isinstance(source, list | tuple) else [source])]

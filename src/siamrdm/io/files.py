@@ -32,7 +32,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 LOCK_NAME = ".siamrdm.lock"
 MARKER_NAME = ".siamrdm-run.json"

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import TrainingDiverged
+from ..io.data import BrainDataset
+from ..io.progress import Progress
+from ..io.tables import number
+from ..rdm.splits import MIN_SPLIT_IMAGES, fold_splits
 from .config import TrainConfig
-from .data import BrainDataset
-from .errors import TrainingDiverged
-from .progress import Progress
-from .splits import MIN_SPLIT_IMAGES, fold_splits
-from .tables import number
-from .train import Trainer, validated_gain
+from .fullbatch import Trainer, validated_gain
 
 
 def validation_curves(config: TrainConfig, splits: dict[str, tuple[BrainDataset, BrainDataset]],

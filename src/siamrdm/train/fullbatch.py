@@ -23,8 +23,25 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import TrainingDiverged as TrainingDiverged
+from ..io.data import BrainDataset, DataError, ImageSet, group_average, subject_rdms, target_key
+from ..io.files import run_folder, run_mode
+from ..model.backbones import create_body, images_to_tensor
+from ..model.network import (
+    SiameseRDMNet,
+    all_pairs,
+    all_pairs_correlation_loss,
+    all_pairs_loss,
+    all_pairs_outputs,
+    head_config,
+)
+from ..model.prior import PriorFit, fit_prior, prior_vector, stage_rdms
+from ..rdm.core import rescale, square_rdm, upper_tri
+from ..rdm.scoring import score_row
+from ..rdm.scoring_torch import spearman_torch, standardised_ranks_torch
+from ..rdm.splits import split_holdout as split_holdout  # re-exported: callers of siamrdm.train split here too
+from ..rdm.splits import subset as subset
 from .augment import augment_batch, crop_flip, draw_boxes, image_generator
-from .backbones import create_body, images_to_tensor
 from .checkpoint import load_checkpoint as load_checkpoint  # re-exported: tests and callers read checkpoints here
 from .checkpoint import load_run_state, reading
 from .config import PRESETS as PRESETS  # re-exported: callers of siamrdm.train find the run's settings here too
@@ -34,20 +51,10 @@ from .config import check_config as check_config
 from .config import config_from_dict as config_from_dict
 from .config import config_from_preset as config_from_preset
 from .config import pick_device as pick_device
-from .data import BrainDataset, DataError, ImageSet, group_average, subject_rdms, target_key
-from .errors import TrainingDiverged as TrainingDiverged
-from .files import run_folder, run_mode
 from .loop import TRAINING_MUST_BEAT_ZERO_BY_SE as TRAINING_MUST_BEAT_ZERO_BY_SE
 from .loop import FitResult, TrainingLoop
 from .loop import selection_score as selection_score
 from .loop import validated_gain as validated_gain
-from .model import SiameseRDMNet, all_pairs, all_pairs_correlation_loss, all_pairs_loss, all_pairs_outputs, head_config
-from .prior import PriorFit, fit_prior, prior_vector, stage_rdms
-from .rdm import rescale, square_rdm, upper_tri
-from .scoring import score_row
-from .scoring_torch import spearman_torch, standardised_ranks_torch
-from .splits import split_holdout as split_holdout  # re-exported: callers of siamrdm.train split here too
-from .splits import subset as subset
 
 # --------------------------------------------------------------------------- data for training
 
@@ -223,7 +230,7 @@ class FullBatchStep:
             raise DataError("no training sets given")
         if config.pair_mode != "factorised":
             raise ConfigError("pair_mode", f"training runs pair-factorised, not {config.pair_mode!r} (the naive "
-                                           "per-pair mode is a benchmark's: siamrdm.bench)")
+                                           "per-pair mode is a benchmark's: siamrdm.pipelines.bench)")
         self.config = config
         self.device = pick_device(config.device)
         self.model = build_model(config, self.device)

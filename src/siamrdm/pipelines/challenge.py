@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import plots, scoring, tables
-from .config import TrainConfig, check_config, pick_device
-from .data import (
+from ..errors import ConfigError
+from ..io import tables
+from ..io.data import (
     TARGETS,
     TRAINING_SETS,
     BrainDataset,
@@ -39,21 +39,23 @@ from .data import (
     save_rdms,
     validate_rdms,
 )
-from .errors import ConfigError
-from .files import check_run_folder, json_safe, run_folder, run_mode, write_text
-from .predict import fit_predictor
-from .progress import Progress
-from .rdm import square_rdm
-from .reliability import report_reliability
-from .report import write_report
-from .selection import (
+from ..io.files import check_run_folder, json_safe, run_folder, run_mode, write_text
+from ..io.progress import Progress
+from ..rdm import scoring
+from ..rdm.core import square_rdm
+from ..rdm.reliability import report_reliability
+from ..rdm.splits import cross_set_splits, fold_splits
+from ..train.config import TrainConfig, check_config, pick_device
+from ..train.predict import fit_predictor
+from ..train.selection import (
     SELECTION_FOLDS,
     choose_epochs,
     naming_the_fit,
     validation_curves,
     with_epochs,
 )
-from .splits import cross_set_splits, fold_splits
+from . import plots
+from .report import write_report
 
 SUBMISSION_FILES = {"submit_fmri.mat": ("EVC", "IT"), "submit_meg.mat": ("MEG_early", "MEG_late")}
 VALIDATION_COLUMNS = tables.SCORE_COLUMNS

@@ -17,15 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbones import images_to_tensor
+from ..io.data import IMAGE_ORDER_FILE, BrainDataset, DataError, ImageSet, target_key
+from ..io.files import check_same_settings, json_safe, run_folder, run_mode, write_text
+from ..model.backbones import images_to_tensor
+from ..model.network import SiameseRDMNet
+from ..model.prior import PriorFit
 from .checkpoint import check_tensors, finite, load_checkpoint, reading, save_checkpoint
 from .config import TrainConfig, check_config, config_from_dict, pick_device
-from .data import IMAGE_ORDER_FILE, BrainDataset, DataError, ImageSet, target_key
-from .files import check_same_settings, json_safe, run_folder, run_mode, write_text
+from .fullbatch import build_model, feature_views, fit, predict_rdms, prior_rdms, split_holdout
 from .loop import seed_summary
-from .model import SiameseRDMNet
-from .prior import PriorFit
-from .train import build_model, feature_views, fit, predict_rdms, prior_rdms, split_holdout
 
 MODEL_FORMAT = "siamrdm-predictor-1"
 
@@ -140,7 +140,7 @@ class RDMPredictor:
 def _read_priors(saved: dict, config: TrainConfig, path: str | os.PathLike) -> dict[str, PriorFit]:
     """A model file's priors: one per target, on stages the backbone has, with finite numbers (a NaN scale would
     make every prediction NaN)."""
-    from .backbones import backbone_stages
+    from ..model.backbones import backbone_stages
 
     if not isinstance(saved, dict):
         raise TypeError(f"priors must be a dict, got {type(saved).__name__}")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data import BrainDataset, ImageSet
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..io.data import BrainDataset, ImageSet
 
 MIN_SPLIT_IMAGES = 3
 

@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from ..io.data import DataError, ImageSet
+from ..rdm.core import rank_unit, upper_tri
 from . import baselines
 from .backbones import backbone_stages, create_body
-from .data import DataError, ImageSet
-from .rdm import rank_unit, upper_tri
 
 PRIORS = ("none", "layer", "nnls")
 _CACHE: dict[tuple, dict[str, np.ndarray]] = {}

@@ -26,13 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import augment_batch
-from .config import TrainConfig, check_config, config_from_preset, pick_device
-from .data import TRAINING_SETS, BrainDataset, load_algonauts_set
-from .errors import ConfigError
-from .loop import peak_rss_mb as peak_rss_mb  # re-exported: the benchmarks read memory here
-from .model import SiameseHead, SiameseRDMNet, all_pairs, all_pairs_loss
-from .train import Trainer, body_features, split_holdout, subset
+from ..errors import ConfigError
+from ..io.data import TRAINING_SETS, BrainDataset, load_algonauts_set
+from ..model.network import SiameseHead, SiameseRDMNet, all_pairs, all_pairs_loss
+from ..train.augment import augment_batch
+from ..train.config import TrainConfig, check_config, config_from_preset, pick_device
+from ..train.fullbatch import Trainer, body_features, split_holdout, subset
+from ..train.loop import peak_rss_mb as peak_rss_mb  # re-exported: the benchmarks read memory here
 
 HEAD_SIZES = (100, 1000, 3000, 10000)
 # The head-scaling epoch holds every pair's target and every image's features: 20,000 images take about 2.5 GB.
@@ -356,7 +356,7 @@ def naive_body_seconds(trainer: Trainer, repeats: int = 3) -> float:
 
 def feature_shape(backbone: str, stage: str | None = None, image_size: int = 224) -> tuple[int, int, int]:
     """(C, H, W) of a backbone's features at a stage (random weights: only the shape is wanted)."""
-    from .backbones import create_body
+    from ..model.backbones import create_body
 
     return create_body(backbone, "random", stage).output_shape(image_size)
 
@@ -401,7 +401,7 @@ def bench_head_scaling(sizes: tuple[int, ...] = HEAD_SIZES, shape: tuple[int, in
     """`head_epoch` for each size, each in a fresh process (its own peak memory); small sizes repeated."""
     rows = []
     for n in sizes:
-        args = [sys.executable, "-m", "siamrdm.bench", "--n", str(n), "--shape", ",".join(map(str, shape)),
+        args = [sys.executable, "-m", "siamrdm.pipelines.bench", "--n", str(n), "--shape", ",".join(map(str, shape)),
                 "--device", device, "--repeats", str(3 if n <= 1000 else 1)]
         if threads:
             args += ["--threads", str(threads)]
@@ -502,8 +502,8 @@ def format_report(result: dict) -> str:
 
 
 def _worker(argv: list[str] | None = None) -> int:
-    """`python -m siamrdm.bench --n N ...`: one head epoch in this process, printed as JSON (for peak memory)."""
-    p = argparse.ArgumentParser(prog="python -m siamrdm.bench")
+    """`python -m siamrdm.pipelines.bench --n N ...`: one head epoch in this process, as JSON (for peak memory)."""
+    p = argparse.ArgumentParser(prog="python -m siamrdm.pipelines.bench")
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--shape", default="256,6,6", help="C,H,W of the features")
     p.add_argument("--device", default="auto")

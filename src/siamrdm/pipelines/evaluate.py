@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import baselines, plots, tables
-from .data import (
+from ..io import tables
+from ..io.data import (
     IMAGE_ORDER_FILE,
     TARGET_NAMES,
     TRAINING_SETS,
@@ -43,12 +43,14 @@ from .data import (
     save_rdms,
     target_key,
 )
-from .files import atomic_path, json_safe, write_text
-from .progress import Phases, Progress
-from .scoring import NO_CEILING_NOTE, mean_summary, paired_rows, score_with_ceiling
-from .splits import direction_label, fold_splits
-from .tables import fmt
-from .train import TrainConfig, config_from_preset
+from ..io.files import atomic_path, json_safe, write_text
+from ..io.progress import Phases, Progress
+from ..io.tables import fmt
+from ..model import baselines
+from ..rdm.scoring import NO_CEILING_NOTE, mean_summary, paired_rows, score_with_ceiling
+from ..rdm.splits import direction_label, fold_splits
+from ..train.fullbatch import TrainConfig, config_from_preset
+from . import plots
 
 METHODS = ("siamese", "layers", "regression")
 COLUMNS = tables.SCORE_COLUMNS
@@ -104,8 +106,8 @@ def _predict(result: Evaluation, method: str, target: str, direction: str, train
     the prediction, and what a baseline chose. `stages` holds both sets' stage RDMs (by set name). The Siamese
     network's epoch count is chosen as the challenge chooses it (selection.select_epochs), on folds of `train`
     alone: nested inside each of evaluate's own folds, so the held-out images choose nothing."""
-    from .predict import fit_predict  # the model issue's training code; imported late to keep this module light
-    from .selection import select_epochs, with_epochs
+    from ..train.predict import fit_predict  # the model issue's training code; imported late to keep this module light
+    from ..train.selection import select_epochs, with_epochs
 
     subjects = test.targets[target]
     detail, epochs = "", None
@@ -165,7 +167,7 @@ def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
 
     stage_rdms: dict[str, dict[str, np.ndarray]] = {}
     if baselines_too:
-        from .prior import stage_rdms as cached_stage_rdms  # the prior's per-process cache of stage RDMs
+        from ..model.prior import stage_rdms as cached_stage_rdms  # the prior's per-process cache of stage RDMs
 
         phases.start(f"stage RDMs of {config.backbone} for {', '.join(d.name for d in sets)}")
         start = time.perf_counter()
@@ -197,7 +199,7 @@ def evaluate_folds(dataset: BrainDataset, folds: int = 5, methods: tuple[str, ..
     Rows are ordered by method, target, fold ('fold 1', ...); `held_out` maps each fold to its images. With
     `progress`, phase lines on stderr ('evaluate [2/5] fold 2: siamese V4') and bars on a terminal.
     """
-    from .prior import stage_rdms
+    from ..model.prior import stage_rdms
 
     progress = Progress.of(progress, "evaluate")
     config = config or config_from_preset("quick")

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import TrainingDiverged
+from ..io.files import atomic_path
+from ..io.tables import number
+from ..model.network import SiameseRDMNet
+from ..model.prior import PriorFit
 from .checkpoint import save_checkpoint
 from .config import ConfigError, TrainConfig, config_from_dict
-from .errors import TrainingDiverged
-from .files import atomic_path
-from .model import SiameseRDMNet
-from .prior import PriorFit
-from .tables import number
 
 
 class Step(Protocol):

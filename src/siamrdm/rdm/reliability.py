@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data
-from .data import subject_rdms
-from .rdm import upper_tri
+from ..io import data
+from ..io.data import subject_rdms
+from .core import upper_tri
 from .scoring import ceilings_for, dot_vectors
 
 UNRELIABLE_BELOW = 0.25  # Spearman-Brown split-half reliability of the group-mean RDM

@@ -27,11 +27,11 @@ import os
 import stat
 from pathlib import Path
 
+from ..io.data import DataError
+from ..io.files import check_output_file, write_text
+from ..io.tables import PAIRED_NOTE, chance_ranking, flag, number, paired_table, ranking_table, score_table, summary
+from ..rdm.scoring import paired_rows
 from . import plots
-from .data import DataError
-from .files import check_output_file, write_text
-from .scoring import paired_rows
-from .tables import PAIRED_NOTE, chance_ranking, flag, number, paired_table, ranking_table, score_table, summary
 
 SETTINGS_FILES = ("settings.json", "config.json")
 SCORE_COLUMNS = {"method", "target", "pct_nc"}  # what makes a CSV a score table

@@ -16,11 +16,11 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from .backbones import create_body
-from .errors import ConfigError as ConfigError
-from .model import head_config
-from .prior import PRIORS
-from .scoring import SEED_LIMIT as SEED_LIMIT  # torch-free there, for the command line
+from ..errors import ConfigError as ConfigError
+from ..model.backbones import create_body
+from ..model.network import head_config
+from ..model.prior import PRIORS
+from ..rdm.scoring import SEED_LIMIT as SEED_LIMIT  # torch-free there, for the command line
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Assertions and settings shared by the test modules (pytest puts tests/ on sys.path)."""
+"""Assertions and settings shared by the test modules (pyproject puts tests/ on pytest's sys.path)."""
 
 from __future__ import annotations
 

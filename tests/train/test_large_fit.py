@@ -21,7 +21,7 @@ from siamrdm.train.checkpoint import load_checkpoint, save_checkpoint
 from siamrdm.train.config import config_from_dict
 from siamrdm.train.distributed import BatchSettings, MiniBatchTrainer, read_targets
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # A small body and head at 32 px: efficientnet_lite0's blocks2 (40 x 4 x 4 maps), the pairwise head.
 SMALL = ["--stage", "blocks2", "--head", "pairwise", "--image-size", "32", "--device", "cpu", "--quiet"]
 

@@ -108,7 +108,8 @@ class AnonPeak:
 
 def run_case(workdir: Path, case: str, threads: int = 1) -> dict:
     """Time one case in this process (see the module docstring)."""
-    from siamrdm import data, scoring
+    from siamrdm.io import data
+    from siamrdm.rdm import scoring
 
     paths = _paths(workdir, case)
     out: dict = {"case": case, "pairs": CASES[case][0] * (CASES[case][0] - 1) // 2, "subjects": CASES[case][1]}

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from siamrdm.bench import Clock, body_gflop, factorised_breakdown, machine, matmul_gflops
-from siamrdm.data import TARGET_NAMES, load_algonauts_set
+from siamrdm.io.data import TARGET_NAMES, load_algonauts_set
+from siamrdm.pipelines.bench import Clock, body_gflop, factorised_breakdown, machine, matmul_gflops
 from siamrdm.train import TrainConfig, Trainer, config_from_preset, subset
 
 SETTINGS = {f.name for f in fields(TrainConfig)}
@@ -161,9 +161,9 @@ def part_epochs(args, sets: dict, device: torch.device, levers: list[str]) -> di
 
 
 def part_accuracy(args, sets: dict, device: torch.device) -> dict:
-    from siamrdm.challenge import run_jobs
-    from siamrdm.selection import validation_curves
-    from siamrdm.splits import cross_set_splits
+    from siamrdm.pipelines.challenge import run_jobs
+    from siamrdm.rdm.splits import cross_set_splits
+    from siamrdm.train.selection import validation_curves
 
     splits = cross_set_splits(sets)
     rows, walls = {}, {}
@@ -224,10 +224,10 @@ def part_ops(args, sets: dict, device: torch.device) -> dict:
     """The two CPU-side levers on their own, old and new alternating in one process (robust to a busy
     machine): one epoch's augmentation of the 92 + 118 images, and one validation's scoring of a 118-image
     RDM (4 targets) with the numpy metric against the torch one."""
-    from siamrdm.augment import augment_batch
     from siamrdm.rdm import upper_tri
-    from siamrdm.scoring import score_row, score_with_ceiling
-    from siamrdm.scoring_torch import spearman_torch, standardised_ranks_torch
+    from siamrdm.rdm.scoring import score_row, score_with_ceiling
+    from siamrdm.rdm.scoring_torch import spearman_torch, standardised_ranks_torch
+    from siamrdm.train.augment import augment_batch
 
     config = base_config(args, targets=tuple(TARGET_NAMES))
     trainer = Trainer(config, list(sets.values()), [sets["118"]], progress=False)
@@ -281,7 +281,7 @@ def main() -> None:
     args = p.parse_args()
     if args.dry:
         args.epochs, args.warmup, args.repeats, args.accuracy_epochs, args.jobs = 2, 1, 1, 2, 2
-    from siamrdm.config import pick_device
+    from siamrdm.train.config import pick_device
 
     device = pick_device(args.device)
     out = Path(args.out)

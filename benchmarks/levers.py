@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from siamrdm.data import TARGET_NAMES, load_algonauts_set
-from siamrdm.selection import choose_epochs, fold_curve, validation_curves
-from siamrdm.splits import cross_set_splits, fold_splits
+from siamrdm.io.data import TARGET_NAMES, load_algonauts_set
+from siamrdm.rdm.splits import cross_set_splits, fold_splits
 from siamrdm.train import config_from_preset
+from siamrdm.train.selection import choose_epochs, fold_curve, validation_curves
 
 # name -> (TrainConfig overrides, seeds). "base" is the quick preset as it was before these levers (no prior).
 LEVERS: dict[str, tuple[dict, tuple[int, ...]]] = {

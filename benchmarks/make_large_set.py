@@ -5,7 +5,7 @@
 writes OUT/images.h5 ((N, S, S, 3) uint8, dataset 'images'), OUT/rdms.npy ((subjects, N(N-1)/2) float32, condensed
 upper triangles) and OUT/answer.json. The subjects' RDMs are the correlation distance of EfficientNet-Lite0's
 `--stage` features plus Gaussian noise (`--noise` times the RDM's SD), so a benchmark knows what a model that found
-the stage would score (answer.json: truth_score_on_sampled_pairs). See siamrdm.largeset.make_large_set.
+the stage would score (answer.json: truth_score_on_sampled_pairs). See siamrdm.train.largeset.make_large_set.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from siamrdm.largeset import make_large_set
+from siamrdm.train.largeset import make_large_set
 
 
 def main() -> None:

@@ -22,11 +22,11 @@ import os
 
 import numpy as np
 
-from siamrdm import baselines, prior
-from siamrdm.backbones import BACKBONES
-from siamrdm.data import TARGET_NAMES, load_algonauts_set
-from siamrdm.scoring import score_with_ceiling
-from siamrdm.splits import fold_indices
+from siamrdm.io.data import TARGET_NAMES, load_algonauts_set
+from siamrdm.model import baselines, prior
+from siamrdm.model.backbones import BACKBONES
+from siamrdm.rdm.scoring import score_with_ceiling
+from siamrdm.rdm.splits import fold_indices
 
 BODIES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 KINDS = ("layer", "nnls")

@@ -26,8 +26,8 @@ import h5py
 import numpy as np
 from scipy.io import loadmat
 
-from siamrdm import largeset
 from siamrdm.cli import main as siamrdm_main
+from siamrdm.train import largeset
 
 SMALL = ["--image-size", "64", "--device", "cpu", "--quiet"]
 # Columns and keys whose values are timings or run identities, not results.

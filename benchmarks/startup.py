@@ -65,7 +65,7 @@ def heavy_imports(args: list[str], env: dict[str, str]) -> str:
 
 MAKE_SUBMISSION = """
 import sys
-from siamrdm import data
+from siamrdm.io import data
 subjects = data.load_rdm_dict(sys.argv[1])
 data.save_rdms(sys.argv[2], {k: v.mean(axis=0) for k, v in subjects.items()})
 """
@@ -145,7 +145,7 @@ def main() -> int:
               f"{row['peak_rss_mb_median']:.0f} | {row['peak_rss_mb_beyond_python']:.0f} | {row['heavy_imports']} |")
     if args.out:  # after the runs: the JSON is written with this tree's siamrdm
         sys.path.insert(0, str(REPO / "src"))
-        from siamrdm.files import write_text
+        from siamrdm.io.files import write_text
 
         write_text(args.out, json.dumps(result, indent=2, allow_nan=False))
     return 0

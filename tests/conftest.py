@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from siamrdm import data
-from siamrdm.data import DATA_ENV_VAR, load_rdms
+from siamrdm.io import data
+from siamrdm.io.data import DATA_ENV_VAR, load_rdms
 from siamrdm.rdm import rdm_from_features
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Assertions and settings shared by the test modules (pytest puts tests/ on sys.path)."""
+"""Assertions and settings shared by the test modules (pyproject puts tests/ on pytest's sys.path)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 def fast_config(**overrides):
     """A small, fast training configuration: the paper's AlexNet body with random weights, at the smallest size
     conv5 allows, 2 frozen epochs on the CPU."""
-    from siamrdm.config import TrainConfig
+    from siamrdm.train.config import TrainConfig
 
     values = dict(backbone="alexnet", weights="random", image_size=128, augment=False, body_chunk=5, lr=1e-3,
                   frozen_epochs=2, unfrozen_epochs=0, device="cpu")

@@ -16,8 +16,9 @@ from helpers import assert_one_line_error
 from helpers import run_cli as run_main
 from scipy import stats
 
-from siamrdm import cli, data, scoring, tables
-from siamrdm.rdm import upper_tri
+from siamrdm import cli
+from siamrdm.io import data, tables
+from siamrdm.rdm import scoring, upper_tri
 
 ROW_FIELDS = {*tables.SCORE_FIELDS, "method"}  # the score record and the comparison method
 

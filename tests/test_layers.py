@@ -10,32 +10,57 @@ import siamrdm
 
 PACKAGE = Path(siamrdm.__file__).parent
 
-# Lowest first. A module may import modules of its own layer or any layer below it, never above.
+# Lowest first. A module may import modules of its own layer or any layer below it, never above. Modules are named
+# by their dotted path in the package; a subpackage's __init__ counts as its package ("rdm" re-exports rdm.core,
+# "model" model.network, "train" train.fullbatch; "io" and "pipelines" import nothing).
 LAYERS = [
-    {"__init__", "errors", "rdm", "scoring_torch", "progress"},  # no siamrdm imports (the package's API loads lazily)
-    {"files", "backbones"},  # writing files safely; the pretrained bodies
-    {"tables", "data", "model"},  # tables and JSON; reading datasets and RDM files; the network
-    {"scoring", "splits", "baselines", "prior", "reliability"},  # RDM comparison, ceilings, chance; splits
-    {"config", "augment", "checkpoint", "plots"},  # a run's settings and files; charts
-    {"loop"},  # the one training loop
-    {"train", "largeset"},  # full-batch and large-set data for the loop
-    {"predict", "bench", "report", "selection"},
-    {"distributed", "evaluate"},
-    {"challenge"},
+    # no siamrdm imports (the package's API loads lazily)
+    {"__init__", "errors", "rdm.core", "rdm", "rdm.scoring_torch", "io.progress", "io", "pipelines"},
+    {"io.files", "model.backbones"},  # writing files safely; the pretrained bodies
+    {"io.tables", "io.data", "model.network", "model"},  # tables and JSON; reading datasets and RDM files; the network
+    {"rdm.scoring", "rdm.splits", "model.baselines", "model.prior", "rdm.reliability"},  # the metric, ceilings; splits
+    {"train.config", "train.augment", "train.checkpoint", "pipelines.plots"},  # a run's settings and files; charts
+    {"train.loop"},  # the one training loop
+    {"train.fullbatch", "train", "train.largeset"},  # full-batch and large-set data for the loop
+    {"train.predict", "pipelines.bench", "pipelines.report", "train.selection"},
+    {"train.distributed", "pipelines.evaluate"},
+    {"pipelines.challenge"},
     {"cli", "__main__"},
 ]
 
 
+def module_name(path: Path) -> str:
+    """A file's dotted name in the package: "rdm.scoring", "cli"; a subpackage's __init__.py is the package."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    if len(parts) > 1 and parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imported(node: ast.ImportFrom, name: str, is_package: bool, modules: set[str]) -> set[str]:
+    """The siamrdm modules a relative `from ... import` in module `name` names: the one it imports from, and the
+    imported names that are submodules (`from ..io import data`: io and io.data). The module's own package, which
+    `from . import x` names, is left out: it is always imported first (and __version__ is a name, not a module)."""
+    parts = [] if name == "__init__" else name.split(".")
+    package = parts if is_package else parts[:-1]  # the package the file is in ([] for the top level)
+    assert node.level - 1 <= len(package), f"{name}: a relative import above the package"
+    stem = package[: len(package) - node.level + 1] + (node.module.split(".") if node.module else [])
+    found = {".".join(stem) or "__init__"} | {".".join([*stem, alias.name]) for alias in node.names}
+    return (found & modules) - {".".join(package) or "__init__"}
+
+
 def imports() -> dict[str, set[str]]:
-    """module -> the siamrdm modules it imports (relative imports, at module level or inside functions)."""
-    modules = {path.stem for path in PACKAGE.glob("*.py")}
+    """module -> the siamrdm modules it imports (relative imports of any level, at module level or in functions)."""
+    paths = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(path) for path in paths}
     graph = {}
-    for path in PACKAGE.glob("*.py"):
+    for path in paths:
+        name = module_name(path)
         found = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                found |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
-        graph[path.stem] = found & modules  # `from . import __version__` takes a name, not a module
+            if isinstance(node, ast.ImportFrom) and node.level >= 1:
+                found |= imported(node, name, path.name == "__init__.py" and name != "__init__", modules)
+        graph[name] = found
     return graph
 
 

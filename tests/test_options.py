@@ -26,11 +26,12 @@ import pytest
 import torch
 from helpers import assert_one_line_error, run_cli
 
-from siamrdm import cli, data
-from siamrdm.config import ConfigError
-from siamrdm.distributed import init_from_env
+from siamrdm import cli
+from siamrdm.io import data
 from siamrdm.rdm import upper_tri
-from siamrdm.splits import holdout_indices
+from siamrdm.rdm.splits import holdout_indices
+from siamrdm.train.config import ConfigError
+from siamrdm.train.distributed import init_from_env
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ("--epochs", "1", "--image-size", "64", "--weights", "random", "--no-augment", "--quiet", "--device", "cpu",

@@ -10,8 +10,8 @@ import pytest
 from helpers import assert_one_line_error, run_cli
 from PIL import Image
 
-from siamrdm import data
-from siamrdm.splits import fold_splits
+from siamrdm.io import data
+from siamrdm.rdm.splits import fold_splits
 
 N_IMAGES = 12
 NATURAL = [f"img{k}.png" for k in range(1, N_IMAGES + 1)]  # as plain strings img1, img10, img11, img12, img2, ...
@@ -104,7 +104,7 @@ def make_own_data(root: Path, subjects: int = 4, noise: float = 0.3) -> tuple[Pa
     """img1..img12 and their subjects' RDMs from a known model: the 'blocks2' stage RDM of a fixed (seeded)
     random EfficientNet-Lite0 at 64 px, plus independent noise per subject; saved as an rsatoolbox RDMs file
     that names the images. Returns (image folder, RDM file)."""
-    from siamrdm.prior import stage_rdms
+    from siamrdm.model.prior import stage_rdms
     from siamrdm.rdm import rdm_from_features
 
     folder = write_images(root / "images")
@@ -121,9 +121,9 @@ def untrained_fold_r2(dataset: data.BrainDataset, folds: int, config) -> list[fl
     images' feature statistics, so it is the network `fit` starts from."""
     from dataclasses import replace
 
-    from siamrdm.predict import RDMPredictor
-    from siamrdm.scoring import score_rdm
+    from siamrdm.rdm.scoring import score_rdm
     from siamrdm.train import Trainer
+    from siamrdm.train.predict import RDMPredictor
 
     untrained = replace(config, prior="none")
     scores = []
@@ -141,7 +141,7 @@ def test_done_when_own_data_through_the_cli(tmp_path: Path, capsys) -> None:
     import csv
     import json
 
-    from siamrdm.scoring import noise_ceiling
+    from siamrdm.rdm.scoring import noise_ceiling
     from siamrdm.train import config_from_preset
 
     folder, rdms = make_own_data(tmp_path)
@@ -253,7 +253,7 @@ def test_single_group_rdm_has_no_ceiling_and_says_so(tmp_path: Path, capsys) -> 
 def test_score_with_another_method(tmp_path: Path, capsys) -> None:
     import json
 
-    from siamrdm import scoring
+    from siamrdm.rdm import scoring
 
     _, rdms = make_own_data(tmp_path)
     subjects = data.load_rdms(rdms)
@@ -311,7 +311,7 @@ def test_api_is_importable_from_the_package() -> None:
 
     import siamrdm
 
-    undocumented = {"__version__", "COMPARISON_METHODS", "config_from_preset"}  # the last lives in train.py
+    undocumented = {"__version__", "COMPARISON_METHODS", "config_from_preset"}  # the last lives in train/config.py
     for name in siamrdm.__all__:
         value = getattr(siamrdm, name)
         assert name in undocumented or value.__doc__, name

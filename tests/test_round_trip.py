@@ -13,8 +13,8 @@ import pytest
 from helpers import assert_one_line_error, run_cli
 from PIL import Image
 
-from siamrdm import data, scoring
-from siamrdm.rdm import rdm_from_features, upper_tri
+from siamrdm.io import data
+from siamrdm.rdm import rdm_from_features, scoring, upper_tri
 
 N_IMAGES, SUBJECTS, SESSIONS = 12, 3, 2
 STEMS = [f"obj{k}" for k in range(1, N_IMAGES + 1)]
@@ -192,8 +192,8 @@ def test_batch_images_take_square_rdms(own: dict[str, Path], tmp_path: Path, cap
     their condensed upper triangles: the same model to the last bit."""
     import scipy.io
 
-    from siamrdm.checkpoint import load_checkpoint
-    from siamrdm.largeset import CondensedRDMs
+    from siamrdm.train.checkpoint import load_checkpoint
+    from siamrdm.train.largeset import CondensedRDMs
 
     square = np.load(own["npy"]).mean(axis=1)  # one RDM per subject
     np.save(tmp_path / "condensed.npy", upper_tri(square))

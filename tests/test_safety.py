@@ -22,9 +22,11 @@ import torch
 from helpers import assert_one_line_error
 from helpers import run_cli as run_main
 
-from siamrdm import cli, data, files, scoring, train
-from siamrdm.data import DataError
-from siamrdm.predict import MODEL_FORMAT
+from siamrdm import cli, train
+from siamrdm.io import data, files
+from siamrdm.io.data import DataError
+from siamrdm.rdm import scoring
+from siamrdm.train.predict import MODEL_FORMAT
 
 FAST = ("--epochs", "1", "--image-size", "64", "--weights", "random", "--no-augment", "--quiet", "--device", "cpu")
 
@@ -373,8 +375,8 @@ def test_computed_ceilings_are_cached_by_content(make_rdms) -> None:
 
 
 def test_a_prior_whose_weights_file_changed_is_refused(tmp_path: Path, evc92: data.BrainDataset) -> None:
-    from siamrdm.backbones import create_body
-    from siamrdm.predict import RDMPredictor, fit_predictor
+    from siamrdm.model.backbones import create_body
+    from siamrdm.train.predict import RDMPredictor, fit_predictor
 
     weights = tmp_path / "w.pth"
     torch.manual_seed(0)

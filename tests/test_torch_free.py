@@ -1,4 +1,4 @@
-"""`siamrdm.scoring`, `data` and `reliability` load without torch: `score`, `noise-ceiling` and the
+"""`siamrdm.rdm.scoring`, `io.data` and `rdm.reliability` load without torch: `score`, `noise-ceiling` and the
 reliability summary need no network (a subprocess whose import of torch fails)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class NoTorch:
 
 sys.meta_path.insert(0, NoTorch())
 import numpy as np
-from siamrdm import reliability, scoring
+from siamrdm.rdm import reliability, scoring
 rdms = np.random.default_rng(0).random((4, 6, 6))
 rdms = (rdms + rdms.transpose(0, 2, 1)) / 2
 for r in rdms:
@@ -107,7 +107,7 @@ def test_training_help_still_has_its_deferred_options() -> None:
 def test_score_noise_ceiling_and_data_info_run_without_torch(tmp_path: Path, data_root: Path) -> None:
     """Real `score`, `noise-ceiling` and `data-info` on the Algonauts data, with torch blocked: each succeeds,
     prints its figures, and torch is never even tried."""
-    from siamrdm import data
+    from siamrdm.io import data
 
     target = data_root / "Training_Data" / "92_Image_Set" / "target_fmri.mat"
     subjects = data.load_rdm_dict(target)

@@ -1,8 +1,9 @@
 """siamrdm: predict brain RDMs from images with end-to-end trained Siamese networks.
 
-Modules, in the order a reader meets them: data (images and RDM files), rdm (upper triangles, ranks),
-scoring (the Algonauts 2019 metric and noise ceilings), backbones (pretrained bodies), model (the Siamese
-network), train (fitting), predict (RDMs and submissions), baselines, plots, report, bench, cli.
+Folders, in the order a reader meets them: io (images, RDM files, tables, run folders), rdm (upper triangles,
+ranks, the Algonauts 2019 metric and noise ceilings, reliability, splits), model (pretrained bodies, the Siamese
+network, baselines, the prior), train (settings, the training loop, fitting, predictors), pipelines (challenge,
+evaluation, report, plots, bench); then cli, the command line.
 
 The functions a notebook needs are importable from here (see README, "Your own data"):
 
@@ -20,18 +21,21 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it.
 _API = {
     # images and RDM files
-    "load_image_set": "data", "load_rdms": "data", "load_rdm_dict": "data", "load_dataset": "data",
-    "read_image_order": "data", "save_rdms": "data", "ImageSet": "data", "BrainDataset": "data",
-    "DataError": "data",
+    "load_image_set": "io.data", "load_rdms": "io.data", "load_rdm_dict": "io.data", "load_dataset": "io.data",
+    "read_image_order": "io.data", "save_rdms": "io.data", "ImageSet": "io.data", "BrainDataset": "io.data",
+    "DataError": "io.data",
     # training and prediction
-    "TrainConfig": "train", "config_from_preset": "train", "fit_predictor": "predict", "RDMPredictor": "predict",
+    "TrainConfig": "train.fullbatch", "config_from_preset": "train.fullbatch",
+    "fit_predictor": "train.predict", "RDMPredictor": "train.predict",
     # scoring
-    "score_rdm": "scoring", "score_with_ceiling": "scoring", "noise_ceiling": "scoring", "compare_rdms": "scoring",
-    "COMPARISON_METHODS": "scoring", "score_condensed": "scoring", "noise_ceiling_condensed": "scoring",
-    "score_submission": "scoring", "submission_frame": "scoring", "noise_ceilings": "scoring",
-    "paired_test": "scoring", "paired_rows": "scoring", "to_rsatoolbox": "data",
+    "score_rdm": "rdm.scoring", "score_with_ceiling": "rdm.scoring", "noise_ceiling": "rdm.scoring",
+    "compare_rdms": "rdm.scoring", "COMPARISON_METHODS": "rdm.scoring", "score_condensed": "rdm.scoring",
+    "noise_ceiling_condensed": "rdm.scoring", "score_submission": "rdm.scoring", "submission_frame": "rdm.scoring",
+    "noise_ceilings": "rdm.scoring", "paired_test": "rdm.scoring", "paired_rows": "rdm.scoring",
+    "to_rsatoolbox": "io.data",
     # baselines and evaluation
-    "layer_rdms": "baselines", "evaluate_folds": "evaluate", "run_fold_evaluation": "evaluate",
+    "layer_rdms": "model.baselines", "evaluate_folds": "pipelines.evaluate",
+    "run_fold_evaluation": "pipelines.evaluate",
 }
 __all__ = ["__version__", *_API]
 

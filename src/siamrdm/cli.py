@@ -17,12 +17,13 @@ from typing import NoReturn
 
 import numpy as np
 
-from . import data, reliability, scoring
 from .errors import ConfigError
-from .files import json_safe
-from .rdm import upper_tri
-from .reliability import reliability_line, report_reliability
-from .tables import fmt
+from .io import data
+from .io.files import json_safe
+from .io.tables import fmt
+from .rdm import reliability, scoring
+from .rdm.core import upper_tri
+from .rdm.reliability import reliability_line, report_reliability
 
 
 class UsageError(data.DataError):
@@ -43,7 +44,7 @@ MAX_PERMUTATIONS = 100_000
 
 def _check_seed(flag: str, seed: int) -> int:
     """A seed option in the range numpy's and torch's generators take (0 <= seed < 2**32)."""
-    from .scoring import SEED_LIMIT
+    from .rdm.scoring import SEED_LIMIT
 
     if not 0 <= seed < SEED_LIMIT:
         raise UsageError(f"{flag}: a seed must be 0 <= seed < 2**32 ({SEED_LIMIT}), got {seed}")
@@ -302,7 +303,7 @@ def cmd_data_info(args) -> int:
     if args.images or args.rdms or args.key or args.order:
         return _own_data_info(args)
     info = data.describe_data_root(args.data)
-    from .reliability import target_reliability
+    from .rdm.reliability import target_reliability
 
     info["reliability"] = {}
     root = data.resolve_data_root(args.data)
@@ -383,11 +384,11 @@ def _add_training_options(p: _Parser) -> None:
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
-    from .backbones import BACKBONES
-    from .config import LOSSES, PRECISIONS
-    from .model import HEADS
-    from .prior import PRIORS
-    from .train import PRESETS
+    from .model.backbones import BACKBONES
+    from .model.network import HEADS
+    from .model.prior import PRIORS
+    from .train.config import LOSSES, PRECISIONS
+    from .train.fullbatch import PRESETS
 
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="training schedule (default: quick)")
     p.add_argument("--backbone", default="efficientnet_lite0", choices=sorted(BACKBONES), help="Siamese body")
@@ -423,7 +424,7 @@ _FLAG_OF_OPTION = {"out_dir": "--out"}
 
 def _patience(text: str):
     """--early-stopping: a positive number of epochs, or 'off' to switch a preset's early stopping off."""
-    from .config import OFF
+    from .train.config import OFF
 
     if text.strip().lower() == OFF:
         return OFF
@@ -442,7 +443,7 @@ def _flag(option: str) -> str:
 
 def _config_from_args(args, targets: tuple[str, ...]):
     """The run's TrainConfig from the preset and flags, checked (values, device, stage size) before any work."""
-    from .config import check_config, config_from_preset
+    from .train.config import check_config, config_from_preset
 
     config = config_from_preset(
         args.preset, backbone=args.backbone, stage=args.stage, weights=args.weights,
@@ -476,7 +477,7 @@ def _own_dataset(args) -> data.BrainDataset | None:
 def _training_datasets(args) -> tuple[list, list, tuple[str, ...], list[str] | None]:
     """(train sets, validation sets, targets, image order) from --data/--sets or from --images/--rdms/--key;
     the image order (the RDM's rows) only for your own data."""
-    from .train import split_holdout
+    from .train.fullbatch import split_holdout
 
     own = _own_dataset(args)
     if own is not None:
@@ -505,7 +506,7 @@ def _training_datasets(args) -> tuple[list, list, tuple[str, ...], list[str] | N
 def _out_dir(path: str | None, overwrite: bool = False, resume: bool = False) -> Path:
     """--out checked before any work (files.check_run_folder): new or empty, or with --overwrite or --resume a
     folder siamrdm marked as its run."""
-    from .files import check_run_folder, run_mode
+    from .io.files import check_run_folder, run_mode
 
     if path is not None and not path.strip():
         raise UsageError("--out: empty folder name; give a folder (e.g. runs/NAME)")
@@ -543,8 +544,8 @@ def _validation_scores(predictor, val: list, targets: tuple[str, ...]) -> dict:
 def cmd_fit(args) -> int:
     from dataclasses import asdict
 
-    from .largeset import is_large_set_input
-    from .predict import fit_predictor
+    from .train.largeset import is_large_set_input
+    from .train.predict import fit_predictor
 
     if args.batch_images is not None or args.loader_workers is not None or is_large_set_input(args.images,
                                                                                                args.rdms):
@@ -562,7 +563,7 @@ def cmd_fit(args) -> int:
     reliability = report_reliability(train, targets, verbose=not args.quiet)
     chosen = None
     if args.select_epochs:
-        from .selection import select_epochs, with_epochs
+        from .train.selection import select_epochs, with_epochs
 
         chosen, _ = select_epochs(config, train, seeds, progress=not args.quiet)
         if chosen is None:
@@ -587,8 +588,8 @@ def _cmd_fit_large(args) -> int:
     condensed target RDMs, on one process or on every rank torchrun starts."""
     from dataclasses import replace
 
-    from .distributed import BatchSettings, check_batch_settings, fit_large, init_from_env, rank_session
-    from .largeset import CondensedRDMs, FolderImages, is_large_set_input, open_image_store
+    from .train.distributed import BatchSettings, check_batch_settings, fit_large, init_from_env, rank_session
+    from .train.largeset import CondensedRDMs, FolderImages, is_large_set_input, open_image_store
 
     if args.batch_images is None:
         given = args.images if is_large_set_input(args.images, None) else args.rdms if args.rdms else None
@@ -640,8 +641,8 @@ PREDICTION_SUFFIXES = (".mat", ".npz", ".npy", ".hdf5", ".h5")
 
 
 def cmd_predict(args) -> int:
-    from .files import check_output_file
-    from .predict import RDMPredictor
+    from .io.files import check_output_file
+    from .train.predict import RDMPredictor
 
     check_output_file(args.out)
     suffix = Path(args.out).suffix.lower()
@@ -661,9 +662,9 @@ def cmd_predict(args) -> int:
 
 
 def cmd_lr_find(args) -> int:
-    from .files import run_folder, run_mode, write_text
-    from .plots import plot_lr_range
-    from .train import lr_range_test
+    from .io.files import run_folder, run_mode, write_text
+    from .pipelines.plots import plot_lr_range
+    from .train.fullbatch import lr_range_test
 
     train, _, targets, _ = _training_datasets(args)
     config = _config_from_args(args, targets)
@@ -677,7 +678,7 @@ def cmd_lr_find(args) -> int:
 
 
 def cmd_challenge(args) -> int:
-    from .challenge import run_challenge
+    from .pipelines.challenge import run_challenge
 
     targets = _targets(args, data.TARGET_NAMES)
     _check_range("--jobs", args.jobs, 1, _max_parallel())
@@ -810,7 +811,7 @@ def _analysis_targets(args) -> tuple[str, ...]:
 
 
 def _print_evaluation(evaluation, args, paths: dict | None, seconds: float) -> None:
-    from .evaluate import markdown_table, summary
+    from .pipelines.evaluate import markdown_table, summary
 
     if getattr(args, "json", False):
         folds = {"folds": {k: d.images.names for k, d in evaluation.held_out.items()}} if evaluation.held_out else {}
@@ -830,10 +831,10 @@ def _print_evaluation(evaluation, args, paths: dict | None, seconds: float) -> N
 def _cmd_baseline(args, method: str) -> int:
     import time
 
-    from .config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
-    from .evaluate import evaluate_sets, write_evaluation
-    from .files import run_folder, run_mode
-    from .train import config_from_preset
+    from .io.files import run_folder, run_mode
+    from .pipelines.evaluate import evaluate_sets, write_evaluation
+    from .train.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+    from .train.fullbatch import config_from_preset
 
     _check_range("--image-size", args.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
     if args.batch_size < 1:
@@ -861,7 +862,7 @@ def cmd_baseline_regression(args) -> int:
 
 def _check_folds(dataset: data.BrainDataset, folds: int, seed: int) -> None:
     """--folds checked before any work or file: each fold needs at least 3 images."""
-    from .splits import fold_indices
+    from .rdm.splits import fold_indices
 
     fold_indices(len(dataset), folds, seed)  # a ConfigError names --folds
 
@@ -869,10 +870,10 @@ def _check_folds(dataset: data.BrainDataset, folds: int, seed: int) -> None:
 def cmd_evaluate(args) -> int:
     import time
 
-    from .evaluate import METHODS, run_evaluation, run_fold_evaluation
-    from .files import run_folder, run_mode
-    from .progress import Progress
-    from .report import write_report
+    from .io.files import run_folder, run_mode
+    from .io.progress import Progress
+    from .pipelines.evaluate import METHODS, run_evaluation, run_fold_evaluation
+    from .pipelines.report import write_report
 
     progress = Progress.of(not args.quiet, "evaluate")
     methods = _list_option(args.methods, "--methods", METHODS, METHODS, what="methods")
@@ -919,7 +920,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from .pipelines.report import write_report
 
     md, page = write_report(args.run_dir, title=args.title)
     print(f"wrote {md} and {page}")
@@ -928,7 +929,7 @@ def cmd_report(args) -> int:
 
 def _baseline_options(q: argparse.ArgumentParser, func: Callable) -> None:
     """A baseline kind's options (added when it is parsed: --backbone's choices come from a torch-using module)."""
-    from .backbones import BACKBONES
+    from .model.backbones import BACKBONES
 
     q.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
     q.add_argument("--targets", help="comma-separated (default: EVC,IT,MEG_early,MEG_late)")
@@ -981,7 +982,7 @@ def cmd_bench(args) -> int:
     """Naive against factorised training epochs on real images, then the head's epoch at 100 to 10,000 images."""
     import torch
 
-    from . import bench
+    from .pipelines import bench
 
     sizes = ()
     if args.head_sizes.strip().lower() not in ("0", "none"):
@@ -1022,7 +1023,7 @@ def cmd_bench(args) -> int:
     result.setdefault("peak_rss_mb", bench.peak_rss_mb())
     result.setdefault("machine", bench.machine(torch.device(device)))
     if args.out:
-        from .files import write_text
+        from .io.files import write_text
 
         write_text(args.out, json.dumps(json_safe(result), indent=2, allow_nan=False))
     if args.json:
@@ -1039,7 +1040,7 @@ def _add_bench_commands(sub) -> None:
 
 
 def _bench_options(p: argparse.ArgumentParser) -> None:
-    from .backbones import BACKBONES
+    from .model.backbones import BACKBONES
 
     p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
     p.add_argument("--images", type=int, help="use this many of the 92 + 118 training images (default: all 210)")

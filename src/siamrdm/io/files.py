@@ -1,0 +1,417 @@
+"""Run folders and safe writes: a folder is siamrdm's only if siamrdm marked it, one run per folder (a lock),
+atomic files with unique temporary names.
+
+A run folder is where `fit`, `challenge`, `evaluate`, `lr-find` and `baseline --out` write. `run_folder` owns
+its life:
+- before anything is written, the folder must be new or empty, or (for `--overwrite` and `--resume`) one that
+  siamrdm marked: `.siamrdm-run.json` names the tool, the command and a run id. A user's folder is never
+  taken for a run because it happens to hold a `settings.json` or a `model.pt`;
+- every file siamrdm writes under a marked folder is listed in its manifest (`.siamrdm-manifest`, one JSON
+  string a line, appended by any process of the run), and `--overwrite` removes only what that list names;
+  a file of the user's beside them is neither removed nor replaced;
+- a new run that fails (an exception, not Ctrl-C or a kill, which stay resumable) removes what it wrote, so
+  the folder is left as it was found;
+- an exclusive lock on `.siamrdm.lock` for the run's whole life refuses a second run at once.
+Every file is written to a uniquely named temporary file beside its target and renamed into place, so a
+reader (or a killed run) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import math
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from ..errors import ConfigError, DataError
+
+LOCK_NAME = ".siamrdm.lock"
+MARKER_NAME = ".siamrdm-run.json"
+MANIFEST_NAME = ".siamrdm-manifest"
+OWN_NAMES = (LOCK_NAME, MARKER_NAME, MANIFEST_NAME)
+RUN_MODES = ("new", "overwrite", "resume")
+_TEMPORARY = re.compile(r"^\..*\.[0-9a-f]{12}\.tmp")  # what _create_unique names; a killed write leaves one
+
+
+# --------------------------------------------------------------------------- atomic files
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a unique temporary path beside `path`; on success rename it onto `path`, else remove it.
+
+    The temporary name keeps the suffix, so writers that choose a format by suffix (scipy, numpy) still work.
+    Under a marked run folder the file is listed in its manifest, and a file there that siamrdm did not write
+    is refused rather than replaced.
+    """
+    path = Path(path)
+    run = _marked_ancestor(path.parent)
+    if run is not None and os.path.lexists(path) and _relative(path, run) not in read_manifest(run):
+        raise DataError(f"{path}: exists and was not written by siamrdm; refusing to replace it")
+    with _replacing(path) as tmp:
+        yield tmp
+    if run is not None:
+        _record(run, path)
+
+
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _create_unique(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _create_unique(path: Path) -> Path:
+    """Create an empty, uniquely named file beside `path`. Unlike tempfile.mkstemp (mode 0600) its mode is
+    what open() would give (0666 less the umask), so the renamed file is as readable as any other output.
+    The stem is shortened where the temporary name would pass the file system's name limit."""
+    limit = _name_max(path.parent)
+    for _ in range(100):
+        tag = f".{secrets.token_hex(6)}.tmp{path.suffix}"
+        stem = path.stem[: max(1, limit - len(tag) - 1)]
+        tmp = path.with_name(f".{stem}{tag}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{path}: no free temporary name beside it")
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- checks before any work
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """An output file path that can be written: not a folder, and its nearest existing ancestor a writable
+    folder. Checked before any work, so a bad path fails fast and nothing is created."""
+    if str(path) == "":
+        raise DataError("output file name is empty")
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a file name")
+    if len(path.name.encode()) > _name_max(_nearest_existing(path.parent)):
+        raise DataError(f"{path}: file name longer than the file system allows")
+    _check_creatable(path.parent, path)
+    return path
+
+
+def run_mode(overwrite: bool = False, resume: bool = False) -> str:
+    """The run-folder mode of the --overwrite and --resume flags (one of RUN_MODES)."""
+    if overwrite and resume:
+        raise ConfigError("resume", "continues the run in --out and --overwrite replaces it: pass one of them")
+    return "overwrite" if overwrite else "resume" if resume else "new"
+
+
+def check_run_folder(path: str | os.PathLike, mode: str = "new") -> Path:
+    """A run folder that `run_folder(path, ..., mode)` will accept, checked before any work and before anything
+    is created: "new" needs a new or empty folder, "overwrite" and "resume" also take a folder siamrdm marked.
+    A folder with anything else in it is never taken."""
+    if mode not in RUN_MODES:
+        raise ValueError(f"mode must be one of {RUN_MODES}, got {mode!r}")
+    if str(path) == "":
+        raise DataError("run folder name is empty; give a folder (e.g. runs/NAME)")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{path}: exists and is not a folder")
+    _check_creatable(path, path)
+    state = folder_state(path)
+    if state == "run" and mode == "new":
+        raise DataError(f"{path}: folder holds an earlier siamrdm run; pass --overwrite to replace it, or choose "
+                        "a new folder")
+    if state == "foreign":
+        raise DataError(f"{path}: folder is not empty and is not a siamrdm run folder (no {MARKER_NAME}); "
+                        "choose a new or empty folder")
+    return path
+
+
+def folder_state(path: Path) -> str:
+    """"absent", "run" (siamrdm's marker), "empty" (nothing but folders and lock files) or "foreign"."""
+    if not path.is_dir():
+        return "absent"
+    if read_marker(path) is not None:
+        return "run"
+    if all(entry.name == LOCK_NAME or (entry.is_dir() and not entry.is_symlink()) for entry in path.rglob("*")):
+        return "empty"  # what a run that failed before writing anything, under an older siamrdm, left
+    return "foreign"
+
+
+def _nearest_existing(folder: Path) -> Path:
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    return existing
+
+
+def _check_creatable(folder: Path, named: Path) -> None:
+    """The nearest existing ancestor of `folder` (itself included) is a folder a file can really be made in:
+    tried with a uniquely named empty file, removed at once (os.access says yes to root even on /proc)."""
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise DataError(f"{named}: cannot be created, {existing} is a file")
+    try:
+        probe = _create_unique(existing / "siamrdm-probe")
+    except OSError as exc:
+        raise DataError(f"{named}: cannot be written in {existing} ({os.strerror(exc.errno or errno.EACCES)})") \
+            from None
+    probe.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- the marker and the manifest
+
+
+def read_marker(path: Path) -> dict | None:
+    """The marker siamrdm wrote when it created the run in `path`, or None (absent, or not siamrdm's)."""
+    marker = path / MARKER_NAME
+    if marker.is_symlink() or not marker.is_file():
+        return None
+    try:
+        record = json.loads(marker.read_bytes()[:65536])
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("tool") != "siamrdm" or not isinstance(record.get("run_id"), str):
+        return None
+    return record
+
+
+def _write_marker(path: Path, record: dict) -> None:
+    with _replacing(path / MARKER_NAME) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def read_manifest(run: Path) -> set[str]:
+    """The files (paths relative to the run folder) siamrdm wrote in it."""
+    try:
+        lines = (run / MANIFEST_NAME).read_text(errors="replace").splitlines()
+    except OSError:
+        return set()
+    names = set()
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            name = json.loads(line)
+            if isinstance(name, str):
+                names.add(name)
+    return names
+
+
+def _record(run: Path, path: Path) -> None:
+    """List `path` in the manifest of `run` (an O_APPEND line: runs' worker processes may append at once)."""
+    name = _relative(path, run)
+    if name in read_manifest(run):
+        return
+    fd = os.open(run / MANIFEST_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, (json.dumps(name) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _relative(path: Path, run: Path) -> str:
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(run))
+
+
+def _marked_ancestor(folder: Path) -> Path | None:
+    """The nearest folder from `folder` up that siamrdm marked as a run, if any."""
+    current = Path(os.path.abspath(folder))
+    while True:
+        if (current / MARKER_NAME).is_file() and read_marker(current) is not None:
+            return current
+        if current.parent == current:
+            return None
+        current = current.parent
+
+
+def _lock_is_held(folder: Path) -> bool:
+    """Whether a run (of this process or another) holds `folder`'s lock now."""
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- clearing and the run's life
+
+
+def clear_run_folder(path: Path) -> None:
+    """Remove what siamrdm wrote in an earlier run in `path`: the files its manifest lists (and temporary
+    files a killed write left), then the folders that leaves empty. Anything else stays. A folder siamrdm did
+    not mark is refused, so a mistyped path never loses anyone's files."""
+    path = Path(path)
+    state = folder_state(path)
+    if state in ("absent", "empty"):
+        return
+    if state == "foreign":
+        raise DataError(f"{path}: not a siamrdm run folder (no {MARKER_NAME}); refusing to clear it")
+    _remove_listed(path, read_manifest(path) | {MARKER_NAME, MANIFEST_NAME})
+
+
+def _remove_listed(run: Path, names: set[str]) -> None:
+    """Unlink each listed file that lies inside `run` without passing through a link, and the temporary files
+    a killed write left beside them; then remove the folders that leaves empty. The run's own lock stays (the
+    clearing run holds it)."""
+    root = Path(os.path.abspath(run))
+    folders = {root}
+    for name in names - {LOCK_NAME}:
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or ".." in parts:
+            continue
+        if any(root.joinpath(*parts[:i]).is_symlink() for i in range(1, len(parts))):
+            continue
+        target = root.joinpath(*parts)
+        if target.is_symlink() or target.is_file():
+            target.unlink(missing_ok=True)
+            folders.update(p for p in target.parents if root in p.parents)
+    for folder in folders:
+        if folder.is_dir() and not folder.is_symlink():
+            for entry in folder.iterdir():
+                if _TEMPORARY.match(entry.name) and entry.is_file() and not entry.is_symlink():
+                    entry.unlink(missing_ok=True)
+    for folder in sorted(folders - {root}, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+@contextlib.contextmanager
+def run_folder(path: str | os.PathLike, command: str, mode: str = "new") -> Iterator[Path]:
+    """Own `path` as a siamrdm run of `command` for the duration (see the module's docstring).
+
+    Inside a run that is in progress (an ancestor folder marked and locked, as for a challenge's final fits or
+    a fit's seed folders) it only takes the lock: the enclosing run owns the files.
+    """
+    path = Path(path)
+    if str(path) == "":
+        raise DataError("run folder name is empty; give a folder (e.g. runs/NAME)")
+    enclosing = _marked_ancestor(path.parent)
+    if enclosing is not None and _lock_is_held(enclosing):
+        with run_folder_lock(path):
+            yield path
+        return
+    check_run_folder(path, mode)
+    created = not path.exists()
+    with run_folder_lock(path):
+        state = folder_state(path)  # again, under the lock
+        if state == "foreign" or (state == "run" and mode == "new"):
+            check_run_folder(path, mode)
+        marker = read_marker(path) if state == "run" else None
+        if marker is not None and mode == "resume" and marker.get("command") != command:
+            raise ConfigError("resume", f"{path} holds a siamrdm {marker.get('command')} run, not a {command} run")
+        fresh, previous = marker is None or mode == "overwrite", marker
+        if fresh:
+            clear_run_folder(path)
+            marker = {"tool": "siamrdm", "run_id": secrets.token_hex(8), "command": command,
+                      "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+        _write_marker(path, {**marker, "status": "running"})
+        try:
+            yield path
+        except Exception:
+            if fresh:
+                _undo(path, created)
+            else:  # a refused or failed resume: the run is as it was
+                _write_marker(path, previous)
+            raise
+        _write_marker(path, {**marker, "status": "finished"})
+
+
+def _undo(path: Path, created: bool) -> None:
+    """A new run failed: remove what it wrote, its marker and lock, and the folder if the run created it."""
+    clear_run_folder(path)
+    if created:
+        (path / LOCK_NAME).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.rmdir()
+    elif folder_state(path) == "empty":
+        (path / LOCK_NAME).unlink(missing_ok=True)
+
+
+def json_safe(value):
+    """`value` as strict JSON can hold it: NaN and inf become None, numpy scalars and arrays Python values."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def check_same_settings(path: Path, settings: dict, ignore: tuple[str, ...] = ("world_size",)) -> None:
+    """`--resume` continues a run only with the settings it was started with: compared with the run's
+    settings.json before anything is written (the device and `ignore`d keys may change)."""
+    file = Path(path) / "settings.json"
+    if not file.is_file():
+        return
+    try:
+        saved = json.loads(file.read_text())
+    except (OSError, ValueError):
+        raise DataError(f"{file}: unreadable settings of the run to resume") from None
+
+    def comparable(record: dict) -> dict:
+        record = {k: v for k, v in json_safe(record).items() if k not in ignore}
+        if isinstance(record.get("config"), dict):
+            record["config"] = {k: v for k, v in record["config"].items() if k != "device"}
+        return json.loads(json.dumps(record))
+
+    old, new = comparable(saved), comparable(settings)
+    if old != new:
+        changed = sorted({k for k in old.get("config", {}) | new.get("config", {})
+                          if old.get("config", {}).get(k) != new.get("config", {}).get(k)}
+                         | {k for k in old | new if k != "config" and old.get(k) != new.get(k)})
+        raise ConfigError("resume", f"the run in {path} was started with other settings ({', '.join(changed)}); "
+                                    "use the same ones or a new folder")
+
+
+@contextlib.contextmanager
+def run_folder_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold the run folder's lock for the duration (created if needed); a second holder is refused at once."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    run = _marked_ancestor(path.parent)
+    if run is not None:  # a lock of a sub-run (a seed's folder): the enclosing run wrote it
+        _record(run, path / LOCK_NAME)
+    lock = FileLock(path / LOCK_NAME, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        message = f"{path}: another siamrdm run is using this folder (locked); wait for it or choose another"
+        raise DataError(message) from None
+    try:
+        yield path
+    finally:
+        lock.release()

@@ -1,0 +1,254 @@
+"""The Algonauts 2019 pipeline: choose on image folds, report across sets, train on 92 + 118, predict the 78.
+
+For each target, how long to train is chosen within the training sets, never on the pairs reported: each set
+is split into image folds; the model is fitted on pairs among the other folds' images and scored, after every
+epoch, on pairs among the held-out fold's images. The choice is the fewest epochs whose mean signed rho over
+subjects (`rho_mean`, chance level 0) is within one standard error of the best epoch's (the one-standard-error
+rule: with a prior, the prior alone is epoch 0, kept unless training helps beyond noise). Each set's own folds
+choose the epochs of the model fitted on it; the folds of both sets together choose the final fit's.
+
+Reported (held out from every choice): cross-set validation, fit on 92 and score 118 after every epoch, and the
+other way round, each direction at the epoch count its training set's folds chose. The final fit on both sets
+predicts the 78 test images. Writes the submission files, the validation table, the curves, the settings and a
+report.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import platform
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..io import tables
+from ..io.data import (
+    TARGETS,
+    TRAINING_SETS,
+    BrainDataset,
+    load_algonauts_set,
+    resolve_data_root,
+    save_rdms,
+    validate_rdms,
+)
+from ..io.files import check_run_folder, json_safe, run_folder, run_mode, write_text
+from ..io.progress import Progress
+from ..rdm import scoring
+from ..rdm.core import square_rdm
+from ..rdm.reliability import report_reliability
+from ..rdm.splits import cross_set_splits, fold_splits
+from ..train.config import TrainConfig, check_config, pick_device
+from ..train.predict import fit_predictor
+from ..train.selection import (
+    SELECTION_FOLDS,
+    choose_epochs,
+    naming_the_fit,
+    validation_curves,
+    with_epochs,
+)
+from . import plots
+from .report import write_report
+
+SUBMISSION_FILES = {"submit_fmri.mat": ("EVC", "IT"), "submit_meg.mat": ("MEG_early", "MEG_late")}
+VALIDATION_COLUMNS = tables.SCORE_COLUMNS
+
+
+def write_submissions(out_dir: str | os.PathLike, rdms: dict[str, np.ndarray]) -> list[Path]:
+    """submit_fmri.mat (EVC_RDMs, IT_RDMs) and submit_meg.mat (MEG_RDMs_early, MEG_RDMs_late) for the targets
+    present: float64, symmetric, zero diagonal, MATLAB v5 (what the challenge accepted)."""
+    written = []
+    for name, targets in SUBMISSION_FILES.items():
+        present = {TARGETS[t][1]: rdms[t] for t in targets if t in rdms}
+        if present:
+            for key, rdm in present.items():
+                validate_rdms(rdm, f"{name}:{key}")
+            written.append(save_rdms(Path(out_dir) / name, present))
+    return written
+
+
+def write_table(rows: list[dict], out_dir: Path, stem: str) -> None:
+    """rows as CSV (tables.SCORE_COLUMNS) and as a markdown table (tables.score_table: the score beside its
+    chance level, p_perm and the signed mean rho), with the paired tests of each method against the baselines
+    where there are some (scoring.paired_rows, over each direction's subjects)."""
+    tables.write_csv(rows, out_dir / f"{stem}.csv", VALIDATION_COLUMNS)
+    text = tables.markdown(*tables.score_table(rows)) + "\n"
+    paired = scoring.paired_rows(rows)
+    if paired:
+        text += f"\n## Paired tests against the baselines\n\n{tables.PAIRED_NOTE}\n\n"
+        text += tables.markdown(*tables.paired_table(paired)) + "\n"
+    write_text(out_dir / f"{stem}.md", text)
+
+
+def chosen_row(curve: list[dict], epoch: int, test: BrainDataset, target: str) -> dict:
+    """The reported epoch's row of a curve kept with its predictions, with its chance fields (this predicted
+    RDM's image labels permuted, scoring.with_chance); the predictions are dropped from every row of the curve."""
+    predictions = {row["epoch"]: row.pop("predicted") for row in curve}
+    row = next(r for r in curve if r["epoch"] == epoch)
+    model = square_rdm(predictions[epoch], len(test))
+    return scoring.with_chance(row, model, test.targets[target])
+
+
+def plot_validation_curves(target: str, curves: dict[str, list[dict]], path: Path,
+                           used: dict[str, int] | None = None) -> Path:
+    """Training loss and cross-set % of the noise ceiling per epoch, both directions and their mean, with the
+    epochs `used` marked (label -> epoch: each direction's, chosen on its training set's folds, and the final
+    fit's), not the curve's own best: the curves are held out from every choice."""
+    directions = list(curves)
+    rows = []
+    for e in range(len(curves[directions[0]])):
+        losses = [curves[d][e]["loss"] for d in directions]
+        row = {"epoch": curves[directions[0]][e]["epoch"],
+               "loss": None if None in losses else float(np.mean(losses))}
+        row.update({f"val/{d}": curves[d][e]["pct_nc"] for d in directions})
+        row["val_pct_nc"] = float(np.mean([curves[d][e]["pct_nc"] for d in directions]))
+        rows.append(row)
+    return plots.plot_training_curves(rows, path, title=f"{target}: cross-set validation", marked=used)
+
+
+def in_phase(progress: Progress, k: int, n: int, text: str, fn: Callable, *args):
+    """`fn(*args)`, its phase line printed as it starts (in the worker process that runs it, with `jobs`)."""
+    progress.phase(k, n, text)
+    return fn(*args)
+
+
+def run_jobs(fn: Callable, tasks: list[tuple], jobs: int = 1) -> list:
+    """`fn(*task)` for every task, results in task order: in this process with one job, else in `jobs` spawned
+    worker processes (each with its share of this process's torch threads). The fits of a challenge are
+    independent and seeded, so both ways give the same results; `fn` must be a module-level function."""
+    if jobs < 1:
+        raise ConfigError("jobs", f"must be at least 1, got {jobs}")
+    if jobs == 1 or len(tasks) < 2:
+        return [fn(*task) for task in tasks]
+    workers = min(jobs, len(tasks))
+    threads = max(1, torch.get_num_threads() // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        return list(pool.map(fn, *zip(*tasks, strict=True)))
+
+
+def final_fit(config: TrainConfig, train: list[BrainDataset], seeds: tuple[int, ...], out_dir: Path,
+              test: BrainDataset, progress: bool) -> tuple[np.ndarray, dict]:
+    """One target's final fit (model.pt in out_dir) and its predicted RDM of the test images, with the metrics."""
+    with naming_the_fit(f"{config.targets[0]} final fit"):
+        predictor = fit_predictor(config, train, seeds=seeds, out_dir=out_dir, progress=progress)
+    return predictor.predict(test.images)[config.targets[0]], predictor.metrics
+
+
+def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: str | os.PathLike,
+                  targets: tuple[str, ...] = tuple(TARGETS), seeds: tuple[int, ...] = (0,),
+                  validate: bool = True, progress: bool | Progress = True, overwrite: bool = False,
+                  jobs: int = 1) -> dict:
+    """Validate, train and predict for every target; returns the settings and validation rows written.
+
+    Without `validate`, the final fits run the config's epochs in full. Everything is checked before the
+    first file is written; an earlier run in `out_dir` is refused unless `overwrite` (then cleared first by
+    files.run_folder); the submission files are written last, so a killed run never leaves a submission beside
+    other tables.
+    With `jobs` > 1 the independent fits (every target and direction of the curves, then every target's final
+    fit) run in that many worker processes, with the same results.
+    With `progress` (progress.Progress.of), a line on stderr once the data are loaded and checked, one as each
+    fit (k of n) starts, tqdm bars on a terminal, and a closing line naming the files written.
+    """
+    if jobs < 1:
+        raise ConfigError("jobs", f"must be at least 1, got {jobs}")
+    progress = Progress.of(progress, "challenge")
+    root = resolve_data_root(root)
+    loading = time.perf_counter()
+    sets = {name: load_algonauts_set(root, name, targets) for name in TRAINING_SETS}
+    test = load_algonauts_set(root, "78", ())
+    check_config(config)
+    out_dir = check_run_folder(out_dir, run_mode(overwrite))
+    # after every check: bad input stays one line on stderr
+    progress.line(f"loaded {', '.join(f'{d.name} ({len(d)} images)' for d in (*sets.values(), test))} from {root} "
+                  f"in {time.perf_counter() - loading:.1f} s; targets {', '.join(targets)}")
+    reliability = report_reliability(list(sets.values()), targets, verbose=progress.lines)
+    with run_folder(out_dir, "challenge", run_mode(overwrite)):
+        result = _run_challenge(config, root, sets, test, out_dir, targets, seeds, validate, progress, jobs,
+                                reliability)
+    files = [*result["settings"]["submission_files"], *(["validation.md"] if validate else []), "report.md"]
+    progress.done(f"wrote {', '.join(files)} and {out_dir / 'report.html'}")
+    return result
+
+
+def _epochs_text(epochs: int, chosen: bool) -> str:
+    if epochs == 0:
+        return "0 epochs (the prior alone)"
+    return f"{epochs} epoch{'s' if epochs != 1 else ''}" + (" (chosen on the folds)" if chosen else "")
+
+
+def _seeds_text(seeds: tuple[int, ...]) -> str:
+    return f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
+
+
+def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset], test: BrainDataset,
+                   out_dir: Path, targets: tuple[str, ...], seeds: tuple[int, ...], validate: bool,
+                   progress: Progress, jobs: int, reliability: dict) -> dict:
+    started = time.perf_counter()
+    bars = progress.bars and jobs == 1  # bars of several processes at once would garble each other
+    rows, predictions, fit_info, all_curves = [], {}, {}, {}
+    configs = {target: replace(config, targets=(target,)) for target in targets}
+    epochs = {target: c.epochs for target, c in configs.items()}
+    if validate:
+        splits = cross_set_splits(sets)
+        directions = list(splits)  # the reported ones; the folds below only choose
+        for name in TRAINING_SETS:
+            splits.update(fold_splits(sets[name], SELECTION_FOLDS, seed=0))
+        cells = [(target, label) for target in targets for label in splits]
+    else:
+        directions, cells = [], []
+    total = len(cells) + len(targets) + bool(validate)  # the curves, the final fits, the baselines
+    if validate:
+        curves = run_jobs(in_phase, [(progress, k, total, f"curve {t} {label} ({_seeds_text(seeds)})",
+                                      validation_curves, configs[t], {label: splits[label]}, seeds, bars,
+                                      label in directions) for k, (t, label) in enumerate(cells, 1)], jobs)
+        for (target, _), curve in zip(cells, curves, strict=True):
+            all_curves.setdefault(target, {}).update(curve)
+        for target in targets:
+            folds = {name: [c for label, c in all_curves[target].items() if label.startswith(f"{name} fold")]
+                     for name in TRAINING_SETS}
+            epochs[target], per_set = choose_epochs(folds)
+            for direction in directions:
+                epoch = per_set[direction.split("->")[0]]
+                row = chosen_row(all_curves[target][direction], epoch, splits[direction][1], target)
+                rows.append({"method": "siamese", "target": target, "direction": direction, **row, "epochs": epoch})
+            used = {**{d: per_set[d.split("->")[0]] for d in directions}, "final fit": epochs[target]}
+            plot_validation_curves(target, {d: all_curves[target][d] for d in directions},
+                                   out_dir / f"{target}_validation_curves.png", used)
+        write_table(rows, out_dir, "validation")
+        write_text(out_dir / "validation_curves.json", json.dumps(json_safe(all_curves), indent=1, allow_nan=False))
+    train = [sets[n] for n in TRAINING_SETS]
+    fits = run_jobs(in_phase, [(progress, len(cells) + k, total, f"final fit {t} on {'+'.join(TRAINING_SETS)}, "
+                                f"{_epochs_text(epochs[t], validate)} ({_seeds_text(seeds)})", final_fit,
+                                with_epochs(configs[t], epochs[t]), train, seeds, out_dir / t, test, bars)
+                               for k, t in enumerate(targets, 1)], jobs)
+    for target, (prediction, metrics) in zip(targets, fits, strict=True):
+        predictions[target] = prediction
+        plots.plot_mds(prediction, test.images, out_dir / f"{target}_mds_78.png",
+                       title=f"{target}: predicted RDM of the 78 test images (MDS)")
+        fit_info[target] = {"epochs": epochs[target], **metrics}
+    if validate:  # the paper's point: the pretrained network's own RDMs, fitted on the same sets, beside it
+        from .evaluate import evaluate_sets
+
+        progress.phase(total, total, f"baselines layers, regression on {', '.join(directions)}")
+        rows += evaluate_sets(list(sets.values()), ("layers", "regression"), targets, config,
+                              progress=replace(progress.quiet_lines(), bars=bars)).rows
+        write_table(rows, out_dir, "validation")
+    submission_files = [name for name, members in SUBMISSION_FILES.items() if any(t in targets for t in members)]
+    settings = {
+        "config": asdict(config), "targets": list(targets), "seeds": list(seeds), "data": str(root),
+        "device": str(pick_device(config.device)), "torch": torch.__version__, "machine": platform.machine(),
+        "threads": torch.get_num_threads(), "jobs": jobs, "wall_s": round(time.perf_counter() - started, 1),
+        "submission_files": submission_files, "fits": fit_info, "reliability": reliability,
+    }
+    write_text(out_dir / "settings.json", json.dumps(json_safe(settings), indent=2, default=str, allow_nan=False))
+    write_report(out_dir)
+    write_submissions(out_dir, predictions)
+    return {"settings": settings, "validation": rows}

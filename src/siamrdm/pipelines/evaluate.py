@@ -1,0 +1,423 @@
+"""Cross-set evaluation: fit on one training set, score on the other, for every method and target.
+
+The paper's claim is that end-to-end training beats a pretrained network's stage RDMs and regressions on them.
+`evaluate_sets` checks it: for each ordered pair of image sets (92 -> 118 and 118 -> 92) and each target,
+
+- siamese: `predict.fit_predict` trains on the first set only (the model code's own training loop) and
+  predicts the second set's RDM;
+- layers: the stage whose RDM scores best on the first set is scored on the second;
+- regression: non-negative weights of the stage RDMs fitted on the first set are applied to the second.
+
+The stage RDMs are computed once per image set and shared by both baselines. Every score is the official
+metric against the held-out set's subjects. `write_evaluation` writes the table (markdown, CSV, JSON), the
+predictions and the plots.
+
+Your own data is usually one image set, so `evaluate_folds` cross-validates over images instead: the images
+are split into k folds (`splits.fold_splits`), every method is fitted on the pairs among the other folds'
+images and scored on the pairs among the held-out fold's images, against the held-out images' subjects, over
+the ceiling that belongs to them (computed from those subjects; none for a single group RDM, then r2 alone).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io import tables
+from ..io.data import (
+    IMAGE_ORDER_FILE,
+    TARGET_NAMES,
+    TRAINING_SETS,
+    BrainDataset,
+    DataError,
+    group_average,
+    load_algonauts_set,
+    save_rdms,
+    target_key,
+)
+from ..io.files import atomic_path, json_safe, write_text
+from ..io.progress import Phases, Progress
+from ..io.tables import fmt
+from ..model import baselines
+from ..rdm.scoring import NO_CEILING_NOTE, mean_summary, paired_rows, score_with_ceiling
+from ..rdm.splits import direction_label, fold_splits
+from ..train.fullbatch import TrainConfig, config_from_preset
+from . import plots
+
+METHODS = ("siamese", "layers", "regression")
+COLUMNS = tables.SCORE_COLUMNS
+
+
+@dataclass
+class Evaluation:
+    """Rows of the table, the held-out predictions behind them, and what the baselines chose."""
+
+    rows: list[dict]
+    predictions: dict[tuple[str, str, str], np.ndarray]  # (method, target, direction) -> RDM of the test images
+    layers: dict = field(default_factory=dict)  # direction -> target -> chosen stage and every stage's scores
+    regression: dict = field(default_factory=dict)  # direction -> target -> weights, intercept, residual
+    seconds: dict[str, float] = field(default_factory=dict)  # per method, and "layer_rdms"
+    held_out: dict[str, BrainDataset] = field(default_factory=dict)  # image folds: direction -> held-out images
+
+    def to_frame(self):
+        """The rows as a pandas DataFrame with the columns of `tables.SCORE_COLUMNS`."""
+        return tables.to_frame(self.rows, COLUMNS)
+
+    def paired(self) -> list[dict]:
+        """Each method against each baseline (scoring.paired_rows: over subjects; for image folds also over
+        the folds), the rows of `tables.PAIRED_COLUMNS`."""
+        return paired_rows(self.rows)
+
+    def paired_frame(self):
+        """`paired` as a pandas DataFrame with the columns of `tables.PAIRED_COLUMNS`."""
+        return tables.to_frame(self.paired(), tables.PAIRED_COLUMNS)
+
+
+def _slug(text: str) -> str:
+    return text.replace("->", "to").replace("/", "_").replace(" ", "_")
+
+
+def _row(method: str, target: str, direction: str, predicted: np.ndarray, subjects: np.ndarray, detail: str = "",
+         key: str | None = None) -> dict:
+    """The score record of one prediction (scoring.score_with_ceiling, its chance fields on by default where cheap);
+    `key` names the target for its ceiling (data.target_key), `target` as the tables show it."""
+    return {"method": method, "target": target, "direction": direction,
+            **score_with_ceiling(predicted, key or target, subjects, permutations=None), "detail": detail}
+
+
+def _check_methods(methods: tuple[str, ...]) -> None:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise DataError(f"unknown method(s) {', '.join(unknown)} (choose from {', '.join(METHODS)})")
+
+
+def _predict(result: Evaluation, method: str, target: str, direction: str, train: BrainDataset,
+             test: BrainDataset, stages: dict[str, dict[str, np.ndarray]], config: TrainConfig,
+             seeds: tuple[int, ...], progress: bool) -> None:
+    """One method fitted on `train` only, its RDM of `test`'s images scored against `test`'s subjects: a row,
+    the prediction, and what a baseline chose. `stages` holds both sets' stage RDMs (by set name). The Siamese
+    network's epoch count is chosen as the challenge chooses it (selection.select_epochs), on folds of `train`
+    alone: nested inside each of evaluate's own folds, so the held-out images choose nothing."""
+    from ..train.predict import fit_predict  # the model issue's training code; imported late to keep this module light
+    from ..train.selection import select_epochs, with_epochs
+
+    subjects = test.targets[target]
+    detail, epochs = "", None
+    if method == "siamese":
+        target_config = replace(config, targets=(target,))
+        epochs, _ = select_epochs(target_config, [train], seeds)
+        fitted = target_config if epochs is None else with_epochs(target_config, epochs)
+        predicted = fit_predict(fitted, [train], test.images, seeds, progress=progress)[target]
+        chosen = (f"epochs chosen on {train.name}'s folds" if epochs is not None
+                  else f"all {config.epochs} epochs ({train.name} has too few images to choose on folds)")
+        detail = f"seeds={','.join(map(str, seeds))}; {chosen}"
+        epochs = config.last_epoch if epochs is None else epochs
+    elif method == "layers":
+        train_scores = baselines.layer_scores(stages[train.name], train.targets[target])
+        stage = baselines.select_best_layer(stages[train.name], train.targets[target])
+        predicted = stages[test.name][stage]
+        test_scores = baselines.layer_scores(stages[test.name], subjects)
+        result.layers.setdefault(direction, {})[target] = {
+            "chosen": stage,
+            "train_r2": {s: v.r2 for s, v in train_scores.items()},
+            "test_r2": {s: v.r2 for s, v in test_scores.items()},
+        }
+        detail = f"stage={stage}"
+    else:
+        fit = baselines.fit_nnls(stages[train.name], train.targets[target])
+        predicted = baselines.apply_nnls(fit, stages[test.name])
+        result.regression.setdefault(direction, {})[target] = asdict(fit)
+        detail = " ".join(f"{s}:{w:.3g}" for s, w in fit.weights.items() if w > 0)
+    result.predictions[(method, target, direction)] = predicted
+    key = target_key(target, test.official)
+    result.rows.append({**_row(method, target, direction, predicted, subjects, detail, key), "epochs": epochs})
+
+
+def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
+                  targets: tuple[str, ...] = TARGET_NAMES, config: TrainConfig | None = None,
+                  seeds: tuple[int, ...] = (0,), batch_size: int = 16,
+                  progress: bool | Progress = True) -> Evaluation:
+    """Every method fitted on each set and scored on each other set, for every target.
+
+    `config` gives the Siamese training settings and, for the baselines too, the backbone, its weights and the
+    image size, so all methods see the same body. Rows are ordered by method, target, direction. With
+    `progress` (progress.Progress.of), a line on stderr as each phase (k of n) starts, and bars on a terminal.
+    """
+    progress = Progress.of(progress, "evaluate")
+    config = config or config_from_preset("quick")
+    _check_methods(methods)
+    if len(sets) < 2:
+        raise DataError("cross-set evaluation needs at least two image sets")
+    for dataset in sets:
+        missing = [t for t in targets if t not in dataset.targets]
+        if missing:
+            raise DataError(f"image set {dataset.name}: no RDMs for target(s) {', '.join(missing)}")
+    pairs = [(a, b) for a in sets for b in sets if a is not b]
+    result = Evaluation([], {})
+    baselines_too = "layers" in methods or "regression" in methods
+    phases = Phases(progress, baselines_too + len(methods) * len(targets) * len(pairs))
+
+    stage_rdms: dict[str, dict[str, np.ndarray]] = {}
+    if baselines_too:
+        from ..model.prior import stage_rdms as cached_stage_rdms  # the prior's per-process cache of stage RDMs
+
+        phases.start(f"stage RDMs of {config.backbone} for {', '.join(d.name for d in sets)}")
+        start = time.perf_counter()
+        for dataset in sets:
+            stage_rdms[dataset.name] = cached_stage_rdms(dataset.images, config.backbone, config.weights,
+                                                         config.image_size, progress.bars, batch_size)
+        result.seconds["layer_rdms"] = time.perf_counter() - start
+
+    for method in methods:
+        start = time.perf_counter()
+        for target in targets:
+            for train, test in pairs:
+                direction = direction_label(train.name, test.name)
+                phases.start(f"{target} {direction}: {method}")
+                _predict(result, method, target, direction, train, test, stage_rdms, config, seeds, progress.bars)
+        result.seconds[method] = time.perf_counter() - start
+    return result
+
+
+def evaluate_folds(dataset: BrainDataset, folds: int = 5, methods: tuple[str, ...] = METHODS,
+                   config: TrainConfig | None = None, seeds: tuple[int, ...] = (0,), fold_seed: int = 0,
+                   progress: bool | Progress = True) -> Evaluation:
+    """Cross-validation over the images of one set (your own data), for every method and target.
+
+    The images are split into `folds` folds (`splits.fold_splits`, seeded by `fold_seed`); for each fold,
+    every method is fitted on the pairs among the other folds' images and scored on the pairs among the held-out
+    images: the Siamese network trained with `config` (its prior fitted on the training images too), the
+    stage whose RDM scores best on the training images, and NNLS weights of the stage RDMs fitted on them.
+    Rows are ordered by method, target, fold ('fold 1', ...); `held_out` maps each fold to its images. With
+    `progress`, phase lines on stderr ('evaluate [2/5] fold 2: siamese V4') and bars on a terminal.
+    """
+    from ..model.prior import stage_rdms
+
+    progress = Progress.of(progress, "evaluate")
+    config = config or config_from_preset("quick")
+    _check_methods(methods)
+    if len(set(dataset.images.names)) != len(dataset):
+        raise DataError(f"{dataset.images.source}: image names repeat; folds need one name per image")
+    splits = {f"fold {k + 1}": pair for k, pair in enumerate(fold_splits(dataset, folds, fold_seed).values())}
+    result = Evaluation([], {}, held_out={label: test for label, (_, test) in splits.items()})
+    stages: dict[str, dict[str, np.ndarray]] = {}
+    baselines_too = "layers" in methods or "regression" in methods
+    phases = Phases(progress, baselines_too + len(methods) * len(dataset.targets) * len(splits))
+    if baselines_too:
+        phases.start(f"stage RDMs of {config.backbone} for the {len(dataset)} images")
+        start = time.perf_counter()
+        args = (config.backbone, config.weights, config.image_size)
+        stage_rdms(dataset.images, *args, progress=progress.bars)  # once for all images: the folds are cut from it
+        for train, test in splits.values():
+            stages[train.name], stages[test.name] = stage_rdms(train.images, *args), stage_rdms(test.images, *args)
+        result.seconds["layer_rdms"] = time.perf_counter() - start
+    for method in methods:
+        start = time.perf_counter()
+        for target in dataset.targets:
+            for label, (train, test) in splits.items():
+                phases.start(f"{label}: {method} {target}")
+                _predict(result, method, target, label, train, test, stages, config, seeds, progress.bars)
+        result.seconds[method] = time.perf_counter() - start
+    return result
+
+
+def cross_set_evaluate(root: str | os.PathLike | None, methods: tuple[str, ...] = METHODS,
+                       targets: tuple[str, ...] = TARGET_NAMES, config: TrainConfig | None = None,
+                       seeds: tuple[int, ...] = (0,), progress: bool | Progress = True) -> list[dict]:
+    """The table's rows for the official training sets: fit on 92, score on 118, and back."""
+    sets = [load_algonauts_set(root, name, targets) for name in TRAINING_SETS]
+    return evaluate_sets(sets, methods, targets, config, seeds, progress=progress).rows
+
+
+# --------------------------------------------------------------------------- output
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The full table: one line per method, target and direction, each score beside this prediction's chance
+    level, p_perm and signed mean rho (tables.score_table)."""
+    return tables.markdown(*tables.score_table(rows))
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Percent of the noise ceiling, methods down, target and direction across: the claim at a glance."""
+    return tables.markdown(*tables.summary(rows))
+
+
+def _ceiling_used(rows: list[dict]) -> str:
+    """How the rows' scores were scaled: the ceiling's source, its mean upper (and lower) value, or none."""
+    sources = sorted({str(r.get("ceiling_source")) for r in rows})
+    if sources == ["None"]:
+        return "none: " + NO_CEILING_NOTE
+    uppers = [r["noise_ceiling"] for r in rows if r.get("noise_ceiling") is not None]
+    lowers = [r["noise_ceiling_lower"] for r in rows if r.get("noise_ceiling_lower") is not None]
+    text = f"{'/'.join(sources)} upper {fmt(float(np.mean(uppers)), '.4f')}"
+    return text + (f", lower {fmt(float(np.mean(lowers)), '.4f')}" if lowers else "") + " (mean over folds)"
+
+
+def fold_table(rows: list[dict]) -> str:
+    """Per method and target: the mean over folds with its standard error and 95% bootstrap interval over the
+    folds (scoring.mean_summary), and every fold's score, as percent of the noise ceiling when every fold has one
+    (else r2), and the ceiling used."""
+    folds = list(dict.fromkeys(r["direction"] for r in rows))
+    header = "| method | target | score | mean +- se | 95% CI (folds) | " + " | ".join(folds) + " | ceiling used |"
+    lines = [header, "|---" * (len(folds) + 6) + "|"]
+    for method, target in dict.fromkeys((r["method"], r["target"]) for r in rows):
+        group = [r for r in rows if r["method"] == method and r["target"] == target]
+        measure = "pct_nc" if all(r["pct_nc"] is not None for r in group) else "r2"
+        by_fold = {r["direction"]: r[measure] for r in group}
+        values = [by_fold.get(f) for f in folds]
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        spec = ".1f" if measure == "pct_nc" else ".4f"
+        stats = mean_summary(finite)
+        interval = "-" if stats["ci_low"] is None else f"[{fmt(stats['ci_low'], spec)}, {fmt(stats['ci_high'], spec)}]"
+        lines.append(f"| {method} | {target} | {'% of noise ceiling' if measure == 'pct_nc' else 'r2'} | "
+                     f"{fmt(stats['mean'], spec)} +- {fmt(stats['se'], spec)} | {interval} | "
+                     + " | ".join(fmt(v, spec) for v in values) + f" | {_ceiling_used(group)} |")
+    return "\n".join(lines)
+
+
+def summary(evaluation: Evaluation) -> str:
+    """The claim at a glance: the fold table for image folds, the percent-of-ceiling table across sets."""
+    return fold_table(evaluation.rows) if evaluation.held_out else summary_table(evaluation.rows)
+
+
+def write_rows_csv(rows: list[dict], path: str | os.PathLike) -> Path:
+    return tables.write_csv(rows, path, COLUMNS)
+
+
+def _display_method(rows: list[dict], target: str, direction: str) -> str | None:
+    """Which prediction the heatmap and MDS show: the Siamese one if there is one, else the best scoring."""
+    candidates = [r for r in rows if r["target"] == target and r["direction"] == direction]
+    if not candidates:
+        return None
+    if any(r["method"] == "siamese" for r in candidates):
+        return "siamese"
+    scored = [r for r in candidates if r["pct_nc"] is not None]
+    return max(scored or candidates, key=lambda r: r["pct_nc"] or r["r2"])["method"]
+
+
+def write_evaluation(evaluation: Evaluation, sets: list[BrainDataset], out_dir: str | os.PathLike,
+                     settings: dict | None = None, make_plots: bool = True) -> dict[str, Path]:
+    """evaluation.md, evaluation.csv, evaluation.json, predictions.npz and the plots into out_dir; for image
+    folds, also each fold's predictions as an rsatoolbox RDMs file with the held-out images' names."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = evaluation.rows
+    paths: dict[str, Path] = {}
+    paths["csv"] = write_rows_csv(rows, out / "evaluation.csv")
+    if evaluation.held_out:
+        md = ["# Image-fold cross-validation", "",
+              "Each method is fitted on the pairs among the other folds' images and scored on the pairs among the "
+              "held-out fold's images, against their subjects (mean over subjects of Spearman rho^2; percent of "
+              "the noise ceiling computed from the held-out images' subjects, or r2 where there is none).", "",
+              "## Per method: mean and per-fold score", "", fold_table(rows), ""]
+    else:
+        md = ["# Cross-set evaluation", "",
+              "Fit on one image set, score on the other (official metric: mean over subjects of Spearman rho^2; "
+              "percent of the noise ceiling).", "", "## Percent of the noise ceiling", "", summary_table(rows), ""]
+    paired = evaluation.paired()
+    if paired:
+        md += ["## Paired tests against the baselines", "", tables.PAIRED_NOTE, "",
+               tables.markdown(*tables.paired_table(paired)), ""]
+    md += ["## Methods ranked by what beats chance", "",
+           "Chance: each prediction scored with its image labels permuted (mean and 95th percentile); a row beats "
+           "it when p_perm < 0.05. Ranked by the rows that beat chance, then by the mean signed rho.", "",
+           tables.markdown(*tables.ranking_table(rows)), "", "## All scores", "", markdown_table(rows), ""]
+    paths["md"] = out / "evaluation.md"
+    write_text(paths["md"], "\n".join(md))
+    payload = {"rows": rows, "paired": paired, "layers": evaluation.layers, "regression": evaluation.regression,
+               "seconds": evaluation.seconds, "settings": settings or {}}
+    if evaluation.held_out:
+        payload["folds"] = {label: d.images.names for label, d in evaluation.held_out.items()}
+    paths["json"] = out / "evaluation.json"
+    write_text(paths["json"], json.dumps(json_safe(payload), indent=2, default=str))
+    if settings is not None:
+        write_text(out / "settings.json", json.dumps(json_safe(settings), indent=2, default=str))
+    paths["predictions"] = out / "predictions.npz"
+    with atomic_path(paths["predictions"]) as tmp:
+        np.savez(tmp, **{f"{m}/{t}/{d}": rdm for (m, t, d), rdm in evaluation.predictions.items()})
+    for label, test in evaluation.held_out.items():
+        fold_rdms = {f"{m}/{t}": rdm for (m, t, d), rdm in evaluation.predictions.items() if d == label}
+        if fold_rdms:
+            paths[f"predictions_{_slug(label)}"] = save_rdms(out / f"predictions_{_slug(label)}.hdf5", fold_rdms,
+                                                             names=test.images.names)
+    if not make_plots or not rows:
+        return paths
+    with_ceiling = [r for r in rows if r["pct_nc"] is not None]
+    title = "Image folds: held-out scores" if evaluation.held_out else None
+    paths["scores_png"] = plots.plot_scores(with_ceiling or rows, out / "scores.png", title=title,
+                                            measure="pct_nc" if with_ceiling else "r2")
+    by_name = {d.name: d for d in sets}
+    for target in dict.fromkeys(r["target"] for r in rows):
+        for direction in dict.fromkeys(r["direction"] for r in rows):
+            method = _display_method(rows, target, direction)
+            if method is None:
+                continue
+            test = evaluation.held_out.get(direction) or by_name[direction.split("->")[-1]]
+            predicted = evaluation.predictions[(method, target, direction)]
+            row = next(r for r in rows if (r["method"], r["target"], r["direction"]) == (method, target, direction))
+            score = f"{fmt(row['pct_nc'], '.1f')}% NC" if row["pct_nc"] is not None else f"r2 {row['r2']:.3f}"
+            label = f"{target}, {method} {direction} ({score})"
+            stem = f"{target}_{_slug(direction)}"
+            fitted = "held out, fitted on the other folds" if evaluation.held_out else f"fitted on {direction}"
+            images = f"{direction} images" if evaluation.held_out else f"{test.name} images"
+            paths[f"rdm_{stem}"] = plots.plot_rdm_comparison(
+                group_average(test.targets[target]), predicted, out / f"rdm_{stem}.png", label,
+                labels=(f"{target}, {images} (group mean)", f"{method}, {fitted}"))
+            paths[f"mds_{stem}"] = plots.plot_mds(predicted, test.images, out / f"mds_{stem}.png",
+                                                  title=f"MDS of the {label} RDM")
+    return paths
+
+
+def run_evaluation(root: str | os.PathLike | None, out_dir: str | os.PathLike,
+                   methods: tuple[str, ...] = METHODS, targets: tuple[str, ...] = TARGET_NAMES,
+                   config: TrainConfig | None = None, seeds: tuple[int, ...] = (0,), batch_size: int = 16,
+                   progress: bool | Progress = True, make_plots: bool = True,
+                   sets: list[BrainDataset] | None = None) -> tuple[Evaluation, dict[str, Path]]:
+    """`siamrdm evaluate`: load the training sets (or use `sets`), evaluate, write everything to out_dir."""
+    config = config or config_from_preset("quick")
+    started = time.perf_counter()
+    if sets is None:
+        sets = [load_algonauts_set(root, name, targets) for name in TRAINING_SETS]
+    evaluation = evaluate_sets(sets, methods, targets, config, seeds, batch_size, progress)
+    settings = {
+        "command": "evaluate", "methods": list(methods), "targets": list(targets), "seeds": list(seeds),
+        "sets": {d.name: len(d) for d in sets}, "data": None if root is None else str(root),
+        "config": asdict(config), "batch_size": batch_size, "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "seconds": {k: round(v, 1) for k, v in evaluation.seconds.items()},
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    paths = write_evaluation(evaluation, sets, out_dir, settings, make_plots)
+    return evaluation, paths
+
+
+def run_fold_evaluation(dataset: BrainDataset, out_dir: str | os.PathLike, folds: int = 5,
+                        methods: tuple[str, ...] = METHODS, config: TrainConfig | None = None,
+                        seeds: tuple[int, ...] = (0,), fold_seed: int = 0, progress: bool | Progress = True,
+                        make_plots: bool = True, inputs: dict | None = None) -> tuple[Evaluation, dict[str, Path]]:
+    """`siamrdm evaluate --images ... --folds K`: cross-validate over the images, write everything to out_dir
+    (with images.txt, the image order used). `inputs` (the image folder, RDM file, key, order file) go into
+    settings.json."""
+    config = config or config_from_preset("quick")
+    started = time.perf_counter()
+    evaluation = evaluate_folds(dataset, folds, methods, config, seeds, fold_seed, progress)
+    settings = {
+        "command": "evaluate", "design": "image folds", "folds": folds, "fold_seed": fold_seed,
+        "methods": list(methods), "targets": list(dataset.targets), "seeds": list(seeds),
+        "images": len(dataset), **(inputs or {}), "config": asdict(config), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "seconds": {k: round(v, 1) for k, v in evaluation.seconds.items()},
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    paths = write_evaluation(evaluation, [], out_dir, settings, make_plots)
+    paths["images"] = write_text(Path(out_dir) / IMAGE_ORDER_FILE, "\n".join(dataset.images.names) + "\n")
+    return evaluation, paths

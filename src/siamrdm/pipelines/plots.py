@@ -1,0 +1,330 @@
+"""Figures a neuroscientist reads at a glance: RDM heatmaps, MDS with thumbnails, learning curves, scores.
+
+Headless by construction: every figure is a `matplotlib.figure.Figure` drawn on an Agg canvas, never pyplot,
+so no display or global backend is touched. Every figure has a fixed size and dpi (`FIGURE_SIZES`, `DPI`) and is
+saved without tight bounding boxes, so each PNG has a known pixel size. Each function returns the path written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+from matplotlib.patches import Patch
+from PIL import Image
+
+from ..io.data import ImageSet, group_average
+from ..io.files import atomic_path
+from ..io.tables import number
+from ..rdm.core import rank_unit, square_rdm, upper_tri
+
+DPI = 100
+FIGURE_SIZES: dict[str, tuple[float, float]] = {  # inches; pixels = inches * DPI
+    "rdm": (10.0, 5.0),
+    "mds": (7.0, 7.0),
+    "lr_range": (6.0, 4.0),
+    "training": (11.0, 4.0),
+    "scores": (10.0, 5.0),
+}
+RDM_CMAP = "viridis"
+
+
+def pixel_size(kind: str) -> tuple[int, int]:
+    """(width, height) in pixels of the PNG a plot of this kind writes."""
+    w, h = FIGURE_SIZES[kind]
+    return round(w * DPI), round(h * DPI)
+
+
+def _figure(kind: str) -> Figure:
+    fig = Figure(figsize=FIGURE_SIZES[kind], dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
+    return path
+
+
+def _as_rdm(rdm: np.ndarray) -> np.ndarray:
+    """One (N, N) RDM; a subject stack is averaged over subjects."""
+    rdm = np.asarray(rdm, dtype=np.float64)
+    return group_average(rdm) if rdm.ndim > 2 else rdm
+
+
+def rank_rdm(rdm: np.ndarray) -> np.ndarray:
+    """The RDM with its upper triangle rank-transformed and scaled to [0, 1] (the usual display), zero diagonal."""
+    rdm = _as_rdm(rdm)
+    return square_rdm(rank_unit(upper_tri(rdm)), rdm.shape[-1])
+
+
+# --------------------------------------------------------------------------- RDMs
+
+
+def plot_rdm_comparison(target_rdm: np.ndarray, predicted_rdm: np.ndarray, path: str | os.PathLike,
+                        title: str | None = None, labels: tuple[str, str] = ("target (group mean)", "predicted"),
+                        ) -> Path:
+    """Target and predicted RDMs side by side, rank-transformed, one shared colour bar.
+
+    The subtitle gives Spearman's rho between the two upper triangles, the quantity the metric squares.
+    """
+    target, predicted = rank_rdm(target_rdm), rank_rdm(predicted_rdm)
+    if target.shape != predicted.shape:
+        raise ValueError(f"target RDM {target.shape} and predicted RDM {predicted.shape} differ in size")
+    rho = float(np.corrcoef(upper_tri(target), upper_tri(predicted))[0, 1])
+    fig = _figure("rdm")
+    axes = fig.subplots(1, 2)
+    image = None
+    for ax, rdm, label in zip(axes, (target, predicted), labels, strict=True):
+        image = ax.imshow(rdm, cmap=RDM_CMAP, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(label)
+        ax.set_xlabel("image")
+        ax.set_ylabel("image")
+    cbar = fig.colorbar(image, ax=list(axes), shrink=0.9)
+    cbar.set_label("dissimilarity (rank, scaled to [0, 1])")
+    fig.suptitle(f"{title + ': ' if title else ''}Spearman rho = {rho:.3f} (N = {len(target)})")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- MDS
+
+
+def classical_mds(rdm: np.ndarray, dims: int = 2) -> np.ndarray:
+    """Torgerson's classical MDS: (N, dims) coordinates whose distances best match the RDM (least squares on
+    the double-centred squared dissimilarities). Deterministic up to the sign of each axis, fixed here so that
+    the largest coordinate of each axis is positive."""
+    d = _as_rdm(rdm)
+    n = len(d)
+    centring = np.eye(n) - 1.0 / n
+    b = -0.5 * centring @ (d**2) @ centring
+    values, vectors = np.linalg.eigh((b + b.T) / 2)
+    order = np.argsort(values)[::-1][:dims]
+    coords = vectors[:, order] * np.sqrt(np.clip(values[order], 0, None))
+    for k in range(coords.shape[1]):
+        if coords[np.argmax(np.abs(coords[:, k])), k] < 0:
+            coords[:, k] = -coords[:, k]
+    return coords
+
+
+def _thumbnail(image: np.ndarray, size: int) -> np.ndarray:
+    pil = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    pil.thumbnail((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(pil)
+
+
+def plot_mds(rdm: np.ndarray, images: ImageSet | Sequence[np.ndarray], path: str | os.PathLike,
+             title: str | None = None, thumb_px: int = 28) -> Path:
+    """A 2-D classical MDS of an RDM with each image's thumbnail at its point."""
+    pictures = list(images.images) if isinstance(images, ImageSet) else list(images)
+    d = _as_rdm(rdm)
+    if len(pictures) != len(d):
+        raise ValueError(f"{len(pictures)} images for a {len(d)} x {len(d)} RDM")
+    coords = classical_mds(d)
+    fig = _figure("mds")
+    ax = fig.subplots()
+    ax.scatter(coords[:, 0], coords[:, 1], s=4, c="k")
+    for (x, y), picture in zip(coords, pictures, strict=True):
+        box = OffsetImage(_thumbnail(picture, thumb_px), zoom=1.0)
+        ax.add_artist(AnnotationBbox(box, (x, y), frameon=False, pad=0.0))
+    span = np.ptp(coords, axis=0).max() if len(coords) else 1.0
+    margin = 0.08 * (span if span > 0 else 1.0)
+    ax.set_xlim(coords[:, 0].min() - margin, coords[:, 0].max() + margin)
+    ax.set_ylim(coords[:, 1].min() - margin, coords[:, 1].max() + margin)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel("MDS 1")
+    ax.set_ylabel("MDS 2")
+    ax.set_title(title or f"Classical MDS of the RDM ({len(d)} images)")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- learning
+
+
+def plot_lr_range(result: dict, path: str | os.PathLike, title: str | None = None) -> Path:
+    """The LR range test: loss against rate (log scale), smoothed loss, and the suggested rate marked."""
+    lrs = np.asarray(result["lr"], dtype=float)
+    fig = _figure("lr_range")
+    ax = fig.subplots()
+    if "loss" in result:
+        ax.plot(lrs, np.asarray(result["loss"], dtype=float), color="0.7", lw=1, label="loss")
+    if "smoothed_loss" in result:
+        ax.plot(lrs, np.asarray(result["smoothed_loss"], dtype=float), color="C0", lw=2, label="smoothed loss")
+    suggested = result.get("suggested_lr")
+    if suggested:
+        ax.axvline(float(suggested), color="C3", ls="--", label=f"suggested lr = {float(suggested):.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title(title or "LR range test")
+    ax.legend(loc="best", fontsize="small")
+    return _save(fig, path)
+
+
+def _number(value) -> float:
+    """A number to plot: NaN (a gap in the line) where it is missing."""
+    value = number(value)
+    return math.nan if value is None else value
+
+
+def plot_training_curves(history: Iterable[dict], path: str | os.PathLike, title: str | None = None,
+                         marked: dict[str, int] | None = None) -> Path:
+    """Training loss and validation % of the noise ceiling per epoch (rows as in FitResult.history or log.csv).
+
+    The epochs `marked` (label -> epoch: those a rule chose and a run used, e.g. per direction and for the final
+    fit), else the best validation epoch (highest mean rho where logged, as the trainer chose it), and the switch
+    from frozen to unfrozen body are marked. A run without validation (a final fit) has the loss panel alone.
+    """
+    rows = list(history)
+    if not rows:
+        raise ValueError("no history rows to plot")
+    epochs = np.array([_number(r.get("epoch", k + 1)) for k, r in enumerate(rows)])
+    loss = np.array([_number(r.get("loss")) for r in rows])
+    val_keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("val/")]
+    mean = np.array([_number(r.get("val_pct_nc")) for r in rows])
+    validated = np.isfinite(mean).any() or any(np.isfinite(_number(r.get(k))) for r in rows for k in val_keys)
+    fig = _figure("training")
+    ax_loss, ax_val = fig.subplots(1, 2) if validated else (fig.subplots(), None)
+    ax_loss.plot(epochs, loss, color="C0", marker="." if len(rows) < 40 else None)
+    if np.all(loss[np.isfinite(loss)] > 0) and np.isfinite(loss).any():
+        ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.set_title("training")
+    phases = [r.get("phase") for r in rows]
+    switch = next((epochs[k] for k in range(1, len(rows)) if phases[k] != phases[k - 1]), None)
+    if switch is not None:
+        for ax in (ax_loss, ax_val) if validated else (ax_loss,):
+            ax.axvline(switch - 0.5, color="0.5", ls="--", lw=1)
+    if validated:
+        _validation_panel(ax_val, rows, epochs, val_keys, mean, marked)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _validation_panel(ax, rows: list[dict], epochs: np.ndarray, val_keys: list[str], mean: np.ndarray,
+                      marked: dict[str, int] | None) -> None:
+    """The validation curves with the epochs marked: `marked` (label -> epoch), else the trainer's best."""
+    for key in val_keys:
+        ax.plot(epochs, [_number(r.get(key)) for r in rows], lw=1, alpha=0.8, label=key[4:])
+    if np.isfinite(mean).any():
+        ax.plot(epochs, mean, color="k", lw=2, label="mean")
+    if marked:
+        styles = [":", "--", "-."]
+        by_epoch: dict[int, list[str]] = {}
+        for label, epoch in marked.items():  # one line per epoch, naming every use of it
+            by_epoch.setdefault(int(epoch), []).append(label)
+        for k, (epoch, labels) in enumerate(by_epoch.items()):
+            ax.axvline(epoch, color=f"C{3 + k}", ls=styles[k % len(styles)],
+                       label=f"epoch {epoch} used: {', '.join(labels)}" + (" (the prior alone)" if epoch == 0 else ""))
+    elif np.isfinite(mean).any():
+        chosen_on = np.array([_number(r.get("val_rho")) for r in rows])  # the epoch kept: highest mean rho
+        best = int(np.nanargmax(chosen_on if np.isfinite(chosen_on).any() else mean))
+        ax.axvline(epochs[best], color="C3", ls=":", label=f"best epoch {epochs[best]:g}")
+    ax.legend(loc="best", fontsize="small")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("% of noise ceiling")
+    ax.set_title("validation")
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def _interval(row: dict, in_percent: bool) -> tuple[float, float] | None:
+    """A row's 95% interval of r2 (`r2_ci_low`, `r2_ci_high`), in % of its noise ceiling when `in_percent`;
+    None when it has none."""
+    low, high = number(row.get("r2_ci_low")), number(row.get("r2_ci_high"))
+    if low is None or high is None:
+        return None
+    if not in_percent:
+        return low, high
+    ceiling = number(row.get("noise_ceiling"))
+    return None if ceiling is None or ceiling <= 0 else (100 * low / ceiling, 100 * high / ceiling)
+
+
+def plot_scores(rows: Iterable[dict], path: str | os.PathLike, title: str | None = None,
+                measure: str = "pct_nc") -> Path:
+    """Percent of the noise ceiling per target, one bar per method and direction, with the ceiling band and each
+    bar's chance band.
+
+    Rows need method, target, direction and pct_nc; with `nc_lower_pct` (the lower noise ceiling as a percent
+    of the upper) the band behind each bar spans its own row's lower ceiling (that direction's test set's) to
+    the upper ceiling;
+    the upper ceiling (100 %) is always drawn as a line. With `chance_pct_mean` and `chance_pct_95` (this
+    prediction's score with its image labels permuted) a dark band over the bar spans the chance mean to its
+    95th percentile: a bar that does not rise above it has not beaten chance. With `r2_ci_low` and `r2_ci_high`
+    (the score record's 95% bootstrap interval over subjects) each bar has its error bar, in % of the row's
+    `noise_ceiling`. With `measure="r2"` the bars are r2 (chance and error bars in r2 too) and there is no
+    ceiling band: for data without a noise ceiling (a single group RDM).
+    """
+    with_ceiling = measure == "pct_nc"
+    rows = [r for r in rows if _number(r.get(measure)) == _number(r.get(measure))]
+    if not rows:
+        raise ValueError("no scored rows to plot")
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    directions = list(dict.fromkeys(r.get("direction", "") for r in rows))
+    series = [(m, d) for m in methods for d in directions]
+    lookup = {(r["method"], r.get("direction", ""), r["target"]): _number(r[measure]) for r in rows}
+    unit = "pct" if with_ceiling else "r2"
+    chance = {(r["method"], r.get("direction", ""), r["target"]): (_number(r.get(f"chance_{unit}_mean")),
+                                                                  _number(r.get(f"chance_{unit}_95"))) for r in rows}
+    errors = {(r["method"], r.get("direction", ""), r["target"]): _interval(r, with_ceiling) for r in rows}
+    lowers = {(r["method"], r.get("direction", ""), r["target"]): _number(r.get("nc_lower_pct")) for r in rows}
+    width = 0.8 / len(series)
+    hatches = ["", "//", "..", "xx", "\\\\", "++"]
+    fig = _figure("scores")
+    ax = fig.subplots()
+    for t in range(len(targets) if with_ceiling else 0):
+        ax.hlines(100.0, t - 0.45, t + 0.45, color="0.4", lw=1.5, zorder=1)
+    for s, (method, direction) in enumerate(series):
+        x = np.arange(len(targets)) - 0.4 + width * (s + 0.5)
+        values = [lookup.get((method, direction, t), math.nan) for t in targets]
+        for position, target in zip(x, targets, strict=True):  # this row's own lower ceiling, not the target's
+            lower = lowers.get((method, direction, target), math.nan)
+            if with_ceiling and math.isfinite(lower):
+                ax.fill_between([position - width / 2, position + width / 2], lower, 100.0, color="0.85", zorder=0)
+        ax.bar(x, np.nan_to_num(values), width * 0.95, color=f"C{methods.index(method)}",
+               hatch=hatches[directions.index(direction) % len(hatches)], edgecolor="white", zorder=2)
+        for position, target, value in zip(x, targets, values, strict=True):
+            bounds = errors.get((method, direction, target))
+            if bounds is not None and math.isfinite(value):
+                below, above = max(value - bounds[0], 0.0), max(bounds[1] - value, 0.0)
+                ax.errorbar(position, value, yerr=[[below], [above]], fmt="none", ecolor="k", elinewidth=1.2,
+                            capsize=3, zorder=5)
+            low, high = chance.get((method, direction, target), (math.nan, math.nan))
+            if math.isfinite(high):
+                low = low if math.isfinite(low) else high
+                ax.bar(position, max(high - low, 0.0), width * 0.7, bottom=low, color="0.2", alpha=0.45, zorder=3)
+                ax.hlines(high, position - width * 0.4, position + width * 0.4, color="k", lw=1.2, zorder=4)
+    handles = [Patch(color=f"C{k}", label=m) for k, m in enumerate(methods)]
+    if len(directions) > 1 or directions[0]:
+        handles += [Patch(facecolor="0.6", hatch=hatches[k % len(hatches)], edgecolor="white", label=d)
+                    for k, d in enumerate(directions)]
+    if with_ceiling:
+        handles.append(Patch(color="0.85", label="noise ceiling (lower to upper)"))
+    if any(math.isfinite(high) for _, high in chance.values()):
+        handles.append(Patch(color="0.2", alpha=0.45, label="chance, labels permuted (mean to 95th pct)"))
+    if any(bounds is not None for bounds in errors.values()):
+        handles.append(Line2D([], [], color="k", marker="_", markersize=8, lw=1.2,
+                              label="95% bootstrap interval over subjects"))
+    ax.legend(handles=handles, loc="upper left", fontsize="small", ncol=2)
+    ax.set_xticks(np.arange(len(targets)), targets)
+    values = [v for v in [*lookup.values(), *(high for _, high in chance.values()),
+                          *(b[k] for b in errors.values() if b is not None for k in (0, 1))] if math.isfinite(v)]
+    top = max(110.0, max(values) * 1.1) if with_ceiling else max(max(values) * 1.1, 1e-3)
+    ax.set_ylim(min(0.0, min(values) * 1.1), top * 1.25)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_ylabel("% of noise ceiling" if with_ceiling else "r2 (mean over subjects of rho^2)")
+    ax.set_title(title or ("Cross-set scores (percent of the noise ceiling)" if with_ceiling
+                           else "Scores (r2; no noise ceiling)"))
+    return _save(fig, path)

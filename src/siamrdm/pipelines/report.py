@@ -1,0 +1,306 @@
+"""A run folder as one page: report.md (images linked) and report.html (images embedded, one self-contained file).
+
+The report is generic: it has a section for each kind of thing it finds, so it serves `siamrdm evaluate`,
+`siamrdm challenge` and `siamrdm fit` folders alike:
+
+- settings.json / config.json: the run's settings, verbatim;
+- score tables: every top-level CSV with method, target and pct_nc columns (evaluation.csv, validation.csv),
+  shown in full and as a percent-of-ceiling summary, with a bar chart drawn if the folder has none;
+- lr_find.json anywhere below: the LR range test curve (drawn next to it);
+- log.csv anywhere below: training and validation curves per epoch (drawn next to it);
+- every other PNG below the folder: shown with its path as caption.
+
+Only regular files of at most MAX_REPORT_FILE_BYTES are read (a symbolic link, a FIFO or a device is refused with
+one line: it could point anywhere, block or never end), and nothing is drawn before the folder is known to be
+writable.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import os
+import stat
+from pathlib import Path
+
+from ..io.data import DataError
+from ..io.files import check_output_file, write_text
+from ..io.tables import PAIRED_NOTE, chance_ranking, flag, number, paired_table, ranking_table, score_table, summary
+from ..rdm.scoring import paired_rows
+from . import plots
+
+SETTINGS_FILES = ("settings.json", "config.json")
+SCORE_COLUMNS = {"method", "target", "pct_nc"}  # what makes a CSV a score table
+
+MAX_REPORT_FILE_BYTES = 64 * 2**20  # the largest file (a PNG, CSV or JSON) a report reads
+
+Block = tuple  # ("h2" | "h3" | "p" | "code", text), ("table", header, rows), ("img", path, caption)
+
+
+def _checked_input(path: Path) -> Path:
+    """`path`, when it is a regular file (not a symbolic link, FIFO or device) of at most MAX_REPORT_FILE_BYTES."""
+    try:
+        info = path.lstat()
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable ({' '.join(str(exc).split())})") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise DataError(f"{path}: a symbolic link; a report reads only regular files (replace it with the file)")
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"{path}: not a regular file (a FIFO, device or socket); a report reads only regular files")
+    if info.st_size > MAX_REPORT_FILE_BYTES:
+        raise DataError(f"{path}: {info.st_size:,} bytes, more than the {MAX_REPORT_FILE_BYTES:,} a report reads")
+    return path
+
+
+def _read_bytes(path: Path) -> bytes:
+    """A checked input's bytes, never more than the limit (even should it grow meanwhile). A read of n bytes
+    allocates n at once, so it asks for the file's size (plus one, to see growth), not for the limit."""
+    with open(_checked_input(path), "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        content = f.read(min(size, MAX_REPORT_FILE_BYTES) + 1)
+    if len(content) > MAX_REPORT_FILE_BYTES:
+        raise DataError(f"{path}: more than the {MAX_REPORT_FILE_BYTES:,} bytes a report reads")
+    if len(content) > size:
+        raise DataError(f"{path}: grew while it was read; run the report again once the run has finished")
+    return content
+
+
+def _read_text(path: Path, errors: str = "strict") -> str:
+    return _read_bytes(path).decode("utf-8", errors)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(_read_text(path), newline="")))
+
+
+def _lr_result(path: Path) -> dict:
+    """An LR range test (lr_find.json): learning rates (positive numbers), losses of the same length (numbers, null
+    where none was had), an optional suggested rate; a DataError naming the file otherwise."""
+    try:
+        result = json.loads(_read_text(path))
+    except ValueError as exc:
+        raise DataError(f"{path}: malformed LR range test, not JSON ({' '.join(str(exc).split())})") from None
+
+    def is_number(value) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    if not isinstance(result, dict) or not isinstance(result.get("lr"), list) or not result["lr"] or not all(
+            is_number(v) and v > 0 for v in result["lr"]):
+        raise DataError(f"{path}: malformed LR range test (expected an object whose 'lr' is a list of positive "
+                        "learning rates)")
+    for name in ("loss", "smoothed_loss"):
+        values = result.get(name)
+        if values is not None and not (isinstance(values, list) and len(values) == len(result["lr"])
+                                       and all(v is None or is_number(v) for v in values)):
+            raise DataError(f"{path}: malformed LR range test ('{name}' is not a list of {len(result['lr'])} numbers)")
+    suggested = result.get("suggested_lr")
+    if suggested is not None and not (is_number(suggested) and suggested > 0):
+        raise DataError(f"{path}: malformed LR range test ('suggested_lr' is not a positive number)")
+    return result
+
+
+def _image(path: Path, caption: str) -> Block:
+    """A PNG to embed, checked now, so that a bad one stops the report before anything is written."""
+    return ("img", _checked_input(path), caption)
+
+
+def _visible(path: Path, root: Path) -> bool:
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _summary_table(rows: list[dict], measure: str = "pct_nc") -> Block:
+    """Percent of the noise ceiling (or r2, for data without one): methods down, in the order of
+    `tables.chance_ranking`, target (and direction) across, with the mean."""
+    order = {method: k for k, method in enumerate(chance_ranking(rows))}
+    ranked = sorted(rows, key=lambda r: order[r["method"]])
+    return ("table", *summary(ranked, measure, ".1f" if measure == "pct_nc" else ".4f"))
+
+
+RANKING_NOTE = ("Methods ranked by what beats chance: first by how many of their rows beat this very prediction's "
+                "chance level (its image labels permuted; p_perm < 0.05), then by the mean signed rho over subjects "
+                "(chance level 0), never by the raw percent of the ceiling, which an RDM with strong per-image "
+                "structure reaches by chance.")
+
+
+def _fits_blocks(run_dir: Path) -> list[Block]:
+    """A challenge's final fits (settings.json 'fits': target -> epochs and each seed's record), one row each,
+    a fit of 0 epochs flagged as the prior alone."""
+    try:
+        fits = json.loads(_read_text(run_dir / "settings.json")).get("fits")
+    except (DataError, ValueError, AttributeError):
+        return []  # no settings, or not a challenge's: the settings section shows what there is
+    if not isinstance(fits, dict) or not fits or not all(isinstance(f, dict) for f in fits.values()):
+        return []
+    body = []
+    for target, fit in fits.items():
+        epochs = number(fit.get("epochs"))
+        seeds = {k: v for k, v in fit.items() if k.startswith("seed") and isinstance(v, dict)}
+        alone = epochs == 0 or (seeds and all(v.get("prior_alone") is True for v in seeds.values()))
+        body.append([target, "-" if epochs is None else f"{epochs:g}", ", ".join(seeds) or "-",
+                     "the prior alone (no trained epoch)" if alone else ""])
+    return [("h2", "Final fits"), ("p", "Each target's final fit on both training sets, for the epochs its folds "
+             "chose (0: the prior alone, since no trained epoch showed a validated gain)."),
+            ("table", ["target", "epochs", "seeds", "note"], body)]
+
+
+def _collect(run_dir: Path) -> list[Block]:
+    blocks: list[Block] = []
+    placed: set[Path] = set()
+
+    for path in sorted(run_dir.glob("*.csv")):
+        try:
+            rows = _read_csv(path)
+        except (OSError, csv.Error, UnicodeDecodeError):
+            continue
+        if not rows or not SCORE_COLUMNS <= set(rows[0]):
+            continue
+        scored = [r for r in rows if number(r.get("pct_nc")) is not None]
+        blocks.append(("h2", f"Scores ({path.name})"))
+        if any(number(r.get("rho_mean")) is not None or flag(r.get("beats_chance")) is not None for r in rows):
+            blocks += [("p", RANKING_NOTE), ("table", *ranking_table(rows))]
+        if scored:
+            blocks += [("p", "Percent of the noise ceiling:"), _summary_table(rows)]
+        else:
+            blocks += [("p", "r2 (these data have no noise ceiling):"), _summary_table(rows, "r2")]
+        blocks += [("p", "All scores (chance: mean and 95th percentile of this prediction's score with its image "
+                    "labels permuted):"), ("table", *score_table(rows))]
+        paired = paired_rows(rows)
+        if paired:
+            blocks += [("p", PAIRED_NOTE), ("table", *paired_table(paired))]
+        chart = path.with_name("scores.png") if path.stem == "evaluation" else path.with_name(f"{path.stem}_scores.png")
+        if not chart.is_file() and scored:
+            plots.plot_scores(scored, chart, title=f"{path.stem}: percent of the noise ceiling")
+        if chart.is_file():
+            blocks.append(_image(chart, chart.name))
+            placed.add(chart)
+
+    blocks += _fits_blocks(run_dir)
+    lr_files = sorted(p for p in run_dir.rglob("lr_find.json") if _visible(p, run_dir))
+    logs = sorted(p for p in run_dir.rglob("log.csv") if _visible(p, run_dir))
+    if lr_files or logs:
+        blocks.append(("h2", "Training"))
+    for path in lr_files:
+        result = _lr_result(path)
+        chart = plots.plot_lr_range(result, path.with_name("lr_find.png"))
+        rel = chart.relative_to(run_dir)
+        suggested = result.get("suggested_lr")
+        blocks.append(("h3", f"LR range test ({path.relative_to(run_dir)})"))
+        if suggested is not None:
+            blocks.append(("p", f"Suggested learning rate: {float(suggested):.3g}"))
+        blocks.append(_image(chart, str(rel)))
+        placed.add(chart)
+    for path in logs:
+        try:
+            rows = _read_csv(path)
+        except (OSError, csv.Error, UnicodeDecodeError):
+            continue
+        if not rows or "loss" not in rows[0]:
+            continue
+        where = path.parent.relative_to(run_dir)
+        label = "run" if str(where) == "." else str(where)
+        chart = plots.plot_training_curves(rows, path.with_name("training_curves.png"), title=f"training: {label}")
+        # the epoch kept is the one of the highest mean rho (train.selection_score); older logs have only pct_nc
+        val = [(number(r.get("val_rho", r.get("val_pct_nc"))), number(r.get("val_pct_nc")), r.get("epoch"))
+               for r in rows]
+        val = [row for row in val if row[0] is not None]
+        blocks.append(("h3", f"Training curves ({path.relative_to(run_dir)})"))
+        loss = number(rows[-1].get("loss"))
+        trained = sum((number(r.get("epoch")) or 0) > 0 for r in rows)
+        text = f"{trained} epochs; final training loss {'-' if loss is None else format(loss, '.4g')}"
+        if not trained:
+            text = "0 epochs trained: the prior alone"
+        if val:
+            _, pct, epoch = max(val, key=lambda row: row[0])
+            text += f"; best validation epoch {epoch}" + ("" if pct is None else f" ({pct:.1f}% of the noise ceiling)")
+        blocks += [("p", text + "."), _image(chart, str(chart.relative_to(run_dir)))]
+        placed.add(chart)
+
+    figures = sorted(p for p in run_dir.rglob("*.png") if _visible(p, run_dir) and p not in placed)
+    if figures:
+        blocks.append(("h2", "Figures"))
+        blocks += [_image(p, str(p.relative_to(run_dir))) for p in figures]
+    # What a reader wants first: the scores and the figures; the run's settings close the page.
+    for name in SETTINGS_FILES:
+        path = run_dir / name
+        if os.path.lexists(path) and not path.is_dir():  # a link or a FIFO is refused, not skipped
+            blocks += [("h2", f"Settings ({name})")]
+            try:
+                text = json.dumps(json.loads(_read_text(path)), indent=2)
+            except ValueError:
+                text = _read_text(path, errors="replace")
+            blocks.append(("code", text))
+    return blocks
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _markdown(title: str, blocks: list[Block], run_dir: Path) -> str:
+    out = [f"# {title}", ""]
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h2", "h3"):
+            out += [f"{'#' * int(kind[1])} {block[1]}", ""]
+        elif kind == "p":
+            out += [block[1], ""]
+        elif kind == "code":
+            out += ["```json", block[1], "```", ""]
+        elif kind == "table":
+            header, rows = block[1], block[2]
+            out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            out += ["| " + " | ".join(row) + " |" for row in rows]
+            out.append("")
+        elif kind == "img":
+            out += [f"![{block[2]}]({block[1].relative_to(run_dir).as_posix()})", ""]
+    return "\n".join(out)
+
+
+def _html(title: str, blocks: list[Block]) -> str:
+    e = html.escape
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
+           "<style>body{font-family:sans-serif;max-width:1150px;margin:2em auto;padding:0 1em}"
+           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+           "td:first-child,th:first-child{text-align:left}pre{background:#f5f5f5;padding:1em;overflow:auto}"
+           "figure{margin:1em 0}img{max-width:100%}figcaption{color:#555;font-size:90%}</style>",
+           "</head><body>", f"<h1>{e(title)}</h1>"]
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h2", "h3"):
+            out.append(f"<{kind}>{e(block[1])}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{e(block[1])}</p>")
+        elif kind == "code":
+            out.append(f"<pre>{e(block[1])}</pre>")
+        elif kind == "table":
+            out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in block[1]) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in block[2]]
+            out.append("</table>")
+        elif kind == "img":
+            data = base64.b64encode(_read_bytes(block[1])).decode("ascii")
+            out.append(f'<figure><img src="data:image/png;base64,{data}" alt="{e(block[2])}">'
+                       f"<figcaption>{e(block[2])}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(run_dir: str | os.PathLike, title: str | None = None) -> tuple[Path, Path]:
+    """Gather a run folder's settings, tables and plots into run_dir/report.md and run_dir/report.html."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: no such run folder")
+    md_path, html_path = check_output_file(run_dir / "report.md"), check_output_file(run_dir / "report.html")
+    try:  # the plots drawn next to their data, and the pages
+        blocks = _collect(run_dir)
+        if not blocks:
+            raise DataError(f"{run_dir}: nothing to report (no settings.json, score CSV, log.csv, lr_find.json or "
+                            "PNG)")
+        title = title or f"siamrdm report: {run_dir.resolve().name}"
+        write_text(md_path, _markdown(title, blocks, run_dir))
+        write_text(html_path, _html(title, blocks))
+    except OSError as exc:
+        raise DataError(f"{run_dir}: cannot write the report ({' '.join(str(exc).split())})") from None
+    return md_path, html_path

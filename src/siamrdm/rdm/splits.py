@@ -1,0 +1,88 @@
+"""How images and subjects are split for validation: held-out images, image folds, cross-set directions, subject
+halves. One rule for every split: each side keeps at least MIN_SPLIT_IMAGES images, because a side's RDM must
+have pairs to rank (3 images give 3 pairs) and a training side must have pairs to learn from.
+
+No pair ever crosses a split: a model is trained on pairs among one side's images and scored on pairs among the
+other's, so held-out scores measure generalisation to new images (and, with subject halves, to new people).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..io.data import BrainDataset, ImageSet
+
+MIN_SPLIT_IMAGES = 3
+
+
+def subset(dataset: BrainDataset, index: np.ndarray, name: str) -> BrainDataset:
+    """The images `index` of a dataset with their RDMs (rows and columns)."""
+    images = ImageSet([dataset.images.names[k] for k in index], [dataset.images.images[k] for k in index],
+                      dataset.images.source)
+    targets = {t: r[..., index[:, None], index[None, :]] for t, r in dataset.targets.items()}
+    return BrainDataset(name, images, targets, dataset.official)
+
+
+def holdout_indices(n: int, fraction: float, seed: int, option: str = "val_fraction",
+                    what: str = "images") -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held-out) indices of n images, each sorted: a random `fraction` held out, both sides at least
+    MIN_SPLIT_IMAGES; fraction 0 holds out nothing. A bad fraction is a ConfigError naming `option`."""
+    if not (isinstance(fraction, int | float) and 0 <= fraction < 1):
+        raise ConfigError(option, f"must be at least 0 and below 1, got {fraction}")
+    if fraction == 0:
+        return np.arange(n), np.arange(0)
+    n_val = max(MIN_SPLIT_IMAGES, round(n * fraction))
+    if n - n_val < MIN_SPLIT_IMAGES:
+        raise ConfigError(option, f"{fraction} of the {n} {what} leaves {n - n_val} for training; both sides need "
+                                  f"at least {MIN_SPLIT_IMAGES}")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def split_holdout(dataset: BrainDataset, fraction: float, seed: int) -> tuple[BrainDataset, BrainDataset]:
+    """Hold out a random `fraction` (above 0) of a set's images for validation (pairs among them only)."""
+    if not (isinstance(fraction, int | float) and 0 < fraction < 1):
+        raise ConfigError("val_fraction", f"must be between 0 and 1, got {fraction}")
+    kept, held = holdout_indices(len(dataset), fraction, seed, what=f"images of set {dataset.name}")
+    return subset(dataset, kept, f"{dataset.name}-train"), subset(dataset, held, f"{dataset.name}-val")
+
+
+def fold_indices(n: int, folds: int, seed: int = 0) -> list[np.ndarray]:
+    """Each fold's held-out image indices, sorted: a seeded shuffle cut into `folds` parts of MIN_SPLIT_IMAGES
+    or more images (a ConfigError naming 'folds' otherwise)."""
+    if not (isinstance(folds, int) and 2 <= folds <= n // MIN_SPLIT_IMAGES):
+        raise ConfigError("folds", f"{folds} folds of {n} images (each fold needs at least {MIN_SPLIT_IMAGES} "
+                                   "images)")
+    order = np.random.default_rng(seed).permutation(n)
+    return [np.sort(part) for part in np.array_split(order, folds)]
+
+
+def fold_splits(dataset: BrainDataset, folds: int, seed: int = 0) -> dict[str, tuple[BrainDataset, BrainDataset]]:
+    """Image-level folds within one set, '<set> fold k' -> (training images, held-out fold's images)."""
+    splits = {}
+    for k, held_out in enumerate(fold_indices(len(dataset), folds, seed)):
+        kept = np.setdiff1d(np.arange(len(dataset)), held_out)
+        splits[f"{dataset.name} fold {k + 1}"] = (subset(dataset, kept, f"{dataset.name}-f{k + 1}-train"),
+                                                   subset(dataset, held_out, f"{dataset.name}-f{k + 1}-val"))
+    return splits
+
+
+def direction_label(train: str, test: str) -> str:
+    return f"{train}->{test}"
+
+
+def cross_set_splits(sets: dict[str, BrainDataset]) -> dict[str, tuple[BrainDataset, BrainDataset]]:
+    """Fit on one set, score on another: every ordered pair of the sets given ('92->118' and '118->92' for the
+    two Algonauts training sets), in the order the sets are given."""
+    return {direction_label(a, b): (sets[a], sets[b]) for a in sets for b in sets if a != b}
+
+
+def subject_halves(n_subjects: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint halves of the subjects (sorted indices; the first gets the odd one): train on one half's
+    mean RDM, score on the other's subjects, so that a score cannot come from learning the same people."""
+    if n_subjects < 2:
+        raise ConfigError("subjects", f"{n_subjects} subject(s) cannot be split in halves; at least 2 are needed")
+    order = np.random.default_rng(seed).permutation(n_subjects)
+    first = (n_subjects + 1) // 2
+    return np.sort(order[:first]), np.sort(order[first:])

@@ -1,0 +1,469 @@
+"""Full-batch training of the Siamese RDM network: data preparation, the pair-factorised step, validation.
+
+The run's settings live in config.py, augmentation in augment.py, checkpoint files in checkpoint.py and the
+epochs, schedule, kept epoch, checkpoints and resume in loop.py (the one training loop); this module re-exports
+their public names for callers of `siamrdm.train`.
+
+One epoch is one optimiser step on all pairs within every training set (pairs never cross sets).
+While the body is frozen its features are computed once per image and augmented view and cached; once
+it is unfrozen, each step runs the body once per image (in chunks, so memory stays bounded) and the
+head on all pairs. Validation uses the official metric on held-out images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import TrainingDiverged as TrainingDiverged
+from ..io.data import BrainDataset, DataError, ImageSet, group_average, subject_rdms, target_key
+from ..io.files import run_folder, run_mode
+from ..model.backbones import create_body, images_to_tensor
+from ..model.network import (
+    SiameseRDMNet,
+    all_pairs,
+    all_pairs_correlation_loss,
+    all_pairs_loss,
+    all_pairs_outputs,
+    head_config,
+)
+from ..model.prior import PriorFit, fit_prior, prior_vector, stage_rdms
+from ..rdm.core import rescale, square_rdm, upper_tri
+from ..rdm.scoring import score_row
+from ..rdm.scoring_torch import spearman_torch, standardised_ranks_torch
+from ..rdm.splits import split_holdout as split_holdout  # re-exported: callers of siamrdm.train split here too
+from ..rdm.splits import subset as subset
+from .augment import augment_batch, crop_flip, draw_boxes, image_generator
+from .checkpoint import load_checkpoint as load_checkpoint  # re-exported: tests and callers read checkpoints here
+from .checkpoint import load_run_state, reading
+from .config import PRESETS as PRESETS  # re-exported: callers of siamrdm.train find the run's settings here too
+from .config import ConfigError as ConfigError
+from .config import TrainConfig as TrainConfig
+from .config import check_config as check_config
+from .config import config_from_dict as config_from_dict
+from .config import config_from_preset as config_from_preset
+from .config import pick_device as pick_device
+from .loop import TRAINING_MUST_BEAT_ZERO_BY_SE as TRAINING_MUST_BEAT_ZERO_BY_SE
+from .loop import FitResult, TrainingLoop
+from .loop import selection_score as selection_score
+from .loop import validated_gain as validated_gain
+
+# --------------------------------------------------------------------------- data for training
+
+
+@dataclass
+class PairTargets:
+    """One image set ready for training: pixels, and the rescaled group-mean target of each pair."""
+
+    name: str
+    images: torch.Tensor  # (N, 3, S, S) in [0, 1]
+    targets: torch.Tensor  # (P, T), P = N(N-1)/2 pairs in upper-triangle order
+    subject_rdms: dict[str, np.ndarray]  # for validation with the official metric
+    normalisation: dict[str, dict[str, float]]
+    keys: list[str]  # each image's file (its folder, resolved, and name): the feature cache's key
+    seed_keys: list[str]  # each image's identity as its augmentation is seeded: its folder's name and its name
+    official: bool = False  # an Algonauts set: its targets' published ceilings apply
+    prior_pairs: torch.Tensor | None = None  # (P, T) the prior's values, already subtracted from `targets`
+
+
+def prepare_set(dataset: BrainDataset, targets: tuple[str, ...], config: TrainConfig) -> PairTargets:
+    missing = [t for t in targets if t not in dataset.targets]
+    if missing:
+        raise DataError(f"image set {dataset.name}: no RDMs for target(s) {', '.join(missing)}")
+    columns, normalisation = [], {}
+    for target in targets:
+        values, params = rescale(upper_tri(group_average(dataset.targets[target])), config.rescale)
+        columns.append(values)
+        normalisation[target] = params
+    return PairTargets(
+        name=dataset.name,
+        images=images_to_tensor(dataset.images.images, config.image_size),
+        targets=torch.tensor(np.stack(columns, axis=1), dtype=torch.float32),
+        subject_rdms={t: dataset.targets[t] for t in targets},
+        normalisation=normalisation,
+        keys=[f"{Path(dataset.images.source).resolve()}/{name}" for name in dataset.images.names],
+        seed_keys=[f"{Path(dataset.images.source).name}/{name}" for name in dataset.images.names],
+        official=dataset.official,
+    )
+
+
+# Frozen-body features of single images, shared by every Trainer of a process: a challenge fits many models on
+# the same images (targets, directions, held-out splits), and a pretrained body gives each image and augmented
+# view the same features every time. Keyed by everything the features depend on; bounded in entries.
+_VIEW_CACHE: dict[tuple, torch.Tensor] = {}
+_VIEW_CACHE_ENTRIES = 20_000
+
+
+@torch.no_grad()
+def frozen_views(model: SiameseRDMNet, data: PairTargets, config: TrainConfig, n_views: int,
+                 device: torch.device) -> torch.Tensor:
+    """(V, N, C, H, W) raw body features of every image: view 0 plain, then augmented views.
+
+    Each image's augmentation is drawn from a generator seeded by the run's seed, the image's identity (its
+    folder's name and its name: not the path it was given by, so `--data ../x` and `--data /abs/x` train the same
+    model) and the view, so an image has the same views whichever subset of its set it is trained in (folds,
+    held-out splits), and cached features can be reused. The body must be the untrained pretrained one.
+    """
+    crop_key = (config.backbone, config.weights, config.stage, config.image_size, config.crop_scale, config.seed)
+    numerics = (str(device), config.precision, config.channels_last)
+    out = None
+    for view in range(n_views):
+        views = [(*crop_key, key, view) for key in data.seed_keys]  # what an image's crop is seeded by
+        keys = [(*crop_key, key, view, *numerics) for key in data.keys]  # the cache's: the file and the numerics
+        missing = [k for k, key in enumerate(keys) if key not in _VIEW_CACHE]
+        if missing:
+            pixels = data.images[missing]
+            if view:
+                size = pixels.shape[-1]
+                boxes = torch.cat([draw_boxes(1, size, config.crop_scale, image_generator(views[k])) for k in missing])
+                pixels = crop_flip(pixels, boxes)
+            computed = body_features(model, pixels, config, device)
+            if len(_VIEW_CACHE) + len(missing) > _VIEW_CACHE_ENTRIES:
+                _VIEW_CACHE.clear()
+            for m, k in enumerate(missing):
+                _VIEW_CACHE[keys[k]] = computed[m]
+        stacked = torch.stack([_VIEW_CACHE[key] for key in keys])
+        if out is None:
+            out = stacked.new_empty((n_views, *stacked.shape))
+        out[view] = stacked
+    return out
+
+
+def body_pass(model: SiameseRDMNet, pixels: torch.Tensor, config: TrainConfig, device: torch.device) -> torch.Tensor:
+    """The body on one chunk of pixels, in the config's precision (bf16: under autocast, so the output is bf16)
+    and memory layout (channels_last, as `build_model` laid out the body's weights)."""
+    pixels = pixels.to(device, non_blocking=True)
+    if config.channels_last:
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+        return model.body(pixels)
+
+
+@torch.no_grad()
+def body_features(model: SiameseRDMNet, images: torch.Tensor, config: TrainConfig,
+                  device: torch.device) -> torch.Tensor:
+    """Raw body features of images in chunks, kept on `device`: float32, contiguous (N, C, H, W), whatever the
+    body's precision and layout, so cached features and the head see one dtype and layout."""
+    chunk = config.body_chunk
+    return torch.cat([body_pass(model, images[k : k + chunk], config, device).float()
+                      for k in range(0, len(images), chunk)]).contiguous()
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def predict_pairs(model: SiameseRDMNet, features: torch.Tensor) -> torch.Tensor:
+    """Symmetric predictions for all pairs i < j of images with standardised features: (P, T)."""
+    ordered = all_pairs_outputs(model.head, features)
+    i, j = all_pairs(len(features), features.device)
+    return (ordered[i, j] + ordered[j, i]) / 2
+
+
+@torch.no_grad()
+def feature_views(model: SiameseRDMNet, pixels: torch.Tensor, config: TrainConfig,
+                  device: torch.device) -> list[torch.Tensor]:
+    """Standardised body features of the images, and with the config's `tta` of their mirror images too."""
+    views = [pixels, pixels.flip(-1)] if config.tta else [pixels]
+    return [model.standardise(body_features(model, v, config, device)) for v in views]
+
+
+@torch.no_grad()
+def predict_upper(model: SiameseRDMNet, views: list[torch.Tensor]) -> torch.Tensor:
+    """(P, T) predictions for the pairs in upper-triangle order, averaged over the feature views."""
+    return sum(predict_pairs(model, v) for v in views) / len(views)
+
+
+@torch.no_grad()
+def predict_rdms(model: SiameseRDMNet, views: list[torch.Tensor], prior: np.ndarray | None = None) -> np.ndarray:
+    """(T, N, N) RDMs predicted from feature views (averaged over them), plus the prior's RDMs if any."""
+    rdms = pairs_to_rdms(predict_upper(model, views), len(views[0]))
+    return rdms if prior is None else rdms + prior
+
+
+def prior_rdms(priors: dict[str, PriorFit], images: ImageSet | list[np.ndarray],
+               config: TrainConfig) -> np.ndarray | None:
+    """(T, N, N) prior RDMs of the config's targets for these images (None without a prior)."""
+    if not priors:
+        return None
+    rdms = stage_rdms(images, config.backbone, config.weights, config.image_size)
+    return np.stack([square_rdm(prior_vector(priors[t], rdms), len(images)) for t in config.targets])
+
+
+def pairs_to_rdms(pairs: torch.Tensor, n: int) -> np.ndarray:
+    """(P, T) pair predictions -> (T, N, N) symmetric RDMs with zero diagonal."""
+    values = pairs.detach().double().cpu().numpy()
+    return np.stack([square_rdm(column, n) for column in values.T])
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def build_model(config: TrainConfig, device: torch.device | None = None) -> SiameseRDMNet:
+    torch.manual_seed(config.seed)
+    body = create_body(config.backbone, config.weights, config.stage)
+    head = head_config(config.head)
+    if config.correction_bound is not None:
+        head = dataclasses.replace(head, output_bound=config.correction_bound)
+    model = SiameseRDMNet(body, len(config.targets), config.image_size, head, distance_init=config.distance_init)
+    if config.channels_last:
+        model.body.to(memory_format=torch.channels_last)
+    return model.to(device or pick_device(config.device))
+
+
+class FullBatchStep:
+    """Full-batch training (loop.Step): one optimiser step an epoch on all pairs within every training set, the
+    frozen body's features cached per image and augmented view, validation on the device."""
+
+    steps_per_epoch = 1
+    main = True
+
+    def __init__(self, config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] = ()):
+        if not train:
+            raise DataError("no training sets given")
+        if config.pair_mode != "factorised":
+            raise ConfigError("pair_mode", f"training runs pair-factorised, not {config.pair_mode!r} (the naive "
+                                           "per-pair mode is a benchmark's: siamrdm.pipelines.bench)")
+        self.config = config
+        self.device = pick_device(config.device)
+        self.model = build_model(config, self.device)
+        self.model.body.eval()  # BatchNorm statistics stay those of ImageNet, frozen or not
+        self.train_sets = [prepare_set(d, config.targets, config) for d in train]
+        self.val_sets = [prepare_set(d, config.targets, config) for d in val]
+        self.has_validation = bool(self.val_sets)
+        self.normalisation = {s.name: s.normalisation for s in self.train_sets}
+        self.priors = self._fit_priors(train) if config.prior != "none" else {}
+        for s in self.train_sets + self.val_sets:  # pixels stay on the device: augmentation runs there
+            s.images = s.images.to(self.device)
+        # Validation on the device: the subjects' standardised ranks once, the prior's pairs once (float64 where
+        # the device has it, as the numpy metric computes).
+        score_dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        self._val_ranks = [{t: standardised_ranks_torch(torch.from_numpy(upper_tri(subject_rdms(r))).to(
+                            self.device, score_dtype)) for t, r in s.subject_rdms.items()} for s in self.val_sets]
+        self._val_priors = [None if p is None else torch.from_numpy(upper_tri(p).T.copy()).to(self.device, score_dtype)
+                            for p in (prior_rdms(self.priors, d.images, config) for d in val)]
+        self._score_dtype = score_dtype
+        self.generator = torch.Generator().manual_seed(config.seed)
+        # Body features per set for the frozen phase: view 0 plain, then augmented views.
+        n_views = config.augment_views if config.augment and config.frozen_epochs else 1
+        self._views = [frozen_views(self.model, s, config, n_views, self.device) for s in self.train_sets]
+        self.model.set_feature_stats(torch.cat([views[0] for views in self._views]))
+        self._val_features: dict[int, list[torch.Tensor]] = {}
+        self.last_pairs: dict[str, torch.Tensor] = {}  # the latest validation's (P, T) pair predictions per set
+
+    def _fit_priors(self, train: list[BrainDataset]) -> dict[str, PriorFit]:
+        """Fit each target's prior on the training images, make the training targets the prior's residuals and
+        start the head at zero, so that before any step the model predicts exactly the prior."""
+        config = self.config
+        rdms = [stage_rdms(d.images, config.backbone, config.weights, config.image_size) for d in train]
+        priors = {}
+        for k, target in enumerate(config.targets):
+            columns = [s.targets[:, k].double().numpy() for s in self.train_sets]
+            priors[target] = fit_prior(config.prior, rdms, [d.targets[target] for d in train], columns)
+            for s, stage in zip(self.train_sets, rdms, strict=True):
+                values = torch.from_numpy(prior_vector(priors[target], stage)).float()
+                s.targets[:, k] -= values
+                if s.prior_pairs is None:
+                    s.prior_pairs = torch.zeros_like(s.targets)
+                s.prior_pairs[:, k] = values
+        with torch.no_grad():
+            self.model.head.linear.weight.zero_()
+            self.model.head.linear.bias.zero_()
+        return priors
+
+    # ---- the parts of a step (a benchmark times them one by one: bench.factorised_breakdown)
+
+    def plain_features(self, index: int) -> torch.Tensor:
+        """Raw body features of training set `index`'s images, not augmented (the frozen body's view 0)."""
+        return self._views[index][0]
+
+    def frozen_features(self, index: int) -> torch.Tensor:
+        """Body features of one set for this epoch: each image's view drawn from the cached pool."""
+        stacked = self._views[index]  # (V, N, C, H, W)
+        pick = torch.randint(len(stacked), (stacked.shape[1],), generator=self.generator).to(self.device)
+        return stacked[pick, torch.arange(stacked.shape[1], device=self.device)]
+
+    def augmented_images(self, index: int) -> torch.Tensor:
+        """This epoch's pixels of training set `index`: augmented when the config says so."""
+        data = self.train_sets[index]
+        return augment_batch(data.images, self.config, self.generator) if self.config.augment else data.images
+
+    def pair_loss(self, features: torch.Tensor, data: PairTargets) -> torch.Tensor:
+        """The loss of both pair orders against the rescaled target: MSE (model.all_pairs_loss, exactly the loss
+        of pair_predictions(both_orders=True)) or 1 - Pearson r of prior + head against the target
+        (model.all_pairs_correlation_loss). Tiled over images x images, so memory stays O(N) however many pairs."""
+        features = self.model.standardise(features)
+        if self.config.loss == "correlation":
+            return all_pairs_correlation_loss(self.model.head, features, data.targets.to(self.device),
+                                              None if data.prior_pairs is None else data.prior_pairs.to(self.device))
+        return all_pairs_loss(self.model.head, features, data.targets.to(self.device))
+
+    def body_backward(self, images: torch.Tensor, features_grad: torch.Tensor) -> None:
+        """The body again on the images in chunks, back-propagating the head's gradient w.r.t. its features."""
+        chunk = self.config.body_chunk
+        for k in range(0, len(images), chunk):
+            out = body_pass(self.model, images[k : k + chunk], self.config, self.device)
+            out.backward(features_grad[k : k + chunk].to(out.dtype))
+
+    def gradients(self, frozen: bool) -> torch.Tensor:
+        """Zeroed, then the gradients of the mean loss over all pairs within every training set (pairs never
+        cross sets); returns that loss, on the device (0-d tensor), so that a step does not wait for the device.
+
+        Each set's mean is weighted by its pair count, so an epoch is one step whether there is one set or two:
+        epoch counts chosen on a one-set validation curve mean the same number of steps, on the same schedule, in
+        a final fit on both sets. Unfrozen, two passes keep memory bounded: the head's gradient w.r.t. the
+        features first, then the body in chunks (`body_backward`); the same gradient as one big graph."""
+        self.model.zero_grad(set_to_none=True)
+        total_pairs = sum(len(s.targets) for s in self.train_sets)
+        mean_loss = torch.zeros((), device=self.device)
+        for index, data in enumerate(self.train_sets):
+            share = len(data.targets) / total_pairs
+            if frozen:
+                loss = self.pair_loss(self.frozen_features(index), data)
+                (loss * share).backward()
+            else:
+                images = self.augmented_images(index)
+                features = body_features(self.model, images, self.config, self.device)
+                features.requires_grad_()
+                loss = self.pair_loss(features, data)
+                (loss * share).backward()
+                self.body_backward(images, features.grad)
+            mean_loss += loss.detach() * share
+        return mean_loss
+
+    def train_epoch(self, epoch: int, frozen: bool, optimizer_step) -> tuple[torch.Tensor, dict]:
+        loss = self.gradients(frozen)
+        optimizer_step()
+        return loss, {}
+
+    # ---- validation
+
+    def validate(self, frozen: bool) -> dict[str, dict]:
+        """Official metric on every validation set; keys 'set/target'."""
+        pairs = {}
+        for k, s in enumerate(self.val_sets):
+            if not frozen or k not in self._val_features:  # a frozen body gives the same features every epoch
+                self._val_features[k] = feature_views(self.model, s.images, self.config, self.device)
+            predicted = predict_upper(self.model, self._val_features[k]).to(self._score_dtype)
+            if self._val_priors[k] is not None:
+                predicted = predicted + self._val_priors[k]
+            pairs[k] = self.last_pairs[s.name] = predicted
+        return self.score_pairs(pairs)
+
+    def score_pairs(self, pairs: dict[int, torch.Tensor]) -> dict[str, dict]:
+        """The official metric of (P, T) pair predictions of validation sets (by index), keys 'set/target':
+        Spearman on the device, then one copy of all the rhos to the host for the p-values and ceilings."""
+        keys, rhos = [], []
+        for k, predicted in pairs.items():
+            for j, (target, ranks) in enumerate(self._val_ranks[k].items()):
+                rho = spearman_torch(predicted[:, j], ranks, ranked=True)
+                keys.append((k, target))
+                rhos.append(rho.mean(dim=1) if rho.ndim == 2 else rho)  # K RDMs per subject: averaged
+        host = np.split(torch.cat(rhos).cpu().numpy(), np.cumsum([len(r) for r in rhos])[:-1]) if rhos else []
+        return {f"{self.val_sets[k].name}/{target}": score_row(rho, target_key(target, self.val_sets[k].official),
+                                                               self.val_sets[k].subject_rdms[target])
+                for (k, target), rho in zip(keys, host, strict=True)}
+
+    # ---- one process: nothing to agree on or share
+
+    def agree(self, flag: bool) -> bool:
+        return flag
+
+    def share_choice(self, loop: TrainingLoop) -> None:
+        pass
+
+    def extra_state(self) -> dict:
+        return {"generator": self.generator.get_state(), "normalisation": self.normalisation,
+                "priors": {t: p.to_dict() for t, p in self.priors.items()}}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class Trainer(TrainingLoop):
+    """The full-batch fit of one model: `FullBatchStep` driven by the training loop."""
+
+    def __init__(self, config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] = (),
+                 out_dir: str | os.PathLike | None = None, progress: bool = True):
+        super().__init__(FullBatchStep(config, train, val), out_dir, progress)
+
+    @property
+    def train_sets(self) -> list[PairTargets]:
+        return self.stepper.train_sets
+
+    @property
+    def val_sets(self) -> list[PairTargets]:
+        return self.stepper.val_sets
+
+    def step(self, frozen: bool) -> float:
+        """One optimiser step on all training pairs outside any epoch (tests, benchmarks); its loss on the host."""
+        loss, _ = self.stepper.train_epoch(self.epoch, frozen, self.optimizer.step)
+        return loss.item()
+
+    @property
+    def last_rdms(self) -> dict[str, np.ndarray]:
+        """The latest validation's predicted (T, N, N) RDMs per validation set (with the prior, if any); empty
+        before the first validation (with `validate_every` > 1, after the first epochs too)."""
+        return {s.name: pairs_to_rdms(self.stepper.last_pairs[s.name], len(s.images))
+                for s in self.val_sets if s.name in self.stepper.last_pairs}
+
+
+def fit(config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] = (),
+        out_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True) -> FitResult:
+    """Train one model; with `resume`, continue from out_dir/last.pt when it exists."""
+    if resume and out_dir is None:
+        raise ConfigError("resume", "needs out_dir, the folder of the run to continue")
+    with contextlib.ExitStack() as stack:
+        if out_dir is not None:
+            stack.enter_context(run_folder(out_dir, "fit", run_mode(resume=resume)))
+        trainer = Trainer(config, train, val, out_dir, progress)
+        last = Path(out_dir) / "last.pt" if out_dir is not None else None
+        if resume and last.is_file():
+            with reading(last):  # a malformed last.pt: one line naming it
+                trainer.load_state(load_run_state(last))
+        return trainer.fit()
+
+
+# --------------------------------------------------------------------------- LR range test
+
+
+def lr_range_test(config: TrainConfig, train: list[BrainDataset], start_lr: float = 1e-6, end_lr: float = 1.0,
+                  steps: int = 80, progress: bool = True) -> dict:
+    """Smith's LR range test on the head (body frozen): the rate grows exponentially each step.
+
+    Returns the rates, the smoothed losses and a suggested rate: the steepest descent of the smoothed loss,
+    found before the loss diverges (4x its minimum).
+    """
+    step_data = FullBatchStep(replace(config, augment=False), train)
+    step_data.model.freeze_body(True)
+    optimizer = torch.optim.AdamW(step_data.model.head_parameters(), lr=start_lr, weight_decay=config.weight_decay)
+    factor = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
+    lrs, losses, smoothed, avg = [], [], [], 0.0
+    for step in tqdm(range(steps), disable=not progress, desc="lr-find", leave=False):
+        lr = start_lr * factor**step
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        index = step % len(step_data.train_sets)
+        optimizer.zero_grad(set_to_none=True)
+        loss = step_data.pair_loss(step_data.plain_features(index), step_data.train_sets[index])
+        loss.backward()
+        optimizer.step()
+        value = loss.item()
+        avg = 0.9 * avg + 0.1 * value
+        lrs.append(lr)
+        losses.append(value)
+        smoothed.append(avg / (1 - 0.9 ** (step + 1)))
+        if not math.isfinite(value) or smoothed[-1] > 4 * min(smoothed):
+            break
+    log_lr = np.log10(lrs)
+    slopes = np.gradient(np.asarray(smoothed), log_lr) if len(lrs) > 2 else np.zeros(len(lrs))
+    lowest = int(np.argmin(smoothed))
+    steepest = int(np.argmin(slopes[: lowest + 1])) if lowest > 0 else 0
+    return {"lr": lrs, "loss": losses, "smoothed_loss": smoothed, "suggested_lr": float(lrs[steepest])}

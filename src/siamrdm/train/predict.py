@@ -1,0 +1,209 @@
+"""Trained models as RDM predictors: ensembles of seeds, saving and loading, and predicting any images.
+
+A predictor file (`model.pt`) holds the training config, one state_dict per seed, the target
+rescaling and the run's metrics. Predictions are the mean over seeds of the symmetric pair outputs, in
+the rescaled target units (the challenge metric is rank-based, so the units do not matter).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io.data import IMAGE_ORDER_FILE, BrainDataset, DataError, ImageSet, target_key
+from ..io.files import check_same_settings, json_safe, run_folder, run_mode, write_text
+from ..model.backbones import images_to_tensor
+from ..model.network import SiameseRDMNet
+from ..model.prior import PriorFit
+from .checkpoint import check_tensors, finite, load_checkpoint, reading, save_checkpoint
+from .config import TrainConfig, check_config, config_from_dict, pick_device
+from .fullbatch import build_model, feature_views, fit, predict_rdms, prior_rdms, split_holdout
+from .loop import seed_summary
+
+MODEL_FORMAT = "siamrdm-predictor-1"
+
+
+def _prior_weights_hash(config: TrainConfig) -> str | None:
+    """The prior is rebuilt from the pretrained weights at prediction time; with a weights file, its hash is
+    kept in the model file so that a changed file is refused instead of silently changing predictions."""
+    if config.weights in (None, "random"):
+        return None
+    path = Path(config.weights)
+    if not path.is_file():
+        raise DataError(f"{path}: the weights file of this model's prior is missing")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_prior_weights(payload: dict, config: TrainConfig, path: str | os.PathLike) -> None:
+    """Refuse a model whose prior's weights file changed since training (see `_prior_weights_hash`)."""
+    saved = payload.get("prior_weights_sha256")
+    if saved and _prior_weights_hash(config) != saved:
+        raise DataError(f"{path}: the weights file {config.weights} changed since this model was trained, so its "
+                        "prior would differ; use the original file")
+
+
+class RDMPredictor:
+    """One or more trained Siamese networks (seeds) that predict the RDM of any set of images."""
+
+    def __init__(self, models: list[SiameseRDMNet], config: TrainConfig, normalisation: dict | None = None,
+                 metrics: dict | None = None, priors: dict[str, PriorFit] | None = None,
+                 output_keys: dict[str, str] | None = None):
+        if not models:
+            raise ValueError("a predictor needs at least one model")
+        self.models = models
+        self.config = config
+        self.normalisation = normalisation or {}
+        self.metrics = metrics or {}
+        self.priors = priors or {}  # the same for every seed: fitted on the training images only
+        # The key each target's RDM is written under: the challenge's key ('EVC' -> 'EVC_RDMs') for models
+        # trained on the Algonauts sets, the user's own key unchanged for their own data.
+        self.output_keys = output_keys or {t: target_key(t, official=True) for t in config.targets}
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self.config.targets
+
+    @torch.no_grad()
+    def predict(self, images: ImageSet | list[np.ndarray]) -> dict[str, np.ndarray]:
+        """The predicted (N, N) RDM of the images for each target: symmetric, zero diagonal, seed-averaged
+        (and averaged over each image and its mirror with `tta`), plus the prior when the model has one."""
+        pixels = images_to_tensor(images.images if isinstance(images, ImageSet) else images, self.config.image_size)
+        total = None
+        for model in self.models:
+            model.eval()
+            device = next(model.parameters()).device
+            views = feature_views(model, pixels, self.config, device)
+            rdms = predict_rdms(model, views)
+            total = rdms if total is None else total + rdms
+        mean = total / len(self.models)
+        prior = prior_rdms(self.priors, images, self.config)
+        if prior is not None:
+            mean = mean + prior
+        return {target: mean[k] for k, target in enumerate(self.targets)}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        save_checkpoint(path, {
+            "format": MODEL_FORMAT, "config": asdict(self.config),
+            "members": [{k: v.cpu() for k, v in m.state_dict().items()} for m in self.models],
+            "normalisation": self.normalisation, "metrics": self.metrics,
+            "priors": {t: p.to_dict() for t, p in self.priors.items()},
+            "prior_weights_sha256": _prior_weights_hash(self.config) if self.priors else None,
+            "output_keys": self.output_keys,
+        })
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "auto") -> RDMPredictor:
+        """Load a predictor; the body's weights come from the file, so no pretrained download is needed.
+
+        The file is plain data but may not be what fit wrote: its config is checked as a fit's would be (image
+        size bounds included, before any body runs at that size), every weight must be finite, and anything
+        else amiss is one line naming the file."""
+        payload = load_checkpoint(path)
+        if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+            raise DataError(f"{path}: not a siamrdm model file (expected the model.pt that 'siamrdm fit' writes)")
+        dev = pick_device(device)
+        with reading(path, "model file"):
+            config = config_from_dict(payload["config"])
+            check_config(replace(config, weights="random", device=device))  # weights: the file's own, below
+            members = payload["members"]
+            if not isinstance(members, list) or not members:
+                raise DataError(f"{path}: malformed siamrdm model file: no trained networks in it ('members')")
+            models = []
+            for k, state in enumerate(members):
+                try:
+                    check_tensors(state, f"network {k + 1} of {len(members)}")
+                except DataError as exc:
+                    raise DataError(f"{path}: {exc}") from None
+                model = build_model(replace(config, weights="random"), dev)
+                model.load_state_dict(state)
+                models.append(model.eval())
+            priors = _read_priors(payload.get("priors") or {}, config, path)
+            normalisation, metrics = payload["normalisation"], payload["metrics"]
+            if not isinstance(normalisation, dict) or not isinstance(metrics, dict):
+                raise TypeError("normalisation and metrics must be dicts")
+            output_keys = {str(k): str(v) for k, v in (payload.get("output_keys") or {}).items()} or None
+            if output_keys and len(set(output_keys.values())) != len(output_keys):
+                raise ValueError(f"output_keys write two targets under one key: {output_keys}")
+        check_prior_weights(payload, config, path)
+        return cls(models, replace(config, device=device), normalisation, metrics, priors, output_keys)
+
+
+def _read_priors(saved: dict, config: TrainConfig, path: str | os.PathLike) -> dict[str, PriorFit]:
+    """A model file's priors: one per target, on stages the backbone has, with finite numbers (a NaN scale would
+    make every prediction NaN)."""
+    from ..model.backbones import backbone_stages
+
+    if not isinstance(saved, dict):
+        raise TypeError(f"priors must be a dict, got {type(saved).__name__}")
+    priors = {str(t): PriorFit.from_dict(p) for t, p in saved.items()}
+    if priors and set(priors) != set(config.targets):
+        raise DataError(f"{path}: its priors are for {', '.join(priors)}, its targets {', '.join(config.targets)}")
+    stages = backbone_stages(config.backbone)
+    for target, prior in priors.items():
+        where = f"{path}: the prior of {target}"
+        unknown = [s for s in prior.weights if s not in stages]
+        if not prior.weights or unknown:
+            raise DataError(f"{where} has no stage weights, or stages {config.backbone} lacks: {', '.join(unknown)}")
+        try:
+            for name, value in {"scale": prior.scale, "intercept": prior.intercept, **prior.weights}.items():
+                finite(value, name)
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from None
+    return priors
+
+
+def fit_predictor(config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] = (),
+                  seeds: tuple[int, ...] = (0,), out_dir: str | os.PathLike | None = None, resume: bool = False,
+                  progress: bool = True, overwrite: bool = False,
+                  image_order: list[str] | None = None, settings: dict | None = None) -> RDMPredictor:
+    """Train one model per seed (each in out_dir/seed<k> with its checkpoints and log) and bundle them.
+
+    `out_dir` is owned for the whole run (files.run_folder): new or empty, or with `overwrite` an earlier
+    siamrdm run, cleared first, or with `resume` the run to continue, started with the same `settings`
+    (what `siamrdm fit` ran with, written to out_dir/settings.json).
+    """
+    with contextlib.ExitStack() as stack:
+        if out_dir is not None:
+            stack.enter_context(run_folder(out_dir, "fit", run_mode(overwrite, resume)))
+            if resume and settings is not None:
+                check_same_settings(Path(out_dir), settings)
+            if settings is not None:
+                write_text(Path(out_dir) / "settings.json", json.dumps(json_safe(settings), indent=2, allow_nan=False))
+            if image_order is not None:  # the RDM rows' images, in order: an --order file for the next run
+                write_text(Path(out_dir) / IMAGE_ORDER_FILE, "\n".join(image_order) + "\n")
+        models, normalisation, metrics = [], {}, {}
+        for seed in seeds:
+            seed_dir = Path(out_dir) / f"seed{seed}" if out_dir else None
+            result = fit(replace(config, seed=seed), train, val, seed_dir, resume=resume, progress=progress)
+            models.append(result.model.eval())
+            normalisation, priors = result.normalisation, result.priors
+            metrics[f"seed{seed}"] = seed_summary(result)
+        keys = {t: target_key(t, official=image_order is None) for t in config.targets}  # image_order: own data
+        predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics, priors, keys)
+        if out_dir:
+            predictor.save(Path(out_dir) / "model.pt")
+        return predictor
+
+
+def fit_predict(config: TrainConfig, train: list[BrainDataset], images: ImageSet | list[np.ndarray],
+                seeds: tuple[int, ...] = (0,), val_fraction: float = 0.0, progress: bool = True,
+                out_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """Train on `train` only and predict the RDMs of `images` (cross-set evaluation's Siamese rows).
+
+    With `val_fraction`, the best epoch is chosen on images held out of the training sets; otherwise the
+    config's epochs run in full. Either way nothing about `images` is seen before prediction.
+    """
+    val: list[BrainDataset] = []
+    if val_fraction > 0:
+        split = [split_holdout(d, val_fraction, config.seed) for d in train]
+        train, val = [t for t, _ in split], [v for _, v in split]
+    return fit_predictor(config, train, val, seeds, out_dir, progress=progress).predict(images)

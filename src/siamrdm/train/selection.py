@@ -1,0 +1,140 @@
+"""Choosing how many epochs to train: one rule for `challenge`, `evaluate` and `fit --select-epochs`.
+
+Each training set's images are split into SELECTION_FOLDS folds; a model is trained on the other folds' images
+and its curve (the signed mean rho of the held-out fold's pairs, per epoch) is recorded. The folds' curves are
+averaged, and the epoch count is the fewest epochs within one standard error of the best (`one_se_epoch`),
+where, with a prior, a trained epoch must also beat zero by TRAINING_MUST_BEAT_ZERO_BY_SE standard errors on
+the held-out images, or the prior alone (0 epochs) is kept. The final model is then trained on all the images
+for that many epochs, on the schedule the curves ran (`with_epochs`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import TrainingDiverged
+from ..io.data import BrainDataset
+from ..io.progress import Progress
+from ..io.tables import number
+from ..rdm.splits import MIN_SPLIT_IMAGES, fold_splits
+from .config import TrainConfig
+from .fullbatch import Trainer, validated_gain
+
+
+def validation_curves(config: TrainConfig, splits: dict[str, tuple[BrainDataset, BrainDataset]],
+                      seeds: tuple[int, ...], progress: bool | Progress = True, keep_predictions: bool = False,
+                      ) -> dict[str, list[dict]]:
+    """Per split (e.g. '92->118'), per epoch: the validation score of the first target's seed ensemble (any
+    further targets are auxiliary outputs trained beside it).
+
+    The seeds train side by side and their predicted RDMs are averaged before scoring, as the final
+    predictor averages them. With a prior the curve starts at epoch 0 (the prior alone, before any step),
+    so the chosen epoch count can be 0 when training does not improve on the baseline. Epochs are scored
+    without chance fields (permutations every epoch would cost more than the training); with
+    `keep_predictions` each row also holds its predicted pairs ('predicted', the upper triangle), from which
+    `chosen_row` adds them to the epoch that is reported. With `progress`, a bar per split on a terminal.
+    """
+    bars = Progress.of(progress, "challenge").bars
+    target = config.targets[0]
+    curves = {}
+    for label, (train_set, val_set) in splits.items():
+        with naming_the_fit(f"{target} {label}"):
+            trainers = [Trainer(replace(config, seed=seed), [train_set], [val_set], progress=False) for seed in seeds]
+            rows = [_ensemble_row(trainers, val_set, target, 0, [t.validate_start()["loss"] for t in trainers],
+                                  keep_predictions)] if trainers[0].priors else []
+            last = trainers[0].last_epoch  # the schedule's end, or the config's stop_epoch
+            with tqdm(total=last, disable=not bars, unit="epoch", desc=f"{target} {label}", leave=False) as bar:
+                for epoch in range(1, last + 1):
+                    losses = [t.run_epoch()["loss"] for t in trainers]
+                    if trainers[0].validates(epoch):  # every `validate_every`-th epoch and the last
+                        rows.append(_ensemble_row(trainers, val_set, target, epoch, losses, keep_predictions))
+                    bar.update()
+        curves[label] = rows
+    return curves
+
+
+@contextlib.contextmanager
+def naming_the_fit(fit: str):
+    """A diverged fit's error names the fit (target and direction, or final fit): a challenge runs many, several
+    at once with `jobs`, and 'diverged at epoch 37' alone does not say which."""
+    try:
+        yield
+    except TrainingDiverged as exc:
+        raise TrainingDiverged(f"{fit}: {exc}") from None
+
+
+def _ensemble_row(trainers: list[Trainer], val_set: BrainDataset, target: str, epoch: int, losses: list,
+                  keep_prediction: bool = False) -> dict:
+    """One epoch of a curve: the seeds' predicted RDMs averaged, then scored (on the device); the mean loss; with
+    `keep_prediction`, the averaged pairs of the target ('predicted')."""
+    mean_pairs = torch.stack([t.stepper.last_pairs[val_set.name] for t in trainers]).mean(dim=0)
+    loss = None if None in losses else float(np.mean(losses))
+    row = {"epoch": epoch, "loss": loss, **trainers[0].stepper.score_pairs({0: mean_pairs})[f"{val_set.name}/{target}"]}
+    if keep_prediction:
+        row["predicted"] = mean_pairs[:, 0].double().cpu().numpy()
+    return row
+
+
+SELECTION_FOLDS = 3  # image folds per training set that choose the epoch counts
+
+
+def fold_curve(curves: list[list[dict]]) -> list[dict]:
+    """Several folds' curves as one: per epoch the mean of their `rho_mean` and the standard error of that mean
+    (the folds hold different images, so their errors add in quadrature). A missing or NaN value is the worst."""
+    merged = []
+    for rows in zip(*curves, strict=True):
+        means = [number(r.get("rho_mean")) for r in rows]
+        ses = [number(r.get("rho_se")) or 0.0 for r in rows]
+        mean = -np.inf if None in means else float(np.mean(means))
+        merged.append({"epoch": rows[0]["epoch"], "rho_mean": mean,
+                       "rho_se": float(np.sqrt(np.sum(np.square(ses)))) / len(rows)})
+    return merged
+
+
+def one_se_epoch(curve: list[dict]) -> int:
+    """The fewest epochs whose `rho_mean` is within one standard error of the best epoch's: a gain smaller than
+    the noise does not buy more training (Breiman's one-standard-error rule). With a prior (the curve starts at
+    epoch 0, the prior alone) a trained epoch must also show a validated gain (train.validated_gain), as `fit`
+    requires: otherwise the prior is kept."""
+    start = curve[0] if curve and curve[0]["epoch"] == 0 else None
+    eligible = [row for row in curve if row is start or start is None
+                or validated_gain(row["rho_mean"], row["rho_se"])]
+    best = max(eligible, key=lambda row: row["rho_mean"])
+    return next(row["epoch"] for row in eligible if row["rho_mean"] >= best["rho_mean"] - best["rho_se"])
+
+
+def choose_epochs(fold_curves: dict[str, list[list[dict]]]) -> tuple[int, dict[str, int]]:
+    """From each training set's fold curves (set name -> one curve per fold): the epoch count its own folds
+    choose, for the model fitted on that set; and the count all folds together choose, for the final fit."""
+    per_set = {name: one_se_epoch(fold_curve(curves)) for name, curves in fold_curves.items()}
+    final = one_se_epoch(fold_curve([c for curves in fold_curves.values() for c in curves]))
+    return final, per_set
+
+
+def with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
+    """The config stopped after `epochs`, its schedule unchanged: epoch e of the final fit takes the same step,
+    at the same learning rate, as epoch e of the validation curves it was chosen on."""
+    return replace(config, stop_epoch=epochs)
+
+
+def select_epochs(config: TrainConfig, train: list[BrainDataset], seeds: tuple[int, ...] = (0,),
+                  folds: int = SELECTION_FOLDS, progress: bool | Progress = False) -> tuple[int | None, dict]:
+    """The epoch count for a model of `config` fitted on all of `train`: chosen on image folds within each
+    training set (`choose_epochs`, all folds together). Returns (epochs, the fold curves by split); epochs is
+    None when a set has too few images for two folds of MIN_SPLIT_IMAGES (then nothing can be chosen: the
+    caller trains the config's epochs and says so)."""
+    splits = {}
+    for dataset in train:
+        k = min(folds, len(dataset) // MIN_SPLIT_IMAGES)
+        if k < 2:
+            return None, {}
+        splits.update(fold_splits(dataset, k, seed=0))
+    curves = validation_curves(config, splits, seeds, progress)
+    final, _ = choose_epochs({d.name: [curves[label] for label in splits if label.startswith(f"{d.name} fold ")]
+                              for d in train})
+    return final, curves

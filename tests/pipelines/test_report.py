@@ -1,0 +1,125 @@
+"""`write_report` and `siamrdm report`: a generic run folder becomes report.md and a self-contained report.html."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from siamrdm import cli
+from siamrdm.io.data import DataError
+from siamrdm.pipelines import plots
+from siamrdm.pipelines.report import write_report
+
+
+@pytest.fixture
+def challenge_dir(tmp_path: Path) -> Path:
+    """A folder laid out like `siamrdm challenge --out`: settings, validation table, per-target logs, lr_find."""
+    run = tmp_path / "challenge"
+    run.mkdir()
+    (run / "settings.json").write_text(json.dumps({"config": {"lr": 0.001}, "seeds": [0], "wall_s": 12.5}))
+    rows = [{"method": "siamese", "target": t, "direction": d, "r2": 0.02, "pct_nc": 12.5, "p": 1e-3,
+             "noise_ceiling": 0.16} for t in ("EVC", "IT") for d in ("92->118", "118->92")]
+    with open(run / "validation.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (run / "validation.md").write_text("| method | target |\n|---|---|\n| siamese | EVC |\n")
+    for target in ("EVC", "IT"):
+        log = run / target / "seed0" / "log.csv"
+        log.parent.mkdir(parents=True)
+        with open(log, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["epoch", "phase", "loss", "lr", "val_pct_nc", "val_rho", "seconds"])
+            writer.writeheader()  # EVC: percent of the ceiling peaks at epoch 5, the mean rho (chosen on) at epoch 3
+            writer.writerows({"epoch": e, "phase": "frozen", "loss": 1 / e, "lr": 1e-3,
+                              "val_pct_nc": "" if target == "IT" else 5 + e,
+                              "val_rho": "" if target == "IT" else 0.1 - abs(e - 3) / 100, "seconds": 0.2}
+                             for e in range(1, 6))
+    lrs = np.logspace(-5, 0, 20)
+    (run / "lr_find.json").write_text(json.dumps({"lr": lrs.tolist(), "loss": (1 / (1 + lrs)).tolist(),
+                                                  "smoothed_loss": (1 / (1 + lrs)).tolist(), "suggested_lr": 3e-3}))
+    rng = np.random.default_rng(0)
+    plots.plot_mds(np.abs(rng.normal(size=(4, 4))) * (1 - np.eye(4)), [np.zeros((8, 8, 3), np.uint8)] * 4,
+                   run / "mds_EVC.png")
+    (run / "EVC" / "seed0" / "last.pt").write_bytes(b"not read")
+    return run
+
+
+def test_report_has_a_section_per_thing_found(challenge_dir: Path):
+    md_path, html_path = write_report(challenge_dir)
+    assert (md_path, html_path) == (challenge_dir / "report.md", challenge_dir / "report.html")
+    md = md_path.read_text()
+    for heading in ("## Settings (settings.json)", "## Scores (validation.csv)", "## Training",
+                    "### LR range test (lr_find.json)", "### Training curves (EVC/seed0/log.csv)",
+                    "### Training curves (IT/seed0/log.csv)", "## Figures"):
+        assert heading in md, heading
+    assert "Suggested learning rate: 0.003" in md
+    assert "best validation epoch 3 (8.0% of the noise ceiling)" in md
+    assert "| siamese | 12.5 | 12.5 | 12.5 | 12.5 | 12.5 |" in md  # the percent-of-ceiling summary
+    # Plots drawn from the data found, next to it, and linked with relative paths.
+    for rel in ("validation_scores.png", "lr_find.png", "EVC/seed0/training_curves.png",
+                "IT/seed0/training_curves.png", "mds_EVC.png"):
+        assert (challenge_dir / rel).is_file()
+        assert f"]({rel})" in md
+    assert md.count("![") == 5
+
+
+def test_html_embeds_every_image(challenge_dir: Path):
+    _, html_path = write_report(challenge_dir)
+    page = html_path.read_text()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == 5
+    assert all(s.startswith("data:image/png;base64,iVBORw0KGgo") for s in sources)  # base64 of the PNG signature
+    assert "<table>" in page and "12.5" in page
+    # Self-contained: nothing is fetched from elsewhere (no external links, scripts, styles or fonts).
+    assert not re.search(r'(src|href)="(?!data:|#)', page)
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    # Results first, settings last.
+    assert page.index("Scores") < page.index("Settings")
+
+
+def test_report_is_repeatable(challenge_dir: Path):
+    first = write_report(challenge_dir)[0].read_text()
+    assert write_report(challenge_dir)[0].read_text() == first
+
+
+def test_report_errors(tmp_path: Path):
+    with pytest.raises(DataError, match="no such run folder"):
+        write_report(tmp_path / "missing")
+    with pytest.raises(DataError, match="nothing to report"):
+        write_report(tmp_path)
+
+
+def test_report_command(challenge_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    assert cli.main(["report", str(challenge_dir), "--title", "My run"]) == 0
+    assert "report.md" in capsys.readouterr().out
+    assert (challenge_dir / "report.md").read_text().startswith("# My run")
+    assert cli.main(["report", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("siamrdm: error: ") and "missing" in err[0]
+
+
+def test_report_flags_a_fit_of_the_prior_alone(tmp_path: Path):
+    """A fit of 0 epochs keeps the prior alone (issue 21: it was not flagged): the score table's epochs column,
+    the final fits' table (from settings.json) and the log's line say so."""
+    run = tmp_path / "challenge"
+    (run / "IT" / "seed0").mkdir(parents=True)
+    fits = {"EVC": {"epochs": 24, "seed0": {"best_epoch": 24, "prior_alone": False}},
+            "IT": {"epochs": 0, "seed0": {"best_epoch": 0, "prior_alone": True}}}
+    (run / "settings.json").write_text(json.dumps({"seeds": [0], "fits": fits}))
+    rows = [{"method": "siamese", "target": t, "direction": "118->92", "epochs": e, "r2": 0.02, "pct_nc": 12.5}
+            for t, e in (("EVC", 21), ("IT", 0))]
+    with open(run / "validation.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (run / "IT" / "seed0" / "log.csv").write_text("epoch,phase,loss\n0,start,\n")
+    md = write_report(run)[0].read_text()
+    assert "| siamese | IT | 118->92 | 0 (prior alone) |" in md and "| siamese | EVC | 118->92 | 21 |" in md
+    assert "## Final fits" in md
+    assert "| IT | 0 | seed0 | the prior alone (no trained epoch) |" in md and "| EVC | 24 | seed0 |  |" in md
+    assert "0 epochs trained: the prior alone." in md

@@ -1,0 +1,73 @@
+"""splits: held-out images, image folds, cross-set directions and subject halves, with one minimum size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from siamrdm.errors import ConfigError
+from siamrdm.io import data
+from siamrdm.rdm import splits
+
+
+def test_holdout_indices_partition_and_the_minimum_size() -> None:
+    kept, held = splits.holdout_indices(20, 0.2, seed=3)
+    assert len(held) == 4 and len(kept) == 16
+    assert sorted([*kept, *held]) == list(range(20)) and list(kept) == sorted(kept) and list(held) == sorted(held)
+    assert splits.holdout_indices(20, 0.2, seed=3)[1].tolist() == held.tolist()  # seeded
+    assert splits.holdout_indices(20, 0.2, seed=4)[1].tolist() != held.tolist()
+    assert len(splits.holdout_indices(10, 0.01, seed=0)[1]) == splits.MIN_SPLIT_IMAGES  # never fewer than 3
+    kept, held = splits.holdout_indices(7, 0.0, seed=0)
+    assert kept.tolist() == list(range(7)) and held.size == 0
+    # Both sides need 3 images: 6 images with half held out pass, 5 do not (2 left to train on).
+    assert [len(part) for part in splits.holdout_indices(6, 0.5, seed=0)] == [3, 3]
+    with pytest.raises(ConfigError, match="val_fraction: 0.5 of the 5 images leaves 2 for training"):
+        splits.holdout_indices(5, 0.5, seed=0)
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ConfigError, match="val_fraction"):
+            splits.holdout_indices(20, bad, seed=0)
+
+
+def test_split_holdout_keeps_rows_and_columns(data_root: Path) -> None:
+    dataset = data.load_algonauts_set(data_root, "92", ("EVC",))
+    train, val = splits.split_holdout(dataset, 0.25, seed=0)
+    kept, held = splits.holdout_indices(92, 0.25, seed=0)
+    assert train.images.names == [dataset.images.names[k] for k in kept]
+    np.testing.assert_array_equal(val.targets["EVC"], dataset.targets["EVC"][:, held][:, :, held])
+    assert (train.name, val.name) == ("92-train", "92-val")
+    with pytest.raises(ConfigError, match="val_fraction: must be between 0 and 1"):
+        splits.split_holdout(dataset, 0.0, seed=0)
+
+
+def test_fold_splits_partition_the_images(data_root: Path) -> None:
+    dataset = data.load_algonauts_set(data_root, "92", ("EVC",))
+    folds = splits.fold_splits(dataset, 4, seed=0)
+    assert list(folds) == [f"92 fold {k}" for k in (1, 2, 3, 4)]
+    held_out = [set(val.images.names) for _, val in folds.values()]
+    assert sum(len(h) for h in held_out) == 92 and set().union(*held_out) == set(dataset.images.names)
+    for fit_part, val in folds.values():
+        assert not set(fit_part.images.names) & set(val.images.names)  # no image on both sides
+        assert len(fit_part) + len(val) == 92 and val.targets["EVC"].shape[-1] == len(val)
+    assert splits.fold_indices(9, 3)[0].size == 3  # 3 images a fold is the least
+    with pytest.raises(ConfigError, match="folds: 40 folds of 92 images"):
+        splits.fold_splits(dataset, 40)
+    with pytest.raises(ConfigError, match="folds"):
+        splits.fold_indices(92, 1)
+
+
+def test_cross_set_directions(data_root: Path) -> None:
+    sets = {name: data.load_algonauts_set(data_root, name, ("EVC",)) for name in ("92", "118")}
+    directions = splits.cross_set_splits(sets)
+    assert list(directions) == ["92->118", "118->92"]
+    assert directions["92->118"][0] is sets["92"] and directions["92->118"][1] is sets["118"]
+
+
+def test_subject_halves_are_disjoint_and_cover_everyone() -> None:
+    first, second = splits.subject_halves(15, seed=0)
+    assert len(first) == 8 and len(second) == 7 and not set(first) & set(second)
+    assert sorted([*first, *second]) == list(range(15))
+    assert splits.subject_halves(15, seed=1)[0].tolist() != first.tolist()
+    with pytest.raises(ConfigError, match="subjects"):
+        splits.subject_halves(1)

@@ -1,0 +1,197 @@
+"""fit in mini-batches (--batch-images): one process and two torchrun ranks train the same model, a run resumes on
+another number of ranks, a streamed 2,000-image set trains end to end, and bad values are one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_one_line_error, run_cli
+from scipy.io import loadmat
+
+from siamrdm.io import files
+from siamrdm.train import build_model, largeset
+from siamrdm.train.checkpoint import load_checkpoint, save_checkpoint
+from siamrdm.train.config import config_from_dict
+from siamrdm.train.distributed import BatchSettings, MiniBatchTrainer, read_targets
+
+REPO = Path(__file__).resolve().parents[2]
+# A small body and head at 32 px: efficientnet_lite0's blocks2 (40 x 4 x 4 maps), the pairwise head.
+SMALL = ["--stage", "blocks2", "--head", "pairwise", "--image-size", "32", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory, data_root: Path) -> Path:
+    out = tmp_path_factory.mktemp("small-set")
+    largeset.make_large_set(data_root / "Training_Data" / "92_Image_Set" / "92images", out, 40, image_size=32,
+                            subjects=2, noise=0.5)
+    return out
+
+
+def fit_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["fit", "--images", str(data / "images.h5"), "--rdms", str(data / "rdms.npy"), "--key", "X",
+            "--batch-images", "12", "--val-fraction", "0.2", "--frozen-epochs", "2", "--unfrozen-epochs", "1",
+            "--loader-workers", "0",
+            "--lr", "0.003", *SMALL, "--out", str(out), *extra]
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "siamrdm", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "seed0" / "last.pt")["model"]
+
+
+def assert_same_model(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_two_torchrun_ranks_train_the_model_one_process_trains(small_set: Path, tmp_path: Path, capsys) -> None:
+    torch.set_num_threads(1)
+    code, out, err = run_cli(capsys, *fit_args(small_set, tmp_path / "one"))
+    assert code == 0, err
+    assert json.loads(out)["world_size"] == 1
+    ran = torchrun(*fit_args(small_set, tmp_path / "two"))
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert json.loads(ran.stdout)["world_size"] == 2  # the summary is printed once, by rank 0
+    one, two = (json.loads((tmp_path / run / "settings.json").read_text()) for run in ("one", "two"))
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert one["config"] == two["config"] and one["batch"]["batch_images"] == 12
+    # 2 frozen epochs and 1 with the body trained (3 steps each): the same weights, body and head, and losses
+    assert_same_model(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"))
+    histories = [load_checkpoint(tmp_path / run / "seed0" / "last.pt")["history"] for run in ("one", "two")]
+    assert [r["phase"] for r in histories[0]] == ["start", "frozen", "frozen", "unfrozen"]
+    losses = [[r["loss"] for r in history[1:]] for history in histories]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    assert losses[0][-1] < losses[0][0]  # it trained
+    pretrained = build_model(config_from_dict(one["config"]), torch.device("cpu")).state_dict()
+    moved = [name for name, value in final_weights(tmp_path / "two").items()
+             if name.startswith("body.") and not torch.equal(value, pretrained[name])]
+    assert moved  # the unfrozen epoch trained the body on both ranks
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted([*files.OWN_NAMES, "model.pt", "seed0",
+                                                                          "settings.json"])
+
+    # a run checkpointed by one process after epoch 1 resumes on two ranks and ends where one process ended
+    config, batch = config_from_dict(one["config"]), BatchSettings(**one["batch"])
+    data = read_targets({"X": largeset.CondensedRDMs(small_set / "rdms.npy", 40)}, 40, batch, config.rescale)
+    trainer = MiniBatchTrainer(config, batch, largeset.open_image_store(small_set / "images.h5"), data,
+                               progress=False)
+    trainer.validate_start()
+    trainer.run_epoch()
+    with files.run_folder(tmp_path / "resumed", "fit"):  # as a killed one-process `fit` would have left it
+        save_checkpoint(tmp_path / "resumed" / "seed0" / "last.pt", trainer.state())
+    ran = torchrun(*fit_args(small_set, tmp_path / "resumed", "--resume"))
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert_same_model(final_weights(tmp_path / "one"), final_weights(tmp_path / "resumed"))
+    assert json.loads((tmp_path / "resumed" / "settings.json").read_text())["world_size"] == 2
+
+
+def test_a_streamed_2000_image_set_trains_end_to_end(tmp_path: Path, data_root: Path, capsys) -> None:
+    torch.set_num_threads(1)
+    largeset.make_large_set(data_root / "Training_Data" / "92_Image_Set" / "92images", tmp_path / "set", 2000,
+                            image_size=32, subjects=2, noise=1.0)
+    args = fit_args(tmp_path / "set", tmp_path / "run")
+    args[args.index("--batch-images") + 1] = "250"
+    args[args.index("--val-fraction") + 1] = "0.1"
+    args[args.index("--loader-workers") + 1] = "1"
+    args[args.index("--unfrozen-epochs") + 1] = "0"
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    history = load_checkpoint(tmp_path / "run" / "seed0" / "last.pt")["history"]
+    untrained, first, last = history
+    assert last["steps"] == 8 and last["loss"] < first["loss"]  # 1,800 training images in batches of 250
+    assert np.isfinite(last["val_r2"]) and last["val_r2"] > untrained["val_r2"]
+    assert json.loads(out)["seeds"]["seed0"]["best_epoch"] == 2
+
+
+@pytest.mark.parametrize(("extra", "parts"), [
+    (["--batch-images", "1"], ["--batch-images", "at least 2"]),
+    (["--loader-workers", "-1"], ["--loader-workers", "0 or more"]),
+    (["--val-fraction", "1.5"], ["--val-fraction"]),
+    (["--val-fraction", "0.99"], ["--val-fraction", "leaves 0 for training"]),
+    (["--prior", "nnls"], ["--prior", "without a prior"]),
+    (["--val-set", "118"], ["--val-set", "--val-fraction"]),
+    (["--precision", "bf16"], ["--precision", "fp32 only", "bf16"]),  # full-batch settings: refused, not ignored
+    (["--validate-every", "3"], ["--validate-every", "1 only"]),
+    (["--channels-last"], ["--channels-last", "False only"]),
+])
+def test_bad_mini_batch_options_are_one_line_errors(small_set: Path, tmp_path: Path, capsys, extra, parts) -> None:
+    args = fit_args(small_set, tmp_path / "run")
+    if len(extra) == 1:  # a switch
+        args, extra = args + extra, []
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2
+    assert_one_line_error(err, *parts)
+    assert not (tmp_path / "run").exists()
+
+
+def test_large_inputs_need_batch_images(small_set: Path, tmp_path: Path, capsys) -> None:
+    code, _, err = run_cli(capsys, "fit", "--images", str(small_set / "images.h5"), "--rdms",
+                           str(small_set / "rdms.npy"), "--key", "X", "--out", str(tmp_path / "run"))
+    assert code == 2
+    assert_one_line_error(err, "images.h5", "--batch-images N")
+    code, _, err = run_cli(capsys, "fit", "--images", str(tmp_path), "--rdms", str(small_set / "rdms.npy"), "--key",
+                           "X", "--out", str(tmp_path / "run"))  # condensed RDMs, with a folder of images
+    assert code == 2
+    assert_one_line_error(err, "rdms.npy", "--batch-images N")
+    code, _, err = run_cli(capsys, *fit_args(small_set, tmp_path / "run")[:-2], "--out", str(tmp_path / "run"),
+                           "--rdms", str(small_set / "answer.json"))
+    assert code == 2
+    assert_one_line_error(err, "answer.json", ".npy file, an HDF5")
+
+
+def test_a_folder_of_images_with_condensed_rdms_trains(small_set: Path, tmp_path: Path, capsys) -> None:
+    """The mini-batch path reads a folder too (natural order): the same images as the HDF5 file train the same."""
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    store = largeset.open_image_store(small_set / "images.h5")
+    for k in range(len(store)):
+        Image.fromarray(store.read(k)).save(folder / f"img{k}.png")
+    args = fit_args(small_set, tmp_path / "folder")
+    args[args.index("--images") + 1] = str(folder)
+    args[args.index("--unfrozen-epochs") + 1] = "0"
+    args[args.index("--key") + 1] = "IT"
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    # predict writes your key as given, though it is named like a challenge target (not 'IT_RDMs')
+    code, out, err = run_cli(capsys, "predict", str(tmp_path / "folder" / "model.pt"), "--images", str(folder),
+                             "--out", str(tmp_path / "predicted.mat"), "--device", "cpu")
+    assert code == 0, err
+    assert sorted(k for k in loadmat(tmp_path / "predicted.mat") if not k.startswith("__")) == ["IT"]
+    args = fit_args(small_set, tmp_path / "hdf5")
+    args[args.index("--unfrozen-epochs") + 1] = "0"
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert_same_model(final_weights(tmp_path / "folder"), final_weights(tmp_path / "hdf5"))
+
+
+def test_bad_target_values_are_refused_before_the_run_folder_is_made(small_set: Path, tmp_path: Path,
+                                                                     capsys) -> None:
+    rdms = np.load(small_set / "rdms.npy")
+    rdms[1, 100] = np.nan
+    np.save(tmp_path / "nan.npy", rdms)
+    args = fit_args(small_set, tmp_path / "run")
+    args[args.index("--rdms") + 1] = str(tmp_path / "nan.npy")
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2
+    assert_one_line_error(err, "nan.npy: subject 2 has a non-finite value")
+    assert not (tmp_path / "run").exists()  # no lock, no settings.json: the same command runs once the file is fixed

@@ -1,0 +1,56 @@
+"""One rule chooses the epoch count in challenge, evaluate and fit --select-epochs: image folds within the
+training images, the one-SE rule, and the prior kept without a validated gain."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from helpers import assert_one_line_error, fast_config, run_cli
+
+from siamrdm.io import data
+from siamrdm.pipelines import evaluate
+from siamrdm.rdm import splits
+from siamrdm.train import selection
+
+SMALL = ["--backbone", "alexnet", "--weights", "random", "--image-size", "128", "--no-augment", "--device", "cpu",
+         "--quiet"]
+
+
+def test_select_epochs_is_the_fold_rule_on_the_training_images(data_root: Path) -> None:
+    dataset = splits.subset(data.load_algonauts_set(data_root, "92", ("EVC",)), np.arange(18), "a")
+    config = fast_config(frozen_epochs=3, prior="layer", lr=3e-3)
+    epochs, curves = selection.select_epochs(config, [dataset])
+    assert sorted(curves) == [f"a fold {k}" for k in (1, 2, 3)]  # 3 folds of 6 images
+    by_hand = selection.validation_curves(config, splits.fold_splits(dataset, 3, seed=0), (0,))
+    assert epochs == selection.choose_epochs({"a": list(by_hand.values())})[0]
+    assert [row["epoch"] for row in curves["a fold 1"]] == [0, 1, 2, 3]  # epoch 0: the prior alone
+    # Too few images for two folds of 3: nothing can be chosen.
+    assert selection.select_epochs(config, [splits.subset(dataset, np.arange(5), "tiny")]) == (None, {})
+
+
+def test_evaluate_chooses_the_siamese_epochs_inside_each_fold(data_root: Path) -> None:
+    dataset = splits.subset(data.load_algonauts_set(data_root, "92", ("EVC",)), np.arange(18), "own")
+    config = fast_config(frozen_epochs=2, prior="layer", lr=3e-3)
+    result = evaluate.evaluate_folds(dataset, folds=2, methods=("siamese",), config=config, progress=False)
+    for (train, _), row in zip(splits.fold_splits(dataset, 2, 0).values(), result.rows, strict=True):
+        assert row["epochs"] == selection.select_epochs(replace(config, targets=("EVC",)), [train])[0]
+        assert "epochs chosen on" in row["detail"]
+
+
+def test_fit_select_epochs(capsys, data_root: Path, own_data: tuple[str, ...], tmp_path: Path) -> None:
+    out = tmp_path / "fit"
+    code, stdout, err = run_cli(capsys, "fit", *own_data, "--frozen-epochs", "2", "--prior", "layer",
+                                "--select-epochs", *SMALL, "--out", str(out))
+    assert code == 0, err
+    chosen = json.loads(stdout)["selected_epochs"]
+    assert chosen["epochs"] in (0, 1, 2) and chosen["prior_alone"] == (chosen["epochs"] == 0)
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["config"]["stop_epoch"] == chosen["epochs"]  # the final fit runs the chosen epochs
+    code, _, err = run_cli(capsys, "fit", *own_data, "--select-epochs", "--val-fraction", "0.3", *SMALL, "--out",
+                           str(tmp_path / "both"))
+    assert code == 2
+    assert_one_line_error(err, "--select-epochs", "--val-fraction")
+    assert not (tmp_path / "both").exists()

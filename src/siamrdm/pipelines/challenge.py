@@ -44,13 +44,14 @@ from ..io.progress import Progress
 from ..rdm import scoring
 from ..rdm.core import square_rdm
 from ..rdm.reliability import report_reliability
-from ..rdm.splits import cross_set_splits, fold_splits
+from ..rdm.splits import cross_set_splits
 from ..train.config import TrainConfig, check_config, pick_device
 from ..train.predict import fit_predictor
 from ..train.selection import (
-    SELECTION_FOLDS,
     choose_epochs,
+    curves_by_set,
     naming_the_fit,
+    selection_splits,
     validation_curves,
     with_epochs,
 )
@@ -199,8 +200,7 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
     if validate:
         splits = cross_set_splits(sets)
         directions = list(splits)  # the reported ones; the folds below only choose
-        for name in TRAINING_SETS:
-            splits.update(fold_splits(sets[name], SELECTION_FOLDS, seed=0))
+        splits.update(selection_splits([sets[name] for name in TRAINING_SETS]))
         cells = [(target, label) for target in targets for label in splits]
     else:
         directions, cells = [], []
@@ -212,9 +212,7 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
         for (target, _), curve in zip(cells, curves, strict=True):
             all_curves.setdefault(target, {}).update(curve)
         for target in targets:
-            folds = {name: [c for label, c in all_curves[target].items() if label.startswith(f"{name} fold")]
-                     for name in TRAINING_SETS}
-            epochs[target], per_set = choose_epochs(folds)
+            epochs[target], per_set = choose_epochs(curves_by_set(all_curves[target], list(TRAINING_SETS)))
             for direction in directions:
                 epoch = per_set[direction.split("->")[0]]
                 row = chosen_row(all_curves[target][direction], epoch, splits[direction][1], target)

@@ -122,19 +122,32 @@ def with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
     return replace(config, stop_epoch=epochs)
 
 
-def select_epochs(config: TrainConfig, train: list[BrainDataset], seeds: tuple[int, ...] = (0,),
-                  folds: int = SELECTION_FOLDS, progress: bool | Progress = False) -> tuple[int | None, dict]:
-    """The epoch count for a model of `config` fitted on all of `train`: chosen on image folds within each
-    training set (`choose_epochs`, all folds together). Returns (epochs, the fold curves by split); epochs is
-    None when a set has too few images for two folds of MIN_SPLIT_IMAGES (then nothing can be chosen: the
-    caller trains the config's epochs and says so)."""
+def selection_splits(train: list[BrainDataset], folds: int = SELECTION_FOLDS) -> dict | None:
+    """Each training set's image folds that choose the epochs ('<set> fold k' -> (training, held-out images)):
+    `folds` of them, fewer where a set is small; None when a set has too few images for two folds of
+    MIN_SPLIT_IMAGES (then nothing can be chosen)."""
     splits = {}
     for dataset in train:
         k = min(folds, len(dataset) // MIN_SPLIT_IMAGES)
         if k < 2:
-            return None, {}
+            return None
         splits.update(fold_splits(dataset, k, seed=0))
+    return splits
+
+
+def curves_by_set(curves: dict[str, list[dict]], names: list[str]) -> dict[str, list[list[dict]]]:
+    """The fold curves of `selection_splits` grouped by training set, as `choose_epochs` takes them."""
+    return {name: [curve for label, curve in curves.items() if label.startswith(f"{name} fold ")] for name in names}
+
+
+def select_epochs(config: TrainConfig, train: list[BrainDataset], seeds: tuple[int, ...] = (0,),
+                  folds: int = SELECTION_FOLDS, progress: bool | Progress = False) -> tuple[int | None, dict]:
+    """The epoch count for a model of `config` fitted on all of `train`: chosen on image folds within each
+    training set (`choose_epochs`, all folds together). Returns (epochs, the fold curves by split); epochs is
+    None when a set has too few images for two folds (then the caller trains the config's epochs and says so)."""
+    splits = selection_splits(train, folds)
+    if splits is None:
+        return None, {}
     curves = validation_curves(config, splits, seeds, progress)
-    final, _ = choose_epochs({d.name: [curves[label] for label in splits if label.startswith(f"{d.name} fold ")]
-                              for d in train})
+    final, _ = choose_epochs(curves_by_set(curves, [d.name for d in train]))
     return final, curves

@@ -1,20 +1,23 @@
-"""Which levers make the Siamese network generalise to new images: chosen on image folds, reported across sets.
+"""Which levers make the Siamese network predict new images in new people and another study: the lever table.
 
-For every lever (a set of TrainConfig overrides, or a seed ensemble) and target, as `siamrdm challenge` runs it:
+For every lever (TrainConfig overrides of the `quick` preset, or a seed ensemble) and target, three checks:
 
-- selection (the numbers used to choose the defaults): image-level folds within each training set. Each of
-  the 92 and 118 sets is split into `--folds` folds of images; the model trains on pairs among the other
-  folds' images and is scored, after every epoch, on pairs among the held-out fold's images. The lever's
-  selection score is the signed mean rho over subjects (`rho_mean`, chance level 0) of all folds of both sets
-  at the epoch count the one-standard-error rule picks on them (`selection.choose_epochs`). No pair between
-  the two training sets is ever scored.
-- report (held out from the choice): cross-set validation, fit on 92 and score 118 after every epoch, and
-  back; each direction is reported at the epoch count its own training set's folds chose.
+- folds (tuned: the rule below chooses on them): each of the 92 and 118 sets is cut into 3 image folds and
+  its subjects into two halves. One model per fold is trained on the other folds' images, on the first
+  half's mean RDM, and scored after every epoch on the held-out fold's images twice: against the first half's
+  subjects ("same people") and against the second half's ("new people"). The statistic is the signed mean rho
+  over subjects of the 6 folds at the epoch count the one-standard-error rule (with the validated gain) picks
+  on that column.
+- joint folds (only for levers that change a fit on both sets, `set_weights`): both sets' fold-k training
+  images in one fit, as the final fit trains, scored on each held-out fold.
+- across sets (held out: never used to choose): fit on all of 92 (all subjects), score 118 after every epoch,
+  and back; each direction at the epoch count its training set's new-people folds chose (and, for comparison,
+  the count its same-people folds chose, the protocol before subject halves). The best epoch of each cross-set
+  curve is recorded too, to show whether fits on a whole set want more epochs than fits on two thirds of one.
 
-Every lever runs with the `quick` preset unless overridden. Results go to OUT/levers.jsonl, one line per lever
-and target as it finishes; `--summarize` turns that file into the README's markdown table.
+Results go to OUT/levers.jsonl, one line per lever and target as it finishes; `--summarize` prints the table.
 
-    python benchmarks/levers.py --targets IT --levers base,prior_layer --out runs/levers
+    OMP_NUM_THREADS=1 python benchmarks/levers.py --targets EVC,IT --out runs/levers
     python benchmarks/levers.py --summarize runs/levers/levers.jsonl
 """
 
@@ -24,108 +27,102 @@ import argparse
 import json
 import os
 import time
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
-from siamrdm.io.data import TARGET_NAMES, load_algonauts_set
-from siamrdm.rdm.splits import cross_set_splits, fold_splits
+from siamrdm.io.data import TARGET_NAMES, BrainDataset, load_algonauts_set
+from siamrdm.rdm.splits import cross_set_splits, fold_splits, subject_fold_splits
 from siamrdm.train import config_from_preset
-from siamrdm.train.selection import choose_epochs, fold_curve, validation_curves
+from siamrdm.train.selection import SELECTION_FOLDS, choose_epochs, ensemble_curves, fold_curve, one_se_epoch
 
-# name -> (TrainConfig overrides, seeds). "base" is the quick preset as it was before these levers (no prior).
-LEVERS: dict[str, tuple[dict, tuple[int, ...]]] = {
-    "base": ({"prior": "none"}, (0,)),
-    "seeds3": ({"prior": "none"}, (0, 1, 2)),
-    "tta": ({"prior": "none", "tta": True}, (0,)),
-    "head_pairwise": ({"prior": "none", "head": "pairwise"}, (0,)),
-    "rescale_rank": ({"prior": "none", "rescale": "rank"}, (0,)),
-    "weight_decay_0.3": ({"prior": "none", "weight_decay": 0.3}, (0,)),
-    "prior_layer": ({"prior": "layer"}, (0,)),
-    "prior_nnls": ({"prior": "nnls"}, (0,)),
-    "prior_layer_lr3e-4": ({"prior": "layer", "lr": 3e-4}, (0,)),
-    "prior_layer_seeds3": ({"prior": "layer"}, (0, 1, 2)),
-    "prior_layer_tta": ({"prior": "layer", "tta": True}, (0,)),
-    "prior_layer_tta_seeds3": ({"prior": "layer", "tta": True}, (0, 1, 2)),
-    "prior_nnls_seeds3": ({"prior": "nnls"}, (0, 1, 2)),
-    "prior_nnls_bound0.02": ({"prior": "nnls", "correction_bound": 0.02}, (0,)),
-    "prior_nnls_bound0.05": ({"prior": "nnls", "correction_bound": 0.05}, (0,)),
-    "prior_nnls_bound0.1": ({"prior": "nnls", "correction_bound": 0.1}, (0,)),
-    "prior_layer_bound0.05": ({"prior": "layer", "correction_bound": 0.05}, (0,)),
-    "prior_nnls_bound0.05_seeds3": ({"prior": "nnls", "correction_bound": 0.05}, (0, 1, 2)),
-    "prior_nnls_blocks5": ({"prior": "nnls", "stage": "blocks5"}, (0,)),
-    # Multi-target: the scored target trained beside an auxiliary one (one body and head, two outputs).
-    "prior_nnls_aux_meg_late": ({"prior": "nnls", "aux_targets": ("MEG_late",)}, (0,)),
-    "prior_nnls_aux_it": ({"prior": "nnls", "aux_targets": ("IT",)}, (0,)),
-    # A loss that, like the metric, ignores scale and offset: 1 - Pearson r of the pair vector.
-    "corr": ({"loss": "correlation"}, (0,)),
-    "prior_nnls_corr": ({"prior": "nnls", "loss": "correlation"}, (0,)),
-    "prior_layer_corr": ({"prior": "layer", "loss": "correlation"}, (0,)),
-    # Larger bodies (the `bodies` extra): Lite2 at its native 260 px, for the head's features and the prior.
-    "prior_nnls_lite2": ({"prior": "nnls", "backbone": "efficientnet_lite2", "image_size": 260}, (0,)),
-    "prior_layer_lite2": ({"prior": "layer", "backbone": "efficientnet_lite2", "image_size": 260}, (0,)),
+# name -> (overrides of the quick preset, seeds, whether a fit on both sets shows the lever: joint folds)
+LEVERS: dict[str, tuple[dict, tuple[int, ...], bool]] = {
+    "default": ({}, (0,), True),
+    "per_image_removed": ({"per_image": "remove"}, (0,), False),
+    "shrinkage_0.5": ({"shrinkage": 0.5}, (0,), False),
+    "head_average_0.9": ({"head_average": 0.9}, (0,), False),
+    "reliability_weights": ({"set_weights": "reliability"}, (0,), True),
+    "seeds3": ({}, (0, 1, 2), False),
 }
 
 
-def run_lever(name: str, target: str, sets: dict, folds: int, epochs: int | None, device: str) -> dict:
-    overrides, seeds = LEVERS[name]
-    overrides = dict(overrides)
-    aux = tuple(t for t in overrides.pop("aux_targets", ()) if t != target)
-    config = config_from_preset("quick", targets=(target, *aux), device=device, **overrides)
-    if epochs:
-        config = replace(config, frozen_epochs=epochs)
+def one_target(dataset: BrainDataset, target: str) -> BrainDataset:
+    return BrainDataset(dataset.name, dataset.images, {target: dataset.targets[target]}, dataset.official)
+
+
+def at_epoch(curve: list[dict], epoch: int) -> dict:
+    return next(row for row in curve if row["epoch"] == epoch)
+
+
+def run_lever(name: str, target: str, sets: dict[str, BrainDataset], device: str, **settings) -> dict:
+    """One lever on one target: the folds, the joint folds where the lever needs them, and the cross-set curves."""
+    overrides, seeds, joint = LEVERS[name]
+    config = config_from_preset("quick", targets=(target,), device=device, **{**overrides, **settings})
+    sets = {s: one_target(d, target) for s, d in sets.items()}
     start = time.perf_counter()
-    splits = {}
+    same, new = {}, {}
     for dataset in sets.values():
-        splits.update(fold_splits(dataset, folds, seed=0))
-    fold = validation_curves(config, splits, seeds, progress=False)
-    by_set = {s: [c for label, c in fold.items() if label.startswith(f"{s} fold")] for s in sets}
-    final, per_set = choose_epochs(by_set)
-    pooled = fold_curve(list(fold.values()))
-    chosen = next(row for row in pooled if row["epoch"] == final)
-    cross = validation_curves(config, cross_set_splits(sets), seeds, progress=False)
-    reported = {d: next(r for r in c if r["epoch"] == per_set[d.split("->")[0]]) for d, c in cross.items()}
-    return {
-        "lever": name, "target": target, "overrides": overrides, "seeds": list(seeds), "folds": folds,
-        "epochs": config.epochs, "fold_epochs": {"final": final, **per_set},
-        "fold_rho": chosen["rho_mean"], "fold_rho_se": chosen["rho_se"],
-        "fold_rho_by_set": {s: [round(r["rho_mean"], 4) for r in fold_curve(c)] for s, c in by_set.items()},
-        "cross_pct": {d: r["pct_nc"] for d, r in reported.items()},
-        "cross_rho": {d: r["rho_mean"] for d, r in reported.items()},
-        "cross_mean": float(np.mean([r["pct_nc"] for r in reported.values()])),
-        "cross_curves": {d: [round(r["pct_nc"], 2) for r in c] for d, c in cross.items()},
-        "cross_rho_curves": {d: [round(r["rho_mean"], 4) for r in c] for d, c in cross.items()},
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+        for label, (train, held_same, held_new) in subject_fold_splits(dataset, SELECTION_FOLDS).items():
+            same[label], new[label] = ensemble_curves(config, [train], [held_same, held_new], seeds)
+    by_set = {column: {s: [c for label, c in curves.items() if label.startswith(f"{s} fold")] for s in sets}
+              for column, curves in (("same", same), ("new", new))}
+    chosen = {column: choose_epochs(curves) for column, curves in by_set.items()}  # (final, per set)
+    folds = {}
+    for column, curves in by_set.items():
+        pooled = fold_curve([c for per_set in curves.values() for c in per_set])
+        row = at_epoch(pooled, chosen[column][0])
+        folds[column] = {"rho": row["rho_mean"], "se": row["rho_se"], "epochs": chosen[column][0],
+                         "epochs_by_set": chosen[column][1]}
+    record = {"lever": name, "target": target, "overrides": overrides, "seeds": list(seeds),
+              "folds_same": folds["same"], "folds_new": folds["new"]}
+    if joint:
+        fits = {s: fold_splits(d, SELECTION_FOLDS) for s, d in sets.items()}
+        joint_curves = []
+        for k in range(SELECTION_FOLDS):
+            pairs = [list(fits[s].values())[k] for s in sets]
+            joint_curves += ensemble_curves(config, [p[0] for p in pairs], [p[1] for p in pairs], seeds)
+        pooled = fold_curve(joint_curves)
+        epoch = one_se_epoch(pooled)
+        record["joint_folds"] = {"rho": at_epoch(pooled, epoch)["rho_mean"], "se": at_epoch(pooled, epoch)["rho_se"],
+                                 "epochs": epoch}
+    cross = {d: ensemble_curves(config, [a], [b], seeds)[0] for d, (a, b) in cross_set_splits(sets).items()}
+    record["cross"] = {}
+    for direction, curve in cross.items():
+        source = direction.split("->")[0]
+        entry = {}
+        for column in ("new", "same"):
+            row = at_epoch(curve, chosen[column][1][source])
+            entry[column] = {"epochs": row["epoch"], "pct_nc": row["pct_nc"], "rho": row["rho_mean"],
+                             "se": row["rho_se"]}
+        best = max(curve, key=lambda r: r["rho_mean"])
+        entry["best_epoch"], entry["best_rho"] = best["epoch"], best["rho_mean"]
+        entry["rho_curve"] = [round(r["rho_mean"], 4) for r in curve]
+        record["cross"][direction] = entry
+    record["cross_mean_pct"] = float(np.mean([e["new"]["pct_nc"] for e in record["cross"].values()]))
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    return record
 
 
-def _pct(value: float | None) -> str:
-    """A percent to one decimal; 'collapsed' where a model's RDM went constant (NaN before scoring gave it 0)."""
-    return "collapsed" if value is None or not np.isfinite(value) else f"{value:.1f}"
-
-
-def summarize(path: Path) -> str:
-    """The markdown table: per lever and target, the fold score it was chosen on (mean rho +- its standard error,
-    at the fold-chosen epochs) and the held-out cross-set scores (percent of the ceiling), each direction at its
-    set's choice."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    targets = [t for t in TARGET_NAMES if any(r["target"] == t for r in rows)]
-    levers = list(dict.fromkeys(r["lever"] for r in rows))
-    by = {(r["lever"], r["target"]): r for r in rows}
-    head = ["lever"] + [f"{t} {col}" for t in targets for col in ("folds rho", "92->118", "118->92", "mean")]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for lever in levers:
-        cells = [lever]
-        for t in targets:
-            r = by.get((lever, t))
-            if r is None:
-                cells += ["-"] * 4
-                continue
-            h = r["cross_pct"]
-            cells += [f"{r['fold_rho']:.3f} ± {r['fold_rho_se']:.3f}", _pct(h["92->118"]), _pct(h["118->92"]),
-                      _pct(r["cross_mean"])]
-        lines.append("| " + " | ".join(cells) + " |")
+def summarize(path: str) -> str:
+    """The lever table: per target and lever, the folds' signed mean rho (new people: the rule's column; same
+    people beside it), the joint folds where measured, and the held-out cross-set % of the ceiling and rho."""
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    head = ("| target | lever | folds, new people: rho ± se (epochs) | folds, same people | joint folds | "
+            "92->118 % (rho) | 118->92 % (rho) | cross mean % | cross, same-people epochs: mean % | "
+            "cross best epochs (92->118 / 118->92) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in sorted(rows, key=lambda r: (TARGET_NAMES.index(r["target"]), list(LEVERS).index(r["lever"])
+                                         if r["lever"] in LEVERS else 99)):
+        fn, fs, c = r["folds_new"], r["folds_same"], r["cross"]
+        joint = r.get("joint_folds")
+        same_mean = np.mean([e["same"]["pct_nc"] for e in c.values()])
+        directions = [f"{c[d]['new']['pct_nc']:.1f} ({c[d]['new']['rho']:+.3f})" for d in ("92->118", "118->92")]
+        lines.append(
+            f"| {r['target']} | {r['lever']} | {fn['rho']:.3f} ± {fn['se']:.3f} ({fn['epochs']}) | "
+            f"{fs['rho']:.3f} ± {fs['se']:.3f} ({fs['epochs']}) | "
+            + (f"{joint['rho']:.3f} ± {joint['se']:.3f} ({joint['epochs']})" if joint else "-")
+            + " | " + " | ".join(directions) + f" | {r['cross_mean_pct']:.1f} | {same_mean:.1f} | "
+            f"{c['92->118']['best_epoch']} / {c['118->92']['best_epoch']} |")
     return "\n".join(lines)
 
 
@@ -134,29 +131,27 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("SIAMRDM_DATA", "../shared/algonauts2019"))
     parser.add_argument("--targets", default=",".join(TARGET_NAMES))
     parser.add_argument("--levers", default=",".join(LEVERS))
-    parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, help="frozen epochs (default: the quick preset's)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--epochs", type=int, help="frozen epochs (default: the quick preset's); a smoke test's")
+    parser.add_argument("--image-size", type=int, help="image size (default: the preset's); a smoke test's")
     parser.add_argument("--out", default=os.environ.get("OUT", "runs/levers"))
     parser.add_argument("--summarize", help="print the markdown table of a levers.jsonl and exit")
     args = parser.parse_args()
     if args.summarize:
-        print(summarize(Path(args.summarize)))
+        print(summarize(args.summarize))
         return
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    targets = args.targets.split(",")
+    os.makedirs(args.out, exist_ok=True)
     sets = {name: load_algonauts_set(args.data, name, TARGET_NAMES) for name in ("92", "118")}
-    for target in targets:
+    for target in args.targets.split(","):
         for lever in args.levers.split(","):
-            record = run_lever(lever, target, sets, args.folds, args.epochs, args.device)
-            with open(out / "levers.jsonl", "a") as f:
+            record = run_lever(lever, target, sets, args.device, frozen_epochs=args.epochs,
+                               image_size=args.image_size)
+            with open(os.path.join(args.out, "levers.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
-            h, e = record["cross_pct"], record["fold_epochs"]
-            print(f"{target:<10} {lever:<24} folds rho {record['fold_rho']:.3f} "
-                  f"(epochs 92: {e['92']}, 118: {e['118']}, both: {e['final']})  "
-                  f"cross {h['92->118']:5.1f} / {h['118->92']:5.1f} (mean {record['cross_mean']:5.1f})  "
-                  f"{record['seconds']:.0f} s", flush=True)
+            fn, c = record["folds_new"], record["cross"]
+            print(f"{target:<10} {lever:<20} new people {fn['rho']:.3f} ± {fn['se']:.3f} ({fn['epochs']} ep)  "
+                  f"same {record['folds_same']['rho']:.3f}  cross {c['92->118']['new']['pct_nc']:5.1f} / "
+                  f"{c['118->92']['new']['pct_nc']:5.1f}  {record['seconds']:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(dot_vectors(a, "spearman") @ dot_vectors(b, "spearman"))
 
 
-def _per_image_fit(vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def per_image_fit(vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares per-image effects a of d(i, j) ~ a_i + a_j + c over the upper triangle, and the fitted
     pair values. Solved through the normal equations, whose matrix is known in closed form (O(N^2), no design
     matrix of pairs x images)."""
@@ -67,7 +67,7 @@ def target_reliability(target_rdms: np.ndarray, splits: int = SPLITS, seed: int 
     n = subjects.shape[-1]
     vectors = upper_tri(subjects)
     group = vectors.mean(axis=0)
-    _, fitted = _per_image_fit(group, n)
+    _, fitted = per_image_fit(group, n)
     variance = float(np.var(group))
     share = 1 - float(np.var(group - fitted)) / variance if variance > 0 else None
     summary = {"subjects": len(vectors), "images": n, "split_half": None, "reliability": None,
@@ -84,7 +84,7 @@ def target_reliability(target_rdms: np.ndarray, splits: int = SPLITS, seed: int 
         order = rng.permutation(len(vectors))
         a, b = vectors[order[: len(order) // 2]].mean(axis=0), vectors[order[len(order) // 2 :]].mean(axis=0)
         halves.append(_spearman(a, b))
-        image_halves.append(_spearman(_per_image_fit(a, n)[0], _per_image_fit(b, n)[0]))
+        image_halves.append(_spearman(per_image_fit(a, n)[0], per_image_fit(b, n)[0]))
     split_half = float(np.mean(halves))
     reliability = 2 * split_half / (1 + split_half) if split_half > -1 else -1.0
     summary.update(split_half=split_half, reliability=reliability, per_image_split_half=float(np.mean(image_halves)),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from ..io.data import BrainDataset, ImageSet
+from ..io.data import BrainDataset, ImageSet, subject_rdms
 
 MIN_SPLIT_IMAGES = 3
 
@@ -86,3 +86,23 @@ def subject_halves(n_subjects: int, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     order = np.random.default_rng(seed).permutation(n_subjects)
     first = (n_subjects + 1) // 2
     return np.sort(order[:first]), np.sort(order[first:])
+
+
+def subject_subset(dataset: BrainDataset, index: np.ndarray, name: str) -> BrainDataset:
+    """The subjects `index` of a set, with all its images. Not `official`: the published ceilings are those of all
+    the subjects, so a half's ceilings are computed from its own RDMs."""
+    return BrainDataset(name, dataset.images, {t: subject_rdms(r)[index] for t, r in dataset.targets.items()}, False)
+
+
+def subject_fold_splits(dataset: BrainDataset, folds: int, seed: int = 0,
+                        ) -> dict[str, tuple[BrainDataset, BrainDataset, BrainDataset]]:
+    """Image folds crossed with subject halves, '<set> fold k' -> (training images with the first half's RDMs,
+    held-out images with the first half's, held-out images with the second half's): one fit, scored on new
+    images of the people it learned from and of people it never saw."""
+    first, second = subject_halves(len(subject_rdms(next(iter(dataset.targets.values())))), seed)
+    trained, unseen = subject_subset(dataset, first, dataset.name), subject_subset(dataset, second, dataset.name)
+    splits = {}
+    for label, (train, held) in fold_splits(trained, folds, seed).items():
+        index = np.array([dataset.images.names.index(n) for n in held.images.names])
+        splits[label] = (train, held, subset(unseen, index, f"{held.name}-new-subjects"))
+    return splits

@@ -48,6 +48,11 @@ class TrainConfig:
     stop_epoch: int | None = None  # stop after this epoch; the schedule keeps the length of all `epochs`
     prior: str = "none"  # "layer" or "nnls": the head corrects a pretrained-layer RDM (see prior.py)
     correction_bound: float | None = None  # with a prior: the head's output bounded to +-this (tanh), in target units
+    # Levers against learning one study's quirks (benchmarks/levers.py measures each; RESULTS.md says which are on):
+    per_image: str = "keep"  # "remove": the head learns without the per-image part (a_i + a_j) of its target
+    shrinkage: float = 0.0  # with a prior: the head learns (1 - this) x the residual, i.e. a ridge toward the prior
+    head_average: float | None = None  # decay of an exponential moving average of the head's weights (epoch averaging)
+    set_weights: str = "pairs"  # a training set's share of the loss: its pairs, or "reliability": pairs x reliability
     tta: bool = False  # test-time augmentation: predictions averaged over each image and its mirror image
     body_chunk: int = 32  # images per body pass
     pair_mode: str = "factorised"  # training runs factorised; "naive" (both images of every pair) is bench-only
@@ -114,6 +119,8 @@ def config_from_dict(values: dict) -> TrainConfig:
 
 
 RESCALINGS = ("minmax", "rank", "zscore")
+PER_IMAGE = ("keep", "remove")
+SET_WEIGHTS = ("pairs", "reliability")
 LOSSES = ("mse", "correlation")
 PRECISIONS = ("fp32", "bf16")
 MIN_IMAGE_SIZE = 16
@@ -204,6 +211,18 @@ def check_config(config: TrainConfig) -> TrainConfig:
         _check_number("correction_bound", config.correction_bound)
         if config.prior == "none":
             raise ConfigError("correction_bound", "bounds the head's correction of a prior: set a prior too")
+    if config.per_image not in PER_IMAGE:
+        raise ConfigError("per_image", f"unknown choice '{config.per_image}' (choose from {', '.join(PER_IMAGE)})")
+    if config.set_weights not in SET_WEIGHTS:
+        raise ConfigError("set_weights", f"unknown choice '{config.set_weights}' (choose from "
+                                         f"{', '.join(SET_WEIGHTS)})")
+    if not (math.isfinite(config.shrinkage) and 0 <= config.shrinkage < 1):
+        raise ConfigError("shrinkage", f"must be at least 0 and below 1, got {config.shrinkage}")
+    if config.shrinkage and config.prior == "none":
+        raise ConfigError("shrinkage", "shrinks the head's correction toward a prior: set a prior too")
+    if config.head_average is not None and not (math.isfinite(config.head_average) and 0 < config.head_average < 1):
+        raise ConfigError("head_average", f"a moving average's decay must be above 0 and below 1, got "
+                                          f"{config.head_average}")
     if config.loss not in LOSSES:
         raise ConfigError("loss", f"unknown loss '{config.loss}' (choose from {', '.join(LOSSES)})")
     if config.loss != "mse" and config.pair_mode != "factorised":

@@ -37,6 +37,7 @@ from ..model.network import (
 )
 from ..model.prior import PriorFit, fit_prior, prior_vector, stage_rdms
 from ..rdm.core import rescale, square_rdm, upper_tri
+from ..rdm.reliability import per_image_fit, target_reliability
 from ..rdm.scoring import score_row
 from ..rdm.scoring_torch import spearman_torch, standardised_ranks_torch
 from ..rdm.splits import split_holdout as split_holdout  # re-exported: callers of siamrdm.train split here too
@@ -240,6 +241,11 @@ class FullBatchStep:
         self.has_validation = bool(self.val_sets)
         self.normalisation = {s.name: s.normalisation for s in self.train_sets}
         self.priors = self._fit_priors(train) if config.prior != "none" else {}
+        self._shape_targets()
+        self.set_shares = set_shares(train, self.train_sets, config)
+        # Epoch averaging: the model holds the moving average of the head's weights between steps (so validation,
+        # the kept epoch and the saved model are the average); the optimiser steps the raw weights.
+        self._raw_head = None if config.head_average is None else self._head_copy()
         for s in self.train_sets + self.val_sets:  # pixels stay on the device: augmentation runs there
             s.images = s.images.to(self.device)
         # Validation on the device: the subjects' standardised ranks once, the prior's pairs once (float64 where
@@ -277,6 +283,47 @@ class FullBatchStep:
             self.model.head.linear.weight.zero_()
             self.model.head.linear.bias.zero_()
         return priors
+
+    def _shape_targets(self) -> None:
+        """What the head learns, after the prior's part is taken out: with `per_image` 'remove' the least-squares
+        per-image part (a_i + a_j) of it is removed (its mean kept), so the head can only learn which pairs differ,
+        not which images are far from all others in this study; with `shrinkage` s it learns (1 - s) of it, the
+        minimiser of the squared error plus s / (1 - s) times the correction's own square (a ridge toward the
+        prior)."""
+        config = self.config
+        if config.per_image == "keep" and not config.shrinkage:
+            return
+        for s in self.train_sets:
+            for k in range(s.targets.shape[1]):
+                column = s.targets[:, k].double().numpy()
+                if config.per_image == "remove":
+                    _, fitted = per_image_fit(column, len(s.images))
+                    column = column - fitted + fitted.mean()
+                s.targets[:, k] = torch.from_numpy(column * (1 - config.shrinkage)).float()
+
+    def _head_copy(self) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in self.model.head.parameters()]
+
+    @contextlib.contextmanager
+    def raw_weights(self):
+        """Inside: the head holds the weights the optimiser steps; after: their moving average again (updated with
+        the new raw weights). Without `head_average`, nothing changes."""
+        if self._raw_head is None:
+            yield
+            return
+        params = list(self.model.head.parameters())
+        average = self._head_copy()
+        with torch.no_grad():
+            for p, raw in zip(params, self._raw_head, strict=True):
+                p.copy_(raw)
+        try:
+            yield
+        finally:
+            decay = self.config.head_average
+            with torch.no_grad():
+                self._raw_head = self._head_copy()
+                for p, mean in zip(params, average, strict=True):
+                    p.copy_(mean.mul_(decay).add_(p, alpha=1 - decay))
 
     # ---- the parts of a step (a benchmark times them one by one: bench.factorised_breakdown)
 
@@ -316,15 +363,15 @@ class FullBatchStep:
         """Zeroed, then the gradients of the mean loss over all pairs within every training set (pairs never
         cross sets); returns that loss, on the device (0-d tensor), so that a step does not wait for the device.
 
-        Each set's mean is weighted by its pair count, so an epoch is one step whether there is one set or two:
-        epoch counts chosen on a one-set validation curve mean the same number of steps, on the same schedule, in
-        a final fit on both sets. Unfrozen, two passes keep memory bounded: the head's gradient w.r.t. the
+        Each set's mean is weighted by its share (`set_shares`: its pair count, or with `set_weights` 'reliability'
+        pairs times the reliability of its targets), so an epoch is one step whether there is one set or two: epoch
+        counts chosen on a one-set validation curve mean the same number of steps, on the same schedule, in a final
+        fit on both sets. Unfrozen, two passes keep memory bounded: the head's gradient w.r.t. the
         features first, then the body in chunks (`body_backward`); the same gradient as one big graph."""
         self.model.zero_grad(set_to_none=True)
-        total_pairs = sum(len(s.targets) for s in self.train_sets)
         mean_loss = torch.zeros((), device=self.device)
         for index, data in enumerate(self.train_sets):
-            share = len(data.targets) / total_pairs
+            share = self.set_shares[index]
             if frozen:
                 loss = self.pair_loss(self.frozen_features(index), data)
                 (loss * share).backward()
@@ -339,8 +386,9 @@ class FullBatchStep:
         return mean_loss
 
     def train_epoch(self, epoch: int, frozen: bool, optimizer_step) -> tuple[torch.Tensor, dict]:
-        loss = self.gradients(frozen)
-        optimizer_step()
+        with self.raw_weights():
+            loss = self.gradients(frozen)
+            optimizer_step()
         return loss, {}
 
     # ---- validation
@@ -381,10 +429,35 @@ class FullBatchStep:
 
     def extra_state(self) -> dict:
         return {"generator": self.generator.get_state(), "normalisation": self.normalisation,
-                "priors": {t: p.to_dict() for t, p in self.priors.items()}}
+                "priors": {t: p.to_dict() for t, p in self.priors.items()}, "raw_head": self._raw_head}
 
     def load_extra_state(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        if self._raw_head is not None:
+            raw = state.get("raw_head")
+            shapes = [p.shape for p in self._raw_head]
+            if not isinstance(raw, list) or not all(isinstance(r, torch.Tensor) for r in raw) or [
+                    r.shape for r in raw] != shapes:
+                raise ConfigError("resume", "the checkpoint holds no raw head weights for the moving average")
+            self._raw_head = [r.to(self.device) for r in raw]
+
+
+def set_shares(datasets: list[BrainDataset], prepared: list[PairTargets], config: TrainConfig) -> list[float]:
+    """Each training set's share of the loss, summing to 1: its pair count; with `set_weights` 'reliability', its
+    pair count times its targets' mean reliability (Spearman-Brown of the split-half across subjects, below 0
+    counted as 0), so a set whose RDMs are close to noise (the 118 set's IT) pulls the fit less."""
+    weights = [float(len(s.targets)) for s in prepared]
+    if config.set_weights == "reliability":
+        for k, dataset in enumerate(datasets):
+            values = [target_reliability(dataset.targets[t])["reliability"] for t in config.targets]
+            if any(v is None for v in values):
+                raise ConfigError("set_weights", f"image set {dataset.name} has one subject, so its reliability is "
+                                                 "unknown: weight sets by pairs")
+            weights[k] *= max(float(np.mean(values)), 0.0)
+    total = sum(weights)
+    if total <= 0:
+        raise ConfigError("set_weights", "no training set has reliable targets (every reliability is 0 or below)")
+    return [w / total for w in weights]
 
 
 class Trainer(TrainingLoop):

@@ -30,31 +30,44 @@ def validation_curves(config: TrainConfig, splits: dict[str, tuple[BrainDataset,
                       seeds: tuple[int, ...], progress: bool | Progress = True, keep_predictions: bool = False,
                       ) -> dict[str, list[dict]]:
     """Per split (e.g. '92->118'), per epoch: the validation score of the first target's seed ensemble (any
-    further targets are auxiliary outputs trained beside it).
+    further targets are auxiliary outputs trained beside it), as `ensemble_curves` computes it.
 
-    The seeds train side by side and their predicted RDMs are averaged before scoring, as the final
-    predictor averages them. With a prior the curve starts at epoch 0 (the prior alone, before any step),
-    so the chosen epoch count can be 0 when training does not improve on the baseline. Epochs are scored
-    without chance fields (permutations every epoch would cost more than the training); with
+    Epochs are scored without chance fields (permutations every epoch would cost more than the training); with
     `keep_predictions` each row also holds its predicted pairs ('predicted', the upper triangle), from which
     `chosen_row` adds them to the epoch that is reported. With `progress`, a bar per split on a terminal.
     """
+    return {label: ensemble_curves(config, [train_set], [val_set], seeds, progress, keep_predictions, label)[0]
+            for label, (train_set, val_set) in splits.items()}
+
+
+def ensemble_curves(config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset], seeds: tuple[int, ...],
+                    progress: bool | Progress = False, keep_predictions: bool = False, label: str = "",
+                    ) -> list[list[dict]]:
+    """One fit on `train`, scored after every epoch on each of `val` (one curve per validation set, in order).
+
+    The seeds train side by side and their predicted RDMs are averaged before scoring, as the final predictor
+    averages them. With a prior the curves start at epoch 0 (the prior alone, before any step), so the chosen
+    epoch count can be 0 when training does not improve on the baseline."""
     bars = Progress.of(progress, "challenge").bars
     target = config.targets[0]
-    curves = {}
-    for label, (train_set, val_set) in splits.items():
-        with naming_the_fit(f"{target} {label}"):
-            trainers = [Trainer(replace(config, seed=seed), [train_set], [val_set], progress=False) for seed in seeds]
-            rows = [_ensemble_row(trainers, val_set, target, 0, [t.validate_start()["loss"] for t in trainers],
-                                  keep_predictions)] if trainers[0].priors else []
-            last = trainers[0].last_epoch  # the schedule's end, or the config's stop_epoch
-            with tqdm(total=last, disable=not bars, unit="epoch", desc=f"{target} {label}", leave=False) as bar:
-                for epoch in range(1, last + 1):
-                    losses = [t.run_epoch()["loss"] for t in trainers]
-                    if trainers[0].validates(epoch):  # every `validate_every`-th epoch and the last
-                        rows.append(_ensemble_row(trainers, val_set, target, epoch, losses, keep_predictions))
-                    bar.update()
-        curves[label] = rows
+    label = label or "+".join(d.name for d in train)
+    with naming_the_fit(f"{target} {label}"):
+        trainers = [Trainer(replace(config, seed=seed), train, val, progress=False) for seed in seeds]
+        curves: list[list[dict]] = [[] for _ in val]
+
+        def record(epoch: int, losses: list) -> None:
+            for k, val_set in enumerate(val):
+                curves[k].append(_ensemble_row(trainers, k, val_set, target, epoch, losses, keep_predictions))
+
+        if trainers[0].priors:
+            record(0, [t.validate_start()["loss"] for t in trainers])
+        last = trainers[0].last_epoch  # the schedule's end, or the config's stop_epoch
+        with tqdm(total=last, disable=not bars, unit="epoch", desc=f"{target} {label}", leave=False) as bar:
+            for epoch in range(1, last + 1):
+                losses = [t.run_epoch()["loss"] for t in trainers]
+                if trainers[0].validates(epoch):  # every `validate_every`-th epoch and the last
+                    record(epoch, losses)
+                bar.update()
     return curves
 
 
@@ -68,13 +81,14 @@ def naming_the_fit(fit: str):
         raise TrainingDiverged(f"{fit}: {exc}") from None
 
 
-def _ensemble_row(trainers: list[Trainer], val_set: BrainDataset, target: str, epoch: int, losses: list,
+def _ensemble_row(trainers: list[Trainer], index: int, val_set: BrainDataset, target: str, epoch: int, losses: list,
                   keep_prediction: bool = False) -> dict:
-    """One epoch of a curve: the seeds' predicted RDMs averaged, then scored (on the device); the mean loss; with
-    `keep_prediction`, the averaged pairs of the target ('predicted')."""
+    """One epoch of validation set `index`'s curve: the seeds' predicted RDMs averaged, then scored (on the
+    device); the mean loss; with `keep_prediction`, the averaged pairs of the target ('predicted')."""
     mean_pairs = torch.stack([t.stepper.last_pairs[val_set.name] for t in trainers]).mean(dim=0)
     loss = None if None in losses else float(np.mean(losses))
-    row = {"epoch": epoch, "loss": loss, **trainers[0].stepper.score_pairs({0: mean_pairs})[f"{val_set.name}/{target}"]}
+    scores = trainers[0].stepper.score_pairs({index: mean_pairs})
+    row = {"epoch": epoch, "loss": loss, **scores[f"{val_set.name}/{target}"]}
     if keep_prediction:
         row["predicted"] = mean_pairs[:, 0].double().cpu().numpy()
     return row

@@ -387,7 +387,7 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     from .model.backbones import BACKBONES
     from .model.network import HEADS
     from .model.prior import PRIORS
-    from .train.config import LOSSES, PRECISIONS
+    from .train.config import LOSSES, PER_IMAGE, PRECISIONS, SET_WEIGHTS
     from .train.fullbatch import PRESETS
 
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="training schedule (default: quick)")
@@ -408,6 +408,14 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rescale", choices=["minmax", "rank", "zscore"], help="target rescaling (default: minmax)")
     p.add_argument("--loss", choices=LOSSES, help="mse (the paper's, default) or correlation (1 - Pearson r of "
                    "the predicted and target dissimilarities: ignores their scale, as the metric does)")
+    p.add_argument("--per-image", choices=PER_IMAGE, help="remove: the head learns without the per-image part "
+                   "(a_i + a_j) of its target, so it cannot learn which images this study puts far from all others")
+    p.add_argument("--shrinkage", type=float, help="with a prior: the head learns this much less of the residual "
+                   "(0 to below 1; a ridge toward the prior)")
+    p.add_argument("--head-average", type=_decay, metavar="DECAY|off", help="keep a moving average of the head's "
+                   "weights with this decay (e.g. 0.9; averages over about 1/(1 - decay) epochs), or 'off'")
+    p.add_argument("--set-weights", choices=SET_WEIGHTS, help="each training set's share of the loss: pairs "
+                   "(default) or reliability (pairs x its targets' split-half reliability)")
     p.add_argument("--image-size", type=int, help="input size in pixels (default: 224)")
     p.add_argument("--no-augment", action="store_true", help="no random crops or flips")
     p.add_argument("--seeds", default="0", help="comma-separated seeds; predictions average over them")
@@ -437,6 +445,18 @@ def _patience(text: str):
     return value
 
 
+def _decay(text: str):
+    """--head-average: a decay, or 'off' to switch a preset's averaging off (the range is checked with the config)."""
+    from .train.config import OFF
+
+    if text.strip().lower() == OFF:
+        return OFF
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a decay such as 0.9, or 'off', got '{text}'") from None
+
+
 def _flag(option: str) -> str:
     return _FLAG_OF_OPTION.get(option, "--" + option.replace("_", "-"))
 
@@ -452,6 +472,8 @@ def _config_from_args(args, targets: tuple[str, ...]):
         lr=args.lr, rescale=args.rescale, loss=args.loss, image_size=args.image_size, device=args.device,
         augment=False if args.no_augment else None, precision=args.precision,
         channels_last=True if args.channels_last else None, validate_every=args.validate_every,
+        per_image=args.per_image, shrinkage=args.shrinkage, head_average=args.head_average,
+        set_weights=args.set_weights,
     )
     return check_config(config)
 

@@ -71,3 +71,24 @@ def test_subject_halves_are_disjoint_and_cover_everyone() -> None:
     assert splits.subject_halves(15, seed=1)[0].tolist() != first.tolist()
     with pytest.raises(ConfigError, match="subjects"):
         splits.subject_halves(1)
+
+
+def test_subject_fold_splits_cross_image_folds_with_subject_halves(data_root) -> None:
+    """One fit per fold on the first half's RDMs; scored on the same held-out images of both halves."""
+    from siamrdm.io.data import load_algonauts_set
+    from siamrdm.rdm.splits import subject_fold_splits, subject_halves
+
+    dataset = load_algonauts_set(data_root, "92", ("EVC",))
+    first, second = subject_halves(15)
+    splits = subject_fold_splits(dataset, 3)
+    assert list(splits) == ["92 fold 1", "92 fold 2", "92 fold 3"]
+    held_out = []
+    for train, same, new in splits.values():
+        assert train.targets["EVC"].shape[0] == same.targets["EVC"].shape[0] == len(first) == 8
+        assert new.targets["EVC"].shape[0] == len(second) == 7
+        assert same.images.names == new.images.names and not set(train.images.names) & set(same.images.names)
+        k = [dataset.images.names.index(n) for n in new.images.names]
+        np.testing.assert_array_equal(new.targets["EVC"], dataset.targets["EVC"][second][:, k][:, :, k])
+        assert not (train.official or same.official or new.official)  # the halves' ceilings are their own
+        held_out += same.images.names
+    assert sorted(held_out) == sorted(dataset.images.names)

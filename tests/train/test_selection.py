@@ -1,5 +1,6 @@
-"""One rule chooses the epoch count in challenge, evaluate and fit --select-epochs: image folds within the
-training images, the one-SE rule, and the prior kept without a validated gain."""
+"""One rule chooses the epoch count in challenge, evaluate and fit --select-epochs: folds of the training images
+scored on the other half of the subjects (a fit on one set) or the cross-set curves (a fit on several), the
+one-SE rule, and the prior kept without a validated gain."""
 
 from __future__ import annotations
 
@@ -19,16 +20,40 @@ SMALL = ["--backbone", "alexnet", "--weights", "random", "--image-size", "128", 
          "--quiet"]
 
 
-def test_select_epochs_is_the_fold_rule_on_the_training_images(data_root: Path) -> None:
+def test_select_epochs_is_the_fold_rule_on_new_images_of_new_people(data_root: Path) -> None:
     dataset = splits.subset(data.load_algonauts_set(data_root, "92", ("EVC",)), np.arange(18), "a")
     config = fast_config(frozen_epochs=3, prior="layer", lr=3e-3)
     epochs, curves = selection.select_epochs(config, [dataset])
     assert sorted(curves) == [f"a fold {k}" for k in (1, 2, 3)]  # 3 folds of 6 images
-    by_hand = selection.validation_curves(config, splits.fold_splits(dataset, 3, seed=0), (0,))
+    new_people = {label: (fit_on, new) for label, (fit_on, _, new) in splits.subject_fold_splits(dataset, 3).items()}
+    by_hand = selection.validation_curves(config, new_people, (0,))
     assert epochs == selection.choose_epochs({"a": list(by_hand.values())})[0]
+    assert [r["rho_mean"] for r in curves["a fold 1"]] == [r["rho_mean"] for r in by_hand["a fold 1"]]
+    everyone = selection.validation_curves(config, splits.fold_splits(dataset, 3, seed=0), (0,))
+    assert [r["rho_mean"] for r in curves["a fold 1"]] != [r["rho_mean"] for r in everyone["a fold 1"]]
+    # A target of one subject cannot be halved: its folds are of images alone.
+    alone = data.BrainDataset("b", dataset.images, {"EVC": dataset.targets["EVC"][:1]})
+    assert selection.selection_splits([alone])["b fold 1"][1].targets["EVC"].shape[0] == 1
     assert [row["epoch"] for row in curves["a fold 1"]] == [0, 1, 2, 3]  # epoch 0: the prior alone
     # Too few images for two folds of 3: nothing can be chosen.
     assert selection.select_epochs(config, [splits.subset(dataset, np.arange(5), "tiny")]) == (None, {})
+
+
+def test_a_fit_on_several_sets_takes_the_epochs_of_their_cross_set_curves(data_root: Path) -> None:
+    full = data.load_algonauts_set(data_root, "92", ("EVC",))
+    a, b = splits.subset(full, np.arange(12), "a"), splits.subset(full, np.arange(12, 24), "b")
+    config = fast_config(frozen_epochs=3, prior="layer", lr=3e-3)
+    epochs, curves = selection.select_epochs(config, [a, b])
+    assert list(curves) == ["a->b", "b->a"]
+    assert epochs == selection.final_epochs(list(curves.values()))
+    by_hand = selection.validation_curves(config, splits.cross_set_splits({"a": a, "b": b}), (0,))
+    assert [r["rho_mean"] for r in curves["b->a"]] == [r["rho_mean"] for r in by_hand["b->a"]]
+    assert selection.final_epochs([selection_curve([0.1, 0.3, 0.2]), selection_curve([0.1, 0.1, 0.3])]) == 2
+    assert selection.final_epochs([selection_curve([0.3, 0.1, 0.1]), selection_curve([0.2, 0.2, 0.25])]) == 0
+
+
+def selection_curve(values: list[float]) -> list[dict]:
+    return [{"epoch": e, "rho_mean": v, "rho_se": 0.01} for e, v in enumerate(values)]
 
 
 def test_evaluate_chooses_the_siamese_epochs_inside_each_fold(data_root: Path) -> None:

@@ -1,16 +1,18 @@
-"""The Algonauts 2019 pipeline: choose on image folds, report across sets, train on 92 + 118, predict the 78.
+"""The Algonauts 2019 pipeline: choose on folds, report across sets, train on 92 + 118, predict the 78.
 
-For each target, how long to train is chosen within the training sets, never on the pairs reported: each set
-is split into image folds; the model is fitted on pairs among the other folds' images and scored, after every
-epoch, on pairs among the held-out fold's images. The choice is the fewest epochs whose mean signed rho over
-subjects (`rho_mean`, chance level 0) is within one standard error of the best epoch's (the one-standard-error
-rule: with a prior, the prior alone is epoch 0, kept unless training helps beyond noise). Each set's own folds
-choose the epochs of the model fitted on it; the folds of both sets together choose the final fit's.
+For each target, how long the model fitted on one set trains is chosen within that set, never on the pairs
+reported: the set is split into image folds and its subjects into halves; the model is fitted on pairs among
+the other folds' images (the first half's mean RDM) and scored, after every epoch, on pairs among the held-out
+fold's images against the other half's subjects: new images in new people. The choice is the fewest epochs
+whose mean signed rho over subjects (`rho_mean`, chance level 0) is within one standard error of the best
+epoch's (the one-standard-error rule: with a prior, the prior alone is epoch 0, kept unless training helps
+beyond noise).
 
-Reported (held out from every choice): cross-set validation, fit on 92 and score 118 after every epoch, and the
-other way round, each direction at the epoch count its training set's folds chose. The final fit on both sets
-predicts the 78 test images. Writes the submission files, the validation table, the curves, the settings and a
-report.
+Reported (held out from the choice of the models reported): cross-set validation, fit on 92 and score 118
+after every epoch, and the other way round, each direction at the epoch count its training set's folds chose.
+The final model, fitted on both sets, takes the count those cross-set curves choose together by the same rule
+(`selection.final_epochs`): whole-set fits scored on another study are the nearest to it. It predicts the 78
+test images. Writes the submission files, the validation table, the curves, the settings and a report.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from ..train.predict import fit_predictor
 from ..train.selection import (
     choose_epochs,
     curves_by_set,
+    final_epochs,
     naming_the_fit,
     selection_splits,
     validation_curves,
@@ -182,7 +185,7 @@ def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: 
 def _epochs_text(epochs: int, chosen: bool) -> str:
     if epochs == 0:
         return "0 epochs (the prior alone)"
-    return f"{epochs} epoch{'s' if epochs != 1 else ''}" + (" (chosen on the folds)" if chosen else "")
+    return f"{epochs} epoch{'s' if epochs != 1 else ''}" + (" (chosen on the cross-set curves)" if chosen else "")
 
 
 def _seeds_text(seeds: tuple[int, ...]) -> str:
@@ -212,7 +215,8 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
         for (target, _), curve in zip(cells, curves, strict=True):
             all_curves.setdefault(target, {}).update(curve)
         for target in targets:
-            epochs[target], per_set = choose_epochs(curves_by_set(all_curves[target], list(TRAINING_SETS)))
+            _, per_set = choose_epochs(curves_by_set(all_curves[target], list(TRAINING_SETS)))
+            epochs[target] = final_epochs([all_curves[target][d] for d in directions])
             for direction in directions:
                 epoch = per_set[direction.split("->")[0]]
                 row = chosen_row(all_curves[target][direction], epoch, splits[direction][1], target)

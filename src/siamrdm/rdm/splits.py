@@ -88,19 +88,22 @@ def subject_halves(n_subjects: int, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     return np.sort(order[:first]), np.sort(order[first:])
 
 
-def subject_subset(dataset: BrainDataset, index: np.ndarray, name: str) -> BrainDataset:
-    """The subjects `index` of a set, with all its images. Not `official`: the published ceilings are those of all
-    the subjects, so a half's ceilings are computed from its own RDMs."""
-    return BrainDataset(name, dataset.images, {t: subject_rdms(r)[index] for t, r in dataset.targets.items()}, False)
+def subject_subset(dataset: BrainDataset, halves: dict[str, np.ndarray], name: str) -> BrainDataset:
+    """Some subjects of a set (each target's own indices: its subjects may differ in number), with all its images.
+    Not `official`: the published ceilings are those of all the subjects, so a subset's are its own."""
+    return BrainDataset(name, dataset.images, {t: subject_rdms(r)[halves[t]] for t, r in dataset.targets.items()},
+                        False)
 
 
 def subject_fold_splits(dataset: BrainDataset, folds: int, seed: int = 0,
                         ) -> dict[str, tuple[BrainDataset, BrainDataset, BrainDataset]]:
     """Image folds crossed with subject halves, '<set> fold k' -> (training images with the first half's RDMs,
     held-out images with the first half's, held-out images with the second half's): one fit, scored on new
-    images of the people it learned from and of people it never saw."""
-    first, second = subject_halves(len(subject_rdms(next(iter(dataset.targets.values())))), seed)
-    trained, unseen = subject_subset(dataset, first, dataset.name), subject_subset(dataset, second, dataset.name)
+    images of the people it learned from and of people it never saw. Each target's subjects are halved on
+    their own (a ConfigError naming 'subjects' where a target has one subject)."""
+    halves = {t: subject_halves(len(subject_rdms(r)), seed) for t, r in dataset.targets.items()}
+    trained = subject_subset(dataset, {t: h[0] for t, h in halves.items()}, dataset.name)
+    unseen = subject_subset(dataset, {t: h[1] for t, h in halves.items()}, dataset.name)
     splits = {}
     for label, (train, held) in fold_splits(trained, folds, seed).items():
         index = np.array([dataset.images.names.index(n) for n in held.images.names])

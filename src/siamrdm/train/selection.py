@@ -1,11 +1,17 @@
 """Choosing how many epochs to train: one rule for `challenge`, `evaluate` and `fit --select-epochs`.
 
-Each training set's images are split into SELECTION_FOLDS folds; a model is trained on the other folds' images
-and its curve (the signed mean rho of the held-out fold's pairs, per epoch) is recorded. The folds' curves are
-averaged, and the epoch count is the fewest epochs within one standard error of the best (`one_se_epoch`),
-where, with a prior, a trained epoch must also beat zero by TRAINING_MUST_BEAT_ZERO_BY_SE standard errors on
-the held-out images, or the prior alone (0 epochs) is kept. The final model is then trained on all the images
-for that many epochs, on the schedule the curves ran (`with_epochs`).
+A model fitted on one set: the set's images are split into SELECTION_FOLDS folds and its subjects into two
+halves; a model is trained on the other folds' images with the first half's mean RDM, and its curve (the
+signed mean rho of the held-out fold's pairs against the second half's subjects, per epoch: new images in new
+people) is recorded. The folds' curves are averaged, and the epoch count is the fewest epochs within one
+standard error of the best (`one_se_epoch`), where, with a prior, a trained epoch must also beat zero by
+TRAINING_MUST_BEAT_ZERO_BY_SE standard errors, or the prior alone (0 epochs) is kept.
+
+A model fitted on several sets (the challenge's final model): the same rule on the cross-set curves, each set's
+whole fit scored on every other set, pooled (`final_epochs`). Those fits are nearest in size to the final one
+(a fit on two thirds of one set stops sooner than one on both sets needs), and they are the only check across
+studies: another study's images, subjects and scanner. The model is then trained on all the images for that
+many epochs, on the schedule the curves ran (`with_epochs`).
 """
 
 from __future__ import annotations
@@ -18,10 +24,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import TrainingDiverged
-from ..io.data import BrainDataset
+from ..io.data import BrainDataset, subject_rdms
 from ..io.progress import Progress
 from ..io.tables import number
-from ..rdm.splits import MIN_SPLIT_IMAGES, fold_splits
+from ..rdm.splits import MIN_SPLIT_IMAGES, cross_set_splits, fold_splits, subject_fold_splits
 from .config import TrainConfig
 from .fullbatch import Trainer, validated_gain
 
@@ -124,10 +130,17 @@ def one_se_epoch(curve: list[dict]) -> int:
 
 def choose_epochs(fold_curves: dict[str, list[list[dict]]]) -> tuple[int, dict[str, int]]:
     """From each training set's fold curves (set name -> one curve per fold): the epoch count its own folds
-    choose, for the model fitted on that set; and the count all folds together choose, for the final fit."""
+    choose, for the model fitted on that set; and the count all folds together choose (a fit on several sets
+    takes `final_epochs` instead where there are cross-set curves)."""
     per_set = {name: one_se_epoch(fold_curve(curves)) for name, curves in fold_curves.items()}
     final = one_se_epoch(fold_curve([c for curves in fold_curves.values() for c in curves]))
     return final, per_set
+
+
+def final_epochs(cross_curves: list[list[dict]]) -> int:
+    """The epoch count of a fit on several sets: the one-SE rule (with the validated gain) on the cross-set curves
+    of those sets, pooled: each a whole set's fit scored on another set."""
+    return one_se_epoch(fold_curve(cross_curves))
 
 
 def with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
@@ -137,15 +150,20 @@ def with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
 
 
 def selection_splits(train: list[BrainDataset], folds: int = SELECTION_FOLDS) -> dict | None:
-    """Each training set's image folds that choose the epochs ('<set> fold k' -> (training, held-out images)):
-    `folds` of them, fewer where a set is small; None when a set has too few images for two folds of
-    MIN_SPLIT_IMAGES (then nothing can be chosen)."""
+    """Each training set's folds that choose the epochs ('<set> fold k' -> (training, held-out)): `folds` of them,
+    fewer where a set is small; None when a set has too few images for two folds of MIN_SPLIT_IMAGES (then
+    nothing can be chosen). Trained on the first half of the subjects, held out: the fold's images of the other
+    half (`splits.subject_fold_splits`); a set with a target of one subject is folded by images alone."""
     splits = {}
     for dataset in train:
         k = min(folds, len(dataset) // MIN_SPLIT_IMAGES)
         if k < 2:
             return None
-        splits.update(fold_splits(dataset, k, seed=0))
+        if all(len(subject_rdms(r)) >= 2 for r in dataset.targets.values()):
+            splits.update({label: (fit_on, new_people) for label, (fit_on, _, new_people)
+                           in subject_fold_splits(dataset, k, seed=0).items()})
+        else:
+            splits.update(fold_splits(dataset, k, seed=0))
     return splits
 
 
@@ -156,9 +174,13 @@ def curves_by_set(curves: dict[str, list[dict]], names: list[str]) -> dict[str, 
 
 def select_epochs(config: TrainConfig, train: list[BrainDataset], seeds: tuple[int, ...] = (0,),
                   folds: int = SELECTION_FOLDS, progress: bool | Progress = False) -> tuple[int | None, dict]:
-    """The epoch count for a model of `config` fitted on all of `train`: chosen on image folds within each
-    training set (`choose_epochs`, all folds together). Returns (epochs, the fold curves by split); epochs is
-    None when a set has too few images for two folds (then the caller trains the config's epochs and says so)."""
+    """The epoch count for a model of `config` fitted on all of `train`: on several sets, chosen on their
+    cross-set curves (`final_epochs`); on one, on its folds (new images of new people, `choose_epochs`). Returns
+    (epochs, the curves by split); epochs is None when a set has too few images for two folds (then the caller
+    trains the config's epochs and says so)."""
+    if len(train) > 1:
+        curves = validation_curves(config, cross_set_splits({d.name: d for d in train}), seeds, progress)
+        return final_epochs(list(curves.values())), curves
     splits = selection_splits(train, folds)
     if splits is None:
         return None, {}

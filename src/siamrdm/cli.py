@@ -576,8 +576,8 @@ def cmd_fit(args) -> int:
         raise UsageError("several processes (torchrun) train in mini-batches: give --batch-images N")
     seeds = _seeds(args)
     if args.select_epochs and (args.val_fraction or args.val_set):
-        raise UsageError("--select-epochs chooses the epochs on image folds of the training sets; --val-fraction "
-                         "and --val-set choose them on held-out images: pass one way")
+        raise UsageError("--select-epochs chooses the epochs on folds or cross-set curves of the training sets; "
+                         "--val-fraction and --val-set choose them on held-out images: pass one way")
     train, val, targets, order = _training_datasets(args)
     config = _config_from_args(args, targets)
     out = _out_dir(args.out, args.overwrite, args.resume)
@@ -596,8 +596,10 @@ def cmd_fit(args) -> int:
                               overwrite=args.overwrite, image_order=order, settings=settings)
     summary = {"model": str(out / "model.pt"), "targets": list(targets), "seeds": _seed_records(predictor.metrics),
                "reliability": reliability}
-    if chosen is not None:  # the epochs the image folds chose, as challenge and evaluate choose them
-        summary["selected_epochs"] = {"epochs": chosen, "rule": "image folds, one-SE (challenge, evaluate)",
+    if chosen is not None:  # the epochs chosen as challenge and evaluate choose them
+        rule = ("cross-set curves of the training sets, one-SE (as challenge's final fit)" if len(train) > 1 else
+                "folds: new images of new people (subject halves), one-SE (as challenge, evaluate)")
+        summary["selected_epochs"] = {"epochs": chosen, "rule": rule,
                                       "prior_alone": chosen == 0 and config.prior != "none"}
     if val:
         summary["validation"] = _validation_scores(predictor, val, targets)
@@ -789,8 +791,8 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     p.add_argument("--select-epochs", action="store_true",
-                   help="choose the epoch count on image folds of the training sets, as challenge and evaluate do "
-                   "(0 keeps the prior alone), then fit on all their images")
+                   help="choose the epoch count as challenge does (one set: on its folds, new images of new people; "
+                   "several: on their cross-set curves; 0 keeps the prior alone), then fit on all their images")
     p.add_argument("--batch-images", type=int, metavar="N",
                    help="train in mini-batches of N images (all pairs among them per step; over all ranks under "
                    "torchrun): large image sets, --images a folder or an HDF5 file of uint8 images, --rdms condensed "

@@ -111,6 +111,7 @@ def test_reliability_weights_let_a_noisy_set_pull_less(data92: data.BrainDataset
     assert sum(weighted) == pytest.approx(1) and weighted[0] > 0.8
     step = FullBatchStep(replace(config, set_weights="reliability"), [reliable, noise])
     assert step.set_shares == pytest.approx(weighted)
+    assert set_shares([noise], prepared[1:], replace(config, set_weights="reliability")) == [1.0]  # alone: all of it
     one = data.BrainDataset("one", reliable.images, {"IT": reliable.targets["IT"][:1]})
     with pytest.raises(train.ConfigError, match="set_weights: image set one has one subject"):
         set_shares([reliable, one], prepared, replace(config, set_weights="reliability"))

@@ -142,8 +142,8 @@ def _fits_blocks(run_dir: Path) -> list[Block]:
         alone = epochs == 0 or (seeds and all(v.get("prior_alone") is True for v in seeds.values()))
         body.append([target, "-" if epochs is None else f"{epochs:g}", ", ".join(seeds) or "-",
                      "the prior alone (no trained epoch)" if alone else ""])
-    return [("h2", "Final fits"), ("p", "Each target's final fit on both training sets, for the epochs its folds "
-             "chose (0: the prior alone, since no trained epoch showed a validated gain)."),
+    return [("h2", "Final fits"), ("p", "Each target's final fit on both training sets, for the epochs its cross-set "
+             "curves chose together (0: the prior alone, since no trained epoch showed a validated gain)."),
             ("table", ["target", "epochs", "seeds", "note"], body)]
 
 

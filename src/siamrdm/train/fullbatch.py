@@ -447,7 +447,7 @@ def set_shares(datasets: list[BrainDataset], prepared: list[PairTargets], config
     pair count times its targets' mean reliability (Spearman-Brown of the split-half across subjects, below 0
     counted as 0), so a set whose RDMs are close to noise (the 118 set's IT) pulls the fit less."""
     weights = [float(len(s.targets)) for s in prepared]
-    if config.set_weights == "reliability":
+    if config.set_weights == "reliability" and len(datasets) > 1:  # one set takes the whole loss whatever its RDMs
         for k, dataset in enumerate(datasets):
             values = [target_reliability(dataset.targets[t])["reliability"] for t in config.targets]
             if any(v is None for v in values):

@@ -23,13 +23,8 @@ from siamrdm.train.selection import ensemble_curves, validation_curves
 
 
 @pytest.fixture(scope="module")
-def data92(data_root: Path) -> data.BrainDataset:
-    return data.load_algonauts_set(data_root, "92", ("EVC", "IT"))
-
-
-@pytest.fixture(scope="module")
-def small(data92: data.BrainDataset) -> data.BrainDataset:
-    return train.subset(data92, np.arange(12), "92-twelve")
+def small(dataset92: data.BrainDataset) -> data.BrainDataset:
+    return train.subset(dataset92, np.arange(12), "92-twelve")
 
 
 def lever_config(**overrides) -> train.TrainConfig:
@@ -101,8 +96,8 @@ def test_head_average_resumes_from_its_checkpoint(small: data.BrainDataset) -> N
         train.Trainer(config, [small], progress=False).load_state(broken)
 
 
-def test_reliability_weights_let_a_noisy_set_pull_less(data92: data.BrainDataset) -> None:
-    reliable = train.subset(data92, np.arange(40), "reliable")
+def test_reliability_weights_let_a_noisy_set_pull_less(dataset92: data.BrainDataset) -> None:
+    reliable = train.subset(dataset92, np.arange(40), "reliable")
     noise = data.BrainDataset("noise", reliable.images, {t: scrambled(r) for t, r in reliable.targets.items()})
     config = lever_config(targets=("IT",))
     prepared = FullBatchStep(config, [reliable, noise]).train_sets
@@ -117,10 +112,10 @@ def test_reliability_weights_let_a_noisy_set_pull_less(data92: data.BrainDataset
         set_shares([reliable, one], prepared, replace(config, set_weights="reliability"))
 
 
-def test_one_fit_scored_on_several_sets_gives_each_its_curve(data92: data.BrainDataset) -> None:
+def test_one_fit_scored_on_several_sets_gives_each_its_curve(dataset92: data.BrainDataset) -> None:
     """`ensemble_curves` scores one fit on several held-out sets; its first curve is the split's curve."""
     config = lever_config(frozen_epochs=2)
-    fit_on, held, other = (train.subset(data92, np.arange(a, b), f"s{a}") for a, b in ((0, 12), (12, 20), (20, 26)))
+    fit_on, held, other = (train.subset(dataset92, np.arange(a, b), f"s{a}") for a, b in ((0, 12), (12, 20), (20, 26)))
     curves = ensemble_curves(config, [fit_on], [held, other], (0,))
     assert [len(c) for c in curves] == [3, 3] and [r["epoch"] for r in curves[1]] == [0, 1, 2]
     alone = validation_curves(config, {"x": (fit_on, held)}, (0,), progress=False)["x"]

@@ -105,7 +105,7 @@ def subject_fold_splits(dataset: BrainDataset, folds: int, seed: int = 0,
     trained = subject_subset(dataset, {t: h[0] for t, h in halves.items()}, dataset.name)
     unseen = subject_subset(dataset, {t: h[1] for t, h in halves.items()}, dataset.name)
     splits = {}
-    for label, (train, held) in fold_splits(trained, folds, seed).items():
-        index = np.array([dataset.images.names.index(n) for n in held.images.names])
+    folded = zip(fold_splits(trained, folds, seed).items(), fold_indices(len(dataset), folds, seed), strict=True)
+    for (label, (train, held)), index in folded:  # the same seeded folds: `index` is the held-out fold's images
         splits[label] = (train, held, subset(unseen, index, f"{held.name}-new-subjects"))
     return splits

@@ -11,8 +11,9 @@ For every lever (TrainConfig overrides of the `quick` preset, or a seed ensemble
 - joint folds (only for levers that change a fit on both sets, `set_weights`): both sets' fold-k training
   images in one fit, as the final fit trains, scored on each held-out fold.
 - across sets (held out: never used to choose): fit on all of 92 (all subjects), score 118 after every epoch,
-  and back; each direction at the epoch count its training set's new-people folds chose (and, for comparison,
-  the count its same-people folds chose, the protocol before subject halves). The best epoch of each cross-set
+  and back; each direction at the epoch count its training set's new-people folds chose, scaled to the
+  whole set's images as the challenge scales it (and, for comparison, the count its same-people folds
+  chose). The best epoch of each cross-set
   curve is recorded too, to show whether fits on a whole set want more epochs than fits on two thirds of one.
 
 Results go to OUT/levers.jsonl, one line per lever and target as it finishes; `--summarize` prints the table.
@@ -33,7 +34,14 @@ import numpy as np
 from siamrdm.io.data import TARGET_NAMES, BrainDataset, load_algonauts_set
 from siamrdm.rdm.splits import cross_set_splits, fold_splits, subject_fold_splits
 from siamrdm.train import config_from_preset
-from siamrdm.train.selection import SELECTION_FOLDS, choose_epochs, ensemble_curves, fold_curve, one_se_epoch
+from siamrdm.train.selection import (
+    SELECTION_FOLDS,
+    choose_epochs,
+    ensemble_curves,
+    fold_curve,
+    one_se_epoch,
+    scaled_epochs,
+)
 
 # name -> (overrides of the quick preset, seeds, whether a fit on both sets shows the lever: joint folds)
 LEVERS: dict[str, tuple[dict, tuple[int, ...], bool]] = {
@@ -66,13 +74,16 @@ def run_lever(name: str, target: str, sets: dict[str, BrainDataset], device: str
             same[label], new[label] = ensemble_curves(config, [train], [held_same, held_new], seeds)
     by_set = {column: {s: [c for label, c in curves.items() if label.startswith(f"{s} fold")] for s in sets}
               for column, curves in (("same", same), ("new", new))}
-    chosen = {column: choose_epochs(curves) for column, curves in by_set.items()}  # (final, per set)
-    folds = {}
+    folds, per_set = {}, {}
     for column, curves in by_set.items():
-        pooled = fold_curve([c for per_set in curves.values() for c in per_set])
-        row = at_epoch(pooled, chosen[column][0])
-        folds[column] = {"rho": row["rho_mean"], "se": row["rho_se"], "epochs": chosen[column][0],
-                         "epochs_by_set": chosen[column][1]}
+        pooled = fold_curve([c for curves_of_set in curves.values() for c in curves_of_set])
+        epochs = one_se_epoch(pooled)
+        row = at_epoch(pooled, epochs)
+        # each whole set's count, as the challenge reads its cross-set rows: its folds' choice scaled to its images
+        per_set[column] = {s: scaled_epochs(e, len(sets[s]) * (1 - 1 / SELECTION_FOLDS), len(sets[s]),
+                                            config.last_epoch) for s, e in choose_epochs(curves).items()}
+        folds[column] = {"rho": row["rho_mean"], "se": row["rho_se"], "epochs": epochs,
+                         "epochs_by_set": per_set[column]}
     record = {"lever": name, "target": target, "overrides": overrides, "seeds": list(seeds),
               "folds_same": folds["same"], "folds_new": folds["new"]}
     if joint:
@@ -91,7 +102,7 @@ def run_lever(name: str, target: str, sets: dict[str, BrainDataset], device: str
         source = direction.split("->")[0]
         entry = {}
         for column in ("new", "same"):
-            row = at_epoch(curve, chosen[column][1][source])
+            row = at_epoch(curve, per_set[column][source])
             entry[column] = {"epochs": row["epoch"], "pct_nc": row["pct_nc"], "rho": row["rho_mean"],
                              "se": row["rho_se"]}
         best = max(curve, key=lambda r: r["rho_mean"])

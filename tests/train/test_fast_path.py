@@ -258,8 +258,12 @@ def test_curves_and_epoch_choice_with_validate_every(set92: data.BrainDataset, s
         assert [row["epoch"] for row in rows] == [0, 2, 4, 5]  # the prior alone, every 2nd epoch and the last
         for row in rows:
             assert row["r2"] == pytest.approx(every[label][row["epoch"]]["r2"], rel=1e-12)
-    final, per_set = selection.choose_epochs({"92": [second["92->118"]], "118": [second["118->92"]]})
-    assert final in (0, 2, 4, 5) and set(per_set.values()) <= {0, 2, 4, 5}
+    per_set = selection.choose_epochs({"92": [second["92->118"]], "118": [second["118->92"]]})
+    assert set(per_set.values()) <= {0, 2, 4, 5}
+    # a count scaled to more images is still a validated epoch: a multiple of validate_every, or the last
+    final = selection.final_epochs(replace(config, validate_every=2), list(second.values()), list(sets.values()))
+    assert final in (0, 2, 4, 5)
+    assert [selection.scaled_epochs(e, 9.5, 19, 5, every=2) for e in (0, 1, 2, 4)] == [0, 2, 4, 5]
     with pytest.raises(ConfigError, match="validate_every"):
         check_config(fast_config(validate_every=0))
 

@@ -8,10 +8,11 @@ whose mean signed rho over subjects (`rho_mean`, chance level 0) is within one s
 epoch's (the one-standard-error rule: with a prior, the prior alone is epoch 0, kept unless training helps
 beyond noise).
 
-Reported (held out from the choice of the models reported): cross-set validation, fit on 92 and score 118
-after every epoch, and the other way round, each direction at the epoch count its training set's folds chose.
-The final model, fitted on both sets, takes the count those cross-set curves choose together by the same rule
-(`selection.final_epochs`): whole-set fits scored on another study are the nearest to it. It predicts the 78
+Reported: cross-set validation, fit on 92 and score 118 after every epoch, and the other way round, each
+direction at the epoch count its training set's folds chose, scaled from the folds' images to the whole set's
+(1.5x with 3 folds: `selection.scaled_epochs`). The final model, fitted on both sets, takes the count those
+cross-set curves choose together by the same rule (`selection.final_epochs`: whole-set fits scored on another
+study are the nearest to it), scaled from one set's images to both sets'. It predicts the 78
 test images. Writes the submission files, the validation table, the curves, the settings and a report.
 """
 
@@ -50,11 +51,10 @@ from ..rdm.splits import cross_set_splits
 from ..train.config import TrainConfig, check_config, pick_device
 from ..train.predict import fit_predictor
 from ..train.selection import (
-    choose_epochs,
-    curves_by_set,
     final_epochs,
     naming_the_fit,
     selection_splits,
+    set_epochs,
     validation_curves,
     with_epochs,
 )
@@ -214,9 +214,11 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
                                       label in directions) for k, (t, label) in enumerate(cells, 1)], jobs)
         for (target, _), curve in zip(cells, curves, strict=True):
             all_curves.setdefault(target, {}).update(curve)
+        folds = {label: split for label, split in splits.items() if label not in directions}
         for target in targets:
-            _, per_set = choose_epochs(curves_by_set(all_curves[target], list(TRAINING_SETS)))
-            epochs[target] = final_epochs([all_curves[target][d] for d in directions])
+            per_set = set_epochs(configs[target], all_curves[target], folds, list(sets.values()))
+            epochs[target] = final_epochs(configs[target], [all_curves[target][d] for d in directions],
+                                          list(sets.values()))
             for direction in directions:
                 epoch = per_set[direction.split("->")[0]]
                 row = chosen_row(all_curves[target][direction], epoch, splits[direction][1], target)

@@ -3,15 +3,18 @@
 A model fitted on one set: the set's images are split into SELECTION_FOLDS folds and its subjects into two
 halves; a model is trained on the other folds' images with the first half's mean RDM, and its curve (the
 signed mean rho of the held-out fold's pairs against the second half's subjects, per epoch: new images in new
-people) is recorded. The folds' curves are averaged, and the epoch count is the fewest epochs within one
+people) is recorded. The folds' curves are averaged, and the folds' count is the fewest epochs within one
 standard error of the best (`one_se_epoch`), where, with a prior, a trained epoch must also beat zero by
 TRAINING_MUST_BEAT_ZERO_BY_SE standard errors, or the prior alone (0 epochs) is kept.
 
 A model fitted on several sets (the challenge's final model): the same rule on the cross-set curves, each set's
-whole fit scored on every other set, pooled (`final_epochs`). Those fits are nearest in size to the final one
-(a fit on two thirds of one set stops sooner than one on both sets needs), and they are the only check across
-studies: another study's images, subjects and scanner. The model is then trained on all the images for that
-many epochs, on the schedule the curves ran (`with_epochs`).
+whole fit scored on every other set, pooled (`final_epochs`). Those fits are nearest in size to the final one,
+and they are the only check across studies: another study's images, subjects and scanner.
+
+Either count was chosen on fits of fewer images than the model it is for, and it is scaled to that model's
+images (`scaled_epochs`): an epoch is one full-batch step, so t epochs act as a ridge penalty of about
+1 / (learning rate x t), and the best penalty for a mean loss falls as 1 / n with n training images. The
+model is then trained for that many epochs on the schedule the curves ran (`with_epochs`).
 """
 
 from __future__ import annotations
@@ -128,19 +131,43 @@ def one_se_epoch(curve: list[dict]) -> int:
     return next(row["epoch"] for row in eligible if row["rho_mean"] >= best["rho_mean"] - best["rho_se"])
 
 
-def choose_epochs(fold_curves: dict[str, list[list[dict]]]) -> tuple[int, dict[str, int]]:
+def choose_epochs(fold_curves: dict[str, list[list[dict]]]) -> dict[str, int]:
     """From each training set's fold curves (set name -> one curve per fold): the epoch count its own folds
-    choose, for the model fitted on that set; and the count all folds together choose (a fit on several sets
-    takes `final_epochs` instead where there are cross-set curves)."""
-    per_set = {name: one_se_epoch(fold_curve(curves)) for name, curves in fold_curves.items()}
-    final = one_se_epoch(fold_curve([c for curves in fold_curves.values() for c in curves]))
-    return final, per_set
+    choose, at the folds' size (`set_epochs` scales it to the whole set)."""
+    return {name: one_se_epoch(fold_curve(curves)) for name, curves in fold_curves.items()}
 
 
-def final_epochs(cross_curves: list[list[dict]]) -> int:
-    """The epoch count of a fit on several sets: the one-SE rule (with the validated gain) on the cross-set curves
-    of those sets, pooled: each a whole set's fit scored on another set."""
-    return one_se_epoch(fold_curve(cross_curves))
+def scaled_epochs(epochs: int, chosen_on: float, fit_on: float, last_epoch: int, every: int = 1) -> int:
+    """An epoch count chosen on fits of `chosen_on` images, for a fit on `fit_on` images: multiplied by
+    fit_on / chosen_on (the best stopping epoch of full-batch steps grows about as the images, module doc),
+    rounded to a validated epoch (a multiple of `every`), capped at the schedule's `last_epoch`. 0, the prior
+    alone, stays 0: no trained epoch showed a validated gain."""
+    if epochs == 0:
+        return 0
+    scaled = max(every, round(epochs * fit_on / chosen_on / every) * every)
+    return min(last_epoch, scaled)
+
+
+def set_epochs(config: TrainConfig, curves: dict[str, list[dict]],
+               splits: dict[str, tuple[BrainDataset, BrainDataset]], train: list[BrainDataset]) -> dict[str, int]:
+    """The epoch count of a model fitted on each whole set of `train`: its folds' choice (`choose_epochs` on the
+    curves of `selection_splits`), scaled from the folds' mean training images to the set's (`scaled_epochs`)."""
+    chosen = choose_epochs(curves_by_set(curves, [d.name for d in train]))
+    return {d.name: scaled_epochs(chosen[d.name], _mean_training_images(splits, d.name), len(d),
+                                  config.last_epoch, config.validate_every) for d in train}
+
+
+def _mean_training_images(splits: dict[str, tuple[BrainDataset, BrainDataset]], name: str) -> float:
+    return float(np.mean([len(fit_on) for label, (fit_on, _) in splits.items() if label.startswith(f"{name} fold ")]))
+
+
+def final_epochs(config: TrainConfig, cross_curves: list[list[dict]], train: list[BrainDataset]) -> int:
+    """The epoch count of a fit on all of `train` (several sets): the one-SE rule (with the validated gain) on the
+    cross-set curves of those sets, pooled (each a whole set's fit scored on another set), scaled from the
+    sets' mean size to all their images (`scaled_epochs`)."""
+    chosen = one_se_epoch(fold_curve(cross_curves))
+    return scaled_epochs(chosen, float(np.mean([len(d) for d in train])), sum(len(d) for d in train),
+                         config.last_epoch, config.validate_every)
 
 
 def with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
@@ -175,15 +202,14 @@ def curves_by_set(curves: dict[str, list[dict]], names: list[str]) -> dict[str, 
 def select_epochs(config: TrainConfig, train: list[BrainDataset], seeds: tuple[int, ...] = (0,),
                   folds: int = SELECTION_FOLDS, progress: bool | Progress = False) -> tuple[int | None, dict]:
     """The epoch count for a model of `config` fitted on all of `train`: on several sets, chosen on their
-    cross-set curves (`final_epochs`); on one, on its folds (new images of new people, `choose_epochs`). Returns
-    (epochs, the curves by split); epochs is None when a set has too few images for two folds (then the caller
-    trains the config's epochs and says so)."""
+    cross-set curves (`final_epochs`); on one, on its folds (new images of new people, `set_epochs`); either
+    scaled to all the images. Returns (epochs, the curves by split); epochs is None when a set has too few
+    images for two folds (then the caller trains the config's epochs and says so)."""
     if len(train) > 1:
         curves = validation_curves(config, cross_set_splits({d.name: d for d in train}), seeds, progress)
-        return final_epochs(list(curves.values())), curves
+        return final_epochs(config, list(curves.values()), train), curves
     splits = selection_splits(train, folds)
     if splits is None:
         return None, {}
     curves = validation_curves(config, splits, seeds, progress)
-    final, _ = choose_epochs(curves_by_set(curves, [d.name for d in train]))
-    return final, curves
+    return set_epochs(config, curves, splits, train)[train[0].name], curves

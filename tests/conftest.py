@@ -67,6 +67,12 @@ def dataset92(data_root: Path) -> data.BrainDataset:
     return data.load_algonauts_set(data_root, "92", ("EVC", "IT"))
 
 
+@pytest.fixture(scope="module")
+def dataset118(data_root: Path) -> data.BrainDataset:
+    """The real 118-image set with its EVC and IT RDMs, loaded once per test module."""
+    return data.load_algonauts_set(data_root, "118", ("EVC", "IT"))
+
+
 @pytest.fixture(scope="session")
 def fmri92(set92: Path) -> dict[str, np.ndarray]:
     """The real 92-image fMRI targets, (15, 92, 92) per key. Do not modify in place."""

@@ -26,17 +26,6 @@ from siamrdm.train import selection
 from siamrdm.train.augment import augment_batch, crop_flip, draw_boxes, image_generator
 from siamrdm.train.config import ConfigError, check_config
 
-
-@pytest.fixture(scope="module")
-def set92(data_root: Path) -> data.BrainDataset:
-    return data.load_algonauts_set(data_root, "92", ("EVC", "IT"))
-
-
-@pytest.fixture(scope="module")
-def set118(data_root: Path) -> data.BrainDataset:
-    return data.load_algonauts_set(data_root, "118", ("EVC", "IT"))
-
-
 # --------------------------------------------------------------------------- augmentation
 
 
@@ -62,12 +51,12 @@ def per_image_augment(images: torch.Tensor, crop_scale: tuple[float, float],
 
 
 @pytest.mark.parametrize(("size", "crop_scale"), [(128, (0.7, 1.0)), (224, (0.7, 1.0)), (40, (0.1, 0.5))])
-def test_batched_augmentation_equals_the_per_image_crops(set92: data.BrainDataset, size: int,
+def test_batched_augmentation_equals_the_per_image_crops(dataset92: data.BrainDataset, size: int,
                                                          crop_scale: tuple[float, float]) -> None:
     """Same draws, same boxes, same pixels to float rounding: the batched op replaced the per-image loop
     without changing what a run trains on."""
     config = fast_config(image_size=size, crop_scale=crop_scale)
-    images = train.prepare_set(train.subset(set92, np.arange(24), "part"), ("EVC",), config).images
+    images = train.prepare_set(train.subset(dataset92, np.arange(24), "part"), ("EVC",), config).images
     batched = augment_batch(images, config, torch.Generator().manual_seed(7))
     reference = per_image_augment(images, crop_scale, torch.Generator().manual_seed(7))
     torch.testing.assert_close(batched, reference, atol=1e-6, rtol=0)
@@ -108,17 +97,17 @@ def test_crop_and_flip_rates() -> None:
     assert abs(np.mean(x0[slack] / (size - w[slack])) - 0.5) < 0.02  # position uniform where it can move
 
 
-def test_frozen_views_keep_their_crops(set92: data.BrainDataset) -> None:
+def test_frozen_views_keep_their_crops(dataset92: data.BrainDataset) -> None:
     """The cached frozen views are the per-image crops they were before the batched op, seeded by the same
     identity (the run's seed, the image's folder name and name, and the view; not the body's precision, layout or
     device, nor the path the data was given by)."""
     config = fast_config(augment=True, augment_views=3)
-    part = train.subset(set92, np.arange(4), "a")
+    part = train.subset(dataset92, np.arange(4), "a")
     trainer = train.Trainer(replace(config, channels_last=True), [part], progress=False)
     pixels = trainer.train_sets[0].images
     for view in (1, 2):
         for k, key in enumerate(trainer.train_sets[0].seed_keys):
-            assert key == f"{Path(set92.images.source).name}/{set92.images.names[k]}"
+            assert key == f"{Path(dataset92.images.source).name}/{dataset92.images.names[k]}"
             seed_key = (config.backbone, config.weights, config.stage, config.image_size, config.crop_scale,
                         config.seed, key, view)
             crop = per_image_augment(pixels[k : k + 1], config.crop_scale, image_generator(seed_key))
@@ -136,8 +125,8 @@ def test_the_path_spelling_of_the_data_does_not_change_the_model(data_root: Path
     assert str(models) and all(torch.equal(models[0][k], models[1][k]) for k in models[0])
 
 
-def test_trainer_keeps_the_pixels_on_its_device(set92: data.BrainDataset) -> None:
-    trainer = train.Trainer(fast_config(augment=True, unfrozen_epochs=1), [train.subset(set92, np.arange(8), "a")],
+def test_trainer_keeps_the_pixels_on_its_device(dataset92: data.BrainDataset) -> None:
+    trainer = train.Trainer(fast_config(augment=True, unfrozen_epochs=1), [train.subset(dataset92, np.arange(8), "a")],
                             progress=False)
     assert all(s.images.device == trainer.device for s in trainer.train_sets)
     assert math.isfinite(trainer.run_epoch()["loss"])
@@ -168,7 +157,7 @@ def test_torch_spearman_equals_the_official_metric(make_rdms) -> None:
     np.testing.assert_allclose(rho.numpy(), spearman_rhos(model, targets), atol=1e-12)
 
 
-def test_nan_and_constant_predictions_score_as_the_numpy_metric(make_rdms, set92: data.BrainDataset) -> None:
+def test_nan_and_constant_predictions_score_as_the_numpy_metric(make_rdms, dataset92: data.BrainDataset) -> None:
     """A prediction with NaN scores NaN on the device as in numpy (so training counts it as the worst epoch), a
     constant one scores 0 (never NaN)."""
     targets = make_rdms(12, subjects=3, seed=1)
@@ -178,8 +167,8 @@ def test_nan_and_constant_predictions_score_as_the_numpy_metric(make_rdms, set92
     for predicted in (broken, np.full_like(upper, 0.3)):
         rho = spearman_torch(torch.from_numpy(predicted), torch.from_numpy(upper_tri(targets))).numpy()
         np.testing.assert_array_equal(rho, compare_rdms(square_rdm(predicted, 12), targets))
-    val = train.subset(set92, np.arange(50, 58), "b")
-    trainer = train.Trainer(fast_config(frozen_epochs=1), [train.subset(set92, np.arange(8), "a")], [val],
+    val = train.subset(dataset92, np.arange(50, 58), "b")
+    trainer = train.Trainer(fast_config(frozen_epochs=1), [train.subset(dataset92, np.arange(8), "a")], [val],
                             progress=False)
     pairs = torch.rand(28, 1, dtype=torch.float64)
     pairs[3] = torch.nan
@@ -190,15 +179,15 @@ def test_nan_and_constant_predictions_score_as_the_numpy_metric(make_rdms, set92
 
 
 @pytest.mark.parametrize("prior", ["none", "nnls"])
-def test_validation_on_the_device_equals_the_numpy_metric(set92: data.BrainDataset, set118: data.BrainDataset,
+def test_validation_on_the_device_equals_the_numpy_metric(dataset92: data.BrainDataset, dataset118: data.BrainDataset,
                                                          prior: str) -> None:
     """Two validation sets, one with fewer subjects (4 of 15): the same rows as `score_with_ceiling` gives the
     RDMs, with the prior and test-time augmentation or without."""
     config = fast_config(targets=("EVC", "IT"), prior=prior, frozen_epochs=1, tta=prior == "nnls")
-    part = train.subset(set92, np.arange(40, 50), "c")
+    part = train.subset(dataset92, np.arange(40, 50), "c")
     few = data.BrainDataset("c", part.images, {t: r[:4] for t, r in part.targets.items()})
-    val = {"b": train.subset(set118, np.arange(9), "b"), "c": few}
-    trainer = train.Trainer(config, [train.subset(set92, np.arange(12), "a")], list(val.values()), progress=False)
+    val = {"b": train.subset(dataset118, np.arange(9), "b"), "c": few}
+    trainer = train.Trainer(config, [train.subset(dataset92, np.arange(12), "a")], list(val.values()), progress=False)
     trainer.run_epoch()
     for name, rdms in trainer.last_rdms.items():
         for rdm, target in zip(rdms, config.targets, strict=True):
@@ -213,10 +202,10 @@ def test_validation_on_the_device_equals_the_numpy_metric(set92: data.BrainDatas
 # --------------------------------------------------------------------------- validation every k epochs
 
 
-def test_validate_every_k_epochs(set92: data.BrainDataset) -> None:
+def test_validate_every_k_epochs(dataset92: data.BrainDataset) -> None:
     """Validation does not touch the training: the validated epochs score exactly as with k = 1, the best
     epoch is a validated one, and the last epoch (the schedule's end or stop_epoch) is always validated."""
-    fit_set, val_set = train.subset(set92, np.arange(10), "a"), train.subset(set92, np.arange(50, 58), "b")
+    fit_set, val_set = train.subset(dataset92, np.arange(10), "a"), train.subset(dataset92, np.arange(50, 58), "b")
     every = train.fit(fast_config(frozen_epochs=7, lr=3e-3), [fit_set], [val_set], progress=False)
     third = train.fit(fast_config(frozen_epochs=7, lr=3e-3, validate_every=3), [fit_set], [val_set], progress=False)
     validated = [row["epoch"] for row in third.history if "val_pct_nc" in row]
@@ -238,10 +227,10 @@ def test_validate_every_k_epochs(set92: data.BrainDataset) -> None:
     assert [row["epoch"] for row in stopped.history if "val_pct_nc" in row] == [0, 3, 5]
 
 
-def test_early_stopping_waits_for_a_validation(set92: data.BrainDataset) -> None:
+def test_early_stopping_waits_for_a_validation(dataset92: data.BrainDataset) -> None:
     """Patience 2 with validation every 4th epoch: the run is scored at epoch 0 (kept: the first score), is not
     better at epoch 4 (a zero learning rate), and stops there, not at epoch 2, where nothing new was known."""
-    fit_set, val_set = train.subset(set92, np.arange(10), "a"), train.subset(set92, np.arange(50, 58), "b")
+    fit_set, val_set = train.subset(dataset92, np.arange(10), "a"), train.subset(dataset92, np.arange(50, 58), "b")
     config = fast_config(frozen_epochs=10, lr=0.0, weight_decay=0.0, early_stopping=2, validate_every=4)
     result = train.fit(config, [fit_set], [val_set], progress=False)
     assert [row["epoch"] for row in result.history] == list(range(0, 5))
@@ -249,8 +238,9 @@ def test_early_stopping_waits_for_a_validation(set92: data.BrainDataset) -> None
     assert result.best_epoch == 0 and result.best_score is not None
 
 
-def test_curves_and_epoch_choice_with_validate_every(set92: data.BrainDataset, set118: data.BrainDataset) -> None:
-    sets = {"92": train.subset(set92, np.arange(9), "92"), "118": train.subset(set118, np.arange(10), "118")}
+def test_curves_and_epoch_choice_with_validate_every(dataset92: data.BrainDataset,
+                                                     dataset118: data.BrainDataset) -> None:
+    sets = {"92": train.subset(dataset92, np.arange(9), "92"), "118": train.subset(dataset118, np.arange(10), "118")}
     config = fast_config(frozen_epochs=5, prior="nnls", lr=3e-3)
     every = selection.validation_curves(config, cross_set_splits(sets), (0,))
     second = selection.validation_curves(replace(config, validate_every=2), cross_set_splits(sets), (0,))
@@ -268,11 +258,11 @@ def test_curves_and_epoch_choice_with_validate_every(set92: data.BrainDataset, s
         check_config(fast_config(validate_every=0))
 
 
-def test_curves_stop_at_stop_epoch_and_name_a_diverged_fit(set92: data.BrainDataset, set118: data.BrainDataset,
+def test_curves_stop_at_stop_epoch_and_name_a_diverged_fit(dataset92: data.BrainDataset, dataset118: data.BrainDataset,
                                                            tmp_path: Path) -> None:
     """The curves end at the config's stop_epoch, as a fit does; a fit that diverges says which one it was (a
     challenge runs eight curves and four final fits, several at once with --jobs)."""
-    sets = {"92": train.subset(set92, np.arange(9), "92"), "118": train.subset(set118, np.arange(10), "118")}
+    sets = {"92": train.subset(dataset92, np.arange(9), "92"), "118": train.subset(dataset118, np.arange(10), "118")}
     splits = cross_set_splits(sets)
     curves = selection.validation_curves(fast_config(frozen_epochs=4, stop_epoch=2), splits, (0,))
     assert {label: [row["epoch"] for row in rows] for label, rows in curves.items()} == {
@@ -302,10 +292,10 @@ def test_precision_and_layout_are_checked(capsys) -> None:
     assert not Path("unused").exists()
 
 
-def test_bf16_and_channels_last_predict_what_fp32_predicts(set92: data.BrainDataset) -> None:
+def test_bf16_and_channels_last_predict_what_fp32_predicts(dataset92: data.BrainDataset) -> None:
     """One frozen and one unfrozen epoch (the body's backward pass too): bf16 autocast stays within rounding of
     float32 (RDM correlation > 0.99), channels-last within float rounding."""
-    fit_set, val_set = train.subset(set92, np.arange(10), "a"), train.subset(set92, np.arange(50, 60), "b")
+    fit_set, val_set = train.subset(dataset92, np.arange(10), "a"), train.subset(dataset92, np.arange(50, 60), "b")
     rdms = {}
     for name, overrides in {"fp32": {}, "bf16": {"precision": "bf16"}, "cl": {"channels_last": True}}.items():
         config = fast_config(frozen_epochs=1, unfrozen_epochs=1, augment=True, **overrides)
@@ -324,12 +314,12 @@ def test_bf16_and_channels_last_predict_what_fp32_predicts(set92: data.BrainData
 # --------------------------------------------------------------------------- concurrent fits
 
 
-def test_challenge_jobs_give_the_sequential_results(capsys, tmp_path: Path, set92: data.BrainDataset,
-                                                    set118: data.BrainDataset) -> None:
+def test_challenge_jobs_give_the_sequential_results(capsys, tmp_path: Path, dataset92: data.BrainDataset,
+                                                    dataset118: data.BrainDataset) -> None:
     """The challenge's independent fits (curves of 2 targets x 2 directions, then 2 final fits with their test
     predictions) in two worker processes against this process: the same curves and predictions."""
-    sets = {"92": train.subset(set92, np.arange(9), "92"), "118": train.subset(set118, np.arange(10), "118")}
-    test = train.subset(set92, np.arange(60, 70), "test")
+    sets = {"92": train.subset(dataset92, np.arange(9), "92"), "118": train.subset(dataset118, np.arange(10), "118")}
+    test = train.subset(dataset92, np.arange(60, 70), "test")
     splits = cross_set_splits(sets)
     config = fast_config(frozen_epochs=2, augment=True, prior="nnls", lr=3e-3)
     tasks = [(replace(config, targets=(t,)), {label: splits[label]}, (0,), False) for t in ("EVC", "IT") for label in
@@ -356,16 +346,16 @@ def test_challenge_jobs_give_the_sequential_results(capsys, tmp_path: Path, set9
     assert not (tmp_path / "zero").exists()
 
 
-def test_losses_reach_the_host_every_k_epochs(set92: data.BrainDataset) -> None:
+def test_losses_reach_the_host_every_k_epochs(dataset92: data.BrainDataset) -> None:
     """With validate_every = 3 the losses stay on the device until epochs 3, 6 and the last; a NaN loss stops the
     run there, naming the epoch it appeared in."""
-    trainer = train.Trainer(fast_config(frozen_epochs=7, validate_every=3), [train.subset(set92, np.arange(8), "a")],
-                            progress=False)
+    trainer = train.Trainer(fast_config(frozen_epochs=7, validate_every=3),
+                            [train.subset(dataset92, np.arange(8), "a")], progress=False)
     kinds = [type(trainer.run_epoch()["loss"]) for _ in range(7)]
     assert kinds == [torch.Tensor, torch.Tensor, float, torch.Tensor, torch.Tensor, float, float]
     assert all(isinstance(row["loss"], float) and math.isfinite(row["loss"]) for row in trainer.history)
-    trainer = train.Trainer(fast_config(frozen_epochs=7, validate_every=3), [train.subset(set92, np.arange(8), "a")],
-                            progress=False)
+    trainer = train.Trainer(fast_config(frozen_epochs=7, validate_every=3),
+                            [train.subset(dataset92, np.arange(8), "a")], progress=False)
     trainer.run_epoch()
     with torch.no_grad():
         trainer.model.head.linear.bias.fill_(float("nan"))

@@ -47,11 +47,6 @@ def images78(data_root: Path) -> data.ImageSet:
 
 
 @pytest.fixture(scope="module")
-def set92(data_root: Path) -> data.BrainDataset:
-    return data.load_algonauts_set(data_root, "92", ("EVC", "IT"))
-
-
-@pytest.fixture(scope="module")
 def two_seeds() -> tuple[train.TrainConfig, list]:
     """Two untrained networks (seeds 0 and 1) with two outputs each."""
     config = fast_config()
@@ -135,9 +130,9 @@ def test_load_rejects_other_files(tmp_path: Path) -> None:
         RDMPredictor([], fast_config())
 
 
-def test_fit_predictor_seeds_and_fit_predict(tmp_path: Path, set92: data.BrainDataset,
+def test_fit_predictor_seeds_and_fit_predict(tmp_path: Path, dataset92: data.BrainDataset,
                                              images78: data.ImageSet) -> None:
-    small = train.subset(set92, np.arange(8), "92-eight")
+    small = train.subset(dataset92, np.arange(8), "92-eight")
     config = fast_config(targets=("IT",), frozen_epochs=2)
     predictor = fit_predictor(config, [small], seeds=(0, 4), out_dir=tmp_path / "run", progress=False)
     assert len(predictor.models) == 2
@@ -200,16 +195,16 @@ def test_predict_command_errors(capsys, tmp_path: Path, cli_model, data_root: Pa
     assert not (tmp_path / "y.mat").exists()
 
 
-def test_fit_and_predict_on_custom_data(capsys, tmp_path: Path, set92: data.BrainDataset, data_root: Path) -> None:
+def test_fit_and_predict_on_custom_data(capsys, tmp_path: Path, dataset92: data.BrainDataset, data_root: Path) -> None:
     """Your own data: a folder of images and an .npy of subject RDMs under a key of your choosing."""
     images = tmp_path / "my_images"
     images.mkdir()
     index = np.arange(0, 92, 8)  # 12 images
     for rank, k in enumerate(index):
-        shutil.copy(data_root / "Training_Data" / "92_Image_Set" / "92images" / set92.images.names[k],
+        shutil.copy(data_root / "Training_Data" / "92_Image_Set" / "92images" / dataset92.images.names[k],
                     images / f"stim_{rank:02d}.jpg")
     rdms = tmp_path / "my_rdms.npy"
-    np.save(rdms, set92.targets["IT"][:, index[:, None], index[None, :]])
+    np.save(rdms, dataset92.targets["IT"][:, index[:, None], index[None, :]])
     out = tmp_path / "run"
     code, stdout, err = run_main(capsys, "fit", "--images", str(images), "--rdms", str(rdms), "--key", "V4",
                                  "--epochs", "2", "--backbone", "alexnet", "--weights", "random", "--image-size",
@@ -228,7 +223,7 @@ def test_fit_and_predict_on_custom_data(capsys, tmp_path: Path, set92: data.Brai
     np.testing.assert_allclose(np.load(npy), expected, atol=1e-12)
     # A key that does not fit the RDM file is one line.
     bad_rdms = tmp_path / "bad.npy"
-    np.save(bad_rdms, set92.targets["IT"][:, :5, :5])
+    np.save(bad_rdms, dataset92.targets["IT"][:, :5, :5])
     code, _, err = run_main(capsys, "fit", "--images", str(images), "--rdms", str(bad_rdms), "--key", "V4",
                             "--epochs", "1", "--backbone", "alexnet", "--weights", "random", "--out", str(out))
     assert code == 2

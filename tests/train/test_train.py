@@ -30,14 +30,8 @@ from siamrdm.train import augment, checkpoint
 
 
 @pytest.fixture(scope="module")
-def set92(data_root: Path) -> data.BrainDataset:
-    """The real 92-image set with its EVC and IT RDMs (loaded once)."""
-    return data.load_algonauts_set(data_root, "92", ("EVC", "IT"))
-
-
-@pytest.fixture(scope="module")
-def small92(set92: data.BrainDataset) -> data.BrainDataset:
-    return train.subset(set92, np.arange(10), "92-small")
+def small92(dataset92: data.BrainDataset) -> data.BrainDataset:
+    return train.subset(dataset92, np.arange(10), "92-small")
 
 
 def state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-5) -> None:
@@ -49,16 +43,16 @@ def state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: fl
 # --------------------------------------------------------------------------- data for training
 
 
-def test_subset_and_split_holdout(set92: data.BrainDataset) -> None:
+def test_subset_and_split_holdout(dataset92: data.BrainDataset) -> None:
     index = np.array([5, 1, 40])
-    part = train.subset(set92, index, "part")
+    part = train.subset(dataset92, index, "part")
     assert part.name == "part" and part.images.names == ["image_06.jpg", "image_02.jpg", "image_41.jpg"]
     assert part.targets["EVC"].shape == (15, 3, 3)
-    assert part.targets["EVC"][4, 0, 2] == set92.targets["EVC"][4, 5, 40]
-    fit_part, val_part = train.split_holdout(set92, 0.25, seed=0)
+    assert part.targets["EVC"][4, 0, 2] == dataset92.targets["EVC"][4, 5, 40]
+    fit_part, val_part = train.split_holdout(dataset92, 0.25, seed=0)
     assert len(val_part) == 23 and len(fit_part) == 69
     assert not set(fit_part.images.names) & set(val_part.images.names)
-    again = train.split_holdout(set92, 0.25, seed=0)[1]
+    again = train.split_holdout(dataset92, 0.25, seed=0)[1]
     assert again.images.names == val_part.images.names  # the seed fixes the split
 
 
@@ -103,13 +97,13 @@ def test_presets_and_devices() -> None:
 # --------------------------------------------------------------------------- learning
 
 
-def test_loss_falls_on_real_evc(set92: data.BrainDataset) -> None:
+def test_loss_falls_on_real_evc(dataset92: data.BrainDataset) -> None:
     """A few frozen epochs of the pretrained efficientnet_lite0 net on 16 real images: the MSE falls;
     validation on 8 other images picks the best epoch, the untrained model (epoch 0) among the candidates."""
     config = train.TrainConfig(targets=("EVC",), image_size=96, frozen_epochs=3, augment_views=2, lr=3e-3,
                                device="cpu")
-    fit_set = train.subset(set92, np.arange(0, 92, 5)[:16], "92-fit")
-    val_set = train.subset(set92, np.arange(2, 92, 11)[:8], "92-val")
+    fit_set = train.subset(dataset92, np.arange(0, 92, 5)[:16], "92-fit")
+    val_set = train.subset(dataset92, np.arange(2, 92, 11)[:8], "92-val")
     result = train.fit(config, [fit_set], [val_set], progress=False)
     start, *trained = result.history
     losses = [row["loss"] for row in trained]
@@ -124,10 +118,10 @@ def test_loss_falls_on_real_evc(set92: data.BrainDataset) -> None:
     assert result.normalisation["92-fit"]["EVC"].keys() == {"low", "high"}
 
 
-def test_correlation_loss_starts_at_the_prior_and_falls(set92: data.BrainDataset) -> None:
+def test_correlation_loss_starts_at_the_prior_and_falls(dataset92: data.BrainDataset) -> None:
     """--loss correlation with a prior: before any step the head is zero, so the loss is 1 - Pearson r of the
     prior's and the target's pair values; a few epochs lower it. Without a prior it falls too."""
-    fit_set = train.subset(set92, np.arange(0, 92, 4)[:20], "92-corr")
+    fit_set = train.subset(dataset92, np.arange(0, 92, 4)[:20], "92-corr")
     config = fast_config(frozen_epochs=4, loss="correlation", prior="layer", lr=3e-3, weight_decay=0.0)
     trainer = train.Trainer(config, [fit_set], progress=False)
     pairs = trainer.train_sets[0]
@@ -212,11 +206,11 @@ def test_learning_rates_frozen_then_one_cycle(small92: data.BrainDataset) -> Non
     assert np.allclose(used[2:], expected, rtol=1e-9, atol=0), (used, expected)
 
 
-def test_early_stopping(small92: data.BrainDataset, set92: data.BrainDataset) -> None:
+def test_early_stopping(small92: data.BrainDataset, dataset92: data.BrainDataset) -> None:
     """With a zero learning rate the validation score never improves on the untrained model (epoch 0): patience 2
     stops after epoch 2."""
     config = fast_config(frozen_epochs=10, lr=0.0, weight_decay=0.0, early_stopping=2)
-    val = train.subset(set92, np.arange(50, 60), "92-val")
+    val = train.subset(dataset92, np.arange(50, 60), "92-val")
     result = train.fit(config, [small92], [val], progress=False)
     assert [row["epoch"] for row in result.history] == [0, 1, 2]
     assert result.best_epoch == 0
@@ -261,12 +255,12 @@ with files.run_folder(out, "fit"):
 """
 
 
-def test_kill_and_resume_equals_uninterrupted(tmp_path: Path, data_root: Path, set92: data.BrainDataset) -> None:
+def test_kill_and_resume_equals_uninterrupted(tmp_path: Path, data_root: Path, dataset92: data.BrainDataset) -> None:
     """A run killed with SIGKILL mid-way resumes from its last checkpoint and ends with the weights of an
     uninterrupted run of the same seed (the optimiser, one-cycle schedule and generator states are saved)."""
     config = fast_config(frozen_epochs=1, unfrozen_epochs=4, augment=True, augment_views=2, body_chunk=8, seed=3)
     total = config.epochs
-    dataset = train.subset(set92, np.arange(8), "92-eight")
+    dataset = train.subset(dataset92, np.arange(8), "92-eight")
     out = tmp_path / "killed"
     env = {k: v for k, v in os.environ.items() if k != "SIAMRDM_DEBUG"}
     process = subprocess.Popen(
@@ -349,14 +343,14 @@ def _step_rates(trainer: train.Trainer) -> list[list[float]]:
     return used
 
 
-def test_final_fit_follows_the_curves_schedule(set92: data.BrainDataset, data_root: Path) -> None:
+def test_final_fit_follows_the_curves_schedule(dataset92: data.BrainDataset, data_root: Path) -> None:
     """Epoch e chosen on a one-set validation curve means, in the final fit on two sets, the same number of
     optimiser steps at the same learning rates (one step per epoch over both sets' pairs; the one-cycle
     schedule keeps its full length and the run stops at e)."""
     from siamrdm.train.selection import with_epochs
 
     config = fast_config(frozen_epochs=2, unfrozen_epochs=4, lr=2e-3)
-    set_a = train.subset(set92, np.arange(6), "a")
+    set_a = train.subset(dataset92, np.arange(6), "a")
     set_b = train.subset(data.load_algonauts_set(data_root, "118", ("EVC",)), np.arange(7), "b")
     set_a = data.BrainDataset("a", set_a.images, {"EVC": set_a.targets["EVC"]})
     curve = train.Trainer(config, [set_a], progress=False)
@@ -373,10 +367,10 @@ def test_final_fit_follows_the_curves_schedule(set92: data.BrainDataset, data_ro
     assert final.scheduler.total_steps == curve.scheduler.total_steps == config.unfrozen_epochs
 
 
-def test_step_loss_is_the_mean_over_all_pairs_of_all_sets(set92: data.BrainDataset, data_root: Path) -> None:
+def test_step_loss_is_the_mean_over_all_pairs_of_all_sets(dataset92: data.BrainDataset, data_root: Path) -> None:
     """One step over two sets: the loss is the pair-weighted mean of each set's loss (lr 0 keeps the weights)."""
     config = fast_config(frozen_epochs=1, lr=0.0, weight_decay=0.0)
-    set_a = train.subset(set92, np.arange(6), "a")
+    set_a = train.subset(dataset92, np.arange(6), "a")
     set_a = data.BrainDataset("a", set_a.images, {"EVC": set_a.targets["EVC"]})
     set_b = train.subset(data.load_algonauts_set(data_root, "118", ("EVC",)), np.arange(9), "b")
     both = train.Trainer(config, [set_a, set_b], progress=False)
@@ -402,17 +396,17 @@ def test_preset_overrides_unknown_keys_and_switching_off() -> None:
         train.config_from_preset("quick", lrate=1e-3)
 
 
-def test_validation_ceiling_is_official_only_for_the_official_sets(set92: data.BrainDataset,
+def test_validation_ceiling_is_official_only_for_the_official_sets(dataset92: data.BrainDataset,
                                                                    small92: data.BrainDataset) -> None:
     """Validating on all 92 official images divides by the published EVC ceiling; the same images and RDMs
     handed in as your own data (keyed 'EVC') are divided by the ceiling computed from their subjects."""
     config = fast_config(frozen_epochs=1, targets=("EVC",))
-    own = data.BrainDataset("mine", set92.images, {"EVC": set92.targets["EVC"]})
+    own = data.BrainDataset("mine", dataset92.images, {"EVC": dataset92.targets["EVC"]})
     rows = {}
-    for name, val in (("official", set92), ("own", own)):
+    for name, val in (("official", dataset92), ("own", own)):
         trainer = train.Trainer(config, [small92], [val], progress=False)
         rows[name] = trainer.stepper.validate(frozen=True)[f"{val.name}/EVC"]
     assert rows["official"]["ceiling_source"] == "official" and rows["official"]["noise_ceiling"] == 0.1589
     assert rows["own"]["ceiling_source"] == "computed"
-    assert rows["own"]["noise_ceiling"] == pytest.approx(scoring.noise_ceiling(set92.targets["EVC"])[0])
+    assert rows["own"]["noise_ceiling"] == pytest.approx(scoring.noise_ceiling(dataset92.targets["EVC"])[0])
     assert rows["own"]["r2"] == pytest.approx(rows["official"]["r2"])

@@ -12,9 +12,12 @@ whole fit scored on every other set, pooled (`final_epochs`). Those fits are nea
 and they are the only check across studies: another study's images, subjects and scanner.
 
 Either count was chosen on fits of fewer images than the model it is for, and it is scaled to that model's
-images (`scaled_epochs`): an epoch is one full-batch step, so t epochs act as a ridge penalty of about
-1 / (learning rate x t), and the best penalty for a mean loss falls as 1 / n with n training images. The
-model is then trained for that many epochs on the schedule the curves ran (`with_epochs`).
+images (`scaled_epochs`, RESULTS.md's rule 4). The reason given when it was adopted: an epoch is one
+full-batch step, so t epochs act as a ridge penalty of about 1 / (learning rate x t), and the best penalty for
+a mean loss falls as 1 / n with n training images. Checked inside the training sets afterwards
+(benchmarks/epoch_scaling.py), that premise failed: the one-SE count hardly moves with the images. The longer
+counts still scored no worse there, because the one-SE rule stops well before the best epoch. The model is
+then trained for that many epochs on the schedule the curves ran (`with_epochs`).
 """
 
 from __future__ import annotations
@@ -139,7 +142,7 @@ def choose_epochs(fold_curves: dict[str, list[list[dict]]]) -> dict[str, int]:
 
 def scaled_epochs(epochs: int, chosen_on: float, fit_on: float, last_epoch: int, every: int = 1) -> int:
     """An epoch count chosen on fits of `chosen_on` images, for a fit on `fit_on` images: multiplied by
-    fit_on / chosen_on (the best stopping epoch of full-batch steps grows about as the images, module doc),
+    fit_on / chosen_on (rule 4; its premise and what a check found: the module doc),
     rounded to a validated epoch (a multiple of `every`), capped at the schedule's `last_epoch`. 0, the prior
     alone, stays 0: no trained epoch showed a validated gain."""
     if epochs == 0:

@@ -100,3 +100,11 @@ def test_fit_select_epochs(capsys, data_root: Path, own_data: tuple[str, ...], t
     assert code == 2
     assert_one_line_error(err, "--select-epochs", "--val-fraction")
     assert not (tmp_path / "both").exists()
+
+
+def test_best_epoch_is_the_one_se_rule_without_its_preference_for_fewer_epochs() -> None:
+    """The best validated epoch: the prior alone is kept unless a trained epoch beats zero by 2 SE."""
+    curve = selection_curve([0.10, 0.30, 0.305, 0.29])
+    assert selection.one_se_epoch(curve) == 1 and selection.best_epoch(curve) == 2
+    assert selection.best_epoch(selection_curve([0.05, 0.015, 0.019])) == 0  # no epoch 2 SE above 0: the prior
+    assert selection.best_epoch(selection_curve([0.0, 0.015, 0.03, 0.025])) == 2

@@ -127,11 +127,20 @@ def one_se_epoch(curve: list[dict]) -> int:
     the noise does not buy more training (Breiman's one-standard-error rule). With a prior (the curve starts at
     epoch 0, the prior alone) a trained epoch must also show a validated gain (train.validated_gain), as `fit`
     requires: otherwise the prior is kept."""
-    start = curve[0] if curve and curve[0]["epoch"] == 0 else None
-    eligible = [row for row in curve if row is start or start is None
-                or validated_gain(row["rho_mean"], row["rho_se"])]
+    eligible = _eligible(curve)
     best = max(eligible, key=lambda row: row["rho_mean"])
     return next(row["epoch"] for row in eligible if row["rho_mean"] >= best["rho_mean"] - best["rho_se"])
+
+
+def best_epoch(curve: list[dict]) -> int:
+    """The epoch of the highest `rho_mean` among those `one_se_epoch` may choose (the prior alone, and trained
+    epochs with a validated gain): the same rule without its preference for fewer epochs."""
+    return max(_eligible(curve), key=lambda row: row["rho_mean"])["epoch"]
+
+
+def _eligible(curve: list[dict]) -> list[dict]:
+    start = curve[0] if curve and curve[0]["epoch"] == 0 else None
+    return [row for row in curve if row is start or start is None or validated_gain(row["rho_mean"], row["rho_se"])]
 
 
 def choose_epochs(fold_curves: dict[str, list[list[dict]]]) -> dict[str, int]:

@@ -1,0 +1,143 @@
+"""Which epoch rule predicts new people best? Four rules compared nested inside each training set.
+
+Data apart from every cross-set figure: per set and target, the subjects are halved and the images cut into 3
+folds (as `selection.selection_splits` cuts them). For each outer fold k, two inner fits learn the first half's
+mean RDM on one of the other two folds and are scored on the other one against the second half; their pooled
+curve is what each rule chooses on. The outer fit learns on both other folds (twice the inner fits' images)
+and is read on fold k against the second half at each rule's count. The rules:
+
+- `one_se`: the one-standard-error rule with the validated gain (`selection.one_se_epoch`), unscaled;
+- `rule4`: one_se scaled to the outer fit's images (x2, `selection.scaled_epochs`): today's protocol;
+- `best`: the best validated epoch (`selection.best_epoch`), unscaled;
+- `best_scaled`: best x 2.
+
+RESULTS.md states the adoption rule; `--summarize` prints the table and applies it.
+
+    OMP_NUM_THREADS=2 python benchmarks/epoch_rules.py --device cpu --out runs/epoch-rules
+    python benchmarks/epoch_rules.py --summarize runs/epoch-rules/epoch_rules.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+from levers import at_epoch, one_target  # benchmarks/, beside this script
+
+from siamrdm.io.data import TARGET_NAMES, BrainDataset, load_algonauts_set, subject_rdms
+from siamrdm.rdm.splits import fold_indices, subject_halves, subject_subset, subset
+from siamrdm.train import config_from_preset
+from siamrdm.train.selection import (
+    SELECTION_FOLDS,
+    best_epoch,
+    ensemble_curves,
+    fold_curve,
+    one_se_epoch,
+    scaled_epochs,
+)
+
+RULES = ("one_se", "rule4", "best", "best_scaled")
+
+
+def rule_epochs(config, inner: list[dict], scale: float) -> dict[str, int]:
+    """Each rule's count on the pooled inner curve, for a fit on `scale` times the inner fits' images."""
+    one_se, best = one_se_epoch(inner), best_epoch(inner)
+    every, last = config.validate_every, config.last_epoch
+    return {"one_se": one_se, "rule4": scaled_epochs(one_se, 1, scale, last, every),
+            "best": best, "best_scaled": scaled_epochs(best, 1, scale, last, every)}
+
+
+def run_check(target: str, dataset: BrainDataset, device: str, seed: int = 0, **settings) -> dict:
+    config = config_from_preset("quick", targets=(target,), device=device, **settings)
+    dataset = one_target(dataset, target)
+    start = time.perf_counter()
+    first, second = subject_halves(len(subject_rdms(dataset.targets[target])), seed)
+    trained = subject_subset(dataset, {target: first}, dataset.name)
+    unseen = subject_subset(dataset, {target: second}, dataset.name)
+    folds = fold_indices(len(dataset), SELECTION_FOLDS, seed)
+    outer_rows: dict[str, list[dict]] = {rule: [] for rule in RULES}
+    chosen: dict[str, list[int]] = {rule: [] for rule in RULES}
+    for k, held in enumerate(folds):
+        a, b = (folds[j] for j in range(len(folds)) if j != k)
+        inner = []
+        for fit_on, score_on in ((a, b), (b, a)):
+            inner += ensemble_curves(config, [subset(trained, fit_on, f"{dataset.name} inner")],
+                                     [subset(unseen, score_on, f"{dataset.name} inner held out")], (0,))
+        scale = (len(a) + len(b)) / np.mean([len(a), len(b)])
+        epochs = rule_epochs(config, fold_curve(inner), scale)
+        outer = ensemble_curves(config, [subset(trained, np.sort(np.concatenate([a, b])), f"{dataset.name} outer")],
+                                [subset(unseen, held, f"{dataset.name} fold {k + 1} new people")], (0,))[0]
+        for rule, epoch in epochs.items():
+            chosen[rule].append(epoch)
+            outer_rows[rule].append(at_epoch(outer, epoch))
+    result = {"target": target, "set": dataset.name, "seconds": 0.0}
+    for rule in RULES:
+        rhos = [row["rho_mean"] for row in outer_rows[rule]]
+        ses = [row["rho_se"] for row in outer_rows[rule]]
+        result[rule] = {"rho": float(np.mean(rhos)), "se": float(np.sqrt(np.sum(np.square(ses)))) / len(ses),
+                        "epochs": chosen[rule]}
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def verdict(records: list[dict]) -> str:
+    """The adoption rule stated in RESULTS.md, applied: against `rule4`, higher in more cells than lower, higher
+    on average, lower by more than the cell's SE in none; of several, the highest average."""
+    qualified = {}
+    for rule in RULES:
+        if rule == "rule4":
+            continue
+        gains = [r[rule]["rho"] - r["rule4"]["rho"] for r in records]
+        worse_than_se = any(r[rule]["rho"] < r["rule4"]["rho"] - r["rule4"]["se"] for r in records)
+        higher, lower = sum(g > 1e-12 for g in gains), sum(g < -1e-12 for g in gains)
+        if higher > lower and np.mean(gains) > 0 and not worse_than_se:
+            qualified[rule] = float(np.mean(gains))
+    if not qualified:
+        return "verdict: no rule qualifies; rule4 stays"
+    winner = max(qualified, key=qualified.get)
+    return f"verdict: {winner} qualifies (mean gain {qualified[winner]:+.4f} rho over rule4); qualified: {qualified}"
+
+
+def summarize(path: str) -> str:
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    lines = ["| target | set | " + " | ".join(f"{rule}: rho ± se (epochs per fold)" for rule in RULES) + " |",
+             "|---|---|" + "---|" * len(RULES)]
+    for r in records:
+        cells = [f"{r[rule]['rho']:.3f} ± {r[rule]['se']:.3f} ({', '.join(map(str, r[rule]['epochs']))})"
+                 for rule in RULES]
+        lines.append(f"| {r['target']} | {r['set']} | " + " | ".join(cells) + " |")
+    means = " ".join(f"{rule} {np.mean([r[rule]['rho'] for r in records]):.4f}" for rule in RULES)
+    return "\n".join(lines) + f"\n\nmean over the cells: {means}\n{verdict(records)}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=os.environ.get("SIAMRDM_DATA", "../shared/algonauts2019"))
+    parser.add_argument("--targets", default=",".join(TARGET_NAMES))
+    parser.add_argument("--sets", default="92,118")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--epochs", type=int, help="frozen epochs (default: the quick preset's); a smoke test's")
+    parser.add_argument("--image-size", type=int, help="image size (default: the preset's); a smoke test's")
+    parser.add_argument("--out", default=os.environ.get("OUT", "runs/epoch-rules"))
+    parser.add_argument("--summarize", help="print the markdown table of an epoch_rules.jsonl and exit")
+    args = parser.parse_args()
+    if args.summarize:
+        print(summarize(args.summarize))
+        return
+    os.makedirs(args.out, exist_ok=True)
+    for name in args.sets.split(","):
+        dataset = load_algonauts_set(args.data, name, TARGET_NAMES)
+        for target in args.targets.split(","):
+            record = run_check(target, dataset, args.device, frozen_epochs=args.epochs, image_size=args.image_size)
+            with open(os.path.join(args.out, "epoch_rules.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+            cells = "  ".join(f"{rule} {record[rule]['rho']:.3f} {record[rule]['epochs']}" for rule in RULES)
+            print(f"{target:<10} {name:>4}: {cells} ({record['seconds']:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -597,9 +597,9 @@ def cmd_fit(args) -> int:
     summary = {"model": str(out / "model.pt"), "targets": list(targets), "seeds": _seed_records(predictor.metrics),
                "reliability": reliability}
     if chosen is not None:  # the epochs chosen as challenge and evaluate choose them
-        rule = ("cross-set curves of the training sets, one-SE, scaled to all their images (as challenge's final "
-                "fit)" if len(train) > 1 else "folds: new images of new people (subject halves), one-SE, scaled to "
-                "the whole set's images (as challenge, evaluate)")
+        rule = ("cross-set curves of the training sets, best validated epoch (as challenge's final fit)"
+                if len(train) > 1 else "folds: new images of new people (subject halves), best validated epoch "
+                "(as challenge, evaluate)")
         summary["selected_epochs"] = {"epochs": chosen, "rule": rule,
                                       "prior_alone": chosen == 0 and config.prior != "none"}
     if val:
@@ -793,7 +793,7 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     p.add_argument("--select-epochs", action="store_true",
                    help="choose the epoch count as challenge does (one set: on its folds, new images of new people; "
-                   "several: on their cross-set curves; scaled to all their images; 0 keeps the prior alone), then "
+                   "several: on their cross-set curves; the best validated epoch, 0 keeping the prior alone), then "
                    "fit on them")
     p.add_argument("--batch-images", type=int, metavar="N",
                    help="train in mini-batches of N images (all pairs among them per step; over all ranks under "

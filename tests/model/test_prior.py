@@ -144,7 +144,7 @@ def test_choose_epochs_can_pick_epoch_zero() -> None:
     0 epochs are chosen and the fit takes no step. Each set's folds choose for the model fitted on that set."""
     folds = {"92": [fold([0.25, 0.26, 0.30]), fold([0.25, 0.27, 0.31])],
              "118": [fold([0.0, 0.005, -0.01]), fold([-0.01, -0.002, -0.02])]}
-    assert selection.choose_epochs(folds) == {"92": 2, "118": 0}
+    assert selection.choose_epochs(folds) == {"92": 2, "118": 0}  # the best validated epoch of each set's folds
     # all four folds: epoch 2 is best, and epochs 0 and 1 are more than one error below it
     assert selection.one_se_epoch(selection.fold_curve([c for curves in folds.values() for c in curves])) == 2
     assert replace(prior_config(), stop_epoch=0).stop_epoch == 0

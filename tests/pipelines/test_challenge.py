@@ -131,11 +131,9 @@ def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -
     folds = [f"{name} fold {k}" for name in ("92", "118") for k in (1, 2, 3)]
     for target in ("EVC", "MEG_late"):
         assert sorted(curves[target]) == sorted(["92->118", "118->92", *folds])
-        folds_choice = selection.choose_epochs({name: [curves[target][f"{name} fold {k}"] for k in (1, 2, 3)]
-                                                for name in ("92", "118")})
-        # scaled from the folds' two thirds of a set to the whole set (RESULTS.md, protocol rule 4)
-        per_set = {name: selection.scaled_epochs(e, int(name) * 2 / 3, int(name), 2)
-                   for name, e in folds_choice.items()}
+        per_set = {name: selection.best_epoch(selection.fold_curve([curves[target][f"{name} fold {k}"]
+                                                                     for k in (1, 2, 3)]))
+                   for name in ("92", "118")}
         for row in rows[:4]:
             if row["target"] == target:
                 assert int(row["epochs"]) == per_set[row["direction"].split("->")[0]]
@@ -148,8 +146,7 @@ def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -
     assert set(settings["fits"]) == {"EVC", "MEG_late"}
     assert all(fit["epochs"] in (0, 1, 2) for fit in settings["fits"].values())
     for target in ("EVC", "MEG_late"):
-        pooled = selection.one_se_epoch(selection.fold_curve([curves[target][d] for d in ("92->118", "118->92")]))
-        chosen = selection.scaled_epochs(pooled, 105, 210, 2)  # from one set's images to both sets'
+        chosen = selection.best_epoch(selection.fold_curve([curves[target][d] for d in ("92->118", "118->92")]))
         assert settings["fits"][target]["epochs"] == chosen
     for target in ("EVC", "MEG_late"):
         assert (out / target / "model.pt").is_file()

@@ -3,16 +3,14 @@
 For each target, how long the model fitted on one set trains is chosen within that set, never on the pairs
 reported: the set is split into image folds and its subjects into halves; the model is fitted on pairs among
 the other folds' images (the first half's mean RDM) and scored, after every epoch, on pairs among the held-out
-fold's images against the other half's subjects: new images in new people. The choice is the fewest epochs
-whose mean signed rho over subjects (`rho_mean`, chance level 0) is within one standard error of the best
-epoch's (the one-standard-error rule: with a prior, the prior alone is epoch 0, kept unless training helps
-beyond noise).
+fold's images against the other half's subjects: new images in new people. The choice is the epoch of the
+highest mean signed rho over subjects (`rho_mean`, chance level 0) on the folds' mean curve, among the prior
+alone (epoch 0) and the trained epochs whose rho beats zero by 2 standard errors (`selection.best_epoch`).
 
 Reported: cross-set validation, fit on 92 and score 118 after every epoch, and the other way round, each
-direction at the epoch count its training set's folds chose, scaled from the folds' images to the whole set's
-(1.5x with 3 folds: `selection.scaled_epochs`). The final model, fitted on both sets, takes the count those
-cross-set curves choose together by the same rule (`selection.final_epochs`: whole-set fits scored on another
-study are the nearest to it), scaled from one set's images to both sets'. It predicts the 78
+direction at the epoch count its training set's folds chose. The final model, fitted on both sets, takes the
+count those cross-set curves choose together by the same rule (`selection.final_epochs`: whole-set fits
+scored on another study are the nearest to it). It predicts the 78
 test images. Writes the submission files, the validation table, the curves, the settings and a report.
 """
 
@@ -51,10 +49,11 @@ from ..rdm.splits import cross_set_splits
 from ..train.config import TrainConfig, check_config, pick_device
 from ..train.predict import fit_predictor
 from ..train.selection import (
+    choose_epochs,
+    curves_by_set,
     final_epochs,
     naming_the_fit,
     selection_splits,
-    set_epochs,
     validation_curves,
     with_epochs,
 )
@@ -214,11 +213,9 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
                                       label in directions) for k, (t, label) in enumerate(cells, 1)], jobs)
         for (target, _), curve in zip(cells, curves, strict=True):
             all_curves.setdefault(target, {}).update(curve)
-        folds = {label: split for label, split in splits.items() if label not in directions}
         for target in targets:
-            per_set = set_epochs(configs[target], all_curves[target], folds, list(sets.values()))
-            epochs[target] = final_epochs(configs[target], [all_curves[target][d] for d in directions],
-                                          list(sets.values()))
+            per_set = choose_epochs(curves_by_set(all_curves[target], list(TRAINING_SETS)))
+            epochs[target] = final_epochs([all_curves[target][d] for d in directions])
             for direction in directions:
                 epoch = per_set[direction.split("->")[0]]
                 row = chosen_row(all_curves[target][direction], epoch, splits[direction][1], target)

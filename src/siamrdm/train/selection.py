@@ -3,21 +3,19 @@
 A model fitted on one set: the set's images are split into SELECTION_FOLDS folds and its subjects into two
 halves; a model is trained on the other folds' images with the first half's mean RDM, and its curve (the
 signed mean rho of the held-out fold's pairs against the second half's subjects, per epoch: new images in new
-people) is recorded. The folds' curves are averaged, and the folds' count is the fewest epochs within one
-standard error of the best (`one_se_epoch`), where, with a prior, a trained epoch must also beat zero by
-TRAINING_MUST_BEAT_ZERO_BY_SE standard errors, or the prior alone (0 epochs) is kept.
+people) is recorded. The folds' curves are averaged, and the count is the best validated epoch (`best_epoch`):
+the highest mean rho among the prior alone (epoch 0) and the trained epochs that beat zero by
+TRAINING_MUST_BEAT_ZERO_BY_SE standard errors, the rule `fit` keeps its epoch by.
 
 A model fitted on several sets (the challenge's final model): the same rule on the cross-set curves, each set's
 whole fit scored on every other set, pooled (`final_epochs`). Those fits are nearest in size to the final one,
-and they are the only check across studies: another study's images, subjects and scanner.
+and they are the only check across studies: another study's images, subjects and scanner. The model is then
+trained for that many epochs on the schedule the curves ran (`with_epochs`).
 
-Either count was chosen on fits of fewer images than the model it is for, and it is scaled to that model's
-images (`scaled_epochs`, RESULTS.md's rule 4). The reason given when it was adopted: an epoch is one
-full-batch step, so t epochs act as a ridge penalty of about 1 / (learning rate x t), and the best penalty for
-a mean loss falls as 1 / n with n training images. Checked inside the training sets afterwards
-(benchmarks/epoch_scaling.py), that premise failed: the one-SE count hardly moves with the images. The longer
-counts still scored no worse there, because the one-SE rule stops well before the best epoch. The model is
-then trained for that many epochs on the schedule the curves ran (`with_epochs`).
+Why the best epoch and not the one-standard-error rule (`one_se_epoch`, the earlier protocol), nor that rule's
+count scaled to the fit's images (`scaled_epochs`, rule 4): compared nested inside the training sets
+(benchmarks/epoch_rules.py, RESULTS.md), the one-SE rule stops well short of the best epoch, and the best
+epoch predicted new people at least as well as the scaled count, by a rule stated before the comparison.
 """
 
 from __future__ import annotations
@@ -144,42 +142,25 @@ def _eligible(curve: list[dict]) -> list[dict]:
 
 
 def choose_epochs(fold_curves: dict[str, list[list[dict]]]) -> dict[str, int]:
-    """From each training set's fold curves (set name -> one curve per fold): the epoch count its own folds
-    choose, at the folds' size (`set_epochs` scales it to the whole set)."""
-    return {name: one_se_epoch(fold_curve(curves)) for name, curves in fold_curves.items()}
+    """From each training set's fold curves (set name -> one curve per fold): the epoch count its folds choose
+    together (`best_epoch` of their mean curve), for the model fitted on that whole set."""
+    return {name: best_epoch(fold_curve(curves)) for name, curves in fold_curves.items()}
 
 
 def scaled_epochs(epochs: int, chosen_on: float, fit_on: float, last_epoch: int, every: int = 1) -> int:
-    """An epoch count chosen on fits of `chosen_on` images, for a fit on `fit_on` images: multiplied by
-    fit_on / chosen_on (rule 4; its premise and what a check found: the module doc),
-    rounded to a validated epoch (a multiple of `every`), capped at the schedule's `last_epoch`. 0, the prior
-    alone, stays 0: no trained epoch showed a validated gain."""
+    """Rule 4, replaced (module doc) and kept for the benchmarks that compare it: a count chosen on fits of
+    `chosen_on` images, multiplied by fit_on / chosen_on for a fit on `fit_on` images, rounded to a validated
+    epoch (a multiple of `every`), capped at `last_epoch`; 0, the prior alone, stays 0."""
     if epochs == 0:
         return 0
     scaled = max(every, round(epochs * fit_on / chosen_on / every) * every)
     return min(last_epoch, scaled)
 
 
-def set_epochs(config: TrainConfig, curves: dict[str, list[dict]],
-               splits: dict[str, tuple[BrainDataset, BrainDataset]], train: list[BrainDataset]) -> dict[str, int]:
-    """The epoch count of a model fitted on each whole set of `train`: its folds' choice (`choose_epochs` on the
-    curves of `selection_splits`), scaled from the folds' mean training images to the set's (`scaled_epochs`)."""
-    chosen = choose_epochs(curves_by_set(curves, [d.name for d in train]))
-    return {d.name: scaled_epochs(chosen[d.name], _mean_training_images(splits, d.name), len(d),
-                                  config.last_epoch, config.validate_every) for d in train}
-
-
-def _mean_training_images(splits: dict[str, tuple[BrainDataset, BrainDataset]], name: str) -> float:
-    return float(np.mean([len(fit_on) for label, (fit_on, _) in splits.items() if label.startswith(f"{name} fold ")]))
-
-
-def final_epochs(config: TrainConfig, cross_curves: list[list[dict]], train: list[BrainDataset]) -> int:
-    """The epoch count of a fit on all of `train` (several sets): the one-SE rule (with the validated gain) on the
-    cross-set curves of those sets, pooled (each a whole set's fit scored on another set), scaled from the
-    sets' mean size to all their images (`scaled_epochs`)."""
-    chosen = one_se_epoch(fold_curve(cross_curves))
-    return scaled_epochs(chosen, float(np.mean([len(d) for d in train])), sum(len(d) for d in train),
-                         config.last_epoch, config.validate_every)
+def final_epochs(cross_curves: list[list[dict]]) -> int:
+    """The epoch count of a fit on several sets: `best_epoch` of their cross-set curves pooled (each a whole set's
+    fit scored on another set)."""
+    return best_epoch(fold_curve(cross_curves))
 
 
 def with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
@@ -214,14 +195,14 @@ def curves_by_set(curves: dict[str, list[dict]], names: list[str]) -> dict[str, 
 def select_epochs(config: TrainConfig, train: list[BrainDataset], seeds: tuple[int, ...] = (0,),
                   folds: int = SELECTION_FOLDS, progress: bool | Progress = False) -> tuple[int | None, dict]:
     """The epoch count for a model of `config` fitted on all of `train`: on several sets, chosen on their
-    cross-set curves (`final_epochs`); on one, on its folds (new images of new people, `set_epochs`); either
-    scaled to all the images. Returns (epochs, the curves by split); epochs is None when a set has too few
-    images for two folds (then the caller trains the config's epochs and says so)."""
+    cross-set curves (`final_epochs`); on one, on its folds (new images of new people, `choose_epochs`).
+    Returns (epochs, the curves by split); epochs is None when a set has too few images for two folds (then the
+    caller trains the config's epochs and says so)."""
     if len(train) > 1:
         curves = validation_curves(config, cross_set_splits({d.name: d for d in train}), seeds, progress)
-        return final_epochs(config, list(curves.values()), train), curves
+        return final_epochs(list(curves.values())), curves
     splits = selection_splits(train, folds)
     if splits is None:
         return None, {}
     curves = validation_curves(config, splits, seeds, progress)
-    return set_epochs(config, curves, splits, train)[train[0].name], curves
+    return choose_epochs(curves_by_set(curves, [train[0].name]))[train[0].name], curves

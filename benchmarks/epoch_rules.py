@@ -4,10 +4,13 @@ Data apart from every cross-set figure: per set and target, the subjects are hal
 folds (as `selection.selection_splits` cuts them). For each outer fold k, two inner fits learn the first half's
 mean RDM on one of the other two folds and are scored on the other one against the second half; their pooled
 curve is what each rule chooses on. The outer fit learns on both other folds (twice the inner fits' images)
-and is read on fold k against the second half at each rule's count. The rules:
+and is read on fold k against the second half at each rule's count. The second half both chooses (inner) and
+judges (outer): against the choice the outer read is new images, not new people; against the outer fit's
+training it is both. The rules:
 
 - `one_se`: the one-standard-error rule with the validated gain (`selection.one_se_epoch`), unscaled;
-- `rule4`: one_se scaled to the outer fit's images (x2, `selection.scaled_epochs`): today's protocol;
+- `rule4`: one_se scaled to the outer fit's images (x2, `selection.scaled_epochs`): the protocol before this
+  comparison;
 - `best`: the best validated epoch (`selection.best_epoch`), unscaled;
 - `best_scaled`: best x 2.
 

@@ -7,8 +7,8 @@ models learn the first half's mean RDM on one of the two other folds (a third of
 both (two thirds: one fit); all are scored after every epoch on the held-out fold's images against the second
 half's subjects (new images in new people). The one-standard-error rule (with the validated gain) picks an
 epoch count on the 6 small fits' pooled curve and on the 3 large fits'; rule 4 predicts the second is twice
-the first. Also recorded: each pooled curve's best epoch, and the large fits' rho at their own choice, at
-the small fits' choice unscaled and scaled by 2.
+the first. Also recorded: each pooled curve's highest-rho epoch (validated or not), and the large fits' rho
+at their own choice, at the small fits' choice unscaled and scaled by 2.
 
     OMP_NUM_THREADS=2 python benchmarks/epoch_scaling.py --out runs/epoch-scaling
     python benchmarks/epoch_scaling.py --summarize runs/epoch-scaling/epoch_scaling.jsonl
@@ -71,8 +71,9 @@ def run_check(target: str, dataset: BrainDataset, device: str, **settings) -> di
 def summarize(path: str) -> str:
     with open(path) as f:
         records = [json.loads(line) for line in f if line.strip()]
-    lines = ["| target | set | chosen: 1/3 -> 2/3 of the images | ratio | best epoch: 1/3 -> 2/3 | 2/3 fits' rho at "
-             "own choice | at the 1/3 choice | at 2x the 1/3 choice |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| target | set | chosen: 1/3 -> 2/3 of the images | ratio | highest-rho epoch: 1/3 -> 2/3 | "
+             "2/3 fits' rho at own choice | at the 1/3 choice | at 2x the 1/3 choice |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in records:
         ratio = f"{r['large_chosen'] / r['small_chosen']:.1f}" if r["small_chosen"] else "-"
         cells = [f"{r[k]['rho']:.3f} ({r[k]['epoch']})" for k in ("large_at_own", "large_at_small", "large_at_scaled")]

@@ -6,8 +6,9 @@ For every lever (TrainConfig overrides of the `quick` preset, or a seed ensemble
   its subjects into two halves. One model per fold is trained on the other folds' images, on the first
   half's mean RDM, and scored after every epoch on the held-out fold's images twice: against the first half's
   subjects ("same people") and against the second half's ("new people"). The statistic is the signed mean rho
-  over subjects of the 6 folds at the epoch count the best validated epoch (selection.best_epoch) picks
-  on that column.
+  over subjects of the 6 folds at the epoch count the one-standard-error rule (with the validated gain) picks
+  on that column: the statistic the lever rule was stated with, and less optimistic than reading the best
+  epoch of the very curve it is chosen on.
 - joint folds (only for levers that change a fit on both sets, `set_weights`): both sets' fold-k training
   images in one fit, as the final fit trains, scored on each held-out fold.
 - across sets (held out: never used to choose): fit on all of 92 (all subjects), score 118 after every epoch,
@@ -33,7 +34,7 @@ import numpy as np
 from siamrdm.io.data import TARGET_NAMES, BrainDataset, load_algonauts_set
 from siamrdm.rdm.splits import cross_set_splits, fold_splits, subject_fold_splits
 from siamrdm.train import config_from_preset
-from siamrdm.train.selection import SELECTION_FOLDS, best_epoch, choose_epochs, ensemble_curves, fold_curve
+from siamrdm.train.selection import SELECTION_FOLDS, choose_epochs, ensemble_curves, fold_curve, one_se_epoch
 
 # name -> (overrides of the quick preset, seeds, whether a fit on both sets shows the lever: joint folds)
 LEVERS: dict[str, tuple[dict, tuple[int, ...], bool]] = {
@@ -69,7 +70,7 @@ def run_lever(name: str, target: str, sets: dict[str, BrainDataset], device: str
     folds, per_set = {}, {}
     for column, curves in by_set.items():
         pooled = fold_curve([c for curves_of_set in curves.values() for c in curves_of_set])
-        epochs = best_epoch(pooled)
+        epochs = one_se_epoch(pooled)
         row = at_epoch(pooled, epochs)
         per_set[column] = choose_epochs(curves)  # each whole set's count, as the challenge reads its cross-set rows
         folds[column] = {"rho": row["rho_mean"], "se": row["rho_se"], "epochs": epochs,
@@ -83,7 +84,7 @@ def run_lever(name: str, target: str, sets: dict[str, BrainDataset], device: str
             pairs = [list(fits[s].values())[k] for s in sets]
             joint_curves += ensemble_curves(config, [p[0] for p in pairs], [p[1] for p in pairs], seeds)
         pooled = fold_curve(joint_curves)
-        epoch = best_epoch(pooled)
+        epoch = one_se_epoch(pooled)
         record["joint_folds"] = {"rho": at_epoch(pooled, epoch)["rho_mean"], "se": at_epoch(pooled, epoch)["rho_se"],
                                  "epochs": epoch}
     cross = {d: ensemble_curves(config, [a], [b], seeds)[0] for d, (a, b) in cross_set_splits(sets).items()}

@@ -15,7 +15,8 @@ trained for that many epochs on the schedule the curves ran (`with_epochs`).
 Why the best epoch and not the one-standard-error rule (`one_se_epoch`, the earlier protocol), nor that rule's
 count scaled to the fit's images (`scaled_epochs`, rule 4): compared nested inside the training sets
 (benchmarks/epoch_rules.py, RESULTS.md), the one-SE rule stops well short of the best epoch, and the best
-epoch predicted new people at least as well as the scaled count, by a rule stated before the comparison.
+epoch predicted new people better than the scaled count on average (higher in 4 of 8 cells, lower in 2 within
+one SE), which a rule stated before the comparison required.
 """
 
 from __future__ import annotations

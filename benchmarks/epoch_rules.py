@@ -22,16 +22,15 @@ RESULTS.md states the adoption rule; `--summarize` prints the table and applies 
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import time
 
 import numpy as np
-from levers import at_epoch, one_target  # benchmarks/, beside this script
+from cells import run_cells  # benchmarks/, beside this script
+from levers import at_epoch, one_target
 
-from siamrdm.io.data import TARGET_NAMES, BrainDataset, load_algonauts_set, subject_rdms
-from siamrdm.rdm.splits import fold_indices, subject_halves, subject_subset, subset
+from siamrdm.io.data import BrainDataset
+from siamrdm.rdm.splits import fold_indices, subject_split, subset
 from siamrdm.train import config_from_preset
 from siamrdm.train.selection import (
     SELECTION_FOLDS,
@@ -57,9 +56,7 @@ def run_check(target: str, dataset: BrainDataset, device: str, seed: int = 0, **
     config = config_from_preset("quick", targets=(target,), device=device, **settings)
     dataset = one_target(dataset, target)
     start = time.perf_counter()
-    first, second = subject_halves(len(subject_rdms(dataset.targets[target])), seed)
-    trained = subject_subset(dataset, {target: first}, dataset.name)
-    unseen = subject_subset(dataset, {target: second}, dataset.name)
+    trained, unseen = subject_split(dataset, seed)
     folds = fold_indices(len(dataset), SELECTION_FOLDS, seed)
     outer_rows: dict[str, list[dict]] = {rule: [] for rule in RULES}
     chosen: dict[str, list[int]] = {rule: [] for rule in RULES}
@@ -69,14 +66,13 @@ def run_check(target: str, dataset: BrainDataset, device: str, seed: int = 0, **
         for fit_on, score_on in ((a, b), (b, a)):
             inner += ensemble_curves(config, [subset(trained, fit_on, f"{dataset.name} inner")],
                                      [subset(unseen, score_on, f"{dataset.name} inner held out")], (0,))
-        scale = (len(a) + len(b)) / np.mean([len(a), len(b)])
-        epochs = rule_epochs(config, fold_curve(inner), scale)
+        epochs = rule_epochs(config, fold_curve(inner), scale=2)  # both other folds against one
         outer = ensemble_curves(config, [subset(trained, np.sort(np.concatenate([a, b])), f"{dataset.name} outer")],
                                 [subset(unseen, held, f"{dataset.name} fold {k + 1} new people")], (0,))[0]
         for rule, epoch in epochs.items():
             chosen[rule].append(epoch)
             outer_rows[rule].append(at_epoch(outer, epoch))
-    result = {"target": target, "set": dataset.name, "seconds": 0.0}
+    result = {"target": target, "set": dataset.name}
     for rule in RULES:
         rhos = [row["rho_mean"] for row in outer_rows[rule]]
         ses = [row["rho_se"] for row in outer_rows[rule]]
@@ -117,30 +113,9 @@ def summarize(path: str) -> str:
     return "\n".join(lines) + f"\n\nmean over the cells: {means}\n{verdict(records)}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=os.environ.get("SIAMRDM_DATA", "../shared/algonauts2019"))
-    parser.add_argument("--targets", default=",".join(TARGET_NAMES))
-    parser.add_argument("--sets", default="92,118")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--epochs", type=int, help="frozen epochs (default: the quick preset's); a smoke test's")
-    parser.add_argument("--image-size", type=int, help="image size (default: the preset's); a smoke test's")
-    parser.add_argument("--out", default=os.environ.get("OUT", "runs/epoch-rules"))
-    parser.add_argument("--summarize", help="print the markdown table of an epoch_rules.jsonl and exit")
-    args = parser.parse_args()
-    if args.summarize:
-        print(summarize(args.summarize))
-        return
-    os.makedirs(args.out, exist_ok=True)
-    for name in args.sets.split(","):
-        dataset = load_algonauts_set(args.data, name, TARGET_NAMES)
-        for target in args.targets.split(","):
-            record = run_check(target, dataset, args.device, frozen_epochs=args.epochs, image_size=args.image_size)
-            with open(os.path.join(args.out, "epoch_rules.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-            cells = "  ".join(f"{rule} {record[rule]['rho']:.3f} {record[rule]['epochs']}" for rule in RULES)
-            print(f"{target:<10} {name:>4}: {cells} ({record['seconds']:.0f} s)", flush=True)
+def describe(record: dict) -> str:
+    return "  ".join(f"{rule} {record[rule]['rho']:.3f} {record[rule]['epochs']}" for rule in RULES)
 
 
 if __name__ == "__main__":
-    main()
+    run_cells(__doc__, "epoch_rules", run_check, summarize, describe)

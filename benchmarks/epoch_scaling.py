@@ -16,26 +16,22 @@ at their own choice, at the small fits' choice unscaled and scaled by 2.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import time
 
 import numpy as np
-from levers import at_epoch, one_target  # benchmarks/, beside this script
+from cells import run_cells  # benchmarks/, beside this script
+from levers import at_epoch, one_target
 
-from siamrdm.io.data import TARGET_NAMES, BrainDataset, load_algonauts_set, subject_rdms
-from siamrdm.rdm.splits import fold_indices, subject_halves, subject_subset, subset
+from siamrdm.io.data import BrainDataset
+from siamrdm.rdm.splits import fold_indices, subject_split, subset
 from siamrdm.train import config_from_preset
 from siamrdm.train.selection import SELECTION_FOLDS, ensemble_curves, fold_curve, one_se_epoch, scaled_epochs
 
 
 def nested_curves(config, dataset: BrainDataset, seed: int = 0) -> tuple[list[list[dict]], list[list[dict]]]:
     """The curves of fits on one other fold (small) and on both other folds (large), per held-out fold."""
-    target = config.targets[0]
-    first, second = subject_halves(len(subject_rdms(dataset.targets[target])), seed)
-    trained = subject_subset(dataset, {target: first}, dataset.name)
-    unseen = subject_subset(dataset, {target: second}, dataset.name)
+    trained, unseen = subject_split(dataset, seed)
     folds = fold_indices(len(dataset), SELECTION_FOLDS, seed)
     small, large = [], []
     for k, held in enumerate(folds):
@@ -54,8 +50,8 @@ def run_check(target: str, dataset: BrainDataset, device: str, **settings) -> di
     small, large = nested_curves(config, one_target(dataset, target))
     pooled_small, pooled_large = fold_curve(small), fold_curve(large)
     chosen_small, chosen_large = one_se_epoch(pooled_small), one_se_epoch(pooled_large)
-    n_small = float(np.mean([len(f) for f in fold_indices(len(dataset), SELECTION_FOLDS)]))
-    predicted = scaled_epochs(chosen_small, n_small, 2 * n_small, config.last_epoch, config.validate_every)
+    # the large fits have both other folds' images, the small ones one fold's
+    predicted = scaled_epochs(chosen_small, 1, 2, config.last_epoch, config.validate_every)
 
     def rho(epoch: int) -> dict:
         row = at_epoch(pooled_large, epoch)
@@ -82,30 +78,10 @@ def summarize(path: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=os.environ.get("SIAMRDM_DATA", "../shared/algonauts2019"))
-    parser.add_argument("--targets", default=",".join(TARGET_NAMES))
-    parser.add_argument("--sets", default="92,118")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--epochs", type=int, help="frozen epochs (default: the quick preset's); a smoke test's")
-    parser.add_argument("--image-size", type=int, help="image size (default: the preset's); a smoke test's")
-    parser.add_argument("--out", default=os.environ.get("OUT", "runs/epoch-scaling"))
-    parser.add_argument("--summarize", help="print the markdown table of an epoch_scaling.jsonl and exit")
-    args = parser.parse_args()
-    if args.summarize:
-        print(summarize(args.summarize))
-        return
-    os.makedirs(args.out, exist_ok=True)
-    for name in args.sets.split(","):
-        dataset = load_algonauts_set(args.data, name, TARGET_NAMES)
-        for target in args.targets.split(","):
-            record = run_check(target, dataset, args.device, frozen_epochs=args.epochs, image_size=args.image_size)
-            with open(os.path.join(args.out, "epoch_scaling.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-            print(f"{target:<10} {name:>4}: chosen {record['small_chosen']} -> {record['large_chosen']}, best "
-                  f"{record['small_best']} -> {record['large_best']} ({record['seconds']:.0f} s)", flush=True)
+def describe(record: dict) -> str:
+    return (f"chosen {record['small_chosen']} -> {record['large_chosen']}, highest-rho epoch "
+            f"{record['small_best']} -> {record['large_best']}")
 
 
 if __name__ == "__main__":
-    main()
+    run_cells(__doc__, "epoch_scaling", run_check, summarize, describe)

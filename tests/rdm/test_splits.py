@@ -76,6 +76,7 @@ def test_subject_halves_are_disjoint_and_cover_everyone() -> None:
 def test_subject_fold_splits_cross_image_folds_with_subject_halves(data_root) -> None:
     """One fit per fold on the first half's RDMs; scored on the same held-out images of both halves."""
     from siamrdm.io.data import load_algonauts_set
+    from siamrdm.rdm import splits as splits_module
     from siamrdm.rdm.splits import subject_fold_splits, subject_halves
 
     dataset = load_algonauts_set(data_root, "92", ("EVC",))
@@ -92,3 +93,9 @@ def test_subject_fold_splits_cross_image_folds_with_subject_halves(data_root) ->
         assert not (train.official or same.official or new.official)  # the halves' ceilings are their own
         held_out += same.images.names
     assert sorted(held_out) == sorted(dataset.images.names)
+    # the halves as whole sets, as the nested epoch benchmarks take them
+    trained, unseen = splits_module.subject_split(dataset)
+    np.testing.assert_array_equal(trained.targets["EVC"], dataset.targets["EVC"][first])
+    np.testing.assert_array_equal(unseen.targets["EVC"], dataset.targets["EVC"][second])
+    assert trained.images.names == unseen.images.names == dataset.images.names
+    assert not (trained.official or unseen.official)

@@ -95,15 +95,20 @@ def subject_subset(dataset: BrainDataset, halves: dict[str, np.ndarray], name: s
                         False)
 
 
+def subject_split(dataset: BrainDataset, seed: int = 0) -> tuple[BrainDataset, BrainDataset]:
+    """The set twice, all its images, each target's subjects halved on their own (`subject_halves`): (the first
+    half, the second half). A ConfigError naming 'subjects' where a target has one subject."""
+    halves = {t: subject_halves(len(subject_rdms(r)), seed) for t, r in dataset.targets.items()}
+    return tuple(subject_subset(dataset, {t: h[k] for t, h in halves.items()}, dataset.name) for k in (0, 1))
+
+
 def subject_fold_splits(dataset: BrainDataset, folds: int, seed: int = 0,
                         ) -> dict[str, tuple[BrainDataset, BrainDataset, BrainDataset]]:
     """Image folds crossed with subject halves, '<set> fold k' -> (training images with the first half's RDMs,
     held-out images with the first half's, held-out images with the second half's): one fit, scored on new
     images of the people it learned from and of people it never saw. Each target's subjects are halved on
     their own (a ConfigError naming 'subjects' where a target has one subject)."""
-    halves = {t: subject_halves(len(subject_rdms(r)), seed) for t, r in dataset.targets.items()}
-    trained = subject_subset(dataset, {t: h[0] for t, h in halves.items()}, dataset.name)
-    unseen = subject_subset(dataset, {t: h[1] for t, h in halves.items()}, dataset.name)
+    trained, unseen = subject_split(dataset, seed)
     splits = {}
     folded = zip(fold_splits(trained, folds, seed).items(), fold_indices(len(dataset), folds, seed), strict=True)
     for (label, (train, held)), index in folded:  # the same seeded folds: `index` is the held-out fold's images

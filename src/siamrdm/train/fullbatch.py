@@ -397,13 +397,24 @@ class FullBatchStep:
         """Official metric on every validation set; keys 'set/target'."""
         pairs = {}
         for k, s in enumerate(self.val_sets):
-            if not frozen or k not in self._val_features:  # a frozen body gives the same features every epoch
+            if not frozen:
                 self._val_features[k] = feature_views(self.model, s.images, self.config, self.device)
+            elif k not in self._val_features:  # the pretrained body: features once, from the process's cache
+                self._val_features[k] = self.frozen_feature_views(s)
             predicted = predict_upper(self.model, self._val_features[k]).to(self._score_dtype)
             if self._val_priors[k] is not None:
                 predicted = predicted + self._val_priors[k]
             pairs[k] = self.last_pairs[s.name] = predicted
         return self.score_pairs(pairs)
+
+    def frozen_feature_views(self, data: PairTargets) -> list[torch.Tensor]:
+        """`feature_views` of a validation set while the body is the pretrained one: the plain view from the
+        features cache that training fills (a challenge validates on images other fits train on), so each image
+        passes the body once per process; the mirror view of `tta` is computed."""
+        plain = frozen_views(self.model, data, self.config, 1, self.device)[0]
+        views = [plain, body_features(self.model, data.images.flip(-1), self.config, self.device)] if self.config.tta \
+            else [plain]
+        return [self.model.standardise(v) for v in views]
 
     def score_pairs(self, pairs: dict[int, torch.Tensor]) -> dict[str, dict]:
         """The official metric of (P, T) pair predictions of validation sets (by index), keys 'set/target':

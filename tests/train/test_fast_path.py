@@ -22,7 +22,7 @@ from siamrdm.rdm import square_rdm, upper_tri
 from siamrdm.rdm.scoring import compare_rdms, score_with_ceiling, spearman_rhos
 from siamrdm.rdm.scoring_torch import rank_average_torch, spearman_torch
 from siamrdm.rdm.splits import cross_set_splits
-from siamrdm.train import selection
+from siamrdm.train import fullbatch, selection
 from siamrdm.train.augment import augment_batch, crop_flip, draw_boxes, image_generator
 from siamrdm.train.config import ConfigError, check_config
 
@@ -197,6 +197,22 @@ def test_validation_on_the_device_equals_the_numpy_metric(dataset92: data.BrainD
             for key, value in expected.items():
                 close = isinstance(value, float | list)  # a number, or the per-subject rhos
                 assert got[key] == (pytest.approx(value, rel=1e-9, abs=1e-12) if close else value)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_frozen_validation_features_from_the_cache_equal_a_fresh_pass(dataset92: data.BrainDataset, tta: bool) -> None:
+    """While the body is frozen, validation reads each image's plain features from the process cache that
+    training fills (and computes the mirror view of tta): the same standardised features as a fresh pass."""
+    config = fast_config(frozen_epochs=1, tta=tta)
+    val = train.subset(dataset92, np.arange(6, 14), "v")  # overlaps the training images 6-9: read from the cache
+    trainer = train.Trainer(config, [train.subset(dataset92, np.arange(10), "a")], [val], progress=False)
+    trainer.run_epoch()
+    step = trainer.stepper
+    cached = step.frozen_feature_views(step.val_sets[0])
+    fresh = fullbatch.feature_views(trainer.model, step.val_sets[0].images, config, trainer.device)
+    assert len(cached) == len(fresh) == (2 if tta else 1)
+    for got, expected in zip(cached, fresh, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- validation every k epochs

@@ -13,6 +13,16 @@ def assert_one_line_error(stderr: str, *parts: str) -> None:
         assert part in lines[0], f"{part!r} not in {lines[0]!r}"
 
 
+def mark_run(folder, command: str = "challenge"):
+    """An empty run folder as a siamrdm command leaves it (its marker), for tests that lay out its files by
+    hand: `siamrdm report` reads only such folders."""
+    from siamrdm.io import files
+
+    with files.run_folder(folder, command):
+        pass
+    return folder
+
+
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     """`siamrdm ARGS` in-process: (exit code, stdout, stderr); usage errors exit through SystemExit."""
     from siamrdm import cli

@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 import pytest
 import scipy.io
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, mark_run, run_cli
 from PIL import Image
 
 from siamrdm import cli  # noqa: F401  (imported before tracing, so imports are not counted)
@@ -426,8 +426,7 @@ def test_hdf5_images_over_the_pixel_limit_are_refused(tmp_path: Path) -> None:
 
 
 def _run_folder(tmp_path: Path) -> Path:
-    run = tmp_path / "run"
-    run.mkdir()
+    run = mark_run(tmp_path / "run")
     (run / "settings.json").write_text(json.dumps({"seed": 0}))
     Image.new("RGB", (4, 4)).save(run / "fine.png")
     return run

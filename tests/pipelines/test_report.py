@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_one_line_error, mark_run
 
 from siamrdm import cli
 from siamrdm.io.data import DataError
@@ -19,8 +20,7 @@ from siamrdm.pipelines.report import write_report
 @pytest.fixture
 def challenge_dir(tmp_path: Path) -> Path:
     """A folder laid out like `siamrdm challenge --out`: settings, validation table, per-target logs, lr_find."""
-    run = tmp_path / "challenge"
-    run.mkdir()
+    run = mark_run(tmp_path / "challenge")
     (run / "settings.json").write_text(json.dumps({"config": {"lr": 0.001}, "seeds": [0], "wall_s": 12.5}))
     rows = [{"method": "siamese", "target": t, "direction": d, "r2": 0.02, "pct_nc": 12.5, "p": 1e-3,
              "noise_ceiling": 0.16} for t in ("EVC", "IT") for d in ("92->118", "118->92")]
@@ -91,7 +91,53 @@ def test_report_errors(tmp_path: Path):
     with pytest.raises(DataError, match="no such run folder"):
         write_report(tmp_path / "missing")
     with pytest.raises(DataError, match="nothing to report"):
-        write_report(tmp_path)
+        write_report(mark_run(tmp_path / "empty"))
+
+
+def test_report_never_replaces_a_users_files(challenge_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A folder siamrdm did not mark is refused before anything is drawn; in a run folder, a report.md that
+    siamrdm did not write is refused rather than replaced."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "settings.json").write_text('{"lr": 0.001}')
+    (mine / "report.md").write_text("my notes\n")
+    code, _, err = run_report(capsys, mine)
+    assert code == 2
+    assert_one_line_error(err, str(mine), "not a siamrdm run folder")
+    assert sorted(p.name for p in mine.iterdir()) == ["report.md", "settings.json"]
+    assert (mine / "report.md").read_text() == "my notes\n"
+    (challenge_dir / "report.md").write_text("my notes\n")
+    code, _, err = run_report(capsys, challenge_dir)
+    assert code == 2 and (challenge_dir / "report.md").read_text() == "my notes\n"
+    assert_one_line_error(err, "report.md", "not written by siamrdm")
+    assert not (challenge_dir / "validation_scores.png").exists()  # refused before anything was drawn
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), [
+    ("settings.json", "{bad json", "malformed settings"),
+    ("settings.json", '{"x": NaN}', "NaN is not a number JSON allows"),
+    ("settings.json", None, "is a folder"),
+    ("EVC/seed0/log.csv", "epoch,phase,loss\n1,frozen,nan\n", "line 2: loss 'nan' is not a finite number"),
+    ("EVC/seed0/log.csv", "epoch,phase,loss\nabc,frozen,0.1\n", "line 2: epoch 'abc' is not a whole number"),
+])
+def test_a_damaged_run_file_is_named_not_reported(challenge_dir: Path, capsys: pytest.CaptureFixture, name: str,
+                                                  content: str | None, expected: str):
+    path = challenge_dir / name
+    path.unlink()
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_text(content)
+    code, _, err = run_report(capsys, challenge_dir)
+    assert code == 2
+    assert_one_line_error(err, name.split("/")[-1], expected)
+    assert not (challenge_dir / "report.md").exists() and not (challenge_dir / "report.html").exists()
+
+
+def run_report(capsys: pytest.CaptureFixture, folder: Path) -> tuple[int, str, str]:
+    code = cli.main(["report", str(folder)])
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def test_report_command(challenge_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
@@ -106,7 +152,7 @@ def test_report_command(challenge_dir: Path, tmp_path: Path, capsys: pytest.Capt
 def test_report_flags_a_fit_of_the_prior_alone(tmp_path: Path):
     """A fit of 0 epochs keeps the prior alone (issue 21: it was not flagged): the score table's epochs column,
     the final fits' table (from settings.json) and the log's line say so."""
-    run = tmp_path / "challenge"
+    run = mark_run(tmp_path / "challenge")
     (run / "IT" / "seed0").mkdir(parents=True)
     fits = {"EVC": {"epochs": 24, "seed0": {"best_epoch": 24, "prior_alone": False}},
             "IT": {"epochs": 0, "seed0": {"best_epoch": 0, "prior_alone": True}}}

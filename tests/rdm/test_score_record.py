@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import mark_run, run_cli
 from PIL import Image
 
 from siamrdm.io import data as data_module
@@ -109,6 +109,7 @@ def test_a_real_model_beats_chance(fmri92, fmri118) -> None:
 def test_the_report_ranks_what_beats_chance_first(tmp_path: Path, fmri118) -> None:
     """118 IT against the same 8 subjects: the per-image RDM has the higher percent of the ceiling, the other
     subjects' mean RDM the only score above chance; the report's first table puts the latter first."""
+    mark_run(tmp_path, "evaluate")
     it = fmri118["IT_RDMs"]
     rows = [{"method": method, "target": "IT", "direction": "118", "detail": "",
              **scoring.score_with_ceiling(model, "IT_RDMs", it[7:], permutations=None)}
@@ -334,6 +335,7 @@ def _scored(method: str, direction: str, rho, target: str = "IT") -> dict:
 def test_paired_rows_over_subjects_and_over_folds(tmp_path: Path) -> None:
     """Across sets: per direction over the subjects; image folds: over the folds (their rho_mean) and over the
     subjects (each one's rho averaged over the folds). The same from the rows' CSV text (the report's input)."""
+    mark_run(tmp_path, "evaluate")
     rng = np.random.default_rng(3)
     base = {m: rng.normal(0.2, 0.05, (5, 10)) for m in ("layers", "regression")}
     siamese = base["layers"] + rng.normal(0.03, 0.05, (5, 10))

@@ -54,13 +54,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     is refused rather than replaced.
     """
     path = Path(path)
-    run = _marked_ancestor(path.parent)
-    if run is not None and os.path.lexists(path) and _relative(path, run) not in read_manifest(run):
-        raise DataError(f"{path}: exists and was not written by siamrdm; refusing to replace it")
+    run = check_replaceable(path)
     with _replacing(path) as tmp:
         yield tmp
     if run is not None:
         _record(run, path)
+
+
+def check_replaceable(path: Path) -> Path | None:
+    """The marked run folder `path` lies in (None if none), after refusing a file there that siamrdm did not
+    write: checked by every atomic write, and before any work by a command that will write `path`."""
+    run = _marked_ancestor(path.parent)
+    if run is not None and os.path.lexists(path) and _relative(path, run) not in read_manifest(run):
+        raise DataError(f"{path}: exists and was not written by siamrdm; refusing to replace it")
+    return run
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """A run folder as one page: report.md (images linked) and report.html (images embedded, one self-contained file).
 
-The report is generic: it has a section for each kind of thing it finds, so it serves `siamrdm evaluate`,
+The report is generic (but only for a folder siamrdm marked as its run: the pages and plots it writes replace
+only files siamrdm wrote): it has a section for each kind of thing it finds, so it serves `siamrdm evaluate`,
 `siamrdm challenge` and `siamrdm fit` folders alike:
 
 - settings.json / config.json: the run's settings, verbatim;
@@ -28,7 +29,7 @@ import stat
 from pathlib import Path
 
 from ..io.data import DataError
-from ..io.files import check_output_file, write_text
+from ..io.files import MARKER_NAME, check_output_file, check_replaceable, read_marker, write_text
 from ..io.tables import PAIRED_NOTE, chance_ranking, flag, number, paired_table, ranking_table, score_table, summary
 from ..rdm.scoring import paired_rows
 from . import plots
@@ -75,6 +76,37 @@ def _read_text(path: Path, errors: str = "strict") -> str:
 
 def _read_csv(path: Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO(_read_text(path), newline="")))
+
+
+def _settings(path: Path) -> object:
+    """A run's settings file: strict JSON (no NaN or Infinity), else a DataError naming the file."""
+    if path.is_dir() and not path.is_symlink():
+        raise DataError(f"{path}: is a folder, expected the run's settings (a JSON file)")
+
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not a number JSON allows")
+
+    try:
+        return json.loads(_read_text(path), parse_constant=refuse)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: malformed settings, not strict JSON ({' '.join(str(exc).split())})") from None
+
+
+def _training_log(path: Path) -> list[dict]:
+    """A training log (log.csv): every row's epoch a whole number and its numbers finite (empty where none was
+    had), else a DataError naming the file: a damaged log must not become a report that looks like a run's."""
+    try:
+        rows = _read_csv(path)
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: malformed training log ({' '.join(str(exc).split())})") from None
+    for k, row in enumerate(rows, start=2):
+        epoch = number(row.get("epoch"))
+        if epoch is None or epoch != int(epoch) or epoch < 0:
+            raise DataError(f"{path}: line {k}: epoch {row.get('epoch')!r} is not a whole number")
+        for column, value in row.items():
+            if column not in ("epoch", "phase") and value not in (None, "") and number(value) is None:
+                raise DataError(f"{path}: line {k}: {column} {value!r} is not a finite number")
+    return rows
 
 
 def _lr_result(path: Path) -> dict:
@@ -194,10 +226,7 @@ def _collect(run_dir: Path) -> list[Block]:
         blocks.append(_image(chart, str(rel)))
         placed.add(chart)
     for path in logs:
-        try:
-            rows = _read_csv(path)
-        except (OSError, csv.Error, UnicodeDecodeError):
-            continue
+        rows = _training_log(path)
         if not rows or "loss" not in rows[0]:
             continue
         where = path.parent.relative_to(run_dir)
@@ -226,13 +255,8 @@ def _collect(run_dir: Path) -> list[Block]:
     # What a reader wants first: the scores and the figures; the run's settings close the page.
     for name in SETTINGS_FILES:
         path = run_dir / name
-        if os.path.lexists(path) and not path.is_dir():  # a link or a FIFO is refused, not skipped
-            blocks += [("h2", f"Settings ({name})")]
-            try:
-                text = json.dumps(json.loads(_read_text(path)), indent=2)
-            except ValueError:
-                text = _read_text(path, errors="replace")
-            blocks.append(("code", text))
+        if os.path.lexists(path):  # a link, a FIFO or a folder is refused, not skipped
+            blocks += [("h2", f"Settings ({name})"), ("code", json.dumps(_settings(path), indent=2))]
     return blocks
 
 
@@ -292,7 +316,12 @@ def write_report(run_dir: str | os.PathLike, title: str | None = None) -> tuple[
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: no such run folder")
+    if read_marker(run_dir) is None:  # its report.md, report.html and plots could be someone's own files
+        raise DataError(f"{run_dir}: not a siamrdm run folder (no {MARKER_NAME}); report reads the folders that "
+                        "fit, evaluate, challenge and lr-find write")
     md_path, html_path = check_output_file(run_dir / "report.md"), check_output_file(run_dir / "report.html")
+    for page in (md_path, html_path):  # before a plot is drawn
+        check_replaceable(page)
     try:  # the plots drawn next to their data, and the pages
         blocks = _collect(run_dir)
         if not blocks:

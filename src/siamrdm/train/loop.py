@@ -98,12 +98,15 @@ def seed_summary(result: FitResult) -> dict:
 
 
 def write_log(path: Path, history: list[dict]) -> None:
-    """log.csv of a run: one row per epoch, the columns of every row (validation columns appear with validation)."""
+    """log.csv of a run: one row per epoch, the columns of every row (validation columns appear with validation).
+    A value that is not a finite number (a score of a constant prediction) is left empty, as a missing one is:
+    the log never holds a NaN, and `siamrdm report` refuses one that does."""
     columns = list(dict.fromkeys(k for row in history for k in row))
+    rows = [{k: "" if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()} for row in history]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(history)
+        writer.writerows(rows)
 
 
 # --------------------------------------------------------------------------- choosing the kept epoch

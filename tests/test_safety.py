@@ -122,6 +122,43 @@ def test_genuine_files_still_load_and_predict(capsys, tmp_path: Path, fitted_run
     np.testing.assert_array_equal(rdm, rdm.T)
 
 
+def test_predict_replaces_an_existing_file_only_when_asked(capsys, tmp_path: Path, fitted_run: Path,
+                                                           own_data: tuple[str, ...]) -> None:
+    """A user's file at --out stays unless --overwrite; a prediction never goes into a run that is in progress."""
+    mine = tmp_path / "mine.npy"
+    mine.write_bytes(b"my own results")
+    args = ("predict", fitted_run / "model.pt", "--images", own_data[1], "--device", "cpu", "--out", mine)
+    code, out, err = run_main(capsys, *args)
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, str(mine), "exists; pass --overwrite")
+    assert mine.read_bytes() == b"my own results"
+    code, _, err = run_main(capsys, *args, "--overwrite")
+    assert code == 0, err
+    assert np.load(mine).shape == (12, 12)
+    live = tmp_path / "live"
+    with files.run_folder(live, "fit"):  # a fit running there holds the folder
+        code, _, err = run_main(capsys, *args[:-1], live / "pred.npy")
+        assert code == 2
+        assert_one_line_error(err, "pred.npy", "a siamrdm run is in progress")
+        assert not (live / "pred.npy").exists()
+
+
+def test_a_model_whose_features_cannot_be_standardised_is_refused(capsys, tmp_path: Path, fitted_run: Path,
+                                                                  own_data: tuple[str, ...]) -> None:
+    """A zero feature_std (fit clamps it above 0) would divide by zero: refused, no NaN RDM written."""
+    payload = train.load_checkpoint(fitted_run / "model.pt")
+    for state in payload["members"]:
+        state["feature_std"] = torch.zeros_like(state["feature_std"])
+    crafted = tmp_path / "zero_std.pt"
+    torch.save(payload, crafted)
+    prediction = tmp_path / "pred.npy"
+    code, out, err = run_main(capsys, "predict", crafted, "--images", own_data[1], "--out", prediction,
+                              "--device", "cpu")
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, str(crafted), "feature_std is not positive")
+    assert not prediction.exists()
+
+
 # --------------------------------------------------------------------------- 2. one run per folder
 
 

@@ -666,10 +666,10 @@ PREDICTION_SUFFIXES = (".mat", ".npz", ".npy", ".hdf5", ".h5")
 
 
 def cmd_predict(args) -> int:
-    from .io.files import check_output_file
+    from .io.files import check_new_output_file
     from .train.predict import RDMPredictor
 
-    check_output_file(args.out)
+    check_new_output_file(args.out, args.overwrite)
     suffix = Path(args.out).suffix.lower()
     if suffix not in PREDICTION_SUFFIXES:
         raise UsageError(f"{args.out}: unsupported output type '{suffix}' (use {', '.join(PREDICTION_SUFFIXES)})")
@@ -679,7 +679,10 @@ def cmd_predict(args) -> int:
     if suffix != ".npy":  # before the images are read and predicted: every key must be one the file can hold
         data.check_rdm_keys(args.out, [predictor.output_keys.get(t, t) for t in predictor.targets])
     images = data.load_image_set(args.images, args.order)
-    rdms = predictor.predict(images)
+    try:
+        rdms = predictor.predict(images)
+    except data.DataError as exc:
+        raise data.DataError(f"{args.model}: {exc}") from None
     keyed = {predictor.output_keys.get(t, t): rdm for t, rdm in rdms.items()}
     path = data.save_rdms(args.out, keyed, names=data.pattern_names(images.names))  # obj1.png as 'obj1'
     print(f"wrote {path}: {', '.join(keyed)} ({len(images)} x {len(images)})")
@@ -810,6 +813,7 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--out", required=True, help="output .mat, .npz, .npy (one target), or .hdf5/.h5 (rsatoolbox "
                    "RDMs with the image names)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("lr-find", help="LR range test (Smith 2015): loss against learning rate")

@@ -129,6 +129,19 @@ def check_output_file(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_new_output_file(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """`check_output_file` for a command's one output file (predict --out): an existing file is replaced only
+    with `overwrite`, never if siamrdm did not write it inside one of its run folders, and never inside a run
+    folder while a run holds it."""
+    path = check_output_file(path)
+    if os.path.lexists(path) and not overwrite:
+        raise DataError(f"{path}: exists; pass --overwrite to replace it")
+    run = check_replaceable(path)
+    if run is not None and _lock_is_held(run):
+        raise DataError(f"{path}: inside {run}, where a siamrdm run is in progress; write it elsewhere")
+    return path
+
+
 def run_mode(overwrite: bool = False, resume: bool = False) -> str:
     """The run-folder mode of the --overwrite and --resume flags (one of RUN_MODES)."""
     if overwrite and resume:

@@ -86,6 +86,8 @@ class RDMPredictor:
         prior = prior_rdms(self.priors, images, self.config)
         if prior is not None:
             mean = mean + prior
+        if not np.isfinite(mean).all():  # finite weights can still overflow: never hand on a NaN
+            raise DataError(f"the model predicts non-finite dissimilarities for these {len(pixels)} images")
         return {target: mean[k] for k, target in enumerate(self.targets)}
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -125,6 +127,8 @@ class RDMPredictor:
                     raise DataError(f"{path}: {exc}") from None
                 model = build_model(replace(config, weights="random"), dev)
                 model.load_state_dict(state)
+                if not bool((model.feature_std > 0).all()):  # fit clamps it at 1e-6; zero would divide by zero
+                    raise DataError(f"{path}: network {k + 1} of {len(members)}: its feature_std is not positive")
                 models.append(model.eval())
             priors = _read_priors(payload.get("priors") or {}, config, path)
             normalisation, metrics = payload["normalisation"], payload["metrics"]

@@ -435,3 +435,16 @@ def test_score_and_noise_ceiling_of_upper_triangles(capsys, tmp_path: Path, make
                               str(tmp_path / "IT.npy"), "--permutations", "10")
     assert code == 2
     assert_one_line_error(err, "--permutations")
+
+
+def test_a_closed_pipe_ends_the_command_quietly(data_root: Path) -> None:
+    """`siamrdm ... | head`: the reader leaves, the command stops with the shell's SIGPIPE status and no error."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "siamrdm", "data-info", "--data", str(data_root)],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])})
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")

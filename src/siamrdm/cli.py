@@ -1182,6 +1182,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("siamrdm: interrupted", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader of stdout left (`| head`): as any Unix tool, stop quietly
+        with contextlib.suppress(OSError, AttributeError, ValueError):  # stdout may not be a file
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141  # 128 + SIGPIPE, what the shell reports for a tool the pipe ended
     except Exception as exc:  # a one-line message; SIAMRDM_DEBUG=1 shows the traceback
         if os.environ.get("SIAMRDM_DEBUG"):
             raise

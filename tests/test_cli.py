@@ -448,3 +448,17 @@ def test_a_closed_pipe_ends_the_command_quietly(data_root: Path) -> None:
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_an_npy_header_with_a_negative_dimension_is_one_line(capsys, tmp_path: Path) -> None:
+    """A crafted header (shape (92, -92)) is named in one line wherever a .npy is read, not an OverflowError."""
+    crafted = tmp_path / "negative.npy"
+    with open(crafted, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (92, -92)})
+    model = tmp_path / "model.npy"
+    np.save(model, np.arange(92 * 91 // 2, dtype=float))
+    for args in (("noise-ceiling", crafted), ("score", model, "--target", crafted), ("score", crafted, "--target",
+                                                                                       crafted)):
+        code, out, err = run_main(capsys, *map(str, args))
+        assert (code, out) == (2, ""), err
+        assert_one_line_error(err, "negative.npy")

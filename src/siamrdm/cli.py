@@ -85,7 +85,7 @@ def _mapped_npy(path: str) -> np.ndarray | None:
         return None
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, OverflowError) as exc:  # OverflowError: a header with a negative dimension
         raise data.DataError(f"{path}: unreadable .npy file ({' '.join(str(exc).split())[:160]})") from None
 
 

@@ -547,7 +547,10 @@ def _npy_shape(f) -> tuple[int, ...]:
     readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
     if version not in readers:
         raise ValueError(f".npy format version {version[0]}.{version[1]} is not read (1.0 and 2.0 are)")
-    return tuple(int(d) for d in readers[version](f)[0])
+    shape = tuple(int(d) for d in readers[version](f)[0])
+    if any(d < 0 for d in shape):
+        raise ValueError(f"its header declares the shape {shape}, with a negative dimension")
+    return shape
 
 
 def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:

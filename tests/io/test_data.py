@@ -171,6 +171,32 @@ def test_fewer_than_3_images(tmp_path: Path) -> None:
     _assert_error(exc_info, "stimuli.mat", "2 images", "at least 3")
 
 
+def _stimuli_mat(path: Path, pixels: list[np.ndarray]) -> Path:
+    stimuli = np.empty((1, len(pixels)), dtype=[("names", object), ("pixels", object)])
+    for i, p in enumerate(pixels):
+        stimuli[0, i] = (f"image_{i + 1}.jpg", p)
+    scipy.io.savemat(path, {"visual_stimuli": stimuli})
+    return path
+
+
+@pytest.mark.parametrize(("bad", "words"), [
+    (np.full((4, 4, 3), np.nan), "not finite"),
+    (np.full((4, 4, 3), 1e300), "outside 0-255"),
+    (np.full((4, 4, 3), -5.0), "outside 0-255"),
+    (np.full((4, 4, 3), 0.5), "float values in 0-1"),
+    (np.zeros((0, 4, 3), np.uint8), "expected (H, W, 3)"),
+])
+def test_stimulus_pixels_must_be_0_to_255(tmp_path: Path, bad: np.ndarray, words: str) -> None:
+    """A cast to uint8 would wrap negative values, turn NaN into noise and 0-1 floats into black images."""
+    good = [np.full((4, 4, 3), 10 * i, np.uint8) for i in range(3)]
+    path = _stimuli_mat(tmp_path / "stimuli.mat", [*good[:2], bad])
+    with pytest.raises(DataError) as exc_info:
+        data.load_image_set(path)
+    _assert_error(exc_info, "stimuli.mat", "visual_stimuli(3).pixels", words)
+    floats = _stimuli_mat(tmp_path / "floats.mat", [g.astype(float) for g in good])  # 0-255 as doubles: read
+    assert [int(im[0, 0, 0]) for im in data.load_image_set(floats).images] == [0, 10, 20]
+
+
 def test_load_algonauts_set(data_root: Path) -> None:
     dataset = data.load_algonauts_set(data_root, "92", targets=["EVC", "MEG_late"])
     assert len(dataset) == 92

@@ -309,6 +309,20 @@ def _check_image_count(images: ImageSet) -> ImageSet:
     return images
 
 
+def _uint8_pixels(pixels: np.ndarray, where: str) -> np.ndarray:
+    """Stimulus pixels as uint8. Other numbers must be finite and within 0-255: a cast would wrap negative values
+    around, and floats in 0-1 (another convention) would become a black image and a constant RDM."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype.kind not in "uif":
+        raise DataError(f"{where}: {pixels.dtype} values, expected 0-255 pixel numbers (uint8)")
+    if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 255:
+        raise DataError(f"{where}: values outside 0-255 (or not finite), expected uint8 pixels")
+    if pixels.dtype.kind == "f" and 0 < pixels.max() <= 1:
+        raise DataError(f"{where}: float values in 0-1; give 0-255 pixels (uint8), as the official files do")
+    return np.rint(pixels).astype(np.uint8)
+
+
 def _image_set_from_stimulus_mat(path: Path) -> ImageSet:
     check_read_size(path, {}, extra_bytes=sum(v.stored_bytes for v in _mat_variables(path).values()))
     mat = _read_mat_v5(path)
@@ -320,9 +334,9 @@ def _image_set_from_stimulus_mat(path: Path) -> ImageSet:
     names, images = [], []
     for i, entry in enumerate(stimuli):
         pixels = np.asarray(entry["pixels"])
-        if pixels.ndim != 3 or pixels.shape[2] != 3:
+        if pixels.ndim != 3 or pixels.shape[2] != 3 or 0 in pixels.shape:
             raise DataError(f"{path}: visual_stimuli({i + 1}).pixels has shape {pixels.shape}, expected (H, W, 3)")
-        images.append(pixels.astype(np.uint8))
+        images.append(_uint8_pixels(pixels, f"{path}: visual_stimuli({i + 1}).pixels"))
         name = entry["names"] if "names" in stimuli.dtype.names else f"image_{i + 1}"
         names.append(str(np.asarray(name).ravel()[0]) if np.asarray(name).size else f"image_{i + 1}")
     return _check_image_count(ImageSet(names, images, path))

@@ -159,6 +159,20 @@ def test_a_model_whose_features_cannot_be_standardised_is_refused(capsys, tmp_pa
     assert not prediction.exists()
 
 
+def test_a_folder_in_a_checkpoints_place_is_refused_before_training(capsys, tmp_path: Path, fitted_run: Path,
+                                                                     own_data: tuple[str, ...]) -> None:
+    """`fit --resume` where seed0/last.pt is a folder: one line naming it, before an epoch runs, the run as it was."""
+    run = tmp_path / "run"
+    shutil.copytree(fitted_run, run)
+    (run / "seed0" / "last.pt").unlink()
+    (run / "seed0" / "last.pt").mkdir()
+    before = snapshot(run)
+    code, out, err = run_main(capsys, "fit", *own_data, *FAST, "--out", run, "--resume")
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, "last.pt", "is a folder")
+    assert snapshot(run) == before and (run / "seed0" / "last.pt").is_dir()
+
+
 # --------------------------------------------------------------------------- 2. one run per folder
 
 

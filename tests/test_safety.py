@@ -100,8 +100,9 @@ def test_crafted_checkpoint_is_not_run_on_resume(capsys, tmp_path: Path, own_dat
     """`fit --resume` reads <out>/seed0/last.pt: a crafted one is refused in one line and runs nothing."""
     marker = tmp_path / "pwned"
     out = tmp_path / "run"
-    with files.run_folder(out, "fit"):  # planted in a folder siamrdm marked as its run
-        last = craft(out / "seed0" / "last.pt", marker, {"epoch": 1, "config": {}})
+    last = out / "seed0" / "last.pt"
+    with files.run_folder(out, "fit"), files.atomic_path(last) as tmp:  # in its manifest, as a genuine one is
+        craft(tmp, marker, {"epoch": 1, "config": {}})
     code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out, "--resume")
     assert not marker.exists()
     assert code == 2 and stdout == ""

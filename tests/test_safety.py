@@ -174,6 +174,17 @@ def test_a_folder_in_a_checkpoints_place_is_refused_before_training(capsys, tmp_
     assert snapshot(run) == before and (run / "seed0" / "last.pt").is_dir()
 
 
+def test_resume_needs_a_run_to_continue(capsys, tmp_path: Path, own_data: tuple[str, ...]) -> None:
+    """`--resume` on a mistyped or empty folder is refused in one line rather than starting a new run."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (tmp_path / "typo", empty):
+        code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out, "--resume")
+        assert (code, stdout) == (2, "")
+        assert_one_line_error(err, str(out), "no siamrdm run to resume")
+    assert not (tmp_path / "typo").exists() and list(empty.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- 2. one run per folder
 
 

@@ -151,7 +151,8 @@ def run_mode(overwrite: bool = False, resume: bool = False) -> str:
 
 def check_run_folder(path: str | os.PathLike, mode: str = "new") -> Path:
     """A run folder that `run_folder(path, ..., mode)` will accept, checked before any work and before anything
-    is created: "new" needs a new or empty folder, "overwrite" and "resume" also take a folder siamrdm marked.
+    is created: "new" needs a new or empty folder, "overwrite" also takes a folder siamrdm marked, "resume" only
+    such a folder.
     A folder with anything else in it is never taken."""
     if mode not in RUN_MODES:
         raise ValueError(f"mode must be one of {RUN_MODES}, got {mode!r}")
@@ -168,6 +169,8 @@ def check_run_folder(path: str | os.PathLike, mode: str = "new") -> Path:
     if state == "foreign":
         raise DataError(f"{path}: folder is not empty and is not a siamrdm run folder (no {MARKER_NAME}); "
                         "choose a new or empty folder")
+    if mode == "resume" and state != "run":  # a mistyped path must not start a new run unnoticed
+        raise DataError(f"{path}: no siamrdm run to resume there; drop --resume to start one")
     return path
 
 

@@ -96,6 +96,20 @@ def test_crafted_model_file_runs_no_code(capsys, tmp_path: Path, own_data: tuple
     assert marker.exists()
 
 
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_pickle_in_a_model_file_is_one_line_that_advises_nothing_unsafe(capsys, tmp_path: Path, legacy: bool,
+                                                                           own_data: tuple[str, ...]) -> None:
+    """torch's own message advises weights_only=False, and its legacy format adds a warning of two lines: the
+    user gets one line saying why the file is refused."""
+    marker = tmp_path / "pwned"
+    crafted = tmp_path / "crafted.pt"
+    torch.save({"format": MODEL_FORMAT, "hook": RunsCode(marker)}, crafted, _use_new_zipfile_serialization=not legacy)
+    code, out, err = run_main(capsys, "predict", crafted, "--images", own_data[1], "--out", tmp_path / "p.npy")
+    assert (code, out) == (2, "") and not marker.exists()
+    assert_one_line_error(err, str(crafted), "loading anything else could run code")
+    assert "weights_only" not in err
+
+
 def test_crafted_checkpoint_is_not_run_on_resume(capsys, tmp_path: Path, own_data: tuple[str, ...]) -> None:
     """`fit --resume` reads <out>/seed0/last.pt: a crafted one is refused in one line and runs nothing."""
     marker = tmp_path / "pwned"

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import pickle
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +58,12 @@ def load_plain(path: str | Path, what: str, error: Callable[[str], Exception], u
     if not file.is_file():
         raise error(f"{file}: no such {what}")
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns, in lines of its own, about files of the legacy format
+            warnings.simplefilter("ignore")
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False: that would run the file's code
+        raise error(f"{file}: unreadable {what}: not tensors and plain data in torch's format (refused: loading "
+                    "anything else could run code)") from None
     except Exception as exc:
         raise error(f"{file}: unreadable {what}{unreadable} ({' '.join(str(exc).split())[:200]})") from None
 

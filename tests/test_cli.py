@@ -462,3 +462,20 @@ def test_an_npy_header_with_a_negative_dimension_is_one_line(capsys, tmp_path: P
         code, out, err = run_main(capsys, *map(str, args))
         assert (code, out) == (2, ""), err
         assert_one_line_error(err, "negative.npy")
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (("fit", "--key", "IT"), ("--key", "use it with --images and --rdms")),
+    (("lr-find", "--key", "IT"), ("--key", "use it with --images and --rdms")),
+    (("fit", "--images", "{images}", "--rdms", "{rdms}", "--key", "IT", "--sets", "92"), ("--sets", "--key")),
+    (("fit", "--images", "{images}", "--rdms", "{rdms}", "--key", "IT", "--targets", "EVC"), ("--targets",)),
+])
+def test_options_of_the_other_kind_of_data_are_refused(capsys, tmp_path: Path, data_root: Path,
+                                                       args: tuple[str, ...], words: tuple[str, ...]) -> None:
+    """An option that only the Algonauts sets (or only your own data) take is refused, not ignored."""
+    images, rdms = data_root / "Training_Data" / "92_Image_Set" / "92images", data_root / "no-such.mat"
+    filled = [a.format(images=images, rdms=rdms) for a in args]
+    code, out, err = run_main(capsys, *filled, "--out", str(tmp_path / "run"))
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, *words)
+    assert not (tmp_path / "run").exists()

@@ -343,5 +343,5 @@ def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
     out = capsys.readouterr().out
     assert "12 images: ['img1.png', 'img2.png', 'img3.png'] RDMs: (4, 12, 12)" in out
     assert out.count("computed") >= 9  # 3 methods x 3 folds, each over its held-out subjects' ceiling
-    assert data.read_rdm_names(tmp_path / "runs" / "mine" / "predicted.hdf5") == ("images", NATURAL)
-    assert (tmp_path / "runs" / "mine" / "model.pt").is_file()
+    assert data.read_rdm_names(tmp_path / "runs" / "mine-api" / "predicted.hdf5") == ("images", NATURAL)
+    assert (tmp_path / "runs" / "mine-api" / "model.pt").is_file()

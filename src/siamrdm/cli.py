@@ -501,6 +501,12 @@ def _training_datasets(args) -> tuple[list, list, tuple[str, ...], list[str] | N
     the image order (the RDM's rows) only for your own data."""
     from .train.fullbatch import split_holdout
 
+    if getattr(args, "key", None) and not (args.images or args.rdms):
+        raise UsageError("--key names an array of your own --rdms file: use it with --images and --rdms (the "
+                         "Algonauts sets take --targets)")
+    if (args.images or args.rdms) and (args.sets or args.targets):  # before your data are read
+        raise UsageError("--sets and --targets choose Algonauts sets and targets; with your own data the "
+                         "target is --key")
     own = _own_dataset(args)
     if own is not None:
         train = [own]

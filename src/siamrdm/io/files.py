@@ -54,16 +54,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     is refused rather than replaced.
     """
     path = Path(path)
-    run = check_replaceable(path)
+    run = _check_replaceable(path)
     with _replacing(path) as tmp:
         yield tmp
     if run is not None:
         _record(run, path)
 
 
-def check_replaceable(path: Path) -> Path | None:
+def _check_replaceable(path: Path) -> Path | None:
     """The marked run folder `path` lies in (None if none), after refusing a file there that siamrdm did not
-    write: checked by every atomic write, and before any work by a command that will write `path`."""
+    write: checked by every atomic write, and before any work by `check_output_file`."""
     run = _marked_ancestor(path.parent)
     if run is not None and os.path.lexists(path) and _relative(path, run) not in read_manifest(run):
         raise DataError(f"{path}: exists and was not written by siamrdm; refusing to replace it")
@@ -116,8 +116,9 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def check_output_file(path: str | os.PathLike) -> Path:
-    """An output file path that can be written: not a folder, and its nearest existing ancestor a writable
-    folder. Checked before any work, so a bad path fails fast and nothing is created."""
+    """An output file path that can be written: not a folder, its nearest existing ancestor a writable folder,
+    and not a file siamrdm did not write inside one of its run folders. Checked before any work, so a bad path
+    fails fast and nothing is created."""
     if str(path) == "":
         raise DataError("output file name is empty")
     path = Path(path)
@@ -126,17 +127,17 @@ def check_output_file(path: str | os.PathLike) -> Path:
     if len(path.name.encode()) > _name_max(_nearest_existing(path.parent)):
         raise DataError(f"{path}: file name longer than the file system allows")
     _check_creatable(path.parent, path)
+    _check_replaceable(path)
     return path
 
 
 def check_new_output_file(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """`check_output_file` for a command's one output file (predict --out): an existing file is replaced only
-    with `overwrite`, never if siamrdm did not write it inside one of its run folders, and never inside a run
-    folder while a run holds it."""
+    with `overwrite`, and nothing is written inside a run folder while a run holds it."""
     path = check_output_file(path)
     if os.path.lexists(path) and not overwrite:
         raise DataError(f"{path}: exists; pass --overwrite to replace it")
-    run = check_replaceable(path)
+    run = _marked_ancestor(path.parent)
     if run is not None and _lock_is_held(run):
         raise DataError(f"{path}: inside {run}, where a siamrdm run is in progress; write it elsewhere")
     return path

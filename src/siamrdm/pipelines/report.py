@@ -29,7 +29,7 @@ import stat
 from pathlib import Path
 
 from ..io.data import DataError
-from ..io.files import MARKER_NAME, check_output_file, check_replaceable, read_marker, write_text
+from ..io.files import MARKER_NAME, check_output_file, read_marker, write_text
 from ..io.tables import PAIRED_NOTE, chance_ranking, flag, number, paired_table, ranking_table, score_table, summary
 from ..rdm.scoring import paired_rows
 from . import plots
@@ -320,8 +320,6 @@ def write_report(run_dir: str | os.PathLike, title: str | None = None) -> tuple[
         raise DataError(f"{run_dir}: not a siamrdm run folder (no {MARKER_NAME}); report reads the folders that "
                         "fit, evaluate, challenge and lr-find write")
     md_path, html_path = check_output_file(run_dir / "report.md"), check_output_file(run_dir / "report.html")
-    for page in (md_path, html_path):  # before a plot is drawn
-        check_replaceable(page)
     try:  # the plots drawn next to their data, and the pages
         blocks = _collect(run_dir)
         if not blocks:

@@ -411,9 +411,9 @@ class FullBatchStep:
         """`feature_views` of a validation set while the body is the pretrained one: the plain view from the
         features cache that training fills (a challenge validates on images other fits train on), so each image
         passes the body once per process; the mirror view of `tta` is computed."""
-        plain = frozen_views(self.model, data, self.config, 1, self.device)[0]
-        views = [plain, body_features(self.model, data.images.flip(-1), self.config, self.device)] if self.config.tta \
-            else [plain]
+        views = [frozen_views(self.model, data, self.config, 1, self.device)[0]]
+        if self.config.tta:
+            views.append(body_features(self.model, data.images.flip(-1), self.config, self.device))
         return [self.model.standardise(v) for v in views]
 
     def score_pairs(self, pairs: dict[int, torch.Tensor]) -> dict[str, dict]:

@@ -18,15 +18,7 @@ import numpy as np
 import torch
 
 from ..io.data import IMAGE_ORDER_FILE, BrainDataset, DataError, ImageSet, target_key
-from ..io.files import (
-    check_output_file,
-    check_replaceable,
-    check_same_settings,
-    json_safe,
-    run_folder,
-    run_mode,
-    write_text,
-)
+from ..io.files import check_output_file, check_same_settings, json_safe, run_folder, run_mode, write_text
 from ..model.backbones import images_to_tensor
 from ..model.network import SiameseRDMNet
 from ..model.prior import PriorFit
@@ -195,7 +187,7 @@ def fit_predictor(config: TrainConfig, train: list[BrainDataset], val: list[Brai
             # what the fit will write, checked before it trains (a folder in a checkpoint's place, a user's file)
             for path in [Path(out_dir) / "model.pt", *(Path(out_dir) / f"seed{seed}" / name for seed in seeds
                                                        for name in ("last.pt", "log.csv"))]:
-                check_replaceable(check_output_file(path))
+                check_output_file(path)
         models, normalisation, metrics = [], {}, {}
         for seed in seeds:
             seed_dir = Path(out_dir) / f"seed{seed}" if out_dir else None

@@ -44,6 +44,8 @@ LEVERS: dict[str, tuple[dict, tuple[int, ...], bool]] = {
     "head_average_0.9": ({"head_average": 0.9}, (0,), False),
     "reliability_weights": ({"set_weights": "reliability"}, (0,), True),
     "seeds3": ({}, (0, 1, 2), False),
+    "crop_0.35": ({"crop_scale": (0.35, 1.0)}, (0,), False),
+    "views_8": ({"augment_views": 8}, (0,), False),
 }
 
 

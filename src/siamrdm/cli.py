@@ -118,7 +118,11 @@ def _condensed_model(path: str, pairs: int) -> np.ndarray:
     if model.shape != (pairs,):
         raise data.DataError(f"{path}: model RDM has shape {model.shape} {model.dtype}; the subjects have {pairs} "
                              "pairs (give its upper triangle, or its square RDM)")
-    return np.asarray(model, dtype=np.float64)
+    model = np.asarray(model, dtype=np.float64)
+    if np.isfinite(model).all() and np.ptp(model) == 0:  # refused, as a square one is
+        raise data.DataError(f"{path}: the model RDM's upper triangle is constant (all dissimilarities "
+                             f"{model[0]:.3g}), so its Spearman correlation is undefined")
+    return model
 
 
 @contextlib.contextmanager

@@ -500,3 +500,19 @@ def test_a_huge_square_model_beside_upper_triangles_is_refused_from_its_header(t
     code, _, err = run_cli(capsys, "score", tmp_path / "model.npy", "--target", tmp_path / "subjects.npy")
     assert code == 2
     assert_one_line_error(err, "model.npy", "20000")
+
+
+def test_a_constant_upper_triangle_model_is_refused_as_a_square_one_is(tmp_path: Path, capsys) -> None:
+    """A constant model orders no pair: as a square RDM it is refused, and so is its upper triangle (it scored
+    r2 = 0 with exit 0 before)."""
+    np.save(tmp_path / "subjects.npy", np.random.default_rng(0).random((3, 10)))  # 5 images
+    np.save(tmp_path / "flat.npy", np.full(10, 0.5))
+    code, out, err = run_cli(capsys, "score", tmp_path / "flat.npy", "--target", tmp_path / "subjects.npy")
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "flat.npy", "constant")
+    square = np.full((5, 5), 0.5)
+    np.fill_diagonal(square, 0)
+    np.save(tmp_path / "flat_square.npy", square)
+    code, _, err = run_cli(capsys, "score", tmp_path / "flat_square.npy", "--target", tmp_path / "subjects.npy")
+    assert code == 2
+    assert_one_line_error(err, "flat_square.npy", "constant")

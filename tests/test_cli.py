@@ -112,6 +112,34 @@ def test_data_info_missing_root_in_process(capsys, tmp_path: Path, no_env) -> No
     assert_one_line_error(err, str(tmp_path), "no Algonauts image sets")
 
 
+def test_data_info_shows_the_root_then_fails_on_a_target_file_fit_cannot_use(
+        capsys, tmp_path: Path, data_root: Path, fmri92: dict[str, np.ndarray], no_env) -> None:
+    """A NaN in one target file: data-info still lists the whole root and every other reliability, then says
+    which file is bad in one line and exits 2, as fit does (it exited 0 before)."""
+    root = tmp_path / "root"
+    (root / "Training_Data" / "92_Image_Set").mkdir(parents=True)
+    (root / "Training_Data" / "118_Image_Set").symlink_to(data_root / "Training_Data" / "118_Image_Set")
+    (root / "Test_Data").symlink_to(data_root / "Test_Data")
+    for entry in (data_root / "Training_Data" / "92_Image_Set").iterdir():
+        if entry.name != "target_fmri.mat":
+            (root / "Training_Data" / "92_Image_Set" / entry.name).symlink_to(entry)
+    damaged = {key: rdms.copy() for key, rdms in fmri92.items()}
+    damaged["IT_RDMs"][3, 0, 1] = damaged["IT_RDMs"][3, 1, 0] = np.nan
+    bad = data.save_rdms(root / "Training_Data" / "92_Image_Set" / "target_fmri.mat", damaged)
+    before = bad.read_bytes()
+    code, out, err = run_main(capsys, "data-info", "--data", str(root))
+    assert code == 2
+    assert "92-image set: 92 images" in out and "92/EVC:" in out and "118/IT:" in out
+    assert "92/IT: reliability not measured" in out
+    assert_one_line_error(err, "target_fmri.mat", "NaN")
+    code, out, err = run_main(capsys, "data-info", "--data", str(root), "--json")
+    assert code == 2
+    info = strict_loads(out)
+    assert "NaN" in info["reliability"]["92/IT"]["not_measured"] and "split_half" in str(info["reliability"]["92/EVC"])
+    assert_one_line_error(err, "target_fmri.mat", "NaN")
+    assert bad.read_bytes() == before
+
+
 # --------------------------------------------------------------------------- score
 
 

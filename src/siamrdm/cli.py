@@ -321,9 +321,10 @@ def cmd_data_info(args) -> int:
                     info["reliability"][f"{name}/{target}"] = {"not_measured": str(exc)}
                     continue
                 info["reliability"][f"{name}/{target}"] = target_reliability(rdms)
+    unread = [summary["not_measured"] for summary in info["reliability"].values() if "not_measured" in summary]
     if args.json:
         _print_json(info)
-        return 0
+        return _unreadable_targets(unread)
     print(f"data root: {info['root']}")
     for name, entry in info["sets"].items():
         print(f"  {name}-image set: {entry['images']} images in {entry['folder']}")
@@ -337,7 +338,16 @@ def cmd_data_info(args) -> int:
             print(f"  {name}: reliability not measured ({summary['not_measured']})")
         else:
             print(f"  {reliability_line(name, summary)}")
-    return 0
+    return _unreadable_targets(unread)
+
+
+def _unreadable_targets(problems: list[str]) -> int:
+    """data-info shows the whole root, then fails (exit 2) as `fit` would on a target file it cannot use."""
+    if not problems:
+        return 0
+    more = f" (and {len(problems) - 1} more target files above)" if len(problems) > 1 else ""
+    print(f"siamrdm: error: {problems[0]}{more}", file=sys.stderr)
+    return 2
 
 
 # --------------------------------------------------------------------------- model commands

@@ -23,7 +23,13 @@ from .io.files import json_safe
 from .io.tables import fmt
 from .rdm import reliability, scoring
 from .rdm.core import upper_tri
-from .rdm.reliability import reliability_line, report_reliability
+from .rdm.reliability import (
+    SAMPLE_IMAGES,
+    print_reliability,
+    reliability_line,
+    report_reliability,
+    target_reliability,
+)
 
 
 class UsageError(data.DataError):
@@ -669,6 +675,10 @@ def _cmd_fit_large(args) -> int:
         targets = {args.key: CondensedRDMs(args.rdms, len(images), args.key if keyed else None)}
         if isinstance(images, FolderImages):  # an rsatoolbox file that names its images must name these
             data.check_rdm_names(args.rdms, images.names, among=str(args.images))
+        if ranks.main:  # measured on a sample of the images: ranking every pair of a large set would cost more
+            sample = np.random.default_rng(0).permutation(len(images))[:SAMPLE_IMAGES]
+            print_reliability(f"{args.key} ({len(sample)} of {len(images)} images)",
+                              target_reliability(targets[args.key].sample(sample)), verbose=not args.quiet)
         out = _out_dir(args.out, args.overwrite, args.resume)
         settings = {"command": "fit", "seeds": list(seeds),
                     "inputs": {"images": str(args.images), "rdms": str(args.rdms), "key": args.key}}

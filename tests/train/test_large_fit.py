@@ -14,8 +14,10 @@ import pytest
 import torch
 from helpers import assert_one_line_error, run_cli
 from scipy.io import loadmat
+from scipy.spatial.distance import squareform
 
 from siamrdm.io import files
+from siamrdm.rdm import reliability
 from siamrdm.train import build_model, largeset
 from siamrdm.train.checkpoint import load_checkpoint, save_checkpoint
 from siamrdm.train.config import config_from_dict
@@ -195,3 +197,32 @@ def test_bad_target_values_are_refused_before_the_run_folder_is_made(small_set: 
     assert code == 2
     assert_one_line_error(err, "nan.npy: subject 2 has a non-finite value")
     assert not (tmp_path / "run").exists()  # no lock, no settings.json: the same command runs once the file is fixed
+
+
+def test_a_sample_of_condensed_rdms_is_the_square_rdms_among_those_images(small_set: Path) -> None:
+    condensed = np.load(small_set / "rdms.npy")
+    square = np.stack([squareform(v) for v in condensed])
+    images = np.array([31, 2, 17, 5, 39])
+    sampled = largeset.CondensedRDMs(small_set / "rdms.npy", 40).sample(images)
+    order = np.sort(images)
+    np.testing.assert_array_equal(sampled, square[:, order][:, :, order])
+
+
+def test_fit_in_mini_batches_reports_the_reliability_of_its_target(small_set: Path, tmp_path: Path,
+                                                                   capsys) -> None:
+    """The line `fit` prints for the Algonauts sets, measured on a sample of the images; a target of pure noise
+    is warned about even with --quiet, and a bad value in the sample is the one-line error before any folder."""
+    args = [a for a in fit_args(small_set, tmp_path / "run") if a != "--quiet"]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    expected = reliability.target_reliability(np.stack([squareform(v) for v in np.load(small_set / "rdms.npy")]))
+    line = next(s for s in err.splitlines() if s.startswith("siamrdm: X (40 of 40 images): reliability"))
+    assert f"reliability {expected['reliability']:.2f}" in line and "2 subjects" in line
+    noise = np.random.default_rng(5).random((6, 40 * 39 // 2))
+    np.save(tmp_path / "noise.npy", noise)
+    args = fit_args(small_set, tmp_path / "noise-run")
+    args[args.index("--rdms") + 1] = str(tmp_path / "noise.npy")
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    warnings = [s for s in err.splitlines() if s.startswith("siamrdm: warning: X (40 of 40 images)")]
+    assert len(warnings) == 1 and "too unreliable to learn from" in warnings[0]

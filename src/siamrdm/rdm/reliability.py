@@ -34,6 +34,7 @@ from .core import upper_tri
 from .scoring import ceilings_for, dot_vectors
 
 UNRELIABLE_BELOW = 0.25  # Spearman-Brown split-half reliability of the group-mean RDM
+SAMPLE_IMAGES = 300  # a large set's reliability is measured on this many of its images (a random sample)
 SPLITS = 20
 
 
@@ -117,12 +118,17 @@ def report_reliability(datasets: Sequence, targets: Sequence[str], verbose: bool
                 continue
             name = f"{dataset.name}/{target}"
             summaries[name] = summary = target_reliability(dataset.targets[target])
-            line = reliability_line(name, summary)
-            if summary["reliable"] is False:
-                print(f"siamrdm: warning: {line}", file=sys.stderr, flush=True)
-            elif verbose:
-                print(f"siamrdm: {line}", file=sys.stderr, flush=True)
+            print_reliability(name, summary, verbose)
     return summaries
+
+
+def print_reliability(name: str, summary: dict, verbose: bool = True) -> None:
+    """The summary's line on stderr when `verbose`; as a warning, always, when the target is too unreliable."""
+    line = reliability_line(name, summary)
+    if summary["reliable"] is False:
+        print(f"siamrdm: warning: {line}", file=sys.stderr, flush=True)
+    elif verbose:
+        print(f"siamrdm: {line}", file=sys.stderr, flush=True)
 
 
 def describe_own_data(images: str | os.PathLike, rdms: str | os.PathLike, key: str | None = None,

@@ -320,6 +320,23 @@ class CondensedRDMs:
         values = array[start:stop] if array.ndim == 1 else array[:, start:stop]
         return np.array(values, dtype=np.float64).reshape(self.subjects, -1)
 
+    def sample(self, images: np.ndarray) -> np.ndarray:
+        """Every subject's square RDM among `images` (sorted indices), (S, m, m) float64, read one row of the
+        upper triangle per image: what the reliability summary of a set too large to rank whole is measured on."""
+        images = np.sort(np.asarray(images))
+        out = np.zeros((self.subjects, len(images), len(images)))
+        for a, i in enumerate(images[:-1]):
+            i = int(i)
+            row = self.block(row_start(i, self.n), row_start(i + 1, self.n))  # pairs (i, i+1 .. n-1)
+            values = row[:, images[a + 1 :] - i - 1]
+            if not np.isfinite(values).all():
+                subject, column = np.argwhere(~np.isfinite(values))[0]
+                raise DataError(f"{self.where}: subject {subject + 1} has a non-finite value (pair {i}, "
+                                f"{images[a + 1 + column]})")
+            out[:, a, a + 1 :] = values
+            out[:, a + 1 :, a] = values
+        return out
+
     def split(self, train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One pass over the file: (the subjects' mean over the pairs among `train`, (P_train,) float32; every
         subject's values of the pairs among `val`, (S, P_val) float32), both in the upper-triangle order of

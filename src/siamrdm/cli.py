@@ -317,17 +317,27 @@ def cmd_data_info(args) -> int:
 
     info["reliability"] = {}
     root = data.resolve_data_root(args.data)
+    unread = []  # files that are there, with the key, of a size to read, that fit could not use: wrong values
     for name in data.TRAINING_SETS:  # what can be read within the memory limit; the rest says why not
         if name in info["sets"]:
             for target in data.TARGET_NAMES:
-                try:
+                key = data.TARGETS[target][1]
+                try:  # a missing file or key (a root of some targets only), or too large to read here: noted only
                     path = data.target_file(root / data.IMAGE_SETS[name][0], target)
-                    rdms = data.load_rdms(path, data.TARGETS[target][1])
+                    shape = info["sets"][name]["rdm_files"].get(path.name, {}).get(key)
+                    if shape is None:
+                        raise data.DataError(f"{path}: no key {key} (needed for target {target})")
+                    data.check_read_size(path, {key: tuple(shape)})
                 except data.DataError as exc:
                     info["reliability"][f"{name}/{target}"] = {"not_measured": str(exc)}
                     continue
+                try:
+                    rdms = data.load_rdms(path, key)
+                except data.DataError as exc:
+                    info["reliability"][f"{name}/{target}"] = {"not_measured": str(exc)}
+                    unread.append(str(exc))
+                    continue
                 info["reliability"][f"{name}/{target}"] = target_reliability(rdms)
-    unread = [summary["not_measured"] for summary in info["reliability"].values() if "not_measured" in summary]
     if args.json:
         _print_json(info)
         return _unreadable_targets(unread)
@@ -348,7 +358,9 @@ def cmd_data_info(args) -> int:
 
 
 def _unreadable_targets(problems: list[str]) -> int:
-    """data-info shows the whole root, then fails (exit 2) as `fit` would on a target file it cannot use."""
+    """data-info shows the whole root, then fails (exit 2) as `fit` would on a target file whose values it cannot
+    use (a missing file or key, or one too large to read on this machine, is only noted: a root may hold some
+    targets)."""
     if not problems:
         return 0
     more = f" (and {len(problems) - 1} more target files above)" if len(problems) > 1 else ""

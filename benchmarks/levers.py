@@ -46,6 +46,8 @@ LEVERS: dict[str, tuple[dict, tuple[int, ...], bool]] = {
     "seeds3": ({}, (0, 1, 2), False),
     "crop_0.35": ({"crop_scale": (0.35, 1.0)}, (0,), False),
     "views_8": ({"augment_views": 8}, (0,), False),
+    "ranks_target": ({"group_target": "ranks"}, (0,), True),
+    "tta": ({"tta": True}, (0,), False),
 }
 
 

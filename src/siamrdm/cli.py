@@ -419,7 +419,7 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     from .model.backbones import BACKBONES
     from .model.network import HEADS
     from .model.prior import PRIORS
-    from .train.config import LOSSES, PER_IMAGE, PRECISIONS, SET_WEIGHTS
+    from .train.config import GROUP_TARGETS, LOSSES, PER_IMAGE, PRECISIONS, SET_WEIGHTS
     from .train.fullbatch import PRESETS
 
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="training schedule (default: quick)")
@@ -440,6 +440,9 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rescale", choices=["minmax", "rank", "zscore"], help="target rescaling (default: minmax)")
     p.add_argument("--loss", choices=LOSSES, help="mse (the paper's, default) or correlation (1 - Pearson r of "
                    "the predicted and target dissimilarities: ignores their scale, as the metric does)")
+    p.add_argument("--group-target", choices=GROUP_TARGETS, help="what is learnt from the subjects: mean (their "
+                   "mean RDM, the paper's; default) or ranks (the mean of each subject's ranks: what the score "
+                   "averages, every subject weighed the same)")
     p.add_argument("--per-image", choices=PER_IMAGE, help="remove: the head learns without the per-image part "
                    "(a_i + a_j) of its target, so it cannot learn which images this study puts far from all others")
     p.add_argument("--shrinkage", type=float, help="with a prior: the head learns this much less of the residual "
@@ -505,7 +508,7 @@ def _config_from_args(args, targets: tuple[str, ...]):
         augment=False if args.no_augment else None, precision=args.precision,
         channels_last=True if args.channels_last else None, validate_every=args.validate_every,
         per_image=args.per_image, shrinkage=args.shrinkage, head_average=args.head_average,
-        set_weights=args.set_weights,
+        set_weights=args.set_weights, group_target=args.group_target,
     )
     return check_config(config)
 

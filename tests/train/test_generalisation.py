@@ -136,3 +136,52 @@ def test_fit_prints_and_records_the_reliability(capsys, tmp_path: Path, data_roo
     warnings = [line for line in err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and warnings[0].startswith("siamrdm: warning: 118/IT: reliability 0.17")
     assert json.loads(out)["reliability"]["118/IT"]["reliable"] is False
+
+
+def test_the_ranks_target_is_what_the_mean_spearman_rewards(fmri92: dict[str, np.ndarray]) -> None:
+    """'ranks' averages each subject's ranks, so a subject whose dissimilarities span 100x the others' range does
+    not outweigh them (it does in the mean RDM), and it scores a higher mean Spearman rho over the subjects than
+    the mean RDM does; K RDMs of a subject count as that subject's share."""
+    from siamrdm.rdm import scoring, upper_tri
+    from siamrdm.rdm.core import rank_unit
+    from siamrdm.train.fullbatch import group_target
+
+    rdms = fmri92["EVC_RDMs"].copy()
+    rdms[0] *= 100
+    ranks, mean = group_target(rdms, "ranks"), group_target(rdms, "mean")
+    expected = np.mean([rank_unit(v) for v in upper_tri(rdms)], axis=0)
+    np.testing.assert_allclose(ranks, expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(mean, upper_tri(rdms.mean(axis=0)), rtol=0, atol=1e-12)
+    from scipy.spatial.distance import squareform
+
+    rho = {kind: scoring.score_rdm(squareform(vector), rdms).rho for kind, vector in (("ranks", ranks),
+                                                                                       ("mean", mean))}
+    assert rho["ranks"].mean() > rho["mean"].mean() + 0.01
+    assert rho["mean"][0] > np.delete(rho["mean"], 0).max()  # the mean RDM is the loud subject's
+    sessions = np.stack([rdms, rdms * 2], axis=1)  # (S, 2, N, N): two equal-ranked RDMs per subject
+    np.testing.assert_allclose(group_target(sessions, "ranks"), ranks, rtol=0, atol=1e-12)
+
+
+def test_training_pairs_follow_the_group_target(dataset92: data.BrainDataset) -> None:
+    from siamrdm.rdm.core import rescale
+    from siamrdm.train.fullbatch import group_target, prepare_set
+
+    for kind in ("mean", "ranks"):
+        config = train.TrainConfig(targets=("EVC",), group_target=kind, image_size=32)
+        pairs = prepare_set(dataset92, ("EVC",), config).targets[:, 0].numpy()
+        expected = rescale(group_target(dataset92.targets["EVC"], kind), "minmax")[0]
+        np.testing.assert_allclose(pairs, expected, rtol=0, atol=1e-6)
+
+
+def test_fit_learns_the_ranks_target_and_refuses_an_unknown_one(capsys, tmp_path: Path, data_root: Path) -> None:
+    from helpers import assert_one_line_error, run_cli
+
+    base = ["fit", "--data", str(data_root), "--sets", "92", "--targets", "EVC", "--epochs", "2", "--image-size",
+            "128", "--backbone", "alexnet", "--weights", "random", "--no-augment", "--device", "cpu", "--quiet"]
+    code, _, err = run_cli(capsys, *base, "--group-target", "ranks", "--out", str(tmp_path / "ranks"))
+    assert code == 0, err
+    settings = (tmp_path / "ranks" / "settings.json").read_text()
+    assert '"group_target": "ranks"' in settings
+    code, _, err = run_cli(capsys, *base, "--group-target", "median", "--out", str(tmp_path / "bad"))
+    assert code == 2 and not (tmp_path / "bad").exists()
+    assert_one_line_error(err, "--group-target", "median")

@@ -32,6 +32,7 @@ class TrainConfig:
     weights: str | None = None  # None: pretrained default; "random"; or a state_dict file
     targets: tuple[str, ...] = ("EVC",)
     rescale: str = "minmax"  # the paper's [0, 1]; or "rank", "zscore"
+    group_target: str = "mean"  # the subjects' mean RDM; or "ranks": the mean of each subject's ranks (see fullbatch)
     loss: str = "mse"  # the paper's Euclidean loss; or "correlation": 1 - Pearson r of the pair vector, scale-free
     image_size: int = 224
     frozen_epochs: int = 15
@@ -120,6 +121,7 @@ def config_from_dict(values: dict) -> TrainConfig:
 
 RESCALINGS = ("minmax", "rank", "zscore")
 PER_IMAGE = ("keep", "remove")
+GROUP_TARGETS = ("mean", "ranks")
 SET_WEIGHTS = ("pairs", "reliability")
 LOSSES = ("mse", "correlation")
 PRECISIONS = ("fp32", "bf16")
@@ -211,6 +213,9 @@ def check_config(config: TrainConfig) -> TrainConfig:
         _check_number("correction_bound", config.correction_bound)
         if config.prior == "none":
             raise ConfigError("correction_bound", "bounds the head's correction of a prior: set a prior too")
+    if config.group_target not in GROUP_TARGETS:
+        raise ConfigError("group_target", f"unknown choice '{config.group_target}' (choose from "
+                                          f"{', '.join(GROUP_TARGETS)})")
     if config.per_image not in PER_IMAGE:
         raise ConfigError("per_image", f"unknown choice '{config.per_image}' (choose from {', '.join(PER_IMAGE)})")
     if config.set_weights not in SET_WEIGHTS:

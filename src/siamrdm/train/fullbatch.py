@@ -36,7 +36,7 @@ from ..model.network import (
     head_config,
 )
 from ..model.prior import PriorFit, fit_prior, prior_vector, stage_rdms
-from ..rdm.core import rescale, square_rdm, upper_tri
+from ..rdm.core import rank_unit, rescale, square_rdm, upper_tri
 from ..rdm.reliability import per_image_fit, target_reliability
 from ..rdm.scoring import score_row
 from ..rdm.scoring_torch import spearman_torch, standardised_ranks_torch
@@ -75,13 +75,26 @@ class PairTargets:
     prior_pairs: torch.Tensor | None = None  # (P, T) the prior's values, already subtracted from `targets`
 
 
+def group_target(rdms: np.ndarray, kind: str = "mean") -> np.ndarray:
+    """The upper triangle a network learns from subject RDMs ((S, N, N) or (S, K, N, N)): "mean", the subjects'
+    mean RDM (the paper's); "ranks", the mean of each subject's ranks (each RDM's upper triangle ranked, then
+    averaged; a subject's K RDMs count as one subject's share). The official score averages each subject's
+    Spearman rho, and a prediction's mean Spearman rho over the subjects is its correlation with the mean of their
+    standardised ranks: so "ranks" is the target that score rewards, and every subject weighs the same in it,
+    whatever the range of their dissimilarities."""
+    if kind == "mean":
+        return upper_tri(group_average(rdms))
+    ranks = np.apply_along_axis(rank_unit, -1, upper_tri(subject_rdms(np.asarray(rdms, dtype=np.float64))))
+    return (ranks.mean(axis=1) if ranks.ndim == 3 else ranks).mean(axis=0)
+
+
 def prepare_set(dataset: BrainDataset, targets: tuple[str, ...], config: TrainConfig) -> PairTargets:
     missing = [t for t in targets if t not in dataset.targets]
     if missing:
         raise DataError(f"image set {dataset.name}: no RDMs for target(s) {', '.join(missing)}")
     columns, normalisation = [], {}
     for target in targets:
-        values, params = rescale(upper_tri(group_average(dataset.targets[target])), config.rescale)
+        values, params = rescale(group_target(dataset.targets[target], config.group_target), config.rescale)
         columns.append(values)
         normalisation[target] = params
     return PairTargets(

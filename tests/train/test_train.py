@@ -149,6 +149,8 @@ def test_loss_option_is_checked() -> None:
         check_config(fast_config(loss="correlation", pair_mode="naive"))
     with pytest.raises(ConfigError, match="loss: the mini-batch path trains with the mse loss only"):
         check_minibatch_config(fast_config(loss="correlation"))
+    with pytest.raises(ConfigError, match="group_target: the mini-batch path .* runs with mean only, not 'ranks'"):
+        check_minibatch_config(fast_config(group_target="ranks"))
 
 
 def test_frozen_epochs_leave_the_body_alone(small92: data.BrainDataset) -> None:

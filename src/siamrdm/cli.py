@@ -674,11 +674,14 @@ def _cmd_fit_large(args) -> int:
         raise UsageError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
     if args.prior not in (None, "none"):
         raise UsageError("--prior: the mini-batch path (--batch-images) trains without a prior; use --prior none")
+    if args.group_target not in (None, "mean"):  # each subject's ranks would need a sort of all its pairs
+        raise UsageError("--group-target: the mini-batch path (--batch-images) trains on the subjects' mean; use "
+                         "--group-target mean")
     if args.loader_workers is not None and args.loader_workers > _max_parallel():  # below 0: check_batch_settings
         raise UsageError(f"--loader-workers: at most {_max_parallel()} (4 per core), got {args.loader_workers}")
     batch = check_batch_settings(BatchSettings(args.batch_images, args.val_fraction,
                                                2 if args.loader_workers is None else args.loader_workers))
-    args.prior = "none"
+    args.prior, args.group_target = "none", "mean"
     seeds = _seeds(args)
     config = _config_from_args(args, (args.key,))
     ranks, device = init_from_env(config.device)

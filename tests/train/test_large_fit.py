@@ -226,3 +226,15 @@ def test_fit_in_mini_batches_reports_the_reliability_of_its_target(small_set: Pa
     assert code == 0, err
     warnings = [s for s in err.splitlines() if s.startswith("siamrdm: warning: X (40 of 40 images)")]
     assert len(warnings) == 1 and "too unreliable to learn from" in warnings[0]
+
+
+def test_the_mini_batch_path_trains_on_the_mean_whatever_the_preset(small_set: Path, tmp_path: Path,
+                                                                   capsys) -> None:
+    """The quick preset trains on each subject's ranks, which this path cannot: it trains on the mean and says
+    so in its settings; asking for ranks here is refused before any folder is made."""
+    code, _, err = run_cli(capsys, *fit_args(small_set, tmp_path / "run"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "settings.json").read_text())["config"]["group_target"] == "mean"
+    code, _, err = run_cli(capsys, *fit_args(small_set, tmp_path / "ranks", "--group-target", "ranks"))
+    assert code == 2 and not (tmp_path / "ranks").exists()
+    assert_one_line_error(err, "--group-target", "mean")

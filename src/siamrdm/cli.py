@@ -654,7 +654,14 @@ def _cmd_fit_large(args) -> int:
     condensed target RDMs, on one process or on every rank torchrun starts."""
     from dataclasses import replace
 
-    from .train.distributed import BatchSettings, check_batch_settings, fit_large, init_from_env, rank_session
+    from .train.distributed import (
+        BatchSettings,
+        check_batch_settings,
+        check_minibatch_config,
+        fit_large,
+        init_from_env,
+        rank_session,
+    )
     from .train.largeset import CondensedRDMs, FolderImages, is_large_set_input, open_image_store
 
     if args.batch_images is None:
@@ -693,11 +700,14 @@ def _cmd_fit_large(args) -> int:
         targets = {args.key: CondensedRDMs(args.rdms, len(images), args.key if keyed else None)}
         if isinstance(images, FolderImages):  # an rsatoolbox file that names its images must name these
             data.check_rdm_names(args.rdms, images.names, among=str(args.images))
+        check_minibatch_config(config)
         if ranks.main:  # measured on a sample of the images: ranking every pair of a large set would cost more
             sample = np.random.default_rng(0).permutation(len(images))[:SAMPLE_IMAGES]
-            print_reliability(f"{args.key} ({len(sample)} of {len(images)} images)",
-                              target_reliability(targets[args.key].sample(sample)), verbose=not args.quiet)
+            reliability = target_reliability(targets[args.key].sample(sample))
         out = _out_dir(args.out, args.overwrite, args.resume)
+        if ranks.main:  # printed once nothing more can be refused before training: a refusal stays one line
+            print_reliability(f"{args.key} ({len(sample)} of {len(images)} images)", reliability,
+                              verbose=not args.quiet)
         settings = {"command": "fit", "seeds": list(seeds),
                     "inputs": {"images": str(args.images), "rdms": str(args.rdms), "key": args.key}}
         predictor = fit_large(config, batch, images, targets, seeds, out, resume=args.resume,

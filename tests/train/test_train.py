@@ -83,8 +83,10 @@ def test_augment_batch_is_reproducible(small92: data.BrainDataset) -> None:
 def test_presets_and_devices() -> None:
     quick = train.config_from_preset("quick", lr=None, targets=("IT",))
     assert quick.frozen_epochs == 60 and quick.unfrozen_epochs == 0 and quick.lr == 1e-3 and quick.targets == ("IT",)
+    assert quick.group_target == "ranks"  # adopted by the lever rule (RESULTS.md); the paper's target is the mean
     paper = train.config_from_preset("paper", frozen_epochs=3)
     assert paper.frozen_epochs == 3 and paper.unfrozen_epochs == 1000 and paper.epochs == 1003
+    assert paper.group_target == "mean"
     with pytest.raises(DataError, match="unknown preset 'slow'"):
         train.config_from_preset("slow")
     assert train.config_from_dict(asdict(paper)) == paper

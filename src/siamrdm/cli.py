@@ -313,8 +313,6 @@ def cmd_data_info(args) -> int:
     if args.images or args.rdms or args.key or args.order:
         return _own_data_info(args)
     info = data.describe_data_root(args.data)
-    from .rdm.reliability import target_reliability
-
     info["reliability"] = {}
     root = data.resolve_data_root(args.data)
     unread = []  # files that are there, with the key, of a size to read, that fit could not use: wrong values
@@ -681,16 +679,14 @@ def _cmd_fit_large(args) -> int:
         raise UsageError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
     if args.prior not in (None, "none"):
         raise UsageError("--prior: the mini-batch path (--batch-images) trains without a prior; use --prior none")
-    if args.group_target not in (None, "mean"):  # each subject's ranks would need a sort of all its pairs
-        raise UsageError("--group-target: the mini-batch path (--batch-images) trains on the subjects' mean; use "
-                         "--group-target mean")
     if args.loader_workers is not None and args.loader_workers > _max_parallel():  # below 0: check_batch_settings
         raise UsageError(f"--loader-workers: at most {_max_parallel()} (4 per core), got {args.loader_workers}")
     batch = check_batch_settings(BatchSettings(args.batch_images, args.val_fraction,
                                                2 if args.loader_workers is None else args.loader_workers))
-    args.prior, args.group_target = "none", "mean"
+    args.prior = "none"
+    args.group_target = args.group_target or "mean"  # the quick preset's ranks need every pair sorted: refused below
     seeds = _seeds(args)
-    config = _config_from_args(args, (args.key,))
+    config = check_minibatch_config(_config_from_args(args, (args.key,)))
     ranks, device = init_from_env(config.device)
     with rank_session(ranks):  # a rank's bad input: its one line, exit 2 (torchrun: see distributed.rank_session)
         if device is not None:  # torchrun on GPUs: one per local rank
@@ -700,7 +696,6 @@ def _cmd_fit_large(args) -> int:
         targets = {args.key: CondensedRDMs(args.rdms, len(images), args.key if keyed else None)}
         if isinstance(images, FolderImages):  # an rsatoolbox file that names its images must name these
             data.check_rdm_names(args.rdms, images.names, among=str(args.images))
-        check_minibatch_config(config)
         if ranks.main:  # measured on a sample of the images: ranking every pair of a large set would cost more
             sample = np.random.default_rng(0).permutation(len(images))[:SAMPLE_IMAGES]
             reliability = target_reliability(targets[args.key].sample(sample))

@@ -61,6 +61,16 @@ def test_dir(data_root: Path) -> Path:
     return data_root / "Test_Data"
 
 
+@pytest.fixture(scope="session")
+def kriegeskorte_it(data_root: Path) -> Path:
+    """Another study's human IT RDMs of the 92 images (Kriegeskorte et al. 2008), beside the Algonauts folder in
+    ../shared; fails, never skips, when it is not there (CI has it)."""
+    path = data_root.parent / "kriegeskorte2008" / "target_fmri_hIT.mat"
+    if not path.is_file():
+        pytest.fail(f"the other study's RDMs are not at {path} (../shared/kriegeskorte2008)", pytrace=False)
+    return path
+
+
 @pytest.fixture(scope="module")
 def dataset92(data_root: Path) -> data.BrainDataset:
     """The real 92-image set with its EVC and IT RDMs, loaded once per test module."""

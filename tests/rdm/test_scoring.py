@@ -182,34 +182,54 @@ def test_noise_ceiling_of_constant_mean_rdm_is_an_error_not_nan(make_rdms) -> No
 
 
 def test_reference_ceiling_official_or_computed(make_rdms) -> None:
-    for n, official in (
-        (92, scoring.OFFICIAL_NOISE_CEILINGS[92]),
-        (118, scoring.OFFICIAL_NOISE_CEILINGS[118]),
-    ):
+    """The official ceiling belongs to the official files, recognised by their content: random subjects under an
+    official key and size get their own computed ceiling, a single RDM none."""
+    for n in (92, 118):
         target = make_rdms(n, subjects=2, seed=n)
-        assert scoring.reference_ceiling("EVC_RDMs", target) == official["EVC"]
-        assert scoring.reference_ceiling("IT_RDMs", target) == official["IT"]
-        # A plain target name is your own data's key (data.target_key maps the official sets to the challenge's
-        # keys): its ceiling comes from its subjects even with 92 or 118 images.
-        assert scoring.reference_ceiling("IT", target) == pytest.approx(scoring.noise_ceiling(target)[0])
-        assert scoring.ceiling_source("EVC", target) == "computed"
-        # MEG: the official ceiling belongs to the official (subjects, 2, N, N) files; window-averaged
-        # (subjects, N, N) files are other data and get their own computed ceiling.
+        for key in ("EVC_RDMs", "IT_RDMs", "MEG_RDMs_late", "IT", "V4_RDMs"):
+            assert scoring.ceiling_source(key, target) == "computed"
+            assert scoring.reference_ceiling(key, target) == pytest.approx(scoring.noise_ceiling(target)[0])
         two_per_subject = np.stack([target, target[::-1]], axis=1)
-        assert scoring.reference_ceiling("MEG_RDMs_late", two_per_subject) == official["MEG_late"]
-        assert scoring.ceiling_source("MEG_RDMs_late", two_per_subject) == "official"
-        assert scoring.reference_ceiling("MEG_RDMs_late", target) == pytest.approx(scoring.noise_ceiling(target)[0])
-        assert scoring.ceiling_source("MEG_RDMs_late", target) == "computed"
-        assert scoring.ceiling_source("IT_RDMs", target) == "official"
-        # A key that is not an official target gets the computed upper ceiling.
-        assert scoring.reference_ceiling("V4_RDMs", target) == pytest.approx(scoring.noise_ceiling(target)[0])
-    assert scoring.reference_ceiling("EVC_RDMs", make_rdms(78, seed=1)) == 0.0640  # even for one RDM
-    assert scoring.reference_ceiling("MEG_RDMs_early", make_rdms(78, seed=1)) == 0.3562
+        assert scoring.ceiling_source("MEG_RDMs_late", two_per_subject) == "computed"
+    for key in ("EVC_RDMs", "MEG_RDMs_early"):  # one RDM: no subjects to bound a score with, even at 78 images
+        assert scoring.ceiling_source(key, make_rdms(78, seed=1)) is None
+        assert scoring.reference_ceiling(key, make_rdms(78, seed=1)) is None
     small = make_rdms(10, subjects=3, seed=26)
     assert scoring.reference_ceiling("EVC_RDMs", small) == pytest.approx(scoring.noise_ceiling(small)[0])
     assert scoring.reference_ceiling("EVC_RDMs", make_rdms(10, seed=27)) is None
     assert scoring.official_noise_ceiling("EVC_RDMs", 10) is None
     assert scoring.target_name("MEG_RDMs_early") == "MEG_early" and scoring.target_name("foo") == "foo"
+
+
+def test_official_ceiling_recognised_by_content(fmri92, fmri118) -> None:
+    """The challenge's files get the published ceiling; the same subjects under another key, a subset of them, or
+    the window-averaged MEG files (other data than the official two-RDMs files) get their computed one."""
+    for n, fmri in ((92, fmri92), (118, fmri118)):
+        for key in ("EVC_RDMs", "IT_RDMs"):
+            assert scoring.ceiling_source(key, fmri[key]) == "official"
+            assert scoring.reference_ceiling(key, fmri[key]) == scoring.OFFICIAL_NOISE_CEILINGS[n][key[:-5]]
+    evc_as_it = fmri92["EVC_RDMs"]  # the audit's case: EVC subjects filed under IT_RDMs
+    assert scoring.ceiling_source("IT_RDMs", evc_as_it) == "computed"
+    assert scoring.reference_ceiling("IT_RDMs", evc_as_it) == pytest.approx(0.1589, abs=1e-4)
+    three = fmri92["IT_RDMs"][:3]
+    assert scoring.ceiling_source("IT_RDMs", three) == "computed"
+    result = scoring.score_submission({"IT_RDMs": fmri92["IT_RDMs"].mean(axis=0)}, {"IT_RDMs": evc_as_it},
+                                      permutations=0)
+    assert result["IT_RDMs"]["ceiling_source"] == "computed"
+    assert result["IT_RDMs"]["noise_ceiling"] == pytest.approx(0.1589, abs=1e-4)
+
+
+def test_other_study_gets_its_computed_ceiling(fmri92, kriegeskorte_it) -> None:
+    """Kriegeskorte et al. (2008): IT_RDMs of the same 92 images, 4 subjects x 2 sessions: its own ceiling
+    (0.2745), never the Algonauts 92 set's official 0.3075 that key and size alone would pick."""
+    from siamrdm.io.data import load_rdms
+
+    other = load_rdms(kriegeskorte_it, "IT_RDMs")
+    result = scoring.score_submission({"IT_RDMs": fmri92["IT_RDMs"].mean(axis=0)}, {"IT_RDMs": other},
+                                      permutations=0)
+    assert result["IT_RDMs"]["ceiling_source"] == "computed"
+    assert result["IT_RDMs"]["noise_ceiling"] == pytest.approx(0.2745, abs=1e-4)
+    assert result["IT_RDMs"]["rho_mean"] == pytest.approx(0.305, abs=0.005)  # the study README's reference figure
 
 
 def test_percent_of_ceiling() -> None:
@@ -259,12 +279,15 @@ def test_score_submission_structure_and_overall(make_rdms) -> None:
 
 
 def test_score_submission_official_sizes_and_missing_ceiling(make_rdms) -> None:
-    targets = {"EVC_RDMs": make_rdms(92, subjects=3, seed=34), "IT_RDMs": make_rdms(92, seed=35)}
+    targets = {"EVC_RDMs": make_rdms(92, subjects=3, seed=34), "IT_RDMs": make_rdms(92, subjects=4, seed=35)}
     submission = {"EVC_RDMs": make_rdms(92, seed=36), "IT_RDMs": make_rdms(92, seed=37)}
     result = scoring.score_submission(submission, targets)
-    assert result["EVC_RDMs"]["noise_ceiling"] == 0.1589 and result["IT_RDMs"]["noise_ceiling"] == 0.3075
-    assert result["IT_RDMs"]["p"] is None and result["IT_RDMs"]["p_signed"] is None  # one subject: no t-test
-    assert result["score"]["pct_nc"] == pytest.approx(100 * result["score"]["r2"] / ((0.1589 + 0.3075) / 2))
+    computed = [scoring.noise_ceiling(targets[k])[0] for k in ("EVC_RDMs", "IT_RDMs")]  # not the official files
+    assert result["EVC_RDMs"]["noise_ceiling"] == pytest.approx(computed[0])
+    assert result["IT_RDMs"]["noise_ceiling"] == pytest.approx(computed[1])
+    assert result["score"]["pct_nc"] == pytest.approx(100 * result["score"]["r2"] / np.mean(computed))
+    one = scoring.score_submission({"IT_RDMs": submission["IT_RDMs"]}, {"IT_RDMs": make_rdms(92, seed=35)})
+    assert one["IT_RDMs"]["p"] is None and one["IT_RDMs"]["p_signed"] is None  # one subject: no t-test
     # A single-subject target of a non-official size has no ceiling: percentages are None.
     small = scoring.score_submission(
         {"EVC_RDMs": make_rdms(10, seed=38)}, {"EVC_RDMs": make_rdms(10, seed=39)}

@@ -49,6 +49,7 @@ import dataclasses
 import hashlib
 import math
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -627,7 +628,6 @@ def official_noise_ceiling(key: str, n_images: int) -> float | None:
     return OFFICIAL_NOISE_CEILINGS.get(n_images, {}).get(_KEY_TO_TARGET[key])
 
 
-_MEG_TARGETS = ("MEG_early", "MEG_late")
 _COMPUTED_CEILINGS: dict[tuple, tuple[float, float, float, float]] = {}
 
 
@@ -635,18 +635,25 @@ NO_CEILING_NOTE = "one RDM, no subjects to estimate a noise ceiling from: scores
 
 
 def ceiling_source(key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> str | None:
-    """Which ceiling belongs to these data: 'official' for the Algonauts sets in the official layout scored
-    with the official metric, 'computed' (upper bound from the subjects) otherwise, None for a single subject.
+    """Which ceiling belongs to these data: 'official' for the challenge's own files scored with the official
+    metric, 'computed' (upper bound from the subjects) otherwise, None for a single RDM.
 
-    The official MEG ceilings were computed on the (subjects, 2, N, N) files; the window-averaged
-    (subjects, N, N) MEG files are other data, so their ceiling is computed from them. A single RDM keeps
-    the official ceiling, having none of its own.
+    An official ceiling belongs to the official files, recognised by their content, not by a key and an image
+    count: the key and size must be the challenge's, and the ceiling computed from the file's subjects must equal
+    the published one to its 4 decimals (as the official fMRI files' do). Another study of the same images, a
+    subset of the subjects, another target under an official key or the window-averaged MEG files get their own
+    computed ceiling; a single RDM has none (it has no subjects to bound a score with).
     """
-    official = official_noise_ceiling(key, target_rdms.shape[-1]) if method == OFFICIAL_METHOD else None
-    meg_averaged = target_name(key) in _MEG_TARGETS and target_rdms.ndim == 3
-    if official is not None and not meg_averaged:
-        return "official"
-    return "computed" if subject_rdms(target_rdms).shape[0] >= 2 else None
+    if subject_rdms(np.asarray(target_rdms)).shape[0] < 2:
+        return None
+    return _source(key, target_rdms.shape[-1], lambda: _computed_ceilings(target_rdms, method)[0], method)
+
+
+def _source(key: str, n_images: int, computed_upper: Callable[[], float], method: str) -> str:
+    """'official' where the key, the size and the subjects' computed upper ceiling are the challenge's (see
+    `ceiling_source`), else 'computed'; the ceiling is computed only for an official key and size."""
+    official = official_noise_ceiling(key, n_images) if method == OFFICIAL_METHOD else None
+    return "official" if official is not None and round(computed_upper(), 4) == official else "computed"
 
 
 def _computed_ceilings(target_rdms: np.ndarray, method: str) -> tuple[float, float, float, float]:
@@ -680,7 +687,7 @@ def lower_ceiling(target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> flo
 class Ceilings:
     """What one target's scores are divided by and read against."""
 
-    source: str | None  # 'official', 'computed' (from the subjects) or None (one subject and no official one)
+    source: str | None  # 'official' (the challenge's own files), 'computed' (from the subjects) or None (one RDM)
     upper: float | None  # the reference ceiling, r2 units: what pct_nc divides by
     lower: float | None  # lower bound, r2 units: each subject against the mean of the others (None with one)
     rho_lower: float | None  # the same lower bound in rho units: the mean over subjects of that rho
@@ -1065,7 +1072,7 @@ def score_submission(
             raise TargetError(f"{key}: {exc}") from None
         if not np.all(np.isfinite(rho)):  # finite RDMs give finite values: never pass NaN on as a score
             raise FloatingPointError(f"{key}: the comparison values came out as {rho} from finite RDMs")
-        source = ceiling_source(key, target, method)
+        source = _source(key, n, lambda computed=computed: computed[0], method) if computed else None
         upper = {"official": official_noise_ceiling(key, n), "computed": computed[0] if computed else None}.get(source)
         record = score_record(rho, Ceilings(source, upper, *(computed[1:] if computed else (None, None))),
                               chance_scores(model, target, permutations, seed, method))

@@ -441,8 +441,10 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-target", choices=GROUP_TARGETS, help="what is learnt from the subjects: mean (their "
                    "mean RDM, the paper's; default) or ranks (the mean of each subject's ranks: what the score "
                    "averages, every subject weighed the same)")
-    p.add_argument("--per-image", choices=PER_IMAGE, help="remove: the head learns without the per-image part "
-                   "(a_i + a_j) of its target, so it cannot learn which images this study puts far from all others")
+    p.add_argument("--per-image", choices=PER_IMAGE, help="what the model is for: keep (the per-image part a_i + a_j "
+                   "learnt: new images of the same study; the default on the Algonauts sets) or remove (the pair "
+                   "structure learnt, the per-image part from the prior: other studies; the default on your own "
+                   "data)")
     p.add_argument("--shrinkage", type=float, help="with a prior: the head learns this much less of the residual "
                    "(0 to below 1; a ridge toward the prior)")
     p.add_argument("--head-average", type=_decay, metavar="DECAY|off", help="keep a moving average of the head's "
@@ -950,12 +952,30 @@ def _check_folds(dataset: data.BrainDataset, folds: int, seed: int) -> None:
     fold_indices(len(dataset), folds, seed)  # a ConfigError names --folds
 
 
+def _default_per_image(args, own_data: bool) -> None:
+    """--per-image's default: the pair structure (remove) for your own data, whose models are for other people
+    and studies; the per-image part (keep) on the Algonauts sets, judged on new images of the same study (README,
+    "What a model is for"; RESULTS.md, "Other studies")."""
+    if args.per_image is None:
+        args.per_image = "remove" if own_data else "keep"
+
+
+def _add_external_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--external", action="append", metavar="FILE[:KEY]",
+                   help="another study's RDMs of the same images (repeatable): held-out predictions are also scored "
+                   "against them, as '<target> @ <study>'")
+    p.add_argument("--external-fallback", choices=("prior", "none"), default="prior",
+                   help="where the trained model predicts another study worse than its prior (paired over that "
+                   "study's subjects): prior (default) scores the prior in its place, none keeps the trained one")
+
+
 def cmd_evaluate(args) -> int:
     import time
 
     from .io.files import run_folder, run_mode
     from .io.progress import Progress
     from .pipelines.evaluate import METHODS, run_evaluation, run_fold_evaluation
+    from .pipelines.external import check_specs, load_external
     from .pipelines.report import write_report
 
     progress = Progress.of(not args.quiet, "evaluate")
@@ -972,7 +992,9 @@ def cmd_evaluate(args) -> int:
     targets = tuple(own.targets) if own is not None else _analysis_targets(args)
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    _default_per_image(args, own is not None)
     config = _config_from_args(args, targets)
+    externals = tuple(load_external(spec, targets) for spec in check_specs(args.external))
     folds = 5 if args.folds is None else args.folds
     if own is not None:
         _check_folds(own, folds, args.fold_seed)
@@ -987,13 +1009,15 @@ def cmd_evaluate(args) -> int:
     with run_folder(out, "evaluate", run_mode(args.overwrite)):
         if own is None:
             evaluation, paths = run_evaluation(args.data, out, methods, targets, config, seeds, args.batch_size,
-                                               progress=progress, make_plots=not args.no_plots, sets=sets)
+                                               progress=progress, make_plots=not args.no_plots, sets=sets,
+                                               externals=externals, keep_prior=args.external_fallback == "prior")
             md, page = write_report(out, title="siamrdm evaluate: cross-set scores")
         else:
             inputs = {"image_folder": str(args.images), "rdms": str(args.rdms), "key": args.key, "order": args.order}
             evaluation, paths = run_fold_evaluation(own, out, folds, methods, config, seeds, args.fold_seed,
                                                     progress=progress, make_plots=not args.no_plots,
-                                                    inputs=inputs)
+                                                    inputs=inputs, externals=externals,
+                                                    keep_prior=args.external_fallback == "prior")
             md, page = write_report(out, title=f"siamrdm evaluate: {folds}-fold cross-validation over the "
                                     f"{len(own)} images of {Path(args.images).name} ({args.key})")
     paths["report"], paths["report_html"] = md, page
@@ -1047,6 +1071,7 @@ def _add_analysis_commands(sub) -> None:
     p.add_argument("--out", default="runs/evaluate", help="folder for the table, plots and report")
     p.add_argument("--methods", help="comma-separated: siamese, layers, regression (default: all)")
     p.add_argument("--targets", help="comma-separated (default: EVC,IT,MEG_early,MEG_late)")
+    _add_external_options(p)
     _add_training_options(p)
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass for layer RDMs")
     p.add_argument("--no-plots", action="store_true", help="tables only")

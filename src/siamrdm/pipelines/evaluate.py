@@ -45,12 +45,14 @@ from ..io.data import (
 )
 from ..io.files import atomic_path, json_safe, write_text
 from ..io.progress import Phases, Progress
-from ..io.tables import fmt
+from ..io.tables import fmt, number
 from ..model import baselines
 from ..rdm.scoring import NO_CEILING_NOTE, mean_summary, paired_rows, score_with_ceiling
 from ..rdm.splits import direction_label, fold_splits
+from ..train.config import purpose_text
 from ..train.fullbatch import TrainConfig, config_from_preset
 from . import plots
+from .external import ExternalRDMs, below_prior, bind_to_sets, describe
 
 METHODS = ("siamese", "layers", "regression")
 COLUMNS = tables.SCORE_COLUMNS
@@ -101,24 +103,29 @@ def _check_methods(methods: tuple[str, ...]) -> None:
 
 def _predict(result: Evaluation, method: str, target: str, direction: str, train: BrainDataset,
              test: BrainDataset, stages: dict[str, dict[str, np.ndarray]], config: TrainConfig,
-             seeds: tuple[int, ...], progress: bool) -> None:
+             seeds: tuple[int, ...], progress: Progress, externals: tuple[ExternalRDMs, ...] = (),
+             keep_prior: bool = True) -> None:
     """One method fitted on `train` only, its RDM of `test`'s images scored against `test`'s subjects: a row,
     the prediction, and what a baseline chose. `stages` holds both sets' stage RDMs (by set name). The Siamese
     network's epoch count is chosen as the challenge chooses it (selection.select_epochs), on folds of `train`
-    alone: nested inside each of evaluate's own folds, so the held-out images choose nothing."""
-    from ..train.predict import fit_predict  # the model issue's training code; imported late to keep this module light
+    alone: nested inside each of evaluate's own folds, so the held-out images choose nothing. The same prediction
+    is scored against each other study (`externals`) that covers the test images (`_external_rows`)."""
+    from ..train.predict import fit_predictor  # the training code; imported late to keep this module light
     from ..train.selection import select_epochs, with_epochs
 
     subjects = test.targets[target]
-    detail, epochs = "", None
+    detail, epochs, prior = "", None, None
     if method == "siamese":
         target_config = replace(config, targets=(target,))
         epochs, _ = select_epochs(target_config, [train], seeds)
         fitted = target_config if epochs is None else with_epochs(target_config, epochs)
-        predicted = fit_predict(fitted, [train], test.images, seeds, progress=progress)[target]
+        predictor = fit_predictor(fitted, [train], (), seeds, progress=progress.bars)
+        predicted = predictor.predict(test.images)[target]
+        prior = predictor.predict_prior(test.images)
+        prior = None if prior is None else prior[target]
         chosen = (f"epochs chosen on {train.name}'s folds" if epochs is not None
                   else f"all {config.epochs} epochs ({train.name} has too few images to choose on folds)")
-        detail = f"seeds={','.join(map(str, seeds))}; {chosen}"
+        detail = f"seeds={','.join(map(str, seeds))}; {chosen}; {purpose_text(config.per_image)}"
         epochs = config.last_epoch if epochs is None else epochs
     elif method == "layers":
         train_scores = baselines.layer_scores(stages[train.name], train.targets[target])
@@ -139,13 +146,44 @@ def _predict(result: Evaluation, method: str, target: str, direction: str, train
     result.predictions[(method, target, direction)] = predicted
     key = target_key(target, test.official)
     result.rows.append({**_row(method, target, direction, predicted, subjects, detail, key), "epochs": epochs})
+    for external in externals:
+        if external.target == target:
+            _external_row(result, external, method, direction, test, predicted, prior, detail, epochs,
+                          keep_prior, progress)
+
+
+def _external_row(result: Evaluation, external: ExternalRDMs, method: str, direction: str, test: BrainDataset,
+                  predicted: np.ndarray, prior: np.ndarray | None, detail: str, epochs: int | None,
+                  keep_prior: bool, progress: Progress) -> None:
+    """The held-out prediction scored against another study's subjects of the same images, as the target
+    '<target> @ <study>'. A trained model below its own prior there (paired over that study's subjects) is not
+    used for it: with `keep_prior` the prior alone is scored in its place (said in one line and in the detail),
+    since a model that predicts other studies worse than its starting point should not be used for them."""
+    subjects = external.covering(test.images.names)
+    if subjects is None:
+        return
+    row = _row(method, external.column, direction, predicted, subjects, detail, external.key)
+    if prior is not None and keep_prior:
+        prior_row = _row(method, external.column, direction, prior, subjects, detail, external.key)
+        if below_prior(row["rhos"], prior_row["rhos"]):
+            note = (f"{external.target} {direction}: the trained model is below its prior on {external.label} "
+                    f"(rho {row['rho_mean']:+.3f} against {prior_row['rho_mean']:+.3f}): the prior is kept for it")
+            progress.line(note)
+            row = {**prior_row, "detail": f"{detail}; prior kept: trained rho {row['rho_mean']:+.3f} was below"}
+            predicted = prior
+    result.predictions[(method, external.column, direction)] = predicted
+    result.rows.append({**row, "epochs": epochs})
 
 
 def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
                   targets: tuple[str, ...] = TARGET_NAMES, config: TrainConfig | None = None,
                   seeds: tuple[int, ...] = (0,), batch_size: int = 16,
-                  progress: bool | Progress = True) -> Evaluation:
+                  progress: bool | Progress = True, externals: tuple[ExternalRDMs, ...] = (),
+                  keep_prior: bool = True) -> Evaluation:
     """Every method fitted on each set and scored on each other set, for every target.
+
+    `externals` (external.load_external) are other studies' RDMs of one set's images: each direction that
+    predicts that set is also scored against them (see `_external_row`, and `keep_prior` there).
 
     `config` gives the Siamese training settings and, for the baselines too, the backbone, its weights and the
     image size, so all methods see the same body. Rows are ordered by method, target, direction. With
@@ -161,6 +199,7 @@ def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
         if missing:
             raise DataError(f"image set {dataset.name}: no RDMs for target(s) {', '.join(missing)}")
     pairs = [(a, b) for a in sets for b in sets if a is not b]
+    externals = tuple(bind_to_sets(externals, sets))
     result = Evaluation([], {})
     baselines_too = "layers" in methods or "regression" in methods
     phases = Phases(progress, baselines_too + len(methods) * len(targets) * len(pairs))
@@ -182,14 +221,16 @@ def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
             for train, test in pairs:
                 direction = direction_label(train.name, test.name)
                 phases.start(f"{target} {direction}: {method}")
-                _predict(result, method, target, direction, train, test, stage_rdms, config, seeds, progress.bars)
+                _predict(result, method, target, direction, train, test, stage_rdms, config, seeds, progress,
+                         externals, keep_prior)
         result.seconds[method] = time.perf_counter() - start
     return result
 
 
 def evaluate_folds(dataset: BrainDataset, folds: int = 5, methods: tuple[str, ...] = METHODS,
                    config: TrainConfig | None = None, seeds: tuple[int, ...] = (0,), fold_seed: int = 0,
-                   progress: bool | Progress = True) -> Evaluation:
+                   progress: bool | Progress = True, externals: tuple[ExternalRDMs, ...] = (),
+                   keep_prior: bool = True) -> Evaluation:
     """Cross-validation over the images of one set (your own data), for every method and target.
 
     The images are split into `folds` folds (`splits.fold_splits`, seeded by `fold_seed`); for each fold,
@@ -198,6 +239,8 @@ def evaluate_folds(dataset: BrainDataset, folds: int = 5, methods: tuple[str, ..
     stage whose RDM scores best on the training images, and NNLS weights of the stage RDMs fitted on them.
     Rows are ordered by method, target, fold ('fold 1', ...); `held_out` maps each fold to its images. With
     `progress`, phase lines on stderr ('evaluate [2/5] fold 2: siamese V4') and bars on a terminal.
+    `externals`: other studies' RDMs of these images, in their order; each fold's held-out predictions are also
+    scored against their held-out images' part (see `_external_row`).
     """
     from ..model.prior import stage_rdms
 
@@ -206,6 +249,7 @@ def evaluate_folds(dataset: BrainDataset, folds: int = 5, methods: tuple[str, ..
     _check_methods(methods)
     if len(set(dataset.images.names)) != len(dataset):
         raise DataError(f"{dataset.images.source}: image names repeat; folds need one name per image")
+    externals = tuple(e.bind(dataset.images.names) for e in externals)
     splits = {f"fold {k + 1}": pair for k, pair in enumerate(fold_splits(dataset, folds, fold_seed).values())}
     result = Evaluation([], {}, held_out={label: test for label, (_, test) in splits.items()})
     stages: dict[str, dict[str, np.ndarray]] = {}
@@ -224,7 +268,8 @@ def evaluate_folds(dataset: BrainDataset, folds: int = 5, methods: tuple[str, ..
         for target in dataset.targets:
             for label, (train, test) in splits.items():
                 phases.start(f"{label}: {method} {target}")
-                _predict(result, method, target, label, train, test, stages, config, seeds, progress.bars)
+                _predict(result, method, target, label, train, test, stages, config, seeds, progress, externals,
+                         keep_prior)
         result.seconds[method] = time.perf_counter() - start
     return result
 
@@ -267,8 +312,9 @@ def fold_table(rows: list[dict]) -> str:
     folds (scoring.mean_summary), and every fold's score, as percent of the noise ceiling when every fold has one
     (else r2), and the ceiling used."""
     folds = list(dict.fromkeys(r["direction"] for r in rows))
-    header = "| method | target | score | mean +- se | 95% CI (folds) | " + " | ".join(folds) + " | ceiling used |"
-    lines = [header, "|---" * (len(folds) + 6) + "|"]
+    header = ("| method | target | score | mean +- se | 95% CI (folds) | " + " | ".join(folds)
+              + " | rho mean +- se (folds) | rho per fold | ceiling used |")
+    lines = [header, "|---" * (len(folds) + 8) + "|"]
     for method, target in dict.fromkeys((r["method"], r["target"]) for r in rows):
         group = [r for r in rows if r["method"] == method and r["target"] == target]
         measure = "pct_nc" if all(r["pct_nc"] is not None for r in group) else "r2"
@@ -278,9 +324,13 @@ def fold_table(rows: list[dict]) -> str:
         spec = ".1f" if measure == "pct_nc" else ".4f"
         stats = mean_summary(finite)
         interval = "-" if stats["ci_low"] is None else f"[{fmt(stats['ci_low'], spec)}, {fmt(stats['ci_high'], spec)}]"
+        rhos = [number(r.get("rho_mean")) for r in group]
+        signed = mean_summary([v for v in rhos if v is not None])
         lines.append(f"| {method} | {target} | {'% of noise ceiling' if measure == 'pct_nc' else 'r2'} | "
                      f"{fmt(stats['mean'], spec)} +- {fmt(stats['se'], spec)} | {interval} | "
-                     + " | ".join(fmt(v, spec) for v in values) + f" | {_ceiling_used(group)} |")
+                     + " | ".join(fmt(v, spec) for v in values)
+                     + f" | {fmt(signed['mean'], '+.3f')} +- {fmt(signed['se'], '.3f')} | "
+                     + " ".join(fmt(v, "+.3f") for v in rhos) + f" | {_ceiling_used(group)} |")
     return "\n".join(lines)
 
 
@@ -356,7 +406,7 @@ def write_evaluation(evaluation: Evaluation, sets: list[BrainDataset], out_dir: 
     paths["scores_png"] = plots.plot_scores(with_ceiling or rows, out / "scores.png", title=title,
                                             measure="pct_nc" if with_ceiling else "r2")
     by_name = {d.name: d for d in sets}
-    for target in dict.fromkeys(r["target"] for r in rows):
+    for target in dict.fromkeys(r["target"] for r in rows if " @ " not in r["target"]):  # other studies: tables only
         for direction in dict.fromkeys(r["direction"] for r in rows):
             method = _display_method(rows, target, direction)
             if method is None:
@@ -381,15 +431,17 @@ def run_evaluation(root: str | os.PathLike | None, out_dir: str | os.PathLike,
                    methods: tuple[str, ...] = METHODS, targets: tuple[str, ...] = TARGET_NAMES,
                    config: TrainConfig | None = None, seeds: tuple[int, ...] = (0,), batch_size: int = 16,
                    progress: bool | Progress = True, make_plots: bool = True,
-                   sets: list[BrainDataset] | None = None) -> tuple[Evaluation, dict[str, Path]]:
+                   sets: list[BrainDataset] | None = None, externals: tuple[ExternalRDMs, ...] = (),
+                   keep_prior: bool = True) -> tuple[Evaluation, dict[str, Path]]:
     """`siamrdm evaluate`: load the training sets (or use `sets`), evaluate, write everything to out_dir."""
     config = config or config_from_preset("quick")
     started = time.perf_counter()
     if sets is None:
         sets = [load_algonauts_set(root, name, targets) for name in TRAINING_SETS]
-    evaluation = evaluate_sets(sets, methods, targets, config, seeds, batch_size, progress)
+    evaluation = evaluate_sets(sets, methods, targets, config, seeds, batch_size, progress, externals, keep_prior)
     settings = {
         "command": "evaluate", "methods": list(methods), "targets": list(targets), "seeds": list(seeds),
+        "external": describe(externals), "keep_prior": keep_prior,
         "sets": {d.name: len(d) for d in sets}, "data": None if root is None else str(root),
         "config": asdict(config), "batch_size": batch_size, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "machine": platform.machine(),
@@ -403,15 +455,17 @@ def run_evaluation(root: str | os.PathLike | None, out_dir: str | os.PathLike,
 def run_fold_evaluation(dataset: BrainDataset, out_dir: str | os.PathLike, folds: int = 5,
                         methods: tuple[str, ...] = METHODS, config: TrainConfig | None = None,
                         seeds: tuple[int, ...] = (0,), fold_seed: int = 0, progress: bool | Progress = True,
-                        make_plots: bool = True, inputs: dict | None = None) -> tuple[Evaluation, dict[str, Path]]:
+                        make_plots: bool = True, inputs: dict | None = None, externals: tuple[ExternalRDMs, ...] = (),
+                        keep_prior: bool = True) -> tuple[Evaluation, dict[str, Path]]:
     """`siamrdm evaluate --images ... --folds K`: cross-validate over the images, write everything to out_dir
     (with images.txt, the image order used). `inputs` (the image folder, RDM file, key, order file) go into
     settings.json."""
     config = config or config_from_preset("quick")
     started = time.perf_counter()
-    evaluation = evaluate_folds(dataset, folds, methods, config, seeds, fold_seed, progress)
+    evaluation = evaluate_folds(dataset, folds, methods, config, seeds, fold_seed, progress, externals, keep_prior)
     settings = {
         "command": "evaluate", "design": "image folds", "folds": folds, "fold_seed": fold_seed,
+        "external": describe(externals), "keep_prior": keep_prior,
         "methods": list(methods), "targets": list(dataset.targets), "seeds": list(seeds),
         "images": len(dataset), **(inputs or {}), "config": asdict(config), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "machine": platform.machine(),

@@ -122,6 +122,14 @@ def config_from_dict(values: dict) -> TrainConfig:
 
 RESCALINGS = ("minmax", "rank", "zscore")
 PER_IMAGE = ("keep", "remove")
+# What each per_image choice is for: a model says it in its file and in every table's detail (README, "Purpose").
+PURPOSES = {"keep": "per-image part learnt: for new images of the same study",
+            "remove": "pair structure learnt, per-image part from the prior: for other studies"}
+
+
+def purpose_text(per_image: str) -> str:
+    """What a model with this per_image setting is for (PURPOSES)."""
+    return PURPOSES[per_image]
 GROUP_TARGETS = ("mean", "ranks")
 SET_WEIGHTS = ("pairs", "reliability")
 LOSSES = ("mse", "correlation")

@@ -90,6 +90,12 @@ class RDMPredictor:
             raise DataError(f"the model predicts non-finite dissimilarities for these {len(pixels)} images")
         return {target: mean[k] for k, target in enumerate(self.targets)}
 
+    def predict_prior(self, images: ImageSet) -> dict[str, np.ndarray] | None:
+        """The prior alone (the model before any step: a pretrained stage's RDM, rescaled) for each target, or None
+        for a model without one: what the trained model is measured against where it must not do worse."""
+        prior = prior_rdms(self.priors, images, self.config)
+        return None if prior is None else {target: prior[k] for k, target in enumerate(self.targets)}
+
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         save_checkpoint(path, {

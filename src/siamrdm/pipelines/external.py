@@ -1,0 +1,127 @@
+"""The other-study check: held-out predictions scored against another study's RDMs of the same images.
+
+A model fitted on one study's RDMs can look better on new images of that study while predicting another study's
+RDMs of the same images worse than the pretrained stage it starts from: how dissimilar an image is to all others
+(the per-image part) is largely a property of the study (its people, scanner, analysis, background), and only the
+pair structure carries (RESULTS.md, "Other studies"). `--external FILE[:KEY]` names such RDMs: wherever a
+held-out prediction covers images of that file, it is also scored against the file's subjects, with the full
+score record, as a target of its own, '<target> @ <study>', so that every table, paired test and figure shows the
+within-study and the other-study columns side by side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..io.data import DataError, check_rdm_names, list_rdm_keys, load_rdms
+from ..rdm.scoring import target_name
+
+OPTION = "external"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExternalRDMs:
+    """Another study's subject RDMs of images a run predicts: (S, N, N) or (S, K, N, N) in the order of `names`."""
+
+    label: str  # '<folder>/<file stem>[:key]': how the tables name the study
+    path: Path
+    key: str  # the array's key in the file ('' for a file of one array)
+    target: str  # the target whose held-out predictions it scores
+    rdms: np.ndarray
+    names: tuple[str, ...] = ()  # the images of its rows, once bound to an image set (`bind`)
+
+    @property
+    def column(self) -> str:
+        """The target name of its score rows: the target, then the study."""
+        return f"{self.target} @ {self.label}"
+
+    def bind(self, names: Sequence[str]) -> ExternalRDMs:
+        """The file's rows are these images, in this order (a file that names its images must name these)."""
+        if self.rdms.shape[-1] != len(names):
+            raise ConfigError(OPTION, f"{self.path}: {self.rdms.shape[-1]} images, the image set has {len(names)}")
+        check_rdm_names(self.path, names, among="the images it is bound to")
+        return dataclasses.replace(self, names=tuple(names))
+
+    def covering(self, names: Sequence[str]) -> np.ndarray | None:
+        """Its subjects' RDMs of these images (rows and columns in their order), or None where it lacks one."""
+        index = {name: k for k, name in enumerate(self.names)}
+        if not self.names or any(name not in index for name in names):
+            return None
+        rows = np.array([index[name] for name in names])
+        return self.rdms[..., rows[:, None], rows[None, :]]
+
+
+def split_spec(spec: str) -> tuple[Path, str | None]:
+    """'FILE' or 'FILE:KEY' (the key after the last colon, when FILE alone is not a file)."""
+    path = Path(spec)
+    if path.is_file() or ":" not in spec:
+        return path, None
+    head, _, key = spec.rpartition(":")
+    return Path(head), key or None
+
+
+def load_external(spec: str, targets: Sequence[str]) -> ExternalRDMs:
+    """One `--external FILE[:KEY]`: its RDMs, validated as any target's, and the target it scores: the key's own
+    target ('IT_RDMs' -> 'IT') when that is trained, else the one target trained; a ConfigError naming the option
+    otherwise."""
+    path, key = split_spec(spec)
+    if not path.is_file():
+        raise ConfigError(OPTION, f"{path}: no such file")
+    try:
+        keys = list(list_rdm_keys(path))
+        if key is None and len(keys) > 1:
+            raise ConfigError(OPTION, f"{path} holds several arrays ({', '.join(keys)}): name one as {path}:KEY")
+        rdms = load_rdms(path, key)
+    except DataError as exc:
+        raise ConfigError(OPTION, str(exc)) from None
+    key = key if key is not None else keys[0]
+    if len(rdms.shape) < 3 or rdms.shape[0] < 2:
+        raise ConfigError(OPTION, f"{path}: one RDM; another study's check needs its subjects (at least 2)")
+    named = target_name(key)
+    if named in targets:
+        target = named
+    elif len(targets) == 1:
+        target = targets[0]
+    else:
+        raise ConfigError(OPTION, f"{path}: key '{key}' names none of the targets ({', '.join(targets)})")
+    label = f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
+    return ExternalRDMs(label + (f":{key}" if len(keys) > 1 else ""), path, key, target, rdms)
+
+
+def bind_to_sets(externals: Sequence[ExternalRDMs], sets: Sequence) -> list[ExternalRDMs]:
+    """Each file bound to the one image set of its size (the Algonauts sets: 92 or 118 images)."""
+    bound = []
+    for external in externals:
+        matching = [d for d in sets if len(d) == external.rdms.shape[-1]]
+        if len(matching) != 1:
+            sizes = ", ".join(f"{d.name}: {len(d)}" for d in sets)
+            raise ConfigError(OPTION, f"{external.path}: {external.rdms.shape[-1]} images match "
+                                      f"{len(matching)} of the image sets ({sizes}); it must match one")
+        bound.append(external.bind(matching[0].images.names))
+    return bound
+
+
+def below_prior(trained_rhos: Sequence[float], prior_rhos: Sequence[float]) -> bool:
+    """Whether the trained model predicts the other study worse than its prior alone: the mean of the paired
+    differences over that study's subjects (each subject's rho, trained minus prior) below 0."""
+    return float(np.mean(np.subtract(trained_rhos, prior_rhos))) < 0
+
+
+def check_specs(specs: Sequence[str] | None) -> list[str]:
+    """The option's values, each a non-empty string."""
+    specs = list(specs or [])
+    if any(not isinstance(s, str) or not s.strip() for s in specs):
+        raise ConfigError(OPTION, "an empty value: give FILE or FILE:KEY")
+    return specs
+
+
+def describe(externals: Sequence[ExternalRDMs]) -> list[dict]:
+    """What settings.json records of each file."""
+    return [{"file": os.fspath(e.path), "key": e.key, "target": e.target, "label": e.label,
+             "subjects": int(e.rdms.shape[0]), "images": int(e.rdms.shape[-1])} for e in externals]

@@ -190,8 +190,9 @@ def test_score_table(capsys, group_mean_submission: Path, set92: Path, fmri92) -
     assert code == 0 and err == ""
     lines = out.strip().splitlines()
     assert lines[0].split() == ["key", "r2", "p", "p_signed", "p_perm", "ceiling", "%", "NC", "chance%", "chance95",
-                                "rho_mean+-se", "lower_rho", "lower", "source"]
+                                "rho_mean+-se", "pair_rho+-se", "lower_rho", "lower", "source"]
     evc = lines[1].split()
+    assert float(evc[10].split("+-")[0]) > 0.2  # the group mean's pair structure against the subjects' own
     assert evc[0] == "EVC_RDMs" and evc[4] == f"{1 / 1001:.2e}" and evc[5] == "0.1589" and evc[-1] == "official"
     assert float(evc[-2]) == pytest.approx(scoring.noise_ceiling(fmri92["EVC_RDMs"])[1], abs=1e-4)
     assert float(evc[1]) == pytest.approx(scoring.noise_ceiling(fmri92["EVC_RDMs"])[0], abs=1e-4)

@@ -226,15 +226,17 @@ def cmd_score(args) -> int:
     rows = {key: row for key, row in result.items() if key not in ("score", "missing")}
     unit = "%" if all(row["noise_ceiling"] is not None for row in rows.values()) else "r2"
     print(f"{'key':<18} {'r2':>8} {'p':>10} {'p_signed':>10} {'p_perm':>10} {'ceiling':>8} {'% NC':>7} "
-          f"{'chance' + unit:>9} {'chance95':>9} {'rho_mean+-se':>15} {'lower_rho':>9} {'lower':>8}  source")
+          f"{'chance' + unit:>9} {'chance95':>9} {'rho_mean+-se':>15} {'pair_rho+-se':>15} {'lower_rho':>9} "
+          f"{'lower':>8}  source")
     for key, row in rows.items():
         scale = ("pct", ".2f") if unit == "%" else ("r2", ".4f")
         rho = f"{fmt(row['rho_mean'], '.3f')}+-{fmt(row['rho_se'], '.3f')}"
+        pair = f"{fmt(row.get('pair_rho_mean'), '.3f')}+-{fmt(row.get('pair_rho_se'), '.3f')}"
         print(
             f"{key:<18} {row['r2']:>8.4f} {fmt(row['p'], '.2e'):>10} {fmt(row['p_signed'], '.2e'):>10} "
             f"{fmt(row['p_perm'], '.2e'):>10} {fmt(row['noise_ceiling']):>8} {fmt(row['pct_nc'], '.2f'):>7} "
             f"{fmt(row[f'chance_{scale[0]}_mean'], scale[1]):>9} {fmt(row[f'chance_{scale[0]}_95'], scale[1]):>9} "
-            f"{rho:>15} {fmt(row['rho_lower_ceiling'], '.3f'):>9} {fmt(row['noise_ceiling_lower']):>8}  "
+            f"{rho:>15} {pair:>15} {fmt(row['rho_lower_ceiling'], '.3f'):>9} {fmt(row['noise_ceiling_lower']):>8}  "
             f"{row['ceiling_source'] or 'none'}"
         )
     total = result["score"]
@@ -246,7 +248,8 @@ def cmd_score(args) -> int:
     if permuted:
         print(f"note: chance{unit} and chance95 are this model's score with its image labels permuted "
               f"({permuted[0]['permutations']} times): mean and 95th percentile; p_perm below {scoring.CHANCE_ALPHA} "
-              "beats chance. rho_mean's chance level is 0; lower_rho is the lower noise ceiling in its unit")
+              "beats chance. rho_mean's chance level is 0; lower_rho is the lower noise ceiling in its unit; "
+              "pair_rho is rho_mean of the pair structure alone (each RDM less its per-image part a_i + a_j)")
     if any(row["ceiling_source"] is None for row in rows.values()):
         print(f"note: {scoring.NO_CEILING_NOTE}")
     if method != scoring.OFFICIAL_METHOD:

@@ -208,7 +208,11 @@ def test_held_out_pairs_give_the_same_record(make_rdms) -> None:
     want = scoring.score_with_ceiling(model, "IT", subjects)
     assert got.keys() == want.keys()
     for key, value in want.items():
+        if key.startswith("pair_"):  # the pair structure is measured on final records, not on training curves
+            assert got[key] is None, key
+            continue
         assert got[key] == (pytest.approx(value, rel=1e-9) if isinstance(value, float | list) else value), key
+    assert want["pair_rho_mean"] is not None and len(want["pair_rhos"]) == 4
     sample = HeldOutTarget.from_values(upper_tri(subjects)[:, :40])
     assert sample.ceilings.source == "computed" and 0 < sample.ceilings.lower < sample.ceilings.upper
     assert HeldOutTarget.from_values(upper_tri(subjects)[:1]).score(upper_tri(model))["pct_nc"] is None

@@ -17,7 +17,7 @@ from test_generalisation import scrambled
 
 from siamrdm import train
 from siamrdm.io import data
-from siamrdm.rdm.reliability import per_image_fit
+from siamrdm.rdm.parts import per_image_fit
 from siamrdm.train.fullbatch import FullBatchStep, set_shares
 from siamrdm.train.selection import ensemble_curves, validation_curves
 

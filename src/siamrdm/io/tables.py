@@ -18,7 +18,8 @@ from .files import atomic_path, json_safe
 SCORE_FIELDS = ("r2", "pct_nc", "rho_mean", "rho_se", "p", "p_signed", "noise_ceiling", "ceiling_source",
                 "noise_ceiling_lower", "nc_lower_pct", "rho_lower_ceiling", "chance_r2_mean", "chance_r2_95",
                 "chance_pct_mean", "chance_pct_95", "p_perm", "beats_chance", "permutations", "rho_ci_low",
-                "rho_ci_high", "r2_ci_low", "r2_ci_high", "rhos")
+                "rho_ci_high", "r2_ci_low", "r2_ci_high", "rhos", "pair_rho_mean", "pair_rho_se", "pair_rho_ci_low",
+                "pair_rho_ci_high", "pair_p_perm", "pair_rhos")
 # The one column list of score tables (challenge's validation.csv, evaluate's evaluation.csv, the report's).
 SCORE_COLUMNS = ["method", "target", "direction", *SCORE_FIELDS, "epochs", "detail"]
 
@@ -125,6 +126,14 @@ def _rho_cell(row: dict) -> str:
     return f"{fmt(row.get('rho_mean'), '.3f')} +- {fmt(row.get('rho_se'), '.3f')}"
 
 
+def _pair_cell(row: dict) -> str:
+    """The pair structure's signed mean rho (scoring.pair_fields) with its SE and p_perm, '-' where not measured."""
+    if number(row.get("pair_rho_mean")) is None:
+        return "-"
+    return (f"{fmt(row.get('pair_rho_mean'), '.3f')} +- {fmt(row.get('pair_rho_se'), '.3f')} "
+            f"({fmt(row.get('pair_p_perm'), '.2g')})")
+
+
 def _interval(low, high, spec: str = ".3f") -> str:
     return "-" if number(low) is None or number(high) is None else f"[{fmt(low, spec)}, {fmt(high, spec)}]"
 
@@ -155,6 +164,7 @@ SCORE_VIEW = [
     ("beats chance", lambda r: _yes_no(r.get("beats_chance"))),
     ("mean rho +- se", _rho_cell),
     ("rho 95% CI", lambda r: _interval(r.get("rho_ci_low"), r.get("rho_ci_high"))),
+    ("pair structure rho +- se (p_perm)", lambda r: _pair_cell(r)),
     ("lower ceiling rho", lambda r: fmt(r.get("rho_lower_ceiling"), ".3f")),
     ("noise ceiling", lambda r: "-" if number(r.get("noise_ceiling")) is None
      else f"{fmt(r.get('noise_ceiling'))} {r.get('ceiling_source') or ''}".strip()),

@@ -11,7 +11,9 @@ from the subjects alone, with no model:
   subjects: the same unit as a model's signed mean rho, so a model can be read against it;
 - `per_image_share`: the share of the group-mean RDM's variance that per-image effects d(i, j) ~ a_i + a_j
   explain, and `per_image_split_half`, how reproducible those effects are across subject halves. A large
-  share that is not reproducible is structure a model can fit and that transfers nowhere.
+  share that is not reproducible is structure a model can fit and that transfers nowhere;
+- `pair_split_half`: the same for the pair structure (each half's mean RDM less its per-image part, `parts`):
+  how reproducible what is left to learn for other studies is.
 
 `UNRELIABLE_BELOW` is the rule for the warning: a target whose group-mean reliability is below it is too
 noisy to learn from. It was set with the Algonauts sets' figures in view (RESULTS.md lists them): 0.17 for
@@ -31,6 +33,7 @@ import numpy as np
 from ..io import data
 from ..io.data import subject_rdms
 from .core import upper_tri
+from .parts import per_image_fit, per_image_share
 from .scoring import ceilings_for, dot_vectors
 
 UNRELIABLE_BELOW = 0.25  # Spearman-Brown split-half reliability of the group-mean RDM
@@ -42,23 +45,6 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(dot_vectors(a, "spearman") @ dot_vectors(b, "spearman"))
 
 
-def per_image_fit(vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares per-image effects a of d(i, j) ~ a_i + a_j + c over the upper triangle, and the fitted
-    pair values. Solved through the normal equations, whose matrix is known in closed form (O(N^2), no design
-    matrix of pairs x images)."""
-    rows, cols = np.triu_indices(n, 1)
-    sums = np.bincount(rows, vector, n) + np.bincount(cols, vector, n)  # each image's pairs
-    total = vector.sum()
-    # Normal equations of [a; c]: (n-2) I + J for a (each image in n-1 pairs, two images share one), n-1 for c.
-    gram = np.full((n + 1, n + 1), 1.0)
-    gram[:n, :n] += (n - 2) * np.eye(n)
-    gram[:n, n] = gram[n, :n] = n - 1
-    gram[n, n] = len(rows)
-    coef = np.linalg.lstsq(gram, np.append(sums, total), rcond=None)[0]
-    effects = coef[:n]
-    return effects, effects[rows] + effects[cols] + coef[n]
-
-
 def target_reliability(target_rdms: np.ndarray, splits: int = SPLITS, seed: int = 0) -> dict:
     """The reliability summary of one target's subject RDMs ((S, N, N) or (S, K, N, N); K RDMs of a subject are
     averaged first). With one subject only the per-image share can be computed; the rest is None."""
@@ -68,28 +54,27 @@ def target_reliability(target_rdms: np.ndarray, splits: int = SPLITS, seed: int 
     n = subjects.shape[-1]
     vectors = upper_tri(subjects)
     group = vectors.mean(axis=0)
-    _, fitted = per_image_fit(group, n)
-    variance = float(np.var(group))
-    share = 1 - float(np.var(group - fitted)) / variance if variance > 0 else None
     summary = {"subjects": len(vectors), "images": n, "split_half": None, "reliability": None,
-               "per_image_share": share, "per_image_split_half": None, "lower_ceiling_rho": None,
-               "lower_ceiling_rho_se": None, "reliable": None}
+               "per_image_share": per_image_share(group, n), "per_image_split_half": None,
+               "pair_split_half": None, "lower_ceiling_rho": None, "lower_ceiling_rho_se": None, "reliable": None}
     if len(vectors) < 2:
         return summary
     lower = np.array([_spearman(vectors[k], np.delete(vectors, k, axis=0).mean(axis=0)) for k in range(len(vectors))])
     summary["lower_ceiling_rho"] = float(lower.mean())
     summary["lower_ceiling_rho_se"] = float(lower.std(ddof=1) / math.sqrt(len(lower))) if len(lower) > 1 else None
     rng = np.random.default_rng(seed)
-    halves, image_halves = [], []
+    halves, image_halves, pair_halves = [], [], []
     for _ in range(splits):
         order = rng.permutation(len(vectors))
         a, b = vectors[order[: len(order) // 2]].mean(axis=0), vectors[order[len(order) // 2 :]].mean(axis=0)
         halves.append(_spearman(a, b))
-        image_halves.append(_spearman(per_image_fit(a, n)[0], per_image_fit(b, n)[0]))
+        (effects_a, fitted_a), (effects_b, fitted_b) = per_image_fit(a, n), per_image_fit(b, n)
+        image_halves.append(_spearman(effects_a, effects_b))
+        pair_halves.append(_spearman(a - fitted_a, b - fitted_b))
     split_half = float(np.mean(halves))
     reliability = 2 * split_half / (1 + split_half) if split_half > -1 else -1.0
     summary.update(split_half=split_half, reliability=reliability, per_image_split_half=float(np.mean(image_halves)),
-                   reliable=reliability >= UNRELIABLE_BELOW)
+                   pair_split_half=float(np.mean(pair_halves)), reliable=reliability >= UNRELIABLE_BELOW)
     return summary
 
 
@@ -100,7 +85,8 @@ def reliability_line(name: str, summary: dict) -> str:
     text = (f"{name}: reliability {summary['reliability']:.2f} (split-half {summary['split_half']:.2f}, "
             f"{summary['subjects']} subjects), lower ceiling rho {summary['lower_ceiling_rho']:.3f} "
             f"+- {summary['lower_ceiling_rho_se'] or 0:.3f}, per-image share {summary['per_image_share']:.2f} "
-            f"(split-half {summary['per_image_split_half']:.2f})")
+            f"(split-half {summary['per_image_split_half']:.2f}), pair structure split-half "
+            f"{summary['pair_split_half']:.2f}")
     if not summary["reliable"]:
         text += (f"; too unreliable to learn from (reliability below {UNRELIABLE_BELOW}): training on it is "
                  "unlikely to transfer, and the prior is kept unless validation shows a gain")

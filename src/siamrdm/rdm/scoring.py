@@ -464,9 +464,10 @@ PERMUTATION_CHUNK = 2**22  # upper-triangle entries gathered per batch of permut
 
 def permutation_scores(
     model_rdm: np.ndarray, target_rdms: np.ndarray, n_permutations: int, seed: int = 0,
-    method: str = OFFICIAL_METHOD,
+    method: str = OFFICIAL_METHOD, signed: bool = False,
 ) -> np.ndarray:
-    """The score (mean over subjects of rho^2) of the model RDM under `n_permutations` random relabellings.
+    """The score (mean over subjects of rho^2; with `signed`, of rho) of the model RDM under `n_permutations`
+    random relabellings.
 
     Each permutation reorders the model RDM's rows and columns together (the images change labels, the
     geometry stays). Relabelling only moves entries of the upper triangle around, so the model's transformed
@@ -491,7 +492,7 @@ def permutation_scores(
         perms = rng.permuted(np.tile(np.arange(n), (size, 1)), axis=1)
         permuted = ranks[perms[:, rows], perms[:, cols]]  # (size, L): upper triangles of the relabelled RDMs
         rhos = (permuted @ targets.T).reshape(size, n_subjects, -1).mean(axis=2)
-        scores[start : start + size] = np.mean(rhos**2, axis=1)
+        scores[start : start + size] = np.mean(rhos if signed else rhos**2, axis=1)
     return scores
 
 
@@ -959,6 +960,14 @@ class ScoreRecord:
     r2_ci_low: float | None = None  # ... of r2, from the same resamples (what the charts' error bars show)
     r2_ci_high: float | None = None
     rhos: list[float] = dataclasses.field(default_factory=list)  # per subject (K-averaged): what paired tests pair
+    # The pair structure alone (parts.pair_structure of the model and of each subject RDM): what carries to other
+    # studies. None where not measured (training curves, upper triangles).
+    pair_rho_mean: float | None = None  # mean over subjects of the residuals' signed rho
+    pair_rho_se: float | None = None
+    pair_rho_ci_low: float | None = None  # 95% bootstrap interval over subjects
+    pair_rho_ci_high: float | None = None
+    pair_p_perm: float | None = None  # (1 + #{permuted pair_rho_mean >= it}) / (1 + permutations), one-sided
+    pair_rhos: list[float] | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -995,13 +1004,38 @@ def score_record(rho: np.ndarray, ceilings: Ceilings, null: np.ndarray | None = 
         **_chance_fields(r2, ceilings.upper, null, float(np.mean(rho))), **_interval_fields(rho))
 
 
+def pair_fields(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD,
+                permutations: int | None = 0, seed: int = 0) -> dict:
+    """A record's `pair_*` fields: the model's pair structure compared with each subject's (both less their own
+    per-image part, `parts.pair_structure`), its signed mean, SE and bootstrap interval over subjects, and with
+    `permutations` (None: the default for its size) its p under permuted image labels (one-sided: chance is 0)."""
+    from .parts import pair_structure
+
+    model, subjects = pair_structure(model_rdm), pair_structure(target_rdms)
+    rho = compare_rdms(model, subjects, method)
+    if not np.all(np.isfinite(rho)):  # a model whose pair structure is flat: nothing to compare
+        return {}
+    summary, intervals = signed_summary(rho), _interval_fields(rho)
+    fields = {"pair_rho_mean": summary["rho_mean"], "pair_rho_se": summary["rho_se"],
+              "pair_rho_ci_low": intervals.get("rho_ci_low"), "pair_rho_ci_high": intervals.get("rho_ci_high"),
+              "pair_rhos": intervals["rhos"]}
+    count = check_permutations(permutations, np.shape(model_rdm)[-1], method) if method in DOT_METHODS else 0
+    if count:
+        null = permutation_scores(model, subjects, count, seed, method, signed=True)
+        fields["pair_p_perm"] = _p_from_null(float(np.mean(rho)), null)
+    return fields
+
+
 def score_row(rho: np.ndarray, key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD,
               model_rdm: np.ndarray | None = None, permutations: int | None = 0, seed: int = 0) -> dict:
     """One scored row (`ScoreRecord.to_dict()`) from the per-subject (K-averaged) comparison values with the
     ceilings for `key`; with `model_rdm`, the chance fields from `permutations` of its image labels (None: the
     default for its size). Training validates every epoch with none (they would cost more than the epoch)."""
-    null = None if model_rdm is None else chance_scores(model_rdm, target_rdms, permutations, seed, method)
-    return score_record(rho, ceilings_for(key, target_rdms, method), null).to_dict()
+    if model_rdm is None:
+        return score_record(rho, ceilings_for(key, target_rdms, method)).to_dict()
+    null = chance_scores(model_rdm, target_rdms, permutations, seed, method)
+    record = score_record(rho, ceilings_for(key, target_rdms, method), null)
+    return {**record.to_dict(), **pair_fields(model_rdm, target_rdms, method, permutations, seed)}
 
 
 def with_chance(row: dict, model_rdm: np.ndarray, target_rdms: np.ndarray, permutations: int | None = None,
@@ -1012,7 +1046,8 @@ def with_chance(row: dict, model_rdm: np.ndarray, target_rdms: np.ndarray, permu
     record = ScoreRecord(**{k: v for k, v in row.items() if k in fields})
     null = chance_scores(model_rdm, target_rdms, permutations, seed, method)
     chance = _chance_fields(record.r2, record.noise_ceiling, null, record.rho_mean)
-    return {**row, **dataclasses.replace(record, **chance).to_dict()}
+    return {**row, **dataclasses.replace(record, **chance).to_dict(),
+            **pair_fields(model_rdm, target_rdms, method, permutations, seed)}
 
 
 def score_with_ceiling(model_rdm: np.ndarray, key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD,
@@ -1077,7 +1112,8 @@ def score_submission(
         record = score_record(rho, Ceilings(source, upper, *(computed[1:] if computed else (None, None))),
                               chance_scores(model, target, permutations, seed, method))
         ceilings.append(upper)
-        result[key] = {**record.to_dict(), "method": method}
+        result[key] = {**record.to_dict(), **pair_fields(model, target, method, permutations, seed),
+                       "method": method}
     if missing:
         result["score"] = None
         result["missing"] = missing

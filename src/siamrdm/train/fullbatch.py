@@ -37,7 +37,8 @@ from ..model.network import (
 )
 from ..model.prior import PriorFit, fit_prior, prior_vector, stage_rdms
 from ..rdm.core import rank_unit, rescale, square_rdm, upper_tri
-from ..rdm.reliability import per_image_fit, target_reliability
+from ..rdm.parts import per_image_fit
+from ..rdm.reliability import target_reliability
 from ..rdm.scoring import score_row
 from ..rdm.scoring_torch import spearman_torch, standardised_ranks_torch
 from ..rdm.splits import split_holdout as split_holdout  # re-exported: callers of siamrdm.train split here too

@@ -518,20 +518,30 @@ def _seeds(args) -> tuple[int, ...]:
     return tuple(_check_seed("--seeds", seed) for seed in seeds)
 
 
-def _own_dataset(args) -> data.BrainDataset | None:
-    """Your own data from --images, --rdms, --key (and --order), or None when none of them is given."""
+def _input_size(args) -> int | None:
+    """The side the network resizes images to (--image-size, else the preset's): images are reduced towards it as
+    they are read. None (kept as they are) when it is out of range: the config check then says so."""
+    from .train.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, config_from_preset
+
+    size = config_from_preset(args.preset, image_size=args.image_size).image_size
+    return size if MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE else None
+
+
+def _own_dataset(args, size: int | None = None) -> data.BrainDataset | None:
+    """Your own data from --images, --rdms, --key (and --order), or None when none of them is given; images
+    reduced as read for a network of input `size`."""
     if not (args.images or args.rdms):
         if getattr(args, "order", None):
             raise UsageError("--order orders your own images: use it with --images, --rdms and --key")
         return None
     if not (args.images and args.rdms and args.key):
         raise UsageError("your own data needs all of --images DIR, --rdms FILE and --key KEY")
-    return data.load_dataset(args.images, args.rdms, args.key, order=args.order)
+    return data.load_dataset(args.images, args.rdms, args.key, order=args.order, size=size)
 
 
 def _training_datasets(args) -> tuple[list, list, tuple[str, ...], list[str] | None]:
     """(train sets, validation sets, targets, image order) from --data/--sets or from --images/--rdms/--key;
-    the image order (the RDM's rows) only for your own data."""
+    the image order (the RDM's rows) only for your own data. Images are reduced as read (`_input_size`)."""
     from .train.fullbatch import split_holdout
 
     if getattr(args, "key", None) and not (args.images or args.rdms):
@@ -540,7 +550,8 @@ def _training_datasets(args) -> tuple[list, list, tuple[str, ...], list[str] | N
     if (args.images or args.rdms) and (args.sets or args.targets):  # before your data are read
         raise UsageError("--sets and --targets choose Algonauts sets and targets; with your own data the "
                          "target is --key")
-    own = _own_dataset(args)
+    size = _input_size(args)
+    own = _own_dataset(args, size)
     if own is not None:
         train = [own]
         targets: tuple[str, ...] = (args.key,)
@@ -549,12 +560,12 @@ def _training_datasets(args) -> tuple[list, list, tuple[str, ...], list[str] | N
         names = _check_sets("--sets", _list_option(args.sets, "--sets", default=data.TRAINING_SETS, what="sets"))
         if args.val_set:  # checked before any set is read
             _check_sets("--val-set", (args.val_set,))
-        train = [data.load_algonauts_set(args.data, name, targets) for name in names]
+        train = [data.load_algonauts_set(args.data, name, targets, size) for name in names]
     val = []
     if args.val_set:
         if args.images:
             raise UsageError("--val-set works with the Algonauts sets; use --val-fraction with your own data")
-        val = [data.load_algonauts_set(args.data, args.val_set, targets)]
+        val = [data.load_algonauts_set(args.data, args.val_set, targets, size)]
         train = [d for d in train if d.name != args.val_set]
     elif args.val_fraction:
         split = [split_holdout(d, args.val_fraction, 0) for d in train]
@@ -731,7 +742,7 @@ def cmd_predict(args) -> int:
         raise UsageError(f"{args.out}: .npy holds one RDM but the model predicts {len(predictor.targets)}; use .mat")
     if suffix != ".npy":  # before the images are read and predicted: every key must be one the file can hold
         data.check_rdm_keys(args.out, [predictor.output_keys.get(t, t) for t in predictor.targets])
-    images = data.load_image_set(args.images, args.order)
+    images = data.load_image_set(args.images, args.order, size=predictor.config.image_size)  # reduced as read
     try:
         rdms = predictor.predict(images)
     except data.DataError as exc:
@@ -963,7 +974,7 @@ def cmd_evaluate(args) -> int:
     _check_seed("--fold-seed", args.fold_seed)
     seeds = _seeds(args)
     loading = time.perf_counter()
-    own = _own_dataset(args)
+    own = _own_dataset(args, _input_size(args))
     if own is None and args.folds is not None:
         raise UsageError("--folds cross-validates your own data: use it with --images, --rdms and --key (the "
                          "Algonauts sets are evaluated across sets)")

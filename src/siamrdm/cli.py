@@ -17,7 +17,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, printable
 from .io import data
 from .io.files import json_safe
 from .io.tables import fmt
@@ -218,8 +218,8 @@ def cmd_score(args) -> int:
     result = _score_result(args, method)
     missing = ", ".join(result.get("missing", []))
     if missing:  # a valid partial result (exit 0), but never mistaken for a complete one
-        print(f"siamrdm: warning: {args.submission} lacks {missing} of {args.target}; "
-              "the overall score is withheld", file=sys.stderr)
+        print(f"siamrdm: warning: {printable(args.submission)} lacks {printable(missing)} of "
+              f"{printable(args.target)}; the overall score is withheld", file=sys.stderr)
     if args.json:
         _print_json(result)
         return 0
@@ -231,7 +231,7 @@ def cmd_score(args) -> int:
         scale = ("pct", ".2f") if unit == "%" else ("r2", ".4f")
         rho = f"{fmt(row['rho_mean'], '.3f')}+-{fmt(row['rho_se'], '.3f')}"
         print(
-            f"{key:<18} {row['r2']:>8.4f} {fmt(row['p'], '.2e'):>10} {fmt(row['p_signed'], '.2e'):>10} "
+            f"{printable(key):<18} {row['r2']:>8.4f} {fmt(row['p'], '.2e'):>10} {fmt(row['p_signed'], '.2e'):>10} "
             f"{fmt(row['p_perm'], '.2e'):>10} {fmt(row['noise_ceiling']):>8} {fmt(row['pct_nc'], '.2f'):>7} "
             f"{fmt(row[f'chance_{scale[0]}_mean'], scale[1]):>9} {fmt(row[f'chance_{scale[0]}_95'], scale[1]):>9} "
             f"{rho:>15} {fmt(row['rho_lower_ceiling'], '.3f'):>9} {fmt(row['noise_ceiling_lower']):>8}  "
@@ -239,7 +239,7 @@ def cmd_score(args) -> int:
         )
     total = result["score"]
     if total is None:
-        print(f"{'score':<18} withheld: the submission lacks {missing}")
+        print(f"{'score':<18} withheld: the submission lacks {printable(missing)}")
     else:
         print(f"{'score':<18} {total['r2']:>8.4f} {'':>41} {fmt(total['pct_nc'], '.2f'):>7}")
     permuted = [row for row in rows.values() if row["permutations"]]
@@ -272,7 +272,7 @@ def cmd_noise_ceiling(args) -> int:
     else:
         print(f"{'key':<18} {'upper':>8} {'lower':>8} {'rho_lower':>9} {'rho_upper':>9}")
         for key, row in result.items():
-            print(f"{key:<18} {row['upper']:>8.4f} {row['lower']:>8.4f} {row['rho_lower']:>9.4f} "
+            print(f"{printable(key):<18} {row['upper']:>8.4f} {row['lower']:>8.4f} {row['rho_lower']:>9.4f} "
                   f"{row['rho_upper']:>9.4f}")
         print("note: upper and lower in r2 (the challenge's unit); rho_lower, rho_upper: the same in rho, "
               "rsatoolbox's (lower, upper)")
@@ -290,22 +290,22 @@ def _own_data_info(args) -> int:
         _print_json(info)
         return 0
     images, rdms = info["images"], info["rdms"]
-    print(f"images: {images['count']} in {images['source']} ({data.shown_names(images['names'])}; "
-          f"{'natural order' if images['order'] == 'natural' else 'order from ' + images['order']})")
+    order = "natural order" if images["order"] == "natural" else f"order from {printable(images['order'])}"
+    print(f"images: {images['count']} in {printable(images['source'])} ({data.shown_names(images['names'])}; {order})")
     names = rdms["names"]
-    print(f"rdms: {rdms['file']}: " + (f"pattern descriptor '{names['descriptor']}' names the {names['count']} images, "
-                                       "in the same order" if names else "names no images (its rows are taken in "
-                                       "the images' order)"))
+    print(f"rdms: {printable(rdms['file'])}: " + (
+        f"pattern descriptor '{names['descriptor']}' names the {names['count']} images, in the same order" if names
+        else "names no images (its rows are taken in the images' order)"))
     for key, entry in rdms["keys"].items():
         if entry["grouping"]:
-            print(f"  {entry['grouping']}")
+            print(f"  {printable(entry['grouping'])}")
         ceiling = (f"noise ceiling {fmt(entry['noise_ceiling'])} upper, {fmt(entry['noise_ceiling_lower'])} lower "
                    f"({entry['ceiling_source']})" if entry["ceiling_source"] else f"no noise ceiling: "
                    f"{scoring.NO_CEILING_NOTE}")
-        print(f"  {key}: {tuple(entry['shape'])}, finite, symmetric, zero diagonal; {ceiling}")
-        print(f"  {reliability_line(key, entry['reliability'])}")
-    print(f"ok: fit reads these with --images {args.images} --rdms {args.rdms} --key {next(iter(rdms['keys']))}"
-          + (f" --order {args.order}" if args.order else ""))
+        print(f"  {printable(key)}: {tuple(entry['shape'])}, finite, symmetric, zero diagonal; {ceiling}")
+        print(f"  {printable(reliability_line(key, entry['reliability']))}")
+    print(printable(f"ok: fit reads these with --images {args.images} --rdms {args.rdms} --key "
+                    f"{next(iter(rdms['keys']))}" + (f" --order {args.order}" if args.order else "")))
     return 0
 
 
@@ -339,17 +339,17 @@ def cmd_data_info(args) -> int:
     if args.json:
         _print_json(info)
         return _unreadable_targets(unread)
-    print(f"data root: {info['root']}")
+    print(f"data root: {printable(info['root'])}")
     for name, entry in info["sets"].items():
-        print(f"  {name}-image set: {entry['images']} images in {entry['folder']}")
+        print(f"  {name}-image set: {entry['images']} images in {printable(entry['folder'])}")
         if entry.get("not_images"):
-            print(f"    not images (PIL cannot read them): {', '.join(entry['not_images'])}")
+            print(f"    not images (PIL cannot read them): {printable(', '.join(entry['not_images']))}")
         for file, keys in entry["rdm_files"].items():
             shapes = ", ".join(f"{k} {tuple(v)}" for k, v in keys.items())
-            print(f"    {file}: {shapes}")
+            print(f"    {printable(file)}: {printable(shapes)}")
     for name, summary in info["reliability"].items():
         if "not_measured" in summary:
-            print(f"  {name}: reliability not measured ({summary['not_measured']})")
+            print(f"  {name}: reliability not measured ({printable(summary['not_measured'])})")
         else:
             print(f"  {reliability_line(name, summary)}")
     return _unreadable_targets(unread)
@@ -362,7 +362,7 @@ def _unreadable_targets(problems: list[str]) -> int:
     if not problems:
         return 0
     more = f" (and {len(problems) - 1} more target files above)" if len(problems) > 1 else ""
-    print(f"siamrdm: error: {problems[0]}{more}", file=sys.stderr)
+    _error_line(f"{problems[0]}{more}")
     return 2
 
 
@@ -988,7 +988,7 @@ def cmd_evaluate(args) -> int:
     if own is not None:
         _check_folds(own, folds, args.fold_seed)
     else:  # the sets are read (and refused) before the run folder exists
-        sets = [data.load_algonauts_set(args.data, name, targets) for name in data.TRAINING_SETS]
+        sets = [data.load_algonauts_set(args.data, name, targets, config.image_size) for name in data.TRAINING_SETS]
     out = _out_dir(args.out, args.overwrite)
     loaded = [own] if own is not None else sets  # the line after every check: bad input stays one line on stderr
     progress.line(f"loaded {', '.join(f'{d.name} ({len(d)} images)' for d in loaded)} in "
@@ -1206,7 +1206,7 @@ class _Parser(argparse.ArgumentParser):
         command = self.prog.removeprefix("siamrdm").strip()  # 'fit', 'baseline layers', or '' at the top
         where = f"{command}: " if command else ""
         help_hint = f"siamrdm {command} --help" if command else "siamrdm --help"
-        self.exit(2, f"siamrdm: error: {where}{' '.join(message.split())} (see '{help_hint}')\n")
+        self.exit(2, f"siamrdm: error: {printable(where + ' '.join(message.split()))} (see '{help_hint}')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1226,7 +1226,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _print_notes() -> None:
     """How the input files were read (data.take_notes), on stderr: once the input is read and checked."""
     for note in data.take_notes():
-        print(f"siamrdm: {note}", file=sys.stderr, flush=True)
+        print(f"siamrdm: {printable(note)}", file=sys.stderr, flush=True)
+
+
+def _error_line(message: str) -> None:
+    """Bad input's one line on stderr. Names from files and paths may hold line breaks or terminal escapes:
+    they are shown escaped (errors.printable), so the line stays one line and the terminal is left alone."""
+    print(f"siamrdm: error: {printable(message)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1238,10 +1244,10 @@ def main(argv: list[str] | None = None) -> int:
         _print_notes()
         return code
     except ConfigError as exc:  # a setting: named by its command-line flag
-        print(f"siamrdm: error: {_flag(exc.option)}: {exc.problem}", file=sys.stderr)
+        _error_line(f"{_flag(exc.option)}: {exc.problem}")
         return 2
     except data.DataError as exc:
-        print(f"siamrdm: error: {exc}", file=sys.stderr)
+        _error_line(str(exc))
         return 2
     except KeyboardInterrupt:
         print("siamrdm: interrupted", file=sys.stderr)
@@ -1253,7 +1259,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a one-line message; SIAMRDM_DEBUG=1 shows the traceback
         if os.environ.get("SIAMRDM_DEBUG"):
             raise
-        print(f"siamrdm: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"siamrdm: {type(exc).__name__}: {printable(' '.join(str(exc).split()))}", file=sys.stderr)
         return 1
 
 

@@ -551,3 +551,17 @@ def test_a_data_root_with_a_newline_stays_one_line(capsys, tmp_path: Path, monke
     code, out, err = run_main(capsys, "data-info")
     assert (code, out) == (2, "")
     assert_one_line_error(err, "algonauts\\n2019: data root is not a directory")
+
+
+def test_score_of_two_rsatoolbox_files_in_different_orders_blames_the_files_not_an_option(
+        capsys, tmp_path: Path, make_rdms) -> None:
+    """score has no --order: the message names both files and the first row that differs, and no option."""
+    names = ["cat", "dog", "car", "cup", "sun", "owl"]
+    target = data.save_rdms(tmp_path / "b.hdf5", {"EVC": make_rdms(6, subjects=3, seed=2)}, names=names)
+    swapped = [names[1], names[0], *names[2:]]
+    submission = data.save_rdms(tmp_path / "a.hdf5", {"EVC": make_rdms(6, seed=1)}, names=swapped)
+    code, out, err = run_main(capsys, "score", submission, "--target", target)
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, f"siamrdm: error: {submission}: pattern descriptor 'images' orders the images "
+                               f"differently from {target} (row 1: 'dog' in {submission}, 'cat' in {target})")
+    assert "--" not in err

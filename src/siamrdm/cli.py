@@ -202,7 +202,7 @@ def _score_result(args, method: str) -> dict:
     submission = data.load_rdm_dict(args.submission, n_images=n_images)
     named = data.read_rdm_names(args.target)
     if named is not None:  # both files name their images (rsatoolbox files): the same images, in the same order
-        data.check_rdm_names(args.submission, named[1], among=str(args.target))
+        data.check_rdm_names(args.submission, named[1], among=str(args.target), order_settable=False)
     pairs = _paired_keys(args, list(submission), list(targets))
     chosen = {name: targets[t] for name, (_, t) in pairs.items()}
     if args.key is None and args.target_key is None:  # every target key is scored: one the submission lacks counts

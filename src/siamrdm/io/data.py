@@ -918,9 +918,12 @@ def read_rdm_names(path: str | os.PathLike) -> tuple[str, list[str]] | None:
     return None
 
 
-def check_rdm_names(path: str | os.PathLike, names: Sequence[str], among: str = "the images") -> None:
+def check_rdm_names(path: str | os.PathLike, names: Sequence[str], among: str = "the images",
+                    order_settable: bool = True) -> None:
     """When an RDM file names its images, they must be `names`, in the same order (an RDM's rows are only
-    meaningful with the right images): a DataError naming the file and the first difference otherwise."""
+    meaningful with the right images): an error naming the file and the first difference otherwise. The
+    `order` setting is blamed only where the caller has one (`order_settable`): not where `names` come from
+    another RDM file (score's target), whose order no option sets."""
     found = read_rdm_names(path)
     if found is None:
         return
@@ -930,10 +933,14 @@ def check_rdm_names(path: str | os.PathLike, names: Sequence[str], among: str = 
         raise DataError(f"{where} names {len(listed)} images, {among} are {len(names)}")
     index = match_names(listed, names, where, among)
     wrong = next((k for k, i in enumerate(index) if i != k), None)
-    if wrong is not None:
-        raise ConfigError("order", f"{where} orders the images differently from {among} (row {wrong + 1}: "
-                                   f"'{listed[wrong]}' in the file, '{names[wrong]}' among the images); set the "
-                                   "image order to the file's")
+    if wrong is None:
+        return
+    if not order_settable:
+        raise DataError(f"{where} orders the images differently from {among} (row {wrong + 1}: '{listed[wrong]}' in "
+                        f"{path}, '{names[wrong]}' in {among})")
+    raise ConfigError("order", f"{where} orders the images differently from {among} (row {wrong + 1}: "
+                               f"'{listed[wrong]}' in the file, '{names[wrong]}' among the images); set the "
+                               "image order to the file's")
 
 
 def _rsatoolbox_rows(path: Path, rdms: dict[str, np.ndarray], names: Sequence[str] | None) -> dict[str, np.ndarray]:

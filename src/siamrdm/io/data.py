@@ -333,9 +333,21 @@ def _read_image(path: Path, size: int | None = None) -> np.ndarray:
         raise DataError(f"{path}: unreadable image ({_one_line(exc)})") from None
 
 
+def check_image_name(name: str, where: str | os.PathLike) -> None:
+    """Refuse an image name that an order file cannot list: `fit` writes the names of a run's images, one per line,
+    to its images.txt, which --order reads back, skipping lines that start with '#' and trimming spaces. A name
+    holding a line break (a newline, U+2028, ...), starting with '#' or with spaces around it would come back
+    as another name, or none, so it is refused as the images are listed, before any run folder exists: renaming
+    the file is easy, an order file that quoted names would be a second format to read."""
+    if name.splitlines() != [name] or name.strip() != name or name.startswith("#"):
+        raise DataError(f"{where}: image name {name!r} cannot be listed in an order file (one name a line, '#' "
+                        "starts a comment, spaces around a name are trimmed); rename it")
+
+
 def image_files(folder: Path) -> list[Path]:
     """The image files of a folder (regular files with an image suffix), sorted naturally (img2 before img10).
-    A name that is not valid UTF-8 is refused here: it could not be written to an order file or a report."""
+    A name that is not valid UTF-8 is refused here: it could not be written to an order file or a report; nor
+    can one that `check_image_name` refuses."""
     files = []
     for p in folder.iterdir():
         if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
@@ -345,6 +357,7 @@ def image_files(folder: Path) -> list[Path]:
         except UnicodeEncodeError:
             raise DataError(f"{folder}: image file name {os.fsencode(p.name)!r} is not valid UTF-8; rename it") \
                 from None
+        check_image_name(p.name, folder)
         files.append(p)
     return sorted(files, key=lambda p: natural_key(p.name))
 
@@ -392,6 +405,7 @@ def _image_set_from_stimulus_mat(path: Path) -> ImageSet:
         images.append(_uint8_pixels(pixels, f"{path}: visual_stimuli({i + 1}).pixels"))
         name = entry["names"] if "names" in stimuli.dtype.names else f"image_{i + 1}"
         names.append(str(np.asarray(name).ravel()[0]) if np.asarray(name).size else f"image_{i + 1}")
+        check_image_name(names[-1], f"{path}: visual_stimuli({i + 1}).names")
     return _check_image_count(ImageSet(names, images, path))
 
 

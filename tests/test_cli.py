@@ -508,3 +508,61 @@ def test_options_of_the_other_kind_of_data_are_refused(capsys, tmp_path: Path, d
     assert (code, out) == (2, "")
     assert_one_line_error(err, *words)
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- issue 33: names shown escaped
+
+
+def _npz(path: Path, **arrays: np.ndarray) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("key", ["EV\nC", "EV\u2028C", "\x1b]0;title\x07", "\x1b[2J"])
+def test_a_key_with_a_line_break_or_escape_sequence_stays_one_escaped_line(capsys, tmp_path: Path, make_rdms,
+                                                                           key: str) -> None:
+    submission = _npz(tmp_path / "submission.npz", **{key: make_rdms(6, seed=1)})
+    target = _npz(tmp_path / "target.npz", IT=make_rdms(6, subjects=3, seed=2))
+    code, out, err = run_main(capsys, "score", submission, "--target", target)
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, "no key in common", repr(key)[1:-1])
+    assert "\x1b" not in err and "\x07" not in err
+
+
+def test_a_key_from_a_file_is_escaped_in_the_score_table(capsys, tmp_path: Path, make_rdms) -> None:
+    key = "\x1b]0;title\x07EVC\x1b[2J"
+    submission = _npz(tmp_path / "submission.npz", **{key: make_rdms(6, seed=1)})
+    target = _npz(tmp_path / "target.npz", **{key: make_rdms(6, subjects=3, seed=2)})
+    code, out, err = run_main(capsys, "score", submission, "--target", target)
+    assert code == 0, err
+    assert "\\x1b]0;title\\x07EVC\\x1b[2J" in out
+    assert "\x1b" not in out + err and "\x07" not in out + err
+
+
+def test_an_rsatoolbox_target_descriptor_with_a_newline_stays_one_line(capsys, tmp_path: Path, make_rdms) -> None:
+    target = data.save_rdms(tmp_path / "target.hdf5", {"E\nVC": make_rdms(6, subjects=3, seed=2)})
+    submission = _npz(tmp_path / "submission.npz", EVC=make_rdms(6, seed=1))
+    code, out, err = run_main(capsys, "score", submission, "--target", target, "--target-key", "EVC")
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, "--target-key EVC", "E\\nVC")
+
+
+def test_a_data_root_with_a_newline_stays_one_line(capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(data.DATA_ENV_VAR, str(tmp_path / "algonauts\n2019"))
+    code, out, err = run_main(capsys, "data-info")
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, "algonauts\\n2019: data root is not a directory")
+
+
+def test_score_of_two_rsatoolbox_files_in_different_orders_blames_the_files_not_an_option(
+        capsys, tmp_path: Path, make_rdms) -> None:
+    """score has no --order: the message names both files and the first row that differs, and no option."""
+    names = ["cat", "dog", "car", "cup", "sun", "owl"]
+    target = data.save_rdms(tmp_path / "b.hdf5", {"EVC": make_rdms(6, subjects=3, seed=2)}, names=names)
+    swapped = [names[1], names[0], *names[2:]]
+    submission = data.save_rdms(tmp_path / "a.hdf5", {"EVC": make_rdms(6, seed=1)}, names=swapped)
+    code, out, err = run_main(capsys, "score", submission, "--target", target)
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, f"siamrdm: error: {submission}: pattern descriptor 'images' orders the images "
+                               f"differently from {target} (row 1: 'dog' in {submission}, 'cat' in {target})")
+    assert "--" not in err

@@ -21,6 +21,7 @@ import pytest
 import torch
 from helpers import assert_one_line_error
 from helpers import run_cli as run_main
+from PIL import Image
 
 from siamrdm import cli, train
 from siamrdm.io import data, files
@@ -557,3 +558,29 @@ def test_an_empty_out_is_refused(capsys, tmp_path: Path, own_data: tuple[str, ..
     assert code == 2 and stdout == ""
     assert_one_line_error(err, "--out", "empty")
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- issue 33: names images.txt can hold
+
+
+@pytest.mark.parametrize("bad", ["a\nb.png", "a\u2028b.png", "#1.png", " lead.png"])
+def test_fit_refuses_an_image_name_its_order_file_could_not_give_back(capsys, tmp_path: Path, make_rdms,
+                                                                       bad: str) -> None:
+    """images.txt (one name a line, read back with --order) cannot hold a line break, a leading '#' or spaces
+    around a name: such a name is refused in one line before any run folder is made, as predict and data-info
+    refuse it."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k, name in enumerate(["img1.png", "img2.png", "img3.png", bad]):
+        Image.new("RGB", (8, 8), (60 * k, 20, 90)).save(folder / name, format="PNG")
+    rdms = tmp_path / "rdms.npy"
+    np.save(rdms, make_rdms(4, subjects=3, seed=5))
+    out = tmp_path / "run"
+    code, stdout, err = run_main(capsys, "fit", "--images", folder, "--rdms", rdms, "--key", "V4", "--out", out,
+                                 "--image-size", "32", "--epochs", "1")
+    assert (code, stdout) == (2, "")
+    assert_one_line_error(err, str(folder), repr(bad), "cannot be listed in an order file")
+    assert not out.exists()
+    code, stdout, err = run_main(capsys, "data-info", "--images", folder, "--rdms", rdms)
+    assert (code, stdout) == (2, "")
+    assert_one_line_error(err, repr(bad))

@@ -17,7 +17,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, printable
 from .io import data
 from .io.files import json_safe
 from .io.tables import fmt
@@ -202,7 +202,7 @@ def _score_result(args, method: str) -> dict:
     submission = data.load_rdm_dict(args.submission, n_images=n_images)
     named = data.read_rdm_names(args.target)
     if named is not None:  # both files name their images (rsatoolbox files): the same images, in the same order
-        data.check_rdm_names(args.submission, named[1], among=str(args.target))
+        data.check_rdm_names(args.submission, named[1], among=str(args.target), order_settable=False)
     pairs = _paired_keys(args, list(submission), list(targets))
     chosen = {name: targets[t] for name, (_, t) in pairs.items()}
     if args.key is None and args.target_key is None:  # every target key is scored: one the submission lacks counts
@@ -218,8 +218,8 @@ def cmd_score(args) -> int:
     result = _score_result(args, method)
     missing = ", ".join(result.get("missing", []))
     if missing:  # a valid partial result (exit 0), but never mistaken for a complete one
-        print(f"siamrdm: warning: {args.submission} lacks {missing} of {args.target}; "
-              "the overall score is withheld", file=sys.stderr)
+        print(f"siamrdm: warning: {printable(args.submission)} lacks {printable(missing)} of "
+              f"{printable(args.target)}; the overall score is withheld", file=sys.stderr)
     if args.json:
         _print_json(result)
         return 0
@@ -233,7 +233,7 @@ def cmd_score(args) -> int:
         rho = f"{fmt(row['rho_mean'], '.3f')}+-{fmt(row['rho_se'], '.3f')}"
         pair = f"{fmt(row.get('pair_rho_mean'), '.3f')}+-{fmt(row.get('pair_rho_se'), '.3f')}"
         print(
-            f"{key:<18} {row['r2']:>8.4f} {fmt(row['p'], '.2e'):>10} {fmt(row['p_signed'], '.2e'):>10} "
+            f"{printable(key):<18} {row['r2']:>8.4f} {fmt(row['p'], '.2e'):>10} {fmt(row['p_signed'], '.2e'):>10} "
             f"{fmt(row['p_perm'], '.2e'):>10} {fmt(row['noise_ceiling']):>8} {fmt(row['pct_nc'], '.2f'):>7} "
             f"{fmt(row[f'chance_{scale[0]}_mean'], scale[1]):>9} {fmt(row[f'chance_{scale[0]}_95'], scale[1]):>9} "
             f"{rho:>15} {pair:>15} {fmt(row['rho_lower_ceiling'], '.3f'):>9} {fmt(row['noise_ceiling_lower']):>8}  "
@@ -241,7 +241,7 @@ def cmd_score(args) -> int:
         )
     total = result["score"]
     if total is None:
-        print(f"{'score':<18} withheld: the submission lacks {missing}")
+        print(f"{'score':<18} withheld: the submission lacks {printable(missing)}")
     else:
         print(f"{'score':<18} {total['r2']:>8.4f} {'':>41} {fmt(total['pct_nc'], '.2f'):>7}")
     permuted = [row for row in rows.values() if row["permutations"]]
@@ -275,7 +275,7 @@ def cmd_noise_ceiling(args) -> int:
     else:
         print(f"{'key':<18} {'upper':>8} {'lower':>8} {'rho_lower':>9} {'rho_upper':>9}")
         for key, row in result.items():
-            print(f"{key:<18} {row['upper']:>8.4f} {row['lower']:>8.4f} {row['rho_lower']:>9.4f} "
+            print(f"{printable(key):<18} {row['upper']:>8.4f} {row['lower']:>8.4f} {row['rho_lower']:>9.4f} "
                   f"{row['rho_upper']:>9.4f}")
         print("note: upper and lower in r2 (the challenge's unit); rho_lower, rho_upper: the same in rho, "
               "rsatoolbox's (lower, upper)")
@@ -293,22 +293,22 @@ def _own_data_info(args) -> int:
         _print_json(info)
         return 0
     images, rdms = info["images"], info["rdms"]
-    print(f"images: {images['count']} in {images['source']} ({data.shown_names(images['names'])}; "
-          f"{'natural order' if images['order'] == 'natural' else 'order from ' + images['order']})")
+    order = "natural order" if images["order"] == "natural" else f"order from {printable(images['order'])}"
+    print(f"images: {images['count']} in {printable(images['source'])} ({data.shown_names(images['names'])}; {order})")
     names = rdms["names"]
-    print(f"rdms: {rdms['file']}: " + (f"pattern descriptor '{names['descriptor']}' names the {names['count']} images, "
-                                       "in the same order" if names else "names no images (its rows are taken in "
-                                       "the images' order)"))
+    print(f"rdms: {printable(rdms['file'])}: " + (
+        f"pattern descriptor '{names['descriptor']}' names the {names['count']} images, in the same order" if names
+        else "names no images (its rows are taken in the images' order)"))
     for key, entry in rdms["keys"].items():
         if entry["grouping"]:
-            print(f"  {entry['grouping']}")
+            print(f"  {printable(entry['grouping'])}")
         ceiling = (f"noise ceiling {fmt(entry['noise_ceiling'])} upper, {fmt(entry['noise_ceiling_lower'])} lower "
                    f"({entry['ceiling_source']})" if entry["ceiling_source"] else f"no noise ceiling: "
                    f"{scoring.NO_CEILING_NOTE}")
-        print(f"  {key}: {tuple(entry['shape'])}, finite, symmetric, zero diagonal; {ceiling}")
-        print(f"  {reliability_line(key, entry['reliability'])}")
-    print(f"ok: fit reads these with --images {args.images} --rdms {args.rdms} --key {next(iter(rdms['keys']))}"
-          + (f" --order {args.order}" if args.order else ""))
+        print(f"  {printable(key)}: {tuple(entry['shape'])}, finite, symmetric, zero diagonal; {ceiling}")
+        print(f"  {printable(reliability_line(key, entry['reliability']))}")
+    print(printable(f"ok: fit reads these with --images {args.images} --rdms {args.rdms} --key "
+                    f"{next(iter(rdms['keys']))}" + (f" --order {args.order}" if args.order else "")))
     return 0
 
 
@@ -342,17 +342,17 @@ def cmd_data_info(args) -> int:
     if args.json:
         _print_json(info)
         return _unreadable_targets(unread)
-    print(f"data root: {info['root']}")
+    print(f"data root: {printable(info['root'])}")
     for name, entry in info["sets"].items():
-        print(f"  {name}-image set: {entry['images']} images in {entry['folder']}")
+        print(f"  {name}-image set: {entry['images']} images in {printable(entry['folder'])}")
         if entry.get("not_images"):
-            print(f"    not images (PIL cannot read them): {', '.join(entry['not_images'])}")
+            print(f"    not images (PIL cannot read them): {printable(', '.join(entry['not_images']))}")
         for file, keys in entry["rdm_files"].items():
             shapes = ", ".join(f"{k} {tuple(v)}" for k, v in keys.items())
-            print(f"    {file}: {shapes}")
+            print(f"    {printable(file)}: {printable(shapes)}")
     for name, summary in info["reliability"].items():
         if "not_measured" in summary:
-            print(f"  {name}: reliability not measured ({summary['not_measured']})")
+            print(f"  {name}: reliability not measured ({printable(summary['not_measured'])})")
         else:
             print(f"  {reliability_line(name, summary)}")
     return _unreadable_targets(unread)
@@ -365,7 +365,7 @@ def _unreadable_targets(problems: list[str]) -> int:
     if not problems:
         return 0
     more = f" (and {len(problems) - 1} more target files above)" if len(problems) > 1 else ""
-    print(f"siamrdm: error: {problems[0]}{more}", file=sys.stderr)
+    _error_line(f"{problems[0]}{more}")
     return 2
 
 
@@ -523,20 +523,30 @@ def _seeds(args) -> tuple[int, ...]:
     return tuple(_check_seed("--seeds", seed) for seed in seeds)
 
 
-def _own_dataset(args) -> data.BrainDataset | None:
-    """Your own data from --images, --rdms, --key (and --order), or None when none of them is given."""
+def _input_size(args) -> int | None:
+    """The side the network resizes images to (--image-size, else the preset's): images are reduced towards it as
+    they are read. None (kept as they are) when it is out of range: the config check then says so."""
+    from .train.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, config_from_preset
+
+    size = config_from_preset(args.preset, image_size=args.image_size).image_size
+    return size if MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE else None
+
+
+def _own_dataset(args, size: int | None = None) -> data.BrainDataset | None:
+    """Your own data from --images, --rdms, --key (and --order), or None when none of them is given; images
+    reduced as read for a network of input `size`."""
     if not (args.images or args.rdms):
         if getattr(args, "order", None):
             raise UsageError("--order orders your own images: use it with --images, --rdms and --key")
         return None
     if not (args.images and args.rdms and args.key):
         raise UsageError("your own data needs all of --images DIR, --rdms FILE and --key KEY")
-    return data.load_dataset(args.images, args.rdms, args.key, order=args.order)
+    return data.load_dataset(args.images, args.rdms, args.key, order=args.order, size=size)
 
 
 def _training_datasets(args) -> tuple[list, list, tuple[str, ...], list[str] | None]:
     """(train sets, validation sets, targets, image order) from --data/--sets or from --images/--rdms/--key;
-    the image order (the RDM's rows) only for your own data."""
+    the image order (the RDM's rows) only for your own data. Images are reduced as read (`_input_size`)."""
     from .train.fullbatch import split_holdout
 
     if getattr(args, "key", None) and not (args.images or args.rdms):
@@ -545,7 +555,8 @@ def _training_datasets(args) -> tuple[list, list, tuple[str, ...], list[str] | N
     if (args.images or args.rdms) and (args.sets or args.targets):  # before your data are read
         raise UsageError("--sets and --targets choose Algonauts sets and targets; with your own data the "
                          "target is --key")
-    own = _own_dataset(args)
+    size = _input_size(args)
+    own = _own_dataset(args, size)
     if own is not None:
         train = [own]
         targets: tuple[str, ...] = (args.key,)
@@ -554,12 +565,12 @@ def _training_datasets(args) -> tuple[list, list, tuple[str, ...], list[str] | N
         names = _check_sets("--sets", _list_option(args.sets, "--sets", default=data.TRAINING_SETS, what="sets"))
         if args.val_set:  # checked before any set is read
             _check_sets("--val-set", (args.val_set,))
-        train = [data.load_algonauts_set(args.data, name, targets) for name in names]
+        train = [data.load_algonauts_set(args.data, name, targets, size) for name in names]
     val = []
     if args.val_set:
         if args.images:
             raise UsageError("--val-set works with the Algonauts sets; use --val-fraction with your own data")
-        val = [data.load_algonauts_set(args.data, args.val_set, targets)]
+        val = [data.load_algonauts_set(args.data, args.val_set, targets, size)]
         train = [d for d in train if d.name != args.val_set]
     elif args.val_fraction:
         split = [split_holdout(d, args.val_fraction, 0) for d in train]
@@ -736,7 +747,7 @@ def cmd_predict(args) -> int:
         raise UsageError(f"{args.out}: .npy holds one RDM but the model predicts {len(predictor.targets)}; use .mat")
     if suffix != ".npy":  # before the images are read and predicted: every key must be one the file can hold
         data.check_rdm_keys(args.out, [predictor.output_keys.get(t, t) for t in predictor.targets])
-    images = data.load_image_set(args.images, args.order)
+    images = data.load_image_set(args.images, args.order, size=predictor.config.image_size)  # reduced as read
     try:
         rdms = predictor.predict(images)
     except data.DataError as exc:
@@ -986,7 +997,7 @@ def cmd_evaluate(args) -> int:
     _check_seed("--fold-seed", args.fold_seed)
     seeds = _seeds(args)
     loading = time.perf_counter()
-    own = _own_dataset(args)
+    own = _own_dataset(args, _input_size(args))
     if own is None and args.folds is not None:
         raise UsageError("--folds cross-validates your own data: use it with --images, --rdms and --key (the "
                          "Algonauts sets are evaluated across sets)")
@@ -1002,7 +1013,7 @@ def cmd_evaluate(args) -> int:
     if own is not None:
         _check_folds(own, folds, args.fold_seed)
     else:  # the sets are read (and refused) before the run folder exists
-        sets = [data.load_algonauts_set(args.data, name, targets) for name in data.TRAINING_SETS]
+        sets = [data.load_algonauts_set(args.data, name, targets, config.image_size) for name in data.TRAINING_SETS]
     out = _out_dir(args.out, args.overwrite)
     loaded = [own] if own is not None else sets  # the line after every check: bad input stays one line on stderr
     progress.line(f"loaded {', '.join(f'{d.name} ({len(d)} images)' for d in loaded)} in "
@@ -1223,7 +1234,7 @@ class _Parser(argparse.ArgumentParser):
         command = self.prog.removeprefix("siamrdm").strip()  # 'fit', 'baseline layers', or '' at the top
         where = f"{command}: " if command else ""
         help_hint = f"siamrdm {command} --help" if command else "siamrdm --help"
-        self.exit(2, f"siamrdm: error: {where}{' '.join(message.split())} (see '{help_hint}')\n")
+        self.exit(2, f"siamrdm: error: {printable(where + ' '.join(message.split()))} (see '{help_hint}')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1243,7 +1254,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _print_notes() -> None:
     """How the input files were read (data.take_notes), on stderr: once the input is read and checked."""
     for note in data.take_notes():
-        print(f"siamrdm: {note}", file=sys.stderr, flush=True)
+        print(f"siamrdm: {printable(note)}", file=sys.stderr, flush=True)
+
+
+def _error_line(message: str) -> None:
+    """Bad input's one line on stderr. Names from files and paths may hold line breaks or terminal escapes:
+    they are shown escaped (errors.printable), so the line stays one line and the terminal is left alone."""
+    print(f"siamrdm: error: {printable(message)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1255,10 +1272,10 @@ def main(argv: list[str] | None = None) -> int:
         _print_notes()
         return code
     except ConfigError as exc:  # a setting: named by its command-line flag
-        print(f"siamrdm: error: {_flag(exc.option)}: {exc.problem}", file=sys.stderr)
+        _error_line(f"{_flag(exc.option)}: {exc.problem}")
         return 2
     except data.DataError as exc:
-        print(f"siamrdm: error: {exc}", file=sys.stderr)
+        _error_line(str(exc))
         return 2
     except KeyboardInterrupt:
         print("siamrdm: interrupted", file=sys.stderr)
@@ -1270,7 +1287,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a one-line message; SIAMRDM_DEBUG=1 shows the traceback
         if os.environ.get("SIAMRDM_DEBUG"):
             raise
-        print(f"siamrdm: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"siamrdm: {type(exc).__name__}: {printable(' '.join(str(exc).split()))}", file=sys.stderr)
         return 1
 
 

@@ -5,6 +5,17 @@ ConfigError's setting to its flag."""
 from __future__ import annotations
 
 
+def printable(text: object) -> str:
+    """`text` as one safe line for a terminal: every character str.isprintable refuses (line breaks, U+2028,
+    tabs, terminal escape sequences such as ESC, other control and format characters) written as Python's repr
+    writes it (\\n, \\x1b, \\u2028). File names, keys and paths come from files and users: raw, a newline would split
+    a one-line error in two and an escape sequence would drive the terminal."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class DataError(ValueError):
     """Bad input. The message is one line naming the file and the problem."""
 

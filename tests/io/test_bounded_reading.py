@@ -516,3 +516,91 @@ def test_a_constant_upper_triangle_model_is_refused_as_a_square_one_is(tmp_path:
     code, _, err = run_cli(capsys, "score", tmp_path / "flat_square.npy", "--target", tmp_path / "subjects.npy")
     assert code == 2
     assert_one_line_error(err, "flat_square.npy", "constant")
+
+
+# --------------------------------------------------------------------------- issue 33: values an HDF5 file lacks
+
+
+def test_rsatoolbox_rdms_the_file_does_not_store_are_refused_unread(capsys, tmp_path: Path) -> None:
+    """(20, 18,000,000) dissimilarities (2.9 GB) declared in 2 kB: within the memory limit of a large machine, so
+    only the bytes stored can tell; it was read (and filled with zeros) before being refused as constant."""
+    target = _rsatoolbox_header(tmp_path / "huge.hdf5", 20, 6_001)
+    assert target.stat().st_size < 4096
+    with allocating_little():
+        code, out, err = run_cli(capsys, "noise-ceiling", target)
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, str(target), "'/dissimilarities'", "(20, 18003000)", "2,880,480,000 bytes",
+                          "stores only 0 of its")
+
+
+def test_a_v73_target_the_file_does_not_store_is_refused_unread(capsys, tmp_path: Path, make_rdms) -> None:
+    target = _v73_header(tmp_path / "target.mat", "EVC_RDMs", (4, 6_000, 6_000))
+    with allocating_little():
+        code, out, err = run_cli(capsys, "score", _submission(tmp_path, make_rdms), "--target", target)
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, str(target), "'/EVC_RDMs'", "1,152,000,000 bytes", "stores only 0 of its")
+
+
+def test_compressed_values_partly_never_written_are_refused_and_real_files_pass(tmp_path: Path,
+                                                                              make_rdms) -> None:
+    """A compressed dataset stores less than it declares; each of its chunks must be there all the same."""
+    rdms = make_rdms(500, subjects=3, seed=1)  # 2.9 MB, gzip-compressed as a user might save it
+    path = tmp_path / "rdms.hdf5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("dissimilarities", data=upper_tri(rdms), compression="gzip", chunks=(1, 124_750))
+        f.create_group("pattern_descriptors")
+    np.testing.assert_allclose(data.load_rdms(path), rdms)
+    with h5py.File(path, "w") as f:  # the first RDM written, the 19 others never
+        f.create_dataset("dissimilarities", (20, 124_750), "f8", compression="gzip", chunks=(1, 124_750))
+        f["dissimilarities"][0] = upper_tri(rdms[0])
+        f.create_group("pattern_descriptors")
+    with pytest.raises(data.DataError) as info:
+        data.load_rdm_dict(path)
+    assert_one_line_error(f"siamrdm: error: {info.value}", str(path), "stores only 1 of its 20 chunks")
+
+
+def test_an_image_store_declaring_ten_million_images_is_refused_unread(tmp_path: Path) -> None:
+    """It was refused only after a name per image was made (1.5 GB in `fit`)."""
+    images = tmp_path / "images.h5"
+    with h5py.File(images, "w") as f:
+        f.create_dataset("images", (10_000_000, 8, 8, 3), np.uint8, chunks=(1_000, 8, 8, 3))
+    with allocating_little(), pytest.raises(data.DataError) as info:
+        open_image_store(images)
+    assert_one_line_error(f"siamrdm: error: {info.value}", str(images), "(10000000, 8, 8, 3)",
+                          "stores only 0 of its 10,000 chunks")
+
+
+# --------------------------------------------------------------------------- issue 33: huge images reduced as read
+
+_PEAK_SCRIPT = """
+import sys
+from siamrdm import cli
+
+def peak():  # this process's own high-water mark (getrusage's ru_maxrss keeps the parent's across exec)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+before = peak()
+code = cli.main(sys.argv[1:])
+print(peak() - before, code)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the peak from /proc (Linux)")
+def test_data_info_reads_huge_images_one_at_a_time(tmp_path: Path, make_rdms) -> None:
+    """6 PNGs of 4000 x 4000 (48 MB each as pixels, a few kB as files): the peak the command adds to the process
+    stays near one image's, where keeping every image at full size took 6 of them and more."""
+    folder = tmp_path / "big"
+    folder.mkdir()
+    Image.new("RGB", (4_000, 4_000), (200, 30, 90)).save(folder / "img0.png")
+    for k in range(1, 6):
+        (folder / f"img{k}.png").write_bytes((folder / "img0.png").read_bytes())
+    rdms = tmp_path / "rdms.npy"
+    np.save(rdms, make_rdms(6, subjects=3, seed=2))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, "data-info", "--images", str(folder), "--rdms",
+                           str(rdms)], capture_output=True, text=True, env=env, timeout=120)
+    peak, code = (int(v) for v in done.stdout.split()[-2:])
+    assert code == 0, done.stderr
+    one_image = 4_000 * 4_000 * 4  # PIL holds RGB at 4 bytes a pixel
+    assert peak < 2.5 * one_image, f"the command added {peak:,} bytes at its peak"

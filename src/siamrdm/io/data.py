@@ -16,8 +16,10 @@ On top of them, `load_algonauts_set` knows the official Algonauts 2019 layout (s
 Every reader is bounded: it reads only regular files (a FIFO or a device would block or never end), reads nothing
 an HDF5 file keeps in other files (external links, external storage, virtual datasets), refuses images of more
 than MAX_IMAGE_PIXELS pixels before decoding them, and checks from a file's headers, before reading its arrays,
-that they fit in memory (`check_read_size`: MAX_READ_BYTES, the memory available, MAX_SQUARE_IMAGES). So a small
-crafted file can neither hang a command nor make it allocate blindly.
+that they fit in memory (`check_read_size`: MAX_READ_BYTES, the memory available, MAX_SQUARE_IMAGES) and, for
+HDF5, that the file stores the values it declares (`check_hdf5_stored`). So a small crafted file can neither hang
+a command nor make it allocate blindly. Images are reduced as they are read to the size the network needs
+(`load_image_set`'s `size`), so a set of huge images never sits in memory at full size.
 """
 
 from __future__ import annotations
@@ -87,6 +89,11 @@ MAX_READ_BYTES = 16 * 2**30  # the most the arrays read from one file may take a
 MAX_SQUARE_IMAGES = 16_384  # square RDMs of more images (2 GiB each): give upper triangles (S, N(N-1)/2) instead
 MAX_IMAGE_PIXELS = 64_000_000  # an image of more pixels is refused before it is decoded
 MAX_LINK_DEPTH = 16  # HDF5 soft links followed in a row (a cycle of them would never end)
+# The most an HDF5 dataset's values may outgrow the bytes its file stores for them: DEFLATE's own limit (1032:1).
+# Values never written (chunks not stored) read as the fill value, so without this bound a file of 2 kB could
+# declare gigabytes that fit the memory limit and make a reader fill them.
+MAX_HDF5_EXPANSION = 1032
+SMALL_DATASET_BYTES = 2**20  # datasets up to this size are read whatever they store: the bound needs no care there
 
 
 def check_regular_file(path: Path, what: str = "file") -> Path:
@@ -147,6 +154,30 @@ def check_read_size(where: str | os.PathLike, shapes: dict[str, tuple[int, ...]]
         named = "its contents" if key is None else f"'{key}' {shape}" if key else f"shape {shape}"
         raise DataError(f"{where}: reading {named} needs {needed:,} bytes ({needed / 2**30:.1f} GiB) as float64, "
                         f"more than {why}")
+
+
+def check_hdf5_stored(dataset: h5py.Dataset, where: str | os.PathLike) -> None:
+    """Before reading an HDF5 dataset: refuse it when the file does not hold its values: a chunk never written,
+    or declared bytes more than those stored (uncompressed) or than MAX_HDF5_EXPANSION times them (compressed).
+    Unwritten values would read as zeros (the fill value): a tiny file could make a reader allocate and fill
+    gigabytes, within the memory limit, of values that are not there."""
+    declared = dataset.size * dataset.dtype.itemsize
+    if declared <= SMALL_DATASET_BYTES:
+        return
+    if dataset.chunks is not None:  # each chunk never written reads as the fill value, compressed or not
+        chunks = math.prod(-(-side // chunk) for side, chunk in zip(dataset.shape, dataset.chunks, strict=True))
+        written = dataset.id.get_num_chunks()
+        if written < chunks:
+            raise DataError(f"{where}: dataset '{dataset.name}' declares {dataset.shape} {dataset.dtype} "
+                            f"({declared:,} bytes) but the file stores only {written:,} of its {chunks:,} chunks; "
+                            "values never written are refused unread")
+    stored = dataset.id.get_storage_size()
+    compressed = dataset.id.get_create_plist().get_nfilters() > 0
+    if stored < (declared / MAX_HDF5_EXPANSION if compressed else declared):
+        bound = f" (compressed, it needs at least 1 byte stored per {MAX_HDF5_EXPANSION})" if compressed else ""
+        raise DataError(f"{where}: dataset '{dataset.name}' declares {dataset.shape} {dataset.dtype} "
+                        f"({declared:,} bytes) but the file stores only {stored:,} bytes of it{bound}; values never "
+                        "written are refused unread")
 
 
 def hdf5_get(group: h5py.Group, name: str, where: str | os.PathLike, depth: int = 0):
@@ -261,16 +292,38 @@ def _check_pixels(path: Path, width: int, height: int) -> None:
                         "pixels; make it smaller")
 
 
-def _read_image(path: Path) -> np.ndarray:
+# Modes PIL's reduce() cannot average: converted first (a palette's indices are not intensities).
+_UNREDUCIBLE_MODES = {"P": "RGB", "PA": "RGBA", "1": "L", "I;16": "I", "I;16L": "I", "I;16B": "I", "I;16N": "I"}
+
+
+def _reduced(img: Image.Image, size: int) -> Image.Image:
+    """`img` shrunk by whole factors (box averages, each axis on its own) while both sides stay at least
+    2 * `size`: the network resizes every image to `size` x `size` with an antialiased filter, so this changes
+    its input little, and nothing for images below 4 * `size` a side."""
+    factors = (max(1, img.width // (2 * size)), max(1, img.height // (2 * size)))
+    if factors == (1, 1):
+        return img
+    if img.mode in _UNREDUCIBLE_MODES:
+        img = img.convert(_UNREDUCIBLE_MODES[img.mode])
+    return img.reduce(factors)
+
+
+def _read_image(path: Path, size: int | None = None) -> np.ndarray:
     """An image as (H, W, 3) uint8; its size is checked (MAX_IMAGE_PIXELS) from its header, before decoding.
+    With `size` (the side the network resizes images to), a large image is reduced as it is read (`_reduced`;
+    a JPEG decoded at a fraction of its size by PIL's draft), so only this one image is ever held at full size.
     PIL's own decompression-bomb check sits above that limit, so its warning is not shown."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:  # lazy: only the header is read
                 _check_pixels(path, *img.size)
+                if size is None:
+                    img.load()
+                    return _to_rgb(img)
+                img.draft(None, (2 * size, 2 * size))  # JPEG only: decodes at 1/2 to 1/8 scale, sides >= these
                 img.load()
-                return _to_rgb(img)
+                return _to_rgb(_reduced(img, size))
     except DataError:
         raise
     except Image.DecompressionBombError as exc:
@@ -280,9 +333,21 @@ def _read_image(path: Path) -> np.ndarray:
         raise DataError(f"{path}: unreadable image ({_one_line(exc)})") from None
 
 
+def check_image_name(name: str, where: str | os.PathLike) -> None:
+    """Refuse an image name that an order file cannot list: `fit` writes the names of a run's images, one per line,
+    to its images.txt, which --order reads back, skipping lines that start with '#' and trimming spaces. A name
+    holding a line break (a newline, U+2028, ...), starting with '#' or with spaces around it would come back
+    as another name, or none, so it is refused as the images are listed, before any run folder exists: renaming
+    the file is easy, an order file that quoted names would be a second format to read."""
+    if name.splitlines() != [name] or name.strip() != name or name.startswith("#"):
+        raise DataError(f"{where}: image name {name!r} cannot be listed in an order file (one name a line, '#' "
+                        "starts a comment, spaces around a name are trimmed); rename it")
+
+
 def image_files(folder: Path) -> list[Path]:
     """The image files of a folder (regular files with an image suffix), sorted naturally (img2 before img10).
-    A name that is not valid UTF-8 is refused here: it could not be written to an order file or a report."""
+    A name that is not valid UTF-8 is refused here: it could not be written to an order file or a report; nor
+    can one that `check_image_name` refuses."""
     files = []
     for p in folder.iterdir():
         if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
@@ -292,6 +357,7 @@ def image_files(folder: Path) -> list[Path]:
         except UnicodeEncodeError:
             raise DataError(f"{folder}: image file name {os.fsencode(p.name)!r} is not valid UTF-8; rename it") \
                 from None
+        check_image_name(p.name, folder)
         files.append(p)
     return sorted(files, key=lambda p: natural_key(p.name))
 
@@ -339,6 +405,7 @@ def _image_set_from_stimulus_mat(path: Path) -> ImageSet:
         images.append(_uint8_pixels(pixels, f"{path}: visual_stimuli({i + 1}).pixels"))
         name = entry["names"] if "names" in stimuli.dtype.names else f"image_{i + 1}"
         names.append(str(np.asarray(name).ravel()[0]) if np.asarray(name).size else f"image_{i + 1}")
+        check_image_name(names[-1], f"{path}: visual_stimuli({i + 1}).names")
     return _check_image_count(ImageSet(names, images, path))
 
 
@@ -427,13 +494,16 @@ def _resolve_order(order: str | os.PathLike | Sequence[str]) -> tuple[list[str],
     return names, f"order ({len(names)} names)"
 
 
-def load_image_set(path: str | os.PathLike, order: str | os.PathLike | Sequence[str] | None = None) -> ImageSet:
+def load_image_set(path: str | os.PathLike, order: str | os.PathLike | Sequence[str] | None = None,
+                   size: int | None = None) -> ImageSet:
     """Images in RDM order: a folder (sorted naturally, img2 before img10) or an official stimulus .mat
     (`visual_stimuli`, in its own order). `order`, an order file or a list of names, overrides either: it
     must name every image once.
 
     At least 3 images (an RDM of fewer has nothing to rank); 16-bit and float images are scaled by their
-    real range, every mode becomes (H, W, 3) uint8.
+    real range, every mode becomes (H, W, 3) uint8. `size`, the side the network resizes images to, has the
+    files of a folder reduced as they are read (to at least twice it a side), so a folder of huge images never
+    sits in memory at full size; without it, images are kept as they are.
     """
     path = Path(path)
     if not path.exists():
@@ -453,7 +523,7 @@ def load_image_set(path: str | os.PathLike, order: str | os.PathLike | Sequence[
         raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in folder")
     if listed is not None:
         files = [files[k] for k in match_names(listed, [p.name for p in files], where, str(path))]
-    return _check_image_count(ImageSet([p.name for p in files], [_read_image(p) for p in files], path))
+    return _check_image_count(ImageSet([p.name for p in files], [_read_image(p, size) for p in files], path))
 
 
 # --------------------------------------------------------------------------- RDM files
@@ -623,6 +693,8 @@ def _read_rdm_file(path: Path, keys: Sequence[str] | None = None, read: bool = T
                 if not read:
                     return shapes
                 check_read_size(path, shapes)
+                for k in shapes:
+                    check_hdf5_stored(datasets[k], path)
                 return {k: np.asarray(datasets[k]).transpose() for k in shapes}
         if suffix in RSATOOLBOX_SUFFIXES:
             raise DataError(f"{path}: not an HDF5 file (rsatoolbox RDMs are saved with file_type='hdf5')")
@@ -677,6 +749,7 @@ def _descriptors(group, count: int, what: str, path: Path) -> dict[str, list]:
                 raise DataError(f"{path}: descriptor '{item.name}' has shape {item.shape}, more values than the "
                                 f"{count} {what}")
             check_read_size(path, {}, extra_bytes=item.size * item.dtype.itemsize)
+            check_hdf5_stored(item, path)
             out[name] = _decoded(item[()])
     for name, value in group.attrs.items():
         out.setdefault(name, _decoded(value))
@@ -766,6 +839,7 @@ def _read_rsatoolbox(f: h5py.File, path: Path, keys: Sequence[str] | None = None
     rows = sorted({row for key in shapes for row in layout.rows[key]})
     pairs = n * (n - 1) // 2
     check_read_size(path, shapes, extra_bytes=8 * len(rows) * pairs)
+    check_hdf5_stored(vectors, path)
     every = vectors.ndim == 1 or len(rows) == vectors.shape[0]
     values = np.asarray(vectors[()] if every else vectors[rows], dtype=np.float64).reshape(-1, pairs)
     at = {row: k for k, row in enumerate(range(len(values)) if every else rows)}
@@ -858,9 +932,12 @@ def read_rdm_names(path: str | os.PathLike) -> tuple[str, list[str]] | None:
     return None
 
 
-def check_rdm_names(path: str | os.PathLike, names: Sequence[str], among: str = "the images") -> None:
+def check_rdm_names(path: str | os.PathLike, names: Sequence[str], among: str = "the images",
+                    order_settable: bool = True) -> None:
     """When an RDM file names its images, they must be `names`, in the same order (an RDM's rows are only
-    meaningful with the right images): a DataError naming the file and the first difference otherwise."""
+    meaningful with the right images): an error naming the file and the first difference otherwise. The
+    `order` setting is blamed only where the caller has one (`order_settable`): not where `names` come from
+    another RDM file (score's target), whose order no option sets."""
     found = read_rdm_names(path)
     if found is None:
         return
@@ -870,10 +947,14 @@ def check_rdm_names(path: str | os.PathLike, names: Sequence[str], among: str = 
         raise DataError(f"{where} names {len(listed)} images, {among} are {len(names)}")
     index = match_names(listed, names, where, among)
     wrong = next((k for k, i in enumerate(index) if i != k), None)
-    if wrong is not None:
-        raise ConfigError("order", f"{where} orders the images differently from {among} (row {wrong + 1}: "
-                                   f"'{listed[wrong]}' in the file, '{names[wrong]}' among the images); set the "
-                                   "image order to the file's")
+    if wrong is None:
+        return
+    if not order_settable:
+        raise DataError(f"{where} orders the images differently from {among} (row {wrong + 1}: '{listed[wrong]}' in "
+                        f"{path}, '{names[wrong]}' in {among})")
+    raise ConfigError("order", f"{where} orders the images differently from {among} (row {wrong + 1}: "
+                               f"'{listed[wrong]}' in the file, '{names[wrong]}' among the images); set the "
+                               "image order to the file's")
 
 
 def _rsatoolbox_rows(path: Path, rdms: dict[str, np.ndarray], names: Sequence[str] | None) -> dict[str, np.ndarray]:
@@ -1069,12 +1150,13 @@ def load_rdm_dict(path: str | os.PathLike, n_images: int | None = None,
 
 
 def load_dataset(images: str | os.PathLike, rdms: str | os.PathLike, key: str | None = None,
-                 order: str | os.PathLike | Sequence[str] | None = None, name: str | None = None) -> BrainDataset:
+                 order: str | os.PathLike | Sequence[str] | None = None, name: str | None = None,
+                 size: int | None = None) -> BrainDataset:
     """Your own data as one image set with its brain RDMs: `images` (a folder or stimulus .mat, in `order`
-    when given), the RDM array `key` of the file `rdms` (which must cover those images; an rsatoolbox file
-    that names its images must list them in the same order). The target is called `key`, or, for a
-    single-array file, by the file's own key or name."""
-    image_set = load_image_set(images, order)
+    when given, reduced as read for a network of input `size`: `load_image_set`), the RDM array `key` of the
+    file `rdms` (which must cover those images; an rsatoolbox file that names its images must list them in
+    the same order). The target is called `key`, or, for a single-array file, by the file's own key or name."""
+    image_set = load_image_set(images, order, size)
     array = load_rdms(rdms, key, n_images=len(image_set))
     check_rdm_names(rdms, image_set.names, among=str(images))
     if key is None:
@@ -1187,11 +1269,13 @@ def image_set_dir(root: Path, set_name: str) -> Path:
 
 
 def load_algonauts_set(
-    root: str | os.PathLike | None, set_name: str, targets: tuple[str, ...] | list[str] = TARGET_NAMES
+    root: str | os.PathLike | None, set_name: str, targets: tuple[str, ...] | list[str] = TARGET_NAMES,
+    size: int | None = None,
 ) -> BrainDataset:
-    """An official set ('92', '118' or '78') with the requested targets ('78' has none)."""
+    """An official set ('92', '118' or '78') with the requested targets ('78' has none); its images reduced as
+    read for a network of input `size` (see `load_image_set`)."""
     root = resolve_data_root(root)
-    images = load_image_set(image_set_dir(root, set_name))
+    images = load_image_set(image_set_dir(root, set_name), size=size)
     dataset = BrainDataset(set_name, images, official=True)
     if set_name in TRAINING_SETS:
         set_dir = root / IMAGE_SETS[set_name][0]

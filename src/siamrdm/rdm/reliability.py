@@ -123,7 +123,7 @@ def describe_own_data(images: str | os.PathLike, rdms: str | os.PathLike, key: s
     other as `fit` will read them (the image count and names against the file's, the RDMs' shape, values and
     grouping), with each key's noise ceilings and reliability. Any mismatch raises the DataError `fit` would
     raise, before a run. Every key of the file is checked unless `key` names one."""
-    image_set = data.load_image_set(images, order)
+    image_set = data.load_image_set(images, order, size=1)  # decoded to check them, kept at a few pixels a side
     path = Path(rdms)
     keys = list(data.list_rdm_keys(path))
     chosen = keys if key is None else [key]  # load_rdms: a file of one unkeyed array takes any key as its name

@@ -35,6 +35,7 @@ from ..io.data import (
     _check_pixels,
     _read_image,
     _resolve_order,
+    check_hdf5_stored,
     check_read_size,
     check_real_dtype,
     check_regular_file,
@@ -130,6 +131,7 @@ class HDF5Images(ImageStore):
                 if ds.ndim != 4 or ds.shape[3] != 3 or ds.dtype != np.uint8:
                     raise DataError(f"{path}:{self.key}: images must be (N, H, W, 3) uint8, got {ds.shape} {ds.dtype}")
                 _check_pixels(Path(f"{path}:{self.key}"), ds.shape[2], ds.shape[1])
+                check_hdf5_stored(ds, path)  # before anything is sized by its N (the names)
                 n = ds.shape[0]
         except (OSError, KeyError) as exc:
             raise DataError(f"{path}: unreadable HDF5 file ({' '.join(str(exc).split())})") from None
@@ -287,6 +289,7 @@ class CondensedRDMs:
                     key = names[0]
                     array = hdf5_get(self._file, key, path)
                 self.where = f"{path}:{key}"
+                check_hdf5_stored(array, path)
                 if array.ndim == 3 or array.shape == (n_images, n_images):  # square RDMs, as h5py wrote them
                     check_read_size(path, {key: array.shape})
                     square = validate_rdms(array[()], self.where, n_images)

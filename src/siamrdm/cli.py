@@ -413,19 +413,38 @@ def _add_training_options(p: _Parser) -> None:
     p.defer(lambda: _training_options(p))
 
 
+def _backbone_argument(p: argparse.ArgumentParser, flag: str = "--backbone", default: str = "efficientnet_lite0",
+                       help: str = "Siamese body") -> None:
+    """A body option: a registered body's name, or a library model as timm:NAME or torchvision:NAME (`siamrdm
+    bodies` lists them); whether the library has NAME is checked when the body is built."""
+    from .model.backbones import BACKBONE_FAMILIES, BACKBONES
+
+    def body(text: str) -> str:
+        prefix, colon, model = text.partition(":")
+        if text in BACKBONES or (colon and model and prefix in BACKBONE_FAMILIES):
+            return text
+        raise argparse.ArgumentTypeError(f"unknown body '{text}' (choose from {', '.join(BACKBONES)}, or a library "
+                                         f"model as {' or '.join(f'{f}:NAME' for f in BACKBONE_FAMILIES)}; "
+                                         "'siamrdm bodies' lists them)")
+
+    names = [*sorted(BACKBONES), *(f"{family}:NAME" for family in BACKBONE_FAMILIES)]
+    p.add_argument(flag, default=default, type=body, metavar="{" + ",".join(names) + "}",
+                   help=f"{help} (default: {default})")
+
+
 def _training_options(p: argparse.ArgumentParser) -> None:
-    from .model.backbones import BACKBONES
     from .model.network import HEADS
     from .model.prior import PRIORS
     from .train.config import GROUP_TARGETS, LOSSES, PER_IMAGE, PRECISIONS, SET_WEIGHTS
     from .train.fullbatch import PRESETS
 
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="training schedule (default: quick)")
-    p.add_argument("--backbone", default="efficientnet_lite0", choices=sorted(BACKBONES), help="Siamese body")
+    _backbone_argument(p)
     p.add_argument("--stage", help="backbone stage that feeds the head (default: the backbone's)")
     p.add_argument("--head", choices=sorted(HEADS), help="head variant: paper (the paper's text, default) or "
                    "pairwise (the authors' released code)")
-    p.add_argument("--weights", help="body weights: a state_dict file, or 'random' (default: pretrained)")
+    p.add_argument("--weights", help="body weights: a state_dict file, or 'random' (default: pretrained, from the "
+                   "library's cache or downloaded)")
     p.add_argument("--prior", choices=PRIORS, help="pretrained-layer RDM prior the head corrects: layer (the presets': "
                    "the best stage), nnls (a weighted sum of all stages), or none")
     p.add_argument("--tta", action="store_true", help="average predictions over each image and its mirror image")
@@ -1012,11 +1031,9 @@ def cmd_report(args) -> int:
 
 def _baseline_options(q: argparse.ArgumentParser, func: Callable) -> None:
     """A baseline kind's options (added when it is parsed: --backbone's choices come from a torch-using module)."""
-    from .model.backbones import BACKBONES
-
     q.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
     q.add_argument("--targets", help="comma-separated (default: EVC,IT,MEG_early,MEG_late)")
-    q.add_argument("--backbone", default="efficientnet_lite0", choices=sorted(BACKBONES), help="network")
+    _backbone_argument(q, help="network")
     q.add_argument("--weights", help="backbone weights: a state_dict file, or 'random' (default: pretrained)")
     q.add_argument("--image-size", type=int, help="input size in pixels (default: 224)")
     q.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
@@ -1123,11 +1140,9 @@ def _add_bench_commands(sub) -> None:
 
 
 def _bench_options(p: argparse.ArgumentParser) -> None:
-    from .model.backbones import BACKBONES
-
     p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
     p.add_argument("--images", type=int, help="use this many of the 92 + 118 training images (default: all 210)")
-    p.add_argument("--backbone", default="efficientnet_lite0", choices=sorted(BACKBONES), help="Siamese body")
+    _backbone_argument(p)
     p.add_argument("--stage", help="backbone stage that feeds the head (default: the backbone's)")
     p.add_argument("--weights", help="body weights: a state_dict file, or 'random' (timing does not depend on them)")
     p.add_argument("--image-size", type=int, default=224, help="input size in pixels (default: 224)")
@@ -1140,8 +1155,8 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--body-chunk", type=int, help="images per body pass, factorised (default: the trainer's)")
     p.add_argument("--head-sizes", default="100,1000,3000,10000",
                    help="image counts for the head-scaling epochs, or 'none' (default: 100,1000,3000,10000)")
-    p.add_argument("--head-backbone", default="alexnet", choices=sorted(BACKBONES),
-                   help="whose features (default stage, 224 px) the head-scaling epochs use (default: alexnet)")
+    _backbone_argument(p, "--head-backbone", "alexnet", "whose features (default stage, 224 px) the head-scaling "
+                       "epochs use")
     p.add_argument("--no-training", action="store_true", help="skip naive against factorised (head scaling only)")
     p.add_argument("--paper", action="store_true", help="also time the 'paper' preset's schedule end to end")
     p.add_argument("--paper-time-limit", type=float, help="stop the paper schedule after this many seconds and "

@@ -5,6 +5,7 @@ same network run directly, and one line when no weights can be had."""
 from __future__ import annotations
 
 import copy
+import json
 import time
 from pathlib import Path
 
@@ -167,3 +168,53 @@ def test_transformer_tokens_become_maps_or_are_refused() -> None:
     assert torch.equal(backbones._as_map(tokens, "net", "encoder"), grid)
     with pytest.raises(backbones.ConfigError, match="stage encoder of net gives 110 tokens"):
         backbones._as_map(torch.zeros(1, 110, 3), "net", "encoder")
+
+
+def test_bodies_lists_registered_and_library_models(capsys) -> None:
+    """`siamrdm bodies`: the registered bodies with their stages; `--search` finds library models by name, as
+    --backbone takes them, with their stages when the search matches few."""
+    code, out, err = run_cli(capsys, "bodies", "--json")
+    assert code == 0, err
+    listed = {row["name"]: row for row in json.loads(out)["bodies"]}
+    assert list(listed) == list(backbones.BACKBONES)
+    assert listed["alexnet"]["stages"] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    assert listed["efficientnet_lite0"]["default_stage"] == "blocks4"
+    code, out, err = run_cli(capsys, "bodies", "--search", "resnet18", "--json")
+    assert code == 0, err
+    found = {row["name"]: row for row in json.loads(out)["bodies"]}
+    assert found["timm:resnet18"]["stages"] == ["act1", "layer1", "layer2", "layer3", "layer4"]
+    assert found["torchvision:resnet18"]["stages"][-1] == "layer4"
+    code, out, _ = run_cli(capsys, "bodies", "--search", "resnet*")
+    assert code == 0 and "timm:resnet50\n" in out and "torchvision:resnet50\n" in out
+
+
+def test_baseline_layers_compares_bodies_in_one_table(capsys, data_root: Path) -> None:
+    """`baseline layers --backbones A,B`: each body's best stage scored across sets, side by side, every row
+    with the statistics of every table (percent of the ceiling, chance level, p_perm, the stage chosen)."""
+    bodies = ("timm:resnet18", "torchvision:mobilenet_v3_small")
+    code, out, err = run_cli(capsys, "baseline", "layers", "--data", data_root, "--backbones", ",".join(bodies),
+                             "--weights", "random", "--image-size", "32", "--targets", "EVC", "--json", "--quiet")
+    assert code == 0, err
+    result = json.loads(out)
+    rows = result["rows"]
+    assert [(r["method"], r["direction"]) for r in rows] == [
+        (f"layers: {b}", d) for b in bodies for d in ("92->118", "118->92")]
+    for row in rows:
+        assert row["pct_nc"] is not None and row["p_perm"] is not None and row["detail"].startswith("stage=")
+    assert set(result["layers"]) == {f"layers: {b}" for b in bodies}
+
+
+@pytest.mark.parametrize("args,parts", [
+    (("--backbones", "timm:resnet18,timm:no_such_net", "--weights", "random"),
+     ("--backbones", "timm has no model 'no_such_net'")),
+    (("--backbones", "timm:resnet18,timm:resnet18"), ("--backbones", "given more than once")),
+    (("--backbones", "timm:resnet18,alexnet", "--weights", "w.pt"), ("--weights", "cannot be the weights of 2")),
+    (("--backbones", "alexnet", "--backbone", "alexnet"), ("--backbone", "--backbones", "pass one")),
+])
+def test_baseline_bodies_refused_in_one_line(capsys, args: tuple[str, ...], parts: tuple[str, ...],
+                                            tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "baseline", "layers", "--data", "/no/such/data", *args, "--out", out)
+    assert code == 2
+    assert_one_line_error(err, *parts)
+    assert not out.exists()

@@ -514,6 +514,16 @@ def _torchvision_spec(model: str) -> BackboneSpec:
                                     f"{'features' if prefix else 'network'}")
 
 
+def search_bodies(pattern: str) -> list[str]:
+    """The library models (as `timm:NAME`, `torchvision:NAME`) whose names match `pattern`: a shell-style pattern,
+    or plain text found anywhere in the name."""
+    glob = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+    timm = _import_library("timm")
+    models = _import_library("torchvision.models")
+    return ([f"timm:{name}" for name in timm.list_models(glob)]
+            + [f"torchvision:{name}" for name in models.list_models(module=models, include=glob)])
+
+
 register_family("timm", _timm_spec)
 register_family("torchvision", _torchvision_spec)
 

@@ -416,19 +416,38 @@ def _add_training_options(p: _Parser) -> None:
     p.defer(lambda: _training_options(p))
 
 
+def _backbone_argument(p: argparse.ArgumentParser, flag: str = "--backbone", default: str = "efficientnet_lite0",
+                       help: str = "Siamese body") -> None:
+    """A body option: a registered body's name, or a library model as timm:NAME or torchvision:NAME (`siamrdm
+    bodies` lists them); whether the library has NAME is checked when the body is built."""
+    from .model.backbones import BACKBONE_FAMILIES, BACKBONES
+
+    def body(text: str) -> str:
+        prefix, colon, model = text.partition(":")
+        if text in BACKBONES or (colon and model and prefix in BACKBONE_FAMILIES):
+            return text
+        raise argparse.ArgumentTypeError(f"unknown body '{text}' (choose from {', '.join(BACKBONES)}, or a library "
+                                         f"model as {' or '.join(f'{f}:NAME' for f in BACKBONE_FAMILIES)}; "
+                                         "'siamrdm bodies' lists them)")
+
+    names = [*sorted(BACKBONES), *(f"{family}:NAME" for family in BACKBONE_FAMILIES)]
+    p.add_argument(flag, default=default, type=body, metavar="{" + ",".join(names) + "}",
+                   help=help if default is None else f"{help} (default: {default})")
+
+
 def _training_options(p: argparse.ArgumentParser) -> None:
-    from .model.backbones import BACKBONES
     from .model.network import HEADS
     from .model.prior import PRIORS
     from .train.config import GROUP_TARGETS, LOSSES, PER_IMAGE, PRECISIONS, SET_WEIGHTS
     from .train.fullbatch import PRESETS
 
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="training schedule (default: quick)")
-    p.add_argument("--backbone", default="efficientnet_lite0", choices=sorted(BACKBONES), help="Siamese body")
+    _backbone_argument(p)
     p.add_argument("--stage", help="backbone stage that feeds the head (default: the backbone's)")
     p.add_argument("--head", choices=sorted(HEADS), help="head variant: paper (the paper's text, default) or "
                    "pairwise (the authors' released code)")
-    p.add_argument("--weights", help="body weights: a state_dict file, or 'random' (default: pretrained)")
+    p.add_argument("--weights", help="body weights: a state_dict file, or 'random' (default: pretrained, from the "
+                   "library's cache or downloaded)")
     p.add_argument("--prior", choices=PRIORS, help="pretrained-layer RDM prior the head corrects: layer (the presets': "
                    "the best stage), nnls (a weighted sum of all stages), or none")
     p.add_argument("--tta", action="store_true", help="average predictions over each image and its mirror image")
@@ -931,7 +950,8 @@ def _cmd_baseline(args, method: str) -> int:
     import time
 
     from .io.files import run_folder, run_mode
-    from .pipelines.evaluate import evaluate_sets, write_evaluation
+    from .model.backbones import backbone_stages, create_body
+    from .pipelines.evaluate import compare_bodies, evaluate_sets, write_evaluation
     from .train.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
     from .train.fullbatch import config_from_preset
 
@@ -940,12 +960,30 @@ def _cmd_baseline(args, method: str) -> int:
         raise UsageError("--batch-size must be at least 1")
     targets = _analysis_targets(args)
     start = time.perf_counter()
-    config = config_from_preset("quick", backbone=args.backbone, weights=args.weights, image_size=args.image_size)
+    bodies = _list_option(args.backbones, "--backbones", what="bodies")
+    if bodies and args.backbone is not None:
+        raise UsageError("--backbone scores one body and --backbones compares several: pass one of them")
+    if len(bodies) > 1 and args.weights not in (None, "random"):
+        raise UsageError(f"--weights {args.weights}: one weights file cannot be the weights of {len(bodies)} bodies; "
+                         "compare pretrained ones (or 'random')")
+    backbone = args.backbone or (bodies[0] if bodies else "efficientnet_lite0")
+    config = config_from_preset("quick", backbone=backbone, weights=args.weights, image_size=args.image_size)
+    for body in bodies:  # every body, with its weights, before any set is read or folder made
+        try:
+            create_body(body, args.weights, stage=backbone_stages(body)[-1])
+        except ConfigError as exc:
+            if exc.option != "backbone":
+                raise
+            raise UsageError(f"--backbones: {exc.problem}") from None
     sets = [data.load_algonauts_set(args.data, name, targets) for name in data.TRAINING_SETS]
     out = _out_dir(args.out, args.overwrite) if args.out is not None else None
     with run_folder(out, "baseline", run_mode(args.overwrite)) if out else contextlib.nullcontext():
-        evaluation = evaluate_sets(sets, (method,), targets, config, batch_size=args.batch_size,
-                                   progress=not args.quiet)
+        if bodies:
+            evaluation = compare_bodies(sets, bodies, method, targets, config, args.batch_size,
+                                        progress=not args.quiet)
+        else:
+            evaluation = evaluate_sets(sets, (method,), targets, config, batch_size=args.batch_size,
+                                       progress=not args.quiet)
         paths = write_evaluation(evaluation, sets, out) if out else None
     _print_evaluation(evaluation, args, paths, time.perf_counter() - start)
     return 0
@@ -1050,11 +1088,11 @@ def cmd_report(args) -> int:
 
 def _baseline_options(q: argparse.ArgumentParser, func: Callable) -> None:
     """A baseline kind's options (added when it is parsed: --backbone's choices come from a torch-using module)."""
-    from .model.backbones import BACKBONES
-
     q.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
     q.add_argument("--targets", help="comma-separated (default: EVC,IT,MEG_early,MEG_late)")
-    q.add_argument("--backbone", default="efficientnet_lite0", choices=sorted(BACKBONES), help="network")
+    _backbone_argument(q, default=None, help="network (default: efficientnet_lite0)")
+    q.add_argument("--backbones", metavar="A,B,...", help="compare several bodies (registered, timm:NAME, "
+                   "torchvision:NAME) in one table, each with its pretrained weights")
     q.add_argument("--weights", help="backbone weights: a state_dict file, or 'random' (default: pretrained)")
     q.add_argument("--image-size", type=int, help="input size in pixels (default: 224)")
     q.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
@@ -1098,6 +1136,53 @@ def _add_analysis_commands(sub) -> None:
     p.add_argument("run_dir", help="folder written by evaluate, challenge, fit or lr-find")
     p.add_argument("--title", help="page title (default: from the folder name)")
     p.set_defaults(func=cmd_report)
+
+
+# A search that matches at most this many library models shows their stages (each is built once, with random
+# weights: a large transformer takes seconds).
+BODY_STAGES_UP_TO = 8
+
+
+def cmd_bodies(args) -> int:
+    """The registered bodies, or with --search the library models whose names match, with their stages where cheap."""
+    from .model import backbones
+
+    names = backbones.search_bodies(args.search) if args.search else list(backbones.BACKBONES)
+    described = not args.search or len(names) <= BODY_STAGES_UP_TO
+    rows = []
+    for name in names:
+        row: dict = {"name": name}
+        if described:
+            try:
+                spec = backbones.backbone_spec(name)
+            except data.DataError as exc:  # a model the library cannot cut into stages
+                row["problem"] = str(exc)
+            else:
+                row.update(default_stage=spec.default_stage, image_size=spec.image_size,
+                           stages=spec.stage_names(), description=spec.description)
+        rows.append(row)
+    if args.json:
+        _print_json({"bodies": rows})
+        return 0
+    if not rows:
+        print(f"no timm or torchvision model matches '{args.search}'")
+    for row in rows:
+        if "stages" in row:
+            print(f"{row['name']}: {row['description']}; {row['image_size']} px; default stage "
+                  f"{row['default_stage']}; stages {', '.join(row['stages'])}")
+        else:
+            print(f"{row['name']}" + (f": {row['problem']}" if "problem" in row else ""))
+    if args.search and not described:
+        print(f"({len(rows)} models; stages are shown for searches that match at most {BODY_STAGES_UP_TO})")
+    return 0
+
+
+def _add_body_commands(sub) -> None:
+    p = sub.add_parser("bodies", help="the bodies --backbone takes: the registered ones, or library models by name")
+    p.add_argument("--search", metavar="PATTERN", help="list timm and torchvision models whose names match (e.g. "
+                   "'resnet*' or 'convnext'), as --backbone takes them")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_bodies)
 
 
 def cmd_bench(args) -> int:
@@ -1162,11 +1247,9 @@ def _add_bench_commands(sub) -> None:
 
 
 def _bench_options(p: argparse.ArgumentParser) -> None:
-    from .model.backbones import BACKBONES
-
     p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
     p.add_argument("--images", type=int, help="use this many of the 92 + 118 training images (default: all 210)")
-    p.add_argument("--backbone", default="efficientnet_lite0", choices=sorted(BACKBONES), help="Siamese body")
+    _backbone_argument(p)
     p.add_argument("--stage", help="backbone stage that feeds the head (default: the backbone's)")
     p.add_argument("--weights", help="body weights: a state_dict file, or 'random' (timing does not depend on them)")
     p.add_argument("--image-size", type=int, default=224, help="input size in pixels (default: 224)")
@@ -1179,8 +1262,8 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--body-chunk", type=int, help="images per body pass, factorised (default: the trainer's)")
     p.add_argument("--head-sizes", default="100,1000,3000,10000",
                    help="image counts for the head-scaling epochs, or 'none' (default: 100,1000,3000,10000)")
-    p.add_argument("--head-backbone", default="alexnet", choices=sorted(BACKBONES),
-                   help="whose features (default stage, 224 px) the head-scaling epochs use (default: alexnet)")
+    _backbone_argument(p, "--head-backbone", "alexnet", "whose features (default stage, 224 px) the head-scaling "
+                       "epochs use")
     p.add_argument("--no-training", action="store_true", help="skip naive against factorised (head scaling only)")
     p.add_argument("--paper", action="store_true", help="also time the 'paper' preset's schedule end to end")
     p.add_argument("--paper-time-limit", type=float, help="stop the paper schedule after this many seconds and "
@@ -1247,6 +1330,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_foundation_commands(sub)
     _add_model_commands(sub)
     _add_analysis_commands(sub)
+    _add_body_commands(sub)
     _add_bench_commands(sub)
     return parser
 

@@ -227,6 +227,30 @@ def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
     return result
 
 
+def compare_bodies(sets: list[BrainDataset], backbones: tuple[str, ...], method: str = "layers",
+                   targets: tuple[str, ...] = TARGET_NAMES, config: TrainConfig | None = None, batch_size: int = 16,
+                   progress: bool | Progress = True) -> Evaluation:
+    """A baseline (`layers` or `regression`) of several bodies in one table: `evaluate_sets` once per body, each
+    row's method named `METHOD: BODY`, so the tables, rankings and plots show the bodies side by side. What each
+    baseline chose (`layers`, `regression`) is kept per body, by that name."""
+    if method not in ("layers", "regression"):
+        raise DataError(f"bodies are compared on a baseline (layers or regression), not {method}")
+    config = config or config_from_preset("quick")
+    merged = Evaluation([], {})
+    for backbone in backbones:
+        label = f"{method}: {backbone}"
+        result = evaluate_sets(sets, (method,), targets, replace(config, backbone=backbone), batch_size=batch_size,
+                               progress=progress)
+        merged.rows += [{**row, "method": label} for row in result.rows]
+        merged.predictions.update({(label, t, d): rdm for (_, t, d), rdm in result.predictions.items()})
+        if result.layers:
+            merged.layers[label] = result.layers
+        if result.regression:
+            merged.regression[label] = result.regression
+        merged.seconds.update({f"{key}: {backbone}": value for key, value in result.seconds.items()})
+    return merged
+
+
 def evaluate_folds(dataset: BrainDataset, folds: int = 5, methods: tuple[str, ...] = METHODS,
                    config: TrainConfig | None = None, seeds: tuple[int, ...] = (0,), fold_seed: int = 0,
                    progress: bool | Progress = True, externals: tuple[ExternalRDMs, ...] = (),

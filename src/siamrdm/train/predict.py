@@ -105,6 +105,7 @@ class RDMPredictor:
             "priors": {t: p.to_dict() for t, p in self.priors.items()},
             "prior_weights_sha256": _prior_weights_hash(self.config) if self.priors else None,
             "output_keys": self.output_keys,
+            "body": self.models[0].body.describe(),
         })
         return path
 
@@ -132,6 +133,7 @@ class RDMPredictor:
                 except DataError as exc:
                     raise DataError(f"{path}: {exc}") from None
                 model = build_model(replace(config, weights="random"), dev)
+                check_body(payload.get("body"), model.body.describe(), path)
                 model.load_state_dict(state)
                 if not bool((model.feature_std > 0).all()):  # fit clamps it at 1e-6; zero would divide by zero
                     raise DataError(f"{path}: network {k + 1} of {len(members)}: its feature_std is not positive")
@@ -145,6 +147,20 @@ class RDMPredictor:
                 raise ValueError(f"output_keys write two targets under one key: {output_keys}")
         check_prior_weights(payload, config, path)
         return cls(models, replace(config, device=device), normalisation, metrics, priors, output_keys)
+
+
+def check_body(saved: dict | None, rebuilt: dict, path: str | os.PathLike) -> None:
+    """The body rebuilt from the library's code must be the one trained: the same stages and normalisation (a
+    library's other version could cut a `timm:`/`torchvision:` model differently). Files from before the body
+    was recorded hold a registered body, which siamrdm itself defines."""
+    if saved is None:
+        return
+    if not isinstance(saved, dict):
+        raise TypeError(f"body must be a dict, got {type(saved).__name__}")
+    for key, value in rebuilt.items():
+        if saved.get(key) != value:
+            raise DataError(f"{path}: its body {rebuilt['name']} was trained with {key} {saved.get(key)}, but the "
+                            f"installed libraries build {value} (another timm or torchvision version?)")
 
 
 def _read_priors(saved: dict, config: TrainConfig, path: str | os.PathLike) -> dict[str, PriorFit]:

@@ -795,14 +795,18 @@ def cmd_lr_find(args) -> int:
 
 def cmd_challenge(args) -> int:
     from .pipelines.challenge import run_challenge
+    from .pipelines.external import check_specs, load_external
 
     targets = _targets(args, data.TARGET_NAMES)
     _check_range("--jobs", args.jobs, 1, _max_parallel())
     seeds = _seeds(args)
+    _default_per_image(args, own_data=False)
     config = _config_from_args(args, targets)
+    externals = tuple(load_external(spec, targets) for spec in check_specs(args.external))
     out = _out_dir(args.out, args.overwrite)
     result = run_challenge(config, args.data, out, targets, seeds, validate=not args.no_validate,
-                           progress=not args.quiet, overwrite=args.overwrite, jobs=args.jobs)
+                           progress=not args.quiet, overwrite=args.overwrite, jobs=args.jobs, externals=externals,
+                           keep_prior=args.external_fallback == "prior")
     for row in result["validation"]:
         pct = "-" if row["pct_nc"] is None else f"{row['pct_nc']:.1f}%"
         print(f"validation {row['method']:<10} {row['target']:<10} {row['direction']:<8} r2={row['r2']:.4f}  {pct} "
@@ -914,6 +918,7 @@ def _add_model_commands(sub) -> None:
     p = sub.add_parser("challenge", help="train on 92 + 118, predict the 78 test images, write submissions")
     p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
     p.add_argument("--targets", help="comma-separated (default: all four)")
+    _add_external_options(p)
     _add_training_options(p)
     p.add_argument("--out", default="runs/challenge", help="folder for the submission files and report")
     p.add_argument("--no-validate", action="store_true", help="skip the cross-set validation fits")
@@ -1027,7 +1032,7 @@ def cmd_evaluate(args) -> int:
     from .io.files import run_folder, run_mode
     from .io.progress import Progress
     from .pipelines.evaluate import METHODS, run_evaluation, run_fold_evaluation
-    from .pipelines.external import check_specs, load_external
+    from .pipelines.external import bind_to_sets, check_specs, load_external
     from .pipelines.report import write_report
 
     progress = Progress.of(not args.quiet, "evaluate")
@@ -1050,8 +1055,10 @@ def cmd_evaluate(args) -> int:
     folds = 5 if args.folds is None else args.folds
     if own is not None:
         _check_folds(own, folds, args.fold_seed)
+        externals = tuple(e.bind(own.images.names) for e in externals)
     else:  # the sets are read (and refused) before the run folder exists
         sets = [data.load_algonauts_set(args.data, name, targets, config.image_size) for name in data.TRAINING_SETS]
+        externals = tuple(bind_to_sets(externals, sets))
     out = _out_dir(args.out, args.overwrite)
     loaded = [own] if own is not None else sets  # the line after every check: bad input stays one line on stderr
     progress.line(f"loaded {', '.join(f'{d.name} ({len(d)} images)' for d in loaded)} in "

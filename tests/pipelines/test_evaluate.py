@@ -95,21 +95,21 @@ def test_evaluation_chooses_the_layer_on_the_training_set(monkeypatch: pytest.Mo
     assert result.layers["B->A"]["EVC"]["chosen"] == "late"
 
 
-def test_siamese_rows_come_from_fit_predict(small_sets: list[BrainDataset], monkeypatch: pytest.MonkeyPatch):
+def test_siamese_rows_come_from_fit_predictor(small_sets: list[BrainDataset], monkeypatch: pytest.MonkeyPatch):
     import siamrdm.train.predict as predict
 
     calls = []
-    real = predict.fit_predict
+    real = predict.fit_predictor
 
-    def spy(config, train, images, seeds=(0,), **kwargs):
-        calls.append((config.targets, [d.name for d in train], len(images), seeds))
-        return real(config, train, images, seeds, **kwargs)
+    def spy(config, train, val=(), seeds=(0,), *args, **kwargs):
+        calls.append((config.targets, [d.name for d in train], tuple(val), seeds))
+        return real(config, train, val, seeds, *args, **kwargs)
 
-    monkeypatch.setattr(predict, "fit_predict", spy)
+    monkeypatch.setattr(predict, "fit_predictor", spy)
     sets = [subset(d, np.arange(12), d.name) for d in small_sets]
     config = config_from_preset("quick", frozen_epochs=2, image_size=96, augment_views=1)
     result = evaluate.evaluate_sets(sets, ("siamese",), ("EVC",), config, seeds=(0,), progress=False)
-    assert calls == [(("EVC",), ["92"], 12, (0,)), (("EVC",), ["118"], 12, (0,))]
+    assert calls == [(("EVC",), ["92"], (), (0,)), (("EVC",), ["118"], (), (0,))]  # the training set only
     assert [r["direction"] for r in result.rows] == ["92->118", "118->92"]
     assert all(np.isfinite(r["r2"]) for r in result.rows)
     assert result.predictions[("siamese", "EVC", "92->118")].shape == (12, 12)

@@ -58,6 +58,7 @@ from ..train.selection import (
     with_epochs,
 )
 from . import plots
+from .external import ExternalRDMs, bind_default, bind_to_sets, describe, score_external
 from .report import write_report
 
 SUBMISSION_FILES = {"submit_fmri.mat": ("EVC", "IT"), "submit_meg.mat": ("MEG_early", "MEG_late")}
@@ -148,7 +149,7 @@ def final_fit(config: TrainConfig, train: list[BrainDataset], seeds: tuple[int, 
 def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: str | os.PathLike,
                   targets: tuple[str, ...] = tuple(TARGETS), seeds: tuple[int, ...] = (0,),
                   validate: bool = True, progress: bool | Progress = True, overwrite: bool = False,
-                  jobs: int = 1) -> dict:
+                  jobs: int = 1, externals: tuple[ExternalRDMs, ...] = (), keep_prior: bool = True) -> dict:
     """Validate, train and predict for every target; returns the settings and validation rows written.
 
     Without `validate`, the final fits run the config's epochs in full. Everything is checked before the
@@ -157,6 +158,10 @@ def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: 
     other tables.
     With `jobs` > 1 the independent fits (every target and direction of the curves, then every target's final
     fit) run in that many worker processes, with the same results.
+    `externals`: other studies' RDMs of a training set's images (external.load_external); each direction that
+    predicts that set is also scored against them, baselines included. Without any, Kriegeskorte et al. (2008)
+    scores the 92 set's IT when it lies beside the data root (`external.bind_default`). `keep_prior`: see
+    `external.score_external`.
     With `progress` (progress.Progress.of), a line on stderr once the data are loaded and checked, one as each
     fit (k of n) starts, tqdm bars on a terminal, and a closing line naming the files written.
     """
@@ -167,6 +172,8 @@ def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: 
     loading = time.perf_counter()
     sets = {name: load_algonauts_set(root, name, targets) for name in TRAINING_SETS}
     test = load_algonauts_set(root, "78", ())
+    externals = tuple(bind_to_sets(bind_default(externals, root, targets) if validate else externals,
+                                   list(sets.values())))
     check_config(config)
     out_dir = check_run_folder(out_dir, run_mode(overwrite))
     # after every check: bad input stays one line on stderr
@@ -175,10 +182,30 @@ def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: 
     reliability = report_reliability(list(sets.values()), targets, verbose=progress.lines)
     with run_folder(out_dir, "challenge", run_mode(overwrite)):
         result = _run_challenge(config, root, sets, test, out_dir, targets, seeds, validate, progress, jobs,
-                                reliability)
+                                reliability, externals, keep_prior)
     files = [*result["settings"]["submission_files"], *(["validation.md"] if validate else []), "report.md"]
     progress.done(f"wrote {', '.join(files)} and {out_dir / 'report.html'}")
     return result
+
+
+def _external_rows(externals: tuple[ExternalRDMs, ...], target: str, direction: str, test: BrainDataset,
+                   predicted: dict[int, np.ndarray], epoch: int, keep_prior: bool, progress: Progress) -> list[dict]:
+    """A direction's reported epoch scored against each other study of its test images (external.score_external),
+    the prior (the curve's epoch 0) in its place where the trained model is below it there."""
+    rows = []
+    for external in externals:
+        if external.target != target:
+            continue
+        model = square_rdm(predicted[epoch], len(test))
+        prior = square_rdm(predicted[0], len(test)) if keep_prior and 0 in predicted else None
+        row, note = score_external(external, test.images.names, model, prior, keep_prior)
+        if row is None:
+            continue
+        if note:
+            progress.line(f"{target} {direction}: {note}")
+        rows.append({"method": "siamese", "target": external.column, "direction": direction, **row,
+                     "detail": row.pop("detail_note", ""), "epochs": epoch})
+    return rows
 
 
 def _epochs_text(epochs: int, chosen: bool) -> str:
@@ -193,7 +220,8 @@ def _seeds_text(seeds: tuple[int, ...]) -> str:
 
 def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset], test: BrainDataset,
                    out_dir: Path, targets: tuple[str, ...], seeds: tuple[int, ...], validate: bool,
-                   progress: Progress, jobs: int, reliability: dict) -> dict:
+                   progress: Progress, jobs: int, reliability: dict, externals: tuple[ExternalRDMs, ...] = (),
+                   keep_prior: bool = True) -> dict:
     started = time.perf_counter()
     bars = progress.bars and jobs == 1  # bars of several processes at once would garble each other
     rows, predictions, fit_info, all_curves = [], {}, {}, {}
@@ -217,9 +245,12 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
             per_set = choose_epochs(curves_by_set(all_curves[target], list(TRAINING_SETS)))
             epochs[target] = final_epochs([all_curves[target][d] for d in directions])
             for direction in directions:
-                epoch = per_set[direction.split("->")[0]]
-                row = chosen_row(all_curves[target][direction], epoch, splits[direction][1], target)
+                epoch, test_set = per_set[direction.split("->")[0]], splits[direction][1]
+                predicted = {r["epoch"]: r["predicted"] for r in all_curves[target][direction]}
+                row = chosen_row(all_curves[target][direction], epoch, test_set, target)
                 rows.append({"method": "siamese", "target": target, "direction": direction, **row, "epochs": epoch})
+                rows += _external_rows(externals, target, direction, test_set, predicted, epoch,
+                                       keep_prior and config.prior != "none", progress)
             used = {**{d: per_set[d.split("->")[0]] for d in directions}, "final fit": epochs[target]}
             plot_validation_curves(target, {d: all_curves[target][d] for d in directions},
                                    out_dir / f"{target}_validation_curves.png", used)
@@ -240,7 +271,7 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
 
         progress.phase(total, total, f"baselines layers, regression on {', '.join(directions)}")
         rows += evaluate_sets(list(sets.values()), ("layers", "regression"), targets, config,
-                              progress=replace(progress.quiet_lines(), bars=bars)).rows
+                              progress=replace(progress.quiet_lines(), bars=bars), externals=externals).rows
         write_table(rows, out_dir, "validation")
     submission_files = [name for name, members in SUBMISSION_FILES.items() if any(t in targets for t in members)]
     settings = {
@@ -248,6 +279,7 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
         "device": str(pick_device(config.device)), "torch": torch.__version__, "machine": platform.machine(),
         "threads": torch.get_num_threads(), "jobs": jobs, "wall_s": round(time.perf_counter() - started, 1),
         "submission_files": submission_files, "fits": fit_info, "reliability": reliability,
+        "external": describe(externals), "keep_prior": keep_prior,
     }
     write_text(out_dir / "settings.json", json.dumps(json_safe(settings), indent=2, default=str, allow_nan=False))
     write_report(out_dir)

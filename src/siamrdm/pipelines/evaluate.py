@@ -52,7 +52,7 @@ from ..rdm.splits import direction_label, fold_splits
 from ..train.config import purpose_text
 from ..train.fullbatch import TrainConfig, config_from_preset
 from . import plots
-from .external import ExternalRDMs, below_prior, bind_to_sets, describe
+from .external import ExternalRDMs, bind_to_sets, describe, score_external
 
 METHODS = ("siamese", "layers", "regression")
 COLUMNS = tables.SCORE_COLUMNS
@@ -156,23 +156,17 @@ def _external_row(result: Evaluation, external: ExternalRDMs, method: str, direc
                   predicted: np.ndarray, prior: np.ndarray | None, detail: str, epochs: int | None,
                   keep_prior: bool, progress: Progress) -> None:
     """The held-out prediction scored against another study's subjects of the same images, as the target
-    '<target> @ <study>'. A trained model below its own prior there (paired over that study's subjects) is not
-    used for it: with `keep_prior` the prior alone is scored in its place (said in one line and in the detail),
-    since a model that predicts other studies worse than its starting point should not be used for them."""
-    subjects = external.covering(test.images.names)
-    if subjects is None:
+    '<target> @ <study>' (external.score_external: the prior in the trained model's place where it is below it)."""
+    row, note = score_external(external, test.images.names, predicted, prior, keep_prior)
+    if row is None:
         return
-    row = _row(method, external.column, direction, predicted, subjects, detail, external.key)
-    if prior is not None and keep_prior:
-        prior_row = _row(method, external.column, direction, prior, subjects, detail, external.key)
-        if below_prior(row["rhos"], prior_row["rhos"]):
-            note = (f"{external.target} {direction}: the trained model is below its prior on {external.label} "
-                    f"(rho {row['rho_mean']:+.3f} against {prior_row['rho_mean']:+.3f}): the prior is kept for it")
-            progress.line(note)
-            row = {**prior_row, "detail": f"{detail}; prior kept: trained rho {row['rho_mean']:+.3f} was below"}
-            predicted = prior
+    if note:
+        progress.line(f"{external.target} {direction}: {note}")
+        predicted = prior
+    detail = "; ".join(filter(None, (detail, row.pop("detail_note", None))))
     result.predictions[(method, external.column, direction)] = predicted
-    result.rows.append({**row, "epochs": epochs})
+    result.rows.append({"method": method, "target": external.column, "direction": direction, **row,
+                        "detail": detail, "epochs": epochs})
 
 
 def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,

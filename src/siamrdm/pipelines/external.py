@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..io.data import DataError, check_rdm_names, list_rdm_keys, load_rdms
-from ..rdm.scoring import target_name
+from ..rdm.scoring import score_with_ceiling, target_name
 
 OPTION = "external"
 
@@ -111,6 +111,36 @@ def below_prior(trained_rhos: Sequence[float], prior_rhos: Sequence[float]) -> b
     """Whether the trained model predicts the other study worse than its prior alone: the mean of the paired
     differences over that study's subjects (each subject's rho, trained minus prior) below 0."""
     return float(np.mean(np.subtract(trained_rhos, prior_rhos))) < 0
+
+
+def score_external(external: ExternalRDMs, names: Sequence[str], predicted: np.ndarray, prior: np.ndarray | None,
+                   keep_prior: bool = True) -> tuple[dict | None, str | None]:
+    """A held-out prediction of the images `names` scored against the other study (the full record, its chance
+    fields on by default where cheap), or (None, None) where the study lacks one of the images. A trained model
+    below its own `prior` there (`below_prior`) is not used for that study: with `keep_prior` the prior alone is
+    scored in its place, and the second value says so in one line (else None). The record's `detail_note` says
+    it too, for the row's detail."""
+    subjects = external.covering(names)
+    if subjects is None:
+        return None, None
+    row = score_with_ceiling(predicted, external.key, subjects, permutations=None)
+    if prior is None or not keep_prior:
+        return row, None
+    prior_row = score_with_ceiling(prior, external.key, subjects, permutations=None)
+    if not below_prior(row["rhos"], prior_row["rhos"]):
+        return row, None
+    note = (f"the trained model is below its prior on {external.label} (rho {row['rho_mean']:+.3f} against "
+            f"{prior_row['rho_mean']:+.3f}): the prior is kept for it")
+    return {**prior_row, "detail_note": f"prior kept: trained rho {row['rho_mean']:+.3f} was below"}, note
+
+
+def bind_default(externals: Sequence[ExternalRDMs], root: Path, targets: Sequence[str]) -> list[ExternalRDMs]:
+    """`challenge`'s other study where none is given: Kriegeskorte et al. (2008), human IT of the 92 images,
+    when it lies beside the data root (`../shared/kriegeskorte2008`) and IT is a target."""
+    path = Path(root).parent / "kriegeskorte2008" / "target_fmri_hIT.mat"
+    if externals or "IT" not in targets or not path.is_file():
+        return list(externals)
+    return [load_external(os.fspath(path), targets)]
 
 
 def check_specs(specs: Sequence[str] | None) -> list[str]:

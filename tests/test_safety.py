@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, mark_run
 from helpers import run_cli as run_main
 
 from siamrdm import cli, train
@@ -557,3 +557,17 @@ def test_an_empty_out_is_refused(capsys, tmp_path: Path, own_data: tuple[str, ..
     assert code == 2 and stdout == ""
     assert_one_line_error(err, "--out", "empty")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_deeply_nested_manifest_is_refused_before_the_lock(capsys, tmp_path: Path, own_data: tuple[str, ...]) -> None:
+    """`fit --overwrite` clears by the manifest: a damaged one is one line naming it, exit 2, refused before the
+    folder is locked, so not even a lock file is left behind."""
+    out = mark_run(tmp_path / "run", "fit")
+    (out / files.LOCK_NAME).unlink()
+    (out / files.MANIFEST_NAME).write_text('"settings.json"\n' + "[" * 50_000 + "]" * 50_000 + "\n")
+    (out / "settings.json").write_text("{}")
+    before = snapshot(out)
+    code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out, "--overwrite")
+    assert code == 2 and stdout == ""
+    assert_one_line_error(err, str(out / files.MANIFEST_NAME), "line 2", "nested")
+    assert snapshot(out) == before and not (out / files.LOCK_NAME).exists()

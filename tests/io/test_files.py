@@ -191,6 +191,34 @@ def test_long_output_names_get_a_temporary_name_that_fits(tmp_path: Path) -> Non
     assert target.read_text() == "{}" and names(tmp_path) == [target.name]
 
 
+DEEP = "[" * 50_000 + "]" * 50_000  # valid JSON that overflows a recursive parser
+
+
+def test_siamrdm_json_files_are_parsed_one_way(tmp_path: Path) -> None:
+    """Damaged JSON of siamrdm's own (too deep to parse, NaN, nested past any file siamrdm writes) is a
+    DataError naming the file, never a RecursionError."""
+    nested = lambda depth: "[" * depth + "]" * depth  # noqa: E731
+    assert files.parse_json(nested(files.MAX_JSON_DEPTH), "f.json", "settings") == eval(nested(files.MAX_JSON_DEPTH))
+    for text, problem in ((DEEP, "nested more than"), (nested(files.MAX_JSON_DEPTH + 1), "nested more than"),
+                          ('{"lr": NaN}', "NaN is not a number"), ("{", "not strict JSON")):
+        with pytest.raises(DataError, match=problem) as info:
+            files.parse_json(text, "f.json", "settings")
+        assert str(info.value).startswith("f.json: malformed settings") and "\n" not in str(info.value)
+    run = tmp_path / "run"
+    with files.run_folder(run, "fit"):
+        files.write_text(run / "settings.json", DEEP)
+    with pytest.raises(DataError, match="settings.json: malformed settings of the run to resume, nested"):
+        files.check_same_settings(run, {})
+    with open(run / files.MANIFEST_NAME, "a") as manifest:
+        manifest.write(DEEP + "\n")
+    for check in (lambda: files.check_run_folder(run, "overwrite"), lambda: files.read_manifest(run),
+                  lambda: files.write_text(run / "settings.json", "{}")):
+        with pytest.raises(DataError, match=r"\.siamrdm-manifest: line 2: malformed manifest line, nested"):
+            check()
+    (run / files.MARKER_NAME).write_text(DEEP)  # a damaged marker marks nothing
+    assert files.read_marker(run) is None and files.folder_state(run) == "foreign"
+
+
 # --------------------------------------------------------------------------- the run-folder lock
 
 

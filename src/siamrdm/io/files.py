@@ -172,6 +172,8 @@ def check_run_folder(path: str | os.PathLike, mode: str = "new") -> Path:
                         "choose a new or empty folder")
     if mode == "resume" and state != "run":  # a mistyped path must not start a new run unnoticed
         raise DataError(f"{path}: no siamrdm run to resume there; drop --resume to start one")
+    if state == "run":  # a damaged manifest, refused now rather than under the lock (--overwrite clears by it)
+        read_manifest(path)
     return path
 
 
@@ -207,17 +209,69 @@ def _check_creatable(folder: Path, named: Path) -> None:
     probe.unlink(missing_ok=True)
 
 
+# --------------------------------------------------------------------------- reading siamrdm's own JSON
+
+MAX_JSON_DEPTH = 64  # siamrdm's own files nest a few levels; deeper is damage (and would overflow a recursion)
+
+
+def parse_json(content: bytes | str, path: str | os.PathLike, what: str) -> object:
+    """Strict JSON (no NaN or Infinity) of one of siamrdm's own files, or a DataError naming `path`: the one way
+    siamrdm parses what it wrote (settings.json, lr_find.json, the run marker, manifest lines), so a damaged
+    file (truncated, NaN, nested thousands deep) is one line, never a traceback."""
+
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not a number JSON allows")
+
+    try:
+        value = json.loads(content, parse_constant=refuse)
+    except RecursionError:
+        value = None  # reported below as nested too deep
+        depth = MAX_JSON_DEPTH + 1
+    except ValueError as exc:  # UnicodeDecodeError is one
+        raise DataError(f"{path}: malformed {what}, not strict JSON ({' '.join(str(exc).split())})") from None
+    else:
+        depth = _depth(value)
+    if depth > MAX_JSON_DEPTH:
+        raise DataError(f"{path}: malformed {what}, nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def _depth(value: object) -> int:
+    """How deep lists and objects nest in a parsed JSON value (counted without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level <= MAX_JSON_DEPTH:
+                stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def read_json(path: str | os.PathLike, what: str, limit: int = 2**20) -> object:
+    """`parse_json` of a file of at most `limit` bytes; unreadable or larger: a DataError naming it."""
+    try:
+        with open(path, "rb") as f:
+            content = f.read(limit + 1)
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable {what} ({os.strerror(exc.errno or errno.EIO)})") from None
+    if len(content) > limit:
+        raise DataError(f"{path}: malformed {what}, larger than {limit:,} bytes")
+    return parse_json(content, path, what)
+
+
 # --------------------------------------------------------------------------- the marker and the manifest
 
 
 def read_marker(path: Path) -> dict | None:
-    """The marker siamrdm wrote when it created the run in `path`, or None (absent, or not siamrdm's)."""
+    """The marker siamrdm wrote when it created the run in `path`, or None (absent, or not siamrdm's: a
+    damaged marker marks nothing)."""
     marker = path / MARKER_NAME
     if marker.is_symlink() or not marker.is_file():
         return None
     try:
-        record = json.loads(marker.read_bytes()[:65536])
-    except (OSError, ValueError):
+        record = read_json(marker, "run marker", limit=65536)
+    except DataError:
         return None
     if not isinstance(record, dict) or record.get("tool") != "siamrdm" or not isinstance(record.get("run_id"), str):
         return None
@@ -230,17 +284,19 @@ def _write_marker(path: Path, record: dict) -> None:
 
 
 def read_manifest(run: Path) -> set[str]:
-    """The files (paths relative to the run folder) siamrdm wrote in it."""
+    """The files (paths relative to the run folder) siamrdm wrote in it. A line that is not a JSON string is
+    damage: refused (a DataError naming the manifest), since what --overwrite removes must be what was listed."""
+    manifest = run / MANIFEST_NAME
     try:
-        lines = (run / MANIFEST_NAME).read_text(errors="replace").splitlines()
+        lines = manifest.read_bytes().splitlines()
     except OSError:
         return set()
     names = set()
-    for line in lines:
-        with contextlib.suppress(ValueError):
-            name = json.loads(line)
-            if isinstance(name, str):
-                names.add(name)
+    for number, line in enumerate(lines, start=1):
+        name = parse_json(line, f"{manifest}: line {number}", "manifest line")
+        if not isinstance(name, str):
+            raise DataError(f"{manifest}: line {number}: malformed manifest line, not a file name")
+        names.add(name)
     return names
 
 
@@ -401,10 +457,9 @@ def check_same_settings(path: Path, settings: dict, ignore: tuple[str, ...] = ("
     file = Path(path) / "settings.json"
     if not file.is_file():
         return
-    try:
-        saved = json.loads(file.read_text())
-    except (OSError, ValueError):
-        raise DataError(f"{file}: unreadable settings of the run to resume") from None
+    saved = read_json(file, "settings of the run to resume")
+    if not isinstance(saved, dict):
+        raise DataError(f"{file}: malformed settings of the run to resume, not a JSON object")
 
     def comparable(record: dict) -> dict:
         record = {k: v for k, v in json_safe(record).items() if k not in ignore}

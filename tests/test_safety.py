@@ -26,7 +26,7 @@ from siamrdm import cli, train
 from siamrdm.io import data, files
 from siamrdm.io.data import DataError
 from siamrdm.rdm import scoring
-from siamrdm.train.predict import MODEL_FORMAT
+from siamrdm.train.predict import MODEL_FORMAT, RDMPredictor
 
 FAST = ("--epochs", "1", "--image-size", "64", "--weights", "random", "--no-augment", "--quiet", "--device", "cpu")
 
@@ -156,6 +156,26 @@ def test_predict_replaces_an_existing_file_only_when_asked(capsys, tmp_path: Pat
         assert code == 2
         assert_one_line_error(err, "pred.npy", "a siamrdm run is in progress")
         assert not (live / "pred.npy").exists()
+
+
+def test_predict_never_replaces_a_file_that_appeared_meanwhile(capsys, tmp_path: Path, fitted_run: Path,
+                                                               own_data: tuple[str, ...], monkeypatch) -> None:
+    """--out was free at start-up; a file written there while predict ran (the user's, or a second predict to
+    the same --out that finished first) is not replaced: the later one gets one line, exit 2."""
+    out = tmp_path / "late.npy"
+    predict = RDMPredictor.predict
+
+    def meanwhile(self, images):
+        out.write_bytes(b"the other run's prediction")
+        return predict(self, images)
+
+    monkeypatch.setattr(RDMPredictor, "predict", meanwhile)
+    code, stdout, err = run_main(capsys, "predict", fitted_run / "model.pt", "--images", own_data[1], "--device",
+                                 "cpu", "--out", out)
+    assert (code, stdout) == (2, "")
+    assert_one_line_error(err, str(out), "appeared while siamrdm was working")
+    assert out.read_bytes() == b"the other run's prediction"
+    assert [p.name for p in tmp_path.iterdir()] == ["late.npy"]  # no temporary file left
 
 
 def test_a_model_whose_features_cannot_be_standardised_is_refused(capsys, tmp_path: Path, fitted_run: Path,

@@ -737,7 +737,8 @@ def cmd_predict(args) -> int:
     except data.DataError as exc:
         raise data.DataError(f"{args.model}: {exc}") from None
     keyed = {predictor.output_keys.get(t, t): rdm for t, rdm in rdms.items()}
-    path = data.save_rdms(args.out, keyed, names=data.pattern_names(images.names))  # obj1.png as 'obj1'
+    path = data.save_rdms(args.out, keyed, names=data.pattern_names(images.names),  # obj1.png as 'obj1'
+                          replace_existing=args.overwrite)  # a file that appeared meanwhile is not lost
     print(f"wrote {path}: {', '.join(keyed)} ({len(images)} x {len(images)})")
     return 0
 
@@ -1065,8 +1066,13 @@ def cmd_bench(args) -> int:
     """Naive against factorised training epochs on real images, then the head's epoch at 100 to 10,000 images."""
     import torch
 
+    from .io.files import check_new_output_file, write_text
     from .pipelines import bench
 
+    if args.out is not None:  # checked before any work, by predict --out's rule
+        if not args.out.strip():
+            raise UsageError("--out: empty file name; give a file (e.g. bench.json)")
+        check_new_output_file(args.out, args.overwrite)
     sizes = ()
     if args.head_sizes.strip().lower() not in ("0", "none"):
         sizes = _list_option(args.head_sizes, "--head-sizes", convert=int, what="integers")
@@ -1105,10 +1111,8 @@ def cmd_bench(args) -> int:
     result.setdefault("device", device)
     result.setdefault("peak_rss_mb", bench.peak_rss_mb())
     result.setdefault("machine", bench.machine(torch.device(device)))
-    if args.out:
-        from .io.files import write_text
-
-        write_text(args.out, json.dumps(json_safe(result), indent=2, allow_nan=False))
+    if args.out is not None:
+        write_text(args.out, json.dumps(json_safe(result), indent=2, allow_nan=False), replace_existing=args.overwrite)
     if args.json:
         _print_json(result)
     else:
@@ -1147,6 +1151,7 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paper-time-limit", type=float, help="stop the paper schedule after this many seconds and "
                    "extrapolate (default: no limit)")
     p.add_argument("--out", help="also write the JSON result to this file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=cmd_bench)

@@ -52,6 +52,17 @@ def test_atomic_path_failure_leaves_the_target_alone(tmp_path: Path) -> None:
     assert names(tmp_path) == ["log.csv"]
 
 
+def test_a_new_output_never_replaces_a_file_that_appeared_meanwhile(tmp_path: Path) -> None:
+    target = tmp_path / "late.json"
+    with pytest.raises(DataError, match="appeared while siamrdm was working"), \
+            files.atomic_path(target, replace_existing=False) as tmp:
+        tmp.write_text("siamrdm's")
+        target.write_text("the user's")  # written while siamrdm worked
+    assert target.read_text() == "the user's" and names(tmp_path) == ["late.json"]
+    files.write_text(tmp_path / "new.json", "siamrdm's", replace_existing=False)  # a free name: written
+    assert (tmp_path / "new.json").read_text() == "siamrdm's" and names(tmp_path) == ["late.json", "new.json"]
+
+
 def test_atomic_files_get_the_usual_permissions(tmp_path: Path) -> None:
     """A file written through a temporary file is as readable as one written with open() (the umask decides),
     not private to its owner as tempfile.mkstemp makes it."""

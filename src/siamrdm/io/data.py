@@ -1114,10 +1114,11 @@ def check_rdm_keys(path: str | os.PathLike, keys: Sequence[str]) -> None:
 
 
 def save_rdms(path: str | os.PathLike, rdms: dict[str, np.ndarray], names: Sequence[str] | None = None,
-              measure: str = "siamrdm prediction") -> Path:
+              measure: str = "siamrdm prediction", replace_existing: bool = True) -> Path:
     """Write RDMs atomically: .mat (v5, readable by scipy.io.loadmat and MATLAB), .npz, .npy (one array), or
     .hdf5/.h5 in rsatoolbox's RDMs layout (`rsatoolbox.rdm.load_rdm(path, file_type='hdf5')` reads it), with
-    the image `names` as its 'images' pattern descriptor and each key as a 'target' RDM descriptor."""
+    the image `names` as its 'images' pattern descriptor and each key as a 'target' RDM descriptor.
+    Without `replace_existing` a file that appeared at `path` meanwhile is refused, not replaced (atomic_path)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".mat", ".npz", ".npy", *RSATOOLBOX_SUFFIXES):
@@ -1133,7 +1134,7 @@ def save_rdms(path: str | os.PathLike, rdms: dict[str, np.ndarray], names: Seque
 
     from .files import atomic_path  # files.py builds on this module's DataError
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace_existing) as tmp:
         if suffix == ".mat":
             scipy.io.savemat(tmp, {k: np.asarray(v, dtype=np.float64) for k, v in rdms.items()})
         elif suffix == ".npz":

@@ -46,19 +46,26 @@ _TEMPORARY = re.compile(r"^\..*\.[0-9a-f]{12}\.tmp")  # what _create_unique name
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, replace_existing: bool = True) -> Iterator[Path]:
     """Yield a unique temporary path beside `path`; on success rename it onto `path`, else remove it.
 
     The temporary name keeps the suffix, so writers that choose a format by suffix (scipy, numpy) still work.
     Under a marked run folder the file is listed in its manifest, and a file there that siamrdm did not write
-    is refused rather than replaced.
+    is refused rather than replaced. Without `replace_existing` (a command's one output file, checked as new
+    before the work) a file that appeared at `path` meanwhile is left alone and the write refused. A write
+    that fails for want of room (full disk, quota, file size limit) is a DataError naming `path`; either way
+    no temporary file stays.
     """
     path = Path(path)
     run = _check_replaceable(path)
-    with _replacing(path) as tmp:
+    with _replacing(path, replace_existing) as tmp:
         yield tmp
     if run is not None:
-        _record(run, path)
+        try:
+            _record(run, path)
+        except OSError as exc:  # unlisted, it would pass for the user's file: not left there
+            path.unlink(missing_ok=True)
+            raise DataError(f"{run / MANIFEST_NAME}: cannot be written ({_reason(exc)}); {path} not kept") from None
 
 
 def _check_replaceable(path: Path) -> Path | None:
@@ -71,14 +78,86 @@ def _check_replaceable(path: Path) -> Path | None:
 
 
 @contextlib.contextmanager
-def _replacing(path: Path) -> Iterator[Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_unique(path)
+def _replacing(path: Path, replace_existing: bool = True) -> Iterator[Path]:
     try:
-        yield tmp
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _create_unique(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be written ({_reason(exc)})") from None
+    try:
+        try:
+            yield tmp
+        except (OSError, RuntimeError) as exc:  # how numpy, scipy, h5py, torch and matplotlib report a failed write
+            reason = _lack_of_room(exc, path.parent)
+            if reason is None:
+                raise
+            raise DataError(f"{path}: cannot be written ({reason}); nothing was written") from None
+        _place(tmp, path, replace_existing)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _place(tmp: Path, path: Path, replace_existing: bool) -> None:
+    """Put the finished temporary file at `path`: renamed over it, or without `replace_existing` only if no file
+    is there now (a hard link, which fails on an existing name), so that a file that appeared while siamrdm
+    worked (a second run to the same --out, the user's) is never lost. Where a file system has no hard links,
+    the name is claimed with an exclusive create and the file renamed onto the claim."""
+    appeared = DataError(f"{path}: appeared while siamrdm was working (another run or program wrote it); left as "
+                         "it was, nothing written")
+    try:
+        if replace_existing:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise appeared from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK):
+                raise
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            except FileExistsError:
+                raise appeared from None
+            os.replace(tmp, path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be written ({_reason(exc)})") from None
+
+
+NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # a full disk, a file size limit, a quota
+PROBE_BYTES = 2**20
+
+
+def _reason(exc: OSError) -> str:
+    return os.strerror(exc.errno) if exc.errno else " ".join(str(exc).split())
+
+
+def _lack_of_room(exc: BaseException, folder: Path) -> str | None:
+    """Why a writer failed when it is want of room, else None (a defect, reported as one). Its errno says so
+    (an OSError's, or the 'errno = N' HDF5 writes into its message); numpy and torch report a short write with
+    none, so then a probe of PROBE_BYTES written beside the target decides."""
+    for error in (exc, exc.__cause__, exc.__context__):
+        if isinstance(error, OSError) and error.errno in NO_ROOM:
+            return os.strerror(error.errno)
+        found = re.search(r"errno = (\d+)", str(error)) if error is not None else None
+        if found and int(found.group(1)) in NO_ROOM:
+            return os.strerror(int(found.group(1)))
+    probe = None
+    try:
+        probe = _create_unique(folder / "siamrdm-probe")
+        fd = os.open(probe, os.O_WRONLY)
+        try:
+            written, block = 0, bytes(64 * 1024)
+            while written < PROBE_BYTES:
+                written += os.write(fd, block)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        return os.strerror(error.errno) if error.errno in NO_ROOM else None
+    finally:
+        if probe is not None:
+            probe.unlink(missing_ok=True)
+    return None
 
 
 def _create_unique(path: Path) -> Path:
@@ -105,9 +184,9 @@ def _name_max(folder: Path) -> int:
         return 255
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically."""
-    with atomic_path(path) as tmp:
+def write_text(path: str | os.PathLike, text: str, replace_existing: bool = True) -> Path:
+    """Write a text file atomically (`replace_existing`: see atomic_path)."""
+    with atomic_path(path, replace_existing) as tmp:
         tmp.write_text(text)
     return Path(path)
 

@@ -13,6 +13,8 @@ import io
 import json
 import math
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -591,3 +593,37 @@ def test_a_deeply_nested_manifest_is_refused_before_the_lock(capsys, tmp_path: P
     assert code == 2 and stdout == ""
     assert_one_line_error(err, str(out / files.MANIFEST_NAME), "line 2", "nested")
     assert snapshot(out) == before and not (out / files.LOCK_NAME).exists()
+
+
+HOLD_RUN = """
+import sys
+from siamrdm.io.files import run_folder
+with run_folder(sys.argv[1], "fit"):
+    print("running", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_run_inside_another_runs_folder_is_refused(capsys, tmp_path: Path, fitted_run: Path,
+                                                     own_data: tuple[str, ...]) -> None:
+    """fit or lr-find --out inside a finished run's folder, or inside one another process is running: one line,
+    exit 2, nothing made (its files would be listed in the outer run and removed by its --overwrite)."""
+    finished = tmp_path / "finished"
+    shutil.copytree(fitted_run, finished)
+    before = snapshot(finished)
+    code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", finished / "sub")
+    assert (code, stdout) == (2, "")
+    assert_one_line_error(err, str(finished / "sub"), "inside", "another siamrdm run")
+    assert snapshot(finished) == before and not (finished / "sub").exists()
+    running = tmp_path / "running"
+    process = subprocess.Popen([sys.executable, "-c", HOLD_RUN, str(running)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "running", process.stderr.read()
+        code, stdout, err = run_main(capsys, "lr-find", *own_data, "--image-size", "64", "--weights", "random",
+                                     "--device", "cpu", "--quiet", "--out", running / "lrsub")
+        assert (code, stdout) == (2, "")
+        assert_one_line_error(err, str(running / "lrsub"), "inside", "another siamrdm run")
+        assert not (running / "lrsub").exists()
+    finally:
+        process.communicate(input="", timeout=30)

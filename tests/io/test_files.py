@@ -230,6 +230,40 @@ def test_siamrdm_json_files_are_parsed_one_way(tmp_path: Path) -> None:
     assert files.read_marker(run) is None and files.folder_state(run) == "foreign"
 
 
+HOLD_RUN = """
+import sys
+from siamrdm.io.files import run_folder
+with run_folder(sys.argv[1], "fit"):
+    print("running", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_run_folder_inside_another_runs_folder_is_refused(tmp_path: Path) -> None:
+    """Only a run's own parts (this process holds it) go inside its folder; a run started there by anyone else,
+    while the outer run runs or after it finished, is refused before anything is made."""
+    outer = tmp_path / "runs" / "a"
+    process = subprocess.Popen([sys.executable, "-c", HOLD_RUN, str(outer)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "running", process.stderr.read()
+        for mode in files.RUN_MODES[:2]:
+            with pytest.raises(DataError, match=r"inside .*runs/a, the folder of another siamrdm run"):
+                files.check_run_folder(outer / "sub", mode)
+            with pytest.raises(DataError, match="another siamrdm run"), files.run_folder(outer / "sub", "lr-find"):
+                pass
+    finally:
+        process.communicate(input="", timeout=30)
+    assert process.returncode == 0 and files.read_marker(outer)["status"] == "finished"
+    with pytest.raises(DataError, match="another siamrdm run"), files.run_folder(outer / "deep" / "sub", "fit"):
+        pass
+    assert names(outer) == sorted([files.LOCK_NAME, files.MARKER_NAME])  # nothing made, nothing listed
+    with files.run_folder(outer, "fit", "overwrite"):  # the run's own parts: a seed folder, inside it
+        with files.run_folder(outer / "seed0", "fit"):
+            files.write_text(outer / "seed0" / "last.pt", "x")
+    assert "seed0/last.pt" in files.read_manifest(outer)
+
+
 # --------------------------------------------------------------------------- the run-folder lock
 
 

@@ -12,6 +12,8 @@ its life:
 - a new run that fails (an exception, not Ctrl-C or a kill, which stay resumable) removes what it wrote, so
   the folder is left as it was found;
 - an exclusive lock on `.siamrdm.lock` for the run's whole life refuses a second run at once.
+- a run folder inside another run's folder (running or finished) is refused, unless it is a part of a run this
+  process holds (a fit's seed folders, a challenge's final fits, also from its worker processes);
 Every file is written to a uniquely named temporary file beside its target and renamed into place, so a
 reader (or a killed run) never sees half a file.
 """
@@ -239,8 +241,12 @@ def check_run_folder(path: str | os.PathLike, mode: str = "new") -> Path:
     if str(path) == "":
         raise DataError("run folder name is empty; give a folder (e.g. runs/NAME)")
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise DataError(f"{path}: exists and is not a folder")
+    if os.path.lexists(path) and not path.is_dir():
+        link = " (a symbolic link to nothing)" if path.is_symlink() and not path.exists() else ""
+        raise DataError(f"{path}: exists and is not a folder{link}")
+    enclosing = _marked_ancestor(path.parent)
+    if enclosing is not None and not _held_here(enclosing):  # its files would land in that run's manifest
+        raise DataError(f"{path}: inside {enclosing}, the folder of another siamrdm run; choose a folder outside it")
     _check_creatable(path, path)
     state = folder_state(path)
     if state == "run" and mode == "new":
@@ -406,6 +412,31 @@ def _marked_ancestor(folder: Path) -> Path | None:
         current = current.parent
 
 
+HELD_RUNS_ENV = "SIAMRDM_HELD_RUNS"  # run ids this process holds, inherited by the workers it starts
+
+
+def _held_here(run: Path) -> bool:
+    """Whether this process (or the process that started it, as challenge --jobs starts its workers) holds the
+    run in `run`: then a folder inside it is a part of that run (a seed's, a target's final fit)."""
+    marker = read_marker(run)
+    held = os.environ.get(HELD_RUNS_ENV, "").split(",")
+    return marker is not None and marker["run_id"] in held and _lock_is_held(run)
+
+
+@contextlib.contextmanager
+def _holding(run_id: str) -> Iterator[None]:
+    """List `run_id` in HELD_RUNS_ENV for the duration (os.environ, so worker processes see it too)."""
+    before = os.environ.get(HELD_RUNS_ENV)
+    os.environ[HELD_RUNS_ENV] = ",".join(filter(None, (before, run_id)))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(HELD_RUNS_ENV, None)
+        else:
+            os.environ[HELD_RUNS_ENV] = before
+
+
 def _lock_is_held(folder: Path) -> bool:
     """Whether a run (of this process or another) holds `folder`'s lock now."""
     try:
@@ -469,14 +500,15 @@ def _remove_listed(run: Path, names: set[str]) -> None:
 def run_folder(path: str | os.PathLike, command: str, mode: str = "new") -> Iterator[Path]:
     """Own `path` as a siamrdm run of `command` for the duration (see the module's docstring).
 
-    Inside a run that is in progress (an ancestor folder marked and locked, as for a challenge's final fits or
-    a fit's seed folders) it only takes the lock: the enclosing run owns the files.
+    Inside a run this process holds (a challenge's final fits, a fit's seed folders) it only takes the lock: the
+    enclosing run owns the files. Inside any other run folder, running or finished, it is refused: its files
+    would be listed in that run's manifest and removed by that run's --overwrite.
     """
     path = Path(path)
     if str(path) == "":
         raise DataError("run folder name is empty; give a folder (e.g. runs/NAME)")
     enclosing = _marked_ancestor(path.parent)
-    if enclosing is not None and _lock_is_held(enclosing):
+    if enclosing is not None and _held_here(enclosing):
         with run_folder_lock(path):
             yield path
         return
@@ -496,7 +528,8 @@ def run_folder(path: str | os.PathLike, command: str, mode: str = "new") -> Iter
                       "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
         _write_marker(path, {**marker, "status": "running"})
         try:
-            yield path
+            with _holding(marker["run_id"]):
+                yield path
         except Exception:
             if fresh:
                 _undo(path, created)
@@ -559,7 +592,10 @@ def check_same_settings(path: Path, settings: dict, ignore: tuple[str, ...] = ("
 def run_folder_lock(path: str | os.PathLike) -> Iterator[Path]:
     """Hold the run folder's lock for the duration (created if needed); a second holder is refused at once."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file, or a link to nothing, in its place
+        raise DataError(f"{path}: cannot be made a folder ({_reason(exc)})") from None
     run = _marked_ancestor(path.parent)
     if run is not None:  # a lock of a sub-run (a seed's folder): the enclosing run wrote it
         _record(run, path / LOCK_NAME)

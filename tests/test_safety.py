@@ -12,6 +12,8 @@ import contextlib
 import io
 import json
 import math
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import assert_one_line_error, mark_run
+from helpers import assert_one_line_error, mark_run, run_process_limited
 from helpers import run_cli as run_main
 
 from siamrdm import cli, train
@@ -627,3 +629,67 @@ def test_a_run_inside_another_runs_folder_is_refused(capsys, tmp_path: Path, fit
         assert not (running / "lrsub").exists()
     finally:
         process.communicate(input="", timeout=30)
+
+
+TEMPORARY = re.compile(r"^\..*\.[0-9a-f]{12}\.tmp")  # what an interrupted atomic write would leave
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path: Path, fitted_run: Path,
+                                                                own_data: tuple[str, ...]) -> None:
+    """A write that fails for want of room (here a file size limit, as a full disk fails it: EFBIG), in fit
+    (torch's checkpoint) and predict (an HDF5 file): one line naming the file, exit 2, no temporary file left,
+    and a new run's folder left as it was found."""
+    out = tmp_path / "run"
+    done = run_process_limited("fit", *own_data, *FAST, "--out", out, file_size=64 * 1024)
+    assert done.returncode == 2, done.stderr
+    assert_one_line_error(done.stderr, str(out), "cannot be written", "File too large")
+    assert not out.exists()
+    prediction = tmp_path / "pred.h5"
+    done = run_process_limited("predict", fitted_run / "model.pt", "--images", own_data[1], "--device", "cpu",
+                               "--out", prediction, file_size=1024)
+    assert done.returncode == 2, done.stderr
+    assert_one_line_error(done.stderr, str(prediction), "cannot be written", "File too large")
+    assert not any(TEMPORARY.match(p.name) for p in tmp_path.rglob("*")) and not prediction.exists()
+
+
+def test_a_dangling_link_as_out_is_one_line(capsys, tmp_path: Path, own_data: tuple[str, ...]) -> None:
+    link = tmp_path / "run"
+    link.symlink_to(tmp_path / "nowhere")
+    code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", link)
+    assert (code, stdout) == (2, "")
+    assert_one_line_error(err, str(link), "not a folder", "link to nothing")
+    assert link.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@contextlib.contextmanager
+def undeletable(path: Path):
+    """`path` cannot be removed for the duration: its folder read-only, or for root (whom permissions do not
+    stop) the file immutable (chattr +i; skipped where the file system or the container does not allow it)."""
+    if os.geteuid() != 0:
+        mode = path.parent.stat().st_mode
+        path.parent.chmod(0o555)
+        try:
+            yield
+        finally:
+            path.parent.chmod(mode)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", path], capture_output=True).returncode:
+        pytest.skip("running as root, and no immutable file here (chattr +i): nothing root cannot remove")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", path], check=True)
+
+
+def test_a_file_overwrite_cannot_remove_is_one_line_and_the_run_stays(capsys, tmp_path: Path, fitted_run: Path,
+                                                                      own_data: tuple[str, ...]) -> None:
+    """--overwrite removes what the manifest lists; one it cannot remove is one line naming it, exit 2, and the
+    folder stays a run (its marker and manifest kept), so --overwrite can finish once it is fixed."""
+    out = tmp_path / "run"
+    shutil.copytree(fitted_run, out)
+    with undeletable(out / "seed0" / "last.pt"):
+        code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out, "--overwrite")
+    assert (code, stdout) == (2, "")
+    assert_one_line_error(err, str(out / "seed0" / "last.pt"), "cannot be removed")
+    assert (out / "seed0" / "last.pt").is_file() and files.folder_state(out) == "run"
+    assert {"seed0/last.pt", "model.pt"} <= files.read_manifest(out)

@@ -1,6 +1,7 @@
 """The `siamrdm` command: a thin layer over the library.
 
-Exit codes: 0 success, 2 bad input or usage (one line on stderr, no traceback), 1 anything else.
+Exit codes: 0 success, 2 bad input or usage (one line on stderr, no traceback), 130 interrupted (Ctrl-C),
+1 anything else.
 """
 
 from __future__ import annotations
@@ -1227,9 +1228,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     data.take_notes(reset=True)  # notes of an earlier command in this process are not this one's
+    stdout, sys.stdout = sys.stdout, _CheckedStdout(sys.stdout)
+    try:
+        return _run(args)
+    finally:
+        sys.stdout = stdout
+
+
+def _run(args) -> int:
+    """The command, its failures as exit codes (see the module's docstring)."""
     try:
         code = args.func(args)
         _print_notes()
+        sys.stdout.flush()  # output that cannot be written fails here, as this command's error, not at exit
         return code
     except ConfigError as exc:  # a setting: named by its command-line flag
         print(f"siamrdm: error: {_flag(exc.option)}: {exc.problem}", file=sys.stderr)
@@ -1237,19 +1248,61 @@ def main(argv: list[str] | None = None) -> int:
     except data.DataError as exc:
         print(f"siamrdm: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C: 128 + SIGINT, as shells report it (1 is for defects)
         print("siamrdm: interrupted", file=sys.stderr)
-        return 1
+        return 130
     except BrokenPipeError:  # the reader of stdout left (`| head`): as any Unix tool, stop quietly
-        with contextlib.suppress(OSError, AttributeError, ValueError):  # stdout may not be a file
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        _silence_stdout()
         return 141  # 128 + SIGPIPE, what the shell reports for a tool the pipe ended
     except Exception as exc:  # a one-line message; SIAMRDM_DEBUG=1 shows the traceback
+        reason = _stdout_failure(exc)
+        if reason is not None:  # `> /dev/full`, a full disk: bad output, not a defect
+            print(f"siamrdm: error: standard output: cannot be written ({reason})", file=sys.stderr)
+            return 2
         if os.environ.get("SIAMRDM_DEBUG"):
             raise
         print(f"siamrdm: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
 
+
+def _silence_stdout() -> None:
+    """Point stdout's file at /dev/null, so that the flush at exit raises no second error."""
+    with contextlib.suppress(OSError, AttributeError, ValueError):  # stdout may not be a file
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _stdout_failure(exc: Exception) -> str | None:
+    """Why stdout could not take the output, when `exc` is that failure (_CheckedStdout marked it); else None."""
+    if not getattr(exc, "siamrdm_stdout", False):
+        return None
+    _silence_stdout()  # what it still holds would fail again at exit
+    return os.strerror(exc.errno) if exc.errno else " ".join(str(exc).split())
+
+
+class _CheckedStdout:
+    """sys.stdout while a command runs: an OSError writing to it (`> /dev/full`, a full disk; a closed pipe
+    excepted) is marked as stdout's, so that main reports the output, not a defect. All else is the stream's."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def _checked(self, call: Callable, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            exc.siamrdm_stdout = True
+            raise
+
+    def write(self, text: str) -> int:
+        return self._checked(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._checked(self._stream.flush)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 if __name__ == "__main__":
     sys.exit(main())

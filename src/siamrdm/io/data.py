@@ -22,6 +22,7 @@ crafted file can neither hang a command nor make it allocate blindly.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -900,10 +901,13 @@ def _rsatoolbox_rows(path: Path, rdms: dict[str, np.ndarray], names: Sequence[st
 
 
 def _write_rsatoolbox(path: Path, rows: dict[str, np.ndarray], measure: str) -> None:
-    """rsatoolbox's RDMs HDF5 layout (see above), the image names as the 'images' pattern descriptor."""
+    """rsatoolbox's RDMs HDF5 layout (see above), the image names as the 'images' pattern descriptor. Built in
+    memory and written in one go: HDF5 that fails to write its own file (a full disk) crashes the process as it
+    closes it, where a plain write fails with an OSError that atomic_path reports."""
     from .. import __version__
 
-    with h5py.File(path, "w") as f:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
         f.attrs["dissimilarity_measure"] = measure
         f.attrs["siamrdm_version"] = __version__
         f["dissimilarities"] = rows["dissimilarities"]
@@ -920,6 +924,7 @@ def _write_rsatoolbox(path: Path, rows: dict[str, np.ndarray], measure: str) -> 
         if rows["images"] is not None:
             patterns["images"] = rows["images"]
         patterns["index"] = np.arange(n)
+    path.write_bytes(buffer.getbuffer())
 
 
 def to_rsatoolbox(rdms: dict[str, np.ndarray] | np.ndarray, names: Sequence[str] | None = None,

@@ -476,7 +476,8 @@ def _remove_listed(run: Path, names: set[str]) -> None:
     clearing run holds it)."""
     root = Path(os.path.abspath(run))
     folders = {root}
-    for name in names - {LOCK_NAME}:
+    own = [MANIFEST_NAME, MARKER_NAME]  # last, the marker last of all: a clearing that stops half-way leaves a run
+    for name in [*sorted(names - {LOCK_NAME, *own}), *(n for n in own if n in names)]:
         parts = Path(name).parts
         if not parts or Path(name).is_absolute() or ".." in parts:
             continue
@@ -484,7 +485,11 @@ def _remove_listed(run: Path, names: set[str]) -> None:
             continue
         target = root.joinpath(*parts)
         if target.is_symlink() or target.is_file():
-            target.unlink(missing_ok=True)
+            try:
+                target.unlink(missing_ok=True)
+            except OSError as exc:
+                raise DataError(f"{target}: cannot be removed ({_reason(exc)}); the earlier run in {run} stays a "
+                                "run (its marker kept): fix this, then --overwrite again") from None
             folders.update(p for p in target.parents if root in p.parents)
     for folder in folders:
         if folder.is_dir() and not folder.is_symlink():

@@ -15,8 +15,10 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -693,3 +695,28 @@ def test_a_file_overwrite_cannot_remove_is_one_line_and_the_run_stays(capsys, tm
     assert_one_line_error(err, str(out / "seed0" / "last.pt"), "cannot be removed")
     assert (out / "seed0" / "last.pt").is_file() and files.folder_state(out) == "run"
     assert {"seed0/last.pt", "model.pt"} <= files.read_manifest(out)
+
+
+def test_ctrl_c_exits_130_with_one_line_and_the_run_stays_resumable(tmp_path: Path, own_data: tuple[str, ...]) -> None:
+    """SIGINT (Ctrl-C) during a fit: exit 130 as shells expect (1 is kept for defects), the one line, and the run
+    left to --resume."""
+    out = tmp_path / "run"
+    fast = [a if a != "1" else "200" for a in FAST]  # --epochs 200: still training when interrupted
+    env = {k: v for k, v in os.environ.items() if k != "SIAMRDM_DEBUG"}
+    process = subprocess.Popen([sys.executable, "-m", "siamrdm", "fit", *own_data, *fast, "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for _ in range(1200):  # the marker says the run has started (at most 120 s)
+            if files.read_marker(out) is not None or process.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert process.poll() is None, process.communicate()[1]
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["siamrdm: interrupted"] and stdout == ""
+    assert files.read_marker(out)["status"] == "running"  # not undone: --resume continues it

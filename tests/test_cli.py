@@ -177,8 +177,10 @@ def test_score_json_in_process(capsys, group_mean_submission: Path, set92: Path,
 
 def test_score_to_a_full_stdout_is_one_line(group_mean_submission: Path, set92: Path) -> None:
     """`score > /dev/full`: the output cannot be written; one line naming standard output, exit 2."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
     for options in ((), ("--json",)):
-        with open(os.devnull if not Path("/dev/full").exists() else "/dev/full", "w") as full:
+        with open("/dev/full", "w") as full:
             done = run_process_limited("score", group_mean_submission, "--target", set92 / "target_fmri.mat",
                                        *options, stdout=full)
         assert done.returncode == 2, done.stderr

@@ -44,3 +44,25 @@ def fast_config(**overrides):
                   frozen_epochs=2, unfrozen_epochs=0, device="cpu")
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def run_process_limited(*args, file_size: int | None = None, stdout=None):
+    """`python -m siamrdm ARGS` in a subprocess as on a full disk: with `file_size`, no file it writes may pass
+    that many bytes (RLIMIT_FSIZE, SIGXFSZ ignored, so a write fails with EFBIG as on a full disk); `stdout` a
+    file to write to (e.g. /dev/full) instead of a pipe. Returns the CompletedProcess (text)."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit() -> None:
+        if file_size is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+
+    env = {k: v for k, v in os.environ.items() if k != "SIAMRDM_DEBUG"}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return subprocess.run([sys.executable, "-m", "siamrdm", *map(str, args)], preexec_fn=limit, text=True,
+                          stdout=stdout if stdout is not None else subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                          timeout=300)

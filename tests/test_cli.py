@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, run_process_limited
 from helpers import run_cli as run_main
 from scipy import stats
 
@@ -173,6 +173,18 @@ def test_score_json_in_process(capsys, group_mean_submission: Path, set92: Path,
     )
     assert code == 0 and err == ""
     _check_group_mean_result(strict_loads(out), fmri92)  # the whole of stdout is one JSON object
+
+
+def test_score_to_a_full_stdout_is_one_line(group_mean_submission: Path, set92: Path) -> None:
+    """`score > /dev/full`: the output cannot be written; one line naming standard output, exit 2."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    for options in ((), ("--json",)):
+        with open("/dev/full", "w") as full:
+            done = run_process_limited("score", group_mean_submission, "--target", set92 / "target_fmri.mat",
+                                       *options, stdout=full)
+        assert done.returncode == 2, done.stderr
+        assert_one_line_error(done.stderr, "standard output", "No space left on device")
 
 
 def test_score_json_process(group_mean_submission: Path, set92: Path, fmri92) -> None:

@@ -12,14 +12,20 @@ import contextlib
 import io
 import json
 import math
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, mark_run, run_process_limited
 from helpers import run_cli as run_main
 from PIL import Image
 
@@ -27,7 +33,7 @@ from siamrdm import cli, train
 from siamrdm.io import data, files
 from siamrdm.io.data import DataError
 from siamrdm.rdm import scoring
-from siamrdm.train.predict import MODEL_FORMAT
+from siamrdm.train.predict import MODEL_FORMAT, RDMPredictor
 
 FAST = ("--epochs", "1", "--image-size", "64", "--weights", "random", "--no-augment", "--quiet", "--device", "cpu")
 
@@ -157,6 +163,26 @@ def test_predict_replaces_an_existing_file_only_when_asked(capsys, tmp_path: Pat
         assert code == 2
         assert_one_line_error(err, "pred.npy", "a siamrdm run is in progress")
         assert not (live / "pred.npy").exists()
+
+
+def test_predict_never_replaces_a_file_that_appeared_meanwhile(capsys, tmp_path: Path, fitted_run: Path,
+                                                               own_data: tuple[str, ...], monkeypatch) -> None:
+    """--out was free at start-up; a file written there while predict ran (the user's, or a second predict to
+    the same --out that finished first) is not replaced: the later one gets one line, exit 2."""
+    out = tmp_path / "late.npy"
+    predict = RDMPredictor.predict
+
+    def meanwhile(self, images):
+        out.write_bytes(b"the other run's prediction")
+        return predict(self, images)
+
+    monkeypatch.setattr(RDMPredictor, "predict", meanwhile)
+    code, stdout, err = run_main(capsys, "predict", fitted_run / "model.pt", "--images", own_data[1], "--device",
+                                 "cpu", "--out", out)
+    assert (code, stdout) == (2, "")
+    assert_one_line_error(err, str(out), "appeared while siamrdm was working")
+    assert out.read_bytes() == b"the other run's prediction"
+    assert [p.name for p in tmp_path.iterdir()] == ["late.npy"]  # no temporary file left
 
 
 def test_a_model_whose_features_cannot_be_standardised_is_refused(capsys, tmp_path: Path, fitted_run: Path,
@@ -584,3 +610,140 @@ def test_fit_refuses_an_image_name_its_order_file_could_not_give_back(capsys, tm
     code, stdout, err = run_main(capsys, "data-info", "--images", folder, "--rdms", rdms)
     assert (code, stdout) == (2, "")
     assert_one_line_error(err, repr(bad))
+
+
+def test_a_deeply_nested_manifest_is_refused_before_the_lock(capsys, tmp_path: Path, own_data: tuple[str, ...]) -> None:
+    """`fit --overwrite` clears by the manifest: a damaged one is one line naming it, exit 2, refused before the
+    folder is locked, so not even a lock file is left behind."""
+    out = mark_run(tmp_path / "run", "fit")
+    (out / files.LOCK_NAME).unlink()
+    (out / files.MANIFEST_NAME).write_text('"settings.json"\n' + "[" * 50_000 + "]" * 50_000 + "\n")
+    (out / "settings.json").write_text("{}")
+    before = snapshot(out)
+    code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out, "--overwrite")
+    assert code == 2 and stdout == ""
+    assert_one_line_error(err, str(out / files.MANIFEST_NAME), "line 2", "nested")
+    assert snapshot(out) == before and not (out / files.LOCK_NAME).exists()
+
+
+HOLD_RUN = """
+import sys
+from siamrdm.io.files import run_folder
+with run_folder(sys.argv[1], "fit"):
+    print("running", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_run_inside_another_runs_folder_is_refused(capsys, tmp_path: Path, fitted_run: Path,
+                                                     own_data: tuple[str, ...]) -> None:
+    """fit or lr-find --out inside a finished run's folder, or inside one another process is running: one line,
+    exit 2, nothing made (its files would be listed in the outer run and removed by its --overwrite)."""
+    finished = tmp_path / "finished"
+    shutil.copytree(fitted_run, finished)
+    before = snapshot(finished)
+    code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", finished / "sub")
+    assert (code, stdout) == (2, "")
+    assert_one_line_error(err, str(finished / "sub"), "inside", "another siamrdm run")
+    assert snapshot(finished) == before and not (finished / "sub").exists()
+    running = tmp_path / "running"
+    process = subprocess.Popen([sys.executable, "-c", HOLD_RUN, str(running)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "running", process.stderr.read()
+        code, stdout, err = run_main(capsys, "lr-find", *own_data, "--image-size", "64", "--weights", "random",
+                                     "--device", "cpu", "--quiet", "--out", running / "lrsub")
+        assert (code, stdout) == (2, "")
+        assert_one_line_error(err, str(running / "lrsub"), "inside", "another siamrdm run")
+        assert not (running / "lrsub").exists()
+    finally:
+        process.communicate(input="", timeout=30)
+
+
+TEMPORARY = re.compile(r"^\..*\.[0-9a-f]{12}\.tmp")  # what an interrupted atomic write would leave
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path: Path, fitted_run: Path,
+                                                                own_data: tuple[str, ...]) -> None:
+    """A write that fails for want of room (here a file size limit, as a full disk fails it: EFBIG), in fit
+    (torch's checkpoint) and predict (an HDF5 file): one line naming the file, exit 2, no temporary file left,
+    and a new run's folder left as it was found."""
+    out = tmp_path / "run"
+    done = run_process_limited("fit", *own_data, *FAST, "--out", out, file_size=64 * 1024)
+    assert done.returncode == 2, done.stderr
+    assert_one_line_error(done.stderr, str(out), "cannot be written", "File too large")
+    assert not out.exists()
+    prediction = tmp_path / "pred.h5"
+    done = run_process_limited("predict", fitted_run / "model.pt", "--images", own_data[1], "--device", "cpu",
+                               "--out", prediction, file_size=1024)
+    assert done.returncode == 2, done.stderr
+    assert_one_line_error(done.stderr, str(prediction), "cannot be written", "File too large")
+    assert not any(TEMPORARY.match(p.name) for p in tmp_path.rglob("*")) and not prediction.exists()
+
+
+def test_a_dangling_link_as_out_is_one_line(capsys, tmp_path: Path, own_data: tuple[str, ...]) -> None:
+    link = tmp_path / "run"
+    link.symlink_to(tmp_path / "nowhere")
+    code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", link)
+    assert (code, stdout) == (2, "")
+    assert_one_line_error(err, str(link), "not a folder", "link to nothing")
+    assert link.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@contextlib.contextmanager
+def undeletable(path: Path):
+    """`path` cannot be removed for the duration: its folder read-only, or for root (whom permissions do not
+    stop) the file immutable (chattr +i; skipped where the file system or the container does not allow it)."""
+    if os.geteuid() != 0:
+        mode = path.parent.stat().st_mode
+        path.parent.chmod(0o555)
+        try:
+            yield
+        finally:
+            path.parent.chmod(mode)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", path], capture_output=True).returncode:
+        pytest.skip("running as root, and no immutable file here (chattr +i): nothing root cannot remove")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", path], check=True)
+
+
+def test_a_file_overwrite_cannot_remove_is_one_line_and_the_run_stays(capsys, tmp_path: Path, fitted_run: Path,
+                                                                      own_data: tuple[str, ...]) -> None:
+    """--overwrite removes what the manifest lists; one it cannot remove is one line naming it, exit 2, and the
+    folder stays a run (its marker and manifest kept), so --overwrite can finish once it is fixed."""
+    out = tmp_path / "run"
+    shutil.copytree(fitted_run, out)
+    with undeletable(out / "seed0" / "last.pt"):
+        code, stdout, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out, "--overwrite")
+    assert (code, stdout) == (2, "")
+    assert_one_line_error(err, str(out / "seed0" / "last.pt"), "cannot be removed")
+    assert (out / "seed0" / "last.pt").is_file() and files.folder_state(out) == "run"
+    assert {"seed0/last.pt", "model.pt"} <= files.read_manifest(out)
+
+
+def test_ctrl_c_exits_130_with_one_line_and_the_run_stays_resumable(tmp_path: Path, own_data: tuple[str, ...]) -> None:
+    """SIGINT (Ctrl-C) during a fit: exit 130 as shells expect (1 is kept for defects), the one line, and the run
+    left to --resume."""
+    out = tmp_path / "run"
+    fast = [a if a != "1" else "200" for a in FAST]  # --epochs 200: still training when interrupted
+    env = {k: v for k, v in os.environ.items() if k != "SIAMRDM_DEBUG"}
+    process = subprocess.Popen([sys.executable, "-m", "siamrdm", "fit", *own_data, *fast, "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for _ in range(1200):  # the marker says the run has started (at most 120 s)
+            if files.read_marker(out) is not None or process.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert process.poll() is None, process.communicate()[1]
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["siamrdm: interrupted"] and stdout == ""
+    assert files.read_marker(out)["status"] == "running"  # not undone: --resume continues it

@@ -1,6 +1,7 @@
 """The `siamrdm` command: a thin layer over the library.
 
-Exit codes: 0 success, 2 bad input or usage (one line on stderr, no traceback), 1 anything else.
+Exit codes: 0 success, 2 bad input or usage (one line on stderr, no traceback), 130 interrupted (Ctrl-C),
+1 anything else.
 """
 
 from __future__ import annotations
@@ -772,7 +773,8 @@ def cmd_predict(args) -> int:
     except data.DataError as exc:
         raise data.DataError(f"{args.model}: {exc}") from None
     keyed = {predictor.output_keys.get(t, t): rdm for t, rdm in rdms.items()}
-    path = data.save_rdms(args.out, keyed, names=data.pattern_names(images.names))  # obj1.png as 'obj1'
+    path = data.save_rdms(args.out, keyed, names=data.pattern_names(images.names),  # obj1.png as 'obj1'
+                          replace_existing=args.overwrite)  # a file that appeared meanwhile is not lost
     print(f"wrote {path}: {', '.join(keyed)} ({len(images)} x {len(images)})")
     return 0
 
@@ -1196,8 +1198,13 @@ def cmd_bench(args) -> int:
     """Naive against factorised training epochs on real images, then the head's epoch at 100 to 10,000 images."""
     import torch
 
+    from .io.files import check_new_output_file, write_text
     from .pipelines import bench
 
+    if args.out is not None:  # checked before any work, by predict --out's rule
+        if not args.out.strip():
+            raise UsageError("--out: empty file name; give a file (e.g. bench.json)")
+        check_new_output_file(args.out, args.overwrite)
     sizes = ()
     if args.head_sizes.strip().lower() not in ("0", "none"):
         sizes = _list_option(args.head_sizes, "--head-sizes", convert=int, what="integers")
@@ -1236,10 +1243,8 @@ def cmd_bench(args) -> int:
     result.setdefault("device", device)
     result.setdefault("peak_rss_mb", bench.peak_rss_mb())
     result.setdefault("machine", bench.machine(torch.device(device)))
-    if args.out:
-        from .io.files import write_text
-
-        write_text(args.out, json.dumps(json_safe(result), indent=2, allow_nan=False))
+    if args.out is not None:
+        write_text(args.out, json.dumps(json_safe(result), indent=2, allow_nan=False), replace_existing=args.overwrite)
     if args.json:
         _print_json(result)
     else:
@@ -1276,6 +1281,7 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paper-time-limit", type=float, help="stop the paper schedule after this many seconds and "
                    "extrapolate (default: no limit)")
     p.add_argument("--out", help="also write the JSON result to this file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=cmd_bench)
@@ -1358,9 +1364,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     data.take_notes(reset=True)  # notes of an earlier command in this process are not this one's
+    stdout, sys.stdout = sys.stdout, _CheckedStdout(sys.stdout)
+    try:
+        return _run(args)
+    finally:
+        sys.stdout = stdout
+
+
+def _run(args) -> int:
+    """The command, its failures as exit codes (see the module's docstring)."""
     try:
         code = args.func(args)
         _print_notes()
+        sys.stdout.flush()  # output that cannot be written fails here, as this command's error, not at exit
         return code
     except ConfigError as exc:  # a setting: named by its command-line flag
         _error_line(f"{_flag(exc.option)}: {exc.problem}")
@@ -1368,19 +1384,61 @@ def main(argv: list[str] | None = None) -> int:
     except data.DataError as exc:
         _error_line(str(exc))
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C: 128 + SIGINT, as shells report it (1 is for defects)
         print("siamrdm: interrupted", file=sys.stderr)
-        return 1
+        return 130
     except BrokenPipeError:  # the reader of stdout left (`| head`): as any Unix tool, stop quietly
-        with contextlib.suppress(OSError, AttributeError, ValueError):  # stdout may not be a file
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        _silence_stdout()
         return 141  # 128 + SIGPIPE, what the shell reports for a tool the pipe ended
     except Exception as exc:  # a one-line message; SIAMRDM_DEBUG=1 shows the traceback
+        reason = _stdout_failure(exc)
+        if reason is not None:  # `> /dev/full`, a full disk: bad output, not a defect
+            print(f"siamrdm: error: standard output: cannot be written ({reason})", file=sys.stderr)
+            return 2
         if os.environ.get("SIAMRDM_DEBUG"):
             raise
         print(f"siamrdm: {type(exc).__name__}: {printable(' '.join(str(exc).split()))}", file=sys.stderr)
         return 1
 
+
+def _silence_stdout() -> None:
+    """Point stdout's file at /dev/null, so that the flush at exit raises no second error."""
+    with contextlib.suppress(OSError, AttributeError, ValueError):  # stdout may not be a file
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _stdout_failure(exc: Exception) -> str | None:
+    """Why stdout could not take the output, when `exc` is that failure (_CheckedStdout marked it); else None."""
+    if not getattr(exc, "siamrdm_stdout", False):
+        return None
+    _silence_stdout()  # what it still holds would fail again at exit
+    return os.strerror(exc.errno) if exc.errno else " ".join(str(exc).split())
+
+
+class _CheckedStdout:
+    """sys.stdout while a command runs: an OSError writing to it (`> /dev/full`, a full disk; a closed pipe
+    excepted) is marked as stdout's, so that main reports the output, not a defect. All else is the stream's."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def _checked(self, call: Callable, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            exc.siamrdm_stdout = True
+            raise
+
+    def write(self, text: str) -> int:
+        return self._checked(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._checked(self._stream.flush)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 if __name__ == "__main__":
     sys.exit(main())

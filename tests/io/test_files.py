@@ -52,6 +52,17 @@ def test_atomic_path_failure_leaves_the_target_alone(tmp_path: Path) -> None:
     assert names(tmp_path) == ["log.csv"]
 
 
+def test_a_new_output_never_replaces_a_file_that_appeared_meanwhile(tmp_path: Path) -> None:
+    target = tmp_path / "late.json"
+    with pytest.raises(DataError, match="appeared while siamrdm was working"), \
+            files.atomic_path(target, replace_existing=False) as tmp:
+        tmp.write_text("siamrdm's")
+        target.write_text("the user's")  # written while siamrdm worked
+    assert target.read_text() == "the user's" and names(tmp_path) == ["late.json"]
+    files.write_text(tmp_path / "new.json", "siamrdm's", replace_existing=False)  # a free name: written
+    assert (tmp_path / "new.json").read_text() == "siamrdm's" and names(tmp_path) == ["late.json", "new.json"]
+
+
 def test_atomic_files_get_the_usual_permissions(tmp_path: Path) -> None:
     """A file written through a temporary file is as readable as one written with open() (the umask decides),
     not private to its owner as tempfile.mkstemp makes it."""
@@ -189,6 +200,68 @@ def test_long_output_names_get_a_temporary_name_that_fits(tmp_path: Path) -> Non
     target = tmp_path / ("r" * 246 + ".json")  # 251 characters: valid, but not with the temporary tag added
     files.write_text(target, "{}")
     assert target.read_text() == "{}" and names(tmp_path) == [target.name]
+
+
+DEEP = "[" * 50_000 + "]" * 50_000  # valid JSON that overflows a recursive parser
+
+
+def test_siamrdm_json_files_are_parsed_one_way(tmp_path: Path) -> None:
+    """Damaged JSON of siamrdm's own (too deep to parse, NaN, nested past any file siamrdm writes) is a
+    DataError naming the file, never a RecursionError."""
+    nested = lambda depth: "[" * depth + "]" * depth  # noqa: E731
+    assert files.parse_json(nested(files.MAX_JSON_DEPTH), "f.json", "settings") == eval(nested(files.MAX_JSON_DEPTH))
+    for text, problem in ((DEEP, "nested more than"), (nested(files.MAX_JSON_DEPTH + 1), "nested more than"),
+                          ('{"lr": NaN}', "NaN is not a number"), ("{", "not strict JSON")):
+        with pytest.raises(DataError, match=problem) as info:
+            files.parse_json(text, "f.json", "settings")
+        assert str(info.value).startswith("f.json: malformed settings") and "\n" not in str(info.value)
+    run = tmp_path / "run"
+    with files.run_folder(run, "fit"):
+        files.write_text(run / "settings.json", DEEP)
+    with pytest.raises(DataError, match="settings.json: malformed settings of the run to resume, nested"):
+        files.check_same_settings(run, {})
+    with open(run / files.MANIFEST_NAME, "a") as manifest:
+        manifest.write(DEEP + "\n")
+    for check in (lambda: files.check_run_folder(run, "overwrite"), lambda: files.read_manifest(run),
+                  lambda: files.write_text(run / "settings.json", "{}")):
+        with pytest.raises(DataError, match=r"\.siamrdm-manifest: line 2: malformed manifest line, nested"):
+            check()
+    (run / files.MARKER_NAME).write_text(DEEP)  # a damaged marker marks nothing
+    assert files.read_marker(run) is None and files.folder_state(run) == "foreign"
+
+
+HOLD_RUN = """
+import sys
+from siamrdm.io.files import run_folder
+with run_folder(sys.argv[1], "fit"):
+    print("running", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_run_folder_inside_another_runs_folder_is_refused(tmp_path: Path) -> None:
+    """Only a run's own parts (this process holds it) go inside its folder; a run started there by anyone else,
+    while the outer run runs or after it finished, is refused before anything is made."""
+    outer = tmp_path / "runs" / "a"
+    process = subprocess.Popen([sys.executable, "-c", HOLD_RUN, str(outer)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "running", process.stderr.read()
+        for mode in files.RUN_MODES[:2]:
+            with pytest.raises(DataError, match=r"inside .*runs/a, the folder of another siamrdm run"):
+                files.check_run_folder(outer / "sub", mode)
+            with pytest.raises(DataError, match="another siamrdm run"), files.run_folder(outer / "sub", "lr-find"):
+                pass
+    finally:
+        process.communicate(input="", timeout=30)
+    assert process.returncode == 0 and files.read_marker(outer)["status"] == "finished"
+    with pytest.raises(DataError, match="another siamrdm run"), files.run_folder(outer / "deep" / "sub", "fit"):
+        pass
+    assert names(outer) == sorted([files.LOCK_NAME, files.MARKER_NAME])  # nothing made, nothing listed
+    with files.run_folder(outer, "fit", "overwrite"):  # the run's own parts: a seed folder, inside it
+        with files.run_folder(outer / "seed0", "fit"):
+            files.write_text(outer / "seed0" / "last.pt", "x")
+    assert "seed0/last.pt" in files.read_manifest(outer)
 
 
 # --------------------------------------------------------------------------- the run-folder lock

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_one_line_error
+from helpers import run_cli as run_main
 
 from siamrdm import cli
 from siamrdm.io.data import DataError
@@ -186,3 +188,45 @@ def test_bench_cli_rejects_bad_image_count(capsys: pytest.CaptureFixture, data_r
     code = cli.main(["bench", "--data", str(data_root), "--images", "500", "--head-sizes", "none"])
     assert code == 2
     assert "--images" in capsys.readouterr().err
+
+
+HEAD_ONLY = ("bench", "--no-training", "--head-sizes", "2", "--device", "cpu")  # no --quiet: work shows on stderr
+
+
+def test_bench_out_is_checked_before_any_work(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """An existing file (or a link to one) is refused unless --overwrite, as predict --out refuses it; a folder,
+    an empty name or a folder nothing can be made in is one line too; all before the benchmark runs."""
+    notes = tmp_path / "notes.json"
+    notes.write_text("my notes")
+    link = tmp_path / "link.json"
+    link.symlink_to(notes)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for out, expected in ((notes, "exists; pass --overwrite"), (link, "exists; pass --overwrite"),
+                          (folder, "is a folder"), ("", "--out: empty"), ("/proc/bench.json", "cannot be written")):
+        code, stdout, err = run_main(capsys, *HEAD_ONLY, "--out", out)
+        assert (code, stdout) == (2, ""), err
+        assert_one_line_error(err, str(out) or "--out", expected)  # one line: no "bench: ..." progress before it
+    assert notes.read_text() == "my notes" and link.is_symlink() and list(folder.iterdir()) == []
+    code, stdout, err = run_main(capsys, *HEAD_ONLY, "--quiet", "--out", notes, "--overwrite")
+    assert code == 0, err
+    assert [row["images"] for row in json.loads(notes.read_text())["head_scaling"]] == [2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "link.json", "notes.json"]  # no temporary file
+
+
+def test_bench_out_never_replaces_a_file_that_appeared_meanwhile(capsys: pytest.CaptureFixture, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out was free when bench started; a file written there while it ran (another bench, the user) stays."""
+    out = tmp_path / "bench.json"
+    measure = bench.bench_head_scaling
+
+    def meanwhile(*args, **kwargs):
+        out.write_text("written while bench ran")  # the user, or a second bench that finished first
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "bench_head_scaling", meanwhile)
+    code, stdout, err = run_main(capsys, *HEAD_ONLY, "--quiet", "--out", out)
+    assert (code, stdout) == (2, "")
+    assert_one_line_error(err, str(out), "appeared while siamrdm was working")
+    assert out.read_text() == "written while bench ran"
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # no temporary file left

@@ -134,6 +134,23 @@ def test_a_damaged_run_file_is_named_not_reported(challenge_dir: Path, capsys: p
     assert not (challenge_dir / "report.md").exists() and not (challenge_dir / "report.html").exists()
 
 
+DEEP = "[" * 50_000 + "]" * 50_000  # valid JSON that overflows a recursive parser
+
+
+@pytest.mark.parametrize(("name", "named"), [
+    ("settings.json", "settings.json"),
+    ("lr_find.json", "lr_find.json"),
+    (".siamrdm-run.json", "challenge"),  # a damaged marker marks nothing: the folder is refused as not a run
+])
+def test_a_deeply_nested_json_file_is_one_line(challenge_dir: Path, capsys: pytest.CaptureFixture, name: str,
+                                               named: str):
+    (challenge_dir / name).write_text(DEEP)
+    code, out, err = run_report(capsys, challenge_dir)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, named)
+    assert not (challenge_dir / "report.md").exists() and not (challenge_dir / "report.html").exists()
+
+
 def run_report(capsys: pytest.CaptureFixture, folder: Path) -> tuple[int, str, str]:
     code = cli.main(["report", str(folder)])
     out, err = capsys.readouterr()

@@ -24,6 +24,7 @@ a command nor make it allocate blindly. Images are reduced as they are read to t
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -981,10 +982,13 @@ def _rsatoolbox_rows(path: Path, rdms: dict[str, np.ndarray], names: Sequence[st
 
 
 def _write_rsatoolbox(path: Path, rows: dict[str, np.ndarray], measure: str) -> None:
-    """rsatoolbox's RDMs HDF5 layout (see above), the image names as the 'images' pattern descriptor."""
+    """rsatoolbox's RDMs HDF5 layout (see above), the image names as the 'images' pattern descriptor. Built in
+    memory and written in one go: HDF5 that fails to write its own file (a full disk) crashes the process as it
+    closes it, where a plain write fails with an OSError that atomic_path reports."""
     from .. import __version__
 
-    with h5py.File(path, "w") as f:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
         f.attrs["dissimilarity_measure"] = measure
         f.attrs["siamrdm_version"] = __version__
         f["dissimilarities"] = rows["dissimilarities"]
@@ -1001,6 +1005,7 @@ def _write_rsatoolbox(path: Path, rows: dict[str, np.ndarray], measure: str) -> 
         if rows["images"] is not None:
             patterns["images"] = rows["images"]
         patterns["index"] = np.arange(n)
+    path.write_bytes(buffer.getbuffer())
 
 
 def to_rsatoolbox(rdms: dict[str, np.ndarray] | np.ndarray, names: Sequence[str] | None = None,
@@ -1196,10 +1201,11 @@ def check_rdm_keys(path: str | os.PathLike, keys: Sequence[str]) -> None:
 
 
 def save_rdms(path: str | os.PathLike, rdms: dict[str, np.ndarray], names: Sequence[str] | None = None,
-              measure: str = "siamrdm prediction") -> Path:
+              measure: str = "siamrdm prediction", replace_existing: bool = True) -> Path:
     """Write RDMs atomically: .mat (v5, readable by scipy.io.loadmat and MATLAB), .npz, .npy (one array), or
     .hdf5/.h5 in rsatoolbox's RDMs layout (`rsatoolbox.rdm.load_rdm(path, file_type='hdf5')` reads it), with
-    the image `names` as its 'images' pattern descriptor and each key as a 'target' RDM descriptor."""
+    the image `names` as its 'images' pattern descriptor and each key as a 'target' RDM descriptor.
+    Without `replace_existing` a file that appeared at `path` meanwhile is refused, not replaced (atomic_path)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".mat", ".npz", ".npy", *RSATOOLBOX_SUFFIXES):
@@ -1215,7 +1221,7 @@ def save_rdms(path: str | os.PathLike, rdms: dict[str, np.ndarray], names: Seque
 
     from .files import atomic_path  # files.py builds on this module's DataError
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace_existing) as tmp:
         if suffix == ".mat":
             scipy.io.savemat(tmp, {k: np.asarray(v, dtype=np.float64) for k, v in rdms.items()})
         elif suffix == ".npz":

@@ -12,6 +12,8 @@ its life:
 - a new run that fails (an exception, not Ctrl-C or a kill, which stay resumable) removes what it wrote, so
   the folder is left as it was found;
 - an exclusive lock on `.siamrdm.lock` for the run's whole life refuses a second run at once.
+- a run folder inside another run's folder (running or finished) is refused, unless it is a part of a run this
+  process holds (a fit's seed folders, a challenge's final fits, also from its worker processes);
 Every file is written to a uniquely named temporary file beside its target and renamed into place, so a
 reader (or a killed run) never sees half a file.
 """
@@ -46,19 +48,26 @@ _TEMPORARY = re.compile(r"^\..*\.[0-9a-f]{12}\.tmp")  # what _create_unique name
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, replace_existing: bool = True) -> Iterator[Path]:
     """Yield a unique temporary path beside `path`; on success rename it onto `path`, else remove it.
 
     The temporary name keeps the suffix, so writers that choose a format by suffix (scipy, numpy) still work.
     Under a marked run folder the file is listed in its manifest, and a file there that siamrdm did not write
-    is refused rather than replaced.
+    is refused rather than replaced. Without `replace_existing` (a command's one output file, checked as new
+    before the work) a file that appeared at `path` meanwhile is left alone and the write refused. A write
+    that fails for want of room (full disk, quota, file size limit) is a DataError naming `path`; either way
+    no temporary file stays.
     """
     path = Path(path)
     run = _check_replaceable(path)
-    with _replacing(path) as tmp:
+    with _replacing(path, replace_existing) as tmp:
         yield tmp
     if run is not None:
-        _record(run, path)
+        try:
+            _record(run, path)
+        except OSError as exc:  # unlisted, it would pass for the user's file: not left there
+            path.unlink(missing_ok=True)
+            raise DataError(f"{run / MANIFEST_NAME}: cannot be written ({_reason(exc)}); {path} not kept") from None
 
 
 def _check_replaceable(path: Path) -> Path | None:
@@ -71,14 +80,86 @@ def _check_replaceable(path: Path) -> Path | None:
 
 
 @contextlib.contextmanager
-def _replacing(path: Path) -> Iterator[Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_unique(path)
+def _replacing(path: Path, replace_existing: bool = True) -> Iterator[Path]:
     try:
-        yield tmp
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _create_unique(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be written ({_reason(exc)})") from None
+    try:
+        try:
+            yield tmp
+        except (OSError, RuntimeError) as exc:  # how numpy, scipy, h5py, torch and matplotlib report a failed write
+            reason = _lack_of_room(exc, path.parent)
+            if reason is None:
+                raise
+            raise DataError(f"{path}: cannot be written ({reason}); nothing was written") from None
+        _place(tmp, path, replace_existing)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _place(tmp: Path, path: Path, replace_existing: bool) -> None:
+    """Put the finished temporary file at `path`: renamed over it, or without `replace_existing` only if no file
+    is there now (a hard link, which fails on an existing name), so that a file that appeared while siamrdm
+    worked (a second run to the same --out, the user's) is never lost. Where a file system has no hard links,
+    the name is claimed with an exclusive create and the file renamed onto the claim."""
+    appeared = DataError(f"{path}: appeared while siamrdm was working (another run or program wrote it); left as "
+                         "it was, nothing written")
+    try:
+        if replace_existing:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise appeared from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK):
+                raise
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            except FileExistsError:
+                raise appeared from None
+            os.replace(tmp, path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be written ({_reason(exc)})") from None
+
+
+NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # a full disk, a file size limit, a quota
+PROBE_BYTES = 2**20
+
+
+def _reason(exc: OSError) -> str:
+    return os.strerror(exc.errno) if exc.errno else " ".join(str(exc).split())
+
+
+def _lack_of_room(exc: BaseException, folder: Path) -> str | None:
+    """Why a writer failed when it is want of room, else None (a defect, reported as one). Its errno says so
+    (an OSError's, or the 'errno = N' HDF5 writes into its message); numpy and torch report a short write with
+    none, so then a probe of PROBE_BYTES written beside the target decides."""
+    for error in (exc, exc.__cause__, exc.__context__):
+        if isinstance(error, OSError) and error.errno in NO_ROOM:
+            return os.strerror(error.errno)
+        found = re.search(r"errno = (\d+)", str(error)) if error is not None else None
+        if found and int(found.group(1)) in NO_ROOM:
+            return os.strerror(int(found.group(1)))
+    probe = None
+    try:
+        probe = _create_unique(folder / "siamrdm-probe")
+        fd = os.open(probe, os.O_WRONLY)
+        try:
+            written, block = 0, bytes(64 * 1024)
+            while written < PROBE_BYTES:
+                written += os.write(fd, block)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        return os.strerror(error.errno) if error.errno in NO_ROOM else None
+    finally:
+        if probe is not None:
+            probe.unlink(missing_ok=True)
+    return None
 
 
 def _create_unique(path: Path) -> Path:
@@ -105,9 +186,9 @@ def _name_max(folder: Path) -> int:
         return 255
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically."""
-    with atomic_path(path) as tmp:
+def write_text(path: str | os.PathLike, text: str, replace_existing: bool = True) -> Path:
+    """Write a text file atomically (`replace_existing`: see atomic_path)."""
+    with atomic_path(path, replace_existing) as tmp:
         tmp.write_text(text)
     return Path(path)
 
@@ -160,8 +241,12 @@ def check_run_folder(path: str | os.PathLike, mode: str = "new") -> Path:
     if str(path) == "":
         raise DataError("run folder name is empty; give a folder (e.g. runs/NAME)")
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise DataError(f"{path}: exists and is not a folder")
+    if os.path.lexists(path) and not path.is_dir():
+        link = " (a symbolic link to nothing)" if path.is_symlink() and not path.exists() else ""
+        raise DataError(f"{path}: exists and is not a folder{link}")
+    enclosing = _marked_ancestor(path.parent)
+    if enclosing is not None and not _held_here(enclosing):  # its files would land in that run's manifest
+        raise DataError(f"{path}: inside {enclosing}, the folder of another siamrdm run; choose a folder outside it")
     _check_creatable(path, path)
     state = folder_state(path)
     if state == "run" and mode == "new":
@@ -172,6 +257,8 @@ def check_run_folder(path: str | os.PathLike, mode: str = "new") -> Path:
                         "choose a new or empty folder")
     if mode == "resume" and state != "run":  # a mistyped path must not start a new run unnoticed
         raise DataError(f"{path}: no siamrdm run to resume there; drop --resume to start one")
+    if state == "run":  # a damaged manifest, refused now rather than under the lock (--overwrite clears by it)
+        read_manifest(path)
     return path
 
 
@@ -207,17 +294,69 @@ def _check_creatable(folder: Path, named: Path) -> None:
     probe.unlink(missing_ok=True)
 
 
+# --------------------------------------------------------------------------- reading siamrdm's own JSON
+
+MAX_JSON_DEPTH = 64  # siamrdm's own files nest a few levels; deeper is damage (and would overflow a recursion)
+
+
+def parse_json(content: bytes | str, path: str | os.PathLike, what: str) -> object:
+    """Strict JSON (no NaN or Infinity) of one of siamrdm's own files, or a DataError naming `path`: the one way
+    siamrdm parses what it wrote (settings.json, lr_find.json, the run marker, manifest lines), so a damaged
+    file (truncated, NaN, nested thousands deep) is one line, never a traceback."""
+
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not a number JSON allows")
+
+    try:
+        value = json.loads(content, parse_constant=refuse)
+    except RecursionError:
+        value = None  # reported below as nested too deep
+        depth = MAX_JSON_DEPTH + 1
+    except ValueError as exc:  # UnicodeDecodeError is one
+        raise DataError(f"{path}: malformed {what}, not strict JSON ({' '.join(str(exc).split())})") from None
+    else:
+        depth = _depth(value)
+    if depth > MAX_JSON_DEPTH:
+        raise DataError(f"{path}: malformed {what}, nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def _depth(value: object) -> int:
+    """How deep lists and objects nest in a parsed JSON value (counted without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level <= MAX_JSON_DEPTH:
+                stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def read_json(path: str | os.PathLike, what: str, limit: int = 2**20) -> object:
+    """`parse_json` of a file of at most `limit` bytes; unreadable or larger: a DataError naming it."""
+    try:
+        with open(path, "rb") as f:
+            content = f.read(limit + 1)
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable {what} ({os.strerror(exc.errno or errno.EIO)})") from None
+    if len(content) > limit:
+        raise DataError(f"{path}: malformed {what}, larger than {limit:,} bytes")
+    return parse_json(content, path, what)
+
+
 # --------------------------------------------------------------------------- the marker and the manifest
 
 
 def read_marker(path: Path) -> dict | None:
-    """The marker siamrdm wrote when it created the run in `path`, or None (absent, or not siamrdm's)."""
+    """The marker siamrdm wrote when it created the run in `path`, or None (absent, or not siamrdm's: a
+    damaged marker marks nothing)."""
     marker = path / MARKER_NAME
     if marker.is_symlink() or not marker.is_file():
         return None
     try:
-        record = json.loads(marker.read_bytes()[:65536])
-    except (OSError, ValueError):
+        record = read_json(marker, "run marker", limit=65536)
+    except DataError:
         return None
     if not isinstance(record, dict) or record.get("tool") != "siamrdm" or not isinstance(record.get("run_id"), str):
         return None
@@ -230,17 +369,19 @@ def _write_marker(path: Path, record: dict) -> None:
 
 
 def read_manifest(run: Path) -> set[str]:
-    """The files (paths relative to the run folder) siamrdm wrote in it."""
+    """The files (paths relative to the run folder) siamrdm wrote in it. A line that is not a JSON string is
+    damage: refused (a DataError naming the manifest), since what --overwrite removes must be what was listed."""
+    manifest = run / MANIFEST_NAME
     try:
-        lines = (run / MANIFEST_NAME).read_text(errors="replace").splitlines()
+        lines = manifest.read_bytes().splitlines()
     except OSError:
         return set()
     names = set()
-    for line in lines:
-        with contextlib.suppress(ValueError):
-            name = json.loads(line)
-            if isinstance(name, str):
-                names.add(name)
+    for number, line in enumerate(lines, start=1):
+        name = parse_json(line, f"{manifest}: line {number}", "manifest line")
+        if not isinstance(name, str):
+            raise DataError(f"{manifest}: line {number}: malformed manifest line, not a file name")
+        names.add(name)
     return names
 
 
@@ -269,6 +410,31 @@ def _marked_ancestor(folder: Path) -> Path | None:
         if current.parent == current:
             return None
         current = current.parent
+
+
+HELD_RUNS_ENV = "SIAMRDM_HELD_RUNS"  # run ids this process holds, inherited by the workers it starts
+
+
+def _held_here(run: Path) -> bool:
+    """Whether this process (or the process that started it, as challenge --jobs starts its workers) holds the
+    run in `run`: then a folder inside it is a part of that run (a seed's, a target's final fit)."""
+    marker = read_marker(run)
+    held = os.environ.get(HELD_RUNS_ENV, "").split(",")
+    return marker is not None and marker["run_id"] in held and _lock_is_held(run)
+
+
+@contextlib.contextmanager
+def _holding(run_id: str) -> Iterator[None]:
+    """List `run_id` in HELD_RUNS_ENV for the duration (os.environ, so worker processes see it too)."""
+    before = os.environ.get(HELD_RUNS_ENV)
+    os.environ[HELD_RUNS_ENV] = ",".join(filter(None, (before, run_id)))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(HELD_RUNS_ENV, None)
+        else:
+            os.environ[HELD_RUNS_ENV] = before
 
 
 def _lock_is_held(folder: Path) -> bool:
@@ -310,7 +476,8 @@ def _remove_listed(run: Path, names: set[str]) -> None:
     clearing run holds it)."""
     root = Path(os.path.abspath(run))
     folders = {root}
-    for name in names - {LOCK_NAME}:
+    own = [MANIFEST_NAME, MARKER_NAME]  # last, the marker last of all: a clearing that stops half-way leaves a run
+    for name in [*sorted(names - {LOCK_NAME, *own}), *(n for n in own if n in names)]:
         parts = Path(name).parts
         if not parts or Path(name).is_absolute() or ".." in parts:
             continue
@@ -318,7 +485,11 @@ def _remove_listed(run: Path, names: set[str]) -> None:
             continue
         target = root.joinpath(*parts)
         if target.is_symlink() or target.is_file():
-            target.unlink(missing_ok=True)
+            try:
+                target.unlink(missing_ok=True)
+            except OSError as exc:
+                raise DataError(f"{target}: cannot be removed ({_reason(exc)}); the earlier run in {run} stays a "
+                                "run (its marker kept): fix this, then --overwrite again") from None
             folders.update(p for p in target.parents if root in p.parents)
     for folder in folders:
         if folder.is_dir() and not folder.is_symlink():
@@ -334,14 +505,15 @@ def _remove_listed(run: Path, names: set[str]) -> None:
 def run_folder(path: str | os.PathLike, command: str, mode: str = "new") -> Iterator[Path]:
     """Own `path` as a siamrdm run of `command` for the duration (see the module's docstring).
 
-    Inside a run that is in progress (an ancestor folder marked and locked, as for a challenge's final fits or
-    a fit's seed folders) it only takes the lock: the enclosing run owns the files.
+    Inside a run this process holds (a challenge's final fits, a fit's seed folders) it only takes the lock: the
+    enclosing run owns the files. Inside any other run folder, running or finished, it is refused: its files
+    would be listed in that run's manifest and removed by that run's --overwrite.
     """
     path = Path(path)
     if str(path) == "":
         raise DataError("run folder name is empty; give a folder (e.g. runs/NAME)")
     enclosing = _marked_ancestor(path.parent)
-    if enclosing is not None and _lock_is_held(enclosing):
+    if enclosing is not None and _held_here(enclosing):
         with run_folder_lock(path):
             yield path
         return
@@ -361,7 +533,8 @@ def run_folder(path: str | os.PathLike, command: str, mode: str = "new") -> Iter
                       "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
         _write_marker(path, {**marker, "status": "running"})
         try:
-            yield path
+            with _holding(marker["run_id"]):
+                yield path
         except Exception:
             if fresh:
                 _undo(path, created)
@@ -401,10 +574,9 @@ def check_same_settings(path: Path, settings: dict, ignore: tuple[str, ...] = ("
     file = Path(path) / "settings.json"
     if not file.is_file():
         return
-    try:
-        saved = json.loads(file.read_text())
-    except (OSError, ValueError):
-        raise DataError(f"{file}: unreadable settings of the run to resume") from None
+    saved = read_json(file, "settings of the run to resume")
+    if not isinstance(saved, dict):
+        raise DataError(f"{file}: malformed settings of the run to resume, not a JSON object")
 
     def comparable(record: dict) -> dict:
         record = {k: v for k, v in json_safe(record).items() if k not in ignore}
@@ -425,7 +597,10 @@ def check_same_settings(path: Path, settings: dict, ignore: tuple[str, ...] = ("
 def run_folder_lock(path: str | os.PathLike) -> Iterator[Path]:
     """Hold the run folder's lock for the duration (created if needed); a second holder is refused at once."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file, or a link to nothing, in its place
+        raise DataError(f"{path}: cannot be made a folder ({_reason(exc)})") from None
     run = _marked_ancestor(path.parent)
     if run is not None:  # a lock of a sub-run (a seed's folder): the enclosing run wrote it
         _record(run, path / LOCK_NAME)

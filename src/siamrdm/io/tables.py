@@ -12,7 +12,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .files import atomic_path, json_safe
+from ..errors import DataError
+from .files import atomic_path, json_safe, parse_json
 
 # The fields of one score record (scoring.ScoreRecord), in its order: what every score table holds.
 SCORE_FIELDS = ("r2", "pct_nc", "rho_mean", "rho_se", "p", "p_signed", "noise_ceiling", "ceiling_source",
@@ -46,8 +47,8 @@ def number_list(cell) -> list[float] | None:
     unreadable or not all finite."""
     if isinstance(cell, str):
         try:
-            cell = json.loads(cell) if cell.strip() else None
-        except ValueError:
+            cell = parse_json(cell, "table cell", "rhos") if cell.strip() else None
+        except DataError:
             return None
     if cell is None or isinstance(cell, str | bytes) or not hasattr(cell, "__len__") or not len(cell):
         return None

@@ -29,7 +29,7 @@ import stat
 from pathlib import Path
 
 from ..io.data import DataError
-from ..io.files import MARKER_NAME, check_output_file, read_marker, write_text
+from ..io.files import MARKER_NAME, check_output_file, parse_json, read_marker, write_text
 from ..io.tables import PAIRED_NOTE, chance_ranking, flag, number, paired_table, ranking_table, score_table, summary
 from ..rdm.scoring import paired_rows
 from . import plots
@@ -83,13 +83,7 @@ def _settings(path: Path) -> object:
     if path.is_dir() and not path.is_symlink():
         raise DataError(f"{path}: is a folder, expected the run's settings (a JSON file)")
 
-    def refuse(constant: str):
-        raise ValueError(f"{constant} is not a number JSON allows")
-
-    try:
-        return json.loads(_read_text(path), parse_constant=refuse)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: malformed settings, not strict JSON ({' '.join(str(exc).split())})") from None
+    return parse_json(_read_bytes(path), path, "settings")
 
 
 def _training_log(path: Path) -> list[dict]:
@@ -112,10 +106,7 @@ def _training_log(path: Path) -> list[dict]:
 def _lr_result(path: Path) -> dict:
     """An LR range test (lr_find.json): learning rates (positive numbers), losses of the same length (numbers, null
     where none was had), an optional suggested rate; a DataError naming the file otherwise."""
-    try:
-        result = json.loads(_read_text(path))
-    except ValueError as exc:
-        raise DataError(f"{path}: malformed LR range test, not JSON ({' '.join(str(exc).split())})") from None
+    result = parse_json(_read_bytes(path), path, "LR range test")
 
     def is_number(value) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -162,8 +153,8 @@ def _fits_blocks(run_dir: Path) -> list[Block]:
     """A challenge's final fits (settings.json 'fits': target -> epochs and each seed's record), one row each,
     a fit of 0 epochs flagged as the prior alone."""
     try:
-        fits = json.loads(_read_text(run_dir / "settings.json")).get("fits")
-    except (DataError, ValueError, AttributeError):
+        fits = parse_json(_read_bytes(run_dir / "settings.json"), run_dir / "settings.json", "settings").get("fits")
+    except (DataError, AttributeError):
         return []  # no settings, or not a challenge's: the settings section shows what there is
     if not isinstance(fits, dict) or not fits or not all(isinstance(f, dict) for f in fits.values()):
         return []

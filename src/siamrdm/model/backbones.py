@@ -9,7 +9,6 @@ Weights never fall back silently: when they cannot be had, `WeightsError` says h
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -113,7 +112,7 @@ def sequential_backbone(name: str, build_stages: Callable[[], nn.ModuleDict],
         names = list(stages)
         return SequentialStages({n: stages[n] for n in names[: names.index(last) + 1]})
 
-    return BackboneSpec(name=name, stage_names=functools.cache(lambda: list(build_stages())), build=build, **info)
+    return BackboneSpec(name=name, stage_names=lambda: list(build_stages()), build=build, **info)
 
 
 def load_plain(path: str | Path, what: str, error: Callable[[str], Exception], unreadable: str = "") -> object:
@@ -555,7 +554,9 @@ class Body(nn.Module):
 
     def describe(self) -> dict:
         """What a model file records of its body, so that a rebuilt one can be checked against it."""
-        return {"name": self.spec.name, "stage": self.stage, "stages": self.spec.stage_names(),
+        with torch.random.fork_rng(devices=[]):  # listing the stages may build them: no draw of a seed spent
+            stages = self.spec.stage_names()
+        return {"name": self.spec.name, "stage": self.stage, "stages": stages,
                 "mean": list(self.spec.mean), "std": list(self.spec.std)}
 
     def output_shape(self, image_size: int) -> tuple[int, int, int]:
@@ -578,7 +579,8 @@ def create_body(name: str, weights: str | None = None, stage: str | None = None)
     """A backbone's body with weights: None = its pretrained default, 'random' = random init, else a file."""
     spec = backbone_spec(name)
     stage = stage or spec.default_stage
-    stages = spec.stage_names()
+    with torch.random.fork_rng(devices=[]):  # listing the stages may build them: no draw of the run's seed spent
+        stages = spec.stage_names()
     if stage not in stages:
         raise DataError(f"backbone {spec.name} has no stage '{stage}' (stages: {', '.join(stages)})")
     return Body(spec, spec.build(weights, stage), stage, weights or "pretrained")

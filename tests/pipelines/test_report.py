@@ -169,3 +169,23 @@ def test_report_flags_a_fit_of_the_prior_alone(tmp_path: Path):
     assert "## Final fits" in md
     assert "| IT | 0 | seed0 | the prior alone (no trained epoch) |" in md and "| EVC | 24 | seed0 |  |" in md
     assert "0 epochs trained: the prior alone." in md
+
+
+def test_numbers_a_float_cannot_hold_are_shown_as_missing(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """settings.json may hold 1e999 (valid JSON, infinite as a float) and a score table's epochs 'inf': the report
+    shows them as missing (null, '-'), never as Infinity, so its settings block stays strict JSON."""
+    run = mark_run(tmp_path / "run")
+    (run / "settings.json").write_text('{"config": {"lr": 1e999, "epochs": 3}, "wall_s": -1e999}')
+    (run / "validation.csv").write_text("method,target,direction,epochs,r2,pct_nc\nsiamese,EVC,92->118,inf,0.02,12.5\n")
+    code, _, err = run_report(capsys, run)
+    assert code == 0, err
+    md, page = (run / "report.md").read_text(), (run / "report.html").read_text()
+    for text in (md, page):
+        assert "Infinity" not in text and "inf |" not in text and ">inf<" not in text
+    assert "| siamese | EVC | 92->118 | - |" in md
+
+    def refuse(constant: str):
+        raise ValueError(constant)
+
+    block = md.split("```json\n")[1].split("\n```")[0]
+    assert json.loads(block, parse_constant=refuse) == {"config": {"lr": None, "epochs": 3}, "wall_s": None}

@@ -132,9 +132,10 @@ def _interval(low, high, spec: str = ".3f") -> str:
 def _epochs_cell(value) -> str:
     """The epochs trained; 0 flagged: the model kept is the prior alone (with a prior the curves start at
     epoch 0, the prior before any step, so no trained epoch showed a validated gain)."""
-    if value in (None, ""):
+    epochs = number(value)
+    if epochs is None:  # missing, or not a finite number (1e999): shown as missing
         return "-"
-    return "0 (prior alone)" if number(value) == 0 else str(value)
+    return "0 (prior alone)" if epochs == 0 else format(epochs, ".15g")
 
 
 def _yes_no(value) -> str:

@@ -29,7 +29,7 @@ import stat
 from pathlib import Path
 
 from ..io.data import DataError
-from ..io.files import MARKER_NAME, check_output_file, read_marker, write_text
+from ..io.files import MARKER_NAME, check_output_file, json_safe, read_marker, write_text
 from ..io.tables import PAIRED_NOTE, chance_ranking, flag, number, paired_table, ranking_table, score_table, summary
 from ..rdm.scoring import paired_rows
 from . import plots
@@ -256,7 +256,10 @@ def _collect(run_dir: Path) -> list[Block]:
     for name in SETTINGS_FILES:
         path = run_dir / name
         if os.path.lexists(path):  # a link, a FIFO or a folder is refused, not skipped
-            blocks += [("h2", f"Settings ({name})"), ("code", json.dumps(_settings(path), indent=2))]
+            # a number JSON writes but a float cannot hold (1e999) reads as infinite: shown as missing (null),
+            # never as Infinity, which is not JSON
+            settings = json.dumps(json_safe(_settings(path)), indent=2, allow_nan=False)
+            blocks += [("h2", f"Settings ({name})"), ("code", settings)]
     return blocks
 
 

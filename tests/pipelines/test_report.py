@@ -5,14 +5,20 @@ from __future__ import annotations
 import csv
 import json
 import re
+import subprocess
+import sys
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import assert_one_line_error, mark_run
+from PIL import Image
 
 from siamrdm import cli
 from siamrdm.io.data import DataError
+from siamrdm.io.tables import MAX_SUMMARY_COLUMNS
 from siamrdm.pipelines import plots
 from siamrdm.pipelines.report import write_report
 
@@ -189,3 +195,51 @@ def test_numbers_a_float_cannot_hold_are_shown_as_missing(tmp_path: Path, capsys
 
     block = md.split("```json\n")[1].split("\n```")[0]
     assert json.loads(block, parse_constant=refuse) == {"config": {"lr": None, "epochs": 3}, "wall_s": None}
+
+
+def test_a_table_of_many_targets_is_reported_in_seconds(tmp_path: Path):
+    """20,000 score rows of distinct targets (100 took a minute, 1,500 never ended): the chart draws the first
+    MAX_CHART_TARGETS targets and the page says so in one line; every row is in the table of all scores, the
+    summary shows the first MAX_SUMMARY_COLUMNS columns with the mean over all."""
+    run = mark_run(tmp_path / "run")
+    n = 20_000
+    lines = ["method,target,direction,r2,pct_nc,rho_mean,p_perm,beats_chance"]
+    lines += [f"{('siamese', 'layers')[k % 2]},T{k},92->118,0.02,{k % 90}.5,0.1,0.01,True" for k in range(n)]
+    (run / "evaluation.csv").write_text("\n".join(lines) + "\n")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "siamrdm", "report", str(run)], capture_output=True, text=True,
+                          timeout=120)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert seconds < 60, seconds  # about 2 s; quadratic in the targets before
+    assert Image.open(run / "scores.png").size == plots.pixel_size("scores")
+    md = (run / "report.md").read_text()
+    assert md.count(f"The chart shows the first {plots.MAX_CHART_TARGETS} of {n} targets") == 1
+    assert f"(the first {MAX_SUMMARY_COLUMNS} of {n} targets and directions; the mean is over all" in md
+    assert all(f"| T{k} |" in md for k in (0, 1, n // 2, n - 1))
+    summary = next(line for line in md.splitlines() if line.startswith("| method | T0 92->118 |"))
+    assert summary.count("|") == MAX_SUMMARY_COLUMNS + 3
+
+
+def test_numbers_no_axis_can_show_are_left_out_of_the_figures(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """+-1e308 in a training log, an LR range test and a score table: finite, so the files are usable, but no
+    axis spans them (matplotlib warned four lines, then raised LinAlgError). Each figure leaves them out and
+    says so; the report is written with no warning."""
+    run = mark_run(tmp_path / "run")
+    (run / "log.csv").write_text("epoch,phase,loss,lr,val_pct_nc,val_rho,val/92/EVC\n"
+                                 "1,frozen,1e308,0.001,-1e308,0.1,1e308\n2,frozen,-1e308,0.001,6,1e308,5\n"
+                                 "3,unfrozen,0.5,1e308,7,0.3,6\n")
+    (run / "lr_find.json").write_text(json.dumps({"lr": [1e-5, 1e-3, 1e308], "loss": [1e308, -1e308, 1.0],
+                                                  "smoothed_loss": [1e308, 1.0, -1e308], "suggested_lr": 1e308}))
+    (run / "evaluation.csv").write_text(
+        "method,target,direction,r2,pct_nc,chance_pct_mean,chance_pct_95,r2_ci_low,r2_ci_high,noise_ceiling,"
+        "nc_lower_pct\nm,EVC,a,0.1,1e308,-1e308,1e308,-1e308,1e308,1e-300,-1e308\nm,IT,a,0.1,-1e308,0,1,0,1,0.5,50\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = run_report(capsys, run)
+    assert code == 0 and err == "", err
+    assert [str(w.message) for w in caught] == []
+    for name, kind in (("training_curves.png", "training"), ("lr_find.png", "lr_range"), ("scores.png", "scores")):
+        assert Image.open(run / name).size == plots.pixel_size(kind)
+    drawn = plots._Drawn()
+    assert np.isnan(drawn.array([1e308, -1e308, 2 * plots.PLOT_LIMIT, None, ""])).all() and drawn.left_out == 3

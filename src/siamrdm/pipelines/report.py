@@ -30,7 +30,18 @@ from pathlib import Path
 
 from ..io.data import DataError
 from ..io.files import MARKER_NAME, check_output_file, json_safe, read_marker, write_text
-from ..io.tables import PAIRED_NOTE, chance_ranking, flag, number, paired_table, ranking_table, score_table, summary
+from ..io.tables import (
+    MAX_SUMMARY_COLUMNS,
+    PAIRED_NOTE,
+    chance_ranking,
+    flag,
+    number,
+    paired_table,
+    ranking_table,
+    score_table,
+    summary,
+    summary_columns,
+)
 from ..rdm.scoring import paired_rows
 from . import plots
 
@@ -194,10 +205,14 @@ def _collect(run_dir: Path) -> list[Block]:
         blocks.append(("h2", f"Scores ({path.name})"))
         if any(number(r.get("rho_mean")) is not None or flag(r.get("beats_chance")) is not None for r in rows):
             blocks += [("p", RANKING_NOTE), ("table", *ranking_table(rows))]
+        columns = len(summary_columns(rows))
+        shown = "" if columns <= MAX_SUMMARY_COLUMNS else (f" (the first {MAX_SUMMARY_COLUMNS} of {columns} targets "
+                                                          "and directions; the mean is over all, every row is in "
+                                                          "the table of all scores)")
         if scored:
-            blocks += [("p", "Percent of the noise ceiling:"), _summary_table(rows)]
+            blocks += [("p", f"Percent of the noise ceiling{shown}:"), _summary_table(rows)]
         else:
-            blocks += [("p", "r2 (these data have no noise ceiling):"), _summary_table(rows, "r2")]
+            blocks += [("p", f"r2 (these data have no noise ceiling){shown}:"), _summary_table(rows, "r2")]
         blocks += [("p", "All scores (chance: mean and 95th percentile of this prediction's score with its image "
                     "labels permuted):"), ("table", *score_table(rows))]
         paired = paired_rows(rows)
@@ -209,6 +224,9 @@ def _collect(run_dir: Path) -> list[Block]:
         if chart.is_file():
             blocks.append(_image(chart, chart.name))
             placed.add(chart)
+            _, left_out = plots.chart_rows(scored)
+            if left_out:
+                blocks.append(("p", left_out))
 
     blocks += _fits_blocks(run_dir)
     lr_files = sorted(p for p in run_dir.rglob("lr_find.json") if _visible(p, run_dir))

@@ -243,3 +243,61 @@ def test_numbers_no_axis_can_show_are_left_out_of_the_figures(tmp_path: Path, ca
         assert Image.open(run / name).size == plots.pixel_size(kind)
     drawn = plots._Drawn()
     assert np.isnan(drawn.array([1e308, -1e308, 2 * plots.PLOT_LIMIT, None, ""])).all() and drawn.left_out == 3
+
+
+HOSTILE = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "<iframe src=javascript:alert(1)>",
+           "a|b", "two\nlines", "[click](javascript:alert(1))")
+
+
+def _table_pipes(md: str) -> list[set[int]]:
+    """Per Markdown table, the counts of unescaped pipes of its lines: one count when no value split a cell."""
+    counts, current = [], set()
+    for line in [*md.splitlines(), ""]:
+        if line.startswith("|"):
+            current.add(len(re.findall(r"(?<!\\)\|", line)))
+        elif current:
+            counts.append(current)
+            current = set()
+    return counts
+
+
+def test_markdown_escapes_every_value_from_a_file_or_a_name(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """report.md (a Markdown viewer renders HTML) holds no tag from a CSV cell, a folder or file name or the
+    settings, no link from a value, and a '|' or a line break in a value neither splits a cell nor a row."""
+    run = mark_run(tmp_path / HOSTILE[1])
+    rows = [{"method": method, "target": target, "direction": "92->118", "r2": 0.02, "pct_nc": 12.5,
+             "detail": HOSTILE[5], "ceiling_source": HOSTILE[2]} for method in HOSTILE[:3] for target in HOSTILE[3:5]]
+    with open(run / "evaluation.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (run / "settings.json").write_text(json.dumps({"note": HOSTILE[0], "fits": {
+        HOSTILE[2]: {"epochs": 3, "seed0": {"prior_alone": False}}}}))
+    log = run / HOSTILE[0].replace("/", "") / "log.csv"
+    log.parent.mkdir()
+    log.write_text("epoch,phase,loss\n1,frozen,0.5\n2,frozen,0.4\n")
+    Image.new("RGB", (8, 8)).save(run / "<img src=x onerror=alert(2)>.png")
+    code, _, err = run_report(capsys, run)
+    assert code == 0, err
+    md = (run / "report.md").read_text()
+    assert "<" not in md and "[click](" not in md and "\\[click\\](javascript:alert(1))" in md
+    assert "two lines" in md and "a\\|b" in md
+    assert all(len(pipes) == 1 for pipes in _table_pipes(md)), _table_pipes(md)
+    assert "](%3Cimg%20src%3Dx%20onerror%3Dalert%282%29%3E.png)" in md  # image paths percent-encoded
+    block = md.split("```json\n")[1].split("\n```")[0]
+    assert json.loads(block)["note"] == HOSTILE[0]  # the same JSON, '<' written as \u003c
+    assert "<script>" not in (run / "report.html").read_text()
+
+
+def test_every_markdown_table_writer_escapes_its_values(tmp_path: Path):
+    """evaluate's fold table and score tables and challenge's validation.md share tables.markdown's escaping."""
+    from siamrdm.pipelines import challenge, evaluate
+
+    rows = [{"method": method, "target": HOSTILE[3], "direction": f"fold {k}", "r2": 0.02, "pct_nc": 12.5,
+             "ceiling_source": HOSTILE[4], "noise_ceiling": 0.1, "detail": HOSTILE[5]}
+            for method in HOSTILE[:3] for k in (1, 2)]
+    challenge.write_table(rows, tmp_path, "validation")
+    for md in (evaluate.fold_table(rows), evaluate.markdown_table(rows), evaluate.summary_table(rows),
+               (tmp_path / "validation.md").read_text()):
+        assert "<" not in md and "[click](" not in md and "\n" not in md.strip().replace("\n|", "|")
+        assert all(len(pipes) == 1 for pipes in _table_pipes(md)), md

@@ -82,10 +82,26 @@ def write_csv(rows: list[dict], path: str | os.PathLike, columns: Sequence[str])
     return path
 
 
+# What could make a value more than text in Markdown: '&' and '<' (a Markdown viewer renders HTML: an entity, a
+# tag, a script or an event handler; none can begin without them, so '>' and quotes stay as they are and a
+# direction reads 92->118), a backslash (it would escape what follows), a pipe (a new table cell), brackets (a
+# link or an image) and backticks (a code span).
+_MARKDOWN_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", "\\": "\\\\", "|": "\\|", "[": "\\[",
+                                   "]": "\\]", "`": "\\`"})
+
+
+def markdown_text(value) -> str:
+    """A value that comes from a file or a name (a CSV cell, a folder or file name, a setting) as Markdown shows
+    it, literally, on one line: HTML's special characters as entities, Markdown's own punctuation escaped and
+    every line break flattened to a space (`_MARKDOWN_ESCAPES`). The one escaping of every Markdown siamrdm
+    writes (`markdown`, the report's pages)."""
+    return " ".join(str(value).splitlines()).translate(_MARKDOWN_ESCAPES)
+
+
 def markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    """A markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in body]
+    """A markdown table, every header and cell escaped (`markdown_text`)."""
+    lines = ["| " + " | ".join(markdown_text(title) for title in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(markdown_text(cell) for cell in row) + " |" for row in body]
     return "\n".join(lines)
 
 

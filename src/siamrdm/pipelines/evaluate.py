@@ -267,8 +267,8 @@ def fold_table(rows: list[dict]) -> str:
     folds (scoring.mean_summary), and every fold's score, as percent of the noise ceiling when every fold has one
     (else r2), and the ceiling used."""
     folds = list(dict.fromkeys(r["direction"] for r in rows))
-    header = "| method | target | score | mean +- se | 95% CI (folds) | " + " | ".join(folds) + " | ceiling used |"
-    lines = [header, "|---" * (len(folds) + 6) + "|"]
+    header = ["method", "target", "score", "mean +- se", "95% CI (folds)", *folds, "ceiling used"]
+    body = []
     for method, target in dict.fromkeys((r["method"], r["target"]) for r in rows):
         group = [r for r in rows if r["method"] == method and r["target"] == target]
         measure = "pct_nc" if all(r["pct_nc"] is not None for r in group) else "r2"
@@ -278,10 +278,10 @@ def fold_table(rows: list[dict]) -> str:
         spec = ".1f" if measure == "pct_nc" else ".4f"
         stats = mean_summary(finite)
         interval = "-" if stats["ci_low"] is None else f"[{fmt(stats['ci_low'], spec)}, {fmt(stats['ci_high'], spec)}]"
-        lines.append(f"| {method} | {target} | {'% of noise ceiling' if measure == 'pct_nc' else 'r2'} | "
-                     f"{fmt(stats['mean'], spec)} +- {fmt(stats['se'], spec)} | {interval} | "
-                     + " | ".join(fmt(v, spec) for v in values) + f" | {_ceiling_used(group)} |")
-    return "\n".join(lines)
+        body.append([method, target, "% of noise ceiling" if measure == "pct_nc" else "r2",
+                     f"{fmt(stats['mean'], spec)} +- {fmt(stats['se'], spec)}", interval,
+                     *(fmt(v, spec) for v in values), _ceiling_used(group)])
+    return tables.markdown(header, body)
 
 
 def summary(evaluation: Evaluation) -> str:

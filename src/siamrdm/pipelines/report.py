@@ -27,6 +27,7 @@ import math
 import os
 import stat
 from pathlib import Path
+from urllib.parse import quote
 
 from ..io.data import DataError
 from ..io.files import MARKER_NAME, check_output_file, json_safe, read_marker, write_text
@@ -35,6 +36,8 @@ from ..io.tables import (
     PAIRED_NOTE,
     chance_ranking,
     flag,
+    markdown,
+    markdown_text,
     number,
     paired_table,
     ranking_table,
@@ -285,22 +288,23 @@ def _collect(run_dir: Path) -> list[Block]:
 
 
 def _markdown(title: str, blocks: list[Block], run_dir: Path) -> str:
-    out = [f"# {title}", ""]
+    """report.md: every text that can hold a name or a file's value escaped (`tables.markdown_text`, the tables
+    by `tables.markdown`), image paths percent-encoded. The settings' JSON stays in its fenced block, the same
+    JSON with '<' and '&' as escapes: every line json.dumps writes starts with a bracket, a quote or a number
+    after its indent, never a fence, and no viewer renders HTML inside it anyway."""
+    out = [f"# {markdown_text(title)}", ""]
     for block in blocks:
         kind = block[0]
         if kind in ("h2", "h3"):
-            out += [f"{'#' * int(kind[1])} {block[1]}", ""]
+            out += [f"{'#' * int(kind[1])} {markdown_text(block[1])}", ""]
         elif kind == "p":
-            out += [block[1], ""]
-        elif kind == "code":
-            out += ["```json", block[1], "```", ""]
+            out += [markdown_text(block[1]), ""]
+        elif kind == "code":  # '<' and '&' occur only inside JSON strings: written as the same characters' escapes
+            out += ["```json", block[1].replace("&", "\\u0026").replace("<", "\\u003c"), "```", ""]
         elif kind == "table":
-            header, rows = block[1], block[2]
-            out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            out += ["| " + " | ".join(row) + " |" for row in rows]
-            out.append("")
+            out += [markdown(block[1], block[2]), ""]
         elif kind == "img":
-            out += [f"![{block[2]}]({block[1].relative_to(run_dir).as_posix()})", ""]
+            out += [f"![{markdown_text(block[2])}]({quote(block[1].relative_to(run_dir).as_posix())})", ""]
     return "\n".join(out)
 
 

@@ -41,6 +41,13 @@ class WeightsError(ConfigError):
         return WeightsError, (self.problem,)
 
 
-class TrainingDiverged(DataError):
-    """The loss became NaN or infinite; the run stops (a new run's folder is left as it was found, a resumed
-    run's last checkpoint stays as it was)."""
+class TrainingDiverged(ConfigError):
+    """The loss or the weights became NaN or infinite; the run stops (a new run's folder is left as it was found,
+    a resumed run's last checkpoint stays as it was). A setting of the run made it diverge, so the error names the
+    one to change (the learning rate, by default): the command line shows its flag."""
+
+    def __init__(self, problem: str, option: str = "lr"):
+        super().__init__(option, problem)
+
+    def __reduce__(self):
+        return TrainingDiverged, (self.problem, self.option)

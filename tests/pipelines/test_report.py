@@ -5,14 +5,20 @@ from __future__ import annotations
 import csv
 import json
 import re
+import subprocess
+import sys
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import assert_one_line_error, mark_run
+from PIL import Image
 
 from siamrdm import cli
 from siamrdm.io.data import DataError
+from siamrdm.io.tables import MAX_SUMMARY_COLUMNS
 from siamrdm.pipelines import plots
 from siamrdm.pipelines.report import write_report
 
@@ -186,3 +192,129 @@ def test_report_flags_a_fit_of_the_prior_alone(tmp_path: Path):
     assert "## Final fits" in md
     assert "| IT | 0 | seed0 | the prior alone (no trained epoch) |" in md and "| EVC | 24 | seed0 |  |" in md
     assert "0 epochs trained: the prior alone." in md
+
+
+def test_numbers_a_float_cannot_hold_are_shown_as_missing(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """settings.json may hold 1e999 (valid JSON, infinite as a float) and a score table's epochs 'inf': the report
+    shows them as missing (null, '-'), never as Infinity, so its settings block stays strict JSON."""
+    run = mark_run(tmp_path / "run")
+    (run / "settings.json").write_text('{"config": {"lr": 1e999, "epochs": 3}, "wall_s": -1e999}')
+    (run / "validation.csv").write_text("method,target,direction,epochs,r2,pct_nc\nsiamese,EVC,92->118,inf,0.02,12.5\n")
+    code, _, err = run_report(capsys, run)
+    assert code == 0, err
+    md, page = (run / "report.md").read_text(), (run / "report.html").read_text()
+    for text in (md, page):
+        assert "Infinity" not in text and "inf |" not in text and ">inf<" not in text
+    assert "| siamese | EVC | 92->118 | - |" in md
+
+    def refuse(constant: str):
+        raise ValueError(constant)
+
+    block = md.split("```json\n")[1].split("\n```")[0]
+    assert json.loads(block, parse_constant=refuse) == {"config": {"lr": None, "epochs": 3}, "wall_s": None}
+
+
+def test_a_table_of_many_targets_is_reported_in_seconds(tmp_path: Path):
+    """20,000 score rows of distinct targets (100 took a minute, 1,500 never ended): the chart draws the first
+    MAX_CHART_TARGETS targets and the page says so in one line; every row is in the table of all scores, the
+    summary shows the first MAX_SUMMARY_COLUMNS columns with the mean over all."""
+    run = mark_run(tmp_path / "run")
+    n = 20_000
+    lines = ["method,target,direction,r2,pct_nc,rho_mean,p_perm,beats_chance"]
+    lines += [f"{('siamese', 'layers')[k % 2]},T{k},92->118,0.02,{k % 90}.5,0.1,0.01,True" for k in range(n)]
+    (run / "evaluation.csv").write_text("\n".join(lines) + "\n")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "siamrdm", "report", str(run)], capture_output=True, text=True,
+                          timeout=120)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert seconds < 60, seconds  # about 2 s; quadratic in the targets before
+    assert Image.open(run / "scores.png").size == plots.pixel_size("scores")
+    md = (run / "report.md").read_text()
+    assert md.count(f"The chart shows the first {plots.MAX_CHART_TARGETS} of {n} targets") == 1
+    assert f"(the first {MAX_SUMMARY_COLUMNS} of {n} targets and directions; the mean is over all" in md
+    assert all(f"| T{k} |" in md for k in (0, 1, n // 2, n - 1))
+    summary = next(line for line in md.splitlines() if line.startswith("| method | T0 92->118 |"))
+    assert summary.count("|") == MAX_SUMMARY_COLUMNS + 3
+
+
+def test_numbers_no_axis_can_show_are_left_out_of_the_figures(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """+-1e308 in a training log, an LR range test and a score table: finite, so the files are usable, but no
+    axis spans them (matplotlib warned four lines, then raised LinAlgError). Each figure leaves them out and
+    says so; the report is written with no warning."""
+    run = mark_run(tmp_path / "run")
+    (run / "log.csv").write_text("epoch,phase,loss,lr,val_pct_nc,val_rho,val/92/EVC\n"
+                                 "1,frozen,1e308,0.001,-1e308,0.1,1e308\n2,frozen,-1e308,0.001,6,1e308,5\n"
+                                 "3,unfrozen,0.5,1e308,7,0.3,6\n")
+    (run / "lr_find.json").write_text(json.dumps({"lr": [1e-5, 1e-3, 1e308], "loss": [1e308, -1e308, 1.0],
+                                                  "smoothed_loss": [1e308, 1.0, -1e308], "suggested_lr": 1e308}))
+    (run / "evaluation.csv").write_text(
+        "method,target,direction,r2,pct_nc,chance_pct_mean,chance_pct_95,r2_ci_low,r2_ci_high,noise_ceiling,"
+        "nc_lower_pct\nm,EVC,a,0.1,1e308,-1e308,1e308,-1e308,1e308,1e-300,-1e308\nm,IT,a,0.1,-1e308,0,1,0,1,0.5,50\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = run_report(capsys, run)
+    assert code == 0 and err == "", err
+    assert [str(w.message) for w in caught] == []
+    for name, kind in (("training_curves.png", "training"), ("lr_find.png", "lr_range"), ("scores.png", "scores")):
+        assert Image.open(run / name).size == plots.pixel_size(kind)
+    drawn = plots._Drawn()
+    assert np.isnan(drawn.array([1e308, -1e308, 2 * plots.PLOT_LIMIT, None, ""])).all() and drawn.left_out == 3
+
+
+HOSTILE = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "<iframe src=javascript:alert(1)>",
+           "a|b", "two\nlines", "[click](javascript:alert(1))")
+
+
+def _table_pipes(md: str) -> list[set[int]]:
+    """Per Markdown table, the counts of unescaped pipes of its lines: one count when no value split a cell."""
+    counts, current = [], set()
+    for line in [*md.splitlines(), ""]:
+        if line.startswith("|"):
+            current.add(len(re.findall(r"(?<!\\)\|", line)))
+        elif current:
+            counts.append(current)
+            current = set()
+    return counts
+
+
+def test_markdown_escapes_every_value_from_a_file_or_a_name(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """report.md (a Markdown viewer renders HTML) holds no tag from a CSV cell, a folder or file name or the
+    settings, no link from a value, and a '|' or a line break in a value neither splits a cell nor a row."""
+    run = mark_run(tmp_path / HOSTILE[1])
+    rows = [{"method": method, "target": target, "direction": "92->118", "r2": 0.02, "pct_nc": 12.5,
+             "detail": HOSTILE[5], "ceiling_source": HOSTILE[2]} for method in HOSTILE[:3] for target in HOSTILE[3:5]]
+    with open(run / "evaluation.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (run / "settings.json").write_text(json.dumps({"note": HOSTILE[0], "fits": {
+        HOSTILE[2]: {"epochs": 3, "seed0": {"prior_alone": False}}}}))
+    log = run / HOSTILE[0].replace("/", "") / "log.csv"
+    log.parent.mkdir()
+    log.write_text("epoch,phase,loss\n1,frozen,0.5\n2,frozen,0.4\n")
+    Image.new("RGB", (8, 8)).save(run / "<img src=x onerror=alert(2)>.png")
+    code, _, err = run_report(capsys, run)
+    assert code == 0, err
+    md = (run / "report.md").read_text()
+    assert "<" not in md and "[click](" not in md and "\\[click\\](javascript:alert(1))" in md
+    assert "two lines" in md and "a\\|b" in md
+    assert all(len(pipes) == 1 for pipes in _table_pipes(md)), _table_pipes(md)
+    assert "](%3Cimg%20src%3Dx%20onerror%3Dalert%282%29%3E.png)" in md  # image paths percent-encoded
+    block = md.split("```json\n")[1].split("\n```")[0]
+    assert json.loads(block)["note"] == HOSTILE[0]  # the same JSON, '<' written as \u003c
+    assert "<script>" not in (run / "report.html").read_text()
+
+
+def test_every_markdown_table_writer_escapes_its_values(tmp_path: Path):
+    """evaluate's fold table and score tables and challenge's validation.md share tables.markdown's escaping."""
+    from siamrdm.pipelines import challenge, evaluate
+
+    rows = [{"method": method, "target": HOSTILE[3], "direction": f"fold {k}", "r2": 0.02, "pct_nc": 12.5,
+             "ceiling_source": HOSTILE[4], "noise_ceiling": 0.1, "detail": HOSTILE[5]}
+            for method in HOSTILE[:3] for k in (1, 2)]
+    challenge.write_table(rows, tmp_path, "validation")
+    for md in (evaluate.fold_table(rows), evaluate.markdown_table(rows), evaluate.summary_table(rows),
+               (tmp_path / "validation.md").read_text()):
+        assert "<" not in md and "[click](" not in md and "\n" not in md.strip().replace("\n|", "|")
+        assert all(len(pipes) == 1 for pipes in _table_pipes(md)), md

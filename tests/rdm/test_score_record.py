@@ -382,7 +382,9 @@ def test_fold_table_shows_the_standard_error_and_interval_over_folds() -> None:
     stats = scoring.mean_summary(pct)
     table = evaluate.fold_table(rows)
     assert "| mean +- se | 95% CI (folds) |" in table
-    assert f"| {stats['mean']:.1f} +- {stats['se']:.1f} | [{stats['ci_low']:.1f}, {stats['ci_high']:.1f}] |" in table
+    # brackets escaped, as in every Markdown table (tables.markdown_text): a value's [text](url) is no link
+    interval = f"\\[{stats['ci_low']:.1f}, {stats['ci_high']:.1f}\\]"
+    assert f"| {stats['mean']:.1f} +- {stats['se']:.1f} | {interval} |" in table
     assert stats["ci_low"] < stats["mean"] < stats["ci_high"]
 
 

@@ -280,9 +280,9 @@ def test_curves_stop_at_stop_epoch_and_name_a_diverged_fit(dataset92: data.Brain
     curves = selection.validation_curves(fast_config(frozen_epochs=4, stop_epoch=2), splits, (0,))
     assert {label: [row["epoch"] for row in rows] for label, rows in curves.items()} == {
         "92->118": [1, 2], "118->92": [1, 2]}
-    with pytest.raises(train.TrainingDiverged, match=r"^EVC 92->118: training diverged at epoch 2"):
+    with pytest.raises(train.TrainingDiverged, match=r"^lr: EVC 92->118: training diverged at epoch 2"):
         selection.validation_curves(fast_config(lr=1e30, frozen_epochs=3), splits, (0,))
-    with pytest.raises(train.TrainingDiverged, match=r"^EVC final fit: training diverged at epoch 2"):
+    with pytest.raises(train.TrainingDiverged, match=r"^lr: EVC final fit: training diverged at epoch 2"):
         challenge.final_fit(fast_config(lr=1e30, frozen_epochs=3), list(sets.values()), (0,), tmp_path / "EVC",
                             sets["92"], False)
 

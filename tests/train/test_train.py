@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import fast_config
+from helpers import assert_one_line_error, fast_config, run_cli
 
 from siamrdm import train
 from siamrdm.io import data
@@ -321,6 +321,21 @@ def test_resume_needs_an_out_dir(small92: data.BrainDataset) -> None:
         train.fit(fast_config(frozen_epochs=1), [small92], resume=True, progress=False)
     with pytest.raises(DataError, match="no training sets"):
         train.Trainer(fast_config(), [], progress=False)
+
+
+def test_a_step_that_leaves_non_finite_weights_stops_the_run(capsys, tmp_path: Path,
+                                                             own_data: tuple[str, ...]) -> None:
+    """--lr 1e308 in one frozen epoch: the loss is the one before the step (finite), the step leaves infinite
+    head weights. The run stops naming --lr, writes no model.pt and leaves its folder as it found it."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (tmp_path / "new", empty):
+        code, stdout, err = run_cli(capsys, "fit", *own_data, "--frozen-epochs", "1", "--lr", "1e308",
+                                    "--image-size", "64", "--weights", "random", "--no-augment", "--quiet",
+                                    "--device", "cpu", "--out", out)
+        assert code == 2 and stdout == "", err
+        assert_one_line_error(err, "--lr", "diverged at epoch 1", "NaN or infinite weights")
+        assert (not out.exists()) if out.name == "new" else list(out.iterdir()) == []
 
 
 # --------------------------------------------------------------------------- LR range test

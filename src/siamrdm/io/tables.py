@@ -84,25 +84,52 @@ def write_csv(rows: list[dict], path: str | os.PathLike, columns: Sequence[str])
     return path
 
 
+# What could make a value more than text in Markdown: '&' and '<' (a Markdown viewer renders HTML: an entity, a
+# tag, a script or an event handler; none can begin without them, so '>' and quotes stay as they are and a
+# direction reads 92->118), a backslash (it would escape what follows), a pipe (a new table cell), brackets (a
+# link or an image) and backticks (a code span).
+_MARKDOWN_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", "\\": "\\\\", "|": "\\|", "[": "\\[",
+                                   "]": "\\]", "`": "\\`"})
+
+
+def markdown_text(value) -> str:
+    """A value that comes from a file or a name (a CSV cell, a folder or file name, a setting) as Markdown shows
+    it, literally, on one line: HTML's special characters as entities, Markdown's own punctuation escaped and
+    every line break flattened to a space (`_MARKDOWN_ESCAPES`). The one escaping of every Markdown siamrdm
+    writes (`markdown`, the report's pages)."""
+    return " ".join(str(value).splitlines()).translate(_MARKDOWN_ESCAPES)
+
+
 def markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    """A markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in body]
+    """A markdown table, every header and cell escaped (`markdown_text`)."""
+    lines = ["| " + " | ".join(markdown_text(title) for title in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(markdown_text(cell) for cell in row) + " |" for row in body]
     return "\n".join(lines)
 
 
+# A summary shows at most this many target (and direction) columns, the first ones; its mean covers them all. A
+# table of thousands of targets would otherwise be a pivot of methods x targets cells, mostly empty.
+MAX_SUMMARY_COLUMNS = 12
+
+
+def summary_columns(rows: list[dict]) -> list[tuple[str, str]]:
+    """Every (target, direction) of the rows, in their order: the columns a summary would have without its
+    limit (MAX_SUMMARY_COLUMNS)."""
+    return list(dict.fromkeys((r["target"], r.get("direction", "")) for r in rows))
+
+
 def summary(rows: list[dict], measure: str = "pct_nc", spec: str = ".1f") -> tuple[list[str], list[list[str]]]:
-    """Methods down, target and direction across, with the mean: the claim at a glance. Works on score rows
-    as dicts of numbers or as CSV text."""
-    columns = list(dict.fromkeys((r["target"], r.get("direction", "")) for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    lookup = {(r["method"], r["target"], r.get("direction", "")): number(r.get(measure)) for r in rows}
+    """Methods down, target and direction across (the first MAX_SUMMARY_COLUMNS), with the mean over all of a
+    method's rows: the claim at a glance. Works on score rows as dicts of numbers or as CSV text."""
+    columns = summary_columns(rows)[:MAX_SUMMARY_COLUMNS]
+    values_of: dict = {}  # method -> {(target, direction): value}, in one pass
+    for r in rows:
+        values_of.setdefault(r["method"], {})[r["target"], r.get("direction", "")] = number(r.get(measure))
     body = []
-    for method in methods:
-        values = [lookup.get((method, t, d)) for t, d in columns]
-        finite = [v for v in values if v is not None]
+    for method, values in values_of.items():
+        finite = [v for v in values.values() if v is not None]
         mean = sum(finite) / len(finite) if finite else None
-        body.append([method] + [fmt(v, spec) for v in values] + [fmt(mean, spec)])
+        body.append([method] + [fmt(values.get(column), spec) for column in columns] + [fmt(mean, spec)])
     return ["method"] + [f"{t} {d}".strip() for t, d in columns] + ["mean"], body
 
 
@@ -142,9 +169,10 @@ def _interval(low, high, spec: str = ".3f") -> str:
 def _epochs_cell(value) -> str:
     """The epochs trained; 0 flagged: the model kept is the prior alone (with a prior the curves start at
     epoch 0, the prior before any step, so no trained epoch showed a validated gain)."""
-    if value in (None, ""):
+    epochs = number(value)
+    if epochs is None:  # missing, or not a finite number (1e999): shown as missing
         return "-"
-    return "0 (prior alone)" if number(value) == 0 else str(value)
+    return "0 (prior alone)" if epochs == 0 else format(epochs, ".15g")
 
 
 def _yes_no(value) -> str:
@@ -182,27 +210,35 @@ def score_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return [title for title, _ in view], [[cell(r) for _, cell in view] for r in rows]
 
 
+def by_method(rows: list[dict]) -> dict[str, list[dict]]:
+    """Each method's rows, in the rows' order, gathered in one pass (not one pass per method)."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["method"], []).append(r)
+    return groups
+
+
 def chance_ranking(rows: list[dict]) -> list[str]:
     """The methods ranked by what beats chance: first by the share of their rows whose p_perm is below 0.05
     (beats_chance), then by their mean signed rho; never by the raw percent of the ceiling, which chance
     inflates for RDMs with strong per-image structure."""
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    groups = by_method(rows)
 
     def key(method: str) -> tuple[float, float]:
-        group = [r for r in rows if r["method"] == method]
+        group = groups[method]
         beats = [flag(r.get("beats_chance")) for r in group]
         rhos = [v for v in (number(r.get("rho_mean")) for r in group) if v is not None]
         return (-sum(b is True for b in beats) / len(group), -(sum(rhos) / len(rhos)) if rhos else math.inf)
 
-    return sorted(methods, key=key)  # stable: ties keep the table's order
+    return sorted(groups, key=key)  # stable: ties keep the table's order
 
 
 def ranking_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Per method, in `chance_ranking`'s order: how many rows beat chance, the mean signed rho, and the mean
     percent of the ceiling beside the mean of its chance level's 95th percentile."""
-    body = []
+    body, groups = [], by_method(rows)
     for rank, method in enumerate(chance_ranking(rows), 1):
-        group = [r for r in rows if r["method"] == method]
+        group = groups[method]
         known = [flag(r.get("beats_chance")) for r in group]
         beats = "-" if all(b is None for b in known) else f"{sum(b is True for b in known)} of {len(group)}"
 

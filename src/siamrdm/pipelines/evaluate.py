@@ -330,9 +330,9 @@ def fold_table(rows: list[dict]) -> str:
     folds (scoring.mean_summary), and every fold's score, as percent of the noise ceiling when every fold has one
     (else r2), and the ceiling used."""
     folds = list(dict.fromkeys(r["direction"] for r in rows))
-    header = ("| method | target | score | mean +- se | 95% CI (folds) | " + " | ".join(folds)
-              + " | rho mean +- se (folds) | rho per fold | ceiling used |")
-    lines = [header, "|---" * (len(folds) + 8) + "|"]
+    header = ["method", "target", "score", "mean +- se", "95% CI (folds)", *folds, "rho mean +- se (folds)",
+              "rho per fold", "ceiling used"]
+    body = []
     for method, target in dict.fromkeys((r["method"], r["target"]) for r in rows):
         group = [r for r in rows if r["method"] == method and r["target"] == target]
         measure = "pct_nc" if all(r["pct_nc"] is not None for r in group) else "r2"
@@ -344,12 +344,11 @@ def fold_table(rows: list[dict]) -> str:
         interval = "-" if stats["ci_low"] is None else f"[{fmt(stats['ci_low'], spec)}, {fmt(stats['ci_high'], spec)}]"
         rhos = [number(r.get("rho_mean")) for r in group]
         signed = mean_summary([v for v in rhos if v is not None])
-        lines.append(f"| {method} | {target} | {'% of noise ceiling' if measure == 'pct_nc' else 'r2'} | "
-                     f"{fmt(stats['mean'], spec)} +- {fmt(stats['se'], spec)} | {interval} | "
-                     + " | ".join(fmt(v, spec) for v in values)
-                     + f" | {fmt(signed['mean'], '+.3f')} +- {fmt(signed['se'], '.3f')} | "
-                     + " ".join(fmt(v, "+.3f") for v in rhos) + f" | {_ceiling_used(group)} |")
-    return "\n".join(lines)
+        body.append([method, target, "% of noise ceiling" if measure == "pct_nc" else "r2",
+                     f"{fmt(stats['mean'], spec)} +- {fmt(stats['se'], spec)}", interval,
+                     *(fmt(v, spec) for v in values), f"{fmt(signed['mean'], '+.3f')} +- {fmt(signed['se'], '.3f')}",
+                     " ".join(fmt(v, "+.3f") for v in rhos), _ceiling_used(group)])
+    return tables.markdown(header, body)
 
 
 def summary(evaluation: Evaluation) -> str:

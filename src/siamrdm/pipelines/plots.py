@@ -42,6 +42,40 @@ def pixel_size(kind: str) -> tuple[int, int]:
     return round(w * DPI), round(h * DPI)
 
 
+# Numbers beyond +-PLOT_LIMIT are left out of a figure (a gap), and the figure says how many: matplotlib's axis
+# arithmetic overflows near 1e308 (the span of -1e308 to 1e308 is infinite: warnings, then a singular transform),
+# and no loss, rate, epoch or score a run writes is that large.
+PLOT_LIMIT = 1e30
+
+
+class _Drawn:
+    """Numbers as one figure draws them: missing ones NaN (a gap), and those beyond +-PLOT_LIMIT (or infinite)
+    NaN too, counted so that the figure can say so (`say_left_out`)."""
+
+    def __init__(self) -> None:
+        self.left_out = 0
+
+    def __call__(self, value) -> float:
+        try:
+            result = float(value)
+        except (TypeError, ValueError):
+            return math.nan
+        if abs(result) > PLOT_LIMIT:  # NaN compares False: a missing value, not one left out
+            self.left_out += 1
+            return math.nan
+        return result
+
+    def array(self, values: Iterable) -> np.ndarray:
+        return np.array([self(v) for v in values], dtype=float)
+
+    def say_left_out(self, fig: Figure) -> None:
+        """A line under the figure naming how many values it leaves out, when it leaves any."""
+        if self.left_out:
+            limit = f"{PLOT_LIMIT:.0e}".replace("+", "")
+            fig.supxlabel(f"{self.left_out} value{'s' if self.left_out > 1 else ''} beyond +-{limit} not drawn",
+                          fontsize="small", color="C3")
+
+
 def _figure(kind: str) -> Figure:
     fig = Figure(figsize=FIGURE_SIZES[kind], dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
@@ -151,16 +185,18 @@ def plot_mds(rdm: np.ndarray, images: ImageSet | Sequence[np.ndarray], path: str
 
 def plot_lr_range(result: dict, path: str | os.PathLike, title: str | None = None) -> Path:
     """The LR range test: loss against rate (log scale), smoothed loss, and the suggested rate marked."""
-    lrs = np.asarray(result["lr"], dtype=float)
+    drawn = _Drawn()
+    lrs = drawn.array(result["lr"])
     fig = _figure("lr_range")
     ax = fig.subplots()
     if "loss" in result:
-        ax.plot(lrs, np.asarray(result["loss"], dtype=float), color="0.7", lw=1, label="loss")
+        ax.plot(lrs, drawn.array(result["loss"]), color="0.7", lw=1, label="loss")
     if "smoothed_loss" in result:
-        ax.plot(lrs, np.asarray(result["smoothed_loss"], dtype=float), color="C0", lw=2, label="smoothed loss")
-    suggested = result.get("suggested_lr")
-    if suggested:
-        ax.axvline(float(suggested), color="C3", ls="--", label=f"suggested lr = {float(suggested):.2g}")
+        ax.plot(lrs, drawn.array(result["smoothed_loss"]), color="C0", lw=2, label="smoothed loss")
+    suggested = drawn(result.get("suggested_lr"))
+    if math.isfinite(suggested) and suggested > 0:
+        ax.axvline(suggested, color="C3", ls="--", label=f"suggested lr = {suggested:.2g}")
+    drawn.say_left_out(fig)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
@@ -186,11 +222,13 @@ def plot_training_curves(history: Iterable[dict], path: str | os.PathLike, title
     rows = list(history)
     if not rows:
         raise ValueError("no history rows to plot")
-    epochs = np.array([_number(r.get("epoch", k + 1)) for k, r in enumerate(rows)])
-    loss = np.array([_number(r.get("loss")) for r in rows])
+    drawn = _Drawn()
+    epochs = drawn.array(r.get("epoch", k + 1) for k, r in enumerate(rows))
+    loss = drawn.array(r.get("loss") for r in rows)
     val_keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("val/")]
-    mean = np.array([_number(r.get("val_pct_nc")) for r in rows])
-    validated = np.isfinite(mean).any() or any(np.isfinite(_number(r.get(k))) for r in rows for k in val_keys)
+    mean = drawn.array(r.get("val_pct_nc") for r in rows)
+    curves = {key: drawn.array(r.get(key) for r in rows) for key in val_keys}
+    validated = np.isfinite(mean).any() or any(np.isfinite(curve).any() for curve in curves.values())
     fig = _figure("training")
     ax_loss, ax_val = fig.subplots(1, 2) if validated else (fig.subplots(), None)
     ax_loss.plot(epochs, loss, color="C0", marker="." if len(rows) < 40 else None)
@@ -205,17 +243,19 @@ def plot_training_curves(history: Iterable[dict], path: str | os.PathLike, title
         for ax in (ax_loss, ax_val) if validated else (ax_loss,):
             ax.axvline(switch - 0.5, color="0.5", ls="--", lw=1)
     if validated:
-        _validation_panel(ax_val, rows, epochs, val_keys, mean, marked)
+        _validation_panel(ax_val, rows, epochs, curves, mean, marked)
     if title:
         fig.suptitle(title)
+    drawn.say_left_out(fig)
     return _save(fig, path)
 
 
-def _validation_panel(ax, rows: list[dict], epochs: np.ndarray, val_keys: list[str], mean: np.ndarray,
+def _validation_panel(ax, rows: list[dict], epochs: np.ndarray, curves: dict[str, np.ndarray], mean: np.ndarray,
                       marked: dict[str, int] | None) -> None:
-    """The validation curves with the epochs marked: `marked` (label -> epoch), else the trainer's best."""
-    for key in val_keys:
-        ax.plot(epochs, [_number(r.get(key)) for r in rows], lw=1, alpha=0.8, label=key[4:])
+    """The validation curves (column -> values) with the epochs marked: `marked` (label -> epoch), else the
+    trainer's best."""
+    for key, curve in curves.items():
+        ax.plot(epochs, curve, lw=1, alpha=0.8, label=key[4:])
     if np.isfinite(mean).any():
         ax.plot(epochs, mean, color="k", lw=2, label="mean")
     if marked:
@@ -229,7 +269,8 @@ def _validation_panel(ax, rows: list[dict], epochs: np.ndarray, val_keys: list[s
     elif np.isfinite(mean).any():
         chosen_on = np.array([_number(r.get("val_rho")) for r in rows])  # the epoch kept: highest mean rho
         best = int(np.nanargmax(chosen_on if np.isfinite(chosen_on).any() else mean))
-        ax.axvline(epochs[best], color="C3", ls=":", label=f"best epoch {epochs[best]:g}")
+        if math.isfinite(epochs[best]):  # an epoch beyond PLOT_LIMIT is not drawn
+            ax.axvline(epochs[best], color="C3", ls=":", label=f"best epoch {epochs[best]:g}")
     ax.legend(loc="best", fontsize="small")
     ax.set_xlabel("epoch")
     ax.set_ylabel("% of noise ceiling")
@@ -239,16 +280,56 @@ def _validation_panel(ax, rows: list[dict], epochs: np.ndarray, val_keys: list[s
 # --------------------------------------------------------------------------- scores
 
 
-def _interval(row: dict, in_percent: bool) -> tuple[float, float] | None:
-    """A row's 95% interval of r2 (`r2_ci_low`, `r2_ci_high`), in % of its noise ceiling when `in_percent`;
-    None when it has none."""
+def _interval(row: dict, in_percent: bool, drawn: _Drawn) -> tuple[float, float] | None:
+    """A row's 95% interval of r2 (`r2_ci_low`, `r2_ci_high`), in % of its noise ceiling when `in_percent`, as
+    `drawn` draws it; None when it has none (or it is not drawn)."""
     low, high = number(row.get("r2_ci_low")), number(row.get("r2_ci_high"))
     if low is None or high is None:
         return None
-    if not in_percent:
-        return low, high
-    ceiling = number(row.get("noise_ceiling"))
-    return None if ceiling is None or ceiling <= 0 else (100 * low / ceiling, 100 * high / ceiling)
+    if in_percent:
+        ceiling = number(row.get("noise_ceiling"))
+        if ceiling is None or ceiling <= 0:
+            return None
+        with np.errstate(over="ignore"):  # a tiny ceiling: an interval beyond PLOT_LIMIT, left out
+            low, high = float(np.float64(100) * low / ceiling), float(np.float64(100) * high / ceiling)
+    low, high = drawn(low), drawn(high)
+    return (low, high) if math.isfinite(low) and math.isfinite(high) else None
+
+
+# A score chart draws at most this many targets (groups of bars), methods (colours) and directions (hatches), the
+# first ones in the rows' order: drawing is bounded in time and memory whatever a table holds (100 targets took
+# a minute), and more bars than these are not read at a glance anyway. Every row stays in the tables.
+MAX_CHART_TARGETS = 12
+MAX_CHART_METHODS = 10  # matplotlib's colour cycle
+MAX_CHART_DIRECTIONS = 6  # the hatches below
+
+
+MAX_LABEL_CHARS = 30  # a target's or method's name on a chart, cut beyond this: the tables hold it in full
+
+
+def _label(name) -> str:
+    """A name as a chart shows it: at most MAX_LABEL_CHARS characters (a long name would crowd the axes out of
+    the fixed-size figure and take seconds to lay out)."""
+    text = " ".join(str(name).split())
+    return text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 3] + "..."
+
+
+def chart_rows(rows: Iterable[dict], measure: str = "pct_nc") -> tuple[list[dict], str | None]:
+    """The scored rows (`measure` a finite number) a score chart draws, and a note saying what it leaves out (None
+    when it draws them all): the first MAX_CHART_TARGETS targets, MAX_CHART_METHODS methods and
+    MAX_CHART_DIRECTIONS directions."""
+    rows = [r for r in rows if number(r.get(measure)) is not None]
+    kinds = [("targets", "target", MAX_CHART_TARGETS), ("methods", "method", MAX_CHART_METHODS),
+             ("directions", "direction", MAX_CHART_DIRECTIONS)]
+    left_out = []
+    for plural, column, limit in kinds:
+        values = list(dict.fromkeys(r.get(column) or "" for r in rows))
+        if len(values) > limit:
+            kept = set(values[:limit])
+            rows = [r for r in rows if (r.get(column) or "") in kept]
+            left_out.append(f"the first {limit} of {len(values)} {plural}")
+    note = None if not left_out else (f"The chart shows {' and '.join(left_out)}; every row is in the tables.")
+    return rows, note
 
 
 def plot_scores(rows: Iterable[dict], path: str | os.PathLike, title: str | None = None,
@@ -264,22 +345,24 @@ def plot_scores(rows: Iterable[dict], path: str | os.PathLike, title: str | None
     95th percentile: a bar that does not rise above it has not beaten chance. With `r2_ci_low` and `r2_ci_high`
     (the score record's 95% bootstrap interval over subjects) each bar has its error bar, in % of the row's
     `noise_ceiling`. With `measure="r2"` the bars are r2 (chance and error bars in r2 too) and there is no
-    ceiling band: for data without a noise ceiling (a single group RDM).
+    ceiling band: for data without a noise ceiling (a single group RDM). At most MAX_CHART_TARGETS targets,
+    MAX_CHART_METHODS methods and MAX_CHART_DIRECTIONS directions are drawn (`chart_rows`).
     """
     with_ceiling = measure == "pct_nc"
-    rows = [r for r in rows if _number(r.get(measure)) == _number(r.get(measure))]
+    rows, _ = chart_rows(rows, measure)
     if not rows:
         raise ValueError("no scored rows to plot")
     targets = list(dict.fromkeys(r["target"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     directions = list(dict.fromkeys(r.get("direction", "") for r in rows))
     series = [(m, d) for m in methods for d in directions]
-    lookup = {(r["method"], r.get("direction", ""), r["target"]): _number(r[measure]) for r in rows}
+    drawn = _Drawn()
+    lookup = {(r["method"], r.get("direction", ""), r["target"]): drawn(r[measure]) for r in rows}
     unit = "pct" if with_ceiling else "r2"
-    chance = {(r["method"], r.get("direction", ""), r["target"]): (_number(r.get(f"chance_{unit}_mean")),
-                                                                  _number(r.get(f"chance_{unit}_95"))) for r in rows}
-    errors = {(r["method"], r.get("direction", ""), r["target"]): _interval(r, with_ceiling) for r in rows}
-    lowers = {(r["method"], r.get("direction", ""), r["target"]): _number(r.get("nc_lower_pct")) for r in rows}
+    chance = {(r["method"], r.get("direction", ""), r["target"]): (drawn(r.get(f"chance_{unit}_mean")),
+                                                                  drawn(r.get(f"chance_{unit}_95"))) for r in rows}
+    errors = {(r["method"], r.get("direction", ""), r["target"]): _interval(r, with_ceiling, drawn) for r in rows}
+    lowers = {(r["method"], r.get("direction", ""), r["target"]): drawn(r.get("nc_lower_pct")) for r in rows}
     width = 0.8 / len(series)
     hatches = ["", "//", "..", "xx", "\\\\", "++"]
     fig = _figure("scores")
@@ -306,9 +389,9 @@ def plot_scores(rows: Iterable[dict], path: str | os.PathLike, title: str | None
                 low = low if math.isfinite(low) else high
                 ax.bar(position, max(high - low, 0.0), width * 0.7, bottom=low, color="0.2", alpha=0.45, zorder=3)
                 ax.hlines(high, position - width * 0.4, position + width * 0.4, color="k", lw=1.2, zorder=4)
-    handles = [Patch(color=f"C{k}", label=m) for k, m in enumerate(methods)]
+    handles = [Patch(color=f"C{k}", label=_label(m)) for k, m in enumerate(methods)]
     if len(directions) > 1 or directions[0]:
-        handles += [Patch(facecolor="0.6", hatch=hatches[k % len(hatches)], edgecolor="white", label=d)
+        handles += [Patch(facecolor="0.6", hatch=hatches[k % len(hatches)], edgecolor="white", label=_label(d))
                     for k, d in enumerate(directions)]
     if with_ceiling:
         handles.append(Patch(color="0.85", label="noise ceiling (lower to upper)"))
@@ -318,11 +401,13 @@ def plot_scores(rows: Iterable[dict], path: str | os.PathLike, title: str | None
         handles.append(Line2D([], [], color="k", marker="_", markersize=8, lw=1.2,
                               label="95% bootstrap interval over subjects"))
     ax.legend(handles=handles, loc="upper left", fontsize="small", ncol=2)
-    ax.set_xticks(np.arange(len(targets)), targets)
+    ax.set_xticks(np.arange(len(targets)), [_label(t) for t in targets])
     values = [v for v in [*lookup.values(), *(high for _, high in chance.values()),
                           *(b[k] for b in errors.values() if b is not None for k in (0, 1))] if math.isfinite(v)]
+    values = values or [0.0]  # every score beyond PLOT_LIMIT: an empty chart that says so
     top = max(110.0, max(values) * 1.1) if with_ceiling else max(max(values) * 1.1, 1e-3)
     ax.set_ylim(min(0.0, min(values) * 1.1), top * 1.25)
+    drawn.say_left_out(fig)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_ylabel("% of noise ceiling" if with_ceiling else "r2 (mean over subjects of rho^2)")
     ax.set_title(title or ("Cross-set scores (percent of the noise ceiling)" if with_ceiling

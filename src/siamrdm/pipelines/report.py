@@ -27,10 +27,24 @@ import math
 import os
 import stat
 from pathlib import Path
+from urllib.parse import quote
 
 from ..io.data import DataError
-from ..io.files import MARKER_NAME, check_output_file, parse_json, read_marker, write_text
-from ..io.tables import PAIRED_NOTE, chance_ranking, flag, number, paired_table, ranking_table, score_table, summary
+from ..io.files import MARKER_NAME, check_output_file, json_safe, parse_json, read_marker, write_text
+from ..io.tables import (
+    MAX_SUMMARY_COLUMNS,
+    PAIRED_NOTE,
+    chance_ranking,
+    flag,
+    markdown,
+    markdown_text,
+    number,
+    paired_table,
+    ranking_table,
+    score_table,
+    summary,
+    summary_columns,
+)
 from ..rdm.scoring import paired_rows
 from . import plots
 
@@ -185,10 +199,14 @@ def _collect(run_dir: Path) -> list[Block]:
         blocks.append(("h2", f"Scores ({path.name})"))
         if any(number(r.get("rho_mean")) is not None or flag(r.get("beats_chance")) is not None for r in rows):
             blocks += [("p", RANKING_NOTE), ("table", *ranking_table(rows))]
+        columns = len(summary_columns(rows))
+        shown = "" if columns <= MAX_SUMMARY_COLUMNS else (f" (the first {MAX_SUMMARY_COLUMNS} of {columns} targets "
+                                                          "and directions; the mean is over all, every row is in "
+                                                          "the table of all scores)")
         if scored:
-            blocks += [("p", "Percent of the noise ceiling:"), _summary_table(rows)]
+            blocks += [("p", f"Percent of the noise ceiling{shown}:"), _summary_table(rows)]
         else:
-            blocks += [("p", "r2 (these data have no noise ceiling):"), _summary_table(rows, "r2")]
+            blocks += [("p", f"r2 (these data have no noise ceiling){shown}:"), _summary_table(rows, "r2")]
         blocks += [("p", "All scores (chance: mean and 95th percentile of this prediction's score with its image "
                     "labels permuted):"), ("table", *score_table(rows))]
         paired = paired_rows(rows)
@@ -200,6 +218,9 @@ def _collect(run_dir: Path) -> list[Block]:
         if chart.is_file():
             blocks.append(_image(chart, chart.name))
             placed.add(chart)
+            _, left_out = plots.chart_rows(scored)
+            if left_out:
+                blocks.append(("p", left_out))
 
     blocks += _fits_blocks(run_dir)
     lr_files = sorted(p for p in run_dir.rglob("lr_find.json") if _visible(p, run_dir))
@@ -247,7 +268,10 @@ def _collect(run_dir: Path) -> list[Block]:
     for name in SETTINGS_FILES:
         path = run_dir / name
         if os.path.lexists(path):  # a link, a FIFO or a folder is refused, not skipped
-            blocks += [("h2", f"Settings ({name})"), ("code", json.dumps(_settings(path), indent=2))]
+            # a number JSON writes but a float cannot hold (1e999) reads as infinite: shown as missing (null),
+            # never as Infinity, which is not JSON
+            settings = json.dumps(json_safe(_settings(path)), indent=2, allow_nan=False)
+            blocks += [("h2", f"Settings ({name})"), ("code", settings)]
     return blocks
 
 
@@ -255,22 +279,23 @@ def _collect(run_dir: Path) -> list[Block]:
 
 
 def _markdown(title: str, blocks: list[Block], run_dir: Path) -> str:
-    out = [f"# {title}", ""]
+    """report.md: every text that can hold a name or a file's value escaped (`tables.markdown_text`, the tables
+    by `tables.markdown`), image paths percent-encoded. The settings' JSON stays in its fenced block, the same
+    JSON with '<' and '&' as escapes: every line json.dumps writes starts with a bracket, a quote or a number
+    after its indent, never a fence, and no viewer renders HTML inside it anyway."""
+    out = [f"# {markdown_text(title)}", ""]
     for block in blocks:
         kind = block[0]
         if kind in ("h2", "h3"):
-            out += [f"{'#' * int(kind[1])} {block[1]}", ""]
+            out += [f"{'#' * int(kind[1])} {markdown_text(block[1])}", ""]
         elif kind == "p":
-            out += [block[1], ""]
-        elif kind == "code":
-            out += ["```json", block[1], "```", ""]
+            out += [markdown_text(block[1]), ""]
+        elif kind == "code":  # '<' and '&' occur only inside JSON strings: written as the same characters' escapes
+            out += ["```json", block[1].replace("&", "\\u0026").replace("<", "\\u003c"), "```", ""]
         elif kind == "table":
-            header, rows = block[1], block[2]
-            out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            out += ["| " + " | ".join(row) + " |" for row in rows]
-            out.append("")
+            out += [markdown(block[1], block[2]), ""]
         elif kind == "img":
-            out += [f"![{block[2]}]({block[1].relative_to(run_dir).as_posix()})", ""]
+            out += [f"![{markdown_text(block[2])}]({quote(block[1].relative_to(run_dir).as_posix())})", ""]
     return "\n".join(out)
 
 

@@ -849,8 +849,10 @@ def paired_rows(rows: list[dict], baselines: tuple[str, ...] = BASELINES) -> lis
             out.append({"target": target, "direction": direction, "method": method, "baseline": baseline,
                         "over": over, **paired_test(a, b).to_dict()})
 
-    for target in dict.fromkeys(r["target"] for r in rows):
-        group = [r for r in rows if r["target"] == target]
+    by_target: dict = {}  # target -> its rows, in one pass (a table of many targets: linear, not quadratic)
+    for r in rows:
+        by_target.setdefault(r["target"], []).append(r)
+    for target, group in by_target.items():
         directions = list(dict.fromkeys(str(r.get("direction") or "") for r in group))
         by = {(r["method"], str(r.get("direction") or "")): r for r in group}
         folds = len(directions) > 1 and all(_is_fold(d) for d in directions)

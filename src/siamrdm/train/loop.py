@@ -183,6 +183,8 @@ class TrainingLoop:
         self.epoch = 0
         self.history: list[dict] = []
         self._unsettled: list[dict] = []  # rows whose loss is still a tensor on the device
+        self._unsettled_weights: list[torch.Tensor | None] = []  # per such row: its steps left finite weights
+        self._epoch_weights: torch.Tensor | None = None  # this epoch's steps so far left finite weights (device)
         self.best_state = copy.deepcopy(self.model.state_dict())
         self.best_epoch, self.best_score = 0, None
 
@@ -193,10 +195,17 @@ class TrainingLoop:
     # ---- epochs
 
     def optimizer_step(self, frozen: bool) -> None:
-        """One optimiser step, and the schedule's once the body is unfrozen."""
+        """One optimiser step, and the schedule's once the body is unfrozen. Whether the weights it moved are all
+        finite joins the epoch's flag, on the device (read with the losses, `settle_losses`): a step can leave
+        NaN or infinite weights behind a finite loss (the loss is the one before the step), and the last step's
+        weights are the ones a model file would hold."""
         self.optimizer.step()
         if not frozen and self.scheduler is not None:
             self.scheduler.step()
+        moved = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if moved:
+            finite = torch.stack([torch.isfinite(p).all() for p in moved]).all()
+            self._epoch_weights = finite if self._epoch_weights is None else self._epoch_weights & finite
 
     def run_epoch(self) -> dict:
         self.epoch += 1
@@ -206,10 +215,12 @@ class TrainingLoop:
                 group["lr"] = lr
         self.model.freeze_body(frozen)
         start = time.perf_counter()
+        self._epoch_weights = None
         loss, extra = self.stepper.train_epoch(self.epoch, frozen, lambda: self.optimizer_step(frozen))
         row = {"epoch": self.epoch, "phase": "frozen" if frozen else "unfrozen", "loss": loss,
                "lr": self.optimizer.param_groups[0]["lr"], **extra}
         self._unsettled.append(row)
+        self._unsettled_weights.append(self._epoch_weights)
         if self.epoch % self.config.validate_every == 0 or self.epoch >= self.last_epoch:
             self.settle_losses()
         if self.validates(self.epoch):
@@ -255,18 +266,28 @@ class TrainingLoop:
             self.best_state = copy.deepcopy(self.model.state_dict())
 
     def settle_losses(self) -> None:
-        """The losses of the epochs since the last call copied to the host in one go (one synchronisation with
-        the device every `validate_every` epochs, not every epoch); a NaN or infinite loss stops the run."""
+        """The losses of the epochs since the last call, and whether their steps left finite weights, copied to
+        the host in one go (one synchronisation with the device every `validate_every` epochs, not every epoch);
+        a NaN or infinite loss, or a step that made a weight NaN or infinite, stops the run (TrainingDiverged,
+        naming the learning rate), before any checkpoint, validation or model file holds such weights."""
         rows, self._unsettled = self._unsettled, []
+        flags, self._unsettled_weights = self._unsettled_weights, []
         tensors = [row for row in rows if isinstance(row["loss"], torch.Tensor)]
-        if tensors:
-            values = torch.stack([row["loss"].float() for row in tensors]).cpu().tolist()
-            for row, value in zip(tensors, values, strict=True):
+        stepped = [k for k, flag in enumerate(flags) if flag is not None]
+        finite: dict[int, float] = {}  # row index -> 1.0 if its steps left finite weights
+        if tensors or stepped:
+            values = torch.stack([row["loss"].float() for row in tensors]
+                                 + [flags[k].float() for k in stepped]).cpu().tolist()
+            for row, value in zip(tensors, values[: len(tensors)], strict=True):
                 row["loss"] = value
-        bad = next((row for row in rows if not math.isfinite(row["loss"])), None)
-        if bad is not None:
-            raise TrainingDiverged(f"training diverged at epoch {bad['epoch']} (loss {bad['loss']}); try a lower "
-                                   "learning rate")
+            finite = dict(zip(stepped, values[len(tensors):], strict=True))
+        for k, row in enumerate(rows):
+            if not math.isfinite(row["loss"]):
+                raise TrainingDiverged(f"training diverged at epoch {row['epoch']} (loss {row['loss']}); try a "
+                                       "lower learning rate")
+            if not finite.get(k, 1.0):
+                raise TrainingDiverged(f"training diverged at epoch {row['epoch']} (its steps left NaN or infinite "
+                                       "weights); try a lower learning rate")
 
     def validates(self, epoch: int) -> bool:
         """Whether `epoch` is scored: with validation, every `validate_every`-th epoch and the last one."""

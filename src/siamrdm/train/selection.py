@@ -89,7 +89,7 @@ def naming_the_fit(fit: str):
     try:
         yield
     except TrainingDiverged as exc:
-        raise TrainingDiverged(f"{fit}: {exc}") from None
+        raise TrainingDiverged(f"{fit}: {exc.problem}", exc.option) from None
 
 
 def _ensemble_row(trainers: list[Trainer], index: int, val_set: BrainDataset, target: str, epoch: int, losses: list,

@@ -653,8 +653,10 @@ def cmd_fit(args) -> int:
     if args.select_epochs and (args.val_fraction or args.val_set):
         raise UsageError("--select-epochs chooses the epochs on folds or cross-set curves of the training sets; "
                          "--val-fraction and --val-set choose them on held-out images: pass one way")
+    _default_per_image(args, own_data=bool(args.images))
     train, val, targets, order = _training_datasets(args)
     config = _config_from_args(args, targets)
+    externals = _fit_externals(args, train, val, targets, order)
     out = _out_dir(args.out, args.overwrite, args.resume)
     _print_notes()
     reliability = report_reliability(train, targets, verbose=not args.quiet)
@@ -679,8 +681,49 @@ def cmd_fit(args) -> int:
                                       "prior_alone": chosen == 0 and config.prior != "none"}
     if val:
         summary["validation"] = _validation_scores(predictor, val, targets)
+    if externals:
+        summary["external"] = _external_scores(predictor, val, externals, args.external_fallback == "prior")
     _print_json(summary)
     return 0
+
+
+def _fit_externals(args, train: list, val: list, targets: tuple[str, ...], order: list[str] | None) -> list:
+    """fit --external: other studies' RDMs of a set's images, bound to that set (your own data: its image order;
+    an Algonauts set: its images, split or not, in their natural order); they score the held-out images only."""
+    from .pipelines.external import bind_to_sets, check_specs, load_external
+
+    externals = [load_external(spec, targets) for spec in check_specs(args.external)]
+    if not externals:
+        return []
+    if not val:
+        raise UsageError("--external scores predictions of held-out images: give --val-fraction or --val-set")
+    if order is not None:
+        return [e.bind(order) for e in externals]
+    names: dict[str, set[str]] = {}
+    for dataset in [*train, *val]:  # '92-train' and '92-val' are the 92 set
+        names.setdefault(dataset.name.split("-")[0], set()).update(dataset.images.names)
+    sets = [data.BrainDataset(name, data.ImageSet(sorted(found, key=data.natural_key), [None] * len(found), Path()))
+            for name, found in names.items()]
+    return bind_to_sets(externals, sets)
+
+
+def _external_scores(predictor, val: list, externals: list, keep_prior: bool) -> dict:
+    """Per validation set and other study ('set/<target> @ <study>'): the kept model's prediction of the held-out
+    images scored against that study (external.score_external; the prior in its place where it is below it)."""
+    from .pipelines.external import score_external
+
+    out = {}
+    for dataset in val:
+        predicted, prior = predictor.predict(dataset.images), predictor.predict_prior(dataset.images)
+        for external in externals:
+            row, note = score_external(external, dataset.images.names, predicted[external.target],
+                                       None if prior is None else prior[external.target], keep_prior)
+            if row is None:
+                continue
+            if note:
+                print(f"siamrdm: {dataset.name}/{external.target}: {note}", file=sys.stderr, flush=True)
+            out[f"{dataset.name}/{external.column}"] = {"images": len(dataset), **row}
+    return out
 
 
 def _cmd_fit_large(args) -> int:
@@ -884,6 +927,7 @@ def _add_own_data_options(p: argparse.ArgumentParser) -> None:
 def _add_model_commands(sub) -> None:
     p = sub.add_parser("fit", help="train the Siamese network on brain RDMs")
     _add_dataset_options(p)
+    _add_external_options(p)
     _add_training_options(p)
     p.add_argument("--out", required=True, help="run folder: model.pt, checkpoints, log.csv")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -108,3 +108,26 @@ def test_the_challenge_scores_the_92_sets_it_on_the_other_study(capsys, tmp_path
     assert f"| {COLUMN} | 118->92 | siamese | layers |" in (out / "validation.md").read_text()
     settings = json.loads((out / "settings.json").read_text())
     assert settings["external"][0]["label"] == "kriegeskorte2008/target_fmri_hIT"
+
+
+def test_fit_scores_its_held_out_images_on_the_other_study(capsys, tmp_path: Path, data_root: Path,
+                                                           kriegeskorte_it: Path) -> None:
+    """fit --external: the kept model's prediction of the held-out images against the other study's subjects of
+    them; refused in one line without held-out images. Your own data's default is the pair structure (remove)."""
+    set92 = data_root / "Training_Data" / "92_Image_Set"
+    own = ["fit", "--images", set92 / "92images", "--rdms", set92 / "target_fmri.mat", "--key", "IT_RDMs",
+           "--backbone", "alexnet", "--weights", "random", "--image-size", "128", "--epochs", "1", "--no-augment",
+           "--external", kriegeskorte_it, "--quiet"]
+    code, _, err = run_cli(capsys, *own, "--out", tmp_path / "none")
+    assert code == 2 and err.strip() == ("siamrdm: error: --external scores predictions of held-out images: give "
+                                         "--val-fraction or --val-set") and not (tmp_path / "none").exists()
+    code, out, err = run_cli(capsys, *own, "--val-fraction", "0.3", "--out", tmp_path / "run")
+    assert code == 0, err
+    summary = json.loads(out)
+    (label, row), = summary["external"].items()
+    assert label == "92images-val/IT_RDMs @ kriegeskorte2008/target_fmri_hIT"
+    assert row["images"] == 28 and len(row["rhos"]) == 4 and row["ceiling_source"] == "computed"
+    from siamrdm.train.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert saved["config"]["per_image"] == "remove" and saved["purpose"].endswith("for other studies")

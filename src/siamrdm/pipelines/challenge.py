@@ -46,7 +46,7 @@ from ..rdm import scoring
 from ..rdm.core import square_rdm
 from ..rdm.reliability import report_reliability
 from ..rdm.splits import cross_set_splits
-from ..train.config import TrainConfig, check_config, pick_device
+from ..train.config import TrainConfig, check_config, pick_device, purpose_text
 from ..train.predict import fit_predictor
 from ..train.selection import (
     choose_epochs,
@@ -248,7 +248,8 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
                 epoch, test_set = per_set[direction.split("->")[0]], splits[direction][1]
                 predicted = {r["epoch"]: r["predicted"] for r in all_curves[target][direction]}
                 row = chosen_row(all_curves[target][direction], epoch, test_set, target)
-                rows.append({"method": "siamese", "target": target, "direction": direction, **row, "epochs": epoch})
+                rows.append({"method": "siamese", "target": target, "direction": direction, **row, "epochs": epoch,
+                             "detail": purpose_text(config.per_image)})
                 rows += _external_rows(externals, target, direction, test_set, predicted, epoch,
                                        keep_prior and config.prior != "none", progress)
             used = {**{d: per_set[d.split("->")[0]] for d in directions}, "final fit": epochs[target]}

@@ -23,7 +23,7 @@ from ..model.backbones import images_to_tensor
 from ..model.network import SiameseRDMNet
 from ..model.prior import PriorFit
 from .checkpoint import check_tensors, finite, load_checkpoint, reading, save_checkpoint
-from .config import TrainConfig, check_config, config_from_dict, pick_device
+from .config import TrainConfig, check_config, config_from_dict, pick_device, purpose_text
 from .fullbatch import build_model, feature_views, fit, predict_rdms, prior_rdms, split_holdout
 from .loop import seed_summary
 
@@ -106,6 +106,7 @@ class RDMPredictor:
             "prior_weights_sha256": _prior_weights_hash(self.config) if self.priors else None,
             "output_keys": self.output_keys,
             "body": self.models[0].body.describe(),
+            "purpose": purpose_text(self.config.per_image),  # what the model is for (README, "Other studies")
         })
         return path
 

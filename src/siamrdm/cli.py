@@ -827,6 +827,7 @@ def cmd_lr_find(args) -> int:
     from .pipelines.plots import plot_lr_range
     from .train.fullbatch import lr_range_test
 
+    _default_per_image(args, own_data=bool(args.images))  # the targets fit would train on
     train, _, targets, _ = _training_datasets(args)
     config = _config_from_args(args, targets)
     out = _out_dir(args.out, args.overwrite)

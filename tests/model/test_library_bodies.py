@@ -78,17 +78,23 @@ def test_layer_rdms_are_the_library_networks(body: str, stage: str, tmp_path: Pa
     assert not np.allclose(random_rdm, rdms[stage], atol=1e-3)
 
 
-@pytest.mark.parametrize("body", [b for b, _ in BODIES])
-def test_fit_then_predict_from_the_model_file_alone(capsys, body: str, tmp_path: Path,
-                                                    own_data: tuple[str, ...]) -> None:
-    """`fit --backbone NAME --weights FILE` then `predict` with the weights file gone: the body is rebuilt from
-    the library's code and the model file (which records its name, stages and normalisation)."""
+def fit_one_epoch(capsys, body: str, tmp_path: Path, own_data: tuple[str, ...]) -> tuple[Path, Path]:
+    """`fit` of one epoch with `body` and a weights file of random values: (the weights file, the run folder)."""
     file = weights_file(body, tmp_path)
     run = tmp_path / "run"
     code, _, err = run_cli(capsys, "fit", *own_data, "--backbone", body, "--weights", file, "--image-size", SIZE,
                            "--epochs", "1", "--no-augment", "--prior", "none", "--quiet", "--device", "cpu",
                            "--out", run)
     assert code == 0, err
+    return file, run
+
+
+@pytest.mark.parametrize("body", [b for b, _ in BODIES])
+def test_fit_then_predict_from_the_model_file_alone(capsys, body: str, tmp_path: Path,
+                                                    own_data: tuple[str, ...]) -> None:
+    """`fit --backbone NAME --weights FILE` then `predict` with the weights file gone: the body is rebuilt from
+    the library's code and the model file (which records its name, stages and normalisation)."""
+    file, run = fit_one_epoch(capsys, body, tmp_path, own_data)
     saved = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
     spec = backbones.backbone_spec(body)
     assert saved["body"] == {"name": body, "stage": spec.default_stage, "stages": backbones.backbone_stages(body),
@@ -106,12 +112,7 @@ def test_a_body_the_libraries_build_otherwise_is_refused(capsys, tmp_path: Path,
     """A model file whose recorded body differs from what the installed library builds (another version cutting
     the model elsewhere) is refused in one line naming the file, not loaded into a different network."""
     body = "timm:resnet18"
-    file = weights_file(body, tmp_path)
-    run = tmp_path / "run"
-    code, _, err = run_cli(capsys, "fit", *own_data, "--backbone", body, "--weights", file, "--image-size", SIZE,
-                           "--epochs", "1", "--no-augment", "--prior", "none", "--quiet", "--device", "cpu",
-                           "--out", run)
-    assert code == 0, err
+    file, run = fit_one_epoch(capsys, body, tmp_path, own_data)
     payload = copy.deepcopy(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
     payload["body"]["stages"] = ["stem", *payload["body"]["stages"][1:]]
     edited = tmp_path / "edited.pt"

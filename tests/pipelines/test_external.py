@@ -83,6 +83,8 @@ def test_bad_external_values_are_one_line(capsys, tmp_path: Path, data_root: Pat
         ([*own, "--external", ""], "an empty value"),
         (["evaluate", "--data", data_root, "--targets", "EVC,MEG_late", "--external", kriegeskorte_it,
           "--out", tmp_path / "out"], "names none of the targets"),
+        (["evaluate", "--data", data_root, "--targets", "EVC", "--external", kriegeskorte_it,
+          "--out", tmp_path / "out"], "names none of the targets (EVC)"),
     ]
     for args, part in cases:
         code, out, err = run_cli(capsys, *args)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..io.data import DataError, check_rdm_names, list_rdm_keys, load_rdms
+from ..io.data import TARGET_NAMES, DataError, check_rdm_names, list_rdm_keys, load_rdms
 from ..rdm.scoring import score_with_ceiling, target_name
 
 OPTION = "external"
@@ -68,8 +68,8 @@ def split_spec(spec: str) -> tuple[Path, str | None]:
 
 def load_external(spec: str, targets: Sequence[str]) -> ExternalRDMs:
     """One `--external FILE[:KEY]`: its RDMs, validated as any target's, and the target it scores: the key's own
-    target ('IT_RDMs' -> 'IT') when that is trained, else the one target trained; a ConfigError naming the option
-    otherwise."""
+    target ('IT_RDMs' -> 'IT') when that is trained; with your own data's one target, that target; a ConfigError
+    naming the option otherwise (an IT study is never scored against EVC predictions)."""
     path, key = split_spec(spec)
     if not path.is_file():
         raise ConfigError(OPTION, f"{path}: no such file")
@@ -84,9 +84,10 @@ def load_external(spec: str, targets: Sequence[str]) -> ExternalRDMs:
     if len(rdms.shape) < 3 or rdms.shape[0] < 2:
         raise ConfigError(OPTION, f"{path}: one RDM; another study's check needs its subjects (at least 2)")
     named = target_name(key)
-    if named in targets:
-        target = named
-    elif len(targets) == 1:
+    algonauts = all(t in TARGET_NAMES for t in targets)  # the challenge's targets: a key must name one of them
+    if key in targets or named in targets:
+        target = key if key in targets else named
+    elif len(targets) == 1 and not algonauts:  # your own data: its one target, whatever the other file's key
         target = targets[0]
     else:
         raise ConfigError(OPTION, f"{path}: key '{key}' names none of the targets ({', '.join(targets)})")

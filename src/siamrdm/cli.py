@@ -799,6 +799,7 @@ PREDICTION_SUFFIXES = (".mat", ".npz", ".npy", ".hdf5", ".h5")
 
 def cmd_predict(args) -> int:
     from .io.files import check_new_output_file
+    from .train.config import purpose_text
     from .train.predict import RDMPredictor
 
     check_new_output_file(args.out, args.overwrite)
@@ -818,7 +819,8 @@ def cmd_predict(args) -> int:
     keyed = {predictor.output_keys.get(t, t): rdm for t, rdm in rdms.items()}
     path = data.save_rdms(args.out, keyed, names=data.pattern_names(images.names),  # obj1.png as 'obj1'
                           replace_existing=args.overwrite)  # a file that appeared meanwhile is not lost
-    print(f"wrote {path}: {', '.join(keyed)} ({len(images)} x {len(images)})")
+    print(f"wrote {path}: {', '.join(keyed)} ({len(images)} x {len(images)}); the model's "
+          f"{purpose_text(predictor.config.per_image)}")
     return 0
 
 

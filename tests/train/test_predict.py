@@ -167,6 +167,7 @@ def test_predict_command_mat(capsys, tmp_path: Path, cli_model, data_root: Path)
                                  "--out", str(out), "--device", "cpu")
     assert code == 0 and err == ""
     assert f"wrote {out}" in stdout and "78 x 78" in stdout
+    assert stdout.strip().endswith("the model's per-image part learnt: for new images of the same study")
     mat = scipy.io.loadmat(out)
     assert sorted(k for k in mat if not k.startswith("__")) == ["EVC_RDMs", "IT_RDMs"]
     for key in ("EVC_RDMs", "IT_RDMs"):

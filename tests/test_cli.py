@@ -19,6 +19,7 @@ from scipy import stats
 from siamrdm import cli
 from siamrdm.io import data, tables
 from siamrdm.rdm import scoring, upper_tri
+from siamrdm.rdm.core import group_average
 
 ROW_FIELDS = {*tables.SCORE_FIELDS, "method"}  # the score record and the comparison method
 
@@ -52,7 +53,7 @@ def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def group_mean_submission(tmp_path: Path, fmri92: dict[str, np.ndarray]) -> Path:
     """A submission whose RDMs are the 92-set group means of EVC and IT, as a v5 .mat file."""
-    return data.save_rdms(tmp_path / "group_mean.mat", {k: data.group_average(v) for k, v in fmri92.items()})
+    return data.save_rdms(tmp_path / "group_mean.mat", {k: group_average(v) for k, v in fmri92.items()})
 
 
 # --------------------------------------------------------------------------- data-info
@@ -153,7 +154,7 @@ def _check_group_mean_result(result: dict, fmri92: dict[str, np.ndarray]) -> Non
         assert row["noise_ceiling"] == official
         assert row["pct_nc"] == pytest.approx(100, abs=0.05)
         assert row["pct_nc"] == pytest.approx(100 * row["r2"] / official)
-        group_mean = data.group_average(fmri92[key])
+        group_mean = group_average(fmri92[key])
         r2 = [stats.spearmanr(upper_tri(group_mean), upper_tri(s)).statistic ** 2 for s in fmri92[key]]
         assert row["p"] == pytest.approx(stats.ttest_1samp(r2, 0).pvalue, rel=1e-6)
         assert 0 < row["p"] < 1e-4
@@ -236,14 +237,14 @@ def test_score_npz_submission_and_partial_keys(capsys, tmp_path: Path, make_rdms
 
 
 def test_score_permutations(capsys, tmp_path: Path, set118: Path, fmri118) -> None:
-    submission = data.save_rdms(tmp_path / "sub.npz", {k: data.group_average(v) for k, v in fmri118.items()})
+    submission = data.save_rdms(tmp_path / "sub.npz", {k: group_average(v) for k, v in fmri118.items()})
     target = str(set118 / "target_fmri.mat")
     code, out, err = run_main(capsys, "score", str(submission), "--target", target, "--permutations", "200",
                               "--seed", "5", "--json")
     assert code == 0 and err == ""
     result = strict_loads(out)
     for key, rdms in fmri118.items():
-        assert result[key]["p_perm"] == scoring.permutation_p(data.group_average(rdms), rdms, 200, seed=5)
+        assert result[key]["p_perm"] == scoring.permutation_p(group_average(rdms), rdms, 200, seed=5)
         assert result[key]["p_perm"] == pytest.approx(1 / 201)  # no relabelling beats the subjects' mean
     code, out, err = run_main(capsys, "score", str(submission), "--target", target, "--permutations", "200")
     assert code == 0 and err == ""

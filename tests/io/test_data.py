@@ -12,6 +12,7 @@ from PIL import Image
 
 from siamrdm.io import data
 from siamrdm.io.data import DataError
+from siamrdm.rdm.core import group_average, subject_rdms
 
 
 def _assert_error(exc_info: pytest.ExceptionInfo, *parts: str) -> str:
@@ -242,8 +243,8 @@ def test_subject_by_k_arrays_accepted(tmp_path: Path, make_rdms) -> None:
     with h5py.File(tmp_path / "meg_v73.mat", "w") as f:
         f["MEG_RDMs_early"] = rdms.transpose()
     np.testing.assert_array_equal(data.load_rdms(tmp_path / "meg_v73.mat", "MEG_RDMs_early"), rdms)
-    assert data.subject_rdms(rdms) is rdms
-    assert data.subject_rdms(rdms[0, 0]).shape == (1, 6, 6)
+    assert subject_rdms(rdms) is rdms
+    assert subject_rdms(rdms[0, 0]).shape == (1, 6, 6)
 
 
 @pytest.mark.parametrize("suffix", [".mat", ".npz"])
@@ -273,12 +274,12 @@ def test_constant_subject_rdm_rejected(tmp_path: Path, make_rdms, suffix: str) -
 
 def test_group_average(make_rdms) -> None:
     stack = make_rdms(5, subjects=3, seed=4)
-    np.testing.assert_allclose(data.group_average(stack), (stack[0] + stack[1] + stack[2]) / 3)
+    np.testing.assert_allclose(group_average(stack), (stack[0] + stack[1] + stack[2]) / 3)
     meg = make_rdms(5, subjects=3, k=2, seed=5)
-    np.testing.assert_allclose(data.group_average(meg), meg.sum(axis=(0, 1)) / 6)
-    np.testing.assert_allclose(data.group_average(meg), meg.mean(axis=1).mean(axis=0))
-    np.testing.assert_array_equal(data.group_average(stack[0]), stack[0])
-    assert data.group_average(meg).shape == (5, 5)
+    np.testing.assert_allclose(group_average(meg), meg.sum(axis=(0, 1)) / 6)
+    np.testing.assert_allclose(group_average(meg), meg.mean(axis=1).mean(axis=0))
+    np.testing.assert_array_equal(group_average(stack[0]), stack[0])
+    assert group_average(meg).shape == (5, 5)
 
 
 @pytest.mark.parametrize("suffix", [".mat", ".npz", ".npy"])

@@ -12,6 +12,7 @@ import pytest
 
 from siamrdm.io import data
 from siamrdm.rdm import scoring, upper_tri
+from siamrdm.rdm.core import group_average
 
 NAMES = [f"img{k}.png" for k in range(1, 13)]
 
@@ -147,13 +148,13 @@ def test_noise_ceiling_per_method_and_official_only_for_spearman(fmri92) -> None
     it = fmri92["IT_RDMs"]
     assert scoring.ceiling_source("IT_RDMs", it) == "official"
     assert scoring.ceiling_source("IT_RDMs", it, "corr") == "computed"
-    row = scoring.score_with_ceiling(data.group_average(it), "IT_RDMs", it, "corr")
+    row = scoring.score_with_ceiling(group_average(it), "IT_RDMs", it, "corr")
     upper, lower = scoring.noise_ceiling(it, "corr")
     assert row["noise_ceiling"] == pytest.approx(upper) and row["pct_nc"] == pytest.approx(100 * row["r2"] / upper)
     assert row["pct_nc"] == pytest.approx(100.0)  # the group mean reaches the upper ceiling, whatever the method
     assert lower < upper
     with pytest.raises(ValueError, match="permutation p-values need one of"):
-        scoring.score_submission({"IT_RDMs": data.group_average(it)}, {"IT_RDMs": it}, permutations=10,
+        scoring.score_submission({"IT_RDMs": group_average(it)}, {"IT_RDMs": it}, permutations=10,
                                  method="tau-a")
 
 

@@ -15,10 +15,11 @@ from PIL import Image
 
 from siamrdm.io import data as data_module
 from siamrdm.io import files, tables
-from siamrdm.io.data import group_average, load_algonauts_set, save_rdms
+from siamrdm.io.data import load_algonauts_set, save_rdms
 from siamrdm.pipelines import challenge, evaluate, plots
 from siamrdm.pipelines.report import write_report
 from siamrdm.rdm import reliability, scoring, square_rdm, upper_tri
+from siamrdm.rdm.core import group_average
 from siamrdm.train import subset
 from siamrdm.train.largeset import HeldOutTarget
 

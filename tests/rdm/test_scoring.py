@@ -13,8 +13,8 @@ import pytest
 from scipy import stats
 
 from siamrdm.io import tables
-from siamrdm.io.data import group_average
 from siamrdm.rdm import scoring, square_rdm, upper_tri
+from siamrdm.rdm.core import group_average
 
 # Upper triangles (6 entries each) of 4 x 4 RDMs whose ranks are chosen so that Spearman's rho is easy by
 # hand: rho = 1 - 6 * sum(d^2) / (n (n^2 - 1)) with n = 6, so the denominator is 210.

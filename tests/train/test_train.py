@@ -26,6 +26,7 @@ from siamrdm.io import data
 from siamrdm.io.data import DataError
 from siamrdm.model import all_pairs
 from siamrdm.rdm import scoring, upper_tri
+from siamrdm.rdm.core import group_average
 from siamrdm.train import augment, checkpoint
 
 
@@ -61,7 +62,7 @@ def test_prepare_set_targets(small92: data.BrainDataset) -> None:
     prepared = train.prepare_set(small92, config.targets, config)
     assert prepared.images.shape == (10, 3, 128, 128)
     assert prepared.targets.shape == (45, 2)
-    evc = upper_tri(data.group_average(small92.targets["EVC"]))
+    evc = upper_tri(group_average(small92.targets["EVC"]))
     expected = (evc - evc.min()) / (evc.max() - evc.min())  # the paper's minmax to [0, 1], upper-triangle order
     np.testing.assert_allclose(prepared.targets[:, 0].numpy(), expected, atol=1e-6)
     assert prepared.normalisation["EVC"] == {"low": evc.min(), "high": evc.max()}
@@ -128,7 +129,7 @@ def test_correlation_loss_starts_at_the_prior_and_falls(dataset92: data.BrainDat
     trainer = train.Trainer(config, [fit_set], progress=False)
     pairs = trainer.train_sets[0]
     prior = pairs.prior_pairs[:, 0].double().numpy()
-    target = upper_tri(data.group_average(fit_set.targets["EVC"]))  # rescaling does not change r
+    target = upper_tri(group_average(fit_set.targets["EVC"]))  # rescaling does not change r
     with torch.no_grad():
         start = trainer.stepper.pair_loss(trainer.stepper.plain_features(0), pairs).item()
     assert start == pytest.approx(1 - np.corrcoef(prior, target)[0, 1], rel=1e-4, abs=1e-6)

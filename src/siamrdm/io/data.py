@@ -1169,17 +1169,6 @@ def load_dataset(images: str | os.PathLike, rdms: str | os.PathLike, key: str | 
     return BrainDataset(name or Path(images).stem, image_set, {key: array})
 
 
-def subject_rdms(rdms: np.ndarray) -> np.ndarray:
-    """View any accepted RDM array as (S, N, N) or (S, K, N, N): a single (N, N) RDM is one subject."""
-    return rdms[None] if rdms.ndim == 2 else rdms
-
-
-def group_average(rdms: np.ndarray) -> np.ndarray:
-    """The (N, N) mean RDM over subjects (and over K, the repeated RDMs within a subject)."""
-    rdms = np.asarray(rdms, dtype=np.float64)
-    return rdms.reshape(-1, *rdms.shape[-2:]).mean(axis=0)
-
-
 MATLAB_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")  # a MATLAB variable name (namelengthmax is 63)
 NPZ_RESERVED_KEYS = ("file", "allow_pickle")  # np.savez's own arguments: such a key would not be written as one
 

@@ -38,7 +38,6 @@ from ..io.data import (
     TRAINING_SETS,
     BrainDataset,
     DataError,
-    group_average,
     load_algonauts_set,
     save_rdms,
     target_key,
@@ -47,6 +46,7 @@ from ..io.files import atomic_path, json_safe, write_text
 from ..io.progress import Phases, Progress
 from ..io.tables import fmt, number
 from ..model import baselines
+from ..rdm.core import group_average
 from ..rdm.scoring import NO_CEILING_NOTE, mean_summary, paired_rows, score_with_ceiling
 from ..rdm.splits import direction_label, fold_splits
 from ..train.config import purpose_text

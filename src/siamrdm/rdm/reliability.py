@@ -31,8 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import data
-from ..io.data import subject_rdms
-from .core import upper_tri
+from .core import subject_rdms, upper_tri
 from .parts import per_image_fit, per_image_share
 from .scoring import ceilings_for, dot_vectors
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from ..io.data import BrainDataset, ImageSet, subject_rdms
+from ..io.data import BrainDataset, ImageSet
+from .core import subject_rdms
 
 MIN_SPLIT_IMAGES = 3
 

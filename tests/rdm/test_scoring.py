@@ -222,7 +222,7 @@ def test_official_ceiling_recognised_by_content(fmri92, fmri118) -> None:
 def test_other_study_gets_its_computed_ceiling(fmri92, kriegeskorte_it) -> None:
     """Kriegeskorte et al. (2008): IT_RDMs of the same 92 images, 4 subjects x 2 sessions: its own ceiling
     (0.2745), never the Algonauts 92 set's official 0.3075 that key and size alone would pick."""
-    from siamrdm.io.data import load_rdms
+    from siamrdm.io.rdmfiles import load_rdms
 
     other = load_rdms(kriegeskorte_it, "IT_RDMs")
     result = scoring.score_submission({"IT_RDMs": fmri92["IT_RDMs"].mean(axis=0)}, {"IT_RDMs": other},

@@ -20,8 +20,8 @@ from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 from matplotlib.patches import Patch
 from PIL import Image
 
-from ..io.data import ImageSet
 from ..io.files import atomic_path
+from ..io.images import ImageSet
 from ..io.tables import number
 from ..rdm.core import group_average, rank_unit, square_rdm, upper_tri
 

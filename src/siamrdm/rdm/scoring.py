@@ -55,7 +55,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..errors import ConfigError
-from ..io.data import TARGETS, check_real_dtype
+from ..io.datasets import TARGETS
+from ..io.limits import check_real_dtype
 from ..io.tables import number, number_list
 from .core import Ranker, square_rdm, subject_rdms, upper_tri, upper_tri_indices
 

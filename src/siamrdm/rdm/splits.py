@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from ..io.data import BrainDataset, ImageSet
+from ..io.datasets import BrainDataset
+from ..io.images import ImageSet
 from .core import subject_rdms
 
 MIN_SPLIT_IMAGES = 3

@@ -23,9 +23,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import DataError
 from ..errors import TrainingDiverged as TrainingDiverged
-from ..io.data import BrainDataset, DataError, ImageSet, target_key
+from ..io.datasets import BrainDataset, target_key
 from ..io.files import run_folder, run_mode
+from ..io.images import ImageSet
 from ..model.backbones import create_body, images_to_tensor
 from ..model.network import (
     SiameseRDMNet,

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import TrainingDiverged
-from ..io.data import BrainDataset
+from ..io.datasets import BrainDataset
 from ..io.progress import Progress
 from ..io.tables import number
 from ..rdm.core import subject_rdms

@@ -108,7 +108,7 @@ class AnonPeak:
 
 def run_case(workdir: Path, case: str, threads: int = 1) -> dict:
     """Time one case in this process (see the module docstring)."""
-    from siamrdm.io import data
+    from siamrdm.io.rdmfiles import load_rdm_dict
     from siamrdm.rdm import scoring
 
     paths = _paths(workdir, case)
@@ -132,8 +132,8 @@ def run_case(workdir: Path, case: str, threads: int = 1) -> dict:
             out["noise_ceiling"] = list(scoring.noise_ceiling_condensed(subjects, threads=threads))
             out["noise_ceiling_s"], out["noise_ceiling_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
         else:
-            targets = data.load_rdm_dict(paths["subjects"])
-            submission = data.load_rdm_dict(paths["model"], n_images=CASES[case][0])
+            targets = load_rdm_dict(paths["subjects"])
+            submission = load_rdm_dict(paths["model"], n_images=CASES[case][0])
             out["load_s"] = time.perf_counter() - start
             start, cpu = time.perf_counter(), time.process_time()
             scoring.score_rdm(submission["EVC_RDMs"], targets["EVC_RDMs"])

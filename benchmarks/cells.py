@@ -8,7 +8,7 @@ import json
 import os
 from collections.abc import Callable
 
-from siamrdm.io.data import TARGET_NAMES, BrainDataset, load_algonauts_set
+from siamrdm.io.datasets import TARGET_NAMES, BrainDataset, load_algonauts_set
 
 
 def run_cells(doc: str, name: str, run_check: Callable[..., dict], summarize: Callable[[str], str],

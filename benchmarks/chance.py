@@ -22,8 +22,9 @@ import os
 import numpy as np
 from scipy.stats import spearmanr
 
-from siamrdm.io.data import TARGET_NAMES, load_algonauts_set, subject_rdms, target_key
+from siamrdm.io.datasets import TARGET_NAMES, load_algonauts_set, target_key
 from siamrdm.rdm import upper_tri
+from siamrdm.rdm.core import subject_rdms
 from siamrdm.rdm.scoring import noise_ceiling, reference_ceiling, spearman_rhos
 
 

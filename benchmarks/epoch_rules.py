@@ -29,7 +29,7 @@ import numpy as np
 from cells import run_cells  # benchmarks/, beside this script
 from levers import at_epoch, one_target
 
-from siamrdm.io.data import BrainDataset
+from siamrdm.io.datasets import BrainDataset
 from siamrdm.rdm.splits import fold_indices, subject_split, subset
 from siamrdm.train import config_from_preset
 from siamrdm.train.selection import (

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from siamrdm.io.data import TARGET_NAMES, load_algonauts_set
+from siamrdm.io.datasets import TARGET_NAMES, load_algonauts_set
 from siamrdm.pipelines.bench import Clock, body_gflop, factorised_breakdown, machine, matmul_gflops
 from siamrdm.train import TrainConfig, Trainer, config_from_preset, subset
 

@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from siamrdm.io.data import TARGET_NAMES, BrainDataset, load_algonauts_set
+from siamrdm.io.datasets import TARGET_NAMES, BrainDataset, load_algonauts_set
 from siamrdm.rdm.splits import cross_set_splits, fold_splits, subject_fold_splits
 from siamrdm.train import config_from_preset
 from siamrdm.train.selection import SELECTION_FOLDS, choose_epochs, ensemble_curves, fold_curve, one_se_epoch

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from siamrdm.io.data import load_rdms
+from siamrdm.io.rdmfiles import load_rdms
 from siamrdm.rdm.parts import pair_structure
 from siamrdm.rdm.scoring import compare_rdms
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from chance import per_image_design  # benchmarks/, beside this script
 
-from siamrdm.io.data import TARGET_NAMES, load_algonauts_set
+from siamrdm.io.datasets import TARGET_NAMES, load_algonauts_set
 from siamrdm.rdm import upper_tri
 from siamrdm.train import Trainer, config_from_preset, prior_rdms
 

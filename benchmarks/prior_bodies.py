@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from siamrdm.io.data import TARGET_NAMES, load_algonauts_set
+from siamrdm.io.datasets import TARGET_NAMES, load_algonauts_set
 from siamrdm.model import baselines, prior
 from siamrdm.model.backbones import BACKBONES
 from siamrdm.rdm.scoring import score_with_ceiling

@@ -65,9 +65,9 @@ def heavy_imports(args: list[str], env: dict[str, str]) -> str:
 
 MAKE_SUBMISSION = """
 import sys
-from siamrdm.io import data
-subjects = data.load_rdm_dict(sys.argv[1])
-data.save_rdms(sys.argv[2], {k: v.mean(axis=0) for k, v in subjects.items()})
+from siamrdm.io.rdmfiles import load_rdm_dict, save_rdms
+subjects = load_rdm_dict(sys.argv[1])
+save_rdms(sys.argv[2], {k: v.mean(axis=0) for k, v in subjects.items()})
 """
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from siamrdm.io import data
-from siamrdm.io.data import DATA_ENV_VAR, load_rdms
+from siamrdm.io.datasets import DATA_ENV_VAR, BrainDataset, load_algonauts_set
+from siamrdm.io.images import load_image_set
+from siamrdm.io.rdmfiles import load_rdms
 from siamrdm.rdm import rdm_from_features
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -72,15 +73,15 @@ def kriegeskorte_it(data_root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dataset92(data_root: Path) -> data.BrainDataset:
+def dataset92(data_root: Path) -> BrainDataset:
     """The real 92-image set with its EVC and IT RDMs, loaded once per test module."""
-    return data.load_algonauts_set(data_root, "92", ("EVC", "IT"))
+    return load_algonauts_set(data_root, "92", ("EVC", "IT"))
 
 
 @pytest.fixture(scope="module")
-def dataset118(data_root: Path) -> data.BrainDataset:
+def dataset118(data_root: Path) -> BrainDataset:
     """The real 118-image set with its EVC and IT RDMs, loaded once per test module."""
-    return data.load_algonauts_set(data_root, "118", ("EVC", "IT"))
+    return load_algonauts_set(data_root, "118", ("EVC", "IT"))
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +129,7 @@ def own_data(tmp_path_factory: pytest.TempPathFactory, set92: Path, fmri92: dict
     images = folder / "images"
     images.mkdir()
     index = np.arange(0, 92, 8)
-    names = data.load_image_set(set92 / "92images").names
+    names = load_image_set(set92 / "92images").names
     for rank, k in enumerate(index):
         shutil.copy(set92 / "92images" / names[k], images / f"stim_{rank:02d}.jpg")
     rdms = folder / "rdms.npy"

@@ -17,17 +17,20 @@ from helpers import run_cli as run_main
 from scipy import stats
 
 from siamrdm import cli
-from siamrdm.io import data, tables
+from siamrdm.io import tables
+from siamrdm.io.datasets import DATA_ENV_VAR
+from siamrdm.io.rdmfiles import save_rdms
 from siamrdm.rdm import scoring, upper_tri
+from siamrdm.rdm.core import group_average
 
 ROW_FIELDS = {*tables.SCORE_FIELDS, "method"}  # the score record and the comparison method
 
 
 def run_process(*args: str, env_data: str | None = None) -> subprocess.CompletedProcess:
     """`python -m siamrdm ARGS` with $SIAMRDM_DATA set to `env_data` (removed when None)."""
-    env = {k: v for k, v in os.environ.items() if k not in (data.DATA_ENV_VAR, "SIAMRDM_DEBUG")}
+    env = {k: v for k, v in os.environ.items() if k not in (DATA_ENV_VAR, "SIAMRDM_DEBUG")}
     if env_data is not None:
-        env[data.DATA_ENV_VAR] = env_data
+        env[DATA_ENV_VAR] = env_data
     return subprocess.run(
         [sys.executable, "-m", "siamrdm", *args], capture_output=True, text=True, env=env, timeout=120
     )
@@ -45,14 +48,14 @@ def strict_loads(text: str):
 
 @pytest.fixture
 def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
+    monkeypatch.delenv(DATA_ENV_VAR, raising=False)
     monkeypatch.delenv("SIAMRDM_DEBUG", raising=False)
 
 
 @pytest.fixture
 def group_mean_submission(tmp_path: Path, fmri92: dict[str, np.ndarray]) -> Path:
     """A submission whose RDMs are the 92-set group means of EVC and IT, as a v5 .mat file."""
-    return data.save_rdms(tmp_path / "group_mean.mat", {k: data.group_average(v) for k, v in fmri92.items()})
+    return save_rdms(tmp_path / "group_mean.mat", {k: group_average(v) for k, v in fmri92.items()})
 
 
 # --------------------------------------------------------------------------- data-info
@@ -88,7 +91,7 @@ def test_data_info_with_data_option(capsys, data_root: Path, no_env) -> None:
 
 
 def test_data_info_from_env(capsys, data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(data.DATA_ENV_VAR, str(data_root))
+    monkeypatch.setenv(DATA_ENV_VAR, str(data_root))
     code, out, err = run_main(capsys, "data-info", "--json")
     assert code == 0 and err == ""
     _check_info(json.loads(out), data_root)
@@ -97,13 +100,13 @@ def test_data_info_from_env(capsys, data_root: Path, monkeypatch: pytest.MonkeyP
 def test_data_info_process_missing_root() -> None:
     done = run_process("data-info")  # neither --data nor $SIAMRDM_DATA
     assert done.returncode == 2 and done.stdout == ""
-    assert_one_line_error(done.stderr, "--data", data.DATA_ENV_VAR)
+    assert_one_line_error(done.stderr, "--data", DATA_ENV_VAR)
 
 
 def test_data_info_missing_root_in_process(capsys, tmp_path: Path, no_env) -> None:
     code, out, err = run_main(capsys, "data-info")
     assert code == 2 and out == ""
-    assert_one_line_error(err, "--data: no data root", data.DATA_ENV_VAR)
+    assert_one_line_error(err, "--data: no data root", DATA_ENV_VAR)
     code, _, err = run_main(capsys, "data-info", "--data", str(tmp_path / "nowhere"))
     assert code == 2
     assert_one_line_error(err, "nowhere", "not a directory")
@@ -125,7 +128,7 @@ def test_data_info_shows_the_root_then_fails_on_a_target_file_fit_cannot_use(
             (root / "Training_Data" / "92_Image_Set" / entry.name).symlink_to(entry)
     damaged = {key: rdms.copy() for key, rdms in fmri92.items()}
     damaged["IT_RDMs"][3, 0, 1] = damaged["IT_RDMs"][3, 1, 0] = np.nan
-    bad = data.save_rdms(root / "Training_Data" / "92_Image_Set" / "target_fmri.mat", damaged)
+    bad = save_rdms(root / "Training_Data" / "92_Image_Set" / "target_fmri.mat", damaged)
     before = bad.read_bytes()
     code, out, err = run_main(capsys, "data-info", "--data", str(root))
     assert code == 2
@@ -153,7 +156,7 @@ def _check_group_mean_result(result: dict, fmri92: dict[str, np.ndarray]) -> Non
         assert row["noise_ceiling"] == official
         assert row["pct_nc"] == pytest.approx(100, abs=0.05)
         assert row["pct_nc"] == pytest.approx(100 * row["r2"] / official)
-        group_mean = data.group_average(fmri92[key])
+        group_mean = group_average(fmri92[key])
         r2 = [stats.spearmanr(upper_tri(group_mean), upper_tri(s)).statistic ** 2 for s in fmri92[key]]
         assert row["p"] == pytest.approx(stats.ttest_1samp(r2, 0).pvalue, rel=1e-6)
         assert 0 < row["p"] < 1e-4
@@ -214,8 +217,8 @@ def test_score_table(capsys, group_mean_submission: Path, set92: Path, fmri92) -
 
 def test_score_npz_submission_and_partial_keys(capsys, tmp_path: Path, make_rdms) -> None:
     targets = {"EVC_RDMs": make_rdms(12, subjects=4, seed=50), "IT_RDMs": make_rdms(12, subjects=4, seed=51)}
-    data.save_rdms(tmp_path / "target.npz", targets)
-    data.save_rdms(tmp_path / "sub.npz", {"IT_RDMs": make_rdms(12, seed=52)})
+    save_rdms(tmp_path / "target.npz", targets)
+    save_rdms(tmp_path / "sub.npz", {"IT_RDMs": make_rdms(12, seed=52)})
     args = ("score", str(tmp_path / "sub.npz"), "--target", str(tmp_path / "target.npz"))
     code, out, err = run_main(capsys, *args, "--json")
     assert code == 0  # a valid partial result
@@ -236,14 +239,14 @@ def test_score_npz_submission_and_partial_keys(capsys, tmp_path: Path, make_rdms
 
 
 def test_score_permutations(capsys, tmp_path: Path, set118: Path, fmri118) -> None:
-    submission = data.save_rdms(tmp_path / "sub.npz", {k: data.group_average(v) for k, v in fmri118.items()})
+    submission = save_rdms(tmp_path / "sub.npz", {k: group_average(v) for k, v in fmri118.items()})
     target = str(set118 / "target_fmri.mat")
     code, out, err = run_main(capsys, "score", str(submission), "--target", target, "--permutations", "200",
                               "--seed", "5", "--json")
     assert code == 0 and err == ""
     result = strict_loads(out)
     for key, rdms in fmri118.items():
-        assert result[key]["p_perm"] == scoring.permutation_p(data.group_average(rdms), rdms, 200, seed=5)
+        assert result[key]["p_perm"] == scoring.permutation_p(group_average(rdms), rdms, 200, seed=5)
         assert result[key]["p_perm"] == pytest.approx(1 / 201)  # no relabelling beats the subjects' mean
     code, out, err = run_main(capsys, "score", str(submission), "--target", target, "--permutations", "200")
     assert code == 0 and err == ""
@@ -259,8 +262,8 @@ def test_print_json_is_strict(capsys) -> None:
 
 def test_score_single_subject_target_json(capsys, tmp_path: Path, make_rdms) -> None:
     """One subject: no t-test, so p and p_signed are NaN inside, null in the JSON."""
-    data.save_rdms(tmp_path / "target.npz", {"EVC_RDMs": make_rdms(10, seed=54)})
-    data.save_rdms(tmp_path / "sub.npz", {"EVC_RDMs": make_rdms(10, seed=55)})
+    save_rdms(tmp_path / "target.npz", {"EVC_RDMs": make_rdms(10, seed=54)})
+    save_rdms(tmp_path / "sub.npz", {"EVC_RDMs": make_rdms(10, seed=55)})
     code, out, err = run_main(capsys, "score", str(tmp_path / "sub.npz"), "--target", str(tmp_path / "target.npz"),
                               "--permutations", "20", "--json")
     assert code == 0 and err == ""
@@ -294,9 +297,9 @@ def test_noise_ceiling_never_prints_nan(capsys, tmp_path: Path, make_rdms) -> No
     """These targets printed NaN ceilings before: a constant subject RDM, and subjects with a constant mean."""
     constant_subject = make_rdms(8, subjects=3, seed=56)
     constant_subject[2] = 1 - np.eye(8)
-    data.save_rdms(tmp_path / "constant_subject.mat", {"EVC_RDMs": constant_subject})
+    save_rdms(tmp_path / "constant_subject.mat", {"EVC_RDMs": constant_subject})
     first = np.round(make_rdms(8, seed=57) * 8) / 8
-    data.save_rdms(tmp_path / "constant_mean.npz", {"IT_RDMs": np.stack([first, (2 - first) * (1 - np.eye(8))])})
+    save_rdms(tmp_path / "constant_mean.npz", {"IT_RDMs": np.stack([first, (2 - first) * (1 - np.eye(8))])})
     for name, parts in (
         ("constant_subject.mat", ("constant_subject.mat:EVC_RDMs", "subject 3 of 3", "constant upper triangle")),
         ("constant_mean.npz", ("constant_mean.npz:IT_RDMs", "mean RDM", "constant upper triangle")),
@@ -308,7 +311,7 @@ def test_noise_ceiling_never_prints_nan(capsys, tmp_path: Path, make_rdms) -> No
 
 def test_noise_ceiling_table_and_k(capsys, tmp_path: Path, make_rdms) -> None:
     meg = make_rdms(9, subjects=3, k=2, seed=53)
-    data.save_rdms(tmp_path / "meg.mat", {"MEG_RDMs_early": meg})
+    save_rdms(tmp_path / "meg.mat", {"MEG_RDMs_early": meg})
     code, out, err = run_main(capsys, "noise-ceiling", str(tmp_path / "meg.mat"))
     assert code == 0 and err == ""
     lines = out.strip().splitlines()
@@ -552,7 +555,7 @@ def test_a_key_from_a_file_is_escaped_in_the_score_table(capsys, tmp_path: Path,
 
 
 def test_an_rsatoolbox_target_descriptor_with_a_newline_stays_one_line(capsys, tmp_path: Path, make_rdms) -> None:
-    target = data.save_rdms(tmp_path / "target.hdf5", {"E\nVC": make_rdms(6, subjects=3, seed=2)})
+    target = save_rdms(tmp_path / "target.hdf5", {"E\nVC": make_rdms(6, subjects=3, seed=2)})
     submission = _npz(tmp_path / "submission.npz", EVC=make_rdms(6, seed=1))
     code, out, err = run_main(capsys, "score", submission, "--target", target, "--target-key", "EVC")
     assert (code, out) == (2, "")
@@ -560,7 +563,7 @@ def test_an_rsatoolbox_target_descriptor_with_a_newline_stays_one_line(capsys, t
 
 
 def test_a_data_root_with_a_newline_stays_one_line(capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(data.DATA_ENV_VAR, str(tmp_path / "algonauts\n2019"))
+    monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path / "algonauts\n2019"))
     code, out, err = run_main(capsys, "data-info")
     assert (code, out) == (2, "")
     assert_one_line_error(err, "algonauts\\n2019: data root is not a directory")
@@ -570,9 +573,9 @@ def test_score_of_two_rsatoolbox_files_in_different_orders_blames_the_files_not_
         capsys, tmp_path: Path, make_rdms) -> None:
     """score has no --order: the message names both files and the first row that differs, and no option."""
     names = ["cat", "dog", "car", "cup", "sun", "owl"]
-    target = data.save_rdms(tmp_path / "b.hdf5", {"EVC": make_rdms(6, subjects=3, seed=2)}, names=names)
+    target = save_rdms(tmp_path / "b.hdf5", {"EVC": make_rdms(6, subjects=3, seed=2)}, names=names)
     swapped = [names[1], names[0], *names[2:]]
-    submission = data.save_rdms(tmp_path / "a.hdf5", {"EVC": make_rdms(6, seed=1)}, names=swapped)
+    submission = save_rdms(tmp_path / "a.hdf5", {"EVC": make_rdms(6, seed=1)}, names=swapped)
     code, out, err = run_main(capsys, "score", submission, "--target", target)
     assert (code, out) == (2, "")
     assert_one_line_error(err, f"siamrdm: error: {submission}: pattern descriptor 'images' orders the images "

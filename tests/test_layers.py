@@ -16,10 +16,11 @@ PACKAGE = Path(siamrdm.__file__).parent
 LAYERS = [
     # no siamrdm imports (the package's API loads lazily)
     {"__init__", "errors", "rdm.core", "rdm", "rdm.scoring_torch", "io.progress", "io", "pipelines"},
-    {"io.files", "model.backbones"},  # writing files safely; the pretrained bodies
-    {"io.tables", "io.data", "model.network", "model"},  # tables and JSON; reading datasets and RDM files; the network
+    {"io.files", "io.limits", "model.backbones", "rdm.parts"},  # writing files safely; bounded reading; the bodies
+    {"io.arrayfiles", "io.images", "io.rsafiles", "io.rdmfiles", "io.datasets"},  # reading images and RDM files
+    {"io.tables", "model.network", "model"},  # tables and JSON; the network
     {"rdm.scoring", "rdm.splits", "model.baselines", "model.prior", "rdm.reliability"},  # the metric, ceilings; splits
-    {"train.config", "train.augment", "train.checkpoint", "pipelines.plots"},  # a run's settings and files; charts
+    {"train.config", "train.augment", "train.checkpoint", "pipelines.plots", "pipelines.external"},  # settings; charts
     {"train.loop"},  # the one training loop
     {"train.fullbatch", "train", "train.largeset"},  # full-batch and large-set data for the loop
     {"train.predict", "pipelines.bench", "pipelines.report", "train.selection"},
@@ -39,7 +40,7 @@ def module_name(path: Path) -> str:
 
 def imported(node: ast.ImportFrom, name: str, is_package: bool, modules: set[str]) -> set[str]:
     """The siamrdm modules a relative `from ... import` in module `name` names: the one it imports from, and the
-    imported names that are submodules (`from ..io import data`: io and io.data). The module's own package, which
+    imported names that are submodules (`from ..io import files`: io and io.files). The module's own package, which
     `from . import x` names, is left out: it is always imported first (and __version__ is a name, not a module)."""
     parts = [] if name == "__init__" else name.split(".")
     package = parts if is_package else parts[:-1]  # the package the file is in ([] for the top level)

@@ -27,7 +27,7 @@ import torch
 from helpers import assert_one_line_error, run_cli
 
 from siamrdm import cli
-from siamrdm.io import data
+from siamrdm.io.images import load_image_set
 from siamrdm.rdm import upper_tri
 from siamrdm.rdm.splits import holdout_indices
 from siamrdm.train.config import ConfigError
@@ -219,7 +219,7 @@ def test_a_ranks_bad_input_under_torchrun_is_its_one_line_and_exit_2(tmp_path: P
     images = tmp_path / "images"
     images.mkdir()
     n = 40
-    for k, name in enumerate(data.load_image_set(set92 / "92images").names[:n]):
+    for k, name in enumerate(load_image_set(set92 / "92images").names[:n]):
         shutil.copy(set92 / "92images" / name, images / f"img{k:02d}.jpg")
     _, held_out = holdout_indices(n, 0.2, 0)
     bad = images / f"img{held_out[0]:02d}.jpg"

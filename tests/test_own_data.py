@@ -10,7 +10,11 @@ import pytest
 from helpers import assert_one_line_error, run_cli
 from PIL import Image
 
-from siamrdm.io import data
+from siamrdm.errors import DataError
+from siamrdm.io.datasets import BrainDataset, load_dataset
+from siamrdm.io.images import load_image_set, natural_key
+from siamrdm.io.rdmfiles import load_rdm_dict, load_rdms, save_rdms
+from siamrdm.io.rsafiles import read_rdm_names
 from siamrdm.rdm.splits import fold_splits
 
 N_IMAGES = 12
@@ -33,22 +37,22 @@ def write_images(folder: Path, n: int = N_IMAGES, size: int = 32, seed: int = 0)
 def test_folders_sort_naturally(tmp_path: Path) -> None:
     folder = write_images(tmp_path / "images")
     assert sorted(NATURAL) != NATURAL  # the plain string order would put img10 second
-    assert data.load_image_set(folder).names == NATURAL
+    assert load_image_set(folder).names == NATURAL
     names = ["b2.png", "B10.png", "a.png", "b02.png", "b1.png"]
-    assert sorted(names, key=data.natural_key) == ["a.png", "b1.png", "b02.png", "b2.png", "B10.png"]
+    assert sorted(names, key=natural_key) == ["a.png", "b1.png", "b02.png", "b2.png", "B10.png"]
 
 
 def test_explicit_order(tmp_path: Path) -> None:
     folder = write_images(tmp_path / "images")
-    plain = data.load_image_set(folder)
+    plain = load_image_set(folder)
     order = tmp_path / "order.txt"
     listed = sorted(NATURAL)  # img1, img10, img11, img12, img2, ...
     order.write_text("# my RDM's row order\n" + "\n".join(n.removesuffix(".png") if k % 2 else n
                                                           for k, n in enumerate(listed)) + "\n\n")
-    images = data.load_image_set(folder, order)
+    images = load_image_set(folder, order)
     assert images.names == listed  # stems name the files too
     np.testing.assert_array_equal(images.images[1], plain.images[9])  # img10
-    assert data.load_image_set(folder, listed[::-1]).names == listed[::-1]  # a list works in code
+    assert load_image_set(folder, listed[::-1]).names == listed[::-1]  # a list works in code
 
 
 @pytest.mark.parametrize("lines, expected", [
@@ -61,17 +65,17 @@ def test_bad_order_file(tmp_path: Path, lines: list[str], expected: str) -> None
     folder = write_images(tmp_path / "images")
     order = tmp_path / "order.txt"
     order.write_text("\n".join(lines))
-    with pytest.raises(data.DataError, match=f"^{order}: {expected}") as info:
-        data.load_image_set(folder, order)
+    with pytest.raises(DataError, match=f"^{order}: {expected}") as info:
+        load_image_set(folder, order)
     assert "\n" not in str(info.value)
-    with pytest.raises(data.DataError, match=r"nowhere\.txt: no such order file"):
-        data.load_image_set(folder, tmp_path / "nowhere.txt")
+    with pytest.raises(DataError, match=r"nowhere\.txt: no such order file"):
+        load_image_set(folder, tmp_path / "nowhere.txt")
 
 
 def test_stimulus_mat_keeps_its_own_order(set92: Path) -> None:
-    from_mat = data.load_image_set(set92 / "92images.mat")
+    from_mat = load_image_set(set92 / "92images.mat")
     assert len(from_mat) == 92
-    reversed_order = data.load_image_set(set92 / "92images.mat", from_mat.names[::-1])
+    reversed_order = load_image_set(set92 / "92images.mat", from_mat.names[::-1])
     np.testing.assert_array_equal(reversed_order.images[0], from_mat.images[-1])
 
 
@@ -79,19 +83,19 @@ def test_load_dataset_checks_names_and_names_the_target(tmp_path: Path, make_rdm
     folder = write_images(tmp_path / "images")
     rdms = make_rdms(N_IMAGES, subjects=3, seed=1)
     np.save(tmp_path / "it.npy", rdms)
-    dataset = data.load_dataset(folder, tmp_path / "it.npy")
+    dataset = load_dataset(folder, tmp_path / "it.npy")
     assert dataset.name == "images" and list(dataset.targets) == ["it"]  # a .npy has no key: its name
-    assert list(data.load_dataset(folder, tmp_path / "it.npy", "IT").targets) == ["IT"]
-    hdf5 = data.save_rdms(tmp_path / "it.hdf5", {"IT": rdms}, names=NATURAL)
-    assert list(data.load_dataset(folder, hdf5).targets) == ["IT"]
+    assert list(load_dataset(folder, tmp_path / "it.npy", "IT").targets) == ["IT"]
+    hdf5 = save_rdms(tmp_path / "it.hdf5", {"IT": rdms}, names=NATURAL)
+    assert list(load_dataset(folder, hdf5).targets) == ["IT"]
     order = tmp_path / "order.txt"
     order.write_text("\n".join(sorted(NATURAL)))
-    with pytest.raises(data.DataError, match=rf"{hdf5}: pattern descriptor 'images' orders the images "
+    with pytest.raises(DataError, match=rf"{hdf5}: pattern descriptor 'images' orders the images "
                                              rf"differently from {folder} \(row 2: 'img2\.png' in the file"):
-        data.load_dataset(folder, hdf5, order=order)
+        load_dataset(folder, hdf5, order=order)
     (folder / "img12.png").unlink()
-    with pytest.raises(data.DataError, match=r"it\.npy: RDMs are 12 x 12 but there are 11 images"):
-        data.load_dataset(folder, tmp_path / "it.npy")
+    with pytest.raises(DataError, match=r"it\.npy: RDMs are 12 x 12 but there are 11 images"):
+        load_dataset(folder, tmp_path / "it.npy")
 
 
 # --------------------------------------------------------------------------- a synthetic own-data set
@@ -108,15 +112,15 @@ def make_own_data(root: Path, subjects: int = 4, noise: float = 0.3) -> tuple[Pa
     from siamrdm.rdm import rdm_from_features
 
     folder = write_images(root / "images")
-    images = data.load_image_set(folder)
+    images = load_image_set(folder)
     truth = stage_rdms(images, *BACKBONE_ARGS)["blocks2"]
     rng = np.random.default_rng(1)
     stack = np.stack([truth + noise * truth.std() * rdm_from_features(rng.normal(size=(N_IMAGES, 6)))
                       for _ in range(subjects)])
-    return folder, data.save_rdms(root / "rdms.hdf5", {"V4": stack if subjects > 1 else stack[0]}, names=NATURAL)
+    return folder, save_rdms(root / "rdms.hdf5", {"V4": stack if subjects > 1 else stack[0]}, names=NATURAL)
 
 
-def untrained_fold_r2(dataset: data.BrainDataset, folds: int, config) -> list[float]:
+def untrained_fold_r2(dataset: BrainDataset, folds: int, config) -> list[float]:
     """Held-out r2 of the untrained network, fold by fold: no training step and no prior, only the training
     images' feature statistics, so it is the network `fit` starts from."""
     from dataclasses import replace
@@ -172,7 +176,7 @@ def test_done_when_own_data_through_the_cli(tmp_path: Path, capsys) -> None:
         rows = list(csv.DictReader(f))
     assert [(r["method"], r["direction"]) for r in rows] == [
         (m, f"fold {k}") for m in ("siamese", "layers", "regression") for k in (1, 2)]
-    dataset = data.load_dataset(folder, rdms, "V4")
+    dataset = load_dataset(folder, rdms, "V4")
     splits = list(fold_splits(dataset, 2, 0).values())
     for row in rows:
         held_out = splits[int(row["direction"][-1]) - 1][1]
@@ -198,7 +202,7 @@ def test_done_when_own_data_through_the_cli(tmp_path: Path, capsys) -> None:
     assert out.splitlines()[-1].endswith(f"the report: {ev / 'report.html'}")
     folds = json.loads((ev / "evaluation.json").read_text())["folds"]
     assert folds == {f"fold {k + 1}": test.images.names for k, (_, test) in enumerate(splits)}
-    fold_file = data.load_rdm_dict(ev / "predictions_fold_1.hdf5", names=folds["fold 1"])
+    fold_file = load_rdm_dict(ev / "predictions_fold_1.hdf5", names=folds["fold 1"])
     assert set(fold_file) == {"siamese/V4", "layers/V4", "regression/V4"}
 
     # the fitted network beats the untrained one on the held-out images
@@ -212,12 +216,12 @@ def test_done_when_own_data_through_the_cli(tmp_path: Path, capsys) -> None:
     model = tmp_path / "fit" / "model.pt"
     code, out, err = run_cli(capsys, "predict", model, "--images", folder, "--out", tmp_path / "pred.hdf5")
     assert code == 0 and out.startswith(f"wrote {tmp_path / 'pred.hdf5'}: V4 (12 x 12)"), err
-    assert data.read_rdm_names(tmp_path / "pred.hdf5") == ("images", [n.removesuffix(".png") for n in NATURAL])
+    assert read_rdm_names(tmp_path / "pred.hdf5") == ("images", [n.removesuffix(".png") for n in NATURAL])
     order = tmp_path / "order.txt"
     order.write_text("\n".join(NATURAL[::-1]))
     code, _, err = run_cli(capsys, "predict", model, "--images", folder, "--order", order, "--out", tmp_path / "r.h5")
     assert code == 0, err
-    forward, backward = data.load_rdms(tmp_path / "pred.hdf5"), data.load_rdms(tmp_path / "r.h5")
+    forward, backward = load_rdms(tmp_path / "pred.hdf5"), load_rdms(tmp_path / "r.h5")
     np.testing.assert_allclose(backward, forward[::-1, ::-1], atol=1e-6)
 
     # score: the names agree, so it scores; the reversed prediction is refused, naming the file
@@ -233,7 +237,7 @@ def test_done_when_own_data_through_the_cli(tmp_path: Path, capsys) -> None:
 
 def test_single_group_rdm_has_no_ceiling_and_says_so(tmp_path: Path, capsys) -> None:
     folder, rdms = make_own_data(tmp_path, subjects=1)
-    model = data.save_rdms(tmp_path / "model.hdf5", {"V4": data.load_rdms(rdms)[::-1, ::-1]})  # no names
+    model = save_rdms(tmp_path / "model.hdf5", {"V4": load_rdms(rdms)[::-1, ::-1]})  # no names
     code, out, err = run_cli(capsys, "score", model, "--target", rdms)
     assert code == 0, err
     lines = out.strip().splitlines()
@@ -256,8 +260,8 @@ def test_score_with_another_method(tmp_path: Path, capsys) -> None:
     from siamrdm.rdm import scoring
 
     _, rdms = make_own_data(tmp_path)
-    subjects = data.load_rdms(rdms)
-    model = data.save_rdms(tmp_path / "model.hdf5", {"V4": subjects[0]}, names=NATURAL)
+    subjects = load_rdms(rdms)
+    model = save_rdms(tmp_path / "model.hdf5", {"V4": subjects[0]}, names=NATURAL)
     code, out, err = run_cli(capsys, "score", model, "--target", rdms, "--method", "tau-a", "--json")
     assert code == 0, err
     row = json.loads(out)["V4"]
@@ -315,7 +319,7 @@ def test_api_is_importable_from_the_package() -> None:
     for name in siamrdm.__all__:
         value = getattr(siamrdm, name)
         assert name in undocumented or value.__doc__, name
-    assert siamrdm.load_dataset is data.load_dataset and "evaluate_folds" in dir(siamrdm)
+    assert siamrdm.load_dataset is load_dataset and "evaluate_folds" in dir(siamrdm)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         siamrdm.nothing  # noqa: B018
     light = subprocess.run([sys.executable, "-c", "import sys, siamrdm; print('torch' in sys.modules)"],
@@ -336,12 +340,12 @@ def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
     """The README's notebook example, as written, on img1..img12 and an rsatoolbox file of 4 subjects."""
     folder, rdms = make_own_data(tmp_path)
     folder.rename(tmp_path / "my_images")
-    stack = data.load_rdms(rdms)
-    data.save_rdms(tmp_path / "my_rdms.hdf5", {"IT": stack}, names=NATURAL)
+    stack = load_rdms(rdms)
+    save_rdms(tmp_path / "my_rdms.hdf5", {"IT": stack}, names=NATURAL)
     monkeypatch.chdir(tmp_path)
     exec(compile(readme_example(), "README.md", "exec"), {"__name__": "readme"})
     out = capsys.readouterr().out
     assert "12 images: ['img1.png', 'img2.png', 'img3.png'] RDMs: (4, 12, 12)" in out
     assert out.count("computed") >= 9  # 3 methods x 3 folds, each over its held-out subjects' ceiling
-    assert data.read_rdm_names(tmp_path / "runs" / "mine-api" / "predicted.hdf5") == ("images", NATURAL)
+    assert read_rdm_names(tmp_path / "runs" / "mine-api" / "predicted.hdf5") == ("images", NATURAL)
     assert (tmp_path / "runs" / "mine-api" / "model.pt").is_file()

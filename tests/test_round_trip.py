@@ -13,7 +13,9 @@ import pytest
 from helpers import assert_one_line_error, run_cli
 from PIL import Image
 
-from siamrdm.io import data
+from siamrdm.io.images import load_image_set
+from siamrdm.io.rdmfiles import list_rdm_keys, load_rdm_dict, load_rdms, save_rdms
+from siamrdm.io.rsafiles import rdm_grouping, read_rdm_names
 from siamrdm.rdm import rdm_from_features, scoring, upper_tri
 
 N_IMAGES, SUBJECTS, SESSIONS = 12, 3, 2
@@ -41,7 +43,7 @@ def own(tmp_path_factory: pytest.TempPathFactory, set92: Path) -> dict[str, Path
     root = tmp_path_factory.mktemp("round-trip")
     folder = root / "images"
     folder.mkdir()
-    source = data.load_image_set(set92 / "92images")
+    source = load_image_set(set92 / "92images")
     features = []
     for k in range(N_IMAGES):
         image = Image.fromarray(source.images[7 * k])
@@ -68,8 +70,8 @@ def test_rsatoolbox_sessions_group_by_subject(own: dict[str, Path], capsys) -> N
     """The rsatoolbox file is read as 3 subjects with 2 RDMs each, as the .npy: the same array, the same
     ceilings through the CLI, the grouping said in one line. Read as 6 subjects, the lower ceiling differs."""
     array = np.load(own["npy"])
-    np.testing.assert_allclose(data.load_rdms(own["hdf5"]), array, atol=1e-12)
-    assert data.rdm_grouping(own["hdf5"]) == {"": "own.hdf5: 3 subjects x 2 RDMs each (grouped by 'subject')"}
+    np.testing.assert_allclose(load_rdms(own["hdf5"]), array, atol=1e-12)
+    assert rdm_grouping(own["hdf5"]) == {"": "own.hdf5: 3 subjects x 2 RDMs each (grouped by 'subject')"}
 
     ceilings = {}
     for form in ("npy", "hdf5"):
@@ -94,10 +96,10 @@ def test_siamrdm_writes_subjects_x_sessions_back(own: dict[str, Path], tmp_path:
     from rsatoolbox.rdm import load_rdm
 
     array = np.load(own["npy"])
-    path = data.save_rdms(tmp_path / "mine.hdf5", {"IT": array, "EVC": array[:, 0]},
-                          names=[f"{n}.png" for n in STEMS])
-    assert data.list_rdm_keys(path) == {"IT": (3, 2, 12, 12), "EVC": (3, 12, 12)}
-    back = data.load_rdm_dict(path)
+    path = save_rdms(tmp_path / "mine.hdf5", {"IT": array, "EVC": array[:, 0]},
+                     names=[f"{n}.png" for n in STEMS])
+    assert list_rdm_keys(path) == {"IT": (3, 2, 12, 12), "EVC": (3, 12, 12)}
+    back = load_rdm_dict(path)
     np.testing.assert_allclose(back["IT"], array, atol=1e-12)
     np.testing.assert_allclose(back["EVC"], array[:, 0], atol=1e-12)
     loaded = load_rdm(str(path), file_type="hdf5")
@@ -145,11 +147,11 @@ def test_round_trip_through_the_cli(own: dict[str, Path], tmp_path: Path, capsys
     pred = tmp_path / "pred.hdf5"
     code, out, err = run_cli(capsys, "predict", run / "model.pt", "--images", own["images"], "--out", pred)
     assert code == 0, err
-    assert data.read_rdm_names(pred) == ("images", STEMS)
-    predicted = data.load_rdms(pred, "IT")
+    assert read_rdm_names(pred) == ("images", STEMS)
+    predicted = load_rdms(pred, "IT")
 
     # score against each form of the target: the submission's key IT names the key-less target
-    mine = data.save_rdms(tmp_path / "mine.hdf5", {"IT": array}, names=[f"{n}.png" for n in STEMS])
+    mine = save_rdms(tmp_path / "mine.hdf5", {"IT": array}, names=[f"{n}.png" for n in STEMS])
     expected = scoring.score_submission({"IT": predicted}, {"IT": array}, permutations=0)["IT"]
     for target, extra in ((own["hdf5"], ()), (own["npy"], ()), (mine, ()), (own["npy"], ("--key", "IT")),
                           (own["hdf5"], ("--key", "IT", "--target-key", "IT")), (mine, ("--target-key", "IT"))):
@@ -199,7 +201,7 @@ def test_batch_images_take_square_rdms(own: dict[str, Path], tmp_path: Path, cap
     np.save(tmp_path / "condensed.npy", upper_tri(square))
     np.save(tmp_path / "square.npy", square)
     scipy.io.savemat(tmp_path / "square.mat", {"IT": square})
-    data.save_rdms(tmp_path / "square.hdf5", {"IT": square}, names=STEMS)
+    save_rdms(tmp_path / "square.hdf5", {"IT": square}, names=STEMS)
     opened = CondensedRDMs(tmp_path / "square.npy", N_IMAGES)
     np.testing.assert_array_equal(opened.block(0, 66), upper_tri(square))
     assert opened.subjects == SUBJECTS
@@ -234,7 +236,7 @@ def test_refusals(own: dict[str, Path], tmp_path: Path, capsys) -> None:
                               [1, 1, 2, 2, 3, 3], [1, 2, 1, 2, 1, 2])
     shuffled = write_rsatoolbox(tmp_path / "shuffled.hdf5", array.reshape(-1, 12, 12), STEMS[::-1],
                                 [1, 1, 2, 2, 3, 3], [1, 2, 1, 2, 1, 2])
-    keyed = data.save_rdms(tmp_path / "keyed.hdf5", {"IT": array[0, 0], "EVC": array[1, 0]}, names=STEMS)
+    keyed = save_rdms(tmp_path / "keyed.hdf5", {"IT": array[0, 0], "EVC": array[1, 0]}, names=STEMS)
     nan = array.copy()
     nan[0, 0, 1, 2] = nan[0, 0, 2, 1] = np.nan
     np.save(tmp_path / "nan.npy", nan)

@@ -30,8 +30,11 @@ from helpers import run_cli as run_main
 from PIL import Image
 
 from siamrdm import cli, train
-from siamrdm.io import data, files
-from siamrdm.io.data import DataError
+from siamrdm.errors import DataError
+from siamrdm.io import files
+from siamrdm.io.datasets import BrainDataset, load_algonauts_set
+from siamrdm.io.images import load_image_set
+from siamrdm.io.rdmfiles import save_rdms
 from siamrdm.rdm import scoring
 from siamrdm.train.predict import MODEL_FORMAT, RDMPredictor
 
@@ -70,8 +73,8 @@ def fitted_run(tmp_path_factory: pytest.TempPathFactory, own_data: tuple[str, ..
 
 
 @pytest.fixture(scope="module")
-def evc92(data_root: Path) -> data.BrainDataset:
-    return data.load_algonauts_set(data_root, "92", ("EVC",))
+def evc92(data_root: Path) -> BrainDataset:
+    return load_algonauts_set(data_root, "92", ("EVC",))
 
 
 def fast_config(**overrides) -> train.TrainConfig:
@@ -250,7 +253,7 @@ def test_challenge_rerun_needs_overwrite(capsys, tmp_path: Path, data_root: Path
     code, _, err = run_main(capsys, *args)
     assert code == 0, err
     # What an earlier run with MEG targets left (this run did EVC only): stale beside the new outputs.
-    data.save_rdms(out / "submit_meg.mat", {"MEG_RDMs_late": make_rdms(78)})
+    save_rdms(out / "submit_meg.mat", {"MEG_RDMs_late": make_rdms(78)})
     files.write_text(out / "MEG_late" / "seed0" / "log.csv", "epoch,loss\n1,0.1\n")
     before = snapshot(out)
 
@@ -359,7 +362,7 @@ def test_bad_predict_outputs_exit_2_and_write_nothing(capsys, tmp_path: Path, fi
 # --------------------------------------------------------------------------- 5. a NaN loss stops the run
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, evc92: data.BrainDataset) -> None:
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, evc92: BrainDataset) -> None:
     out = tmp_path / "run"
     trainer = train.Trainer(fast_config(), [train.subset(evc92, np.arange(10), "92-ten")], out_dir=out,
                             progress=False)
@@ -384,12 +387,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, evc92
 # --------------------------------------------------------------------------- 6. choosing the best epoch
 
 
-def test_best_epoch_without_a_ceiling_is_chosen_on_rho_mean(evc92: data.BrainDataset) -> None:
+def test_best_epoch_without_a_ceiling_is_chosen_on_rho_mean(evc92: BrainDataset) -> None:
     """Validation RDMs of one subject have no noise ceiling (pct_nc None): the best epoch is the one of the
     highest signed mean rho, which needs no ceiling; the untrained model (epoch 0) is one candidate among them,
     not the default (before, a missing ceiling left every epoch unchosen and kept it)."""
     val = train.subset(evc92, np.arange(50, 58), "92-val")
-    one_subject = data.BrainDataset("one-subject", val.images, {"EVC": val.targets["EVC"][:1]})
+    one_subject = BrainDataset("one-subject", val.images, {"EVC": val.targets["EVC"][:1]})
     result = train.fit(fast_config(frozen_epochs=3), [train.subset(evc92, np.arange(10), "92-ten")], [one_subject],
                        progress=False)
     assert [row["val_pct_nc"] for row in result.history] == [None, None, None, None]
@@ -411,7 +414,7 @@ def test_selection_score() -> None:
     assert train.selection_score({"a": {"r2": 0.3, "pct_nc": 9.0, "rho_mean": -0.99}}) > -math.inf
 
 
-def test_computed_ceiling_without_an_official_one(evc92: data.BrainDataset) -> None:
+def test_computed_ceiling_without_an_official_one(evc92: BrainDataset) -> None:
     """15 subjects of 8 images: no official ceiling for 8 images, so the computed one gives pct_nc."""
     val = train.subset(evc92, np.arange(50, 58), "92-val")
     assert scoring.official_noise_ceiling("EVC", 8) is None
@@ -456,7 +459,7 @@ def test_repeated_image_names_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "stimuli.mat"
     scipy.io.savemat(path, {"visual_stimuli": stimuli})
     with pytest.raises(DataError, match="'face' appears more than once"):
-        data.load_image_set(path)
+        load_image_set(path)
 
 
 def test_malformed_model_file_is_one_line(capsys, tmp_path: Path, set92: Path) -> None:
@@ -478,7 +481,7 @@ def test_computed_ceilings_are_cached_by_content(make_rdms) -> None:
     assert scoring.reference_ceiling("V4", a) == pytest.approx(scoring.noise_ceiling(a)[0])
 
 
-def test_a_prior_whose_weights_file_changed_is_refused(tmp_path: Path, evc92: data.BrainDataset) -> None:
+def test_a_prior_whose_weights_file_changed_is_refused(tmp_path: Path, evc92: BrainDataset) -> None:
     from siamrdm.model.backbones import create_body
     from siamrdm.train.predict import RDMPredictor, fit_predictor
 

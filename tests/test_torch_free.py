@@ -1,4 +1,4 @@
-"""`siamrdm.rdm.scoring`, `io.data` and `rdm.reliability` load without torch: `score`, `noise-ceiling` and the
+"""`siamrdm.rdm.scoring`, `io`'s readers and `rdm.reliability` load without torch: `score`, `noise-ceiling` and the
 reliability summary need no network (a subprocess whose import of torch fails)."""
 
 from __future__ import annotations
@@ -107,11 +107,11 @@ def test_training_help_still_has_its_deferred_options() -> None:
 def test_score_noise_ceiling_and_data_info_run_without_torch(tmp_path: Path, data_root: Path) -> None:
     """Real `score`, `noise-ceiling` and `data-info` on the Algonauts data, with torch blocked: each succeeds,
     prints its figures, and torch is never even tried."""
-    from siamrdm.io import data
+    from siamrdm.io.rdmfiles import load_rdm_dict, save_rdms
 
     target = data_root / "Training_Data" / "92_Image_Set" / "target_fmri.mat"
-    subjects = data.load_rdm_dict(target)
-    submission = data.save_rdms(tmp_path / "mean.mat", {k: v.mean(axis=0) for k, v in subjects.items()})
+    subjects = load_rdm_dict(target)
+    submission = save_rdms(tmp_path / "mean.mat", {k: v.mean(axis=0) for k, v in subjects.items()})
 
     out, report = run_without_torch("score", str(submission), "--target", str(target), "--permutations", "20",
                                     "--json")

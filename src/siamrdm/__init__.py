@@ -21,9 +21,9 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it.
 _API = {
     # images and RDM files
-    "load_image_set": "io.data", "load_rdms": "io.data", "load_rdm_dict": "io.data", "load_dataset": "io.data",
-    "read_image_order": "io.data", "save_rdms": "io.data", "ImageSet": "io.data", "BrainDataset": "io.data",
-    "DataError": "io.data",
+    "load_image_set": "io.images", "load_rdms": "io.rdmfiles", "load_rdm_dict": "io.rdmfiles",
+    "load_dataset": "io.datasets", "read_image_order": "io.images", "save_rdms": "io.rdmfiles", "ImageSet": "io.images",
+    "BrainDataset": "io.datasets", "DataError": "errors",
     # training and prediction
     "TrainConfig": "train.fullbatch", "config_from_preset": "train.fullbatch",
     "fit_predictor": "train.predict", "RDMPredictor": "train.predict",
@@ -32,7 +32,7 @@ _API = {
     "compare_rdms": "rdm.scoring", "COMPARISON_METHODS": "rdm.scoring", "score_condensed": "rdm.scoring",
     "noise_ceiling_condensed": "rdm.scoring", "score_submission": "rdm.scoring", "submission_frame": "rdm.scoring",
     "noise_ceilings": "rdm.scoring", "paired_test": "rdm.scoring", "paired_rows": "rdm.scoring",
-    "to_rsatoolbox": "io.data",
+    "to_rsatoolbox": "io.rsafiles",
     # baselines and evaluation
     "layer_rdms": "model.baselines", "evaluate_folds": "pipelines.evaluate",
     "run_fold_evaluation": "pipelines.evaluate",

@@ -18,9 +18,27 @@ from typing import NoReturn
 
 import numpy as np
 
-from .errors import ConfigError, printable
-from .io import data
+from .errors import ConfigError, DataError, printable
+from .io.arrayfiles import read_npy
+from .io.datasets import (
+    DATA_ENV_VAR,
+    IMAGE_SETS,
+    TARGET_NAMES,
+    TARGETS,
+    TRAINING_SETS,
+    BrainDataset,
+    describe_data_root,
+    load_algonauts_set,
+    load_dataset,
+    resolve_data_root,
+    target_file,
+    target_key,
+)
 from .io.files import json_safe
+from .io.images import ImageSet, load_image_set, natural_key, pattern_names, shown_names
+from .io.limits import check_read_size, check_real_dtype
+from .io.rdmfiles import check_rdm_keys, load_rdm_dict, load_rdms, save_rdms, validate_rdms
+from .io.rsafiles import check_rdm_names, read_rdm_names, take_notes
 from .io.tables import fmt
 from .rdm import reliability, scoring
 from .rdm.core import upper_tri
@@ -33,7 +51,7 @@ from .rdm.reliability import (
 )
 
 
-class UsageError(data.DataError):
+class UsageError(DataError):
     """A usage problem found after parsing (conflicting options); exits 2 like bad input."""
 
 
@@ -91,9 +109,9 @@ def _mapped_npy(path: str) -> np.ndarray | None:
     if Path(path).suffix.lower() != ".npy" or not Path(path).is_file():
         return None
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        return read_npy(path, mmap=True)
     except (ValueError, OSError, OverflowError) as exc:  # OverflowError: a header with a negative dimension
-        raise data.DataError(f"{path}: unreadable .npy file ({' '.join(str(exc).split())[:160]})") from None
+        raise DataError(f"{path}: unreadable .npy file ({' '.join(str(exc).split())[:160]})") from None
 
 
 def _condensed_subjects(path: str) -> np.ndarray | None:
@@ -104,31 +122,31 @@ def _condensed_subjects(path: str) -> np.ndarray | None:
         return None
     n = (1 + math.isqrt(1 + 8 * array.shape[1])) // 2
     if n * (n - 1) // 2 != array.shape[1] or n < 3:
-        raise data.DataError(f"{path}: {array.shape} {array.dtype} is neither square RDMs nor upper triangles "
-                             "(subjects, N(N-1)/2)")
-    data.check_real_dtype(array.dtype, path)  # integers and booleans are read as float64 a subject at a time
+        raise DataError(f"{path}: {array.shape} {array.dtype} is neither square RDMs nor upper triangles "
+                        "(subjects, N(N-1)/2)")
+    check_real_dtype(array.dtype, path)  # integers and booleans are read as float64 a subject at a time
     return array
 
 
 def _condensed_model(path: str, pairs: int) -> np.ndarray:
     """A model RDM for condensed subjects: its upper triangle (P,) or its square (N, N), in a .npy file."""
     if not Path(path).is_file():
-        raise data.DataError(f"{path}: no such file")
+        raise DataError(f"{path}: no such file")
     model = _mapped_npy(path)
     if model is None:
-        raise data.DataError(f"{path}: the subjects are upper triangles in a .npy file, so the model must be a .npy "
-                             "file too (its upper triangle, or its square RDM)")
-    data.check_real_dtype(model.dtype, path)
-    data.check_read_size(path, {"": model.shape})
+        raise DataError(f"{path}: the subjects are upper triangles in a .npy file, so the model must be a .npy "
+                        "file too (its upper triangle, or its square RDM)")
+    check_real_dtype(model.dtype, path)
+    check_read_size(path, {"": model.shape})
     if model.ndim == 2 and model.shape[0] == model.shape[1]:  # checked as any square RDM file is
-        model = upper_tri(data.validate_rdms(model, path, n_images=(1 + math.isqrt(1 + 8 * pairs)) // 2))
+        model = upper_tri(validate_rdms(model, path, n_images=(1 + math.isqrt(1 + 8 * pairs)) // 2))
     if model.shape != (pairs,):
-        raise data.DataError(f"{path}: model RDM has shape {model.shape} {model.dtype}; the subjects have {pairs} "
-                             "pairs (give its upper triangle, or its square RDM)")
+        raise DataError(f"{path}: model RDM has shape {model.shape} {model.dtype}; the subjects have {pairs} "
+                        "pairs (give its upper triangle, or its square RDM)")
     model = np.asarray(model, dtype=np.float64)
     if np.isfinite(model).all() and np.ptp(model) == 0:  # refused, as a square one is
-        raise data.DataError(f"{path}: the model RDM's upper triangle is constant (all dissimilarities "
-                             f"{model[0]:.3g}), so its Spearman correlation is undefined")
+        raise DataError(f"{path}: the model RDM's upper triangle is constant (all dissimilarities "
+                        f"{model[0]:.3g}), so its Spearman correlation is undefined")
     return model
 
 
@@ -141,9 +159,9 @@ def _blamed(submission: str, target: str):
     except ConfigError:
         raise
     except scoring.TargetError as exc:
-        raise data.DataError(f"{target}: {exc}") from None
+        raise DataError(f"{target}: {exc}") from None
     except ValueError as exc:
-        raise data.DataError(f"{submission}: {exc}") from None
+        raise DataError(f"{submission}: {exc}") from None
 
 
 def _chosen_key(keys: Sequence[str], key: str | None, flag: str, path: str) -> str | None:
@@ -198,12 +216,12 @@ def _score_result(args, method: str) -> dict:
         with _blamed(args.submission, args.target):
             return scoring.score_condensed_submission(
                 model, subjects, args.target_key or args.key or Path(args.target).stem, method)
-    targets = data.load_rdm_dict(args.target)
+    targets = load_rdm_dict(args.target)
     n_images = next(iter(targets.values())).shape[-1]
-    submission = data.load_rdm_dict(args.submission, n_images=n_images)
-    named = data.read_rdm_names(args.target)
+    submission = load_rdm_dict(args.submission, n_images=n_images)
+    named = read_rdm_names(args.target)
     if named is not None:  # both files name their images (rsatoolbox files): the same images, in the same order
-        data.check_rdm_names(args.submission, named[1], among=str(args.target), order_settable=False)
+        check_rdm_names(args.submission, named[1], among=str(args.target), order_settable=False)
     pairs = _paired_keys(args, list(submission), list(targets))
     chosen = {name: targets[t] for name, (_, t) in pairs.items()}
     if args.key is None and args.target_key is None:  # every target key is scored: one the submission lacks counts
@@ -261,13 +279,13 @@ def cmd_score(args) -> int:
 
 def cmd_noise_ceiling(args) -> int:
     subjects = _condensed_subjects(args.target)
-    targets = {Path(args.target).stem: subjects} if subjects is not None else data.load_rdm_dict(args.target)
+    targets = {Path(args.target).stem: subjects} if subjects is not None else load_rdm_dict(args.target)
     result = {}
     for key, rdms in targets.items():
         try:  # r2 (the challenge's unit) and rho as (lower, upper), rsatoolbox's
             ceiling = scoring.noise_ceilings(rdms, args.method, condensed=subjects is not None)
         except ValueError as exc:  # fewer than 2 subjects, or a constant mean RDM
-            raise data.DataError(f"{args.target}:{key}: {exc}") from None
+            raise DataError(f"{args.target}:{key}: {exc}") from None
         result[key or Path(args.target).stem] = {  # a key-less file: its stem
             "upper": ceiling.upper, "lower": ceiling.lower, "rho_lower": ceiling.rho_lower,
             "rho_upper": ceiling.rho_upper}
@@ -295,7 +313,7 @@ def _own_data_info(args) -> int:
         return 0
     images, rdms = info["images"], info["rdms"]
     order = "natural order" if images["order"] == "natural" else f"order from {printable(images['order'])}"
-    print(f"images: {images['count']} in {printable(images['source'])} ({data.shown_names(images['names'])}; {order})")
+    print(f"images: {images['count']} in {printable(images['source'])} ({shown_names(images['names'])}; {order})")
     names = rdms["names"]
     print(f"rdms: {printable(rdms['file'])}: " + (
         f"pattern descriptor '{names['descriptor']}' names the {names['count']} images, in the same order" if names
@@ -316,26 +334,26 @@ def _own_data_info(args) -> int:
 def cmd_data_info(args) -> int:
     if args.images or args.rdms or args.key or args.order:
         return _own_data_info(args)
-    info = data.describe_data_root(args.data)
+    info = describe_data_root(args.data)
     info["reliability"] = {}
-    root = data.resolve_data_root(args.data)
+    root = resolve_data_root(args.data)
     unread = []  # files that are there, with the key, of a size to read, that fit could not use: wrong values
-    for name in data.TRAINING_SETS:  # what can be read within the memory limit; the rest says why not
+    for name in TRAINING_SETS:  # what can be read within the memory limit; the rest says why not
         if name in info["sets"]:
-            for target in data.TARGET_NAMES:
-                key = data.TARGETS[target][1]
+            for target in TARGET_NAMES:
+                key = TARGETS[target][1]
                 try:  # a missing file or key (a root of some targets only), or too large to read here: noted only
-                    path = data.target_file(root / data.IMAGE_SETS[name][0], target)
+                    path = target_file(root / IMAGE_SETS[name][0], target)
                     shape = info["sets"][name]["rdm_files"].get(path.name, {}).get(key)
                     if shape is None:
-                        raise data.DataError(f"{path}: no key {key} (needed for target {target})")
-                    data.check_read_size(path, {key: tuple(shape)})
-                except data.DataError as exc:
+                        raise DataError(f"{path}: no key {key} (needed for target {target})")
+                    check_read_size(path, {key: tuple(shape)})
+                except DataError as exc:
                     info["reliability"][f"{name}/{target}"] = {"not_measured": str(exc)}
                     continue
                 try:
-                    rdms = data.load_rdms(path, key)
-                except data.DataError as exc:
+                    rdms = load_rdms(path, key)
+                except DataError as exc:
                     info["reliability"][f"{name}/{target}"] = {"not_measured": str(exc)}
                     unread.append(str(exc))
                     continue
@@ -400,15 +418,15 @@ def _list_option(value: str | None, flag: str, allowed: Sequence[str] | None = N
 def _check_sets(flag: str, names: tuple[str, ...]) -> tuple[str, ...]:
     """Algonauts sets to train or validate on: the training sets; the 78 test images have no RDMs."""
     for name in names:
-        if name not in data.TRAINING_SETS:
-            test = " is the test set, which has no RDMs" if name in data.IMAGE_SETS else ": no such training set"
-            raise UsageError(f"{flag}: {name}{test} (training sets: {', '.join(data.TRAINING_SETS)})")
+        if name not in TRAINING_SETS:
+            test = " is the test set, which has no RDMs" if name in IMAGE_SETS else ": no such training set"
+            raise UsageError(f"{flag}: {name}{test} (training sets: {', '.join(TRAINING_SETS)})")
     return names
 
 
 def _targets(args, default: tuple[str, ...]) -> tuple[str, ...]:
     """--targets: Algonauts targets, each once."""
-    return _list_option(args.targets, "--targets", data.TARGET_NAMES, default, what="targets")
+    return _list_option(args.targets, "--targets", TARGET_NAMES, default, what="targets")
 
 
 def _add_training_options(p: _Parser) -> None:
@@ -552,7 +570,7 @@ def _input_size(args) -> int | None:
     return size if MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE else None
 
 
-def _own_dataset(args, size: int | None = None) -> data.BrainDataset | None:
+def _own_dataset(args, size: int | None = None) -> BrainDataset | None:
     """Your own data from --images, --rdms, --key (and --order), or None when none of them is given; images
     reduced as read for a network of input `size`."""
     if not (args.images or args.rdms):
@@ -561,7 +579,7 @@ def _own_dataset(args, size: int | None = None) -> data.BrainDataset | None:
         return None
     if not (args.images and args.rdms and args.key):
         raise UsageError("your own data needs all of --images DIR, --rdms FILE and --key KEY")
-    return data.load_dataset(args.images, args.rdms, args.key, order=args.order, size=size)
+    return load_dataset(args.images, args.rdms, args.key, order=args.order, size=size)
 
 
 def _training_datasets(args) -> tuple[list, list, tuple[str, ...], list[str] | None]:
@@ -582,15 +600,15 @@ def _training_datasets(args) -> tuple[list, list, tuple[str, ...], list[str] | N
         targets: tuple[str, ...] = (args.key,)
     else:
         targets = _targets(args, ("EVC",))
-        names = _check_sets("--sets", _list_option(args.sets, "--sets", default=data.TRAINING_SETS, what="sets"))
+        names = _check_sets("--sets", _list_option(args.sets, "--sets", default=TRAINING_SETS, what="sets"))
         if args.val_set:  # checked before any set is read
             _check_sets("--val-set", (args.val_set,))
-        train = [data.load_algonauts_set(args.data, name, targets, size) for name in names]
+        train = [load_algonauts_set(args.data, name, targets, size) for name in names]
     val = []
     if args.val_set:
         if args.images:
             raise UsageError("--val-set works with the Algonauts sets; use --val-fraction with your own data")
-        val = [data.load_algonauts_set(args.data, args.val_set, targets, size)]
+        val = [load_algonauts_set(args.data, args.val_set, targets, size)]
         train = [d for d in train if d.name != args.val_set]
     elif args.val_fraction:
         split = [split_holdout(d, args.val_fraction, 0) for d in train]
@@ -629,7 +647,7 @@ def _validation_scores(predictor, val: list, targets: tuple[str, ...]) -> dict:
         predicted = predictor.predict(dataset.images)
         for target in targets:
             subjects, rdm = dataset.targets[target], predicted[target]
-            row = scoring.score_row(scoring.spearman_rhos(rdm, subjects), data.target_key(target, dataset.official),
+            row = scoring.score_row(scoring.spearman_rhos(rdm, subjects), target_key(target, dataset.official),
                                     subjects, model_rdm=rdm, permutations=None)
             info = {"images": len(dataset), "best_val_score_is": BEST_VAL_SCORE_IS, **row}
             if row["ceiling_source"] is None:
@@ -702,7 +720,7 @@ def _fit_externals(args, train: list, val: list, targets: tuple[str, ...], order
     names: dict[str, set[str]] = {}
     for dataset in [*train, *val]:  # '92-train' and '92-val' are the 92 set
         names.setdefault(dataset.name.split("-")[0], set()).update(dataset.images.names)
-    sets = [data.BrainDataset(name, data.ImageSet(sorted(found, key=data.natural_key), [None] * len(found), Path()))
+    sets = [BrainDataset(name, ImageSet(sorted(found, key=natural_key), [None] * len(found), Path()))
             for name, found in names.items()]
     return bind_to_sets(externals, sets)
 
@@ -774,7 +792,7 @@ def _cmd_fit_large(args) -> int:
         keyed = Path(args.rdms).suffix.lower() != ".npy"  # a .npy holds one array: --key names it
         targets = {args.key: CondensedRDMs(args.rdms, len(images), args.key if keyed else None)}
         if isinstance(images, FolderImages):  # an rsatoolbox file that names its images must name these
-            data.check_rdm_names(args.rdms, images.names, among=str(args.images))
+            check_rdm_names(args.rdms, images.names, among=str(args.images))
         if ranks.main:  # measured on a sample of the images: ranking every pair of a large set would cost more
             sample = np.random.default_rng(0).permutation(len(images))[:SAMPLE_IMAGES]
             reliability = target_reliability(targets[args.key].sample(sample))
@@ -810,15 +828,15 @@ def cmd_predict(args) -> int:
     if suffix == ".npy" and len(predictor.targets) != 1:
         raise UsageError(f"{args.out}: .npy holds one RDM but the model predicts {len(predictor.targets)}; use .mat")
     if suffix != ".npy":  # before the images are read and predicted: every key must be one the file can hold
-        data.check_rdm_keys(args.out, [predictor.output_keys.get(t, t) for t in predictor.targets])
-    images = data.load_image_set(args.images, args.order, size=predictor.config.image_size)  # reduced as read
+        check_rdm_keys(args.out, [predictor.output_keys.get(t, t) for t in predictor.targets])
+    images = load_image_set(args.images, args.order, size=predictor.config.image_size)  # reduced as read
     try:
         rdms = predictor.predict(images)
-    except data.DataError as exc:
-        raise data.DataError(f"{args.model}: {exc}") from None
+    except DataError as exc:
+        raise DataError(f"{args.model}: {exc}") from None
     keyed = {predictor.output_keys.get(t, t): rdm for t, rdm in rdms.items()}
-    path = data.save_rdms(args.out, keyed, names=data.pattern_names(images.names),  # obj1.png as 'obj1'
-                          replace_existing=args.overwrite)  # a file that appeared meanwhile is not lost
+    path = save_rdms(args.out, keyed, names=pattern_names(images.names),  # obj1.png as 'obj1'
+                     replace_existing=args.overwrite)  # a file that appeared meanwhile is not lost
     print(f"wrote {path}: {', '.join(keyed)} ({len(images)} x {len(images)}); the model's "
           f"{purpose_text(predictor.config.per_image)}")
     return 0
@@ -845,7 +863,7 @@ def cmd_challenge(args) -> int:
     from .pipelines.challenge import run_challenge
     from .pipelines.external import check_specs, load_external
 
-    targets = _targets(args, data.TARGET_NAMES)
+    targets = _targets(args, TARGET_NAMES)
     _check_range("--jobs", args.jobs, 1, _max_parallel())
     seeds = _seeds(args)
     _default_per_image(args, own_data=False)
@@ -899,7 +917,7 @@ def _add_foundation_commands(sub) -> None:
 
     p = sub.add_parser("data-info", help="the image sets, image counts and RDM keys under a data root, or your own "
                        "images and RDM file checked against each other (--images, --rdms)")
-    p.add_argument("--data", help=f"data root (default: ${data.DATA_ENV_VAR})")
+    p.add_argument("--data", help=f"data root (default: ${DATA_ENV_VAR})")
     p.add_argument("--images", help="your own data: a folder of images (with --rdms), checked as fit reads it")
     p.add_argument("--rdms", help="your own data: the RDM file to check against --images")
     p.add_argument("--key", help="your own data: the key in --rdms (default: every key)")
@@ -909,7 +927,7 @@ def _add_foundation_commands(sub) -> None:
 
 
 def _add_dataset_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
+    p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${DATA_ENV_VAR})")
     p.add_argument("--targets", help="comma-separated: EVC, IT, MEG_early, MEG_late (default: EVC)")
     p.add_argument("--sets", help="training image sets (default: 92,118)")
     p.add_argument("--val-set", help="an Algonauts set held out for validation (e.g. 118)")
@@ -965,7 +983,7 @@ def _add_model_commands(sub) -> None:
     p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("challenge", help="train on 92 + 118, predict the 78 test images, write submissions")
-    p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
+    p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${DATA_ENV_VAR})")
     p.add_argument("--targets", help="comma-separated (default: all four)")
     _add_external_options(p)
     _add_training_options(p)
@@ -979,7 +997,7 @@ def _add_model_commands(sub) -> None:
 
 
 def _analysis_targets(args) -> tuple[str, ...]:
-    return _targets(args, data.TARGET_NAMES)
+    return _targets(args, TARGET_NAMES)
 
 
 def _print_evaluation(evaluation, args, paths: dict | None, seconds: float) -> None:
@@ -1029,7 +1047,7 @@ def _cmd_baseline(args, method: str) -> int:
             if exc.option != "backbone":
                 raise
             raise UsageError(f"--backbones: {exc.problem}") from None
-    sets = [data.load_algonauts_set(args.data, name, targets) for name in data.TRAINING_SETS]
+    sets = [load_algonauts_set(args.data, name, targets) for name in TRAINING_SETS]
     out = _out_dir(args.out, args.overwrite) if args.out is not None else None
     with run_folder(out, "baseline", run_mode(args.overwrite)) if out else contextlib.nullcontext():
         if bodies:
@@ -1051,7 +1069,7 @@ def cmd_baseline_regression(args) -> int:
     return _cmd_baseline(args, "regression")
 
 
-def _check_folds(dataset: data.BrainDataset, folds: int, seed: int) -> None:
+def _check_folds(dataset: BrainDataset, folds: int, seed: int) -> None:
     """--folds checked before any work or file: each fold needs at least 3 images."""
     from .rdm.splits import fold_indices
 
@@ -1106,7 +1124,7 @@ def cmd_evaluate(args) -> int:
         _check_folds(own, folds, args.fold_seed)
         externals = tuple(e.bind(own.images.names) for e in externals)
     else:  # the sets are read (and refused) before the run folder exists
-        sets = [data.load_algonauts_set(args.data, name, targets, config.image_size) for name in data.TRAINING_SETS]
+        sets = [load_algonauts_set(args.data, name, targets, config.image_size) for name in TRAINING_SETS]
         externals = tuple(bind_to_sets(externals, sets))
     out = _out_dir(args.out, args.overwrite)
     loaded = [own] if own is not None else sets  # the line after every check: bad input stays one line on stderr
@@ -1144,7 +1162,7 @@ def cmd_report(args) -> int:
 
 def _baseline_options(q: argparse.ArgumentParser, func: Callable) -> None:
     """A baseline kind's options (added when it is parsed: --backbone's choices come from a torch-using module)."""
-    q.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
+    q.add_argument("--data", help=f"Algonauts 2019 data root (default: ${DATA_ENV_VAR})")
     q.add_argument("--targets", help="comma-separated (default: EVC,IT,MEG_early,MEG_late)")
     _backbone_argument(q, default=None, help="network (default: efficientnet_lite0)")
     q.add_argument("--backbones", metavar="A,B,...", help="compare several bodies (registered, timm:NAME, "
@@ -1172,7 +1190,7 @@ def _add_analysis_commands(sub) -> None:
 
     p = sub.add_parser("evaluate", help="cross-set validation of every method and target (or image folds of your "
                        "own data): table and plots")
-    p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
+    p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${DATA_ENV_VAR})")
     _add_own_data_options(p)
     p.add_argument("--folds", type=int, help="your own data: image folds to cross-validate over (default: 5)")
     p.add_argument("--fold-seed", type=int, default=0, help="seed of the split into folds (default: 0)")
@@ -1211,7 +1229,7 @@ def cmd_bodies(args) -> int:
         if described:
             try:
                 spec = backbones.backbone_spec(name)
-            except data.DataError as exc:  # a model the library cannot cut into stages
+            except DataError as exc:  # a model the library cannot cut into stages
                 row["problem"] = str(exc)
             else:
                 row.update(default_stage=spec.default_stage, image_size=spec.image_size,
@@ -1306,7 +1324,7 @@ def _add_bench_commands(sub) -> None:
 
 
 def _bench_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${data.DATA_ENV_VAR})")
+    p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${DATA_ENV_VAR})")
     p.add_argument("--images", type=int, help="use this many of the 92 + 118 training images (default: all 210)")
     _backbone_argument(p)
     p.add_argument("--stage", help="backbone stage that feeds the head (default: the backbone's)")
@@ -1396,8 +1414,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_notes() -> None:
-    """How the input files were read (data.take_notes), on stderr: once the input is read and checked."""
-    for note in data.take_notes():
+    """How the input files were read (rsafiles.take_notes), on stderr: once the input is read and checked."""
+    for note in take_notes():
         print(f"siamrdm: {printable(note)}", file=sys.stderr, flush=True)
 
 
@@ -1410,7 +1428,7 @@ def _error_line(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    data.take_notes(reset=True)  # notes of an earlier command in this process are not this one's
+    take_notes(reset=True)  # notes of an earlier command in this process are not this one's
     stdout, sys.stdout = sys.stdout, _CheckedStdout(sys.stdout)
     try:
         return _run(args)
@@ -1428,7 +1446,7 @@ def _run(args) -> int:
     except ConfigError as exc:  # a setting: named by its command-line flag
         _error_line(f"{_flag(exc.option)}: {exc.problem}")
         return 2
-    except data.DataError as exc:
+    except DataError as exc:
         _error_line(str(exc))
         return 2
     except KeyboardInterrupt:  # Ctrl-C: 128 + SIGINT, as shells report it (1 is for defects)

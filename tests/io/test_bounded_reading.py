@@ -30,7 +30,13 @@ from helpers import assert_one_line_error, mark_run, run_cli
 from PIL import Image
 
 from siamrdm import cli  # noqa: F401  (imported before tracing, so imports are not counted)
-from siamrdm.io import data
+from siamrdm.errors import DataError
+from siamrdm.io import limits
+from siamrdm.io.arrayfiles import mat_variables
+from siamrdm.io.images import load_image_set, read_image_order
+from siamrdm.io.limits import MAX_IMAGE_PIXELS, MAX_READ_BYTES, available_memory, check_read_size, read_limit
+from siamrdm.io.rdmfiles import list_rdm_keys, load_rdm_dict, load_rdms
+from siamrdm.io.rsafiles import read_rdm_names
 from siamrdm.pipelines import report  # noqa: F401
 from siamrdm.rdm import upper_tri
 from siamrdm.train.largeset import CondensedRDMs, open_image_store
@@ -122,16 +128,16 @@ def test_rsatoolbox_values_kept_outside_the_file_are_refused(tmp_path: Path, mak
     with h5py.File(vectors, "w") as f:
         _store_outside(f, "dissimilarities", upper_tri(rdms), kind, tmp_path)
         f.create_group("pattern_descriptors")
-    with pytest.raises(data.DataError) as info:
-        data.load_rdms(vectors)
+    with pytest.raises(DataError) as info:
+        load_rdms(vectors)
     assert_one_line_error(f"siamrdm: error: {info.value}", str(vectors), "dissimilarities", OUTSIDE_WORDS[kind])
     names = tmp_path / "names.hdf5"
     with h5py.File(names, "w") as f:
         f["dissimilarities"] = upper_tri(rdms)
         _store_outside(f.create_group("pattern_descriptors"), "images", np.array([b"a", b"b", b"c", b"d", b"e"]),
                        kind, tmp_path)
-    with pytest.raises(data.DataError) as info:
-        data.read_rdm_names(names)
+    with pytest.raises(DataError) as info:
+        read_rdm_names(names)
     assert_one_line_error(f"siamrdm: error: {info.value}", str(names), "images", OUTSIDE_WORDS[kind])
 
 
@@ -140,13 +146,13 @@ def test_large_set_hdf5_kept_outside_the_file_is_refused(tmp_path: Path, kind: s
     rdms = tmp_path / "rdms.h5"
     with h5py.File(rdms, "w") as f:
         _store_outside(f, "EVC", np.random.default_rng(0).random((2, 10)), kind, tmp_path)
-    with pytest.raises(data.DataError) as info:
+    with pytest.raises(DataError) as info:
         CondensedRDMs(rdms, 5)
     assert_one_line_error(f"siamrdm: error: {info.value}", str(rdms), "EVC", OUTSIDE_WORDS[kind])
     images = tmp_path / "images.h5"
     with h5py.File(images, "w") as f:
         _store_outside(f, "images", np.full((3, 8, 8, 3), 200, np.uint8), kind, tmp_path)
-    with pytest.raises(data.DataError) as info:
+    with pytest.raises(DataError) as info:
         open_image_store(images)
     assert_one_line_error(f"siamrdm: error: {info.value}", str(images), "images", OUTSIDE_WORDS[kind])
 
@@ -158,7 +164,7 @@ def test_virtual_image_store_over_a_missing_file_is_refused(tmp_path: Path) -> N
         layout = h5py.VirtualLayout((3, 8, 8, 3), np.uint8)
         layout[...] = h5py.VirtualSource(str(tmp_path / "gone.h5"), "images", (3, 8, 8, 3))
         f.create_virtual_dataset("images", layout, fillvalue=0)
-    with pytest.raises(data.DataError, match=r"images\.h5: dataset '/images' is a virtual dataset"):
+    with pytest.raises(DataError, match=r"images\.h5: dataset '/images' is a virtual dataset"):
         open_image_store(images)
 
 
@@ -195,13 +201,13 @@ def test_inputs_that_are_not_regular_files_are_refused_unopened(capsys, tmp_path
         code, _, err = run_cli(capsys, *args)
         assert code == 2
         assert_one_line_error(err, str(named), "not a regular file")
-    with pytest.raises(data.DataError, match=r"pipe\.npy: not a regular file"):
-        data.load_image_set(fifo)
-    with pytest.raises(data.DataError, match=r"pipe\.npy: not a regular file"):
-        data.read_image_order(fifo)
+    with pytest.raises(DataError, match=r"pipe\.npy: not a regular file"):
+        load_image_set(fifo)
+    with pytest.raises(DataError, match=r"pipe\.npy: not a regular file"):
+        read_image_order(fifo)
     images = tmp_path / "images.h5"
     os.mkfifo(images)
-    with pytest.raises(data.DataError, match=r"images\.h5: not a regular file"):
+    with pytest.raises(DataError, match=r"images\.h5: not a regular file"):
         open_image_store(images)
 
 
@@ -279,16 +285,16 @@ def test_huge_shapes_are_refused_from_headers(capsys, tmp_path: Path, make_rdms,
 
 
 def test_the_limit_is_the_memory_available_when_that_is_less(monkeypatch) -> None:
-    monkeypatch.setattr(data, "available_memory", lambda: 2**30)
-    with pytest.raises(data.DataError, match=r"x\.npy: reading shape \(200, 1000, 1000\) needs 1,600,000,000 bytes "
+    monkeypatch.setattr(limits, "available_memory", lambda: 2**30)
+    with pytest.raises(DataError, match=r"x\.npy: reading shape \(200, 1000, 1000\) needs 1,600,000,000 bytes "
                                              r"\(1\.5 GiB\) as float64, more than the 1\.0 GiB of memory available"):
-        data.check_read_size("x.npy", {"": (200, 1000, 1000)})
-    assert data.read_limit()[0] == 2**30
-    monkeypatch.setattr(data, "available_memory", lambda: None)
-    assert data.read_limit()[0] == data.MAX_READ_BYTES
+        check_read_size("x.npy", {"": (200, 1000, 1000)})
+    assert read_limit()[0] == 2**30
+    monkeypatch.setattr(limits, "available_memory", lambda: None)
+    assert read_limit()[0] == MAX_READ_BYTES
     monkeypatch.undo()
     if sys.platform == "linux":  # read from /proc/meminfo
-        assert data.available_memory() > 0
+        assert available_memory() > 0
 
 
 def test_a_huge_lazily_stored_descriptor_is_refused_unread(tmp_path: Path, make_rdms) -> None:
@@ -298,13 +304,13 @@ def test_a_huge_lazily_stored_descriptor_is_refused_unread(tmp_path: Path, make_
         f["dissimilarities"] = upper_tri(rdms)
         f.create_group("rdm_descriptors").create_dataset("subject", (10**8,), "i8", chunks=(10**5,))
         f.create_group("pattern_descriptors").create_dataset("images", (10**8,), "S8", chunks=(10**5,))
-    with allocating_little(), pytest.raises(data.DataError) as info:
-        data.load_rdms(path)
+    with allocating_little(), pytest.raises(DataError) as info:
+        load_rdms(path)
     assert_one_line_error(f"siamrdm: error: {info.value}", str(path), "subject", "(100000000,)", "2 RDMs")
     with h5py.File(path, "a") as f:
         del f["rdm_descriptors"]
-    with allocating_little(), pytest.raises(data.DataError) as info:
-        data.read_rdm_names(path)
+    with allocating_little(), pytest.raises(DataError) as info:
+        read_rdm_names(path)
     assert_one_line_error(f"siamrdm: error: {info.value}", str(path), "images", "(100000000,)", "5 patterns")
 
 
@@ -323,10 +329,10 @@ def test_only_the_key_asked_for_is_read(tmp_path: Path, make_rdms) -> None:
             np.lib.format.write_array(member, rdms)
     for path in (mat, npz):
         with allocating_little():
-            np.testing.assert_array_equal(data.load_rdms(path, "IT_RDMs"), rdms)
-            assert data.list_rdm_keys(path) == {"EVC_RDMs": HUGE, "IT_RDMs": (2, 6, 6)}
-        with pytest.raises(data.DataError, match=r"'EVC_RDMs' \(15, 16000, 16000\) needs 30,720,000,576 bytes"):
-            data.load_rdm_dict(path)
+            np.testing.assert_array_equal(load_rdms(path, "IT_RDMs"), rdms)
+            assert list_rdm_keys(path) == {"EVC_RDMs": HUGE, "IT_RDMs": (2, 6, 6)}
+        with pytest.raises(DataError, match=r"'EVC_RDMs' \(15, 16000, 16000\) needs 30,720,000,576 bytes"):
+            load_rdm_dict(path)
 
 
 def test_v5_headers_are_read_without_decompressing(tmp_path: Path, make_rdms) -> None:
@@ -337,11 +343,11 @@ def test_v5_headers_are_read_without_decompressing(tmp_path: Path, make_rdms) ->
         path = tmp_path / f"v5_{compressed}.mat"
         scipy.io.savemat(path, values, do_compression=compressed)
         assert {name: (shape, kind) for name, shape, kind in scipy.io.whosmat(path)} == {
-            name: (v.shape, v.kind) for name, v in data._mat_variables(path).items()}
-        assert list(data.list_rdm_keys(path)) == list(values)
-        np.testing.assert_array_equal(data.load_rdms(path, "EVC_RDMs"), values["EVC_RDMs"])
-        with pytest.raises(data.DataError, match=r"v5_\w+\.mat:info: a MATLAB struct array, not a numeric array"):
-            data.load_rdms(path, "info")
+            name: (v.shape, v.kind) for name, v in mat_variables(path).items()}
+        assert list(list_rdm_keys(path)) == list(values)
+        np.testing.assert_array_equal(load_rdms(path, "EVC_RDMs"), values["EVC_RDMs"])
+        with pytest.raises(DataError, match=r"v5_\w+\.mat:info: a MATLAB struct array, not a numeric array"):
+            load_rdms(path, "info")
 
 
 # --------------------------------------------------------------------------- 3. data-info
@@ -373,8 +379,8 @@ def test_image_names_that_are_not_utf8_are_refused(capsys, tmp_path: Path) -> No
         Image.new("RGB", (4, 4)).save(folder / f"image_{k}.png")
     with open(os.path.join(os.fsencode(folder), b"caf\xe9.png"), "wb") as f:
         Image.new("RGB", (4, 4)).save(f, format="PNG")
-    for read in (data.load_image_set, open_image_store):
-        with pytest.raises(data.DataError) as info:
+    for read in (load_image_set, open_image_store):
+        with pytest.raises(DataError) as info:
             read(folder)
         assert_one_line_error(f"siamrdm: error: {info.value}", str(folder), "caf\\xe9.png", "not valid UTF-8")
     root = tmp_path / "root" / "Test_Data"
@@ -407,18 +413,18 @@ def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path: Path,
         Image.new("RGB", (4, 4)).save(folder / f"image_{k}.png")
     big = _black_png(folder / "big.png", side, side)
     assert big.stat().st_size < 2**20
-    with warnings.catch_warnings(), allocating_little(), pytest.raises(data.DataError) as info:
+    with warnings.catch_warnings(), allocating_little(), pytest.raises(DataError) as info:
         warnings.simplefilter("error")  # no DecompressionBombWarning besides the error
-        data.load_image_set(folder)
+        load_image_set(folder)
     assert_one_line_error(f"siamrdm: error: {info.value}", str(big), f"{side} x {side} pixels", "64,000,000")
-    assert data.MAX_IMAGE_PIXELS == 64_000_000
+    assert MAX_IMAGE_PIXELS == 64_000_000
 
 
 def test_hdf5_images_over_the_pixel_limit_are_refused(tmp_path: Path) -> None:
     images = tmp_path / "images.h5"
     with h5py.File(images, "w") as f:
         f.create_dataset("images", (3, 9_000, 9_000, 3), np.uint8, chunks=(1, 100, 100, 3))
-    with pytest.raises(data.DataError, match=r"images\.h5:images: image of 9000 x 9000 pixels, more than the limit"):
+    with pytest.raises(DataError, match=r"images\.h5:images: image of 9000 x 9000 pixels, more than the limit"):
         open_image_store(images)
 
 
@@ -549,13 +555,13 @@ def test_compressed_values_partly_never_written_are_refused_and_real_files_pass(
     with h5py.File(path, "w") as f:
         f.create_dataset("dissimilarities", data=upper_tri(rdms), compression="gzip", chunks=(1, 124_750))
         f.create_group("pattern_descriptors")
-    np.testing.assert_allclose(data.load_rdms(path), rdms)
+    np.testing.assert_allclose(load_rdms(path), rdms)
     with h5py.File(path, "w") as f:  # the first RDM written, the 19 others never
         f.create_dataset("dissimilarities", (20, 124_750), "f8", compression="gzip", chunks=(1, 124_750))
         f["dissimilarities"][0] = upper_tri(rdms[0])
         f.create_group("pattern_descriptors")
-    with pytest.raises(data.DataError) as info:
-        data.load_rdm_dict(path)
+    with pytest.raises(DataError) as info:
+        load_rdm_dict(path)
     assert_one_line_error(f"siamrdm: error: {info.value}", str(path), "stores only 1 of its 20 chunks")
 
 
@@ -564,7 +570,7 @@ def test_an_image_store_declaring_ten_million_images_is_refused_unread(tmp_path:
     images = tmp_path / "images.h5"
     with h5py.File(images, "w") as f:
         f.create_dataset("images", (10_000_000, 8, 8, 3), np.uint8, chunks=(1_000, 8, 8, 3))
-    with allocating_little(), pytest.raises(data.DataError) as info:
+    with allocating_little(), pytest.raises(DataError) as info:
         open_image_store(images)
     assert_one_line_error(f"siamrdm: error: {info.value}", str(images), "(10000000, 8, 8, 3)",
                           "stores only 0 of its 10,000 chunks")

@@ -10,8 +10,19 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from siamrdm.io import data
-from siamrdm.io.data import DataError
+from siamrdm.errors import DataError
+from siamrdm.io.datasets import (
+    DATA_ENV_VAR,
+    BrainDataset,
+    describe_data_root,
+    load_algonauts_set,
+    resolve_data_root,
+    target_file,
+    target_key,
+)
+from siamrdm.io.images import load_image_set
+from siamrdm.io.rdmfiles import list_rdm_keys, load_rdm_dict, load_rdms, save_rdms, validate_rdms
+from siamrdm.rdm.core import group_average, subject_rdms
 
 
 def _assert_error(exc_info: pytest.ExceptionInfo, *parts: str) -> str:
@@ -34,7 +45,7 @@ def test_fmri_v73_matches_h5py_transposed(set92: Path, set118: Path) -> None:
             raw = {key: f[key][()] for key in ("EVC_RDMs", "IT_RDMs")}
         for key, value in raw.items():
             assert value.shape == (n, n, 15)  # h5py: MATLAB's axes reversed
-            rdms = data.load_rdms(path, key, n_images=n)
+            rdms = load_rdms(path, key, n_images=n)
             assert rdms.shape == (15, n, n)
             assert rdms.dtype == np.float64
             np.testing.assert_array_equal(rdms, value.transpose())
@@ -49,7 +60,7 @@ def test_meg_windowavg_v5(set92: Path, set118: Path) -> None:
         path = set_dir / "target_meg_windowavg.mat"
         assert not h5py.is_hdf5(path)
         raw = scipy.io.loadmat(path)
-        rdms = data.load_rdm_dict(path, n_images=n)
+        rdms = load_rdm_dict(path, n_images=n)
         assert set(rdms) == {"MEG_RDMs_early", "MEG_RDMs_late"}
         for key, value in rdms.items():
             assert value.shape == (15, n, n)
@@ -63,17 +74,17 @@ def test_example_submissions_v73(test_dir: Path) -> None:
     ):
         path = test_dir / name
         assert h5py.is_hdf5(path)
-        rdms = data.load_rdm_dict(path, n_images=78)
+        rdms = load_rdm_dict(path, n_images=78)
         assert set(rdms) == keys
-        assert data.list_rdm_keys(path) == {key: (78, 78) for key in keys}
+        assert list_rdm_keys(path) == {key: (78, 78) for key in keys}
         with h5py.File(path, "r") as f:
             for key in keys:
                 np.testing.assert_array_equal(rdms[key], f[key][()].transpose())
 
 
 def test_stimulus_mat_pixels_equal_jpgs(set92: Path) -> None:
-    from_mat = data.load_image_set(set92 / "92images.mat")
-    from_jpgs = data.load_image_set(set92 / "92images")
+    from_mat = load_image_set(set92 / "92images.mat")
+    from_jpgs = load_image_set(set92 / "92images")
     assert len(from_mat) == len(from_jpgs) == 92
     assert from_mat.names == from_jpgs.names == [f"image_{i:02d}.jpg" for i in range(1, 93)]
     for a, b in zip(from_mat.images, from_jpgs.images, strict=True):
@@ -84,10 +95,10 @@ def test_stimulus_mat_pixels_equal_jpgs(set92: Path) -> None:
 
 
 def test_image_folders_sorted_by_name(data_root: Path, set118: Path) -> None:
-    images = data.load_image_set(set118 / "118images")
+    images = load_image_set(set118 / "118images")
     assert images.names == [f"image_{i:03d}.jpg" for i in range(1, 119)]
     assert {img.shape for img in images.images} == {(300, 300, 3)}
-    test_images = data.load_image_set(data_root / "Test_Data" / "78images")
+    test_images = load_image_set(data_root / "Test_Data" / "78images")
     assert test_images.names == sorted(test_images.names) and len(test_images) == 78
     assert all(img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8 for img in test_images.images)
 
@@ -99,7 +110,7 @@ def test_image_folder_order_and_formats(tmp_path: Path) -> None:
     Image.new("L", (6, 4), 40).save(tmp_path / "d.png")  # greyscale comes out as RGB
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "sub.jpg").mkdir()  # a folder named like an image is not one
-    images = data.load_image_set(tmp_path)
+    images = load_image_set(tmp_path)
     assert images.names == ["a.JPG", "b.bmp", "c.png", "d.png"]
     assert all(img.shape == (4, 6, 3) for img in images.images)
     assert [int(img[0, 0, 0]) for img in images.images[1:]] == [20, 30, 40]  # lossless formats
@@ -119,7 +130,7 @@ def test_16_bit_png_scaled_by_its_range(tmp_path: Path) -> None:
     grey8 = (grey16 >> 8).astype(np.uint8)  # the same picture at 8 bits
     Image.fromarray(grey8).save(tmp_path / "b_8bit.png")
     Image.fromarray(np.stack([grey8] * 3, axis=2)).save(tmp_path / "c_rgb.png")
-    images = data.load_image_set(tmp_path).images
+    images = load_image_set(tmp_path).images
     assert all(img.shape == (24, 32, 3) and img.dtype == np.uint8 for img in images)
     loaded16, loaded8, rgb = (img.astype(int) for img in images)
     np.testing.assert_array_equal(loaded8, rgb)
@@ -142,7 +153,7 @@ def test_other_image_modes_become_rgb(tmp_path: Path) -> None:
     names = ["a_int32.tif", "b_float.tif", "c_int32_wide.tif", "d_la.png", "e_rgba.png", "f_palette.png"]
     with Image.open(tmp_path / names[0]) as a, Image.open(tmp_path / names[1]) as b:
         assert (a.mode, b.mode) == ("I", "F")
-    images = data.load_image_set(tmp_path)
+    images = load_image_set(tmp_path)
     assert images.names == names
     assert all(img.shape == (24, 32, 3) and img.dtype == np.uint8 for img in images.images)
     as_int = [img.astype(int) for img in images.images]
@@ -158,16 +169,16 @@ def test_fewer_than_3_images(tmp_path: Path) -> None:
     for name in ("a.png", "b.png"):
         Image.new("RGB", (5, 5), (10, 20, 30)).save(folder / name)
     with pytest.raises(DataError) as exc_info:
-        data.load_image_set(folder)
+        load_image_set(folder)
     _assert_error(exc_info, str(folder), "2 images", "at least 3")
     Image.new("RGB", (5, 5)).save(folder / "c.png")
-    assert len(data.load_image_set(folder)) == 3
+    assert len(load_image_set(folder)) == 3
     stimuli = np.empty((1, 2), dtype=[("names", object), ("pixels", object)])
     for i in range(2):
         stimuli[0, i] = (f"image_{i + 1}.jpg", np.full((4, 4, 3), 10 * i, np.uint8))
     scipy.io.savemat(tmp_path / "stimuli.mat", {"visual_stimuli": stimuli})
     with pytest.raises(DataError) as exc_info:
-        data.load_image_set(tmp_path / "stimuli.mat")
+        load_image_set(tmp_path / "stimuli.mat")
     _assert_error(exc_info, "stimuli.mat", "2 images", "at least 3")
 
 
@@ -191,17 +202,17 @@ def test_stimulus_pixels_must_be_0_to_255(tmp_path: Path, bad: np.ndarray, words
     good = [np.full((4, 4, 3), 10 * i, np.uint8) for i in range(3)]
     path = _stimuli_mat(tmp_path / "stimuli.mat", [*good[:2], bad])
     with pytest.raises(DataError) as exc_info:
-        data.load_image_set(path)
+        load_image_set(path)
     _assert_error(exc_info, "stimuli.mat", "visual_stimuli(3).pixels", words)
     floats = _stimuli_mat(tmp_path / "floats.mat", [g.astype(float) for g in good])  # 0-255 as doubles: read
-    assert [int(im[0, 0, 0]) for im in data.load_image_set(floats).images] == [0, 10, 20]
+    assert [int(im[0, 0, 0]) for im in load_image_set(floats).images] == [0, 10, 20]
 
 
 def test_load_algonauts_set(data_root: Path) -> None:
-    dataset = data.load_algonauts_set(data_root, "92", targets=["EVC", "MEG_late"])
+    dataset = load_algonauts_set(data_root, "92", targets=["EVC", "MEG_late"])
     assert len(dataset) == 92
     assert dataset.targets["EVC"].shape == dataset.targets["MEG_late"].shape == (15, 92, 92)
-    test_set = data.load_algonauts_set(data_root, "78")
+    test_set = load_algonauts_set(data_root, "78")
     assert len(test_set) == 78 and test_set.targets == {}
 
 
@@ -212,38 +223,38 @@ def test_npy_and_npz_files(tmp_path: Path, make_rdms) -> None:
     one, stack = make_rdms(7, seed=1), make_rdms(7, subjects=3, seed=2)
     np.save(tmp_path / "one.npy", one)
     np.savez(tmp_path / "two.npz", EVC_RDMs=stack, IT_RDMs=stack[::-1])
-    np.testing.assert_array_equal(data.load_rdms(tmp_path / "one.npy"), one)
-    np.testing.assert_array_equal(data.load_rdms(tmp_path / "one.npy", n_images=7), one)
-    assert data.list_rdm_keys(tmp_path / "one.npy") == {"": (7, 7)}
-    np.testing.assert_array_equal(data.load_rdms(tmp_path / "two.npz", "IT_RDMs"), stack[::-1])
-    loaded = data.load_rdm_dict(tmp_path / "two.npz", n_images=7)
+    np.testing.assert_array_equal(load_rdms(tmp_path / "one.npy"), one)
+    np.testing.assert_array_equal(load_rdms(tmp_path / "one.npy", n_images=7), one)
+    assert list_rdm_keys(tmp_path / "one.npy") == {"": (7, 7)}
+    np.testing.assert_array_equal(load_rdms(tmp_path / "two.npz", "IT_RDMs"), stack[::-1])
+    loaded = load_rdm_dict(tmp_path / "two.npz", n_images=7)
     assert set(loaded) == {"EVC_RDMs", "IT_RDMs"}
     np.testing.assert_array_equal(loaded["EVC_RDMs"], stack)
     # float32 input comes back as float64
     np.save(tmp_path / "f32.npy", one.astype(np.float32))
-    assert data.load_rdms(tmp_path / "f32.npy").dtype == np.float64
+    assert load_rdms(tmp_path / "f32.npy").dtype == np.float64
 
 
 def test_several_arrays_need_a_key(tmp_path: Path, make_rdms) -> None:
     np.savez(tmp_path / "two.npz", a=make_rdms(5), b=make_rdms(5))
     with pytest.raises(DataError) as exc_info:
-        data.load_rdms(tmp_path / "two.npz")
+        load_rdms(tmp_path / "two.npz")
     _assert_error(exc_info, "two.npz", "several arrays", "a, b")
 
 
 def test_subject_by_k_arrays_accepted(tmp_path: Path, make_rdms) -> None:
     rdms = make_rdms(6, subjects=4, k=2, seed=3)
-    assert data.validate_rdms(rdms, "x").shape == (4, 2, 6, 6)
+    assert validate_rdms(rdms, "x").shape == (4, 2, 6, 6)
     np.save(tmp_path / "meg.npy", rdms)
-    np.testing.assert_array_equal(data.load_rdms(tmp_path / "meg.npy", n_images=6), rdms)
+    np.testing.assert_array_equal(load_rdms(tmp_path / "meg.npy", n_images=6), rdms)
     scipy.io.savemat(tmp_path / "meg_v5.mat", {"MEG_RDMs_early": rdms})
-    np.testing.assert_array_equal(data.load_rdms(tmp_path / "meg_v5.mat", "MEG_RDMs_early"), rdms)
+    np.testing.assert_array_equal(load_rdms(tmp_path / "meg_v5.mat", "MEG_RDMs_early"), rdms)
     # An HDF5 (v7.3-style) file stores MATLAB's column-major axes reversed.
     with h5py.File(tmp_path / "meg_v73.mat", "w") as f:
         f["MEG_RDMs_early"] = rdms.transpose()
-    np.testing.assert_array_equal(data.load_rdms(tmp_path / "meg_v73.mat", "MEG_RDMs_early"), rdms)
-    assert data.subject_rdms(rdms) is rdms
-    assert data.subject_rdms(rdms[0, 0]).shape == (1, 6, 6)
+    np.testing.assert_array_equal(load_rdms(tmp_path / "meg_v73.mat", "MEG_RDMs_early"), rdms)
+    assert subject_rdms(rdms) is rdms
+    assert subject_rdms(rdms[0, 0]).shape == (1, 6, 6)
 
 
 @pytest.mark.parametrize("suffix", [".mat", ".npz"])
@@ -259,26 +270,26 @@ def test_constant_subject_rdm_rejected(tmp_path: Path, make_rdms, suffix: str) -
         ("EVC_RDMs", 1 - np.eye(6), "the RDM"),
     ):
         path = tmp_path / f"{key}{suffix}"
-        data.save_rdms(path, {key: rdms})
+        save_rdms(path, {key: rdms})
         with pytest.raises(DataError) as exc_info:
-            data.load_rdms(path, key)
+            load_rdms(path, key)
         _assert_error(exc_info, f"{path}:{key}", which, "constant upper triangle", "undefined")
         with pytest.raises(DataError) as exc_info:
-            data.load_rdm_dict(path)
+            load_rdm_dict(path)
         _assert_error(exc_info, f"{path}:{key}", which, "constant upper triangle", "undefined")
     # Nearly constant is fine: the ranks are defined.
     stack[1, 0, 1] = stack[1, 1, 0] = 0.5 + 1e-9
-    assert data.validate_rdms(stack, "x").shape == (3, 6, 6)
+    assert validate_rdms(stack, "x").shape == (3, 6, 6)
 
 
 def test_group_average(make_rdms) -> None:
     stack = make_rdms(5, subjects=3, seed=4)
-    np.testing.assert_allclose(data.group_average(stack), (stack[0] + stack[1] + stack[2]) / 3)
+    np.testing.assert_allclose(group_average(stack), (stack[0] + stack[1] + stack[2]) / 3)
     meg = make_rdms(5, subjects=3, k=2, seed=5)
-    np.testing.assert_allclose(data.group_average(meg), meg.sum(axis=(0, 1)) / 6)
-    np.testing.assert_allclose(data.group_average(meg), meg.mean(axis=1).mean(axis=0))
-    np.testing.assert_array_equal(data.group_average(stack[0]), stack[0])
-    assert data.group_average(meg).shape == (5, 5)
+    np.testing.assert_allclose(group_average(meg), meg.sum(axis=(0, 1)) / 6)
+    np.testing.assert_allclose(group_average(meg), meg.mean(axis=1).mean(axis=0))
+    np.testing.assert_array_equal(group_average(stack[0]), stack[0])
+    assert group_average(meg).shape == (5, 5)
 
 
 @pytest.mark.parametrize("suffix", [".mat", ".npz", ".npy"])
@@ -288,13 +299,13 @@ def test_save_rdms_round_trip_and_atomic(tmp_path: Path, make_rdms, suffix: str)
     if suffix != ".npy":
         rdms["IT_RDMs"] = make_rdms(8, subjects=2, seed=7)
         rdms["MEG_RDMs_early"] = make_rdms(8, subjects=2, k=2, seed=8)
-    path = data.save_rdms(out_dir / f"sub{suffix}", rdms)  # creates the folder
+    path = save_rdms(out_dir / f"sub{suffix}", rdms)  # creates the folder
     assert path == out_dir / f"sub{suffix}"
     assert sorted(p.name for p in out_dir.iterdir()) == [f"sub{suffix}"]  # no temp file left
     if suffix == ".npy":
-        np.testing.assert_array_equal(data.load_rdms(path, n_images=8), rdms["EVC_RDMs"])
+        np.testing.assert_array_equal(load_rdms(path, n_images=8), rdms["EVC_RDMs"])
     else:
-        loaded = data.load_rdm_dict(path, n_images=8)
+        loaded = load_rdm_dict(path, n_images=8)
         assert set(loaded) == set(rdms)
         for key, value in rdms.items():
             assert loaded[key].shape == value.shape
@@ -304,20 +315,20 @@ def test_save_rdms_round_trip_and_atomic(tmp_path: Path, make_rdms, suffix: str)
         assert scipy.io.loadmat(path)["EVC_RDMs"].shape == (8, 8)
     # Overwriting replaces the file; a write that fails leaves the old file and no temp file behind.
     new = {key: value * 2 for key, value in rdms.items()}
-    data.save_rdms(path, new)
+    save_rdms(path, new)
     before = path.read_bytes()
     with pytest.raises((TypeError, ValueError)):
-        data.save_rdms(path, {"EVC_RDMs": np.array(["not", "numbers"])})
+        save_rdms(path, {"EVC_RDMs": np.array(["not", "numbers"])})
     assert path.read_bytes() == before
     assert sorted(p.name for p in out_dir.iterdir()) == [f"sub{suffix}"]
 
 
 def test_save_rdms_rejects_bad_requests(tmp_path: Path, make_rdms) -> None:
     with pytest.raises(DataError) as exc_info:
-        data.save_rdms(tmp_path / "sub.csv", {"a": make_rdms(4)})
+        save_rdms(tmp_path / "sub.csv", {"a": make_rdms(4)})
     _assert_error(exc_info, "sub.csv", "unsupported output type")
     with pytest.raises(DataError) as exc_info:
-        data.save_rdms(tmp_path / "sub.npy", {"a": make_rdms(4), "b": make_rdms(4)})
+        save_rdms(tmp_path / "sub.npy", {"a": make_rdms(4), "b": make_rdms(4)})
     _assert_error(exc_info, "sub.npy", "one array")
     assert list(tmp_path.iterdir()) == []
 
@@ -362,10 +373,10 @@ def test_bad_rdm_files(tmp_path: Path, make_rdms, kind: str, expected: str, suff
         np.save(path, rdms)
     key_parts = () if suffix == ".npy" else ("IT_RDMs",)
     with pytest.raises(DataError) as exc_info:
-        data.load_rdms(path, None if suffix == ".npy" else "IT_RDMs")
+        load_rdms(path, None if suffix == ".npy" else "IT_RDMs")
     _assert_error(exc_info, str(path), *key_parts, expected)
     with pytest.raises(DataError) as exc_info:
-        data.load_rdm_dict(path)
+        load_rdm_dict(path)
     _assert_error(exc_info, str(path), *key_parts, expected)
 
 
@@ -374,18 +385,18 @@ def test_bad_rdm_in_v73_file(tmp_path: Path, make_rdms) -> None:
     with h5py.File(tmp_path / "bad73.mat", "w") as f:
         f["EVC_RDMs"] = rdms.transpose()
     with pytest.raises(DataError) as exc_info:
-        data.load_rdms(tmp_path / "bad73.mat", "EVC_RDMs")
+        load_rdms(tmp_path / "bad73.mat", "EVC_RDMs")
     _assert_error(exc_info, "bad73.mat:EVC_RDMs", "not symmetric", "0.5")
 
 
 def test_wrong_number_of_images(tmp_path: Path, make_rdms, test_dir: Path) -> None:
     np.savez(tmp_path / "sub.npz", EVC_RDMs=make_rdms(6))
     with pytest.raises(DataError) as exc_info:
-        data.load_rdms(tmp_path / "sub.npz", "EVC_RDMs", n_images=7)
+        load_rdms(tmp_path / "sub.npz", "EVC_RDMs", n_images=7)
     _assert_error(exc_info, "sub.npz:EVC_RDMs", "6 x 6", "7 images")
     # The official 78-image example submission against the 92-image set.
     with pytest.raises(DataError) as exc_info:
-        data.load_rdm_dict(test_dir / "example_submit_fmri.mat", n_images=92)
+        load_rdm_dict(test_dir / "example_submit_fmri.mat", n_images=92)
     _assert_error(exc_info, "example_submit_fmri.mat:", "78 x 78", "92 images")
 
 
@@ -398,21 +409,21 @@ def test_bad_shapes(tmp_path: Path) -> None:
     ):
         np.save(tmp_path / name, value)
         with pytest.raises(DataError) as exc_info:
-            data.load_rdms(tmp_path / name)
+            load_rdms(tmp_path / name)
         _assert_error(exc_info, name, problem)
 
 
 def test_missing_key(tmp_path: Path, make_rdms, set92: Path) -> None:
     scipy.io.savemat(tmp_path / "sub.mat", {"EVC_RDMs": make_rdms(5)})
     with pytest.raises(DataError) as exc_info:
-        data.load_rdms(tmp_path / "sub.mat", "IT_RDMs")
+        load_rdms(tmp_path / "sub.mat", "IT_RDMs")
     _assert_error(exc_info, "sub.mat", "missing key 'IT_RDMs'", "keys: EVC_RDMs")
     with pytest.raises(DataError) as exc_info:
-        data.load_rdms(set92 / "target_fmri.mat", "MEG_RDMs_early")
+        load_rdms(set92 / "target_fmri.mat", "MEG_RDMs_early")
     _assert_error(exc_info, "target_fmri.mat", "missing key 'MEG_RDMs_early'", "EVC_RDMs, IT_RDMs")
     np.savez(tmp_path / "empty.npz")
     with pytest.raises(DataError) as exc_info:
-        data.load_rdm_dict(tmp_path / "empty.npz")
+        load_rdm_dict(tmp_path / "empty.npz")
     _assert_error(exc_info, "empty.npz", "no arrays")
 
 
@@ -424,7 +435,7 @@ def test_garbage_rdm_file(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     path.write_bytes(b"" if name.startswith("empty") else b"this is not an RDM file\x00\xff" * 40)
     with pytest.raises(DataError) as exc_info:
-        data.load_rdm_dict(path)
+        load_rdm_dict(path)
     _assert_error(exc_info, str(path), "unreadable")
 
 
@@ -445,14 +456,14 @@ def test_truncated_real_mat(
     path.write_bytes(content[: int(len(content) * fraction)])
     assert h5py.is_hdf5(path) == (version == "v7.3")  # each reader gets its own kind of broken file
     with pytest.raises(DataError) as exc_info:
-        data.load_rdm_dict(path)
+        load_rdm_dict(path)
     _assert_error(exc_info, str(path), "unreadable")
 
 
 def test_unsupported_rdm_file_type(tmp_path: Path) -> None:
     (tmp_path / "rdms.csv").write_text("0,1\n1,0\n")
     with pytest.raises(DataError) as exc_info:
-        data.load_rdms(tmp_path / "rdms.csv")
+        load_rdms(tmp_path / "rdms.csv")
     _assert_error(exc_info, "rdms.csv", "unsupported RDM file type '.csv'")
 
 
@@ -460,7 +471,7 @@ def test_garbage_jpg(tmp_path: Path, set92: Path) -> None:
     Image.new("RGB", (5, 5)).save(tmp_path / "a.png")
     (tmp_path / "b.jpg").write_bytes(b"\x00garbage, not a jpeg" * 20)
     with pytest.raises(DataError) as exc_info:
-        data.load_image_set(tmp_path)
+        load_image_set(tmp_path)
     _assert_error(exc_info, str(tmp_path / "b.jpg"), "unreadable image")
 
 
@@ -469,29 +480,29 @@ def test_truncated_jpg(tmp_path: Path, set92: Path, fraction: float) -> None:
     content = (set92 / "92images" / "image_01.jpg").read_bytes()
     (tmp_path / "image_01.jpg").write_bytes(content[: int(len(content) * fraction)])
     with pytest.raises(DataError) as exc_info:
-        data.load_image_set(tmp_path)
+        load_image_set(tmp_path)
     _assert_error(exc_info, str(tmp_path / "image_01.jpg"), "unreadable image", "truncated")
 
 
 def test_bad_image_sources(tmp_path: Path) -> None:
     with pytest.raises(DataError) as exc_info:
-        data.load_image_set(tmp_path / "nowhere")
+        load_image_set(tmp_path / "nowhere")
     _assert_error(exc_info, "nowhere", "no such image folder or file")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError) as exc_info:
-        data.load_image_set(tmp_path / "empty")
+        load_image_set(tmp_path / "empty")
     _assert_error(exc_info, "empty", "no images")
     (tmp_path / "list.txt").write_text("image_01.jpg\n")
     with pytest.raises(DataError) as exc_info:
-        data.load_image_set(tmp_path / "list.txt")
+        load_image_set(tmp_path / "list.txt")
     _assert_error(exc_info, "list.txt", "expected a folder of images or a stimulus .mat file")
     scipy.io.savemat(tmp_path / "stimuli.mat", {"pictures": np.zeros((2, 2))})
     with pytest.raises(DataError) as exc_info:
-        data.load_image_set(tmp_path / "stimuli.mat")
+        load_image_set(tmp_path / "stimuli.mat")
     _assert_error(exc_info, "stimuli.mat", "missing key 'visual_stimuli'", "pictures")
     (tmp_path / "broken.mat").write_bytes(b"garbage" * 30)
     with pytest.raises(DataError) as exc_info:
-        data.load_image_set(tmp_path / "broken.mat")
+        load_image_set(tmp_path / "broken.mat")
     _assert_error(exc_info, "broken.mat", "unreadable .mat file")
 
 
@@ -500,46 +511,46 @@ def test_bad_image_sources(tmp_path: Path) -> None:
 
 def test_wrong_rdm_path(tmp_path: Path) -> None:
     with pytest.raises(DataError) as exc_info:
-        data.load_rdms(tmp_path / "missing.mat", "EVC_RDMs")
+        load_rdms(tmp_path / "missing.mat", "EVC_RDMs")
     _assert_error(exc_info, "missing.mat", "no such file")
     (tmp_path / "folder.npy").mkdir()
     with pytest.raises(DataError) as exc_info:
-        data.load_rdm_dict(tmp_path / "folder.npy")
+        load_rdm_dict(tmp_path / "folder.npy")
     _assert_error(exc_info, "folder.npy", "no such file")
 
 
 def test_data_root_from_argument_and_env(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert data.resolve_data_root(data_root) == data_root
-    monkeypatch.setenv(data.DATA_ENV_VAR, str(data_root))
-    assert data.resolve_data_root(None) == data_root
-    assert data.resolve_data_root(str(data_root)) == data_root
+    assert resolve_data_root(data_root) == data_root
+    monkeypatch.setenv(DATA_ENV_VAR, str(data_root))
+    assert resolve_data_root(None) == data_root
+    assert resolve_data_root(str(data_root)) == data_root
 
 
 def test_missing_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
+    monkeypatch.delenv(DATA_ENV_VAR, raising=False)
     with pytest.raises(DataError) as exc_info:
-        data.resolve_data_root(None)
-    _assert_error(exc_info, "data: no data root", data.DATA_ENV_VAR)  # the CLI says --data
+        resolve_data_root(None)
+    _assert_error(exc_info, "data: no data root", DATA_ENV_VAR)  # the CLI says --data
     with pytest.raises(DataError) as exc_info:
-        data.load_algonauts_set(None, "92")
-    _assert_error(exc_info, "data: ", data.DATA_ENV_VAR)
-    monkeypatch.setenv(data.DATA_ENV_VAR, str(tmp_path / "nowhere"))
+        load_algonauts_set(None, "92")
+    _assert_error(exc_info, "data: ", DATA_ENV_VAR)
+    monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path / "nowhere"))
     with pytest.raises(DataError) as exc_info:
-        data.resolve_data_root(None)
+        resolve_data_root(None)
     _assert_error(exc_info, "nowhere", "not a directory")
     with pytest.raises(DataError) as exc_info:
-        data.describe_data_root(tmp_path)
+        describe_data_root(tmp_path)
     _assert_error(exc_info, str(tmp_path), "no Algonauts image sets")
 
 
 def test_unknown_set_and_target(data_root: Path, set92: Path) -> None:
     with pytest.raises(DataError) as exc_info:
-        data.load_algonauts_set(data_root, "93")
+        load_algonauts_set(data_root, "93")
     _assert_error(exc_info, "'93'", "92, 118, 78")
     with pytest.raises(DataError) as exc_info:
-        data.target_file(set92, "V4")
+        target_file(set92, "V4")
     _assert_error(exc_info, "'V4'", "EVC, IT, MEG_early, MEG_late")
-    assert data.target_file(set92, "MEG_early") == set92 / "target_meg_windowavg.mat"
+    assert target_file(set92, "MEG_early") == set92 / "target_meg_windowavg.mat"
 
 
 def test_own_data_named_like_a_challenge_target_gets_its_own_ceiling(data_root: Path) -> None:
@@ -548,13 +559,13 @@ def test_own_data_named_like_a_challenge_target_gets_its_own_ceiling(data_root: 
     from siamrdm.rdm import scoring
     from siamrdm.train import subset
 
-    official = data.load_algonauts_set(data_root, "92", ("EVC",))
-    own = data.BrainDataset("mine", official.images, {"EVC": official.targets["EVC"]})
+    official = load_algonauts_set(data_root, "92", ("EVC",))
+    own = BrainDataset("mine", official.images, {"EVC": official.targets["EVC"]})
     assert official.official and not own.official
     assert subset(official, np.arange(92), "all").official  # folds and held-out splits keep the mark
     subjects = official.targets["EVC"]
-    assert scoring.ceiling_source(data.target_key("EVC", official.official), subjects) == "official"
-    assert scoring.reference_ceiling(data.target_key("EVC", True), subjects) == 0.1589
-    assert scoring.ceiling_source(data.target_key("EVC", own.official), subjects) == "computed"
-    assert scoring.reference_ceiling(data.target_key("EVC", False), subjects) == pytest.approx(
+    assert scoring.ceiling_source(target_key("EVC", official.official), subjects) == "official"
+    assert scoring.reference_ceiling(target_key("EVC", True), subjects) == 0.1589
+    assert scoring.ceiling_source(target_key("EVC", own.official), subjects) == "computed"
+    assert scoring.reference_ceiling(target_key("EVC", False), subjects) == pytest.approx(
         scoring.noise_ceiling(subjects)[0])

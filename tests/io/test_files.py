@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from siamrdm.errors import DataError
 from siamrdm.io import files
-from siamrdm.io.data import DataError
 
 
 def names(folder: Path) -> list[str]:

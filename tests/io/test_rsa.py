@@ -10,8 +10,11 @@ import h5py
 import numpy as np
 import pytest
 
-from siamrdm.io import data
+from siamrdm.errors import DataError
+from siamrdm.io.rdmfiles import list_rdm_keys, load_rdm_dict, load_rdms, save_rdms
+from siamrdm.io.rsafiles import check_rdm_names, read_rdm_names
 from siamrdm.rdm import scoring, upper_tri
+from siamrdm.rdm.core import group_average
 
 NAMES = [f"img{k}.png" for k in range(1, 13)]
 
@@ -43,86 +46,86 @@ def write_rsatoolbox_layout(path: Path, rdms: np.ndarray, patterns: dict | None 
 def test_rsatoolbox_file_read_by_content(tmp_path: Path, make_rdms) -> None:
     rdms = make_rdms(12, subjects=3, seed=1)
     path = write_rsatoolbox_layout(tmp_path / "it.hdf5", rdms, {"images": NAMES}, {"subject": [1, 2, 3]})
-    np.testing.assert_allclose(data.load_rdms(path), rdms)
-    np.testing.assert_allclose(data.load_rdms(path, "ignored: one stack"), rdms)
-    assert data.list_rdm_keys(path) == {"": (3, 12, 12)}
-    assert data.read_rdm_names(path) == ("images", NAMES)
+    np.testing.assert_allclose(load_rdms(path), rdms)
+    np.testing.assert_allclose(load_rdms(path, "ignored: one stack"), rdms)
+    assert list_rdm_keys(path) == {"": (3, 12, 12)}
+    assert read_rdm_names(path) == ("images", NAMES)
     # Detected by content: the same layout in a .mat or .h5 file reads the same.
     for name in ("same.mat", "same.h5"):
-        np.testing.assert_allclose(data.load_rdms(write_rsatoolbox_layout(tmp_path / name, rdms)), rdms)
+        np.testing.assert_allclose(load_rdms(write_rsatoolbox_layout(tmp_path / name, rdms)), rdms)
     # One RDM is a single group RDM (N, N): one subject.
     single = write_rsatoolbox_layout(tmp_path / "group.hdf5", rdms[0])
-    assert data.load_rdms(single).shape == (12, 12)
+    assert load_rdms(single).shape == (12, 12)
 
 
 def test_rsatoolbox_file_split_into_keys_by_target_or_roi(tmp_path: Path, make_rdms) -> None:
     evc, it = make_rdms(12, subjects=2, seed=2), make_rdms(12, subjects=2, seed=3)
     path = write_rsatoolbox_layout(tmp_path / "rois.hdf5", np.concatenate([evc, it]),
                                    rdm_descriptors={"roi": ["EVC", "EVC", "IT", "IT"], "subject": [1, 2, 1, 2]})
-    loaded = data.load_rdm_dict(path)
+    loaded = load_rdm_dict(path)
     assert list(loaded) == ["EVC", "IT"]
     np.testing.assert_allclose(loaded["IT"], it)
-    np.testing.assert_allclose(data.load_rdms(path, "EVC"), evc)
-    with pytest.raises(data.DataError, match=r"rois\.hdf5: missing key 'V4' \(keys: EVC, IT\)"):
-        data.load_rdms(path, "V4")
+    np.testing.assert_allclose(load_rdms(path, "EVC"), evc)
+    with pytest.raises(DataError, match=r"rois\.hdf5: missing key 'V4' \(keys: EVC, IT\)"):
+        load_rdms(path, "V4")
 
 
 def test_image_names_checked_against_the_folder_order(tmp_path: Path, make_rdms) -> None:
     rdms = make_rdms(12, subjects=2, seed=4)
     stems = [Path(n).stem for n in NAMES]
     good = write_rsatoolbox_layout(tmp_path / "good.hdf5", rdms, {"stimulus": stems})
-    data.check_rdm_names(good, NAMES)  # stems name the images too
+    check_rdm_names(good, NAMES)  # stems name the images too
     shuffled = write_rsatoolbox_layout(tmp_path / "shuffled.hdf5", rdms, {"names": sorted(NAMES)})  # img1, img10, ...
-    with pytest.raises(data.DataError) as info:
-        data.load_rdms(shuffled, names=NAMES)
+    with pytest.raises(DataError) as info:
+        load_rdms(shuffled, names=NAMES)
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"order: {shuffled}: pattern descriptor 'names' orders the images")
     assert "row 2: 'img10.png' in the file, 'img2.png' among the images" in message
     unknown = write_rsatoolbox_layout(tmp_path / "unknown.hdf5", rdms, {"images": NAMES[:-1] + ["cat.png"]})
-    with pytest.raises(data.DataError, match=r"unknown\.hdf5: pattern descriptor 'images': lists 'cat\.png'"):
-        data.load_rdm_dict(unknown, names=NAMES)
+    with pytest.raises(DataError, match=r"unknown\.hdf5: pattern descriptor 'images': lists 'cat\.png'"):
+        load_rdm_dict(unknown, names=NAMES)
     # Files without names are not checked; nor are other descriptors.
-    data.check_rdm_names(write_rsatoolbox_layout(tmp_path / "plain.hdf5", rdms, {"category": ["a"] * 12}), NAMES)
+    check_rdm_names(write_rsatoolbox_layout(tmp_path / "plain.hdf5", rdms, {"category": ["a"] * 12}), NAMES)
 
 
 @pytest.mark.parametrize("suffix", [".pkl", ".pickle"])
 def test_pickles_refused_unread(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"rdms{suffix}"
     path.write_bytes(b"\x80\x04crash\n")  # never opened: refused by name
-    with pytest.raises(data.DataError, match=r"pickle files are refused .*file_type='hdf5'"):
-        data.load_rdms(path)
+    with pytest.raises(DataError, match=r"pickle files are refused .*file_type='hdf5'"):
+        load_rdms(path)
 
 
 def test_bad_rsatoolbox_files(tmp_path: Path) -> None:
     not_hdf5 = tmp_path / "x.hdf5"
     not_hdf5.write_text("hello")
-    with pytest.raises(data.DataError, match=r"x\.hdf5: not an HDF5 file"):
-        data.load_rdms(not_hdf5)
+    with pytest.raises(DataError, match=r"x\.hdf5: not an HDF5 file"):
+        load_rdms(not_hdf5)
     other = tmp_path / "other.h5"
     with h5py.File(other, "w") as f:
         f["values"] = np.ones(3)
-    with pytest.raises(data.DataError, match=r"other\.h5: an HDF5 file, but not rsatoolbox RDMs"):
-        data.load_rdms(other)
+    with pytest.raises(DataError, match=r"other\.h5: an HDF5 file, but not rsatoolbox RDMs"):
+        load_rdms(other)
     odd = tmp_path / "odd.hdf5"
     with h5py.File(odd, "w") as f:
         f["dissimilarities"] = np.ones((1, 4))  # 4 is no N(N-1)/2
         f.create_group("pattern_descriptors")
-    with pytest.raises(data.DataError, match=r"odd\.hdf5: 'dissimilarities' rows of length 4"):
-        data.load_rdms(odd)
+    with pytest.raises(DataError, match=r"odd\.hdf5: 'dissimilarities' rows of length 4"):
+        load_rdms(odd)
 
 
 def test_siamrdm_hdf5_round_trip(tmp_path: Path, make_rdms) -> None:
     rdms = {"EVC_RDMs": make_rdms(12, seed=5), "IT_RDMs": make_rdms(12, subjects=3, seed=6)}
-    path = data.save_rdms(tmp_path / "out" / "pred.hdf5", rdms, names=NAMES)
+    path = save_rdms(tmp_path / "out" / "pred.hdf5", rdms, names=NAMES)
     assert sorted(p.name for p in path.parent.iterdir()) == ["pred.hdf5"]  # atomic: no temporary file left
-    loaded = data.load_rdm_dict(path, names=NAMES)
+    loaded = load_rdm_dict(path, names=NAMES)
     assert list(loaded) == list(rdms)
     for key, value in rdms.items():
         np.testing.assert_allclose(loaded[key], value)
-    assert data.read_rdm_names(path) == ("images", NAMES)
-    with pytest.raises(data.DataError, match=r"pred\.h5: 3 image names for 12 x 12 RDMs"):
-        data.save_rdms(tmp_path / "pred.h5", rdms, names=NAMES[:3])
+    assert read_rdm_names(path) == ("images", NAMES)
+    with pytest.raises(DataError, match=r"pred\.h5: 3 image names for 12 x 12 RDMs"):
+        save_rdms(tmp_path / "pred.h5", rdms, names=NAMES[:3])
 
 
 # --------------------------------------------------------------------------- comparison methods
@@ -147,13 +150,13 @@ def test_noise_ceiling_per_method_and_official_only_for_spearman(fmri92) -> None
     it = fmri92["IT_RDMs"]
     assert scoring.ceiling_source("IT_RDMs", it) == "official"
     assert scoring.ceiling_source("IT_RDMs", it, "corr") == "computed"
-    row = scoring.score_with_ceiling(data.group_average(it), "IT_RDMs", it, "corr")
+    row = scoring.score_with_ceiling(group_average(it), "IT_RDMs", it, "corr")
     upper, lower = scoring.noise_ceiling(it, "corr")
     assert row["noise_ceiling"] == pytest.approx(upper) and row["pct_nc"] == pytest.approx(100 * row["r2"] / upper)
     assert row["pct_nc"] == pytest.approx(100.0)  # the group mean reaches the upper ceiling, whatever the method
     assert lower < upper
     with pytest.raises(ValueError, match="permutation p-values need one of"):
-        scoring.score_submission({"IT_RDMs": data.group_average(it)}, {"IT_RDMs": it}, permutations=10,
+        scoring.score_submission({"IT_RDMs": group_average(it)}, {"IT_RDMs": it}, permutations=10,
                                  method="tau-a")
 
 
@@ -189,23 +192,23 @@ def test_file_saved_by_rsatoolbox_is_read(rsatoolbox, tmp_path: Path, make_rdms)
                                 rdm_descriptors={"subject": [1, 2, 3]}, pattern_descriptors={"images": NAMES})
     path = tmp_path / "it.hdf5"
     saved.save(str(path), file_type="hdf5")
-    np.testing.assert_allclose(data.load_rdms(path, names=NAMES), rdms)
-    assert data.read_rdm_names(path) == ("images", NAMES)
+    np.testing.assert_allclose(load_rdms(path, names=NAMES), rdms)
+    assert read_rdm_names(path) == ("images", NAMES)
     saved.save(str(tmp_path / "it.pkl"), file_type="pkl")
-    with pytest.raises(data.DataError, match="pickle files are refused"):
-        data.load_rdms(tmp_path / "it.pkl")
+    with pytest.raises(DataError, match="pickle files are refused"):
+        load_rdms(tmp_path / "it.pkl")
 
 
 def test_round_trip_through_rsatoolbox(rsatoolbox, tmp_path: Path, make_rdms) -> None:
     """Written by siamrdm, loaded by rsatoolbox (names and targets intact), saved again, read back by siamrdm."""
     rdms = {"EVC_RDMs": make_rdms(12, seed=11), "IT_RDMs": make_rdms(12, seed=12)}
-    path = data.save_rdms(tmp_path / "pred.hdf5", rdms, names=NAMES)
+    path = save_rdms(tmp_path / "pred.hdf5", rdms, names=NAMES)
     loaded = rsatoolbox.rdm.load_rdm(str(path), file_type="hdf5")
     assert loaded.n_rdm == 2 and loaded.n_cond == 12
     assert list(loaded.pattern_descriptors["images"]) == NAMES
     assert list(loaded.rdm_descriptors["target"]) == ["EVC_RDMs", "IT_RDMs"]
     np.testing.assert_allclose(loaded.get_matrices(), np.stack(list(rdms.values())))
     loaded.save(str(tmp_path / "again.hdf5"), file_type="hdf5")
-    again = data.load_rdm_dict(tmp_path / "again.hdf5", names=NAMES)
+    again = load_rdm_dict(tmp_path / "again.hdf5", names=NAMES)
     for key, value in rdms.items():
         np.testing.assert_allclose(again[key], value)

@@ -17,8 +17,8 @@ from helpers import assert_one_line_error
 from PIL import Image
 
 from siamrdm import cli
-from siamrdm.io import data
-from siamrdm.io.data import DataError
+from siamrdm.errors import DataError
+from siamrdm.io.datasets import DATA_ENV_VAR
 from siamrdm.model import backbones
 from siamrdm.model.backbones import WeightsError, create_body, images_to_tensor
 
@@ -35,7 +35,7 @@ def efficientnet() -> backbones.Body:
 def run_fit(data_root: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
     """`python -m siamrdm fit` on the 92 set with the alexnet body, as a real process."""
     env = {k: v for k, v in os.environ.items() if k != "SIAMRDM_DEBUG"}
-    env[data.DATA_ENV_VAR] = str(data_root)
+    env[DATA_ENV_VAR] = str(data_root)
     cmd = [sys.executable, "-m", "siamrdm", "fit", "--sets", "92", "--epochs", "1", "--image-size", "128",
            "--no-augment", "--quiet", "--backbone", "alexnet", "--out", str(out), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
@@ -261,7 +261,7 @@ def test_a_torchvision_built_for_another_torch_is_one_line(tmp_path: Path, data_
     broken.mkdir(parents=True)
     (broken / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
-           data.DATA_ENV_VAR: str(data_root)}
+           DATA_ENV_VAR: str(data_root)}
     cmd = [sys.executable, "-m", "siamrdm", "fit", "--sets", "92", "--epochs", "1", "--backbone", backbone,
            "--weights", "random", "--quiet", "--out", str(tmp_path / "run")]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)

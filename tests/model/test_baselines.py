@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from siamrdm.io.data import DataError
+from siamrdm.errors import DataError
 from siamrdm.model import baselines
 from siamrdm.model.backbones import create_body, images_to_tensor
 from siamrdm.rdm import rdm_from_features, upper_tri

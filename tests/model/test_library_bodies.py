@@ -16,7 +16,7 @@ import torch
 import torchvision
 from helpers import assert_one_line_error, run_cli
 
-from siamrdm.io import data
+from siamrdm.io.images import load_image_set
 from siamrdm.model import backbones
 from siamrdm.model.backbones import create_body
 from siamrdm.model.baselines import layer_rdms
@@ -63,7 +63,7 @@ def test_layer_rdms_are_the_library_networks(body: str, stage: str, tmp_path: Pa
     """The body loaded by name with --weights FILE computes the library network's stage: its layer RDM equals the
     RDM of the stage's output taken from the library model run directly."""
     file = weights_file(body, tmp_path)
-    images = data.load_image_set(set92 / "92images").images[:6]
+    images = load_image_set(set92 / "92images").images[:6]
     spec = backbones.backbone_spec(body)
     assert spec.default_stage == stage and stage in backbones.backbone_stages(body)
     rdms = layer_rdms(images, body, str(file), image_size=SIZE, progress=False)

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from siamrdm import train
-from siamrdm.io import data
+from siamrdm.io.datasets import load_algonauts_set
+from siamrdm.io.images import load_image_set
 from siamrdm.model import (
     HEADS,
     HeadConfig,
@@ -73,7 +74,7 @@ def centre_outputs(head: SiameseHead, features: torch.Tensor, quantile: float = 
 @pytest.fixture(scope="module")
 def test_images(data_root: Path) -> torch.Tensor:
     """Four real images from the 78 test set, as pixels in [0, 1] at 128 px (loaded once)."""
-    images = data.load_image_set(data_root / "Test_Data" / "78images")
+    images = load_image_set(data_root / "Test_Data" / "78images")
     return images_to_tensor(images.images[:4], 128)
 
 
@@ -464,7 +465,7 @@ def test_all_pairs_outputs_equal_pair_predictions(variant: str) -> None:
 
 def test_trainer_runs_pairwise_head(data_root: Path) -> None:
     """Two frozen epochs of TrainConfig(head="pairwise") on 10 small images, validated on 6 others."""
-    set92 = data.load_algonauts_set(data_root, "92", ("EVC",))
+    set92 = load_algonauts_set(data_root, "92", ("EVC",))
     fit_set = train.subset(set92, np.arange(10), "92-fit")
     val_set = train.subset(set92, np.arange(10, 16), "92-val")
     config = train.TrainConfig(backbone="alexnet", weights="random", image_size=160, augment=False, body_chunk=5,

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from siamrdm import train
-from siamrdm.io import data
+from siamrdm.errors import DataError
+from siamrdm.io.datasets import BrainDataset, load_algonauts_set
 from siamrdm.model import baselines
 from siamrdm.model.prior import PriorFit, fit_prior, prior_vector, stage_rdms
 from siamrdm.rdm import upper_tri
@@ -27,10 +28,10 @@ def prior_config(**overrides) -> train.TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def sets(data_root: Path) -> tuple[data.BrainDataset, data.BrainDataset]:
+def sets(data_root: Path) -> tuple[BrainDataset, BrainDataset]:
     """12 images of the 92 set for training, 10 of the 118 set for validation, with IT RDMs."""
-    set92 = data.load_algonauts_set(data_root, "92", ("IT",))
-    set118 = data.load_algonauts_set(data_root, "118", ("IT",))
+    set92 = load_algonauts_set(data_root, "92", ("IT",))
+    set118 = load_algonauts_set(data_root, "118", ("IT",))
     return train.subset(set92, np.arange(12), "92-part"), train.subset(set118, np.arange(10), "118-part")
 
 
@@ -64,7 +65,7 @@ def test_fit_prior_nnls_over_two_sets_and_unknown_kind(make_rdms) -> None:
     single = baselines.fit_nnls(sets_rdms[0], subjects[0])
     listed = baselines.fit_nnls([sets_rdms[0]], [subjects[0]])
     assert single.weights == pytest.approx(listed.weights) and single.intercept == pytest.approx(listed.intercept)
-    with pytest.raises(data.DataError, match="unknown prior"):
+    with pytest.raises(DataError, match="unknown prior"):
         fit_prior("median", sets_rdms, subjects, targets)
 
 

@@ -14,7 +14,7 @@ from helpers import assert_one_line_error
 from helpers import run_cli as run_main
 
 from siamrdm import cli
-from siamrdm.io.data import DataError
+from siamrdm.errors import DataError
 from siamrdm.model import HeadConfig, SiameseHead, all_pairs, all_pairs_loss, pooled_linear_weight
 from siamrdm.pipelines import bench
 from siamrdm.train import TrainConfig, Trainer

@@ -11,8 +11,9 @@ import pytest
 import scipy.io
 from helpers import run_cli as run_main
 
-from siamrdm.io import data
-from siamrdm.io.data import DataError
+from siamrdm.errors import DataError
+from siamrdm.io.datasets import TARGET_NAMES, load_algonauts_set, target_key
+from siamrdm.io.rdmfiles import save_rdms
 from siamrdm.pipelines import challenge
 from siamrdm.rdm import scoring
 from siamrdm.train import selection
@@ -35,7 +36,7 @@ def check_submission(path: Path, keys: list[str]) -> dict[str, np.ndarray]:
 
 
 def test_write_submissions_and_score_them(capsys, tmp_path: Path, make_rdms) -> None:
-    predictions = {target: make_rdms(78, seed=k) for k, target in enumerate(data.TARGET_NAMES)}
+    predictions = {target: make_rdms(78, seed=k) for k, target in enumerate(TARGET_NAMES)}
     written = challenge.write_submissions(tmp_path / "sub", predictions)
     assert [p.name for p in written] == ["submit_fmri.mat", "submit_meg.mat"]
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["submit_fmri.mat", "submit_meg.mat"]
@@ -46,10 +47,10 @@ def test_write_submissions_and_score_them(capsys, tmp_path: Path, make_rdms) -> 
 
     # Targets shaped like the 78-image test data: fMRI (subjects, 78, 78), official MEG (subjects, 2, 78, 78).
     targets = {"EVC_RDMs": make_rdms(78, subjects=4, seed=10), "IT_RDMs": make_rdms(78, subjects=4, seed=11)}
-    data.save_rdms(tmp_path / "fmri_targets.mat", targets)
+    save_rdms(tmp_path / "fmri_targets.mat", targets)
     meg = {"MEG_RDMs_early": make_rdms(78, subjects=3, k=2, seed=12), "MEG_RDMs_late": make_rdms(78, subjects=3, k=2,
                                                                                                   seed=13)}
-    data.save_rdms(tmp_path / "meg_targets.mat", meg)
+    save_rdms(tmp_path / "meg_targets.mat", meg)
     for name, target_file, truth in (("submit_fmri.mat", "fmri_targets.mat", targets),
                                      ("submit_meg.mat", "meg_targets.mat", meg)):
         code, out, err = run_main(capsys, "score", str(tmp_path / "sub" / name), "--target",
@@ -104,8 +105,8 @@ def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -
         assert 0 <= float(row["r2"]) <= 1 and 0 <= float(row["p"]) <= 1
         test_set = row["direction"].split("->")[1]
         # fMRI: the official ceiling; the window-averaged MEG files: the ceiling computed from them.
-        subjects = data.load_algonauts_set(data_root, test_set, (row["target"],)).targets[row["target"]]
-        ceiling = scoring.reference_ceiling(data.target_key(row["target"], official=True), subjects)
+        subjects = load_algonauts_set(data_root, test_set, (row["target"],)).targets[row["target"]]
+        ceiling = scoring.reference_ceiling(target_key(row["target"], official=True), subjects)
         official = scoring.OFFICIAL_NOISE_CEILINGS[int(test_set)][row["target"]]
         assert (ceiling == official) == (row["target"] == "EVC")
         assert row["ceiling_source"] == ("official" if row["target"] == "EVC" else "computed")
@@ -199,8 +200,8 @@ def test_validation_curves_score_the_seed_ensembles_mean_rdm(data_root: Path) ->
 
     from siamrdm.train import TrainConfig, Trainer, subset
 
-    set_a = subset(data.load_algonauts_set(data_root, "92", ("EVC",)), np.arange(8), "a")
-    set_b = subset(data.load_algonauts_set(data_root, "118", ("EVC",)), np.arange(7), "b")
+    set_a = subset(load_algonauts_set(data_root, "92", ("EVC",)), np.arange(8), "a")
+    set_b = subset(load_algonauts_set(data_root, "118", ("EVC",)), np.arange(7), "b")
     config = TrainConfig(backbone="alexnet", weights="random", image_size=128, augment=False, frozen_epochs=2,
                          targets=("EVC",), device="cpu")
     curves = selection.validation_curves(config, {"a->b": (set_a, set_b)}, seeds=(0, 1), progress=False)

@@ -12,7 +12,8 @@ from PIL import Image
 
 from siamrdm import cli
 from siamrdm.io import files
-from siamrdm.io.data import BrainDataset, ImageSet, load_algonauts_set
+from siamrdm.io.datasets import BrainDataset, load_algonauts_set
+from siamrdm.io.images import ImageSet
 from siamrdm.pipelines import evaluate, plots
 from siamrdm.rdm import rdm_from_features
 from siamrdm.train import config_from_preset, subset

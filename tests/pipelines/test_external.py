@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from helpers import run_cli
 
-from siamrdm.io.data import load_algonauts_set, save_rdms
+from siamrdm.io.datasets import load_algonauts_set
+from siamrdm.io.rdmfiles import save_rdms
 from siamrdm.pipelines import evaluate
 from siamrdm.pipelines.external import ExternalRDMs, load_external, score_external
 from siamrdm.rdm import scoring

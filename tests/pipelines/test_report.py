@@ -17,7 +17,7 @@ from helpers import assert_one_line_error, mark_run
 from PIL import Image
 
 from siamrdm import cli
-from siamrdm.io.data import DataError
+from siamrdm.errors import DataError
 from siamrdm.io.tables import MAX_SUMMARY_COLUMNS
 from siamrdm.pipelines import plots
 from siamrdm.pipelines.report import write_report

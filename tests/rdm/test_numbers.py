@@ -18,9 +18,8 @@ import pytest
 import scipy.io
 from helpers import assert_one_line_error, fast_config, run_cli
 
-from siamrdm.errors import ConfigError
-from siamrdm.io import data
-from siamrdm.io.data import DataError
+from siamrdm.errors import ConfigError, DataError
+from siamrdm.io.rdmfiles import load_rdm_dict, load_rdms, save_rdms
 from siamrdm.rdm import scoring, upper_tri
 from siamrdm.train.largeset import CondensedRDMs
 
@@ -69,7 +68,7 @@ def test_complex_and_text_rdms_are_refused_where_rdms_enter(tmp_path: Path, caps
     assert_error(capsys, "score", good_model, "--target", bad_target, parts=("bad_target.npz:EVC_RDMs", problem))
     assert_error(capsys, "noise-ceiling", bad_target, parts=("bad_target.npz:EVC_RDMs", problem))
     with pytest.raises(DataError, match=f"bad_target.npz:EVC_RDMs: {problem}"):
-        data.load_rdms(bad_target, "EVC_RDMs")  # fit's and evaluate's targets (load_dataset, load_algonauts_set)
+        load_rdms(bad_target, "EVC_RDMs")  # fit's and evaluate's targets (load_dataset, load_algonauts_set)
 
 
 def test_complex_rdms_are_refused_in_every_file_type(tmp_path: Path, make_rdms) -> None:
@@ -85,11 +84,11 @@ def test_complex_rdms_are_refused_in_every_file_type(tmp_path: Path, make_rdms) 
         f.create_group("pattern_descriptors")
     for name, key in (("v5.mat", "IT_RDMs"), ("v73.mat", "IT_RDMs"), ("rsa.hdf5", None)):
         with pytest.raises(DataError, match="complex values") as info:
-            data.load_rdms(tmp_path / name, key)
+            load_rdms(tmp_path / name, key)
         assert name in str(info.value)
     scipy.io.savemat(tmp_path / "cells.mat", {"IT_RDMs": np.array([[1.0, "a"], [2.0, "b"]], dtype=object)})
     with pytest.raises(DataError, match=r"cells.mat:IT_RDMs: a MATLAB cell array, not a numeric array"):
-        data.load_rdms(tmp_path / "cells.mat", "IT_RDMs")
+        load_rdms(tmp_path / "cells.mat", "IT_RDMs")
 
 
 def test_integer_and_boolean_upper_triangles_score_as_floats(tmp_path: Path, capsys, make_rdms) -> None:
@@ -129,19 +128,19 @@ def test_symmetry_is_judged_relative_to_the_rdms_scale(tmp_path: Path, make_rdms
     tiny[1, 2, 5] *= 1.5  # off by half its value, yet below the old absolute tolerance of 1e-5
     np.save(tmp_path / "tiny.npy", tiny)
     with pytest.raises(DataError, match="tiny.npy: RDMs are not symmetric"):
-        data.load_rdms(tmp_path / "tiny.npy")
+        load_rdms(tmp_path / "tiny.npy")
     diagonal = make_rdms(8) * 1e-6
     diagonal[3, 3] = 1e-7
     np.save(tmp_path / "diagonal.npy", diagonal)
     with pytest.raises(DataError, match="diagonal.npy: RDMs have a non-zero diagonal"):
-        data.load_rdms(tmp_path / "diagonal.npy")
+        load_rdms(tmp_path / "diagonal.npy")
     # A float32 RDM in the millions, symmetric but for a few ulps (0.06 each there): a rounding, not an asymmetry.
     large = (make_rdms(8, subjects=2) * 1e6).astype(np.float32)
     for i, j in ((0, 1), (2, 7), (5, 6)):
         large[1, j, i] = np.nextafter(np.nextafter(large[1, i, j], np.float32(np.inf)), np.float32(np.inf))
     assert np.max(np.abs(large - large.transpose(0, 2, 1))) > 1e-5
     np.save(tmp_path / "large.npy", large)
-    np.testing.assert_allclose(data.load_rdms(tmp_path / "large.npy"), large, rtol=0)
+    np.testing.assert_allclose(load_rdms(tmp_path / "large.npy"), large, rtol=0)
 
 
 def test_a_square_model_beside_upper_triangles_is_validated(tmp_path: Path, capsys, make_rdms) -> None:
@@ -271,13 +270,13 @@ def test_predict_writes_the_longest_matlab_name(tmp_path: Path, capsys, tiny_ima
 def test_save_rdms_refuses_keys_the_file_would_not_hold(tmp_path: Path, make_rdms) -> None:
     rdm = make_rdms(4)
     with pytest.raises(DataError, match=r"x.mat: cannot write the key '_x'"):
-        data.save_rdms(tmp_path / "x.mat", {"EVC_RDMs": rdm, "_x": rdm})
+        save_rdms(tmp_path / "x.mat", {"EVC_RDMs": rdm, "_x": rdm})
     with pytest.raises(DataError, match=r"x.npz: cannot write the key 'allow_pickle'"):  # np.savez's own argument
-        data.save_rdms(tmp_path / "x.npz", {"allow_pickle": rdm})
+        save_rdms(tmp_path / "x.npz", {"allow_pickle": rdm})
     assert list(tmp_path.iterdir()) == []
-    data.save_rdms(tmp_path / "x.npy", {"_x": rdm})  # one unnamed array: any key
-    data.save_rdms(tmp_path / "x.hdf5", {"_x": rdm})
-    assert list(data.load_rdm_dict(tmp_path / "x.hdf5")) == ["_x"]
+    save_rdms(tmp_path / "x.npy", {"_x": rdm})  # one unnamed array: any key
+    save_rdms(tmp_path / "x.hdf5", {"_x": rdm})
+    assert list(load_rdm_dict(tmp_path / "x.hdf5")) == ["_x"]
 
 
 # --------------------------------------------------------------------------- 5. the right input blamed

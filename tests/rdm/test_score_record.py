@@ -13,12 +13,14 @@ import pytest
 from helpers import mark_run, run_cli
 from PIL import Image
 
-from siamrdm.io import data as data_module
 from siamrdm.io import files, tables
-from siamrdm.io.data import group_average, load_algonauts_set, save_rdms
+from siamrdm.io.datasets import load_algonauts_set
+from siamrdm.io.rdmfiles import save_rdms
+from siamrdm.io.rsafiles import to_rsatoolbox
 from siamrdm.pipelines import challenge, evaluate, plots
 from siamrdm.pipelines.report import write_report
 from siamrdm.rdm import reliability, scoring, square_rdm, upper_tri
+from siamrdm.rdm.core import group_average
 from siamrdm.train import subset
 from siamrdm.train.largeset import HeldOutTarget
 
@@ -456,12 +458,12 @@ def test_the_statistics_match_rsatoolbox(fmri92) -> None:
     subjects, models = it[7:], {"group": group_average(it[:7]), "per-image": per_image_rdm(40, 2)}
     records = {name: scoring.score_record(scoring.spearman_rhos(m, subjects), scoring.NO_CEILINGS)
                for name, m in models.items()}
-    data = data_module.to_rsatoolbox({"IT": subjects})
-    fixed = [rsatoolbox.model.ModelFixed(name, data_module.to_rsatoolbox(m)) for name, m in models.items()]
+    data = to_rsatoolbox({"IT": subjects})
+    fixed = [rsatoolbox.model.ModelFixed(name, to_rsatoolbox(m)) for name, m in models.items()]
     result = rsatoolbox.inference.eval_fixed(fixed, data, method="spearman")
     n = len(subjects)
     for k, name in enumerate(models):
-        theirs = rsatoolbox.rdm.compare(data_module.to_rsatoolbox(models[name]), data, method="spearman")[0]
+        theirs = rsatoolbox.rdm.compare(to_rsatoolbox(models[name]), data, method="spearman")[0]
         np.testing.assert_allclose(records[name].rhos, theirs, rtol=1e-10)
         assert result.get_means()[k] == pytest.approx(records[name].rho_mean, rel=1e-10)
         assert result.get_sem()[k] == pytest.approx(records[name].rho_se, rel=1e-8)
@@ -473,7 +475,7 @@ def test_the_statistics_match_rsatoolbox(fmri92) -> None:
     rng = np.random.default_rng(0)
     z = np.stack([square_rdm((v - v.mean()) / v.std(), 40) for v in upper_tri(it + rng.random(it.shape) * 1e-9)])
     ours = scoring.noise_ceilings(z, "corr")
-    theirs = rsatoolbox.inference.boot_noise_ceiling(data_module.to_rsatoolbox(z), method="corr")
+    theirs = rsatoolbox.inference.boot_noise_ceiling(to_rsatoolbox(z), method="corr")
     assert ours.rho == pytest.approx(theirs, rel=1e-8)
 
     np.random.seed(0)  # rsatoolbox's bootstrap draws from numpy's global generator

@@ -13,8 +13,8 @@ import pytest
 from scipy import stats
 
 from siamrdm.io import tables
-from siamrdm.io.data import group_average
 from siamrdm.rdm import scoring, square_rdm, upper_tri
+from siamrdm.rdm.core import group_average
 
 # Upper triangles (6 entries each) of 4 x 4 RDMs whose ranks are chosen so that Spearman's rho is easy by
 # hand: rho = 1 - 6 * sum(d^2) / (n (n^2 - 1)) with n = 6, so the denominator is 210.
@@ -222,7 +222,7 @@ def test_official_ceiling_recognised_by_content(fmri92, fmri118) -> None:
 def test_other_study_gets_its_computed_ceiling(fmri92, kriegeskorte_it) -> None:
     """Kriegeskorte et al. (2008): IT_RDMs of the same 92 images, 4 subjects x 2 sessions: its own ceiling
     (0.2745), never the Algonauts 92 set's official 0.3075 that key and size alone would pick."""
-    from siamrdm.io.data import load_rdms
+    from siamrdm.io.rdmfiles import load_rdms
 
     other = load_rdms(kriegeskorte_it, "IT_RDMs")
     result = scoring.score_submission({"IT_RDMs": fmri92["IT_RDMs"].mean(axis=0)}, {"IT_RDMs": other},

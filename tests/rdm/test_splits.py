@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from siamrdm.errors import ConfigError
-from siamrdm.io import data
+from siamrdm.io.datasets import load_algonauts_set
 from siamrdm.rdm import splits
 
 
@@ -31,7 +31,7 @@ def test_holdout_indices_partition_and_the_minimum_size() -> None:
 
 
 def test_split_holdout_keeps_rows_and_columns(data_root: Path) -> None:
-    dataset = data.load_algonauts_set(data_root, "92", ("EVC",))
+    dataset = load_algonauts_set(data_root, "92", ("EVC",))
     train, val = splits.split_holdout(dataset, 0.25, seed=0)
     kept, held = splits.holdout_indices(92, 0.25, seed=0)
     assert train.images.names == [dataset.images.names[k] for k in kept]
@@ -42,7 +42,7 @@ def test_split_holdout_keeps_rows_and_columns(data_root: Path) -> None:
 
 
 def test_fold_splits_partition_the_images(data_root: Path) -> None:
-    dataset = data.load_algonauts_set(data_root, "92", ("EVC",))
+    dataset = load_algonauts_set(data_root, "92", ("EVC",))
     folds = splits.fold_splits(dataset, 4, seed=0)
     assert list(folds) == [f"92 fold {k}" for k in (1, 2, 3, 4)]
     held_out = [set(val.images.names) for _, val in folds.values()]
@@ -58,7 +58,7 @@ def test_fold_splits_partition_the_images(data_root: Path) -> None:
 
 
 def test_cross_set_directions(data_root: Path) -> None:
-    sets = {name: data.load_algonauts_set(data_root, name, ("EVC",)) for name in ("92", "118")}
+    sets = {name: load_algonauts_set(data_root, name, ("EVC",)) for name in ("92", "118")}
     directions = splits.cross_set_splits(sets)
     assert list(directions) == ["92->118", "118->92"]
     assert directions["92->118"][0] is sets["92"] and directions["92->118"][1] is sets["118"]
@@ -75,7 +75,7 @@ def test_subject_halves_are_disjoint_and_cover_everyone() -> None:
 
 def test_subject_fold_splits_cross_image_folds_with_subject_halves(data_root) -> None:
     """One fit per fold on the first half's RDMs; scored on the same held-out images of both halves."""
-    from siamrdm.io.data import load_algonauts_set
+    from siamrdm.io.datasets import load_algonauts_set
     from siamrdm.rdm import splits as splits_module
     from siamrdm.rdm.splits import subject_fold_splits, subject_halves
 

@@ -16,7 +16,7 @@ from helpers import assert_one_line_error, fast_config, run_cli
 from scipy import stats
 
 from siamrdm import train
-from siamrdm.io import data
+from siamrdm.io.datasets import BrainDataset, load_algonauts_set
 from siamrdm.pipelines import challenge
 from siamrdm.rdm import square_rdm, upper_tri
 from siamrdm.rdm.scoring import compare_rdms, score_with_ceiling, spearman_rhos
@@ -51,7 +51,7 @@ def per_image_augment(images: torch.Tensor, crop_scale: tuple[float, float],
 
 
 @pytest.mark.parametrize(("size", "crop_scale"), [(128, (0.7, 1.0)), (224, (0.7, 1.0)), (40, (0.1, 0.5))])
-def test_batched_augmentation_equals_the_per_image_crops(dataset92: data.BrainDataset, size: int,
+def test_batched_augmentation_equals_the_per_image_crops(dataset92: BrainDataset, size: int,
                                                          crop_scale: tuple[float, float]) -> None:
     """Same draws, same boxes, same pixels to float rounding: the batched op replaced the per-image loop
     without changing what a run trains on."""
@@ -97,7 +97,7 @@ def test_crop_and_flip_rates() -> None:
     assert abs(np.mean(x0[slack] / (size - w[slack])) - 0.5) < 0.02  # position uniform where it can move
 
 
-def test_frozen_views_keep_their_crops(dataset92: data.BrainDataset) -> None:
+def test_frozen_views_keep_their_crops(dataset92: BrainDataset) -> None:
     """The cached frozen views are the per-image crops they were before the batched op, seeded by the same
     identity (the run's seed, the image's folder name and name, and the view; not the body's precision, layout or
     device, nor the path the data was given by)."""
@@ -120,12 +120,12 @@ def test_the_path_spelling_of_the_data_does_not_change_the_model(data_root: Path
     config = fast_config(augment=True, augment_views=3, frozen_epochs=2, lr=3e-3)
     models = []
     for root in (data_root.resolve(), Path(os.path.relpath(data_root.resolve(), Path.cwd()))):
-        dataset = train.subset(data.load_algonauts_set(root, "92", ("EVC",)), np.arange(8), "a")
+        dataset = train.subset(load_algonauts_set(root, "92", ("EVC",)), np.arange(8), "a")
         models.append(train.fit(config, [dataset], progress=False).model.state_dict())
     assert str(models) and all(torch.equal(models[0][k], models[1][k]) for k in models[0])
 
 
-def test_trainer_keeps_the_pixels_on_its_device(dataset92: data.BrainDataset) -> None:
+def test_trainer_keeps_the_pixels_on_its_device(dataset92: BrainDataset) -> None:
     trainer = train.Trainer(fast_config(augment=True, unfrozen_epochs=1), [train.subset(dataset92, np.arange(8), "a")],
                             progress=False)
     assert all(s.images.device == trainer.device for s in trainer.train_sets)
@@ -157,7 +157,7 @@ def test_torch_spearman_equals_the_official_metric(make_rdms) -> None:
     np.testing.assert_allclose(rho.numpy(), spearman_rhos(model, targets), atol=1e-12)
 
 
-def test_nan_and_constant_predictions_score_as_the_numpy_metric(make_rdms, dataset92: data.BrainDataset) -> None:
+def test_nan_and_constant_predictions_score_as_the_numpy_metric(make_rdms, dataset92: BrainDataset) -> None:
     """A prediction with NaN scores NaN on the device as in numpy (so training counts it as the worst epoch), a
     constant one scores 0 (never NaN)."""
     targets = make_rdms(12, subjects=3, seed=1)
@@ -179,13 +179,13 @@ def test_nan_and_constant_predictions_score_as_the_numpy_metric(make_rdms, datas
 
 
 @pytest.mark.parametrize("prior", ["none", "nnls"])
-def test_validation_on_the_device_equals_the_numpy_metric(dataset92: data.BrainDataset, dataset118: data.BrainDataset,
+def test_validation_on_the_device_equals_the_numpy_metric(dataset92: BrainDataset, dataset118: BrainDataset,
                                                          prior: str) -> None:
     """Two validation sets, one with fewer subjects (4 of 15): the same rows as `score_with_ceiling` gives the
     RDMs, with the prior and test-time augmentation or without."""
     config = fast_config(targets=("EVC", "IT"), prior=prior, frozen_epochs=1, tta=prior == "nnls")
     part = train.subset(dataset92, np.arange(40, 50), "c")
-    few = data.BrainDataset("c", part.images, {t: r[:4] for t, r in part.targets.items()})
+    few = BrainDataset("c", part.images, {t: r[:4] for t, r in part.targets.items()})
     val = {"b": train.subset(dataset118, np.arange(9), "b"), "c": few}
     trainer = train.Trainer(config, [train.subset(dataset92, np.arange(12), "a")], list(val.values()), progress=False)
     trainer.run_epoch()
@@ -200,7 +200,7 @@ def test_validation_on_the_device_equals_the_numpy_metric(dataset92: data.BrainD
 
 
 @pytest.mark.parametrize("tta", [False, True])
-def test_frozen_validation_features_from_the_cache_equal_a_fresh_pass(dataset92: data.BrainDataset, tta: bool) -> None:
+def test_frozen_validation_features_from_the_cache_equal_a_fresh_pass(dataset92: BrainDataset, tta: bool) -> None:
     """While the body is frozen, validation reads each image's plain features from the process cache that
     training fills (and computes the mirror view of tta): the same standardised features as a fresh pass."""
     config = fast_config(frozen_epochs=1, tta=tta)
@@ -218,7 +218,7 @@ def test_frozen_validation_features_from_the_cache_equal_a_fresh_pass(dataset92:
 # --------------------------------------------------------------------------- validation every k epochs
 
 
-def test_validate_every_k_epochs(dataset92: data.BrainDataset) -> None:
+def test_validate_every_k_epochs(dataset92: BrainDataset) -> None:
     """Validation does not touch the training: the validated epochs score exactly as with k = 1, the best
     epoch is a validated one, and the last epoch (the schedule's end or stop_epoch) is always validated."""
     fit_set, val_set = train.subset(dataset92, np.arange(10), "a"), train.subset(dataset92, np.arange(50, 58), "b")
@@ -243,7 +243,7 @@ def test_validate_every_k_epochs(dataset92: data.BrainDataset) -> None:
     assert [row["epoch"] for row in stopped.history if "val_pct_nc" in row] == [0, 3, 5]
 
 
-def test_early_stopping_waits_for_a_validation(dataset92: data.BrainDataset) -> None:
+def test_early_stopping_waits_for_a_validation(dataset92: BrainDataset) -> None:
     """Patience 2 with validation every 4th epoch: the run is scored at epoch 0 (kept: the first score), is not
     better at epoch 4 (a zero learning rate), and stops there, not at epoch 2, where nothing new was known."""
     fit_set, val_set = train.subset(dataset92, np.arange(10), "a"), train.subset(dataset92, np.arange(50, 58), "b")
@@ -254,8 +254,8 @@ def test_early_stopping_waits_for_a_validation(dataset92: data.BrainDataset) -> 
     assert result.best_epoch == 0 and result.best_score is not None
 
 
-def test_curves_and_epoch_choice_with_validate_every(dataset92: data.BrainDataset,
-                                                     dataset118: data.BrainDataset) -> None:
+def test_curves_and_epoch_choice_with_validate_every(dataset92: BrainDataset,
+                                                     dataset118: BrainDataset) -> None:
     sets = {"92": train.subset(dataset92, np.arange(9), "92"), "118": train.subset(dataset118, np.arange(10), "118")}
     config = fast_config(frozen_epochs=5, prior="nnls", lr=3e-3)
     every = selection.validation_curves(config, cross_set_splits(sets), (0,))
@@ -271,7 +271,7 @@ def test_curves_and_epoch_choice_with_validate_every(dataset92: data.BrainDatase
         check_config(fast_config(validate_every=0))
 
 
-def test_curves_stop_at_stop_epoch_and_name_a_diverged_fit(dataset92: data.BrainDataset, dataset118: data.BrainDataset,
+def test_curves_stop_at_stop_epoch_and_name_a_diverged_fit(dataset92: BrainDataset, dataset118: BrainDataset,
                                                            tmp_path: Path) -> None:
     """The curves end at the config's stop_epoch, as a fit does; a fit that diverges says which one it was (a
     challenge runs eight curves and four final fits, several at once with --jobs)."""
@@ -305,7 +305,7 @@ def test_precision_and_layout_are_checked(capsys) -> None:
     assert not Path("unused").exists()
 
 
-def test_bf16_and_channels_last_predict_what_fp32_predicts(dataset92: data.BrainDataset) -> None:
+def test_bf16_and_channels_last_predict_what_fp32_predicts(dataset92: BrainDataset) -> None:
     """One frozen and one unfrozen epoch (the body's backward pass too): bf16 autocast stays within rounding of
     float32 (RDM correlation > 0.99), channels-last within float rounding."""
     fit_set, val_set = train.subset(dataset92, np.arange(10), "a"), train.subset(dataset92, np.arange(50, 60), "b")
@@ -327,8 +327,8 @@ def test_bf16_and_channels_last_predict_what_fp32_predicts(dataset92: data.Brain
 # --------------------------------------------------------------------------- concurrent fits
 
 
-def test_challenge_jobs_give_the_sequential_results(capsys, tmp_path: Path, dataset92: data.BrainDataset,
-                                                    dataset118: data.BrainDataset) -> None:
+def test_challenge_jobs_give_the_sequential_results(capsys, tmp_path: Path, dataset92: BrainDataset,
+                                                    dataset118: BrainDataset) -> None:
     """The challenge's independent fits (curves of 2 targets x 2 directions, then 2 final fits with their test
     predictions) in two worker processes against this process: the same curves and predictions."""
     sets = {"92": train.subset(dataset92, np.arange(9), "92"), "118": train.subset(dataset118, np.arange(10), "118")}
@@ -359,7 +359,7 @@ def test_challenge_jobs_give_the_sequential_results(capsys, tmp_path: Path, data
     assert not (tmp_path / "zero").exists()
 
 
-def test_losses_reach_the_host_every_k_epochs(dataset92: data.BrainDataset) -> None:
+def test_losses_reach_the_host_every_k_epochs(dataset92: BrainDataset) -> None:
     """With validate_every = 3 the losses stay on the device until epochs 3, 6 and the last; a NaN loss stops the
     run there, naming the epoch it appeared in."""
     trainer = train.Trainer(fast_config(frozen_epochs=7, validate_every=3),

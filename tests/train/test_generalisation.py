@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from siamrdm import train
-from siamrdm.io import data
+from siamrdm.io.datasets import TARGET_NAMES, BrainDataset, load_algonauts_set
 from siamrdm.rdm.reliability import UNRELIABLE_BELOW, reliability_line, target_reliability
 from siamrdm.train import selection
 
@@ -68,10 +68,10 @@ def test_epoch_choice_keeps_the_prior_without_a_validated_gain() -> None:
 
 
 @pytest.fixture(scope="module")
-def noisy_split(data_root: Path) -> tuple[data.BrainDataset, data.BrainDataset]:
+def noisy_split(data_root: Path) -> tuple[BrainDataset, BrainDataset]:
     """16 training and 10 held-out images of the 92 set whose IT subjects were scrambled independently."""
-    set92 = data.load_algonauts_set(data_root, "92", ("IT",))
-    noisy = data.BrainDataset("92-noise", set92.images, {"IT": scrambled(set92.targets["IT"], seed=1)}, False)
+    set92 = load_algonauts_set(data_root, "92", ("IT",))
+    noisy = BrainDataset("92-noise", set92.images, {"IT": scrambled(set92.targets["IT"], seed=1)}, False)
     index = np.random.default_rng(0).permutation(len(set92))
     return (train.subset(noisy, np.sort(index[:16]), "noise-train"), train.subset(noisy, np.sort(index[16:26]),
                                                                                   "noise-val"))
@@ -117,7 +117,7 @@ def test_data_info_shows_each_training_keys_reliability(capsys, data_root: Path)
     code, out, _ = run_cli(capsys, "data-info", "--data", data_root, "--json")
     assert code == 0
     reliability = json.loads(out)["reliability"]
-    assert set(reliability) == {f"{s}/{t}" for s in ("92", "118") for t in data.TARGET_NAMES}
+    assert set(reliability) == {f"{s}/{t}" for s in ("92", "118") for t in TARGET_NAMES}
     assert reliability["118/IT"]["reliable"] is False and reliability["92/IT"]["reliable"] is True
     code, out, _ = run_cli(capsys, "data-info", "--data", data_root)
     assert "118/IT: reliability 0.17" in out and "too unreliable" in out
@@ -162,7 +162,7 @@ def test_the_ranks_target_is_what_the_mean_spearman_rewards(fmri92: dict[str, np
     np.testing.assert_allclose(group_target(sessions, "ranks"), ranks, rtol=0, atol=1e-12)
 
 
-def test_training_pairs_follow_the_group_target(dataset92: data.BrainDataset) -> None:
+def test_training_pairs_follow_the_group_target(dataset92: BrainDataset) -> None:
     from siamrdm.rdm.core import rescale
     from siamrdm.train.fullbatch import group_target, prepare_set
 

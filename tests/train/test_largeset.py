@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from siamrdm.io.data import DataError
+from siamrdm.errors import DataError
 from siamrdm.rdm import rescale, scoring, square_rdm, upper_tri
 from siamrdm.train import largeset
 from siamrdm.train.config import TrainConfig

@@ -16,14 +16,14 @@ from helpers import assert_one_line_error, fast_config, run_cli
 from test_generalisation import scrambled
 
 from siamrdm import train
-from siamrdm.io import data
+from siamrdm.io.datasets import BrainDataset
 from siamrdm.rdm.parts import per_image_fit
 from siamrdm.train.fullbatch import FullBatchStep, set_shares
 from siamrdm.train.selection import ensemble_curves, validation_curves
 
 
 @pytest.fixture(scope="module")
-def small(dataset92: data.BrainDataset) -> data.BrainDataset:
+def small(dataset92: BrainDataset) -> BrainDataset:
     return train.subset(dataset92, np.arange(12), "92-twelve")
 
 
@@ -31,11 +31,11 @@ def lever_config(**overrides) -> train.TrainConfig:
     return fast_config(**{"targets": ("EVC",), "prior": "layer", **overrides})
 
 
-def head_targets(config: train.TrainConfig, dataset: data.BrainDataset) -> np.ndarray:
+def head_targets(config: train.TrainConfig, dataset: BrainDataset) -> np.ndarray:
     return FullBatchStep(config, [dataset]).train_sets[0].targets[:, 0].double().numpy()
 
 
-def test_per_image_removal_leaves_only_what_tells_pairs_apart(small: data.BrainDataset) -> None:
+def test_per_image_removal_leaves_only_what_tells_pairs_apart(small: BrainDataset) -> None:
     kept = head_targets(lever_config(), small)
     removed = head_targets(lever_config(per_image="remove"), small)
     effects, _ = per_image_fit(removed, len(small))
@@ -47,7 +47,7 @@ def test_per_image_removal_leaves_only_what_tells_pairs_apart(small: data.BrainD
     assert np.abs(difference).max() > 1e-3  # and there was something to take out
 
 
-def test_shrinkage_trains_the_head_on_part_of_the_residual(small: data.BrainDataset) -> None:
+def test_shrinkage_trains_the_head_on_part_of_the_residual(small: BrainDataset) -> None:
     kept = head_targets(lever_config(), small)
     np.testing.assert_allclose(head_targets(lever_config(shrinkage=0.5), small), 0.5 * kept, atol=1e-6)
     both = head_targets(lever_config(shrinkage=0.25, per_image="remove"), small)
@@ -58,7 +58,7 @@ def head_weights(trainer: train.Trainer) -> list[torch.Tensor]:
     return [p.detach().clone() for p in trainer.model.head.parameters()]
 
 
-def test_head_average_is_the_moving_average_of_the_stepped_weights(small: data.BrainDataset) -> None:
+def test_head_average_is_the_moving_average_of_the_stepped_weights(small: BrainDataset) -> None:
     config = lever_config(head_average=0.6, frozen_epochs=3)
     averaged = train.Trainer(config, [small], [small], progress=False)
     plain = train.Trainer(replace(config, head_average=None), [small], [small], progress=False)
@@ -78,7 +78,7 @@ def test_head_average_is_the_moving_average_of_the_stepped_weights(small: data.B
     assert not torch.allclose(predicted, plain.stepper.last_pairs[small.name])
 
 
-def test_head_average_resumes_from_its_checkpoint(small: data.BrainDataset) -> None:
+def test_head_average_resumes_from_its_checkpoint(small: BrainDataset) -> None:
     config = lever_config(head_average=0.7, frozen_epochs=4)
     reference = train.Trainer(config, [small], progress=False)
     for _ in range(4):
@@ -96,9 +96,9 @@ def test_head_average_resumes_from_its_checkpoint(small: data.BrainDataset) -> N
         train.Trainer(config, [small], progress=False).load_state(broken)
 
 
-def test_reliability_weights_let_a_noisy_set_pull_less(dataset92: data.BrainDataset) -> None:
+def test_reliability_weights_let_a_noisy_set_pull_less(dataset92: BrainDataset) -> None:
     reliable = train.subset(dataset92, np.arange(40), "reliable")
-    noise = data.BrainDataset("noise", reliable.images, {t: scrambled(r) for t, r in reliable.targets.items()})
+    noise = BrainDataset("noise", reliable.images, {t: scrambled(r) for t, r in reliable.targets.items()})
     config = lever_config(targets=("IT",))
     prepared = FullBatchStep(config, [reliable, noise]).train_sets
     assert set_shares([reliable, noise], prepared, config) == pytest.approx([0.5, 0.5])  # same pairs
@@ -107,12 +107,12 @@ def test_reliability_weights_let_a_noisy_set_pull_less(dataset92: data.BrainData
     step = FullBatchStep(replace(config, set_weights="reliability"), [reliable, noise])
     assert step.set_shares == pytest.approx(weighted)
     assert set_shares([noise], prepared[1:], replace(config, set_weights="reliability")) == [1.0]  # alone: all of it
-    one = data.BrainDataset("one", reliable.images, {"IT": reliable.targets["IT"][:1]})
+    one = BrainDataset("one", reliable.images, {"IT": reliable.targets["IT"][:1]})
     with pytest.raises(train.ConfigError, match="set_weights: image set one has one subject"):
         set_shares([reliable, one], prepared, replace(config, set_weights="reliability"))
 
 
-def test_one_fit_scored_on_several_sets_gives_each_its_curve(dataset92: data.BrainDataset) -> None:
+def test_one_fit_scored_on_several_sets_gives_each_its_curve(dataset92: BrainDataset) -> None:
     """`ensemble_curves` scores one fit on several held-out sets; its first curve is the split's curve."""
     config = lever_config(frozen_epochs=2)
     fit_on, held, other = (train.subset(dataset92, np.arange(a, b), f"s{a}") for a, b in ((0, 12), (12, 20), (20, 26)))

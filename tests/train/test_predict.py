@@ -18,8 +18,9 @@ from helpers import assert_one_line_error
 from helpers import run_cli as run_main
 
 from siamrdm import cli, train
-from siamrdm.io import data
-from siamrdm.io.data import DataError
+from siamrdm.errors import DataError
+from siamrdm.io.datasets import BrainDataset
+from siamrdm.io.images import ImageSet, load_image_set
 from siamrdm.model import all_pairs
 from siamrdm.model.backbones import images_to_tensor
 from siamrdm.train import checkpoint
@@ -42,8 +43,8 @@ def assert_rdm(rdm: np.ndarray, n: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def images78(data_root: Path) -> data.ImageSet:
-    return data.load_image_set(data_root / "Test_Data" / "78images")
+def images78(data_root: Path) -> ImageSet:
+    return load_image_set(data_root / "Test_Data" / "78images")
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def cli_model(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> tupl
 # --------------------------------------------------------------------------- the predictor
 
 
-def test_predict_is_symmetric_with_zero_diagonal(two_seeds, images78: data.ImageSet) -> None:
+def test_predict_is_symmetric_with_zero_diagonal(two_seeds, images78: ImageSet) -> None:
     config, models = two_seeds
     images = images78.images[:9]
     single = RDMPredictor(models[:1], config)
@@ -87,13 +88,13 @@ def test_predict_is_symmetric_with_zero_diagonal(two_seeds, images78: data.Image
     np.testing.assert_allclose(rdms["IT"][j.numpy(), i.numpy()], reverse[:, 1], atol=1e-6)
     # An ensemble predicts the mean of its members; an ImageSet works like a list of images.
     other = RDMPredictor(models[1:], config).predict(images)
-    both = RDMPredictor(models, config).predict(data.ImageSet(images78.names[:9], images, images78.source))
+    both = RDMPredictor(models, config).predict(ImageSet(images78.names[:9], images, images78.source))
     for target in ("EVC", "IT"):
         np.testing.assert_allclose(both[target], (rdms[target] + other[target]) / 2, atol=1e-9)
         assert not np.allclose(rdms[target], other[target])
 
 
-def test_save_and_load_without_the_weights_file(tmp_path: Path, images78: data.ImageSet) -> None:
+def test_save_and_load_without_the_weights_file(tmp_path: Path, images78: ImageSet) -> None:
     """A model file holds the body's weights: loading it needs neither the weights file nor a download."""
     torch.manual_seed(5)
     weights = tmp_path / "alexnet.pth"
@@ -130,8 +131,8 @@ def test_load_rejects_other_files(tmp_path: Path) -> None:
         RDMPredictor([], fast_config())
 
 
-def test_fit_predictor_seeds_and_fit_predict(tmp_path: Path, dataset92: data.BrainDataset,
-                                             images78: data.ImageSet) -> None:
+def test_fit_predictor_seeds_and_fit_predict(tmp_path: Path, dataset92: BrainDataset,
+                                             images78: ImageSet) -> None:
     small = train.subset(dataset92, np.arange(8), "92-eight")
     config = fast_config(targets=("IT",), frozen_epochs=2)
     predictor = fit_predictor(config, [small], seeds=(0, 4), out_dir=tmp_path / "run", progress=False)
@@ -196,7 +197,7 @@ def test_predict_command_errors(capsys, tmp_path: Path, cli_model, data_root: Pa
     assert not (tmp_path / "y.mat").exists()
 
 
-def test_fit_and_predict_on_custom_data(capsys, tmp_path: Path, dataset92: data.BrainDataset, data_root: Path) -> None:
+def test_fit_and_predict_on_custom_data(capsys, tmp_path: Path, dataset92: BrainDataset, data_root: Path) -> None:
     """Your own data: a folder of images and an .npy of subject RDMs under a key of your choosing."""
     images = tmp_path / "my_images"
     images.mkdir()
@@ -220,7 +221,7 @@ def test_fit_and_predict_on_custom_data(capsys, tmp_path: Path, dataset92: data.
     assert code == 0 and err == ""
     assert_rdm(np.load(npy), 12)
     # The prediction is the saved model's (same numbers as the library gives).
-    expected = RDMPredictor.load(out / "model.pt").predict(data.load_image_set(images))["V4"]
+    expected = RDMPredictor.load(out / "model.pt").predict(load_image_set(images))["V4"]
     np.testing.assert_allclose(np.load(npy), expected, atol=1e-12)
     # A key that does not fit the RDM file is one line.
     bad_rdms = tmp_path / "bad.npy"
@@ -235,14 +236,14 @@ def test_own_data_keeps_its_key_even_when_named_like_a_challenge_target(capsys, 
                                                                          data_root: Path) -> None:
     """A user's own RDMs keyed 'EVC' come back as 'EVC', not as the challenge's 'EVC_RDMs'; a model trained on the
     Algonauts sets still writes the challenge's keys (the submission format)."""
-    images = data.load_image_set(data_root / "Test_Data" / "78images")
+    images = load_image_set(data_root / "Test_Data" / "78images")
     names = images.names[:6]
     rng = np.random.default_rng(0)
     subjects = np.stack([np.abs(rng.normal(size=(6, 6))) for _ in range(3)])
     subjects = (subjects + subjects.transpose(0, 2, 1)) / 2
     subjects[:, np.arange(6), np.arange(6)] = 0
-    six = data.ImageSet(names=list(names), images=images.images[:6], source=images.source)
-    own = data.BrainDataset("own", six, {"EVC": subjects})
+    six = ImageSet(names=list(names), images=images.images[:6], source=images.source)
+    own = BrainDataset("own", six, {"EVC": subjects})
     config = fast_config(targets=("EVC",))
     own_model = fit_predictor(config, [own], progress=False, out_dir=tmp_path / "own", image_order=list(names))
     assert own_model.output_keys == {"EVC": "EVC"}

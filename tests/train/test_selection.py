@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from helpers import assert_one_line_error, fast_config, run_cli
 
-from siamrdm.io import data
+from siamrdm.io.datasets import BrainDataset, load_algonauts_set
 from siamrdm.pipelines import evaluate
 from siamrdm.rdm import splits
 from siamrdm.train import selection
@@ -21,7 +21,7 @@ SMALL = ["--backbone", "alexnet", "--weights", "random", "--image-size", "128", 
 
 
 def test_select_epochs_is_the_fold_rule_on_new_images_of_new_people(data_root: Path) -> None:
-    dataset = splits.subset(data.load_algonauts_set(data_root, "92", ("EVC",)), np.arange(18), "a")
+    dataset = splits.subset(load_algonauts_set(data_root, "92", ("EVC",)), np.arange(18), "a")
     config = fast_config(frozen_epochs=3, prior="layer", lr=3e-3)
     epochs, curves = selection.select_epochs(config, [dataset])
     assert sorted(curves) == [f"a fold {k}" for k in (1, 2, 3)]  # 3 folds of 6 images
@@ -33,7 +33,7 @@ def test_select_epochs_is_the_fold_rule_on_new_images_of_new_people(data_root: P
     everyone = selection.validation_curves(config, splits.fold_splits(dataset, 3, seed=0), (0,))
     assert [r["rho_mean"] for r in curves["a fold 1"]] != [r["rho_mean"] for r in everyone["a fold 1"]]
     # A target of one subject cannot be halved: its folds are of images alone.
-    alone = data.BrainDataset("b", dataset.images, {"EVC": dataset.targets["EVC"][:1]})
+    alone = BrainDataset("b", dataset.images, {"EVC": dataset.targets["EVC"][:1]})
     assert selection.selection_splits([alone])["b fold 1"][1].targets["EVC"].shape[0] == 1
     assert [row["epoch"] for row in curves["a fold 1"]] == [0, 1, 2, 3]  # epoch 0: the prior alone
     # Too few images for two folds of 3: nothing can be chosen.
@@ -41,7 +41,7 @@ def test_select_epochs_is_the_fold_rule_on_new_images_of_new_people(data_root: P
 
 
 def test_a_fit_on_several_sets_takes_the_epochs_of_their_cross_set_curves(data_root: Path) -> None:
-    full = data.load_algonauts_set(data_root, "92", ("EVC",))
+    full = load_algonauts_set(data_root, "92", ("EVC",))
     a, b = splits.subset(full, np.arange(12), "a"), splits.subset(full, np.arange(12, 24), "b")
     config = fast_config(frozen_epochs=3, prior="layer", lr=3e-3)
     epochs, curves = selection.select_epochs(config, [a, b])
@@ -67,7 +67,7 @@ def selection_curve(values: list[float]) -> list[dict]:
 
 
 def test_evaluate_chooses_the_siamese_epochs_inside_each_fold(data_root: Path) -> None:
-    dataset = splits.subset(data.load_algonauts_set(data_root, "92", ("EVC",)), np.arange(18), "own")
+    dataset = splits.subset(load_algonauts_set(data_root, "92", ("EVC",)), np.arange(18), "own")
     config = fast_config(frozen_epochs=2, prior="layer", lr=3e-3)
     result = evaluate.evaluate_folds(dataset, folds=2, methods=("siamese",), config=config, progress=False)
     for (train, _), row in zip(splits.fold_splits(dataset, 2, 0).values(), result.rows, strict=True):

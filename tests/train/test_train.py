@@ -22,15 +22,16 @@ import torch.nn.functional as F
 from helpers import assert_one_line_error, fast_config, run_cli
 
 from siamrdm import train
-from siamrdm.io import data
-from siamrdm.io.data import DataError
+from siamrdm.errors import DataError
+from siamrdm.io.datasets import BrainDataset, load_algonauts_set
 from siamrdm.model import all_pairs
 from siamrdm.rdm import scoring, upper_tri
+from siamrdm.rdm.core import group_average
 from siamrdm.train import augment, checkpoint
 
 
 @pytest.fixture(scope="module")
-def small92(dataset92: data.BrainDataset) -> data.BrainDataset:
+def small92(dataset92: BrainDataset) -> BrainDataset:
     return train.subset(dataset92, np.arange(10), "92-small")
 
 
@@ -43,7 +44,7 @@ def state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: fl
 # --------------------------------------------------------------------------- data for training
 
 
-def test_subset_and_split_holdout(dataset92: data.BrainDataset) -> None:
+def test_subset_and_split_holdout(dataset92: BrainDataset) -> None:
     index = np.array([5, 1, 40])
     part = train.subset(dataset92, index, "part")
     assert part.name == "part" and part.images.names == ["image_06.jpg", "image_02.jpg", "image_41.jpg"]
@@ -56,12 +57,12 @@ def test_subset_and_split_holdout(dataset92: data.BrainDataset) -> None:
     assert again.images.names == val_part.images.names  # the seed fixes the split
 
 
-def test_prepare_set_targets(small92: data.BrainDataset) -> None:
+def test_prepare_set_targets(small92: BrainDataset) -> None:
     config = fast_config(targets=("EVC", "IT"))
     prepared = train.prepare_set(small92, config.targets, config)
     assert prepared.images.shape == (10, 3, 128, 128)
     assert prepared.targets.shape == (45, 2)
-    evc = upper_tri(data.group_average(small92.targets["EVC"]))
+    evc = upper_tri(group_average(small92.targets["EVC"]))
     expected = (evc - evc.min()) / (evc.max() - evc.min())  # the paper's minmax to [0, 1], upper-triangle order
     np.testing.assert_allclose(prepared.targets[:, 0].numpy(), expected, atol=1e-6)
     assert prepared.normalisation["EVC"] == {"low": evc.min(), "high": evc.max()}
@@ -69,7 +70,7 @@ def test_prepare_set_targets(small92: data.BrainDataset) -> None:
         train.prepare_set(small92, ("EVC", "MEG_late"), config)
 
 
-def test_augment_batch_is_reproducible(small92: data.BrainDataset) -> None:
+def test_augment_batch_is_reproducible(small92: BrainDataset) -> None:
     config = fast_config(augment=True)
     images = train.prepare_set(small92, ("EVC",), config).images
     first = augment.augment_batch(images, config, torch.Generator().manual_seed(1))
@@ -99,7 +100,7 @@ def test_presets_and_devices() -> None:
 # --------------------------------------------------------------------------- learning
 
 
-def test_loss_falls_on_real_evc(dataset92: data.BrainDataset) -> None:
+def test_loss_falls_on_real_evc(dataset92: BrainDataset) -> None:
     """A few frozen epochs of the pretrained efficientnet_lite0 net on 16 real images: the MSE falls;
     validation on 8 other images picks the best epoch, the untrained model (epoch 0) among the candidates."""
     config = train.TrainConfig(targets=("EVC",), image_size=96, frozen_epochs=3, augment_views=2, lr=3e-3,
@@ -120,7 +121,7 @@ def test_loss_falls_on_real_evc(dataset92: data.BrainDataset) -> None:
     assert result.normalisation["92-fit"]["EVC"].keys() == {"low", "high"}
 
 
-def test_correlation_loss_starts_at_the_prior_and_falls(dataset92: data.BrainDataset) -> None:
+def test_correlation_loss_starts_at_the_prior_and_falls(dataset92: BrainDataset) -> None:
     """--loss correlation with a prior: before any step the head is zero, so the loss is 1 - Pearson r of the
     prior's and the target's pair values; a few epochs lower it. Without a prior it falls too."""
     fit_set = train.subset(dataset92, np.arange(0, 92, 4)[:20], "92-corr")
@@ -128,7 +129,7 @@ def test_correlation_loss_starts_at_the_prior_and_falls(dataset92: data.BrainDat
     trainer = train.Trainer(config, [fit_set], progress=False)
     pairs = trainer.train_sets[0]
     prior = pairs.prior_pairs[:, 0].double().numpy()
-    target = upper_tri(data.group_average(fit_set.targets["EVC"]))  # rescaling does not change r
+    target = upper_tri(group_average(fit_set.targets["EVC"]))  # rescaling does not change r
     with torch.no_grad():
         start = trainer.stepper.pair_loss(trainer.stepper.plain_features(0), pairs).item()
     assert start == pytest.approx(1 - np.corrcoef(prior, target)[0, 1], rel=1e-4, abs=1e-6)
@@ -155,7 +156,7 @@ def test_loss_option_is_checked() -> None:
         check_minibatch_config(fast_config(group_target="ranks"))
 
 
-def test_frozen_epochs_leave_the_body_alone(small92: data.BrainDataset) -> None:
+def test_frozen_epochs_leave_the_body_alone(small92: BrainDataset) -> None:
     trainer = train.Trainer(fast_config(frozen_epochs=1), [small92], progress=False)
     body = copy.deepcopy(trainer.model.body.state_dict())
     head = copy.deepcopy(trainer.model.head.state_dict())
@@ -164,7 +165,7 @@ def test_frozen_epochs_leave_the_body_alone(small92: data.BrainDataset) -> None:
     assert not torch.equal(trainer.model.head.conv.weight, head["conv.weight"])
 
 
-def test_unfrozen_step_gradient_equals_one_graph(small92: data.BrainDataset) -> None:
+def test_unfrozen_step_gradient_equals_one_graph(small92: BrainDataset) -> None:
     """The two-pass unfrozen step (head gradient first, then the body in chunks) gives the gradient of the
     whole graph: the pair loss of both orders against the rescaled target, back-propagated through body and head."""
     config = fast_config(frozen_epochs=0, unfrozen_epochs=1, body_chunk=4)
@@ -188,7 +189,7 @@ def test_unfrozen_step_gradient_equals_one_graph(small92: data.BrainDataset) -> 
     assert float(two_pass["body.stages.conv1.0.weight"].abs().max()) > 0
 
 
-def test_learning_rates_frozen_then_one_cycle(small92: data.BrainDataset) -> None:
+def test_learning_rates_frozen_then_one_cycle(small92: BrainDataset) -> None:
     """The frozen epochs run at the configured rates; then the unfrozen ones follow the one-cycle schedule from its
     start (OneCycleLR sets its first rates when it is made, which must not leak into the frozen epochs)."""
     config = fast_config(frozen_epochs=2, unfrozen_epochs=3, body_lr_factor=0.1, lr=2e-3)
@@ -210,7 +211,7 @@ def test_learning_rates_frozen_then_one_cycle(small92: data.BrainDataset) -> Non
     assert np.allclose(used[2:], expected, rtol=1e-9, atol=0), (used, expected)
 
 
-def test_early_stopping(small92: data.BrainDataset, dataset92: data.BrainDataset) -> None:
+def test_early_stopping(small92: BrainDataset, dataset92: BrainDataset) -> None:
     """With a zero learning rate the validation score never improves on the untrained model (epoch 0): patience 2
     stops after epoch 2."""
     config = fast_config(frozen_epochs=10, lr=0.0, weight_decay=0.0, early_stopping=2)
@@ -250,16 +251,17 @@ def test_load_checkpoint_errors(tmp_path: Path) -> None:
 KILL_SCRIPT = """
 import json, sys
 import numpy as np
-from siamrdm.io import data, files
+from siamrdm.io import files
+from siamrdm.io.datasets import load_algonauts_set
 from siamrdm import train
 root, out, config = sys.argv[1], sys.argv[2], train.config_from_dict(json.loads(sys.argv[3]))
-dataset = train.subset(data.load_algonauts_set(root, "92", ("EVC",)), np.arange(8), "92-eight")
+dataset = train.subset(load_algonauts_set(root, "92", ("EVC",)), np.arange(8), "92-eight")
 with files.run_folder(out, "fit"):
     train.Trainer(config, [dataset], out_dir=out, progress=False).fit(checkpoint_every_s=0)
 """
 
 
-def test_kill_and_resume_equals_uninterrupted(tmp_path: Path, data_root: Path, dataset92: data.BrainDataset) -> None:
+def test_kill_and_resume_equals_uninterrupted(tmp_path: Path, data_root: Path, dataset92: BrainDataset) -> None:
     """A run killed with SIGKILL mid-way resumes from its last checkpoint and ends with the weights of an
     uninterrupted run of the same seed (the optimiser, one-cycle schedule and generator states are saved)."""
     config = fast_config(frozen_epochs=1, unfrozen_epochs=4, augment=True, augment_views=2, body_chunk=8, seed=3)
@@ -316,7 +318,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path: Path, data_root: Path, d
         train.fit(replace(config, lr=5e-3), [dataset], out_dir=out, resume=True, progress=False)
 
 
-def test_resume_needs_an_out_dir(small92: data.BrainDataset) -> None:
+def test_resume_needs_an_out_dir(small92: BrainDataset) -> None:
     with pytest.raises(train.ConfigError, match="resume: needs out_dir"):
         train.fit(fast_config(frozen_epochs=1), [small92], resume=True, progress=False)
     with pytest.raises(DataError, match="no training sets"):
@@ -341,7 +343,7 @@ def test_a_step_that_leaves_non_finite_weights_stops_the_run(capsys, tmp_path: P
 # --------------------------------------------------------------------------- LR range test
 
 
-def test_lr_range_test(small92: data.BrainDataset) -> None:
+def test_lr_range_test(small92: BrainDataset) -> None:
     result = train.lr_range_test(fast_config(), [small92], start_lr=1e-5, end_lr=1.0, steps=25, progress=False)
     lrs, losses = result["lr"], result["loss"]
     assert len(lrs) == len(losses) == len(result["smoothed_loss"]) >= 10
@@ -362,7 +364,7 @@ def _step_rates(trainer: train.Trainer) -> list[list[float]]:
     return used
 
 
-def test_final_fit_follows_the_curves_schedule(dataset92: data.BrainDataset, data_root: Path) -> None:
+def test_final_fit_follows_the_curves_schedule(dataset92: BrainDataset, data_root: Path) -> None:
     """Epoch e chosen on a one-set validation curve means, in the final fit on two sets, the same number of
     optimiser steps at the same learning rates (one step per epoch over both sets' pairs; the one-cycle
     schedule keeps its full length and the run stops at e)."""
@@ -370,8 +372,8 @@ def test_final_fit_follows_the_curves_schedule(dataset92: data.BrainDataset, dat
 
     config = fast_config(frozen_epochs=2, unfrozen_epochs=4, lr=2e-3)
     set_a = train.subset(dataset92, np.arange(6), "a")
-    set_b = train.subset(data.load_algonauts_set(data_root, "118", ("EVC",)), np.arange(7), "b")
-    set_a = data.BrainDataset("a", set_a.images, {"EVC": set_a.targets["EVC"]})
+    set_b = train.subset(load_algonauts_set(data_root, "118", ("EVC",)), np.arange(7), "b")
+    set_a = BrainDataset("a", set_a.images, {"EVC": set_a.targets["EVC"]})
     curve = train.Trainer(config, [set_a], progress=False)
     curve_rates = _step_rates(curve)
     for _ in range(config.epochs):
@@ -386,12 +388,12 @@ def test_final_fit_follows_the_curves_schedule(dataset92: data.BrainDataset, dat
     assert final.scheduler.total_steps == curve.scheduler.total_steps == config.unfrozen_epochs
 
 
-def test_step_loss_is_the_mean_over_all_pairs_of_all_sets(dataset92: data.BrainDataset, data_root: Path) -> None:
+def test_step_loss_is_the_mean_over_all_pairs_of_all_sets(dataset92: BrainDataset, data_root: Path) -> None:
     """One step over two sets: the loss is the pair-weighted mean of each set's loss (lr 0 keeps the weights)."""
     config = fast_config(frozen_epochs=1, lr=0.0, weight_decay=0.0)
     set_a = train.subset(dataset92, np.arange(6), "a")
-    set_a = data.BrainDataset("a", set_a.images, {"EVC": set_a.targets["EVC"]})
-    set_b = train.subset(data.load_algonauts_set(data_root, "118", ("EVC",)), np.arange(9), "b")
+    set_a = BrainDataset("a", set_a.images, {"EVC": set_a.targets["EVC"]})
+    set_b = train.subset(load_algonauts_set(data_root, "118", ("EVC",)), np.arange(9), "b")
     both = train.Trainer(config, [set_a, set_b], progress=False)
     both.model.freeze_body(False)
     loss_both = both.step(frozen=False)
@@ -415,12 +417,12 @@ def test_preset_overrides_unknown_keys_and_switching_off() -> None:
         train.config_from_preset("quick", lrate=1e-3)
 
 
-def test_validation_ceiling_is_official_only_for_the_official_sets(dataset92: data.BrainDataset,
-                                                                   small92: data.BrainDataset) -> None:
+def test_validation_ceiling_is_official_only_for_the_official_sets(dataset92: BrainDataset,
+                                                                   small92: BrainDataset) -> None:
     """Validating on all 92 official images divides by the published EVC ceiling; the same images and RDMs
     handed in as your own data (keyed 'EVC') are divided by the ceiling computed from their subjects."""
     config = fast_config(frozen_epochs=1, targets=("EVC",))
-    own = data.BrainDataset("mine", dataset92.images, {"EVC": dataset92.targets["EVC"]})
+    own = BrainDataset("mine", dataset92.images, {"EVC": dataset92.targets["EVC"]})
     rows = {}
     for name, val in (("official", dataset92), ("own", own)):
         trainer = train.Trainer(config, [small92], [val], progress=False)

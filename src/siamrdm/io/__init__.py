@@ -1,2 +1,3 @@
-"""Reading and writing: datasets and RDM files (data), safe files and run folders (files), tables and JSON
-(tables), progress lines."""
+"""Reading and writing: bounded reading (limits), array file headers (arrayfiles), images (images), rsatoolbox
+files (rsafiles), RDM files (rdmfiles), datasets and the Algonauts layout (datasets), safe files and run folders
+(files), tables and JSON (tables), progress lines."""

@@ -25,8 +25,9 @@ import torch
 from scipy.optimize import nnls
 from tqdm.auto import tqdm
 
-from ..io.data import DataError, ImageSet, group_average
-from ..rdm.core import correlation_rdm, rank_unit, square_rdm, upper_tri
+from ..errors import DataError
+from ..io.images import ImageSet
+from ..rdm.core import correlation_rdm, group_average, rank_unit, square_rdm, upper_tri
 from ..rdm.scoring import Score, score_rdm
 from .backbones import backbone_stages, create_body, images_to_tensor
 

@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..io.data import DataError, ImageSet
+from ..errors import DataError
+from ..io.images import ImageSet
 from ..rdm.core import rank_unit, upper_tri
 from . import baselines
 from .backbones import backbone_stages, create_body

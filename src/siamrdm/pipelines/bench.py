@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..io.data import TRAINING_SETS, BrainDataset, load_algonauts_set
+from ..io.datasets import TRAINING_SETS, BrainDataset, load_algonauts_set
 from ..model.network import SiameseHead, SiameseRDMNet, all_pairs, all_pairs_loss
 from ..train.augment import augment_batch
 from ..train.config import TrainConfig, check_config, config_from_preset, pick_device

@@ -31,22 +31,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DataError
 from ..io import tables
-from ..io.data import (
-    IMAGE_ORDER_FILE,
-    TARGET_NAMES,
-    TRAINING_SETS,
-    BrainDataset,
-    DataError,
-    group_average,
-    load_algonauts_set,
-    save_rdms,
-    target_key,
-)
+from ..io.datasets import TARGET_NAMES, TRAINING_SETS, BrainDataset, load_algonauts_set, target_key
 from ..io.files import atomic_path, json_safe, write_text
+from ..io.images import IMAGE_ORDER_FILE
 from ..io.progress import Phases, Progress
+from ..io.rdmfiles import save_rdms
 from ..io.tables import fmt, number
 from ..model import baselines
+from ..rdm.core import group_average
 from ..rdm.scoring import NO_CEILING_NOTE, mean_summary, paired_rows, score_with_ceiling
 from ..rdm.splits import direction_label, fold_splits
 from ..train.config import purpose_text

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..io.data import TARGET_NAMES, DataError, check_rdm_names, list_rdm_keys, load_rdms
+from ..errors import ConfigError, DataError
+from ..io.datasets import TARGET_NAMES
+from ..io.rdmfiles import list_rdm_keys, load_rdms
+from ..io.rsafiles import check_rdm_names
 from ..rdm.scoring import score_with_ceiling, target_name
 
 OPTION = "external"

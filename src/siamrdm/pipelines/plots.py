@@ -20,10 +20,10 @@ from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 from matplotlib.patches import Patch
 from PIL import Image
 
-from ..io.data import ImageSet, group_average
 from ..io.files import atomic_path
+from ..io.images import ImageSet
 from ..io.tables import number
-from ..rdm.core import rank_unit, square_rdm, upper_tri
+from ..rdm.core import group_average, rank_unit, square_rdm, upper_tri
 
 DPI = 100
 FIGURE_SIZES: dict[str, tuple[float, float]] = {  # inches; pixels = inches * DPI

@@ -29,7 +29,7 @@ import stat
 from pathlib import Path
 from urllib.parse import quote
 
-from ..io.data import DataError
+from ..errors import DataError
 from ..io.files import MARKER_NAME, check_output_file, json_safe, parse_json, read_marker, write_text
 from ..io.tables import (
     MAX_SUMMARY_COLUMNS,

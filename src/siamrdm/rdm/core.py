@@ -40,6 +40,17 @@ def square_rdm(vector: np.ndarray, n: int) -> np.ndarray:
     return rdm
 
 
+def subject_rdms(rdms: np.ndarray) -> np.ndarray:
+    """View any accepted RDM array as (S, N, N) or (S, K, N, N): a single (N, N) RDM is one subject."""
+    return rdms[None] if rdms.ndim == 2 else rdms
+
+
+def group_average(rdms: np.ndarray) -> np.ndarray:
+    """The (N, N) mean RDM over subjects (and over K, the repeated RDMs within a subject)."""
+    rdms = np.asarray(rdms, dtype=np.float64)
+    return rdms.reshape(-1, *rdms.shape[-2:]).mean(axis=0)
+
+
 class Ranker:
     """Average ranks (ties averaged, equal to scipy.stats.rankdata's) of float vectors of one length, fast.
 

@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import data
-from ..io.data import subject_rdms
-from .core import upper_tri
+from ..io.images import load_image_set
+from ..io.rdmfiles import list_rdm_keys, load_rdms
+from ..io.rsafiles import check_rdm_names, mark_grouping_said, rdm_grouping, read_rdm_names
+from .core import subject_rdms, upper_tri
 from .parts import per_image_fit, per_image_share
 from .scoring import ceilings_for, dot_vectors
 
@@ -123,19 +124,19 @@ def describe_own_data(images: str | os.PathLike, rdms: str | os.PathLike, key: s
     other as `fit` will read them (the image count and names against the file's, the RDMs' shape, values and
     grouping), with each key's noise ceilings and reliability. Any mismatch raises the DataError `fit` would
     raise, before a run. Every key of the file is checked unless `key` names one."""
-    image_set = data.load_image_set(images, order, size=1)  # decoded to check them, kept at a few pixels a side
+    image_set = load_image_set(images, order, size=1)  # decoded to check them, kept at a few pixels a side
     path = Path(rdms)
-    keys = list(data.list_rdm_keys(path))
+    keys = list(list_rdm_keys(path))
     chosen = keys if key is None else [key]  # load_rdms: a file of one unkeyed array takes any key as its name
-    found = data.read_rdm_names(path)
+    found = read_rdm_names(path)
     info: dict = {"images": {"source": str(image_set.source), "count": len(image_set), "names": image_set.names,
                              "order": "natural" if order is None else str(order) if isinstance(order, str | os.PathLike)
                              else "given"},
                   "rdms": {"file": str(path), "names": None, "keys": {}}}
-    grouping = data.rdm_grouping(path)
-    data.mark_grouping_said(path, grouping)  # said in the description itself
+    grouping = rdm_grouping(path)
+    mark_grouping_said(path, grouping)  # said in the description itself
     for k in chosen:
-        array = data.load_rdms(path, k, n_images=len(image_set))
+        array = load_rdms(path, k, n_images=len(image_set))
         name = key if key is not None else k or path.stem
         ceilings = ceilings_for(name, array)
         file_key = k if k in keys else ""
@@ -143,7 +144,7 @@ def describe_own_data(images: str | os.PathLike, rdms: str | os.PathLike, key: s
             "shape": list(array.shape), "grouping": grouping.get(file_key),
             "ceiling_source": ceilings.source, "noise_ceiling": ceilings.upper, "noise_ceiling_lower": ceilings.lower,
             "reliability": target_reliability(array)}
-    data.check_rdm_names(path, image_set.names, among=str(images))
+    check_rdm_names(path, image_set.names, among=str(images))
     if found is not None:
         info["rdms"]["names"] = {"descriptor": found[0], "count": len(found[1]), "same_order": True}
     return info

@@ -55,9 +55,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..errors import ConfigError
-from ..io.data import TARGETS, check_real_dtype, subject_rdms
+from ..io.datasets import TARGETS
+from ..io.limits import check_real_dtype
 from ..io.tables import number, number_list
-from .core import Ranker, square_rdm, upper_tri, upper_tri_indices
+from .core import Ranker, square_rdm, subject_rdms, upper_tri, upper_tri_indices
 
 # Official noise ceilings (upper bound, mean over subjects of r^2) from the challenge's scoring scripts.
 OFFICIAL_NOISE_CEILINGS: dict[int, dict[str, float]] = {

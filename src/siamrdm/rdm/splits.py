@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from ..io.data import BrainDataset, ImageSet, subject_rdms
+from ..io.datasets import BrainDataset
+from ..io.images import ImageSet
+from .core import subject_rdms
 
 MIN_SPLIT_IMAGES = 3
 

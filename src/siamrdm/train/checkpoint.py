@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..io.data import DataError
+from ..errors import DataError
 from ..io.files import atomic_path
 from ..model.backbones import load_plain
 from .config import ConfigError, config_from_dict

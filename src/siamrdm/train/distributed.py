@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch.distributed.nn.functional import all_gather as all_gather_with_grad
 
 from ..errors import DataError
-from ..io.data import target_key
+from ..io.datasets import target_key
 from ..io.files import check_same_settings, json_safe, run_folder, run_mode, write_text
 from ..model.network import SiameseRDMNet, all_pairs_loss
 from ..rdm.splits import holdout_indices

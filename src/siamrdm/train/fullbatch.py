@@ -23,9 +23,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import DataError
 from ..errors import TrainingDiverged as TrainingDiverged
-from ..io.data import BrainDataset, DataError, ImageSet, group_average, subject_rdms, target_key
+from ..io.datasets import BrainDataset, target_key
 from ..io.files import run_folder, run_mode
+from ..io.images import ImageSet
 from ..model.backbones import create_body, images_to_tensor
 from ..model.network import (
     SiameseRDMNet,
@@ -36,7 +38,7 @@ from ..model.network import (
     head_config,
 )
 from ..model.prior import PriorFit, fit_prior, prior_vector, stage_rdms
-from ..rdm.core import rank_unit, rescale, square_rdm, upper_tri
+from ..rdm.core import group_average, rank_unit, rescale, square_rdm, subject_rdms, upper_tri
 from ..rdm.parts import per_image_fit
 from ..rdm.reliability import target_reliability
 from ..rdm.scoring import score_row

@@ -27,26 +27,12 @@ import h5py
 import numpy as np
 import torch
 
-from ..io.data import (
-    IMAGE_SUFFIXES,
-    MIN_IMAGES,
-    RSATOOLBOX_SUFFIXES,
-    DataError,
-    _check_pixels,
-    _read_image,
-    _resolve_order,
-    check_hdf5_stored,
-    check_read_size,
-    check_real_dtype,
-    check_regular_file,
-    hdf5_get,
-    hdf5_members,
-    image_files,
-    load_rdms,
-    match_names,
-    rdm_grouping,
-    validate_rdms,
-)
+from ..errors import DataError
+from ..io.arrayfiles import read_npy
+from ..io.images import IMAGE_SUFFIXES, MIN_IMAGES, check_pixels, image_files, match_names, read_image, resolve_order
+from ..io.limits import check_hdf5_stored, check_read_size, check_real_dtype, check_regular_file, hdf5_get, hdf5_members
+from ..io.rdmfiles import load_rdms, validate_rdms
+from ..io.rsafiles import RSATOOLBOX_SUFFIXES, rdm_grouping
 from ..model.backbones import images_to_tensor
 from ..rdm.core import rank_unit, upper_tri
 from ..rdm.scoring import NO_CEILINGS, Ceilings, dot_vectors, score_record, vector_ceilings
@@ -102,12 +88,12 @@ class FolderImages(ImageStore):
     def __init__(self, path: Path, order: str | os.PathLike | None = None):
         files = image_files(path)
         if order is not None:
-            listed, where = _resolve_order(order)
+            listed, where = resolve_order(order)
             files = [files[k] for k in match_names(listed, [p.name for p in files], where, str(path))]
         self.files, self.names, self.source = files, [p.name for p in files], path
 
     def read(self, index: int) -> np.ndarray:
-        return _read_image(self.files[index])
+        return read_image(self.files[index])
 
 
 class HDF5Images(ImageStore):
@@ -130,7 +116,7 @@ class HDF5Images(ImageStore):
                     raise DataError(f"{path}: no dataset '{self.key}'")
                 if ds.ndim != 4 or ds.shape[3] != 3 or ds.dtype != np.uint8:
                     raise DataError(f"{path}:{self.key}: images must be (N, H, W, 3) uint8, got {ds.shape} {ds.dtype}")
-                _check_pixels(Path(f"{path}:{self.key}"), ds.shape[2], ds.shape[1])
+                check_pixels(Path(f"{path}:{self.key}"), ds.shape[2], ds.shape[1])
                 check_hdf5_stored(ds, path)  # before anything is sized by its N (the names)
                 n = ds.shape[0]
         except (OSError, KeyError) as exc:
@@ -183,7 +169,7 @@ def is_large_set_input(images: str | os.PathLike | None, rdms: str | os.PathLike
     if rdms is None or Path(rdms).suffix.lower() != ".npy" or not Path(rdms).is_file():
         return False
     try:
-        shape = np.load(rdms, mmap_mode="r", allow_pickle=False).shape
+        shape = read_npy(rdms, mmap=True).shape
     except Exception:  # the plain path reads it and says what is wrong
         return False
     return len(shape) == 1 or (len(shape) == 2 and shape[0] != shape[1])
@@ -241,7 +227,7 @@ def load_pixels(loader: torch.utils.data.DataLoader) -> Iterator[torch.Tensor]:
 
 
 def _readable_square(path: Path) -> bool:
-    """Files the plain path reads (data.load_rdms): .mat, .npz and rsatoolbox RDMs; a plain HDF5 file of
+    """Files the plain path reads (rdmfiles.load_rdms): .mat, .npz and rsatoolbox RDMs; a plain HDF5 file of
     datasets (h5py's axis order, not MATLAB's) is read here."""
     return path.suffix.lower() in (".mat", ".npz") or bool(rdm_grouping(path))
 
@@ -267,7 +253,7 @@ class CondensedRDMs:
         self._file = None
         try:
             if suffix == ".npy":
-                array = np.load(path, mmap_mode="r", allow_pickle=False)
+                array = read_npy(path, mmap=True)
                 self.where = str(path)
                 if array.ndim in (3, 4) or array.shape == (n_images, n_images):  # square RDMs
                     array = _condensed_in_memory(load_rdms(path, n_images=n_images), self.where)
@@ -318,8 +304,7 @@ class CondensedRDMs:
 
         A .npy file is mapped afresh for each block and unmapped after it, so the pages read do not stay in this
         process's resident memory (the OS keeps them in its page cache while it has room)."""
-        array = np.load(self.path, mmap_mode="r", allow_pickle=False) if isinstance(self.array, np.memmap) \
-            else self.array
+        array = read_npy(self.path, mmap=True) if isinstance(self.array, np.memmap) else self.array
         values = array[start:stop] if array.ndim == 1 else array[:, start:stop]
         return np.array(values, dtype=np.float64).reshape(self.subjects, -1)
 
@@ -461,7 +446,7 @@ def make_large_set(source: str | os.PathLike | list, out_dir: str | os.PathLike,
 
     out = Path(out_dir)
     folders = [Path(f) for f in (source if isinstance(source, list | tuple) else [source])]
-    source_images = [_read_image(p) for folder in folders for p in sorted(folder.iterdir())
+    source_images = [read_image(p) for folder in folders for p in sorted(folder.iterdir())
                      if p.suffix.lower() in IMAGE_SUFFIXES]
     if not source_images:
         raise DataError(f"{source}: no images")
@@ -504,7 +489,7 @@ def make_large_set(source: str | os.PathLike | list, out_dir: str | os.PathLike,
         del rdms
     sample = rng.choice(pairs, size=min(pairs, 200_000), replace=False)
     sample.sort()
-    subject_values = np.load(out / "rdms.npy", mmap_mode="r")[:, sample]
+    subject_values = read_npy(out / "rdms.npy", mmap=True)[:, sample]
     target = HeldOutTarget.from_values(np.asarray(subject_values, np.float64))
     answer = {"images": n_images, "image_size": image_size, "subjects": subjects, "noise_sd_ratio": noise,
               "stage": stage, "backbone": "efficientnet_lite0", "seed": seed, "source": [str(f) for f in folders],

@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io.data import IMAGE_ORDER_FILE, BrainDataset, DataError, ImageSet, target_key
+from ..errors import DataError
+from ..io.datasets import BrainDataset, target_key
 from ..io.files import check_output_file, check_same_settings, json_safe, run_folder, run_mode, write_text
+from ..io.images import IMAGE_ORDER_FILE, ImageSet
 from ..model.backbones import images_to_tensor
 from ..model.network import SiameseRDMNet
 from ..model.prior import PriorFit

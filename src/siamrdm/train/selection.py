@@ -29,9 +29,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import TrainingDiverged
-from ..io.data import BrainDataset, subject_rdms
+from ..io.datasets import BrainDataset
 from ..io.progress import Progress
 from ..io.tables import number
+from ..rdm.core import subject_rdms
 from ..rdm.splits import MIN_SPLIT_IMAGES, cross_set_splits, fold_splits, subject_fold_splits
 from .config import TrainConfig
 from .fullbatch import Trainer, validated_gain

@@ -195,6 +195,9 @@ def test_validation_on_the_device_equals_the_numpy_metric(dataset92: BrainDatase
             got = trainer.last_scores[f"{name}/{target}"]
             assert got.keys() == expected.keys()
             for key, value in expected.items():
+                if key.startswith("pair_"):  # the pair structure: measured on final records, not every epoch
+                    assert got[key] is None, key
+                    continue
                 close = isinstance(value, float | list)  # a number, or the per-subject rhos
                 assert got[key] == (pytest.approx(value, rel=1e-9, abs=1e-12) if close else value)
 

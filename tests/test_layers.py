@@ -16,9 +16,11 @@ PACKAGE = Path(siamrdm.__file__).parent
 LAYERS = [
     # no siamrdm imports (the package's API loads lazily)
     {"__init__", "errors", "rdm.core", "rdm", "rdm.scoring_torch", "io.progress", "io", "pipelines"},
-    {"io.files", "model.backbones"},  # writing files safely; the pretrained bodies
+    # writing files safely; the pretrained bodies; the methods' registry (their names, their code by module)
+    {"io.files", "model.backbones", "pipelines.methods"},
     {"io.tables", "io.data", "model.network", "model"},  # tables and JSON; reading datasets and RDM files; the network
-    {"rdm.scoring", "rdm.splits", "model.baselines", "model.prior", "rdm.reliability"},  # the metric, ceilings; splits
+    # the metric, ceilings; splits; the baselines' fits
+    {"rdm.scoring", "rdm.splits", "model.baselines", "model.prior", "rdm.reliability", "model.frrsa"},
     {"train.config", "train.augment", "train.checkpoint", "pipelines.plots"},  # a run's settings and files; charts
     {"train.loop"},  # the one training loop
     {"train.fullbatch", "train", "train.largeset"},  # full-batch and large-set data for the loop

@@ -16,10 +16,13 @@ PACKAGE = Path(siamrdm.__file__).parent
 LAYERS = [
     # no siamrdm imports (the package's API loads lazily)
     {"__init__", "errors", "rdm.core", "rdm", "rdm.scoring_torch", "io.progress", "io", "pipelines"},
-    {"io.files", "io.limits", "model.backbones", "rdm.parts"},  # writing files safely; bounded reading; the bodies
+    # writing files safely; bounded reading; the bodies; the parts of an RDM; the methods' registry (names, code by
+    # module)
+    {"io.files", "io.limits", "model.backbones", "rdm.parts", "pipelines.methods"},
     {"io.arrayfiles", "io.images", "io.rsafiles", "io.rdmfiles", "io.datasets"},  # reading images and RDM files
     {"io.tables", "model.network", "model"},  # tables and JSON; the network
-    {"rdm.scoring", "rdm.splits", "model.baselines", "model.prior", "rdm.reliability"},  # the metric, ceilings; splits
+    # the metric, ceilings; splits; the baselines' fits
+    {"rdm.scoring", "rdm.splits", "model.baselines", "model.prior", "rdm.reliability", "model.frrsa"},
     {"train.config", "train.augment", "train.checkpoint", "pipelines.plots", "pipelines.external"},  # settings; charts
     {"train.loop"},  # the one training loop
     {"train.fullbatch", "train", "train.largeset"},  # full-batch and large-set data for the loop

@@ -40,6 +40,7 @@ from .io.limits import check_read_size, check_real_dtype
 from .io.rdmfiles import check_rdm_keys, load_rdm_dict, load_rdms, save_rdms, validate_rdms
 from .io.rsafiles import check_rdm_names, read_rdm_names, take_notes
 from .io.tables import fmt
+from .pipelines.methods import method_names
 from .rdm import reliability, scoring
 from .rdm.core import upper_tri
 from .rdm.reliability import (
@@ -1098,12 +1099,12 @@ def cmd_evaluate(args) -> int:
 
     from .io.files import run_folder, run_mode
     from .io.progress import Progress
-    from .pipelines.evaluate import METHODS, run_evaluation, run_fold_evaluation
+    from .pipelines.evaluate import run_evaluation, run_fold_evaluation
     from .pipelines.external import bind_to_sets, check_specs, load_external
     from .pipelines.report import write_report
 
     progress = Progress.of(not args.quiet, "evaluate")
-    methods = _list_option(args.methods, "--methods", METHODS, METHODS, what="methods")
+    methods = _list_option(args.methods, "--methods", method_names(), method_names(), what="methods")
     _check_seed("--fold-seed", args.fold_seed)
     seeds = _seeds(args)
     loading = time.perf_counter()
@@ -1195,7 +1196,7 @@ def _add_analysis_commands(sub) -> None:
     p.add_argument("--folds", type=int, help="your own data: image folds to cross-validate over (default: 5)")
     p.add_argument("--fold-seed", type=int, default=0, help="seed of the split into folds (default: 0)")
     p.add_argument("--out", default="runs/evaluate", help="folder for the table, plots and report")
-    p.add_argument("--methods", help="comma-separated: siamese, layers, regression (default: all)")
+    p.add_argument("--methods", help=f"comma-separated: {', '.join(method_names())} (default: all)")
     p.add_argument("--targets", help="comma-separated (default: EVC,IT,MEG_early,MEG_late)")
     _add_external_options(p)
     _add_training_options(p)

@@ -99,8 +99,9 @@ def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -
     cells = [("EVC", "92->118"), ("EVC", "118->92"), ("MEG_late", "92->118"), ("MEG_late", "118->92")]
     # The Siamese network first, then the pretrained network's baselines on the same pairs (the paper's point).
     assert [(r["method"], r["target"], r["direction"]) for r in rows] == [
-        (m, t, d) for m, cell in (("siamese", cells), ("layers", cells), ("regression", cells)) for t, d in cell]
-    assert all(r["detail"] for r in rows if r["method"] != "siamese")  # the stage chosen, the NNLS weights
+        (m, t, d) for m in ("siamese", "layers", "regression", "frrsa") for t, d in cells]
+    assert all(r["detail"] for r in rows if r["method"] != "siamese")  # the stage chosen, the weights
+    assert all(r["detail"].startswith("stages=") and "penalty=" in r["detail"] for r in rows if r["method"] == "frrsa")
     for row in rows:
         assert 0 <= float(row["r2"]) <= 1 and 0 <= float(row["p"]) <= 1
         test_set = row["direction"].split("->")[1]
@@ -115,7 +116,7 @@ def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -
         # every row has its own test set's lower ceiling, the Siamese rows as the baselines (issue 21)
         same = [r for r in rows if (r["target"], r["direction"]) == (row["target"], row["direction"])]
         for name in ("noise_ceiling_lower", "nc_lower_pct", "rho_lower_ceiling"):
-            assert float(row[name]) > 0 and [float(r[name]) for r in same] == pytest.approx([float(row[name])] * 3)
+            assert float(row[name]) > 0 and [float(r[name]) for r in same] == pytest.approx([float(row[name])] * 4)
         if row["method"] == "siamese":
             assert int(row["epochs"]) in (0, 1, 2)  # with the prior, epoch 0 (the prior alone) is a candidate
             assert -1 <= float(row["rho_mean"]) <= 1 and float(row["rho_se"]) > 0
@@ -124,9 +125,9 @@ def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -
     # The Siamese network against each baseline on the same subjects, per target and direction (issue 21).
     tests = scoring.paired_rows(rows)
     assert [(r["target"], r["baseline"], r["direction"], r["method"], r["over"]) for r in tests] == [
-        (t, b, d, "siamese", "subjects") for t in ("EVC", "MEG_late") for b in ("layers", "regression")
+        (t, b, d, "siamese", "subjects") for t in ("EVC", "MEG_late") for b in ("layers", "regression", "frrsa")
         for d in ("92->118", "118->92")]
-    assert paired.count("| siamese |") == 8 and all(f"{r['p_t']:.2g}" in paired for r in tests)
+    assert paired.count("| siamese |") == 12 and all(f"{r['p_t']:.2g}" in paired for r in tests)
 
     # Each direction's epochs were chosen on folds within its training set (new images of new people), the final
     # fit's on the cross-set curves of both directions together.
@@ -155,7 +156,7 @@ def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -
         assert (out / target / "model.pt").is_file()
     assert (out / "report.md").is_file()
     assert "wrote submit_fmri.mat, submit_meg.mat" in stdout
-    assert stdout.count("validation ") == 12
+    assert stdout.count("validation ") == 16
     assert stdout.splitlines()[-1].endswith(f"report.md and report.html in {out}")
     assert (out / "report.html").is_file()
 
@@ -170,7 +171,7 @@ def check_progress_lines(err: str, out: Path) -> None:
     phases = [line for line in lines if line.startswith("challenge [")]
     labels = ["92->118", "118->92", *(f"{s} fold {k}" for s in ("92", "118") for k in (1, 2, 3))]
     expected = [f"curve {t} {label} (seed 0)" for t in ("EVC", "MEG_late") for label in labels]
-    expected += ["final fit EVC on 92+118", "final fit MEG_late on 92+118", "baselines layers, regression"]
+    expected += ["final fit EVC on 92+118", "final fit MEG_late on 92+118", "baselines layers, regression, frrsa"]
     assert len(phases) == len(expected) == 19
     for k, (line, text) in enumerate(zip(phases, expected, strict=True), 1):
         assert line.startswith(f"challenge [{k}/19] {text}"), line

@@ -97,7 +97,7 @@ def test_bad_external_values_are_one_line(capsys, tmp_path: Path, data_root: Pat
 
 def test_the_challenge_scores_the_92_sets_it_on_the_other_study(capsys, tmp_path: Path, data_root: Path) -> None:
     """Without --external, the challenge scores IT 118 -> 92 on ../shared/kriegeskorte2008 when it is there,
-    for the Siamese network and both baselines, with the paired tests."""
+    for the Siamese network and every registered baseline, with the paired tests."""
     out = tmp_path / "challenge"
     code, _, err = run_cli(capsys, "challenge", "--data", data_root, "--targets", "IT", "--epochs", "2",
                            "--backbone", "alexnet", "--weights", "random", "--image-size", "128", "--no-augment",
@@ -106,7 +106,7 @@ def test_the_challenge_scores_the_92_sets_it_on_the_other_study(capsys, tmp_path
     with open(out / "validation.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     other = [(r["method"], r["direction"]) for r in rows if r["target"] == COLUMN]
-    assert other == [("siamese", "118->92"), ("layers", "118->92"), ("regression", "118->92")]
+    assert other == [("siamese", "118->92"), ("layers", "118->92"), ("regression", "118->92"), ("frrsa", "118->92")]
     assert all(r["ceiling_source"] == "computed" for r in rows if r["target"] == COLUMN)
     assert f"| {COLUMN} | 118->92 | siamese | layers |" in (out / "validation.md").read_text()
     settings = json.loads((out / "settings.json").read_text())

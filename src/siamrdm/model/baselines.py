@@ -113,6 +113,36 @@ def layer_rdms(
     return rdms
 
 
+@torch.no_grad()
+def layer_features(
+    images: ImageSet | list[np.ndarray],
+    backbone: str = DEFAULT_BACKBONE,
+    weights: str | None = None,
+    image_size: int = 224,
+    batch_size: int = 16,
+    progress: bool = True,
+    body: torch.nn.Module | None = None,
+) -> dict[str, np.ndarray]:
+    """Every stage's channels averaged over space, (N, C) float64 per stage: the features FR-RSA weighs one by
+    one (model.frrsa). A channel's spatial mean keeps what the channel codes, not where, so a stage gives C
+    features whatever the image size, and memory is N x (sum of C) whatever the number of images."""
+    pictures = _image_list(images)
+    if not pictures:
+        raise DataError("stage features need at least one image")
+    if body is None:
+        body = create_body(backbone, weights, stage=backbone_stages(backbone)[-1])
+    body.eval()
+    parts: dict[str, list[np.ndarray]] = {}
+    bar = tqdm(total=len(pictures), disable=not progress, desc="stage features", unit="img", leave=False)
+    for start in range(0, len(pictures), batch_size):
+        batch = images_to_tensor(pictures[start : start + batch_size], image_size)
+        for name, out in body.stage_outputs(batch).items():
+            parts.setdefault(name, []).append(out.double().mean(dim=(2, 3)).numpy())
+        bar.update(len(batch))
+    bar.close()
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
 # --------------------------------------------------------------------------- best single layer
 
 

@@ -79,18 +79,47 @@ def stage_rdms(images: ImageSet | list[np.ndarray], backbone: str, weights: str 
     return rdms
 
 
-def _from_cached_superset(images: ImageSet, key: tuple) -> dict[str, np.ndarray] | None:
-    """A subset's stage RDMs cut from a cached set that holds all its images (1 - Pearson r of a pair does not
-    depend on the other images), so folds and held-out splits of a set cost nothing more."""
+def _from_cached_superset(images: ImageSet, key: tuple, cache: dict | None = None,
+                          features: bool = False) -> dict[str, np.ndarray] | None:
+    """A subset's stage RDMs (or `features`) cut from a cached set that holds all its images (1 - Pearson r of a
+    pair, and an image's features, do not depend on the other images), so folds and held-out splits of a set
+    cost nothing more."""
     source, names, *rest = key
-    for (cached_source, cached_names, *cached_rest), rdms in _CACHE.items():
+    for (cached_source, cached_names, *cached_rest), rdms in (_CACHE if cache is None else cache).items():
         if cached_source != source or cached_rest != rest:
             continue
         position = {name: k for k, name in enumerate(cached_names)}
         if all(name in position for name in names):
             index = np.array([position[name] for name in names])
-            return {stage: rdm[np.ix_(index, index)] for stage, rdm in rdms.items()}
+            return {stage: rdm[index] if features else rdm[np.ix_(index, index)] for stage, rdm in rdms.items()}
     return None
+
+
+_FEATURE_CACHE: dict[tuple, dict[str, np.ndarray]] = {}
+
+
+def stage_features(images: ImageSet | list[np.ndarray], backbone: str, weights: str | None, image_size: int,
+                   progress: bool = False, batch_size: int = 16) -> dict[str, np.ndarray]:
+    """Every stage's channels averaged over space (baselines.layer_features) for these images, kept per image
+    set and cut for its subsets as `stage_rdms` is, from the same body (random weights from the same seed)."""
+    key = None
+    if isinstance(images, ImageSet):
+        key = (str(images.source), tuple(images.names), backbone, weights, image_size)
+        if key in _FEATURE_CACHE:
+            return _FEATURE_CACHE[key]
+        part = _from_cached_superset(images, key, _FEATURE_CACHE, features=True)
+        if part is not None:
+            return part
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        body = create_body(backbone, weights, stage=backbone_stages(backbone)[-1])
+    features = baselines.layer_features(images, image_size=image_size, batch_size=batch_size, progress=progress,
+                                        body=body)
+    if key is not None:
+        if len(_FEATURE_CACHE) >= _CACHE_SIZE:
+            _FEATURE_CACHE.pop(next(iter(_FEATURE_CACHE)))
+        _FEATURE_CACHE[key] = features
+    return features
 
 
 def prior_vector(fit: PriorFit, rdms: dict[str, np.ndarray]) -> np.ndarray:

@@ -52,6 +52,7 @@ from ..train.selection import (
 )
 from . import plots
 from .external import ExternalRDMs, bind_default, bind_to_sets, describe, score_external
+from .methods import baseline_names
 from .report import write_report
 
 SUBMISSION_FILES = {"submit_fmri.mat": ("EVC", "IT"), "submit_meg.mat": ("MEG_early", "MEG_late")}
@@ -263,8 +264,8 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
     if validate:  # the paper's point: the pretrained network's own RDMs, fitted on the same sets, beside it
         from .evaluate import evaluate_sets
 
-        progress.phase(total, total, f"baselines layers, regression on {', '.join(directions)}")
-        rows += evaluate_sets(list(sets.values()), ("layers", "regression"), targets, config,
+        progress.phase(total, total, f"baselines {', '.join(baseline_names())} on {', '.join(directions)}")
+        rows += evaluate_sets(list(sets.values()), baseline_names(), targets, config, seeds,
                               progress=replace(progress.quiet_lines(), bars=bars), externals=externals).rows
         write_table(rows, out_dir, "validation")
     submission_files = [name for name, members in SUBMISSION_FILES.items() if any(t in targets for t in members)]

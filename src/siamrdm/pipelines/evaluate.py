@@ -3,12 +3,10 @@
 The paper's claim is that end-to-end training beats a pretrained network's stage RDMs and regressions on them.
 `evaluate_sets` checks it: for each ordered pair of image sets (92 -> 118 and 118 -> 92) and each target,
 
-- siamese: `predict.fit_predict` trains on the first set only (the model code's own training loop) and
-  predicts the second set's RDM;
-- layers: the stage whose RDM scores best on the first set is scored on the second;
-- regression: non-negative weights of the stage RDMs fitted on the first set are applied to the second.
+every registered method (`methods.REGISTRY`: siamese, layers, regression, frrsa; see there) is fitted on the
+first set only and predicts the second set's RDM.
 
-The stage RDMs are computed once per image set and shared by both baselines. Every score is the official
+The stage RDMs are computed once per image set and shared by the methods that read them. Every score is the official
 metric against the held-out set's subjects. `write_evaluation` writes the table (markdown, CSV, JSON), the
 predictions and the plots.
 
@@ -39,16 +37,16 @@ from ..io.images import IMAGE_ORDER_FILE
 from ..io.progress import Phases, Progress
 from ..io.rdmfiles import save_rdms
 from ..io.tables import fmt, number
-from ..model import baselines
-from ..rdm.core import group_average
+from ..model import baselines, frrsa
+from ..rdm.core import group_average, rescale
 from ..rdm.scoring import NO_CEILING_NOTE, mean_summary, paired_rows, score_with_ceiling
 from ..rdm.splits import direction_label, fold_splits
 from ..train.config import purpose_text
-from ..train.fullbatch import TrainConfig, config_from_preset
+from ..train.fullbatch import TrainConfig, config_from_preset, group_target
 from . import plots
 from .external import ExternalRDMs, bind_to_sets, describe, score_external
+from .methods import METHODS, MethodContext, Prediction, baseline_names, check_methods, get_method, uses
 
-METHODS = ("siamese", "layers", "regression")
 COLUMNS = tables.SCORE_COLUMNS
 
 
@@ -58,10 +56,21 @@ class Evaluation:
 
     rows: list[dict]
     predictions: dict[tuple[str, str, str], np.ndarray]  # (method, target, direction) -> RDM of the test images
-    layers: dict = field(default_factory=dict)  # direction -> target -> chosen stage and every stage's scores
-    regression: dict = field(default_factory=dict)  # direction -> target -> weights, intercept, residual
+    # method -> direction -> target -> what it chose on the training set (layers: the stage and every stage's
+    # scores; regression: weights, intercept, residual; frrsa: stages, penalty, inner-fold scores)
+    chosen: dict[str, dict] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # per method, and "layer_rdms"
     held_out: dict[str, BrainDataset] = field(default_factory=dict)  # image folds: direction -> held-out images
+
+    @property
+    def layers(self) -> dict:
+        """What `layers` chose: direction -> target -> the stage and every stage's scores."""
+        return self.chosen.setdefault("layers", {})
+
+    @property
+    def regression(self) -> dict:
+        """What `regression` fitted: direction -> target -> weights, intercept, residual."""
+        return self.chosen.setdefault("regression", {})
 
     def to_frame(self):
         """The rows as a pandas DataFrame with the columns of `tables.SCORE_COLUMNS`."""
@@ -89,61 +98,89 @@ def _row(method: str, target: str, direction: str, predicted: np.ndarray, subjec
             **score_with_ceiling(predicted, key or target, subjects, permutations=None), "detail": detail}
 
 
-def _check_methods(methods: tuple[str, ...]) -> None:
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise DataError(f"unknown method(s) {', '.join(unknown)} (choose from {', '.join(METHODS)})")
+# --------------------------------------------------------------------------- the registered methods' code
+# (methods.REGISTRY names these functions; each is fitted on `train` alone and predicts `test`'s RDM)
 
 
-def _predict(result: Evaluation, method: str, target: str, direction: str, train: BrainDataset,
-             test: BrainDataset, stages: dict[str, dict[str, np.ndarray]], config: TrainConfig,
-             seeds: tuple[int, ...], progress: Progress, externals: tuple[ExternalRDMs, ...] = (),
-             keep_prior: bool = True) -> None:
-    """One method fitted on `train` only, its RDM of `test`'s images scored against `test`'s subjects: a row,
-    the prediction, and what a baseline chose. `stages` holds both sets' stage RDMs (by set name). The Siamese
-    network's epoch count is chosen as the challenge chooses it (selection.select_epochs), on folds of `train`
-    alone: nested inside each of evaluate's own folds, so the held-out images choose nothing. The same prediction
-    is scored against each other study (`externals`) that covers the test images (`_external_rows`)."""
+def predict_siamese(train: BrainDataset, test: BrainDataset, target: str, context: MethodContext) -> Prediction:
+    """Trained on `train` alone, its epoch count chosen on folds of `train` (selection.select_epochs), as the
+    challenge chooses it: nested inside evaluate's own folds, so the held-out images choose nothing."""
     from ..train.predict import fit_predictor  # the training code; imported late to keep this module light
     from ..train.selection import select_epochs, with_epochs
 
-    subjects = test.targets[target]
-    detail, epochs, prior = "", None, None
-    if method == "siamese":
-        target_config = replace(config, targets=(target,))
-        epochs, _ = select_epochs(target_config, [train], seeds)
-        fitted = target_config if epochs is None else with_epochs(target_config, epochs)
-        predictor = fit_predictor(fitted, [train], (), seeds, progress=progress.bars)
-        predicted = predictor.predict(test.images)[target]
-        prior = predictor.predict_prior(test.images)
-        prior = None if prior is None else prior[target]
-        chosen = (f"epochs chosen on {train.name}'s folds" if epochs is not None
-                  else f"all {config.epochs} epochs ({train.name} has too few images to choose on folds)")
-        detail = f"seeds={','.join(map(str, seeds))}; {chosen}; {purpose_text(config.per_image)}"
-        epochs = config.last_epoch if epochs is None else epochs
-    elif method == "layers":
-        train_scores = baselines.layer_scores(stages[train.name], train.targets[target])
-        stage = baselines.select_best_layer(stages[train.name], train.targets[target])
-        predicted = stages[test.name][stage]
-        test_scores = baselines.layer_scores(stages[test.name], subjects)
-        result.layers.setdefault(direction, {})[target] = {
-            "chosen": stage,
-            "train_r2": {s: v.r2 for s, v in train_scores.items()},
-            "test_r2": {s: v.r2 for s, v in test_scores.items()},
-        }
-        detail = f"stage={stage}"
-    else:
-        fit = baselines.fit_nnls(stages[train.name], train.targets[target])
-        predicted = baselines.apply_nnls(fit, stages[test.name])
-        result.regression.setdefault(direction, {})[target] = asdict(fit)
-        detail = " ".join(f"{s}:{w:.3g}" for s, w in fit.weights.items() if w > 0)
+    config = replace(context.config, targets=(target,))
+    epochs, _ = select_epochs(config, [train], context.seeds)
+    fitted = config if epochs is None else with_epochs(config, epochs)
+    bars = context.progress.bars if context.progress is not None else False
+    predictor = fit_predictor(fitted, [train], (), context.seeds, progress=bars)
+    predicted = predictor.predict(test.images)[target]
+    prior = predictor.predict_prior(test.images)
+    chosen = (f"epochs chosen on {train.name}'s folds" if epochs is not None
+              else f"all {config.epochs} epochs ({train.name} has too few images to choose on folds)")
+    detail = f"seeds={','.join(map(str, context.seeds))}; {chosen}; {purpose_text(config.per_image)}"
+    return Prediction(predicted, detail,
+                      epochs=config.last_epoch if epochs is None else epochs,
+                      prior=None if prior is None else prior[target])
+
+
+def predict_layers(train: BrainDataset, test: BrainDataset, target: str, context: MethodContext) -> Prediction:
+    stages = context.stages
+    train_scores = baselines.layer_scores(stages[train.name], train.targets[target])
+    stage = baselines.select_best_layer(stages[train.name], train.targets[target])
+    test_scores = baselines.layer_scores(stages[test.name], test.targets[target])
+    chosen = {"chosen": stage, "train_r2": {s: v.r2 for s, v in train_scores.items()},
+              "test_r2": {s: v.r2 for s, v in test_scores.items()}}
+    return Prediction(stages[test.name][stage], f"stage={stage}", chosen)
+
+
+def predict_regression(train: BrainDataset, test: BrainDataset, target: str, context: MethodContext) -> Prediction:
+    fit = baselines.fit_nnls(context.stages[train.name], train.targets[target])
+    detail = " ".join(f"{s}:{w:.3g}" for s, w in fit.weights.items() if w > 0)
+    return Prediction(baselines.apply_nnls(fit, context.stages[test.name]), detail, asdict(fit))
+
+
+def _features(dataset: BrainDataset, context: MethodContext) -> dict[str, np.ndarray]:
+    """The stage features (channels averaged over space) of a set's images, cached per image set (model.prior)."""
+    from ..model.prior import stage_features
+
+    c = context.config
+    bars = bool(context.progress is not None and context.progress.bars)
+    return stage_features(dataset.images, c.backbone, c.weights, c.image_size, bars, context.batch_size)
+
+
+def training_target(train: BrainDataset, target: str, config: TrainConfig) -> np.ndarray:
+    """The training pairs' values the Siamese network learns (fullbatch.group_target, then `config.rescale`)."""
+    return rescale(group_target(train.targets[target], config.group_target), config.rescale)[0]
+
+
+def predict_frrsa(train: BrainDataset, test: BrainDataset, target: str, context: MethodContext) -> Prediction:
+    """Fitted to the training target the Siamese network learns, on the training images' features (z-scored on
+    them), the stages and penalty chosen on inner folds of the training images."""
+    fit = frrsa.fit_frrsa(_features(train, context), training_target(train, target, context.config),
+                          seed=context.seeds[0] if context.seeds else 0)
+    detail = (f"stages={fit.label}; penalty={fit.penalty:g}; {fit.predictor}; "
+              f"{np.count_nonzero(fit.weights)}/{len(fit.weights)} weights > 0")
+    return Prediction(frrsa.apply_frrsa(fit, _features(test, context)), detail, fit.summary())
+
+
+def _predict(result: Evaluation, method: str, target: str, direction: str, train: BrainDataset,
+             test: BrainDataset, context: MethodContext, externals: tuple[ExternalRDMs, ...] = (),
+             keep_prior: bool = True) -> None:
+    """One registered method fitted on `train` only (methods.REGISTRY), its RDM of `test`'s images scored against
+    `test`'s subjects: a row, the prediction, and what it chose (`Evaluation.chosen`). The same prediction is
+    scored against each other study (`externals`) that covers the test images (`_external_row`)."""
+    prediction = get_method(method).predict(train, test, target, context)
+    predicted, detail, epochs = prediction.rdm, prediction.detail, prediction.epochs
+    if prediction.chosen is not None:
+        result.chosen.setdefault(method, {}).setdefault(direction, {})[target] = prediction.chosen
     result.predictions[(method, target, direction)] = predicted
     key = target_key(target, test.official)
-    result.rows.append({**_row(method, target, direction, predicted, subjects, detail, key), "epochs": epochs})
+    row = _row(method, target, direction, predicted, test.targets[target], detail, key)
+    result.rows.append({**row, "epochs": epochs})
     for external in externals:
         if external.target == target:
-            _external_row(result, external, method, direction, test, predicted, prior, detail, epochs,
-                          keep_prior, progress)
+            _external_row(result, external, method, direction, test, predicted, prediction.prior, detail, epochs,
+                          keep_prior, context.progress)
 
 
 def _external_row(result: Evaluation, external: ExternalRDMs, method: str, direction: str, test: BrainDataset,
@@ -179,7 +216,7 @@ def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
     """
     progress = Progress.of(progress, "evaluate")
     config = config or config_from_preset("quick")
-    _check_methods(methods)
+    check_methods(methods)
     if len(sets) < 2:
         raise DataError("cross-set evaluation needs at least two image sets")
     for dataset in sets:
@@ -189,18 +226,17 @@ def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
     pairs = [(a, b) for a in sets for b in sets if a is not b]
     externals = tuple(bind_to_sets(externals, sets))
     result = Evaluation([], {})
-    baselines_too = "layers" in methods or "regression" in methods
+    baselines_too = uses(methods, "stage_rdms")
     phases = Phases(progress, baselines_too + len(methods) * len(targets) * len(pairs))
-
-    stage_rdms: dict[str, dict[str, np.ndarray]] = {}
+    context = MethodContext(config, seeds, progress, batch_size)
     if baselines_too:
         from ..model.prior import stage_rdms as cached_stage_rdms  # the prior's per-process cache of stage RDMs
 
         phases.start(f"stage RDMs of {config.backbone} for {', '.join(d.name for d in sets)}")
         start = time.perf_counter()
         for dataset in sets:
-            stage_rdms[dataset.name] = cached_stage_rdms(dataset.images, config.backbone, config.weights,
-                                                         config.image_size, progress.bars, batch_size)
+            context.stages[dataset.name] = cached_stage_rdms(dataset.images, config.backbone, config.weights,
+                                                             config.image_size, progress.bars, batch_size)
         result.seconds["layer_rdms"] = time.perf_counter() - start
 
     for method in methods:
@@ -209,8 +245,7 @@ def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
             for train, test in pairs:
                 direction = direction_label(train.name, test.name)
                 phases.start(f"{target} {direction}: {method}")
-                _predict(result, method, target, direction, train, test, stage_rdms, config, seeds, progress,
-                         externals, keep_prior)
+                _predict(result, method, target, direction, train, test, context, externals, keep_prior)
         result.seconds[method] = time.perf_counter() - start
     return result
 
@@ -218,11 +253,11 @@ def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
 def compare_bodies(sets: list[BrainDataset], backbones: tuple[str, ...], method: str = "layers",
                    targets: tuple[str, ...] = TARGET_NAMES, config: TrainConfig | None = None, batch_size: int = 16,
                    progress: bool | Progress = True) -> Evaluation:
-    """A baseline (`layers` or `regression`) of several bodies in one table: `evaluate_sets` once per body, each
+    """A baseline (`methods.baseline_names`) of several bodies in one table: `evaluate_sets` once per body, each
     row's method named `METHOD: BODY`, so the tables, rankings and plots show the bodies side by side. What each
     baseline chose (`layers`, `regression`) is kept per body, by that name."""
-    if method not in ("layers", "regression"):
-        raise DataError(f"bodies are compared on a baseline (layers or regression), not {method}")
+    if method not in baseline_names():
+        raise DataError(f"bodies are compared on a baseline ({', '.join(baseline_names())}), not {method}")
     config = config or config_from_preset("quick")
     merged = Evaluation([], {})
     for backbone in backbones:
@@ -231,10 +266,9 @@ def compare_bodies(sets: list[BrainDataset], backbones: tuple[str, ...], method:
                                progress=progress)
         merged.rows += [{**row, "method": label} for row in result.rows]
         merged.predictions.update({(label, t, d): rdm for (_, t, d), rdm in result.predictions.items()})
-        if result.layers:
-            merged.layers[label] = result.layers
-        if result.regression:
-            merged.regression[label] = result.regression
+        for name, chosen in result.chosen.items():
+            if chosen:
+                merged.chosen.setdefault(name, {})[label] = chosen
         merged.seconds.update({f"{key}: {backbone}": value for key, value in result.seconds.items()})
     return merged
 
@@ -258,30 +292,34 @@ def evaluate_folds(dataset: BrainDataset, folds: int = 5, methods: tuple[str, ..
 
     progress = Progress.of(progress, "evaluate")
     config = config or config_from_preset("quick")
-    _check_methods(methods)
+    check_methods(methods)
     if len(set(dataset.images.names)) != len(dataset):
         raise DataError(f"{dataset.images.source}: image names repeat; folds need one name per image")
     externals = tuple(e.bind(dataset.images.names) for e in externals)
     splits = {f"fold {k + 1}": pair for k, pair in enumerate(fold_splits(dataset, folds, fold_seed).values())}
     result = Evaluation([], {}, held_out={label: test for label, (_, test) in splits.items()})
-    stages: dict[str, dict[str, np.ndarray]] = {}
-    baselines_too = "layers" in methods or "regression" in methods
-    phases = Phases(progress, baselines_too + len(methods) * len(dataset.targets) * len(splits))
-    if baselines_too:
-        phases.start(f"stage RDMs of {config.backbone} for the {len(dataset)} images")
+    context = MethodContext(config, seeds, progress)
+    rdms_too, features_too = uses(methods, "stage_rdms"), uses(methods, "stage_features")
+    phases = Phases(progress, (rdms_too or features_too) + len(methods) * len(dataset.targets) * len(splits))
+    if rdms_too or features_too:
+        what = " and ".join(w for w, on in (("stage RDMs", rdms_too), ("stage features", features_too)) if on)
+        phases.start(f"{what} of {config.backbone} for the {len(dataset)} images")
         start = time.perf_counter()
         args = (config.backbone, config.weights, config.image_size)
-        stage_rdms(dataset.images, *args, progress=progress.bars)  # once for all images: the folds are cut from it
-        for train, test in splits.values():
-            stages[train.name], stages[test.name] = stage_rdms(train.images, *args), stage_rdms(test.images, *args)
+        if features_too:  # once for all images: the folds' are cut from them
+            _features(dataset, context)
+        if rdms_too:
+            stage_rdms(dataset.images, *args, progress=progress.bars)  # once for all images, as the features
+            for train, test in splits.values():
+                context.stages[train.name] = stage_rdms(train.images, *args)
+                context.stages[test.name] = stage_rdms(test.images, *args)
         result.seconds["layer_rdms"] = time.perf_counter() - start
     for method in methods:
         start = time.perf_counter()
         for target in dataset.targets:
             for label, (train, test) in splits.items():
                 phases.start(f"{label}: {method} {target}")
-                _predict(result, method, target, label, train, test, stages, config, seeds, progress, externals,
-                         keep_prior)
+                _predict(result, method, target, label, train, test, context, externals, keep_prior)
         result.seconds[method] = time.perf_counter() - start
     return result
 
@@ -395,7 +433,7 @@ def write_evaluation(evaluation: Evaluation, sets: list[BrainDataset], out_dir: 
     paths["md"] = out / "evaluation.md"
     write_text(paths["md"], "\n".join(md))
     payload = {"rows": rows, "paired": paired, "layers": evaluation.layers, "regression": evaluation.regression,
-               "seconds": evaluation.seconds, "settings": settings or {}}
+               **evaluation.chosen, "seconds": evaluation.seconds, "settings": settings or {}}
     if evaluation.held_out:
         payload["folds"] = {label: d.images.names for label, d in evaluation.held_out.items()}
     paths["json"] = out / "evaluation.json"

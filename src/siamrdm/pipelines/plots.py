@@ -413,3 +413,75 @@ def plot_scores(rows: Iterable[dict], path: str | os.PathLike, title: str | None
     ax.set_title(title or ("Cross-set scores (percent of the noise ceiling)" if with_ceiling
                            else "Scores (r2; no noise ceiling)"))
     return _save(fig, path)
+
+
+COMPARISON_PANEL = (3.6, 3.4)  # inches per panel of `plot_method_comparison`
+COMPARISON_COLUMNS = 4
+
+
+def plot_method_comparison(bars: list[dict], path: str | os.PathLike, title: str | None = None) -> Path:
+    """The report's leading figure: one panel per target (and direction), one bar per method of its signed mean
+    rho over subjects with the 95% interval, the noise-ceiling band in rho units (lower to upper where a record
+    has an upper; else the lower ceiling as a line), each bar's chance band (+- the rho that reaches the 95th
+    percentile of r2 with the image labels permuted) and a marker of how it compares with the panel's best
+    method: '*' differs (paired t-test over subjects, Holm-corrected), 'n.s.' does not. `bars` are
+    `scoring.method_comparison`'s."""
+    bars = [b for b in bars if number(b.get("rho_mean")) is not None]
+    if not bars:
+        raise ValueError("no scored rows to plot")
+    panels = list(dict.fromkeys((b["target"], b["direction"]) for b in bars))
+    methods = list(dict.fromkeys(b["method"] for b in bars))
+    columns = min(COMPARISON_COLUMNS, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    fig = Figure(figsize=(max(COMPARISON_PANEL[0] * columns, 10.0), COMPARISON_PANEL[1] * rows + 0.8), dpi=DPI,
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).reshape(-1)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax, (target, direction) in zip(axes, panels, strict=False):
+        group = [b for b in bars if (b["target"], b["direction"]) == (target, direction)]
+        x = np.arange(len(group))
+        lower = [number(b.get("rho_lower_ceiling")) for b in group]
+        upper = [number(b.get("rho_upper_ceiling")) for b in group]
+        lower = float(np.mean([v for v in lower if v is not None])) if any(v is not None for v in lower) else None
+        upper = float(np.mean([v for v in upper if v is not None])) if any(v is not None for v in upper) else None
+        if lower is not None and upper is not None:
+            ax.axhspan(lower, upper, color="0.85", zorder=0)
+        elif lower is not None:
+            ax.axhline(lower, color="0.45", lw=1.5, ls="--", zorder=1)
+        tops = []
+        for k, b in enumerate(group):
+            rho = float(b["rho_mean"])
+            chance = number(b.get("chance_rho_95"))
+            if chance is not None:
+                ax.fill_between([k - 0.45, k + 0.45], -chance, chance, color="0.3", alpha=0.25, lw=0, zorder=1)
+            ax.bar(k, rho, 0.7, color=f"C{methods.index(b['method'])}", edgecolor="k" if b.get("best") else "white",
+                   lw=1.5 if b.get("best") else 0.5, zorder=2)
+            low, high = number(b.get("rho_ci_low")), number(b.get("rho_ci_high"))
+            top = max(rho, 0.0)
+            if low is not None and high is not None:
+                ax.errorbar(k, rho, yerr=[[max(rho - low, 0.0)], [max(high - rho, 0.0)]], fmt="none", ecolor="k",
+                            elinewidth=1.2, capsize=3, zorder=4)
+                top = max(top, high)
+            mark = "best" if b.get("best") else {True: "*", False: "n.s."}.get(b.get("differs"), "")
+            if mark:
+                ax.annotate(mark, (k, top), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
+                            fontsize="small" if mark != "*" else "large", zorder=5)
+            tops.append(top)
+        values = [*tops, *(v for v in (lower, upper) if v is not None),
+                  *(min(float(b["rho_mean"]), number(b.get("rho_ci_low")) or 0.0) for b in group)]
+        ax.set_ylim(min(0.0, min(values)) * 1.15 - 0.02, max(max(values), 0.05) * 1.25)
+        ax.axhline(0, color="k", lw=0.8, zorder=1)
+        ax.set_xticks(x, [b["method"] for b in group], rotation=30, ha="right", fontsize="small")
+        ax.set_title(f"{target}" + (f" ({direction})" if direction else ""), fontsize="medium")
+        ax.set_ylabel("signed mean rho over subjects", fontsize="small")
+    handles = [Patch(color="0.85", label="noise ceiling (rho, lower to upper)"),
+               Line2D([], [], color="0.45", ls="--", lw=1.5, label="lower noise ceiling (rho)"),
+               Patch(color="0.3", alpha=0.25, label="chance: +- rho reaching the 95th pct of permuted r2"),
+               Line2D([], [], color="k", marker="_", markersize=8, lw=1.2, label="95% interval over subjects"),
+               Line2D([], [], ls="", marker="$*$", color="k", label="differs from the best (paired t, Holm); "
+                      "n.s.: does not")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=2 if columns < 3 else 3, fontsize="small")
+    fig.suptitle(title or "Every method against the best one, per target", fontsize="large")
+    return _save(fig, path)

@@ -5,8 +5,10 @@ only files siamrdm wrote): it has a section for each kind of thing it finds, so 
 `siamrdm challenge` and `siamrdm fit` folders alike:
 
 - settings.json / config.json: the run's settings, verbatim;
-- score tables: every top-level CSV with method, target and pct_nc columns (evaluation.csv, validation.csv),
-  shown in full and as a percent-of-ceiling summary, with a bar chart drawn if the folder has none;
+- score tables: every top-level CSV with method, target and pct_nc columns (evaluation.csv, validation.csv):
+  first, at the top of the page, every method compared with the best one per target (signed rho with its
+  interval, the ceiling and chance bands, Holm-corrected paired tests; methods.png), then the tables in full and
+  as a percent-of-ceiling summary, with a bar chart drawn if the folder has none;
 - lr_find.json anywhere below: the LR range test curve (drawn next to it);
 - log.csv anywhere below: training and validation curves per epoch (drawn next to it);
 - every other PNG below the folder: shown with its path as caption.
@@ -45,7 +47,7 @@ from ..io.tables import (
     summary,
     summary_columns,
 )
-from ..rdm.scoring import paired_rows
+from ..rdm.scoring import method_comparison, paired_rows
 from . import plots
 
 SETTINGS_FILES = ("settings.json", "config.json")
@@ -184,17 +186,48 @@ def _fits_blocks(run_dir: Path) -> list[Block]:
             ("table", ["target", "epochs", "seeds", "note"], body)]
 
 
-def _collect(run_dir: Path) -> list[Block]:
-    blocks: list[Block] = []
-    placed: set[Path] = set()
+COMPARISON_NOTE = ("Each method's signed mean rho over subjects (chance level 0) with its 95% bootstrap interval, "
+                   "the noise ceiling in rho units (the grey band, or the dashed line for the lower ceiling alone), "
+                   "each bar's chance band (+- the rho that reaches the 95th percentile of its r2 with the image "
+                   "labels permuted), and how each method compares with the best one of its panel: * differs "
+                   "(paired t-test over subjects, Holm-corrected for the number of comparisons), n.s. does not.")
 
+
+def _score_tables(run_dir: Path) -> list[tuple[Path, list[dict]]]:
+    """The folder's score tables: top-level CSVs with method, target and pct_nc columns, and their rows."""
+    tables = []
     for path in sorted(run_dir.glob("*.csv")):
         try:
             rows = _read_csv(path)
         except (OSError, csv.Error, UnicodeDecodeError):
             continue
-        if not rows or not SCORE_COLUMNS <= set(rows[0]):
+        if rows and SCORE_COLUMNS <= set(rows[0]):
+            tables.append((path, rows))
+    return tables
+
+
+def _comparison_blocks(run_dir: Path, tables: list[tuple[Path, list[dict]]], placed: set[Path]) -> list[Block]:
+    """The page's first section: each score table's methods compared (scoring.method_comparison, drawn by
+    plots.plot_method_comparison as methods.png, or STEM_methods.png beside a table other than evaluation.csv)."""
+    blocks: list[Block] = []
+    for path, rows in tables:
+        bars = [b for b in method_comparison(rows) if b["rho_mean"] is not None]
+        if not bars:
             continue
+        chart = path.with_name("methods.png" if path.stem == "evaluation" else f"{path.stem}_methods.png")
+        check_output_file(chart)
+        plots.plot_method_comparison(bars, chart, title=f"{path.stem}: every method against the best, per target")
+        blocks += [("h2", f"Methods compared ({path.name})"), ("p", COMPARISON_NOTE), _image(chart, chart.name)]
+        placed.add(chart)
+    return blocks
+
+
+def _collect(run_dir: Path) -> list[Block]:
+    placed: set[Path] = set()
+    tables = _score_tables(run_dir)
+    blocks: list[Block] = _comparison_blocks(run_dir, tables, placed)  # what a reader wants first
+
+    for path, rows in tables:
         scored = [r for r in rows if number(r.get("pct_nc")) is not None]
         blocks.append(("h2", f"Scores ({path.name})"))
         if any(number(r.get("rho_mean")) is not None or flag(r.get("beats_chance")) is not None for r in rows):

@@ -828,19 +828,37 @@ def paired_test(a, b) -> PairedTest:
     return PairedTest(len(diff), summary["mean"], summary["se"], summary["ci_low"], summary["ci_high"], t, p_t, p_w)
 
 
-BASELINES = ("layers", "regression")  # the pretrained network's own RDMs (evaluate.METHODS)
+def holm(p_values) -> list[float | None]:
+    """Holm's step-down adjustment of p-values for the number of comparisons (None stays None, and is not
+    counted): the family-wise error stays below alpha when the adjusted p < alpha is called a difference."""
+    present = [(p, k) for k, p in enumerate(p_values) if p is not None]
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, k) in enumerate(sorted(present)):
+        running = max(running, min(1.0, (len(present) - rank) * p))
+        adjusted[k] = running
+    return adjusted
+
+
+def registered_baselines() -> tuple[str, ...]:
+    """The baselines of the method registry (pipelines.methods: the pretrained body's features only)."""
+    from ..pipelines.methods import baseline_names  # torch-free, as this module
+
+    return baseline_names()
 
 
 def _is_fold(direction: str) -> bool:
     return str(direction).startswith("fold ")
 
 
-def paired_rows(rows: list[dict], baselines: tuple[str, ...] = BASELINES) -> list[dict]:
-    """Each method against each baseline present (`paired_test` of the signed rho, `tables.PAIRED_COLUMNS`):
+def paired_rows(rows: list[dict], baselines: tuple[str, ...] | None = None) -> list[dict]:
+    """Each method against each baseline present (None: `registered_baselines`; `paired_test` of the signed rho,
+    `tables.PAIRED_COLUMNS`):
     across sets or in a challenge, per target and direction, paired over the test set's subjects (each row's
     `rhos`); for image folds (directions 'fold 1', ...) per target, paired over the folds (each fold's rho_mean)
     and over the subjects (each subject's rho averaged over the folds: the same subjects are held out in every
     fold). Rows as dicts of numbers or as CSV text; pairs whose rows lack rhos (older tables) are left out."""
+    baselines = registered_baselines() if baselines is None else baselines
     methods = list(dict.fromkeys(r["method"] for r in rows))
     pairs = [(m, b) for b in baselines if b in methods for m in methods if m not in baselines]
     out = []
@@ -874,6 +892,63 @@ def paired_rows(rows: list[dict], baselines: tuple[str, ...] = BASELINES) -> lis
                     if (method, d) in by and (baseline, d) in by:
                         add(target, d, "subjects", method, baseline, number_list(by[method, d].get("rhos")),
                             number_list(by[baseline, d].get("rhos")))
+    return out
+
+
+def method_comparison(rows: list[dict], alpha: float = 0.05) -> list[dict]:
+    """What the report's leading figure shows: per target (and direction, across sets; over all folds for image
+    folds), every method's signed mean rho over subjects with its 95% bootstrap interval, the lower noise ceiling
+    in rho units (`rho_lower_ceiling`; and `rho_upper_ceiling` where a record has one), the chance level in rho
+    units (sqrt of the 95th percentile of r2 with the image labels permuted: the rho every subject would need to
+    reach it), and each method's paired t-test against the best one (highest mean rho) over the subjects,
+    Holm-corrected for the number of comparisons in its group (`differs`: adjusted p < alpha). For image folds
+    each subject's rho is averaged over the folds first, as `paired_rows` does. Rows as dicts or CSV text."""
+    out = []
+    for target in dict.fromkeys(r["target"] for r in rows):
+        group = [r for r in rows if r["target"] == target]
+        directions = list(dict.fromkeys(str(r.get("direction") or "") for r in group))
+        folds = len(directions) > 1 and all(_is_fold(d) for d in directions)
+        cells = [("all folds", group)] if folds else [(d, [r for r in group if str(r.get("direction") or "") == d])
+                                                       for d in directions]
+        for direction, members in cells:
+            bars = []
+            for method in dict.fromkeys(r["method"] for r in members):
+                mine = [r for r in members if r["method"] == method]
+                rhos = [number_list(r.get("rhos")) for r in mine]
+                usable = all(v is not None for v in rhos) and len({len(v) for v in rhos}) == 1
+                subjects = np.mean(rhos, axis=0) if usable else None
+
+                def mean_of(name: str, rows_: list[dict] = mine) -> float | None:
+                    values = [number(r.get(name)) for r in rows_]
+                    return None if None in values or not values else float(np.mean(values))
+
+                if subjects is not None and len(mine) > 1:
+                    summary = mean_summary(subjects)
+                    rho, low, high = summary["mean"], summary["ci_low"], summary["ci_high"]
+                else:
+                    rho, low, high = mean_of("rho_mean"), mean_of("rho_ci_low"), mean_of("rho_ci_high")
+                chance = mean_of("chance_r2_95")
+                bars.append({"target": target, "direction": direction, "method": method, "rho_mean": rho,
+                             "rho_ci_low": low, "rho_ci_high": high, "rho_lower_ceiling": mean_of("rho_lower_ceiling"),
+                             "rho_upper_ceiling": mean_of("rho_upper_ceiling"),
+                             "chance_rho_95": None if chance is None else math.sqrt(max(chance, 0.0)),
+                             "subjects": subjects, "best": False, "p_vs_best": None, "p_holm": None,
+                             "differs": None})
+            scored = [b for b in bars if b["rho_mean"] is not None]
+            if scored:
+                best = max(scored, key=lambda b: b["rho_mean"])
+                best["best"] = True
+                others = [b for b in bars if b is not best]
+                for b in others:
+                    if b["subjects"] is not None and best["subjects"] is not None and len(b["subjects"]) == len(
+                            best["subjects"]):
+                        b["p_vs_best"] = paired_test(b["subjects"], best["subjects"]).p_t
+                for b, adjusted in zip(others, holm([b["p_vs_best"] for b in others]), strict=True):
+                    b["p_holm"] = adjusted
+                    b["differs"] = None if adjusted is None else adjusted < alpha
+            for b in bars:
+                b.pop("subjects")
+            out += bars
     return out
 
 

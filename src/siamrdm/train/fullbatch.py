@@ -291,20 +291,25 @@ class FullBatchStep:
         self.generator = torch.Generator().manual_seed(config.seed)
         # Body features per set for the frozen phase: view 0 plain, then augmented views.
         n_views = config.augment_views if config.augment and config.frozen_epochs else 1
-        self._views = [frozen_views(self.model, s, config, n_views, self.device) for s in self.train_sets]
-        self.model.set_feature_stats(torch.cat([views[0] for views in self._views]))
-        self._val_features: dict[int, list[torch.Tensor]] = {}
-        # train_stages K: the output of the stage below the top K stages, per image and view, and the two parts.
+        # train_stages K: the output of the stage below the top K stages, per image and view (the views the frozen
+        # epochs draw from, and as many), and the top stages; the frozen features are those stages on it, so the
+        # body runs once per image and view.
         count = config.train_stages
         self._cut = count if isinstance(count, int) and count > 0 else None
         self._top: BodyPart | None = None
         self._below: list[torch.Tensor] = []
         self._val_below: dict[int, list[torch.Tensor]] = {}
-        if self._cut is not None:
+        if self._cut is None:
+            self._views = [frozen_views(self.model, s, config, n_views, self.device) for s in self.train_sets]
+        else:
             self._top = partial(self.model.body.top, count=self._cut)
             below_views = config.augment_views if config.augment else 1
             self._below = [frozen_views(self.model, s, config, below_views, self.device, below=self._cut)
                            for s in self.train_sets]
+            self._views = [torch.stack([body_features(self.model, view, config, self.device, self._top)
+                                        for view in below[:n_views]]) for below in self._below]
+        self.model.set_feature_stats(torch.cat([views[0] for views in self._views]))
+        self._val_features: dict[int, list[torch.Tensor]] = {}
         self.last_pairs: dict[str, torch.Tensor] = {}  # the latest validation's (P, T) pair predictions per set
 
     def _fit_priors(self, train: list[BrainDataset]) -> dict[str, PriorFit]:

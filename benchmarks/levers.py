@@ -48,6 +48,11 @@ LEVERS: dict[str, tuple[dict, tuple[int, ...], bool]] = {
     "views_8": ({"augment_views": 8}, (0,), False),
     "ranks_target": ({"group_target": "ranks"}, (0,), True),
     "tta": ({"tta": True}, (0,), False),
+    # The body's top stages trained after the quick preset's 60 frozen epochs (issue 36): 20 unfrozen epochs of the
+    # top K stages on the cached output of the stage below (one-cycle schedule over those 20, the body at 1/10 the
+    # head's rate), so a curve has 80 epochs and the rule may pick any of them.
+    "train_stages_1": ({"train_stages": 1, "unfrozen_epochs": 20}, (0,), False),
+    "train_stages_2": ({"train_stages": 2, "unfrozen_epochs": 20}, (0,), False),
 }
 
 

@@ -474,6 +474,10 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frozen-epochs", "--epochs", dest="epochs", type=int,
                    help="epochs with the body frozen (overrides the preset; --epochs is the old name)")
     p.add_argument("--unfrozen-epochs", type=int, help="epochs with the body trained (overrides the preset)")
+    p.add_argument("--train-stages", type=_train_stages, metavar="K|all", help="what the unfrozen epochs train "
+                   "with the head: the body's top K stages up to the head's stage, the lower ones frozen and their "
+                   "output cached per image and view (0: the head alone), or all (the preset's); lr-find: what its "
+                   "test trains with the head (default 0)")
     p.add_argument("--early-stopping", type=_patience, metavar="N|off",
                    help="stop after N epochs without a better validation score, or 'off' (overrides the preset)")
     p.add_argument("--lr", type=float, help="head learning rate (overrides the preset)")
@@ -522,6 +526,19 @@ def _patience(text: str):
     return value
 
 
+def _train_stages(text: str) -> int | str:
+    """--train-stages: a number of top stages, or 'all' (whether the body has that many is checked with the config)."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of stages or 'all', got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (or 'all'), got {value}")
+    return value
+
+
 def _decay(text: str):
     """--head-average: a decay, or 'off' to switch a preset's averaging off (the range is checked with the config)."""
     from .train.config import OFF
@@ -550,7 +567,7 @@ def _config_from_args(args, targets: tuple[str, ...]):
         augment=False if args.no_augment else None, precision=args.precision,
         channels_last=True if args.channels_last else None, validate_every=args.validate_every,
         per_image=args.per_image, shrinkage=args.shrinkage, head_average=args.head_average,
-        set_weights=args.set_weights, group_target=args.group_target,
+        set_weights=args.set_weights, group_target=args.group_target, train_stages=args.train_stages,
     )
     return check_config(config)
 
@@ -845,15 +862,19 @@ def cmd_predict(args) -> int:
 
 def cmd_lr_find(args) -> int:
     from .io.files import run_folder, run_mode, write_text
+    from .model.backbones import create_body
     from .pipelines.plots import plot_lr_range
     from .train.fullbatch import lr_range_test
 
     _default_per_image(args, own_data=bool(args.images))  # the targets fit would train on
     train, _, targets, _ = _training_datasets(args)
-    config = _config_from_args(args, targets)
+    # --train-stages says what the test trains with the head (0 unless given), not what a fit's unfrozen epochs do
+    stages = 0 if args.train_stages is None else args.train_stages
+    config = _config_from_args(argparse.Namespace(**{**vars(args), "train_stages": None}), targets)
+    create_body(config.backbone, config.weights, config.stage).trained_stages(stages)  # a count the body has
     out = _out_dir(args.out, args.overwrite)
     with run_folder(out, "lr-find", run_mode(args.overwrite)):
-        result = lr_range_test(config, train, progress=not args.quiet)
+        result = lr_range_test(config, train, progress=not args.quiet, train_stages=stages)
         write_text(out / "lr_find.json", json.dumps(json_safe(result), indent=2, allow_nan=False))
         plot = plot_lr_range(result, out / "lr_find.png")
     print(f"suggested learning rate: {result['suggested_lr']:.3g} (curve: {plot})")

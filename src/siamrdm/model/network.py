@@ -225,9 +225,12 @@ class SiameseRDMNet(nn.Module):
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
 
-    def freeze_body(self, frozen: bool = True) -> None:
+    def freeze_body(self, frozen: bool = True, stages: int | str = "all") -> None:
+        """Frozen: no body weight trains. Unfrozen: the top `stages` stages train (`Body.trained_stages`; 'all':
+        the whole body), the stages below them stay frozen."""
+        trained = set() if frozen else {id(p) for p in self.body.trained_parameters(stages)}
         for p in self.body.parameters():
-            p.requires_grad_(not frozen)
+            p.requires_grad_(id(p) in trained)
 
 
 def all_pairs(n: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

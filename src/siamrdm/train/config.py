@@ -39,6 +39,9 @@ class TrainConfig:
     unfrozen_epochs: int = 0
     lr: float = 1e-3  # head; the LR range test suggests one
     body_lr_factor: float = 0.1  # body rate = lr * this, once unfrozen
+    # What the unfrozen epochs train with the head: the top K stages up to the head's stage (the lower ones stay
+    # frozen and their outputs are cached per image and view, see fullbatch.FullBatchStep), or "all" the body.
+    train_stages: int | str = "all"
     weight_decay: float = 0.01
     augment: bool = True  # random resized crop and horizontal flip, drawn per image per epoch
     augment_views: int = 4  # while frozen: views cached per image (view 0 is the plain image)
@@ -139,6 +142,13 @@ MIN_IMAGE_SIZE = 16
 MAX_IMAGE_SIZE = 1024
 
 
+def check_train_stages(count: int | str) -> int | str:
+    """A number of top stages (0 or more) or 'all'; whether the body has that many is `Body.trained_stages`'s."""
+    if count != "all" and not (isinstance(count, int) and not isinstance(count, bool) and count >= 0):
+        raise ConfigError("train_stages", f"a number of top stages (0 or more) or all, got {count!r}")
+    return count
+
+
 def check_seed(option: str, seed: int) -> int:
     """A seed in the range every generator takes, refused as `option` otherwise."""
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
@@ -200,6 +210,10 @@ def check_config(config: TrainConfig) -> TrainConfig:
     for name in ("frozen_epochs", "unfrozen_epochs"):
         if getattr(config, name) < 0:
             raise ConfigError(name, "must not be negative")
+    check_train_stages(config.train_stages)
+    if config.train_stages != "all" and not config.unfrozen_epochs:
+        raise ConfigError("train_stages", "says what the unfrozen epochs train, and there are none: set "
+                                          "unfrozen_epochs too (or leave train_stages at all)")
     if config.epochs < 1:
         raise ConfigError("frozen_epochs", "nothing to train: frozen and unfrozen epochs are both 0")
     if config.precision not in PRECISIONS:
@@ -259,6 +273,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
         need = head.min_size()
     except ValueError as exc:
         raise ConfigError("head", str(exc)) from None
+    body.trained_stages(config.train_stages)  # a count the body has, and a body that can be cut between stages
     if head.groups and channels % head.groups:
         raise ConfigError("stage", f"stage {body.stage} of {config.backbone} has {channels} channels, which do not "
                                    f"split into the {config.head} head's {head.groups} groups: choose another stage "

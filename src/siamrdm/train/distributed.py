@@ -252,7 +252,7 @@ def check_batch_settings(batch: BatchSettings, world: int = 1) -> BatchSettings:
 # The full-batch fit's settings that this path does not have, and the value it runs with: refused when set
 # otherwise, never silently ignored.
 FULL_BATCH_ONLY = {"precision": "fp32", "channels_last": False, "validate_every": 1, "per_image": "keep",
-                   "head_average": None, "set_weights": "pairs", "group_target": "mean"}
+                   "head_average": None, "set_weights": "pairs", "group_target": "mean", "train_stages": "all"}
 
 
 def check_minibatch_config(config: TrainConfig) -> TrainConfig:

@@ -7,7 +7,9 @@ their public names for callers of `siamrdm.train`.
 One epoch is one optimiser step on all pairs within every training set (pairs never cross sets).
 While the body is frozen its features are computed once per image and augmented view and cached; once
 it is unfrozen, each step runs the body once per image (in chunks, so memory stays bounded) and the
-head on all pairs. Validation uses the official metric on held-out images.
+head on all pairs. With `train_stages` K the unfrozen epochs train only the body's top K stages: the output of
+the stage below them is cached per image and view as the frozen features are, and each step runs the K stages
+on it. Validation uses the official metric on held-out images.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import contextlib
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -121,8 +125,9 @@ _VIEW_CACHE_ENTRIES = 20_000
 
 @torch.no_grad()
 def frozen_views(model: SiameseRDMNet, data: PairTargets, config: TrainConfig, n_views: int,
-                 device: torch.device) -> torch.Tensor:
-    """(V, N, C, H, W) raw body features of every image: view 0 plain, then augmented views.
+                 device: torch.device, below: int = 0) -> torch.Tensor:
+    """(V, N, C, H, W) raw body features of every image: view 0 plain, then augmented views. With `below` K > 0,
+    the output of the stage just below the body's top K stages instead (`Body.below_top`), from the same views.
 
     Each image's augmentation is drawn from a generator seeded by the run's seed, the image's identity (its
     folder's name and its name: not the path it was given by, so `--data ../x` and `--data /abs/x` train the same
@@ -130,7 +135,8 @@ def frozen_views(model: SiameseRDMNet, data: PairTargets, config: TrainConfig, n
     held-out splits), and cached features can be reused. The body must be the untrained pretrained one.
     """
     crop_key = (config.backbone, config.weights, config.stage, config.image_size, config.crop_scale, config.seed)
-    numerics = (str(device), config.precision, config.channels_last)
+    numerics = (str(device), config.precision, config.channels_last, below)
+    run = partial(model.body.below_top, count=below) if below else None
     out = None
     for view in range(n_views):
         views = [(*crop_key, key, view) for key in data.seed_keys]  # what an image's crop is seeded by
@@ -142,7 +148,7 @@ def frozen_views(model: SiameseRDMNet, data: PairTargets, config: TrainConfig, n
                 size = pixels.shape[-1]
                 boxes = torch.cat([draw_boxes(1, size, config.crop_scale, image_generator(views[k])) for k in missing])
                 pixels = crop_flip(pixels, boxes)
-            computed = body_features(model, pixels, config, device)
+            computed = body_features(model, pixels, config, device, run)
             if len(_VIEW_CACHE) + len(missing) > _VIEW_CACHE_ENTRIES:
                 _VIEW_CACHE.clear()
             for m, k in enumerate(missing):
@@ -154,23 +160,29 @@ def frozen_views(model: SiameseRDMNet, data: PairTargets, config: TrainConfig, n
     return out
 
 
-def body_pass(model: SiameseRDMNet, pixels: torch.Tensor, config: TrainConfig, device: torch.device) -> torch.Tensor:
+BodyPart = Callable[[torch.Tensor], torch.Tensor]  # a part of the body: pixels or a stage's output -> a later one
+
+
+def body_pass(model: SiameseRDMNet, pixels: torch.Tensor, config: TrainConfig, device: torch.device,
+              run: BodyPart | None = None) -> torch.Tensor:
     """The body on one chunk of pixels, in the config's precision (bf16: under autocast, so the output is bf16)
-    and memory layout (channels_last, as `build_model` laid out the body's weights)."""
+    and memory layout (channels_last, as `build_model` laid out the body's weights); with `run`, that part of the
+    body on its input (`Body.below_top` on pixels, `Body.top` on the cached output of the stage below)."""
     pixels = pixels.to(device, non_blocking=True)
     if config.channels_last:
         pixels = pixels.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-        return model.body(pixels)
+        return model.body(pixels) if run is None else run(pixels)
 
 
 @torch.no_grad()
 def body_features(model: SiameseRDMNet, images: torch.Tensor, config: TrainConfig,
-                  device: torch.device) -> torch.Tensor:
-    """Raw body features of images in chunks, kept on `device`: float32, contiguous (N, C, H, W), whatever the
-    body's precision and layout, so cached features and the head see one dtype and layout."""
+                  device: torch.device, run: BodyPart | None = None) -> torch.Tensor:
+    """Raw body features of images (or of `run`, a part of the body, on its inputs) in chunks, kept on `device`:
+    float32, contiguous (N, C, H, W), whatever the body's precision and layout, so cached features and the head
+    see one dtype and layout."""
     chunk = config.body_chunk
-    return torch.cat([body_pass(model, images[k : k + chunk], config, device).float()
+    return torch.cat([body_pass(model, images[k : k + chunk], config, device, run).float()
                       for k in range(0, len(images), chunk)]).contiguous()
 
 
@@ -237,7 +249,13 @@ def build_model(config: TrainConfig, device: torch.device | None = None) -> Siam
 
 class FullBatchStep:
     """Full-batch training (loop.Step): one optimiser step an epoch on all pairs within every training set, the
-    frozen body's features cached per image and augmented view, validation on the device."""
+    frozen body's features cached per image and augmented view, validation on the device.
+
+    `train_stages` K (not 0, not 'all'): the unfrozen epochs train the body's top K stages with the head, on the
+    cached output of the stage below them (`frozen_views(below=K)`: per image and view, the frozen phase's views
+    and `augment_views` count). So each epoch the trained part sees one of the cached views rather than a fresh
+    crop as with 'all', and its cost is that of the K stages; the lower stages never change. K = 0: the unfrozen
+    epochs train the head alone on the frozen features (the one-cycle schedule then runs on the head)."""
 
     steps_per_epoch = 1
     main = True
@@ -275,7 +293,23 @@ class FullBatchStep:
         self.generator = torch.Generator().manual_seed(config.seed)
         # Body features per set for the frozen phase: view 0 plain, then augmented views.
         n_views = config.augment_views if config.augment and config.frozen_epochs else 1
-        self._views = [frozen_views(self.model, s, config, n_views, self.device) for s in self.train_sets]
+        # train_stages K: the output of the stage below the top K stages, per image and view (the views the frozen
+        # epochs draw from, and as many), and the top stages; the frozen features are those stages on it, so the
+        # body runs once per image and view.
+        count = config.train_stages
+        self._cut = count if isinstance(count, int) and count > 0 else None
+        self._top: BodyPart | None = None
+        self._below: list[torch.Tensor] = []
+        self._val_below: dict[int, list[torch.Tensor]] = {}
+        if self._cut is None:
+            self._views = [frozen_views(self.model, s, config, n_views, self.device) for s in self.train_sets]
+        else:
+            self._top = partial(self.model.body.top, count=self._cut)
+            below_views = config.augment_views if config.augment else 1
+            self._below = [frozen_views(self.model, s, config, below_views, self.device, below=self._cut)
+                           for s in self.train_sets]
+            self._views = [torch.stack([body_features(self.model, view, config, self.device, self._top)
+                                        for view in below[:n_views]]) for below in self._below]
         self.model.set_feature_stats(torch.cat([views[0] for views in self._views]))
         self._val_features: dict[int, list[torch.Tensor]] = {}
         self.last_pairs: dict[str, torch.Tensor] = {}  # the latest validation's (P, T) pair predictions per set
@@ -349,9 +383,20 @@ class FullBatchStep:
 
     def frozen_features(self, index: int) -> torch.Tensor:
         """Body features of one set for this epoch: each image's view drawn from the cached pool."""
-        stacked = self._views[index]  # (V, N, C, H, W)
+        return self.drawn_views(self._views[index])
+
+    def drawn_views(self, stacked: torch.Tensor) -> torch.Tensor:
+        """(V, N, ...) cached views -> (N, ...): each image's view for this epoch, drawn from the run's generator."""
         pick = torch.randint(len(stacked), (stacked.shape[1],), generator=self.generator).to(self.device)
         return stacked[pick, torch.arange(stacked.shape[1], device=self.device)]
+
+    def trained_inputs(self, index: int) -> tuple[torch.Tensor, BodyPart | None]:
+        """What the trained part of the body runs on this unfrozen epoch, and that part: this epoch's (augmented)
+        pixels and the whole body, or with `train_stages` K the drawn cached views below the top K stages and
+        those stages."""
+        if self._cut is None:
+            return self.augmented_images(index), None
+        return self.drawn_views(self._below[index]), self._top
 
     def augmented_images(self, index: int) -> torch.Tensor:
         """This epoch's pixels of training set `index`: augmented when the config says so."""
@@ -368,11 +413,12 @@ class FullBatchStep:
                                               None if data.prior_pairs is None else data.prior_pairs.to(self.device))
         return all_pairs_loss(self.model.head, features, data.targets.to(self.device))
 
-    def body_backward(self, images: torch.Tensor, features_grad: torch.Tensor) -> None:
-        """The body again on the images in chunks, back-propagating the head's gradient w.r.t. its features."""
+    def body_backward(self, images: torch.Tensor, features_grad: torch.Tensor, run: BodyPart | None = None) -> None:
+        """The body (or its trained part `run`) again on its inputs in chunks, back-propagating the head's gradient
+        w.r.t. its features."""
         chunk = self.config.body_chunk
         for k in range(0, len(images), chunk):
-            out = body_pass(self.model, images[k : k + chunk], self.config, self.device)
+            out = body_pass(self.model, images[k : k + chunk], self.config, self.device, run)
             out.backward(features_grad[k : k + chunk].to(out.dtype))
 
     def gradients(self, frozen: bool) -> torch.Tensor:
@@ -386,20 +432,27 @@ class FullBatchStep:
         features first, then the body in chunks (`body_backward`); the same gradient as one big graph."""
         self.model.zero_grad(set_to_none=True)
         mean_loss = torch.zeros((), device=self.device)
-        for index, data in enumerate(self.train_sets):
+        for index in range(len(self.train_sets)):
             share = self.set_shares[index]
-            if frozen:
-                loss = self.pair_loss(self.frozen_features(index), data)
-                (loss * share).backward()
-            else:
-                images = self.augmented_images(index)
-                features = body_features(self.model, images, self.config, self.device)
-                features.requires_grad_()
-                loss = self.pair_loss(features, data)
-                (loss * share).backward()
-                self.body_backward(images, features.grad)
-            mean_loss += loss.detach() * share
+            mean_loss += self.set_gradients(index, frozen, share) * share
         return mean_loss
+
+    def set_gradients(self, index: int, frozen: bool, share: float = 1.0) -> torch.Tensor:
+        """Add the gradients of `share` x the loss of training set `index` and return that loss (detached): on the
+        cached frozen features while the body is frozen (or with `train_stages` 0), else through the trained part
+        of the body (`trained_inputs`)."""
+        data = self.train_sets[index]
+        if frozen or self.config.train_stages == 0:
+            loss = self.pair_loss(self.frozen_features(index), data)
+            (loss * share).backward()
+        else:
+            inputs, run = self.trained_inputs(index)
+            features = body_features(self.model, inputs, self.config, self.device, run)
+            features.requires_grad_()
+            loss = self.pair_loss(features, data)
+            (loss * share).backward()
+            self.body_backward(inputs, features.grad, run)
+        return loss.detach()
 
     def train_epoch(self, epoch: int, frozen: bool, optimizer_step) -> tuple[torch.Tensor, dict]:
         with self.raw_weights():
@@ -413,8 +466,8 @@ class FullBatchStep:
         """Official metric on every validation set; keys 'set/target'."""
         pairs = {}
         for k, s in enumerate(self.val_sets):
-            if not frozen:
-                self._val_features[k] = feature_views(self.model, s.images, self.config, self.device)
+            if not frozen and self.config.train_stages != 0:
+                self._val_features[k] = self.trained_feature_views(k, s)
             elif k not in self._val_features:  # the pretrained body: features once, from the process's cache
                 self._val_features[k] = self.frozen_feature_views(s)
             predicted = predict_upper(self.model, self._val_features[k]).to(self._score_dtype)
@@ -422,6 +475,20 @@ class FullBatchStep:
                 predicted = predicted + self._val_priors[k]
             pairs[k] = self.last_pairs[s.name] = predicted
         return self.score_pairs(pairs)
+
+    def trained_feature_views(self, index: int, data: PairTargets) -> list[torch.Tensor]:
+        """`feature_views` of validation set `index` with the body being trained; with `train_stages` K, the top K
+        stages on the output of the stage below them, computed once (those stages never change)."""
+        if self._cut is None:
+            return feature_views(self.model, data.images, self.config, self.device)
+        if index not in self._val_below:
+            below = [frozen_views(self.model, data, self.config, 1, self.device, below=self._cut)[0]]
+            if self.config.tta:
+                below.append(body_features(self.model, data.images.flip(-1), self.config, self.device,
+                                           partial(self.model.body.below_top, count=self._cut)))
+            self._val_below[index] = below
+        return [self.model.standardise(body_features(self.model, v, self.config, self.device, self._top))
+                for v in self._val_below[index]]
 
     def frozen_feature_views(self, data: PairTargets) -> list[torch.Tensor]:
         """`feature_views` of a validation set while the body is the pretrained one: the plain view from the
@@ -535,25 +602,34 @@ def fit(config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] 
 
 
 def lr_range_test(config: TrainConfig, train: list[BrainDataset], start_lr: float = 1e-6, end_lr: float = 1.0,
-                  steps: int = 80, progress: bool = True) -> dict:
-    """Smith's LR range test on the head (body frozen): the rate grows exponentially each step.
+                  steps: int = 80, progress: bool = True, train_stages: int | str = 0) -> dict:
+    """Smith's LR range test on the head (body frozen): the rate grows exponentially each step. With
+    `train_stages` K, the body's top K stages ('all': the whole body) train too, at the rate times
+    `body_lr_factor`, as a fit's unfrozen epochs train them (on the plain images: no augmentation here).
 
-    Returns the rates, the smoothed losses and a suggested rate: the steepest descent of the smoothed loss,
-    found before the loss diverges (4x its minimum).
+    Returns the rates (the head's), the smoothed losses and a suggested rate: the steepest descent of the
+    smoothed loss, found before the loss diverges (4x its minimum).
     """
-    step_data = FullBatchStep(replace(config, augment=False), train)
-    step_data.model.freeze_body(True)
-    optimizer = torch.optim.AdamW(step_data.model.head_parameters(), lr=start_lr, weight_decay=config.weight_decay)
+    step_data = FullBatchStep(replace(config, augment=False, train_stages=train_stages), train)
+    step_data.model.freeze_body(train_stages == 0, train_stages)
+    groups = [{"params": step_data.model.head_parameters(), "lr": start_lr}]
+    if train_stages != 0:
+        groups.append({"params": step_data.model.body.trained_parameters(train_stages), "lr": start_lr})
+    rates = (1.0, config.body_lr_factor)  # each group's share of the step's rate
+    optimizer = torch.optim.AdamW(groups, lr=start_lr, weight_decay=config.weight_decay)
     factor = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
     lrs, losses, smoothed, avg = [], [], [], 0.0
     for step in tqdm(range(steps), disable=not progress, desc="lr-find", leave=False):
         lr = start_lr * factor**step
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for group, share in zip(optimizer.param_groups, rates, strict=False):
+            group["lr"] = lr * share
         index = step % len(step_data.train_sets)
         optimizer.zero_grad(set_to_none=True)
-        loss = step_data.pair_loss(step_data.plain_features(index), step_data.train_sets[index])
-        loss.backward()
+        if train_stages == 0:
+            loss = step_data.pair_loss(step_data.plain_features(index), step_data.train_sets[index])
+            loss.backward()
+        else:
+            loss = step_data.set_gradients(index, frozen=False)
         optimizer.step()
         value = loss.item()
         avg = 0.9 * avg + 0.1 * value

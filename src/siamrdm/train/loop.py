@@ -213,7 +213,7 @@ class TrainingLoop:
         if not frozen and self.scheduler is not None and self.scheduler.last_epoch == 0:  # the cycle starts here
             for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
                 group["lr"] = lr
-        self.model.freeze_body(frozen)
+        self.model.freeze_body(frozen, self.config.train_stages)
         start = time.perf_counter()
         self._epoch_weights = None
         loss, extra = self.stepper.train_epoch(self.epoch, frozen, lambda: self.optimizer_step(frozen))

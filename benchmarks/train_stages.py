@@ -31,7 +31,7 @@ STAGES = ("0", "1", "2", "all")
 def one_run(data: str, size: int, stages: str, epochs: int, device: str, backbone: str,
             weights: str | None) -> dict:
     """Time one (size, K) in this process."""
-    from siamrdm.io.data import TRAINING_SETS, load_algonauts_set
+    from siamrdm.io.datasets import TRAINING_SETS, load_algonauts_set
     from siamrdm.train import Trainer, config_from_preset
     from siamrdm.train.loop import peak_rss_mb
 

@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -71,7 +72,14 @@ def _strip(value):
     return value
 
 
-def content(path: Path) -> bytes | None:
+def _volatile_text(text: str, root: Path) -> str:
+    """Text with the run's own folder named '<out>' and the JSON fields of VOLATILE left out, wherever they stand
+    (the settings block of report.md holds them too): two runs into different folders compare equal."""
+    text = text.replace(str(root.resolve()), "<out>").replace(str(root), "<out>")
+    return re.sub(r'"(' + "|".join(VOLATILE) + r')": [^,\n}]*,?', "", text)
+
+
+def content(path: Path, root: Path) -> bytes | None:
     """What a file says, without the parts that change from run to run; None: not fingerprinted."""
     if path.suffix in SKIP_SUFFIXES or path.name in SKIP_NAMES:
         return None
@@ -89,17 +97,20 @@ def content(path: Path) -> bytes | None:
                          if isinstance(obj, h5py.Dataset) else None)
         return b"".join(parts)
     if path.suffix == ".json":
-        return json.dumps(_strip(json.loads(path.read_text())), sort_keys=True).encode()
+        text = path.read_text().replace(str(root.resolve()), "<out>").replace(str(root), "<out>")
+        return json.dumps(_strip(json.loads(text)), sort_keys=True).encode()
     if path.suffix == ".csv":
         rows = list(csv.DictReader(io.StringIO(path.read_text())))
         return json.dumps([_strip(row) for row in rows], sort_keys=True).encode()
+    if path.suffix in (".md", ".html", ".txt"):
+        return _volatile_text(path.read_text(), root).encode()
     return path.read_bytes()
 
 
 def fingerprint(out: Path) -> dict[str, str]:
     prints = {}
     for path in sorted(out.rglob("*")):
-        if path.is_file() and (data := content(path)) is not None:
+        if path.is_file() and (data := content(path, out)) is not None:
             prints[str(path.relative_to(out))] = hashlib.sha256(data).hexdigest()
     return prints
 

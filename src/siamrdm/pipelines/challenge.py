@@ -183,7 +183,8 @@ def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: 
 
 
 def _external_rows(externals: tuple[ExternalRDMs, ...], target: str, direction: str, test: BrainDataset,
-                   predicted: dict[int, np.ndarray], epoch: int, keep_prior: bool, progress: Progress) -> list[dict]:
+                   predicted: dict[int, np.ndarray], epoch: int, keep_prior: bool, progress: Progress,
+                   purpose: str = "") -> list[dict]:
     """A direction's reported epoch scored against each other study of its test images (external.score_external),
     the prior (the curve's epoch 0) in its place where the trained model is below it there."""
     rows = []
@@ -198,7 +199,7 @@ def _external_rows(externals: tuple[ExternalRDMs, ...], target: str, direction: 
         if note:
             progress.line(f"{target} {direction}: {note}")
         rows.append({"method": "siamese", "target": external.column, "direction": direction, **row,
-                     "detail": row.pop("detail_note", ""), "epochs": epoch})
+                     "detail": "; ".join(filter(None, (purpose, row.pop("detail_note", None)))), "epochs": epoch})
     return rows
 
 
@@ -245,7 +246,7 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
                 rows.append({"method": "siamese", "target": target, "direction": direction, **row, "epochs": epoch,
                              "detail": purpose_text(config.per_image)})
                 rows += _external_rows(externals, target, direction, test_set, predicted, epoch,
-                                       keep_prior and config.prior != "none", progress)
+                                       keep_prior and config.prior != "none", progress, purpose_text(config.per_image))
             used = {**{d: per_set[d.split("->")[0]] for d in directions}, "final fit": epochs[target]}
             plot_validation_curves(target, {d: all_curves[target][d] for d in directions},
                                    out_dir / f"{target}_validation_curves.png", used)

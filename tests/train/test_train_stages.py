@@ -12,7 +12,7 @@ import torch
 from helpers import assert_one_line_error, fast_config, run_cli
 
 from siamrdm import train
-from siamrdm.io import data
+from siamrdm.io.datasets import BrainDataset
 from siamrdm.model.backbones import create_body
 from siamrdm.train.config import ConfigError, config_from_dict
 from siamrdm.train.distributed import check_minibatch_config
@@ -20,7 +20,7 @@ from siamrdm.train.fullbatch import feature_views, lr_range_test
 
 
 @pytest.fixture(scope="module")
-def small(dataset92: data.BrainDataset) -> data.BrainDataset:
+def small(dataset92: BrainDataset) -> BrainDataset:
     return train.subset(dataset92, np.arange(16), "92-sixteen")
 
 
@@ -81,7 +81,7 @@ def test_the_top_stages_on_the_cached_part_are_the_body() -> None:
         lite0.trained_stages(6)
 
 
-def test_a_step_of_the_top_stage_has_the_whole_body_s_gradient(small: data.BrainDataset) -> None:
+def test_a_step_of_the_top_stage_has_the_whole_body_s_gradient(small: BrainDataset) -> None:
     """Without augmentation (one view) the cached path's gradient of the top stage equals the whole body's, and
     the lower stages get none."""
     config = lite(augment=False)
@@ -100,8 +100,8 @@ def test_a_step_of_the_top_stage_has_the_whole_body_s_gradient(small: data.Brain
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
 
 
-def test_validation_runs_the_trained_stages_on_the_cached_part(small: data.BrainDataset,
-                                                              dataset118: data.BrainDataset) -> None:
+def test_validation_runs_the_trained_stages_on_the_cached_part(small: BrainDataset,
+                                                              dataset118: BrainDataset) -> None:
     """After unfrozen epochs, held-out images are scored with the trained top stage: the features validation uses
     are the whole (partly trained) body's; with tta the mirror images' too."""
     held = train.subset(dataset118, np.arange(10), "118-ten")
@@ -115,7 +115,7 @@ def test_validation_runs_the_trained_stages_on_the_cached_part(small: data.Brain
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_zero_stages_trains_the_head_alone_in_the_unfrozen_epochs(small: data.BrainDataset) -> None:
+def test_zero_stages_trains_the_head_alone_in_the_unfrozen_epochs(small: BrainDataset) -> None:
     trainer = train.Trainer(lite(train_stages=0), [small], progress=False)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.fit()
@@ -125,7 +125,7 @@ def test_zero_stages_trains_the_head_alone_in_the_unfrozen_epochs(small: data.Br
     assert changed({k: before[k] for k in before if k.startswith("head.")}, after)
 
 
-def test_a_run_resumes_with_the_same_weights(small: data.BrainDataset) -> None:
+def test_a_run_resumes_with_the_same_weights(small: BrainDataset) -> None:
     """Checkpoint and resume: the cached views are recomputed alike and the generator picks the same ones."""
     config = lite(frozen_epochs=1, unfrozen_epochs=3, train_stages=2, augment_views=2, seed=4)
     reference = train.Trainer(config, [small], progress=False)
@@ -143,7 +143,7 @@ def test_a_run_resumes_with_the_same_weights(small: data.BrainDataset) -> None:
     assert config_from_dict(old).train_stages == "all"
 
 
-def test_bf16_and_channels_last_train_the_top_stages(small: data.BrainDataset) -> None:
+def test_bf16_and_channels_last_train_the_top_stages(small: BrainDataset) -> None:
     trainer = train.Trainer(lite(precision="bf16", channels_last=True, train_stages=2), [small], progress=False)
     pretrained = stage_weights(trainer.model.state_dict())
     pretrained = {s: {k: v.clone() for k, v in w.items()} for s, w in pretrained.items()}
@@ -178,7 +178,7 @@ def test_the_mini_batch_path_refuses_top_stages() -> None:
 
 
 def test_lr_find_trains_the_top_stages_with_the_head(capsys, tmp_path: Path, data_root: Path,
-                                                     small: data.BrainDataset) -> None:
+                                                     small: BrainDataset) -> None:
     """lr-find --train-stages K: the test steps the top K stages too (at the body's share of the rate), so its
     curve leaves the head-alone one after the first step. A count the body lacks is one line, before any folder."""
     curves = {k: lr_range_test(lite(augment=False), [small], steps=12, progress=False, train_stages=k)["loss"]

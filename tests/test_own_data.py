@@ -175,7 +175,7 @@ def test_done_when_own_data_through_the_cli(tmp_path: Path, capsys) -> None:
     with open(ev / "evaluation.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["method"], r["direction"]) for r in rows] == [
-        (m, f"fold {k}") for m in ("siamese", "layers", "regression") for k in (1, 2)]
+        (m, f"fold {k}") for m in ("siamese", "layers", "regression", "frrsa") for k in (1, 2)]
     dataset = load_dataset(folder, rdms, "V4")
     splits = list(fold_splits(dataset, 2, 0).values())
     for row in rows:
@@ -194,16 +194,16 @@ def test_done_when_own_data_through_the_cli(tmp_path: Path, capsys) -> None:
     assert title == f"# siamrdm evaluate: 2-fold cross-validation over the 12 images of {Path(folder).name} (V4)"
     # without --quiet: a line per phase (stderr) as it starts, k of n: the stage RDMs, then each fold and method
     phases = [line.split(" (")[0] for line in err.splitlines() if line.startswith("evaluate [")]
-    assert phases[0].startswith("evaluate [1/7] stage RDMs of") and phases[1:] == [
-        f"evaluate [{k}/7] fold {fold}: {method} V4" for k, (method, fold) in enumerate(
-            ((m, f) for m in ("siamese", "layers", "regression") for f in (1, 2)), 2)]
+    assert phases[0].startswith("evaluate [1/9] stage RDMs and stage features of") and phases[1:] == [
+        f"evaluate [{k}/9] fold {fold}: {method} V4" for k, (method, fold) in enumerate(
+            ((m, f) for m in ("siamese", "layers", "regression", "frrsa") for f in (1, 2)), 2)]
     assert err.splitlines()[-1].startswith("evaluate: done in ") and err.splitlines()[-1].endswith(
         f"{ev / 'report.html'}")
     assert out.splitlines()[-1].endswith(f"the report: {ev / 'report.html'}")
     folds = json.loads((ev / "evaluation.json").read_text())["folds"]
     assert folds == {f"fold {k + 1}": test.images.names for k, (_, test) in enumerate(splits)}
     fold_file = load_rdm_dict(ev / "predictions_fold_1.hdf5", names=folds["fold 1"])
-    assert set(fold_file) == {"siamese/V4", "layers/V4", "regression/V4"}
+    assert set(fold_file) == {"siamese/V4", "layers/V4", "regression/V4", "frrsa/V4"}
 
     # the fitted network beats the untrained one on the held-out images
     config = config_from_preset("quick", targets=("V4",), weights="random", image_size=64, frozen_epochs=20)

@@ -184,7 +184,7 @@ def test_round_trip_through_the_cli(own: dict[str, Path], tmp_path: Path, capsys
     assert all(r["rho_ci_low"] <= r["rho_mean"] <= r["rho_ci_high"] and len(r["rhos"]) == 3 for r in siamese)
     assert all(r["epochs"] in (0, 1, 2) for r in siamese)  # chosen on each fold's training images
     paired = {(p["baseline"], p["over"]) for p in saved["paired"] if p["method"] == "siamese"}
-    assert paired == {(b, over) for b in ("layers", "regression") for over in ("folds", "subjects")}
+    assert paired == {(b, over) for b in ("layers", "regression", "frrsa") for over in ("folds", "subjects")}
     table = (folds / "evaluation.md").read_text()
     assert "mean +- se" in table and "95% CI (folds)" in table and "Paired tests against the baselines" in table
 

@@ -10,6 +10,7 @@ from scipy.stats import spearmanr
 
 from siamrdm.errors import DataError
 from siamrdm.model import frrsa
+from siamrdm.rdm import rdm_from_features
 from siamrdm.rdm.core import square_rdm, upper_tri
 
 
@@ -87,6 +88,14 @@ def test_inner_folds_split_images_and_small_sets_are_refused():
     assert sorted(np.concatenate(parts).tolist()) == list(range(20)) and all(len(p) >= 6 for p in parts)
     with pytest.raises(DataError, match="at least 9 training images"):
         frrsa.inner_folds(8, 3)
+    # A small training set is fitted all the same: fewer inner folds, or none (a fixed choice), said in the notes.
+    rng = np.random.default_rng(1)
+    for n, note in ((8, "2 inner folds (8 training images)"), (5, "5 training images are too few")):
+        features = {"a": rng.normal(size=(n, 4)), "b": rng.normal(size=(n, 3))}
+        fit = frrsa.fit_frrsa(features, rdm_from_features(features["a"]))
+        assert any(note in text for text in fit.notes), fit.notes
+        assert np.isfinite(frrsa.apply_frrsa(fit, features)).all()
+    assert fit.label == "all" and fit.penalty == frrsa.PENALTIES[len(frrsa.PENALTIES) // 2]
     x = np.random.default_rng(0).normal(size=(12, 3))
     target = square_rdm(np.ones(66), 12)
     target[0, 1] = target[1, 0] = np.nan

@@ -237,8 +237,14 @@ def fit_frrsa(features: dict[str, np.ndarray], target: np.ndarray, predictor: st
     if not np.all(np.isfinite(square)):
         raise DataError("FR-RSA: the target contains NaN or inf")
     candidates = candidates or stage_sets(list(features))
-    parts = inner_folds(n, folds, seed)
     penalties = tuple(penalties)
+    folds = min(folds, n // MIN_FOLD_IMAGES)  # small training sets: as many inner folds as fit, 2 at least
+    if folds < 2:  # nothing to cross-validate on: a fixed choice, said in the notes
+        label = ALL_STAGES if ALL_STAGES in candidates else next(iter(candidates))
+        return _refit(features, square, candidates, label, penalties[len(penalties) // 2], predictor, {},
+                      [f"{n} training images are too few for inner folds of {MIN_FOLD_IMAGES}: stages "
+                       f"{label} and the middle penalty, not chosen"])
+    parts = inner_folds(n, folds, seed)
     inner: dict[str, dict[float, float]] = {}
     for label, stages in candidates.items():
         x = _stack(features, stages)
@@ -252,12 +258,18 @@ def fit_frrsa(features: dict[str, np.ndarray], target: np.ndarray, predictor: st
                 rhos[k] += _spearman(upper_tri(predict_rdm((x[held] - mean) / std, w, c, predictor)), truth)
         inner[label] = {alpha: float(r / len(parts)) for alpha, r in zip(penalties, rhos, strict=True)}
     label, alpha = max(((lab, a) for lab in inner for a in penalties), key=lambda key: inner[key[0]][key[1]])
+    notes = [] if folds == INNER_FOLDS else [f"{folds} inner folds ({n} training images)"]
+    return _refit(features, square, candidates, label, alpha, predictor, inner, notes)
+
+
+def _refit(features: dict[str, np.ndarray], square: np.ndarray, candidates: dict[str, tuple[str, ...]], label: str,
+           alpha: float, predictor: str, inner: dict[str, dict[float, float]], notes: list[str]) -> FRRSAFit:
+    """The chosen stage set and penalty fitted on all training images."""
     stages = candidates[label]
     x = _stack(features, stages)
     mean, std = standardiser(x)
     eq = normal_equations((x - mean) / std, square, predictor)
     (w, c), = ridge_path(eq, (alpha,))
-    notes = []
     if not np.any(w > 0):  # no feature agrees with the target: keep the one that disagrees least
         h, g = eq.centred()
         w = np.zeros_like(g)

@@ -158,8 +158,8 @@ def predict_frrsa(train: BrainDataset, test: BrainDataset, target: str, context:
     them), the stages and penalty chosen on inner folds of the training images."""
     fit = frrsa.fit_frrsa(_features(train, context), training_target(train, target, context.config),
                           seed=context.seeds[0] if context.seeds else 0)
-    detail = (f"stages={fit.label}; penalty={fit.penalty:g}; {fit.predictor}; "
-              f"{np.count_nonzero(fit.weights)}/{len(fit.weights)} weights > 0")
+    detail = "; ".join([f"stages={fit.label}", f"penalty={fit.penalty:g}", fit.predictor,
+                        f"{np.count_nonzero(fit.weights)}/{len(fit.weights)} weights > 0", *fit.notes])
     return Prediction(frrsa.apply_frrsa(fit, _features(test, context)), detail, fit.summary())
 
 

@@ -232,6 +232,7 @@ def test_a_table_of_many_targets_is_reported_in_seconds(tmp_path: Path):
     assert Image.open(run / "scores.png").size == plots.pixel_size("scores")
     md = (run / "report.md").read_text()
     assert md.count(f"The chart shows the first {plots.MAX_CHART_TARGETS} of {n} targets") == 1
+    assert md.count(f"compares the methods on the first {plots.MAX_CHART_TARGETS} of {n} targets") == 1
     assert f"(the first {MAX_SUMMARY_COLUMNS} of {n} targets and directions; the mean is over all" in md
     assert all(f"| T{k} |" in md for k in (0, 1, n // 2, n - 1))
     summary = next(line for line in md.splitlines() if line.startswith("| method | T0 92->118 |"))

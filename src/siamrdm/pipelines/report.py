@@ -211,13 +211,17 @@ def _comparison_blocks(run_dir: Path, tables: list[tuple[Path, list[dict]]], pla
     plots.plot_method_comparison as methods.png, or STEM_methods.png beside a table other than evaluation.csv)."""
     blocks: list[Block] = []
     for path, rows in tables:
-        bars = [b for b in method_comparison(rows) if b["rho_mean"] is not None]
+        bars = [b for b in method_comparison(rows, targets=plots.MAX_CHART_TARGETS) if b["rho_mean"] is not None]
         if not bars:
             continue
         chart = path.with_name("methods.png" if path.stem == "evaluation" else f"{path.stem}_methods.png")
         check_output_file(chart)
         plots.plot_method_comparison(bars, chart, title=f"{path.stem}: every method against the best, per target")
         blocks += [("h2", f"Methods compared ({path.name})"), ("p", COMPARISON_NOTE), _image(chart, chart.name)]
+        count = len({r["target"] for r in rows})
+        if count > plots.MAX_CHART_TARGETS:
+            blocks.append(("p", f"The figure compares the methods on the first {plots.MAX_CHART_TARGETS} of {count} "
+                                "targets; every row is in the tables."))
         placed.add(chart)
     return blocks
 

@@ -895,17 +895,21 @@ def paired_rows(rows: list[dict], baselines: tuple[str, ...] | None = None) -> l
     return out
 
 
-def method_comparison(rows: list[dict], alpha: float = 0.05) -> list[dict]:
+def method_comparison(rows: list[dict], alpha: float = 0.05, targets: int | None = None) -> list[dict]:
     """What the report's leading figure shows: per target (and direction, across sets; over all folds for image
     folds), every method's signed mean rho over subjects with its 95% bootstrap interval, the lower noise ceiling
     in rho units (`rho_lower_ceiling`; and `rho_upper_ceiling` where a record has one), the chance level in rho
     units (sqrt of the 95th percentile of r2 with the image labels permuted: the rho every subject would need to
     reach it), and each method's paired t-test against the best one (highest mean rho) over the subjects,
     Holm-corrected for the number of comparisons in its group (`differs`: adjusted p < alpha). For image folds
-    each subject's rho is averaged over the folds first, as `paired_rows` does. Rows as dicts or CSV text."""
+    each subject's rho is averaged over the folds first, as `paired_rows` does. Rows as dicts or CSV text. With
+    `targets`, only the first that many targets (a figure shows no more): the rows are grouped in one pass."""
     out = []
-    for target in dict.fromkeys(r["target"] for r in rows):
-        group = [r for r in rows if r["target"] == target]
+    by_target: dict[str, list[dict]] = {}
+    for r in rows:
+        by_target.setdefault(r["target"], []).append(r)
+    for target in list(by_target)[:targets]:
+        group = by_target[target]
         directions = list(dict.fromkeys(str(r.get("direction") or "") for r in group))
         folds = len(directions) > 1 and all(_is_fold(d) for d in directions)
         cells = [("all folds", group)] if folds else [(d, [r for r in group if str(r.get("direction") or "") == d])

@@ -439,6 +439,7 @@ def plot_method_comparison(bars: list[dict], path: str | os.PathLike, title: str
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).reshape(-1)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
+    drawn_band = False  # a ceiling band (lower to upper) in some panel: only then in the legend
     for ax, (target, direction) in zip(axes, panels, strict=False):
         group = [b for b in bars if (b["target"], b["direction"]) == (target, direction)]
         x = np.arange(len(group))
@@ -448,6 +449,7 @@ def plot_method_comparison(bars: list[dict], path: str | os.PathLike, title: str
         upper = float(np.mean([v for v in upper if v is not None])) if any(v is not None for v in upper) else None
         if lower is not None and upper is not None:
             ax.axhspan(lower, upper, color="0.85", zorder=0)
+            drawn_band = True
         elif lower is not None:
             ax.axhline(lower, color="0.45", lw=1.5, ls="--", zorder=1)
         tops = []
@@ -455,7 +457,8 @@ def plot_method_comparison(bars: list[dict], path: str | os.PathLike, title: str
             rho = float(b["rho_mean"])
             chance = number(b.get("chance_rho_95"))
             if chance is not None:
-                ax.fill_between([k - 0.45, k + 0.45], -chance, chance, color="0.3", alpha=0.25, lw=0, zorder=1)
+                ax.fill_between([k - 0.45, k + 0.45], -chance, chance, facecolor="none", edgecolor="tab:red",
+                                hatch="////", alpha=0.45, lw=0, zorder=1)
             ax.bar(k, rho, 0.7, color=f"C{methods.index(b['method'])}", edgecolor="k" if b.get("best") else "white",
                    lw=1.5 if b.get("best") else 0.5, zorder=2)
             low, high = number(b.get("rho_ci_low")), number(b.get("rho_ci_high"))
@@ -476,9 +479,10 @@ def plot_method_comparison(bars: list[dict], path: str | os.PathLike, title: str
         ax.set_xticks(x, [b["method"] for b in group], rotation=30, ha="right", fontsize="small")
         ax.set_title(f"{target}" + (f" ({direction})" if direction else ""), fontsize="medium")
         ax.set_ylabel("signed mean rho over subjects", fontsize="small")
-    handles = [Patch(color="0.85", label="noise ceiling (rho, lower to upper)"),
+    handles = [*([Patch(color="0.85", label="noise ceiling (rho, lower to upper)")] if drawn_band else []),
                Line2D([], [], color="0.45", ls="--", lw=1.5, label="lower noise ceiling (rho)"),
-               Patch(color="0.3", alpha=0.25, label="chance: +- rho reaching the 95th pct of permuted r2"),
+               Patch(facecolor="none", edgecolor="tab:red", hatch="////", alpha=0.45,
+                     label="chance: +- rho reaching the 95th pct of permuted r2"),
                Line2D([], [], color="k", marker="_", markersize=8, lw=1.2, label="95% interval over subjects"),
                Line2D([], [], ls="", marker="$*$", color="k", label="differs from the best (paired t, Holm); "
                       "n.s.: does not")]

@@ -66,3 +66,18 @@ def run_process_limited(*args, file_size: int | None = None, stdout=None):
     return subprocess.run([sys.executable, "-m", "siamrdm", *map(str, args)], preexec_fn=limit, text=True,
                           stdout=stdout if stdout is not None else subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                           timeout=300)
+
+
+def spaced_training_sets(data_root, count: int, targets: tuple[str, ...] = ("EVC", "MEG_late")) -> list:
+    """`count` evenly spaced images of each Algonauts training set, with those targets' RDMs: small sets on which
+    every method runs across sets in seconds."""
+    import numpy as np
+
+    from siamrdm.io.datasets import load_algonauts_set
+    from siamrdm.rdm.splits import subset
+
+    sets = []
+    for name in ("92", "118"):
+        full = load_algonauts_set(data_root, name, targets)
+        sets.append(subset(full, np.linspace(0, len(full) - 1, count).round().astype(int), name))
+    return sets

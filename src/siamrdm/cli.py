@@ -511,32 +511,29 @@ def _training_options(p: argparse.ArgumentParser) -> None:
 _FLAG_OF_OPTION = {"out_dir": "--out"}
 
 
+def _count_or(text: str, word: str, minimum: int, what: str) -> int | str:
+    """An option that takes a whole number of `what` (at least `minimum`) or one `word` ('off', 'all')."""
+    if text.strip().lower() == word:
+        return word
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of {what} or '{word}', got '{text}'") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum} (or '{word}'), got {value}")
+    return value
+
+
 def _patience(text: str):
     """--early-stopping: a positive number of epochs, or 'off' to switch a preset's early stopping off."""
     from .train.config import OFF
 
-    if text.strip().lower() == OFF:
-        return OFF
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of epochs or 'off', got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (or 'off'), got {value}")
-    return value
+    return _count_or(text, OFF, 1, "epochs")
 
 
 def _train_stages(text: str) -> int | str:
     """--train-stages: a number of top stages, or 'all' (whether the body has that many is checked with the config)."""
-    if text.strip().lower() == "all":
-        return "all"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of stages or 'all', got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more (or 'all'), got {value}")
-    return value
+    return _count_or(text, "all", 0, "stages")
 
 
 def _decay(text: str):

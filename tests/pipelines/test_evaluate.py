@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import spaced_training_sets
 from PIL import Image
 
 from siamrdm import cli
 from siamrdm.io import files
-from siamrdm.io.datasets import BrainDataset, load_algonauts_set
+from siamrdm.io.datasets import BrainDataset
 from siamrdm.io.images import ImageSet
 from siamrdm.pipelines import evaluate, plots
 from siamrdm.rdm import rdm_from_features
@@ -24,11 +25,7 @@ TARGETS = ("EVC", "MEG_late")
 @pytest.fixture(scope="module")
 def small_sets(data_root: Path) -> list[BrainDataset]:
     """20 images of each training set (evenly spaced), with their RDMs."""
-    sets = []
-    for name in ("92", "118"):
-        full = load_algonauts_set(data_root, name, TARGETS)
-        sets.append(subset(full, np.linspace(0, len(full) - 1, 20).round().astype(int), name))
-    return sets
+    return spaced_training_sets(data_root, 20, TARGETS)
 
 
 def test_layers_and_regression_end_to_end(tmp_path: Path, small_sets: list[BrainDataset]):

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import spaced_training_sets
 
 from siamrdm import cli
-from siamrdm.io.datasets import BrainDataset, load_algonauts_set
+from siamrdm.io.datasets import BrainDataset
 from siamrdm.model import frrsa
 from siamrdm.pipelines import evaluate, methods
 from siamrdm.rdm import scoring
-from siamrdm.train import config_from_preset, subset
+from siamrdm.train import config_from_preset
 
 TARGETS = ("EVC", "MEG_late")
 
@@ -23,11 +24,7 @@ TARGETS = ("EVC", "MEG_late")
 @pytest.fixture(scope="module")
 def small_sets(data_root: Path) -> list[BrainDataset]:
     """24 images of each training set (evenly spaced), with their RDMs."""
-    sets = []
-    for name in ("92", "118"):
-        full = load_algonauts_set(data_root, name, TARGETS)
-        sets.append(subset(full, np.linspace(0, len(full) - 1, 24).round().astype(int), name))
-    return sets
+    return spaced_training_sets(data_root, 24, TARGETS)
 
 
 def test_the_registry_lists_the_methods_and_its_baselines():

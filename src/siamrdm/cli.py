@@ -35,7 +35,7 @@ from .io.datasets import (
     target_key,
 )
 from .io.files import json_safe
-from .io.images import ImageSet, load_image_set, natural_key, pattern_names, shown_names
+from .io.images import load_image_set, natural_key, pattern_names, shown_names
 from .io.limits import check_read_size, check_real_dtype
 from .io.rdmfiles import check_rdm_keys, load_rdm_dict, load_rdms, save_rdms, validate_rdms
 from .io.rsafiles import check_rdm_names, read_rdm_names, take_notes
@@ -735,9 +735,7 @@ def _fit_externals(args, train: list, val: list, targets: tuple[str, ...], order
     names: dict[str, set[str]] = {}
     for dataset in [*train, *val]:  # '92-train' and '92-val' are the 92 set
         names.setdefault(dataset.name.split("-")[0], set()).update(dataset.images.names)
-    sets = [BrainDataset(name, ImageSet(sorted(found, key=natural_key), [None] * len(found), Path()))
-            for name, found in names.items()]
-    return bind_to_sets(externals, sets)
+    return bind_to_sets(externals, {name: sorted(found, key=natural_key) for name, found in names.items()})
 
 
 def _external_scores(predictor, val: list, externals: list, keep_prior: bool) -> dict:
@@ -1144,7 +1142,7 @@ def cmd_evaluate(args) -> int:
         externals = tuple(e.bind(own.images.names) for e in externals)
     else:  # the sets are read (and refused) before the run folder exists
         sets = [load_algonauts_set(args.data, name, targets, config.image_size) for name in TRAINING_SETS]
-        externals = tuple(bind_to_sets(externals, sets))
+        externals = tuple(bind_to_sets(externals, {d.name: d.images.names for d in sets}))
     out = _out_dir(args.out, args.overwrite)
     loaded = [own] if own is not None else sets  # the line after every check: bad input stays one line on stderr
     progress.line(f"loaded {', '.join(f'{d.name} ({len(d)} images)' for d in loaded)} in "

@@ -51,7 +51,7 @@ from ..train.selection import (
     with_epochs,
 )
 from . import plots
-from .external import ExternalRDMs, bind_default, bind_to_sets, describe, score_external
+from .external import ExternalRDMs, bind_default, bind_to_sets, describe, external_row
 from .methods import baseline_names
 from .report import write_report
 
@@ -167,7 +167,7 @@ def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: 
     sets = {name: load_algonauts_set(root, name, targets) for name in TRAINING_SETS}
     test = load_algonauts_set(root, "78", ())
     externals = tuple(bind_to_sets(bind_default(externals, root, targets) if validate else externals,
-                                   list(sets.values())))
+                                   {d.name: d.images.names for d in sets.values()}))
     check_config(config)
     out_dir = check_run_folder(out_dir, run_mode(overwrite))
     # after every check: bad input stays one line on stderr
@@ -185,22 +185,16 @@ def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: 
 def _external_rows(externals: tuple[ExternalRDMs, ...], target: str, direction: str, test: BrainDataset,
                    predicted: dict[int, np.ndarray], epoch: int, keep_prior: bool, progress: Progress,
                    purpose: str = "") -> list[dict]:
-    """A direction's reported epoch scored against each other study of its test images (external.score_external),
+    """A direction's reported epoch scored against each other study of its test images (external.external_row),
     the prior (the curve's epoch 0) in its place where the trained model is below it there."""
-    rows = []
-    for external in externals:
-        if external.target != target:
-            continue
-        model = square_rdm(predicted[epoch], len(test))
-        prior = square_rdm(predicted[0], len(test)) if keep_prior and 0 in predicted else None
-        row, note = score_external(external, test.images.names, model, prior, keep_prior)
-        if row is None:
-            continue
-        if note:
-            progress.line(f"{target} {direction}: {note}")
-        rows.append({"method": "siamese", "target": external.column, "direction": direction, **row,
-                     "detail": "; ".join(filter(None, (purpose, row.pop("detail_note", None)))), "epochs": epoch})
-    return rows
+    studies = [e for e in externals if e.target == target]
+    if not studies:
+        return []
+    model = square_rdm(predicted[epoch], len(test))
+    prior = square_rdm(predicted[0], len(test)) if keep_prior and 0 in predicted else None
+    rows = [external_row(e, "siamese", direction, test.images.names, model, prior, keep_prior, purpose, epoch,
+                         progress)[0] for e in studies]
+    return [row for row in rows if row is not None]
 
 
 def _epochs_text(epochs: int, chosen: bool) -> str:

@@ -44,7 +44,7 @@ from ..rdm.splits import direction_label, fold_splits
 from ..train.config import purpose_text
 from ..train.fullbatch import TrainConfig, config_from_preset, group_target
 from . import plots
-from .external import ExternalRDMs, bind_to_sets, describe, score_external
+from .external import ExternalRDMs, bind_to_sets, describe, external_row
 from .methods import METHODS, MethodContext, Prediction, baseline_names, check_methods, get_method, uses
 
 COLUMNS = tables.SCORE_COLUMNS
@@ -168,7 +168,7 @@ def _predict(result: Evaluation, method: str, target: str, direction: str, train
              keep_prior: bool = True) -> None:
     """One registered method fitted on `train` only (methods.REGISTRY), its RDM of `test`'s images scored against
     `test`'s subjects: a row, the prediction, and what it chose (`Evaluation.chosen`). The same prediction is
-    scored against each other study (`externals`) that covers the test images (`_external_row`)."""
+    scored against each other study (`externals`) that covers the test images (external.external_row)."""
     prediction = get_method(method).predict(train, test, target, context)
     predicted, detail, epochs = prediction.rdm, prediction.detail, prediction.epochs
     if prediction.chosen is not None:
@@ -179,25 +179,11 @@ def _predict(result: Evaluation, method: str, target: str, direction: str, train
     result.rows.append({**row, "epochs": epochs})
     for external in externals:
         if external.target == target:
-            _external_row(result, external, method, direction, test, predicted, prediction.prior, detail, epochs,
-                          keep_prior, context.progress)
-
-
-def _external_row(result: Evaluation, external: ExternalRDMs, method: str, direction: str, test: BrainDataset,
-                  predicted: np.ndarray, prior: np.ndarray | None, detail: str, epochs: int | None,
-                  keep_prior: bool, progress: Progress) -> None:
-    """The held-out prediction scored against another study's subjects of the same images, as the target
-    '<target> @ <study>' (external.score_external: the prior in the trained model's place where it is below it)."""
-    row, note = score_external(external, test.images.names, predicted, prior, keep_prior)
-    if row is None:
-        return
-    if note:
-        progress.line(f"{external.target} {direction}: {note}")
-        predicted = prior
-    detail = "; ".join(filter(None, (detail, row.pop("detail_note", None))))
-    result.predictions[(method, external.column, direction)] = predicted
-    result.rows.append({"method": method, "target": external.column, "direction": direction, **row,
-                        "detail": detail, "epochs": epochs})
+            row, used = external_row(external, method, direction, test.images.names, predicted, prediction.prior,
+                                     keep_prior, detail, epochs, context.progress)
+            if row is not None:
+                result.predictions[(method, external.column, direction)] = used
+                result.rows.append(row)
 
 
 def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
@@ -208,7 +194,7 @@ def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
     """Every method fitted on each set and scored on each other set, for every target.
 
     `externals` (external.load_external) are other studies' RDMs of one set's images: each direction that
-    predicts that set is also scored against them (see `_external_row`, and `keep_prior` there).
+    predicts that set is also scored against them (external.external_row, and `keep_prior` there).
 
     `config` gives the Siamese training settings and, for the baselines too, the backbone, its weights and the
     image size, so all methods see the same body. Rows are ordered by method, target, direction. With
@@ -224,7 +210,7 @@ def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
         if missing:
             raise DataError(f"image set {dataset.name}: no RDMs for target(s) {', '.join(missing)}")
     pairs = [(a, b) for a in sets for b in sets if a is not b]
-    externals = tuple(bind_to_sets(externals, sets))
+    externals = tuple(bind_to_sets(externals, {d.name: d.images.names for d in sets}))
     result = Evaluation([], {})
     baselines_too = uses(methods, "stage_rdms")
     phases = Phases(progress, baselines_too + len(methods) * len(targets) * len(pairs))
@@ -286,7 +272,7 @@ def evaluate_folds(dataset: BrainDataset, folds: int = 5, methods: tuple[str, ..
     Rows are ordered by method, target, fold ('fold 1', ...); `held_out` maps each fold to its images. With
     `progress`, phase lines on stderr ('evaluate [2/5] fold 2: siamese V4') and bars on a terminal.
     `externals`: other studies' RDMs of these images, in their order; each fold's held-out predictions are also
-    scored against their held-out images' part (see `_external_row`).
+    scored against their held-out images' part (external.external_row).
     """
     from ..model.prior import stage_rdms
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..io.datasets import TARGET_NAMES
+from ..io.progress import Progress
 from ..io.rdmfiles import list_rdm_keys, load_rdms
 from ..io.rsafiles import check_rdm_names
 from ..rdm.scoring import score_with_ceiling, target_name
@@ -97,16 +98,17 @@ def load_external(spec: str, targets: Sequence[str]) -> ExternalRDMs:
     return ExternalRDMs(label + (f":{key}" if len(keys) > 1 else ""), path, key, target, rdms)
 
 
-def bind_to_sets(externals: Sequence[ExternalRDMs], sets: Sequence) -> list[ExternalRDMs]:
-    """Each file bound to the one image set of its size (the Algonauts sets: 92 or 118 images)."""
+def bind_to_sets(externals: Sequence[ExternalRDMs], sets: dict[str, Sequence[str]]) -> list[ExternalRDMs]:
+    """Each file bound to the one image set (name -> its images, in RDM order) of its size (the Algonauts sets: 92
+    or 118 images)."""
     bound = []
     for external in externals:
-        matching = [d for d in sets if len(d) == external.rdms.shape[-1]]
+        matching = [names for names in sets.values() if len(names) == external.rdms.shape[-1]]
         if len(matching) != 1:
-            sizes = ", ".join(f"{d.name}: {len(d)}" for d in sets)
+            sizes = ", ".join(f"{name}: {len(names)}" for name, names in sets.items())
             raise ConfigError(OPTION, f"{external.path}: {external.rdms.shape[-1]} images match "
                                       f"{len(matching)} of the image sets ({sizes}); it must match one")
-        bound.append(external.bind(matching[0].images.names))
+        bound.append(external.bind(matching[0]))
     return bound
 
 
@@ -135,6 +137,22 @@ def score_external(external: ExternalRDMs, names: Sequence[str], predicted: np.n
     note = (f"the trained model is below its prior on {external.label} (rho {row['rho_mean']:+.3f} against "
             f"{prior_row['rho_mean']:+.3f}): the prior is kept for it")
     return {**prior_row, "detail_note": f"prior kept: trained rho {row['rho_mean']:+.3f} was below"}, note
+
+
+def external_row(external: ExternalRDMs, method: str, direction: str, names: Sequence[str], predicted: np.ndarray,
+                 prior: np.ndarray | None, keep_prior: bool, detail: str, epochs: int | None,
+                 progress: Progress) -> tuple[dict | None, np.ndarray]:
+    """A score table's row of a held-out prediction of the images `names` on the other study, as the target
+    '<target> @ <study>' (`score_external`; where the prior is kept, said on `progress` and in the detail), and the
+    RDM the row scores; (None, predicted) where the study lacks one of the images."""
+    row, note = score_external(external, names, predicted, prior, keep_prior)
+    if row is None:
+        return None, predicted
+    if note:
+        progress.line(f"{external.target} {direction}: {note}")
+    detail = "; ".join(filter(None, (detail, row.pop("detail_note", None))))
+    return ({"method": method, "target": external.column, "direction": direction, **row, "detail": detail,
+             "epochs": epochs}, prior if note else predicted)
 
 
 def bind_default(externals: Sequence[ExternalRDMs], root: Path, targets: Sequence[str]) -> list[ExternalRDMs]:

@@ -57,6 +57,13 @@ def _gram(buffer: np.ndarray) -> np.ndarray:
     return gram.numpy()
 
 
+def _every_stage(body: torch.nn.Module | None, backbone: str, weights: str | None) -> torch.nn.Module:
+    """`body` (or the backbone's, with these weights, up to its last stage) in eval mode: every stage's output."""
+    if body is None:
+        body = create_body(backbone, weights, stage=backbone_stages(backbone)[-1])
+    return body.eval()
+
+
 @torch.no_grad()
 def layer_rdms(
     images: ImageSet | list[np.ndarray],
@@ -78,9 +85,7 @@ def layer_rdms(
     n = len(pictures)
     if n < 3:
         raise DataError(f"layer RDMs need at least 3 images, got {n}")
-    if body is None:
-        body = create_body(backbone, weights, stage=backbone_stages(backbone)[-1])
-    body.eval()
+    body = _every_stage(body, backbone, weights)
     buffers: dict[str, np.ndarray] = {}
     budget = memory_mb * 2**20
     with tempfile.TemporaryDirectory(prefix="siamrdm-layers-") as tmp:
@@ -129,9 +134,7 @@ def layer_features(
     pictures = _image_list(images)
     if not pictures:
         raise DataError("stage features need at least one image")
-    if body is None:
-        body = create_body(backbone, weights, stage=backbone_stages(backbone)[-1])
-    body.eval()
+    body = _every_stage(body, backbone, weights)
     parts: dict[str, list[np.ndarray]] = {}
     bar = tqdm(total=len(pictures), disable=not progress, desc="stage features", unit="img", leave=False)
     for start in range(0, len(pictures), batch_size):

@@ -21,6 +21,7 @@ Two priors, both fitted on training images only:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -33,7 +34,8 @@ from . import baselines
 from .backbones import backbone_stages, create_body
 
 PRIORS = ("none", "layer", "nnls")
-_CACHE: dict[tuple, dict[str, np.ndarray]] = {}
+_CACHE: dict[tuple, dict[str, np.ndarray]] = {}  # stage RDMs per image set
+_FEATURE_CACHE: dict[tuple, dict[str, np.ndarray]] = {}  # stage features per image set
 _CACHE_SIZE = 16
 
 
@@ -60,66 +62,56 @@ def stage_rdms(images: ImageSet | list[np.ndarray], backbone: str, weights: str 
     """Every stage's RDM of the pretrained backbone for these images. Kept per image set (a challenge run fits
     many models on the same sets). Random weights ('random', for tests) are drawn from a fixed seed, so the
     prior of a model is the same at training and at prediction."""
-    key = None
-    if isinstance(images, ImageSet):
-        key = (str(images.source), tuple(images.names), backbone, weights, image_size)
-        if key in _CACHE:
-            return _CACHE[key]
-        part = _from_cached_superset(images, key)
-        if part is not None:
-            return part
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        body = create_body(backbone, weights, stage=backbone_stages(backbone)[-1])
-    rdms = baselines.layer_rdms(images, image_size=image_size, batch_size=batch_size, progress=progress, body=body)
-    if key is not None:
-        if len(_CACHE) >= _CACHE_SIZE:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = rdms
-    return rdms
-
-
-def _from_cached_superset(images: ImageSet, key: tuple, cache: dict | None = None,
-                          features: bool = False) -> dict[str, np.ndarray] | None:
-    """A subset's stage RDMs (or `features`) cut from a cached set that holds all its images (1 - Pearson r of a
-    pair, and an image's features, do not depend on the other images), so folds and held-out splits of a set
-    cost nothing more."""
-    source, names, *rest = key
-    for (cached_source, cached_names, *cached_rest), rdms in (_CACHE if cache is None else cache).items():
-        if cached_source != source or cached_rest != rest:
-            continue
-        position = {name: k for k, name in enumerate(cached_names)}
-        if all(name in position for name in names):
-            index = np.array([position[name] for name in names])
-            return {stage: rdm[index] if features else rdm[np.ix_(index, index)] for stage, rdm in rdms.items()}
-    return None
-
-
-_FEATURE_CACHE: dict[tuple, dict[str, np.ndarray]] = {}
+    return _per_image_set(_CACHE, baselines.layer_rdms, False, images, backbone, weights, image_size, progress,
+                          batch_size)
 
 
 def stage_features(images: ImageSet | list[np.ndarray], backbone: str, weights: str | None, image_size: int,
                    progress: bool = False, batch_size: int = 16) -> dict[str, np.ndarray]:
     """Every stage's channels averaged over space (baselines.layer_features) for these images, kept per image
     set and cut for its subsets as `stage_rdms` is, from the same body (random weights from the same seed)."""
+    return _per_image_set(_FEATURE_CACHE, baselines.layer_features, True, images, backbone, weights, image_size,
+                          progress, batch_size)
+
+
+def _per_image_set(cache: dict, compute: Callable[..., dict[str, np.ndarray]], features: bool,
+                   images: ImageSet | list[np.ndarray], backbone: str, weights: str | None, image_size: int,
+                   progress: bool, batch_size: int) -> dict[str, np.ndarray]:
+    """`compute` (every stage's RDMs, or with `features` its per-image features) of the body for these images,
+    kept in `cache` per image set (the oldest entry out past _CACHE_SIZE) and cut for a subset from a cached set
+    that holds all its images."""
     key = None
     if isinstance(images, ImageSet):
         key = (str(images.source), tuple(images.names), backbone, weights, image_size)
-        if key in _FEATURE_CACHE:
-            return _FEATURE_CACHE[key]
-        part = _from_cached_superset(images, key, _FEATURE_CACHE, features=True)
+        if key in cache:
+            return cache[key]
+        part = _from_cached_superset(key, cache, features)
         if part is not None:
             return part
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         body = create_body(backbone, weights, stage=backbone_stages(backbone)[-1])
-    features = baselines.layer_features(images, image_size=image_size, batch_size=batch_size, progress=progress,
-                                        body=body)
+    values = compute(images, image_size=image_size, batch_size=batch_size, progress=progress, body=body)
     if key is not None:
-        if len(_FEATURE_CACHE) >= _CACHE_SIZE:
-            _FEATURE_CACHE.pop(next(iter(_FEATURE_CACHE)))
-        _FEATURE_CACHE[key] = features
-    return features
+        if len(cache) >= _CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        cache[key] = values
+    return values
+
+
+def _from_cached_superset(key: tuple, cache: dict, features: bool) -> dict[str, np.ndarray] | None:
+    """A subset's stage RDMs (or `features`) cut from a cached set that holds all its images (1 - Pearson r of a
+    pair, and an image's features, do not depend on the other images), so folds and held-out splits of a set
+    cost nothing more."""
+    source, names, *rest = key
+    for (cached_source, cached_names, *cached_rest), values in cache.items():
+        if cached_source != source or cached_rest != rest:
+            continue
+        position = {name: k for k, name in enumerate(cached_names)}
+        if all(name in position for name in names):
+            index = np.array([position[name] for name in names])
+            return {stage: v[index] if features else v[np.ix_(index, index)] for stage, v in values.items()}
+    return None
 
 
 def prior_vector(fit: PriorFit, rdms: dict[str, np.ndarray]) -> np.ndarray:

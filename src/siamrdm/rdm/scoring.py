@@ -670,12 +670,7 @@ def _computed_ceilings(target_rdms: np.ndarray, method: str) -> tuple[float, flo
 
 def reference_ceiling(key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> float | None:
     """The ceiling a score is divided by (see `ceiling_source`)."""
-    source = ceiling_source(key, target_rdms, method)
-    if source == "official":
-        return official_noise_ceiling(key, target_rdms.shape[-1])
-    if source is None:
-        return None
-    return _computed_ceilings(target_rdms, method)[0]
+    return ceilings_for(key, target_rdms, method).upper
 
 
 def lower_ceiling(target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> float | None:
@@ -702,9 +697,10 @@ NO_CEILINGS = Ceilings(None, None, None, None)
 def ceilings_for(key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> Ceilings:
     """The ceilings of a target's subject RDMs for `key` (see `ceiling_source`); those computed from the
     subjects are kept per data (`_computed_ceilings`)."""
-    source = ceiling_source(key, target_rdms, method)
-    several = subject_rdms(np.asarray(target_rdms)).shape[0] >= 2
-    upper, lower, rho_lower, rho_upper = _computed_ceilings(target_rdms, method) if several else (None,) * 4
+    if subject_rdms(np.asarray(target_rdms)).shape[0] < 2:
+        return NO_CEILINGS
+    upper, lower, rho_lower, rho_upper = _computed_ceilings(target_rdms, method)
+    source = _source(key, target_rdms.shape[-1], lambda: upper, method)
     if source == "official":
         upper = official_noise_ceiling(key, target_rdms.shape[-1])
     return Ceilings(source, upper, lower, rho_lower, rho_upper)

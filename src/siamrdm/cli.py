@@ -723,9 +723,9 @@ def cmd_fit(args) -> int:
 def _fit_externals(args, train: list, val: list, targets: tuple[str, ...], order: list[str] | None) -> list:
     """fit --external: other studies' RDMs of a set's images, bound to that set (your own data: its image order;
     an Algonauts set: its images, split or not, in their natural order); they score the held-out images only."""
-    from .pipelines.external import bind_to_sets, check_specs, load_external
+    from .pipelines.external import bind_to_sets, load_externals
 
-    externals = [load_external(spec, targets) for spec in check_specs(args.external)]
+    externals = load_externals(args.external, targets)
     if not externals:
         return []
     if not val:
@@ -878,14 +878,14 @@ def cmd_lr_find(args) -> int:
 
 def cmd_challenge(args) -> int:
     from .pipelines.challenge import run_challenge
-    from .pipelines.external import check_specs, load_external
+    from .pipelines.external import load_externals
 
     targets = _targets(args, TARGET_NAMES)
     _check_range("--jobs", args.jobs, 1, _max_parallel())
     seeds = _seeds(args)
     _default_per_image(args, own_data=False)
     config = _config_from_args(args, targets)
-    externals = tuple(load_external(spec, targets) for spec in check_specs(args.external))
+    externals = load_externals(args.external, targets)
     out = _out_dir(args.out, args.overwrite)
     result = run_challenge(config, args.data, out, targets, seeds, validate=not args.no_validate,
                            progress=not args.quiet, overwrite=args.overwrite, jobs=args.jobs, externals=externals,
@@ -1116,7 +1116,7 @@ def cmd_evaluate(args) -> int:
     from .io.files import run_folder, run_mode
     from .io.progress import Progress
     from .pipelines.evaluate import run_evaluation, run_fold_evaluation
-    from .pipelines.external import bind_to_sets, check_specs, load_external
+    from .pipelines.external import bind_to_sets, load_externals
     from .pipelines.report import write_report
 
     progress = Progress.of(not args.quiet, "evaluate")
@@ -1135,7 +1135,7 @@ def cmd_evaluate(args) -> int:
         raise UsageError("--batch-size must be at least 1")
     _default_per_image(args, own is not None)
     config = _config_from_args(args, targets)
-    externals = tuple(load_external(spec, targets) for spec in check_specs(args.external))
+    externals = load_externals(args.external, targets)
     folds = 5 if args.folds is None else args.folds
     if own is not None:
         _check_folds(own, folds, args.fold_seed)

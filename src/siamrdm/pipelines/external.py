@@ -164,12 +164,12 @@ def bind_default(externals: Sequence[ExternalRDMs], root: Path, targets: Sequenc
     return [load_external(os.fspath(path), targets)]
 
 
-def check_specs(specs: Sequence[str] | None) -> list[str]:
-    """The option's values, each a non-empty string."""
+def load_externals(specs: Sequence[str] | None, targets: Sequence[str]) -> tuple[ExternalRDMs, ...]:
+    """Every `--external` value (`load_external`); an empty one is refused."""
     specs = list(specs or [])
     if any(not isinstance(s, str) or not s.strip() for s in specs):
         raise ConfigError(OPTION, "an empty value: give FILE or FILE:KEY")
-    return specs
+    return tuple(load_external(spec, targets) for spec in specs)
 
 
 def describe(externals: Sequence[ExternalRDMs]) -> list[dict]:

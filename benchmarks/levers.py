@@ -15,6 +15,10 @@ For every lever (TrainConfig overrides of the `quick` preset, or a seed ensemble
   and back; each direction at the epoch count its training set's new-people folds chose (and, for
   comparison, the count its same-people folds chose). The best epoch of each cross-set
   curve is recorded too, to show whether fits on a whole set want more epochs than fits on two thirds of one.
+- another study (held out; IT only, where `../shared/kriegeskorte2008` lies beside the data): the same fits'
+  predictions of the 92 set's images scored against that study's subjects, on the 92 set's held-out folds and
+  in the 118 -> 92 direction, each at the epoch count its within-study column reads, beside the prior alone
+  (epoch 0) on the same images.
 
 Results go to OUT/levers.jsonl, one line per lever and target as it finishes; `--summarize` prints the table.
 
@@ -28,10 +32,12 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
 from siamrdm.io.datasets import TARGET_NAMES, BrainDataset, load_algonauts_set
+from siamrdm.pipelines.external import ExternalRDMs, bind_default, bind_to_sets
 from siamrdm.rdm.splits import cross_set_splits, fold_splits, subject_fold_splits
 from siamrdm.train import config_from_preset
 from siamrdm.train.selection import SELECTION_FOLDS, choose_epochs, ensemble_curves, fold_curve, one_se_epoch
@@ -64,16 +70,44 @@ def at_epoch(curve: list[dict], epoch: int) -> dict:
     return next(row for row in curve if row["epoch"] == epoch)
 
 
-def run_lever(name: str, target: str, sets: dict[str, BrainDataset], device: str, **settings) -> dict:
-    """One lever on one target: the folds, the joint folds where the lever needs them, and the cross-set curves."""
+def other_studies(data: str, sets: dict[str, BrainDataset]) -> dict[str, ExternalRDMs]:
+    """target -> another study's RDMs bound to the set whose images it holds (Kriegeskorte et al. 2008 for IT,
+    when it lies beside the data root)."""
+    found = bind_default([], Path(data), TARGET_NAMES)
+    return {e.target: e for e in bind_to_sets(found, {s: d.images.names for s, d in sets.items()})}
+
+
+def as_other_study(held: BrainDataset, other: ExternalRDMs | None) -> list[BrainDataset]:
+    """The held-out images with the other study's subjects as their target ([] where it lacks one of them)."""
+    subjects = other.covering(held.images.names) if other is not None else None
+    if subjects is None:
+        return []
+    return [BrainDataset(f"{held.name} @ {other.label}", held.images, {other.target: subjects})]
+
+
+def other_entry(curve: list[dict], epochs: int) -> dict:
+    """The other study's signed rho at the epoch count its within-study column reads, and the prior's (epoch 0)."""
+    row, prior = at_epoch(curve, epochs), curve[0]
+    return {"epochs": epochs, "rho": row["rho_mean"], "se": row["rho_se"], "prior_rho": prior["rho_mean"],
+            "prior_se": prior["rho_se"]}
+
+
+def run_lever(name: str, target: str, sets: dict[str, BrainDataset], device: str,
+              other: ExternalRDMs | None = None, **settings) -> dict:
+    """One lever on one target: the folds, the joint folds where the lever needs them, the cross-set curves, and
+    `other` study's check on the images it holds."""
     overrides, seeds, joint = LEVERS[name]
     config = config_from_preset("quick", targets=(target,), device=device, **{**overrides, **settings})
     sets = {s: one_target(d, target) for s, d in sets.items()}
     start = time.perf_counter()
-    same, new = {}, {}
+    same, new, other_folds = {}, {}, {}
     for dataset in sets.values():
         for label, (train, held_same, held_new) in subject_fold_splits(dataset, SELECTION_FOLDS).items():
-            same[label], new[label] = ensemble_curves(config, [train], [held_same, held_new], seeds)
+            extra = as_other_study(held_same, other)
+            curves = ensemble_curves(config, [train], [held_same, held_new, *extra], seeds)
+            same[label], new[label] = curves[:2]
+            if extra:
+                other_folds[dataset.name] = other_folds.get(dataset.name, []) + [curves[2]]
     by_set = {column: {s: [c for label, c in curves.items() if label.startswith(f"{s} fold")] for s in sets}
               for column, curves in (("same", same), ("new", new))}
     folds, per_set = {}, {}
@@ -96,7 +130,19 @@ def run_lever(name: str, target: str, sets: dict[str, BrainDataset], device: str
         epoch = one_se_epoch(pooled)
         record["joint_folds"] = {"rho": at_epoch(pooled, epoch)["rho_mean"], "se": at_epoch(pooled, epoch)["rho_se"],
                                  "epochs": epoch}
-    cross = {d: ensemble_curves(config, [a], [b], seeds)[0] for d, (a, b) in cross_set_splits(sets).items()}
+    cross, other_cross = {}, {}
+    for direction, (a, b) in cross_set_splits(sets).items():
+        extra = as_other_study(b, other)
+        curves = ensemble_curves(config, [a], [b, *extra], seeds)
+        cross[direction] = curves[0]
+        if extra:
+            other_cross[direction] = curves[1]
+    if other_folds or other_cross:
+        record["other_study"] = {"label": other.label}
+        for set_name, curves in other_folds.items():
+            record["other_study"][f"{set_name} folds"] = other_entry(fold_curve(curves), per_set["new"][set_name])
+        for direction, curve in other_cross.items():
+            record["other_study"][direction] = other_entry(curve, per_set["new"][direction.split("->")[0]])
     record["cross"] = {}
     for direction, curve in cross.items():
         source = direction.split("->")[0]
@@ -114,13 +160,21 @@ def run_lever(name: str, target: str, sets: dict[str, BrainDataset], device: str
     return record
 
 
+def other_cell(other: dict | None) -> str:
+    """The other study's signed rho (and the prior's) on the held-out folds and in the 118 -> 92 direction."""
+    if not other:
+        return "-"
+    cells = [f"{e['rho']:+.3f} ({e['prior_rho']:+.3f})" for k, e in other.items() if k != "label"]
+    return " / ".join(cells)
+
+
 def summarize(path: str) -> str:
     """The lever table: per target and lever, the folds' signed mean rho (new people: the rule's column; same
     people beside it), the joint folds where measured, and the held-out cross-set % of the ceiling and rho."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
     head = ("| target | lever | folds, new people: rho ± se (epochs) | folds, same people | joint folds | "
             "92->118 % (rho) | 118->92 % (rho) | cross mean % | cross, same-people epochs: mean % | "
-            "cross best epochs (92->118 / 118->92) |")
+            "cross best epochs (92->118 / 118->92) | other study: rho (prior), folds / 118->92 |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in sorted(rows, key=lambda r: (TARGET_NAMES.index(r["target"]), list(LEVERS).index(r["lever"])
                                          if r["lever"] in LEVERS else 99)):
@@ -133,7 +187,7 @@ def summarize(path: str) -> str:
             f"{fs['rho']:.3f} ± {fs['se']:.3f} ({fs['epochs']}) | "
             + (f"{joint['rho']:.3f} ± {joint['se']:.3f} ({joint['epochs']})" if joint else "-")
             + " | " + " | ".join(directions) + f" | {r['cross_mean_pct']:.1f} | {same_mean:.1f} | "
-            f"{c['92->118']['best_epoch']} / {c['118->92']['best_epoch']} |")
+            f"{c['92->118']['best_epoch']} / {c['118->92']['best_epoch']} | {other_cell(r.get('other_study'))} |")
     return "\n".join(lines)
 
 
@@ -153,9 +207,10 @@ def main() -> None:
         return
     os.makedirs(args.out, exist_ok=True)
     sets = {name: load_algonauts_set(args.data, name, TARGET_NAMES) for name in ("92", "118")}
+    others = other_studies(args.data, sets)
     for target in args.targets.split(","):
         for lever in args.levers.split(","):
-            record = run_lever(lever, target, sets, args.device, frozen_epochs=args.epochs,
+            record = run_lever(lever, target, sets, args.device, others.get(target), frozen_epochs=args.epochs,
                                image_size=args.image_size)
             with open(os.path.join(args.out, "levers.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -34,8 +34,8 @@ from .io.datasets import (
     target_file,
     target_key,
 )
-from .io.files import json_safe
 from .io.images import load_image_set, natural_key, pattern_names, shown_names
+from .io.jsonfiles import json_safe
 from .io.limits import check_read_size, check_real_dtype
 from .io.rdmfiles import check_rdm_keys, load_rdm_dict, load_rdms, save_rdms, validate_rdms
 from .io.rsafiles import check_rdm_names, read_rdm_names, take_notes

@@ -32,7 +32,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..errors import DataError
-from ..io.files import MARKER_NAME, check_output_file, json_safe, parse_json, read_marker, write_text
+from ..io.files import MARKER_NAME, check_output_file, read_marker, write_text
+from ..io.jsonfiles import json_safe, parse_json
 from ..io.tables import (
     MAX_SUMMARY_COLUMNS,
     PAIRED_NOTE,

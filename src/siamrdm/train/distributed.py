@@ -33,7 +33,8 @@ from torch.distributed.nn.functional import all_gather as all_gather_with_grad
 
 from ..errors import DataError
 from ..io.datasets import target_key
-from ..io.files import check_same_settings, json_safe, run_folder, run_mode, write_text
+from ..io.files import check_same_settings, run_folder, run_mode, write_text
+from ..io.jsonfiles import json_safe
 from ..model.network import SiameseRDMNet, all_pairs_loss
 from ..rdm.splits import holdout_indices
 from .checkpoint import load_run_state, reading

@@ -20,7 +20,7 @@ LAYERS = [
     # module)
     {"io.files", "io.atomic", "io.jsonfiles", "io.limits", "model.backbones", "model.registry", "model.library_bodies",
      "rdm.parts", "pipelines.methods"},
-    {"io.arrayfiles", "io.images", "io.rsafiles", "io.rdmfiles", "io.datasets"},  # reading images and RDM files
+    {"io.arrayfiles", "io.images", "io.rsafiles", "io.rdmfiles", "io.condensed", "io.datasets"},  # images, RDM files
     {"io.tables", "model.network", "model"},  # tables and JSON; the network
     # the metric, ceilings; splits; the baselines' fits
     {"rdm.scoring", "rdm.splits", "model.baselines", "model.prior", "rdm.reliability", "model.frrsa"},

@@ -762,6 +762,7 @@ def _cmd_fit_large(args) -> int:
     condensed target RDMs, on one process or on every rank torchrun starts."""
     from dataclasses import replace
 
+    from .io.condensed import CondensedRDMs
     from .train.distributed import (
         BatchSettings,
         check_batch_settings,
@@ -770,7 +771,7 @@ def _cmd_fit_large(args) -> int:
         init_from_env,
         rank_session,
     )
-    from .train.largeset import CondensedRDMs, FolderImages, is_large_set_input, open_image_store
+    from .train.largeset import FolderImages, is_large_set_input, open_image_store
 
     if args.batch_images is None:
         given = args.images if is_large_set_input(args.images, None) else args.rdms if args.rdms else None

@@ -78,8 +78,6 @@ def _check_replaceable(path: Path) -> Path | None:
     return run
 
 
-
-
 def write_text(path: str | os.PathLike, text: str, replace_existing: bool = True) -> Path:
     """Write a text file atomically (`replace_existing`: see atomic_path)."""
     with atomic_path(path, replace_existing) as tmp:
@@ -186,8 +184,6 @@ def _check_creatable(folder: Path, named: Path) -> None:
         raise DataError(f"{named}: cannot be written in {existing} ({os.strerror(exc.errno or errno.EACCES)})") \
             from None
     probe.unlink(missing_ok=True)
-
-
 
 
 # --------------------------------------------------------------------------- the marker and the manifest
@@ -398,8 +394,6 @@ def _undo(path: Path, created: bool) -> None:
             path.rmdir()
     elif folder_state(path) == "empty":
         (path / LOCK_NAME).unlink(missing_ok=True)
-
-
 
 
 def check_same_settings(path: Path, settings: dict, ignore: tuple[str, ...] = ("world_size",)) -> None:

@@ -59,7 +59,6 @@ def read_json(path: str | os.PathLike, what: str, limit: int = 2**20) -> object:
     return parse_json(content, path, what)
 
 
-
 def json_safe(value):
     """`value` as strict JSON can hold it: NaN and inf become None, numpy scalars and arrays Python values."""
     if isinstance(value, dict):

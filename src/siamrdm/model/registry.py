@@ -130,7 +130,6 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-
 def import_library(name: str):
     """timm or torchvision, or one line saying why not: a torchvision built for another torch fails on import
     (e.g. "operator torchvision::nms does not exist"), and timm imports torchvision."""

@@ -18,8 +18,9 @@ LAYERS = [
     {"__init__", "errors", "rdm.core", "rdm", "rdm.scoring_torch", "io.progress", "io", "pipelines"},
     # writing files safely; bounded reading; the bodies; the parts of an RDM; the methods' registry (names, code by
     # module)
-    {"io.files", "io.limits", "model.backbones", "rdm.parts", "pipelines.methods"},
-    {"io.arrayfiles", "io.images", "io.rsafiles", "io.rdmfiles", "io.datasets"},  # reading images and RDM files
+    {"io.files", "io.atomic", "io.jsonfiles", "io.limits", "model.backbones", "model.registry", "model.library_bodies",
+     "rdm.parts", "pipelines.methods"},
+    {"io.arrayfiles", "io.images", "io.rsafiles", "io.rdmfiles", "io.condensed", "io.datasets"},  # images, RDM files
     {"io.tables", "model.network", "model"},  # tables and JSON; the network
     # the metric, ceilings; splits; the baselines' fits
     {"rdm.scoring", "rdm.splits", "model.baselines", "model.prior", "rdm.reliability", "model.frrsa"},

@@ -38,3 +38,21 @@ def test_the_readme_has_commands() -> None:
 def test_readme_command_parses(command: str) -> None:
     args = cli.build_parser().parse_args(shlex.split(command)[1:])
     assert callable(args.func)
+
+
+def readme_api_names() -> set[str]:
+    """The names the README's "The Python API" section imports from siamrdm: its code's `from siamrdm import (...)`
+    and the "Also importable" list (a name in backticks, alone or called; `evaluation.to_frame()` is a method)."""
+    section = README.read_text().split("### The Python API", 1)[1].split("\n## ", 1)[0]
+    imported = re.search(r"from siamrdm import \((.*?)\)", section, flags=re.S).group(1)
+    names = {name.strip() for name in imported.split(",")}
+    also = section.split("Also importable from `siamrdm`:", 1)[1].split("\n\n", 1)[0]
+    return names | set(re.findall(r"`([A-Za-z_]\w*)(?:`|\()", also))
+
+
+def test_the_readme_api_section_and_all_agree() -> None:
+    import siamrdm
+
+    assert readme_api_names() == set(siamrdm.__all__) - {"__version__"}
+    for name in siamrdm.__all__:  # every public name resolves
+        assert getattr(siamrdm, name) is not None

@@ -194,8 +194,8 @@ def test_batch_images_take_square_rdms(own: dict[str, Path], tmp_path: Path, cap
     their condensed upper triangles: the same model to the last bit."""
     import scipy.io
 
+    from siamrdm.io.condensed import CondensedRDMs
     from siamrdm.train.checkpoint import load_checkpoint
-    from siamrdm.train.largeset import CondensedRDMs
 
     square = np.load(own["npy"]).mean(axis=1)  # one RDM per subject
     np.save(tmp_path / "condensed.npy", upper_tri(square))

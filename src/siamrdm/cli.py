@@ -34,8 +34,8 @@ from .io.datasets import (
     target_file,
     target_key,
 )
-from .io.files import json_safe
 from .io.images import load_image_set, natural_key, pattern_names, shown_names
+from .io.jsonfiles import json_safe
 from .io.limits import check_read_size, check_real_dtype
 from .io.rdmfiles import check_rdm_keys, load_rdm_dict, load_rdms, save_rdms, validate_rdms
 from .io.rsafiles import check_rdm_names, read_rdm_names, take_notes
@@ -762,6 +762,7 @@ def _cmd_fit_large(args) -> int:
     condensed target RDMs, on one process or on every rank torchrun starts."""
     from dataclasses import replace
 
+    from .io.condensed import CondensedRDMs
     from .train.distributed import (
         BatchSettings,
         check_batch_settings,
@@ -770,7 +771,7 @@ def _cmd_fit_large(args) -> int:
         init_from_env,
         rank_session,
     )
-    from .train.largeset import CondensedRDMs, FolderImages, is_large_set_input, open_image_store
+    from .train.largeset import FolderImages, is_large_set_input, open_image_store
 
     if args.batch_images is None:
         given = args.images if is_large_set_input(args.images, None) else args.rdms if args.rdms else None

@@ -33,13 +33,14 @@ from siamrdm import cli  # noqa: F401  (imported before tracing, so imports are 
 from siamrdm.errors import DataError
 from siamrdm.io import limits
 from siamrdm.io.arrayfiles import mat_variables
+from siamrdm.io.condensed import CondensedRDMs
 from siamrdm.io.images import load_image_set, read_image_order
 from siamrdm.io.limits import MAX_IMAGE_PIXELS, MAX_READ_BYTES, available_memory, check_read_size, read_limit
 from siamrdm.io.rdmfiles import list_rdm_keys, load_rdm_dict, load_rdms
 from siamrdm.io.rsafiles import read_rdm_names
 from siamrdm.pipelines import report  # noqa: F401
 from siamrdm.rdm import upper_tri
-from siamrdm.train.largeset import CondensedRDMs, open_image_store
+from siamrdm.train.largeset import open_image_store
 
 ALLOWED_PEAK = 64 * 2**20  # what a refusal may allocate: the files declare GiBs
 OUTSIDE = ("external link", "external storage", "virtual dataset")

@@ -205,16 +205,9 @@ def test_long_output_names_get_a_temporary_name_that_fits(tmp_path: Path) -> Non
 DEEP = "[" * 50_000 + "]" * 50_000  # valid JSON that overflows a recursive parser
 
 
-def test_siamrdm_json_files_are_parsed_one_way(tmp_path: Path) -> None:
-    """Damaged JSON of siamrdm's own (too deep to parse, NaN, nested past any file siamrdm writes) is a
-    DataError naming the file, never a RecursionError."""
-    nested = lambda depth: "[" * depth + "]" * depth  # noqa: E731
-    assert files.parse_json(nested(files.MAX_JSON_DEPTH), "f.json", "settings") == eval(nested(files.MAX_JSON_DEPTH))
-    for text, problem in ((DEEP, "nested more than"), (nested(files.MAX_JSON_DEPTH + 1), "nested more than"),
-                          ('{"lr": NaN}', "NaN is not a number"), ("{", "not strict JSON")):
-        with pytest.raises(DataError, match=problem) as info:
-            files.parse_json(text, "f.json", "settings")
-        assert str(info.value).startswith("f.json: malformed settings") and "\n" not in str(info.value)
+def test_damaged_json_of_a_run_is_one_line(tmp_path: Path) -> None:
+    """A run's damaged settings, manifest or marker (nested too deep to parse) is a DataError naming the file, or
+    (the marker) marks nothing; parse_json itself: tests/io/test_jsonfiles.py."""
     run = tmp_path / "run"
     with files.run_folder(run, "fit"):
         files.write_text(run / "settings.json", DEEP)

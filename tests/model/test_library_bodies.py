@@ -17,7 +17,7 @@ import torchvision
 from helpers import assert_one_line_error, run_cli
 
 from siamrdm.io.images import load_image_set
-from siamrdm.model import backbones
+from siamrdm.model import backbones, library_bodies
 from siamrdm.model.backbones import create_body
 from siamrdm.model.baselines import layer_rdms
 from siamrdm.rdm.core import correlation_rdm
@@ -130,7 +130,7 @@ def test_no_weights_is_one_line_naming_both_ways(capsys, body: str, host: str, t
                                                  own_data: tuple[str, ...]) -> None:
     """Neither --weights nor the internet (nor the library's cache): fit stops at once with one line that names
     both ways to get weights, exit 2, no run folder; never random weights silently."""
-    if backbones._reachable(host):
+    if library_bodies._reachable(host):
         pytest.skip(f"{host} is reachable: the library would download the weights")
     run = tmp_path / "run"
     start = time.perf_counter()
@@ -166,9 +166,9 @@ def test_transformer_tokens_become_maps_or_are_refused() -> None:
     that makes no square grid is refused in one line naming the stage."""
     grid = torch.arange(2 * 16 * 3, dtype=torch.float32).reshape(2, 3, 4, 4)
     tokens = torch.cat([torch.full((2, 1, 3), -1.0), grid.flatten(2).transpose(1, 2)], dim=1)
-    assert torch.equal(backbones._as_map(tokens, "net", "encoder"), grid)
+    assert torch.equal(library_bodies._as_map(tokens, "net", "encoder"), grid)
     with pytest.raises(backbones.ConfigError, match="stage encoder of net gives 110 tokens"):
-        backbones._as_map(torch.zeros(1, 110, 3), "net", "encoder")
+        library_bodies._as_map(torch.zeros(1, 110, 3), "net", "encoder")
 
 
 def test_bodies_lists_registered_and_library_models(capsys) -> None:

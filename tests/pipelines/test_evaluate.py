@@ -12,7 +12,7 @@ from helpers import spaced_training_sets
 from PIL import Image
 
 from siamrdm import cli
-from siamrdm.io import files
+from siamrdm.io import jsonfiles
 from siamrdm.io.datasets import BrainDataset
 from siamrdm.io.images import ImageSet
 from siamrdm.pipelines import evaluate, plots
@@ -152,7 +152,7 @@ def test_fold_evaluation_writes_the_paired_tests(tmp_path: Path):
     paths = evaluate.write_evaluation(evaluation, [], tmp_path, make_plots=False)
     md, saved = paths["md"].read_text(), json.loads(paths["json"].read_text())
     assert "## Paired tests against the baselines" in md and "| mean +- se | 95% CI (folds) |" in md
-    assert saved["paired"] == files.json_safe(evaluation.paired())
+    assert saved["paired"] == jsonfiles.json_safe(evaluation.paired())
     folds, over_subjects = saved["paired"]
     assert (folds["over"], folds["n"], over_subjects["over"], over_subjects["n"]) == ("folds", 5, "subjects", 6)
     rho = {m: [r["rho_mean"] for r in rows if r["method"] == m] for m in ("siamese", "layers")}

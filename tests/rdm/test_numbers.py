@@ -19,9 +19,9 @@ import scipy.io
 from helpers import assert_one_line_error, fast_config, run_cli
 
 from siamrdm.errors import ConfigError, DataError
+from siamrdm.io.condensed import CondensedRDMs
 from siamrdm.io.rdmfiles import load_rdm_dict, load_rdms, save_rdms
 from siamrdm.rdm import scoring, upper_tri
-from siamrdm.train.largeset import CondensedRDMs
 
 
 @pytest.fixture(scope="module")

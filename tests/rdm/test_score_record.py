@@ -13,7 +13,7 @@ import pytest
 from helpers import mark_run, run_cli
 from PIL import Image
 
-from siamrdm.io import files, tables
+from siamrdm.io import jsonfiles, tables
 from siamrdm.io.datasets import load_algonauts_set
 from siamrdm.io.rdmfiles import save_rdms
 from siamrdm.io.rsafiles import to_rsatoolbox
@@ -34,7 +34,7 @@ def per_image_rdm(n: int, seed: int) -> np.ndarray:
 
 
 def strict_json(row: dict) -> dict:
-    return json.loads(json.dumps(files.json_safe(row), allow_nan=False))
+    return json.loads(json.dumps(jsonfiles.json_safe(row), allow_nan=False))
 
 
 # --------------------------------------------------------------------------- one record, one column list
@@ -197,7 +197,7 @@ def test_the_challenge_reports_the_chosen_epoch_with_its_chance(data_root: Path)
     for key in tables.SCORE_FIELDS:
         assert row[key] == (pytest.approx(expected[key]) if isinstance(expected[key], float) else expected[key]), key
     assert row["beats_chance"] is True
-    json.dumps(files.json_safe(curve), allow_nan=False)
+    json.dumps(jsonfiles.json_safe(curve), allow_nan=False)
 
 
 def test_held_out_pairs_give_the_same_record(make_rdms) -> None:

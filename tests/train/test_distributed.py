@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from siamrdm.io.condensed import CondensedRDMs
 from siamrdm.model import all_pairs_loss
 from siamrdm.rdm import upper_tri
 from siamrdm.train import build_model
@@ -28,7 +29,7 @@ from siamrdm.train.distributed import (
     read_targets,
     shard_bounds,
 )
-from siamrdm.train.largeset import CondensedRDMs, open_image_store
+from siamrdm.train.largeset import open_image_store
 
 N_IMAGES = 7  # uneven shards over two ranks: 4 and 3 images
 

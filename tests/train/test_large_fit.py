@@ -17,6 +17,7 @@ from scipy.io import loadmat
 from scipy.spatial.distance import squareform
 
 from siamrdm.io import files
+from siamrdm.io.condensed import CondensedRDMs
 from siamrdm.rdm import reliability
 from siamrdm.train import build_model, largeset
 from siamrdm.train.checkpoint import load_checkpoint, save_checkpoint
@@ -87,7 +88,7 @@ def test_two_torchrun_ranks_train_the_model_one_process_trains(small_set: Path, 
 
     # a run checkpointed by one process after epoch 1 resumes on two ranks and ends where one process ended
     config, batch = config_from_dict(one["config"]), BatchSettings(**one["batch"])
-    data = read_targets({"X": largeset.CondensedRDMs(small_set / "rdms.npy", 40)}, 40, batch, config.rescale)
+    data = read_targets({"X": CondensedRDMs(small_set / "rdms.npy", 40)}, 40, batch, config.rescale)
     trainer = MiniBatchTrainer(config, batch, largeset.open_image_store(small_set / "images.h5"), data,
                                progress=False)
     trainer.validate_start()
@@ -203,7 +204,7 @@ def test_a_sample_of_condensed_rdms_is_the_square_rdms_among_those_images(small_
     condensed = np.load(small_set / "rdms.npy")
     square = np.stack([squareform(v) for v in condensed])
     images = np.array([31, 2, 17, 5, 39])
-    sampled = largeset.CondensedRDMs(small_set / "rdms.npy", 40).sample(images)
+    sampled = CondensedRDMs(small_set / "rdms.npy", 40).sample(images)
     order = np.sort(images)
     np.testing.assert_array_equal(sampled, square[:, order][:, :, order])
 

@@ -1,4 +1,5 @@
-"""Large image sets: uint8 image stores, condensed target RDMs read in one pass, the metric on pair vectors."""
+"""Large image sets: uint8 image stores, a mini-batch's pairs, the one pass over condensed targets with the metric on
+pair vectors (the reader itself: tests/io/test_condensed.py)."""
 
 from __future__ import annotations
 
@@ -11,26 +12,23 @@ import torch
 from PIL import Image
 
 from siamrdm.errors import DataError
+from siamrdm.io import condensed as condensed_files
+from siamrdm.io.condensed import CondensedRDMs, condensed_index
 from siamrdm.rdm import rescale, scoring, square_rdm, upper_tri
 from siamrdm.train import largeset
 from siamrdm.train.config import TrainConfig
 from siamrdm.train.largeset import (
     AugmentedImages,
-    CondensedRDMs,
     HeldOutTarget,
-    condensed_index,
     open_image_store,
     pair_index,
     rescale_in_place,
 )
 
 
-def test_pair_indices_follow_the_upper_triangle() -> None:
+def test_a_batchs_pairs_follow_the_upper_triangle() -> None:
+    """Where each pair sits: tests/io/test_condensed.py."""
     n = 9
-    rows, cols = np.triu_indices(n, 1)
-    assert np.array_equal(condensed_index(rows, cols, n), np.arange(len(rows)))
-    for k in (0, 7, 8, 20, len(rows) - 1):
-        assert condensed_index(*largeset._pair_of(k, n), n) == k
     images = np.array([5, 1, 7])  # a batch in any order: pairs (5,1), (5,7), (1,7) by position
     assert pair_index(images, n).tolist() == [condensed_index(1, 5, n), condensed_index(5, 7, n),
                                              condensed_index(1, 7, n)]
@@ -44,7 +42,7 @@ def rdm_stack(make_rdms) -> np.ndarray:
 @pytest.mark.parametrize("kind", ["npy", "npy-one", "hdf5"])
 def test_one_pass_gives_the_training_group_mean_and_the_held_out_subjects(tmp_path, rdm_stack, kind,
                                                                          monkeypatch) -> None:
-    monkeypatch.setattr(largeset, "BLOCK_VALUES", 100)  # many blocks of rows, cut anywhere
+    monkeypatch.setattr(condensed_files, "BLOCK_VALUES", 100)  # many blocks of rows, cut anywhere
     condensed = upper_tri(rdm_stack).astype(np.float32)
     if kind == "npy":
         path = tmp_path / "rdms.npy"
@@ -89,36 +87,6 @@ def test_rescale_in_place_matches_rdm_rescale(method: str) -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_bad_condensed_rdms_are_refused_with_one_line(tmp_path) -> None:
-    np.save(tmp_path / "short.npy", np.zeros((2, 10), np.float32))
-    with pytest.raises(DataError, match=r"short.npy: expected condensed RDMs of 6 images, \(subjects, 15\)"):
-        CondensedRDMs(tmp_path / "short.npy", 6)
-    values = np.random.default_rng(0).random((2, 15)).astype(np.float32)
-    values[1, 7] = np.nan
-    np.save(tmp_path / "nan.npy", values)
-    with pytest.raises(DataError, match=r"nan.npy: subject 2 has a non-finite value \(pair 1, 4\)"):
-        CondensedRDMs(tmp_path / "nan.npy", 6).split(np.arange(6), np.arange(0))
-    values[1] = 0.5
-    np.save(tmp_path / "flat.npy", values)
-    with pytest.raises(DataError, match="flat.npy: subject 2's RDM is constant"):
-        CondensedRDMs(tmp_path / "flat.npy", 6).split(np.arange(4), np.arange(4, 6))
-    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object))
-    with pytest.raises(DataError, match="objects.npy: unreadable file"):  # never unpickled
-        CondensedRDMs(tmp_path / "objects.npy", 3)
-    (tmp_path / "rdms.txt").write_bytes(b"x")
-    with pytest.raises(DataError, match="must be a .npy file, an HDF5"):
-        CondensedRDMs(tmp_path / "rdms.txt", 3)
-    (tmp_path / "rdms.mat").write_bytes(b"x")  # square RDMs in a .mat are read as the plain path reads them
-    with pytest.raises(DataError, match="rdms.mat: unreadable .mat file"):
-        CondensedRDMs(tmp_path / "rdms.mat", 3)
-    with h5py.File(tmp_path / "two.h5", "w") as f:
-        f["a"], f["b"] = np.zeros(3), np.zeros(3)
-    with pytest.raises(DataError, match="two.h5: expected one dataset of condensed RDMs, .* found a, b"):
-        CondensedRDMs(tmp_path / "two.h5", 3)
-    with pytest.raises(DataError, match="two.h5: no dataset .IT. and not one dataset"):
-        CondensedRDMs(tmp_path / "two.h5", 3, "IT")
-
-
 def test_hdf5_images_are_read_one_at_a_time_and_augmented_reproducibly(tmp_path) -> None:
     pixels = np.random.default_rng(0).integers(0, 256, (5, 20, 24, 3), dtype=np.uint8)
     with h5py.File(tmp_path / "stimuli.hdf5", "w") as f:
@@ -155,17 +123,6 @@ def test_make_large_set_knows_its_answer(tmp_path, data_root: Path) -> None:
     assert rdms.subjects == 2 and rdms.array.dtype == np.float32
     truth = answer["truth_score_on_sampled_pairs"]
     assert 0.3 < truth["r2"] <= truth["noise_ceiling"] * 1.05  # the stage explains the subjects, up to noise
-
-
-def test_an_hdf5_file_of_rdms_with_one_dataset_is_read_whatever_its_name(tmp_path, rdm_stack) -> None:
-    """--key names the target; the file's only dataset is read even when named otherwise (as the README says)."""
-    with h5py.File(tmp_path / "rdms.h5", "w") as f:
-        f["rdms"] = upper_tri(rdm_stack).astype(np.float32)
-    assert CondensedRDMs(tmp_path / "rdms.h5", 40, "IT").where.endswith("rdms.h5:rdms")
-    with h5py.File(tmp_path / "rdms.h5", "a") as f:
-        f["other"] = np.zeros(780, np.float32)
-    with pytest.raises(DataError, match="rdms.h5: no dataset 'IT' and not one dataset .* found other, rdms"):
-        CondensedRDMs(tmp_path / "rdms.h5", 40, "IT")
 
 
 def test_zscore_in_place_makes_no_float64_copy(monkeypatch) -> None:

@@ -14,8 +14,8 @@ its life:
 - an exclusive lock on `.siamrdm.lock` for the run's whole life refuses a second run at once.
 - a run folder inside another run's folder (running or finished) is refused, unless it is a part of a run this
   process holds (a fit's seed folders, a challenge's final fits, also from its worker processes);
-Every file is written to a uniquely named temporary file beside its target and renamed into place, so a
-reader (or a killed run) never sees half a file.
+Every file is written atomically (`atomic.replacing`: a uniquely named temporary file beside its target, renamed
+into place), so a reader (or a killed run) never sees half a file; siamrdm's JSON is read one way (`jsonfiles`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ import datetime
 import errno
 import fcntl
 import json
-import math
 import os
-import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,13 +33,14 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from ..errors import ConfigError, DataError
+from .atomic import TEMPORARY, create_unique, name_max, os_reason, replacing
+from .jsonfiles import json_safe, parse_json, read_json
 
 LOCK_NAME = ".siamrdm.lock"
 MARKER_NAME = ".siamrdm-run.json"
 MANIFEST_NAME = ".siamrdm-manifest"
 OWN_NAMES = (LOCK_NAME, MARKER_NAME, MANIFEST_NAME)
 RUN_MODES = ("new", "overwrite", "resume")
-_TEMPORARY = re.compile(r"^\..*\.[0-9a-f]{12}\.tmp")  # what _create_unique names; a killed write leaves one
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -60,14 +59,14 @@ def atomic_path(path: str | os.PathLike, replace_existing: bool = True) -> Itera
     """
     path = Path(path)
     run = _check_replaceable(path)
-    with _replacing(path, replace_existing) as tmp:
+    with replacing(path, replace_existing) as tmp:
         yield tmp
     if run is not None:
         try:
             _record(run, path)
         except OSError as exc:  # unlisted, it would pass for the user's file: not left there
             path.unlink(missing_ok=True)
-            raise DataError(f"{run / MANIFEST_NAME}: cannot be written ({_reason(exc)}); {path} not kept") from None
+            raise DataError(f"{run / MANIFEST_NAME}: cannot be written ({os_reason(exc)}); {path} not kept") from None
 
 
 def _check_replaceable(path: Path) -> Path | None:
@@ -77,113 +76,6 @@ def _check_replaceable(path: Path) -> Path | None:
     if run is not None and os.path.lexists(path) and _relative(path, run) not in read_manifest(run):
         raise DataError(f"{path}: exists and was not written by siamrdm; refusing to replace it")
     return run
-
-
-@contextlib.contextmanager
-def _replacing(path: Path, replace_existing: bool = True) -> Iterator[Path]:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _create_unique(path)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot be written ({_reason(exc)})") from None
-    try:
-        try:
-            yield tmp
-        except (OSError, RuntimeError) as exc:  # how numpy, scipy, h5py, torch and matplotlib report a failed write
-            reason = _lack_of_room(exc, path.parent)
-            if reason is None:
-                raise
-            raise DataError(f"{path}: cannot be written ({reason}); nothing was written") from None
-        _place(tmp, path, replace_existing)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _place(tmp: Path, path: Path, replace_existing: bool) -> None:
-    """Put the finished temporary file at `path`: renamed over it, or without `replace_existing` only if no file
-    is there now (a hard link, which fails on an existing name), so that a file that appeared while siamrdm
-    worked (a second run to the same --out, the user's) is never lost. Where a file system has no hard links,
-    the name is claimed with an exclusive create and the file renamed onto the claim."""
-    appeared = DataError(f"{path}: appeared while siamrdm was working (another run or program wrote it); left as "
-                         "it was, nothing written")
-    try:
-        if replace_existing:
-            os.replace(tmp, path)
-            return
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise appeared from None
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK):
-                raise
-            try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            except FileExistsError:
-                raise appeared from None
-            os.replace(tmp, path)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot be written ({_reason(exc)})") from None
-
-
-NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # a full disk, a file size limit, a quota
-PROBE_BYTES = 2**20
-
-
-def _reason(exc: OSError) -> str:
-    return os.strerror(exc.errno) if exc.errno else " ".join(str(exc).split())
-
-
-def _lack_of_room(exc: BaseException, folder: Path) -> str | None:
-    """Why a writer failed when it is want of room, else None (a defect, reported as one). Its errno says so
-    (an OSError's, or the 'errno = N' HDF5 writes into its message); numpy and torch report a short write with
-    none, so then a probe of PROBE_BYTES written beside the target decides."""
-    for error in (exc, exc.__cause__, exc.__context__):
-        if isinstance(error, OSError) and error.errno in NO_ROOM:
-            return os.strerror(error.errno)
-        found = re.search(r"errno = (\d+)", str(error)) if error is not None else None
-        if found and int(found.group(1)) in NO_ROOM:
-            return os.strerror(int(found.group(1)))
-    probe = None
-    try:
-        probe = _create_unique(folder / "siamrdm-probe")
-        fd = os.open(probe, os.O_WRONLY)
-        try:
-            written, block = 0, bytes(64 * 1024)
-            while written < PROBE_BYTES:
-                written += os.write(fd, block)
-        finally:
-            os.close(fd)
-    except OSError as error:
-        return os.strerror(error.errno) if error.errno in NO_ROOM else None
-    finally:
-        if probe is not None:
-            probe.unlink(missing_ok=True)
-    return None
-
-
-def _create_unique(path: Path) -> Path:
-    """Create an empty, uniquely named file beside `path`. Unlike tempfile.mkstemp (mode 0600) its mode is
-    what open() would give (0666 less the umask), so the renamed file is as readable as any other output.
-    The stem is shortened where the temporary name would pass the file system's name limit."""
-    limit = _name_max(path.parent)
-    for _ in range(100):
-        tag = f".{secrets.token_hex(6)}.tmp{path.suffix}"
-        stem = path.stem[: max(1, limit - len(tag) - 1)]
-        tmp = path.with_name(f".{stem}{tag}")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except FileExistsError:
-            continue
-        return tmp
-    raise FileExistsError(f"{path}: no free temporary name beside it")
-
-
-def _name_max(folder: Path) -> int:
-    try:
-        return os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        return 255
 
 
 def write_text(path: str | os.PathLike, text: str, replace_existing: bool = True) -> Path:
@@ -205,7 +97,7 @@ def check_output_file(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: is a folder, expected a file name")
-    if len(path.name.encode()) > _name_max(_nearest_existing(path.parent)):
+    if len(path.name.encode()) > name_max(_nearest_existing(path.parent)):
         raise DataError(f"{path}: file name longer than the file system allows")
     _check_creatable(path.parent, path)
     _check_replaceable(path)
@@ -287,62 +179,11 @@ def _check_creatable(folder: Path, named: Path) -> None:
     if not existing.is_dir():
         raise DataError(f"{named}: cannot be created, {existing} is a file")
     try:
-        probe = _create_unique(existing / "siamrdm-probe")
+        probe = create_unique(existing / "siamrdm-probe")
     except OSError as exc:
         raise DataError(f"{named}: cannot be written in {existing} ({os.strerror(exc.errno or errno.EACCES)})") \
             from None
     probe.unlink(missing_ok=True)
-
-
-# --------------------------------------------------------------------------- reading siamrdm's own JSON
-
-MAX_JSON_DEPTH = 64  # siamrdm's own files nest a few levels; deeper is damage (and would overflow a recursion)
-
-
-def parse_json(content: bytes | str, path: str | os.PathLike, what: str) -> object:
-    """Strict JSON (no NaN or Infinity) of one of siamrdm's own files, or a DataError naming `path`: the one way
-    siamrdm parses what it wrote (settings.json, lr_find.json, the run marker, manifest lines), so a damaged
-    file (truncated, NaN, nested thousands deep) is one line, never a traceback."""
-
-    def refuse(constant: str):
-        raise ValueError(f"{constant} is not a number JSON allows")
-
-    try:
-        value = json.loads(content, parse_constant=refuse)
-    except RecursionError:
-        value = None  # reported below as nested too deep
-        depth = MAX_JSON_DEPTH + 1
-    except ValueError as exc:  # UnicodeDecodeError is one
-        raise DataError(f"{path}: malformed {what}, not strict JSON ({' '.join(str(exc).split())})") from None
-    else:
-        depth = _depth(value)
-    if depth > MAX_JSON_DEPTH:
-        raise DataError(f"{path}: malformed {what}, nested more than {MAX_JSON_DEPTH} levels deep")
-    return value
-
-
-def _depth(value: object) -> int:
-    """How deep lists and objects nest in a parsed JSON value (counted without recursion)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, level)
-            if level <= MAX_JSON_DEPTH:
-                stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
-
-
-def read_json(path: str | os.PathLike, what: str, limit: int = 2**20) -> object:
-    """`parse_json` of a file of at most `limit` bytes; unreadable or larger: a DataError naming it."""
-    try:
-        with open(path, "rb") as f:
-            content = f.read(limit + 1)
-    except OSError as exc:
-        raise DataError(f"{path}: unreadable {what} ({os.strerror(exc.errno or errno.EIO)})") from None
-    if len(content) > limit:
-        raise DataError(f"{path}: malformed {what}, larger than {limit:,} bytes")
-    return parse_json(content, path, what)
 
 
 # --------------------------------------------------------------------------- the marker and the manifest
@@ -364,7 +205,7 @@ def read_marker(path: Path) -> dict | None:
 
 
 def _write_marker(path: Path, record: dict) -> None:
-    with _replacing(path / MARKER_NAME) as tmp:
+    with replacing(path / MARKER_NAME) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -488,13 +329,13 @@ def _remove_listed(run: Path, names: set[str]) -> None:
             try:
                 target.unlink(missing_ok=True)
             except OSError as exc:
-                raise DataError(f"{target}: cannot be removed ({_reason(exc)}); the earlier run in {run} stays a "
+                raise DataError(f"{target}: cannot be removed ({os_reason(exc)}); the earlier run in {run} stays a "
                                 "run (its marker kept): fix this, then --overwrite again") from None
             folders.update(p for p in target.parents if root in p.parents)
     for folder in folders:
         if folder.is_dir() and not folder.is_symlink():
             for entry in folder.iterdir():
-                if _TEMPORARY.match(entry.name) and entry.is_file() and not entry.is_symlink():
+                if TEMPORARY.match(entry.name) and entry.is_file() and not entry.is_symlink():
                     entry.unlink(missing_ok=True)
     for folder in sorted(folders - {root}, key=lambda p: len(p.parts), reverse=True):
         with contextlib.suppress(OSError):
@@ -555,19 +396,6 @@ def _undo(path: Path, created: bool) -> None:
         (path / LOCK_NAME).unlink(missing_ok=True)
 
 
-def json_safe(value):
-    """`value` as strict JSON can hold it: NaN and inf become None, numpy scalars and arrays Python values."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "tolist"):  # numpy scalars and arrays
-        return json_safe(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def check_same_settings(path: Path, settings: dict, ignore: tuple[str, ...] = ("world_size",)) -> None:
     """`--resume` continues a run only with the settings it was started with: compared with the run's
     settings.json before anything is written (the device and `ignore`d keys may change)."""
@@ -600,7 +428,7 @@ def run_folder_lock(path: str | os.PathLike) -> Iterator[Path]:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file, or a link to nothing, in its place
-        raise DataError(f"{path}: cannot be made a folder ({_reason(exc)})") from None
+        raise DataError(f"{path}: cannot be made a folder ({os_reason(exc)})") from None
     run = _marked_ancestor(path.parent)
     if run is not None:  # a lock of a sub-run (a seed's folder): the enclosing run wrote it
         _record(run, path / LOCK_NAME)

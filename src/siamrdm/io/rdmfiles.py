@@ -58,42 +58,62 @@ def _read_rdm_file(path: Path, keys: Sequence[str] | None = None, read: bool = T
         raise DataError(f"{path}: unsupported RDM file type '{suffix}' (use {', '.join(RDM_SUFFIXES)})")
     try:
         if suffix == ".npy":
-            with open(path, "rb") as f:
-                shapes = chosen_shapes({"": npy_shape(f)}, keys)
-            if not read:
-                return shapes
-            check_read_size(path, shapes)
-            return {"": read_npy(path)} if shapes else {}
+            return _read_npy_file(path, keys, read)
         if suffix == ".npz":
-            shapes = chosen_shapes(npz_shapes(path), keys)
-            if not read:
-                return shapes
-            check_read_size(path, shapes)
-            with np.load(path, allow_pickle=False) as npz:
-                return {k: npz[k] for k in shapes}
+            return _read_npz_file(path, keys, read)
         if h5py.is_hdf5(path):
-            with h5py.File(path, "r") as f:
-                if is_rsatoolbox(f, path):
-                    return read_rsatoolbox(f, path, keys, read)
-                if suffix in RSATOOLBOX_SUFFIXES:
-                    raise DataError(f"{path}: an HDF5 file, but not rsatoolbox RDMs (no 'dissimilarities' dataset "
-                                    "beside a 'pattern_descriptors' group)")
-                datasets = {k: v for k, v in hdf5_members(f, path).items()
-                            if isinstance(v, h5py.Dataset) and not k.startswith("#")}
-                # MATLAB v7.3: h5py gives the axes reversed
-                shapes = chosen_shapes({k: tuple(reversed(v.shape or ())) for k, v in datasets.items()}, keys)
-                if not read:
-                    return shapes
-                check_read_size(path, shapes)
-                for k in shapes:
-                    check_hdf5_stored(datasets[k], path)
-                return {k: np.asarray(datasets[k]).transpose() for k in shapes}
+            return _read_hdf5_file(path, keys, read)
         if suffix in RSATOOLBOX_SUFFIXES:
             raise DataError(f"{path}: not an HDF5 file (rsatoolbox RDMs are saved with file_type='hdf5')")
     except DataError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # a library's own failure on a damaged file: one line naming it
         raise DataError(f"{path}: unreadable file ({one_line(exc)})") from None
+    return _read_mat_file(path, keys, read)
+
+
+def _read_npy_file(path: Path, keys: Sequence[str] | None, read: bool) -> dict:
+    """A .npy file's one array, under the key ''."""
+    with open(path, "rb") as f:
+        shapes = chosen_shapes({"": npy_shape(f)}, keys)
+    if not read:
+        return shapes
+    check_read_size(path, shapes)
+    return {"": read_npy(path)} if shapes else {}
+
+
+def _read_npz_file(path: Path, keys: Sequence[str] | None, read: bool) -> dict:
+    shapes = chosen_shapes(npz_shapes(path), keys)
+    if not read:
+        return shapes
+    check_read_size(path, shapes)
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in shapes}
+
+
+def _read_hdf5_file(path: Path, keys: Sequence[str] | None, read: bool) -> dict:
+    """An rsatoolbox RDMs file, or a MATLAB v7.3 file's datasets (an HDF5 file of another kind with an rsatoolbox
+    suffix is refused)."""
+    with h5py.File(path, "r") as f:
+        if is_rsatoolbox(f, path):
+            return read_rsatoolbox(f, path, keys, read)
+        if path.suffix.lower() in RSATOOLBOX_SUFFIXES:
+            raise DataError(f"{path}: an HDF5 file, but not rsatoolbox RDMs (no 'dissimilarities' dataset "
+                            "beside a 'pattern_descriptors' group)")
+        datasets = {k: v for k, v in hdf5_members(f, path).items()
+                    if isinstance(v, h5py.Dataset) and not k.startswith("#")}
+        # MATLAB v7.3: h5py gives the axes reversed
+        shapes = chosen_shapes({k: tuple(reversed(v.shape or ())) for k, v in datasets.items()}, keys)
+        if not read:
+            return shapes
+        check_read_size(path, shapes)
+        for k in shapes:
+            check_hdf5_stored(datasets[k], path)
+        return {k: np.asarray(datasets[k]).transpose() for k in shapes}
+
+
+def _read_mat_file(path: Path, keys: Sequence[str] | None, read: bool) -> dict:
+    """A MATLAB v5 file's numeric variables (its own reader, arrayfiles.read_mat_v5, reports its own errors)."""
     variables = {k: v for k, v in mat_variables(path).items() if not k.startswith("__") and v.kind != "sparse"}
     shapes = chosen_shapes({k: v.shape for k, v in variables.items()}, keys)
     if not read:

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DataError
-from .files import atomic_path, json_safe, parse_json
+from .files import atomic_path
+from .jsonfiles import json_safe, parse_json
 
 # The fields of one score record (scoring.ScoreRecord), in its order: what every score table holds.
 SCORE_FIELDS = ("r2", "pct_nc", "rho_mean", "rho_se", "p", "p_signed", "noise_ceiling", "ceiling_source",

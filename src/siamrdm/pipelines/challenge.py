@@ -32,7 +32,8 @@ import torch
 from ..errors import ConfigError
 from ..io import tables
 from ..io.datasets import TARGETS, TRAINING_SETS, BrainDataset, load_algonauts_set, resolve_data_root
-from ..io.files import check_run_folder, json_safe, run_folder, run_mode, write_text
+from ..io.files import check_run_folder, run_folder, run_mode, write_text
+from ..io.jsonfiles import json_safe
 from ..io.progress import Progress
 from ..io.rdmfiles import save_rdms, validate_rdms
 from ..rdm import scoring

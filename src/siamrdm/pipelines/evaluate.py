@@ -32,8 +32,9 @@ import torch
 from ..errors import DataError
 from ..io import tables
 from ..io.datasets import TARGET_NAMES, TRAINING_SETS, BrainDataset, load_algonauts_set, target_key
-from ..io.files import atomic_path, json_safe, write_text
+from ..io.files import atomic_path, write_text
 from ..io.images import IMAGE_ORDER_FILE
+from ..io.jsonfiles import json_safe
 from ..io.progress import Phases, Progress
 from ..io.rdmfiles import save_rdms
 from ..io.tables import fmt, number

@@ -32,7 +32,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..errors import DataError
-from ..io.files import MARKER_NAME, check_output_file, json_safe, parse_json, read_marker, write_text
+from ..io.files import MARKER_NAME, check_output_file, read_marker, write_text
+from ..io.jsonfiles import json_safe, parse_json
 from ..io.tables import (
     MAX_SUMMARY_COLUMNS,
     PAIRED_NOTE,
@@ -227,43 +228,59 @@ def _comparison_blocks(run_dir: Path, tables: list[tuple[Path, list[dict]]], pla
 
 
 def _collect(run_dir: Path) -> list[Block]:
-    placed: set[Path] = set()
+    """The page's blocks, in the order a reader wants them: the methods compared, the scores, the fits, training,
+    the other figures, and the run's settings last."""
+    placed: set[Path] = set()  # the charts already on the page, left out of "Figures"
     tables = _score_tables(run_dir)
     blocks: list[Block] = _comparison_blocks(run_dir, tables, placed)  # what a reader wants first
-
     for path, rows in tables:
-        scored = [r for r in rows if number(r.get("pct_nc")) is not None]
-        blocks.append(("h2", f"Scores ({path.name})"))
-        if any(number(r.get("rho_mean")) is not None or flag(r.get("beats_chance")) is not None for r in rows):
-            blocks += [("p", RANKING_NOTE), ("table", *ranking_table(rows))]
-        columns = len(summary_columns(rows))
-        shown = "" if columns <= MAX_SUMMARY_COLUMNS else (f" (the first {MAX_SUMMARY_COLUMNS} of {columns} targets "
-                                                          "and directions; the mean is over all, every row is in "
-                                                          "the table of all scores)")
-        if scored:
-            blocks += [("p", f"Percent of the noise ceiling{shown}:"), _summary_table(rows)]
-        else:
-            blocks += [("p", f"r2 (these data have no noise ceiling){shown}:"), _summary_table(rows, "r2")]
-        blocks += [("p", "All scores (chance: mean and 95th percentile of this prediction's score with its image "
-                    "labels permuted):"), ("table", *score_table(rows))]
-        paired = paired_rows(rows)
-        if paired:
-            blocks += [("p", PAIRED_NOTE), ("table", *paired_table(paired))]
-        chart = path.with_name("scores.png") if path.stem == "evaluation" else path.with_name(f"{path.stem}_scores.png")
-        if not chart.is_file() and scored:
-            plots.plot_scores(scored, chart, title=f"{path.stem}: percent of the noise ceiling")
-        if chart.is_file():
-            blocks.append(_image(chart, chart.name))
-            placed.add(chart)
-            _, left_out = plots.chart_rows(scored)
-            if left_out:
-                blocks.append(("p", left_out))
-
+        blocks += _score_blocks(path, rows, placed)
     blocks += _fits_blocks(run_dir)
+    blocks += _training_blocks(run_dir, placed)
+    figures = sorted(p for p in run_dir.rglob("*.png") if _visible(p, run_dir) and p not in placed)
+    if figures:
+        blocks.append(("h2", "Figures"))
+        blocks += [_image(p, str(p.relative_to(run_dir))) for p in figures]
+    return blocks + _settings_blocks(run_dir)
+
+
+def _score_blocks(path: Path, rows: list[dict], placed: set[Path]) -> list[Block]:
+    """One score table's section: the ranking, the summary (of the noise ceiling, or r2 without one), every score,
+    the paired tests and its chart (drawn here where the run did not)."""
+    scored = [r for r in rows if number(r.get("pct_nc")) is not None]
+    blocks: list[Block] = [("h2", f"Scores ({path.name})")]
+    if any(number(r.get("rho_mean")) is not None or flag(r.get("beats_chance")) is not None for r in rows):
+        blocks += [("p", RANKING_NOTE), ("table", *ranking_table(rows))]
+    columns = len(summary_columns(rows))
+    shown = "" if columns <= MAX_SUMMARY_COLUMNS else (f" (the first {MAX_SUMMARY_COLUMNS} of {columns} targets "
+                                                      "and directions; the mean is over all, every row is in "
+                                                      "the table of all scores)")
+    if scored:
+        blocks += [("p", f"Percent of the noise ceiling{shown}:"), _summary_table(rows)]
+    else:
+        blocks += [("p", f"r2 (these data have no noise ceiling){shown}:"), _summary_table(rows, "r2")]
+    blocks += [("p", "All scores (chance: mean and 95th percentile of this prediction's score with its image "
+                "labels permuted):"), ("table", *score_table(rows))]
+    paired = paired_rows(rows)
+    if paired:
+        blocks += [("p", PAIRED_NOTE), ("table", *paired_table(paired))]
+    chart = path.with_name("scores.png") if path.stem == "evaluation" else path.with_name(f"{path.stem}_scores.png")
+    if not chart.is_file() and scored:
+        plots.plot_scores(scored, chart, title=f"{path.stem}: percent of the noise ceiling")
+    if chart.is_file():
+        blocks.append(_image(chart, chart.name))
+        placed.add(chart)
+        _, left_out = plots.chart_rows(scored)
+        if left_out:
+            blocks.append(("p", left_out))
+    return blocks
+
+
+def _training_blocks(run_dir: Path, placed: set[Path]) -> list[Block]:
+    """The training section: each LR range test and each fit's training curves, charted."""
     lr_files = sorted(p for p in run_dir.rglob("lr_find.json") if _visible(p, run_dir))
     logs = sorted(p for p in run_dir.rglob("log.csv") if _visible(p, run_dir))
-    if lr_files or logs:
-        blocks.append(("h2", "Training"))
+    blocks: list[Block] = [("h2", "Training")] if lr_files or logs else []
     for path in lr_files:
         result = _lr_result(path)
         chart = plots.plot_lr_range(result, path.with_name("lr_find.png"))
@@ -275,33 +292,39 @@ def _collect(run_dir: Path) -> list[Block]:
         blocks.append(_image(chart, str(rel)))
         placed.add(chart)
     for path in logs:
-        rows = _training_log(path)
-        if not rows or "loss" not in rows[0]:
-            continue
-        where = path.parent.relative_to(run_dir)
-        label = "run" if str(where) == "." else str(where)
-        chart = plots.plot_training_curves(rows, path.with_name("training_curves.png"), title=f"training: {label}")
-        # the epoch kept is the one of the highest mean rho (train.selection_score); older logs have only pct_nc
-        val = [(number(r.get("val_rho", r.get("val_pct_nc"))), number(r.get("val_pct_nc")), r.get("epoch"))
-               for r in rows]
-        val = [row for row in val if row[0] is not None]
-        blocks.append(("h3", f"Training curves ({path.relative_to(run_dir)})"))
-        loss = number(rows[-1].get("loss"))
-        trained = sum((number(r.get("epoch")) or 0) > 0 for r in rows)
-        text = f"{trained} epochs; final training loss {'-' if loss is None else format(loss, '.4g')}"
-        if not trained:
-            text = "0 epochs trained: the prior alone"
-        if val:
-            _, pct, epoch = max(val, key=lambda row: row[0])
-            text += f"; best validation epoch {epoch}" + ("" if pct is None else f" ({pct:.1f}% of the noise ceiling)")
-        blocks += [("p", text + "."), _image(chart, str(chart.relative_to(run_dir)))]
-        placed.add(chart)
+        blocks += _log_blocks(run_dir, path, placed)
+    return blocks
 
-    figures = sorted(p for p in run_dir.rglob("*.png") if _visible(p, run_dir) and p not in placed)
-    if figures:
-        blocks.append(("h2", "Figures"))
-        blocks += [_image(p, str(p.relative_to(run_dir))) for p in figures]
-    # What a reader wants first: the scores and the figures; the run's settings close the page.
+
+def _log_blocks(run_dir: Path, path: Path, placed: set[Path]) -> list[Block]:
+    """One fit's training curves (log.csv) and a line on its epochs, loss and best validation epoch."""
+    rows = _training_log(path)
+    if not rows or "loss" not in rows[0]:
+        return []
+    where = path.parent.relative_to(run_dir)
+    label = "run" if str(where) == "." else str(where)
+    chart = plots.plot_training_curves(rows, path.with_name("training_curves.png"), title=f"training: {label}")
+    # the epoch kept is the one of the highest mean rho (train.selection_score); older logs have only pct_nc
+    val = [(number(r.get("val_rho", r.get("val_pct_nc"))), number(r.get("val_pct_nc")), r.get("epoch"))
+           for r in rows]
+    val = [row for row in val if row[0] is not None]
+    blocks: list[Block] = [("h3", f"Training curves ({path.relative_to(run_dir)})")]
+    loss = number(rows[-1].get("loss"))
+    trained = sum((number(r.get("epoch")) or 0) > 0 for r in rows)
+    text = f"{trained} epochs; final training loss {'-' if loss is None else format(loss, '.4g')}"
+    if not trained:
+        text = "0 epochs trained: the prior alone"
+    if val:
+        _, pct, epoch = max(val, key=lambda row: row[0])
+        text += f"; best validation epoch {epoch}" + ("" if pct is None else f" ({pct:.1f}% of the noise ceiling)")
+    blocks += [("p", text + "."), _image(chart, str(chart.relative_to(run_dir)))]
+    placed.add(chart)
+    return blocks
+
+
+def _settings_blocks(run_dir: Path) -> list[Block]:
+    """The run's settings files as JSON, closing the page."""
+    blocks: list[Block] = []
     for name in SETTINGS_FILES:
         path = run_dir / name
         if os.path.lexists(path):  # a link, a FIFO or a folder is refused, not skipped

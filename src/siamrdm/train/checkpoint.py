@@ -18,7 +18,7 @@ import torch
 
 from ..errors import DataError
 from ..io.files import atomic_path
-from ..model.backbones import load_plain
+from ..model.registry import load_plain
 from .config import ConfigError, config_from_dict
 
 

@@ -198,9 +198,21 @@ def check_config(config: TrainConfig) -> TrainConfig:
     """Refuse settings that would crash later or train silently wrong, before any work or any file.
 
     Builds the body once, with its weights, to check that they can be had, that the stage exists and that its
-    maps at `image_size` are large enough for the head.
+    maps at `image_size` are large enough for the head. The checks run in a fixed order: the first a setting
+    fails is the one reported.
     """
     check_types(config)
+    _check_schedule(config)
+    _check_running(config)
+    _check_prior_and_targets(config)
+    _check_loss_and_images(config)
+    pick_device(config.device)
+    _check_body_and_head(config)
+    return config
+
+
+def _check_schedule(config: TrainConfig) -> None:
+    """The targets, the seed, the learning rates and the epochs, with what each phase trains."""
     if not config.targets or len(set(config.targets)) != len(config.targets):
         raise ConfigError("targets", f"need one or more targets, each once, got {', '.join(config.targets) or 'none'}")
     check_seed("seed", config.seed)
@@ -216,6 +228,10 @@ def check_config(config: TrainConfig) -> TrainConfig:
                                           "unfrozen_epochs too (or leave train_stages at all)")
     if config.epochs < 1:
         raise ConfigError("frozen_epochs", "nothing to train: frozen and unfrozen epochs are both 0")
+
+
+def _check_running(config: TrainConfig) -> None:
+    """How the epochs run: precision, memory layout, chunk and batch sizes, validation and stopping."""
     if config.precision not in PRECISIONS:
         raise ConfigError("precision", f"unknown precision '{config.precision}' (choose from {', '.join(PRECISIONS)})")
     if not isinstance(config.channels_last, bool):
@@ -227,6 +243,10 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise ConfigError("stop_epoch", "must not be negative")
     if config.early_stopping is not None and config.early_stopping < 1:
         raise ConfigError("early_stopping", "patience must be at least 1 epoch")
+
+
+def _check_prior_and_targets(config: TrainConfig) -> None:
+    """The prior and the head's correction of it (bound, shrinkage, average); how targets and sets are weighed."""
     if config.prior not in PRIORS:
         raise ConfigError("prior", f"unknown prior '{config.prior}' (choose from {', '.join(PRIORS)})")
     if config.prior != "none" and head_config(config.head).output_relu:
@@ -236,14 +256,9 @@ def check_config(config: TrainConfig) -> TrainConfig:
         _check_number("correction_bound", config.correction_bound)
         if config.prior == "none":
             raise ConfigError("correction_bound", "bounds the head's correction of a prior: set a prior too")
-    if config.group_target not in GROUP_TARGETS:
-        raise ConfigError("group_target", f"unknown choice '{config.group_target}' (choose from "
-                                          f"{', '.join(GROUP_TARGETS)})")
-    if config.per_image not in PER_IMAGE:
-        raise ConfigError("per_image", f"unknown choice '{config.per_image}' (choose from {', '.join(PER_IMAGE)})")
-    if config.set_weights not in SET_WEIGHTS:
-        raise ConfigError("set_weights", f"unknown choice '{config.set_weights}' (choose from "
-                                         f"{', '.join(SET_WEIGHTS)})")
+    for name, choices in (("group_target", GROUP_TARGETS), ("per_image", PER_IMAGE), ("set_weights", SET_WEIGHTS)):
+        if getattr(config, name) not in choices:
+            raise ConfigError(name, f"unknown choice '{getattr(config, name)}' (choose from {', '.join(choices)})")
     if not (math.isfinite(config.shrinkage) and 0 <= config.shrinkage < 1):
         raise ConfigError("shrinkage", f"must be at least 0 and below 1, got {config.shrinkage}")
     if config.shrinkage and config.prior == "none":
@@ -251,6 +266,10 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.head_average is not None and not (math.isfinite(config.head_average) and 0 < config.head_average < 1):
         raise ConfigError("head_average", f"a moving average's decay must be above 0 and below 1, got "
                                           f"{config.head_average}")
+
+
+def _check_loss_and_images(config: TrainConfig) -> None:
+    """The loss and the target rescaling; the crops and the image size (before any body runs at that size)."""
     if config.loss not in LOSSES:
         raise ConfigError("loss", f"unknown loss '{config.loss}' (choose from {', '.join(LOSSES)})")
     if config.loss != "mse" and config.pair_mode != "factorised":
@@ -260,12 +279,15 @@ def check_config(config: TrainConfig) -> TrainConfig:
     low, high = config.crop_scale
     if not 0 < low <= high <= 1:
         raise ConfigError("crop_scale", f"needs 0 < low <= high <= 1, got {config.crop_scale}")
-    if not MIN_IMAGE_SIZE <= config.image_size <= MAX_IMAGE_SIZE:  # before any body runs at that size
+    if not MIN_IMAGE_SIZE <= config.image_size <= MAX_IMAGE_SIZE:
         raise ConfigError("image_size", f"must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, got "
                                         f"{config.image_size}")
-    pick_device(config.device)
-    # The body with its real weights: a missing weights file or unavailable pretrained weights is refused now,
-    # before any folder exists (EfficientNet-Lite0 builds in well under a second).
+
+
+def _check_body_and_head(config: TrainConfig) -> None:
+    """The body with its real weights: a missing weights file or unavailable pretrained weights is refused now,
+    before any folder exists (EfficientNet-Lite0 builds in well under a second); its stage's maps must suit the
+    head (channels that split into its groups, maps as large as it needs)."""
     body = create_body(config.backbone, config.weights, config.stage)
     channels, height, width = body.output_shape(config.image_size)
     try:
@@ -282,7 +304,6 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise ConfigError("image_size", f"{config.image_size} px gives {height} x {width} maps at stage {body.stage} "
                                         f"of {config.backbone}; the {config.head} head needs at least {need} x {need}:"
                                         " use larger images or an earlier stage")
-    return config
 
 
 _DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")

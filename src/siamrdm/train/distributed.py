@@ -32,8 +32,10 @@ import torch.distributed as dist
 from torch.distributed.nn.functional import all_gather as all_gather_with_grad
 
 from ..errors import DataError
+from ..io.condensed import CondensedRDMs
 from ..io.datasets import target_key
-from ..io.files import check_same_settings, json_safe, run_folder, run_mode, write_text
+from ..io.files import check_same_settings, run_folder, run_mode, write_text
+from ..io.jsonfiles import json_safe
 from ..model.network import SiameseRDMNet, all_pairs_loss
 from ..rdm.splits import holdout_indices
 from .checkpoint import load_run_state, reading
@@ -41,7 +43,6 @@ from .config import ConfigError, TrainConfig, pick_device
 from .fullbatch import build_model, predict_pairs
 from .largeset import (
     AugmentedImages,
-    CondensedRDMs,
     HeldOutTarget,
     ImageStore,
     collate_pixels,

@@ -19,8 +19,9 @@ import torch
 
 from ..errors import DataError
 from ..io.datasets import BrainDataset, target_key
-from ..io.files import check_output_file, check_same_settings, json_safe, run_folder, run_mode, write_text
+from ..io.files import check_output_file, check_same_settings, run_folder, run_mode, write_text
 from ..io.images import IMAGE_ORDER_FILE, ImageSet
+from ..io.jsonfiles import json_safe
 from ..model.backbones import images_to_tensor
 from ..model.network import SiameseRDMNet
 from ..model.prior import PriorFit

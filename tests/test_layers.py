@@ -15,7 +15,7 @@ PACKAGE = Path(siamrdm.__file__).parent
 # "model" model.network, "train" train.fullbatch; "io" and "pipelines" import nothing).
 LAYERS = [
     # no siamrdm imports (the package's API loads lazily)
-    {"__init__", "errors", "rdm.core", "rdm", "rdm.scoring_torch", "io.progress", "io", "pipelines"},
+    {"__init__", "errors", "choices", "rdm.core", "rdm", "rdm.scoring_torch", "io.progress", "io", "pipelines"},
     # writing files safely; bounded reading; the bodies; the parts of an RDM; the methods' registry (names, code by
     # module)
     {"io.files", "io.limits", "model.backbones", "rdm.parts", "pipelines.methods"},
@@ -26,9 +26,10 @@ LAYERS = [
     {"train.config", "train.augment", "train.checkpoint", "pipelines.plots", "pipelines.external"},  # settings; charts
     {"train.loop"},  # the one training loop
     {"train.fullbatch", "train", "train.largeset"},  # full-batch and large-set data for the loop
-    {"train.predict", "pipelines.bench", "pipelines.report", "train.selection"},
+    {"train.predict", "pipelines.report", "train.selection"},
     {"train.distributed", "pipelines.evaluate"},
     {"pipelines.challenge"},
+    {"cli_options"},  # the command line's parser (its choices from `choices` and the torch-free registries)
     {"cli", "__main__"},
 ]
 

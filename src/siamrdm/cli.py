@@ -14,14 +14,23 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 
-from .errors import ConfigError, DataError, printable
+from .cli_options import (
+    Handler,
+    check_range,
+    check_seed,
+    check_sets,
+    flag_of,
+    list_option,
+    max_parallel,
+    targets_option,
+)
+from .cli_options import build_parser as build_parser_for
+from .errors import ConfigError, DataError, UsageError, printable
 from .io.arrayfiles import read_npy
 from .io.datasets import (
-    DATA_ENV_VAR,
     IMAGE_SETS,
     TARGET_NAMES,
     TARGETS,
@@ -52,10 +61,6 @@ from .rdm.reliability import (
 )
 
 
-class UsageError(DataError):
-    """A usage problem found after parsing (conflicting options); exits 2 like bad input."""
-
-
 def _print_json(obj) -> None:
     """Strict JSON on stdout: NaN/inf become null, and allow_nan=False makes sure none slips through."""
     print(json.dumps(json_safe(obj), indent=2, allow_nan=False))
@@ -68,40 +73,15 @@ def _print_json(obj) -> None:
 MAX_PERMUTATIONS = 100_000
 
 
-def _check_seed(flag: str, seed: int) -> int:
-    """A seed option in the range numpy's and torch's generators take (0 <= seed < 2**32)."""
-    from .rdm.scoring import SEED_LIMIT
-
-    if not 0 <= seed < SEED_LIMIT:
-        raise UsageError(f"{flag}: a seed must be 0 <= seed < 2**32 ({SEED_LIMIT}), got {seed}")
-    return seed
-
-
-def _check_range(flag: str, value: float | None, low: float, high: float | None = None) -> None:
-    """A number option within [low, high] (high None: no upper bound), the bounds in the message."""
-    if value is None:
-        return
-    if not (value >= low and (high is None or value <= high)):  # NaN fails both
-        bound = f"at least {low}" if high is None else f"between {low} and {high}"
-        raise UsageError(f"{flag}: must be {bound}, got {value}")
-
-
-def _max_parallel() -> int:
-    """The most threads or worker processes an option may ask for: 4 per core of this machine."""
-    return 4 * (os.cpu_count() or 1)
-
-
 def _check_method(args) -> str:
     """--method, checked before any work: permutation p-values need a dot-product method (--permutations left
     out: on by default where cheap, scoring.default_permutations)."""
     if args.permutations is not None and not 0 <= args.permutations <= MAX_PERMUTATIONS:
         raise UsageError(f"--permutations must be between 0 (no permutation test) and {MAX_PERMUTATIONS}, got "
                          f"{args.permutations}")
-    _check_seed("--seed", args.seed)
+    check_seed("--seed", args.seed)
     if args.permutations and args.method not in scoring.DOT_METHODS:
         raise UsageError(f"--permutations works with --method {', '.join(scoring.DOT_METHODS)}, not {args.method}")
-    if args.seed < 0:  # numpy's generators take no negative seed
-        raise UsageError(f"--seed must be 0 or more, got {args.seed}")
     return args.method
 
 
@@ -392,166 +372,6 @@ def _unreadable_targets(problems: list[str]) -> int:
 # --------------------------------------------------------------------------- model commands
 
 
-def _list_option(value: str | None, flag: str, allowed: Sequence[str] | None = None, default: tuple = (),
-                 convert: Callable | None = None, what: str = "values") -> tuple:
-    """Every comma-separated option: `default` when not given; an empty entry, an entry given twice (after
-    `convert`, so '0,00' are one seed twice) or one not in `allowed` is refused, naming the option."""
-    if value is None:
-        return default
-    items = tuple(v.strip() for v in value.split(","))
-    if not all(items):
-        raise UsageError(f"{flag}: empty entry in '{value}' (give comma-separated {what})")
-    if allowed is not None:
-        unknown = [v for v in items if v not in allowed]
-        if unknown:
-            raise UsageError(f"{flag}: unknown {', '.join(unknown)} (choose from {', '.join(allowed)})")
-    if convert is not None:
-        try:
-            items = tuple(convert(v) for v in items)
-        except ValueError:
-            raise UsageError(f"{flag}: expected comma-separated {what}, got '{value}'") from None
-    repeated = list(dict.fromkeys(v for v in items if items.count(v) > 1))
-    if repeated:
-        raise UsageError(f"{flag}: {', '.join(map(str, repeated))} given more than once")
-    return items
-
-
-def _check_sets(flag: str, names: tuple[str, ...]) -> tuple[str, ...]:
-    """Algonauts sets to train or validate on: the training sets; the 78 test images have no RDMs."""
-    for name in names:
-        if name not in TRAINING_SETS:
-            test = " is the test set, which has no RDMs" if name in IMAGE_SETS else ": no such training set"
-            raise UsageError(f"{flag}: {name}{test} (training sets: {', '.join(TRAINING_SETS)})")
-    return names
-
-
-def _targets(args, default: tuple[str, ...]) -> tuple[str, ...]:
-    """--targets: Algonauts targets, each once."""
-    return _list_option(args.targets, "--targets", TARGET_NAMES, default, what="targets")
-
-
-def _add_training_options(p: _Parser) -> None:
-    """Options shared by every command that trains the Siamese network, added when that command is parsed:
-    their choices come from torch-using modules, which `siamrdm --help` and `score` never import."""
-    p.defer(lambda: _training_options(p))
-
-
-def _backbone_argument(p: argparse.ArgumentParser, flag: str = "--backbone", default: str = "efficientnet_lite0",
-                       help: str = "Siamese body") -> None:
-    """A body option: a registered body's name, or a library model as timm:NAME or torchvision:NAME (`siamrdm
-    bodies` lists them); whether the library has NAME is checked when the body is built."""
-    from .model.backbones import BACKBONE_FAMILIES, BACKBONES
-
-    def body(text: str) -> str:
-        prefix, colon, model = text.partition(":")
-        if text in BACKBONES or (colon and model and prefix in BACKBONE_FAMILIES):
-            return text
-        raise argparse.ArgumentTypeError(f"unknown body '{text}' (choose from {', '.join(BACKBONES)}, or a library "
-                                         f"model as {' or '.join(f'{f}:NAME' for f in BACKBONE_FAMILIES)}; "
-                                         "'siamrdm bodies' lists them)")
-
-    names = [*sorted(BACKBONES), *(f"{family}:NAME" for family in BACKBONE_FAMILIES)]
-    p.add_argument(flag, default=default, type=body, metavar="{" + ",".join(names) + "}",
-                   help=help if default is None else f"{help} (default: {default})")
-
-
-def _training_options(p: argparse.ArgumentParser) -> None:
-    from .model.network import HEADS
-    from .model.prior import PRIORS
-    from .train.config import GROUP_TARGETS, LOSSES, PER_IMAGE, PRECISIONS, SET_WEIGHTS
-    from .train.fullbatch import PRESETS
-
-    p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="training schedule (default: quick)")
-    _backbone_argument(p)
-    p.add_argument("--stage", help="backbone stage that feeds the head (default: the backbone's)")
-    p.add_argument("--head", choices=sorted(HEADS), help="head variant: paper (the paper's text, default) or "
-                   "pairwise (the authors' released code)")
-    p.add_argument("--weights", help="body weights: a state_dict file, or 'random' (default: pretrained, from the "
-                   "library's cache or downloaded)")
-    p.add_argument("--prior", choices=PRIORS, help="pretrained-layer RDM prior the head corrects: layer (the presets': "
-                   "the best stage), nnls (a weighted sum of all stages), or none")
-    p.add_argument("--tta", action="store_true", help="average predictions over each image and its mirror image")
-    p.add_argument("--frozen-epochs", "--epochs", dest="epochs", type=int,
-                   help="epochs with the body frozen (overrides the preset; --epochs is the old name)")
-    p.add_argument("--unfrozen-epochs", type=int, help="epochs with the body trained (overrides the preset)")
-    p.add_argument("--train-stages", type=_train_stages, metavar="K|all", help="what the unfrozen epochs train "
-                   "with the head: the body's top K stages up to the head's stage, the lower ones frozen and their "
-                   "output cached per image and view (0: the head alone), or all (the preset's); lr-find: what its "
-                   "test trains with the head (default 0)")
-    p.add_argument("--early-stopping", type=_patience, metavar="N|off",
-                   help="stop after N epochs without a better validation score, or 'off' (overrides the preset)")
-    p.add_argument("--lr", type=float, help="head learning rate (overrides the preset)")
-    p.add_argument("--rescale", choices=["minmax", "rank", "zscore"], help="target rescaling (default: minmax)")
-    p.add_argument("--loss", choices=LOSSES, help="mse (the paper's, default) or correlation (1 - Pearson r of "
-                   "the predicted and target dissimilarities: ignores their scale, as the metric does)")
-    p.add_argument("--group-target", choices=GROUP_TARGETS, help="what is learnt from the subjects: mean (their "
-                   "mean RDM, the paper's; default) or ranks (the mean of each subject's ranks: what the score "
-                   "averages, every subject weighed the same)")
-    p.add_argument("--per-image", choices=PER_IMAGE, help="what the model is for: keep (the per-image part a_i + a_j "
-                   "learnt: new images of the same study; the default on the Algonauts sets) or remove (the pair "
-                   "structure learnt, the per-image part from the prior: other studies; the default on your own "
-                   "data)")
-    p.add_argument("--shrinkage", type=float, help="with a prior: the head learns this much less of the residual "
-                   "(0 to below 1; a ridge toward the prior)")
-    p.add_argument("--head-average", type=_decay, metavar="DECAY|off", help="keep a moving average of the head's "
-                   "weights with this decay (e.g. 0.9; averages over about 1/(1 - decay) epochs), or 'off'")
-    p.add_argument("--set-weights", choices=SET_WEIGHTS, help="each training set's share of the loss: pairs "
-                   "(default) or reliability (pairs x its targets' split-half reliability)")
-    p.add_argument("--image-size", type=int, help="input size in pixels (default: 224)")
-    p.add_argument("--no-augment", action="store_true", help="no random crops or flips")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds; predictions average over them")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
-    p.add_argument("--precision", choices=PRECISIONS, help="the body's precision: fp32 (default) or bf16 autocast")
-    p.add_argument("--channels-last", action="store_true", help="the body in channels-last memory layout")
-    p.add_argument("--validate-every", type=int, metavar="K",
-                   help="validate every K-th epoch and the last (default: 1, every epoch)")
-
-
-# TrainConfig fields whose flag is not simply --field-name.
-_FLAG_OF_OPTION = {"out_dir": "--out"}
-
-
-def _count_or(text: str, word: str, minimum: int, what: str) -> int | str:
-    """An option that takes a whole number of `what` (at least `minimum`) or one `word` ('off', 'all')."""
-    if text.strip().lower() == word:
-        return word
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of {what} or '{word}', got '{text}'") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"must be at least {minimum} (or '{word}'), got {value}")
-    return value
-
-
-def _patience(text: str):
-    """--early-stopping: a positive number of epochs, or 'off' to switch a preset's early stopping off."""
-    from .train.config import OFF
-
-    return _count_or(text, OFF, 1, "epochs")
-
-
-def _train_stages(text: str) -> int | str:
-    """--train-stages: a number of top stages, or 'all' (whether the body has that many is checked with the config)."""
-    return _count_or(text, "all", 0, "stages")
-
-
-def _decay(text: str):
-    """--head-average: a decay, or 'off' to switch a preset's averaging off (the range is checked with the config)."""
-    from .train.config import OFF
-
-    if text.strip().lower() == OFF:
-        return OFF
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a decay such as 0.9, or 'off', got '{text}'") from None
-
-
-def _flag(option: str) -> str:
-    return _FLAG_OF_OPTION.get(option, "--" + option.replace("_", "-"))
-
-
 def _config_from_args(args, targets: tuple[str, ...]):
     """The run's TrainConfig from the preset and flags, checked (values, device, stage size) before any work."""
     from .train.config import check_config, config_from_preset
@@ -570,10 +390,10 @@ def _config_from_args(args, targets: tuple[str, ...]):
 
 
 def _seeds(args) -> tuple[int, ...]:
-    seeds = _list_option(args.seeds, "--seeds", convert=int, what="integers")
+    seeds = list_option(args.seeds, "--seeds", convert=int, what="integers")
     if not seeds:
         raise UsageError("--seeds: give at least one seed")
-    return tuple(_check_seed("--seeds", seed) for seed in seeds)
+    return tuple(check_seed("--seeds", seed) for seed in seeds)
 
 
 def _input_size(args) -> int | None:
@@ -614,10 +434,10 @@ def _training_datasets(args) -> tuple[list, list, tuple[str, ...], list[str] | N
         train = [own]
         targets: tuple[str, ...] = (args.key,)
     else:
-        targets = _targets(args, ("EVC",))
-        names = _check_sets("--sets", _list_option(args.sets, "--sets", default=TRAINING_SETS, what="sets"))
+        targets = targets_option(args, ("EVC",))
+        names = check_sets("--sets", list_option(args.sets, "--sets", default=TRAINING_SETS, what="sets"))
         if args.val_set:  # checked before any set is read
-            _check_sets("--val-set", (args.val_set,))
+            check_sets("--val-set", (args.val_set,))
         train = [load_algonauts_set(args.data, name, targets, size) for name in names]
     val = []
     if args.val_set:
@@ -789,8 +609,8 @@ def _cmd_fit_large(args) -> int:
         raise UsageError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
     if args.prior not in (None, "none"):
         raise UsageError("--prior: the mini-batch path (--batch-images) trains without a prior; use --prior none")
-    if args.loader_workers is not None and args.loader_workers > _max_parallel():  # below 0: check_batch_settings
-        raise UsageError(f"--loader-workers: at most {_max_parallel()} (4 per core), got {args.loader_workers}")
+    if args.loader_workers is not None and args.loader_workers > max_parallel():  # below 0: check_batch_settings
+        raise UsageError(f"--loader-workers: at most {max_parallel()} (4 per core), got {args.loader_workers}")
     batch = check_batch_settings(BatchSettings(args.batch_images, args.val_fraction,
                                                2 if args.loader_workers is None else args.loader_workers))
     args.prior = "none"
@@ -880,8 +700,8 @@ def cmd_challenge(args) -> int:
     from .pipelines.challenge import run_challenge
     from .pipelines.external import load_externals
 
-    targets = _targets(args, TARGET_NAMES)
-    _check_range("--jobs", args.jobs, 1, _max_parallel())
+    targets = targets_option(args, TARGET_NAMES)
+    check_range("--jobs", args.jobs, 1, max_parallel())
     seeds = _seeds(args)
     _default_per_image(args, own_data=False)
     config = _config_from_args(args, targets)
@@ -899,122 +719,8 @@ def cmd_challenge(args) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- parser
-# Each group of commands registers itself in its own function, next to its handlers' module.
-
-
-def _add_method_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", default=scoring.OFFICIAL_METHOD, choices=scoring.COMPARISON_METHODS,
-                   help="RDM comparison, named as rsatoolbox names them (default: spearman, the official metric)")
-
-
-def _add_foundation_commands(sub) -> None:
-    p = sub.add_parser("score", help="score a submission's RDMs against target subject RDMs")
-    p.add_argument("submission", help=".mat/.npz/.npy/.hdf5 file of model RDMs (keys such as EVC_RDMs)")
-    p.add_argument("--target", required=True, help="file of subject RDMs with the same keys, or a .npy of their "
-                   "upper triangles, (subjects, N(N-1)/2), for large sets (the submission then a .npy too)")
-    p.add_argument("--permutations", type=int, default=None,
-                   help="image-label permutations behind the chance level and p_perm (default: "
-                   f"{scoring.DEFAULT_PERMUTATIONS} up to {scoring.PERMUTE_UP_TO_IMAGES} images, where they take under "
-                   "a second, else 0; 0: off)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the permutations (default: 0)")
-    p.add_argument("--key", help="score only this key of the submission (a file of one unkeyed array: its name)")
-    p.add_argument("--target-key", help="the target key to score it against (default: --key, or the target's "
-                   "only key)")
-    _add_method_option(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_score)
-
-    p = sub.add_parser("noise-ceiling", help="upper and lower noise ceilings of subject RDMs (in r2 and in rho)")
-    p.add_argument("target", help="file of subject RDMs, (S, N, N) or (S, K, N, N) per key, or a .npy of their "
-                   "upper triangles, (S, N(N-1)/2)")
-    _add_method_option(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_noise_ceiling)
-
-    p = sub.add_parser("data-info", help="the image sets, image counts and RDM keys under a data root, or your own "
-                       "images and RDM file checked against each other (--images, --rdms)")
-    p.add_argument("--data", help=f"data root (default: ${DATA_ENV_VAR})")
-    p.add_argument("--images", help="your own data: a folder of images (with --rdms), checked as fit reads it")
-    p.add_argument("--rdms", help="your own data: the RDM file to check against --images")
-    p.add_argument("--key", help="your own data: the key in --rdms (default: every key)")
-    p.add_argument("--order", help="your own data: a text file of image names in the RDM's row order")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_data_info)
-
-
-def _add_dataset_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${DATA_ENV_VAR})")
-    p.add_argument("--targets", help="comma-separated: EVC, IT, MEG_early, MEG_late (default: EVC)")
-    p.add_argument("--sets", help="training image sets (default: 92,118)")
-    p.add_argument("--val-set", help="an Algonauts set held out for validation (e.g. 118)")
-    p.add_argument("--val-fraction", type=float, default=0.0, help="fraction of each set's images held out")
-    _add_own_data_options(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _add_own_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--images", help="your own data: a folder of images, sorted naturally (img2 before img10), "
-                   "with --rdms and --key")
-    p.add_argument("--rdms", help="your own data: .mat/.npz/.npy of RDMs, (N, N), (S, N, N) or (S, K, N, N), or an "
-                   "rsatoolbox RDMs .hdf5 file")
-    p.add_argument("--key", help="your own data: the array's key in --rdms (its name becomes the target)")
-    p.add_argument("--order", help="your own data: a text file of image names, one per line, in the RDM's row order")
-
-
-def _add_model_commands(sub) -> None:
-    p = sub.add_parser("fit", help="train the Siamese network on brain RDMs")
-    _add_dataset_options(p)
-    _add_external_options(p)
-    _add_training_options(p)
-    p.add_argument("--out", required=True, help="run folder: model.pt, checkpoints, log.csv")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
-    p.add_argument("--select-epochs", action="store_true",
-                   help="choose the epoch count as challenge does (one set: on its folds, new images of new people; "
-                   "several: on their cross-set curves; the best validated epoch, 0 keeping the prior alone), then "
-                   "fit on them")
-    p.add_argument("--batch-images", type=int, metavar="N",
-                   help="train in mini-batches of N images (all pairs among them per step; over all ranks under "
-                   "torchrun): large image sets, --images a folder or an HDF5 file of uint8 images, --rdms condensed "
-                   "RDMs (.npy or HDF5)")
-    p.add_argument("--loader-workers", type=int, metavar="N",
-                   help="with --batch-images: DataLoader worker processes per rank (default: 2)")
-    p.set_defaults(func=cmd_fit)
-
-    p = sub.add_parser("predict", help="predict the RDM of a folder of images with a trained model")
-    p.add_argument("model", help="model.pt written by 'siamrdm fit'")
-    p.add_argument("--images", required=True, help="folder of images (sorted naturally) or stimulus .mat")
-    p.add_argument("--order", help="a text file of image names, one per line: the predicted RDM's row order")
-    p.add_argument("--out", required=True, help="output .mat, .npz, .npy (one target), or .hdf5/.h5 (rsatoolbox "
-                   "RDMs with the image names)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("lr-find", help="LR range test (Smith 2015): loss against learning rate")
-    _add_dataset_options(p)
-    _add_training_options(p)
-    p.add_argument("--out", default="runs/lr-find", help="folder for lr_find.json and lr_find.png")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier lr-find run in --out")
-    p.set_defaults(func=cmd_lr_find)
-
-    p = sub.add_parser("challenge", help="train on 92 + 118, predict the 78 test images, write submissions")
-    p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${DATA_ENV_VAR})")
-    p.add_argument("--targets", help="comma-separated (default: all four)")
-    _add_external_options(p)
-    _add_training_options(p)
-    p.add_argument("--out", default="runs/challenge", help="folder for the submission files and report")
-    p.add_argument("--no-validate", action="store_true", help="skip the cross-set validation fits")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="run the independent fits (targets x directions, final fits) in N processes (default: 1)")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
-    p.add_argument("--quiet", action="store_true", help="no phase lines or bars on stderr (bars: terminal only)")
-    p.set_defaults(func=cmd_challenge)
-
-
 def _analysis_targets(args) -> tuple[str, ...]:
-    return _targets(args, TARGET_NAMES)
+    return targets_option(args, TARGET_NAMES)
 
 
 def _print_evaluation(evaluation, args, paths: dict | None, seconds: float) -> None:
@@ -1044,12 +750,12 @@ def _cmd_baseline(args, method: str) -> int:
     from .train.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
     from .train.fullbatch import config_from_preset
 
-    _check_range("--image-size", args.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+    check_range("--image-size", args.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     targets = _analysis_targets(args)
     start = time.perf_counter()
-    bodies = _list_option(args.backbones, "--backbones", what="bodies")
+    bodies = list_option(args.backbones, "--backbones", what="bodies")
     if bodies and args.backbone is not None:
         raise UsageError("--backbone scores one body and --backbones compares several: pass one of them")
     if len(bodies) > 1 and args.weights not in (None, "random"):
@@ -1101,15 +807,6 @@ def _default_per_image(args, own_data: bool) -> None:
         args.per_image = "remove" if own_data else "keep"
 
 
-def _add_external_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--external", action="append", metavar="FILE[:KEY]",
-                   help="another study's RDMs of the same images (repeatable): held-out predictions are also scored "
-                   "against them, as '<target> @ <study>'")
-    p.add_argument("--external-fallback", choices=("prior", "none"), default="prior",
-                   help="where the trained model predicts another study worse than its prior (paired over that "
-                   "study's subjects): prior (default) scores the prior in its place, none keeps the trained one")
-
-
 def cmd_evaluate(args) -> int:
     import time
 
@@ -1120,8 +817,8 @@ def cmd_evaluate(args) -> int:
     from .pipelines.report import write_report
 
     progress = Progress.of(not args.quiet, "evaluate")
-    methods = _list_option(args.methods, "--methods", method_names(), method_names(), what="methods")
-    _check_seed("--fold-seed", args.fold_seed)
+    methods = list_option(args.methods, "--methods", method_names(), method_names(), what="methods")
+    check_seed("--fold-seed", args.fold_seed)
     seeds = _seeds(args)
     loading = time.perf_counter()
     own = _own_dataset(args, _input_size(args))
@@ -1177,58 +874,6 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _baseline_options(q: argparse.ArgumentParser, func: Callable) -> None:
-    """A baseline kind's options (added when it is parsed: --backbone's choices come from a torch-using module)."""
-    q.add_argument("--data", help=f"Algonauts 2019 data root (default: ${DATA_ENV_VAR})")
-    q.add_argument("--targets", help="comma-separated (default: EVC,IT,MEG_early,MEG_late)")
-    _backbone_argument(q, default=None, help="network (default: efficientnet_lite0)")
-    q.add_argument("--backbones", metavar="A,B,...", help="compare several bodies (registered, timm:NAME, "
-                   "torchvision:NAME) in one table, each with its pretrained weights")
-    q.add_argument("--weights", help="backbone weights: a state_dict file, or 'random' (default: pretrained)")
-    q.add_argument("--image-size", type=int, help="input size in pixels (default: 224)")
-    q.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
-    q.add_argument("--out", help="also write the table, predictions and plots into this folder")
-    q.add_argument("--overwrite", action="store_true", help="replace an earlier baseline run in --out")
-    q.add_argument("--json", action="store_true", help="print one JSON object")
-    q.add_argument("--quiet", action="store_true", help="no progress bars")
-    q.set_defaults(func=func)
-
-
-def _add_analysis_commands(sub) -> None:
-    """baseline, evaluate, report."""
-    p = sub.add_parser("baseline", help="pretrained-network baselines, scored across sets (fit 92 -> 118 and back)")
-    kinds = p.add_subparsers(dest="baseline", required=True, metavar="KIND")
-    for kind, func, text in (
-        ("layers", cmd_baseline_layers, "RDM of every backbone stage; the best stage on the training set is scored"),
-        ("regression", cmd_baseline_regression, "target as a non-negative weighted sum of the stage RDMs"),
-    ):
-        q = kinds.add_parser(kind, help=text)
-        q.defer(lambda q=q, func=func: _baseline_options(q, func))
-
-    p = sub.add_parser("evaluate", help="cross-set validation of every method and target (or image folds of your "
-                       "own data): table and plots")
-    p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${DATA_ENV_VAR})")
-    _add_own_data_options(p)
-    p.add_argument("--folds", type=int, help="your own data: image folds to cross-validate over (default: 5)")
-    p.add_argument("--fold-seed", type=int, default=0, help="seed of the split into folds (default: 0)")
-    p.add_argument("--out", default="runs/evaluate", help="folder for the table, plots and report")
-    p.add_argument("--methods", help=f"comma-separated: {', '.join(method_names())} (default: all)")
-    p.add_argument("--targets", help="comma-separated (default: EVC,IT,MEG_early,MEG_late)")
-    _add_external_options(p)
-    _add_training_options(p)
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass for layer RDMs")
-    p.add_argument("--no-plots", action="store_true", help="tables only")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no phase lines or bars on stderr (bars: terminal only)")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("report", help="gather a run folder's settings, tables and plots into report.md/.html")
-    p.add_argument("run_dir", help="folder written by evaluate, challenge, fit or lr-find")
-    p.add_argument("--title", help="page title (default: from the folder name)")
-    p.set_defaults(func=cmd_report)
-
-
 # A search that matches at most this many library models shows their stages (each is built once, with random
 # weights: a large transformer takes seconds).
 BODY_STAGES_UP_TO = 8
@@ -1268,166 +913,17 @@ def cmd_bodies(args) -> int:
     return 0
 
 
-def _add_body_commands(sub) -> None:
-    p = sub.add_parser("bodies", help="the bodies --backbone takes: the registered ones, or library models by name")
-    p.add_argument("--search", metavar="PATTERN", help="list timm and torchvision models whose names match (e.g. "
-                   "'resnet*' or 'convnext'), as --backbone takes them")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_bodies)
-
-
-def cmd_bench(args) -> int:
-    """Naive against factorised training epochs on real images, then the head's epoch at 100 to 10,000 images."""
-    import torch
-
-    from .io.files import check_new_output_file, write_text
-    from .pipelines import bench
-
-    if args.out is not None:  # checked before any work, by predict --out's rule
-        if not args.out.strip():
-            raise UsageError("--out: empty file name; give a file (e.g. bench.json)")
-        check_new_output_file(args.out, args.overwrite)
-    sizes = ()
-    if args.head_sizes.strip().lower() not in ("0", "none"):
-        sizes = _list_option(args.head_sizes, "--head-sizes", convert=int, what="integers")
-        for n in sizes:
-            _check_range("--head-sizes", n, 2, bench.MAX_HEAD_IMAGES)
-    _check_range("--threads", args.threads, 1, _max_parallel())
-    if args.rounds < 1 or args.pair_batch < 1 or (args.body_chunk is not None and args.body_chunk < 1):
-        raise UsageError("--rounds, --pair-batch and --body-chunk must be at least 1")
-    _check_range("--naive-batches", args.naive_batches, 0)
-    if args.paper_time_limit is not None and not (math.isfinite(args.paper_time_limit) and args.paper_time_limit > 0):
-        raise UsageError(f"--paper-time-limit: must be a positive number of seconds, got {args.paper_time_limit}")
-    device = str(bench.pick_device(args.device))
-    if not args.no_training:  # the image size against the stage's minimum, before any image is read
-        bench.check_images(args.images)
-        bench.training_config(args.backbone, args.weights, args.stage, device, args.pair_batch, args.body_chunk,
-                              args.image_size)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    def log(message: str) -> None:
-        if not args.quiet:
-            print(f"bench: {message}", file=sys.stderr, flush=True)
-
-    result: dict = {}
-    if not args.no_training:
-        sets = bench.bench_sets(args.data, args.images)
-        result.update(bench.bench_training(
-            sets, args.backbone, args.weights, args.stage, device, args.rounds, args.naive_batches or None,
-            args.pair_batch, args.body_chunk, args.image_size, log))
-    if sizes:
-        shape = bench.feature_shape(args.head_backbone)
-        result["head_scaling"] = bench.bench_head_scaling(sizes, shape, device, args.threads, log)
-    if args.paper:
-        result["paper_schedule"] = bench.bench_paper_schedule(args.data, args.backbone, args.weights, device,
-                                                              args.paper_time_limit, log=log)
-    result.setdefault("device", device)
-    result.setdefault("peak_rss_mb", bench.peak_rss_mb())
-    result.setdefault("machine", bench.machine(torch.device(device)))
-    if args.out is not None:
-        write_text(args.out, json.dumps(json_safe(result), indent=2, allow_nan=False), replace_existing=args.overwrite)
-    if args.json:
-        _print_json(result)
-    else:
-        print(bench.format_report(result))
-    return 0
-
-
-def _add_bench_commands(sub) -> None:
-    """bench (its options added when it is parsed: --backbone's choices come from a torch-using module)."""
-    p = sub.add_parser("bench", help="time naive against pair-factorised training, and the head at scale")
-    p.defer(lambda: _bench_options(p))
-
-
-def _bench_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${DATA_ENV_VAR})")
-    p.add_argument("--images", type=int, help="use this many of the 92 + 118 training images (default: all 210)")
-    _backbone_argument(p)
-    p.add_argument("--stage", help="backbone stage that feeds the head (default: the backbone's)")
-    p.add_argument("--weights", help="body weights: a state_dict file, or 'random' (timing does not depend on them)")
-    p.add_argument("--image-size", type=int, default=224, help="input size in pixels (default: 224)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds of each, alternating (default: 3)")
-    p.add_argument("--naive-batches", type=int, default=4,
-                   help="pair batches per set timed for a naive epoch, then scaled; 0 times all (default: 4)")
-    p.add_argument("--pair-batch", type=int, default=32, help="pairs per naive batch (default: 32)")
-    p.add_argument("--body-chunk", type=int, help="images per body pass, factorised (default: the trainer's)")
-    p.add_argument("--head-sizes", default="100,1000,3000,10000",
-                   help="image counts for the head-scaling epochs, or 'none' (default: 100,1000,3000,10000)")
-    _backbone_argument(p, "--head-backbone", "alexnet", "whose features (default stage, 224 px) the head-scaling "
-                       "epochs use")
-    p.add_argument("--no-training", action="store_true", help="skip naive against factorised (head scaling only)")
-    p.add_argument("--paper", action="store_true", help="also time the 'paper' preset's schedule end to end")
-    p.add_argument("--paper-time-limit", type=float, help="stop the paper schedule after this many seconds and "
-                   "extrapolate (default: no limit)")
-    p.add_argument("--out", help="also write the JSON result to this file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.set_defaults(func=cmd_bench)
-
-
-class _Parser(argparse.ArgumentParser):
-    """A usage error is one line on stderr and exit 2, like bad input; `--help` still shows the usage.
-
-    Options whose choices live in torch-using modules are deferred (`defer`): added when this parser is first
-    parsed or its help shown, each in the place it was deferred at, so `siamrdm --help` and `score` start
-    without torch and every command's help reads as if they were added at once."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._deferred: list[tuple[Callable[[], None], int, list[int]]] = []
-
-    def defer(self, build: Callable[[], None]) -> None:
-        """Run build (it adds options to this parser) on first use, its options where they would be now."""
-        self._deferred.append((build, len(self._actions), [len(g._group_actions) for g in self._action_groups]))
-
-    def _complete(self) -> None:
-        """Run the deferred builds, last first (so each earlier place stays valid), and move what each added
-        from the end of the option lists back to its place."""
-        while self._deferred:
-            build, place, group_places = self._deferred.pop()
-            groups = list(zip(self._action_groups, group_places, strict=False))
-            ends = [len(self._actions)] + [len(g._group_actions) for g, _ in groups]
-            build()
-            for items, end, at in zip([self._actions] + [g._group_actions for g, _ in groups], ends,
-                                      [place] + [at for _, at in groups], strict=True):
-                items[at:at] = [items.pop(end) for _ in range(len(items) - end)]
-
-    def parse_known_args(self, args=None, namespace=None):
-        self._complete()
-        return super().parse_known_args(args, namespace)
-
-    def format_usage(self) -> str:
-        self._complete()
-        return super().format_usage()
-
-    def format_help(self) -> str:
-        self._complete()
-        return super().format_help()
-
-    def error(self, message: str) -> NoReturn:
-        command = self.prog.removeprefix("siamrdm").strip()  # 'fit', 'baseline layers', or '' at the top
-        where = f"{command}: " if command else ""
-        help_hint = f"siamrdm {command} --help" if command else "siamrdm --help"
-        self.exit(2, f"siamrdm: error: {printable(where + ' '.join(message.split()))} (see '{help_hint}')\n")
+COMMANDS: dict[str, Handler] = {
+    "score": cmd_score, "noise-ceiling": cmd_noise_ceiling, "data-info": cmd_data_info, "fit": cmd_fit,
+    "predict": cmd_predict, "lr-find": cmd_lr_find, "challenge": cmd_challenge, "evaluate": cmd_evaluate,
+    "report": cmd_report, "bodies": cmd_bodies, "baseline-layers": cmd_baseline_layers,
+    "baseline-regression": cmd_baseline_regression,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="siamrdm",
-        description="Predict brain RDMs from images with Siamese networks; score them as Algonauts 2019 did.",
-    )
-    # Every subparser (and theirs, e.g. 'baseline layers') is a _Parser too.
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    _add_foundation_commands(sub)
-    _add_model_commands(sub)
-    _add_analysis_commands(sub)
-    _add_body_commands(sub)
-    _add_bench_commands(sub)
-    return parser
+    """The parser of every command (cli_options), each command's function as its `args.func`."""
+    return build_parser_for(COMMANDS)
 
 
 def _print_notes() -> None:
@@ -1443,8 +939,12 @@ def _error_line(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return run_command(build_parser().parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`args.func(args)` as a siamrdm command runs (benchmarks/bench_training.py runs its own so): notes of an
+    earlier command dropped, stdout checked, and its failures as exit codes (see the module's docstring)."""
     take_notes(reset=True)  # notes of an earlier command in this process are not this one's
     stdout, sys.stdout = sys.stdout, _CheckedStdout(sys.stdout)
     try:
@@ -1461,7 +961,7 @@ def _run(args) -> int:
         sys.stdout.flush()  # output that cannot be written fails here, as this command's error, not at exit
         return code
     except ConfigError as exc:  # a setting: named by its command-line flag
-        _error_line(f"{_flag(exc.option)}: {exc.problem}")
+        _error_line(f"{flag_of(exc.option)}: {exc.problem}")
         return 2
     except DataError as exc:
         _error_line(str(exc))
@@ -1524,6 +1024,5 @@ class _CheckedStdout:
 
 if __name__ == "__main__":
     sys.exit(main())
-
 
 

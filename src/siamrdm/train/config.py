@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from ..choices import GROUP_TARGETS, LOSSES, OFF, PER_IMAGE, PRECISIONS, RESCALINGS, SET_WEIGHTS
 from ..errors import ConfigError as ConfigError
 from ..model.backbones import create_body
 from ..model.network import head_config
@@ -89,9 +90,6 @@ PRESETS: dict[str, dict] = {
 }
 
 
-OFF = "off"  # an override that switches a preset's optional setting off (sets it to None)
-
-
 def config_from_preset(preset: str, **overrides) -> TrainConfig:
     """A preset with overrides: None leaves the preset's value (an option not given), OFF sets the field to
     None (e.g. `early_stopping=OFF` turns off the paper preset's early stopping); unknown names are refused."""
@@ -123,8 +121,6 @@ def config_from_dict(values: dict) -> TrainConfig:
     return check_types(TrainConfig(**values))
 
 
-RESCALINGS = ("minmax", "rank", "zscore")
-PER_IMAGE = ("keep", "remove")
 # What each per_image choice is for: a model says it in its file and in every table's detail (README, "Purpose").
 PURPOSES = {"keep": "per-image part learnt: for new images of the same study",
             "remove": "pair structure learnt, per-image part from the prior: for other studies"}
@@ -133,10 +129,6 @@ PURPOSES = {"keep": "per-image part learnt: for new images of the same study",
 def purpose_text(per_image: str) -> str:
     """What a model with this per_image setting is for (PURPOSES)."""
     return PURPOSES[per_image]
-GROUP_TARGETS = ("mean", "ranks")
-SET_WEIGHTS = ("pairs", "reliability")
-LOSSES = ("mse", "correlation")
-PRECISIONS = ("fp32", "bf16")
 MIN_IMAGE_SIZE = 16
 # Above this a body's activations take gigabytes per image (100,000 px would ask for 120 GB to 1.9 TB).
 MAX_IMAGE_SIZE = 1024

@@ -13,7 +13,6 @@ import pytest
 import torch
 from helpers import assert_one_line_error
 
-from siamrdm.errors import DataError
 from siamrdm.train import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -77,13 +76,6 @@ def test_naive_step_in_batches_averages_over_pairs(small_sets) -> None:
     trainer.model.freeze_body(False)
     factorised = trainer.step(frozen=False)  # the 118 subset: 21 pairs, 6 batches of 4 (the last of 1)
     assert bench.naive_step(trainer, 0, pair_batch=4) == pytest.approx(factorised, rel=1e-5)
-
-
-def test_training_refuses_pair_modes_other_than_factorised(small_sets) -> None:
-    """The naive per-pair step is the benchmark's (bench.naive_step), never a way to train a model."""
-    for mode in ("naive", "sideways"):
-        with pytest.raises(DataError, match="pair_mode: training runs pair-factorised"):
-            Trainer(small_config(pair_mode=mode), small_sets, progress=False)
 
 
 # --------------------------------------------------------------------------- the benchmark

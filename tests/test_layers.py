@@ -23,13 +23,17 @@ LAYERS = [
     {"io.tables", "model.network", "model"},  # tables and JSON; the network
     # the metric, ceilings; splits; the baselines' fits
     {"rdm.scoring", "rdm.splits", "model.baselines", "model.prior", "rdm.reliability", "model.frrsa"},
-    {"train.config", "train.augment", "train.checkpoint", "pipelines.plots", "pipelines.external"},  # settings; charts
+    {"train.config", "train.augment", "train.checkpoint", "pipelines.plots", "pipelines.external",
+     "pipelines.scorefiles", "pipelines.fitsummary"},  # settings; charts; scoring files; what fit reports
     {"train.loop"},  # the one training loop
     {"train.fullbatch", "train", "train.largeset"},  # full-batch and large-set data for the loop
     {"train.predict", "pipelines.report", "train.selection"},
     {"train.distributed", "pipelines.evaluate"},
     {"pipelines.challenge"},
-    {"cli_options"},  # the command line's parser (its choices from `choices` and the torch-free registries)
+    # the command line's parser (its choices from `choices` and the torch-free registries), how it prints; what its
+    # options name, read and checked
+    {"cli_options", "cli_output"},
+    {"cli_settings"},
     {"cli", "__main__"},
 ]
 

@@ -9,7 +9,7 @@ Parts (each writes OUT/<part>[-<label>].json; every figure carries the card's na
 - epochs: per lever, the seconds of one unfrozen epoch of `Trainer.run_epoch`: a curve's epoch (train 92,
   validate on 118, as `challenge` runs its cross-set curves) and a final fit's epoch (train 92 + 118, no
   validation), after warm-up, timed over many epochs with one synchronisation at the end; plus the named
-  sections of one step (`bench.factorised_breakdown`). With `--label before` and an older checkout on
+  sections of one step (`bench_training.factorised_breakdown`). With `--label before` and an older checkout on
   PYTHONPATH it times that code's only path (CPU augmentation, numpy validation every epoch).
 - accuracy: the cross-set curves of all four targets (both directions, run as `challenge --jobs` runs them)
   with float32 and with the fast settings, a shortened unfrozen schedule, same seed: each curve's best score
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_training import Clock, body_gflop, factorised_breakdown, machine, matmul_gflops
 
 from siamrdm.io.datasets import TARGET_NAMES, load_algonauts_set
-from siamrdm.pipelines.bench import Clock, body_gflop, factorised_breakdown, machine, matmul_gflops
 from siamrdm.train import TrainConfig, Trainer, config_from_preset, subset
 
 SETTINGS = {f.name for f in fields(TrainConfig)}

@@ -12,8 +12,8 @@ export SIAMRDM_DATA=${SIAMRDM_DATA:-../shared/algonauts2019}
 # ops 1.5-15x slower (BENCHMARKS.md). Set OMP_WAIT_POLICY=ACTIVE to time torch's default.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 { lscpu | grep -E 'Model name|^CPU\(s\)|L2|L3'; uptime; } | tee "$RESULTS/machine.txt"
-siamrdm bench --backbone alexnet --weights random --head-sizes none --out "$RESULTS/alexnet.json"
-siamrdm bench --backbone efficientnet_lite0 --head-sizes none --out "$RESULTS/efficientnet.json"
+python benchmarks/bench_training.py --backbone alexnet --weights random --head-sizes none --out "$RESULTS/alexnet.json"
+python benchmarks/bench_training.py --backbone efficientnet_lite0 --head-sizes none --out "$RESULTS/efficientnet.json"
 # EfficientNet on CPU is memory-bound: smaller body chunks stay in cache (BENCHMARKS.md, body chunk).
-siamrdm bench --backbone efficientnet_lite0 --body-chunk 16 --head-sizes none --out "$RESULTS/efficientnet-chunk16.json"
-siamrdm bench --no-training --head-sizes 100,1000,3000,10000 --out "$RESULTS/head.json"
+python benchmarks/bench_training.py --backbone efficientnet_lite0 --body-chunk 16 --head-sizes none --out "$RESULTS/efficientnet-chunk16.json"
+python benchmarks/bench_training.py --no-training --head-sizes 100,1000,3000,10000 --out "$RESULTS/head.json"

@@ -101,11 +101,11 @@ PY
 }
 
 issue5() {  # the naive/factorised, head-scaling and paper-schedule runs of issue 5 (BENCHMARKS.md, H200 section)
-  part() {  # part NAME SECONDS ARGS...: one `siamrdm bench` run with its own limit, JSON in NAME.json
+  part() {  # part NAME SECONDS ARGS...: one `benchmarks/bench_training.py` run with its own limit, JSON in NAME.json
     local name=$1 limit=$2
     shift 2
     local start=$SECONDS
-    timeout "$limit" python -m siamrdm bench --device "$DEVICE" --json --out "$RESULTS/$name.json" "$@" \
+    timeout "$limit" python benchmarks/bench_training.py --device "$DEVICE" --json --out "$RESULTS/$name.json" "$@" \
       > /dev/null 2> "$RESULTS/$name.log"
     say "$name: exit $? after $((SECONDS - start)) s"
   }

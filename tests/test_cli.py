@@ -254,7 +254,7 @@ def test_score_permutations(capsys, tmp_path: Path, set118: Path, fmri118) -> No
 
 
 def test_print_json_is_strict(capsys) -> None:
-    cli._print_json({"nan": float("nan"), "inf": np.float64(np.inf), "ninf": -math.inf, "n": np.int64(3),
+    cli.print_json({"nan": float("nan"), "inf": np.float64(np.inf), "ninf": -math.inf, "n": np.int64(3),
                      "rows": [np.array([1.5, np.nan]), (np.float32(0.25),)], 5: None})
     result = strict_loads(capsys.readouterr().out)
     assert result == {"nan": None, "inf": None, "ninf": None, "n": 3, "rows": [[1.5, None], [0.25]], "5": None}
@@ -429,11 +429,11 @@ def test_preset_flags_name_what_they_set_and_switch_options_off() -> None:
     parser = cli.build_parser()
     args = parser.parse_args(["fit", "--out", "x", "--preset", "paper", "--frozen-epochs", "3", "--early-stopping",
                               "off", "--weights", "random", "--device", "cpu"])
-    config = cli._config_from_args(args, ("EVC",))
+    config = cli.config_from_args(args, ("EVC",))
     assert config.frozen_epochs == 3 and config.early_stopping is None and config.unfrozen_epochs == 1000
     assert config.loss == "mse"
     chosen = parser.parse_args(["fit", "--out", "x", "--loss", "correlation", "--weights", "random", "--device", "cpu"])
-    assert cli._config_from_args(chosen, ("EVC",)).loss == "correlation"
+    assert cli.config_from_args(chosen, ("EVC",)).loss == "correlation"
     old = parser.parse_args(["fit", "--out", "x", "--epochs", "4", "--early-stopping", "7"])
     assert old.epochs == 4 and old.early_stopping == 7
     with pytest.raises(SystemExit):

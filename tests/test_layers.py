@@ -15,7 +15,7 @@ PACKAGE = Path(siamrdm.__file__).parent
 # "model" model.network, "train" train.fullbatch; "io" and "pipelines" import nothing).
 LAYERS = [
     # no siamrdm imports (the package's API loads lazily)
-    {"__init__", "errors", "rdm.core", "rdm", "rdm.scoring_torch", "io.progress", "io", "pipelines"},
+    {"__init__", "errors", "choices", "rdm.core", "rdm", "rdm.scoring_torch", "io.progress", "io", "pipelines"},
     # writing files safely; bounded reading; the bodies; the parts of an RDM; the methods' registry (names, code by
     # module)
     {"io.files", "io.atomic", "io.jsonfiles", "io.limits", "model.backbones", "model.registry", "model.library_bodies",
@@ -24,12 +24,17 @@ LAYERS = [
     {"io.tables", "model.network", "model"},  # tables and JSON; the network
     # the metric, ceilings; splits; the baselines' fits
     {"rdm.scoring", "rdm.splits", "model.baselines", "model.prior", "rdm.reliability", "model.frrsa"},
-    {"train.config", "train.augment", "train.checkpoint", "pipelines.plots", "pipelines.external"},  # settings; charts
+    {"train.config", "train.augment", "train.checkpoint", "pipelines.plots", "pipelines.external",
+     "pipelines.scorefiles", "pipelines.fitsummary"},  # settings; charts; scoring files; what fit reports
     {"train.loop"},  # the one training loop
     {"train.fullbatch", "train", "train.largeset"},  # full-batch and large-set data for the loop
-    {"train.predict", "pipelines.bench", "pipelines.report", "train.selection"},
+    {"train.predict", "pipelines.report", "train.selection"},
     {"train.distributed", "pipelines.evaluate"},
     {"pipelines.challenge"},
+    # the command line's parser (its choices from `choices` and the torch-free registries), how it prints; what its
+    # options name, read and checked
+    {"cli_options", "cli_output"},
+    {"cli_settings"},
     {"cli", "__main__"},
 ]
 

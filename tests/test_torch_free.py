@@ -87,13 +87,13 @@ def test_help_starts_without_torch(command: tuple[str, ...]) -> None:
     assert report == "exit=0 tried=- loaded=-"
     assert out.startswith(f"usage: siamrdm {' '.join(command)}".rstrip())
     if not command:  # every command is listed, the training ones too
-        for name in ("score", "noise-ceiling", "data-info", "fit", "predict", "challenge", "baseline", "bench"):
+        for name in ("score", "noise-ceiling", "data-info", "fit", "predict", "challenge", "baseline"):
             assert name in out
 
 
-def test_training_help_still_has_its_deferred_options() -> None:
-    """The deferred options are there once a training command is parsed, in their place: --preset and
-    --backbone before --out in fit's help, and the baseline kinds' and bench's --backbone choices."""
+def test_training_help_has_its_options_in_place() -> None:
+    """The training options (their choices from the torch-free `choices`) are in their place: --preset and
+    --backbone before --out in fit's help, and the baseline kinds' --backbone choices."""
     from siamrdm import cli
 
     fit = cli.build_parser()._subparsers._group_actions[0].choices["fit"].format_help()
@@ -101,7 +101,6 @@ def test_training_help_still_has_its_deferred_options() -> None:
     assert fit.index("--val-fraction") < fit.index("--preset {")
     args = cli.build_parser().parse_args(["baseline", "layers", "--backbone", "alexnet"])
     assert args.backbone == "alexnet" and args.func is cli.cmd_baseline_layers
-    assert cli.build_parser().parse_args(["bench", "--head-backbone", "alexnet"]).func is cli.cmd_bench
 
 
 def test_score_noise_ceiling_and_data_info_run_without_torch(tmp_path: Path, data_root: Path) -> None:

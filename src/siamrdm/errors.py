@@ -20,6 +20,11 @@ class DataError(ValueError):
     """Bad input. The message is one line naming the file and the problem."""
 
 
+class UsageError(DataError):
+    """A usage problem found after parsing (options that conflict, or name what a file does not hold): its message
+    names the command-line options; exits 2 like bad input."""
+
+
 class ConfigError(DataError):
     """A training setting that cannot work; `option` names the TrainConfig field (or the function argument)."""
 

@@ -305,3 +305,21 @@ def test_the_paper_body_from_a_torchvision_file_fits_predicts_and_lists_its_stag
     assert code == 0, err
     predicted = np.load(rdm)
     assert predicted.shape == (78, 78) and np.isfinite(predicted).all() and predicted.std() > 0
+
+
+def test_describe_bodies_and_check_bodies_called_directly() -> None:
+    """`siamrdm bodies` lists backbones.describe_bodies(); baseline --backbones refuses through
+    evaluate.check_bodies, as the `backbones` setting."""
+    from siamrdm.choices import BODIES
+    from siamrdm.errors import ConfigError
+    from siamrdm.model.backbones import describe_bodies
+    from siamrdm.pipelines.evaluate import check_bodies
+
+    rows, described = describe_bodies()
+    assert described and tuple(row["name"] for row in rows) == BODIES
+    alexnet = rows[0]
+    assert alexnet["default_stage"] == "conv5" and alexnet["stages"][-1] == "conv5" and alexnet["image_size"] == 224
+    check_bodies(("alexnet",), "random")
+    with pytest.raises(ConfigError) as info:
+        check_bodies(("alexnet", "nope"), "random")
+    assert info.value.option == "backbones" and "unknown backbone 'nope'" in info.value.problem

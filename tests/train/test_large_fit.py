@@ -209,6 +209,17 @@ def test_a_sample_of_condensed_rdms_is_the_square_rdms_among_those_images(small_
     np.testing.assert_array_equal(sampled, square[:, order][:, :, order])
 
 
+def test_open_large_set_and_its_sampled_reliability(small_set: Path) -> None:
+    """What `fit --batch-images` opens: the store and its condensed targets by key (a .npy's one array takes the
+    key as its name), and the reliability of a fixed sample of the images (all 40 here: fewer than the sample)."""
+    images, targets = largeset.open_large_set(small_set / "images.h5", small_set / "rdms.npy", "X")
+    assert len(images) == 40 and list(targets) == ["X"]
+    sampled, summary = largeset.sample_reliability(targets["X"], len(images))
+    assert sampled == 40
+    square = np.stack([squareform(v) for v in np.load(small_set / "rdms.npy")])
+    assert summary == reliability.target_reliability(square)
+
+
 def test_fit_in_mini_batches_reports_the_reliability_of_its_target(small_set: Path, tmp_path: Path,
                                                                    capsys) -> None:
     """The line `fit` prints for the Algonauts sets, measured on a sample of the images; a target of pure noise

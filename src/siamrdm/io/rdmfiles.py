@@ -7,6 +7,7 @@ that into exit code 2. Nothing is read before the file's headers say it fits (se
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -289,3 +290,54 @@ def save_rdms(path: str | os.PathLike, rdms: dict[str, np.ndarray], names: Seque
         else:
             write_rsatoolbox(tmp, rows, measure)
     return path
+
+
+# --------------------------------------------------------------------------- condensed RDMs in .npy files
+# Sets too large for square RDMs (10,000 images: 50 million pairs) come as subjects' upper triangles, read
+# memory-mapped (`siamrdm score` and `noise-ceiling` take them).
+
+
+def _mapped_npy(path: str | os.PathLike) -> np.ndarray | None:
+    """A .npy file, memory-mapped and never unpickled; None for a path that is not an existing .npy file."""
+    if Path(path).suffix.lower() != ".npy" or not Path(path).is_file():
+        return None
+    try:
+        return read_npy(path, mmap=True)
+    except (ValueError, OSError, OverflowError) as exc:  # OverflowError: a header with a negative dimension
+        raise DataError(f"{path}: unreadable .npy file ({' '.join(str(exc).split())[:160]})") from None
+
+
+def read_condensed_subjects(path: str | os.PathLike) -> np.ndarray | None:
+    """Subjects' upper triangles in a .npy file, (S, P) with P = N(N-1)/2 (not square), memory-mapped: the form
+    of sets too large for square RDMs (10,000 images: 50 million pairs). None for any other file."""
+    array = _mapped_npy(path)
+    if array is None or array.ndim != 2 or array.shape[0] == array.shape[1]:
+        return None
+    n = (1 + math.isqrt(1 + 8 * array.shape[1])) // 2
+    if n * (n - 1) // 2 != array.shape[1] or n < 3:
+        raise DataError(f"{path}: {array.shape} {array.dtype} is neither square RDMs nor upper triangles "
+                        "(subjects, N(N-1)/2)")
+    check_real_dtype(array.dtype, path)  # integers and booleans are read as float64 a subject at a time
+    return array
+
+
+def read_condensed_model(path: str | os.PathLike, pairs: int) -> np.ndarray:
+    """A model RDM for condensed subjects: its upper triangle (P,) or its square (N, N), in a .npy file."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such file")
+    model = _mapped_npy(path)
+    if model is None:
+        raise DataError(f"{path}: the subjects are upper triangles in a .npy file, so the model must be a .npy "
+                        "file too (its upper triangle, or its square RDM)")
+    check_real_dtype(model.dtype, path)
+    check_read_size(path, {"": model.shape})
+    if model.ndim == 2 and model.shape[0] == model.shape[1]:  # checked as any square RDM file is
+        model = upper_tri(validate_rdms(model, path, n_images=(1 + math.isqrt(1 + 8 * pairs)) // 2))
+    if model.shape != (pairs,):
+        raise DataError(f"{path}: model RDM has shape {model.shape} {model.dtype}; the subjects have {pairs} "
+                        "pairs (give its upper triangle, or its square RDM)")
+    model = np.asarray(model, dtype=np.float64)
+    if np.isfinite(model).all() and np.ptp(model) == 0:  # refused, as a square one is
+        raise DataError(f"{path}: the model RDM's upper triangle is constant (all dissimilarities "
+                        f"{model[0]:.3g}), so its Spearman correlation is undefined")
+    return model

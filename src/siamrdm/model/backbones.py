@@ -261,6 +261,32 @@ def backbone_stages(name: str) -> list[str]:
     return backbone_spec(name).stage_names()
 
 
+# A search that matches at most this many library models shows their stages (each is built once, with random
+# weights: a large transformer takes seconds).
+BODY_STAGES_UP_TO = 8
+
+
+def describe_bodies(search: str | None = None) -> tuple[list[dict], bool]:
+    """What `siamrdm bodies` lists: the registered bodies, or the library models matching `search`, each with
+    its stages, default stage, image size and description where cheap (a model the library cannot cut into
+    stages: its "problem"); and whether they were described (a search of at most BODY_STAGES_UP_TO)."""
+    names = search_bodies(search) if search else list(BACKBONES)
+    described = not search or len(names) <= BODY_STAGES_UP_TO
+    rows = []
+    for name in names:
+        row: dict = {"name": name}
+        if described:
+            try:
+                spec = backbone_spec(name)
+            except DataError as exc:
+                row["problem"] = str(exc)
+            else:
+                row.update(default_stage=spec.default_stage, image_size=spec.image_size,
+                           stages=spec.stage_names(), description=spec.description)
+        rows.append(row)
+    return rows, described
+
+
 def images_to_tensor(images: list[np.ndarray], size: int) -> torch.Tensor:
     """(N, 3, size, size) float pixels in [0, 1], each image resized whole (antialiased bilinear)."""
     out = torch.empty(len(images), 3, size, size)

@@ -13,8 +13,8 @@ per-image scores. They exist side by side because Jacob & Katti's paper and thei
 Pair factorisation: the first convolution is linear, and on interleaved input it equals a grouped
 convolution of image a with the even weight slices plus one of image b with the odd slices (zero padding
 splits the same way). So the body and both half-convolutions run once per image; per pair only an add,
-ReLU, pooling, the linear layer (and the pairwise variant's output ReLU) remain. `forward_naive` keeps the
-literal per-pair form for tests and benchmarks.
+ReLU, pooling, the linear layer (and the pairwise variant's output ReLU) remain (benchmarks/bench_training.py
+times the literal per-pair form against it).
 """
 
 from __future__ import annotations
@@ -212,12 +212,6 @@ class SiameseRDMNet(nn.Module):
     def forward(self, images: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         """Symmetric predictions for pairs (i[p], j[p]) of a batch of images: body once per image."""
         return self.pair_predictions(self.features(images), i, j)
-
-    def forward_naive(self, images_a: torch.Tensor, images_b: torch.Tensor, both_orders: bool = False) -> torch.Tensor:
-        """The per-pair form of published Siamese RDM models: body on both images of every pair."""
-        fa, fb = self.features(images_a), self.features(images_b)
-        both = torch.stack((self.head(fa, fb), self.head(fb, fa)))
-        return both if both_orders else both.mean(dim=0)
 
     def body_parameters(self) -> list[nn.Parameter]:
         return list(self.body.parameters())

@@ -27,13 +27,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from ..choices import PRIORS as PRIORS  # the names, torch-free there, for the command line
 from ..errors import DataError
 from ..io.images import ImageSet
 from ..rdm.core import rank_unit, upper_tri
 from . import baselines
 from .backbones import backbone_stages, create_body
 
-PRIORS = ("none", "layer", "nnls")
 _CACHE: dict[tuple, dict[str, np.ndarray]] = {}  # stage RDMs per image set
 _FEATURE_CACHE: dict[tuple, dict[str, np.ndarray]] = {}  # stage features per image set
 _CACHE_SIZE = 16

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..io import tables
 from ..io.datasets import TARGET_NAMES, TRAINING_SETS, BrainDataset, load_algonauts_set, target_key
 from ..io.files import atomic_path, write_text
@@ -39,6 +39,7 @@ from ..io.progress import Phases, Progress
 from ..io.rdmfiles import save_rdms
 from ..io.tables import fmt, number
 from ..model import baselines, frrsa
+from ..model.backbones import backbone_stages, create_body
 from ..rdm.core import group_average, rescale
 from ..rdm.scoring import NO_CEILING_NOTE, mean_summary, paired_rows, score_with_ceiling
 from ..rdm.splits import direction_label, fold_splits
@@ -85,6 +86,18 @@ class Evaluation:
     def paired_frame(self):
         """`paired` as a pandas DataFrame with the columns of `tables.PAIRED_COLUMNS`."""
         return tables.to_frame(self.paired(), tables.PAIRED_COLUMNS)
+
+
+def check_bodies(bodies: tuple[str, ...], weights: str | None) -> None:
+    """Every body compare_bodies will build, with its weights, built once before any set is read or folder made:
+    one it cannot have is refused as a `backbones` setting."""
+    for body in bodies:
+        try:
+            create_body(body, weights, stage=backbone_stages(body)[-1])
+        except ConfigError as exc:
+            if exc.option != "backbone":
+                raise
+            raise ConfigError("backbones", exc.problem) from None
 
 
 def _slug(text: str) -> str:

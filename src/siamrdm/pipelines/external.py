@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..io.datasets import TARGET_NAMES
+from ..io.images import natural_key
 from ..io.progress import Progress
 from ..io.rdmfiles import list_rdm_keys, load_rdms
 from ..io.rsafiles import check_rdm_names
@@ -110,6 +111,39 @@ def bind_to_sets(externals: Sequence[ExternalRDMs], sets: dict[str, Sequence[str
                                       f"{len(matching)} of the image sets ({sizes}); it must match one")
         bound.append(external.bind(matching[0]))
     return bound
+
+
+def bind_held_out(externals: Sequence[ExternalRDMs], datasets: Sequence, order: Sequence[str] | None
+                  ) -> list[ExternalRDMs]:
+    """fit --external: other studies' RDMs of a set's images, bound to that set (your own data: its image `order`;
+    an Algonauts set: its images in `datasets`, split or not, in their natural order)."""
+    if not externals:
+        return []
+    if order is not None:
+        return [e.bind(order) for e in externals]
+    names: dict[str, set[str]] = {}
+    for dataset in datasets:  # '92-train' and '92-val' are the 92 set
+        names.setdefault(dataset.name.split("-")[0], set()).update(dataset.images.names)
+    return bind_to_sets(externals, {name: sorted(found, key=natural_key) for name, found in names.items()})
+
+
+def score_held_out(predictor, val: Sequence, externals: Sequence[ExternalRDMs], keep_prior: bool
+                   ) -> tuple[dict, list[str]]:
+    """Per validation set and other study ('set/<target> @ <study>'): a fit's kept model (train.RDMPredictor)
+    predicting the held-out images, scored against that study (score_external; the prior in its place where it
+    is below it); and the notes saying where the prior took its place ('set/target: ...')."""
+    out, notes = {}, []
+    for dataset in val:
+        predicted, prior = predictor.predict(dataset.images), predictor.predict_prior(dataset.images)
+        for external in externals:
+            row, note = score_external(external, dataset.images.names, predicted[external.target],
+                                       None if prior is None else prior[external.target], keep_prior)
+            if row is None:
+                continue
+            if note:
+                notes.append(f"{dataset.name}/{external.target}: {note}")
+            out[f"{dataset.name}/{external.column}"] = {"images": len(dataset), **row}
+    return out, notes
 
 
 def below_prior(trained_rhos: Sequence[float], prior_rhos: Sequence[float]) -> bool:

@@ -30,7 +30,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
+from ..io.datasets import (
+    IMAGE_SETS,
+    TARGET_NAMES,
+    TARGETS,
+    TRAINING_SETS,
+    describe_data_root,
+    resolve_data_root,
+    target_file,
+)
 from ..io.images import load_image_set
+from ..io.limits import check_read_size
 from ..io.rdmfiles import list_rdm_keys, load_rdms
 from ..io.rsafiles import check_rdm_names, mark_grouping_said, rdm_grouping, read_rdm_names
 from .core import subject_rdms, upper_tri
@@ -116,6 +127,39 @@ def print_reliability(name: str, summary: dict, verbose: bool = True) -> None:
         print(f"siamrdm: warning: {line}", file=sys.stderr, flush=True)
     elif verbose:
         print(f"siamrdm: {line}", file=sys.stderr, flush=True)
+
+
+def describe_root(data: str | os.PathLike | None = None) -> tuple[dict, list[str]]:
+    """What `siamrdm data-info [--data ROOT]` prints: the Algonauts layout under the root (io.datasets), with
+    "reliability" per 'set/target' measured on what can be read within the memory limit (the rest says why not),
+    and the problems of the target files that are there, with the key and of a size to read, but whose values
+    `fit` would refuse (a missing file or key, or one too large to read here, is only noted: a root may hold some
+    targets)."""
+    info = describe_data_root(data)
+    info["reliability"] = {}
+    root = resolve_data_root(data)
+    unread = []
+    for name in TRAINING_SETS:
+        if name in info["sets"]:
+            for target in TARGET_NAMES:
+                key = TARGETS[target][1]
+                try:
+                    path = target_file(root / IMAGE_SETS[name][0], target)
+                    shape = info["sets"][name]["rdm_files"].get(path.name, {}).get(key)
+                    if shape is None:
+                        raise DataError(f"{path}: no key {key} (needed for target {target})")
+                    check_read_size(path, {key: tuple(shape)})
+                except DataError as exc:
+                    info["reliability"][f"{name}/{target}"] = {"not_measured": str(exc)}
+                    continue
+                try:
+                    rdms = load_rdms(path, key)
+                except DataError as exc:
+                    info["reliability"][f"{name}/{target}"] = {"not_measured": str(exc)}
+                    unread.append(str(exc))
+                    continue
+                info["reliability"][f"{name}/{target}"] = target_reliability(rdms)
+    return info, unread
 
 
 def describe_own_data(images: str | os.PathLike, rdms: str | os.PathLike, key: str | None = None,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from ..choices import GROUP_TARGETS, LOSSES, OFF, PER_IMAGE, PRECISIONS, RESCALINGS, SET_WEIGHTS
 from ..errors import ConfigError as ConfigError
 from ..model.backbones import create_body
 from ..model.network import head_config
@@ -59,8 +60,6 @@ class TrainConfig:
     set_weights: str = "pairs"  # a training set's share of the loss: its pairs, or "reliability": pairs x reliability
     tta: bool = False  # test-time augmentation: predictions averaged over each image and its mirror image
     body_chunk: int = 32  # images per body pass
-    pair_mode: str = "factorised"  # training runs factorised; "naive" (both images of every pair) is bench-only
-    pair_batch: int = 32  # pairs per optimiser step in the naive mode
     validate_every: int = 1  # validate (and so can keep) only every k-th epoch, and the last; 1: every epoch
     precision: str = "fp32"  # or "bf16": the body runs under bfloat16 autocast (the head stays float32)
     channels_last: bool = False  # the body's weights and inputs in channels-last memory layout
@@ -89,9 +88,6 @@ PRESETS: dict[str, dict] = {
 }
 
 
-OFF = "off"  # an override that switches a preset's optional setting off (sets it to None)
-
-
 def config_from_preset(preset: str, **overrides) -> TrainConfig:
     """A preset with overrides: None leaves the preset's value (an option not given), OFF sets the field to
     None (e.g. `early_stopping=OFF` turns off the paper preset's early stopping); unknown names are refused."""
@@ -105,12 +101,18 @@ def config_from_preset(preset: str, **overrides) -> TrainConfig:
     return TrainConfig(**{k: None if v == OFF else v for k, v in values.items()})
 
 
+# Settings that model files and checkpoints written before their removal still hold, read and dropped: pair_mode
+# and pair_batch chose the naive per-pair step, which only benchmarks/bench_training.py runs (training refused it).
+RETIRED_SETTINGS = ("pair_mode", "pair_batch")
+
+
 def config_from_dict(values: dict) -> TrainConfig:
     """A config saved as plain data (a checkpoint's or model file's); a value of the wrong kind, or a name that is
     not a setting, is refused (`check_config` checks the values)."""
     if not isinstance(values, dict):
         raise ConfigError("config", f"expected a dict of settings, got {type(values).__name__}")
     names = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in values.items() if k not in RETIRED_SETTINGS}
     unknown = sorted(str(k) for k in values if k not in names)
     if unknown:
         raise ConfigError(unknown[0], "not a training setting")
@@ -123,8 +125,6 @@ def config_from_dict(values: dict) -> TrainConfig:
     return check_types(TrainConfig(**values))
 
 
-RESCALINGS = ("minmax", "rank", "zscore")
-PER_IMAGE = ("keep", "remove")
 # What each per_image choice is for: a model says it in its file and in every table's detail (README, "Purpose").
 PURPOSES = {"keep": "per-image part learnt: for new images of the same study",
             "remove": "pair structure learnt, per-image part from the prior: for other studies"}
@@ -133,10 +133,6 @@ PURPOSES = {"keep": "per-image part learnt: for new images of the same study",
 def purpose_text(per_image: str) -> str:
     """What a model with this per_image setting is for (PURPOSES)."""
     return PURPOSES[per_image]
-GROUP_TARGETS = ("mean", "ranks")
-SET_WEIGHTS = ("pairs", "reliability")
-LOSSES = ("mse", "correlation")
-PRECISIONS = ("fp32", "bf16")
 MIN_IMAGE_SIZE = 16
 # Above this a body's activations take gigabytes per image (100,000 px would ask for 120 GB to 1.9 TB).
 MAX_IMAGE_SIZE = 1024
@@ -236,7 +232,7 @@ def _check_running(config: TrainConfig) -> None:
         raise ConfigError("precision", f"unknown precision '{config.precision}' (choose from {', '.join(PRECISIONS)})")
     if not isinstance(config.channels_last, bool):
         raise ConfigError("channels_last", f"must be true or false, got {config.channels_last!r}")
-    for name in ("augment_views", "body_chunk", "pair_batch", "validate_every"):
+    for name in ("augment_views", "body_chunk", "validate_every"):
         if getattr(config, name) < 1:
             raise ConfigError(name, "must be at least 1")
     if config.stop_epoch is not None and config.stop_epoch < 0:
@@ -272,8 +268,6 @@ def _check_loss_and_images(config: TrainConfig) -> None:
     """The loss and the target rescaling; the crops and the image size (before any body runs at that size)."""
     if config.loss not in LOSSES:
         raise ConfigError("loss", f"unknown loss '{config.loss}' (choose from {', '.join(LOSSES)})")
-    if config.loss != "mse" and config.pair_mode != "factorised":
-        raise ConfigError("loss", f"the {config.loss} loss needs all pairs at once: pair_mode factorised")
     if config.rescale not in RESCALINGS:
         raise ConfigError("rescale", f"unknown rescaling '{config.rescale}' (choose from {', '.join(RESCALINGS)})")
     low, high = config.crop_scale

@@ -261,8 +261,6 @@ def check_minibatch_config(config: TrainConfig) -> TrainConfig:
     if config.prior != "none":
         raise ConfigError("prior", "the mini-batch path trains without a prior (its stage RDMs would be N x N); "
                                    "use none")
-    if config.pair_mode != "factorised":
-        raise ConfigError("pair_mode", "the mini-batch path trains pair-factorised")
     if config.loss != "mse":  # a correlation over a mini-batch's pairs is not the correlation over all pairs
         raise ConfigError("loss", f"the mini-batch path trains with the mse loss only, not {config.loss!r}")
     for name, value in FULL_BATCH_ONLY.items():

@@ -263,9 +263,6 @@ class FullBatchStep:
     def __init__(self, config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] = ()):
         if not train:
             raise DataError("no training sets given")
-        if config.pair_mode != "factorised":
-            raise ConfigError("pair_mode", f"training runs pair-factorised, not {config.pair_mode!r} (the naive "
-                                           "per-pair mode is a benchmark's: siamrdm.pipelines.bench)")
         self.config = config
         self.device = pick_device(config.device)
         self.model = build_model(config, self.device)

@@ -26,11 +26,13 @@ import torch
 
 from ..errors import DataError
 from ..io.arrayfiles import read_npy
-from ..io.condensed import BLOCK_VALUES, HDF5_SUFFIXES, condensed_index, row_start
+from ..io.condensed import BLOCK_VALUES, HDF5_SUFFIXES, CondensedRDMs, condensed_index, row_start
 from ..io.images import IMAGE_SUFFIXES, MIN_IMAGES, check_pixels, image_files, match_names, read_image, resolve_order
 from ..io.limits import check_hdf5_stored, check_regular_file, hdf5_get, hdf5_members
+from ..io.rsafiles import check_rdm_names
 from ..model.backbones import images_to_tensor
 from ..rdm.core import rank_unit
+from ..rdm.reliability import SAMPLE_IMAGES, target_reliability
 from ..rdm.scoring import NO_CEILINGS, Ceilings, dot_vectors, score_record, vector_ceilings
 from .augment import augment_batch, image_generator
 from .config import TrainConfig
@@ -140,6 +142,26 @@ def open_image_store(path: str | os.PathLike, order: str | os.PathLike | None = 
     if len(store) < MIN_IMAGES:
         raise DataError(f"{path}: {len(store)} images, an RDM needs at least {MIN_IMAGES}")
     return store
+
+
+def open_large_set(images: str | os.PathLike, rdms: str | os.PathLike, key: str,
+                   order: str | os.PathLike | None = None) -> tuple[ImageStore, dict[str, CondensedRDMs]]:
+    """A mini-batch fit's inputs: the image store and its condensed target RDMs by `key` (a .npy holds one
+    array, which `key` names), checked against each other (an rsatoolbox file that names its images must name
+    a folder's images, in their order)."""
+    store = open_image_store(images, order)
+    keyed = Path(rdms).suffix.lower() != ".npy"
+    targets = {key: CondensedRDMs(rdms, len(store), key if keyed else None)}
+    if isinstance(store, FolderImages):
+        check_rdm_names(rdms, store.names, among=str(images))
+    return store, targets
+
+
+def sample_reliability(targets: CondensedRDMs, images: int) -> tuple[int, dict]:
+    """The targets' reliability measured on a fixed sample of the images (rdm.reliability.SAMPLE_IMAGES):
+    ranking every pair of a large set would cost more than it tells. (sample size, target_reliability)."""
+    sample = np.random.default_rng(0).permutation(images)[:SAMPLE_IMAGES]
+    return len(sample), target_reliability(targets.sample(sample))
 
 
 def is_large_set_input(images: str | os.PathLike | None, rdms: str | os.PathLike | None) -> bool:

@@ -1,10 +1,14 @@
 """Training speed: the naive per-pair Siamese step against the pair-factorised one, and the head at scale.
 
+    PYTHONPATH=src python benchmarks/bench_training.py [--json] [--out FILE] ...   (--help lists the options)
+
 Everything timed here is the training code itself: `naive_step` (body on both images of every pair, as
-published Siamese RDM models train; kept here, for comparison) against `Trainer.step` (train.FullBatchStep: body
-once per image, head split), on the same model, the same pairs and the same real images, alternating round by
-round after a warm-up. The head-scaling part times `model.all_pairs_loss` (what `FullBatchStep.pair_loss` calls)
-on synthetic features for thousands of images, each size in a fresh process so that its peak memory is its own.
+published Siamese RDM models train; kept here, for comparison, with its own `naive_forward`) against
+`Trainer.step` (train.FullBatchStep: body once per image, head split), on the same model, the same pairs and the
+same real images, alternating round by round after a warm-up. The head-scaling part times `model.all_pairs_loss`
+(what `FullBatchStep.pair_loss` calls) on synthetic features for thousands of images, each size in a fresh
+process (`bench_training.py head-epoch`) so that its peak memory is its own. Bad options are one line on stderr
+and exit 2, as a siamrdm command's are (`siamrdm.cli.run_command` runs it).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -26,13 +31,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from ..io.datasets import TRAINING_SETS, BrainDataset, load_algonauts_set
-from ..model.network import SiameseHead, SiameseRDMNet, all_pairs, all_pairs_loss
-from ..train.augment import augment_batch
-from ..train.config import TrainConfig, check_config, config_from_preset, pick_device
-from ..train.fullbatch import Trainer, body_features, split_holdout, subset
-from ..train.loop import peak_rss_mb as peak_rss_mb  # re-exported: the benchmarks read memory here
+from siamrdm.cli import run_command
+from siamrdm.cli_options import backbone_argument, check_range, list_option, max_parallel
+from siamrdm.errors import ConfigError, UsageError
+from siamrdm.io.datasets import DATA_ENV_VAR, TRAINING_SETS, BrainDataset, load_algonauts_set
+from siamrdm.io.files import check_new_output_file, json_safe, write_text
+from siamrdm.model.network import SiameseHead, SiameseRDMNet, all_pairs, all_pairs_loss
+from siamrdm.train.augment import augment_batch
+from siamrdm.train.config import TrainConfig, check_config, config_from_preset, pick_device
+from siamrdm.train.fullbatch import Trainer, body_features, split_holdout, subset
+from siamrdm.train.loop import peak_rss_mb
 
 HEAD_SIZES = (100, 1000, 3000, 10000)
 # The head-scaling epoch holds every pair's target and every image's features: 20,000 images take about 2.5 GB.
@@ -159,12 +167,11 @@ def bench_sets(root: str | None, images: int | None) -> list[BrainDataset]:
 
 
 def training_config(backbone: str = "efficientnet_lite0", weights: str | None = None, stage: str | None = None,
-                    device: str = "auto", pair_batch: int = 32, body_chunk: int | None = None,
-                    image_size: int = 224) -> TrainConfig:
+                    device: str = "auto", body_chunk: int | None = None, image_size: int = 224) -> TrainConfig:
     """The run `bench_training` times, checked as a fit's settings are (`check_config`: the image size within
     its bounds and large enough for the stage, the weights to be had) before anything is timed."""
     config = TrainConfig(backbone=backbone, stage=stage, weights=weights, targets=("EVC",), image_size=image_size,
-                         frozen_epochs=0, unfrozen_epochs=1000, augment=True, pair_batch=pair_batch, device=device)
+                         frozen_epochs=0, unfrozen_epochs=1000, augment=True, device=device)
     if body_chunk:
         config = replace(config, body_chunk=body_chunk)
     return check_config(config)
@@ -179,7 +186,7 @@ def bench_training(sets: list[BrainDataset], backbone: str = "efficientnet_lite0
     Rounds alternate which of the two goes first, after one warm-up of each; figures are medians over rounds.
     With `naive_batches`, each naive epoch runs that many pair batches per set and is scaled to all pairs.
     """
-    config = training_config(backbone, weights, stage, device, pair_batch, body_chunk, image_size)
+    config = training_config(backbone, weights, stage, device, body_chunk, image_size)
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     wall = time.perf_counter()
     trainer = Trainer(config, sets, progress=False)
@@ -198,7 +205,7 @@ def bench_training(sets: list[BrainDataset], backbone: str = "efficientnet_lite0
         """Seconds for all pairs (scaled from the timed sample), wall and CPU."""
         wall_s = cpu_s = 0.0
         for k in range(len(sets)):
-            w, c = timed(lambda k=k: naive_step(trainer, k, max_batches=timed_batches[k]), dev)
+            w, c = timed(lambda k=k: naive_step(trainer, k, pair_batch, max_batches=timed_batches[k]), dev)
             wall_s += w * pairs[k] / timed_pairs[k]
             cpu_s += c * pairs[k] / timed_pairs[k]
         return wall_s, cpu_s
@@ -207,7 +214,7 @@ def bench_training(sets: list[BrainDataset], backbone: str = "efficientnet_lite0
     log("warm-up")
     factorised_epoch()
     for k in range(len(sets)):
-        naive_step(trainer, k, max_batches=1)
+        naive_step(trainer, k, pair_batch, max_batches=1)
     naive, factorised = [], []
     peaks = {"naive": 0.0, "factorised": 0.0}  # each phase's own peak memory, where it can be reset
     setup_peak = peak_rss_mb()
@@ -225,7 +232,7 @@ def bench_training(sets: list[BrainDataset], backbone: str = "efficientnet_lite0
 
     log("breakdown")
     breakdown = factorised_breakdown(trainer)
-    naive_body = naive_body_seconds(trainer)
+    naive_body = naive_body_seconds(trainer, pair_batch)
     model.freeze_body(True)
     frozen = [timed(lambda: trainer.step(frozen=True), dev)[0] for _ in range(3)]
     model.freeze_body(False)
@@ -272,7 +279,16 @@ def bench_training(sets: list[BrainDataset], backbone: str = "efficientnet_lite0
     return result
 
 
-def naive_step(trainer: Trainer, index: int, max_batches: int | None = None) -> float:
+def naive_forward(model: SiameseRDMNet, images_a: torch.Tensor, images_b: torch.Tensor,
+                  both_orders: bool = False) -> torch.Tensor:
+    """The per-pair form of published Siamese RDM models: the body on both images of every pair, the head on
+    (a, b) and (b, a); (P, outputs), or (2, P, outputs) with both orders. `model.forward` equals it factorised."""
+    fa, fb = model.features(images_a), model.features(images_b)
+    both = torch.stack((model.head(fa, fb), model.head(fb, fa)))
+    return both if both_orders else both.mean(dim=0)
+
+
+def naive_step(trainer: Trainer, index: int, pair_batch: int = 32, max_batches: int | None = None) -> float:
     """The per-pair training of published Siamese RDM models, for comparison: the body runs on both images of
     every pair of training set `index` (each image augmented on its own), one optimiser step per `pair_batch`
     pairs, pairs shuffled. `max_batches` stops early (a timing sample). Returns the mean loss per pair."""
@@ -280,7 +296,7 @@ def naive_step(trainer: Trainer, index: int, max_batches: int | None = None) -> 
     data = step.train_sets[index]
     i, j = all_pairs(len(data.images))
     order = torch.randperm(len(i), generator=step.generator)
-    batch = config.pair_batch
+    batch = pair_batch
     total, seen = 0.0, 0
     for start in range(0, len(order), batch):
         if max_batches is not None and start // batch >= max_batches:
@@ -291,8 +307,8 @@ def naive_step(trainer: Trainer, index: int, max_batches: int | None = None) -> 
             images_a = augment_batch(images_a, config, step.generator)
             images_b = augment_batch(images_b, config, step.generator)
         trainer.optimizer.zero_grad(set_to_none=True)
-        predictions = trainer.model.forward_naive(images_a.to(step.device), images_b.to(step.device),
-                                                  both_orders=True)
+        predictions = naive_forward(trainer.model, images_a.to(step.device), images_b.to(step.device),
+                                    both_orders=True)
         loss = F.mse_loss(predictions, data.targets[pairs].to(step.device).expand_as(predictions))
         loss.backward()
         trainer.optimizer.step()
@@ -334,11 +350,11 @@ def factorised_breakdown(trainer: Trainer, repeats: int = 2) -> dict[str, float]
     return {name: statistics.median(run[name] for run in runs) for name in names}
 
 
-def naive_body_seconds(trainer: Trainer, repeats: int = 3) -> float:
+def naive_body_seconds(trainer: Trainer, pair_batch: int = 32, repeats: int = 3) -> float:
     """The body's share of one naive pair batch: forward and backward on its two sides of pair_batch images each,
-    as `forward_naive` runs them."""
+    as `naive_forward` runs them."""
     pool = trainer.train_sets[0].images
-    batch = trainer.config.pair_batch
+    batch = pair_batch
     side_a = pool[torch.arange(batch) % len(pool)].to(trainer.device)
     side_b = pool[(torch.arange(batch) + 1) % len(pool)].to(trainer.device)
 
@@ -356,7 +372,7 @@ def naive_body_seconds(trainer: Trainer, repeats: int = 3) -> float:
 
 def feature_shape(backbone: str, stage: str | None = None, image_size: int = 224) -> tuple[int, int, int]:
     """(C, H, W) of a backbone's features at a stage (random weights: only the shape is wanted)."""
-    from ..model.backbones import create_body
+    from siamrdm.model.backbones import create_body
 
     return create_body(backbone, "random", stage).output_shape(image_size)
 
@@ -401,7 +417,7 @@ def bench_head_scaling(sizes: tuple[int, ...] = HEAD_SIZES, shape: tuple[int, in
     """`head_epoch` for each size, each in a fresh process (its own peak memory); small sizes repeated."""
     rows = []
     for n in sizes:
-        args = [sys.executable, "-m", "siamrdm.pipelines.bench", "--n", str(n), "--shape", ",".join(map(str, shape)),
+        args = [sys.executable, __file__, "head-epoch", "--n", str(n), "--shape", ",".join(map(str, shape)),
                 "--device", device, "--repeats", str(3 if n <= 1000 else 1)]
         if threads:
             args += ["--threads", str(threads)]
@@ -472,7 +488,7 @@ def bench_paper_schedule(root: str | None, backbone: str = "efficientnet_lite0",
 
 
 def format_report(result: dict) -> str:
-    """A short human-readable summary of `siamrdm bench`'s JSON."""
+    """A short human-readable summary of the benchmark's JSON."""
     lines = []
     m = result.get("machine", {})
     lines.append(f"machine: {m.get('cpu', '?')}, {m.get('threads', '?')} threads" +
@@ -502,8 +518,8 @@ def format_report(result: dict) -> str:
 
 
 def _worker(argv: list[str] | None = None) -> int:
-    """`python -m siamrdm.pipelines.bench --n N ...`: one head epoch in this process, as JSON (for peak memory)."""
-    p = argparse.ArgumentParser(prog="python -m siamrdm.pipelines.bench")
+    """`bench_training.py head-epoch --n N ...`: one head epoch in this process, as JSON (for peak memory)."""
+    p = argparse.ArgumentParser(prog="bench_training.py head-epoch")
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--shape", default="256,6,6", help="C,H,W of the features")
     p.add_argument("--device", default="auto")
@@ -519,5 +535,104 @@ def _worker(argv: list[str] | None = None) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- the command
+
+
+def parser() -> argparse.ArgumentParser:
+    """The benchmark's options (what `siamrdm bench` took)."""
+    p = argparse.ArgumentParser(prog="bench_training.py", description="Time naive against pair-factorised "
+                                "training, and the head at scale.")
+    p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${DATA_ENV_VAR})")
+    p.add_argument("--images", type=int, help="use this many of the 92 + 118 training images (default: all 210)")
+    backbone_argument(p)
+    p.add_argument("--stage", help="backbone stage that feeds the head (default: the backbone's)")
+    p.add_argument("--weights", help="body weights: a state_dict file, or 'random' (timing does not depend on them)")
+    p.add_argument("--image-size", type=int, default=224, help="input size in pixels (default: 224)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds of each, alternating (default: 3)")
+    p.add_argument("--naive-batches", type=int, default=4,
+                   help="pair batches per set timed for a naive epoch, then scaled; 0 times all (default: 4)")
+    p.add_argument("--pair-batch", type=int, default=32, help="pairs per naive batch (default: 32)")
+    p.add_argument("--body-chunk", type=int, help="images per body pass, factorised (default: the trainer's)")
+    p.add_argument("--head-sizes", default="100,1000,3000,10000",
+                   help="image counts for the head-scaling epochs, or 'none' (default: 100,1000,3000,10000)")
+    backbone_argument(p, "--head-backbone", "alexnet", "whose features (default stage, 224 px) the head-scaling "
+                      "epochs use")
+    p.add_argument("--no-training", action="store_true", help="skip naive against factorised (head scaling only)")
+    p.add_argument("--paper", action="store_true", help="also time the 'paper' preset's schedule end to end")
+    p.add_argument("--paper-time-limit", type=float, help="stop the paper schedule after this many seconds and "
+                   "extrapolate (default: no limit)")
+    p.add_argument("--out", help="also write the JSON result to this file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=bench)
+    return p
+
+
+def check_options(args: argparse.Namespace) -> tuple[int, ...]:
+    """Every option checked before any work (--out by predict --out's rule); the head-scaling sizes."""
+    if args.out is not None:
+        if not args.out.strip():
+            raise UsageError("--out: empty file name; give a file (e.g. bench.json)")
+        check_new_output_file(args.out, args.overwrite)
+    sizes = ()
+    if args.head_sizes.strip().lower() not in ("0", "none"):
+        sizes = list_option(args.head_sizes, "--head-sizes", convert=int, what="integers")
+        for n in sizes:
+            check_range("--head-sizes", n, 2, MAX_HEAD_IMAGES)
+    check_range("--threads", args.threads, 1, max_parallel())
+    if args.rounds < 1 or args.pair_batch < 1 or (args.body_chunk is not None and args.body_chunk < 1):
+        raise UsageError("--rounds, --pair-batch and --body-chunk must be at least 1")
+    check_range("--naive-batches", args.naive_batches, 0)
+    if args.paper_time_limit is not None and not (math.isfinite(args.paper_time_limit) and args.paper_time_limit > 0):
+        raise UsageError(f"--paper-time-limit: must be a positive number of seconds, got {args.paper_time_limit}")
+    return sizes
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Naive against factorised training epochs on real images, then the head's epoch at 100 to 10,000 images."""
+    sizes = check_options(args)
+    device = str(pick_device(args.device))
+    if not args.no_training:  # the image size against the stage's minimum, before any image is read
+        check_images(args.images)
+        training_config(args.backbone, args.weights, args.stage, device, args.body_chunk, args.image_size)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def log(message: str) -> None:
+        if not args.quiet:
+            print(f"bench: {message}", file=sys.stderr, flush=True)
+
+    result: dict = {}
+    if not args.no_training:
+        result.update(bench_training(
+            bench_sets(args.data, args.images), args.backbone, args.weights, args.stage, device, args.rounds,
+            args.naive_batches or None, args.pair_batch, args.body_chunk, args.image_size, log))
+    if sizes:
+        result["head_scaling"] = bench_head_scaling(sizes, feature_shape(args.head_backbone), device, args.threads,
+                                                    log)
+    if args.paper:
+        result["paper_schedule"] = bench_paper_schedule(args.data, args.backbone, args.weights, device,
+                                                        args.paper_time_limit, log=log)
+    result.setdefault("device", device)
+    result.setdefault("peak_rss_mb", peak_rss_mb())
+    result.setdefault("machine", machine(torch.device(device)))
+    text = json.dumps(json_safe(result), indent=2, allow_nan=False)
+    if args.out is not None:
+        write_text(args.out, text, replace_existing=args.overwrite)
+    print(text if args.json else format_report(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark (`head-epoch` first: one head epoch, the worker `bench_head_scaling` starts)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["head-epoch"]:
+        return _worker(argv[1:])
+    return run_command(parser().parse_args(argv))
+
+
 if __name__ == "__main__":
-    sys.exit(_worker())
+    sys.exit(main())

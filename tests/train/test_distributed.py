@@ -21,7 +21,7 @@ from siamrdm.train import build_model
 from siamrdm.train.config import ConfigError, TrainConfig
 from siamrdm.train.distributed import (
     BatchSettings,
-    MiniBatchTrainer,
+    LargeSet,
     Ranks,
     check_batch_settings,
     minibatch_backward,
@@ -29,6 +29,7 @@ from siamrdm.train.distributed import (
     shard_bounds,
 )
 from siamrdm.train.largeset import CondensedRDMs, open_image_store
+from siamrdm.train.trainer import Trainer
 
 N_IMAGES = 7  # uneven shards over two ranks: 4 and 3 images
 
@@ -69,13 +70,13 @@ def tiny_set(folder: Path) -> None:
     np.save(folder / "rdms.npy", np.stack([upper_tri(rdm) + rng.normal(0, 1, 276) for _ in range(2)]))
 
 
-def tiny_fit(folder: Path, ranks: Ranks) -> MiniBatchTrainer:
+def tiny_fit(folder: Path, ranks: Ranks) -> Trainer:
     config = TrainConfig(stage="blocks1", head="pairwise", image_size=32, device="cpu", frozen_epochs=3,
                          unfrozen_epochs=0, targets=("X",), prior="none", lr=0.003)
     batch = BatchSettings(batch_images=6, val_fraction=0.25, loader_workers=0)
     data = read_targets({"X": CondensedRDMs(folder / "rdms.npy", 24)}, 24, batch, config.rescale)
-    trainer = MiniBatchTrainer(config, batch, open_image_store(folder / "images.h5"), data, progress=False,
-                               ranks=ranks)
+    trainer = Trainer(config, LargeSet(open_image_store(folder / "images.h5"), data, batch), progress=False,
+                      ranks=ranks)
     trainer.fit()
     return trainer
 

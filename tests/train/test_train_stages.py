@@ -16,7 +16,8 @@ from siamrdm.io.datasets import BrainDataset
 from siamrdm.model.backbones import create_body
 from siamrdm.train.config import ConfigError, config_from_dict
 from siamrdm.train.distributed import check_minibatch_config
-from siamrdm.train.fullbatch import feature_views, lr_range_test
+from siamrdm.train.fullbatch import feature_views
+from siamrdm.train.lrfind import lr_range_test
 
 
 @pytest.fixture(scope="module")

@@ -109,8 +109,8 @@ def test_validation_runs_the_trained_stages_on_the_cached_part(small: BrainDatas
     trainer = train.Trainer(lite(tta=True, augment_views=2), [small], [held], progress=False)
     trainer.fit()
     assert [row["phase"] for row in trainer.history] == ["start", "frozen", "unfrozen", "unfrozen"]
-    cached = trainer.stepper.trained_feature_views(0, trainer.val_sets[0])
-    direct = feature_views(trainer.model, trainer.val_sets[0].images, trainer.config, trainer.stepper.device)
+    cached = trainer.stepper.trained_feature_views(0, trainer.stepper.val_sets[0])
+    direct = feature_views(trainer.model, trainer.stepper.val_sets[0].images, trainer.config, trainer.stepper.device)
     assert len(cached) == len(direct) == 2
     for a, b in zip(cached, direct, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -22,6 +22,7 @@ from siamrdm.train.config import ConfigError, TrainConfig
 from siamrdm.train.distributed import (
     BatchSettings,
     LargeSet,
+    MiniBatchStep,
     Ranks,
     check_batch_settings,
     minibatch_backward,
@@ -145,3 +146,19 @@ def test_a_batch_must_give_every_rank_two_images() -> None:
     assert check_batch_settings(BatchSettings(batch_images=4), world=2).batch_images == 4
     with pytest.raises(ConfigError, match="3 images per step cannot be shared by 2 ranks"):
         check_batch_settings(BatchSettings(batch_images=3), world=2)
+
+
+def test_a_large_set_trains_in_mini_batches_with_the_one_trainer(tmp_path: Path) -> None:
+    """The data chooses the step: a large set gives the mini-batch step, checkpointed every epoch; it validates on
+    the images it holds out, so validation sets beside it are refused."""
+    tiny_set(tmp_path)
+    config = TrainConfig(stage="blocks1", head="pairwise", image_size=32, device="cpu", frozen_epochs=1,
+                         unfrozen_epochs=0, targets=("X",), prior="none")
+    batch = BatchSettings(batch_images=6, val_fraction=0.25, loader_workers=0)
+    data = read_targets({"X": CondensedRDMs(tmp_path / "rdms.npy", 24)}, 24, batch, config.rescale)
+    large = LargeSet(open_image_store(tmp_path / "images.h5"), data, batch)
+    trainer = Trainer(config, large, progress=False)
+    assert isinstance(trainer.stepper, MiniBatchStep)
+    assert (trainer.checkpoint_every_s, trainer.label) == (0.0, "")
+    with pytest.raises(ValueError, match="validates on the images it holds out"):
+        Trainer(config, large, [large], progress=False)

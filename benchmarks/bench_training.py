@@ -39,8 +39,9 @@ from siamrdm.io.files import check_new_output_file, json_safe, write_text
 from siamrdm.model.network import SiameseHead, SiameseRDMNet, all_pairs, all_pairs_loss
 from siamrdm.train.augment import augment_batch
 from siamrdm.train.config import TrainConfig, check_config, config_from_preset, pick_device
-from siamrdm.train.fullbatch import Trainer, body_features, split_holdout, subset
-from siamrdm.train.loop import peak_rss_mb
+from siamrdm.train.fullbatch import body_features, split_holdout, subset
+from siamrdm.train.loop import make_optimizer, peak_rss_mb
+from siamrdm.train.trainer import Trainer
 
 HEAD_SIZES = (100, 1000, 3000, 10000)
 # The head-scaling epoch holds every pair's target and every image's features: 20,000 images take about 2.5 GB.
@@ -193,7 +194,7 @@ def bench_training(sets: list[BrainDataset], backbone: str = "efficientnet_lite0
     setup_s = time.perf_counter() - wall
     dev = trainer.device
     model = trainer.model
-    pairs = [len(s.targets) for s in trainer.train_sets]
+    pairs = [len(s.targets) for s in trainer.stepper.train_sets]
     batches = [-(-p // pair_batch) for p in pairs]
     timed_batches = [b if not naive_batches else min(b, naive_batches) for b in batches]
     timed_pairs = [min(p, b * pair_batch) for p, b in zip(pairs, timed_batches, strict=True)]
@@ -241,7 +242,7 @@ def bench_training(sets: list[BrainDataset], backbone: str = "efficientnet_lite0
 
     naive_s = statistics.median(w for w, _ in naive)
     factorised_s = statistics.median(w for w, _ in factorised)
-    n_images = sum(len(s.images) for s in trainer.train_sets)
+    n_images = sum(len(s.images) for s in trainer.stepper.train_sets)
     n_pairs = sum(pairs)
     naive_batch_s = naive_s / sum(batches)
     result = {
@@ -353,7 +354,7 @@ def factorised_breakdown(trainer: Trainer, repeats: int = 2) -> dict[str, float]
 def naive_body_seconds(trainer: Trainer, pair_batch: int = 32, repeats: int = 3) -> float:
     """The body's share of one naive pair batch: forward and backward on its two sides of pair_batch images each,
     as `naive_forward` runs them."""
-    pool = trainer.train_sets[0].images
+    pool = trainer.stepper.train_sets[0].images
     batch = pair_batch
     side_a = pool[torch.arange(batch) % len(pool)].to(trainer.device)
     side_b = pool[(torch.arange(batch) + 1) % len(pool)].to(trainer.device)
@@ -385,7 +386,7 @@ def head_epoch(n: int, shape: tuple[int, int, int] = (256, 6, 6), device: str = 
     torch.manual_seed(seed)
     head = SiameseHead(shape[0]).to(dev)
     head.init_as_distance()
-    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3)
+    optimizer = make_optimizer(TrainConfig(lr=1e-3, weight_decay=0.01), head.parameters())
     base_rss = peak_rss_mb()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -447,8 +448,7 @@ def bench_paper_schedule(root: str | None, backbone: str = "efficientnet_lite0",
     trainer = Trainer(config, [t for t, _ in split], [v for _, v in split], progress=False)
     setup_s = time.perf_counter() - start
     stopped_by_limit = False
-    while trainer.epoch < config.epochs and not trainer.should_stop():
-        row = trainer.run_epoch()
+    for row in trainer.epochs():
         if trainer.epoch % 50 == 0:
             log(f"paper schedule: epoch {trainer.epoch}, {row['seconds']:.3f} s/epoch")
         if time_limit and time.perf_counter() - start > time_limit:
@@ -470,8 +470,8 @@ def bench_paper_schedule(root: str | None, backbone: str = "efficientnet_lite0",
     dev = trainer.device
     result = {
         "preset": "paper", "backbone": backbone, "weights": trainer.model.body.weights, "device": str(dev),
-        "train_images": sum(len(s.images) for s in trainer.train_sets),
-        "val_images": sum(len(s.images) for s in trainer.val_sets),
+        "train_images": sum(len(s.images) for s in trainer.stepper.train_sets),
+        "val_images": sum(len(s.images) for s in trainer.stepper.val_sets),
         "epochs_planned": config.epochs, "epochs_run": trainer.epoch, "early_stopped": trainer.should_stop(),
         "stopped_by_time_limit": stopped_by_limit, "time_limit_s": time_limit,
         "unfrozen_timed_after_skipping_frozen": skipped,

@@ -107,7 +107,7 @@ def part_floor(args, sets: dict, device: torch.device) -> dict:
         config = base_config(args, **overrides)
         trainer = Trainer(config, list(sets.values()), progress=False)
         trainer.model.freeze_body(False)
-        pixels = torch.cat([s.images for s in trainer.train_sets])
+        pixels = torch.cat([s.images for s in trainer.stepper.train_sets])
 
         def body_epoch(model=trainer.model, pixels=pixels, config=config) -> None:
             chunk = config.body_chunk
@@ -231,10 +231,10 @@ def part_ops(args, sets: dict, device: torch.device) -> dict:
 
     config = base_config(args, targets=tuple(TARGET_NAMES))
     trainer = Trainer(config, list(sets.values()), [sets["118"]], progress=False)
-    pixels = torch.cat([s.images for s in trainer.train_sets])
+    pixels = torch.cat([s.images for s in trainer.stepper.train_sets])
     host = pixels.cpu()
-    subjects = trainer.val_sets[0].subject_rdms
-    n = len(trainer.val_sets[0].images)
+    subjects = trainer.stepper.val_sets[0].subject_rdms
+    n = len(trainer.stepper.val_sets[0].images)
     predicted = torch.rand(n * (n - 1) // 2, len(subjects), dtype=torch.float64, device=device)
     ranks = {t: standardised_ranks_torch(torch.from_numpy(upper_tri(r)).to(device)) for t, r in subjects.items()}
 

@@ -258,7 +258,7 @@ def cmd_lr_find(args) -> int:
     from .io.files import run_folder, run_mode, write_text
     from .model.backbones import create_body
     from .pipelines.plots import plot_lr_range
-    from .train.fullbatch import lr_range_test
+    from .train.lrfind import lr_range_test
 
     default_per_image(args, own_data=bool(args.images))  # the targets fit would train on
     train, _, targets, _ = training_datasets(args)

@@ -83,7 +83,7 @@ def test_prior_alone_at_epoch_zero_is_the_layer_baseline(sets) -> None:
     assert trainer.last_scores["118-part/IT"]["r2"] == pytest.approx(baseline.r2, rel=1e-9)
     # The training targets are the residuals of the prior.
     rescaled = train.prepare_set(train_set, ("IT",), trainer.config).targets[:, 0].double().numpy()
-    residual = trainer.train_sets[0].targets[:, 0].double().numpy()
+    residual = trainer.stepper.train_sets[0].targets[:, 0].double().numpy()
     prior = prior_vector(trainer.priors["IT"], stage_rdms(train_set.images, "alexnet", "random", 128))
     np.testing.assert_allclose(residual, rescaled - prior, atol=1e-6)
 

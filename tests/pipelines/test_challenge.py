@@ -212,7 +212,7 @@ def test_validation_curves_score_the_seed_ensembles_mean_rdm(data_root: Path) ->
         trainer = Trainer(replace(config, seed=seed), [set_a], [set_b], progress=False)
         for _ in range(2):
             trainer.run_epoch()
-        rdms.append(trainer.last_rdms["b"][0])
+        rdms.append(trainer.stepper.last_rdms["b"][0])
         single.append(trainer.last_scores["b/EVC"]["r2"])
     expected = scoring.score_rdm(np.mean(rdms, axis=0), set_b.targets["EVC"])
     assert curves["a->b"][-1]["r2"] == pytest.approx(expected.r2, rel=1e-9)

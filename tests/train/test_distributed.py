@@ -22,7 +22,8 @@ from siamrdm.train import build_model
 from siamrdm.train.config import ConfigError, TrainConfig
 from siamrdm.train.distributed import (
     BatchSettings,
-    MiniBatchTrainer,
+    LargeSet,
+    MiniBatchStep,
     Ranks,
     check_batch_settings,
     minibatch_backward,
@@ -30,6 +31,7 @@ from siamrdm.train.distributed import (
     shard_bounds,
 )
 from siamrdm.train.largeset import open_image_store
+from siamrdm.train.trainer import Trainer
 
 N_IMAGES = 7  # uneven shards over two ranks: 4 and 3 images
 
@@ -70,13 +72,13 @@ def tiny_set(folder: Path) -> None:
     np.save(folder / "rdms.npy", np.stack([upper_tri(rdm) + rng.normal(0, 1, 276) for _ in range(2)]))
 
 
-def tiny_fit(folder: Path, ranks: Ranks) -> MiniBatchTrainer:
+def tiny_fit(folder: Path, ranks: Ranks) -> Trainer:
     config = TrainConfig(stage="blocks1", head="pairwise", image_size=32, device="cpu", frozen_epochs=3,
                          unfrozen_epochs=0, targets=("X",), prior="none", lr=0.003)
     batch = BatchSettings(batch_images=6, val_fraction=0.25, loader_workers=0)
     data = read_targets({"X": CondensedRDMs(folder / "rdms.npy", 24)}, 24, batch, config.rescale)
-    trainer = MiniBatchTrainer(config, batch, open_image_store(folder / "images.h5"), data, progress=False,
-                               ranks=ranks)
+    trainer = Trainer(config, LargeSet(open_image_store(folder / "images.h5"), data, batch), progress=False,
+                      ranks=ranks)
     trainer.fit()
     return trainer
 
@@ -145,3 +147,19 @@ def test_a_batch_must_give_every_rank_two_images() -> None:
     assert check_batch_settings(BatchSettings(batch_images=4), world=2).batch_images == 4
     with pytest.raises(ConfigError, match="3 images per step cannot be shared by 2 ranks"):
         check_batch_settings(BatchSettings(batch_images=3), world=2)
+
+
+def test_a_large_set_trains_in_mini_batches_with_the_one_trainer(tmp_path: Path) -> None:
+    """The data chooses the step: a large set gives the mini-batch step, checkpointed every epoch; it validates on
+    the images it holds out, so validation sets beside it are refused."""
+    tiny_set(tmp_path)
+    config = TrainConfig(stage="blocks1", head="pairwise", image_size=32, device="cpu", frozen_epochs=1,
+                         unfrozen_epochs=0, targets=("X",), prior="none")
+    batch = BatchSettings(batch_images=6, val_fraction=0.25, loader_workers=0)
+    data = read_targets({"X": CondensedRDMs(tmp_path / "rdms.npy", 24)}, 24, batch, config.rescale)
+    large = LargeSet(open_image_store(tmp_path / "images.h5"), data, batch)
+    trainer = Trainer(config, large, progress=False)
+    assert isinstance(trainer.stepper, MiniBatchStep)
+    assert (trainer.checkpoint_every_s, trainer.label) == (0.0, "")
+    with pytest.raises(ValueError, match="validates on the images it holds out"):
+        Trainer(config, large, [large], progress=False)

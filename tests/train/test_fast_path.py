@@ -104,9 +104,9 @@ def test_frozen_views_keep_their_crops(dataset92: BrainDataset) -> None:
     config = fast_config(augment=True, augment_views=3)
     part = train.subset(dataset92, np.arange(4), "a")
     trainer = train.Trainer(replace(config, channels_last=True), [part], progress=False)
-    pixels = trainer.train_sets[0].images
+    pixels = trainer.stepper.train_sets[0].images
     for view in (1, 2):
-        for k, key in enumerate(trainer.train_sets[0].seed_keys):
+        for k, key in enumerate(trainer.stepper.train_sets[0].seed_keys):
             assert key == f"{Path(dataset92.images.source).name}/{dataset92.images.names[k]}"
             seed_key = (config.backbone, config.weights, config.stage, config.image_size, config.crop_scale,
                         config.seed, key, view)
@@ -128,7 +128,7 @@ def test_the_path_spelling_of_the_data_does_not_change_the_model(data_root: Path
 def test_trainer_keeps_the_pixels_on_its_device(dataset92: BrainDataset) -> None:
     trainer = train.Trainer(fast_config(augment=True, unfrozen_epochs=1), [train.subset(dataset92, np.arange(8), "a")],
                             progress=False)
-    assert all(s.images.device == trainer.device for s in trainer.train_sets)
+    assert all(s.images.device == trainer.device for s in trainer.stepper.train_sets)
     assert math.isfinite(trainer.run_epoch()["loss"])
 
 
@@ -189,7 +189,7 @@ def test_validation_on_the_device_equals_the_numpy_metric(dataset92: BrainDatase
     val = {"b": train.subset(dataset118, np.arange(9), "b"), "c": few}
     trainer = train.Trainer(config, [train.subset(dataset92, np.arange(12), "a")], list(val.values()), progress=False)
     trainer.run_epoch()
-    for name, rdms in trainer.last_rdms.items():
+    for name, rdms in trainer.stepper.last_rdms.items():
         for rdm, target in zip(rdms, config.targets, strict=True):
             expected = score_with_ceiling(rdm, target, val[name].targets[target])
             got = trainer.last_scores[f"{name}/{target}"]
@@ -237,10 +237,10 @@ def test_validate_every_k_epochs(dataset92: BrainDataset) -> None:
     assert third.best_epoch in validated
     trainer = train.Trainer(fast_config(frozen_epochs=7, validate_every=3), [fit_set], [val_set], progress=False)
     trainer.run_epoch()
-    assert trainer.last_rdms == {}  # nothing validated yet
+    assert trainer.stepper.last_rdms == {}  # nothing validated yet
     for _ in range(2):
         trainer.run_epoch()
-    assert trainer.last_rdms["b"].shape == (1, 8, 8)
+    assert trainer.stepper.last_rdms["b"].shape == (1, 8, 8)
     stopped = train.fit(fast_config(frozen_epochs=7, lr=3e-3, validate_every=3, stop_epoch=5), [fit_set], [val_set],
                         progress=False)
     assert [row["epoch"] for row in stopped.history if "val_pct_nc" in row] == [0, 3, 5]
@@ -319,7 +319,7 @@ def test_bf16_and_channels_last_predict_what_fp32_predicts(dataset92: BrainDatas
         trainer = train.Trainer(config, [fit_set], [val_set], progress=False)
         for _ in range(2):
             trainer.run_epoch()
-        rdms[name] = upper_tri(trainer.last_rdms["b"][0])
+        rdms[name] = upper_tri(trainer.stepper.last_rdms["b"][0])
         if name == "cl":
             assert trainer.model.body.stages["conv1"][0].weight.is_contiguous(memory_format=torch.channels_last)
     assert np.corrcoef(rdms["fp32"], rdms["bf16"])[0, 1] > 0.99

@@ -22,7 +22,8 @@ from siamrdm.rdm import reliability
 from siamrdm.train import build_model, largeset
 from siamrdm.train.checkpoint import load_checkpoint, save_checkpoint
 from siamrdm.train.config import config_from_dict
-from siamrdm.train.distributed import BatchSettings, MiniBatchTrainer, read_targets
+from siamrdm.train.distributed import BatchSettings, LargeSet, read_targets
+from siamrdm.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 # A small body and head at 32 px: efficientnet_lite0's blocks2 (40 x 4 x 4 maps), the pairwise head.
@@ -89,8 +90,8 @@ def test_two_torchrun_ranks_train_the_model_one_process_trains(small_set: Path, 
     # a run checkpointed by one process after epoch 1 resumes on two ranks and ends where one process ended
     config, batch = config_from_dict(one["config"]), BatchSettings(**one["batch"])
     data = read_targets({"X": CondensedRDMs(small_set / "rdms.npy", 40)}, 40, batch, config.rescale)
-    trainer = MiniBatchTrainer(config, batch, largeset.open_image_store(small_set / "images.h5"), data,
-                               progress=False)
+    trainer = Trainer(config, LargeSet(largeset.open_image_store(small_set / "images.h5"), data, batch),
+                      progress=False)
     trainer.validate_start()
     trainer.run_epoch()
     with files.run_folder(tmp_path / "resumed", "fit"):  # as a killed one-process `fit` would have left it

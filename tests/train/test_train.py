@@ -129,7 +129,7 @@ def test_correlation_loss_starts_at_the_prior_and_falls(dataset92: BrainDataset)
     fit_set = train.subset(dataset92, np.arange(0, 92, 4)[:20], "92-corr")
     config = fast_config(frozen_epochs=4, loss="correlation", prior="layer", lr=3e-3, weight_decay=0.0)
     trainer = train.Trainer(config, [fit_set], progress=False)
-    pairs = trainer.train_sets[0]
+    pairs = trainer.stepper.train_sets[0]
     prior = pairs.prior_pairs[:, 0].double().numpy()
     target = upper_tri(group_average(fit_set.targets["EVC"]))  # rescaling does not change r
     with torch.no_grad():
@@ -139,7 +139,7 @@ def test_correlation_loss_starts_at_the_prior_and_falls(dataset92: BrainDataset)
     assert losses[0] == pytest.approx(start, rel=1e-4, abs=1e-6)
     assert losses[-1] < losses[0], losses
     plain = train.Trainer(replace(config, prior="none"), [fit_set], progress=False)
-    assert plain.train_sets[0].prior_pairs is None
+    assert plain.stepper.train_sets[0].prior_pairs is None
     losses = [plain.step(frozen=True) for _ in range(4)]
     assert all(0 <= x <= 2 for x in losses) and losses[-1] < losses[0], losses
 
@@ -176,7 +176,7 @@ def test_unfrozen_step_gradient_equals_one_graph(small92: BrainDataset) -> None:
     two_pass = {name: p.grad.clone() for name, p in trainer.model.named_parameters()}
 
     reference.freeze_body(False)
-    data_set = trainer.train_sets[0]
+    data_set = trainer.stepper.train_sets[0]
     i, j = all_pairs(len(data_set.images))
     features = reference.standardise(reference.body(data_set.images))
     predictions = reference.pair_predictions(features, i, j, both_orders=True)

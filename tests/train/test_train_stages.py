@@ -16,7 +16,8 @@ from siamrdm.io.datasets import BrainDataset
 from siamrdm.model.backbones import create_body
 from siamrdm.train.config import ConfigError, config_from_dict
 from siamrdm.train.distributed import check_minibatch_config
-from siamrdm.train.fullbatch import feature_views, lr_range_test
+from siamrdm.train.fullbatch import feature_views
+from siamrdm.train.lrfind import lr_range_test
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +109,8 @@ def test_validation_runs_the_trained_stages_on_the_cached_part(small: BrainDatas
     trainer = train.Trainer(lite(tta=True, augment_views=2), [small], [held], progress=False)
     trainer.fit()
     assert [row["phase"] for row in trainer.history] == ["start", "frozen", "unfrozen", "unfrozen"]
-    cached = trainer.stepper.trained_feature_views(0, trainer.val_sets[0])
-    direct = feature_views(trainer.model, trainer.val_sets[0].images, trainer.config, trainer.stepper.device)
+    cached = trainer.stepper.trained_feature_views(0, trainer.stepper.val_sets[0])
+    direct = feature_views(trainer.model, trainer.stepper.val_sets[0].images, trainer.config, trainer.stepper.device)
     assert len(cached) == len(direct) == 2
     for a, b in zip(cached, direct, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -1,5 +1,6 @@
-"""Training: settings (config), augmentation, checkpoints, the one training loop, full-batch training
-(fullbatch), large sets, mini-batch and torchrun training (distributed), epoch selection, predictors.
+"""Training: settings (config), augmentation, checkpoints, the one trainer (trainer: the step chosen by the
+data), full-batch training (fullbatch), large sets, mini-batch and torchrun training (distributed), the LR range
+test (lrfind), epoch selection, predictors and the one run driver (predict).
 
 fullbatch's names (which include the run settings of config) are re-exported here.
 """
@@ -11,7 +12,6 @@ from .fullbatch import (
     FullBatchStep,
     PairTargets,
     TrainConfig,
-    Trainer,
     TrainingDiverged,
     body_features,
     body_pass,
@@ -20,10 +20,8 @@ from .fullbatch import (
     config_from_dict,
     config_from_preset,
     feature_views,
-    fit,
     frozen_views,
     load_checkpoint,
-    lr_range_test,
     pairs_to_rdms,
     pick_device,
     predict_pairs,
@@ -36,6 +34,8 @@ from .fullbatch import (
     subset,
     validated_gain,
 )
+from .lrfind import lr_range_test
+from .trainer import Trainer, fit
 
 __all__ = [
     "load_checkpoint",

@@ -9,7 +9,7 @@ w.r.t. a shard's features back onto that shard, so the body's backward on each r
 Gradients are then averaged over ranks, as DistributedDataParallel does (one all_reduce of the flattened
 gradients). Each rank's loss is scaled by the number of ranks, so that this average is exactly the gradient of
 the single-process mean loss. The step is written out rather than wrapped in DDP because the body's backward
-runs in chunks after the head's (two passes keep memory bounded, as in train.Trainer.step), which DDP's
+runs in chunks after the head's (two passes keep memory bounded, as in fullbatch.FullBatchStep), which DDP's
 one-forward-one-backward hooks do not follow.
 
 With one process every collective is skipped, so the same code is the single-process mini-batch step.
@@ -18,13 +18,13 @@ With one process every collective is skipped, so the same code is the single-pro
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,12 +33,8 @@ from torch.distributed.nn.functional import all_gather as all_gather_with_grad
 
 from ..errors import DataError
 from ..io.condensed import CondensedRDMs
-from ..io.datasets import target_key
-from ..io.files import check_same_settings, run_folder, run_mode, write_text
-from ..io.jsonfiles import json_safe
 from ..model.network import SiameseRDMNet, all_pairs_loss
 from ..rdm.splits import holdout_indices
-from .checkpoint import load_run_state, reading
 from .config import ConfigError, TrainConfig, pick_device
 from .fullbatch import build_model, predict_pairs
 from .largeset import (
@@ -50,27 +46,12 @@ from .largeset import (
     pair_index,
     rescale_in_place,
 )
-from .loop import TrainingLoop, seed_summary
-from .predict import RDMPredictor
+from .predict import RDMPredictor, fit_seeds
+from .ranks import Ranks as Ranks  # re-exported: callers place a run's ranks here
+from .ranks import current_ranks as current_ranks
 
-
-@dataclass(frozen=True)
-class Ranks:
-    """This process's place among the ranks of a run: rank 0 of 1 without torch.distributed."""
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def current_ranks() -> Ranks:
-    """The ranks of the initialised default process group, else a single process."""
-    if dist.is_available() and dist.is_initialized():
-        return Ranks(dist.get_rank(), dist.get_world_size())
-    return Ranks()
+if TYPE_CHECKING:
+    from .trainer import Trainer
 
 
 def launched_by_torchrun() -> bool:
@@ -298,6 +279,19 @@ def read_targets(rdms: dict[str, CondensedRDMs], n_images: int, batch: BatchSett
     return LargeTargets(train_index, val_index, values, normalisation, held_out)
 
 
+@dataclass
+class LargeSet:
+    """A large image set ready to train in mini-batches: its images on disk, its targets read and split, the
+    batch settings. As a trainer's data (trainer.make_step) it trains with `MiniBatchStep`."""
+
+    images: ImageStore
+    targets: LargeTargets
+    batch: BatchSettings
+
+    def make_step(self, config: TrainConfig, ranks: Ranks | None = None) -> MiniBatchStep:
+        return MiniBatchStep(config, self.batch, self.images, self.targets, ranks)
+
+
 class MiniBatchStep:
     """The mini-batch way of training (loop.Step) on this rank: data, model, the epoch's steps, validation.
 
@@ -305,6 +299,7 @@ class MiniBatchStep:
     validates, logs and writes files, and tells the others whether to stop early."""
 
     priors: dict = {}  # no prior on this path (check_minibatch_config)
+    checkpoint_every_s = 0.0  # an epoch is many steps: checkpoint after every one
 
     def __init__(self, config: TrainConfig, batch: BatchSettings, images: ImageStore, data: LargeTargets,
                  ranks: Ranks | None = None):
@@ -326,6 +321,10 @@ class MiniBatchStep:
         self._set_feature_stats()
         broadcast_parameters(self.model, self.ranks)  # rank 0's head and feature statistics, bit for bit
         self._val_features: list[torch.Tensor] | None = None
+
+    @property
+    def label(self) -> str:
+        return f" ({self.ranks.world} ranks)" if self.ranks.world > 1 else ""
 
     @property
     def steps_per_epoch(self) -> int:
@@ -407,7 +406,7 @@ class MiniBatchStep:
             flag = bool(tensor.item())
         return flag
 
-    def share_choice(self, loop: TrainingLoop) -> None:
+    def share_choice(self, loop: Trainer) -> None:
         """Only rank 0 validated: every rank returns its chosen model and history."""
         if self.ranks.world > 1:
             broadcast_parameters(self.model, self.ranks)
@@ -425,63 +424,22 @@ class MiniBatchStep:
                                         "or a new folder")
 
 
-class MiniBatchTrainer(TrainingLoop):
-    """One run of the mini-batch path: `MiniBatchStep` driven by the training loop, checkpointing every epoch."""
-
-    def __init__(self, config: TrainConfig, batch: BatchSettings, images: ImageStore, data: LargeTargets,
-                 out_dir: str | os.PathLike | None = None, progress: bool = True, ranks: Ranks | None = None):
-        step = MiniBatchStep(config, batch, images, data, ranks)
-        label = f" ({step.ranks.world} ranks)" if step.ranks.world > 1 else ""
-        super().__init__(step, out_dir, progress, checkpoint_every_s=0.0, label=label)
-
-
-def barrier(ranks: Ranks) -> None:
-    if ranks.world > 1:
-        dist.barrier()
-
-
 def fit_large(config: TrainConfig, batch: BatchSettings, images: ImageStore, targets: dict[str, CondensedRDMs],
               seeds: tuple[int, ...] = (0,), out_dir: str | os.PathLike | None = None, resume: bool = False,
               progress: bool = True, overwrite: bool = False, settings: dict | None = None,
               ranks: Ranks | None = None) -> RDMPredictor:
     """Train one model per seed on a large image set with mini-batches, on every rank of the process group.
 
-    Rank 0 owns the run folder (files.run_folder), clears it with `overwrite`, writes settings.json (with "world_size"),
-    checkpoints in out_dir/seed<k>/ and model.pt; with `resume`, it reads seed<k>/last.pt and sends it to
-    every rank, so all continue from the same state even where they do not share the run folder's disk.
+    The settings and targets are checked, and the targets read, before the run folder is made; the run itself is
+    the one run driver's (predict.fit_seeds): rank 0 owns the folder, writes settings.json (with "world_size",
+    "config" and "batch"), checkpoints in out_dir/seed<k>/ and model.pt; with `resume`, it reads seed<k>/last.pt
+    and sends it to every rank.
     """
     ranks = ranks or current_ranks()
     check_batch_settings(batch, ranks.world)
     check_minibatch_config(config)
     data = read_targets(targets, len(images), batch, config.rescale)  # bad values refused before the folder
-    with contextlib.ExitStack() as stack:
-        barrier(ranks)  # every rank has checked its inputs and the folder before rank 0 writes to it
-        if out_dir is not None and ranks.main:
-            stack.enter_context(run_folder(out_dir, "fit", run_mode(overwrite, resume)))
-            if settings is not None:
-                record = {**settings, "world_size": ranks.world, "config": asdict(config), "batch": asdict(batch)}
-                if resume:
-                    check_same_settings(Path(out_dir), record)
-                write_text(Path(out_dir) / "settings.json", json.dumps(json_safe(record), indent=2, allow_nan=False))
-        barrier(ranks)
-        models, metrics = [], {}
-        for seed in seeds:
-            seed_dir = Path(out_dir) / f"seed{seed}" if out_dir is not None else None
-            trainer = MiniBatchTrainer(replace(config, seed=seed), batch, images, data, seed_dir, progress, ranks)
-            last = seed_dir / "last.pt" if seed_dir is not None else None
-            state = [load_run_state(last) if resume and ranks.main and last is not None and last.is_file() else None]
-            if ranks.world > 1:  # rank 0's checkpoint for every rank: the others need not see the run folder
-                dist.broadcast_object_list(state, src=0)
-            if state[0] is not None:
-                with reading(last):
-                    trainer.load_state(state[0])
-            result = trainer.fit()
-            models.append(result.model.eval())
-            metrics[f"seed{seed}"] = seed_summary(result)
-            normalisation = result.normalisation
-        keys = {t: target_key(t, official=False) for t in config.targets}  # large sets are always your own data
-        predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics, output_keys=keys)
-        if out_dir is not None and ranks.main:
-            predictor.save(Path(out_dir) / "model.pt")
-        barrier(ranks)
-        return predictor
+    record = None if settings is None else {**settings, "world_size": ranks.world, "config": asdict(config),
+                                            "batch": asdict(batch)}
+    return fit_seeds(config, LargeSet(images, data, batch), (), seeds, out_dir, resume=resume, progress=progress,
+                     overwrite=overwrite, settings=record, official=False, ranks=ranks)  # always your own data

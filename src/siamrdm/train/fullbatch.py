@@ -1,8 +1,8 @@
 """Full-batch training of the Siamese RDM network: data preparation, the pair-factorised step, validation.
 
 The run's settings live in config.py, augmentation in augment.py, checkpoint files in checkpoint.py and the
-epochs, schedule, kept epoch, checkpoints and resume in loop.py (the one training loop); this module re-exports
-their public names for callers of `siamrdm.train`.
+epochs, schedule, kept epoch, checkpoints and resume in trainer.py (the one trainer, which runs this step on
+image sets in memory); this module re-exports their public names for callers of `siamrdm.train`.
 
 One epoch is one optimiser step on all pairs within every training set (pairs never cross sets).
 While the body is frozen its features are computed once per image and augmented view and cached; once
@@ -16,21 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
-import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import DataError
 from ..errors import TrainingDiverged as TrainingDiverged
 from ..io.datasets import BrainDataset, target_key
-from ..io.files import run_folder, run_mode
 from ..io.images import ImageSet
 from ..model.backbones import create_body, images_to_tensor
 from ..model.network import (
@@ -51,7 +48,6 @@ from ..rdm.splits import split_holdout as split_holdout  # re-exported: callers 
 from ..rdm.splits import subset as subset
 from .augment import augment_batch, crop_flip, draw_boxes, image_generator
 from .checkpoint import load_checkpoint as load_checkpoint  # re-exported: tests and callers read checkpoints here
-from .checkpoint import load_run_state, reading
 from .config import PRESETS as PRESETS  # re-exported: callers of siamrdm.train find the run's settings here too
 from .config import ConfigError as ConfigError
 from .config import TrainConfig as TrainConfig
@@ -60,9 +56,11 @@ from .config import config_from_dict as config_from_dict
 from .config import config_from_preset as config_from_preset
 from .config import pick_device as pick_device
 from .loop import TRAINING_MUST_BEAT_ZERO_BY_SE as TRAINING_MUST_BEAT_ZERO_BY_SE
-from .loop import FitResult, TrainingLoop
 from .loop import selection_score as selection_score
 from .loop import validated_gain as validated_gain
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
 
 # --------------------------------------------------------------------------- data for training
 
@@ -116,7 +114,7 @@ def prepare_set(dataset: BrainDataset, targets: tuple[str, ...], config: TrainCo
     )
 
 
-# Frozen-body features of single images, shared by every Trainer of a process: a challenge fits many models on
+# Frozen-body features of single images, shared by every full-batch step of a process: a challenge fits many models on
 # the same images (targets, directions, held-out splits), and a pretrained body gives each image and augmented
 # view the same features every time. Keyed by everything the features depend on; bounded in entries.
 _VIEW_CACHE: dict[tuple, torch.Tensor] = {}
@@ -259,6 +257,8 @@ class FullBatchStep:
 
     steps_per_epoch = 1
     main = True
+    checkpoint_every_s = 30.0  # an epoch is one step: checkpoint by the clock
+    label = ""
 
     def __init__(self, config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] = ()):
         if not train:
@@ -515,8 +515,15 @@ class FullBatchStep:
     def agree(self, flag: bool) -> bool:
         return flag
 
-    def share_choice(self, loop: TrainingLoop) -> None:
+    def share_choice(self, loop: Trainer) -> None:
         pass
+
+    @property
+    def last_rdms(self) -> dict[str, np.ndarray]:
+        """The latest validation's predicted (T, N, N) RDMs per validation set (with the prior, if any); empty
+        before the first validation (with `validate_every` > 1, after the first epochs too)."""
+        return {s.name: pairs_to_rdms(self.last_pairs[s.name], len(s.images))
+                for s in self.val_sets if s.name in self.last_pairs}
 
     def extra_state(self) -> dict:
         return {"generator": self.generator.get_state(), "normalisation": self.normalisation,
@@ -549,94 +556,3 @@ def set_shares(datasets: list[BrainDataset], prepared: list[PairTargets], config
     if total <= 0:
         raise ConfigError("set_weights", "no training set has reliable targets (every reliability is 0 or below)")
     return [w / total for w in weights]
-
-
-class Trainer(TrainingLoop):
-    """The full-batch fit of one model: `FullBatchStep` driven by the training loop."""
-
-    def __init__(self, config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] = (),
-                 out_dir: str | os.PathLike | None = None, progress: bool = True):
-        super().__init__(FullBatchStep(config, train, val), out_dir, progress)
-
-    @property
-    def train_sets(self) -> list[PairTargets]:
-        return self.stepper.train_sets
-
-    @property
-    def val_sets(self) -> list[PairTargets]:
-        return self.stepper.val_sets
-
-    def step(self, frozen: bool) -> float:
-        """One optimiser step on all training pairs outside any epoch (tests, benchmarks); its loss on the host."""
-        loss, _ = self.stepper.train_epoch(self.epoch, frozen, self.optimizer.step)
-        return loss.item()
-
-    @property
-    def last_rdms(self) -> dict[str, np.ndarray]:
-        """The latest validation's predicted (T, N, N) RDMs per validation set (with the prior, if any); empty
-        before the first validation (with `validate_every` > 1, after the first epochs too)."""
-        return {s.name: pairs_to_rdms(self.stepper.last_pairs[s.name], len(s.images))
-                for s in self.val_sets if s.name in self.stepper.last_pairs}
-
-
-def fit(config: TrainConfig, train: list[BrainDataset], val: list[BrainDataset] = (),
-        out_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True) -> FitResult:
-    """Train one model; with `resume`, continue from out_dir/last.pt when it exists."""
-    if resume and out_dir is None:
-        raise ConfigError("resume", "needs out_dir, the folder of the run to continue")
-    with contextlib.ExitStack() as stack:
-        if out_dir is not None:
-            stack.enter_context(run_folder(out_dir, "fit", run_mode(resume=resume)))
-        trainer = Trainer(config, train, val, out_dir, progress)
-        last = Path(out_dir) / "last.pt" if out_dir is not None else None
-        if resume and last.is_file():
-            with reading(last):  # a malformed last.pt: one line naming it
-                trainer.load_state(load_run_state(last))
-        return trainer.fit()
-
-
-# --------------------------------------------------------------------------- LR range test
-
-
-def lr_range_test(config: TrainConfig, train: list[BrainDataset], start_lr: float = 1e-6, end_lr: float = 1.0,
-                  steps: int = 80, progress: bool = True, train_stages: int | str = 0) -> dict:
-    """Smith's LR range test on the head (body frozen): the rate grows exponentially each step. With
-    `train_stages` K, the body's top K stages ('all': the whole body) train too, at the rate times
-    `body_lr_factor`, as a fit's unfrozen epochs train them (on the plain images: no augmentation here).
-
-    Returns the rates (the head's), the smoothed losses and a suggested rate: the steepest descent of the
-    smoothed loss, found before the loss diverges (4x its minimum).
-    """
-    step_data = FullBatchStep(replace(config, augment=False, train_stages=train_stages), train)
-    step_data.model.freeze_body(train_stages == 0, train_stages)
-    groups = [{"params": step_data.model.head_parameters(), "lr": start_lr}]
-    if train_stages != 0:
-        groups.append({"params": step_data.model.body.trained_parameters(train_stages), "lr": start_lr})
-    rates = (1.0, config.body_lr_factor)  # each group's share of the step's rate
-    optimizer = torch.optim.AdamW(groups, lr=start_lr, weight_decay=config.weight_decay)
-    factor = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
-    lrs, losses, smoothed, avg = [], [], [], 0.0
-    for step in tqdm(range(steps), disable=not progress, desc="lr-find", leave=False):
-        lr = start_lr * factor**step
-        for group, share in zip(optimizer.param_groups, rates, strict=False):
-            group["lr"] = lr * share
-        index = step % len(step_data.train_sets)
-        optimizer.zero_grad(set_to_none=True)
-        if train_stages == 0:
-            loss = step_data.pair_loss(step_data.plain_features(index), step_data.train_sets[index])
-            loss.backward()
-        else:
-            loss = step_data.set_gradients(index, frozen=False)
-        optimizer.step()
-        value = loss.item()
-        avg = 0.9 * avg + 0.1 * value
-        lrs.append(lr)
-        losses.append(value)
-        smoothed.append(avg / (1 - 0.9 ** (step + 1)))
-        if not math.isfinite(value) or smoothed[-1] > 4 * min(smoothed):
-            break
-    log_lr = np.log10(lrs)
-    slopes = np.gradient(np.asarray(smoothed), log_lr) if len(lrs) > 2 else np.zeros(len(lrs))
-    lowest = int(np.argmin(smoothed))
-    steepest = int(np.argmin(slopes[: lowest + 1])) if lowest > 0 else 0
-    return {"lr": lrs, "loss": losses, "smoothed_loss": smoothed, "suggested_lr": float(lrs[steepest])}

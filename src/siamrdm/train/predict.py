@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -27,8 +28,10 @@ from ..model.network import SiameseRDMNet
 from ..model.prior import PriorFit
 from .checkpoint import check_tensors, finite, load_checkpoint, reading, save_checkpoint
 from .config import TrainConfig, check_config, config_from_dict, pick_device, purpose_text
-from .fullbatch import build_model, feature_views, fit, predict_rdms, prior_rdms, split_holdout
+from .fullbatch import build_model, feature_views, predict_rdms, prior_rdms, split_holdout
 from .loop import seed_summary
+from .ranks import Ranks, barrier, current_ranks
+from .trainer import StepData, fit
 
 MODEL_FORMAT = "siamrdm-predictor-1"
 
@@ -195,37 +198,62 @@ def fit_predictor(config: TrainConfig, train: list[BrainDataset], val: list[Brai
                   seeds: tuple[int, ...] = (0,), out_dir: str | os.PathLike | None = None, resume: bool = False,
                   progress: bool = True, overwrite: bool = False,
                   image_order: list[str] | None = None, settings: dict | None = None) -> RDMPredictor:
-    """Train one model per seed (each in out_dir/seed<k> with its checkpoints and log) and bundle them.
+    """Train one model per seed on image sets in memory (each in out_dir/seed<k> with its checkpoints and log)
+    and bundle them (`fit_seeds`). With `image_order` (your own data: the RDM rows' images, written to
+    out_dir/images.txt) the predictor writes your own keys, without it the challenge's."""
+    return fit_seeds(config, train, val, seeds, out_dir, resume=resume, progress=progress, overwrite=overwrite,
+                     settings=settings, image_order=image_order, official=image_order is None)
 
-    `out_dir` is owned for the whole run (files.run_folder): new or empty, or with `overwrite` an earlier
-    siamrdm run, cleared first, or with `resume` the run to continue, started with the same `settings`
-    (what `siamrdm fit` ran with, written to out_dir/settings.json).
+
+def fit_seeds(config: TrainConfig, train: Sequence[BrainDataset] | StepData, val: Sequence[BrainDataset] = (),
+              seeds: tuple[int, ...] = (0,), out_dir: str | os.PathLike | None = None, *, resume: bool = False,
+              progress: bool = True, overwrite: bool = False, settings: dict | None = None,
+              image_order: list[str] | None = None, official: bool = True, ranks: Ranks | None = None,
+              ) -> RDMPredictor:
+    """The one run driver, for any data (trainer.make_step) on one process or every rank: train one model per
+    seed (trainer.fit in out_dir/seed<k>, resumed from its last.pt with `resume`) and bundle them.
+
+    `out_dir` is owned by the main process for the whole run (files.run_folder): new or empty, or with
+    `overwrite` an earlier siamrdm run, cleared first, or with `resume` the run to continue, started with the
+    same `settings` (what the command ran with, written to out_dir/settings.json as given). `official`: the
+    predictor writes the challenge's keys ('EVC' -> 'EVC_RDMs'), else the targets' own names.
     """
+    ranks = ranks or current_ranks()
     with contextlib.ExitStack() as stack:
-        if out_dir is not None:
+        barrier(ranks)  # every rank has checked its inputs and the folder before the main process writes to it
+        if out_dir is not None and ranks.main:
             stack.enter_context(run_folder(out_dir, "fit", run_mode(overwrite, resume)))
-            if resume and settings is not None:
-                check_same_settings(Path(out_dir), settings)
-            if settings is not None:
-                write_text(Path(out_dir) / "settings.json", json.dumps(json_safe(settings), indent=2, allow_nan=False))
-            if image_order is not None:  # the RDM rows' images, in order: an --order file for the next run
-                write_text(Path(out_dir) / IMAGE_ORDER_FILE, "\n".join(image_order) + "\n")
-            # what the fit will write, checked before it trains (a folder in a checkpoint's place, a user's file)
-            for path in [Path(out_dir) / "model.pt", *(Path(out_dir) / f"seed{seed}" / name for seed in seeds
-                                                       for name in ("last.pt", "log.csv"))]:
-                check_output_file(path)
-        models, normalisation, metrics = [], {}, {}
+            start_run(Path(out_dir), seeds, resume, settings, image_order)
+        barrier(ranks)
+        models, normalisation, metrics, priors = [], {}, {}, {}
         for seed in seeds:
             seed_dir = Path(out_dir) / f"seed{seed}" if out_dir else None
-            result = fit(replace(config, seed=seed), train, val, seed_dir, resume=resume, progress=progress)
+            result = fit(replace(config, seed=seed), train, val, seed_dir, resume, progress, ranks)
             models.append(result.model.eval())
             normalisation, priors = result.normalisation, result.priors
             metrics[f"seed{seed}"] = seed_summary(result)
-        keys = {t: target_key(t, official=image_order is None) for t in config.targets}  # image_order: own data
+        keys = {t: target_key(t, official=official) for t in config.targets}
         predictor = RDMPredictor(models, replace(config, seed=seeds[0]), normalisation, metrics, priors, keys)
-        if out_dir:
+        if out_dir and ranks.main:
             predictor.save(Path(out_dir) / "model.pt")
+        barrier(ranks)
         return predictor
+
+
+def start_run(out_dir: Path, seeds: tuple[int, ...], resume: bool, settings: dict | None,
+              image_order: list[str] | None) -> None:
+    """What a run writes before it trains: settings.json (checked against the run's own when resuming), the
+    image order (an --order file for the next run), and a check of every file the fit will write (a folder in
+    a checkpoint's place, a user's file), so that none is refused only after training."""
+    if resume and settings is not None:
+        check_same_settings(out_dir, settings)
+    if settings is not None:
+        write_text(out_dir / "settings.json", json.dumps(json_safe(settings), indent=2, allow_nan=False))
+    if image_order is not None:
+        write_text(out_dir / IMAGE_ORDER_FILE, "\n".join(image_order) + "\n")
+    for path in [out_dir / "model.pt", *(out_dir / f"seed{seed}" / name for seed in seeds
+                                         for name in ("last.pt", "log.csv"))]:
+        check_output_file(path)
 
 
 def fit_predict(config: TrainConfig, train: list[BrainDataset], images: ImageSet | list[np.ndarray],

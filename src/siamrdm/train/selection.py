@@ -35,7 +35,8 @@ from ..io.tables import number
 from ..rdm.core import subject_rdms
 from ..rdm.splits import MIN_SPLIT_IMAGES, cross_set_splits, fold_splits, subject_fold_splits
 from .config import TrainConfig
-from .fullbatch import Trainer, validated_gain
+from .loop import validated_gain
+from .trainer import Trainer
 
 
 def validation_curves(config: TrainConfig, splits: dict[str, tuple[BrainDataset, BrainDataset]],
@@ -57,9 +58,10 @@ def ensemble_curves(config: TrainConfig, train: list[BrainDataset], val: list[Br
                     ) -> list[list[dict]]:
     """One fit on `train`, scored after every epoch on each of `val` (one curve per validation set, in order).
 
-    The seeds train side by side and their predicted RDMs are averaged before scoring, as the final predictor
-    averages them. With a prior the curves start at epoch 0 (the prior alone, before any step), so the chosen
-    epoch count can be 0 when training does not improve on the baseline."""
+    The seeds' trainers step through their epochs (`Trainer.epochs`, the fit's loop, without early stopping:
+    a curve runs to the schedule's end) side by side, and their predicted RDMs are averaged before scoring, as
+    the final predictor averages them. With a prior the curves start at epoch 0 (the prior alone, before any
+    step), so the chosen epoch count can be 0 when training does not improve on the baseline."""
     bars = Progress.of(progress, "challenge").bars
     target = config.targets[0]
     label = label or "+".join(d.name for d in train)
@@ -75,10 +77,10 @@ def ensemble_curves(config: TrainConfig, train: list[BrainDataset], val: list[Br
             record(0, [t.validate_start()["loss"] for t in trainers])
         last = trainers[0].last_epoch  # the schedule's end, or the config's stop_epoch
         with tqdm(total=last, disable=not bars, unit="epoch", desc=f"{target} {label}", leave=False) as bar:
-            for epoch in range(1, last + 1):
-                losses = [t.run_epoch()["loss"] for t in trainers]
+            for rows in zip(*(t.epochs(early_stopping=False) for t in trainers), strict=True):
+                epoch = rows[0]["epoch"]
                 if trainers[0].validates(epoch):  # every `validate_every`-th epoch and the last
-                    record(epoch, losses)
+                    record(epoch, [row["loss"] for row in rows])
                 bar.update()
     return curves
 

@@ -24,11 +24,12 @@ LAYERS = [
     {"io.tables", "model.network", "model"},  # tables and JSON; the network
     # the metric, ceilings; splits; the baselines' fits
     {"rdm.scoring", "rdm.splits", "model.baselines", "model.prior", "rdm.reliability", "model.frrsa"},
-    {"train.config", "train.augment", "train.checkpoint", "pipelines.plots", "pipelines.external",
+    {"train.config", "train.augment", "train.checkpoint", "train.ranks", "pipelines.plots", "pipelines.external",
      "pipelines.scorefiles", "pipelines.fitsummary"},  # settings; charts; scoring files; what fit reports
-    {"train.loop"},  # the one training loop
-    {"train.fullbatch", "train", "train.largeset"},  # full-batch and large-set data for the loop
-    {"train.predict", "pipelines.report", "train.selection"},
+    {"train.loop"},  # the step protocol, the optimiser, the kept epoch's rule
+    {"train.fullbatch", "train.largeset"},  # full-batch and large-set data
+    {"train.trainer", "train.lrfind"},  # the one trainer; the LR range test
+    {"train", "train.predict", "pipelines.report", "train.selection"},
     {"train.distributed", "pipelines.evaluate"},
     {"pipelines.challenge"},
     # the command line's parser (its choices from `choices` and the torch-free registries), how it prints; what its

@@ -24,7 +24,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -46,12 +45,10 @@ from .largeset import (
     pair_index,
     rescale_in_place,
 )
+from .loop import KeptChoice
 from .predict import RDMPredictor, fit_seeds
 from .ranks import Ranks as Ranks  # re-exported: callers place a run's ranks here
 from .ranks import current_ranks as current_ranks
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
 
 
 def launched_by_torchrun() -> bool:
@@ -406,7 +403,7 @@ class MiniBatchStep:
             flag = bool(tensor.item())
         return flag
 
-    def share_choice(self, loop: Trainer) -> None:
+    def share_choice(self, loop: KeptChoice) -> None:
         """Only rank 0 validated: every rank returns its chosen model and history."""
         if self.ranks.world > 1:
             broadcast_parameters(self.model, self.ranks)

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -56,11 +55,9 @@ from .config import config_from_dict as config_from_dict
 from .config import config_from_preset as config_from_preset
 from .config import pick_device as pick_device
 from .loop import TRAINING_MUST_BEAT_ZERO_BY_SE as TRAINING_MUST_BEAT_ZERO_BY_SE
+from .loop import KeptChoice
 from .loop import selection_score as selection_score
 from .loop import validated_gain as validated_gain
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
 
 # --------------------------------------------------------------------------- data for training
 
@@ -515,7 +512,7 @@ class FullBatchStep:
     def agree(self, flag: bool) -> bool:
         return flag
 
-    def share_choice(self, loop: Trainer) -> None:
+    def share_choice(self, loop: KeptChoice) -> None:
         pass
 
     @property

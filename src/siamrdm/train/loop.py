@@ -16,7 +16,7 @@ import resource
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -26,8 +26,13 @@ from ..model.network import SiameseRDMNet
 from ..model.prior import PriorFit
 from .config import TrainConfig
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
+
+class KeptChoice(Protocol):
+    """What a fit keeps (the trainer's): the chosen epoch, its score and the validation history."""
+
+    best_epoch: int
+    best_score: float
+    history: list[dict]
 
 
 class Step(Protocol):
@@ -54,7 +59,7 @@ class Step(Protocol):
     def agree(self, flag: bool) -> bool:
         """The main process's flag, on every process (one process: the flag)."""
 
-    def share_choice(self, loop: Trainer) -> None:
+    def share_choice(self, loop: KeptChoice) -> None:
         """After the fit, make every process hold the main process's kept model and history."""
 
     def extra_state(self) -> dict:

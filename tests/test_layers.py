@@ -21,8 +21,9 @@ LAYERS = [
     {"io.files", "io.limits", "model.backbones", "rdm.parts", "pipelines.methods"},
     {"io.arrayfiles", "io.images", "io.rsafiles", "io.rdmfiles", "io.datasets"},  # reading images and RDM files
     {"io.tables", "model.network", "model"},  # tables and JSON; the network
-    # the metric, ceilings; splits; the baselines' fits
-    {"rdm.scoring", "rdm.splits", "model.baselines", "model.prior", "rdm.reliability", "model.frrsa"},
+    # the metric, ceilings, inference, score records, the submission format; splits; the baselines' fits
+    {"rdm.transform", "rdm.stream", "rdm.compare", "rdm.noise_ceiling", "rdm.inference", "rdm.paired", "rdm.records",
+     "rdm.submission", "rdm.splits", "model.baselines", "model.prior", "rdm.reliability", "model.frrsa"},
     {"train.config", "train.augment", "train.checkpoint", "pipelines.plots", "pipelines.external"},  # settings; charts
     {"train.loop"},  # the one training loop
     {"train.fullbatch", "train", "train.largeset"},  # full-batch and large-set data for the loop
@@ -34,7 +35,7 @@ LAYERS = [
 
 
 def module_name(path: Path) -> str:
-    """A file's dotted name in the package: "rdm.scoring", "cli"; a subpackage's __init__.py is the package."""
+    """A file's dotted name in the package: "rdm.compare", "cli"; a subpackage's __init__.py is the package."""
     parts = path.relative_to(PACKAGE).with_suffix("").parts
     if len(parts) > 1 and parts[-1] == "__init__":
         parts = parts[:-1]

@@ -41,8 +41,12 @@ from .io.rdmfiles import check_rdm_keys, load_rdm_dict, load_rdms, save_rdms, va
 from .io.rsafiles import check_rdm_names, read_rdm_names, take_notes
 from .io.tables import fmt
 from .pipelines.methods import method_names
-from .rdm import reliability, scoring
+from .rdm import reliability
+from .rdm.compare import TargetError, spearman_rhos
 from .rdm.core import upper_tri
+from .rdm.inference import CHANCE_ALPHA, DEFAULT_PERMUTATIONS, PERMUTE_UP_TO_IMAGES
+from .rdm.noise_ceiling import NO_CEILING_NOTE, noise_ceilings
+from .rdm.records import score_row
 from .rdm.reliability import (
     SAMPLE_IMAGES,
     print_reliability,
@@ -50,6 +54,8 @@ from .rdm.reliability import (
     report_reliability,
     target_reliability,
 )
+from .rdm.submission import score_condensed_submission, score_submission, shown_keys
+from .rdm.transform import COMPARISON_METHODS, DOT_METHODS, OFFICIAL_METHOD
 
 
 class UsageError(DataError):
@@ -70,7 +76,7 @@ MAX_PERMUTATIONS = 100_000
 
 def _check_seed(flag: str, seed: int) -> int:
     """A seed option in the range numpy's and torch's generators take (0 <= seed < 2**32)."""
-    from .rdm.scoring import SEED_LIMIT
+    from .rdm.inference import SEED_LIMIT
 
     if not 0 <= seed < SEED_LIMIT:
         raise UsageError(f"{flag}: a seed must be 0 <= seed < 2**32 ({SEED_LIMIT}), got {seed}")
@@ -93,13 +99,13 @@ def _max_parallel() -> int:
 
 def _check_method(args) -> str:
     """--method, checked before any work: permutation p-values need a dot-product method (--permutations left
-    out: on by default where cheap, scoring.default_permutations)."""
+    out: on by default where cheap, inference.default_permutations)."""
     if args.permutations is not None and not 0 <= args.permutations <= MAX_PERMUTATIONS:
         raise UsageError(f"--permutations must be between 0 (no permutation test) and {MAX_PERMUTATIONS}, got "
                          f"{args.permutations}")
     _check_seed("--seed", args.seed)
-    if args.permutations and args.method not in scoring.DOT_METHODS:
-        raise UsageError(f"--permutations works with --method {', '.join(scoring.DOT_METHODS)}, not {args.method}")
+    if args.permutations and args.method not in DOT_METHODS:
+        raise UsageError(f"--permutations works with --method {', '.join(DOT_METHODS)}, not {args.method}")
     if args.seed < 0:  # numpy's generators take no negative seed
         raise UsageError(f"--seed must be 0 or more, got {args.seed}")
     return args.method
@@ -153,13 +159,13 @@ def _condensed_model(path: str, pairs: int) -> np.ndarray:
 
 @contextlib.contextmanager
 def _blamed(submission: str, target: str):
-    """A scoring error as a DataError naming the file it comes from: the target's (scoring.TargetError: a subject
+    """A scoring error as a DataError naming the file it comes from: the target's (compare.TargetError: a subject
     or the subjects' mean) or else the submission's. Settings (ConfigError) keep their own name."""
     try:
         yield
     except ConfigError:
         raise
-    except scoring.TargetError as exc:
+    except TargetError as exc:
         raise DataError(f"{target}: {exc}") from None
     except ValueError as exc:
         raise DataError(f"{submission}: {exc}") from None
@@ -170,7 +176,7 @@ def _chosen_key(keys: Sequence[str], key: str | None, flag: str, path: str) -> s
     rsatoolbox file without a 'target'/'roi' descriptor), that array, which the option then names."""
     if key is None or key in keys or list(keys) == [""]:
         return None if key is None else key if key in keys else ""
-    raise UsageError(f"{flag} {key}: {path} has no key '{key}' (keys: {scoring.shown_keys(keys)})")
+    raise UsageError(f"{flag} {key}: {path} has no key '{key}' (keys: {shown_keys(keys)})")
 
 
 def _paired_keys(args, submission: Sequence[str], targets: Sequence[str]) -> dict[str, tuple[str, str]]:
@@ -186,8 +192,8 @@ def _paired_keys(args, submission: Sequence[str], targets: Sequence[str]) -> dic
         elif len(submission) == len(targets) == 1 and "" in (*submission, *targets):
             pairs = [(next(iter(submission)), next(iter(targets)))]
         else:
-            raise UsageError(f"no key in common between {args.submission} ({scoring.shown_keys(submission)}) and "
-                             f"{args.target} ({scoring.shown_keys(targets)}): name the pair with --key and "
+            raise UsageError(f"no key in common between {args.submission} ({shown_keys(submission)}) and "
+                             f"{args.target} ({shown_keys(targets)}): name the pair with --key and "
                              "--target-key")
     else:
         if key is None:
@@ -204,7 +210,7 @@ def _paired_keys(args, submission: Sequence[str], targets: Sequence[str]) -> dic
 
 def _only_key(keys: Sequence[str], flag: str, path: str) -> str:
     if len(keys) != 1:
-        raise UsageError(f"{flag}: {path} holds {scoring.shown_keys(keys)}; name the one to score")
+        raise UsageError(f"{flag}: {path} holds {shown_keys(keys)}; name the one to score")
     return next(iter(keys))
 
 
@@ -215,7 +221,7 @@ def _score_result(args, method: str) -> dict:
             raise UsageError("--permutations: not available for upper-triangle (.npy) subjects")
         model = _condensed_model(args.submission, subjects.shape[1])
         with _blamed(args.submission, args.target):
-            return scoring.score_condensed_submission(
+            return score_condensed_submission(
                 model, subjects, args.target_key or args.key or Path(args.target).stem, method)
     targets = load_rdm_dict(args.target)
     n_images = next(iter(targets.values())).shape[-1]
@@ -229,7 +235,7 @@ def _score_result(args, method: str) -> dict:
         paired = {t for _, t in pairs.values()}
         chosen.update({key: rdms for key, rdms in targets.items() if key not in paired})
     with _blamed(args.submission, args.target):
-        return scoring.score_submission({name: submission[s] for name, (s, _) in pairs.items()}, chosen,
+        return score_submission({name: submission[s] for name, (s, _) in pairs.items()}, chosen,
                                         args.permutations, args.seed, method)
 
 
@@ -267,12 +273,12 @@ def cmd_score(args) -> int:
     permuted = [row for row in rows.values() if row["permutations"]]
     if permuted:
         print(f"note: chance{unit} and chance95 are this model's score with its image labels permuted "
-              f"({permuted[0]['permutations']} times): mean and 95th percentile; p_perm below {scoring.CHANCE_ALPHA} "
+              f"({permuted[0]['permutations']} times): mean and 95th percentile; p_perm below {CHANCE_ALPHA} "
               "beats chance. rho_mean's chance level is 0; lower_rho is the lower noise ceiling in its unit; "
               "pair_rho is rho_mean of the pair structure alone (each RDM less its per-image part a_i + a_j)")
     if any(row["ceiling_source"] is None for row in rows.values()):
-        print(f"note: {scoring.NO_CEILING_NOTE}")
-    if method != scoring.OFFICIAL_METHOD:
+        print(f"note: {NO_CEILING_NOTE}")
+    if method != OFFICIAL_METHOD:
         print(f"note: compared with '{method}' (rsatoolbox's name); r2 is the mean over subjects of its square, "
               "and the ceilings are computed with it")
     return 0
@@ -284,7 +290,7 @@ def cmd_noise_ceiling(args) -> int:
     result = {}
     for key, rdms in targets.items():
         try:  # r2 (the challenge's unit) and rho as (lower, upper), rsatoolbox's
-            ceiling = scoring.noise_ceilings(rdms, args.method, condensed=subjects is not None)
+            ceiling = noise_ceilings(rdms, args.method, condensed=subjects is not None)
         except ValueError as exc:  # fewer than 2 subjects, or a constant mean RDM
             raise DataError(f"{args.target}:{key}: {exc}") from None
         result[key or Path(args.target).stem] = {  # a key-less file: its stem
@@ -324,7 +330,7 @@ def _own_data_info(args) -> int:
             print(f"  {printable(entry['grouping'])}")
         ceiling = (f"noise ceiling {fmt(entry['noise_ceiling'])} upper, {fmt(entry['noise_ceiling_lower'])} lower "
                    f"({entry['ceiling_source']})" if entry["ceiling_source"] else f"no noise ceiling: "
-                   f"{scoring.NO_CEILING_NOTE}")
+                   f"{NO_CEILING_NOTE}")
         print(f"  {printable(key)}: {tuple(entry['shape'])}, finite, symmetric, zero diagonal; {ceiling}")
         print(f"  {printable(reliability_line(key, entry['reliability']))}")
     print(printable(f"ok: fit reads these with --images {args.images} --rdms {args.rdms} --key "
@@ -655,18 +661,18 @@ def _seed_records(metrics: dict) -> dict:
 
 def _validation_scores(predictor, val: list, targets: tuple[str, ...]) -> dict:
     """Per validation set and target ('set/target', as in log.csv): the kept model (each seed's chosen epoch,
-    averaged over seeds) scored on the validation images as every score table scores (scoring.score_row, with
+    averaged over seeds) scored on the validation images as every score table scores (records.score_row, with
     this RDM's own chance level and p_perm), saying which of its fields each seed's `best_val_score` is."""
     out = {}
     for dataset in val:
         predicted = predictor.predict(dataset.images)
         for target in targets:
             subjects, rdm = dataset.targets[target], predicted[target]
-            row = scoring.score_row(scoring.spearman_rhos(rdm, subjects), target_key(target, dataset.official),
+            row = score_row(spearman_rhos(rdm, subjects), target_key(target, dataset.official),
                                     subjects, model_rdm=rdm, permutations=None)
             info = {"images": len(dataset), "best_val_score_is": BEST_VAL_SCORE_IS, **row}
             if row["ceiling_source"] is None:
-                info["note"] = scoring.NO_CEILING_NOTE
+                info["note"] = NO_CEILING_NOTE
             out[f"{dataset.name}/{target}"] = info
     return out
 
@@ -904,7 +910,7 @@ def cmd_challenge(args) -> int:
 
 
 def _add_method_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", default=scoring.OFFICIAL_METHOD, choices=scoring.COMPARISON_METHODS,
+    p.add_argument("--method", default=OFFICIAL_METHOD, choices=COMPARISON_METHODS,
                    help="RDM comparison, named as rsatoolbox names them (default: spearman, the official metric)")
 
 
@@ -915,7 +921,7 @@ def _add_foundation_commands(sub) -> None:
                    "upper triangles, (subjects, N(N-1)/2), for large sets (the submission then a .npy too)")
     p.add_argument("--permutations", type=int, default=None,
                    help="image-label permutations behind the chance level and p_perm (default: "
-                   f"{scoring.DEFAULT_PERMUTATIONS} up to {scoring.PERMUTE_UP_TO_IMAGES} images, where they take under "
+                   f"{DEFAULT_PERMUTATIONS} up to {PERMUTE_UP_TO_IMAGES} images, where they take under "
                    "a second, else 0; 0: off)")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations (default: 0)")
     p.add_argument("--key", help="score only this key of the submission (a file of one unkeyed array: its name)")

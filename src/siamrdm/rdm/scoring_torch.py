@@ -1,7 +1,7 @@
 """Spearman's rho on the device (torch), for the per-epoch validation of training.
 
 Per-epoch validation scores the predicted pairs where they are (the GPU), so that an epoch's score costs one
-host synchronisation; the same Spearman as `scoring.compare_rdms` to float rounding (tests check it against
+host synchronisation; the same Spearman as `compare.compare_rdms` to float rounding (tests check it against
 scipy). Kept apart from `scoring`, which the command line's `score` and `noise-ceiling` load without torch.
 """
 

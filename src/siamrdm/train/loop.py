@@ -49,7 +49,7 @@ class Step(Protocol):
         columns). The loss may stay a tensor on the device; the loop copies it to the host when it needs it."""
 
     def validate(self, frozen: bool) -> dict[str, dict]:
-        """Scored rows of the held-out images, 'set/target' -> row (scoring.score_row)."""
+        """Scored rows of the held-out images, 'set/target' -> row (records.score_row)."""
 
     def agree(self, flag: bool) -> bool:
         """The main process's flag, on every process (one process: the flag)."""

@@ -15,7 +15,7 @@ PACKAGE = Path(siamrdm.__file__).parent
 # "model" model.network, "train" train.fullbatch; "io" and "pipelines" import nothing).
 LAYERS = [
     # no siamrdm imports (the package's API loads lazily)
-    {"__init__", "errors", "rdm.core", "rdm", "rdm.scoring_torch", "io.progress", "io", "pipelines"},
+    {"__init__", "errors", "rdm.core", "rdm", "rdm.compare_torch", "io.progress", "io", "pipelines"},
     # writing files safely; bounded reading; the bodies; the parts of an RDM; the methods' registry (names, code by
     # module)
     {"io.files", "io.limits", "model.backbones", "rdm.parts", "pipelines.methods"},

@@ -237,7 +237,7 @@ def test_held_out_pairs_give_the_same_record(make_rdms) -> None:
 
 
 def test_one_table_of_comparison_methods(make_rdms) -> None:
-    """dot_vectors is `_Transform` row by row, for the dot-product methods only (Kendall's taus used to come out
+    """dot_vectors is `Transform` row by row, for the dot-product methods only (Kendall's taus used to come out
     as rho-a vectors)."""
     assert DOT_METHODS == ("spearman", "rho-a", "corr", "cosine")
     assert COMPARISON_METHODS == (*DOT_METHODS, "tau-a", "kendall")

@@ -114,7 +114,7 @@ def write_log(path: Path, history: list[dict]) -> None:
 
 def selection_score(scores: dict[str, dict]) -> float:
     """The number the best epoch is chosen on: the mean over validation targets of the signed mean rho. Unlike
-    the official mean of rho^2 its chance level is 0 whatever the predicted RDM's structure (scoring.py), and it
+    the official mean of rho^2 its chance level is 0 whatever the predicted RDM's structure (rdm/records.py), and it
     needs no noise ceiling (one-subject or ceiling-less data); NaN counts as the worst."""
     value = float(np.mean([s["rho_mean"] for s in scores.values()]))
     return value if math.isfinite(value) else -math.inf

@@ -4,13 +4,13 @@ Synthetic, seeded data: a known signal (the upper triangle of a random RDM); eac
 Gaussian noise, from close to it to far from it; the model is the signal plus its own noise. Cases:
 
 - `1000x15`, `3000x8`: square float64 RDMs in .npz files, as `siamrdm score` and `siamrdm noise-ceiling` read
-  them: load + validate (`data.load_rdm_dict`), `scoring.score_rdm` (score only), `scoring.score_submission`
+  them: load + validate (`data.load_rdm_dict`), `siamrdm.score_rdm` (score only), `siamrdm.score_submission`
   (what `score` prints: score, p-values and the computed upper and lower ceilings, these sizes having no
-  official ceiling) and `scoring.noise_ceiling` (what `noise-ceiling` prints).
+  official ceiling) and `siamrdm.noise_ceiling` (what `noise-ceiling` prints).
 - `10000x8` (with `--large`): 49,995,000 pairs per subject, as condensed upper triangles: the subjects in a
   float32 .npy of shape (8, 49995000) opened with np.load(mmap_mode='r'), the model a float64 .npy;
-  `scoring.score_condensed` with ceiling=False (score only), then with both ceilings in the same pass, and
-  `scoring.noise_ceiling_condensed`.
+  `siamrdm.score_condensed` with ceiling=False (score only), then with both ceilings in the same pass, and
+  `siamrdm.noise_ceiling_condensed`.
   Older code has no condensed entry point, and square float64 RDMs of this size take 6.4 GB before any work.
 
 The data are written once to --workdir (reused on later runs) by this process; each case is then timed in a
@@ -108,42 +108,42 @@ class AnonPeak:
 
 def run_case(workdir: Path, case: str, threads: int = 1) -> dict:
     """Time one case in this process (see the module docstring)."""
+    import siamrdm  # its public API: the same names in older checkouts, wherever their modules put them
     from siamrdm.io.rdmfiles import load_rdm_dict
-    from siamrdm.rdm import scoring
 
     paths = _paths(workdir, case)
     out: dict = {"case": case, "pairs": CASES[case][0] * (CASES[case][0] - 1) // 2, "subjects": CASES[case][1]}
     with AnonPeak() as anon:
         start = time.perf_counter()
         if case in LARGE:
-            if not hasattr(scoring, "score_condensed"):
-                return {**out, "skipped": "this checkout has no scoring.score_condensed"}
+            if not hasattr(siamrdm, "score_condensed"):
+                return {**out, "skipped": "this checkout has no siamrdm.score_condensed"}
             model = np.load(paths["model"], mmap_mode="r", allow_pickle=False)
             subjects = np.load(paths["subjects"], mmap_mode="r", allow_pickle=False)
             out["load_s"] = time.perf_counter() - start
             start, cpu = time.perf_counter(), time.process_time()
-            scoring.score_condensed(model, subjects, ceiling=False, threads=threads)
+            siamrdm.score_condensed(model, subjects, ceiling=False, threads=threads)
             out["score_only_s"], out["score_only_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
             start, cpu = time.perf_counter(), time.process_time()
-            score, (upper, lower) = scoring.score_condensed(model, subjects, threads=threads)
+            score, (upper, lower) = siamrdm.score_condensed(model, subjects, threads=threads)
             out["score_s"], out["score_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
             out["r2"], out["upper"], out["lower"] = score.r2, upper, lower
             start, cpu = time.perf_counter(), time.process_time()
-            out["noise_ceiling"] = list(scoring.noise_ceiling_condensed(subjects, threads=threads))
+            out["noise_ceiling"] = list(siamrdm.noise_ceiling_condensed(subjects, threads=threads))
             out["noise_ceiling_s"], out["noise_ceiling_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
         else:
             targets = load_rdm_dict(paths["subjects"])
             submission = load_rdm_dict(paths["model"], n_images=CASES[case][0])
             out["load_s"] = time.perf_counter() - start
             start, cpu = time.perf_counter(), time.process_time()
-            scoring.score_rdm(submission["EVC_RDMs"], targets["EVC_RDMs"])
+            siamrdm.score_rdm(submission["EVC_RDMs"], targets["EVC_RDMs"])
             out["score_only_s"], out["score_only_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
             start, cpu = time.perf_counter(), time.process_time()
-            row = scoring.score_submission(submission, targets)["EVC_RDMs"]
+            row = siamrdm.score_submission(submission, targets)["EVC_RDMs"]
             out["score_s"], out["score_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
             out["r2"], out["upper"], out["lower"] = row["r2"], row["noise_ceiling"], row["noise_ceiling_lower"]
             start, cpu = time.perf_counter(), time.process_time()
-            out["noise_ceiling"] = list(scoring.noise_ceiling(targets["EVC_RDMs"]))
+            out["noise_ceiling"] = list(siamrdm.noise_ceiling(targets["EVC_RDMs"]))
             out["noise_ceiling_s"], out["noise_ceiling_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["peak_anon_mb"] = anon.peak / 1024

@@ -24,8 +24,9 @@ from scipy.stats import spearmanr
 
 from siamrdm.io.datasets import TARGET_NAMES, load_algonauts_set, target_key
 from siamrdm.rdm import upper_tri
+from siamrdm.rdm.compare import spearman_rhos
 from siamrdm.rdm.core import subject_rdms
-from siamrdm.rdm.scoring import noise_ceiling, reference_ceiling, spearman_rhos
+from siamrdm.rdm.noise_ceiling import noise_ceiling, reference_ceiling
 
 
 def per_image_design(n: int) -> np.ndarray:

@@ -225,8 +225,8 @@ def part_ops(args, sets: dict, device: torch.device) -> dict:
     machine): one epoch's augmentation of the 92 + 118 images, and one validation's scoring of a 118-image
     RDM (4 targets) with the numpy metric against the torch one."""
     from siamrdm.rdm import upper_tri
-    from siamrdm.rdm.scoring import score_row, score_with_ceiling
-    from siamrdm.rdm.scoring_torch import spearman_torch, standardised_ranks_torch
+    from siamrdm.rdm.compare_torch import spearman_torch, standardised_ranks_torch
+    from siamrdm.rdm.records import score_row, score_with_ceiling
     from siamrdm.train.augment import augment_batch
 
     config = base_config(args, targets=tuple(TARGET_NAMES))

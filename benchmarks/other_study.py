@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from siamrdm.io.rdmfiles import load_rdms
+from siamrdm.rdm.compare import compare_rdms
 from siamrdm.rdm.parts import pair_structure
-from siamrdm.rdm.scoring import compare_rdms
 
 
 def _mean_se(values: list[float]) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 from siamrdm.io.datasets import TARGET_NAMES, load_algonauts_set
 from siamrdm.model import baselines, prior
 from siamrdm.model.backbones import BACKBONES
-from siamrdm.rdm.scoring import score_with_ceiling
+from siamrdm.rdm.records import score_with_ceiling
 from siamrdm.rdm.splits import fold_indices
 
 BODIES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")

@@ -81,3 +81,12 @@ def spaced_training_sets(data_root, count: int, targets: tuple[str, ...] = ("EVC
         full = load_algonauts_set(data_root, name, targets)
         sets.append(subset(full, np.linspace(0, len(full) - 1, count).round().astype(int), name))
     return sets
+
+
+def scipy_rho(a, b) -> float:
+    """Spearman's rho of two square RDMs' upper triangles by scipy: the reference the metric's tests compare with."""
+    from scipy import stats
+
+    from siamrdm.rdm import upper_tri
+
+    return float(stats.spearmanr(upper_tri(a), upper_tri(b)).statistic)

@@ -15,15 +15,16 @@ PACKAGE = Path(siamrdm.__file__).parent
 # "model" model.network, "train" train.fullbatch; "io" and "pipelines" import nothing).
 LAYERS = [
     # no siamrdm imports (the package's API loads lazily)
-    {"__init__", "errors", "choices", "rdm.core", "rdm", "rdm.scoring_torch", "io.progress", "io", "pipelines"},
+    {"__init__", "errors", "choices", "rdm.core", "rdm", "rdm.compare_torch", "io.progress", "io", "pipelines"},
     # writing files safely; bounded reading; the bodies; the parts of an RDM; the methods' registry (names, code by
     # module)
     {"io.files", "io.atomic", "io.jsonfiles", "io.limits", "model.backbones", "model.registry", "model.library_bodies",
      "rdm.parts", "pipelines.methods"},
     {"io.arrayfiles", "io.images", "io.rsafiles", "io.rdmfiles", "io.condensed", "io.datasets"},  # images, RDM files
     {"io.tables", "model.network", "model"},  # tables and JSON; the network
-    # the metric, ceilings; splits; the baselines' fits
-    {"rdm.scoring", "rdm.splits", "model.baselines", "model.prior", "rdm.reliability", "model.frrsa"},
+    # the metric, ceilings, inference, score records, the submission format; splits; the baselines' fits
+    {"rdm.transform", "rdm.stream", "rdm.compare", "rdm.noise_ceiling", "rdm.inference", "rdm.paired", "rdm.records",
+     "rdm.submission", "rdm.splits", "model.baselines", "model.prior", "rdm.reliability", "model.frrsa"},
     {"train.config", "train.augment", "train.checkpoint", "train.ranks", "pipelines.plots", "pipelines.external",
      "pipelines.scorefiles", "pipelines.fitsummary"},  # settings; charts; scoring files; what fit reports
     {"train.loop"},  # the step protocol, the optimiser, the kept epoch's rule
@@ -41,7 +42,7 @@ LAYERS = [
 
 
 def module_name(path: Path) -> str:
-    """A file's dotted name in the package: "rdm.scoring", "cli"; a subpackage's __init__.py is the package."""
+    """A file's dotted name in the package: "rdm.compare", "cli"; a subpackage's __init__.py is the package."""
     parts = path.relative_to(PACKAGE).with_suffix("").parts
     if len(parts) > 1 and parts[-1] == "__init__":
         parts = parts[:-1]

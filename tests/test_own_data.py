@@ -125,7 +125,7 @@ def untrained_fold_r2(dataset: BrainDataset, folds: int, config) -> list[float]:
     images' feature statistics, so it is the network `fit` starts from."""
     from dataclasses import replace
 
-    from siamrdm.rdm.scoring import score_rdm
+    from siamrdm.rdm.compare import score_rdm
     from siamrdm.train import Trainer
     from siamrdm.train.predict import RDMPredictor
 
@@ -145,7 +145,7 @@ def test_done_when_own_data_through_the_cli(tmp_path: Path, capsys) -> None:
     import csv
     import json
 
-    from siamrdm.rdm.scoring import noise_ceiling
+    from siamrdm.rdm.noise_ceiling import noise_ceiling
     from siamrdm.train import config_from_preset
 
     folder, rdms = make_own_data(tmp_path)
@@ -257,7 +257,8 @@ def test_single_group_rdm_has_no_ceiling_and_says_so(tmp_path: Path, capsys) -> 
 def test_score_with_another_method(tmp_path: Path, capsys) -> None:
     import json
 
-    from siamrdm.rdm import scoring
+    from siamrdm.rdm.compare import compare_rdms
+    from siamrdm.rdm.noise_ceiling import noise_ceiling
 
     _, rdms = make_own_data(tmp_path)
     subjects = load_rdms(rdms)
@@ -265,9 +266,9 @@ def test_score_with_another_method(tmp_path: Path, capsys) -> None:
     code, out, err = run_cli(capsys, "score", model, "--target", rdms, "--method", "tau-a", "--json")
     assert code == 0, err
     row = json.loads(out)["V4"]
-    upper, lower = scoring.noise_ceiling(subjects, "tau-a")
+    upper, lower = noise_ceiling(subjects, "tau-a")
     assert row["method"] == "tau-a" and row["ceiling_source"] == "computed"
-    assert row["r2"] == pytest.approx(np.mean(scoring.compare_rdms(subjects[0], subjects, "tau-a") ** 2))
+    assert row["r2"] == pytest.approx(np.mean(compare_rdms(subjects[0], subjects, "tau-a") ** 2))
     assert row["noise_ceiling"] == pytest.approx(upper) and row["noise_ceiling_lower"] == pytest.approx(lower)
     code, out, err = run_cli(capsys, "score", model, "--target", rdms, "--method", "corr")
     assert code == 0 and "compared with 'corr'" in out.strip().splitlines()[-1]

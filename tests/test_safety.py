@@ -35,7 +35,7 @@ from siamrdm.io import files
 from siamrdm.io.datasets import BrainDataset, load_algonauts_set
 from siamrdm.io.images import load_image_set
 from siamrdm.io.rdmfiles import save_rdms
-from siamrdm.rdm import scoring
+from siamrdm.rdm.noise_ceiling import noise_ceiling, official_noise_ceiling, reference_ceiling
 from siamrdm.train.predict import MODEL_FORMAT, RDMPredictor
 
 FAST = ("--epochs", "1", "--image-size", "64", "--weights", "random", "--no-augment", "--quiet", "--device", "cpu")
@@ -417,10 +417,10 @@ def test_selection_score() -> None:
 def test_computed_ceiling_without_an_official_one(evc92: BrainDataset) -> None:
     """15 subjects of 8 images: no official ceiling for 8 images, so the computed one gives pct_nc."""
     val = train.subset(evc92, np.arange(50, 58), "92-val")
-    assert scoring.official_noise_ceiling("EVC", 8) is None
+    assert official_noise_ceiling("EVC", 8) is None
     trainer = train.Trainer(fast_config(), [train.subset(evc92, np.arange(10), "92-ten")], [val], progress=False)
     row = trainer.stepper.validate(frozen=True)["92-val/EVC"]
-    ceiling = scoring.reference_ceiling("EVC", val.targets["EVC"])
+    ceiling = reference_ceiling("EVC", val.targets["EVC"])
     assert ceiling is not None and row["noise_ceiling"] == pytest.approx(ceiling)
     assert row["pct_nc"] == pytest.approx(100 * row["r2"] / ceiling)
 
@@ -477,8 +477,8 @@ def test_computed_ceilings_are_cached_by_content(make_rdms) -> None:
     b[0, 0, 1], b[1, 0, 1] = a[1, 0, 1], a[0, 0, 1]
     b[0, 1, 0], b[1, 1, 0] = b[0, 0, 1], b[1, 0, 1]
     assert float(a.sum()) == float(b.sum()) and float((a * a).sum()) == float((b * b).sum())
-    assert scoring.reference_ceiling("V4", b) == pytest.approx(scoring.noise_ceiling(b)[0])
-    assert scoring.reference_ceiling("V4", a) == pytest.approx(scoring.noise_ceiling(a)[0])
+    assert reference_ceiling("V4", b) == pytest.approx(noise_ceiling(b)[0])
+    assert reference_ceiling("V4", a) == pytest.approx(noise_ceiling(a)[0])
 
 
 def test_a_prior_whose_weights_file_changed_is_refused(tmp_path: Path, evc92: BrainDataset) -> None:

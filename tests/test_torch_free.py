@@ -1,5 +1,5 @@
-"""`siamrdm.rdm.scoring`, `io`'s readers and `rdm.reliability` load without torch: `score`, `noise-ceiling` and the
-reliability summary need no network (a subprocess whose import of torch fails)."""
+"""`siamrdm.rdm`'s scoring modules, `io`'s readers and `rdm.reliability` load without torch: `score`,
+`noise-ceiling` and the reliability summary need no network (a subprocess whose import of torch fails)."""
 
 from __future__ import annotations
 
@@ -24,12 +24,13 @@ class NoTorch:
 
 sys.meta_path.insert(0, NoTorch())
 import numpy as np
-from siamrdm.rdm import reliability, scoring
+from siamrdm.rdm import compare, inference, noise_ceiling, paired, records, reliability, submission
 rdms = np.random.default_rng(0).random((4, 6, 6))
 rdms = (rdms + rdms.transpose(0, 2, 1)) / 2
 for r in rdms:
     np.fill_diagonal(r, 0)
-print(scoring.noise_ceiling(rdms)[0] > 0, reliability.target_reliability(rdms)["subjects"], "torch" in sys.modules)
+upper = noise_ceiling.noise_ceiling(rdms)[0]
+print(upper > 0, reliability.target_reliability(rdms)["subjects"], "torch" in sys.modules)
 """
 
 

@@ -28,10 +28,11 @@ _API = {
     "TrainConfig": "train.fullbatch", "config_from_preset": "train.fullbatch",
     "fit_predictor": "train.predict", "RDMPredictor": "train.predict",
     # scoring
-    "score_rdm": "rdm.scoring", "score_with_ceiling": "rdm.scoring", "noise_ceiling": "rdm.scoring",
-    "compare_rdms": "rdm.scoring", "COMPARISON_METHODS": "rdm.scoring", "score_condensed": "rdm.scoring",
-    "noise_ceiling_condensed": "rdm.scoring", "score_submission": "rdm.scoring", "submission_frame": "rdm.scoring",
-    "noise_ceilings": "rdm.scoring", "paired_test": "rdm.scoring", "paired_rows": "rdm.scoring",
+    "score_rdm": "rdm.compare", "compare_rdms": "rdm.compare", "score_condensed": "rdm.compare",
+    "COMPARISON_METHODS": "rdm.transform", "score_with_ceiling": "rdm.records",
+    "noise_ceiling": "rdm.noise_ceiling", "noise_ceilings": "rdm.noise_ceiling",
+    "noise_ceiling_condensed": "rdm.noise_ceiling", "score_submission": "rdm.submission",
+    "submission_frame": "rdm.submission", "paired_test": "rdm.inference", "paired_rows": "rdm.paired",
     "to_rsatoolbox": "io.rsafiles",
     # baselines and evaluation
     "layer_rdms": "model.baselines", "evaluate_folds": "pipelines.evaluate",

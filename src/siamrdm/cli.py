@@ -43,7 +43,8 @@ from .io.tables import fmt
 from .pipelines.fitsummary import seed_records, selected_epochs, validation_scores
 from .pipelines.methods import method_names
 from .pipelines.scorefiles import file_ceilings, score_files, score_table
-from .rdm import reliability, scoring
+from .rdm import reliability
+from .rdm.noise_ceiling import NO_CEILING_NOTE
 from .rdm.reliability import describe_root, print_reliability, reliability_line, report_reliability
 
 # --------------------------------------------------------------------------- foundation commands
@@ -97,7 +98,7 @@ def _own_data_info(args) -> int:
             print(f"  {printable(entry['grouping'])}")
         ceiling = (f"noise ceiling {fmt(entry['noise_ceiling'])} upper, {fmt(entry['noise_ceiling_lower'])} lower "
                    f"({entry['ceiling_source']})" if entry["ceiling_source"] else f"no noise ceiling: "
-                   f"{scoring.NO_CEILING_NOTE}")
+                   f"{NO_CEILING_NOTE}")
         print(f"  {printable(key)}: {tuple(entry['shape'])}, finite, symmetric, zero diagonal; {ceiling}")
         print(f"  {printable(reliability_line(key, entry['reliability']))}")
     print(printable(f"ok: fit reads these with --images {args.images} --rdms {args.rdms} --key "

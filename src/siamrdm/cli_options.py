@@ -29,7 +29,8 @@ from .choices import (
 from .errors import UsageError, printable
 from .io.datasets import DATA_ENV_VAR, IMAGE_SETS, TARGET_NAMES, TRAINING_SETS
 from .pipelines.methods import method_names
-from .rdm import scoring
+from .rdm.inference import DEFAULT_PERMUTATIONS, PERMUTE_UP_TO_IMAGES, SEED_LIMIT
+from .rdm.transform import COMPARISON_METHODS, OFFICIAL_METHOD
 
 Handler = Callable[[argparse.Namespace], int]  # a command's function: parsed options in, exit code out
 
@@ -39,8 +40,8 @@ Handler = Callable[[argparse.Namespace], int]  # a command's function: parsed op
 
 def check_seed(flag: str, seed: int) -> int:
     """A seed option in the range numpy's and torch's generators take (0 <= seed < 2**32)."""
-    if not 0 <= seed < scoring.SEED_LIMIT:
-        raise UsageError(f"{flag}: a seed must be 0 <= seed < 2**32 ({scoring.SEED_LIMIT}), got {seed}")
+    if not 0 <= seed < SEED_LIMIT:
+        raise UsageError(f"{flag}: a seed must be 0 <= seed < 2**32 ({SEED_LIMIT}), got {seed}")
     return seed
 
 
@@ -202,7 +203,7 @@ def flag_of(option: str) -> str:
 
 
 def _add_method_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", default=scoring.OFFICIAL_METHOD, choices=scoring.COMPARISON_METHODS,
+    p.add_argument("--method", default=OFFICIAL_METHOD, choices=COMPARISON_METHODS,
                    help="RDM comparison, named as rsatoolbox names them (default: spearman, the official metric)")
 
 
@@ -213,7 +214,7 @@ def _add_foundation_commands(sub, handlers: Mapping[str, Handler]) -> None:
                    "upper triangles, (subjects, N(N-1)/2), for large sets (the submission then a .npy too)")
     p.add_argument("--permutations", type=int, default=None,
                    help="image-label permutations behind the chance level and p_perm (default: "
-                   f"{scoring.DEFAULT_PERMUTATIONS} up to {scoring.PERMUTE_UP_TO_IMAGES} images, where they take under "
+                   f"{DEFAULT_PERMUTATIONS} up to {PERMUTE_UP_TO_IMAGES} images, where they take under "
                    "a second, else 0; 0: off)")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations (default: 0)")
     p.add_argument("--key", help="score only this key of the submission (a file of one unkeyed array: its name)")

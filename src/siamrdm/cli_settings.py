@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .cli_options import check_range, check_seed, check_sets, list_option, max_parallel, targets_option
 from .errors import UsageError
 from .io.datasets import TARGET_NAMES, TRAINING_SETS, BrainDataset, load_algonauts_set, load_dataset
-from .rdm import scoring
+from .rdm.transform import DOT_METHODS
 
 if TYPE_CHECKING:
     from .train.config import TrainConfig
@@ -25,13 +25,13 @@ MAX_PERMUTATIONS = 100_000
 
 def check_score_options(args) -> str:
     """--method, checked before any work: permutation p-values need a dot-product method (--permutations left
-    out: on by default where cheap, scoring.default_permutations)."""
+    out: on by default where cheap, default_permutations)."""
     if args.permutations is not None and not 0 <= args.permutations <= MAX_PERMUTATIONS:
         raise UsageError(f"--permutations must be between 0 (no permutation test) and {MAX_PERMUTATIONS}, got "
                          f"{args.permutations}")
     check_seed("--seed", args.seed)
-    if args.permutations and args.method not in scoring.DOT_METHODS:
-        raise UsageError(f"--permutations works with --method {', '.join(scoring.DOT_METHODS)}, not {args.method}")
+    if args.permutations and args.method not in DOT_METHODS:
+        raise UsageError(f"--permutations works with --method {', '.join(DOT_METHODS)}, not {args.method}")
     return args.method
 
 

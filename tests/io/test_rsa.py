@@ -13,8 +13,13 @@ import pytest
 from siamrdm.errors import DataError
 from siamrdm.io.rdmfiles import list_rdm_keys, load_rdm_dict, load_rdms, save_rdms
 from siamrdm.io.rsafiles import check_rdm_names, read_rdm_names
-from siamrdm.rdm import scoring, upper_tri
+from siamrdm.rdm import upper_tri
+from siamrdm.rdm.compare import compare_rdms
 from siamrdm.rdm.core import group_average
+from siamrdm.rdm.noise_ceiling import ceiling_source, noise_ceiling
+from siamrdm.rdm.records import score_with_ceiling
+from siamrdm.rdm.submission import score_submission
+from siamrdm.rdm.transform import COMPARISON_METHODS
 
 NAMES = [f"img{k}.png" for k in range(1, 13)]
 
@@ -135,28 +140,28 @@ def test_methods_agree_on_identity_and_scale() -> None:
     rng = np.random.default_rng(0)
     x = rng.random((10, 10))
     rdm = (x + x.T) * (1 - np.eye(10))
-    for method in scoring.COMPARISON_METHODS:
-        assert scoring.compare_rdms(rdm, rdm[None], method)[0] == pytest.approx(1.0)
+    for method in COMPARISON_METHODS:
+        assert compare_rdms(rdm, rdm[None], method)[0] == pytest.approx(1.0)
         if method != "cosine":  # every other method is blind to an affine change of the model
-            assert scoring.compare_rdms(3 * rdm + 1, rdm[None], method)[0] == pytest.approx(1.0)
-        assert scoring.compare_rdms(np.ones((10, 10)) - np.eye(10), rdm[None], method)[0] == (
-            pytest.approx(scoring.compare_rdms(np.ones((10, 10)) - np.eye(10), rdm[None], "cosine")[0])
+            assert compare_rdms(3 * rdm + 1, rdm[None], method)[0] == pytest.approx(1.0)
+        assert compare_rdms(np.ones((10, 10)) - np.eye(10), rdm[None], method)[0] == (
+            pytest.approx(compare_rdms(np.ones((10, 10)) - np.eye(10), rdm[None], "cosine")[0])
             if method == "cosine" else 0.0)
     with pytest.raises(ValueError, match="unknown comparison method 'pearson'"):
-        scoring.compare_rdms(rdm, rdm[None], "pearson")
+        compare_rdms(rdm, rdm[None], "pearson")
 
 
 def test_noise_ceiling_per_method_and_official_only_for_spearman(fmri92) -> None:
     it = fmri92["IT_RDMs"]
-    assert scoring.ceiling_source("IT_RDMs", it) == "official"
-    assert scoring.ceiling_source("IT_RDMs", it, "corr") == "computed"
-    row = scoring.score_with_ceiling(group_average(it), "IT_RDMs", it, "corr")
-    upper, lower = scoring.noise_ceiling(it, "corr")
+    assert ceiling_source("IT_RDMs", it) == "official"
+    assert ceiling_source("IT_RDMs", it, "corr") == "computed"
+    row = score_with_ceiling(group_average(it), "IT_RDMs", it, "corr")
+    upper, lower = noise_ceiling(it, "corr")
     assert row["noise_ceiling"] == pytest.approx(upper) and row["pct_nc"] == pytest.approx(100 * row["r2"] / upper)
     assert row["pct_nc"] == pytest.approx(100.0)  # the group mean reaches the upper ceiling, whatever the method
     assert lower < upper
     with pytest.raises(ValueError, match="permutation p-values need one of"):
-        scoring.score_submission({"IT_RDMs": group_average(it)}, {"IT_RDMs": it}, permutations=10,
+        score_submission({"IT_RDMs": group_average(it)}, {"IT_RDMs": it}, permutations=10,
                                  method="tau-a")
 
 
@@ -168,21 +173,21 @@ def rsatoolbox():
     return pytest.importorskip("rsatoolbox", reason="rsatoolbox is not installed (pip install siamrdm[rsa])")
 
 
-@pytest.mark.parametrize("method", scoring.COMPARISON_METHODS)
+@pytest.mark.parametrize("method", COMPARISON_METHODS)
 @pytest.mark.parametrize("ties", [False, True])
 def test_methods_match_rsatoolbox_compare(rsatoolbox, make_rdms, method: str, ties: bool) -> None:
     targets = make_rdms(14, subjects=4, seed=7)
     model = make_rdms(14, seed=8)
     if ties:  # rounded dissimilarities tie, where the rank methods differ
         model, targets = np.round(model, 1), np.round(targets, 1)
-    ours = scoring.compare_rdms(model, targets, method)
+    ours = compare_rdms(model, targets, method)
     theirs = rsatoolbox.rdm.compare(rsatoolbox.rdm.RDMs(model[None]), rsatoolbox.rdm.RDMs(targets), method=method)
     np.testing.assert_allclose(ours, theirs[0], atol=1e-12)
     # K RDMs per subject: each subject's K values are averaged, as the official MEG score does.
     stacked = make_rdms(14, subjects=3, k=2, seed=9)
     theirs = rsatoolbox.rdm.compare(rsatoolbox.rdm.RDMs(model[None]),
                                     rsatoolbox.rdm.RDMs(stacked.reshape(6, 14, 14)), method=method)
-    np.testing.assert_allclose(scoring.compare_rdms(model, stacked, method), theirs[0].reshape(3, 2).mean(axis=1),
+    np.testing.assert_allclose(compare_rdms(model, stacked, method), theirs[0].reshape(3, 2).mean(axis=1),
                                atol=1e-12)
 
 

@@ -10,7 +10,7 @@ from siamrdm.errors import DataError
 from siamrdm.model import baselines
 from siamrdm.model.backbones import create_body, images_to_tensor
 from siamrdm.rdm import rdm_from_features, upper_tri
-from siamrdm.rdm.scoring import score_rdm
+from siamrdm.rdm.compare import score_rdm
 
 
 def random_rdms(n: int, names: list[str], seed: int) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ from siamrdm.io.datasets import BrainDataset, load_algonauts_set
 from siamrdm.model import baselines
 from siamrdm.model.prior import PriorFit, fit_prior, prior_vector, stage_rdms
 from siamrdm.rdm import upper_tri
-from siamrdm.rdm.scoring import score_rdm, spearman_rhos
+from siamrdm.rdm.compare import score_rdm, spearman_rhos
 from siamrdm.train import selection
 from siamrdm.train.predict import RDMPredictor, fit_predictor
 

@@ -15,7 +15,10 @@ from siamrdm.errors import DataError
 from siamrdm.io.datasets import TARGET_NAMES, load_algonauts_set, target_key
 from siamrdm.io.rdmfiles import save_rdms
 from siamrdm.pipelines import challenge
-from siamrdm.rdm import scoring
+from siamrdm.pipelines.methods import baseline_names
+from siamrdm.rdm.compare import score_rdm
+from siamrdm.rdm.noise_ceiling import OFFICIAL_NOISE_CEILINGS, noise_ceiling, reference_ceiling, target_name
+from siamrdm.rdm.paired import paired_rows
 from siamrdm.train import selection
 
 SUBMISSION_KEYS = {"submit_fmri.mat": ["EVC_RDMs", "IT_RDMs"], "submit_meg.mat": ["MEG_RDMs_early", "MEG_RDMs_late"]}
@@ -43,7 +46,7 @@ def test_write_submissions_and_score_them(capsys, tmp_path: Path, make_rdms) -> 
     for name, keys in SUBMISSION_KEYS.items():
         saved = check_submission(tmp_path / "sub" / name, keys)
         for key, rdm in saved.items():
-            np.testing.assert_array_equal(rdm, predictions[scoring.target_name(key)])
+            np.testing.assert_array_equal(rdm, predictions[target_name(key)])
 
     # Targets shaped like the 78-image test data: fMRI (subjects, 78, 78), official MEG (subjects, 2, 78, 78).
     targets = {"EVC_RDMs": make_rdms(78, subjects=4, seed=10), "IT_RDMs": make_rdms(78, subjects=4, seed=11)}
@@ -59,11 +62,11 @@ def test_write_submissions_and_score_them(capsys, tmp_path: Path, make_rdms) -> 
         result = json.loads(out)
         assert sorted(result) == sorted([*truth, "score"])
         for key, subjects in truth.items():
-            expected = scoring.score_rdm(predictions[scoring.target_name(key)], subjects).r2
+            expected = score_rdm(predictions[target_name(key)], subjects).r2
             assert result[key]["r2"] == pytest.approx(expected, rel=1e-9)
             # made-up subjects are not the official files: their own ceiling, never the published one (issue 33)
             assert result[key]["ceiling_source"] == "computed"
-            assert result[key]["noise_ceiling"] == pytest.approx(scoring.noise_ceiling(subjects)[0])
+            assert result[key]["noise_ceiling"] == pytest.approx(noise_ceiling(subjects)[0])
 
 
 def test_write_submissions_partial_and_invalid(tmp_path: Path, make_rdms) -> None:
@@ -107,8 +110,8 @@ def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -
         test_set = row["direction"].split("->")[1]
         # fMRI: the official ceiling; the window-averaged MEG files: the ceiling computed from them.
         subjects = load_algonauts_set(data_root, test_set, (row["target"],)).targets[row["target"]]
-        ceiling = scoring.reference_ceiling(target_key(row["target"], official=True), subjects)
-        official = scoring.OFFICIAL_NOISE_CEILINGS[int(test_set)][row["target"]]
+        ceiling = reference_ceiling(target_key(row["target"], official=True), subjects)
+        official = OFFICIAL_NOISE_CEILINGS[int(test_set)][row["target"]]
         assert (ceiling == official) == (row["target"] == "EVC")
         assert row["ceiling_source"] == ("official" if row["target"] == "EVC" else "computed")
         assert float(row["noise_ceiling"]) == pytest.approx(ceiling)
@@ -123,7 +126,7 @@ def test_challenge_command_end_to_end(capsys, tmp_path: Path, data_root: Path) -
     scores, paired = (out / "validation.md").read_text().split("## Paired tests against the baselines")
     assert scores.count("| siamese |") == 4
     # The Siamese network against each baseline on the same subjects, per target and direction (issue 21).
-    tests = scoring.paired_rows(rows)
+    tests = paired_rows(rows, baseline_names())
     assert [(r["target"], r["baseline"], r["direction"], r["method"], r["over"]) for r in tests] == [
         (t, b, d, "siamese", "subjects") for t in ("EVC", "MEG_late") for b in ("layers", "regression", "frrsa")
         for d in ("92->118", "118->92")]
@@ -214,6 +217,6 @@ def test_validation_curves_score_the_seed_ensembles_mean_rdm(data_root: Path) ->
             trainer.run_epoch()
         rdms.append(trainer.stepper.last_rdms["b"][0])
         single.append(trainer.last_scores["b/EVC"]["r2"])
-    expected = scoring.score_rdm(np.mean(rdms, axis=0), set_b.targets["EVC"])
+    expected = score_rdm(np.mean(rdms, axis=0), set_b.targets["EVC"])
     assert curves["a->b"][-1]["r2"] == pytest.approx(expected.r2, rel=1e-9)
     assert not np.allclose(rdms[0], rdms[1])  # two different members

@@ -1,4 +1,4 @@
-"""The report's leading figure: every method against the best one per target (scoring.method_comparison, Holm's
+"""The report's leading figure: every method against the best one per target (paired.method_comparison, Holm's
 correction, plots.plot_method_comparison), placed above the first table, and seen so in headless Chromium."""
 
 from __future__ import annotations
@@ -13,16 +13,19 @@ from PIL import Image
 
 from siamrdm.io import files, tables
 from siamrdm.pipelines.report import write_report
-from siamrdm.rdm import rdm_from_features, scoring
+from siamrdm.rdm import rdm_from_features
+from siamrdm.rdm.inference import holm, paired_test
+from siamrdm.rdm.paired import method_comparison
+from siamrdm.rdm.records import score_with_ceiling
 
 N_IMAGES = 16
 
 
 def test_holm_adjusts_for_the_number_of_comparisons():
-    assert scoring.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    assert scoring.holm([0.5, None, 0.01]) == [pytest.approx(0.5), None, pytest.approx(0.02)]
-    assert scoring.holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # 2 x 0.8, capped at 1; monotone
-    assert scoring.holm([]) == []
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, None, 0.01]) == [pytest.approx(0.5), None, pytest.approx(0.02)]
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # 2 x 0.8, capped at 1; monotone
+    assert holm([]) == []
 
 
 def _rows(directions: tuple[str, ...]) -> list[dict]:
@@ -36,19 +39,19 @@ def _rows(directions: tuple[str, ...]) -> list[dict]:
     rows = []
     for method, model in models.items():
         for direction in directions:
-            record = scoring.score_with_ceiling(model, "own", subjects, permutations=200)
+            record = score_with_ceiling(model, "own", subjects, permutations=200)
             rows.append({"method": method, "target": "EVC", "direction": direction, **record, "detail": ""})
     return rows
 
 
 def test_every_method_is_compared_with_the_best_one():
-    bars = scoring.method_comparison(_rows(("A->B",)))
+    bars = method_comparison(_rows(("A->B",)))
     assert [b["method"] for b in bars] == ["good", "fair", "none"]
     best = bars[0]
     assert best["best"] and best["p_vs_best"] is None and best["differs"] is None
-    raw = [scoring.paired_test(r["rhos"], _rows(("A->B",))[0]["rhos"]).p_t for r in _rows(("A->B",))[1:]]
+    raw = [paired_test(r["rhos"], _rows(("A->B",))[0]["rhos"]).p_t for r in _rows(("A->B",))[1:]]
     assert [b["p_vs_best"] for b in bars[1:]] == pytest.approx(raw)
-    assert [b["p_holm"] for b in bars[1:]] == pytest.approx(scoring.holm(raw))
+    assert [b["p_holm"] for b in bars[1:]] == pytest.approx(holm(raw))
     assert bars[2]["differs"] is True  # unrelated to the subjects: clearly below the best
     for b in bars:
         assert b["rho_ci_low"] <= b["rho_mean"] <= b["rho_ci_high"]
@@ -58,7 +61,7 @@ def test_every_method_is_compared_with_the_best_one():
 def test_image_folds_are_compared_over_all_folds():
     """For image folds one panel per target: each subject's rho averaged over the folds, as paired_rows does."""
     rows = _rows(("fold 1", "fold 2"))
-    bars = scoring.method_comparison(rows)
+    bars = method_comparison(rows)
     assert {b["direction"] for b in bars} == {"all folds"} and len(bars) == 3
     good = [r for r in rows if r["method"] == "good"]
     assert bars[0]["rho_mean"] == pytest.approx(np.mean([np.mean(r["rhos"]) for r in good]))

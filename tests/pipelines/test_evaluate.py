@@ -139,7 +139,7 @@ def test_baseline_command_prints_json(data_root: Path, capsys: pytest.CaptureFix
 def test_fold_evaluation_writes_the_paired_tests(tmp_path: Path):
     """evaluation.md and evaluation.json carry each method against each baseline, paired over the folds (each
     fold's rho_mean) and over the subjects; the fold table its standard error and interval over folds."""
-    from siamrdm.rdm import scoring
+    from siamrdm.rdm.inference import paired_test
 
     rng = np.random.default_rng(7)
     n = 12
@@ -156,7 +156,7 @@ def test_fold_evaluation_writes_the_paired_tests(tmp_path: Path):
     folds, over_subjects = saved["paired"]
     assert (folds["over"], folds["n"], over_subjects["over"], over_subjects["n"]) == ("folds", 5, "subjects", 6)
     rho = {m: [r["rho_mean"] for r in rows if r["method"] == m] for m in ("siamese", "layers")}
-    expected = scoring.paired_test(rho["siamese"], rho["layers"])
+    expected = paired_test(rho["siamese"], rho["layers"])
     assert folds["p_t"] == pytest.approx(expected.p_t) and folds["mean_diff"] == pytest.approx(expected.mean_diff)
     assert folds["mean_diff"] > 0 and f"{folds['p_t']:.2g}" in md
     assert len(saved["rows"][0]["rhos"]) == 6  # the per-subject rhos the tests pair

@@ -16,7 +16,7 @@ from siamrdm.io.datasets import load_algonauts_set
 from siamrdm.io.rdmfiles import save_rdms
 from siamrdm.pipelines import evaluate
 from siamrdm.pipelines.external import ExternalRDMs, load_external, score_external
-from siamrdm.rdm import scoring
+from siamrdm.rdm.compare import compare_rdms
 from siamrdm.train import config_from_preset
 
 COLUMN = "IT @ kriegeskorte2008/target_fmri_hIT"
@@ -39,7 +39,7 @@ def test_image_folds_are_scored_on_the_other_study_too(data_root: Path, kriegesk
         index = np.array([dataset.images.names.index(name) for name in held])
         subjects = external.rdms[..., index[:, None], index[None, :]]
         predicted = result.predictions[(row["method"], row["target"], row["direction"])]
-        assert row["rhos"] == pytest.approx(list(scoring.compare_rdms(predicted, subjects)))
+        assert row["rhos"] == pytest.approx(list(compare_rdms(predicted, subjects)))
         assert row["ceiling_source"] == "computed" and len(row["rhos"]) == 4 and row["pair_rho_mean"] is not None
     assert "IT @ kriegeskorte2008" in evaluate.fold_table(result.rows)
 
@@ -57,11 +57,11 @@ def test_the_prior_is_kept_where_the_trained_model_is_below_it(make_rdms) -> Non
     trained = make_rdms(6, seed=11)  # unrelated to them
     row, note = score_external(external, names, trained, prior)
     assert note is not None and "below its prior on other/study" in note
-    assert row["rhos"] == pytest.approx(list(scoring.compare_rdms(prior, subjects[:, index[:, None], index])))
+    assert row["rhos"] == pytest.approx(list(compare_rdms(prior, subjects[:, index[:, None], index])))
     assert row["detail_note"].startswith("prior kept: trained rho")
     row, note = score_external(external, names, trained, prior, keep_prior=False)  # --external-fallback none
     assert note is None and row["rhos"] == pytest.approx(
-        list(scoring.compare_rdms(trained, subjects[:, index[:, None], index])))
+        list(compare_rdms(trained, subjects[:, index[:, None], index])))
     row, note = score_external(external, names, prior, trained)  # above its prior: the trained model stays
     assert note is None and "detail_note" not in row
     assert score_external(external, ["i1", "elsewhere"], trained[:2, :2], None) == (None, None)

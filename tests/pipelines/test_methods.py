@@ -15,7 +15,7 @@ from siamrdm import cli
 from siamrdm.io.datasets import BrainDataset
 from siamrdm.model import frrsa
 from siamrdm.pipelines import evaluate, methods
-from siamrdm.rdm import scoring
+from siamrdm.rdm.paired import paired_rows
 from siamrdm.train import config_from_preset
 
 TARGETS = ("EVC", "MEG_late")
@@ -30,7 +30,6 @@ def small_sets(data_root: Path) -> list[BrainDataset]:
 def test_the_registry_lists_the_methods_and_its_baselines():
     assert methods.METHODS == evaluate.METHODS == ("siamese", "layers", "regression", "frrsa")
     assert methods.baseline_names() == ("layers", "regression", "frrsa")
-    assert scoring.registered_baselines() == methods.baseline_names()
     assert methods.uses(("frrsa",), "stage_features") and not methods.uses(("frrsa",), "stage_rdms")
 
 
@@ -51,9 +50,9 @@ def test_a_registered_method_runs_in_evaluate_and_is_paired_as_a_baseline(small_
     assert result.chosen["stage-mean"]["92->118"]["EVC"]["stages"] > 1
     assert all(r["detail"] == "mean of the stages" for r in result.rows if r["method"] == "stage-mean")
     # layers is now tested against stage-mean? No: both are baselines; a non-baseline is tested against both.
-    assert scoring.paired_rows(result.rows) == []
+    assert evaluate.Evaluation(result.rows, {}).paired() == []  # against the registry's baselines
     rows = result.rows + [{**r, "method": "mine"} for r in result.rows if r["method"] == "layers"]
-    assert {(p["method"], p["baseline"]) for p in scoring.paired_rows(rows)} == {
+    assert {(p["method"], p["baseline"]) for p in paired_rows(rows, methods.baseline_names())} == {
         ("mine", "layers"), ("mine", "stage-mean")}
 
 

@@ -14,8 +14,10 @@ from siamrdm.errors import DataError, UsageError
 from siamrdm.io.rdmfiles import read_condensed_model, read_condensed_subjects, save_rdms
 from siamrdm.pipelines.fitsummary import BEST_VAL_SCORE_IS, seed_records, selected_epochs
 from siamrdm.pipelines.scorefiles import file_ceilings, paired_keys, score_files, score_table
-from siamrdm.rdm import scoring, upper_tri
+from siamrdm.rdm import upper_tri
+from siamrdm.rdm.noise_ceiling import noise_ceilings
 from siamrdm.rdm.reliability import describe_root
+from siamrdm.rdm.submission import score_submission
 
 
 def test_paired_keys_pairs_shared_keys_or_the_named_pair() -> None:
@@ -38,12 +40,12 @@ def test_score_files_scores_as_scoring_does(tmp_path: Path, make_rdms) -> None:
     submission = save_rdms(tmp_path / "sub.npz", {"EVC": model})
     result = score_files(str(submission), str(target), permutations=0)
     assert result["missing"] == ["IT"] and result["score"] is None  # a key the submission lacks withholds the score
-    assert result["EVC"] == scoring.score_submission({"EVC": model}, subjects, 0)["EVC"]
+    assert result["EVC"] == score_submission({"EVC": model}, subjects, 0)["EVC"]
     table = score_table(result, "corr")
     assert table.splitlines()[0].startswith("key") and "withheld: the submission lacks IT" in table
     assert "note: compared with 'corr'" in table
     ceilings = file_ceilings(str(target))
-    expected = scoring.noise_ceilings(subjects["IT"])
+    expected = noise_ceilings(subjects["IT"])
     assert ceilings["IT"] == {"upper": expected.upper, "lower": expected.lower, "rho_lower": expected.rho_lower,
                               "rho_upper": expected.rho_upper}
 

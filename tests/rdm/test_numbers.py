@@ -21,7 +21,10 @@ from helpers import assert_one_line_error, fast_config, run_cli
 from siamrdm.errors import ConfigError, DataError
 from siamrdm.io.condensed import CondensedRDMs
 from siamrdm.io.rdmfiles import load_rdm_dict, load_rdms, save_rdms
-from siamrdm.rdm import scoring, upper_tri
+from siamrdm.rdm import upper_tri
+from siamrdm.rdm.compare import TargetError, compare_rdms, score_condensed
+from siamrdm.rdm.inference import permutation_p, permutation_scores
+from siamrdm.rdm.submission import score_submission
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +119,8 @@ def test_integer_and_boolean_upper_triangles_score_as_floats(tmp_path: Path, cap
     np.testing.assert_array_equal(CondensedRDMs(tmp_path / "subjects_int.npy", 9).block(0, 36), subjects)
     with pytest.raises(DataError, match="subjects_complex.npy: complex values"):
         CondensedRDMs(tmp_path / "subjects_complex.npy", 9)
-    with pytest.raises(scoring.TargetError, match="subject RDMs: complex values"):  # the library's entry point
-        scoring.score_condensed(model, subjects.astype(np.complex128))
+    with pytest.raises(TargetError, match="subject RDMs: complex values"):  # the library's entry point
+        score_condensed(model, subjects.astype(np.complex128))
 
 
 # --------------------------------------------------------------------------- 2. symmetry at each RDM's scale
@@ -195,12 +198,12 @@ def test_permutation_null_is_scale_free(real) -> None:
     model, target = real
     model, target = model[:30, :30], target[:3, :30, :30]
     for method in ("corr", "cosine"):
-        expected = scoring.permutation_scores(model, target, 20, seed=1, method=method)
+        expected = permutation_scores(model, target, 20, seed=1, method=method)
         for scale in (1e300, 1e-300):
-            got = scoring.permutation_scores(model * scale, target * scale, 20, seed=1, method=method)
+            got = permutation_scores(model * scale, target * scale, 20, seed=1, method=method)
             np.testing.assert_allclose(got, expected, rtol=1e-9)
-            assert scoring.permutation_p(model * scale, target * scale, 20, 1, method) == \
-                scoring.permutation_p(model, target, 20, 1, method)
+            assert permutation_p(model * scale, target * scale, 20, 1, method) == \
+                permutation_p(model, target, 20, 1, method)
 
 
 def test_rescaling_is_exact(real) -> None:
@@ -208,13 +211,13 @@ def test_rescaling_is_exact(real) -> None:
     powers of two, so data 2**700 times larger or smaller give the same values to the bit."""
     model, target = real
     for method in ("corr", "cosine"):
-        rho = scoring.compare_rdms(model, target, method)
+        rho = compare_rdms(model, target, method)
         vectors = upper_tri(target)
         centred = vectors - vectors.mean(axis=1, keepdims=True) if method == "corr" else vectors
         unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
         m = upper_tri(model) - (upper_tri(model).mean() if method == "corr" else 0)
         np.testing.assert_allclose(rho, unit @ (m / np.linalg.norm(m)), rtol=1e-12)
-        scaled = scoring.compare_rdms(model * 2.0**-700, target * 2.0**700, method)
+        scaled = compare_rdms(model * 2.0**-700, target * 2.0**700, method)
         np.testing.assert_array_equal(scaled, rho)  # exact: the scaling commutes with every rounding
 
 
@@ -288,7 +291,7 @@ def test_a_negative_seed_is_blamed_on_seed(tmp_path: Path, capsys, make_rdms) ->
     assert_error(capsys, "score", tmp_path / "sub.npz", "--target", tmp_path / "target.npz", "--seed", "-1",
                  "--permutations", "5", parts=("--seed", "-1"), absent=("sub.npz",))
     with pytest.raises(ConfigError, match="seed: must be a whole number of 0 or more, got -1"):
-        scoring.score_submission({"EVC_RDMs": make_rdms(8, seed=3)}, {"EVC_RDMs": make_rdms(8, subjects=3)},
+        score_submission({"EVC_RDMs": make_rdms(8, seed=3)}, {"EVC_RDMs": make_rdms(8, subjects=3)},
                                  permutations=5, seed=-1)
 
 

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from siamrdm.rdm import scoring
 from siamrdm.rdm.core import square_rdm, upper_tri
 from siamrdm.rdm.parts import pair_structure, per_image_fit, per_image_share
+from siamrdm.rdm.records import score_with_ceiling
 from siamrdm.rdm.reliability import reliability_line, target_reliability
+from siamrdm.rdm.submission import score_submission
 
 
 def _per_image(a: np.ndarray) -> np.ndarray:
@@ -54,14 +55,14 @@ def test_scores_separate_the_pair_structure_from_the_per_image_part(make_rdms) -
     model = pairs + 3 * _per_image(rng.normal(size=n))
     model -= model.min()
     np.fill_diagonal(model, 0)
-    row = scoring.score_with_ceiling(model, "V4", subjects, permutations=200)
+    row = score_with_ceiling(model, "V4", subjects, permutations=200)
     assert row["pair_rho_mean"] > 0.9 > row["rho_mean"] + 0.3
     assert row["pair_rho_ci_low"] <= row["pair_rho_mean"] <= row["pair_rho_ci_high"]
     assert row["pair_p_perm"] == pytest.approx(1 / 201) and len(row["pair_rhos"]) == 6
     per_image_only = _per_image(rng.normal(size=n) + 4)
-    row = scoring.score_with_ceiling(per_image_only, "V4", subjects, permutations=200)
+    row = score_with_ceiling(per_image_only, "V4", subjects, permutations=200)
     assert abs(row["pair_rho_mean"]) < 0.1 and row["pair_p_perm"] > 0.05
-    result = scoring.score_submission({"V4": model}, {"V4": subjects}, permutations=50)
+    result = score_submission({"V4": model}, {"V4": subjects}, permutations=50)
     assert result["V4"]["pair_rho_mean"] > 0.9 and result["V4"]["pair_p_perm"] is not None
     json.dumps(result, allow_nan=False)
 

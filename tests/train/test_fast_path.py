@@ -19,8 +19,9 @@ from siamrdm import train
 from siamrdm.io.datasets import BrainDataset, load_algonauts_set
 from siamrdm.pipelines import challenge
 from siamrdm.rdm import square_rdm, upper_tri
-from siamrdm.rdm.scoring import compare_rdms, score_with_ceiling, spearman_rhos
-from siamrdm.rdm.scoring_torch import rank_average_torch, spearman_torch
+from siamrdm.rdm.compare import compare_rdms, spearman_rhos
+from siamrdm.rdm.compare_torch import rank_average_torch, spearman_torch
+from siamrdm.rdm.records import score_with_ceiling
 from siamrdm.rdm.splits import cross_set_splits
 from siamrdm.train import fullbatch, selection
 from siamrdm.train.augment import augment_batch, crop_flip, draw_boxes, image_generator

@@ -142,7 +142,8 @@ def test_the_ranks_target_is_what_the_mean_spearman_rewards(fmri92: dict[str, np
     """'ranks' averages each subject's ranks, so a subject whose dissimilarities span 100x the others' range does
     not outweigh them (it does in the mean RDM), and it scores a higher mean Spearman rho over the subjects than
     the mean RDM does; K RDMs of a subject count as that subject's share."""
-    from siamrdm.rdm import scoring, upper_tri
+    from siamrdm.rdm import upper_tri
+    from siamrdm.rdm.compare import score_rdm
     from siamrdm.rdm.core import rank_unit
     from siamrdm.train.fullbatch import group_target
 
@@ -154,7 +155,7 @@ def test_the_ranks_target_is_what_the_mean_spearman_rewards(fmri92: dict[str, np
     np.testing.assert_allclose(mean, upper_tri(rdms.mean(axis=0)), rtol=0, atol=1e-12)
     from scipy.spatial.distance import squareform
 
-    rho = {kind: scoring.score_rdm(squareform(vector), rdms).rho for kind, vector in (("ranks", ranks),
+    rho = {kind: score_rdm(squareform(vector), rdms).rho for kind, vector in (("ranks", ranks),
                                                                                        ("mean", mean))}
     assert rho["ranks"].mean() > rho["mean"].mean() + 0.01
     assert rho["mean"][0] > np.delete(rho["mean"], 0).max()  # the mean RDM is the loud subject's

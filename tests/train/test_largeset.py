@@ -14,7 +14,8 @@ from PIL import Image
 from siamrdm.errors import DataError
 from siamrdm.io import condensed as condensed_files
 from siamrdm.io.condensed import CondensedRDMs, condensed_index
-from siamrdm.rdm import rescale, scoring, square_rdm, upper_tri
+from siamrdm.rdm import rescale, square_rdm, upper_tri
+from siamrdm.rdm.records import score_with_ceiling
 from siamrdm.train import largeset
 from siamrdm.train.config import TrainConfig
 from siamrdm.train.largeset import (
@@ -68,7 +69,7 @@ def test_one_pass_gives_the_training_group_mean_and_the_held_out_subjects(tmp_pa
     held = HeldOutTarget.from_values(val_values.astype(np.float64))
     model = upper_tri(stack.mean(axis=0)[np.ix_(val, val)]) + np.random.default_rng(0).normal(0, 0.05, 45)
     got = held.score(model)
-    want = scoring.score_with_ceiling(square_rdm(model, 10), "IT", stack[:, val][:, :, val])
+    want = score_with_ceiling(square_rdm(model, 10), "IT", stack[:, val][:, :, val])
     assert got["r2"] == pytest.approx(want["r2"], rel=1e-9)
     if kind == "npy-one":
         assert got["noise_ceiling"] is None and got["pct_nc"] is None

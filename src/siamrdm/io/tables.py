@@ -16,7 +16,7 @@ from ..errors import DataError
 from .files import atomic_path
 from .jsonfiles import json_safe, parse_json
 
-# The fields of one score record (scoring.ScoreRecord), in its order: what every score table holds.
+# The fields of one score record (records.ScoreRecord), in its order: what every score table holds.
 SCORE_FIELDS = ("r2", "pct_nc", "rho_mean", "rho_se", "p", "p_signed", "noise_ceiling", "ceiling_source",
                 "noise_ceiling_lower", "nc_lower_pct", "rho_lower_ceiling", "chance_r2_mean", "chance_r2_95",
                 "chance_pct_mean", "chance_pct_95", "p_perm", "beats_chance", "permutations", "rho_ci_low",
@@ -26,7 +26,7 @@ SCORE_FIELDS = ("r2", "pct_nc", "rho_mean", "rho_se", "p", "p_signed", "noise_ce
 SCORE_COLUMNS = ["method", "target", "direction", *SCORE_FIELDS, "epochs", "detail"]
 
 
-# One paired test of a method against a baseline (scoring.paired_rows, scoring.PairedTest's fields after these):
+# One paired test of a method against a baseline (paired.paired_rows, inference.PairedTest's fields after these):
 # the differences of the signed rho, paired over the subjects (or over the folds, for image folds). p_t, the
 # two-sided paired t-test, is the tables' p; p_wilcoxon the Wilcoxon signed-rank test beside it.
 PAIRED_COLUMNS = ["target", "direction", "method", "baseline", "over", "n", "mean_diff", "diff_se", "diff_ci_low",
@@ -156,7 +156,7 @@ def _rho_cell(row: dict) -> str:
 
 
 def _pair_cell(row: dict) -> str:
-    """The pair structure's signed mean rho (scoring.pair_fields) with its SE and p_perm, '-' where not measured."""
+    """The pair structure's signed mean rho (records.pair_fields) with its SE and p_perm, '-' where not measured."""
     if number(row.get("pair_rho_mean")) is None:
         return "-"
     return (f"{fmt(row.get('pair_rho_mean'), '.3f')} +- {fmt(row.get('pair_rho_se'), '.3f')} "
@@ -253,7 +253,7 @@ def ranking_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-# The markdown view of the paired tests (scoring.paired_rows), rows as dicts of numbers or as CSV text.
+# The markdown view of the paired tests (paired.paired_rows), rows as dicts of numbers or as CSV text.
 PAIRED_VIEW = [
     ("target", lambda r: str(r.get("target", ""))),
     ("direction", lambda r: str(r.get("direction") or "")),
@@ -273,5 +273,5 @@ PAIRED_NOTE = ("Each method against each baseline: the difference of the signed 
 
 
 def paired_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """The paired tests (scoring.paired_rows) as a markdown table's header and body."""
+    """The paired tests (paired.paired_rows) as a markdown table's header and body."""
     return [title for title, _ in PAIRED_VIEW], [[cell(r) for _, cell in PAIRED_VIEW] for r in rows]

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError
 from ..io.images import ImageSet
+from ..rdm.compare import Score, score_rdm
 from ..rdm.core import correlation_rdm, group_average, rank_unit, square_rdm, upper_tri
-from ..rdm.scoring import Score, score_rdm
 from .backbones import backbone_stages, create_body, images_to_tensor
 
 DEFAULT_BACKBONE = "efficientnet_lite0"

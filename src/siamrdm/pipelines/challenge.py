@@ -36,8 +36,9 @@ from ..io.files import check_run_folder, run_folder, run_mode, write_text
 from ..io.jsonfiles import json_safe
 from ..io.progress import Progress
 from ..io.rdmfiles import save_rdms, validate_rdms
-from ..rdm import scoring
 from ..rdm.core import square_rdm
+from ..rdm.paired import paired_rows
+from ..rdm.records import with_chance
 from ..rdm.reliability import report_reliability
 from ..rdm.splits import cross_set_splits
 from ..train.config import TrainConfig, check_config, pick_device, purpose_text
@@ -76,10 +77,10 @@ def write_submissions(out_dir: str | os.PathLike, rdms: dict[str, np.ndarray]) -
 def write_table(rows: list[dict], out_dir: Path, stem: str) -> None:
     """rows as CSV (tables.SCORE_COLUMNS) and as a markdown table (tables.score_table: the score beside its
     chance level, p_perm and the signed mean rho), with the paired tests of each method against the baselines
-    where there are some (scoring.paired_rows, over each direction's subjects)."""
+    where there are some (paired.paired_rows, over each direction's subjects)."""
     tables.write_csv(rows, out_dir / f"{stem}.csv", VALIDATION_COLUMNS)
     text = tables.markdown(*tables.score_table(rows)) + "\n"
-    paired = scoring.paired_rows(rows)
+    paired = paired_rows(rows, baseline_names())
     if paired:
         text += f"\n## Paired tests against the baselines\n\n{tables.PAIRED_NOTE}\n\n"
         text += tables.markdown(*tables.paired_table(paired)) + "\n"
@@ -88,11 +89,11 @@ def write_table(rows: list[dict], out_dir: Path, stem: str) -> None:
 
 def chosen_row(curve: list[dict], epoch: int, test: BrainDataset, target: str) -> dict:
     """The reported epoch's row of a curve kept with its predictions, with its chance fields (this predicted
-    RDM's image labels permuted, scoring.with_chance); the predictions are dropped from every row of the curve."""
+    RDM's image labels permuted, records.with_chance); the predictions are dropped from every row of the curve."""
     predictions = {row["epoch"]: row.pop("predicted") for row in curve}
     row = next(r for r in curve if r["epoch"] == epoch)
     model = square_rdm(predictions[epoch], len(test))
-    return scoring.with_chance(row, model, test.targets[target])
+    return with_chance(row, model, test.targets[target])
 
 
 def plot_validation_curves(target: str, curves: dict[str, list[dict]], path: Path,

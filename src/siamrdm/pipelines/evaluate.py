@@ -41,7 +41,10 @@ from ..io.tables import fmt, number
 from ..model import baselines, frrsa
 from ..model.backbones import backbone_stages, create_body
 from ..rdm.core import group_average, rescale
-from ..rdm.scoring import NO_CEILING_NOTE, mean_summary, paired_rows, score_with_ceiling
+from ..rdm.inference import mean_summary
+from ..rdm.noise_ceiling import NO_CEILING_NOTE
+from ..rdm.paired import paired_rows
+from ..rdm.records import score_with_ceiling
 from ..rdm.splits import direction_label, fold_splits
 from ..train.config import purpose_text
 from ..train.fullbatch import TrainConfig, config_from_preset, group_target
@@ -79,9 +82,9 @@ class Evaluation:
         return tables.to_frame(self.rows, COLUMNS)
 
     def paired(self) -> list[dict]:
-        """Each method against each baseline (scoring.paired_rows: over subjects; for image folds also over
+        """Each method against each baseline (paired.paired_rows: over subjects; for image folds also over
         the folds), the rows of `tables.PAIRED_COLUMNS`."""
-        return paired_rows(self.rows)
+        return paired_rows(self.rows, baseline_names())
 
     def paired_frame(self):
         """`paired` as a pandas DataFrame with the columns of `tables.PAIRED_COLUMNS`."""
@@ -106,7 +109,7 @@ def _slug(text: str) -> str:
 
 def _row(method: str, target: str, direction: str, predicted: np.ndarray, subjects: np.ndarray, detail: str = "",
          key: str | None = None) -> dict:
-    """The score record of one prediction (scoring.score_with_ceiling, its chance fields on by default where cheap);
+    """The score record of one prediction (records.score_with_ceiling, its chance fields on by default where cheap);
     `key` names the target for its ceiling (data.target_key), `target` as the tables show it."""
     return {"method": method, "target": target, "direction": direction,
             **score_with_ceiling(predicted, key or target, subjects, permutations=None), "detail": detail}
@@ -359,7 +362,7 @@ def _ceiling_used(rows: list[dict]) -> str:
 
 def fold_table(rows: list[dict]) -> str:
     """Per method and target: the mean over folds with its standard error and 95% bootstrap interval over the
-    folds (scoring.mean_summary), and every fold's score, as percent of the noise ceiling when every fold has one
+    folds (inference.mean_summary), and every fold's score, as percent of the noise ceiling when every fold has one
     (else r2), and the ceiling used."""
     folds = list(dict.fromkeys(r["direction"] for r in rows))
     header = ["method", "target", "score", "mean +- se", "95% CI (folds)", *folds, "rho mean +- se (folds)",

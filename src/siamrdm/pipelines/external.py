@@ -24,7 +24,8 @@ from ..io.images import natural_key
 from ..io.progress import Progress
 from ..io.rdmfiles import list_rdm_keys, load_rdms
 from ..io.rsafiles import check_rdm_names
-from ..rdm.scoring import score_with_ceiling, target_name
+from ..rdm.noise_ceiling import target_name
+from ..rdm.records import score_with_ceiling
 
 OPTION = "external"
 

@@ -4,7 +4,9 @@ the rule that chose the epochs (other studies' scores: external.score_held_out).
 from __future__ import annotations
 
 from ..io.datasets import target_key
-from ..rdm import scoring
+from ..rdm.compare import spearman_rhos
+from ..rdm.noise_ceiling import NO_CEILING_NOTE
+from ..rdm.records import score_row
 
 BEST_VAL_SCORE_IS = "rho_mean"  # what the epoch kept was chosen on (train.selection_score), not pct_nc or r2
 
@@ -18,18 +20,18 @@ def seed_records(metrics: dict) -> dict:
 
 def validation_scores(predictor, val: list, targets: tuple[str, ...]) -> dict:
     """Per validation set and target ('set/target', as in log.csv): the kept model (each seed's chosen epoch,
-    averaged over seeds) scored on the validation images as every score table scores (scoring.score_row, with
+    averaged over seeds) scored on the validation images as every score table scores (score_row, with
     this RDM's own chance level and p_perm), saying which of its fields each seed's `best_val_score` is."""
     out = {}
     for dataset in val:
         predicted = predictor.predict(dataset.images)
         for target in targets:
             subjects, rdm = dataset.targets[target], predicted[target]
-            row = scoring.score_row(scoring.spearman_rhos(rdm, subjects), target_key(target, dataset.official),
+            row = score_row(spearman_rhos(rdm, subjects), target_key(target, dataset.official),
                                     subjects, model_rdm=rdm, permutations=None)
             info = {"images": len(dataset), "best_val_score_is": BEST_VAL_SCORE_IS, **row}
             if row["ceiling_source"] is None:
-                info["note"] = scoring.NO_CEILING_NOTE
+                info["note"] = NO_CEILING_NOTE
             out[f"{dataset.name}/{target}"] = info
     return out
 

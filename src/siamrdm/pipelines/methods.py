@@ -2,7 +2,7 @@
 
 A method is fitted on one image set's images and subjects only and predicts the RDM of another set's images
 (`Method.predict(train, test, target, context)`, where `context` is a `MethodContext`). Baselines use the
-pretrained body's features alone; the paired tests (`scoring.paired_rows`) test every other method against each
+pretrained body's features alone; the paired tests (`paired.paired_rows`) test every other method against each
 of them, and `challenge` scores them beside its own Siamese rows.
 
 This module sits low (numpy only, no torch): the CLI's `--methods` choices and the paired tests' baselines come

@@ -425,7 +425,7 @@ def plot_method_comparison(bars: list[dict], path: str | os.PathLike, title: str
     has an upper; else the lower ceiling as a line), each bar's chance band (+- the rho that reaches the 95th
     percentile of r2 with the image labels permuted) and a marker of how it compares with the panel's best
     method: '*' differs (paired t-test over subjects, Holm-corrected), 'n.s.' does not. `bars` are
-    `scoring.method_comparison`'s."""
+    `paired.method_comparison`'s."""
     bars = [b for b in bars if number(b.get("rho_mean")) is not None]
     if not bars:
         raise ValueError("no scored rows to plot")

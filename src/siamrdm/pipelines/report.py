@@ -48,8 +48,9 @@ from ..io.tables import (
     summary,
     summary_columns,
 )
-from ..rdm.scoring import method_comparison, paired_rows
+from ..rdm.paired import method_comparison, paired_rows
 from . import plots
+from .methods import baseline_names
 
 SETTINGS_FILES = ("settings.json", "config.json")
 SCORE_COLUMNS = {"method", "target", "pct_nc"}  # what makes a CSV a score table
@@ -208,7 +209,7 @@ def _score_tables(run_dir: Path) -> list[tuple[Path, list[dict]]]:
 
 
 def _comparison_blocks(run_dir: Path, tables: list[tuple[Path, list[dict]]], placed: set[Path]) -> list[Block]:
-    """The page's first section: each score table's methods compared (scoring.method_comparison, drawn by
+    """The page's first section: each score table's methods compared (paired.method_comparison, drawn by
     plots.plot_method_comparison as methods.png, or STEM_methods.png beside a table other than evaluation.csv)."""
     blocks: list[Block] = []
     for path, rows in tables:
@@ -261,7 +262,7 @@ def _score_blocks(path: Path, rows: list[dict], placed: set[Path]) -> list[Block
         blocks += [("p", f"r2 (these data have no noise ceiling){shown}:"), _summary_table(rows, "r2")]
     blocks += [("p", "All scores (chance: mean and 95th percentile of this prediction's score with its image "
                 "labels permuted):"), ("table", *score_table(rows))]
-    paired = paired_rows(rows)
+    paired = paired_rows(rows, baseline_names())
     if paired:
         blocks += [("p", PAIRED_NOTE), ("table", *paired_table(paired))]
     chart = path.with_name("scores.png") if path.stem == "evaluation" else path.with_name(f"{path.stem}_scores.png")

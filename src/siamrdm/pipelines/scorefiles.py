@@ -16,18 +16,22 @@ from ..errors import ConfigError, DataError, UsageError, printable
 from ..io.rdmfiles import load_rdm_dict, read_condensed_model, read_condensed_subjects
 from ..io.rsafiles import check_rdm_names, read_rdm_names
 from ..io.tables import fmt
-from ..rdm import scoring
+from ..rdm.compare import TargetError
+from ..rdm.inference import CHANCE_ALPHA
+from ..rdm.noise_ceiling import NO_CEILING_NOTE, noise_ceilings
+from ..rdm.submission import score_condensed_submission, score_submission, shown_keys
+from ..rdm.transform import OFFICIAL_METHOD
 
 
 @contextlib.contextmanager
 def _blamed(submission: str, target: str):
-    """A scoring error as a DataError naming the file it comes from: the target's (scoring.TargetError: a subject
+    """A scoring error as a DataError naming the file it comes from: the target's (TargetError: a subject
     or the subjects' mean) or else the submission's. Settings (ConfigError) keep their own name."""
     try:
         yield
     except ConfigError:
         raise
-    except scoring.TargetError as exc:
+    except TargetError as exc:
         raise DataError(f"{target}: {exc}") from None
     except ValueError as exc:
         raise DataError(f"{submission}: {exc}") from None
@@ -38,7 +42,7 @@ def _chosen_key(keys: Sequence[str], key: str | None, flag: str, path: str) -> s
     rsatoolbox file without a 'target'/'roi' descriptor), that array, which the option then names."""
     if key is None or key in keys or list(keys) == [""]:
         return None if key is None else key if key in keys else ""
-    raise UsageError(f"{flag} {key}: {path} has no key '{key}' (keys: {scoring.shown_keys(keys)})")
+    raise UsageError(f"{flag} {key}: {path} has no key '{key}' (keys: {shown_keys(keys)})")
 
 
 def paired_keys(submission_file: str, target_file: str, submission: Sequence[str], targets: Sequence[str],
@@ -56,8 +60,8 @@ def paired_keys(submission_file: str, target_file: str, submission: Sequence[str
         elif len(submission) == len(targets) == 1 and "" in (*submission, *targets):
             pairs = [(next(iter(submission)), next(iter(targets)))]
         else:
-            raise UsageError(f"no key in common between {submission_file} ({scoring.shown_keys(submission)}) and "
-                             f"{target_file} ({scoring.shown_keys(targets)}): name the pair with --key and "
+            raise UsageError(f"no key in common between {submission_file} ({shown_keys(submission)}) and "
+                             f"{target_file} ({shown_keys(targets)}): name the pair with --key and "
                              "--target-key")
     else:
         if key is None:
@@ -75,13 +79,13 @@ def paired_keys(submission_file: str, target_file: str, submission: Sequence[str
 def _only_key(keys: Sequence[str], flag: str, path: str) -> str:
     """The one key of a file, for the option that did not name one."""
     if len(keys) != 1:
-        raise UsageError(f"{flag}: {path} holds {scoring.shown_keys(keys)}; name the one to score")
+        raise UsageError(f"{flag}: {path} holds {shown_keys(keys)}; name the one to score")
     return next(iter(keys))
 
 
 def score_files(submission: str, target: str, key: str | None = None, target_key: str | None = None,
-                permutations: int | None = None, seed: int = 0, method: str = scoring.OFFICIAL_METHOD) -> dict:
-    """`siamrdm score`: scoring.score_submission's dict for the pairs of keys `paired_keys` chooses (every target
+                permutations: int | None = None, seed: int = 0, method: str = OFFICIAL_METHOD) -> dict:
+    """`siamrdm score`: score_submission's dict for the pairs of keys `paired_keys` chooses (every target
     key when none is named: one the submission lacks is listed as missing), or score_condensed_submission's for a
     target of upper triangles."""
     subjects = read_condensed_subjects(target)
@@ -90,7 +94,7 @@ def score_files(submission: str, target: str, key: str | None = None, target_key
             raise UsageError("--permutations: not available for upper-triangle (.npy) subjects")
         model = read_condensed_model(submission, subjects.shape[1])
         with _blamed(submission, target):
-            return scoring.score_condensed_submission(model, subjects, target_key or key or Path(target).stem, method)
+            return score_condensed_submission(model, subjects, target_key or key or Path(target).stem, method)
     targets = load_rdm_dict(target)
     n_images = next(iter(targets.values())).shape[-1]
     submitted = load_rdm_dict(submission, n_images=n_images)
@@ -103,11 +107,11 @@ def score_files(submission: str, target: str, key: str | None = None, target_key
         paired = {t for _, t in pairs.values()}
         chosen.update({k: rdms for k, rdms in targets.items() if k not in paired})
     with _blamed(submission, target):
-        return scoring.score_submission({name: submitted[s] for name, (s, _) in pairs.items()}, chosen,
+        return score_submission({name: submitted[s] for name, (s, _) in pairs.items()}, chosen,
                                         permutations, seed, method)
 
 
-def file_ceilings(target: str, method: str = scoring.OFFICIAL_METHOD) -> dict[str, dict[str, float]]:
+def file_ceilings(target: str, method: str = OFFICIAL_METHOD) -> dict[str, dict[str, float]]:
     """`siamrdm noise-ceiling`: per key (a key-less file: its stem) the upper and lower ceilings in r2 (the
     challenge's unit) and in rho, as rsatoolbox's (lower, upper)."""
     subjects = read_condensed_subjects(target)
@@ -115,7 +119,7 @@ def file_ceilings(target: str, method: str = scoring.OFFICIAL_METHOD) -> dict[st
     result = {}
     for key, rdms in targets.items():
         try:
-            ceiling = scoring.noise_ceilings(rdms, method, condensed=subjects is not None)
+            ceiling = noise_ceilings(rdms, method, condensed=subjects is not None)
         except ValueError as exc:  # fewer than 2 subjects, or a constant mean RDM
             raise DataError(f"{target}:{key}: {exc}") from None
         result[key or Path(target).stem] = {"upper": ceiling.upper, "lower": ceiling.lower,
@@ -123,7 +127,7 @@ def file_ceilings(target: str, method: str = scoring.OFFICIAL_METHOD) -> dict[st
     return result
 
 
-def score_table(result: dict, method: str = scoring.OFFICIAL_METHOD) -> str:
+def score_table(result: dict, method: str = OFFICIAL_METHOD) -> str:
     """`siamrdm score`'s table of a score_files result: a row per key, the overall score (or why it is withheld),
     and the notes that say how to read it."""
     lines, missing = [], ", ".join(result.get("missing", []))
@@ -152,12 +156,12 @@ def score_table(result: dict, method: str = scoring.OFFICIAL_METHOD) -> str:
     if permuted:
         lines.append(f"note: chance{unit} and chance95 are this model's score with its image labels permuted "
                      f"({permuted[0]['permutations']} times): mean and 95th percentile; p_perm below "
-                     f"{scoring.CHANCE_ALPHA} beats chance. rho_mean's chance level is 0; lower_rho is the lower noise "
+                     f"{CHANCE_ALPHA} beats chance. rho_mean's chance level is 0; lower_rho is the lower noise "
                      "ceiling in its unit; pair_rho is rho_mean of the pair structure alone (each RDM less its "
                      "per-image part a_i + a_j)")
     if any(row["ceiling_source"] is None for row in rows.values()):
-        lines.append(f"note: {scoring.NO_CEILING_NOTE}")
-    if method != scoring.OFFICIAL_METHOD:
+        lines.append(f"note: {NO_CEILING_NOTE}")
+    if method != OFFICIAL_METHOD:
         lines.append(f"note: compared with '{method}' (rsatoolbox's name); r2 is the mean over subjects of its "
                      "square, and the ceilings are computed with it")
     return "\n".join(lines)

@@ -1,5 +1,13 @@
-"""RDMs and their comparison: RDM arithmetic (core), the Algonauts metric and noise ceilings (scoring,
-scoring_torch), split-half reliability, splits of images, folds and subjects.
+"""RDMs and their comparison, by job, as rsatoolbox lays it out:
+
+- core: RDM arithmetic (upper triangles, ranks, rescaling, subjects' stacks and means);
+- transform, stream, compare (and compare_torch, on the device): the comparison methods, the subjects streamed one
+  at a time, the Algonauts metric and its t-test p-values;
+- noise_ceiling: the ceilings (one record, `NoiseCeiling`), the official ones recognised by the file's content;
+- inference: chance by permuting the image labels, bootstrap intervals, paired tests; paired: those tests across a
+  score table's rows;
+- records: the score record every table holds; submission: the challenge's submission format;
+- parts, reliability, splits: the per-image part and the pair structure, split-half reliability, held-out images.
 
 Only core's names are re-exported here, so `from siamrdm.rdm import upper_tri` stays torch-free and light.
 """

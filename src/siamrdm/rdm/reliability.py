@@ -45,8 +45,9 @@ from ..io.limits import check_read_size
 from ..io.rdmfiles import list_rdm_keys, load_rdms
 from ..io.rsafiles import check_rdm_names, mark_grouping_said, rdm_grouping, read_rdm_names
 from .core import subject_rdms, upper_tri
+from .noise_ceiling import ceilings_for
 from .parts import per_image_fit, per_image_share
-from .scoring import ceilings_for, dot_vectors
+from .transform import dot_vectors
 
 UNRELIABLE_BELOW = 0.25  # Spearman-Brown split-half reliability of the group-mean RDM
 SAMPLE_IMAGES = 300  # a large set's reliability is measured on this many of its images (a random sample)

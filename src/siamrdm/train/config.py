@@ -21,7 +21,7 @@ from ..errors import ConfigError as ConfigError
 from ..model.backbones import create_body
 from ..model.network import head_config
 from ..model.prior import PRIORS
-from ..rdm.scoring import SEED_LIMIT as SEED_LIMIT  # torch-free there, for the command line
+from ..rdm.inference import SEED_LIMIT as SEED_LIMIT  # torch-free there, for the command line
 
 
 @dataclass

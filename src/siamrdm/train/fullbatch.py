@@ -38,11 +38,11 @@ from ..model.network import (
     head_config,
 )
 from ..model.prior import PriorFit, fit_prior, prior_vector, stage_rdms
+from ..rdm.compare_torch import spearman_torch, standardised_ranks_torch
 from ..rdm.core import group_average, rank_unit, rescale, square_rdm, subject_rdms, upper_tri
 from ..rdm.parts import per_image_fit
+from ..rdm.records import score_row
 from ..rdm.reliability import target_reliability
-from ..rdm.scoring import score_row
-from ..rdm.scoring_torch import spearman_torch, standardised_ranks_torch
 from ..rdm.splits import split_holdout as split_holdout  # re-exported: callers of siamrdm.train split here too
 from ..rdm.splits import subset as subset
 from .augment import augment_batch, crop_flip, draw_boxes, image_generator

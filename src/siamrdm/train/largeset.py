@@ -32,8 +32,10 @@ from ..io.limits import check_hdf5_stored, check_regular_file, hdf5_get, hdf5_me
 from ..io.rsafiles import check_rdm_names
 from ..model.backbones import images_to_tensor
 from ..rdm.core import rank_unit
+from ..rdm.noise_ceiling import NO_CEILING, NoiseCeiling, vector_ceilings
+from ..rdm.records import score_record
 from ..rdm.reliability import SAMPLE_IMAGES, target_reliability
-from ..rdm.scoring import NO_CEILINGS, Ceilings, dot_vectors, score_record, vector_ceilings
+from ..rdm.transform import dot_vectors
 from .augment import augment_batch, image_generator
 from .config import TrainConfig
 
@@ -260,8 +262,8 @@ def rescale_in_place(values: np.ndarray, method: str) -> dict[str, float]:
 class HeldOutTarget:
     """One target's subjects on the held-out pairs, ready for the official metric: rank-standardised once."""
 
-    subjects: np.ndarray  # (S, P_val) ranks, centred, unit norm (scoring.dot_vectors): rho is a dot product
-    ceilings: Ceilings  # computed from the subjects' held-out pairs; none with one subject
+    subjects: np.ndarray  # (S, P_val) ranks, centred, unit norm (transform.dot_vectors): rho is a dot product
+    ceilings: NoiseCeiling  # computed from the subjects' held-out pairs; none with one subject
 
     @classmethod
     def from_values(cls, values: np.ndarray) -> HeldOutTarget:
@@ -271,11 +273,11 @@ class HeldOutTarget:
         try:
             ceilings = vector_ceilings(values)
         except ValueError:
-            ceilings = NO_CEILINGS
+            ceilings = NO_CEILING
         return cls(dot_vectors(values, "spearman"), ceilings)
 
     def score(self, predicted: np.ndarray) -> dict:
-        """The score record (scoring.ScoreRecord, without chance fields) of predicted pair values."""
+        """The score record (records.ScoreRecord, without chance fields) of predicted pair values."""
         rho = self.subjects @ dot_vectors(np.asarray(predicted, dtype=np.float64), "spearman")
         return score_record(rho, self.ceilings).to_dict()
 

@@ -54,7 +54,7 @@ class Step(Protocol):
         columns). The loss may stay a tensor on the device; the loop copies it to the host when it needs it."""
 
     def validate(self, frozen: bool) -> dict[str, dict]:
-        """Scored rows of the held-out images, 'set/target' -> row (scoring.score_row)."""
+        """Scored rows of the held-out images, 'set/target' -> row (records.score_row)."""
 
     def agree(self, flag: bool) -> bool:
         """The main process's flag, on every process (one process: the flag)."""
@@ -119,7 +119,7 @@ def write_log(path: Path, history: list[dict]) -> None:
 
 def selection_score(scores: dict[str, dict]) -> float:
     """The number the best epoch is chosen on: the mean over validation targets of the signed mean rho. Unlike
-    the official mean of rho^2 its chance level is 0 whatever the predicted RDM's structure (scoring.py), and it
+    the official mean of rho^2 its chance level is 0 whatever the predicted RDM's structure (rdm/records.py), and it
     needs no noise ceiling (one-subject or ceiling-less data); NaN counts as the worst."""
     value = float(np.mean([s["rho_mean"] for s in scores.values()]))
     return value if math.isfinite(value) else -math.inf

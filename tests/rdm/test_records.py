@@ -18,9 +18,25 @@ from siamrdm.io.datasets import load_algonauts_set
 from siamrdm.io.rdmfiles import save_rdms
 from siamrdm.io.rsafiles import to_rsatoolbox
 from siamrdm.pipelines import challenge, evaluate, plots
+from siamrdm.pipelines.methods import baseline_names
 from siamrdm.pipelines.report import write_report
-from siamrdm.rdm import reliability, scoring, square_rdm, upper_tri
+from siamrdm.rdm import reliability, square_rdm, upper_tri
+from siamrdm.rdm.compare import compare_rdms, spearman_rhos
 from siamrdm.rdm.core import group_average
+from siamrdm.rdm.inference import (
+    BOOTSTRAP_SAMPLES,
+    BOOTSTRAP_SEED,
+    DEFAULT_PERMUTATIONS,
+    PERMUTE_UP_TO_IMAGES,
+    default_permutations,
+    mean_summary,
+    paired_test,
+)
+from siamrdm.rdm.noise_ceiling import NO_CEILING, NoiseCeiling, ceilings_for, noise_ceiling, noise_ceilings
+from siamrdm.rdm.paired import paired_rows
+from siamrdm.rdm.records import ScoreRecord, score_record, score_row, score_with_ceiling
+from siamrdm.rdm.submission import score_submission, submission_frame
+from siamrdm.rdm.transform import COMPARISON_METHODS, DOT_METHODS, Transform, dot_vectors
 from siamrdm.train import subset
 from siamrdm.train.largeset import HeldOutTarget
 
@@ -41,7 +57,7 @@ def strict_json(row: dict) -> dict:
 
 
 def test_the_record_is_the_one_column_list_of_every_table() -> None:
-    assert tuple(f.name for f in dataclasses.fields(scoring.ScoreRecord)) == tables.SCORE_FIELDS
+    assert tuple(f.name for f in dataclasses.fields(ScoreRecord)) == tables.SCORE_FIELDS
     assert challenge.VALIDATION_COLUMNS is tables.SCORE_COLUMNS and evaluate.COLUMNS is tables.SCORE_COLUMNS
     assert tables.SCORE_COLUMNS == ["method", "target", "direction", *tables.SCORE_FIELDS, "epochs", "detail"]
 
@@ -51,8 +67,8 @@ def test_the_builder_reads_chance_from_the_null() -> None:
     rho = np.array([0.3, 0.2, 0.4])
     r2 = float(np.mean(rho**2))
     null = np.array([0.0, 0.01, r2, r2 + 0.01, 0.02, 0.03, 0.05, 0.001, 0.002, 0.004])
-    ceilings = scoring.Ceilings("computed", 0.2, 0.1, 0.25)
-    record = scoring.score_record(rho, ceilings, null)
+    ceilings = NoiseCeiling(0.2, 0.1, 0.25, source="computed")
+    record = score_record(rho, ceilings, null)
     assert record.r2 == pytest.approx(r2) and record.pct_nc == pytest.approx(100 * r2 / 0.2)
     assert record.p_perm == pytest.approx((1 + 2) / (1 + 10)) and record.beats_chance is False
     assert record.permutations == 10
@@ -62,20 +78,20 @@ def test_the_builder_reads_chance_from_the_null() -> None:
     assert record.chance_pct_95 == pytest.approx(100 * np.quantile(null, 0.95) / 0.2)
     assert record.rho_mean == pytest.approx(0.3) and record.rho_se == pytest.approx(np.std(rho, ddof=1) / np.sqrt(3))
     assert record.rho_lower_ceiling == 0.25 and record.nc_lower_pct == pytest.approx(50)
-    assert scoring.score_record(rho, ceilings, np.zeros(99)).beats_chance is True  # p_perm = 1 / 100
+    assert score_record(rho, ceilings, np.zeros(99)).beats_chance is True  # p_perm = 1 / 100
 
     # No ceiling: chance in r2 only; no null: no chance fields; one subject: no t-tests. None, never NaN.
-    bare = scoring.score_record(np.array([0.5]), scoring.NO_CEILINGS, null)
+    bare = score_record(np.array([0.5]), NO_CEILING, null)
     assert bare.chance_pct_95 is None and bare.chance_r2_95 == pytest.approx(np.quantile(null, 0.95))
     assert bare.p is None and bare.p_signed is None and bare.rho_se is None and bare.pct_nc is None
-    off = scoring.score_record(rho, ceilings).to_dict()
+    off = score_record(rho, ceilings).to_dict()
     assert all(off[k] is None for k in ("chance_pct_mean", "chance_pct_95", "p_perm", "beats_chance"))
     assert off["permutations"] == 0
     assert strict_json(bare.to_dict()) == bare.to_dict() and strict_json(off) == off
 
 
 def test_a_diverged_prediction_never_beats_chance() -> None:
-    record = scoring.score_record(np.array([np.nan, 0.2]), scoring.NO_CEILINGS, np.zeros(50))
+    record = score_record(np.array([np.nan, 0.2]), NO_CEILING, np.zeros(50))
     assert record.p_perm is None and record.beats_chance is None
 
 
@@ -87,8 +103,8 @@ def test_per_image_structure_scores_above_zero_but_not_above_chance(fmri118) -> 
     official p below 0.05, yet stays within this RDM's own chance band (image labels permuted)."""
     target = fmri118["IT_RDMs"]
     for seed in range(4):
-        row = scoring.score_with_ceiling(per_image_rdm(118, seed), "IT_RDMs", target, permutations=None)
-        assert row["permutations"] == scoring.DEFAULT_PERMUTATIONS  # on by default at 118 images
+        row = score_with_ceiling(per_image_rdm(118, seed), "IT_RDMs", target, permutations=None)
+        assert row["permutations"] == DEFAULT_PERMUTATIONS  # on by default at 118 images
         assert row["pct_nc"] > 2 and row["p"] < 0.05  # what the official score and p say
         assert row["chance_pct_mean"] > 4  # what such a structure scores by chance
         assert row["pct_nc"] <= row["chance_pct_95"]
@@ -98,14 +114,14 @@ def test_per_image_structure_scores_above_zero_but_not_above_chance(fmri118) -> 
 def test_a_real_model_beats_chance(fmri92, fmri118) -> None:
     """The mean RDM of half the subjects, scored on the other half: above its chance band (92 IT by far)."""
     it = fmri92["IT_RDMs"]
-    row = scoring.score_with_ceiling(group_average(it[:7]), "IT_RDMs", it[7:], permutations=None)
+    row = score_with_ceiling(group_average(it[:7]), "IT_RDMs", it[7:], permutations=None)
     assert row["beats_chance"] is True and row["p_perm"] == pytest.approx(1 / 1001)
     assert row["pct_nc"] > 10 * row["chance_pct_95"]
     assert row["rho_mean"] - 2 * row["rho_se"] > 0
     # The lower ceiling in rho units is what reliability reports as lower_ceiling_rho: the same unit as rho_mean.
-    full = scoring.score_with_ceiling(group_average(it), "IT_RDMs", it)
+    full = score_with_ceiling(group_average(it), "IT_RDMs", it)
     assert full["rho_lower_ceiling"] == pytest.approx(reliability.target_reliability(it)["lower_ceiling_rho"])
-    assert full["noise_ceiling_lower"] == pytest.approx(scoring.noise_ceiling(it)[1])
+    assert full["noise_ceiling_lower"] == pytest.approx(noise_ceiling(it)[1])
 
 
 def test_the_report_ranks_what_beats_chance_first(tmp_path: Path, fmri118) -> None:
@@ -114,7 +130,7 @@ def test_the_report_ranks_what_beats_chance_first(tmp_path: Path, fmri118) -> No
     mark_run(tmp_path, "evaluate")
     it = fmri118["IT_RDMs"]
     rows = [{"method": method, "target": "IT", "direction": "118", "detail": "",
-             **scoring.score_with_ceiling(model, "IT_RDMs", it[7:], permutations=None)}
+             **score_with_ceiling(model, "IT_RDMs", it[7:], permutations=None)}
             for method, model in (("per-image", per_image_rdm(118, 1)), ("subjects", group_average(it[:7])))]
     per_image, subjects = rows
     assert per_image["pct_nc"] > subjects["pct_nc"]  # the raw percent would rank the per-image RDM first
@@ -154,28 +170,28 @@ def test_the_bar_chart_draws_the_chance_band(tmp_path: Path) -> None:
 
 
 def test_permutations_are_on_by_default_only_where_cheap(make_rdms) -> None:
-    assert scoring.default_permutations(118) == scoring.DEFAULT_PERMUTATIONS == 1000
-    assert scoring.default_permutations(scoring.PERMUTE_UP_TO_IMAGES + 1) == 0
-    assert scoring.default_permutations(92, "tau-a") == 0  # Kendall has no dot product to permute
-    large = {"EVC_RDMs": make_rdms(scoring.PERMUTE_UP_TO_IMAGES + 1, subjects=2, seed=3)}
-    model = {"EVC_RDMs": make_rdms(scoring.PERMUTE_UP_TO_IMAGES + 1, seed=4)}
-    row = scoring.score_submission(model, large)["EVC_RDMs"]
+    assert default_permutations(118) == DEFAULT_PERMUTATIONS == 1000
+    assert default_permutations(PERMUTE_UP_TO_IMAGES + 1) == 0
+    assert default_permutations(92, "tau-a") == 0  # Kendall has no dot product to permute
+    large = {"EVC_RDMs": make_rdms(PERMUTE_UP_TO_IMAGES + 1, subjects=2, seed=3)}
+    model = {"EVC_RDMs": make_rdms(PERMUTE_UP_TO_IMAGES + 1, seed=4)}
+    row = score_submission(model, large)["EVC_RDMs"]
     assert row["permutations"] == 0 and row["p_perm"] is None and row["chance_pct_95"] is None
-    row = scoring.score_submission(model, large, permutations=20)["EVC_RDMs"]  # asked for: computed
+    row = score_submission(model, large, permutations=20)["EVC_RDMs"]  # asked for: computed
     assert row["permutations"] == 20 and row["chance_pct_95"] is not None
     small = {"IT_RDMs": make_rdms(12, subjects=3, seed=5)}
-    off = scoring.score_submission({"IT_RDMs": make_rdms(12, seed=6)}, small, permutations=0)["IT_RDMs"]
+    off = score_submission({"IT_RDMs": make_rdms(12, seed=6)}, small, permutations=0)["IT_RDMs"]
     assert off["permutations"] == 0 and off["beats_chance"] is None
     with pytest.raises(ValueError, match="permutations must be 0"):
-        scoring.score_submission({"IT_RDMs": make_rdms(12, seed=6)}, small, permutations=-3)
+        score_submission({"IT_RDMs": make_rdms(12, seed=6)}, small, permutations=-3)
 
 
 def test_evaluate_rows_carry_the_chance_fields(fmri92) -> None:
     it = fmri92["IT_RDMs"][:, :30, :30]
     row = evaluate._row("layers", "IT", "92->118", per_image_rdm(30, 0), it, "stage=x", "IT")
     assert set(row) == {"method", "target", "direction", "detail", *tables.SCORE_FIELDS}
-    assert row["permutations"] == scoring.DEFAULT_PERMUTATIONS and row["beats_chance"] is not None
-    assert row["nc_lower_pct"] == pytest.approx(100 * scoring.noise_ceiling(it)[1] / scoring.noise_ceiling(it)[0])
+    assert row["permutations"] == DEFAULT_PERMUTATIONS and row["beats_chance"] is not None
+    assert row["nc_lower_pct"] == pytest.approx(100 * noise_ceiling(it)[1] / noise_ceiling(it)[0])
     table = evaluate.markdown_table([row])
     assert "chance % (95th)" in table and f"{row['p_perm']:.2g}" in table
 
@@ -186,12 +202,12 @@ def test_the_challenge_reports_the_chosen_epoch_with_its_chance(data_root: Path)
     test = subset(load_algonauts_set(data_root, "92", ("IT",)), np.arange(25), "t")
     predictions = [upper_tri(per_image_rdm(25, 9)), upper_tri(group_average(test.targets["IT"]))]
     curve = [{"epoch": epoch, "loss": 1.0, "predicted": predicted,
-              **scoring.score_row(scoring.compare_rdms(square_rdm(predicted, 25), test.targets["IT"]), "IT",
+              **score_row(compare_rdms(square_rdm(predicted, 25), test.targets["IT"]), "IT",
                                   test.targets["IT"])} for epoch, predicted in enumerate(predictions)]
     assert curve[1]["p_perm"] is None and curve[1]["permutations"] == 0
     row = challenge.chosen_row(curve, 1, test, "IT")
     assert all("predicted" not in r for r in curve)
-    expected = scoring.score_with_ceiling(square_rdm(predictions[1], 25), "IT", test.targets["IT"],
+    expected = score_with_ceiling(square_rdm(predictions[1], 25), "IT", test.targets["IT"],
                                           permutations=None)
     assert row["epoch"] == 1 and row["loss"] == 1.0
     for key in tables.SCORE_FIELDS:
@@ -207,7 +223,7 @@ def test_held_out_pairs_give_the_same_record(make_rdms) -> None:
     model = make_rdms(12, seed=8)
     held = HeldOutTarget.from_values(upper_tri(subjects))
     got = held.score(upper_tri(model))
-    want = scoring.score_with_ceiling(model, "IT", subjects)
+    want = score_with_ceiling(model, "IT", subjects)
     assert got.keys() == want.keys()
     for key, value in want.items():
         if key.startswith("pair_"):  # the pair structure is measured on final records, not on training curves
@@ -221,22 +237,22 @@ def test_held_out_pairs_give_the_same_record(make_rdms) -> None:
 
 
 def test_one_table_of_comparison_methods(make_rdms) -> None:
-    """dot_vectors is `_Transform` row by row, for the dot-product methods only (Kendall's taus used to come out
+    """dot_vectors is `Transform` row by row, for the dot-product methods only (Kendall's taus used to come out
     as rho-a vectors)."""
-    assert scoring.DOT_METHODS == ("spearman", "rho-a", "corr", "cosine")
-    assert scoring.COMPARISON_METHODS == (*scoring.DOT_METHODS, "tau-a", "kendall")
+    assert DOT_METHODS == ("spearman", "rho-a", "corr", "cosine")
+    assert COMPARISON_METHODS == (*DOT_METHODS, "tau-a", "kendall")
     vectors = upper_tri(make_rdms(9, subjects=3, seed=9))
-    for method in scoring.DOT_METHODS:
-        transformed = scoring.dot_vectors(vectors, method)
+    for method in DOT_METHODS:
+        transformed = dot_vectors(vectors, method)
         for row, out in zip(vectors, transformed, strict=True):
-            np.testing.assert_array_equal(out, scoring._Transform(method, vectors.shape[1])(row))
+            np.testing.assert_array_equal(out, Transform(method, vectors.shape[1])(row))
         model = make_rdms(9, seed=10)
-        np.testing.assert_allclose(transformed @ scoring.dot_vectors(upper_tri(model), method),
-                                   scoring.compare_rdms(model, np.stack([square_rdm(v, 9) for v in vectors]), method),
+        np.testing.assert_allclose(transformed @ dot_vectors(upper_tri(model), method),
+                                   compare_rdms(model, np.stack([square_rdm(v, 9) for v in vectors]), method),
                                    rtol=1e-12, atol=1e-15)
     for method in ("tau-a", "kendall"):
         with pytest.raises(ValueError, match="not a dot product"):
-            scoring.dot_vectors(vectors, method)
+            dot_vectors(vectors, method)
 
 
 # --------------------------------------------------------------------------- siamrdm score
@@ -268,12 +284,11 @@ def test_score_command_shows_chance(capsys, tmp_path: Path, fmri118) -> None:
 def test_an_rdm_that_runs_against_the_subjects_does_not_beat_chance(fmri92) -> None:
     """The squared score is blind to sign: the reversed group mean passes the permutation test of r^2, yet it
     predicts the subjects the wrong way round, so it does not beat chance."""
-    from siamrdm.rdm import scoring
 
     subjects = fmri92["IT_RDMs"]
     reverse = subjects.mean(axis=0).max() - subjects.mean(axis=0)
     np.fill_diagonal(reverse, 0)
-    row = scoring.score_row(scoring.spearman_rhos(reverse, subjects), "IT_RDMs", subjects, model_rdm=reverse,
+    row = score_row(spearman_rhos(reverse, subjects), "IT_RDMs", subjects, model_rdm=reverse,
                             permutations=200)
     assert row["p_perm"] < 0.05 and row["rho_mean"] < 0
     assert row["beats_chance"] is False
@@ -288,22 +303,22 @@ def test_the_record_carries_a_bootstrap_interval_and_the_subjects_rhos() -> None
     rho_mean and r2, deterministic, containing the mean, narrower with more subjects."""
     rng = np.random.default_rng(5)
     few, many = rng.normal(0.3, 0.1, 6), rng.normal(0.3, 0.1, 60)
-    record = scoring.score_record(few, scoring.NO_CEILINGS)
-    idx = np.random.default_rng(scoring.BOOTSTRAP_SEED).integers(0, 6, (scoring.BOOTSTRAP_SAMPLES, 6))
+    record = score_record(few, NO_CEILING)
+    idx = np.random.default_rng(BOOTSTRAP_SEED).integers(0, 6, (BOOTSTRAP_SAMPLES, 6))
     assert (record.rho_ci_low, record.rho_ci_high) == pytest.approx(np.quantile(few[idx].mean(1), [0.025, 0.975]))
     assert (record.r2_ci_low, record.r2_ci_high) == pytest.approx(np.quantile((few[idx] ** 2).mean(1),
                                                                               [0.025, 0.975]))
     assert record.rho_ci_low < record.rho_mean < record.rho_ci_high and record.r2_ci_low < record.r2 < record.r2_ci_high
     assert record.rhos == pytest.approx(list(few))
-    assert scoring.score_record(few, scoring.NO_CEILINGS) == record  # seeded: the same interval every run
+    assert score_record(few, NO_CEILING) == record  # seeded: the same interval every run
     wide = record.rho_ci_high - record.rho_ci_low
-    more = scoring.score_record(many, scoring.NO_CEILINGS)
+    more = score_record(many, NO_CEILING)
     assert more.rho_ci_high - more.rho_ci_low < wide / 2  # ~ 1 / sqrt(subjects): 10 times the subjects
     # About +- 1.96 standard errors, as an interval over subjects should be.
     assert (more.rho_ci_high - more.rho_ci_low) / (2 * 1.96 * more.rho_se) == pytest.approx(1, abs=0.15)
-    one = scoring.score_record(np.array([0.4]), scoring.NO_CEILINGS)
+    one = score_record(np.array([0.4]), NO_CEILING)
     assert one.rho_ci_low is None and one.r2_ci_high is None and one.rhos == [0.4]
-    assert scoring.mean_summary([2.0, 4.0, 6.0])["se"] == pytest.approx(np.std([2, 4, 6], ddof=1) / np.sqrt(3))
+    assert mean_summary([2.0, 4.0, 6.0])["se"] == pytest.approx(np.std([2, 4, 6], ddof=1) / np.sqrt(3))
 
 
 def test_the_paired_test_is_scipys_paired_t_and_wilcoxon() -> None:
@@ -311,7 +326,7 @@ def test_the_paired_test_is_scipys_paired_t_and_wilcoxon() -> None:
 
     a = np.array([0.31, 0.25, 0.40, 0.18, 0.29, 0.35, 0.22, 0.27])
     b = np.array([0.20, 0.27, 0.30, 0.15, 0.30, 0.21, 0.18, 0.19])
-    test = scoring.paired_test(a, b)
+    test = paired_test(a, b)
     assert test.p_t == pytest.approx(stats.ttest_rel(a, b).pvalue) and test.t == pytest.approx(
         stats.ttest_rel(a, b).statistic)
     assert test.p_wilcoxon == pytest.approx(stats.wilcoxon(a, b).pvalue)
@@ -320,22 +335,22 @@ def test_the_paired_test_is_scipys_paired_t_and_wilcoxon() -> None:
     assert test.diff_ci_low < test.mean_diff < test.diff_ci_high
     # Known values: 5 positive differences give Wilcoxon's smallest exact two-sided p, 2 / 2^5; the issue's
     # hand computation (t = 1.63 over 5 folds) is p = 0.18.
-    ranks = scoring.paired_test([1.0, 2, 3, 4, 5], [0.0, 0, 0, 0, 0])
+    ranks = paired_test([1.0, 2, 3, 4, 5], [0.0, 0, 0, 0, 0])
     assert ranks.p_wilcoxon == pytest.approx(0.0625) and ranks.t == pytest.approx(3 / (np.std([1, 2, 3, 4, 5],
                                                                                               ddof=1) / np.sqrt(5)))
     diffs = np.array([1.0, -0.5, 2.0, 0.4, 1.5])
-    folds = scoring.paired_test(diffs, np.zeros(5))
+    folds = paired_test(diffs, np.zeros(5))
     assert folds.t == pytest.approx(diffs.mean() / (diffs.std(ddof=1) / np.sqrt(5)))
     assert folds.p_t == pytest.approx(2 * stats.t.sf(folds.t, 4))
-    same = scoring.paired_test(a, a)
+    same = paired_test(a, a)
     assert same.p_t is None and same.p_wilcoxon is None and same.mean_diff == 0  # no difference: no test, no NaN
     with pytest.raises(ValueError, match="differ in number"):
-        scoring.paired_test(a, b[:-1])
+        paired_test(a, b[:-1])
 
 
 def _scored(method: str, direction: str, rho, target: str = "IT") -> dict:
     return {"method": method, "target": target, "direction": direction, "detail": "",
-            **scoring.score_record(np.asarray(rho), scoring.Ceilings("computed", 0.2, 0.1, 0.3, 0.45)).to_dict()}
+            **score_record(np.asarray(rho), NoiseCeiling(0.2, 0.1, 0.3, 0.45, source="computed")).to_dict()}
 
 
 def test_paired_rows_over_subjects_and_over_folds(tmp_path: Path) -> None:
@@ -347,22 +362,22 @@ def test_paired_rows_over_subjects_and_over_folds(tmp_path: Path) -> None:
     siamese = base["layers"] + rng.normal(0.03, 0.05, (5, 10))
     rows = [_scored(m, f"fold {k + 1}", values[k]) for m, values in
             (("siamese", siamese), ("layers", base["layers"]), ("regression", base["regression"])) for k in range(5)]
-    paired = scoring.paired_rows(rows)
+    paired = paired_rows(rows, baseline_names())
     assert [(r["method"], r["baseline"], r["over"]) for r in paired] == [
         ("siamese", "layers", "folds"), ("siamese", "layers", "subjects"),
         ("siamese", "regression", "folds"), ("siamese", "regression", "subjects")]
     folds, subjects = paired[0], paired[1]
-    expected = scoring.paired_test(siamese.mean(axis=1), base["layers"].mean(axis=1))
+    expected = paired_test(siamese.mean(axis=1), base["layers"].mean(axis=1))
     assert folds["n"] == 5 and folds["p_t"] == pytest.approx(expected.p_t)
     assert folds["p_wilcoxon"] == pytest.approx(expected.p_wilcoxon)
-    expected = scoring.paired_test(siamese.mean(axis=0), base["layers"].mean(axis=0))
+    expected = paired_test(siamese.mean(axis=0), base["layers"].mean(axis=0))
     assert subjects["n"] == 10 and subjects["p_t"] == pytest.approx(expected.p_t)
 
     challenge.write_table(rows, tmp_path, "validation")
     with open(tmp_path / "validation.csv", newline="") as f:
         saved = list(csv.DictReader(f))
     assert tables.number_list(saved[0]["rhos"]) == pytest.approx(list(siamese[0]))
-    again = scoring.paired_rows(saved)
+    again = paired_rows(saved, baseline_names())
     assert [r["p_t"] for r in again] == pytest.approx([r["p_t"] for r in paired])
     md = (tmp_path / "validation.md").read_text()
     header, body = tables.paired_table(paired)
@@ -372,16 +387,16 @@ def test_paired_rows_over_subjects_and_over_folds(tmp_path: Path) -> None:
     assert tables.markdown(header, body) in report  # the report pairs the CSV's rows the same way
 
     cross = [_scored("siamese", "92->118", siamese[0]), _scored("layers", "92->118", base["layers"][0])]
-    (row,) = scoring.paired_rows(cross)
+    (row,) = paired_rows(cross, baseline_names())
     assert row["direction"] == "92->118" and row["over"] == "subjects" and row["n"] == 10
-    assert row["p_t"] == pytest.approx(scoring.paired_test(siamese[0], base["layers"][0]).p_t)
+    assert row["p_t"] == pytest.approx(paired_test(siamese[0], base["layers"][0]).p_t)
 
 
 def test_fold_table_shows_the_standard_error_and_interval_over_folds() -> None:
     rho = np.random.default_rng(4).normal(0.3, 0.1, (5, 10))
     rows = [_scored("layers", f"fold {k + 1}", rho[k]) for k in range(5)]
     pct = [r["pct_nc"] for r in rows]
-    stats = scoring.mean_summary(pct)
+    stats = mean_summary(pct)
     table = evaluate.fold_table(rows)
     assert "| mean +- se | 95% CI (folds) |" in table
     # brackets escaped, as in every Markdown table (tables.markdown_text): a value's [text](url) is no link
@@ -399,14 +414,14 @@ def test_tables_as_data_frames(make_rdms, monkeypatch) -> None:
     assert frame["rho_mean"].tolist() == pytest.approx([0.25, 0.25]) and frame["method"].tolist() == [
         "siamese", "layers"]
     assert list(evaluation.paired_frame().columns) == tables.PAIRED_COLUMNS
-    record = scoring.score_record(np.array([0.2, 0.4]), scoring.NO_CEILINGS)
+    record = score_record(np.array([0.2, 0.4]), NO_CEILING)
     assert list(record.to_frame().columns) == list(tables.SCORE_FIELDS)
     assert record.to_frame()["rho_ci_low"][0] == record.rho_ci_low
     subjects = make_rdms(10, subjects=4, seed=1)
-    ceiling = scoring.noise_ceilings(subjects)
+    ceiling = noise_ceilings(subjects)
     assert ceiling.to_frame().loc[0, "rho_upper"] == ceiling.rho_upper
-    result = scoring.score_submission({"IT_RDMs": make_rdms(10, seed=2)}, {"IT_RDMs": subjects}, permutations=0)
-    scores = scoring.submission_frame(result)
+    result = score_submission({"IT_RDMs": make_rdms(10, seed=2)}, {"IT_RDMs": subjects}, permutations=0)
+    scores = submission_frame(result)
     assert scores["key"].tolist() == ["IT_RDMs"] and scores.loc[0, "r2"] == result["IT_RDMs"]["r2"]
     monkeypatch.setitem(__import__("sys").modules, "pandas", None)  # pandas absent: one line saying so
     with pytest.raises(ImportError, match=r"^to_frame\(\) needs pandas \(pip install pandas\)$"):
@@ -419,8 +434,8 @@ def test_noise_ceiling_in_rho_units(fmri92) -> None:
     from scipy import stats
 
     it = fmri92["IT_RDMs"]
-    ceiling = scoring.noise_ceilings(it)
-    assert (ceiling.upper, ceiling.lower) == scoring.noise_ceiling(it)
+    ceiling = noise_ceilings(it)
+    assert (ceiling.upper, ceiling.lower) == noise_ceiling(it)
     mean = group_average(it)
     upper = [stats.spearmanr(upper_tri(s), upper_tri(mean)).statistic for s in it]
     lower = [stats.spearmanr(upper_tri(s), upper_tri(group_average(np.delete(it, k, 0)))).statistic
@@ -428,7 +443,7 @@ def test_noise_ceiling_in_rho_units(fmri92) -> None:
     assert ceiling.rho == pytest.approx((np.mean(lower), np.mean(upper)))
     assert ceiling.upper == pytest.approx(np.mean(np.square(upper)))
     assert 0 < ceiling.rho_lower < ceiling.rho_upper < 1
-    assert scoring.ceilings_for("IT", it).rho_upper == pytest.approx(ceiling.rho_upper)
+    assert ceilings_for("IT", it).rho_upper == pytest.approx(ceiling.rho_upper)
 
 
 def test_the_bar_chart_draws_error_bars(tmp_path: Path) -> None:
@@ -456,7 +471,7 @@ def test_the_statistics_match_rsatoolbox(fmri92) -> None:
 
     it = fmri92["IT_RDMs"][:, :40, :40]  # 40 images: rsatoolbox's 1000 bootstrap evaluations take a few seconds
     subjects, models = it[7:], {"group": group_average(it[:7]), "per-image": per_image_rdm(40, 2)}
-    records = {name: scoring.score_record(scoring.spearman_rhos(m, subjects), scoring.NO_CEILINGS)
+    records = {name: score_record(spearman_rhos(m, subjects), NO_CEILING)
                for name, m in models.items()}
     data = to_rsatoolbox({"IT": subjects})
     fixed = [rsatoolbox.model.ModelFixed(name, to_rsatoolbox(m)) for name, m in models.items()]
@@ -467,14 +482,14 @@ def test_the_statistics_match_rsatoolbox(fmri92) -> None:
         np.testing.assert_allclose(records[name].rhos, theirs, rtol=1e-10)
         assert result.get_means()[k] == pytest.approx(records[name].rho_mean, rel=1e-10)
         assert result.get_sem()[k] == pytest.approx(records[name].rho_se, rel=1e-8)
-    test = scoring.paired_test(records["group"].rhos, records["per-image"].rhos)
+    test = paired_test(records["group"].rhos, records["per-image"].rhos)
     assert result.test_pairwise("ranksum")[0, 1] == pytest.approx(test.p_wilcoxon, rel=1e-10)
     assert result.test_pairwise("t-test")[0, 1] == pytest.approx(test.p_t, rel=1e-6)
     assert test.p_t == pytest.approx(2 * stats.t.sf(abs(test.t), n - 1))
 
     rng = np.random.default_rng(0)
     z = np.stack([square_rdm((v - v.mean()) / v.std(), 40) for v in upper_tri(it + rng.random(it.shape) * 1e-9)])
-    ours = scoring.noise_ceilings(z, "corr")
+    ours = noise_ceilings(z, "corr")
     theirs = rsatoolbox.inference.boot_noise_ceiling(to_rsatoolbox(z), method="corr")
     assert ours.rho == pytest.approx(theirs, rel=1e-8)
 

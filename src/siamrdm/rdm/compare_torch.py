@@ -1,8 +1,8 @@
 """Spearman's rho on the device (torch), for the per-epoch validation of training.
 
 Per-epoch validation scores the predicted pairs where they are (the GPU), so that an epoch's score costs one
-host synchronisation; the same Spearman as `scoring.compare_rdms` to float rounding (tests check it against
-scipy). Kept apart from `scoring`, which the command line's `score` and `noise-ceiling` load without torch.
+host synchronisation; the same Spearman as `compare.compare_rdms` to float rounding (tests check it against
+scipy). Kept apart from `compare`, which the command line's `score` and `noise-ceiling` load without torch.
 """
 
 from __future__ import annotations

@@ -1,0 +1,140 @@
+"""The Algonauts 2019 metric: squared Spearman correlation with each subject's RDM, and its t-test p-values.
+
+Per subject, Spearman's rho between the upper triangles (diagonal excluded) of the model RDM and the subject's
+RDM. Targets with K RDMs per subject (the official MEG files: two per time window) average the K rhos of a
+subject first. The score is the mean over subjects of rho^2 (`score_rdm`); percent of the noise ceiling
+(`noise_ceiling`) is 100 * score / ceiling. Another comparison method (`transform.COMPARISON_METHODS`) can replace
+Spearman's rho; the score keeps the challenge's form (mean over subjects of the squared comparison value).
+
+Two t-test p-values here (the permutation test of the image labels is in `inference`), because the official one
+cannot tell a model from a random RDM:
+- `p` (official): one-sample t-test of the subjects' rho^2 against 0. rho^2 is never negative, so any RDM,
+  even a random one, looks "significant" with enough subjects.
+- `p_signed`: two-sided one-sample t-test of the signed rhos against 0 (is the model's correlation with the
+  subjects consistently positive or negative?).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from ..io.limits import check_real_dtype
+from .core import upper_tri
+from .stream import CeilingValues, Subjects, stream
+from .transform import OFFICIAL_METHOD
+
+
+class TargetError(ValueError):
+    """A problem of the target (subject) RDMs rather than of the model: callers that read both from files name
+    the target's file in the message."""
+
+
+@dataclasses.dataclass
+class Score:
+    r2: float  # mean over subjects of rho^2
+    p: float  # official: one-sample t-test of the subjects' rho^2 against 0 (NaN with one subject)
+    rho: np.ndarray  # per subject, K-averaged
+    p_signed: float  # two-sided one-sample t-test of the signed rhos against 0 (NaN with one subject)
+
+
+def compare_rdms(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> np.ndarray:
+    """The comparison of one model RDM with every subject RDM, K-averaged: shape (S,). `method` is one of
+    `COMPARISON_METHODS`, as `rsatoolbox.rdm.compare` computes it on the upper triangles.
+
+    Each subject is transformed once (ranked, for Spearman) and compared with the model's transform, computed
+    once; Kendall's taus take O(L log L) per subject. A constant model RDM orders no pair: it scores 0 (a
+    model that collapsed during training then scores as the worst, never as NaN). A model RDM with NaN gets
+    NaN values (training counts them as the worst score); NaN or inf in a subject's RDM is a ValueError.
+    """
+    model = np.asarray(model_rdm)
+    values, _ = stream(upper_tri(model), Subjects(target_rdms, condensed=False), method, ceiling=False)
+    return values
+
+
+def spearman_rhos(model_rdm: np.ndarray, target_rdms: np.ndarray) -> np.ndarray:
+    """Spearman rho of one model RDM with every subject RDM, K-averaged: shape (S,) (the official metric)."""
+    return compare_rdms(model_rdm, target_rdms, OFFICIAL_METHOD)
+
+
+def _t_test_p(values: np.ndarray) -> float:
+    """Two-sided one-sample t-test of `values` against 0, scipy.stats.ttest_1samp's p; NaN with fewer than 2
+    values (no spread to test). From the t distribution's CDF in scipy.special: scipy.stats alone takes longer
+    to import than the rest of `siamrdm score` takes to run."""
+    if len(values) < 2:
+        return math.nan
+    from scipy.special import stdtr
+
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):  # identical values: t is +-inf (p 0), or NaN for zeros
+        t = values.mean() / (values.std(ddof=1) / math.sqrt(len(values)))
+    return float(2 * stdtr(len(values) - 1, -abs(t)))
+
+
+def official_p(rho: np.ndarray) -> float:
+    """The challenge's p: t-test of the per-subject rho^2 against 0.
+
+    rho^2 >= 0, so the mean is above 0 for any RDM: a random RDM gets a small p with 15 subjects. Reported
+    because the challenge did; `signed_p` and `inference.permutation_p` test whether the model predicts anything.
+    """
+    return _t_test_p(np.asarray(rho, dtype=np.float64) ** 2)
+
+
+def signed_p(rho: np.ndarray) -> float:
+    """Two-sided one-sample t-test of the signed per-subject rhos against 0 (NaN with one subject).
+
+    A model that predicts the subjects has rhos consistently above 0; a random RDM's rhos are small and, over
+    random RDMs, centred on 0. But subjects share structure, so a given random RDM can correlate with it
+    weakly and consistently: `inference.permutation_p` is the test of the image labels.
+    """
+    return _t_test_p(np.asarray(rho, dtype=np.float64))
+
+
+def _score(rho: np.ndarray) -> Score:
+    return Score(float(np.mean(rho**2)), official_p(rho), rho, signed_p(rho))
+
+
+def score_rdm(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> Score:
+    """The challenge score of one model RDM against a target's subject RDMs (mean over subjects of rho^2,
+    or of the squared `method` value), with both t-test p-values."""
+    return _score(compare_rdms(model_rdm, target_rdms, method))
+
+
+def score_condensed(model_vector, subject_vectors, method: str = OFFICIAL_METHOD, ceiling: bool = True,
+                    threads: int = 1) -> tuple[Score, tuple[float, float] | None]:
+    """The challenge score of a model's upper triangle (P,) against subjects' upper triangles, (S, P) or
+    (S, K, P) (any array-like: a memory-mapped .npy of float32 works and is the fastest to rank), with the
+    (upper, lower) noise ceiling when `ceiling` (None otherwise, and with one subject).
+
+    For sets too large for square RDMs (10,000 images: 50 million pairs per subject). Subjects are read one
+    at a time, so memory holds a few upper triangles (and a ranker's working arrays) whatever the number of
+    subjects. Same values as `score_rdm` and `noise_ceiling` on the square RDMs. A subject with NaN, inf or a
+    constant upper triangle is a `TargetError` naming it; a bad model vector, a plain ValueError. `threads` > 1
+    ranks that many vectors at once (each thread keeps its own working arrays: memory grows with it); the default
+    1 leaves the other cores alone.
+    """
+    score, ceilings = score_condensed_with_ceiling(model_vector, subject_vectors, method, ceiling, threads)
+    return score, ceilings and ceilings[:2]
+
+
+def score_condensed_with_ceiling(model_vector, subject_vectors, method: str, ceiling: bool,
+                                 threads: int) -> tuple[Score, CeilingValues | None]:
+    """`score_condensed` with the whole computed ceiling (both bounds in r2 and in rho units)."""
+    check_real_dtype(np.asarray(model_vector).dtype, "model RDM")
+    if not np.all(np.isfinite(model_vector)):
+        raise ValueError("model RDM contains NaN or inf")
+    pairs = np.shape(subject_vectors)[-1:]
+    if pairs and np.size(model_vector) != pairs[0]:
+        raise ValueError(f"model upper triangle of length {np.size(model_vector)} does not match the subjects' "
+                         f"{pairs[0]}")
+    try:  # the model is checked above: what goes wrong now is the subjects' (one of them, or their mean)
+        subjects = Subjects(subject_vectors, condensed=True)
+        rho, ceilings = stream(model_vector, subjects, method, ceiling=ceiling and len(subjects) >= 2,
+                               threads=threads)
+    except TargetError:
+        raise
+    except ValueError as exc:
+        raise TargetError(str(exc)) from None
+    return _score(rho), ceilings

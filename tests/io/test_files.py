@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -298,3 +299,16 @@ def test_run_folder_lock_across_processes(tmp_path: Path) -> None:
         process.communicate(timeout=30)
     with files.run_folder_lock(run):  # a killed run leaves no stale lock behind
         pass
+
+
+def test_settings_are_written_by_one_writer_as_strict_json(tmp_path: Path) -> None:
+    """fit, evaluate and challenge write settings.json through files.write_settings: no NaN reaches the file
+    (JSON has none), a path is written as its text, and a resume reads back exactly what was written."""
+    from siamrdm.io.files import SETTINGS_FILE, check_same_settings, write_settings
+
+    settings = {"lr": float("nan"), "data": tmp_path / "data", "seeds": (0, 1)}
+    write_settings(tmp_path, settings)
+    text = (tmp_path / SETTINGS_FILE).read_text()
+    assert json.loads(text) == {"lr": None, "data": str(tmp_path / "data"), "seeds": [0, 1]}
+    assert "NaN" not in text
+    check_same_settings(tmp_path, {"lr": None, "data": str(tmp_path / "data"), "seeds": [0, 1]})

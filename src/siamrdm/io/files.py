@@ -396,10 +396,19 @@ def _undo(path: Path, created: bool) -> None:
         (path / LOCK_NAME).unlink(missing_ok=True)
 
 
+SETTINGS_FILE = "settings.json"  # what a run was started with: every command's run folder has one
+
+
+def write_settings(path: Path, settings: dict) -> None:
+    """A run folder's settings.json, the one writer for every command (fit, evaluate, challenge, the mini-batch
+    fit): strict JSON (no NaN), anything else JSON cannot hold as its text."""
+    write_text(Path(path) / SETTINGS_FILE, json.dumps(json_safe(settings), indent=2, default=str, allow_nan=False))
+
+
 def check_same_settings(path: Path, settings: dict, ignore: tuple[str, ...] = ("world_size",)) -> None:
     """`--resume` continues a run only with the settings it was started with: compared with the run's
     settings.json before anything is written (the device and `ignore`d keys may change)."""
-    file = Path(path) / "settings.json"
+    file = Path(path) / SETTINGS_FILE
     if not file.is_file():
         return
     saved = read_json(file, "settings of the run to resume")

@@ -32,7 +32,7 @@ import torch
 from ..errors import ConfigError
 from ..io import tables
 from ..io.datasets import TARGETS, TRAINING_SETS, BrainDataset, load_algonauts_set, resolve_data_root
-from ..io.files import check_run_folder, run_folder, run_mode, write_text
+from ..io.files import check_run_folder, run_folder, run_mode, write_settings, write_text
 from ..io.jsonfiles import json_safe
 from ..io.progress import Progress
 from ..io.rdmfiles import save_rdms, validate_rdms
@@ -273,7 +273,7 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
         "submission_files": submission_files, "fits": fit_info, "reliability": reliability,
         "external": describe(externals), "keep_prior": keep_prior,
     }
-    write_text(out_dir / "settings.json", json.dumps(json_safe(settings), indent=2, default=str, allow_nan=False))
+    write_settings(out_dir, settings)
     write_report(out_dir)
     write_submissions(out_dir, predictions)
     return {"settings": settings, "validation": rows}

@@ -32,7 +32,7 @@ import torch
 from ..errors import ConfigError, DataError
 from ..io import tables
 from ..io.datasets import TARGET_NAMES, TRAINING_SETS, BrainDataset, load_algonauts_set, target_key
-from ..io.files import atomic_path, write_text
+from ..io.files import atomic_path, write_settings, write_text
 from ..io.images import IMAGE_ORDER_FILE
 from ..io.jsonfiles import json_safe
 from ..io.progress import Phases, Progress
@@ -442,7 +442,7 @@ def write_evaluation(evaluation: Evaluation, sets: list[BrainDataset], out_dir: 
     paths["json"] = out / "evaluation.json"
     write_text(paths["json"], json.dumps(json_safe(payload), indent=2, default=str))
     if settings is not None:
-        write_text(out / "settings.json", json.dumps(json_safe(settings), indent=2, default=str))
+        write_settings(out, settings)
     paths["predictions"] = out / "predictions.npz"
     with atomic_path(paths["predictions"]) as tmp:
         np.savez(tmp, **{f"{m}/{t}/{d}": rdm for (m, t, d), rdm in evaluation.predictions.items()})

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -20,9 +19,8 @@ import torch
 
 from ..errors import DataError
 from ..io.datasets import BrainDataset, target_key
-from ..io.files import check_output_file, check_same_settings, run_folder, run_mode, write_text
+from ..io.files import check_output_file, check_same_settings, run_folder, run_mode, write_settings, write_text
 from ..io.images import IMAGE_ORDER_FILE, ImageSet
-from ..io.jsonfiles import json_safe
 from ..model.backbones import images_to_tensor
 from ..model.network import SiameseRDMNet
 from ..model.prior import PriorFit
@@ -248,7 +246,7 @@ def start_run(out_dir: Path, seeds: tuple[int, ...], resume: bool, settings: dic
     if resume and settings is not None:
         check_same_settings(out_dir, settings)
     if settings is not None:
-        write_text(out_dir / "settings.json", json.dumps(json_safe(settings), indent=2, allow_nan=False))
+        write_settings(out_dir, settings)
     if image_order is not None:
         write_text(out_dir / IMAGE_ORDER_FILE, "\n".join(image_order) + "\n")
     for path in [out_dir / "model.pt", *(out_dir / f"seed{seed}" / name for seed in seeds

@@ -23,16 +23,21 @@ def mark_run(folder, command: str = "challenge"):
     return folder
 
 
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    """`siamrdm ARGS` in-process: (exit code, stdout, stderr); usage errors exit through SystemExit."""
-    from siamrdm import cli
-
+def run_main(main, capsys, *args: str) -> tuple[int, str, str]:
+    """A command's `main(argv)` in-process: (exit code, stdout, stderr); usage errors exit through SystemExit."""
     try:
-        code = cli.main([str(a) for a in args])
+        code = main([str(a) for a in args])
     except SystemExit as exc:
         code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """`siamrdm ARGS` in-process: (exit code, stdout, stderr)."""
+    from siamrdm import cli
+
+    return run_main(cli.main, capsys, *args)
 
 
 def fast_config(**overrides):
@@ -90,3 +95,45 @@ def scipy_rho(a, b) -> float:
     from siamrdm.rdm import upper_tri
 
     return float(stats.spearmanr(upper_tri(a), upper_tri(b)).statistic)
+
+
+def reference_loss(head, features, targets):
+    """The unchunked factorised loss, through autograd of the gathered head: F.mse_loss over both orders of every
+    pair (what model.all_pairs_loss computes in tiles)."""
+    import torch
+    import torch.nn.functional as F
+
+    from siamrdm.model import all_pairs
+
+    i, j = all_pairs(len(features))
+    as_a, as_b = head.image_terms(features)
+    both = torch.stack((head.pair_outputs(as_a, as_b, i, j), head.pair_outputs(as_a, as_b, j, i)))
+    return F.mse_loss(both, targets.expand_as(both))
+
+
+def assert_tiled_loss_is_reference(head, features, targets, tile: int, workers: int,
+                                   nonzero_gradients: bool | None = None) -> float:
+    """model.all_pairs_loss in tiles of `tile` on `workers` threads gives `reference_loss` and its gradients (with
+    respect to the features and every head parameter): to float64 rounding, or in float32 (what training uses) to
+    1e-5 of the largest gradient. `nonzero_gradients` True: every gradient has a value other than 0; False: every
+    one is 0 (no output gets through the head's ReLU). Returns the loss."""
+    import pytest
+    import torch
+
+    from siamrdm.model import all_pairs_loss
+
+    params = [features, *head.parameters()]
+    expected = reference_loss(head, features, targets)
+    expected_grads = torch.autograd.grad(expected, params)
+    loss = all_pairs_loss(head, features, targets, tile=tile, workers=workers)
+    grads = torch.autograd.grad(loss, params)
+    double = features.dtype == torch.float64
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12 if double else 1e-5)
+    for got, want in zip(grads, expected_grads, strict=True):
+        if nonzero_gradients is not None:
+            assert (float(want.abs().max()) > 0) == nonzero_gradients
+        if double:
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * max(float(want.abs().max()), 1e-6))
+    return loss.item()

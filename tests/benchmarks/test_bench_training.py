@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, run_main
 
 from siamrdm.train import TrainConfig, Trainer
 
@@ -19,14 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import bench_training as bench  # noqa: E402  (a script of benchmarks/, found through the path above)
 
 
-def run_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+def run_bench(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     """`python benchmarks/bench_training.py ARGS` in-process: (exit code, stdout, stderr)."""
-    try:
-        code = bench.main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(bench.main, capsys, *args)
 
 
 # --------------------------------------------------------------------------- naive against factorised steps
@@ -125,11 +120,11 @@ def test_bench_out_is_checked_before_any_work(capsys: pytest.CaptureFixture, tmp
     folder.mkdir()
     for out, expected in ((notes, "exists; pass --overwrite"), (link, "exists; pass --overwrite"),
                           (folder, "is a folder"), ("", "--out: empty"), ("/proc/bench.json", "cannot be written")):
-        code, stdout, err = run_main(capsys, *HEAD_ONLY, "--out", out)
+        code, stdout, err = run_bench(capsys, *HEAD_ONLY, "--out", out)
         assert (code, stdout) == (2, ""), err
         assert_one_line_error(err, str(out) or "--out", expected)  # one line: no "bench: ..." progress before it
     assert notes.read_text() == "my notes" and link.is_symlink() and list(folder.iterdir()) == []
-    code, stdout, err = run_main(capsys, *HEAD_ONLY, "--quiet", "--out", notes, "--overwrite")
+    code, stdout, err = run_bench(capsys, *HEAD_ONLY, "--quiet", "--out", notes, "--overwrite")
     assert code == 0, err
     assert [row["images"] for row in json.loads(notes.read_text())["head_scaling"]] == [2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "link.json", "notes.json"]  # no temporary file
@@ -146,7 +141,7 @@ def test_bench_out_never_replaces_a_file_that_appeared_meanwhile(capsys: pytest.
         return measure(*args, **kwargs)
 
     monkeypatch.setattr(bench, "bench_head_scaling", meanwhile)
-    code, stdout, err = run_main(capsys, *HEAD_ONLY, "--quiet", "--out", out)
+    code, stdout, err = run_bench(capsys, *HEAD_ONLY, "--quiet", "--out", out)
     assert (code, stdout) == (2, "")
     assert_one_line_error(err, str(out), "appeared while siamrdm was working")
     assert out.read_text() == "written while bench ran"
@@ -175,6 +170,6 @@ BAD_OPTIONS = [  # upper and lower bounds, the bound in the message; empty and r
 
 @pytest.mark.parametrize(("args", "parts"), BAD_OPTIONS, ids=[" ".join(a[:2]) for a, _ in BAD_OPTIONS])
 def test_bad_option_is_refused_before_any_work(args: list[str], parts: list[str], capsys) -> None:
-    code, stdout, err = run_main(capsys, *NO_DATA, *args)
+    code, stdout, err = run_bench(capsys, *NO_DATA, *args)
     assert code == 2 and stdout == "", err
     assert_one_line_error(err, *parts)

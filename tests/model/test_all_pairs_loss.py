@@ -5,17 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from helpers import assert_tiled_loss_is_reference
 
-from siamrdm.model import HeadConfig, SiameseHead, all_pairs, all_pairs_loss, pooled_linear_weight
-
-
-def reference_loss(head: SiameseHead, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The unchunked factorised loss the trainer used before tiling: both orders of every pair, gathered."""
-    i, j = all_pairs(len(features))
-    as_a, as_b = head.image_terms(features)
-    both = torch.stack((head.pair_outputs(as_a, as_b, i, j), head.pair_outputs(as_a, as_b, j, i)))
-    return F.mse_loss(both, targets.expand_as(both))
+from siamrdm.model import HeadConfig, SiameseHead, all_pairs_loss, pooled_linear_weight
 
 
 def random_head(channels: int, outputs: int, dtype: torch.dtype, seed: int) -> SiameseHead:
@@ -41,14 +33,7 @@ def test_all_pairs_loss_equals_unchunked_loss_and_gradients(channels, size, outp
     head = random_head(channels, outputs, torch.float64, seed=n)
     features = torch.randn(n, channels, size, size, dtype=torch.float64, requires_grad=True)
     targets = torch.rand(n * (n - 1) // 2, outputs, dtype=torch.float64)
-    params = [features, *head.parameters()]
-    expected = reference_loss(head, features, targets)
-    expected_grads = torch.autograd.grad(expected, params)
-    loss = all_pairs_loss(head, features, targets, tile=tile, workers=workers)
-    grads = torch.autograd.grad(loss, params)
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
-    for got, want in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert_tiled_loss_is_reference(head, features, targets, tile, workers)
 
 
 def test_all_pairs_loss_float32_within_1e5() -> None:
@@ -56,14 +41,7 @@ def test_all_pairs_loss_float32_within_1e5() -> None:
     head = random_head(256, 1, torch.float32, seed=1)
     features = torch.randn(70, 256, 6, 6, requires_grad=True)
     targets = torch.rand(70 * 69 // 2, 1)
-    params = [features, *head.parameters()]
-    expected = reference_loss(head, features, targets)
-    expected_grads = torch.autograd.grad(expected, params)
-    loss = all_pairs_loss(head, features, targets, tile=16, workers=2)
-    grads = torch.autograd.grad(loss, params)
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    for got, want in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    assert_tiled_loss_is_reference(head, features, targets, tile=16, workers=2)
 
 
 def test_all_pairs_loss_is_deterministic_with_workers() -> None:

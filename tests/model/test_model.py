@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_tiled_loss_is_reference, reference_loss
 
 from siamrdm import train
 from siamrdm.io.datasets import load_algonauts_set
@@ -277,14 +278,6 @@ def test_pair_predictions_are_symmetric(variant: str) -> None:
 # output ReLU cutting some of the outputs.
 
 
-def reference_loss(head: SiameseHead, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """F.mse_loss over both orders of all pairs, through autograd of the gathered factorised head."""
-    i, j = all_pairs(len(features))
-    as_a, as_b = head.image_terms(features)
-    both = torch.stack((head.pair_outputs(as_a, as_b, i, j), head.pair_outputs(as_a, as_b, j, i)))
-    return F.mse_loss(both, targets.expand_as(both))
-
-
 def random_pair_head(variant: str, channels: int, size: int, outputs: int, dtype: torch.dtype, seed: int,
                      bias: float = 0.0) -> SiameseHead:
     """A head away from the distance initialisation; `bias` shifts the linear outputs (pairwise: some below 0)."""
@@ -320,15 +313,7 @@ def test_all_pairs_loss_equals_autograd_both_variants(variant, channels, size, o
         centre_outputs(head, features)
         assert 0.2 < negative_fraction(head, features) < 0.8
     targets = torch.rand(n * (n - 1) // 2, outputs, dtype=torch.float64)
-    params = [features, *head.parameters()]
-    expected = reference_loss(head, features, targets)
-    expected_grads = torch.autograd.grad(expected, params)
-    loss = all_pairs_loss(head, features, targets, tile=tile, workers=workers)
-    grads = torch.autograd.grad(loss, params)
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
-    for got, want in zip(grads, expected_grads, strict=True):
-        assert float(want.abs().max()) > 0
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert_tiled_loss_is_reference(head, features, targets, tile, workers, nonzero_gradients=True)
 
 
 @pytest.mark.parametrize(("variant", "outputs", "n", "tile", "blocks"), [
@@ -375,17 +360,9 @@ def test_all_pairs_loss_pairwise_float32(bias: float) -> None:
     fraction = negative_fraction(head, features)
     assert (0.05 < fraction < 0.95) if bias == 0 else fraction == 1
     targets = torch.rand(30 * 29 // 2, 2)
-    params = [features, *head.parameters()]
-    expected = reference_loss(head, features, targets)
-    expected_grads = torch.autograd.grad(expected, params)
-    loss = all_pairs_loss(head, features, targets, tile=8, workers=2)
-    grads = torch.autograd.grad(loss, params)
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss = assert_tiled_loss_is_reference(head, features, targets, tile=8, workers=2, nonzero_gradients=bias == 0)
     if bias < 0:
-        assert loss.item() == pytest.approx(float((targets**2).mean()), rel=1e-5)
-    for got, want in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * max(float(want.abs().max()), 1e-6))
-        assert (float(want.abs().max()) == 0) == (bias < 0)
+        assert loss == pytest.approx(float((targets**2).mean()), rel=1e-5)
 
 
 def reference_correlation_loss(head: SiameseHead, features: torch.Tensor, targets: torch.Tensor,

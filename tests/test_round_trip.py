@@ -13,14 +13,18 @@ import pytest
 from helpers import assert_one_line_error, run_cli
 from PIL import Image
 
+from siamrdm.cli_output import print_notes
+from siamrdm.io.datasets import load_dataset
 from siamrdm.io.images import load_image_set
 from siamrdm.io.rdmfiles import list_rdm_keys, load_rdm_dict, load_rdms, save_rdms
 from siamrdm.io.rsafiles import rdm_grouping, read_rdm_names
 from siamrdm.rdm import rdm_from_features, upper_tri
 from siamrdm.rdm.noise_ceiling import noise_ceiling
+from siamrdm.rdm.splits import subject_split, subset
 from siamrdm.rdm.submission import score_submission
 
 N_IMAGES, SUBJECTS, SESSIONS = 12, 3, 2
+NOTE = "own.hdf5: 3 subjects x 2 RDMs each (grouped by 'subject')"  # how own.hdf5 is read, said on stderr
 STEMS = [f"obj{k}" for k in range(1, N_IMAGES + 1)]
 # The smallest fit: a random body's early stage at 32 px, the pairwise head, no prior, two epochs on the CPU.
 TINY = ("--weights", "random", "--image-size", "32", "--stage", "blocks2", "--head", "pairwise", "--prior", "none",
@@ -76,9 +80,10 @@ def test_rsatoolbox_sessions_group_by_subject(own: dict[str, Path], capsys) -> N
     assert rdm_grouping(own["hdf5"]) == {"": "own.hdf5: 3 subjects x 2 RDMs each (grouped by 'subject')"}
 
     ceilings = {}
-    for form in ("npy", "hdf5"):
+    for form in ("npy", "hdf5", "hdf5"):  # each command in one process says how it read the file, once
         code, out, err = run_cli(capsys, "noise-ceiling", own[form], "--json")
         assert code == 0, err
+        assert err == ("" if form == "npy" else f"siamrdm: {NOTE}\n")
         ceilings[form] = json.loads(out)
     assert list(ceilings["npy"]) == list(ceilings["hdf5"]) == ["own"]  # a key-less file is named by its stem
     (npy,), (hdf5,) = ceilings["npy"].values(), ceilings["hdf5"].values()
@@ -90,6 +95,17 @@ def test_rsatoolbox_sessions_group_by_subject(own: dict[str, Path], capsys) -> N
 
     code, out, _ = run_cli(capsys, "noise-ceiling", own["npy"])  # the table names a key-less file by its stem
     assert code == 0 and out.splitlines()[1].split()[0] == "own"
+
+
+def test_reading_notes_travel_with_the_data(own: dict[str, Path], capsys) -> None:
+    """A dataset read from an rsatoolbox subjects x sessions file carries the note on how it was read (its
+    splits too), as a value; the CLI prints the notes of what a command read, each once, on stderr."""
+    dataset = load_dataset(own["images"], own["hdf5"], "IT")
+    assert dataset.notes == (NOTE,)
+    assert subset(dataset, np.arange(6), "part").notes == subject_split(dataset)[0].notes == (NOTE,)
+    assert load_dataset(own["images"], own["npy"], "IT").notes == ()
+    print_notes(dataset, (NOTE, "another note"), ())
+    assert capsys.readouterr() == ("", f"siamrdm: {NOTE}\nsiamrdm: another note\n")
 
 
 def test_siamrdm_writes_subjects_x_sessions_back(own: dict[str, Path], tmp_path: Path) -> None:
@@ -144,7 +160,7 @@ def test_round_trip_through_the_cli(own: dict[str, Path], tmp_path: Path, capsys
     code, out, err = run_cli(capsys, "fit", "--images", own["images"], "--rdms", own["hdf5"], "--key", "IT", *TINY,
                              "--out", run)
     assert code == 0, err
-    assert "own.hdf5: 3 subjects x 2 RDMs each (grouped by 'subject')" in err
+    assert err.count(NOTE) == 1
     assert json.loads(out)["reliability"]["images/IT"]["subjects"] == 3
     pred = tmp_path / "pred.hdf5"
     code, out, err = run_cli(capsys, "predict", run / "model.pt", "--images", own["images"], "--out", pred)

@@ -16,7 +16,16 @@ from pathlib import Path
 
 from .cli_options import Handler, check_range, check_seed, flag_of, list_option, max_parallel, targets_option
 from .cli_options import build_parser as build_parser_for
-from .cli_output import CheckedStdout, error_line, print_json, print_notes, silence_stdout, stdout_failure
+from .cli_output import (
+    CheckedStdout,
+    error_line,
+    print_ceilings,
+    print_evaluation,
+    print_json,
+    print_notes,
+    silence_stdout,
+    stdout_failure,
+)
 from .cli_settings import (
     analysis_targets,
     baseline_options,
@@ -38,7 +47,6 @@ from .io.datasets import TARGET_NAMES, TRAINING_SETS, load_algonauts_set
 from .io.images import load_image_set, pattern_names, shown_names
 from .io.jsonfiles import json_safe
 from .io.rdmfiles import check_rdm_keys, save_rdms
-from .io.rsafiles import take_notes
 from .io.tables import fmt
 from .pipelines.fitsummary import seed_records, selected_epochs, validation_scores
 from .pipelines.methods import method_names
@@ -52,30 +60,27 @@ from .rdm.reliability import describe_root, print_reliability, reliability_line,
 
 def cmd_score(args) -> int:
     method = check_score_options(args)
-    result = score_files(args.submission, args.target, args.key, args.target_key, args.permutations, args.seed,
-                         method)
+    result, notes = score_files(args.submission, args.target, args.key, args.target_key, args.permutations,
+                                args.seed, method)
     missing = ", ".join(result.get("missing", []))
     if missing:  # a valid partial result (exit 0), but never mistaken for a complete one
         print(f"siamrdm: warning: {printable(args.submission)} lacks {printable(missing)} of "
               f"{printable(args.target)}; the overall score is withheld", file=sys.stderr)
     if args.json:
         print_json(result)
-        return 0
-    print(score_table(result, method))
+    else:
+        print(score_table(result, method))
+    print_notes(notes)
     return 0
 
 
 def cmd_noise_ceiling(args) -> int:
-    result = file_ceilings(args.target, args.method)
+    result, notes = file_ceilings(args.target, args.method)
     if args.json:
         print_json(result)
     else:
-        print(f"{'key':<18} {'upper':>8} {'lower':>8} {'rho_lower':>9} {'rho_upper':>9}")
-        for key, row in result.items():
-            print(f"{printable(key):<18} {row['upper']:>8.4f} {row['lower']:>8.4f} {row['rho_lower']:>9.4f} "
-                  f"{row['rho_upper']:>9.4f}")
-        print("note: upper and lower in r2 (the challenge's unit); rho_lower, rho_upper: the same in rho, "
-              "rsatoolbox's (lower, upper)")
+        print_ceilings(result)
+    print_notes(notes)
     return 0
 
 
@@ -162,7 +167,7 @@ def cmd_fit(args) -> int:
         raise UsageError("--external scores predictions of held-out images: give --val-fraction or --val-set")
     externals = bind_held_out(externals, [*train, *val], order)
     out = out_dir(args.out, args.overwrite, args.resume)
-    print_notes()
+    print_notes(*train, *val, *externals)
     reliability = report_reliability(train, targets, verbose=not args.quiet)
     chosen = None
     if args.select_epochs:
@@ -222,6 +227,7 @@ def _cmd_fit_large(args) -> int:
         print_json({"model": str(out / "model.pt"), "targets": [args.key], "seeds": seed_records(predictor.metrics),
                     "world_size": ranks.world, "batch": {"batch_images": batch.batch_images,
                                                          "val_fraction": batch.val_fraction}})
+    print_notes(*targets.values())
     return 0
 
 
@@ -273,6 +279,7 @@ def cmd_lr_find(args) -> int:
         write_text(out / "lr_find.json", json.dumps(json_safe(result), indent=2, allow_nan=False))
         plot = plot_lr_range(result, out / "lr_find.png")
     print(f"suggested learning rate: {result['suggested_lr']:.3g} (curve: {plot})")
+    print_notes(*train)
     return 0
 
 
@@ -296,25 +303,8 @@ def cmd_challenge(args) -> int:
               "of noise ceiling")
     written = [*result["settings"]["submission_files"], *(() if args.no_validate else ("validation.md",)), "report.md"]
     print(f"wrote {', '.join(written)} and report.html in {out}")
+    print_notes(*externals)
     return 0
-
-
-def _print_evaluation(evaluation, args, paths: dict | None, seconds: float) -> None:
-    from .pipelines.evaluate import markdown_table, summary
-
-    if getattr(args, "json", False):
-        folds = {"folds": {k: d.images.names for k, d in evaluation.held_out.items()}} if evaluation.held_out else {}
-        print_json(json_safe({"rows": evaluation.rows, "layers": evaluation.layers,
-                               "regression": evaluation.regression, "seconds": evaluation.seconds,
-                               **folds, "wall_s": seconds}))
-        return
-    print(summary(evaluation))
-    print()
-    print(markdown_table(evaluation.rows))
-    if paths:
-        print(f"\nwrote {', '.join(sorted(p.name for p in paths.values()))} in {paths['md'].parent}")
-    print(f"wall time {seconds:.0f} s" + (f"; the report: {paths['report_html']}" if paths and "report_html" in paths
-                                          else ""))
 
 
 def _cmd_baseline(args, method: str) -> int:
@@ -338,7 +328,8 @@ def _cmd_baseline(args, method: str) -> int:
             evaluation = evaluate_sets(sets, (method,), targets, config, batch_size=args.batch_size,
                                        progress=not args.quiet)
         paths = write_evaluation(evaluation, sets, out) if out else None
-    _print_evaluation(evaluation, args, paths, time.perf_counter() - start)
+    print_evaluation(evaluation, getattr(args, "json", False), paths, time.perf_counter() - start)
+    print_notes(*sets)
     return 0
 
 
@@ -401,7 +392,8 @@ def cmd_evaluate(args) -> int:
                                     f"{len(own)} images of {Path(args.images).name} ({args.key})")
     paths["report"], paths["report_html"] = md, page
     progress.done(f"wrote evaluation.md, evaluation.csv, report.md and {page}")
-    _print_evaluation(evaluation, args, paths, time.perf_counter() - start)
+    print_evaluation(evaluation, getattr(args, "json", False), paths, time.perf_counter() - start)
+    print_notes(*loaded, *externals)
     return 0
 
 
@@ -454,9 +446,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """`args.func(args)` as a siamrdm command runs (benchmarks/bench_training.py runs its own so): notes of an
-    earlier command dropped, stdout checked, and its failures as exit codes (see the module's docstring)."""
-    take_notes(reset=True)  # notes of an earlier command in this process are not this one's
+    """`args.func(args)` as a siamrdm command runs (benchmarks/bench_training.py runs its own so): stdout
+    checked, and its failures as exit codes (see the module's docstring). Each command prints the notes on how
+    its input files were read (cli_output.print_notes) itself."""
     stdout, sys.stdout = sys.stdout, CheckedStdout(sys.stdout)
     try:
         return _run(args)
@@ -468,7 +460,6 @@ def _run(args) -> int:
     """The command, its failures as exit codes (see the module's docstring)."""
     try:
         code = args.func(args)
-        print_notes()
         sys.stdout.flush()  # output that cannot be written fails here, as this command's error, not at exit
         return code
     except ConfigError as exc:  # a setting: named by its command-line flag

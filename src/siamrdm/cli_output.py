@@ -7,11 +7,10 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from .errors import printable
 from .io.files import json_safe
-from .io.rsafiles import take_notes
 
 
 def print_json(obj) -> None:
@@ -19,10 +18,45 @@ def print_json(obj) -> None:
     print(json.dumps(json_safe(obj), indent=2, allow_nan=False))
 
 
-def print_notes() -> None:
-    """How the input files were read (rsafiles.take_notes), on stderr: once the input is read and checked."""
-    for note in take_notes():
+def print_notes(*read: object) -> None:
+    """How a command's input files were read, on stderr, once the input is read and checked (never beside an
+    error's one line): the notes (rdmfiles.read_rdms) of what it read, each a tuple of notes or a thing with
+    `.notes` (a dataset, another study's RDMs, condensed targets), in order and each once."""
+    shown: dict[str, None] = {}
+    for item in read:
+        notes: Iterable[str] = getattr(item, "notes", item)
+        shown.update(dict.fromkeys(notes))
+    for note in shown:
         print(f"siamrdm: {printable(note)}", file=sys.stderr, flush=True)
+
+
+def print_ceilings(result: dict[str, dict[str, float]]) -> None:
+    """`siamrdm noise-ceiling`'s table of a scorefiles.file_ceilings result, a row per key."""
+    print(f"{'key':<18} {'upper':>8} {'lower':>8} {'rho_lower':>9} {'rho_upper':>9}")
+    for key, row in result.items():
+        print(f"{printable(key):<18} {row['upper']:>8.4f} {row['lower']:>8.4f} {row['rho_lower']:>9.4f} "
+              f"{row['rho_upper']:>9.4f}")
+    print("note: upper and lower in r2 (the challenge's unit); rho_lower, rho_upper: the same in rho, "
+          "rsatoolbox's (lower, upper)")
+
+
+def print_evaluation(evaluation, as_json: bool, paths: dict | None, seconds: float) -> None:
+    """baseline-* and evaluate's output (a pipelines.evaluate.Evaluation): one JSON object, or its summary, its
+    table and where the files went."""
+    from .pipelines.evaluate import markdown_table, summary
+
+    if as_json:
+        folds = {"folds": {k: d.images.names for k, d in evaluation.held_out.items()}} if evaluation.held_out else {}
+        print_json({"rows": evaluation.rows, "layers": evaluation.layers, "regression": evaluation.regression,
+                    "seconds": evaluation.seconds, **folds, "wall_s": seconds})
+        return
+    print(summary(evaluation))
+    print()
+    print(markdown_table(evaluation.rows))
+    if paths:
+        print(f"\nwrote {', '.join(sorted(p.name for p in paths.values()))} in {paths['md'].parent}")
+    print(f"wall time {seconds:.0f} s" + (f"; the report: {paths['report_html']}" if paths and "report_html" in paths
+                                          else ""))
 
 
 def error_line(message: str) -> None:

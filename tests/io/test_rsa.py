@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from siamrdm.errors import DataError
-from siamrdm.io.rdmfiles import list_rdm_keys, load_rdm_dict, load_rdms, save_rdms
-from siamrdm.io.rsafiles import check_rdm_names, read_rdm_names
+from siamrdm.io.condensed import CondensedRDMs
+from siamrdm.io.rdmfiles import list_rdm_keys, load_rdm_dict, load_rdms, read_rdm_dict, read_rdms, save_rdms
+from siamrdm.io.rsafiles import check_rdm_names, grouping_notes, rdm_grouping, read_rdm_names
+from siamrdm.pipelines.external import load_external
 from siamrdm.rdm import upper_tri
 from siamrdm.rdm.compare import compare_rdms
 from siamrdm.rdm.core import group_average
@@ -73,6 +75,45 @@ def test_rsatoolbox_file_split_into_keys_by_target_or_roi(tmp_path: Path, make_r
     np.testing.assert_allclose(load_rdms(path, "EVC"), evc)
     with pytest.raises(DataError, match=r"rois\.hdf5: missing key 'V4' \(keys: EVC, IT\)"):
         load_rdms(path, "V4")
+
+
+def test_readers_return_the_grouping_notes_as_values(tmp_path: Path, make_rdms) -> None:
+    """Subjects grouped by their descriptor (K > 1 RDMs each) are said in a note the reader returns with the
+    RDMs, every time it reads them: nothing is kept between reads (a second read in one process gets its note
+    too), and `load_rdms`/`load_rdm_dict` return the RDMs alone, as before."""
+    rdms = make_rdms(12, subjects=3, k=2, seed=11)
+    path = write_rsatoolbox_layout(tmp_path / "own.hdf5", rdms.reshape(-1, 12, 12), {"images": NAMES},
+                                   {"subject": [1, 1, 2, 2, 3, 3]})
+    note = "own.hdf5: 3 subjects x 2 RDMs each (grouped by 'subject')"
+    assert grouping_notes(path, [""]) == (note,) and grouping_notes(path, ["other"]) == ()
+    for _ in range(2):
+        array, notes = read_rdms(path, names=NAMES)
+        np.testing.assert_allclose(array, rdms)
+        assert notes == (note,)
+        stacks, notes = read_rdm_dict(path)
+        assert list(stacks) == [""] and notes == (note,)
+        assert external_notes(path) == (note,)
+    np.testing.assert_allclose(load_rdms(path), rdms)
+    np.testing.assert_allclose(load_rdm_dict(path)[""], rdms)
+
+    keyed = write_rsatoolbox_layout(tmp_path / "keyed.hdf5", np.concatenate([rdms[:2], rdms[1:]]).reshape(-1, 12, 12),
+                                    rdm_descriptors={"roi": ["EVC"] * 4 + ["IT"] * 4, "subject": [1, 1, 2, 2] * 2})
+    assert read_rdm_dict(keyed)[1] == tuple(rdm_grouping(keyed).values()) == (
+        "keyed.hdf5:EVC: 2 subjects x 2 RDMs each (grouped by 'subject')",
+        "keyed.hdf5:IT: 2 subjects x 2 RDMs each (grouped by 'subject')")
+    assert read_rdms(keyed, "IT")[1] == ("keyed.hdf5:IT: 2 subjects x 2 RDMs each (grouped by 'subject')",)
+
+    # one RDM per subject, or a file of another kind: nothing to note
+    single = write_rsatoolbox_layout(tmp_path / "one.hdf5", rdms[:, 0], rdm_descriptors={"subject": [1, 2, 3]})
+    np.save(tmp_path / "own.npy", rdms)
+    for other in (single, tmp_path / "own.npy"):
+        assert read_rdms(other)[1] == read_rdm_dict(other)[1] == grouping_notes(other, [""]) == ()
+    assert CondensedRDMs(single, 12).notes == ()
+
+
+def external_notes(path: Path) -> tuple[str, ...]:
+    """The notes another study's RDMs (--external) carry from the file they were read from."""
+    return load_external(str(path), ["mine"]).notes  # your own data's one target
 
 
 def test_image_names_checked_against_the_folder_order(tmp_path: Path, make_rdms) -> None:

@@ -38,13 +38,14 @@ def test_score_files_scores_as_scoring_does(tmp_path: Path, make_rdms) -> None:
     model = make_rdms(10, seed=3)
     target = save_rdms(tmp_path / "target.npz", subjects)
     submission = save_rdms(tmp_path / "sub.npz", {"EVC": model})
-    result = score_files(str(submission), str(target), permutations=0)
+    result, notes = score_files(str(submission), str(target), permutations=0)
+    assert notes == ()  # .npz files: nothing to say about how they were read
     assert result["missing"] == ["IT"] and result["score"] is None  # a key the submission lacks withholds the score
     assert result["EVC"] == score_submission({"EVC": model}, subjects, 0)["EVC"]
     table = score_table(result, "corr")
     assert table.splitlines()[0].startswith("key") and "withheld: the submission lacks IT" in table
     assert "note: compared with 'corr'" in table
-    ceilings = file_ceilings(str(target))
+    ceilings, _ = file_ceilings(str(target))
     expected = noise_ceilings(subjects["IT"])
     assert ceilings["IT"] == {"upper": expected.upper, "lower": expected.lower, "rho_lower": expected.rho_lower,
                               "rho_upper": expected.rho_upper}

@@ -21,7 +21,7 @@ from ..errors import DataError
 from ..rdm.core import upper_tri
 from .arrayfiles import read_npy
 from .limits import check_hdf5_stored, check_read_size, check_real_dtype, check_regular_file, hdf5_get, hdf5_members
-from .rdmfiles import load_rdms, validate_rdms
+from .rdmfiles import read_rdms, validate_rdms
 from .rsafiles import RSATOOLBOX_SUFFIXES, rdm_grouping
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -69,23 +69,26 @@ def _condensed_in_memory(rdms: np.ndarray, where: str) -> np.ndarray:
 class CondensedRDMs:
     """Subject RDMs as condensed upper triangles, (S, P) or (P,) (one subject), from a memory-mapped .npy or an
     HDF5 dataset; read a block of rows of the RDM at a time. Square RDMs that fit in memory (any file the plain
-    path reads) are condensed on opening."""
+    path reads) are condensed on opening; `notes` says how a file of them was read (rdmfiles.read_rdms)."""
 
     def __init__(self, path: str | os.PathLike, n_images: int, key: str | None = None):
         path = self.path = check_regular_file(Path(path))
         suffix = path.suffix.lower()
         self._file = None
+        self.notes: tuple[str, ...] = ()
         try:
             if suffix == ".npy":
                 array = read_npy(path, mmap=True)
                 self.where = str(path)
                 if array.ndim in (3, 4) or array.shape == (n_images, n_images):  # square RDMs
-                    array = _condensed_in_memory(load_rdms(path, n_images=n_images), self.where)
+                    square, self.notes = read_rdms(path, n_images=n_images)
+                    array = _condensed_in_memory(square, self.where)
             elif suffix in RSATOOLBOX_SUFFIXES + (".mat", ".npz") and _readable_square(path):
                 # rsatoolbox files (condensed rows, but grouped by key and subject), .mat and .npz: read as the
                 # plain path reads them, then condensed
                 self.where = f"{path}:{key}" if key else str(path)
-                array = _condensed_in_memory(load_rdms(path, key, n_images=n_images), self.where)
+                square, self.notes = read_rdms(path, key, n_images=n_images)
+                array = _condensed_in_memory(square, self.where)
             elif suffix in HDF5_SUFFIXES and h5py.is_hdf5(path):
                 self._file = h5py.File(path, "r")
                 names = [k for k, v in hdf5_members(self._file, path).items()

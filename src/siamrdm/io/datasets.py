@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .images import ImageSet, image_files, is_image, load_image_set
-from .rdmfiles import list_rdm_keys, load_rdms
+from .rdmfiles import list_rdm_keys, read_rdms
 from .rsafiles import check_rdm_names
 
 DATA_ENV_VAR = "SIAMRDM_DATA"
@@ -55,6 +55,7 @@ class BrainDataset:
     images: ImageSet
     targets: dict[str, np.ndarray] = field(default_factory=dict)
     official: bool = False  # read from the Algonauts layout (load_algonauts_set): the official ceilings apply
+    notes: tuple[str, ...] = ()  # how its RDM files were read (rdmfiles.read_rdms), for the CLI to show
 
     def __len__(self) -> int:
         return len(self.images)
@@ -68,11 +69,11 @@ def load_dataset(images: str | os.PathLike, rdms: str | os.PathLike, key: str | 
     file `rdms` (which must cover those images; an rsatoolbox file that names its images must list them in
     the same order). The target is called `key`, or, for a single-array file, by the file's own key or name."""
     image_set = load_image_set(images, order, size)
-    array = load_rdms(rdms, key, n_images=len(image_set))
+    array, notes = read_rdms(rdms, key, n_images=len(image_set))
     check_rdm_names(rdms, image_set.names, among=str(images))
     if key is None:
         key = next(iter(list_rdm_keys(rdms))) or Path(rdms).stem
-    return BrainDataset(name or Path(images).stem, image_set, {key: array})
+    return BrainDataset(name or Path(images).stem, image_set, {key: array}, notes=notes)
 
 
 def target_key(target: str, official: bool) -> str:
@@ -113,7 +114,8 @@ def load_algonauts_set(
         set_dir = root / IMAGE_SETS[set_name][0]
         for target in targets:
             path = target_file(set_dir, target)
-            dataset.targets[target] = load_rdms(path, TARGETS[target][1], n_images=len(images))
+            dataset.targets[target], notes = read_rdms(path, TARGETS[target][1], n_images=len(images))
+            dataset.notes += notes
     return dataset
 
 

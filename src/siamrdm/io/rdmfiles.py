@@ -1,5 +1,6 @@
 """RDM files: `load_rdms` and `load_rdm_dict` read .mat v5, .mat v7.3, .npy, .npz and rsatoolbox's RDMs HDF5
-files, and validate what they read (`validate_rdms`); `save_rdms` writes them.
+files, and validate what they read (`validate_rdms`); `read_rdms` and `read_rdm_dict` read the same, with the
+notes on how they were read (rsafiles.grouping_notes) for the caller to show; `save_rdms` writes them.
 
 Errors are `DataError`s with a one-line message that names the file (and key) and the problem; the CLI turns
 that into exit code 2. Nothing is read before the file's headers say it fits (see limits).
@@ -30,8 +31,8 @@ from .limits import (
 )
 from .rsafiles import (
     RSATOOLBOX_SUFFIXES,
-    announce_grouping,
     check_rdm_names,
+    grouping_notes,
     is_rsatoolbox,
     read_rsatoolbox,
     rsatoolbox_rows,
@@ -203,11 +204,10 @@ def _check_not_constant(rdms: np.ndarray, where: str) -> None:
     )
 
 
-def load_rdms(path: str | os.PathLike, key: str | None = None, n_images: int | None = None,
-              names: Sequence[str] | None = None) -> np.ndarray:
-    """One validated RDM array from a file. `key` may be omitted when the file holds a single array (it is
-    ignored for .npy files and for rsatoolbox files without a 'target'/'roi' RDM descriptor). With `names`
-    (the images, in order), an rsatoolbox file that names its images must name these, in this order."""
+def read_rdms(path: str | os.PathLike, key: str | None = None, n_images: int | None = None,
+              names: Sequence[str] | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """`load_rdms`'s array and the notes on how it was read (`grouping_notes`: subjects grouped by a descriptor),
+    returned rather than printed, so that each caller (the CLI) shows those of what it read."""
     path = Path(path)
     keys = list_rdm_keys(path)
     if key is None or list(keys) == [""]:
@@ -218,25 +218,39 @@ def load_rdms(path: str | os.PathLike, key: str | None = None, n_images: int | N
         raise DataError(f"{path}: missing key '{key}' (keys: {', '.join(keys) or 'none'})")
     value = _read_rdm_file(path, [key])[key]  # only the array asked for
     rdms = validate_rdms(value, key_name(path, key), n_images)
-    announce_grouping(path, [key])
+    notes = grouping_notes(path, [key])
     if names is not None:
         check_rdm_names(path, names)
-    return rdms
+    return rdms, notes
+
+
+def load_rdms(path: str | os.PathLike, key: str | None = None, n_images: int | None = None,
+              names: Sequence[str] | None = None) -> np.ndarray:
+    """One validated RDM array from a file. `key` may be omitted when the file holds a single array (it is
+    ignored for .npy files and for rsatoolbox files without a 'target'/'roi' RDM descriptor). With `names`
+    (the images, in order), an rsatoolbox file that names its images must name these, in this order."""
+    return read_rdms(path, key, n_images, names)[0]
+
+
+def read_rdm_dict(path: str | os.PathLike, n_images: int | None = None, names: Sequence[str] | None = None
+                  ) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+    """`load_rdm_dict`'s RDMs and the notes on how they were read (as `read_rdms`)."""
+    path = Path(path)
+    arrays = _read_rdm_file(path)
+    if not arrays:
+        raise DataError(f"{path}: holds no arrays")
+    rdms = {k: validate_rdms(v, key_name(path, k), n_images) for k, v in arrays.items()}
+    notes = grouping_notes(path, list(rdms))
+    if names is not None:
+        check_rdm_names(path, names)
+    return rdms, notes
 
 
 def load_rdm_dict(path: str | os.PathLike, n_images: int | None = None,
                   names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Every array of a file that is a valid RDM stack, keyed by name (a submission or a target file); with
     `names`, checked against the file's own image names as in `load_rdms`."""
-    path = Path(path)
-    arrays = _read_rdm_file(path)
-    if not arrays:
-        raise DataError(f"{path}: holds no arrays")
-    rdms = {k: validate_rdms(v, key_name(path, k), n_images) for k, v in arrays.items()}
-    announce_grouping(path, list(rdms))
-    if names is not None:
-        check_rdm_names(path, names)
-    return rdms
+    return read_rdm_dict(path, n_images, names)[0]
 
 
 MATLAB_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")  # a MATLAB variable name (namelengthmax is 63)

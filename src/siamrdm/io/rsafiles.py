@@ -3,7 +3,8 @@
 An rsatoolbox file that names its patterns (an `images`, `stimulus` or `names` descriptor) must list them in
 the order of the images it is used with (by file name or stem: 'obj1' names obj1.png). Its RDMs are split into
 keys by a 'target' (or 'roi') descriptor and grouped by a `subject` descriptor into (subjects, K, N, N) when
-every subject has K > 1 of them (sessions); the reading notes that say so wait in `take_notes` for the CLI.
+every subject has K > 1 of them (sessions); `grouping_notes` says so, and the readers (rdmfiles.read_rdms) return
+those notes with the RDMs, for the CLI to print.
 """
 
 from __future__ import annotations
@@ -177,13 +178,8 @@ def _file_layout(path: Path) -> _Layout | None:
         raise DataError(f"{path}: unreadable file ({one_line(exc)})") from None
 
 
-def rdm_grouping(path: str | os.PathLike) -> dict[str, str]:
-    """How an rsatoolbox file's RDMs are grouped, per key, one line each ("own.hdf5: 4 subjects x 2 RDMs each
-    (grouped by 'subject')"); empty for other files. From the descriptors: no RDM is read."""
-    path = Path(path)
-    layout = _file_layout(path)
-    if layout is None:
-        return {}
+def _grouping_lines(path: Path, layout: _Layout) -> dict[str, str]:
+    """One line per key saying how the file's RDMs are grouped (see `rdm_grouping`)."""
     lines = {}
     for key, (subjects, k) in layout.groups.items():
         what = f"{subjects} subject{'s' if subjects != 1 else ''}"
@@ -193,38 +189,24 @@ def rdm_grouping(path: str | os.PathLike) -> dict[str, str]:
     return lines
 
 
-_ANNOUNCED: set[tuple[str, str]] = set()
+def rdm_grouping(path: str | os.PathLike) -> dict[str, str]:
+    """How an rsatoolbox file's RDMs are grouped, per key, one line each ("own.hdf5: 4 subjects x 2 RDMs each
+    (grouped by 'subject')"); empty for other files. From the descriptors: no RDM is read."""
+    path = Path(path)
+    layout = _file_layout(path)
+    return {} if layout is None else _grouping_lines(path, layout)
 
 
-def mark_grouping_said(path: str | os.PathLike, keys) -> None:
-    """The grouping of these keys of `path` is said by the caller (data-info's description): no note for it."""
-    _ANNOUNCED.update((str(Path(path).resolve()), k) for k in keys)
-_NOTES: list[str] = []
-
-
-def announce_grouping(path: Path, keys: Sequence[str]) -> None:
-    """Note once per file and key that an rsatoolbox file's subjects hold K > 1 RDMs each: they are read as
-    (subjects, K, N, N), not as K times the subjects. The notes wait in `take_notes` (the CLI prints them on
-    stderr once a command's input is read, never beside an error's one line)."""
+def grouping_notes(path: str | os.PathLike, keys: Sequence[str]) -> tuple[str, ...]:
+    """The notes a reader returns with these keys of `path`: for each key whose subjects hold K > 1 RDMs each
+    (an rsatoolbox file grouped by its 'subject' descriptor), its `rdm_grouping` line, since they are read as
+    (subjects, K, N, N), not as K times the subjects. Empty for other files; from the descriptors alone."""
+    path = Path(path)
     layout = _file_layout(path)
     if layout is None:
-        return
-    lines = rdm_grouping(path)
-    for key in keys:
-        token = (str(path.resolve()), key)
-        if key in layout.groups and layout.groups[key][1] > 1 and token not in _ANNOUNCED:
-            _ANNOUNCED.add(token)
-            _NOTES.append(lines[key])
-
-
-def take_notes(reset: bool = False) -> list[str]:
-    """The notes on how files were read (rsatoolbox subjects grouped by their descriptor) since the last call;
-    `reset` also forgets which files were noted (a new command notes them again)."""
-    notes = list(_NOTES)
-    _NOTES.clear()
-    if reset:
-        _ANNOUNCED.clear()
-    return notes
+        return ()
+    lines = _grouping_lines(path, layout)
+    return tuple(lines[key] for key in keys if key in layout.groups and layout.groups[key][1] > 1)
 
 
 def read_rdm_names(path: str | os.PathLike) -> tuple[str, list[str]] | None:

@@ -22,7 +22,7 @@ from ..errors import ConfigError, DataError
 from ..io.datasets import TARGET_NAMES
 from ..io.images import natural_key
 from ..io.progress import Progress
-from ..io.rdmfiles import list_rdm_keys, load_rdms
+from ..io.rdmfiles import list_rdm_keys, read_rdms
 from ..io.rsafiles import check_rdm_names
 from ..rdm.noise_ceiling import target_name
 from ..rdm.records import score_with_ceiling
@@ -40,6 +40,7 @@ class ExternalRDMs:
     target: str  # the target whose held-out predictions it scores
     rdms: np.ndarray
     names: tuple[str, ...] = ()  # the images of its rows, once bound to an image set (`bind`)
+    notes: tuple[str, ...] = ()  # how the file was read (rdmfiles.read_rdms), for the CLI to show
 
     @property
     def column(self) -> str:
@@ -82,7 +83,7 @@ def load_external(spec: str, targets: Sequence[str]) -> ExternalRDMs:
         keys = list(list_rdm_keys(path))
         if key is None and len(keys) > 1:
             raise ConfigError(OPTION, f"{path} holds several arrays ({', '.join(keys)}): name one as {path}:KEY")
-        rdms = load_rdms(path, key)
+        rdms, notes = read_rdms(path, key)
     except DataError as exc:
         raise ConfigError(OPTION, str(exc)) from None
     key = key if key is not None else keys[0]
@@ -97,7 +98,7 @@ def load_external(spec: str, targets: Sequence[str]) -> ExternalRDMs:
     else:
         raise ConfigError(OPTION, f"{path}: key '{key}' names none of the targets ({', '.join(targets)})")
     label = f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
-    return ExternalRDMs(label + (f":{key}" if len(keys) > 1 else ""), path, key, target, rdms)
+    return ExternalRDMs(label + (f":{key}" if len(keys) > 1 else ""), path, key, target, rdms, notes=notes)
 
 
 def bind_to_sets(externals: Sequence[ExternalRDMs], sets: dict[str, Sequence[str]]) -> list[ExternalRDMs]:

@@ -3,7 +3,8 @@ is compared with which), and a target file's noise ceilings. Torch-free, like rd
 
 A target file holds subject RDMs per key, or, for large sets, a .npy of the subjects' upper triangles (then the
 submission is a .npy too). Problems are one-line errors naming the file they come from; a key problem names the
-option that chose it (--key, --target-key).
+option that chose it (--key, --target-key). Each returns, beside its result, the notes on how the files were
+read (rdmfiles.read_rdm_dict), for the CLI to show.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ConfigError, DataError, UsageError, printable
-from ..io.rdmfiles import load_rdm_dict, read_condensed_model, read_condensed_subjects
+from ..io.rdmfiles import read_condensed_model, read_condensed_subjects, read_rdm_dict
 from ..io.rsafiles import check_rdm_names, read_rdm_names
 from ..io.tables import fmt
 from ..rdm.compare import TargetError
@@ -84,20 +85,21 @@ def _only_key(keys: Sequence[str], flag: str, path: str) -> str:
 
 
 def score_files(submission: str, target: str, key: str | None = None, target_key: str | None = None,
-                permutations: int | None = None, seed: int = 0, method: str = OFFICIAL_METHOD) -> dict:
+                permutations: int | None = None, seed: int = 0, method: str = OFFICIAL_METHOD
+                ) -> tuple[dict, tuple[str, ...]]:
     """`siamrdm score`: score_submission's dict for the pairs of keys `paired_keys` chooses (every target
     key when none is named: one the submission lacks is listed as missing), or score_condensed_submission's for a
-    target of upper triangles."""
+    target of upper triangles; and the notes on how the target, then the submission, were read."""
     subjects = read_condensed_subjects(target)
     if subjects is not None:
         if permutations:
             raise UsageError("--permutations: not available for upper-triangle (.npy) subjects")
         model = read_condensed_model(submission, subjects.shape[1])
         with _blamed(submission, target):
-            return score_condensed_submission(model, subjects, target_key or key or Path(target).stem, method)
-    targets = load_rdm_dict(target)
+            return score_condensed_submission(model, subjects, target_key or key or Path(target).stem, method), ()
+    targets, target_notes = read_rdm_dict(target)
     n_images = next(iter(targets.values())).shape[-1]
-    submitted = load_rdm_dict(submission, n_images=n_images)
+    submitted, submission_notes = read_rdm_dict(submission, n_images=n_images)
     named = read_rdm_names(target)
     if named is not None:  # both files name their images (rsatoolbox files): the same images, in the same order
         check_rdm_names(submission, named[1], among=str(target), order_settable=False)
@@ -108,14 +110,14 @@ def score_files(submission: str, target: str, key: str | None = None, target_key
         chosen.update({k: rdms for k, rdms in targets.items() if k not in paired})
     with _blamed(submission, target):
         return score_submission({name: submitted[s] for name, (s, _) in pairs.items()}, chosen,
-                                        permutations, seed, method)
+                                        permutations, seed, method), target_notes + submission_notes
 
 
-def file_ceilings(target: str, method: str = OFFICIAL_METHOD) -> dict[str, dict[str, float]]:
+def file_ceilings(target: str, method: str = OFFICIAL_METHOD) -> tuple[dict[str, dict[str, float]], tuple[str, ...]]:
     """`siamrdm noise-ceiling`: per key (a key-less file: its stem) the upper and lower ceilings in r2 (the
-    challenge's unit) and in rho, as rsatoolbox's (lower, upper)."""
+    challenge's unit) and in rho, as rsatoolbox's (lower, upper); and the notes on how the file was read."""
     subjects = read_condensed_subjects(target)
-    targets = {Path(target).stem: subjects} if subjects is not None else load_rdm_dict(target)
+    targets, notes = ({Path(target).stem: subjects}, ()) if subjects is not None else read_rdm_dict(target)
     result = {}
     for key, rdms in targets.items():
         try:
@@ -124,7 +126,7 @@ def file_ceilings(target: str, method: str = OFFICIAL_METHOD) -> dict[str, dict[
             raise DataError(f"{target}:{key}: {exc}") from None
         result[key or Path(target).stem] = {"upper": ceiling.upper, "lower": ceiling.lower,
                                             "rho_lower": ceiling.rho_lower, "rho_upper": ceiling.rho_upper}
-    return result
+    return result, notes
 
 
 def score_table(result: dict, method: str = OFFICIAL_METHOD) -> str:

@@ -43,7 +43,7 @@ from ..io.datasets import (
 from ..io.images import load_image_set
 from ..io.limits import check_read_size
 from ..io.rdmfiles import list_rdm_keys, load_rdms
-from ..io.rsafiles import check_rdm_names, mark_grouping_said, rdm_grouping, read_rdm_names
+from ..io.rsafiles import check_rdm_names, rdm_grouping, read_rdm_names
 from .core import subject_rdms, upper_tri
 from .noise_ceiling import ceilings_for
 from .parts import per_image_fit, per_image_share
@@ -178,8 +178,7 @@ def describe_own_data(images: str | os.PathLike, rdms: str | os.PathLike, key: s
                              "order": "natural" if order is None else str(order) if isinstance(order, str | os.PathLike)
                              else "given"},
                   "rdms": {"file": str(path), "names": None, "keys": {}}}
-    grouping = rdm_grouping(path)
-    mark_grouping_said(path, grouping)  # said in the description itself
+    grouping = rdm_grouping(path)  # said in the description itself: load_rdms drops the reading notes
     for k in chosen:
         array = load_rdms(path, k, n_images=len(image_set))
         name = key if key is not None else k or path.stem

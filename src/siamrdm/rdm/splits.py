@@ -23,7 +23,7 @@ def subset(dataset: BrainDataset, index: np.ndarray, name: str) -> BrainDataset:
     images = ImageSet([dataset.images.names[k] for k in index], [dataset.images.images[k] for k in index],
                       dataset.images.source)
     targets = {t: r[..., index[:, None], index[None, :]] for t, r in dataset.targets.items()}
-    return BrainDataset(name, images, targets, dataset.official)
+    return BrainDataset(name, images, targets, dataset.official, dataset.notes)
 
 
 def holdout_indices(n: int, fraction: float, seed: int, option: str = "val_fraction",
@@ -94,7 +94,7 @@ def subject_subset(dataset: BrainDataset, halves: dict[str, np.ndarray], name: s
     """Some subjects of a set (each target's own indices: its subjects may differ in number), with all its images.
     Not `official`: the published ceilings are those of all the subjects, so a subset's are its own."""
     return BrainDataset(name, dataset.images, {t: subject_rdms(r)[halves[t]] for t, r in dataset.targets.items()},
-                        False)
+                        False, dataset.notes)
 
 
 def subject_split(dataset: BrainDataset, seed: int = 0) -> tuple[BrainDataset, BrainDataset]:

@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from ..io.limits import check_real_dtype
+from ..io.tables import Record
 from .core import upper_tri
 from .stream import CeilingValues, Subjects, stream
 from .transform import OFFICIAL_METHOD
@@ -33,11 +34,17 @@ class TargetError(ValueError):
 
 
 @dataclasses.dataclass
-class Score:
+class Score(Record):
+    """The challenge score alone (`score_rdm`, `score_condensed`); `records.ScoreRecord` adds the ceilings."""
+
     r2: float  # mean over subjects of rho^2
     p: float  # official: one-sample t-test of the subjects' rho^2 against 0 (NaN with one subject)
     rho: np.ndarray  # per subject, K-averaged
     p_signed: float  # two-sided one-sample t-test of the signed rhos against 0 (NaN with one subject)
+
+    def to_dict(self) -> dict:
+        """The values, `rho` as a list (as a record's `rhos`), so that it reads as JSON and as one frame row."""
+        return {**dataclasses.asdict(self), "rho": [float(v) for v in self.rho]}
 
 
 def compare_rdms(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> np.ndarray:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..io.datasets import TARGETS
+from ..io.tables import Record
 from .core import subject_rdms
 from .stream import CeilingValues, Subjects, stream
 from .transform import OFFICIAL_METHOD
@@ -33,7 +34,7 @@ NO_CEILING_NOTE = "one RDM, no subjects to estimate a noise ceiling from: scores
 
 
 @dataclasses.dataclass(frozen=True)
-class NoiseCeiling:
+class NoiseCeiling(Record):
     """A target's noise ceiling in both units, and where its upper bound comes from. Upper: each subject against
     the mean of all subjects; lower: each subject against the mean of the others; None throughout for one RDM."""
 
@@ -48,15 +49,6 @@ class NoiseCeiling:
     def rho(self) -> tuple[float | None, float | None]:
         """(lower, upper) in rho units, in rsatoolbox's order."""
         return self.rho_lower, self.rho_upper
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_frame(self):
-        """One row (pandas DataFrame), for a notebook."""
-        from ..io.tables import to_frame
-
-        return to_frame([self.to_dict()], [f.name for f in dataclasses.fields(self)])
 
 
 NO_CEILING = NoiseCeiling(None, None, None, None, source=None)

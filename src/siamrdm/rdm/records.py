@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from ..io.tables import Record
 from .compare import compare_rdms, official_p, signed_p
 from .inference import (
     CHANCE_ALPHA,
@@ -35,7 +36,7 @@ from .transform import DOT_METHODS, OFFICIAL_METHOD
 
 
 @dataclasses.dataclass(frozen=True)
-class ScoreRecord:
+class ScoreRecord(Record):
     """One model RDM scored against one target's subjects: the row of every score table (`tables.SCORE_FIELDS`
     lists its fields in this order). Strict JSON once through `files.json_safe`: undefined values are None,
     and r2 and rho_mean are NaN only for a diverged prediction in training."""
@@ -71,15 +72,6 @@ class ScoreRecord:
     pair_rho_ci_high: float | None = None
     pair_p_perm: float | None = None  # (1 + #{permuted pair_rho_mean >= it}) / (1 + permutations), one-sided
     pair_rhos: list[float] | None = None
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_frame(self):
-        """One row (pandas DataFrame) with the columns of `tables.SCORE_FIELDS`."""
-        from ..io.tables import SCORE_FIELDS, to_frame
-
-        return to_frame([self.to_dict()], SCORE_FIELDS)
 
 
 def signed_summary(rho: np.ndarray) -> dict:

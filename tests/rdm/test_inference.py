@@ -120,9 +120,9 @@ def test_per_image_structure_inflates_the_official_score_but_not_rho_mean(fmri11
         effects = rng.standard_normal(n)
         model = effects[:, None] + effects[None, :]
         np.fill_diagonal(model, 0)
-        row = score_with_ceiling(model, "IT_RDMs", target)
-        pct.append(row["pct_nc"])
-        rho_mean.append(row["rho_mean"])
-        assert row["rho_se"] > 0
+        row = score_with_ceiling(model, target, key="IT_RDMs")
+        pct.append(row.pct_nc)
+        rho_mean.append(row.rho_mean)
+        assert row.rho_se > 0
     assert np.mean(pct) > 3
     assert abs(np.mean(rho_mean)) < 4 * np.std(rho_mean) / np.sqrt(len(rho_mean))

@@ -103,25 +103,25 @@ def test_per_image_structure_scores_above_zero_but_not_above_chance(fmri118) -> 
     official p below 0.05, yet stays within this RDM's own chance band (image labels permuted)."""
     target = fmri118["IT_RDMs"]
     for seed in range(4):
-        row = score_with_ceiling(per_image_rdm(118, seed), "IT_RDMs", target, permutations=None)
-        assert row["permutations"] == DEFAULT_PERMUTATIONS  # on by default at 118 images
-        assert row["pct_nc"] > 2 and row["p"] < 0.05  # what the official score and p say
-        assert row["chance_pct_mean"] > 4  # what such a structure scores by chance
-        assert row["pct_nc"] <= row["chance_pct_95"]
-        assert row["p_perm"] >= 0.05 and row["beats_chance"] is False
+        row = score_with_ceiling(per_image_rdm(118, seed), target, key="IT_RDMs", permutations=None)
+        assert row.permutations == DEFAULT_PERMUTATIONS  # on by default at 118 images
+        assert row.pct_nc > 2 and row.p < 0.05  # what the official score and p say
+        assert row.chance_pct_mean > 4  # what such a structure scores by chance
+        assert row.pct_nc <= row.chance_pct_95
+        assert row.p_perm >= 0.05 and row.beats_chance is False
 
 
 def test_a_real_model_beats_chance(fmri92, fmri118) -> None:
     """The mean RDM of half the subjects, scored on the other half: above its chance band (92 IT by far)."""
     it = fmri92["IT_RDMs"]
-    row = score_with_ceiling(group_average(it[:7]), "IT_RDMs", it[7:], permutations=None)
-    assert row["beats_chance"] is True and row["p_perm"] == pytest.approx(1 / 1001)
-    assert row["pct_nc"] > 10 * row["chance_pct_95"]
-    assert row["rho_mean"] - 2 * row["rho_se"] > 0
+    row = score_with_ceiling(group_average(it[:7]), it[7:], key="IT_RDMs", permutations=None)
+    assert row.beats_chance is True and row.p_perm == pytest.approx(1 / 1001)
+    assert row.pct_nc > 10 * row.chance_pct_95
+    assert row.rho_mean - 2 * row.rho_se > 0
     # The lower ceiling in rho units is what reliability reports as lower_ceiling_rho: the same unit as rho_mean.
-    full = score_with_ceiling(group_average(it), "IT_RDMs", it)
-    assert full["rho_lower_ceiling"] == pytest.approx(reliability.target_reliability(it)["lower_ceiling_rho"])
-    assert full["noise_ceiling_lower"] == pytest.approx(noise_ceiling(it)[1])
+    full = score_with_ceiling(group_average(it), it, key="IT_RDMs")
+    assert full.rho_lower_ceiling == pytest.approx(reliability.target_reliability(it)["lower_ceiling_rho"])
+    assert full.noise_ceiling_lower == pytest.approx(noise_ceiling(it)[1])
 
 
 def test_the_report_ranks_what_beats_chance_first(tmp_path: Path, fmri118) -> None:
@@ -130,7 +130,7 @@ def test_the_report_ranks_what_beats_chance_first(tmp_path: Path, fmri118) -> No
     mark_run(tmp_path, "evaluate")
     it = fmri118["IT_RDMs"]
     rows = [{"method": method, "target": "IT", "direction": "118", "detail": "",
-             **score_with_ceiling(model, "IT_RDMs", it[7:], permutations=None)}
+             **score_with_ceiling(model, it[7:], key="IT_RDMs", permutations=None).to_dict()}
             for method, model in (("per-image", per_image_rdm(118, 1)), ("subjects", group_average(it[:7])))]
     per_image, subjects = rows
     assert per_image["pct_nc"] > subjects["pct_nc"]  # the raw percent would rank the per-image RDM first
@@ -207,8 +207,7 @@ def test_the_challenge_reports_the_chosen_epoch_with_its_chance(data_root: Path)
     assert curve[1]["p_perm"] is None and curve[1]["permutations"] == 0
     row = challenge.chosen_row(curve, 1, test, "IT")
     assert all("predicted" not in r for r in curve)
-    expected = score_with_ceiling(square_rdm(predictions[1], 25), "IT", test.targets["IT"],
-                                          permutations=None)
+    expected = score_with_ceiling(square_rdm(predictions[1], 25), test.targets["IT"], permutations=None).to_dict()
     assert row["epoch"] == 1 and row["loss"] == 1.0
     for key in tables.SCORE_FIELDS:
         assert row[key] == (pytest.approx(expected[key]) if isinstance(expected[key], float) else expected[key]), key
@@ -223,7 +222,7 @@ def test_held_out_pairs_give_the_same_record(make_rdms) -> None:
     model = make_rdms(12, seed=8)
     held = HeldOutTarget.from_values(upper_tri(subjects))
     got = held.score(upper_tri(model))
-    want = score_with_ceiling(model, "IT", subjects)
+    want = score_with_ceiling(model, subjects).to_dict()
     assert got.keys() == want.keys()
     for key, value in want.items():
         if key.startswith("pair_"):  # the pair structure is measured on final records, not on training curves

@@ -143,16 +143,22 @@ def pair_fields(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = OF
     return fields
 
 
-def score_row(rho: np.ndarray, key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD,
-              model_rdm: np.ndarray | None = None, permutations: int | None = 0, seed: int = 0) -> dict:
-    """One scored row (`ScoreRecord.to_dict()`) from the per-subject (K-averaged) comparison values with the
-    ceilings for `key`; with `model_rdm`, the chance fields from `permutations` of its image labels (None: the
-    default for its size). Training validates every epoch with none (they would cost more than the epoch)."""
+def keyed_record(rho: np.ndarray, key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD,
+                 model_rdm: np.ndarray | None = None, permutations: int | None = 0, seed: int = 0) -> ScoreRecord:
+    """The score record from the per-subject (K-averaged) comparison values with the ceilings for `key`; with
+    `model_rdm`, the chance and pair fields from `permutations` of its image labels (None: the default for its
+    size). Training validates every epoch with none (they would cost more than the epoch)."""
     if model_rdm is None:
-        return score_record(rho, ceilings_for(key, target_rdms, method)).to_dict()
+        return score_record(rho, ceilings_for(key, target_rdms, method))
     null = chance_scores(model_rdm, target_rdms, permutations, seed, method)
     record = score_record(rho, ceilings_for(key, target_rdms, method), null)
-    return {**record.to_dict(), **pair_fields(model_rdm, target_rdms, method, permutations, seed)}
+    return dataclasses.replace(record, **pair_fields(model_rdm, target_rdms, method, permutations, seed))
+
+
+def score_row(rho: np.ndarray, key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD,
+              model_rdm: np.ndarray | None = None, permutations: int | None = 0, seed: int = 0) -> dict:
+    """`keyed_record` as a table row (`ScoreRecord.to_dict()`): what training and the tables keep."""
+    return keyed_record(rho, key, target_rdms, method, model_rdm, permutations, seed).to_dict()
 
 
 def with_chance(row: dict, model_rdm: np.ndarray, target_rdms: np.ndarray, permutations: int | None = None,
@@ -167,9 +173,14 @@ def with_chance(row: dict, model_rdm: np.ndarray, target_rdms: np.ndarray, permu
             **pair_fields(model_rdm, target_rdms, method, permutations, seed)}
 
 
-def score_with_ceiling(model_rdm: np.ndarray, key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD,
-                       permutations: int | None = 0, seed: int = 0) -> dict:
-    """One scored row of a model RDM (`score_row`): r2, pct_nc, the signed mean rho, the p-values, the ceilings;
-    the chance fields with `permutations` (None: on by default where cheap, see `inference.default_permutations`)."""
-    return score_row(compare_rdms(model_rdm, target_rdms, method), key, target_rdms, method, model_rdm,
-                     permutations, seed)
+def score_with_ceiling(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD, *,
+                       key: str | None = None, permutations: int | None = 0, seed: int = 0) -> ScoreRecord:
+    """The score record of a model RDM against a target's subject RDMs (model, target, then options, as
+    `score_rdm`): r2, pct_nc, the signed mean rho, the p-values, the ceilings and the pair structure's fields; the
+    chance fields with `permutations` (None: on by default where cheap, see `inference.default_permutations`).
+
+    `key` is the target's name in the challenge's files ('IT_RDMs', ...): the published ceiling is used where the
+    data are the challenge's own (`noise_ceiling.ceiling_source`); otherwise, and without a key, the ceiling is
+    computed from the subjects."""
+    return keyed_record(compare_rdms(model_rdm, target_rdms, method), key or "", target_rdms, method, model_rdm,
+                        permutations, seed)

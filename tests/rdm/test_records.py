@@ -32,7 +32,14 @@ from siamrdm.rdm.inference import (
     mean_summary,
     paired_test,
 )
-from siamrdm.rdm.noise_ceiling import NO_CEILING, NoiseCeiling, ceilings_for, noise_ceiling, noise_ceilings
+from siamrdm.rdm.noise_ceiling import (
+    NO_CEILING,
+    NoiseCeiling,
+    ceilings_for,
+    noise_ceiling,
+    noise_ceiling_condensed,
+    noise_ceilings,
+)
 from siamrdm.rdm.paired import paired_rows
 from siamrdm.rdm.records import ScoreRecord, score_record, score_row, score_with_ceiling
 from siamrdm.rdm.submission import score_submission, submission_frame
@@ -121,7 +128,7 @@ def test_a_real_model_beats_chance(fmri92, fmri118) -> None:
     # The lower ceiling in rho units is what reliability reports as lower_ceiling_rho: the same unit as rho_mean.
     full = score_with_ceiling(group_average(it), it, key="IT_RDMs")
     assert full.rho_lower_ceiling == pytest.approx(reliability.target_reliability(it)["lower_ceiling_rho"])
-    assert full.noise_ceiling_lower == pytest.approx(noise_ceiling(it)[1])
+    assert full.noise_ceiling_lower == pytest.approx(noise_ceilings(it).lower)
 
 
 def test_the_report_ranks_what_beats_chance_first(tmp_path: Path, fmri118) -> None:
@@ -175,13 +182,13 @@ def test_permutations_are_on_by_default_only_where_cheap(make_rdms) -> None:
     assert default_permutations(92, "tau-a") == 0  # Kendall has no dot product to permute
     large = {"EVC_RDMs": make_rdms(PERMUTE_UP_TO_IMAGES + 1, subjects=2, seed=3)}
     model = {"EVC_RDMs": make_rdms(PERMUTE_UP_TO_IMAGES + 1, seed=4)}
-    row = score_submission(model, large)["EVC_RDMs"]
-    assert row["permutations"] == 0 and row["p_perm"] is None and row["chance_pct_95"] is None
-    row = score_submission(model, large, permutations=20)["EVC_RDMs"]  # asked for: computed
-    assert row["permutations"] == 20 and row["chance_pct_95"] is not None
+    row = score_submission(model, large).targets["EVC_RDMs"]
+    assert row.permutations == 0 and row.p_perm is None and row.chance_pct_95 is None
+    row = score_submission(model, large, permutations=20).targets["EVC_RDMs"]  # asked for: computed
+    assert row.permutations == 20 and row.chance_pct_95 is not None
     small = {"IT_RDMs": make_rdms(12, subjects=3, seed=5)}
-    off = score_submission({"IT_RDMs": make_rdms(12, seed=6)}, small, permutations=0)["IT_RDMs"]
-    assert off["permutations"] == 0 and off["beats_chance"] is None
+    off = score_submission({"IT_RDMs": make_rdms(12, seed=6)}, small, permutations=0).targets["IT_RDMs"]
+    assert off.permutations == 0 and off.beats_chance is None
     with pytest.raises(ValueError, match="permutations must be 0"):
         score_submission({"IT_RDMs": make_rdms(12, seed=6)}, small, permutations=-3)
 
@@ -191,7 +198,7 @@ def test_evaluate_rows_carry_the_chance_fields(fmri92) -> None:
     row = evaluate._row("layers", "IT", "92->118", per_image_rdm(30, 0), it, "stage=x", "IT")
     assert set(row) == {"method", "target", "direction", "detail", *tables.SCORE_FIELDS}
     assert row["permutations"] == DEFAULT_PERMUTATIONS and row["beats_chance"] is not None
-    assert row["nc_lower_pct"] == pytest.approx(100 * noise_ceiling(it)[1] / noise_ceiling(it)[0])
+    assert row["nc_lower_pct"] == pytest.approx(100 * noise_ceilings(it).lower / noise_ceilings(it).upper)
     table = evaluate.markdown_table([row])
     assert "chance % (95th)" in table and f"{row['p_perm']:.2g}" in table
 
@@ -420,8 +427,13 @@ def test_tables_as_data_frames(make_rdms, monkeypatch) -> None:
     ceiling = noise_ceilings(subjects)
     assert ceiling.to_frame().loc[0, "rho_upper"] == ceiling.rho_upper
     result = score_submission({"IT_RDMs": make_rdms(10, seed=2)}, {"IT_RDMs": subjects}, permutations=0)
-    scores = submission_frame(result)
-    assert scores["key"].tolist() == ["IT_RDMs"] and scores.loc[0, "r2"] == result["IT_RDMs"]["r2"]
+    scores = result.to_frame()
+    assert scores["key"].tolist() == ["IT_RDMs"] and scores.loc[0, "r2"] == result.targets["IT_RDMs"].r2
+    assert list(scores.columns) == ["key", "method", *tables.SCORE_FIELDS] and scores.loc[0, "method"] == "spearman"
+    with pytest.warns(DeprecationWarning, match=r"use score_submission\(\.\.\.\)\.to_frame\(\)"):
+        assert submission_frame(result).equals(scores)
+    with pytest.warns(DeprecationWarning):
+        assert submission_frame(result.to_dict()).equals(scores)
     monkeypatch.setitem(__import__("sys").modules, "pandas", None)  # pandas absent: one line saying so
     with pytest.raises(ImportError, match=r"^to_frame\(\) needs pandas \(pip install pandas\)$"):
         evaluation.to_frame()
@@ -429,12 +441,16 @@ def test_tables_as_data_frames(make_rdms, monkeypatch) -> None:
 
 def test_noise_ceiling_in_rho_units(fmri92) -> None:
     """rho (lower, upper) beside r2: the means over subjects of rho with the mean of the others and of all,
-    whose squares' means are the r2 ceilings; the r2 values are those of noise_ceiling."""
+    whose squares' means are the r2 ceilings; the deprecated `noise_ceiling` and `noise_ceiling_condensed` give the
+    same r2 values, and say what replaces them."""
     from scipy import stats
 
     it = fmri92["IT_RDMs"]
     ceiling = noise_ceilings(it)
-    assert (ceiling.upper, ceiling.lower) == noise_ceiling(it)
+    with pytest.warns(DeprecationWarning, match=r"^noise_ceiling\(\) is deprecated: use noise_ceilings\(\)"):
+        assert (ceiling.upper, ceiling.lower) == noise_ceiling(it)
+    with pytest.warns(DeprecationWarning, match=r"use noise_ceilings\(\.\.\., condensed=True\)"):
+        assert (ceiling.upper, ceiling.lower) == noise_ceiling_condensed(upper_tri(it))
     mean = group_average(it)
     upper = [stats.spearmanr(upper_tri(s), upper_tri(mean)).statistic for s in it]
     lower = [stats.spearmanr(upper_tri(s), upper_tri(group_average(np.delete(it, k, 0)))).statistic

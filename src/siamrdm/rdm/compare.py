@@ -3,8 +3,9 @@
 Per subject, Spearman's rho between the upper triangles (diagonal excluded) of the model RDM and the subject's
 RDM. Targets with K RDMs per subject (the official MEG files: two per time window) average the K rhos of a
 subject first. The score is the mean over subjects of rho^2 (`score_rdm`); percent of the noise ceiling
-(`noise_ceiling`) is 100 * score / ceiling. Another comparison method (`transform.COMPARISON_METHODS`) can replace
-Spearman's rho; the score keeps the challenge's form (mean over subjects of the squared comparison value).
+(`noise_ceiling.noise_ceilings`) is 100 * score / ceiling. Another comparison method
+(`transform.COMPARISON_METHODS`) can replace Spearman's rho; the score keeps the challenge's form (mean over
+subjects of the squared comparison value).
 
 Two t-test p-values here (the permutation test of the image labels is in `inference`), because the official one
 cannot tell a model from a random RDM:
@@ -117,7 +118,7 @@ def score_condensed(model_vector, subject_vectors, method: str = OFFICIAL_METHOD
 
     For sets too large for square RDMs (10,000 images: 50 million pairs per subject). Subjects are read one
     at a time, so memory holds a few upper triangles (and a ranker's working arrays) whatever the number of
-    subjects. Same values as `score_rdm` and `noise_ceiling` on the square RDMs. A subject with NaN, inf or a
+    subjects. Same values as `score_rdm` and `noise_ceilings` on the square RDMs. A subject with NaN, inf or a
     constant upper triangle is a `TargetError` naming it; a bad model vector, a plain ValueError. `threads` > 1
     ranks that many vectors at once (each thread keeps its own working arrays: memory grows with it); the default
     1 leaves the other cores alone.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -73,14 +74,19 @@ def noise_ceilings(target_rdms, method: str = OFFICIAL_METHOD, condensed: bool =
 
 
 def noise_ceiling(target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> tuple[float, float]:
-    """(upper, lower) noise ceiling in the metric's units (mean r^2), compared with `method` (`noise_ceilings`
-    has the same in rho units too)."""
+    """Deprecated: `noise_ceilings(target_rdms, method)`, whose `.upper` and `.lower` these are (one way to ask
+    for a ceiling, one record for its answer)."""
+    warnings.warn("noise_ceiling() is deprecated: use noise_ceilings(), its .upper and .lower",
+                  DeprecationWarning, stacklevel=2)
     ceiling = noise_ceilings(target_rdms, method)
     return ceiling.upper, ceiling.lower
 
 
 def noise_ceiling_condensed(subject_vectors, method: str = OFFICIAL_METHOD, threads: int = 1) -> tuple[float, float]:
-    """(upper, lower) noise ceiling of subjects' upper triangles, (S, P) or (S, K, P) (see `score_condensed`)."""
+    """Deprecated: `noise_ceilings(subject_vectors, method, condensed=True, threads=threads)`, whose `.upper` and
+    `.lower` these are."""
+    warnings.warn("noise_ceiling_condensed() is deprecated: use noise_ceilings(..., condensed=True), its .upper "
+                  "and .lower", DeprecationWarning, stacklevel=2)
     ceiling = noise_ceilings(subject_vectors, method, condensed=True, threads=threads)
     return ceiling.upper, ceiling.lower
 

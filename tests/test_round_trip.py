@@ -108,7 +108,8 @@ def test_siamrdm_writes_subjects_x_sessions_back(own: dict[str, Path], tmp_path:
     loaded = load_rdm(str(path), file_type="hdf5")
     assert list(loaded.rdm_descriptors["subject"][:4]) == [1, 1, 2, 2]
     assert list(loaded.rdm_descriptors["session"][:4]) == [1, 2, 1, 2]
-    assert noise_ceilings(back["IT"]).to_dict() == pytest.approx(noise_ceilings(array).to_dict())
+    back_ceiling, ceiling = noise_ceilings(back["IT"]), noise_ceilings(array)
+    assert (back_ceiling.upper, back_ceiling.lower) == pytest.approx((ceiling.upper, ceiling.lower))
 
 
 # --------------------------------------------------------------------------- the round trip

@@ -439,6 +439,32 @@ def test_tables_as_data_frames(make_rdms, monkeypatch) -> None:
         evaluation.to_frame()
 
 
+def test_every_public_result_is_a_record(make_rdms) -> None:
+    """One API style: the public scoring calls take (model, target, then options) and return records whose
+    `.to_dict()` is plain JSON and whose `.to_frame()` holds the same values, a row per key for a submission."""
+    pytest.importorskip("pandas")
+    import siamrdm
+
+    subjects, model = make_rdms(10, subjects=4, seed=1), make_rdms(10, seed=2)
+    submission = siamrdm.score_submission({"IT": model}, {"IT": subjects}, permutations=0)
+    results = [siamrdm.score_rdm(model, subjects), siamrdm.score_with_ceiling(model, subjects, key="IT"),
+               siamrdm.noise_ceilings(subjects), submission,
+               siamrdm.paired_test(siamrdm.compare_rdms(model, subjects), siamrdm.compare_rdms(subjects[0], subjects))]
+    assert [type(r).__name__ for r in results] == ["Score", "ScoreRecord", "NoiseCeiling", "SubmissionScore",
+                                                   "PairedTest"]
+    for result in results:
+        values = result.to_dict()
+        assert strict_json(values) == values, type(result).__name__
+        frame = result.to_frame()
+        if isinstance(result, siamrdm.SubmissionScore):
+            assert frame.to_dict("records") == [{"key": "IT", **values["IT"]}]
+        else:
+            assert list(frame.columns) == list(values) and frame.iloc[0].to_dict() == values
+    assert submission.targets["IT"] == siamrdm.score_with_ceiling(model, subjects)  # the same record
+    with pytest.raises(TypeError, match=r"key is a keyword: score_with_ceiling\(model_rdm, target_rdms, key="):
+        siamrdm.score_with_ceiling(model, "IT", subjects)  # the old order, (model, key, target)
+
+
 def test_noise_ceiling_in_rho_units(fmri92) -> None:
     """rho (lower, upper) beside r2: the means over subjects of rho with the mean of the others and of all,
     whose squares' means are the r2 ceilings; the deprecated `noise_ceiling` and `noise_ceiling_condensed` give the

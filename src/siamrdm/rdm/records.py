@@ -182,5 +182,7 @@ def score_with_ceiling(model_rdm: np.ndarray, target_rdms: np.ndarray, method: s
     `key` is the target's name in the challenge's files ('IT_RDMs', ...): the published ceiling is used where the
     data are the challenge's own (`noise_ceiling.ceiling_source`); otherwise, and without a key, the ceiling is
     computed from the subjects."""
+    if isinstance(target_rdms, str):  # the old order, (model, key, target): say so rather than fail deep
+        raise TypeError("key is a keyword: score_with_ceiling(model_rdm, target_rdms, key=...)")
     return keyed_record(compare_rdms(model_rdm, target_rdms, method), key or "", target_rdms, method, model_rdm,
                         permutations, seed)

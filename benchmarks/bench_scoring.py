@@ -10,7 +10,7 @@ Gaussian noise, from close to it to far from it; the model is the signal plus it
 - `10000x8` (with `--large`): 49,995,000 pairs per subject, as condensed upper triangles: the subjects in a
   float32 .npy of shape (8, 49995000) opened with np.load(mmap_mode='r'), the model a float64 .npy;
   `siamrdm.score_condensed` with ceiling=False (score only), then with both ceilings in the same pass, and
-  `siamrdm.noise_ceiling_condensed`.
+  `siamrdm.noise_ceilings(condensed=True)`.
   Older code has no condensed entry point, and square float64 RDMs of this size take 6.4 GB before any work.
 
 The data are written once to --workdir (reused on later runs) by this process; each case is then timed in a
@@ -129,7 +129,8 @@ def run_case(workdir: Path, case: str, threads: int = 1) -> dict:
             out["score_s"], out["score_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
             out["r2"], out["upper"], out["lower"] = score.r2, upper, lower
             start, cpu = time.perf_counter(), time.process_time()
-            out["noise_ceiling"] = list(siamrdm.noise_ceiling_condensed(subjects, threads=threads))
+            ceiling = siamrdm.noise_ceilings(subjects, condensed=True, threads=threads)
+            out["noise_ceiling"] = [ceiling.upper, ceiling.lower]
             out["noise_ceiling_s"], out["noise_ceiling_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
         else:
             targets = load_rdm_dict(paths["subjects"])
@@ -139,11 +140,12 @@ def run_case(workdir: Path, case: str, threads: int = 1) -> dict:
             siamrdm.score_rdm(submission["EVC_RDMs"], targets["EVC_RDMs"])
             out["score_only_s"], out["score_only_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
             start, cpu = time.perf_counter(), time.process_time()
-            row = siamrdm.score_submission(submission, targets)["EVC_RDMs"]
+            row = siamrdm.score_submission(submission, targets).targets["EVC_RDMs"]
             out["score_s"], out["score_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
-            out["r2"], out["upper"], out["lower"] = row["r2"], row["noise_ceiling"], row["noise_ceiling_lower"]
+            out["r2"], out["upper"], out["lower"] = row.r2, row.noise_ceiling, row.noise_ceiling_lower
             start, cpu = time.perf_counter(), time.process_time()
-            out["noise_ceiling"] = list(siamrdm.noise_ceiling(targets["EVC_RDMs"]))
+            ceiling = siamrdm.noise_ceilings(targets["EVC_RDMs"])
+            out["noise_ceiling"] = [ceiling.upper, ceiling.lower]
             out["noise_ceiling_s"], out["noise_ceiling_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["peak_anon_mb"] = anon.peak / 1024

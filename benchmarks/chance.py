@@ -26,7 +26,7 @@ from siamrdm.io.datasets import TARGET_NAMES, load_algonauts_set, target_key
 from siamrdm.rdm import upper_tri
 from siamrdm.rdm.compare import spearman_rhos
 from siamrdm.rdm.core import subject_rdms
-from siamrdm.rdm.noise_ceiling import noise_ceiling, reference_ceiling
+from siamrdm.rdm.noise_ceiling import noise_ceilings, reference_ceiling
 
 
 def per_image_design(n: int) -> np.ndarray:
@@ -88,7 +88,8 @@ def main() -> None:
                 a, b = order[: len(flat) // 2], order[len(flat) // 2 :]
                 halves.append(spearmanr(per_image_effects(flat[a].mean(0), design),
                                         per_image_effects(flat[b].mean(0), design))[0])
-            upper, lower = noise_ceiling(subjects)
+            ceiling = noise_ceilings(subjects)
+            upper, lower = ceiling.upper, ceiling.lower
             print(f"| {name} | {target} | {np.mean(pct['pairs']):.1f} | {np.mean(pct['image']):.1f} "
                   f"({np.percentile(pct['image'], 95):.1f}) | {np.mean(image_rho):+.3f} | {fit_rho:.2f} | "
                   f"{fit_pct:.1f} | {np.mean(halves):.2f} | {lower:.4f} / {upper:.4f} |", flush=True)

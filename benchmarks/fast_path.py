@@ -243,7 +243,7 @@ def part_ops(args, sets: dict, device: torch.device) -> dict:
 
         values = predicted.cpu().numpy()
         for j, (t, r) in enumerate(subjects.items()):
-            score_with_ceiling(square_rdm(values[:, j], n), t, r)
+            score_with_ceiling(square_rdm(values[:, j], n), r, key=t)
 
     def torch_scores() -> None:
         rhos = torch.stack([spearman_torch(predicted[:, j], ranks[t], ranked=True) for j, t in enumerate(subjects)])

@@ -35,7 +35,7 @@ KINDS = ("layer", "nnls")
 def percent(model_rdm: np.ndarray, subjects: np.ndarray) -> float:
     """Percent of the ceiling computed from these subjects (a plain target name is not an official key, so
     `score_with_ceiling` computes it, and keeps it for the other bodies and baselines scored on them)."""
-    return score_with_ceiling(model_rdm, "subjects", subjects)["pct_nc"]
+    return score_with_ceiling(model_rdm, subjects).pct_nc
 
 
 def baseline_rdm(kind: str, train_rdms: dict, train_subjects: np.ndarray, test_rdms: dict) -> np.ndarray:

@@ -24,7 +24,7 @@ from siamrdm.rdm import upper_tri
 from siamrdm.rdm.compare import score_rdm
 from siamrdm.rdm.core import group_average
 from siamrdm.rdm.inference import permutation_p
-from siamrdm.rdm.noise_ceiling import noise_ceiling, noise_ceilings
+from siamrdm.rdm.noise_ceiling import noise_ceilings
 
 ROW_FIELDS = {*tables.SCORE_FIELDS, "method"}  # the score record and the comparison method
 
@@ -154,7 +154,7 @@ def _check_group_mean_result(result: dict, fmri92: dict[str, np.ndarray]) -> Non
     for key, official in (("EVC_RDMs", 0.1589), ("IT_RDMs", 0.3075)):
         row = result[key]
         assert set(row) == ROW_FIELDS
-        upper = noise_ceiling(fmri92[key])[0]
+        upper = noise_ceilings(fmri92[key]).upper
         assert row["r2"] == pytest.approx(upper, abs=1e-12)  # the group mean is the upper ceiling
         assert row["noise_ceiling"] == official
         assert row["pct_nc"] == pytest.approx(100, abs=0.05)
@@ -212,8 +212,8 @@ def test_score_table(capsys, group_mean_submission: Path, set92: Path, fmri92) -
     evc = lines[1].split()
     assert float(evc[10].split("+-")[0]) > 0.2  # the group mean's pair structure against the subjects' own
     assert evc[0] == "EVC_RDMs" and evc[4] == f"{1 / 1001:.2e}" and evc[5] == "0.1589" and evc[-1] == "official"
-    assert float(evc[-2]) == pytest.approx(noise_ceiling(fmri92["EVC_RDMs"])[1], abs=1e-4)
-    assert float(evc[1]) == pytest.approx(noise_ceiling(fmri92["EVC_RDMs"])[0], abs=1e-4)
+    assert float(evc[-2]) == pytest.approx(noise_ceilings(fmri92["EVC_RDMs"]).lower, abs=1e-4)
+    assert float(evc[1]) == pytest.approx(noise_ceilings(fmri92["EVC_RDMs"]).upper, abs=1e-4)
     assert lines[2].split()[0] == "IT_RDMs"
     assert lines[3].split()[0] == "score" and float(lines[3].split()[-1]) == pytest.approx(100, abs=0.05)
 
@@ -232,7 +232,7 @@ def test_score_npz_submission_and_partial_keys(capsys, tmp_path: Path, make_rdms
     assert list(result) == ["IT_RDMs", "score", "missing"]
     expected = score_rdm(make_rdms(12, seed=52), targets["IT_RDMs"])
     assert result["IT_RDMs"]["r2"] == pytest.approx(expected.r2)
-    assert result["IT_RDMs"]["noise_ceiling"] == pytest.approx(noise_ceiling(targets["IT_RDMs"])[0])
+    assert result["IT_RDMs"]["noise_ceiling"] == pytest.approx(noise_ceilings(targets["IT_RDMs"]).upper)
     assert result["score"] is None and result["missing"] == ["EVC_RDMs"]
     code, out, err = run_main(capsys, *args)
     assert code == 0 and len(err.strip().splitlines()) == 1
@@ -290,7 +290,8 @@ def test_noise_ceiling_json(capsys, set92: Path, set118: Path, fmri92, fmri118) 
         for key, row in result.items():
             assert set(row) == {"upper", "lower", "rho_lower", "rho_upper"}
             assert round(row["upper"], 4) == official[key]
-            upper, lower = noise_ceiling(targets[key])
+            ceiling = noise_ceilings(targets[key])
+            upper, lower = ceiling.upper, ceiling.lower
             assert row["upper"] == pytest.approx(upper) and row["lower"] == pytest.approx(lower)
             assert 0 < row["lower"] < row["upper"]
             assert 0 < row["rho_lower"] < row["rho_upper"]  # rho units, rsatoolbox's (lower, upper)
@@ -452,7 +453,8 @@ def test_score_and_noise_ceiling_of_upper_triangles(capsys, tmp_path: Path, make
     np.save(tmp_path / "model_square.npy", model)
     square = subjects.astype(np.float32).astype(np.float64)  # the same values the float32 file holds
     expected = score_rdm(model, square)
-    upper, lower = noise_ceiling(square)
+    ceiling = noise_ceilings(square)
+    upper, lower = ceiling.upper, ceiling.lower
     for model_file in ("model_vector.npy", "model_square.npy"):
         code, out, err = run_main(capsys, "score", str(tmp_path / model_file), "--target", str(tmp_path / "IT.npy"),
                                   "--json")

@@ -145,7 +145,7 @@ def test_done_when_own_data_through_the_cli(tmp_path: Path, capsys) -> None:
     import csv
     import json
 
-    from siamrdm.rdm.noise_ceiling import noise_ceiling
+    from siamrdm.rdm.noise_ceiling import noise_ceilings
     from siamrdm.train import config_from_preset
 
     folder, rdms = make_own_data(tmp_path)
@@ -180,7 +180,8 @@ def test_done_when_own_data_through_the_cli(tmp_path: Path, capsys) -> None:
     splits = list(fold_splits(dataset, 2, 0).values())
     for row in rows:
         held_out = splits[int(row["direction"][-1]) - 1][1]
-        upper, lower = noise_ceiling(held_out.targets["V4"])
+        ceiling = noise_ceilings(held_out.targets["V4"])
+        upper, lower = ceiling.upper, ceiling.lower
         assert row["ceiling_source"] == "computed"
         assert float(row["noise_ceiling"]) == pytest.approx(upper) and float(row["noise_ceiling_lower"]) == (
             pytest.approx(lower))
@@ -258,7 +259,7 @@ def test_score_with_another_method(tmp_path: Path, capsys) -> None:
     import json
 
     from siamrdm.rdm.compare import compare_rdms
-    from siamrdm.rdm.noise_ceiling import noise_ceiling
+    from siamrdm.rdm.noise_ceiling import noise_ceilings
 
     _, rdms = make_own_data(tmp_path)
     subjects = load_rdms(rdms)
@@ -266,7 +267,8 @@ def test_score_with_another_method(tmp_path: Path, capsys) -> None:
     code, out, err = run_cli(capsys, "score", model, "--target", rdms, "--method", "tau-a", "--json")
     assert code == 0, err
     row = json.loads(out)["V4"]
-    upper, lower = noise_ceiling(subjects, "tau-a")
+    ceiling = noise_ceilings(subjects, "tau-a")
+    upper, lower = ceiling.upper, ceiling.lower
     assert row["method"] == "tau-a" and row["ceiling_source"] == "computed"
     assert row["r2"] == pytest.approx(np.mean(compare_rdms(subjects[0], subjects, "tau-a") ** 2))
     assert row["noise_ceiling"] == pytest.approx(upper) and row["noise_ceiling_lower"] == pytest.approx(lower)

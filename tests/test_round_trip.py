@@ -19,7 +19,7 @@ from siamrdm.io.images import load_image_set
 from siamrdm.io.rdmfiles import list_rdm_keys, load_rdm_dict, load_rdms, save_rdms
 from siamrdm.io.rsafiles import rdm_grouping, read_rdm_names
 from siamrdm.rdm import rdm_from_features, upper_tri
-from siamrdm.rdm.noise_ceiling import noise_ceiling
+from siamrdm.rdm.noise_ceiling import noise_ceilings
 from siamrdm.rdm.splits import subject_split, subset
 from siamrdm.rdm.submission import score_submission
 
@@ -88,9 +88,10 @@ def test_rsatoolbox_sessions_group_by_subject(own: dict[str, Path], capsys) -> N
     assert list(ceilings["npy"]) == list(ceilings["hdf5"]) == ["own"]  # a key-less file is named by its stem
     (npy,), (hdf5,) = ceilings["npy"].values(), ceilings["hdf5"].values()
     assert hdf5["lower"] == pytest.approx(npy["lower"], abs=1e-12) and hdf5["upper"] == pytest.approx(npy["upper"])
-    upper, lower = noise_ceiling(array)
+    ceiling = noise_ceilings(array)
+    upper, lower = ceiling.upper, ceiling.lower
     assert npy["lower"] == pytest.approx(lower) and npy["upper"] == pytest.approx(upper)
-    flat_upper, flat_lower = noise_ceiling(array.reshape(-1, N_IMAGES, N_IMAGES))  # the old misreading
+    flat_lower = noise_ceilings(array.reshape(-1, N_IMAGES, N_IMAGES)).lower  # the old misreading
     assert abs(flat_lower - lower) > 0.01
 
     code, out, _ = run_cli(capsys, "noise-ceiling", own["npy"])  # the table names a key-less file by its stem
@@ -123,7 +124,8 @@ def test_siamrdm_writes_subjects_x_sessions_back(own: dict[str, Path], tmp_path:
     loaded = load_rdm(str(path), file_type="hdf5")
     assert list(loaded.rdm_descriptors["subject"][:4]) == [1, 1, 2, 2]
     assert list(loaded.rdm_descriptors["session"][:4]) == [1, 2, 1, 2]
-    assert noise_ceiling(back["IT"]) == pytest.approx(noise_ceiling(array))
+    back_ceiling, ceiling = noise_ceilings(back["IT"]), noise_ceilings(array)
+    assert (back_ceiling.upper, back_ceiling.lower) == pytest.approx((ceiling.upper, ceiling.lower))
 
 
 # --------------------------------------------------------------------------- the round trip
@@ -133,7 +135,8 @@ def test_round_trip_through_the_cli(own: dict[str, Path], tmp_path: Path, capsys
     """data-info, fit, predict to .hdf5, score with names and keys: on the rsatoolbox file, the .npy and the
     file siamrdm writes, every pairing scores the same prediction the same, and no row is named by an empty key."""
     array = np.load(own["npy"])
-    upper, lower = noise_ceiling(array)
+    ceiling = noise_ceilings(array)
+    upper, lower = ceiling.upper, ceiling.lower
 
     # data-info: counts, names, shape, grouping, ceilings and reliability, before any run
     code, out, err = run_cli(capsys, "data-info", "--images", own["images"], "--rdms", own["hdf5"])
@@ -170,7 +173,7 @@ def test_round_trip_through_the_cli(own: dict[str, Path], tmp_path: Path, capsys
 
     # score against each form of the target: the submission's key IT names the key-less target
     mine = save_rdms(tmp_path / "mine.hdf5", {"IT": array}, names=[f"{n}.png" for n in STEMS])
-    expected = score_submission({"IT": predicted}, {"IT": array}, permutations=0)["IT"]
+    expected = score_submission({"IT": predicted}, {"IT": array}, permutations=0).to_dict()["IT"]
     for target, extra in ((own["hdf5"], ()), (own["npy"], ()), (mine, ()), (own["npy"], ("--key", "IT")),
                           (own["hdf5"], ("--key", "IT", "--target-key", "IT")), (mine, ("--target-key", "IT"))):
         code, out, err = run_cli(capsys, "score", pred, "--target", target, "--permutations", "0", "--json", *extra)

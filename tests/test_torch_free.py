@@ -29,7 +29,7 @@ rdms = np.random.default_rng(0).random((4, 6, 6))
 rdms = (rdms + rdms.transpose(0, 2, 1)) / 2
 for r in rdms:
     np.fill_diagonal(r, 0)
-upper = noise_ceiling.noise_ceiling(rdms)[0]
+upper = noise_ceiling.noise_ceilings(rdms).upper
 print(upper > 0, reliability.target_reliability(rdms)["subjects"], "torch" in sys.modules)
 """
 

@@ -27,24 +27,27 @@ _API = {
     # training and prediction
     "TrainConfig": "train.fullbatch", "config_from_preset": "train.fullbatch",
     "fit_predictor": "train.predict", "RDMPredictor": "train.predict",
-    # scoring
+    # scoring: model, target, then options; each result a record with .to_dict() and .to_frame()
     "score_rdm": "rdm.compare", "compare_rdms": "rdm.compare", "score_condensed": "rdm.compare",
-    "COMPARISON_METHODS": "rdm.transform", "score_with_ceiling": "rdm.records",
-    "noise_ceiling": "rdm.noise_ceiling", "noise_ceilings": "rdm.noise_ceiling",
-    "noise_ceiling_condensed": "rdm.noise_ceiling", "score_submission": "rdm.submission",
-    "submission_frame": "rdm.submission", "paired_test": "rdm.inference", "paired_rows": "rdm.paired",
-    "to_rsatoolbox": "io.rsafiles",
+    "COMPARISON_METHODS": "rdm.transform", "score_with_ceiling": "rdm.records", "ScoreRecord": "rdm.records",
+    "noise_ceilings": "rdm.noise_ceiling", "NoiseCeiling": "rdm.noise_ceiling",
+    "score_submission": "rdm.submission", "SubmissionScore": "rdm.submission",
+    "paired_test": "rdm.inference", "paired_rows": "rdm.paired", "to_rsatoolbox": "io.rsafiles",
     # baselines and evaluation
     "layer_rdms": "model.baselines", "evaluate_folds": "pipelines.evaluate",
     "run_fold_evaluation": "pipelines.evaluate",
 }
 __all__ = ["__version__", *_API]
+# Older names, still importable so that old notebooks run; each warns, when called, with what replaces it.
+_DEPRECATED = {"noise_ceiling": "rdm.noise_ceiling", "noise_ceiling_condensed": "rdm.noise_ceiling",
+               "submission_frame": "rdm.submission"}
 
 
 def __getattr__(name: str):
-    if name not in _API:
+    module = _API.get(name) or _DEPRECATED.get(name)
+    if module is None:
         raise AttributeError(f"module 'siamrdm' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
 

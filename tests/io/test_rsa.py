@@ -18,7 +18,7 @@ from siamrdm.pipelines.external import load_external
 from siamrdm.rdm import upper_tri
 from siamrdm.rdm.compare import compare_rdms
 from siamrdm.rdm.core import group_average
-from siamrdm.rdm.noise_ceiling import ceiling_source, noise_ceiling
+from siamrdm.rdm.noise_ceiling import ceiling_source, noise_ceilings
 from siamrdm.rdm.records import score_with_ceiling
 from siamrdm.rdm.submission import score_submission
 from siamrdm.rdm.transform import COMPARISON_METHODS
@@ -196,10 +196,11 @@ def test_noise_ceiling_per_method_and_official_only_for_spearman(fmri92) -> None
     it = fmri92["IT_RDMs"]
     assert ceiling_source("IT_RDMs", it) == "official"
     assert ceiling_source("IT_RDMs", it, "corr") == "computed"
-    row = score_with_ceiling(group_average(it), "IT_RDMs", it, "corr")
-    upper, lower = noise_ceiling(it, "corr")
-    assert row["noise_ceiling"] == pytest.approx(upper) and row["pct_nc"] == pytest.approx(100 * row["r2"] / upper)
-    assert row["pct_nc"] == pytest.approx(100.0)  # the group mean reaches the upper ceiling, whatever the method
+    row = score_with_ceiling(group_average(it), it, "corr", key="IT_RDMs")
+    ceiling = noise_ceilings(it, "corr")
+    upper, lower = ceiling.upper, ceiling.lower
+    assert row.noise_ceiling == pytest.approx(upper) and row.pct_nc == pytest.approx(100 * row.r2 / upper)
+    assert row.pct_nc == pytest.approx(100.0)  # the group mean reaches the upper ceiling, whatever the method
     assert lower < upper
     with pytest.raises(ValueError, match="permutation p-values need one of"):
         score_submission({"IT_RDMs": group_average(it)}, {"IT_RDMs": it}, permutations=10,

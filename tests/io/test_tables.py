@@ -1,5 +1,5 @@
-"""Tables as data frames (siamrdm.io.tables.to_frame): without pandas, every result's `.to_frame()` and
-`submission_frame` is one ImportError line saying what to install; with it, tests/rdm/test_score_record.py."""
+"""Tables as data frames (siamrdm.io.tables.to_frame): without pandas, every result's `.to_frame()` is one
+ImportError line saying what to install; with it, tests/rdm/test_records.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from siamrdm.pipelines import evaluate
 from siamrdm.rdm.noise_ceiling import NO_CEILING, noise_ceilings
 from siamrdm.rdm.records import score_record
-from siamrdm.rdm.submission import score_submission, submission_frame
+from siamrdm.rdm.submission import score_submission
 
 
 def test_every_frame_without_pandas_is_one_line(make_rdms, monkeypatch) -> None:
@@ -22,6 +22,6 @@ def test_every_frame_without_pandas_is_one_line(make_rdms, monkeypatch) -> None:
     result = score_submission({"IT_RDMs": make_rdms(10, seed=2)}, {"IT_RDMs": subjects}, permutations=0)
     monkeypatch.setitem(sys.modules, "pandas", None)  # pandas absent
     for frame in (evaluation.to_frame, evaluation.paired_frame, record.to_frame,
-                  noise_ceilings(subjects).to_frame, lambda: submission_frame(result)):
+                  noise_ceilings(subjects).to_frame, result.to_frame):
         with pytest.raises(ImportError, match=r"^to_frame\(\) needs pandas \(pip install pandas\)$"):
             frame()

@@ -39,7 +39,7 @@ def _rows(directions: tuple[str, ...]) -> list[dict]:
     rows = []
     for method, model in models.items():
         for direction in directions:
-            record = score_with_ceiling(model, "own", subjects, permutations=200)
+            record = score_with_ceiling(model, subjects, permutations=200).to_dict()
             rows.append({"method": method, "target": "EVC", "direction": direction, **record, "detail": ""})
     return rows
 

@@ -41,7 +41,7 @@ def test_score_files_scores_as_scoring_does(tmp_path: Path, make_rdms) -> None:
     result, notes = score_files(str(submission), str(target), permutations=0)
     assert notes == ()  # .npz files: nothing to say about how they were read
     assert result["missing"] == ["IT"] and result["score"] is None  # a key the submission lacks withholds the score
-    assert result["EVC"] == score_submission({"EVC": model}, subjects, 0)["EVC"]
+    assert result["EVC"] == score_submission({"EVC": model}, subjects, 0).to_dict()["EVC"]
     table = score_table(result, "corr")
     assert table.splitlines()[0].startswith("key") and "withheld: the submission lacks IT" in table
     assert "note: compared with 'corr'" in table

@@ -93,10 +93,10 @@ def test_score_submission_with_permutations(make_rdms) -> None:
     submission = {"EVC_RDMs": make_rdms(9, seed=67), "IT_RDMs": make_rdms(9, seed=68)}
     result = score_submission(submission, targets, permutations=200, seed=3)
     for key in targets:
-        assert result[key]["p_perm"] == permutation_p(submission[key], targets[key], 200, seed=3)
+        assert result.targets[key].p_perm == permutation_p(submission[key], targets[key], 200, seed=3)
     # A key's p_perm does not depend on which other keys are scored.
     alone = score_submission({"IT_RDMs": submission["IT_RDMs"]}, targets, permutations=200, seed=3)
-    assert alone["IT_RDMs"]["p_perm"] == result["IT_RDMs"]["p_perm"]
+    assert alone.targets["IT_RDMs"].p_perm == result.targets["IT_RDMs"].p_perm
 
 
 def test_constant_model_rdm_scores_zero_not_nan(make_rdms) -> None:
@@ -120,9 +120,9 @@ def test_per_image_structure_inflates_the_official_score_but_not_rho_mean(fmri11
         effects = rng.standard_normal(n)
         model = effects[:, None] + effects[None, :]
         np.fill_diagonal(model, 0)
-        row = score_with_ceiling(model, "IT_RDMs", target)
-        pct.append(row["pct_nc"])
-        rho_mean.append(row["rho_mean"])
-        assert row["rho_se"] > 0
+        row = score_with_ceiling(model, target, key="IT_RDMs")
+        pct.append(row.pct_nc)
+        rho_mean.append(row.rho_mean)
+        assert row.rho_se > 0
     assert np.mean(pct) > 3
     assert abs(np.mean(rho_mean)) < 4 * np.std(rho_mean) / np.sqrt(len(rho_mean))

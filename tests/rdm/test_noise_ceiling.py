@@ -11,7 +11,7 @@ from siamrdm.rdm.core import group_average
 from siamrdm.rdm.noise_ceiling import (
     OFFICIAL_NOISE_CEILINGS,
     ceiling_source,
-    noise_ceiling,
+    noise_ceilings,
     official_noise_ceiling,
     percent_of_ceiling,
     reference_ceiling,
@@ -29,7 +29,8 @@ def test_real_fmri_upper_ceilings_reproduce_official(fmri92, fmri118) -> None:
     }
     for (n, key), official in expected.items():
         target = (fmri92 if n == 92 else fmri118)[key]
-        upper, lower = noise_ceiling(target)
+        ceiling = noise_ceilings(target)
+        upper, lower = ceiling.upper, ceiling.lower
         assert round(upper, 4) == official, (n, key, upper)
         assert 0 < lower < upper
         assert official_noise_ceiling(key, n) == official
@@ -40,7 +41,8 @@ def test_noise_ceiling_definition(make_rdms) -> None:
     grand = rdms.mean(axis=0)
     upper = np.mean([scipy_rho(grand, r) ** 2 for r in rdms])
     lower = np.mean([scipy_rho(np.delete(rdms, s, axis=0).mean(axis=0), r) ** 2 for s, r in enumerate(rdms)])
-    got_upper, got_lower = noise_ceiling(rdms)
+    ceiling = noise_ceilings(rdms)
+    got_upper, got_lower = ceiling.upper, ceiling.lower
     assert got_upper == pytest.approx(upper, abs=1e-12)
     assert got_lower == pytest.approx(lower, abs=1e-12)
     assert got_lower < got_upper
@@ -56,7 +58,8 @@ def test_noise_ceiling_with_k(make_rdms) -> None:
             for s, subject in enumerate(rdms)
         ]
     )
-    got_upper, got_lower = noise_ceiling(rdms)
+    ceiling = noise_ceilings(rdms)
+    got_upper, got_lower = ceiling.upper, ceiling.lower
     assert got_upper == pytest.approx(upper, abs=1e-12)
     assert got_lower == pytest.approx(lower, abs=1e-12)
     assert got_lower < got_upper
@@ -64,9 +67,9 @@ def test_noise_ceiling_with_k(make_rdms) -> None:
 
 def test_noise_ceiling_needs_two_subjects(make_rdms) -> None:
     with pytest.raises(ValueError, match="at least 2 subjects"):
-        noise_ceiling(make_rdms(6, subjects=1))
+        noise_ceilings(make_rdms(6, subjects=1))
     with pytest.raises(ValueError, match="at least 2 subjects"):
-        noise_ceiling(make_rdms(6))
+        noise_ceilings(make_rdms(6))
 
 
 def test_noise_ceiling_of_constant_mean_rdm_is_an_error_not_nan(make_rdms) -> None:
@@ -74,10 +77,10 @@ def test_noise_ceiling_of_constant_mean_rdm_is_an_error_not_nan(make_rdms) -> No
     first = np.round(make_rdms(7, seed=28) * 8) / 8  # multiples of 1/8: the means are exact
     second = (2 - first) * (1 - np.eye(7))
     with pytest.raises(ValueError, match="mean RDM of all subjects has a constant upper triangle"):
-        noise_ceiling(np.stack([first, second]))
+        noise_ceilings(np.stack([first, second]))
     # Three subjects: the mean without subject 3 is constant.
     with pytest.raises(ValueError, match="other than subject 3 has a constant upper triangle"):
-        noise_ceiling(np.stack([first, second, np.round(make_rdms(7, seed=29) * 8) / 8]))
+        noise_ceilings(np.stack([first, second, np.round(make_rdms(7, seed=29) * 8) / 8]))
 
 
 def test_reference_ceiling_official_or_computed(make_rdms) -> None:
@@ -87,14 +90,14 @@ def test_reference_ceiling_official_or_computed(make_rdms) -> None:
         target = make_rdms(n, subjects=2, seed=n)
         for key in ("EVC_RDMs", "IT_RDMs", "MEG_RDMs_late", "IT", "V4_RDMs"):
             assert ceiling_source(key, target) == "computed"
-            assert reference_ceiling(key, target) == pytest.approx(noise_ceiling(target)[0])
+            assert reference_ceiling(key, target) == pytest.approx(noise_ceilings(target).upper)
         two_per_subject = np.stack([target, target[::-1]], axis=1)
         assert ceiling_source("MEG_RDMs_late", two_per_subject) == "computed"
     for key in ("EVC_RDMs", "MEG_RDMs_early"):  # one RDM: no subjects to bound a score with, even at 78 images
         assert ceiling_source(key, make_rdms(78, seed=1)) is None
         assert reference_ceiling(key, make_rdms(78, seed=1)) is None
     small = make_rdms(10, subjects=3, seed=26)
-    assert reference_ceiling("EVC_RDMs", small) == pytest.approx(noise_ceiling(small)[0])
+    assert reference_ceiling("EVC_RDMs", small) == pytest.approx(noise_ceilings(small).upper)
     assert reference_ceiling("EVC_RDMs", make_rdms(10, seed=27)) is None
     assert official_noise_ceiling("EVC_RDMs", 10) is None
     assert target_name("MEG_RDMs_early") == "MEG_early" and target_name("foo") == "foo"
@@ -114,8 +117,8 @@ def test_official_ceiling_recognised_by_content(fmri92, fmri118) -> None:
     assert ceiling_source("IT_RDMs", three) == "computed"
     result = score_submission({"IT_RDMs": fmri92["IT_RDMs"].mean(axis=0)}, {"IT_RDMs": evc_as_it},
                                       permutations=0)
-    assert result["IT_RDMs"]["ceiling_source"] == "computed"
-    assert result["IT_RDMs"]["noise_ceiling"] == pytest.approx(0.1589, abs=1e-4)
+    assert result.targets["IT_RDMs"].ceiling_source == "computed"
+    assert result.targets["IT_RDMs"].noise_ceiling == pytest.approx(0.1589, abs=1e-4)
 
 
 def test_other_study_gets_its_computed_ceiling(fmri92, kriegeskorte_it) -> None:
@@ -126,9 +129,9 @@ def test_other_study_gets_its_computed_ceiling(fmri92, kriegeskorte_it) -> None:
     other = load_rdms(kriegeskorte_it, "IT_RDMs")
     result = score_submission({"IT_RDMs": fmri92["IT_RDMs"].mean(axis=0)}, {"IT_RDMs": other},
                                       permutations=0)
-    assert result["IT_RDMs"]["ceiling_source"] == "computed"
-    assert result["IT_RDMs"]["noise_ceiling"] == pytest.approx(0.2745, abs=1e-4)
-    assert result["IT_RDMs"]["rho_mean"] == pytest.approx(0.305, abs=0.005)  # the study README's reference figure
+    assert result.targets["IT_RDMs"].ceiling_source == "computed"
+    assert result.targets["IT_RDMs"].noise_ceiling == pytest.approx(0.2745, abs=1e-4)
+    assert result.targets["IT_RDMs"].rho_mean == pytest.approx(0.305, abs=0.005)  # the study README's reference figure
 
 
 def test_percent_of_ceiling() -> None:

@@ -55,16 +55,16 @@ def test_scores_separate_the_pair_structure_from_the_per_image_part(make_rdms) -
     model = pairs + 3 * _per_image(rng.normal(size=n))
     model -= model.min()
     np.fill_diagonal(model, 0)
-    row = score_with_ceiling(model, "V4", subjects, permutations=200)
-    assert row["pair_rho_mean"] > 0.9 > row["rho_mean"] + 0.3
-    assert row["pair_rho_ci_low"] <= row["pair_rho_mean"] <= row["pair_rho_ci_high"]
-    assert row["pair_p_perm"] == pytest.approx(1 / 201) and len(row["pair_rhos"]) == 6
+    row = score_with_ceiling(model, subjects, permutations=200)
+    assert row.pair_rho_mean > 0.9 > row.rho_mean + 0.3
+    assert row.pair_rho_ci_low <= row.pair_rho_mean <= row.pair_rho_ci_high
+    assert row.pair_p_perm == pytest.approx(1 / 201) and len(row.pair_rhos) == 6
     per_image_only = _per_image(rng.normal(size=n) + 4)
-    row = score_with_ceiling(per_image_only, "V4", subjects, permutations=200)
-    assert abs(row["pair_rho_mean"]) < 0.1 and row["pair_p_perm"] > 0.05
+    row = score_with_ceiling(per_image_only, subjects, permutations=200)
+    assert abs(row.pair_rho_mean) < 0.1 and row.pair_p_perm > 0.05
     result = score_submission({"V4": model}, {"V4": subjects}, permutations=50)
-    assert result["V4"]["pair_rho_mean"] > 0.9 and result["V4"]["pair_p_perm"] is not None
-    json.dumps(result, allow_nan=False)
+    assert result.targets["V4"].pair_rho_mean > 0.9 and result.targets["V4"].pair_p_perm is not None
+    json.dumps(result.to_dict(), allow_nan=False)
 
 
 def test_reliability_reports_both_parts(fmri92) -> None:

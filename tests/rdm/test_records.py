@@ -32,7 +32,14 @@ from siamrdm.rdm.inference import (
     mean_summary,
     paired_test,
 )
-from siamrdm.rdm.noise_ceiling import NO_CEILING, NoiseCeiling, ceilings_for, noise_ceiling, noise_ceilings
+from siamrdm.rdm.noise_ceiling import (
+    NO_CEILING,
+    NoiseCeiling,
+    ceilings_for,
+    noise_ceiling,
+    noise_ceiling_condensed,
+    noise_ceilings,
+)
 from siamrdm.rdm.paired import paired_rows
 from siamrdm.rdm.records import ScoreRecord, score_record, score_row, score_with_ceiling
 from siamrdm.rdm.submission import score_submission, submission_frame
@@ -103,25 +110,25 @@ def test_per_image_structure_scores_above_zero_but_not_above_chance(fmri118) -> 
     official p below 0.05, yet stays within this RDM's own chance band (image labels permuted)."""
     target = fmri118["IT_RDMs"]
     for seed in range(4):
-        row = score_with_ceiling(per_image_rdm(118, seed), "IT_RDMs", target, permutations=None)
-        assert row["permutations"] == DEFAULT_PERMUTATIONS  # on by default at 118 images
-        assert row["pct_nc"] > 2 and row["p"] < 0.05  # what the official score and p say
-        assert row["chance_pct_mean"] > 4  # what such a structure scores by chance
-        assert row["pct_nc"] <= row["chance_pct_95"]
-        assert row["p_perm"] >= 0.05 and row["beats_chance"] is False
+        row = score_with_ceiling(per_image_rdm(118, seed), target, key="IT_RDMs", permutations=None)
+        assert row.permutations == DEFAULT_PERMUTATIONS  # on by default at 118 images
+        assert row.pct_nc > 2 and row.p < 0.05  # what the official score and p say
+        assert row.chance_pct_mean > 4  # what such a structure scores by chance
+        assert row.pct_nc <= row.chance_pct_95
+        assert row.p_perm >= 0.05 and row.beats_chance is False
 
 
 def test_a_real_model_beats_chance(fmri92, fmri118) -> None:
     """The mean RDM of half the subjects, scored on the other half: above its chance band (92 IT by far)."""
     it = fmri92["IT_RDMs"]
-    row = score_with_ceiling(group_average(it[:7]), "IT_RDMs", it[7:], permutations=None)
-    assert row["beats_chance"] is True and row["p_perm"] == pytest.approx(1 / 1001)
-    assert row["pct_nc"] > 10 * row["chance_pct_95"]
-    assert row["rho_mean"] - 2 * row["rho_se"] > 0
+    row = score_with_ceiling(group_average(it[:7]), it[7:], key="IT_RDMs", permutations=None)
+    assert row.beats_chance is True and row.p_perm == pytest.approx(1 / 1001)
+    assert row.pct_nc > 10 * row.chance_pct_95
+    assert row.rho_mean - 2 * row.rho_se > 0
     # The lower ceiling in rho units is what reliability reports as lower_ceiling_rho: the same unit as rho_mean.
-    full = score_with_ceiling(group_average(it), "IT_RDMs", it)
-    assert full["rho_lower_ceiling"] == pytest.approx(reliability.target_reliability(it)["lower_ceiling_rho"])
-    assert full["noise_ceiling_lower"] == pytest.approx(noise_ceiling(it)[1])
+    full = score_with_ceiling(group_average(it), it, key="IT_RDMs")
+    assert full.rho_lower_ceiling == pytest.approx(reliability.target_reliability(it)["lower_ceiling_rho"])
+    assert full.noise_ceiling_lower == pytest.approx(noise_ceilings(it).lower)
 
 
 def test_the_report_ranks_what_beats_chance_first(tmp_path: Path, fmri118) -> None:
@@ -130,7 +137,7 @@ def test_the_report_ranks_what_beats_chance_first(tmp_path: Path, fmri118) -> No
     mark_run(tmp_path, "evaluate")
     it = fmri118["IT_RDMs"]
     rows = [{"method": method, "target": "IT", "direction": "118", "detail": "",
-             **score_with_ceiling(model, "IT_RDMs", it[7:], permutations=None)}
+             **score_with_ceiling(model, it[7:], key="IT_RDMs", permutations=None).to_dict()}
             for method, model in (("per-image", per_image_rdm(118, 1)), ("subjects", group_average(it[:7])))]
     per_image, subjects = rows
     assert per_image["pct_nc"] > subjects["pct_nc"]  # the raw percent would rank the per-image RDM first
@@ -175,13 +182,13 @@ def test_permutations_are_on_by_default_only_where_cheap(make_rdms) -> None:
     assert default_permutations(92, "tau-a") == 0  # Kendall has no dot product to permute
     large = {"EVC_RDMs": make_rdms(PERMUTE_UP_TO_IMAGES + 1, subjects=2, seed=3)}
     model = {"EVC_RDMs": make_rdms(PERMUTE_UP_TO_IMAGES + 1, seed=4)}
-    row = score_submission(model, large)["EVC_RDMs"]
-    assert row["permutations"] == 0 and row["p_perm"] is None and row["chance_pct_95"] is None
-    row = score_submission(model, large, permutations=20)["EVC_RDMs"]  # asked for: computed
-    assert row["permutations"] == 20 and row["chance_pct_95"] is not None
+    row = score_submission(model, large).targets["EVC_RDMs"]
+    assert row.permutations == 0 and row.p_perm is None and row.chance_pct_95 is None
+    row = score_submission(model, large, permutations=20).targets["EVC_RDMs"]  # asked for: computed
+    assert row.permutations == 20 and row.chance_pct_95 is not None
     small = {"IT_RDMs": make_rdms(12, subjects=3, seed=5)}
-    off = score_submission({"IT_RDMs": make_rdms(12, seed=6)}, small, permutations=0)["IT_RDMs"]
-    assert off["permutations"] == 0 and off["beats_chance"] is None
+    off = score_submission({"IT_RDMs": make_rdms(12, seed=6)}, small, permutations=0).targets["IT_RDMs"]
+    assert off.permutations == 0 and off.beats_chance is None
     with pytest.raises(ValueError, match="permutations must be 0"):
         score_submission({"IT_RDMs": make_rdms(12, seed=6)}, small, permutations=-3)
 
@@ -191,7 +198,7 @@ def test_evaluate_rows_carry_the_chance_fields(fmri92) -> None:
     row = evaluate._row("layers", "IT", "92->118", per_image_rdm(30, 0), it, "stage=x", "IT")
     assert set(row) == {"method", "target", "direction", "detail", *tables.SCORE_FIELDS}
     assert row["permutations"] == DEFAULT_PERMUTATIONS and row["beats_chance"] is not None
-    assert row["nc_lower_pct"] == pytest.approx(100 * noise_ceiling(it)[1] / noise_ceiling(it)[0])
+    assert row["nc_lower_pct"] == pytest.approx(100 * noise_ceilings(it).lower / noise_ceilings(it).upper)
     table = evaluate.markdown_table([row])
     assert "chance % (95th)" in table and f"{row['p_perm']:.2g}" in table
 
@@ -207,8 +214,7 @@ def test_the_challenge_reports_the_chosen_epoch_with_its_chance(data_root: Path)
     assert curve[1]["p_perm"] is None and curve[1]["permutations"] == 0
     row = challenge.chosen_row(curve, 1, test, "IT")
     assert all("predicted" not in r for r in curve)
-    expected = score_with_ceiling(square_rdm(predictions[1], 25), "IT", test.targets["IT"],
-                                          permutations=None)
+    expected = score_with_ceiling(square_rdm(predictions[1], 25), test.targets["IT"], permutations=None).to_dict()
     assert row["epoch"] == 1 and row["loss"] == 1.0
     for key in tables.SCORE_FIELDS:
         assert row[key] == (pytest.approx(expected[key]) if isinstance(expected[key], float) else expected[key]), key
@@ -223,7 +229,7 @@ def test_held_out_pairs_give_the_same_record(make_rdms) -> None:
     model = make_rdms(12, seed=8)
     held = HeldOutTarget.from_values(upper_tri(subjects))
     got = held.score(upper_tri(model))
-    want = score_with_ceiling(model, "IT", subjects)
+    want = score_with_ceiling(model, subjects).to_dict()
     assert got.keys() == want.keys()
     for key, value in want.items():
         if key.startswith("pair_"):  # the pair structure is measured on final records, not on training curves
@@ -421,21 +427,56 @@ def test_tables_as_data_frames(make_rdms, monkeypatch) -> None:
     ceiling = noise_ceilings(subjects)
     assert ceiling.to_frame().loc[0, "rho_upper"] == ceiling.rho_upper
     result = score_submission({"IT_RDMs": make_rdms(10, seed=2)}, {"IT_RDMs": subjects}, permutations=0)
-    scores = submission_frame(result)
-    assert scores["key"].tolist() == ["IT_RDMs"] and scores.loc[0, "r2"] == result["IT_RDMs"]["r2"]
+    scores = result.to_frame()
+    assert scores["key"].tolist() == ["IT_RDMs"] and scores.loc[0, "r2"] == result.targets["IT_RDMs"].r2
+    assert list(scores.columns) == ["key", "method", *tables.SCORE_FIELDS] and scores.loc[0, "method"] == "spearman"
+    with pytest.warns(DeprecationWarning, match=r"use score_submission\(\.\.\.\)\.to_frame\(\)"):
+        assert submission_frame(result).equals(scores)
+    with pytest.warns(DeprecationWarning):
+        assert submission_frame(result.to_dict()).equals(scores)
     monkeypatch.setitem(__import__("sys").modules, "pandas", None)  # pandas absent: one line saying so
     with pytest.raises(ImportError, match=r"^to_frame\(\) needs pandas \(pip install pandas\)$"):
         evaluation.to_frame()
 
 
+def test_every_public_result_is_a_record(make_rdms) -> None:
+    """One API style: the public scoring calls take (model, target, then options) and return records whose
+    `.to_dict()` is plain JSON and whose `.to_frame()` holds the same values, a row per key for a submission."""
+    pytest.importorskip("pandas")
+    import siamrdm
+
+    subjects, model = make_rdms(10, subjects=4, seed=1), make_rdms(10, seed=2)
+    submission = siamrdm.score_submission({"IT": model}, {"IT": subjects}, permutations=0)
+    results = [siamrdm.score_rdm(model, subjects), siamrdm.score_with_ceiling(model, subjects, key="IT"),
+               siamrdm.noise_ceilings(subjects), submission,
+               siamrdm.paired_test(siamrdm.compare_rdms(model, subjects), siamrdm.compare_rdms(subjects[0], subjects))]
+    assert [type(r).__name__ for r in results] == ["Score", "ScoreRecord", "NoiseCeiling", "SubmissionScore",
+                                                   "PairedTest"]
+    for result in results:
+        values = result.to_dict()
+        assert strict_json(values) == values, type(result).__name__
+        frame = result.to_frame()
+        if isinstance(result, siamrdm.SubmissionScore):
+            assert frame.to_dict("records") == [{"key": "IT", **values["IT"]}]
+        else:
+            assert list(frame.columns) == list(values) and frame.iloc[0].to_dict() == values
+    assert submission.targets["IT"] == siamrdm.score_with_ceiling(model, subjects)  # the same record
+    with pytest.raises(TypeError, match=r"key is a keyword: score_with_ceiling\(model_rdm, target_rdms, key="):
+        siamrdm.score_with_ceiling(model, "IT", subjects)  # the old order, (model, key, target)
+
+
 def test_noise_ceiling_in_rho_units(fmri92) -> None:
     """rho (lower, upper) beside r2: the means over subjects of rho with the mean of the others and of all,
-    whose squares' means are the r2 ceilings; the r2 values are those of noise_ceiling."""
+    whose squares' means are the r2 ceilings; the deprecated `noise_ceiling` and `noise_ceiling_condensed` give the
+    same r2 values, and say what replaces them."""
     from scipy import stats
 
     it = fmri92["IT_RDMs"]
     ceiling = noise_ceilings(it)
-    assert (ceiling.upper, ceiling.lower) == noise_ceiling(it)
+    with pytest.warns(DeprecationWarning, match=r"^noise_ceiling\(\) is deprecated: use noise_ceilings\(\)"):
+        assert (ceiling.upper, ceiling.lower) == noise_ceiling(it)
+    with pytest.warns(DeprecationWarning, match=r"use noise_ceilings\(\.\.\., condensed=True\)"):
+        assert (ceiling.upper, ceiling.lower) == noise_ceiling_condensed(upper_tri(it))
     mean = group_average(it)
     upper = [stats.spearmanr(upper_tri(s), upper_tri(mean)).statistic for s in it]
     lower = [stats.spearmanr(upper_tri(s), upper_tri(group_average(np.delete(it, k, 0)))).statistic

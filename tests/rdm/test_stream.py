@@ -9,7 +9,7 @@ from helpers import scipy_rho
 
 from siamrdm.rdm import upper_tri
 from siamrdm.rdm.compare import score_condensed, score_rdm
-from siamrdm.rdm.noise_ceiling import noise_ceiling, noise_ceiling_condensed
+from siamrdm.rdm.noise_ceiling import NoiseCeiling, noise_ceilings
 from siamrdm.rdm.submission import score_submission
 from siamrdm.rdm.transform import COMPARISON_METHODS
 
@@ -29,6 +29,11 @@ def _old_ceilings(rdms: np.ndarray) -> tuple[float, float]:
     return float(np.mean(upper)), float(np.mean(lower))
 
 
+def _bounds(ceiling: NoiseCeiling) -> tuple[float, float]:
+    """(upper, lower): what `score_condensed` gives beside its score."""
+    return ceiling.upper, ceiling.lower
+
+
 def _tied(rdms: np.ndarray, decimals: int) -> np.ndarray:
     """RDMs rounded so that many dissimilarities tie (the diagonal stays zero)."""
     return np.round(rdms, decimals)
@@ -44,13 +49,13 @@ def test_streamed_scores_and_ceilings_equal_per_subject_scipy_with_ties(make_rdm
     np.testing.assert_allclose(score.rho, rhos, rtol=0, atol=1e-12)
     assert score.r2 == pytest.approx(np.mean(rhos**2), abs=1e-12)
     upper, lower = _old_ceilings(targets)
-    got = noise_ceiling(targets)
-    assert got[0] == pytest.approx(upper, abs=1e-12) and got[1] == pytest.approx(lower, abs=1e-12)
+    got = noise_ceilings(targets)
+    assert got.upper == pytest.approx(upper, abs=1e-12) and got.lower == pytest.approx(lower, abs=1e-12)
     # score_submission: the same numbers from its one pass over the subjects.
-    row = score_submission({"V4": model}, {"V4": targets})["V4"]
-    assert row["r2"] == pytest.approx(score.r2, abs=1e-12)
-    assert row["noise_ceiling"] == pytest.approx(upper, abs=1e-12)
-    assert row["noise_ceiling_lower"] == pytest.approx(lower, abs=1e-12)
+    row = score_submission({"V4": model}, {"V4": targets}).targets["V4"]
+    assert row.r2 == pytest.approx(score.r2, abs=1e-12)
+    assert row.noise_ceiling == pytest.approx(upper, abs=1e-12)
+    assert row.noise_ceiling_lower == pytest.approx(lower, abs=1e-12)
 
 
 @pytest.mark.parametrize("method", COMPARISON_METHODS)
@@ -60,13 +65,14 @@ def test_condensed_entry_point_equals_square_path(make_rdms, method) -> None:
     square = score_rdm(model, targets, method)
     np.testing.assert_allclose(score.rho, square.rho, rtol=0, atol=1e-12)
     assert (score.r2, score.p, score.p_signed) == pytest.approx((square.r2, square.p, square.p_signed), abs=1e-12)
-    np.testing.assert_allclose(ceilings, noise_ceiling(targets, method), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(noise_ceiling_condensed(upper_tri(targets), method), ceilings, rtol=0, atol=0)
+    np.testing.assert_allclose(ceilings, _bounds(noise_ceilings(targets, method)), rtol=0, atol=1e-12)
+    condensed = noise_ceilings(upper_tri(targets), method, condensed=True)
+    np.testing.assert_allclose(_bounds(condensed), ceilings, rtol=0, atol=0)
     # K RDMs per subject: (S, K, P).
     meg = make_rdms(15, subjects=3, k=2, seed=74)
     score, ceilings = score_condensed(upper_tri(model), upper_tri(meg), method)
     np.testing.assert_allclose(score.rho, score_rdm(model, meg, method).rho, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(ceilings, noise_ceiling(meg, method), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ceilings, _bounds(noise_ceilings(meg, method)), rtol=0, atol=1e-12)
 
 
 def test_condensed_memmap_of_float32_equals_square_path(make_rdms, tmp_path) -> None:
@@ -104,7 +110,7 @@ def test_condensed_bad_input_is_a_one_line_error(make_rdms) -> None:
             score_condensed(*args)
         assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match="at least 2 subjects"):
-        noise_ceiling_condensed(targets[:1])
+        noise_ceilings(targets[:1], condensed=True)
     # Square RDMs: NaN is refused too, never turned into a NaN score.
     square = make_rdms(10, subjects=3, seed=79)
     square[2, 0, 1] = square[2, 1, 0] = np.nan
@@ -126,14 +132,14 @@ def test_condensed_threads_give_the_same_numbers(make_rdms, k) -> None:
             score, ceilings = score_condensed(model, subjects, ceiling=ceiling, threads=threads)
             np.testing.assert_array_equal(score.rho, one[0].rho)
             assert ceilings == (one[1] if ceiling else None)
-        assert noise_ceiling_condensed(subjects, threads=threads) == one[1]
+        assert _bounds(noise_ceilings(subjects, condensed=True, threads=threads)) == one[1]
     # An error in a thread reaches the caller as it would without threads.
     first = np.round(make_rdms(7, seed=28) * 8) / 8
     pair = upper_tri(np.stack([first, (2 - first) * (1 - np.eye(7))]))
     with pytest.raises(ValueError, match="mean RDM of all subjects has a constant upper triangle"):
-        noise_ceiling_condensed(pair, threads=2)
+        noise_ceilings(pair, condensed=True, threads=2)
     three = upper_tri(np.stack([first, (2 - first) * (1 - np.eye(7)), np.round(make_rdms(7, seed=29) * 8) / 8]))
     with pytest.raises(ValueError, match="other than subject 3 has a constant upper triangle"):
-        noise_ceiling_condensed(three, threads=2)
+        noise_ceilings(three, condensed=True, threads=2)
     with pytest.raises(ValueError, match="threads must be a whole number of 1 or more, got 0"):
         score_condensed(model, subjects, threads=0)

@@ -14,7 +14,7 @@ from siamrdm.rdm import square_rdm, upper_tri
 from siamrdm.rdm.compare import score_rdm
 from siamrdm.rdm.core import group_average
 from siamrdm.rdm.inference import DEFAULT_PERMUTATIONS, permutation_p
-from siamrdm.rdm.noise_ceiling import noise_ceiling
+from siamrdm.rdm.noise_ceiling import noise_ceilings
 from siamrdm.rdm.submission import score_submission
 
 
@@ -25,15 +25,19 @@ def test_score_submission_structure_and_overall(make_rdms) -> None:
         "IT_RDMs": group_average(targets["IT_RDMs"]),
         "extra_RDMs": make_rdms(10, seed=33),  # not in the targets: ignored
     }
-    result = score_submission(submission, targets)
+    scored = score_submission(submission, targets)
+    result = scored.to_dict()  # the JSON object `siamrdm score --json` prints
     assert list(result) == ["EVC_RDMs", "IT_RDMs", "score"]  # complete: no "missing"
+    assert list(scored.targets) == ["EVC_RDMs", "IT_RDMs"] and scored.missing == [] and scored.method == "spearman"
+    assert result["score"] == {"r2": scored.r2, "pct_nc": scored.pct_nc}
     for key in ("EVC_RDMs", "IT_RDMs"):
         row = result[key]
         assert set(row) == {*tables.SCORE_FIELDS, "method"}  # the score record and the comparison method
+        assert row == {**scored.targets[key].to_dict(), "method": "spearman"}
         assert row["ceiling_source"] == "computed" and row["method"] == "spearman"  # 10 images: no official ceiling
-        assert row["noise_ceiling_lower"] == pytest.approx(noise_ceiling(targets[key])[1])
+        assert row["noise_ceiling_lower"] == pytest.approx(noise_ceilings(targets[key]).lower)
         score = score_rdm(submission[key], targets[key])
-        ceiling = noise_ceiling(targets[key])[0]
+        ceiling = noise_ceilings(targets[key]).upper
         assert row["r2"] == pytest.approx(score.r2) and row["p"] == pytest.approx(score.p)
         assert row["p_signed"] == pytest.approx(score.p_signed)
         assert row["rho_mean"] == pytest.approx(np.mean(score.rho))
@@ -59,20 +63,20 @@ def test_score_submission_official_sizes_and_missing_ceiling(make_rdms) -> None:
     targets = {"EVC_RDMs": make_rdms(92, subjects=3, seed=34), "IT_RDMs": make_rdms(92, subjects=4, seed=35)}
     submission = {"EVC_RDMs": make_rdms(92, seed=36), "IT_RDMs": make_rdms(92, seed=37)}
     result = score_submission(submission, targets)
-    computed = [noise_ceiling(targets[k])[0] for k in ("EVC_RDMs", "IT_RDMs")]  # not the official files
-    assert result["EVC_RDMs"]["noise_ceiling"] == pytest.approx(computed[0])
-    assert result["IT_RDMs"]["noise_ceiling"] == pytest.approx(computed[1])
-    assert result["score"]["pct_nc"] == pytest.approx(100 * result["score"]["r2"] / np.mean(computed))
+    computed = [noise_ceilings(targets[k]).upper for k in ("EVC_RDMs", "IT_RDMs")]  # not the official files
+    assert result.targets["EVC_RDMs"].noise_ceiling == pytest.approx(computed[0])
+    assert result.targets["IT_RDMs"].noise_ceiling == pytest.approx(computed[1])
+    assert result.pct_nc == pytest.approx(100 * result.r2 / np.mean(computed))
     one = score_submission({"IT_RDMs": submission["IT_RDMs"]}, {"IT_RDMs": make_rdms(92, seed=35)})
-    assert one["IT_RDMs"]["p"] is None and one["IT_RDMs"]["p_signed"] is None  # one subject: no t-test
+    assert one.targets["IT_RDMs"].p is None and one.targets["IT_RDMs"].p_signed is None  # one subject: no t-test
     # A single-subject target of a non-official size has no ceiling: percentages are None.
     small = score_submission(
         {"EVC_RDMs": make_rdms(10, seed=38)}, {"EVC_RDMs": make_rdms(10, seed=39)}
     )
-    assert small["EVC_RDMs"]["noise_ceiling"] is None and small["EVC_RDMs"]["pct_nc"] is None
-    assert small["score"]["pct_nc"] is None
-    json.dumps(result, allow_nan=False)
-    json.dumps(small, allow_nan=False)
+    assert small.targets["EVC_RDMs"].noise_ceiling is None and small.targets["EVC_RDMs"].pct_nc is None
+    assert small.pct_nc is None and small.to_dict()["score"]["pct_nc"] is None
+    json.dumps(result.to_dict(), allow_nan=False)
+    json.dumps(small.to_dict(), allow_nan=False)
 
 
 def test_score_submission_bad_inputs(make_rdms) -> None:
@@ -95,12 +99,14 @@ def test_partial_submission_scores_keys_but_withholds_the_overall_score(make_rdm
     full = score_submission(complete, targets)
     partial = score_submission({"IT_RDMs": complete["IT_RDMs"]}, targets)
     # The mean over the keys present would beat the complete submission: it must not be reported as a score.
-    assert partial["IT_RDMs"]["r2"] > full["score"]["r2"]
-    assert partial["score"] is None
-    assert partial["missing"] == ["EVC_RDMs"]
-    assert list(partial) == ["IT_RDMs", "score", "missing"]
-    assert partial["IT_RDMs"] == full["IT_RDMs"]  # the keys present are scored as in a complete submission
-    json.dumps(partial, allow_nan=False)
+    assert partial.targets["IT_RDMs"].r2 > full.r2
+    assert partial.r2 is None and partial.pct_nc is None
+    assert partial.missing == ["EVC_RDMs"]
+    shown = partial.to_dict()  # as `siamrdm score --json` prints it
+    assert list(shown) == ["IT_RDMs", "score", "missing"]
+    assert shown["score"] is None and shown["missing"] == ["EVC_RDMs"]
+    assert partial.targets["IT_RDMs"] == full.targets["IT_RDMs"]  # the keys present: as in a complete submission
+    json.dumps(shown, allow_nan=False)
 
 
 def test_large_rdm_matches_scipy_loop() -> None:

@@ -192,7 +192,7 @@ def test_validation_on_the_device_equals_the_numpy_metric(dataset92: BrainDatase
     trainer.run_epoch()
     for name, rdms in trainer.stepper.last_rdms.items():
         for rdm, target in zip(rdms, config.targets, strict=True):
-            expected = score_with_ceiling(rdm, target, val[name].targets[target])
+            expected = score_with_ceiling(rdm, val[name].targets[target], key=target).to_dict()
             got = trainer.last_scores[f"{name}/{target}"]
             assert got.keys() == expected.keys()
             for key, value in expected.items():

@@ -6,6 +6,7 @@ Light on purpose (no torch): `siamrdm score` and the report use it without loadi
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -41,6 +42,19 @@ def to_frame(rows: list[dict], columns: Sequence[str]):
     except ImportError:
         raise ImportError("to_frame() needs pandas (pip install pandas)") from None
     return pandas.DataFrame([{c: row.get(c) for c in columns} for row in rows], columns=list(columns))
+
+
+class Record:
+    """What every result record of the library (a dataclass) gives a notebook: `to_dict()`, the plain values a
+    JSON file or a table row holds, and `to_frame()`, that row as a pandas DataFrame (its columns the fields, in
+    order). One pattern for all, so a notebook reads any result the same way."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_frame(self):
+        """One row (pandas DataFrame), for a notebook."""
+        return to_frame([self.to_dict()], [f.name for f in dataclasses.fields(self)])
 
 
 def number_list(cell) -> list[float] | None:

@@ -112,7 +112,8 @@ def _row(method: str, target: str, direction: str, predicted: np.ndarray, subjec
     """The score record of one prediction (records.score_with_ceiling, its chance fields on by default where cheap);
     `key` names the target for its ceiling (data.target_key), `target` as the tables show it."""
     return {"method": method, "target": target, "direction": direction,
-            **score_with_ceiling(predicted, key or target, subjects, permutations=None), "detail": detail}
+            **score_with_ceiling(predicted, subjects, key=key or target, permutations=None).to_dict(),
+            "detail": detail}
 
 
 # --------------------------------------------------------------------------- the registered methods' code

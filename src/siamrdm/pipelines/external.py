@@ -164,10 +164,10 @@ def score_external(external: ExternalRDMs, names: Sequence[str], predicted: np.n
     subjects = external.covering(names)
     if subjects is None:
         return None, None
-    row = score_with_ceiling(predicted, external.key, subjects, permutations=None)
+    row = score_with_ceiling(predicted, subjects, key=external.key, permutations=None).to_dict()
     if prior is None or not keep_prior:
         return row, None
-    prior_row = score_with_ceiling(prior, external.key, subjects, permutations=None)
+    prior_row = score_with_ceiling(prior, subjects, key=external.key, permutations=None).to_dict()
     if not below_prior(row["rhos"], prior_row["rhos"]):
         return row, None
     note = (f"the trained model is below its prior on {external.label} (rho {row['rho_mean']:+.3f} against "

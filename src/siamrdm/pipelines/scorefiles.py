@@ -87,16 +87,18 @@ def _only_key(keys: Sequence[str], flag: str, path: str) -> str:
 def score_files(submission: str, target: str, key: str | None = None, target_key: str | None = None,
                 permutations: int | None = None, seed: int = 0, method: str = OFFICIAL_METHOD
                 ) -> tuple[dict, tuple[str, ...]]:
-    """`siamrdm score`: score_submission's dict for the pairs of keys `paired_keys` chooses (every target
-    key when none is named: one the submission lacks is listed as missing), or score_condensed_submission's for a
-    target of upper triangles; and the notes on how the target, then the submission, were read."""
+    """`siamrdm score`: score_submission's result as a dict (`SubmissionScore.to_dict()`, what --json prints) for
+    the pairs of keys `paired_keys` chooses (every target key when none is named: one the submission lacks is listed
+    as missing), or score_condensed_submission's for a target of upper triangles; and the notes on how the target,
+    then the submission, were read."""
     subjects = read_condensed_subjects(target)
     if subjects is not None:
         if permutations:
             raise UsageError("--permutations: not available for upper-triangle (.npy) subjects")
         model = read_condensed_model(submission, subjects.shape[1])
         with _blamed(submission, target):
-            return score_condensed_submission(model, subjects, target_key or key or Path(target).stem, method), ()
+            return score_condensed_submission(model, subjects, target_key or key or Path(target).stem,
+                                              method).to_dict(), ()
     targets, target_notes = read_rdm_dict(target)
     n_images = next(iter(targets.values())).shape[-1]
     submitted, submission_notes = read_rdm_dict(submission, n_images=n_images)
@@ -110,7 +112,7 @@ def score_files(submission: str, target: str, key: str | None = None, target_key
         chosen.update({k: rdms for k, rdms in targets.items() if k not in paired})
     with _blamed(submission, target):
         return score_submission({name: submitted[s] for name, (s, _) in pairs.items()}, chosen,
-                                        permutations, seed, method), target_notes + submission_notes
+                                permutations, seed, method).to_dict(), target_notes + submission_notes
 
 
 def file_ceilings(target: str, method: str = OFFICIAL_METHOD) -> tuple[dict[str, dict[str, float]], tuple[str, ...]]:

@@ -3,8 +3,9 @@
 Per subject, Spearman's rho between the upper triangles (diagonal excluded) of the model RDM and the subject's
 RDM. Targets with K RDMs per subject (the official MEG files: two per time window) average the K rhos of a
 subject first. The score is the mean over subjects of rho^2 (`score_rdm`); percent of the noise ceiling
-(`noise_ceiling`) is 100 * score / ceiling. Another comparison method (`transform.COMPARISON_METHODS`) can replace
-Spearman's rho; the score keeps the challenge's form (mean over subjects of the squared comparison value).
+(`noise_ceiling.noise_ceilings`) is 100 * score / ceiling. Another comparison method
+(`transform.COMPARISON_METHODS`) can replace Spearman's rho; the score keeps the challenge's form (mean over
+subjects of the squared comparison value).
 
 Two t-test p-values here (the permutation test of the image labels is in `inference`), because the official one
 cannot tell a model from a random RDM:
@@ -22,6 +23,7 @@ import math
 import numpy as np
 
 from ..io.limits import check_real_dtype
+from ..io.tables import Record
 from .core import upper_tri
 from .stream import CeilingValues, Subjects, stream
 from .transform import OFFICIAL_METHOD
@@ -33,11 +35,17 @@ class TargetError(ValueError):
 
 
 @dataclasses.dataclass
-class Score:
+class Score(Record):
+    """The challenge score alone (`score_rdm`, `score_condensed`); `records.ScoreRecord` adds the ceilings."""
+
     r2: float  # mean over subjects of rho^2
     p: float  # official: one-sample t-test of the subjects' rho^2 against 0 (NaN with one subject)
     rho: np.ndarray  # per subject, K-averaged
     p_signed: float  # two-sided one-sample t-test of the signed rhos against 0 (NaN with one subject)
+
+    def to_dict(self) -> dict:
+        """The values, `rho` as a list (as a record's `rhos`), so that it reads as JSON and as one frame row."""
+        return {**dataclasses.asdict(self), "rho": [float(v) for v in self.rho]}
 
 
 def compare_rdms(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> np.ndarray:
@@ -110,7 +118,7 @@ def score_condensed(model_vector, subject_vectors, method: str = OFFICIAL_METHOD
 
     For sets too large for square RDMs (10,000 images: 50 million pairs per subject). Subjects are read one
     at a time, so memory holds a few upper triangles (and a ranker's working arrays) whatever the number of
-    subjects. Same values as `score_rdm` and `noise_ceiling` on the square RDMs. A subject with NaN, inf or a
+    subjects. Same values as `score_rdm` and `noise_ceilings` on the square RDMs. A subject with NaN, inf or a
     constant upper triangle is a `TargetError` naming it; a bad model vector, a plain ValueError. `threads` > 1
     ranks that many vectors at once (each thread keeps its own working arrays: memory grows with it); the default
     1 leaves the other cores alone.

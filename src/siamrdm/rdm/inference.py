@@ -23,6 +23,7 @@ import math
 import numpy as np
 
 from ..errors import ConfigError
+from ..io.tables import Record
 from .compare import compare_rdms
 from .core import square_rdm, subject_rdms, upper_tri
 from .transform import DOT_METHODS, OFFICIAL_METHOD, check_method, dot_vectors
@@ -170,7 +171,7 @@ def mean_summary(values) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class PairedTest:
+class PairedTest(Record):
     """One method against another on the same units (subjects, or folds), the differences a - b."""
 
     n: int
@@ -181,9 +182,6 @@ class PairedTest:
     t: float | None  # paired t statistic
     p_t: float | None  # two-sided paired t-test (scipy.stats.ttest_rel): the tables' p
     p_wilcoxon: float | None  # two-sided Wilcoxon signed-rank test (scipy.stats.wilcoxon; exact for small n)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def paired_test(a, b) -> PairedTest:

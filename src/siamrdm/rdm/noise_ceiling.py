@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
 
 from ..io.datasets import TARGETS
+from ..io.tables import Record
 from .core import subject_rdms
 from .stream import CeilingValues, Subjects, stream
 from .transform import OFFICIAL_METHOD
@@ -33,7 +35,7 @@ NO_CEILING_NOTE = "one RDM, no subjects to estimate a noise ceiling from: scores
 
 
 @dataclasses.dataclass(frozen=True)
-class NoiseCeiling:
+class NoiseCeiling(Record):
     """A target's noise ceiling in both units, and where its upper bound comes from. Upper: each subject against
     the mean of all subjects; lower: each subject against the mean of the others; None throughout for one RDM."""
 
@@ -48,15 +50,6 @@ class NoiseCeiling:
     def rho(self) -> tuple[float | None, float | None]:
         """(lower, upper) in rho units, in rsatoolbox's order."""
         return self.rho_lower, self.rho_upper
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_frame(self):
-        """One row (pandas DataFrame), for a notebook."""
-        from ..io.tables import to_frame
-
-        return to_frame([self.to_dict()], [f.name for f in dataclasses.fields(self)])
 
 
 NO_CEILING = NoiseCeiling(None, None, None, None, source=None)
@@ -81,14 +74,19 @@ def noise_ceilings(target_rdms, method: str = OFFICIAL_METHOD, condensed: bool =
 
 
 def noise_ceiling(target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> tuple[float, float]:
-    """(upper, lower) noise ceiling in the metric's units (mean r^2), compared with `method` (`noise_ceilings`
-    has the same in rho units too)."""
+    """Deprecated: `noise_ceilings(target_rdms, method)`, whose `.upper` and `.lower` these are (one way to ask
+    for a ceiling, one record for its answer)."""
+    warnings.warn("noise_ceiling() is deprecated: use noise_ceilings(), its .upper and .lower",
+                  DeprecationWarning, stacklevel=2)
     ceiling = noise_ceilings(target_rdms, method)
     return ceiling.upper, ceiling.lower
 
 
 def noise_ceiling_condensed(subject_vectors, method: str = OFFICIAL_METHOD, threads: int = 1) -> tuple[float, float]:
-    """(upper, lower) noise ceiling of subjects' upper triangles, (S, P) or (S, K, P) (see `score_condensed`)."""
+    """Deprecated: `noise_ceilings(subject_vectors, method, condensed=True, threads=threads)`, whose `.upper` and
+    `.lower` these are."""
+    warnings.warn("noise_ceiling_condensed() is deprecated: use noise_ceilings(..., condensed=True), its .upper "
+                  "and .lower", DeprecationWarning, stacklevel=2)
     ceiling = noise_ceilings(subject_vectors, method, condensed=True, threads=threads)
     return ceiling.upper, ceiling.lower
 

@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from ..io.tables import Record
 from .compare import compare_rdms, official_p, signed_p
 from .inference import (
     CHANCE_ALPHA,
@@ -35,7 +36,7 @@ from .transform import DOT_METHODS, OFFICIAL_METHOD
 
 
 @dataclasses.dataclass(frozen=True)
-class ScoreRecord:
+class ScoreRecord(Record):
     """One model RDM scored against one target's subjects: the row of every score table (`tables.SCORE_FIELDS`
     lists its fields in this order). Strict JSON once through `files.json_safe`: undefined values are None,
     and r2 and rho_mean are NaN only for a diverged prediction in training."""
@@ -71,15 +72,6 @@ class ScoreRecord:
     pair_rho_ci_high: float | None = None
     pair_p_perm: float | None = None  # (1 + #{permuted pair_rho_mean >= it}) / (1 + permutations), one-sided
     pair_rhos: list[float] | None = None
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_frame(self):
-        """One row (pandas DataFrame) with the columns of `tables.SCORE_FIELDS`."""
-        from ..io.tables import SCORE_FIELDS, to_frame
-
-        return to_frame([self.to_dict()], SCORE_FIELDS)
 
 
 def signed_summary(rho: np.ndarray) -> dict:
@@ -151,16 +143,22 @@ def pair_fields(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = OF
     return fields
 
 
-def score_row(rho: np.ndarray, key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD,
-              model_rdm: np.ndarray | None = None, permutations: int | None = 0, seed: int = 0) -> dict:
-    """One scored row (`ScoreRecord.to_dict()`) from the per-subject (K-averaged) comparison values with the
-    ceilings for `key`; with `model_rdm`, the chance fields from `permutations` of its image labels (None: the
-    default for its size). Training validates every epoch with none (they would cost more than the epoch)."""
+def keyed_record(rho: np.ndarray, key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD,
+                 model_rdm: np.ndarray | None = None, permutations: int | None = 0, seed: int = 0) -> ScoreRecord:
+    """The score record from the per-subject (K-averaged) comparison values with the ceilings for `key`; with
+    `model_rdm`, the chance and pair fields from `permutations` of its image labels (None: the default for its
+    size). Training validates every epoch with none (they would cost more than the epoch)."""
     if model_rdm is None:
-        return score_record(rho, ceilings_for(key, target_rdms, method)).to_dict()
+        return score_record(rho, ceilings_for(key, target_rdms, method))
     null = chance_scores(model_rdm, target_rdms, permutations, seed, method)
     record = score_record(rho, ceilings_for(key, target_rdms, method), null)
-    return {**record.to_dict(), **pair_fields(model_rdm, target_rdms, method, permutations, seed)}
+    return dataclasses.replace(record, **pair_fields(model_rdm, target_rdms, method, permutations, seed))
+
+
+def score_row(rho: np.ndarray, key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD,
+              model_rdm: np.ndarray | None = None, permutations: int | None = 0, seed: int = 0) -> dict:
+    """`keyed_record` as a table row (`ScoreRecord.to_dict()`): what training and the tables keep."""
+    return keyed_record(rho, key, target_rdms, method, model_rdm, permutations, seed).to_dict()
 
 
 def with_chance(row: dict, model_rdm: np.ndarray, target_rdms: np.ndarray, permutations: int | None = None,
@@ -175,9 +173,16 @@ def with_chance(row: dict, model_rdm: np.ndarray, target_rdms: np.ndarray, permu
             **pair_fields(model_rdm, target_rdms, method, permutations, seed)}
 
 
-def score_with_ceiling(model_rdm: np.ndarray, key: str, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD,
-                       permutations: int | None = 0, seed: int = 0) -> dict:
-    """One scored row of a model RDM (`score_row`): r2, pct_nc, the signed mean rho, the p-values, the ceilings;
-    the chance fields with `permutations` (None: on by default where cheap, see `inference.default_permutations`)."""
-    return score_row(compare_rdms(model_rdm, target_rdms, method), key, target_rdms, method, model_rdm,
-                     permutations, seed)
+def score_with_ceiling(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD, *,
+                       key: str | None = None, permutations: int | None = 0, seed: int = 0) -> ScoreRecord:
+    """The score record of a model RDM against a target's subject RDMs (model, target, then options, as
+    `score_rdm`): r2, pct_nc, the signed mean rho, the p-values, the ceilings and the pair structure's fields; the
+    chance fields with `permutations` (None: on by default where cheap, see `inference.default_permutations`).
+
+    `key` is the target's name in the challenge's files ('IT_RDMs', ...): the published ceiling is used where the
+    data are the challenge's own (`noise_ceiling.ceiling_source`); otherwise, and without a key, the ceiling is
+    computed from the subjects."""
+    if isinstance(target_rdms, str):  # the old order, (model, key, target): say so rather than fail deep
+        raise TypeError("key is a keyword: score_with_ceiling(model_rdm, target_rdms, key=...)")
+    return keyed_record(compare_rdms(model_rdm, target_rdms, method), key or "", target_rdms, method, model_rdm,
+                        permutations, seed)

@@ -7,14 +7,18 @@ its content (`noise_ceiling.ceiling_source`), else the one computed from its sub
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
+
 import numpy as np
 
 from ..io.limits import check_real_dtype
+from ..io.tables import SCORE_FIELDS, Record, to_frame
 from .compare import TargetError, score_condensed_with_ceiling
 from .core import subject_rdms, upper_tri
 from .inference import chance_scores, check_permutations, check_seed
 from .noise_ceiling import NO_CEILING, NoiseCeiling, keyed_ceiling, percent_of_ceiling
-from .records import pair_fields, score_record
+from .records import ScoreRecord, pair_fields, score_record
 from .stream import Subjects, stream
 from .transform import OFFICIAL_METHOD, check_method
 
@@ -52,11 +56,38 @@ def _score_key(key: str, model: np.ndarray, target: np.ndarray, method: str) -> 
     return rho, keyed_ceiling(key, target.shape[-1], computed, method)
 
 
+@dataclasses.dataclass(frozen=True)
+class SubmissionScore(Record):
+    """A submission scored key by key (`score_submission`): each key's record and the overall score. `to_dict()` is
+    the JSON object `siamrdm score --json` prints (key -> record with its method, then 'score', and 'missing' where
+    keys are missing); `to_frame()` has a row per key."""
+
+    targets: dict[str, ScoreRecord]  # key -> its record
+    method: str
+    r2: float | None  # the mean r2 of the keys; None where some of the target's keys are missing
+    pct_nc: float | None  # that mean in % of the mean of their ceilings (None without a ceiling, or keys missing)
+    missing: list[str] = dataclasses.field(default_factory=list)  # the target's keys the submission lacks
+
+    def to_dict(self) -> dict:
+        result: dict = {key: {**record.to_dict(), "method": self.method} for key, record in self.targets.items()}
+        result["score"] = None if self.missing else {"r2": self.r2, "pct_nc": self.pct_nc}
+        if self.missing:
+            result["missing"] = list(self.missing)
+        return result
+
+    def to_frame(self):
+        """A row per key: the columns 'key', 'method' and `tables.SCORE_FIELDS` (the overall r2 is the mean of the
+        r2 column)."""
+        rows = [{"key": key, "method": self.method, **record.to_dict()} for key, record in self.targets.items()]
+        return to_frame(rows, ["key", "method", *SCORE_FIELDS])
+
+
 def score_submission(
     submission: dict[str, np.ndarray], targets: dict[str, np.ndarray], permutations: int | None = None, seed: int = 0,
     method: str = OFFICIAL_METHOD,
-) -> dict:
-    """Score every key present in both dicts; the JSON object `siamrdm score --json` prints.
+) -> SubmissionScore:
+    """Score every key present in both dicts (model, target, then options); `.to_dict()` is the JSON object
+    `siamrdm score --json` prints.
 
     Per key: the score record (`ScoreRecord`: r2, pct_nc, rho_mean +- rho_se, p (official), p_signed, the
     ceilings, and the chance fields with p_perm; `permutations` None: `default_permutations`, 0: none; every key
@@ -76,36 +107,33 @@ def score_submission(
         check_permutations(permutations, 3, method)
     check_seed(seed)
     missing = [k for k in targets if k not in submission]
-    result: dict = {}
+    records: dict[str, ScoreRecord] = {}
     ceilings = []
     for key in keys:
         model, target = _checked_model(key, submission[key], targets[key].shape[-1]), targets[key]
         rho, ceiling = _score_key(key, model, target, method)
         record = score_record(rho, ceiling, chance_scores(model, target, permutations, seed, method))
         ceilings.append(ceiling.upper)
-        result[key] = {**record.to_dict(), **pair_fields(model, target, method, permutations, seed),
-                       "method": method}
+        records[key] = dataclasses.replace(record, **pair_fields(model, target, method, permutations, seed))
     if missing:
-        result["score"] = None
-        result["missing"] = missing
-        return result
-    mean_r2 = float(np.mean([result[k]["r2"] for k in keys]))
+        return SubmissionScore(records, method, None, None, missing)
+    mean_r2 = float(np.mean([records[k].r2 for k in keys]))
     mean_ceiling = None if any(c is None for c in ceilings) else float(np.mean(ceilings))
-    result["score"] = {"r2": mean_r2, "pct_nc": percent_of_ceiling(mean_r2, mean_ceiling)}
-    return result
+    return SubmissionScore(records, method, mean_r2, percent_of_ceiling(mean_r2, mean_ceiling))
 
 
-def submission_frame(result: dict):
-    """`score_submission`'s result as a pandas DataFrame: one row per key, its columns 'key', 'method' and
-    `tables.SCORE_FIELDS` (the overall score is the mean of the r2 column)."""
-    from ..io.tables import SCORE_FIELDS, to_frame
-
+def submission_frame(result: SubmissionScore | dict):
+    """Deprecated: `score_submission(...).to_frame()`. A row per key of a result or of its `.to_dict()`."""
+    warnings.warn("submission_frame() is deprecated: use score_submission(...).to_frame()", DeprecationWarning,
+                  stacklevel=2)
+    if isinstance(result, SubmissionScore):
+        return result.to_frame()
     rows = [{"key": key, **row} for key, row in result.items() if key not in ("score", "missing")]
     return to_frame(rows, ["key", "method", *SCORE_FIELDS])
 
 
 def score_condensed_submission(model_vector, subject_vectors, key: str, method: str = OFFICIAL_METHOD,
-                               threads: int = 1) -> dict:
+                               threads: int = 1) -> SubmissionScore:
     """What `score_submission` returns, for one key given as upper triangles (`compare.score_condensed`'s inputs):
     the form `siamrdm score` prints for sets too large for square RDMs. Their ceiling is computed from the subjects
     (no official set is that large); there are no chance fields (each permutation would re-rank every subject's
@@ -114,4 +142,4 @@ def score_condensed_submission(model_vector, subject_vectors, key: str, method: 
                                                    threads=threads)
     ceiling = NoiseCeiling(*computed, method=method) if computed else NO_CEILING
     record = score_record(score.rho, ceiling)
-    return {key: {**record.to_dict(), "method": method}, "score": {"r2": record.r2, "pct_nc": record.pct_nc}}
+    return SubmissionScore({key: record}, method, record.r2, record.pct_nc)

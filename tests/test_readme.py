@@ -56,3 +56,15 @@ def test_the_readme_api_section_and_all_agree() -> None:
     assert readme_api_names() == set(siamrdm.__all__) - {"__version__"}
     for name in siamrdm.__all__:  # every public name resolves
         assert getattr(siamrdm, name) is not None
+
+
+def test_the_layout_section_names_every_module() -> None:
+    """'How the code is laid out' is drawn from the tree: every module of src/siamrdm is named there, and it names
+    no file that is gone."""
+    root = README.parent
+    section = README.read_text().split("## How the code is laid out")[1].split("\n## ")[0]
+    modules = {p.name for p in (root / "src" / "siamrdm").rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    named = {name for name in re.findall(r"`([\w/]+\.py)`", section) if "/" not in name}
+    assert modules - named == set(), "modules the README's layout section does not name"
+    gone = {name for name in named if name not in modules and not (root / "benchmarks" / name).is_file()}
+    assert gone == set(), "files the layout section names that are in neither src/siamrdm nor benchmarks/"

@@ -3,7 +3,7 @@
 Folders, in the order a reader meets them: io (images, RDM files, tables, run folders), rdm (upper triangles,
 ranks, the Algonauts 2019 metric and noise ceilings, reliability, splits), model (pretrained bodies, the Siamese
 network, baselines, the prior), train (settings, the training loop, fitting, predictors), pipelines (challenge,
-evaluation, report, plots, bench); then cli, the command line.
+evaluation, the other-study check, report, plots); then cli, the command line.
 
 The functions a notebook needs are importable from here (see README, "Your own data"):
 
@@ -27,6 +27,8 @@ _API = {
     # training and prediction
     "TrainConfig": "train.fullbatch", "config_from_preset": "train.fullbatch",
     "fit_predictor": "train.predict", "RDMPredictor": "train.predict",
+    # large image sets in mini-batches (one process or torchrun's ranks)
+    "open_large_set": "train.largeset", "BatchSettings": "train.distributed", "fit_large": "train.distributed",
     # scoring: model, target, then options; each result a record with .to_dict() and .to_frame()
     "score_rdm": "rdm.compare", "compare_rdms": "rdm.compare", "score_condensed": "rdm.compare",
     "COMPARISON_METHODS": "rdm.transform", "score_with_ceiling": "rdm.records", "ScoreRecord": "rdm.records",

@@ -251,3 +251,21 @@ def test_the_mini_batch_path_trains_on_the_mean_whatever_the_preset(small_set: P
     code, _, err = run_cli(capsys, *fit_args(small_set, tmp_path / "ranks", "--group-target", "ranks"))
     assert code == 2 and not (tmp_path / "ranks").exists()
     assert_one_line_error(err, "--group-target", "mean")
+
+
+def test_the_python_api_fits_a_large_set_as_fit_does(small_set: Path, tmp_path: Path, capsys) -> None:
+    """`siamrdm.open_large_set` and `siamrdm.fit_large`, with the settings `fit --batch-images` ran with, train the
+    same model (same seed, bit for bit) and write the same run folder."""
+    import siamrdm
+
+    code, _, err = run_cli(capsys, *fit_args(small_set, tmp_path / "cli"))
+    assert code == 0, err
+    settings = json.loads((tmp_path / "cli" / "settings.json").read_text())
+    store, targets = siamrdm.open_large_set(small_set / "images.h5", small_set / "rdms.npy", "X")
+    predictor = siamrdm.fit_large(config_from_dict(settings["config"]), siamrdm.BatchSettings(**settings["batch"]),
+                                  store, targets, out_dir=tmp_path / "api", progress=False, settings=settings)
+    assert isinstance(predictor, siamrdm.RDMPredictor)
+    cli_weights, api_weights = final_weights(tmp_path / "cli"), final_weights(tmp_path / "api")
+    assert cli_weights.keys() == api_weights.keys()
+    assert all(torch.equal(cli_weights[name], api_weights[name]) for name in cli_weights)  # bit for bit
+    assert sorted(p.name for p in (tmp_path / "api").iterdir()) == sorted(p.name for p in (tmp_path / "cli").iterdir())

@@ -1,8 +1,8 @@
 """The command line's options: the parser of every command, the types of its option values, and the checks of
 comma-separated lists and number ranges that the commands share (cli.py runs the commands).
 
-Every choice comes from a torch-free registry (`choices`, `pipelines.methods`, `rdm.scoring`), so building the
-whole parser, for `siamrdm --help` or `score`, imports no torch.
+Every choice comes from a torch-free registry (`choices`, `pipelines.methods`, `rdm.transform`, `rdm.inference`),
+so building the whole parser, for `siamrdm --help` or `score`, imports no torch.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Scoring files as `siamrdm score` and `noise-ceiling` do: a submission file against a target file (which key
-is compared with which), and a target file's noise ceilings. Torch-free, like rdm.scoring.
+is compared with which), and a target file's noise ceilings. Torch-free, like the rdm scoring modules.
 
 A target file holds subject RDMs per key, or, for large sets, a .npy of the subjects' upper triangles (then the
 submission is a .npy too). Problems are one-line errors naming the file they come from; a key problem names the

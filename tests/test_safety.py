@@ -731,7 +731,7 @@ def test_ctrl_c_exits_130_with_one_line_and_the_run_stays_resumable(tmp_path: Pa
     """SIGINT (Ctrl-C) during a fit: exit 130 as shells expect (1 is kept for defects), the one line, and the run
     left to --resume."""
     out = tmp_path / "run"
-    fast = [a if a != "1" else "200" for a in FAST]  # --epochs 200: still training when interrupted
+    fast = [a if a != "1" else "100000" for a in FAST]  # still training when interrupted, however loaded the machine
     env = {k: v for k, v in os.environ.items() if k != "SIAMRDM_DEBUG"}
     process = subprocess.Popen([sys.executable, "-m", "siamrdm", "fit", *own_data, *fast, "--out", str(out)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -59,6 +59,9 @@ LEVERS: dict[str, tuple[dict, tuple[int, ...], bool]] = {
     # head's rate), so a curve has 80 epochs and the rule may pick any of them.
     "train_stages_1": ({"train_stages": 1, "unfrozen_epochs": 20}, (0,), False),
     "train_stages_2": ({"train_stages": 2, "unfrozen_epochs": 20}, (0,), False),
+    # the whole body trained for those 20 epochs, from each epoch's augmented pixels (on the 2-core CPU only at a
+    # reduced image size: --image-size 128)
+    "train_stages_all": ({"train_stages": "all", "unfrozen_epochs": 20}, (0,), False),
 }
 
 

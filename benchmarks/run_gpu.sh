@@ -11,6 +11,9 @@
 # DRY=1 runs the same steps at tiny sizes on the CPU (AlexNet with random weights, few images, 2 epochs): a check
 # that the script works end to end, not a measurement. PARTS=issue5 runs the earlier naive/factorised, head and
 # paper-schedule benchmarks instead (PARTS=fastpath,issue5 both; they need about 8 more minutes).
+# PARTS=endtoend (issue 36): `challenge --preset paper` end to end, every fit in its own process (--jobs 8;
+# stopped after PAPER_CHALLENGE_SECONDS), then the lever protocol's frozen / K = 1 / K = 2 / whole-body comparison
+# at 224 px (benchmarks/run_levers_gpu.sh, one process per target, each stopped after LEVER_SECONDS).
 # Data: $SIAMRDM_DATA, else runs/device/algonauts2019 (a carried copy), else ../shared/algonauts2019.
 # The code before: runs/device/before/src (carry runs/device); made here with git when missing.
 set -u
@@ -22,10 +25,14 @@ BEFORE_COMMIT=${BEFORE_COMMIT:-8631aa4}
 CHALLENGE_SECONDS=${CHALLENGE_SECONDS:-240}
 PAPER_SECONDS=${PAPER_SECONDS:-120}
 PARTS=${PARTS:-fastpath}
+PAPER_CHALLENGE_SECONDS=${PAPER_CHALLENGE_SECONDS:-300}
+LEVER_SECONDS=${LEVER_SECONDS:-240}
+LEVER_FLAGS=""
 FAST_FLAGS="--precision bf16 --channels-last --validate-every 10 --jobs 8"
 if [ "${DRY:-0}" = 1 ]; then
   DEVICE=cpu BENCH_FLAGS="--dry" FAST_FLAGS="--precision bf16 --channels-last --validate-every 2 --jobs 2"
   CHALLENGE_FLAGS="--backbone alexnet --weights random --image-size 128 --frozen-epochs 1 --unfrozen-epochs 2 --targets EVC,IT"
+  LEVER_FLAGS="--epochs 2 --image-size 64"
   CARD="CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -1) (dry run, tiny sizes)"
 else
   DEVICE=cuda BENCH_FLAGS="" CHALLENGE_FLAGS=""
@@ -114,6 +121,26 @@ issue5() {  # the naive/factorised, head-scaling and paper-schedule runs of issu
   part head 120 --no-training --head-sizes 100,1000,3000,10000,30000
   part paper $((PAPER_SECONDS + 60)) --no-training --head-sizes none --paper --paper-time-limit "$PAPER_SECONDS"
   python benchmarks/summarize.py "$RESULTS" | tee -a "$RESULTS/summary.txt"
+}
+
+endtoend() {  # issue 36: the paper preset end to end, and what training the body adds, at 224 px
+  local start=$SECONDS
+  rm -rf "$RESULTS/challenge-paper"
+  timeout "$PAPER_CHALLENGE_SECONDS" python -m siamrdm challenge --preset paper $CHALLENGE_FLAGS --jobs 8 \
+    --device "$DEVICE" --quiet --out "$RESULTS/challenge-paper" > "$RESULTS/challenge-paper.log" 2>&1
+  local code=$?
+  if [ $code = 0 ]; then
+    say "challenge --preset paper --jobs 8: finished in $((SECONDS - start)) s (wall, process start included)"
+    grep '^validation siamese' "$RESULTS/challenge-paper.log" | sed "s/^/[$CARD] /" | tee -a "$RESULTS/summary.txt"
+  else
+    say "challenge --preset paper --jobs 8: exit $code, not finished after $((SECONDS - start)) s"
+  fi
+  start=$SECONDS
+  OUT="$RESULTS/train-stages" DEVICE="$DEVICE" LIMIT="$LEVER_SECONDS" EXTRA="$LEVER_FLAGS" \
+    LEVERS=default,train_stages_1,train_stages_2,train_stages_all bash benchmarks/run_levers_gpu.sh \
+    > "$RESULTS/train-stages.log" 2>&1
+  say "train stages (levers at 224 px): exit $? after $((SECONDS - start)) s"
+  grep '^|' "$RESULTS/train-stages.log" | sed "s/^/[$CARD] /" | tee -a "$RESULTS/summary.txt"
 }
 
 for p in ${PARTS//,/ }; do "$p"; done

@@ -733,8 +733,11 @@ def test_ctrl_c_exits_130_with_one_line_and_the_run_stays_resumable(tmp_path: Pa
     out = tmp_path / "run"
     fast = [a if a != "1" else "100000" for a in FAST]  # still training when interrupted, however loaded the machine
     env = {k: v for k, v in os.environ.items() if k != "SIAMRDM_DEBUG"}
+    # Ctrl-C as in a terminal, however the tests were started: a background job of a shell without job control
+    # (`pytest &` in a script, CI) ignores SIGINT, and a Python started so never raises KeyboardInterrupt.
     process = subprocess.Popen([sys.executable, "-m", "siamrdm", "fit", *own_data, *fast, "--out", str(out)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for _ in range(1200):  # the marker says the run has started (at most 120 s)
             if files.read_marker(out) is not None or process.poll() is not None:

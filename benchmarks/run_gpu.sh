@@ -52,6 +52,21 @@ cat "$RESULTS/machine.txt"
 : > "$RESULTS/summary.txt"
 say() { echo "[$CARD] $*" | tee -a "$RESULTS/summary.txt"; }
 
+paper_challenge() {  # paper_challenge NAME SECONDS FLAGS...: `challenge --preset paper` in $RESULTS/NAME, timed
+  local name=$1 limit=$2 start=$SECONDS
+  shift 2
+  rm -rf "$RESULTS/$name"
+  timeout "$limit" python -m siamrdm challenge --preset paper $CHALLENGE_FLAGS "$@" \
+    --device "$DEVICE" --quiet --out "$RESULTS/$name" > "$RESULTS/$name.log" 2>&1
+  local code=$?
+  if [ $code = 0 ]; then
+    say "challenge --preset paper $*: finished in $((SECONDS - start)) s (wall, process start included)"
+    grep '^validation siamese' "$RESULTS/$name.log" | sed "s/^/[$CARD] /" | tee -a "$RESULTS/summary.txt"
+  else
+    say "challenge --preset paper $*: exit $code, not finished after $((SECONDS - start)) s"
+  fi
+}
+
 fastpath() {
   # 1. before: the old code's only path, same script (it uses only what both checkouts have).
   if [ ! -d runs/device/before/src ] && git rev-parse -q --verify "$BEFORE_COMMIT^{commit}" > /dev/null 2>&1; then
@@ -73,17 +88,7 @@ fastpath() {
     2>&1 | tee "$RESULTS/after.log" | grep --line-buffered '^\[' | tee -a "$RESULTS/summary.txt"
   say "after: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
   # 3. the challenge end to end with the fast settings.
-  start=$SECONDS
-  rm -rf "$RESULTS/challenge-fast"
-  timeout "$CHALLENGE_SECONDS" python -m siamrdm challenge --preset paper $CHALLENGE_FLAGS $FAST_FLAGS \
-    --device "$DEVICE" --quiet --out "$RESULTS/challenge-fast" > "$RESULTS/challenge-fast.log" 2>&1
-  local code=$?
-  if [ $code = 0 ]; then
-    say "challenge --preset paper $FAST_FLAGS: finished in $((SECONDS - start)) s (wall, process start included)"
-    grep '^validation siamese' "$RESULTS/challenge-fast.log" | sed "s/^/[$CARD] /" | tee -a "$RESULTS/summary.txt"
-  else
-    say "challenge --preset paper $FAST_FLAGS: exit $code, not finished after $((SECONDS - start)) s"
-  fi
+  paper_challenge challenge-fast "$CHALLENGE_SECONDS" $FAST_FLAGS
   python - "$RESULTS" "$CARD" <<'PY' | tee -a "$RESULTS/summary.txt"
 import json, sys
 from pathlib import Path
@@ -124,18 +129,8 @@ issue5() {  # the naive/factorised, head-scaling and paper-schedule runs of issu
 }
 
 endtoend() {  # issue 36: the paper preset end to end, and what training the body adds, at 224 px
+  paper_challenge challenge-paper "$PAPER_CHALLENGE_SECONDS" --jobs 8
   local start=$SECONDS
-  rm -rf "$RESULTS/challenge-paper"
-  timeout "$PAPER_CHALLENGE_SECONDS" python -m siamrdm challenge --preset paper $CHALLENGE_FLAGS --jobs 8 \
-    --device "$DEVICE" --quiet --out "$RESULTS/challenge-paper" > "$RESULTS/challenge-paper.log" 2>&1
-  local code=$?
-  if [ $code = 0 ]; then
-    say "challenge --preset paper --jobs 8: finished in $((SECONDS - start)) s (wall, process start included)"
-    grep '^validation siamese' "$RESULTS/challenge-paper.log" | sed "s/^/[$CARD] /" | tee -a "$RESULTS/summary.txt"
-  else
-    say "challenge --preset paper --jobs 8: exit $code, not finished after $((SECONDS - start)) s"
-  fi
-  start=$SECONDS
   OUT="$RESULTS/train-stages" DEVICE="$DEVICE" LIMIT="$LEVER_SECONDS" EXTRA="$LEVER_FLAGS" \
     LEVERS=default,train_stages_1,train_stages_2,train_stages_all bash benchmarks/run_levers_gpu.sh \
     > "$RESULTS/train-stages.log" 2>&1

@@ -41,11 +41,15 @@ def test_noise_ceiling_definition(make_rdms) -> None:
     grand = rdms.mean(axis=0)
     upper = np.mean([scipy_rho(grand, r) ** 2 for r in rdms])
     lower = np.mean([scipy_rho(np.delete(rdms, s, axis=0).mean(axis=0), r) ** 2 for s, r in enumerate(rdms)])
+    assert_ceilings(rdms, upper, lower)
+
+
+def assert_ceilings(rdms, upper: float, lower: float) -> None:
+    """noise_ceilings gives these upper and lower ceilings (written out with scipy), the lower below the upper."""
     ceiling = noise_ceilings(rdms)
-    got_upper, got_lower = ceiling.upper, ceiling.lower
-    assert got_upper == pytest.approx(upper, abs=1e-12)
-    assert got_lower == pytest.approx(lower, abs=1e-12)
-    assert got_lower < got_upper
+    assert ceiling.upper == pytest.approx(upper, abs=1e-12)
+    assert ceiling.lower == pytest.approx(lower, abs=1e-12)
+    assert ceiling.lower < ceiling.upper
 
 
 def test_noise_ceiling_with_k(make_rdms) -> None:
@@ -58,11 +62,7 @@ def test_noise_ceiling_with_k(make_rdms) -> None:
             for s, subject in enumerate(rdms)
         ]
     )
-    ceiling = noise_ceilings(rdms)
-    got_upper, got_lower = ceiling.upper, ceiling.lower
-    assert got_upper == pytest.approx(upper, abs=1e-12)
-    assert got_lower == pytest.approx(lower, abs=1e-12)
-    assert got_lower < got_upper
+    assert_ceilings(rdms, upper, lower)
 
 
 def test_noise_ceiling_needs_two_subjects(make_rdms) -> None:

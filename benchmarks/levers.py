@@ -90,7 +90,7 @@ def as_other_study(held: BrainDataset, other: ExternalRDMs | None) -> list[Brain
 
 def other_entry(curve: list[dict], epochs: int) -> dict:
     """The other study's signed rho at the epoch count its within-study column reads, and the prior's (epoch 0)."""
-    row, prior = at_epoch(curve, epochs), curve[0]
+    row, prior = at_epoch(curve, epochs), at_epoch(curve, 0)
     return {"epochs": epochs, "rho": row["rho_mean"], "se": row["rho_se"], "prior_rho": prior["rho_mean"],
             "prior_se": prior["rho_se"]}
 
@@ -110,7 +110,7 @@ def run_lever(name: str, target: str, sets: dict[str, BrainDataset], device: str
             curves = ensemble_curves(config, [train], [held_same, held_new, *extra], seeds)
             same[label], new[label] = curves[:2]
             if extra:
-                other_folds[dataset.name] = other_folds.get(dataset.name, []) + [curves[2]]
+                other_folds.setdefault(dataset.name, []).append(curves[2])
     by_set = {column: {s: [c for label, c in curves.items() if label.startswith(f"{s} fold")] for s in sets}
               for column, curves in (("same", same), ("new", new))}
     folds, per_set = {}, {}

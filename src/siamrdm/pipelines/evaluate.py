@@ -110,7 +110,7 @@ def _slug(text: str) -> str:
 def _row(method: str, target: str, direction: str, predicted: np.ndarray, subjects: np.ndarray, detail: str = "",
          key: str | None = None) -> dict:
     """The score record of one prediction (records.score_with_ceiling, its chance fields on by default where cheap);
-    `key` names the target for its ceiling (data.target_key), `target` as the tables show it."""
+    `key` names the target for its ceiling (datasets.target_key), `target` as the tables show it."""
     return {"method": method, "target": target, "direction": direction,
             **score_with_ceiling(predicted, subjects, key=key or target, permutations=None).to_dict(),
             "detail": detail}
@@ -326,14 +326,6 @@ def evaluate_folds(dataset: BrainDataset, folds: int = 5, methods: tuple[str, ..
                 _predict(result, method, target, label, train, test, context, externals, keep_prior)
         result.seconds[method] = time.perf_counter() - start
     return result
-
-
-def cross_set_evaluate(root: str | os.PathLike | None, methods: tuple[str, ...] = METHODS,
-                       targets: tuple[str, ...] = TARGET_NAMES, config: TrainConfig | None = None,
-                       seeds: tuple[int, ...] = (0,), progress: bool | Progress = True) -> list[dict]:
-    """The table's rows for the official training sets: fit on 92, score on 118, and back."""
-    sets = [load_algonauts_set(root, name, targets) for name in TRAINING_SETS]
-    return evaluate_sets(sets, methods, targets, config, seeds, progress=progress).rows
 
 
 # --------------------------------------------------------------------------- output

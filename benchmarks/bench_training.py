@@ -539,7 +539,7 @@ def _worker(argv: list[str] | None = None) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The benchmark's options (what `siamrdm bench` took)."""
+    """The benchmark's options."""
     p = argparse.ArgumentParser(prog="bench_training.py", description="Time naive against pair-factorised "
                                 "training, and the head at scale.")
     p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${DATA_ENV_VAR})")

@@ -274,7 +274,7 @@ def test_pair_predictions_are_symmetric(variant: str) -> None:
 
 
 # --------------------------------------------------------------------------- all pairs, tiled, both variants
-# test_bench.py checks the paper variant's tiled loss at more sizes; here both variants, with the pairwise
+# test_all_pairs_loss.py checks the paper variant's tiled loss at more sizes; here both variants, with the pairwise
 # output ReLU cutting some of the outputs.
 
 

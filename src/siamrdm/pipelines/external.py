@@ -131,7 +131,7 @@ def bind_held_out(externals: Sequence[ExternalRDMs], datasets: Sequence, order: 
 
 def score_held_out(predictor, val: Sequence, externals: Sequence[ExternalRDMs], keep_prior: bool
                    ) -> tuple[dict, list[str]]:
-    """Per validation set and other study ('set/<target> @ <study>'): a fit's kept model (train.RDMPredictor)
+    """Per validation set and other study ('set/<target> @ <study>'): a fit's kept model (predict.RDMPredictor)
     predicting the held-out images, scored against that study (score_external; the prior in its place where it
     is below it); and the notes saying where the prior took its place ('set/target: ...')."""
     out, notes = {}, []

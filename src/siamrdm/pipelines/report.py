@@ -305,7 +305,8 @@ def _log_blocks(run_dir: Path, path: Path, placed: set[Path]) -> list[Block]:
     where = path.parent.relative_to(run_dir)
     label = "run" if str(where) == "." else str(where)
     chart = plots.plot_training_curves(rows, path.with_name("training_curves.png"), title=f"training: {label}")
-    # the epoch kept is the one of the highest mean rho (train.selection_score); older logs have only pct_nc
+    # the epoch of the highest mean rho (train.selection_score; with a prior, fit keeps it only where every target
+    # shows a validated gain, which the log's means cannot show); older logs have only pct_nc
     val = [(number(r.get("val_rho", r.get("val_pct_nc"))), number(r.get("val_pct_nc")), r.get("epoch"))
            for r in rows]
     val = [row for row in val if row[0] is not None]

@@ -111,7 +111,7 @@ def target_name(key: str) -> str:
 def official_noise_ceiling(key: str, n_images: int) -> float | None:
     """The challenge's ceiling for one of its keys ('EVC_RDMs', 'MEG_RDMs_late', ...) on an official set (92,
     118, 78 images), else None. Plain target names ('EVC') are not the challenge's keys: data keyed so are
-    your own (see data.target_key), and their ceiling is computed from the subjects."""
+    your own (see io.datasets.target_key), and their ceiling is computed from the subjects."""
     if key not in _KEY_TO_TARGET:
         return None
     return OFFICIAL_NOISE_CEILINGS.get(n_images, {}).get(_KEY_TO_TARGET[key])

@@ -47,7 +47,7 @@ class TrainConfig:
     augment: bool = True  # random resized crop and horizontal flip, drawn per image per epoch
     augment_views: int = 4  # while frozen: views cached per image (view 0 is the plain image)
     crop_scale: tuple[float, float] = (0.7, 1.0)
-    distance_init: bool = True  # head starts as a distance between the two images (see model.py)
+    distance_init: bool = True  # head starts as a distance between the two images (see model/network.py)
     head: str = "paper"  # the head variant: "paper" (the paper's text) or "pairwise" (the authors' code); model.HEADS
     early_stopping: int | None = None  # patience in epochs without a better validation score (checked at validations)
     stop_epoch: int | None = None  # stop after this epoch; the schedule keeps the length of all `epochs`

@@ -369,7 +369,7 @@ class FullBatchStep:
                 for p, mean in zip(params, average, strict=True):
                     p.copy_(mean.mul_(decay).add_(p, alpha=1 - decay))
 
-    # ---- the parts of a step (a benchmark times them one by one: bench.factorised_breakdown)
+    # ---- the parts of a step (a benchmark times them one by one: bench_training.factorised_breakdown)
 
     def plain_features(self, index: int) -> torch.Tensor:
         """Raw body features of training set `index`'s images, not augmented (the frozen body's view 0)."""

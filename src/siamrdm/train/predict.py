@@ -257,7 +257,8 @@ def start_run(out_dir: Path, seeds: tuple[int, ...], resume: bool, settings: dic
 def fit_predict(config: TrainConfig, train: list[BrainDataset], images: ImageSet | list[np.ndarray],
                 seeds: tuple[int, ...] = (0,), val_fraction: float = 0.0, progress: bool = True,
                 out_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
-    """Train on `train` only and predict the RDMs of `images` (cross-set evaluation's Siamese rows).
+    """Train on `train` only and predict the RDMs of `images` (a shortcut for Python callers; evaluate's Siamese
+    rows choose their epochs on folds instead: evaluate.predict_siamese).
 
     With `val_fraction`, the best epoch is chosen on images held out of the training sets; otherwise the
     config's epochs run in full. Either way nothing about `images` is seen before prediction.

@@ -220,3 +220,17 @@ def test_validation_curves_score_the_seed_ensembles_mean_rdm(data_root: Path) ->
     expected = score_rdm(np.mean(rdms, axis=0), set_b.targets["EVC"])
     assert curves["a->b"][-1]["r2"] == pytest.approx(expected.r2, rel=1e-9)
     assert not np.allclose(rdms[0], rdms[1])  # two different members
+
+
+def test_challenge_without_validation_stops_the_final_fit_at_the_configs_stop_epoch(tmp_path: Path,
+                                                                                      data_root: Path) -> None:
+    """Without validation the final fit trains the config's epochs as the config ends them: a `stop_epoch` that
+    cuts the schedule short is kept (fit keeps it too), not replaced by the schedule's full length."""
+    from siamrdm.train import TrainConfig
+
+    config = TrainConfig(backbone="alexnet", weights="random", image_size=128, augment=False, frozen_epochs=3,
+                         stop_epoch=1, targets=("EVC",), device="cpu")
+    result = challenge.run_challenge(config, data_root, tmp_path / "run", targets=("EVC",), validate=False,
+                                     progress=False)
+    fit = result["settings"]["fits"]["EVC"]
+    assert fit["epochs"] == 1 and fit["seed0"]["epochs_run"] == 1

@@ -148,10 +148,10 @@ def run_challenge(config: TrainConfig, root: str | os.PathLike | None, out_dir: 
                   jobs: int = 1, externals: tuple[ExternalRDMs, ...] = (), keep_prior: bool = True) -> dict:
     """Validate, train and predict for every target; returns the settings and validation rows written.
 
-    Without `validate`, the final fits run the config's epochs in full. Everything is checked before the
-    first file is written; an earlier run in `out_dir` is refused unless `overwrite` (then cleared first by
-    files.run_folder); the submission files are written last, so a killed run never leaves a submission beside
-    other tables.
+    Without `validate`, the final fits run the config's epochs (to its `stop_epoch`, where it sets one).
+    Everything is checked before the first file is written; an earlier run in `out_dir` is refused unless
+    `overwrite` (then cleared first by files.run_folder); the submission files are written last, so a killed
+    run never leaves a submission beside other tables.
     With `jobs` > 1 the independent fits (every target and direction of the curves, then every target's final
     fit) run in that many worker processes, with the same results.
     `externals`: other studies' RDMs of a training set's images (external.load_external); each direction that
@@ -217,7 +217,7 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
     bars = progress.bars and jobs == 1  # bars of several processes at once would garble each other
     rows, predictions, fit_info, all_curves = [], {}, {}, {}
     configs = {target: replace(config, targets=(target,)) for target in targets}
-    epochs = {target: c.epochs for target, c in configs.items()}
+    epochs = {target: c.last_epoch for target, c in configs.items()}  # without validation: as the config ends
     if validate:
         splits = cross_set_splits(sets)
         directions = list(splits)  # the reported ones; the folds below only choose

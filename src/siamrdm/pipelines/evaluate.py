@@ -134,7 +134,7 @@ def predict_siamese(train: BrainDataset, test: BrainDataset, target: str, contex
     predicted = predictor.predict(test.images)[target]
     prior = predictor.predict_prior(test.images)
     chosen = (f"epochs chosen on {train.name}'s folds" if epochs is not None
-              else f"all {config.epochs} epochs ({train.name} has too few images to choose on folds)")
+              else f"all {config.last_epoch} epochs ({train.name} has too few images to choose on folds)")
     detail = f"seeds={','.join(map(str, context.seeds))}; {chosen}; {purpose_text(config.per_image)}"
     return Prediction(predicted, detail,
                       epochs=config.last_epoch if epochs is None else epochs,

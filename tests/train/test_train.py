@@ -319,6 +319,19 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path: Path, data_root: Path, d
         train.fit(replace(config, lr=5e-3), [dataset], out_dir=out, resume=True, progress=False)
 
 
+def test_resume_with_other_settings_says_so_not_that_the_checkpoint_is_malformed(tmp_path: Path,
+                                                                                  small92: BrainDataset) -> None:
+    """A sound checkpoint of a run with other settings is refused in one line naming it, as another run's: it is
+    not damaged, and saying "malformed" would send the user looking for damage."""
+    config = fast_config(frozen_epochs=1)
+    train.fit(config, [small92], out_dir=tmp_path / "run", progress=False)
+    with pytest.raises(DataError) as refused:
+        train.fit(replace(config, lr=5e-3), [small92], out_dir=tmp_path / "run", resume=True, progress=False)
+    message = str(refused.value)
+    assert message.startswith(str(tmp_path / "run" / "last.pt")) and "other settings" in message
+    assert "malformed" not in message
+
+
 def test_resume_needs_an_out_dir(small92: BrainDataset) -> None:
     with pytest.raises(train.ConfigError, match="resume: needs out_dir"):
         train.fit(fast_config(frozen_epochs=1), [small92], resume=True, progress=False)

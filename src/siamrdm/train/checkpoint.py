@@ -45,10 +45,13 @@ def _short(exc: BaseException) -> str:
 def reading(path: str | os.PathLike, what: str = "checkpoint") -> Iterator[None]:
     """Restoring from a plain-data file that is not what siamrdm writes (a wrong key, type or shape): one line
     naming the file, instead of the error of whichever step tripped over it. A DataError passes unchanged;
-    a ConfigError is a setting inside the file, so it is named with the file."""
+    a ConfigError is a setting inside the file, so it is named with the file; one naming 'resume' says the file
+    is another run's (trainer.load_state), not that it is damaged."""
     try:
         yield
     except ConfigError as exc:
+        if exc.option == "resume":
+            raise DataError(f"{path}: {exc.problem}") from None
         raise DataError(f"{path}: malformed siamrdm {what}: its setting {exc.option}: {exc.problem}") from None
     except DataError:
         raise

@@ -106,6 +106,15 @@ class AnonPeak:
         self.peak = max(self.peak, self.now())
 
 
+def _condensed_values(scored) -> tuple[float, float, float]:
+    """(r2, upper, lower) of what `score_condensed` returned: a ScoreRecord, or in older checkouts the tuple
+    (score, (upper, lower))."""
+    if isinstance(scored, tuple):
+        score, (upper, lower) = scored
+        return score.r2, upper, lower
+    return scored.r2, scored.noise_ceiling, scored.noise_ceiling_lower
+
+
 def run_case(workdir: Path, case: str, threads: int = 1) -> dict:
     """Time one case in this process (see the module docstring)."""
     import siamrdm  # its public API: the same names in older checkouts, wherever their modules put them
@@ -125,9 +134,9 @@ def run_case(workdir: Path, case: str, threads: int = 1) -> dict:
             siamrdm.score_condensed(model, subjects, ceiling=False, threads=threads)
             out["score_only_s"], out["score_only_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
             start, cpu = time.perf_counter(), time.process_time()
-            score, (upper, lower) = siamrdm.score_condensed(model, subjects, threads=threads)
+            scored = siamrdm.score_condensed(model, subjects, threads=threads)
             out["score_s"], out["score_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
-            out["r2"], out["upper"], out["lower"] = score.r2, upper, lower
+            out["r2"], out["upper"], out["lower"] = _condensed_values(scored)
             start, cpu = time.perf_counter(), time.process_time()
             ceiling = siamrdm.noise_ceilings(subjects, condensed=True, threads=threads)
             out["noise_ceiling"] = [ceiling.upper, ceiling.lower]

@@ -30,7 +30,7 @@ _API = {
     # large image sets in mini-batches (one process or torchrun's ranks)
     "open_large_set": "train.largeset", "BatchSettings": "train.distributed", "fit_large": "train.distributed",
     # scoring: model, target, then options; each result a record with .to_dict() and .to_frame()
-    "score_rdm": "rdm.compare", "compare_rdms": "rdm.compare", "score_condensed": "rdm.compare",
+    "score_rdm": "rdm.compare", "compare_rdms": "rdm.compare", "score_condensed": "rdm.records",
     "COMPARISON_METHODS": "rdm.transform", "score_with_ceiling": "rdm.records", "ScoreRecord": "rdm.records",
     "noise_ceilings": "rdm.noise_ceiling", "NoiseCeiling": "rdm.noise_ceiling",
     "score_submission": "rdm.submission", "SubmissionScore": "rdm.submission",

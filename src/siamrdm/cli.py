@@ -199,14 +199,16 @@ def _cmd_fit_large(args) -> int:
     condensed target RDMs, on one process or on every rank torchrun starts."""
     from dataclasses import replace
 
-    from .train.distributed import check_minibatch_config, fit_large, init_from_env, rank_session
+    from .train.distributed import fit_large, init_from_env, rank_session
     from .train.largeset import open_large_set, sample_reliability
 
     batch = check_large_fit_options(args)
-    args.prior = "none"
-    args.group_target = args.group_target or "mean"  # the quick preset's ranks need every pair sorted: refused below
+    # The presets' prior and ranks are the full-batch path's; a --prior or --group-target given is checked (a
+    # prior refused, ranks too: they need every pair sorted) by the library, before any full-batch check.
+    args.prior = args.prior or "none"
+    args.group_target = args.group_target or "mean"
     seeds = seeds_option(args)
-    config = check_minibatch_config(config_from_args(args, (args.key,)))
+    config = config_from_args(args, (args.key,), minibatch=True)
     ranks, device = init_from_env(config.device)
     with rank_session(ranks):  # a rank's bad input: its one line, exit 2 (torchrun: see distributed.rank_session)
         if device is not None:  # torchrun on GPUs: one per local rank

@@ -35,8 +35,10 @@ def check_score_options(args) -> str:
     return args.method
 
 
-def config_from_args(args: argparse.Namespace, targets: tuple[str, ...]) -> TrainConfig:
-    """The run's TrainConfig from the preset and flags, checked (values, device, stage size) before any work."""
+def config_from_args(args: argparse.Namespace, targets: tuple[str, ...], minibatch: bool = False) -> TrainConfig:
+    """The run's TrainConfig from the preset and flags, checked (values, device, stage size) before any work; with
+    `minibatch` as the mini-batch path checks it (distributed.check_minibatch_config: what that path refuses, a
+    prior among them, refused first)."""
     from .train.config import check_config, config_from_preset
 
     config = config_from_preset(
@@ -49,6 +51,10 @@ def config_from_args(args: argparse.Namespace, targets: tuple[str, ...]) -> Trai
         per_image=args.per_image, shrinkage=args.shrinkage, head_average=args.head_average,
         set_weights=args.set_weights, group_target=args.group_target, train_stages=args.train_stages,
     )
+    if minibatch:
+        from .train.distributed import check_minibatch_config
+
+        return check_minibatch_config(config)
     return check_config(config)
 
 
@@ -202,8 +208,6 @@ def check_large_fit_options(args: argparse.Namespace) -> BatchSettings:
                          "--val-fraction")
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
-    if args.prior not in (None, "none"):
-        raise UsageError("--prior: the mini-batch path (--batch-images) trains without a prior; use --prior none")
     if args.loader_workers is not None and args.loader_workers > max_parallel():  # below 0: check_batch_settings
         raise UsageError(f"--loader-workers: at most {max_parallel()} (4 per core), got {args.loader_workers}")
     return check_batch_settings(BatchSettings(args.batch_images, args.val_fraction,

@@ -15,6 +15,7 @@ from siamrdm import cli
 from siamrdm.io import jsonfiles
 from siamrdm.io.datasets import BrainDataset
 from siamrdm.io.images import ImageSet
+from siamrdm.io.tables import Record
 from siamrdm.pipelines import evaluate, plots
 from siamrdm.rdm import rdm_from_features
 from siamrdm.train import config_from_preset, subset
@@ -48,6 +49,7 @@ def test_layers_and_regression_end_to_end(tmp_path: Path, small_sets: list[Brain
     assert "| layers | EVC | 92->118 |" in md and "| regression |" in md
     saved = json.loads((tmp_path / "evaluation.json").read_text())
     assert saved["layers"]["92->118"]["EVC"]["chosen"] in saved["layers"]["92->118"]["EVC"]["train_r2"]
+    assert evaluation.to_dict() == {key: value for key, value in saved.items() if key != "settings"}
     assert json.loads((tmp_path / "settings.json").read_text())["sets"] == {"92": 20, "118": 20}
     with np.load(tmp_path / "predictions.npz") as npz:
         assert npz["layers/EVC/92->118"].shape == (20, 20)
@@ -160,3 +162,26 @@ def test_fold_evaluation_writes_the_paired_tests(tmp_path: Path):
     assert folds["p_t"] == pytest.approx(expected.p_t) and folds["mean_diff"] == pytest.approx(expected.mean_diff)
     assert folds["mean_diff"] > 0 and f"{folds['p_t']:.2g}" in md
     assert len(saved["rows"][0]["rhos"]) == 6  # the per-subject rhos the tests pair
+    # The evaluation is a record: to_dict() is evaluation.json but the settings, folds and all.
+    assert isinstance(evaluation, Record)
+    assert evaluation.to_dict() == {key: value for key, value in saved.items() if key != "settings"}
+    assert list(evaluation.to_dict()["folds"]) == list(held_out)
+
+
+def test_an_evaluations_dict_is_strict_json() -> None:
+    """A diverged prediction's NaN score, a NaN second and numpy values come out of to_dict() as strict JSON
+    values (None, floats, lists), as evaluation.json holds them: never NaN."""
+    rng = np.random.default_rng(8)
+    subjects = np.stack([rdm_from_features(rng.normal(size=(10, 4))) for _ in range(4)])
+    diverged = np.full((10, 10), np.nan)
+    row = evaluate._row("siamese", "V4", "fold 1", diverged, subjects)
+    assert np.isnan(row["r2"])
+    fitted = {"weights": {"s1": np.float32(0.5)}, "residual": np.array([1.0, np.inf])}
+    chosen = {"regression": {"fold 1": {"V4": fitted}}}
+    evaluation = evaluate.Evaluation([row], {}, chosen=chosen, seconds={"siamese": float("nan"), "layers": 1.5})
+    values = evaluation.to_dict()
+    assert json.loads(json.dumps(values, allow_nan=False)) == values
+    assert values["rows"][0]["r2"] is None and values["seconds"] == {"siamese": None, "layers": 1.5}
+    assert values["regression"] == {"fold 1": {"V4": {"weights": {"s1": 0.5}, "residual": [1.0, None]}}}
+    assert list(values) == ["rows", "paired", "layers", "regression", "seconds"]
+    assert evaluation.to_frame()["method"].tolist() == ["siamese"]

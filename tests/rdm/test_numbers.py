@@ -22,8 +22,9 @@ from siamrdm.errors import ConfigError, DataError
 from siamrdm.io.condensed import CondensedRDMs
 from siamrdm.io.rdmfiles import load_rdm_dict, load_rdms, save_rdms
 from siamrdm.rdm import upper_tri
-from siamrdm.rdm.compare import TargetError, compare_rdms, score_condensed
+from siamrdm.rdm.compare import TargetError, compare_rdms
 from siamrdm.rdm.inference import permutation_p, permutation_scores
+from siamrdm.rdm.records import score_condensed
 from siamrdm.rdm.submission import score_submission
 
 

@@ -3,13 +3,17 @@ inputs, threads (rdm.stream through rdm.compare and rdm.noise_ceiling)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from helpers import scipy_rho
 
+from siamrdm.io.tables import SCORE_FIELDS
 from siamrdm.rdm import upper_tri
-from siamrdm.rdm.compare import score_condensed, score_rdm
+from siamrdm.rdm.compare import score_rdm
 from siamrdm.rdm.noise_ceiling import NoiseCeiling, noise_ceilings
+from siamrdm.rdm.records import ScoreRecord, score_condensed, score_with_ceiling
 from siamrdm.rdm.submission import score_submission
 from siamrdm.rdm.transform import COMPARISON_METHODS
 
@@ -29,8 +33,10 @@ def _old_ceilings(rdms: np.ndarray) -> tuple[float, float]:
     return float(np.mean(upper)), float(np.mean(lower))
 
 
-def _bounds(ceiling: NoiseCeiling) -> tuple[float, float]:
-    """(upper, lower): what `score_condensed` gives beside its score."""
+def _bounds(ceiling: NoiseCeiling | ScoreRecord) -> tuple[float, float]:
+    """(upper, lower) of a ceiling, or of the ceiling a score record holds."""
+    if isinstance(ceiling, ScoreRecord):
+        return ceiling.noise_ceiling, ceiling.noise_ceiling_lower
     return ceiling.upper, ceiling.lower
 
 
@@ -61,36 +67,48 @@ def test_streamed_scores_and_ceilings_equal_per_subject_scipy_with_ties(make_rdm
 @pytest.mark.parametrize("method", COMPARISON_METHODS)
 def test_condensed_entry_point_equals_square_path(make_rdms, method) -> None:
     model, targets = make_rdms(15, seed=72), _tied(make_rdms(15, subjects=4, seed=73), 3)
-    score, ceilings = score_condensed(upper_tri(model), upper_tri(targets), method)
+    record = score_condensed(upper_tri(model), upper_tri(targets), method)
     square = score_rdm(model, targets, method)
-    np.testing.assert_allclose(score.rho, square.rho, rtol=0, atol=1e-12)
-    assert (score.r2, score.p, score.p_signed) == pytest.approx((square.r2, square.p, square.p_signed), abs=1e-12)
-    np.testing.assert_allclose(ceilings, _bounds(noise_ceilings(targets, method)), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(record.rhos, square.rho, rtol=0, atol=1e-12)
+    assert (record.r2, record.p, record.p_signed) == pytest.approx((square.r2, square.p, square.p_signed), abs=1e-12)
+    np.testing.assert_allclose(_bounds(record), _bounds(noise_ceilings(targets, method)), rtol=0, atol=1e-12)
     condensed = noise_ceilings(upper_tri(targets), method, condensed=True)
-    np.testing.assert_allclose(_bounds(condensed), ceilings, rtol=0, atol=0)
+    np.testing.assert_allclose(_bounds(condensed), _bounds(record), rtol=0, atol=0)
+    assert record.rho_lower_ceiling == condensed.rho_lower and record.ceiling_source == "computed"
+    # The record of the square path (score_with_ceiling) without its chance and pair fields, which need the
+    # square RDMs.
+    row, whole = record.to_dict(), score_with_ceiling(model, targets, method, permutations=0).to_dict()
+    pairs = [name for name in row if name.startswith("pair_")]
+    assert all(row.pop(name) is None for name in pairs)
+    numbers = {name: value for name, value in whole.items() if isinstance(value, float | list) and name in row}
+    assert {name: row[name] for name in numbers} == pytest.approx(numbers, abs=1e-12)
+    assert {name: row[name] for name in row if name not in numbers} == \
+        {name: whole[name] for name in row if name not in numbers}
     # K RDMs per subject: (S, K, P).
     meg = make_rdms(15, subjects=3, k=2, seed=74)
-    score, ceilings = score_condensed(upper_tri(model), upper_tri(meg), method)
-    np.testing.assert_allclose(score.rho, score_rdm(model, meg, method).rho, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(ceilings, _bounds(noise_ceilings(meg, method)), rtol=0, atol=1e-12)
+    record = score_condensed(upper_tri(model), upper_tri(meg), method)
+    np.testing.assert_allclose(record.rhos, score_rdm(model, meg, method).rho, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(_bounds(record), _bounds(noise_ceilings(meg, method)), rtol=0, atol=1e-12)
 
 
-def test_condensed_memmap_of_float32_equals_square_path(make_rdms, tmp_path) -> None:
-    """A memory-mapped float32 .npy of shape (S, P), as large sets are stored: the same score and ceilings as
-    the square float64 RDMs holding the same float32 values."""
-    targets = _tied(make_rdms(30, subjects=5, seed=75), 2).astype(np.float32)
-    model = make_rdms(30, seed=76)
-    np.save(tmp_path / "subjects.npy", upper_tri(targets))
-    mapped = np.load(tmp_path / "subjects.npy", mmap_mode="r", allow_pickle=False)
-    assert isinstance(mapped, np.memmap) and mapped.dtype == np.float32
-    score, (upper, lower) = score_condensed(upper_tri(model).astype(np.float32), mapped)
-    square = score_rdm(model.astype(np.float32).astype(np.float64), targets.astype(np.float64))
-    np.testing.assert_allclose(score.rho, square.rho, rtol=0, atol=1e-12)
-    expected = _old_ceilings(targets.astype(np.float64))
-    assert upper == pytest.approx(expected[0], abs=1e-12) and lower == pytest.approx(expected[1], abs=1e-12)
-    # One subject: a score, no ceiling.
-    single, none = score_condensed(upper_tri(model), mapped[:1])
-    assert none is None and single.rho[0] == pytest.approx(square.rho[0], abs=1e-12)
+def test_condensed_scores_are_records_not_tuples(make_rdms) -> None:
+    """score_condensed returns a ScoreRecord as every scoring function does (it returned `(score, (upper,
+    lower))`): code that still unpacks the old tuple fails at once rather than reading the wrong values."""
+    model, targets = upper_tri(make_rdms(12, seed=83)), upper_tri(make_rdms(12, subjects=4, seed=84))
+    record = score_condensed(model, targets)
+    assert isinstance(record, ScoreRecord)
+    with pytest.raises(TypeError, match="cannot unpack non-iterable ScoreRecord"):
+        score, ceilings = record
+    with pytest.raises(TypeError, match="not subscriptable"):
+        record[0]
+    row = record.to_dict()
+    assert list(row) == list(SCORE_FIELDS) and row["rhos"] == record.rhos
+    assert list(record.to_frame().columns) == list(SCORE_FIELDS)
+    # Without a ceiling (asked for none, or one subject): r2 alone, nothing in NaN.
+    for alone in (score_condensed(model, targets, ceiling=False), score_condensed(model, targets[:1])):
+        assert alone.noise_ceiling is alone.pct_nc is alone.ceiling_source is None
+        assert alone.r2 > 0 and json.loads(json.dumps(alone.to_dict(), allow_nan=False)) == alone.to_dict()
+    assert score_condensed(model, targets[:1]).p is None  # one subject: no t-test (None, not NaN)
 
 
 def test_condensed_bad_input_is_a_one_line_error(make_rdms) -> None:
@@ -129,10 +147,10 @@ def test_condensed_threads_give_the_same_numbers(make_rdms, k) -> None:
     one = score_condensed(model, subjects)
     for threads in (2, 3):
         for ceiling in (True, False):
-            score, ceilings = score_condensed(model, subjects, ceiling=ceiling, threads=threads)
-            np.testing.assert_array_equal(score.rho, one[0].rho)
-            assert ceilings == (one[1] if ceiling else None)
-        assert _bounds(noise_ceilings(subjects, condensed=True, threads=threads)) == one[1]
+            record = score_condensed(model, subjects, ceiling=ceiling, threads=threads)
+            assert record.rhos == one.rhos
+            assert _bounds(record) == (_bounds(one) if ceiling else (None, None))
+        assert _bounds(noise_ceilings(subjects, condensed=True, threads=threads)) == _bounds(one)
     # An error in a thread reaches the caller as it would without threads.
     first = np.round(make_rdms(7, seed=28) * 8) / 8
     pair = upper_tri(np.stack([first, (2 - first) * (1 - np.eye(7))]))

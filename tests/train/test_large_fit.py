@@ -125,7 +125,10 @@ def test_a_streamed_2000_image_set_trains_end_to_end(tmp_path: Path, data_root: 
     (["--loader-workers", "-1"], ["--loader-workers", "0 or more"]),
     (["--val-fraction", "1.5"], ["--val-fraction"]),
     (["--val-fraction", "0.99"], ["--val-fraction", "leaves 0 for training"]),
+    # refused as a prior on this path, with SMALL's pairwise head before the full-batch check (it cannot correct
+    # a prior), and with the paper head, which that check passes
     (["--prior", "nnls"], ["--prior", "without a prior"]),
+    (["--prior", "layer", "--head", "paper"], ["--prior", "without a prior"]),
     (["--val-set", "118"], ["--val-set", "--val-fraction"]),
     (["--precision", "bf16"], ["--precision", "fp32 only", "bf16"]),  # full-batch settings: refused, not ignored
     (["--validate-every", "3"], ["--validate-every", "1 only"]),

@@ -157,6 +157,23 @@ def test_loss_option_is_checked() -> None:
         check_minibatch_config(fast_config(group_target="ranks"))
 
 
+def test_the_mini_batch_path_refuses_a_prior_before_the_full_batch_checks() -> None:
+    """One refusal of a prior on the mini-batch path, the library's, for the Python API and the command line
+    alike: first, whatever a full-batch check would say of the prior's other settings."""
+    from siamrdm.train.config import ConfigError, check_config
+    from siamrdm.train.distributed import check_minibatch_config, refuse_full_batch_settings
+
+    relu_head = fast_config(prior="layer", head="pairwise", group_target="mean")
+    with pytest.raises(ConfigError, match="prior: the pairwise head ends in a ReLU"):
+        check_config(relu_head)  # the full-batch check alone: the head, not the path
+    line = r"^prior: the mini-batch path trains without a prior \(its stage RDMs would be N x N\); use none$"
+    for check in (check_minibatch_config, refuse_full_batch_settings):
+        with pytest.raises(ConfigError, match=line):
+            check(relu_head)
+    with pytest.raises(ConfigError, match="lr: must be a positive"):  # and then every full-batch check
+        check_minibatch_config(fast_config(prior="none", group_target="mean", lr=-1.0))
+
+
 def test_frozen_epochs_leave_the_body_alone(small92: BrainDataset) -> None:
     trainer = train.Trainer(fast_config(frozen_epochs=1), [small92], progress=False)
     body = copy.deepcopy(trainer.model.body.state_dict())

@@ -56,8 +56,9 @@ COLUMNS = tables.SCORE_COLUMNS
 
 
 @dataclass
-class Evaluation:
-    """Rows of the table, the held-out predictions behind them, and what the baselines chose."""
+class Evaluation(tables.Record):
+    """Rows of the table, the held-out predictions behind them, and what the baselines chose. A record as every
+    result is: `to_dict()` what evaluation.json holds, `to_frame()` the table."""
 
     rows: list[dict]
     predictions: dict[tuple[str, str, str], np.ndarray]  # (method, target, direction) -> RDM of the test images
@@ -76,6 +77,16 @@ class Evaluation:
     def regression(self) -> dict:
         """What `regression` fitted: direction -> target -> weights, intercept, residual."""
         return self.chosen.setdefault("regression", {})
+
+    def to_dict(self) -> dict:
+        """What evaluation.json holds but the run's settings, as strict JSON values (NaN and inf as None, arrays as
+        lists): the rows, the paired tests, what each method chose, the seconds and, for image folds, each fold's
+        held-out images. Not the predictions: they are arrays of N x N (predictions.npz)."""
+        values = {"rows": self.rows, "paired": self.paired(), "layers": self.layers, "regression": self.regression,
+                  **self.chosen, "seconds": self.seconds}
+        if self.held_out:
+            values["folds"] = {label: d.images.names for label, d in self.held_out.items()}
+        return json_safe(values)
 
     def to_frame(self):
         """The rows as a pandas DataFrame with the columns of `tables.SCORE_COLUMNS`."""
@@ -428,10 +439,11 @@ def write_evaluation(evaluation: Evaluation, sets: list[BrainDataset], out_dir: 
            tables.markdown(*tables.ranking_table(rows)), "", "## All scores", "", markdown_table(rows), ""]
     paths["md"] = out / "evaluation.md"
     write_text(paths["md"], "\n".join(md))
-    payload = {"rows": rows, "paired": paired, "layers": evaluation.layers, "regression": evaluation.regression,
-               **evaluation.chosen, "seconds": evaluation.seconds, "settings": settings or {}}
-    if evaluation.held_out:
-        payload["folds"] = {label: d.images.names for label, d in evaluation.held_out.items()}
+    payload = evaluation.to_dict()
+    folds = payload.pop("folds", None)  # after the settings, as evaluation.json has always had it
+    payload["settings"] = settings or {}
+    if folds is not None:
+        payload["folds"] = folds
     paths["json"] = out / "evaluation.json"
     write_text(paths["json"], json.dumps(json_safe(payload), indent=2, default=str))
     if settings is not None:

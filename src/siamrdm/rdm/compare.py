@@ -36,7 +36,7 @@ class TargetError(ValueError):
 
 @dataclasses.dataclass
 class Score(Record):
-    """The challenge score alone (`score_rdm`, `score_condensed`); `records.ScoreRecord` adds the ceilings."""
+    """The challenge score alone (`score_rdm`); `records.ScoreRecord` adds the ceilings."""
 
     r2: float  # mean over subjects of rho^2
     p: float  # official: one-sample t-test of the subjects' rho^2 against 0 (NaN with one subject)
@@ -110,26 +110,14 @@ def score_rdm(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = OFFI
     return _score(compare_rdms(model_rdm, target_rdms, method))
 
 
-def score_condensed(model_vector, subject_vectors, method: str = OFFICIAL_METHOD, ceiling: bool = True,
-                    threads: int = 1) -> tuple[Score, tuple[float, float] | None]:
-    """The challenge score of a model's upper triangle (P,) against subjects' upper triangles, (S, P) or
-    (S, K, P) (any array-like: a memory-mapped .npy of float32 works and is the fastest to rank), with the
-    (upper, lower) noise ceiling when `ceiling` (None otherwise, and with one subject).
+def compare_condensed(model_vector, subject_vectors, method: str = OFFICIAL_METHOD, ceiling: bool = True,
+                      threads: int = 1) -> tuple[np.ndarray, CeilingValues | None]:
+    """`compare_rdms` for upper triangles (`records.score_condensed`'s inputs): the per-subject (K-averaged)
+    comparison values, (S,), and with `ceiling` (and two subjects or more) the computed ceiling's values, both
+    bounds in r2 and in rho units, from the same pass over the subjects (None otherwise).
 
-    For sets too large for square RDMs (10,000 images: 50 million pairs per subject). Subjects are read one
-    at a time, so memory holds a few upper triangles (and a ranker's working arrays) whatever the number of
-    subjects. Same values as `score_rdm` and `noise_ceilings` on the square RDMs. A subject with NaN, inf or a
-    constant upper triangle is a `TargetError` naming it; a bad model vector, a plain ValueError. `threads` > 1
-    ranks that many vectors at once (each thread keeps its own working arrays: memory grows with it); the default
-    1 leaves the other cores alone.
-    """
-    score, ceilings = score_condensed_with_ceiling(model_vector, subject_vectors, method, ceiling, threads)
-    return score, ceilings and ceilings[:2]
-
-
-def score_condensed_with_ceiling(model_vector, subject_vectors, method: str, ceiling: bool,
-                                 threads: int) -> tuple[Score, CeilingValues | None]:
-    """`score_condensed` with the whole computed ceiling (both bounds in r2 and in rho units)."""
+    A subject with NaN, inf or a constant upper triangle is a `TargetError` naming it; a bad model vector, a plain
+    ValueError. `threads` > 1 ranks that many vectors at once (memory grows with it)."""
     check_real_dtype(np.asarray(model_vector).dtype, "model RDM")
     if not np.all(np.isfinite(model_vector)):
         raise ValueError("model RDM contains NaN or inf")
@@ -145,4 +133,4 @@ def score_condensed_with_ceiling(model_vector, subject_vectors, method: str, cei
         raise
     except ValueError as exc:
         raise TargetError(str(exc)) from None
-    return _score(rho), ceilings
+    return rho, ceilings

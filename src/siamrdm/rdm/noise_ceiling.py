@@ -62,7 +62,7 @@ def percent_of_ceiling(r2: float | None, ceiling: float | None) -> float | None:
 def noise_ceilings(target_rdms, method: str = OFFICIAL_METHOD, condensed: bool = False,
                    threads: int = 1) -> NoiseCeiling:
     """The noise ceiling of subject RDMs in r2 and in rho units (`NoiseCeiling`), compared with `method`: from
-    square RDMs, or with `condensed` from upper triangles, (S, P) or (S, K, P) (see `compare.score_condensed`).
+    square RDMs, or with `condensed` from upper triangles, (S, P) or (S, K, P) (see `records.score_condensed`).
 
     Raises ValueError, never returns NaN, when a mean RDM is constant (e.g. two subjects whose RDMs add up
     to a constant); `data.validate_rdms` already rejects constant individual RDMs. Each subject is ranked once

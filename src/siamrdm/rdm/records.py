@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from ..io.tables import Record
-from .compare import compare_rdms, official_p, signed_p
+from .compare import compare_condensed, compare_rdms, official_p, signed_p
 from .inference import (
     CHANCE_ALPHA,
     bootstrap_indices,
@@ -31,7 +31,7 @@ from .inference import (
     percentile_interval,
     permutation_scores,
 )
-from .noise_ceiling import NoiseCeiling, ceilings_for, percent_of_ceiling
+from .noise_ceiling import NO_CEILING, NoiseCeiling, ceilings_for, percent_of_ceiling
 from .transform import DOT_METHODS, OFFICIAL_METHOD
 
 
@@ -186,3 +186,26 @@ def score_with_ceiling(model_rdm: np.ndarray, target_rdms: np.ndarray, method: s
         raise TypeError("key is a keyword: score_with_ceiling(model_rdm, target_rdms, key=...)")
     return keyed_record(compare_rdms(model_rdm, target_rdms, method), key or "", target_rdms, method, model_rdm,
                         permutations, seed)
+
+
+def score_condensed(model_vector, subject_vectors, method: str = OFFICIAL_METHOD, ceiling: bool = True,
+                    threads: int = 1) -> ScoreRecord:
+    """The score record of a model's upper triangle (P,) against subjects' upper triangles, (S, P) or (S, K, P)
+    (any array-like: a memory-mapped .npy of float32 works and is the fastest to rank): `score_with_ceiling` for
+    sets too large for square RDMs (10,000 images: 50 million pairs per subject), with the same values. Its
+    ceiling is computed from the subjects (`noise_ceiling`, `noise_ceiling_lower`, `rho_lower_ceiling`,
+    `ceiling_source` 'computed'); without `ceiling`, or with one subject, those are None and the record is r2
+    alone. No chance or pair fields: each permutation would re-rank every subject's pairs, and the per-image part
+    needs the square RDM.
+
+    Changed: this returned a tuple `(score, (upper, lower))`; it returns a `ScoreRecord`, as every scoring
+    function does, and `score, ceilings = score_condensed(...)` now fails (a record is not iterable): read
+    `.r2`, `.noise_ceiling` and `.noise_ceiling_lower` (`.rhos` for the old `score.rho`).
+
+    Subjects are read one at a time, so memory holds a few upper triangles (and a ranker's working arrays)
+    whatever the number of subjects. A subject with NaN, inf or a constant upper triangle is a `TargetError`
+    naming it; a bad model vector, a plain ValueError. `threads` > 1 ranks that many vectors at once (each thread
+    keeps its own working arrays: memory grows with it); the default 1 leaves the other cores alone.
+    """
+    rho, computed = compare_condensed(model_vector, subject_vectors, method, ceiling, threads)
+    return score_record(rho, NoiseCeiling(*computed, method=method) if computed else NO_CEILING)

@@ -3,7 +3,7 @@ triangles however many subjects and pairs there are.
 
 Each upper triangle is transformed once (`transform.Transform`; ranked, for Spearman): the model and the mean of
 all subjects once, each subject once for its score and both ceilings, the mean of the others once per subject.
-`compare.score_condensed` and `noise_ceiling.noise_ceilings(condensed=True)` take upper triangles directly,
+`records.score_condensed` and `noise_ceiling.noise_ceilings(condensed=True)` take upper triangles directly,
 (subjects, pairs) arrays such as a memory-mapped float32 .npy, for sets whose square RDMs would not fit in memory
 (BENCHMARKS.md, "Scoring at scale").
 """

@@ -14,11 +14,11 @@ import numpy as np
 
 from ..io.limits import check_real_dtype
 from ..io.tables import SCORE_FIELDS, Record, to_frame
-from .compare import TargetError, score_condensed_with_ceiling
+from .compare import TargetError
 from .core import subject_rdms, upper_tri
 from .inference import chance_scores, check_permutations, check_seed
-from .noise_ceiling import NO_CEILING, NoiseCeiling, keyed_ceiling, percent_of_ceiling
-from .records import ScoreRecord, pair_fields, score_record
+from .noise_ceiling import NoiseCeiling, keyed_ceiling, percent_of_ceiling
+from .records import ScoreRecord, pair_fields, score_condensed, score_record
 from .stream import Subjects, stream
 from .transform import OFFICIAL_METHOD, check_method
 
@@ -134,12 +134,9 @@ def submission_frame(result: SubmissionScore | dict):
 
 def score_condensed_submission(model_vector, subject_vectors, key: str, method: str = OFFICIAL_METHOD,
                                threads: int = 1) -> SubmissionScore:
-    """What `score_submission` returns, for one key given as upper triangles (`compare.score_condensed`'s inputs):
-    the form `siamrdm score` prints for sets too large for square RDMs. Their ceiling is computed from the subjects
-    (no official set is that large); there are no chance fields (each permutation would re-rank every subject's
-    50 million pairs)."""
-    score, computed = score_condensed_with_ceiling(model_vector, subject_vectors, method, ceiling=True,
-                                                   threads=threads)
-    ceiling = NoiseCeiling(*computed, method=method) if computed else NO_CEILING
-    record = score_record(score.rho, ceiling)
+    """What `score_submission` returns, for one key given as upper triangles (`records.score_condensed`'s
+    record): the form `siamrdm score` prints for sets too large for square RDMs. Their ceiling is computed from
+    the subjects (no official set is that large); there are no chance fields (each permutation would re-rank every
+    subject's 50 million pairs)."""
+    record = score_condensed(model_vector, subject_vectors, method, threads=threads)
     return SubmissionScore({key: record}, method, record.r2, record.pct_nc)

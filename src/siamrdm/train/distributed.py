@@ -34,7 +34,7 @@ from ..errors import DataError
 from ..io.condensed import CondensedRDMs
 from ..model.network import SiameseRDMNet, all_pairs_loss
 from ..rdm.splits import holdout_indices
-from .config import ConfigError, TrainConfig, pick_device
+from .config import ConfigError, TrainConfig, check_config, pick_device
 from .fullbatch import build_model, predict_pairs
 from .largeset import (
     AugmentedImages,
@@ -235,7 +235,18 @@ FULL_BATCH_ONLY = {"precision": "fp32", "channels_last": False, "validate_every"
 
 
 def check_minibatch_config(config: TrainConfig) -> TrainConfig:
-    """Refuse, before any folder is made, the settings the mini-batch path cannot honour."""
+    """A config for the mini-batch path checked whole, before any work: the settings this path cannot honour
+    refused first (`refuse_full_batch_settings`), then every check of `config.check_config`. In that order, so
+    that a setting this path refuses is refused as such (a prior: 'trains without a prior'), not by a full-batch
+    check of what goes with it (the pairwise head 'cannot correct a prior'). The one check the command line runs
+    (fit --batch-images), so the library's line is its line."""
+    return check_config(refuse_full_batch_settings(config))
+
+
+def refuse_full_batch_settings(config: TrainConfig) -> TrainConfig:
+    """Refuse, before any folder is made, the settings the mini-batch path cannot honour (a prior, a loss over all
+    pairs, `FULL_BATCH_ONLY`); cheap, so `fit_large` and every step run it (`check_minibatch_config` adds the
+    rest)."""
     if config.prior != "none":
         raise ConfigError("prior", "the mini-batch path trains without a prior (its stage RDMs would be N x N); "
                                    "use none")
@@ -295,12 +306,12 @@ class MiniBatchStep:
     Every rank holds the same model and optimiser (the same start, the same averaged gradients); only rank 0
     validates, logs and writes files, and tells the others whether to stop early."""
 
-    priors: dict = {}  # no prior on this path (check_minibatch_config)
+    priors: dict = {}  # no prior on this path (refuse_full_batch_settings)
     checkpoint_every_s = 0.0  # an epoch is many steps: checkpoint after every one
 
     def __init__(self, config: TrainConfig, batch: BatchSettings, images: ImageStore, data: LargeTargets,
                  ranks: Ranks | None = None):
-        check_minibatch_config(config)
+        refuse_full_batch_settings(config)
         if tuple(data.normalisation) != tuple(config.targets):
             raise ConfigError("targets", f"{config.targets} are not the targets of the RDMs given, "
                                          f"{tuple(data.normalisation)}")
@@ -434,7 +445,7 @@ def fit_large(config: TrainConfig, batch: BatchSettings, images: ImageStore, tar
     """
     ranks = ranks or current_ranks()
     check_batch_settings(batch, ranks.world)
-    check_minibatch_config(config)
+    refuse_full_batch_settings(config)
     data = read_targets(targets, len(images), batch, config.rescale)  # bad values refused before the folder
     record = None if settings is None else {**settings, "world_size": ranks.world, "config": asdict(config),
                                             "batch": asdict(batch)}

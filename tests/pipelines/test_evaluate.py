@@ -148,9 +148,10 @@ def test_fold_evaluation_writes_the_paired_tests(tmp_path: Path):
     rows = [evaluate._row(method, "V4", f"fold {k + 1}", truth + noise * rdm_from_features(rng.normal(size=(n, 4))),
                           subjects) for method, noise in (("siamese", 0.3), ("layers", 1.0)) for k in range(5)]
     held_out = {f"fold {k + 1}": _fake_set("f", {"s": truth}, "s", k) for k in range(5)}
-    evaluation = evaluate.Evaluation(rows, {}, held_out=held_out)
+    evaluation = evaluate.Evaluation(rows, {}, seconds={"layers": float("nan")}, held_out=held_out)
     paths = evaluate.write_evaluation(evaluation, [], tmp_path, make_plots=False)
-    md, saved = paths["md"].read_text(), json.loads(paths["json"].read_text())
+    md, saved = paths["md"].read_text(), jsonfiles.parse_json(paths["json"].read_bytes(), paths["json"], "test")
+    assert saved["seconds"] == {"layers": None}  # strict JSON: an undefined value is null, never NaN
     assert "## Paired tests against the baselines" in md and "| mean +- se | 95% CI (folds) |" in md
     assert saved["paired"] == jsonfiles.json_safe(evaluation.paired())
     folds, over_subjects = saved["paired"]

@@ -18,7 +18,6 @@ the ceiling that belongs to them (computed from those subjects; none for a singl
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -32,9 +31,8 @@ import torch
 from ..errors import ConfigError, DataError
 from ..io import tables
 from ..io.datasets import TARGET_NAMES, TRAINING_SETS, BrainDataset, load_algonauts_set, target_key
-from ..io.files import atomic_path, write_settings, write_text
+from ..io.files import atomic_path, write_json, write_settings, write_text
 from ..io.images import IMAGE_ORDER_FILE
-from ..io.jsonfiles import json_safe
 from ..io.progress import Phases, Progress
 from ..io.rdmfiles import save_rdms
 from ..io.tables import fmt, number
@@ -433,7 +431,7 @@ def write_evaluation(evaluation: Evaluation, sets: list[BrainDataset], out_dir: 
     if evaluation.held_out:
         payload["folds"] = {label: d.images.names for label, d in evaluation.held_out.items()}
     paths["json"] = out / "evaluation.json"
-    write_text(paths["json"], json.dumps(json_safe(payload), indent=2, default=str))
+    write_json(paths["json"], payload, indent=2, default=str)
     if settings is not None:
         write_settings(out, settings)
     paths["predictions"] = out / "predictions.npz"

@@ -24,7 +24,6 @@ import base64
 import csv
 import html
 import io
-import json
 import math
 import os
 import stat
@@ -33,7 +32,7 @@ from urllib.parse import quote
 
 from ..errors import DataError
 from ..io.files import MARKER_NAME, check_output_file, read_marker, write_text
-from ..io.jsonfiles import json_safe, parse_json
+from ..io.jsonfiles import parse_json, strict_json_text
 from ..io.tables import (
     MAX_SUMMARY_COLUMNS,
     PAIRED_NOTE,
@@ -332,7 +331,7 @@ def _settings_blocks(run_dir: Path) -> list[Block]:
         if os.path.lexists(path):  # a link, a FIFO or a folder is refused, not skipped
             # a number JSON writes but a float cannot hold (1e999) reads as infinite: shown as missing (null),
             # never as Infinity, which is not JSON
-            settings = json.dumps(json_safe(_settings(path)), indent=2, allow_nan=False)
+            settings = strict_json_text(_settings(path), indent=2)
             blocks += [("h2", f"Settings ({name})"), ("code", settings)]
     return blocks
 

@@ -222,9 +222,7 @@ def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
     if len(sets) < 2:
         raise DataError("cross-set evaluation needs at least two image sets")
     for dataset in sets:
-        missing = [t for t in targets if t not in dataset.targets]
-        if missing:
-            raise DataError(f"image set {dataset.name}: no RDMs for target(s) {', '.join(missing)}")
+        dataset.check_targets(targets)
     pairs = [(a, b) for a in sets for b in sets if a is not b]
     externals = tuple(bind_to_sets(externals, {d.name: d.images.names for d in sets}))
     result = Evaluation([], {})

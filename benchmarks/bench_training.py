@@ -35,7 +35,8 @@ from siamrdm.cli import run_command
 from siamrdm.cli_options import backbone_argument, check_range, list_option, max_parallel
 from siamrdm.errors import ConfigError, UsageError
 from siamrdm.io.datasets import DATA_ENV_VAR, TRAINING_SETS, BrainDataset, load_algonauts_set
-from siamrdm.io.files import check_new_output_file, json_safe, write_text
+from siamrdm.io.files import check_new_output_file, write_text
+from siamrdm.io.jsonfiles import strict_json_text
 from siamrdm.model.network import SiameseHead, SiameseRDMNet, all_pairs, all_pairs_loss
 from siamrdm.train.augment import augment_batch
 from siamrdm.train.config import TrainConfig, check_config, config_from_preset, pick_device
@@ -619,7 +620,7 @@ def bench(args: argparse.Namespace) -> int:
     result.setdefault("device", device)
     result.setdefault("peak_rss_mb", peak_rss_mb())
     result.setdefault("machine", machine(torch.device(device)))
-    text = json.dumps(json_safe(result), indent=2, allow_nan=False)
+    text = strict_json_text(result, indent=2)
     if args.out is not None:
         write_text(args.out, text, replace_existing=args.overwrite)
     print(text if args.json else format_report(result))

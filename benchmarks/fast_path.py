@@ -22,7 +22,6 @@ Parts (each writes OUT/<part>[-<label>].json; every figure carries the card's na
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ import torch
 from bench_training import Clock, body_gflop, factorised_breakdown, machine, matmul_gflops
 
 from siamrdm.io.datasets import TARGET_NAMES, load_algonauts_set
+from siamrdm.io.files import write_json
 from siamrdm.train import TrainConfig, Trainer, config_from_preset, subset
 
 SETTINGS = {f.name for f in fields(TrainConfig)}
@@ -304,7 +304,7 @@ def main() -> None:
             raise SystemExit(f"unknown part '{part}' (floor, epochs, accuracy, ops)")
         result["part_wall_s"] = time.perf_counter() - start
         name = part if part != "epochs" else f"epochs-{args.label}"
-        (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+        write_json(out / f"{name}.json", result, indent=1)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from siamrdm.io.files import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -77,7 +79,7 @@ def main() -> None:
         results["scaling"].append(fit(data, runs / f"ranks-{ranks}", ranks, 1, 0, args.image_size))
         print(json.dumps(results["scaling"][-1]), flush=True)
     runs.mkdir(parents=True, exist_ok=True)
-    (runs / "results.json").write_text(json.dumps(results, indent=2))
+    write_json(runs / "results.json", results, indent=2)
     print("| images | ranks x threads | steps | epoch s | validation s | rank 0 peak RSS MB | "
           "process tree max RSS MB |")
     print("|---|---|---|---|---|---|---|")

@@ -28,6 +28,7 @@ import numpy as np
 from scipy.io import loadmat
 
 from siamrdm.cli import main as siamrdm_main
+from siamrdm.io.files import write_json
 from siamrdm.train import largeset
 
 SMALL = ["--image-size", "64", "--device", "cpu", "--quiet"]
@@ -127,7 +128,7 @@ def main() -> None:
         out.mkdir(parents=True)
         runs(Path(args.data), out)
     prints = fingerprint(out)
-    (out / "fingerprint.json").write_text(json.dumps(prints, indent=1))
+    write_json(out / "fingerprint.json", prints, indent=1)
     print(f"{len(prints)} files fingerprinted in {out}")
     if args.compare:
         before = json.loads((Path(args.compare) / "fingerprint.json").read_text())

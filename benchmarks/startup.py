@@ -18,7 +18,6 @@ does) and lists the heavy packages in sys.modules at exit.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -145,9 +144,9 @@ def main() -> int:
               f"{row['peak_rss_mb_median']:.0f} | {row['peak_rss_mb_beyond_python']:.0f} | {row['heavy_imports']} |")
     if args.out:  # after the runs: the JSON is written with this tree's siamrdm
         sys.path.insert(0, str(REPO / "src"))
-        from siamrdm.io.files import write_text
+        from siamrdm.io.files import write_json
 
-        write_text(args.out, json.dumps(result, indent=2, allow_nan=False))
+        write_json(args.out, result, indent=2)
     return 0
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from functools import partial
@@ -45,7 +44,6 @@ from .cli_settings import (
 from .errors import ConfigError, DataError, UsageError, printable
 from .io.datasets import TARGET_NAMES, TRAINING_SETS, load_algonauts_set
 from .io.images import load_image_set, pattern_names, shown_names
-from .io.jsonfiles import json_safe
 from .io.rdmfiles import check_rdm_keys, save_rdms
 from .io.tables import fmt
 from .pipelines.fitsummary import seed_records, selected_epochs, validation_scores
@@ -264,7 +262,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_lr_find(args) -> int:
-    from .io.files import run_folder, run_mode, write_text
+    from .io.files import run_folder, run_mode, write_json
     from .model.backbones import create_body
     from .pipelines.plots import plot_lr_range
     from .train.lrfind import lr_range_test
@@ -278,7 +276,7 @@ def cmd_lr_find(args) -> int:
     out = out_dir(args.out, args.overwrite)
     with run_folder(out, "lr-find", run_mode(args.overwrite)):
         result = lr_range_test(config, train, progress=not args.quiet, train_stages=stages)
-        write_text(out / "lr_find.json", json.dumps(json_safe(result), indent=2, allow_nan=False))
+        write_json(out / "lr_find.json", result, indent=2)
         plot = plot_lr_range(result, out / "lr_find.png")
     print(f"suggested learning rate: {result['suggested_lr']:.3g} (curve: {plot})")
     print_notes(*train)

@@ -4,18 +4,17 @@ stderr (names from files shown escaped, errors.printable), and stdout whose writ
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Callable, Iterable
 
 from .errors import printable
-from .io.files import json_safe
+from .io.jsonfiles import strict_json_text
 
 
 def print_json(obj) -> None:
-    """Strict JSON on stdout: NaN/inf become null, and allow_nan=False makes sure none slips through."""
-    print(json.dumps(json_safe(obj), indent=2, allow_nan=False))
+    """Strict JSON on stdout (`strict_json_text`: NaN/inf become null)."""
+    print(strict_json_text(obj, indent=2))
 
 
 def print_notes(*read: object) -> None:

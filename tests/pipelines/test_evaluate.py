@@ -12,13 +12,14 @@ from helpers import spaced_training_sets
 from PIL import Image
 
 from siamrdm import cli
+from siamrdm.errors import DataError
 from siamrdm.io import jsonfiles
 from siamrdm.io.datasets import BrainDataset
 from siamrdm.io.images import ImageSet
 from siamrdm.io.tables import Record
 from siamrdm.pipelines import evaluate, plots
 from siamrdm.rdm import rdm_from_features
-from siamrdm.train import config_from_preset, subset
+from siamrdm.train import config_from_preset, prepare_set, subset
 
 TARGETS = ("EVC", "MEG_late")
 
@@ -73,6 +74,15 @@ def _fake_set(name: str, stage_rdms: dict[str, np.ndarray], follows: str, seed: 
     subjects = np.stack([stage_rdms[follows] + 0.02 * rdm_from_features(rng.normal(size=(n, 4))) for _ in range(4)])
     images = ImageSet([f"{k}.png" for k in range(n)], [np.zeros((8, 8, 3), np.uint8)] * n, Path(name))
     return BrainDataset(name, images, {"EVC": subjects})
+
+
+def test_a_set_without_a_targets_rdms_is_refused_as_fit_refuses_it(small_sets: list[BrainDataset]):
+    """evaluate_sets and a fit's prepare_set share one check and one message, before any work."""
+    message = f"^image set {small_sets[0].name}: no RDMs for target\\(s\\) IT$"
+    with pytest.raises(DataError, match=message):
+        evaluate.evaluate_sets(small_sets, ("layers",), ("EVC", "IT"), progress=False)
+    with pytest.raises(DataError, match=message):
+        prepare_set(small_sets[0], ("EVC", "IT"), config_from_preset("quick"))
 
 
 def test_evaluation_chooses_the_layer_on_the_training_set(monkeypatch: pytest.MonkeyPatch):
@@ -150,9 +160,10 @@ def test_fold_evaluation_writes_the_paired_tests(tmp_path: Path):
     rows = [evaluate._row(method, "V4", f"fold {k + 1}", truth + noise * rdm_from_features(rng.normal(size=(n, 4))),
                           subjects) for method, noise in (("siamese", 0.3), ("layers", 1.0)) for k in range(5)]
     held_out = {f"fold {k + 1}": _fake_set("f", {"s": truth}, "s", k) for k in range(5)}
-    evaluation = evaluate.Evaluation(rows, {}, held_out=held_out)
+    evaluation = evaluate.Evaluation(rows, {}, seconds={"layers": float("nan")}, held_out=held_out)
     paths = evaluate.write_evaluation(evaluation, [], tmp_path, make_plots=False)
-    md, saved = paths["md"].read_text(), json.loads(paths["json"].read_text())
+    md, saved = paths["md"].read_text(), jsonfiles.parse_json(paths["json"].read_bytes(), paths["json"], "test")
+    assert saved["seconds"] == {"layers": None}  # strict JSON: an undefined value is null, never NaN
     assert "## Paired tests against the baselines" in md and "| mean +- se | 95% CI (folds) |" in md
     assert saved["paired"] == jsonfiles.json_safe(evaluation.paired())
     folds, over_subjects = saved["paired"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_one_line_error, mark_run
+from helpers import assert_one_line_error, fast_config, mark_run
 from PIL import Image
 
 from siamrdm import cli
@@ -64,7 +64,8 @@ def test_report_has_a_section_per_thing_found(challenge_dir: Path):
                     "### Training curves (IT/seed0/log.csv)", "## Figures"):
         assert heading in md, heading
     assert "Suggested learning rate: 0.003" in md
-    assert "best validation epoch 3 (8.0% of the noise ceiling)" in md
+    # no model.pt (a run stopped before it wrote one): the epoch of the highest mean rho, not said to be kept
+    assert "highest mean validation rho at epoch 3 (8.0% of the noise ceiling)" in md and "kept epoch" not in md
     assert "| siamese | 12.5 | 12.5 | 12.5 | 12.5 | 12.5 |" in md  # the percent-of-ceiling summary
     # Plots drawn from the data found, next to it, and linked with relative paths.
     for rel in ("validation_scores.png", "lr_find.png", "EVC/seed0/training_curves.png",
@@ -72,6 +73,32 @@ def test_report_has_a_section_per_thing_found(challenge_dir: Path):
         assert (challenge_dir / rel).is_file()
         assert f"]({rel})" in md
     assert md.count("![") == 5
+
+
+def test_the_report_names_the_epoch_the_fit_kept(tmp_path: Path, data_root: Path):
+    """With a prior, a fit keeps a trained epoch only where every target shows a validated gain, so the epoch of
+    the highest mean validation rho in its log need not be the one kept (here the fit keeps the prior alone, epoch
+    0, though training raised the mean rho): the report names the kept epoch, from model.pt, and the other as the
+    highest mean rho, not kept. A damaged model file is one line naming it."""
+    from siamrdm.io.datasets import load_algonauts_set
+    from siamrdm.train import subset
+    from siamrdm.train.predict import fit_predictor
+
+    dataset = load_algonauts_set(data_root, "92", ("EVC", "IT"))
+    fit_set, val_set = subset(dataset, np.arange(12), "fit"), subset(dataset, np.arange(50, 56), "val")
+    run = tmp_path / "run"
+    config = fast_config(targets=("EVC", "IT"), prior="layer", frozen_epochs=4, lr=3e-3)
+    kept = fit_predictor(config, [fit_set], [val_set], out_dir=run, progress=False).metrics["seed0"]["best_epoch"]
+    with open(run / "seed0" / "log.csv", newline="") as f:
+        validated = [row for row in csv.DictReader(f) if row["val_rho"]]
+    highest = int(max(validated, key=lambda row: float(row["val_rho"]))["epoch"])
+    assert (kept, highest) == (0, 4)  # the case at issue: the log's highest mean rho is not the kept epoch
+    md = write_report(run)[0].read_text()
+    assert "; kept epoch 0, the untrained start (" in md and "best validation epoch" not in md
+    assert "; highest mean validation rho at epoch 4 (" in md and ", not kept: not a validated gain" in md
+    (run / "model.pt").write_bytes(b"damaged")
+    with pytest.raises(DataError, match="model.pt: unreadable checkpoint"):
+        write_report(run)
 
 
 def test_html_embeds_every_image(challenge_dir: Path):

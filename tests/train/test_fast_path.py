@@ -247,6 +247,16 @@ def test_validate_every_k_epochs(dataset92: BrainDataset) -> None:
     assert [row["epoch"] for row in stopped.history if "val_pct_nc" in row] == [0, 3, 5]
 
 
+def test_the_progress_bar_counts_the_epochs_the_fit_trains(dataset92: BrainDataset,
+                                                           capfd: pytest.CaptureFixture) -> None:
+    """stop_epoch ends a 4-epoch schedule at 2: the bar counts to 2, never to the schedule's 4."""
+    fit_set = train.subset(dataset92, np.arange(10), "a")
+    result = train.fit(fast_config(frozen_epochs=4, stop_epoch=2), [fit_set], progress=True)
+    assert [row["epoch"] for row in result.history] == [1, 2]
+    bar = capfd.readouterr().err
+    assert "2/2 [" in bar and "/4 [" not in bar, bar
+
+
 def test_early_stopping_waits_for_a_validation(dataset92: BrainDataset) -> None:
     """Patience 2 with validation every 4th epoch: the run is scored at epoch 0 (kept: the first score), is not
     better at epoch 4 (a zero learning rate), and stops there, not at epoch 2, where nothing new was known."""

@@ -272,3 +272,18 @@ def test_the_python_api_fits_a_large_set_as_fit_does(small_set: Path, tmp_path: 
     assert cli_weights.keys() == api_weights.keys()
     assert all(torch.equal(cli_weights[name], api_weights[name]) for name in cli_weights)  # bit for bit
     assert sorted(p.name for p in (tmp_path / "api").iterdir()) == sorted(p.name for p in (tmp_path / "cli").iterdir())
+
+
+def test_the_python_api_refuses_augment_views_it_would_ignore(small_set: Path, tmp_path: Path) -> None:
+    """augment_views is how many views the full-batch fit caches; the mini-batch path augments each epoch afresh,
+    so a value other than the default is refused in one line before any folder is made, never silently ignored."""
+    import siamrdm
+
+    store, targets = siamrdm.open_large_set(small_set / "images.h5", small_set / "rdms.npy", "X")
+    config = siamrdm.TrainConfig(targets=("X",), stage="blocks2", head="pairwise", image_size=32, prior="none",
+                                 frozen_epochs=1, device="cpu", augment_views=2)
+    batch = siamrdm.BatchSettings(batch_images=12, val_fraction=0.2, loader_workers=0)
+    with pytest.raises(siamrdm.DataError, match="no use for it .* leave it at 4, not 2") as info:
+        siamrdm.fit_large(config, batch, store, targets, out_dir=tmp_path / "run", progress=False)
+    assert info.value.option == "augment_views" and "\n" not in str(info.value)
+    assert not (tmp_path / "run").exists()

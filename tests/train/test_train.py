@@ -385,6 +385,41 @@ def test_lr_range_test(small92: BrainDataset) -> None:
     assert result["suggested_lr"] in lrs
 
 
+def test_lr_suggestion_never_picks_a_diverged_loss() -> None:
+    """A NaN or infinite last loss is divergence, not the minimum: the suggestion comes from the curve before
+    it (np.argmin alone took the NaN for the lowest loss); a loss non-finite from the first step is one line."""
+    from siamrdm.train.lrfind import suggest_lr
+
+    lrs = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    finite = [1.0, 0.9, 0.5, 0.45]  # slopes -0.1, -0.25, -0.225, -0.05 per decade: steepest at 1e-4
+    assert suggest_lr(lrs[:4], finite) == 1e-4
+    for diverged in (math.nan, math.inf):
+        assert suggest_lr(lrs, [*finite, diverged]) == 1e-4
+    assert suggest_lr(lrs, [1.0, 0.5, math.nan, 0.1, 0.05]) == 1e-5  # nothing after the first NaN counts
+    with pytest.raises(train.TrainingDiverged, match="first step") as info:
+        suggest_lr(lrs[:1], [math.nan])
+    assert info.value.option == "start_lr"
+
+
+@pytest.mark.parametrize(("rates", "option", "problem"), [
+    ((1e-45, 1e84), "start_lr", "float32's range"),
+    ((1e-6, 1e84), "end_lr", "float32's range"),
+    ((1e-6, math.inf), "end_lr", "positive finite"),
+    ((math.nan, 1.0), "start_lr", "positive finite"),
+    ((-1e-3, 1.0), "start_lr", "positive finite"),
+    ((1e-2, 1e-3), "end_lr", "greater than start_lr"),
+    ((1e-6, 1.0, 0), "steps", "at least 1"),
+])
+def test_lr_range_test_refuses_rates_it_cannot_take(small92: BrainDataset, rates: tuple, option: str,
+                                                    problem: str) -> None:
+    """Rates no float32 step can take were a RuntimeError traceback ('cannot be converted to type float
+    without overflow'); now a ConfigError naming the argument, before any work."""
+    start_lr, end_lr, steps = (*rates, 4)[:3]
+    with pytest.raises(train.ConfigError, match=problem) as info:
+        train.lr_range_test(fast_config(), [small92], start_lr=start_lr, end_lr=end_lr, steps=steps, progress=False)
+    assert info.value.option == option and "\n" not in str(info.value)
+
+
 # --------------------------------------------------------------------------- the protocol: epochs mean the same
 
 

@@ -60,6 +60,13 @@ class BrainDataset:
     def __len__(self) -> int:
         return len(self.images)
 
+    def check_targets(self, targets: Sequence[str]) -> None:
+        """Refuse targets this set has no RDMs for (one line naming the set and each missing target), before a
+        fit or an evaluation starts work on them."""
+        missing = [t for t in targets if t not in self.targets]
+        if missing:
+            raise DataError(f"image set {self.name}: no RDMs for target(s) {', '.join(missing)}")
+
 
 def load_dataset(images: str | os.PathLike, rdms: str | os.PathLike, key: str | None = None,
                  order: str | os.PathLike | Sequence[str] | None = None, name: str | None = None,

@@ -34,7 +34,7 @@ from filelock import FileLock, Timeout
 
 from ..errors import ConfigError, DataError
 from .atomic import TEMPORARY, create_unique, name_max, os_reason, replacing
-from .jsonfiles import json_safe, parse_json, read_json
+from .jsonfiles import json_safe, parse_json, read_json, strict_json_text
 
 LOCK_NAME = ".siamrdm.lock"
 MARKER_NAME = ".siamrdm-run.json"
@@ -83,6 +83,12 @@ def write_text(path: str | os.PathLike, text: str, replace_existing: bool = True
     with atomic_path(path, replace_existing) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def write_json(path: str | os.PathLike, value, replace_existing: bool = True, **formatting) -> Path:
+    """Write strict JSON (`strict_json_text`: NaN and inf as null) atomically, listed in its run folder's
+    manifest like any other write; `formatting` (indent, default, ...) is json.dumps's, kept per file."""
+    return write_text(path, strict_json_text(value, **formatting), replace_existing)
 
 
 # --------------------------------------------------------------------------- checks before any work
@@ -206,7 +212,7 @@ def read_marker(path: Path) -> dict | None:
 
 def _write_marker(path: Path, record: dict) -> None:
     with replacing(path / MARKER_NAME) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.write_text(strict_json_text(record, indent=2) + "\n")
 
 
 def read_manifest(run: Path) -> set[str]:
@@ -402,7 +408,7 @@ SETTINGS_FILE = "settings.json"  # what a run was started with: every command's 
 def write_settings(path: Path, settings: dict) -> None:
     """A run folder's settings.json, the one writer for every command (fit, evaluate, challenge, the mini-batch
     fit): strict JSON (no NaN), anything else JSON cannot hold as its text."""
-    write_text(Path(path) / SETTINGS_FILE, json.dumps(json_safe(settings), indent=2, default=str, allow_nan=False))
+    write_json(Path(path) / SETTINGS_FILE, settings, indent=2, default=str)
 
 
 def check_same_settings(path: Path, settings: dict, ignore: tuple[str, ...] = ("world_size",)) -> None:

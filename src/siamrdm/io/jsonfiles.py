@@ -1,5 +1,5 @@
-"""siamrdm's own JSON files: read one strict way (`parse_json`, `read_json`), written from values strict JSON
-can hold (`json_safe`)."""
+"""siamrdm's own JSON files: read one strict way (`parse_json`, `read_json`), written one strict way
+(`strict_json_text`: values as strict JSON can hold them, `json_safe`; `files.write_json` writes the file)."""
 
 from __future__ import annotations
 
@@ -70,3 +70,10 @@ def json_safe(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def strict_json_text(value, **formatting) -> str:
+    """`value` as strict JSON text, the one way siamrdm writes JSON: `json_safe` first (NaN and inf become null),
+    then `allow_nan=False`, so no NaN ever reaches a file or the screen. `formatting` is json.dumps's (indent,
+    sort_keys, default, ...), each caller's own, so the bytes of a file stay what they were."""
+    return json.dumps(json_safe(value), allow_nan=False, **formatting)

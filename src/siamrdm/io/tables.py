@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from .files import atomic_path
-from .jsonfiles import json_safe, parse_json
+from .jsonfiles import parse_json, strict_json_text
 
 # The fields of one score record (records.ScoreRecord), in its order: what every score table holds.
 SCORE_FIELDS = ("r2", "pct_nc", "rho_mean", "rho_se", "p", "p_signed", "noise_ceiling", "ceiling_source",
@@ -90,7 +89,7 @@ def write_csv(rows: list[dict], path: str | os.PathLike, columns: Sequence[str])
     """Rows as a CSV file with these columns (others ignored), written atomically; a list (a row's `rhos`) as
     its JSON text, which `number_list` reads back."""
     path = Path(path)
-    cells = [{k: json.dumps(json_safe(v)) if isinstance(v, list | tuple) else v for k, v in row.items()}
+    cells = [{k: strict_json_text(v) if isinstance(v, list | tuple) else v for k, v in row.items()}
              for row in rows]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")

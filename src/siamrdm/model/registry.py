@@ -103,16 +103,18 @@ def sequential_backbone(name: str, build_stages: Callable[[], nn.ModuleDict],
     return BackboneSpec(name=name, stage_names=lambda: list(build_stages()), build=build, **info)
 
 
-def load_plain(path: str | Path, what: str, error: Callable[[str], Exception], unreadable: str = "") -> object:
+def load_plain(path: str | Path, what: str, error: Callable[[str], Exception], unreadable: str = "",
+               mmap: bool = False) -> object:
     """A torch file read with `weights_only=True` (a crafted file cannot run code on load): tensors and plain
-    data only. A missing or unreadable file raises `error` with one line naming it as `what`."""
+    data only. A missing or unreadable file raises `error` with one line naming it as `what`. With `mmap` the
+    tensors are mapped, not read (for a caller that wants only the plain data beside them)."""
     file = Path(path)
     if not file.is_file():
         raise error(f"{file}: no such {what}")
     try:
         with warnings.catch_warnings():  # torch warns, in lines of its own, about files of the legacy format
             warnings.simplefilter("ignore")
-            return torch.load(file, map_location="cpu", weights_only=True)
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:  # torch's message advises weights_only=False: that would run the file's code
         raise error(f"{file}: unreadable {what}: not tensors and plain data in torch's format (refused: loading "
                     "anything else could run code)") from None

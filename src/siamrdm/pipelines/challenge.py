@@ -16,7 +16,6 @@ test images. Writes the submission files, the validation table, the curves, the 
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import platform
@@ -32,8 +31,7 @@ import torch
 from ..errors import ConfigError
 from ..io import tables
 from ..io.datasets import TARGETS, TRAINING_SETS, BrainDataset, load_algonauts_set, resolve_data_root
-from ..io.files import check_run_folder, run_folder, run_mode, write_settings, write_text
-from ..io.jsonfiles import json_safe
+from ..io.files import check_run_folder, run_folder, run_mode, write_json, write_settings, write_text
 from ..io.progress import Progress
 from ..io.rdmfiles import save_rdms, validate_rdms
 from ..rdm.core import square_rdm
@@ -247,7 +245,7 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
             plot_validation_curves(target, {d: all_curves[target][d] for d in directions},
                                    out_dir / f"{target}_validation_curves.png", used)
         write_table(rows, out_dir, "validation")
-        write_text(out_dir / "validation_curves.json", json.dumps(json_safe(all_curves), indent=1, allow_nan=False))
+        write_json(out_dir / "validation_curves.json", all_curves, indent=1)
     train = [sets[n] for n in TRAINING_SETS]
     fits = run_jobs(in_phase, [(progress, len(cells) + k, total, f"final fit {t} on {'+'.join(TRAINING_SETS)}, "
                                 f"{_epochs_text(epochs[t], validate)} ({_seeds_text(seeds)})", final_fit,

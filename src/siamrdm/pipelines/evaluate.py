@@ -18,7 +18,6 @@ the ceiling that belongs to them (computed from those subjects; none for a singl
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -32,9 +31,8 @@ import torch
 from ..errors import ConfigError, DataError
 from ..io import tables
 from ..io.datasets import TARGET_NAMES, TRAINING_SETS, BrainDataset, load_algonauts_set, target_key
-from ..io.files import atomic_path, write_settings, write_text
+from ..io.files import atomic_path, write_json, write_settings, write_text
 from ..io.images import IMAGE_ORDER_FILE
-from ..io.jsonfiles import json_safe
 from ..io.progress import Phases, Progress
 from ..io.rdmfiles import save_rdms
 from ..io.tables import fmt, number
@@ -235,9 +233,7 @@ def evaluate_sets(sets: list[BrainDataset], methods: tuple[str, ...] = METHODS,
     if len(sets) < 2:
         raise DataError("cross-set evaluation needs at least two image sets")
     for dataset in sets:
-        missing = [t for t in targets if t not in dataset.targets]
-        if missing:
-            raise DataError(f"image set {dataset.name}: no RDMs for target(s) {', '.join(missing)}")
+        dataset.check_targets(targets)
     pairs = [(a, b) for a in sets for b in sets if a is not b]
     externals = tuple(bind_to_sets(externals, {d.name: d.images.names for d in sets}))
     result = Evaluation([], {})
@@ -445,7 +441,7 @@ def write_evaluation(evaluation: Evaluation, sets: list[BrainDataset], out_dir: 
     if folds is not None:
         payload["folds"] = folds
     paths["json"] = out / "evaluation.json"
-    write_text(paths["json"], json.dumps(json_safe(payload), indent=2, default=str))
+    write_json(paths["json"], payload, indent=2, default=str)
     if settings is not None:
         write_settings(out, settings)
     paths["predictions"] = out / "predictions.npz"

@@ -216,7 +216,7 @@ def plot_training_curves(history: Iterable[dict], path: str | os.PathLike, title
     """Training loss and validation % of the noise ceiling per epoch (rows as in FitResult.history or log.csv).
 
     The epochs `marked` (label -> epoch: those a rule chose and a run used, e.g. per direction and for the final
-    fit), else the best validation epoch (highest mean rho where logged, as the trainer chose it), and the switch
+    fit, the epoch a fit kept), else the epoch of the highest mean rho where logged, and the switch
     from frozen to unfrozen body are marked. A run without validation (a final fit) has the loss panel alone.
     """
     rows = list(history)

@@ -10,10 +10,12 @@ only files siamrdm wrote): it has a section for each kind of thing it finds, so 
   interval, the ceiling and chance bands, Holm-corrected paired tests; methods.png), then the tables in full and
   as a percent-of-ceiling summary, with a bar chart drawn if the folder has none;
 - lr_find.json anywhere below: the LR range test curve (drawn next to it);
-- log.csv anywhere below: training and validation curves per epoch (drawn next to it);
+- log.csv anywhere below: training and validation curves per epoch (drawn next to it), and the epoch the fit
+  kept, as the run's model.pt records it;
 - every other PNG below the folder: shown with its path as caption.
 
-Only regular files of at most MAX_REPORT_FILE_BYTES are read (a symbolic link, a FIFO or a device is refused with
+Only regular files of at most MAX_REPORT_FILE_BYTES are read (a model.pt of any size, for its record of the kept
+epochs only: its tensors are mapped, not read; a symbolic link, a FIFO or a device is refused with
 one line: it could point anywhere, block or never end), and nothing is drawn before the folder is known to be
 writable.
 """
@@ -24,16 +26,16 @@ import base64
 import csv
 import html
 import io
-import json
 import math
 import os
+import re
 import stat
 from pathlib import Path
 from urllib.parse import quote
 
 from ..errors import DataError
 from ..io.files import MARKER_NAME, check_output_file, read_marker, write_text
-from ..io.jsonfiles import json_safe, parse_json
+from ..io.jsonfiles import parse_json, strict_json_text
 from ..io.tables import (
     MAX_SUMMARY_COLUMNS,
     PAIRED_NOTE,
@@ -60,8 +62,9 @@ MAX_REPORT_FILE_BYTES = 64 * 2**20  # the largest file (a PNG, CSV or JSON) a re
 Block = tuple  # ("h2" | "h3" | "p" | "code", text), ("table", header, rows), ("img", path, caption)
 
 
-def _checked_input(path: Path) -> Path:
-    """`path`, when it is a regular file (not a symbolic link, FIFO or device) of at most MAX_REPORT_FILE_BYTES."""
+def _checked_input(path: Path, limit: int | None = MAX_REPORT_FILE_BYTES) -> Path:
+    """`path`, when it is a regular file (not a symbolic link, FIFO or device) of at most `limit` bytes (None:
+    any size, for a model file, whose tensors are mapped, not read)."""
     try:
         info = path.lstat()
     except OSError as exc:
@@ -70,8 +73,8 @@ def _checked_input(path: Path) -> Path:
         raise DataError(f"{path}: a symbolic link; a report reads only regular files (replace it with the file)")
     if not stat.S_ISREG(info.st_mode):
         raise DataError(f"{path}: not a regular file (a FIFO, device or socket); a report reads only regular files")
-    if info.st_size > MAX_REPORT_FILE_BYTES:
-        raise DataError(f"{path}: {info.st_size:,} bytes, more than the {MAX_REPORT_FILE_BYTES:,} a report reads")
+    if limit is not None and info.st_size > limit:
+        raise DataError(f"{path}: {info.st_size:,} bytes, more than the {limit:,} a report reads")
     return path
 
 
@@ -298,18 +301,19 @@ def _training_blocks(run_dir: Path, placed: set[Path]) -> list[Block]:
 
 
 def _log_blocks(run_dir: Path, path: Path, placed: set[Path]) -> list[Block]:
-    """One fit's training curves (log.csv) and a line on its epochs, loss and best validation epoch."""
+    """One fit's training curves (log.csv) and a line on its epochs, loss and the epoch the fit kept."""
     rows = _training_log(path)
     if not rows or "loss" not in rows[0]:
         return []
-    where = path.parent.relative_to(run_dir)
-    label = "run" if str(where) == "." else str(where)
-    chart = plots.plot_training_curves(rows, path.with_name("training_curves.png"), title=f"training: {label}")
-    # the epoch of the highest mean rho (train.selection_score; with a prior, fit keeps it only where every target
-    # shows a validated gain, which the log's means cannot show); older logs have only pct_nc
-    val = [(number(r.get("val_rho", r.get("val_pct_nc"))), number(r.get("val_pct_nc")), r.get("epoch"))
+    # the mean rho of each validated epoch (train.selection_score; older logs have only pct_nc)
+    val = [(number(r.get("val_rho", r.get("val_pct_nc"))), number(r.get("val_pct_nc")), int(number(r["epoch"])))
            for r in rows]
     val = [row for row in val if row[0] is not None]
+    kept = _kept_epoch(run_dir, path) if val else None
+    where = path.parent.relative_to(run_dir)
+    label = "run" if str(where) == "." else str(where)
+    chart = plots.plot_training_curves(rows, path.with_name("training_curves.png"), title=f"training: {label}",
+                                       marked=None if kept is None else {"kept by the fit": kept})
     blocks: list[Block] = [("h3", f"Training curves ({path.relative_to(run_dir)})")]
     loss = number(rows[-1].get("loss"))
     trained = sum((number(r.get("epoch")) or 0) > 0 for r in rows)
@@ -317,11 +321,44 @@ def _log_blocks(run_dir: Path, path: Path, placed: set[Path]) -> list[Block]:
     if not trained:
         text = "0 epochs trained: the prior alone"
     if val:
-        _, pct, epoch = max(val, key=lambda row: row[0])
-        text += f"; best validation epoch {epoch}" + ("" if pct is None else f" ({pct:.1f}% of the noise ceiling)")
+        text += _epochs_text(val, kept)
     blocks += [("p", text + "."), _image(chart, str(chart.relative_to(run_dir)))]
     placed.add(chart)
     return blocks
+
+
+def _epochs_text(val: list[tuple], kept: int | None) -> str:
+    """The epoch the fit kept (as its model file records it), and the one of the highest mean validation rho when
+    that is another: with a prior, a fit keeps a trained epoch only where every target shows a validated gain,
+    which the log's means cannot show. Without a model file (a run stopped before it wrote one), the highest."""
+    def pct_text(pct: float | None) -> str:
+        return "" if pct is None else f" ({pct:.1f}% of the noise ceiling)"
+
+    _, pct, highest = max(val, key=lambda row: row[0])
+    if kept is None:
+        return f"; highest mean validation rho at epoch {highest}{pct_text(pct)}"
+    kept_pct = next((p for _, p, epoch in val if epoch == kept), None)
+    text = f"; kept epoch {kept}" + (", the untrained start" if kept == 0 else "") + pct_text(kept_pct)
+    if highest != kept:
+        text += (f"; highest mean validation rho at epoch {highest}{pct_text(pct)}, not kept: not a validated "
+                 "gain on every target")
+    return text
+
+
+def _kept_epoch(run_dir: Path, log: Path) -> int | None:
+    """The epoch the fit kept for the seed of `log` (FIT/seed<k>/log.csv, FIT in `run_dir`), from FIT/model.pt;
+    None where there is no model file (or the log is not a seed's). A damaged one is a DataError naming it, as
+    any damaged run file is."""
+    model = log.parent.parent / "model.pt"
+    if not re.fullmatch(r"seed\d+", log.parent.name) or log.parent == run_dir or not os.path.lexists(model):
+        return None
+    from ..train.predict import kept_epochs
+
+    kept = kept_epochs(_checked_input(model, limit=None))
+    if log.parent.name not in kept:
+        raise DataError(f"{model}: malformed siamrdm model file: no record of {log.parent.name}, whose log is "
+                        f"{log}")
+    return kept[log.parent.name]
 
 
 def _settings_blocks(run_dir: Path) -> list[Block]:
@@ -332,7 +369,7 @@ def _settings_blocks(run_dir: Path) -> list[Block]:
         if os.path.lexists(path):  # a link, a FIFO or a folder is refused, not skipped
             # a number JSON writes but a float cannot hold (1e999) reads as infinite: shown as missing (null),
             # never as Infinity, which is not JSON
-            settings = json.dumps(json_safe(_settings(path)), indent=2, allow_nan=False)
+            settings = strict_json_text(_settings(path), indent=2)
             blocks += [("h2", f"Settings ({name})"), ("code", settings)]
     return blocks
 

@@ -29,9 +29,10 @@ def save_checkpoint(path: Path, payload: dict) -> None:
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint or model file with `weights_only=True`: a crafted file cannot run code on load."""
-    payload = load_plain(path, "checkpoint", DataError, ", or one holding more than tensors and plain data")
+def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
+    """Read a checkpoint or model file with `weights_only=True`: a crafted file cannot run code on load. With
+    `mmap`, its tensors are mapped rather than read (`load_plain`)."""
+    payload = load_plain(path, "checkpoint", DataError, ", or one holding more than tensors and plain data", mmap)
     if not isinstance(payload, dict):
         raise DataError(f"{path}: not a siamrdm checkpoint")
     return payload

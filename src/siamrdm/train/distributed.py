@@ -232,6 +232,9 @@ def check_batch_settings(batch: BatchSettings, world: int = 1) -> BatchSettings:
 # otherwise, never silently ignored.
 FULL_BATCH_ONLY = {"precision": "fp32", "channels_last": False, "validate_every": 1, "per_image": "keep",
                    "head_average": None, "set_weights": "pairs", "group_target": "mean", "train_stages": "all"}
+# The full-batch fit's settings this path has no use for (each epoch crops and flips afresh, no cached views):
+# refused unless left at TrainConfig's default, so that a value given is never silently ignored.
+FULL_BATCH_UNUSED = ("augment_views",)
 
 
 def check_minibatch_config(config: TrainConfig) -> TrainConfig:
@@ -256,6 +259,11 @@ def refuse_full_batch_settings(config: TrainConfig) -> TrainConfig:
         if getattr(config, name) != value:
             raise ConfigError(name, f"the mini-batch path (batch_images) runs with {value} only, not "
                                     f"{getattr(config, name)!r}")
+    for name in FULL_BATCH_UNUSED:
+        default = getattr(TrainConfig, name)
+        if getattr(config, name) != default:
+            raise ConfigError(name, f"the mini-batch path (batch_images) has no use for it (each epoch augments "
+                                    f"afresh): leave it at {default!r}, not {getattr(config, name)!r}")
     return config
 
 

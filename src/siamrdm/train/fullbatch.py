@@ -91,9 +91,7 @@ def group_target(rdms: np.ndarray, kind: str = "mean") -> np.ndarray:
 
 
 def prepare_set(dataset: BrainDataset, targets: tuple[str, ...], config: TrainConfig) -> PairTargets:
-    missing = [t for t in targets if t not in dataset.targets]
-    if missing:
-        raise DataError(f"image set {dataset.name}: no RDMs for target(s) {', '.join(missing)}")
+    dataset.check_targets(targets)
     columns, normalisation = [], {}
     for target in targets:
         values, params = rescale(group_target(dataset.targets[target], config.group_target), config.rescale)

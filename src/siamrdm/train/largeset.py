@@ -13,7 +13,6 @@ folder of images, and subject RDMs made from a fixed pretrained stage plus noise
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterator
@@ -293,7 +292,7 @@ def make_large_set(source: str | os.PathLike | list, out_dir: str | os.PathLike,
     correlation distance (1 - Pearson r) of efficientnet_lite0's `stage` features plus Gaussian noise of
     `noise` times the RDM's standard deviation per subject. `out_dir/answer.json` says how it was made and
     what knowing the stage scores on all pairs. Deterministic in `seed`."""
-    from ..io.files import atomic_path, write_text
+    from ..io.files import atomic_path, write_json
     from ..model.backbones import create_body
 
     out = Path(out_dir)
@@ -346,5 +345,5 @@ def make_large_set(source: str | os.PathLike | list, out_dir: str | os.PathLike,
     answer = {"images": n_images, "image_size": image_size, "subjects": subjects, "noise_sd_ratio": noise,
               "stage": stage, "backbone": "efficientnet_lite0", "seed": seed, "source": [str(f) for f in folders],
               "truth_score_on_sampled_pairs": target.score(truth[sample].astype(np.float64))}
-    write_text(out / "answer.json", json.dumps(answer, indent=2))
+    write_json(out / "answer.json", answer, indent=2)
     return answer

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError, TrainingDiverged
 from ..io.datasets import BrainDataset
 from .config import TrainConfig
 from .fullbatch import FullBatchStep
@@ -20,9 +21,10 @@ def lr_range_test(config: TrainConfig, train: list[BrainDataset], start_lr: floa
     `train_stages` K, the body's top K stages ('all': the whole body) train too, at the rate times
     `body_lr_factor`, as a fit's unfrozen epochs train them (on the plain images: no augmentation here).
 
-    Returns the rates (the head's), the smoothed losses and a suggested rate: the steepest descent of the
-    smoothed loss, found before the loss diverges (4x its minimum).
+    Returns the rates (the head's), the smoothed losses and a suggested rate (`suggest_lr`). The rates and
+    `steps` are checked first (`check_range`), so a rate no float32 step can take is a ConfigError naming it.
     """
+    check_range(config, start_lr, end_lr, steps, train_stages)
     step_data = FullBatchStep(replace(config, augment=False, train_stages=train_stages), train)
     step_data.model.freeze_body(train_stages == 0, train_stages)
     body = step_data.model.body.trained_parameters(train_stages) if train_stages != 0 else None
@@ -49,8 +51,44 @@ def lr_range_test(config: TrainConfig, train: list[BrainDataset], start_lr: floa
         smoothed.append(avg / (1 - 0.9 ** (step + 1)))
         if not math.isfinite(value) or smoothed[-1] > 4 * min(smoothed):
             break
-    log_lr = np.log10(lrs)
-    slopes = np.gradient(np.asarray(smoothed), log_lr) if len(lrs) > 2 else np.zeros(len(lrs))
-    lowest = int(np.argmin(smoothed))
+    return {"lr": lrs, "loss": losses, "smoothed_loss": smoothed, "suggested_lr": suggest_lr(lrs, smoothed)}
+
+
+def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
+    """The rate of the steepest descent of the smoothed loss, at or before its lowest point. Only the curve
+    before the first NaN or infinite loss counts: that loss is divergence, and np.argmin would take a NaN for
+    the minimum and suggest the very rate that diverged."""
+    curve = np.asarray(smoothed, dtype=float)
+    finite = np.isfinite(curve)
+    kept = len(curve) if finite.all() else int(np.argmin(finite))  # up to the first non-finite loss
+    if kept == 0:
+        raise TrainingDiverged("lr-find: the loss was NaN or infinite at the first step, before any rate acted "
+                               "on it; check the training data", option="start_lr")
+    curve = curve[:kept]
+    slopes = np.gradient(curve, np.log10(lrs[:kept])) if kept > 2 else np.zeros(kept)
+    lowest = int(np.argmin(curve))
     steepest = int(np.argmin(slopes[: lowest + 1])) if lowest > 0 else 0
-    return {"lr": lrs, "loss": losses, "smoothed_loss": smoothed, "suggested_lr": float(lrs[steepest])}
+    return float(lrs[steepest])
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
+ADAMW_FIRST_STEP_GAIN = 10.0  # AdamW's first step is the rate / (1 - beta1), beta1 torch's 0.9 (make_optimizer's)
+
+
+def check_range(config: TrainConfig, start_lr: float, end_lr: float, steps: int, train_stages: int | str) -> None:
+    """Refuse, before any work, rates the test cannot take: each finite and positive, start below end, and
+    within float32's range as the optimiser uses it (AdamW's first step, its weight decay, the body's share):
+    a larger one would end in torch's 'cannot be converted to type float without overflow'."""
+    share = max(1.0, config.body_lr_factor) if train_stages != 0 else 1.0
+    largest = FLOAT32_MAX / (share * max(ADAMW_FIRST_STEP_GAIN, config.weight_decay))
+    for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(name, f"must be a positive finite rate, got {value}")
+        if not FLOAT32_TINY <= value <= largest:
+            raise ConfigError(name, f"must be between {FLOAT32_TINY:.3g} and {largest:.3g} (float32's range as "
+                                    f"AdamW steps with it), got {value:g}")
+    if start_lr >= end_lr:
+        raise ConfigError("end_lr", f"must be greater than start_lr ({start_lr:g}), got {end_lr:g}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError("steps", f"must be a whole number of at least 1, got {steps}")

@@ -154,6 +154,23 @@ class RDMPredictor:
         return cls(models, replace(config, device=device), normalisation, metrics, priors, output_keys)
 
 
+def kept_epochs(path: str | os.PathLike) -> dict[str, int]:
+    """Each seed's kept epoch ('seed0' -> epoch, `seed_summary`'s best_epoch) as a model file records it, read
+    without building its networks (their tensors mapped, not read): the epoch `siamrdm report` names as kept,
+    which only the fit's rule knows (with a prior, a trained epoch is kept only where every target gains)."""
+    payload = load_checkpoint(path, mmap=True)
+    metrics = payload.get("metrics") if payload.get("format") == MODEL_FORMAT else None
+    if not isinstance(metrics, dict):
+        raise DataError(f"{path}: not a siamrdm model file (expected the model.pt that 'siamrdm fit' writes)")
+    kept = {}
+    for seed, record in metrics.items():
+        epoch = record.get("best_epoch") if isinstance(record, dict) else None
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise DataError(f"{path}: malformed siamrdm model file: {seed}'s kept epoch is {epoch!r}")
+        kept[str(seed)] = epoch
+    return kept
+
+
 def check_body(saved: dict | None, rebuilt: dict, path: str | os.PathLike) -> None:
     """The body rebuilt from the library's code must be the one trained: the same stages and normalisation (a
     library's other version could cut a `timm:`/`torchvision:` model differently). Files from before the body

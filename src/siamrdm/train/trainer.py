@@ -259,7 +259,7 @@ class Trainer:
         last_save = time.perf_counter()
         if self.epoch == 0 and self.stepper.has_validation and self.stepper.main and not self.history:
             self.validate_start()
-        bar = tqdm(total=self.config.epochs, initial=self.epoch, disable=not self.progress, unit="epoch",
+        bar = tqdm(total=self.last_epoch, initial=self.epoch, disable=not self.progress, unit="epoch",
                    desc=f"fit {'+'.join(self.config.targets)}{self.label}", leave=False)
         for row in self.epochs():
             bar.update(1)

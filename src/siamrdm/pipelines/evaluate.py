@@ -33,6 +33,7 @@ from ..io import tables
 from ..io.datasets import TARGET_NAMES, TRAINING_SETS, BrainDataset, load_algonauts_set, target_key
 from ..io.files import atomic_path, write_json, write_settings, write_text
 from ..io.images import IMAGE_ORDER_FILE
+from ..io.jsonfiles import json_safe
 from ..io.progress import Phases, Progress
 from ..io.rdmfiles import save_rdms
 from ..io.tables import fmt, number

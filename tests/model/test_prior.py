@@ -12,7 +12,8 @@ import torch
 from siamrdm import train
 from siamrdm.errors import DataError
 from siamrdm.io.datasets import BrainDataset, load_algonauts_set
-from siamrdm.model import baselines
+from siamrdm.io.images import ImageSet
+from siamrdm.model import baselines, prior
 from siamrdm.model.prior import PriorFit, fit_prior, prior_vector, stage_rdms
 from siamrdm.rdm import upper_tri
 from siamrdm.rdm.compare import score_rdm, spearman_rhos
@@ -124,6 +125,22 @@ def test_tta_averages_the_image_and_its_mirror(sets) -> None:
     assert not np.allclose(alone[0], alone[1])  # the mirror is a different view
     predictor = RDMPredictor([result.model], config)
     np.testing.assert_allclose(predictor.predict(train_set.images)["IT"], both[0], atol=1e-6)
+
+
+def test_stage_rdms_of_the_same_file_with_other_pixels_are_their_own(dataset92: BrainDataset) -> None:
+    """The stage RDMs' cache is keyed by the pixels too (a file read whole and reduced differ), and a subset is
+    still cut from its cached set."""
+    images = ImageSet(dataset92.images.names[:6], dataset92.images.images[:6], dataset92.images.source)
+    mirrored = ImageSet(images.names, [np.ascontiguousarray(im[:, ::-1]) for im in images.images], images.source)
+    plain, flipped = stage_rdms(images, "alexnet", "random", 64), stage_rdms(mirrored, "alexnet", "random", 64)
+    half = ImageSet(images.names[:3], images.images[:3], images.source)
+    for stage, rdm in stage_rdms(half, "alexnet", "random", 64).items():
+        np.testing.assert_array_equal(rdm, plain[stage][:3, :3])
+    prior._CACHE.clear()
+    fresh = stage_rdms(mirrored, "alexnet", "random", 64)
+    for stage, rdm in flipped.items():
+        np.testing.assert_allclose(rdm, fresh[stage], atol=1e-5)
+        assert not np.allclose(rdm, plain[stage], atol=1e-5)
 
 
 def test_prior_options_are_checked() -> None:

@@ -17,6 +17,7 @@ from scipy import stats
 
 from siamrdm import train
 from siamrdm.io.datasets import BrainDataset, load_algonauts_set
+from siamrdm.io.images import ImageSet
 from siamrdm.pipelines import challenge
 from siamrdm.rdm import square_rdm, upper_tri
 from siamrdm.rdm.compare import compare_rdms, spearman_rhos
@@ -114,6 +115,19 @@ def test_frozen_views_keep_their_crops(dataset92: BrainDataset) -> None:
             crop = per_image_augment(pixels[k : k + 1], config.crop_scale, image_generator(seed_key))
             torch.testing.assert_close(trainer.stepper._views[0][view, k], trainer.model.body(crop)[0], atol=1e-5,
                                        rtol=1e-5)
+
+
+def test_the_same_file_with_other_pixels_does_not_share_cached_features(dataset92: BrainDataset) -> None:
+    """One file can be read whole or reduced (`load_image_set`'s size): the cache of frozen features is keyed by
+    the pixels too, so a set with the same source and names but other pixels gets its own features."""
+    config = fast_config(augment=True, augment_views=2)
+    part = train.subset(dataset92, np.arange(4), "a")
+    mirrored = replace(part, images=ImageSet(part.images.names, [np.ascontiguousarray(im[:, ::-1])
+                                                                 for im in part.images.images], part.images.source))
+    train.Trainer(config, [part], progress=False)  # fills the cache with the unmirrored images' features
+    trainer = train.Trainer(config, [mirrored], progress=False)
+    pixels = trainer.stepper.train_sets[0].images
+    torch.testing.assert_close(trainer.stepper._views[0][0], trainer.model.body(pixels), atol=1e-5, rtol=1e-5)
 
 
 def test_the_path_spelling_of_the_data_does_not_change_the_model(data_root: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ size. Errors are `DataError`s with a one-line message that names the file and th
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import warnings
@@ -38,6 +39,20 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def digests(self) -> list[str]:
+        """A short hash of each image's pixels and shape: what caches of features computed from the pixels are
+        keyed by besides the file's name, since one file can be read whole or reduced (`load_image_set`'s
+        `size`), and the two must not share an entry. Computed afresh each call (the lists can be changed)."""
+        return [_pixel_digest(image) for image in self.images]
+
+
+def _pixel_digest(image: np.ndarray) -> str:
+    """blake2b (8 bytes) of an image's shape, dtype and pixels."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(repr((image.shape, image.dtype.str)).encode())
+    digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.hexdigest()
 
 
 def _scale_to_uint8(values: np.ndarray, top: float) -> np.ndarray:

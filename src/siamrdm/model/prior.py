@@ -82,7 +82,8 @@ def _per_image_set(cache: dict, compute: Callable[..., dict[str, np.ndarray]], f
     that holds all its images."""
     key = None
     if isinstance(images, ImageSet):
-        key = (str(images.source), tuple(images.names), backbone, weights, image_size)
+        key = (str(images.source), tuple(zip(images.names, images.digests(), strict=True)), backbone, weights,
+               image_size)
         if key in cache:
             return cache[key]
         part = _from_cached_superset(key, cache, features)

@@ -71,7 +71,7 @@ class PairTargets:
     targets: torch.Tensor  # (P, T), P = N(N-1)/2 pairs in upper-triangle order
     subject_rdms: dict[str, np.ndarray]  # for validation with the official metric
     normalisation: dict[str, dict[str, float]]
-    keys: list[str]  # each image's file (its folder, resolved, and name): the feature cache's key
+    keys: list[str]  # the feature cache's key: each image's file (folder, resolved; name) and pixels (digest)
     seed_keys: list[str]  # each image's identity as its augmentation is seeded: its folder's name and its name
     official: bool = False  # an Algonauts set: its targets' published ceilings apply
     prior_pairs: torch.Tensor | None = None  # (P, T) the prior's values, already subtracted from `targets`
@@ -103,7 +103,8 @@ def prepare_set(dataset: BrainDataset, targets: tuple[str, ...], config: TrainCo
         targets=torch.tensor(np.stack(columns, axis=1), dtype=torch.float32),
         subject_rdms={t: dataset.targets[t] for t in targets},
         normalisation=normalisation,
-        keys=[f"{Path(dataset.images.source).resolve()}/{name}" for name in dataset.images.names],
+        keys=[f"{Path(dataset.images.source).resolve()}/{name}/{digest}"
+              for name, digest in zip(dataset.images.names, dataset.images.digests(), strict=True)],
         seed_keys=[f"{Path(dataset.images.source).name}/{name}" for name in dataset.images.names],
         official=dataset.official,
     )

@@ -317,8 +317,8 @@ def _mapped_npy(path: str | os.PathLike) -> np.ndarray | None:
         return None
     try:
         return read_npy(path, mmap=True)
-    except (ValueError, OSError, OverflowError) as exc:  # OverflowError: a header with a negative dimension
-        raise DataError(f"{path}: unreadable .npy file ({' '.join(str(exc).split())[:160]})") from None
+    except (ValueError, OSError, OverflowError, EOFError) as exc:  # Overflow: a negative dimension; EOF: empty
+        raise DataError(f"{path}: unreadable .npy file ({one_line(exc)[:160]})") from None
 
 
 def read_condensed_subjects(path: str | os.PathLike) -> np.ndarray | None:
@@ -337,8 +337,7 @@ def read_condensed_subjects(path: str | os.PathLike) -> np.ndarray | None:
 
 def read_condensed_model(path: str | os.PathLike, pairs: int) -> np.ndarray:
     """A model RDM for condensed subjects: its upper triangle (P,) or its square (N, N), in a .npy file."""
-    if not Path(path).is_file():
-        raise DataError(f"{path}: no such file")
+    check_regular_file(Path(path))
     model = _mapped_npy(path)
     if model is None:
         raise DataError(f"{path}: the subjects are upper triangles in a .npy file, so the model must be a .npy "

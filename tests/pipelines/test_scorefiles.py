@@ -85,6 +85,14 @@ def test_an_empty_or_non_regular_npy_is_one_line_naming_it(tmp_path: Path, make_
         read_condensed_model(tmp_path / "fifo.npy", 28)
 
 
+def test_upper_triangles_of_no_subjects_are_refused(tmp_path: Path, make_rdms) -> None:
+    """(0, P) subjects were scored: numpy's warnings on stderr, exit 0 and a result of nulls."""
+    np.save(tmp_path / "none.npy", np.zeros((0, 28)))
+    np.save(tmp_path / "model.npy", upper_tri(make_rdms(8, seed=5)))
+    with pytest.raises(DataError, match=r"none\.npy: upper triangles of no subjects \(shape \(0, 28\)\)"):
+        score_files(str(tmp_path / "model.npy"), str(tmp_path / "none.npy"))
+
+
 def test_a_ceiling_error_of_a_keyless_file_names_the_file_alone(tmp_path: Path, make_rdms) -> None:
     """One subject in a .npy: the message names 'one.npy', not 'one.npy:' with an empty key after it."""
     np.save(tmp_path / "one.npy", make_rdms(6, seed=1))

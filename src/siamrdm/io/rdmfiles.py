@@ -331,6 +331,8 @@ def read_condensed_subjects(path: str | os.PathLike) -> np.ndarray | None:
     if n * (n - 1) // 2 != array.shape[1] or n < 3:
         raise DataError(f"{path}: {array.shape} {array.dtype} is neither square RDMs nor upper triangles "
                         "(subjects, N(N-1)/2)")
+    if array.shape[0] == 0:
+        raise DataError(f"{path}: upper triangles of no subjects (shape {array.shape})")
     check_real_dtype(array.dtype, path)  # integers and booleans are read as float64 a subject at a time
     return array
 

@@ -118,10 +118,9 @@ def test_data_info_missing_root_in_process(capsys, tmp_path: Path, no_env) -> No
     assert_one_line_error(err, str(tmp_path), "no Algonauts image sets")
 
 
-def test_data_info_shows_the_root_then_fails_on_a_target_file_fit_cannot_use(
-        capsys, tmp_path: Path, data_root: Path, fmri92: dict[str, np.ndarray], no_env) -> None:
-    """A NaN in one target file: data-info still lists the whole root and every other reliability, then says
-    which file is bad in one line and exits 2, as fit does (it exited 0 before)."""
+def _root_with_92_targets(tmp_path: Path, data_root: Path, targets: dict[str, np.ndarray]) -> tuple[Path, Path]:
+    """A data root that is the Algonauts one but for the 92 set's target_fmri.mat, which holds `targets`:
+    (the root, that file)."""
     root = tmp_path / "root"
     (root / "Training_Data" / "92_Image_Set").mkdir(parents=True)
     (root / "Training_Data" / "118_Image_Set").symlink_to(data_root / "Training_Data" / "118_Image_Set")
@@ -129,9 +128,16 @@ def test_data_info_shows_the_root_then_fails_on_a_target_file_fit_cannot_use(
     for entry in (data_root / "Training_Data" / "92_Image_Set").iterdir():
         if entry.name != "target_fmri.mat":
             (root / "Training_Data" / "92_Image_Set" / entry.name).symlink_to(entry)
+    return root, save_rdms(root / "Training_Data" / "92_Image_Set" / "target_fmri.mat", targets)
+
+
+def test_data_info_shows_the_root_then_fails_on_a_target_file_fit_cannot_use(
+        capsys, tmp_path: Path, data_root: Path, fmri92: dict[str, np.ndarray], no_env) -> None:
+    """A NaN in one target file: data-info still lists the whole root and every other reliability, then says
+    which file is bad in one line and exits 2, as fit does (it exited 0 before)."""
     damaged = {key: rdms.copy() for key, rdms in fmri92.items()}
     damaged["IT_RDMs"][3, 0, 1] = damaged["IT_RDMs"][3, 1, 0] = np.nan
-    bad = save_rdms(root / "Training_Data" / "92_Image_Set" / "target_fmri.mat", damaged)
+    root, bad = _root_with_92_targets(tmp_path, data_root, damaged)
     before = bad.read_bytes()
     code, out, err = run_main(capsys, "data-info", "--data", str(root))
     assert code == 2
@@ -144,6 +150,18 @@ def test_data_info_shows_the_root_then_fails_on_a_target_file_fit_cannot_use(
     assert "NaN" in info["reliability"]["92/IT"]["not_measured"] and "split_half" in str(info["reliability"]["92/EVC"])
     assert_one_line_error(err, "target_fmri.mat", "NaN")
     assert bad.read_bytes() == before
+
+
+
+def test_data_info_fails_on_target_rdms_of_another_image_count(capsys, tmp_path: Path, data_root: Path,
+                                                               fmri92: dict[str, np.ndarray], no_env) -> None:
+    """RDMs of 91 images beside the 92 images: fit refuses them, so data-info exits 2 naming the file (it
+    measured their reliability and exited 0)."""
+    root, _ = _root_with_92_targets(tmp_path, data_root, {key: rdms[:, :91, :91] for key, rdms in fmri92.items()})
+    code, out, err = run_main(capsys, "data-info", "--data", str(root))
+    assert code == 2
+    assert "92/EVC: reliability not measured" in out and "118/IT:" in out
+    assert_one_line_error(err, "target_fmri.mat:", "91 x 91 but there are 92 images", "and 1 more")
 
 
 # --------------------------------------------------------------------------- score

@@ -256,8 +256,8 @@ def cmd_predict(args) -> int:
     keyed = {predictor.output_keys.get(t, t): rdm for t, rdm in rdms.items()}
     path = save_rdms(args.out, keyed, names=pattern_names(images.names),  # obj1.png as 'obj1'
                      replace_existing=args.overwrite)  # a file that appeared meanwhile is not lost
-    print(f"wrote {path}: {', '.join(keyed)} ({len(images)} x {len(images)}); the model's "
-          f"{purpose_text(predictor.config.per_image)}")
+    print(printable(f"wrote {path}: {', '.join(keyed)} ({len(images)} x {len(images)}); the model's "
+                    f"{purpose_text(predictor.config.per_image)}"))  # keys from the model file, shown escaped
     return 0
 
 
@@ -401,7 +401,7 @@ def cmd_report(args) -> int:
     from .pipelines.report import write_report
 
     md, page = write_report(args.run_dir, title=args.title)
-    print(f"wrote {md} and {page}")
+    print(printable(f"wrote {md} and {page}"))
     return 0
 
 
@@ -416,7 +416,7 @@ def cmd_bodies(args) -> int:
         print_json({"bodies": rows})
         return 0
     if not rows:
-        print(f"no timm or torchvision model matches '{args.search}'")
+        print(f"no timm or torchvision model matches '{printable(args.search)}'")
     for row in rows:
         if "stages" in row:
             print(f"{row['name']}: {row['description']}; {row['image_size']} px; default stage "

@@ -15,6 +15,7 @@ from siamrdm.io.condensed import CondensedRDMs
 from siamrdm.io.rdmfiles import list_rdm_keys, load_rdm_dict, load_rdms, read_rdm_dict, read_rdms, save_rdms
 from siamrdm.io.rsafiles import check_rdm_names, grouping_notes, rdm_grouping, read_rdm_names
 from siamrdm.pipelines.external import load_external
+from siamrdm.pipelines.scorefiles import score_files
 from siamrdm.rdm import upper_tri
 from siamrdm.rdm.compare import compare_rdms
 from siamrdm.rdm.core import group_average
@@ -159,6 +160,22 @@ def test_bad_rsatoolbox_files(tmp_path: Path) -> None:
         f.create_group("pattern_descriptors")
     with pytest.raises(DataError, match=r"odd\.hdf5: 'dissimilarities' rows of length 4"):
         load_rdms(odd)
+
+
+def test_an_rsatoolbox_file_of_no_rdms_or_of_too_few_names_is_refused(tmp_path: Path, make_rdms) -> None:
+    """No RDMs in 'dissimilarities' was read as 'unreadable file ('target')'; a name descriptor listing fewer
+    images than the RDMs have passed wherever the other file named no images (score's submission)."""
+    empty = write_rsatoolbox_layout(tmp_path / "empty.hdf5", np.zeros((0, 12, 12)))
+    with pytest.raises(DataError, match=r"empty\.hdf5: 'dissimilarities' holds no RDMs"):
+        list_rdm_keys(empty)
+    rdms = make_rdms(12, subjects=2, seed=4)
+    short = write_rsatoolbox_layout(tmp_path / "short.hdf5", rdms, {"images": NAMES[:2]})
+    with pytest.raises(DataError, match=r"short\.hdf5: pattern descriptor 'images' names 2 images, its RDMs are "
+                                        r"12 x 12"):
+        read_rdm_names(short)
+    np.save(tmp_path / "model.npy", make_rdms(12, seed=5))
+    with pytest.raises(DataError, match=r"short\.hdf5: pattern descriptor 'images' names 2 images"):
+        score_files(str(tmp_path / "model.npy"), str(short), permutations=0)
 
 
 def test_siamrdm_hdf5_round_trip(tmp_path: Path, make_rdms) -> None:

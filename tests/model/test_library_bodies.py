@@ -189,6 +189,12 @@ def test_bodies_lists_registered_and_library_models(capsys) -> None:
     assert code == 0 and "timm:resnet50\n" in out and "torchvision:resnet50\n" in out
 
 
+def test_bodies_shows_a_search_that_matches_nothing_escaped(capsys) -> None:
+    code, out, err = run_cli(capsys, "bodies", "--search", "\x1b[2Jno\nsuch")
+    assert (code, err) == (0, "")
+    assert out == "no timm or torchvision model matches '\\x1b[2Jno\\nsuch'\n"
+
+
 def test_baseline_layers_compares_bodies_in_one_table(capsys, data_root: Path) -> None:
     """`baseline layers --backbones A,B`: each body's best stage scored across sets, side by side, every row
     with the statistics of every table (percent of the ceiling, chance level, p_perm, the stage chosen)."""

@@ -199,6 +199,14 @@ def test_report_command(challenge_dir: Path, tmp_path: Path, capsys: pytest.Capt
     assert len(err) == 1 and err[0].startswith("siamrdm: error: ") and "missing" in err[0]
 
 
+def test_report_command_shows_its_folder_escaped(challenge_dir: Path, capsys: pytest.CaptureFixture):
+    """The folder's name is the user's: an escape sequence or a line break in it is shown escaped, one line."""
+    run = challenge_dir.rename(challenge_dir.parent / "run\x1b[2J\nx")
+    code, out, err = run_report(capsys, run)
+    assert (code, err) == (0, "")
+    assert out.count("\n") == 1 and "\x1b" not in out and "run\\x1b[2J\\nx/report.md" in out
+
+
 def test_report_flags_a_fit_of_the_prior_alone(tmp_path: Path):
     """A fit of 0 epochs keeps the prior alone (issue 21: it was not flagged): the score table's epochs column,
     the final fits' table (from settings.json) and the log's line say so."""

@@ -5,6 +5,7 @@ commands)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,34 @@ def test_condensed_rdms_are_read_memory_mapped_and_checked(tmp_path: Path, make_
         read_condensed_model(tmp_path / "flat.npy", 28)
     with pytest.raises(DataError, match="must be a .npy file too"):
         read_condensed_model(save_rdms(tmp_path / "model.npz", {"M": model}), 28)
+
+
+def test_an_empty_or_non_regular_npy_is_one_line_naming_it(tmp_path: Path, make_rdms) -> None:
+    """An empty .npy where score and noise-ceiling look for upper triangles was numpy's EOFError (exit 1), and a
+    FIFO given as the model was 'no such file'."""
+    (tmp_path / "empty.npy").touch()
+    with pytest.raises(DataError, match=r"empty\.npy: unreadable \.npy file"):
+        read_condensed_subjects(tmp_path / "empty.npy")
+    with pytest.raises(DataError, match=r"empty\.npy: unreadable \.npy file"):
+        read_condensed_model(tmp_path / "empty.npy", 28)
+    os.mkfifo(tmp_path / "fifo.npy")
+    with pytest.raises(DataError, match=r"fifo\.npy: not a regular file"):
+        read_condensed_model(tmp_path / "fifo.npy", 28)
+
+
+def test_upper_triangles_of_no_subjects_are_refused(tmp_path: Path, make_rdms) -> None:
+    """(0, P) subjects were scored: numpy's warnings on stderr, exit 0 and a result of nulls."""
+    np.save(tmp_path / "none.npy", np.zeros((0, 28)))
+    np.save(tmp_path / "model.npy", upper_tri(make_rdms(8, seed=5)))
+    with pytest.raises(DataError, match=r"none\.npy: upper triangles of no subjects \(shape \(0, 28\)\)"):
+        score_files(str(tmp_path / "model.npy"), str(tmp_path / "none.npy"))
+
+
+def test_a_ceiling_error_of_a_keyless_file_names_the_file_alone(tmp_path: Path, make_rdms) -> None:
+    """One subject in a .npy: the message names 'one.npy', not 'one.npy:' with an empty key after it."""
+    np.save(tmp_path / "one.npy", make_rdms(6, seed=1))
+    with pytest.raises(DataError, match=r"one\.npy: a noise ceiling needs at least 2 subjects"):
+        file_ceilings(str(tmp_path / "one.npy"))
 
 
 def test_describe_root_measures_every_training_target(data_root: Path) -> None:

@@ -197,6 +197,21 @@ def test_predict_command_errors(capsys, tmp_path: Path, cli_model, data_root: Pa
     assert not (tmp_path / "y.mat").exists()
 
 
+def test_predict_shows_the_keys_of_its_model_file_escaped(capsys, tmp_path: Path, cli_model, data_root: Path) -> None:
+    """A model's output keys come from its training data (an HDF5 key may hold anything): the line that says
+    what predict wrote shows them escaped, as one line."""
+    model, _ = cli_model
+    payload = torch.load(model, weights_only=True)
+    payload["output_keys"] = {"EVC": "E\nVC\x1b[2J", "IT": "IT"}
+    torch.save(payload, tmp_path / "model.pt")
+    out = tmp_path / "x.hdf5"
+    code, stdout, err = run_main(capsys, "predict", tmp_path / "model.pt", "--images",
+                                 data_root / "Test_Data" / "78images", "--out", out, "--device", "cpu")
+    assert (code, err) == (0, "")
+    assert stdout.count("\n") == 1 and "\x1b" not in stdout
+    assert f"wrote {out}: E\\nVC\\x1b[2J, IT (78 x 78)" in stdout
+
+
 def test_fit_and_predict_on_custom_data(capsys, tmp_path: Path, dataset92: BrainDataset, data_root: Path) -> None:
     """Your own data: a folder of images and an .npy of subject RDMs under a key of your choosing."""
     images = tmp_path / "my_images"

@@ -317,8 +317,8 @@ def _mapped_npy(path: str | os.PathLike) -> np.ndarray | None:
         return None
     try:
         return read_npy(path, mmap=True)
-    except (ValueError, OSError, OverflowError) as exc:  # OverflowError: a header with a negative dimension
-        raise DataError(f"{path}: unreadable .npy file ({' '.join(str(exc).split())[:160]})") from None
+    except (ValueError, OSError, OverflowError, EOFError) as exc:  # Overflow: a negative dimension; EOF: empty
+        raise DataError(f"{path}: unreadable .npy file ({one_line(exc)[:160]})") from None
 
 
 def read_condensed_subjects(path: str | os.PathLike) -> np.ndarray | None:
@@ -331,14 +331,15 @@ def read_condensed_subjects(path: str | os.PathLike) -> np.ndarray | None:
     if n * (n - 1) // 2 != array.shape[1] or n < 3:
         raise DataError(f"{path}: {array.shape} {array.dtype} is neither square RDMs nor upper triangles "
                         "(subjects, N(N-1)/2)")
+    if array.shape[0] == 0:
+        raise DataError(f"{path}: upper triangles of no subjects (shape {array.shape})")
     check_real_dtype(array.dtype, path)  # integers and booleans are read as float64 a subject at a time
     return array
 
 
 def read_condensed_model(path: str | os.PathLike, pairs: int) -> np.ndarray:
     """A model RDM for condensed subjects: its upper triangle (P,) or its square (N, N), in a .npy file."""
-    if not Path(path).is_file():
-        raise DataError(f"{path}: no such file")
+    check_regular_file(Path(path))
     model = _mapped_npy(path)
     if model is None:
         raise DataError(f"{path}: the subjects are upper triangles in a .npy file, so the model must be a .npy "

@@ -123,6 +123,8 @@ def _rsatoolbox_layout(f: h5py.File, path: Path) -> _Layout:
     if len(shape) != 2:
         raise DataError(f"{path}: 'dissimilarities' has shape {shape}, expected (RDMs, pairs)")
     count, pairs = shape
+    if count == 0:
+        raise DataError(f"{path}: 'dissimilarities' holds no RDMs (shape {shape})")
     n = (1 + math.isqrt(1 + 8 * pairs)) // 2
     if n * (n - 1) // 2 != pairs or n < 2:
         raise DataError(f"{path}: 'dissimilarities' rows of length {pairs} are not the upper "
@@ -227,6 +229,9 @@ def read_rdm_names(path: str | os.PathLike) -> tuple[str, list[str]] | None:
         raise DataError(f"{path}: unreadable file ({one_line(exc)})") from None
     for name in IMAGE_DESCRIPTORS:
         if name in patterns:
+            if len(patterns[name]) != n:  # more are refused unread (_descriptors); fewer name no image for some rows
+                raise DataError(f"{path}: pattern descriptor '{name}' names {len(patterns[name])} images, its RDMs "
+                                f"are {n} x {n}")
             return name, [str(v) for v in patterns[name]]
     return None
 

@@ -153,8 +153,9 @@ def describe_root(data: str | os.PathLike | None = None) -> tuple[dict, list[str
                 except DataError as exc:
                     info["reliability"][f"{name}/{target}"] = {"not_measured": str(exc)}
                     continue
+                entry = info["sets"][name]  # fit reads every image file of the folder: their count, RDMs of it
                 try:
-                    rdms = load_rdms(path, key)
+                    rdms = load_rdms(path, key, n_images=entry["images"] + len(entry.get("not_images", ())))
                 except DataError as exc:
                     info["reliability"][f"{name}/{target}"] = {"not_measured": str(exc)}
                     unread.append(str(exc))

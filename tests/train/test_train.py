@@ -157,6 +157,20 @@ def test_loss_option_is_checked() -> None:
         check_minibatch_config(fast_config(group_target="ranks"))
 
 
+def test_a_rate_the_optimiser_cannot_hold_is_refused_and_the_largest_diverges(small92: BrainDataset) -> None:
+    """--lr 1e300 overflowed inside AdamW's float32 step (a RuntimeError, exit 1); it is refused with its bound,
+    and a run at the bound fails as a diverged run does (exit 2), not inside the optimiser."""
+    from siamrdm.train.config import MAX_LR, ConfigError, check_config
+
+    for config in (fast_config(lr=1e300), fast_config(lr=1e37), fast_config(lr=MAX_LR / 10, body_lr_factor=100.0)):
+        with pytest.raises(ConfigError, match=r"^lr: must be at most 1e\+36") as info:
+            check_config(config)
+        assert not isinstance(info.value, train.TrainingDiverged)
+    config = check_config(fast_config(lr=MAX_LR, frozen_epochs=3))
+    with pytest.raises(train.TrainingDiverged, match="diverged"):
+        train.Trainer(config, [small92], progress=False).fit(checkpoint_every_s=0)
+
+
 def test_frozen_epochs_leave_the_body_alone(small92: BrainDataset) -> None:
     trainer = train.Trainer(fast_config(frozen_epochs=1), [small92], progress=False)
     body = copy.deepcopy(trainer.model.body.state_dict())

@@ -175,11 +175,23 @@ def _bad_weights(kind: str, folder: Path) -> tuple[Path, str]:
     if kind == "too-few":
         torch.save({k: v for k, v in list(alexnet_state().items())[:4]}, path)
         return path, "holds 4 tensors, the body needs 10"
+    if kind in ("nan", "inf"):  # NaN trained to a "diverged, lower --lr" error; inf to a model predict refuses
+        state = alexnet_state()
+        state["features.8.bias"][3] = float(kind)
+        torch.save(state, path)
+        return path, "features.8.bias holds non-finite values"
+    if kind == "folder":
+        path.mkdir()
+        return path, "is a folder, not a weights file"
+    if kind == "empty":
+        path.touch()
+        return path, "empty file, not a weights file"
     torch.save({"lr": 0.1, "epoch": 3}, path)  # not tensors
     return path, "not a state_dict of tensors"
 
 
-@pytest.mark.parametrize("kind", ["missing", "corrupt", "wrong-shapes", "too-few", "not-tensors"])
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "wrong-shapes", "too-few", "not-tensors", "nan", "inf",
+                                  "folder", "empty"])
 def test_bad_weights_files(tmp_path: Path, kind: str) -> None:
     path, phrase = _bad_weights(kind, tmp_path)
     with pytest.raises(WeightsError) as info:

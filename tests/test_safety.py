@@ -579,6 +579,23 @@ def test_resume_with_other_settings_is_refused_before_anything_is_written(capsys
     assert code == 0, err
 
 
+def test_resume_on_other_images_or_rdms_is_refused(capsys, tmp_path: Path, fitted_run: Path,
+                                                   own_data: tuple[str, ...]) -> None:
+    """The data a run trains on are its settings too: a resume that held out images (or read another RDM file)
+    trained on other pairs and rewrote model.pt with that data's prior and scale."""
+    out = tmp_path / "run"
+    shutil.copytree(fitted_run, out)
+    before = snapshot(out)
+    rdms = tmp_path / "other.npy"
+    shutil.copy(own_data[3], rdms)
+    for changed in (("--val-fraction", "0.3"), ("--rdms", str(rdms))):
+        data = [*own_data[:3], changed[1], *own_data[4:]] if changed[0] == "--rdms" else [*own_data, *changed]
+        code, stdout, err = run_main(capsys, "fit", *data, *FAST, "--out", out, "--resume")
+        assert code == 2 and stdout == "", err
+        assert_one_line_error(err, "--resume", "other settings (inputs)")
+        assert snapshot(out) == before
+
+
 @pytest.mark.parametrize(("options", "flag"), [
     (("--seeds", "99999999999999999999999"), "seed"),
     (("--lr", "1e30", "--epochs", "2"), "diverged"),

@@ -41,6 +41,7 @@ from .cli_settings import (
     own_dataset,
     seeds_option,
     training_datasets,
+    training_inputs,
 )
 from .errors import ConfigError, DataError, UsageError, printable
 from .io.datasets import TARGET_NAMES, TRAINING_SETS, load_algonauts_set
@@ -177,7 +178,8 @@ def cmd_fit(args) -> int:
         if chosen is None:
             raise UsageError("--select-epochs: a training set has too few images for 2 folds of 3 images")
         config = with_epochs(config, chosen)
-    settings = {"command": "fit", "world_size": 1, "config": asdict(config), "seeds": list(seeds)}
+    settings = {"command": "fit", "world_size": 1, "config": asdict(config), "seeds": list(seeds),
+                "inputs": training_inputs(args)}
     predictor = fit_predictor(config, train, val, seeds, out, resume=args.resume, progress=not args.quiet,
                               overwrite=args.overwrite, image_order=order, settings=settings)
     summary = {"model": str(out / "model.pt"), "targets": list(targets), "seeds": seed_records(predictor.metrics),

@@ -116,6 +116,17 @@ def training_datasets(args) -> tuple[list, list, tuple[str, ...], list[str] | No
     return train, val, targets, None if own is None else own.images.names
 
 
+def training_inputs(args) -> dict:
+    """What a full-batch fit trains and validates on, as its settings.json records it, so that `--resume`
+    continues a run only on the same images, RDMs and held-out images (the targets are in its config)."""
+    if args.images or args.rdms:
+        inputs = {"images": str(args.images), "rdms": str(args.rdms), "key": args.key, "order": args.order}
+    else:
+        inputs = {"sets": list(list_option(args.sets, "--sets", default=TRAINING_SETS, what="sets")),
+                  "val_set": args.val_set}
+    return {**inputs, "val_fraction": args.val_fraction}
+
+
 def out_dir(path: str | None, overwrite: bool = False, resume: bool = False) -> Path:
     """--out checked before any work (files.check_run_folder): new or empty, or with --overwrite or --resume a
     folder siamrdm marked as its run."""

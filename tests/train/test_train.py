@@ -171,6 +171,21 @@ def test_a_rate_the_optimiser_cannot_hold_is_refused_and_the_largest_diverges(sm
         train.Trainer(config, [small92], progress=False).fit(checkpoint_every_s=0)
 
 
+def test_a_target_whose_subjects_cancel_is_refused_not_trained_on(small92: BrainDataset) -> None:
+    """Two subjects in reverse order, at different scales: their mean RDM has an order, the mean of their ranks
+    none. The ranks target was a constant that trained to a loss of 0 and a 'fitted' model; now one line."""
+    from siamrdm.train.config import ConfigError
+    from siamrdm.train.fullbatch import prepare_set
+
+    first = small92.targets["EVC"][0]
+    second = 7 * (first.max() - first) * (1 - np.eye(len(first)))
+    dataset = BrainDataset("92-small", small92.images, {"EVC": np.stack([first, second])})
+    with pytest.raises(ConfigError, match=r"^group_target: 92-small/EVC: the mean of the ranks of its subjects is the "
+                                          "same for every pair"):
+        prepare_set(dataset, ("EVC",), fast_config(group_target="ranks"))
+    assert prepare_set(dataset, ("EVC",), fast_config(group_target="mean")).targets.std() > 0
+
+
 def test_frozen_epochs_leave_the_body_alone(small92: BrainDataset) -> None:
     trainer = train.Trainer(fast_config(frozen_epochs=1), [small92], progress=False)
     body = copy.deepcopy(trainer.model.body.state_dict())

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ConfigError, DataError, UsageError, printable
+from ..io.limits import key_name
 from ..io.rdmfiles import read_condensed_model, read_condensed_subjects, read_rdm_dict
 from ..io.rsafiles import check_rdm_names, read_rdm_names
 from ..io.tables import fmt
@@ -125,7 +126,7 @@ def file_ceilings(target: str, method: str = OFFICIAL_METHOD) -> tuple[dict[str,
         try:
             ceiling = noise_ceilings(rdms, method, condensed=subjects is not None)
         except ValueError as exc:  # fewer than 2 subjects, or a constant mean RDM
-            raise DataError(f"{target}:{key}: {exc}") from None
+            raise DataError(f"{key_name(Path(target), key)}: {exc}") from None
         result[key or Path(target).stem] = {"upper": ceiling.upper, "lower": ceiling.lower,
                                             "rho_lower": ceiling.rho_lower, "rho_upper": ceiling.rho_upper}
     return result, notes

@@ -150,6 +150,9 @@ BAD_OPTIONS = [
     (["challenge", *NO_DATA, "--jobs", "100000", "--out", "{out}"], ["--jobs", "between 1"]),
     (["fit", "--images", "x.h5", "--rdms", "r.npy", "--key", "X", "--batch-images", "12", "--loader-workers",
       "100000", "--out", "{out}"], ["--loader-workers", "at most"]),
+    # --loader-workers alone blamed the RDM file, as if it were a large set's
+    (["fit", "--images", "imgs", "--rdms", "r.npy", "--key", "X", "--loader-workers", "2", "--out", "{out}"],
+     ["--loader-workers", "give --batch-images"]),
     # empty and repeated list entries
     (["fit", *NO_DATA, "--targets", ",", "--out", "{out}"], ["--targets", "empty entry"]),
     (["fit", *NO_DATA, "--targets", "EVC,", "--out", "{out}"], ["--targets", "empty entry"]),

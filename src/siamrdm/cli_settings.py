@@ -199,9 +199,13 @@ def check_large_fit_options(args: argparse.Namespace) -> BatchSettings:
     from .train.largeset import is_large_set_input
 
     if args.batch_images is None:
-        given = args.images if is_large_set_input(args.images, None) else args.rdms if args.rdms else None
-        raise UsageError(f"{given or '--loader-workers'}: large image sets train in mini-batches: give "
-                         "--batch-images N (images per step, e.g. 256)")
+        large = args.images if is_large_set_input(args.images, None) else args.rdms if is_large_set_input(
+            None, args.rdms) else None
+        if large is None:  # here for --loader-workers alone: the inputs are not what the mini-batch path alone reads
+            raise UsageError("--loader-workers: sets the worker processes of a mini-batch fit; give --batch-images "
+                             "N too")
+        raise UsageError(f"{large}: large image sets train in mini-batches: give --batch-images N (images per "
+                         "step, e.g. 256)")
     if not (args.images and args.rdms and args.key):
         raise UsageError("--batch-images trains on your own data: give --images (a folder or an HDF5 file of "
                          "uint8 images), --rdms (condensed or square RDMs: .npy, HDF5, rsatoolbox, .mat) and --key")

@@ -18,7 +18,7 @@ from helpers import assert_one_line_error, run_cli
 from PIL import Image
 
 from siamrdm import cli
-from siamrdm.errors import DataError
+from siamrdm.errors import ConfigError, DataError
 from siamrdm.io.datasets import DATA_ENV_VAR
 from siamrdm.model import backbones
 from siamrdm.model.backbones import WeightsError, create_body, images_to_tensor
@@ -116,8 +116,9 @@ def test_stages_shapes_and_stage_outputs() -> None:
 def test_unknown_backbone_or_stage() -> None:
     with pytest.raises(DataError, match="unknown backbone 'vgg'.*alexnet"):
         create_body("vgg", weights="random")
-    with pytest.raises(DataError, match="no stage 'conv9'.*conv5"):
+    with pytest.raises(ConfigError, match="no stage 'conv9'.*conv5") as info:
         create_body("alexnet", weights="random", stage="conv9")
+    assert info.value.option == "stage"  # named --stage on the command line (it named no option)
     with pytest.raises(DataError, match="unknown backbone"):
         backbones.backbone_stages("vgg")
 

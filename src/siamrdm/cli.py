@@ -319,7 +319,8 @@ def _cmd_baseline(args, method: str) -> int:
     start = time.perf_counter()
     targets, bodies, backbone = baseline_options(args)
     config = config_from_preset("quick", backbone=backbone, weights=args.weights, image_size=args.image_size)
-    check_bodies(bodies, args.weights)  # every body, with its weights, before any set is read or folder made
+    # every body, with its weights, before any set is read or folder made
+    check_bodies(bodies or (backbone,), args.weights, "backbones" if bodies else "backbone")
     sets = [load_algonauts_set(args.data, name, targets) for name in TRAINING_SETS]
     out = out_dir(args.out, args.overwrite) if args.out is not None else None
     with run_folder(out, "baseline", run_mode(args.overwrite)) if out else contextlib.nullcontext():

@@ -152,7 +152,7 @@ def _unreadable_targets(problems: list[str]) -> int:
 def cmd_fit(args) -> int:
     from dataclasses import asdict
 
-    from .pipelines.external import bind_held_out, load_externals, score_held_out
+    from .pipelines.external import bind_held_out, check_held_out, load_externals, score_held_out
     from .train.largeset import is_large_set_input
     from .train.predict import fit_predictor
 
@@ -167,6 +167,7 @@ def cmd_fit(args) -> int:
     if externals and not val:
         raise UsageError("--external scores predictions of held-out images: give --val-fraction or --val-set")
     externals = bind_held_out(externals, [*train, *val], order)
+    check_held_out(externals, val)
     out = out_dir(args.out, args.overwrite, args.resume)
     print_notes(*train, *val, *externals)
     reliability = report_reliability(train, targets, verbose=not args.quiet)

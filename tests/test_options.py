@@ -147,9 +147,15 @@ BAD_OPTIONS = [
     (["fit", *NO_DATA, "--seeds", "-1", "--out", "{out}"], ["--seeds", "2**32"]),
     (["evaluate", *NO_DATA, "--fold-seed", "-1", "--out", "{out}"], ["--fold-seed", "2**32"]),
     (["baseline", "layers", *NO_DATA, "--image-size", "5000"], ["--image-size", "1024"]),
+    # the weights of one body, read before the sets (after them, below a progress line)
+    (["baseline", "layers", *NO_DATA, "--weights", "/no/such/weights.pt"], ["--weights", "no such weights file"]),
+    (["baseline", "layers", *NO_DATA, "--backbone", "timm:no_such_model"], ["--backbone", "timm has no model"]),
     (["challenge", *NO_DATA, "--jobs", "100000", "--out", "{out}"], ["--jobs", "between 1"]),
     (["fit", "--images", "x.h5", "--rdms", "r.npy", "--key", "X", "--batch-images", "12", "--loader-workers",
       "100000", "--out", "{out}"], ["--loader-workers", "at most"]),
+    # --loader-workers alone blamed the RDM file, as if it were a large set's
+    (["fit", "--images", "imgs", "--rdms", "r.npy", "--key", "X", "--loader-workers", "2", "--out", "{out}"],
+     ["--loader-workers", "give --batch-images"]),
     # empty and repeated list entries
     (["fit", *NO_DATA, "--targets", ",", "--out", "{out}"], ["--targets", "empty entry"]),
     (["fit", *NO_DATA, "--targets", "EVC,", "--out", "{out}"], ["--targets", "empty entry"]),

@@ -244,6 +244,23 @@ def test_locked_folder_is_refused_then_free(capsys, tmp_path: Path, own_data: tu
     assert (out / "model.pt").is_file() and json.loads(stdout)["seeds"]["seed0"]["epochs_run"] == 1
 
 
+@pytest.mark.parametrize("flag", [None, "--overwrite", "--resume"])
+def test_a_running_runs_folder_is_refused_as_locked_before_any_work(capsys, tmp_path: Path, fitted_run: Path,
+                                                                    own_data: tuple[str, ...], flag) -> None:
+    """A second run on a folder whose run is still going is told so at once: not 'pass --overwrite' (which would
+    then be refused too), and not after its own work and lines on stderr (here the reliability lines, shown
+    without --quiet)."""
+    out = tmp_path / "run"
+    shutil.copytree(fitted_run, out)
+    before = snapshot(out)
+    with files.run_folder_lock(out):  # the first run, still training
+        code, stdout, err = run_main(capsys, "fit", *own_data, *[a for a in FAST if a != "--quiet"], "--out", out,
+                                     *([flag] if flag else []))
+    assert code == 2 and stdout == ""
+    assert_one_line_error(err, str(out), "locked")
+    assert snapshot(out) == before
+
+
 # --------------------------------------------------------------------------- 3. re-runs into an existing folder
 
 
@@ -560,6 +577,23 @@ def test_resume_with_other_settings_is_refused_before_anything_is_written(capsys
     assert snapshot(out) == before
     code, _, err = run_main(capsys, "fit", *own_data, *FAST, "--out", out, "--resume")  # the same settings: fine
     assert code == 0, err
+
+
+def test_resume_on_other_images_or_rdms_is_refused(capsys, tmp_path: Path, fitted_run: Path,
+                                                   own_data: tuple[str, ...]) -> None:
+    """The data a run trains on are its settings too: a resume that held out images (or read another RDM file)
+    trained on other pairs and rewrote model.pt with that data's prior and scale."""
+    out = tmp_path / "run"
+    shutil.copytree(fitted_run, out)
+    before = snapshot(out)
+    rdms = tmp_path / "other.npy"
+    shutil.copy(own_data[3], rdms)
+    for changed in (("--val-fraction", "0.3"), ("--rdms", str(rdms))):
+        data = [*own_data[:3], changed[1], *own_data[4:]] if changed[0] == "--rdms" else [*own_data, *changed]
+        code, stdout, err = run_main(capsys, "fit", *data, *FAST, "--out", out, "--resume")
+        assert code == 2 and stdout == "", err
+        assert_one_line_error(err, "--resume", "other settings (inputs)")
+        assert snapshot(out) == before
 
 
 @pytest.mark.parametrize(("options", "flag"), [

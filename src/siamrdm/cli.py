@@ -40,6 +40,7 @@ from .cli_settings import (
     own_dataset,
     seeds_option,
     training_datasets,
+    training_inputs,
 )
 from .errors import ConfigError, DataError, UsageError, printable
 from .io.datasets import TARGET_NAMES, TRAINING_SETS, load_algonauts_set
@@ -149,7 +150,7 @@ def _unreadable_targets(problems: list[str]) -> int:
 def cmd_fit(args) -> int:
     from dataclasses import asdict
 
-    from .pipelines.external import bind_held_out, load_externals, score_held_out
+    from .pipelines.external import bind_held_out, check_held_out, load_externals, score_held_out
     from .train.largeset import is_large_set_input
     from .train.predict import fit_predictor
 
@@ -164,6 +165,7 @@ def cmd_fit(args) -> int:
     if externals and not val:
         raise UsageError("--external scores predictions of held-out images: give --val-fraction or --val-set")
     externals = bind_held_out(externals, [*train, *val], order)
+    check_held_out(externals, val)
     out = out_dir(args.out, args.overwrite, args.resume)
     print_notes(*train, *val, *externals)
     reliability = report_reliability(train, targets, verbose=not args.quiet)
@@ -175,7 +177,8 @@ def cmd_fit(args) -> int:
         if chosen is None:
             raise UsageError("--select-epochs: a training set has too few images for 2 folds of 3 images")
         config = with_epochs(config, chosen)
-    settings = {"command": "fit", "world_size": 1, "config": asdict(config), "seeds": list(seeds)}
+    settings = {"command": "fit", "world_size": 1, "config": asdict(config), "seeds": list(seeds),
+                "inputs": training_inputs(args)}
     predictor = fit_predictor(config, train, val, seeds, out, resume=args.resume, progress=not args.quiet,
                               overwrite=args.overwrite, image_order=order, settings=settings)
     summary = {"model": str(out / "model.pt"), "targets": list(targets), "seeds": seed_records(predictor.metrics),
@@ -317,7 +320,8 @@ def _cmd_baseline(args, method: str) -> int:
     start = time.perf_counter()
     targets, bodies, backbone = baseline_options(args)
     config = config_from_preset("quick", backbone=backbone, weights=args.weights, image_size=args.image_size)
-    check_bodies(bodies, args.weights)  # every body, with its weights, before any set is read or folder made
+    # every body, with its weights, before any set is read or folder made
+    check_bodies(bodies or (backbone,), args.weights, "backbones" if bodies else "backbone")
     sets = [load_algonauts_set(args.data, name, targets) for name in TRAINING_SETS]
     out = out_dir(args.out, args.overwrite) if args.out is not None else None
     with run_folder(out, "baseline", run_mode(args.overwrite)) if out else contextlib.nullcontext():

@@ -122,6 +122,17 @@ def training_datasets(args) -> tuple[list, list, tuple[str, ...], list[str] | No
     return train, val, targets, None if own is None else own.images.names
 
 
+def training_inputs(args) -> dict:
+    """What a full-batch fit trains and validates on, as its settings.json records it, so that `--resume`
+    continues a run only on the same images, RDMs and held-out images (the targets are in its config)."""
+    if args.images or args.rdms:
+        inputs = {"images": str(args.images), "rdms": str(args.rdms), "key": args.key, "order": args.order}
+    else:
+        inputs = {"sets": list(list_option(args.sets, "--sets", default=TRAINING_SETS, what="sets")),
+                  "val_set": args.val_set}
+    return {**inputs, "val_fraction": args.val_fraction}
+
+
 def out_dir(path: str | None, overwrite: bool = False, resume: bool = False) -> Path:
     """--out checked before any work (files.check_run_folder): new or empty, or with --overwrite or --resume a
     folder siamrdm marked as its run."""
@@ -194,9 +205,13 @@ def check_large_fit_options(args: argparse.Namespace) -> BatchSettings:
     from .train.largeset import is_large_set_input
 
     if args.batch_images is None:
-        given = args.images if is_large_set_input(args.images, None) else args.rdms if args.rdms else None
-        raise UsageError(f"{given or '--loader-workers'}: large image sets train in mini-batches: give "
-                         "--batch-images N (images per step, e.g. 256)")
+        large = args.images if is_large_set_input(args.images, None) else args.rdms if is_large_set_input(
+            None, args.rdms) else None
+        if large is None:  # here for --loader-workers alone: the inputs are not what the mini-batch path alone reads
+            raise UsageError("--loader-workers: sets the worker processes of a mini-batch fit; give --batch-images "
+                             "N too")
+        raise UsageError(f"{large}: large image sets train in mini-batches: give --batch-images N (images per "
+                         "step, e.g. 256)")
     if not (args.images and args.rdms and args.key):
         raise UsageError("--batch-images trains on your own data: give --images (a folder or an HDF5 file of "
                          "uint8 images), --rdms (condensed or square RDMs: .npy, HDF5, rsatoolbox, .mat) and --key")

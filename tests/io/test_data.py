@@ -282,6 +282,22 @@ def test_constant_subject_rdm_rejected(tmp_path: Path, make_rdms, suffix: str) -
     assert validate_rdms(stack, "x").shape == (3, 6, 6)
 
 
+def test_subjects_whose_orders_cancel_are_rejected(tmp_path: Path, make_rdms) -> None:
+    """Each subject valid, but their mean RDM constant (of all, or of all but one: the lower ceiling's): data-info
+    and evaluate crashed on the ceiling (exit 1), fit trained on a constant target. Refused as the file is read."""
+    first = np.round(make_rdms(7, seed=28) * 8) / 8  # multiples of 1/8: the means are exact
+    second = (2 - first) * (1 - np.eye(7))
+    third = np.round(make_rdms(7, seed=29) * 8) / 8
+    for rdms, which in ((np.stack([first, second]), "of its 2 subjects"),
+                        (np.stack([third, first, second]), "of its subjects other than subject 1 of 3")):
+        path = tmp_path / "cancel.npy"
+        np.save(path, rdms)
+        with pytest.raises(DataError, match=rf"^{path}: the mean RDM {which} has a constant upper triangle"):
+            load_rdms(path)
+    np.save(path, np.stack([first, third, 2 * second]))  # no mean constant: fine
+    assert load_rdms(path).shape == (3, 7, 7)
+
+
 def test_group_average(make_rdms) -> None:
     stack = make_rdms(5, subjects=3, seed=4)
     np.testing.assert_allclose(group_average(stack), (stack[0] + stack[1] + stack[2]) / 3)

@@ -18,7 +18,7 @@ from helpers import assert_one_line_error, run_cli
 from PIL import Image
 
 from siamrdm import cli
-from siamrdm.errors import DataError
+from siamrdm.errors import ConfigError, DataError
 from siamrdm.io.datasets import DATA_ENV_VAR
 from siamrdm.model import backbones
 from siamrdm.model.backbones import WeightsError, create_body, images_to_tensor
@@ -116,8 +116,9 @@ def test_stages_shapes_and_stage_outputs() -> None:
 def test_unknown_backbone_or_stage() -> None:
     with pytest.raises(DataError, match="unknown backbone 'vgg'.*alexnet"):
         create_body("vgg", weights="random")
-    with pytest.raises(DataError, match="no stage 'conv9'.*conv5"):
+    with pytest.raises(ConfigError, match="no stage 'conv9'.*conv5") as info:
         create_body("alexnet", weights="random", stage="conv9")
+    assert info.value.option == "stage"  # named --stage on the command line (it named no option)
     with pytest.raises(DataError, match="unknown backbone"):
         backbones.backbone_stages("vgg")
 
@@ -175,11 +176,23 @@ def _bad_weights(kind: str, folder: Path) -> tuple[Path, str]:
     if kind == "too-few":
         torch.save({k: v for k, v in list(alexnet_state().items())[:4]}, path)
         return path, "holds 4 tensors, the body needs 10"
+    if kind in ("nan", "inf"):  # NaN trained to a "diverged, lower --lr" error; inf to a model predict refuses
+        state = alexnet_state()
+        state["features.8.bias"][3] = float(kind)
+        torch.save(state, path)
+        return path, "features.8.bias holds non-finite values"
+    if kind == "folder":
+        path.mkdir()
+        return path, "is a folder, not a weights file"
+    if kind == "empty":
+        path.touch()
+        return path, "empty file, not a weights file"
     torch.save({"lr": 0.1, "epoch": 3}, path)  # not tensors
     return path, "not a state_dict of tensors"
 
 
-@pytest.mark.parametrize("kind", ["missing", "corrupt", "wrong-shapes", "too-few", "not-tensors"])
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "wrong-shapes", "too-few", "not-tensors", "nan", "inf",
+                                  "folder", "empty"])
 def test_bad_weights_files(tmp_path: Path, kind: str) -> None:
     path, phrase = _bad_weights(kind, tmp_path)
     with pytest.raises(WeightsError) as info:

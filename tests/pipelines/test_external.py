@@ -15,7 +15,7 @@ from helpers import run_cli
 from siamrdm.io.datasets import load_algonauts_set
 from siamrdm.io.rdmfiles import save_rdms
 from siamrdm.pipelines import evaluate
-from siamrdm.pipelines.external import ExternalRDMs, load_external, score_external
+from siamrdm.pipelines.external import ExternalRDMs, check_held_out, load_external, score_external
 from siamrdm.rdm.compare import compare_rdms
 from siamrdm.train import config_from_preset
 
@@ -65,6 +65,27 @@ def test_the_prior_is_kept_where_the_trained_model_is_below_it(make_rdms) -> Non
     row, note = score_external(external, names, prior, trained)  # above its prior: the trained model stays
     assert note is None and "detail_note" not in row
     assert score_external(external, ["i1", "elsewhere"], trained[:2, :2], None) == (None, None)
+
+
+def test_a_study_whose_held_out_rdms_cannot_be_scored_is_refused_before_training(make_rdms) -> None:
+    """A subject of the other study with all-equal dissimilarities among the held-out images alone: fit trained,
+    wrote its run, then crashed scoring it (exit 1). It is the --external file's bad input, found before fit trains
+    (check_held_out) and wherever a prediction is scored on it (covering)."""
+    from siamrdm.errors import ConfigError
+    from siamrdm.io.datasets import BrainDataset
+    from siamrdm.io.images import ImageSet
+
+    subjects = make_rdms(10, subjects=3, seed=3)
+    held = np.array([1, 4, 6])
+    subjects[np.ix_([2], held, held)] = 0.5 * (1 - np.eye(3))
+    external = _external(make_rdms, subjects)
+    names = [f"i{k}" for k in held]
+    val = BrainDataset("own-val", ImageSet(names, [np.zeros((4, 4, 3), np.uint8)] * 3, "own"), {})
+    for check in (lambda: check_held_out([external], [val]), lambda: external.covering(names)):
+        with pytest.raises(ConfigError, match=r"^external: .*subject 3 of 3 has a constant upper triangle.*among "
+                                              "the 3 held-out images"):
+            check()
+    assert external.covering(["i0", "i1", "i4", "i6"]).shape == (3, 4, 4)  # with a fourth image it orders pairs
 
 
 def test_bad_external_values_are_one_line(capsys, tmp_path: Path, data_root: Path, kriegeskorte_it: Path,

@@ -67,6 +67,15 @@ def test_scores_separate_the_pair_structure_from_the_per_image_part(make_rdms) -
     json.dumps(result.to_dict(), allow_nan=False)
 
 
+def test_three_images_have_no_pair_score(make_rdms) -> None:
+    """Three held-out images (the smallest split) are fitted exactly by their per-image effects: every subject's
+    pair structure is flat, so there is no pair score (None, null in JSON), not a pair rho of 0 +- 0 with p 1."""
+    row = score_with_ceiling(make_rdms(3, seed=1), make_rdms(3, subjects=4, seed=2), permutations=10)
+    assert row.rho_mean is not None and row.pair_rho_mean is None and row.pair_rhos is None
+    assert row.pair_p_perm is None and json.loads(json.dumps(row.to_dict(), allow_nan=False))["pair_rho_mean"] is None
+    assert score_with_ceiling(make_rdms(4, seed=1), make_rdms(4, subjects=4, seed=2)).pair_rho_mean is not None
+
+
 def test_reliability_reports_both_parts(fmri92) -> None:
     summary = target_reliability(fmri92["IT_RDMs"], splits=4)
     assert 0.5 < summary["pair_split_half"] < 1  # the 92 set's IT pair structure is reliable across subject halves

@@ -41,6 +41,33 @@ def test_split_holdout_keeps_rows_and_columns(data_root: Path) -> None:
         splits.split_holdout(dataset, 0.0, seed=0)
 
 
+def test_a_split_whose_rdms_cannot_be_scored_is_refused_naming_its_option(make_rdms) -> None:
+    """Held-out images (or a fold) among which a subject's dissimilarities are all equal, or the subjects' mean's:
+    the held-out score was a crash (exit 1) or a silent rho of 0; it is the split's option, in one line."""
+    from siamrdm.io.datasets import BrainDataset
+    from siamrdm.io.images import ImageSet
+
+    n = 8
+    images = ImageSet([f"img{k}.png" for k in range(n)], [np.zeros((4, 4, 3), np.uint8)] * n, "own")
+    _, held = splits.holdout_indices(n, 0.4, seed=0)
+    fold = splits.fold_indices(n, 2, seed=0)[0]
+    for index, split in ((held, lambda d: splits.split_holdout(d, 0.4, seed=0)),
+                         (fold, lambda d: splits.fold_splits(d, 2, seed=0))):
+        for flat in ([1], [0, 1, 2]):  # one subject, or every subject: their mean too
+            rdms = make_rdms(n, subjects=3, seed=2)
+            for s in flat:
+                rdms[np.ix_([s], index, index)] = 0.5 * (1 - np.eye(len(index)))
+            option = "val_fraction" if index is held else "folds"
+            with pytest.raises(ConfigError, match=rf"^{option}: own-.*/X: the RDM of subject {flat[0] + 1} of 3 "
+                                                  f"has a constant upper triangle.*among the {len(index)} images"):
+                split(BrainDataset("own", images, {"X": rdms}))
+    # Two subjects whose orders cancel among the held-out images alone: their mean there is constant.
+    rdms = np.round(make_rdms(n, subjects=2, seed=3) * 8) / 8  # multiples of 1/8: the mean is exact
+    rdms[np.ix_([1], held, held)] = (2 * rdms[0].max() - rdms[np.ix_([0], held, held)]) * (1 - np.eye(len(held)))
+    with pytest.raises(ConfigError, match=r"^val_fraction: own-val/X: the mean RDM of its 2 subjects"):
+        splits.split_holdout(BrainDataset("own", images, {"X": rdms}), 0.4, seed=0)
+
+
 def test_fold_splits_partition_the_images(data_root: Path) -> None:
     dataset = load_algonauts_set(data_root, "92", ("EVC",))
     folds = splits.fold_splits(dataset, 4, seed=0)

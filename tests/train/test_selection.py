@@ -91,6 +91,24 @@ def test_fit_select_epochs(capsys, data_root: Path, own_data: tuple[str, ...], t
     assert not (tmp_path / "both").exists()
 
 
+def test_a_selection_fold_that_cannot_be_scored_names_select_epochs(make_rdms) -> None:
+    """fit --select-epochs folds the images itself: a fold among whose images every subject's dissimilarities are
+    equal is refused as --select-epochs (fit has no --folds to name)."""
+    import pytest
+
+    from siamrdm.errors import ConfigError
+    from siamrdm.io.images import ImageSet
+
+    n = 9
+    images = ImageSet([f"img{k}.png" for k in range(n)], [np.zeros((4, 4, 3), np.uint8)] * n, "own")
+    fold = splits.fold_indices(n, 3, seed=0)[0]
+    rdms = make_rdms(n, subjects=4, seed=1)
+    rdms[np.ix_(range(4), fold, fold)] = 0.5 * (1 - np.eye(len(fold)))
+    with pytest.raises(ConfigError, match=r"constant upper triangle.*among the 3 images") as info:
+        selection.selection_splits([BrainDataset("own", images, {"X": rdms})], folds=3)
+    assert info.value.option == "select_epochs"
+
+
 def test_best_epoch_is_the_one_se_rule_without_its_preference_for_fewer_epochs() -> None:
     """The best validated epoch: the prior alone is kept unless a trained epoch beats zero by 2 SE."""
     curve = selection_curve([0.10, 0.30, 0.305, 0.29])

@@ -129,10 +129,11 @@ def run_mode(overwrite: bool = False, resume: bool = False) -> str:
     return "overwrite" if overwrite else "resume" if resume else "new"
 
 
-def check_run_folder(path: str | os.PathLike, mode: str = "new") -> Path:
+def check_run_folder(path: str | os.PathLike, mode: str = "new", holding_lock: bool = False) -> Path:
     """A run folder that `run_folder(path, ..., mode)` will accept, checked before any work and before anything
     is created: "new" needs a new or empty folder, "overwrite" also takes a folder siamrdm marked, "resume" only
-    such a folder.
+    such a folder, and none that a running run holds (its lock: refused now, not after the second run's work;
+    `holding_lock`: this process holds it, checking again under it).
     A folder with anything else in it is never taken."""
     if mode not in RUN_MODES:
         raise ValueError(f"mode must be one of {RUN_MODES}, got {mode!r}")
@@ -146,6 +147,8 @@ def check_run_folder(path: str | os.PathLike, mode: str = "new") -> Path:
     if enclosing is not None and not _held_here(enclosing):  # its files would land in that run's manifest
         raise DataError(f"{path}: inside {enclosing}, the folder of another siamrdm run; choose a folder outside it")
     _check_creatable(path, path)
+    if not holding_lock and _lock_is_held(path):
+        raise DataError(locked_message(path))
     state = folder_state(path)
     if state == "run" and mode == "new":
         raise DataError(f"{path}: folder holds an earlier siamrdm run; pass --overwrite to replace it, or choose "
@@ -369,7 +372,7 @@ def run_folder(path: str | os.PathLike, command: str, mode: str = "new") -> Iter
     with run_folder_lock(path):
         state = folder_state(path)  # again, under the lock
         if state == "foreign" or (state == "run" and mode == "new"):
-            check_run_folder(path, mode)
+            check_run_folder(path, mode, holding_lock=True)
         marker = read_marker(path) if state == "run" else None
         if marker is not None and mode == "resume" and marker.get("command") != command:
             raise ConfigError("resume", f"{path} holds a siamrdm {marker.get('command')} run, not a {command} run")
@@ -436,6 +439,10 @@ def check_same_settings(path: Path, settings: dict, ignore: tuple[str, ...] = ("
                                     "use the same ones or a new folder")
 
 
+def locked_message(path: Path) -> str:
+    return f"{path}: another siamrdm run is using this folder (locked); wait for it or choose another"
+
+
 @contextlib.contextmanager
 def run_folder_lock(path: str | os.PathLike) -> Iterator[Path]:
     """Hold the run folder's lock for the duration (created if needed); a second holder is refused at once."""
@@ -451,8 +458,7 @@ def run_folder_lock(path: str | os.PathLike) -> Iterator[Path]:
     try:
         lock.acquire()
     except Timeout:
-        message = f"{path}: another siamrdm run is using this folder (locked); wait for it or choose another"
-        raise DataError(message) from None
+        raise DataError(locked_message(path)) from None
     try:
         yield path
     finally:

@@ -185,6 +185,24 @@ def validate_rdms(rdms: np.ndarray, where: str, n_images: int | None = None) -> 
     return rdms
 
 
+def check_scorable(rdms: np.ndarray, where: str) -> None:
+    """Subject RDMs that a score and a ceiling can be computed on: none with a constant upper triangle, and no
+    mean of them (of all subjects, or of all but one: the lower ceiling's) constant, as when one subject's
+    order is the reverse of another's. A DataError naming `where` (file:key, or a split of a set)."""
+    _check_not_constant(rdms, where)
+    uppers = upper_tri(np.asarray(rdms, dtype=np.float64))
+    per_subject = uppers.sum(axis=1) if uppers.ndim == 3 else uppers  # (S, P); sums: constancy is scale-free
+    if per_subject.ndim < 2 or len(per_subject) < 2:
+        return
+    total = per_subject.sum(axis=0)
+    which = f"its {len(per_subject)} subjects" if np.ptp(total) == 0 else next(
+        (f"its subjects other than subject {s + 1} of {len(per_subject)}" for s in range(len(per_subject))
+         if len(per_subject) > 2 and np.ptp(total - per_subject[s]) == 0), None)
+    if which is not None:
+        raise DataError(f"{where}: the mean RDM of {which} has a constant upper triangle (their orders cancel), so "
+                        "the noise ceiling and the training target are undefined")
+
+
 def _check_not_constant(rdms: np.ndarray, where: str) -> None:
     """A DataError naming the first RDM of the stack whose upper triangle is constant, by subject (and K)."""
     uppers = upper_tri(rdms)
@@ -218,6 +236,7 @@ def read_rdms(path: str | os.PathLike, key: str | None = None, n_images: int | N
         raise DataError(f"{path}: missing key '{key}' (keys: {', '.join(keys) or 'none'})")
     value = _read_rdm_file(path, [key])[key]  # only the array asked for
     rdms = validate_rdms(value, key_name(path, key), n_images)
+    check_scorable(rdms, key_name(path, key))  # subjects' RDMs: their means too
     notes = grouping_notes(path, [key])
     if names is not None:
         check_rdm_names(path, names)

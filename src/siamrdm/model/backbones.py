@@ -253,7 +253,7 @@ def create_body(name: str, weights: str | None = None, stage: str | None = None)
     with torch.random.fork_rng(devices=[]):  # listing the stages may build them: no draw of the run's seed spent
         stages = spec.stage_names()
     if stage not in stages:
-        raise DataError(f"backbone {spec.name} has no stage '{stage}' (stages: {', '.join(stages)})")
+        raise ConfigError("stage", f"backbone {spec.name} has no stage '{stage}' (stages: {', '.join(stages)})")
     return Body(spec, spec.build(weights, stage), stage, weights or "pretrained")
 
 

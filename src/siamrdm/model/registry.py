@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ConfigError, WeightsError
+from ..errors import ConfigError, DataError, WeightsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -109,8 +109,12 @@ def load_plain(path: str | Path, what: str, error: Callable[[str], Exception], u
     data only. A missing or unreadable file raises `error` with one line naming it as `what`. With `mmap` the
     tensors are mapped, not read (for a caller that wants only the plain data beside them)."""
     file = Path(path)
+    if file.is_dir():
+        raise error(f"{file}: is a folder, not a {what}")
     if not file.is_file():
         raise error(f"{file}: no such {what}")
+    if file.stat().st_size == 0:
+        raise error(f"{file}: empty file, not a {what}")
     try:
         with warnings.catch_warnings():  # torch warns, in lines of its own, about files of the legacy format
             warnings.simplefilter("ignore")
@@ -129,7 +133,22 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{file}: not a state_dict of tensors")
+    try:  # a NaN or infinite weight makes every prediction NaN, or a model file `predict` refuses
+        check_tensors(state, str(file))
+    except DataError as exc:
+        raise WeightsError(str(exc)) from None
     return state
+
+
+def check_tensors(state, what: str) -> None:
+    """A state_dict: names to tensors, every floating one finite (a NaN weight makes every prediction NaN)."""
+    if not isinstance(state, dict) or not state:
+        raise DataError(f"{what} is not a state_dict (names to tensors)")
+    for name, tensor in state.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise DataError(f"{what}: {name!r:.60} is not a named tensor")
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
+            raise DataError(f"{what}: {name} holds non-finite values (NaN or infinite)")
 
 
 def import_library(name: str):

@@ -101,16 +101,16 @@ class Evaluation(tables.Record):
         return tables.to_frame(self.paired(), tables.PAIRED_COLUMNS)
 
 
-def check_bodies(bodies: tuple[str, ...], weights: str | None) -> None:
-    """Every body compare_bodies will build, with its weights, built once before any set is read or folder made:
-    one it cannot have is refused as a `backbones` setting."""
+def check_bodies(bodies: tuple[str, ...], weights: str | None, option: str = "backbones") -> None:
+    """Every body a baseline will build, with its weights, built once before any set is read or folder made:
+    one it cannot have is refused as the `option` that named it (`backbones`, or `backbone` for one body)."""
     for body in bodies:
         try:
             create_body(body, weights, stage=backbone_stages(body)[-1])
         except ConfigError as exc:
             if exc.option != "backbone":
                 raise
-            raise ConfigError("backbones", exc.problem) from None
+            raise ConfigError(option, exc.problem) from None
 
 
 def _slug(text: str) -> str:

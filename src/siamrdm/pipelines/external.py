@@ -21,8 +21,9 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from ..io.datasets import TARGET_NAMES
 from ..io.images import natural_key
+from ..io.limits import key_name
 from ..io.progress import Progress
-from ..io.rdmfiles import list_rdm_keys, read_rdms
+from ..io.rdmfiles import check_scorable, list_rdm_keys, read_rdms
 from ..io.rsafiles import check_rdm_names
 from ..rdm.noise_ceiling import target_name
 from ..rdm.records import score_with_ceiling
@@ -55,12 +56,18 @@ class ExternalRDMs:
         return dataclasses.replace(self, names=tuple(names))
 
     def covering(self, names: Sequence[str]) -> np.ndarray | None:
-        """Its subjects' RDMs of these images (rows and columns in their order), or None where it lacks one."""
+        """Its subjects' RDMs of these images (rows and columns in their order), or None where it lacks one.
+        They must be scorable among these images alone (`check_scorable`), else a ConfigError, not a crash."""
         index = {name: k for k, name in enumerate(self.names)}
         if not self.names or any(name not in index for name in names):
             return None
         rows = np.array([index[name] for name in names])
-        return self.rdms[..., rows[:, None], rows[None, :]]
+        rdms = self.rdms[..., rows[:, None], rows[None, :]]
+        try:
+            check_scorable(rdms, key_name(self.path, self.key))
+        except DataError as exc:
+            raise ConfigError(OPTION, f"{exc}, among the {len(names)} held-out images it would score") from None
+        return rdms
 
 
 def split_spec(spec: str) -> tuple[Path, str | None]:
@@ -127,6 +134,13 @@ def bind_held_out(externals: Sequence[ExternalRDMs], datasets: Sequence, order: 
     for dataset in datasets:  # '92-train' and '92-val' are the 92 set
         names.setdefault(dataset.name.split("-")[0], set()).update(dataset.images.names)
     return bind_to_sets(externals, {name: sorted(found, key=natural_key) for name, found in names.items()})
+
+
+def check_held_out(externals: Sequence[ExternalRDMs], val: Sequence) -> None:
+    """fit --external, before it trains: each study's RDMs of each validation set's images can be scored."""
+    for dataset in val:
+        for external in externals:
+            external.covering(dataset.images.names)
 
 
 def score_held_out(predictor, val: Sequence, externals: Sequence[ExternalRDMs], keep_prior: bool

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..io.tables import Record
 from .compare import compare_condensed, compare_rdms, official_p, signed_p
+from .core import upper_tri
 from .inference import (
     CHANCE_ALPHA,
     bootstrap_indices,
@@ -129,6 +130,8 @@ def pair_fields(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = OF
     from .parts import pair_structure
 
     model, subjects = pair_structure(model_rdm), pair_structure(target_rdms)
+    if not np.all(np.ptp(upper_tri(subjects), axis=-1) > 0):  # 3 images (or a subject of per-image effects
+        return {}  # alone): no pair structure to predict, so no pair score, not a rho of 0 over flat targets
     rho = compare_rdms(model, subjects, method)
     if not np.all(np.isfinite(rho)):  # a model whose pair structure is flat: nothing to compare
         return {}

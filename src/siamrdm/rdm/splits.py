@@ -10,19 +10,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..io.datasets import BrainDataset
 from ..io.images import ImageSet
+from ..io.rdmfiles import check_scorable
 from .core import subject_rdms
 
 MIN_SPLIT_IMAGES = 3
 
 
-def subset(dataset: BrainDataset, index: np.ndarray, name: str) -> BrainDataset:
-    """The images `index` of a dataset with their RDMs (rows and columns)."""
+def subset(dataset: BrainDataset, index: np.ndarray, name: str, option: str = "val_fraction") -> BrainDataset:
+    """The images `index` of a dataset with their RDMs (rows and columns). Their RDMs must still be scorable
+    (`check_scorable`: a subject's dissimilarities may all be equal among these images alone): a ConfigError
+    naming the `option` that chose the split, not a NaN score or a crash."""
     images = ImageSet([dataset.images.names[k] for k in index], [dataset.images.images[k] for k in index],
                       dataset.images.source)
     targets = {t: r[..., index[:, None], index[None, :]] for t, r in dataset.targets.items()}
+    for target, rdms in targets.items():
+        try:
+            check_scorable(rdms, f"{name}/{target}")
+        except DataError as exc:
+            raise ConfigError(option, f"{exc}, among the {len(index)} images of this split: choose another "
+                                      "split") from None
     return BrainDataset(name, images, targets, dataset.official, dataset.notes)
 
 
@@ -65,8 +74,8 @@ def fold_splits(dataset: BrainDataset, folds: int, seed: int = 0) -> dict[str, t
     splits = {}
     for k, held_out in enumerate(fold_indices(len(dataset), folds, seed)):
         kept = np.setdiff1d(np.arange(len(dataset)), held_out)
-        splits[f"{dataset.name} fold {k + 1}"] = (subset(dataset, kept, f"{dataset.name}-f{k + 1}-train"),
-                                                   subset(dataset, held_out, f"{dataset.name}-f{k + 1}-val"))
+        splits[f"{dataset.name} fold {k + 1}"] = (subset(dataset, kept, f"{dataset.name}-f{k + 1}-train", "folds"),
+                                                   subset(dataset, held_out, f"{dataset.name}-f{k + 1}-val", "folds"))
     return splits
 
 
@@ -114,5 +123,5 @@ def subject_fold_splits(dataset: BrainDataset, folds: int, seed: int = 0,
     splits = {}
     folded = zip(fold_splits(trained, folds, seed).items(), fold_indices(len(dataset), folds, seed), strict=True)
     for (label, (train, held)), index in folded:  # the same seeded folds: `index` is the held-out fold's images
-        splits[label] = (train, held, subset(unseen, index, f"{held.name}-new-subjects"))
+        splits[label] = (train, held, subset(unseen, index, f"{held.name}-new-subjects", "folds"))
     return splits

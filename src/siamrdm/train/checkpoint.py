@@ -18,6 +18,7 @@ import torch
 
 from ..errors import DataError
 from ..io.files import atomic_path
+from ..model.registry import check_tensors as check_tensors
 from ..model.registry import load_plain
 from .config import ConfigError, config_from_dict
 
@@ -58,17 +59,6 @@ def reading(path: str | os.PathLike, what: str = "checkpoint") -> Iterator[None]
         raise
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
         raise DataError(f"{path}: malformed siamrdm {what} ({_short(exc)})") from None
-
-
-def check_tensors(state, what: str) -> None:
-    """A state_dict: names to tensors, every floating one finite (a NaN weight makes every prediction NaN)."""
-    if not isinstance(state, dict) or not state:
-        raise DataError(f"{what} is not a state_dict (names to tensors)")
-    for name, tensor in state.items():
-        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
-            raise DataError(f"{what}: {name!r:.60} is not a named tensor")
-        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
-            raise DataError(f"{what}: {name} holds non-finite values (NaN or infinite)")
 
 
 def _count(value, name: str) -> None:

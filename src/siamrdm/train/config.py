@@ -134,6 +134,9 @@ def purpose_text(per_image: str) -> str:
     """What a model with this per_image setting is for (PURPOSES)."""
     return PURPOSES[per_image]
 MIN_IMAGE_SIZE = 16
+# The largest learning rate (head or body): AdamW's first step is 10 x the rate, computed in float32 (largest
+# 3.4e38); above this the optimiser overflows (a RuntimeError) instead of the run diverging (TrainingDiverged).
+MAX_LR = 1e36
 # Above this a body's activations take gigabytes per image (100,000 px would ask for 120 GB to 1.9 TB).
 MAX_IMAGE_SIZE = 1024
 
@@ -215,6 +218,9 @@ def _check_schedule(config: TrainConfig) -> None:
     _check_number("lr", config.lr)
     _check_number("body_lr_factor", config.body_lr_factor, allow_zero=True)
     _check_number("weight_decay", config.weight_decay, allow_zero=True)
+    if config.lr > MAX_LR or config.lr * config.body_lr_factor > MAX_LR:
+        raise ConfigError("lr", f"must be at most {MAX_LR:g} (with the body's rate, lr x body_lr_factor), got "
+                                f"{config.lr:g}")
     for name in ("frozen_epochs", "unfrozen_epochs"):
         if getattr(config, name) < 0:
             raise ConfigError(name, "must not be negative")

@@ -94,7 +94,12 @@ def prepare_set(dataset: BrainDataset, targets: tuple[str, ...], config: TrainCo
     dataset.check_targets(targets)
     columns, normalisation = [], {}
     for target in targets:
-        values, params = rescale(group_target(dataset.targets[target], config.group_target), config.rescale)
+        learnt = group_target(dataset.targets[target], config.group_target)
+        if np.ptp(learnt) == 0:  # subjects whose orders cancel: rescaled, a target of zeros that trains to nothing
+            what = "mean RDM" if config.group_target == "mean" else "mean of the ranks"
+            raise ConfigError("group_target", f"{dataset.name}/{target}: the {what} of its subjects is the same for "
+                                              "every pair (their orders cancel), so there is nothing to learn")
+        values, params = rescale(learnt, config.rescale)
         columns.append(values)
         normalisation[target] = params
     return PairTargets(

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import TrainingDiverged
+from ..errors import ConfigError, TrainingDiverged
 from ..io.datasets import BrainDataset
 from ..io.progress import Progress
 from ..io.tables import number
@@ -183,11 +183,16 @@ def selection_splits(train: list[BrainDataset], folds: int = SELECTION_FOLDS) ->
         k = min(folds, len(dataset) // MIN_SPLIT_IMAGES)
         if k < 2:
             return None
-        if all(len(subject_rdms(r)) >= 2 for r in dataset.targets.values()):
-            splits.update({label: (fit_on, new_people) for label, (fit_on, _, new_people)
-                           in subject_fold_splits(dataset, k, seed=0).items()})
-        else:
-            splits.update(fold_splits(dataset, k, seed=0))
+        try:  # a fold whose RDMs cannot be scored (splits.subset): these folds are --select-epochs', not --folds'
+            if all(len(subject_rdms(r)) >= 2 for r in dataset.targets.values()):
+                splits.update({label: (fit_on, new_people) for label, (fit_on, _, new_people)
+                               in subject_fold_splits(dataset, k, seed=0).items()})
+            else:
+                splits.update(fold_splits(dataset, k, seed=0))
+        except ConfigError as exc:
+            if exc.option != "folds":
+                raise
+            raise ConfigError("select_epochs", exc.problem) from None
     return splits
 
 

@@ -133,6 +133,8 @@ PURPOSES = {"keep": "per-image part learnt: for new images of the same study",
 def purpose_text(per_image: str) -> str:
     """What a model with this per_image setting is for (PURPOSES)."""
     return PURPOSES[per_image]
+
+
 MIN_IMAGE_SIZE = 16
 # The largest learning rate (head or body): AdamW's first step is 10 x the rate, computed in float32 (largest
 # 3.4e38); above this the optimiser overflows (a RuntimeError) instead of the run diverging (TrainingDiverged).

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, TrainingDiverged
 from ..io.datasets import BrainDataset
-from .config import TrainConfig
+from .config import MAX_LR, TrainConfig
 from .fullbatch import FullBatchStep
 from .loop import make_optimizer
 
@@ -71,23 +71,21 @@ def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
     return float(lrs[steepest])
 
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
-ADAMW_FIRST_STEP_GAIN = 10.0  # AdamW's first step is the rate / (1 - beta1), beta1 torch's 0.9 (make_optimizer's)
 
 
 def check_range(config: TrainConfig, start_lr: float, end_lr: float, steps: int, train_stages: int | str) -> None:
     """Refuse, before any work, rates the test cannot take: each finite and positive, start below end, and
-    within float32's range as the optimiser uses it (AdamW's first step, its weight decay, the body's share):
-    a larger one would end in torch's 'cannot be converted to type float without overflow'."""
+    within the range a fit's rate is held to (config.MAX_LR, for the head and the body's share): a larger one
+    would end in torch's 'cannot be converted to type float without overflow'."""
     share = max(1.0, config.body_lr_factor) if train_stages != 0 else 1.0
-    largest = FLOAT32_MAX / (share * max(ADAMW_FIRST_STEP_GAIN, config.weight_decay))
+    largest = MAX_LR / share
     for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
             raise ConfigError(name, f"must be a positive finite rate, got {value}")
         if not FLOAT32_TINY <= value <= largest:
             raise ConfigError(name, f"must be between {FLOAT32_TINY:.3g} and {largest:.3g} (float32's range as "
-                                    f"AdamW steps with it), got {value:g}")
+                                    f"AdamW steps with it, as --lr), got {value:g}")
     if start_lr >= end_lr:
         raise ConfigError("end_lr", f"must be greater than start_lr ({start_lr:g}), got {end_lr:g}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:

@@ -195,6 +195,10 @@ def test_resume_refuses_another_command_and_other_settings(tmp_path: Path) -> No
     files.check_same_settings(run, {"config": {"lr": 0.001, "device": "cuda"}, "seeds": [0]})  # device may change
     with pytest.raises(files.ConfigError, match="lr"):
         files.check_same_settings(run, {"config": {"lr": 0.005, "device": "cpu"}, "seeds": [0]})
+    # a setting an earlier version did not record cannot be checked: said so, not "other settings (inputs)"
+    with pytest.raises(files.ConfigError, match="earlier siamrdm that did not record its inputs, so they cannot"):
+        files.check_same_settings(run, {"config": {"lr": 0.001, "device": "cpu"}, "seeds": [0],
+                                        "inputs": {"sets": ["92"]}})
 
 
 def test_long_output_names_get_a_temporary_name_that_fits(tmp_path: Path) -> None:

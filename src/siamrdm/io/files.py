@@ -431,6 +431,10 @@ def check_same_settings(path: Path, settings: dict, ignore: tuple[str, ...] = ("
         return json.loads(json.dumps(record))
 
     old, new = comparable(saved), comparable(settings)
+    unrecorded = sorted(k for k in new if k not in old)
+    if unrecorded:  # recorded only by later versions: what they would check cannot be checked
+        raise ConfigError("resume", f"the run in {path} was started by an earlier siamrdm that did not record its "
+                                    f"{', '.join(unrecorded)}, so they cannot be checked; start it in a new folder")
     if old != new:
         changed = sorted({k for k in old.get("config", {}) | new.get("config", {})
                           if old.get("config", {}).get(k) != new.get("config", {}).get(k)}

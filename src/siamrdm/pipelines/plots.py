@@ -18,8 +18,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 from matplotlib.patches import Patch
+from matplotlib.text import Text
 from PIL import Image
 
+from ..errors import printable
 from ..io.files import atomic_path
 from ..io.images import ImageSet
 from ..io.tables import number
@@ -83,6 +85,11 @@ def _figure(kind: str) -> Figure:
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    """The figure as a PNG at `path`, written atomically. Its titles and legends name targets, keys and files of
+    the user's: each text is drawn escaped (errors.printable), as the terminal shows them, since a font has no glyph
+    for a control character (and matplotlib's warning would print it raw)."""
+    for text in fig.findobj(Text):
+        text.set_text(printable(text.get_text()))
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=DPI, format="png")
@@ -310,7 +317,7 @@ MAX_LABEL_CHARS = 30  # a target's or method's name on a chart, cut beyond this:
 def _label(name) -> str:
     """A name as a chart shows it: at most MAX_LABEL_CHARS characters (a long name would crowd the axes out of
     the fixed-size figure and take seconds to lay out)."""
-    text = " ".join(str(name).split())
+    text = printable(" ".join(str(name).split()))  # escaped, as _save draws every text: tick labels are drawn later
     return text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 3] + "..."
 
 

@@ -152,6 +152,12 @@ def test_report_never_replaces_a_users_files(challenge_dir: Path, tmp_path: Path
     ("settings.json", None, "is a folder"),
     ("EVC/seed0/log.csv", "epoch,phase,loss\n1,frozen,nan\n", "line 2: loss 'nan' is not a finite number"),
     ("EVC/seed0/log.csv", "epoch,phase,loss\nabc,frozen,0.1\n", "line 2: epoch 'abc' is not a whole number"),
+    ("EVC/seed0/log.csv", "epoch,phase,loss\n1,frozen,0.1\n2,frozen\n", "training log: line 3 has 2 fields where "
+                                                                        "the header has 3"),
+    # a short row was shown as target 'None', a long row's extra fields left out unseen
+    ("validation.csv", "method,target,pct_nc\nsiamese\n", "malformed score table: line 2 has 1 field "
+                                                          "where the header has 3"),
+    ("validation.csv", "method,target,pct_nc\nsiamese,EVC,12.5,3\n", "line 2 has 4 fields where the header has 3"),
 ])
 def test_a_damaged_run_file_is_named_not_reported(challenge_dir: Path, capsys: pytest.CaptureFixture, name: str,
                                                   content: str | None, expected: str):

@@ -99,6 +99,18 @@ def _read_csv(path: Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO(_read_text(path), newline="")))
 
 
+def _check_row_lengths(path: Path, rows: list[dict], what: str) -> None:
+    """Every row of a table the report shows has as many fields as its header, else a DataError naming the file
+    and the line: csv.DictReader fills a short row with None (a target 'None') and keeps a long row's extra
+    fields under the key None (left out unseen), so a damaged table would become a report that looks like a run's."""
+    for k, row in enumerate(rows, start=2):
+        header = len(row) - (None in row)
+        fields = sum(value is not None for key, value in row.items() if key is not None) + len(row.get(None) or ())
+        if fields != header:
+            raise DataError(f"{path}: malformed {what}: line {k} has {fields} field{'s' * (fields != 1)} where the "
+                            f"header has {header}")
+
+
 def _settings(path: Path) -> object:
     """A run's settings file: strict JSON (no NaN or Infinity), else a DataError naming the file."""
     if path.is_dir() and not path.is_symlink():
@@ -114,6 +126,7 @@ def _training_log(path: Path) -> list[dict]:
         rows = _read_csv(path)
     except (csv.Error, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: malformed training log ({' '.join(str(exc).split())})") from None
+    _check_row_lengths(path, rows, "training log")
     for k, row in enumerate(rows, start=2):
         epoch = number(row.get("epoch"))
         if epoch is None or epoch != int(epoch) or epoch < 0:
@@ -207,6 +220,7 @@ def _score_tables(run_dir: Path) -> list[tuple[Path, list[dict]]]:
         except (OSError, csv.Error, UnicodeDecodeError):
             continue
         if rows and SCORE_COLUMNS <= set(rows[0]):
+            _check_row_lengths(path, rows, "score table")  # a score table's damage is named, not skipped
             tables.append((path, rows))
     return tables
 

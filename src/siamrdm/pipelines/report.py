@@ -323,11 +323,11 @@ def _log_blocks(run_dir: Path, path: Path, placed: set[Path]) -> list[Block]:
     val = [(number(r.get("val_rho", r.get("val_pct_nc"))), number(r.get("val_pct_nc")), int(number(r["epoch"])))
            for r in rows]
     val = [row for row in val if row[0] is not None]
-    kept = _kept_epoch(run_dir, path) if val else None
+    kept, prior = _kept_epoch(run_dir, path) if val else (None, None)
     where = path.parent.relative_to(run_dir)
     label = "run" if str(where) == "." else str(where)
     chart = plots.plot_training_curves(rows, path.with_name("training_curves.png"), title=f"training: {label}",
-                                       marked=None if kept is None else {"kept by the fit": kept})
+                                       marked=None if kept is None else {"kept by the fit": kept}, prior=prior)
     blocks: list[Block] = [("h3", f"Training curves ({path.relative_to(run_dir)})")]
     loss = number(rows[-1].get("loss"))
     trained = sum((number(r.get("epoch")) or 0) > 0 for r in rows)
@@ -359,20 +359,20 @@ def _epochs_text(val: list[tuple], kept: int | None) -> str:
     return text
 
 
-def _kept_epoch(run_dir: Path, log: Path) -> int | None:
-    """The epoch the fit kept for the seed of `log` (FIT/seed<k>/log.csv, FIT in `run_dir`), from FIT/model.pt;
-    None where there is no model file (or the log is not a seed's). A damaged one is a DataError naming it, as
-    any damaged run file is."""
+def _kept_epoch(run_dir: Path, log: Path) -> tuple[int | None, bool | None]:
+    """The epoch the fit kept for the seed of `log` (FIT/seed<k>/log.csv, FIT in `run_dir`), from FIT/model.pt,
+    and whether the fit had a prior (which names its epoch 0); (None, None) where there is no model file (or the
+    log is not a seed's). A damaged one is a DataError naming it, as any damaged run file is."""
     model = log.parent.parent / "model.pt"
     if not re.fullmatch(r"seed\d+", log.parent.name) or log.parent == run_dir or not os.path.lexists(model):
-        return None
+        return None, None
     from ..train.predict import kept_epochs
 
-    kept = kept_epochs(_checked_input(model, limit=None))
+    kept, prior = kept_epochs(_checked_input(model, limit=None))
     if log.parent.name not in kept:
         raise DataError(f"{model}: malformed siamrdm model file: no record of {log.parent.name}, whose log is "
                         f"{log}")
-    return kept[log.parent.name]
+    return kept[log.parent.name], prior
 
 
 def _settings_blocks(run_dir: Path) -> list[Block]:

@@ -4,11 +4,18 @@ set and target, each record appended to OUT/<name>.jsonl as it finishes; `--summ
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Callable
 
 from siamrdm.io.datasets import TARGET_NAMES, BrainDataset, load_algonauts_set
+from siamrdm.io.jsonfiles import strict_json_text
+
+
+def append_record(path: str | os.PathLike, record: dict) -> None:
+    """`record` as one line of strict JSON appended to the log at `path` (a NaN as null, as every JSON siamrdm
+    writes): the benchmarks' logs are read back line by line, by `--summarize` and by any JSON reader."""
+    with open(path, "a") as f:
+        f.write(strict_json_text(record) + "\n")
 
 
 def run_cells(doc: str, name: str, run_check: Callable[..., dict], summarize: Callable[[str], str],
@@ -33,6 +40,5 @@ def run_cells(doc: str, name: str, run_check: Callable[..., dict], summarize: Ca
         dataset: BrainDataset = load_algonauts_set(args.data, set_name, TARGET_NAMES)
         for target in args.targets.split(","):
             record = run_check(target, dataset, args.device, frozen_epochs=args.epochs, image_size=args.image_size)
-            with open(os.path.join(args.out, f"{name}.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_record(os.path.join(args.out, f"{name}.jsonl"), record)
             print(f"{target:<10} {set_name:>4}: {describe(record)} ({record['seconds']:.0f} s)", flush=True)

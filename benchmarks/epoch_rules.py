@@ -30,6 +30,7 @@ from cells import run_cells  # benchmarks/, beside this script
 from levers import at_epoch, one_target
 
 from siamrdm.io.datasets import BrainDataset
+from siamrdm.io.tables import fmt, number
 from siamrdm.rdm.splits import fold_indices, subject_split, subset
 from siamrdm.train import config_from_preset
 from siamrdm.train.selection import (
@@ -106,11 +107,16 @@ def summarize(path: str) -> str:
     lines = ["| target | set | " + " | ".join(f"{rule}: rho ± se (epochs per fold)" for rule in RULES) + " |",
              "|---|---|" + "---|" * len(RULES)]
     for r in records:
-        cells = [f"{r[rule]['rho']:.3f} ± {r[rule]['se']:.3f} ({', '.join(map(str, r[rule]['epochs']))})"
-                 for rule in RULES]
+        cells = [f"{fmt(r[rule]['rho'], '.3f')} ± {fmt(r[rule]['se'], '.3f')} "  # a null (a NaN measured) as '-'
+                 f"({', '.join(map(str, r[rule]['epochs']))})" for rule in RULES]
         lines.append(f"| {r['target']} | {r['set']} | " + " | ".join(cells) + " |")
-    means = " ".join(f"{rule} {np.mean([r[rule]['rho'] for r in records]):.4f}" for rule in RULES)
-    return "\n".join(lines) + f"\n\nmean over the cells: {means}\n{verdict(records)}"
+    # the means and the verdict over the cells whose every value was measured
+    complete = [r for r in records if all(number(r[rule][k]) is not None for rule in RULES for k in ("rho", "se"))]
+    means = " ".join(f"{rule} {fmt(np.mean([r[rule]['rho'] for r in complete]) if complete else None)}"
+                     for rule in RULES)
+    missing = len(records) - len(complete)
+    left_out = f" ({missing} cell{'s' * (missing > 1)} with a missing value left out)" if missing else ""
+    return "\n".join(lines) + f"\n\nmean over the cells{left_out}: {means}\n{verdict(complete)}"
 
 
 def describe(record: dict) -> str:

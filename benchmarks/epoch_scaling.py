@@ -24,6 +24,7 @@ from cells import run_cells  # benchmarks/, beside this script
 from levers import at_epoch, one_target
 
 from siamrdm.io.datasets import BrainDataset
+from siamrdm.io.tables import fmt
 from siamrdm.rdm.splits import fold_indices, subject_split, subset
 from siamrdm.train import config_from_preset
 from siamrdm.train.selection import SELECTION_FOLDS, ensemble_curves, fold_curve, one_se_epoch, scaled_epochs
@@ -72,7 +73,8 @@ def summarize(path: str) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in records:
         ratio = f"{r['large_chosen'] / r['small_chosen']:.1f}" if r["small_chosen"] else "-"
-        cells = [f"{r[k]['rho']:.3f} ({r[k]['epoch']})" for k in ("large_at_own", "large_at_small", "large_at_scaled")]
+        cells = [f"{fmt(r[k]['rho'], '.3f')} ({r[k]['epoch']})"  # a null (a NaN measured) as '-'
+                 for k in ("large_at_own", "large_at_small", "large_at_scaled")]
         lines.append(f"| {r['target']} | {r['set']} | {r['small_chosen']} -> {r['large_chosen']} | {ratio} | "
                      f"{r['small_best']} -> {r['large_best']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

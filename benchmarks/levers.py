@@ -35,8 +35,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from cells import append_record  # benchmarks/, beside this script
 
 from siamrdm.io.datasets import TARGET_NAMES, BrainDataset, load_algonauts_set
+from siamrdm.io.tables import fmt, number
 from siamrdm.pipelines.external import ExternalRDMs, bind_default, bind_to_sets
 from siamrdm.rdm.splits import cross_set_splits, fold_splits, subject_fold_splits
 from siamrdm.train import config_from_preset
@@ -167,13 +169,19 @@ def other_cell(other: dict | None) -> str:
     """The other study's signed rho (and the prior's) on the held-out folds and in the 118 -> 92 direction."""
     if not other:
         return "-"
-    cells = [f"{e['rho']:+.3f} ({e['prior_rho']:+.3f})" for k, e in other.items() if k != "label"]
+    cells = [f"{fmt(e['rho'], '+.3f')} ({fmt(e['prior_rho'], '+.3f')})" for k, e in other.items() if k != "label"]
     return " / ".join(cells)
+
+
+def fold_cell(folds: dict) -> str:
+    """'rho ± se (epochs)' of a folds column, '-' for a value the log holds as null."""
+    return f"{fmt(folds['rho'], '.3f')} ± {fmt(folds['se'], '.3f')} ({folds['epochs']})"
 
 
 def summarize(path: str) -> str:
     """The lever table: per target and lever, the folds' signed mean rho (new people: the rule's column; same
-    people beside it), the joint folds where measured, and the held-out cross-set % of the ceiling and rho."""
+    people beside it), the joint folds where measured, and the held-out cross-set % of the ceiling and rho. A value
+    the log holds as null (a NaN when it was measured) is shown as '-'."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
     head = ("| target | lever | folds, new people: rho ± se (epochs) | folds, same people | joint folds | "
             "92->118 % (rho) | 118->92 % (rho) | cross mean % | cross, same-people epochs: mean % | "
@@ -183,13 +191,14 @@ def summarize(path: str) -> str:
                                          if r["lever"] in LEVERS else 99)):
         fn, fs, c = r["folds_new"], r["folds_same"], r["cross"]
         joint = r.get("joint_folds")
-        same_mean = np.mean([e["same"]["pct_nc"] for e in c.values()])
-        directions = [f"{c[d]['new']['pct_nc']:.1f} ({c[d]['new']['rho']:+.3f})" for d in ("92->118", "118->92")]
+        same = [number(e["same"]["pct_nc"]) for e in c.values()]
+        same_mean = None if None in same else np.mean(same)
+        directions = [f"{fmt(c[d]['new']['pct_nc'], '.1f')} ({fmt(c[d]['new']['rho'], '+.3f')})"
+                      for d in ("92->118", "118->92")]
         lines.append(
-            f"| {r['target']} | {r['lever']} | {fn['rho']:.3f} ± {fn['se']:.3f} ({fn['epochs']}) | "
-            f"{fs['rho']:.3f} ± {fs['se']:.3f} ({fs['epochs']}) | "
-            + (f"{joint['rho']:.3f} ± {joint['se']:.3f} ({joint['epochs']})" if joint else "-")
-            + " | " + " | ".join(directions) + f" | {r['cross_mean_pct']:.1f} | {same_mean:.1f} | "
+            f"| {r['target']} | {r['lever']} | {fold_cell(fn)} | {fold_cell(fs)} | "
+            + (fold_cell(joint) if joint else "-")
+            + " | " + " | ".join(directions) + f" | {fmt(r['cross_mean_pct'], '.1f')} | {fmt(same_mean, '.1f')} | "
             f"{c['92->118']['best_epoch']} / {c['118->92']['best_epoch']} | {other_cell(r.get('other_study'))} |")
     return "\n".join(lines)
 
@@ -215,8 +224,7 @@ def main() -> None:
         for lever in args.levers.split(","):
             record = run_lever(lever, target, sets, args.device, others.get(target), frozen_epochs=args.epochs,
                                image_size=args.image_size)
-            with open(os.path.join(args.out, "levers.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_record(os.path.join(args.out, "levers.jsonl"), record)
             fn, c = record["folds_new"], record["cross"]
             print(f"{target:<10} {lever:<20} new people {fn['rho']:.3f} ± {fn['se']:.3f} ({fn['epochs']} ep)  "
                   f"same {record['folds_same']['rho']:.3f}  cross {c['92->118']['new']['pct_nc']:5.1f} / "

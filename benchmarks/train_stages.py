@@ -55,16 +55,22 @@ def one_run(data: str, size: int, stages: str, epochs: int, device: str, backbon
 
 
 def table(rows: list[dict]) -> str:
+    """The markdown table of the runs; a value the log holds as null (a NaN when it was measured) is shown as '-'."""
+    from siamrdm.io.tables import fmt, number
+
     lines = ["| body | image size | --train-stages | unfrozen epoch (s) | vs all | frozen epoch (s) | setup (s) | "
              "peak RSS (MB) | load at start / end |", "|---|---|---|---|---|---|---|---|---|"]
     for row in sorted(rows, key=lambda r: (r["backbone"], -r["image_size"], STAGES.index(r["train_stages"]))):
         whole = next((r for r in rows if (r["backbone"], r["image_size"], r["train_stages"]) ==
                       (row["backbone"], row["image_size"], "all")), None)
-        share = f"{row['unfrozen_epoch_s'] / whole['unfrozen_epoch_s']:.2f}" if whole else "-"
+        seconds = number(row["unfrozen_epoch_s"])
+        whole_seconds = number(whole["unfrozen_epoch_s"]) if whole else None
+        share = fmt(seconds / whole_seconds if seconds is not None and whole_seconds else None, ".2f")
         lines.append(f"| {row['backbone']} | {row['image_size']} | {row['train_stages']} | "
-                     f"{row['unfrozen_epoch_s']:.2f} | {share} | "
-                     f"{row['frozen_epoch_s']:.2f} | {row['setup_s']:.1f} | {row['peak_rss_mb']} | "
-                     f"{row.get('load_start', '-')} / {row['load_end']} |")
+                     f"{fmt(seconds, '.2f')} | {share} | "
+                     f"{fmt(row['frozen_epoch_s'], '.2f')} | {fmt(row['setup_s'], '.1f')} | "
+                     f"{fmt(row['peak_rss_mb'], '.0f')} | {fmt(row.get('load_start'), 'g')} / "
+                     f"{fmt(row['load_end'], 'g')} |")
     return "\n".join(lines)
 
 
@@ -84,9 +90,13 @@ def main() -> None:
     if args.summarize:
         print(table([json.loads(line) for line in open(args.summarize) if line.strip()]))
         return
+    from cells import append_record  # benchmarks/, beside this script
+
+    from siamrdm.io.jsonfiles import strict_json_text
+
     if args.one:
-        print(json.dumps(one_run(args.data, int(args.one[0]), args.one[1], args.epochs, args.device, args.backbone,
-                                 args.weights)))
+        print(strict_json_text(one_run(args.data, int(args.one[0]), args.one[1], args.epochs, args.device,
+                                       args.backbone, args.weights)))
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,8 +111,7 @@ def main() -> None:
                                   capture_output=True, text=True, check=True)
             row = {**json.loads(done.stdout.strip().splitlines()[-1]), "load_start": load}
             rows.append(row)
-            with open(out / "train_stages.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_record(out / "train_stages.jsonl", row)  # a NaN (the loss of a diverged run) as null
             print(f"{args.backbone} {size} px, K={stages}: unfrozen epoch {row['unfrozen_epoch_s']:.2f} s, "
                   f"setup {row['setup_s']:.1f} s, peak {row['peak_rss_mb']} MB", flush=True)
     print(table(rows))

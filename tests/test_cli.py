@@ -604,3 +604,31 @@ def test_score_of_two_rsatoolbox_files_in_different_orders_blames_the_files_not_
     assert_one_line_error(err, f"siamrdm: error: {submission}: pattern descriptor 'images' orders the images "
                                f"differently from {target} (row 1: 'dog' in {submission}, 'cat' in {target})")
     assert "--" not in err
+
+
+HOSTILE = "run\x1b[2J\x1b]0;title\x07\nx"  # an escape sequence, a bell and a line break in a name
+
+
+@pytest.mark.filterwarnings("error:Glyph:UserWarning")  # a chart's font has no glyph for a raw control character
+@pytest.mark.parametrize("command", [
+    ("lr-find", "--targets", "EVC", "--sets", "92", "--image-size", "64", "--quiet"),
+    ("challenge", "--targets", "EVC", "--epochs", "1", "--backbone", "alexnet", "--weights", "random",
+     "--image-size", "128", "--no-augment", "--no-validate", "--device", "cpu"),
+    ("evaluate", "--methods", "layers", "--folds", "2", "--weights", "random", "--image-size", "64", "--no-plots"),
+])
+def test_a_command_shows_its_folder_and_keys_escaped(capsys, tmp_path: Path, data_root: Path, own_data,
+                                                     command: tuple[str, ...]) -> None:
+    """The folder --out names, an image folder and a key are the user's: what a command prints of them (the lines
+    that say what was written, its phase lines, its tables) and its charts draw is escaped, so no name drives the
+    terminal or breaks a line."""
+    out = tmp_path / HOSTILE
+    flags = ("--data", data_root)
+    if command[0] == "evaluate":  # your own data, from a folder and under a key of hostile names
+        images = tmp_path / f"images{HOSTILE}"
+        images.symlink_to(own_data[1], target_is_directory=True)
+        flags = ("--images", images, "--rdms", own_data[3], "--key", f"V4{HOSTILE}")
+    code, printed, err = run_main(capsys, *command, *flags, "--out", out)
+    assert code == 0, err
+    assert not any(c in printed + err for c in "\x1b\x07\u2028"), printed + err
+    assert "\nx" not in printed + err  # no name broke its line
+    assert "run\\x1b[2J\\x1b]0;title\\x07\\nx" in printed  # where the files went, as the user can read it

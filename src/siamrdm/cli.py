@@ -95,8 +95,8 @@ def _own_data_info(args) -> int:
     print(f"images: {images['count']} in {printable(images['source'])} ({shown_names(images['names'])}; {order})")
     names = rdms["names"]
     print(f"rdms: {printable(rdms['file'])}: " + (
-        f"pattern descriptor '{names['descriptor']}' names the {names['count']} images, in the same order" if names
-        else "names no images (its rows are taken in the images' order)"))
+        f"pattern descriptor '{printable(names['descriptor'])}' names the {names['count']} images, in the same "
+        "order" if names else "names no images (its rows are taken in the images' order)"))
     for key, entry in rdms["keys"].items():
         if entry["grouping"]:
             print(f"  {printable(entry['grouping'])}")
@@ -189,8 +189,7 @@ def cmd_fit(args) -> int:
         summary["validation"] = validation_scores(predictor, val, targets)
     if externals:
         summary["external"], notes = score_held_out(predictor, val, externals, args.external_fallback == "prior")
-        for note in notes:
-            print(f"siamrdm: {note}", file=sys.stderr, flush=True)
+        print_notes(notes)
     print_json(summary)
     return 0
 
@@ -281,7 +280,7 @@ def cmd_lr_find(args) -> int:
         result = lr_range_test(config, train, progress=not args.quiet, train_stages=stages)
         write_json(out / "lr_find.json", result, indent=2)
         plot = plot_lr_range(result, out / "lr_find.png")
-    print(f"suggested learning rate: {result['suggested_lr']:.3g} (curve: {plot})")
+    print(f"suggested learning rate: {result['suggested_lr']:.3g} (curve: {printable(plot)})")  # --out's path
     print_notes(*train)
     return 0
 
@@ -305,7 +304,7 @@ def cmd_challenge(args) -> int:
         print(f"validation {row['method']:<10} {row['target']:<10} {row['direction']:<8} r2={row['r2']:.4f}  {pct} "
               "of noise ceiling")
     written = [*result["settings"]["submission_files"], *(() if args.no_validate else ("validation.md",)), "report.md"]
-    print(f"wrote {', '.join(written)} and report.html in {out}")
+    print(f"wrote {', '.join(written)} and report.html in {printable(out)}")
     print_notes(*externals)
     return 0
 
@@ -426,7 +425,7 @@ def cmd_bodies(args) -> int:
             print(f"{row['name']}: {row['description']}; {row['image_size']} px; default stage "
                   f"{row['default_stage']}; stages {', '.join(row['stages'])}")
         else:
-            print(f"{row['name']}" + (f": {row['problem']}" if "problem" in row else ""))
+            print(f"{row['name']}" + (f": {printable(row['problem'])}" if "problem" in row else ""))  # a library's
     if args.search and not described:
         print(f"({len(rows)} models; stages are shown for searches that match at most {BODY_STAGES_UP_TO})")
     return 0

@@ -49,13 +49,13 @@ def print_evaluation(evaluation, as_json: bool, paths: dict | None, seconds: flo
         print_json({"rows": evaluation.rows, "layers": evaluation.layers, "regression": evaluation.regression,
                     "seconds": evaluation.seconds, **folds, "wall_s": seconds})
         return
-    print(summary(evaluation))
-    print()
-    print(markdown_table(evaluation.rows))
+    # The tables name targets (with own data, --key's: a file's key) and the lines, --out's folder: each line escaped
+    for line in (*summary(evaluation).split("\n"), "", *markdown_table(evaluation.rows).split("\n")):
+        print(printable(line))
     if paths:
-        print(f"\nwrote {', '.join(sorted(p.name for p in paths.values()))} in {paths['md'].parent}")
-    print(f"wall time {seconds:.0f} s" + (f"; the report: {paths['report_html']}" if paths and "report_html" in paths
-                                          else ""))
+        print(f"\nwrote {', '.join(sorted(p.name for p in paths.values()))} in {printable(paths['md'].parent)}")
+    print(f"wall time {seconds:.0f} s" + (f"; the report: {printable(paths['report_html'])}"
+                                          if paths and "report_html" in paths else ""))
 
 
 def error_line(message: str) -> None:

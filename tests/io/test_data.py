@@ -208,6 +208,19 @@ def test_stimulus_pixels_must_be_0_to_255(tmp_path: Path, bad: np.ndarray, words
     assert [int(im[0, 0, 0]) for im in load_image_set(floats).images] == [0, 10, 20]
 
 
+def test_binary_stimulus_pixels_are_black_and_white(tmp_path: Path) -> None:
+    """A MATLAB logical image (saved from a bool array) is stored as 0 and 1 in uint8: read as such it was a
+    nearly black image. False is black and True white (0 and 255), beside uint8 images read as they are."""
+    rng = np.random.default_rng(0)
+    binary = [rng.random((6, 5, 3)) > 0.5 for _ in range(2)]
+    path = _stimuli_mat(tmp_path / "binary.mat", [*binary, np.full((6, 5, 3), 1, np.uint8)])
+    images = load_image_set(path).images
+    for image, bits in zip(images, binary, strict=False):
+        assert image.dtype == np.uint8
+        np.testing.assert_array_equal(image, np.where(bits, 255, 0))
+    np.testing.assert_array_equal(images[2], 1)  # a uint8 image of ones stays ones
+
+
 def test_load_algonauts_set(data_root: Path) -> None:
     dataset = load_algonauts_set(data_root, "92", targets=["EVC", "MEG_late"])
     assert len(dataset) == 92

@@ -119,8 +119,9 @@ def test_training_curves_mark_the_epochs_used_and_skip_an_empty_validation_panel
     assert not any("32" in label for label in labels)
     lines = {line.get_xdata()[0] for line in drawn[-1].axes[1].get_lines() if len(set(line.get_xdata())) == 1}
     assert lines == {23, 21}
-    plots.plot_training_curves(history, tmp_path / "alone.png", marked={"118->92": 0})
-    assert "epoch 0 used: 118->92 (the prior alone)" in drawn[-1].axes[1].get_legend_handles_labels()[1]
+    for prior, start in ((True, "the prior alone"), (False, "the untrained head"), (None, "before training")):
+        plots.plot_training_curves(history, tmp_path / "alone.png", marked={"118->92": 0}, prior=prior)
+        assert f"epoch 0 used: 118->92 ({start})" in drawn[-1].axes[1].get_legend_handles_labels()[1]
 
     plots.plot_training_curves([{"epoch": e, "loss": 1 / e} for e in range(1, 4)], tmp_path / "final.png")
     assert len(drawn[-1].axes) == 1 and drawn[-1].axes[0].get_title() == "training"

@@ -101,6 +101,29 @@ def test_the_report_names_the_epoch_the_fit_kept(tmp_path: Path, data_root: Path
         write_report(run)
 
 
+@pytest.mark.parametrize(("prior", "start"), [("layer", "the prior alone"), ("none", "the untrained head")])
+def test_the_training_chart_names_a_kept_epoch_0_by_the_fits_prior(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   prior: str, start: str):
+    """Epoch 0 is the prior alone only for a fit with a prior; without one it is the untrained head's start (the
+    chart called it the prior alone whatever the fit). Which, the model file's config says."""
+    import torch
+
+    from siamrdm.train.predict import MODEL_FORMAT
+
+    run = mark_run(tmp_path / "run")
+    log = run / "seed0" / "log.csv"
+    log.parent.mkdir()
+    log.write_text("epoch,phase,loss,val_pct_nc,val_rho\n0,frozen,,20.0,0.3\n1,frozen,0.5,10.0,0.2\n")
+    torch.save({"format": MODEL_FORMAT, "config": {"prior": prior}, "metrics": {"seed0": {"best_epoch": 0}}},
+               run / "model.pt")
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or save(fig, path))  # to read it
+    write_report(run)
+    [chart] = [fig for fig in figures if fig.axes[0].get_title() == "training"]
+    assert f"epoch 0 used: kept by the fit ({start})" in chart.axes[1].get_legend_handles_labels()[1]
+
+
 def test_html_embeds_every_image(challenge_dir: Path):
     _, html_path = write_report(challenge_dir)
     page = html_path.read_text()
@@ -152,6 +175,12 @@ def test_report_never_replaces_a_users_files(challenge_dir: Path, tmp_path: Path
     ("settings.json", None, "is a folder"),
     ("EVC/seed0/log.csv", "epoch,phase,loss\n1,frozen,nan\n", "line 2: loss 'nan' is not a finite number"),
     ("EVC/seed0/log.csv", "epoch,phase,loss\nabc,frozen,0.1\n", "line 2: epoch 'abc' is not a whole number"),
+    ("EVC/seed0/log.csv", "epoch,phase,loss\n1,frozen,0.1\n2,frozen\n", "training log: line 3 has 2 fields where "
+                                                                        "the header has 3"),
+    # a short row was shown as target 'None', a long row's extra fields left out unseen
+    ("validation.csv", "method,target,pct_nc\nsiamese\n", "malformed score table: line 2 has 1 field "
+                                                          "where the header has 3"),
+    ("validation.csv", "method,target,pct_nc\nsiamese,EVC,12.5,3\n", "line 2 has 4 fields where the header has 3"),
 ])
 def test_a_damaged_run_file_is_named_not_reported(challenge_dir: Path, capsys: pytest.CaptureFixture, name: str,
                                                   content: str | None, expected: str):

@@ -99,12 +99,14 @@ def mat_variables(path: Path) -> dict[str, _MatVariable]:
         raise DataError(f"{path}: unreadable .mat file ({one_line(exc)})") from None
 
 
-def read_mat_v5(path: Path, names: Sequence[str] | None = None) -> dict:
-    """A .mat file's variables (all, or `names`); the caller has checked their size (`mat_variables`)."""
+def read_mat_v5(path: Path, names: Sequence[str] | None = None, matlab_classes: bool = False) -> dict:
+    """A .mat file's variables (all, or `names`); the caller has checked their size (`mat_variables`). With
+    `matlab_classes`, each array has its MATLAB class's dtype (scipy's mat_dtype: a logical array as bool, not
+    the uint8 it is stored as; a double array MATLAB stored as uint8 as float64, 8 times the bytes stored)."""
     import scipy.io
 
     try:
-        return scipy.io.loadmat(path, variable_names=None if names is None else list(names))
+        return scipy.io.loadmat(path, variable_names=None if names is None else list(names), mat_dtype=matlab_classes)
     except Exception as exc:
         raise DataError(f"{path}: unreadable .mat file ({one_line(exc)})") from None
 

@@ -173,10 +173,14 @@ def _check_image_count(images: ImageSet) -> ImageSet:
 
 
 def _uint8_pixels(pixels: np.ndarray, where: str) -> np.ndarray:
-    """Stimulus pixels as uint8. Other numbers must be finite and within 0-255: a cast would wrap negative values
-    around, and floats in 0-1 (another convention) would become a black image and a constant RDM."""
+    """Stimulus pixels as uint8. A binary image (MATLAB logical) spans the whole range, False black and True
+    white (0 and 255, as `_to_rgb` scales other depths by their real range): read as the 0 and 1 it is stored as,
+    it would be a nearly black image. Other numbers must be finite and within 0-255: a cast would wrap negative
+    values around, and floats in 0-1 (another convention) would become a black image and a constant RDM."""
     if pixels.dtype == np.uint8:
         return pixels
+    if pixels.dtype == np.bool_:
+        return pixels.astype(np.uint8) * np.uint8(255)
     if pixels.dtype.kind not in "uif":
         raise DataError(f"{where}: {pixels.dtype} values, expected 0-255 pixel numbers (uint8)")
     if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 255:
@@ -191,8 +195,10 @@ def _public_keys(mat: dict) -> list[str]:
 
 
 def _image_set_from_stimulus_mat(path: Path) -> ImageSet:
-    check_read_size(path, {}, extra_bytes=sum(v.stored_bytes for v in mat_variables(path).values()))
-    mat = read_mat_v5(path)
+    # Read by MATLAB class (a logical image as bool): an array of doubles MATLAB stored as uint8 becomes float64,
+    # 8 times its stored bytes, beside the stored bytes read
+    check_read_size(path, {}, extra_bytes=9 * sum(v.stored_bytes for v in mat_variables(path).values()))
+    mat = read_mat_v5(path, matlab_classes=True)
     if "visual_stimuli" not in mat:
         raise DataError(f"{path}: missing key 'visual_stimuli' (keys: {', '.join(_public_keys(mat)) or 'none'})")
     stimuli = np.asarray(mat["visual_stimuli"]).ravel()

@@ -3,7 +3,8 @@
 A challenge on a busy 2-core machine runs for half an hour; its phase lines ("challenge [3/14] curve EVC
 92->118 (seed 0)") say at once what runs and how much is left. Lines are printed when a phase starts, flushed,
 without carriage returns, so a log file (stderr not a terminal) stays readable; progress bars (tqdm, with an ETA)
-are drawn only on a terminal. Torch-free, and picklable, so a worker process of `challenge --jobs` prints its
+are drawn only on a terminal. A line's text names folders, files and keys of the user's: it is shown escaped
+(errors.printable), one line. Torch-free, and picklable, so a worker process of `challenge --jobs` prints its
 own phase lines when it starts a fit.
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+
+from ..errors import printable
 
 
 def _stderr_is_terminal() -> bool:
@@ -49,17 +52,17 @@ class Progress:
     def line(self, text: str) -> None:
         """'command: text (elapsed)' on stderr, at once."""
         if self.lines:
-            print(f"{self.command}: {text} ({self.elapsed()})", file=sys.stderr, flush=True)
+            print(f"{self.command}: {printable(text)} ({self.elapsed()})", file=sys.stderr, flush=True)
 
     def done(self, text: str) -> None:
         """'command: done in (elapsed): text' on stderr: the closing line, `text` (the files written) last."""
         if self.lines:
-            print(f"{self.command}: done in {self.elapsed()}: {text}", file=sys.stderr, flush=True)
+            print(f"{self.command}: done in {self.elapsed()}: {printable(text)}", file=sys.stderr, flush=True)
 
     def phase(self, k: int, n: int, text: str) -> None:
         """'command [k/n] text (elapsed)' on stderr, at once: the k-th of n phases starts."""
         if self.lines:
-            print(f"{self.command} [{k}/{n}] {text} ({self.elapsed()})", file=sys.stderr, flush=True)
+            print(f"{self.command} [{k}/{n}] {printable(text)} ({self.elapsed()})", file=sys.stderr, flush=True)
 
 
 class Phases:

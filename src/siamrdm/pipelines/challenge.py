@@ -94,11 +94,12 @@ def chosen_row(curve: list[dict], epoch: int, test: BrainDataset, target: str) -
     return with_chance(row, model, test.targets[target])
 
 
-def plot_validation_curves(target: str, curves: dict[str, list[dict]], path: Path,
+def plot_validation_curves(target: str, curves: dict[str, list[dict]], path: Path, prior: bool,
                            used: dict[str, int] | None = None) -> Path:
     """Training loss and cross-set % of the noise ceiling per epoch, both directions and their mean, with the
     epochs `used` marked (label -> epoch: each direction's, chosen on its training set's folds, and the final
-    fit's), not the curve's own best: the curves are held out from every choice."""
+    fit's), not the curve's own best: the curves are held out from every choice. `prior`: whether the fits
+    started from one (their epoch 0 is then the prior alone, else the untrained head)."""
     directions = list(curves)
     rows = []
     for e in range(len(curves[directions[0]])):
@@ -108,7 +109,8 @@ def plot_validation_curves(target: str, curves: dict[str, list[dict]], path: Pat
         row.update({f"val/{d}": curves[d][e]["pct_nc"] for d in directions})
         row["val_pct_nc"] = float(np.mean([curves[d][e]["pct_nc"] for d in directions]))
         rows.append(row)
-    return plots.plot_training_curves(rows, path, title=f"{target}: cross-set validation", marked=used)
+    return plots.plot_training_curves(rows, path, title=f"{target}: cross-set validation", marked=used,
+                                      prior=prior)
 
 
 def in_phase(progress: Progress, k: int, n: int, text: str, fn: Callable, *args):
@@ -243,7 +245,7 @@ def _run_challenge(config: TrainConfig, root: Path, sets: dict[str, BrainDataset
                                        keep_prior and config.prior != "none", progress, purpose_text(config.per_image))
             used = {**{d: per_set[d.split("->")[0]] for d in directions}, "final fit": epochs[target]}
             plot_validation_curves(target, {d: all_curves[target][d] for d in directions},
-                                   out_dir / f"{target}_validation_curves.png", used)
+                                   out_dir / f"{target}_validation_curves.png", config.prior != "none", used)
         write_table(rows, out_dir, "validation")
         write_json(out_dir / "validation_curves.json", all_curves, indent=1)
     train = [sets[n] for n in TRAINING_SETS]

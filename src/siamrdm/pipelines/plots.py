@@ -18,8 +18,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 from matplotlib.patches import Patch
+from matplotlib.text import Text
 from PIL import Image
 
+from ..errors import printable
 from ..io.files import atomic_path
 from ..io.images import ImageSet
 from ..io.tables import number
@@ -83,6 +85,11 @@ def _figure(kind: str) -> Figure:
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    """The figure as a PNG at `path`, written atomically. Its titles and legends name targets, keys and files of
+    the user's: each text is drawn escaped (errors.printable), as the terminal shows them, since a font has no glyph
+    for a control character (and matplotlib's warning would print it raw)."""
+    for text in fig.findobj(Text):
+        text.set_text(printable(text.get_text()))
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=DPI, format="png")
@@ -212,12 +219,14 @@ def _number(value) -> float:
 
 
 def plot_training_curves(history: Iterable[dict], path: str | os.PathLike, title: str | None = None,
-                         marked: dict[str, int] | None = None) -> Path:
+                         marked: dict[str, int] | None = None, prior: bool | None = None) -> Path:
     """Training loss and validation % of the noise ceiling per epoch (rows as in FitResult.history or log.csv).
 
     The epochs `marked` (label -> epoch: those a rule chose and a run used, e.g. per direction and for the final
     fit, the epoch a fit kept), else the epoch of the highest mean rho where logged, and the switch
     from frozen to unfrozen body are marked. A run without validation (a final fit) has the loss panel alone.
+    `prior` says whether the fit started from a prior, which names a marked epoch 0: the prior alone, or (without
+    one) the untrained head's start; None where it is not known.
     """
     rows = list(history)
     if not rows:
@@ -243,17 +252,20 @@ def plot_training_curves(history: Iterable[dict], path: str | os.PathLike, title
         for ax in (ax_loss, ax_val) if validated else (ax_loss,):
             ax.axvline(switch - 0.5, color="0.5", ls="--", lw=1)
     if validated:
-        _validation_panel(ax_val, rows, epochs, curves, mean, marked)
+        _validation_panel(ax_val, rows, epochs, curves, mean, marked, prior)
     if title:
         fig.suptitle(title)
     drawn.say_left_out(fig)
     return _save(fig, path)
 
 
+START_LABELS = {True: " (the prior alone)", False: " (the untrained head)", None: " (before training)"}  # epoch 0
+
+
 def _validation_panel(ax, rows: list[dict], epochs: np.ndarray, curves: dict[str, np.ndarray], mean: np.ndarray,
-                      marked: dict[str, int] | None) -> None:
-    """The validation curves (column -> values) with the epochs marked: `marked` (label -> epoch), else the
-    trainer's best."""
+                      marked: dict[str, int] | None, prior: bool | None) -> None:
+    """The validation curves (column -> values) with the epochs marked: `marked` (label -> epoch, epoch 0 named by
+    whether the fit had a `prior`), else the trainer's best."""
     for key, curve in curves.items():
         ax.plot(epochs, curve, lw=1, alpha=0.8, label=key[4:])
     if np.isfinite(mean).any():
@@ -265,7 +277,7 @@ def _validation_panel(ax, rows: list[dict], epochs: np.ndarray, curves: dict[str
             by_epoch.setdefault(int(epoch), []).append(label)
         for k, (epoch, labels) in enumerate(by_epoch.items()):
             ax.axvline(epoch, color=f"C{3 + k}", ls=styles[k % len(styles)],
-                       label=f"epoch {epoch} used: {', '.join(labels)}" + (" (the prior alone)" if epoch == 0 else ""))
+                       label=f"epoch {epoch} used: {', '.join(labels)}" + (START_LABELS[prior] if epoch == 0 else ""))
     elif np.isfinite(mean).any():
         chosen_on = np.array([_number(r.get("val_rho")) for r in rows])  # the epoch kept: highest mean rho
         best = int(np.nanargmax(chosen_on if np.isfinite(chosen_on).any() else mean))
@@ -310,7 +322,7 @@ MAX_LABEL_CHARS = 30  # a target's or method's name on a chart, cut beyond this:
 def _label(name) -> str:
     """A name as a chart shows it: at most MAX_LABEL_CHARS characters (a long name would crowd the axes out of
     the fixed-size figure and take seconds to lay out)."""
-    text = " ".join(str(name).split())
+    text = printable(" ".join(str(name).split()))  # escaped, as _save draws every text: tick labels are drawn later
     return text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 3] + "..."
 
 

@@ -99,6 +99,18 @@ def _read_csv(path: Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO(_read_text(path), newline="")))
 
 
+def _check_row_lengths(path: Path, rows: list[dict], what: str) -> None:
+    """Every row of a table the report shows has as many fields as its header, else a DataError naming the file
+    and the line: csv.DictReader fills a short row with None (a target 'None') and keeps a long row's extra
+    fields under the key None (left out unseen), so a damaged table would become a report that looks like a run's."""
+    for k, row in enumerate(rows, start=2):
+        header = len(row) - (None in row)
+        fields = sum(value is not None for key, value in row.items() if key is not None) + len(row.get(None) or ())
+        if fields != header:
+            raise DataError(f"{path}: malformed {what}: line {k} has {fields} field{'s' * (fields != 1)} where the "
+                            f"header has {header}")
+
+
 def _settings(path: Path) -> object:
     """A run's settings file: strict JSON (no NaN or Infinity), else a DataError naming the file."""
     if path.is_dir() and not path.is_symlink():
@@ -114,6 +126,7 @@ def _training_log(path: Path) -> list[dict]:
         rows = _read_csv(path)
     except (csv.Error, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: malformed training log ({' '.join(str(exc).split())})") from None
+    _check_row_lengths(path, rows, "training log")
     for k, row in enumerate(rows, start=2):
         epoch = number(row.get("epoch"))
         if epoch is None or epoch != int(epoch) or epoch < 0:
@@ -207,6 +220,7 @@ def _score_tables(run_dir: Path) -> list[tuple[Path, list[dict]]]:
         except (OSError, csv.Error, UnicodeDecodeError):
             continue
         if rows and SCORE_COLUMNS <= set(rows[0]):
+            _check_row_lengths(path, rows, "score table")  # a score table's damage is named, not skipped
             tables.append((path, rows))
     return tables
 
@@ -309,11 +323,11 @@ def _log_blocks(run_dir: Path, path: Path, placed: set[Path]) -> list[Block]:
     val = [(number(r.get("val_rho", r.get("val_pct_nc"))), number(r.get("val_pct_nc")), int(number(r["epoch"])))
            for r in rows]
     val = [row for row in val if row[0] is not None]
-    kept = _kept_epoch(run_dir, path) if val else None
+    kept, prior = _kept_epoch(run_dir, path) if val else (None, None)
     where = path.parent.relative_to(run_dir)
     label = "run" if str(where) == "." else str(where)
     chart = plots.plot_training_curves(rows, path.with_name("training_curves.png"), title=f"training: {label}",
-                                       marked=None if kept is None else {"kept by the fit": kept})
+                                       marked=None if kept is None else {"kept by the fit": kept}, prior=prior)
     blocks: list[Block] = [("h3", f"Training curves ({path.relative_to(run_dir)})")]
     loss = number(rows[-1].get("loss"))
     trained = sum((number(r.get("epoch")) or 0) > 0 for r in rows)
@@ -345,20 +359,20 @@ def _epochs_text(val: list[tuple], kept: int | None) -> str:
     return text
 
 
-def _kept_epoch(run_dir: Path, log: Path) -> int | None:
-    """The epoch the fit kept for the seed of `log` (FIT/seed<k>/log.csv, FIT in `run_dir`), from FIT/model.pt;
-    None where there is no model file (or the log is not a seed's). A damaged one is a DataError naming it, as
-    any damaged run file is."""
+def _kept_epoch(run_dir: Path, log: Path) -> tuple[int | None, bool | None]:
+    """The epoch the fit kept for the seed of `log` (FIT/seed<k>/log.csv, FIT in `run_dir`), from FIT/model.pt,
+    and whether the fit had a prior (which names its epoch 0); (None, None) where there is no model file (or the
+    log is not a seed's). A damaged one is a DataError naming it, as any damaged run file is."""
     model = log.parent.parent / "model.pt"
     if not re.fullmatch(r"seed\d+", log.parent.name) or log.parent == run_dir or not os.path.lexists(model):
-        return None
+        return None, None
     from ..train.predict import kept_epochs
 
-    kept = kept_epochs(_checked_input(model, limit=None))
+    kept, prior = kept_epochs(_checked_input(model, limit=None))
     if log.parent.name not in kept:
         raise DataError(f"{model}: malformed siamrdm model file: no record of {log.parent.name}, whose log is "
                         f"{log}")
-    return kept[log.parent.name]
+    return kept[log.parent.name], prior
 
 
 def _settings_blocks(run_dir: Path) -> list[Block]:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, printable
 from ..io.datasets import (
     IMAGE_SETS,
     TARGET_NAMES,
@@ -123,7 +123,7 @@ def report_reliability(datasets: Sequence, targets: Sequence[str], verbose: bool
 
 def print_reliability(name: str, summary: dict, verbose: bool = True) -> None:
     """The summary's line on stderr when `verbose`; as a warning, always, when the target is too unreliable."""
-    line = reliability_line(name, summary)
+    line = printable(reliability_line(name, summary))  # the name: a set's folder and a file's key
     if summary["reliable"] is False:
         print(f"siamrdm: warning: {line}", file=sys.stderr, flush=True)
     elif verbose:

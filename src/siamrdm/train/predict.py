@@ -154,10 +154,11 @@ class RDMPredictor:
         return cls(models, replace(config, device=device), normalisation, metrics, priors, output_keys)
 
 
-def kept_epochs(path: str | os.PathLike) -> dict[str, int]:
-    """Each seed's kept epoch ('seed0' -> epoch, `seed_summary`'s best_epoch) as a model file records it, read
-    without building its networks (their tensors mapped, not read): the epoch `siamrdm report` names as kept,
-    which only the fit's rule knows (with a prior, a trained epoch is kept only where every target gains)."""
+def kept_epochs(path: str | os.PathLike) -> tuple[dict[str, int], bool]:
+    """Each seed's kept epoch ('seed0' -> epoch, `seed_summary`'s best_epoch) as a model file records it, and
+    whether the fit had a prior (its epoch 0: the prior alone, else the untrained head), read without building its
+    networks (their tensors mapped, not read): the epoch `siamrdm report` names as kept, which only the fit's rule
+    knows (with a prior, a trained epoch is kept only where every target gains)."""
     payload = load_checkpoint(path, mmap=True)
     metrics = payload.get("metrics") if payload.get("format") == MODEL_FORMAT else None
     if not isinstance(metrics, dict):
@@ -168,7 +169,11 @@ def kept_epochs(path: str | os.PathLike) -> dict[str, int]:
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise DataError(f"{path}: malformed siamrdm model file: {seed}'s kept epoch is {epoch!r}")
         kept[str(seed)] = epoch
-    return kept
+    config = payload.get("config")
+    prior = config.get("prior", "none") if isinstance(config, dict) else None
+    if not isinstance(prior, str):
+        raise DataError(f"{path}: malformed siamrdm model file: its config's prior is {prior!r}")
+    return kept, prior != "none"
 
 
 def check_body(saved: dict | None, rebuilt: dict, path: str | os.PathLike) -> None:

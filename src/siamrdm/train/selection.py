@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, TrainingDiverged
+from ..errors import ConfigError, TrainingDiverged, printable
 from ..io.datasets import BrainDataset
 from ..io.progress import Progress
 from ..io.tables import number
@@ -76,7 +76,7 @@ def ensemble_curves(config: TrainConfig, train: list[BrainDataset], val: list[Br
         if trainers[0].priors:
             record(0, [t.validate_start()["loss"] for t in trainers])
         last = trainers[0].last_epoch  # the schedule's end, or the config's stop_epoch
-        with tqdm(total=last, disable=not bars, unit="epoch", desc=f"{target} {label}", leave=False) as bar:
+        with tqdm(total=last, disable=not bars, unit="epoch", desc=printable(f"{target} {label}"), leave=False) as bar:
             for rows in zip(*(t.epochs(early_stopping=False) for t in trainers), strict=True):
                 epoch = rows[0]["epoch"]
                 if trainers[0].validates(epoch):  # every `validate_every`-th epoch and the last

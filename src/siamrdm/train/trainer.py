@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import TrainingDiverged
+from ..errors import TrainingDiverged, printable
 from ..io.datasets import BrainDataset
 from ..io.files import run_folder, run_mode
 from ..io.tables import number
@@ -260,7 +260,7 @@ class Trainer:
         if self.epoch == 0 and self.stepper.has_validation and self.stepper.main and not self.history:
             self.validate_start()
         bar = tqdm(total=self.last_epoch, initial=self.epoch, disable=not self.progress, unit="epoch",
-                   desc=f"fit {'+'.join(self.config.targets)}{self.label}", leave=False)
+                   desc=printable(f"fit {'+'.join(self.config.targets)}{self.label}"), leave=False)
         for row in self.epochs():
             bar.update(1)
             val, loss = row.get("val_pct_nc"), row["loss"]

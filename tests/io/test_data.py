@@ -221,6 +221,16 @@ def test_binary_stimulus_pixels_are_black_and_white(tmp_path: Path) -> None:
     np.testing.assert_array_equal(images[2], 1)  # a uint8 image of ones stays ones
 
 
+def test_numeric_stimulus_names_are_the_numbers_they_name(tmp_path: Path) -> None:
+    """Names stored as numbers (a double, which MATLAB may store as uint8 and the reader returns as a double)
+    read as '7', not '7.0'; text names are kept as they are."""
+    stimuli = np.empty((1, 3), dtype=[("names", object), ("pixels", object)])
+    for i, name in enumerate((7.0, np.uint8(8), "nine.png")):
+        stimuli[0, i] = (name, np.full((4, 4, 3), 10 * i, np.uint8))
+    scipy.io.savemat(tmp_path / "numbers.mat", {"visual_stimuli": stimuli})
+    assert load_image_set(tmp_path / "numbers.mat").names == ["7", "8", "nine.png"]
+
+
 def test_load_algonauts_set(data_root: Path) -> None:
     dataset = load_algonauts_set(data_root, "92", targets=["EVC", "MEG_late"])
     assert len(dataset) == 92

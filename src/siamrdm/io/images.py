@@ -210,10 +210,18 @@ def _image_set_from_stimulus_mat(path: Path) -> ImageSet:
         if pixels.ndim != 3 or pixels.shape[2] != 3 or 0 in pixels.shape:
             raise DataError(f"{path}: visual_stimuli({i + 1}).pixels has shape {pixels.shape}, expected (H, W, 3)")
         images.append(_uint8_pixels(pixels, f"{path}: visual_stimuli({i + 1}).pixels"))
-        name = entry["names"] if "names" in stimuli.dtype.names else f"image_{i + 1}"
-        names.append(str(np.asarray(name).ravel()[0]) if np.asarray(name).size else f"image_{i + 1}")
+        name = np.asarray(entry["names"] if "names" in stimuli.dtype.names else f"image_{i + 1}").ravel()
+        names.append(_stimulus_name(name[0]) if name.size else f"image_{i + 1}")
         check_image_name(names[-1], f"{path}: visual_stimuli({i + 1}).names")
     return _check_image_count(ImageSet(names, images, path))
+
+
+def _stimulus_name(value: object) -> str:
+    """A stimulus name as text. Read by MATLAB class, a number MATLAB stored compactly comes back as a double:
+    a whole one is written as the integer it names (image 3 is '3', not '3.0')."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def natural_key(name: str) -> tuple:

@@ -413,6 +413,17 @@ def test_lr_range_test(small92: BrainDataset) -> None:
     assert result["suggested_lr"] in lrs
 
 
+def test_lr_range_test_and_stage_rdms_draw_no_bars_off_a_terminal(capsys, small92: BrainDataset) -> None:
+    """progress=True asks for phase lines and, on a terminal only, bars: into a log (stderr captured here, not a
+    terminal) no carriage-return bar is drawn."""
+    from siamrdm.model import baselines
+
+    train.lr_range_test(fast_config(), [small92], start_lr=1e-5, end_lr=1.0, steps=3, progress=True)
+    baselines.layer_rdms(small92.images, "alexnet", "random", 64, progress=True)
+    baselines.layer_features(small92.images, "alexnet", "random", 64, progress=True)
+    assert "\r" not in capsys.readouterr().err
+
+
 def test_lr_suggestion_never_picks_a_diverged_loss() -> None:
     """A NaN or infinite last loss is divergence, not the minimum: the suggestion comes from the curve before
     it (np.argmin alone took the NaN for the lowest loss); a loss non-finite from the first step is one line."""

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError
 from ..io.images import ImageSet
+from ..io.progress import Progress
 from ..rdm.compare import Score, score_rdm
 from ..rdm.core import correlation_rdm, group_average, rank_unit, square_rdm, upper_tri
 from .backbones import backbone_stages, create_body, images_to_tensor
@@ -89,7 +90,8 @@ def layer_rdms(
     buffers: dict[str, np.ndarray] = {}
     budget = memory_mb * 2**20
     with tempfile.TemporaryDirectory(prefix="siamrdm-layers-") as tmp:
-        bar = tqdm(total=n, disable=not progress, desc="layer features", unit="img", leave=False)
+        bar = tqdm(total=n, disable=not Progress.of(progress, "layers").bars, desc="layer features", unit="img",
+                   leave=False)
         for start in range(0, n, batch_size):
             batch = images_to_tensor(pictures[start : start + batch_size], image_size)
             outputs = body.stage_outputs(batch)
@@ -136,7 +138,8 @@ def layer_features(
         raise DataError("stage features need at least one image")
     body = _every_stage(body, backbone, weights)
     parts: dict[str, list[np.ndarray]] = {}
-    bar = tqdm(total=len(pictures), disable=not progress, desc="stage features", unit="img", leave=False)
+    bar = tqdm(total=len(pictures), disable=not Progress.of(progress, "layers").bars, desc="stage features",
+               unit="img", leave=False)
     for start in range(0, len(pictures), batch_size):
         batch = images_to_tensor(pictures[start : start + batch_size], image_size)
         for name, out in body.stage_outputs(batch).items():

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, TrainingDiverged
 from ..io.datasets import BrainDataset
+from ..io.progress import Progress
 from .config import MAX_LR, TrainConfig
 from .fullbatch import FullBatchStep
 from .loop import make_optimizer
@@ -32,7 +33,7 @@ def lr_range_test(config: TrainConfig, train: list[BrainDataset], start_lr: floa
     rates = (1.0, config.body_lr_factor)  # each group's share of the step's rate
     factor = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
     lrs, losses, smoothed, avg = [], [], [], 0.0
-    for step in tqdm(range(steps), disable=not progress, desc="lr-find", leave=False):
+    for step in tqdm(range(steps), disable=not Progress.of(progress, "lr-find").bars, desc="lr-find", leave=False):
         lr = start_lr * factor**step
         for group, share in zip(optimizer.param_groups, rates, strict=False):
             group["lr"] = lr * share

@@ -385,7 +385,7 @@ def cmd_evaluate(args) -> int:
             evaluation, paths = run_evaluation(args.data, out, methods, targets, config, seeds, args.batch_size,
                                                progress=progress, make_plots=not args.no_plots, sets=sets,
                                                externals=externals, keep_prior=args.external_fallback == "prior")
-            md, page = write_report(out, title="siamrdm evaluate: cross-set scores")
+            md, page = write_report(out, title="siamrdm evaluate: cross-set scores", figures=not args.no_plots)
         else:
             inputs = {"image_folder": str(args.images), "rdms": str(args.rdms), "key": args.key, "order": args.order}
             evaluation, paths = run_fold_evaluation(own, out, folds, methods, config, seeds, args.fold_seed,
@@ -393,7 +393,8 @@ def cmd_evaluate(args) -> int:
                                                     inputs=inputs, externals=externals,
                                                     keep_prior=args.external_fallback == "prior")
             md, page = write_report(out, title=f"siamrdm evaluate: {folds}-fold cross-validation over the "
-                                    f"{len(own)} images of {Path(args.images).name} ({args.key})")
+                                    f"{len(own)} images of {Path(args.images).name} ({args.key})",
+                                    figures=not args.no_plots)
     paths["report"], paths["report_html"] = md, page
     progress.done(f"wrote evaluation.md, evaluation.csv, report.md and {page}")
     print_evaluation(evaluation, getattr(args, "json", False), paths, time.perf_counter() - start)

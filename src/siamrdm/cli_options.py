@@ -360,7 +360,7 @@ def _add_analysis_commands(sub, handlers: Mapping[str, Handler]) -> None:
     _add_external_options(p)
     _training_options(p)
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass for layer RDMs")
-    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--no-plots", action="store_true", help="tables only: no figure drawn, none in the report")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no phase lines or bars on stderr (bars: terminal only)")

@@ -13,7 +13,16 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from .cli_options import Handler, check_range, check_seed, flag_of, list_option, max_parallel, targets_option
+from .cli_options import (
+    Handler,
+    check_range,
+    check_seed,
+    flag_of,
+    list_option,
+    max_parallel,
+    schedule_defaults,
+    targets_option,
+)
 from .cli_options import build_parser as build_parser_for
 from .cli_output import (
     CheckedStdout,
@@ -274,7 +283,9 @@ def cmd_lr_find(args) -> int:
     train, _, targets, _ = training_datasets(args)
     # --train-stages says what the test trains with the head (0 unless given), not what a fit's unfrozen epochs do
     stages = 0 if args.train_stages is None else args.train_stages
-    config = config_from_args(argparse.Namespace(**{**vars(args), "train_stages": None}), targets)
+    # lr-find offers no schedule option (its rates, steps and images are its own): a fit's defaults build the config
+    config = config_from_args(argparse.Namespace(**{**schedule_defaults(), **vars(args), "train_stages": None}),
+                              targets)
     create_body(config.backbone, config.weights, config.stage).trained_stages(stages)  # a count the body has
     out = out_dir(args.out, args.overwrite)
     with run_folder(out, "lr-find", run_mode(args.overwrite)):

@@ -403,7 +403,7 @@ def test_bad_input_exits_2(capsys, tmp_path: Path, data_root: Path, make_rdms, n
         (["data-info", "--bogus"], ("unrecognized arguments: --bogus",)),
         (["score", "a.mat", "--target", "b.mat", "--no-such-option"], ("unrecognized arguments: --no-such-option",)),
         (["fit", "--out", "run", "--lr", "abc"], ("fit: ", "argument --lr", "invalid float value: 'abc'")),
-        (["lr-find", "--epochs", "1.5"], ("lr-find: ", "--epochs", "invalid int value: '1.5'")),
+        (["evaluate", "--epochs", "1.5"], ("evaluate: ", "--epochs", "invalid int value: '1.5'")),
         (["score", "a.mat", "--target", "b.mat", "--permutations", "many"], ("score: ", "--permutations", "'many'")),
         (["baseline", "layers", "--batch-size", "x"], ("baseline layers: ", "--batch-size", "invalid int")),
         (["fit", "--out", "run", "--preset", "huge"], ("fit: ", "--preset", "invalid choice: 'huge'")),
@@ -418,6 +418,34 @@ def test_usage_errors_exit_2(capsys, args: list[str], parts: tuple[str, ...]) ->
     out, err = capsys.readouterr()
     assert out == "" and "usage:" not in err
     assert_one_line_error(err, *parts, "--help")
+
+
+LR_FIND_IGNORED = (("--lr", "1e-3"), ("--seeds", "0,1"), ("--early-stopping", "5"), ("--validate-every", "2"),
+                   ("--tta",), ("--frozen-epochs", "3"), ("--epochs", "3"), ("--unfrozen-epochs", "2"),
+                   ("--head-average", "0.9"), ("--set-weights", "reliability"), ("--no-augment",))
+
+
+@pytest.mark.parametrize("option", LR_FIND_IGNORED, ids=lambda option: option[0])
+def test_lr_find_offers_no_option_it_would_ignore(capsys, tmp_path: Path, option: tuple[str, ...]) -> None:
+    """lr-find runs its own rising rates on the plain images, one set a step, with one seed and no validation: a
+    fit's schedule options (it took them and ignored them) are not its, so argparse refuses them in one line
+    naming the option, before any work, and its --help does not list them (fit's still does)."""
+    out = tmp_path / "run"
+    code, printed, err = run_main(capsys, "lr-find", *option, "--out", out)
+    assert (code, printed) == (2, "")
+    assert_one_line_error(err, "unrecognized arguments: " + " ".join(option))
+    assert not out.exists()
+    commands = cli.build_parser()._subparsers._group_actions[0].choices
+    assert f" {option[0]} " not in commands["lr-find"].format_help().replace("\n", " ")
+    assert f" {option[0]} " in commands["fit"].format_help().replace("\n", " ").replace(",", " ")
+
+
+def test_lr_find_help_says_what_it_does_with_held_out_images() -> None:
+    """--val-fraction and --val-set: lr-find tests on the images a fit given the same option trains on."""
+    lr_find = cli.build_parser()._subparsers._group_actions[0].choices["lr-find"]
+    helps = {a.option_strings[0]: a.help for a in lr_find._actions if a.option_strings}
+    for flag in ("--val-fraction", "--val-set"):
+        assert "lr-find tests on the other images only" in helps[flag], flag
 
 
 def test_usage_errors_process() -> None:

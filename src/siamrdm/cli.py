@@ -13,7 +13,16 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from .cli_options import Handler, check_range, check_seed, flag_of, list_option, max_parallel, targets_option
+from .cli_options import (
+    Handler,
+    check_range,
+    check_seed,
+    flag_of,
+    list_option,
+    max_parallel,
+    schedule_defaults,
+    targets_option,
+)
 from .cli_options import build_parser as build_parser_for
 from .cli_output import (
     CheckedStdout,
@@ -273,7 +282,9 @@ def cmd_lr_find(args) -> int:
     train, _, targets, _ = training_datasets(args)
     # --train-stages says what the test trains with the head (0 unless given), not what a fit's unfrozen epochs do
     stages = 0 if args.train_stages is None else args.train_stages
-    config = config_from_args(argparse.Namespace(**{**vars(args), "train_stages": None}), targets)
+    # lr-find offers no schedule option (its rates, steps and images are its own): a fit's defaults build the config
+    config = config_from_args(argparse.Namespace(**{**schedule_defaults(), **vars(args), "train_stages": None}),
+                              targets)
     create_body(config.backbone, config.weights, config.stage).trained_stages(stages)  # a count the body has
     out = out_dir(args.out, args.overwrite)
     with run_folder(out, "lr-find", run_mode(args.overwrite)):
@@ -384,7 +395,7 @@ def cmd_evaluate(args) -> int:
             evaluation, paths = run_evaluation(args.data, out, methods, targets, config, seeds, args.batch_size,
                                                progress=progress, make_plots=not args.no_plots, sets=sets,
                                                externals=externals, keep_prior=args.external_fallback == "prior")
-            md, page = write_report(out, title="siamrdm evaluate: cross-set scores")
+            md, page = write_report(out, title="siamrdm evaluate: cross-set scores", figures=not args.no_plots)
         else:
             inputs = {"image_folder": str(args.images), "rdms": str(args.rdms), "key": args.key, "order": args.order}
             evaluation, paths = run_fold_evaluation(own, out, folds, methods, config, seeds, args.fold_seed,
@@ -392,7 +403,8 @@ def cmd_evaluate(args) -> int:
                                                     inputs=inputs, externals=externals,
                                                     keep_prior=args.external_fallback == "prior")
             md, page = write_report(out, title=f"siamrdm evaluate: {folds}-fold cross-validation over the "
-                                    f"{len(own)} images of {Path(args.images).name} ({args.key})")
+                                    f"{len(own)} images of {Path(args.images).name} ({args.key})",
+                                    figures=not args.no_plots)
     paths["report"], paths["report_html"] = md, page
     progress.done(f"wrote evaluation.md, evaluation.csv, report.md and {page}")
     print_evaluation(evaluation, getattr(args, "json", False), paths, time.perf_counter() - start)

@@ -115,8 +115,16 @@ def backbone_argument(p: argparse.ArgumentParser, flag: str = "--backbone", defa
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by every command that trains the Siamese network."""
-    p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="training schedule (default: quick)")
+    """Options shared by every command that trains the Siamese network: the network and its loss, then the
+    schedule of a fit."""
+    _network_options(p)
+    _schedule_options(p)
+
+
+def _network_options(p: argparse.ArgumentParser) -> None:
+    """What the network is, what it learns and where it runs: all lr-find takes (its steps and rates are its own)."""
+    p.add_argument("--preset", default="quick", choices=sorted(PRESETS),
+                   help="training preset: the settings no option gives (default: quick)")
     backbone_argument(p)
     p.add_argument("--stage", help="backbone stage that feeds the head (default: the backbone's)")
     p.add_argument("--head", choices=sorted(HEADS), help="head variant: paper (the paper's text, default) or "
@@ -125,17 +133,10 @@ def _training_options(p: argparse.ArgumentParser) -> None:
                    "library's cache or downloaded)")
     p.add_argument("--prior", choices=PRIORS, help="pretrained-layer RDM prior the head corrects: layer (the presets': "
                    "the best stage), nnls (a weighted sum of all stages), or none")
-    p.add_argument("--tta", action="store_true", help="average predictions over each image and its mirror image")
-    p.add_argument("--frozen-epochs", "--epochs", dest="epochs", type=int,
-                   help="epochs with the body frozen (overrides the preset; --epochs is the old name)")
-    p.add_argument("--unfrozen-epochs", type=int, help="epochs with the body trained (overrides the preset)")
     p.add_argument("--train-stages", type=train_stages, metavar="K|all", help="what the unfrozen epochs train "
                    "with the head: the body's top K stages up to the head's stage, the lower ones frozen and their "
                    "output cached per image and view (0: the head alone), or all (the preset's); lr-find: what its "
                    "test trains with the head (default 0)")
-    p.add_argument("--early-stopping", type=patience, metavar="N|off",
-                   help="stop after N epochs without a better validation score, or 'off' (overrides the preset)")
-    p.add_argument("--lr", type=float, help="head learning rate (overrides the preset)")
     p.add_argument("--rescale", choices=RESCALINGS, help="target rescaling (default: minmax)")
     p.add_argument("--loss", choices=LOSSES, help="mse (the paper's, default) or correlation (1 - Pearson r of "
                    "the predicted and target dissimilarities: ignores their scale, as the metric does)")
@@ -148,18 +149,38 @@ def _training_options(p: argparse.ArgumentParser) -> None:
                    "data)")
     p.add_argument("--shrinkage", type=float, help="with a prior: the head learns this much less of the residual "
                    "(0 to below 1; a ridge toward the prior)")
+    p.add_argument("--image-size", type=int, help="input size in pixels (default: 224)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    p.add_argument("--precision", choices=PRECISIONS, help="the body's precision: fp32 (default) or bf16 autocast")
+    p.add_argument("--channels-last", action="store_true", help="the body in channels-last memory layout")
+
+
+def _schedule_options(p: argparse.ArgumentParser) -> None:
+    """How a fit trains, validates and predicts: epochs, rate, augmentation, seeds. Not lr-find's: its test runs
+    its own rising rates on the plain images, one set a step, with one seed and no validation."""
+    p.add_argument("--tta", action="store_true", help="average predictions over each image and its mirror image")
+    p.add_argument("--frozen-epochs", "--epochs", dest="epochs", type=int,
+                   help="epochs with the body frozen (overrides the preset; --epochs is the old name)")
+    p.add_argument("--unfrozen-epochs", type=int, help="epochs with the body trained (overrides the preset)")
+    p.add_argument("--early-stopping", type=patience, metavar="N|off",
+                   help="stop after N epochs without a better validation score, or 'off' (overrides the preset)")
+    p.add_argument("--lr", type=float, help="head learning rate (overrides the preset)")
     p.add_argument("--head-average", type=decay, metavar="DECAY|off", help="keep a moving average of the head's "
                    "weights with this decay (e.g. 0.9; averages over about 1/(1 - decay) epochs), or 'off'")
     p.add_argument("--set-weights", choices=SET_WEIGHTS, help="each training set's share of the loss: pairs "
                    "(default) or reliability (pairs x its targets' split-half reliability)")
-    p.add_argument("--image-size", type=int, help="input size in pixels (default: 224)")
     p.add_argument("--no-augment", action="store_true", help="no random crops or flips")
     p.add_argument("--seeds", default="0", help="comma-separated seeds; predictions average over them")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
-    p.add_argument("--precision", choices=PRECISIONS, help="the body's precision: fp32 (default) or bf16 autocast")
-    p.add_argument("--channels-last", action="store_true", help="the body in channels-last memory layout")
     p.add_argument("--validate-every", type=int, metavar="K",
                    help="validate every K-th epoch and the last (default: 1, every epoch)")
+
+
+def schedule_defaults() -> dict:
+    """The schedule options' defaults, as a fit without them takes them: what a command that does not offer them
+    (lr-find) hands the config they build."""
+    p = argparse.ArgumentParser(add_help=False)
+    _schedule_options(p)
+    return vars(p.parse_args([]))
 
 
 FLAG_OF_OPTION = {"out_dir": "--out"}
@@ -242,12 +263,14 @@ def _add_foundation_commands(sub, handlers: Mapping[str, Handler]) -> None:
     p.set_defaults(func=handlers["data-info"])
 
 
-def _add_dataset_options(p: argparse.ArgumentParser) -> None:
+def _add_dataset_options(p: argparse.ArgumentParser, held_out: str = "") -> None:
+    """The images and RDMs a command trains on; `held_out` adds what it does with the held-out images."""
     p.add_argument("--data", help=f"Algonauts 2019 data root (default: ${DATA_ENV_VAR})")
     p.add_argument("--targets", help="comma-separated: EVC, IT, MEG_early, MEG_late (default: EVC)")
     p.add_argument("--sets", help="training image sets (default: 92,118)")
-    p.add_argument("--val-set", help="an Algonauts set held out for validation (e.g. 118)")
-    p.add_argument("--val-fraction", type=float, default=0.0, help="fraction of each set's images held out")
+    p.add_argument("--val-set", help=f"an Algonauts set held out for validation (e.g. 118){held_out}")
+    p.add_argument("--val-fraction", type=float, default=0.0,
+                   help=f"fraction of each set's images held out{held_out}")
     _add_own_data_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -292,8 +315,9 @@ def _add_model_commands(sub, handlers: Mapping[str, Handler]) -> None:
     p.set_defaults(func=handlers["predict"])
 
     p = sub.add_parser("lr-find", help="LR range test (Smith 2015): loss against learning rate")
-    _add_dataset_options(p)
-    _training_options(p)
+    _add_dataset_options(p, held_out=": lr-find tests on the other images only, those a fit given the same "
+                         "option trains on (it validates nothing)")
+    _network_options(p)
     p.add_argument("--out", default="runs/lr-find", help="folder for lr_find.json and lr_find.png")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier lr-find run in --out")
     p.set_defaults(func=handlers["lr-find"])
@@ -360,7 +384,7 @@ def _add_analysis_commands(sub, handlers: Mapping[str, Handler]) -> None:
     _add_external_options(p)
     _training_options(p)
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass for layer RDMs")
-    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--no-plots", action="store_true", help="tables only: no figure drawn, none in the report")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no phase lines or bars on stderr (bars: terminal only)")

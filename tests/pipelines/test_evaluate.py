@@ -196,3 +196,15 @@ def test_an_evaluations_dict_is_strict_json() -> None:
     assert values["regression"] == {"fold 1": {"V4": {"weights": {"s1": 0.5}, "residual": [1.0, None]}}}
     assert list(values) == ["rows", "paired", "layers", "regression", "seconds"]
     assert evaluation.to_frame()["method"].tolist() == ["siamese"]
+
+
+def test_no_plots_writes_no_figure(own_data: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture):
+    """evaluate --no-plots: no PNG anywhere in the run (its report drew methods.png and scores.png), and the report
+    names none; the tables are all there."""
+    out = tmp_path / "ev"
+    code = cli.main(["evaluate", *own_data, "--methods", "layers,regression", "--image-size", "48", "--folds", "2",
+                     "--no-plots", "--quiet", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(out.rglob("*.png")) == []
+    assert all((out / name).is_file() for name in ("evaluation.csv", "evaluation.md", "report.md", "report.html"))
+    assert ".png" not in (out / "report.md").read_text() and "<img" not in (out / "report.html").read_text()

@@ -124,6 +124,20 @@ def test_the_training_chart_names_a_kept_epoch_0_by_the_fits_prior(tmp_path: Pat
     assert f"epoch 0 used: kept by the fit ({start})" in chart.axes[1].get_legend_handles_labels()[1]
 
 
+def test_a_report_without_figures_draws_and_shows_none(challenge_dir: Path):
+    """figures=False (a run's --no-plots): the same tables and text, but no figure drawn (it drew methods.png,
+    scores.png, lr_find.png and the training curves) and none named, not even one already in the folder."""
+    before = sorted(challenge_dir.rglob("*.png"))
+    md_path, html_path = write_report(challenge_dir, figures=False)
+    assert sorted(challenge_dir.rglob("*.png")) == before == [challenge_dir / "mds_EVC.png"]
+    md, page = md_path.read_text(), html_path.read_text()
+    assert "![" not in md and ".png" not in md and "<img" not in page and ".png" not in page
+    assert "## Figures" not in md and "Methods compared" not in md and "Training curves" not in md
+    for text in ("## Scores (validation.csv)", "Suggested learning rate: 0.003", "### Training (EVC/seed0/log.csv)",
+                 "highest mean validation rho at epoch 3", "## Settings (settings.json)"):
+        assert text in md, text
+
+
 def test_html_embeds_every_image(challenge_dir: Path):
     _, html_path = write_report(challenge_dir)
     page = html_path.read_text()

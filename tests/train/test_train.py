@@ -399,6 +399,21 @@ def test_a_step_that_leaves_non_finite_weights_stops_the_run(tmp_path: Path, sma
     assert not (out / "last.pt").exists()
 
 
+def test_a_fit_whose_kept_model_predicts_non_finite_values_writes_no_model(
+        tmp_path: Path, own_data: tuple[str, ...], capsys: pytest.CaptureFixture) -> None:
+    """--lr 1e30 (within the bound): the step leaves finite weights behind a finite loss, but their predictions
+    overflow. The fit exited 0 with a model.pt that predict then refused; now it stops naming --lr (exit 2, one
+    line) and the new run folder is left as it was found: no model.pt, no checkpoint."""
+    from helpers import assert_one_line_error, run_cli
+
+    out = tmp_path / "zz"
+    code, printed, err = run_cli(capsys, "fit", *own_data, "--frozen-epochs", "1", "--lr", "1e30", "--image-size",
+                                 "64", "--weights", "random", "--no-augment", "--quiet", "--out", out)
+    assert (code, printed) == (2, "")
+    assert_one_line_error(err, "--lr", "the one kept, predicts NaN or infinite", "lower learning rate")
+    assert not out.exists()
+
+
 # --------------------------------------------------------------------------- LR range test
 
 

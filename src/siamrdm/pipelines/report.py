@@ -14,6 +14,8 @@ only files siamrdm wrote): it has a section for each kind of thing it finds, so 
   kept, as the run's model.pt records it;
 - every other PNG below the folder: shown with its path as caption.
 
+With figures=False (a run's --no-plots) the page has the same tables and text but draws and shows no figure.
+
 Only regular files of at most MAX_REPORT_FILE_BYTES are read (a model.pt of any size, for its record of the kept
 epochs only: its tensors are mapped, not read; a symbolic link, a FIFO or a device is refused with
 one line: it could point anywhere, block or never end), and nothing is drawn before the folder is known to be
@@ -227,7 +229,8 @@ def _score_tables(run_dir: Path) -> list[tuple[Path, list[dict]]]:
 
 def _comparison_blocks(run_dir: Path, tables: list[tuple[Path, list[dict]]], placed: set[Path]) -> list[Block]:
     """The page's first section: each score table's methods compared (paired.method_comparison, drawn by
-    plots.plot_method_comparison as methods.png, or STEM_methods.png beside a table other than evaluation.csv)."""
+    plots.plot_method_comparison as methods.png, or STEM_methods.png beside a table other than evaluation.csv).
+    A figure alone: the same tests are in each table's section."""
     blocks: list[Block] = []
     for path, rows in tables:
         bars = [b for b in method_comparison(rows, targets=plots.MAX_CHART_TARGETS) if b["rho_mean"] is not None]
@@ -245,26 +248,26 @@ def _comparison_blocks(run_dir: Path, tables: list[tuple[Path, list[dict]]], pla
     return blocks
 
 
-def _collect(run_dir: Path) -> list[Block]:
+def _collect(run_dir: Path, figures: bool = True) -> list[Block]:
     """The page's blocks, in the order a reader wants them: the methods compared, the scores, the fits, training,
-    the other figures, and the run's settings last."""
+    the other figures, and the run's settings last. Without figures: none drawn, none shown."""
     placed: set[Path] = set()  # the charts already on the page, left out of "Figures"
     tables = _score_tables(run_dir)
-    blocks: list[Block] = _comparison_blocks(run_dir, tables, placed)  # what a reader wants first
+    blocks: list[Block] = _comparison_blocks(run_dir, tables, placed) if figures else []  # what a reader wants first
     for path, rows in tables:
-        blocks += _score_blocks(path, rows, placed)
+        blocks += _score_blocks(path, rows, placed, figures)
     blocks += _fits_blocks(run_dir)
-    blocks += _training_blocks(run_dir, placed)
-    figures = sorted(p for p in run_dir.rglob("*.png") if _visible(p, run_dir) and p not in placed)
-    if figures:
+    blocks += _training_blocks(run_dir, placed, figures)
+    others = sorted(p for p in run_dir.rglob("*.png") if _visible(p, run_dir) and p not in placed) if figures else []
+    if others:
         blocks.append(("h2", "Figures"))
-        blocks += [_image(p, str(p.relative_to(run_dir))) for p in figures]
+        blocks += [_image(p, str(p.relative_to(run_dir))) for p in others]
     return blocks + _settings_blocks(run_dir)
 
 
-def _score_blocks(path: Path, rows: list[dict], placed: set[Path]) -> list[Block]:
+def _score_blocks(path: Path, rows: list[dict], placed: set[Path], figures: bool = True) -> list[Block]:
     """One score table's section: the ranking, the summary (of the noise ceiling, or r2 without one), every score,
-    the paired tests and its chart (drawn here where the run did not)."""
+    the paired tests and, with figures, its chart (drawn here where the run did not)."""
     scored = [r for r in rows if number(r.get("pct_nc")) is not None]
     blocks: list[Block] = [("h2", f"Scores ({path.name})")]
     if any(number(r.get("rho_mean")) is not None or flag(r.get("beats_chance")) is not None for r in rows):
@@ -282,6 +285,8 @@ def _score_blocks(path: Path, rows: list[dict], placed: set[Path]) -> list[Block
     paired = paired_rows(rows, baseline_names())
     if paired:
         blocks += [("p", PAIRED_NOTE), ("table", *paired_table(paired))]
+    if not figures:
+        return blocks
     chart = path.with_name("scores.png") if path.stem == "evaluation" else path.with_name(f"{path.stem}_scores.png")
     if not chart.is_file() and scored:
         plots.plot_scores(scored, chart, title=f"{path.stem}: percent of the noise ceiling")
@@ -294,28 +299,29 @@ def _score_blocks(path: Path, rows: list[dict], placed: set[Path]) -> list[Block
     return blocks
 
 
-def _training_blocks(run_dir: Path, placed: set[Path]) -> list[Block]:
-    """The training section: each LR range test and each fit's training curves, charted."""
+def _training_blocks(run_dir: Path, placed: set[Path], figures: bool = True) -> list[Block]:
+    """The training section: each LR range test and each fit's training curves, charted with figures."""
     lr_files = sorted(p for p in run_dir.rglob("lr_find.json") if _visible(p, run_dir))
     logs = sorted(p for p in run_dir.rglob("log.csv") if _visible(p, run_dir))
     blocks: list[Block] = [("h2", "Training")] if lr_files or logs else []
     for path in lr_files:
         result = _lr_result(path)
-        chart = plots.plot_lr_range(result, path.with_name("lr_find.png"))
-        rel = chart.relative_to(run_dir)
         suggested = result.get("suggested_lr")
         blocks.append(("h3", f"LR range test ({path.relative_to(run_dir)})"))
         if suggested is not None:
             blocks.append(("p", f"Suggested learning rate: {float(suggested):.3g}"))
-        blocks.append(_image(chart, str(rel)))
-        placed.add(chart)
+        if figures:
+            chart = plots.plot_lr_range(result, path.with_name("lr_find.png"))
+            blocks.append(_image(chart, str(chart.relative_to(run_dir))))
+            placed.add(chart)
     for path in logs:
-        blocks += _log_blocks(run_dir, path, placed)
+        blocks += _log_blocks(run_dir, path, placed, figures)
     return blocks
 
 
-def _log_blocks(run_dir: Path, path: Path, placed: set[Path]) -> list[Block]:
-    """One fit's training curves (log.csv) and a line on its epochs, loss and the epoch the fit kept."""
+def _log_blocks(run_dir: Path, path: Path, placed: set[Path], figures: bool = True) -> list[Block]:
+    """One fit's training curves (log.csv, charted with figures) and a line on its epochs, loss and the epoch the
+    fit kept."""
     rows = _training_log(path)
     if not rows or "loss" not in rows[0]:
         return []
@@ -326,18 +332,20 @@ def _log_blocks(run_dir: Path, path: Path, placed: set[Path]) -> list[Block]:
     kept, prior = _kept_epoch(run_dir, path) if val else (None, None)
     where = path.parent.relative_to(run_dir)
     label = "run" if str(where) == "." else str(where)
-    chart = plots.plot_training_curves(rows, path.with_name("training_curves.png"), title=f"training: {label}",
-                                       marked=None if kept is None else {"kept by the fit": kept}, prior=prior)
-    blocks: list[Block] = [("h3", f"Training curves ({path.relative_to(run_dir)})")]
+    blocks: list[Block] = [("h3", f"{'Training curves' if figures else 'Training'} ({path.relative_to(run_dir)})")]
     loss = number(rows[-1].get("loss"))
     trained = sum((number(r.get("epoch")) or 0) > 0 for r in rows)
     text = f"{trained} epochs; final training loss {'-' if loss is None else format(loss, '.4g')}"
     if not trained:
-        text = "0 epochs trained: the prior alone"
+        text = "0 epochs trained: " + ("the untrained head" if prior is False else "the prior alone")
     if val:
         text += _epochs_text(val, kept)
-    blocks += [("p", text + "."), _image(chart, str(chart.relative_to(run_dir)))]
-    placed.add(chart)
+    blocks.append(("p", text + "."))
+    if figures:
+        chart = plots.plot_training_curves(rows, path.with_name("training_curves.png"), title=f"training: {label}",
+                                           marked=None if kept is None else {"kept by the fit": kept}, prior=prior)
+        blocks.append(_image(chart, str(chart.relative_to(run_dir))))
+        placed.add(chart)
     return blocks
 
 
@@ -440,8 +448,9 @@ def _html(title: str, blocks: list[Block]) -> str:
     return "\n".join(out)
 
 
-def write_report(run_dir: str | os.PathLike, title: str | None = None) -> tuple[Path, Path]:
-    """Gather a run folder's settings, tables and plots into run_dir/report.md and run_dir/report.html."""
+def write_report(run_dir: str | os.PathLike, title: str | None = None, figures: bool = True) -> tuple[Path, Path]:
+    """Gather a run folder's settings, tables and plots into run_dir/report.md and run_dir/report.html; with
+    figures=False (a run's --no-plots) no figure is drawn or shown."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: no such run folder")
@@ -450,7 +459,7 @@ def write_report(run_dir: str | os.PathLike, title: str | None = None) -> tuple[
                         "fit, evaluate, challenge and lr-find write")
     md_path, html_path = check_output_file(run_dir / "report.md"), check_output_file(run_dir / "report.html")
     try:  # the plots drawn next to their data, and the pages
-        blocks = _collect(run_dir)
+        blocks = _collect(run_dir, figures)
         if not blocks:
             raise DataError(f"{run_dir}: nothing to report (no settings.json, score CSV, log.csv, lr_find.json or "
                             "PNG)")

@@ -430,6 +430,14 @@ class MiniBatchStep:
             dist.broadcast_object_list(chosen, src=0)
             loop.best_epoch, loop.best_score, loop.history = chosen[0]
 
+    @torch.no_grad()
+    def predicts_finite(self, body_trained: bool) -> bool:
+        """Whether the model predicts finite values for the pairs among the training images its feature statistics
+        came from (up to 512, evenly spaced), through the body as it now is."""
+        picks = np.unique(np.linspace(0, len(self.train_index) - 1, min(512, len(self.train_index))).astype(int))
+        features = self._plain_features(self.train_index[picks])[0]
+        return bool(torch.isfinite(predict_pairs(self.model, self.model.standardise(features))).all())
+
     def extra_state(self) -> dict:
         return {"batch": asdict(self.batch), "world_size": self.ranks.world, "normalisation": self.normalisation}
 

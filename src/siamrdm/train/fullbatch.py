@@ -497,6 +497,20 @@ class FullBatchStep:
             views.append(body_features(self.model, data.images.flip(-1), self.config, self.device))
         return [self.model.standardise(v) for v in views]
 
+    @torch.no_grad()
+    def predicts_finite(self, body_trained: bool) -> bool:
+        """Whether the head predicts finite values for every training pair (the prior's part is finite), from the
+        images as they are: the cached features while the body is the pretrained one, else through the body as it
+        now is."""
+        for k, s in enumerate(self.train_sets):
+            if body_trained and self.config.train_stages != 0:
+                features = body_features(self.model, s.images, self.config, self.device)
+            else:
+                features = self.plain_features(k)
+            if not torch.isfinite(predict_pairs(self.model, self.model.standardise(features))).all():
+                return False
+        return True
+
     def score_pairs(self, pairs: dict[int, torch.Tensor]) -> dict[str, dict]:
         """The official metric of (P, T) pair predictions of validation sets (by index), keys 'set/target':
         Spearman on the device, then one copy of all the rhos to the host for the p-values and ceilings."""

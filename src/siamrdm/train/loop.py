@@ -62,6 +62,10 @@ class Step(Protocol):
     def share_choice(self, loop: KeptChoice) -> None:
         """After the fit, make every process hold the main process's kept model and history."""
 
+    def predicts_finite(self, body_trained: bool) -> bool:
+        """Whether the model predicts finite dissimilarities of its training images (on the main process; with
+        `body_trained`, through the body as it now is, else the pretrained body's features)."""
+
     def extra_state(self) -> dict:
         """What a checkpoint holds besides the loop's state (a generator's state, the priors, the batch settings)."""
 

@@ -198,6 +198,18 @@ class Trainer:
                 raise TrainingDiverged(f"training diverged at epoch {row['epoch']} (its steps left NaN or infinite "
                                        "weights); try a lower learning rate")
 
+    def check_kept(self) -> None:
+        """The kept model must predict finite dissimilarities of its training images, or the fit stops
+        (TrainingDiverged, naming the learning rate) before any model file holds it: a far too high rate can leave
+        finite weights whose outputs overflow, which neither the losses (each the one before its step) nor the
+        weights' check see."""
+        body_trained = self.best_epoch > self.config.frozen_epochs
+        finite = self.stepper.predicts_finite(body_trained) if self.stepper.main else True
+        if not self.stepper.agree(finite):
+            raise TrainingDiverged(f"training diverged: the model of epoch {self.best_epoch}, the one kept, predicts "
+                                   "NaN or infinite dissimilarities of its training images; try a lower learning "
+                                   "rate")
+
     def validates(self, epoch: int) -> bool:
         """Whether `epoch` is scored: with validation, every `validate_every`-th epoch and the last one."""
         return self.stepper.has_validation and (epoch % self.config.validate_every == 0 or epoch == self.last_epoch)
@@ -275,6 +287,7 @@ class Trainer:
         self.save()
         self.model.load_state_dict(self.best_state)
         self.stepper.share_choice(self)
+        self.check_kept()
         return FitResult(self.model, self.config, self.stepper.normalisation, self.history, self.best_epoch,
                          self.best_score, self.priors)
 

@@ -400,8 +400,10 @@ def test_bad_input_exits_2(capsys, tmp_path: Path, data_root: Path, make_rdms, n
         (["noise-ceiling"], ("noise-ceiling: ", "required: target")),
         (["predict", "model.pt", "--out", "x.mat"], ("predict: ", "required: --images")),
         (["baseline"], ("baseline: ", "required: KIND")),
-        (["data-info", "--bogus"], ("unrecognized arguments: --bogus",)),
-        (["score", "a.mat", "--target", "b.mat", "--no-such-option"], ("unrecognized arguments: --no-such-option",)),
+        (["data-info", "--bogus"], ("data-info: unrecognized arguments: --bogus", "'siamrdm data-info --help'")),
+        (["score", "a.mat", "--target", "b.mat", "--no-such-option"],
+         ("score: unrecognized arguments: --no-such-option", "'siamrdm score --help'")),
+        (["baseline", "layers", "--bogus"], ("baseline layers: unrecognized", "'siamrdm baseline layers --help'")),
         (["fit", "--out", "run", "--lr", "abc"], ("fit: ", "argument --lr", "invalid float value: 'abc'")),
         (["evaluate", "--epochs", "1.5"], ("evaluate: ", "--epochs", "invalid int value: '1.5'")),
         (["score", "a.mat", "--target", "b.mat", "--permutations", "many"], ("score: ", "--permutations", "'many'")),
@@ -433,7 +435,7 @@ def test_lr_find_offers_no_option_it_would_ignore(capsys, tmp_path: Path, option
     out = tmp_path / "run"
     code, printed, err = run_main(capsys, "lr-find", *option, "--out", out)
     assert (code, printed) == (2, "")
-    assert_one_line_error(err, "unrecognized arguments: " + " ".join(option))
+    assert_one_line_error(err, "lr-find: unrecognized arguments: " + " ".join(option), "'siamrdm lr-find --help'")
     assert not out.exists()
     commands = cli.build_parser()._subparsers._group_actions[0].choices
     assert f" {option[0]} " not in commands["lr-find"].format_help().replace("\n", " ")

@@ -413,6 +413,14 @@ class Parser(argparse.ArgumentParser):
         help_hint = f"siamrdm {command} --help" if command else "siamrdm --help"
         self.exit(2, f"siamrdm: error: {printable(where + ' '.join(message.split()))} (see '{help_hint}')\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        """A command's parser refuses what it does not know itself, so the error names the command and its help
+        (argparse leaves that to the top-level parser, which would point at 'siamrdm --help')."""
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and self.prog != "siamrdm":
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
 
 def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     """The whole command line; `handlers` maps each command ('fit', 'baseline-layers', ...) to its function,

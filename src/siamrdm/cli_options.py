@@ -141,8 +141,8 @@ def _network_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss", choices=LOSSES, help="mse (the paper's, default) or correlation (1 - Pearson r of "
                    "the predicted and target dissimilarities: ignores their scale, as the metric does)")
     p.add_argument("--group-target", choices=GROUP_TARGETS, help="what is learnt from the subjects: mean (their "
-                   "mean RDM, the paper's; default) or ranks (the mean of each subject's ranks: what the score "
-                   "averages, every subject weighed the same)")
+                   "mean RDM: the paper's, and the paper preset's) or ranks (the mean of each subject's ranks: what "
+                   "the score averages, every subject weighed the same; the quick preset's, the default)")
     p.add_argument("--per-image", choices=PER_IMAGE, help="what the model is for: keep (the per-image part a_i + a_j "
                    "learnt: new images of the same study; the default on the Algonauts sets) or remove (the pair "
                    "structure learnt, the per-image part from the prior: other studies; the default on your own "

@@ -428,11 +428,12 @@ def test_lr_range_test(small92: BrainDataset) -> None:
     assert result["suggested_lr"] in lrs
 
 
-def test_lr_range_test_and_stage_rdms_draw_no_bars_off_a_terminal(capsys, small92: BrainDataset) -> None:
+def test_fit_lr_range_test_and_stage_rdms_draw_no_bars_off_a_terminal(capsys, small92: BrainDataset) -> None:
     """progress=True asks for phase lines and, on a terminal only, bars: into a log (stderr captured here, not a
-    terminal) no carriage-return bar is drawn."""
+    terminal) no carriage-return bar is drawn (`siamrdm fit 2> log` drew its epoch bar into the log)."""
     from siamrdm.model import baselines
 
+    train.fit(fast_config(), [small92], progress=True)
     train.lr_range_test(fast_config(), [small92], start_lr=1e-5, end_lr=1.0, steps=3, progress=True)
     baselines.layer_rdms(small92.images, "alexnet", "random", 64, progress=True)
     baselines.layer_features(small92.images, "alexnet", "random", 64, progress=True)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..errors import TrainingDiverged, printable
 from ..io.datasets import BrainDataset
 from ..io.files import run_folder, run_mode
+from ..io.progress import Progress
 from ..io.tables import number
 from .checkpoint import load_run_state, reading, save_checkpoint
 from .config import ConfigError, TrainConfig, config_from_dict
@@ -78,7 +79,7 @@ class Trainer:
         self.config, self.model, self.device = step.config, step.model, step.device
         self.priors = step.priors
         self.out_dir = Path(out_dir) if out_dir else None
-        self.progress = progress and step.main
+        self.progress = Progress.of(progress, "fit").bars and step.main  # bars on a terminal only: no \r in logs
         self.checkpoint_every_s = step.checkpoint_every_s
         self.label = step.label
         self.optimizer = make_optimizer(self.config, self.model.head_parameters(), self.model.body_parameters())

@@ -70,6 +70,7 @@ def test_two_torchrun_ranks_train_the_model_one_process_trains(small_set: Path, 
     ran = torchrun(*fit_args(small_set, tmp_path / "two"))
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert json.loads(ran.stdout)["world_size"] == 2  # the summary is printed once, by rank 0
+    assert "Warning" not in ran.stderr, ran.stderr[-3000:]  # e.g. torch's deprecated differentiable all_gather
     one, two = (json.loads((tmp_path / run / "settings.json").read_text()) for run in ("one", "two"))
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert one["config"] == two["config"] and one["batch"]["batch_images"] == 12

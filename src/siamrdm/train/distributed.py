@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.nn.functional import all_gather as all_gather_with_grad
 
 from ..errors import DataError
 from ..io.condensed import CondensedRDMs
@@ -114,6 +113,27 @@ def shard_bounds(n: int, world: int) -> list[tuple[int, int]]:
     """Contiguous shards of n images over `world` ranks, sizes differing by at most one (np.array_split's)."""
     edges = np.cumsum([0] + [len(part) for part in np.array_split(np.arange(n), world)])
     return [(int(edges[r]), int(edges[r + 1])) for r in range(world)]
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All ranks' equal-shaped tensors, differentiable: the backward sums over ranks the gradients sent to each
+    part and hands each rank its own (torch.distributed.nn's all_gather does this too, but is deprecated)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor)
+        return tuple(parts)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor) -> torch.Tensor:
+        summed = torch.stack(grads).contiguous()
+        dist.all_reduce(summed)
+        return summed[dist.get_rank()]
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return _GatherWithGrad.apply(tensor)
 
 
 def gather_features(local: torch.Tensor, bounds: list[tuple[int, int]], ranks: Ranks) -> torch.Tensor:

@@ -155,7 +155,7 @@ def test_bf16_and_channels_last_train_the_top_stages(small: BrainDataset) -> Non
 
 
 @pytest.mark.parametrize(("args", "parts"), [
-    (("--train-stages", "1"), ("--train-stages", "unfrozen epochs", "none")),
+    (("--train-stages", "1"), ("--train-stages", "unfrozen epochs", "none", "--unfrozen-epochs")),
     (("--train-stages", "6", "--unfrozen-epochs", "1"), ("--train-stages", "6 stages up to blocks4", "0 to 5")),
     (("--train-stages", "1", "--unfrozen-epochs", "1", "--backbone", "timm:resnet18", "--weights", "random"),
      ("--train-stages", "timm:resnet18", "one feature extractor")),

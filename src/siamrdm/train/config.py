@@ -228,8 +228,8 @@ def _check_schedule(config: TrainConfig) -> None:
             raise ConfigError(name, "must not be negative")
     check_train_stages(config.train_stages)
     if config.train_stages != "all" and not config.unfrozen_epochs:
-        raise ConfigError("train_stages", "says what the unfrozen epochs train, and there are none: set "
-                                          "unfrozen_epochs too (or leave train_stages at all)")
+        raise ConfigError("train_stages", "says what the unfrozen epochs train, and there are none: give "
+                                          "unfrozen epochs too (--unfrozen-epochs; or leave it at 'all')")
     if config.epochs < 1:
         raise ConfigError("frozen_epochs", "nothing to train: frozen and unfrozen epochs are both 0")
 

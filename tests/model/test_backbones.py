@@ -336,3 +336,10 @@ def test_describe_bodies_and_check_bodies_called_directly() -> None:
     with pytest.raises(ConfigError) as info:
         check_bodies(("alexnet", "nope"), "random")
     assert info.value.option == "backbones" and "unknown backbone 'nope'" in info.value.problem
+    if not ALEXNET_CACHE.is_file():  # pretrained weights one of several bodies cannot get: the bodies' option
+        with pytest.raises(ConfigError) as info:
+            check_bodies(("efficientnet_lite0", "alexnet"), None)
+        assert info.value.option == "backbones" and "alexnet" in info.value.problem
+        with pytest.raises(ConfigError) as info:  # one body: --weights is its remedy, and named
+            check_bodies(("alexnet",), None, "backbone")
+        assert info.value.option == "weights"

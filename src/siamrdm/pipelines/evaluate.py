@@ -103,14 +103,16 @@ class Evaluation(tables.Record):
 
 def check_bodies(bodies: tuple[str, ...], weights: str | None, option: str = "backbones") -> None:
     """Every body a baseline will build, with its weights, built once before any set is read or folder made:
-    one it cannot have is refused as the `option` that named it (`backbones`, or `backbone` for one body)."""
+    one it cannot have is refused as the `option` that named it (`backbones`, or `backbone` for one body). So are
+    pretrained weights one of several bodies cannot get, when no weights were given: `--weights`, one file for
+    one model, is not the remedy there."""
     for body in bodies:
         try:
             create_body(body, weights, stage=backbone_stages(body)[-1])
         except ConfigError as exc:
-            if exc.option != "backbone":
-                raise
-            raise ConfigError(option, exc.problem) from None
+            if exc.option == "backbone" or (exc.option == "weights" and weights is None and option == "backbones"):
+                raise ConfigError(option, exc.problem) from None
+            raise
 
 
 def _slug(text: str) -> str:

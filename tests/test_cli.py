@@ -306,8 +306,8 @@ def test_noise_ceiling_json(capsys, set92: Path, set118: Path, fmri92, fmri118) 
         result = json.loads(out)
         assert list(result) == ["EVC_RDMs", "IT_RDMs"]
         for key, row in result.items():
-            assert set(row) == {"upper", "lower", "rho_lower", "rho_upper"}
-            assert round(row["upper"], 4) == official[key]
+            assert set(row) == {"upper", "lower", "rho_lower", "rho_upper", "source"}
+            assert round(row["upper"], 4) == official[key] and row["source"] == "official"
             ceiling = noise_ceilings(targets[key])
             upper, lower = ceiling.upper, ceiling.lower
             assert row["upper"] == pytest.approx(upper) and row["lower"] == pytest.approx(lower)
@@ -337,10 +337,10 @@ def test_noise_ceiling_table_and_k(capsys, tmp_path: Path, make_rdms) -> None:
     code, out, err = run_main(capsys, "noise-ceiling", str(tmp_path / "meg.mat"))
     assert code == 0 and err == ""
     lines = out.strip().splitlines()
-    assert lines[0].split() == ["key", "upper", "lower", "rho_lower", "rho_upper"]
-    name, upper, lower, rho_lower, rho_upper = lines[1].split()
+    assert lines[0].split() == ["key", "upper", "lower", "rho_lower", "rho_upper", "source"]
+    name, upper, lower, rho_lower, rho_upper, source = lines[1].split()
     expected = noise_ceilings(meg)
-    assert name == "MEG_RDMs_early"
+    assert name == "MEG_RDMs_early" and source == "computed"  # an official key on other data: its own ceiling
     assert float(upper) == pytest.approx(expected.upper, abs=1e-4)
     assert float(lower) == pytest.approx(expected.lower, abs=1e-4)
     assert (float(rho_lower), float(rho_upper)) == pytest.approx(expected.rho, abs=1e-4)
@@ -514,7 +514,8 @@ def test_score_and_noise_ceiling_of_upper_triangles(capsys, tmp_path: Path, make
         assert row["pct_nc"] == pytest.approx(100 * expected.r2 / upper)
     code, out, err = run_main(capsys, "noise-ceiling", str(tmp_path / "IT.npy"), "--json")
     ceiling = noise_ceilings(square)
-    assert code == 0 and strict_loads(out)["IT"] == pytest.approx(
+    row = strict_loads(out)["IT"]
+    assert code == 0 and row.pop("source") == "computed" and row == pytest.approx(
         {"upper": upper, "lower": lower, "rho_lower": ceiling.rho_lower, "rho_upper": ceiling.rho_upper}, abs=1e-12)
 
     np.save(tmp_path / "bad.npy", np.ones((4, 65), dtype=np.float32))  # 65 is no N(N-1)/2

@@ -31,12 +31,13 @@ def print_notes(*read: object) -> None:
 
 def print_ceilings(result: dict[str, dict[str, float]]) -> None:
     """`siamrdm noise-ceiling`'s table of a scorefiles.file_ceilings result, a row per key."""
-    print(f"{'key':<18} {'upper':>8} {'lower':>8} {'rho_lower':>9} {'rho_upper':>9}")
+    print(f"{'key':<18} {'upper':>8} {'lower':>8} {'rho_lower':>9} {'rho_upper':>9}  source")
     for key, row in result.items():
         print(f"{printable(key):<18} {row['upper']:>8.4f} {row['lower']:>8.4f} {row['rho_lower']:>9.4f} "
-              f"{row['rho_upper']:>9.4f}")
+              f"{row['rho_upper']:>9.4f}  {row['source']}")
     print("note: upper and lower in r2 (the challenge's unit); rho_lower, rho_upper: the same in rho, "
-          "rsatoolbox's (lower, upper)")
+          "rsatoolbox's (lower, upper); source: official where the file is the challenge's own (its published "
+          "upper ceiling, which score uses), else computed from the subjects")
 
 
 def print_evaluation(evaluation, as_json: bool, paths: dict | None, seconds: float) -> None:

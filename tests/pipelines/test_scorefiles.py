@@ -49,7 +49,7 @@ def test_score_files_scores_as_scoring_does(tmp_path: Path, make_rdms) -> None:
     ceilings, _ = file_ceilings(str(target))
     expected = noise_ceilings(subjects["IT"])
     assert ceilings["IT"] == {"upper": expected.upper, "lower": expected.lower, "rho_lower": expected.rho_lower,
-                              "rho_upper": expected.rho_upper}
+                              "rho_upper": expected.rho_upper, "source": "computed"}
 
 
 def test_condensed_rdms_are_read_memory_mapped_and_checked(tmp_path: Path, make_rdms) -> None:

@@ -20,7 +20,7 @@ from ..io.rsafiles import check_rdm_names, read_rdm_names
 from ..io.tables import fmt
 from ..rdm.compare import TargetError
 from ..rdm.inference import CHANCE_ALPHA
-from ..rdm.noise_ceiling import NO_CEILING_NOTE, noise_ceilings
+from ..rdm.noise_ceiling import NO_CEILING_NOTE, keyed_ceiling, noise_ceilings
 from ..rdm.submission import score_condensed_submission, score_submission, shown_keys
 from ..rdm.transform import OFFICIAL_METHOD
 
@@ -118,7 +118,9 @@ def score_files(submission: str, target: str, key: str | None = None, target_key
 
 def file_ceilings(target: str, method: str = OFFICIAL_METHOD) -> tuple[dict[str, dict[str, float]], tuple[str, ...]]:
     """`siamrdm noise-ceiling`: per key (a key-less file: its stem) the upper and lower ceilings in r2 (the
-    challenge's unit) and in rho, as rsatoolbox's (lower, upper); and the notes on how the file was read."""
+    challenge's unit) and in rho, as rsatoolbox's (lower, upper), computed from the subjects, with their `source`:
+    'official' where they are the challenge's own data, whose published upper `score` uses (equal to 4
+    decimals), else 'computed'; and the notes on how the file was read."""
     subjects = read_condensed_subjects(target)
     targets, notes = ({Path(target).stem: subjects}, ()) if subjects is not None else read_rdm_dict(target)
     result = {}
@@ -127,8 +129,13 @@ def file_ceilings(target: str, method: str = OFFICIAL_METHOD) -> tuple[dict[str,
             ceiling = noise_ceilings(rdms, method, condensed=subjects is not None)
         except ValueError as exc:  # fewer than 2 subjects, or a constant mean RDM
             raise DataError(f"{key_name(Path(target), key)}: {exc}") from None
+        # the values computed from the subjects; `source` says whether `score` puts the published upper in place
+        source = "computed" if subjects is not None else keyed_ceiling(
+            key or "", rdms.shape[-1], (ceiling.upper, ceiling.lower, ceiling.rho_lower, ceiling.rho_upper),
+            method).source
         result[key or Path(target).stem] = {"upper": ceiling.upper, "lower": ceiling.lower,
-                                            "rho_lower": ceiling.rho_lower, "rho_upper": ceiling.rho_upper}
+                                            "rho_lower": ceiling.rho_lower, "rho_upper": ceiling.rho_upper,
+                                            "source": source}
     return result, notes
 
 

@@ -11,8 +11,10 @@ import pytest
 from helpers import scipy_rho
 from scipy import stats
 
+from siamrdm.errors import ConfigError, DataError
 from siamrdm.rdm import square_rdm
-from siamrdm.rdm.compare import _t_test_p, official_p, score_rdm, signed_p
+from siamrdm.rdm.compare import _t_test_p, compare_rdms, official_p, score_rdm, signed_p
+from siamrdm.rdm.records import score_with_ceiling
 
 # Upper triangles (6 entries each) of 4 x 4 RDMs whose ranks are chosen so that Spearman's rho is easy by
 # hand: rho = 1 - 6 * sum(d^2) / (n (n^2 - 1)) with n = 6, so the denominator is 210.
@@ -111,3 +113,56 @@ def test_meg_k_against_scipy(make_rdms) -> None:
     score = score_rdm(model, targets)
     np.testing.assert_allclose(score.rho, rhos.mean(axis=1), rtol=0, atol=1e-12)
     assert score.r2 == pytest.approx(np.mean(rhos.mean(axis=1) ** 2), abs=1e-12)
+
+
+def _bad_inputs(rdm: np.ndarray, subjects: np.ndarray) -> dict[str, tuple]:
+    """(model, target, method, error type, message) for bad input to the public scoring functions."""
+    nan, asym, diagonal, empty = rdm.copy(), rdm.copy(), rdm.copy(), subjects[:0]
+    nan[0, 1] = nan[1, 0] = np.nan
+    asym[0, 1] += 1
+    diagonal[0, 0] = 1
+    inf_target = subjects.copy()
+    inf_target[1, 0, 1] = inf_target[1, 1, 0] = np.inf
+    return {
+        "NaN model": (nan, subjects, "spearman", DataError, r"^model_rdm: contains NaN or inf$"),
+        "inf target": (rdm, inf_target, "spearman", DataError, r"^target_rdms: contains NaN or inf$"),
+        "1-d model": (rdm[0], subjects, "spearman", DataError, r"^model_rdm: shape \(6,\) is not"),
+        "stacked model": (rdm[None], subjects, "spearman", DataError, r"^model_rdm: shape \(1, 6, 6\) is not one"),
+        "non-square model": (rdm[:, :5], subjects, "spearman", DataError, "^model_rdm: RDMs are not square"),
+        "1 x 1 model": (np.zeros((1, 1)), subjects, "spearman", DataError, "^model_rdm: RDMs need at least 3"),
+        "2 x 2 model": (np.array([[0, 1.0], [1, 0]]), subjects, "spearman", DataError, "^model_rdm: .*at least 3"),
+        "fewer images": (rdm[:5, :5], subjects, "spearman", DataError, "^model_rdm: 5 x 5 images, but target_rdms"),
+        "asymmetric model": (asym, subjects, "spearman", DataError, "^model_rdm: RDMs are not symmetric"),
+        "diagonal model": (diagonal, subjects, "spearman", DataError, "^model_rdm: RDMs have a non-zero diagonal"),
+        "asymmetric target": (rdm, subjects + np.triu(np.ones((6, 6))), "spearman", DataError,
+                              "^target_rdms: RDMs are not symmetric"),
+        "no subject": (rdm, empty, "spearman", DataError, r"^target_rdms: holds no RDM \(shape \(0, 6, 6\)\)$"),
+        "text model": ("abc", subjects, "spearman", DataError, "^model_rdm: not a numeric array"),
+        "None target": (rdm, None, "spearman", DataError, "^target_rdms: not a numeric array"),
+        "unknown method": (rdm, subjects, "pearson", ConfigError, "^method: unknown comparison method 'pearson'"),
+    }
+
+
+BAD = list(_bad_inputs(np.zeros((6, 6)), np.zeros((4, 6, 6))))
+
+
+@pytest.mark.parametrize("case", BAD)
+@pytest.mark.parametrize("score", [compare_rdms, score_rdm, score_with_ceiling])
+def test_public_scoring_refuses_bad_input_in_one_line(make_rdms, score, case) -> None:
+    """Bad input to the public API is what the command line makes of a bad file: a one-line DataError (or a
+    ConfigError for a setting) naming the argument, never a numpy traceback or a NaN score."""
+    model, target, method, error, message = _bad_inputs(make_rdms(6, seed=1), make_rdms(6, subjects=4, seed=2))[case]
+    with pytest.raises(error, match=message) as info:
+        score(model, target, method)
+    assert "\n" not in str(info.value)
+
+
+def test_public_scoring_takes_lists_ints_float32_and_tensors(make_rdms) -> None:
+    """Array-likes score as the float64 arrays they hold: the same values (a CPU torch tensor included)."""
+    torch = pytest.importorskip("torch")
+    model, subjects = make_rdms(6, seed=1), make_rdms(6, subjects=4, seed=2)
+    expected = score_with_ceiling(model, subjects)
+    for target in (subjects.tolist(), torch.tensor(subjects), subjects.astype(np.float32)):
+        assert score_with_ceiling(torch.tensor(model), target).to_dict() == pytest.approx(expected.to_dict())
+    counts = np.rint(subjects * 100).astype(np.int64)
+    assert np.array_equal(compare_rdms(model, counts), compare_rdms(model, counts.astype(np.float64)))

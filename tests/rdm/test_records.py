@@ -189,7 +189,7 @@ def test_permutations_are_on_by_default_only_where_cheap(make_rdms) -> None:
     small = {"IT_RDMs": make_rdms(12, subjects=3, seed=5)}
     off = score_submission({"IT_RDMs": make_rdms(12, seed=6)}, small, permutations=0).targets["IT_RDMs"]
     assert off.permutations == 0 and off.beats_chance is None
-    with pytest.raises(ValueError, match="permutations must be 0"):
+    with pytest.raises(ValueError, match="permutations: must be 0"):
         score_submission({"IT_RDMs": make_rdms(12, seed=6)}, small, permutations=-3)
 
 

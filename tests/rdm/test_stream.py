@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from helpers import scipy_rho
 
+from siamrdm.errors import DataError
 from siamrdm.io.tables import SCORE_FIELDS
 from siamrdm.rdm import upper_tri
 from siamrdm.rdm.compare import score_rdm
@@ -132,12 +133,13 @@ def test_condensed_bad_input_is_a_one_line_error(make_rdms) -> None:
     # Square RDMs: NaN is refused too, never turned into a NaN score.
     square = make_rdms(10, subjects=3, seed=79)
     square[2, 0, 1] = square[2, 1, 0] = np.nan
-    with pytest.raises(ValueError, match=r"^subject 3 of 3: its RDM contains NaN or inf$"):
+    with pytest.raises(DataError, match=r"^target_rdms: contains NaN or inf$"):
         score_rdm(make_rdms(10, seed=80), square)
-    # A diverged prediction (NaN in the model) scores NaN, as before: training counts it as the worst score.
+    # NaN in the model is refused too (the public API never returns a NaN score; training ranks on the device).
     diverged = make_rdms(10, seed=80)
     diverged[0, 1] = diverged[1, 0] = np.nan
-    assert np.all(np.isnan(score_rdm(diverged, make_rdms(10, subjects=3, seed=79)).rho))
+    with pytest.raises(DataError, match=r"^model_rdm: contains NaN or inf$"):
+        score_rdm(diverged, make_rdms(10, subjects=3, seed=79))
 
 
 @pytest.mark.parametrize("k", [None, 2])

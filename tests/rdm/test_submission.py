@@ -89,7 +89,7 @@ def test_score_submission_bad_inputs(make_rdms) -> None:
         score_submission({"EVC_RDMs": make_rdms(6)}, targets)
     with pytest.raises(ValueError, match="EVC_RDMs: model RDM is constant"):
         score_submission({"EVC_RDMs": 1 - np.eye(8)}, targets)
-    with pytest.raises(ValueError, match="permutations must be 0"):
+    with pytest.raises(ValueError, match="permutations: must be 0"):
         score_submission({"EVC_RDMs": make_rdms(8)}, targets, permutations=-1)
 
 

@@ -145,13 +145,13 @@ def symmetry_tolerance(scale: float, dtype) -> float:
     return scale * rtol
 
 
-def validate_rdms(rdms: np.ndarray, where: str, n_images: int | None = None) -> np.ndarray:
-    """Check an (N, N), (S, N, N) or (S, K, N, N) stack of RDMs; return it as float64.
+def validate_rdms(rdms: np.ndarray, where: str, n_images: int | None = None, constant: bool = False) -> np.ndarray:
+    """Check an (N, N), (S, N, N) or (S, K, N, N) stack of RDMs, at least one; return it as float64.
 
     `where` names the file and key in the error message. Besides real values (`check_real_dtype`), shape,
     finiteness, symmetry and a zero diagonal (to `symmetry_tolerance`, relative to each RDM's magnitude), no
     RDM in the stack may have a constant upper triangle: its Spearman correlation (and so the score and the
-    noise ceiling) would be NaN.
+    noise ceiling) would be NaN. `constant` allows one: a model RDM that orders no pair, which scores 0.
     """
     try:
         raw = np.asarray(rdms)
@@ -168,6 +168,8 @@ def validate_rdms(rdms: np.ndarray, where: str, n_images: int | None = None) -> 
         raise DataError(f"{where}: RDMs need at least 3 images (shape {rdms.shape})")
     if n_images is not None and n != n_images:
         raise DataError(f"{where}: RDMs are {n} x {n} but there are {n_images} images")
+    if rdms.size == 0:
+        raise DataError(f"{where}: holds no RDM (shape {rdms.shape})")
     if not np.all(np.isfinite(rdms)):
         raise DataError(f"{where}: contains NaN or inf")
     for rdm in rdms.reshape(-1, n, n):  # one RDM at a time, each to its own scale
@@ -181,7 +183,8 @@ def validate_rdms(rdms: np.ndarray, where: str, n_images: int | None = None) -> 
         if diagonal > tolerance:
             raise DataError(f"{where}: RDMs have a non-zero diagonal (largest |d_ii| = {diagonal:.3g}, tolerance "
                             f"{tolerance:.3g})")
-    _check_not_constant(rdms, where)
+    if not constant:
+        _check_not_constant(rdms, where)
     return rdms
 
 

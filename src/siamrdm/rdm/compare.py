@@ -22,11 +22,13 @@ import math
 
 import numpy as np
 
+from ..errors import DataError
 from ..io.limits import check_real_dtype
+from ..io.rdmfiles import validate_rdms
 from ..io.tables import Record
 from .core import upper_tri
 from .stream import CeilingValues, Subjects, stream
-from .transform import OFFICIAL_METHOD
+from .transform import OFFICIAL_METHOD, check_method
 
 
 class TargetError(ValueError):
@@ -48,18 +50,42 @@ class Score(Record):
         return {**dataclasses.asdict(self), "rho": [float(v) for v in self.rho]}
 
 
+def checked_rdms(model_rdm, target_rdms) -> tuple[np.ndarray, np.ndarray]:
+    """The public scoring functions' inputs as arrays, checked as the command line checks RDM files
+    (`rdmfiles.validate_rdms`), so that bad input is a one-line DataError naming the argument, never a numpy
+    traceback or a NaN score: the target, real (N, N), (S, N, N) or (S, K, N, N) RDMs; the model, one real
+    N x N RDM of the same N. A constant model RDM is allowed: it orders no pair and scores 0."""
+    try:  # a CPU torch tensor or a list of lists reads as an array; the dtypes stay (the numbers must not change)
+        target, model = np.asarray(target_rdms), np.asarray(model_rdm)
+    except (TypeError, ValueError, RuntimeError):
+        raise DataError("target_rdms and model_rdm must be numeric arrays") from None
+    validate_rdms(target, "target_rdms")
+    validate_rdms(model, "model_rdm", constant=True)
+    if model.ndim != 2:
+        raise DataError(f"model_rdm: shape {model.shape} is not one (N, N) RDM")
+    if model.shape[-1] != target.shape[-1]:
+        raise DataError(f"model_rdm: {model.shape[-1]} x {model.shape[-1]} images, but target_rdms have "
+                        f"{target.shape[-1]}")
+    return model, target
+
+
 def compare_rdms(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> np.ndarray:
     """The comparison of one model RDM with every subject RDM, K-averaged: shape (S,). `method` is one of
     `COMPARISON_METHODS`, as `rsatoolbox.rdm.compare` computes it on the upper triangles.
 
     Each subject is transformed once (ranked, for Spearman) and compared with the model's transform, computed
     once; Kendall's taus take O(L log L) per subject. A constant model RDM orders no pair: it scores 0 (a
-    model that collapsed during training then scores as the worst, never as NaN). A model RDM with NaN gets
-    NaN values (training counts them as the worst score); NaN or inf in a subject's RDM is a ValueError.
+    model that collapsed during training then scores as the worst, never as NaN). Bad input (`checked_rdms`:
+    NaN or inf, a wrong shape, an asymmetric RDM) is a DataError naming the argument.
     """
-    model = np.asarray(model_rdm)
-    values, _ = stream(upper_tri(model), Subjects(target_rdms, condensed=False), method, ceiling=False)
-    return values
+    check_method(method)
+    return comparison_values(*checked_rdms(model_rdm, target_rdms), method)
+
+
+def comparison_values(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = OFFICIAL_METHOD) -> np.ndarray:
+    """`compare_rdms` of RDMs already checked (or derived from checked ones: `records.pair_fields`'s pair
+    structures); a model RDM with NaN gets NaN values."""
+    return stream(upper_tri(np.asarray(model_rdm)), Subjects(target_rdms, condensed=False), method, ceiling=False)[0]
 
 
 def spearman_rhos(model_rdm: np.ndarray, target_rdms: np.ndarray) -> np.ndarray:

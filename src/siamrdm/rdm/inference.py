@@ -120,7 +120,7 @@ def check_permutations(permutations: int | None, n_images: int, method: str = OF
     if permutations is None:
         return default_permutations(n_images, method)
     if isinstance(permutations, bool) or not isinstance(permutations, int | np.integer) or permutations < 0:
-        raise ValueError(f"permutations must be 0 (no permutation test) or more, got {permutations}")
+        raise ConfigError("permutations", f"must be 0 (no permutation test) or more, got {permutations!r}")
     if permutations and method not in DOT_METHODS:
         raise ValueError(f"permutation p-values need one of {', '.join(DOT_METHODS)}, not '{method}'")
     return int(permutations)

@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from ..io.tables import Record
-from .compare import compare_condensed, compare_rdms, official_p, signed_p
+from .compare import checked_rdms, compare_condensed, comparison_values, official_p, signed_p
 from .core import upper_tri
 from .inference import (
     CHANCE_ALPHA,
@@ -33,7 +33,7 @@ from .inference import (
     permutation_scores,
 )
 from .noise_ceiling import NO_CEILING, NoiseCeiling, ceilings_for, percent_of_ceiling
-from .transform import DOT_METHODS, OFFICIAL_METHOD
+from .transform import DOT_METHODS, OFFICIAL_METHOD, check_method
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +132,7 @@ def pair_fields(model_rdm: np.ndarray, target_rdms: np.ndarray, method: str = OF
     model, subjects = pair_structure(model_rdm), pair_structure(target_rdms)
     if not np.all(np.ptp(upper_tri(subjects), axis=-1) > 0):  # 3 images (or a subject of per-image effects
         return {}  # alone): no pair structure to predict, so no pair score, not a rho of 0 over flat targets
-    rho = compare_rdms(model, subjects, method)
+    rho = comparison_values(model, subjects, method)
     if not np.all(np.isfinite(rho)):  # a model whose pair structure is flat: nothing to compare
         return {}
     summary, intervals = signed_summary(rho), _interval_fields(rho)
@@ -187,7 +187,9 @@ def score_with_ceiling(model_rdm: np.ndarray, target_rdms: np.ndarray, method: s
     computed from the subjects."""
     if isinstance(target_rdms, str):  # the old order, (model, key, target): say so rather than fail deep
         raise TypeError("key is a keyword: score_with_ceiling(model_rdm, target_rdms, key=...)")
-    return keyed_record(compare_rdms(model_rdm, target_rdms, method), key or "", target_rdms, method, model_rdm,
+    check_method(method)
+    model_rdm, target_rdms = checked_rdms(model_rdm, target_rdms)
+    return keyed_record(comparison_values(model_rdm, target_rdms, method), key or "", target_rdms, method, model_rdm,
                         permutations, seed)
 
 

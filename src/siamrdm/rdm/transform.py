@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from ..errors import ConfigError
 from .core import Ranker
 
 OFFICIAL_METHOD = "spearman"
@@ -46,8 +47,10 @@ _SAFE_EXPONENT = 400
 
 
 def check_method(method: str) -> str:
-    if method not in COMPARISON_METHODS:
-        raise ValueError(f"unknown comparison method '{method}' (choose from {', '.join(COMPARISON_METHODS)})")
+    """`method` if it is one of COMPARISON_METHODS; else a ConfigError naming the `method` setting (--method)."""
+    if not isinstance(method, str) or method not in COMPARISON_METHODS:
+        raise ConfigError("method", f"unknown comparison method '{method}' (choose from "
+                          f"{', '.join(COMPARISON_METHODS)})")
     return method
 
 

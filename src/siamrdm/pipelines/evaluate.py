@@ -43,7 +43,7 @@ from ..rdm.core import group_average, rescale
 from ..rdm.inference import mean_summary
 from ..rdm.noise_ceiling import NO_CEILING_NOTE
 from ..rdm.paired import paired_rows
-from ..rdm.records import score_with_ceiling
+from ..rdm.records import prediction_record
 from ..rdm.splits import direction_label, fold_splits
 from ..train.config import purpose_text
 from ..train.fullbatch import TrainConfig, config_from_preset, group_target
@@ -121,10 +121,11 @@ def _slug(text: str) -> str:
 
 def _row(method: str, target: str, direction: str, predicted: np.ndarray, subjects: np.ndarray, detail: str = "",
          key: str | None = None) -> dict:
-    """The score record of one prediction (records.score_with_ceiling, its chance fields on by default where cheap);
-    `key` names the target for its ceiling (datasets.target_key), `target` as the tables show it."""
+    """The score record of one prediction (records.prediction_record, its chance fields on by default where cheap;
+    a diverged one scores NaN); `key` names the target for its ceiling (datasets.target_key), `target` as the
+    tables show it."""
     return {"method": method, "target": target, "direction": direction,
-            **score_with_ceiling(predicted, subjects, key=key or target, permutations=None).to_dict(),
+            **prediction_record(predicted, subjects, key or target).to_dict(),
             "detail": detail}
 
 

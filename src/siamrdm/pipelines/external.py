@@ -26,7 +26,7 @@ from ..io.progress import Progress
 from ..io.rdmfiles import check_scorable, list_rdm_keys, read_rdms
 from ..io.rsafiles import check_rdm_names
 from ..rdm.noise_ceiling import target_name
-from ..rdm.records import score_with_ceiling
+from ..rdm.records import prediction_record
 
 OPTION = "external"
 
@@ -178,10 +178,10 @@ def score_external(external: ExternalRDMs, names: Sequence[str], predicted: np.n
     subjects = external.covering(names)
     if subjects is None:
         return None, None
-    row = score_with_ceiling(predicted, subjects, key=external.key, permutations=None).to_dict()
+    row = prediction_record(predicted, subjects, external.key).to_dict()
     if prior is None or not keep_prior:
         return row, None
-    prior_row = score_with_ceiling(prior, subjects, key=external.key, permutations=None).to_dict()
+    prior_row = prediction_record(prior, subjects, external.key).to_dict()
     if not below_prior(row["rhos"], prior_row["rhos"]):
         return row, None
     note = (f"the trained model is below its prior on {external.label} (rho {row['rho_mean']:+.3f} against "

@@ -193,6 +193,17 @@ def score_with_ceiling(model_rdm: np.ndarray, target_rdms: np.ndarray, method: s
                         permutations, seed)
 
 
+def prediction_record(predicted: np.ndarray, target_rdms: np.ndarray, key: str,
+                      permutations: int | None = None) -> ScoreRecord:
+    """`score_with_ceiling` of a method's own prediction, in a pipeline whose targets were checked as they were
+    read: a prediction with NaN or inf (a fit that diverged) is scored as NaN, the worst a table can show, where
+    `score_with_ceiling` refuses such input as a user's bad data."""
+    if np.isfinite(predicted).all():
+        return score_with_ceiling(predicted, target_rdms, key=key, permutations=permutations)
+    return keyed_record(comparison_values(predicted, target_rdms), key, target_rdms, OFFICIAL_METHOD, predicted,
+                        permutations)
+
+
 def score_condensed(model_vector, subject_vectors, method: str = OFFICIAL_METHOD, ceiling: bool = True,
                     threads: int = 1) -> ScoreRecord:
     """The score record of a model's upper triangle (P,) against subjects' upper triangles, (S, P) or (S, K, P)

@@ -20,7 +20,7 @@ from siamrdm.io.datasets import BrainDataset, load_algonauts_set
 from siamrdm.io.images import ImageSet
 from siamrdm.pipelines import challenge
 from siamrdm.rdm import square_rdm, upper_tri
-from siamrdm.rdm.compare import compare_rdms, spearman_rhos
+from siamrdm.rdm.compare import comparison_values, spearman_rhos
 from siamrdm.rdm.compare_torch import rank_average_torch, spearman_torch
 from siamrdm.rdm.records import score_with_ceiling
 from siamrdm.rdm.splits import cross_set_splits
@@ -173,15 +173,16 @@ def test_torch_spearman_equals_the_official_metric(make_rdms) -> None:
 
 
 def test_nan_and_constant_predictions_score_as_the_numpy_metric(make_rdms, dataset92: BrainDataset) -> None:
-    """A prediction with NaN scores NaN on the device as in numpy (so training counts it as the worst epoch), a
-    constant one scores 0 (never NaN)."""
+    """A prediction with NaN scores NaN on the device as in numpy's comparison (so training counts it as the worst
+    epoch), a constant one scores 0 (never NaN)."""
     targets = make_rdms(12, subjects=3, seed=1)
     upper = upper_tri(make_rdms(12, seed=2))
     broken = upper.copy()
     broken[5] = np.nan
     for predicted in (broken, np.full_like(upper, 0.3)):
         rho = spearman_torch(torch.from_numpy(predicted), torch.from_numpy(upper_tri(targets))).numpy()
-        np.testing.assert_array_equal(rho, compare_rdms(square_rdm(predicted, 12), targets))
+        # the numpy comparison behind compare_rdms (which refuses a NaN model RDM as a user's bad input)
+        np.testing.assert_array_equal(rho, comparison_values(square_rdm(predicted, 12), targets))
     val = train.subset(dataset92, np.arange(50, 58), "b")
     trainer = train.Trainer(fast_config(frozen_epochs=1), [train.subset(dataset92, np.arange(8), "a")], [val],
                             progress=False)

@@ -193,6 +193,12 @@ def check_scorable(rdms: np.ndarray, where: str) -> None:
     mean of them (of all subjects, or of all but one: the lower ceiling's) constant, as when one subject's
     order is the reverse of another's. A DataError naming `where` (file:key, or a split of a set)."""
     _check_not_constant(rdms, where)
+    _check_means_not_constant(rdms, where)
+
+
+def _check_means_not_constant(rdms: np.ndarray, where: str) -> None:
+    """`check_scorable`'s second half, for stacks whose RDMs were each checked already (`validate_rdms`): no mean
+    of all subjects, or of all but one, with a constant upper triangle."""
     uppers = upper_tri(np.asarray(rdms, dtype=np.float64))
     per_subject = uppers.sum(axis=1) if uppers.ndim == 3 else uppers  # (S, P); sums: constancy is scale-free
     if per_subject.ndim < 2 or len(per_subject) < 2:
@@ -238,8 +244,8 @@ def read_rdms(path: str | os.PathLike, key: str | None = None, n_images: int | N
     elif key not in keys:
         raise DataError(f"{path}: missing key '{key}' (keys: {', '.join(keys) or 'none'})")
     value = _read_rdm_file(path, [key])[key]  # only the array asked for
-    rdms = validate_rdms(value, key_name(path, key), n_images)
-    check_scorable(rdms, key_name(path, key))  # subjects' RDMs: their means too
+    rdms = validate_rdms(value, key_name(path, key), n_images)  # each RDM, then (check_scorable) their means
+    _check_means_not_constant(rdms, key_name(path, key))
     notes = grouping_notes(path, [key])
     if names is not None:
         check_rdm_names(path, names)
